@@ -1,0 +1,25 @@
+//! `stoa-sfu`: Stoa's media engine.
+//!
+//! It owns WebRTC peer connections (one str0m [`Rtc`](str0m::Rtc) each, ICE-lite, DTLS with
+//! str0m's Rust backend, SRTP AEAD-AES-GCM preferred), demultiplexes datagrams to them in O(1),
+//! forwards Opus in RTP mode with per-subscriber sequence and timestamp rewriting, forwards a
+//! track only to the slots subscribed to it, detects active speakers from RFC 6464 audio levels
+//! and enforces who may publish. It knows peers, tracks and packets, not rooms or roles: the
+//! signaling layer drives it with commands and consumes its events.
+//!
+//! - [`proto`] is the sans-IO core: [`proto::Sfu`] takes `now` and inputs and is polled for
+//!   outputs; see its module docs for the run-loop contract and the errors-versus-bugs policy.
+//! - `shell` (feature `runtime`, on by default) runs one core per CPU core over UDP sockets
+//!   sharing a port (`SO_REUSEPORT`), relays packets between shards by message and batches
+//!   sends with `sendmmsg`.
+#![deny(missing_docs)]
+
+pub mod proto;
+#[cfg(feature = "runtime")]
+pub mod shell;
+
+pub use proto::{
+    Event, MediaLabel, MediaPacket, Output, PeerConfig, PeerId, Publish, Relay, RelayMsg, Routed, ShardId, Sfu,
+    SfuConfig, SfuError, SfuStats, SlotId, TrackId, UnpublishReason,
+};
+pub use str0m;

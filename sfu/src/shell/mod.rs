@@ -1,0 +1,288 @@
+//! The tokio shell around the sans-IO engine.
+//!
+//! [`SfuRuntime::start`] spawns one shard per configured core. Each shard is an OS thread with
+//! a current-thread tokio runtime that owns one [`Sfu`] core and one UDP socket; nothing is
+//! shared between shards but channels:
+//!
+//! - **Mux mode** (one port, e.g. LiveKit's dev port 7882): every shard binds the same address
+//!   with `SO_REUSEPORT`; the kernel hashes each client's flow to one of them. A datagram that
+//!   lands on a shard that does not own its peer is passed to the owner by message (the owner
+//!   is encoded in the ICE ufrag and learned per source address).
+//! - **Range mode** (e.g. 50000-50200): shard *i* listens on `start + i` and its peers'
+//!   candidates point there, so datagrams arrive at the owner directly. The rest of the range
+//!   is left for TURN relay ports.
+//!
+//! Packets of a track published on one shard reach subscribers on another as
+//! [`RelayMsg::Packet`](crate::RelayMsg) messages. Sends are batched with `sendmmsg`.
+//!
+//! Commands are closures run on the owning shard ([`SfuHandle::call`]); events of all shards
+//! arrive on one channel.
+
+// The shell owns the clock: it reads it and hands `now` to the core.
+#![allow(clippy::disallowed_methods)]
+
+mod shard;
+pub mod udp;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::proto::{Event, PeerConfig, PeerId, Publish, ShardId, Sfu, SfuError, SfuStats};
+use shard::{Shard, ShardMsg};
+
+/// Which UDP ports the engine listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpPorts {
+    /// One port shared by all shards (`SO_REUSEPORT`).
+    Mux(u16),
+    /// A range; shard *i* uses `start + i`.
+    Range {
+        /// First port.
+        start: u16,
+        /// Last port (inclusive).
+        end: u16,
+    },
+}
+
+/// Settings of the media engine.
+#[derive(Debug, Clone)]
+pub struct SfuSettings {
+    /// Address to bind.
+    pub bind_ip: IpAddr,
+    /// Address to put in ICE candidates (the public address behind 1:1 NAT).
+    pub advertise_ip: IpAddr,
+    /// Ports.
+    pub ports: UdpPorts,
+    /// Number of shards (threads); usually the number of cores.
+    pub shards: usize,
+}
+
+/// An event of one shard's engine.
+pub type ShellEvent = Event;
+
+type Command = Box<dyn FnOnce(&mut Sfu, &ShardInfo, Instant) + Send>;
+
+/// What a command learns about the shard it runs on.
+#[derive(Debug, Clone)]
+pub struct ShardInfo {
+    /// The shard.
+    pub id: ShardId,
+    /// The address its peers' candidates advertise.
+    pub advertised: SocketAddr,
+}
+
+/// Handle to running engine shards. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SfuHandle {
+    shards: Arc<Vec<mpsc::UnboundedSender<ShardMsg>>>,
+    next: Arc<AtomicUsize>,
+    local_addrs: Arc<Vec<SocketAddr>>,
+}
+
+/// The running engine: keep it alive as long as the engine should run; dropping the last
+/// runtime stops every shard.
+#[derive(Debug)]
+#[must_use]
+pub struct SfuRuntime {
+    threads: Vec<std::thread::JoinHandle<()>>,
+    shards: Vec<mpsc::UnboundedSender<ShardMsg>>,
+}
+
+impl SfuRuntime {
+    /// Bind the sockets and start the shards. Returns the runtime, a handle for commands, and
+    /// the events of all shards.
+    pub fn start(settings: &SfuSettings, seed: [u8; 32]) -> anyhow::Result<(SfuRuntime, SfuHandle, mpsc::UnboundedReceiver<Event>)> {
+        let n = settings.shards.max(1);
+        if n > 255 {
+            bail!("at most 255 shards are supported, {n} configured");
+        }
+        if settings.advertise_ip.is_unspecified() {
+            bail!("advertise address {} is unspecified; set a concrete address", settings.advertise_ip);
+        }
+        let ports: Vec<(u16, bool)> = match settings.ports {
+            UdpPorts::Mux(p) => vec![(p, true); n],
+            UdpPorts::Range { start, end } => {
+                if end < start || usize::from(end - start) + 1 < n {
+                    bail!("UDP port range {start}-{end} has fewer ports than the {n} shards");
+                }
+                (0..n).map(|i| (start + i as u16, false)).collect()
+            }
+        };
+        let mut sockets = Vec::with_capacity(n);
+        let mut port0 = None;
+        for (i, (port, reuse)) in ports.iter().enumerate() {
+            // Mux mode with port 0: the first shard picks a port, the others join it.
+            let port = if *reuse && *port == 0 { port0.unwrap_or(0) } else { *port };
+            let addr = SocketAddr::new(settings.bind_ip, port);
+            let socket = udp::bind(addr, *reuse).with_context(|| format!("RTC UDP port {addr} is not available"))?;
+            if i == 0 {
+                port0 = Some(socket.local_addr()?.port());
+            }
+            sockets.push(socket);
+        }
+        let mut senders = Vec::with_capacity(n);
+        let mut receivers = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (tx, rx) = mpsc::unbounded_channel();
+            senders.push(tx);
+            receivers.push(rx);
+        }
+        let (event_tx, event_rx) = mpsc::unbounded_channel();
+        let mut local_addrs = Vec::with_capacity(n);
+        let mut threads = Vec::with_capacity(n);
+        for (i, (socket, inbox)) in sockets.into_iter().zip(receivers).enumerate() {
+            let local = socket.local_addr()?;
+            let info = ShardInfo {
+                id: ShardId(i as u16),
+                advertised: SocketAddr::new(settings.advertise_ip, local.port()),
+            };
+            local_addrs.push(local);
+            let mut shard_seed = seed;
+            shard_seed[31] ^= i as u8;
+            let shard = Shard::new(info, socket, inbox, senders.clone(), event_tx.clone(), shard_seed);
+            let thread = std::thread::Builder::new()
+                .name(format!("sfu-shard-{i}"))
+                .spawn(move || shard.run())
+                .context("spawning a shard thread")?;
+            threads.push(thread);
+        }
+        let handle = SfuHandle {
+            shards: Arc::new(senders),
+            next: Arc::new(AtomicUsize::new(0)),
+            local_addrs: Arc::new(local_addrs),
+        };
+        let runtime = SfuRuntime {
+            threads,
+            shards: handle.shards.as_ref().clone(),
+        };
+        Ok((runtime, handle, event_rx))
+    }
+
+    /// Stop every shard and wait for their threads. Peers are dropped without goodbye;
+    /// signaling tells clients to leave before this.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        for tx in &self.shards {
+            let _ = tx.send(ShardMsg::Stop);
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for SfuRuntime {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The engine stopped before answering.
+#[derive(Debug, thiserror::Error)]
+#[error("media engine is not running")]
+pub struct EngineStopped;
+
+/// Errors of [`SfuHandle`] calls.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// The engine refused the command.
+    #[error(transparent)]
+    Sfu(#[from] SfuError),
+    /// The engine is gone.
+    #[error(transparent)]
+    Stopped(#[from] EngineStopped),
+}
+
+impl SfuHandle {
+    /// The bound UDP addresses, one per shard.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Run `f` on shard `shard` and return its result.
+    pub async fn call<T: Send + 'static>(
+        &self,
+        shard: ShardId,
+        f: impl FnOnce(&mut Sfu, &ShardInfo, Instant) -> T + Send + 'static,
+    ) -> Result<T, EngineStopped> {
+        let (tx, rx) = oneshot::channel();
+        let cmd: Command = Box::new(move |sfu, info, now| {
+            let _ = tx.send(f(sfu, info, now));
+        });
+        let sender = self.shards.get(usize::from(shard.0)).ok_or(EngineStopped)?;
+        sender.send(ShardMsg::Command(cmd)).map_err(|_| EngineStopped)?;
+        rx.await.map_err(|_| EngineStopped)
+    }
+
+    /// The shard the next new peer goes to (round robin).
+    pub fn pick_shard(&self) -> ShardId {
+        ShardId((self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len()) as u16)
+    }
+
+    /// Create a peer from a client's offer on some shard; see [`Sfu::accept_offer`].
+    pub async fn accept_offer(
+        &self,
+        publish: Publish,
+        offer: str0m::change::SdpOffer,
+    ) -> Result<(PeerId, str0m::change::SdpAnswer), CallError> {
+        let shard = self.pick_shard();
+        let r = self
+            .call(shard, move |sfu, info, now| {
+                let config = PeerConfig {
+                    candidates: vec![info.advertised],
+                    publish,
+                };
+                sfu.accept_offer(now, config, offer)
+            })
+            .await?;
+        Ok(r?)
+    }
+
+    /// Create a peer for which the engine offers first; see [`Sfu::create_peer`].
+    pub async fn create_peer(&self, publish: Publish, channels: Vec<String>) -> Result<PeerId, CallError> {
+        let shard = self.pick_shard();
+        let r = self
+            .call(shard, move |sfu, info, now| {
+                let config = PeerConfig {
+                    candidates: vec![info.advertised],
+                    publish,
+                };
+                let labels: Vec<&str> = channels.iter().map(String::as_str).collect();
+                sfu.create_peer(now, config, &labels)
+            })
+            .await?;
+        Ok(r?)
+    }
+
+    /// Run a fallible engine command on the shard owning `peer`.
+    pub async fn with_peer<T: Send + 'static>(
+        &self,
+        peer: PeerId,
+        f: impl FnOnce(&mut Sfu, Instant) -> Result<T, SfuError> + Send + 'static,
+    ) -> Result<T, CallError> {
+        Ok(self.call(peer.shard(), move |sfu, _, now| f(sfu, now)).await??)
+    }
+
+    /// Counters of every shard.
+    pub async fn stats(&self) -> Result<Vec<SfuStats>, EngineStopped> {
+        let mut out = Vec::with_capacity(self.shards.len());
+        for i in 0..self.shards.len() {
+            out.push(self.call(ShardId(i as u16), |sfu, _, _| sfu.stats()).await?);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,144 @@
+//! UDP sockets for the shards: `SO_REUSEPORT` binding and batched sends with `sendmmsg(2)`.
+
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Most datagrams handed to one `sendmmsg` call. 32 is where the per-packet kernel cost
+/// bottoms out on these machines (see reference/performance-anchors.md §4.2).
+pub const SEND_BATCH: usize = 32;
+
+/// Socket buffer size requested for send and receive (the kernel may cap it).
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Bind a non-blocking UDP socket on `addr`; with `reuse_port`, several shards may bind the
+/// same address and the kernel spreads flows between them.
+pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    // Best effort: a small buffer only costs drops under bursts.
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Datagrams waiting to be sent, flushed in batches.
+#[derive(Debug, Default)]
+pub struct SendBatch {
+    items: Vec<(SocketAddr, Vec<u8>)>,
+}
+
+impl SendBatch {
+    /// Queue one datagram.
+    pub fn push(&mut self, destination: SocketAddr, contents: Vec<u8>) {
+        self.items.push((destination, contents));
+    }
+
+    /// Number of queued datagrams.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Send as much as the socket takes, `SEND_BATCH` datagrams per system call. Returns how
+    /// many were sent; on `WouldBlock` the rest stays queued. Other per-datagram errors
+    /// (e.g. an unreachable destination) drop that datagram and continue.
+    pub fn flush(&mut self, socket: &impl AsRawFd) -> io::Result<FlushStats> {
+        let mut stats = FlushStats::default();
+        let mut done = 0;
+        while done < self.items.len() {
+            let end = (done + SEND_BATCH).min(self.items.len());
+            let chunk = &self.items[done..end];
+            let slices: Vec<[IoSlice<'_>; 1]> = chunk.iter().map(|(_, c)| [IoSlice::new(c)]).collect();
+            let addrs: Vec<Option<SockaddrStorage>> =
+                chunk.iter().map(|(a, _)| Some(SockaddrStorage::from(*a))).collect();
+            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(chunk.len(), None);
+            match sendmmsg(socket.as_raw_fd(), &mut headers, &slices, &addrs, [], MsgFlags::MSG_DONTWAIT) {
+                Ok(results) => {
+                    let n = results.count();
+                    stats.syscalls += 1;
+                    if n == 0 {
+                        break;
+                    }
+                    stats.sent += n;
+                    done += n;
+                }
+                Err(nix::errno::Errno::EAGAIN) => {
+                    stats.would_block = true;
+                    break;
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => {
+                    // The first datagram of the chunk failed (sendmmsg reports an error only
+                    // when nothing was sent): drop it and go on.
+                    tracing::debug!(error = %e, "sendmmsg failed, dropping one datagram");
+                    stats.dropped += 1;
+                    done += 1;
+                }
+            }
+        }
+        self.items.drain(..done);
+        Ok(stats)
+    }
+}
+
+/// What one [`SendBatch::flush`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FlushStats {
+    /// Datagrams handed to the kernel.
+    pub sent: usize,
+    /// Datagrams dropped after an error.
+    pub dropped: usize,
+    /// `sendmmsg` calls made.
+    pub syscalls: usize,
+    /// The socket buffer was full; the rest is still queued.
+    pub would_block: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_sends_all_datagrams_in_few_syscalls() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = bind("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        let to = rx.local_addr().unwrap();
+        let mut batch = SendBatch::default();
+        for i in 0..70u8 {
+            batch.push(to, vec![i; 100]);
+        }
+        let stats = batch.flush(&tx).unwrap();
+        assert_eq!(stats.sent, 70);
+        assert_eq!(stats.syscalls, 3);
+        assert!(batch.is_empty());
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 200];
+        for i in 0..70u8 {
+            let (n, _) = rx.recv_from(&mut buf).unwrap();
+            assert_eq!(n, 100);
+            assert_eq!(buf[0], i);
+        }
+    }
+
+    #[test]
+    fn reuse_port_lets_shards_share_a_port() {
+        let a = bind("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        let addr = a.local_addr().unwrap();
+        let b = bind(addr, true).unwrap();
+        assert_eq!(b.local_addr().unwrap(), addr);
+        // Without SO_REUSEPORT the port is taken.
+        assert!(bind(addr, false).is_err());
+    }
+}
