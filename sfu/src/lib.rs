@@ -19,7 +19,7 @@ pub mod proto;
 pub mod shell;
 
 pub use proto::{
-    Event, MediaLabel, MediaPacket, Output, PeerConfig, PeerId, Publish, Relay, RelayMsg, Routed, ShardId, Sfu,
-    SfuConfig, SfuError, SfuStats, SlotId, TrackId, UnpublishReason,
+    Event, MediaLabel, MediaPacket, Output, PeerConfig, PeerId, Publish, Relay, RelayMsg, Routed,
+    Sfu, SfuConfig, SfuError, SfuStats, ShardId, SlotId, TrackId, UnpublishReason,
 };
 pub use str0m;

@@ -15,7 +15,9 @@ const SEC: Duration = Duration::from_secs(1);
 fn room(seed: u64, n: usize) -> (Sim, usize, Vec<usize>) {
     let mut sim = Sim::new(seed);
     let publisher = sim.join_publisher("alice", Publish::Allow).unwrap();
-    let subs: Vec<usize> = (0..n).map(|i| sim.join_subscriber(&format!("sub{i}"))).collect();
+    let subs: Vec<usize> = (0..n)
+        .map(|i| sim.join_subscriber(&format!("sub{i}")))
+        .collect();
     sim.connect_all();
     let track = sim.track_of(publisher);
     for &s in &subs {
@@ -36,9 +38,16 @@ fn every_packet_reaches_every_subscriber_in_order() {
         let heard = &sim.clients[s].heard;
         // Packets before the subscriber's m-line was negotiated are not owed; after that, all.
         let indexes: Vec<u32> = heard.iter().map(|h| h.index).collect();
-        assert_eq!(indexes, (0..sent).collect::<Vec<_>>(), "subscriber {s} heard {indexes:?}");
+        assert_eq!(
+            indexes,
+            (0..sent).collect::<Vec<_>>(),
+            "subscriber {s} heard {indexes:?}"
+        );
         assert_rewrite_consistent(heard);
-        assert!(heard.iter().all(|h| h.audio_level == Some(-30)), "audio level not passed through");
+        assert!(
+            heard.iter().all(|h| h.audio_level == Some(-30)),
+            "audio level not passed through"
+        );
     }
     let stats = sim.sfu().stats();
     assert_eq!(stats.rtp_in, 100);
@@ -67,16 +76,29 @@ fn server_mute_and_unmute_keep_the_stream_continuous() {
     sim.sfu().set_track_muted(track, false).unwrap();
     sim.run_for(SEC, |s| s.send_audio(publisher, 30));
 
-    assert!(sim.sfu().stats().rtp_dropped_muted >= 45, "muted packets not dropped");
+    assert!(
+        sim.sfu().stats().rtp_dropped_muted >= 45,
+        "muted packets not dropped"
+    );
     let heard = &sim.clients[subs[0]].heard;
-    assert!(heard.len() < 160 && heard.len() > during, "heard {} packets", heard.len());
+    assert!(
+        heard.len() < 160 && heard.len() > during,
+        "heard {} packets",
+        heard.len()
+    );
     // Continuous sequence across the pause, timestamps jump by about the pause length.
     for w in heard.windows(2) {
         assert_eq!(w[1].seq_no, w[0].seq_no + 1, "gap across mute: {:?}", w);
     }
-    let gap = heard.windows(2).find(|w| w[1].index != w[0].index + 1).unwrap();
+    let gap = heard
+        .windows(2)
+        .find(|w| w[1].index != w[0].index + 1)
+        .unwrap();
     let dt = gap[1].timestamp.wrapping_sub(gap[0].timestamp);
-    assert!((40_000..=60_000).contains(&dt), "timestamp jump {dt} should match ~1 s");
+    assert!(
+        (40_000..=60_000).contains(&dt),
+        "timestamp jump {dt} should match ~1 s"
+    );
 }
 
 #[test]
@@ -102,7 +124,9 @@ fn publisher_rejoin_continues_the_subscriber_stream() {
     let new_track = sim.track_of(again);
     let sub_peer = sim.peer(subs[0]);
     let now = sim.now;
-    sim.sfu().set_slot_source(now, sub_peer, slot, Some(new_track)).unwrap();
+    sim.sfu()
+        .set_slot_source(now, sub_peer, slot, Some(new_track))
+        .unwrap();
     sim.run_for(SEC, |s| s.send_audio(again, 30));
 
     let heard = &sim.clients[subs[0]].heard;
@@ -111,7 +135,11 @@ fn publisher_rejoin_continues_the_subscriber_stream() {
     for w in heard.windows(2) {
         assert_eq!(w[1].seq_no, w[0].seq_no + 1, "gap across rejoin");
     }
-    assert!(heard[first_part..].iter().all(|h| h.publisher == again as u8));
+    assert!(
+        heard[first_part..]
+            .iter()
+            .all(|h| h.publisher == again as u8)
+    );
 }
 
 #[test]
@@ -128,10 +156,16 @@ fn unsubscribe_stops_forwarding_and_resubscribe_resumes() {
     sim.run_for(SEC, |s| s.send_audio(publisher, 30));
     // Allow for packets already in flight on the link.
     assert!(sim.clients[subs[0]].heard.len() <= before + 1);
-    assert_eq!(sim.sfu().stats().rtp_forwarded - forwarded, 50, "only the other subscriber is served");
+    assert_eq!(
+        sim.sfu().stats().rtp_forwarded - forwarded,
+        50,
+        "only the other subscriber is served"
+    );
 
     let now = sim.now;
-    sim.sfu().set_slot_source(now, peer, stoa_sfu::SlotId(0), Some(track)).unwrap();
+    sim.sfu()
+        .set_slot_source(now, peer, stoa_sfu::SlotId(0), Some(track))
+        .unwrap();
     sim.run_for(SEC, |s| s.send_audio(publisher, 30));
     let heard = &sim.clients[subs[0]].heard;
     assert!(heard.len() >= before + 48);
@@ -145,11 +179,18 @@ fn listener_cannot_publish() {
     let mut sim = Sim::new(6);
     // An offer with a send section from a peer that may not publish is refused outright.
     let refused = sim.join_publisher("mallory", Publish::Deny);
-    assert!(matches!(refused, Err(SfuError::PublishNotAllowed)), "{:?}", refused.err());
+    assert!(
+        matches!(refused, Err(SfuError::PublishNotAllowed)),
+        "{:?}",
+        refused.err()
+    );
     // A data-only connection is fine, but adding a microphone later is refused too.
     let listener = sim.join_data_only("listener", Publish::Deny);
     sim.connect_all();
-    assert!(matches!(sim.client_reoffer_send(listener), Err(SfuError::PublishNotAllowed)));
+    assert!(matches!(
+        sim.client_reoffer_send(listener),
+        Err(SfuError::PublishNotAllowed)
+    ));
     assert_eq!(sim.sfu().stats().offers_refused, 2);
     assert!(sim.seen.published.is_empty());
 }
@@ -168,7 +209,11 @@ fn revoked_publisher_is_unpublished_and_its_rtp_dropped() {
     // The client ignores the revocation and keeps sending.
     sim.run_for(SEC, |s| s.send_audio(publisher, 30));
     assert!(sim.clients[subs[0]].heard.len() <= heard + 1);
-    assert!(sim.sfu().stats().rtp_dropped_unauthorized >= 45, "{:?}", sim.sfu().stats());
+    assert!(
+        sim.sfu().stats().rtp_dropped_unauthorized >= 45,
+        "{:?}",
+        sim.sfu().stats()
+    );
 
     // Granted again: the existing m-line is published as a new track.
     let now = sim.now;
@@ -196,7 +241,11 @@ fn loss_and_jitter_keep_the_rewrite_correct() {
     // Two lossy links of 5 % each: about 90 % arrive.
     let sent = sim.clients[publisher].sent as usize;
     assert_eq!(sent, 500);
-    assert!(heard.len() > sent * 80 / 100 && heard.len() < sent * 97 / 100, "heard {} of {sent}", heard.len());
+    assert!(
+        heard.len() > sent * 80 / 100 && heard.len() < sent * 97 / 100,
+        "heard {} of {sent}",
+        heard.len()
+    );
     assert_rewrite_consistent(heard);
 }
 
@@ -215,7 +264,10 @@ fn speaker_detection_reports_loud_publisher() {
     assert!(!sim.seen.speakers.iter().any(|(t, _)| *t == qt));
     // Loud goes silent (stops sending): reported inactive.
     sim.run_for(2 * SEC, |s| s.send_audio(quiet, 80));
-    assert_eq!(sim.seen.speakers.iter().rev().find(|(t, _)| *t == lt), Some(&(lt, false)));
+    assert_eq!(
+        sim.seen.speakers.iter().rev().find(|(t, _)| *t == lt),
+        Some(&(lt, false))
+    );
 }
 
 #[test]
@@ -224,7 +276,9 @@ fn dead_peer_times_out_and_its_track_ends() {
     sim.run_for(SEC, |s| s.send_audio(publisher, 30));
     let peer = sim.peer(publisher);
     sim.kill(publisher);
-    sim.run_until(Duration::from_secs(60), "ICE-lite timeout", |s| s.seen.disconnected.contains(&peer));
+    sim.run_until(Duration::from_secs(60), "ICE-lite timeout", |s| {
+        s.seen.disconnected.contains(&peer)
+    });
     assert!(sim.seen.unpublished.iter().any(|t| t.peer == peer));
     let sub = sim.peer(subs[0]);
     assert!(sim.sfu().is_connected(sub));
@@ -246,7 +300,9 @@ fn one_publisher_two_hundred_subscribers() {
 fn shards_relay_to_each_other() {
     let mut sim = Sim::with_shards(12, 2);
     let publisher = sim.join_publisher("alice", Publish::Allow).unwrap(); // shard 0
-    let subs: Vec<usize> = (0..4).map(|i| sim.join_subscriber(&format!("s{i}"))).collect(); // 1,0,1,0
+    let subs: Vec<usize> = (0..4)
+        .map(|i| sim.join_subscriber(&format!("s{i}")))
+        .collect(); // 1,0,1,0
     sim.connect_all();
     let track = sim.track_of(publisher);
     for &s in &subs {
@@ -256,7 +312,12 @@ fn shards_relay_to_each_other() {
     sim.run_for(SEC, |s| s.send_audio(publisher, 30));
     for &s in &subs {
         let heard = &sim.clients[s].heard;
-        assert_eq!(heard.len(), 50, "subscriber {s} on shard {:?}", sim.peer(s).shard());
+        assert_eq!(
+            heard.len(),
+            50,
+            "subscriber {s} on shard {:?}",
+            sim.peer(s).shard()
+        );
         assert_rewrite_consistent(heard);
     }
     assert_eq!(sim.shards[0].stats().rtp_forwarded, 100);

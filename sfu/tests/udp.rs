@@ -53,11 +53,15 @@ impl Client {
         let mut buf = [0u8; 2048];
         while let Ok((n, from)) = self.socket.recv_from(&mut buf) {
             if let Ok(r) = Receive::new(Protocol::Udp, from, self.addr, &buf[..n]) {
-                self.rtc.handle_input(Input::Receive(Instant::now(), r)).unwrap();
+                self.rtc
+                    .handle_input(Input::Receive(Instant::now(), r))
+                    .unwrap();
                 self.drain();
             }
         }
-        self.rtc.handle_input(Input::Timeout(Instant::now())).unwrap();
+        self.rtc
+            .handle_input(Input::Timeout(Instant::now()))
+            .unwrap();
         self.drain();
     }
 
@@ -71,7 +75,8 @@ impl Client {
                 RtcOutput::Event(RtcEvent::Connected) => self.connected = true,
                 RtcOutput::Event(RtcEvent::RtpPacket(p)) => {
                     let b = &p.payload;
-                    self.heard.push((*p.seq_no, u32::from_be_bytes([b[0], b[1], b[2], b[3]])));
+                    self.heard
+                        .push((*p.seq_no, u32::from_be_bytes([b[0], b[1], b[2], b[3]])));
                 }
                 RtcOutput::Event(_) => {}
             }
@@ -88,7 +93,16 @@ impl Client {
         };
         let mut api = self.rtc.direct_api();
         let tx = api.stream_tx_by_mid(mid, None).unwrap();
-        tx.write_rtp(RtpWrite::new(pt, SeqNo::from(u64::from(index) + 1), index * 960, Instant::now(), payload).ext_vals(ext));
+        tx.write_rtp(
+            RtpWrite::new(
+                pt,
+                SeqNo::from(u64::from(index) + 1),
+                index * 960,
+                Instant::now(),
+                payload,
+            )
+            .ext_vals(ext),
+        );
         self.drain();
     }
 }
@@ -133,11 +147,18 @@ impl Drop for Clients {
     }
 }
 
-async fn next_offer(events: &mut UnboundedReceiver<Event>, peer: PeerId, seen: &mut Vec<Event>) -> SdpOffer {
+async fn next_offer(
+    events: &mut UnboundedReceiver<Event>,
+    peer: PeerId,
+    seen: &mut Vec<Event>,
+) -> SdpOffer {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let e = tokio::time::timeout(remaining, events.recv()).await.expect("no offer in time").unwrap();
+        let e = tokio::time::timeout(remaining, events.recv())
+            .await
+            .expect("no offer in time")
+            .unwrap();
         match e {
             Event::Offer { peer: p, offer, .. } if p == peer => return offer,
             other => seen.push(other),
@@ -145,7 +166,12 @@ async fn next_offer(events: &mut UnboundedReceiver<Event>, peer: PeerId, seen: &
     }
 }
 
-async fn wait_for(events: &mut UnboundedReceiver<Event>, seen: &mut Vec<Event>, what: &str, cond: impl Fn(&[Event]) -> bool) {
+async fn wait_for(
+    events: &mut UnboundedReceiver<Event>,
+    seen: &mut Vec<Event>,
+    what: &str,
+    cond: impl Fn(&[Event]) -> bool,
+) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !cond(seen) {
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -177,7 +203,13 @@ async fn publisher_is_heard_over_real_udp_across_shards() {
     let (offer, pending, mid) = {
         let mut c = Client::new();
         let mut api = c.rtc.sdp_api();
-        let mid = api.add_media(MediaKind::Audio, Direction::SendOnly, Some("s".into()), Some("mic".into()), None);
+        let mid = api.add_media(
+            MediaKind::Audio,
+            Direction::SendOnly,
+            Some("s".into()),
+            Some("mic".into()),
+            None,
+        );
         let (offer, pending) = api.apply().unwrap();
         let i = clients.add(c);
         assert_eq!(i, 0);
@@ -186,28 +218,51 @@ async fn publisher_is_heard_over_real_udp_across_shards() {
     let (pub_peer, answer) = sfu.accept_offer(Publish::Allow, offer).await.unwrap();
     clients.with(0, |c| {
         c.rtc.sdp_api().accept_answer(pending, answer).unwrap();
-        let pt = c.rtc.codec_config().find(|p| p.spec().codec == Codec::Opus).unwrap().pt();
+        let pt = c
+            .rtc
+            .codec_config()
+            .find(|p| p.spec().codec == Codec::Opus)
+            .unwrap()
+            .pt();
         c.send = Some((mid, pt));
     });
 
     // Subscribers: engine offers. Round robin puts them on both shards.
     let mut subs = Vec::new();
     for _ in 0..3 {
-        let peer = sfu.create_peer(Publish::Deny, vec!["_reliable".into()]).await.unwrap();
+        let peer = sfu
+            .create_peer(Publish::Deny, vec!["_reliable".into()])
+            .await
+            .unwrap();
         let offer = next_offer(&mut events, peer, &mut seen).await;
         let i = clients.add(Client::new());
         let answer = clients.with(i, |c| c.rtc.sdp_api().accept_offer(offer).unwrap());
-        sfu.with_peer(peer, move |s, now| s.handle_answer(now, peer, answer)).await.unwrap();
+        sfu.with_peer(peer, move |s, now| s.handle_answer(now, peer, answer))
+            .await
+            .unwrap();
         subs.push((i, peer));
     }
     let shards: Vec<u16> = subs.iter().map(|(_, p)| p.shard().0).collect();
-    assert!(shards.contains(&0) && shards.contains(&1), "subscribers on both shards: {shards:?}");
+    assert!(
+        shards.contains(&0) && shards.contains(&1),
+        "subscribers on both shards: {shards:?}"
+    );
 
-    wait_for(&mut events, &mut seen, "connections and the track", |seen| {
-        let connected = seen.iter().filter(|e| matches!(e, Event::Connected(_))).count();
-        let published = seen.iter().any(|e| matches!(e, Event::TrackPublished { .. }));
-        connected == 4 && published
-    })
+    wait_for(
+        &mut events,
+        &mut seen,
+        "connections and the track",
+        |seen| {
+            let connected = seen
+                .iter()
+                .filter(|e| matches!(e, Event::Connected(_)))
+                .count();
+            let published = seen
+                .iter()
+                .any(|e| matches!(e, Event::TrackPublished { .. }));
+            connected == 4 && published
+        },
+    )
     .await;
     let track: TrackId = seen
         .iter()
@@ -227,11 +282,19 @@ async fn publisher_is_heard_over_real_udp_across_shards() {
             stream_id: "PA_x|TR_y".into(),
             track_id: "TR_y".into(),
         };
-        sfu.with_peer(peer, move |s, now| s.subscribe(now, peer, track, label)).await.unwrap();
+        sfu.with_peer(peer, move |s, now| s.subscribe(now, peer, track, label))
+            .await
+            .unwrap();
         let offer = next_offer(&mut events, peer, &mut seen).await;
-        assert!(offer.to_sdp_string().contains("a=msid:PA_x|TR_y TR_y"), "{}", offer.to_sdp_string());
+        assert!(
+            offer.to_sdp_string().contains("a=msid:PA_x|TR_y TR_y"),
+            "{}",
+            offer.to_sdp_string()
+        );
         let answer = clients.with(i, |c| c.rtc.sdp_api().accept_offer(offer).unwrap());
-        sfu.with_peer(peer, move |s, now| s.handle_answer(now, peer, answer)).await.unwrap();
+        sfu.with_peer(peer, move |s, now| s.handle_answer(now, peer, answer))
+            .await
+            .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
 
@@ -242,7 +305,9 @@ async fn publisher_is_heard_over_real_udp_across_shards() {
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let done = subs.iter().all(|(i, _)| clients.with(*i, |c| c.heard.len() >= 100));
+        let done = subs
+            .iter()
+            .all(|(i, _)| clients.with(*i, |c| c.heard.len() >= 100));
         if done || Instant::now() > deadline {
             break;
         }
@@ -255,7 +320,11 @@ async fn publisher_is_heard_over_real_udp_across_shards() {
         sorted.sort();
         for (k, (seq, index)) in sorted.iter().enumerate() {
             assert_eq!(*index as usize, k, "payloads in sequence order");
-            assert_eq!(*seq, sorted[0].0 + k as u64, "contiguous rewritten sequence");
+            assert_eq!(
+                *seq,
+                sorted[0].0 + k as u64,
+                "contiguous rewritten sequence"
+            );
         }
     }
     let stats = sfu.stats().await.unwrap();
@@ -276,10 +345,13 @@ fn port_in_use_and_bad_settings_fail_clearly() {
         shards: 1,
     };
     let err = SfuRuntime::start(&settings, [0; 32]).unwrap_err();
-    assert!(format!("{err:#}").contains("is not available"), "{err:#}");
+    assert!(format!("{err:#}").contains("is already in use"), "{err:#}");
 
     let settings = SfuSettings {
-        ports: UdpPorts::Range { start: 50010, end: 50010 },
+        ports: UdpPorts::Range {
+            start: 50010,
+            end: 50010,
+        },
         shards: 2,
         ..settings
     };

@@ -73,7 +73,13 @@ impl Rewriter {
     /// Rewrite one packet of `source` with extended sequence number `seq_no` and timestamp `ts`,
     /// arriving at `now`. Returns `None` if the packet must not be forwarded (a duplicate, or a
     /// late packet from before the current segment).
-    pub fn rewrite(&mut self, now: Instant, source: SourceKey, seq_no: u64, ts: u32) -> Option<Rewritten> {
+    pub fn rewrite(
+        &mut self,
+        now: Instant,
+        source: SourceKey,
+        seq_no: u64,
+        ts: u32,
+    ) -> Option<Rewritten> {
         if self.source != Some(source) {
             self.start_segment(now, source, seq_no, ts);
         }
@@ -144,12 +150,34 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Rewriter::new(100, 5000);
         let a = r.rewrite(t0, src(1), 70_000, 1_000_000).unwrap();
-        assert_eq!(a, Rewritten { seq_no: 100, timestamp: 5000 });
-        let b = r.rewrite(t0 + Duration::from_millis(20), src(1), 70_001, 1_000_960).unwrap();
-        assert_eq!(b, Rewritten { seq_no: 101, timestamp: 5960 });
+        assert_eq!(
+            a,
+            Rewritten {
+                seq_no: 100,
+                timestamp: 5000
+            }
+        );
+        let b = r
+            .rewrite(t0 + Duration::from_millis(20), src(1), 70_001, 1_000_960)
+            .unwrap();
+        assert_eq!(
+            b,
+            Rewritten {
+                seq_no: 101,
+                timestamp: 5960
+            }
+        );
         // A lost packet stays a gap.
-        let c = r.rewrite(t0 + Duration::from_millis(60), src(1), 70_003, 1_002_880).unwrap();
-        assert_eq!(c, Rewritten { seq_no: 103, timestamp: 7880 });
+        let c = r
+            .rewrite(t0 + Duration::from_millis(60), src(1), 70_003, 1_002_880)
+            .unwrap();
+        assert_eq!(
+            c,
+            Rewritten {
+                seq_no: 103,
+                timestamp: 7880
+            }
+        );
     }
 
     #[test]
@@ -157,12 +185,17 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Rewriter::new(10, 0);
         r.rewrite(t0, src(1), 500, 9_000).unwrap();
-        r.rewrite(t0 + Duration::from_millis(20), src(1), 501, 9_960).unwrap();
+        r.rewrite(t0 + Duration::from_millis(20), src(1), 501, 9_960)
+            .unwrap();
         // Rejoin: new SSRC, unrelated numbers, 1 s later.
-        let x = r.rewrite(t0 + Duration::from_millis(1020), src(2), 40_000, 123).unwrap();
+        let x = r
+            .rewrite(t0 + Duration::from_millis(1020), src(2), 40_000, 123)
+            .unwrap();
         assert_eq!(x.seq_no, 12);
         assert_eq!(x.timestamp, 960 + 48_000);
-        let y = r.rewrite(t0 + Duration::from_millis(1040), src(2), 40_001, 1083).unwrap();
+        let y = r
+            .rewrite(t0 + Duration::from_millis(1040), src(2), 40_001, 1083)
+            .unwrap();
         assert_eq!(y.seq_no, 13);
         assert_eq!(y.timestamp, 960 + 48_000 + 960);
     }
@@ -174,7 +207,9 @@ mod tests {
         r.rewrite(t0, src(1), 10, 0).unwrap();
         r.break_segment();
         // 50 packets were dropped by the engine while muted; the subscriber sees no gap.
-        let x = r.rewrite(t0 + Duration::from_secs(1), src(1), 61, 49_920).unwrap();
+        let x = r
+            .rewrite(t0 + Duration::from_secs(1), src(1), 61, 49_920)
+            .unwrap();
         assert_eq!(x.seq_no, 1);
         assert_eq!(x.timestamp, 48_000);
     }

@@ -33,7 +33,12 @@ impl PeerId {
 
 impl fmt::Debug for PeerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PeerId({}:{})", self.shard().0, self.0 & 0xffff_ffff_ffff)
+        write!(
+            f,
+            "PeerId({}:{})",
+            self.shard().0,
+            self.0 & 0xffff_ffff_ffff
+        )
     }
 }
 

@@ -36,15 +36,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::{Rng, SeedableRng};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::channel::ChannelId;
 use str0m::ice::{IceCreds, StunMessage};
 use str0m::media::{Direction, MediaKind, Mid};
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
-use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Input, Output as RtcOutput, RtcConfig};
+use str0m::{
+    Candidate, Event as RtcEvent, IceConnectionState, Input, Output as RtcOutput, RtcConfig,
+};
 
 use forwarder::{Rewriter, SourceKey};
 pub use id::{MediaLabel, PeerId, ShardId, TrackId};
@@ -299,6 +301,8 @@ pub struct SfuStats {
     pub datagrams_unknown: u64,
     /// Offers refused because they tried to publish without permission.
     pub offers_refused: u64,
+    /// Timer expiries handed to peer connections.
+    pub rtc_timeouts: u64,
 }
 
 #[derive(Debug)]
@@ -407,7 +411,12 @@ impl Sfu {
     /// Create a peer for which the engine makes the first offer (LiveKit's subscriber
     /// connection), with the given data channels in it. The offer arrives as
     /// [`Event::Offer`].
-    pub fn create_peer(&mut self, now: Instant, config: PeerConfig, channels: &[&str]) -> Result<PeerId, SfuError> {
+    pub fn create_peer(
+        &mut self,
+        now: Instant,
+        config: PeerConfig,
+        channels: &[&str],
+    ) -> Result<PeerId, SfuError> {
         let id = self.new_peer(now, &config)?;
         if let Some(p) = self.peers.get_mut(&id) {
             p.negotiation.queued_channels = channels.iter().map(|c| (*c).to_owned()).collect();
@@ -418,8 +427,16 @@ impl Sfu {
     }
 
     /// Apply a client's re-offer on an existing peer (e.g. it adds its microphone).
-    pub fn handle_offer(&mut self, now: Instant, peer: PeerId, offer: SdpOffer) -> Result<SdpAnswer, SfuError> {
-        let p = self.peers.get_mut(&peer).ok_or(SfuError::UnknownPeer(peer))?;
+    pub fn handle_offer(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        offer: SdpOffer,
+    ) -> Result<SdpAnswer, SfuError> {
+        let p = self
+            .peers
+            .get_mut(&peer)
+            .ok_or(SfuError::UnknownPeer(peer))?;
         if p.publish == Publish::Deny && peer::offer_sends_media(&offer.to_sdp_string()) {
             self.stats.offers_refused += 1;
             return Err(SfuError::PublishNotAllowed);
@@ -452,9 +469,21 @@ impl Sfu {
     }
 
     /// Apply the client's answer to the engine's last [`Event::Offer`] for `peer`.
-    pub fn handle_answer(&mut self, now: Instant, peer: PeerId, answer: SdpAnswer) -> Result<(), SfuError> {
-        let p = self.peers.get_mut(&peer).ok_or(SfuError::UnknownPeer(peer))?;
-        let pending = p.negotiation.pending.take().ok_or(SfuError::NoPendingOffer)?;
+    pub fn handle_answer(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        answer: SdpAnswer,
+    ) -> Result<(), SfuError> {
+        let p = self
+            .peers
+            .get_mut(&peer)
+            .ok_or(SfuError::UnknownPeer(peer))?;
+        let pending = p
+            .negotiation
+            .pending
+            .take()
+            .ok_or(SfuError::NoPendingOffer)?;
         let in_flight = std::mem::take(&mut p.negotiation.in_flight);
         let result = p.rtc.sdp_api().accept_answer(pending, answer);
         match result {
@@ -486,8 +515,16 @@ impl Sfu {
 
     /// Add a remote ICE candidate (trickle). With ICE-lite the engine learns addresses from
     /// binding requests, so this is optional.
-    pub fn add_remote_candidate(&mut self, now: Instant, peer: PeerId, candidate: Candidate) -> Result<(), SfuError> {
-        let p = self.peers.get_mut(&peer).ok_or(SfuError::UnknownPeer(peer))?;
+    pub fn add_remote_candidate(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        candidate: Candidate,
+    ) -> Result<(), SfuError> {
+        let p = self
+            .peers
+            .get_mut(&peer)
+            .ok_or(SfuError::UnknownPeer(peer))?;
         p.rtc.add_remote_candidate(candidate);
         self.after_mutation(now, peer);
         Ok(())
@@ -495,8 +532,16 @@ impl Sfu {
 
     /// Change what a peer may do. Revoking publish unpublishes its tracks at once and drops
     /// any RTP it still sends.
-    pub fn set_publish(&mut self, now: Instant, peer: PeerId, publish: Publish) -> Result<(), SfuError> {
-        let p = self.peers.get_mut(&peer).ok_or(SfuError::UnknownPeer(peer))?;
+    pub fn set_publish(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        publish: Publish,
+    ) -> Result<(), SfuError> {
+        let p = self
+            .peers
+            .get_mut(&peer)
+            .ok_or(SfuError::UnknownPeer(peer))?;
         p.publish = publish;
         if publish == Publish::Deny {
             let tracks: Vec<TrackId> = p.up.drain().map(|(_, t)| t).collect();
@@ -514,7 +559,10 @@ impl Sfu {
     /// Close a peer: its tracks are unpublished, its subscriptions dropped. Emits
     /// [`Event::Disconnected`].
     pub fn close_peer(&mut self, now: Instant, peer: PeerId) -> Result<(), SfuError> {
-        let p = self.peers.get_mut(&peer).ok_or(SfuError::UnknownPeer(peer))?;
+        let p = self
+            .peers
+            .get_mut(&peer)
+            .ok_or(SfuError::UnknownPeer(peer))?;
         p.rtc.disconnect();
         self.drain_rtc(peer);
         self.remove_peer(peer);
@@ -531,7 +579,10 @@ impl Sfu {
         binary: bool,
         data: &[u8],
     ) -> Result<bool, SfuError> {
-        let p = self.peers.get_mut(&peer).ok_or(SfuError::UnknownPeer(peer))?;
+        let p = self
+            .peers
+            .get_mut(&peer)
+            .ok_or(SfuError::UnknownPeer(peer))?;
         let sent = match p.rtc.channel(channel) {
             Some(mut ch) => ch.write(binary, data)?,
             None => false,
@@ -544,7 +595,13 @@ impl Sfu {
 
     /// Subscribe `peer` to `track`: adds a sendonly m-line labelled `label` (negotiated via
     /// [`Event::Offer`]) and forwards the track into it. The track may live on another shard.
-    pub fn subscribe(&mut self, now: Instant, peer: PeerId, track: TrackId, label: MediaLabel) -> Result<SlotId, SfuError> {
+    pub fn subscribe(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        track: TrackId,
+        label: MediaLabel,
+    ) -> Result<SlotId, SfuError> {
         let slot = self.add_slot(peer, label)?;
         self.set_slot_source(now, peer, slot, Some(track))?;
         Ok(slot)
@@ -554,7 +611,10 @@ impl Sfu {
     pub fn add_slot(&mut self, peer: PeerId, label: MediaLabel) -> Result<SlotId, SfuError> {
         let initial_seq = (self.rng.next_u64() & 0x7fff) as u16;
         let initial_ts = self.rng.next_u64() as u32;
-        let p = self.peers.get_mut(&peer).ok_or(SfuError::UnknownPeer(peer))?;
+        let p = self
+            .peers
+            .get_mut(&peer)
+            .ok_or(SfuError::UnknownPeer(peer))?;
         let id = SlotId(p.slots.len() as u32);
         p.slots.push(Slot {
             label,
@@ -577,7 +637,10 @@ impl Sfu {
         slot: SlotId,
         source: Option<TrackId>,
     ) -> Result<(), SfuError> {
-        let p = self.peers.get_mut(&peer).ok_or(SfuError::UnknownPeer(peer))?;
+        let p = self
+            .peers
+            .get_mut(&peer)
+            .ok_or(SfuError::UnknownPeer(peer))?;
         let s = p.slot_mut(slot).ok_or(SfuError::UnknownSlot(slot))?;
         let old = std::mem::replace(&mut s.source, source);
         if old == source {
@@ -597,7 +660,12 @@ impl Sfu {
 
     /// Stop forwarding `track` to `peer`. The m-line stays (as LiveKit's transceiver reuse)
     /// and can be fed again with [`Sfu::set_slot_source`].
-    pub fn unsubscribe(&mut self, now: Instant, peer: PeerId, track: TrackId) -> Result<(), SfuError> {
+    pub fn unsubscribe(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        track: TrackId,
+    ) -> Result<(), SfuError> {
         let p = self.peers.get(&peer).ok_or(SfuError::UnknownPeer(peer))?;
         let slots: Vec<SlotId> = (0..p.slots.len() as u32)
             .map(SlotId)
@@ -612,7 +680,10 @@ impl Sfu {
     /// Mute or unmute a track on the server: while muted nothing is forwarded, whatever the
     /// publisher sends. Subscribers see a continuous stream across the pause.
     pub fn set_track_muted(&mut self, track: TrackId, muted: bool) -> Result<(), SfuError> {
-        let t = self.tracks.get_mut(&track).ok_or(SfuError::UnknownTrack(track))?;
+        let t = self
+            .tracks
+            .get_mut(&track)
+            .ok_or(SfuError::UnknownTrack(track))?;
         if t.muted != muted {
             t.muted = muted;
             t.epoch += 1;
@@ -691,6 +762,7 @@ impl Sfu {
             if let Some(p) = self.peers.get_mut(&peer) {
                 // Park the deadline far away; draining sets the real one.
                 p.deadline = now + Duration::from_secs(3600);
+                self.stats.rtc_timeouts += 1;
                 if let Err(e) = p.rtc.handle_input(Input::Timeout(now)) {
                     tracing::debug!(peer = %peer, error = %e, "rtc timeout failed");
                     self.doomed.push(peer);
@@ -769,7 +841,11 @@ impl Sfu {
     fn new_peer(&mut self, now: Instant, config: &PeerConfig) -> Result<PeerId, SfuError> {
         let id = PeerId::new(self.config.shard, self.next_peer);
         self.next_peer += 1;
-        let ufrag = format!("{:02x}{}", self.config.shard.0 & 0xff, self.random_token(UFRAG_LEN - 2));
+        let ufrag = format!(
+            "{:02x}{}",
+            self.config.shard.0 & 0xff,
+            self.random_token(UFRAG_LEN - 2)
+        );
         let pass = self.random_token(24);
         let mut rtc_config = RtcConfig::new()
             .set_ice_lite(true)
@@ -785,7 +861,8 @@ impl Sfu {
         rtc_config = rtc_config.set_reordering_size_audio(0);
         let mut rtc = rtc_config.build(now);
         for addr in &config.candidates {
-            let cand = Candidate::host(*addr, "udp").map_err(|e| SfuError::BadCandidate(e.to_string()))?;
+            let cand =
+                Candidate::host(*addr, "udp").map_err(|e| SfuError::BadCandidate(e.to_string()))?;
             rtc.add_local_candidate(cand);
         }
         self.by_ufrag.insert(ufrag.clone(), id);
@@ -820,7 +897,11 @@ impl Sfu {
             .collect()
     }
 
-    fn with_peer<T>(&mut self, id: PeerId, f: impl FnOnce(&mut Peer) -> Result<T, str0m::RtcError>) -> Result<T, SfuError> {
+    fn with_peer<T>(
+        &mut self,
+        id: PeerId,
+        f: impl FnOnce(&mut Peer) -> Result<T, str0m::RtcError>,
+    ) -> Result<T, SfuError> {
         let p = self.peers.get_mut(&id).ok_or(SfuError::UnknownPeer(id))?;
         Ok(f(p)?)
     }
@@ -965,14 +1046,20 @@ impl Sfu {
                     _ => {}
                 }
             }
-            RtcEvent::ChannelOpen(channel, label) => self.events.push_back(Event::ChannelOpen { peer, channel, label }),
+            RtcEvent::ChannelOpen(channel, label) => self.events.push_back(Event::ChannelOpen {
+                peer,
+                channel,
+                label,
+            }),
             RtcEvent::ChannelData(d) => self.events.push_back(Event::ChannelData {
                 peer,
                 channel: d.id,
                 binary: d.binary,
                 data: d.data,
             }),
-            RtcEvent::ChannelClose(channel) => self.events.push_back(Event::ChannelClose { peer, channel }),
+            RtcEvent::ChannelClose(channel) => {
+                self.events.push_back(Event::ChannelClose { peer, channel })
+            }
             RtcEvent::PeerStats(stats) => self.events.push_back(Event::PeerStats { peer, stats }),
             _ => {}
         }
@@ -1004,7 +1091,8 @@ impl Sfu {
                 relays: Vec::new(),
             },
         );
-        self.events.push_back(Event::TrackPublished { track, label });
+        self.events
+            .push_back(Event::TrackPublished { track, label });
     }
 
     /// After a grant of publish permission, publish m-lines that already receive audio.
@@ -1017,9 +1105,9 @@ impl Sfu {
             .iter()
             .copied()
             .filter(|m| {
-                p.rtc
-                    .media(*m)
-                    .is_some_and(|media| media.kind() == MediaKind::Audio && media.direction().is_receiving())
+                p.rtc.media(*m).is_some_and(|media| {
+                    media.kind() == MediaKind::Audio && media.direction().is_receiving()
+                })
             })
             .collect();
         for mid in mids {
@@ -1064,7 +1152,8 @@ impl Sfu {
             return;
         }
         if let Some(level) = packet.header.ext_vals.audio_level {
-            self.speakers.observe(now, track, level.unsigned_abs(), OPUS_FRAME);
+            self.speakers
+                .observe(now, track, level.unsigned_abs(), OPUS_FRAME);
         }
         let media = MediaPacket {
             ssrc: *ssrc,
@@ -1114,16 +1203,34 @@ impl Sfu {
             let (Some(mid), true) = (s.mid, s.negotiated) else {
                 continue;
             };
-            let Some(out) = s.rewriter.rewrite(now, source, packet.seq_no, packet.timestamp) else {
+            let Some(out) = s
+                .rewriter
+                .rewrite(now, source, packet.seq_no, packet.timestamp)
+            else {
                 continue;
             };
+            // A timer that is due anyway is handled in the same drain as the write, so the
+            // peer is polled once per packet rather than twice.
+            if p.deadline <= now {
+                self.stats.rtc_timeouts += 1;
+                if p.rtc.handle_input(Input::Timeout(now)).is_err() {
+                    self.doomed.push(peer);
+                    continue;
+                }
+            }
             let mut api = p.rtc.direct_api();
             let Some(tx) = api.stream_tx_by_mid(mid, None) else {
                 continue;
             };
-            let write = RtpWrite::new(pt, SeqNo::from(out.seq_no), out.timestamp, packet.received, packet.payload.clone())
-                .marker(packet.marker)
-                .ext_vals(ext.clone());
+            let write = RtpWrite::new(
+                pt,
+                SeqNo::from(out.seq_no),
+                out.timestamp,
+                packet.received,
+                packet.payload.clone(),
+            )
+            .marker(packet.marker)
+            .ext_vals(ext.clone());
             tx.write_rtp(write);
             self.stats.rtp_forwarded += 1;
             // Drain inline (not via drain_rtc) to keep the borrow of `subs`.
@@ -1250,7 +1357,8 @@ impl Sfu {
             self.events.push_back(Event::SpeakersChanged(vec![change]));
         }
         let _ = t.label;
-        self.events.push_back(Event::TrackUnpublished { track, reason });
+        self.events
+            .push_back(Event::TrackUnpublished { track, reason });
     }
 
     fn remove_peer(&mut self, peer: PeerId) {

@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use str0m::Rtc;
 use str0m::change::SdpPendingOffer;
 use str0m::format::Codec;
 use str0m::media::{Mid, Pt};
 use str0m::rtp::Ssrc;
-use str0m::Rtc;
 
 use super::forwarder::Rewriter;
 use super::id::{MediaLabel, PeerId, TrackId};

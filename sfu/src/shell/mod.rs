@@ -32,7 +32,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::proto::{Event, PeerConfig, PeerId, Publish, ShardId, Sfu, SfuError, SfuStats};
+use crate::proto::{Event, PeerConfig, PeerId, Publish, Sfu, SfuError, SfuStats, ShardId};
 use shard::{Shard, ShardMsg};
 
 /// Which UDP ports the engine listens on.
@@ -50,7 +50,7 @@ pub enum UdpPorts {
 }
 
 /// Settings of the media engine.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SfuSettings {
     /// Address to bind.
     pub bind_ip: IpAddr,
@@ -96,13 +96,19 @@ pub struct SfuRuntime {
 impl SfuRuntime {
     /// Bind the sockets and start the shards. Returns the runtime, a handle for commands, and
     /// the events of all shards.
-    pub fn start(settings: &SfuSettings, seed: [u8; 32]) -> anyhow::Result<(SfuRuntime, SfuHandle, mpsc::UnboundedReceiver<Event>)> {
+    pub fn start(
+        settings: &SfuSettings,
+        seed: [u8; 32],
+    ) -> anyhow::Result<(SfuRuntime, SfuHandle, mpsc::UnboundedReceiver<Event>)> {
         let n = settings.shards.max(1);
         if n > 255 {
             bail!("at most 255 shards are supported, {n} configured");
         }
         if settings.advertise_ip.is_unspecified() {
-            bail!("advertise address {} is unspecified; set a concrete address", settings.advertise_ip);
+            bail!(
+                "advertise address {} is unspecified; set a concrete address",
+                settings.advertise_ip
+            );
         }
         let ports: Vec<(u16, bool)> = match settings.ports {
             UdpPorts::Mux(p) => vec![(p, true); n],
@@ -113,13 +119,25 @@ impl SfuRuntime {
                 (0..n).map(|i| (start + i as u16, false)).collect()
             }
         };
+        if let UdpPorts::Mux(port) = settings.ports
+            && port != 0
+        {
+            // SO_REUSEPORT would let a second instance silently share the port and split the
+            // traffic: check that nobody holds it first.
+            let addr = SocketAddr::new(settings.bind_ip, port);
+            drop(udp::bind(addr, false).map_err(|e| udp::bind_error(addr, &e))?);
+        }
         let mut sockets = Vec::with_capacity(n);
         let mut port0 = None;
         for (i, (port, reuse)) in ports.iter().enumerate() {
             // Mux mode with port 0: the first shard picks a port, the others join it.
-            let port = if *reuse && *port == 0 { port0.unwrap_or(0) } else { *port };
+            let port = if *reuse && *port == 0 {
+                port0.unwrap_or(0)
+            } else {
+                *port
+            };
             let addr = SocketAddr::new(settings.bind_ip, port);
-            let socket = udp::bind(addr, *reuse).with_context(|| format!("RTC UDP port {addr} is not available"))?;
+            let socket = udp::bind(addr, *reuse).map_err(|e| udp::bind_error(addr, &e))?;
             if i == 0 {
                 port0 = Some(socket.local_addr()?.port());
             }
@@ -144,7 +162,14 @@ impl SfuRuntime {
             local_addrs.push(local);
             let mut shard_seed = seed;
             shard_seed[31] ^= i as u8;
-            let shard = Shard::new(info, socket, inbox, senders.clone(), event_tx.clone(), shard_seed);
+            let shard = Shard::new(
+                info,
+                socket,
+                inbox,
+                senders.clone(),
+                event_tx.clone(),
+                shard_seed,
+            );
             let thread = std::thread::Builder::new()
                 .name(format!("sfu-shard-{i}"))
                 .spawn(move || shard.run())
@@ -224,7 +249,9 @@ impl SfuHandle {
             let _ = tx.send(f(sfu, info, now));
         });
         let sender = self.shards.get(usize::from(shard.0)).ok_or(EngineStopped)?;
-        sender.send(ShardMsg::Command(cmd)).map_err(|_| EngineStopped)?;
+        sender
+            .send(ShardMsg::Command(cmd))
+            .map_err(|_| EngineStopped)?;
         rx.await.map_err(|_| EngineStopped)
     }
 
@@ -253,7 +280,11 @@ impl SfuHandle {
     }
 
     /// Create a peer for which the engine offers first; see [`Sfu::create_peer`].
-    pub async fn create_peer(&self, publish: Publish, channels: Vec<String>) -> Result<PeerId, CallError> {
+    pub async fn create_peer(
+        &self,
+        publish: Publish,
+        channels: Vec<String>,
+    ) -> Result<PeerId, CallError> {
         let shard = self.pick_shard();
         let r = self
             .call(shard, move |sfu, info, now| {
@@ -274,14 +305,19 @@ impl SfuHandle {
         peer: PeerId,
         f: impl FnOnce(&mut Sfu, Instant) -> Result<T, SfuError> + Send + 'static,
     ) -> Result<T, CallError> {
-        Ok(self.call(peer.shard(), move |sfu, _, now| f(sfu, now)).await??)
+        Ok(self
+            .call(peer.shard(), move |sfu, _, now| f(sfu, now))
+            .await??)
     }
 
     /// Counters of every shard.
     pub async fn stats(&self) -> Result<Vec<SfuStats>, EngineStopped> {
         let mut out = Vec::with_capacity(self.shards.len());
         for i in 0..self.shards.len() {
-            out.push(self.call(ShardId(i as u16), |sfu, _, _| sfu.stats()).await?);
+            out.push(
+                self.call(ShardId(i as u16), |sfu, _, _| sfu.stats())
+                    .await?,
+            );
         }
         Ok(out)
     }

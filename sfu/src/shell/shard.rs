@@ -65,7 +65,10 @@ impl Shard {
 
     /// Run until stopped. Blocks the calling thread.
     pub fn run(self) {
-        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
             Ok(rt) => rt,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start shard runtime");
@@ -137,7 +140,13 @@ impl Shard {
                 contents,
             } => {
                 // A second hop is never forwarded again: ownership is by ufrag.
-                let _ = sfu.handle_receive(received, Protocol::Udp, source, self.info.advertised, &contents);
+                let _ = sfu.handle_receive(
+                    received,
+                    Protocol::Udp,
+                    source,
+                    self.info.advertised,
+                    &contents,
+                );
             }
             ShardMsg::Stop => {}
         }

@@ -29,6 +29,15 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSocke
     Ok(socket.into())
 }
 
+/// A one-line error for a failed bind of an RTC port.
+pub fn bind_error(addr: SocketAddr, err: &io::Error) -> anyhow::Error {
+    if err.kind() == io::ErrorKind::AddrInUse {
+        anyhow::anyhow!("RTC UDP port {addr} is already in use")
+    } else {
+        anyhow::anyhow!("cannot bind RTC UDP port {addr}: {err}")
+    }
+}
+
 /// Datagrams waiting to be sent, flushed in batches.
 #[derive(Debug, Default)]
 pub struct SendBatch {
@@ -60,11 +69,21 @@ impl SendBatch {
         while done < self.items.len() {
             let end = (done + SEND_BATCH).min(self.items.len());
             let chunk = &self.items[done..end];
-            let slices: Vec<[IoSlice<'_>; 1]> = chunk.iter().map(|(_, c)| [IoSlice::new(c)]).collect();
-            let addrs: Vec<Option<SockaddrStorage>> =
-                chunk.iter().map(|(a, _)| Some(SockaddrStorage::from(*a))).collect();
+            let slices: Vec<[IoSlice<'_>; 1]> =
+                chunk.iter().map(|(_, c)| [IoSlice::new(c)]).collect();
+            let addrs: Vec<Option<SockaddrStorage>> = chunk
+                .iter()
+                .map(|(a, _)| Some(SockaddrStorage::from(*a)))
+                .collect();
             let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(chunk.len(), None);
-            match sendmmsg(socket.as_raw_fd(), &mut headers, &slices, &addrs, [], MsgFlags::MSG_DONTWAIT) {
+            match sendmmsg(
+                socket.as_raw_fd(),
+                &mut headers,
+                &slices,
+                &addrs,
+                [],
+                MsgFlags::MSG_DONTWAIT,
+            ) {
                 Ok(results) => {
                     let n = results.count();
                     stats.syscalls += 1;
@@ -123,7 +142,8 @@ mod tests {
         assert_eq!(stats.sent, 70);
         assert_eq!(stats.syscalls, 3);
         assert!(batch.is_empty());
-        rx.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
         let mut buf = [0u8; 200];
         for i in 0..70u8 {
             let (n, _) = rx.recv_from(&mut buf).unwrap();

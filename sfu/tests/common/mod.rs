@@ -2,7 +2,12 @@
 //! `str0m-netem` links on a virtual clock. No sockets, no sleeps; every run is bounded in steps.
 //!
 //! Addresses are loopback-range labels only; nothing is sent anywhere.
-#![allow(dead_code, clippy::unwrap_used, clippy::unwrap_in_result, clippy::disallowed_methods)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::unwrap_in_result,
+    clippy::disallowed_methods
+)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,8 +22,8 @@ use stoa_sfu::str0m::net::{Protocol, Receive};
 use stoa_sfu::str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
 use stoa_sfu::str0m::{Candidate, Event as RtcEvent, Input, Output as RtcOutput, Rtc, RtcConfig};
 use stoa_sfu::{
-    Event, MediaLabel, Output, PeerConfig, PeerId, Publish, Relay, Routed, ShardId, Sfu,
-    SfuConfig, SlotId, TrackId,
+    Event, MediaLabel, Output, PeerConfig, PeerId, Publish, Relay, Routed, Sfu, SfuConfig, ShardId,
+    SlotId, TrackId,
 };
 
 /// A datagram in flight.
@@ -247,13 +252,23 @@ impl Sim {
 
     /// A client that offers one sendonly audio m-line (a LiveKit publisher connection).
     /// Returns the client index, or the engine's refusal.
-    pub fn join_publisher(&mut self, name: &str, publish: Publish) -> Result<usize, stoa_sfu::SfuError> {
+    pub fn join_publisher(
+        &mut self,
+        name: &str,
+        publish: Publish,
+    ) -> Result<usize, stoa_sfu::SfuError> {
         let c = self.new_client(name);
         let shard = self.next_shard();
         let now = self.now;
         let client = &mut self.clients[c];
         let mut api = client.rtc.sdp_api();
-        let mid = api.add_media(MediaKind::Audio, Direction::SendOnly, Some("mic-stream".into()), Some(format!("cid-{name}")), None);
+        let mid = api.add_media(
+            MediaKind::Audio,
+            Direction::SendOnly,
+            Some("mic-stream".into()),
+            Some(format!("cid-{name}")),
+            None,
+        );
         api.add_channel("_reliable".into());
         let (offer, pending) = api.apply().unwrap();
         let config = self.peer_config(publish);
@@ -305,7 +320,9 @@ impl Sim {
         let c = self.new_client(name);
         let shard = self.next_shard();
         let config = self.peer_config(Publish::Deny);
-        let peer = self.shards[shard].create_peer(self.now, config, &["_reliable", "_lossy"]).unwrap();
+        let peer = self.shards[shard]
+            .create_peer(self.now, config, &["_reliable", "_lossy"])
+            .unwrap();
         self.clients[c].peer = Some(peer);
         self.by_peer.insert(peer, c);
         self.pump_events();
@@ -318,13 +335,24 @@ impl Sim {
         let peer = self.clients[c].peer.unwrap();
         let client = &mut self.clients[c];
         let mut api = client.rtc.sdp_api();
-        let mid = api.add_media(MediaKind::Audio, Direction::SendOnly, Some("mic-stream".into()), Some(format!("cid-late-{c}")), None);
+        let mid = api.add_media(
+            MediaKind::Audio,
+            Direction::SendOnly,
+            Some("mic-stream".into()),
+            Some(format!("cid-late-{c}")),
+            None,
+        );
         let (offer, pending) = api.apply().unwrap();
         let shard = self.shard_of(peer);
         let answer = self.shards[shard].handle_offer(now, peer, offer)?;
         let client = &mut self.clients[c];
         client.rtc.sdp_api().accept_answer(pending, answer).unwrap();
-        let pt = client.rtc.codec_config().find(|p| p.spec().codec == Codec::Opus).unwrap().pt();
+        let pt = client
+            .rtc
+            .codec_config()
+            .find(|p| p.spec().codec == Codec::Opus)
+            .unwrap()
+            .pt();
         client.send = Some((mid, pt));
         client.drain(now);
         self.pump_events();
@@ -354,7 +382,9 @@ impl Sim {
             stream_id: format!("PA_{}|TR_{}", track.peer.as_u64(), track.mid),
             track_id: format!("TR_{}", track.mid),
         };
-        let slot = self.shards[shard].subscribe(self.now, peer, track, label).unwrap();
+        let slot = self.shards[shard]
+            .subscribe(self.now, peer, track, label)
+            .unwrap();
         self.pump_events();
         slot
     }
@@ -388,7 +418,9 @@ impl Sim {
         let Some(tx) = api.stream_tx_by_mid(mid, None) else {
             return;
         };
-        tx.write_rtp(RtpWrite::new(pt, SeqNo::from(u64::from(index) + 1), ts, now, payload).ext_vals(ext));
+        tx.write_rtp(
+            RtpWrite::new(pt, SeqNo::from(u64::from(index) + 1), ts, now, payload).ext_vals(ext),
+        );
         client.sent += 1;
         client.drain(now);
     }
@@ -410,7 +442,9 @@ impl Sim {
                                     destination: t.destination,
                                     contents: t.contents.to_vec(),
                                 };
-                                self.clients[c].down.handle_input(NetemInput::Packet(self.now, pkt));
+                                self.clients[c]
+                                    .down
+                                    .handle_input(NetemInput::Packet(self.now, pkt));
                             }
                         }
                         Output::Relay(r) => {
@@ -440,7 +474,9 @@ impl Sim {
         let now = self.now;
         match e {
             Event::Offer { peer, offer, .. } => {
-                let Some(&c) = self.by_peer.get(&peer) else { return };
+                let Some(&c) = self.by_peer.get(&peer) else {
+                    return;
+                };
                 let offer = SdpOffer::from_sdp_string(&offer.to_sdp_string()).unwrap();
                 let client = &mut self.clients[c];
                 let answer = client.rtc.sdp_api().accept_offer(offer).unwrap();
@@ -484,13 +520,17 @@ impl Sim {
             // Client → engine.
             self.clients[i].up.handle_input(NetemInput::Timeout(now));
             while let Some(out) = self.clients[i].up.poll_output() {
-                let NetemOutput::Packet(p) = out else { continue };
+                let NetemOutput::Packet(p) = out else {
+                    continue;
+                };
                 self.deliver_to_sfu(i, p);
             }
             // Engine → client.
             self.clients[i].down.handle_input(NetemInput::Timeout(now));
             while let Some(out) = self.clients[i].down.poll_output() {
-                let NetemOutput::Packet(p) = out else { continue };
+                let NetemOutput::Packet(p) = out else {
+                    continue;
+                };
                 let client = &mut self.clients[i];
                 if !client.alive {
                     continue;
@@ -516,7 +556,13 @@ impl Sim {
         let now = self.now;
         let mut shard = self.recv_shard[&client];
         for _ in 0..2 {
-            match self.shards[shard].handle_receive(now, Protocol::Udp, p.source, p.destination, &p.contents) {
+            match self.shards[shard].handle_receive(
+                now,
+                Protocol::Udp,
+                p.source,
+                p.destination,
+                &p.contents,
+            ) {
                 Routed::Foreign(other) => shard = other.0 as usize,
                 Routed::Handled | Routed::Dropped => break,
             }
@@ -528,7 +574,10 @@ impl Sim {
     pub fn run_until(&mut self, timeout: Duration, what: &str, mut cond: impl FnMut(&Sim) -> bool) {
         let limit = self.now + timeout;
         while !cond(self) {
-            assert!(self.now < limit, "timed out after {timeout:?} waiting for {what}");
+            assert!(
+                self.now < limit,
+                "timed out after {timeout:?} waiting for {what}"
+            );
             self.step(limit);
         }
     }
@@ -548,12 +597,16 @@ impl Sim {
 
     pub fn all_connected(&self) -> bool {
         self.clients.iter().filter(|c| c.alive).all(|c| {
-            c.connected && c.peer.is_some_and(|p| self.shards[p.shard().0 as usize].is_connected(p))
+            c.connected
+                && c.peer
+                    .is_some_and(|p| self.shards[p.shard().0 as usize].is_connected(p))
         })
     }
 
     pub fn connect_all(&mut self) {
-        self.run_until(Duration::from_secs(10), "all peers connected", |s| s.all_connected());
+        self.run_until(Duration::from_secs(10), "all peers connected", |s| {
+            s.all_connected()
+        });
     }
 
     /// Drop a client without telling the engine (network gone).
@@ -581,9 +634,16 @@ pub fn assert_rewrite_consistent(heard: &[Heard]) {
     for h in heard {
         let di = i64::from(h.index) - i64::from(first.index);
         let ds = h.seq_no as i64 - first.seq_no as i64;
-        assert_eq!(ds, di, "sequence does not follow the publisher: {h:?} vs first {first:?}");
+        assert_eq!(
+            ds, di,
+            "sequence does not follow the publisher: {h:?} vs first {first:?}"
+        );
         let dt = h.timestamp.wrapping_sub(first.timestamp) as i32;
-        assert_eq!(i64::from(dt), di * 960, "timestamp does not follow the publisher: {h:?}");
+        assert_eq!(
+            i64::from(dt),
+            di * 960,
+            "timestamp does not follow the publisher: {h:?}"
+        );
         assert!(seen.insert(h.seq_no), "duplicate {h:?}");
         assert_eq!(h.ssrc, first.ssrc, "subscriber SSRC changed");
     }

@@ -1,0 +1,11 @@
+//! `stoa-signaling`: Stoa's LiveKit-compatible media-side signaling.
+//!
+//! This crate owns the LiveKit wire protocol spoken on the `/rtc` WebSocket, access tokens and
+//! their grants, participant sessions, the media-side rooms (participants, tracks, permissions,
+//! attributes and metadata), the Twirp `RoomService` server that unmodified LiveKit server SDKs
+//! call, and signed webhooks. It drives the media engine in `stoa-sfu` with commands and consumes
+//! its events; it knows nothing about hands, followers or other control-plane concepts.
+//!
+//! Not implemented yet: the crate holds no code beyond this description.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]

@@ -1,0 +1,1116 @@
+//! Stoa's configuration, parsed once at startup into the validated [`Config`].
+//!
+//! Values are layered, each layer overriding the one before it:
+//!
+//! 1. built-in defaults, which depend on the [`Mode`] (`stoa serve --dev` or not);
+//! 2. the TOML config file (`--config FILE` or `STOA_CONFIG`), see `config.example.toml`;
+//! 3. `STOA_*` environment variables (an empty variable counts as unset);
+//! 4. command-line flags ([`Overrides`]).
+//!
+//! Every problem is reported as one line that says where the bad value came from
+//! (`config /etc/stoa.toml:3: …`, `STOA_HTTP_PORT: …`, `--http-port: …`), so an operator can fix
+//! it without reading a stack trace. Nothing malformed is silently ignored.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroUsize;
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Deserialize;
+use toml::Spanned;
+use tracing_subscriber::EnvFilter;
+
+/// HTTP and WebSocket port, in every mode (LiveKit's default too).
+pub const DEFAULT_HTTP_PORT: u16 = 7880;
+/// RTC UDP port in dev mode: every peer connection multiplexed on it (LiveKit's dev default).
+pub const DEV_RTC_UDP_PORT: u16 = 7882;
+/// First RTC UDP port outside dev mode.
+pub const DEFAULT_RTC_PORT_RANGE_START: u16 = 50000;
+/// Last RTC UDP port outside dev mode (inclusive).
+pub const DEFAULT_RTC_PORT_RANGE_END: u16 = 50200;
+/// API key used in dev mode when no keys are configured.
+pub const DEV_API_KEY: &str = "devkey";
+/// Secret of [`DEV_API_KEY`]; well known, so dev mode must never face a network.
+pub const DEV_API_SECRET: &str = "secret";
+/// Most media engine shards supported; the engine refuses more.
+pub const MAX_SHARDS: usize = 255;
+/// Log filter when none is configured.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+
+/// Environment variable naming the config file (read by the command line parser).
+pub const ENV_CONFIG: &str = "STOA_CONFIG";
+const ENV_BIND_IP: &str = "STOA_BIND_IP";
+const ENV_ADVERTISE_IP: &str = "STOA_ADVERTISE_IP";
+const ENV_HTTP_PORT: &str = "STOA_HTTP_PORT";
+const ENV_RTC_UDP_PORT: &str = "STOA_RTC_UDP_PORT";
+const ENV_KEYS: &str = "STOA_KEYS";
+const ENV_LOG_LEVEL: &str = "STOA_LOG_LEVEL";
+
+/// Level names accepted on their own in a log filter.
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// How the defaults are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `--dev`: API key `devkey` / secret `secret` unless keys are configured, bound and advertised
+    /// on 127.0.0.1, HTTP on 7880, RTC UDP on 7882.
+    Dev,
+    /// Normal operation: API keys are required, bound on 0.0.0.0 (so `advertise_ip` is required),
+    /// HTTP on 7880, RTC UDP on ports 50000-50200.
+    Production,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Dev => "dev",
+            Mode::Production => "production",
+        })
+    }
+}
+
+/// Values given on the command line; each one wins over the file and the environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `--bind-ip`.
+    pub bind_ip: Option<IpAddr>,
+    /// `--advertise-ip`.
+    pub advertise_ip: Option<IpAddr>,
+    /// `--http-port`.
+    pub http_port: Option<u16>,
+    /// `--rtc-udp-port`.
+    pub rtc_udp_port: Option<u16>,
+    /// `--log-level`.
+    pub log_level: Option<String>,
+}
+
+/// The validated configuration `stoa serve` runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Which defaults applied.
+    pub mode: Mode,
+    /// Address the HTTP listener and the RTC sockets bind to.
+    pub bind_ip: IpAddr,
+    /// Address given to clients in ICE candidates; never unspecified (0.0.0.0 or ::).
+    pub advertise_ip: IpAddr,
+    /// HTTP and WebSocket port.
+    pub http_port: u16,
+    /// Media engine sockets.
+    pub rtc: RtcConfig,
+    /// API keys and their secrets; never empty.
+    pub keys: ApiKeys,
+    /// Log filter and format.
+    pub logging: LoggingConfig,
+}
+
+impl Config {
+    /// Where the HTTP listener binds.
+    pub fn http_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.bind_ip, self.http_port)
+    }
+}
+
+/// Media engine socket settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtcConfig {
+    /// UDP port(s) for WebRTC media.
+    pub ports: RtcPorts,
+    /// Number of media engine shards (one per core by default).
+    pub shards: NonZeroUsize,
+}
+
+/// UDP port(s) for WebRTC media. Ports are never 0, and a range is never empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RtcPorts {
+    /// Every peer connection on one port, demultiplexed by the engine.
+    Mux(u16),
+    /// Ports `start..=end`.
+    Range {
+        /// First port.
+        start: u16,
+        /// Last port, inclusive.
+        end: u16,
+    },
+}
+
+/// API keys and their secrets, as used to sign and verify access tokens.
+///
+/// Its `Debug` output shows the keys and hides the secrets, so it can be logged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApiKeys(BTreeMap<String, ApiSecret>);
+
+impl ApiKeys {
+    fn dev() -> Self {
+        let mut keys = Self::default();
+        keys.0
+            .insert(DEV_API_KEY.to_owned(), ApiSecret(DEV_API_SECRET.to_owned()));
+        keys
+    }
+
+    fn insert(&mut self, key: &str, secret: &str) -> Result<(), String> {
+        let (key, secret) = (key.trim(), secret.trim());
+        if key.is_empty() {
+            return Err("API key name is empty".to_owned());
+        }
+        if secret.is_empty() {
+            return Err(format!("secret for API key `{key}` is empty"));
+        }
+        if self
+            .0
+            .insert(key.to_owned(), ApiSecret(secret.to_owned()))
+            .is_some()
+        {
+            return Err(format!("API key `{key}` is given twice"));
+        }
+        Ok(())
+    }
+
+    /// The key names, which are not secret and may be logged.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
+    /// The secret of `key`, if it is configured.
+    #[allow(
+        dead_code,
+        reason = "read by token verification once signaling is wired in"
+    )]
+    pub fn secret(&self, key: &str) -> Option<&ApiSecret> {
+        self.0.get(key)
+    }
+
+    /// Whether the well-known dev credentials are accepted.
+    pub fn has_dev_key(&self) -> bool {
+        self.0
+            .get(DEV_API_KEY)
+            .is_some_and(|secret| secret.0 == DEV_API_SECRET)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// An API secret. Its `Debug` output is redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiSecret(String);
+
+impl ApiSecret {
+    /// The secret itself: for signing and verifying tokens, never for logs or clients.
+    #[allow(
+        dead_code,
+        reason = "read by token verification once signaling is wired in"
+    )]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiSecret(<redacted>)")
+    }
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggingConfig {
+    /// Which events are logged.
+    pub filter: LogFilter,
+    /// How they are written.
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A log filter known to parse: a level (`info`) or `tracing` directives
+/// (`info,stoa_sfu=debug`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogFilter(String);
+
+impl LogFilter {
+    fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("log filter is empty".to_owned());
+        }
+        let bare_target = text.split(',').map(str::trim).find(|directive| {
+            !directive.contains('=')
+                && !LOG_LEVELS.contains(&directive.to_ascii_lowercase().as_str())
+        });
+        if let Some(directive) = bare_target {
+            return Err(format!(
+                "`{directive}` is not a log level (one of {}) or a `target=level` directive",
+                LOG_LEVELS.join(", ")
+            ));
+        }
+        EnvFilter::builder()
+            .parse(text)
+            .map_err(|err| format!("invalid log filter `{text}`: {err}"))?;
+        Ok(Self(text.to_owned()))
+    }
+
+    /// The filter for `tracing-subscriber`.
+    pub fn env_filter(&self) -> EnvFilter {
+        // INVARIANT: `parse` accepted this text, so it parses again.
+        EnvFilter::builder()
+            .parse(&self.0)
+            .expect("log filter was validated when the config was loaded")
+    }
+}
+
+impl fmt::Display for LogFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Loads the configuration: defaults for `mode`, then the file at `path` (if any), then the
+/// environment as seen through `env`, then `flags`.
+pub fn load(
+    mode: Mode,
+    path: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+    flags: &Overrides,
+) -> Result<Config> {
+    let mut layers = Layers::default();
+    if let Some(path) = path {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("config {}: cannot read", path.display()))?;
+        layers.apply_file(&path.display().to_string(), &text)?;
+    }
+    layers.apply_env(env)?;
+    layers.apply_flags(flags)?;
+    let cores = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
+    layers.finish(mode, cores)
+}
+
+/// The config file's shape. Every key is optional; defaults are applied by [`Layers::finish`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    bind_ip: Option<Spanned<String>>,
+    advertise_ip: Option<Spanned<String>>,
+    #[serde(default)]
+    http: FileHttp,
+    #[serde(default)]
+    rtc: FileRtc,
+    keys: Option<BTreeMap<String, Spanned<String>>>,
+    #[serde(default)]
+    logging: FileLogging,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHttp {
+    port: Option<Spanned<u16>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRtc {
+    udp_port: Option<Spanned<u16>>,
+    port_range_start: Option<Spanned<u16>>,
+    port_range_end: Option<Spanned<u16>>,
+    shards: Option<Spanned<usize>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLogging {
+    level: Option<Spanned<String>>,
+    json: Option<bool>,
+}
+
+/// Values set so far, each already valid on its own; `None` means "use the default".
+#[derive(Debug, Default)]
+struct Layers {
+    bind_ip: Option<IpAddr>,
+    advertise_ip: Option<IpAddr>,
+    http_port: Option<u16>,
+    rtc_ports: Option<RtcPorts>,
+    shards: Option<NonZeroUsize>,
+    keys: Option<ApiKeys>,
+    log_filter: Option<LogFilter>,
+    log_format: Option<LogFormat>,
+}
+
+impl Layers {
+    /// Applies a config file; `name` is how messages refer to it.
+    fn apply_file(&mut self, name: &str, text: &str) -> Result<()> {
+        let file: FileConfig = toml::from_str(text).map_err(|err| {
+            let line = err
+                .span()
+                .map(|span| format!(":{}", line_of(text, span.start)));
+            let message = err.message().trim().replace('\n', " ");
+            anyhow!("config {name}{}: {message}", line.unwrap_or_default())
+        })?;
+        let at = |key: &str, span: std::ops::Range<usize>| {
+            format!("config {name}:{}: {key}", line_of(text, span.start))
+        };
+
+        if let Some(value) = &file.bind_ip {
+            self.bind_ip = Some(
+                parse_bind_ip(value.get_ref())
+                    .map_err(|e| anyhow!("{}: {e}", at("bind_ip", value.span())))?,
+            );
+        }
+        if let Some(value) = &file.advertise_ip {
+            let where_ = at("advertise_ip", value.span());
+            self.advertise_ip =
+                Some(parse_advertise_ip(value.get_ref()).map_err(|e| anyhow!("{where_}: {e}"))?);
+        }
+        if let Some(port) = &file.http.port {
+            self.http_port = Some(
+                check_port(*port.get_ref())
+                    .map_err(|e| anyhow!("{}: {e}", at("http.port", port.span())))?,
+            );
+        }
+
+        let rtc = &file.rtc;
+        match (&rtc.udp_port, &rtc.port_range_start, &rtc.port_range_end) {
+            (None, None, None) => {}
+            (Some(port), None, None) => {
+                let port = check_port(*port.get_ref())
+                    .map_err(|e| anyhow!("{}: {e}", at("rtc.udp_port", port.span())))?;
+                self.rtc_ports = Some(RtcPorts::Mux(port));
+            }
+            (Some(port), _, _) => bail!(
+                "{}: set either rtc.udp_port or rtc.port_range_start/rtc.port_range_end, not both",
+                at("rtc.udp_port", port.span())
+            ),
+            (None, Some(start), Some(end)) => {
+                let where_ = at("rtc.port_range_start", start.span());
+                let start = check_port(*start.get_ref()).map_err(|e| anyhow!("{where_}: {e}"))?;
+                let end = check_port(*end.get_ref())
+                    .map_err(|e| anyhow!("{}: {e}", at("rtc.port_range_end", end.span())))?;
+                if start > end {
+                    bail!("{where_}: port range {start}-{end} is empty (start is after end)");
+                }
+                self.rtc_ports = Some(RtcPorts::Range { start, end });
+            }
+            (None, Some(start), None) => bail!(
+                "{}: rtc.port_range_end is missing; set both ends of the range",
+                at("rtc.port_range_start", start.span())
+            ),
+            (None, None, Some(end)) => bail!(
+                "{}: rtc.port_range_start is missing; set both ends of the range",
+                at("rtc.port_range_end", end.span())
+            ),
+        }
+        if let Some(shards) = &rtc.shards {
+            let count = NonZeroUsize::new(*shards.get_ref())
+                .filter(|count| count.get() <= MAX_SHARDS)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "{}: must be between 1 and {MAX_SHARDS}",
+                        at("rtc.shards", shards.span())
+                    )
+                })?;
+            self.shards = Some(count);
+        }
+
+        if let Some(table) = &file.keys {
+            let mut keys = ApiKeys::default();
+            for (key, secret) in table {
+                keys.insert(key, secret.get_ref())
+                    .map_err(|e| anyhow!("{}: {e}", at(&format!("keys.{key}"), secret.span())))?;
+            }
+            self.keys = Some(keys);
+        }
+
+        if let Some(level) = &file.logging.level {
+            let filter = LogFilter::parse(level.get_ref())
+                .map_err(|e| anyhow!("{}: {e}", at("logging.level", level.span())))?;
+            self.log_filter = Some(filter);
+        }
+        if let Some(json) = file.logging.json {
+            self.log_format = Some(if json {
+                LogFormat::Json
+            } else {
+                LogFormat::Text
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies the `STOA_*` variables that `env` returns (except `STOA_CONFIG`, read earlier).
+    fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<()> {
+        let var = |name: &str| {
+            env(name)
+                .map(|value| value.trim().to_owned())
+                .filter(|value| !value.is_empty())
+        };
+
+        if let Some(value) = var(ENV_BIND_IP) {
+            self.bind_ip = Some(parse_bind_ip(&value).map_err(|e| anyhow!("{ENV_BIND_IP}: {e}"))?);
+        }
+        if let Some(value) = var(ENV_ADVERTISE_IP) {
+            self.advertise_ip =
+                Some(parse_advertise_ip(&value).map_err(|e| anyhow!("{ENV_ADVERTISE_IP}: {e}"))?);
+        }
+        if let Some(value) = var(ENV_HTTP_PORT) {
+            self.http_port = Some(parse_port(&value).map_err(|e| anyhow!("{ENV_HTTP_PORT}: {e}"))?);
+        }
+        if let Some(value) = var(ENV_RTC_UDP_PORT) {
+            // A port from the environment replaces whatever the file chose, range included.
+            let port = parse_port(&value).map_err(|e| anyhow!("{ENV_RTC_UDP_PORT}: {e}"))?;
+            self.rtc_ports = Some(RtcPorts::Mux(port));
+        }
+        if let Some(value) = var(ENV_KEYS) {
+            self.keys = Some(parse_key_list(&value).map_err(|e| anyhow!("{ENV_KEYS}: {e}"))?);
+        }
+        if let Some(value) = var(ENV_LOG_LEVEL) {
+            self.log_filter =
+                Some(LogFilter::parse(&value).map_err(|e| anyhow!("{ENV_LOG_LEVEL}: {e}"))?);
+        }
+        Ok(())
+    }
+
+    fn apply_flags(&mut self, flags: &Overrides) -> Result<()> {
+        if let Some(ip) = flags.bind_ip {
+            self.bind_ip = Some(check_bind_ip(ip).map_err(|e| anyhow!("--bind-ip: {e}"))?);
+        }
+        if let Some(ip) = flags.advertise_ip {
+            self.advertise_ip =
+                Some(check_advertise_ip(ip).map_err(|e| anyhow!("--advertise-ip: {e}"))?);
+        }
+        if let Some(port) = flags.http_port {
+            self.http_port = Some(check_port(port).map_err(|e| anyhow!("--http-port: {e}"))?);
+        }
+        if let Some(port) = flags.rtc_udp_port {
+            let port = check_port(port).map_err(|e| anyhow!("--rtc-udp-port: {e}"))?;
+            self.rtc_ports = Some(RtcPorts::Mux(port));
+        }
+        if let Some(level) = &flags.log_level {
+            self.log_filter =
+                Some(LogFilter::parse(level).map_err(|e| anyhow!("--log-level: {e}"))?);
+        }
+        Ok(())
+    }
+
+    /// Fills in the defaults for `mode` and checks what involves more than one value.
+    fn finish(self, mode: Mode, cores: NonZeroUsize) -> Result<Config> {
+        let keys = match (self.keys, mode) {
+            (Some(keys), _) if !keys.is_empty() => keys,
+            (_, Mode::Dev) => ApiKeys::dev(),
+            (_, Mode::Production) => bail!(
+                "no API keys configured: set [keys] in the config file or {ENV_KEYS}=\"key: secret\", \
+                 or run `stoa serve --dev` for local development"
+            ),
+        };
+
+        let (default_bind_ip, default_rtc_ports) = match mode {
+            Mode::Dev => (
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                RtcPorts::Mux(DEV_RTC_UDP_PORT),
+            ),
+            Mode::Production => (
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                RtcPorts::Range {
+                    start: DEFAULT_RTC_PORT_RANGE_START,
+                    end: DEFAULT_RTC_PORT_RANGE_END,
+                },
+            ),
+        };
+        let bind_ip = self.bind_ip.unwrap_or(default_bind_ip);
+        let advertise_ip = match self.advertise_ip {
+            Some(ip) => ip,
+            None if bind_ip.is_unspecified() => bail!(
+                "advertise_ip is required when bind_ip is {bind_ip}: set advertise_ip in the config file \
+                 or {ENV_ADVERTISE_IP} to the address clients reach this server at"
+            ),
+            None => bind_ip,
+        };
+
+        let ports = self.rtc_ports.unwrap_or(default_rtc_ports);
+        let shards = self.shards.unwrap_or_else(|| {
+            // INVARIANT: MAX_SHARDS is not zero.
+            cores.min(NonZeroUsize::new(MAX_SHARDS).expect("MAX_SHARDS > 0"))
+        });
+        if let RtcPorts::Range { start, end } = ports {
+            // Each shard listens on its own port of the range.
+            let len = usize::from(end - start) + 1;
+            if len < shards.get() {
+                bail!(
+                    "rtc port range {start}-{end} has {len} ports, fewer than the {shards} shards; \
+                     widen the range or lower rtc.shards (each shard needs its own port)"
+                );
+            }
+        }
+
+        Ok(Config {
+            mode,
+            bind_ip,
+            advertise_ip,
+            http_port: self.http_port.unwrap_or(DEFAULT_HTTP_PORT),
+            rtc: RtcConfig { ports, shards },
+            keys,
+            logging: LoggingConfig {
+                // INVARIANT: the default filter is a plain level.
+                filter: self
+                    .log_filter
+                    .unwrap_or_else(|| LogFilter(DEFAULT_LOG_LEVEL.to_owned())),
+                format: self.log_format.unwrap_or(LogFormat::Text),
+            },
+        })
+    }
+}
+
+/// 1-based line number of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).unwrap_or(text).matches('\n').count() + 1
+}
+
+fn parse_ip(text: &str) -> Result<IpAddr, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not an IP address"))
+}
+
+fn parse_bind_ip(text: &str) -> Result<IpAddr, String> {
+    check_bind_ip(parse_ip(text)?)
+}
+
+fn check_bind_ip(ip: IpAddr) -> Result<IpAddr, String> {
+    if ip.is_multicast() {
+        return Err(format!(
+            "{ip} is a multicast address; bind to a local address or 0.0.0.0"
+        ));
+    }
+    Ok(ip)
+}
+
+fn parse_advertise_ip(text: &str) -> Result<IpAddr, String> {
+    check_advertise_ip(parse_ip(text)?)
+}
+
+/// Clients send media to this address, so it must be one they can reach.
+fn check_advertise_ip(ip: IpAddr) -> Result<IpAddr, String> {
+    if ip.is_unspecified() {
+        return Err(format!(
+            "{ip} is not a concrete address; set the IP clients reach this server at"
+        ));
+    }
+    if ip.is_multicast() {
+        return Err(format!(
+            "{ip} is a multicast address; set the IP clients reach this server at"
+        ));
+    }
+    Ok(ip)
+}
+
+fn parse_port(text: &str) -> Result<u16, String> {
+    let port = text
+        .trim()
+        .parse::<u16>()
+        .map_err(|_| format!("`{text}` is not a port number (1-65535)"))?;
+    check_port(port)
+}
+
+fn check_port(port: u16) -> Result<u16, String> {
+    if port == 0 {
+        return Err("port 0 is not allowed; choose a port between 1 and 65535".to_owned());
+    }
+    Ok(port)
+}
+
+/// Parses LiveKit's `LIVEKIT_KEYS` format: `key1: secret1, key2: secret2`.
+fn parse_key_list(text: &str) -> Result<ApiKeys, String> {
+    let mut keys = ApiKeys::default();
+    for entry in text
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+    {
+        let (key, secret) = entry
+            .split_once(':')
+            .ok_or_else(|| format!("entry `{entry}` is not `key: secret`"))?;
+        keys.insert(key, secret)?;
+    }
+    if keys.is_empty() {
+        return Err("no `key: secret` entries".to_owned());
+    }
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    const CORES: NonZeroUsize = NonZeroUsize::MIN;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    /// Loads `text` as a file named `test.toml`, with `env` and `flags` on top.
+    fn load_with(
+        mode: Mode,
+        text: &str,
+        env: &[(&str, &str)],
+        flags: &Overrides,
+    ) -> Result<Config> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let mut layers = Layers::default();
+        layers.apply_file("test.toml", text)?;
+        layers.apply_env(&|name| env.get(name).cloned())?;
+        layers.apply_flags(flags)?;
+        layers.finish(mode, CORES)
+    }
+
+    fn load_file(mode: Mode, text: &str) -> Result<Config> {
+        load_with(mode, text, &[], &Overrides::default())
+    }
+
+    fn error(result: Result<Config>) -> String {
+        let message = format!("{:#}", result.expect_err("config should be rejected"));
+        assert!(!message.contains('\n'), "error spans lines: {message}");
+        message
+    }
+
+    const VALID: &str = r#"
+bind_ip = "127.0.0.1"
+[keys]
+k = "s"
+"#;
+
+    #[test]
+    fn example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+        let config = load(
+            Mode::Production,
+            Some(&path),
+            &no_env,
+            &Overrides::default(),
+        )
+        .expect("config.example.toml should load");
+        assert_eq!(config.bind_ip, "0.0.0.0".parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            config.advertise_ip,
+            "203.0.113.10".parse::<IpAddr>().expect("ip")
+        );
+        assert_eq!(config.http_port, DEFAULT_HTTP_PORT);
+        assert_eq!(
+            config.rtc.ports,
+            RtcPorts::Range {
+                start: 50000,
+                end: 50200
+            }
+        );
+        assert_eq!(config.rtc.shards.get(), 2);
+        assert_eq!(config.keys.ids().collect::<Vec<_>>(), ["APIexample"]);
+        assert_eq!(config.logging.filter.to_string(), "info,stoa_sfu=info");
+        assert_eq!(config.logging.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn example_config_documents_every_key() {
+        // Every key the file format accepts appears in the example (commented out or not).
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml"),
+        )
+        .expect("read config.example.toml");
+        for key in [
+            "bind_ip",
+            "advertise_ip",
+            "[http]",
+            "port",
+            "[rtc]",
+            "udp_port",
+            "port_range_start",
+            "port_range_end",
+            "shards",
+            "[keys]",
+            "[logging]",
+            "level",
+            "json",
+        ] {
+            assert!(
+                text.contains(key),
+                "config.example.toml does not mention `{key}`"
+            );
+        }
+    }
+
+    #[test]
+    fn dev_defaults() {
+        let config = load_with(Mode::Dev, "", &[], &Overrides::default()).expect("dev config");
+        let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        assert_eq!(config.bind_ip, localhost);
+        assert_eq!(config.advertise_ip, localhost);
+        assert_eq!(config.http_addr(), SocketAddr::new(localhost, 7880));
+        assert_eq!(config.rtc.ports, RtcPorts::Mux(7882));
+        assert_eq!(config.rtc.shards, CORES);
+        assert_eq!(config.keys.ids().collect::<Vec<_>>(), [DEV_API_KEY]);
+        let secret = config.keys.secret(DEV_API_KEY).expect("dev key");
+        assert_eq!(secret.expose(), DEV_API_SECRET);
+        assert!(config.keys.has_dev_key());
+    }
+
+    #[test]
+    fn configured_keys_replace_dev_keys() {
+        let config = load_file(Mode::Dev, VALID).expect("config");
+        assert_eq!(config.keys.ids().collect::<Vec<_>>(), ["k"]);
+        assert!(!config.keys.has_dev_key());
+    }
+
+    #[test]
+    fn production_defaults() {
+        let config = load_file(Mode::Production, VALID).expect("config");
+        assert_eq!(config.advertise_ip, config.bind_ip);
+        assert_eq!(
+            config.rtc.ports,
+            RtcPorts::Range {
+                start: 50000,
+                end: 50200
+            }
+        );
+    }
+
+    #[test]
+    fn production_requires_keys() {
+        let message = error(load_file(Mode::Production, "bind_ip = \"127.0.0.1\"\n"));
+        assert!(message.starts_with("no API keys configured"), "{message}");
+        let message = error(load_file(
+            Mode::Production,
+            "bind_ip = \"127.0.0.1\"\n[keys]\n",
+        ));
+        assert!(message.starts_with("no API keys configured"), "{message}");
+    }
+
+    #[test]
+    fn production_requires_advertise_ip_when_bound_to_all_interfaces() {
+        let message = error(load_file(Mode::Production, "[keys]\nk = \"s\"\n"));
+        assert!(
+            message.starts_with("advertise_ip is required when bind_ip is 0.0.0.0"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_name_and_line() {
+        let message = error(load_file(
+            Mode::Dev,
+            "bind_ip = \"127.0.0.1\"\n\nfrobnicate = 1\n",
+        ));
+        assert!(
+            message.starts_with("config test.toml:3: unknown field `frobnicate`"),
+            "{message}"
+        );
+        assert!(message.contains("expected one of"), "{message}");
+
+        let message = error(load_file(
+            Mode::Dev,
+            "[rtc]\nudp_port = 7882\ntypo_port = 1\n",
+        ));
+        assert!(
+            message.contains(":3: unknown field `typo_port`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn invalid_toml_is_rejected_on_one_line() {
+        let message = error(load_file(Mode::Dev, "bind_ip = \n"));
+        assert!(message.starts_with("config test.toml:1: "), "{message}");
+        let message = error(load_file(Mode::Dev, "[http]\nport = 70000\n"));
+        assert!(message.starts_with("config test.toml:2: "), "{message}");
+    }
+
+    #[test]
+    fn empty_secret_is_rejected() {
+        let message = error(load_file(
+            Mode::Production,
+            "bind_ip = \"127.0.0.1\"\n[keys]\nk = \"s\"\nempty = \"\"\n",
+        ));
+        assert_eq!(
+            message,
+            "config test.toml:4: keys.empty: secret for API key `empty` is empty"
+        );
+
+        let message = error(load_with(
+            Mode::Dev,
+            "",
+            &[(ENV_KEYS, "a: b, c:  ")],
+            &Overrides::default(),
+        ));
+        assert_eq!(message, "STOA_KEYS: secret for API key `c` is empty");
+    }
+
+    #[test]
+    fn unspecified_advertise_ip_is_rejected() {
+        let message = error(load_file(Mode::Dev, "advertise_ip = \"0.0.0.0\"\n"));
+        assert!(
+            message
+                .starts_with("config test.toml:1: advertise_ip: 0.0.0.0 is not a concrete address"),
+            "{message}"
+        );
+
+        let message = error(load_with(
+            Mode::Dev,
+            "",
+            &[(ENV_ADVERTISE_IP, "::")],
+            &Overrides::default(),
+        ));
+        assert!(
+            message.starts_with("STOA_ADVERTISE_IP: :: is not a concrete address"),
+            "{message}"
+        );
+
+        let flags = Overrides {
+            advertise_ip: Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            ..Overrides::default()
+        };
+        let message = error(load_with(Mode::Dev, "", &[], &flags));
+        assert!(message.starts_with("--advertise-ip: 0.0.0.0"), "{message}");
+    }
+
+    #[test]
+    fn bad_address_is_rejected() {
+        let message = error(load_file(Mode::Dev, "bind_ip = \"localhost:80\"\n"));
+        assert_eq!(
+            message,
+            "config test.toml:1: bind_ip: `localhost:80` is not an IP address"
+        );
+        let message = error(load_with(
+            Mode::Dev,
+            "",
+            &[(ENV_BIND_IP, "1.2.3")],
+            &Overrides::default(),
+        ));
+        assert_eq!(message, "STOA_BIND_IP: `1.2.3` is not an IP address");
+    }
+
+    #[test]
+    fn port_range_and_udp_port_are_exclusive() {
+        let text = "[rtc]\nudp_port = 7882\nport_range_start = 50000\nport_range_end = 50200\n";
+        let message = error(load_file(Mode::Dev, text));
+        assert!(
+            message.starts_with("config test.toml:2: rtc.udp_port: set either rtc.udp_port or"),
+            "{message}"
+        );
+
+        let message = error(load_file(
+            Mode::Dev,
+            "[rtc]\nudp_port = 7882\nport_range_end = 50200\n",
+        ));
+        assert!(message.contains("not both"), "{message}");
+    }
+
+    #[test]
+    fn port_range_is_checked() {
+        let config = load_file(
+            Mode::Dev,
+            "[rtc]\nport_range_start = 50000\nport_range_end = 50000\n",
+        )
+        .expect("config");
+        assert_eq!(
+            config.rtc.ports,
+            RtcPorts::Range {
+                start: 50000,
+                end: 50000
+            }
+        );
+
+        let message = error(load_file(
+            Mode::Dev,
+            "[rtc]\nport_range_start = 50200\nport_range_end = 50000\n",
+        ));
+        assert!(
+            message.contains("port range 50200-50000 is empty"),
+            "{message}"
+        );
+
+        let message = error(load_file(Mode::Dev, "[rtc]\nport_range_start = 50200\n"));
+        assert!(
+            message.contains("rtc.port_range_end is missing"),
+            "{message}"
+        );
+
+        let message = error(load_file(Mode::Dev, "[rtc]\nudp_port = 0\n"));
+        assert!(
+            message.contains("rtc.udp_port: port 0 is not allowed"),
+            "{message}"
+        );
+
+        let message = error(load_file(Mode::Dev, "[rtc]\nshards = 256\n"));
+        assert!(
+            message.contains("rtc.shards: must be between 1 and 255"),
+            "{message}"
+        );
+
+        let text = "[rtc]\nshards = 3\nport_range_start = 50000\nport_range_end = 50001\n";
+        let message = error(load_file(Mode::Dev, text));
+        assert!(
+            message.starts_with("rtc port range 50000-50001 has 2 ports, fewer than the 3 shards"),
+            "{message}"
+        );
+        let text = "[rtc]\nshards = 2\nport_range_start = 50000\nport_range_end = 50001\n";
+        assert_eq!(
+            load_file(Mode::Dev, text).expect("config").rtc.shards.get(),
+            2
+        );
+
+        let message = error(load_file(Mode::Dev, "[rtc]\nshards = 0\n"));
+        assert!(
+            message.contains("rtc.shards: must be between 1 and 255"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn env_overrides_file_and_flags_override_env() {
+        let file = r#"
+bind_ip = "127.0.0.1"
+advertise_ip = "192.0.2.1"
+[http]
+port = 8000
+[rtc]
+port_range_start = 40000
+port_range_end = 40010
+[keys]
+filekey = "filesecret"
+[logging]
+level = "warn"
+"#;
+        let env = [
+            (ENV_BIND_IP, "127.0.0.2"),
+            (ENV_ADVERTISE_IP, "192.0.2.2"),
+            (ENV_HTTP_PORT, "9000"),
+            (ENV_RTC_UDP_PORT, " 9001 "),
+            (ENV_KEYS, "key1: secret1, key2:secret2"),
+            (ENV_LOG_LEVEL, "debug"),
+        ];
+        let config =
+            load_with(Mode::Production, file, &env, &Overrides::default()).expect("config");
+        assert_eq!(config.bind_ip, "127.0.0.2".parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            config.advertise_ip,
+            "192.0.2.2".parse::<IpAddr>().expect("ip")
+        );
+        assert_eq!(config.http_port, 9000);
+        assert_eq!(config.rtc.ports, RtcPorts::Mux(9001));
+        assert_eq!(config.keys.ids().collect::<Vec<_>>(), ["key1", "key2"]);
+        assert_eq!(
+            config.keys.secret("key2").map(ApiSecret::expose),
+            Some("secret2")
+        );
+        assert_eq!(config.logging.filter.to_string(), "debug");
+
+        let flags = Overrides {
+            bind_ip: Some("127.0.0.3".parse().expect("ip")),
+            advertise_ip: Some("192.0.2.3".parse().expect("ip")),
+            http_port: Some(10000),
+            rtc_udp_port: Some(10001),
+            log_level: Some("error".to_owned()),
+        };
+        let config = load_with(Mode::Production, file, &env, &flags).expect("config");
+        assert_eq!(config.bind_ip, "127.0.0.3".parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            config.advertise_ip,
+            "192.0.2.3".parse::<IpAddr>().expect("ip")
+        );
+        assert_eq!(config.http_port, 10000);
+        assert_eq!(config.rtc.ports, RtcPorts::Mux(10001));
+        assert_eq!(config.logging.filter.to_string(), "error");
+
+        // Empty variables count as unset.
+        let blank = [(ENV_HTTP_PORT, ""), (ENV_KEYS, "  ")];
+        let config =
+            load_with(Mode::Production, file, &blank, &Overrides::default()).expect("config");
+        assert_eq!(config.http_port, 8000);
+        assert_eq!(config.keys.ids().collect::<Vec<_>>(), ["filekey"]);
+    }
+
+    #[test]
+    fn bad_env_values_are_rejected() {
+        let cases = [
+            (
+                ENV_HTTP_PORT,
+                "http",
+                "STOA_HTTP_PORT: `http` is not a port number (1-65535)",
+            ),
+            (
+                ENV_RTC_UDP_PORT,
+                "0",
+                "STOA_RTC_UDP_PORT: port 0 is not allowed; choose a port between 1 and 65535",
+            ),
+            (
+                ENV_KEYS,
+                "justakey",
+                "STOA_KEYS: entry `justakey` is not `key: secret`",
+            ),
+            (
+                ENV_KEYS,
+                "a: b, a: c",
+                "STOA_KEYS: API key `a` is given twice",
+            ),
+            (
+                ENV_LOG_LEVEL,
+                "verbose",
+                "STOA_LOG_LEVEL: `verbose` is not a log level (one of trace, debug, info, warn, error, off) or a `target=level` directive",
+            ),
+        ];
+        for (name, value, expected) in cases {
+            let message = error(load_with(
+                Mode::Dev,
+                "",
+                &[(name, value)],
+                &Overrides::default(),
+            ));
+            assert_eq!(message, expected);
+        }
+    }
+
+    #[test]
+    fn log_filters() {
+        for good in ["info", "WARN", "info,stoa_sfu=debug", "stoa=trace"] {
+            LogFilter::parse(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for bad in ["", "verbose", "info,stoa_sfu", "stoa=loud"] {
+            assert!(LogFilter::parse(bad).is_err(), "{bad} should be rejected");
+        }
+        let config =
+            load_file(Mode::Dev, "[logging]\nlevel = \"debug\"\njson = true\n").expect("config");
+        assert_eq!(config.logging.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn unreadable_file_is_named() {
+        let path = Path::new("/nonexistent/stoa.toml");
+        let message = error(load(Mode::Dev, Some(path), &no_env, &Overrides::default()));
+        assert!(
+            message.starts_with("config /nonexistent/stoa.toml: cannot read: "),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let config = load_with(
+            Mode::Dev,
+            "",
+            &[(ENV_KEYS, "key1: hunter2-very-secret")],
+            &Overrides::default(),
+        )
+        .expect("config");
+        let debug = format!("{config:?}");
+        assert!(debug.contains("key1"), "{debug}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+    }
+}

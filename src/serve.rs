@@ -1,0 +1,220 @@
+//! `stoa serve`: logging, the HTTP listener and the media engine, until Ctrl-C or SIGTERM.
+
+use std::fmt;
+use std::io::{self, IsTerminal};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use axum::Router;
+use axum::routing::get;
+use stoa_sfu::shell::{SfuRuntime, SfuSettings, UdpPorts};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, DEV_API_KEY, LogFormat, LoggingConfig, Mode, RtcPorts};
+
+/// How long open HTTP connections may take to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs the server with a validated `config` until Ctrl-C or SIGTERM.
+pub fn run(config: &Config) -> Result<()> {
+    init_tracing(&config.logging)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("stoa")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+/// The media engine's settings derived from the validated config.
+pub fn sfu_config(config: &Config) -> SfuSettings {
+    SfuSettings {
+        bind_ip: config.bind_ip,
+        advertise_ip: config.advertise_ip,
+        ports: match config.rtc.ports {
+            RtcPorts::Mux(port) => UdpPorts::Mux(port),
+            RtcPorts::Range { start, end } => UdpPorts::Range { start, end },
+        },
+        shards: config.rtc.shards.get(),
+    }
+}
+
+/// The HTTP routes.
+fn app() -> Router {
+    Router::new().route("/healthz", get(|| async { "ok" }))
+}
+
+async fn serve(config: &Config) -> Result<()> {
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        mode = %config.mode,
+        api_keys = %config.keys.ids().collect::<Vec<_>>().join(","),
+        log = %config.logging.filter,
+        "starting"
+    );
+    if config.mode == Mode::Dev {
+        warn!("development mode: do not expose this server to a network");
+    }
+    if config.keys.has_dev_key() {
+        warn!(
+            api_key = DEV_API_KEY,
+            "the API key's secret is well known; configure your own keys outside development"
+        );
+    }
+
+    let http_addr = config.http_addr();
+    let listener = TcpListener::bind(http_addr)
+        .await
+        .map_err(|err| bind_error("HTTP port", http_addr, &err))?;
+    let http_addr = listener
+        .local_addr()
+        .context("cannot read the HTTP listener's address")?;
+
+    let sfu = sfu_config(config);
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| anyhow!("cannot seed the media engine: {e}"))?;
+    let (engine, _engine_handle, mut engine_events) = SfuRuntime::start(&sfu, seed)?;
+    info!(advertise_ip = %sfu.advertise_ip, shards = sfu.shards, "media engine started");
+    // Until signaling consumes them, engine events are only logged.
+    tokio::spawn(async move {
+        while let Some(event) = engine_events.recv().await {
+            debug!(?event, "media engine event");
+        }
+    });
+
+    info!(http = %http_addr, rtc_udp = %RtcListen(&sfu), "listening");
+
+    let (stop_tx, mut stop_rx) = watch::channel(());
+    let mut server = tokio::spawn(
+        axum::serve(listener, app())
+            .with_graceful_shutdown(async move {
+                // An error means the sender is gone, which is a stop signal too.
+                let _ = stop_rx.changed().await;
+            })
+            .into_future(),
+    );
+
+    tokio::select! {
+        result = &mut server => {
+            result.context("HTTP server task failed")?.context("HTTP server failed")?;
+            return Err(anyhow!("HTTP server stopped unexpectedly"));
+        }
+        signal = shutdown_signal() => info!(signal = signal?, "shutting down"),
+    }
+
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(result) => result
+            .context("HTTP server task failed")?
+            .context("HTTP server failed")?,
+        Err(_) => warn!(grace = ?SHUTDOWN_GRACE, "HTTP connections still open; closing them"),
+    }
+    engine.shutdown();
+    info!("stopped");
+    Ok(())
+}
+
+/// Installs the global `tracing` subscriber, writing to stdout.
+fn init_tracing(logging: &LoggingConfig) -> Result<()> {
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(logging.filter.env_filter())
+        .with_writer(io::stdout);
+    let result = match logging.format {
+        LogFormat::Text => builder.with_ansi(io::stdout().is_terminal()).try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    result.map_err(|err| anyhow!("cannot set up logging: {err}"))
+}
+
+fn bind_error(what: &str, addr: SocketAddr, err: &io::Error) -> anyhow::Error {
+    if err.kind() == io::ErrorKind::AddrInUse {
+        anyhow!("{what} {addr} is already in use")
+    } else {
+        anyhow!("cannot bind {what} {addr}: {err}")
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM and names the one that came.
+async fn shutdown_signal() -> Result<&'static str> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => {
+            result.context("cannot listen for Ctrl-C")?;
+            Ok("SIGINT")
+        }
+        _ = terminate.recv() => Ok("SIGTERM"),
+    }
+}
+
+/// Shows the RTC socket address(es) as `127.0.0.1:7882` or `127.0.0.1:50000-50200`.
+struct RtcListen<'a>(&'a SfuSettings);
+
+impl fmt::Display for RtcListen<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.ports {
+            UdpPorts::Mux(port) => SocketAddr::new(self.0.bind_ip, port).fmt(f),
+            UdpPorts::Range { start, end } => {
+                let first = SocketAddr::new(self.0.bind_ip, start).to_string();
+                write!(f, "{first}-{end}")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::num::NonZeroUsize;
+
+    use super::*;
+    use crate::config::{self, Overrides};
+
+    fn dev_config() -> Config {
+        config::load(Mode::Dev, None, &|_| None, &Overrides::default()).expect("dev config")
+    }
+
+    #[test]
+    fn sfu_config_mirrors_the_config() {
+        let mut config = dev_config();
+        config.advertise_ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+        config.rtc.shards = NonZeroUsize::new(3).expect("non-zero");
+        let sfu = sfu_config(&config);
+        assert_eq!(
+            sfu,
+            SfuSettings {
+                bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                advertise_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+                ports: UdpPorts::Mux(7882),
+                shards: 3,
+            }
+        );
+        config.rtc.ports = RtcPorts::Range {
+            start: 50000,
+            end: 50200,
+        };
+        assert_eq!(
+            sfu_config(&config).ports,
+            UdpPorts::Range {
+                start: 50000,
+                end: 50200
+            }
+        );
+    }
+
+    #[test]
+    fn rtc_listen_display() {
+        let mut sfu = sfu_config(&dev_config());
+        assert_eq!(RtcListen(&sfu).to_string(), "127.0.0.1:7882");
+        sfu.ports = UdpPorts::Range {
+            start: 50000,
+            end: 50200,
+        };
+        assert_eq!(RtcListen(&sfu).to_string(), "127.0.0.1:50000-50200");
+        sfu.bind_ip = "::1".parse().expect("ip");
+        assert_eq!(RtcListen(&sfu).to_string(), "[::1]:50000-50200");
+    }
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what the build needs, then runs every check CI runs: formatting, lints, the sans-IO
+# core build without the tokio shell, and the tests.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+apt_updated=0
+
+# need_pkg COMMAND DEBIAN_PACKAGE: installs the package when the command is missing.
+need_pkg() {
+    local command=$1 package=$2
+    if command -v "$command" >/dev/null 2>&1; then
+        return 0
+    fi
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        sudo=(sudo)
+    fi
+    if [ "$apt_updated" -eq 0 ]; then
+        "${sudo[@]}" apt-get update -qq
+        apt_updated=1
+    fi
+    echo "test.sh: installing $package (for $command)"
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "$package"
+}
+
+# Add new system dependencies here, one line each.
+need_pkg pkg-config pkg-config
+
+set -x
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo check -p stoa-sfu --no-default-features
+cargo test --workspace

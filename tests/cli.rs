@@ -1,0 +1,308 @@
+//! End-to-end tests of the `stoa` binary: real processes, real sockets on 127.0.0.1.
+//!
+//! Every wait is bounded by [`TIMEOUT`], and a spawned server is killed when its test ends,
+//! whether it passed or not.
+
+// These tests own a clock: they bound every wait on a real process.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests bound real waits with the wall clock"
+)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// `stoa` with no `STOA_*` variable inherited from the test's environment.
+fn stoa() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_stoa"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("STOA_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// A spawned `stoa`, killed on drop.
+struct Running {
+    child: Child,
+    stdout_lines: mpsc::Receiver<String>,
+    stdout: Vec<String>,
+    stderr: Option<JoinHandle<String>>,
+}
+
+impl Running {
+    fn spawn(command: &mut Command) -> Self {
+        let mut child = command.spawn().expect("spawn stoa");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, stdout_lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let stderr = thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        Self {
+            child,
+            stdout_lines,
+            stdout: Vec::new(),
+            stderr: Some(stderr),
+        }
+    }
+
+    /// Waits for a stdout line containing `needle` and returns it.
+    fn wait_for_line(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout_lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.stdout.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(err) => {
+                    let _ = self.child.kill();
+                    let stderr = self.stderr();
+                    panic!(
+                        "no stdout line with {needle:?} ({err}); stdout: {:#?}; stderr: {stderr}",
+                        self.stdout
+                    );
+                }
+            }
+        }
+    }
+
+    /// Waits for the process to exit and returns its status, stdout and stderr.
+    fn wait(mut self) -> (ExitStatus, String, String) {
+        let deadline = Instant::now() + TIMEOUT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "stoa did not exit within {TIMEOUT:?}; stdout: {:#?}",
+                    self.stdout
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        // The process is gone, so the pipe readers finish.
+        while let Ok(line) = self.stdout_lines.recv_timeout(TIMEOUT) {
+            self.stdout.push(line);
+        }
+        let stderr = self.stderr();
+        (status, self.stdout.join("\n"), stderr)
+    }
+
+    fn stderr(&mut self) -> String {
+        self.stderr
+            .take()
+            .map(|reader| reader.join().expect("stderr reader"))
+            .unwrap_or_default()
+    }
+
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `command` to completion (bounded by [`TIMEOUT`]).
+fn run(command: &mut Command) -> (ExitStatus, String, String) {
+    Running::spawn(command).wait()
+}
+
+/// Asserts a failed run printed exactly one `error: …` line on stderr, and returns it.
+fn single_error_line(status: ExitStatus, stderr: &str) -> String {
+    assert!(!status.success(), "stoa should fail; stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected exactly one line on stderr, got: {stderr:?}"
+    );
+    assert!(lines[0].starts_with("error: "), "{stderr:?}");
+    lines[0].to_owned()
+}
+
+fn free_tcp_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+    listener.local_addr().expect("local addr").port()
+}
+
+fn free_udp_port() -> u16 {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+    socket.local_addr().expect("local addr").port()
+}
+
+fn write_temp(name: &str, text: &str) -> PathBuf {
+    let path =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-{name}", std::process::id()));
+    std::fs::write(&path, text).expect("write temp file");
+    path
+}
+
+/// One HTTP/1.1 request over a plain TCP connection; returns the raw response.
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect");
+    stream
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("read timeout");
+    stream
+        .set_write_timeout(Some(TIMEOUT))
+        .expect("write timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    response
+}
+
+#[test]
+fn version_prints_the_version() {
+    let (status, stdout, stderr) = run(stoa().arg("--version"));
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stdout.trim(), format!("stoa {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn unknown_config_key_is_one_line_naming_it() {
+    let path = write_temp(
+        "unknown-key.toml",
+        "bind_ip = \"127.0.0.1\"\n\nfrobnicate = true\n",
+    );
+    let (status, _, stderr) = run(stoa().args(["serve", "--config"]).arg(&path));
+    let line = single_error_line(status, &stderr);
+    let expected = format!(
+        "error: config {}:3: unknown field `frobnicate`",
+        path.display()
+    );
+    assert!(line.starts_with(&expected), "{line}");
+}
+
+#[test]
+fn config_file_from_stoa_config_is_read() {
+    let path = write_temp("empty-secret.toml", "[keys]\nmykey = \"\"\n");
+    let (status, _, stderr) = run(stoa().args(["serve", "--dev"]).env("STOA_CONFIG", &path));
+    let line = single_error_line(status, &stderr);
+    assert!(
+        line.ends_with("keys.mykey: secret for API key `mykey` is empty"),
+        "{line}"
+    );
+}
+
+#[test]
+fn serve_without_keys_or_dev_refuses() {
+    let (status, _, stderr) = run(stoa().arg("serve").env("STOA_BIND_IP", "127.0.0.1"));
+    let line = single_error_line(status, &stderr);
+    assert!(line.starts_with("error: no API keys configured"), "{line}");
+    assert!(line.contains("--dev"), "{line}");
+}
+
+#[test]
+fn http_port_in_use_is_one_clear_line() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let (status, _, stderr) = run(stoa()
+        .args(["serve", "--dev"])
+        .env("STOA_HTTP_PORT", port.to_string())
+        .env("STOA_RTC_UDP_PORT", free_udp_port().to_string()));
+    let line = single_error_line(status, &stderr);
+    assert_eq!(
+        line,
+        format!("error: HTTP port 127.0.0.1:{port} is already in use")
+    );
+}
+
+#[test]
+fn rtc_port_in_use_is_one_clear_line() {
+    let taken = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let (status, _, stderr) = run(stoa()
+        .args(["serve", "--dev"])
+        .env("STOA_HTTP_PORT", free_tcp_port().to_string())
+        .env("STOA_RTC_UDP_PORT", port.to_string()));
+    let line = single_error_line(status, &stderr);
+    assert_eq!(
+        line,
+        format!("error: RTC UDP port 127.0.0.1:{port} is already in use")
+    );
+}
+
+#[test]
+fn serve_dev_answers_healthz_and_stops_on_sigterm() {
+    let (http_port, rtc_port) = (free_tcp_port(), free_udp_port());
+    let secret = "s3cr3t-never-logged-4711";
+    let mut server = Running::spawn(
+        stoa()
+            .args(["serve", "--dev"])
+            .env("STOA_HTTP_PORT", http_port.to_string())
+            .env("STOA_RTC_UDP_PORT", rtc_port.to_string())
+            .env("STOA_KEYS", format!("testkey: {secret}")),
+    );
+
+    let line = server.wait_for_line("listening");
+    assert!(
+        line.contains(&format!("http=127.0.0.1:{http_port}")),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("rtc_udp=127.0.0.1:{rtc_port}")),
+        "{line}"
+    );
+
+    let addr = SocketAddr::from(([127, 0, 0, 1], http_port));
+    let response = http_get(addr, "/healthz");
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response:?}");
+    assert_eq!(
+        response.split_once("\r\n\r\n").map(|(_, body)| body),
+        Some("ok"),
+        "{response:?}"
+    );
+    let response = http_get(addr, "/no-such-page");
+    assert!(response.starts_with("HTTP/1.1 404"), "{response:?}");
+
+    server.terminate();
+    let (status, stdout, stderr) = server.wait();
+    assert!(status.success(), "exit {status}; stderr: {stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+    assert!(stdout.contains("stopped"), "{stdout}");
+    assert!(stdout.contains("api_keys=testkey"), "{stdout}");
+    assert!(!stdout.contains(secret), "a secret was logged: {stdout}");
+}
