@@ -26,6 +26,20 @@ need_pkg() {
 
 # Add new system dependencies here, one line each.
 need_pkg pkg-config pkg-config
+need_pkg node nodejs
+need_pkg npm npm
+need_pkg chromium chromium # browser end-to-end test (tests/browser.rs)
+
+# npm packages of the browser end-to-end test (playwright-core, livekit-client,
+# livekit-server-sdk), pinned by tests/browser/package-lock.json. `npm ci` only when
+# node_modules was not installed from this exact lock file.
+browser_lock=tests/browser/package-lock.json
+browser_stamp=tests/browser/node_modules/.stoa-installed-package-lock.json
+if ! cmp -s "$browser_lock" "$browser_stamp" 2>/dev/null; then
+    echo "test.sh: npm ci in tests/browser"
+    (cd tests/browser && npm ci --no-audit --no-fund)
+    cp "$browser_lock" "$browser_stamp"
+fi
 
 set -x
 cargo fmt --all -- --check

@@ -173,10 +173,6 @@ impl ApiKeys {
     }
 
     /// The secret of `key`, if it is configured.
-    #[allow(
-        dead_code,
-        reason = "read by token verification once signaling is wired in"
-    )]
     pub fn secret(&self, key: &str) -> Option<&ApiSecret> {
         self.0.get(key)
     }
@@ -199,10 +195,6 @@ pub struct ApiSecret(String);
 
 impl ApiSecret {
     /// The secret itself: for signing and verifying tokens, never for logs or clients.
-    #[allow(
-        dead_code,
-        reason = "read by token verification once signaling is wired in"
-    )]
     pub fn expose(&self) -> &str {
         &self.0
     }

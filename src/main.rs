@@ -2,11 +2,13 @@
 //!
 //! This binary owns the command line, the configuration and the wiring of the crates below it
 //! (media engine, signaling, TURN, control plane). A failure is reported as a single
-//! `error: …` line on stderr and a non-zero exit status; logs go to stdout.
+//! `error: …` line on stderr and a non-zero exit status; logs go to stdout (`stoa token` prints
+//! only the token there).
 
 mod cli;
 mod config;
 mod serve;
+mod token_cmd;
 
 use std::process::ExitCode;
 
@@ -19,6 +21,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Serve(args) => serve_command(args),
+        Command::Token(args) => token_cmd::run(args, &env_var),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,15 +3,18 @@
 use std::fmt;
 use std::io::{self, IsTerminal};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use axum::Router;
 use axum::routing::get;
 use stoa_sfu::shell::{SfuRuntime, SfuSettings, UdpPorts};
+use stoa_signaling::service::{ServiceConfig, Signaling};
+use stoa_signaling::token::ApiKeys;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::config::{Config, DEV_API_KEY, LogFormat, LoggingConfig, Mode, RtcPorts};
 
@@ -76,20 +79,21 @@ async fn serve(config: &Config) -> Result<()> {
     let sfu = sfu_config(config);
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| anyhow!("cannot seed the media engine: {e}"))?;
-    let (engine, _engine_handle, mut engine_events) = SfuRuntime::start(&sfu, seed)?;
+    let (engine, engine_handle, engine_events) = SfuRuntime::start(&sfu, seed)?;
     info!(advertise_ip = %sfu.advertise_ip, shards = sfu.shards, "media engine started");
-    // Until signaling consumes them, engine events are only logged.
-    tokio::spawn(async move {
-        while let Some(event) = engine_events.recv().await {
-            debug!(?event, "media engine event");
-        }
+    let keys = config.keys.ids().filter_map(|id| {
+        let secret = config.keys.secret(id)?;
+        Some((id.to_owned(), secret.expose().to_owned()))
     });
+    let keys = Arc::new(ApiKeys::new(keys));
+    let signaling = Signaling::start(ServiceConfig::default(), engine_handle, engine_events);
+    let routes = app().merge(stoa_signaling::ws::router(signaling, keys));
 
     info!(http = %http_addr, rtc_udp = %RtcListen(&sfu), "listening");
 
     let (stop_tx, mut stop_rx) = watch::channel(());
     let mut server = tokio::spawn(
-        axum::serve(listener, app())
+        axum::serve(listener, routes)
             .with_graceful_shutdown(async move {
                 // An error means the sender is gone, which is a stop signal too.
                 let _ = stop_rx.changed().await;

@@ -306,3 +306,116 @@ fn serve_dev_answers_healthz_and_stops_on_sigterm() {
     assert!(stdout.contains("api_keys=testkey"), "{stdout}");
     assert!(!stdout.contains(secret), "a secret was logged: {stdout}");
 }
+
+/// The wall clock in Unix seconds, to verify tokens the binary just minted.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+#[test]
+fn token_dev_prints_only_a_token_that_verifies() {
+    use stoa_signaling::token::{self, ApiKeys};
+
+    let before = unix_now();
+    let (status, stdout, stderr) =
+        run(stoa().args(["token", "--dev", "--identity", "a", "--room", "r"]));
+    assert!(status.success(), "stderr: {stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+    let jwt = stdout.trim();
+    assert_eq!(stdout, jwt, "stdout holds only the token");
+    assert_eq!(jwt.split('.').count(), 3, "{jwt}");
+
+    let keys = ApiKeys::new([("devkey", "secret")]);
+    let claims = keys.verify(jwt, unix_now()).expect("the token verifies");
+    assert_eq!(claims.iss, "devkey");
+    assert_eq!(claims.sub, "a");
+    assert!(claims.video.room_join);
+    assert_eq!(claims.video.room, "r");
+    assert!(claims.video.can_publish() && claims.video.can_subscribe());
+    assert!(!claims.video.room_admin);
+    assert_eq!(token::can_join(&claims, "r"), Ok(()));
+    // Valid from now for the default six hours.
+    let nbf = u64::try_from(claims.nbf).expect("nbf");
+    assert!((before..=unix_now()).contains(&nbf), "nbf {nbf}");
+    assert_eq!(claims.exp - claims.nbf, 6 * 3600);
+
+    // Another secret does not verify it.
+    let wrong = ApiKeys::new([("devkey", "not-the-secret")]);
+    assert!(wrong.verify(jwt, unix_now()).is_err());
+}
+
+#[test]
+fn token_uses_configured_keys_and_grants() {
+    use stoa_signaling::token::ApiKeys;
+
+    // Production mode with keys from the environment only: no network settings are needed.
+    let (status, stdout, stderr) = run(stoa()
+        .args(["token", "--identity", "bob", "--room", "stage"])
+        .args(["--name", "Bob", "--can-publish", "false", "--admin"])
+        .args(["--valid-for", "30m", "--api-key", "k2"])
+        .env("STOA_KEYS", "k1: s1, k2: s2"));
+    assert!(status.success(), "stderr: {stderr}");
+    let claims = ApiKeys::new([("k2", "s2")])
+        .verify(stdout.trim(), unix_now())
+        .expect("signed with k2");
+    assert_eq!(claims.name, "Bob");
+    assert_eq!(claims.video.can_publish, Some(false));
+    assert!(!claims.video.can_publish_data());
+    assert!(claims.video.room_admin);
+    assert_eq!(claims.exp - claims.nbf, 30 * 60);
+
+    // The config file works as for `serve`.
+    let path = write_temp("token-keys.toml", "[keys]\nfilekey = \"filesecret\"\n");
+    let (status, stdout, stderr) = run(stoa()
+        .args(["token", "--identity", "c", "--room", "r", "--config"])
+        .arg(&path));
+    assert!(status.success(), "stderr: {stderr}");
+    ApiKeys::new([("filekey", "filesecret")])
+        .verify(stdout.trim(), unix_now())
+        .expect("signed with the file's key");
+}
+
+#[test]
+fn token_errors_are_one_line() {
+    let (status, stdout, stderr) = run(stoa()
+        .args(["token", "--identity", "a", "--room", "r"])
+        .env("STOA_KEYS", "k1: s1, k2: s2"));
+    let line = single_error_line(status, &stderr);
+    assert_eq!(
+        line,
+        "error: several API keys are configured (k1, k2); choose one with --api-key"
+    );
+    assert!(stdout.is_empty(), "{stdout}");
+
+    let (status, _, stderr) = run(stoa().args(["token", "--identity", "a", "--room", "r"]));
+    let line = single_error_line(status, &stderr);
+    assert!(line.starts_with("error: no API keys configured"), "{line}");
+
+    let (status, _, stderr) = run(stoa().args(["token", "--dev", "--identity", "", "--room", "r"]));
+    let line = single_error_line(status, &stderr);
+    assert_eq!(
+        line,
+        "error: cannot create the token: a token that grants roomJoin needs an identity"
+    );
+
+    let path = write_temp("token-empty-secret.toml", "[keys]\nk = \"\"\n");
+    let (status, _, stderr) = run(stoa()
+        .args([
+            "token",
+            "--dev",
+            "--identity",
+            "a",
+            "--room",
+            "r",
+            "--config",
+        ])
+        .arg(&path));
+    let line = single_error_line(status, &stderr);
+    assert!(
+        line.ends_with("keys.k: secret for API key `k` is empty"),
+        "{line}"
+    );
+}

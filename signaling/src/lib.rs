@@ -5,7 +5,13 @@
 //! attributes and metadata), the Twirp `RoomService` server that unmodified LiveKit server SDKs
 //! call, and signed webhooks. It drives the media engine in `stoa-sfu` with commands and consumes
 //! its events; it knows nothing about hands, followers or other control-plane concepts.
-//!
-//! Not implemented yet: the crate holds no code beyond this description.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
+
+pub mod join;
+pub mod room;
+#[cfg(feature = "runtime")]
+pub mod service;
+pub mod token;
+#[cfg(feature = "runtime")]
+pub mod ws;

@@ -168,8 +168,8 @@ pub enum Event {
         peer: PeerId,
         /// The offer.
         offer: SdpOffer,
-        /// Slots whose m-lines this offer adds, with their mids.
-        slots: Vec<(SlotId, Mid)>,
+        /// Slots whose m-lines this offer adds, with their mids and labels.
+        slots: Vec<(SlotId, Mid, MediaLabel)>,
     },
     /// Active-speaker changes among tracks published on this shard, loudest first.
     SpeakersChanged(Vec<SpeakerLevel<TrackId>>),
@@ -831,6 +831,16 @@ impl Sfu {
         self.peers.get(&peer)?.slots.get(slot.0 as usize)?.mid
     }
 
+    /// An idle slot of `peer` labelled `label` (one that carried a track before), to feed
+    /// again instead of adding an m-line.
+    pub fn find_slot(&self, peer: PeerId, label: &MediaLabel) -> Option<SlotId> {
+        let p = self.peers.get(&peer)?;
+        p.slots
+            .iter()
+            .position(|s| s.source.is_none() && s.label == *label)
+            .map(|i| SlotId(i as u32))
+    }
+
     /// Number of local subscribers of `track` (slots fed by it on this shard).
     pub fn subscriber_count(&self, track: TrackId) -> usize {
         self.fanout.get(&track).map_or(0, Vec::len)
@@ -1282,7 +1292,7 @@ impl Sfu {
             );
             s.mid = Some(mid);
             p.slot_by_mid.insert(mid, *slot);
-            added.push((*slot, mid));
+            added.push((*slot, mid, s.label.clone()));
         }
         for label in channels {
             api.add_channel(label);

@@ -1,0 +1,656 @@
+//! Join requests on the legacy `/rtc` path: the query string a client connects with, and the
+//! decision whether to admit it.
+//!
+//! livekit-client 2.x sends `access_token`, `auto_subscribe`, `sdk`, `version`, `protocol` and
+//! `client_protocol` on every connection, `reconnect=1` and `sid` on a resume, and optionally
+//! `adaptive_stream`, `reconnect_reason`, `subscriber_allow_pause`, `disable_ice_lite`,
+//! `device_model`, `os`, `os_version`, `browser`, `browser_version` and `network` (reference
+//! `livekit-protocol.md` §1, "Query on the legacy path `/rtc`"). [`parse_query`] reads them as
+//! LiveKit's `validateInternal` (`pkg/service/rtcservice.go`) does:
+//!
+//! - values are form-urlencoded (`%XX`, `+` for space); a parameter given twice counts once, the
+//!   first time, and unknown parameters are ignored;
+//! - an empty value counts as absent;
+//! - a boolean is true when it is `1` or `true` and false otherwise (LiveKit's `boolValue`), so
+//!   no client is refused over a spelling;
+//! - an integer that does not parse is refused (400) rather than read as 0 as LiveKit does:
+//!   `protocol=0` would silently select the oldest protocol behaviour.
+//!
+//! `publish` (a second, publish-only connection for an existing participant) and `attributes`
+//! are not supported and are ignored like any unknown parameter; livekit-client 2.x sends neither.
+//!
+//! [`validate`] adds the token: verify it, then check it admits its holder to the room, and answer
+//! with the HTTP status and plain-text message LiveKit would (livekit-client shows the body of a
+//! 401 or 403 to the user as a `NotAllowed` error).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use livekit_protocol::ClientInfo;
+use livekit_protocol::client_info::Sdk;
+
+use crate::token::{self, ApiKeys, Claims, JoinRefusal, TokenError};
+
+/// What a client asked for in the `/rtc` query string.
+///
+/// Its `Debug` output hides the access token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JoinParams {
+    /// `access_token`: the JWT, not yet verified.
+    pub access_token: String,
+    /// `room`: the room to join when the token grants `roomJoin` without naming one. LiveKit
+    /// accepts it; livekit-client 2.x never sends it (the room is in the token).
+    pub room: Option<String>,
+    /// `reconnect=1`: the client resumes an existing session instead of joining afresh.
+    pub reconnect: bool,
+    /// `reconnect_reason`: a `livekit.ReconnectReason` value; 0 (unknown) when absent.
+    pub reconnect_reason: i32,
+    /// `sid`: the participant SID being resumed; only kept on a reconnect, as LiveKit does.
+    pub participant_sid: Option<String>,
+    /// `auto_subscribe`: subscribe to every track automatically (default true).
+    pub auto_subscribe: bool,
+    /// `adaptive_stream=1`: the client adapts video layers to its view (default false).
+    pub adaptive_stream: bool,
+    /// `subscriber_allow_pause`: whether the subscriber stream may be paused; `None` when absent.
+    pub subscriber_allow_pause: Option<bool>,
+    /// `disable_ice_lite=1`: the client asks the server not to use ICE-lite.
+    pub disable_ice_lite: bool,
+    /// `sdk`: which client SDK (`js`, `reactnative`, `swift`, …); `Unknown` when absent or new.
+    pub sdk: Sdk,
+    /// `version`: the SDK's version, e.g. `2.23.0`.
+    pub version: String,
+    /// `protocol`: the signalling protocol level (17 for livekit-client 2.23); 0 when absent, as
+    /// LiveKit reads it.
+    pub protocol: i32,
+    /// `client_protocol`: client-to-client features (2 = data streams v2); 0 when absent.
+    pub client_protocol: i32,
+    /// `device_model`, `os`, `os_version`, `browser`, `browser_version`, `network`: descriptive
+    /// client details, empty when absent.
+    pub device: DeviceInfo,
+}
+
+/// Descriptive client details from the query, reported back in `ClientInfo`; never acted on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// `device_model`.
+    pub device_model: String,
+    /// `os`.
+    pub os: String,
+    /// `os_version`.
+    pub os_version: String,
+    /// `browser`.
+    pub browser: String,
+    /// `browser_version`.
+    pub browser_version: String,
+    /// `network`: the connection type the browser reports (`wifi`, `cellular`, …).
+    pub network: String,
+}
+
+impl JoinParams {
+    /// The client as LiveKit describes it in `ParticipantInfo` and webhooks. `address` is left
+    /// empty: the caller knows the peer's address, this query does not.
+    pub fn client_info(&self) -> ClientInfo {
+        ClientInfo {
+            sdk: self.sdk as i32,
+            version: self.version.clone(),
+            protocol: self.protocol,
+            client_protocol: self.client_protocol,
+            os: self.device.os.clone(),
+            os_version: self.device.os_version.clone(),
+            device_model: self.device.device_model.clone(),
+            browser: self.device.browser.clone(),
+            browser_version: self.device.browser_version.clone(),
+            network: self.device.network.clone(),
+            ..ClientInfo::default()
+        }
+    }
+}
+
+impl fmt::Debug for JoinParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinParams")
+            .field("access_token", &"<redacted>")
+            .field("room", &self.room)
+            .field("reconnect", &self.reconnect)
+            .field("reconnect_reason", &self.reconnect_reason)
+            .field("participant_sid", &self.participant_sid)
+            .field("auto_subscribe", &self.auto_subscribe)
+            .field("adaptive_stream", &self.adaptive_stream)
+            .field("subscriber_allow_pause", &self.subscriber_allow_pause)
+            .field("disable_ice_lite", &self.disable_ice_lite)
+            .field("sdk", &self.sdk)
+            .field("version", &self.version)
+            .field("protocol", &self.protocol)
+            .field("client_protocol", &self.client_protocol)
+            .field("device", &self.device)
+            .finish()
+    }
+}
+
+/// Why a `/rtc` query string cannot be read. The `Display` text is the plain-text answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JoinError {
+    /// There is no `access_token` (or it is empty).
+    #[error("no permissions to access the room: access_token is missing")]
+    MissingToken,
+    /// A parameter Stoa relies on has a value it cannot read.
+    #[error("invalid query parameter `{name}`: {reason}")]
+    InvalidParam {
+        /// The parameter.
+        name: &'static str,
+        /// What is wrong with its value.
+        reason: String,
+    },
+}
+
+impl JoinError {
+    /// The HTTP status to answer with.
+    ///
+    /// A missing token is 401, as LiveKit answers a request without grants ("no permissions to
+    /// access the room"); livekit-client shows a 401's body to the user, while any 400 becomes
+    /// an opaque "unknown websocket error". An unreadable parameter is 400.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            JoinError::MissingToken => 401,
+            JoinError::InvalidParam { .. } => 400,
+        }
+    }
+}
+
+/// A refused join: the HTTP status and the plain-text body to answer with, before any WebSocket
+/// upgrade (LiveKit's `HandleError`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// HTTP status: 400 (bad request, missing identity or room) or 401 (token or permission).
+    pub status: u16,
+    /// The body, which the client shows; it never contains the token or a secret.
+    pub message: String,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.status, self.message)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+impl From<JoinError> for Refusal {
+    fn from(err: JoinError) -> Self {
+        Self {
+            status: err.http_status(),
+            message: err.to_string(),
+        }
+    }
+}
+
+impl From<TokenError> for Refusal {
+    fn from(err: TokenError) -> Self {
+        Self {
+            status: err.http_status(),
+            message: err.to_string(),
+        }
+    }
+}
+
+impl From<JoinRefusal> for Refusal {
+    fn from(err: JoinRefusal) -> Self {
+        Self {
+            status: err.http_status(),
+            message: err.to_string(),
+        }
+    }
+}
+
+/// Reads a `/rtc` query string (with or without its leading `?`).
+pub fn parse_query(query: &str) -> Result<JoinParams, JoinError> {
+    let query = query.strip_prefix('?').unwrap_or(query);
+    let mut raw = RawParams::default();
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        raw.offer(&name, value);
+    }
+
+    let access_token = raw.access_token.ok_or(JoinError::MissingToken)?;
+    let reconnect = raw.reconnect.as_deref().is_some_and(bool_value);
+    Ok(JoinParams {
+        access_token,
+        room: raw.room,
+        reconnect,
+        reconnect_reason: int_param("reconnect_reason", raw.reconnect_reason.as_deref())?,
+        participant_sid: raw.sid.filter(|_| reconnect),
+        auto_subscribe: raw.auto_subscribe.as_deref().is_none_or(bool_value),
+        adaptive_stream: raw.adaptive_stream.as_deref().is_some_and(bool_value),
+        subscriber_allow_pause: raw.subscriber_allow_pause.as_deref().map(bool_value),
+        disable_ice_lite: raw.disable_ice_lite.as_deref().is_some_and(bool_value),
+        sdk: raw.sdk.as_deref().map_or(Sdk::Unknown, sdk_from_param),
+        version: raw.version.unwrap_or_default(),
+        protocol: int_param("protocol", raw.protocol.as_deref())?,
+        client_protocol: int_param("client_protocol", raw.client_protocol.as_deref())?,
+        device: DeviceInfo {
+            device_model: raw.device_model.unwrap_or_default(),
+            os: raw.os.unwrap_or_default(),
+            os_version: raw.os_version.unwrap_or_default(),
+            browser: raw.browser.unwrap_or_default(),
+            browser_version: raw.browser_version.unwrap_or_default(),
+            network: raw.network.unwrap_or_default(),
+        },
+    })
+}
+
+/// Decides a `/rtc` (or `/rtc/validate`) request at `now_unix`: reads the query, verifies the
+/// token with `keys`, and checks that it admits its holder to the room.
+///
+/// The room is the token's, or when the token grants `roomJoin` without naming one, the `room`
+/// parameter (LiveKit's rule); the returned claims carry it in `video.room`, so callers read the
+/// room from there. Whether the room has space or the identity is already present is for the
+/// room registry to decide afterwards.
+pub fn validate(
+    keys: &ApiKeys,
+    query: &str,
+    now_unix: u64,
+) -> Result<(JoinParams, Claims), Refusal> {
+    let params = parse_query(query)?;
+    let mut claims = keys.verify(&params.access_token, now_unix)?;
+    let room = if claims.video.room.is_empty() {
+        params.room.clone().unwrap_or_default()
+    } else {
+        claims.video.room.clone()
+    };
+    token::can_join(&claims, &room)?;
+    claims.video.room = room;
+    Ok((params, claims))
+}
+
+/// The first non-empty value of every parameter Stoa reads.
+#[derive(Default)]
+struct RawParams {
+    access_token: Option<String>,
+    room: Option<String>,
+    reconnect: Option<String>,
+    reconnect_reason: Option<String>,
+    sid: Option<String>,
+    auto_subscribe: Option<String>,
+    adaptive_stream: Option<String>,
+    subscriber_allow_pause: Option<String>,
+    disable_ice_lite: Option<String>,
+    sdk: Option<String>,
+    version: Option<String>,
+    protocol: Option<String>,
+    client_protocol: Option<String>,
+    device_model: Option<String>,
+    os: Option<String>,
+    os_version: Option<String>,
+    browser: Option<String>,
+    browser_version: Option<String>,
+    network: Option<String>,
+}
+
+impl RawParams {
+    fn offer(&mut self, name: &str, value: Cow<'_, str>) {
+        let slot = match name {
+            "access_token" => &mut self.access_token,
+            "room" => &mut self.room,
+            "reconnect" => &mut self.reconnect,
+            "reconnect_reason" => &mut self.reconnect_reason,
+            "sid" => &mut self.sid,
+            "auto_subscribe" => &mut self.auto_subscribe,
+            "adaptive_stream" => &mut self.adaptive_stream,
+            "subscriber_allow_pause" => &mut self.subscriber_allow_pause,
+            "disable_ice_lite" => &mut self.disable_ice_lite,
+            "sdk" => &mut self.sdk,
+            "version" => &mut self.version,
+            "protocol" => &mut self.protocol,
+            "client_protocol" => &mut self.client_protocol,
+            "device_model" => &mut self.device_model,
+            "os" => &mut self.os,
+            "os_version" => &mut self.os_version,
+            "browser" => &mut self.browser,
+            "browser_version" => &mut self.browser_version,
+            "network" => &mut self.network,
+            _ => return,
+        };
+        // Go's `FormValue` takes the first value; an empty one counts as absent.
+        if slot.is_none() && !value.is_empty() {
+            *slot = Some(value.into_owned());
+        }
+    }
+}
+
+/// LiveKit's `boolValue`.
+fn bool_value(value: &str) -> bool {
+    value == "1" || value == "true"
+}
+
+fn int_param(name: &'static str, value: Option<&str>) -> Result<i32, JoinError> {
+    let Some(value) = value else { return Ok(0) };
+    value.parse().map_err(|_| JoinError::InvalidParam {
+        name,
+        reason: format!("`{}` is not an integer", clip(value)),
+    })
+}
+
+/// LiveKit's `ParseClientInfo` table; names it does not know are `Unknown`.
+fn sdk_from_param(name: &str) -> Sdk {
+    match name {
+        "js" => Sdk::Js,
+        "ios" | "swift" => Sdk::Swift,
+        "android" => Sdk::Android,
+        "flutter" => Sdk::Flutter,
+        "go" => Sdk::Go,
+        "unity" => Sdk::Unity,
+        "reactnative" => Sdk::ReactNative,
+        "rust" => Sdk::Rust,
+        "python" => Sdk::Python,
+        "cpp" => Sdk::Cpp,
+        "unityweb" => Sdk::UnityWeb,
+        "node" => Sdk::Node,
+        _ => Sdk::Unknown,
+    }
+}
+
+/// Client-supplied text, shortened for an error message.
+fn clip(text: &str) -> Cow<'_, str> {
+    const MAX_CHARS: usize = 32;
+    match text.char_indices().nth(MAX_CHARS) {
+        Some((end, _)) => Cow::Owned(format!("{}…", &text[..end])),
+        None => Cow::Borrowed(text),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::token::{VideoGrants, mint};
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn keys() -> ApiKeys {
+        ApiKeys::new([("devkey", "secret")])
+    }
+
+    fn token_for(identity: &str, room: &str, room_join: bool) -> String {
+        let grants = VideoGrants {
+            room_join,
+            room: room.to_owned(),
+            ..VideoGrants::default()
+        };
+        mint(
+            "devkey",
+            "secret",
+            identity,
+            None,
+            grants,
+            Duration::from_secs(600),
+            NOW,
+        )
+        .expect("mint")
+    }
+
+    /// The query livekit-client 2.23 builds (`createConnectionParams`), via `URLSearchParams`.
+    fn client_query(token: &str) -> String {
+        form_urlencoded::Serializer::new(String::new())
+            .append_pair("access_token", token)
+            .append_pair("auto_subscribe", "1")
+            .append_pair("sdk", "js")
+            .append_pair("version", "2.23.0")
+            .append_pair("protocol", "17")
+            .append_pair("client_protocol", "2")
+            .append_pair("os", "Mac OS")
+            .append_pair("browser", "Chrome")
+            .append_pair("browser_version", "140.0.0")
+            .append_pair("adaptive_stream", "1")
+            .append_pair("network", "wifi")
+            .finish()
+    }
+
+    #[test]
+    fn livekit_client_query_parses() {
+        let params = parse_query(&client_query("tok.en.sig")).expect("parse");
+        assert_eq!(params.access_token, "tok.en.sig");
+        assert!(!params.reconnect);
+        assert_eq!(params.participant_sid, None);
+        assert!(params.auto_subscribe);
+        assert!(params.adaptive_stream);
+        assert_eq!(params.sdk, Sdk::Js);
+        assert_eq!(params.version, "2.23.0");
+        assert_eq!(params.protocol, 17);
+        assert_eq!(params.client_protocol, 2);
+        assert_eq!(params.subscriber_allow_pause, None);
+        assert_eq!(params.device.os, "Mac OS");
+        assert_eq!(params.device.network, "wifi");
+
+        let info = params.client_info();
+        assert_eq!(info.sdk, Sdk::Js as i32);
+        assert_eq!(info.protocol, 17);
+        assert_eq!(info.client_protocol, 2);
+        assert_eq!(info.browser, "Chrome");
+    }
+
+    #[test]
+    fn reconnect_query_parses() {
+        let query = "?access_token=t&reconnect=1&sid=PA_abc123&auto_subscribe=0&sdk=reactnative\
+                     &version=2.23.0&protocol=17&client_protocol=2&reconnect_reason=1\
+                     &subscriber_allow_pause=0&disable_ice_lite=true";
+        let params = parse_query(query).expect("parse");
+        assert!(params.reconnect);
+        assert_eq!(params.participant_sid.as_deref(), Some("PA_abc123"));
+        assert!(!params.auto_subscribe);
+        assert!(!params.adaptive_stream);
+        assert_eq!(params.sdk, Sdk::ReactNative);
+        assert_eq!(params.reconnect_reason, 1);
+        assert_eq!(params.subscriber_allow_pause, Some(false));
+        assert!(params.disable_ice_lite);
+    }
+
+    #[test]
+    fn sid_without_reconnect_is_dropped() {
+        let params = parse_query("access_token=t&sid=PA_x&reconnect=0").expect("parse");
+        assert!(!params.reconnect);
+        assert_eq!(params.participant_sid, None);
+    }
+
+    #[test]
+    fn defaults_apply_when_only_the_token_is_given() {
+        let params = parse_query("access_token=t").expect("parse");
+        assert!(params.auto_subscribe);
+        assert!(!params.adaptive_stream && !params.reconnect && !params.disable_ice_lite);
+        assert_eq!(params.sdk, Sdk::Unknown);
+        assert_eq!((params.protocol, params.client_protocol), (0, 0));
+        assert_eq!(params.room, None);
+        assert_eq!(params.version, "");
+    }
+
+    #[test]
+    fn values_are_percent_decoded() {
+        let params = parse_query(
+            "access_token=a%2Eb%2Ec&room=caf%C3%A9+lounge&os=Mac%20OS&browser=Chrome+Mobile",
+        )
+        .expect("parse");
+        assert_eq!(params.access_token, "a.b.c");
+        assert_eq!(params.room.as_deref(), Some("café lounge"));
+        assert_eq!(params.device.os, "Mac OS");
+        assert_eq!(params.device.browser, "Chrome Mobile");
+    }
+
+    #[test]
+    fn first_value_wins_and_empty_counts_as_absent() {
+        let params =
+            parse_query("access_token=&access_token=second&access_token=third&auto_subscribe=")
+                .expect("parse");
+        assert_eq!(params.access_token, "second");
+        assert!(params.auto_subscribe, "an empty value keeps the default");
+    }
+
+    #[test]
+    fn booleans_follow_livekit() {
+        for (value, expected) in [("1", true), ("true", true), ("0", false), ("false", false)] {
+            let params =
+                parse_query(&format!("access_token=t&auto_subscribe={value}")).expect("parse");
+            assert_eq!(params.auto_subscribe, expected, "{value}");
+        }
+        // Anything else is false, as in LiveKit, rather than a refusal.
+        let params = parse_query("access_token=t&auto_subscribe=yes").expect("parse");
+        assert!(!params.auto_subscribe);
+    }
+
+    #[test]
+    fn missing_token_is_refused_with_401() {
+        for query in [
+            "",
+            "?",
+            "auto_subscribe=1&sdk=js",
+            "access_token=",
+            "access_token",
+        ] {
+            let err = parse_query(query).expect_err(query);
+            assert_eq!(err, JoinError::MissingToken, "{query:?}");
+            assert_eq!(err.http_status(), 401);
+        }
+    }
+
+    #[test]
+    fn bad_integers_are_refused_with_400() {
+        let err = parse_query("access_token=t&protocol=seventeen").expect_err("protocol");
+        assert_eq!(err.http_status(), 400);
+        assert_eq!(
+            err.to_string(),
+            "invalid query parameter `protocol`: `seventeen` is not an integer"
+        );
+        let long = "9".repeat(500);
+        let err = parse_query(&format!("access_token=t&client_protocol={long}")).expect_err("long");
+        assert!(err.to_string().len() < 120, "{err}");
+        assert!(parse_query("access_token=t&reconnect_reason=x").is_err());
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let cases = [
+            "%",
+            "%%%%",
+            "access_token=%ZZ",
+            "access_token=%FF%FE",
+            "&&&=&=",
+            "==access_token==",
+            "access_token=t&\u{0}=\u{0}",
+            "access_token=t&protocol=%F0%9F%98%80",
+            "access_token=t&protocol=99999999999999999999",
+        ];
+        for case in cases {
+            // Whatever the outcome, it is a value, not a panic.
+            let _ = parse_query(case);
+            let _ = validate(&keys(), case, NOW);
+        }
+        // Invalid escapes are kept literally, so the token is just wrong, not a crash.
+        let params = parse_query("access_token=%ZZ").expect("parse");
+        assert_eq!(params.access_token, "%ZZ");
+        let refusal = validate(&keys(), "access_token=%ZZ", NOW).expect_err("bad token");
+        assert_eq!(refusal.status, 401);
+    }
+
+    #[test]
+    fn validate_admits_a_good_token() {
+        let token = token_for("alice", "lobby", true);
+        let (params, claims) = validate(&keys(), &client_query(&token), NOW).expect("admit");
+        assert_eq!(params.protocol, 17);
+        assert_eq!(claims.sub, "alice");
+        assert_eq!(claims.video.room, "lobby");
+    }
+
+    #[test]
+    fn validate_takes_the_tokens_room_over_the_query() {
+        let token = token_for("alice", "lobby", true);
+        let query = format!("{}&room=elsewhere", client_query(&token));
+        let (_, claims) = validate(&keys(), &query, NOW).expect("admit");
+        assert_eq!(claims.video.room, "lobby");
+    }
+
+    #[test]
+    fn validate_takes_the_query_room_when_the_token_has_none() {
+        // Such tokens come from LiveKit's Go SDK, which allows them; ours refuses to mint them.
+        let payload = format!(
+            r#"{{"iss":"devkey","sub":"bob","exp":{},"video":{{"roomJoin":true}}}}"#,
+            NOW + 60
+        );
+        let token = sign(&payload);
+        let (_, claims) =
+            validate(&keys(), &format!("access_token={token}&room=open"), NOW).expect("admit");
+        assert_eq!(claims.video.room, "open");
+
+        let refusal = validate(&keys(), &format!("access_token={token}"), NOW).expect_err("room");
+        assert_eq!(
+            refusal,
+            Refusal {
+                status: 400,
+                message: "no room name".to_owned()
+            }
+        );
+    }
+
+    #[test]
+    fn validate_refuses_with_livekit_statuses() {
+        let refusal = validate(&keys(), "sdk=js", NOW).expect_err("no token");
+        assert_eq!(refusal.status, 401);
+
+        let expired = token_for("alice", "lobby", true);
+        let refusal = validate(&keys(), &client_query(&expired), NOW + 3600).expect_err("expired");
+        assert_eq!(
+            refusal,
+            Refusal {
+                status: 401,
+                message: "invalid token: token is expired".to_owned()
+            }
+        );
+
+        let no_join = token_for("alice", "lobby", false);
+        let refusal = validate(&keys(), &client_query(&no_join), NOW).expect_err("no roomJoin");
+        assert_eq!(refusal.status, 401);
+        assert!(
+            refusal.message.starts_with("permission denied"),
+            "{refusal}"
+        );
+
+        let payload = format!(
+            r#"{{"iss":"devkey","exp":{},"video":{{"roomJoin":true,"room":"r"}}}}"#,
+            NOW + 60
+        );
+        let refusal =
+            validate(&keys(), &client_query(&sign(&payload)), NOW).expect_err("no identity");
+        assert_eq!(refusal.status, 400);
+        assert_eq!(refusal.message, "identity cannot be empty");
+
+        let other_keys = ApiKeys::new([("prodkey", "prodsecret")]);
+        let token = token_for("alice", "lobby", true);
+        let refusal = validate(&other_keys, &client_query(&token), NOW).expect_err("unknown");
+        assert_eq!(refusal.status, 401);
+        assert_eq!(refusal.message, "invalid API key: devkey");
+        assert!(!refusal.message.contains(&token));
+    }
+
+    #[test]
+    fn debug_hides_the_token() {
+        let token = token_for("alice", "lobby", true);
+        let params = parse_query(&client_query(&token)).expect("parse");
+        let debug = format!("{params:?}");
+        assert!(!debug.contains(&token), "{debug}");
+        assert!(debug.contains("redacted"), "{debug}");
+    }
+
+    /// Signs `payload` with the dev secret, bypassing `mint`'s checks.
+    fn sign(payload: &str) -> String {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use hmac::{Hmac, Mac};
+
+        let mut token = URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT"}"#);
+        token.push('.');
+        token.push_str(&URL_SAFE_NO_PAD.encode(payload));
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"secret").expect("hmac");
+        mac.update(token.as_bytes());
+        token.push('.');
+        token.push_str(&URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()));
+        token
+    }
+}

@@ -1,0 +1,353 @@
+//! Media-side rooms: who is in a room, what they publish, what they may do, and who may see
+//! whom. Plain data with no I/O; the session service owns and mutates it.
+//!
+//! # Visibility in large rooms
+//!
+//! In an audio room with thousands of listeners, announcing every listener to every other
+//! listener would make signaling O(N²). The rule:
+//!
+//! - a participant who may publish (host, speaker) is visible to everyone;
+//! - a participant who may not publish (listener) is visible only to itself, to participants who
+//!   may publish and to room admins;
+//! - a participant whose token has the `hidden` grant is visible to nobody but itself.
+//!
+//! Everyone learns the audience size from `Room.num_participants` in `RoomUpdate`s, which are
+//! coalesced (at most one per room per tick). When a listener becomes a speaker it becomes
+//! visible to all, and is then announced to everyone in one update.
+
+use std::collections::{BTreeMap, HashMap};
+
+use livekit_protocol as lk;
+use livekit_protocol::participant_info::State;
+use stoa_sfu::TrackId;
+
+/// A published track and the engine track that carries it, once media arrived.
+#[derive(Debug, Clone)]
+pub struct PublishedTrack {
+    /// What clients see.
+    pub info: lk::TrackInfo,
+    /// The client's id for the track (`AddTrackRequest.cid`, the msid track id in its SDP).
+    pub cid: String,
+    /// The engine track, once the publisher's m-line was negotiated.
+    pub engine: Option<TrackId>,
+}
+
+/// One participant of a room.
+#[derive(Debug, Clone)]
+pub struct Participant {
+    /// `PA_…`.
+    pub sid: String,
+    /// From the token's `sub`.
+    pub identity: String,
+    /// Display name.
+    pub name: String,
+    /// Free-form metadata.
+    pub metadata: String,
+    /// Key/value attributes.
+    pub attributes: HashMap<String, String>,
+    /// What the participant may do; changes at run time.
+    pub permission: lk::ParticipantPermission,
+    /// The `roomAdmin` grant: sees every participant.
+    pub admin: bool,
+    /// LiveKit participant state.
+    pub state: State,
+    /// Bumped on every change so updates never go backwards.
+    pub version: u32,
+    /// Published tracks, by track sid.
+    pub tracks: BTreeMap<String, PublishedTrack>,
+    /// Join time, Unix milliseconds.
+    pub joined_at_ms: i64,
+    /// The client's protocol version (`protocol=` on the join URL).
+    pub protocol: i32,
+}
+
+impl Participant {
+    /// Whether this participant may publish audio.
+    pub fn can_publish(&self) -> bool {
+        self.permission.can_publish
+            && (self.permission.can_publish_sources.is_empty()
+                || self
+                    .permission
+                    .can_publish_sources
+                    .contains(&(lk::TrackSource::Microphone as i32)))
+    }
+
+    /// Whether `viewer` is shown this participant (see the module docs).
+    pub fn visible_to(&self, viewer: &Participant) -> bool {
+        if self.sid == viewer.sid {
+            return true;
+        }
+        if self.permission.hidden {
+            return false;
+        }
+        self.can_publish() || viewer.can_publish() || viewer.admin
+    }
+
+    /// Record a change: the next snapshot carries a higher version.
+    pub fn touch(&mut self) {
+        self.version = self.version.wrapping_add(1);
+    }
+
+    /// The snapshot clients receive.
+    pub fn info(&self) -> lk::ParticipantInfo {
+        lk::ParticipantInfo {
+            sid: self.sid.clone(),
+            identity: self.identity.clone(),
+            state: self.state as i32,
+            tracks: self.tracks.values().map(|t| t.info.clone()).collect(),
+            metadata: self.metadata.clone(),
+            joined_at: self.joined_at_ms / 1000,
+            joined_at_ms: self.joined_at_ms,
+            name: self.name.clone(),
+            version: self.version,
+            permission: Some(self.permission.clone()),
+            is_publisher: !self.tracks.is_empty(),
+            attributes: self.attributes.clone(),
+            client_protocol: 0,
+            ..Default::default()
+        }
+    }
+
+    /// The track published with engine track `engine`.
+    pub fn track_by_engine(&self, engine: TrackId) -> Option<&PublishedTrack> {
+        self.tracks.values().find(|t| t.engine == Some(engine))
+    }
+}
+
+/// Room settings as LiveKit's CreateRoom and config define them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomLimits {
+    /// Seconds a room nobody ever joined stays open.
+    pub empty_timeout: u32,
+    /// Seconds a room stays open after the last participant left.
+    pub departure_timeout: u32,
+    /// Maximum participants; 0 for no limit.
+    pub max_participants: u32,
+}
+
+impl Default for RoomLimits {
+    fn default() -> Self {
+        // LiveKit's defaults (reference/livekit-protocol.md §7).
+        RoomLimits {
+            empty_timeout: 300,
+            departure_timeout: 20,
+            max_participants: 0,
+        }
+    }
+}
+
+/// A media-side room.
+#[derive(Debug, Clone)]
+pub struct Room {
+    /// `RM_…`.
+    pub sid: String,
+    /// The name clients and tokens use.
+    pub name: String,
+    /// Metadata.
+    pub metadata: String,
+    /// Limits.
+    pub limits: RoomLimits,
+    /// Creation time, Unix milliseconds.
+    pub created_ms: i64,
+    /// Participants by sid.
+    pub participants: BTreeMap<String, Participant>,
+    /// When the last participant left (Unix ms), if anyone ever joined.
+    pub emptied_ms: Option<i64>,
+    /// The audience size changed since the last `RoomUpdate`.
+    pub dirty: bool,
+}
+
+/// Why a join is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JoinRefusal {
+    /// `max_participants` reached.
+    #[error("room {0} is full")]
+    Full(String),
+}
+
+impl Room {
+    /// A new empty room.
+    pub fn new(sid: String, name: String, limits: RoomLimits, now_ms: i64) -> Self {
+        Room {
+            sid,
+            name,
+            metadata: String::new(),
+            limits,
+            created_ms: now_ms,
+            participants: BTreeMap::new(),
+            emptied_ms: None,
+            dirty: false,
+        }
+    }
+
+    /// Whether one more participant (not replacing `identity`) may join.
+    pub fn admit(&self, identity: &str) -> Result<(), JoinRefusal> {
+        let replacing = self.participants.values().any(|p| p.identity == identity);
+        let max = self.limits.max_participants as usize;
+        if max > 0 && !replacing && self.participants.len() >= max {
+            return Err(JoinRefusal::Full(self.name.clone()));
+        }
+        Ok(())
+    }
+
+    /// The participant with `identity`.
+    pub fn by_identity(&self, identity: &str) -> Option<&Participant> {
+        self.participants.values().find(|p| p.identity == identity)
+    }
+
+    /// Number of participants who publish or may publish.
+    pub fn num_publishers(&self) -> u32 {
+        self.participants
+            .values()
+            .filter(|p| p.can_publish() || !p.tracks.is_empty())
+            .count() as u32
+    }
+
+    /// The room snapshot clients receive.
+    pub fn info(&self) -> lk::Room {
+        lk::Room {
+            sid: self.sid.clone(),
+            name: self.name.clone(),
+            empty_timeout: self.limits.empty_timeout,
+            departure_timeout: self.limits.departure_timeout,
+            max_participants: self.limits.max_participants,
+            creation_time: self.created_ms / 1000,
+            creation_time_ms: self.created_ms,
+            metadata: self.metadata.clone(),
+            num_participants: self.participants.len() as u32,
+            num_publishers: self.num_publishers(),
+            ..Default::default()
+        }
+    }
+
+    /// Whether the room should close at `now_ms` (LiveKit semantics: `empty_timeout` from
+    /// creation if nobody ever joined, `departure_timeout` after the last one left).
+    pub fn should_close(&self, now_ms: i64) -> bool {
+        if !self.participants.is_empty() {
+            return false;
+        }
+        match self.emptied_ms {
+            None => now_ms - self.created_ms >= i64::from(self.limits.empty_timeout) * 1000,
+            Some(t) => now_ms - t >= i64::from(self.limits.departure_timeout) * 1000,
+        }
+    }
+
+    /// Snapshots of the participants `viewer` may see, except the viewer itself.
+    pub fn others_visible_to(&self, viewer: &Participant) -> Vec<lk::ParticipantInfo> {
+        self.participants
+            .values()
+            .filter(|p| p.sid != viewer.sid && p.visible_to(viewer))
+            .map(Participant::info)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn participant(sid: &str, publish: bool) -> Participant {
+        Participant {
+            sid: sid.into(),
+            identity: format!("id-{sid}"),
+            name: String::new(),
+            metadata: String::new(),
+            attributes: HashMap::new(),
+            permission: lk::ParticipantPermission {
+                can_publish: publish,
+                can_subscribe: true,
+                can_publish_data: true,
+                ..Default::default()
+            },
+            admin: false,
+            state: State::Joined,
+            version: 0,
+            tracks: BTreeMap::new(),
+            joined_at_ms: 0,
+            protocol: 17,
+        }
+    }
+
+    #[test]
+    fn listeners_do_not_see_each_other_but_speakers_see_all() {
+        let speaker = participant("PA_s", true);
+        let a = participant("PA_a", false);
+        let b = participant("PA_b", false);
+        assert!(!a.visible_to(&b));
+        assert!(a.visible_to(&a));
+        assert!(speaker.visible_to(&a));
+        assert!(a.visible_to(&speaker));
+        let mut admin = participant("PA_admin", false);
+        admin.admin = true;
+        assert!(a.visible_to(&admin));
+        let mut hidden = participant("PA_h", true);
+        hidden.permission.hidden = true;
+        assert!(!hidden.visible_to(&speaker));
+        assert!(!hidden.visible_to(&admin));
+    }
+
+    #[test]
+    fn publish_sources_restrict_publishing() {
+        let mut p = participant("PA_x", true);
+        p.permission.can_publish_sources = vec![lk::TrackSource::Camera as i32];
+        assert!(!p.can_publish());
+        p.permission
+            .can_publish_sources
+            .push(lk::TrackSource::Microphone as i32);
+        assert!(p.can_publish());
+    }
+
+    #[test]
+    fn room_closes_per_livekit_timeouts() {
+        let mut room = Room::new("RM_1".into(), "r".into(), RoomLimits::default(), 0);
+        assert!(!room.should_close(299_000));
+        assert!(room.should_close(300_000));
+        room.participants
+            .insert("PA_a".into(), participant("PA_a", false));
+        assert!(!room.should_close(1_000_000));
+        room.participants.clear();
+        room.emptied_ms = Some(1_000_000);
+        assert!(!room.should_close(1_019_000));
+        assert!(room.should_close(1_020_000));
+    }
+
+    #[test]
+    fn max_participants_admits_replacements() {
+        let limits = RoomLimits {
+            max_participants: 1,
+            ..Default::default()
+        };
+        let mut room = Room::new("RM_1".into(), "r".into(), limits, 0);
+        assert!(room.admit("id-PA_a").is_ok());
+        room.participants
+            .insert("PA_a".into(), participant("PA_a", false));
+        assert_eq!(room.admit("someone"), Err(JoinRefusal::Full("r".into())));
+        assert!(
+            room.admit("id-PA_a").is_ok(),
+            "a duplicate identity replaces, it does not add"
+        );
+    }
+
+    #[test]
+    fn versions_only_go_forward_and_info_reflects_tracks() {
+        let mut p = participant("PA_a", true);
+        let v0 = p.info().version;
+        p.touch();
+        assert!(p.info().version > v0);
+        assert!(!p.info().is_publisher);
+        p.tracks.insert(
+            "TR_1".into(),
+            PublishedTrack {
+                info: lk::TrackInfo {
+                    sid: "TR_1".into(),
+                    ..Default::default()
+                },
+                cid: "c".into(),
+                engine: None,
+            },
+        );
+        assert!(p.info().is_publisher);
+        assert_eq!(p.info().tracks[0].sid, "TR_1");
+    }
+}

@@ -1,0 +1,1506 @@
+//! The session service: one task that owns every media-side room and session, speaks the
+//! LiveKit protocol with clients and drives the media engine.
+//!
+//! Clients' WebSocket tasks ([`crate::ws`]) send it decoded requests; it answers through each
+//! session's bounded outbox. Engine events (offers, published tracks, speakers, data) arrive on
+//! the engine's event channel. Room and participant bookkeeping lives in [`crate::room`].
+//!
+//! Per-message work is O(visible participants) (see the visibility rule in [`crate::room`]);
+//! the audience size reaches everyone through coalesced `RoomUpdate`s, once per tick.
+
+// The service owns the clock: it reads wall time for protocol timestamps and expiries.
+#![allow(clippy::disallowed_methods)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use livekit_api::access_token::Claims;
+use livekit_protocol as lk;
+use livekit_protocol::participant_info::State;
+use livekit_protocol::{signal_request, signal_response};
+use prost::Message;
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::{Rng, SeedableRng};
+use stoa_sfu::shell::SfuHandle;
+use stoa_sfu::str0m::change::{SdpAnswer, SdpOffer};
+use stoa_sfu::str0m::channel::ChannelId;
+use stoa_sfu::{Event, MediaLabel, PeerId, Publish, SfuError, TrackId, UnpublishReason};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::join::JoinParams;
+use crate::room::{JoinRefusal, Participant, PublishedTrack, Room, RoomLimits};
+
+/// The LiveKit server version advertised in `ServerInfo.version`. livekit-client gates features
+/// on it (RPC needs ≥ 1.8.0); this is the feature level Stoa's signaling implements.
+pub const ADVERTISED_LIVEKIT_VERSION: &str = "1.9.0";
+
+/// How often rooms are checked for closing, pings for timeouts, and `RoomUpdate`s flushed.
+const TICK: Duration = Duration::from_millis(500);
+
+/// Capacity of a session's outbox. A client that falls this far behind is disconnected rather
+/// than buffered without bound.
+pub const OUTBOX: usize = 512;
+
+/// Settings of the session service.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Defaults for rooms created on join.
+    pub room_defaults: RoomLimits,
+    /// Seconds between client pings (`JoinResponse.ping_interval`).
+    pub ping_interval: u32,
+    /// Seconds without a ping before the session is dropped.
+    pub ping_timeout: u32,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            room_defaults: RoomLimits::default(),
+            ping_interval: 5,
+            ping_timeout: 15,
+        }
+    }
+}
+
+/// Identifies one WebSocket session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId(u64);
+
+/// What a session's writer task sends to its client.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A protocol message.
+    Response(Box<lk::SignalResponse>),
+    /// Close the WebSocket with this reason.
+    Close(String),
+}
+
+/// A refused join, with the HTTP status and text the client shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// HTTP status.
+    pub status: u16,
+    /// Plain-text reason.
+    pub message: String,
+}
+
+enum Msg {
+    Admit {
+        room: String,
+        identity: String,
+        reply: oneshot::Sender<Result<(), Refused>>,
+    },
+    Connect {
+        claims: Box<Claims>,
+        params: JoinParams,
+        out: mpsc::Sender<Outbound>,
+        reply: oneshot::Sender<Result<SessionId, Refused>>,
+    },
+    Request(SessionId, Box<signal_request::Message>),
+    Closed(SessionId, String),
+    UpdatePermission {
+        room: String,
+        identity: String,
+        permission: lk::ParticipantPermission,
+        reply: oneshot::Sender<Result<lk::ParticipantInfo, ServiceError>>,
+    },
+    MuteTrack {
+        room: String,
+        identity: String,
+        track_sid: String,
+        muted: bool,
+        reply: oneshot::Sender<Result<lk::TrackInfo, ServiceError>>,
+    },
+    ListParticipants {
+        room: String,
+        reply: oneshot::Sender<Result<Vec<lk::ParticipantInfo>, ServiceError>>,
+    },
+}
+
+/// Errors of administrative calls.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// No such room.
+    #[error("room {0} not found")]
+    RoomNotFound(String),
+    /// No such participant.
+    #[error("participant {0} not found")]
+    ParticipantNotFound(String),
+    /// No such track.
+    #[error("track {0} not found")]
+    TrackNotFound(String),
+    /// The service stopped.
+    #[error("signaling service is not running")]
+    Stopped,
+}
+
+/// Handle to the session service. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Signaling {
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Msg")
+    }
+}
+
+impl Signaling {
+    /// Start the service over a running engine.
+    pub fn start(
+        config: ServiceConfig,
+        sfu: SfuHandle,
+        events: mpsc::UnboundedReceiver<Event>,
+    ) -> Signaling {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut seed = [0u8; 32];
+        // Sids only need to be unique and unguessable enough not to collide; a failure of the
+        // OS generator leaves a time-derived seed.
+        if getrandom::fill(&mut seed).is_err() {
+            let t = now_ms().to_le_bytes();
+            seed[..8].copy_from_slice(&t);
+        }
+        let service = Service {
+            config,
+            sfu,
+            rng: ChaCha20Rng::from_seed(seed),
+            rooms: HashMap::new(),
+            sessions: HashMap::new(),
+            by_peer: HashMap::new(),
+            next_session: 1,
+        };
+        tokio::spawn(service.run(rx, events));
+        Signaling { tx }
+    }
+
+    /// Check, before the WebSocket upgrade, that `identity` may join `room` now.
+    pub async fn admit(&self, room: &str, identity: &str) -> Result<(), Refused> {
+        let (reply, rx) = oneshot::channel();
+        let msg = Msg::Admit {
+            room: room.to_owned(),
+            identity: identity.to_owned(),
+            reply,
+        };
+        self.tx.send(msg).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Join a verified client; its responses go to `out`.
+    pub async fn connect(
+        &self,
+        claims: Claims,
+        params: JoinParams,
+        out: mpsc::Sender<Outbound>,
+    ) -> Result<SessionId, Refused> {
+        let (reply, rx) = oneshot::channel();
+        let msg = Msg::Connect {
+            claims: Box::new(claims),
+            params,
+            out,
+            reply,
+        };
+        self.tx.send(msg).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// A request from the client of `session`.
+    pub fn request(&self, session: SessionId, message: signal_request::Message) {
+        let _ = self.tx.send(Msg::Request(session, Box::new(message)));
+    }
+
+    /// The client's WebSocket closed (or was closed for `reason`).
+    pub fn closed(&self, session: SessionId, reason: &str) {
+        let _ = self.tx.send(Msg::Closed(session, reason.to_owned()));
+    }
+
+    /// Replace a participant's permissions on the live session (LiveKit `UpdateParticipant`).
+    /// Revoking `can_publish` unpublishes its tracks at once.
+    pub async fn update_permission(
+        &self,
+        room: &str,
+        identity: &str,
+        permission: lk::ParticipantPermission,
+    ) -> Result<lk::ParticipantInfo, ServiceError> {
+        let (reply, rx) = oneshot::channel();
+        let msg = Msg::UpdatePermission {
+            room: room.to_owned(),
+            identity: identity.to_owned(),
+            permission,
+            reply,
+        };
+        self.tx.send(msg).map_err(|_| ServiceError::Stopped)?;
+        rx.await.map_err(|_| ServiceError::Stopped)?
+    }
+
+    /// Force-mute (or unmute) a published track (LiveKit `MutePublishedTrack`). The engine
+    /// stops forwarding it whatever the client does.
+    pub async fn mute_published_track(
+        &self,
+        room: &str,
+        identity: &str,
+        track_sid: &str,
+        muted: bool,
+    ) -> Result<lk::TrackInfo, ServiceError> {
+        let (reply, rx) = oneshot::channel();
+        let msg = Msg::MuteTrack {
+            room: room.to_owned(),
+            identity: identity.to_owned(),
+            track_sid: track_sid.to_owned(),
+            muted,
+            reply,
+        };
+        self.tx.send(msg).map_err(|_| ServiceError::Stopped)?;
+        rx.await.map_err(|_| ServiceError::Stopped)?
+    }
+
+    /// Snapshots of a room's participants.
+    pub async fn list_participants(
+        &self,
+        room: &str,
+    ) -> Result<Vec<lk::ParticipantInfo>, ServiceError> {
+        let (reply, rx) = oneshot::channel();
+        let msg = Msg::ListParticipants {
+            room: room.to_owned(),
+            reply,
+        };
+        self.tx.send(msg).map_err(|_| ServiceError::Stopped)?;
+        rx.await.map_err(|_| ServiceError::Stopped)?
+    }
+}
+
+fn stopped() -> Refused {
+    Refused {
+        status: 503,
+        message: "signaling service is not running".into(),
+    }
+}
+
+/// Which of a participant's two peer connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Pc {
+    Publisher,
+    Subscriber,
+}
+
+struct Session {
+    room: String,
+    participant: String,
+    out: mpsc::Sender<Outbound>,
+    publisher: Option<PeerId>,
+    subscriber: Option<PeerId>,
+    auto_subscribe: bool,
+    /// AddTrack requests waiting for their media: track sid by cid.
+    pending: Vec<(String, lk::TrackInfo)>,
+    /// Data channels by label, per connection.
+    channels: HashMap<(Pc, ChannelId), String>,
+    subscriber_channels: HashMap<String, ChannelId>,
+    /// Engine tracks this session receives.
+    subscribed: Vec<TrackId>,
+    next_offer_id: u32,
+    last_ping: Instant,
+}
+
+struct Service {
+    config: ServiceConfig,
+    sfu: SfuHandle,
+    rng: ChaCha20Rng,
+    rooms: HashMap<String, Room>,
+    sessions: HashMap<SessionId, Session>,
+    by_peer: HashMap<PeerId, (SessionId, Pc)>,
+    next_session: u64,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn response(message: signal_response::Message) -> Outbound {
+    Outbound::Response(Box::new(lk::SignalResponse {
+        message: Some(message),
+    }))
+}
+
+impl Service {
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Msg>,
+        mut events: mpsc::UnboundedReceiver<Event>,
+    ) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(msg) => self.handle_msg(msg).await,
+                    None => return,
+                },
+                event = events.recv() => match event {
+                    Some(event) => self.handle_event(event).await,
+                    None => return,
+                },
+                _ = tick.tick() => self.handle_tick().await,
+            }
+        }
+    }
+
+    fn new_sid(&mut self, prefix: &str) -> String {
+        const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+        let tail: String = (0..12)
+            .map(|_| ALPHABET[(self.rng.next_u64() % ALPHABET.len() as u64) as usize] as char)
+            .collect();
+        format!("{prefix}{tail}")
+    }
+
+    async fn handle_msg(&mut self, msg: Msg) {
+        match msg {
+            Msg::Admit {
+                room,
+                identity,
+                reply,
+            } => {
+                let result = match self.rooms.get(&room) {
+                    Some(r) => r.admit(&identity).map_err(refusal),
+                    None => Ok(()),
+                };
+                let _ = reply.send(result);
+            }
+            Msg::Connect {
+                claims,
+                params,
+                out,
+                reply,
+            } => {
+                let result = self.connect(*claims, params, out).await;
+                let _ = reply.send(result);
+            }
+            Msg::Request(session, message) => self.handle_request(session, *message).await,
+            Msg::Closed(session, reason) => self.end_session(session, &reason, None).await,
+            Msg::UpdatePermission {
+                room,
+                identity,
+                permission,
+                reply,
+            } => {
+                let r = self.update_permission(&room, &identity, permission).await;
+                let _ = reply.send(r);
+            }
+            Msg::MuteTrack {
+                room,
+                identity,
+                track_sid,
+                muted,
+                reply,
+            } => {
+                let r = self.force_mute(&room, &identity, &track_sid, muted).await;
+                let _ = reply.send(r);
+            }
+            Msg::ListParticipants { room, reply } => {
+                let r = self
+                    .rooms
+                    .get(&room)
+                    .map(|r| r.participants.values().map(Participant::info).collect())
+                    .ok_or(ServiceError::RoomNotFound(room));
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ joining and leaving
+
+    async fn connect(
+        &mut self,
+        claims: Claims,
+        params: JoinParams,
+        out: mpsc::Sender<Outbound>,
+    ) -> Result<SessionId, Refused> {
+        let room_name = claims.video.room.clone();
+        let identity = claims.sub.clone();
+        if let Some(room) = self.rooms.get(&room_name) {
+            room.admit(&identity).map_err(refusal)?;
+        }
+        // A second session with the same identity replaces the first.
+        let duplicate = self.sessions.iter().find_map(|(id, s)| {
+            let p = self.rooms.get(&s.room)?.participants.get(&s.participant)?;
+            (s.room == room_name && p.identity == identity).then_some(*id)
+        });
+        if let Some(old) = duplicate {
+            self.end_session(
+                old,
+                "replaced by a new connection",
+                Some(lk::DisconnectReason::DuplicateIdentity),
+            )
+            .await;
+        }
+
+        let now = now_ms();
+        if !self.rooms.contains_key(&room_name) {
+            let sid = self.new_sid("RM_");
+            self.rooms.insert(
+                room_name.clone(),
+                Room::new(sid, room_name.clone(), self.config.room_defaults, now),
+            );
+        }
+        let sid = self.new_sid("PA_");
+        let permission = crate::token::permission(&claims.video);
+        let participant = Participant {
+            sid: sid.clone(),
+            identity,
+            name: claims.name.clone(),
+            metadata: claims.metadata.clone(),
+            attributes: claims.attributes.clone(),
+            permission,
+            admin: claims.video.room_admin,
+            state: State::Joined,
+            version: 1,
+            tracks: Default::default(),
+            joined_at_ms: now,
+            protocol: params.protocol,
+        };
+        let Some(room) = self.rooms.get_mut(&room_name) else {
+            return Err(stopped());
+        };
+        let others = room.others_visible_to(&participant);
+        let info = participant.info();
+        room.participants.insert(sid.clone(), participant);
+        room.emptied_ms = None;
+        room.dirty = true;
+        let join = lk::JoinResponse {
+            room: Some(room.info()),
+            participant: Some(info.clone()),
+            other_participants: others,
+            server_version: ADVERTISED_LIVEKIT_VERSION.into(),
+            ice_servers: vec![],
+            subscriber_primary: true,
+            client_configuration: Some(lk::ClientConfiguration {
+                // Full rejoin instead of resume: sessions are not kept across reconnects.
+                resume_connection: lk::ClientConfigSetting::Disabled as i32,
+                ..Default::default()
+            }),
+            ping_timeout: self.config.ping_timeout as i32,
+            ping_interval: self.config.ping_interval as i32,
+            server_info: Some(lk::ServerInfo {
+                edition: lk::server_info::Edition::Standard as i32,
+                version: ADVERTISED_LIVEKIT_VERSION.into(),
+                protocol: 17,
+                node_id: format!("stoa-{}", env!("CARGO_PKG_VERSION")),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let session_id = SessionId(self.next_session);
+        self.next_session += 1;
+        if out
+            .try_send(response(signal_response::Message::Join(join)))
+            .is_err()
+        {
+            self.remove_participant(&room_name, &sid, None);
+            return Err(stopped());
+        }
+        self.sessions.insert(
+            session_id,
+            Session {
+                room: room_name.clone(),
+                participant: sid.clone(),
+                out,
+                publisher: None,
+                subscriber: None,
+                auto_subscribe: params.auto_subscribe,
+                pending: Vec::new(),
+                channels: HashMap::new(),
+                subscriber_channels: HashMap::new(),
+                subscribed: Vec::new(),
+                next_offer_id: 1,
+                last_ping: Instant::now(),
+            },
+        );
+        tracing::info!(room = %room_name, participant = %sid, "participant joined");
+        self.broadcast_participant(&room_name, &sid);
+
+        // The subscriber connection is primary: the engine offers it with the data channels.
+        let channels = vec!["_reliable".to_owned(), "_lossy".to_owned()];
+        match self.sfu.create_peer(Publish::Deny, channels).await {
+            Ok(peer) => {
+                if let Some(s) = self.sessions.get_mut(&session_id) {
+                    s.subscriber = Some(peer);
+                    self.by_peer.insert(peer, (session_id, Pc::Subscriber));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot create subscriber connection");
+                self.end_session(
+                    session_id,
+                    "media engine unavailable",
+                    Some(lk::DisconnectReason::JoinFailure),
+                )
+                .await;
+                return Ok(session_id);
+            }
+        }
+        if params.auto_subscribe {
+            let tracks: Vec<(TrackId, String, String)> = self.rooms[&room_name]
+                .participants
+                .values()
+                .filter(|p| p.sid != sid)
+                .flat_map(|p| {
+                    p.tracks
+                        .values()
+                        .filter_map(|t| Some((t.engine?, p.sid.clone(), t.info.sid.clone())))
+                })
+                .collect();
+            for (track, psid, tsid) in tracks {
+                self.subscribe(session_id, track, &psid, &tsid).await;
+            }
+        }
+        Ok(session_id)
+    }
+
+    /// End a session: close its connections, remove the participant, tell the others. With
+    /// `reason`, the client is told to leave first.
+    async fn end_session(
+        &mut self,
+        session: SessionId,
+        why: &str,
+        reason: Option<lk::DisconnectReason>,
+    ) {
+        let Some(s) = self.sessions.remove(&session) else {
+            return;
+        };
+        if let Some(reason) = reason {
+            let leave = lk::LeaveRequest {
+                can_reconnect: false,
+                reason: reason as i32,
+                action: lk::leave_request::Action::Disconnect as i32,
+                ..Default::default()
+            };
+            let _ = s
+                .out
+                .try_send(response(signal_response::Message::Leave(leave)));
+        }
+        let _ = s.out.try_send(Outbound::Close(why.to_owned()));
+        for peer in [s.publisher, s.subscriber].into_iter().flatten() {
+            self.by_peer.remove(&peer);
+            let _ = self
+                .sfu
+                .with_peer(peer, move |sfu, now| sfu.close_peer(now, peer))
+                .await;
+        }
+        tracing::info!(room = %s.room, participant = %s.participant, reason = why, "participant left");
+        self.remove_participant(&s.room, &s.participant, reason);
+    }
+
+    fn remove_participant(
+        &mut self,
+        room_name: &str,
+        sid: &str,
+        reason: Option<lk::DisconnectReason>,
+    ) {
+        let Some(room) = self.rooms.get_mut(room_name) else {
+            return;
+        };
+        let Some(mut gone) = room.participants.remove(sid) else {
+            return;
+        };
+        if room.participants.is_empty() {
+            room.emptied_ms = Some(now_ms());
+        }
+        room.dirty = true;
+        gone.state = State::Disconnected;
+        gone.touch();
+        let mut info = gone.info();
+        info.disconnect_reason = reason.unwrap_or(lk::DisconnectReason::ClientInitiated) as i32;
+        let viewers: Vec<String> = room
+            .participants
+            .values()
+            .filter(|v| gone.visible_to(v))
+            .map(|v| v.sid.clone())
+            .collect();
+        self.send_update(room_name, &viewers, vec![info]);
+    }
+
+    // ------------------------------------------------------------------ client requests
+
+    async fn handle_request(&mut self, session: SessionId, message: signal_request::Message) {
+        use signal_request::Message as M;
+        if !self.sessions.contains_key(&session) {
+            return;
+        }
+        match message {
+            M::Offer(sd) => self.publisher_offer(session, sd).await,
+            M::Answer(sd) => self.subscriber_answer(session, sd).await,
+            M::Trickle(_) => {
+                // ICE-lite: client addresses are learned from its binding requests.
+            }
+            M::AddTrack(req) => self.add_track(session, req),
+            M::Mute(req) => self.client_mute(session, &req.sid, req.muted).await,
+            M::Subscription(update) => self.update_subscription(session, update).await,
+            M::Leave(_) => self.end_session(session, "client left", None).await,
+            M::Ping(ts) => self.pong(session, signal_response::Message::Pong(ts)),
+            M::PingReq(ping) => {
+                let pong = lk::Pong {
+                    last_ping_timestamp: ping.timestamp,
+                    timestamp: now_ms(),
+                };
+                self.pong(session, signal_response::Message::PongResp(pong));
+            }
+            M::UpdateMetadata(update) => self.update_metadata(session, update),
+            other => {
+                tracing::debug!(request = ?std::mem::discriminant(&other), "unsupported request ignored");
+            }
+        }
+    }
+
+    fn pong(&mut self, session: SessionId, message: signal_response::Message) {
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.last_ping = Instant::now();
+            let _ = s.out.try_send(response(message));
+        }
+    }
+
+    fn participant(&self, session: SessionId) -> Option<&Participant> {
+        let s = self.sessions.get(&session)?;
+        self.rooms.get(&s.room)?.participants.get(&s.participant)
+    }
+
+    fn participant_mut(&mut self, session: SessionId) -> Option<&mut Participant> {
+        let s = self.sessions.get(&session)?;
+        self.rooms
+            .get_mut(&s.room)?
+            .participants
+            .get_mut(&s.participant)
+    }
+
+    /// Tell the session's client about a request it made that cannot be served.
+    fn request_error(
+        &self,
+        session: SessionId,
+        reason: lk::request_response::Reason,
+        message: String,
+    ) {
+        if let Some(s) = self.sessions.get(&session) {
+            let r = lk::RequestResponse {
+                request_id: 0,
+                reason: reason as i32,
+                message,
+                ..Default::default()
+            };
+            let _ = s
+                .out
+                .try_send(response(signal_response::Message::RequestResponse(r)));
+        }
+    }
+
+    async fn publisher_offer(&mut self, session: SessionId, sd: lk::SessionDescription) {
+        let Some(p) = self.participant(session) else {
+            return;
+        };
+        let publish = if p.can_publish() {
+            Publish::Allow
+        } else {
+            Publish::Deny
+        };
+        let offer = match SdpOffer::from_sdp_string(&sd.sdp) {
+            Ok(o) => o,
+            Err(e) => {
+                self.request_error(
+                    session,
+                    lk::request_response::Reason::InvalidRequest,
+                    format!("malformed SDP offer: {e}"),
+                );
+                return;
+            }
+        };
+        let existing = self.sessions.get(&session).and_then(|s| s.publisher);
+        let result: Result<SdpAnswer, String> = match existing {
+            None => match self.sfu.accept_offer(publish, offer).await {
+                Ok((peer, answer)) => {
+                    if let Some(s) = self.sessions.get_mut(&session) {
+                        s.publisher = Some(peer);
+                        self.by_peer.insert(peer, (session, Pc::Publisher));
+                    }
+                    Ok(answer)
+                }
+                Err(e) => Err(e.to_string()),
+            },
+            Some(peer) => self
+                .sfu
+                .with_peer(peer, move |sfu, now| sfu.handle_offer(now, peer, offer))
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        match result {
+            Ok(answer) => {
+                let sd = lk::SessionDescription {
+                    r#type: "answer".into(),
+                    sdp: answer.to_sdp_string(),
+                    id: sd.id,
+                    ..Default::default()
+                };
+                if let Some(s) = self.sessions.get(&session) {
+                    let _ = s
+                        .out
+                        .try_send(response(signal_response::Message::Answer(sd)));
+                }
+            }
+            Err(e) => {
+                let reason = if e.contains(&SfuError::PublishNotAllowed.to_string()) {
+                    lk::request_response::Reason::NotAllowed
+                } else {
+                    lk::request_response::Reason::InvalidRequest
+                };
+                self.request_error(session, reason, format!("offer refused: {e}"));
+            }
+        }
+    }
+
+    async fn subscriber_answer(&mut self, session: SessionId, sd: lk::SessionDescription) {
+        let Some(peer) = self.sessions.get(&session).and_then(|s| s.subscriber) else {
+            return;
+        };
+        let answer = match SdpAnswer::from_sdp_string(&sd.sdp) {
+            Ok(a) => a,
+            Err(e) => {
+                self.request_error(
+                    session,
+                    lk::request_response::Reason::InvalidRequest,
+                    format!("malformed SDP answer: {e}"),
+                );
+                return;
+            }
+        };
+        if let Err(e) = self
+            .sfu
+            .with_peer(peer, move |sfu, now| sfu.handle_answer(now, peer, answer))
+            .await
+        {
+            self.request_error(
+                session,
+                lk::request_response::Reason::InvalidRequest,
+                format!("answer refused: {e}"),
+            );
+        }
+    }
+
+    fn add_track(&mut self, session: SessionId, req: lk::AddTrackRequest) {
+        let Some(p) = self.participant(session) else {
+            return;
+        };
+        let audio = req.r#type == lk::TrackType::Audio as i32;
+        let source_ok = p.permission.can_publish_sources.is_empty()
+            || p.permission.can_publish_sources.contains(&req.source);
+        if !p.permission.can_publish || !source_ok || !audio {
+            let why = if audio {
+                "not allowed to publish"
+            } else {
+                "only audio can be published"
+            };
+            self.request_error(
+                session,
+                lk::request_response::Reason::NotAllowed,
+                why.into(),
+            );
+            return;
+        }
+        let sid = self.new_sid("TR_AM");
+        let info = lk::TrackInfo {
+            sid: sid.clone(),
+            r#type: lk::TrackType::Audio as i32,
+            name: req.name,
+            muted: req.muted,
+            source: req.source,
+            disable_red: req.disable_red,
+            mime_type: "audio/opus".into(),
+            stream: req.stream,
+            audio_features: req.audio_features,
+            ..Default::default()
+        };
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        s.pending.push((req.cid.clone(), info.clone()));
+        let published = lk::TrackPublishedResponse {
+            cid: req.cid,
+            track: Some(info),
+        };
+        let _ = s
+            .out
+            .try_send(response(signal_response::Message::TrackPublished(
+                published,
+            )));
+    }
+
+    async fn client_mute(&mut self, session: SessionId, track_sid: &str, muted: bool) {
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
+        let (room, psid) = (s.room.clone(), s.participant.clone());
+        self.set_muted(&room, &psid, track_sid, muted).await;
+    }
+
+    /// Mute state of a track: recorded, announced, enforced by the engine.
+    async fn set_muted(
+        &mut self,
+        room: &str,
+        psid: &str,
+        track_sid: &str,
+        muted: bool,
+    ) -> Option<lk::TrackInfo> {
+        let p = self.rooms.get_mut(room)?.participants.get_mut(psid)?;
+        let track = p.tracks.get_mut(track_sid)?;
+        track.info.muted = muted;
+        let info = track.info.clone();
+        let engine = track.engine;
+        p.touch();
+        if let Some(engine) = engine {
+            let _ = self
+                .sfu
+                .call(engine.shard(), move |sfu, _, _| {
+                    sfu.set_track_muted(engine, muted)
+                })
+                .await;
+        }
+        self.broadcast_participant(room, psid);
+        Some(info)
+    }
+
+    async fn update_subscription(&mut self, session: SessionId, update: lk::UpdateSubscription) {
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
+        let room = s.room.clone();
+        let mut sids = update.track_sids;
+        sids.extend(
+            update
+                .participant_tracks
+                .into_iter()
+                .flat_map(|pt| pt.track_sids),
+        );
+        let Some(r) = self.rooms.get(&room) else {
+            return;
+        };
+        let targets: Vec<(TrackId, String, String)> = r
+            .participants
+            .values()
+            .flat_map(|p| {
+                p.tracks
+                    .values()
+                    .filter(|t| sids.contains(&t.info.sid))
+                    .filter_map(|t| Some((t.engine?, p.sid.clone(), t.info.sid.clone())))
+            })
+            .collect();
+        for (track, psid, tsid) in targets {
+            if update.subscribe {
+                self.subscribe(session, track, &psid, &tsid).await;
+            } else {
+                self.unsubscribe(session, track).await;
+            }
+        }
+    }
+
+    fn update_metadata(&mut self, session: SessionId, update: lk::UpdateParticipantMetadata) {
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
+        let (room, psid) = (s.room.clone(), s.participant.clone());
+        let Some(p) = self.participant_mut(session) else {
+            return;
+        };
+        if !p.permission.can_update_metadata {
+            self.request_error(
+                session,
+                lk::request_response::Reason::NotAllowed,
+                "not allowed to update metadata".into(),
+            );
+            return;
+        }
+        if !update.name.is_empty() {
+            p.name = update.name;
+        }
+        if !update.metadata.is_empty() {
+            p.metadata = update.metadata;
+        }
+        for (k, v) in update.attributes {
+            if v.is_empty() {
+                p.attributes.remove(&k);
+            } else {
+                p.attributes.insert(k, v);
+            }
+        }
+        p.touch();
+        self.broadcast_participant(&room, &psid);
+    }
+
+    // ------------------------------------------------------------------ subscriptions
+
+    async fn subscribe(
+        &mut self,
+        session: SessionId,
+        track: TrackId,
+        publisher_sid: &str,
+        track_sid: &str,
+    ) {
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
+        let Some(peer) = s.subscriber else {
+            return;
+        };
+        if s.subscribed.contains(&track) {
+            return;
+        }
+        let can_subscribe = self
+            .participant(session)
+            .is_some_and(|p| p.permission.can_subscribe);
+        if !can_subscribe {
+            return;
+        }
+        let label = MediaLabel {
+            stream_id: format!("{publisher_sid}|{track_sid}"),
+            track_id: track_sid.to_owned(),
+        };
+        // A slot that carried this track before is fed again; otherwise a new m-line.
+        let result = self
+            .sfu
+            .with_peer(peer, move |sfu, now| match sfu.find_slot(peer, &label) {
+                Some(slot) => sfu.set_slot_source(now, peer, slot, Some(track)),
+                None => sfu.subscribe(now, peer, track, label).map(|_| ()),
+            })
+            .await;
+        match result {
+            Ok(()) => {
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    s.subscribed.push(track);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "subscribe failed"),
+        }
+    }
+
+    async fn unsubscribe(&mut self, session: SessionId, track: TrackId) {
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        let Some(peer) = s.subscriber else {
+            return;
+        };
+        s.subscribed.retain(|t| *t != track);
+        let _ = self
+            .sfu
+            .with_peer(peer, move |sfu, now| sfu.unsubscribe(now, peer, track))
+            .await;
+    }
+
+    // ------------------------------------------------------------------ administration
+
+    async fn update_permission(
+        &mut self,
+        room: &str,
+        identity: &str,
+        permission: lk::ParticipantPermission,
+    ) -> Result<lk::ParticipantInfo, ServiceError> {
+        let r = self
+            .rooms
+            .get_mut(room)
+            .ok_or_else(|| ServiceError::RoomNotFound(room.into()))?;
+        let psid = r
+            .by_identity(identity)
+            .map(|p| p.sid.clone())
+            .ok_or_else(|| ServiceError::ParticipantNotFound(identity.into()))?;
+        let before = visibility(r, &psid);
+        let Some(p) = r.participants.get_mut(&psid) else {
+            return Err(ServiceError::ParticipantNotFound(identity.into()));
+        };
+        let could_publish = p.can_publish();
+        p.permission = permission;
+        p.touch();
+        let can_publish = p.can_publish();
+        if could_publish != can_publish {
+            r.dirty = true;
+            let publisher = self
+                .sessions
+                .values()
+                .find(|s| s.room == room && s.participant == psid)
+                .and_then(|s| s.publisher);
+            if let Some(peer) = publisher {
+                let publish = if can_publish {
+                    Publish::Allow
+                } else {
+                    Publish::Deny
+                };
+                // Revoking unpublishes in the engine; its TrackUnpublished events then reach
+                // the publisher as `track_unpublished` and everyone else as an update.
+                let _ = self
+                    .sfu
+                    .with_peer(peer, move |sfu, now| sfu.set_publish(now, peer, publish))
+                    .await;
+            }
+        }
+        self.broadcast_participant(room, &psid);
+        self.visibility_changed(room, &psid, &before);
+        self.rooms
+            .get(room)
+            .and_then(|r| r.participants.get(&psid))
+            .map(Participant::info)
+            .ok_or_else(|| ServiceError::ParticipantNotFound(identity.into()))
+    }
+
+    /// After `psid`'s permissions changed: viewers who no longer see it get it as
+    /// disconnected, and it gets everyone it newly sees or no longer sees. (Those who see it
+    /// now already got its snapshot.)
+    fn visibility_changed(&mut self, room: &str, psid: &str, before: &Visibility) {
+        let Some(r) = self.rooms.get(room) else {
+            return;
+        };
+        let after = visibility(r, psid);
+        let Some(p) = r.participants.get(psid) else {
+            return;
+        };
+        let lost_viewers: Vec<String> = before
+            .viewers
+            .iter()
+            .filter(|v| !after.viewers.contains(v))
+            .cloned()
+            .collect();
+        let mut gone = p.info();
+        gone.state = State::Disconnected as i32;
+        let mut to_self: Vec<lk::ParticipantInfo> = Vec::new();
+        for sid in after.seen.iter().filter(|s| !before.seen.contains(s)) {
+            if let Some(o) = r.participants.get(sid) {
+                to_self.push(o.info());
+            }
+        }
+        for sid in before.seen.iter().filter(|s| !after.seen.contains(s)) {
+            if let Some(o) = r.participants.get(sid) {
+                let mut info = o.info();
+                info.state = State::Disconnected as i32;
+                to_self.push(info);
+            }
+        }
+        if !lost_viewers.is_empty() {
+            self.send_update(room, &lost_viewers, vec![gone]);
+        }
+        if !to_self.is_empty() {
+            self.send_update(room, &[psid.to_owned()], to_self);
+        }
+    }
+
+    async fn force_mute(
+        &mut self,
+        room: &str,
+        identity: &str,
+        track_sid: &str,
+        muted: bool,
+    ) -> Result<lk::TrackInfo, ServiceError> {
+        let r = self
+            .rooms
+            .get(room)
+            .ok_or_else(|| ServiceError::RoomNotFound(room.into()))?;
+        let p = r
+            .by_identity(identity)
+            .ok_or_else(|| ServiceError::ParticipantNotFound(identity.into()))?;
+        let psid = p.sid.clone();
+        let info = self
+            .set_muted(room, &psid, track_sid, muted)
+            .await
+            .ok_or_else(|| ServiceError::TrackNotFound(track_sid.into()))?;
+        // Tell the publisher's client, which mutes its microphone and echoes the state.
+        if let Some(s) = self
+            .sessions
+            .values()
+            .find(|s| s.room == room && s.participant == psid)
+        {
+            let m = lk::MuteTrackRequest {
+                sid: track_sid.into(),
+                muted,
+            };
+            let _ = s.out.try_send(response(signal_response::Message::Mute(m)));
+        }
+        Ok(info)
+    }
+
+    // ------------------------------------------------------------------ engine events
+
+    async fn handle_event(&mut self, event: Event) {
+        match event {
+            Event::Offer { peer, offer, slots } => {
+                let Some(&(session, _)) = self.by_peer.get(&peer) else {
+                    return;
+                };
+                let Some(s) = self.sessions.get_mut(&session) else {
+                    return;
+                };
+                let id = s.next_offer_id;
+                s.next_offer_id += 1;
+                let mid_to_track_id = slots
+                    .into_iter()
+                    .map(|(_, mid, label)| (mid.to_string(), label.track_id))
+                    .collect();
+                let sd = lk::SessionDescription {
+                    r#type: "offer".into(),
+                    sdp: offer.to_sdp_string(),
+                    id,
+                    mid_to_track_id,
+                };
+                if let Some(s) = self.sessions.get(&session) {
+                    let _ = s
+                        .out
+                        .try_send(response(signal_response::Message::Offer(sd)));
+                }
+            }
+            Event::Connected(peer) => {
+                let Some(&(session, pc)) = self.by_peer.get(&peer) else {
+                    return;
+                };
+                if pc == Pc::Subscriber {
+                    let Some(s) = self.sessions.get(&session) else {
+                        return;
+                    };
+                    let (room, psid) = (s.room.clone(), s.participant.clone());
+                    if let Some(p) = self.participant_mut(session) {
+                        p.state = State::Active;
+                        p.touch();
+                    }
+                    self.broadcast_participant(&room, &psid);
+                }
+            }
+            Event::Disconnected(peer) => {
+                if let Some((session, _)) = self.by_peer.remove(&peer) {
+                    self.end_session(
+                        session,
+                        "media connection lost",
+                        Some(lk::DisconnectReason::ConnectionTimeout),
+                    )
+                    .await;
+                }
+            }
+            Event::TrackPublished { track, label } => self.track_published(track, label).await,
+            Event::TrackUnpublished { track, reason } => self.track_unpublished(track, reason),
+            Event::SpeakersChanged(levels) => self.speakers_changed(levels),
+            Event::ChannelOpen {
+                peer,
+                channel,
+                label,
+            } => {
+                if let Some(&(session, pc)) = self.by_peer.get(&peer)
+                    && let Some(s) = self.sessions.get_mut(&session)
+                {
+                    if pc == Pc::Subscriber {
+                        s.subscriber_channels.insert(label.clone(), channel);
+                    }
+                    s.channels.insert((pc, channel), label);
+                }
+            }
+            Event::ChannelData {
+                peer,
+                channel,
+                data,
+                ..
+            } => self.data_packet(peer, channel, &data).await,
+            _ => {}
+        }
+    }
+
+    async fn track_published(&mut self, track: TrackId, label: MediaLabel) {
+        let Some(&(session, Pc::Publisher)) = self.by_peer.get(&track.peer) else {
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        // Bind by the msid track id (= the client's cid), else the oldest pending track.
+        let index = s
+            .pending
+            .iter()
+            .position(|(cid, _)| *cid == label.track_id)
+            .or(if s.pending.is_empty() { None } else { Some(0) });
+        let Some(index) = index else {
+            tracing::debug!(track = %track, "media without AddTrack; not published");
+            return;
+        };
+        let (cid, mut info) = s.pending.remove(index);
+        info.mid = track.mid.to_string();
+        let (room, psid) = (s.room.clone(), s.participant.clone());
+        let tsid = info.sid.clone();
+        let muted = info.muted;
+        let Some(p) = self.participant_mut(session) else {
+            return;
+        };
+        p.tracks.insert(
+            tsid.clone(),
+            PublishedTrack {
+                info,
+                cid,
+                engine: Some(track),
+            },
+        );
+        p.touch();
+        if muted {
+            let _ = self
+                .sfu
+                .call(track.shard(), move |sfu, _, _| {
+                    sfu.set_track_muted(track, true)
+                })
+                .await;
+        }
+        tracing::info!(room = %room, participant = %psid, track = %tsid, "track published");
+        // Everyone learns of the track before its offer arrives.
+        self.broadcast_participant(&room, &psid);
+        let subscribers: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(id, s)| **id != session && s.room == room && s.auto_subscribe)
+            .map(|(id, _)| *id)
+            .collect();
+        for sub in subscribers {
+            self.subscribe(sub, track, &psid, &tsid).await;
+        }
+    }
+
+    fn track_unpublished(&mut self, track: TrackId, reason: UnpublishReason) {
+        let Some(&(session, _)) = self.by_peer.get(&track.peer) else {
+            return;
+        };
+        for s in self.sessions.values_mut() {
+            s.subscribed.retain(|t| *t != track);
+        }
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
+        let (room, psid, out) = (s.room.clone(), s.participant.clone(), s.out.clone());
+        let Some(p) = self.participant_mut(session) else {
+            return;
+        };
+        let Some(tsid) = p.track_by_engine(track).map(|t| t.info.sid.clone()) else {
+            return;
+        };
+        p.tracks.remove(&tsid);
+        p.touch();
+        if reason == UnpublishReason::PermissionRevoked {
+            let m = lk::TrackUnpublishedResponse {
+                track_sid: tsid.clone(),
+            };
+            let _ = out.try_send(response(signal_response::Message::TrackUnpublished(m)));
+        }
+        tracing::info!(room = %room, participant = %psid, track = %tsid, "track unpublished");
+        self.broadcast_participant(&room, &psid);
+    }
+
+    fn speakers_changed(&mut self, levels: Vec<stoa_sfu::proto::speaker::SpeakerLevel<TrackId>>) {
+        let mut by_room: HashMap<String, Vec<lk::SpeakerInfo>> = HashMap::new();
+        for level in levels {
+            let Some(&(session, _)) = self.by_peer.get(&level.key.peer) else {
+                continue;
+            };
+            let Some(s) = self.sessions.get(&session) else {
+                continue;
+            };
+            by_room
+                .entry(s.room.clone())
+                .or_default()
+                .push(lk::SpeakerInfo {
+                    sid: s.participant.clone(),
+                    level: level.level,
+                    active: level.active,
+                });
+        }
+        for (room, speakers) in by_room {
+            let msg = signal_response::Message::SpeakersChanged(lk::SpeakersChanged { speakers });
+            for s in self.sessions.values().filter(|s| s.room == room) {
+                let _ = s.out.try_send(response(msg.clone()));
+            }
+        }
+    }
+
+    /// A data packet from a client's publisher connection: stamped with the sender's identity
+    /// (never trusted from the client) and forwarded to the room on the same kind of channel.
+    async fn data_packet(&mut self, peer: PeerId, channel: ChannelId, data: &[u8]) {
+        let Some(&(session, Pc::Publisher)) = self.by_peer.get(&peer) else {
+            return;
+        };
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
+        let Some(label) = s.channels.get(&(Pc::Publisher, channel)).cloned() else {
+            return;
+        };
+        let room = s.room.clone();
+        let Some(sender) = self.participant(session) else {
+            return;
+        };
+        if !sender.permission.can_publish_data {
+            return;
+        }
+        let Ok(mut packet) = lk::DataPacket::decode(data) else {
+            tracing::debug!("undecodable data packet dropped");
+            return;
+        };
+        packet.participant_identity = sender.identity.clone();
+        packet.participant_sid = sender.sid.clone();
+        let mut destinations = packet.destination_identities.clone();
+        // Older clients read the sender from the deprecated per-packet fields.
+        #[allow(deprecated)]
+        if let Some(lk::data_packet::Value::User(user)) = &mut packet.value {
+            user.participant_identity = sender.identity.clone();
+            user.participant_sid = sender.sid.clone();
+            destinations.extend(user.destination_identities.iter().cloned());
+        }
+        let bytes = packet.encode_to_vec();
+        let Some(r) = self.rooms.get(&room) else {
+            return;
+        };
+        let targets: Vec<(PeerId, ChannelId)> = self
+            .sessions
+            .iter()
+            .filter(|(id, t)| **id != session && t.room == room)
+            .filter(|(_, t)| {
+                destinations.is_empty()
+                    || r.participants
+                        .get(&t.participant)
+                        .is_some_and(|p| destinations.contains(&p.identity))
+            })
+            .filter_map(|(_, t)| Some((t.subscriber?, *t.subscriber_channels.get(&label)?)))
+            .collect();
+        for (peer, channel) in targets {
+            let bytes = bytes.clone();
+            let _ = self
+                .sfu
+                .with_peer(peer, move |sfu, now| {
+                    sfu.send_data(now, peer, channel, true, &bytes)
+                })
+                .await;
+        }
+    }
+
+    // ------------------------------------------------------------------ updates
+
+    /// Send participant `psid`'s snapshot to everyone in the room who may see it.
+    fn broadcast_participant(&mut self, room: &str, psid: &str) {
+        let Some(r) = self.rooms.get(room) else {
+            return;
+        };
+        let Some(p) = r.participants.get(psid) else {
+            return;
+        };
+        let viewers: Vec<String> = r
+            .participants
+            .values()
+            .filter(|v| p.visible_to(v))
+            .map(|v| v.sid.clone())
+            .collect();
+        let info = p.info();
+        self.send_update(room, &viewers, vec![info]);
+    }
+
+    fn send_update(
+        &mut self,
+        room: &str,
+        viewers: &[String],
+        participants: Vec<lk::ParticipantInfo>,
+    ) {
+        let msg = signal_response::Message::Update(lk::ParticipantUpdate { participants });
+        let mut slow = Vec::new();
+        for (id, s) in &self.sessions {
+            if s.room == room
+                && viewers.contains(&s.participant)
+                && s.out.try_send(response(msg.clone())).is_err()
+            {
+                slow.push(*id);
+            }
+        }
+        for id in slow {
+            // Dropped below, on the next tick: ending it here would recurse.
+            if let Some(s) = self.sessions.get_mut(&id) {
+                s.last_ping = Instant::now() - Duration::from_secs(3600);
+            }
+        }
+    }
+
+    async fn handle_tick(&mut self) {
+        let now = now_ms();
+        // Coalesced audience-size updates.
+        let dirty: Vec<String> = self
+            .rooms
+            .values_mut()
+            .filter(|r| r.dirty)
+            .map(|r| {
+                r.dirty = false;
+                r.name.clone()
+            })
+            .collect();
+        for room in dirty {
+            let Some(info) = self.rooms.get(&room).map(Room::info) else {
+                continue;
+            };
+            let msg = signal_response::Message::RoomUpdate(lk::RoomUpdate { room: Some(info) });
+            for s in self.sessions.values().filter(|s| s.room == room) {
+                let _ = s.out.try_send(response(msg.clone()));
+            }
+        }
+        // Sessions that stopped pinging (or could not keep up).
+        let timeout = Duration::from_secs(u64::from(self.config.ping_timeout));
+        let dead: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.last_ping.elapsed() > timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dead {
+            self.end_session(
+                id,
+                "ping timeout",
+                Some(lk::DisconnectReason::ConnectionTimeout),
+            )
+            .await;
+        }
+        // Rooms past their timeouts.
+        let closing: Vec<String> = self
+            .rooms
+            .values()
+            .filter(|r| r.should_close(now))
+            .map(|r| r.name.clone())
+            .collect();
+        for room in closing {
+            tracing::info!(room = %room, "room closed");
+            self.rooms.remove(&room);
+        }
+    }
+}
+
+/// Who sees a participant and whom it sees (other than itself).
+struct Visibility {
+    viewers: Vec<String>,
+    seen: Vec<String>,
+}
+
+fn visibility(room: &Room, psid: &str) -> Visibility {
+    let Some(p) = room.participants.get(psid) else {
+        return Visibility {
+            viewers: vec![],
+            seen: vec![],
+        };
+    };
+    let others = room.participants.values().filter(|o| o.sid != psid);
+    Visibility {
+        viewers: others
+            .clone()
+            .filter(|v| p.visible_to(v))
+            .map(|v| v.sid.clone())
+            .collect(),
+        seen: others
+            .filter(|o| o.visible_to(p))
+            .map(|o| o.sid.clone())
+            .collect(),
+    }
+}
+
+fn refusal(e: JoinRefusal) -> Refused {
+    match e {
+        JoinRefusal::Full(_) => Refused {
+            status: 403,
+            message: e.to_string(),
+        },
+    }
+}

@@ -1,0 +1,225 @@
+//! HTTP side of signaling: the `/rtc` WebSocket and the paths livekit-client probes.
+//!
+//! - `GET /rtc?access_token=…`: the token and room are checked **before** the upgrade, so a
+//!   refused client gets an HTTP status and a plain-text reason, as LiveKit answers; then one
+//!   binary protobuf `SignalRequest` / `SignalResponse` per WebSocket message.
+//! - `GET /rtc/validate`: the same checks; `200 success`, or the status and reason.
+//! - `/rtc/v1` and `/rtc/v1/validate`: `404` with CORS headers, so livekit-client 2.x falls back
+//!   to the two-connection protocol on `/rtc` by itself.
+
+// The WebSocket shell reads the clock for token expiry and rate limiting.
+#![allow(clippy::disallowed_methods)]
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use livekit_protocol as lk;
+use prost::Message;
+use tokio::sync::mpsc;
+
+use crate::join;
+use crate::service::{OUTBOX, Outbound, Signaling};
+use crate::token::ApiKeys;
+
+/// Largest signaling message accepted from a client. SDP offers of audio clients stay far below.
+pub const MAX_MESSAGE: usize = 64 * 1024;
+
+/// Sustained signal requests per second a client may send, and the burst above it.
+const RATE_PER_SEC: f64 = 50.0;
+const RATE_BURST: f64 = 200.0;
+
+#[derive(Clone)]
+struct RtcState {
+    signaling: Signaling,
+    keys: Arc<ApiKeys>,
+}
+
+/// The signaling routes, to merge into the server's router.
+pub fn router(signaling: Signaling, keys: Arc<ApiKeys>) -> Router {
+    Router::new()
+        .route("/rtc", get(rtc))
+        .route("/rtc/validate", get(validate))
+        .route("/rtc/v1", get(not_v1))
+        .route("/rtc/v1/validate", get(not_v1))
+        .with_state(RtcState { signaling, keys })
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A plain-text answer with the CORS header the browser needs to read it.
+fn plain(status: u16, message: String) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut r = (status, message).into_response();
+    r.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    r
+}
+
+async fn not_v1() -> Response {
+    // Must not contain "requested room does not exist", or the client would not fall back.
+    plain(404, "not found: use /rtc".into())
+}
+
+async fn validate(State(state): State<RtcState>, RawQuery(query): RawQuery) -> Response {
+    let query = query.unwrap_or_default();
+    match join::validate(&state.keys, &query, now_unix()) {
+        Ok((_, claims)) => match state.signaling.admit(&claims.video.room, &claims.sub).await {
+            Ok(()) => plain(200, "success".into()),
+            Err(r) => plain(r.status, r.message),
+        },
+        Err(r) => plain(r.status, r.message),
+    }
+}
+
+async fn rtc(
+    State(state): State<RtcState>,
+    RawQuery(query): RawQuery,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let query = query.unwrap_or_default();
+    let (params, claims) = match join::validate(&state.keys, &query, now_unix()) {
+        Ok(ok) => ok,
+        Err(r) => return plain(r.status, r.message),
+    };
+    if let Err(r) = state.signaling.admit(&claims.video.room, &claims.sub).await {
+        return plain(r.status, r.message);
+    }
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(e) => return plain(400, format!("expected a WebSocket upgrade: {e}")),
+    };
+    upgrade
+        .max_message_size(MAX_MESSAGE)
+        .max_frame_size(MAX_MESSAGE)
+        .on_upgrade(move |socket| session(socket, state.signaling, params, claims))
+}
+
+async fn session(
+    mut socket: WebSocket,
+    signaling: Signaling,
+    params: join::JoinParams,
+    claims: livekit_api::access_token::Claims,
+) {
+    let (out_tx, mut out_rx) = mpsc::channel(OUTBOX);
+    let id = match signaling.connect(claims, params, out_tx).await {
+        Ok(id) => id,
+        Err(r) => {
+            let _ = socket.send(close(&r.message)).await;
+            return;
+        }
+    };
+    let mut bucket = TokenBucket::new(Instant::now());
+    let reason = loop {
+        tokio::select! {
+            out = out_rx.recv() => match out {
+                Some(Outbound::Response(r)) => {
+                    if socket.send(WsMessage::Binary(r.encode_to_vec().into())).await.is_err() {
+                        break "connection lost".to_owned();
+                    }
+                }
+                Some(Outbound::Close(reason)) => {
+                    let _ = socket.send(close(&reason)).await;
+                    return;
+                }
+                None => return,
+            },
+            incoming = socket.recv() => {
+                let request = match incoming {
+                    Some(Ok(WsMessage::Binary(bytes))) => lk::SignalRequest::decode(bytes.as_ref()).map_err(|e| e.to_string()),
+                    Some(Ok(WsMessage::Text(text))) => serde_json::from_str::<lk::SignalRequest>(text.as_str()).map_err(|e| e.to_string()),
+                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+                    Some(Ok(WsMessage::Close(_))) | None => break "client closed the connection".to_owned(),
+                    Some(Err(e)) => break format!("connection error: {e}"),
+                };
+                if !bucket.take(Instant::now()) {
+                    let reason = "too many signal requests";
+                    let _ = socket.send(close(reason)).await;
+                    break reason.to_owned();
+                }
+                match request {
+                    Ok(lk::SignalRequest { message: Some(m) }) => signaling.request(id, m),
+                    Ok(lk::SignalRequest { message: None }) => {}
+                    Err(e) => {
+                        let reason = format!("malformed signal request: {e}");
+                        let _ = socket.send(close(&reason)).await;
+                        break reason;
+                    }
+                }
+            }
+        }
+    };
+    signaling.closed(id, &reason);
+}
+
+fn close(reason: &str) -> WsMessage {
+    // Close reasons are limited to 123 bytes.
+    let mut reason = reason.to_owned();
+    while reason.len() > 120 {
+        reason.pop();
+    }
+    WsMessage::Close(Some(CloseFrame {
+        code: axum::extract::ws::close_code::POLICY,
+        reason: reason.into(),
+    }))
+}
+
+/// A token bucket limiting a client's request rate.
+#[derive(Debug)]
+struct TokenBucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    fn new(now: Instant) -> Self {
+        TokenBucket {
+            tokens: RATE_BURST,
+            at: now,
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + elapsed * RATE_PER_SEC).min(RATE_BURST);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn bucket_allows_bursts_then_the_sustained_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(t0);
+        for _ in 0..200 {
+            assert!(b.take(t0));
+        }
+        assert!(!b.take(t0));
+        assert!(
+            b.take(t0 + Duration::from_millis(40)),
+            "50/s refills one token in 20 ms"
+        );
+    }
+}

@@ -1,0 +1,494 @@
+#!/usr/bin/env node
+// Browser end-to-end test: unmodified livekit-client in headless Chromium against a
+// LiveKit-compatible server (stoa).
+//
+// Run it inside a private network namespace together with the server, through run.sh:
+//   unshare -n bash tests/browser/run.sh target/debug/stoa
+//
+// It serves page.html, page.js and livekit-client's UMD bundle from an HTTP server on
+// 127.0.0.1 (ephemeral port), launches Debian's Chromium headless with a generated 1 kHz WAV
+// as the fake microphone, opens two pages A and B, and walks the scenario:
+//   a. A joins room e2e-<random> (canPublish) and publishes its microphone;
+//   b. B joins (canPublish=false, canSubscribe=true), sees A and subscribes to A's audio;
+//   c. B hears A: inbound-rtp audio packetsReceived > 50 and totalAudioEnergy > 0;
+//   d. B's publish attempt is refused (client-side 403);
+//   e. A mutes, B sees TrackMuted for A's publication;
+//   f. A leaves, B sees ParticipantDisconnected for A.
+// Each step has its own timeout and a failure names it. The last stdout line is a JSON summary;
+// exit 0 on success, 1 on a failed step. Browser console and Chromium's own log are printed
+// (to stderr) on failure.
+//
+// Environment: STOA_URL (ws://127.0.0.1:7880), STOA_API_KEY (devkey), STOA_API_SECRET (secret),
+// CHROMIUM (/usr/bin/chromium), E2E_LOG_LEVEL (livekit-client log level in the pages, debug),
+// E2E_TIMEOUT_MS (whole-run deadline, 100000), E2E_VERBOSE=1 (print browser logs on success too).
+
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createRequire } from 'node:module';
+
+import { chromium } from 'playwright-core';
+import { AccessToken } from 'livekit-server-sdk';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const require = createRequire(import.meta.url);
+
+const STOA_URL = process.env.STOA_URL || 'ws://127.0.0.1:7880';
+const API_KEY = process.env.STOA_API_KEY || 'devkey';
+const API_SECRET = process.env.STOA_API_SECRET || 'secret';
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const LOG_LEVEL = process.env.E2E_LOG_LEVEL || 'debug';
+const DEADLINE_MS = Number(process.env.E2E_TIMEOUT_MS || 100_000);
+const VERBOSE = process.env.E2E_VERBOSE === '1';
+// Extra Chromium flags, space-separated, e.g. E2E_CHROMIUM_ARGS='--vmodule=*/webrtc/*=1'.
+const EXTRA_ARGS = (process.env.E2E_CHROMIUM_ARGS || '').split(/\s+/).filter(Boolean);
+
+// Per-step timeouts (ms).
+const T = {
+  launch: 30_000,
+  load: 15_000,
+  selftest: 10_000,
+  connect: 20_000,
+  publish: 20_000,
+  subscribe: 15_000,
+  hear: 20_000,
+  refuse: 15_000,
+  mute: 10_000,
+  leave: 10_000,
+};
+
+const started = Date.now();
+const elapsed = () => Date.now() - started;
+const log = (...args) => console.error(`[e2e +${(elapsed() / 1000).toFixed(1)}s]`, ...args);
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+class StepError extends Error {
+  constructor(step, message) {
+    super(message);
+    this.step = step;
+  }
+}
+
+const summary = {
+  ok: false,
+  failedStep: undefined,
+  error: undefined,
+  url: STOA_URL,
+  room: `e2e-${randomBytes(4).toString('hex')}`,
+  versions: {},
+  steps: [],
+};
+
+let currentStep = 'setup';
+
+/** Runs `fn` as step `name`, failing it after `timeoutMs`. */
+async function step(name, timeoutMs, fn) {
+  const t0 = Date.now();
+  currentStep = name;
+  log(`step ${name}: start (timeout ${timeoutMs} ms)`);
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(
+      () => reject(new StepError(name, `timed out after ${timeoutMs} ms`)),
+      timeoutMs,
+    );
+  });
+  try {
+    const value = await Promise.race([fn(), timeout]);
+    const ms = Date.now() - t0;
+    summary.steps.push({ step: name, ok: true, ms });
+    log(`step ${name}: ok in ${ms} ms`);
+    return value;
+  } catch (err) {
+    const ms = Date.now() - t0;
+    summary.steps.push({ step: name, ok: false, ms });
+    if (err instanceof StepError) throw err;
+    throw new StepError(name, err?.message ?? String(err));
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Polls `probe` every `everyMs` until it returns a truthy `done`; the step's timeout bounds it. */
+async function pollUntil(probe, everyMs = 250) {
+  for (;;) {
+    const { done, value } = await probe();
+    if (done) return value;
+    await sleep(everyMs);
+  }
+}
+
+function errorText(e) {
+  if (!e) return 'unknown error';
+  const parts = [e.name, e.message].filter(Boolean).join(': ');
+  const extra = ['status', 'reason', 'reasonName', 'code']
+    .filter((k) => e[k] !== undefined && e[k] !== null)
+    .map((k) => `${k}=${e[k]}`);
+  return extra.length ? `${parts} (${extra.join(', ')})` : parts;
+}
+
+/** 16-bit mono PCM WAV, 48 kHz, `seconds` of a sine at `freq` Hz and `amplitude` (0..1). */
+function sineWav(freq, seconds, amplitude) {
+  const rate = 48_000;
+  const samples = rate * seconds;
+  const buf = Buffer.alloc(44 + samples * 2);
+  buf.write('RIFF', 0);
+  buf.writeUInt32LE(36 + samples * 2, 4);
+  buf.write('WAVE', 8);
+  buf.write('fmt ', 12);
+  buf.writeUInt32LE(16, 16); // fmt chunk size
+  buf.writeUInt16LE(1, 20); // PCM
+  buf.writeUInt16LE(1, 22); // mono
+  buf.writeUInt32LE(rate, 24);
+  buf.writeUInt32LE(rate * 2, 28); // byte rate
+  buf.writeUInt16LE(2, 32); // block align
+  buf.writeUInt16LE(16, 34); // bits per sample
+  buf.write('data', 36);
+  buf.writeUInt32LE(samples * 2, 40);
+  for (let i = 0; i < samples; i++) {
+    const v = Math.round(amplitude * 32767 * Math.sin((2 * Math.PI * freq * i) / rate));
+    buf.writeInt16LE(v, 44 + i * 2);
+  }
+  return buf;
+}
+
+async function token(identity, grant) {
+  const at = new AccessToken(API_KEY, API_SECRET, { identity, name: identity, ttl: '10m' });
+  at.addGrant({ roomJoin: true, room: summary.room, ...grant });
+  return at.toJwt();
+}
+
+/** Static server for the page and the livekit-client bundle, on 127.0.0.1:<ephemeral>. */
+async function startHttp() {
+  const umd = join(here, 'node_modules', 'livekit-client', 'dist', 'livekit-client.umd.js');
+  const files = {
+    '/': { path: join(here, 'page.html'), type: 'text/html; charset=utf-8' },
+    '/page.js': { path: join(here, 'page.js'), type: 'text/javascript; charset=utf-8' },
+    '/livekit-client.umd.js': { path: umd, type: 'text/javascript; charset=utf-8' },
+  };
+  const contents = {};
+  for (const [route, f] of Object.entries(files)) {
+    contents[route] = { body: readFileSync(f.path), type: f.type };
+  }
+  const server = createServer((req, res) => {
+    const route = new URL(req.url, 'http://127.0.0.1').pathname;
+    const file = contents[route];
+    if (route === '/favicon.ico') {
+      res.writeHead(204);
+      res.end();
+      return;
+    }
+    if (!file) {
+      res.writeHead(404, { 'content-type': 'text/plain' });
+      res.end('not found');
+      return;
+    }
+    res.writeHead(200, { 'content-type': file.type, 'cache-control': 'no-store' });
+    res.end(file.body);
+  });
+  await new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', resolve);
+  });
+  return server;
+}
+
+const consoleLines = [];
+const pendingConsole = [];
+let chromiumLogPath;
+let failFast; // rejects the running step when the browser or a page dies
+
+/** Hides tokens and join requests and clips very long lines, for printing logs. */
+function clip(line) {
+  const redacted = line.replace(/(access_token|join_request)=[^&\s'"]+/g, '$1=<redacted>');
+  const max = 2000;
+  return redacted.length > max
+    ? `${redacted.slice(0, max)}… (${redacted.length - max} more characters)`
+    : redacted;
+}
+
+function capturePage(page, label) {
+  page.on('console', (msg) => {
+    const index = consoleLines.length;
+    const at = (elapsed() / 1000).toFixed(1);
+    consoleLines.push(`[${label} +${at}s] ${msg.type()}: ${msg.text()}`);
+    // Objects print as "Object" in msg.text(); replace them with their JSON when we can.
+    pendingConsole.push(
+      Promise.all(
+        msg.args().map((a) =>
+          a.jsonValue().then(
+            (v) => (typeof v === 'string' ? v : JSON.stringify(v)),
+            () => undefined,
+          ),
+        ),
+      ).then(
+        (parts) => {
+          if (parts.length && parts.every((p) => p !== undefined)) {
+            consoleLines[index] = `[${label} +${at}s] ${msg.type()}: ${parts.join(' ')}`;
+          }
+        },
+        () => {},
+      ),
+    );
+  });
+  page.on('pageerror', (err) => {
+    consoleLines.push(`[${label} +${(elapsed() / 1000).toFixed(1)}s] pageerror: ${err.stack || err}`);
+  });
+  page.on('requestfailed', (req) => {
+    consoleLines.push(
+      `[${label} +${(elapsed() / 1000).toFixed(1)}s] requestfailed: ${req.method()} ${req.url()} ${req.failure()?.errorText}`,
+    );
+  });
+  page.on('crash', () => failFast?.(new Error(`page ${label} crashed`)));
+}
+
+async function printBrowserLogs() {
+  await Promise.race([Promise.allSettled(pendingConsole), sleep(2000)]);
+  console.error('----- browser console (A = publisher page, B = subscriber page) -----');
+  for (const line of consoleLines) console.error(clip(line));
+  console.error('----- chromium log (D-Bus noise left out) -----');
+  let lines = [];
+  try {
+    lines = readFileSync(chromiumLogPath, 'utf8').split('\n');
+  } catch {
+    // no log written
+  }
+  for (const line of lines) {
+    // Page console lines are already above.
+    if (line && !/dbus|bluez|Floss|:INFO:CONSOLE/i.test(line)) console.error(clip(line));
+  }
+  console.error('----- end of browser logs -----');
+}
+
+/** Calls window.e2e[method](...args) in `page`. */
+function call(page, method, ...args) {
+  return page.evaluate(([m, a]) => window.e2e[m](...a), [method, args]);
+}
+
+async function scenario(ctx) {
+  const { context } = ctx;
+
+  const [pageA, pageB] = await step('load pages', T.load, async () => {
+    const a = context.pages()[0] ?? (await context.newPage());
+    const b = await context.newPage();
+    capturePage(a, 'A');
+    capturePage(b, 'B');
+    for (const [label, page] of [
+      ['A', a],
+      ['B', b],
+    ]) {
+      await page.addInitScript((level) => {
+        window.__e2eLogLevel = level;
+      }, LOG_LEVEL);
+      await page.goto(ctx.pageUrl, { timeout: T.load });
+      const info = await call(page, 'info');
+      if (!info.loaded) throw new Error(`page ${label}: livekit-client UMD bundle did not load`);
+      if (!info.browserSupported) {
+        throw new Error(`page ${label}: livekit-client says this browser is not supported`);
+      }
+      summary.versions.livekitClient = info.version;
+      summary.versions.userAgent = info.userAgent;
+    }
+    return [a, b];
+  });
+
+  summary.loopbackSelfTest = await step('self-test: loopback audio call inside page A', T.selftest, () =>
+    call(pageA, 'loopbackSelfTest', T.selftest - 1000),
+  );
+
+  // a. A joins and publishes its microphone.
+  const tokenA = await token('pub-A', { canPublish: true, canSubscribe: true });
+  const joinA = await step('a: A joins the room', T.connect, async () => {
+    const r = await call(pageA, 'connect', STOA_URL, tokenA);
+    if (!r.ok) throw new Error(`livekit-client could not connect: ${errorText(r.error)}`);
+    if (r.canPublish !== true) throw new Error(`A joined without canPublish: ${JSON.stringify(r)}`);
+    return r;
+  });
+  summary.versions.server = joinA.serverVersion;
+  const pubA = await step('a: A publishes its microphone', T.publish, async () => {
+    const r = await call(pageA, 'publishMicrophone');
+    if (!r.ok) throw new Error(`setMicrophoneEnabled(true) failed: ${errorText(r.error)}`);
+    if (!String(r.trackSid).startsWith('TR')) throw new Error(`odd track sid ${r.trackSid}`);
+    return r;
+  });
+  summary.publisher = { identity: joinA.identity, sid: joinA.sid, trackSid: pubA.trackSid };
+
+  // b. B joins receive-only, sees A and is subscribed to A's audio.
+  const tokenB = await token('sub-B', {
+    canPublish: false,
+    canSubscribe: true,
+    canPublishData: false,
+  });
+  const joinB = await step('b: B joins the room (canPublish=false)', T.connect, async () => {
+    const r = await call(pageB, 'connect', STOA_URL, tokenB);
+    if (!r.ok) throw new Error(`livekit-client could not connect: ${errorText(r.error)}`);
+    if (r.canPublish !== false) {
+      throw new Error(`B's permissions say canPublish=${r.canPublish}, want false`);
+    }
+    return r;
+  });
+  summary.subscriber = { identity: joinB.identity, sid: joinB.sid };
+  await step("b: B sees A and subscribes to A's audio", T.subscribe, () =>
+    pollUntil(async () => {
+      const view = await call(pageB, 'remoteView');
+      const a = view.find((p) => p.identity === joinA.identity);
+      const track = a?.tracks.find((t) => t.trackSid === pubA.trackSid);
+      const subscribed = await call(pageB, 'events', 'TrackSubscribed');
+      const ok =
+        track?.subscribed &&
+        track.hasTrack &&
+        subscribed.some((e) => e.trackSid === pubA.trackSid && e.participant === joinA.identity);
+      return { done: ok, value: track };
+    }),
+  ).catch(async (err) => {
+    const view = await call(pageB, 'remoteView').catch(() => 'unavailable');
+    throw new StepError(err.step, `${err.message}; B's view of the room: ${JSON.stringify(view)}`);
+  });
+
+  // c. B hears A.
+  let lastStats;
+  summary.stats = await step('c: B hears A (inbound-rtp audio)', T.hear, () =>
+    pollUntil(async () => {
+      lastStats = await call(pageB, 'inboundAudioStats', joinA.identity);
+      const ok = lastStats.ok && lastStats.packetsReceived > 50 && lastStats.totalAudioEnergy > 0;
+      return { done: ok, value: lastStats };
+    }, 500),
+  ).catch((err) => {
+    throw new StepError(err.step, `${err.message}; last stats: ${JSON.stringify(lastStats)}`);
+  });
+
+  // d. B may not publish.
+  const refusal = await step("d: B's publish attempt is refused", T.refuse, async () => {
+    const r = await call(pageB, 'tryPublishMicrophone');
+    if (!r.refused) {
+      throw new Error(`B published track ${r.trackSid} although its token has canPublish=false`);
+    }
+    if (r.error?.status !== 403) {
+      throw new Error(`refused, but not with a 403 permission error: ${errorText(r.error)}`);
+    }
+    return r.error;
+  });
+  summary.refusal = errorText(refusal);
+
+  // e. A mutes; B sees it.
+  await step("e: A mutes, B sees TrackMuted", T.mute, async () => {
+    const r = await call(pageA, 'muteMicrophone');
+    if (!r.ok) throw new Error(`A could not mute: ${errorText(r.error)}`);
+    return pollUntil(async () => {
+      const muted = await call(pageB, 'events', 'TrackMuted');
+      const hit = muted.find(
+        (e) => e.trackSid === pubA.trackSid && e.participant === joinA.identity,
+      );
+      return { done: !!hit, value: hit };
+    });
+  });
+
+  // f. A leaves; B sees it.
+  await step('f: A leaves, B sees ParticipantDisconnected', T.leave, async () => {
+    await call(pageA, 'disconnect');
+    return pollUntil(async () => {
+      const gone = await call(pageB, 'events', 'ParticipantDisconnected');
+      const hit = gone.find((e) => e.participant === joinA.identity);
+      const view = await call(pageB, 'remoteView');
+      return { done: !!hit && !view.some((p) => p.identity === joinA.identity), value: hit };
+    });
+  });
+
+  await call(pageB, 'disconnect').catch(() => {});
+}
+
+async function main() {
+  if (!existsSync(CHROMIUM)) {
+    throw new StepError('setup', `${CHROMIUM} not found: run ./test.sh (it installs chromium)`);
+  }
+  const work = mkdtempSync(join(tmpdir(), 'stoa-e2e-'));
+  const wav = join(work, 'tone1k.wav');
+  writeFileSync(wav, sineWav(1000, 10, 0.5));
+
+  const chromiumLog = join(work, 'chromium.log');
+  chromiumLogPath = chromiumLog;
+  const http = await startHttp();
+  const pageUrl = `http://127.0.0.1:${http.address().port}/`;
+  log(`page server on ${pageUrl}, stoa at ${STOA_URL}, room ${summary.room}, work dir ${work}`);
+
+  let context;
+  const deaths = new Promise((_, reject) => {
+    failFast = reject;
+  });
+  deaths.catch(() => {});
+  const overall = setTimeout(() => {
+    failFast?.(new Error(`whole run exceeded E2E_TIMEOUT_MS=${DEADLINE_MS} ms`));
+  }, DEADLINE_MS);
+
+  try {
+    context = await step('launch chromium', T.launch, () =>
+      chromium.launchPersistentContext(join(work, 'profile'), {
+        executablePath: CHROMIUM,
+        headless: true,
+        timeout: T.launch,
+        args: [
+          '--no-sandbox',
+          '--disable-gpu',
+          '--disable-quic',
+          '--no-first-run',
+          '--disable-background-networking',
+          '--disable-component-update',
+          '--disable-sync',
+          '--use-fake-ui-for-media-stream',
+          '--use-fake-device-for-media-stream',
+          `--use-file-for-fake-audio-capture=${wav}`,
+          '--autoplay-policy=no-user-gesture-required',
+          '--allow-loopback-in-peer-connection',
+          // Receive-only pages would otherwise hide host candidates behind mDNS names,
+          // which nothing resolves in the namespace.
+          '--disable-features=WebRtcHideLocalIpsWithMdns',
+          // Chromium's own log (errors and warnings), printed on failure.
+          '--enable-logging',
+          `--log-file=${chromiumLog}`,
+          '--v=0',
+          ...EXTRA_ARGS,
+        ],
+      }),
+    );
+    context.on('close', () => failFast?.(new Error('browser closed unexpectedly')));
+    summary.versions.chromium = context.browser()?.version();
+    summary.versions.playwright = require('playwright-core/package.json').version;
+
+    await Promise.race([scenario({ context, pageUrl }), deaths]);
+    summary.ok = true;
+  } catch (err) {
+    summary.failedStep = err.step ?? currentStep;
+    summary.error = err.message ?? String(err);
+  } finally {
+    clearTimeout(overall);
+    failFast = undefined;
+    if (!summary.ok || VERBOSE) await printBrowserLogs();
+    if (context) await Promise.race([context.close().catch(() => {}), sleep(5000)]);
+    await new Promise((resolve) => http.close(resolve));
+    http.closeAllConnections?.();
+    rmSync(work, { recursive: true, force: true });
+  }
+
+  summary.ms = elapsed();
+  if (!summary.ok) {
+    console.error(`E2E FAILED at step "${summary.failedStep}": ${summary.error}`);
+  } else {
+    console.error(`E2E PASSED in ${summary.ms} ms`);
+  }
+  console.log(JSON.stringify(summary));
+  return summary.ok ? 0 : 1;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err) => {
+    console.error(`E2E FAILED at step "${err.step ?? 'harness'}": ${err.stack ?? err}`);
+    summary.failedStep = err.step ?? 'harness';
+    summary.error = err.message ?? String(err);
+    console.log(JSON.stringify(summary));
+    process.exit(1);
+  },
+);

@@ -1,0 +1,313 @@
+// In-page side of the browser end-to-end test (see e2e.mjs). Drives the unmodified
+// livekit-client UMD bundle (global `LivekitClient`) and exposes a small API as `window.e2e`
+// for e2e.mjs to call through Playwright. Every method returns plain JSON-able values.
+'use strict';
+
+(() => {
+  const LK = window.LivekitClient;
+  const { Room, RoomEvent, Track } = LK || {};
+
+  // Capture settings for level checks: browser audio processing off (see test-peers.md).
+  const AUDIO_CAPTURE = { echoCancellation: false, noiseSuppression: false, autoGainControl: false };
+
+  const state = {
+    room: undefined,
+    events: [],
+    audioElements: [],
+    t0: performance.now(),
+  };
+
+  const ms = () => Math.round(performance.now() - state.t0);
+
+  function describeError(err) {
+    if (err === undefined || err === null) return { message: String(err) };
+    return {
+      name: err.name,
+      message: err.message ?? String(err),
+      status: err.status,
+      reason: err.reason,
+      reasonName: err.reasonName,
+      code: err.code,
+    };
+  }
+
+  function record(event, fields) {
+    const entry = { t: ms(), event, ...fields };
+    state.events.push(entry);
+    console.log(`[e2e] ${event} ${JSON.stringify(fields)}`);
+  }
+
+  function pubFields(publication, participant) {
+    return {
+      participant: participant?.identity,
+      participantSid: participant?.sid,
+      trackSid: publication?.trackSid,
+      source: publication?.source,
+      kind: publication?.kind,
+    };
+  }
+
+  function hookRoom(room) {
+    room
+      .on(RoomEvent.SignalConnected, () => record('SignalConnected', {}))
+      .on(RoomEvent.Connected, () => record('Connected', {}))
+      .on(RoomEvent.ConnectionStateChanged, (s) => record('ConnectionStateChanged', { state: s }))
+      .on(RoomEvent.Reconnecting, () => record('Reconnecting', {}))
+      .on(RoomEvent.SignalReconnecting, () => record('SignalReconnecting', {}))
+      .on(RoomEvent.Reconnected, () => record('Reconnected', {}))
+      .on(RoomEvent.Disconnected, (reason) => record('Disconnected', { reason }))
+      .on(RoomEvent.ParticipantConnected, (p) =>
+        record('ParticipantConnected', { participant: p.identity, participantSid: p.sid }),
+      )
+      .on(RoomEvent.ParticipantDisconnected, (p) =>
+        record('ParticipantDisconnected', { participant: p.identity, participantSid: p.sid }),
+      )
+      .on(RoomEvent.TrackPublished, (pub, p) => record('TrackPublished', pubFields(pub, p)))
+      .on(RoomEvent.TrackUnpublished, (pub, p) => record('TrackUnpublished', pubFields(pub, p)))
+      .on(RoomEvent.LocalTrackPublished, (pub, p) =>
+        record('LocalTrackPublished', pubFields(pub, p)),
+      )
+      .on(RoomEvent.TrackSubscribed, (track, pub, p) => {
+        record('TrackSubscribed', pubFields(pub, p));
+        if (track.kind === Track.Kind.Audio) {
+          // One <audio> element per remote track, or levels read 0 (test-peers.md gotcha 1).
+          const el = track.attach();
+          el.id = `audio-${pub.trackSid}`;
+          el.autoplay = true;
+          document.getElementById('audio').appendChild(el);
+          state.audioElements.push(el);
+        }
+      })
+      .on(RoomEvent.TrackSubscriptionFailed, (trackSid, p, reason) =>
+        record('TrackSubscriptionFailed', { trackSid, participant: p?.identity, reason }),
+      )
+      .on(RoomEvent.TrackMuted, (pub, p) => record('TrackMuted', pubFields(pub, p)))
+      .on(RoomEvent.TrackUnmuted, (pub, p) => record('TrackUnmuted', pubFields(pub, p)))
+      .on(RoomEvent.MediaDevicesError, (e) => record('MediaDevicesError', describeError(e)));
+  }
+
+  function remoteAudioPublication(identity) {
+    const p = state.room?.remoteParticipants
+      ? [...state.room.remoteParticipants.values()].find((x) => x.identity === identity)
+      : undefined;
+    if (!p) return { participant: undefined, publication: undefined };
+    const publication = [...p.audioTrackPublications.values()][0];
+    return { participant: p, publication };
+  }
+
+  window.e2e = {
+    /** Is the bundle loaded and WebRTC usable? */
+    info() {
+      return {
+        loaded: !!LK,
+        version: LK?.version,
+        browserSupported: LK ? LK.isBrowserSupported() : false,
+        userAgent: navigator.userAgent,
+      };
+    },
+
+    /**
+     * Harness self-check, independent of the server: this page sends its fake microphone from
+     * one RTCPeerConnection to another over loopback and plays it in an <audio> element, until
+     * the receiver's inbound-rtp shows packetsReceived > 50 and totalAudioEnergy > 0. Proves
+     * that Chromium gathers loopback candidates in the namespace, captures the WAV and that
+     * these stats move, so a later failure of steps a-c is the server's.
+     */
+    async loopbackSelfTest(timeoutMs) {
+      const deadline = performance.now() + timeoutMs;
+      const stream = await navigator.mediaDevices.getUserMedia({ audio: AUDIO_CAPTURE });
+      const pc1 = new RTCPeerConnection();
+      const pc2 = new RTCPeerConnection();
+      const candidates = [];
+      const el = document.createElement('audio');
+      el.autoplay = true;
+      try {
+        const exchange = (from, to) => {
+          from.onicecandidate = (e) => {
+            if (e.candidate) {
+              candidates.push(e.candidate.candidate);
+              to.addIceCandidate(e.candidate).catch(() => {});
+            }
+          };
+        };
+        exchange(pc1, pc2);
+        exchange(pc2, pc1);
+        pc2.ontrack = (e) => {
+          el.srcObject = new MediaStream([e.track]);
+        };
+        document.body.appendChild(el);
+        for (const track of stream.getAudioTracks()) pc1.addTrack(track, stream);
+        await pc1.setLocalDescription();
+        await pc2.setRemoteDescription(pc1.localDescription);
+        await pc2.setLocalDescription();
+        await pc1.setRemoteDescription(pc2.localDescription);
+        for (;;) {
+          const stats = await pc2.getStats();
+          let inbound;
+          let pair;
+          stats.forEach((s) => {
+            if (s.type === 'inbound-rtp' && s.kind === 'audio') inbound = s;
+            if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') {
+              const local = stats.get(s.localCandidateId);
+              const remote = stats.get(s.remoteCandidateId);
+              pair = `${local?.address}:${local?.port} -> ${remote?.address}:${remote?.port} ${local?.protocol}`;
+            }
+          });
+          const packets = inbound?.packetsReceived ?? 0;
+          const energy = inbound?.totalAudioEnergy ?? 0;
+          if (packets > 50 && energy > 0) {
+            return {
+              ok: true,
+              pair,
+              packetsReceived: packets,
+              totalAudioEnergy: energy,
+              audioLevel: inbound.audioLevel,
+              candidates,
+            };
+          }
+          if (performance.now() > deadline) {
+            throw new Error(
+              `loopback self-test: after ${timeoutMs} ms packetsReceived=${packets} ` +
+                `totalAudioEnergy=${energy} ice=${pc2.iceConnectionState} ` +
+                `candidates=${JSON.stringify(candidates)}`,
+            );
+          }
+          await new Promise((resolve) => setTimeout(resolve, 200));
+        }
+      } finally {
+        pc1.close();
+        pc2.close();
+        el.remove();
+        for (const track of stream.getTracks()) track.stop();
+      }
+    },
+
+    /** Joins the room. Resolves once livekit-client says connected. */
+    async connect(url, token) {
+      LK.setLogLevel(window.__e2eLogLevel || 'debug');
+      const room = new Room({ audioCaptureDefaults: AUDIO_CAPTURE });
+      state.room = room;
+      hookRoom(room);
+      try {
+        await room.connect(url, token);
+      } catch (e) {
+        record('ConnectFailed', describeError(e));
+        return { ok: false, error: describeError(e) };
+      }
+      const lp = room.localParticipant;
+      return {
+        ok: true,
+        roomName: room.name,
+        identity: lp.identity,
+        sid: lp.sid,
+        canPublish: lp.permissions?.canPublish,
+        canSubscribe: lp.permissions?.canSubscribe,
+        serverVersion: room.serverInfo?.version,
+        remote: [...room.remoteParticipants.values()].map((p) => p.identity),
+      };
+    },
+
+    /** Turns on the microphone and publishes it. */
+    async publishMicrophone() {
+      try {
+        const pub = await state.room.localParticipant.setMicrophoneEnabled(true, AUDIO_CAPTURE);
+        if (!pub) return { ok: false, error: { message: 'setMicrophoneEnabled returned no publication' } };
+        return {
+          ok: true,
+          trackSid: pub.trackSid,
+          source: pub.source,
+          muted: pub.isMuted,
+        };
+      } catch (e) {
+        return { ok: false, error: describeError(e) };
+      }
+    },
+
+    /** Remote participants and their publications, as this page sees them. */
+    remoteView() {
+      if (!state.room) return [];
+      return [...state.room.remoteParticipants.values()].map((p) => ({
+        identity: p.identity,
+        sid: p.sid,
+        tracks: [...p.trackPublications.values()].map((pub) => ({
+          trackSid: pub.trackSid,
+          source: pub.source,
+          kind: pub.kind,
+          subscribed: pub.isSubscribed,
+          hasTrack: !!pub.track,
+          muted: pub.isMuted,
+        })),
+      }));
+    },
+
+    /** Events recorded so far, optionally only those named `name`. */
+    events(name) {
+      return name ? state.events.filter((e) => e.event === name) : state.events;
+    },
+
+    /** Inbound RTP stats of the audio track `identity` publishes, as this page receives it. */
+    async inboundAudioStats(identity) {
+      const { publication } = remoteAudioPublication(identity);
+      const track = publication?.track;
+      if (!track) return { ok: false, why: `no subscribed audio track from ${identity}` };
+      const report = await track.getRTCStatsReport();
+      if (!report) return { ok: false, why: 'track has no receiver stats' };
+      let inbound;
+      let pair;
+      let codec;
+      report.forEach((s) => {
+        if (s.type === 'inbound-rtp' && s.kind === 'audio') inbound = s;
+      });
+      report.forEach((s) => {
+        if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') {
+          const local = report.get(s.localCandidateId);
+          const remote = report.get(s.remoteCandidateId);
+          pair = `${local?.address}:${local?.port} -> ${remote?.address}:${remote?.port} ${local?.protocol}`;
+        }
+        if (inbound && s.type === 'codec' && s.id === inbound.codecId) codec = s.mimeType;
+      });
+      if (!inbound) return { ok: false, why: 'no inbound-rtp audio entry yet' };
+      const el = document.getElementById(`audio-${publication.trackSid}`);
+      return {
+        ok: true,
+        packetsReceived: inbound.packetsReceived ?? 0,
+        packetsLost: inbound.packetsLost ?? 0,
+        bytesReceived: inbound.bytesReceived ?? 0,
+        totalAudioEnergy: inbound.totalAudioEnergy ?? 0,
+        totalSamplesDuration: inbound.totalSamplesDuration ?? 0,
+        audioLevel: inbound.audioLevel ?? 0,
+        jitter: inbound.jitter,
+        codec,
+        pair,
+        audioElementPlaying: el ? !el.paused : false,
+      };
+    },
+
+    /** Tries to publish the microphone; reports whether (and how) it was refused. */
+    async tryPublishMicrophone() {
+      try {
+        const pub = await state.room.localParticipant.setMicrophoneEnabled(true, AUDIO_CAPTURE);
+        return { refused: false, trackSid: pub?.trackSid };
+      } catch (e) {
+        return { refused: true, error: describeError(e) };
+      }
+    },
+
+    /** Mutes the local microphone (keeps it published). */
+    async muteMicrophone() {
+      try {
+        const pub = await state.room.localParticipant.setMicrophoneEnabled(false);
+        return { ok: true, trackSid: pub?.trackSid, muted: pub?.isMuted };
+      } catch (e) {
+        return { ok: false, error: describeError(e) };
+      }
+    },
+
+    /** Leaves the room. */
+    async disconnect() {
+      if (!state.room) return { ok: true };
+      await state.room.disconnect();
+      return { ok: true, state: state.room.state };
+    },
+  };
+})();
