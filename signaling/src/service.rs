@@ -34,8 +34,11 @@ use crate::room::{JoinRefusal, Participant, PublishedTrack, Room, RoomLimits};
 /// on it (RPC needs ≥ 1.8.0); this is the feature level Stoa's signaling implements.
 pub const ADVERTISED_LIVEKIT_VERSION: &str = "1.9.0";
 
-/// How often rooms are checked for closing, pings for timeouts, and `RoomUpdate`s flushed.
-const TICK: Duration = Duration::from_millis(500);
+/// How often pending participant updates are flushed (batched per client).
+const TICK: Duration = Duration::from_millis(100);
+
+/// Every this many ticks, `RoomUpdate`s are sent and pings and room timeouts checked.
+const SLOW_TICKS: u64 = 5;
 
 /// Capacity of a session's outbox. A client that falls this far behind is disconnected rather
 /// than buffered without bound.
@@ -111,6 +114,11 @@ enum Msg {
         muted: bool,
         reply: oneshot::Sender<Result<lk::TrackInfo, ServiceError>>,
     },
+    CreateRoom {
+        name: String,
+        limits: RoomLimits,
+        reply: oneshot::Sender<lk::Room>,
+    },
     ListParticipants {
         room: String,
         reply: oneshot::Sender<Result<Vec<lk::ParticipantInfo>, ServiceError>>,
@@ -169,6 +177,9 @@ impl Signaling {
             rooms: HashMap::new(),
             sessions: HashMap::new(),
             by_peer: HashMap::new(),
+            by_participant: HashMap::new(),
+            pending_updates: HashMap::new(),
+            ticks: 0,
             next_session: 1,
         };
         tokio::spawn(service.run(rx, events));
@@ -255,6 +266,23 @@ impl Signaling {
         rx.await.map_err(|_| ServiceError::Stopped)?
     }
 
+    /// Create a room ahead of the first join (LiveKit `CreateRoom`); idempotent: an existing
+    /// room is returned unchanged.
+    pub async fn create_room(
+        &self,
+        name: &str,
+        limits: RoomLimits,
+    ) -> Result<lk::Room, ServiceError> {
+        let (reply, rx) = oneshot::channel();
+        let msg = Msg::CreateRoom {
+            name: name.to_owned(),
+            limits,
+            reply,
+        };
+        self.tx.send(msg).map_err(|_| ServiceError::Stopped)?;
+        rx.await.map_err(|_| ServiceError::Stopped)
+    }
+
     /// Snapshots of a room's participants.
     pub async fn list_participants(
         &self,
@@ -309,6 +337,12 @@ struct Service {
     rooms: HashMap<String, Room>,
     sessions: HashMap<SessionId, Session>,
     by_peer: HashMap<PeerId, (SessionId, Pc)>,
+    /// Session of each participant (participant sids are unique across rooms).
+    by_participant: HashMap<String, SessionId>,
+    /// Participant snapshots waiting to be sent, per session; flushed every tick and before
+    /// any offer (a client must know a track before it is offered).
+    pending_updates: HashMap<SessionId, Vec<lk::ParticipantInfo>>,
+    ticks: u64,
     next_session: u64,
 }
 
@@ -398,6 +432,20 @@ impl Service {
                 let r = self.force_mute(&room, &identity, &track_sid, muted).await;
                 let _ = reply.send(r);
             }
+            Msg::CreateRoom {
+                name,
+                limits,
+                reply,
+            } => {
+                if !self.rooms.contains_key(&name) {
+                    let sid = self.new_sid("RM_");
+                    self.rooms
+                        .insert(name.clone(), Room::new(sid, name.clone(), limits, now_ms()));
+                }
+                if let Some(r) = self.rooms.get(&name) {
+                    let _ = reply.send(r.info());
+                }
+            }
             Msg::ListParticipants { room, reply } => {
                 let r = self
                     .rooms
@@ -423,10 +471,11 @@ impl Service {
             room.admit(&identity).map_err(refusal)?;
         }
         // A second session with the same identity replaces the first.
-        let duplicate = self.sessions.iter().find_map(|(id, s)| {
-            let p = self.rooms.get(&s.room)?.participants.get(&s.participant)?;
-            (s.room == room_name && p.identity == identity).then_some(*id)
-        });
+        let duplicate = self
+            .rooms
+            .get(&room_name)
+            .and_then(|r| r.by_identity(&identity))
+            .and_then(|p| self.by_participant.get(&p.sid).copied());
         if let Some(old) = duplicate {
             self.end_session(
                 old,
@@ -500,6 +549,7 @@ impl Service {
             self.remove_participant(&room_name, &sid, None);
             return Err(stopped());
         }
+        self.by_participant.insert(sid.clone(), session_id);
         self.sessions.insert(
             session_id,
             Session {
@@ -569,6 +619,8 @@ impl Service {
         let Some(s) = self.sessions.remove(&session) else {
             return;
         };
+        self.by_participant.remove(&s.participant);
+        self.pending_updates.remove(&session);
         if let Some(reason) = reason {
             let leave = lk::LeaveRequest {
                 can_reconnect: false,
@@ -1020,9 +1072,9 @@ impl Service {
         if could_publish != can_publish {
             r.dirty = true;
             let publisher = self
-                .sessions
-                .values()
-                .find(|s| s.room == room && s.participant == psid)
+                .by_participant
+                .get(&psid)
+                .and_then(|id| self.sessions.get(id))
                 .and_then(|s| s.publisher);
             if let Some(peer) = publisher {
                 let publish = if can_publish {
@@ -1108,9 +1160,9 @@ impl Service {
             .ok_or_else(|| ServiceError::TrackNotFound(track_sid.into()))?;
         // Tell the publisher's client, which mutes its microphone and echoes the state.
         if let Some(s) = self
-            .sessions
-            .values()
-            .find(|s| s.room == room && s.participant == psid)
+            .by_participant
+            .get(&psid)
+            .and_then(|id| self.sessions.get(id))
         {
             let m = lk::MuteTrackRequest {
                 sid: track_sid.into(),
@@ -1129,6 +1181,8 @@ impl Service {
                 let Some(&(session, _)) = self.by_peer.get(&peer) else {
                     return;
                 };
+                // The client must know every track before it is offered.
+                self.flush_updates(session);
                 let Some(s) = self.sessions.get_mut(&session) else {
                     return;
                 };
@@ -1249,10 +1303,9 @@ impl Service {
         // Everyone learns of the track before its offer arrives.
         self.broadcast_participant(&room, &psid);
         let subscribers: Vec<SessionId> = self
-            .sessions
-            .iter()
-            .filter(|(id, s)| **id != session && s.room == room && s.auto_subscribe)
-            .map(|(id, _)| *id)
+            .room_sessions(&room)
+            .into_iter()
+            .filter(|id| *id != session && self.sessions.get(id).is_some_and(|s| s.auto_subscribe))
             .collect();
         for sub in subscribers {
             self.subscribe(sub, track, &psid, &tsid).await;
@@ -1308,8 +1361,10 @@ impl Service {
         }
         for (room, speakers) in by_room {
             let msg = signal_response::Message::SpeakersChanged(lk::SpeakersChanged { speakers });
-            for s in self.sessions.values().filter(|s| s.room == room) {
-                let _ = s.out.try_send(response(msg.clone()));
+            for id in self.room_sessions(&room) {
+                if let Some(s) = self.sessions.get(&id) {
+                    let _ = s.out.try_send(response(msg.clone()));
+                }
             }
         }
     }
@@ -1352,9 +1407,10 @@ impl Service {
             return;
         };
         let targets: Vec<(PeerId, ChannelId)> = self
-            .sessions
+            .room_sessions(&room)
             .iter()
-            .filter(|(id, t)| **id != session && t.room == room)
+            .filter(|id| **id != session)
+            .filter_map(|id| Some((*id, self.sessions.get(id)?)))
             .filter(|(_, t)| {
                 destinations.is_empty()
                     || r.participants
@@ -1394,31 +1450,68 @@ impl Service {
         self.send_update(room, &viewers, vec![info]);
     }
 
+    /// Queue snapshots for `viewers` (participant sids); a newer snapshot of the same
+    /// participant replaces an older one still queued.
     fn send_update(
         &mut self,
-        room: &str,
+        _room: &str,
         viewers: &[String],
         participants: Vec<lk::ParticipantInfo>,
     ) {
-        let msg = signal_response::Message::Update(lk::ParticipantUpdate { participants });
-        let mut slow = Vec::new();
-        for (id, s) in &self.sessions {
-            if s.room == room
-                && viewers.contains(&s.participant)
-                && s.out.try_send(response(msg.clone())).is_err()
-            {
-                slow.push(*id);
-            }
-        }
-        for id in slow {
-            // Dropped below, on the next tick: ending it here would recurse.
-            if let Some(s) = self.sessions.get_mut(&id) {
-                s.last_ping = Instant::now() - Duration::from_secs(3600);
+        for viewer in viewers {
+            let Some(&session) = self.by_participant.get(viewer) else {
+                continue;
+            };
+            let queue = self.pending_updates.entry(session).or_default();
+            for info in &participants {
+                match queue.iter_mut().find(|q| q.sid == info.sid) {
+                    Some(q)
+                        if q.version <= info.version
+                            || info.state == State::Disconnected as i32 =>
+                    {
+                        *q = info.clone()
+                    }
+                    Some(_) => {}
+                    None => queue.push(info.clone()),
+                }
             }
         }
     }
 
+    /// Send a session's queued snapshots as one `ParticipantUpdate`.
+    fn flush_updates(&mut self, session: SessionId) {
+        let Some(participants) = self.pending_updates.remove(&session) else {
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        let msg = signal_response::Message::Update(lk::ParticipantUpdate { participants });
+        if s.out.try_send(response(msg)).is_err() {
+            // Too slow to keep up: dropped on the next slow tick (ending it here would recurse).
+            s.last_ping = Instant::now() - Duration::from_secs(3600);
+        }
+    }
+
+    /// Sessions of the participants of `room`.
+    fn room_sessions(&self, room: &str) -> Vec<SessionId> {
+        self.rooms.get(room).map_or_else(Vec::new, |r| {
+            r.participants
+                .keys()
+                .filter_map(|sid| self.by_participant.get(sid).copied())
+                .collect()
+        })
+    }
+
     async fn handle_tick(&mut self) {
+        let sessions: Vec<SessionId> = self.pending_updates.keys().copied().collect();
+        for session in sessions {
+            self.flush_updates(session);
+        }
+        self.ticks += 1;
+        if self.ticks % SLOW_TICKS != 0 {
+            return;
+        }
         let now = now_ms();
         // Coalesced audience-size updates.
         let dirty: Vec<String> = self
@@ -1435,8 +1528,10 @@ impl Service {
                 continue;
             };
             let msg = signal_response::Message::RoomUpdate(lk::RoomUpdate { room: Some(info) });
-            for s in self.sessions.values().filter(|s| s.room == room) {
-                let _ = s.out.try_send(response(msg.clone()));
+            for id in self.room_sessions(&room) {
+                if let Some(s) = self.sessions.get(&id) {
+                    let _ = s.out.try_send(response(msg.clone()));
+                }
             }
         }
         // Sessions that stopped pinging (or could not keep up).

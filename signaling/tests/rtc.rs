@@ -26,6 +26,7 @@ use stoa_sfu::str0m::media::{Direction, MediaKind, Mid, Pt};
 use stoa_sfu::str0m::net::{Protocol, Receive};
 use stoa_sfu::str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
 use stoa_sfu::str0m::{Candidate, Event as RtcEvent, Input, Output as RtcOutput, Rtc, RtcConfig};
+use stoa_signaling::room::RoomLimits;
 use stoa_signaling::service::{ServiceConfig, Signaling};
 use stoa_signaling::token::{self, ApiKeys};
 use tokio::net::TcpStream;
@@ -578,7 +579,7 @@ async fn speaker_and_listeners_over_rtc() {
     .await;
 
     // A second listener is not announced to bob, but is to alice (a speaker).
-    let carol = Client::join(s.http, &mint("carol", grants(room, false))).await;
+    let mut carol = Client::join(s.http, &mint("carol", grants(room, false))).await;
     alice
         .wait_for("carol announced to the speaker", |m| match m {
             signal_response::Message::Update(u) => u
@@ -680,6 +681,123 @@ async fn speaker_and_listeners_over_rtc() {
         "identity is stamped by the server"
     );
 
+    // The engine's speaker detector reached bob: alice spoke loudly before muting.
+    let alice_sid = alice.sid();
+    bob.wait_for("alice as active speaker", |m| match m {
+        signal_response::Message::SpeakersChanged(c) => c
+            .speakers
+            .iter()
+            .any(|sp| sp.sid == alice_sid && sp.active)
+            .then_some(()),
+        _ => None,
+    })
+    .await;
+
+    // Alice unmutes; bob unsubscribes (nothing forwarded), then subscribes again.
+    alice
+        .send(signal_request::Message::Mute(lk::MuteTrackRequest {
+            sid: track_sid.clone(),
+            muted: false,
+        }))
+        .await;
+    bob.wait_for("unmute", |m| match m {
+        signal_response::Message::Update(u) => u
+            .participants
+            .iter()
+            .any(|p| {
+                p.identity == "alice" && p.tracks.iter().any(|t| t.sid == track_sid && !t.muted)
+            })
+            .then_some(()),
+        _ => None,
+    })
+    .await;
+    let subscription = |subscribe| {
+        signal_request::Message::Subscription(lk::UpdateSubscription {
+            track_sids: vec![track_sid.clone()],
+            subscribe,
+            participant_tracks: vec![],
+        })
+    };
+    bob.send(subscription(false)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = bob.heard().len();
+    send_audio(&alice, 20).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        bob.heard().len() <= before + 1,
+        "unsubscribed audio still forwarded"
+    );
+    bob.send(subscription(true)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = bob.heard().len();
+    send_audio(&alice, 30).await;
+    eventually("bob hears alice again", || bob.heard().len() >= before + 25).await;
+
+    // A host force-mutes alice: her client is told, bob sees it, the engine stops forwarding.
+    let muted = s
+        .signaling
+        .mute_published_track(room, "alice", &track_sid, true)
+        .await
+        .unwrap();
+    assert!(muted.muted);
+    alice
+        .wait_for("server mute", |m| match m {
+            signal_response::Message::Mute(m) => (m.sid == track_sid && m.muted).then_some(()),
+            _ => None,
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = bob.heard().len();
+    send_audio(&alice, 20).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        bob.heard().len() <= before + 1,
+        "force-muted audio still forwarded"
+    );
+
+    // A listener invited on stage can publish at once, without reconnecting, and is heard.
+    let perm = lk::ParticipantPermission {
+        can_subscribe: true,
+        can_publish: true,
+        can_publish_data: true,
+        can_publish_sources: vec![lk::TrackSource::Microphone as i32],
+        ..Default::default()
+    };
+    s.signaling
+        .update_permission(room, "carol", perm)
+        .await
+        .unwrap();
+    carol
+        .wait_for("carol's own permission update", |m| match m {
+            signal_response::Message::Update(u) => u
+                .participants
+                .iter()
+                .any(|p| {
+                    p.identity == "carol" && p.permission.as_ref().is_some_and(|x| x.can_publish)
+                })
+                .then_some(()),
+            _ => None,
+        })
+        .await;
+    let carol_track = carol.publish().await;
+    bob.wait_for("carol on stage with a track", |m| match m {
+        signal_response::Message::Update(u) => u
+            .participants
+            .iter()
+            .any(|p| p.identity == "carol" && p.tracks.iter().any(|t| t.sid == carol_track))
+            .then_some(()),
+        _ => None,
+    })
+    .await;
+    eventually("carol's publisher connection", || {
+        carol.publisher.lock().unwrap().connected
+    })
+    .await;
+    bob.drain_for(Duration::from_millis(300)).await;
+    let before = bob.heard().len();
+    send_audio(&carol, 40).await;
+    eventually("bob hears carol", || bob.heard().len() >= before + 35).await;
+
     // Revoking alice's publish permission unpublishes her track at once.
     let perm = lk::ParticipantPermission {
         can_subscribe: true,
@@ -703,7 +821,6 @@ async fn speaker_and_listeners_over_rtc() {
         .await;
 
     // As a listener now, alice leaves bob's view (listeners do not see listeners)...
-    let alice_sid = alice.sid();
     let gone = |m: &signal_response::Message| match m {
         signal_response::Message::Update(u) => u
             .participants
@@ -871,6 +988,36 @@ async fn bad_input_is_refused_and_isolated() {
     .await;
     let list = s.signaling.list_participants(room).await.unwrap();
     assert_eq!(list.iter().filter(|p| p.identity == "good").count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_participants_is_enforced_and_rooms_created_by_api() {
+    let s = server().await;
+    let limits = RoomLimits {
+        max_participants: 1,
+        ..RoomLimits::default()
+    };
+    let created = s.signaling.create_room("small", limits).await.unwrap();
+    assert!(created.sid.starts_with("RM_"));
+    assert_eq!(created.max_participants, 1);
+    let again = s
+        .signaling
+        .create_room("small", RoomLimits::default())
+        .await
+        .unwrap();
+    assert_eq!(again.sid, created.sid, "CreateRoom is idempotent");
+
+    let first = Client::join(s.http, &mint("first", grants("small", false))).await;
+    assert_eq!(first.join.room.as_ref().unwrap().sid, created.sid);
+    let (status, body) = connect_ws(s.http, &mint("second", grants("small", false)))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status, 403);
+    assert!(body.contains("full"), "{body}");
+    // The same identity may still reconnect (it replaces itself).
+    let _again = Client::join(s.http, &mint("first", grants("small", false))).await;
+    drop(first);
 }
 
 /// A minimal HTTP/1.1 GET over a plain TCP connection; returns the raw response head and body.
