@@ -1,0 +1,275 @@
+//! Events from the media engine: offers, connections, tracks, speakers, data.
+
+use std::collections::HashMap;
+
+use livekit_protocol as lk;
+use livekit_protocol::participant_info::State;
+use livekit_protocol::signal_response;
+use prost::Message;
+use stoa_sfu::str0m::channel::ChannelId;
+use stoa_sfu::{Event, MediaLabel, PeerId, TrackId, UnpublishReason};
+
+use super::{Pc, Service, SessionId, response};
+use crate::room::PublishedTrack;
+
+impl Service {
+    // ------------------------------------------------------------------ engine events
+
+    pub(super) async fn handle_event(&mut self, event: Event) {
+        match event {
+            Event::Offer { peer, offer, slots } => {
+                let Some(&(session, _)) = self.by_peer.get(&peer) else {
+                    return;
+                };
+                // The client must know every track before it is offered.
+                self.flush_updates(session);
+                let Some(s) = self.sessions.get_mut(&session) else {
+                    return;
+                };
+                let id = s.next_offer_id;
+                s.next_offer_id += 1;
+                let mid_to_track_id = slots
+                    .into_iter()
+                    .map(|(_, mid, label)| (mid.to_string(), label.track_id))
+                    .collect();
+                let sd = lk::SessionDescription {
+                    r#type: "offer".into(),
+                    sdp: offer.to_sdp_string(),
+                    id,
+                    mid_to_track_id,
+                };
+                if let Some(s) = self.sessions.get(&session) {
+                    let _ = s
+                        .out
+                        .try_send(response(signal_response::Message::Offer(sd)));
+                }
+            }
+            Event::Connected(peer) => {
+                let Some(&(session, pc)) = self.by_peer.get(&peer) else {
+                    return;
+                };
+                if pc == Pc::Subscriber {
+                    let Some(s) = self.sessions.get(&session) else {
+                        return;
+                    };
+                    let (room, psid) = (s.room.clone(), s.participant.clone());
+                    if let Some(p) = self.participant_mut(session) {
+                        p.state = State::Active;
+                        p.touch();
+                    }
+                    self.broadcast_participant(&room, &psid);
+                }
+            }
+            Event::Disconnected(peer) => {
+                if let Some((session, _)) = self.by_peer.remove(&peer) {
+                    self.end_session(
+                        session,
+                        "media connection lost",
+                        Some(lk::DisconnectReason::ConnectionTimeout),
+                    )
+                    .await;
+                }
+            }
+            Event::TrackPublished { track, label } => self.track_published(track, label).await,
+            Event::TrackUnpublished { track, reason } => self.track_unpublished(track, reason),
+            Event::SpeakersChanged(levels) => self.speakers_changed(levels),
+            Event::ChannelOpen {
+                peer,
+                channel,
+                label,
+            } => {
+                if let Some(&(session, pc)) = self.by_peer.get(&peer)
+                    && let Some(s) = self.sessions.get_mut(&session)
+                {
+                    if pc == Pc::Subscriber {
+                        s.subscriber_channels.insert(label.clone(), channel);
+                    }
+                    s.channels.insert((pc, channel), label);
+                }
+            }
+            Event::ChannelData {
+                peer,
+                channel,
+                data,
+                ..
+            } => self.data_packet(peer, channel, &data).await,
+            _ => {}
+        }
+    }
+
+    pub(super) async fn track_published(&mut self, track: TrackId, label: MediaLabel) {
+        let Some(&(session, Pc::Publisher)) = self.by_peer.get(&track.peer) else {
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        // Bind by the msid track id (= the client's cid), else the oldest pending track.
+        let index = s
+            .pending
+            .iter()
+            .position(|(cid, _)| *cid == label.track_id)
+            .or(if s.pending.is_empty() { None } else { Some(0) });
+        let Some(index) = index else {
+            tracing::debug!(track = %track, "media without AddTrack; not published");
+            return;
+        };
+        let (cid, mut info) = s.pending.remove(index);
+        info.mid = track.mid.to_string();
+        let (room, psid) = (s.room.clone(), s.participant.clone());
+        let tsid = info.sid.clone();
+        let muted = info.muted;
+        let Some(p) = self.participant_mut(session) else {
+            return;
+        };
+        p.tracks.insert(
+            tsid.clone(),
+            PublishedTrack {
+                info,
+                cid,
+                engine: Some(track),
+            },
+        );
+        p.touch();
+        if muted {
+            let _ = self
+                .sfu
+                .call(track.shard(), move |sfu, _, _| {
+                    sfu.set_track_muted(track, true)
+                })
+                .await;
+        }
+        tracing::info!(room = %room, participant = %psid, track = %tsid, "track published");
+        // Everyone learns of the track before its offer arrives.
+        self.broadcast_participant(&room, &psid);
+        let subscribers: Vec<SessionId> = self
+            .room_sessions(&room)
+            .into_iter()
+            .filter(|id| *id != session && self.sessions.get(id).is_some_and(|s| s.auto_subscribe))
+            .collect();
+        for sub in subscribers {
+            self.subscribe(sub, track, &psid, &tsid).await;
+        }
+    }
+
+    pub(super) fn track_unpublished(&mut self, track: TrackId, reason: UnpublishReason) {
+        let Some(&(session, _)) = self.by_peer.get(&track.peer) else {
+            return;
+        };
+        for s in self.sessions.values_mut() {
+            s.subscribed.retain(|t| *t != track);
+        }
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
+        let (room, psid, out) = (s.room.clone(), s.participant.clone(), s.out.clone());
+        let Some(p) = self.participant_mut(session) else {
+            return;
+        };
+        let Some(tsid) = p.track_by_engine(track).map(|t| t.info.sid.clone()) else {
+            return;
+        };
+        p.tracks.remove(&tsid);
+        p.touch();
+        if reason == UnpublishReason::PermissionRevoked {
+            let m = lk::TrackUnpublishedResponse {
+                track_sid: tsid.clone(),
+            };
+            let _ = out.try_send(response(signal_response::Message::TrackUnpublished(m)));
+        }
+        tracing::info!(room = %room, participant = %psid, track = %tsid, "track unpublished");
+        self.broadcast_participant(&room, &psid);
+    }
+
+    pub(super) fn speakers_changed(
+        &mut self,
+        levels: Vec<stoa_sfu::proto::speaker::SpeakerLevel<TrackId>>,
+    ) {
+        let mut by_room: HashMap<String, Vec<lk::SpeakerInfo>> = HashMap::new();
+        for level in levels {
+            let Some(&(session, _)) = self.by_peer.get(&level.key.peer) else {
+                continue;
+            };
+            let Some(s) = self.sessions.get(&session) else {
+                continue;
+            };
+            by_room
+                .entry(s.room.clone())
+                .or_default()
+                .push(lk::SpeakerInfo {
+                    sid: s.participant.clone(),
+                    level: level.level,
+                    active: level.active,
+                });
+        }
+        for (room, speakers) in by_room {
+            let msg = signal_response::Message::SpeakersChanged(lk::SpeakersChanged { speakers });
+            for id in self.room_sessions(&room) {
+                if let Some(s) = self.sessions.get(&id) {
+                    let _ = s.out.try_send(response(msg.clone()));
+                }
+            }
+        }
+    }
+
+    /// A data packet from a client's publisher connection: stamped with the sender's identity
+    /// (never trusted from the client) and forwarded to the room on the same kind of channel.
+    pub(super) async fn data_packet(&mut self, peer: PeerId, channel: ChannelId, data: &[u8]) {
+        let Some(&(session, Pc::Publisher)) = self.by_peer.get(&peer) else {
+            return;
+        };
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
+        let Some(label) = s.channels.get(&(Pc::Publisher, channel)).cloned() else {
+            return;
+        };
+        let room = s.room.clone();
+        let Some(sender) = self.participant(session) else {
+            return;
+        };
+        if !sender.permission.can_publish_data {
+            return;
+        }
+        let Ok(mut packet) = lk::DataPacket::decode(data) else {
+            tracing::debug!("undecodable data packet dropped");
+            return;
+        };
+        packet.participant_identity = sender.identity.clone();
+        packet.participant_sid = sender.sid.clone();
+        let mut destinations = packet.destination_identities.clone();
+        // Older clients read the sender from the deprecated per-packet fields.
+        #[allow(deprecated)]
+        if let Some(lk::data_packet::Value::User(user)) = &mut packet.value {
+            user.participant_identity = sender.identity.clone();
+            user.participant_sid = sender.sid.clone();
+            destinations.extend(user.destination_identities.iter().cloned());
+        }
+        let bytes = packet.encode_to_vec();
+        let Some(r) = self.rooms.get(&room) else {
+            return;
+        };
+        let targets: Vec<(PeerId, ChannelId)> = self
+            .room_sessions(&room)
+            .iter()
+            .filter(|id| **id != session)
+            .filter_map(|id| Some((*id, self.sessions.get(id)?)))
+            .filter(|(_, t)| {
+                destinations.is_empty()
+                    || r.participants
+                        .get(&t.participant)
+                        .is_some_and(|p| destinations.contains(&p.identity))
+            })
+            .filter_map(|(_, t)| Some((t.subscriber?, *t.subscriber_channels.get(&label)?)))
+            .collect();
+        for (peer, channel) in targets {
+            let bytes = bytes.clone();
+            let _ = self
+                .sfu
+                .with_peer(peer, move |sfu, now| {
+                    sfu.send_data(now, peer, channel, true, &bytes)
+                })
+                .await;
+        }
+    }
+}
