@@ -41,8 +41,27 @@ if ! cmp -s "$browser_lock" "$browser_stamp" 2>/dev/null; then
     cp "$browser_lock" "$browser_stamp"
 fi
 
+# cargo-fuzz for the fuzz build below (from crates.io, pinned).
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "test.sh: installing cargo-fuzz"
+    cargo install --locked cargo-fuzz --version 0.13.2
+fi
+
 set -x
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo check -p stoa-sfu --no-default-features
-cargo test --workspace
+test_log=$(mktemp -t stoa-test.XXXXXX)
+trap 'rm -f "$test_log"' EXIT
+cargo test --workspace 2>&1 | tee "$test_log"
+cargo check -p stoa-signaling --no-default-features
+
+# Fuzz targets (fuzz/): build them and run each briefly, bounded in runs and time. cargo-fuzz
+# needs nightly-only compiler flags; RUSTC_BOOTSTRAP lets the stable toolchain accept them.
+# Longer campaigns: RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none -O signal_request
+RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none -O signal_request -- \
+    -runs=3000 -max_total_time=60 -rss_limit_mb=4096
+
+set +x
+# One closing line over every test binary of the run.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "summary: %d passed, %d failed\n", p, f }' "$test_log"
