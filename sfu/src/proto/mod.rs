@@ -1219,15 +1219,6 @@ impl Sfu {
             else {
                 continue;
             };
-            // A timer that is due anyway is handled in the same drain as the write, so the
-            // peer is polled once per packet rather than twice.
-            if p.deadline <= now {
-                self.stats.rtc_timeouts += 1;
-                if p.rtc.handle_input(Input::Timeout(now)).is_err() {
-                    self.doomed.push(peer);
-                    continue;
-                }
-            }
             let mut api = p.rtc.direct_api();
             let Some(tx) = api.stream_tx_by_mid(mid, None) else {
                 continue;
@@ -1243,6 +1234,14 @@ impl Sfu {
             .ext_vals(ext.clone());
             tx.write_rtp(write);
             self.stats.rtp_forwarded += 1;
+            // str0m sends a written packet on its next timer run (it answers the write with
+            // `Timeout(now)`): run it right away so the peer is drained once per packet, and
+            // any timer that was due anyway is served by the same run.
+            self.stats.rtc_timeouts += 1;
+            if p.rtc.handle_input(Input::Timeout(now)).is_err() {
+                self.doomed.push(peer);
+                continue;
+            }
             // Drain inline (not via drain_rtc) to keep the borrow of `subs`.
             loop {
                 match p.rtc.poll_output() {
