@@ -41,6 +41,23 @@ if ! cmp -s "$browser_lock" "$browser_stamp" 2>/dev/null; then
     cp "$browser_lock" "$browser_stamp"
 fi
 
+# PyPI packages of the server-SDK test (livekit-api, tests/python/livekit_api_test.py), pinned by
+# tests/python/requirements.txt, in a virtualenv; reinstalled only when that file changed.
+need_pkg python3 python3
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    # Debian splits venv/ensurepip out of python3; need_pkg's command check cannot see them.
+    need_pkg stoa-python3-venv-check python3-venv
+fi
+py_reqs=tests/python/requirements.txt
+py_stamp=tests/python/.venv/.stoa-installed-requirements.txt
+if ! cmp -s "$py_reqs" "$py_stamp" 2>/dev/null; then
+    echo "test.sh: pip install in tests/python/.venv"
+    rm -rf tests/python/.venv
+    python3 -m venv tests/python/.venv
+    tests/python/.venv/bin/pip install --quiet --disable-pip-version-check -r "$py_reqs"
+    cp "$py_reqs" "$py_stamp"
+fi
+
 # cargo-fuzz for the fuzz build below (from crates.io, pinned).
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "test.sh: installing cargo-fuzz"

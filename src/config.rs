@@ -103,6 +103,17 @@ pub struct Config {
     pub keys: ApiKeys,
     /// Log filter and format.
     pub logging: LoggingConfig,
+    /// Where webhooks go.
+    pub webhook: WebhookSettings,
+}
+
+/// Webhook destinations (`[webhook]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WebhookSettings {
+    /// `http://` URLs every event is posted to; empty: no webhooks.
+    pub urls: Vec<String>,
+    /// The configured API key whose secret signs them.
+    pub api_key: String,
 }
 
 impl Config {
@@ -299,6 +310,16 @@ struct FileConfig {
     keys: Option<BTreeMap<String, Spanned<String>>>,
     #[serde(default)]
     logging: FileLogging,
+    #[serde(default)]
+    webhook: FileWebhook,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileWebhook {
+    #[serde(default)]
+    urls: Vec<String>,
+    api_key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -334,6 +355,8 @@ struct Layers {
     keys: Option<ApiKeys>,
     log_filter: Option<LogFilter>,
     log_format: Option<LogFormat>,
+    webhook_urls: Vec<String>,
+    webhook_api_key: Option<String>,
 }
 
 impl Layers {
@@ -418,6 +441,20 @@ impl Layers {
                     .map_err(|e| anyhow!("{}: {e}", at(&format!("keys.{key}"), secret.span())))?;
             }
             self.keys = Some(keys);
+        }
+
+        for url in &file.webhook.urls {
+            if !url.starts_with("http://") || url.len() <= "http://".len() {
+                bail!(
+                    "config {name}: webhook.urls: {url:?} is not an http:// URL (https is not supported; use a TLS proxy)"
+                );
+            }
+        }
+        if !file.webhook.urls.is_empty() {
+            self.webhook_urls = file.webhook.urls.clone();
+        }
+        if let Some(key) = &file.webhook.api_key {
+            self.webhook_api_key = Some(key.clone());
         }
 
         if let Some(level) = &file.logging.level {
@@ -540,7 +577,18 @@ impl Layers {
             }
         }
 
+        let webhook_api_key = match self.webhook_api_key {
+            Some(key) if keys.secret(&key).is_none() => {
+                bail!("webhook.api_key {key:?} is not one of the configured API keys")
+            }
+            Some(key) => key,
+            None => keys.ids().next().unwrap_or_default().to_owned(),
+        };
         Ok(Config {
+            webhook: WebhookSettings {
+                urls: self.webhook_urls,
+                api_key: webhook_api_key,
+            },
             mode,
             bind_ip,
             advertise_ip,
@@ -731,6 +779,9 @@ k = "s"
             "[logging]",
             "level",
             "json",
+            "[webhook]",
+            "urls",
+            "api_key",
         ] {
             assert!(
                 text.contains(key),
@@ -1104,5 +1155,27 @@ level = "warn"
         let debug = format!("{config:?}");
         assert!(debug.contains("key1"), "{debug}");
         assert!(!debug.contains("hunter2"), "{debug}");
+    }
+
+    #[test]
+    fn webhook_settings() {
+        let config = load_file(Mode::Dev, "").expect("dev config");
+        assert!(config.webhook.urls.is_empty());
+        let config = load_file(
+            Mode::Dev,
+            "[keys]\nk1 = \"s1\"\nk2 = \"s2\"\n[webhook]\nurls = [\"http://127.0.0.1:9/hook\"]\napi_key = \"k2\"\n",
+        )
+        .expect("webhook config");
+        assert_eq!(config.webhook.urls, ["http://127.0.0.1:9/hook"]);
+        assert_eq!(config.webhook.api_key, "k2");
+        let config = load_file(Mode::Dev, "[webhook]\nurls = [\"http://h/\"]\n").expect("config");
+        assert_eq!(config.webhook.api_key, DEV_API_KEY);
+        let message = error(load_file(Mode::Dev, "[webhook]\nurls = [\"https://h/\"]\n"));
+        assert!(message.contains("webhook.urls"), "{message}");
+        let message = error(load_file(
+            Mode::Dev,
+            "[webhook]\nurls = [\"http://h/\"]\napi_key = \"nope\"\n",
+        ));
+        assert!(message.contains("webhook.api_key"), "{message}");
     }
 }

@@ -12,6 +12,7 @@ use axum::routing::get;
 use stoa_sfu::shell::{SfuRuntime, SfuSettings, UdpPorts};
 use stoa_signaling::service::{ServiceConfig, Signaling};
 use stoa_signaling::token::ApiKeys;
+use stoa_signaling::webhook::{Notifier, WebhookConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -86,8 +87,27 @@ async fn serve(config: &Config) -> Result<()> {
         Some((id.to_owned(), secret.expose().to_owned()))
     });
     let keys = Arc::new(ApiKeys::new(keys));
-    let signaling = Signaling::start(ServiceConfig::default(), engine_handle, engine_events);
-    let routes = app().merge(stoa_signaling::ws::router(signaling, keys));
+    let webhooks = (!config.webhook.urls.is_empty())
+        .then(|| {
+            let secret = config.keys.secret(&config.webhook.api_key)?;
+            Some(Notifier::start(WebhookConfig {
+                urls: config.webhook.urls.clone(),
+                api_key: config.webhook.api_key.clone(),
+                api_secret: secret.expose().to_owned(),
+            }))
+        })
+        .flatten();
+    if webhooks.is_some() {
+        info!(urls = %config.webhook.urls.join(","), api_key = %config.webhook.api_key, "webhooks enabled");
+    }
+    let service = ServiceConfig {
+        webhooks,
+        ..ServiceConfig::default()
+    };
+    let signaling = Signaling::start(service, engine_handle, engine_events);
+    let routes = app()
+        .merge(stoa_signaling::ws::router(signaling.clone(), keys.clone()))
+        .merge(stoa_signaling::twirp::router(signaling, keys));
 
     info!(http = %http_addr, rtc_udp = %RtcListen(&sfu), "listening");
 

@@ -14,4 +14,8 @@ pub mod room;
 pub mod service;
 pub mod token;
 #[cfg(feature = "runtime")]
+pub mod twirp;
+#[cfg(feature = "runtime")]
+pub mod webhook;
+#[cfg(feature = "runtime")]
 pub mod ws;

@@ -53,11 +53,18 @@ impl Service {
                         return;
                     };
                     let (room, psid) = (s.room.clone(), s.participant.clone());
-                    if let Some(p) = self.participant_mut(session) {
+                    let mut joined = None;
+                    if let Some(p) = self.participant_mut(session)
+                        && p.state != State::Active
+                    {
                         p.state = State::Active;
                         p.touch();
+                        joined = Some(p.info());
                     }
                     self.broadcast_participant(&room, &psid);
+                    if let Some(info) = joined {
+                        self.participant_webhook("participant_joined", &room, info, None);
+                    }
                 }
             }
             Event::Disconnected(peer) => {
@@ -140,6 +147,15 @@ impl Service {
                 .await;
         }
         tracing::info!(room = %room, participant = %psid, track = %tsid, "track published");
+        if let Some(p) = self.participant(session) {
+            let who = lk::ParticipantInfo {
+                sid: p.sid.clone(),
+                identity: p.identity.clone(),
+                ..Default::default()
+            };
+            let track = p.tracks.get(&tsid).map(|t| t.info.clone());
+            self.participant_webhook("track_published", &room, who, track);
+        }
         // Everyone learns of the track before its offer arrives.
         self.broadcast_participant(&room, &psid);
         let subscribers: Vec<SessionId> = self
@@ -169,7 +185,12 @@ impl Service {
         let Some(tsid) = p.track_by_engine(track).map(|t| t.info.sid.clone()) else {
             return;
         };
-        p.tracks.remove(&tsid);
+        let removed = p.tracks.remove(&tsid).map(|t| t.info);
+        let who = lk::ParticipantInfo {
+            sid: p.sid.clone(),
+            identity: p.identity.clone(),
+            ..Default::default()
+        };
         p.touch();
         if reason == UnpublishReason::PermissionRevoked {
             let m = lk::TrackUnpublishedResponse {
@@ -178,6 +199,7 @@ impl Service {
             let _ = out.try_send(response(signal_response::Message::TrackUnpublished(m)));
         }
         tracing::info!(room = %room, participant = %psid, track = %tsid, "track unpublished");
+        self.participant_webhook("track_unpublished", &room, who, removed);
         self.broadcast_participant(&room, &psid);
     }
 
@@ -246,13 +268,27 @@ impl Service {
             destinations.extend(user.destination_identities.iter().cloned());
         }
         let bytes = packet.encode_to_vec();
-        let Some(r) = self.rooms.get(&room) else {
+        self.forward_data(&room, Some(session), &label, &destinations, bytes)
+            .await;
+    }
+
+    /// Send an encoded data packet on the subscriber channel `label` of every session in
+    /// `room` (but `except`), only to `destinations` (identities) unless that is empty.
+    pub(super) async fn forward_data(
+        &mut self,
+        room: &str,
+        except: Option<SessionId>,
+        label: &str,
+        destinations: &[String],
+        bytes: Vec<u8>,
+    ) {
+        let Some(r) = self.rooms.get(room) else {
             return;
         };
         let targets: Vec<(PeerId, ChannelId)> = self
-            .room_sessions(&room)
+            .room_sessions(room)
             .iter()
-            .filter(|id| **id != session)
+            .filter(|id| Some(**id) != except)
             .filter_map(|id| Some((*id, self.sessions.get(id)?)))
             .filter(|(_, t)| {
                 destinations.is_empty()
@@ -260,7 +296,7 @@ impl Service {
                         .get(&t.participant)
                         .is_some_and(|p| destinations.contains(&p.identity))
             })
-            .filter_map(|(_, t)| Some((t.subscriber?, *t.subscriber_channels.get(&label)?)))
+            .filter_map(|(_, t)| Some((t.subscriber?, *t.subscriber_channels.get(label)?)))
             .collect();
         for (peer, channel) in targets {
             let bytes = bytes.clone();

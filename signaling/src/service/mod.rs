@@ -27,9 +27,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::join::JoinParams;
 
+mod admin;
 mod events;
 mod requests;
 use crate::room::{JoinRefusal, Participant, Room, RoomLimits};
+pub use admin::{ParticipantUpdate, SendData};
 
 /// The LiveKit server version advertised in `ServerInfo.version`. livekit-client gates features
 /// on it (RPC needs ≥ 1.8.0); this is the feature level Stoa's signaling implements.
@@ -54,6 +56,8 @@ pub struct ServiceConfig {
     pub ping_interval: u32,
     /// Seconds without a ping before the session is dropped.
     pub ping_timeout: u32,
+    /// Where room and participant events go as webhooks, if anywhere.
+    pub webhooks: Option<crate::webhook::Notifier>,
 }
 
 impl Default for ServiceConfig {
@@ -62,6 +66,7 @@ impl Default for ServiceConfig {
             room_defaults: RoomLimits::default(),
             ping_interval: 5,
             ping_timeout: 15,
+            webhooks: None,
         }
     }
 }
@@ -123,6 +128,10 @@ enum Msg {
     ListParticipants {
         room: String,
         reply: oneshot::Sender<Result<Vec<lk::ParticipantInfo>, ServiceError>>,
+    },
+    Admin {
+        op: admin::AdminOp,
+        reply: oneshot::Sender<Result<admin::AdminReply, ServiceError>>,
     },
 }
 
@@ -442,6 +451,7 @@ impl Service {
                     let sid = self.new_sid("RM_");
                     self.rooms
                         .insert(name.clone(), Room::new(sid, name.clone(), limits, now_ms()));
+                    self.room_started(&name);
                 }
                 if let Some(r) = self.rooms.get(&name) {
                     let _ = reply.send(r.info());
@@ -455,7 +465,54 @@ impl Service {
                     .ok_or(ServiceError::RoomNotFound(room));
                 let _ = reply.send(r);
             }
+            Msg::Admin { op, reply } => {
+                let r = self.handle_admin(op).await;
+                let _ = reply.send(r);
+            }
         }
+    }
+
+    // ------------------------------------------------------------------ webhooks
+
+    /// Queue a webhook event, if webhooks are configured; never waits.
+    fn webhook(
+        &mut self,
+        event: &str,
+        room: Option<lk::Room>,
+        participant: Option<lk::ParticipantInfo>,
+        track: Option<lk::TrackInfo>,
+    ) {
+        let Some(notifier) = self.config.webhooks.clone() else {
+            return;
+        };
+        let id = self.new_sid("EV_");
+        notifier.notify(lk::WebhookEvent {
+            event: event.to_owned(),
+            room,
+            participant,
+            track,
+            id,
+            created_at: now_ms() / 1000,
+            ..Default::default()
+        });
+    }
+
+    /// `room_started` for a room just created.
+    fn room_started(&mut self, room: &str) {
+        let info = self.rooms.get(room).map(Room::info);
+        self.webhook("room_started", info, None, None);
+    }
+
+    /// A participant event with the room's snapshot.
+    fn participant_webhook(
+        &mut self,
+        event: &str,
+        room: &str,
+        participant: lk::ParticipantInfo,
+        track: Option<lk::TrackInfo>,
+    ) {
+        let info = self.rooms.get(room).map(Room::info);
+        self.webhook(event, info, Some(participant), track);
     }
 
     // ------------------------------------------------------------------ joining and leaving
@@ -493,6 +550,7 @@ impl Service {
                 room_name.clone(),
                 Room::new(sid, room_name.clone(), self.config.room_defaults, now),
             );
+            self.room_started(&room_name);
         }
         let sid = self.new_sid("PA_");
         let permission = crate::token::permission(&claims.video);
@@ -617,6 +675,8 @@ impl Service {
         why: &str,
         reason: Option<lk::DisconnectReason>,
     ) {
+        // Updates still queued for the tick reach the client before its leave.
+        self.flush_updates(session);
         let Some(s) = self.sessions.remove(&session) else {
             return;
         };
@@ -661,6 +721,12 @@ impl Service {
             room.emptied_ms = Some(now_ms());
         }
         room.dirty = true;
+        // LiveKit: `participant_left` for one who became ACTIVE, else the connection aborted.
+        let event = if gone.state == State::Active {
+            "participant_left"
+        } else {
+            "participant_connection_aborted"
+        };
         gone.state = State::Disconnected;
         gone.touch();
         let mut info = gone.info();
@@ -671,7 +737,8 @@ impl Service {
             .filter(|v| gone.visible_to(v))
             .map(|v| v.sid.clone())
             .collect();
-        self.send_update(room_name, &viewers, vec![info]);
+        self.send_update(room_name, &viewers, vec![info.clone()]);
+        self.participant_webhook(event, room_name, info, None);
     }
 
     // ------------------------------------------------------------------ administration
@@ -930,8 +997,7 @@ impl Service {
             .map(|r| r.name.clone())
             .collect();
         for room in closing {
-            tracing::info!(room = %room, "room closed");
-            self.rooms.remove(&room);
+            self.close_room(&room);
         }
     }
 }

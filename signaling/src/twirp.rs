@@ -1,0 +1,372 @@
+//! The Twirp `RoomService` that LiveKit's server SDKs call:
+//! `POST /twirp/livekit.RoomService/{Method}`.
+//!
+//! Requests come as protobuf JSON (`application/json`, as the Node SDK sends) or binary protobuf
+//! (`application/protobuf`, as the Python and Rust SDKs send); the answer uses the request's
+//! encoding. Errors are Twirp JSON `{"code","msg","meta"}` with `Content-Type: application/json`
+//! exactly (the Node SDK parses nothing else) and Twirp's HTTP statuses.
+//!
+//! Every call needs `Authorization: Bearer <JWT>` verified with the configured keys. Grants:
+//! `roomCreate` for CreateRoom and DeleteRoom, `roomList` for ListRooms, `roomAdmin` with the
+//! matching `room` for the others. A missing or invalid token is `unauthenticated` (401), a
+//! valid token without the grant `permission_denied` (403).
+
+// The HTTP shell reads the clock for token expiry.
+#![allow(clippy::disallowed_methods)]
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use livekit_api::access_token::Claims;
+use livekit_protocol as lk;
+use prost::Message;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::room::RoomLimits;
+use crate::service::{ParticipantUpdate, SendData, ServiceError, Signaling};
+use crate::token::ApiKeys;
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+#[derive(Clone)]
+struct TwirpState {
+    signaling: Signaling,
+    keys: Arc<ApiKeys>,
+}
+
+/// The Twirp routes, to merge into the server's router.
+pub fn router(signaling: Signaling, keys: Arc<ApiKeys>) -> Router {
+    Router::new()
+        .route("/twirp/livekit.RoomService/{method}", post(handle))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(TwirpState { signaling, keys })
+}
+
+/// A Twirp error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TwirpError {
+    /// Twirp code (`not_found`, `malformed`, …).
+    pub code: &'static str,
+    /// Message.
+    pub msg: String,
+}
+
+impl TwirpError {
+    fn new(code: &'static str, msg: impl Into<String>) -> Self {
+        TwirpError {
+            code,
+            msg: msg.into(),
+        }
+    }
+
+    /// The HTTP status of the code, as Twirp maps it.
+    pub fn status(&self) -> StatusCode {
+        match self.code {
+            "unauthenticated" => StatusCode::UNAUTHORIZED,
+            "permission_denied" => StatusCode::FORBIDDEN,
+            "not_found" | "bad_route" => StatusCode::NOT_FOUND,
+            "malformed" | "invalid_argument" | "out_of_range" => StatusCode::BAD_REQUEST,
+            "already_exists" | "aborted" => StatusCode::CONFLICT,
+            "failed_precondition" => StatusCode::PRECONDITION_FAILED,
+            "unimplemented" => StatusCode::NOT_IMPLEMENTED,
+            "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for TwirpError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "code": self.code,
+            "msg": self.msg,
+            "meta": {},
+        })
+        .to_string();
+        let mut r = (self.status(), body).into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r
+    }
+}
+
+impl From<ServiceError> for TwirpError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::RoomNotFound(_)
+            | ServiceError::ParticipantNotFound(_)
+            | ServiceError::TrackNotFound(_) => TwirpError::new("not_found", e.to_string()),
+            ServiceError::Stopped => TwirpError::new("unavailable", e.to_string()),
+            #[allow(unreachable_patterns)]
+            _ => TwirpError::new("internal", e.to_string()),
+        }
+    }
+}
+
+/// The two request encodings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Json,
+    Protobuf,
+}
+
+impl Encoding {
+    fn of(headers: &HeaderMap) -> Result<Self, TwirpError> {
+        let ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let essence = ct.split(';').next().unwrap_or_default().trim();
+        match essence.to_ascii_lowercase().as_str() {
+            "application/json" => Ok(Encoding::Json),
+            "application/protobuf" | "application/x-protobuf" => Ok(Encoding::Protobuf),
+            _ => Err(TwirpError::new(
+                "malformed",
+                format!("unexpected Content-Type {ct:?}"),
+            )),
+        }
+    }
+
+    fn decode<T: Message + Default + DeserializeOwned>(self, body: &[u8]) -> Result<T, TwirpError> {
+        match self {
+            Encoding::Json => {
+                let body = if body.iter().all(u8::is_ascii_whitespace) {
+                    &b"{}"[..]
+                } else {
+                    body
+                };
+                serde_json::from_slice(body).map_err(|e| {
+                    TwirpError::new("malformed", format!("the JSON body is invalid: {e}"))
+                })
+            }
+            Encoding::Protobuf => T::decode(body).map_err(|e| {
+                TwirpError::new("malformed", format!("the protobuf body is invalid: {e}"))
+            }),
+        }
+    }
+
+    fn encode<T: Message + Serialize>(self, message: &T) -> Response {
+        let (body, ct) = match self {
+            Encoding::Json => match serde_json::to_vec(message) {
+                Ok(b) => (b, "application/json"),
+                Err(e) => return TwirpError::new("internal", e.to_string()).into_response(),
+            },
+            Encoding::Protobuf => (message.encode_to_vec(), "application/protobuf"),
+        };
+        let mut r = (StatusCode::OK, body).into_response();
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+        r
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn authenticate(keys: &ApiKeys, headers: &HeaderMap) -> Result<Claims, TwirpError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| TwirpError::new("unauthenticated", "missing Authorization header"))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or_else(|| TwirpError::new("unauthenticated", "expected a Bearer token"))?
+        .trim();
+    keys.verify(token, now_unix())
+        .map_err(|e| TwirpError::new("unauthenticated", e.to_string()))
+}
+
+/// What a call needs from the token.
+enum Need<'a> {
+    Create,
+    List,
+    Admin(&'a str),
+}
+
+fn authorize(claims: &Claims, need: Need<'_>) -> Result<(), TwirpError> {
+    let g = &claims.video;
+    let ok = match need {
+        Need::Create => g.room_create,
+        Need::List => g.room_list,
+        Need::Admin(room) => g.room_admin && !room.is_empty() && g.room == room,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(TwirpError::new(
+            "permission_denied",
+            "the token lacks the grant for this call",
+        ))
+    }
+}
+
+fn require(field: &str, value: &str) -> Result<(), TwirpError> {
+    if value.is_empty() {
+        Err(TwirpError::new(
+            "invalid_argument",
+            format!("{field} is required"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+async fn handle(
+    State(state): State<TwirpState>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    match call(&state, &method, &headers, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn call(
+    state: &TwirpState,
+    method: &str,
+    headers: &HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, TwirpError> {
+    let claims = authenticate(&state.keys, headers)?;
+    let enc = Encoding::of(headers)?;
+    let body = body.map_err(|e| TwirpError::new("malformed", e.body_text()))?;
+    let s = &state.signaling;
+    match method {
+        "CreateRoom" => {
+            authorize(&claims, Need::Create)?;
+            let req: lk::CreateRoomRequest = enc.decode(&body)?;
+            require("name", &req.name)?;
+            let defaults = RoomLimits::default();
+            let limits = RoomLimits {
+                empty_timeout: if req.empty_timeout > 0 {
+                    req.empty_timeout
+                } else {
+                    defaults.empty_timeout
+                },
+                departure_timeout: if req.departure_timeout > 0 {
+                    req.departure_timeout
+                } else {
+                    defaults.departure_timeout
+                },
+                max_participants: req.max_participants,
+            };
+            let room = s.create_room_with(&req.name, limits, &req.metadata).await?;
+            Ok(enc.encode(&room))
+        }
+        "ListRooms" => {
+            authorize(&claims, Need::List)?;
+            let req: lk::ListRoomsRequest = enc.decode(&body)?;
+            let rooms = s.list_rooms(&req.names).await?;
+            Ok(enc.encode(&lk::ListRoomsResponse { rooms }))
+        }
+        "DeleteRoom" => {
+            authorize(&claims, Need::Create)?;
+            let req: lk::DeleteRoomRequest = enc.decode(&body)?;
+            require("room", &req.room)?;
+            s.delete_room(&req.room).await?;
+            Ok(enc.encode(&lk::DeleteRoomResponse {}))
+        }
+        "ListParticipants" => {
+            let req: lk::ListParticipantsRequest = enc.decode(&body)?;
+            authorize(&claims, Need::Admin(&req.room))?;
+            let participants = s.list_participants(&req.room).await?;
+            Ok(enc.encode(&lk::ListParticipantsResponse { participants }))
+        }
+        "GetParticipant" => {
+            let req: lk::RoomParticipantIdentity = enc.decode(&body)?;
+            authorize(&claims, Need::Admin(&req.room))?;
+            let p = s.get_participant(&req.room, &req.identity).await?;
+            Ok(enc.encode(&p))
+        }
+        "RemoveParticipant" => {
+            let req: lk::RoomParticipantIdentity = enc.decode(&body)?;
+            authorize(&claims, Need::Admin(&req.room))?;
+            s.remove_participant(&req.room, &req.identity).await?;
+            Ok(enc.encode(&lk::RemoveParticipantResponse {}))
+        }
+        "MutePublishedTrack" => {
+            let req: lk::MuteRoomTrackRequest = enc.decode(&body)?;
+            authorize(&claims, Need::Admin(&req.room))?;
+            if !req.muted {
+                // As LiveKit without `room.enable_remote_unmute`: a participant's microphone is
+                // only ever turned on by that participant.
+                return Err(TwirpError::new(
+                    "failed_precondition",
+                    "remote unmute not enabled",
+                ));
+            }
+            let track = s
+                .mute_published_track(&req.room, &req.identity, &req.track_sid, req.muted)
+                .await?;
+            Ok(enc.encode(&lk::MuteRoomTrackResponse { track: Some(track) }))
+        }
+        "UpdateParticipant" => {
+            let req: lk::UpdateParticipantRequest = enc.decode(&body)?;
+            authorize(&claims, Need::Admin(&req.room))?;
+            let update = ParticipantUpdate {
+                name: req.name,
+                metadata: req.metadata,
+                attributes: req.attributes,
+                permission: req.permission,
+            };
+            let p = s
+                .update_participant(&req.room, &req.identity, update)
+                .await?;
+            Ok(enc.encode(&p))
+        }
+        "UpdateSubscriptions" => {
+            let req: lk::UpdateSubscriptionsRequest = enc.decode(&body)?;
+            authorize(&claims, Need::Admin(&req.room))?;
+            let mut sids = req.track_sids;
+            sids.extend(
+                req.participant_tracks
+                    .into_iter()
+                    .flat_map(|p| p.track_sids),
+            );
+            s.update_subscriptions(&req.room, &req.identity, sids, req.subscribe)
+                .await?;
+            Ok(enc.encode(&lk::UpdateSubscriptionsResponse {}))
+        }
+        "SendData" => {
+            let req: lk::SendDataRequest = enc.decode(&body)?;
+            authorize(&claims, Need::Admin(&req.room))?;
+            #[allow(deprecated)]
+            let data = SendData {
+                payload: req.data,
+                reliable: req.kind != lk::data_packet::Kind::Lossy as i32,
+                destination_sids: req.destination_sids,
+                destination_identities: req.destination_identities,
+                topic: req.topic,
+                nonce: req.nonce,
+            };
+            s.send_data(&req.room, data).await?;
+            Ok(enc.encode(&lk::SendDataResponse {}))
+        }
+        "UpdateRoomMetadata" => {
+            let req: lk::UpdateRoomMetadataRequest = enc.decode(&body)?;
+            authorize(&claims, Need::Admin(&req.room))?;
+            let room = s.update_room_metadata(&req.room, &req.metadata).await?;
+            Ok(enc.encode(&room))
+        }
+        _ => Err(TwirpError::new(
+            "unimplemented",
+            format!("RoomService has no method {method}"),
+        )),
+    }
+}
