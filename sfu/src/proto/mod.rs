@@ -326,18 +326,53 @@ pub struct Sfu {
     tracks: HashMap<TrackId, Track>,
     /// Local subscribers of every track, owned here or relayed from another shard.
     fanout: HashMap<TrackId, Vec<(PeerId, SlotId)>>,
-    deadlines: BTreeSet<(Instant, PeerId)>,
+    /// Work produced by draining peers, consumed by `process` and `poll_output`.
+    out: Drained,
     speakers: SpeakerDetector<TrackId>,
-    /// str0m events not yet processed, in order.
-    rtc_events: VecDeque<(PeerId, RtcEvent)>,
-    transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     relays: VecDeque<Relay>,
-    /// Peers whose `Rtc` failed or died, to close after the current operation.
-    doomed: Vec<PeerId>,
     stats: SfuStats,
     /// The latest instant seen, for the idle wake-up.
     last_now: Instant,
+}
+
+/// What draining peers' `Rtc`s produces: their next deadlines, datagrams to send, str0m events
+/// to process, and peers to close. Kept apart from the peer map so a peer can be drained while
+/// the map is borrowed.
+#[derive(Debug, Default)]
+struct Drained {
+    deadlines: BTreeSet<(Instant, PeerId)>,
+    /// str0m events not yet processed, in order.
+    rtc_events: VecDeque<(PeerId, RtcEvent)>,
+    transmits: VecDeque<Transmit>,
+    /// Peers whose `Rtc` failed or died, to close after the current operation.
+    doomed: Vec<PeerId>,
+}
+
+impl Drained {
+    /// Drain one `Rtc` to its timeout (str0m's single-mutation invariant).
+    fn drain(&mut self, p: &mut Peer) {
+        let peer = p.id;
+        loop {
+            match p.rtc.poll_output() {
+                Ok(RtcOutput::Timeout(t)) => {
+                    if t != p.deadline {
+                        self.deadlines.remove(&(p.deadline, peer));
+                        p.deadline = t;
+                    }
+                    self.deadlines.insert((t, peer));
+                    break;
+                }
+                Ok(RtcOutput::Transmit(t)) => self.transmits.push_back(t),
+                Ok(RtcOutput::Event(e)) => self.rtc_events.push_back((peer, e)),
+                Err(e) => {
+                    tracing::debug!(peer = %peer, error = %e, "rtc failed");
+                    self.doomed.push(peer);
+                    break;
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Sfu {
@@ -364,12 +399,9 @@ impl Sfu {
             foreign_addrs: HashMap::new(),
             tracks: HashMap::new(),
             fanout: HashMap::new(),
-            deadlines: BTreeSet::new(),
-            rtc_events: VecDeque::new(),
-            transmits: VecDeque::new(),
+            out: Drained::default(),
             events: VecDeque::new(),
             relays: VecDeque::new(),
-            doomed: Vec::new(),
             stats: SfuStats::default(),
             last_now: now,
         }
@@ -754,22 +786,22 @@ impl Sfu {
     /// Drive timers: call when the last [`Output::Timeout`] passed (earlier is harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.last_now = self.last_now.max(now);
-        while let Some(&(at, peer)) = self.deadlines.first() {
+        while let Some(&(at, peer)) = self.out.deadlines.first() {
             if at > now {
                 break;
             }
-            self.deadlines.pop_first();
+            self.out.deadlines.pop_first();
             if let Some(p) = self.peers.get_mut(&peer) {
                 // Park the deadline far away; draining sets the real one.
                 p.deadline = now + Duration::from_secs(3600);
                 self.stats.rtc_timeouts += 1;
                 if let Err(e) = p.rtc.handle_input(Input::Timeout(now)) {
                     tracing::debug!(peer = %peer, error = %e, "rtc timeout failed");
-                    self.doomed.push(peer);
+                    self.out.doomed.push(peer);
                 }
                 self.drain_rtc(peer);
                 if !self.peers.get(&peer).is_some_and(|p| p.rtc.is_alive()) {
-                    self.doomed.push(peer);
+                    self.out.doomed.push(peer);
                 }
             }
         }
@@ -785,7 +817,7 @@ impl Sfu {
 
     /// The next output. Drain until [`Output::Timeout`].
     pub fn poll_output(&mut self) -> Output {
-        if let Some(t) = self.transmits.pop_front() {
+        if let Some(t) = self.out.transmits.pop_front() {
             return Output::Transmit(t);
         }
         if let Some(r) = self.relays.pop_front() {
@@ -794,7 +826,7 @@ impl Sfu {
         if let Some(e) = self.events.pop_front() {
             return Output::Event(e);
         }
-        let peers = self.deadlines.first().map(|(t, _)| *t);
+        let peers = self.out.deadlines.first().map(|(t, _)| *t);
         let speakers = self.speakers.poll_timeout();
         let next = match (peers, speakers) {
             (Some(a), Some(b)) => a.min(b),
@@ -896,7 +928,7 @@ impl Sfu {
                 counters: PeerCounters::default(),
             },
         );
-        self.deadlines.insert((now, id));
+        self.out.deadlines.insert((now, id));
         Ok(id)
     }
 
@@ -977,29 +1009,8 @@ impl Sfu {
 
     /// Drain one `Rtc` to its timeout (str0m's single-mutation invariant).
     fn drain_rtc(&mut self, peer: PeerId) {
-        let Some(p) = self.peers.get_mut(&peer) else {
-            return;
-        };
-        loop {
-            match p.rtc.poll_output() {
-                Ok(RtcOutput::Timeout(t)) => {
-                    if t != p.deadline {
-                        self.deadlines.remove(&(p.deadline, peer));
-                        p.deadline = t;
-                        self.deadlines.insert((t, peer));
-                    } else {
-                        self.deadlines.insert((t, peer));
-                    }
-                    break;
-                }
-                Ok(RtcOutput::Transmit(t)) => self.transmits.push_back(t),
-                Ok(RtcOutput::Event(e)) => self.rtc_events.push_back((peer, e)),
-                Err(e) => {
-                    tracing::debug!(peer = %peer, error = %e, "rtc failed");
-                    self.doomed.push(peer);
-                    break;
-                }
-            }
+        if let Some(p) = self.peers.get_mut(&peer) {
+            self.out.drain(p);
         }
     }
 
@@ -1007,11 +1018,11 @@ impl Sfu {
     /// doomed peers, until nothing is left.
     fn process(&mut self, now: Instant) {
         loop {
-            if let Some((peer, event)) = self.rtc_events.pop_front() {
+            if let Some((peer, event)) = self.out.rtc_events.pop_front() {
                 self.handle_rtc_event(now, peer, event);
                 continue;
             }
-            if let Some(peer) = self.doomed.pop() {
+            if let Some(peer) = self.out.doomed.pop() {
                 self.remove_peer(peer);
                 continue;
             }
@@ -1029,7 +1040,7 @@ impl Sfu {
                 }
             }
             RtcEvent::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                self.doomed.push(peer);
+                self.out.doomed.push(peer);
             }
             RtcEvent::MediaAdded(added) => {
                 if added.kind == MediaKind::Audio
@@ -1239,29 +1250,10 @@ impl Sfu {
             // any timer that was due anyway is served by the same run.
             self.stats.rtc_timeouts += 1;
             if p.rtc.handle_input(Input::Timeout(now)).is_err() {
-                self.doomed.push(peer);
+                self.out.doomed.push(peer);
                 continue;
             }
-            // Drain inline (not via drain_rtc) to keep the borrow of `subs`.
-            loop {
-                match p.rtc.poll_output() {
-                    Ok(RtcOutput::Timeout(t)) => {
-                        if t != p.deadline {
-                            self.deadlines.remove(&(p.deadline, peer));
-                            p.deadline = t;
-                        }
-                        self.deadlines.insert((t, peer));
-                        break;
-                    }
-                    Ok(RtcOutput::Transmit(t)) => self.transmits.push_back(t),
-                    Ok(RtcOutput::Event(e)) => self.rtc_events.push_back((peer, e)),
-                    Err(e) => {
-                        tracing::debug!(peer = %peer, error = %e, "rtc failed");
-                        self.doomed.push(peer);
-                        break;
-                    }
-                }
-            }
+            self.out.drain(p);
         }
     }
 
@@ -1374,7 +1366,7 @@ impl Sfu {
         let Some(p) = self.peers.remove(&peer) else {
             return;
         };
-        self.deadlines.remove(&(p.deadline, peer));
+        self.out.deadlines.remove(&(p.deadline, peer));
         self.by_ufrag.remove(&p.ufrag);
         for a in &p.addrs {
             if self.by_addr.get(a) == Some(&peer) {
