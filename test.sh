@@ -76,8 +76,10 @@ cargo check -p stoa-signaling --no-default-features
 # Fuzz targets (fuzz/): build them and run each briefly, bounded in runs and time. cargo-fuzz
 # needs nightly-only compiler flags; RUSTC_BOOTSTRAP lets the stable toolchain accept them.
 # Longer campaigns: RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none -O signal_request
-RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none -O signal_request -- \
-    -runs=3000 -max_total_time=60 -rss_limit_mb=4096
+for target in signal_request engine_datagram; do
+    RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none -O "$target" -- \
+        -runs=3000 -max_total_time=60 -rss_limit_mb=4096
+done
 
 set +x
 # One closing line over every test binary of the run.
