@@ -49,6 +49,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE", env = ENV_CONFIG)]
     pub config: Option<PathBuf>,
 
+    /// A LiveKit server config file (YAML) to read first: every key Stoa has a concept for is
+    /// used (port, rtc ports and node_ip, keys, room, webhook, logging), every other key is
+    /// ignored with a warning. The Stoa config file, environment and flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub livekit_config: Option<PathBuf>,
+
     /// Address to bind the HTTP listener and RTC sockets to [env: STOA_BIND_IP].
     #[arg(long, value_name = "IP")]
     pub bind_ip: Option<IpAddr>,
@@ -89,6 +95,7 @@ impl ServeArgs {
             http_port: self.http_port,
             rtc_udp_port: self.rtc_udp_port,
             log_level: self.log_level.clone(),
+            livekit_config: self.livekit_config.clone(),
         }
     }
 }

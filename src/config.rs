@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroUsize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
@@ -38,6 +38,10 @@ pub const DEV_API_SECRET: &str = "secret";
 pub const MAX_SHARDS: usize = 255;
 /// Log filter when none is configured.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// How long a graceful shutdown waits for sessions to end, when not configured.
+pub const DEFAULT_DRAIN_SECONDS: u64 = 30;
+/// Longest drain deadline accepted (one hour).
+pub const MAX_DRAIN_SECONDS: u64 = 3600;
 
 /// Environment variable naming the config file (read by the command line parser).
 pub const ENV_CONFIG: &str = "STOA_CONFIG";
@@ -47,6 +51,7 @@ const ENV_HTTP_PORT: &str = "STOA_HTTP_PORT";
 const ENV_RTC_UDP_PORT: &str = "STOA_RTC_UDP_PORT";
 const ENV_KEYS: &str = "STOA_KEYS";
 const ENV_LOG_LEVEL: &str = "STOA_LOG_LEVEL";
+const ENV_DRAIN_SECONDS: &str = "STOA_DRAIN_SECONDS";
 
 /// Level names accepted on their own in a log filter.
 const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
@@ -84,6 +89,8 @@ pub struct Overrides {
     pub rtc_udp_port: Option<u16>,
     /// `--log-level`.
     pub log_level: Option<String>,
+    /// `--livekit-config`: a LiveKit server YAML file read before the Stoa config file.
+    pub livekit_config: Option<PathBuf>,
 }
 
 /// The validated configuration `stoa serve` runs with.
@@ -105,6 +112,41 @@ pub struct Config {
     pub logging: LoggingConfig,
     /// Where webhooks go.
     pub webhook: WebhookSettings,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+    /// Defaults of rooms created on join.
+    pub room: RoomSettings,
+    /// Problems that did not stop startup (keys of a LiveKit config that Stoa ignores), logged
+    /// as warnings once logging is up.
+    pub warnings: Vec<String>,
+}
+
+/// Room defaults (`[room]`), LiveKit's names and defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomSettings {
+    /// Seconds a room nobody joined stays open.
+    pub empty_timeout: u32,
+    /// Seconds a room stays open after the last participant left.
+    pub departure_timeout: u32,
+    /// Most participants in a room; 0 for no limit.
+    pub max_participants: u32,
+}
+
+impl Default for RoomSettings {
+    fn default() -> Self {
+        RoomSettings {
+            empty_timeout: 300,
+            departure_timeout: 20,
+            max_participants: 0,
+        }
+    }
+}
+
+/// Graceful shutdown settings (`[shutdown]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownConfig {
+    /// After SIGTERM, how long to wait for connected sessions to leave before exiting.
+    pub drain: std::time::Duration,
 }
 
 /// Webhook destinations (`[webhook]`).
@@ -286,6 +328,18 @@ pub fn load(
     flags: &Overrides,
 ) -> Result<Config> {
     let mut layers = Layers::default();
+    if let Some(path) = &flags.livekit_config {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("LiveKit config {}: cannot read", path.display()))?;
+        let name = path.display().to_string();
+        let (toml_text, ignored) = crate::livekit_config::translate(&name, &text)?;
+        layers
+            .apply_file(&format!("{name} (LiveKit config, translated)"), &toml_text)
+            .with_context(|| format!("LiveKit config {name}"))?;
+        layers.warnings.extend(ignored.into_iter().map(|key| {
+            format!("LiveKit config {name}: `{key}` is not supported by Stoa; ignored")
+        }));
+    }
     if let Some(path) = path {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("config {}: cannot read", path.display()))?;
@@ -312,6 +366,24 @@ struct FileConfig {
     logging: FileLogging,
     #[serde(default)]
     webhook: FileWebhook,
+    #[serde(default)]
+    shutdown: FileShutdown,
+    #[serde(default)]
+    room: FileRoom,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRoom {
+    empty_timeout: Option<u32>,
+    departure_timeout: Option<u32>,
+    max_participants: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileShutdown {
+    drain_seconds: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -357,6 +429,9 @@ struct Layers {
     log_format: Option<LogFormat>,
     webhook_urls: Vec<String>,
     webhook_api_key: Option<String>,
+    drain_seconds: Option<u64>,
+    room: RoomSettings,
+    warnings: Vec<String>,
 }
 
 impl Layers {
@@ -462,6 +537,21 @@ impl Layers {
                 .map_err(|e| anyhow!("{}: {e}", at("logging.level", level.span())))?;
             self.log_filter = Some(filter);
         }
+        if let Some(seconds) = &file.shutdown.drain_seconds {
+            self.drain_seconds =
+                Some(check_drain_seconds(*seconds.get_ref()).map_err(|e| {
+                    anyhow!("{}: {e}", at("shutdown.drain_seconds", seconds.span()))
+                })?);
+        }
+        if let Some(v) = file.room.empty_timeout {
+            self.room.empty_timeout = v;
+        }
+        if let Some(v) = file.room.departure_timeout {
+            self.room.departure_timeout = v;
+        }
+        if let Some(v) = file.room.max_participants {
+            self.room.max_participants = v;
+        }
         if let Some(json) = file.logging.json {
             self.log_format = Some(if json {
                 LogFormat::Json
@@ -501,6 +591,14 @@ impl Layers {
         if let Some(value) = var(ENV_LOG_LEVEL) {
             self.log_filter =
                 Some(LogFilter::parse(&value).map_err(|e| anyhow!("{ENV_LOG_LEVEL}: {e}"))?);
+        }
+        if let Some(value) = var(ENV_DRAIN_SECONDS) {
+            let seconds = value
+                .parse::<u64>()
+                .map_err(|_| format!("`{value}` is not a number of seconds"))
+                .and_then(check_drain_seconds)
+                .map_err(|e| anyhow!("{ENV_DRAIN_SECONDS}: {e}"))?;
+            self.drain_seconds = Some(seconds);
         }
         Ok(())
     }
@@ -602,8 +700,24 @@ impl Layers {
                     .unwrap_or_else(|| LogFilter(DEFAULT_LOG_LEVEL.to_owned())),
                 format: self.log_format.unwrap_or(LogFormat::Text),
             },
+            room: self.room,
+            warnings: self.warnings,
+            shutdown: ShutdownConfig {
+                drain: std::time::Duration::from_secs(
+                    self.drain_seconds.unwrap_or(DEFAULT_DRAIN_SECONDS),
+                ),
+            },
         })
     }
+}
+
+fn check_drain_seconds(seconds: u64) -> Result<u64, String> {
+    if seconds > MAX_DRAIN_SECONDS {
+        return Err(format!(
+            "{seconds} is more than the maximum of {MAX_DRAIN_SECONDS} seconds"
+        ));
+    }
+    Ok(seconds)
 }
 
 /// 1-based line number of byte `offset` in `text`.
@@ -756,6 +870,43 @@ k = "s"
         assert_eq!(config.keys.ids().collect::<Vec<_>>(), ["APIexample"]);
         assert_eq!(config.logging.filter.to_string(), "info,stoa_sfu=info");
         assert_eq!(config.logging.format, LogFormat::Text);
+        assert_eq!(config.shutdown.drain, std::time::Duration::from_secs(30));
+    }
+
+    #[test]
+    fn drain_seconds_from_file_and_env() {
+        let config = load_with(
+            Mode::Dev,
+            "[shutdown]\ndrain_seconds = 5\n",
+            &[],
+            &Overrides::default(),
+        )
+        .expect("config");
+        assert_eq!(config.shutdown.drain, std::time::Duration::from_secs(5));
+        let config = load_with(
+            Mode::Dev,
+            "[shutdown]\ndrain_seconds = 5\n",
+            &[("STOA_DRAIN_SECONDS", "0")],
+            &Overrides::default(),
+        )
+        .expect("config");
+        assert_eq!(config.shutdown.drain, std::time::Duration::ZERO);
+        let err = load_with(
+            Mode::Dev,
+            "[shutdown]\ndrain_seconds = 99999\n",
+            &[],
+            &Overrides::default(),
+        )
+        .expect_err("too long");
+        assert!(err.to_string().contains("shutdown.drain_seconds"), "{err}");
+        let err = load_with(
+            Mode::Dev,
+            "",
+            &[("STOA_DRAIN_SECONDS", "soon")],
+            &Overrides::default(),
+        )
+        .expect_err("not a number");
+        assert!(err.to_string().starts_with("STOA_DRAIN_SECONDS: "), "{err}");
     }
 
     #[test]
@@ -782,6 +933,12 @@ k = "s"
             "[webhook]",
             "urls",
             "api_key",
+            "[shutdown]",
+            "drain_seconds",
+            "[room]",
+            "empty_timeout",
+            "departure_timeout",
+            "max_participants",
         ] {
             assert!(
                 text.contains(key),
@@ -1061,6 +1218,7 @@ level = "warn"
             http_port: Some(10000),
             rtc_udp_port: Some(10001),
             log_level: Some("error".to_owned()),
+            livekit_config: None,
         };
         let config = load_with(Mode::Production, file, &env, &flags).expect("config");
         assert_eq!(config.bind_ip, "127.0.0.3".parse::<IpAddr>().expect("ip"));

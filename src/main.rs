@@ -7,6 +7,9 @@
 
 mod cli;
 mod config;
+mod livekit_config;
+mod metrics;
+mod ops;
 mod serve;
 mod token_cmd;
 

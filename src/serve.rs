@@ -7,17 +7,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use axum::Router;
-use axum::routing::get;
 use stoa_sfu::shell::{SfuRuntime, SfuSettings, UdpPorts};
+use stoa_signaling::room::RoomLimits;
 use stoa_signaling::service::{ServiceConfig, Signaling};
 use stoa_signaling::token::ApiKeys;
 use stoa_signaling::webhook::{Notifier, WebhookConfig};
 use tokio::net::TcpListener;
+use tokio::signal::unix::{Signal, SignalKind};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::{Config, DEV_API_KEY, LogFormat, LoggingConfig, Mode, RtcPorts};
+use crate::metrics::Sources;
+use crate::ops::{self, Draining};
 
 /// How long open HTTP connections may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -46,11 +48,6 @@ pub fn sfu_config(config: &Config) -> SfuSettings {
     }
 }
 
-/// The HTTP routes.
-fn app() -> Router {
-    Router::new().route("/healthz", get(|| async { "ok" }))
-}
-
 async fn serve(config: &Config) -> Result<()> {
     info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -59,6 +56,9 @@ async fn serve(config: &Config) -> Result<()> {
         log = %config.logging.filter,
         "starting"
     );
+    for warning in &config.warnings {
+        warn!("{warning}");
+    }
     if config.mode == Mode::Dev {
         warn!("development mode: do not expose this server to a network");
     }
@@ -68,6 +68,11 @@ async fn serve(config: &Config) -> Result<()> {
             "the API key's secret is well known; configure your own keys outside development"
         );
     }
+
+    // Installed before anything records, and before the signal handlers, so that a failure
+    // leaves nothing running.
+    let prometheus = crate::metrics::install()?;
+    let mut signals = Signals::new()?;
 
     let http_addr = config.http_addr();
     let listener = TcpListener::bind(http_addr)
@@ -101,13 +106,28 @@ async fn serve(config: &Config) -> Result<()> {
         info!(urls = %config.webhook.urls.join(","), api_key = %config.webhook.api_key, "webhooks enabled");
     }
     let service = ServiceConfig {
-        webhooks,
+        webhooks: webhooks.clone(),
+        room_defaults: RoomLimits {
+            empty_timeout: config.room.empty_timeout,
+            departure_timeout: config.room.departure_timeout,
+            max_participants: config.room.max_participants,
+        },
         ..ServiceConfig::default()
     };
-    let signaling = Signaling::start(service, engine_handle, engine_events);
-    let routes = app()
-        .merge(stoa_signaling::ws::router(signaling.clone(), keys.clone()))
-        .merge(stoa_signaling::twirp::router(signaling, keys));
+    let signaling = Signaling::start(service, engine_handle.clone(), engine_events);
+    let draining = Draining::default();
+    let sources = Sources {
+        signaling: signaling.clone(),
+        sfu: engine_handle,
+        webhooks,
+    };
+    // While draining, joins are refused before the WebSocket upgrade.
+    let joins = stoa_signaling::ws::router(signaling.clone(), keys.clone()).layer(
+        axum::middleware::from_fn_with_state(draining.clone(), ops::refuse_while_draining),
+    );
+    let routes = ops::router(draining.clone(), Some(sources), Some(prometheus))
+        .merge(joins)
+        .merge(stoa_signaling::twirp::router(signaling.clone(), keys));
 
     info!(http = %http_addr, rtc_udp = %RtcListen(&sfu), "listening");
 
@@ -126,19 +146,80 @@ async fn serve(config: &Config) -> Result<()> {
             result.context("HTTP server task failed")?.context("HTTP server failed")?;
             return Err(anyhow!("HTTP server stopped unexpectedly"));
         }
-        signal = shutdown_signal() => info!(signal = signal?, "shutting down"),
+        signal = signals.recv() => info!(signal, "shutting down"),
+    }
+
+    // Stop new joins, tell every client to leave, and wait for the sessions to end; a second
+    // signal cuts every wait short.
+    draining.start();
+    let deadline = config.shutdown.drain;
+    info!(deadline = ?deadline, "draining: refusing new joins, asking clients to leave");
+    let mut forced = false;
+    tokio::select! {
+        () = drain(&signaling, deadline) => {}
+        signal = signals.recv() => {
+            warn!(signal, "second signal; exiting now");
+            forced = true;
+        }
     }
 
     let _ = stop_tx.send(());
-    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
-        Ok(result) => result
-            .context("HTTP server task failed")?
-            .context("HTTP server failed")?,
-        Err(_) => warn!(grace = ?SHUTDOWN_GRACE, "HTTP connections still open; closing them"),
+    if forced {
+        server.abort();
+    } else {
+        tokio::select! {
+            result = tokio::time::timeout(SHUTDOWN_GRACE, &mut server) => match result {
+                Ok(result) => result
+                    .context("HTTP server task failed")?
+                    .context("HTTP server failed")?,
+                Err(_) => {
+                    warn!(grace = ?SHUTDOWN_GRACE, "HTTP connections still open; closing them");
+                    server.abort();
+                }
+            },
+            signal = signals.recv() => {
+                warn!(signal, "second signal; exiting now");
+                server.abort();
+            }
+        }
     }
     engine.shutdown();
     info!("stopped");
     Ok(())
+}
+
+/// How often the drain re-checks for sessions.
+const DRAIN_POLL: Duration = Duration::from_millis(100);
+
+/// Ends every session (clients get `Leave { SERVER_SHUTDOWN }`) and waits until none is left,
+/// up to `deadline`. Sessions that slipped in past the join gate are ended on the next poll.
+async fn drain(signaling: &Signaling, deadline: Duration) {
+    // Clients are told to leave even with a zero deadline; this first pass is bounded on its own.
+    match tokio::time::timeout(crate::metrics::QUERY_TIMEOUT, signaling.drain()).await {
+        Ok(Ok(ended)) if ended > 0 => info!(sessions = ended, "asked clients to leave"),
+        Ok(_) => {}
+        Err(_) => warn!("signaling did not answer the drain request"),
+    }
+    let waited = tokio::time::timeout(deadline, async {
+        loop {
+            match signaling.drain().await {
+                Ok(ended) if ended > 0 => info!(sessions = ended, "asked clients to leave"),
+                Ok(_) => {}
+                Err(_) => return,
+            }
+            match signaling.stats().await {
+                Ok(stats) if stats.sessions == 0 => return,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+    })
+    .await;
+    match waited {
+        Ok(()) => info!("drained: no sessions left"),
+        Err(_) => warn!(deadline = ?deadline, "drain deadline passed with sessions left"),
+    }
 }
 
 /// Installs the global `tracing` subscriber, writing to stdout.
@@ -161,16 +242,29 @@ fn bind_error(what: &str, addr: SocketAddr, err: &io::Error) -> anyhow::Error {
     }
 }
 
-/// Waits for Ctrl-C or SIGTERM and names the one that came.
-async fn shutdown_signal() -> Result<&'static str> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot listen for SIGTERM")?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => {
-            result.context("cannot listen for Ctrl-C")?;
-            Ok("SIGINT")
+/// SIGTERM and SIGINT (Ctrl-C) listeners, registered once so that no signal is missed between
+/// the first and the second.
+struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals> {
+        Ok(Signals {
+            terminate: tokio::signal::unix::signal(SignalKind::terminate())
+                .context("cannot listen for SIGTERM")?,
+            interrupt: tokio::signal::unix::signal(SignalKind::interrupt())
+                .context("cannot listen for Ctrl-C")?,
+        })
+    }
+
+    /// Waits for the next SIGTERM or SIGINT and names it.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
         }
-        _ = terminate.recv() => Ok("SIGTERM"),
     }
 }
 

@@ -28,10 +28,13 @@ use tokio::sync::{mpsc, oneshot};
 use crate::join::JoinParams;
 
 mod admin;
+mod drain;
 mod events;
 mod requests;
+mod stats;
 use crate::room::{JoinRefusal, Participant, Room, RoomLimits};
 pub use admin::{ParticipantUpdate, SendData};
+pub use stats::SignalingStats;
 
 /// The LiveKit server version advertised in `ServerInfo.version`. livekit-client gates features
 /// on it (RPC needs ≥ 1.8.0); this is the feature level Stoa's signaling implements.
@@ -132,6 +135,12 @@ enum Msg {
     Admin {
         op: admin::AdminOp,
         reply: oneshot::Sender<Result<admin::AdminReply, ServiceError>>,
+    },
+    Stats {
+        reply: oneshot::Sender<stats::SignalingStats>,
+    },
+    Drain {
+        reply: oneshot::Sender<usize>,
     },
 }
 
@@ -468,6 +477,13 @@ impl Service {
             Msg::Admin { op, reply } => {
                 let r = self.handle_admin(op).await;
                 let _ = reply.send(r);
+            }
+            Msg::Stats { reply } => {
+                let _ = reply.send(self.stats());
+            }
+            Msg::Drain { reply } => {
+                let ended = self.drain().await;
+                let _ = reply.send(ended);
             }
         }
     }

@@ -1,0 +1,377 @@
+//! Reading a LiveKit server config file (`livekit.yaml`), so an operator moving off LiveKit keeps
+//! their file: `stoa serve --livekit-config FILE`.
+//!
+//! [`translate`] maps every key Stoa has a concept for onto Stoa's own TOML format, which then
+//! goes through the same validation as a Stoa config file, and lists every other key so that the
+//! caller warns about it once. Mapped keys:
+//!
+//! | LiveKit | Stoa |
+//! |---|---|
+//! | `port` | `http.port` |
+//! | `bind_addresses` (first entry) | `bind_ip` |
+//! | `rtc.udp_port` | `rtc.udp_port` (wins over a port range, as in LiveKit) |
+//! | `rtc.port_range_start`, `rtc.port_range_end` | the same |
+//! | `rtc.node_ip` | `advertise_ip` |
+//! | `keys` | `[keys]` |
+//! | `room.empty_timeout`, `departure_timeout`, `max_participants` | `[room]` |
+//! | `webhook.urls`, `webhook.api_key` | `[webhook]` |
+//! | `logging.level`, `logging.json` | `[logging]` |
+
+use anyhow::{Result, anyhow, bail};
+use serde_yaml::Value;
+use toml::Table;
+
+/// Translates LiveKit YAML `text` (from the file called `name`) into Stoa TOML, and returns the
+/// dotted names of the keys Stoa ignores, each once, in file order.
+pub fn translate(name: &str, text: &str) -> Result<(String, Vec<String>)> {
+    let root: Value = serde_yaml::from_str(text)
+        .map_err(|err| anyhow!("LiveKit config {name}: {}", one_line(&err.to_string())))?;
+    let mut out = Translation::default();
+    match &root {
+        Value::Null => {}
+        Value::Mapping(map) => {
+            for (key, value) in map {
+                let key = key_name(key);
+                out.top(&key, value)
+                    .map_err(|e| anyhow!("LiveKit config {name}: {e}"))?;
+            }
+        }
+        _ => bail!("LiveKit config {name}: expected a mapping of keys at the top level"),
+    }
+    out.finish();
+    Ok((out.toml.to_string(), out.ignored))
+}
+
+#[derive(Debug, Default)]
+struct Translation {
+    toml: Table,
+    ignored: Vec<String>,
+    /// `rtc.udp_port` was set, so a port range is ignored (LiveKit muxes on the one port).
+    udp_port: bool,
+    use_external_ip: bool,
+    node_ip: bool,
+}
+
+impl Translation {
+    fn ignore(&mut self, key: String) {
+        if !self.ignored.contains(&key) {
+            self.ignored.push(key);
+        }
+    }
+
+    fn set(&mut self, section: Option<&str>, key: &str, value: toml::Value) {
+        let table = match section {
+            None => &mut self.toml,
+            Some(section) => {
+                let entry = self
+                    .toml
+                    .entry(section.to_owned())
+                    .or_insert_with(|| toml::Value::Table(Table::new()));
+                match entry {
+                    toml::Value::Table(table) => table,
+                    // Only this module writes sections, always as tables.
+                    _ => return,
+                }
+            }
+        };
+        table.insert(key.to_owned(), value);
+    }
+
+    fn top(&mut self, key: &str, value: &Value) -> Result<()> {
+        match key {
+            "port" => self.set(Some("http"), "port", integer(key, value)?),
+            "bind_addresses" => {
+                let addresses = strings(key, value)?;
+                if let Some(first) = addresses.first() {
+                    self.set(None, "bind_ip", toml::Value::String(first.clone()));
+                }
+                if addresses.len() > 1 {
+                    self.ignore("bind_addresses (all but the first)".to_owned());
+                }
+            }
+            "keys" => {
+                let Value::Mapping(map) = value else {
+                    bail!("keys: expected a mapping of API key to secret");
+                };
+                let mut keys = Table::new();
+                for (k, v) in map {
+                    let k = key_name(k);
+                    let secret = string(&format!("keys.{k}"), v)?;
+                    keys.insert(k, toml::Value::String(secret));
+                }
+                self.toml
+                    .insert("keys".to_owned(), toml::Value::Table(keys));
+            }
+            "rtc" | "room" | "webhook" | "logging" => {
+                let Value::Mapping(map) = value else {
+                    if value.is_null() {
+                        return Ok(());
+                    }
+                    bail!("{key}: expected a mapping");
+                };
+                for (k, v) in map {
+                    let k = key_name(k);
+                    self.section(key, &k, v)?;
+                }
+            }
+            _ => self.ignore(key.to_owned()),
+        }
+        Ok(())
+    }
+
+    fn section(&mut self, section: &str, key: &str, value: &Value) -> Result<()> {
+        let dotted = format!("{section}.{key}");
+        match (section, key) {
+            ("rtc", "udp_port") => {
+                if let Value::String(_) = value {
+                    // Newer LiveKit accepts a port range string here; Stoa wants a number.
+                    bail!(
+                        "{dotted}: expected one port number (use port_range_start/_end for a range)"
+                    );
+                }
+                self.udp_port = true;
+                self.set(Some("rtc"), "udp_port", integer(&dotted, value)?);
+            }
+            ("rtc", "port_range_start" | "port_range_end") => {
+                self.set(Some("rtc"), key, integer(&dotted, value)?);
+            }
+            ("rtc", "node_ip") => {
+                self.node_ip = true;
+                self.set(
+                    None,
+                    "advertise_ip",
+                    toml::Value::String(string(&dotted, value)?),
+                );
+            }
+            ("rtc", "use_external_ip") => {
+                self.use_external_ip = value
+                    .as_bool()
+                    .ok_or_else(|| anyhow!("{dotted}: expected true or false"))?;
+            }
+            ("room", "empty_timeout" | "departure_timeout" | "max_participants") => {
+                self.set(Some("room"), key, integer(&dotted, value)?);
+            }
+            ("webhook", "urls") => {
+                let urls = strings(&dotted, value)?;
+                let urls = urls.into_iter().map(toml::Value::String).collect();
+                self.set(Some("webhook"), "urls", toml::Value::Array(urls));
+            }
+            ("webhook", "api_key") => {
+                self.set(
+                    Some("webhook"),
+                    "api_key",
+                    toml::Value::String(string(&dotted, value)?),
+                );
+            }
+            ("logging", "level") => {
+                self.set(
+                    Some("logging"),
+                    "level",
+                    toml::Value::String(string(&dotted, value)?),
+                );
+            }
+            ("logging", "json") => {
+                let json = value
+                    .as_bool()
+                    .ok_or_else(|| anyhow!("{dotted}: expected true or false"))?;
+                self.set(Some("logging"), "json", toml::Value::Boolean(json));
+            }
+            _ => self.ignore(dotted),
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) {
+        if self.udp_port {
+            let mut dropped = Vec::new();
+            if let Some(toml::Value::Table(rtc)) = self.toml.get_mut("rtc") {
+                for key in ["port_range_start", "port_range_end"] {
+                    if rtc.remove(key).is_some() {
+                        dropped.push(format!("rtc.{key} (rtc.udp_port is set)"));
+                    }
+                }
+            }
+            for key in dropped {
+                self.ignore(key);
+            }
+        }
+        if self.use_external_ip && !self.node_ip {
+            self.ignore(
+                "rtc.use_external_ip (no STUN discovery yet: set rtc.node_ip or advertise_ip)"
+                    .to_owned(),
+            );
+        }
+    }
+}
+
+fn key_name(key: &Value) -> String {
+    match key {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        _ => "?".to_owned(),
+    }
+}
+
+fn integer(key: &str, value: &Value) -> Result<toml::Value> {
+    value
+        .as_i64()
+        .map(toml::Value::Integer)
+        .ok_or_else(|| anyhow!("{key}: expected a whole number"))
+}
+
+fn string(key: &str, value: &Value) -> Result<String> {
+    match value {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        _ => bail!("{key}: expected a string"),
+    }
+}
+
+fn strings(key: &str, value: &Value) -> Result<Vec<String>> {
+    match value {
+        Value::Null => Ok(Vec::new()),
+        Value::String(s) => Ok(vec![s.clone()]),
+        Value::Sequence(items) => items.iter().map(|v| string(key, v)).collect(),
+        _ => bail!("{key}: expected a list of strings"),
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.trim().replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::{self, Mode, Overrides, RtcPorts};
+
+    /// A LiveKit server config as operators write it (LiveKit's `config-sample.yaml` keys).
+    const SAMPLE: &str = r#"
+port: 7881
+bind_addresses:
+  - "127.0.0.1"
+rtc:
+  tcp_port: 7881
+  port_range_start: 51000
+  port_range_end: 51100
+  use_external_ip: false
+  node_ip: 198.51.100.7
+  stun_servers:
+    - stun.l.google.com:19302
+redis:
+  address: localhost:6379
+keys:
+  APIlk: lk-secret-value
+room:
+  empty_timeout: 120
+  departure_timeout: 10
+  max_participants: 50
+  enabled_codecs:
+    - mime: audio/opus
+webhook:
+  api_key: APIlk
+  urls:
+    - http://127.0.0.1:9999/hook
+logging:
+  level: debug
+  pion_level: error
+turn:
+  enabled: false
+"#;
+
+    #[test]
+    fn sample_livekit_file_maps_known_keys_and_lists_the_rest() {
+        let (toml_text, ignored) = translate("livekit.yaml", SAMPLE).expect("translate");
+        assert_eq!(
+            ignored,
+            [
+                "rtc.tcp_port",
+                "rtc.stun_servers",
+                "redis",
+                "room.enabled_codecs",
+                "logging.pion_level",
+                "turn",
+            ]
+        );
+
+        let dir = std::env::temp_dir();
+        let path = dir.join(format!("stoa-livekit-test-{}.yaml", std::process::id()));
+        std::fs::write(&path, SAMPLE).expect("write sample");
+        let flags = Overrides {
+            livekit_config: Some(path.clone()),
+            ..Overrides::default()
+        };
+        let config = config::load(Mode::Production, None, &|_| None, &flags);
+        let _ = std::fs::remove_file(&path);
+        let config = config.expect("the translated LiveKit config loads");
+        assert_eq!(config.http_port, 7881);
+        assert_eq!(config.bind_ip, "127.0.0.1".parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            config.advertise_ip,
+            "198.51.100.7".parse::<IpAddr>().expect("ip")
+        );
+        assert_eq!(
+            config.rtc.ports,
+            RtcPorts::Range {
+                start: 51000,
+                end: 51100
+            }
+        );
+        assert_eq!(config.keys.ids().collect::<Vec<_>>(), ["APIlk"]);
+        assert_eq!(config.room.empty_timeout, 120);
+        assert_eq!(config.room.departure_timeout, 10);
+        assert_eq!(config.room.max_participants, 50);
+        assert_eq!(config.webhook.urls, ["http://127.0.0.1:9999/hook"]);
+        assert_eq!(config.webhook.api_key, "APIlk");
+        assert_eq!(config.logging.filter.to_string(), "debug");
+        assert_eq!(config.warnings.len(), 6);
+        assert!(
+            config.warnings[0].ends_with("`rtc.tcp_port` is not supported by Stoa; ignored"),
+            "{:?}",
+            config.warnings
+        );
+        assert!(toml_text.contains("[room]"), "{toml_text}");
+    }
+
+    #[test]
+    fn udp_port_wins_over_a_range_and_external_ip_is_reported() {
+        let (toml_text, ignored) = translate(
+            "lk.yaml",
+            "rtc:\n  udp_port: 7882\n  port_range_start: 50000\n  port_range_end: 60000\n  use_external_ip: true\n",
+        )
+        .expect("translate");
+        assert!(toml_text.contains("udp_port = 7882"), "{toml_text}");
+        assert!(!toml_text.contains("port_range"), "{toml_text}");
+        assert_eq!(ignored.len(), 3, "{ignored:?}");
+        assert!(ignored[2].starts_with("rtc.use_external_ip"), "{ignored:?}");
+    }
+
+    #[test]
+    fn bad_livekit_files_are_one_clear_error() {
+        let err = translate("lk.yaml", "port: [1, 2]\n").expect_err("bad port");
+        assert_eq!(
+            err.to_string(),
+            "LiveKit config lk.yaml: port: expected a whole number"
+        );
+        let err = translate("lk.yaml", "rtc: [\n").expect_err("bad yaml");
+        assert!(
+            err.to_string().starts_with("LiveKit config lk.yaml: "),
+            "{err}"
+        );
+        assert!(!err.to_string().contains('\n'), "{err}");
+        let err = translate("lk.yaml", "- a\n- b\n").expect_err("not a mapping");
+        assert!(err.to_string().contains("top level"), "{err}");
+
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("no-such-livekit.yaml");
+        let flags = Overrides {
+            livekit_config: Some(path),
+            ..Overrides::default()
+        };
+        let err = config::load(Mode::Dev, None, &|_| None, &flags).expect_err("missing file");
+        assert!(format!("{err:#}").contains("cannot read"), "{err:#}");
+    }
+}

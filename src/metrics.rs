@@ -1,0 +1,263 @@
+//! Every metric `stoa serve` exports, in Prometheus text format on `GET /metrics`.
+//!
+//! The cores keep plain counters ([`SfuStats`] per engine shard, [`SignalingStats`],
+//! [`WebhookStats`]); on each scrape they are read (each bounded by [`QUERY_TIMEOUT`]) and
+//! copied into the `metrics` facade, whose Prometheus recorder renders them. No room or user ids
+//! are ever labels.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use metrics::{Unit, counter, describe_counter, describe_gauge, gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use stoa_sfu::SfuStats;
+use stoa_sfu::shell::SfuHandle;
+use stoa_signaling::service::{Signaling, SignalingStats};
+use stoa_signaling::webhook::{Notifier, WebhookStats};
+
+/// How long a scrape waits for the engine or the session service to answer.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Rooms that exist (gauge).
+pub const SIGNALING_ROOMS: &str = "signaling_rooms";
+/// Participants, labelled `role` = `publisher` | `listener` (gauge).
+pub const SIGNALING_PARTICIPANTS: &str = "signaling_participants";
+/// Open WebSocket signaling sessions (gauge).
+pub const SIGNALING_SESSIONS: &str = "signaling_sessions";
+/// Published tracks as signaling sees them (gauge).
+pub const SIGNALING_TRACKS: &str = "signaling_tracks";
+/// Webhook events by `outcome` = `delivered` | `failed` | `dropped` (counter).
+pub const SIGNALING_WEBHOOK_EVENTS: &str = "signaling_webhook_events_total";
+/// Live peer connections in the media engine (gauge).
+pub const SFU_PEERS: &str = "sfu_peers";
+/// Published tracks in the media engine (gauge).
+pub const SFU_TRACKS: &str = "sfu_tracks";
+/// RTP packets received from publishers (counter).
+pub const SFU_RTP_RECEIVED: &str = "sfu_rtp_packets_received_total";
+/// RTP packets written to subscribers (counter).
+pub const SFU_RTP_FORWARDED: &str = "sfu_rtp_packets_forwarded_total";
+/// RTP packets dropped, by `reason` = `unauthorized` | `muted` (counter).
+pub const SFU_RTP_DROPPED: &str = "sfu_rtp_packets_dropped_total";
+/// UDP datagrams that matched no peer (counter).
+pub const SFU_DATAGRAMS_UNKNOWN: &str = "sfu_datagrams_unknown_total";
+/// Offers refused for publishing without permission (counter).
+pub const SFU_OFFERS_REFUSED: &str = "sfu_offers_refused_total";
+/// Media engine shards that answered the last scrape (gauge).
+pub const SFU_SHARDS: &str = "sfu_shards";
+/// 1 while the server drains for shutdown, else 0 (gauge).
+pub const STOA_DRAINING: &str = "stoa_draining";
+
+/// Installs the process-wide Prometheus recorder and describes every metric.
+pub fn install() -> Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|err| anyhow!("cannot install the metrics recorder: {err}"))?;
+    describe();
+    Ok(handle)
+}
+
+/// `# HELP` texts and units.
+pub fn describe() {
+    describe_gauge!(SIGNALING_ROOMS, Unit::Count, "Rooms that exist");
+    describe_gauge!(
+        SIGNALING_PARTICIPANTS,
+        Unit::Count,
+        "Participants by role (publisher: may publish; listener: may not)"
+    );
+    describe_gauge!(
+        SIGNALING_SESSIONS,
+        Unit::Count,
+        "Open WebSocket signaling sessions"
+    );
+    describe_gauge!(SIGNALING_TRACKS, Unit::Count, "Published tracks");
+    describe_counter!(
+        SIGNALING_WEBHOOK_EVENTS,
+        Unit::Count,
+        "Webhook events by outcome (delivered, failed after retries, dropped on a full queue)"
+    );
+    describe_gauge!(SFU_PEERS, Unit::Count, "Live peer connections");
+    describe_gauge!(
+        SFU_TRACKS,
+        Unit::Count,
+        "Published tracks in the media engine"
+    );
+    describe_counter!(
+        SFU_RTP_RECEIVED,
+        Unit::Count,
+        "RTP packets received from publishers"
+    );
+    describe_counter!(
+        SFU_RTP_FORWARDED,
+        Unit::Count,
+        "RTP packets written to subscribers"
+    );
+    describe_counter!(
+        SFU_RTP_DROPPED,
+        Unit::Count,
+        "RTP packets dropped, by reason (unauthorized, muted)"
+    );
+    describe_counter!(
+        SFU_DATAGRAMS_UNKNOWN,
+        Unit::Count,
+        "UDP datagrams that matched no peer"
+    );
+    describe_counter!(
+        SFU_OFFERS_REFUSED,
+        Unit::Count,
+        "Offers refused for publishing without permission"
+    );
+    describe_gauge!(
+        SFU_SHARDS,
+        Unit::Count,
+        "Media engine shards that answered the last scrape"
+    );
+    describe_gauge!(STOA_DRAINING, "1 while draining for shutdown");
+}
+
+/// One reading of every source, taken at scrape time.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    /// The session service's counts; `None` if it did not answer.
+    pub signaling: Option<SignalingStats>,
+    /// Each engine shard's counters; `None` if the engine did not answer.
+    pub sfu: Option<Vec<SfuStats>>,
+    /// Webhook counters (delivered, failed, dropped), if webhooks are configured.
+    pub webhooks: Option<[u64; 3]>,
+    /// Whether the server is draining.
+    pub draining: bool,
+}
+
+/// What a scrape reads.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// The session service.
+    pub signaling: Signaling,
+    /// The media engine.
+    pub sfu: SfuHandle,
+    /// The webhook notifier, if any.
+    pub webhooks: Option<Notifier>,
+}
+
+impl Sources {
+    /// Reads every source, each bounded by [`QUERY_TIMEOUT`].
+    pub async fn snapshot(&self, draining: bool) -> Snapshot {
+        let signaling = tokio::time::timeout(QUERY_TIMEOUT, self.signaling.stats());
+        let sfu = tokio::time::timeout(QUERY_TIMEOUT, self.sfu.stats());
+        let (signaling, sfu) = tokio::join!(signaling, sfu);
+        Snapshot {
+            signaling: signaling.ok().and_then(Result::ok),
+            sfu: sfu.ok().and_then(Result::ok),
+            webhooks: self.webhooks.as_ref().map(|n| webhook_counts(n.stats())),
+            draining,
+        }
+    }
+}
+
+fn webhook_counts(stats: &WebhookStats) -> [u64; 3] {
+    [
+        stats.delivered.load(Ordering::Relaxed),
+        stats.failed.load(Ordering::Relaxed),
+        stats.dropped.load(Ordering::Relaxed),
+    ]
+}
+
+/// Copies a snapshot into the installed recorder. Counters are set to the cores' totals.
+pub fn record(snapshot: &Snapshot) {
+    gauge!(STOA_DRAINING).set(if snapshot.draining { 1.0 } else { 0.0 });
+    if let Some(s) = &snapshot.signaling {
+        gauge!(SIGNALING_ROOMS).set(s.rooms as f64);
+        gauge!(SIGNALING_SESSIONS).set(s.sessions as f64);
+        gauge!(SIGNALING_TRACKS).set(s.tracks as f64);
+        gauge!(SIGNALING_PARTICIPANTS, "role" => "publisher").set(s.publishers as f64);
+        gauge!(SIGNALING_PARTICIPANTS, "role" => "listener").set(s.listeners as f64);
+    }
+    if let Some(shards) = &snapshot.sfu {
+        let total = shards.iter().fold(SfuStats::default(), |mut sum, s| {
+            sum.peers += s.peers;
+            sum.tracks += s.tracks;
+            sum.rtp_in += s.rtp_in;
+            sum.rtp_forwarded += s.rtp_forwarded;
+            sum.rtp_dropped_unauthorized += s.rtp_dropped_unauthorized;
+            sum.rtp_dropped_muted += s.rtp_dropped_muted;
+            sum.datagrams_unknown += s.datagrams_unknown;
+            sum.offers_refused += s.offers_refused;
+            sum
+        });
+        gauge!(SFU_SHARDS).set(shards.len() as f64);
+        gauge!(SFU_PEERS).set(total.peers as f64);
+        gauge!(SFU_TRACKS).set(total.tracks as f64);
+        counter!(SFU_RTP_RECEIVED).absolute(total.rtp_in);
+        counter!(SFU_RTP_FORWARDED).absolute(total.rtp_forwarded);
+        counter!(SFU_RTP_DROPPED, "reason" => "unauthorized")
+            .absolute(total.rtp_dropped_unauthorized);
+        counter!(SFU_RTP_DROPPED, "reason" => "muted").absolute(total.rtp_dropped_muted);
+        counter!(SFU_DATAGRAMS_UNKNOWN).absolute(total.datagrams_unknown);
+        counter!(SFU_OFFERS_REFUSED).absolute(total.offers_refused);
+    }
+    let [delivered, failed, dropped] = snapshot.webhooks.unwrap_or_default();
+    counter!(SIGNALING_WEBHOOK_EVENTS, "outcome" => "delivered").absolute(delivered);
+    counter!(SIGNALING_WEBHOOK_EVENTS, "outcome" => "failed").absolute(failed);
+    counter!(SIGNALING_WEBHOOK_EVENTS, "outcome" => "dropped").absolute(dropped);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_renders_every_metric() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let shard = SfuStats {
+            peers: 2,
+            tracks: 1,
+            rtp_in: 10,
+            rtp_forwarded: 30,
+            rtp_dropped_unauthorized: 1,
+            rtp_dropped_muted: 2,
+            ..SfuStats::default()
+        };
+        let snapshot = Snapshot {
+            signaling: Some(SignalingStats {
+                rooms: 1,
+                sessions: 3,
+                publishers: 1,
+                listeners: 2,
+                tracks: 1,
+            }),
+            sfu: Some(vec![shard, shard]),
+            webhooks: Some([4, 5, 6]),
+            draining: false,
+        };
+        metrics::with_local_recorder(&recorder, || {
+            describe();
+            record(&snapshot);
+        });
+        let text = handle.render();
+        for line in [
+            "signaling_rooms 1",
+            "signaling_sessions 3",
+            "signaling_participants{role=\"publisher\"} 1",
+            "signaling_participants{role=\"listener\"} 2",
+            "sfu_peers 4",
+            "sfu_tracks 2",
+            "sfu_shards 2",
+            "sfu_rtp_packets_received_total 20",
+            "sfu_rtp_packets_forwarded_total 60",
+            "sfu_rtp_packets_dropped_total{reason=\"unauthorized\"} 2",
+            "sfu_rtp_packets_dropped_total{reason=\"muted\"} 4",
+            "signaling_webhook_events_total{outcome=\"delivered\"} 4",
+            "signaling_webhook_events_total{outcome=\"failed\"} 5",
+            "signaling_webhook_events_total{outcome=\"dropped\"} 6",
+            "stoa_draining 0",
+            "# TYPE sfu_rtp_packets_forwarded_total counter",
+            "# TYPE sfu_peers gauge",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+    }
+}

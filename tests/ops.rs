@@ -1,0 +1,422 @@
+//! Operator endpoints of a real `stoa serve --dev`: `/metrics` reflects a real WebSocket session
+//! (up on join, down on leave), `/readyz` answers, and SIGTERM drains: the connected client gets
+//! `Leave { SERVER_SHUTDOWN }` and a close, and the process exits 0 within the deadline.
+//! Plain TCP on 127.0.0.1; every wait is bounded and the server is killed when a test ends.
+
+// These tests own a clock: they bound every wait on a real process.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests bound real waits with the wall clock"
+)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use livekit_protocol as lk;
+use prost::Message as _;
+use stoa_signaling::token::{self, Claims};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+const KEY: &str = "opskey";
+const SECRET: &str = "a-long-enough-ops-test-secret-0123456789";
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(drain_seconds: u64) -> Server {
+        let http_port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free tcp port")
+            .port();
+        let rtc_port = UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("free udp port")
+            .port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stoa"));
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("STOA_") {
+                command.env_remove(name);
+            }
+        }
+        let child = command
+            .args(["serve", "--dev"])
+            .env("STOA_HTTP_PORT", http_port.to_string())
+            .env("STOA_RTC_UDP_PORT", rtc_port.to_string())
+            .env("STOA_KEYS", format!("{KEY}: {SECRET}"))
+            .env("STOA_DRAIN_SECONDS", drain_seconds.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn stoa");
+        let server = Server {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], http_port)),
+        };
+        let deadline = Instant::now() + TIMEOUT;
+        while TcpStream::connect_timeout(&server.addr, Duration::from_millis(100)).is_err() {
+            assert!(Instant::now() < deadline, "stoa did not listen");
+            thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits (bounded by `within`) for the process to exit.
+    fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stoa did not exit within {within:?}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// One HTTP/1.1 GET; the status code and the body, or `None` if the connection failed.
+fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).ok()?;
+    stream.set_read_timeout(Some(TIMEOUT)).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+/// Parses Prometheus text: every sample line is `name{labels} value`; returns (series, value).
+fn samples(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').expect("`series value`");
+            let value: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("value in {line:?}"));
+            let name = series.split('{').next().unwrap_or_default();
+            assert!(
+                !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+                "bad metric name in {line:?}"
+            );
+            (series.to_owned(), value)
+        })
+        .collect()
+}
+
+fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
+    let (status, body) = get(addr, "/metrics")?;
+    assert_eq!(status, 200, "{body}");
+    samples(&body)
+        .into_iter()
+        .find(|(s, _)| s == series)
+        .map(|(_, v)| v)
+}
+
+/// Polls `series` until it equals `want` (bounded).
+fn wait_metric(addr: SocketAddr, series: &str, want: f64) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let value = metric(addr, series);
+        if value == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} is {value:?}, expected {want}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// A WebSocket client joined to `room` as `identity` over a raw TCP stream.
+struct Client {
+    stream: TcpStream,
+}
+
+impl Client {
+    fn join(addr: SocketAddr, room: &str, identity: &str) -> Client {
+        let mut claims = Claims::default();
+        claims.video.room_join = true;
+        claims.video.room = room.to_owned();
+        let jwt = token::mint(
+            KEY,
+            SECRET,
+            identity,
+            None,
+            claims.video,
+            Duration::from_secs(600),
+            unix_now(),
+        )
+        .expect("mint");
+        let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect");
+        stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        write!(
+            stream,
+            "GET /rtc?access_token={jwt}&protocol=16&auto_subscribe=1 HTTP/1.1\r\nHost: {addr}\r\n\
+             Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        .expect("send upgrade");
+        // Read the response head byte by byte so no frame byte is consumed with it.
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).expect("read upgrade response");
+            head.push(byte[0]);
+            assert!(head.len() < 8192, "response head too long");
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let mut client = Client { stream };
+        let first = client.next_response().expect("a JoinResponse");
+        assert!(
+            matches!(first.message, Some(lk::signal_response::Message::Join(_))),
+            "{first:?}"
+        );
+        client
+    }
+
+    /// The next frame: (opcode, payload). Server frames are never masked.
+    fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        let mut head = [0u8; 2];
+        self.stream.read_exact(&mut head).ok()?;
+        let opcode = head[0] & 0x0f;
+        let len = match head[1] & 0x7f {
+            126 => {
+                let mut n = [0u8; 2];
+                self.stream.read_exact(&mut n).ok()?;
+                u64::from(u16::from_be_bytes(n))
+            }
+            127 => {
+                let mut n = [0u8; 8];
+                self.stream.read_exact(&mut n).ok()?;
+                u64::from_be_bytes(n)
+            }
+            n => u64::from(n),
+        };
+        let mut payload = vec![0u8; usize::try_from(len).ok()?];
+        self.stream.read_exact(&mut payload).ok()?;
+        Some((opcode, payload))
+    }
+
+    /// The next protocol message; `None` on a close frame or a closed stream.
+    fn next_response(&mut self) -> Option<lk::SignalResponse> {
+        loop {
+            let (opcode, payload) = self.frame()?;
+            match opcode {
+                0x2 => {
+                    return Some(lk::SignalResponse::decode(payload.as_slice()).expect("decode"));
+                }
+                0x8 => return None,
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends a close frame (masked, as a client must).
+    fn close(mut self) {
+        let _ = self.stream.write_all(&[0x88, 0x80, 0, 0, 0, 0]);
+    }
+}
+
+#[test]
+fn metrics_follow_a_session_and_readyz_answers() {
+    let server = Server::start(5);
+    let addr = server.addr;
+
+    assert_eq!(
+        get(addr, "/healthz").expect("healthz"),
+        (200, "ok".to_owned())
+    );
+    assert_eq!(
+        get(addr, "/readyz").expect("readyz"),
+        (200, "ready".to_owned())
+    );
+
+    let (status, body) = get(addr, "/metrics").expect("metrics");
+    assert_eq!(status, 200, "{body}");
+    let all = samples(&body);
+    for name in [
+        "signaling_rooms",
+        "signaling_sessions",
+        "signaling_tracks",
+        "signaling_participants{role=\"publisher\"}",
+        "signaling_participants{role=\"listener\"}",
+        "signaling_webhook_events_total{outcome=\"delivered\"}",
+        "sfu_peers",
+        "sfu_tracks",
+        "sfu_rtp_packets_received_total",
+        "sfu_rtp_packets_forwarded_total",
+        "sfu_rtp_packets_dropped_total{reason=\"unauthorized\"}",
+        "sfu_rtp_packets_dropped_total{reason=\"muted\"}",
+        "stoa_draining",
+    ] {
+        assert!(
+            all.iter().any(|(series, _)| series == name),
+            "{name} missing from:\n{body}"
+        );
+    }
+    assert!(body.contains("# TYPE sfu_rtp_packets_forwarded_total counter"));
+    assert_eq!(metric(addr, "signaling_sessions"), Some(0.0));
+
+    let client = Client::join(addr, "metrics-room", "alice");
+    wait_metric(addr, "signaling_sessions", 1.0);
+    wait_metric(addr, "signaling_rooms", 1.0);
+    wait_metric(addr, "signaling_participants{role=\"publisher\"}", 1.0);
+    client.close();
+    wait_metric(addr, "signaling_sessions", 0.0);
+    wait_metric(addr, "signaling_participants{role=\"publisher\"}", 0.0);
+}
+
+#[test]
+fn sigterm_drains_clients_and_exits() {
+    let mut server = Server::start(5);
+    let addr = server.addr;
+    let mut client = Client::join(addr, "drain-room", "bob");
+    let started = Instant::now();
+    server.terminate();
+
+    // The client is told to leave for SERVER_SHUTDOWN, then closed.
+    let mut leave = None;
+    while let Some(response) = client.next_response() {
+        if let Some(lk::signal_response::Message::Leave(l)) = response.message {
+            leave = Some(l);
+        }
+    }
+    let leave = leave.expect("a Leave before the close");
+    assert_eq!(leave.reason, lk::DisconnectReason::ServerShutdown as i32);
+    assert_eq!(leave.action, lk::leave_request::Action::Disconnect as i32);
+
+    // Joins and readiness are refused from then on, or the server is already gone.
+    if let Some((status, body)) = get(addr, "/readyz") {
+        assert_eq!(status, 503, "{body}");
+    }
+    if let Some((status, body)) = get(addr, "/rtc?access_token=x") {
+        assert_eq!(status, 503, "{body}");
+    }
+
+    let status = server.wait_exit(Duration::from_secs(5) + Duration::from_secs(10));
+    assert!(status.success(), "exit {status}");
+    assert!(started.elapsed() < TIMEOUT);
+}
+
+#[test]
+fn livekit_config_is_read_and_ignored_keys_warned_once() {
+    let rtc_port = UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free udp port")
+        .port();
+    let http_port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free tcp port")
+        .port();
+    let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{}-livekit.yaml", std::process::id()));
+    std::fs::write(
+        &path,
+        format!(
+            "port: {http_port}\nrtc:\n  udp_port: {rtc_port}\n  tcp_port: 7881\nredis:\n  address: localhost:6379\nkeys:\n  {KEY}: {SECRET}\n"
+        ),
+    )
+    .expect("write livekit config");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_stoa"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("STOA_") {
+            command.env_remove(name);
+        }
+    }
+    let mut child = command
+        .args(["serve", "--dev", "--livekit-config"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn stoa");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut server = Server {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], http_port)),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + TIMEOUT;
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.contains("listening")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(err) => panic!("no `listening` line ({err}): {lines:#?}"),
+        }
+    }
+    let listening = lines.last().cloned().unwrap_or_default();
+    assert!(
+        listening.contains(&format!("http=127.0.0.1:{http_port}"))
+            && listening.contains(&format!("rtc_udp=127.0.0.1:{rtc_port}")),
+        "{listening}"
+    );
+    for key in ["`rtc.tcp_port`", "`redis`"] {
+        let warned = lines
+            .iter()
+            .filter(|l| l.contains("WARN") && l.contains(key))
+            .count();
+        assert_eq!(warned, 1, "{key} warned {warned} times: {lines:#?}");
+    }
+    assert!(!lines.iter().any(|l| l.contains(SECRET)), "{lines:#?}");
+    assert_eq!(
+        get(server.addr, "/readyz").expect("readyz"),
+        (200, "ready".to_owned())
+    );
+    server.terminate();
+    let status = server.wait_exit(TIMEOUT);
+    assert!(status.success(), "exit {status}");
+    let _ = std::fs::remove_file(&path);
+}
