@@ -88,6 +88,31 @@ impl Participant {
         self.version = self.version.wrapping_add(1);
     }
 
+    /// Apply a name, metadata and attribute change with LiveKit's semantics: an empty name or
+    /// metadata leaves it unchanged, an attribute with an empty value is removed. Bumps the
+    /// version.
+    pub fn apply_update(
+        &mut self,
+        name: String,
+        metadata: String,
+        attributes: HashMap<String, String>,
+    ) {
+        if !name.is_empty() {
+            self.name = name;
+        }
+        if !metadata.is_empty() {
+            self.metadata = metadata;
+        }
+        for (k, v) in attributes {
+            if v.is_empty() {
+                self.attributes.remove(&k);
+            } else {
+                self.attributes.insert(k, v);
+            }
+        }
+        self.touch();
+    }
+
     /// The snapshot clients receive.
     pub fn info(&self) -> lk::ParticipantInfo {
         lk::ParticipantInfo {
@@ -327,6 +352,32 @@ mod tests {
             room.admit("id-PA_a").is_ok(),
             "a duplicate identity replaces, it does not add"
         );
+    }
+
+    #[test]
+    fn updates_follow_livekit_semantics() {
+        let mut p = participant("PA_a", false);
+        p.attributes.insert("role".into(), "listener".into());
+        p.attributes.insert("hand".into(), "up".into());
+        let v = p.version;
+        p.apply_update(
+            "Ann".into(),
+            String::new(),
+            HashMap::from([
+                ("hand".into(), String::new()),
+                ("role".into(), "speaker".into()),
+            ]),
+        );
+        assert_eq!(p.name, "Ann");
+        assert_eq!(
+            p.attributes.get("role").map(String::as_str),
+            Some("speaker")
+        );
+        assert!(!p.attributes.contains_key("hand"));
+        assert!(p.version > v);
+        p.metadata = "m".into();
+        p.apply_update(String::new(), String::new(), HashMap::new());
+        assert_eq!((p.name.as_str(), p.metadata.as_str()), ("Ann", "m"));
     }
 
     #[test]

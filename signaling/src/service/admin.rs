@@ -346,20 +346,7 @@ impl Service {
             .participants
             .get_mut(&psid)
             .ok_or_else(|| ServiceError::ParticipantNotFound(identity.to_owned()))?;
-        if !update.name.is_empty() {
-            p.name = update.name;
-        }
-        if !update.metadata.is_empty() {
-            p.metadata = update.metadata;
-        }
-        for (k, v) in update.attributes {
-            if v.is_empty() {
-                p.attributes.remove(&k);
-            } else {
-                p.attributes.insert(k, v);
-            }
-        }
-        p.touch();
+        p.apply_update(update.name, update.metadata, update.attributes);
         let info = match update.permission {
             // Broadcasts the new snapshot, and publishes or unpublishes as needed.
             Some(permission) => self.update_permission(room, identity, permission).await?,

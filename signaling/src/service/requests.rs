@@ -322,20 +322,7 @@ impl Service {
             );
             return;
         }
-        if !update.name.is_empty() {
-            p.name = update.name;
-        }
-        if !update.metadata.is_empty() {
-            p.metadata = update.metadata;
-        }
-        for (k, v) in update.attributes {
-            if v.is_empty() {
-                p.attributes.remove(&k);
-            } else {
-                p.attributes.insert(k, v);
-            }
-        }
-        p.touch();
+        p.apply_update(update.name, update.metadata, update.attributes);
         self.broadcast_participant(&room, &psid);
     }
 
