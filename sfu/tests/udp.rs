@@ -358,10 +358,12 @@ fn port_in_use_and_bad_settings_fail_clearly() {
     let err = SfuRuntime::start(&settings, [0; 32]).unwrap_err();
     assert!(format!("{err:#}").contains("fewer ports"), "{err:#}");
 
+    // An unspecified advertise address is refused before anything is bound.
     let settings = SfuSettings {
-        advertise_ip: "0.0.0.0".parse().unwrap(),
+        advertise_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
         ports: UdpPorts::Mux(0),
         ..settings
     };
-    assert!(SfuRuntime::start(&settings, [0; 32]).is_err());
+    let err = SfuRuntime::start(&settings, [0; 32]).unwrap_err();
+    assert!(format!("{err:#}").contains("unspecified"), "{err:#}");
 }
