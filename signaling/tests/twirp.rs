@@ -30,6 +30,9 @@ const KEY: &str = "devkey";
 const SECRET: &str = "secret";
 const WAIT: Duration = Duration::from_secs(10);
 
+mod common;
+use common::receiver;
+
 fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -653,59 +656,6 @@ async fn room_service_errors() {
     .await;
     assert_eq!(r.status, 400);
     assert_eq!(r.content_type, "application/json");
-}
-
-/// A webhook receiver on 127.0.0.1: every request's `Authorization` and body, answered 200.
-async fn receiver() -> (String, mpsc::UnboundedReceiver<(String, String)>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                return;
-            };
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut raw = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    let n = stream.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    raw.extend_from_slice(&buf[..n]);
-                    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-                    let header = |name: &str| {
-                        head.lines().find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-                        })
-                    };
-                    let len: usize = header("content-length").unwrap().parse().unwrap();
-                    if raw.len() < split + 4 + len {
-                        continue;
-                    }
-                    assert_eq!(
-                        header("content-type").as_deref(),
-                        Some("application/webhook+json")
-                    );
-                    let body = String::from_utf8(raw[split + 4..split + 4 + len].to_vec()).unwrap();
-                    let _ = tx.send((header("authorization").unwrap(), body));
-                    let _ = stream
-                        .write_all(
-                            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                        )
-                        .await;
-                    return;
-                }
-            });
-        }
-    });
-    (format!("http://{addr}/webhook"), rx)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,7 +22,9 @@ use stoa_sfu::str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
 use stoa_sfu::str0m::{Candidate, Event as RtcEvent, Input, Output as RtcOutput, Rtc, RtcConfig};
 use stoa_signaling::service::{ServiceConfig, Signaling};
 use stoa_signaling::token::{self, ApiKeys};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -454,4 +456,57 @@ pub async fn send_audio(c: &Client, n: u32) {
         c.publisher.lock().unwrap().send_audio();
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// A webhook receiver on 127.0.0.1: every request's `Authorization` and body, answered 200.
+pub async fn receiver() -> (String, mpsc::UnboundedReceiver<(String, String)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut raw = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = stream.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    raw.extend_from_slice(&buf[..n]);
+                    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+                    let header = |name: &str| {
+                        head.lines().find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+                        })
+                    };
+                    let len: usize = header("content-length").unwrap().parse().unwrap();
+                    if raw.len() < split + 4 + len {
+                        continue;
+                    }
+                    assert_eq!(
+                        header("content-type").as_deref(),
+                        Some("application/webhook+json")
+                    );
+                    let body = String::from_utf8(raw[split + 4..split + 4 + len].to_vec()).unwrap();
+                    let _ = tx.send((header("authorization").unwrap(), body));
+                    let _ = stream
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        )
+                        .await;
+                    return;
+                }
+            });
+        }
+    });
+    (format!("http://{addr}/webhook"), rx)
 }
