@@ -144,6 +144,7 @@ fn serve_exposes_room_service_and_sends_webhooks() {
         command
             .args(["serve", "--dev", "--config"])
             .arg(&config)
+            .env("STOA_DATA_DIR", scratch_dir())
             .env("STOA_HTTP_PORT", http_port.to_string())
             .env("STOA_RTC_UDP_PORT", rtc_port.to_string())
             .stdin(Stdio::null())
@@ -202,4 +203,17 @@ fn serve_exposes_room_service_and_sends_webhooks() {
         assert!(!claims.sha256.is_empty(), "carries the body hash");
     }
     let _ = std::fs::remove_file(&config);
+}
+
+/// A fresh directory for one server's embedded store, so servers never share a store file.
+fn scratch_dir() -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "stoa-test-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
