@@ -79,8 +79,7 @@ impl ControlConfig {
             );
         }
         let url = &self.public_url;
-        if !(url.is_empty() || url.starts_with("ws://") || url.starts_with("wss://"))
-        {
+        if !(url.is_empty() || url.starts_with("ws://") || url.starts_with("wss://")) {
             return Err(format!(
                 "control.public_url must start with ws:// or wss:// (got {:?})",
                 self.public_url
