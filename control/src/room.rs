@@ -145,24 +145,29 @@ fn check(doc: &RoomDoc, actor: &Actor, action: Action) -> Result<Option<Role>, C
     let Actor::User(u) = actor else {
         return Ok(None);
     };
-    let Some(member) = doc.members.get(u) else {
-        return Err(ControlError::forbidden(
-            "not_a_member",
-            "join the room first",
-        ));
+    // The host owns the room whether or not they are in it (e.g. moderating from a dashboard).
+    let role = match doc.members.get(u) {
+        Some(member) => member.role,
+        None if *u == doc.room.host => Role::Host,
+        None => {
+            return Err(ControlError::forbidden(
+                "not_a_member",
+                "join the room first",
+            ));
+        }
     };
-    if !allowed(action, member.role, doc.room.kind) {
+    if !allowed(action, role, doc.room.kind) {
         return Err(ControlError::forbidden(
             "not_allowed",
             format!(
                 "a {} may not {} in a {} room",
-                member.role.as_str(),
+                role.as_str(),
                 action.as_str(),
                 kind_name(doc.room.kind)
             ),
         ));
     }
-    Ok(Some(member.role))
+    Ok(Some(role))
 }
 
 fn kind_name(kind: RoomKind) -> &'static str {

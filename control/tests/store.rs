@@ -1,6 +1,6 @@
 //! The two stores behave the same: every test runs against the embedded store and against a
 //! real redis-server; the races run two Redis clients as two instances would.
-#![allow(clippy::disallowed_methods)]
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)]
 
 mod common;
 

@@ -461,10 +461,12 @@ impl Store for RedisStore {
 
     async fn put_invite(&self, token: &str, invite: &Invite) -> Result<(), ControlError> {
         let mut con = self.shared.clone();
+        // Redis refuses expiries past the end of its clock; a year is plenty for a link.
+        const MAX_TTL_MS: u64 = 366 * 24 * 3600 * 1000;
         let ttl_ms = invite
             .expires_at
             .saturating_sub(crate::clock::now_ms())
-            .max(1);
+            .clamp(1, MAX_TTL_MS);
         con.pset_ex::<_, _, ()>(self.key(&format!("invite:{token}")), json(invite)?, ttl_ms)
             .await
             .map_err(redis_err)
