@@ -13,6 +13,7 @@ mod metrics;
 mod ops;
 mod serve;
 mod token_cmd;
+mod web;
 
 use std::process::ExitCode;
 

@@ -156,8 +156,12 @@ async fn serve(config: &Config) -> Result<()> {
     let routes = ops::router(draining.clone(), Some(sources), Some(prometheus))
         .merge(joins)
         .merge(stoa_signaling::twirp::router(signaling.clone(), keys))
-        .merge(stoa_control::api::router(control));
+        .merge(stoa_control::api::router(control))
+        .fallback(crate::web::app);
 
+    if !crate::web::built() {
+        warn!("the web app was not built into this binary; ./run.sh builds it (see README)");
+    }
     info!(http = %http_addr, rtc_udp = %RtcListen(&sfu), "listening");
 
     let (stop_tx, mut stop_rx) = watch::channel(());

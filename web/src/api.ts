@@ -1,0 +1,271 @@
+// The control API (`/api`): typed calls with the signed-in user's token.
+
+export type Role = 'host' | 'co_host' | 'speaker' | 'listener';
+export type RoomState = 'scheduled' | 'live' | 'ended' | 'archived';
+export type RoomKind = 'stage' | 'open';
+export type SpeakerMode = 'everyone' | 'followers' | 'invited';
+
+export interface Member {
+  user: string;
+  name: string;
+  role: Role;
+  muted: boolean;
+  hard_muted: boolean;
+  present: boolean;
+  hand_raised: boolean;
+}
+
+export interface Hand {
+  user: string;
+  name: string;
+  raised_at: number;
+}
+
+export interface RoomView {
+  id: string;
+  title: string;
+  topic: string;
+  description: string;
+  kind: RoomKind;
+  speaker_mode: SpeakerMode;
+  max_participants: number;
+  host: string;
+  state: RoomState;
+  created_at: number;
+  scheduled_for: number | null;
+  started_at: number | null;
+  ended_at: number | null;
+  listeners: number;
+  present: number;
+  stage: Member[];
+  you: Member | null;
+  hands: Hand[] | null;
+  audience: Member[] | null;
+  banned: string[] | null;
+}
+
+export interface Directory {
+  live: RoomView[];
+  scheduled: RoomView[];
+  archived: RoomView[];
+}
+
+export interface Stats {
+  room: string;
+  state: RoomState;
+  peak_listeners: number;
+  total_joins: number;
+  average_listening_ms: number;
+  stage_ms: Record<string, number>;
+  reactions: number;
+  hands_raised: number;
+  duration_ms: number;
+}
+
+export interface JoinGrant {
+  token: string;
+  url: string;
+  room: string;
+  identity: string;
+  role: Role;
+}
+
+export interface Session {
+  token: string;
+  user: string;
+  name: string;
+}
+
+export interface NewRoom {
+  title: string;
+  topic?: string;
+  description?: string;
+  kind: RoomKind;
+  speaker_mode: SpeakerMode;
+  max_participants?: number;
+  scheduled_for?: number;
+}
+
+export type Follow = { kind: 'user' | 'room'; id: string };
+
+export type ModerationAction =
+  | 'approve_hand'
+  | 'deny_hand'
+  | 'invite_to_speak'
+  | 'move_to_audience'
+  | 'force_mute'
+  | 'hard_mute'
+  | 'restore'
+  | 'kick'
+  | 'ban'
+  | 'unban'
+  | 'add_co_host'
+  | 'remove_co_host'
+  | 'transfer_host';
+
+/** An error answer of the API (`{code, message}`), or a network failure (status 0). */
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+const STORAGE_KEY = 'stoa.session';
+
+let current: Session | null = load();
+
+function load(): Session | null {
+  try {
+    const raw = localStorage.getItem(STORAGE_KEY);
+    return raw ? (JSON.parse(raw) as Session) : null;
+  } catch {
+    return null;
+  }
+}
+
+export function session(): Session | null {
+  return current;
+}
+
+export function setSession(s: Session | null): void {
+  current = s;
+  try {
+    if (s) localStorage.setItem(STORAGE_KEY, JSON.stringify(s));
+    else localStorage.removeItem(STORAGE_KEY);
+  } catch {
+    // Storage may be off (private mode, embedded frame): the session lives in memory then.
+  }
+}
+
+/** Called when the server no longer accepts the token. */
+let onUnauthorized: () => void = () => {};
+export function setUnauthorizedHandler(f: () => void): void {
+  onUnauthorized = f;
+}
+
+async function call<T>(method: string, path: string, body?: unknown, token?: string): Promise<T> {
+  const headers: Record<string, string> = {};
+  const bearer = token ?? current?.token;
+  if (bearer) headers.Authorization = `Bearer ${bearer}`;
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  let response: Response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal: AbortSignal.timeout(15_000),
+    });
+  } catch {
+    throw new ApiError(0, 'network', 'Cannot reach the server. Check your connection and try again.');
+  }
+  if (response.status === 204) return undefined as T;
+  const text = await response.text();
+  let data: unknown = undefined;
+  try {
+    data = text ? JSON.parse(text) : undefined;
+  } catch {
+    data = undefined;
+  }
+  if (!response.ok) {
+    const err = (data ?? {}) as { code?: string; message?: string };
+    if (response.status === 401 && token === undefined) onUnauthorized();
+    throw new ApiError(response.status, err.code ?? 'error', err.message ?? `${response.status} ${response.statusText}`);
+  }
+  return data as T;
+}
+
+export const api = {
+  guest: (name: string) => call<Session>('POST', '/api/session/guest', { name }),
+  me: (token: string) => call<{ user: string; name: string }>('GET', '/api/me', undefined, token),
+  directory: (q: string, kind: string) => {
+    const params = new URLSearchParams();
+    if (q) params.set('q', q);
+    if (kind) params.set('kind', kind);
+    const query = params.toString();
+    return call<Directory>('GET', `/api/rooms${query ? `?${query}` : ''}`);
+  },
+  create: (room: NewRoom) => call<RoomView>('POST', '/api/rooms', room),
+  room: (id: string) => call<RoomView>('GET', `/api/rooms/${enc(id)}`),
+  start: (id: string) => call<RoomView>('POST', `/api/rooms/${enc(id)}/start`),
+  end: (id: string) => call<RoomView>('POST', `/api/rooms/${enc(id)}/end`),
+  join: (id: string) => call<JoinGrant>('POST', `/api/rooms/${enc(id)}/token`),
+  leave: (id: string) => call<RoomView>('POST', `/api/rooms/${enc(id)}/leave`),
+  raiseHand: (id: string) => call<RoomView>('POST', `/api/rooms/${enc(id)}/hand`),
+  lowerHand: (id: string) => call<RoomView>('DELETE', `/api/rooms/${enc(id)}/hand`),
+  mute: (id: string) => call<RoomView>('POST', `/api/rooms/${enc(id)}/mute`),
+  unmute: (id: string) => call<RoomView>('POST', `/api/rooms/${enc(id)}/unmute`),
+  stepDown: (id: string) => call<RoomView>('POST', `/api/rooms/${enc(id)}/step_down`),
+  react: (id: string, emoji: string) => call<void>('POST', `/api/rooms/${enc(id)}/reactions`, { emoji }),
+  moderate: (id: string, user: string, action: ModerationAction) =>
+    call<RoomView>('POST', `/api/rooms/${enc(id)}/members/${enc(user)}/${action}`),
+  stats: (id: string) => call<Stats>('GET', `/api/rooms/${enc(id)}/stats`),
+  follows: () => call<{ follows: Follow[] }>('GET', '/api/follows'),
+  follow: (kind: 'users' | 'rooms', id: string) => call<void>('PUT', `/api/follows/${kind}/${enc(id)}`),
+  unfollow: (kind: 'users' | 'rooms', id: string) => call<void>('DELETE', `/api/follows/${kind}/${enc(id)}`),
+};
+
+function enc(s: string): string {
+  return encodeURIComponent(s);
+}
+
+/** The events WebSocket (`/api/events`), for one room or every room. */
+export function eventsUrl(room?: string): string {
+  const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  const params = new URLSearchParams();
+  if (room) params.set('room', room);
+  if (current) params.set('access_token', current.token);
+  return `${proto}//${location.host}/api/events?${params}`;
+}
+
+/** A live event from `/api/events`. */
+export interface ControlEvent {
+  type: 'room_created' | 'room_live' | 'room_ended' | 'audience' | 'hand' | 'role' | 'muted' | 'removed' | 'reaction';
+  room: string;
+  user?: string;
+  emoji?: string;
+  listeners?: number;
+  present?: number;
+  banned?: boolean;
+}
+
+/**
+ * Follows `/api/events` until `close()`; reconnects with backoff when the socket drops.
+ */
+export function subscribe(room: string | undefined, onEvent: (e: ControlEvent) => void): { close(): void } {
+  let socket: WebSocket | null = null;
+  let closed = false;
+  let delay = 1000;
+  let timer: number | undefined;
+  const open = () => {
+    if (closed || !current) return;
+    socket = new WebSocket(eventsUrl(room));
+    socket.onopen = () => {
+      delay = 1000;
+    };
+    socket.onmessage = (m) => {
+      try {
+        onEvent(JSON.parse(String(m.data)) as ControlEvent);
+      } catch {
+        // Not an event: ignore it.
+      }
+    };
+    socket.onclose = () => {
+      if (closed) return;
+      timer = window.setTimeout(open, delay);
+      delay = Math.min(delay * 2, 15_000);
+    };
+  };
+  open();
+  return {
+    close() {
+      closed = true;
+      if (timer !== undefined) clearTimeout(timer);
+      socket?.close();
+    },
+  };
+}

@@ -1,0 +1,339 @@
+// The screens around a room: sign-in, directory, create room, ended summary, embeddable card.
+import { api, ApiError, session, setSession, subscribe, type RoomView, type Stats } from './api';
+import { fill, formatDuration, formatWhen, h } from './dom';
+import { navigate, type Screen } from './main';
+
+export function errorText(err: unknown): string {
+  if (err instanceof ApiError) return err.message;
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** Sign-in with a display name (a guest user token). */
+export const signInScreen: Screen = (main) => {
+  const next = new URLSearchParams(location.search).get('next') || '/';
+  const safeNext = next.startsWith('/') && !next.startsWith('//') ? next : '/';
+  const error = h('p', { class: 'error', role: 'alert', id: 'signin-error' });
+  const name = h('input', {
+    id: 'name',
+    name: 'name',
+    autocomplete: 'nickname',
+    required: true,
+    maxlength: '64',
+    placeholder: 'e.g. Ada',
+    'aria-describedby': 'signin-error',
+  });
+  const submit = h('button', { class: 'primary', type: 'submit' }, 'Continue');
+  const form = h(
+    'form',
+    {
+      class: 'card narrow',
+      onsubmit: async (e: Event) => {
+        e.preventDefault();
+        submit.disabled = true;
+        error.textContent = '';
+        try {
+          const s = await api.guest(name.value.trim());
+          setSession(s);
+          navigate(safeNext, true);
+        } catch (err) {
+          error.textContent = errorText(err);
+          submit.disabled = false;
+        }
+      },
+    },
+    h('h1', { tabindex: '-1' }, 'Join Stoa'),
+    h('p', { class: 'muted' }, 'Live audio rooms. Pick the name people will see.'),
+    h('label', { for: 'name' }, 'Display name'),
+    name,
+    error,
+    submit,
+    h(
+      'p',
+      { class: 'muted small' },
+      'Coming from an app? It can sign you in by opening this page with ',
+      h('code', {}, '#token=…'),
+      ' in the address.',
+    ),
+  );
+  main.append(form);
+  if (session()) navigate(safeNext, true);
+  else name.focus();
+};
+
+/** Live and scheduled rooms, with search and a kind filter. */
+export const directoryScreen: Screen = (main) => {
+  const search = h('input', { id: 'search', type: 'search', placeholder: 'Title or topic', autocomplete: 'off' });
+  const kind = h(
+    'select',
+    { id: 'kind' },
+    h('option', { value: '' }, 'All rooms'),
+    h('option', { value: 'stage' }, 'Stage'),
+    h('option', { value: 'open' }, 'Open'),
+  );
+  const status = h('p', { class: 'error', role: 'alert' });
+  const live = h('ul', { class: 'rooms', 'aria-labelledby': 'live-heading' });
+  const scheduled = h('ul', { class: 'rooms', 'aria-labelledby': 'scheduled-heading' });
+  let followed = new Set<string>();
+  let seq = 0;
+
+  const load = async () => {
+    const mine = ++seq;
+    try {
+      const [dir, follows] = await Promise.all([api.directory(search.value.trim(), kind.value), api.follows()]);
+      if (mine !== seq) return;
+      followed = new Set(follows.follows.filter((f) => f.kind === 'room').map((f) => f.id));
+      status.textContent = '';
+      fill(live, dir.live.length ? dir.live.map(liveCard) : h('li', { class: 'empty' }, 'No live rooms right now.'));
+      fill(
+        scheduled,
+        dir.scheduled.length ? dir.scheduled.map(scheduledCard) : h('li', { class: 'empty' }, 'Nothing scheduled.'),
+      );
+    } catch (err) {
+      if (mine === seq) status.textContent = errorText(err);
+    }
+  };
+
+  const scheduledCard = (r: RoomView) => {
+    const on = followed.has(r.id);
+    const remind = h(
+      'button',
+      {
+        type: 'button',
+        class: on ? 'small toggled' : 'small',
+        'aria-pressed': String(on),
+        'aria-label': `Remind me about ${r.title}`,
+        onclick: async () => {
+          try {
+            if (followed.has(r.id)) await api.unfollow('rooms', r.id);
+            else await api.follow('rooms', r.id);
+            await load();
+          } catch (err) {
+            status.textContent = errorText(err);
+          }
+        },
+      },
+      on ? '🔔 Reminder set' : '🔔 Remind me',
+    );
+    return h(
+      'li',
+      { class: 'room-card scheduled' },
+      h('a', { href: `/rooms/${encodeURIComponent(r.id)}`, 'data-link': true, class: 'room-link' },
+        h('span', { class: 'when' }, r.scheduled_for ? formatWhen(r.scheduled_for) : 'Not scheduled'),
+        h('span', { class: 'title' }, r.title),
+        r.topic ? h('span', { class: 'topic' }, r.topic) : null,
+      ),
+      remind,
+    );
+  };
+
+  let timer: number | undefined;
+  search.addEventListener('input', () => {
+    clearTimeout(timer);
+    timer = window.setTimeout(load, 250);
+  });
+  kind.addEventListener('change', load);
+
+  main.append(
+    h('div', { class: 'page-head' }, h('h1', { tabindex: '-1' }, 'Rooms'), h('a', { href: '/new', 'data-link': true, class: 'button primary' }, 'Start a room')),
+    h(
+      'form',
+      { class: 'filters', role: 'search', onsubmit: (e: Event) => { e.preventDefault(); void load(); } },
+      h('label', { for: 'search', class: 'visually-hidden' }, 'Search rooms'),
+      search,
+      h('label', { for: 'kind', class: 'visually-hidden' }, 'Room type'),
+      kind,
+    ),
+    status,
+    h('section', {}, h('h2', { id: 'live-heading' }, h('span', { class: 'live-dot', 'aria-hidden': 'true' }), 'Live now'), live),
+    h('section', {}, h('h2', { id: 'scheduled-heading' }, 'Scheduled'), scheduled),
+  );
+  void load();
+  const poll = window.setInterval(load, 5000);
+  const events = subscribe(undefined, (e) => {
+    if (e.type === 'room_created' || e.type === 'room_live' || e.type === 'room_ended' || e.type === 'audience') {
+      clearTimeout(timer);
+      timer = window.setTimeout(load, 200);
+    }
+  });
+  return () => {
+    clearInterval(poll);
+    clearTimeout(timer);
+    events.close();
+  };
+};
+
+function liveCard(r: RoomView): HTMLElement {
+  const speakers = r.stage.map((m) => m.name);
+  return h(
+    'li',
+    { class: 'room-card live' },
+    h(
+      'a',
+      { href: `/rooms/${encodeURIComponent(r.id)}`, 'data-link': true, class: 'room-link', 'aria-label': `${r.title}, live, ${r.listeners} listening` },
+      h('span', { class: 'badge live-badge' }, h('span', { class: 'pulse', 'aria-hidden': 'true' }), 'LIVE'),
+      h('span', { class: 'title' }, r.title),
+      r.topic ? h('span', { class: 'topic' }, r.topic) : null,
+      h('span', { class: 'speakers' }, speakers.length ? `🎙 ${speakers.join(', ')}` : ''),
+      h('span', { class: 'count' }, `🎧 ${r.listeners} listening`),
+    ),
+  );
+}
+
+/** Create a room: every field; start now or schedule. */
+export const createScreen: Screen = (main) => {
+  const error = h('p', { class: 'error', role: 'alert' });
+  const field = (id: string, label: string, input: HTMLElement, hint?: string) =>
+    h('div', { class: 'field' }, h('label', { for: id }, label), input, hint ? h('p', { class: 'hint', id: `${id}-hint` }, hint) : null);
+  const title = h('input', { id: 'title', name: 'title', required: true, maxlength: '120' });
+  const topic = h('input', { id: 'topic', name: 'topic', maxlength: '120' });
+  const description = h('textarea', { id: 'description', name: 'description', rows: '3', maxlength: '2000' });
+  const radio = (name: string, value: string, label: string, checked = false) =>
+    h('label', { class: 'choice' }, h('input', { type: 'radio', name, value, checked }), label);
+  const speakerMode = h(
+    'select',
+    { id: 'speaker_mode', name: 'speaker_mode' },
+    h('option', { value: 'everyone' }, 'Everyone may raise a hand'),
+    h('option', { value: 'followers' }, 'Only my followers'),
+    h('option', { value: 'invited' }, 'Only people I invite'),
+  );
+  const max = h('input', { id: 'max', name: 'max', type: 'number', min: '0', step: '1', inputmode: 'numeric', placeholder: 'No limit' });
+  const when = h('input', { id: 'when', name: 'when', type: 'datetime-local', 'aria-describedby': 'when-hint', disabled: true });
+  const submit = h('button', { type: 'submit', class: 'primary' }, 'Go live');
+  const form = h(
+    'form',
+    { class: 'card', 'aria-labelledby': 'create-heading' },
+    h('h1', { id: 'create-heading', tabindex: '-1' }, 'Create a room'),
+    field('title', 'Title', title),
+    field('topic', 'Topic', topic),
+    field('description', 'Description', description),
+    h('fieldset', {}, h('legend', {}, 'Room type'),
+      radio('kind', 'stage', 'Stage: hosts and speakers talk, the audience raises hands', true),
+      radio('kind', 'open', 'Open: everyone may speak')),
+    field('speaker_mode', 'Who may ask to speak', speakerMode),
+    field('max', 'Max participants', max),
+    h('fieldset', {}, h('legend', {}, 'When'),
+      radio('start', 'now', 'Start now', true),
+      radio('start', 'later', 'Schedule for later'),
+      field('when', 'Date and time', when, 'In your local time zone.')),
+    error,
+    submit,
+  );
+  form.addEventListener('change', () => {
+    const later = (form.querySelector('input[name=start]:checked') as HTMLInputElement).value === 'later';
+    when.disabled = !later;
+    when.required = later;
+    submit.textContent = later ? 'Schedule' : 'Go live';
+  });
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    error.textContent = '';
+    const kind = (form.querySelector('input[name=kind]:checked') as HTMLInputElement).value as 'stage' | 'open';
+    const later = !when.disabled;
+    let scheduled_for: number | undefined;
+    if (later) {
+      scheduled_for = new Date(when.value).getTime();
+      if (!Number.isFinite(scheduled_for) || scheduled_for <= Date.now()) {
+        error.textContent = 'Pick a date and time in the future.';
+        when.focus();
+        return;
+      }
+    }
+    submit.disabled = true;
+    try {
+      const room = await api.create({
+        title: title.value.trim(),
+        topic: topic.value.trim() || undefined,
+        description: description.value.trim() || undefined,
+        kind,
+        speaker_mode: speakerMode.value as 'everyone' | 'followers' | 'invited',
+        max_participants: max.value ? Number(max.value) : undefined,
+        scheduled_for,
+      });
+      navigate(`/rooms/${encodeURIComponent(room.id)}`);
+    } catch (err) {
+      error.textContent = errorText(err);
+      submit.disabled = false;
+    }
+  });
+  main.append(form);
+};
+
+/** The summary of an ended room, with its statistics. */
+export async function endedView(main: HTMLElement, room: RoomView, note?: string): Promise<void> {
+  let stats: Stats | null = null;
+  try {
+    stats = await api.stats(room.id);
+  } catch {
+    stats = null;
+  }
+  const names = new Map(room.stage.map((m) => [m.user, m.name]));
+  const dl = (label: string, value: string) => [h('dt', {}, label), h('dd', {}, value)];
+  fill(
+    main,
+    h(
+      'section',
+      { class: 'card ended', 'aria-labelledby': 'ended-heading' },
+      h('p', { class: 'badge ended-badge' }, 'Ended'),
+      h('h1', { id: 'ended-heading', tabindex: '-1' }, 'This room has ended'),
+      h('p', { class: 'title' }, room.title),
+      note ? h('p', { class: 'note', role: 'status' }, note) : null,
+      stats
+        ? h(
+            'dl',
+            { class: 'stats' },
+            dl('Duration', formatDuration(stats.duration_ms)),
+            dl('Peak listeners', String(stats.peak_listeners)),
+            dl('Joins', String(stats.total_joins)),
+            dl('Average listening', formatDuration(stats.average_listening_ms)),
+            dl('Reactions', String(stats.reactions)),
+            dl('Hands raised', String(stats.hands_raised)),
+          )
+        : h('p', { class: 'muted' }, 'Statistics are not available.'),
+      stats && Object.keys(stats.stage_ms).length
+        ? h(
+            'section',
+            {},
+            h('h2', {}, 'Time on stage'),
+            h('ul', { class: 'plain' }, Object.entries(stats.stage_ms).map(([user, ms]) => h('li', {}, `${names.get(user) ?? user}: ${formatDuration(ms)}`))),
+          )
+        : null,
+      h('a', { href: '/', 'data-link': true, class: 'button primary' }, 'Back to rooms'),
+    ),
+  );
+  main.querySelector<HTMLElement>('h1')?.focus();
+}
+
+/** A card for feeds and posts: scheduled, live or ended, and a link into the room. */
+export const embedScreen: Screen = (main, params) => {
+  const card = h('article', { class: 'embed-card', 'aria-live': 'polite' }, h('p', { class: 'muted' }, 'Loading…'));
+  main.append(card);
+  const load = async () => {
+    try {
+      if (!session()) setSession(await api.guest('Guest'));
+      const r = await api.room(params.id);
+      const link = h('a', { class: 'button primary', href: `/rooms/${encodeURIComponent(r.id)}`, target: '_blank', rel: 'noopener' },
+        r.state === 'live' ? 'Listen live' : r.state === 'scheduled' ? 'Open room' : 'See summary');
+      const state =
+        r.state === 'live'
+          ? h('span', { class: 'badge live-badge' }, h('span', { class: 'pulse', 'aria-hidden': 'true' }), 'LIVE')
+          : r.state === 'scheduled'
+            ? h('span', { class: 'badge' }, r.scheduled_for ? `Scheduled · ${formatWhen(r.scheduled_for)}` : 'Scheduled')
+            : h('span', { class: 'badge ended-badge' }, 'Ended');
+      fill(
+        card,
+        h('div', { class: 'embed-top' }, h('span', { class: 'brand' }, h('span', { class: 'logo', 'aria-hidden': 'true' }), 'Stoa'), state),
+        h('h1', {}, r.title),
+        r.topic ? h('p', { class: 'topic' }, r.topic) : null,
+        r.state === 'live'
+          ? h('p', { class: 'muted' }, `🎙 ${r.stage.map((m) => m.name).join(', ')} · 🎧 ${r.listeners} listening`)
+          : null,
+        link,
+      );
+    } catch (err) {
+      fill(card, h('p', { class: 'error' }, errorText(err)));
+    }
+  };
+  void load();
+  const poll = window.setInterval(load, 10_000);
+  return () => clearInterval(poll);
+};
