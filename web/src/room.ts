@@ -71,6 +71,8 @@ class RoomController {
   private readonly recent = new Map<string, number>();
   private readonly tiles = new Map<string, HTMLElement>();
   private readonly signatures = new Map<string, string>();
+  /** Names of everyone seen in the room, for the summary once the room has ended. */
+  private readonly names = new Map<string, string>();
 
   // Parts of the live screen.
   private readonly count = h('p', { class: 'count', 'aria-live': 'polite' });
@@ -421,7 +423,7 @@ class RoomController {
     this.stop();
     const v = (await api.room(this.id).catch(() => null)) ?? this.view;
     if (this.destroyed || !v) return;
-    await endedView(this.main, v);
+    await endedView(this.main, v, this.names);
   }
 
   // ----- state -----
@@ -444,6 +446,7 @@ class RoomController {
   private apply(v: RoomView): void {
     if (this.destroyed || this.finished) return;
     this.view = v;
+    for (const m of [...v.stage, ...(v.audience ?? [])]) this.names.set(m.user, m.name);
     if (v.state !== 'live') {
       void this.showEnded();
       return;
@@ -605,7 +608,7 @@ class RoomController {
       h('h2', { id: 'host-heading' }, 'Host controls'),
       h('h3', {}, `Raised hands (${hands.length})`),
       hands.length
-        ? h('ol', { class: 'queue' }, hands.map((x) => h('li', {}, h('span', { class: 'who' }, '✋ ', x.name), h('span', { class: 'actions' }, button('Approve', x.name, x.user, 'approve_hand', 'small primary'), button('Deny', x.name, x.user, 'deny_hand')))))
+        ? h('ol', { class: 'queue' }, hands.map((x) => h('li', {}, h('span', { class: 'member' }, '✋ ', x.name), h('span', { class: 'actions' }, button('Approve', x.name, x.user, 'approve_hand', 'small primary'), button('Deny', x.name, x.user, 'deny_hand')))))
         : h('p', { class: 'muted' }, 'No hands raised.'),
       h('h3', {}, 'On stage'),
       others.length
@@ -616,7 +619,7 @@ class RoomController {
               h(
                 'li',
                 {},
-                h('span', { class: 'who' }, m.name, ' · ', ROLE_LABEL[m.role]),
+                h('span', { class: 'member' }, m.name, ' · ', ROLE_LABEL[m.role]),
                 h(
                   'span',
                   { class: 'actions' },
@@ -640,14 +643,14 @@ class RoomController {
               h(
                 'li',
                 {},
-                h('span', { class: 'who' }, m.name),
+                h('span', { class: 'member' }, m.name),
                 h('span', { class: 'actions' }, button('Invite to speak', m.name, m.user, 'invite_to_speak'), button('Kick', m.name, m.user, 'kick', 'small danger'), button('Ban', m.name, m.user, 'ban', 'small danger')),
               ),
             ),
           )
         : h('p', { class: 'muted' }, 'Nobody in the audience yet.'),
       v.banned?.length
-        ? [h('h3', {}, 'Banned'), h('ul', { class: 'queue' }, v.banned.map((u) => h('li', {}, h('span', { class: 'who' }, u), button('Unban', u, u, 'unban'))))]
+        ? [h('h3', {}, 'Banned'), h('ul', { class: 'queue' }, v.banned.map((u) => h('li', {}, h('span', { class: 'member' }, u), button('Unban', u, u, 'unban'))))]
         : null,
       v.you?.role === 'host' ? h('button', { type: 'button', class: 'danger', onclick: () => this.endDialogOpen() }, 'End room') : null,
     );

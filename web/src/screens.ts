@@ -259,15 +259,15 @@ export const createScreen: Screen = (main) => {
 };
 
 /** The summary of an ended room, with its statistics. */
-export async function endedView(main: HTMLElement, room: RoomView, note?: string): Promise<void> {
+export async function endedView(main: HTMLElement, room: RoomView, known: Map<string, string> = new Map()): Promise<void> {
   let stats: Stats | null = null;
   try {
     stats = await api.stats(room.id);
   } catch {
     stats = null;
   }
-  const names = new Map(room.stage.map((m) => [m.user, m.name]));
-  const dl = (label: string, value: string) => [h('dt', {}, label), h('dd', {}, value)];
+  const names = new Map([...known, ...room.stage.map((m): [string, string] => [m.user, m.name])]);
+  const dl = (label: string, value: string) => h('div', {}, h('dt', {}, label), h('dd', {}, value));
   fill(
     main,
     h(
@@ -276,7 +276,6 @@ export async function endedView(main: HTMLElement, room: RoomView, note?: string
       h('p', { class: 'badge ended-badge' }, 'Ended'),
       h('h1', { id: 'ended-heading', tabindex: '-1' }, 'This room has ended'),
       h('p', { class: 'title' }, room.title),
-      note ? h('p', { class: 'note', role: 'status' }, note) : null,
       stats
         ? h(
             'dl',
