@@ -29,6 +29,10 @@ need_pkg pkg-config pkg-config
 need_pkg node nodejs
 need_pkg npm npm
 need_pkg chromium chromium # browser end-to-end test (tests/browser.rs)
+if ! fc-list 2>/dev/null | grep -qi emoji; then
+    # The web app's reactions and icons in the walk-through's screenshots (tests/web.rs).
+    need_pkg stoa-emoji-font-check fonts-noto-color-emoji
+fi
 need_pkg redis-server redis-server # control-plane store tests (control/tests, tests/control.rs)
 
 # npm packages of the browser end-to-end test (playwright-core, livekit-client,
@@ -41,6 +45,19 @@ if ! cmp -s "$browser_lock" "$browser_stamp" 2>/dev/null; then
     (cd tests/browser && npm ci --no-audit --no-fund)
     cp "$browser_lock" "$browser_stamp"
 fi
+
+# npm packages of the web app walk-through (playwright-core), pinned by tests/web/package-lock.json.
+web_test_lock=tests/web/package-lock.json
+web_test_stamp=tests/web/node_modules/.stoa-installed-package-lock.json
+if ! cmp -s "$web_test_lock" "$web_test_stamp" 2>/dev/null; then
+    echo "test.sh: npm ci in tests/web"
+    (cd tests/web && npm ci --no-audit --no-fund)
+    cp "$web_test_lock" "$web_test_stamp"
+fi
+
+# The web app (web/ -> web/dist), embedded into the stoa binary by build.rs, so that the tests
+# (tests/web.rs) run against the real app. Rebuilt only when a source changed.
+bash web/build.sh
 
 # PyPI packages of the server-SDK test (livekit-api, tests/python/livekit_api_test.py), pinned by
 # tests/python/requirements.txt, in a virtualenv; reinstalled only when that file changed.

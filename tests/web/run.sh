@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Runs the web app walk-through (walkthrough.mjs) against a stoa binary, inside a private network namespace:
+#
+#   unshare -n bash tests/web/run.sh target/debug/stoa
+#
+# Brings up loopback, starts `STOA_BINARY serve --dev` (127.0.0.1:7880 HTTP/WebSocket,
+# 127.0.0.1:7882 UDP media), waits for /healthz, checks that / serves the built web app (not
+# the fallback page), runs walkthrough.mjs (headless Chromium, two browsers), stops the server and exits with the test's status. The server's log is
+# printed when the test fails. Every wait is bounded; the whole run is capped at 200 s.
+set -euo pipefail
+
+if [ "$#" -ne 1 ]; then
+    echo "usage: unshare -n $0 STOA_BINARY" >&2
+    exit 2
+fi
+
+here=$(cd "$(dirname "$0")" && pwd)
+stoa=$(realpath "$1")
+
+# Re-exec under an overall cap, unless already under it.
+if [ -z "${STOA_WEB_CAPPED:-}" ]; then
+    STOA_WEB_CAPPED=1 exec timeout --kill-after=5 200 bash "$0" "$@"
+fi
+
+# Refuse to run outside a private namespace: the test must never reach anything but loopback.
+if ip -o link show | grep -qv ': lo:'; then
+    echo "run.sh: this network namespace has interfaces other than lo;" \
+        "run it as: unshare -n bash $0 STOA_BINARY" >&2
+    exit 2
+fi
+ip link set lo up
+
+if [ ! -x "$stoa" ]; then
+    echo "run.sh: $stoa is not an executable" >&2
+    exit 2
+fi
+if [ ! -d "$here/node_modules/playwright-core" ]; then
+    echo "run.sh: $here/node_modules is missing: run ./test.sh (it runs npm ci there)" >&2
+    exit 2
+fi
+
+work=$(mktemp -d -t stoa-web-run.XXXXXX)
+server_log="$work/stoa.log"
+server_pid=
+
+cleanup() {
+    if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
+        kill -TERM "$server_pid" 2>/dev/null || true
+        for _ in $(seq 50); do
+            kill -0 "$server_pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 143' TERM INT
+
+print_server_log() {
+    echo "----- stoa server log ($server_log) -----" >&2
+    cat "$server_log" >&2 || true
+    echo "----- end of stoa server log -----" >&2
+}
+
+# Only the server's own STOA_* settings from dev mode: drop any inherited from the caller.
+while IFS= read -r name; do
+    case "$name" in
+    STOA_WEB_CAPPED | STOA_WEB_URL) ;;
+    STOA_*) unset "$name" ;;
+    esac
+done < <(compgen -e)
+
+echo "run.sh: starting $stoa serve --dev" >&2
+# A store of its own, so that runs never share (or lock) a store file.
+STOA_DATA_DIR="$work/data"
+mkdir -p "$STOA_DATA_DIR"
+export STOA_DATA_DIR
+RUST_BACKTRACE=1 "$stoa" serve --dev --log-level "${STOA_WEB_SERVER_LOG:-info}" \
+    >"$server_log" 2>&1 </dev/null &
+server_pid=$!
+
+healthy=0
+for _ in $(seq 150); do # 150 x 0.2 s = 30 s
+    if ! kill -0 "$server_pid" 2>/dev/null; then
+        echo "run.sh: stoa exited before answering /healthz" >&2
+        print_server_log
+        exit 1
+    fi
+    if node -e "fetch('http://127.0.0.1:7880/healthz', { signal: AbortSignal.timeout(1000) })
+        .then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))" 2>/dev/null; then
+        healthy=1
+        break
+    fi
+    sleep 0.2
+done
+if [ "$healthy" -ne 1 ]; then
+    echo "run.sh: stoa did not answer http://127.0.0.1:7880/healthz within 30 s" >&2
+    print_server_log
+    exit 1
+fi
+echo "run.sh: stoa is up (pid $server_pid)" >&2
+
+# The binary must embed the built app, not the page that says how to build it.
+if ! node -e "fetch('http://127.0.0.1:7880/rooms/x', { signal: AbortSignal.timeout(5000) })
+    .then((r) => r.text()).then((t) => process.exit(t.includes('/assets/') ? 0 : 1), () => process.exit(1))"; then
+    echo "run.sh: $stoa serves no built web app at / (web/dist was missing when it was built);" \
+        "run ./test.sh or bash web/build.sh, then rebuild" >&2
+    exit 1
+fi
+
+status=0
+WEB_TIMEOUT_MS="${WEB_TIMEOUT_MS:-170000}" node "$here/walkthrough.mjs" || status=$?
+
+if [ "$status" -ne 0 ]; then
+    print_server_log
+    echo "run.sh: web walk-through FAILED (exit $status)" >&2
+else
+    echo "run.sh: web walk-through passed" >&2
+fi
+exit "$status"
