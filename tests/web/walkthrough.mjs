@@ -11,7 +11,9 @@
 //      directory and joins it, hears the host (inbound audio energy > 0) and sees them speak;
 //   3. the listener raises a hand, the host approves it; the listener's microphone goes live
 //      and the host hears them;
-//   4. the host moves them back to the audience; their track is gone;
+//   4. the host moves them back to the audience; their track is gone; a third browser that
+//      refuses the microphone hosts its own room and is told why it cannot speak, then joins
+//      the first room and is kicked, and is told so;
 //   5. the listener reacts and the reaction floats up on the host's page;
 //   6. the host ends the room; both land on the ended screen.
 // Every screen is captured at desktop (1280x800) and phone (390x844) sizes into
@@ -77,7 +79,7 @@ async function step(name, f) {
   return result;
 }
 
-async function launch(work, label, wav) {
+async function launch(work, label, wav, { micAllowed = true } = {}) {
   const browser = await chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
@@ -91,7 +93,8 @@ async function launch(work, label, wav) {
       '--disable-background-networking',
       '--disable-component-update',
       '--disable-sync',
-      '--use-fake-ui-for-media-stream',
+      // Without it the microphone prompt is refused, as when a person blocks it.
+      ...(micAllowed ? ['--use-fake-ui-for-media-stream'] : []),
       '--use-fake-device-for-media-stream',
       `--use-file-for-fake-audio-capture=${wav}`,
       '--autoplay-policy=no-user-gesture-required',
@@ -184,7 +187,7 @@ function localDateTime(ms) {
   return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}`;
 }
 
-async function scenario(host, listener) {
+async function scenario(host, listener, blocked) {
   const H = host.page;
   const L = listener.page;
 
@@ -291,6 +294,28 @@ async function scenario(host, listener) {
     });
   });
 
+  await step('a refused microphone is explained; a kicked member is told why', async () => {
+    const M = blocked.page;
+    await signIn(M, 'Mia Mic');
+    await M.getByRole('link', { name: 'Create room' }).click();
+    await M.getByLabel('Title').fill('Open mic');
+    await M.getByLabel(/^Open:/).check();
+    await M.getByRole('button', { name: 'Go live' }).click();
+    await M.getByText('Microphone access is blocked').waitFor();
+    await shot(M, '12a-room-microphone-blocked');
+    await M.getByRole('button', { name: 'End room' }).click();
+    await M.getByRole('button', { name: 'End for everyone' }).click();
+    await M.getByRole('heading', { name: 'This room has ended' }).waitFor();
+    await M.goto(`/rooms/${encodeURIComponent(roomId)}`);
+    await M.getByRole('button', { name: 'Raise hand' }).waitFor();
+    const kick = H.getByRole('button', { name: 'Kick: Mia Mic' });
+    await kick.waitFor();
+    await kick.click();
+    await M.getByRole('heading', { name: 'You were removed from this room' }).waitFor();
+    await shot(M, '12b-removed');
+    await blocked.browser.close();
+  });
+
   await step("the listener's reaction floats on the host's page", async () => {
     await L.getByRole('button', { name: 'React 👏' }).click();
     const float = H.locator(`.float[data-user="${listenerSession.user}"]`, { hasText: '👏' });
@@ -339,6 +364,7 @@ async function main() {
   writeFileSync(listenerWav, sineWav(660, 20, 0.5));
   let host;
   let listener;
+  let blocked;
   const deadline = setTimeout(() => {
     summary.error = `whole walk-through exceeded ${DEADLINE_MS} ms`;
     console.error(consoleLines.join('\n'));
@@ -348,7 +374,8 @@ async function main() {
   try {
     host = await launch(work, 'host', hostWav);
     listener = await launch(work, 'listener', listenerWav);
-    await scenario(host, listener);
+    blocked = await launch(work, 'blocked', listenerWav, { micAllowed: false });
+    await scenario(host, listener, blocked);
     summary.ok = true;
     summary.step = undefined;
   } catch (err) {
@@ -364,7 +391,7 @@ async function main() {
     console.error(consoleLines.slice(-300).join('\n'));
   } finally {
     clearTimeout(deadline);
-    await Promise.race([Promise.allSettled([host?.browser.close(), listener?.browser.close()]), sleep(5000)]);
+    await Promise.race([Promise.allSettled([host?.browser.close(), listener?.browser.close(), blocked?.browser.close()]), sleep(5000)]);
     rmSync(work, { recursive: true, force: true });
   }
   log(`screenshots in ${SHOTS}`);
