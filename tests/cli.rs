@@ -309,7 +309,12 @@ fn serve_dev_answers_healthz_and_stops_on_sigterm() {
         Some("ok"),
         "{response:?}"
     );
+    // Any other path is the web app's (it routes in the browser), except under the server's
+    // own prefixes.
     let response = http_get(addr, "/no-such-page");
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response:?}");
+    assert!(response.contains("<html"), "{response:?}");
+    let response = http_get(addr, "/healthz/no-such-page");
     assert!(response.starts_with("HTTP/1.1 404"), "{response:?}");
 
     server.terminate();
