@@ -113,8 +113,24 @@ fn a_listener_goes_on_stage_and_back_without_reconnecting_then_is_kicked() {
     let addr = stoa.addr;
     let host = user_token("hana", "Hana");
 
-    // The host creates a stage room; it goes live and the host joins on stage.
-    let id = create_room(addr, &host, json!({"title": "Rust audio", "topic": "sfu"}));
+    // The host schedules a stage room; listeners cannot join before the host starts it.
+    let soon = 4_102_444_800_000u64;
+    let id = create_room(
+        addr,
+        &host,
+        json!({"title": "Rust audio", "topic": "sfu", "scheduled_for": soon}),
+    );
+    let early = user_token("early", "Early");
+    let (status, err) = api(
+        addr,
+        "POST",
+        &format!("/api/rooms/{id}/token"),
+        &early,
+        None,
+    );
+    assert_eq!((status, err["code"].as_str()), (409, Some("room_not_live")));
+    let live = ok(addr, "POST", &format!("/api/rooms/{id}/start"), &host, None);
+    assert_eq!(live["state"], "live");
     let (mut host_session, host_join, _) = join_live(addr, &id, &host);
     let me = host_join.participant.unwrap();
     assert!(can_publish(&me));
@@ -250,6 +266,16 @@ fn one_room_at_a_time_full_rooms_and_speaker_modes() {
         user_token("lee", "Lee"),
         user_token("kim", "Kim"),
     );
+    // `stoa token --user` mints user tokens with the server's keys.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stoa"))
+        .args(["token", "--user", "--identity", "hana", "--name", "Hana", "--config"])
+        .arg(dir.join("stoa.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cli_token = String::from_utf8(out.stdout).unwrap();
+    let me = ok(addr, "GET", "/api/me", cli_token.trim(), None);
+    assert_eq!(me, json!({"user": "hana", "name": "Hana"}));
     let a = create_room(addr, &hana, json!({"title": "A", "max_participants": 2}));
     let b = create_room(
         addr,
@@ -274,6 +300,51 @@ fn one_room_at_a_time_full_rooms_and_speaker_modes() {
     ok(addr, "POST", &format!("/api/rooms/{b}/hand"), &lee, None);
     let follows = ok(addr, "GET", "/api/follows", &lee, None);
     assert_eq!(follows["follows"][0], json!({"kind": "user", "id": "omar"}));
+    // Invitation links: only moderators make them; accepting one lets a listener raise a hand
+    // in an "invited" room.
+    let c = create_room(
+        addr,
+        &hana,
+        json!({"title": "C", "speaker_mode": "invited"}),
+    );
+    let (status, _) = api(
+        addr,
+        "POST",
+        &format!("/api/rooms/{c}/invitations"),
+        &kim,
+        None,
+    );
+    assert_eq!(status, 403);
+    let (status, link) = api(
+        addr,
+        "POST",
+        &format!("/api/rooms/{c}/invitations"),
+        &hana,
+        None,
+    );
+    assert_eq!(status, 201, "{link}");
+    assert_eq!(link["requires_confirmation"], true);
+    let token = link["token"].as_str().unwrap();
+    let seen = ok(
+        addr,
+        "GET",
+        &format!("/api/invitations/{token}"),
+        &kim,
+        None,
+    );
+    assert_eq!(seen["room"]["id"], c.as_str());
+    ok(addr, "POST", &format!("/api/rooms/{c}/token"), &kim, None);
+    let (status, _) = api(addr, "POST", &format!("/api/rooms/{c}/hand"), &kim, None);
+    assert_eq!(status, 403);
+    ok(
+        addr,
+        "POST",
+        &format!("/api/invitations/{token}/accept"),
+        &kim,
+        None,
+    );
+    ok(addr, "POST", &format!("/api/rooms/{c}/hand"), &kim, None);
+
     // Reactions are rate-limited.
     let mut limited = false;
     for _ in 0..30 {
