@@ -268,11 +268,23 @@ fn one_room_at_a_time_full_rooms_and_speaker_modes() {
     );
     // `stoa token --user` mints user tokens with the server's keys.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_stoa"))
-        .args(["token", "--user", "--identity", "hana", "--name", "Hana", "--config"])
+        .args([
+            "token",
+            "--user",
+            "--identity",
+            "hana",
+            "--name",
+            "Hana",
+            "--config",
+        ])
         .arg(dir.join("stoa.toml"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let cli_token = String::from_utf8(out.stdout).unwrap();
     let me = ok(addr, "GET", "/api/me", cli_token.trim(), None);
     assert_eq!(me, json!({"user": "hana", "name": "Hana"}));

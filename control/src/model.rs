@@ -268,6 +268,9 @@ pub struct Member {
     pub present_since: Option<u64>,
     /// Unix ms they went on stage (for speaking statistics).
     pub on_stage_since: Option<u64>,
+    /// The instance whose media plane hosts their session, while present.
+    #[serde(default)]
+    pub instance: Option<String>,
 }
 
 /// A room's statistics.

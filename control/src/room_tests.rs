@@ -362,14 +362,14 @@ fn end_disconnects_everyone_and_keeps_statistics() {
     apply(
         &mut d,
         &Actor::System,
-        Command::Connected(uid("ann")),
+        Command::Connected(uid("ann"), "i1".into()),
         &cx(1_000),
     )
     .unwrap();
     apply(
         &mut d,
         &Actor::System,
-        Command::Connected(uid("host")),
+        Command::Connected(uid("host"), "i1".into()),
         &cx(1_000),
     )
     .unwrap();
@@ -406,7 +406,7 @@ fn presence_tracks_emptiness() {
     apply(
         &mut d,
         &Actor::System,
-        Command::Connected(uid("ann")),
+        Command::Connected(uid("ann"), "i1".into()),
         &cx(10),
     )
     .unwrap();
@@ -414,17 +414,42 @@ fn presence_tracks_emptiness() {
     apply(
         &mut d,
         &Actor::System,
-        Command::Disconnected(uid("ann")),
+        Command::Disconnected(uid("ann"), "i1".into()),
         &cx(20),
     )
     .unwrap();
     assert_eq!(d.room.empty_since, Some(20));
+    // A disconnect reported for another instance (the user moved on) changes nothing.
+    apply(
+        &mut d,
+        &Actor::System,
+        Command::Connected(uid("ann"), "i2".into()),
+        &cx(25),
+    )
+    .unwrap();
+    let before = d.clone();
+    apply(
+        &mut d,
+        &Actor::System,
+        Command::Disconnected(uid("ann"), "i1".into()),
+        &cx(26),
+    )
+    .unwrap();
+    assert_eq!(d, before);
+    apply(
+        &mut d,
+        &Actor::System,
+        Command::Disconnected(uid("ann"), "i2".into()),
+        &cx(27),
+    )
+    .unwrap();
+    assert!(!d.members[&uid("ann")].present);
     // Strangers' presence changes nothing.
     let before = d.clone();
     apply(
         &mut d,
         &Actor::System,
-        Command::Connected(uid("zed")),
+        Command::Connected(uid("zed"), "i1".into()),
         &cx(30),
     )
     .unwrap();

@@ -16,6 +16,7 @@
 //! | `{p}user:{id}:room` | string | the one room the user is in |
 //! | `{p}user:{id}:follows` | set | `user:{id}` and `room:{id}` the user follows |
 //! | `{p}invite:{token}` | string | an invitation link (JSON), expiring with it |
+//! | `{p}presence:{instance}` | string | an instance's heartbeat; expires when it stops (TTL) |
 //! | `{p}bus` | pub/sub channel | each command's media changes and events, for every instance |
 //!
 //! A room changes atomically: its keys are `WATCH`ed, read, changed in memory and written back
@@ -479,6 +480,20 @@ impl Store for RedisStore {
             .await
             .map_err(redis_err)?;
         raw.map(|r| parse("invite", r.as_bytes())).transpose()
+    }
+
+    async fn heartbeat(&self, instance: &str, ttl_ms: u64) -> Result<(), ControlError> {
+        let mut con = self.shared.clone();
+        con.pset_ex::<_, _, ()>(self.key(&format!("presence:{instance}")), 1, ttl_ms.max(1))
+            .await
+            .map_err(redis_err)
+    }
+
+    async fn alive(&self, instance: &str) -> Result<bool, ControlError> {
+        let mut con = self.shared.clone();
+        con.exists(self.key(&format!("presence:{instance}")))
+            .await
+            .map_err(redis_err)
     }
 
     async fn publish(&self, message: &BusMessage) -> Result<(), ControlError> {
