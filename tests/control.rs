@@ -481,9 +481,15 @@ fn two_instances_on_one_redis_share_rooms_and_reach_each_others_sessions() {
     let redis = RedisServer::start();
     let dir = scratch_dir("control-two");
     let cfg = config(&dir, "");
-    let env = [("STOA_REDIS_URL", redis.url.as_str())];
-    let one = Stoa::start(&cfg, &env);
-    let two = Stoa::start(&cfg, &env);
+    let redis_url = ("STOA_REDIS_URL", redis.url.as_str());
+    let one = Stoa::start(
+        &cfg,
+        &[redis_url, ("STOA_PUBLIC_URL", "ws://one.example:7880")],
+    );
+    let two = Stoa::start(
+        &cfg,
+        &[redis_url, ("STOA_PUBLIC_URL", "ws://two.example:7880")],
+    );
     let (hana, lee) = (user_token("hana", "Hana"), user_token("lee", "Lee"));
 
     // Created through instance one, listed by instance two.
@@ -491,8 +497,18 @@ fn two_instances_on_one_redis_share_rooms_and_reach_each_others_sessions() {
     let directory = ok(two.addr, "GET", "/api/rooms", &lee, None);
     assert_eq!(directory["live"][0]["id"], id.as_str());
 
-    // The listener's session lives on instance two; the host acts through instance one.
-    let (mut session, join, _) = join_live(two.addr, &id, &lee);
+    // Tokens from either instance send clients to the room's media node.
+    let grant = ok(
+        two.addr,
+        "POST",
+        &format!("/api/rooms/{id}/token"),
+        &lee,
+        None,
+    );
+    assert_eq!(grant["url"], "ws://one.example:7880");
+
+    // Even a session on instance two is reached by the host acting through instance one.
+    let (mut session, join) = SignalClient::join(two.addr, grant["token"].as_str().unwrap());
     assert!(!can_publish(join.participant.as_ref().unwrap()));
     ok(
         two.addr,

@@ -468,9 +468,13 @@ async fn token(
     let (user, name) = caller.user()?;
     let id = room_id(&id)?;
     let grant = c.join(user, name, &id).await?;
+    let url = match grant.media_url {
+        Some(url) => url,
+        None => media_url(&c, &headers),
+    };
     Ok(Json(TokenView {
         token: grant.token,
-        url: media_url(&c, &headers),
+        url,
         room: id.to_string(),
         identity: grant.identity,
         role: grant.role,

@@ -43,8 +43,9 @@ pub struct ControlConfig {
     pub max_participants: u32,
     /// Whether anyone may sign in as a guest with a display name (`POST /api/session/guest`).
     pub guest_sign_in: bool,
-    /// The WebSocket URL clients connect their media to (`ws[s]://host[:port]`); empty: derived
-    /// from each request's `Host` header.
+    /// This node's WebSocket URL for media (`ws[s]://host[:port]`). Rooms created on this node
+    /// send every client here, whichever node answers the token request, so that a room's
+    /// participants meet on one media node. Empty: the `Host` of each token request.
     pub public_url: String,
 }
 

@@ -246,6 +246,10 @@ pub struct Room {
     pub ended_at: Option<u64>,
     /// Unix ms since which no member has been connected (live rooms).
     pub empty_since: Option<u64>,
+    /// Where its media lives: the `public_url` of the node that created it, when nodes have
+    /// their own URLs, so that every client of the room meets on one media node.
+    #[serde(default)]
+    pub media_url: Option<String>,
 }
 
 /// One user in a room.

@@ -27,6 +27,7 @@ fn doc(kind: RoomKind, mode: SpeakerMode) -> RoomDoc {
             started_at: None,
             ended_at: None,
             empty_since: None,
+            media_url: None,
         },
         members: Default::default(),
         hands: Default::default(),

@@ -79,6 +79,8 @@ pub struct Grant {
     pub role: model::Role,
     /// The user id (LiveKit identity).
     pub identity: UserId,
+    /// The media node of the room, if it has one of its own.
+    pub media_url: Option<String>,
 }
 
 impl Control {
@@ -228,6 +230,8 @@ impl Control {
                 started_at: None,
                 ended_at: None,
                 empty_since: None,
+                media_url: (!self.inner.config.public_url.is_empty())
+                    .then(|| self.inner.config.public_url.clone()),
             },
             members: Default::default(),
             hands: Default::default(),
@@ -388,6 +392,7 @@ impl Control {
             token,
             role,
             identity: user.clone(),
+            media_url: doc.room.media_url.clone(),
         })
     }
 

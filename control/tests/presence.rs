@@ -54,7 +54,10 @@ async fn room_with_lee(control: &Control) -> RoomId {
     control.presence(id.as_str(), "lee", true).await;
     let doc = control.room(&id).await.unwrap();
     assert!(doc.members[&lee].present);
-    assert_eq!(doc.members[&lee].instance.as_deref(), Some(control.instance()));
+    assert_eq!(
+        doc.members[&lee].instance.as_deref(),
+        Some(control.instance())
+    );
     id
 }
 
@@ -66,7 +69,11 @@ async fn wait_gone(read: impl AsyncFn() -> RoomDoc) {
             assert!(doc.room.empty_since.is_some());
             return;
         }
-        assert!(Instant::now() < deadline, "still present: {:?}", doc.members);
+        assert!(
+            Instant::now() < deadline,
+            "still present: {:?}",
+            doc.members
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -74,8 +81,12 @@ async fn wait_gone(read: impl AsyncFn() -> RoomDoc) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_of_a_dead_instance_are_gone_for_the_others() {
     let redis = RedisServer::start();
-    let a = start(Arc::new(RedisStore::connect(&redis.url, "p:").await.unwrap()));
-    let b = start(Arc::new(RedisStore::connect(&redis.url, "p:").await.unwrap()));
+    let a = start(Arc::new(
+        RedisStore::connect(&redis.url, "p:").await.unwrap(),
+    ));
+    let b = start(Arc::new(
+        RedisStore::connect(&redis.url, "p:").await.unwrap(),
+    ));
     let id = room_with_lee(&a).await;
     // While instance a lives, b leaves its member alone.
     tokio::time::sleep(Duration::from_millis(1500)).await;

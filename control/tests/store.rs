@@ -45,6 +45,7 @@ fn new_room(max: u32) -> RoomDoc {
             started_at: None,
             ended_at: None,
             empty_since: None,
+            media_url: None,
         },
         members: Default::default(),
         hands: Default::default(),
