@@ -275,6 +275,10 @@ pub struct Member {
     /// The instance whose media plane hosts their session, while present.
     #[serde(default)]
     pub instance: Option<String>,
+    /// Unix ms they started speaking (the media plane's active-speaker detection), while they
+    /// speak.
+    #[serde(default)]
+    pub speaking_since: Option<u64>,
 }
 
 /// A room's statistics.
@@ -291,6 +295,9 @@ pub struct RoomStats {
     pub listening_sessions: u64,
     /// Time on stage per user (ms).
     pub stage_ms: BTreeMap<UserId, u64>,
+    /// Time actually speaking per user (ms), from the media plane's active-speaker detection.
+    #[serde(default)]
+    pub speaking_ms: BTreeMap<UserId, u64>,
     /// Reactions sent.
     pub reactions: u64,
     /// Hands raised.

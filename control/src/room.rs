@@ -45,6 +45,8 @@ pub enum Command {
     Archive,
     /// The media plane of `instance` saw the user connect.
     Connected(UserId, String),
+    /// The media plane detected the user starting (`true`) or stopping speaking.
+    Speaking(UserId, bool),
     /// The media plane of `instance` saw the user disconnect, or `instance` died. Ignored when
     /// the user is connected through another instance by now.
     Disconnected(UserId, String),
@@ -125,6 +127,7 @@ pub fn apply(
                 doc.room.state = RoomState::Archived;
             }
         }
+        Command::Speaking(u, on) => speaking(doc, &u, on, cx),
         Command::Connected(u, instance) => connected(doc, &u, instance, cx, &mut fx),
         Command::Disconnected(u, instance) => disconnected(doc, &u, &instance, cx, &mut fx),
     }
@@ -273,6 +276,7 @@ fn join(
             present_since: None,
             on_stage_since: role.on_stage().then_some(cx.now),
             instance: None,
+            speaking_since: None,
         },
     );
     doc.stats.total_joins += 1;
@@ -304,6 +308,7 @@ fn account(stats: &mut crate::model::RoomStats, u: &UserId, m: &mut Member, now:
     }
     m.present = false;
     m.instance = None;
+    stop_speaking(stats, u, m, now);
     if let Some(since) = m.on_stage_since.take() {
         *stats.stage_ms.entry(u.clone()).or_default() += now.saturating_sub(since);
     }
@@ -658,6 +663,26 @@ fn end(doc: &mut RoomDoc, cx: &Context, fx: &mut Effects) -> Result<(), ControlE
     Ok(())
 }
 
+fn speaking(doc: &mut RoomDoc, u: &UserId, on: bool, cx: &Context) {
+    let Some(m) = doc.members.get_mut(u) else {
+        return;
+    };
+    if on {
+        if m.present && m.speaking_since.is_none() {
+            m.speaking_since = Some(cx.now);
+        }
+    } else {
+        stop_speaking(&mut doc.stats, u, m, cx.now);
+    }
+}
+
+/// Closes a member's speaking period into the statistics.
+fn stop_speaking(stats: &mut crate::model::RoomStats, u: &UserId, m: &mut Member, now: u64) {
+    if let Some(since) = m.speaking_since.take() {
+        *stats.speaking_ms.entry(u.clone()).or_default() += now.saturating_sub(since);
+    }
+}
+
 fn connected(doc: &mut RoomDoc, u: &UserId, instance: String, cx: &Context, fx: &mut Effects) {
     let Some(m) = doc.members.get_mut(u) else {
         return;
@@ -682,6 +707,7 @@ fn disconnected(doc: &mut RoomDoc, u: &UserId, instance: &str, cx: &Context, fx:
         return;
     }
     m.instance = None;
+    stop_speaking(&mut doc.stats, u, m, cx.now);
     if let Some(since) = m.present_since {
         doc.stats.listening_ms += cx.now.saturating_sub(since);
         doc.stats.listening_sessions += 1;

@@ -473,3 +473,25 @@ fn self_actions_need_a_user_and_non_members_are_refused() {
     let err = run(&mut d, "ann", Command::Target(Action::Kick, uid("host")), 1).unwrap_err();
     assert_eq!(err.status, 403);
 }
+
+#[test]
+fn speaking_time_comes_from_the_media_plane() {
+    let mut d = live_stage();
+    let sys =
+        |d: &mut RoomDoc, c: Command, now: u64| apply(d, &Actor::System, c, &cx(now)).unwrap();
+    // Not connected: nothing counts.
+    sys(&mut d, Command::Speaking(uid("host"), true), 0);
+    assert_eq!(d.members[&uid("host")].speaking_since, None);
+    sys(&mut d, Command::Connected(uid("host"), "i1".into()), 0);
+    sys(&mut d, Command::Speaking(uid("host"), true), 1_000);
+    sys(&mut d, Command::Speaking(uid("host"), true), 2_000);
+    sys(&mut d, Command::Speaking(uid("host"), false), 4_000);
+    sys(&mut d, Command::Speaking(uid("host"), true), 10_000);
+    // A disconnect closes the open period.
+    sys(
+        &mut d,
+        Command::Disconnected(uid("host"), "i1".into()),
+        10_500,
+    );
+    assert_eq!(d.stats.speaking_ms[&uid("host")], 3_500);
+}

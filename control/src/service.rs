@@ -481,6 +481,21 @@ impl Control {
         }
     }
 
+    /// The media plane detected `identity` starting or stopping speaking in room `name`.
+    pub async fn speaking(&self, name: &str, identity: &str, on: bool) {
+        let (Ok(id), Ok(user)) = (RoomId::parse(name), UserId::parse(identity)) else {
+            return;
+        };
+        match self
+            .act(&Actor::System, &id, Command::Speaking(user, on))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.status == 404 => {}
+            Err(e) => tracing::warn!(room = %id, error = %e, "speaking time not recorded"),
+        }
+    }
+
     /// Starts or stops following a user or room.
     pub async fn follow(&self, user: &UserId, what: &Follow, on: bool) -> Result<(), ControlError> {
         if let Follow::Room(r) = what {
