@@ -495,3 +495,49 @@ fn speaking_time_comes_from_the_media_plane() {
     );
     assert_eq!(d.stats.speaking_ms[&uid("host")], 3_500);
 }
+
+/// Every action × every role × both room kinds through the state machine: refused with
+/// `not_allowed` exactly where the matrix says so (other refusals, such as approving a hand that
+/// is not raised, are about state, not permission).
+#[test]
+fn the_state_machine_enforces_the_matrix_everywhere() {
+    use crate::permission::allowed;
+    let mut checked = 0;
+    for kind in [RoomKind::Stage, RoomKind::Open] {
+        for role in Role::ALL {
+            for action in Action::ALL {
+                let mut d = doc(kind, SpeakerMode::Everyone);
+                run(&mut d, "host", Command::Start, 0).unwrap();
+                join(&mut d, "host", 0).unwrap();
+                join(&mut d, "actor", 0).unwrap();
+                join(&mut d, "target", 0).unwrap();
+                if kind == RoomKind::Stage {
+                    run(&mut d, "target", Command::Own(Action::RaiseHand), 1).unwrap();
+                }
+                let actor = if role == Role::Host { "host" } else { "actor" };
+                if role != Role::Host {
+                    d.members.get_mut(&uid("actor")).unwrap().role = role;
+                }
+                let command = match action {
+                    Action::Join => Command::Join { name: "x".into() },
+                    Action::React => Command::React {
+                        emoji: "👏".into()
+                    },
+                    Action::Start => Command::Start,
+                    Action::End => Command::End,
+                    a if a.has_target() => Command::Target(a, uid("target")),
+                    a => Command::Own(a),
+                };
+                let result = run(&mut d, actor, command, 2);
+                let refused = matches!(&result, Err(e) if e.code == "not_allowed");
+                assert_eq!(
+                    refused,
+                    !allowed(action, role, kind),
+                    "{action:?} by {role:?} in {kind:?}: {result:?}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 2 * 4 * 23);
+}
