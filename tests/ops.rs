@@ -56,7 +56,7 @@ impl Server {
         }
         let child = command
             .args(["serve", "--dev"])
-            .env("STOA_DATA_DIR", scratch_dir())
+            .env("STOA_DATA_DIR", support::scratch_dir("data"))
             .env("STOA_HTTP_PORT", http_port.to_string())
             .env("STOA_RTC_UDP_PORT", rtc_port.to_string())
             .env("STOA_KEYS", format!("{KEY}: {SECRET}"))
@@ -299,7 +299,7 @@ fn livekit_config_is_read_and_ignored_keys_warned_once() {
     let mut child = command
         .args(["serve", "--dev", "--livekit-config"])
         .arg(&path)
-        .env("STOA_DATA_DIR", scratch_dir())
+        .env("STOA_DATA_DIR", support::scratch_dir("data"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -351,17 +351,4 @@ fn livekit_config_is_read_and_ignored_keys_warned_once() {
     let status = server.wait_exit(TIMEOUT);
     assert!(status.success(), "exit {status}");
     let _ = std::fs::remove_file(&path);
-}
-
-/// A fresh directory for one server's embedded store, so servers never share a store file.
-fn scratch_dir() -> std::path::PathBuf {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "stoa-test-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
 }

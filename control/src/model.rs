@@ -325,6 +325,19 @@ pub struct RoomDoc {
 }
 
 impl RoomDoc {
+    /// A new room with nobody in it.
+    pub fn new(room: Room) -> RoomDoc {
+        RoomDoc {
+            room,
+            members: BTreeMap::new(),
+            hands: BTreeMap::new(),
+            bans: BTreeSet::new(),
+            kicks: BTreeMap::new(),
+            invited: BTreeSet::new(),
+            stats: RoomStats::default(),
+        }
+    }
+
     /// Members connected now.
     pub fn present(&self) -> impl Iterator<Item = (&UserId, &Member)> {
         self.members.iter().filter(|(_, m)| m.present)

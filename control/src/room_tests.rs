@@ -10,32 +10,24 @@ fn uid(s: &str) -> UserId {
 }
 
 fn doc(kind: RoomKind, mode: SpeakerMode) -> RoomDoc {
-    RoomDoc {
-        room: Room {
-            id: RoomId::parse("aaaaaaaaaaaaaaaa").unwrap(),
-            title: "t".into(),
-            topic: String::new(),
-            description: String::new(),
-            kind,
-            speaker_mode: mode,
-            max_participants: 4,
-            host: uid("host"),
-            created_by: uid("host"),
-            state: RoomState::Scheduled,
-            created_at: 0,
-            scheduled_for: None,
-            started_at: None,
-            ended_at: None,
-            empty_since: None,
-            media_url: None,
-        },
-        members: Default::default(),
-        hands: Default::default(),
-        bans: Default::default(),
-        kicks: Default::default(),
-        invited: Default::default(),
-        stats: Default::default(),
-    }
+    RoomDoc::new(Room {
+        id: RoomId::parse("aaaaaaaaaaaaaaaa").unwrap(),
+        title: "t".into(),
+        topic: String::new(),
+        description: String::new(),
+        kind,
+        speaker_mode: mode,
+        max_participants: 4,
+        host: uid("host"),
+        created_by: uid("host"),
+        state: RoomState::Scheduled,
+        created_at: 0,
+        scheduled_for: None,
+        started_at: None,
+        ended_at: None,
+        empty_since: None,
+        media_url: None,
+    })
 }
 
 fn cx(now: u64) -> Context {

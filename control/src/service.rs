@@ -205,41 +205,28 @@ impl Control {
                 "scheduled_for is in the past",
             ));
         }
-        let doc = RoomDoc {
-            room: Room {
-                id: RoomId::random(),
-                title: model::text("title", &new.title, 1, model::MAX_TITLE)?,
-                topic: model::text("topic", &new.topic, 0, model::MAX_TOPIC)?,
-                description: model::text(
-                    "description",
-                    &new.description,
-                    0,
-                    model::MAX_DESCRIPTION,
-                )?,
-                kind: new.kind,
-                speaker_mode: new.speaker_mode,
-                max_participants: max,
-                host: host.clone(),
-                created_by: match who {
-                    Principal::User { id, .. } => id.clone(),
-                    Principal::Server => host.clone(),
-                },
-                state: RoomState::Scheduled,
-                created_at: now,
-                scheduled_for: new.scheduled_for,
-                started_at: None,
-                ended_at: None,
-                empty_since: None,
-                media_url: (!self.inner.config.public_url.is_empty())
-                    .then(|| self.inner.config.public_url.clone()),
+        let doc = RoomDoc::new(Room {
+            id: RoomId::random(),
+            title: model::text("title", &new.title, 1, model::MAX_TITLE)?,
+            topic: model::text("topic", &new.topic, 0, model::MAX_TOPIC)?,
+            description: model::text("description", &new.description, 0, model::MAX_DESCRIPTION)?,
+            kind: new.kind,
+            speaker_mode: new.speaker_mode,
+            max_participants: max,
+            host: host.clone(),
+            created_by: match who {
+                Principal::User { id, .. } => id.clone(),
+                Principal::Server => host.clone(),
             },
-            members: Default::default(),
-            hands: Default::default(),
-            bans: Default::default(),
-            kicks: Default::default(),
-            invited: Default::default(),
-            stats: Default::default(),
-        };
+            state: RoomState::Scheduled,
+            created_at: now,
+            scheduled_for: new.scheduled_for,
+            started_at: None,
+            ended_at: None,
+            empty_since: None,
+            media_url: (!self.inner.config.public_url.is_empty())
+                .then(|| self.inner.config.public_url.clone()),
+        });
         self.inner.store.insert_room(&doc).await?;
         let id = doc.room.id.clone();
         self.publish(Effects {
