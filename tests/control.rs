@@ -232,6 +232,7 @@ fn a_listener_goes_on_stage_and_back_without_reconnecting_then_is_kicked() {
         .err()
         .expect("refused at /rtc");
     assert_eq!(refused.0, 403, "{refused:?}");
+    assert!(refused.1.contains("cooldown"), "{refused:?}");
 
     // Statistics, then the end: sessions close and the room is archived, out of the directory.
     let stats = ok(addr, "GET", &format!("/api/rooms/{id}/stats"), &host, None);
