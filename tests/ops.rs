@@ -18,6 +18,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use livekit_protocol as lk;
 use stoa_signaling::token::{self, Claims};
 
+#[path = "../control/tests/common/redis_server.rs"]
+mod redis_server;
 mod support;
 
 use support::SignalClient;
@@ -273,6 +275,8 @@ fn sigterm_drains_clients_and_exits() {
 
 #[test]
 fn livekit_config_is_read_and_ignored_keys_warned_once() {
+    // LiveKit's redis.address becomes the control plane's Redis store.
+    let redis = redis_server::RedisServer::start();
     let rtc_port = UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
         .expect("free udp port")
@@ -286,7 +290,8 @@ fn livekit_config_is_read_and_ignored_keys_warned_once() {
     std::fs::write(
         &path,
         format!(
-            "port: {http_port}\nrtc:\n  udp_port: {rtc_port}\n  tcp_port: 7881\nredis:\n  address: localhost:6379\nkeys:\n  {KEY}: {SECRET}\n"
+            "port: {http_port}\nrtc:\n  udp_port: {rtc_port}\n  tcp_port: 7881\nredis:\n  address: 127.0.0.1:{}\nkeys:\n  {KEY}: {SECRET}\n",
+            redis.port
         ),
     )
     .expect("write livekit config");
@@ -335,13 +340,16 @@ fn livekit_config_is_read_and_ignored_keys_warned_once() {
             && listening.contains(&format!("rtc_udp=127.0.0.1:{rtc_port}")),
         "{listening}"
     );
-    for key in ["`rtc.tcp_port`", "`redis`"] {
-        let warned = lines
-            .iter()
-            .filter(|l| l.contains("WARN") && l.contains(key))
-            .count();
-        assert_eq!(warned, 1, "{key} warned {warned} times: {lines:#?}");
-    }
+    assert!(
+        lines.iter().any(|l| l.contains("store=Redis")),
+        "the LiveKit redis section was not used: {lines:#?}"
+    );
+    let key = "`rtc.tcp_port`";
+    let warned = lines
+        .iter()
+        .filter(|l| l.contains("WARN") && l.contains(key))
+        .count();
+    assert_eq!(warned, 1, "{key} warned {warned} times: {lines:#?}");
     assert!(!lines.iter().any(|l| l.contains(SECRET)), "{lines:#?}");
     assert_eq!(
         get(server.addr, "/readyz").expect("readyz"),
