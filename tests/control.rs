@@ -234,6 +234,19 @@ fn a_listener_goes_on_stage_and_back_without_reconnecting_then_is_kicked() {
     assert_eq!(refused.0, 403, "{refused:?}");
     assert!(refused.1.contains("cooldown"), "{refused:?}");
 
+    // The API is measured by route template, never by id.
+    let (_, metrics) = request(addr, "GET", "/metrics", None, None);
+    let hand = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("control_api_requests_total")
+                && l.contains(r#"route="/api/rooms/{id}/hand""#)
+                && l.contains(r#"status="200""#)
+        })
+        .unwrap_or_else(|| panic!("no hand requests counted:\n{metrics}"));
+    assert!(hand.ends_with(" 1"), "{hand}");
+    assert!(!metrics.contains(&id), "a room id leaked into a label");
+
     // Statistics, then the end: sessions close and the room is archived, out of the directory.
     let stats = ok(addr, "GET", &format!("/api/rooms/{id}/stats"), &host, None);
     assert_eq!(stats["total_joins"], 2);

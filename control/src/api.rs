@@ -58,6 +58,7 @@ pub fn router(control: Control) -> Router {
         .route("/api", axum::routing::any(not_found))
         .route("/api/{*rest}", axum::routing::any(not_found))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .route_layer(axum::middleware::from_fn(crate::telemetry::track))
         .with_state(control)
 }
 

@@ -651,6 +651,8 @@ async fn sweep(inner: std::sync::Weak<Inner>) {
         for doc in &rooms {
             control.forget_dead_instances(doc).await;
         }
+        let present = rooms.iter().map(|d| d.present().count()).sum();
+        crate::telemetry::rooms(rooms.len(), None, present);
         for doc in rooms {
             if doc
                 .room
