@@ -54,6 +54,7 @@ const ENV_LOG_LEVEL: &str = "STOA_LOG_LEVEL";
 const ENV_DRAIN_SECONDS: &str = "STOA_DRAIN_SECONDS";
 const ENV_DATA_DIR: &str = "STOA_DATA_DIR";
 const ENV_REDIS_URL: &str = "STOA_REDIS_URL";
+const ENV_PUBLIC_URL: &str = "STOA_PUBLIC_URL";
 
 /// Level names accepted on their own in a log filter.
 const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
@@ -606,6 +607,12 @@ impl Layers {
         }
         if let Some(value) = var(ENV_DATA_DIR) {
             self.control.data_dir = value.into();
+        }
+        if let Some(value) = var(ENV_PUBLIC_URL) {
+            self.control.public_url = value;
+            self.control
+                .validate()
+                .map_err(|e| anyhow!("{ENV_PUBLIC_URL}: {e}"))?;
         }
         if let Some(value) = var(ENV_REDIS_URL) {
             self.control.store = stoa_control::StoreKind::Redis;

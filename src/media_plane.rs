@@ -132,19 +132,23 @@ impl Admission for ControlAdmission {
     }
 }
 
-/// Feeds signaling's participant events to the control plane as presence.
+/// Feeds signaling's participant and speaker events to the control plane (presence and
+/// speaking time).
 pub fn spawn_presence(control: Control, mut events: mpsc::Receiver<lk::WebhookEvent>) {
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {
-            let connected = match event.event.as_str() {
-                "participant_joined" => true,
-                "participant_left" | "participant_connection_aborted" => false,
-                _ => continue,
-            };
             let (Some(room), Some(p)) = (&event.room, &event.participant) else {
                 continue;
             };
-            control.presence(&room.name, &p.identity, connected).await;
+            match event.event.as_str() {
+                "participant_joined" => control.presence(&room.name, &p.identity, true).await,
+                "participant_left" | "participant_connection_aborted" => {
+                    control.presence(&room.name, &p.identity, false).await;
+                }
+                "speaking_started" => control.speaking(&room.name, &p.identity, true).await,
+                "speaking_stopped" => control.speaking(&room.name, &p.identity, false).await,
+                _ => {}
+            }
         }
     });
 }

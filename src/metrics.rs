@@ -59,6 +59,7 @@ pub fn install() -> Result<PrometheusHandle> {
 
 /// `# HELP` texts and units.
 pub fn describe() {
+    stoa_control::telemetry::describe();
     describe_gauge!(SIGNALING_ROOMS, Unit::Count, "Rooms that exist");
     describe_gauge!(
         SIGNALING_PARTICIPANTS,

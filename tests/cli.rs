@@ -9,6 +9,8 @@
     reason = "tests bound real waits with the wall clock"
 )]
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
@@ -28,24 +30,11 @@ fn stoa() -> Command {
         }
     }
     command
-        .env("STOA_DATA_DIR", scratch_dir())
+        .env("STOA_DATA_DIR", support::scratch_dir("data"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     command
-}
-
-/// A fresh directory for one server's embedded store, so servers never share a store file.
-fn scratch_dir() -> std::path::PathBuf {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "stoa-test-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
 }
 
 /// A spawned `stoa`, killed on drop.

@@ -113,8 +113,24 @@ fn a_listener_goes_on_stage_and_back_without_reconnecting_then_is_kicked() {
     let addr = stoa.addr;
     let host = user_token("hana", "Hana");
 
-    // The host creates a stage room; it goes live and the host joins on stage.
-    let id = create_room(addr, &host, json!({"title": "Rust audio", "topic": "sfu"}));
+    // The host schedules a stage room; listeners cannot join before the host starts it.
+    let soon = 4_102_444_800_000u64;
+    let id = create_room(
+        addr,
+        &host,
+        json!({"title": "Rust audio", "topic": "sfu", "scheduled_for": soon}),
+    );
+    let early = user_token("early", "Early");
+    let (status, err) = api(
+        addr,
+        "POST",
+        &format!("/api/rooms/{id}/token"),
+        &early,
+        None,
+    );
+    assert_eq!((status, err["code"].as_str()), (409, Some("room_not_live")));
+    let live = ok(addr, "POST", &format!("/api/rooms/{id}/start"), &host, None);
+    assert_eq!(live["state"], "live");
     let (mut host_session, host_join, _) = join_live(addr, &id, &host);
     let me = host_join.participant.unwrap();
     assert!(can_publish(&me));
@@ -216,6 +232,20 @@ fn a_listener_goes_on_stage_and_back_without_reconnecting_then_is_kicked() {
         .err()
         .expect("refused at /rtc");
     assert_eq!(refused.0, 403, "{refused:?}");
+    assert!(refused.1.contains("cooldown"), "{refused:?}");
+
+    // The API is measured by route template, never by id.
+    let (_, metrics) = request(addr, "GET", "/metrics", None, None);
+    let hand = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("control_api_requests_total")
+                && l.contains(r#"route="/api/rooms/{id}/hand""#)
+                && l.contains(r#"status="200""#)
+        })
+        .unwrap_or_else(|| panic!("no hand requests counted:\n{metrics}"));
+    assert!(hand.ends_with(" 1"), "{hand}");
+    assert!(!metrics.contains(&id), "a room id leaked into a label");
 
     // Statistics, then the end: sessions close and the room is archived, out of the directory.
     let stats = ok(addr, "GET", &format!("/api/rooms/{id}/stats"), &host, None);
@@ -250,6 +280,28 @@ fn one_room_at_a_time_full_rooms_and_speaker_modes() {
         user_token("lee", "Lee"),
         user_token("kim", "Kim"),
     );
+    // `stoa token --user` mints user tokens with the server's keys.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stoa"))
+        .args([
+            "token",
+            "--user",
+            "--identity",
+            "hana",
+            "--name",
+            "Hana",
+            "--config",
+        ])
+        .arg(dir.join("stoa.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli_token = String::from_utf8(out.stdout).unwrap();
+    let me = ok(addr, "GET", "/api/me", cli_token.trim(), None);
+    assert_eq!(me, json!({"user": "hana", "name": "Hana"}));
     let a = create_room(addr, &hana, json!({"title": "A", "max_participants": 2}));
     let b = create_room(
         addr,
@@ -274,6 +326,51 @@ fn one_room_at_a_time_full_rooms_and_speaker_modes() {
     ok(addr, "POST", &format!("/api/rooms/{b}/hand"), &lee, None);
     let follows = ok(addr, "GET", "/api/follows", &lee, None);
     assert_eq!(follows["follows"][0], json!({"kind": "user", "id": "omar"}));
+    // Invitation links: only moderators make them; accepting one lets a listener raise a hand
+    // in an "invited" room.
+    let c = create_room(
+        addr,
+        &hana,
+        json!({"title": "C", "speaker_mode": "invited"}),
+    );
+    let (status, _) = api(
+        addr,
+        "POST",
+        &format!("/api/rooms/{c}/invitations"),
+        &kim,
+        None,
+    );
+    assert_eq!(status, 403);
+    let (status, link) = api(
+        addr,
+        "POST",
+        &format!("/api/rooms/{c}/invitations"),
+        &hana,
+        None,
+    );
+    assert_eq!(status, 201, "{link}");
+    assert_eq!(link["requires_confirmation"], true);
+    let token = link["token"].as_str().unwrap();
+    let seen = ok(
+        addr,
+        "GET",
+        &format!("/api/invitations/{token}"),
+        &kim,
+        None,
+    );
+    assert_eq!(seen["room"]["id"], c.as_str());
+    ok(addr, "POST", &format!("/api/rooms/{c}/token"), &kim, None);
+    let (status, _) = api(addr, "POST", &format!("/api/rooms/{c}/hand"), &kim, None);
+    assert_eq!(status, 403);
+    ok(
+        addr,
+        "POST",
+        &format!("/api/invitations/{token}/accept"),
+        &kim,
+        None,
+    );
+    ok(addr, "POST", &format!("/api/rooms/{c}/hand"), &kim, None);
+
     // Reactions are rate-limited.
     let mut limited = false;
     for _ in 0..30 {
@@ -398,9 +495,15 @@ fn two_instances_on_one_redis_share_rooms_and_reach_each_others_sessions() {
     let redis = RedisServer::start();
     let dir = scratch_dir("control-two");
     let cfg = config(&dir, "");
-    let env = [("STOA_REDIS_URL", redis.url.as_str())];
-    let one = Stoa::start(&cfg, &env);
-    let two = Stoa::start(&cfg, &env);
+    let redis_url = ("STOA_REDIS_URL", redis.url.as_str());
+    let one = Stoa::start(
+        &cfg,
+        &[redis_url, ("STOA_PUBLIC_URL", "ws://one.example:7880")],
+    );
+    let two = Stoa::start(
+        &cfg,
+        &[redis_url, ("STOA_PUBLIC_URL", "ws://two.example:7880")],
+    );
     let (hana, lee) = (user_token("hana", "Hana"), user_token("lee", "Lee"));
 
     // Created through instance one, listed by instance two.
@@ -408,8 +511,18 @@ fn two_instances_on_one_redis_share_rooms_and_reach_each_others_sessions() {
     let directory = ok(two.addr, "GET", "/api/rooms", &lee, None);
     assert_eq!(directory["live"][0]["id"], id.as_str());
 
-    // The listener's session lives on instance two; the host acts through instance one.
-    let (mut session, join, _) = join_live(two.addr, &id, &lee);
+    // Tokens from either instance send clients to the room's media node.
+    let grant = ok(
+        two.addr,
+        "POST",
+        &format!("/api/rooms/{id}/token"),
+        &lee,
+        None,
+    );
+    assert_eq!(grant["url"], "ws://one.example:7880");
+
+    // Even a session on instance two is reached by the host acting through instance one.
+    let (mut session, join) = SignalClient::join(two.addr, grant["token"].as_str().unwrap());
     assert!(!can_publish(join.participant.as_ref().unwrap()));
     ok(
         two.addr,

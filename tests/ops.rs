@@ -18,6 +18,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use livekit_protocol as lk;
 use stoa_signaling::token::{self, Claims};
 
+#[path = "../control/tests/common/redis_server.rs"]
+mod redis_server;
 mod support;
 
 use support::SignalClient;
@@ -56,7 +58,7 @@ impl Server {
         }
         let child = command
             .args(["serve", "--dev"])
-            .env("STOA_DATA_DIR", scratch_dir())
+            .env("STOA_DATA_DIR", support::scratch_dir("data"))
             .env("STOA_HTTP_PORT", http_port.to_string())
             .env("STOA_RTC_UDP_PORT", rtc_port.to_string())
             .env("STOA_KEYS", format!("{KEY}: {SECRET}"))
@@ -273,6 +275,8 @@ fn sigterm_drains_clients_and_exits() {
 
 #[test]
 fn livekit_config_is_read_and_ignored_keys_warned_once() {
+    // LiveKit's redis.address becomes the control plane's Redis store.
+    let redis = redis_server::RedisServer::start();
     let rtc_port = UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
         .expect("free udp port")
@@ -286,7 +290,8 @@ fn livekit_config_is_read_and_ignored_keys_warned_once() {
     std::fs::write(
         &path,
         format!(
-            "port: {http_port}\nrtc:\n  udp_port: {rtc_port}\n  tcp_port: 7881\nredis:\n  address: localhost:6379\nkeys:\n  {KEY}: {SECRET}\n"
+            "port: {http_port}\nrtc:\n  udp_port: {rtc_port}\n  tcp_port: 7881\nredis:\n  address: 127.0.0.1:{}\nkeys:\n  {KEY}: {SECRET}\n",
+            redis.port
         ),
     )
     .expect("write livekit config");
@@ -299,7 +304,7 @@ fn livekit_config_is_read_and_ignored_keys_warned_once() {
     let mut child = command
         .args(["serve", "--dev", "--livekit-config"])
         .arg(&path)
-        .env("STOA_DATA_DIR", scratch_dir())
+        .env("STOA_DATA_DIR", support::scratch_dir("data"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -335,13 +340,16 @@ fn livekit_config_is_read_and_ignored_keys_warned_once() {
             && listening.contains(&format!("rtc_udp=127.0.0.1:{rtc_port}")),
         "{listening}"
     );
-    for key in ["`rtc.tcp_port`", "`redis`"] {
-        let warned = lines
-            .iter()
-            .filter(|l| l.contains("WARN") && l.contains(key))
-            .count();
-        assert_eq!(warned, 1, "{key} warned {warned} times: {lines:#?}");
-    }
+    assert!(
+        lines.iter().any(|l| l.contains("store=Redis")),
+        "the LiveKit redis section was not used: {lines:#?}"
+    );
+    let key = "`rtc.tcp_port`";
+    let warned = lines
+        .iter()
+        .filter(|l| l.contains("WARN") && l.contains(key))
+        .count();
+    assert_eq!(warned, 1, "{key} warned {warned} times: {lines:#?}");
     assert!(!lines.iter().any(|l| l.contains(SECRET)), "{lines:#?}");
     assert_eq!(
         get(server.addr, "/readyz").expect("readyz"),
@@ -351,17 +359,4 @@ fn livekit_config_is_read_and_ignored_keys_warned_once() {
     let status = server.wait_exit(TIMEOUT);
     assert!(status.success(), "exit {status}");
     let _ = std::fs::remove_file(&path);
-}
-
-/// A fresh directory for one server's embedded store, so servers never share a store file.
-fn scratch_dir() -> std::path::PathBuf {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "stoa-test-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
 }

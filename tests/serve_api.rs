@@ -11,6 +11,8 @@
     reason = "the test bounds real waits with the wall clock"
 )]
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
@@ -144,7 +146,7 @@ fn serve_exposes_room_service_and_sends_webhooks() {
         command
             .args(["serve", "--dev", "--config"])
             .arg(&config)
-            .env("STOA_DATA_DIR", scratch_dir())
+            .env("STOA_DATA_DIR", support::scratch_dir("data"))
             .env("STOA_HTTP_PORT", http_port.to_string())
             .env("STOA_RTC_UDP_PORT", rtc_port.to_string())
             .stdin(Stdio::null())
@@ -203,17 +205,4 @@ fn serve_exposes_room_service_and_sends_webhooks() {
         assert!(!claims.sha256.is_empty(), "carries the body hash");
     }
     let _ = std::fs::remove_file(&config);
-}
-
-/// A fresh directory for one server's embedded store, so servers never share a store file.
-fn scratch_dir() -> std::path::PathBuf {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "stoa-test-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
 }

@@ -58,6 +58,7 @@ pub fn router(control: Control) -> Router {
         .route("/api", axum::routing::any(not_found))
         .route("/api/{*rest}", axum::routing::any(not_found))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .route_layer(axum::middleware::from_fn(crate::telemetry::track))
         .with_state(control)
 }
 
@@ -468,9 +469,13 @@ async fn token(
     let (user, name) = caller.user()?;
     let id = room_id(&id)?;
     let grant = c.join(user, name, &id).await?;
+    let url = match grant.media_url {
+        Some(url) => url,
+        None => media_url(&c, &headers),
+    };
     Ok(Json(TokenView {
         token: grant.token,
-        url: media_url(&c, &headers),
+        url,
         room: id.to_string(),
         identity: grant.identity,
         role: grant.role,

@@ -28,6 +28,9 @@ pub struct ControlConfig {
     pub redis_prefix: String,
     /// Seconds a live room may stay empty before it ends itself.
     pub empty_timeout: u64,
+    /// Seconds after which an instance that stopped sending heartbeats counts as dead, and
+    /// the members connected through it as gone.
+    pub presence_ttl: u64,
     /// Seconds a kicked user may not rejoin.
     pub kick_cooldown: u64,
     /// Lifetime of minted media tokens (seconds).
@@ -40,8 +43,9 @@ pub struct ControlConfig {
     pub max_participants: u32,
     /// Whether anyone may sign in as a guest with a display name (`POST /api/session/guest`).
     pub guest_sign_in: bool,
-    /// The WebSocket URL clients connect their media to (`ws[s]://host[:port]`); empty: derived
-    /// from each request's `Host` header.
+    /// This node's WebSocket URL for media (`ws[s]://host[:port]`). Rooms created on this node
+    /// send every client here, whichever node answers the token request, so that a room's
+    /// participants meet on one media node. Empty: the `Host` of each token request.
     pub public_url: String,
 }
 
@@ -53,6 +57,7 @@ impl Default for ControlConfig {
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_prefix: "stoa:".into(),
             empty_timeout: 300,
+            presence_ttl: 30,
             kick_cooldown: 300,
             token_ttl: 600,
             user_token_ttl: 7 * 24 * 3600,
@@ -73,9 +78,14 @@ impl ControlConfig {
                 self.redis_url
             ));
         }
-        if self.kick_cooldown == 0 || self.token_ttl == 0 || self.max_participants == 0 {
+        if self.kick_cooldown == 0
+            || self.token_ttl == 0
+            || self.max_participants == 0
+            || self.presence_ttl == 0
+        {
             return Err(
-                "control.kick_cooldown, token_ttl and max_participants must be above 0".into(),
+                "control.kick_cooldown, token_ttl, presence_ttl and max_participants must be above 0"
+                    .into(),
             );
         }
         let url = &self.public_url;

@@ -29,6 +29,7 @@ pub mod permission;
 pub mod room;
 pub mod service;
 pub mod store;
+pub mod telemetry;
 pub mod view;
 
 pub use config::{ControlConfig, StoreKind};

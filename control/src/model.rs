@@ -246,6 +246,10 @@ pub struct Room {
     pub ended_at: Option<u64>,
     /// Unix ms since which no member has been connected (live rooms).
     pub empty_since: Option<u64>,
+    /// Where its media lives: the `public_url` of the node that created it, when nodes have
+    /// their own URLs, so that every client of the room meets on one media node.
+    #[serde(default)]
+    pub media_url: Option<String>,
 }
 
 /// One user in a room.
@@ -268,6 +272,13 @@ pub struct Member {
     pub present_since: Option<u64>,
     /// Unix ms they went on stage (for speaking statistics).
     pub on_stage_since: Option<u64>,
+    /// The instance whose media plane hosts their session, while present.
+    #[serde(default)]
+    pub instance: Option<String>,
+    /// Unix ms they started speaking (the media plane's active-speaker detection), while they
+    /// speak.
+    #[serde(default)]
+    pub speaking_since: Option<u64>,
 }
 
 /// A room's statistics.
@@ -284,6 +295,9 @@ pub struct RoomStats {
     pub listening_sessions: u64,
     /// Time on stage per user (ms).
     pub stage_ms: BTreeMap<UserId, u64>,
+    /// Time actually speaking per user (ms), from the media plane's active-speaker detection.
+    #[serde(default)]
+    pub speaking_ms: BTreeMap<UserId, u64>,
     /// Reactions sent.
     pub reactions: u64,
     /// Hands raised.
@@ -311,6 +325,19 @@ pub struct RoomDoc {
 }
 
 impl RoomDoc {
+    /// A new room with nobody in it.
+    pub fn new(room: Room) -> RoomDoc {
+        RoomDoc {
+            room,
+            members: BTreeMap::new(),
+            hands: BTreeMap::new(),
+            bans: BTreeSet::new(),
+            kicks: BTreeMap::new(),
+            invited: BTreeSet::new(),
+            stats: RoomStats::default(),
+        }
+    }
+
     /// Members connected now.
     pub fn present(&self) -> impl Iterator<Item = (&UserId, &Member)> {
         self.members.iter().filter(|(_, m)| m.present)

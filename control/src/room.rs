@@ -43,10 +43,13 @@ pub enum Command {
     End,
     /// Archive an ended room once its live state is cleaned up.
     Archive,
-    /// The media plane saw the user connect.
-    Connected(UserId),
-    /// The media plane saw the user disconnect.
-    Disconnected(UserId),
+    /// The media plane of `instance` saw the user connect.
+    Connected(UserId, String),
+    /// The media plane detected the user starting (`true`) or stopping speaking.
+    Speaking(UserId, bool),
+    /// The media plane of `instance` saw the user disconnect, or `instance` died. Ignored when
+    /// the user is connected through another instance by now.
+    Disconnected(UserId, String),
 }
 
 /// Inputs other than the document and command.
@@ -124,8 +127,9 @@ pub fn apply(
                 doc.room.state = RoomState::Archived;
             }
         }
-        Command::Connected(u) => connected(doc, &u, cx, &mut fx),
-        Command::Disconnected(u) => disconnected(doc, &u, cx, &mut fx),
+        Command::Speaking(u, on) => speaking(doc, &u, on, cx),
+        Command::Connected(u, instance) => connected(doc, &u, instance, cx, &mut fx),
+        Command::Disconnected(u, instance) => disconnected(doc, &u, &instance, cx, &mut fx),
     }
     Ok(fx)
 }
@@ -271,6 +275,8 @@ fn join(
             present: false,
             present_since: None,
             on_stage_since: role.on_stage().then_some(cx.now),
+            instance: None,
+            speaking_since: None,
         },
     );
     doc.stats.total_joins += 1;
@@ -301,6 +307,8 @@ fn account(stats: &mut crate::model::RoomStats, u: &UserId, m: &mut Member, now:
         stats.listening_sessions += 1;
     }
     m.present = false;
+    m.instance = None;
+    stop_speaking(stats, u, m, now);
     if let Some(since) = m.on_stage_since.take() {
         *stats.stage_ms.entry(u.clone()).or_default() += now.saturating_sub(since);
     }
@@ -655,10 +663,31 @@ fn end(doc: &mut RoomDoc, cx: &Context, fx: &mut Effects) -> Result<(), ControlE
     Ok(())
 }
 
-fn connected(doc: &mut RoomDoc, u: &UserId, cx: &Context, fx: &mut Effects) {
+fn speaking(doc: &mut RoomDoc, u: &UserId, on: bool, cx: &Context) {
     let Some(m) = doc.members.get_mut(u) else {
         return;
     };
+    if on {
+        if m.present && m.speaking_since.is_none() {
+            m.speaking_since = Some(cx.now);
+        }
+    } else {
+        stop_speaking(&mut doc.stats, u, m, cx.now);
+    }
+}
+
+/// Closes a member's speaking period into the statistics.
+fn stop_speaking(stats: &mut crate::model::RoomStats, u: &UserId, m: &mut Member, now: u64) {
+    if let Some(since) = m.speaking_since.take() {
+        *stats.speaking_ms.entry(u.clone()).or_default() += now.saturating_sub(since);
+    }
+}
+
+fn connected(doc: &mut RoomDoc, u: &UserId, instance: String, cx: &Context, fx: &mut Effects) {
+    let Some(m) = doc.members.get_mut(u) else {
+        return;
+    };
+    m.instance = Some(instance);
     if m.present {
         return;
     }
@@ -670,13 +699,15 @@ fn connected(doc: &mut RoomDoc, u: &UserId, cx: &Context, fx: &mut Effects) {
     audience_event(doc, fx);
 }
 
-fn disconnected(doc: &mut RoomDoc, u: &UserId, cx: &Context, fx: &mut Effects) {
+fn disconnected(doc: &mut RoomDoc, u: &UserId, instance: &str, cx: &Context, fx: &mut Effects) {
     let Some(m) = doc.members.get_mut(u) else {
         return;
     };
-    if !m.present {
+    if !m.present || m.instance.as_deref().is_some_and(|i| i != instance) {
         return;
     }
+    m.instance = None;
+    stop_speaking(&mut doc.stats, u, m, cx.now);
     if let Some(since) = m.present_since {
         doc.stats.listening_ms += cx.now.saturating_sub(since);
         doc.stats.listening_sessions += 1;

@@ -10,31 +10,24 @@ fn uid(s: &str) -> UserId {
 }
 
 fn doc(kind: RoomKind, mode: SpeakerMode) -> RoomDoc {
-    RoomDoc {
-        room: Room {
-            id: RoomId::parse("aaaaaaaaaaaaaaaa").unwrap(),
-            title: "t".into(),
-            topic: String::new(),
-            description: String::new(),
-            kind,
-            speaker_mode: mode,
-            max_participants: 4,
-            host: uid("host"),
-            created_by: uid("host"),
-            state: RoomState::Scheduled,
-            created_at: 0,
-            scheduled_for: None,
-            started_at: None,
-            ended_at: None,
-            empty_since: None,
-        },
-        members: Default::default(),
-        hands: Default::default(),
-        bans: Default::default(),
-        kicks: Default::default(),
-        invited: Default::default(),
-        stats: Default::default(),
-    }
+    RoomDoc::new(Room {
+        id: RoomId::parse("aaaaaaaaaaaaaaaa").unwrap(),
+        title: "t".into(),
+        topic: String::new(),
+        description: String::new(),
+        kind,
+        speaker_mode: mode,
+        max_participants: 4,
+        host: uid("host"),
+        created_by: uid("host"),
+        state: RoomState::Scheduled,
+        created_at: 0,
+        scheduled_for: None,
+        started_at: None,
+        ended_at: None,
+        empty_since: None,
+        media_url: None,
+    })
 }
 
 fn cx(now: u64) -> Context {
@@ -362,14 +355,14 @@ fn end_disconnects_everyone_and_keeps_statistics() {
     apply(
         &mut d,
         &Actor::System,
-        Command::Connected(uid("ann")),
+        Command::Connected(uid("ann"), "i1".into()),
         &cx(1_000),
     )
     .unwrap();
     apply(
         &mut d,
         &Actor::System,
-        Command::Connected(uid("host")),
+        Command::Connected(uid("host"), "i1".into()),
         &cx(1_000),
     )
     .unwrap();
@@ -406,7 +399,7 @@ fn presence_tracks_emptiness() {
     apply(
         &mut d,
         &Actor::System,
-        Command::Connected(uid("ann")),
+        Command::Connected(uid("ann"), "i1".into()),
         &cx(10),
     )
     .unwrap();
@@ -414,17 +407,42 @@ fn presence_tracks_emptiness() {
     apply(
         &mut d,
         &Actor::System,
-        Command::Disconnected(uid("ann")),
+        Command::Disconnected(uid("ann"), "i1".into()),
         &cx(20),
     )
     .unwrap();
     assert_eq!(d.room.empty_since, Some(20));
+    // A disconnect reported for another instance (the user moved on) changes nothing.
+    apply(
+        &mut d,
+        &Actor::System,
+        Command::Connected(uid("ann"), "i2".into()),
+        &cx(25),
+    )
+    .unwrap();
+    let before = d.clone();
+    apply(
+        &mut d,
+        &Actor::System,
+        Command::Disconnected(uid("ann"), "i1".into()),
+        &cx(26),
+    )
+    .unwrap();
+    assert_eq!(d, before);
+    apply(
+        &mut d,
+        &Actor::System,
+        Command::Disconnected(uid("ann"), "i2".into()),
+        &cx(27),
+    )
+    .unwrap();
+    assert!(!d.members[&uid("ann")].present);
     // Strangers' presence changes nothing.
     let before = d.clone();
     apply(
         &mut d,
         &Actor::System,
-        Command::Connected(uid("zed")),
+        Command::Connected(uid("zed"), "i1".into()),
         &cx(30),
     )
     .unwrap();
@@ -446,4 +464,72 @@ fn self_actions_need_a_user_and_non_members_are_refused() {
     assert_eq!(err.code, "not_a_member");
     let err = run(&mut d, "ann", Command::Target(Action::Kick, uid("host")), 1).unwrap_err();
     assert_eq!(err.status, 403);
+}
+
+#[test]
+fn speaking_time_comes_from_the_media_plane() {
+    let mut d = live_stage();
+    let sys =
+        |d: &mut RoomDoc, c: Command, now: u64| apply(d, &Actor::System, c, &cx(now)).unwrap();
+    // Not connected: nothing counts.
+    sys(&mut d, Command::Speaking(uid("host"), true), 0);
+    assert_eq!(d.members[&uid("host")].speaking_since, None);
+    sys(&mut d, Command::Connected(uid("host"), "i1".into()), 0);
+    sys(&mut d, Command::Speaking(uid("host"), true), 1_000);
+    sys(&mut d, Command::Speaking(uid("host"), true), 2_000);
+    sys(&mut d, Command::Speaking(uid("host"), false), 4_000);
+    sys(&mut d, Command::Speaking(uid("host"), true), 10_000);
+    // A disconnect closes the open period.
+    sys(
+        &mut d,
+        Command::Disconnected(uid("host"), "i1".into()),
+        10_500,
+    );
+    assert_eq!(d.stats.speaking_ms[&uid("host")], 3_500);
+}
+
+/// Every action × every role × both room kinds through the state machine: refused with
+/// `not_allowed` exactly where the matrix says so (other refusals, such as approving a hand that
+/// is not raised, are about state, not permission).
+#[test]
+fn the_state_machine_enforces_the_matrix_everywhere() {
+    use crate::permission::allowed;
+    let mut checked = 0;
+    for kind in [RoomKind::Stage, RoomKind::Open] {
+        for role in Role::ALL {
+            for action in Action::ALL {
+                let mut d = doc(kind, SpeakerMode::Everyone);
+                run(&mut d, "host", Command::Start, 0).unwrap();
+                join(&mut d, "host", 0).unwrap();
+                join(&mut d, "actor", 0).unwrap();
+                join(&mut d, "target", 0).unwrap();
+                if kind == RoomKind::Stage {
+                    run(&mut d, "target", Command::Own(Action::RaiseHand), 1).unwrap();
+                }
+                let actor = if role == Role::Host { "host" } else { "actor" };
+                if role != Role::Host {
+                    d.members.get_mut(&uid("actor")).unwrap().role = role;
+                }
+                let command = match action {
+                    Action::Join => Command::Join { name: "x".into() },
+                    Action::React => Command::React {
+                        emoji: "👏".into()
+                    },
+                    Action::Start => Command::Start,
+                    Action::End => Command::End,
+                    a if a.has_target() => Command::Target(a, uid("target")),
+                    a => Command::Own(a),
+                };
+                let result = run(&mut d, actor, command, 2);
+                let refused = matches!(&result, Err(e) if e.code == "not_allowed");
+                assert_eq!(
+                    refused,
+                    !allowed(action, role, kind),
+                    "{action:?} by {role:?} in {kind:?}: {result:?}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 2 * 4 * 23);
 }

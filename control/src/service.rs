@@ -79,6 +79,8 @@ pub struct Grant {
     pub role: model::Role,
     /// The user id (LiveKit identity).
     pub identity: UserId,
+    /// The media node of the room, if it has one of its own.
+    pub media_url: Option<String>,
 }
 
 impl Control {
@@ -203,39 +205,28 @@ impl Control {
                 "scheduled_for is in the past",
             ));
         }
-        let doc = RoomDoc {
-            room: Room {
-                id: RoomId::random(),
-                title: model::text("title", &new.title, 1, model::MAX_TITLE)?,
-                topic: model::text("topic", &new.topic, 0, model::MAX_TOPIC)?,
-                description: model::text(
-                    "description",
-                    &new.description,
-                    0,
-                    model::MAX_DESCRIPTION,
-                )?,
-                kind: new.kind,
-                speaker_mode: new.speaker_mode,
-                max_participants: max,
-                host: host.clone(),
-                created_by: match who {
-                    Principal::User { id, .. } => id.clone(),
-                    Principal::Server => host.clone(),
-                },
-                state: RoomState::Scheduled,
-                created_at: now,
-                scheduled_for: new.scheduled_for,
-                started_at: None,
-                ended_at: None,
-                empty_since: None,
+        let doc = RoomDoc::new(Room {
+            id: RoomId::random(),
+            title: model::text("title", &new.title, 1, model::MAX_TITLE)?,
+            topic: model::text("topic", &new.topic, 0, model::MAX_TOPIC)?,
+            description: model::text("description", &new.description, 0, model::MAX_DESCRIPTION)?,
+            kind: new.kind,
+            speaker_mode: new.speaker_mode,
+            max_participants: max,
+            host: host.clone(),
+            created_by: match who {
+                Principal::User { id, .. } => id.clone(),
+                Principal::Server => host.clone(),
             },
-            members: Default::default(),
-            hands: Default::default(),
-            bans: Default::default(),
-            kicks: Default::default(),
-            invited: Default::default(),
-            stats: Default::default(),
-        };
+            state: RoomState::Scheduled,
+            created_at: now,
+            scheduled_for: new.scheduled_for,
+            started_at: None,
+            ended_at: None,
+            empty_since: None,
+            media_url: (!self.inner.config.public_url.is_empty())
+                .then(|| self.inner.config.public_url.clone()),
+        });
         self.inner.store.insert_room(&doc).await?;
         let id = doc.room.id.clone();
         self.publish(Effects {
@@ -388,6 +379,7 @@ impl Control {
             token,
             role,
             identity: user.clone(),
+            media_url: doc.room.media_url.clone(),
         })
     }
 
@@ -463,15 +455,31 @@ impl Control {
         let (Ok(id), Ok(user)) = (RoomId::parse(name), UserId::parse(identity)) else {
             return;
         };
+        let instance = self.inner.instance.clone();
         let command = if connected {
-            Command::Connected(user)
+            Command::Connected(user, instance)
         } else {
-            Command::Disconnected(user)
+            Command::Disconnected(user, instance)
         };
         match self.act(&Actor::System, &id, command).await {
             Ok(_) => {}
             Err(e) if e.status == 404 => {}
             Err(e) => tracing::warn!(room = %id, error = %e, "presence not recorded"),
+        }
+    }
+
+    /// The media plane detected `identity` starting or stopping speaking in room `name`.
+    pub async fn speaking(&self, name: &str, identity: &str, on: bool) {
+        let (Ok(id), Ok(user)) = (RoomId::parse(name), UserId::parse(identity)) else {
+            return;
+        };
+        match self
+            .act(&Actor::System, &id, Command::Speaking(user, on))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.status == 404 => {}
+            Err(e) => tracing::warn!(room = %id, error = %e, "speaking time not recorded"),
         }
     }
 
@@ -548,6 +556,39 @@ impl Control {
     }
 }
 
+impl Control {
+    /// Marks members connected through instances that stopped their heartbeat as gone.
+    async fn forget_dead_instances(&self, doc: &RoomDoc) {
+        let mut verdicts: HashMap<&str, bool> = HashMap::new();
+        for (user, m) in doc.present() {
+            let Some(instance) = m.instance.as_deref() else {
+                continue;
+            };
+            let alive = match verdicts.get(instance) {
+                Some(&a) => a,
+                None => {
+                    let a = instance == self.inner.instance
+                        || self.inner.store.alive(instance).await.unwrap_or(true);
+                    verdicts.insert(instance, a);
+                    a
+                }
+            };
+            if !alive {
+                tracing::info!(room = %doc.room.id, "member's instance is gone");
+                let command = Command::Disconnected(user.clone(), instance.to_owned());
+                if let Err(e) = self.act(&Actor::System, &doc.room.id, command).await {
+                    tracing::warn!(room = %doc.room.id, error = %e, "cannot record departure");
+                }
+            }
+        }
+    }
+
+    /// This instance's id (its heartbeat key and members' `instance`).
+    pub fn instance(&self) -> &str {
+        &self.inner.instance
+    }
+}
+
 /// Applies every instance's media commands to the local media plane and fans events out.
 async fn consume(inner: std::sync::Weak<Inner>, mut rx: broadcast::Receiver<BusMessage>) {
     loop {
@@ -574,15 +615,30 @@ async fn consume(inner: std::sync::Weak<Inner>, mut rx: broadcast::Receiver<BusM
     }
 }
 
-/// Ends live rooms that stayed empty past the timeout.
+/// Keeps this instance's heartbeat, marks members of dead instances as gone, and ends live
+/// rooms that stayed empty past the timeout.
 async fn sweep(inner: std::sync::Weak<Inner>) {
-    let mut tick = tokio::time::interval(SWEEP);
+    let ttl_ms = match inner.upgrade() {
+        Some(i) => i.config.presence_ttl * 1000,
+        None => return,
+    };
+    // Three heartbeats per lifetime, and rooms checked at least every SWEEP.
+    let period = SWEEP.min(Duration::from_millis(ttl_ms / 3).max(Duration::from_millis(100)));
+    let mut tick = tokio::time::interval(period);
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else {
             return;
         };
         let control = Control { inner };
+        if let Err(e) = control
+            .inner
+            .store
+            .heartbeat(&control.inner.instance, ttl_ms)
+            .await
+        {
+            tracing::warn!(error = %e, "heartbeat not recorded");
+        }
         let timeout = control.inner.config.empty_timeout * 1000;
         let rooms = match control.rooms(&[RoomState::Live]).await {
             Ok(r) => r,
@@ -592,6 +648,11 @@ async fn sweep(inner: std::sync::Weak<Inner>) {
             }
         };
         let now = now_ms();
+        for doc in &rooms {
+            control.forget_dead_instances(doc).await;
+        }
+        let present = rooms.iter().map(|d| d.present().count()).sum();
+        crate::telemetry::rooms(rooms.len(), None, present);
         for doc in rooms {
             if doc
                 .room

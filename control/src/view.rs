@@ -97,6 +97,8 @@ pub struct StatsView {
     pub average_listening_ms: u64,
     /// Time on stage per user (ms).
     pub stage_ms: BTreeMap<UserId, u64>,
+    /// Time speaking per user (ms), from active-speaker detection.
+    pub speaking_ms: BTreeMap<UserId, u64>,
     /// Reactions.
     pub reactions: u64,
     /// Hands raised.
@@ -206,6 +208,12 @@ pub fn stats(doc: &RoomDoc, now: u64) -> StatsView {
             *stage_ms.entry(u.clone()).or_default() += now.saturating_sub(since);
         }
     }
+    let mut speaking_ms = s.speaking_ms.clone();
+    for (u, m) in &doc.members {
+        if let Some(since) = m.speaking_since {
+            *speaking_ms.entry(u.clone()).or_default() += now.saturating_sub(since);
+        }
+    }
     let duration_ms = match (doc.room.started_at, doc.room.ended_at) {
         (Some(a), Some(b)) => b.saturating_sub(a),
         (Some(a), None) => now.saturating_sub(a),
@@ -221,6 +229,7 @@ pub fn stats(doc: &RoomDoc, now: u64) -> StatsView {
             .checked_div(s.listening_sessions)
             .unwrap_or(0),
         stage_ms,
+        speaking_ms,
         reactions: s.reactions,
         hands_raised: s.hands_raised,
         duration_ms,

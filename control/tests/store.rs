@@ -28,31 +28,24 @@ fn scratch(name: &str) -> std::path::PathBuf {
 }
 
 fn new_room(max: u32) -> RoomDoc {
-    RoomDoc {
-        room: Room {
-            id: RoomId::random(),
-            title: "Rust audio".into(),
-            topic: String::new(),
-            description: String::new(),
-            kind: RoomKind::Stage,
-            speaker_mode: SpeakerMode::Everyone,
-            max_participants: max,
-            host: uid("host"),
-            created_by: uid("host"),
-            state: RoomState::Scheduled,
-            created_at: 1,
-            scheduled_for: None,
-            started_at: None,
-            ended_at: None,
-            empty_since: None,
-        },
-        members: Default::default(),
-        hands: Default::default(),
-        bans: Default::default(),
-        kicks: Default::default(),
-        invited: Default::default(),
-        stats: Default::default(),
-    }
+    RoomDoc::new(Room {
+        id: RoomId::random(),
+        title: "Rust audio".into(),
+        topic: String::new(),
+        description: String::new(),
+        kind: RoomKind::Stage,
+        speaker_mode: SpeakerMode::Everyone,
+        max_participants: max,
+        host: uid("host"),
+        created_by: uid("host"),
+        state: RoomState::Scheduled,
+        created_at: 1,
+        scheduled_for: None,
+        started_at: None,
+        ended_at: None,
+        empty_since: None,
+        media_url: None,
+    })
 }
 
 fn cx() -> Context {

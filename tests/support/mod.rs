@@ -197,9 +197,18 @@ impl SignalClient {
                 .nth(1)
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0);
-            let mut body = String::new();
-            let _ = stream.read_to_string(&mut body);
-            return Err((status, body));
+            // The connection stays open (keep-alive): read exactly the announced body.
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            let mut body = vec![0u8; len];
+            let _ = stream.read_exact(&mut body);
+            return Err((status, String::from_utf8_lossy(&body).into_owned()));
         }
         Ok(SignalClient { stream })
     }

@@ -27,6 +27,9 @@ pub struct EmbeddedStore {
     /// of redb's lock so a slow closure cannot deadlock it).
     lock: Mutex<()>,
     bus: broadcast::Sender<BusMessage>,
+    /// Instance heartbeats: instance → unix ms of expiry. In memory: after a restart every
+    /// earlier instance is dead, as its sessions are.
+    alive: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -65,6 +68,7 @@ impl EmbeddedStore {
             db,
             lock: Mutex::new(()),
             bus,
+            alive: Mutex::new(Default::default()),
         })
     }
 
@@ -217,6 +221,25 @@ impl Store for EmbeddedStore {
         self.get_bytes(INVITES, token)?
             .map(|b| parse("invite", &b))
             .transpose()
+    }
+
+    async fn heartbeat(&self, instance: &str, ttl_ms: u64) -> Result<(), ControlError> {
+        let until = crate::clock::now_ms().saturating_add(ttl_ms);
+        self.alive
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(instance.to_owned(), until);
+        Ok(())
+    }
+
+    async fn alive(&self, instance: &str) -> Result<bool, ControlError> {
+        let now = crate::clock::now_ms();
+        Ok(self
+            .alive
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(instance)
+            .is_some_and(|&until| until > now))
     }
 
     async fn publish(&self, message: &BusMessage) -> Result<(), ControlError> {

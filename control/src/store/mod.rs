@@ -102,6 +102,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Looks an invitation up.
     async fn invite(&self, token: &str) -> Result<Option<Invite>, ControlError>;
 
+    /// Records that `instance` is alive for the next `ttl_ms`.
+    async fn heartbeat(&self, instance: &str, ttl_ms: u64) -> Result<(), ControlError>;
+
+    /// Whether `instance` sent a heartbeat that has not expired.
+    async fn alive(&self, instance: &str) -> Result<bool, ControlError>;
+
     /// Sends a command's outcome to every instance (this one included).
     async fn publish(&self, message: &BusMessage) -> Result<(), ControlError>;
 

@@ -16,11 +16,14 @@
 //! | `{p}user:{id}:room` | string | the one room the user is in |
 //! | `{p}user:{id}:follows` | set | `user:{id}` and `room:{id}` the user follows |
 //! | `{p}invite:{token}` | string | an invitation link (JSON), expiring with it |
+//! | `{p}presence:{instance}` | string | an instance's heartbeat; expires when it stops (TTL) |
+//! | `{p}lock:room:{id}` | string | who is changing the room now; expires after 5 s |
 //! | `{p}bus` | pub/sub channel | each command's media changes and events, for every instance |
 //!
-//! A room changes atomically: its keys are `WATCH`ed, read, changed in memory and written back
-//! in one `MULTI`/`EXEC`, retried when another instance changed them in between, so concurrent
-//! approvals and lowered hands never lose an update.
+//! A room changes atomically: writers take turns through the room's lock, then its keys are
+//! `WATCH`ed, read, changed in memory and written back in one `MULTI`/`EXEC` (retried if they
+//! changed anyway, e.g. after a lock expired), so concurrent approvals and lowered hands never
+//! lose an update and a busy room does not starve its writers.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -39,6 +42,12 @@ use crate::room::Effects;
 
 /// Attempts of one room update before giving up under contention.
 const ATTEMPTS: usize = 64;
+
+/// Attempts to take a room's lock (1 to 4 ms apart: about 5 s in all).
+const LOCK_ATTEMPTS: u64 = 2000;
+
+/// How long a room's lock lasts if its holder never releases it.
+const LOCK_MS: u64 = 5000;
 
 /// Idle dedicated connections kept for transactions.
 const POOL: usize = 8;
@@ -219,6 +228,59 @@ impl RedisStore {
         }))
     }
 
+    /// One optimistic transaction on a room's keys, retried when they change under it.
+    async fn transact(&self, id: &RoomId, f: &mut Mutation<'_>) -> Result<Effects, ControlError> {
+        let keys = self.room_keys(id);
+        let mut con = self.dedicated().await?;
+        for _ in 0..ATTEMPTS {
+            redis::cmd("WATCH")
+                .arg(&keys)
+                .query_async::<()>(&mut con)
+                .await
+                .map_err(redis_err)?;
+            let Some(mut doc) = self.load(&mut con, id).await? else {
+                redis::cmd("UNWATCH")
+                    .query_async::<()>(&mut con)
+                    .await
+                    .map_err(redis_err)?;
+                self.give_back(con);
+                return Err(ControlError::not_found("room", id.as_str()));
+            };
+            let before = doc.clone();
+            let effects = match f(&mut doc) {
+                Ok(e) => e,
+                Err(e) => {
+                    redis::cmd("UNWATCH")
+                        .query_async::<()>(&mut con)
+                        .await
+                        .map_err(redis_err)?;
+                    self.give_back(con);
+                    return Err(e);
+                }
+            };
+            if doc == before {
+                redis::cmd("UNWATCH")
+                    .query_async::<()>(&mut con)
+                    .await
+                    .map_err(redis_err)?;
+                self.give_back(con);
+                return Ok(effects);
+            }
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            self.write(&mut pipe, &doc)?;
+            let done: Option<()> = pipe.query_async(&mut con).await.map_err(redis_err)?;
+            if done.is_some() {
+                self.give_back(con);
+                return Ok(effects);
+            }
+            // Another instance changed the room between WATCH and EXEC: run again.
+        }
+        Err(ControlError::unavailable(format!(
+            "room {id} is changing too fast; try again"
+        )))
+    }
+
     /// Adds the writes of `doc` to an atomic pipeline.
     fn write(&self, pipe: &mut redis::Pipeline, doc: &RoomDoc) -> Result<(), ControlError> {
         let id = &doc.room.id;
@@ -323,55 +385,49 @@ impl Store for RedisStore {
         id: &RoomId,
         f: &mut Mutation<'_>,
     ) -> Result<Effects, ControlError> {
-        let keys = self.room_keys(id);
-        let mut con = self.dedicated().await?;
-        for _ in 0..ATTEMPTS {
-            redis::cmd("WATCH")
-                .arg(&keys)
-                .query_async::<()>(&mut con)
+        // Writers of one room take turns (a lock with an expiry, so a crashed holder cannot
+        // block the room); WATCH below still guards against a holder whose lock expired.
+        let lock = self.key(&format!("lock:room:{id}"));
+        let mut token = [0u8; 10];
+        getrandom::fill(&mut token)
+            .map_err(|_| ControlError::unavailable("no randomness for a lock token"))?;
+        let token = crate::model::base32(&token);
+        let mut shared = self.shared.clone();
+        let mut acquired = false;
+        for attempt in 0..LOCK_ATTEMPTS {
+            let got: Option<String> = redis::cmd("SET")
+                .arg(&lock)
+                .arg(&token)
+                .arg("NX")
+                .arg("PX")
+                .arg(LOCK_MS)
+                .query_async(&mut shared)
                 .await
                 .map_err(redis_err)?;
-            let Some(mut doc) = self.load(&mut con, id).await? else {
-                redis::cmd("UNWATCH")
-                    .query_async::<()>(&mut con)
-                    .await
-                    .map_err(redis_err)?;
-                self.give_back(con);
-                return Err(ControlError::not_found("room", id.as_str()));
-            };
-            let before = doc.clone();
-            let effects = match f(&mut doc) {
-                Ok(e) => e,
-                Err(e) => {
-                    redis::cmd("UNWATCH")
-                        .query_async::<()>(&mut con)
-                        .await
-                        .map_err(redis_err)?;
-                    self.give_back(con);
-                    return Err(e);
-                }
-            };
-            if doc == before {
-                redis::cmd("UNWATCH")
-                    .query_async::<()>(&mut con)
-                    .await
-                    .map_err(redis_err)?;
-                self.give_back(con);
-                return Ok(effects);
+            if got.is_some() {
+                acquired = true;
+                break;
             }
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            self.write(&mut pipe, &doc)?;
-            let done: Option<()> = pipe.query_async(&mut con).await.map_err(redis_err)?;
-            if done.is_some() {
-                self.give_back(con);
-                return Ok(effects);
-            }
-            // Another instance changed the room between WATCH and EXEC: run again.
+            tokio::time::sleep(Duration::from_millis(1 + attempt % 4)).await;
         }
-        Err(ControlError::unavailable(format!(
-            "room {id} is changing too fast; try again"
-        )))
+        if !acquired {
+            return Err(ControlError::unavailable(format!(
+                "room {id} is busy; try again"
+            )));
+        }
+        let result = self.transact(id, f).await;
+        let release = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+        );
+        if let Err(e) = release
+            .key(&lock)
+            .arg(&token)
+            .invoke_async::<i64>(&mut shared)
+            .await
+        {
+            tracing::warn!(error = %e, "room lock not released; it expires by itself");
+        }
+        result
     }
 
     async fn rooms(&self, states: &[RoomState]) -> Result<Vec<RoomDoc>, ControlError> {
@@ -479,6 +535,20 @@ impl Store for RedisStore {
             .await
             .map_err(redis_err)?;
         raw.map(|r| parse("invite", r.as_bytes())).transpose()
+    }
+
+    async fn heartbeat(&self, instance: &str, ttl_ms: u64) -> Result<(), ControlError> {
+        let mut con = self.shared.clone();
+        con.pset_ex::<_, _, ()>(self.key(&format!("presence:{instance}")), 1, ttl_ms.max(1))
+            .await
+            .map_err(redis_err)
+    }
+
+    async fn alive(&self, instance: &str) -> Result<bool, ControlError> {
+        let mut con = self.shared.clone();
+        con.exists(self.key(&format!("presence:{instance}")))
+            .await
+            .map_err(redis_err)
     }
 
     async fn publish(&self, message: &BusMessage) -> Result<(), ControlError> {

@@ -1,0 +1,78 @@
+//! The control plane's Prometheus metrics (rendered by the binary's `/metrics`). Labels are
+//! route templates, actions and states, never room or user ids.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+
+use crate::model::RoomState;
+
+/// API requests by `route` (template, e.g. `/api/rooms/{id}/hand`), `method` and `status`.
+pub const API_REQUESTS: &str = "control_api_requests_total";
+/// API request durations in seconds, by `route`.
+pub const API_SECONDS: &str = "control_api_request_duration_seconds";
+/// Rooms by `state`, as of the last sweep of this instance.
+pub const ROOMS: &str = "control_rooms";
+/// Members connected to live rooms, as of the last sweep.
+pub const PRESENT: &str = "control_members_present";
+
+/// `# HELP` texts and units.
+pub fn describe() {
+    describe_counter!(
+        API_REQUESTS,
+        Unit::Count,
+        "Control API requests by route template, method and status"
+    );
+    describe_histogram!(
+        API_SECONDS,
+        Unit::Seconds,
+        "Control API request durations by route"
+    );
+    describe_gauge!(
+        ROOMS,
+        Unit::Count,
+        "Rooms by lifecycle state (scheduled, live)"
+    );
+    describe_gauge!(PRESENT, Unit::Count, "Members connected to live rooms");
+}
+
+/// Counts and times every API request by its route template.
+pub async fn track(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    // The shell owns the clock; durations are for the histogram only.
+    #[allow(clippy::disallowed_methods)]
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    counter!(API_REQUESTS, "route" => route.clone(), "method" => method, "status" => status)
+        .increment(1);
+    histogram!(API_SECONDS, "route" => route).record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Records what a sweep saw of the live and scheduled rooms.
+pub fn rooms(live: usize, scheduled: Option<usize>, present: usize) {
+    gauge!(ROOMS, "state" => state(RoomState::Live)).set(live as f64);
+    if let Some(n) = scheduled {
+        gauge!(ROOMS, "state" => state(RoomState::Scheduled)).set(n as f64);
+    }
+    gauge!(PRESENT).set(present as f64);
+}
+
+fn state(s: RoomState) -> &'static str {
+    match s {
+        RoomState::Scheduled => "scheduled",
+        RoomState::Live => "live",
+        RoomState::Ended => "ended",
+        RoomState::Archived => "archived",
+    }
+}
