@@ -91,6 +91,17 @@ fn dockerfile_is_multi_stage_and_non_root() {
     assert!(froms[0].starts_with("FROM rust:1.") && froms[0].contains("bookworm"));
     assert!(froms[1].starts_with("FROM debian:bookworm-slim"));
     assert!(dockerfile.contains("cargo build --release --locked --bin stoa"));
+    // The web app is built by the same script as ./run.sh and ./test.sh, before the binary
+    // that embeds it.
+    let web = dockerfile
+        .find("bash web/build.sh")
+        .expect("the image builds the web app");
+    assert!(web < dockerfile.find("cargo build --release").unwrap_or(0));
+    let test_sh = read("test.sh");
+    assert!(
+        test_sh.contains("web/build.sh"),
+        "test.sh builds the web app the same way"
+    );
     let user = instructions
         .iter()
         .find_map(|l| l.strip_prefix("USER "))
