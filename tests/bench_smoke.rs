@@ -1,0 +1,120 @@
+//! Smoke runs of every `stoa-bench` scenario against a real `stoa serve --dev` child process:
+//! a few clients for a few seconds each, asserting that audio flows end to end (real Opus
+//! through ICE, DTLS and SRTP) and that the report is produced. Performance figures are never
+//! asserted here; they belong in BENCHMARKS.md.
+//!
+//! These live in the root package because only it can name the built server binary
+//! (`CARGO_BIN_EXE_stoa`); the bench library itself depends on no Stoa crate.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use stoa_bench::scenario::{self, Kind, Params, Quiet, Target};
+use stoa_bench::server::ServerProcess;
+
+fn params(kind: Kind) -> Params {
+    Params {
+        kind,
+        speakers: 2,
+        listeners: 3,
+        join_rate: 20.0,
+        duration: Duration::from_secs(3),
+        churn_rate: 1.0,
+        rotate_every: Duration::from_secs(1),
+        decoders: 1,
+    }
+}
+
+/// Start a server, run `params` against it, check the report.
+fn smoke(params: &Params) -> stoa_bench::report::Report {
+    let server = ServerProcess::spawn(Path::new(env!("CARGO_BIN_EXE_stoa")), None, None)
+        .expect("start stoa serve --dev");
+    let target = Target {
+        http: server.http,
+        key: "devkey".into(),
+        secret: "secret".into(),
+        room: "smoke".into(),
+        pid: Some(server.pid()),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = runtime
+        .block_on(async {
+            tokio::time::timeout(
+                params.bound() + Duration::from_secs(20),
+                scenario::run(target, params, &mut Quiet),
+            )
+            .await
+        })
+        .expect("the run ends by itself")
+        .expect("the run completes");
+    let table = report.table();
+    eprintln!("{table}");
+
+    assert_eq!(report.clients.failed, 0, "{:?}", report.clients.errors);
+    assert_eq!(
+        report.clients.heard, report.clients.listeners,
+        "every listener hears audio:\n{table}"
+    );
+    assert!(report.sent > 0 && report.received > 0, "{table}");
+    let j2a = report.join_to_first_audio_ms.as_ref().expect("join times");
+    assert_eq!(j2a.count, report.clients.listeners);
+    let latency = report.latency_ms.as_ref().expect("latency samples");
+    assert!(latency.count > 0);
+    // The decoding listener decodes real Opus: frames, none refused, the tone's level.
+    let check = report.audio_checks.first().expect("one decoding listener");
+    assert!(check.frames > 0 && check.errors == 0, "{check:?}");
+    assert!(check.rms > 0.05, "{check:?}");
+    // Server figures come from /proc and /metrics.
+    let server = report.server.as_ref().expect("server figures");
+    assert!(server.rss_kib_peak.unwrap_or(0) > 0);
+    assert!(!report.timeline.is_empty());
+    // The JSON has the same figures.
+    let json: serde_json::Value = serde_json::from_str(&report.json()).unwrap();
+    assert_eq!(json["clients"]["heard"], report.clients.heard);
+    report
+}
+
+#[test]
+fn audio_room() {
+    smoke(&params(Kind::Room));
+}
+
+#[test]
+fn join_storm() {
+    let p = Params {
+        listeners: 6,
+        join_rate: 50.0,
+        speakers: 1,
+        ..params(Kind::JoinStorm)
+    };
+    smoke(&p);
+}
+
+#[test]
+fn churn() {
+    let p = Params {
+        duration: Duration::from_secs(4),
+        ..params(Kind::Churn)
+    };
+    let report = smoke(&p);
+    assert!(report.churned >= 1, "listeners were replaced");
+    assert!(report.clients.listeners > p.listeners);
+}
+
+#[test]
+fn speaker_rotation() {
+    let p = Params {
+        duration: Duration::from_secs(4),
+        ..params(Kind::Rotation)
+    };
+    let report = smoke(&p);
+    assert!(report.rotations >= 2, "the floor passed on");
+    // Every listener heard both speakers in turn.
+    assert_eq!(report.clients.min_streams_heard, 2, "{}", report.table());
+}
