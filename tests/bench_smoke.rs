@@ -11,6 +11,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use stoa_bench::client::Depth;
 use stoa_bench::scenario::{self, Kind, Params, Quiet, Target};
 use stoa_bench::server::ServerProcess;
 
@@ -24,6 +25,7 @@ fn params(kind: Kind) -> Params {
         churn_rate: 1.0,
         rotate_every: Duration::from_secs(1),
         decoders: 1,
+        depth: Depth::Header,
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::client::Role;
+use crate::client::{Depth, Role};
 use crate::scenario::{Crowd, Progress, Sampler, ScenarioError, Target, percentile};
 use crate::server::ProcProbe;
 
@@ -34,6 +34,8 @@ pub struct CapacityParams {
     pub loss_limit: f64,
     /// p99 one-way latency limit, milliseconds.
     pub p99_limit_ms: f64,
+    /// How deeply listeners read what they receive.
+    pub depth: Depth,
     /// Cores the server is pinned to, when it is.
     pub server_cores: Option<usize>,
 }
@@ -107,7 +109,7 @@ pub async fn search(
     let bound = per_step * u32::try_from(steps_max).unwrap_or(u32::MAX) + Duration::from_secs(30);
     let probe_clock = crate::clock::Clock::start();
     let deadline = probe_clock.now() + bound;
-    let mut crowd = Crowd::new(target.clone(), deadline, 1)?;
+    let mut crowd = Crowd::new(target.clone(), deadline, 1, params.depth)?;
     let clock = crowd.clock();
     let mut sampler = Sampler::new(&target, &crowd);
     let mut harness = ProcProbe::new(std::process::id());

@@ -31,7 +31,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::audio::{AudioCheck, FRAME_SAMPLES, Stamp, ToneLoop};
 use crate::clock::Clock;
 use crate::peer::{MAX_DATAGRAM, Peer};
-use crate::reception::Reception;
+use crate::reception::{Reception, RtpSeen};
 
 /// Longest wait for the WebSocket upgrade and for the join response (livekit-client waits 15 s
 /// and 5 s).
@@ -84,6 +84,20 @@ pub enum Role {
     Listener,
 }
 
+/// How deeply a client reads received audio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Depth {
+    /// Count packets from their clear RTP headers (sequence number, timestamp, arrival) and
+    /// hand str0m only the packets needed to calibrate latency (about one in 50) plus
+    /// STUN, DTLS and RTCP: a cheap listener, so one core sinks many.
+    Header,
+    /// Let str0m decrypt and parse every packet.
+    Decrypt,
+    /// Decrypt every packet and decode it with libopus, to check the audio itself.
+    Decode,
+}
+
 /// What the scenario tells a running client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
@@ -132,8 +146,8 @@ pub struct ClientSpec {
     pub token: String,
     /// Speaker or listener.
     pub role: Role,
-    /// Whether to decode what arrives with libopus (a sample of listeners does).
-    pub decode: bool,
+    /// How deeply this client reads what arrives.
+    pub depth: Depth,
     /// The client leaves by itself at this instant.
     pub deadline: Instant,
 }
@@ -246,10 +260,15 @@ struct Session {
     publisher: Option<Peer>,
     publishing: Publishing,
     speaking: bool,
+    /// Packets sent.
     frame: u64,
+    /// When the first frame was sent, and the 20 ms frame slot of the last one: RTP
+    /// timestamps follow this clock as a microphone's do, also across silences.
+    audio_clock: Option<(Instant, u64)>,
     offer_id: u32,
     reception: Arc<Mutex<Reception>>,
     check: Option<AudioCheck>,
+    depth: Depth,
     heard: bool,
 }
 
@@ -318,7 +337,7 @@ async fn connect(
         ));
     };
     let subscriber = Peer::bind(shared.clock.now())?;
-    let check = if spec.decode {
+    let check = if spec.depth == Depth::Decode {
         AudioCheck::new().ok()
     } else {
         None
@@ -331,9 +350,11 @@ async fn connect(
         publishing: Publishing::Idle,
         speaking: false,
         frame: 0,
+        audio_clock: None,
         offer_id: 0,
         reception,
         check,
+        depth: spec.depth,
         heard: false,
     })
 }
@@ -417,13 +438,19 @@ impl Session {
 
     fn subscriber_datagram(&mut self, from: SocketAddr, n: usize, buf: &[u8]) {
         let now = self.shared.clock.now();
+        let header_only = self.depth == Depth::Header && self.subscriber.connected;
         let reception = &self.reception;
         let check = &mut self.check;
         let counters = &self.shared.counters;
         let mut heard = false;
         let mut on_rtp = |p: RtpPacket| {
-            let Ok(mut r) = reception.lock() else { return };
-            r.record(*p.header.ssrc, *p.seq_no, p.timestamp, &p.payload);
+            let seen = RtpSeen {
+                ssrc: *p.header.ssrc,
+                seq: p.header.sequence_number,
+                timestamp: p.header.timestamp,
+                len: p.payload.len(),
+            };
+            lock(reception).record(seen, p.timestamp, Some(&p.payload));
             counters.rtp_received.fetch_add(1, Ordering::Relaxed);
             counters
                 .bytes_received
@@ -433,13 +460,36 @@ impl Session {
                 c.decode(&p.payload);
             }
         };
-        self.subscriber.receive(now, from, &buf[..n], &mut on_rtp);
+        // Header-only listeners count most RTP from the clear header and skip str0m for it.
+        let header_read = |data: &[u8]| -> bool {
+            if !header_only {
+                return false;
+            }
+            let Some(seen) = RtpSeen::parse(data) else {
+                return false;
+            };
+            let mut r = lock(reception);
+            if r.wants_payload(seen.ssrc, now) {
+                return false;
+            }
+            r.record(seen, now, None);
+            counters.rtp_received.fetch_add(1, Ordering::Relaxed);
+            counters
+                .bytes_received
+                .fetch_add(seen.len as u64, Ordering::Relaxed);
+            true
+        };
+        if !header_read(&buf[..n]) {
+            self.subscriber.receive(now, from, &buf[..n], &mut on_rtp);
+        }
         // Drain whatever else is queued on the socket before going back to select.
         let mut more = [0u8; MAX_DATAGRAM];
         while let Ok((n, from)) = self.subscriber.socket.try_recv_from(&mut more) {
-            self.subscriber.receive(now, from, &more[..n], &mut on_rtp);
+            if !header_read(&more[..n]) {
+                self.subscriber.receive(now, from, &more[..n], &mut on_rtp);
+            }
         }
-        if heard && !self.heard {
+        if (heard || header_only) && !self.heard && lock(reception).heard() {
             self.heard = true;
             counters.heard.fetch_add(1, Ordering::Relaxed);
         }
@@ -449,9 +499,13 @@ impl Session {
         let now = self.shared.clock.now();
         let reception = &self.reception;
         self.subscriber.timeout(now, &mut |p: RtpPacket| {
-            if let Ok(mut r) = reception.lock() {
-                r.record(*p.header.ssrc, *p.seq_no, p.timestamp, &p.payload);
-            }
+            let seen = RtpSeen {
+                ssrc: *p.header.ssrc,
+                seq: p.header.sequence_number,
+                timestamp: p.header.timestamp,
+                len: p.payload.len(),
+            };
+            lock(reception).record(seen, p.timestamp, Some(&p.payload));
         });
         if let Some(p) = self.publisher.as_mut() {
             p.timeout(now, &mut |_| {});
@@ -630,11 +684,21 @@ impl Session {
             return;
         }
         let now = self.shared.clock.now();
+        let slot = match self.audio_clock {
+            None => 0,
+            Some((t0, last)) => {
+                let elapsed = now.saturating_duration_since(t0).as_micros();
+                let slot = u64::try_from(elapsed / FRAME_INTERVAL.as_micros()).unwrap_or(u64::MAX);
+                slot.max(last + 1)
+            }
+        };
+        let t0 = self.audio_clock.map_or(now, |(t0, _)| t0);
+        self.audio_clock = Some((t0, slot));
         let stamp = Stamp {
             seq: self.frame as u32,
             sent_ns: self.shared.clock.stamp(now),
         };
-        let payload = stamp.apply(self.shared.tone.frame(self.frame));
+        let payload = stamp.apply(self.shared.tone.frame(slot));
         let ext = ExtensionValues {
             audio_level: Some(AUDIO_LEVEL),
             voice_activity: Some(true),
@@ -648,7 +712,7 @@ impl Session {
             RtpWrite::new(
                 pt,
                 SeqNo::from(self.frame + 1),
-                (self.frame * FRAME_SAMPLES as u64) as u32,
+                (slot * FRAME_SAMPLES as u64) as u32,
                 now,
                 payload,
             )

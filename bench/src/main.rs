@@ -19,6 +19,7 @@ use clap::{Args, Parser, Subcommand};
 use nix::sched::{CpuSet, sched_setaffinity};
 use nix::unistd::Pid;
 use stoa_bench::capacity::{self, CapacityParams};
+use stoa_bench::client::Depth;
 use stoa_bench::report::{Tick, progress_line};
 use stoa_bench::scenario::{self, Kind, Params, Progress, Target};
 use stoa_bench::server::ServerProcess;
@@ -105,6 +106,9 @@ struct RunArgs {
     /// Listeners that also decode the audio with libopus.
     #[arg(long, default_value_t = 1)]
     decoders: usize,
+    /// How deeply the other listeners read the audio.
+    #[arg(long, value_enum, default_value = "header")]
+    depth: Depth,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -135,6 +139,9 @@ struct CapacityArgs {
     /// p99 latency limit, ms.
     #[arg(long, default_value_t = 50.0)]
     p99_limit: f64,
+    /// How deeply listeners read the audio.
+    #[arg(long, value_enum, default_value = "header")]
+    depth: Depth,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -189,6 +196,7 @@ fn main() -> anyhow::Result<()> {
                 churn_rate: a.churn_rate,
                 rotate_every: secs(a.rotate_every)?,
                 decoders: a.decoders,
+                depth: a.depth,
             };
             params.validate()?;
             let (target, _server) = target(&a.server)?;
@@ -210,6 +218,7 @@ fn main() -> anyhow::Result<()> {
                 hold: Duration::from_secs(a.hold),
                 loss_limit: a.loss_limit / 100.0,
                 p99_limit_ms: a.p99_limit,
+                depth: a.depth,
                 server_cores: a.server.server_cpus.as_deref().map(count_cpus),
             };
             let (target, _server) = target(&a.server)?;

@@ -168,6 +168,8 @@ pub struct Report {
     pub expected: u64,
     /// Packets received, over all listeners.
     pub received: u64,
+    /// Of those, packets str0m decrypted (the rest were read from their clear RTP header).
+    pub decrypted: u64,
     /// 1 - received / expected.
     pub loss: f64,
     /// RTP packets sent by speakers.
@@ -209,7 +211,7 @@ impl Report {
         let mut latency = Vec::new();
         let mut jitter = Vec::new();
         let mut gaps = Vec::new();
-        let (mut expected, mut received, mut bytes) = (0u64, 0u64, 0u64);
+        let (mut expected, mut received, mut bytes, mut decrypted) = (0u64, 0u64, 0u64, 0u64);
         let mut heard = 0;
         let mut min_streams = usize::MAX;
         let mut audio_checks = Vec::new();
@@ -224,6 +226,7 @@ impl Report {
             latency.extend_from_slice(&t.latency_us);
             expected += t.expected;
             received += t.received;
+            decrypted += t.decrypted;
             bytes += t.bytes;
             if let Some((frames, errors, rms)) = o.audio {
                 audio_checks.push(AudioCheckRow {
@@ -287,6 +290,7 @@ impl Report {
             longest_gap_ms: Quantiles::from_us(gaps),
             expected,
             received,
+            decrypted,
             loss,
             sent: speakers.iter().map(|s| s.sent).sum(),
             rx_pps,
@@ -348,8 +352,10 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "received      {:.0} pkt/s during play, {:.0} kbit/s payload over the run",
-            self.rx_pps, self.rx_kbps
+            "received      {:.0} pkt/s during play, {:.0} kbit/s over the run, {:.1} % decrypted",
+            self.rx_pps,
+            self.rx_kbps,
+            100.0 * self.decrypted as f64 / self.received.max(1) as f64
         );
         if let Some(sv) = &self.server {
             let _ = writeln!(

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::audio::{AudioError, ToneLoop};
 use crate::client::{
-    self, ClientError, ClientHandle, ClientSpec, Command, Counters, Outcome, Role, Shared,
+    self, ClientError, ClientHandle, ClientSpec, Command, Counters, Depth, Outcome, Role, Shared,
 };
 use crate::clock::Clock;
 use crate::reception::{Totals, Window};
@@ -94,6 +94,8 @@ pub struct Params {
     pub rotate_every: Duration,
     /// Listeners that also decode the audio with libopus.
     pub decoders: usize,
+    /// How deeply the other listeners read what they receive.
+    pub depth: Depth,
 }
 
 impl Params {
@@ -138,13 +140,20 @@ pub struct Crowd {
     listeners: Vec<ClientHandle>,
     started: usize,
     decoders: usize,
+    decoders_started: usize,
+    depth: Depth,
     /// Totals and outcomes of listeners that have left.
     gone: Vec<(Totals, Outcome)>,
 }
 
 impl Crowd {
     /// An empty crowd; every client it starts leaves by itself at `deadline`.
-    pub fn new(target: Target, deadline: Instant, decoders: usize) -> Result<Crowd, ScenarioError> {
+    pub fn new(
+        target: Target,
+        deadline: Instant,
+        decoders: usize,
+        depth: Depth,
+    ) -> Result<Crowd, ScenarioError> {
         let clock = Clock::start();
         let shared = Shared {
             clock,
@@ -159,6 +168,8 @@ impl Crowd {
             listeners: Vec::new(),
             started: 0,
             decoders,
+            decoders_started: 0,
+            depth,
             gone: Vec::new(),
         })
     }
@@ -195,12 +206,19 @@ impl Crowd {
             &identity,
             role,
         )?;
-        let decode = role == Role::Listener && self.listeners.len() < self.decoders;
+        let depth = match role {
+            Role::Listener if self.decoders_started < self.decoders => {
+                self.decoders_started += 1;
+                Depth::Decode
+            }
+            Role::Listener => self.depth,
+            Role::Speaker => Depth::Decrypt,
+        };
         let spec = ClientSpec {
             http: self.target.http,
             token,
             role,
-            decode,
+            depth,
             deadline: self.deadline,
         };
         let handle = ClientHandle::spawn(spec, self.shared.clone());
@@ -375,7 +393,7 @@ pub async fn run(
     let clock = Clock::start();
     let began = clock.now();
     let deadline = began + params.bound();
-    let mut crowd = Crowd::new(target.clone(), deadline, params.decoders)?;
+    let mut crowd = Crowd::new(target.clone(), deadline, params.decoders, params.depth)?;
     let mut sampler = Sampler::new(&target, &crowd);
     let second = Duration::from_secs(1);
     let mut next_tick = began + second;
