@@ -76,6 +76,10 @@ fn smoke(params: &Params) -> stoa_bench::report::Report {
     let server = report.server.as_ref().expect("server figures");
     assert!(server.rss_kib_peak.unwrap_or(0) > 0);
     assert!(!report.timeline.is_empty());
+    // The charts render from it.
+    for (_, chart) in stoa_bench::chart::run_charts(&report) {
+        assert!(chart.svg().contains("<polyline"));
+    }
     // The JSON has the same figures.
     let json: serde_json::Value = serde_json::from_str(&report.json()).unwrap();
     assert_eq!(json["clients"]["heard"], report.clients.heard);

@@ -24,6 +24,7 @@
 pub mod audio;
 pub mod baseline;
 pub mod capacity;
+pub mod chart;
 pub mod client;
 pub mod clock;
 mod peer;

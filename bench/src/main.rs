@@ -75,6 +75,9 @@ struct ServerArgs {
     /// Write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Write SVG charts into this directory.
+    #[arg(long, value_name = "DIR")]
+    plots: Option<PathBuf>,
     /// No progress lines.
     #[arg(long)]
     quiet: bool,
@@ -207,6 +210,10 @@ fn main() -> anyhow::Result<()> {
             let report = runtime.block_on(scenario::run(target, &params, &mut lines))?;
             println!("{}", report.table());
             write_json(a.server.json.as_ref(), &report.json())?;
+            write_charts(
+                a.server.plots.as_ref(),
+                stoa_bench::chart::run_charts(&report),
+            )?;
         }
         Cmd::Capacity(a) => {
             let params = CapacityParams {
@@ -230,6 +237,10 @@ fn main() -> anyhow::Result<()> {
             println!("{}", report.table());
             let json = serde_json::to_string_pretty(&report).context("serialise")?;
             write_json(a.server.json.as_ref(), &json)?;
+            write_charts(
+                a.server.plots.as_ref(),
+                stoa_bench::chart::capacity_charts(&report),
+            )?;
         }
         Cmd::Baseline(a) => {
             if let Some(cpus) = &a.bench_cpus {
@@ -331,6 +342,19 @@ fn count_cpus(list: &str) -> usize {
 fn write_json(path: Option<&PathBuf>, json: &str) -> anyhow::Result<()> {
     if let Some(p) = path {
         std::fs::write(p, json).with_context(|| format!("write {}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn write_charts(
+    dir: Option<&PathBuf>,
+    charts: Vec<(&'static str, stoa_bench::chart::Chart)>,
+) -> anyhow::Result<()> {
+    let Some(dir) = dir else { return Ok(()) };
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    for (stem, chart) in charts {
+        let path = dir.join(format!("{stem}.svg"));
+        std::fs::write(&path, chart.svg()).with_context(|| format!("write {}", path.display()))?;
     }
     Ok(())
 }
