@@ -18,6 +18,7 @@ use livekit_protocol as lk;
 use livekit_protocol::{signal_request, signal_response};
 use prost::Message as _;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::config::DtlsCert;
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
@@ -135,6 +136,16 @@ pub struct Shared {
     pub tone: Arc<ToneLoop>,
     /// Run-wide counters.
     pub counters: Arc<Counters>,
+    /// The DTLS certificate of every client's peer connections.
+    pub dtls_cert: Arc<DtlsCert>,
+}
+
+/// A DTLS certificate for [`Shared::dtls_cert`], from str0m's crypto provider.
+pub fn dtls_cert() -> Result<DtlsCert, ClientError> {
+    str0m::crypto::from_feature_flags()
+        .dtls_provider
+        .generate_certificate()
+        .ok_or_else(|| ClientError::Protocol("no DTLS certificate from the crypto provider".into()))
 }
 
 /// Where and who a client is.
@@ -336,7 +347,7 @@ async fn connect(
             "the first message was not the join response".into(),
         ));
     };
-    let subscriber = Peer::bind(shared.clock.now())?;
+    let subscriber = Peer::bind(shared.clock.now(), &shared.dtls_cert)?;
     let check = if spec.depth == Depth::Decode {
         AudioCheck::new().ok()
     } else {
@@ -391,6 +402,9 @@ impl Session {
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut sub_buf = vec![0u8; MAX_DATAGRAM];
         let mut pub_buf = vec![0u8; MAX_DATAGRAM];
+        // One timer, moved only when the next wake-up changes (not re-armed per datagram).
+        let sleep = tokio::time::sleep_until(deadline);
+        tokio::pin!(sleep);
         loop {
             let next = self
                 .publisher
@@ -399,6 +413,9 @@ impl Session {
                     p.next_timeout.min(self.subscriber.next_timeout)
                 });
             let wake = tokio::time::Instant::from_std(next).min(deadline);
+            if sleep.deadline() != wake {
+                sleep.as_mut().reset(wake);
+            }
             tokio::select! {
                 m = next_response(&mut self.ws) => {
                     if !self.signal(m?).await? {
@@ -407,7 +424,7 @@ impl Session {
                 }
                 r = self.subscriber.socket.recv_from(&mut sub_buf) => {
                     let (n, from) = r?;
-                    self.subscriber_datagram(from, n, &sub_buf);
+                    self.subscriber_datagram(from, n, &mut sub_buf);
                 }
                 r = recv_publisher(self.publisher.as_ref(), &mut pub_buf) => {
                     let (n, from) = r?;
@@ -416,7 +433,7 @@ impl Session {
                         p.receive(now, from, &pub_buf[..n], &mut |_| {});
                     }
                 }
-                _ = tokio::time::sleep_until(wake) => {
+                () = &mut sleep => {
                     if tokio::time::Instant::now() >= deadline {
                         return Ok(());
                     }
@@ -436,7 +453,7 @@ impl Session {
         }
     }
 
-    fn subscriber_datagram(&mut self, from: SocketAddr, n: usize, buf: &[u8]) {
+    fn subscriber_datagram(&mut self, from: SocketAddr, n: usize, buf: &mut [u8]) {
         let now = self.shared.clock.now();
         let header_only = self.depth == Depth::Header && self.subscriber.connected;
         let reception = &self.reception;
@@ -483,10 +500,9 @@ impl Session {
             self.subscriber.receive(now, from, &buf[..n], &mut on_rtp);
         }
         // Drain whatever else is queued on the socket before going back to select.
-        let mut more = [0u8; MAX_DATAGRAM];
-        while let Ok((n, from)) = self.subscriber.socket.try_recv_from(&mut more) {
-            if !header_read(&more[..n]) {
-                self.subscriber.receive(now, from, &more[..n], &mut on_rtp);
+        while let Ok((n, from)) = self.subscriber.socket.try_recv_from(buf) {
+            if !header_read(&buf[..n]) {
+                self.subscriber.receive(now, from, &buf[..n], &mut on_rtp);
             }
         }
         if (heard || header_only) && !self.heard && lock(reception).heard() {
@@ -557,7 +573,7 @@ impl Session {
                 }))
                 .await?;
                 self.publishing = Publishing::AwaitTrack { cid };
-                self.publisher = Some(Peer::bind(self.shared.clock.now())?);
+                self.publisher = Some(Peer::bind(self.shared.clock.now(), &self.shared.dtls_cert)?);
             }
             Publishing::Ready { sid, .. } => {
                 let sid = sid.clone();

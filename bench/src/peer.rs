@@ -7,6 +7,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use str0m::config::DtlsCert;
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::RtpPacket;
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
@@ -36,8 +37,10 @@ pub(crate) struct Peer {
 }
 
 impl Peer {
-    /// A peer with one host candidate on a fresh 127.0.0.1 port; Opus only, RTP mode.
-    pub fn bind(now: Instant) -> io::Result<Peer> {
+    /// A peer with one host candidate on a fresh 127.0.0.1 port; Opus only, RTP mode; DTLS
+    /// with `cert` (shared by the harness: generating one per client costs the harness, not
+    /// the server, and the server still runs a full handshake per peer).
+    pub fn bind(now: Instant, cert: &DtlsCert) -> io::Result<Peer> {
         let std_socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
         std_socket.set_nonblocking(true)?;
         let local = std_socket.local_addr()?;
@@ -46,6 +49,7 @@ impl Peer {
             .set_rtp_mode(true)
             .clear_codecs()
             .enable_opus(true, false)
+            .set_dtls_cert(cert.clone())
             .build(now);
         let candidate = Candidate::host(local, "udp")
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;

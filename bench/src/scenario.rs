@@ -159,6 +159,7 @@ impl Crowd {
             clock,
             tone: Arc::new(ToneLoop::encode()?),
             counters: Arc::new(Counters::default()),
+            dtls_cert: Arc::new(client::dtls_cert()?),
         };
         Ok(Crowd {
             target,
