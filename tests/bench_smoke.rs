@@ -115,12 +115,14 @@ fn churn() {
 
 #[test]
 fn speaker_rotation() {
+    // Two seconds per turn: time for the second speaker's first publish even on a busy machine.
     let p = Params {
-        duration: Duration::from_secs(4),
+        duration: Duration::from_secs(5),
+        rotate_every: Duration::from_secs(2),
         ..params(Kind::Rotation)
     };
     let report = smoke(&p);
-    assert!(report.rotations >= 2, "the floor passed on");
+    assert!(report.rotations >= 2, "the floor passed on and back");
     // Every listener heard both speakers in turn.
     assert_eq!(report.clients.min_streams_heard, 2, "{}", report.table());
 }

@@ -271,6 +271,8 @@ struct Session {
     publisher: Option<Peer>,
     publishing: Publishing,
     speaking: bool,
+    /// Whether the scenario wants this client to speak (it may still be negotiating).
+    floor: bool,
     /// Packets sent.
     frame: u64,
     /// When the first frame was sent, and the 20 ms frame slot of the last one: RTP
@@ -360,6 +362,7 @@ async fn connect(
         publisher: None,
         publishing: Publishing::Idle,
         speaking: false,
+        floor: false,
         frame: 0,
         audio_clock: None,
         offer_id: 0,
@@ -532,7 +535,17 @@ impl Session {
     async fn signal(&mut self, m: signal_response::Message) -> Result<bool, ClientError> {
         match m {
             signal_response::Message::Offer(sd) => self.answer(sd).await?,
-            signal_response::Message::Answer(sd) => self.accept_answer(&sd)?,
+            signal_response::Message::Answer(sd) => {
+                let was_ready = matches!(self.publishing, Publishing::Ready { .. });
+                self.accept_answer(&sd)?;
+                // Told to be silent while the track was being negotiated: mute it now.
+                if let (false, false, Publishing::Ready { sid, .. }) =
+                    (was_ready, self.floor, &self.publishing)
+                {
+                    let sid = sid.clone();
+                    self.mute(sid, true).await?;
+                }
+            }
             signal_response::Message::TrackPublished(t) => self.offer_publisher(t).await?,
             signal_response::Message::Leave(_) => return Ok(false),
             _ => {}
@@ -561,6 +574,7 @@ impl Session {
     }
 
     async fn speak(&mut self) -> Result<(), ClientError> {
+        self.floor = true;
         match &self.publishing {
             Publishing::Idle => {
                 let cid = format!("mic-{}", self.shared.clock.elapsed().as_nanos());
@@ -586,6 +600,7 @@ impl Session {
     }
 
     async fn silence(&mut self) -> Result<(), ClientError> {
+        self.floor = false;
         self.speaking = false;
         if let Publishing::Ready { sid, .. } = &self.publishing {
             let sid = sid.clone();
@@ -683,7 +698,7 @@ impl Session {
             .ok_or_else(|| ClientError::Protocol("no Opus in the answer".into()))?;
         peer.drain(&mut |_| {});
         self.publishing = Publishing::Ready { sid, mid, pt };
-        self.speaking = true;
+        self.speaking = self.floor;
         Ok(())
     }
 
