@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use livekit_api::access_token::{AccessToken, VideoGrants};
 use livekit_protocol as lk;
@@ -266,7 +267,13 @@ enum Publishing {
 
 struct Session {
     shared: Shared,
-    ws: Ws,
+    /// Requests go out here.
+    sink: SplitSink<Ws, WsMessage>,
+    /// Responses arrive here from the reader task, which alone polls the WebSocket: polling
+    /// it from the media loop would cost a read attempt (and tungstenite's buffer reset) per
+    /// datagram.
+    signals: mpsc::Receiver<Result<signal_response::Message, ClientError>>,
+    _reader: AbortOnDrop,
     subscriber: Peer,
     publisher: Option<Peer>,
     publishing: Publishing,
@@ -355,9 +362,22 @@ async fn connect(
     } else {
         None
     };
+    let (sink, mut stream) = ws.split();
+    let (tx, signals) = mpsc::channel(64);
+    let reader = AbortOnDrop(tokio::spawn(async move {
+        loop {
+            let m = next_response(&mut stream).await;
+            let end = m.is_err();
+            if tx.send(m).await.is_err() || end {
+                return;
+            }
+        }
+    }));
     Ok(Session {
         shared: shared.clone(),
-        ws,
+        sink,
+        signals,
+        _reader: reader,
         subscriber,
         publisher: None,
         publishing: Publishing::Idle,
@@ -373,8 +393,23 @@ async fn connect(
     })
 }
 
+/// Aborts a task when dropped.
+#[derive(Debug)]
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The next signal response; binary protobuf frames only, others skipped.
-async fn next_response(ws: &mut Ws) -> Result<signal_response::Message, ClientError> {
+async fn next_response(
+    ws: &mut (
+             impl futures_util::Stream<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>>
+             + Unpin
+         ),
+) -> Result<signal_response::Message, ClientError> {
     loop {
         match ws.next().await {
             Some(Ok(WsMessage::Binary(b))) => {
@@ -420,8 +455,9 @@ impl Session {
                 sleep.as_mut().reset(wake);
             }
             tokio::select! {
-                m = next_response(&mut self.ws) => {
-                    if !self.signal(m?).await? {
+                m = self.signals.recv() => {
+                    let m = m.unwrap_or(Err(ClientError::Closed))?;
+                    if !self.signal(m).await? {
                         return Ok(());
                     }
                 }
@@ -759,7 +795,7 @@ impl Session {
 
     async fn send(&mut self, m: signal_request::Message) -> Result<(), ClientError> {
         let bytes = lk::SignalRequest { message: Some(m) }.encode_to_vec();
-        self.ws
+        self.sink
             .send(WsMessage::Binary(bytes.into()))
             .await
             .map_err(|e| ClientError::Connect(e.to_string()))
@@ -783,7 +819,7 @@ impl Session {
         };
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             let _ = self.send(signal_request::Message::Leave(leave)).await;
-            let _ = self.ws.close(None).await;
+            let _ = self.sink.close().await;
         })
         .await;
     }
