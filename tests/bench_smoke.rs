@@ -11,6 +11,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use stoa_bench::capacity::{self, CapacityParams};
 use stoa_bench::client::Depth;
 use stoa_bench::scenario::{self, Kind, Params, Quiet, Target};
 use stoa_bench::server::ServerProcess;
@@ -125,4 +126,53 @@ fn speaker_rotation() {
     assert!(report.rotations >= 2, "the floor passed on and back");
     // Every listener heard both speakers in turn.
     assert_eq!(report.clients.min_streams_heard, 2, "{}", report.table());
+}
+
+#[test]
+fn capacity_ramp() {
+    let server = ServerProcess::spawn(Path::new(env!("CARGO_BIN_EXE_stoa")), None, None)
+        .expect("start stoa serve --dev");
+    let target = Target {
+        http: server.http,
+        key: "devkey".into(),
+        secret: "secret".into(),
+        room: "ramp".into(),
+        pid: Some(server.pid()),
+    };
+    // Limits no small step can miss on loopback: the ramp must run to its cap.
+    let params = CapacityParams {
+        speakers: 1,
+        start: 2,
+        step: 2,
+        max_listeners: 4,
+        join_rate: 20.0,
+        hold: Duration::from_secs(1),
+        loss_limit: 0.5,
+        p99_limit_ms: 5_000.0,
+        depth: Depth::Header,
+        server_cores: None,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = runtime
+        .block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(60),
+                capacity::search(target, &params, &mut Quiet),
+            )
+            .await
+        })
+        .expect("the ramp ends by itself")
+        .expect("the ramp completes");
+    eprintln!("{}", report.table());
+    assert_eq!(report.steps.len(), 2, "{}", report.table());
+    assert!(report.steps.iter().all(|s| s.pass && s.rx_pps > 0.0));
+    assert_eq!(report.max_streams, 4);
+    assert!(report.steps[1].server_cpu_cores.is_some());
+    for (_, chart) in stoa_bench::chart::capacity_charts(&report) {
+        assert!(chart.svg().contains("<polyline"));
+    }
 }
