@@ -84,6 +84,7 @@ fn smoke(params: &Params) -> stoa_bench::report::Report {
     // The JSON has the same figures.
     let json: serde_json::Value = serde_json::from_str(&report.json()).unwrap();
     assert_eq!(json["clients"]["heard"], report.clients.heard);
+    assert_eq!(json["params"]["duration"], params.duration.as_secs_f64());
     report
 }
 

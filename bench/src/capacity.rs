@@ -29,6 +29,7 @@ pub struct CapacityParams {
     /// Listener joins per second.
     pub join_rate: f64,
     /// Seconds each step is measured for (after one second to settle).
+    #[serde(serialize_with = "crate::scenario::seconds")]
     pub hold: Duration,
     /// Loss limit, as a fraction.
     pub loss_limit: f64,

@@ -87,10 +87,12 @@ pub struct Params {
     /// Listener joins per second.
     pub join_rate: f64,
     /// How long the room plays once every listener has been started.
+    #[serde(serialize_with = "seconds")]
     pub duration: Duration,
     /// Churn: listeners replaced per second.
     pub churn_rate: f64,
     /// Rotation: seconds each speaker holds the floor.
+    #[serde(serialize_with = "seconds")]
     pub rotate_every: Duration,
     /// Listeners that also decode the audio with libopus.
     pub decoders: usize,
@@ -359,6 +361,11 @@ impl Sampler {
         self.ticks.push(tick.clone());
         tick
     }
+}
+
+/// Durations in reports are seconds.
+pub(crate) fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
 }
 
 /// The `q` quantile (0..=1) of sorted samples.
