@@ -73,6 +73,9 @@ while IFS= read -r name; do
 done < <(compgen -e)
 
 echo "run.sh: starting $stoa serve --dev" >&2
+# A store of its own, so that runs never share (or lock) a store file.
+STOA_DATA_DIR=$(mktemp -d -t stoa-e2e-data.XXXXXX)
+export STOA_DATA_DIR
 RUST_BACKTRACE=1 "$stoa" serve --dev --log-level "${STOA_E2E_SERVER_LOG:-info,stoa=debug,stoa_signaling=debug,stoa_sfu=debug}" \
     >"$server_log" 2>&1 </dev/null &
 server_pid=$!

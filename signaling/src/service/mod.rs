@@ -61,6 +61,9 @@ pub struct ServiceConfig {
     pub ping_timeout: u32,
     /// Where room and participant events go as webhooks, if anywhere.
     pub webhooks: Option<crate::webhook::Notifier>,
+    /// An in-process receiver of the same events (the control plane's presence). Bounded:
+    /// when it is full, events are dropped and logged, never waited for.
+    pub observer: Option<mpsc::Sender<lk::WebhookEvent>>,
 }
 
 impl Default for ServiceConfig {
@@ -70,6 +73,7 @@ impl Default for ServiceConfig {
             ping_interval: 5,
             ping_timeout: 15,
             webhooks: None,
+            observer: None,
         }
     }
 }
@@ -498,11 +502,11 @@ impl Service {
         participant: Option<lk::ParticipantInfo>,
         track: Option<lk::TrackInfo>,
     ) {
-        let Some(notifier) = self.config.webhooks.clone() else {
+        if self.config.webhooks.is_none() && self.config.observer.is_none() {
             return;
-        };
+        }
         let id = self.new_sid("EV_");
-        notifier.notify(lk::WebhookEvent {
+        let event = lk::WebhookEvent {
             event: event.to_owned(),
             room,
             participant,
@@ -510,7 +514,15 @@ impl Service {
             id,
             created_at: now_ms() / 1000,
             ..Default::default()
-        });
+        };
+        if let Some(observer) = &self.config.observer
+            && observer.try_send(event.clone()).is_err()
+        {
+            tracing::warn!(event = %event.event, "event observer full; event dropped");
+        }
+        if let Some(notifier) = &self.config.webhooks {
+            notifier.notify(event);
+        }
     }
 
     /// `room_started` for a room just created.
