@@ -5,7 +5,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -27,10 +27,12 @@ pub enum ServerError {
     NotListening(SocketAddr),
 }
 
-/// A `stoa serve --dev` child process on free loopback ports; killed when dropped.
+/// A `stoa serve --dev` child process on free loopback ports, with its own state directory;
+/// killed (and the directory removed) when dropped.
 #[derive(Debug)]
 pub struct ServerProcess {
     child: Child,
+    data_dir: PathBuf,
     /// Its HTTP and WebSocket address.
     pub http: SocketAddr,
 }
@@ -59,6 +61,10 @@ impl ServerProcess {
                 command.env_remove(name);
             }
         }
+        // A state directory of its own, so that servers started side by side never share one.
+        let data_dir =
+            std::env::temp_dir().join(format!("stoa-bench-{}-{http_port}", std::process::id()));
+        std::fs::create_dir_all(&data_dir)?;
         let (stdout, stderr) = match log {
             Some(path) => {
                 let file = std::fs::File::create(path)?;
@@ -72,12 +78,14 @@ impl ServerProcess {
             .arg("--rtc-udp-port")
             .arg(udp_port.to_string())
             .env("STOA_LOG_LEVEL", "warn")
+            .env("STOA_DATA_DIR", &data_dir)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
             .spawn()?;
         let server = ServerProcess {
             child,
+            data_dir,
             http: SocketAddr::from(([127, 0, 0, 1], http_port)),
         };
         // The harness owns a clock: this bounds a real wait.
@@ -103,6 +111,7 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
 
