@@ -26,6 +26,11 @@ need_pkg() {
 
 # Add new system dependencies here, one line each.
 need_pkg pkg-config pkg-config
+if ! pkg-config --exists opus 2>/dev/null; then
+    # stoa-bench links libopus (real Opus for its speakers); need_pkg's command check cannot
+    # see a library.
+    need_pkg stoa-libopus-check libopus-dev
+fi
 need_pkg node nodejs
 need_pkg npm npm
 need_pkg chromium chromium # browser end-to-end test (tests/browser.rs)

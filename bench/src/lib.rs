@@ -1,9 +1,34 @@
 //! `stoa-bench`: Stoa's load generator and reports.
 //!
-//! This crate owns load generation against a Stoa deployment: many client peers speaking the
-//! client side of the LiveKit protocol over real sockets, and latency and capacity reports
-//! derived from what those clients actually receive, so its numbers mean what users get.
+//! Many client peers speak the client side of the LiveKit protocol over real sockets (a
+//! WebSocket to `/rtc`, str0m peer connections with real ICE, DTLS and SRTP), so the same harness
+//! drives Stoa or any LiveKit-compatible server, and its numbers mean what users get.
 //!
-//! Not implemented yet: the crate holds no code beyond this description.
+//! - [`client`]: one participant: signaling, a subscriber connection, and for speakers a
+//!   publisher connection sending real Opus ([`audio`]) in 20 ms frames.
+//! - [`reception`]: what one listener measured: join-to-first-audio, loss, jitter, latency.
+//! - [`scenario`]: audio room, join storm, churn and speaker rotation, bounded in time and count.
+//! - [`server`]: the server under test as a child process, and its CPU and memory from `/proc`.
+//! - [`report`]: the summary table and JSON; [`capacity`]: the listener ramp;
+//!   [`baseline`]: what the kernel alone sends per core with `sendmmsg`.
+//!
+//! One-way latency needs one clock: speakers and listeners run in this one process and share a
+//! [`clock::Clock`]; each Opus packet carries its send time in Opus padding (RFC 6716 §3.2.5),
+//! which decoders ignore, so the audio stays real and decodable.
+//!
+//! Errors: network and server input never panics; a client that fails records why and the run
+//! goes on, so a report also counts failures.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
+
+pub mod audio;
+pub mod baseline;
+pub mod capacity;
+pub mod chart;
+pub mod client;
+pub mod clock;
+mod peer;
+pub mod reception;
+pub mod report;
+pub mod scenario;
+pub mod server;

@@ -1,0 +1,360 @@
+//! `stoa-bench`: load-test a Stoa (or any LiveKit-compatible) server on this machine.
+//!
+//! ```text
+//! stoa-bench run --scenario room --speakers 2 --listeners 50 --spawn target/release/stoa
+//! stoa-bench capacity --speakers 1 --start 100 --step 100 --spawn target/release/stoa \
+//!     --server-cpus 0 --bench-cpus 1
+//! stoa-bench baseline --seconds 3
+//! ```
+
+// A binary: it owns the clock and prints its reports.
+#![allow(clippy::disallowed_methods, clippy::print_stdout)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use nix::sched::{CpuSet, sched_setaffinity};
+use nix::unistd::Pid;
+use stoa_bench::capacity::{self, CapacityParams};
+use stoa_bench::client::Depth;
+use stoa_bench::report::{Tick, progress_line};
+use stoa_bench::scenario::{self, Kind, Params, Progress, Target};
+use stoa_bench::server::ServerProcess;
+
+/// Load generator for Stoa: LiveKit-protocol clients over real UDP on this machine.
+#[derive(Debug, Parser)]
+#[command(name = "stoa-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Play one scenario and print its report.
+    Run(RunArgs),
+    /// Ramp listeners until loss or latency passes its limit.
+    Capacity(CapacityArgs),
+    /// Measure what the kernel alone sends per core with sendmmsg.
+    Baseline(BaselineArgs),
+}
+
+/// Which server, and how the harness runs.
+#[derive(Debug, Args)]
+struct ServerArgs {
+    /// HTTP address of a running server (ignored with --spawn).
+    #[arg(long, default_value = "127.0.0.1:7880")]
+    url: SocketAddr,
+    /// Its process id, to read its CPU and memory from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Start this `stoa` binary as `serve --dev` on free loopback ports instead.
+    #[arg(long, value_name = "PATH")]
+    spawn: Option<PathBuf>,
+    /// Pin the spawned server to these CPUs (taskset list, e.g. `0`).
+    #[arg(long, value_name = "LIST")]
+    server_cpus: Option<String>,
+    /// Pin this harness to these CPUs (e.g. `1`).
+    #[arg(long, value_name = "LIST")]
+    bench_cpus: Option<String>,
+    /// Harness worker threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// API key.
+    #[arg(long, default_value = "devkey")]
+    key: String,
+    /// API secret.
+    #[arg(long, default_value = "secret")]
+    secret: String,
+    /// Room name.
+    #[arg(long, default_value = "bench")]
+    room: String,
+    /// Write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Write SVG charts into this directory.
+    #[arg(long, value_name = "DIR")]
+    plots: Option<PathBuf>,
+    /// No progress lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Which scenario.
+    #[arg(long, value_enum, default_value = "room")]
+    scenario: Kind,
+    /// Speakers.
+    #[arg(long, default_value_t = 2)]
+    speakers: usize,
+    /// Listeners.
+    #[arg(long, default_value_t = 20)]
+    listeners: usize,
+    /// Listener joins per second.
+    #[arg(long, default_value_t = 50.0)]
+    join_rate: f64,
+    /// Seconds the room plays after the last listener was started.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Churn: listeners replaced per second.
+    #[arg(long, default_value_t = 2.0)]
+    churn_rate: f64,
+    /// Rotation: seconds per speaker.
+    #[arg(long, default_value_t = 2.0)]
+    rotate_every: f64,
+    /// Listeners that also decode the audio with libopus.
+    #[arg(long, default_value_t = 1)]
+    decoders: usize,
+    /// How deeply the other listeners read the audio.
+    #[arg(long, value_enum, default_value = "header")]
+    depth: Depth,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+struct CapacityArgs {
+    /// Speakers, all speaking.
+    #[arg(long, default_value_t = 1)]
+    speakers: usize,
+    /// Listeners of the first step.
+    #[arg(long, default_value_t = 100)]
+    start: usize,
+    /// Listeners added per step.
+    #[arg(long, default_value_t = 100)]
+    step: usize,
+    /// Most listeners.
+    #[arg(long, default_value_t = 2000)]
+    max_listeners: usize,
+    /// Listener joins per second.
+    #[arg(long, default_value_t = 100.0)]
+    join_rate: f64,
+    /// Seconds each step is measured.
+    #[arg(long, default_value_t = 5)]
+    hold: u64,
+    /// Loss limit, percent.
+    #[arg(long, default_value_t = 1.0)]
+    loss_limit: f64,
+    /// p99 latency limit, ms.
+    #[arg(long, default_value_t = 50.0)]
+    p99_limit: f64,
+    /// How deeply listeners read the audio.
+    #[arg(long, value_enum, default_value = "header")]
+    depth: Depth,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+struct BaselineArgs {
+    /// Seconds to send.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Destination sockets.
+    #[arg(long, default_value_t = 1000)]
+    destinations: usize,
+    /// Datagram size, bytes.
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+    /// Pin to these CPUs.
+    #[arg(long, value_name = "LIST")]
+    bench_cpus: Option<String>,
+    /// Write the result as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+struct Lines {
+    quiet: bool,
+}
+
+impl Progress for Lines {
+    fn line(&mut self, tick: &Tick) {
+        if !self.quiet {
+            eprintln!("{}", progress_line(tick));
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Run(a) => {
+            let params = Params {
+                kind: a.scenario,
+                speakers: a.speakers,
+                listeners: a.listeners,
+                join_rate: a.join_rate,
+                duration: secs(a.duration)?,
+                churn_rate: a.churn_rate,
+                rotate_every: secs(a.rotate_every)?,
+                decoders: a.decoders,
+                depth: a.depth,
+            };
+            params.validate()?;
+            let (target, _server) = target(&a.server)?;
+            let runtime = runtime(&a.server)?;
+            let mut lines = Lines {
+                quiet: a.server.quiet,
+            };
+            let report = runtime.block_on(scenario::run(target, &params, &mut lines))?;
+            println!("{}", report.table());
+            write_json(a.server.json.as_ref(), &report.json())?;
+            write_charts(
+                a.server.plots.as_ref(),
+                stoa_bench::chart::run_charts(&report),
+            )?;
+        }
+        Cmd::Capacity(a) => {
+            let params = CapacityParams {
+                speakers: a.speakers,
+                start: a.start,
+                step: a.step,
+                max_listeners: a.max_listeners,
+                join_rate: a.join_rate,
+                hold: Duration::from_secs(a.hold),
+                loss_limit: a.loss_limit / 100.0,
+                p99_limit_ms: a.p99_limit,
+                depth: a.depth,
+                server_cores: a.server.server_cpus.as_deref().map(count_cpus),
+            };
+            let (target, _server) = target(&a.server)?;
+            let runtime = runtime(&a.server)?;
+            let mut lines = Lines {
+                quiet: a.server.quiet,
+            };
+            let report = runtime.block_on(capacity::search(target, &params, &mut lines))?;
+            println!("{}", report.table());
+            let json = serde_json::to_string_pretty(&report).context("serialise")?;
+            write_json(a.server.json.as_ref(), &json)?;
+            write_charts(
+                a.server.plots.as_ref(),
+                stoa_bench::chart::capacity_charts(&report),
+            )?;
+        }
+        Cmd::Baseline(a) => {
+            if let Some(cpus) = &a.bench_cpus {
+                pin(cpus)?;
+            }
+            let r = stoa_bench::baseline::sendmmsg_baseline(
+                secs(a.seconds)?,
+                a.destinations,
+                a.payload,
+            )
+            .context("sendmmsg baseline")?;
+            println!(
+                "sendmmsg baseline: {} datagrams of {} bytes to {} sockets in {:.2} s, {:.2} CPU s: {:.0} pkt/s, {:.0} pkt/s per core",
+                r.packets,
+                r.payload,
+                r.destinations,
+                r.seconds,
+                r.cpu_seconds,
+                r.pps,
+                r.pps_per_core
+            );
+            let json = serde_json::to_string_pretty(&r).context("serialise")?;
+            write_json(a.json.as_ref(), &json)?;
+        }
+    }
+    Ok(())
+}
+
+fn secs(s: f64) -> anyhow::Result<Duration> {
+    if !(s > 0.0 && s <= 3600.0) {
+        bail!("durations must be in (0, 3600] seconds, got {s}");
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+/// The target server: spawned (kept alive by the returned process) or given.
+fn target(a: &ServerArgs) -> anyhow::Result<(Target, Option<ServerProcess>)> {
+    if !a.url.ip().is_loopback() {
+        bail!("stoa-bench only drives servers on this machine's loopback addresses");
+    }
+    let (http, pid, process) = match &a.spawn {
+        Some(path) => {
+            let p = ServerProcess::spawn(path, a.server_cpus.as_deref(), None)
+                .with_context(|| format!("start {}", path.display()))?;
+            (p.http, Some(p.pid()), Some(p))
+        }
+        None => (a.url, a.server_pid, None),
+    };
+    Ok((
+        Target {
+            http,
+            key: a.key.clone(),
+            secret: a.secret.clone(),
+            room: a.room.clone(),
+            pid,
+        },
+        process,
+    ))
+}
+
+fn runtime(a: &ServerArgs) -> anyhow::Result<tokio::runtime::Runtime> {
+    if let Some(cpus) = &a.bench_cpus {
+        pin(cpus)?;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(a.threads.clamp(1, 64))
+        .enable_all()
+        .build()
+        .context("tokio runtime")
+}
+
+/// Pin this thread (and so the threads it starts later) to a taskset-style CPU list.
+fn pin(list: &str) -> anyhow::Result<()> {
+    let mut set = CpuSet::new();
+    for cpu in cpus(list)? {
+        set.set(cpu).with_context(|| format!("cpu {cpu}"))?;
+    }
+    sched_setaffinity(Pid::from_raw(0), &set).context("sched_setaffinity")
+}
+
+fn cpus(list: &str) -> anyhow::Result<Vec<usize>> {
+    let mut out = Vec::new();
+    for part in list.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.trim().parse()?, b.trim().parse()?);
+                out.extend(a..=b);
+            }
+            None => out.push(part.trim().parse()?),
+        }
+    }
+    Ok(out)
+}
+
+fn count_cpus(list: &str) -> usize {
+    cpus(list).map_or(0, |c| c.len())
+}
+
+fn write_json(path: Option<&PathBuf>, json: &str) -> anyhow::Result<()> {
+    if let Some(p) = path {
+        std::fs::write(p, json).with_context(|| format!("write {}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn write_charts(
+    dir: Option<&PathBuf>,
+    charts: Vec<(&'static str, stoa_bench::chart::Chart)>,
+) -> anyhow::Result<()> {
+    let Some(dir) = dir else { return Ok(()) };
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    for (stem, chart) in charts {
+        let path = dir.join(format!("{stem}.svg"));
+        std::fs::write(&path, chart.svg()).with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,240 @@
+//! The server under test: started as a child process (optionally pinned to some cores with
+//! `taskset`), or an already running one known by its pid; its CPU time and resident memory are
+//! read from `/proc/<pid>/stat` and `/proc/<pid>/status`, and its packet counters from its
+//! Prometheus `/metrics`.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (`USER_HZ`, 100 on every Linux ABI
+/// this runs on).
+const TICKS_PER_SECOND: f64 = 100.0;
+/// Longest wait for a started server to listen.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Why the server could not be started or read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The process could not be spawned, or a port found.
+    #[error("start the server: {0}")]
+    Spawn(#[from] io::Error),
+    /// It did not listen in time.
+    #[error("the server did not listen on {0} within 20 s")]
+    NotListening(SocketAddr),
+}
+
+/// A `stoa serve --dev` child process on free loopback ports, with its own state directory;
+/// killed (and the directory removed) when dropped.
+#[derive(Debug)]
+pub struct ServerProcess {
+    child: Child,
+    data_dir: PathBuf,
+    /// Its HTTP and WebSocket address.
+    pub http: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Start `binary serve --dev` on free 127.0.0.1 ports, under `taskset -c cpus` when given,
+    /// and wait (bounded) until it listens. Its output goes to `log` when given.
+    pub fn spawn(
+        binary: &Path,
+        cpus: Option<&str>,
+        log: Option<&Path>,
+    ) -> Result<ServerProcess, ServerError> {
+        let http_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let udp_port = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut command = match cpus {
+            Some(cpus) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", cpus]).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        // Only flags decide the ports and keys: clear inherited STOA_* settings.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("STOA_") {
+                command.env_remove(name);
+            }
+        }
+        // A state directory of its own, so that servers started side by side never share one.
+        let data_dir =
+            std::env::temp_dir().join(format!("stoa-bench-{}-{http_port}", std::process::id()));
+        std::fs::create_dir_all(&data_dir)?;
+        let (stdout, stderr) = match log {
+            Some(path) => {
+                let file = std::fs::File::create(path)?;
+                (Stdio::from(file.try_clone()?), Stdio::from(file))
+            }
+            None => (Stdio::null(), Stdio::null()),
+        };
+        let child = command
+            .args(["serve", "--dev", "--http-port"])
+            .arg(http_port.to_string())
+            .arg("--rtc-udp-port")
+            .arg(udp_port.to_string())
+            .env("STOA_LOG_LEVEL", "warn")
+            .env("STOA_DATA_DIR", &data_dir)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()?;
+        let server = ServerProcess {
+            child,
+            data_dir,
+            http: SocketAddr::from(([127, 0, 0, 1], http_port)),
+        };
+        // The harness owns a clock: this bounds a real wait.
+        #[allow(clippy::disallowed_methods)]
+        let deadline = Instant::now() + START_TIMEOUT;
+        #[allow(clippy::disallowed_methods)]
+        while TcpStream::connect_timeout(&server.http, Duration::from_millis(100)).is_err() {
+            if Instant::now() > deadline {
+                return Err(ServerError::NotListening(server.http));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(server)
+    }
+
+    /// The process id (that of `stoa` itself: `taskset` execs it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// CPU and memory of one process at one instant.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct ProcSample {
+    /// CPU used since the previous sample, in cores (1.0 = one core busy).
+    pub cpu_cores: f64,
+    /// Resident set size, KiB.
+    pub rss_kib: u64,
+}
+
+/// Reads a process's CPU time and RSS from `/proc`.
+#[derive(Debug)]
+pub struct ProcProbe {
+    pid: u32,
+    last: Option<(Instant, u64)>,
+}
+
+impl ProcProbe {
+    /// A probe of process `pid`.
+    pub fn new(pid: u32) -> ProcProbe {
+        ProcProbe { pid, last: None }
+    }
+
+    /// Sample now; the CPU figure covers the time since the previous sample (0 the first time).
+    pub fn sample(&mut self, now: Instant) -> io::Result<ProcSample> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
+        let ticks = parse_cpu_ticks(&stat)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable stat"))?;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        let rss_kib = parse_rss_kib(&status).unwrap_or(0);
+        let cpu_cores = match self.last {
+            Some((then, before)) => {
+                let wall = now.saturating_duration_since(then).as_secs_f64();
+                if wall > 0.0 {
+                    ticks.saturating_sub(before) as f64 / TICKS_PER_SECOND / wall
+                } else {
+                    0.0
+                }
+            }
+            None => 0.0,
+        };
+        self.last = Some((now, ticks));
+        Ok(ProcSample { cpu_cores, rss_kib })
+    }
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line. The command name in
+/// parentheses may hold spaces, so fields are counted after the last `)`.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    // After ")": field 3 (state) is the first; utime is field 14, the 12th here.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// `VmRSS` of a `/proc/<pid>/status` file, KiB.
+fn parse_rss_kib(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The server's own RTP counters: packets received from publishers and forwarded to
+/// subscribers (`sfu_rtp_packets_*_total` on `/metrics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct RtpCounters {
+    /// RTP packets received.
+    pub received: f64,
+    /// RTP packets forwarded.
+    pub forwarded: f64,
+}
+
+/// Scrape `/metrics` (blocking, bounded by a 2 s timeout); `None` when unavailable.
+pub fn scrape_rtp(http: SocketAddr) -> Option<RtpCounters> {
+    let timeout = Duration::from_secs(2);
+    let mut stream = TcpStream::connect_timeout(&http, timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let value = |name: &str| -> Option<f64> {
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    Some(RtpCounters {
+        received: value("sfu_rtp_packets_received_total")?,
+        forwarded: value("sfu_rtp_packets_forwarded_total")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_stat_and_status() {
+        let stat = "4242 (stoa (x) y) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 9 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(325));
+        assert_eq!(
+            parse_rss_kib("Name:\tstoa\nVmRSS:\t   51200 kB\n"),
+            Some(51_200)
+        );
+        assert_eq!(parse_cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn probes_this_process() {
+        let mut probe = ProcProbe::new(std::process::id());
+        #[allow(clippy::disallowed_methods)]
+        let s = probe.sample(Instant::now()).unwrap();
+        assert!(s.rss_kib > 0);
+    }
+}

@@ -1,0 +1,179 @@
+//! Smoke runs of every `stoa-bench` scenario against a real `stoa serve --dev` child process:
+//! a few clients for a few seconds each, asserting that audio flows end to end (real Opus
+//! through ICE, DTLS and SRTP) and that the report is produced. Performance figures are never
+//! asserted here; they belong in BENCHMARKS.md.
+//!
+//! These live in the root package because only it can name the built server binary
+//! (`CARGO_BIN_EXE_stoa`); the bench library itself depends on no Stoa crate.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use stoa_bench::capacity::{self, CapacityParams};
+use stoa_bench::client::Depth;
+use stoa_bench::scenario::{self, Kind, Params, Quiet, Target};
+use stoa_bench::server::ServerProcess;
+
+fn params(kind: Kind) -> Params {
+    Params {
+        kind,
+        speakers: 2,
+        listeners: 3,
+        join_rate: 20.0,
+        duration: Duration::from_secs(3),
+        churn_rate: 1.0,
+        rotate_every: Duration::from_secs(1),
+        decoders: 1,
+        depth: Depth::Header,
+    }
+}
+
+/// Start a server, run `params` against it, check the report.
+fn smoke(params: &Params) -> stoa_bench::report::Report {
+    let server = ServerProcess::spawn(Path::new(env!("CARGO_BIN_EXE_stoa")), None, None)
+        .expect("start stoa serve --dev");
+    let target = Target {
+        http: server.http,
+        key: "devkey".into(),
+        secret: "secret".into(),
+        room: "smoke".into(),
+        pid: Some(server.pid()),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = runtime
+        .block_on(async {
+            tokio::time::timeout(
+                params.bound() + Duration::from_secs(20),
+                scenario::run(target, params, &mut Quiet),
+            )
+            .await
+        })
+        .expect("the run ends by itself")
+        .expect("the run completes");
+    let table = report.table();
+    eprintln!("{table}");
+
+    assert_eq!(report.clients.failed, 0, "{:?}", report.clients.errors);
+    assert_eq!(
+        report.clients.heard, report.clients.listeners,
+        "every listener hears audio:\n{table}"
+    );
+    assert!(report.sent > 0 && report.received > 0, "{table}");
+    let j2a = report.join_to_first_audio_ms.as_ref().expect("join times");
+    assert_eq!(j2a.count, report.clients.listeners);
+    let latency = report.latency_ms.as_ref().expect("latency samples");
+    assert!(latency.count > 0);
+    // The decoding listener decodes real Opus: frames, none refused, the tone's level.
+    let check = report.audio_checks.first().expect("one decoding listener");
+    assert!(check.frames > 0 && check.errors == 0, "{check:?}");
+    assert!(check.rms > 0.05, "{check:?}");
+    // Server figures come from /proc and /metrics.
+    let server = report.server.as_ref().expect("server figures");
+    assert!(server.rss_kib_peak.unwrap_or(0) > 0);
+    assert!(!report.timeline.is_empty());
+    // The charts render from it.
+    for (_, chart) in stoa_bench::chart::run_charts(&report) {
+        assert!(chart.svg().contains("<polyline"));
+    }
+    // The JSON has the same figures.
+    let json: serde_json::Value = serde_json::from_str(&report.json()).unwrap();
+    assert_eq!(json["clients"]["heard"], report.clients.heard);
+    assert_eq!(json["params"]["duration"], params.duration.as_secs_f64());
+    report
+}
+
+#[test]
+fn audio_room() {
+    smoke(&params(Kind::Room));
+}
+
+#[test]
+fn join_storm() {
+    let p = Params {
+        listeners: 6,
+        join_rate: 50.0,
+        speakers: 1,
+        ..params(Kind::JoinStorm)
+    };
+    smoke(&p);
+}
+
+#[test]
+fn churn() {
+    let p = Params {
+        duration: Duration::from_secs(4),
+        ..params(Kind::Churn)
+    };
+    let report = smoke(&p);
+    assert!(report.churned >= 1, "listeners were replaced");
+    assert!(report.clients.listeners > p.listeners);
+}
+
+#[test]
+fn speaker_rotation() {
+    // Two seconds per turn: time for the second speaker's first publish even on a busy machine.
+    let p = Params {
+        duration: Duration::from_secs(5),
+        rotate_every: Duration::from_secs(2),
+        ..params(Kind::Rotation)
+    };
+    let report = smoke(&p);
+    assert!(report.rotations >= 2, "the floor passed on and back");
+    // Every listener heard both speakers in turn.
+    assert_eq!(report.clients.min_streams_heard, 2, "{}", report.table());
+}
+
+#[test]
+fn capacity_ramp() {
+    let server = ServerProcess::spawn(Path::new(env!("CARGO_BIN_EXE_stoa")), None, None)
+        .expect("start stoa serve --dev");
+    let target = Target {
+        http: server.http,
+        key: "devkey".into(),
+        secret: "secret".into(),
+        room: "ramp".into(),
+        pid: Some(server.pid()),
+    };
+    // Limits no small step can miss on loopback: the ramp must run to its cap.
+    let params = CapacityParams {
+        speakers: 1,
+        start: 2,
+        step: 2,
+        max_listeners: 4,
+        join_rate: 20.0,
+        hold: Duration::from_secs(1),
+        loss_limit: 0.5,
+        p99_limit_ms: 5_000.0,
+        depth: Depth::Header,
+        server_cores: None,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = runtime
+        .block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(60),
+                capacity::search(target, &params, &mut Quiet),
+            )
+            .await
+        })
+        .expect("the ramp ends by itself")
+        .expect("the ramp completes");
+    eprintln!("{}", report.table());
+    assert_eq!(report.steps.len(), 2, "{}", report.table());
+    assert!(report.steps.iter().all(|s| s.pass && s.rx_pps > 0.0));
+    assert_eq!(report.max_streams, 4);
+    assert!(report.steps[1].server_cpu_cores.is_some());
+    for (_, chart) in stoa_bench::chart::capacity_charts(&report) {
+        assert!(chart.svg().contains("<polyline"));
+    }
+}
