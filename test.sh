@@ -29,6 +29,8 @@ need_pkg pkg-config pkg-config
 need_pkg node nodejs
 need_pkg npm npm
 need_pkg chromium chromium # browser end-to-end test (tests/browser.rs)
+need_pkg turnutils_uclient coturn # TURN relay tests (turn/tests/uclient.rs); its service is never started
+need_pkg openssl openssl # test certificates for TURN over TLS
 
 # npm packages of the browser end-to-end test (playwright-core, livekit-client,
 # livekit-server-sdk), pinned by tests/browser/package-lock.json. `npm ci` only when
