@@ -105,7 +105,15 @@ async fn serve(config: &Config) -> Result<()> {
     if webhooks.is_some() {
         info!(urls = %config.webhook.urls.join(","), api_key = %config.webhook.api_key, "webhooks enabled");
     }
+    let (_turn_relay, turn) = match config.turn.enabled {
+        true => {
+            let (relay, servers) = crate::turn_cmd::start_with_sfu(&config.turn, &sfu).await?;
+            (Some(relay), Some(servers))
+        }
+        false => (None, None),
+    };
     let service = ServiceConfig {
+        turn,
         webhooks: webhooks.clone(),
         room_defaults: RoomLimits {
             empty_timeout: config.room.empty_timeout,
