@@ -64,6 +64,7 @@ pub fn run(args: &TurnArgs) -> Result<()> {
             .map_err(|e| anyhow!("--log-level: {e}"))?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .try_init()
         .map_err(|e| anyhow!("cannot set up logging: {e}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
