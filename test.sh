@@ -70,6 +70,7 @@ set -x
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo check -p stoa-sfu --no-default-features
+cargo check -p stoa-turn --no-default-features
 test_log=$(mktemp -t stoa-test.XXXXXX)
 trap 'rm -f "$test_log"' EXIT
 cargo test --workspace 2>&1 | tee "$test_log"
