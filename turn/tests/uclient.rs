@@ -247,8 +247,9 @@ async fn uclient_with_a_wrong_secret_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uclient_peers_outside_the_policy_are_refused() {
     // Only the (pretend) SFU at 127.0.0.1:7882 is allowed; uclient's peers are the relayed
-    // addresses 127.0.0.1:<relay port>, which the policy refuses.
-    let relay = start(core(free_udp_range(4, 2), &["127.0.0.1:7882"]), None).await;
+    // addresses 127.0.0.1:<relay port>, which the policy refuses. Ports for all 8 allocations,
+    // so that the refusal cannot come from a lack of ports instead.
+    let relay = start(core(free_udp_range(10, 2), &["127.0.0.1:7882"]), None).await;
     let port = relay.udp_addr().unwrap().port();
     let output = run_uclient(args(port, &[], SECRET)).await;
     assert!(!output.status.success(), "a refused peer was accepted");
