@@ -137,9 +137,19 @@ pub struct TokenArgs {
     #[arg(long, value_name = "ID")]
     pub identity: String,
 
-    /// Room the token admits to.
-    #[arg(long, value_name = "ROOM")]
-    pub room: String,
+    /// Room the token admits to (not with `--user`).
+    #[arg(
+        long,
+        value_name = "ROOM",
+        required_unless_present = "user",
+        conflicts_with = "user"
+    )]
+    pub room: Option<String>,
+
+    /// Print a user token for the control API (`/api`, `Authorization: Bearer …`) instead of a
+    /// room token: `--identity` is the user id, `--name` the display name.
+    #[arg(long, conflicts_with_all = ["admin", "can_publish", "can_subscribe", "can_publish_data"])]
+    pub user: bool,
 
     /// Display name shown to other participants.
     #[arg(long, value_name = "NAME")]
@@ -278,7 +288,7 @@ mod tests {
             panic!("expected token, got {:?}", cli.command);
         };
         assert_eq!(args.identity, "alice");
-        assert_eq!(args.room, "lobby");
+        assert_eq!(args.room.as_deref(), Some("lobby"));
         assert_eq!(args.can_publish, Some(false));
         assert_eq!(args.can_subscribe, Some(true));
         assert_eq!(args.can_publish_data, None);

@@ -52,6 +52,9 @@ const ENV_RTC_UDP_PORT: &str = "STOA_RTC_UDP_PORT";
 const ENV_KEYS: &str = "STOA_KEYS";
 const ENV_LOG_LEVEL: &str = "STOA_LOG_LEVEL";
 const ENV_DRAIN_SECONDS: &str = "STOA_DRAIN_SECONDS";
+const ENV_DATA_DIR: &str = "STOA_DATA_DIR";
+const ENV_REDIS_URL: &str = "STOA_REDIS_URL";
+const ENV_PUBLIC_URL: &str = "STOA_PUBLIC_URL";
 
 /// Level names accepted on their own in a log filter.
 const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
@@ -112,6 +115,8 @@ pub struct Config {
     pub logging: LoggingConfig,
     /// Where webhooks go.
     pub webhook: WebhookSettings,
+    /// The control plane (`[control]`).
+    pub control: stoa_control::ControlConfig,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
     /// Defaults of rooms created on join.
@@ -373,6 +378,7 @@ struct FileConfig {
     #[serde(default)]
     room: FileRoom,
     turn: Option<crate::turn_config::FileTurn>,
+    control: Option<stoa_control::ControlConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -436,6 +442,7 @@ struct Layers {
     room: RoomSettings,
     /// `[turn]` as read, and the file it came from (validated in `finish`).
     turn: Option<(String, crate::turn_config::FileTurn)>,
+    control: stoa_control::ControlConfig,
     warnings: Vec<String>,
 }
 
@@ -548,6 +555,12 @@ impl Layers {
                     anyhow!("{}: {e}", at("shutdown.drain_seconds", seconds.span()))
                 })?);
         }
+        if let Some(control) = &file.control {
+            control
+                .validate()
+                .map_err(|e| anyhow!("config {name}: {e}"))?;
+            self.control = control.clone();
+        }
         if let Some(v) = file.room.empty_timeout {
             self.room.empty_timeout = v;
         }
@@ -599,6 +612,22 @@ impl Layers {
         if let Some(value) = var(ENV_LOG_LEVEL) {
             self.log_filter =
                 Some(LogFilter::parse(&value).map_err(|e| anyhow!("{ENV_LOG_LEVEL}: {e}"))?);
+        }
+        if let Some(value) = var(ENV_DATA_DIR) {
+            self.control.data_dir = value.into();
+        }
+        if let Some(value) = var(ENV_PUBLIC_URL) {
+            self.control.public_url = value;
+            self.control
+                .validate()
+                .map_err(|e| anyhow!("{ENV_PUBLIC_URL}: {e}"))?;
+        }
+        if let Some(value) = var(ENV_REDIS_URL) {
+            self.control.store = stoa_control::StoreKind::Redis;
+            self.control.redis_url = value;
+            self.control
+                .validate()
+                .map_err(|e| anyhow!("{ENV_REDIS_URL}: {e}"))?;
         }
         if let Some(value) = var(ENV_DRAIN_SECONDS) {
             let seconds = value
@@ -727,6 +756,7 @@ impl Layers {
                 format: self.log_format.unwrap_or(LogFormat::Text),
             },
             room: self.room,
+            control: self.control,
             warnings: self.warnings,
             shutdown: ShutdownConfig {
                 drain: std::time::Duration::from_secs(

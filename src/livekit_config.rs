@@ -16,6 +16,7 @@
 //! | `room.empty_timeout`, `departure_timeout`, `max_participants` | `[room]` |
 //! | `webhook.urls`, `webhook.api_key` | `[webhook]` |
 //! | `logging.level`, `logging.json` | `[logging]` |
+//! | `redis.address`, `username`, `password`, `db` | `[control] store = "redis"`, `redis_url` |
 
 use anyhow::{Result, anyhow, bail};
 use serde_yaml::Value;
@@ -46,6 +47,8 @@ pub fn translate(name: &str, text: &str) -> Result<(String, Vec<String>)> {
 struct Translation {
     toml: Table,
     ignored: Vec<String>,
+    /// `redis.*` values, turned into one URL at the end.
+    redis: std::collections::BTreeMap<String, String>,
     /// `rtc.udp_port` was set, so a port range is ignored (LiveKit muxes on the one port).
     udp_port: bool,
     use_external_ip: bool,
@@ -102,7 +105,7 @@ impl Translation {
                 self.toml
                     .insert("keys".to_owned(), toml::Value::Table(keys));
             }
-            "rtc" | "room" | "webhook" | "logging" => {
+            "rtc" | "room" | "webhook" | "logging" | "redis" => {
                 let Value::Mapping(map) = value else {
                     if value.is_null() {
                         return Ok(());
@@ -176,12 +179,45 @@ impl Translation {
                     .ok_or_else(|| anyhow!("{dotted}: expected true or false"))?;
                 self.set(Some("logging"), "json", toml::Value::Boolean(json));
             }
+            ("redis", "address" | "username" | "password" | "db") => {
+                let text = match value {
+                    Value::Number(n) => n.to_string(),
+                    _ => string(&dotted, value)?,
+                };
+                if key == "db" && text.parse::<u32>().is_err() {
+                    bail!("{dotted}: expected a database number");
+                }
+                self.redis.insert(key.to_owned(), text);
+            }
             _ => self.ignore(dotted),
         }
         Ok(())
     }
 
     fn finish(&mut self) {
+        if let Some(address) = self.redis.get("address").cloned() {
+            let auth = match (self.redis.get("username"), self.redis.get("password")) {
+                (Some(u), Some(p)) => format!("{}:{}@", encode(u), encode(p)),
+                (None, Some(p)) => format!(":{}@", encode(p)),
+                _ => String::new(),
+            };
+            let db = self
+                .redis
+                .get("db")
+                .map_or(String::new(), |d| format!("/{d}"));
+            self.set(
+                Some("control"),
+                "store",
+                toml::Value::String("redis".into()),
+            );
+            self.set(
+                Some("control"),
+                "redis_url",
+                toml::Value::String(format!("redis://{auth}{address}{db}")),
+            );
+        } else if !self.redis.is_empty() {
+            self.ignore("redis (no address)".to_owned());
+        }
         if self.udp_port {
             let mut dropped = Vec::new();
             if let Some(toml::Value::Table(rtc)) = self.toml.get_mut("rtc") {
@@ -235,6 +271,11 @@ fn strings(key: &str, value: &Value) -> Result<Vec<String>> {
         Value::Sequence(items) => items.iter().map(|v| string(key, v)).collect(),
         _ => bail!("{key}: expected a list of strings"),
     }
+}
+
+/// Percent-encodes a Redis URL's user or password.
+fn encode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 fn one_line(text: &str) -> String {
@@ -291,7 +332,6 @@ turn:
             [
                 "rtc.tcp_port",
                 "rtc.stun_servers",
-                "redis",
                 "room.enabled_codecs",
                 "logging.pion_level",
                 "turn",
@@ -325,10 +365,12 @@ turn:
         assert_eq!(config.room.empty_timeout, 120);
         assert_eq!(config.room.departure_timeout, 10);
         assert_eq!(config.room.max_participants, 50);
+        assert_eq!(config.control.store, stoa_control::StoreKind::Redis);
+        assert_eq!(config.control.redis_url, "redis://localhost:6379");
         assert_eq!(config.webhook.urls, ["http://127.0.0.1:9999/hook"]);
         assert_eq!(config.webhook.api_key, "APIlk");
         assert_eq!(config.logging.filter.to_string(), "debug");
-        assert_eq!(config.warnings.len(), 6);
+        assert_eq!(config.warnings.len(), 5);
         assert!(
             config.warnings[0].ends_with("`rtc.tcp_port` is not supported by Stoa; ignored"),
             "{:?}",
@@ -373,5 +415,21 @@ turn:
         };
         let err = config::load(Mode::Dev, None, &|_| None, &flags).expect_err("missing file");
         assert!(format!("{err:#}").contains("cannot read"), "{err:#}");
+    }
+
+    #[test]
+    fn redis_credentials_and_database_become_one_url() {
+        let (toml_text, ignored) = translate(
+            "lk.yaml",
+            "redis:\n  address: 10.0.0.5:6380\n  username: stoa\n  password: \"p@ss:w/rd\"\n  db: 2\n  use_tls: false\n",
+        )
+        .expect("translate");
+        assert_eq!(ignored, ["redis.use_tls"]);
+        assert!(
+            toml_text.contains("redis_url = \"redis://stoa:p%40ss%3Aw%2Frd@10.0.0.5:6380/2\""),
+            "{toml_text}"
+        );
+        let err = translate("lk.yaml", "redis:\n  address: h:1\n  db: two\n").unwrap_err();
+        assert!(err.to_string().contains("redis.db"), "{err}");
     }
 }

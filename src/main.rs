@@ -8,6 +8,7 @@
 mod cli;
 mod config;
 mod livekit_config;
+mod media_plane;
 mod metrics;
 mod ops;
 mod serve;

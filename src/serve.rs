@@ -87,11 +87,15 @@ async fn serve(config: &Config) -> Result<()> {
     getrandom::fill(&mut seed).map_err(|e| anyhow!("cannot seed the media engine: {e}"))?;
     let (engine, engine_handle, engine_events) = SfuRuntime::start(&sfu, seed)?;
     info!(advertise_ip = %sfu.advertise_ip, shards = sfu.shards, "media engine started");
-    let keys = config.keys.ids().filter_map(|id| {
-        let secret = config.keys.secret(id)?;
-        Some((id.to_owned(), secret.expose().to_owned()))
-    });
-    let keys = Arc::new(ApiKeys::new(keys));
+    let key_pairs: Vec<(String, String)> = config
+        .keys
+        .ids()
+        .filter_map(|id| {
+            let secret = config.keys.secret(id)?;
+            Some((id.to_owned(), secret.expose().to_owned()))
+        })
+        .collect();
+    let keys = Arc::new(ApiKeys::new(key_pairs.clone()));
     let webhooks = (!config.webhook.urls.is_empty())
         .then(|| {
             let secret = config.keys.secret(&config.webhook.api_key)?;
@@ -112,17 +116,35 @@ async fn serve(config: &Config) -> Result<()> {
         }
         false => (None, None),
     };
+    let room_defaults = RoomLimits {
+        empty_timeout: config.room.empty_timeout,
+        departure_timeout: config.room.departure_timeout,
+        max_participants: config.room.max_participants,
+    };
+    let (presence_tx, presence_rx) = tokio::sync::mpsc::channel(crate::media_plane::PRESENCE_QUEUE);
     let service = ServiceConfig {
         turn,
         webhooks: webhooks.clone(),
-        room_defaults: RoomLimits {
-            empty_timeout: config.room.empty_timeout,
-            departure_timeout: config.room.departure_timeout,
-            max_participants: config.room.max_participants,
-        },
+        observer: Some(presence_tx),
+        room_defaults,
         ..ServiceConfig::default()
     };
     let signaling = Signaling::start(service, engine_handle.clone(), engine_events);
+
+    let store = stoa_control::open_store(&config.control)
+        .await
+        .map_err(|e| anyhow!("control store: {}", e.message))?;
+    info!(store = ?config.control.store, "control plane store opened");
+    let control = stoa_control::Control::start(
+        store,
+        Arc::new(crate::media_plane::LocalMedia {
+            signaling: signaling.clone(),
+            limits: room_defaults,
+        }),
+        stoa_control::auth::Keys::new(key_pairs).map_err(|e| anyhow!("{}", e.message))?,
+        config.control.clone(),
+    );
+    crate::media_plane::spawn_presence(control.clone(), presence_rx);
     let draining = Draining::default();
     let sources = Sources {
         signaling: signaling.clone(),
@@ -130,12 +152,19 @@ async fn serve(config: &Config) -> Result<()> {
         webhooks,
     };
     // While draining, joins are refused before the WebSocket upgrade.
-    let joins = stoa_signaling::ws::router(signaling.clone(), keys.clone()).layer(
-        axum::middleware::from_fn_with_state(draining.clone(), ops::refuse_while_draining),
-    );
+    let joins = stoa_signaling::ws::router_with(
+        signaling.clone(),
+        keys.clone(),
+        Some(crate::media_plane::admission(&control)),
+    )
+    .layer(axum::middleware::from_fn_with_state(
+        draining.clone(),
+        ops::refuse_while_draining,
+    ));
     let routes = ops::router(draining.clone(), Some(sources), Some(prometheus))
         .merge(joins)
-        .merge(stoa_signaling::twirp::router(signaling.clone(), keys));
+        .merge(stoa_signaling::twirp::router(signaling.clone(), keys))
+        .merge(stoa_control::api::router(control));
 
     info!(http = %http_addr, rtc_udp = %RtcListen(&sfu), "listening");
 

@@ -14,14 +14,21 @@ use crate::config::{self, ApiKeys, DEV_RTC_UDP_PORT, Overrides};
 pub fn run(args: &TokenArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<()> {
     let keys = load_keys(args, env)?;
     let (api_key, secret) = choose_key(&keys, args.api_key.as_deref())?;
-    let grants = VideoGrants {
-        room_join: true,
-        room: args.room.clone(),
-        room_admin: args.admin,
-        can_publish: args.can_publish,
-        can_subscribe: args.can_subscribe,
-        can_publish_data: args.can_publish_data,
-        ..VideoGrants::default()
+    let grants = if args.user {
+        // A user token names a user and grants nothing in any room.
+        stoa_control::model::UserId::parse(&args.identity)
+            .map_err(|e| anyhow!("--identity: {}", e.message))?;
+        VideoGrants::default()
+    } else {
+        VideoGrants {
+            room_join: true,
+            room: args.room.clone().unwrap_or_default(),
+            room_admin: args.admin,
+            can_publish: args.can_publish,
+            can_subscribe: args.can_subscribe,
+            can_publish_data: args.can_publish_data,
+            ..VideoGrants::default()
+        }
     };
     let jwt = token::mint(
         api_key,

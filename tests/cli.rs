@@ -9,6 +9,8 @@
     reason = "tests bound real waits with the wall clock"
 )]
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
@@ -28,6 +30,7 @@ fn stoa() -> Command {
         }
     }
     command
+        .env("STOA_DATA_DIR", support::scratch_dir("data"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -16,8 +16,13 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use livekit_protocol as lk;
-use prost::Message as _;
 use stoa_signaling::token::{self, Claims};
+
+#[path = "../control/tests/common/redis_server.rs"]
+mod redis_server;
+mod support;
+
+use support::SignalClient;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 const KEY: &str = "opskey";
@@ -53,6 +58,7 @@ impl Server {
         }
         let child = command
             .args(["serve", "--dev"])
+            .env("STOA_DATA_DIR", support::scratch_dir("data"))
             .env("STOA_HTTP_PORT", http_port.to_string())
             .env("STOA_RTC_UDP_PORT", rtc_port.to_string())
             .env("STOA_KEYS", format!("{KEY}: {SECRET}"))
@@ -168,95 +174,22 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// A WebSocket client joined to `room` as `identity` over a raw TCP stream.
-struct Client {
-    stream: TcpStream,
-}
-
-impl Client {
-    fn join(addr: SocketAddr, room: &str, identity: &str) -> Client {
-        let mut claims = Claims::default();
-        claims.video.room_join = true;
-        claims.video.room = room.to_owned();
-        let jwt = token::mint(
-            KEY,
-            SECRET,
-            identity,
-            None,
-            claims.video,
-            Duration::from_secs(600),
-            unix_now(),
-        )
-        .expect("mint");
-        let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect");
-        stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-        write!(
-            stream,
-            "GET /rtc?access_token={jwt}&protocol=16&auto_subscribe=1 HTTP/1.1\r\nHost: {addr}\r\n\
-             Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        )
-        .expect("send upgrade");
-        // Read the response head byte by byte so no frame byte is consumed with it.
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            stream.read_exact(&mut byte).expect("read upgrade response");
-            head.push(byte[0]);
-            assert!(head.len() < 8192, "response head too long");
-        }
-        let head = String::from_utf8_lossy(&head);
-        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-        let mut client = Client { stream };
-        let first = client.next_response().expect("a JoinResponse");
-        assert!(
-            matches!(first.message, Some(lk::signal_response::Message::Join(_))),
-            "{first:?}"
-        );
-        client
-    }
-
-    /// The next frame: (opcode, payload). Server frames are never masked.
-    fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
-        let mut head = [0u8; 2];
-        self.stream.read_exact(&mut head).ok()?;
-        let opcode = head[0] & 0x0f;
-        let len = match head[1] & 0x7f {
-            126 => {
-                let mut n = [0u8; 2];
-                self.stream.read_exact(&mut n).ok()?;
-                u64::from(u16::from_be_bytes(n))
-            }
-            127 => {
-                let mut n = [0u8; 8];
-                self.stream.read_exact(&mut n).ok()?;
-                u64::from_be_bytes(n)
-            }
-            n => u64::from(n),
-        };
-        let mut payload = vec![0u8; usize::try_from(len).ok()?];
-        self.stream.read_exact(&mut payload).ok()?;
-        Some((opcode, payload))
-    }
-
-    /// The next protocol message; `None` on a close frame or a closed stream.
-    fn next_response(&mut self) -> Option<lk::SignalResponse> {
-        loop {
-            let (opcode, payload) = self.frame()?;
-            match opcode {
-                0x2 => {
-                    return Some(lk::SignalResponse::decode(payload.as_slice()).expect("decode"));
-                }
-                0x8 => return None,
-                _ => {}
-            }
-        }
-    }
-
-    /// Sends a close frame (masked, as a client must).
-    fn close(mut self) {
-        let _ = self.stream.write_all(&[0x88, 0x80, 0, 0, 0, 0]);
-    }
+/// A signaling session joined to `room` as `identity`.
+fn join(addr: SocketAddr, room: &str, identity: &str) -> SignalClient {
+    let mut claims = Claims::default();
+    claims.video.room_join = true;
+    claims.video.room = room.to_owned();
+    let jwt = token::mint(
+        KEY,
+        SECRET,
+        identity,
+        None,
+        claims.video,
+        Duration::from_secs(600),
+        unix_now(),
+    )
+    .expect("mint");
+    SignalClient::join(addr, &jwt).0
 }
 
 #[test]
@@ -299,7 +232,7 @@ fn metrics_follow_a_session_and_readyz_answers() {
     assert!(body.contains("# TYPE sfu_rtp_packets_forwarded_total counter"));
     assert_eq!(metric(addr, "signaling_sessions"), Some(0.0));
 
-    let client = Client::join(addr, "metrics-room", "alice");
+    let client = join(addr, "metrics-room", "alice");
     wait_metric(addr, "signaling_sessions", 1.0);
     wait_metric(addr, "signaling_rooms", 1.0);
     wait_metric(addr, "signaling_participants{role=\"publisher\"}", 1.0);
@@ -312,7 +245,7 @@ fn metrics_follow_a_session_and_readyz_answers() {
 fn sigterm_drains_clients_and_exits() {
     let mut server = Server::start(5);
     let addr = server.addr;
-    let mut client = Client::join(addr, "drain-room", "bob");
+    let mut client = join(addr, "drain-room", "bob");
     let started = Instant::now();
     server.terminate();
 
@@ -342,6 +275,8 @@ fn sigterm_drains_clients_and_exits() {
 
 #[test]
 fn livekit_config_is_read_and_ignored_keys_warned_once() {
+    // LiveKit's redis.address becomes the control plane's Redis store.
+    let redis = redis_server::RedisServer::start();
     let rtc_port = UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
         .expect("free udp port")
@@ -355,7 +290,8 @@ fn livekit_config_is_read_and_ignored_keys_warned_once() {
     std::fs::write(
         &path,
         format!(
-            "port: {http_port}\nrtc:\n  udp_port: {rtc_port}\n  tcp_port: 7881\nredis:\n  address: localhost:6379\nkeys:\n  {KEY}: {SECRET}\n"
+            "port: {http_port}\nrtc:\n  udp_port: {rtc_port}\n  tcp_port: 7881\nredis:\n  address: 127.0.0.1:{}\nkeys:\n  {KEY}: {SECRET}\n",
+            redis.port
         ),
     )
     .expect("write livekit config");
@@ -368,6 +304,7 @@ fn livekit_config_is_read_and_ignored_keys_warned_once() {
     let mut child = command
         .args(["serve", "--dev", "--livekit-config"])
         .arg(&path)
+        .env("STOA_DATA_DIR", support::scratch_dir("data"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -403,13 +340,16 @@ fn livekit_config_is_read_and_ignored_keys_warned_once() {
             && listening.contains(&format!("rtc_udp=127.0.0.1:{rtc_port}")),
         "{listening}"
     );
-    for key in ["`rtc.tcp_port`", "`redis`"] {
-        let warned = lines
-            .iter()
-            .filter(|l| l.contains("WARN") && l.contains(key))
-            .count();
-        assert_eq!(warned, 1, "{key} warned {warned} times: {lines:#?}");
-    }
+    assert!(
+        lines.iter().any(|l| l.contains("store=Redis")),
+        "the LiveKit redis section was not used: {lines:#?}"
+    );
+    let key = "`rtc.tcp_port`";
+    let warned = lines
+        .iter()
+        .filter(|l| l.contains("WARN") && l.contains(key))
+        .count();
+    assert_eq!(warned, 1, "{key} warned {warned} times: {lines:#?}");
     assert!(!lines.iter().any(|l| l.contains(SECRET)), "{lines:#?}");
     assert_eq!(
         get(server.addr, "/readyz").expect("readyz"),

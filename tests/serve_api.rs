@@ -11,6 +11,8 @@
     reason = "the test bounds real waits with the wall clock"
 )]
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
@@ -144,6 +146,7 @@ fn serve_exposes_room_service_and_sends_webhooks() {
         command
             .args(["serve", "--dev", "--config"])
             .arg(&config)
+            .env("STOA_DATA_DIR", support::scratch_dir("data"))
             .env("STOA_HTTP_PORT", http_port.to_string())
             .env("STOA_RTC_UDP_PORT", rtc_port.to_string())
             .stdin(Stdio::null())

@@ -24,8 +24,9 @@ use prost::Message;
 use tokio::sync::mpsc;
 
 use crate::join;
-use crate::service::{OUTBOX, Outbound, Signaling};
+use crate::service::{OUTBOX, Outbound, Refused, Signaling};
 use crate::token::ApiKeys;
+use livekit_api::access_token::Claims;
 
 /// Largest signaling message accepted from a client. SDP offers of audio clients stay far below.
 pub const MAX_MESSAGE: usize = 64 * 1024;
@@ -38,16 +39,66 @@ const RATE_BURST: f64 = 200.0;
 struct RtcState {
     signaling: Signaling,
     keys: Arc<ApiKeys>,
+    admission: Option<Arc<dyn Admission>>,
 }
 
 /// The signaling routes, to merge into the server's router.
 pub fn router(signaling: Signaling, keys: Arc<ApiKeys>) -> Router {
+    router_with(signaling, keys, None)
+}
+
+/// The signaling routes with an application deciding who enters its rooms.
+pub fn router_with(
+    signaling: Signaling,
+    keys: Arc<ApiKeys>,
+    admission: Option<Arc<dyn Admission>>,
+) -> Router {
     Router::new()
         .route("/rtc", get(rtc))
         .route("/rtc/validate", get(validate))
         .route("/rtc/v1", get(not_v1))
         .route("/rtc/v1/validate", get(not_v1))
-        .with_state(RtcState { signaling, keys })
+        .with_state(RtcState {
+            signaling,
+            keys,
+            admission,
+        })
+}
+
+/// What an application decides for a session about to join one of its rooms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    /// Whether it may publish, whatever its token says.
+    pub can_publish: bool,
+    /// Its participant attributes, replacing the token's.
+    pub attributes: std::collections::HashMap<String, String>,
+}
+
+/// The future an [`Admission`] returns.
+pub type AdmissionFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Option<Admitted>, Refused>> + Send + 'a>,
+>;
+
+/// An application's say over joins (the control plane: bans, kicks, roles). Asked after the
+/// token is verified and before the upgrade; `Ok(None)` leaves the token's grants as they are.
+pub trait Admission: Send + Sync {
+    /// Decides for `identity` joining `room`.
+    fn admit<'a>(&'a self, room: &'a str, identity: &'a str) -> AdmissionFuture<'a>;
+}
+
+/// Runs both checks, applying the application's decision to the claims.
+async fn admit(state: &RtcState, claims: &mut Claims) -> Result<(), Refused> {
+    state
+        .signaling
+        .admit(&claims.video.room, &claims.sub)
+        .await?;
+    if let Some(admission) = &state.admission
+        && let Some(a) = admission.admit(&claims.video.room, &claims.sub).await?
+    {
+        claims.video.can_publish = Some(a.can_publish);
+        claims.attributes = a.attributes;
+    }
+    Ok(())
 }
 
 fn now_unix() -> u64 {
@@ -75,7 +126,7 @@ async fn not_v1() -> Response {
 async fn validate(State(state): State<RtcState>, RawQuery(query): RawQuery) -> Response {
     let query = query.unwrap_or_default();
     match join::validate(&state.keys, &query, now_unix()) {
-        Ok((_, claims)) => match state.signaling.admit(&claims.video.room, &claims.sub).await {
+        Ok((_, mut claims)) => match admit(&state, &mut claims).await {
             Ok(()) => plain(200, "success".into()),
             Err(r) => plain(r.status, r.message),
         },
@@ -89,11 +140,11 @@ async fn rtc(
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let query = query.unwrap_or_default();
-    let (params, claims) = match join::validate(&state.keys, &query, now_unix()) {
+    let (params, mut claims) = match join::validate(&state.keys, &query, now_unix()) {
         Ok(ok) => ok,
         Err(r) => return plain(r.status, r.message),
     };
-    if let Err(r) = state.signaling.admit(&claims.video.room, &claims.sub).await {
+    if let Err(r) = admit(&state, &mut claims).await {
         return plain(r.status, r.message);
     }
     let upgrade = match upgrade {

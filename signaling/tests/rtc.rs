@@ -252,6 +252,14 @@ async fn speaker_and_listeners_over_rtc() {
         _ => None,
     })
     .await;
+    // The in-process observer (the control plane's speaking time) heard the same.
+    eventually("the observer hears alice speaking", || {
+        s.observed
+            .lock()
+            .unwrap()
+            .contains(&("speaking_started".to_owned(), "alice".to_owned()))
+    })
+    .await;
 
     // Alice unmutes; bob unsubscribes (nothing forwarded), then subscribes again.
     alice

@@ -106,6 +106,9 @@ EOF
 fi
 
 echo "run.sh: starting $stoa serve --dev ${config_args[*]} (relay: ${relay:-none})" >&2
+# A store of its own, so that runs never share (or lock) a store file.
+STOA_DATA_DIR=$(mktemp -d -t stoa-e2e-data.XXXXXX)
+export STOA_DATA_DIR
 RUST_BACKTRACE=1 "$stoa" serve --dev "${config_args[@]}" --log-level "${STOA_E2E_SERVER_LOG:-info,stoa=debug,stoa_signaling=debug,stoa_sfu=debug}" \
     >"$server_log" 2>&1 </dev/null &
 server_pid=$!

@@ -9,7 +9,7 @@ use prost::Message;
 use stoa_sfu::str0m::channel::ChannelId;
 use stoa_sfu::{Event, MediaLabel, PeerId, TrackId, UnpublishReason};
 
-use super::{Pc, Service, SessionId, response};
+use super::{Pc, Service, SessionId, now_ms, response};
 use crate::room::PublishedTrack;
 
 impl Service {
@@ -225,11 +225,50 @@ impl Service {
                 });
         }
         for (room, speakers) in by_room {
+            self.observe_speakers(&room, &speakers);
             let msg = signal_response::Message::SpeakersChanged(lk::SpeakersChanged { speakers });
             for id in self.room_sessions(&room) {
                 if let Some(s) = self.sessions.get(&id) {
                     let _ = s.out.try_send(response(msg.clone()));
                 }
+            }
+        }
+    }
+
+    /// Tells the in-process observer who started or stopped speaking (`speaking_started`,
+    /// `speaking_stopped`: not LiveKit webhook events, so never sent as webhooks).
+    fn observe_speakers(&mut self, room: &str, speakers: &[lk::SpeakerInfo]) {
+        let Some(observer) = self.config.observer.clone() else {
+            return;
+        };
+        let Some(r) = self.rooms.get(room) else {
+            return;
+        };
+        for s in speakers {
+            let Some(p) = r.participants.get(&s.sid) else {
+                continue;
+            };
+            let event = lk::WebhookEvent {
+                event: if s.active {
+                    "speaking_started"
+                } else {
+                    "speaking_stopped"
+                }
+                .to_owned(),
+                room: Some(lk::Room {
+                    name: room.to_owned(),
+                    ..Default::default()
+                }),
+                participant: Some(lk::ParticipantInfo {
+                    sid: p.sid.clone(),
+                    identity: p.identity.clone(),
+                    ..Default::default()
+                }),
+                created_at: now_ms() / 1000,
+                ..Default::default()
+            };
+            if observer.try_send(event).is_err() {
+                tracing::warn!("event observer full; speaking event dropped");
             }
         }
     }

@@ -65,6 +65,9 @@ pub struct ServiceConfig {
     /// TURN servers put in every JoinResponse, with credentials minted per session; `None`
     /// for none.
     pub turn: Option<TurnServers>,
+    /// An in-process receiver of the same events (the control plane's presence). Bounded:
+    /// when it is full, events are dropped and logged, never waited for.
+    pub observer: Option<mpsc::Sender<lk::WebhookEvent>>,
 }
 
 /// One participant's TURN server entry in a JoinResponse.
@@ -111,6 +114,7 @@ impl Default for ServiceConfig {
             ping_timeout: 15,
             webhooks: None,
             turn: None,
+            observer: None,
         }
     }
 }
@@ -539,11 +543,11 @@ impl Service {
         participant: Option<lk::ParticipantInfo>,
         track: Option<lk::TrackInfo>,
     ) {
-        let Some(notifier) = self.config.webhooks.clone() else {
+        if self.config.webhooks.is_none() && self.config.observer.is_none() {
             return;
-        };
+        }
         let id = self.new_sid("EV_");
-        notifier.notify(lk::WebhookEvent {
+        let event = lk::WebhookEvent {
             event: event.to_owned(),
             room,
             participant,
@@ -551,7 +555,15 @@ impl Service {
             id,
             created_at: now_ms() / 1000,
             ..Default::default()
-        });
+        };
+        if let Some(observer) = &self.config.observer
+            && observer.try_send(event.clone()).is_err()
+        {
+            tracing::warn!(event = %event.event, "event observer full; event dropped");
+        }
+        if let Some(notifier) = &self.config.webhooks {
+            notifier.notify(event);
+        }
     }
 
     /// `room_started` for a room just created.

@@ -42,6 +42,8 @@ pub fn now_unix() -> u64 {
 pub struct Server {
     pub http: SocketAddr,
     pub signaling: Signaling,
+    /// Events the service gave its in-process observer, in order (names only).
+    pub observed: Arc<std::sync::Mutex<Vec<(String, String)>>>,
     pub _engine: SfuRuntime,
 }
 
@@ -53,7 +55,20 @@ pub async fn server() -> Server {
         shards: 2,
     };
     let (engine, sfu, events) = SfuRuntime::start(&settings, [1; 32]).unwrap();
-    let signaling = Signaling::start(ServiceConfig::default(), sfu, events);
+    let (observer, mut observed_rx) = tokio::sync::mpsc::channel::<lk::WebhookEvent>(1024);
+    let observed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = observed.clone();
+    tokio::spawn(async move {
+        while let Some(e) = observed_rx.recv().await {
+            let who = e.participant.map(|p| p.identity).unwrap_or_default();
+            sink.lock().unwrap().push((e.event, who));
+        }
+    });
+    let config = ServiceConfig {
+        observer: Some(observer),
+        ..ServiceConfig::default()
+    };
+    let signaling = Signaling::start(config, sfu, events);
     let keys = Arc::new(ApiKeys::new([(KEY.to_owned(), SECRET.to_owned())]));
     let app = stoa_signaling::ws::router(signaling.clone(), keys);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -62,6 +77,7 @@ pub async fn server() -> Server {
     Server {
         http,
         signaling,
+        observed,
         _engine: engine,
     }
 }

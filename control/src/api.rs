@@ -1,0 +1,796 @@
+//! The REST API (`/api/...`, JSON), its OpenAPI document (`/api/openapi.json`) and the event
+//! stream (`/api/events`, a WebSocket of JSON events).
+//!
+//! Every error is `{code, message}` with a precise status: 400 malformed input, 401 no or bad
+//! token, 403 not allowed, 404 unknown id, 409 conflicting state, 422 full, 429 rate-limited,
+//! 503 store unavailable.
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use crate::auth::Principal;
+use crate::clock::now_ms;
+use crate::error::{ControlError, ErrorBody};
+use crate::events::Event;
+use crate::model::{RoomDoc, RoomId, RoomKind, RoomState, SpeakerMode, UserId};
+use crate::permission::Action;
+use crate::room::{Actor, Command};
+use crate::service::{Control, NewRoom};
+use crate::store::Follow;
+use crate::view::{self, HostStatsView, RoomView, StatsView};
+
+/// Largest request body.
+pub const MAX_BODY: usize = 16 * 1024;
+
+/// The `/api` routes.
+pub fn router(control: Control) -> Router {
+    Router::new()
+        .route("/api/openapi.json", get(openapi))
+        .route("/api/session/guest", post(guest))
+        .route("/api/me", get(me))
+        .route("/api/rooms", get(directory).post(create_room))
+        .route("/api/rooms/{id}", get(get_room))
+        .route("/api/rooms/{id}/start", post(start))
+        .route("/api/rooms/{id}/end", post(end))
+        .route("/api/rooms/{id}/token", post(token))
+        .route("/api/rooms/{id}/leave", post(leave))
+        .route("/api/rooms/{id}/hand", post(raise_hand).delete(lower_hand))
+        .route("/api/rooms/{id}/mute", post(mute))
+        .route("/api/rooms/{id}/unmute", post(unmute))
+        .route("/api/rooms/{id}/step_down", post(step_down))
+        .route("/api/rooms/{id}/reactions", post(react))
+        .route("/api/rooms/{id}/members/{user}/{action}", post(moderate))
+        .route("/api/rooms/{id}/stats", get(room_stats))
+        .route("/api/rooms/{id}/invitations", post(create_invitation))
+        .route("/api/invitations/{token}", get(get_invitation))
+        .route("/api/invitations/{token}/accept", post(accept_invitation))
+        .route("/api/users/{id}/stats", get(host_stats))
+        .route("/api/follows", get(follows))
+        .route("/api/follows/{kind}/{id}", put(follow).delete(unfollow))
+        .route("/api/events", get(events))
+        .route("/api", axum::routing::any(not_found))
+        .route("/api/{*rest}", axum::routing::any(not_found))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(control)
+}
+
+async fn not_found() -> ControlError {
+    ControlError::new(404, "not_found", "no such API endpoint")
+}
+
+// ------------------------------------------------------------------ extractors
+
+/// The authenticated caller (`Authorization: Bearer`, or `?access_token=` for WebSockets).
+#[derive(Debug)]
+pub struct Caller(pub Principal);
+
+impl Caller {
+    fn user(&self) -> Result<(&UserId, &str), ControlError> {
+        match &self.0 {
+            Principal::User { id, name } => Ok((id, name)),
+            Principal::Server => Err(ControlError::bad_request(
+                "needs_user",
+                "this call is made by a user, with a user token",
+            )),
+        }
+    }
+
+    fn actor(&self) -> Actor {
+        match &self.0 {
+            Principal::User { id, .. } => Actor::User(id.clone()),
+            Principal::Server => Actor::System,
+        }
+    }
+
+    fn viewer(&self) -> Option<&UserId> {
+        match &self.0 {
+            Principal::User { id, .. } => Some(id),
+            Principal::Server => None,
+        }
+    }
+}
+
+impl FromRequestParts<Control> for Caller {
+    type Rejection = ControlError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        control: &Control,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .map(|v| {
+                v.to_str()
+                    .map_err(|_| ControlError::unauthorized("the Authorization header is not text"))
+            })
+            .transpose()?;
+        let token = match header {
+            Some(h) => h
+                .strip_prefix("Bearer ")
+                .ok_or_else(|| ControlError::unauthorized("use Authorization: Bearer <token>"))?
+                .trim()
+                .to_owned(),
+            None => parts
+                .uri
+                .query()
+                .and_then(|q| {
+                    form_urlencoded::parse(q.as_bytes())
+                        .find(|(k, _)| k == "access_token")
+                        .map(|(_, v)| v.into_owned())
+                })
+                .ok_or_else(|| ControlError::unauthorized("a bearer token is required"))?,
+        };
+        control.keys().verify(&token).map(Caller)
+    }
+}
+
+/// A JSON body whose problems come back as `{code, message}`.
+#[derive(Debug)]
+pub struct Body<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = ControlError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !json {
+            return Err(ControlError::new(
+                415,
+                "unsupported_media_type",
+                "send Content-Type: application/json",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ControlError::new(413, "too_large", format!("request body: {e}")))?;
+        serde_json::from_slice(&bytes)
+            .map(Body)
+            .map_err(|e| ControlError::bad_request("invalid_json", format!("request body: {e}")))
+    }
+}
+
+fn room_id(id: &str) -> Result<RoomId, ControlError> {
+    RoomId::parse(id)
+}
+
+// ------------------------------------------------------------------ request and response bodies
+
+/// `POST /api/session/guest`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GuestBody {
+    /// Display name, 1 to 64 characters.
+    pub name: String,
+}
+
+/// A user token.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SessionView {
+    /// Bearer token for this API.
+    pub token: String,
+    /// The user id.
+    pub user: UserId,
+    /// Display name.
+    pub name: String,
+}
+
+/// `GET /api/me`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MeView {
+    /// The user id.
+    pub user: UserId,
+    /// Display name.
+    pub name: String,
+}
+
+/// `POST /api/rooms`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRoomBody {
+    /// 1 to 120 characters.
+    pub title: String,
+    /// Up to 60 characters.
+    #[serde(default)]
+    pub topic: String,
+    /// Up to 2000 characters.
+    #[serde(default)]
+    pub description: String,
+    /// `stage` (default) or `open`.
+    #[serde(default = "default_kind")]
+    pub kind: RoomKind,
+    /// `everyone` (default), `followers` or `invited`.
+    #[serde(default = "default_mode")]
+    pub speaker_mode: SpeakerMode,
+    /// Member limit; the server's maximum if absent.
+    pub max_participants: Option<u32>,
+    /// Unix ms to schedule the room for; absent: it goes live now.
+    pub scheduled_for: Option<u64>,
+    /// The host, when a server creates a room for a user.
+    pub host: Option<UserId>,
+}
+
+fn default_kind() -> RoomKind {
+    RoomKind::Stage
+}
+
+fn default_mode() -> SpeakerMode {
+    SpeakerMode::Everyone
+}
+
+/// `GET /api/rooms` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryQuery {
+    /// Text to find in titles, topics and descriptions.
+    pub q: Option<String>,
+    /// Only rooms of this kind.
+    pub kind: Option<RoomKind>,
+    /// Also list archived rooms (newest first, at most 50).
+    #[serde(default)]
+    pub archived: bool,
+}
+
+/// `GET /api/rooms`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DirectoryView {
+    /// Live rooms, largest audience first.
+    pub live: Vec<RoomView>,
+    /// Scheduled rooms, soonest first.
+    pub scheduled: Vec<RoomView>,
+    /// Archived rooms when asked for.
+    pub archived: Vec<RoomView>,
+}
+
+/// `POST /api/rooms/{id}/token`: what a client needs to connect.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenView {
+    /// The LiveKit access token (grants match the caller's role).
+    pub token: String,
+    /// The WebSocket URL to give `room.connect`.
+    pub url: String,
+    /// The room (the LiveKit room name).
+    pub room: String,
+    /// The caller's identity.
+    pub identity: UserId,
+    /// The caller's role.
+    pub role: crate::model::Role,
+}
+
+/// `POST /api/rooms/{id}/reactions`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReactionBody {
+    /// 1 to 8 characters, e.g. an emoji.
+    pub emoji: String,
+}
+
+/// An invitation link.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct InvitationView {
+    /// The opaque token.
+    pub token: String,
+    /// The room.
+    pub room: RoomView,
+    /// Unix ms after which it no longer works.
+    pub expires_at: u64,
+    /// Stage rooms ask the invitee to confirm before joining.
+    pub requires_confirmation: bool,
+}
+
+/// What the caller follows.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct FollowsView {
+    /// Users and rooms.
+    pub follows: Vec<Follow>,
+}
+
+fn created(doc: &RoomDoc, caller: &Caller) -> Response {
+    (StatusCode::CREATED, Json(view::room(doc, caller.viewer()))).into_response()
+}
+
+// ------------------------------------------------------------------ handlers
+
+#[utoipa::path(get, path = "/api/openapi.json", responses((status = 200, description = "This document")))]
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        ApiDoc::openapi().to_pretty_json().unwrap_or_default(),
+    )
+        .into_response()
+}
+
+#[utoipa::path(post, path = "/api/session/guest", request_body = GuestBody,
+    responses((status = 200, body = SessionView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)))]
+async fn guest(
+    State(c): State<Control>,
+    Body(b): Body<GuestBody>,
+) -> Result<Json<SessionView>, ControlError> {
+    if !c.config().guest_sign_in {
+        return Err(ControlError::forbidden(
+            "guests_disabled",
+            "guest sign-in is turned off",
+        ));
+    }
+    let name = crate::model::text("name", &b.name, 1, crate::model::MAX_NAME)?;
+    let everyone = UserId::parse("guest")?;
+    c.rate_limit(&everyone, "guest sign-in", 20.0, 50.0)?;
+    let mut bytes = [0u8; 10];
+    getrandom::fill(&mut bytes).map_err(|_| ControlError::unavailable("no randomness"))?;
+    let user = UserId::parse(&format!("guest-{}", crate::model::base32(&bytes)))?;
+    let ttl = std::time::Duration::from_secs(c.config().user_token_ttl);
+    let token = c.keys().user_token(&user, &name, ttl)?;
+    Ok(Json(SessionView { token, user, name }))
+}
+
+#[utoipa::path(get, path = "/api/me", responses((status = 200, body = MeView), (status = 401, body = ErrorBody)))]
+async fn me(caller: Caller) -> Result<Json<MeView>, ControlError> {
+    let (id, name) = caller.user()?;
+    Ok(Json(MeView {
+        user: id.clone(),
+        name: name.to_owned(),
+    }))
+}
+
+#[utoipa::path(get, path = "/api/rooms", params(DirectoryQuery),
+    responses((status = 200, body = DirectoryView), (status = 401, body = ErrorBody)))]
+async fn directory(
+    State(c): State<Control>,
+    caller: Caller,
+    Query(q): Query<DirectoryQuery>,
+) -> Result<Json<DirectoryView>, ControlError> {
+    let mut states = vec![RoomState::Live, RoomState::Scheduled];
+    if q.archived {
+        states.push(RoomState::Archived);
+    }
+    let needle = q.q.as_deref().map(str::to_lowercase);
+    let docs = c.rooms(&states).await?;
+    let matches = |d: &RoomDoc| {
+        q.kind.is_none_or(|k| d.room.kind == k)
+            && needle.as_deref().is_none_or(|n| {
+                d.room.title.to_lowercase().contains(n)
+                    || d.room.topic.to_lowercase().contains(n)
+                    || d.room.description.to_lowercase().contains(n)
+            })
+    };
+    let mut out = DirectoryView {
+        live: vec![],
+        scheduled: vec![],
+        archived: vec![],
+    };
+    let mut archived: Vec<&RoomDoc> = vec![];
+    for d in docs.iter().filter(|d| matches(d)) {
+        match d.room.state {
+            RoomState::Live => out.live.push(view::room(d, caller.viewer())),
+            RoomState::Scheduled => out.scheduled.push(view::room(d, caller.viewer())),
+            _ => archived.push(d),
+        }
+    }
+    out.live
+        .sort_by(|a, b| b.present.cmp(&a.present).then_with(|| a.id.cmp(&b.id)));
+    out.scheduled.sort_by_key(|r| r.scheduled_for);
+    archived.sort_by_key(|d| std::cmp::Reverse(d.room.ended_at));
+    out.archived = archived
+        .into_iter()
+        .take(50)
+        .map(|d| view::room(d, caller.viewer()))
+        .collect();
+    Ok(Json(out))
+}
+
+#[utoipa::path(post, path = "/api/rooms", request_body = CreateRoomBody,
+    responses((status = 201, body = RoomView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+async fn create_room(
+    State(c): State<Control>,
+    caller: Caller,
+    Body(b): Body<CreateRoomBody>,
+) -> Result<Response, ControlError> {
+    let doc = c
+        .create_room(
+            &caller.0,
+            NewRoom {
+                title: b.title,
+                topic: b.topic,
+                description: b.description,
+                kind: b.kind,
+                speaker_mode: b.speaker_mode,
+                max_participants: b.max_participants,
+                scheduled_for: b.scheduled_for,
+                host: b.host,
+            },
+        )
+        .await?;
+    Ok(created(&doc, &caller))
+}
+
+#[utoipa::path(get, path = "/api/rooms/{id}", params(("id" = String, Path, description = "Room id")),
+    responses((status = 200, body = RoomView), (status = 404, body = ErrorBody)))]
+async fn get_room(
+    State(c): State<Control>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RoomView>, ControlError> {
+    let doc = c.room(&room_id(&id)?).await?;
+    Ok(Json(view::room(&doc, caller.viewer())))
+}
+
+async fn run(
+    c: &Control,
+    caller: &Caller,
+    id: &str,
+    command: Command,
+) -> Result<Json<RoomView>, ControlError> {
+    let id = room_id(id)?;
+    let doc = c.act(&caller.actor(), &id, command).await?;
+    Ok(Json(view::room(&doc, caller.viewer())))
+}
+
+#[utoipa::path(post, path = "/api/rooms/{id}/start", params(("id" = String, Path, description = "Room id")),
+    responses((status = 200, body = RoomView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn start(
+    State(c): State<Control>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RoomView>, ControlError> {
+    run(&c, &caller, &id, Command::Start).await
+}
+
+#[utoipa::path(post, path = "/api/rooms/{id}/end", params(("id" = String, Path, description = "Room id")),
+    responses((status = 200, body = RoomView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn end(
+    State(c): State<Control>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RoomView>, ControlError> {
+    run(&c, &caller, &id, Command::End).await
+}
+
+#[utoipa::path(post, path = "/api/rooms/{id}/token", params(("id" = String, Path, description = "Room id")),
+    responses((status = 200, body = TokenView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "In another room, or the room is not live"), (status = 422, body = ErrorBody, description = "Full")))]
+async fn token(
+    State(c): State<Control>,
+    caller: Caller,
+    headers: axum::http::HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<TokenView>, ControlError> {
+    let (user, name) = caller.user()?;
+    let id = room_id(&id)?;
+    let grant = c.join(user, name, &id).await?;
+    let url = match grant.media_url {
+        Some(url) => url,
+        None => media_url(&c, &headers),
+    };
+    Ok(Json(TokenView {
+        token: grant.token,
+        url,
+        room: id.to_string(),
+        identity: grant.identity,
+        role: grant.role,
+    }))
+}
+
+/// The URL clients connect media to: configured, or this request's host.
+fn media_url(c: &Control, headers: &axum::http::HeaderMap) -> String {
+    if !c.config().public_url.is_empty() {
+        return c.config().public_url.clone();
+    }
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or("127.0.0.1:7880");
+    let tls = headers
+        .get("x-forwarded-proto")
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|p| p.eq_ignore_ascii_case("https"));
+    format!("{}://{host}", if tls { "wss" } else { "ws" })
+}
+
+macro_rules! own_action {
+    ($name:ident, $method:ident, $path:literal, $action:expr) => {
+        #[utoipa::path($method, path = $path, params(("id" = String, Path, description = "Room id")),
+            responses((status = 200, body = RoomView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)))]
+        async fn $name(State(c): State<Control>, caller: Caller, Path(id): Path<String>) -> Result<Json<RoomView>, ControlError> {
+            if $action == Action::RaiseHand {
+                c.rate_limit(caller.user()?.0, "hand", 0.5, 3.0)?;
+            }
+            run(&c, &caller, &id, Command::Own($action)).await
+        }
+    };
+}
+
+own_action!(leave, post, "/api/rooms/{id}/leave", Action::Leave);
+own_action!(raise_hand, post, "/api/rooms/{id}/hand", Action::RaiseHand);
+own_action!(
+    lower_hand,
+    delete,
+    "/api/rooms/{id}/hand",
+    Action::LowerHand
+);
+own_action!(mute, post, "/api/rooms/{id}/mute", Action::MuteSelf);
+own_action!(unmute, post, "/api/rooms/{id}/unmute", Action::UnmuteSelf);
+own_action!(
+    step_down,
+    post,
+    "/api/rooms/{id}/step_down",
+    Action::StepDown
+);
+
+#[utoipa::path(post, path = "/api/rooms/{id}/reactions", params(("id" = String, Path, description = "Room id")), request_body = ReactionBody,
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)))]
+async fn react(
+    State(c): State<Control>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(b): Body<ReactionBody>,
+) -> Result<StatusCode, ControlError> {
+    let (user, _) = caller.user()?;
+    let emoji = crate::model::text("emoji", &b.emoji, 1, 8)?;
+    c.rate_limit(user, "reaction", 5.0, 10.0)?;
+    let _ = run(&c, &caller, &id, Command::React { emoji }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/rooms/{id}/members/{user}/{action}",
+    params(("id" = String, Path, description = "Room id"), ("user" = String, Path, description = "Target user"),
+        ("action" = Action, Path, description = "approve_hand, deny_hand, invite_to_speak, move_to_audience, force_mute, hard_mute, restore, kick, ban, unban, add_co_host, remove_co_host, transfer_host")),
+    responses((status = 200, body = RoomView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn moderate(
+    State(c): State<Control>,
+    caller: Caller,
+    Path((id, user, action)): Path<(String, String, String)>,
+) -> Result<Json<RoomView>, ControlError> {
+    let action: Action = serde_json::from_value(serde_json::Value::String(action.clone()))
+        .ok()
+        .filter(|a: &Action| a.has_target())
+        .ok_or_else(|| {
+            ControlError::bad_request(
+                "invalid_action",
+                format!("unknown member action {action:?}"),
+            )
+        })?;
+    let target = UserId::parse(&user)?;
+    run(&c, &caller, &id, Command::Target(action, target)).await
+}
+
+#[utoipa::path(get, path = "/api/rooms/{id}/stats", params(("id" = String, Path, description = "Room id")),
+    responses((status = 200, body = StatsView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn room_stats(
+    State(c): State<Control>,
+    _caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<StatsView>, ControlError> {
+    let doc = c.room(&room_id(&id)?).await?;
+    Ok(Json(view::stats(&doc, now_ms())))
+}
+
+#[utoipa::path(get, path = "/api/users/{id}/stats", params(("id" = String, Path, description = "Host user id")),
+    responses((status = 200, body = HostStatsView), (status = 400, body = ErrorBody)))]
+async fn host_stats(
+    State(c): State<Control>,
+    _caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<HostStatsView>, ControlError> {
+    let host = UserId::parse(&id)?;
+    let docs = c
+        .rooms(&[
+            RoomState::Scheduled,
+            RoomState::Live,
+            RoomState::Ended,
+            RoomState::Archived,
+        ])
+        .await?;
+    Ok(Json(view::host_stats(&host, &docs, now_ms())))
+}
+
+#[utoipa::path(post, path = "/api/rooms/{id}/invitations", params(("id" = String, Path, description = "Room id")),
+    responses((status = 201, body = InvitationView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn create_invitation(
+    State(c): State<Control>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ControlError> {
+    let (user, _) = caller.user()?;
+    let id = room_id(&id)?;
+    let (token, invite) = c.invite(user, &id).await?;
+    let doc = c.room(&id).await?;
+    let body = InvitationView {
+        token,
+        requires_confirmation: doc.room.kind == RoomKind::Stage,
+        room: view::room(&doc, caller.viewer()),
+        expires_at: invite.expires_at,
+    };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+#[utoipa::path(get, path = "/api/invitations/{token}", params(("token" = String, Path, description = "Invitation token")),
+    responses((status = 200, body = InvitationView), (status = 404, body = ErrorBody)))]
+async fn get_invitation(
+    State(c): State<Control>,
+    caller: Caller,
+    Path(token): Path<String>,
+) -> Result<Json<InvitationView>, ControlError> {
+    let invite = c.invitation(&token).await?;
+    let doc = c.room(&invite.room).await?;
+    Ok(Json(InvitationView {
+        token,
+        requires_confirmation: doc.room.kind == RoomKind::Stage,
+        room: view::room(&doc, caller.viewer()),
+        expires_at: invite.expires_at,
+    }))
+}
+
+#[utoipa::path(post, path = "/api/invitations/{token}/accept", params(("token" = String, Path, description = "Invitation token")),
+    responses((status = 200, body = RoomView), (status = 404, body = ErrorBody)))]
+async fn accept_invitation(
+    State(c): State<Control>,
+    caller: Caller,
+    Path(token): Path<String>,
+) -> Result<Json<RoomView>, ControlError> {
+    let (user, _) = caller.user()?;
+    let doc = c.accept(user, &token).await?;
+    Ok(Json(view::room(&doc, caller.viewer())))
+}
+
+#[utoipa::path(get, path = "/api/follows", responses((status = 200, body = FollowsView)))]
+async fn follows(
+    State(c): State<Control>,
+    caller: Caller,
+) -> Result<Json<FollowsView>, ControlError> {
+    let (user, _) = caller.user()?;
+    Ok(Json(FollowsView {
+        follows: c.store().follows(user).await?,
+    }))
+}
+
+fn follow_target(kind: &str, id: &str) -> Result<Follow, ControlError> {
+    match kind {
+        "users" => Ok(Follow::User(UserId::parse(id)?)),
+        "rooms" => Ok(Follow::Room(room_id(id)?)),
+        _ => Err(ControlError::not_found("follow kind", kind)),
+    }
+}
+
+#[utoipa::path(put, path = "/api/follows/{kind}/{id}",
+    params(("kind" = String, Path, description = "users or rooms"), ("id" = String, Path, description = "User or room id")),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn follow(
+    State(c): State<Control>,
+    caller: Caller,
+    Path((kind, id)): Path<(String, String)>,
+) -> Result<StatusCode, ControlError> {
+    let (user, _) = caller.user()?;
+    c.follow(user, &follow_target(&kind, &id)?, true).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(delete, path = "/api/follows/{kind}/{id}",
+    params(("kind" = String, Path, description = "users or rooms"), ("id" = String, Path, description = "User or room id")),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn unfollow(
+    State(c): State<Control>,
+    caller: Caller,
+    Path((kind, id)): Path<(String, String)>,
+) -> Result<StatusCode, ControlError> {
+    let (user, _) = caller.user()?;
+    c.follow(user, &follow_target(&kind, &id)?, false).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/events` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Only this room's events.
+    pub room: Option<String>,
+    /// The bearer token (browsers cannot set headers on WebSockets).
+    pub access_token: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/events", params(EventsQuery),
+    responses((status = 101, description = "WebSocket of JSON events", body = Event), (status = 401, body = ErrorBody)))]
+async fn events(
+    State(c): State<Control>,
+    _caller: Caller,
+    Query(q): Query<EventsQuery>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ControlError> {
+    let room = q.room.as_deref().map(room_id).transpose()?;
+    let rx = c.events();
+    Ok(ws
+        .max_message_size(MAX_BODY)
+        .on_upgrade(move |socket| stream_events(socket, rx, room)))
+}
+
+async fn stream_events(
+    mut socket: WebSocket,
+    mut rx: tokio::sync::broadcast::Receiver<Event>,
+    room: Option<RoomId>,
+) {
+    loop {
+        tokio::select! {
+            event = rx.recv() => match event {
+                Ok(e) => {
+                    if room.as_ref().is_some_and(|r| event_room(&e) != r) {
+                        continue;
+                    }
+                    let Ok(text) = serde_json::to_string(&e) else { continue };
+                    if socket.send(Message::Text(text.into())).await.is_err() {
+                        return;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+fn event_room(e: &Event) -> &RoomId {
+    match e {
+        Event::RoomCreated { room, .. }
+        | Event::RoomLive { room, .. }
+        | Event::RoomEnded { room }
+        | Event::Audience { room, .. }
+        | Event::Hand { room, .. }
+        | Event::Role { room, .. }
+        | Event::Muted { room, .. }
+        | Event::Removed { room, .. }
+        | Event::Reaction { room, .. } => room,
+    }
+}
+
+/// The OpenAPI document.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "Stoa control API",
+        description = "Live audio rooms: rooms, roles, hands, moderation, follows, invitations, analytics. Authenticate with `Authorization: Bearer <user or server token>`."
+    ),
+    paths(
+        openapi,
+        guest,
+        me,
+        directory,
+        create_room,
+        get_room,
+        start,
+        end,
+        token,
+        leave,
+        raise_hand,
+        lower_hand,
+        mute,
+        unmute,
+        step_down,
+        react,
+        moderate,
+        room_stats,
+        host_stats,
+        create_invitation,
+        get_invitation,
+        accept_invitation,
+        follows,
+        follow,
+        unfollow,
+        events
+    ),
+    components(schemas(ErrorBody, RoomView, StatsView, HostStatsView, Event, Follow))
+)]
+pub struct ApiDoc;

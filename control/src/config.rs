@@ -1,0 +1,103 @@
+//! The control plane's settings (`[control]` in the config file).
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Where the control plane keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// A file under `data_dir` (one node).
+    Embedded,
+    /// Redis at `redis_url` (several nodes).
+    Redis,
+}
+
+/// The `[control]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlConfig {
+    /// `embedded` or `redis`.
+    pub store: StoreKind,
+    /// Directory of the embedded store's file (`control.redb`).
+    pub data_dir: PathBuf,
+    /// Redis URL for the `redis` store.
+    pub redis_url: String,
+    /// Prefix of every Redis key.
+    pub redis_prefix: String,
+    /// Seconds a live room may stay empty before it ends itself.
+    pub empty_timeout: u64,
+    /// Seconds after which an instance that stopped sending heartbeats counts as dead, and
+    /// the members connected through it as gone.
+    pub presence_ttl: u64,
+    /// Seconds a kicked user may not rejoin.
+    pub kick_cooldown: u64,
+    /// Lifetime of minted media tokens (seconds).
+    pub token_ttl: u64,
+    /// Lifetime of guest user tokens (seconds).
+    pub user_token_ttl: u64,
+    /// Lifetime of invitation links (seconds).
+    pub invite_ttl: u64,
+    /// Largest room anyone may create.
+    pub max_participants: u32,
+    /// Whether anyone may sign in as a guest with a display name (`POST /api/session/guest`).
+    pub guest_sign_in: bool,
+    /// This node's WebSocket URL for media (`ws[s]://host[:port]`). Rooms created on this node
+    /// send every client here, whichever node answers the token request, so that a room's
+    /// participants meet on one media node. Empty: the `Host` of each token request.
+    pub public_url: String,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            store: StoreKind::Embedded,
+            data_dir: PathBuf::from("stoa-data"),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_prefix: "stoa:".into(),
+            empty_timeout: 300,
+            presence_ttl: 30,
+            kick_cooldown: 300,
+            token_ttl: 600,
+            user_token_ttl: 7 * 24 * 3600,
+            invite_ttl: 7 * 24 * 3600,
+            max_participants: 10_000,
+            guest_sign_in: true,
+            public_url: String::new(),
+        }
+    }
+}
+
+impl ControlConfig {
+    /// Checks values a type cannot; returns the first problem as one line.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.store == StoreKind::Redis && !self.redis_url.starts_with("redis://") {
+            return Err(format!(
+                "control.redis_url must start with redis:// (got {:?})",
+                self.redis_url
+            ));
+        }
+        if self.kick_cooldown == 0
+            || self.token_ttl == 0
+            || self.max_participants == 0
+            || self.presence_ttl == 0
+        {
+            return Err(
+                "control.kick_cooldown, token_ttl, presence_ttl and max_participants must be above 0"
+                    .into(),
+            );
+        }
+        let url = &self.public_url;
+        if !(url.is_empty() || url.starts_with("ws://") || url.starts_with("wss://")) {
+            return Err(format!(
+                "control.public_url must start with ws:// or wss:// (got {:?})",
+                self.public_url
+            ));
+        }
+        if self.redis_prefix.contains(char::is_whitespace) {
+            return Err("control.redis_prefix must not contain spaces".into());
+        }
+        Ok(())
+    }
+}

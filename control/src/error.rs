@@ -1,0 +1,93 @@
+//! Errors of the control plane, each with an HTTP status, a stable code and a message.
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// An error a caller can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ControlError {
+    /// HTTP status.
+    pub status: u16,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+/// The JSON body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Stable machine-readable code.
+    pub code: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl ControlError {
+    /// Any status.
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        ControlError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 400.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(400, code, message)
+    }
+
+    /// 401.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(401, "unauthorized", message)
+    }
+
+    /// 403.
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(403, code, message)
+    }
+
+    /// 404 for a `kind` named `id`.
+    pub fn not_found(kind: &str, id: &str) -> Self {
+        let shown: String = id.chars().take(64).collect();
+        Self::new(404, "not_found", format!("no {kind} {shown:?}"))
+    }
+
+    /// 409.
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(409, code, message)
+    }
+
+    /// 422.
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(422, code, message)
+    }
+
+    /// 429.
+    pub fn too_many(message: impl Into<String>) -> Self {
+        Self::new(429, "rate_limited", message)
+    }
+
+    /// 503: the store or media plane failed.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(503, "unavailable", message)
+    }
+
+    /// The response body.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            code: self.code.to_owned(),
+            message: self.message.clone(),
+        }
+    }
+}
+
+impl axum::response::IntoResponse for ControlError {
+    fn into_response(self) -> axum::response::Response {
+        let status = axum::http::StatusCode::from_u16(self.status)
+            .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(self.body())).into_response()
+    }
+}

@@ -1,0 +1,104 @@
+//! Events for lobbies and app backends (`/api/events`), and the bus that carries them and the
+//! media commands between instances.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::media::MediaCommand;
+use crate::model::{Role, RoomId, UserId};
+
+/// Something that happened in a room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// A room was created (scheduled or about to go live).
+    RoomCreated {
+        /// Room.
+        room: RoomId,
+        /// Title.
+        title: String,
+        /// Unix ms it is scheduled for.
+        scheduled_for: Option<u64>,
+    },
+    /// A room went live.
+    RoomLive {
+        /// Room.
+        room: RoomId,
+        /// Title.
+        title: String,
+        /// Host.
+        host: UserId,
+    },
+    /// A room ended.
+    RoomEnded {
+        /// Room.
+        room: RoomId,
+    },
+    /// The audience changed.
+    Audience {
+        /// Room.
+        room: RoomId,
+        /// Listeners connected.
+        listeners: u32,
+        /// Everyone connected.
+        present: u32,
+    },
+    /// A hand went up or down.
+    Hand {
+        /// Room.
+        room: RoomId,
+        /// Whose.
+        user: UserId,
+        /// Up.
+        raised: bool,
+    },
+    /// A member's role changed.
+    Role {
+        /// Room.
+        room: RoomId,
+        /// Whose.
+        user: UserId,
+        /// The new role.
+        role: Role,
+    },
+    /// A member was muted or unmuted.
+    Muted {
+        /// Room.
+        room: RoomId,
+        /// Who.
+        user: UserId,
+        /// Muted now.
+        muted: bool,
+        /// Hard mute (publishing revoked) or its restoration.
+        hard: bool,
+    },
+    /// A member was kicked or banned.
+    Removed {
+        /// Room.
+        room: RoomId,
+        /// Who.
+        user: UserId,
+        /// Banned (else kicked).
+        banned: bool,
+    },
+    /// A reaction.
+    Reaction {
+        /// Room.
+        room: RoomId,
+        /// Who reacted.
+        user: UserId,
+        /// The reaction.
+        emoji: String,
+    },
+}
+
+/// What travels between instances: the outcome of one command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BusMessage {
+    /// The instance that ran the command.
+    pub origin: String,
+    /// Media commands every instance applies to the sessions it hosts.
+    pub media: Vec<MediaCommand>,
+    /// Events for every instance's event-stream subscribers.
+    pub events: Vec<Event>,
+}

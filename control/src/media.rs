@@ -1,0 +1,94 @@
+//! The control plane's view of the media plane: a LiveKit `RoomService`-shaped interface.
+//!
+//! `stoa serve` implements [`MediaPlane`] with direct calls into its own signaling service; a
+//! split deployment could implement it over Twirp against any LiveKit-compatible server. Every
+//! role or hand change reaches live sessions through it as a permission and attribute update,
+//! so clients see it as a LiveKit participant update without reconnecting.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{RoomId, UserId};
+
+/// A change to the media plane that a command requires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum MediaCommand {
+    /// Create the media room.
+    CreateRoom {
+        /// Room.
+        room: RoomId,
+        /// Participant limit enforced by the media plane.
+        max_participants: u32,
+    },
+    /// Close the media room, disconnecting everyone.
+    DeleteRoom {
+        /// Room.
+        room: RoomId,
+    },
+    /// Set a live participant's publish permission and attributes.
+    Update {
+        /// Room.
+        room: RoomId,
+        /// Participant identity.
+        user: UserId,
+        /// May publish audio.
+        can_publish: bool,
+        /// `role`, `hand`.
+        attributes: BTreeMap<String, String>,
+    },
+    /// Mute the participant's published audio.
+    Mute {
+        /// Room.
+        room: RoomId,
+        /// Participant identity.
+        user: UserId,
+    },
+    /// Disconnect the participant.
+    Remove {
+        /// Room.
+        room: RoomId,
+        /// Participant identity.
+        user: UserId,
+    },
+    /// Show a reaction to the room's participants (a data message, topic `stoa.reaction`).
+    Reaction {
+        /// Room.
+        room: RoomId,
+        /// Who reacted.
+        user: UserId,
+        /// The reaction.
+        emoji: String,
+    },
+}
+
+/// A media-plane failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MediaError {
+    /// The room or participant is not on this media plane (not connected here).
+    #[error("not found")]
+    NotFound,
+    /// The media plane failed.
+    #[error("media plane: {0}")]
+    Failed(String),
+}
+
+/// What the control plane asks of the media plane.
+#[async_trait::async_trait]
+pub trait MediaPlane: Send + Sync + std::fmt::Debug {
+    /// Carries out one command. `NotFound` means the participant or room is not on this
+    /// media plane, which is normal when several instances share a store.
+    async fn apply(&self, command: &MediaCommand) -> Result<(), MediaError>;
+}
+
+/// A media plane that does nothing (a control plane without media, e.g. in store tests).
+#[derive(Debug, Default)]
+pub struct NoMedia;
+
+#[async_trait::async_trait]
+impl MediaPlane for NoMedia {
+    async fn apply(&self, _command: &MediaCommand) -> Result<(), MediaError> {
+        Ok(())
+    }
+}

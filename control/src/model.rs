@@ -1,0 +1,426 @@
+//! The control plane's data: rooms, their members, hands, moderation records and statistics.
+//!
+//! A [`RoomDoc`] is the unit of consistency: every change to a room reads the whole document,
+//! applies one command ([`crate::room`]) and writes it back atomically, so two hosts approving
+//! hands at once, or a hand lowered while it is approved, never lose an update.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::error::ControlError;
+
+/// Longest user id accepted (bytes).
+pub const MAX_USER_ID: usize = 64;
+/// Longest room title (characters).
+pub const MAX_TITLE: usize = 120;
+/// Longest room topic (characters).
+pub const MAX_TOPIC: usize = 60;
+/// Longest room description (characters).
+pub const MAX_DESCRIPTION: usize = 2000;
+/// Longest display name (characters).
+pub const MAX_NAME: usize = 64;
+/// Largest room the control plane lets anyone create.
+pub const MAX_PARTICIPANTS: u32 = 100_000;
+
+/// A room id: 16 characters of `[a-z0-9]`, made by the server.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(transparent)]
+pub struct RoomId(String);
+
+impl RoomId {
+    /// A fresh id from 80 random bits.
+    pub fn random() -> RoomId {
+        let mut bytes = [0u8; 10];
+        // The OS random source failing is not recoverable; an all-zero id would collide.
+        if getrandom::fill(&mut bytes).is_err() {
+            tracing::error!("no OS randomness for a room id");
+        }
+        RoomId(base32(&bytes))
+    }
+
+    /// Checks a room id from a URL or a store key.
+    pub fn parse(s: &str) -> Result<RoomId, ControlError> {
+        let ok = s.len() == 16
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if ok {
+            Ok(RoomId(s.to_owned()))
+        } else {
+            Err(ControlError::not_found("room", s))
+        }
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RoomId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Lowercase base32 (RFC 4648 alphabet, lowercased, no padding).
+pub(crate) fn base32(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut out = String::with_capacity(bytes.len() * 8 / 5 + 1);
+    let mut buffer: u32 = 0;
+    let mut bits = 0;
+    for &b in bytes {
+        buffer = (buffer << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(char::from(ALPHABET[((buffer >> bits) & 31) as usize]));
+        }
+    }
+    if bits > 0 {
+        out.push(char::from(ALPHABET[((buffer << (5 - bits)) & 31) as usize]));
+    }
+    out
+}
+
+/// A user id (the LiveKit identity of the user's sessions): 1 to 64 bytes of
+/// `[A-Za-z0-9_.@-]`, so that it can never reach another store key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(try_from = "String", into = "String")]
+pub struct UserId(String);
+
+impl UserId {
+    /// Checks a user id.
+    pub fn parse(s: &str) -> Result<UserId, ControlError> {
+        let ok = !s.is_empty()
+            && s.len() <= MAX_USER_ID
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-'));
+        if ok {
+            Ok(UserId(s.to_owned()))
+        } else {
+            Err(ControlError::bad_request(
+                "invalid_user",
+                format!(
+                    "a user id is 1 to {MAX_USER_ID} characters of letters, digits and _ . @ -"
+                ),
+            ))
+        }
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for UserId {
+    type Error = ControlError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        UserId::parse(&s)
+    }
+}
+
+impl From<UserId> for String {
+    fn from(id: UserId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Who may speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomKind {
+    /// Host, co-hosts and speakers on stage; everyone else listens and may raise a hand.
+    Stage,
+    /// Everyone may speak.
+    Open,
+}
+
+/// Who may raise a hand in a stage room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SpeakerMode {
+    /// Every listener.
+    Everyone,
+    /// Listeners who follow the host.
+    Followers,
+    /// Listeners the host or a co-host invited.
+    Invited,
+}
+
+/// Where a room is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomState {
+    /// Created, not started.
+    Scheduled,
+    /// Started: the media room exists and the host is on stage.
+    Live,
+    /// Ended: everyone is being disconnected and live state cleaned up.
+    Ended,
+    /// Ended and cleaned up; kept with its statistics, not listed by default.
+    Archived,
+}
+
+/// A member's role in a room.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Owns the room.
+    Host,
+    /// Moderates with the host.
+    CoHost,
+    /// On stage.
+    Speaker,
+    /// In the audience.
+    Listener,
+}
+
+impl Role {
+    /// Every role, for exhaustive tests.
+    pub const ALL: [Role; 4] = [Role::Host, Role::CoHost, Role::Speaker, Role::Listener];
+
+    /// The value of the `role` participant attribute.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Host => "host",
+            Role::CoHost => "co_host",
+            Role::Speaker => "speaker",
+            Role::Listener => "listener",
+        }
+    }
+
+    /// On stage (may publish) in a stage room.
+    pub fn on_stage(self) -> bool {
+        !matches!(self, Role::Listener)
+    }
+
+    /// Host or co-host.
+    pub fn moderates(self) -> bool {
+        matches!(self, Role::Host | Role::CoHost)
+    }
+}
+
+/// A room's description and lifecycle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Room {
+    /// Its id (also the media room's name).
+    pub id: RoomId,
+    /// Title shown in the directory.
+    pub title: String,
+    /// Short topic.
+    pub topic: String,
+    /// Longer description.
+    pub description: String,
+    /// Stage or open.
+    pub kind: RoomKind,
+    /// Who may raise a hand.
+    pub speaker_mode: SpeakerMode,
+    /// Most members at once.
+    pub max_participants: u32,
+    /// The current host.
+    pub host: UserId,
+    /// The user who created it.
+    pub created_by: UserId,
+    /// Lifecycle state.
+    pub state: RoomState,
+    /// Unix ms of creation.
+    pub created_at: u64,
+    /// Unix ms the room is scheduled for, if scheduled.
+    pub scheduled_for: Option<u64>,
+    /// Unix ms it went live.
+    pub started_at: Option<u64>,
+    /// Unix ms it ended.
+    pub ended_at: Option<u64>,
+    /// Unix ms since which no member has been connected (live rooms).
+    pub empty_since: Option<u64>,
+    /// Where its media lives: the `public_url` of the node that created it, when nodes have
+    /// their own URLs, so that every client of the room meets on one media node.
+    #[serde(default)]
+    pub media_url: Option<String>,
+}
+
+/// One user in a room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    /// Display name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Muted (by themselves or a moderator).
+    pub muted: bool,
+    /// Publishing revoked by a moderator until restored.
+    pub hard_muted: bool,
+    /// Unix ms of joining.
+    pub joined_at: u64,
+    /// Connected to the media room now.
+    pub present: bool,
+    /// Unix ms of the last time they connected to the media room.
+    pub present_since: Option<u64>,
+    /// Unix ms they went on stage (for speaking statistics).
+    pub on_stage_since: Option<u64>,
+    /// The instance whose media plane hosts their session, while present.
+    #[serde(default)]
+    pub instance: Option<String>,
+    /// Unix ms they started speaking (the media plane's active-speaker detection), while they
+    /// speak.
+    #[serde(default)]
+    pub speaking_since: Option<u64>,
+}
+
+/// A room's statistics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoomStats {
+    /// Most listeners present at once.
+    pub peak_listeners: u32,
+    /// Joins, counting rejoins.
+    pub total_joins: u64,
+    /// Sum of all members' connected time (ms).
+    pub listening_ms: u64,
+    /// Completed connected periods (for the average).
+    pub listening_sessions: u64,
+    /// Time on stage per user (ms).
+    pub stage_ms: BTreeMap<UserId, u64>,
+    /// Time actually speaking per user (ms), from the media plane's active-speaker detection.
+    #[serde(default)]
+    pub speaking_ms: BTreeMap<UserId, u64>,
+    /// Reactions sent.
+    pub reactions: u64,
+    /// Hands raised.
+    pub hands_raised: u64,
+}
+
+/// Everything about one room, read and written as one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomDoc {
+    /// Description and lifecycle.
+    pub room: Room,
+    /// Current members.
+    pub members: BTreeMap<UserId, Member>,
+    /// Raised hands: user → unix ms raised, in the order raised.
+    pub hands: BTreeMap<UserId, u64>,
+    /// Banned users.
+    pub bans: BTreeSet<UserId>,
+    /// Kicked users: user → unix ms until which they may not rejoin.
+    pub kicks: BTreeMap<UserId, u64>,
+    /// Users invited to speak (speaker mode "invited").
+    pub invited: BTreeSet<UserId>,
+    /// Statistics.
+    pub stats: RoomStats,
+}
+
+impl RoomDoc {
+    /// A new room with nobody in it.
+    pub fn new(room: Room) -> RoomDoc {
+        RoomDoc {
+            room,
+            members: BTreeMap::new(),
+            hands: BTreeMap::new(),
+            bans: BTreeSet::new(),
+            kicks: BTreeMap::new(),
+            invited: BTreeSet::new(),
+            stats: RoomStats::default(),
+        }
+    }
+
+    /// Members connected now.
+    pub fn present(&self) -> impl Iterator<Item = (&UserId, &Member)> {
+        self.members.iter().filter(|(_, m)| m.present)
+    }
+
+    /// Listeners connected now.
+    pub fn audience(&self) -> u32 {
+        let n = self.present().filter(|(_, m)| !m.role.on_stage()).count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+}
+
+/// Validates a free-text field: trimmed length, and no control characters.
+pub fn text(
+    field: &'static str,
+    value: &str,
+    min: usize,
+    max: usize,
+) -> Result<String, ControlError> {
+    let value = value.trim();
+    let len = value.chars().count();
+    if len < min || len > max {
+        return Err(ControlError::bad_request(
+            "invalid_field",
+            format!("{field} must be {min} to {max} characters (got {len})"),
+        ));
+    }
+    if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' || is_invisible(c))
+    {
+        return Err(ControlError::bad_request(
+            "invalid_field",
+            format!("{field} contains control or invisible formatting characters"),
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+/// Characters that change how text around them is shown (bidi overrides, zero-width joiners
+/// used to spoof names) and are refused in titles and names.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}'
+        | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_ids_are_16_base32_characters() {
+        let id = RoomId::random();
+        assert_eq!(id.as_str().len(), 16);
+        assert!(RoomId::parse(id.as_str()).is_ok());
+        assert_ne!(RoomId::random(), id);
+        for bad in [
+            "",
+            "abc",
+            "ABCDEFGHIJKLMNOP",
+            "room:1:participa",
+            "aaaaaaaaaaaaaaa*",
+        ] {
+            assert!(RoomId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn user_ids_cannot_name_other_keys() {
+        assert!(UserId::parse("alice@example.com").is_ok());
+        for bad in ["", "a:b", "a b", "x}", "room:1", "é", &"a".repeat(65)] {
+            assert!(UserId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn text_fields_refuse_empty_long_and_invisible() {
+        assert_eq!(text("title", "  Hi  ", 1, 10).unwrap(), "Hi");
+        assert!(text("title", "   ", 1, 10).is_err());
+        assert!(text("title", &"x".repeat(11), 1, 10).is_err());
+        assert!(text("title", "a\u{202E}b", 1, 10).is_err());
+        assert!(text("title", "a\u{0007}b", 1, 10).is_err());
+        assert_eq!(text("title", "日本語 🎙️", 1, 10).unwrap(), "日本語 🎙️");
+    }
+}

@@ -1,0 +1,725 @@
+//! The room state machine: one command applied to one [`RoomDoc`], deterministic and free of
+//! I/O. It checks the permission matrix and the room's rules, changes the document, and says
+//! what must happen elsewhere ([`Effects`]): media-plane changes, events, released claims.
+
+use std::collections::BTreeMap;
+
+use crate::error::ControlError;
+use crate::events::Event;
+use crate::media::MediaCommand;
+use crate::model::{Member, Role, RoomDoc, RoomKind, RoomState, SpeakerMode, UserId};
+use crate::permission::{Action, allowed, may_target};
+
+/// Who is acting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// A signed-in user.
+    User(UserId),
+    /// The server itself or an app backend with the API secret: may moderate and run the
+    /// lifecycle of any room, but takes no place in it.
+    System,
+}
+
+/// One thing to do to a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Join, with a display name.
+    Join {
+        /// Display name.
+        name: String,
+    },
+    /// An action on oneself (leave, hands, mute, step down).
+    Own(Action),
+    /// A reaction.
+    React {
+        /// The reaction, e.g. an emoji.
+        emoji: String,
+    },
+    /// A moderation or role action on another member.
+    Target(Action, UserId),
+    /// Take the room live.
+    Start,
+    /// End the room.
+    End,
+    /// Archive an ended room once its live state is cleaned up.
+    Archive,
+    /// The media plane of `instance` saw the user connect.
+    Connected(UserId, String),
+    /// The media plane detected the user starting (`true`) or stopping speaking.
+    Speaking(UserId, bool),
+    /// The media plane of `instance` saw the user disconnect, or `instance` died. Ignored when
+    /// the user is connected through another instance by now.
+    Disconnected(UserId, String),
+}
+
+/// Inputs other than the document and command.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// Unix ms.
+    pub now: u64,
+    /// Whether the acting user follows the room's host (speaker mode "followers").
+    pub follows_host: bool,
+    /// How long a kicked user stays out (ms).
+    pub kick_cooldown_ms: u64,
+}
+
+/// What a command requires of the world outside the document.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// Changes to live media sessions.
+    pub media: Vec<MediaCommand>,
+    /// Events for the event stream.
+    pub events: Vec<Event>,
+    /// Users no longer in this room (their one-active-room claim ends).
+    pub released: Vec<UserId>,
+}
+
+/// The participant permission and attributes that the media plane shows for a member.
+pub fn participant_view(doc: &RoomDoc, user: &UserId) -> Option<(bool, BTreeMap<String, String>)> {
+    let m = doc.members.get(user)?;
+    let can_publish = (m.role.on_stage() || doc.room.kind == RoomKind::Open) && !m.hard_muted;
+    let mut attributes = BTreeMap::new();
+    attributes.insert("role".to_owned(), m.role.as_str().to_owned());
+    let hand = if doc.hands.contains_key(user) {
+        "raised"
+    } else {
+        ""
+    };
+    attributes.insert("hand".to_owned(), hand.to_owned());
+    Some((can_publish, attributes))
+}
+
+/// Applies `command` by `actor` to `doc`.
+pub fn apply(
+    doc: &mut RoomDoc,
+    actor: &Actor,
+    command: Command,
+    cx: &Context,
+) -> Result<Effects, ControlError> {
+    let mut fx = Effects::default();
+    match command {
+        Command::Join { name } => join(doc, user(actor)?, name, cx, &mut fx)?,
+        Command::Own(action) => own(doc, user(actor)?, action, cx, &mut fx)?,
+        Command::React { emoji } => {
+            let u = user(actor)?;
+            check(doc, actor, Action::React)?;
+            live(doc)?;
+            doc.stats.reactions += 1;
+            fx.media.push(MediaCommand::Reaction {
+                room: doc.room.id.clone(),
+                user: u.clone(),
+                emoji: emoji.clone(),
+            });
+            fx.events.push(Event::Reaction {
+                room: doc.room.id.clone(),
+                user: u.clone(),
+                emoji,
+            });
+        }
+        Command::Target(action, target) => moderate(doc, actor, action, target, cx, &mut fx)?,
+        Command::Start => start(doc, actor, cx, &mut fx)?,
+        Command::End => {
+            check(doc, actor, Action::End)?;
+            end(doc, cx, &mut fx)?;
+        }
+        Command::Archive => {
+            if doc.room.state == RoomState::Ended {
+                doc.room.state = RoomState::Archived;
+            }
+        }
+        Command::Speaking(u, on) => speaking(doc, &u, on, cx),
+        Command::Connected(u, instance) => connected(doc, &u, instance, cx, &mut fx),
+        Command::Disconnected(u, instance) => disconnected(doc, &u, &instance, cx, &mut fx),
+    }
+    Ok(fx)
+}
+
+fn user(actor: &Actor) -> Result<&UserId, ControlError> {
+    match actor {
+        Actor::User(u) => Ok(u),
+        Actor::System => Err(ControlError::bad_request(
+            "needs_user",
+            "this action is taken by a user, with a user token",
+        )),
+    }
+}
+
+/// The actor's role, checked against the matrix. The system may do everything.
+fn check(doc: &RoomDoc, actor: &Actor, action: Action) -> Result<Option<Role>, ControlError> {
+    let Actor::User(u) = actor else {
+        return Ok(None);
+    };
+    // The host owns the room whether or not they are in it (e.g. moderating from a dashboard).
+    let role = match doc.members.get(u) {
+        Some(member) => member.role,
+        None if *u == doc.room.host => Role::Host,
+        None => {
+            return Err(ControlError::forbidden(
+                "not_a_member",
+                "join the room first",
+            ));
+        }
+    };
+    if !allowed(action, role, doc.room.kind) {
+        return Err(ControlError::forbidden(
+            "not_allowed",
+            format!(
+                "a {} may not {} in a {} room",
+                role.as_str(),
+                action.as_str(),
+                kind_name(doc.room.kind)
+            ),
+        ));
+    }
+    Ok(Some(role))
+}
+
+fn kind_name(kind: RoomKind) -> &'static str {
+    match kind {
+        RoomKind::Stage => "stage",
+        RoomKind::Open => "open",
+    }
+}
+
+fn live(doc: &RoomDoc) -> Result<(), ControlError> {
+    match doc.room.state {
+        RoomState::Live => Ok(()),
+        RoomState::Scheduled => Err(ControlError::conflict(
+            "room_not_live",
+            "the room has not started",
+        )),
+        RoomState::Ended | RoomState::Archived => {
+            Err(ControlError::conflict("room_ended", "the room has ended"))
+        }
+    }
+}
+
+/// Pushes the member's current permission and attributes to the media plane.
+fn sync(doc: &RoomDoc, user: &UserId, fx: &mut Effects) {
+    if let Some((can_publish, attributes)) = participant_view(doc, user) {
+        fx.media.push(MediaCommand::Update {
+            room: doc.room.id.clone(),
+            user: user.clone(),
+            can_publish,
+            attributes,
+        });
+    }
+}
+
+fn audience_event(doc: &RoomDoc, fx: &mut Effects) {
+    fx.events.push(Event::Audience {
+        room: doc.room.id.clone(),
+        listeners: doc.audience(),
+        present: u32::try_from(doc.present().count()).unwrap_or(u32::MAX),
+    });
+}
+
+fn join(
+    doc: &mut RoomDoc,
+    u: &UserId,
+    name: String,
+    cx: &Context,
+    _fx: &mut Effects,
+) -> Result<(), ControlError> {
+    if doc.bans.contains(u) {
+        return Err(ControlError::forbidden(
+            "banned",
+            "you are banned from this room",
+        ));
+    }
+    if let Some(&until) = doc.kicks.get(u) {
+        if until > cx.now {
+            let secs = (until - cx.now).div_ceil(1000);
+            return Err(ControlError::forbidden(
+                "kicked",
+                format!("you were removed from this room; you may rejoin in {secs} s"),
+            ));
+        }
+        doc.kicks.remove(u);
+    }
+    let is_host = *u == doc.room.host;
+    // The host may join a scheduled room before starting it; nobody joins an ended one.
+    let ended = matches!(doc.room.state, RoomState::Ended | RoomState::Archived);
+    if !is_host || ended {
+        live(doc)?;
+    }
+    if let Some(member) = doc.members.get_mut(u) {
+        member.name = name;
+        return Ok(());
+    }
+    let members = u32::try_from(doc.members.len()).unwrap_or(u32::MAX);
+    if members >= doc.room.max_participants {
+        return Err(ControlError::unprocessable(
+            "room_full",
+            format!(
+                "the room is full ({} participants)",
+                doc.room.max_participants
+            ),
+        ));
+    }
+    let role = if is_host {
+        Role::Host
+    } else if doc.room.kind == RoomKind::Open {
+        Role::Speaker
+    } else {
+        Role::Listener
+    };
+    doc.members.insert(
+        u.clone(),
+        Member {
+            name,
+            role,
+            muted: false,
+            hard_muted: false,
+            joined_at: cx.now,
+            present: false,
+            present_since: None,
+            on_stage_since: role.on_stage().then_some(cx.now),
+            instance: None,
+            speaking_since: None,
+        },
+    );
+    doc.stats.total_joins += 1;
+    Ok(())
+}
+
+fn leave(doc: &mut RoomDoc, u: &UserId, cx: &Context, fx: &mut Effects) {
+    if let Some(mut m) = doc.members.remove(u) {
+        account(&mut doc.stats, u, &mut m, cx.now);
+    }
+    if doc.hands.remove(u).is_some() {
+        fx.events.push(Event::Hand {
+            room: doc.room.id.clone(),
+            user: u.clone(),
+            raised: false,
+        });
+    }
+    fx.released.push(u.clone());
+    audience_event(doc, fx);
+}
+
+/// Closes a member's open listening and stage periods into the statistics.
+fn account(stats: &mut crate::model::RoomStats, u: &UserId, m: &mut Member, now: u64) {
+    if let Some(since) = m.present_since.take()
+        && m.present
+    {
+        stats.listening_ms += now.saturating_sub(since);
+        stats.listening_sessions += 1;
+    }
+    m.present = false;
+    m.instance = None;
+    stop_speaking(stats, u, m, now);
+    if let Some(since) = m.on_stage_since.take() {
+        *stats.stage_ms.entry(u.clone()).or_default() += now.saturating_sub(since);
+    }
+}
+
+fn set_role(doc: &mut RoomDoc, u: &UserId, role: Role, cx: &Context, fx: &mut Effects) {
+    let room = doc.room.id.clone();
+    let Some(m) = doc.members.get_mut(u) else {
+        return;
+    };
+    let was_on_stage = m.role.on_stage();
+    m.role = role;
+    if role.on_stage() && !was_on_stage {
+        m.on_stage_since = Some(cx.now);
+    } else if !role.on_stage()
+        && was_on_stage
+        && let Some(since) = m.on_stage_since.take()
+    {
+        *doc.stats.stage_ms.entry(u.clone()).or_default() += cx.now.saturating_sub(since);
+    }
+    if doc.hands.remove(u).is_some() {
+        fx.events.push(Event::Hand {
+            room: room.clone(),
+            user: u.clone(),
+            raised: false,
+        });
+    }
+    fx.events.push(Event::Role {
+        room,
+        user: u.clone(),
+        role,
+    });
+    sync(doc, u, fx);
+}
+
+fn own(
+    doc: &mut RoomDoc,
+    u: &UserId,
+    action: Action,
+    cx: &Context,
+    fx: &mut Effects,
+) -> Result<(), ControlError> {
+    let actor = Actor::User(u.clone());
+    check(doc, &actor, action)?;
+    let room = doc.room.id.clone();
+    match action {
+        Action::Leave => leave(doc, u, cx, fx),
+        Action::RaiseHand => {
+            live(doc)?;
+            let mode_ok = match doc.room.speaker_mode {
+                SpeakerMode::Everyone => true,
+                SpeakerMode::Followers => cx.follows_host || doc.invited.contains(u),
+                SpeakerMode::Invited => doc.invited.contains(u),
+            };
+            if !mode_ok {
+                let why = match doc.room.speaker_mode {
+                    SpeakerMode::Followers => "only followers of the host may raise a hand here",
+                    _ => "only invited listeners may raise a hand here",
+                };
+                return Err(ControlError::forbidden("speaker_mode", why));
+            }
+            if doc.hands.contains_key(u) {
+                return Ok(());
+            }
+            doc.hands.insert(u.clone(), cx.now);
+            doc.stats.hands_raised += 1;
+            fx.events.push(Event::Hand {
+                room,
+                user: u.clone(),
+                raised: true,
+            });
+            sync(doc, u, fx);
+        }
+        Action::LowerHand => {
+            if doc.hands.remove(u).is_some() {
+                fx.events.push(Event::Hand {
+                    room,
+                    user: u.clone(),
+                    raised: false,
+                });
+                sync(doc, u, fx);
+            }
+        }
+        Action::MuteSelf | Action::UnmuteSelf => {
+            let muted = action == Action::MuteSelf;
+            let Some(m) = doc.members.get_mut(u) else {
+                return Ok(());
+            };
+            if !muted && m.hard_muted {
+                return Err(ControlError::forbidden(
+                    "hard_muted",
+                    "a moderator revoked your microphone",
+                ));
+            }
+            m.muted = muted;
+            if muted {
+                fx.media.push(MediaCommand::Mute {
+                    room: room.clone(),
+                    user: u.clone(),
+                });
+            }
+            fx.events.push(Event::Muted {
+                room,
+                user: u.clone(),
+                muted,
+                hard: false,
+            });
+        }
+        Action::StepDown => set_role(doc, u, Role::Listener, cx, fx),
+        _ => {
+            return Err(ControlError::bad_request(
+                "invalid_action",
+                format!("{} names another member", action.as_str()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn moderate(
+    doc: &mut RoomDoc,
+    actor: &Actor,
+    action: Action,
+    target: UserId,
+    cx: &Context,
+    fx: &mut Effects,
+) -> Result<(), ControlError> {
+    if !action.has_target() {
+        return Err(ControlError::bad_request(
+            "invalid_action",
+            format!("{} takes no target", action.as_str()),
+        ));
+    }
+    let actor_role = check(doc, actor, action)?;
+    let target_role = doc.members.get(&target).map(|m| m.role);
+    if let (Actor::User(u), Some(role)) = (actor, actor_role) {
+        if !may_target(action, role, target_role, *u == target) {
+            return Err(match target_role {
+                None => ControlError::not_found("member", target.as_str()),
+                Some(t) => ControlError::forbidden(
+                    "not_allowed",
+                    format!(
+                        "a {} may not {} a {}",
+                        role.as_str(),
+                        action.as_str(),
+                        t.as_str()
+                    ),
+                ),
+            });
+        }
+    } else if target_role.is_none() && !matches!(action, Action::Ban | Action::Unban) {
+        return Err(ControlError::not_found("member", target.as_str()));
+    }
+    if target_role == Some(Role::Host) && matches!(action, Action::Kick | Action::Ban) {
+        return Err(ControlError::forbidden(
+            "not_allowed",
+            "the host cannot be removed; hand the host role over first",
+        ));
+    }
+    let room = doc.room.id.clone();
+    let stage = |r: Option<Role>| r.is_some_and(Role::on_stage);
+    match action {
+        Action::ApproveHand | Action::DenyHand => {
+            if !doc.hands.contains_key(&target) {
+                return Err(ControlError::conflict(
+                    "no_raised_hand",
+                    format!("{target} has no raised hand"),
+                ));
+            }
+            if action == Action::ApproveHand {
+                set_role(doc, &target, Role::Speaker, cx, fx);
+            } else {
+                doc.hands.remove(&target);
+                fx.events.push(Event::Hand {
+                    room,
+                    user: target.clone(),
+                    raised: false,
+                });
+                sync(doc, &target, fx);
+            }
+        }
+        Action::InviteToSpeak => {
+            if target_role != Some(Role::Listener) {
+                return Err(ControlError::conflict(
+                    "not_a_listener",
+                    format!("{target} is already on stage"),
+                ));
+            }
+            doc.invited.insert(target.clone());
+            set_role(doc, &target, Role::Speaker, cx, fx);
+        }
+        Action::MoveToAudience => {
+            if !stage(target_role) {
+                return Err(ControlError::conflict(
+                    "not_on_stage",
+                    format!("{target} is not on stage"),
+                ));
+            }
+            set_role(doc, &target, Role::Listener, cx, fx);
+        }
+        Action::ForceMute | Action::HardMute | Action::Restore => {
+            let hard = action != Action::ForceMute;
+            if let Some(m) = doc.members.get_mut(&target) {
+                match action {
+                    Action::ForceMute => m.muted = true,
+                    Action::HardMute => {
+                        m.muted = true;
+                        m.hard_muted = true;
+                    }
+                    _ => m.hard_muted = false,
+                }
+            }
+            let muted = action != Action::Restore;
+            if action == Action::ForceMute {
+                fx.media.push(MediaCommand::Mute {
+                    room: room.clone(),
+                    user: target.clone(),
+                });
+            }
+            fx.events.push(Event::Muted {
+                room,
+                user: target.clone(),
+                muted,
+                hard,
+            });
+            if hard {
+                sync(doc, &target, fx);
+            }
+        }
+        Action::Kick | Action::Ban => {
+            if action == Action::Kick {
+                doc.kicks
+                    .insert(target.clone(), cx.now.saturating_add(cx.kick_cooldown_ms));
+            } else {
+                doc.bans.insert(target.clone());
+            }
+            let was_member = doc.members.contains_key(&target);
+            leave(doc, &target, cx, fx);
+            if was_member {
+                fx.media.push(MediaCommand::Remove {
+                    room: room.clone(),
+                    user: target.clone(),
+                });
+            }
+            fx.events.push(Event::Removed {
+                room,
+                user: target,
+                banned: action == Action::Ban,
+            });
+        }
+        Action::Unban => {
+            let was = doc.bans.remove(&target) | doc.kicks.remove(&target).is_some();
+            if !was {
+                return Err(ControlError::conflict(
+                    "not_banned",
+                    format!("{target} is not banned"),
+                ));
+            }
+        }
+        Action::AddCoHost => {
+            if target_role == Some(Role::CoHost) {
+                return Ok(());
+            }
+            set_role(doc, &target, Role::CoHost, cx, fx);
+        }
+        Action::RemoveCoHost => {
+            if target_role != Some(Role::CoHost) {
+                return Err(ControlError::conflict(
+                    "not_a_co_host",
+                    format!("{target} is not a co-host"),
+                ));
+            }
+            set_role(doc, &target, Role::Speaker, cx, fx);
+        }
+        Action::TransferHost => {
+            let old = doc.room.host.clone();
+            doc.room.host = target.clone();
+            set_role(doc, &target, Role::Host, cx, fx);
+            if doc.members.contains_key(&old) {
+                set_role(doc, &old, Role::CoHost, cx, fx);
+            }
+        }
+        _ => {
+            return Err(ControlError::bad_request(
+                "invalid_action",
+                format!("{} takes no target", action.as_str()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn start(
+    doc: &mut RoomDoc,
+    actor: &Actor,
+    cx: &Context,
+    fx: &mut Effects,
+) -> Result<(), ControlError> {
+    // The host need not have joined a scheduled room yet.
+    if let Actor::User(u) = actor
+        && *u != doc.room.host
+    {
+        return Err(ControlError::forbidden(
+            "not_allowed",
+            "only the host may start the room",
+        ));
+    }
+    match doc.room.state {
+        RoomState::Scheduled => {}
+        RoomState::Live => return Ok(()),
+        RoomState::Ended | RoomState::Archived => {
+            return Err(ControlError::conflict("room_ended", "the room has ended"));
+        }
+    }
+    doc.room.state = RoomState::Live;
+    doc.room.started_at = Some(cx.now);
+    doc.room.empty_since = Some(cx.now);
+    fx.media.push(MediaCommand::CreateRoom {
+        room: doc.room.id.clone(),
+        max_participants: doc.room.max_participants,
+    });
+    fx.events.push(Event::RoomLive {
+        room: doc.room.id.clone(),
+        title: doc.room.title.clone(),
+        host: doc.room.host.clone(),
+    });
+    Ok(())
+}
+
+fn end(doc: &mut RoomDoc, cx: &Context, fx: &mut Effects) -> Result<(), ControlError> {
+    if matches!(doc.room.state, RoomState::Ended | RoomState::Archived) {
+        return Ok(());
+    }
+    let was_live = doc.room.state == RoomState::Live;
+    doc.room.state = RoomState::Ended;
+    doc.room.ended_at = Some(cx.now);
+    doc.room.empty_since = None;
+    let members = std::mem::take(&mut doc.members);
+    for (u, mut m) in members {
+        account(&mut doc.stats, &u, &mut m, cx.now);
+        fx.released.push(u);
+    }
+    doc.hands.clear();
+    if was_live {
+        fx.media.push(MediaCommand::DeleteRoom {
+            room: doc.room.id.clone(),
+        });
+    }
+    fx.events.push(Event::RoomEnded {
+        room: doc.room.id.clone(),
+    });
+    Ok(())
+}
+
+fn speaking(doc: &mut RoomDoc, u: &UserId, on: bool, cx: &Context) {
+    let Some(m) = doc.members.get_mut(u) else {
+        return;
+    };
+    if on {
+        if m.present && m.speaking_since.is_none() {
+            m.speaking_since = Some(cx.now);
+        }
+    } else {
+        stop_speaking(&mut doc.stats, u, m, cx.now);
+    }
+}
+
+/// Closes a member's speaking period into the statistics.
+fn stop_speaking(stats: &mut crate::model::RoomStats, u: &UserId, m: &mut Member, now: u64) {
+    if let Some(since) = m.speaking_since.take() {
+        *stats.speaking_ms.entry(u.clone()).or_default() += now.saturating_sub(since);
+    }
+}
+
+fn connected(doc: &mut RoomDoc, u: &UserId, instance: String, cx: &Context, fx: &mut Effects) {
+    let Some(m) = doc.members.get_mut(u) else {
+        return;
+    };
+    m.instance = Some(instance);
+    if m.present {
+        return;
+    }
+    m.present = true;
+    m.present_since = Some(cx.now);
+    doc.room.empty_since = None;
+    let listeners = doc.audience();
+    doc.stats.peak_listeners = doc.stats.peak_listeners.max(listeners);
+    audience_event(doc, fx);
+}
+
+fn disconnected(doc: &mut RoomDoc, u: &UserId, instance: &str, cx: &Context, fx: &mut Effects) {
+    let Some(m) = doc.members.get_mut(u) else {
+        return;
+    };
+    if !m.present || m.instance.as_deref().is_some_and(|i| i != instance) {
+        return;
+    }
+    m.instance = None;
+    stop_speaking(&mut doc.stats, u, m, cx.now);
+    if let Some(since) = m.present_since {
+        doc.stats.listening_ms += cx.now.saturating_sub(since);
+        doc.stats.listening_sessions += 1;
+    }
+    m.present = false;
+    m.present_since = None;
+    if doc.present().next().is_none() && doc.room.state == RoomState::Live {
+        doc.room.empty_since = Some(cx.now);
+    }
+    audience_event(doc, fx);
+}
+
+#[cfg(test)]
+#[path = "room_tests.rs"]
+mod tests;

@@ -1,0 +1,535 @@
+//! The room state machine, driven with simulated time.
+
+use super::*;
+use crate::model::{Room, RoomId};
+
+const MINUTE: u64 = 60_000;
+
+fn uid(s: &str) -> UserId {
+    UserId::parse(s).unwrap()
+}
+
+fn doc(kind: RoomKind, mode: SpeakerMode) -> RoomDoc {
+    RoomDoc::new(Room {
+        id: RoomId::parse("aaaaaaaaaaaaaaaa").unwrap(),
+        title: "t".into(),
+        topic: String::new(),
+        description: String::new(),
+        kind,
+        speaker_mode: mode,
+        max_participants: 4,
+        host: uid("host"),
+        created_by: uid("host"),
+        state: RoomState::Scheduled,
+        created_at: 0,
+        scheduled_for: None,
+        started_at: None,
+        ended_at: None,
+        empty_since: None,
+        media_url: None,
+    })
+}
+
+fn cx(now: u64) -> Context {
+    Context {
+        now,
+        follows_host: false,
+        kick_cooldown_ms: 5 * MINUTE,
+    }
+}
+
+fn as_user(s: &str) -> Actor {
+    Actor::User(uid(s))
+}
+
+fn run(d: &mut RoomDoc, who: &str, c: Command, now: u64) -> Result<Effects, ControlError> {
+    apply(d, &as_user(who), c, &cx(now))
+}
+
+fn join(d: &mut RoomDoc, who: &str, now: u64) -> Result<Effects, ControlError> {
+    run(d, who, Command::Join { name: who.into() }, now)
+}
+
+fn live_stage() -> RoomDoc {
+    let mut d = doc(RoomKind::Stage, SpeakerMode::Everyone);
+    run(&mut d, "host", Command::Start, 0).unwrap();
+    join(&mut d, "host", 0).unwrap();
+    join(&mut d, "ann", 1).unwrap();
+    d
+}
+
+#[test]
+fn start_creates_the_media_room_and_only_the_host_may() {
+    let mut d = doc(RoomKind::Stage, SpeakerMode::Everyone);
+    assert_eq!(join(&mut d, "ann", 0).unwrap_err().code, "room_not_live");
+    assert_eq!(
+        run(&mut d, "ann", Command::Start, 0).unwrap_err().code,
+        "not_allowed"
+    );
+    let fx = run(&mut d, "host", Command::Start, 5).unwrap();
+    assert_eq!(d.room.state, RoomState::Live);
+    assert!(matches!(fx.media[0], MediaCommand::CreateRoom { .. }));
+    assert!(matches!(fx.events[0], Event::RoomLive { .. }));
+}
+
+#[test]
+fn hand_raise_approve_and_move_back_reach_the_media_plane() {
+    let mut d = live_stage();
+    assert_eq!(d.members[&uid("ann")].role, Role::Listener);
+    let fx = run(&mut d, "ann", Command::Own(Action::RaiseHand), 2).unwrap();
+    let raised = participant_view(&d, &uid("ann")).unwrap();
+    assert!(!raised.0);
+    assert_eq!(raised.1["hand"], "raised");
+    assert!(fx.media.iter().any(|m| matches!(
+        m,
+        MediaCommand::Update {
+            can_publish: false,
+            ..
+        }
+    )));
+
+    let fx = run(
+        &mut d,
+        "host",
+        Command::Target(Action::ApproveHand, uid("ann")),
+        3,
+    )
+    .unwrap();
+    assert_eq!(d.members[&uid("ann")].role, Role::Speaker);
+    assert!(d.hands.is_empty());
+    let update = fx
+        .media
+        .iter()
+        .find_map(|m| match m {
+            MediaCommand::Update {
+                can_publish,
+                attributes,
+                ..
+            } => Some((*can_publish, attributes.clone())),
+            _ => None,
+        })
+        .unwrap();
+    assert!(update.0);
+    assert_eq!(update.1["role"], "speaker");
+    assert_eq!(update.1["hand"], "");
+
+    run(
+        &mut d,
+        "host",
+        Command::Target(Action::MoveToAudience, uid("ann")),
+        10_003,
+    )
+    .unwrap();
+    assert_eq!(d.members[&uid("ann")].role, Role::Listener);
+    assert_eq!(d.stats.stage_ms[&uid("ann")], 10_000);
+    assert!(!participant_view(&d, &uid("ann")).unwrap().0);
+}
+
+#[test]
+fn approving_a_lowered_hand_is_a_conflict() {
+    let mut d = live_stage();
+    run(&mut d, "ann", Command::Own(Action::RaiseHand), 2).unwrap();
+    run(&mut d, "ann", Command::Own(Action::LowerHand), 3).unwrap();
+    let err = run(
+        &mut d,
+        "host",
+        Command::Target(Action::ApproveHand, uid("ann")),
+        4,
+    )
+    .unwrap_err();
+    assert_eq!((err.status, err.code), (409, "no_raised_hand"));
+    assert_eq!(d.members[&uid("ann")].role, Role::Listener);
+}
+
+#[test]
+fn speaker_modes_gate_hands() {
+    for (mode, follows, invited, ok) in [
+        (SpeakerMode::Everyone, false, false, true),
+        (SpeakerMode::Followers, false, false, false),
+        (SpeakerMode::Followers, true, false, true),
+        (SpeakerMode::Followers, false, true, true),
+        (SpeakerMode::Invited, true, false, false),
+        (SpeakerMode::Invited, false, true, true),
+    ] {
+        let mut d = doc(RoomKind::Stage, mode);
+        run(&mut d, "host", Command::Start, 0).unwrap();
+        join(&mut d, "ann", 1).unwrap();
+        if invited {
+            d.invited.insert(uid("ann"));
+        }
+        let c = Context {
+            follows_host: follows,
+            ..cx(2)
+        };
+        let r = apply(&mut d, &as_user("ann"), Command::Own(Action::RaiseHand), &c);
+        assert_eq!(
+            r.is_ok(),
+            ok,
+            "{mode:?} follows={follows} invited={invited}"
+        );
+        if !ok {
+            assert_eq!(r.unwrap_err().code, "speaker_mode");
+        }
+    }
+}
+
+#[test]
+fn kick_blocks_rejoin_for_the_cooldown_and_ban_until_unbanned() {
+    let mut d = live_stage();
+    let fx = run(
+        &mut d,
+        "host",
+        Command::Target(Action::Kick, uid("ann")),
+        MINUTE,
+    )
+    .unwrap();
+    assert!(
+        fx.media
+            .iter()
+            .any(|m| matches!(m, MediaCommand::Remove { .. }))
+    );
+    assert_eq!(fx.released, vec![uid("ann")]);
+    assert!(!d.members.contains_key(&uid("ann")));
+    let err = join(&mut d, "ann", 2 * MINUTE).unwrap_err();
+    assert_eq!((err.status, err.code), (403, "kicked"));
+    assert!(err.message.contains("240 s"), "{}", err.message);
+    join(&mut d, "ann", 6 * MINUTE + 1).unwrap();
+
+    run(
+        &mut d,
+        "host",
+        Command::Target(Action::Ban, uid("ann")),
+        7 * MINUTE,
+    )
+    .unwrap();
+    assert_eq!(
+        join(&mut d, "ann", 100 * MINUTE).unwrap_err().code,
+        "banned"
+    );
+    run(
+        &mut d,
+        "host",
+        Command::Target(Action::Unban, uid("ann")),
+        101 * MINUTE,
+    )
+    .unwrap();
+    join(&mut d, "ann", 101 * MINUTE).unwrap();
+    // Users who never joined can be banned ahead.
+    run(
+        &mut d,
+        "host",
+        Command::Target(Action::Ban, uid("troll")),
+        102 * MINUTE,
+    )
+    .unwrap();
+    assert_eq!(
+        join(&mut d, "troll", 102 * MINUTE).unwrap_err().code,
+        "banned"
+    );
+}
+
+#[test]
+fn co_hosts_cannot_touch_the_host_or_each_other() {
+    let mut d = live_stage();
+    join(&mut d, "cy", 1).unwrap();
+    join(&mut d, "dee", 1).unwrap();
+    run(
+        &mut d,
+        "host",
+        Command::Target(Action::AddCoHost, uid("cy")),
+        2,
+    )
+    .unwrap();
+    run(
+        &mut d,
+        "host",
+        Command::Target(Action::AddCoHost, uid("dee")),
+        2,
+    )
+    .unwrap();
+    for (action, target) in [
+        (Action::Kick, "host"),
+        (Action::ForceMute, "host"),
+        (Action::Kick, "dee"),
+    ] {
+        let err = run(&mut d, "cy", Command::Target(action, uid(target)), 3).unwrap_err();
+        assert_eq!(err.status, 403, "{action:?} {target}");
+    }
+    run(&mut d, "cy", Command::Target(Action::Kick, uid("ann")), 3).unwrap();
+    // Even the host cannot remove the host.
+    let err = apply(
+        &mut d,
+        &Actor::System,
+        Command::Target(Action::Ban, uid("host")),
+        &cx(4),
+    )
+    .unwrap_err();
+    assert_eq!(err.status, 403);
+}
+
+#[test]
+fn hard_mute_revokes_publishing_until_restored() {
+    let mut d = live_stage();
+    run(
+        &mut d,
+        "host",
+        Command::Target(Action::InviteToSpeak, uid("ann")),
+        2,
+    )
+    .unwrap();
+    assert!(participant_view(&d, &uid("ann")).unwrap().0);
+    run(
+        &mut d,
+        "host",
+        Command::Target(Action::HardMute, uid("ann")),
+        3,
+    )
+    .unwrap();
+    assert!(!participant_view(&d, &uid("ann")).unwrap().0);
+    assert_eq!(
+        run(&mut d, "ann", Command::Own(Action::UnmuteSelf), 4)
+            .unwrap_err()
+            .code,
+        "hard_muted"
+    );
+    run(
+        &mut d,
+        "host",
+        Command::Target(Action::Restore, uid("ann")),
+        5,
+    )
+    .unwrap();
+    assert!(participant_view(&d, &uid("ann")).unwrap().0);
+    run(&mut d, "ann", Command::Own(Action::UnmuteSelf), 6).unwrap();
+}
+
+#[test]
+fn transfer_host_swaps_roles() {
+    let mut d = live_stage();
+    run(
+        &mut d,
+        "host",
+        Command::Target(Action::TransferHost, uid("ann")),
+        2,
+    )
+    .unwrap();
+    assert_eq!(d.room.host, uid("ann"));
+    assert_eq!(d.members[&uid("ann")].role, Role::Host);
+    assert_eq!(d.members[&uid("host")].role, Role::CoHost);
+    assert_eq!(
+        run(&mut d, "host", Command::End, 3).unwrap_err().code,
+        "not_allowed"
+    );
+    run(&mut d, "ann", Command::End, 3).unwrap();
+}
+
+#[test]
+fn open_rooms_let_everyone_speak_and_have_no_hands() {
+    let mut d = doc(RoomKind::Open, SpeakerMode::Everyone);
+    run(&mut d, "host", Command::Start, 0).unwrap();
+    join(&mut d, "ann", 1).unwrap();
+    assert_eq!(d.members[&uid("ann")].role, Role::Speaker);
+    assert!(participant_view(&d, &uid("ann")).unwrap().0);
+    assert_eq!(
+        run(&mut d, "ann", Command::Own(Action::RaiseHand), 2)
+            .unwrap_err()
+            .code,
+        "not_allowed"
+    );
+}
+
+#[test]
+fn full_rooms_refuse_with_422() {
+    let mut d = live_stage();
+    join(&mut d, "b", 2).unwrap();
+    join(&mut d, "c", 2).unwrap();
+    let err = join(&mut d, "d", 2).unwrap_err();
+    assert_eq!((err.status, err.code), (422, "room_full"));
+    // Members rejoining are not counted twice.
+    join(&mut d, "c", 3).unwrap();
+}
+
+#[test]
+fn end_disconnects_everyone_and_keeps_statistics() {
+    let mut d = live_stage();
+    apply(
+        &mut d,
+        &Actor::System,
+        Command::Connected(uid("ann"), "i1".into()),
+        &cx(1_000),
+    )
+    .unwrap();
+    apply(
+        &mut d,
+        &Actor::System,
+        Command::Connected(uid("host"), "i1".into()),
+        &cx(1_000),
+    )
+    .unwrap();
+    assert_eq!(d.stats.peak_listeners, 1);
+    run(
+        &mut d,
+        "ann",
+        Command::React {
+            emoji: "👏".into()
+        },
+        2_000,
+    )
+    .unwrap();
+    let fx = run(&mut d, "host", Command::End, 31_000).unwrap();
+    assert_eq!(d.room.state, RoomState::Ended);
+    assert!(d.members.is_empty());
+    assert_eq!(fx.released.len(), 2);
+    assert!(fx.media.contains(&MediaCommand::DeleteRoom {
+        room: d.room.id.clone()
+    }));
+    assert_eq!(d.stats.listening_ms, 60_000);
+    assert_eq!(d.stats.listening_sessions, 2);
+    assert_eq!(d.stats.stage_ms[&uid("host")], 31_000);
+    assert_eq!(d.stats.reactions, 1);
+    assert_eq!(join(&mut d, "ann", 32_000).unwrap_err().code, "room_ended");
+    apply(&mut d, &Actor::System, Command::Archive, &cx(32_000)).unwrap();
+    assert_eq!(d.room.state, RoomState::Archived);
+}
+
+#[test]
+fn presence_tracks_emptiness() {
+    let mut d = live_stage();
+    assert_eq!(d.room.empty_since, Some(0));
+    apply(
+        &mut d,
+        &Actor::System,
+        Command::Connected(uid("ann"), "i1".into()),
+        &cx(10),
+    )
+    .unwrap();
+    assert_eq!(d.room.empty_since, None);
+    apply(
+        &mut d,
+        &Actor::System,
+        Command::Disconnected(uid("ann"), "i1".into()),
+        &cx(20),
+    )
+    .unwrap();
+    assert_eq!(d.room.empty_since, Some(20));
+    // A disconnect reported for another instance (the user moved on) changes nothing.
+    apply(
+        &mut d,
+        &Actor::System,
+        Command::Connected(uid("ann"), "i2".into()),
+        &cx(25),
+    )
+    .unwrap();
+    let before = d.clone();
+    apply(
+        &mut d,
+        &Actor::System,
+        Command::Disconnected(uid("ann"), "i1".into()),
+        &cx(26),
+    )
+    .unwrap();
+    assert_eq!(d, before);
+    apply(
+        &mut d,
+        &Actor::System,
+        Command::Disconnected(uid("ann"), "i2".into()),
+        &cx(27),
+    )
+    .unwrap();
+    assert!(!d.members[&uid("ann")].present);
+    // Strangers' presence changes nothing.
+    let before = d.clone();
+    apply(
+        &mut d,
+        &Actor::System,
+        Command::Connected(uid("zed"), "i1".into()),
+        &cx(30),
+    )
+    .unwrap();
+    assert_eq!(d, before);
+}
+
+#[test]
+fn self_actions_need_a_user_and_non_members_are_refused() {
+    let mut d = live_stage();
+    let err = apply(
+        &mut d,
+        &Actor::System,
+        Command::Own(Action::RaiseHand),
+        &cx(1),
+    )
+    .unwrap_err();
+    assert_eq!(err.code, "needs_user");
+    let err = run(&mut d, "zed", Command::Own(Action::RaiseHand), 1).unwrap_err();
+    assert_eq!(err.code, "not_a_member");
+    let err = run(&mut d, "ann", Command::Target(Action::Kick, uid("host")), 1).unwrap_err();
+    assert_eq!(err.status, 403);
+}
+
+#[test]
+fn speaking_time_comes_from_the_media_plane() {
+    let mut d = live_stage();
+    let sys =
+        |d: &mut RoomDoc, c: Command, now: u64| apply(d, &Actor::System, c, &cx(now)).unwrap();
+    // Not connected: nothing counts.
+    sys(&mut d, Command::Speaking(uid("host"), true), 0);
+    assert_eq!(d.members[&uid("host")].speaking_since, None);
+    sys(&mut d, Command::Connected(uid("host"), "i1".into()), 0);
+    sys(&mut d, Command::Speaking(uid("host"), true), 1_000);
+    sys(&mut d, Command::Speaking(uid("host"), true), 2_000);
+    sys(&mut d, Command::Speaking(uid("host"), false), 4_000);
+    sys(&mut d, Command::Speaking(uid("host"), true), 10_000);
+    // A disconnect closes the open period.
+    sys(
+        &mut d,
+        Command::Disconnected(uid("host"), "i1".into()),
+        10_500,
+    );
+    assert_eq!(d.stats.speaking_ms[&uid("host")], 3_500);
+}
+
+/// Every action × every role × both room kinds through the state machine: refused with
+/// `not_allowed` exactly where the matrix says so (other refusals, such as approving a hand that
+/// is not raised, are about state, not permission).
+#[test]
+fn the_state_machine_enforces_the_matrix_everywhere() {
+    use crate::permission::allowed;
+    let mut checked = 0;
+    for kind in [RoomKind::Stage, RoomKind::Open] {
+        for role in Role::ALL {
+            for action in Action::ALL {
+                let mut d = doc(kind, SpeakerMode::Everyone);
+                run(&mut d, "host", Command::Start, 0).unwrap();
+                join(&mut d, "host", 0).unwrap();
+                join(&mut d, "actor", 0).unwrap();
+                join(&mut d, "target", 0).unwrap();
+                if kind == RoomKind::Stage {
+                    run(&mut d, "target", Command::Own(Action::RaiseHand), 1).unwrap();
+                }
+                let actor = if role == Role::Host { "host" } else { "actor" };
+                if role != Role::Host {
+                    d.members.get_mut(&uid("actor")).unwrap().role = role;
+                }
+                let command = match action {
+                    Action::Join => Command::Join { name: "x".into() },
+                    Action::React => Command::React {
+                        emoji: "👏".into()
+                    },
+                    Action::Start => Command::Start,
+                    Action::End => Command::End,
+                    a if a.has_target() => Command::Target(a, uid("target")),
+                    a => Command::Own(a),
+                };
+                let result = run(&mut d, actor, command, 2);
+                let refused = matches!(&result, Err(e) if e.code == "not_allowed");
+                assert_eq!(
+                    refused,
+                    !allowed(action, role, kind),
+                    "{action:?} by {role:?} in {kind:?}: {result:?}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 2 * 4 * 23);
+}

@@ -1,0 +1,264 @@
+//! What the API shows of rooms: who sees what depends on who asks.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::model::{Role, RoomDoc, RoomKind, RoomState, RoomStats, SpeakerMode, UserId};
+
+/// A member as others see them.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MemberView {
+    /// User id (LiveKit identity).
+    pub user: UserId,
+    /// Display name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Muted.
+    pub muted: bool,
+    /// Publishing revoked by a moderator.
+    pub hard_muted: bool,
+    /// Connected now.
+    pub present: bool,
+    /// Hand raised.
+    pub hand_raised: bool,
+}
+
+/// A raised hand, in the order raised.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HandView {
+    /// Whose.
+    pub user: UserId,
+    /// Their name.
+    pub name: String,
+    /// Unix ms raised.
+    pub raised_at: u64,
+}
+
+/// A room as the caller may see it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RoomView {
+    /// Id.
+    pub id: String,
+    /// Title.
+    pub title: String,
+    /// Topic.
+    pub topic: String,
+    /// Description.
+    pub description: String,
+    /// Stage or open.
+    pub kind: RoomKind,
+    /// Who may raise a hand.
+    pub speaker_mode: SpeakerMode,
+    /// Member limit.
+    pub max_participants: u32,
+    /// Host.
+    pub host: UserId,
+    /// Lifecycle state.
+    pub state: RoomState,
+    /// Unix ms.
+    pub created_at: u64,
+    /// Unix ms it is scheduled for.
+    pub scheduled_for: Option<u64>,
+    /// Unix ms it went live.
+    pub started_at: Option<u64>,
+    /// Unix ms it ended.
+    pub ended_at: Option<u64>,
+    /// Listeners connected.
+    pub listeners: u32,
+    /// Everyone connected.
+    pub present: u32,
+    /// Host, co-hosts and speakers.
+    pub stage: Vec<MemberView>,
+    /// The caller's own membership.
+    pub you: Option<MemberView>,
+    /// Raised hands (hosts and co-hosts only).
+    pub hands: Option<Vec<HandView>>,
+    /// The audience (hosts and co-hosts only).
+    pub audience: Option<Vec<MemberView>>,
+    /// Banned users (hosts and co-hosts only).
+    pub banned: Option<Vec<UserId>>,
+}
+
+/// A room's statistics.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StatsView {
+    /// Room id.
+    pub room: String,
+    /// Lifecycle state.
+    pub state: RoomState,
+    /// Most listeners connected at once.
+    pub peak_listeners: u32,
+    /// Joins, counting rejoins.
+    pub total_joins: u64,
+    /// Average connected time per session (ms), closed sessions only.
+    pub average_listening_ms: u64,
+    /// Time on stage per user (ms).
+    pub stage_ms: BTreeMap<UserId, u64>,
+    /// Time speaking per user (ms), from active-speaker detection.
+    pub speaking_ms: BTreeMap<UserId, u64>,
+    /// Reactions.
+    pub reactions: u64,
+    /// Hands raised.
+    pub hands_raised: u64,
+    /// Minutes from start to end (or now).
+    pub duration_ms: u64,
+}
+
+/// A host's totals across their rooms.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HostStatsView {
+    /// The host.
+    pub host: UserId,
+    /// Rooms hosted (any state).
+    pub rooms: u64,
+    /// Rooms that went live.
+    pub rooms_live_or_ended: u64,
+    /// Sum of per-room peaks.
+    pub peak_listeners_sum: u64,
+    /// Largest single-room peak.
+    pub peak_listeners_max: u32,
+    /// Joins across rooms.
+    pub total_joins: u64,
+    /// Connected time across rooms (ms).
+    pub listening_ms: u64,
+    /// The host's own time on stage across rooms (ms).
+    pub stage_ms: u64,
+}
+
+fn member(doc: &RoomDoc, user: &UserId) -> Option<MemberView> {
+    let m = doc.members.get(user)?;
+    Some(MemberView {
+        user: user.clone(),
+        name: m.name.clone(),
+        role: m.role,
+        muted: m.muted,
+        hard_muted: m.hard_muted,
+        present: m.present,
+        hand_raised: doc.hands.contains_key(user),
+    })
+}
+
+/// The room as `viewer` (a user id, or `None` for a server) sees it.
+pub fn room(doc: &RoomDoc, viewer: Option<&UserId>) -> RoomView {
+    let r = &doc.room;
+    let moderator = match viewer {
+        None => true,
+        Some(u) => doc.members.get(u).is_some_and(|m| m.role.moderates()) || r.host == *u,
+    };
+    let mut stage: Vec<MemberView> = doc
+        .members
+        .iter()
+        .filter(|(_, m)| m.role.on_stage())
+        .filter_map(|(u, _)| member(doc, u))
+        .collect();
+    stage.sort_by(|a, b| a.role.cmp(&b.role).then_with(|| a.name.cmp(&b.name)));
+    let mut hands: Vec<HandView> = doc
+        .hands
+        .iter()
+        .map(|(u, &t)| HandView {
+            user: u.clone(),
+            name: doc
+                .members
+                .get(u)
+                .map_or_else(|| u.to_string(), |m| m.name.clone()),
+            raised_at: t,
+        })
+        .collect();
+    hands.sort_by_key(|h| h.raised_at);
+    RoomView {
+        id: r.id.to_string(),
+        title: r.title.clone(),
+        topic: r.topic.clone(),
+        description: r.description.clone(),
+        kind: r.kind,
+        speaker_mode: r.speaker_mode,
+        max_participants: r.max_participants,
+        host: r.host.clone(),
+        state: r.state,
+        created_at: r.created_at,
+        scheduled_for: r.scheduled_for,
+        started_at: r.started_at,
+        ended_at: r.ended_at,
+        listeners: doc.audience(),
+        present: u32::try_from(doc.present().count()).unwrap_or(u32::MAX),
+        stage,
+        you: viewer.and_then(|u| member(doc, u)),
+        hands: moderator.then_some(hands),
+        audience: moderator.then(|| {
+            doc.members
+                .iter()
+                .filter(|(_, m)| !m.role.on_stage())
+                .filter_map(|(u, _)| member(doc, u))
+                .collect()
+        }),
+        banned: moderator.then(|| doc.bans.iter().cloned().collect()),
+    }
+}
+
+/// A room's statistics at `now`.
+pub fn stats(doc: &RoomDoc, now: u64) -> StatsView {
+    let s: &RoomStats = &doc.stats;
+    // Open periods count up to now.
+    let mut stage_ms = s.stage_ms.clone();
+    for (u, m) in &doc.members {
+        if let Some(since) = m.on_stage_since {
+            *stage_ms.entry(u.clone()).or_default() += now.saturating_sub(since);
+        }
+    }
+    let mut speaking_ms = s.speaking_ms.clone();
+    for (u, m) in &doc.members {
+        if let Some(since) = m.speaking_since {
+            *speaking_ms.entry(u.clone()).or_default() += now.saturating_sub(since);
+        }
+    }
+    let duration_ms = match (doc.room.started_at, doc.room.ended_at) {
+        (Some(a), Some(b)) => b.saturating_sub(a),
+        (Some(a), None) => now.saturating_sub(a),
+        _ => 0,
+    };
+    StatsView {
+        room: doc.room.id.to_string(),
+        state: doc.room.state,
+        peak_listeners: s.peak_listeners,
+        total_joins: s.total_joins,
+        average_listening_ms: s
+            .listening_ms
+            .checked_div(s.listening_sessions)
+            .unwrap_or(0),
+        stage_ms,
+        speaking_ms,
+        reactions: s.reactions,
+        hands_raised: s.hands_raised,
+        duration_ms,
+    }
+}
+
+/// A host's totals over `rooms` (those they host).
+pub fn host_stats(host: &UserId, rooms: &[RoomDoc], now: u64) -> HostStatsView {
+    let mut v = HostStatsView {
+        host: host.clone(),
+        rooms: 0,
+        rooms_live_or_ended: 0,
+        peak_listeners_sum: 0,
+        peak_listeners_max: 0,
+        total_joins: 0,
+        listening_ms: 0,
+        stage_ms: 0,
+    };
+    for doc in rooms.iter().filter(|d| d.room.host == *host) {
+        let s = stats(doc, now);
+        v.rooms += 1;
+        if doc.room.started_at.is_some() {
+            v.rooms_live_or_ended += 1;
+        }
+        v.peak_listeners_sum += u64::from(s.peak_listeners);
+        v.peak_listeners_max = v.peak_listeners_max.max(s.peak_listeners);
+        v.total_joins += s.total_joins;
+        v.listening_ms += doc.stats.listening_ms;
+        v.stage_ms += s.stage_ms.get(host).copied().unwrap_or(0);
+    }
+    v
+}

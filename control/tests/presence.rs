@@ -1,0 +1,120 @@
+//! TTL-based presence: members connected through an instance that dies (or a node that
+//! restarts) stop counting as present once its heartbeat expires.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::redis_server::RedisServer;
+use stoa_control::auth::{Keys, Principal};
+use stoa_control::media::NoMedia;
+use stoa_control::model::{RoomDoc, RoomId, RoomKind, SpeakerMode, UserId};
+use stoa_control::service::NewRoom;
+use stoa_control::store::Store;
+use stoa_control::store::embedded::EmbeddedStore;
+use stoa_control::store::redis::RedisStore;
+use stoa_control::{Control, ControlConfig};
+
+fn start(store: Arc<dyn Store>) -> Control {
+    let config = ControlConfig {
+        presence_ttl: 1,
+        ..ControlConfig::default()
+    };
+    let keys = Keys::new(vec![("k".into(), "s".into())]).unwrap();
+    Control::start(store, Arc::new(NoMedia), keys, config)
+}
+
+/// A live room with `lee` connected through `control`.
+async fn room_with_lee(control: &Control) -> RoomId {
+    let host = UserId::parse("hana").unwrap();
+    let doc = control
+        .create_room(
+            &Principal::User {
+                id: host,
+                name: "Hana".into(),
+            },
+            NewRoom {
+                title: "Presence".into(),
+                topic: String::new(),
+                description: String::new(),
+                kind: RoomKind::Stage,
+                speaker_mode: SpeakerMode::Everyone,
+                max_participants: None,
+                scheduled_for: None,
+                host: None,
+            },
+        )
+        .await
+        .unwrap();
+    let id = doc.room.id;
+    let lee = UserId::parse("lee").unwrap();
+    control.join(&lee, "Lee", &id).await.unwrap();
+    control.presence(id.as_str(), "lee", true).await;
+    let doc = control.room(&id).await.unwrap();
+    assert!(doc.members[&lee].present);
+    assert_eq!(
+        doc.members[&lee].instance.as_deref(),
+        Some(control.instance())
+    );
+    id
+}
+
+async fn wait_gone(read: impl AsyncFn() -> RoomDoc) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let doc = read().await;
+        if doc.present().next().is_none() {
+            assert!(doc.room.empty_since.is_some());
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still present: {:?}",
+            doc.members
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_of_a_dead_instance_are_gone_for_the_others() {
+    let redis = RedisServer::start();
+    let a = start(Arc::new(
+        RedisStore::connect(&redis.url, "p:").await.unwrap(),
+    ));
+    let b = start(Arc::new(
+        RedisStore::connect(&redis.url, "p:").await.unwrap(),
+    ));
+    let id = room_with_lee(&a).await;
+    // While instance a lives, b leaves its member alone.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(b.room(&id).await.unwrap().present().count(), 1);
+    drop(a);
+    wait_gone(async || b.room(&id).await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_forgets_sessions_it_no_longer_has() {
+    let dir = std::env::temp_dir().join(format!("stoa-presence-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let path = dir.join("control.redb");
+    let id = {
+        let control = start(Arc::new(EmbeddedStore::open(&path).unwrap()));
+        room_with_lee(&control).await
+    };
+    // The old instance's tasks let go of the store file within a sweep.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let store = loop {
+        match EmbeddedStore::open(&path) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "store still locked: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let control = start(Arc::new(store));
+    wait_gone(async || control.room(&id).await.unwrap()).await;
+}

@@ -1,0 +1,159 @@
+//! The two planes joined in one process: the control plane drives this process's signaling
+//! service through [`MediaPlane`], asks nothing of it but what LiveKit's `RoomService` offers,
+//! and decides who enters its rooms through the signaling [`Admission`] hook; signaling's
+//! participant events come back as presence.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use livekit_protocol as lk;
+use stoa_control::Control;
+use stoa_control::media::{MediaCommand, MediaError, MediaPlane};
+use stoa_signaling::room::RoomLimits;
+use stoa_signaling::service::{ParticipantUpdate, SendData, ServiceError, Signaling};
+use stoa_signaling::ws::{Admission, AdmissionFuture, Admitted};
+use tokio::sync::mpsc;
+
+/// Events queued from signaling to the control plane before they are dropped.
+pub const PRESENCE_QUEUE: usize = 4096;
+
+/// This process's signaling service as the control plane's media plane.
+#[derive(Debug, Clone)]
+pub struct LocalMedia {
+    /// The signaling service.
+    pub signaling: Signaling,
+    /// Limits of media rooms created for control-plane rooms.
+    pub limits: RoomLimits,
+}
+
+fn media_err(e: ServiceError) -> MediaError {
+    match e {
+        ServiceError::RoomNotFound(_)
+        | ServiceError::ParticipantNotFound(_)
+        | ServiceError::TrackNotFound(_) => MediaError::NotFound,
+        e => MediaError::Failed(e.to_string()),
+    }
+}
+
+#[async_trait::async_trait]
+impl MediaPlane for LocalMedia {
+    async fn apply(&self, command: &MediaCommand) -> Result<(), MediaError> {
+        let s = &self.signaling;
+        match command {
+            MediaCommand::CreateRoom {
+                room,
+                max_participants,
+            } => {
+                let limits = RoomLimits {
+                    max_participants: *max_participants,
+                    ..self.limits
+                };
+                s.create_room(room.as_str(), limits)
+                    .await
+                    .map(|_| ())
+                    .map_err(media_err)
+            }
+            MediaCommand::DeleteRoom { room } => {
+                s.delete_room(room.as_str()).await.map_err(media_err)
+            }
+            MediaCommand::Update {
+                room,
+                user,
+                can_publish,
+                attributes,
+            } => {
+                let current = s
+                    .get_participant(room.as_str(), user.as_str())
+                    .await
+                    .map_err(media_err)?;
+                let mut permission = current.permission.unwrap_or_default();
+                permission.can_publish = *can_publish;
+                let update = ParticipantUpdate {
+                    attributes: attributes
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect::<HashMap<_, _>>(),
+                    permission: Some(permission),
+                    ..Default::default()
+                };
+                s.update_participant(room.as_str(), user.as_str(), update)
+                    .await
+                    .map(|_| ())
+                    .map_err(media_err)
+            }
+            MediaCommand::Mute { room, user } => {
+                let p = s
+                    .get_participant(room.as_str(), user.as_str())
+                    .await
+                    .map_err(media_err)?;
+                for track in p.tracks.iter().filter(|t| !t.muted) {
+                    s.mute_published_track(room.as_str(), user.as_str(), &track.sid, true)
+                        .await
+                        .map_err(media_err)?;
+                }
+                Ok(())
+            }
+            MediaCommand::Remove { room, user } => s
+                .remove_participant(room.as_str(), user.as_str())
+                .await
+                .map_err(media_err),
+            MediaCommand::Reaction { room, user, emoji } => {
+                let payload = serde_json::json!({ "user": user, "emoji": emoji });
+                let data = SendData {
+                    payload: payload.to_string().into_bytes(),
+                    reliable: true,
+                    topic: Some("stoa.reaction".to_owned()),
+                    ..Default::default()
+                };
+                s.send_data(room.as_str(), data).await.map_err(media_err)
+            }
+        }
+    }
+}
+
+/// The control plane deciding who enters its rooms, with which permission.
+pub struct ControlAdmission(pub Control);
+
+impl Admission for ControlAdmission {
+    fn admit<'a>(&'a self, room: &'a str, identity: &'a str) -> AdmissionFuture<'a> {
+        Box::pin(async move {
+            match self.0.admit(room, identity).await {
+                Ok(None) => Ok(None),
+                Ok(Some((can_publish, attributes))) => Ok(Some(Admitted {
+                    can_publish,
+                    attributes: attributes.into_iter().collect(),
+                })),
+                Err(e) => Err(stoa_signaling::service::Refused {
+                    status: e.status,
+                    message: e.message,
+                }),
+            }
+        })
+    }
+}
+
+/// Feeds signaling's participant and speaker events to the control plane (presence and
+/// speaking time).
+pub fn spawn_presence(control: Control, mut events: mpsc::Receiver<lk::WebhookEvent>) {
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            let (Some(room), Some(p)) = (&event.room, &event.participant) else {
+                continue;
+            };
+            match event.event.as_str() {
+                "participant_joined" => control.presence(&room.name, &p.identity, true).await,
+                "participant_left" | "participant_connection_aborted" => {
+                    control.presence(&room.name, &p.identity, false).await;
+                }
+                "speaking_started" => control.speaking(&room.name, &p.identity, true).await,
+                "speaking_stopped" => control.speaking(&room.name, &p.identity, false).await,
+                _ => {}
+            }
+        }
+    });
+}
+
+/// Shares the admission hook with the router.
+pub fn admission(control: &Control) -> Arc<dyn Admission> {
+    Arc::new(ControlAdmission(control.clone()))
+}

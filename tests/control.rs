@@ -1,0 +1,773 @@
+//! The control plane end to end: `stoa serve` processes, the REST API over real HTTP, real
+//! LiveKit signaling sessions on `/rtc`, the embedded store on disk and a real redis-server.
+//! Every wait is bounded; servers are killed when a test ends.
+#![allow(
+    clippy::disallowed_methods,
+    clippy::unwrap_used,
+    reason = "tests bound real waits with the wall clock"
+)]
+
+#[path = "../control/tests/common/redis_server.rs"]
+mod redis_server;
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use livekit_protocol as lk;
+use redis_server::RedisServer;
+use serde_json::{Value, json};
+use stoa_control::auth::Keys;
+use stoa_control::model::UserId;
+use support::{SignalClient, Stoa, request, scratch_dir};
+
+const KEY: &str = "ctlkey";
+const SECRET: &str = "a-long-enough-control-test-secret-0123";
+
+fn keys() -> Keys {
+    Keys::new(vec![(KEY.into(), SECRET.into())]).unwrap()
+}
+
+fn user_token(id: &str, name: &str) -> String {
+    keys()
+        .user_token(&UserId::parse(id).unwrap(), name, Duration::from_secs(3600))
+        .unwrap()
+}
+
+/// Writes a config with the test keys and `[control]` settings.
+fn config(dir: &Path, control: &str) -> PathBuf {
+    let path = dir.join("stoa.toml");
+    std::fs::write(
+        &path,
+        format!("[keys]\n{KEY} = \"{SECRET}\"\n[control]\n{control}\n"),
+    )
+    .unwrap();
+    path
+}
+
+/// One API call returning (status, JSON).
+fn api(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let body = body.map(|b| b.to_string());
+    let (status, text) = request(addr, method, path, Some(token), body.as_deref());
+    let value = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"))
+    };
+    (status, value)
+}
+
+/// An API call that must succeed.
+fn ok(addr: SocketAddr, method: &str, path: &str, token: &str, body: Option<Value>) -> Value {
+    let (status, v) = api(addr, method, path, token, body);
+    assert!(
+        (200..300).contains(&status),
+        "{method} {path}: {status} {v}"
+    );
+    v
+}
+
+fn create_room(addr: SocketAddr, host: &str, body: Value) -> String {
+    let (status, room) = api(addr, "POST", "/api/rooms", host, Some(body));
+    assert_eq!(status, 201, "{room}");
+    room["id"].as_str().unwrap().to_owned()
+}
+
+/// Joins through the API and connects a signaling session with the minted token.
+fn join_live(addr: SocketAddr, room: &str, user: &str) -> (SignalClient, lk::JoinResponse, String) {
+    let grant = ok(
+        addr,
+        "POST",
+        &format!("/api/rooms/{room}/token"),
+        user,
+        None,
+    );
+    assert_eq!(grant["url"], format!("ws://{addr}"));
+    let token = grant["token"].as_str().unwrap().to_owned();
+    let (client, join) = SignalClient::join(addr, &token);
+    (client, join, token)
+}
+
+fn attr<'a>(p: &'a lk::ParticipantInfo, key: &str) -> &'a str {
+    p.attributes.get(key).map_or("", String::as_str)
+}
+
+fn can_publish(p: &lk::ParticipantInfo) -> bool {
+    p.permission.as_ref().is_some_and(|x| x.can_publish)
+}
+
+#[test]
+fn a_listener_goes_on_stage_and_back_without_reconnecting_then_is_kicked() {
+    let dir = scratch_dir("control-flow");
+    let stoa = Stoa::start(
+        &config(&dir, ""),
+        &[("STOA_DATA_DIR", dir.to_str().unwrap())],
+    );
+    let addr = stoa.addr;
+    let host = user_token("hana", "Hana");
+
+    // The host schedules a stage room; listeners cannot join before the host starts it.
+    let soon = 4_102_444_800_000u64;
+    let id = create_room(
+        addr,
+        &host,
+        json!({"title": "Rust audio", "topic": "sfu", "scheduled_for": soon}),
+    );
+    let early = user_token("early", "Early");
+    let (status, err) = api(
+        addr,
+        "POST",
+        &format!("/api/rooms/{id}/token"),
+        &early,
+        None,
+    );
+    assert_eq!((status, err["code"].as_str()), (409, Some("room_not_live")));
+    let live = ok(addr, "POST", &format!("/api/rooms/{id}/start"), &host, None);
+    assert_eq!(live["state"], "live");
+    let (mut host_session, host_join, _) = join_live(addr, &id, &host);
+    let me = host_join.participant.unwrap();
+    assert!(can_publish(&me));
+    assert_eq!(attr(&me, "role"), "host");
+
+    // A guest signs in, finds the room in the directory and joins as a listener.
+    let guest = ok(
+        addr,
+        "POST",
+        "/api/session/guest",
+        "",
+        Some(json!({"name": "Lee"})),
+    );
+    let listener = guest["token"].as_str().unwrap().to_owned();
+    let lee = guest["user"].as_str().unwrap().to_owned();
+    let directory = ok(addr, "GET", "/api/rooms", &listener, None);
+    assert_eq!(directory["live"][0]["id"], id.as_str());
+    assert_eq!(directory["live"][0]["stage"][0]["name"], "Hana");
+    let (mut lee_session, lee_join, lee_media_token) = join_live(addr, &id, &listener);
+    let me = lee_join.participant.unwrap();
+    assert!(
+        !can_publish(&me),
+        "a listener's token must not allow publishing"
+    );
+    assert_eq!(attr(&me, "role"), "listener");
+
+    // Raising a hand shows up for the host, in the API and on the live session.
+    ok(
+        addr,
+        "POST",
+        &format!("/api/rooms/{id}/hand"),
+        &listener,
+        None,
+    );
+    let room = ok(addr, "GET", &format!("/api/rooms/{id}"), &host, None);
+    assert_eq!(room["hands"][0]["user"], lee.as_str());
+    host_session.wait_participant(&lee, "the raised hand", |p| attr(p, "hand") == "raised");
+
+    // Approval: the listener's own session gains publish permission, no reconnect.
+    ok(
+        addr,
+        "POST",
+        &format!("/api/rooms/{id}/members/{lee}/approve_hand"),
+        &host,
+        None,
+    );
+    let p = lee_session.wait_participant(&lee, "publish permission", |p| {
+        can_publish(p) && attr(p, "role") == "speaker"
+    });
+    assert_eq!(attr(&p, "hand"), "");
+
+    // Moved back: permission revoked on the same session.
+    ok(
+        addr,
+        "POST",
+        &format!("/api/rooms/{id}/members/{lee}/move_to_audience"),
+        &host,
+        None,
+    );
+    lee_session.wait_participant(&lee, "permission revoked", |p| {
+        !can_publish(p) && attr(p, "role") == "listener"
+    });
+
+    // A listener cannot moderate.
+    let (status, err) = api(
+        addr,
+        "POST",
+        &format!("/api/rooms/{id}/members/hana/kick"),
+        &listener,
+        None,
+    );
+    assert_eq!((status, err["code"].as_str()), (403, Some("not_allowed")));
+
+    // Kicked: the session ends, and both a new token and the old media token are refused.
+    ok(
+        addr,
+        "POST",
+        &format!("/api/rooms/{id}/members/{lee}/kick"),
+        &host,
+        None,
+    );
+    lee_session.wait_for("the kick", |m| match m {
+        lk::signal_response::Message::Leave(_) => Some(()),
+        _ => None,
+    });
+    let (status, err) = api(
+        addr,
+        "POST",
+        &format!("/api/rooms/{id}/token"),
+        &listener,
+        None,
+    );
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (403, Some("kicked")),
+        "{err}"
+    );
+    let refused = SignalClient::connect(addr, &lee_media_token)
+        .err()
+        .expect("refused at /rtc");
+    assert_eq!(refused.0, 403, "{refused:?}");
+    assert!(refused.1.contains("cooldown"), "{refused:?}");
+
+    // Statistics, then the end: sessions close and the room is archived, out of the directory.
+    let stats = ok(addr, "GET", &format!("/api/rooms/{id}/stats"), &host, None);
+    assert_eq!(stats["total_joins"], 2);
+    assert_eq!(stats["hands_raised"], 1);
+    ok(addr, "POST", &format!("/api/rooms/{id}/end"), &host, None);
+    host_session.wait_for("the end", |m| match m {
+        lk::signal_response::Message::Leave(_) => Some(()),
+        _ => None,
+    });
+    let room = ok(addr, "GET", &format!("/api/rooms/{id}"), &host, None);
+    assert_eq!(room["state"], "archived");
+    let directory = ok(addr, "GET", "/api/rooms", &host, None);
+    assert!(directory["live"].as_array().unwrap().is_empty());
+    let directory = ok(addr, "GET", "/api/rooms?archived=true", &host, None);
+    assert_eq!(directory["archived"][0]["id"], id.as_str());
+    let totals = ok(addr, "GET", "/api/users/hana/stats", &host, None);
+    assert_eq!(totals["rooms"], 1);
+}
+
+#[test]
+fn one_room_at_a_time_full_rooms_and_speaker_modes() {
+    let dir = scratch_dir("control-rules");
+    let stoa = Stoa::start(
+        &config(&dir, ""),
+        &[("STOA_DATA_DIR", dir.to_str().unwrap())],
+    );
+    let addr = stoa.addr;
+    let (hana, omar, lee, kim) = (
+        user_token("hana", "Hana"),
+        user_token("omar", "Omar"),
+        user_token("lee", "Lee"),
+        user_token("kim", "Kim"),
+    );
+    // `stoa token --user` mints user tokens with the server's keys.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stoa"))
+        .args([
+            "token",
+            "--user",
+            "--identity",
+            "hana",
+            "--name",
+            "Hana",
+            "--config",
+        ])
+        .arg(dir.join("stoa.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli_token = String::from_utf8(out.stdout).unwrap();
+    let me = ok(addr, "GET", "/api/me", cli_token.trim(), None);
+    assert_eq!(me, json!({"user": "hana", "name": "Hana"}));
+    let a = create_room(addr, &hana, json!({"title": "A", "max_participants": 2}));
+    let b = create_room(
+        addr,
+        &omar,
+        json!({"title": "B", "speaker_mode": "followers"}),
+    );
+    ok(addr, "POST", &format!("/api/rooms/{a}/token"), &lee, None);
+    let (status, err) = api(addr, "POST", &format!("/api/rooms/{b}/token"), &lee, None);
+    assert_eq!(status, 409, "{err}");
+    assert!(err["message"].as_str().unwrap().contains(&a), "{err}");
+    // Room A holds two: the third is refused with 422.
+    ok(addr, "POST", &format!("/api/rooms/{a}/token"), &hana, None);
+    let (status, err) = api(addr, "POST", &format!("/api/rooms/{a}/token"), &kim, None);
+    assert_eq!((status, err["code"].as_str()), (422, Some("room_full")));
+    // After leaving A, B is open to Lee; its hands need a follow of the host.
+    ok(addr, "POST", &format!("/api/rooms/{a}/leave"), &lee, None);
+    ok(addr, "POST", &format!("/api/rooms/{b}/token"), &lee, None);
+    let (status, err) = api(addr, "POST", &format!("/api/rooms/{b}/hand"), &lee, None);
+    assert_eq!((status, err["code"].as_str()), (403, Some("speaker_mode")));
+    let (status, _) = api(addr, "PUT", "/api/follows/users/omar", &lee, None);
+    assert_eq!(status, 204);
+    ok(addr, "POST", &format!("/api/rooms/{b}/hand"), &lee, None);
+    let follows = ok(addr, "GET", "/api/follows", &lee, None);
+    assert_eq!(follows["follows"][0], json!({"kind": "user", "id": "omar"}));
+    // Invitation links: only moderators make them; accepting one lets a listener raise a hand
+    // in an "invited" room.
+    let c = create_room(
+        addr,
+        &hana,
+        json!({"title": "C", "speaker_mode": "invited"}),
+    );
+    let (status, _) = api(
+        addr,
+        "POST",
+        &format!("/api/rooms/{c}/invitations"),
+        &kim,
+        None,
+    );
+    assert_eq!(status, 403);
+    let (status, link) = api(
+        addr,
+        "POST",
+        &format!("/api/rooms/{c}/invitations"),
+        &hana,
+        None,
+    );
+    assert_eq!(status, 201, "{link}");
+    assert_eq!(link["requires_confirmation"], true);
+    let token = link["token"].as_str().unwrap();
+    let seen = ok(
+        addr,
+        "GET",
+        &format!("/api/invitations/{token}"),
+        &kim,
+        None,
+    );
+    assert_eq!(seen["room"]["id"], c.as_str());
+    ok(addr, "POST", &format!("/api/rooms/{c}/token"), &kim, None);
+    let (status, _) = api(addr, "POST", &format!("/api/rooms/{c}/hand"), &kim, None);
+    assert_eq!(status, 403);
+    ok(
+        addr,
+        "POST",
+        &format!("/api/invitations/{token}/accept"),
+        &kim,
+        None,
+    );
+    ok(addr, "POST", &format!("/api/rooms/{c}/hand"), &kim, None);
+
+    // Reactions are rate-limited.
+    let mut limited = false;
+    for _ in 0..30 {
+        let (status, _) = api(
+            addr,
+            "POST",
+            &format!("/api/rooms/{b}/reactions"),
+            &lee,
+            Some(json!({"emoji": "👏"})),
+        );
+        if status == 429 {
+            limited = true;
+            break;
+        }
+        assert_eq!(status, 204);
+    }
+    assert!(limited, "30 reactions at once were all accepted");
+}
+
+#[test]
+fn an_empty_room_ends_itself() {
+    let dir = scratch_dir("control-empty");
+    let stoa = Stoa::start(
+        &config(&dir, "empty_timeout = 1"),
+        &[("STOA_DATA_DIR", dir.to_str().unwrap())],
+    );
+    let host = user_token("hana", "Hana");
+    let id = create_room(stoa.addr, &host, json!({"title": "Nobody comes"}));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let room = ok(stoa.addr, "GET", &format!("/api/rooms/{id}"), &host, None);
+        if room["state"] == "archived" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "room still {}", room["state"]);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Rooms, roles, hands and bans survive a restart of `stoa serve`.
+fn survives_restart(dir: &Path, env: &[(&str, &str)]) {
+    let cfg = config(dir, "");
+    let (hana, lee, kim) = (
+        user_token("hana", "Hana"),
+        user_token("lee", "Lee"),
+        user_token("kim", "Kim"),
+    );
+    let stoa = Stoa::start(&cfg, env);
+    let addr = stoa.addr;
+    let id = create_room(addr, &hana, json!({"title": "Durable"}));
+    for t in [&hana, &lee, &kim] {
+        ok(addr, "POST", &format!("/api/rooms/{id}/token"), t, None);
+    }
+    ok(
+        addr,
+        "POST",
+        &format!("/api/rooms/{id}/members/kim/add_co_host"),
+        &hana,
+        None,
+    );
+    ok(addr, "POST", &format!("/api/rooms/{id}/hand"), &lee, None);
+    ok(
+        addr,
+        "POST",
+        &format!("/api/rooms/{id}/members/troll/ban"),
+        &hana,
+        None,
+    );
+    let scheduled = create_room(
+        addr,
+        &kim,
+        json!({"title": "Later", "scheduled_for": 4_102_444_800_000u64}),
+    );
+    let before = ok(addr, "GET", &format!("/api/rooms/{id}"), &hana, None);
+    stoa.stop();
+
+    let stoa = Stoa::start(&cfg, env);
+    let addr = stoa.addr;
+    let after = ok(addr, "GET", &format!("/api/rooms/{id}"), &hana, None);
+    for field in ["state", "stage", "hands", "audience", "banned", "title"] {
+        assert_eq!(after[field], before[field], "{field} after restart");
+    }
+    assert_eq!(after["hands"][0]["user"], "lee");
+    assert_eq!(after["banned"][0], "troll");
+    assert_eq!(after["stage"][1]["role"], "co_host");
+    let directory = ok(addr, "GET", "/api/rooms", &hana, None);
+    assert_eq!(directory["scheduled"][0]["id"], scheduled.as_str());
+    // And the room still works.
+    ok(
+        addr,
+        "POST",
+        &format!("/api/rooms/{id}/members/lee/approve_hand"),
+        &kim,
+        None,
+    );
+    let troll = user_token("troll", "T");
+    let (status, _) = api(
+        addr,
+        "POST",
+        &format!("/api/rooms/{id}/token"),
+        &troll,
+        None,
+    );
+    assert_eq!(status, 403);
+}
+
+#[test]
+fn embedded_store_survives_restart() {
+    let dir = scratch_dir("control-restart");
+    survives_restart(&dir, &[("STOA_DATA_DIR", dir.to_str().unwrap())]);
+}
+
+#[test]
+fn redis_store_survives_restart() {
+    let redis = RedisServer::start();
+    let dir = scratch_dir("control-restart-redis");
+    survives_restart(&dir, &[("STOA_REDIS_URL", redis.url.as_str())]);
+}
+
+#[test]
+fn two_instances_on_one_redis_share_rooms_and_reach_each_others_sessions() {
+    let redis = RedisServer::start();
+    let dir = scratch_dir("control-two");
+    let cfg = config(&dir, "");
+    let redis_url = ("STOA_REDIS_URL", redis.url.as_str());
+    let one = Stoa::start(
+        &cfg,
+        &[redis_url, ("STOA_PUBLIC_URL", "ws://one.example:7880")],
+    );
+    let two = Stoa::start(
+        &cfg,
+        &[redis_url, ("STOA_PUBLIC_URL", "ws://two.example:7880")],
+    );
+    let (hana, lee) = (user_token("hana", "Hana"), user_token("lee", "Lee"));
+
+    // Created through instance one, listed by instance two.
+    let id = create_room(one.addr, &hana, json!({"title": "Shared"}));
+    let directory = ok(two.addr, "GET", "/api/rooms", &lee, None);
+    assert_eq!(directory["live"][0]["id"], id.as_str());
+
+    // Tokens from either instance send clients to the room's media node.
+    let grant = ok(
+        two.addr,
+        "POST",
+        &format!("/api/rooms/{id}/token"),
+        &lee,
+        None,
+    );
+    assert_eq!(grant["url"], "ws://one.example:7880");
+
+    // Even a session on instance two is reached by the host acting through instance one.
+    let (mut session, join) = SignalClient::join(two.addr, grant["token"].as_str().unwrap());
+    assert!(!can_publish(join.participant.as_ref().unwrap()));
+    ok(
+        two.addr,
+        "POST",
+        &format!("/api/rooms/{id}/hand"),
+        &lee,
+        None,
+    );
+    ok(
+        one.addr,
+        "POST",
+        &format!("/api/rooms/{id}/members/lee/approve_hand"),
+        &hana,
+        None,
+    );
+    session.wait_participant("lee", "permission from the other instance", |p| {
+        can_publish(p) && attr(p, "role") == "speaker"
+    });
+
+    // Events taken on one instance reach event-stream clients of the other.
+    let mut events = SignalClient::open(
+        two.addr,
+        &format!("/api/events?room={id}&access_token={hana}"),
+    )
+    .expect("event stream");
+    ok(
+        one.addr,
+        "POST",
+        &format!("/api/rooms/{id}/members/lee/move_to_audience"),
+        &hana,
+        None,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = events.next_text().expect("an event");
+        let event: Value = serde_json::from_str(&text).unwrap();
+        if event["type"] == "role" && event["role"] == "listener" {
+            assert_eq!(event["user"], "lee");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no role event");
+    }
+    session.wait_participant("lee", "revocation from the other instance", |p| {
+        !can_publish(p)
+    });
+}
+
+#[test]
+fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
+    let redis = RedisServer::start();
+    let dir = scratch_dir("control-bad");
+    let stoa = Stoa::start(&config(&dir, ""), &[("STOA_REDIS_URL", redis.url.as_str())]);
+    let addr = stoa.addr;
+    let host = user_token("hana", "Hana");
+    let id = create_room(addr, &host, json!({"title": "Target"}));
+    ok(addr, "POST", &format!("/api/rooms/{id}/token"), &host, None);
+    let before = ok(addr, "GET", &format!("/api/rooms/{id}"), &host, None);
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let mut keys_before: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut con).unwrap();
+    keys_before.sort();
+
+    let long = "x".repeat(121);
+    // (method, path, bearer, body, status, code)
+    type Case<'a> = (
+        &'a str,
+        String,
+        Option<&'a str>,
+        Option<String>,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "POST",
+            "/api/rooms".into(),
+            Some(&host),
+            Some("{not json".into()),
+            400,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            "/api/rooms".into(),
+            Some(&host),
+            Some(r#"{"title":"a","evil":1}"#.into()),
+            400,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            "/api/rooms".into(),
+            Some(&host),
+            Some(r#"{"title":"   "}"#.into()),
+            400,
+            "invalid_field",
+        ),
+        (
+            "POST",
+            "/api/rooms".into(),
+            Some(&host),
+            Some(format!(r#"{{"title":"{long}"}}"#)),
+            400,
+            "invalid_field",
+        ),
+        (
+            "POST",
+            "/api/rooms".into(),
+            Some(&host),
+            Some("{\"title\":\"a\u{202e}b\"}".into()),
+            400,
+            "invalid_field",
+        ),
+        (
+            "POST",
+            "/api/rooms".into(),
+            Some(&host),
+            Some(r#"{"title":"a","kind":"party"}"#.into()),
+            400,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            "/api/rooms".into(),
+            Some(&host),
+            Some(r#"{"title":"a","max_participants":0}"#.into()),
+            400,
+            "invalid_field",
+        ),
+        (
+            "POST",
+            "/api/rooms".into(),
+            None,
+            Some(r#"{"title":"a"}"#.into()),
+            401,
+            "unauthorized",
+        ),
+        (
+            "POST",
+            "/api/rooms".into(),
+            Some("bogus.token.here"),
+            Some(r#"{"title":"a"}"#.into()),
+            401,
+            "unauthorized",
+        ),
+        (
+            "GET",
+            "/api/rooms/stoa:room:x:participants".into(),
+            Some(&host),
+            None,
+            404,
+            "not_found",
+        ),
+        (
+            "GET",
+            format!("/api/rooms/{id}%2A"),
+            Some(&host),
+            None,
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            format!("/api/rooms/{id}/members/a:b/kick"),
+            Some(&host),
+            None,
+            400,
+            "invalid_user",
+        ),
+        (
+            "POST",
+            format!("/api/rooms/{id}/members/stoa%3Aroom/ban"),
+            Some(&host),
+            None,
+            400,
+            "invalid_user",
+        ),
+        (
+            "POST",
+            format!("/api/rooms/{id}/members/lee/explode"),
+            Some(&host),
+            None,
+            400,
+            "invalid_action",
+        ),
+        (
+            "POST",
+            format!("/api/rooms/{id}/members/lee/kick"),
+            Some(&host),
+            None,
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            format!("/api/rooms/{id}/reactions"),
+            Some(&host),
+            Some(r#"{"emoji":""}"#.into()),
+            400,
+            "invalid_field",
+        ),
+        (
+            "PUT",
+            "/api/follows/users/hana".into(),
+            Some(&host),
+            None,
+            400,
+            "invalid_follow",
+        ),
+        (
+            "PUT",
+            "/api/follows/planets/mars".into(),
+            Some(&host),
+            None,
+            404,
+            "not_found",
+        ),
+        (
+            "GET",
+            "/api/invitations/not-a-token".into(),
+            Some(&host),
+            None,
+            404,
+            "not_found",
+        ),
+        (
+            "GET",
+            "/api/nothing/here".into(),
+            Some(&host),
+            None,
+            404,
+            "not_found",
+        ),
+    ];
+    for (method, path, token, body, status, code) in cases {
+        let (got, text) = request(addr, method, &path, token, body.as_deref());
+        let v: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("{method} {path}: not JSON: {text}"));
+        assert_eq!(
+            (got, v["code"].as_str()),
+            (status, Some(code)),
+            "{method} {path}: {v}"
+        );
+        assert!(
+            !v["message"].as_str().unwrap_or("").is_empty(),
+            "{method} {path}: no message"
+        );
+    }
+    // A body too large for the API.
+    let huge = format!(r#"{{"title":"{}"}}"#, "x".repeat(64 * 1024));
+    let (status, _) = request(addr, "POST", "/api/rooms", Some(&host), Some(&huge));
+    assert_eq!(status, 413);
+
+    let after = ok(addr, "GET", &format!("/api/rooms/{id}"), &host, None);
+    assert_eq!(after, before);
+    let mut keys_after: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut con).unwrap();
+    keys_after.sort();
+    assert_eq!(keys_after, keys_before);
+    let spec = ok(addr, "GET", "/api/openapi.json", &host, None);
+    assert!(spec["paths"]["/api/rooms/{id}/members/{user}/{action}"]["post"].is_object());
+}

@@ -1,0 +1,332 @@
+//! Shared by the binary's end-to-end tests: a `stoa serve` child process, plain HTTP/1.1
+//! requests and a LiveKit signaling client over a raw WebSocket, all on 127.0.0.1 with every
+//! wait bounded.
+
+#![allow(dead_code, clippy::disallowed_methods, clippy::unwrap_in_result)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use livekit_protocol as lk;
+use prost::Message as _;
+
+/// Bound on any single wait.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A fresh scratch directory under the system temp dir.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "stoa-{name}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// A free loopback TCP port and UDP port.
+pub fn free_ports() -> (u16, u16) {
+    let http = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free tcp port")
+        .port();
+    let udp = UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free udp port")
+        .port();
+    (http, udp)
+}
+
+/// A running `stoa serve --dev`, killed on drop.
+pub struct Stoa {
+    child: Child,
+    /// Its HTTP address.
+    pub addr: SocketAddr,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+impl Stoa {
+    /// Starts `stoa serve --dev --config <config>` with `env`, and waits until it answers.
+    pub fn start(config: &Path, env: &[(&str, &str)]) -> Stoa {
+        let (http_port, rtc_port) = free_ports();
+        let log = config.with_extension(format!("{http_port}.log"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stoa"));
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("STOA_") {
+                command.env_remove(name);
+            }
+        }
+        command
+            .args(["serve", "--dev", "--config"])
+            .arg(config)
+            .env("STOA_HTTP_PORT", http_port.to_string())
+            .env("STOA_RTC_UDP_PORT", rtc_port.to_string());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let out = std::fs::File::create(&log).expect("log file");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn stoa");
+        let addr: SocketAddr = ([127, 0, 0, 1], http_port).into();
+        let mut stoa = Stoa { child, addr, log };
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some((200, _)) = try_request(addr, "GET", "/healthz", None, None) {
+                return stoa;
+            }
+            if let Ok(Some(status)) = stoa.child.try_wait() {
+                panic!("stoa exited ({status}):\n{}", stoa.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stoa did not start:\n{}",
+                stoa.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What it logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops it with SIGTERM and waits (bounded) for it to exit.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Stoa {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request; `None` if the connection fails.
+pub fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(TIMEOUT)).ok()?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let body = body.unwrap_or("");
+    let content = if body.is_empty() {
+        String::new()
+    } else {
+        "Content-Type: application/json\r\n".to_owned()
+    };
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{content}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+/// One HTTP/1.1 request that must get an answer.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    try_request(addr, method, path, token, body)
+        .unwrap_or_else(|| panic!("no answer to {method} {path}"))
+}
+
+/// A LiveKit signaling session over a raw WebSocket.
+pub struct SignalClient {
+    stream: TcpStream,
+}
+
+impl SignalClient {
+    /// Connects to `/rtc` with `jwt`; on refusal, the HTTP status and body.
+    pub fn connect(addr: SocketAddr, jwt: &str) -> Result<SignalClient, (u16, String)> {
+        Self::open(
+            addr,
+            &format!("/rtc?access_token={jwt}&protocol=16&auto_subscribe=1"),
+        )
+    }
+
+    fn upgraded(mut stream: TcpStream) -> Result<SignalClient, (u16, String)> {
+        // Read the response head byte by byte so no frame byte is consumed with it.
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).expect("read upgrade response");
+            head.push(byte[0]);
+            assert!(head.len() < 8192, "response head too long");
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        if !head.starts_with("HTTP/1.1 101") {
+            let status = head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            // The connection stays open (keep-alive): read exactly the announced body.
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            let mut body = vec![0u8; len];
+            let _ = stream.read_exact(&mut body);
+            return Err((status, String::from_utf8_lossy(&body).into_owned()));
+        }
+        Ok(SignalClient { stream })
+    }
+
+    /// Connects and reads the `JoinResponse`.
+    pub fn join(addr: SocketAddr, jwt: &str) -> (SignalClient, lk::JoinResponse) {
+        let mut client = SignalClient::connect(addr, jwt)
+            .unwrap_or_else(|(status, body)| panic!("join refused: {status} {body}"));
+        match client.next_response().map(|r| r.message) {
+            Some(Some(lk::signal_response::Message::Join(join))) => (client, join),
+            other => panic!("expected a JoinResponse, got {other:?}"),
+        }
+    }
+
+    /// The next frame: (opcode, payload). Server frames are never masked.
+    fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        let mut head = [0u8; 2];
+        self.stream.read_exact(&mut head).ok()?;
+        let opcode = head[0] & 0x0f;
+        let len = match head[1] & 0x7f {
+            126 => {
+                let mut n = [0u8; 2];
+                self.stream.read_exact(&mut n).ok()?;
+                u64::from(u16::from_be_bytes(n))
+            }
+            127 => {
+                let mut n = [0u8; 8];
+                self.stream.read_exact(&mut n).ok()?;
+                u64::from_be_bytes(n)
+            }
+            n => u64::from(n),
+        };
+        let mut payload = vec![0u8; usize::try_from(len).ok()?];
+        self.stream.read_exact(&mut payload).ok()?;
+        Some((opcode, payload))
+    }
+
+    /// The next protocol message; `None` on a close frame or a closed stream.
+    pub fn next_response(&mut self) -> Option<lk::SignalResponse> {
+        loop {
+            let (opcode, payload) = self.frame()?;
+            match opcode {
+                0x2 => {
+                    return Some(lk::SignalResponse::decode(payload.as_slice()).expect("decode"));
+                }
+                0x8 => return None,
+                _ => {}
+            }
+        }
+    }
+
+    /// The next text message (for JSON WebSockets such as `/api/events`).
+    pub fn next_text(&mut self) -> Option<String> {
+        loop {
+            let (opcode, payload) = self.frame()?;
+            match opcode {
+                0x1 => return Some(String::from_utf8_lossy(&payload).into_owned()),
+                0x8 => return None,
+                _ => {}
+            }
+        }
+    }
+
+    /// Upgrades `path` (with its query) to a WebSocket; on refusal, the status and body.
+    pub fn open(addr: SocketAddr, path: &str) -> Result<SignalClient, (u16, String)> {
+        let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect");
+        stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        .expect("send upgrade");
+        Self::upgraded(stream)
+    }
+
+    /// Reads until `want` matches a message (bounded by the read timeout); panics otherwise.
+    pub fn wait_for<T>(
+        &mut self,
+        what: &str,
+        mut want: impl FnMut(&lk::signal_response::Message) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + TIMEOUT;
+        while Instant::now() < deadline {
+            match self.next_response() {
+                Some(lk::SignalResponse {
+                    message: Some(m), ..
+                }) => {
+                    if let Some(t) = want(&m) {
+                        return t;
+                    }
+                }
+                Some(_) => {}
+                None => panic!("session closed while waiting for {what}"),
+            }
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    /// Waits for an update of participant `identity` matching `want`.
+    pub fn wait_participant(
+        &mut self,
+        identity: &str,
+        what: &str,
+        want: impl Fn(&lk::ParticipantInfo) -> bool,
+    ) -> lk::ParticipantInfo {
+        self.wait_for(what, |m| match m {
+            lk::signal_response::Message::Update(u) => u
+                .participants
+                .iter()
+                .find(|p| p.identity == identity && want(p))
+                .cloned(),
+            _ => None,
+        })
+    }
+
+    /// Sends a close frame (masked, as a client must).
+    pub fn close(mut self) {
+        let _ = self.stream.write_all(&[0x88, 0x80, 0, 0, 0, 0]);
+    }
+}
