@@ -38,6 +38,8 @@ if ! fc-list 2>/dev/null | grep -qi emoji; then
     # The web app's reactions and icons in the walk-through's screenshots (tests/web.rs).
     need_pkg stoa-emoji-font-check fonts-noto-color-emoji
 fi
+need_pkg turnutils_uclient coturn # TURN relay tests (turn/tests/uclient.rs); its service is never started
+need_pkg openssl openssl # test certificates for TURN over TLS
 need_pkg redis-server redis-server # control-plane store tests (control/tests, tests/control.rs)
 
 # npm packages of the browser end-to-end test (playwright-core, livekit-client,
@@ -91,6 +93,7 @@ set -x
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo check -p stoa-sfu --no-default-features
+cargo check -p stoa-turn --no-default-features
 test_log=$(mktemp -t stoa-test.XXXXXX)
 trap 'rm -f "$test_log"' EXIT
 cargo test --workspace 2>&1 | tee "$test_log"
@@ -99,7 +102,7 @@ cargo check -p stoa-signaling --no-default-features
 # Fuzz targets (fuzz/): build them and run each briefly, bounded in runs and time. cargo-fuzz
 # needs nightly-only compiler flags; RUSTC_BOOTSTRAP lets the stable toolchain accept them.
 # Longer campaigns: RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none -O signal_request
-for target in signal_request engine_datagram; do
+for target in signal_request engine_datagram turn_message; do
     RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none -O "$target" -- \
         -runs=3000 -max_total_time=60 -rss_limit_mb=4096
 done

@@ -35,6 +35,36 @@ pub enum Command {
     /// or devkey/secret with --dev). Only the token is printed, so it can be captured:
     /// `TOKEN=$(stoa token --dev --identity alice --room lobby)`.
     Token(TokenArgs),
+
+    /// Run only the TURN relay, configured by `[turn]` (and `bind_ip`, `advertise_ip`) of the
+    /// config file, until Ctrl-C or SIGTERM. `[turn] secret` is required: whoever hands out the
+    /// credentials mints them with it. `stoa serve` runs the same relay in-process instead when
+    /// `[turn] enabled = true`.
+    Turn(TurnArgs),
+}
+
+/// Flags of `stoa turn`.
+#[derive(Debug, Args)]
+pub struct TurnArgs {
+    /// Bind to and advertise 127.0.0.1 unless configured otherwise.
+    #[arg(long)]
+    pub dev: bool,
+
+    /// TOML config file; see the `[turn]` table of config.example.toml.
+    #[arg(long, value_name = "FILE", env = ENV_CONFIG)]
+    pub config: Option<PathBuf>,
+
+    /// Address the listeners and relay ports bind to.
+    #[arg(long, value_name = "IP")]
+    pub bind_ip: Option<IpAddr>,
+
+    /// Address clients and peers reach the relay at (in relayed addresses).
+    #[arg(long, value_name = "IP")]
+    pub advertise_ip: Option<IpAddr>,
+
+    /// Log level or filter, e.g. `debug`.
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
 }
 
 /// Flags of `stoa serve`.

@@ -121,6 +121,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Defaults of rooms created on join.
     pub room: RoomSettings,
+    /// The embedded TURN relay (`[turn]`, see `turn_config.rs`).
+    pub turn: crate::turn_config::TurnSettings,
     /// Problems that did not stop startup (keys of a LiveKit config that Stoa ignores), logged
     /// as warnings once logging is up.
     pub warnings: Vec<String>,
@@ -375,6 +377,7 @@ struct FileConfig {
     shutdown: FileShutdown,
     #[serde(default)]
     room: FileRoom,
+    turn: Option<crate::turn_config::FileTurn>,
     control: Option<stoa_control::ControlConfig>,
 }
 
@@ -437,6 +440,8 @@ struct Layers {
     webhook_api_key: Option<String>,
     drain_seconds: Option<u64>,
     room: RoomSettings,
+    /// `[turn]` as read, and the file it came from (validated in `finish`).
+    turn: Option<(String, crate::turn_config::FileTurn)>,
     control: stoa_control::ControlConfig,
     warnings: Vec<String>,
 }
@@ -561,6 +566,9 @@ impl Layers {
         }
         if let Some(v) = file.room.departure_timeout {
             self.room.departure_timeout = v;
+        }
+        if let Some(turn) = file.turn {
+            self.turn = Some((format!("config {name}: turn"), turn));
         }
         if let Some(v) = file.room.max_participants {
             self.room.max_participants = v;
@@ -711,7 +719,25 @@ impl Layers {
             Some(key) => key,
             None => keys.ids().next().unwrap_or_default().to_owned(),
         };
+        let sfu_ports = match ports {
+            RtcPorts::Mux(port) => (port, port),
+            RtcPorts::Range { start, .. } => {
+                let last = usize::from(start) + shards.get() - 1;
+                (start, u16::try_from(last).unwrap_or(u16::MAX))
+            }
+        };
+        let (turn_source, turn) = self
+            .turn
+            .unwrap_or_else(|| ("turn".to_owned(), Default::default()));
+        let turn = turn.finish(
+            &turn_source,
+            Some(crate::turn_config::TakenPorts {
+                sfu: sfu_ports,
+                http: self.http_port.unwrap_or(DEFAULT_HTTP_PORT),
+            }),
+        )?;
         Ok(Config {
+            turn,
             webhook: WebhookSettings {
                 urls: self.webhook_urls,
                 api_key: webhook_api_key,
@@ -969,6 +995,23 @@ k = "s"
             "empty_timeout",
             "departure_timeout",
             "max_participants",
+            "[turn]",
+            "enabled",
+            "tcp_port",
+            "tls_port",
+            "tls_certificate",
+            "tls_private_key",
+            "relay_port_range_start",
+            "relay_port_range_end",
+            "secret",
+            "realm",
+            "credential_ttl_seconds",
+            "allowed_peers",
+            "allow_public_peers",
+            "max_allocations",
+            "max_allocations_per_user",
+            "allocate_burst",
+            "allocate_per_second",
         ] {
             assert!(
                 text.contains(key),

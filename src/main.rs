@@ -13,6 +13,8 @@ mod metrics;
 mod ops;
 mod serve;
 mod token_cmd;
+mod turn_cmd;
+mod turn_config;
 mod web;
 
 use std::process::ExitCode;
@@ -27,6 +29,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Serve(args) => serve_command(args),
         Command::Token(args) => token_cmd::run(args, &env_var),
+        Command::Turn(args) => turn_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

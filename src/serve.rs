@@ -109,6 +109,13 @@ async fn serve(config: &Config) -> Result<()> {
     if webhooks.is_some() {
         info!(urls = %config.webhook.urls.join(","), api_key = %config.webhook.api_key, "webhooks enabled");
     }
+    let (_turn_relay, turn) = match config.turn.enabled {
+        true => {
+            let (relay, servers) = crate::turn_cmd::start_with_sfu(&config.turn, &sfu).await?;
+            (Some(relay), Some(servers))
+        }
+        false => (None, None),
+    };
     let room_defaults = RoomLimits {
         empty_timeout: config.room.empty_timeout,
         departure_timeout: config.room.departure_timeout,
@@ -116,6 +123,7 @@ async fn serve(config: &Config) -> Result<()> {
     };
     let (presence_tx, presence_rx) = tokio::sync::mpsc::channel(crate::media_plane::PRESENCE_QUEUE);
     let service = ServiceConfig {
+        turn,
         webhooks: webhooks.clone(),
         observer: Some(presence_tx),
         room_defaults,

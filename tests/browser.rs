@@ -6,6 +6,8 @@
 //! B subscribes and hears it, B may not publish, A mutes, A leaves); `tests/browser/run.sh`
 //! starts the server and runs it. Both bound every wait; this test adds an outer bound.
 //!
+//! A second test runs the scenario relay-only through Stoa's TURN relay over UDP, TCP and TLS.
+//!
 //! Needs Debian's `chromium`, Node.js and `tests/browser/node_modules`: `./test.sh` installs
 //! them. Run it alone with
 //! `cargo test -p stoa --test browser -- --nocapture`.
@@ -97,6 +99,28 @@ fn collect(text: &mpsc::Receiver<String>, deadline: Instant) -> String {
 
 #[test]
 fn livekit_client_in_chromium_talks_to_stoa() {
+    run_scenario(None);
+}
+
+/// The same scenario with both pages relay-only (`iceTransportPolicy: 'relay'`) through Stoa's
+/// own TURN relay, named in the JoinResponse with per-session credentials: over UDP, TCP and
+/// TLS (`turns:`), each in its own namespace and server. B must hear A over a relay candidate
+/// of that transport.
+#[test]
+fn livekit_client_hears_through_stoa_turn_over_udp_tcp_and_tls() {
+    for transport in ["udp", "tcp", "tls"] {
+        run_scenario(Some(transport));
+    }
+}
+
+/// One browser at a time: two Chromiums at once on a small machine make timing flaky.
+static ONE_BROWSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs tests/browser/run.sh in a private network namespace; `relay` selects relay-only mode.
+fn run_scenario(relay: Option<&str>) {
+    let _one = ONE_BROWSER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let missing = missing_prerequisites();
     assert!(
         missing.is_empty(),
@@ -107,7 +131,8 @@ fn livekit_client_in_chromium_talks_to_stoa() {
 
     // Root gets a plain network namespace; anyone else a user namespace mapped to root.
     let unshare_flags = if is_root() { "-n" } else { "-rn" };
-    let mut child = Command::new("unshare")
+    let mut command = Command::new("unshare");
+    command
         .arg(unshare_flags)
         .arg("bash")
         .arg(browser_dir().join("run.sh"))
@@ -117,6 +142,11 @@ fn livekit_client_in_chromium_talks_to_stoa() {
         .env_remove("STOA_URL")
         .env_remove("STOA_API_KEY")
         .env_remove("STOA_API_SECRET")
+        .env_remove("STOA_E2E_RELAY");
+    if let Some(relay) = relay {
+        command.env("STOA_E2E_RELAY", relay);
+    }
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -143,7 +173,8 @@ fn livekit_client_in_chromium_talks_to_stoa() {
     let stdout = collect(&stdout, grace);
     let stderr = collect(&stderr, grace);
 
-    eprintln!("----- tests/browser/run.sh stderr -----\n{stderr}");
+    let mode = relay.map_or("direct".to_owned(), |r| format!("relay over {r}"));
+    eprintln!("----- tests/browser/run.sh ({mode}) stderr -----\n{stderr}");
     eprintln!("----- tests/browser/run.sh stdout -----\n{stdout}");
     let summary = stdout
         .lines()
@@ -153,11 +184,11 @@ fn livekit_client_in_chromium_talks_to_stoa() {
 
     let Some(status) = status else {
         panic!(
-            "tests/browser/run.sh did not finish within {TIMEOUT:?}; killed it. Summary: {summary}"
+            "tests/browser/run.sh ({mode}) did not finish within {TIMEOUT:?}; killed it. Summary: {summary}"
         );
     };
     assert!(
         status.success(),
-        "browser end-to-end test failed ({status}); its output is above. Summary: {summary}"
+        "browser end-to-end test ({mode}) failed ({status}); its output is above. Summary: {summary}"
     );
 }

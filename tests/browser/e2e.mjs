@@ -43,6 +43,10 @@ const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const LOG_LEVEL = process.env.E2E_LOG_LEVEL || 'debug';
 const DEADLINE_MS = Number(process.env.E2E_TIMEOUT_MS || 100_000);
 const VERBOSE = process.env.E2E_VERBOSE === '1';
+// E2E_RELAY=udp|tcp|tls: both pages relay-only (iceTransportPolicy 'relay') through the TURN
+// server the JoinResponse names, and B must hear A over a relay candidate of that protocol.
+const RELAY = process.env.E2E_RELAY || '';
+const RTC_CONFIG = RELAY ? { iceTransportPolicy: 'relay' } : undefined;
 // Extra Chromium flags, space-separated, e.g. E2E_CHROMIUM_ARGS='--vmodule=*/webrtc/*=1'.
 const EXTRA_ARGS = (process.env.E2E_CHROMIUM_ARGS || '').split(/\s+/).filter(Boolean);
 
@@ -77,6 +81,7 @@ const summary = {
   failedStep: undefined,
   error: undefined,
   url: STOA_URL,
+  relay: RELAY || undefined,
   room: `e2e-${randomBytes(4).toString('hex')}`,
   versions: {},
   steps: [],
@@ -302,7 +307,7 @@ async function scenario(ctx) {
   // a. A joins and publishes its microphone.
   const tokenA = await token('pub-A', { canPublish: true, canSubscribe: true });
   const joinA = await step('a: A joins the room', T.connect, async () => {
-    const r = await call(pageA, 'connect', STOA_URL, tokenA);
+    const r = await call(pageA, 'connect', STOA_URL, tokenA, RTC_CONFIG);
     if (!r.ok) throw new Error(`livekit-client could not connect: ${errorText(r.error)}`);
     if (r.canPublish !== true) throw new Error(`A joined without canPublish: ${JSON.stringify(r)}`);
     return r;
@@ -323,7 +328,7 @@ async function scenario(ctx) {
     canPublishData: false,
   });
   const joinB = await step('b: B joins the room (canPublish=false)', T.connect, async () => {
-    const r = await call(pageB, 'connect', STOA_URL, tokenB);
+    const r = await call(pageB, 'connect', STOA_URL, tokenB, RTC_CONFIG);
     if (!r.ok) throw new Error(`livekit-client could not connect: ${errorText(r.error)}`);
     if (r.canPublish !== false) {
       throw new Error(`B's permissions say canPublish=${r.canPublish}, want false`);
@@ -353,7 +358,10 @@ async function scenario(ctx) {
   summary.stats = await step('c: B hears A (inbound-rtp audio)', T.hear, () =>
     pollUntil(async () => {
       lastStats = await call(pageB, 'inboundAudioStats', joinA.identity);
-      const ok = lastStats.ok && lastStats.packetsReceived > 50 && lastStats.totalAudioEnergy > 0;
+      const relayed =
+        !RELAY || (lastStats.localCandidateType === 'relay' && lastStats.relayProtocol === RELAY);
+      const ok =
+        lastStats.ok && relayed && lastStats.packetsReceived > 50 && lastStats.totalAudioEnergy > 0;
       return { done: ok, value: lastStats };
     }, 500),
   ).catch((err) => {

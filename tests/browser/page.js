@@ -183,13 +183,15 @@
     },
 
     /** Joins the room. Resolves once livekit-client says connected. */
-    async connect(url, token) {
+    async connect(url, token, rtcConfig) {
       LK.setLogLevel(window.__e2eLogLevel || 'debug');
       const room = new Room({ audioCaptureDefaults: AUDIO_CAPTURE });
       state.room = room;
       hookRoom(room);
       try {
-        await room.connect(url, token);
+        // rtcConfig (e.g. {iceTransportPolicy: 'relay'}) is merged with the JoinResponse's
+        // ICE servers by livekit-client.
+        await room.connect(url, token, rtcConfig ? { rtcConfig } : undefined);
       } catch (e) {
         record('ConnectFailed', describeError(e));
         return { ok: false, error: describeError(e) };
@@ -254,6 +256,7 @@
       if (!report) return { ok: false, why: 'track has no receiver stats' };
       let inbound;
       let pair;
+      let localCandidate;
       let codec;
       report.forEach((s) => {
         if (s.type === 'inbound-rtp' && s.kind === 'audio') inbound = s;
@@ -263,6 +266,7 @@
           const local = report.get(s.localCandidateId);
           const remote = report.get(s.remoteCandidateId);
           pair = `${local?.address}:${local?.port} -> ${remote?.address}:${remote?.port} ${local?.protocol}`;
+          localCandidate = local;
         }
         if (inbound && s.type === 'codec' && s.id === inbound.codecId) codec = s.mimeType;
       });
@@ -279,6 +283,10 @@
         jitter: inbound.jitter,
         codec,
         pair,
+        // 'relay' when the media goes through a TURN server; relayProtocol is how this page
+        // reaches that server ('udp', 'tcp' or 'tls').
+        localCandidateType: localCandidate?.candidateType,
+        relayProtocol: localCandidate?.relayProtocol,
         audioElementPlaying: el ? !el.paused : false,
       };
     },

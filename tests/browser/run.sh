@@ -7,6 +7,11 @@
 # 127.0.0.1:7882 UDP media), waits for /healthz, runs e2e.mjs (headless Chromium with
 # livekit-client), stops the server and exits with the test's status. The server's log is
 # printed when the test fails. Every wait is bounded; the whole run is capped at 120 s.
+#
+# With STOA_E2E_RELAY=udp|tcp|tls the server also runs its TURN relay (127.0.0.1:3478 UDP/TCP,
+# 127.0.0.1:5349 TLS with a certificate made here by openssl), the JoinResponse names only the
+# relay URL of that transport, and both pages are relay-only (e2e.mjs, E2E_RELAY). Chromium gets
+# --ignore-certificate-errors for the test certificate.
 set -euo pipefail
 
 if [ "$#" -ne 1 ]; then
@@ -67,16 +72,44 @@ print_server_log() {
 # Only the server's own STOA_* settings from dev mode: drop any inherited from the caller.
 while IFS= read -r name; do
     case "$name" in
-    STOA_E2E_CAPPED | STOA_URL | STOA_API_KEY | STOA_API_SECRET) ;;
+    STOA_E2E_CAPPED | STOA_E2E_RELAY | STOA_URL | STOA_API_KEY | STOA_API_SECRET) ;;
     STOA_*) unset "$name" ;;
     esac
 done < <(compgen -e)
 
-echo "run.sh: starting $stoa serve --dev" >&2
+config_args=()
+relay=${STOA_E2E_RELAY:-}
+if [ -n "$relay" ]; then
+    case "$relay" in
+    udp) url="turn:127.0.0.1:3478?transport=udp" ;;
+    tcp) url="turn:127.0.0.1:3478?transport=tcp" ;;
+    tls) url="turns:127.0.0.1:5349?transport=tcp" ;;
+    *)
+        echo "run.sh: STOA_E2E_RELAY must be udp, tcp or tls, not $relay" >&2
+        exit 2
+        ;;
+    esac
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+        -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+        -keyout "$work/turn.key" -out "$work/turn.crt" 2>/dev/null
+    # The relay reaches only the media engine's own address (127.0.0.1:7882 in dev mode).
+    cat >"$work/stoa.toml" <<EOF
+[turn]
+enabled = true
+tls_certificate = "$work/turn.crt"
+tls_private_key = "$work/turn.key"
+urls = ["$url"]
+EOF
+    config_args=(--config "$work/stoa.toml")
+    export E2E_RELAY="$relay"
+    export E2E_CHROMIUM_ARGS="${E2E_CHROMIUM_ARGS:-} --ignore-certificate-errors"
+fi
+
+echo "run.sh: starting $stoa serve --dev ${config_args[*]} (relay: ${relay:-none})" >&2
 # A store of its own, so that runs never share (or lock) a store file.
 STOA_DATA_DIR=$(mktemp -d -t stoa-e2e-data.XXXXXX)
 export STOA_DATA_DIR
-RUST_BACKTRACE=1 "$stoa" serve --dev --log-level "${STOA_E2E_SERVER_LOG:-info,stoa=debug,stoa_signaling=debug,stoa_sfu=debug}" \
+RUST_BACKTRACE=1 "$stoa" serve --dev "${config_args[@]}" --log-level "${STOA_E2E_SERVER_LOG:-info,stoa=debug,stoa_signaling=debug,stoa_sfu=debug}" \
     >"$server_log" 2>&1 </dev/null &
 server_pid=$!
 

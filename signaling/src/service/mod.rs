@@ -12,6 +12,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use livekit_api::access_token::Claims;
@@ -61,9 +62,48 @@ pub struct ServiceConfig {
     pub ping_timeout: u32,
     /// Where room and participant events go as webhooks, if anywhere.
     pub webhooks: Option<crate::webhook::Notifier>,
+    /// TURN servers put in every JoinResponse, with credentials minted per session; `None`
+    /// for none.
+    pub turn: Option<TurnServers>,
     /// An in-process receiver of the same events (the control plane's presence). Bounded:
     /// when it is full, events are dropped and logged, never waited for.
     pub observer: Option<mpsc::Sender<lk::WebhookEvent>>,
+}
+
+/// One participant's TURN server entry in a JoinResponse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnCredentials {
+    /// `turn:` and `turns:` URLs.
+    pub urls: Vec<String>,
+    /// Time-limited username.
+    pub username: String,
+    /// Its password.
+    pub credential: String,
+}
+
+/// Mints [`TurnCredentials`] for a participant identity.
+pub type MintTurnCredentials = dyn Fn(&str) -> TurnCredentials + Send + Sync;
+
+/// The TURN servers of every JoinResponse: signaling calls the minter once per join (the
+/// binary provides it, from the relay's shared secret).
+#[derive(Clone)]
+pub struct TurnServers(pub Arc<MintTurnCredentials>);
+
+impl std::fmt::Debug for TurnServers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TurnServers(..)")
+    }
+}
+
+impl TurnServers {
+    fn ice_servers(&self, identity: &str) -> Vec<lk::IceServer> {
+        let minted = (self.0)(identity);
+        vec![lk::IceServer {
+            urls: minted.urls,
+            username: minted.username,
+            credential: minted.credential,
+        }]
+    }
 }
 
 impl Default for ServiceConfig {
@@ -73,6 +113,7 @@ impl Default for ServiceConfig {
             ping_interval: 5,
             ping_timeout: 15,
             webhooks: None,
+            turn: None,
             observer: None,
         }
     }
@@ -609,7 +650,12 @@ impl Service {
             participant: Some(info.clone()),
             other_participants: others,
             server_version: ADVERTISED_LIVEKIT_VERSION.into(),
-            ice_servers: vec![],
+            ice_servers: self
+                .config
+                .turn
+                .as_ref()
+                .map(|turn| turn.ice_servers(&info.identity))
+                .unwrap_or_default(),
             subscriber_primary: true,
             client_configuration: Some(lk::ClientConfiguration {
                 // Full rejoin instead of resume: sessions are not kept across reconnects.

@@ -1,0 +1,133 @@
+//! `stoa turn`: the relay alone, configured from a file, answers coturn's `turnutils_uclient`
+//! with REST credentials over UDP and TCP, and refuses to start without a secret.
+//! Everything binds and targets 127.0.0.1. Needs `turnutils_uclient` (Debian `coturn`), which
+//! ./test.sh installs.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "the test bounds real waits with the wall clock"
+)]
+
+use std::net::{TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "stoa-turn-cli-secret";
+
+/// Kills the server when the test ends, however it ends.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free port for both UDP and TCP on 127.0.0.1, and `count` free UDP ports after a gap.
+/// Bounded: 300 candidates.
+fn free_ports(count: u16) -> (u16, u16) {
+    let base = 30_000 + (std::process::id() as u16 % 300) * 60;
+    for start in (base..base + 18_000).step_by(60).take(300) {
+        let listener_free = UdpSocket::bind(("127.0.0.1", start)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", start)).is_ok();
+        let relay = start + 10;
+        let range_free = (relay..relay + count).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok());
+        if listener_free && range_free {
+            return (start, relay);
+        }
+    }
+    panic!("no free ports on 127.0.0.1");
+}
+
+fn config_file(name: &str, text: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("stoa-turn-{name}-{}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn uclient(args: &[&str]) -> Output {
+    let mut child = Command::new("turnutils_uclient")
+        .args(args)
+        .arg("127.0.0.1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("turnutils_uclient (Debian package coturn; ./test.sh installs it)");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn stoa_turn_relays_for_uclient_over_udp_and_tcp() {
+    let (port, relay) = free_ports(8);
+    let config = config_file(
+        "relay",
+        &format!(
+            "[turn]\nudp_port = {port}\ntcp_port = {port}\nrelay_port_range_start = {relay}\n\
+             relay_port_range_end = {}\nsecret = \"{SECRET}\"\nallowed_peers = [\"127.0.0.1\"]\n",
+            relay + 7
+        ),
+    );
+    let child = Command::new(env!("CARGO_BIN_EXE_stoa"))
+        .args(["turn", "--dev", "--config"])
+        .arg(&config)
+        .env_remove("STOA_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _server = Server(child);
+    // Up once the TCP listener accepts (bounded: 10 s).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "stoa turn did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let port = port.to_string();
+    for transport in [&[][..], &["-t"][..]] {
+        let mut args = transport.to_vec();
+        args.extend([
+            "-y", "-c", "-n", "20", "-m", "2", "-l", "160", "-W", SECRET, "-u", "bob", "-p", &port,
+        ]);
+        let output = uclient(&args);
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "uclient {transport:?} failed:\n{text}"
+        );
+        assert!(
+            text.contains("tot_send_msgs=40, tot_recv_msgs=40")
+                && text.contains("Total lost packets 0 "),
+            "uclient {transport:?} lost messages:\n{text}"
+        );
+    }
+    let _ = std::fs::remove_file(config);
+}
+
+#[test]
+fn stoa_turn_refuses_to_start_without_a_secret() {
+    let config = config_file("nosecret", "[turn]\nudp_port = 0\ntcp_port = 0\n");
+    let output = Command::new(env!("CARGO_BIN_EXE_stoa"))
+        .args(["turn", "--dev", "--config"])
+        .arg(&config)
+        .env_remove("STOA_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("[turn] secret"), "{stderr}");
+    let _ = std::fs::remove_file(config);
+}
