@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use livekit_protocol as lk;
 use prost::Message as _;
 
+pub mod chromium;
+
 /// Bound on any single wait.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
