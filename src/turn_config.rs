@@ -116,6 +116,8 @@ impl FileTurn {
     /// Validates the table; `where_` prefixes every message (e.g. `config FILE: turn`).
     pub fn finish(self, where_: &str, taken: Option<TakenPorts>) -> Result<TurnSettings> {
         let err = |key: &str, message: String| anyhow!("{where_}.{key}: {message}");
+        // A relay that will not run takes no ports from the media engine or HTTP.
+        let taken = taken.filter(|_| self.enabled.unwrap_or(false));
         let port_or_off = |port: Option<u16>, default| match port {
             Some(0) => None,
             Some(port) => Some(port),
@@ -388,19 +390,33 @@ mod tests {
     #[test]
     fn bad_values_are_refused_with_their_key() {
         for (text, key) in [
-            ("relay_port_range_start = 50000", "overlap the media engine"),
+            (
+                "enabled = true\nrelay_port_range_start = 50000",
+                "overlap the media engine",
+            ),
             ("relay_port_range_start = 60000", "empty"),
             ("tls_certificate = \"c.pem\"", "both"),
             ("secret = \"\"", "secret"),
             ("allowed_peers = [\"10.0.0.0/33\"]", "allowed_peers"),
             ("urls = [\"stun:x\"]", "urls"),
             ("max_allocations = 500", "max_allocations"),
-            ("tcp_port = 7880", "HTTP port"),
+            ("enabled = true\ntcp_port = 7880", "HTTP port"),
             ("credential_ttl_seconds = 1", "credential_ttl_seconds"),
         ] {
             let error = parse(text).expect_err(text).to_string();
             assert!(error.contains(key), "{text}: {error}");
         }
+    }
+
+    #[test]
+    fn a_disabled_relay_takes_no_ports() {
+        // Media and HTTP may use the relay's default ports while the relay is off.
+        let file: FileTurn = toml::from_str("").expect("empty");
+        let taken = TakenPorts {
+            sfu: (50144, 50144),
+            http: 3478,
+        };
+        assert!(file.finish("turn", Some(taken)).is_ok());
     }
 
     #[test]
