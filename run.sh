@@ -10,25 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-apt_updated=0
-
-# need_pkg COMMAND DEBIAN_PACKAGE: installs the package when the command is missing.
-need_pkg() {
-    local command=$1 package=$2
-    if command -v "$command" >/dev/null 2>&1; then
-        return 0
-    fi
-    local sudo=()
-    if [ "$(id -u)" -ne 0 ]; then
-        sudo=(sudo)
-    fi
-    if [ "$apt_updated" -eq 0 ]; then
-        "${sudo[@]}" apt-get update -qq
-        apt_updated=1
-    fi
-    echo "run.sh: installing $package (for $command)"
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "$package"
-}
+# shellcheck source=scripts/need_pkg.sh
+source scripts/need_pkg.sh
 
 if [ -z "${STOA_SKIP_WEB:-}" ]; then
     need_pkg node nodejs

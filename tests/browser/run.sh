@@ -27,13 +27,10 @@ if [ -z "${STOA_E2E_CAPPED:-}" ]; then
     STOA_E2E_CAPPED=1 exec timeout --kill-after=5 120 bash "$0" "$@"
 fi
 
-# Refuse to run outside a private namespace: the test must never reach anything but loopback.
-if ip -o link show | grep -qv ': lo:'; then
-    echo "run.sh: this network namespace has interfaces other than lo;" \
-        "run it as: unshare -n bash $0 STOA_BINARY" >&2
-    exit 2
-fi
-ip link set lo up
+work=$(mktemp -d -t stoa-e2e-run.XXXXXX)
+# shellcheck source=../support/serve.sh
+source "$here/../support/serve.sh"
+require_loopback_only
 
 if [ ! -x "$stoa" ]; then
     echo "run.sh: $stoa is not an executable" >&2
@@ -43,31 +40,6 @@ if [ ! -d "$here/node_modules/livekit-client" ]; then
     echo "run.sh: $here/node_modules is missing: run ./test.sh (it runs npm ci there)" >&2
     exit 2
 fi
-
-work=$(mktemp -d -t stoa-e2e-run.XXXXXX)
-server_log="$work/stoa.log"
-server_pid=
-
-cleanup() {
-    if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-        kill -TERM "$server_pid" 2>/dev/null || true
-        for _ in $(seq 50); do
-            kill -0 "$server_pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$server_pid" 2>/dev/null || true
-        wait "$server_pid" 2>/dev/null || true
-    fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 143' TERM INT
-
-print_server_log() {
-    echo "----- stoa server log ($server_log) -----" >&2
-    cat "$server_log" >&2 || true
-    echo "----- end of stoa server log -----" >&2
-}
 
 # Only the server's own STOA_* settings from dev mode: drop any inherited from the caller.
 while IFS= read -r name; do
@@ -105,34 +77,8 @@ EOF
     export E2E_CHROMIUM_ARGS="${E2E_CHROMIUM_ARGS:-} --ignore-certificate-errors"
 fi
 
-echo "run.sh: starting $stoa serve --dev ${config_args[*]} (relay: ${relay:-none})" >&2
-# A store of its own, so that runs never share (or lock) a store file.
-STOA_DATA_DIR=$(mktemp -d -t stoa-e2e-data.XXXXXX)
-export STOA_DATA_DIR
-RUST_BACKTRACE=1 "$stoa" serve --dev "${config_args[@]}" --log-level "${STOA_E2E_SERVER_LOG:-info,stoa=debug,stoa_signaling=debug,stoa_sfu=debug}" \
-    >"$server_log" 2>&1 </dev/null &
-server_pid=$!
-
-healthy=0
-for _ in $(seq 150); do # 150 x 0.2 s = 30 s
-    if ! kill -0 "$server_pid" 2>/dev/null; then
-        echo "run.sh: stoa exited before answering /healthz" >&2
-        print_server_log
-        exit 1
-    fi
-    if node -e "fetch('http://127.0.0.1:7880/healthz', { signal: AbortSignal.timeout(1000) })
-        .then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))" 2>/dev/null; then
-        healthy=1
-        break
-    fi
-    sleep 0.2
-done
-if [ "$healthy" -ne 1 ]; then
-    echo "run.sh: stoa did not answer http://127.0.0.1:7880/healthz within 30 s" >&2
-    print_server_log
-    exit 1
-fi
-echo "run.sh: stoa is up (pid $server_pid)" >&2
+echo "run.sh: relay: ${relay:-none}" >&2
+start_server "${config_args[@]}" --log-level "${STOA_E2E_SERVER_LOG:-info,stoa=debug,stoa_signaling=debug,stoa_sfu=debug}"
 
 status=0
 E2E_TIMEOUT_MS="${E2E_TIMEOUT_MS:-80000}" node "$here/e2e.mjs" || status=$?
