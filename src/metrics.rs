@@ -1,10 +1,13 @@
 //! Every metric `stoa serve` exports, in Prometheus text format on `GET /metrics`.
 //!
-//! The cores keep plain counters ([`SfuStats`] per engine shard, [`SignalingStats`],
-//! [`WebhookStats`]); on each scrape they are read (each bounded by [`QUERY_TIMEOUT`]) and
-//! copied into the `metrics` facade, whose Prometheus recorder renders them. No room or user ids
-//! are ever labels.
+//! The cores keep plain counters ([`SfuStats`] per engine shard, the shards' socket
+//! [`TrafficSnapshot`], [`SignalingStats`], [`WebhookStats`]); on each scrape they are read (each
+//! bounded by [`QUERY_TIMEOUT`]) and copied into the `metrics` facade, whose Prometheus recorder
+//! renders them. The two latency histograms have fixed buckets counted by the cores and are
+//! rendered here ([`render_histograms`]) after the recorder's text. The TURN relay exports its
+//! own `turn_*` metrics through the facade. No room or user ids are ever labels.
 
+use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -13,6 +16,7 @@ use metrics::{Unit, counter, describe_counter, describe_gauge, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use stoa_sfu::SfuStats;
 use stoa_sfu::shell::SfuHandle;
+use stoa_sfu::shell::traffic::{HistogramSnapshot, TrafficSnapshot};
 use stoa_signaling::service::{Signaling, SignalingStats};
 use stoa_signaling::webhook::{Notifier, WebhookStats};
 
@@ -37,6 +41,20 @@ pub const SFU_TRACKS: &str = "sfu_tracks";
 pub const SFU_RTP_RECEIVED: &str = "sfu_rtp_packets_received_total";
 /// RTP packets written to subscribers (counter).
 pub const SFU_RTP_FORWARDED: &str = "sfu_rtp_packets_forwarded_total";
+/// RTP packets publishers sent that never reached the engine (sequence gaps) (counter).
+pub const SFU_RTP_LOST: &str = "sfu_rtp_packets_lost_total";
+/// UDP datagrams read by the engine's sockets (counter).
+pub const SFU_DATAGRAMS_RECEIVED: &str = "sfu_datagrams_received_total";
+/// UDP payload bytes read by the engine's sockets (counter).
+pub const SFU_BYTES_RECEIVED: &str = "sfu_bytes_received_total";
+/// UDP datagrams sent by the engine's sockets (counter).
+pub const SFU_DATAGRAMS_SENT: &str = "sfu_datagrams_sent_total";
+/// UDP payload bytes sent by the engine's sockets (counter).
+pub const SFU_BYTES_SENT: &str = "sfu_bytes_sent_total";
+/// Time from reading a datagram batch to handing what it produced to the kernel (histogram).
+pub const SFU_FORWARDING_SECONDS: &str = "sfu_forwarding_seconds";
+/// Time from a join to the participant's media connection being up (histogram).
+pub const SIGNALING_JOIN_SECONDS: &str = "signaling_join_seconds";
 /// RTP packets dropped, by `reason` = `unauthorized` | `muted` (counter).
 pub const SFU_RTP_DROPPED: &str = "sfu_rtp_packets_dropped_total";
 /// UDP datagrams that matched no peer (counter).
@@ -114,6 +132,31 @@ pub fn describe() {
         "Media engine shards that answered the last scrape"
     );
     describe_gauge!(STOA_DRAINING, "1 while draining for shutdown");
+    describe_counter!(
+        SFU_RTP_LOST,
+        Unit::Count,
+        "RTP packets publishers sent that never arrived (sequence gaps)"
+    );
+    describe_counter!(
+        SFU_DATAGRAMS_RECEIVED,
+        Unit::Count,
+        "UDP datagrams read by the media engine"
+    );
+    describe_counter!(
+        SFU_BYTES_RECEIVED,
+        Unit::Bytes,
+        "UDP payload bytes read by the media engine"
+    );
+    describe_counter!(
+        SFU_DATAGRAMS_SENT,
+        Unit::Count,
+        "UDP datagrams sent by the media engine"
+    );
+    describe_counter!(
+        SFU_BYTES_SENT,
+        Unit::Bytes,
+        "UDP payload bytes sent by the media engine"
+    );
 }
 
 /// One reading of every source, taken at scrape time.
@@ -123,6 +166,8 @@ pub struct Snapshot {
     pub signaling: Option<SignalingStats>,
     /// Each engine shard's counters; `None` if the engine did not answer.
     pub sfu: Option<Vec<SfuStats>>,
+    /// The engine's socket traffic, summed over its shards.
+    pub traffic: TrafficSnapshot,
     /// Webhook counters (delivered, failed, dropped), if webhooks are configured.
     pub webhooks: Option<[u64; 3]>,
     /// Whether the server is draining.
@@ -149,6 +194,7 @@ impl Sources {
         Snapshot {
             signaling: signaling.ok().and_then(Result::ok),
             sfu: sfu.ok().and_then(Result::ok),
+            traffic: self.sfu.traffic(),
             webhooks: self.webhooks.as_ref().map(|n| webhook_counts(n.stats())),
             draining,
         }
@@ -179,6 +225,7 @@ pub fn record(snapshot: &Snapshot) {
             sum.tracks += s.tracks;
             sum.rtp_in += s.rtp_in;
             sum.rtp_forwarded += s.rtp_forwarded;
+            sum.rtp_lost += s.rtp_lost;
             sum.rtp_dropped_unauthorized += s.rtp_dropped_unauthorized;
             sum.rtp_dropped_muted += s.rtp_dropped_muted;
             sum.datagrams_unknown += s.datagrams_unknown;
@@ -190,16 +237,60 @@ pub fn record(snapshot: &Snapshot) {
         gauge!(SFU_TRACKS).set(total.tracks as f64);
         counter!(SFU_RTP_RECEIVED).absolute(total.rtp_in);
         counter!(SFU_RTP_FORWARDED).absolute(total.rtp_forwarded);
+        counter!(SFU_RTP_LOST).absolute(total.rtp_lost);
         counter!(SFU_RTP_DROPPED, "reason" => "unauthorized")
             .absolute(total.rtp_dropped_unauthorized);
         counter!(SFU_RTP_DROPPED, "reason" => "muted").absolute(total.rtp_dropped_muted);
         counter!(SFU_DATAGRAMS_UNKNOWN).absolute(total.datagrams_unknown);
         counter!(SFU_OFFERS_REFUSED).absolute(total.offers_refused);
     }
+    let traffic = &snapshot.traffic;
+    counter!(SFU_DATAGRAMS_RECEIVED).absolute(traffic.datagrams_in);
+    counter!(SFU_BYTES_RECEIVED).absolute(traffic.bytes_in);
+    counter!(SFU_DATAGRAMS_SENT).absolute(traffic.datagrams_out);
+    counter!(SFU_BYTES_SENT).absolute(traffic.bytes_out);
     let [delivered, failed, dropped] = snapshot.webhooks.unwrap_or_default();
     counter!(SIGNALING_WEBHOOK_EVENTS, "outcome" => "delivered").absolute(delivered);
     counter!(SIGNALING_WEBHOOK_EVENTS, "outcome" => "failed").absolute(failed);
     counter!(SIGNALING_WEBHOOK_EVENTS, "outcome" => "dropped").absolute(dropped);
+}
+
+/// Prometheus text of the latency histograms in `snapshot`, to follow the recorder's text.
+/// A histogram whose source did not answer is left out rather than shown as empty.
+pub fn render_histograms(snapshot: &Snapshot) -> String {
+    let mut out = String::new();
+    histogram(
+        &mut out,
+        SFU_FORWARDING_SECONDS,
+        "Time from reading a datagram batch to handing the packets it produced to the kernel \
+         (the batch's slowest packet)",
+        &snapshot.traffic.forwarding,
+    );
+    if let Some(s) = &snapshot.signaling {
+        histogram(
+            &mut out,
+            SIGNALING_JOIN_SECONDS,
+            "Time from a join to the participant's media connection being up (ICE and DTLS)",
+            &s.joins,
+        );
+    }
+    out
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, h: &HistogramSnapshot) {
+    // Writing to a String cannot fail.
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for (bound, count) in h.cumulative() {
+        let le = if bound.is_infinite() {
+            "+Inf".to_owned()
+        } else {
+            bound.to_string()
+        };
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {count}");
+    }
+    let _ = writeln!(out, "{name}_sum {}", h.sum_seconds);
+    let _ = writeln!(out, "{name}_count {}", h.count());
 }
 
 #[cfg(test)]
@@ -217,6 +308,7 @@ mod tests {
             rtp_forwarded: 30,
             rtp_dropped_unauthorized: 1,
             rtp_dropped_muted: 2,
+            rtp_lost: 3,
             ..SfuStats::default()
         };
         let snapshot = Snapshot {
@@ -226,8 +318,16 @@ mod tests {
                 publishers: 1,
                 listeners: 2,
                 tracks: 1,
+                joins: HistogramSnapshot::default(),
             }),
             sfu: Some(vec![shard, shard]),
+            traffic: TrafficSnapshot {
+                datagrams_in: 7,
+                bytes_in: 700,
+                datagrams_out: 9,
+                bytes_out: 900,
+                ..TrafficSnapshot::default()
+            },
             webhooks: Some([4, 5, 6]),
             draining: false,
         };
@@ -246,6 +346,11 @@ mod tests {
             "sfu_shards 2",
             "sfu_rtp_packets_received_total 20",
             "sfu_rtp_packets_forwarded_total 60",
+            "sfu_rtp_packets_lost_total 6",
+            "sfu_datagrams_received_total 7",
+            "sfu_bytes_received_total 700",
+            "sfu_datagrams_sent_total 9",
+            "sfu_bytes_sent_total 900",
             "sfu_rtp_packets_dropped_total{reason=\"unauthorized\"} 2",
             "sfu_rtp_packets_dropped_total{reason=\"muted\"} 4",
             "signaling_webhook_events_total{outcome=\"delivered\"} 4",
@@ -260,5 +365,41 @@ mod tests {
                 "missing {line:?} in:\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn histograms_render_cumulative_buckets() {
+        let mut joins = HistogramSnapshot::default();
+        joins.buckets[0] = 1; // ≤ 50 µs
+        joins.buckets[8] = 2; // ≤ 25 ms
+        joins.sum_seconds = 0.04;
+        let snapshot = Snapshot {
+            signaling: Some(SignalingStats {
+                joins,
+                ..SignalingStats::default()
+            }),
+            ..Snapshot::default()
+        };
+        let text = render_histograms(&snapshot);
+        for line in [
+            "# TYPE signaling_join_seconds histogram",
+            "signaling_join_seconds_bucket{le=\"0.00005\"} 1",
+            "signaling_join_seconds_bucket{le=\"0.01\"} 1",
+            "signaling_join_seconds_bucket{le=\"0.025\"} 3",
+            "signaling_join_seconds_bucket{le=\"+Inf\"} 3",
+            "signaling_join_seconds_sum 0.04",
+            "signaling_join_seconds_count 3",
+            "# TYPE sfu_forwarding_seconds histogram",
+            "sfu_forwarding_seconds_bucket{le=\"+Inf\"} 0",
+            "sfu_forwarding_seconds_count 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+        // Without an answer from signaling there is no join histogram, rather than a false zero.
+        let text = render_histograms(&Snapshot::default());
+        assert!(!text.contains("signaling_join_seconds"), "{text}");
     }
 }

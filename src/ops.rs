@@ -84,20 +84,27 @@ async fn scrape(State(state): State<OpsState>) -> Response {
     let Some(prometheus) = &state.prometheus else {
         return (StatusCode::NOT_FOUND, "metrics are not enabled").into_response();
     };
+    let mut histograms = String::new();
     if let Some(sources) = &state.sources {
         let snapshot = sources.snapshot(state.draining.get()).await;
         if snapshot.signaling.is_none() || snapshot.sfu.is_none() {
             tracing::warn!(timeout = ?QUERY_TIMEOUT, "a metrics source did not answer");
         }
         metrics::record(&snapshot);
+        histograms = metrics::render_histograms(&snapshot);
     }
     prometheus.run_upkeep();
+    let mut text = prometheus.render();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&histograms);
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        prometheus.render(),
+        text,
     )
         .into_response()
 }

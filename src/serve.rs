@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use stoa_sfu::shell::{SfuRuntime, SfuSettings, UdpPorts};
 use stoa_signaling::room::RoomLimits;
-use stoa_signaling::service::{ServiceConfig, Signaling};
+use stoa_signaling::service::{LeaveAction, ServiceConfig, Signaling};
 use stoa_signaling::token::ApiKeys;
 use stoa_signaling::webhook::{Notifier, WebhookConfig};
 use tokio::net::TcpListener;
@@ -194,10 +194,15 @@ async fn serve(config: &Config) -> Result<()> {
     // signal cuts every wait short.
     draining.start();
     let deadline = config.shutdown.drain;
-    info!(deadline = ?deadline, "draining: refusing new joins, asking clients to leave");
+    // With one node there is nowhere to move to; nodes sharing Redis carry the rooms on.
+    let leave_action = match config.control.store {
+        stoa_control::config::StoreKind::Redis => LeaveAction::Reconnect,
+        stoa_control::config::StoreKind::Embedded => LeaveAction::Disconnect,
+    };
+    info!(deadline = ?deadline, ?leave_action, "draining: refusing new joins, asking clients to leave");
     let mut forced = false;
     tokio::select! {
-        () = drain(&signaling, deadline) => {}
+        () = drain(&signaling, leave_action, deadline) => {}
         signal = signals.recv() => {
             warn!(signal, "second signal; exiting now");
             forced = true;
@@ -232,19 +237,16 @@ async fn serve(config: &Config) -> Result<()> {
 /// How often the drain re-checks for sessions.
 const DRAIN_POLL: Duration = Duration::from_millis(100);
 
-/// Ends every session (clients get `Leave { SERVER_SHUTDOWN }`) and waits until none is left,
-/// up to `deadline`. Sessions that slipped in past the join gate are ended on the next poll.
-async fn drain(signaling: &Signaling, deadline: Duration) {
-    // Clients are told to leave even with a zero deadline; this first pass is bounded on its own.
-    match tokio::time::timeout(crate::metrics::QUERY_TIMEOUT, signaling.drain()).await {
-        Ok(Ok(ended)) if ended > 0 => info!(sessions = ended, "asked clients to leave"),
-        Ok(_) => {}
-        Err(_) => warn!("signaling did not answer the drain request"),
-    }
+/// Asks every client to leave (`Leave { SERVER_SHUTDOWN, action }`: disconnect on one node,
+/// reconnect — to another node, through the load balancer — when nodes share Redis), then waits
+/// until every session has closed and so every room has emptied, up to `deadline`. Sessions still
+/// open then are closed by the server. Sessions that slipped in past the join gate are asked on
+/// the next poll.
+async fn drain(signaling: &Signaling, action: LeaveAction, deadline: Duration) {
     let waited = tokio::time::timeout(deadline, async {
         loop {
-            match signaling.drain().await {
-                Ok(ended) if ended > 0 => info!(sessions = ended, "asked clients to leave"),
+            match signaling.ask_to_leave(action).await {
+                Ok(told) if told > 0 => info!(sessions = told, ?action, "asked clients to leave"),
                 Ok(_) => {}
                 Err(_) => return,
             }
@@ -258,8 +260,17 @@ async fn drain(signaling: &Signaling, deadline: Duration) {
     })
     .await;
     match waited {
-        Ok(()) => info!("drained: no sessions left"),
-        Err(_) => warn!(deadline = ?deadline, "drain deadline passed with sessions left"),
+        Ok(()) => info!("drained: every room is empty"),
+        Err(_) => {
+            match tokio::time::timeout(crate::metrics::QUERY_TIMEOUT, signaling.drain()).await {
+                Ok(Ok(ended)) => warn!(
+                    deadline = ?deadline,
+                    sessions = ended,
+                    "drain deadline passed; closed the sessions left"
+                ),
+                _ => warn!(deadline = ?deadline, "drain deadline passed; signaling did not answer"),
+            }
+        }
     }
 }
 

@@ -16,6 +16,15 @@ use stoa_bench::client::Depth;
 use stoa_bench::scenario::{self, Kind, Params, Quiet, Target};
 use stoa_bench::server::ServerProcess;
 
+mod support;
+
+/// The value of `series` (exact name and labels) in Prometheus text.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 fn params(kind: Kind) -> Params {
     Params {
         kind,
@@ -32,14 +41,14 @@ fn params(kind: Kind) -> Params {
 
 /// Start a server, run `params` against it, check the report.
 fn smoke(params: &Params) -> stoa_bench::report::Report {
-    let server = ServerProcess::spawn(Path::new(env!("CARGO_BIN_EXE_stoa")), None, None)
+    let process = ServerProcess::spawn(Path::new(env!("CARGO_BIN_EXE_stoa")), None, None)
         .expect("start stoa serve --dev");
     let target = Target {
-        http: server.http,
+        http: process.http,
         key: "devkey".into(),
         secret: "secret".into(),
         room: "smoke".into(),
-        pid: Some(server.pid()),
+        pid: Some(process.pid()),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -85,6 +94,30 @@ fn smoke(params: &Params) -> stoa_bench::report::Report {
     let json: serde_json::Value = serde_json::from_str(&report.json()).unwrap();
     assert_eq!(json["clients"]["heard"], report.clients.heard);
     assert_eq!(json["params"]["duration"], params.duration.as_secs_f64());
+
+    // The server's own metrics saw the same run: traffic both ways, forwarding and join
+    // latencies observed (one join per participant whose media connected).
+    let (status, text) = support::request(process.http, "GET", "/metrics", None, None);
+    assert_eq!(status, 200, "{text}");
+    let value = |series: &str| metric(&text, series).unwrap_or_else(|| panic!("{series}:\n{text}"));
+    for series in [
+        "sfu_datagrams_received_total",
+        "sfu_bytes_received_total",
+        "sfu_datagrams_sent_total",
+        "sfu_bytes_sent_total",
+        "sfu_forwarding_seconds_count",
+    ] {
+        assert!(value(series) > 0.0, "{series} = 0:\n{text}");
+    }
+    assert!(value("sfu_bytes_sent_total") > value("sfu_datagrams_sent_total") * 50.0);
+    assert!(
+        value("signaling_join_seconds_count") >= report.clients.listeners as f64,
+        "{text}"
+    );
+    assert_eq!(
+        value("signaling_join_seconds_bucket{le=\"+Inf\"}"),
+        value("signaling_join_seconds_count")
+    );
     report
 }
 

@@ -1,6 +1,7 @@
 //! Operator endpoints of a real `stoa serve --dev`: `/metrics` reflects a real WebSocket session
-//! (up on join, down on leave), `/readyz` answers, and SIGTERM drains: the connected client gets
-//! `Leave { SERVER_SHUTDOWN }` and a close, and the process exits 0 within the deadline.
+//! (up on join, down on leave), `/readyz` answers, and SIGTERM drains: connected clients get
+//! `Leave { SERVER_SHUTDOWN }`, the server waits for their rooms to empty (or closes who is left
+//! at the deadline; a second signal exits at once), and the process exits 0.
 //! Plain TCP on 127.0.0.1; every wait is bounded and the server is killed when a test ends.
 
 // These tests own a clock: they bound every wait on a real process.
@@ -222,6 +223,17 @@ fn metrics_follow_a_session_and_readyz_answers() {
         "sfu_rtp_packets_forwarded_total",
         "sfu_rtp_packets_dropped_total{reason=\"unauthorized\"}",
         "sfu_rtp_packets_dropped_total{reason=\"muted\"}",
+        "sfu_rtp_packets_lost_total",
+        "sfu_datagrams_received_total",
+        "sfu_bytes_received_total",
+        "sfu_datagrams_sent_total",
+        "sfu_bytes_sent_total",
+        "sfu_forwarding_seconds_bucket{le=\"0.001\"}",
+        "sfu_forwarding_seconds_bucket{le=\"+Inf\"}",
+        "sfu_forwarding_seconds_count",
+        "signaling_join_seconds_bucket{le=\"+Inf\"}",
+        "signaling_join_seconds_sum",
+        "signaling_join_seconds_count",
         "stoa_draining",
     ] {
         assert!(
@@ -230,6 +242,7 @@ fn metrics_follow_a_session_and_readyz_answers() {
         );
     }
     assert!(body.contains("# TYPE sfu_rtp_packets_forwarded_total counter"));
+    assert!(body.contains("# TYPE signaling_join_seconds histogram"));
     assert_eq!(metric(addr, "signaling_sessions"), Some(0.0));
 
     let client = join(addr, "metrics-room", "alice");
@@ -241,36 +254,88 @@ fn metrics_follow_a_session_and_readyz_answers() {
     wait_metric(addr, "signaling_participants{role=\"publisher\"}", 0.0);
 }
 
+/// Reads until the `Leave` a draining server sends; checks it asks the client to leave for good.
+fn expect_shutdown_leave(client: &mut SignalClient) {
+    let leave = client.wait_for("a Leave", |m| match m {
+        lk::signal_response::Message::Leave(l) => Some(l.clone()),
+        _ => None,
+    });
+    assert_eq!(leave.reason, lk::DisconnectReason::ServerShutdown as i32);
+    // One node, embedded store: there is no other node to move to.
+    assert_eq!(leave.action, lk::leave_request::Action::Disconnect as i32);
+    assert!(!leave.can_reconnect);
+}
+
 #[test]
-fn sigterm_drains_clients_and_exits() {
-    let mut server = Server::start(5);
+fn sigterm_waits_for_rooms_to_empty_then_exits() {
+    let mut server = Server::start(30);
     let addr = server.addr;
-    let mut client = join(addr, "drain-room", "bob");
+    let mut alice = join(addr, "drain-room", "alice");
+    let mut bob = join(addr, "drain-room", "bob");
+    server.terminate();
+    expect_shutdown_leave(&mut alice);
+    expect_shutdown_leave(&mut bob);
+
+    // Joins and readiness are refused from then on ...
+    let (status, body) = get(addr, "/readyz").expect("readyz while draining");
+    assert_eq!(status, 503, "{body}");
+    let (status, body) = get(addr, "/rtc?access_token=x").expect("rtc while draining");
+    assert_eq!(status, 503, "{body}");
+    // ... but the server waits for the room to empty: nobody is cut off mid-sentence.
+    thread::sleep(Duration::from_secs(1));
+    assert!(
+        server.child.try_wait().expect("try_wait").is_none(),
+        "stoa exited with a room still occupied"
+    );
+    alice.close();
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        server.child.try_wait().expect("try_wait").is_none(),
+        "stoa exited with bob still in the room"
+    );
+    wait_metric(addr, "signaling_sessions", 1.0);
+
+    // The last one leaves: the server exits long before its 30 s deadline.
+    let left = Instant::now();
+    bob.close();
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "exit {status}");
+    assert!(left.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn drain_deadline_closes_the_sessions_left() {
+    let mut server = Server::start(2);
+    let addr = server.addr;
+    let mut client = join(addr, "stubborn-room", "carol");
     let started = Instant::now();
     server.terminate();
+    expect_shutdown_leave(&mut client);
 
-    // The client is told to leave for SERVER_SHUTDOWN, then closed.
-    let mut leave = None;
-    while let Some(response) = client.next_response() {
-        if let Some(lk::signal_response::Message::Leave(l)) = response.message {
-            leave = Some(l);
-        }
-    }
-    let leave = leave.expect("a Leave before the close");
-    assert_eq!(leave.reason, lk::DisconnectReason::ServerShutdown as i32);
-    assert_eq!(leave.action, lk::leave_request::Action::Disconnect as i32);
-
-    // Joins and readiness are refused from then on, or the server is already gone.
-    if let Some((status, body)) = get(addr, "/readyz") {
-        assert_eq!(status, 503, "{body}");
-    }
-    if let Some((status, body)) = get(addr, "/rtc?access_token=x") {
-        assert_eq!(status, 503, "{body}");
-    }
-
-    let status = server.wait_exit(Duration::from_secs(5) + Duration::from_secs(10));
+    // The client ignores the Leave; at the deadline the server closes it and exits.
+    while client.next_response().is_some() {}
+    let closed = started.elapsed();
+    assert!(
+        closed >= Duration::from_millis(1500),
+        "closed after {closed:?}, before the 2 s deadline"
+    );
+    let status = server.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "exit {status}");
     assert!(started.elapsed() < TIMEOUT);
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let mut server = Server::start(60);
+    let addr = server.addr;
+    let mut client = join(addr, "second-signal-room", "dave");
+    let started = Instant::now();
+    server.terminate();
+    expect_shutdown_leave(&mut client);
+    server.terminate();
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "exit {status}");
+    assert!(started.elapsed() < Duration::from_secs(10));
 }
 
 #[test]

@@ -52,6 +52,7 @@ fn every_packet_reaches_every_subscriber_in_order() {
     let stats = sim.sfu().stats();
     assert_eq!(stats.rtp_in, 100);
     assert_eq!(stats.rtp_forwarded, 300);
+    assert_eq!(stats.rtp_lost, 0);
 }
 
 #[test]
@@ -247,6 +248,17 @@ fn loss_and_jitter_keep_the_rewrite_correct() {
         heard.len()
     );
     assert_rewrite_consistent(heard);
+    // What the publisher's link lost is counted as ingress loss: every sent packet either
+    // arrived or is counted lost (except a loss at the very end, which no later packet reveals).
+    let stats = sim.sfu().stats();
+    assert!(stats.rtp_lost > 0, "{stats:?}");
+    let accounted = stats.rtp_in + stats.rtp_lost;
+    assert!(
+        accounted <= 500 && accounted >= 495,
+        "received {} + lost {} of 500",
+        stats.rtp_in,
+        stats.rtp_lost
+    );
 }
 
 #[test]

@@ -293,6 +293,8 @@ pub struct SfuStats {
     pub rtp_in: u64,
     /// RTP packets written to subscribers.
     pub rtp_forwarded: u64,
+    /// RTP packets publishers sent that never arrived (gaps in their sequence numbers).
+    pub rtp_lost: u64,
     /// RTP packets dropped because the sender may not publish.
     pub rtp_dropped_unauthorized: u64,
     /// RTP packets dropped because their track is muted by the server.
@@ -312,6 +314,32 @@ struct Track {
     epoch: u64,
     /// Other shards with subscribers.
     relays: Vec<ShardId>,
+    /// SSRC and extended sequence number of the newest packet received.
+    newest: Option<(u32, u64)>,
+}
+
+/// Most packets one gap counts as lost; a larger jump is a restarted sender, not loss.
+const MAX_COUNTED_GAP: u64 = 1_000;
+
+impl Track {
+    /// Notes packet `seq` of `ssrc`; returns how many packets before it never arrived.
+    fn lost_before(&mut self, ssrc: u32, seq: u64) -> u64 {
+        match self.newest {
+            Some((s, newest)) if s == ssrc => {
+                if seq <= newest {
+                    // Late or repeated: it filled (part of) a gap already counted.
+                    return 0;
+                }
+                self.newest = Some((ssrc, seq));
+                let gap = seq - newest - 1;
+                if gap > MAX_COUNTED_GAP { 0 } else { gap }
+            }
+            _ => {
+                self.newest = Some((ssrc, seq));
+                0
+            }
+        }
+    }
 }
 
 /// The engine for one shard. See the [module documentation](self).
@@ -1110,6 +1138,7 @@ impl Sfu {
                 muted: false,
                 epoch: 0,
                 relays: Vec::new(),
+                newest: None,
             },
         );
         self.events
@@ -1161,10 +1190,11 @@ impl Sfu {
             // Only Opus is forwarded (RED is not negotiated, CN and DTMF are not relayed).
             return;
         }
-        let Some(t) = self.tracks.get(&track) else {
+        let Some(t) = self.tracks.get_mut(&track) else {
             return;
         };
         self.stats.rtp_in += 1;
+        self.stats.rtp_lost += t.lost_before(*ssrc, *packet.seq_no);
         if t.muted {
             self.stats.rtp_dropped_muted += 1;
             if let Some(p) = self.peers.get_mut(&peer) {

@@ -22,6 +22,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod shard;
+pub mod traffic;
 pub mod udp;
 
 use std::net::{IpAddr, SocketAddr};
@@ -34,6 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::proto::{Event, PeerConfig, PeerId, Publish, Sfu, SfuError, SfuStats, ShardId};
 use shard::{Shard, ShardMsg};
+use traffic::{Traffic, TrafficSnapshot};
 
 /// Which UDP ports the engine listens on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +84,7 @@ pub struct SfuHandle {
     shards: Arc<Vec<mpsc::UnboundedSender<ShardMsg>>>,
     next: Arc<AtomicUsize>,
     local_addrs: Arc<Vec<SocketAddr>>,
+    traffic: Arc<Vec<Arc<Traffic>>>,
 }
 
 /// The running engine: keep it alive as long as the engine should run; dropping the last
@@ -153,6 +156,7 @@ impl SfuRuntime {
         let (event_tx, event_rx) = mpsc::unbounded_channel();
         let mut local_addrs = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
+        let traffic: Vec<Arc<Traffic>> = (0..n).map(|_| Arc::default()).collect();
         for (i, (socket, inbox)) in sockets.into_iter().zip(receivers).enumerate() {
             let local = socket.local_addr()?;
             let info = ShardInfo {
@@ -169,6 +173,7 @@ impl SfuRuntime {
                 senders.clone(),
                 event_tx.clone(),
                 shard_seed,
+                traffic[i].clone(),
             );
             let thread = std::thread::Builder::new()
                 .name(format!("sfu-shard-{i}"))
@@ -180,6 +185,7 @@ impl SfuRuntime {
             shards: Arc::new(senders),
             next: Arc::new(AtomicUsize::new(0)),
             local_addrs: Arc::new(local_addrs),
+            traffic: Arc::new(traffic),
         };
         let runtime = SfuRuntime {
             threads,
@@ -308,6 +314,15 @@ impl SfuHandle {
         Ok(self
             .call(peer.shard(), move |sfu, _, now| f(sfu, now))
             .await??)
+    }
+
+    /// Socket traffic of every shard, summed. Reads atomics; never waits for a shard.
+    pub fn traffic(&self) -> TrafficSnapshot {
+        let mut sum = TrafficSnapshot::default();
+        for shard in self.traffic.iter() {
+            sum.add(&shard.snapshot());
+        }
+        sum
     }
 
     /// Counters of every shard.

@@ -2,12 +2,14 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use str0m::net::Protocol;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use super::traffic::Traffic;
 use super::udp::SendBatch;
 use super::{Command, ShardInfo};
 use crate::proto::{Event, Output, Relay, Routed, Sfu, SfuConfig};
@@ -42,6 +44,7 @@ pub(crate) struct Shard {
     shards: Vec<mpsc::UnboundedSender<ShardMsg>>,
     events: mpsc::UnboundedSender<Event>,
     seed: [u8; 32],
+    traffic: Arc<Traffic>,
 }
 
 impl Shard {
@@ -52,6 +55,7 @@ impl Shard {
         shards: Vec<mpsc::UnboundedSender<ShardMsg>>,
         events: mpsc::UnboundedSender<Event>,
         seed: [u8; 32],
+        traffic: Arc<Traffic>,
     ) -> Self {
         Shard {
             info,
@@ -60,6 +64,7 @@ impl Shard {
             shards,
             events,
             seed,
+            traffic,
         }
     }
 
@@ -86,15 +91,26 @@ impl Shard {
         let mut sfu = Sfu::new(SfuConfig::new(self.info.id, self.seed), Instant::now());
         let mut batch = SendBatch::default();
         let mut buf = vec![0u8; MAX_DATAGRAM];
+        // When the oldest datagram whose outputs have not left yet was read.
+        let mut read_at: Option<Instant> = None;
         tracing::debug!(shard = self.info.id.0, addr = %self.info.advertised, "shard running");
         loop {
             let deadline = self.drain(&mut sfu, &mut batch);
             if !batch.is_empty() {
                 let stats = batch.flush(&socket)?;
+                self.traffic.sent(stats.sent, stats.bytes);
+                if let Some(read) = read_at
+                    && !stats.would_block
+                {
+                    self.traffic.forwarded(read.elapsed());
+                }
                 if stats.would_block {
                     socket.writable().await?;
                     continue;
                 }
+            }
+            if batch.is_empty() {
+                read_at = None;
             }
             let sleep = tokio::time::sleep_until(deadline.into());
             tokio::select! {
@@ -109,6 +125,8 @@ impl Shard {
                         match socket.try_recv_from(&mut buf) {
                             Ok((n, source)) => {
                                 let now = Instant::now();
+                                self.traffic.received(n);
+                                read_at.get_or_insert(now);
                                 let routed = sfu.handle_receive(now, Protocol::Udp, source, self.info.advertised, &buf[..n]);
                                 if let Routed::Foreign(shard) = routed
                                     && let Some(tx) = self.shards.get(usize::from(shard.0))

@@ -91,6 +91,7 @@ impl SendBatch {
                         break;
                     }
                     stats.sent += n;
+                    stats.bytes += chunk[..n].iter().map(|(_, c)| c.len()).sum::<usize>();
                     done += n;
                 }
                 Err(nix::errno::Errno::EAGAIN) => {
@@ -117,6 +118,8 @@ impl SendBatch {
 pub struct FlushStats {
     /// Datagrams handed to the kernel.
     pub sent: usize,
+    /// Bytes of the datagrams handed to the kernel.
+    pub bytes: usize,
     /// Datagrams dropped after an error.
     pub dropped: usize,
     /// `sendmmsg` calls made.
@@ -140,6 +143,7 @@ mod tests {
         }
         let stats = batch.flush(&tx).unwrap();
         assert_eq!(stats.sent, 70);
+        assert_eq!(stats.bytes, 7000);
         assert_eq!(stats.syscalls, 3);
         assert!(batch.is_empty());
         rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))

@@ -1,14 +1,37 @@
-//! Server shutdown: every session is told to leave and closed.
+//! Server shutdown in two steps: every client is told to leave (or to move to another node), and
+//! whoever is still connected when the operator's deadline passes is closed.
 
 use livekit_protocol as lk;
 use tokio::sync::oneshot;
 
-use super::{Msg, Service, ServiceError, SessionId, Signaling};
+use super::{Msg, Service, ServiceError, SessionId, Signaling, response};
+use lk::signal_response;
+
+/// What a draining server asks its clients to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LeaveAction {
+    /// Leave for good (one node: there is nowhere else to go).
+    Disconnect,
+    /// Reconnect, which a load balancer sends to another node (several nodes share the rooms).
+    Reconnect,
+}
 
 impl Signaling {
-    /// Sends every connected client `Leave { reason: SERVER_SHUTDOWN, action: DISCONNECT }` and
-    /// closes its session. Returns how many sessions were ended. New joins are not refused here;
-    /// the HTTP layer stops accepting them before calling this.
+    /// Sends `Leave { reason: SERVER_SHUTDOWN, action }` to every connected client that has not
+    /// been told yet and leaves its session open, so that the client closes it itself and its
+    /// room empties in order. Returns how many clients were told now. New joins are not refused
+    /// here; the HTTP layer stops accepting them before calling this.
+    pub async fn ask_to_leave(&self, action: LeaveAction) -> Result<usize, ServiceError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::AskToLeave { action, reply })
+            .map_err(|_| ServiceError::Stopped)?;
+        rx.await.map_err(|_| ServiceError::Stopped)
+    }
+
+    /// Ends every session at once (`Leave { SERVER_SHUTDOWN, DISCONNECT }`, then close): what is
+    /// left when the drain deadline passes. Returns how many sessions were ended.
     pub async fn drain(&self) -> Result<usize, ServiceError> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -19,6 +42,32 @@ impl Signaling {
 }
 
 impl Service {
+    pub(super) fn ask_to_leave(&mut self, action: LeaveAction) -> usize {
+        let (action, can_reconnect) = match action {
+            LeaveAction::Disconnect => (lk::leave_request::Action::Disconnect, false),
+            LeaveAction::Reconnect => (lk::leave_request::Action::Reconnect, true),
+        };
+        let mut told = 0;
+        for session in self.sessions.values_mut().filter(|s| !s.asked_to_leave) {
+            let leave = lk::LeaveRequest {
+                can_reconnect,
+                reason: lk::DisconnectReason::ServerShutdown as i32,
+                action: action as i32,
+                ..Default::default()
+            };
+            // A full queue means a client that reads nothing; the deadline closes it.
+            if session
+                .out
+                .try_send(response(signal_response::Message::Leave(leave)))
+                .is_ok()
+            {
+                session.asked_to_leave = true;
+                told += 1;
+            }
+        }
+        told
+    }
+
     pub(super) async fn drain(&mut self) -> usize {
         let sessions: Vec<SessionId> = self.sessions.keys().copied().collect();
         for &session in &sessions {

@@ -53,6 +53,7 @@ impl Service {
                         return;
                     };
                     let (room, psid) = (s.room.clone(), s.participant.clone());
+                    let joined_at = s.joined_at;
                     let mut joined = None;
                     if let Some(p) = self.participant_mut(session)
                         && p.state != State::Active
@@ -63,6 +64,7 @@ impl Service {
                     }
                     self.broadcast_participant(&room, &psid);
                     if let Some(info) = joined {
+                        self.join_latency.observe(joined_at.elapsed());
                         self.participant_webhook("participant_joined", &room, info, None);
                     }
                 }

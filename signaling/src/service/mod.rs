@@ -35,6 +35,7 @@ mod requests;
 mod stats;
 use crate::room::{JoinRefusal, Participant, Room, RoomLimits};
 pub use admin::{ParticipantUpdate, SendData};
+pub use drain::LeaveAction;
 pub use stats::SignalingStats;
 
 /// The LiveKit server version advertised in `ServerInfo.version`. livekit-client gates features
@@ -184,6 +185,10 @@ enum Msg {
     Stats {
         reply: oneshot::Sender<stats::SignalingStats>,
     },
+    AskToLeave {
+        action: LeaveAction,
+        reply: oneshot::Sender<usize>,
+    },
     Drain {
         reply: oneshot::Sender<usize>,
     },
@@ -243,6 +248,7 @@ impl Signaling {
             by_peer: HashMap::new(),
             by_participant: HashMap::new(),
             pending_updates: HashMap::new(),
+            join_latency: Default::default(),
             ticks: 0,
             next_session: 1,
         };
@@ -392,6 +398,10 @@ struct Session {
     subscribed: Vec<TrackId>,
     next_offer_id: u32,
     last_ping: Instant,
+    /// When the join was accepted.
+    joined_at: Instant,
+    /// Told to leave by a draining server.
+    asked_to_leave: bool,
 }
 
 struct Service {
@@ -406,6 +416,8 @@ struct Service {
     /// Participant snapshots waiting to be sent, per session; flushed every tick and before
     /// any offer (a client must know a track before it is offered).
     pending_updates: HashMap<SessionId, Vec<lk::ParticipantInfo>>,
+    /// Join to media-connected, per participant.
+    join_latency: stoa_sfu::shell::traffic::Histogram,
     ticks: u64,
     next_session: u64,
 }
@@ -525,6 +537,9 @@ impl Service {
             }
             Msg::Stats { reply } => {
                 let _ = reply.send(self.stats());
+            }
+            Msg::AskToLeave { action, reply } => {
+                let _ = reply.send(self.ask_to_leave(action));
             }
             Msg::Drain { reply } => {
                 let ended = self.drain().await;
@@ -698,6 +713,8 @@ impl Service {
                 subscribed: Vec::new(),
                 next_offer_id: 1,
                 last_ping: Instant::now(),
+                joined_at: Instant::now(),
+                asked_to_leave: false,
             },
         );
         tracing::info!(room = %room_name, participant = %sid, "participant joined");

@@ -1,11 +1,12 @@
 //! Read-only counts of the session service, for the shell's metrics.
 
+use stoa_sfu::shell::traffic::HistogramSnapshot;
 use tokio::sync::oneshot;
 
 use super::{Msg, Service, ServiceError, Signaling};
 
 /// Sizes of the session service's state at one instant. Plain data; no room or user ids.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct SignalingStats {
     /// Rooms that exist (including empty ones waiting for their timeout).
     pub rooms: u64,
@@ -17,6 +18,9 @@ pub struct SignalingStats {
     pub listeners: u64,
     /// Published tracks, over every room.
     pub tracks: u64,
+    /// Join latency: from a session's join (WebSocket accepted, token checked) to its media
+    /// connection being up (ICE and DTLS connected), one observation per participant.
+    pub joins: HistogramSnapshot,
 }
 
 impl Signaling {
@@ -35,6 +39,7 @@ impl Service {
         let mut stats = SignalingStats {
             rooms: self.rooms.len() as u64,
             sessions: self.sessions.len() as u64,
+            joins: self.join_latency.snapshot(),
             ..SignalingStats::default()
         };
         for participant in self.rooms.values().flat_map(|r| r.participants.values()) {
