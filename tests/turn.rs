@@ -1,5 +1,6 @@
 //! `stoa turn`: the relay alone, configured from a file, answers coturn's `turnutils_uclient`
-//! with REST credentials over UDP and TCP, and refuses to start without a secret.
+//! with REST credentials over UDP and TCP, and refuses to start without a secret. The relay
+//! inside `stoa serve` shows what it relayed on `/metrics`.
 //! Everything binds and targets 127.0.0.1. Needs `turnutils_uclient` (Debian `coturn`), which
 //! ./test.sh installs.
 
@@ -14,6 +15,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod support;
+
 const SECRET: &str = "stoa-turn-cli-secret";
 
 /// Kills the server when the test ends, however it ends.
@@ -27,9 +30,12 @@ impl Drop for Server {
 }
 
 /// A free port for both UDP and TCP on 127.0.0.1, and `count` free UDP ports after a gap.
-/// Bounded: 300 candidates.
+/// Bounded: 300 candidates. Tests running side by side in this process start at different
+/// candidates, so two of them never probe, find free and then both bind the same ports.
 fn free_ports(count: u16) -> (u16, u16) {
-    let base = 30_000 + (std::process::id() as u16 % 300) * 60;
+    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10;
+    let base = 30_000 + (std::process::id() as u16 % 30) * 600 + call * 60;
     for start in (base..base + 18_000).step_by(60).take(300) {
         let listener_free = UdpSocket::bind(("127.0.0.1", start)).is_ok()
             && std::net::TcpListener::bind(("127.0.0.1", start)).is_ok();
@@ -129,5 +135,65 @@ fn stoa_turn_refuses_to_start_without_a_secret() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("[turn] secret"), "{stderr}");
+    let _ = std::fs::remove_file(config);
+}
+
+#[test]
+fn serve_exports_turn_metrics() {
+    let (port, relay) = free_ports(8);
+    let config = config_file(
+        "serve-metrics",
+        &format!(
+            "[turn]\nenabled = true\nudp_port = {port}\ntcp_port = {port}\n\
+             relay_port_range_start = {relay}\nrelay_port_range_end = {}\nsecret = \"{SECRET}\"\n\
+             allowed_peers = [\"127.0.0.1\"]\n",
+            relay + 7
+        ),
+    );
+    let stoa = support::Stoa::start(
+        &config,
+        &[(
+            "STOA_DATA_DIR",
+            support::scratch_dir("turn-metrics").to_str().unwrap(),
+        )],
+    );
+    let port = port.to_string();
+    let output = uclient(&[
+        "-y", "-c", "-n", "20", "-m", "2", "-l", "160", "-W", SECRET, "-u", "bob", "-p", &port,
+    ]);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "uclient failed:\n{text}");
+
+    // The relay exports once a second: poll (bounded) until the run shows.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = support::request(stoa.addr, "GET", "/metrics", None, None);
+        assert_eq!(status, 200, "{body}");
+        let value = |series: &str| {
+            body.lines()
+                .find_map(|l| {
+                    l.strip_prefix(series)?
+                        .strip_prefix(' ')?
+                        .parse::<f64>()
+                        .ok()
+                })
+                .unwrap_or(0.0)
+        };
+        // Two clients, each with its allocation; 40 messages relayed each way.
+        if value("turn_allocations_created_total") >= 2.0
+            && value("turn_to_peer_packets_total") >= 40.0
+            && value("turn_to_client_packets_total") >= 40.0
+        {
+            assert!(value("turn_to_peer_bytes_total") >= 40.0 * 160.0, "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "TURN metrics did not show the run:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stoa.stop();
     let _ = std::fs::remove_file(config);
 }
