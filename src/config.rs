@@ -107,6 +107,12 @@ pub struct Config {
     pub advertise_ip: IpAddr,
     /// HTTP and WebSocket port.
     pub http_port: u16,
+    /// Certificate and key for serving HTTPS and WSS directly; `None`: plain HTTP (behind a
+    /// TLS proxy, or in development).
+    pub http_tls: Option<crate::tls::TlsFiles>,
+    /// STUN servers to discover the public address with at start-up (`rtc.use_external_ip`);
+    /// empty: `advertise_ip` is used as it is.
+    pub stun_servers: Vec<String>,
     /// Media engine sockets.
     pub rtc: RtcConfig,
     /// API keys and their secrets; never empty.
@@ -407,6 +413,8 @@ struct FileWebhook {
 #[serde(deny_unknown_fields)]
 struct FileHttp {
     port: Option<Spanned<u16>>,
+    tls_certificate: Option<Spanned<std::path::PathBuf>>,
+    tls_private_key: Option<Spanned<std::path::PathBuf>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -416,6 +424,8 @@ struct FileRtc {
     port_range_start: Option<Spanned<u16>>,
     port_range_end: Option<Spanned<u16>>,
     shards: Option<Spanned<usize>>,
+    use_external_ip: Option<bool>,
+    stun_servers: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -431,6 +441,9 @@ struct Layers {
     bind_ip: Option<IpAddr>,
     advertise_ip: Option<IpAddr>,
     http_port: Option<u16>,
+    http_tls: Option<crate::tls::TlsFiles>,
+    use_external_ip: bool,
+    stun_servers: Option<Vec<String>>,
     rtc_ports: Option<RtcPorts>,
     shards: Option<NonZeroUsize>,
     keys: Option<ApiKeys>,
@@ -478,7 +491,34 @@ impl Layers {
             );
         }
 
+        match (&file.http.tls_certificate, &file.http.tls_private_key) {
+            (None, None) => {}
+            (Some(certificate), Some(private_key)) => {
+                self.http_tls = Some(crate::tls::TlsFiles {
+                    certificate: certificate.get_ref().clone(),
+                    private_key: private_key.get_ref().clone(),
+                });
+            }
+            (Some(file), None) | (None, Some(file)) => bail!(
+                "{}: set both http.tls_certificate and http.tls_private_key, or neither",
+                at("http", file.span())
+            ),
+        }
+
         let rtc = &file.rtc;
+        if let Some(on) = rtc.use_external_ip {
+            self.use_external_ip = on;
+        }
+        if let Some(servers) = &rtc.stun_servers {
+            let mut checked = Vec::with_capacity(servers.len());
+            for server in servers {
+                checked.push(
+                    check_stun_server(server.get_ref())
+                        .map_err(|e| anyhow!("{}: {e}", at("rtc.stun_servers", server.span())))?,
+                );
+            }
+            self.stun_servers = Some(checked);
+        }
         match (&rtc.udp_port, &rtc.port_range_start, &rtc.port_range_end) {
             (None, None, None) => {}
             (Some(port), None, None) => {
@@ -663,7 +703,7 @@ impl Layers {
     }
 
     /// Fills in the defaults for `mode` and checks what involves more than one value.
-    fn finish(self, mode: Mode, cores: NonZeroUsize) -> Result<Config> {
+    fn finish(mut self, mode: Mode, cores: NonZeroUsize) -> Result<Config> {
         let keys = match (self.keys, mode) {
             (Some(keys), _) if !keys.is_empty() => keys,
             (_, Mode::Dev) => ApiKeys::dev(),
@@ -687,11 +727,32 @@ impl Layers {
             ),
         };
         let bind_ip = self.bind_ip.unwrap_or(default_bind_ip);
+        let mut stun_servers = Vec::new();
         let advertise_ip = match self.advertise_ip {
-            Some(ip) => ip,
+            Some(ip) => {
+                if self.use_external_ip {
+                    self.warnings.push(format!(
+                        "rtc.use_external_ip is ignored: advertise_ip is set to {ip}"
+                    ));
+                }
+                ip
+            }
+            // Discovered at start-up; until then the bind address stands in.
+            None if self.use_external_ip => {
+                stun_servers = self.stun_servers.unwrap_or_else(|| {
+                    crate::public_ip::DEFAULT_STUN_SERVERS
+                        .map(str::to_owned)
+                        .to_vec()
+                });
+                if stun_servers.is_empty() {
+                    bail!("rtc.use_external_ip needs at least one entry in rtc.stun_servers");
+                }
+                bind_ip
+            }
             None if bind_ip.is_unspecified() => bail!(
                 "advertise_ip is required when bind_ip is {bind_ip}: set advertise_ip in the config file \
-                 or {ENV_ADVERTISE_IP} to the address clients reach this server at"
+                 or {ENV_ADVERTISE_IP} to the address clients reach this server at, or discover \
+                 it with [rtc] use_external_ip = true"
             ),
             None => bind_ip,
         };
@@ -729,7 +790,7 @@ impl Layers {
         let (turn_source, turn) = self
             .turn
             .unwrap_or_else(|| ("turn".to_owned(), Default::default()));
-        let turn = turn.finish(
+        let turn = turn.with_shared_tls(self.http_tls.as_ref()).finish(
             &turn_source,
             Some(crate::turn_config::TakenPorts {
                 sfu: sfu_ports,
@@ -746,6 +807,8 @@ impl Layers {
             bind_ip,
             advertise_ip,
             http_port: self.http_port.unwrap_or(DEFAULT_HTTP_PORT),
+            http_tls: self.http_tls,
+            stun_servers,
             rtc: RtcConfig { ports, shards },
             keys,
             logging: LoggingConfig {
@@ -764,6 +827,22 @@ impl Layers {
                 ),
             },
         })
+    }
+}
+
+/// A STUN server as `host:port` (a name or an IP; `[v6]:port`).
+fn check_stun_server(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let text = text.strip_prefix("stun:").unwrap_or(text);
+    let valid = text
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not host:port (e.g. \"stun.l.google.com:19302\")"
+        ))
     }
 }
 
@@ -854,559 +933,5 @@ fn parse_key_list(text: &str) -> Result<ApiKeys, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::HashMap;
-
-    use super::*;
-
-    const CORES: NonZeroUsize = NonZeroUsize::MIN;
-
-    fn no_env(_: &str) -> Option<String> {
-        None
-    }
-
-    /// Loads `text` as a file named `test.toml`, with `env` and `flags` on top.
-    fn load_with(
-        mode: Mode,
-        text: &str,
-        env: &[(&str, &str)],
-        flags: &Overrides,
-    ) -> Result<Config> {
-        let env: HashMap<String, String> = env
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        let mut layers = Layers::default();
-        layers.apply_file("test.toml", text)?;
-        layers.apply_env(&|name| env.get(name).cloned())?;
-        layers.apply_flags(flags)?;
-        layers.finish(mode, CORES)
-    }
-
-    fn load_file(mode: Mode, text: &str) -> Result<Config> {
-        load_with(mode, text, &[], &Overrides::default())
-    }
-
-    fn error(result: Result<Config>) -> String {
-        let message = format!("{:#}", result.expect_err("config should be rejected"));
-        assert!(!message.contains('\n'), "error spans lines: {message}");
-        message
-    }
-
-    const VALID: &str = r#"
-bind_ip = "127.0.0.1"
-[keys]
-k = "s"
-"#;
-
-    #[test]
-    fn example_config_parses() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
-        let config = load(
-            Mode::Production,
-            Some(&path),
-            &no_env,
-            &Overrides::default(),
-        )
-        .expect("config.example.toml should load");
-        assert_eq!(config.bind_ip, "0.0.0.0".parse::<IpAddr>().expect("ip"));
-        assert_eq!(
-            config.advertise_ip,
-            "203.0.113.10".parse::<IpAddr>().expect("ip")
-        );
-        assert_eq!(config.http_port, DEFAULT_HTTP_PORT);
-        assert_eq!(
-            config.rtc.ports,
-            RtcPorts::Range {
-                start: 50000,
-                end: 50200
-            }
-        );
-        assert_eq!(config.rtc.shards.get(), 2);
-        assert_eq!(config.keys.ids().collect::<Vec<_>>(), ["APIexample"]);
-        assert_eq!(config.logging.filter.to_string(), "info,stoa_sfu=info");
-        assert_eq!(config.logging.format, LogFormat::Text);
-        assert_eq!(config.shutdown.drain, std::time::Duration::from_secs(30));
-    }
-
-    #[test]
-    fn drain_seconds_from_file_and_env() {
-        let config = load_with(
-            Mode::Dev,
-            "[shutdown]\ndrain_seconds = 5\n",
-            &[],
-            &Overrides::default(),
-        )
-        .expect("config");
-        assert_eq!(config.shutdown.drain, std::time::Duration::from_secs(5));
-        let config = load_with(
-            Mode::Dev,
-            "[shutdown]\ndrain_seconds = 5\n",
-            &[("STOA_DRAIN_SECONDS", "0")],
-            &Overrides::default(),
-        )
-        .expect("config");
-        assert_eq!(config.shutdown.drain, std::time::Duration::ZERO);
-        let err = load_with(
-            Mode::Dev,
-            "[shutdown]\ndrain_seconds = 99999\n",
-            &[],
-            &Overrides::default(),
-        )
-        .expect_err("too long");
-        assert!(err.to_string().contains("shutdown.drain_seconds"), "{err}");
-        let err = load_with(
-            Mode::Dev,
-            "",
-            &[("STOA_DRAIN_SECONDS", "soon")],
-            &Overrides::default(),
-        )
-        .expect_err("not a number");
-        assert!(err.to_string().starts_with("STOA_DRAIN_SECONDS: "), "{err}");
-    }
-
-    #[test]
-    fn example_config_documents_every_key() {
-        // Every key the file format accepts appears in the example (commented out or not).
-        let text = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml"),
-        )
-        .expect("read config.example.toml");
-        for key in [
-            "bind_ip",
-            "advertise_ip",
-            "[http]",
-            "port",
-            "[rtc]",
-            "udp_port",
-            "port_range_start",
-            "port_range_end",
-            "shards",
-            "[keys]",
-            "[logging]",
-            "level",
-            "json",
-            "[webhook]",
-            "urls",
-            "api_key",
-            "[shutdown]",
-            "drain_seconds",
-            "[room]",
-            "empty_timeout",
-            "departure_timeout",
-            "max_participants",
-            "[turn]",
-            "enabled",
-            "tcp_port",
-            "tls_port",
-            "tls_certificate",
-            "tls_private_key",
-            "relay_port_range_start",
-            "relay_port_range_end",
-            "secret",
-            "realm",
-            "credential_ttl_seconds",
-            "allowed_peers",
-            "allow_public_peers",
-            "max_allocations",
-            "max_allocations_per_user",
-            "allocate_burst",
-            "allocate_per_second",
-        ] {
-            assert!(
-                text.contains(key),
-                "config.example.toml does not mention `{key}`"
-            );
-        }
-    }
-
-    #[test]
-    fn dev_defaults() {
-        let config = load_with(Mode::Dev, "", &[], &Overrides::default()).expect("dev config");
-        let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        assert_eq!(config.bind_ip, localhost);
-        assert_eq!(config.advertise_ip, localhost);
-        assert_eq!(config.http_addr(), SocketAddr::new(localhost, 7880));
-        assert_eq!(config.rtc.ports, RtcPorts::Mux(7882));
-        assert_eq!(config.rtc.shards, CORES);
-        assert_eq!(config.keys.ids().collect::<Vec<_>>(), [DEV_API_KEY]);
-        let secret = config.keys.secret(DEV_API_KEY).expect("dev key");
-        assert_eq!(secret.expose(), DEV_API_SECRET);
-        assert!(config.keys.has_dev_key());
-    }
-
-    #[test]
-    fn configured_keys_replace_dev_keys() {
-        let config = load_file(Mode::Dev, VALID).expect("config");
-        assert_eq!(config.keys.ids().collect::<Vec<_>>(), ["k"]);
-        assert!(!config.keys.has_dev_key());
-    }
-
-    #[test]
-    fn production_defaults() {
-        let config = load_file(Mode::Production, VALID).expect("config");
-        assert_eq!(config.advertise_ip, config.bind_ip);
-        assert_eq!(
-            config.rtc.ports,
-            RtcPorts::Range {
-                start: 50000,
-                end: 50200
-            }
-        );
-    }
-
-    #[test]
-    fn production_requires_keys() {
-        let message = error(load_file(Mode::Production, "bind_ip = \"127.0.0.1\"\n"));
-        assert!(message.starts_with("no API keys configured"), "{message}");
-        let message = error(load_file(
-            Mode::Production,
-            "bind_ip = \"127.0.0.1\"\n[keys]\n",
-        ));
-        assert!(message.starts_with("no API keys configured"), "{message}");
-    }
-
-    #[test]
-    fn production_requires_advertise_ip_when_bound_to_all_interfaces() {
-        let message = error(load_file(Mode::Production, "[keys]\nk = \"s\"\n"));
-        assert!(
-            message.starts_with("advertise_ip is required when bind_ip is 0.0.0.0"),
-            "{message}"
-        );
-    }
-
-    #[test]
-    fn unknown_key_is_rejected_with_its_name_and_line() {
-        let message = error(load_file(
-            Mode::Dev,
-            "bind_ip = \"127.0.0.1\"\n\nfrobnicate = 1\n",
-        ));
-        assert!(
-            message.starts_with("config test.toml:3: unknown field `frobnicate`"),
-            "{message}"
-        );
-        assert!(message.contains("expected one of"), "{message}");
-
-        let message = error(load_file(
-            Mode::Dev,
-            "[rtc]\nudp_port = 7882\ntypo_port = 1\n",
-        ));
-        assert!(
-            message.contains(":3: unknown field `typo_port`"),
-            "{message}"
-        );
-    }
-
-    #[test]
-    fn invalid_toml_is_rejected_on_one_line() {
-        let message = error(load_file(Mode::Dev, "bind_ip = \n"));
-        assert!(message.starts_with("config test.toml:1: "), "{message}");
-        let message = error(load_file(Mode::Dev, "[http]\nport = 70000\n"));
-        assert!(message.starts_with("config test.toml:2: "), "{message}");
-    }
-
-    #[test]
-    fn empty_secret_is_rejected() {
-        let message = error(load_file(
-            Mode::Production,
-            "bind_ip = \"127.0.0.1\"\n[keys]\nk = \"s\"\nempty = \"\"\n",
-        ));
-        assert_eq!(
-            message,
-            "config test.toml:4: keys.empty: secret for API key `empty` is empty"
-        );
-
-        let message = error(load_with(
-            Mode::Dev,
-            "",
-            &[(ENV_KEYS, "a: b, c:  ")],
-            &Overrides::default(),
-        ));
-        assert_eq!(message, "STOA_KEYS: secret for API key `c` is empty");
-    }
-
-    #[test]
-    fn unspecified_advertise_ip_is_rejected() {
-        let message = error(load_file(Mode::Dev, "advertise_ip = \"0.0.0.0\"\n"));
-        assert!(
-            message
-                .starts_with("config test.toml:1: advertise_ip: 0.0.0.0 is not a concrete address"),
-            "{message}"
-        );
-
-        let message = error(load_with(
-            Mode::Dev,
-            "",
-            &[(ENV_ADVERTISE_IP, "::")],
-            &Overrides::default(),
-        ));
-        assert!(
-            message.starts_with("STOA_ADVERTISE_IP: :: is not a concrete address"),
-            "{message}"
-        );
-
-        let flags = Overrides {
-            advertise_ip: Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-            ..Overrides::default()
-        };
-        let message = error(load_with(Mode::Dev, "", &[], &flags));
-        assert!(message.starts_with("--advertise-ip: 0.0.0.0"), "{message}");
-    }
-
-    #[test]
-    fn bad_address_is_rejected() {
-        let message = error(load_file(Mode::Dev, "bind_ip = \"localhost:80\"\n"));
-        assert_eq!(
-            message,
-            "config test.toml:1: bind_ip: `localhost:80` is not an IP address"
-        );
-        let message = error(load_with(
-            Mode::Dev,
-            "",
-            &[(ENV_BIND_IP, "1.2.3")],
-            &Overrides::default(),
-        ));
-        assert_eq!(message, "STOA_BIND_IP: `1.2.3` is not an IP address");
-    }
-
-    #[test]
-    fn port_range_and_udp_port_are_exclusive() {
-        let text = "[rtc]\nudp_port = 7882\nport_range_start = 50000\nport_range_end = 50200\n";
-        let message = error(load_file(Mode::Dev, text));
-        assert!(
-            message.starts_with("config test.toml:2: rtc.udp_port: set either rtc.udp_port or"),
-            "{message}"
-        );
-
-        let message = error(load_file(
-            Mode::Dev,
-            "[rtc]\nudp_port = 7882\nport_range_end = 50200\n",
-        ));
-        assert!(message.contains("not both"), "{message}");
-    }
-
-    #[test]
-    fn port_range_is_checked() {
-        let config = load_file(
-            Mode::Dev,
-            "[rtc]\nport_range_start = 50000\nport_range_end = 50000\n",
-        )
-        .expect("config");
-        assert_eq!(
-            config.rtc.ports,
-            RtcPorts::Range {
-                start: 50000,
-                end: 50000
-            }
-        );
-
-        let message = error(load_file(
-            Mode::Dev,
-            "[rtc]\nport_range_start = 50200\nport_range_end = 50000\n",
-        ));
-        assert!(
-            message.contains("port range 50200-50000 is empty"),
-            "{message}"
-        );
-
-        let message = error(load_file(Mode::Dev, "[rtc]\nport_range_start = 50200\n"));
-        assert!(
-            message.contains("rtc.port_range_end is missing"),
-            "{message}"
-        );
-
-        let message = error(load_file(Mode::Dev, "[rtc]\nudp_port = 0\n"));
-        assert!(
-            message.contains("rtc.udp_port: port 0 is not allowed"),
-            "{message}"
-        );
-
-        let message = error(load_file(Mode::Dev, "[rtc]\nshards = 256\n"));
-        assert!(
-            message.contains("rtc.shards: must be between 1 and 255"),
-            "{message}"
-        );
-
-        let text = "[rtc]\nshards = 3\nport_range_start = 50000\nport_range_end = 50001\n";
-        let message = error(load_file(Mode::Dev, text));
-        assert!(
-            message.starts_with("rtc port range 50000-50001 has 2 ports, fewer than the 3 shards"),
-            "{message}"
-        );
-        let text = "[rtc]\nshards = 2\nport_range_start = 50000\nport_range_end = 50001\n";
-        assert_eq!(
-            load_file(Mode::Dev, text).expect("config").rtc.shards.get(),
-            2
-        );
-
-        let message = error(load_file(Mode::Dev, "[rtc]\nshards = 0\n"));
-        assert!(
-            message.contains("rtc.shards: must be between 1 and 255"),
-            "{message}"
-        );
-    }
-
-    #[test]
-    fn env_overrides_file_and_flags_override_env() {
-        let file = r#"
-bind_ip = "127.0.0.1"
-advertise_ip = "192.0.2.1"
-[http]
-port = 8000
-[rtc]
-port_range_start = 40000
-port_range_end = 40010
-[keys]
-filekey = "filesecret"
-[logging]
-level = "warn"
-"#;
-        let env = [
-            (ENV_BIND_IP, "127.0.0.2"),
-            (ENV_ADVERTISE_IP, "192.0.2.2"),
-            (ENV_HTTP_PORT, "9000"),
-            (ENV_RTC_UDP_PORT, " 9001 "),
-            (ENV_KEYS, "key1: secret1, key2:secret2"),
-            (ENV_LOG_LEVEL, "debug"),
-        ];
-        let config =
-            load_with(Mode::Production, file, &env, &Overrides::default()).expect("config");
-        assert_eq!(config.bind_ip, "127.0.0.2".parse::<IpAddr>().expect("ip"));
-        assert_eq!(
-            config.advertise_ip,
-            "192.0.2.2".parse::<IpAddr>().expect("ip")
-        );
-        assert_eq!(config.http_port, 9000);
-        assert_eq!(config.rtc.ports, RtcPorts::Mux(9001));
-        assert_eq!(config.keys.ids().collect::<Vec<_>>(), ["key1", "key2"]);
-        assert_eq!(
-            config.keys.secret("key2").map(ApiSecret::expose),
-            Some("secret2")
-        );
-        assert_eq!(config.logging.filter.to_string(), "debug");
-
-        let flags = Overrides {
-            bind_ip: Some("127.0.0.3".parse().expect("ip")),
-            advertise_ip: Some("192.0.2.3".parse().expect("ip")),
-            http_port: Some(10000),
-            rtc_udp_port: Some(10001),
-            log_level: Some("error".to_owned()),
-            livekit_config: None,
-        };
-        let config = load_with(Mode::Production, file, &env, &flags).expect("config");
-        assert_eq!(config.bind_ip, "127.0.0.3".parse::<IpAddr>().expect("ip"));
-        assert_eq!(
-            config.advertise_ip,
-            "192.0.2.3".parse::<IpAddr>().expect("ip")
-        );
-        assert_eq!(config.http_port, 10000);
-        assert_eq!(config.rtc.ports, RtcPorts::Mux(10001));
-        assert_eq!(config.logging.filter.to_string(), "error");
-
-        // Empty variables count as unset.
-        let blank = [(ENV_HTTP_PORT, ""), (ENV_KEYS, "  ")];
-        let config =
-            load_with(Mode::Production, file, &blank, &Overrides::default()).expect("config");
-        assert_eq!(config.http_port, 8000);
-        assert_eq!(config.keys.ids().collect::<Vec<_>>(), ["filekey"]);
-    }
-
-    #[test]
-    fn bad_env_values_are_rejected() {
-        let cases = [
-            (
-                ENV_HTTP_PORT,
-                "http",
-                "STOA_HTTP_PORT: `http` is not a port number (1-65535)",
-            ),
-            (
-                ENV_RTC_UDP_PORT,
-                "0",
-                "STOA_RTC_UDP_PORT: port 0 is not allowed; choose a port between 1 and 65535",
-            ),
-            (
-                ENV_KEYS,
-                "justakey",
-                "STOA_KEYS: entry `justakey` is not `key: secret`",
-            ),
-            (
-                ENV_KEYS,
-                "a: b, a: c",
-                "STOA_KEYS: API key `a` is given twice",
-            ),
-            (
-                ENV_LOG_LEVEL,
-                "verbose",
-                "STOA_LOG_LEVEL: `verbose` is not a log level (one of trace, debug, info, warn, error, off) or a `target=level` directive",
-            ),
-        ];
-        for (name, value, expected) in cases {
-            let message = error(load_with(
-                Mode::Dev,
-                "",
-                &[(name, value)],
-                &Overrides::default(),
-            ));
-            assert_eq!(message, expected);
-        }
-    }
-
-    #[test]
-    fn log_filters() {
-        for good in ["info", "WARN", "info,stoa_sfu=debug", "stoa=trace"] {
-            LogFilter::parse(good).unwrap_or_else(|e| panic!("{good}: {e}"));
-        }
-        for bad in ["", "verbose", "info,stoa_sfu", "stoa=loud"] {
-            assert!(LogFilter::parse(bad).is_err(), "{bad} should be rejected");
-        }
-        let config =
-            load_file(Mode::Dev, "[logging]\nlevel = \"debug\"\njson = true\n").expect("config");
-        assert_eq!(config.logging.format, LogFormat::Json);
-    }
-
-    #[test]
-    fn unreadable_file_is_named() {
-        let path = Path::new("/nonexistent/stoa.toml");
-        let message = error(load(Mode::Dev, Some(path), &no_env, &Overrides::default()));
-        assert!(
-            message.starts_with("config /nonexistent/stoa.toml: cannot read: "),
-            "{message}"
-        );
-    }
-
-    #[test]
-    fn debug_output_hides_secrets() {
-        let config = load_with(
-            Mode::Dev,
-            "",
-            &[(ENV_KEYS, "key1: hunter2-very-secret")],
-            &Overrides::default(),
-        )
-        .expect("config");
-        let debug = format!("{config:?}");
-        assert!(debug.contains("key1"), "{debug}");
-        assert!(!debug.contains("hunter2"), "{debug}");
-    }
-
-    #[test]
-    fn webhook_settings() {
-        let config = load_file(Mode::Dev, "").expect("dev config");
-        assert!(config.webhook.urls.is_empty());
-        let config = load_file(
-            Mode::Dev,
-            "[keys]\nk1 = \"s1\"\nk2 = \"s2\"\n[webhook]\nurls = [\"http://127.0.0.1:9/hook\"]\napi_key = \"k2\"\n",
-        )
-        .expect("webhook config");
-        assert_eq!(config.webhook.urls, ["http://127.0.0.1:9/hook"]);
-        assert_eq!(config.webhook.api_key, "k2");
-        let config = load_file(Mode::Dev, "[webhook]\nurls = [\"http://h/\"]\n").expect("config");
-        assert_eq!(config.webhook.api_key, DEV_API_KEY);
-        let message = error(load_file(Mode::Dev, "[webhook]\nurls = [\"https://h/\"]\n"));
-        assert!(message.contains("webhook.urls"), "{message}");
-        let message = error(load_file(
-            Mode::Dev,
-            "[webhook]\nurls = [\"http://h/\"]\napi_key = \"nope\"\n",
-        ));
-        assert!(message.contains("webhook.api_key"), "{message}");
-    }
-}
+#[path = "config_tests.rs"]
+mod tests;

@@ -12,6 +12,11 @@
 //! | `rtc.udp_port` | `rtc.udp_port` (wins over a port range, as in LiveKit) |
 //! | `rtc.port_range_start`, `rtc.port_range_end` | the same |
 //! | `rtc.node_ip` | `advertise_ip` |
+//! | `rtc.use_external_ip`, `rtc.stun_servers` | the same (STUN discovery at start-up) |
+//! | `turn.enabled`, `udp_port`, `tls_port` | `[turn]` `enabled`, `udp_port`, `tls_port` |
+//! | `turn.cert_file`, `turn.key_file` | `[turn]` `tls_certificate`, `tls_private_key` |
+//! | `turn.relay_range_start`, `relay_range_end` | `[turn]` `relay_port_range_start`, `_end` |
+//! | `turn.domain` | `[turn]` `urls` (`turn:DOMAIN:UDP?transport=udp`, `turns:DOMAIN:TLS?transport=tcp`) |
 //! | `keys` | `[keys]` |
 //! | `room.empty_timeout`, `departure_timeout`, `max_participants` | `[room]` |
 //! | `webhook.urls`, `webhook.api_key` | `[webhook]` |
@@ -51,8 +56,11 @@ struct Translation {
     redis: std::collections::BTreeMap<String, String>,
     /// `rtc.udp_port` was set, so a port range is ignored (LiveKit muxes on the one port).
     udp_port: bool,
-    use_external_ip: bool,
-    node_ip: bool,
+    /// `turn.domain`, `udp_port`, `tls_port` and whether TLS files were given, for the URLs.
+    turn_domain: Option<String>,
+    turn_udp_port: Option<i64>,
+    turn_tls_port: Option<i64>,
+    turn_tls: bool,
 }
 
 impl Translation {
@@ -105,7 +113,7 @@ impl Translation {
                 self.toml
                     .insert("keys".to_owned(), toml::Value::Table(keys));
             }
-            "rtc" | "room" | "webhook" | "logging" | "redis" => {
+            "rtc" | "room" | "webhook" | "logging" | "redis" | "turn" => {
                 let Value::Mapping(map) = value else {
                     if value.is_null() {
                         return Ok(());
@@ -139,7 +147,6 @@ impl Translation {
                 self.set(Some("rtc"), key, integer(&dotted, value)?);
             }
             ("rtc", "node_ip") => {
-                self.node_ip = true;
                 self.set(
                     None,
                     "advertise_ip",
@@ -147,10 +154,49 @@ impl Translation {
                 );
             }
             ("rtc", "use_external_ip") => {
-                self.use_external_ip = value
+                let on = value
                     .as_bool()
                     .ok_or_else(|| anyhow!("{dotted}: expected true or false"))?;
+                self.set(Some("rtc"), "use_external_ip", toml::Value::Boolean(on));
             }
+            ("rtc", "stun_servers") => {
+                let servers = strings(&dotted, value)?;
+                let servers = servers.into_iter().map(toml::Value::String).collect();
+                self.set(Some("rtc"), "stun_servers", toml::Value::Array(servers));
+            }
+            ("turn", "enabled") => {
+                let on = value
+                    .as_bool()
+                    .ok_or_else(|| anyhow!("{dotted}: expected true or false"))?;
+                self.set(Some("turn"), "enabled", toml::Value::Boolean(on));
+            }
+            ("turn", "udp_port" | "tls_port") => {
+                let port = integer(&dotted, value)?;
+                if key == "udp_port" {
+                    self.turn_udp_port = port.as_integer();
+                } else {
+                    self.turn_tls_port = port.as_integer();
+                }
+                self.set(Some("turn"), key, port);
+            }
+            ("turn", "relay_range_start" | "relay_range_end") => {
+                let stoa_key = key.replace("relay_range", "relay_port_range");
+                self.set(Some("turn"), &stoa_key, integer(&dotted, value)?);
+            }
+            ("turn", "cert_file" | "key_file") => {
+                let stoa_key = if key == "cert_file" {
+                    "tls_certificate"
+                } else {
+                    "tls_private_key"
+                };
+                self.turn_tls = true;
+                self.set(
+                    Some("turn"),
+                    stoa_key,
+                    toml::Value::String(string(&dotted, value)?),
+                );
+            }
+            ("turn", "domain") => self.turn_domain = Some(string(&dotted, value)?),
             ("room", "empty_timeout" | "departure_timeout" | "max_participants") => {
                 self.set(Some("room"), key, integer(&dotted, value)?);
             }
@@ -231,11 +277,19 @@ impl Translation {
                 self.ignore(key);
             }
         }
-        if self.use_external_ip && !self.node_ip {
-            self.ignore(
-                "rtc.use_external_ip (no STUN discovery yet: set rtc.node_ip or advertise_ip)"
-                    .to_owned(),
-            );
+        if let Some(domain) = self.turn_domain.take() {
+            // LiveKit hands clients its TURN servers under the domain (the certificate's name).
+            let udp = self.turn_udp_port.unwrap_or(3478);
+            let mut urls = vec![toml::Value::String(format!(
+                "turn:{domain}:{udp}?transport=udp"
+            ))];
+            if self.turn_tls {
+                let tls = self.turn_tls_port.unwrap_or(5349);
+                urls.push(toml::Value::String(format!(
+                    "turns:{domain}:{tls}?transport=tcp"
+                )));
+            }
+            self.set(Some("turn"), "urls", toml::Value::Array(urls));
         }
     }
 }
@@ -329,13 +383,7 @@ turn:
         let (toml_text, ignored) = translate("livekit.yaml", SAMPLE).expect("translate");
         assert_eq!(
             ignored,
-            [
-                "rtc.tcp_port",
-                "rtc.stun_servers",
-                "room.enabled_codecs",
-                "logging.pion_level",
-                "turn",
-            ]
+            ["rtc.tcp_port", "room.enabled_codecs", "logging.pion_level",]
         );
 
         let dir = std::env::temp_dir();
@@ -370,7 +418,12 @@ turn:
         assert_eq!(config.webhook.urls, ["http://127.0.0.1:9999/hook"]);
         assert_eq!(config.webhook.api_key, "APIlk");
         assert_eq!(config.logging.filter.to_string(), "debug");
-        assert_eq!(config.warnings.len(), 5);
+        assert_eq!(config.warnings.len(), 3);
+        assert!(
+            config.stun_servers.is_empty(),
+            "node_ip is set, nothing to discover"
+        );
+        assert!(!config.turn.enabled);
         assert!(
             config.warnings[0].ends_with("`rtc.tcp_port` is not supported by Stoa; ignored"),
             "{:?}",
@@ -380,16 +433,54 @@ turn:
     }
 
     #[test]
-    fn udp_port_wins_over_a_range_and_external_ip_is_reported() {
+    fn udp_port_wins_over_a_range_and_external_ip_is_discovered() {
         let (toml_text, ignored) = translate(
             "lk.yaml",
-            "rtc:\n  udp_port: 7882\n  port_range_start: 50000\n  port_range_end: 60000\n  use_external_ip: true\n",
+            "rtc:\n  udp_port: 7882\n  port_range_start: 50000\n  port_range_end: 60000\n  use_external_ip: true\n  stun_servers: [\"stun.example.com:3478\"]\n",
         )
         .expect("translate");
         assert!(toml_text.contains("udp_port = 7882"), "{toml_text}");
         assert!(!toml_text.contains("port_range"), "{toml_text}");
-        assert_eq!(ignored.len(), 3, "{ignored:?}");
-        assert!(ignored[2].starts_with("rtc.use_external_ip"), "{ignored:?}");
+        assert_eq!(ignored.len(), 2, "{ignored:?}");
+        let dir = std::env::temp_dir();
+        let path = dir.join(format!("stoa-livekit-stun-{}.toml", std::process::id()));
+        std::fs::write(&path, &toml_text).expect("write");
+        let config = config::load(Mode::Dev, Some(&path), &|_| None, &Overrides::default());
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(
+            config.expect("loads").stun_servers,
+            ["stun.example.com:3478"]
+        );
+    }
+
+    #[test]
+    fn livekit_turn_settings_become_the_relay_config() {
+        let (toml_text, ignored) = translate(
+            "lk.yaml",
+            "turn:\n  enabled: true\n  domain: turn.example.com\n  tls_port: 5349\n  udp_port: 3478\n  cert_file: /etc/lk/turn.crt\n  key_file: /etc/lk/turn.key\n  relay_range_start: 50100\n  relay_range_end: 50200\n  external_tls: false\n",
+        )
+        .expect("translate");
+        assert_eq!(ignored, ["turn.external_tls"]);
+        let table: toml::Table = toml::from_str(&toml_text).expect("toml");
+        let turn = table["turn"].as_table().expect("[turn]");
+        assert_eq!(turn["enabled"].as_bool(), Some(true));
+        assert_eq!(turn["tls_certificate"].as_str(), Some("/etc/lk/turn.crt"));
+        assert_eq!(turn["tls_private_key"].as_str(), Some("/etc/lk/turn.key"));
+        assert_eq!(turn["relay_port_range_start"].as_integer(), Some(50100));
+        assert_eq!(turn["relay_port_range_end"].as_integer(), Some(50200));
+        let urls: Vec<&str> = turn["urls"]
+            .as_array()
+            .expect("urls")
+            .iter()
+            .filter_map(toml::Value::as_str)
+            .collect();
+        assert_eq!(
+            urls,
+            [
+                "turn:turn.example.com:3478?transport=udp",
+                "turns:turn.example.com:5349?transport=tcp"
+            ]
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use stoa_sfu::shell::{SfuRuntime, SfuSettings, UdpPorts};
 use stoa_signaling::room::RoomLimits;
-use stoa_signaling::service::{LeaveAction, ServiceConfig, Signaling};
+use stoa_signaling::service::{ServiceConfig, Signaling};
 use stoa_signaling::token::ApiKeys;
 use stoa_signaling::webhook::{Notifier, WebhookConfig};
 use tokio::net::TcpListener;
@@ -49,6 +49,13 @@ pub fn sfu_config(config: &Config) -> SfuSettings {
 }
 
 async fn serve(config: &Config) -> Result<()> {
+    let mut config = config.clone();
+    if !config.stun_servers.is_empty() {
+        config.advertise_ip =
+            crate::public_ip::discover(config.bind_ip, &config.stun_servers).await?;
+        info!(advertise_ip = %config.advertise_ip, "advertising the address STUN reported");
+    }
+    let config = &config;
     info!(
         version = env!("CARGO_PKG_VERSION"),
         mode = %config.mode,
@@ -81,6 +88,12 @@ async fn serve(config: &Config) -> Result<()> {
     let http_addr = listener
         .local_addr()
         .context("cannot read the HTTP listener's address")?;
+    // Certificates are read before anything starts, so a bad file fails start-up.
+    let tls = config
+        .http_tls
+        .as_ref()
+        .map(crate::tls::server_config)
+        .transpose()?;
 
     let sfu = sfu_config(config);
     let mut seed = [0u8; 32];
@@ -170,17 +183,18 @@ async fn serve(config: &Config) -> Result<()> {
     if !crate::web::built() {
         warn!("the web app was not built into this binary; ./run.sh builds it (see README)");
     }
-    info!(http = %http_addr, rtc_udp = %RtcListen(&sfu), "listening");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    info!(http = %http_addr, scheme, rtc_udp = %RtcListen(&sfu), "listening");
 
-    let (stop_tx, mut stop_rx) = watch::channel(());
-    let mut server = tokio::spawn(
-        axum::serve(listener, routes)
-            .with_graceful_shutdown(async move {
-                // An error means the sender is gone, which is a stop signal too.
-                let _ = stop_rx.changed().await;
-            })
-            .into_future(),
-    );
+    let (stop_tx, stop_rx) = watch::channel(());
+    let mut server = match tls {
+        Some(tls) => {
+            let listener = crate::tls::TlsListener::new(listener, tls)
+                .context("cannot start the HTTPS listener")?;
+            spawn_http(listener, routes, stop_rx)
+        }
+        None => spawn_http(listener, routes, stop_rx),
+    };
 
     tokio::select! {
         result = &mut server => {
@@ -194,15 +208,10 @@ async fn serve(config: &Config) -> Result<()> {
     // signal cuts every wait short.
     draining.start();
     let deadline = config.shutdown.drain;
-    // With one node there is nowhere to move to; nodes sharing Redis carry the rooms on.
-    let leave_action = match config.control.store {
-        stoa_control::config::StoreKind::Redis => LeaveAction::Reconnect,
-        stoa_control::config::StoreKind::Embedded => LeaveAction::Disconnect,
-    };
-    info!(deadline = ?deadline, ?leave_action, "draining: refusing new joins, asking clients to leave");
+    info!(deadline = ?deadline, "draining: refusing new joins, asking clients to leave");
     let mut forced = false;
     tokio::select! {
-        () = drain(&signaling, leave_action, deadline) => {}
+        () = drain(&signaling, deadline) => {}
         signal = signals.recv() => {
             warn!(signal, "second signal; exiting now");
             forced = true;
@@ -234,19 +243,37 @@ async fn serve(config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// Serves `routes` on `listener` until `stop` changes (or its sender is gone).
+fn spawn_http<L>(
+    listener: L,
+    routes: axum::Router,
+    mut stop: watch::Receiver<()>,
+) -> tokio::task::JoinHandle<io::Result<()>>
+where
+    L: axum::serve::Listener,
+    L::Addr: fmt::Debug,
+{
+    tokio::spawn(
+        axum::serve(listener, routes)
+            .with_graceful_shutdown(async move {
+                // An error means the sender is gone, which is a stop signal too.
+                let _ = stop.changed().await;
+            })
+            .into_future(),
+    )
+}
+
 /// How often the drain re-checks for sessions.
 const DRAIN_POLL: Duration = Duration::from_millis(100);
 
-/// Asks every client to leave (`Leave { SERVER_SHUTDOWN, action }`: disconnect on one node,
-/// reconnect — to another node, through the load balancer — when nodes share Redis), then waits
-/// until every session has closed and so every room has emptied, up to `deadline`. Sessions still
-/// open then are closed by the server. Sessions that slipped in past the join gate are asked on
-/// the next poll.
-async fn drain(signaling: &Signaling, action: LeaveAction, deadline: Duration) {
+/// Asks every client to leave (`Leave { SERVER_SHUTDOWN }`), then waits until every session has
+/// closed and so every room has emptied, up to `deadline`. Sessions still open then are closed
+/// by the server. Sessions that slipped in past the join gate are asked on the next poll.
+async fn drain(signaling: &Signaling, deadline: Duration) {
     let waited = tokio::time::timeout(deadline, async {
         loop {
-            match signaling.ask_to_leave(action).await {
-                Ok(told) if told > 0 => info!(sessions = told, ?action, "asked clients to leave"),
+            match signaling.ask_to_leave().await {
+                Ok(told) if told > 0 => info!(sessions = told, "asked clients to leave"),
                 Ok(_) => {}
                 Err(_) => return,
             }

@@ -113,6 +113,19 @@ pub struct TakenPorts {
 }
 
 impl FileTurn {
+    /// TURN over TLS with the HTTPS certificate when `[turn]` names no files of its own: one
+    /// certificate for the domain serves `https://` and `turns:`.
+    pub fn with_shared_tls(mut self, https: Option<&crate::tls::TlsFiles>) -> FileTurn {
+        if let Some(files) = https
+            && self.tls_certificate.is_none()
+            && self.tls_private_key.is_none()
+        {
+            self.tls_certificate = Some(files.certificate.clone());
+            self.tls_private_key = Some(files.private_key.clone());
+        }
+        self
+    }
+
     /// Validates the table; `where_` prefixes every message (e.g. `config FILE: turn`).
     pub fn finish(self, where_: &str, taken: Option<TakenPorts>) -> Result<TurnSettings> {
         let err = |key: &str, message: String| anyhow!("{where_}.{key}: {message}");

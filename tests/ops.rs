@@ -261,7 +261,6 @@ fn expect_shutdown_leave(client: &mut SignalClient) {
         _ => None,
     });
     assert_eq!(leave.reason, lk::DisconnectReason::ServerShutdown as i32);
-    // One node, embedded store: there is no other node to move to.
     assert_eq!(leave.action, lk::leave_request::Action::Disconnect as i32);
     assert!(!leave.can_reconnect);
 }

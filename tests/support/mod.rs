@@ -57,34 +57,10 @@ pub struct Stoa {
 impl Stoa {
     /// Starts `stoa serve --dev --config <config>` with `env`, and waits until it answers.
     pub fn start(config: &Path, env: &[(&str, &str)]) -> Stoa {
-        let (http_port, rtc_port) = free_ports();
-        let log = config.with_extension(format!("{http_port}.log"));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_stoa"));
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("STOA_") {
-                command.env_remove(name);
-            }
-        }
-        command
-            .args(["serve", "--dev", "--config"])
-            .arg(config)
-            .env("STOA_HTTP_PORT", http_port.to_string())
-            .env("STOA_RTC_UDP_PORT", rtc_port.to_string());
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let out = std::fs::File::create(&log).expect("log file");
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log"))
-            .stderr(out)
-            .spawn()
-            .expect("spawn stoa");
-        let addr: SocketAddr = ([127, 0, 0, 1], http_port).into();
-        let mut stoa = Stoa { child, addr, log };
+        let mut stoa = Stoa::spawn(config, env);
         let deadline = Instant::now() + TIMEOUT;
         loop {
-            if let Some((200, _)) = try_request(addr, "GET", "/healthz", None, None) {
+            if let Some((200, _)) = try_request(stoa.addr, "GET", "/healthz", None, None) {
                 return stoa;
             }
             if let Ok(Some(status)) = stoa.child.try_wait() {
@@ -97,6 +73,43 @@ impl Stoa {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Starts `stoa serve --dev --config <config>` with `env` on free loopback ports, without
+    /// waiting for it.
+    pub fn spawn(config: &Path, env: &[(&str, &str)]) -> Stoa {
+        let (http_port, rtc_port) = free_ports();
+        let log = config.with_extension(format!("{http_port}.log"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stoa"));
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("STOA_") {
+                command.env_remove(name);
+            }
+        }
+        command
+            .args(["serve", "--dev", "--config"])
+            .arg(config)
+            .env("STOA_HTTP_PORT", http_port.to_string())
+            .env("STOA_RTC_UDP_PORT", rtc_port.to_string())
+            // `stop` should not wait out a drain for clients a test left connected.
+            .env("STOA_DRAIN_SECONDS", "1");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let out = std::fs::File::create(&log).expect("log file");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn stoa");
+        let addr: SocketAddr = ([127, 0, 0, 1], http_port).into();
+        Stoa { child, addr, log }
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
     /// What it logged so far.

@@ -1,5 +1,6 @@
-//! Server shutdown in two steps: every client is told to leave (or to move to another node), and
-//! whoever is still connected when the operator's deadline passes is closed.
+//! Server shutdown in two steps: every client is told to leave, and whoever is still connected
+//! when the operator's deadline passes is closed. (A room's media lives on one node, so there is
+//! no other node to move its participants to.)
 
 use livekit_protocol as lk;
 use tokio::sync::oneshot;
@@ -7,25 +8,15 @@ use tokio::sync::oneshot;
 use super::{Msg, Service, ServiceError, SessionId, Signaling, response};
 use lk::signal_response;
 
-/// What a draining server asks its clients to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum LeaveAction {
-    /// Leave for good (one node: there is nowhere else to go).
-    Disconnect,
-    /// Reconnect, which a load balancer sends to another node (several nodes share the rooms).
-    Reconnect,
-}
-
 impl Signaling {
-    /// Sends `Leave { reason: SERVER_SHUTDOWN, action }` to every connected client that has not
-    /// been told yet and leaves its session open, so that the client closes it itself and its
-    /// room empties in order. Returns how many clients were told now. New joins are not refused
-    /// here; the HTTP layer stops accepting them before calling this.
-    pub async fn ask_to_leave(&self, action: LeaveAction) -> Result<usize, ServiceError> {
+    /// Sends `Leave { reason: SERVER_SHUTDOWN, action: DISCONNECT }` to every connected client
+    /// that has not been told yet and leaves its session open, so that the client closes it
+    /// itself and its room empties in order. Returns how many clients were told now. New joins
+    /// are not refused here; the HTTP layer stops accepting them before calling this.
+    pub async fn ask_to_leave(&self) -> Result<usize, ServiceError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Msg::AskToLeave { action, reply })
+            .send(Msg::AskToLeave { reply })
             .map_err(|_| ServiceError::Stopped)?;
         rx.await.map_err(|_| ServiceError::Stopped)
     }
@@ -42,17 +33,13 @@ impl Signaling {
 }
 
 impl Service {
-    pub(super) fn ask_to_leave(&mut self, action: LeaveAction) -> usize {
-        let (action, can_reconnect) = match action {
-            LeaveAction::Disconnect => (lk::leave_request::Action::Disconnect, false),
-            LeaveAction::Reconnect => (lk::leave_request::Action::Reconnect, true),
-        };
+    pub(super) fn ask_to_leave(&mut self) -> usize {
         let mut told = 0;
         for session in self.sessions.values_mut().filter(|s| !s.asked_to_leave) {
             let leave = lk::LeaveRequest {
-                can_reconnect,
+                can_reconnect: false,
                 reason: lk::DisconnectReason::ServerShutdown as i32,
-                action: action as i32,
+                action: lk::leave_request::Action::Disconnect as i32,
                 ..Default::default()
             };
             // A full queue means a client that reads nothing; the deadline closes it.

@@ -35,7 +35,6 @@ mod requests;
 mod stats;
 use crate::room::{JoinRefusal, Participant, Room, RoomLimits};
 pub use admin::{ParticipantUpdate, SendData};
-pub use drain::LeaveAction;
 pub use stats::SignalingStats;
 
 /// The LiveKit server version advertised in `ServerInfo.version`. livekit-client gates features
@@ -186,7 +185,6 @@ enum Msg {
         reply: oneshot::Sender<stats::SignalingStats>,
     },
     AskToLeave {
-        action: LeaveAction,
         reply: oneshot::Sender<usize>,
     },
     Drain {
@@ -538,8 +536,8 @@ impl Service {
             Msg::Stats { reply } => {
                 let _ = reply.send(self.stats());
             }
-            Msg::AskToLeave { action, reply } => {
-                let _ = reply.send(self.ask_to_leave(action));
+            Msg::AskToLeave { reply } => {
+                let _ = reply.send(self.ask_to_leave());
             }
             Msg::Drain { reply } => {
                 let ended = self.drain().await;
