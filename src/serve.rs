@@ -189,8 +189,12 @@ async fn serve(config: &Config) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(());
     let mut server = match tls {
         Some(tls) => {
-            let listener = crate::tls::TlsListener::new(listener, tls)
-                .context("cannot start the HTTPS listener")?;
+            // `tap_io` only so that axum hands the handlers the client's address.
+            let listener = axum::serve::ListenerExt::tap_io(
+                crate::tls::TlsListener::new(listener, tls)
+                    .context("cannot start the HTTPS listener")?,
+                |_| {},
+            );
             spawn_http(listener, routes, stop_rx)
         }
         None => spawn_http(listener, routes, stop_rx),
@@ -243,7 +247,8 @@ async fn serve(config: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Serves `routes` on `listener` until `stop` changes (or its sender is gone).
+/// Serves `routes` on `listener` until `stop` changes (or its sender is gone). Handlers see the
+/// client's address as `ConnectInfo<SocketAddr>`.
 fn spawn_http<L>(
     listener: L,
     routes: axum::Router,
@@ -252,14 +257,18 @@ fn spawn_http<L>(
 where
     L: axum::serve::Listener,
     L::Addr: fmt::Debug,
+    for<'a> SocketAddr: axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
 {
     tokio::spawn(
-        axum::serve(listener, routes)
-            .with_graceful_shutdown(async move {
-                // An error means the sender is gone, which is a stop signal too.
-                let _ = stop.changed().await;
-            })
-            .into_future(),
+        axum::serve(
+            listener,
+            routes.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            // An error means the sender is gone, which is a stop signal too.
+            let _ = stop.changed().await;
+        })
+        .into_future(),
     )
 }
 

@@ -424,3 +424,73 @@ fn livekit_config_is_read_and_ignored_keys_warned_once() {
     assert!(status.success(), "exit {status}");
     let _ = std::fs::remove_file(&path);
 }
+
+#[test]
+fn info_logs_name_room_and_participant_but_no_ip_or_token() {
+    let dir = support::scratch_dir("ops-logs");
+    let config = dir.join("stoa.toml");
+    std::fs::write(&config, "[logging]\njson = true\nlevel = \"info\"\n").expect("write config");
+    let stoa = support::Stoa::start(
+        &config,
+        &[
+            ("STOA_DATA_DIR", dir.join("data").to_str().expect("utf-8")),
+            ("STOA_KEYS", &format!("{KEY}: {SECRET}")),
+        ],
+    );
+    let mut claims = Claims::default();
+    claims.video.room_join = true;
+    claims.video.room = "log-room".to_owned();
+    let jwt = token::mint(
+        KEY,
+        SECRET,
+        "log-alice",
+        None,
+        claims.video,
+        Duration::from_secs(600),
+        unix_now(),
+    )
+    .expect("mint");
+    let (client, _) = SignalClient::join(stoa.addr, &jwt);
+    client.close();
+
+    // Bounded wait for both lines of the session.
+    let deadline = Instant::now() + TIMEOUT;
+    let (joined, left) = loop {
+        let log = stoa.log_text();
+        let line = |message: &str| {
+            log.lines()
+                .find(|l| l.contains(&format!("\"message\":\"{message}\"")))
+                .map(str::to_owned)
+        };
+        if let (Some(j), Some(l)) = (line("participant joined"), line("participant left")) {
+            break (j, l);
+        }
+        assert!(Instant::now() < deadline, "no join/leave lines in:\n{log}");
+        thread::sleep(Duration::from_millis(50));
+    };
+    for line in [&joined, &left] {
+        let json: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+        let spans = json["spans"].as_array().expect("spans");
+        // room → participant, outermost first.
+        assert_eq!(spans[0]["name"], "room", "{line}");
+        assert_eq!(spans[0]["room"], "log-room", "{line}");
+        assert_eq!(spans[1]["name"], "participant", "{line}");
+        assert_eq!(spans[1]["identity"], "log-alice", "{line}");
+        assert!(
+            spans[1]["participant"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("PA_")),
+            "{line}"
+        );
+        // The client's address is its network only.
+        assert_eq!(spans[1]["client"], "127.0.0.x", "{line}");
+    }
+    let log = stoa.log_text();
+    assert!(!log.contains(&jwt), "the token was logged:\n{log}");
+    let signature = jwt.rsplit('.').next().expect("jwt signature");
+    assert!(!log.contains(signature), "the token's signature was logged");
+    for line in log.lines().filter(|l| l.contains("participant")) {
+        assert!(!line.contains("127.0.0.1"), "a client IP in: {line}");
+    }
+    stoa.stop();
+}

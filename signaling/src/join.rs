@@ -67,6 +67,9 @@ pub struct JoinParams {
     /// `device_model`, `os`, `os_version`, `browser`, `browser_version`, `network`: descriptive
     /// client details, empty when absent.
     pub device: DeviceInfo,
+    /// The client's IP address, as the HTTP layer saw the connection (not from the query);
+    /// logged only as [`ClientIp`](crate::redact::ClientIp).
+    pub client: Option<std::net::IpAddr>,
 }
 
 /// Descriptive client details from the query, reported back in `ClientInfo`; never acted on.
@@ -123,6 +126,7 @@ impl fmt::Debug for JoinParams {
             .field("protocol", &self.protocol)
             .field("client_protocol", &self.client_protocol)
             .field("device", &self.device)
+            .field("client", &self.client.map(crate::redact::ClientIp))
             .finish()
     }
 }
@@ -235,6 +239,7 @@ pub fn parse_query(query: &str) -> Result<JoinParams, JoinError> {
             browser_version: raw.browser_version.unwrap_or_default(),
             network: raw.network.unwrap_or_default(),
         },
+        client: None,
     })
 }
 

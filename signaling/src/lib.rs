@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod join;
+pub mod redact;
 pub mod room;
 #[cfg(feature = "runtime")]
 pub mod service;

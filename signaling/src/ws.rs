@@ -15,7 +15,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{RawQuery, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -136,14 +136,16 @@ async fn validate(State(state): State<RtcState>, RawQuery(query): RawQuery) -> R
 
 async fn rtc(
     State(state): State<RtcState>,
+    client: Option<axum::Extension<ConnectInfo<std::net::SocketAddr>>>,
     RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let query = query.unwrap_or_default();
-    let (params, mut claims) = match join::validate(&state.keys, &query, now_unix()) {
+    let (mut params, mut claims) = match join::validate(&state.keys, &query, now_unix()) {
         Ok(ok) => ok,
         Err(r) => return plain(r.status, r.message),
     };
+    params.client = client.map(|c| c.0.0.ip());
     if let Err(r) = admit(&state, &mut claims).await {
         return plain(r.status, r.message);
     }

@@ -148,7 +148,7 @@ impl Service {
                 })
                 .await;
         }
-        tracing::info!(room = %room, participant = %psid, track = %tsid, "track published");
+        self.in_span(session, || tracing::info!(track = %tsid, "track published"));
         if let Some(p) = self.participant(session) {
             let who = lk::ParticipantInfo {
                 sid: p.sid.clone(),
@@ -200,7 +200,10 @@ impl Service {
             };
             let _ = out.try_send(response(signal_response::Message::TrackUnpublished(m)));
         }
-        tracing::info!(room = %room, participant = %psid, track = %tsid, "track unpublished");
+        self.in_span(
+            session,
+            || tracing::info!(track = %tsid, "track unpublished"),
+        );
         self.participant_webhook("track_unpublished", &room, who, removed);
         self.broadcast_participant(&room, &psid);
     }

@@ -400,6 +400,28 @@ struct Session {
     joined_at: Instant,
     /// Told to leave by a draining server.
     asked_to_leave: bool,
+    /// `room{room}` → `participant{participant, identity, client}`: the context of every log
+    /// line about this session.
+    span: tracing::Span,
+}
+
+/// The tracing span of a participant inside the span of its room. The client's address appears
+/// only as its network ([`ClientIp`](crate::redact::ClientIp)).
+fn participant_span(
+    room: &str,
+    participant: &str,
+    identity: &str,
+    client: Option<std::net::IpAddr>,
+) -> tracing::Span {
+    let room = tracing::info_span!("room", room = %room);
+    let client = client.map(crate::redact::ClientIp);
+    tracing::info_span!(
+        parent: &room,
+        "participant",
+        participant = %participant,
+        identity = %identity,
+        client = client.map(tracing::field::display),
+    )
 }
 
 struct Service {
@@ -713,9 +735,10 @@ impl Service {
                 last_ping: Instant::now(),
                 joined_at: Instant::now(),
                 asked_to_leave: false,
+                span: participant_span(&room_name, &sid, &info.identity, params.client),
             },
         );
-        tracing::info!(room = %room_name, participant = %sid, "participant joined");
+        self.in_span(session_id, || tracing::info!("participant joined"));
         self.broadcast_participant(&room_name, &sid);
 
         // The subscriber connection is primary: the engine offers it with the data channels.
@@ -790,8 +813,17 @@ impl Service {
                 .with_peer(peer, move |sfu, now| sfu.close_peer(now, peer))
                 .await;
         }
-        tracing::info!(room = %s.room, participant = %s.participant, reason = why, "participant left");
+        s.span
+            .in_scope(|| tracing::info!(reason = why, "participant left"));
         self.remove_participant(&s.room, &s.participant, reason);
+    }
+
+    /// Runs `log` inside `session`'s room → participant span (or none, if it is gone).
+    fn in_span(&self, session: SessionId, log: impl FnOnce()) {
+        match self.sessions.get(&session) {
+            Some(s) => s.span.in_scope(log),
+            None => log(),
+        }
     }
 
     fn remove_participant(
