@@ -12,7 +12,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,16 +24,6 @@ mod support;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 const TURN_SECRET: &str = "network-test-turn-secret";
-
-/// Kills a helper process when the test ends, however it ends.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -231,10 +221,7 @@ fn a_bad_certificate_fails_start_up_with_one_line() {
         ),
     )
     .unwrap();
-    let output = serve_once(&config, &dir);
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let line = stderr.lines().last().unwrap_or_default();
+    let (stderr, line) = refused(&config, &dir);
     assert!(
         line.contains("http.tls_private_key") && line.contains("node.crt"),
         "{stderr}"
@@ -246,9 +233,7 @@ fn a_bad_certificate_fails_start_up_with_one_line() {
         format!("[http]\ntls_certificate = \"{}\"\n", crt.display()),
     )
     .unwrap();
-    let output = serve_once(&config, &dir);
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (stderr, _) = refused(&config, &dir);
     assert!(
         stderr.contains("set both http.tls_certificate and http.tls_private_key"),
         "{stderr}"
@@ -259,7 +244,7 @@ fn a_bad_certificate_fails_start_up_with_one_line() {
 fn the_public_address_is_discovered_with_stun() {
     let dir = support::scratch_dir("network-stun");
     let stun_port = free_udp_port();
-    let coturn = Killed(
+    let coturn = support::Killed(
         Command::new("turnserver")
             .args(["-n", "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1"])
             .arg(format!("--listening-port={stun_port}"))
@@ -320,10 +305,7 @@ fn the_public_address_is_discovered_with_stun() {
         format!("[rtc]\nuse_external_ip = true\nstun_servers = [\"127.0.0.1:{silent_port}\"]\n"),
     )
     .unwrap();
-    let output = serve_once(&config, &dir);
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let line = stderr.lines().last().unwrap_or_default();
+    let (stderr, line) = refused(&config, &dir);
     assert!(
         line.contains("rtc.use_external_ip: no STUN server")
             && line.contains(&format!("127.0.0.1:{silent_port}")),
@@ -376,6 +358,15 @@ fn try_start(config: &Path, dir: &Path) -> Result<support::Stoa, String> {
         assert!(Instant::now() < deadline, "stoa hung:\n{}", stoa.log_text());
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Runs `stoa serve --dev --config CONFIG`, which must fail: its stderr and last line.
+fn refused(config: &Path, dir: &Path) -> (String, String) {
+    let output = serve_once(config, dir);
+    assert!(!output.status.success(), "stoa serve started");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let line = stderr.lines().last().unwrap_or_default().to_owned();
+    (stderr, line)
 }
 
 /// Runs `stoa serve --dev --config CONFIG` expecting it to stop by itself (bounded).

@@ -12,22 +12,12 @@
 
 use std::net::{TcpStream, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
 
 const SECRET: &str = "stoa-turn-cli-secret";
-
-/// Kills the server when the test ends, however it ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A free port for both UDP and TCP on 127.0.0.1, and `count` free UDP ports after a gap.
 /// Bounded: 300 candidates. Tests running side by side in this process start at different
@@ -91,7 +81,7 @@ fn stoa_turn_relays_for_uclient_over_udp_and_tcp() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let _server = Server(child);
+    let _server = support::Killed(child);
     // Up once the TCP listener accepts (bounded: 10 s).
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {

@@ -254,7 +254,7 @@ fn loss_and_jitter_keep_the_rewrite_correct() {
     assert!(stats.rtp_lost > 0, "{stats:?}");
     let accounted = stats.rtp_in + stats.rtp_lost;
     assert!(
-        accounted <= 500 && accounted >= 495,
+        (495..=500).contains(&accounted),
         "received {} + lost {} of 500",
         stats.rtp_in,
         stats.rtp_lost

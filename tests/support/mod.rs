@@ -45,6 +45,16 @@ pub fn free_ports() -> (u16, u16) {
     (http, udp)
 }
 
+/// A child process killed (and reaped) when the test ends, however it ends.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A running `stoa serve --dev`, killed on drop.
 pub struct Stoa {
     child: Child,
