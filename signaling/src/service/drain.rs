@@ -3,7 +3,7 @@
 use livekit_protocol as lk;
 use tokio::sync::oneshot;
 
-use super::{Msg, Service, ServiceError, SessionId, Signaling};
+use super::{Leave, Msg, Service, ServiceError, SessionId, Signaling};
 
 impl Signaling {
     /// Sends every connected client `Leave { reason: SERVER_SHUTDOWN, action: DISCONNECT }` and
@@ -25,7 +25,7 @@ impl Service {
             self.end_session(
                 session,
                 "server shutting down",
-                Some(lk::DisconnectReason::ServerShutdown),
+                Leave::Disconnect(lk::DisconnectReason::ServerShutdown),
             )
             .await;
         }

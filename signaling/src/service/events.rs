@@ -9,7 +9,7 @@ use prost::Message;
 use stoa_sfu::str0m::channel::ChannelId;
 use stoa_sfu::{Event, MediaLabel, PeerId, TrackId, UnpublishReason};
 
-use super::{Pc, Service, SessionId, now_ms, response};
+use super::{Leave, Pc, Service, SessionId, now_ms, response};
 use crate::room::PublishedTrack;
 
 impl Service {
@@ -72,7 +72,7 @@ impl Service {
                     self.end_session(
                         session,
                         "media connection lost",
-                        Some(lk::DisconnectReason::ConnectionTimeout),
+                        Leave::Rejoin(lk::DisconnectReason::ConnectionTimeout),
                     )
                     .await;
                 }
