@@ -818,6 +818,7 @@ impl Service {
         let Some(mut gone) = room.participants.remove(sid) else {
             return;
         };
+        room.speakers.remove(sid);
         if room.participants.is_empty() {
             room.emptied_ms = Some(now_ms());
         }
