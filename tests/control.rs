@@ -467,6 +467,8 @@ fn a_room_card_is_public_and_shows_only_public_fields() {
     assert_eq!(c["listeners"], 0);
 
     ok(addr, "POST", &format!("/api/rooms/{id}/start"), &host, None);
+    // The host takes the stage by joining.
+    ok(addr, "POST", &format!("/api/rooms/{id}/token"), &host, None);
     let c = card(&id);
     assert_eq!(c["state"], "live", "{c}");
     assert!(c["started_at"].is_u64(), "{c}");
@@ -476,7 +478,7 @@ fn a_room_card_is_public_and_shows_only_public_fields() {
 
     ok(addr, "POST", &format!("/api/rooms/{id}/end"), &host, None);
     let c = card(&id);
-    assert_eq!(c["state"], "ended", "{c}");
+    assert!(c["state"] == "ended" || c["state"] == "archived", "{c}");
     assert!(c["ended_at"].is_u64(), "{c}");
 
     for path in [

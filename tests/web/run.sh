@@ -5,7 +5,7 @@
 #
 # Brings up loopback, starts `STOA_BINARY serve --dev` (127.0.0.1:7880 HTTP/WebSocket,
 # 127.0.0.1:7882 UDP media), waits for /healthz, checks that / serves the built web app (not
-# the fallback page), runs walkthrough.mjs (headless Chromium, two browsers), stops the server and exits with the test's status. The server's log is
+# the fallback page), runs walkthrough.mjs (headless Chromium, up to three browsers at once), stops the server and exits with the test's status. The server's log is
 # printed when the test fails. Every wait is bounded; the whole run is capped at 320 s.
 set -euo pipefail
 
