@@ -18,6 +18,7 @@ use livekit_protocol as lk;
 use livekit_protocol::{signal_request, signal_response};
 use prost::Message as _;
 use stoa_signaling::room::RoomLimits;
+use stoa_signaling::service::ServiceConfig;
 use stoa_signaling::token::{self};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -609,6 +610,30 @@ async fn a_late_joiner_learns_who_is_speaking() {
     assert!(current.level > 0.0, "{current:?}");
     speaking.store(false, Ordering::Relaxed);
     tone.await.unwrap();
+}
+
+/// A session whose pings stop is ended with a leave that asks the client to rejoin (its
+/// connection was lost, not its place in the room), so a client whose network comes back joins
+/// again instead of leaving for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_stops_pinging_is_told_to_rejoin() {
+    let s = server_with(ServiceConfig {
+        ping_interval: 1,
+        ping_timeout: 1,
+        ..ServiceConfig::default()
+    })
+    .await;
+    // This client never pings.
+    let mut bob = Client::join(s.http, &mint("bob", grants("quiet", false))).await;
+    let leave = bob
+        .wait_for("the leave", |m| match m {
+            signal_response::Message::Leave(l) => Some(l.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(leave.action, lk::leave_request::Action::Reconnect as i32);
+    assert!(leave.can_reconnect);
+    assert_eq!(leave.reason, lk::DisconnectReason::ConnectionTimeout as i32);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

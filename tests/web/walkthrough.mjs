@@ -406,6 +406,7 @@ async function scenario(host, listener, blocked, launchGuest) {
     await hears(L, hostSession.user, 'host (by the listener)');
     // The server's active-speaker detection (SpeakersChanged) is what livekit-client's
     // activeSpeakers list holds; the page's own level meter does not feed it.
+    // For a failure report: the SpeakersChanged messages that arrive from here on.
     await L.evaluate(() => {
       window.speakerUpdates = [];
       window.stoaRoom?.engine?.on('speakersChanged', (u) => window.speakerUpdates.push(u.map((x) => ({ sid: x.sid, level: x.level, active: x.active }))));
