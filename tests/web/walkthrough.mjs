@@ -465,6 +465,7 @@ async function scenario(host, listener, blocked, launchGuest) {
   await step("the listener's network drops; the page says so and recovers by itself", async () => {
     if (!listener.pid) throw new Error("cannot tell the listener's browser process apart");
     const net = networkServiceOf(listener.pid);
+    const sidBefore = await L.evaluate(() => window.stoaRoom?.localParticipant.sid);
     const banner = L.getByText('Connection lost. Reconnecting…');
     const started = Date.now();
     frozen.add(net);
@@ -487,7 +488,10 @@ async function scenario(host, listener, blocked, launchGuest) {
     await flowing(L, hostSession.user, 'host after the outage');
     // The host sees the listener in the audience again.
     await H.getByRole('button', { name: 'Invite to speak: Leo Listener' }).waitFor();
-    summary.reconnect = { bannerAfterMs: shown, recoveredAfterMs: recovered };
+    // Sessions are never resumed: the page rejoined as a new participant session.
+    const sidAfter = await L.evaluate(() => window.stoaRoom?.localParticipant.sid);
+    if (!sidAfter || sidAfter === sidBefore) throw new Error(`no rejoin: participant sid ${sidBefore} -> ${sidAfter}`);
+    summary.reconnect = { bannerAfterMs: shown, recoveredAfterMs: recovered, sidBefore, sidAfter };
     log('reconnect:', JSON.stringify(summary.reconnect));
   }, 90_000);
 
