@@ -410,6 +410,108 @@ fn an_empty_room_ends_itself() {
     }
 }
 
+/// `GET /api/rooms/{id}/card` answers without a token, with public fields only, through a
+/// room's life; unknown ids get a JSON 404; no other room read opens up.
+#[test]
+fn a_room_card_is_public_and_shows_only_public_fields() {
+    let dir = scratch_dir("control-card");
+    let stoa = Stoa::start(
+        &config(&dir, ""),
+        &[("STOA_DATA_DIR", dir.to_str().unwrap())],
+    );
+    let addr = stoa.addr;
+    let host = user_token("hana", "Hana Host");
+    let later = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 3_600_000;
+    let id = create_room(
+        addr,
+        &host,
+        json!({"title": "Card", "topic": "Public bits", "description": "Not on the card", "scheduled_for": later}),
+    );
+    let card = |id: &str| {
+        let (status, text) = request(addr, "GET", &format!("/api/rooms/{id}/card"), None, None);
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(status, 200, "{v}");
+        v
+    };
+
+    let c = card(&id);
+    let keys: Vec<&str> = c.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut sorted = keys.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        [
+            "ended_at",
+            "id",
+            "kind",
+            "listeners",
+            "scheduled_for",
+            "speakers",
+            "started_at",
+            "state",
+            "title",
+            "topic"
+        ],
+        "{c}"
+    );
+    assert_eq!(c["id"], id.as_str());
+    assert_eq!(c["title"], "Card");
+    assert_eq!(c["topic"], "Public bits");
+    assert_eq!(c["kind"], "stage");
+    assert_eq!(c["state"], "scheduled");
+    assert_eq!(c["scheduled_for"], later);
+    assert_eq!(c["listeners"], 0);
+
+    ok(addr, "POST", &format!("/api/rooms/{id}/start"), &host, None);
+    // The host takes the stage by joining.
+    ok(addr, "POST", &format!("/api/rooms/{id}/token"), &host, None);
+    let c = card(&id);
+    assert_eq!(c["state"], "live", "{c}");
+    assert!(c["started_at"].is_u64(), "{c}");
+    assert_eq!(c["speakers"], json!(["Hana Host"]));
+    // Names, never user ids.
+    assert!(!c.to_string().contains("\"hana\""), "{c}");
+
+    ok(addr, "POST", &format!("/api/rooms/{id}/end"), &host, None);
+    let c = card(&id);
+    assert!(c["state"] == "ended" || c["state"] == "archived", "{c}");
+    assert!(c["ended_at"].is_u64(), "{c}");
+
+    for path in [
+        "/api/rooms/zzzzzzzzzzzzzzzz/card".to_owned(),
+        "/api/rooms/not-a-room-id/card".to_owned(),
+    ] {
+        let (status, text) = request(addr, "GET", &path, None, None);
+        let v: Value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("{path}: not JSON: {text}"));
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (404, Some("not_found")),
+            "{path}: {v}"
+        );
+        assert!(
+            !v["message"].as_str().unwrap_or("").is_empty(),
+            "{path}: {v}"
+        );
+    }
+    // The card is the only public read.
+    for path in [
+        format!("/api/rooms/{id}"),
+        format!("/api/rooms/{id}/stats"),
+        "/api/rooms".to_owned(),
+    ] {
+        let (status, _) = request(addr, "GET", &path, None, None);
+        assert_eq!(status, 401, "{path}");
+    }
+    let spec = ok(addr, "GET", "/api/openapi.json", &host, None);
+    assert!(spec["paths"]["/api/rooms/{id}/card"]["get"].is_object());
+    assert!(spec["components"]["schemas"]["RoomCardView"].is_object());
+}
+
 /// Rooms, roles, hands and bans survive a restart of `stoa serve`.
 fn survives_restart(dir: &Path, env: &[(&str, &str)]) {
     let cfg = config(dir, "");

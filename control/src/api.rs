@@ -24,7 +24,7 @@ use crate::permission::Action;
 use crate::room::{Actor, Command};
 use crate::service::{Control, NewRoom};
 use crate::store::Follow;
-use crate::view::{self, HostStatsView, RoomView, StatsView};
+use crate::view::{self, HostStatsView, RoomCardView, RoomView, StatsView};
 
 /// Largest request body.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -37,6 +37,7 @@ pub fn router(control: Control) -> Router {
         .route("/api/me", get(me))
         .route("/api/rooms", get(directory).post(create_room))
         .route("/api/rooms/{id}", get(get_room))
+        .route("/api/rooms/{id}/card", get(room_card))
         .route("/api/rooms/{id}/start", post(start))
         .route("/api/rooms/{id}/end", post(end))
         .route("/api/rooms/{id}/token", post(token))
@@ -426,6 +427,18 @@ async fn get_room(
     Ok(Json(view::room(&doc, caller.viewer())))
 }
 
+/// The only room read that needs no token: what an embedded card or a shared link shows before
+/// anyone signs in. It mints nothing and creates no user.
+#[utoipa::path(get, path = "/api/rooms/{id}/card", params(("id" = String, Path, description = "Room id")),
+    responses((status = 200, body = RoomCardView), (status = 404, body = ErrorBody)))]
+async fn room_card(
+    State(c): State<Control>,
+    Path(id): Path<String>,
+) -> Result<Json<RoomCardView>, ControlError> {
+    let doc = c.room(&room_id(&id)?).await?;
+    Ok(Json(view::card(&doc)))
+}
+
 async fn run(
     c: &Control,
     caller: &Caller,
@@ -762,7 +775,7 @@ fn event_room(e: &Event) -> &RoomId {
 #[openapi(
     info(
         title = "Stoa control API",
-        description = "Live audio rooms: rooms, roles, hands, moderation, follows, invitations, analytics. Authenticate with `Authorization: Bearer <user or server token>`."
+        description = "Live audio rooms: rooms, roles, hands, moderation, follows, invitations, analytics. Authenticate with `Authorization: Bearer <user or server token>`; only `GET /api/rooms/{id}/card` (a room's public card) needs no token."
     ),
     paths(
         openapi,
@@ -771,6 +784,7 @@ fn event_room(e: &Event) -> &RoomId {
         directory,
         create_room,
         get_room,
+        room_card,
         start,
         end,
         token,
@@ -792,6 +806,14 @@ fn event_room(e: &Event) -> &RoomId {
         unfollow,
         events
     ),
-    components(schemas(ErrorBody, RoomView, StatsView, HostStatsView, Event, Follow))
+    components(schemas(
+        ErrorBody,
+        RoomView,
+        RoomCardView,
+        StatsView,
+        HostStatsView,
+        Event,
+        Follow
+    ))
 )]
 pub struct ApiDoc;

@@ -82,6 +82,32 @@ pub struct RoomView {
     pub banned: Option<Vec<UserId>>,
 }
 
+/// What anyone may see of a room, without signing in: for embeddable cards and shared links.
+/// No user ids, no audience list, nothing about the caller.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RoomCardView {
+    /// Id.
+    pub id: String,
+    /// Title.
+    pub title: String,
+    /// Topic.
+    pub topic: String,
+    /// Stage or open.
+    pub kind: RoomKind,
+    /// Lifecycle state.
+    pub state: RoomState,
+    /// Unix ms it is scheduled for.
+    pub scheduled_for: Option<u64>,
+    /// Unix ms it went live.
+    pub started_at: Option<u64>,
+    /// Unix ms it ended.
+    pub ended_at: Option<u64>,
+    /// Listeners connected.
+    pub listeners: u32,
+    /// Display names of the host, co-hosts and speakers, host first.
+    pub speakers: Vec<String>,
+}
+
 /// A room's statistics.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StatsView {
@@ -195,6 +221,30 @@ pub fn room(doc: &RoomDoc, viewer: Option<&UserId>) -> RoomView {
                 .collect()
         }),
         banned: moderator.then(|| doc.bans.iter().cloned().collect()),
+    }
+}
+
+/// The public card of a room.
+pub fn card(doc: &RoomDoc) -> RoomCardView {
+    let r = &doc.room;
+    let mut stage: Vec<(Role, &str)> = doc
+        .members
+        .values()
+        .filter(|m| m.role.on_stage())
+        .map(|m| (m.role, m.name.as_str()))
+        .collect();
+    stage.sort();
+    RoomCardView {
+        id: r.id.to_string(),
+        title: r.title.clone(),
+        topic: r.topic.clone(),
+        kind: r.kind,
+        state: r.state,
+        scheduled_for: r.scheduled_for,
+        started_at: r.started_at,
+        ended_at: r.ended_at,
+        listeners: doc.audience(),
+        speakers: stage.into_iter().map(|(_, name)| name.to_owned()).collect(),
     }
 }
 

@@ -180,6 +180,10 @@ pub struct Room {
     pub emptied_ms: Option<i64>,
     /// The audience size changed since the last `RoomUpdate`.
     pub dirty: bool,
+    /// Who speaks now, by participant sid, as the engine last reported. `SpeakersChanged`
+    /// carries only changes, so a participant who arrives while someone speaks steadily would
+    /// otherwise not learn of it until the level moves.
+    pub speakers: BTreeMap<String, lk::SpeakerInfo>,
 }
 
 /// Why a join is refused.
@@ -203,6 +207,7 @@ impl Room {
             participants: BTreeMap::new(),
             emptied_ms: None,
             dirty: false,
+            speakers: BTreeMap::new(),
         }
     }
 

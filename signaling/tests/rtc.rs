@@ -9,13 +9,16 @@
 )]
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use livekit_protocol as lk;
 use livekit_protocol::{signal_request, signal_response};
 use prost::Message as _;
 use stoa_signaling::room::RoomLimits;
+use stoa_signaling::service::ServiceConfig;
 use stoa_signaling::token::{self};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -556,6 +559,81 @@ async fn bad_input_is_refused_and_isolated() {
     .await;
     let list = s.signaling.list_participants(room).await.unwrap();
     assert_eq!(list.iter().filter(|p| p.identity == "good").count(), 1);
+}
+
+/// `SpeakersChanged` carries changes only: one who joins while someone speaks steadily (the
+/// same level in every packet, so no change follows) still learns at once who is speaking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_learns_who_is_speaking() {
+    let s = server().await;
+    let room = "steady";
+    let mut alice = Client::join(s.http, &mint("alice", grants(room, true))).await;
+    alice.publish().await;
+    eventually("alice's connections", || {
+        alice.publisher.lock().unwrap().connected && alice.subscriber.lock().unwrap().connected
+    })
+    .await;
+    let speaking = Arc::new(AtomicBool::new(true));
+    let (publisher, on) = (alice.publisher.clone(), speaking.clone());
+    let tone = tokio::spawn(async move {
+        let end = Instant::now() + Duration::from_secs(30);
+        while on.load(Ordering::Relaxed) && Instant::now() < end {
+            publisher.lock().unwrap().send_audio();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let alice_sid = alice.sid();
+    alice
+        .wait_for("alice as active speaker", |m| match m {
+            signal_response::Message::SpeakersChanged(c) => c
+                .speakers
+                .iter()
+                .any(|sp| sp.sid == alice_sid && sp.active)
+                .then_some(()),
+            _ => None,
+        })
+        .await;
+    // The smoothed level settles; from here on nothing changes.
+    alice.drain_for(Duration::from_millis(1500)).await;
+
+    let mut bob = Client::join(s.http, &mint("bob", grants(room, false))).await;
+    let current = bob
+        .wait_for("the speakers of the moment", |m| match m {
+            signal_response::Message::SpeakersChanged(c) => c
+                .speakers
+                .iter()
+                .find(|sp| sp.sid == alice_sid && sp.active)
+                .cloned(),
+            _ => None,
+        })
+        .await;
+    assert!(current.level > 0.0, "{current:?}");
+    speaking.store(false, Ordering::Relaxed);
+    tone.await.unwrap();
+}
+
+/// A session whose pings stop is ended with a leave that asks the client to rejoin (its
+/// connection was lost, not its place in the room), so a client whose network comes back joins
+/// again instead of leaving for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_stops_pinging_is_told_to_rejoin() {
+    let s = server_with(ServiceConfig {
+        ping_interval: 1,
+        ping_timeout: 1,
+        ..ServiceConfig::default()
+    })
+    .await;
+    // This client never pings.
+    let mut bob = Client::join(s.http, &mint("bob", grants("quiet", false))).await;
+    let leave = bob
+        .wait_for("the leave", |m| match m {
+            signal_response::Message::Leave(l) => Some(l.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(leave.action, lk::leave_request::Action::Reconnect as i32);
+    assert!(leave.can_reconnect);
+    assert_eq!(leave.reason, lk::DisconnectReason::ConnectionTimeout as i32);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

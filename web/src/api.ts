@@ -50,6 +50,20 @@ export interface Directory {
   archived: RoomView[];
 }
 
+/** What anyone may see of a room without signing in (`GET /api/rooms/{id}/card`). */
+export interface RoomCard {
+  id: string;
+  title: string;
+  topic: string;
+  kind: RoomKind;
+  state: RoomState;
+  scheduled_for: number | null;
+  started_at: number | null;
+  ended_at: number | null;
+  listeners: number;
+  speakers: string[];
+}
+
 export interface Stats {
   room: string;
   state: RoomState;
@@ -147,9 +161,13 @@ export function setUnauthorizedHandler(f: () => void): void {
   onUnauthorized = f;
 }
 
-async function call<T>(method: string, path: string, body?: unknown, token?: string): Promise<T> {
+/**
+ * One API call. `token` overrides the session's token; `null` sends none (public reads), and a
+ * 401 then is just an error, not a reason to sign out.
+ */
+async function call<T>(method: string, path: string, body?: unknown, token?: string | null): Promise<T> {
   const headers: Record<string, string> = {};
-  const bearer = token ?? current?.token;
+  const bearer = token === null ? undefined : (token ?? current?.token);
   if (bearer) headers.Authorization = `Bearer ${bearer}`;
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   let response: Response;
@@ -191,6 +209,7 @@ export const api = {
   },
   create: (room: NewRoom) => call<RoomView>('POST', '/api/rooms', room),
   room: (id: string) => call<RoomView>('GET', `/api/rooms/${enc(id)}`),
+  card: (id: string) => call<RoomCard>('GET', `/api/rooms/${enc(id)}/card`, undefined, null),
   start: (id: string) => call<RoomView>('POST', `/api/rooms/${enc(id)}/start`),
   end: (id: string) => call<RoomView>('POST', `/api/rooms/${enc(id)}/end`),
   join: (id: string) => call<JoinGrant>('POST', `/api/rooms/${enc(id)}/token`),

@@ -89,6 +89,11 @@ class RoomController {
   private readonly sink = h('div', { class: 'audio-sink', hidden: true });
   private readonly shareDialog = h('dialog', { class: 'dialog', 'aria-labelledby': 'share-heading' });
   private readonly endDialog = h('dialog', { class: 'dialog', 'aria-labelledby': 'end-heading' });
+  /** Keeps `--controls-h` at the control bar's height, so the page ends above the bar. */
+  private readonly barSize = new ResizeObserver(() => {
+    const height = this.controls.isConnected ? this.controls.getBoundingClientRect().height : 0;
+    document.documentElement.style.setProperty('--controls-h', `${Math.ceil(height)}px`);
+  });
 
   constructor(
     private readonly main: HTMLElement,
@@ -125,6 +130,7 @@ class RoomController {
 
   destroy(): void {
     this.destroyed = true;
+    this.releaseBar();
     this.events?.close();
     clearInterval(this.poll);
     clearInterval(this.meter);
@@ -225,6 +231,7 @@ class RoomController {
       this.shareDialog,
       this.endDialog,
     );
+    this.barSize.observe(this.controls);
     this.render();
     this.events = subscribe(this.id, (e) => {
       if (e.type === 'room_ended') void this.showEnded();
@@ -293,10 +300,11 @@ class RoomController {
           // Not a reaction.
         }
       })
-      .on(RoomEvent.Reconnecting, () => (this.reconnecting.hidden = false))
-      .on(RoomEvent.SignalReconnecting, () => (this.reconnecting.hidden = false))
+      .on(RoomEvent.Reconnecting, () => this.connectionLost())
+      .on(RoomEvent.SignalReconnecting, () => this.connectionLost())
       .on(RoomEvent.Reconnected, () => {
         this.reconnecting.hidden = true;
+        for (const p of lk.activeSpeakers) this.speaking.add(p.identity);
         this.scheduleRefresh();
       })
       .on(RoomEvent.AudioPlaybackStatusChanged, () => this.updatePlayback())
@@ -309,6 +317,9 @@ class RoomController {
       this.renderRejoin();
       return;
     }
+    // Speakers the server named before the room counted as connected raised no event.
+    this.speaking.clear();
+    for (const p of lk.activeSpeakers) this.speaking.add(p.identity);
     if (lk.localParticipant.permissions?.canPublish) await this.enableMic();
     clearInterval(this.meter);
     this.meter = window.setInterval(() => void this.measure(), 500);
@@ -360,6 +371,14 @@ class RoomController {
     this.render();
   }
 
+  /** Shows the reconnect banner; nobody counts as speaking until audio flows again. */
+  private connectionLost(): void {
+    this.reconnecting.hidden = false;
+    this.speaking.clear();
+    this.heard.clear();
+    this.renderStage();
+  }
+
   private afterTrackChange(): void {
     this.renderControls();
     this.scheduleRefresh();
@@ -406,7 +425,13 @@ class RoomController {
     );
   }
 
+  private releaseBar(): void {
+    this.barSize.disconnect();
+    document.documentElement.style.removeProperty('--controls-h');
+  }
+
   private stop(): void {
+    this.releaseBar();
     this.events?.close();
     clearInterval(this.poll);
     clearInterval(this.meter);

@@ -1,5 +1,5 @@
 // The screens around a room: sign-in, directory, create room, ended summary, embeddable card.
-import { api, ApiError, session, setSession, subscribe, type RoomView, type Stats } from './api';
+import { api, ApiError, session, setSession, subscribe, type RoomCard, type RoomView, type Stats } from './api';
 import { fill, formatDuration, formatWhen, h } from './dom';
 import { navigate, type Screen } from './main';
 
@@ -56,8 +56,30 @@ export const signInScreen: Screen = (main) => {
     ),
   );
   main.append(form);
-  if (session()) navigate(safeNext, true);
-  else name.focus();
+  if (session()) {
+    navigate(safeNext, true);
+    return;
+  }
+  name.focus();
+  // A shared room link: say which room the visitor is about to join.
+  const invited = safeNext.match(/^\/rooms\/([^/?#]+)\/?$/);
+  if (invited) {
+    api.card(decodeURIComponent(invited[1])).then(
+      (r) => {
+        const intro = h(
+          'section',
+          { class: 'invited', 'aria-label': 'The room you were invited to' },
+          h('p', { class: 'muted' }, r.state === 'ended' ? 'You were invited to a room that has ended.' : 'You are invited to'),
+          h('p', { class: 'invited-title' }, r.title),
+          r.topic ? h('p', { class: 'topic' }, r.topic) : null,
+          stateBadge(r),
+        );
+        form.querySelector('h1')?.after(intro);
+        submit.textContent = r.state === 'live' ? 'Continue to the room' : 'Continue';
+      },
+      () => {},
+    );
+  }
 };
 
 /** Live and scheduled rooms, with search and a kind filter. */
@@ -302,34 +324,47 @@ export async function endedView(main: HTMLElement, room: RoomView, known: Map<st
   main.querySelector<HTMLElement>('h1')?.focus();
 }
 
-/** A card for feeds and posts: scheduled, live or ended, and a link into the room. */
+/** The state of a room as a badge: LIVE (pulsing), Scheduled with its time, or Ended. */
+function stateBadge(r: RoomCard): HTMLElement {
+  if (r.state === 'live') return h('span', { class: 'badge live-badge' }, h('span', { class: 'pulse', 'aria-hidden': 'true' }), 'LIVE');
+  if (r.state === 'scheduled') return h('span', { class: 'badge' }, r.scheduled_for ? `Scheduled · ${formatWhen(r.scheduled_for)}` : 'Scheduled');
+  return h('span', { class: 'badge ended-badge' }, 'Ended');
+}
+
+/**
+ * A card for feeds and posts: scheduled, live or ended, and a link into the room. It reads the
+ * room's public card, so it signs nobody in.
+ */
 export const embedScreen: Screen = (main, params) => {
   const card = h('article', { class: 'embed-card', 'aria-live': 'polite' }, h('p', { class: 'muted' }, 'Loading…'));
   main.append(card);
+  let shown = '';
   const load = async () => {
     try {
-      if (!session()) setSession(await api.guest('Guest'));
-      const r = await api.room(params.id);
+      const r = await api.card(params.id);
       const link = h('a', { class: 'button primary', href: `/rooms/${encodeURIComponent(r.id)}`, target: '_blank', rel: 'noopener' },
         r.state === 'live' ? 'Listen live' : r.state === 'scheduled' ? 'Open room' : 'See summary');
-      const state =
-        r.state === 'live'
-          ? h('span', { class: 'badge live-badge' }, h('span', { class: 'pulse', 'aria-hidden': 'true' }), 'LIVE')
-          : r.state === 'scheduled'
-            ? h('span', { class: 'badge' }, r.scheduled_for ? `Scheduled · ${formatWhen(r.scheduled_for)}` : 'Scheduled')
-            : h('span', { class: 'badge ended-badge' }, 'Ended');
-      fill(
-        card,
-        h('div', { class: 'embed-top' }, h('span', { class: 'brand' }, h('span', { class: 'logo', 'aria-hidden': 'true' }), 'Stoa'), state),
+      const view = [
+        h('div', { class: 'embed-top' }, h('span', { class: 'brand' }, h('span', { class: 'logo', 'aria-hidden': 'true' }), 'Stoa'), stateBadge(r)),
         h('h1', {}, r.title),
         r.topic ? h('p', { class: 'topic' }, r.topic) : null,
         r.state === 'live'
-          ? h('p', { class: 'muted' }, `🎙 ${r.stage.map((m) => m.name).join(', ')} · 🎧 ${r.listeners} listening`)
+          ? h('p', { class: 'muted' }, `${r.speakers.length ? `🎙 ${r.speakers.join(', ')} · ` : ''}🎧 ${r.listeners} listening`)
           : null,
         link,
-      );
+      ];
+      // Polling rebuilds nothing unless the card changed, so a screen reader hears changes only.
+      const signature = JSON.stringify(r);
+      if (signature === shown) return;
+      shown = signature;
+      fill(card, view);
     } catch (err) {
-      fill(card, h('p', { class: 'error' }, errorText(err)));
+      shown = '';
+      fill(
+        card,
+        h('div', { class: 'embed-top' }, h('span', { class: 'brand' }, h('span', { class: 'logo', 'aria-hidden': 'true' }), 'Stoa')),
+        h('p', { class: 'error' }, err instanceof ApiError && err.status === 404 ? 'This room does not exist.' : errorText(err)),
+      );
     }
   };
   void load();

@@ -9,7 +9,7 @@ use livekit_protocol::signal_response;
 use prost::Message as _;
 use tokio::sync::oneshot;
 
-use super::{Msg, Service, ServiceError, SessionId, Signaling, now_ms, response};
+use super::{Leave, Msg, Service, ServiceError, SessionId, Signaling, now_ms, response};
 use crate::room::{Room, RoomLimits};
 
 /// An administrative operation, run inside the service task.
@@ -254,8 +254,12 @@ impl Service {
                     return Err(ServiceError::RoomNotFound(room));
                 }
                 for id in self.room_sessions(&room) {
-                    self.end_session(id, "room deleted", Some(lk::DisconnectReason::RoomDeleted))
-                        .await;
+                    self.end_session(
+                        id,
+                        "room deleted",
+                        Leave::Disconnect(lk::DisconnectReason::RoomDeleted),
+                    )
+                    .await;
                 }
                 self.close_room(&room);
                 Ok(AdminReply::Done)
@@ -265,7 +269,7 @@ impl Service {
                 self.end_session(
                     id,
                     "removed",
-                    Some(lk::DisconnectReason::ParticipantRemoved),
+                    Leave::Disconnect(lk::DisconnectReason::ParticipantRemoved),
                 )
                 .await;
                 Ok(AdminReply::Done)

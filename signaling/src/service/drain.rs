@@ -5,7 +5,7 @@
 use livekit_protocol as lk;
 use tokio::sync::oneshot;
 
-use super::{Msg, Service, ServiceError, SessionId, Signaling, response};
+use super::{Leave, Msg, Service, ServiceError, SessionId, Signaling, response};
 use lk::signal_response;
 
 impl Signaling {
@@ -61,7 +61,7 @@ impl Service {
             self.end_session(
                 session,
                 "server shutting down",
-                Some(lk::DisconnectReason::ServerShutdown),
+                Leave::Disconnect(lk::DisconnectReason::ServerShutdown),
             )
             .await;
         }

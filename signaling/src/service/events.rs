@@ -9,7 +9,7 @@ use prost::Message;
 use stoa_sfu::str0m::channel::ChannelId;
 use stoa_sfu::{Event, MediaLabel, PeerId, TrackId, UnpublishReason};
 
-use super::{Pc, Service, SessionId, now_ms, response};
+use super::{Leave, Pc, Service, SessionId, now_ms, response};
 use crate::room::PublishedTrack;
 
 impl Service {
@@ -65,6 +65,7 @@ impl Service {
                     self.broadcast_participant(&room, &psid);
                     if let Some(info) = joined {
                         self.join_latency.observe(joined_at.elapsed());
+                        self.send_current_speakers(session, &room);
                         self.participant_webhook("participant_joined", &room, info, None);
                     }
                 }
@@ -74,7 +75,7 @@ impl Service {
                     self.end_session(
                         session,
                         "media connection lost",
-                        Some(lk::DisconnectReason::ConnectionTimeout),
+                        Leave::Rejoin(lk::DisconnectReason::ConnectionTimeout),
                     )
                     .await;
                 }
@@ -231,12 +232,38 @@ impl Service {
         }
         for (room, speakers) in by_room {
             self.observe_speakers(&room, &speakers);
+            if let Some(r) = self.rooms.get_mut(&room) {
+                for s in &speakers {
+                    if s.active {
+                        r.speakers.insert(s.sid.clone(), s.clone());
+                    } else {
+                        r.speakers.remove(&s.sid);
+                    }
+                }
+            }
             let msg = signal_response::Message::SpeakersChanged(lk::SpeakersChanged { speakers });
             for id in self.room_sessions(&room) {
                 if let Some(s) = self.sessions.get(&id) {
                     let _ = s.out.try_send(response(msg.clone()));
                 }
             }
+        }
+    }
+
+    /// Tells a participant who has just become active who is speaking already, as one
+    /// `SpeakersChanged` (clients merge it like any other). Later changes follow as deltas.
+    fn send_current_speakers(&self, session: SessionId, room: &str) {
+        let Some(r) = self.rooms.get(room) else {
+            return;
+        };
+        if r.speakers.is_empty() {
+            return;
+        }
+        let mut speakers: Vec<lk::SpeakerInfo> = r.speakers.values().cloned().collect();
+        speakers.sort_by(|a, b| b.level.total_cmp(&a.level).then_with(|| a.sid.cmp(&b.sid)));
+        if let Some(s) = self.sessions.get(&session) {
+            let msg = signal_response::Message::SpeakersChanged(lk::SpeakersChanged { speakers });
+            let _ = s.out.try_send(response(msg));
         }
     }
 

@@ -373,6 +373,29 @@ fn stopped() -> Refused {
     }
 }
 
+/// What a client is told when the server ends its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leave {
+    /// Nothing: the client left, or its signaling connection is already gone.
+    Quietly,
+    /// A `LeaveRequest` to disconnect for good (removed, room closed, server shutting down).
+    Disconnect(lk::DisconnectReason),
+    /// A `LeaveRequest` to join again with a new session: the connection was lost, not the place
+    /// in the room. Sessions are never resumed, so LiveKit clients rejoin in full
+    /// (`action = RECONNECT`), as they would after a network change.
+    Rejoin(lk::DisconnectReason),
+}
+
+impl Leave {
+    /// The disconnect reason participants and webhooks see.
+    fn reason(self) -> Option<lk::DisconnectReason> {
+        match self {
+            Leave::Quietly => None,
+            Leave::Disconnect(reason) | Leave::Rejoin(reason) => Some(reason),
+        }
+    }
+}
+
 /// Which of a participant's two peer connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Pc {
@@ -508,7 +531,9 @@ impl Service {
                 let _ = reply.send(result);
             }
             Msg::Request(session, message) => self.handle_request(session, *message).await,
-            Msg::Closed(session, reason) => self.end_session(session, &reason, None).await,
+            Msg::Closed(session, reason) => {
+                self.end_session(session, &reason, Leave::Quietly).await;
+            }
             Msg::UpdatePermission {
                 room,
                 identity,
@@ -642,7 +667,7 @@ impl Service {
             self.end_session(
                 old,
                 "replaced by a new connection",
-                Some(lk::DisconnectReason::DuplicateIdentity),
+                Leave::Disconnect(lk::DisconnectReason::DuplicateIdentity),
             )
             .await;
         }
@@ -755,7 +780,7 @@ impl Service {
                 self.end_session(
                     session_id,
                     "media engine unavailable",
-                    Some(lk::DisconnectReason::JoinFailure),
+                    Leave::Disconnect(lk::DisconnectReason::JoinFailure),
                 )
                 .await;
                 return Ok(session_id);
@@ -779,14 +804,9 @@ impl Service {
         Ok(session_id)
     }
 
-    /// End a session: close its connections, remove the participant, tell the others. With
-    /// `reason`, the client is told to leave first.
-    async fn end_session(
-        &mut self,
-        session: SessionId,
-        why: &str,
-        reason: Option<lk::DisconnectReason>,
-    ) {
+    /// End a session: close its connections, remove the participant, tell the others. Unless
+    /// `leave` is [`Leave::Quietly`], the client is first told what to do next.
+    async fn end_session(&mut self, session: SessionId, why: &str, leave: Leave) {
         // Updates still queued for the tick reach the client before its leave.
         self.flush_updates(session);
         let Some(s) = self.sessions.remove(&session) else {
@@ -794,11 +814,18 @@ impl Service {
         };
         self.by_participant.remove(&s.participant);
         self.pending_updates.remove(&session);
+        let reason = leave.reason();
         if let Some(reason) = reason {
+            let rejoin = matches!(leave, Leave::Rejoin(_));
+            let action = if rejoin {
+                lk::leave_request::Action::Reconnect
+            } else {
+                lk::leave_request::Action::Disconnect
+            };
             let leave = lk::LeaveRequest {
-                can_reconnect: false,
+                can_reconnect: rejoin,
                 reason: reason as i32,
-                action: lk::leave_request::Action::Disconnect as i32,
+                action: action as i32,
                 ..Default::default()
             };
             let _ = s
@@ -838,6 +865,7 @@ impl Service {
         let Some(mut gone) = room.participants.remove(sid) else {
             return;
         };
+        room.speakers.remove(sid);
         if room.participants.is_empty() {
             room.emptied_ms = Some(now_ms());
         }
@@ -1106,7 +1134,7 @@ impl Service {
             self.end_session(
                 id,
                 "ping timeout",
-                Some(lk::DisconnectReason::ConnectionTimeout),
+                Leave::Rejoin(lk::DisconnectReason::ConnectionTimeout),
             )
             .await;
         }

@@ -7,7 +7,7 @@ use livekit_protocol::{signal_request, signal_response};
 use stoa_sfu::str0m::change::{SdpAnswer, SdpOffer};
 use stoa_sfu::{MediaLabel, Publish, SfuError, TrackId};
 
-use super::{Pc, Service, SessionId, now_ms, response};
+use super::{Leave, Pc, Service, SessionId, now_ms, response};
 use crate::room::Participant;
 
 impl Service {
@@ -31,7 +31,10 @@ impl Service {
             M::AddTrack(req) => self.add_track(session, req),
             M::Mute(req) => self.client_mute(session, &req.sid, req.muted).await,
             M::Subscription(update) => self.update_subscription(session, update).await,
-            M::Leave(_) => self.end_session(session, "client left", None).await,
+            M::Leave(_) => {
+                self.end_session(session, "client left", Leave::Quietly)
+                    .await
+            }
             M::Ping(ts) => self.pong(session, signal_response::Message::Pong(ts)),
             M::PingReq(ping) => {
                 let pong = lk::Pong {

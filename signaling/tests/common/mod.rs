@@ -48,6 +48,11 @@ pub struct Server {
 }
 
 pub async fn server() -> Server {
+    server_with(ServiceConfig::default()).await
+}
+
+/// A server with `config` (its observer replaced by one the test reads).
+pub async fn server_with(config: ServiceConfig) -> Server {
     let settings = SfuSettings {
         bind_ip: "127.0.0.1".parse().unwrap(),
         advertise_ip: "127.0.0.1".parse().unwrap(),
@@ -66,7 +71,7 @@ pub async fn server() -> Server {
     });
     let config = ServiceConfig {
         observer: Some(observer),
-        ..ServiceConfig::default()
+        ..config
     };
     let signaling = Signaling::start(config, sfu, events);
     let keys = Arc::new(ApiKeys::new([(KEY.to_owned(), SECRET.to_owned())]));
