@@ -325,7 +325,8 @@ pub struct SfuStats {
     pub rtp_forwarded: u64,
     /// Of `rtp_forwarded`, the packets the engine sealed itself (the fast path).
     pub rtp_forwarded_direct: u64,
-    /// Forwarded packets not sent because their SRTP index was already used (a duplicate).
+    /// Fast-path packets not sent because their SRTP index was already sealed (a duplicate)
+    /// or is more than 64 packets behind the newest, too old to tell.
     pub rtp_dropped_duplicate: u64,
     /// RTP packets dropped because the sender may not publish.
     pub rtp_dropped_unauthorized: u64,
@@ -353,7 +354,9 @@ pub struct Sfu {
     config: SfuConfig,
     rng: ChaCha20Rng,
     next_peer: u64,
-    peers: HashMap<PeerId, Peer>,
+    /// Boxed: a `Peer` holds its `Rtc` inline (kilobytes), and the fan-out loop looks up one
+    /// peer per subscriber and packet; with small buckets the table stays in cache.
+    peers: HashMap<PeerId, Box<Peer>>,
     by_addr: HashMap<SocketAddr, PeerId>,
     by_ufrag: HashMap<String, PeerId>,
     foreign_addrs: HashMap<SocketAddr, ShardId>,
@@ -963,7 +966,7 @@ impl Sfu {
         self.by_ufrag.insert(ufrag.clone(), id);
         self.peers.insert(
             id,
-            Peer {
+            Box::new(Peer {
                 id,
                 rtc,
                 publish: config.publish,
@@ -980,7 +983,7 @@ impl Sfu {
                 audio_mids: Vec::new(),
                 counters: PeerCounters::default(),
                 direct: DirectTx::new(keys),
-            },
+            }),
         );
         self.out.deadlines.insert((now, id));
         Ok(id)
@@ -1292,6 +1295,8 @@ impl Sfu {
                     }
                     _ => SendPath::Rtc,
                 };
+                let direct = matches!(s.path, SendPath::Direct(_));
+                tracing::debug!(peer = %peer, slot = slot.0, direct, "slot send path chosen");
             }
             if let SendPath::Direct(d) = &mut s.path {
                 // The fast path: header, seal, queue. str0m never sends on this SSRC.
