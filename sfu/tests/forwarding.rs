@@ -378,3 +378,39 @@ fn shards_relay_to_each_other() {
     sim.pump_events();
     assert_eq!(sim.shards[1].subscriber_count(track), 0);
 }
+
+/// The subscriber's sequence numbers cross 2^16, so the SRTP rollover counter becomes 1
+/// (RFC 3711 §3.3.1): the fast path's IV must carry it, or the listener stops decrypting.
+/// The publisher sends bursts to reach the wrap in about a minute of simulated time.
+#[test]
+fn fast_path_crosses_the_sequence_number_wrap() {
+    let (mut sim, publisher, subs) = room(12, 1);
+    let listener = subs[0];
+    // Any initial sequence number is below 2^15, so at most 2^16 + 2^15 packets are needed.
+    for _ in 0..4_000 {
+        let crossed = sim.clients[listener]
+            .heard
+            .last()
+            .is_some_and(|h| h.seq_no > 65_536 + 100);
+        if crossed {
+            break;
+        }
+        sim.run_for(Duration::from_millis(20), |s| {
+            for _ in 0..25 {
+                s.send_audio(publisher, 30);
+            }
+        });
+    }
+    let heard = &sim.clients[listener].heard;
+    let last = heard.last().unwrap();
+    assert!(
+        last.seq_no > 65_536 + 100,
+        "did not cross the wrap: {last:?}"
+    );
+    for w in heard.windows(2) {
+        assert_eq!(w[1].seq_no, w[0].seq_no + 1, "gap at {:?}", w[1]);
+        assert_eq!(w[1].index, w[0].index + 1);
+    }
+    let stats = sim.sfu().stats();
+    assert_eq!(stats.rtp_forwarded_direct, stats.rtp_forwarded);
+}
