@@ -102,7 +102,7 @@ pub enum FastPath {
     /// Seal forwarded packets directly where the connection's keys allow it (the default).
     #[default]
     Enabled,
-    /// Send every forwarded packet through str0m's own RTP path (about 4× the CPU per
+    /// Send every forwarded packet through str0m's own RTP path (about ten times the CPU per
     /// packet at hundreds of subscribers; for comparison and as a safety switch).
     Disabled,
 }

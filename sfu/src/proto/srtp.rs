@@ -10,7 +10,8 @@
 //! - **Key derivation.** RFC 5764 §4.2 splits the material into client key, server key, client
 //!   salt, server salt; the sending direction uses the client half when the engine is the DTLS
 //!   client. RFC 3711 §4.3 derives the session key (label 0x00) and salt (label 0x02) with the
-//!   AES-CM PRF, key derivation rate 0; RFC 7714 §11 uses the same KDF for AEAD-AES-GCM.
+//!   AES-CM PRF (AES-256 for 256-bit master keys), key derivation rate 0; RFC 7714 §11 keeps
+//!   that KDF for AEAD-AES-GCM.
 //! - **Sealing.** RFC 7714 §8: the IV is `(0x0000 || SSRC || ROC || SEQ) XOR salt`, the header
 //!   is the associated data, the tag (16 bytes) follows the ciphertext. The AES primitives are
 //!   the crypto provider's own (AES-ECB rounds for the KDF, AES-GCM for sealing).
@@ -199,8 +200,9 @@ impl DtlsInstance for CapturingDtls {
 /// (AES-128 or AES-256 by master key length), key derivation rate 0.
 ///
 /// The input block is `(master_salt XOR (label << 48)) * 2^16 + i`: the salt occupies the first
-/// 14 octets (a 12-octet GCM salt is zero-padded, as RFC 7714 §11 prescribes), the label sits in
-/// octet 7, the block counter in the last two.
+/// 14 octets (a 12-octet GCM master salt fills the first 12 and the next two stay zero, as the
+/// receiving SRTP stacks derive it), the label sits in octet 7, the block counter in the last
+/// two.
 fn derive(
     crypto: &CryptoProvider,
     master_key: &[u8],
