@@ -17,6 +17,9 @@
 //!
 //! Every method that takes `now` may be called at any time; `poll_output` must be drained
 //! until it returns [`Output::Timeout`] before blocking, and [`Sfu::take_datagrams`] emptied.
+//! The engine never reads a clock, never sleeps and draws randomness (ICE credentials, initial
+//! sequence numbers) only from the seed it is given, so a test with simulated time and a fixed
+//! seed is fully reproducible.
 //!
 //! # Forwarding fast path
 //!
@@ -26,9 +29,7 @@
 //! with AEAD-AES-GCM straight into a reusable buffer, [`Sfu::take_datagrams`]. str0m still
 //! runs ICE, DTLS, RTCP, SCTP and timers on their own schedule. A slot whose connection
 //! negotiated AES-CM-SHA1-80, or whose keys or route are unknown, uses str0m's path instead
-//! ([`FastPath`]). The engine never reads a clock, never
-//! sleeps and draws randomness (ICE credentials, initial sequence numbers) only from the seed
-//! it is given, so a test with simulated time and a fixed seed is fully reproducible.
+//! ([`FastPath`]).
 //!
 //! # Errors versus bugs
 //!
