@@ -55,7 +55,9 @@ pub const SFU_BYTES_SENT: &str = "sfu_bytes_sent_total";
 pub const SFU_FORWARDING_SECONDS: &str = "sfu_forwarding_seconds";
 /// Time from a join to the participant's media connection being up (histogram).
 pub const SIGNALING_JOIN_SECONDS: &str = "signaling_join_seconds";
-/// RTP packets dropped, by `reason` = `unauthorized` | `muted` (counter).
+/// Of the forwarded packets, those the engine sealed itself: the forwarding fast path (counter).
+pub const SFU_RTP_FORWARDED_DIRECT: &str = "sfu_rtp_packets_forwarded_direct_total";
+/// RTP packets dropped, by `reason` = `unauthorized` | `muted` | `duplicate` (counter).
 pub const SFU_RTP_DROPPED: &str = "sfu_rtp_packets_dropped_total";
 /// UDP datagrams that matched no peer (counter).
 pub const SFU_DATAGRAMS_UNKNOWN: &str = "sfu_datagrams_unknown_total";
@@ -112,9 +114,14 @@ pub fn describe() {
         "RTP packets written to subscribers"
     );
     describe_counter!(
+        SFU_RTP_FORWARDED_DIRECT,
+        Unit::Count,
+        "RTP packets sealed by the engine's forwarding fast path (part of those forwarded)"
+    );
+    describe_counter!(
         SFU_RTP_DROPPED,
         Unit::Count,
-        "RTP packets dropped, by reason (unauthorized, muted)"
+        "RTP packets dropped, by reason (unauthorized, muted, duplicate)"
     );
     describe_counter!(
         SFU_DATAGRAMS_UNKNOWN,
@@ -226,6 +233,8 @@ pub fn record(snapshot: &Snapshot) {
             sum.rtp_in += s.rtp_in;
             sum.rtp_forwarded += s.rtp_forwarded;
             sum.rtp_lost += s.rtp_lost;
+            sum.rtp_forwarded_direct += s.rtp_forwarded_direct;
+            sum.rtp_dropped_duplicate += s.rtp_dropped_duplicate;
             sum.rtp_dropped_unauthorized += s.rtp_dropped_unauthorized;
             sum.rtp_dropped_muted += s.rtp_dropped_muted;
             sum.datagrams_unknown += s.datagrams_unknown;
@@ -241,6 +250,8 @@ pub fn record(snapshot: &Snapshot) {
         counter!(SFU_RTP_DROPPED, "reason" => "unauthorized")
             .absolute(total.rtp_dropped_unauthorized);
         counter!(SFU_RTP_DROPPED, "reason" => "muted").absolute(total.rtp_dropped_muted);
+        counter!(SFU_RTP_FORWARDED_DIRECT).absolute(total.rtp_forwarded_direct);
+        counter!(SFU_RTP_DROPPED, "reason" => "duplicate").absolute(total.rtp_dropped_duplicate);
         counter!(SFU_DATAGRAMS_UNKNOWN).absolute(total.datagrams_unknown);
         counter!(SFU_OFFERS_REFUSED).absolute(total.offers_refused);
     }
@@ -306,6 +317,8 @@ mod tests {
             tracks: 1,
             rtp_in: 10,
             rtp_forwarded: 30,
+            rtp_forwarded_direct: 25,
+            rtp_dropped_duplicate: 3,
             rtp_dropped_unauthorized: 1,
             rtp_dropped_muted: 2,
             rtp_lost: 3,
@@ -353,6 +366,8 @@ mod tests {
             "sfu_bytes_sent_total 900",
             "sfu_rtp_packets_dropped_total{reason=\"unauthorized\"} 2",
             "sfu_rtp_packets_dropped_total{reason=\"muted\"} 4",
+            "sfu_rtp_packets_forwarded_direct_total 50",
+            "sfu_rtp_packets_dropped_total{reason=\"duplicate\"} 6",
             "signaling_webhook_events_total{outcome=\"delivered\"} 4",
             "signaling_webhook_events_total{outcome=\"failed\"} 5",
             "signaling_webhook_events_total{outcome=\"dropped\"} 6",

@@ -9,8 +9,10 @@
 //!
 //! - **stoa**: one publisher and K subscribers connected to one engine shard (real ICE, DTLS,
 //!   SRTP, on an in-memory network); per packet: the publisher's SRTP datagram goes through
-//!   `Sfu::handle_receive`, then `poll_output` is drained (K SRTP datagrams out, not sent).
-//!   Reported per forwarded packet (÷ K). User space only: the core makes no system calls.
+//!   `Sfu::handle_receive`, then `poll_output` is drained and `take_datagrams` taken (K SRTP
+//!   datagrams out, not sent). Reported per forwarded packet (÷ K). User space only: the core
+//!   makes no system calls. `STOA_BENCH_FAST_PATH=off` measures the engine with its fast path
+//!   disabled (every packet through str0m's send path).
 //! - **str0m**: the stock str0m send path for the same K streams: K sender `Rtc`s in frame mode,
 //!   each `Writer::write` of the same Opus payload and a drain of `poll_output` (as measured in
 //!   reference/performance-anchors.md §4.3).
@@ -19,7 +21,9 @@
 //!   costs per packet on this machine.
 //!
 //! Listener-streams per core = 1 s / (stoa + kernel per packet) / 50 packets per second.
-//! Every loop is bounded by the given counts; nothing leaves 127.0.0.1.
+//! Every loop is bounded by the given counts; nothing leaves 127.0.0.1. Keep PACKETS × 20 ms
+//! under about 15 s: the simulated listeners send no ICE checks while packets are measured, so
+//! their ICE-lite pairs expire after 15 s.
 #![allow(clippy::unwrap_used, clippy::disallowed_methods, clippy::print_stdout)]
 
 use std::io::IoSlice;
@@ -35,7 +39,8 @@ use stoa_sfu::str0m::net::{Protocol, Receive};
 use stoa_sfu::str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
 use stoa_sfu::str0m::{Candidate, Event as RtcEvent, Input, Output as RtcOutput, Rtc, RtcConfig};
 use stoa_sfu::{
-    Event, MediaLabel, Output, PeerConfig, PeerId, Publish, Sfu, SfuConfig, ShardId, TrackId,
+    Datagrams, Event, FastPath, MediaLabel, Output, PeerConfig, PeerId, Publish, Sfu, SfuConfig,
+    ShardId, TrackId,
 };
 
 const SFU_ADDR: &str = "127.0.0.1:7882";
@@ -98,13 +103,17 @@ struct StoaRoom {
     track: TrackId,
     /// Packets the publisher sent so far (its sequence numbers continue across runs).
     sent: u32,
+    /// Where the engine's fast path leaves sealed datagrams (reused, as the shell does).
+    sealed: Datagrams,
 }
 
 impl StoaRoom {
-    fn new(k: usize) -> Self {
+    fn new(k: usize, fast_path: FastPath) -> Self {
         let start = Instant::now();
         let sfu_addr: SocketAddr = SFU_ADDR.parse().unwrap();
-        let mut sfu = Sfu::new(SfuConfig::new(ShardId(0), [9; 32]), start);
+        let mut config = SfuConfig::new(ShardId(0), [9; 32]);
+        config.fast_path = fast_path;
+        let mut sfu = Sfu::new(config, start);
         let config = |publish| PeerConfig {
             candidates: vec![sfu_addr],
             publish,
@@ -136,6 +145,7 @@ impl StoaRoom {
             subs: Vec::new(),
             track: TrackId { peer, mid },
             sent: 0,
+            sealed: Datagrams::default(),
         };
         for i in 0..k {
             let mut c = client(start, i + 1, true);
@@ -214,6 +224,11 @@ impl StoaRoom {
                     Output::Event(_) | Output::Relay(_) => {}
                 }
             }
+            self.sfu.take_datagrams(&mut self.sealed);
+            for d in self.sealed.iter() {
+                to_clients.push((d.destination, d.contents.to_vec()));
+            }
+            self.sealed.clear();
             for (dst, data) in to_clients {
                 if let Some(i) = self.index_of(dst) {
                     let c = self.client_mut(i);
@@ -278,6 +293,11 @@ impl StoaRoom {
                     _ => {}
                 }
             }
+            // What the shell does next: take the fast path's datagrams (a buffer swap), hand
+            // them to sendmmsg (not here), and reuse the buffer.
+            self.sfu.take_datagrams(&mut self.sealed);
+            sent += self.sealed.iter().map(|d| d.contents.len()).sum::<usize>();
+            self.sealed.clear();
             cpu += thread_cpu() - t0;
             std::hint::black_box(sent);
         }
@@ -446,8 +466,12 @@ fn main() {
         "| subscribers | stoa ns/pkt (user) | stock str0m ns/pkt | stoa / str0m | kernel sendmmsg ns/pkt | stoa / kernel | listener-streams per core |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
+    let fast_path = match std::env::var("STOA_BENCH_FAST_PATH").as_deref() {
+        Ok("off") => FastPath::Disabled,
+        _ => FastPath::Enabled,
+    };
     for k in counts {
-        let mut room = StoaRoom::new(k);
+        let mut room = StoaRoom::new(k, fast_path);
         // Warm up caches and str0m's internal state, then measure.
         room.measure(10);
         let (cpu, forwarded) = room.measure(packets);
@@ -457,6 +481,12 @@ fn main() {
             "every packet must reach every subscriber"
         );
         let room_stats = room.sfu.stats();
+        if fast_path == FastPath::Enabled {
+            assert_eq!(
+                room_stats.rtp_forwarded_direct, room_stats.rtp_forwarded,
+                "every packet must take the fast path"
+            );
+        }
         drop(room);
         let stoa = cpu.as_nanos() as f64 / forwarded as f64;
         if std::env::var("STOA_BENCH_ONLY_STOA").is_ok() {

@@ -12,6 +12,10 @@
 //! - `shell` (feature `runtime`, on by default) runs one core per CPU core over UDP sockets
 //!   sharing a port (`SO_REUSEPORT`), relays packets between shards by message and batches
 //!   sends with `sendmmsg`.
+//!
+//! Forwarded packets take a fast path: the engine captures each connection's DTLS-SRTP keys
+//! through str0m's pluggable crypto and seals rewritten RTP itself into a reusable buffer
+//! ([`Sfu::take_datagrams`]), leaving ICE, DTLS, RTCP and data channels to str0m.
 #![deny(missing_docs)]
 
 pub mod proto;
@@ -19,7 +23,8 @@ pub mod proto;
 pub mod shell;
 
 pub use proto::{
-    Event, MediaLabel, MediaPacket, Output, PeerConfig, PeerId, Publish, Relay, RelayMsg, Routed,
-    Sfu, SfuConfig, SfuError, SfuStats, ShardId, SlotId, TrackId, UnpublishReason,
+    Datagram, Datagrams, Event, FastPath, MediaLabel, MediaPacket, Output, PeerConfig, PeerId,
+    Publish, Relay, RelayMsg, Routed, Sfu, SfuConfig, SfuError, SfuStats, ShardId, SlotId, TrackId,
+    UnpublishReason,
 };
 pub use str0m;

@@ -7,13 +7,17 @@ use std::time::Duration;
 
 use common::{Sim, assert_rewrite_consistent};
 use netem::{NetemConfig, Probability, RandomLoss};
-use stoa_sfu::{Publish, SfuError};
+use stoa_sfu::{FastPath, Publish, SfuError};
 
 const SEC: Duration = Duration::from_secs(1);
 
 /// One publisher, `n` subscribers, all connected and subscribed.
 fn room(seed: u64, n: usize) -> (Sim, usize, Vec<usize>) {
-    let mut sim = Sim::new(seed);
+    room_with(seed, n, FastPath::Enabled)
+}
+
+fn room_with(seed: u64, n: usize, fast_path: FastPath) -> (Sim, usize, Vec<usize>) {
+    let mut sim = Sim::with_config(seed, 1, fast_path);
     let publisher = sim.join_publisher("alice", Publish::Allow).unwrap();
     let subs: Vec<usize> = (0..n)
         .map(|i| sim.join_subscriber(&format!("sub{i}")))
@@ -53,6 +57,47 @@ fn every_packet_reaches_every_subscriber_in_order() {
     assert_eq!(stats.rtp_in, 100);
     assert_eq!(stats.rtp_forwarded, 300);
     assert_eq!(stats.rtp_lost, 0);
+    // The str0m clients decrypted every packet: the engine's own sealing is right.
+    assert_eq!(stats.rtp_forwarded_direct, 300, "fast path not used");
+    assert_eq!(stats.rtp_dropped_duplicate, 0);
+}
+
+#[test]
+fn fallback_path_delivers_the_same_stream() {
+    let (mut sim, publisher, subs) = room_with(1, 3, FastPath::Disabled);
+    sim.run_for(2 * SEC, |s| s.send_audio(publisher, 30));
+    let sent = sim.clients[publisher].sent;
+    for &s in &subs {
+        let heard = &sim.clients[s].heard;
+        let indexes: Vec<u32> = heard.iter().map(|h| h.index).collect();
+        assert_eq!(indexes, (0..sent).collect::<Vec<_>>());
+        assert_rewrite_consistent(heard);
+        assert!(heard.iter().all(|h| h.audio_level == Some(-30)));
+    }
+    let stats = sim.sfu().stats();
+    assert_eq!(stats.rtp_forwarded, 300);
+    assert_eq!(
+        stats.rtp_forwarded_direct, 0,
+        "fallback must not seal directly"
+    );
+}
+
+/// A long talk: str0m's own RTCP (sender reports for the slot's SSRC, receiver reports back)
+/// runs beside the fast path for many report intervals without disturbing the stream.
+#[test]
+fn fast_path_stream_survives_rtcp_and_timers() {
+    let (mut sim, publisher, subs) = room(11, 2);
+    sim.run_for(20 * SEC, |s| s.send_audio(publisher, 20));
+    let sent = sim.clients[publisher].sent;
+    assert_eq!(sent, 1000);
+    for &s in &subs {
+        let heard = &sim.clients[s].heard;
+        assert_eq!(heard.len(), 1000, "subscriber {s} lost packets");
+        assert_rewrite_consistent(heard);
+        assert!(heard.iter().all(|h| h.ssrc == heard[0].ssrc));
+    }
+    assert_eq!(sim.sfu().stats().rtp_forwarded_direct, 2000);
+    assert!(sim.all_connected(), "a connection dropped");
 }
 
 #[test]
@@ -81,6 +126,8 @@ fn server_mute_and_unmute_keep_the_stream_continuous() {
         sim.sfu().stats().rtp_dropped_muted >= 45,
         "muted packets not dropped"
     );
+    let stats = sim.sfu().stats();
+    assert_eq!(stats.rtp_forwarded_direct, stats.rtp_forwarded);
     let heard = &sim.clients[subs[0]].heard;
     assert!(
         heard.len() < 160 && heard.len() > during,
@@ -141,6 +188,8 @@ fn publisher_rejoin_continues_the_subscriber_stream() {
             .iter()
             .all(|h| h.publisher == again as u8)
     );
+    let stats = sim.sfu().stats();
+    assert_eq!(stats.rtp_forwarded_direct, stats.rtp_forwarded);
 }
 
 #[test]
@@ -340,4 +389,40 @@ fn shards_relay_to_each_other() {
     sim.shards[0].close_peer(now, p).unwrap();
     sim.pump_events();
     assert_eq!(sim.shards[1].subscriber_count(track), 0);
+}
+
+/// The subscriber's sequence numbers cross 2^16, so the SRTP rollover counter becomes 1
+/// (RFC 3711 §3.3.1): the fast path's IV must carry it, or the listener stops decrypting.
+/// The publisher sends bursts to reach the wrap in about a minute of simulated time.
+#[test]
+fn fast_path_crosses_the_sequence_number_wrap() {
+    let (mut sim, publisher, subs) = room(12, 1);
+    let listener = subs[0];
+    // Any initial sequence number is below 2^15, so at most 2^16 + 2^15 packets are needed.
+    for _ in 0..4_000 {
+        let crossed = sim.clients[listener]
+            .heard
+            .last()
+            .is_some_and(|h| h.seq_no > 65_536 + 100);
+        if crossed {
+            break;
+        }
+        sim.run_for(Duration::from_millis(20), |s| {
+            for _ in 0..25 {
+                s.send_audio(publisher, 30);
+            }
+        });
+    }
+    let heard = &sim.clients[listener].heard;
+    let last = heard.last().unwrap();
+    assert!(
+        last.seq_no > 65_536 + 100,
+        "did not cross the wrap: {last:?}"
+    );
+    for w in heard.windows(2) {
+        assert_eq!(w[1].seq_no, w[0].seq_no + 1, "gap at {:?}", w[1]);
+        assert_eq!(w[1].index, w[0].index + 1);
+    }
+    let stats = sim.sfu().stats();
+    assert_eq!(stats.rtp_forwarded_direct, stats.rtp_forwarded);
 }

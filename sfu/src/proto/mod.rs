@@ -8,16 +8,28 @@
 //!         Output::Transmit(t) => send t.contents from t.source to t.destination,
 //!         Output::Event(e)    => hand to signaling,
 //!         Output::Relay(r)    => deliver to shard r.to via handle_relay,
-//!         Output::Timeout(t)  => wait for a datagram, a command or t, then call
+//!         Output::Timeout(t)  => sfu.take_datagrams(&mut queue) and send the queue,
+//!                                wait for a datagram, a command or t, then call
 //!                                handle_receive / a command / handle_timeout(now),
 //!     }
 //! }
 //! ```
 //!
 //! Every method that takes `now` may be called at any time; `poll_output` must be drained
-//! until it returns [`Output::Timeout`] before blocking. The engine never reads a clock, never
-//! sleeps and draws randomness (ICE credentials, initial sequence numbers) only from the seed
-//! it is given, so a test with simulated time and a fixed seed is fully reproducible.
+//! until it returns [`Output::Timeout`] before blocking, and [`Sfu::take_datagrams`] emptied.
+//! The engine never reads a clock, never sleeps and draws randomness (ICE credentials, initial
+//! sequence numbers) only from the seed it is given, so a test with simulated time and a fixed
+//! seed is fully reproducible.
+//!
+//! # Forwarding fast path
+//!
+//! Forwarded audio does not go through str0m's send path (a write, a timer run, the pacer and
+//! a full poll of the subscriber's `Rtc` per packet). The engine captures each connection's
+//! DTLS-SRTP keys (see `srtp`), writes the rewritten RTP header itself and seals the packet
+//! with AEAD-AES-GCM straight into a reusable buffer, [`Sfu::take_datagrams`]. str0m still
+//! runs ICE, DTLS, RTCP, SCTP and timers on their own schedule. A slot whose connection
+//! negotiated AES-CM-SHA1-80, or whose keys or route are unknown, uses str0m's path instead
+//! ([`FastPath`]).
 //!
 //! # Errors versus bugs
 //!
@@ -26,10 +38,13 @@
 //! about unknown peers return [`SfuError`]. A peer whose `Rtc` fails is closed and reported
 //! as [`Event::Disconnected`]; other peers are untouched.
 
+mod datagrams;
 pub mod forwarder;
 pub mod id;
 mod peer;
 pub mod speaker;
+mod srtp;
+mod track;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -40,6 +55,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::channel::ChannelId;
+use str0m::crypto::CryptoProvider;
 use str0m::ice::{IceCreds, StunMessage};
 use str0m::media::{Direction, MediaKind, Mid};
 use str0m::net::{Protocol, Receive, Transmit};
@@ -48,11 +64,14 @@ use str0m::{
     Candidate, Event as RtcEvent, IceConnectionState, Input, Output as RtcOutput, RtcConfig,
 };
 
+pub use datagrams::{Datagram, Datagrams};
 use forwarder::{Rewriter, SourceKey};
 pub use id::{MediaLabel, PeerId, ShardId, TrackId};
-use peer::{Negotiation, Peer, PeerCounters, Slot};
+use peer::{DirectTx, Negotiation, Peer, PeerCounters, SendPath, Slot};
 pub use peer::{Publish, SlotId};
 use speaker::{SpeakerConfig, SpeakerDetector, SpeakerLevel};
+use srtp::{GCM_TAG_LEN, MAX_HEADER_LEN, RtpHeaderOut};
+use track::Track;
 
 /// Length of the ICE username fragments the engine hands out. The first two characters carry
 /// the owning shard (hex), so any shard can route a STUN request without a shared table.
@@ -76,6 +95,19 @@ pub struct SfuConfig {
     pub speaker: SpeakerConfig,
     /// How often str0m reports per-peer statistics ([`Event::PeerStats`]); `None` for never.
     pub stats_interval: Option<Duration>,
+    /// Whether forwarded packets are sealed by the engine (see the module docs).
+    pub fast_path: FastPath,
+}
+
+/// Whether the engine seals forwarded packets itself or hands each one to str0m.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FastPath {
+    /// Seal forwarded packets directly where the connection's keys allow it (the default).
+    #[default]
+    Enabled,
+    /// Send every forwarded packet through str0m's own RTP path (about ten times the CPU per
+    /// packet at hundreds of subscribers; for comparison and as a safety switch).
+    Disabled,
 }
 
 impl SfuConfig {
@@ -86,6 +118,7 @@ impl SfuConfig {
             seed,
             speaker: SpeakerConfig::default(),
             stats_interval: None,
+            fast_path: FastPath::Enabled,
         }
     }
 }
@@ -295,6 +328,11 @@ pub struct SfuStats {
     pub rtp_forwarded: u64,
     /// RTP packets publishers sent that never arrived (gaps in their sequence numbers).
     pub rtp_lost: u64,
+    /// Of `rtp_forwarded`, the packets the engine sealed itself (the fast path).
+    pub rtp_forwarded_direct: u64,
+    /// Fast-path packets not sent because their SRTP index was already sealed (a duplicate)
+    /// or is more than 64 packets behind the newest, too old to tell.
+    pub rtp_dropped_duplicate: u64,
     /// RTP packets dropped because the sender may not publish.
     pub rtp_dropped_unauthorized: u64,
     /// RTP packets dropped because their track is muted by the server.
@@ -307,47 +345,14 @@ pub struct SfuStats {
     pub rtc_timeouts: u64,
 }
 
-#[derive(Debug)]
-struct Track {
-    label: MediaLabel,
-    muted: bool,
-    epoch: u64,
-    /// Other shards with subscribers.
-    relays: Vec<ShardId>,
-    /// SSRC and extended sequence number of the newest packet received.
-    newest: Option<(u32, u64)>,
-}
-
-/// Most packets one gap counts as lost; a larger jump is a restarted sender, not loss.
-const MAX_COUNTED_GAP: u64 = 1_000;
-
-impl Track {
-    /// Notes packet `seq` of `ssrc`; returns how many packets before it never arrived.
-    fn lost_before(&mut self, ssrc: u32, seq: u64) -> u64 {
-        match self.newest {
-            Some((s, newest)) if s == ssrc => {
-                if seq <= newest {
-                    // Late or repeated: it filled (part of) a gap already counted.
-                    return 0;
-                }
-                self.newest = Some((ssrc, seq));
-                let gap = seq - newest - 1;
-                if gap > MAX_COUNTED_GAP { 0 } else { gap }
-            }
-            _ => {
-                self.newest = Some((ssrc, seq));
-                0
-            }
-        }
-    }
-}
-
 /// The engine for one shard. See the [module documentation](self).
 pub struct Sfu {
     config: SfuConfig,
     rng: ChaCha20Rng,
     next_peer: u64,
-    peers: HashMap<PeerId, Peer>,
+    /// Boxed: a `Peer` holds its `Rtc` inline (kilobytes), and the fan-out loop looks up one
+    /// peer per subscriber and packet; with small buckets the table stays in cache.
+    peers: HashMap<PeerId, Box<Peer>>,
     by_addr: HashMap<SocketAddr, PeerId>,
     by_ufrag: HashMap<String, PeerId>,
     foreign_addrs: HashMap<SocketAddr, ShardId>,
@@ -362,6 +367,10 @@ pub struct Sfu {
     stats: SfuStats,
     /// The latest instant seen, for the idle wake-up.
     last_now: Instant,
+    /// str0m's crypto with a DTLS factory that hands the engine each connection's SRTP keys.
+    crypto: Arc<CryptoProvider>,
+    /// Packets sealed by the fast path, waiting for [`Sfu::take_datagrams`].
+    datagrams: Datagrams,
 }
 
 /// What draining peers' `Rtc`s produces: their next deadlines, datagrams to send, str0m events
@@ -391,7 +400,10 @@ impl Drained {
                     self.deadlines.insert((t, peer));
                     break;
                 }
-                Ok(RtcOutput::Transmit(t)) => self.transmits.push_back(t),
+                Ok(RtcOutput::Transmit(t)) => {
+                    p.direct.observe(&t);
+                    self.transmits.push_back(t);
+                }
                 Ok(RtcOutput::Event(e)) => self.rtc_events.push_back((peer, e)),
                 Err(e) => {
                     tracing::debug!(peer = %peer, error = %e, "rtc failed");
@@ -432,6 +444,8 @@ impl Sfu {
             relays: VecDeque::new(),
             stats: SfuStats::default(),
             last_now: now,
+            crypto: srtp::capturing_provider(),
+            datagrams: Datagrams::default(),
         }
     }
 
@@ -682,6 +696,7 @@ impl Sfu {
             source: None,
             rewriter: Rewriter::new(initial_seq, initial_ts),
             negotiated: false,
+            path: SendPath::Undecided,
         });
         p.negotiation.queued.push(id);
         self.renegotiate(peer);
@@ -843,6 +858,14 @@ impl Sfu {
         self.process(now);
     }
 
+    /// Move the datagrams sealed by the forwarding fast path to the end of `queue` (swapping
+    /// buffers when `queue` is empty, so nothing is copied in the common case). Call after
+    /// draining [`Sfu::poll_output`]; the datagrams are not also returned as
+    /// [`Output::Transmit`].
+    pub fn take_datagrams(&mut self, queue: &mut Datagrams) {
+        queue.append(&mut self.datagrams);
+    }
+
     /// The next output. Drain until [`Output::Timeout`].
     pub fn poll_output(&mut self) -> Output {
         if let Some(t) = self.out.transmits.pop_front() {
@@ -918,6 +941,7 @@ impl Sfu {
         );
         let pass = self.random_token(24);
         let mut rtc_config = RtcConfig::new()
+            .set_crypto_provider(self.crypto.clone())
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .clear_codecs()
@@ -929,7 +953,7 @@ impl Sfu {
             });
         // Opus FEC on, DTX allowed: what LiveKit answers too.
         rtc_config = rtc_config.set_reordering_size_audio(0);
-        let mut rtc = rtc_config.build(now);
+        let (mut rtc, keys) = srtp::build_rtc(rtc_config, now);
         for addr in &config.candidates {
             let cand =
                 Candidate::host(*addr, "udp").map_err(|e| SfuError::BadCandidate(e.to_string()))?;
@@ -938,7 +962,7 @@ impl Sfu {
         self.by_ufrag.insert(ufrag.clone(), id);
         self.peers.insert(
             id,
-            Peer {
+            Box::new(Peer {
                 id,
                 rtc,
                 publish: config.publish,
@@ -954,7 +978,8 @@ impl Sfu {
                 addrs: Vec::new(),
                 audio_mids: Vec::new(),
                 counters: PeerCounters::default(),
-            },
+                direct: DirectTx::new(keys),
+            }),
         );
         self.out.deadlines.insert((now, id));
         Ok(id)
@@ -1236,10 +1261,9 @@ impl Sfu {
             ssrc: packet.ssrc,
             epoch: packet.epoch,
         };
-        let ext = ExtensionValues {
-            audio_level: packet.audio_level,
-            voice_activity: packet.voice_activity,
-            ..Default::default()
+        let level = match (packet.audio_level, packet.voice_activity) {
+            (Some(l), Some(v)) => Some(srtp::audio_level_octet(l, v)),
+            _ => None,
         };
         for &(peer, slot) in subs {
             let Some(p) = self.peers.get_mut(&peer) else {
@@ -1260,9 +1284,69 @@ impl Sfu {
             else {
                 continue;
             };
+            if matches!(s.path, SendPath::Undecided) {
+                s.path = match self.config.fast_path {
+                    FastPath::Enabled
+                        if p.direct.route.is_some() && p.direct.sealer(&self.crypto).is_some() =>
+                    {
+                        peer::direct_slot(&mut p.rtc, mid).map_or(SendPath::Rtc, SendPath::Direct)
+                    }
+                    _ => SendPath::Rtc,
+                };
+                let direct = matches!(s.path, SendPath::Direct(_));
+                tracing::debug!(peer = %peer, slot = slot.0, direct, "slot send path chosen");
+            }
+            if let SendPath::Direct(d) = &mut s.path {
+                // The fast path: header, seal, queue. str0m never sends on this SSRC.
+                let (Some((local, remote)), Some(sealer)) =
+                    (p.direct.route, p.direct.sealer(&self.crypto))
+                else {
+                    continue;
+                };
+                // SRTP indices are 48 bits (RFC 3711 §3.3.1); the rewriter starts below 2^15.
+                let index = out.seq_no & 0xffff_ffff_ffff;
+                if !d.sealed.claim(index) {
+                    self.stats.rtp_dropped_duplicate += 1;
+                    continue;
+                }
+                let header = RtpHeaderOut {
+                    payload_type: *pt,
+                    marker: packet.marker,
+                    seq: out.seq_no as u16,
+                    timestamp: out.timestamp,
+                    ssrc: d.ssrc,
+                    audio_level: d.audio_level_id.zip(level),
+                    mid: d.mid_ext.as_ref().map(|(id, m, len)| (*id, &m[..*len])),
+                };
+                let payload = &packet.payload[..];
+                let ssrc = d.ssrc;
+                let sent = self.datagrams.push_with(
+                    local,
+                    remote,
+                    MAX_HEADER_LEN + payload.len() + GCM_TAG_LEN,
+                    |buf| {
+                        let header_len = srtp::write_header(buf, &header);
+                        let len = header_len + payload.len() + GCM_TAG_LEN;
+                        sealer
+                            .seal(&mut buf[..len], header_len, payload, ssrc, index)
+                            .ok()?;
+                        Some(len)
+                    },
+                );
+                if sent {
+                    self.stats.rtp_forwarded += 1;
+                    self.stats.rtp_forwarded_direct += 1;
+                }
+                continue;
+            }
             let mut api = p.rtc.direct_api();
             let Some(tx) = api.stream_tx_by_mid(mid, None) else {
                 continue;
+            };
+            let ext = ExtensionValues {
+                audio_level: packet.audio_level,
+                voice_activity: packet.voice_activity,
+                ..Default::default()
             };
             let write = RtpWrite::new(
                 pt,
@@ -1272,7 +1356,7 @@ impl Sfu {
                 packet.payload.clone(),
             )
             .marker(packet.marker)
-            .ext_vals(ext.clone());
+            .ext_vals(ext);
             tx.write_rtp(write);
             self.stats.rtp_forwarded += 1;
             // str0m sends a written packet on its next timer run (it answers the write with

@@ -7,12 +7,15 @@ use std::time::Instant;
 
 use str0m::Rtc;
 use str0m::change::SdpPendingOffer;
+use str0m::crypto::CryptoProvider;
 use str0m::format::Codec;
 use str0m::media::{Mid, Pt};
-use str0m::rtp::Ssrc;
+use str0m::net::{Protocol, Transmit};
+use str0m::rtp::{Extension, Ssrc};
 
 use super::forwarder::Rewriter;
 use super::id::{MediaLabel, PeerId, TrackId};
+use super::srtp::{KeySlot, SealedIndices, Sealer};
 
 /// Whether a peer may send media into the engine. Enforced in the engine, not trusted to the
 /// client: offers with send sections are refused and RTP is dropped.
@@ -39,6 +42,125 @@ pub(crate) struct Slot {
     pub rewriter: Rewriter,
     /// Set when the subscriber's answer for the m-line was applied.
     pub negotiated: bool,
+    /// How the slot's packets are sent; chosen at its first forwarded packet.
+    pub path: SendPath,
+}
+
+/// How a slot's packets reach the subscriber. Chosen once, at the slot's first forwarded
+/// packet, and then kept: one SSRC never has two senders, so an SRTP index is never sealed
+/// twice under the same key and sequence numbers never interleave.
+#[derive(Debug, Default)]
+pub(crate) enum SendPath {
+    /// Nothing forwarded yet.
+    #[default]
+    Undecided,
+    /// The engine writes and seals the packets itself (the fast path).
+    Direct(DirectSlot),
+    /// str0m's own RTP send path (`StreamTx::write_rtp` and a timer run): the fallback.
+    Rtc,
+}
+
+/// What the fast path needs to know about one slot.
+#[derive(Debug)]
+pub(crate) struct DirectSlot {
+    /// The SSRC str0m announced for the slot's m-line.
+    pub ssrc: u32,
+    /// Negotiated one-byte extension id of the RFC 6464 audio level.
+    pub audio_level_id: Option<u8>,
+    /// Negotiated one-byte extension id of the MID (RFC 8843 §15.2) and the mid's octets.
+    pub mid_ext: Option<(u8, [u8; 16], usize)>,
+    /// SRTP indices sealed so far.
+    pub sealed: SealedIndices,
+}
+
+/// The fast path's per-connection state: the DTLS keys, the sealer derived from them and the
+/// address str0m sends to.
+#[derive(Debug)]
+pub(crate) struct DirectTx {
+    /// Filled by the DTLS handshake.
+    pub keys: KeySlot,
+    pub sealer: SealerState,
+    /// (local, remote) of the nominated UDP pair, learned from str0m's own DTLS/SRTP sends.
+    pub route: Option<(SocketAddr, SocketAddr)>,
+}
+
+#[derive(Debug)]
+pub(crate) enum SealerState {
+    /// No keys yet.
+    Waiting,
+    Ready(Sealer),
+    /// A profile the fast path does not implement: slots use str0m's path.
+    Unsupported,
+}
+
+impl DirectTx {
+    pub fn new(keys: KeySlot) -> Self {
+        DirectTx {
+            keys,
+            sealer: SealerState::Waiting,
+            route: None,
+        }
+    }
+
+    /// Note where str0m sends. STUN answers go wherever a check came from, but DTLS, SRTP and
+    /// SRTCP go only to the nominated pair (RFC 7983 §7 tells them apart by the first octet).
+    pub fn observe(&mut self, t: &Transmit) {
+        let Some(&first) = t.contents.first() else {
+            return;
+        };
+        if (20..=63).contains(&first) || (128..=191).contains(&first) {
+            self.route = (t.proto == Protocol::Udp).then_some((t.source, t.destination));
+        }
+    }
+
+    /// The sealer, derived from the keys on first use.
+    pub fn sealer(&mut self, crypto: &CryptoProvider) -> Option<&mut Sealer> {
+        if matches!(self.sealer, SealerState::Waiting)
+            && let Some(keys) = self.keys.get()
+        {
+            self.sealer = match Sealer::from_keys(crypto, keys) {
+                Some(s) => SealerState::Ready(s),
+                None => SealerState::Unsupported,
+            };
+        }
+        match &mut self.sealer {
+            SealerState::Ready(s) => Some(s),
+            SealerState::Waiting | SealerState::Unsupported => None,
+        }
+    }
+}
+
+/// The fast path's view of a slot's m-line, or `None` if it cannot send on it (no stream,
+/// or an extension id that needs the two-byte form).
+pub(crate) fn direct_slot(rtc: &mut Rtc, mid: Mid) -> Option<DirectSlot> {
+    let ssrc = *rtc.direct_api().stream_tx_by_mid(mid, None)?.ssrc();
+    let exts = rtc.media(mid)?.remote_extmap();
+    // One-byte header extensions carry ids 1..=14 (RFC 8285 §4.2).
+    let one_byte = |e: Extension| match exts.id_of(e) {
+        None => Some(None),
+        Some(id @ 1..=14) => Some(Some(id)),
+        Some(_) => None,
+    };
+    let audio_level_id = one_byte(Extension::AudioLevel)?;
+    let mid_ext = match one_byte(Extension::RtpMid)? {
+        Some(id) => {
+            let m: &str = &mid;
+            let len = m.len();
+            if !(1..=16).contains(&len) {
+                return None;
+            }
+            let mut bytes = [0u8; 16];
+            bytes[..len].copy_from_slice(m.as_bytes());
+            Some((id, bytes, len))
+        }
+        None => None,
+    };
+    Some(DirectSlot {
+        ssrc,
+        audio_level_id,
+        mid_ext,
+        sealed: SealedIndices::default(),
+    })
 }
 
 #[derive(Debug, Default)]
@@ -80,6 +202,8 @@ pub(crate) struct Peer {
     /// Every audio m-line the connection has, in order of appearance.
     pub audio_mids: Vec<Mid>,
     pub counters: PeerCounters,
+    /// The forwarding fast path's state.
+    pub direct: DirectTx,
 }
 
 impl std::fmt::Debug for Peer {

@@ -174,7 +174,7 @@ impl Shard {
     fn drain(&mut self, sfu: &mut Sfu, batch: &mut SendBatch) -> Instant {
         loop {
             match sfu.poll_output() {
-                Output::Transmit(t) => batch.push(t.destination, t.contents.into()),
+                Output::Transmit(t) => batch.push(t.source, t.destination, &t.contents),
                 Output::Relay(r) => {
                     if let Some(tx) = self.shards.get(usize::from(r.to.0)) {
                         let _ = tx.send(ShardMsg::Relay(r));
@@ -184,7 +184,10 @@ impl Shard {
                     // Nobody listening is fine (e.g. benchmarks).
                     let _ = self.events.send(e);
                 }
-                Output::Timeout(t) => return t,
+                Output::Timeout(t) => {
+                    sfu.take_datagrams(batch.queue_mut());
+                    return t;
+                }
             }
         }
     }

@@ -7,6 +7,8 @@ use std::os::fd::AsRawFd;
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::proto::Datagrams;
+
 /// Most datagrams handed to one `sendmmsg` call. 32 is where the per-packet kernel cost
 /// bottoms out on these machines (see reference/performance-anchors.md §4.2).
 pub const SEND_BATCH: usize = 32;
@@ -38,26 +40,32 @@ pub fn bind_error(addr: SocketAddr, err: &io::Error) -> anyhow::Error {
     }
 }
 
-/// Datagrams waiting to be sent, flushed in batches.
+/// Datagrams waiting to be sent, flushed in batches. They live back to back in one reusable
+/// buffer ([`Datagrams`]), so queueing allocates nothing once the buffer has grown.
 #[derive(Debug, Default)]
 pub struct SendBatch {
-    items: Vec<(SocketAddr, Vec<u8>)>,
+    queue: Datagrams,
 }
 
 impl SendBatch {
-    /// Queue one datagram.
-    pub fn push(&mut self, destination: SocketAddr, contents: Vec<u8>) {
-        self.items.push((destination, contents));
+    /// Queue a copy of one datagram.
+    pub fn push(&mut self, source: SocketAddr, destination: SocketAddr, contents: &[u8]) {
+        self.queue.push(source, destination, contents);
+    }
+
+    /// The queue itself, e.g. for [`Sfu::take_datagrams`](crate::Sfu::take_datagrams).
+    pub fn queue_mut(&mut self) -> &mut Datagrams {
+        &mut self.queue
     }
 
     /// Number of queued datagrams.
     pub fn len(&self) -> usize {
-        self.items.len()
+        self.queue.len()
     }
 
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
+        self.queue.is_empty()
     }
 
     /// Send as much as the socket takes, `SEND_BATCH` datagrams per system call. Returns how
@@ -66,16 +74,18 @@ impl SendBatch {
     pub fn flush(&mut self, socket: &impl AsRawFd) -> io::Result<FlushStats> {
         let mut stats = FlushStats::default();
         let mut done = 0;
-        while done < self.items.len() {
-            let end = (done + SEND_BATCH).min(self.items.len());
-            let chunk = &self.items[done..end];
-            let slices: Vec<[IoSlice<'_>; 1]> =
-                chunk.iter().map(|(_, c)| [IoSlice::new(c)]).collect();
-            let addrs: Vec<Option<SockaddrStorage>> = chunk
-                .iter()
-                .map(|(a, _)| Some(SockaddrStorage::from(*a)))
-                .collect();
-            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(chunk.len(), None);
+        let total = self.queue.len();
+        let mut slices: Vec<[IoSlice<'_>; 1]> = Vec::with_capacity(SEND_BATCH);
+        let mut addrs: Vec<Option<SockaddrStorage>> = Vec::with_capacity(SEND_BATCH);
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(SEND_BATCH, None);
+        while done < total {
+            let end = (done + SEND_BATCH).min(total);
+            slices.clear();
+            addrs.clear();
+            for d in (done..end).filter_map(|i| self.queue.get(i)) {
+                slices.push([IoSlice::new(d.contents)]);
+                addrs.push(Some(SockaddrStorage::from(d.destination)));
+            }
             match sendmmsg(
                 socket.as_raw_fd(),
                 &mut headers,
@@ -91,7 +101,7 @@ impl SendBatch {
                         break;
                     }
                     stats.sent += n;
-                    stats.bytes += chunk[..n].iter().map(|(_, c)| c.len()).sum::<usize>();
+                    stats.bytes += slices[..n].iter().map(|[s]| s.len()).sum::<usize>();
                     done += n;
                 }
                 Err(nix::errno::Errno::EAGAIN) => {
@@ -108,7 +118,8 @@ impl SendBatch {
                 }
             }
         }
-        self.items.drain(..done);
+        drop(slices);
+        self.queue.consume(done);
         Ok(stats)
     }
 }
@@ -137,9 +148,10 @@ mod tests {
         let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let tx = bind("127.0.0.1:0".parse().unwrap(), true).unwrap();
         let to = rx.local_addr().unwrap();
+        let from = tx.local_addr().unwrap();
         let mut batch = SendBatch::default();
         for i in 0..70u8 {
-            batch.push(to, vec![i; 100]);
+            batch.push(from, to, &[i; 100]);
         }
         let stats = batch.flush(&tx).unwrap();
         assert_eq!(stats.sent, 70);

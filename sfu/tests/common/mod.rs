@@ -22,8 +22,8 @@ use stoa_sfu::str0m::net::{Protocol, Receive};
 use stoa_sfu::str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
 use stoa_sfu::str0m::{Candidate, Event as RtcEvent, Input, Output as RtcOutput, Rtc, RtcConfig};
 use stoa_sfu::{
-    Event, MediaLabel, Output, PeerConfig, PeerId, Publish, Relay, Routed, Sfu, SfuConfig, ShardId,
-    SlotId, TrackId,
+    Datagrams, Event, FastPath, MediaLabel, Output, PeerConfig, PeerId, Publish, Relay, Routed,
+    Sfu, SfuConfig, ShardId, SlotId, TrackId,
 };
 
 /// A datagram in flight.
@@ -166,6 +166,11 @@ impl Sim {
     }
 
     pub fn with_shards(seed: u64, n: usize) -> Self {
+        Self::with_config(seed, n, FastPath::Enabled)
+    }
+
+    /// `n` shards forwarding through the fast path or through str0m's own send path.
+    pub fn with_config(seed: u64, n: usize, fast_path: FastPath) -> Self {
         tracing_subscriber_init();
         let start = Instant::now();
         let shards = (0..n)
@@ -173,7 +178,9 @@ impl Sim {
                 let mut s = [0u8; 32];
                 s[..8].copy_from_slice(&seed.to_le_bytes());
                 s[8] = i as u8;
-                Sfu::new(SfuConfig::new(ShardId(i as u16), s), start)
+                let mut config = SfuConfig::new(ShardId(i as u16), s);
+                config.fast_path = fast_path;
+                Sfu::new(config, start)
             })
             .collect();
         Sim {
@@ -455,6 +462,21 @@ impl Sim {
                             progressed = true;
                             self.on_event(s, e);
                         }
+                    }
+                }
+                let mut sealed = Datagrams::default();
+                self.shards[s].take_datagrams(&mut sealed);
+                for d in sealed.iter() {
+                    progressed = true;
+                    if let Some(&c) = self.by_addr.get(&d.destination) {
+                        let pkt = Packet {
+                            source: d.source,
+                            destination: d.destination,
+                            contents: d.contents.to_vec(),
+                        };
+                        self.clients[c]
+                            .down
+                            .handle_input(NetemInput::Packet(self.now, pkt));
                     }
                 }
             }
