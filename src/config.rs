@@ -1012,6 +1012,7 @@ k = "s"
             "max_allocations_per_user",
             "allocate_burst",
             "allocate_per_second",
+            "threads",
         ] {
             assert!(
                 text.contains(key),

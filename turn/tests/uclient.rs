@@ -178,6 +178,8 @@ async fn start(core: Config, tls: Option<TlsConfig>) -> Relay {
         tcp_port: Some(0),
         tls,
         max_connections: 64,
+        // Two shards, so clients and their relay ports are spread over both.
+        shards: 2,
         core,
     })
     .await
