@@ -195,27 +195,25 @@ impl Relay {
             first = last.saturating_add(1);
         }
 
-        let stop = Arc::new(AtomicBool::new(false));
         let (ended_tx, ended) = mpsc::unbounded_channel();
-        let mut handles = Vec::with_capacity(shards.len());
-        let mut inboxes = Vec::with_capacity(shards.len());
-        for (index, shard) in shards.into_iter().enumerate() {
-            let (handle, inbox) = shard
-                .spawn(index, Arc::clone(&stop), ended_tx.clone())
-                .map_err(|source| StartError::Thread { source })?;
-            handles.push(handle);
-            inboxes.push(inbox);
-        }
-        // From here on, dropping `relay` stops the shards already started.
+        // Dropping `relay` (also on an error below) stops the shards already started.
         let mut relay = Self {
             udp: udp_addr,
             tcp: None,
             tls: None,
             tasks: JoinSet::new(),
-            shards: handles,
-            stop,
+            shards: Vec::with_capacity(shards.len()),
+            stop: Arc::new(AtomicBool::new(false)),
             ended,
         };
+        let mut inboxes = Vec::with_capacity(shards.len());
+        for (index, shard) in shards.into_iter().enumerate() {
+            let (handle, inbox) = shard
+                .spawn(index, Arc::clone(&relay.stop), ended_tx.clone())
+                .map_err(|source| StartError::Thread { source })?;
+            relay.shards.push(handle);
+            inboxes.push(inbox);
+        }
         let inboxes: Arc<[shard::Inbox]> = inboxes.into();
 
         let limit = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
