@@ -399,6 +399,7 @@ mod tests {
             (Some(3478), Some(3478))
         );
         assert_eq!(settings.max_allocations, 101);
+        assert!(settings.threads >= 1);
         assert_eq!(
             settings.client_urls("203.0.113.10".parse().expect("ip")),
             [
@@ -423,6 +424,11 @@ mod tests {
             ("max_allocations = 500", "max_allocations"),
             ("enabled = true\ntcp_port = 7880", "HTTP port"),
             ("credential_ttl_seconds = 1", "credential_ttl_seconds"),
+            ("threads = 0", "threads"),
+            (
+                "relay_port_range_start = 50100\nrelay_port_range_end = 50101\nthreads = 3",
+                "threads",
+            ),
         ] {
             let error = parse(text).expect_err(text).to_string();
             assert!(error.contains(key), "{text}: {error}");
