@@ -80,9 +80,10 @@ run() {
     end=$(date +%s.%N)
     after=$(cpu_ticks "$pid")
     local sent recv lost
-    sent=$(grep -o 'tot_send_msgs=[0-9]*' <<<"$out" | tail -1 | cut -d= -f2)
-    recv=$(grep -o 'tot_recv_msgs=[0-9]*' <<<"$out" | tail -1 | cut -d= -f2)
-    lost=$(grep -o 'Total lost packets [0-9]*' <<<"$out" | tail -1 | awk '{ print $4 }')
+    # A run that failed (no totals printed) is reported as such instead of ending the script.
+    sent=$(grep -o 'tot_send_msgs=[0-9]*' <<<"$out" | tail -1 | cut -d= -f2 || true)
+    recv=$(grep -o 'tot_recv_msgs=[0-9]*' <<<"$out" | tail -1 | cut -d= -f2 || true)
+    lost=$(grep -o 'Total lost packets [0-9]*' <<<"$out" | tail -1 | awk '{ print $4 }' || true)
     awk -v n="$name" -v s="${sent:-0}" -v r="${recv:-0}" -v l="${lost:-?}" -v t0="$start" \
         -v t1="$end" -v c0="$before" -v c1="$after" -v hz="$hz" 'BEGIN {
         cpu = (c1 - c0) / hz; wall = t1 - t0;

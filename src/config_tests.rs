@@ -150,6 +150,7 @@ fn example_config_documents_every_key() {
         "max_allocations_per_user",
         "allocate_burst",
         "allocate_per_second",
+        "threads",
         "tls_certificate",
         "use_external_ip",
         "stun_servers",

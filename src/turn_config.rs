@@ -31,6 +31,8 @@ pub const DEFAULT_RELAY_PORT_RANGE_END: u16 = 50200;
 pub const DEFAULT_CREDENTIAL_TTL_SECONDS: u64 = 86_400;
 /// Default per-identity allocation quota: two peer connections over three transports, twice.
 pub const DEFAULT_MAX_ALLOCATIONS_PER_USER: usize = 12;
+/// Most relay threads accepted.
+pub const MAX_THREADS: usize = 64;
 /// Default REALM.
 pub const DEFAULT_REALM: &str = "stoa";
 
@@ -55,6 +57,7 @@ pub struct FileTurn {
     max_allocations_per_user: Option<usize>,
     allocate_burst: Option<u32>,
     allocate_per_second: Option<u32>,
+    threads: Option<usize>,
     urls: Option<Vec<String>>,
 }
 
@@ -88,6 +91,8 @@ pub struct TurnSettings {
     pub max_allocations_per_user: usize,
     /// Allocate attempts per source IP.
     pub rate_limit: RateLimit,
+    /// Event-loop threads of the relay, each with its share of the relay ports.
+    pub threads: usize,
     /// URLs handed to clients instead of the ones derived from `advertise_ip`.
     pub urls: Option<Vec<String>>,
 }
@@ -252,6 +257,20 @@ impl FileTurn {
                 "allocate_burst and allocate_per_second must be at least 1".to_owned(),
             ));
         }
+        let threads = self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, std::num::NonZeroUsize::get)
+                .min(range_len)
+        });
+        if threads == 0 || threads > range_len.min(MAX_THREADS) {
+            return Err(err(
+                "threads",
+                format!(
+                    "must be between 1 and {} (each thread owns relay ports)",
+                    range_len.min(MAX_THREADS)
+                ),
+            ));
+        }
         let not_turn = |u: &&String| !(u.starts_with("turn:") || u.starts_with("turns:"));
         if let Some(bad) = self.urls.iter().flatten().find(not_turn) {
             return Err(err("urls", format!("{bad:?} is not a turn: or turns: URL")));
@@ -278,6 +297,7 @@ impl FileTurn {
             max_allocations,
             max_allocations_per_user,
             rate_limit,
+            threads,
             urls: self.urls,
         })
     }
@@ -306,6 +326,7 @@ impl TurnSettings {
                 private_key: tls.private_key.clone(),
             }),
             max_connections: 4096,
+            shards: self.threads,
             core: proto::Config {
                 realm: self.realm.clone(),
                 secret,
@@ -391,6 +412,7 @@ mod tests {
             (Some(3478), Some(3478))
         );
         assert_eq!(settings.max_allocations, 101);
+        assert!(settings.threads >= 1);
         assert_eq!(
             settings.client_urls("203.0.113.10".parse().expect("ip")),
             [
@@ -415,6 +437,11 @@ mod tests {
             ("max_allocations = 500", "max_allocations"),
             ("enabled = true\ntcp_port = 7880", "HTTP port"),
             ("credential_ttl_seconds = 1", "credential_ttl_seconds"),
+            ("threads = 0", "threads"),
+            (
+                "relay_port_range_start = 50100\nrelay_port_range_end = 50101\nthreads = 3",
+                "threads",
+            ),
         ] {
             let error = parse(text).expect_err(text).to_string();
             assert!(error.contains(key), "{text}: {error}");

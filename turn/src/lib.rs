@@ -20,8 +20,9 @@
 //! ChannelBind, Send and Data indications, ChannelData; UDP relayed transport, clients over
 //! UDP, TCP and TLS) is small. Owning it keeps the policy, quotas and bounds in one
 //! deterministic state machine that unit tests, fuzzing and coturn's own test client exercise
-//! directly, in the shape of Firezone's `relay-proto`: [`proto`] is sans-IO, [`shell`] is
-//! tokio.
+//! directly, in the shape of Firezone's `relay-proto`: [`proto`] is sans-IO; [`shell`] runs one
+//! core per shard thread (an `epoll` loop over UDP with `recvmmsg`/`sendmmsg`) and serves TCP
+//! and TLS with tokio.
 //!
 //! # Run-loop contract
 //!
@@ -29,6 +30,8 @@
 //! `handle_client_closed` and `handle_timeout` (all given the current time), and returns side
 //! effects through `poll_command`, which must be drained after every input, in order. Call
 //! `handle_timeout` when `poll_timeout` says (once a second while anything is live).
+//! Several cores can serve one relay, each with its own relay ports, sharing one
+//! [`proto::Ledger`] (`Server::with_ledger`) so quotas and the rate limit hold relay-wide.
 //!
 //! # Errors and bugs
 //!

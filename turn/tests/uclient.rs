@@ -178,6 +178,8 @@ async fn start(core: Config, tls: Option<TlsConfig>) -> Relay {
         tcp_port: Some(0),
         tls,
         max_connections: 64,
+        // Two shards, so clients and their relay ports are spread over both.
+        shards: 2,
         core,
     })
     .await
@@ -256,5 +258,23 @@ async fn uclient_peers_outside_the_policy_are_refused() {
     assert!(
         text(&output).contains("403"),
         "no 403 Forbidden from the relay"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_user_quota_holds_across_shards() {
+    // uclient's 8 allocations all belong to "alice"; the two shards each see some of them.
+    // With a relay-wide quota of 5 some must be refused, although neither shard alone would
+    // exceed 5. Ports for all 8, so that the refusal cannot come from a lack of ports.
+    let mut config = core(free_udp_range(10, 3), &["127.0.0.1"]);
+    config.quotas.per_user = 5;
+    let relay = start(config, None).await;
+    let port = relay.udp_addr().unwrap().port();
+    let output = run_uclient(args(port, &[], SECRET)).await;
+    assert!(!output.status.success(), "the quota was not enforced");
+    assert!(
+        text(&output).contains("486"),
+        "no 486 Allocation Quota Reached from the relay: {}",
+        text(&output)
     );
 }

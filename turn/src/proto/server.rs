@@ -16,12 +16,13 @@ use tracing::debug;
 
 use super::allocation::{Allocation, AllocationOwner, BindError, CHANNEL_NUMBERS};
 use super::credentials::{self, RestUsername, Secret};
+use super::ledger::{Ledger, QuotaError};
 use super::message::{
     Builder, ChannelData, Class, Fingerprint, FrameKind, Message, Method, Padding, TransactionId,
     attr, decode_xor_address, frame_kind,
 };
 use super::policy::PeerPolicy;
-use super::rate_limit::{RateLimit, RateLimiter};
+use super::rate_limit::RateLimit;
 
 /// Allocation lifetime when the client asks for less (or nothing).
 /// <https://www.rfc-editor.org/rfc/rfc8656#section-3.2>
@@ -187,9 +188,8 @@ pub struct Server {
     config: Config,
     allocations: HashMap<Client, Allocation>,
     ports: HashMap<u16, Client>,
-    per_user: HashMap<String, usize>,
+    ledger: Ledger,
     next_port: u16,
-    rate_limiter: RateLimiter,
     commands: VecDeque<Command>,
     stats: Stats,
     next_sweep: Option<Instant>,
@@ -203,17 +203,23 @@ struct Authenticated {
 }
 
 impl Server {
-    /// A relay with no allocations.
+    /// A relay with no allocations, counting quotas and the rate limit on its own.
     pub fn new(config: Config) -> Self {
+        let ledger = Ledger::new(config.quotas, config.rate_limit);
+        Self::with_ledger(config, ledger)
+    }
+
+    /// A relay with no allocations that counts quotas and the Allocate rate limit in `ledger`,
+    /// shared with the other cores of the same relay (whose `relay_ports` must not overlap
+    /// this one's). `config.quotas` and `config.rate_limit` are then the ledger's business.
+    pub fn with_ledger(config: Config, ledger: Ledger) -> Self {
         let next_port = *config.relay_ports.start();
-        let rate_limiter = RateLimiter::new(config.rate_limit);
         Self {
             config,
             allocations: HashMap::new(),
             ports: HashMap::new(),
-            per_user: HashMap::new(),
+            ledger,
             next_port,
-            rate_limiter,
             commands: VecDeque::new(),
             stats: Stats::default(),
             next_sweep: None,
@@ -305,7 +311,7 @@ impl Server {
         for allocation in self.allocations.values_mut() {
             allocation.expire(now);
         }
-        self.rate_limiter.sweep(now);
+        self.ledger.sweep(now);
     }
 
     /// The next command to execute, in order.
@@ -366,8 +372,7 @@ impl Server {
                 | Method::CreatePermission
                 | Method::ChannelBind),
             ) => {
-                if method == Method::Allocate
-                    && !self.rate_limiter.try_take(now.instant, from.addr.ip())
+                if method == Method::Allocate && !self.ledger.try_take(now.instant, from.addr.ip())
                 {
                     self.stats.rate_limited += 1;
                     return;
@@ -508,17 +513,20 @@ impl Server {
         if message.attribute(attr::RESERVATION_TOKEN).is_some() {
             return reply.error(508, "Insufficient Capacity");
         }
-        let user_count = self.per_user.get(&auth.identity).copied().unwrap_or(0);
-        if user_count >= self.config.quotas.per_user {
-            self.stats.quota_refusals += 1;
-            return reply.error(486, "Allocation Quota Reached");
-        }
-        if self.allocations.len() >= self.config.quotas.total {
-            self.stats.quota_refusals += 1;
-            return reply.error(508, "Insufficient Capacity");
+        match self.ledger.try_allocate(&auth.identity) {
+            Ok(()) => {}
+            Err(QuotaError::PerUser) => {
+                self.stats.quota_refusals += 1;
+                return reply.error(486, "Allocation Quota Reached");
+            }
+            Err(QuotaError::Total) => {
+                self.stats.quota_refusals += 1;
+                return reply.error(508, "Insufficient Capacity");
+            }
         }
         let even = message.attribute(attr::EVEN_PORT).is_some();
         let Some(port) = self.free_port(even) else {
+            self.ledger.release(&auth.identity);
             self.stats.quota_refusals += 1;
             return reply.error(508, "Insufficient Capacity");
         };
@@ -530,7 +538,6 @@ impl Server {
             .xor_address(attr::XOR_MAPPED_ADDRESS, from.addr)
             .attribute(attr::LIFETIME, &lifetime_secs(lifetime).to_be_bytes());
         let response = reply.finish(response);
-        *self.per_user.entry(auth.identity.clone()).or_insert(0) += 1;
         let owner = AllocationOwner {
             username: auth.username,
             identity: auth.identity,
@@ -737,12 +744,7 @@ impl Server {
             return;
         };
         self.ports.remove(&allocation.port);
-        if let Some(count) = self.per_user.get_mut(&allocation.identity) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                self.per_user.remove(&allocation.identity);
-            }
-        }
+        self.ledger.release(&allocation.identity);
     }
 
     /// A stateless nonce: hex expiry, then a truncated MAC over expiry and client IP. Nothing

@@ -1,10 +1,12 @@
 //! Every metric the relay exports, through the `metrics` facade (Prometheus in `stoa`).
-//! The core counts in [`Stats`]; once a second the shell adds what changed.
+//! The core counts in [`Stats`]; once a second each shard adds what changed.
+//! `turn_send_dropped_total` (datagrams a full socket buffer refused) is counted by the shard.
 
 use crate::proto::{Server, Stats};
 
-/// Adds the counters' growth since `exported` and sets the gauges.
-pub(super) fn export(server: &Server, exported: &mut Stats) {
+/// Adds the counters' growth since `exported`, and the change of the allocation gauge since
+/// `allocations` (each shard adds its own share to the relay's totals).
+pub(super) fn export(server: &Server, exported: &mut Stats, allocations: &mut usize) {
     let now = server.stats();
     let counters: [(&'static str, u64, u64); 11] = [
         (
@@ -61,6 +63,10 @@ pub(super) fn export(server: &Server, exported: &mut Stats) {
             metrics::counter!(name).increment(delta);
         }
     }
-    metrics::gauge!("turn_allocations").set(server.num_allocations() as f64);
+    let live = server.num_allocations();
+    if live != *allocations {
+        metrics::gauge!("turn_allocations").increment(live as f64 - *allocations as f64);
+        *allocations = live;
+    }
     *exported = now;
 }

@@ -1,6 +1,16 @@
-//! The tokio shell around [`crate::proto::Server`]: it binds the client listeners (UDP, TCP,
-//! TLS) and one UDP socket per relay port, feeds what arrives into the core on one event-loop
-//! task, and executes the core's commands.
+//! The shell around [`crate::proto::Server`]: it binds the client listeners (UDP, TCP, TLS) and
+//! one UDP socket per relay port, and runs the relay as shards.
+//!
+//! A shard is an OS thread with an `epoll` loop that owns one core, its own socket on the UDP
+//! listener address (`SO_REUSEPORT`: the kernel hashes each client's flow to one shard, so a
+//! client's datagrams always reach the core that holds its allocation) and the relay sockets of
+//! its contiguous share of the relay ports (so a peer's datagrams reach the same core). Datagrams
+//! are read with `recvmmsg` and written with `sendmmsg`; nothing on that path locks, allocates a
+//! task or wakes another thread. The cores share one [`Ledger`] for the quotas and the Allocate
+//! rate limit, touched only by Allocate requests and ended allocations.
+//!
+//! TCP and TLS connections are tokio tasks on the caller's runtime; each is assigned to a shard
+//! in turn and passes its frames through that shard's inbox.
 //!
 //! Every relay port is bound at start-up, so a port the core hands out always has a socket and
 //! a port range that overlaps something else fails loudly before any client is served.
@@ -11,30 +21,24 @@
 )]
 
 mod metrics;
+mod shard;
 mod stream;
+mod udp;
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::proto::{Client, Command, Config, Now, Server, Transport};
-
-/// Inputs queued for the event loop. UDP readers drop datagrams when it is full.
-const INPUT_QUEUE: usize = 8192;
-
-/// Inputs handled per event-loop turn before commands are executed.
-const BATCH: usize = 256;
-
-/// Largest datagram read from a client or peer.
-const MAX_DATAGRAM: usize = 65_535;
+use crate::proto::{Client, Config, Ledger, Now, Server};
+use udp::Sharing;
 
 /// Where and how the relay listens.
 #[derive(Debug, Clone)]
@@ -49,6 +53,9 @@ pub struct RelayConfig {
     pub tls: Option<TlsConfig>,
     /// Most concurrent TCP and TLS connections.
     pub max_connections: usize,
+    /// Event-loop threads (shards), usually one per core. At least one; never more than there
+    /// are relay ports, since each shard owns a share of them.
+    pub shards: usize,
     /// The sans-IO core's configuration (realm, secret, relay ports, policy, quotas).
     pub core: Config,
 }
@@ -81,9 +88,15 @@ pub enum StartError {
     /// The certificate or key could not be read or used.
     #[error("TURN TLS: {0}")]
     Tls(String),
+    /// A shard's thread, epoll instance or eventfd could not be created.
+    #[error("cannot start a TURN relay thread: {source}")]
+    Thread {
+        /// Why.
+        source: io::Error,
+    },
 }
 
-/// A running relay. Dropping it stops every task.
+/// A running relay. Dropping it stops every shard and task.
 #[derive(Debug)]
 #[must_use = "the relay stops when this is dropped"]
 pub struct Relay {
@@ -91,18 +104,16 @@ pub struct Relay {
     tcp: Option<SocketAddr>,
     tls: Option<SocketAddr>,
     tasks: JoinSet<()>,
+    shards: Vec<shard::Handle>,
+    stop: Arc<AtomicBool>,
+    ended: mpsc::UnboundedReceiver<()>,
 }
 
-/// What the event loop receives.
+/// What a stream task passes to its shard.
 #[derive(Debug)]
 enum Input {
     Client {
         client: Client,
-        bytes: Vec<u8>,
-    },
-    Peer {
-        port: u16,
-        from: SocketAddr,
         bytes: Vec<u8>,
     },
     Connected {
@@ -115,118 +126,142 @@ enum Input {
 }
 
 impl Relay {
-    /// Binds every socket, then starts the relay's tasks on the current tokio runtime.
+    /// Binds every socket, starts the shards' threads, and the TCP and TLS listeners on the
+    /// current tokio runtime.
     pub async fn start(config: RelayConfig) -> Result<Self, StartError> {
         let bind = |port| SocketAddr::new(config.bind_ip, port);
-        let mut tasks = JoinSet::new();
-        let (input, inputs) = mpsc::channel(INPUT_QUEUE);
+        let ports = config.core.relay_ports.clone();
+        let port_count = usize::from(ports.end().saturating_sub(*ports.start())) + 1;
+        let shard_count = config.shards.clamp(1, port_count.max(1));
 
-        let first_port = *config.core.relay_ports.start();
-        let mut relay_sockets = Vec::new();
-        for port in config.core.relay_ports.clone() {
-            let addr = bind(port);
-            let socket = UdpSocket::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind {
-                    what: "relay port",
-                    addr,
-                    source,
-                })?;
-            let socket = Arc::new(socket);
-            tasks.spawn(read_peers(Arc::clone(&socket), port, input.clone()));
-            relay_sockets.push(socket);
-        }
-
-        let udp = match config.udp_port {
-            Some(port) => {
-                let addr = bind(port);
-                let socket = UdpSocket::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Bind {
+        // The UDP listener: the first shard binds (possibly port 0), the others join its port.
+        let mut listeners = Vec::new();
+        if let Some(port) = config.udp_port {
+            let mut addr = bind(port);
+            for _ in 0..shard_count {
+                let socket =
+                    udp::bind(addr, Sharing::ReusePort).map_err(|source| StartError::Bind {
                         what: "UDP listener",
                         addr,
                         source,
                     })?;
-                Some(Arc::new(socket))
+                if let Ok(local) = socket.local_addr() {
+                    addr = local;
+                }
+                listeners.push(socket);
             }
-            None => None,
-        };
-        let udp_addr = udp.as_ref().and_then(|s| s.local_addr().ok());
-        if let Some(socket) = &udp {
-            tasks.spawn(read_udp_clients(Arc::clone(socket), input.clone()));
+        }
+        let udp_addr = listeners.first().and_then(|s| s.local_addr().ok());
+
+        // Relay ports, in contiguous shares: shard i owns its own sub-range.
+        let ledger = Ledger::new(config.core.quotas, config.core.rate_limit);
+        let mut shards = Vec::with_capacity(shard_count);
+        let mut listeners = listeners.into_iter();
+        let mut first = *ports.start();
+        for index in 0..shard_count {
+            let share = port_count / shard_count + usize::from(index < port_count % shard_count);
+            let mut relays = Vec::with_capacity(share);
+            for offset in 0..share {
+                let Some(port) = u16::try_from(offset)
+                    .ok()
+                    .and_then(|o| first.checked_add(o))
+                else {
+                    break;
+                };
+                let addr = bind(port);
+                relays.push(udp::bind(addr, Sharing::Exclusive).map_err(|source| {
+                    StartError::Bind {
+                        what: "relay port",
+                        addr,
+                        source,
+                    }
+                })?);
+            }
+            let Some(last) = u16::try_from(relays.len())
+                .ok()
+                .and_then(|len| len.checked_sub(1))
+                .and_then(|len| first.checked_add(len))
+            else {
+                continue;
+            };
+            let mut core = config.core.clone();
+            core.relay_ports = first..=last;
+            shards.push(shard::Shard {
+                server: Server::with_ledger(core, ledger.clone()),
+                listener: listeners.next(),
+                relays,
+                first_port: first,
+            });
+            first = last.saturating_add(1);
         }
 
+        let (ended_tx, ended) = mpsc::unbounded_channel();
+        // Dropping `relay` (also on an error below) stops the shards already started.
+        let mut relay = Self {
+            udp: udp_addr,
+            tcp: None,
+            tls: None,
+            tasks: JoinSet::new(),
+            shards: Vec::with_capacity(shards.len()),
+            stop: Arc::new(AtomicBool::new(false)),
+            ended,
+        };
+        let mut inboxes = Vec::with_capacity(shards.len());
+        for (index, shard) in shards.into_iter().enumerate() {
+            let (handle, inbox) = shard
+                .spawn(index, Arc::clone(&relay.stop), ended_tx.clone())
+                .map_err(|source| StartError::Thread { source })?;
+            relay.shards.push(handle);
+            inboxes.push(inbox);
+        }
+        let inboxes: Arc<[shard::Inbox]> = inboxes.into();
+
         let limit = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
-        let tcp_addr = match config.tcp_port {
-            Some(port) => {
-                let addr = bind(port);
-                let listener =
-                    TcpListener::bind(addr)
-                        .await
-                        .map_err(|source| StartError::Bind {
-                            what: "TCP listener",
-                            addr,
-                            source,
-                        })?;
-                let local = listener.local_addr().ok();
-                tasks.spawn(stream::accept(
-                    listener,
-                    None,
-                    Arc::clone(&limit),
-                    input.clone(),
-                ));
-                local
-            }
-            None => None,
-        };
-        let tls_addr = match &config.tls {
-            Some(tls) => {
-                let acceptor = stream::tls_acceptor(tls)?;
-                let addr = bind(tls.port);
-                let listener =
-                    TcpListener::bind(addr)
-                        .await
-                        .map_err(|source| StartError::Bind {
-                            what: "TLS listener",
-                            addr,
-                            source,
-                        })?;
-                let local = listener.local_addr().ok();
-                tasks.spawn(stream::accept(
-                    listener,
-                    Some(acceptor),
-                    Arc::clone(&limit),
-                    input.clone(),
-                ));
-                local
-            }
-            None => None,
-        };
-        drop(input);
+        if let Some(port) = config.tcp_port {
+            let addr = bind(port);
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    what: "TCP listener",
+                    addr,
+                    source,
+                })?;
+            relay.tcp = listener.local_addr().ok();
+            relay.tasks.spawn(stream::accept(
+                listener,
+                None,
+                Arc::clone(&limit),
+                Arc::clone(&inboxes),
+            ));
+        }
+        if let Some(tls) = &config.tls {
+            let acceptor = stream::tls_acceptor(tls)?;
+            let addr = bind(tls.port);
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    what: "TLS listener",
+                    addr,
+                    source,
+                })?;
+            relay.tls = listener.local_addr().ok();
+            relay.tasks.spawn(stream::accept(
+                listener,
+                Some(acceptor),
+                Arc::clone(&limit),
+                Arc::clone(&inboxes),
+            ));
+        }
 
         info!(
-            udp = ?udp_addr,
-            tcp = ?tcp_addr,
-            tls = ?tls_addr,
+            udp = ?relay.udp,
+            tcp = ?relay.tcp,
+            tls = ?relay.tls,
             relay_ports = ?config.core.relay_ports,
+            shards = relay.shards.len(),
             "TURN relay listening"
         );
-        let event_loop = EventLoop {
-            server: Server::new(config.core),
-            inputs,
-            udp,
-            relay_sockets,
-            first_port,
-            streams: HashMap::new(),
-            exported: crate::proto::Stats::default(),
-        };
-        tasks.spawn(event_loop.run());
-        Ok(Self {
-            udp: udp_addr,
-            tcp: tcp_addr,
-            tls: tls_addr,
-            tasks,
-        })
+        Ok(relay)
     }
 
     /// The UDP listener's address.
@@ -244,114 +279,39 @@ impl Relay {
         self.tls
     }
 
-    /// Waits until a task of the relay ends (which only happens on a bug), then stops the rest.
+    /// Waits until a shard or task of the relay ends (which only happens on a bug), then stops
+    /// the rest.
     pub async fn wait(mut self) {
-        if let Some(Err(error)) = self.tasks.join_next().await {
-            warn!(%error, "TURN relay task failed");
+        let (tasks, ended) = (&mut self.tasks, &mut self.ended);
+        let tasks = async {
+            match tasks.join_next().await {
+                Some(Err(error)) => warn!(%error, "TURN relay task failed"),
+                Some(Ok(())) => warn!("TURN relay task ended"),
+                // No TCP or TLS listener: only the shards can end.
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = tasks => {}
+            _ = ended.recv() => warn!("TURN relay shard ended"),
         }
         self.tasks.shutdown().await;
     }
 }
 
-/// The task that owns the core.
-struct EventLoop {
-    server: Server,
-    inputs: mpsc::Receiver<Input>,
-    udp: Option<Arc<UdpSocket>>,
-    relay_sockets: Vec<Arc<UdpSocket>>,
-    first_port: u16,
-    streams: HashMap<Client, mpsc::Sender<Vec<u8>>>,
-    exported: crate::proto::Stats,
-}
-
-impl EventLoop {
-    async fn run(mut self) {
-        let mut batch = Vec::with_capacity(BATCH);
-        loop {
-            let timeout = self.server.poll_timeout();
-            tokio::select! {
-                received = self.inputs.recv_many(&mut batch, BATCH) => {
-                    if received == 0 {
-                        return;
-                    }
-                    let now = now();
-                    for input in batch.drain(..) {
-                        self.handle(now, input);
-                        self.execute();
-                    }
-                }
-                () = sleep_until(timeout) => {
-                    self.server.handle_timeout(Instant::now());
-                    self.execute();
-                    metrics::export(&self.server, &mut self.exported);
-                }
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for shard in &self.shards {
+            let _ = shard.wake.write(1);
+        }
+        for shard in &mut self.shards {
+            if let Some(thread) = shard.thread.take()
+                && thread.join().is_err()
+            {
+                warn!("TURN relay shard panicked");
             }
         }
-    }
-
-    fn handle(&mut self, now: Now, input: Input) {
-        match input {
-            Input::Client { client, bytes } => self.server.handle_client_input(now, client, &bytes),
-            Input::Peer { port, from, bytes } => {
-                self.server
-                    .handle_peer_input(now.instant, port, from, &bytes);
-            }
-            Input::Connected { client, sender } => {
-                self.streams.insert(client, sender);
-            }
-            Input::Closed { client } => {
-                self.streams.remove(&client);
-                self.server.handle_client_closed(client);
-            }
-        }
-    }
-
-    fn execute(&mut self) {
-        while let Some(command) = self.server.poll_command() {
-            match command {
-                Command::SendToClient { to, payload } => match to.transport {
-                    Transport::Udp => {
-                        if let Some(socket) = &self.udp {
-                            send_datagram(socket, &payload, to.addr);
-                        }
-                    }
-                    Transport::Tcp | Transport::Tls => {
-                        if let Some(sender) = self.streams.get(&to) {
-                            // A client that does not read its stream loses data, not the relay.
-                            let _ = sender.try_send(payload);
-                        }
-                    }
-                },
-                Command::SendToPeer {
-                    relay_port,
-                    peer,
-                    payload,
-                } => {
-                    let socket = relay_port
-                        .checked_sub(self.first_port)
-                        .and_then(|index| self.relay_sockets.get(usize::from(index)));
-                    if let Some(socket) = socket {
-                        send_datagram(socket, &payload, peer);
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn send_datagram(socket: &UdpSocket, payload: &[u8], to: SocketAddr) {
-    match socket.try_send_to(payload, to) {
-        Ok(_) => {}
-        // A full socket buffer drops the datagram, as the network would.
-        Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-        Err(error) => debug!(%error, "TURN send failed"),
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -361,46 +321,5 @@ fn now() -> Now {
         unix_secs: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_secs()),
-    }
-}
-
-/// Reads client datagrams from the UDP listener.
-async fn read_udp_clients(socket: Arc<UdpSocket>, input: mpsc::Sender<Input>) {
-    let mut buf = vec![0; MAX_DATAGRAM];
-    loop {
-        match socket.recv_from(&mut buf).await {
-            Ok((len, from)) => {
-                let client = Client {
-                    transport: Transport::Udp,
-                    addr: from,
-                };
-                let bytes = buf[..len].to_vec();
-                if let Err(mpsc::error::TrySendError::Closed(_)) =
-                    input.try_send(Input::Client { client, bytes })
-                {
-                    return;
-                }
-            }
-            // ICMP errors surface as receive errors on some platforms; keep reading.
-            Err(error) => debug!(%error, "TURN UDP receive failed"),
-        }
-    }
-}
-
-/// Reads peer datagrams arriving on one relay port.
-async fn read_peers(socket: Arc<UdpSocket>, port: u16, input: mpsc::Sender<Input>) {
-    let mut buf = vec![0; MAX_DATAGRAM];
-    loop {
-        match socket.recv_from(&mut buf).await {
-            Ok((len, from)) => {
-                let bytes = buf[..len].to_vec();
-                if let Err(mpsc::error::TrySendError::Closed(_)) =
-                    input.try_send(Input::Peer { port, from, bytes })
-                {
-                    return;
-                }
-            }
-            Err(error) => debug!(%error, "TURN relay receive failed"),
-        }
     }
 }

@@ -13,6 +13,7 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::debug;
 
+use super::shard::Inbox;
 use super::{Input, StartError, TlsConfig};
 use crate::proto::message::{FrameKind, frame_kind, padded};
 use crate::proto::{Client, Transport};
@@ -59,13 +60,14 @@ pub(super) fn tls_acceptor(config: &TlsConfig) -> Result<TlsAcceptor, StartError
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
-/// Accepts connections until the event loop goes away.
+/// Accepts connections until the shards go away, handing them to the shards in turn.
 pub(super) async fn accept(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     limit: Arc<Semaphore>,
-    input: mpsc::Sender<Input>,
+    inboxes: Arc<[Inbox]>,
 ) {
+    let mut next: usize = 0;
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -75,15 +77,19 @@ pub(super) async fn accept(
                 continue;
             }
         };
-        if input.is_closed() {
+        next = next.wrapping_add(1);
+        let Some(input) = inboxes
+            .get(next % inboxes.len().max(1))
+            .filter(|inbox| !inbox.is_closed())
+            .cloned()
+        else {
             return;
-        }
+        };
         let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
             debug!("TURN connection limit reached; closing a new connection");
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let input = input.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -121,7 +127,7 @@ async fn handshake(
 }
 
 /// Runs one connection: frames in, queued frames out, until either side ends.
-async fn serve<S>(stream: S, client: Client, input: mpsc::Sender<Input>)
+async fn serve<S>(stream: S, client: Client, input: Inbox)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
