@@ -27,10 +27,15 @@ const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const UCLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `count` consecutive UDP ports free on 127.0.0.1 right now, searched from a per-process base
-/// so that parallel test binaries rarely collide. Bounded: gives up after 200 candidates.
-fn free_udp_range(count: u16, salt: u16) -> RangeInclusive<u16> {
-    let base = 20_000 + (std::process::id() as u16 % 200) * 100 + salt * 20;
-    for start in (base..base + 4000).step_by(usize::from(count)).take(200) {
+/// so that parallel test binaries rarely collide. Tests of this binary run side by side, so each
+/// call takes its candidates from a block no other call of this process gets (they would probe
+/// the same ports, find them free, and then share them). Bounded: gives up after 200 candidates.
+fn free_udp_range(count: u16) -> RangeInclusive<u16> {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() as u16 % 100) * 200;
+    for _ in 0..200 {
+        let offset = NEXT.fetch_add(count, std::sync::atomic::Ordering::Relaxed) % 10_000;
+        let start = base + offset;
         let all_free =
             (start..start + count).all(|port| UdpSocket::bind((LOCALHOST, port)).is_ok());
         if all_free {
@@ -215,7 +220,7 @@ async fn uclient_relays_over_udp_tcp_and_tls_without_loss() {
     let dir = temp_dir("uclient");
     let (certificate, private_key) = certificate(&dir);
     let relay = start(
-        core(free_udp_range(16, 0), &["127.0.0.1"]),
+        core(free_udp_range(16), &["127.0.0.1"]),
         Some(TlsConfig {
             port: 0,
             certificate,
@@ -239,7 +244,7 @@ async fn uclient_relays_over_udp_tcp_and_tls_without_loss() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uclient_with_a_wrong_secret_is_refused() {
-    let relay = start(core(free_udp_range(4, 1), &["127.0.0.1"]), None).await;
+    let relay = start(core(free_udp_range(4), &["127.0.0.1"]), None).await;
     let port = relay.udp_addr().unwrap().port();
     let output = run_uclient(args(port, &[], "not-the-secret")).await;
     assert!(!output.status.success(), "a wrong secret was accepted");
@@ -249,9 +254,9 @@ async fn uclient_with_a_wrong_secret_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uclient_peers_outside_the_policy_are_refused() {
     // Only the (pretend) SFU at 127.0.0.1:7882 is allowed; uclient's peers are the relayed
-    // addresses 127.0.0.1:<relay port>, which the policy refuses. Ports for all 8 allocations,
-    // so that the refusal cannot come from a lack of ports instead.
-    let relay = start(core(free_udp_range(10, 2), &["127.0.0.1:7882"]), None).await;
+    // addresses 127.0.0.1:<relay port>, which the policy refuses. Ports for all 8 allocations
+    // on either shard, so that the refusal cannot come from a lack of ports instead.
+    let relay = start(core(free_udp_range(20), &["127.0.0.1:7882"]), None).await;
     let port = relay.udp_addr().unwrap().port();
     let output = run_uclient(args(port, &[], SECRET)).await;
     assert!(!output.status.success(), "a refused peer was accepted");
@@ -265,8 +270,9 @@ async fn uclient_peers_outside_the_policy_are_refused() {
 async fn the_per_user_quota_holds_across_shards() {
     // uclient's 8 allocations all belong to "alice"; the two shards each see some of them.
     // With a relay-wide quota of 5 some must be refused, although neither shard alone would
-    // exceed 5. Ports for all 8, so that the refusal cannot come from a lack of ports.
-    let mut config = core(free_udp_range(10, 3), &["127.0.0.1"]);
+    // exceed 5. Ports for all 8 on either shard (each shard owns half of the range), so that the
+    // refusal cannot come from a lack of ports.
+    let mut config = core(free_udp_range(20), &["127.0.0.1"]);
     config.quotas.per_user = 5;
     let relay = start(config, None).await;
     let port = relay.udp_addr().unwrap().port();
