@@ -32,11 +32,13 @@ fn free_tcp_port() -> u16 {
         .port()
 }
 
-/// `count` consecutive free UDP ports on 127.0.0.1 (bounded: 200 candidates).
+/// `count` consecutive free UDP ports on 127.0.0.1 (bounded: 200 candidates), below Linux's
+/// ephemeral range (32768 and up), where the test's own clients would take ports from under the
+/// relay.
 fn free_udp_range(count: u16) -> u16 {
-    let base = 40_000 + (std::process::id() % 100) as u16 * 50;
+    let base = 21_000 + (std::process::id() % 100) as u16 * 100;
     (0..200)
-        .map(|i| base.wrapping_add(i * 23) % 20_000 + 20_000)
+        .map(|i| 21_000 + (base - 21_000 + i * 37) % 11_000)
         .find(|&start| (start..start + count).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()))
         .expect("free UDP ports on 127.0.0.1")
 }
@@ -130,7 +132,7 @@ fn https_wss_and_turns_share_one_certificate() {
     let dir = support::scratch_dir("network-tls");
     let (crt, key) = certificate(&dir);
     let turns_port = free_tcp_port();
-    let relay = free_udp_range(8);
+    let relay = free_udp_range(16);
     let config = dir.join("stoa.toml");
     std::fs::write(
         &config,
@@ -141,7 +143,7 @@ fn https_wss_and_turns_share_one_certificate() {
              relay_port_range_start = {relay}\nrelay_port_range_end = {}\n",
             crt.display(),
             key.display(),
-            relay + 7,
+            relay + 15,
         ),
     )
     .unwrap();
@@ -199,8 +201,10 @@ fn https_wss_and_turns_share_one_certificate() {
     let text = String::from_utf8_lossy(&output.stdout).into_owned()
         + &String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "uclient over TLS failed:\n{text}");
+    // The summary line counts both clients of the pair: 10 messages each, all delivered.
     assert!(
-        text.contains("tot_send_msgs=10, tot_recv_msgs=10"),
+        text.contains("tot_send_msgs=20, tot_recv_msgs=20")
+            && text.contains("Total lost packets 0 "),
         "uclient over TLS lost messages:\n{text}"
     );
     stoa.stop();

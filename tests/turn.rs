@@ -25,8 +25,9 @@ const SECRET: &str = "stoa-turn-cli-secret";
 fn free_ports(count: u16) -> (u16, u16) {
     static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
     let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10;
-    let base = 30_000 + (std::process::id() as u16 % 30) * 600 + call * 60;
-    for start in (base..base + 18_000).step_by(60).take(300) {
+    // Below Linux's ephemeral ports (32768 and up), which uclient's own sockets take.
+    let base = 21_000 + (std::process::id() as u16 % 20) * 500 + call * 50;
+    for start in (0..300u16).map(|k| 21_000 + (base - 21_000 + k * 60) % 11_000) {
         let listener_free = UdpSocket::bind(("127.0.0.1", start)).is_ok()
             && std::net::TcpListener::bind(("127.0.0.1", start)).is_ok();
         let relay = start + 10;
