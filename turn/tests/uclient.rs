@@ -219,8 +219,10 @@ fn args(port: u16, extra: &[&str], secret: &str) -> Vec<String> {
 async fn uclient_relays_over_udp_tcp_and_tls_without_loss() {
     let dir = temp_dir("uclient");
     let (certificate, private_key) = certificate(&dir);
+    // Three runs of 8 allocations each; UDP allocations outlive their run until they expire,
+    // and each shard owns half of the range: room for all of them on either shard.
     let relay = start(
-        core(free_udp_range(16), &["127.0.0.1"]),
+        core(free_udp_range(48), &["127.0.0.1"]),
         Some(TlsConfig {
             port: 0,
             certificate,
@@ -235,7 +237,11 @@ async fn uclient_relays_over_udp_tcp_and_tls_without_loss() {
     ];
     for (name, port, extra) in runs {
         let output = run_uclient(args(port, &extra, SECRET)).await;
-        assert!(output.status.success(), "{name}: uclient failed");
+        assert!(
+            output.status.success(),
+            "{name}: uclient failed:\n{}",
+            text(&output)
+        );
         // 4 clients x 50 messages, every one relayed: sent, received, none lost.
         assert_eq!(totals(&output), (200, 200, 0), "{name}: messages lost");
     }
