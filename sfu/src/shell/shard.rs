@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::traffic::Traffic;
 use super::udp::SendBatch;
 use super::{Command, ShardInfo};
-use crate::proto::{Event, Output, Relay, Routed, Sfu, SfuConfig};
+use crate::proto::{Event, Output, Relay, RelayMsg, Routed, Sfu, SfuConfig};
 
 /// Datagrams read per wake-up before outputs are flushed (a cooperative budget, as Firezone's
 /// `MAX_EVENTLOOP_ITERS`).
@@ -117,7 +117,20 @@ impl Shard {
                 biased;
                 msg = self.inbox.recv() => match msg {
                     None | Some(ShardMsg::Stop) => return Ok(()),
-                    Some(msg) => self.handle_msg(&mut sfu, msg),
+                    Some(msg) => {
+                        // A packet another shard read: its forwarding time runs from that read.
+                        let read = match &msg {
+                            ShardMsg::Datagram { received, .. } => Some(*received),
+                            ShardMsg::Relay(Relay { msg: RelayMsg::Packet(_, packet), .. }) => {
+                                Some(packet.received)
+                            }
+                            _ => None,
+                        };
+                        if let Some(read) = read {
+                            read_at = Some(read_at.map_or(read, |r| r.min(read)));
+                        }
+                        self.handle_msg(&mut sfu, msg);
+                    }
                 },
                 readable = socket.readable() => {
                     readable?;
