@@ -12,9 +12,7 @@ use anyhow::{Result, anyhow};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::rustls::{self, ServerConfig};
+use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::server::TlsStream;
 use tracing::debug;
 
@@ -34,34 +32,15 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HANDSHAKES: usize = 256;
 
 /// Reads `files` into a rustls server configuration offering HTTP/1.1 (WebSocket upgrades need
-/// it). Errors name the file and the problem in one line.
+/// it), with the TURN relay's loader. Errors name the file and the problem in one line.
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.certificate)
-        .and_then(|certs| certs.collect::<Result<_, _>>())
-        .map_err(|e| anyhow!("http.tls_certificate {}: {e}", files.certificate.display()))?;
-    if chain.is_empty() {
-        return Err(anyhow!(
-            "http.tls_certificate {}: no PEM certificate in the file",
-            files.certificate.display()
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_file(&files.private_key)
-        .map_err(|e| anyhow!("http.tls_private_key {}: {e}", files.private_key.display()))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| anyhow!("TLS: {e}"))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| {
-            anyhow!(
-                "http.tls_certificate {} and http.tls_private_key {}: {e}",
-                files.certificate.display(),
-                files.private_key.display()
-            )
-        })?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    stoa_turn::shell::tls_server_config(
+        &files.certificate,
+        &files.private_key,
+        vec![b"http/1.1".to_vec()],
+    )
+    .map(Arc::new)
+    .map_err(|e| anyhow!("http.tls_certificate / http.tls_private_key: {e}"))
 }
 
 /// A listener that hands the HTTP server TLS streams whose handshake completed. Handshakes run

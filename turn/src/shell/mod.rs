@@ -23,6 +23,7 @@
 mod metrics;
 mod shard;
 mod stream;
+pub use stream::server_config as tls_server_config;
 mod udp;
 
 use std::io;

@@ -1,6 +1,7 @@
 //! TURN over TCP and TLS: one task per connection splits the byte stream into STUN messages
 //! and ChannelData frames (RFC 8656 section 12.5 framing) and writes the core's replies back.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,35 +30,41 @@ const WRITE_QUEUE: usize = 512;
 
 /// Builds the TLS acceptor from PEM files.
 pub(super) fn tls_acceptor(config: &TlsConfig) -> Result<TlsAcceptor, StartError> {
-    let certificates: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_file_iter(&config.certificate)
-            .and_then(|certs| certs.collect::<Result<_, _>>())
-            .map_err(|error| {
-                StartError::Tls(format!(
-                    "certificate {}: {error}",
-                    config.certificate.display()
-                ))
-            })?;
+    let server = server_config(&config.certificate, &config.private_key, Vec::new())
+        .map_err(StartError::Tls)?;
+    Ok(TlsAcceptor::from(Arc::new(server)))
+}
+
+/// A rustls server configuration from a PEM certificate chain and its private key, offering
+/// `alpn`. Errors name the file and the problem in one line. `stoa serve`'s HTTPS uses it too.
+pub fn server_config(
+    certificate: &Path,
+    private_key: &Path,
+    alpn: Vec<Vec<u8>>,
+) -> Result<rustls::ServerConfig, String> {
+    let certificates: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certificate)
+        .and_then(|certs| certs.collect::<Result<_, _>>())
+        .map_err(|error| format!("certificate {}: {error}", certificate.display()))?;
     if certificates.is_empty() {
-        return Err(StartError::Tls(format!(
-            "no certificate in {}",
-            config.certificate.display()
-        )));
+        return Err(format!("no certificate in {}", certificate.display()));
     }
-    let key = PrivateKeyDer::from_pem_file(&config.private_key).map_err(|error| {
-        StartError::Tls(format!(
-            "private key {}: {error}",
-            config.private_key.display()
-        ))
-    })?;
+    let key = PrivateKeyDer::from_pem_file(private_key)
+        .map_err(|error| format!("private key {}: {error}", private_key.display()))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let server = rustls::ServerConfig::builder_with_provider(provider)
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|error| StartError::Tls(error.to_string()))?
+        .map_err(|error| error.to_string())?
         .with_no_client_auth()
         .with_single_cert(certificates, key)
-        .map_err(|error| StartError::Tls(error.to_string()))?;
-    Ok(TlsAcceptor::from(Arc::new(server)))
+        .map_err(|error| {
+            format!(
+                "certificate {} with key {}: {error}",
+                certificate.display(),
+                private_key.display()
+            )
+        })?;
+    server.alpn_protocols = alpn;
+    Ok(server)
 }
 
 /// Accepts connections until the shards go away, handing them to the shards in turn.
