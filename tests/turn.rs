@@ -64,13 +64,15 @@ fn uclient(args: &[&str]) -> Output {
 
 #[test]
 fn stoa_turn_relays_for_uclient_over_udp_and_tcp() {
-    let (port, relay) = free_ports(8);
+    // UDP allocations outlive their run, and each relay thread owns part of the range: room
+    // for both runs' allocations on either thread.
+    let (port, relay) = free_ports(24);
     let config = config_file(
         "relay",
         &format!(
             "[turn]\nudp_port = {port}\ntcp_port = {port}\nrelay_port_range_start = {relay}\n\
              relay_port_range_end = {}\nsecret = \"{SECRET}\"\nallowed_peers = [\"127.0.0.1\"]\n",
-            relay + 7
+            relay + 23
         ),
     );
     let child = Command::new(env!("CARGO_BIN_EXE_stoa"))
@@ -131,14 +133,14 @@ fn stoa_turn_refuses_to_start_without_a_secret() {
 
 #[test]
 fn serve_exports_turn_metrics() {
-    let (port, relay) = free_ports(8);
+    let (port, relay) = free_ports(24);
     let config = config_file(
         "serve-metrics",
         &format!(
             "[turn]\nenabled = true\nudp_port = {port}\ntcp_port = {port}\n\
              relay_port_range_start = {relay}\nrelay_port_range_end = {}\nsecret = \"{SECRET}\"\n\
              allowed_peers = [\"127.0.0.1\"]\n",
-            relay + 7
+            relay + 23
         ),
     );
     let stoa = support::Stoa::start(
