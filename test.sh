@@ -24,6 +24,7 @@ fi
 need_pkg turnutils_uclient coturn # TURN relay tests (turn/tests/uclient.rs); its service is never started
 need_pkg openssl openssl # test certificates for TURN over TLS
 need_pkg redis-server redis-server # control-plane store tests (control/tests, tests/control.rs)
+need_pkg janus janus # the comparison SFU of stoa-bench (tests/bench_smoke.rs); its service is never started
 
 # npm packages of the browser end-to-end test (playwright-core, livekit-client,
 # livekit-server-sdk), pinned by tests/browser/package-lock.json. `npm ci` only when

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use stoa_bench::capacity::{self, CapacityParams};
-use stoa_bench::client::Depth;
+use stoa_bench::client::{Depth, Protocol};
 use stoa_bench::scenario::{self, Kind, Params, Quiet, Target};
 use stoa_bench::server::ServerProcess;
 
@@ -45,6 +45,7 @@ fn smoke(params: &Params) -> stoa_bench::report::Report {
         .expect("start stoa serve --dev");
     let target = Target {
         http: process.http,
+        protocol: Protocol::Livekit,
         key: "devkey".into(),
         secret: "secret".into(),
         room: "smoke".into(),
@@ -168,6 +169,7 @@ fn capacity_ramp() {
         .expect("start stoa serve --dev");
     let target = Target {
         http: server.http,
+        protocol: Protocol::Livekit,
         key: "devkey".into(),
         secret: "secret".into(),
         room: "ramp".into(),
@@ -209,4 +211,103 @@ fn capacity_ramp() {
     for (_, chart) in stoa_bench::chart::capacity_charts(&report) {
         assert!(chart.svg().contains("<polyline"));
     }
+}
+
+/// The comparison end to end, small: the kernel baseline, then the same ramp and join storm
+/// against Stoa and a real Janus videoroom (Debian `janus`) driven through the adapter, all in
+/// a private network namespace made by this test's thread (namespaces are per thread: the
+/// runtime's threads and the child processes started below inherit it; other tests do not).
+#[test]
+fn comparison_with_janus() {
+    stoa_bench::compare::isolate().expect("a private network namespace (run as root)");
+    let (_, veth) = stoa_bench::janus::veth_loopback_address().expect("the veth address");
+    assert!(veth.is_loopback());
+    let params = stoa_bench::compare::CompareParams {
+        stoa: env!("CARGO_BIN_EXE_stoa").into(),
+        server_cpus: None,
+        capacity: CapacityParams {
+            speakers: 1,
+            start: 2,
+            step: 2,
+            max_listeners: 4,
+            join_rate: 20.0,
+            hold: Duration::from_secs(2),
+            // Limits no small step can miss on loopback: both ramps must run to their cap.
+            loss_limit: 0.5,
+            p99_limit_ms: 5_000.0,
+            depth: Depth::Header,
+            server_cores: None,
+        },
+        storm_listeners: 4,
+        storm_rate: 20.0,
+        storm_play: Duration::from_secs(2),
+        janus_event_loops: 1,
+        baseline: Duration::from_millis(200),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = runtime
+        .block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(180),
+                stoa_bench::compare::run(&params, || Ok(()), &mut Quiet),
+            )
+            .await
+        })
+        .expect("the comparison ends by itself")
+        .expect("the comparison completes");
+    let markdown = report.markdown();
+    eprintln!("{markdown}");
+    assert!(report.baseline.packets > 0 && report.baseline.pps_per_core > 0.0);
+    let names: Vec<&str> = report.servers.iter().map(|s| s.name).collect();
+    assert_eq!(names, ["Stoa", "Janus"]);
+    for server in &report.servers {
+        let name = server.name;
+        // The ramp reached its cap with every listener hearing audio, on both servers.
+        assert_eq!(server.capacity.max_streams, 4, "{name}:\n{markdown}");
+        assert!(
+            server
+                .capacity
+                .steps
+                .iter()
+                .all(|s| s.pass && s.rx_pps > 0.0)
+        );
+        assert!(server.capacity.streams_per_server_core.is_some(), "{name}");
+        assert!(server.rss_kib_per_listener.is_some(), "{name}");
+        // The storm: every listener heard, nobody failed, and the decoding listener decoded
+        // the tone itself (real Opus through the server's SRTP).
+        let storm = &server.storm;
+        assert_eq!(
+            storm.clients.failed, 0,
+            "{name}: {:?}",
+            storm.clients.errors
+        );
+        assert_eq!(storm.clients.heard, 4, "{name}:\n{markdown}");
+        assert_eq!(
+            storm.join_to_first_audio_ms.as_ref().map(|q| q.count),
+            Some(4)
+        );
+        let check = storm.audio_checks.first().expect("one decoding listener");
+        assert!(
+            check.frames > 0 && check.errors == 0 && check.rms > 0.05,
+            "{name}: {check:?}"
+        );
+        let cpu = storm.server.as_ref().map(|f| f.cpu_cores_mean);
+        assert!(
+            cpu.is_some_and(|c| c > 0.0),
+            "{name}: the server's CPU was read"
+        );
+        assert!(markdown.contains(&format!("| {name} |")), "{markdown}");
+    }
+    let charts = report.charts();
+    assert_eq!(charts.len(), 4);
+    for (_, chart) in charts {
+        assert_eq!(chart.series.len(), 2);
+        assert!(chart.svg().contains("<polyline"));
+    }
+    let json: serde_json::Value = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["servers"][1]["name"], "Janus");
 }

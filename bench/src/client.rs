@@ -100,6 +100,16 @@ pub enum Depth {
     Decode,
 }
 
+/// Which API the server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// LiveKit signaling on `/rtc` (Stoa, or any LiveKit-compatible server).
+    Livekit,
+    /// Janus's videoroom plugin over its WebSocket API, through [`crate::janus`]'s adapter.
+    Janus,
+}
+
 /// What the scenario tells a running client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
@@ -152,8 +162,14 @@ pub fn dtls_cert() -> Result<DtlsCert, ClientError> {
 /// Where and who a client is.
 #[derive(Debug, Clone)]
 pub struct ClientSpec {
-    /// HTTP address of the server (`/rtc` is appended).
+    /// HTTP address of the server (`/rtc` is appended), or Janus's WebSocket address.
     pub http: SocketAddr,
+    /// The server's API.
+    pub protocol: Protocol,
+    /// Who this client is.
+    pub identity: String,
+    /// The loopback address its peer connections use.
+    pub local_ip: std::net::Ipv4Addr,
     /// Access token.
     pub token: String,
     /// Speaker or listener.
@@ -265,10 +281,19 @@ enum Publishing {
     Ready { sid: String, mid: Mid, pt: Pt },
 }
 
+/// Where a client's signal requests go.
+#[derive(Debug)]
+enum Outbound {
+    /// Straight onto the LiveKit WebSocket.
+    Livekit(SplitSink<Ws, WsMessage>),
+    /// To the Janus adapter, which translates them.
+    Janus(mpsc::Sender<signal_request::Message>),
+}
+
 struct Session {
     shared: Shared,
     /// Requests go out here.
-    sink: SplitSink<Ws, WsMessage>,
+    sink: Outbound,
     /// Responses arrive here from the reader task, which alone polls the WebSocket: polling
     /// it from the media loop would cost a read attempt (and tungstenite's buffer reset) per
     /// datagram.
@@ -290,6 +315,7 @@ struct Session {
     check: Option<AudioCheck>,
     depth: Depth,
     heard: bool,
+    local_ip: std::net::Ipv4Addr,
 }
 
 async fn run(
@@ -330,6 +356,48 @@ async fn connect(
     shared: &Shared,
     reception: Arc<Mutex<Reception>>,
 ) -> Result<Session, ClientError> {
+    let subscriber = Peer::bind(shared.clock.now(), &shared.dtls_cert, spec.local_ip)?;
+    let check = if spec.depth == Depth::Decode {
+        AudioCheck::new().ok()
+    } else {
+        None
+    };
+    let (sink, signals, reader) = match spec.protocol {
+        Protocol::Livekit => livekit(spec).await?,
+        Protocol::Janus => {
+            let link = crate::janus::connect(spec.http, spec.role, &spec.identity).await?;
+            (
+                Outbound::Janus(link.requests),
+                link.responses,
+                AbortOnDrop(link.task),
+            )
+        }
+    };
+    Ok(Session {
+        shared: shared.clone(),
+        sink,
+        signals,
+        _reader: reader,
+        subscriber,
+        publisher: None,
+        publishing: Publishing::Idle,
+        speaking: false,
+        floor: false,
+        frame: 0,
+        audio_clock: None,
+        offer_id: 0,
+        reception,
+        check,
+        depth: spec.depth,
+        heard: false,
+        local_ip: spec.local_ip,
+    })
+}
+
+type Signals = mpsc::Receiver<Result<signal_response::Message, ClientError>>;
+
+/// Open the LiveKit WebSocket, read the join response, and start the task that reads the rest.
+async fn livekit(spec: &ClientSpec) -> Result<(Outbound, Signals, AbortOnDrop), ClientError> {
     let url = format!(
         "ws://{}/rtc?access_token={}&auto_subscribe=1&sdk=rust&protocol=17&client_protocol=2",
         spec.http, spec.token
@@ -356,12 +424,6 @@ async fn connect(
             "the first message was not the join response".into(),
         ));
     };
-    let subscriber = Peer::bind(shared.clock.now(), &shared.dtls_cert)?;
-    let check = if spec.depth == Depth::Decode {
-        AudioCheck::new().ok()
-    } else {
-        None
-    };
     let (sink, mut stream) = ws.split();
     let (tx, signals) = mpsc::channel(64);
     let reader = AbortOnDrop(tokio::spawn(async move {
@@ -373,24 +435,7 @@ async fn connect(
             }
         }
     }));
-    Ok(Session {
-        shared: shared.clone(),
-        sink,
-        signals,
-        _reader: reader,
-        subscriber,
-        publisher: None,
-        publishing: Publishing::Idle,
-        speaking: false,
-        floor: false,
-        frame: 0,
-        audio_clock: None,
-        offer_id: 0,
-        reception,
-        check,
-        depth: spec.depth,
-        heard: false,
-    })
+    Ok((Outbound::Livekit(sink), signals, reader))
 }
 
 /// Aborts a task when dropped.
@@ -623,7 +668,11 @@ impl Session {
                 }))
                 .await?;
                 self.publishing = Publishing::AwaitTrack { cid };
-                self.publisher = Some(Peer::bind(self.shared.clock.now(), &self.shared.dtls_cert)?);
+                self.publisher = Some(Peer::bind(
+                    self.shared.clock.now(),
+                    &self.shared.dtls_cert,
+                    self.local_ip,
+                )?);
             }
             Publishing::Ready { sid, .. } => {
                 let sid = sid.clone();
@@ -794,11 +843,15 @@ impl Session {
     }
 
     async fn send(&mut self, m: signal_request::Message) -> Result<(), ClientError> {
-        let bytes = lk::SignalRequest { message: Some(m) }.encode_to_vec();
-        self.sink
-            .send(WsMessage::Binary(bytes.into()))
-            .await
-            .map_err(|e| ClientError::Connect(e.to_string()))
+        match &mut self.sink {
+            Outbound::Livekit(sink) => {
+                let bytes = lk::SignalRequest { message: Some(m) }.encode_to_vec();
+                sink.send(WsMessage::Binary(bytes.into()))
+                    .await
+                    .map_err(|e| ClientError::Connect(e.to_string()))
+            }
+            Outbound::Janus(requests) => requests.send(m).await.map_err(|_| ClientError::Closed),
+        }
     }
 
     fn outcome(&self) -> Outcome {
@@ -819,7 +872,9 @@ impl Session {
         };
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             let _ = self.send(signal_request::Message::Leave(leave)).await;
-            let _ = self.sink.close().await;
+            if let Outbound::Livekit(sink) = &mut self.sink {
+                let _ = sink.close().await;
+            }
         })
         .await;
     }

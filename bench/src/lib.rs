@@ -11,6 +11,9 @@
 //! - [`server`]: the server under test as a child process, and its CPU and memory from `/proc`.
 //! - [`report`]: the summary table and JSON; [`capacity`]: the listener ramp;
 //!   [`baseline`]: what the kernel alone sends per core with `sendmmsg`.
+//! - [`janus`]: Janus's videoroom as a comparison SFU, and the adapter that lets the same
+//!   clients drive it; [`compare`]: the baseline and both servers through the same ramp and
+//!   join storm, in one run.
 //!
 //! One-way latency needs one clock: speakers and listeners run in this one process and share a
 //! [`clock::Clock`]; each Opus packet carries its send time in Opus padding (RFC 6716 §3.2.5),
@@ -27,6 +30,8 @@ pub mod capacity;
 pub mod chart;
 pub mod client;
 pub mod clock;
+pub mod compare;
+pub mod janus;
 mod peer;
 pub mod reception;
 pub mod report;

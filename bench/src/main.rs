@@ -5,6 +5,7 @@
 //! stoa-bench capacity --speakers 1 --start 100 --step 100 --spawn target/release/stoa \
 //!     --server-cpus 0 --bench-cpus 1
 //! stoa-bench baseline --seconds 3
+//! stoa-bench compare --stoa target/release/stoa --server-cpus 0 --bench-cpus 1 --out docs/bench
 //! ```
 
 // A binary: it owns the clock and prints its reports.
@@ -19,7 +20,8 @@ use clap::{Args, Parser, Subcommand};
 use nix::sched::{CpuSet, sched_setaffinity};
 use nix::unistd::Pid;
 use stoa_bench::capacity::{self, CapacityParams};
-use stoa_bench::client::Depth;
+use stoa_bench::client::{Depth, Protocol};
+use stoa_bench::compare::{self, CompareParams};
 use stoa_bench::report::{Tick, progress_line};
 use stoa_bench::scenario::{self, Kind, Params, Progress, Target};
 use stoa_bench::server::ServerProcess;
@@ -40,6 +42,10 @@ enum Cmd {
     Capacity(CapacityArgs),
     /// Measure what the kernel alone sends per core with sendmmsg.
     Baseline(BaselineArgs),
+    /// In a private network namespace: the sendmmsg baseline, then the same capacity ramp and
+    /// join storm against a spawned Stoa and a spawned Janus videoroom; writes the report,
+    /// BENCHMARKS.md's tables and charts.
+    Compare(CompareArgs),
 }
 
 /// Which server, and how the harness runs.
@@ -168,6 +174,64 @@ struct BaselineArgs {
     json: Option<PathBuf>,
 }
 
+#[derive(Debug, Args)]
+struct CompareArgs {
+    /// The `stoa` binary to spawn.
+    #[arg(long, value_name = "PATH")]
+    stoa: PathBuf,
+    /// Pin both servers to these CPUs (taskset list).
+    #[arg(long, value_name = "LIST")]
+    server_cpus: Option<String>,
+    /// Pin this harness to these CPUs.
+    #[arg(long, value_name = "LIST")]
+    bench_cpus: Option<String>,
+    /// Listeners of the ramp's first step.
+    #[arg(long, default_value_t = 200)]
+    start: usize,
+    /// Listeners added per step.
+    #[arg(long, default_value_t = 200)]
+    step: usize,
+    /// Most listeners of the ramp.
+    #[arg(long, default_value_t = 4000)]
+    max_listeners: usize,
+    /// Ramp joins per second.
+    #[arg(long, default_value_t = 200.0)]
+    join_rate: f64,
+    /// Seconds each ramp step is measured.
+    #[arg(long, default_value_t = 4)]
+    hold: u64,
+    /// Loss limit, percent.
+    #[arg(long, default_value_t = 1.0)]
+    loss_limit: f64,
+    /// p99 latency limit, ms.
+    #[arg(long, default_value_t = 50.0)]
+    p99_limit: f64,
+    /// Join storm: listeners.
+    #[arg(long, default_value_t = 1000)]
+    storm_listeners: usize,
+    /// Join storm: joins per second.
+    #[arg(long, default_value_t = 200.0)]
+    storm_rate: f64,
+    /// Join storm: seconds of play after the last join.
+    #[arg(long, default_value_t = 5.0)]
+    storm_play: f64,
+    /// Janus's static event-loop threads (0: one thread per handle, Janus's default).
+    #[arg(long, default_value_t = 1)]
+    janus_event_loops: usize,
+    /// Seconds of the kernel baseline.
+    #[arg(long, default_value_t = 3.0)]
+    baseline_seconds: f64,
+    /// Harness worker threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Write compare.json, compare.md and the charts into this directory.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// No progress lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
 struct Lines {
     quiet: bool,
 }
@@ -188,6 +252,10 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if matches!(cli.command, Cmd::Compare(_)) {
+        // Before any thread starts: threads keep the namespace they started in.
+        compare::isolate()?;
+    }
     match cli.command {
         Cmd::Run(a) => {
             let params = Params {
@@ -265,6 +333,60 @@ fn main() -> anyhow::Result<()> {
             let json = serde_json::to_string_pretty(&r).context("serialise")?;
             write_json(a.json.as_ref(), &json)?;
         }
+        Cmd::Compare(a) => {
+            if let Some(dir) = &a.out {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("create {}", dir.display()))?;
+            }
+            let server_cores = a.server_cpus.as_deref().map(count_cpus);
+            let params = CompareParams {
+                stoa: a.stoa.clone(),
+                server_cpus: a.server_cpus.clone(),
+                capacity: CapacityParams {
+                    speakers: 1,
+                    start: a.start,
+                    step: a.step,
+                    max_listeners: a.max_listeners,
+                    join_rate: a.join_rate,
+                    hold: Duration::from_secs(a.hold),
+                    loss_limit: a.loss_limit / 100.0,
+                    p99_limit_ms: a.p99_limit,
+                    depth: Depth::Header,
+                    server_cores,
+                },
+                storm_listeners: a.storm_listeners,
+                storm_rate: a.storm_rate,
+                storm_play: secs(a.storm_play)?,
+                janus_event_loops: a.janus_event_loops,
+                baseline: secs(a.baseline_seconds)?,
+            };
+            if let Some(cpus) = &a.bench_cpus {
+                pin(cpus)?;
+            }
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(a.threads.clamp(1, 64))
+                .enable_all()
+                .build()
+                .context("tokio runtime")?;
+            let server_cpus = a.server_cpus.clone();
+            let pin_server = move || -> std::io::Result<()> {
+                match &server_cpus {
+                    Some(c) => pin(c).map_err(std::io::Error::other),
+                    None => Ok(()),
+                }
+            };
+            let mut lines = Lines { quiet: a.quiet };
+            let report = runtime.block_on(compare::run(&params, pin_server, &mut lines))?;
+            let markdown = report.markdown();
+            println!("{markdown}");
+            if let Some(dir) = &a.out {
+                let json = serde_json::to_string_pretty(&report).context("serialise")?;
+                write_json(Some(&dir.join("compare.json")), &json)?;
+                std::fs::write(dir.join("compare.md"), &markdown)
+                    .with_context(|| format!("write {}", dir.join("compare.md").display()))?;
+                write_charts(Some(dir), report.charts())?;
+            }
+        }
     }
     Ok(())
 }
@@ -292,6 +414,7 @@ fn target(a: &ServerArgs) -> anyhow::Result<(Target, Option<ServerProcess>)> {
     Ok((
         Target {
             http,
+            protocol: Protocol::Livekit,
             key: a.key.clone(),
             secret: a.secret.clone(),
             room: a.room.clone(),

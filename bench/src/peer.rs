@@ -1,10 +1,11 @@
-//! One str0m peer connection on its own UDP socket on 127.0.0.1, driven by its client's task.
+//! One str0m peer connection on its own UDP socket on a loopback address, driven by its
+//! client's task.
 //!
 //! The client feeds it datagrams and timeouts; after every input the `Rtc` is drained to its
 //! next timeout (str0m's run-loop contract), sending transmits at once without blocking.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
 use str0m::config::DtlsCert;
@@ -38,11 +39,17 @@ pub(crate) struct Peer {
 }
 
 impl Peer {
-    /// A peer with one host candidate on a fresh 127.0.0.1 port; Opus only, RTP mode; DTLS
-    /// with `cert` (shared by the harness: generating one per client costs the harness, not
-    /// the server, and the server still runs a full handshake per peer).
-    pub fn bind(now: Instant, cert: &DtlsCert) -> io::Result<Peer> {
-        let std_socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    /// A peer with one host candidate on a fresh port of `ip` (a loopback address); Opus
+    /// only, RTP mode; DTLS with `cert` (shared by the harness: generating one per client
+    /// costs the harness, not the server, and the server still runs a full handshake per peer).
+    pub fn bind(now: Instant, cert: &DtlsCert, ip: Ipv4Addr) -> io::Result<Peer> {
+        if !ip.is_loopback() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "peers bind loopback addresses only",
+            ));
+        }
+        let std_socket = std::net::UdpSocket::bind((ip, 0))?;
         std_socket.set_nonblocking(true)?;
         let local = std_socket.local_addr()?;
         let socket = UdpSocket::from_std(std_socket)?;

@@ -15,7 +15,8 @@ use serde::Serialize;
 
 use crate::audio::{AudioError, ToneLoop};
 use crate::client::{
-    self, ClientError, ClientHandle, ClientSpec, Command, Counters, Depth, Outcome, Role, Shared,
+    self, ClientError, ClientHandle, ClientSpec, Command, Counters, Depth, Outcome, Protocol, Role,
+    Shared,
 };
 use crate::clock::Clock;
 use crate::reception::{Totals, Window};
@@ -63,8 +64,10 @@ pub enum Kind {
 /// The server and the room.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// HTTP address of the server.
+    /// HTTP address of the server (Janus: its WebSocket address).
     pub http: SocketAddr,
+    /// The server's API.
+    pub protocol: Protocol,
     /// API key and secret that sign tokens.
     pub key: String,
     /// API secret.
@@ -146,6 +149,8 @@ pub struct Crowd {
     depth: Depth,
     /// Totals and outcomes of listeners that have left.
     gone: Vec<(Totals, Outcome)>,
+    /// Where clients' peer connections bind.
+    local_ip: std::net::Ipv4Addr,
 }
 
 impl Crowd {
@@ -163,7 +168,15 @@ impl Crowd {
             counters: Arc::new(Counters::default()),
             dtls_cert: Arc::new(client::dtls_cert()?),
         };
+        // Janus's ICE pairs only candidates it can reach from its veth address (see
+        // `crate::janus`), so its clients bind that address too.
+        let local_ip = match target.protocol {
+            Protocol::Janus => crate::janus::veth_loopback_address()
+                .map_or(std::net::Ipv4Addr::LOCALHOST, |(_, ip)| ip),
+            Protocol::Livekit => std::net::Ipv4Addr::LOCALHOST,
+        };
         Ok(Crowd {
+            local_ip,
             target,
             shared,
             deadline,
@@ -219,6 +232,9 @@ impl Crowd {
         };
         let spec = ClientSpec {
             http: self.target.http,
+            protocol: self.target.protocol,
+            identity,
+            local_ip: self.local_ip,
             token,
             role,
             depth,
@@ -283,7 +299,8 @@ impl Crowd {
 #[derive(Debug)]
 pub struct Sampler {
     probe: Option<ProcProbe>,
-    http: SocketAddr,
+    /// Where the server's `/metrics` are (none for Janus).
+    http: Option<SocketAddr>,
     last_rtp: Option<(Instant, RtpCounters)>,
     last_rx: (Instant, u64),
     began: Instant,
@@ -302,7 +319,7 @@ impl Sampler {
             .as_mut()
             .and_then(|p| p.sample(now).ok())
             .map(|s| s.rss_kib);
-        let http = target.http;
+        let http = (target.protocol == Protocol::Livekit).then_some(target.http);
         Sampler {
             probe,
             http,
@@ -318,11 +335,13 @@ impl Sampler {
     pub async fn tick(&mut self, crowd: &Crowd) -> Tick {
         let now = crowd.clock().now();
         let server: Option<ProcSample> = self.probe.as_mut().and_then(|p| p.sample(now).ok());
-        let http = self.http;
-        let rtp = tokio::task::spawn_blocking(move || scrape_rtp(http))
-            .await
-            .ok()
-            .flatten();
+        let rtp = match self.http {
+            Some(http) => tokio::task::spawn_blocking(move || scrape_rtp(http))
+                .await
+                .ok()
+                .flatten(),
+            None => None,
+        };
         let (server_in_pps, server_out_pps) = match (rtp, self.last_rtp) {
             (Some(r), Some((then, before))) => {
                 let dt = now.saturating_duration_since(then).as_secs_f64().max(1e-3);
