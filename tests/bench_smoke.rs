@@ -225,6 +225,7 @@ fn comparison_with_janus() {
     let params = stoa_bench::compare::CompareParams {
         stoa: env!("CARGO_BIN_EXE_stoa").into(),
         server_cpus: None,
+        bench_cpus: None,
         capacity: CapacityParams {
             speakers: 1,
             start: 2,
@@ -253,7 +254,7 @@ fn comparison_with_janus() {
         .block_on(async {
             tokio::time::timeout(
                 Duration::from_secs(180),
-                stoa_bench::compare::run(&params, || Ok(()), &mut Quiet),
+                stoa_bench::compare::run(&params, &mut Quiet),
             )
             .await
         })
@@ -262,6 +263,9 @@ fn comparison_with_janus() {
     let markdown = report.markdown();
     eprintln!("{markdown}");
     assert!(report.baseline.packets > 0 && report.baseline.pps_per_core > 0.0);
+    // The fan-out floor ran at the size Stoa reached.
+    assert_eq!(report.fanout.destinations, 4);
+    assert!(report.fanout.packets > 0 && report.fanout.pps_per_core > 0.0);
     let names: Vec<&str> = report.servers.iter().map(|s| s.name).collect();
     assert_eq!(names, ["Stoa", "Janus"]);
     for server in &report.servers {

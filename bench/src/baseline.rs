@@ -1,13 +1,25 @@
-//! The kernel's own limit: one thread sending small UDP datagrams with `sendmmsg(2)` in batches
-//! of 32 to many loopback sockets (which never read, so the kernel drops at their queues), for a
-//! bounded time. Its packets per CPU-second are what any user-space forwarder on this machine
-//! is compared against.
+//! The kernel's own limit, two ways, each for a bounded time:
+//!
+//! - [`sendmmsg_baseline`]: one thread sending small UDP datagrams with `sendmmsg(2)` in batches
+//!   of 32, as fast as it can, to many loopback sockets that never read (the kernel drops at
+//!   their queues): the cheapest a send can be.
+//! - [`fanout_baseline`]: an SFU's kernel work without the SFU: every 20 ms one datagram to
+//!   each of N loopback sockets (one speaker's packet to N listeners), in batches of 32, while
+//!   another thread (the listeners) waits in `epoll` and reads them. On loopback the sender's
+//!   system call also delivers each datagram and wakes the reader, as it does for the server
+//!   under test, so this is the floor a forwarder is measured against here.
+//!
+//! Their packets per CPU-second of the sending thread are what a user-space forwarder on this
+//! machine is compared against.
 
 use std::io::{self, IoSlice};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
 use nix::time::{ClockId, clock_gettime};
 use serde::Serialize;
@@ -101,6 +113,116 @@ pub fn sendmmsg_baseline(
     })
 }
 
+/// Send one datagram to each of `destinations` reading sockets every 20 ms for `duration`
+/// (bounded), from the calling thread; `reader` runs first on the reading thread (to pin it).
+/// Blocking: call it from a plain thread.
+pub fn fanout_baseline(
+    duration: Duration,
+    destinations: usize,
+    payload: usize,
+    reader: impl FnOnce() + Send + 'static,
+) -> io::Result<BaselineReport> {
+    let duration = duration.min(Duration::from_secs(60));
+    let destinations = destinations.clamp(1, 4096);
+    let sinks: Vec<UdpSocket> = (0..destinations)
+        .map(|_| UdpSocket::bind("127.0.0.1:0"))
+        .collect::<io::Result<_>>()?;
+    let addrs: Vec<SockaddrStorage> = sinks
+        .iter()
+        .map(|s| s.local_addr().map(SockaddrStorage::from))
+        .collect::<io::Result<_>>()?;
+    let epoll = Epoll::new(EpollCreateFlags::empty()).map_err(io::Error::from)?;
+    for (i, sink) in sinks.iter().enumerate() {
+        sink.set_nonblocking(true)?;
+        epoll
+            .add(sink, EpollEvent::new(EpollFlags::EPOLLIN, i as u64))
+            .map_err(io::Error::from)?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let reading = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("baseline-reader".into())
+            .spawn(move || -> u64 {
+                reader();
+                let mut events = vec![EpollEvent::empty(); 256];
+                let mut buf = [0u8; 2048];
+                let mut read = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(n) = epoll.wait(&mut events, 100u16) else {
+                        continue;
+                    };
+                    for e in &events[..n] {
+                        let Some(sink) = usize::try_from(e.data()).ok().and_then(|i| sinks.get(i))
+                        else {
+                            continue;
+                        };
+                        while sink.recv(&mut buf).is_ok() {
+                            read += 1;
+                        }
+                    }
+                }
+                read
+            })?
+    };
+    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    socket.set_nonblocking(true)?;
+    let data = vec![0x80u8; payload.clamp(12, 1400)];
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    let slices: Vec<[IoSlice<'_>; 1]> = (0..BATCH).map(|_| [IoSlice::new(&data)]).collect();
+    let cpu0 = thread_cpu()?;
+    // The harness owns a clock: this bounds a real, paced loop.
+    #[allow(clippy::disallowed_methods)]
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut tick = start;
+    let interval = Duration::from_millis(20);
+    let mut result = Ok(());
+    #[allow(clippy::disallowed_methods)]
+    while start.elapsed() < duration && result.is_ok() {
+        for chunk in addrs.chunks(BATCH) {
+            let batch: Vec<Option<SockaddrStorage>> = chunk.iter().copied().map(Some).collect();
+            match sendmmsg(
+                socket.as_raw_fd(),
+                &mut headers,
+                &slices[..chunk.len()],
+                &batch,
+                [],
+                MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(results) => sent += results.count() as u64,
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+                Err(e) => result = Err(io::Error::from(e)),
+            }
+        }
+        tick += interval;
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        if tick > now {
+            std::thread::sleep(tick - now);
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let cpu_seconds = (thread_cpu()? - cpu0).max(1e-9);
+    stop.store(true, Ordering::Relaxed);
+    let read = reading
+        .join()
+        .map_err(|_| io::Error::other("the reading thread panicked"))?;
+    result?;
+    if read == 0 && sent > 0 {
+        return Err(io::Error::other("the reading thread read nothing"));
+    }
+    Ok(BaselineReport {
+        payload: data.len(),
+        destinations,
+        packets: sent,
+        seconds,
+        cpu_seconds,
+        pps: sent as f64 / seconds.max(1e-9),
+        pps_per_core: sent as f64 / cpu_seconds,
+    })
+}
+
 fn thread_cpu() -> io::Result<f64> {
     let t = clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).map_err(io::Error::from)?;
     Ok(t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
@@ -114,6 +236,15 @@ mod tests {
     fn sends_for_a_bounded_time() {
         let r = sendmmsg_baseline(Duration::from_millis(200), 8, 100).unwrap();
         assert!(r.packets > 0);
+        assert!(r.seconds < 5.0);
+        assert!(r.pps_per_core > 0.0);
+    }
+
+    #[test]
+    fn fans_out_paced_to_reading_sockets() {
+        let r = fanout_baseline(Duration::from_millis(300), 50, 100, || {}).unwrap();
+        // 50 destinations every 20 ms: about 15 rounds in 300 ms, not a tight loop.
+        assert!(r.packets >= 50 * 5 && r.packets <= 50 * 20, "{r:?}");
         assert!(r.seconds < 5.0);
         assert!(r.pps_per_core > 0.0);
     }

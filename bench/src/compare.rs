@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::baseline::{BaselineReport, sendmmsg_baseline};
+use crate::baseline::{BaselineReport, fanout_baseline, sendmmsg_baseline};
 use crate::capacity::{self, CapacityParams, CapacityReport};
 use crate::chart::{Chart, Series};
 use crate::client::Protocol;
@@ -91,6 +91,8 @@ pub struct CompareParams {
     pub stoa: PathBuf,
     /// CPUs both servers are pinned to (taskset list).
     pub server_cpus: Option<String>,
+    /// CPUs of the harness (and of the fan-out baseline's reading thread).
+    pub bench_cpus: Option<String>,
     /// The ramp, run against each server.
     pub capacity: CapacityParams,
     /// Join storm: listeners.
@@ -130,22 +132,33 @@ pub struct CompareReport {
     pub params: CompareParams,
     /// `nproc` and the CPU model, for the record.
     pub machine: String,
-    /// The kernel baseline on the server's CPUs.
+    /// The kernel baseline on the server's CPUs: `sendmmsg` as fast as it goes to sockets
+    /// that never read.
     pub baseline: BaselineReport,
+    /// The kernel's fan-out floor on the server's CPUs: one datagram every 20 ms to each of as
+    /// many reading sockets as Stoa's largest passing step had listeners.
+    pub fanout: BaselineReport,
     /// Stoa, then Janus.
     pub servers: Vec<ServerResult>,
 }
 
-/// Run everything, one server at a time; `pin` pins the calling thread to the server's CPUs
-/// (for the baseline, run on a thread of its own).
+/// Pin the calling thread to `cpus`, if given.
+fn pin(cpus: Option<&str>) -> io::Result<()> {
+    cpus.map_or(Ok(()), |c| {
+        crate::affinity::pin(c).map_err(io::Error::other)
+    })
+}
+
+/// Run everything, one server at a time; the baselines on threads of their own pinned to the
+/// server's CPUs.
 pub async fn run(
     params: &CompareParams,
-    pin: impl Fn() -> io::Result<()> + Send + 'static,
     progress: &mut dyn Progress,
 ) -> Result<CompareReport, CompareError> {
     let seconds = params.baseline;
+    let server_cpus = params.server_cpus.clone();
     let baseline = tokio::task::spawn_blocking(move || {
-        pin()?;
+        pin(server_cpus.as_deref())?;
         sendmmsg_baseline(seconds, 1000, 100)
     })
     .await
@@ -180,10 +193,26 @@ pub async fn run(
             storm,
         });
     }
+    // The fan-out floor at the size Stoa reached (its first step when none passed).
+    let listeners = servers
+        .first()
+        .and_then(|s| s.capacity.steps.iter().rev().find(|st| st.pass))
+        .map_or(params.capacity.start, |st| st.listeners);
+    let (server_cpus, bench_cpus) = (params.server_cpus.clone(), params.bench_cpus.clone());
+    let fanout = tokio::task::spawn_blocking(move || {
+        pin(server_cpus.as_deref())?;
+        fanout_baseline(seconds, listeners, 100, move || {
+            let _ = pin(bench_cpus.as_deref());
+        })
+    })
+    .await
+    .map_err(|e| CompareError::Baseline(io::Error::other(e)))?
+    .map_err(CompareError::Baseline)?;
     Ok(CompareReport {
         params: params.clone(),
         machine: machine(),
         baseline,
+        fanout,
         servers,
     })
 }
@@ -274,18 +303,24 @@ impl CompareReport {
         );
         let _ = writeln!(
             s,
+            "Kernel fan-out floor (one 100-byte datagram every 20 ms to each of {} sockets that a \
+             thread on the harness CPU reads, batches of 32, server CPU): **{:.0} pkt/s per core**.\n",
+            self.fanout.destinations, self.fanout.pps_per_core
+        );
+        let _ = writeln!(
+            s,
             "| server | max listener-streams (< {:.0} % loss, p99 < {:.0} ms) | server CPU there | \
-             listener-streams per core | received pkt/s per core | / kernel | RSS per listener | \
-             stopped at |",
+             listener-streams per core | received pkt/s per core | / sendmmsg | / fan-out floor | \
+             RSS per listener | stopped at |",
             self.params.capacity.loss_limit * 100.0,
             self.params.capacity.p99_limit_ms
         );
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---|");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
         for r in &self.servers {
             let best = r.capacity.steps.iter().rev().find(|st| st.pass);
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | **{}** | {} | {} | {} KiB | {} |",
+                "| {} | {} | {} | **{}** | {} | {} | {} | {} KiB | {} |",
                 r.name,
                 r.capacity.max_streams,
                 opt(best.and_then(|b| b.server_cpu_cores), 2),
@@ -294,6 +329,11 @@ impl CompareReport {
                 opt(
                     r.rx_pps_per_server_core
                         .map(|v| v / self.baseline.pps_per_core),
+                    2
+                ),
+                opt(
+                    r.rx_pps_per_server_core
+                        .map(|v| v / self.fanout.pps_per_core),
                     2
                 ),
                 opt(r.rss_kib_per_listener, 0),

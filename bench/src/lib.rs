@@ -24,6 +24,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod affinity;
 pub mod audio;
 pub mod baseline;
 pub mod capacity;

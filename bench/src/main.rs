@@ -17,8 +17,6 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use nix::sched::{CpuSet, sched_setaffinity};
-use nix::unistd::Pid;
 use stoa_bench::capacity::{self, CapacityParams};
 use stoa_bench::client::{Depth, Protocol};
 use stoa_bench::compare::{self, CompareParams};
@@ -169,6 +167,13 @@ struct BaselineArgs {
     /// Pin to these CPUs.
     #[arg(long, value_name = "LIST")]
     bench_cpus: Option<String>,
+    /// Instead: the fan-out floor, one datagram every 20 ms to each destination, read by
+    /// another thread.
+    #[arg(long)]
+    fanout: bool,
+    /// With --fanout: pin the reading thread to these CPUs.
+    #[arg(long, value_name = "LIST")]
+    reader_cpus: Option<String>,
     /// Write the result as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -314,14 +319,26 @@ fn main() -> anyhow::Result<()> {
             if let Some(cpus) = &a.bench_cpus {
                 pin(cpus)?;
             }
-            let r = stoa_bench::baseline::sendmmsg_baseline(
-                secs(a.seconds)?,
-                a.destinations,
-                a.payload,
-            )
-            .context("sendmmsg baseline")?;
+            let r = if a.fanout {
+                let reader = a.reader_cpus.clone();
+                stoa_bench::baseline::fanout_baseline(
+                    secs(a.seconds)?,
+                    a.destinations,
+                    a.payload,
+                    move || {
+                        if let Some(c) = reader {
+                            let _ = stoa_bench::affinity::pin(&c);
+                        }
+                    },
+                )
+                .context("fan-out baseline")?
+            } else {
+                stoa_bench::baseline::sendmmsg_baseline(secs(a.seconds)?, a.destinations, a.payload)
+                    .context("sendmmsg baseline")?
+            };
             println!(
-                "sendmmsg baseline: {} datagrams of {} bytes to {} sockets in {:.2} s, {:.2} CPU s: {:.0} pkt/s, {:.0} pkt/s per core",
+                "{} baseline: {} datagrams of {} bytes to {} sockets in {:.2} s, {:.2} CPU s: {:.0} pkt/s, {:.0} pkt/s per core",
+                if a.fanout { "fan-out" } else { "sendmmsg" },
                 r.packets,
                 r.payload,
                 r.destinations,
@@ -342,6 +359,7 @@ fn main() -> anyhow::Result<()> {
             let params = CompareParams {
                 stoa: a.stoa.clone(),
                 server_cpus: a.server_cpus.clone(),
+                bench_cpus: a.bench_cpus.clone(),
                 capacity: CapacityParams {
                     speakers: 1,
                     start: a.start,
@@ -368,15 +386,8 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("tokio runtime")?;
-            let server_cpus = a.server_cpus.clone();
-            let pin_server = move || -> std::io::Result<()> {
-                match &server_cpus {
-                    Some(c) => pin(c).map_err(std::io::Error::other),
-                    None => Ok(()),
-                }
-            };
             let mut lines = Lines { quiet: a.quiet };
-            let report = runtime.block_on(compare::run(&params, pin_server, &mut lines))?;
+            let report = runtime.block_on(compare::run(&params, &mut lines))?;
             let markdown = report.markdown();
             println!("{markdown}");
             if let Some(dir) = &a.out {
@@ -437,29 +448,11 @@ fn runtime(a: &ServerArgs) -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Pin this thread (and so the threads it starts later) to a taskset-style CPU list.
 fn pin(list: &str) -> anyhow::Result<()> {
-    let mut set = CpuSet::new();
-    for cpu in cpus(list)? {
-        set.set(cpu).with_context(|| format!("cpu {cpu}"))?;
-    }
-    sched_setaffinity(Pid::from_raw(0), &set).context("sched_setaffinity")
-}
-
-fn cpus(list: &str) -> anyhow::Result<Vec<usize>> {
-    let mut out = Vec::new();
-    for part in list.split(',') {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (usize, usize) = (a.trim().parse()?, b.trim().parse()?);
-                out.extend(a..=b);
-            }
-            None => out.push(part.trim().parse()?),
-        }
-    }
-    Ok(out)
+    Ok(stoa_bench::affinity::pin(list)?)
 }
 
 fn count_cpus(list: &str) -> usize {
-    cpus(list).map_or(0, |c| c.len())
+    stoa_bench::affinity::parse(list).map_or(0, |c| c.len())
 }
 
 fn write_json(path: Option<&PathBuf>, json: &str) -> anyhow::Result<()> {

@@ -30,6 +30,8 @@ use livekit_api::access_token::Claims;
 
 /// Largest signaling message accepted from a client. SDP offers of audio clients stay far below.
 pub const MAX_MESSAGE: usize = 64 * 1024;
+/// Bytes a WebSocket reads (and keeps allocated) at a time.
+const READ_CHUNK: usize = 4 * 1024;
 
 /// Sustained signal requests per second a client may send, and the burst above it.
 const RATE_PER_SEC: f64 = 50.0;
@@ -156,6 +158,10 @@ async fn rtc(
     upgrade
         .max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
+        // tungstenite's default reads in 128 KiB chunks, allocated per connection and zeroed
+        // before every read: most of a listener's memory and a memset per ping. Signal
+        // messages are small; larger ones still arrive, in more reads.
+        .read_buffer_size(READ_CHUNK)
         .on_upgrade(move |socket| session(socket, state.signaling, params, claims))
 }
 

@@ -681,3 +681,63 @@ async fn reqwest_like_get(addr: SocketAddr, path: &str) -> String {
         .unwrap();
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Signal messages larger than the WebSocket's read chunk (4 KiB) still arrive whole, up to the
+/// 64 KiB limit; a larger one ends that session only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_signal_messages_arrive_whole() {
+    let s = server().await;
+    let mut ws = connect_ws(s.http, &mint("big", grants("large", false)))
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(WAIT, next_response(&mut ws))
+        .await
+        .unwrap();
+    assert!(matches!(first, Some(signal_response::Message::Join(_))));
+    // A ping request padded with an unknown protobuf field (number 1000, bytes), which
+    // decoders skip: the reply proves the whole frame was read and decoded.
+    let padded = |pad: usize, ts: i64| {
+        let mut bytes = lk::SignalRequest {
+            message: Some(signal_request::Message::PingReq(lk::Ping {
+                timestamp: ts,
+                rtt: 0,
+            })),
+        }
+        .encode_to_vec();
+        prost::encoding::encode_key(1000, prost::encoding::WireType::LengthDelimited, &mut bytes);
+        prost::encoding::encode_varint(pad as u64, &mut bytes);
+        bytes.extend(std::iter::repeat_n(b'x', pad));
+        bytes
+    };
+    let big = padded(40 * 1024, 4242);
+    assert!(big.len() > 10 * 4096);
+    ws.send(WsMessage::Binary(big.into())).await.unwrap();
+    let pong = tokio::time::timeout(WAIT, async {
+        loop {
+            match next_response(&mut ws).await {
+                Some(signal_response::Message::PongResp(p)) => return Some(p),
+                Some(_) => continue,
+                None => return None,
+            }
+        }
+    })
+    .await
+    .unwrap()
+    .expect("a pong for the padded ping");
+    assert_eq!(pong.last_ping_timestamp, 4242);
+
+    // Over the limit: the session ends; the server goes on serving others.
+    let huge = padded(80 * 1024, 1);
+    let _ = ws.send(WsMessage::Binary(huge.into())).await;
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            if next_response(&mut ws).await.is_none() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "an oversized frame ends the session");
+    let other = Client::join(s.http, &mint("other", grants("large", false))).await;
+    assert!(!other.sid().is_empty());
+}

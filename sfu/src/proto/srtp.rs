@@ -20,7 +20,7 @@
 //! AES-CM-SHA1-80 the engine falls back to str0m's own send path.
 
 use std::cell::RefCell;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 
 use str0m::crypto::dtls::{
@@ -120,9 +120,12 @@ impl DtlsProvider for CapturingDtlsProvider {
         dtls_version: DtlsVersion,
         mtu: Option<usize>,
     ) -> Result<Box<dyn DtlsInstance>, CryptoError> {
-        let inner = base()
-            .dtls_provider
-            .new_dtls(cert, now, dtls_version, mtu)?;
+        let inner = match (shared_dtls_config(mtu), self.is_test()) {
+            (Some(config), false) => new_dimpl(config, cert, now, dtls_version)?,
+            _ => base()
+                .dtls_provider
+                .new_dtls(cert, now, dtls_version, mtu)?,
+        };
         Ok(match HANDOVER.with(|h| h.borrow_mut().take()) {
             Some(slot) => Box::new(CapturingDtls { inner, slot }),
             None => inner,
@@ -131,6 +134,105 @@ impl DtlsProvider for CapturingDtlsProvider {
 
     fn is_test(&self) -> bool {
         base().dtls_provider.is_test()
+    }
+}
+
+/// The DTLS configuration of every peer with this MTU, built once. str0m's provider builds
+/// (and so validates, with a full P-384 key exchange) a fresh one per `Rtc`: under a join storm
+/// that was several percent of the engine's core. A handful of MTUs are kept; beyond them a
+/// peer gets str0m's own path.
+fn shared_dtls_config(mtu: Option<usize>) -> Option<Arc<dimpl::Config>> {
+    const KEPT: usize = 4;
+    static CONFIGS: Mutex<Vec<(Option<usize>, Arc<dimpl::Config>)>> = Mutex::new(Vec::new());
+    let mut configs = CONFIGS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((_, c)) = configs.iter().find(|(m, _)| *m == mtu) {
+        return Some(c.clone());
+    }
+    if configs.len() >= KEPT {
+        return None;
+    }
+    // As str0m's provider: ICE checks return routability before DTLS, so no cookies.
+    let mut builder = dimpl::Config::builder().use_server_cookie(false);
+    if let Some(mtu) = mtu {
+        builder = builder.mtu(mtu);
+    }
+    let config = Arc::new(builder.build().ok()?);
+    configs.push((mtu, config.clone()));
+    Some(config)
+}
+
+/// A DTLS instance on a shared configuration, as str0m's aws-lc-rs provider makes one.
+fn new_dimpl(
+    config: Arc<dimpl::Config>,
+    cert: &DtlsCert,
+    now: Instant,
+    version: DtlsVersion,
+) -> Result<Box<dyn DtlsInstance>, CryptoError> {
+    let certificate = dimpl::DtlsCertificate {
+        certificate: cert.certificate.clone(),
+        private_key: cert.private_key.clone(),
+    };
+    let dtls = match version {
+        DtlsVersion::Dtls12 => dimpl::Dtls::new_12(config, certificate, now),
+        DtlsVersion::Dtls13 => dimpl::Dtls::new_13(config, certificate, now),
+        DtlsVersion::Auto => dimpl::Dtls::new_auto(config, certificate, now),
+        other => {
+            return Err(CryptoError::Other(format!(
+                "unsupported DTLS version: {other}"
+            )));
+        }
+    };
+    Ok(Box::new(Dimpl(dtls)))
+}
+
+/// `dimpl::Dtls` as str0m's DTLS instance: every call passes straight through.
+struct Dimpl(dimpl::Dtls);
+
+impl std::fmt::Debug for Dimpl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Dimpl")
+    }
+}
+
+impl DtlsInstance for Dimpl {
+    fn set_active(&mut self, active: bool) {
+        self.0.set_active(active);
+    }
+
+    fn handle_packet(&mut self, packet: &[u8]) -> Result<(), DtlsImplError> {
+        self.0.handle_packet(packet)
+    }
+
+    fn poll_output<'a>(&mut self, buf: &'a mut [u8]) -> DtlsOutput<'a> {
+        self.0.poll_output(buf)
+    }
+
+    fn handle_timeout(&mut self, now: Instant) -> Result<(), DtlsImplError> {
+        self.0.handle_timeout(now)
+    }
+
+    fn send_application_data(&mut self, data: &[u8]) -> Result<usize, DtlsImplError> {
+        self.0.send_application_data(data)
+    }
+
+    fn is_active(&self) -> bool {
+        self.0.is_active()
+    }
+
+    fn protocol_version(&self) -> Option<ProtocolVersion> {
+        self.0.protocol_version()
+    }
+
+    fn is_closing(&self) -> bool {
+        self.0.is_closing()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+
+    fn close(&mut self) -> Result<(), DtlsImplError> {
+        self.0.close()
     }
 }
 
@@ -453,6 +555,26 @@ pub(crate) fn audio_level_octet(level: i8, voice: bool) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peers_share_one_dtls_configuration_per_mtu() {
+        let a = shared_dtls_config(Some(1150)).expect("a configuration");
+        let b = shared_dtls_config(Some(1150)).expect("a configuration");
+        assert!(Arc::ptr_eq(&a, &b), "built once");
+        assert_eq!(a.mtu(), 1150);
+        let other = shared_dtls_config(Some(1200)).expect("a configuration");
+        assert!(!Arc::ptr_eq(&a, &other));
+        assert_eq!(other.mtu(), 1200);
+        // And the engine's DTLS factory hands out instances on it.
+        let cert = base()
+            .dtls_provider
+            .generate_certificate()
+            .expect("certificate");
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        let dtls = CapturingDtlsProvider.new_dtls(&cert, now, DtlsVersion::Auto, Some(1150));
+        assert!(dtls.is_ok());
+    }
 
     fn hex(s: &str) -> Vec<u8> {
         let s: String = s.split_whitespace().collect();
