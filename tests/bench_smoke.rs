@@ -187,6 +187,7 @@ fn capacity_ramp() {
         p99_limit_ms: 5_000.0,
         depth: Depth::Header,
         server_cores: None,
+        bench_cores: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -238,6 +239,7 @@ fn comparison_with_janus() {
             p99_limit_ms: 5_000.0,
             depth: Depth::Header,
             server_cores: None,
+            bench_cores: None,
         },
         storm_listeners: 4,
         storm_rate: 20.0,

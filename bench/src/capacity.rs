@@ -39,7 +39,12 @@ pub struct CapacityParams {
     pub depth: Depth,
     /// Cores the server is pinned to, when it is.
     pub server_cores: Option<usize>,
+    /// Cores the harness is pinned to, when it is.
+    pub bench_cores: Option<usize>,
 }
+
+/// Above this share of its cores busy, the harness, not the server, may be what failed a step.
+const HARNESS_BOUND: f64 = 0.85;
 
 /// One step of the ramp.
 #[derive(Debug, Clone, Serialize)]
@@ -183,6 +188,20 @@ pub async fn search(
                 loss * 100.0,
                 p99_ms.map_or("-".into(), |p| format!("{p:.1}"))
             );
+            // Per core: the harness has as many as the server when both are pinned.
+            let per_core = |cores: Option<f64>, pinned: Option<usize>| {
+                cores.map(|c| c / pinned.unwrap_or(1).max(1) as f64)
+            };
+            let harness = per_core(mean(&harness_cpu), params.bench_cores);
+            let server = per_core(mean(&cpu), params.server_cores);
+            if let (Some(h), Some(s)) = (harness, server)
+                && h >= HARNESS_BOUND
+                && h > s
+            {
+                stop.push_str(&format!(
+                    " (harness-bound: harness {h:.2} of its cores busy, server {s:.2})"
+                ));
+            }
             break;
         }
         want += params.step;

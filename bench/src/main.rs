@@ -300,6 +300,7 @@ fn main() -> anyhow::Result<()> {
                 p99_limit_ms: a.p99_limit,
                 depth: a.depth,
                 server_cores: a.server.server_cpus.as_deref().map(count_cpus),
+                bench_cores: a.server.bench_cpus.as_deref().map(count_cpus),
             };
             let (target, _server) = target(&a.server)?;
             let runtime = runtime(&a.server)?;
@@ -371,6 +372,7 @@ fn main() -> anyhow::Result<()> {
                     p99_limit_ms: a.p99_limit,
                     depth: Depth::Header,
                     server_cores,
+                    bench_cores: a.bench_cpus.as_deref().map(count_cpus),
                 },
                 storm_listeners: a.storm_listeners,
                 storm_rate: a.storm_rate,
