@@ -149,6 +149,8 @@ pub struct Shared {
     pub counters: Arc<Counters>,
     /// The DTLS certificate of every client's peer connections.
     pub dtls_cert: Arc<DtlsCert>,
+    /// The thread that reads header-only listeners' sockets, when the run has one.
+    pub sink: Option<Arc<crate::sink::Sink>>,
 }
 
 /// A DTLS certificate for [`Shared::dtls_cert`], from str0m's crypto provider.
@@ -314,7 +316,10 @@ struct Session {
     reception: Arc<Mutex<Reception>>,
     check: Option<AudioCheck>,
     depth: Depth,
-    heard: bool,
+    /// Counted as heard (shared with the sink, so that it is counted once).
+    heard: Arc<std::sync::atomic::AtomicBool>,
+    /// Datagrams the sink passed back, once it reads this listener's socket.
+    passed: Option<mpsc::UnboundedReceiver<crate::sink::Passed>>,
     local_ip: std::net::Ipv4Addr,
 }
 
@@ -389,7 +394,8 @@ async fn connect(
         reception,
         check,
         depth: spec.depth,
-        heard: false,
+        heard: Arc::default(),
+        passed: None,
         local_ip: spec.local_ip,
     })
 }
@@ -504,9 +510,14 @@ impl Session {
             // None starves: a listener gets one datagram per speaker every 20 ms.
             tokio::select! {
                 biased;
-                r = self.subscriber.socket.recv_from(&mut sub_buf) => {
+                r = recv_reader(self.subscriber.reader.as_ref(), &mut sub_buf) => {
                     let (n, from) = r?;
-                    self.subscriber_datagram(from, n, &mut sub_buf);
+                    self.subscriber_datagram(from, n, &mut sub_buf, false);
+                }
+                Some((data, from)) = recv_passed(&mut self.passed) => {
+                    let n = data.len().min(sub_buf.len());
+                    sub_buf[..n].copy_from_slice(&data[..n]);
+                    self.subscriber_datagram(from, n, &mut sub_buf, true);
                 }
                 m = self.signals.recv() => {
                     let m = m.unwrap_or(Err(ClientError::Closed))?;
@@ -514,7 +525,7 @@ impl Session {
                         return Ok(());
                     }
                 }
-                r = recv_publisher(self.publisher.as_ref(), &mut pub_buf) => {
+                r = recv_reader(self.publisher.as_ref().and_then(|p| p.reader.as_ref()), &mut pub_buf) => {
                     let (n, from) = r?;
                     let now = self.shared.clock.now();
                     if let Some(p) = self.publisher.as_mut() {
@@ -541,9 +552,12 @@ impl Session {
         }
     }
 
-    fn subscriber_datagram(&mut self, from: SocketAddr, n: usize, buf: &mut [u8]) {
+    /// One datagram for the subscriber connection: read from its socket, or `passed` on by
+    /// the sink (which already read what it could from the header).
+    fn subscriber_datagram(&mut self, from: SocketAddr, n: usize, buf: &mut [u8], passed: bool) {
         let now = self.shared.clock.now();
         let header_only = self.depth == Depth::Header && self.subscriber.connected;
+        let header_path = header_only && !passed;
         let reception = &self.reception;
         let check = &mut self.check;
         let counters = &self.shared.counters;
@@ -567,7 +581,7 @@ impl Session {
         };
         // Header-only listeners count most RTP from the clear header and skip str0m for it.
         let header_read = |data: &[u8]| -> bool {
-            if !header_only {
+            if !header_path {
                 return false;
             }
             let Some(seen) = RtpSeen::parse(data) else {
@@ -588,14 +602,46 @@ impl Session {
             self.subscriber.receive(now, from, &buf[..n], &mut on_rtp);
         }
         // Drain whatever else is queued on the socket before going back to select.
-        while let Ok((n, from)) = self.subscriber.socket.try_recv_from(buf) {
-            if !header_read(&buf[..n]) {
-                self.subscriber.receive(now, from, &buf[..n], &mut on_rtp);
+        if !passed {
+            while let Some(Ok((n, from))) = self
+                .subscriber
+                .reader
+                .as_ref()
+                .map(|r| r.try_recv_from(buf))
+            {
+                if !header_read(&buf[..n]) {
+                    self.subscriber.receive(now, from, &buf[..n], &mut on_rtp);
+                }
             }
         }
-        if (heard || header_only) && !self.heard && lock(reception).heard() {
-            self.heard = true;
+        if (heard || header_only)
+            && !self.heard.load(Ordering::Relaxed)
+            && lock(reception).heard()
+            && !self.heard.swap(true, Ordering::Relaxed)
+        {
             counters.heard.fetch_add(1, Ordering::Relaxed);
+        }
+        if header_only && self.passed.is_none() {
+            self.hand_over();
+        }
+    }
+
+    /// Let the run's sink read this header-only listener's socket from now on.
+    fn hand_over(&mut self) {
+        let Some(sink) = self.shared.sink.clone() else {
+            return;
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        if sink.adopt(
+            self.subscriber.socket.clone(),
+            self.reception.clone(),
+            self.heard.clone(),
+            tx,
+        ) {
+            // Dropping the reader deregisters its descriptor from tokio; the sink reads the
+            // socket itself.
+            self.subscriber.reader = None;
+            self.passed = Some(rx);
         }
     }
 
@@ -884,13 +930,24 @@ impl Session {
     }
 }
 
-/// Receive on the publisher's socket, or never when there is none.
-async fn recv_publisher(
-    peer: Option<&Peer>,
+/// Receive on a peer's tokio reader, or never when there is none.
+async fn recv_reader(
+    reader: Option<&tokio::net::UdpSocket>,
     buf: &mut [u8],
 ) -> std::io::Result<(usize, SocketAddr)> {
-    match peer {
-        Some(p) => p.socket.recv_from(buf).await,
+    match reader {
+        Some(r) => r.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next datagram the sink passed back, or never when the sink does not read this
+/// listener.
+async fn recv_passed(
+    passed: &mut Option<mpsc::UnboundedReceiver<crate::sink::Passed>>,
+) -> Option<crate::sink::Passed> {
+    match passed {
+        Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
 }

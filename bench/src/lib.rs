@@ -11,6 +11,7 @@
 //! - [`server`]: the server under test as a child process, and its CPU and memory from `/proc`.
 //! - [`report`]: the summary table and JSON; [`capacity`]: the listener ramp;
 //!   [`baseline`]: what the kernel alone sends per core with `sendmmsg`.
+//! - [`sink`]: one thread reading every header-only listener's socket.
 //! - [`janus`]: Janus's videoroom as a comparison SFU, and the adapter that lets the same
 //!   clients drive it; [`compare`]: the baseline and both servers through the same ramp and
 //!   join storm, in one run.
@@ -38,3 +39,4 @@ pub mod reception;
 pub mod report;
 pub mod scenario;
 pub mod server;
+pub mod sink;

@@ -6,6 +6,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
 use str0m::config::DtlsCert;
@@ -29,7 +30,11 @@ pub(crate) struct Drained {
 #[derive(Debug)]
 pub(crate) struct Peer {
     pub rtc: Rtc,
-    pub socket: UdpSocket,
+    /// The socket, non-blocking: sends go straight out on it.
+    pub socket: Arc<std::net::UdpSocket>,
+    /// The same socket (a duplicate descriptor) registered with tokio for reading, until the
+    /// listener's sink takes the reading over.
+    pub reader: Option<UdpSocket>,
     pub local: SocketAddr,
     pub connected: bool,
     pub next_timeout: Instant,
@@ -52,7 +57,7 @@ impl Peer {
         let std_socket = std::net::UdpSocket::bind((ip, 0))?;
         std_socket.set_nonblocking(true)?;
         let local = std_socket.local_addr()?;
-        let socket = UdpSocket::from_std(std_socket)?;
+        let reader = UdpSocket::from_std(std_socket.try_clone()?)?;
         let mut rtc = RtcConfig::new()
             .set_rtp_mode(true)
             .clear_codecs()
@@ -64,7 +69,8 @@ impl Peer {
         rtc.add_local_candidate(candidate);
         Ok(Peer {
             rtc,
-            socket,
+            socket: Arc::new(std_socket),
+            reader: Some(reader),
             local,
             connected: false,
             next_timeout: now,
@@ -109,7 +115,7 @@ impl Peer {
                 Ok(Output::Transmit(t)) => {
                     // The harness sends only on this machine, whatever a server advertises.
                     if !t.destination.ip().is_loopback()
-                        || self.socket.try_send_to(&t.contents, t.destination).is_err()
+                        || self.socket.send_to(&t.contents, t.destination).is_err()
                     {
                         self.send_drops += 1;
                     }

@@ -22,6 +22,7 @@ use crate::clock::Clock;
 use crate::reception::{Totals, Window};
 use crate::report::{Report, RunRecord, Tick};
 use crate::server::{ProcProbe, ProcSample, RtpCounters, scrape_rtp};
+use crate::sink::Sink;
 
 /// Most clients one run may start, whatever the parameters say.
 pub const MAX_CLIENTS: usize = 20_000;
@@ -162,11 +163,20 @@ impl Crowd {
         depth: Depth,
     ) -> Result<Crowd, ScenarioError> {
         let clock = Clock::start();
+        let counters = Arc::new(Counters::default());
+        // Header-only listeners hand their sockets to one reading thread.
+        let sink = match depth {
+            Depth::Header => Some(Arc::new(
+                Sink::start(clock, counters.clone()).map_err(ClientError::Io)?,
+            )),
+            Depth::Decrypt | Depth::Decode => None,
+        };
         let shared = Shared {
             clock,
             tone: Arc::new(ToneLoop::encode()?),
-            counters: Arc::new(Counters::default()),
+            counters,
             dtls_cert: Arc::new(client::dtls_cert()?),
+            sink,
         };
         // Janus's ICE pairs only candidates it can reach from its veth address (see
         // `crate::janus`), so its clients bind that address too.
