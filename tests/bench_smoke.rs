@@ -313,9 +313,13 @@ fn comparison_with_janus() {
     }
     let charts = report.charts();
     assert_eq!(charts.len(), 4);
+    let fonts = stoa_bench::chart::Fonts::system();
     for (_, chart) in charts {
         assert_eq!(chart.series.len(), 2);
         assert!(chart.svg().contains("<polyline"));
+        // And as PNG, rasterised from it.
+        let png = chart.png(&fonts).expect("a PNG");
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 1000);
     }
     let json: serde_json::Value = serde_json::to_value(&report).unwrap();
     assert_eq!(json["servers"][1]["name"], "Janus");

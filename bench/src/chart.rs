@@ -1,6 +1,7 @@
-//! Line charts as standalone SVG files: loss, latency and CPU against listeners for the
-//! capacity ramp, and the per-second timeline of a run. SVG needs no font or image library, and
-//! browsers and code forges show it as is.
+//! Line charts: loss, latency and CPU against listeners for the capacity ramp, and the
+//! per-second timeline of a run. Each is drawn as a standalone SVG (which browsers and code
+//! forges show as is) and rasterised to PNG with resvg, its text set in the system's fonts
+//! ([`Fonts`]; without any, the PNG has lines and no text).
 
 use std::fmt::Write as _;
 
@@ -14,6 +15,41 @@ const MARGIN_RIGHT: f64 = 20.0;
 const MARGIN_TOP: f64 = 40.0;
 const MARGIN_BOTTOM: f64 = 50.0;
 const COLOURS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e"];
+
+/// The system's fonts, loaded once for many PNGs.
+#[derive(Debug)]
+pub struct Fonts(std::sync::Arc<resvg::usvg::fontdb::Database>);
+
+impl Fonts {
+    /// Load the fonts installed on this machine.
+    pub fn system() -> Fonts {
+        let mut db = resvg::usvg::fontdb::Database::new();
+        db.load_system_fonts();
+        // The charts ask for `sans-serif`, which fontdb maps to Arial: use a family that is
+        // installed instead.
+        let installed = |family: &str| {
+            db.faces()
+                .any(|face| face.families.iter().any(|(name, _)| name == family))
+        };
+        let family = ["DejaVu Sans", "Liberation Sans", "Noto Sans", "FreeSans"]
+            .into_iter()
+            .find(|f| installed(f))
+            .map(str::to_owned)
+            .or_else(|| {
+                db.faces()
+                    .find_map(|face| face.families.first().map(|(name, _)| name.clone()))
+            });
+        if let Some(family) = family {
+            db.set_sans_serif_family(family);
+        }
+        Fonts(std::sync::Arc::new(db))
+    }
+}
+
+/// A chart that could not be rasterised.
+#[derive(Debug, thiserror::Error)]
+#[error("PNG chart: {0}")]
+pub struct PngError(String);
 
 /// One line of a chart.
 #[derive(Debug, Clone)]
@@ -38,6 +74,28 @@ pub struct Chart {
 }
 
 impl Chart {
+    /// The chart as a PNG image, twice the SVG's size.
+    pub fn png(&self, fonts: &Fonts) -> Result<Vec<u8>, PngError> {
+        let options = resvg::usvg::Options {
+            fontdb: fonts.0.clone(),
+            ..Default::default()
+        };
+        let tree = resvg::usvg::Tree::from_str(&self.svg(), &options)
+            .map_err(|e| PngError(e.to_string()))?;
+        let scale = 2.0;
+        let size = tree.size().to_int_size().scale_by(scale);
+        let mut pixmap = size
+            .and_then(|s| resvg::tiny_skia::Pixmap::new(s.width(), s.height()))
+            .ok_or_else(|| PngError("empty image".into()))?;
+        pixmap.fill(resvg::tiny_skia::Color::WHITE);
+        resvg::render(
+            &tree,
+            resvg::tiny_skia::Transform::from_scale(scale, scale),
+            &mut pixmap.as_mut(),
+        );
+        pixmap.encode_png().map_err(|e| PngError(e.to_string()))
+    }
+
     /// The chart as an SVG document.
     pub fn svg(&self) -> String {
         let points = self.series.iter().flat_map(|s| s.points.iter());

@@ -79,7 +79,7 @@ struct ServerArgs {
     /// Write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-    /// Write SVG charts into this directory.
+    /// Write SVG and PNG charts into this directory.
     #[arg(long, value_name = "DIR")]
     plots: Option<PathBuf>,
     /// No progress lines.
@@ -470,9 +470,13 @@ fn write_charts(
 ) -> anyhow::Result<()> {
     let Some(dir) = dir else { return Ok(()) };
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let fonts = stoa_bench::chart::Fonts::system();
     for (stem, chart) in charts {
         let path = dir.join(format!("{stem}.svg"));
         std::fs::write(&path, chart.svg()).with_context(|| format!("write {}", path.display()))?;
+        let path = dir.join(format!("{stem}.png"));
+        std::fs::write(&path, chart.png(&fonts)?)
+            .with_context(|| format!("write {}", path.display()))?;
     }
     Ok(())
 }
