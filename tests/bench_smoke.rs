@@ -89,6 +89,15 @@ fn smoke(params: &Params) -> stoa_bench::report::Report {
     // Server figures come from /proc and /metrics.
     let server = report.server.as_ref().expect("server figures");
     assert!(server.rss_kib_peak.unwrap_or(0) > 0);
+    // Bytes through the media sockets, from its /metrics: more out than in (fan-out).
+    let (kin, kout) = (
+        server.in_kbps.unwrap_or(0.0),
+        server.out_kbps.unwrap_or(0.0),
+    );
+    assert!(
+        kin > 0.0 && kout > kin,
+        "in {kin} kbit/s, out {kout} kbit/s"
+    );
     assert!(!report.timeline.is_empty());
     // The charts render from it.
     for (_, chart) in stoa_bench::chart::run_charts(&report) {

@@ -237,14 +237,56 @@ struct CompareArgs {
     quiet: bool,
 }
 
+/// Progress: on a terminal a bar of listeners present against the run's target, with the
+/// last second's figures beside it; otherwise (logs, CI) one line per second.
 struct Lines {
     quiet: bool,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Lines {
+    fn new(quiet: bool, listeners: usize) -> Lines {
+        use std::io::IsTerminal as _;
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(listeners as u64);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "[{elapsed_precise}] {bar:30} {pos:>5}/{len} listeners  {msg}",
+            ) {
+                bar.set_style(style);
+            }
+            bar
+        });
+        Lines { quiet, bar }
+    }
 }
 
 impl Progress for Lines {
     fn line(&mut self, tick: &Tick) {
-        if !self.quiet {
-            eprintln!("{}", progress_line(tick));
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(tick.listeners as u64);
+                bar.set_message(format!(
+                    "heard {}  failed {}  rx {:.0} pkt/s  loss {:.2} %  p99 {} ms  server cpu {}",
+                    tick.heard,
+                    tick.failed,
+                    tick.rx_pps,
+                    tick.loss * 100.0,
+                    tick.latency_p99_ms
+                        .map_or("-".into(), |p| format!("{p:.1}")),
+                    tick.server_cpu_cores
+                        .map_or("-".into(), |c| format!("{c:.2}")),
+                ));
+            }
+            None if !self.quiet => eprintln!("{}", progress_line(tick)),
+            None => {}
+        }
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
         }
     }
 }
@@ -277,9 +319,7 @@ fn main() -> anyhow::Result<()> {
             params.validate()?;
             let (target, _server) = target(&a.server)?;
             let runtime = runtime(&a.server)?;
-            let mut lines = Lines {
-                quiet: a.server.quiet,
-            };
+            let mut lines = Lines::new(a.server.quiet, params.listeners);
             let report = runtime.block_on(scenario::run(target, &params, &mut lines))?;
             println!("{}", report.table());
             write_json(a.server.json.as_ref(), &report.json())?;
@@ -304,9 +344,7 @@ fn main() -> anyhow::Result<()> {
             };
             let (target, _server) = target(&a.server)?;
             let runtime = runtime(&a.server)?;
-            let mut lines = Lines {
-                quiet: a.server.quiet,
-            };
+            let mut lines = Lines::new(a.server.quiet, params.max_listeners);
             let report = runtime.block_on(capacity::search(target, &params, &mut lines))?;
             println!("{}", report.table());
             let json = serde_json::to_string_pretty(&report).context("serialise")?;
@@ -388,7 +426,7 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("tokio runtime")?;
-            let mut lines = Lines { quiet: a.quiet };
+            let mut lines = Lines::new(a.quiet, a.max_listeners.max(a.storm_listeners));
             let report = runtime.block_on(compare::run(&params, &mut lines))?;
             let markdown = report.markdown();
             println!("{markdown}");

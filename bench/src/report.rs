@@ -60,6 +60,10 @@ pub struct Tick {
     pub server_in_pps: Option<f64>,
     /// RTP packets per second the server forwarded (its `/metrics`).
     pub server_out_pps: Option<f64>,
+    /// kbit/s the server's media sockets received (its `/metrics`, UDP payload).
+    pub server_in_kbps: Option<f64>,
+    /// kbit/s the server's media sockets sent (its `/metrics`, UDP payload).
+    pub server_out_kbps: Option<f64>,
 }
 
 /// Quantiles of a distribution, milliseconds.
@@ -128,6 +132,10 @@ pub struct ServerFigures {
     pub rtp_out_pps: Option<f64>,
     /// Forwarded packets per second per server core used.
     pub rtp_out_pps_per_core: Option<f64>,
+    /// Mean kbit/s in through the media sockets (server counters).
+    pub in_kbps: Option<f64>,
+    /// Mean kbit/s out through the media sockets (server counters).
+    pub out_kbps: Option<f64>,
 }
 
 /// A decoding listener's check of the audio itself.
@@ -269,6 +277,8 @@ impl Report {
                 rtp_in_pps: mean(&|t| t.server_in_pps),
                 rtp_out_pps: out,
                 rtp_out_pps_per_core: out.filter(|_| cpu > 0.01).map(|o| o / cpu),
+                in_kbps: mean(&|t| t.server_in_kbps),
+                out_kbps: mean(&|t| t.server_out_kbps),
             }
         });
         Report {
@@ -376,6 +386,12 @@ impl Report {
                 opt(sv.rtp_in_pps, 0),
                 opt(sv.rtp_out_pps, 0),
                 opt(sv.rtp_out_pps_per_core, 0)
+            );
+            let _ = writeln!(
+                s,
+                "server bytes  in {} kbit/s, out {} kbit/s",
+                opt(sv.in_kbps, 0),
+                opt(sv.out_kbps, 0)
             );
         }
         for c in &self.audio_checks {

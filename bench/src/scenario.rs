@@ -352,16 +352,16 @@ impl Sampler {
                 .flatten(),
             None => None,
         };
-        let (server_in_pps, server_out_pps) = match (rtp, self.last_rtp) {
-            (Some(r), Some((then, before))) => {
-                let dt = now.saturating_duration_since(then).as_secs_f64().max(1e-3);
-                (
-                    Some((r.received - before.received) / dt),
-                    Some((r.forwarded - before.forwarded) / dt),
-                )
-            }
-            _ => (None, None),
-        };
+        let (mut server_in_pps, mut server_out_pps) = (None, None);
+        let (mut server_in_kbps, mut server_out_kbps) = (None, None);
+        if let (Some(r), Some((then, before))) = (rtp, self.last_rtp) {
+            let dt = now.saturating_duration_since(then).as_secs_f64().max(1e-3);
+            let kbps = |a: Option<f64>, b: Option<f64>| Some((a? - b?) * 8.0 / 1e3 / dt);
+            server_in_pps = Some((r.received - before.received) / dt);
+            server_out_pps = Some((r.forwarded - before.forwarded) / dt);
+            server_in_kbps = kbps(r.bytes_in, before.bytes_in);
+            server_out_kbps = kbps(r.bytes_out, before.bytes_out);
+        }
         if let Some(r) = rtp {
             self.last_rtp = Some((now, r));
         }
@@ -386,6 +386,8 @@ impl Sampler {
             server_rss_kib: server.map(|s| s.rss_kib),
             server_in_pps,
             server_out_pps,
+            server_in_kbps,
+            server_out_kbps,
         };
         self.ticks.push(tick.clone());
         tick

@@ -182,14 +182,19 @@ fn parse_rss_kib(status: &str) -> Option<u64> {
         .ok()
 }
 
-/// The server's own RTP counters: packets received from publishers and forwarded to
-/// subscribers (`sfu_rtp_packets_*_total` on `/metrics`).
+/// The server's own counters: RTP packets received from publishers and forwarded to
+/// subscribers (`sfu_rtp_packets_*_total` on `/metrics`), and bytes through its media sockets
+/// (`sfu_bytes_*_total`, UDP payload of every datagram).
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct RtpCounters {
     /// RTP packets received.
     pub received: f64,
     /// RTP packets forwarded.
     pub forwarded: f64,
+    /// Bytes received on the media sockets, when the server counts them.
+    pub bytes_in: Option<f64>,
+    /// Bytes sent from the media sockets, when the server counts them.
+    pub bytes_out: Option<f64>,
 }
 
 /// Scrape `/metrics` (blocking, bounded by a 2 s timeout); `None` when unavailable.
@@ -212,6 +217,8 @@ pub fn scrape_rtp(http: SocketAddr) -> Option<RtpCounters> {
     Some(RtpCounters {
         received: value("sfu_rtp_packets_received_total")?,
         forwarded: value("sfu_rtp_packets_forwarded_total")?,
+        bytes_in: value("sfu_bytes_received_total"),
+        bytes_out: value("sfu_bytes_sent_total"),
     })
 }
 
