@@ -56,14 +56,8 @@ pub fn sendmmsg_baseline(
     payload: usize,
 ) -> io::Result<BaselineReport> {
     let duration = duration.min(Duration::from_secs(60));
-    let destinations = destinations.clamp(1, 4096);
-    let sinks: Vec<UdpSocket> = (0..destinations)
-        .map(|_| UdpSocket::bind("127.0.0.1:0"))
-        .collect::<io::Result<_>>()?;
-    let addrs: Vec<SocketAddr> = sinks
-        .iter()
-        .map(UdpSocket::local_addr)
-        .collect::<io::Result<_>>()?;
+    let (sinks, addrs) = bind_sinks(destinations)?;
+    let destinations = sinks.len();
     let socket = UdpSocket::bind("127.0.0.1:0")?;
     socket.set_nonblocking(true)?;
     let data = vec![0x80u8; payload.clamp(12, 1400)];
@@ -123,14 +117,9 @@ pub fn fanout_baseline(
     reader: impl FnOnce() + Send + 'static,
 ) -> io::Result<BaselineReport> {
     let duration = duration.min(Duration::from_secs(60));
-    let destinations = destinations.clamp(1, 4096);
-    let sinks: Vec<UdpSocket> = (0..destinations)
-        .map(|_| UdpSocket::bind("127.0.0.1:0"))
-        .collect::<io::Result<_>>()?;
-    let addrs: Vec<SockaddrStorage> = sinks
-        .iter()
-        .map(|s| s.local_addr().map(SockaddrStorage::from))
-        .collect::<io::Result<_>>()?;
+    let (sinks, addrs) = bind_sinks(destinations)?;
+    let destinations = sinks.len();
+    let addrs: Vec<SockaddrStorage> = addrs.into_iter().map(SockaddrStorage::from).collect();
     let epoll = Epoll::new(EpollCreateFlags::empty()).map_err(io::Error::from)?;
     for (i, sink) in sinks.iter().enumerate() {
         sink.set_nonblocking(true)?;
@@ -221,6 +210,18 @@ pub fn fanout_baseline(
         pps: sent as f64 / seconds.max(1e-9),
         pps_per_core: sent as f64 / cpu_seconds,
     })
+}
+
+/// Between 1 and 4,096 receiving sockets on 127.0.0.1, and their addresses.
+fn bind_sinks(destinations: usize) -> io::Result<(Vec<UdpSocket>, Vec<SocketAddr>)> {
+    let sinks: Vec<UdpSocket> = (0..destinations.clamp(1, 4096))
+        .map(|_| UdpSocket::bind("127.0.0.1:0"))
+        .collect::<io::Result<_>>()?;
+    let addrs = sinks
+        .iter()
+        .map(UdpSocket::local_addr)
+        .collect::<io::Result<_>>()?;
+    Ok((sinks, addrs))
 }
 
 fn thread_cpu() -> io::Result<f64> {
