@@ -14,8 +14,13 @@
 //! Everyone learns the audience size from `Room.num_participants` in `RoomUpdate`s, which are
 //! coalesced (at most one per room per tick). When a listener becomes a speaker it becomes
 //! visible to all, and is then announced to everyone in one update.
+//!
+//! So that a listener's join costs O(speakers), not O(room), a room indexes its participants by
+//! identity and keeps the set of those who may publish or are admins (the only ones a listener
+//! sees or is seen by). Participants therefore join and leave through [`Room::insert`] and
+//! [`Room::remove`], and a permission change is followed by [`Room::reindex`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use livekit_protocol as lk;
 use livekit_protocol::participant_info::State;
@@ -174,8 +179,13 @@ pub struct Room {
     pub limits: RoomLimits,
     /// Creation time, Unix milliseconds.
     pub created_ms: i64,
-    /// Participants by sid.
+    /// Participants by sid. Read freely; add and remove only with [`Room::insert`] and
+    /// [`Room::remove`], which keep the indexes below.
     pub participants: BTreeMap<String, Participant>,
+    /// Sid by identity.
+    identities: HashMap<String, String>,
+    /// Sids of participants who may publish or are admins.
+    notable: BTreeSet<String>,
     /// When the last participant left (Unix ms), if anyone ever joined.
     pub emptied_ms: Option<i64>,
     /// The audience size changed since the last `RoomUpdate`.
@@ -205,15 +215,69 @@ impl Room {
             limits,
             created_ms: now_ms,
             participants: BTreeMap::new(),
+            identities: HashMap::new(),
+            notable: BTreeSet::new(),
             emptied_ms: None,
             dirty: false,
             speakers: BTreeMap::new(),
         }
     }
 
+    /// Add a participant (replacing one with the same sid).
+    pub fn insert(&mut self, p: Participant) {
+        if let Some(old) = self.participants.get(&p.sid) {
+            self.identities.remove(&old.identity.clone());
+        }
+        self.identities.insert(p.identity.clone(), p.sid.clone());
+        let sid = p.sid.clone();
+        self.participants.insert(sid.clone(), p);
+        self.reindex(&sid);
+    }
+
+    /// Remove a participant.
+    pub fn remove(&mut self, sid: &str) -> Option<Participant> {
+        let p = self.participants.remove(sid)?;
+        if self.identities.get(&p.identity).is_some_and(|s| s == sid) {
+            self.identities.remove(&p.identity);
+        }
+        self.notable.remove(sid);
+        Some(p)
+    }
+
+    /// After `sid`'s permissions changed: whether it may publish or is an admin.
+    pub fn reindex(&mut self, sid: &str) {
+        match self.participants.get(sid) {
+            Some(p) if p.can_publish() || p.admin => {
+                self.notable.insert(sid.to_owned());
+            }
+            _ => {
+                self.notable.remove(sid);
+            }
+        }
+    }
+
+    /// Sids of those who see `p` (itself included), per the module docs.
+    pub fn viewers_of(&self, p: &Participant) -> Vec<String> {
+        let candidates: Box<dyn Iterator<Item = &Participant>> = if p.can_publish() {
+            Box::new(self.participants.values())
+        } else {
+            Box::new(
+                self.notable
+                    .iter()
+                    .filter(|sid| **sid != p.sid)
+                    .filter_map(|sid| self.participants.get(sid))
+                    .chain(self.participants.get(&p.sid)),
+            )
+        };
+        candidates
+            .filter(|v| p.visible_to(v))
+            .map(|v| v.sid.clone())
+            .collect()
+    }
+
     /// Whether one more participant (not replacing `identity`) may join.
     pub fn admit(&self, identity: &str) -> Result<(), JoinRefusal> {
-        let replacing = self.participants.values().any(|p| p.identity == identity);
+        let replacing = self.identities.contains_key(identity);
         let max = self.limits.max_participants as usize;
         if max > 0 && !replacing && self.participants.len() >= max {
             return Err(JoinRefusal::Full(self.name.clone()));
@@ -223,7 +287,7 @@ impl Room {
 
     /// The participant with `identity`.
     pub fn by_identity(&self, identity: &str) -> Option<&Participant> {
-        self.participants.values().find(|p| p.identity == identity)
+        self.participants.get(self.identities.get(identity)?)
     }
 
     /// Number of participants who publish or may publish.
@@ -265,8 +329,18 @@ impl Room {
 
     /// Snapshots of the participants `viewer` may see, except the viewer itself.
     pub fn others_visible_to(&self, viewer: &Participant) -> Vec<lk::ParticipantInfo> {
-        self.participants
-            .values()
+        // Who may publish or is an admin sees everyone; the others see only the notable.
+        let candidates: Box<dyn Iterator<Item = &Participant>> =
+            if viewer.can_publish() || viewer.admin {
+                Box::new(self.participants.values())
+            } else {
+                Box::new(
+                    self.notable
+                        .iter()
+                        .filter_map(|sid| self.participants.get(sid)),
+                )
+            };
+        candidates
             .filter(|p| p.sid != viewer.sid && p.visible_to(viewer))
             .map(Participant::info)
             .collect()
@@ -318,6 +392,73 @@ mod tests {
     }
 
     #[test]
+    fn indexes_follow_joins_leaves_and_permissions() {
+        let mut room = Room::new("RM_1".into(), "r".into(), RoomLimits::default(), 0);
+        let mut speaker = participant("PA_s", true);
+        speaker.identity = "sam".into();
+        let mut a = participant("PA_a", false);
+        a.identity = "ann".into();
+        let mut b = participant("PA_b", false);
+        b.identity = "bob".into();
+        let mut admin = participant("PA_m", false);
+        admin.identity = "meg".into();
+        admin.admin = true;
+        for p in [speaker, a, b, admin] {
+            room.insert(p);
+        }
+        assert_eq!(
+            room.by_identity("ann").map(|p| p.sid.as_str()),
+            Some("PA_a")
+        );
+        assert!(room.by_identity("nobody").is_none());
+        let sids = |v: Vec<lk::ParticipantInfo>| -> Vec<String> {
+            let mut s: Vec<String> = v.into_iter().map(|p| p.sid).collect();
+            s.sort();
+            s
+        };
+        // A listener sees the speaker only (admins are visible only if they may publish);
+        // the speaker and the admin see everyone.
+        let ann = room.participants["PA_a"].clone();
+        assert_eq!(sids(room.others_visible_to(&ann)), ["PA_s"]);
+        let sam = room.participants["PA_s"].clone();
+        assert_eq!(sids(room.others_visible_to(&sam)), ["PA_a", "PA_b", "PA_m"]);
+        // A listener is seen by itself, the speaker and the admin; the speaker by all.
+        let mut v = room.viewers_of(&ann);
+        v.sort();
+        assert_eq!(v, ["PA_a", "PA_m", "PA_s"]);
+        assert_eq!(room.viewers_of(&sam).len(), 4);
+        // The same answers as the rule applied to everyone, for every pair.
+        for viewer in room.participants.values() {
+            let expected: Vec<String> = room
+                .participants
+                .values()
+                .filter(|p| p.sid != viewer.sid && p.visible_to(viewer))
+                .map(|p| p.sid.clone())
+                .collect();
+            assert_eq!(
+                sids(room.others_visible_to(viewer)),
+                expected,
+                "{}",
+                viewer.sid
+            );
+        }
+        // Bob is promoted: after reindexing, listeners see him and he sees them.
+        if let Some(p) = room.participants.get_mut("PA_b") {
+            p.permission.can_publish = true;
+        }
+        room.reindex("PA_b");
+        assert_eq!(sids(room.others_visible_to(&ann)), ["PA_b", "PA_s"]);
+        // Leaving drops the indexes; the identity can join again.
+        assert!(room.remove("PA_a").is_some());
+        assert!(room.by_identity("ann").is_none());
+        assert!(room.remove("PA_a").is_none());
+        let sam = room.participants["PA_s"].clone();
+        assert_eq!(sids(room.others_visible_to(&sam)), ["PA_b", "PA_m"]);
+        room.remove("PA_b");
+        assert_eq!(room.viewers_of(&sam), ["PA_m", "PA_s"]);
+    }
+
+    #[test]
     fn publish_sources_restrict_publishing() {
         let mut p = participant("PA_x", true);
         p.permission.can_publish_sources = vec![lk::TrackSource::Camera as i32];
@@ -333,10 +474,9 @@ mod tests {
         let mut room = Room::new("RM_1".into(), "r".into(), RoomLimits::default(), 0);
         assert!(!room.should_close(299_000));
         assert!(room.should_close(300_000));
-        room.participants
-            .insert("PA_a".into(), participant("PA_a", false));
+        room.insert(participant("PA_a", false));
         assert!(!room.should_close(1_000_000));
-        room.participants.clear();
+        room.remove("PA_a");
         room.emptied_ms = Some(1_000_000);
         assert!(!room.should_close(1_019_000));
         assert!(room.should_close(1_020_000));
@@ -350,8 +490,7 @@ mod tests {
         };
         let mut room = Room::new("RM_1".into(), "r".into(), limits, 0);
         assert!(room.admit("id-PA_a").is_ok());
-        room.participants
-            .insert("PA_a".into(), participant("PA_a", false));
+        room.insert(participant("PA_a", false));
         assert_eq!(room.admit("someone"), Err(JoinRefusal::Full("r".into())));
         assert!(
             room.admit("id-PA_a").is_ok(),

@@ -702,7 +702,7 @@ impl Service {
         };
         let others = room.others_visible_to(&participant);
         let info = participant.info();
-        room.participants.insert(sid.clone(), participant);
+        room.insert(participant);
         room.emptied_ms = None;
         room.dirty = true;
         let join = lk::JoinResponse {
@@ -790,7 +790,8 @@ impl Service {
             let tracks: Vec<(TrackId, String, String)> = self.rooms[&room_name]
                 .participants
                 .values()
-                .filter(|p| p.sid != sid)
+                // Listeners publish nothing: skip them before comparing sids.
+                .filter(|p| !p.tracks.is_empty() && p.sid != sid)
                 .flat_map(|p| {
                     p.tracks
                         .values()
@@ -862,7 +863,7 @@ impl Service {
         let Some(room) = self.rooms.get_mut(room_name) else {
             return;
         };
-        let Some(mut gone) = room.participants.remove(sid) else {
+        let Some(mut gone) = room.remove(sid) else {
             return;
         };
         room.speakers.remove(sid);
@@ -914,6 +915,7 @@ impl Service {
         p.permission = permission;
         p.touch();
         let can_publish = p.can_publish();
+        r.reindex(&psid);
         if could_publish != can_publish {
             r.dirty = true;
             let publisher = self
@@ -1028,12 +1030,7 @@ impl Service {
         let Some(p) = r.participants.get(psid) else {
             return;
         };
-        let viewers: Vec<String> = r
-            .participants
-            .values()
-            .filter(|v| p.visible_to(v))
-            .map(|v| v.sid.clone())
-            .collect();
+        let viewers = r.viewers_of(p);
         let info = p.info();
         self.send_update(room, &viewers, vec![info]);
     }
