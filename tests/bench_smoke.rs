@@ -25,6 +25,15 @@ fn metric(text: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// The runtime the harness runs on in these tests.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 fn params(kind: Kind) -> Params {
     Params {
         kind,
@@ -51,11 +60,7 @@ fn smoke(params: &Params) -> stoa_bench::report::Report {
         room: "smoke".into(),
         pid: Some(process.pid()),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let report = runtime
         .block_on(async {
             tokio::time::timeout(
@@ -201,11 +206,7 @@ fn capacity_ramp() {
         server_cores: None,
         bench_cores: None,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let report = runtime
         .block_on(async {
             tokio::time::timeout(
@@ -259,11 +260,7 @@ fn comparison_with_janus() {
         janus_event_loops: 1,
         baseline: Duration::from_millis(200),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let report = runtime
         .block_on(async {
             tokio::time::timeout(

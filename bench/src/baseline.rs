@@ -48,6 +48,26 @@ pub struct BaselineReport {
     pub pps_per_core: f64,
 }
 
+impl BaselineReport {
+    fn new(
+        payload: usize,
+        destinations: usize,
+        packets: u64,
+        seconds: f64,
+        cpu_seconds: f64,
+    ) -> BaselineReport {
+        BaselineReport {
+            payload,
+            destinations,
+            packets,
+            seconds,
+            cpu_seconds,
+            pps: packets as f64 / seconds.max(1e-9),
+            pps_per_core: packets as f64 / cpu_seconds.max(1e-9),
+        }
+    }
+}
+
 /// Send for `duration` (bounded) from the calling thread. Blocking: call it from a plain
 /// thread, not an async task.
 pub fn sendmmsg_baseline(
@@ -96,15 +116,13 @@ pub fn sendmmsg_baseline(
     let seconds = start.elapsed().as_secs_f64();
     let cpu_seconds = (thread_cpu()? - cpu0).max(1e-9);
     drop(sinks);
-    Ok(BaselineReport {
-        payload: data.len(),
+    Ok(BaselineReport::new(
+        data.len(),
         destinations,
-        packets: sent,
+        sent,
         seconds,
         cpu_seconds,
-        pps: sent as f64 / seconds.max(1e-9),
-        pps_per_core: sent as f64 / cpu_seconds,
-    })
+    ))
 }
 
 /// Send one datagram to each of `destinations` reading sockets every 20 ms for `duration`
@@ -201,15 +219,13 @@ pub fn fanout_baseline(
     if read == 0 && sent > 0 {
         return Err(io::Error::other("the reading thread read nothing"));
     }
-    Ok(BaselineReport {
-        payload: data.len(),
+    Ok(BaselineReport::new(
+        data.len(),
         destinations,
-        packets: sent,
+        sent,
         seconds,
         cpu_seconds,
-        pps: sent as f64 / seconds.max(1e-9),
-        pps_per_core: sent as f64 / cpu_seconds,
-    })
+    ))
 }
 
 /// Between 1 and 4,096 receiving sockets on 127.0.0.1, and their addresses.

@@ -74,6 +74,16 @@ pub struct Chart {
 }
 
 impl Chart {
+    /// A chart with listeners on its x axis.
+    pub fn against_listeners(title: &str, y_label: &str, series: Vec<Series>) -> Chart {
+        Chart {
+            title: title.into(),
+            x_label: "listeners".into(),
+            y_label: y_label.into(),
+            series,
+        }
+    }
+
     /// The chart as a PNG image, twice the SVG's size.
     pub fn png(&self, fonts: &Fonts) -> Result<Vec<u8>, PngError> {
         let options = resvg::usvg::Options {
@@ -211,12 +221,7 @@ pub fn capacity_charts(r: &CapacityReport) -> Vec<(&'static str, Chart)> {
             .filter_map(|s| f(s).map(|y| (s.listeners as f64, y)))
             .collect()
     };
-    let chart = |title: &str, y_label: &str, series: Vec<Series>| Chart {
-        title: title.into(),
-        x_label: "listeners".into(),
-        y_label: y_label.into(),
-        series,
-    };
+    let chart = Chart::against_listeners;
     vec![
         (
             "capacity-loss",

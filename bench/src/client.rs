@@ -400,7 +400,8 @@ async fn connect(
     })
 }
 
-type Signals = mpsc::Receiver<Result<signal_response::Message, ClientError>>;
+/// Signal responses, as a client's task reads them.
+pub(crate) type Signals = mpsc::Receiver<Result<signal_response::Message, ClientError>>;
 
 /// Open the LiveKit WebSocket, read the join response, and start the task that reads the rest.
 async fn livekit(spec: &ClientSpec) -> Result<(Outbound, Signals, AbortOnDrop), ClientError> {
@@ -581,22 +582,7 @@ impl Session {
         };
         // Header-only listeners count most RTP from the clear header and skip str0m for it.
         let header_read = |data: &[u8]| -> bool {
-            if !header_path {
-                return false;
-            }
-            let Some(seen) = RtpSeen::parse(data) else {
-                return false;
-            };
-            let mut r = lock(reception);
-            if r.wants_payload(seen.ssrc, now) {
-                return false;
-            }
-            r.record(seen, now, None);
-            counters.rtp_received.fetch_add(1, Ordering::Relaxed);
-            counters
-                .bytes_received
-                .fetch_add(seen.len as u64, Ordering::Relaxed);
-            true
+            header_path && read_header(reception, counters, data, now).is_some()
         };
         if !header_read(&buf[..n]) {
             self.subscriber.receive(now, from, &buf[..n], &mut on_rtp);
@@ -614,12 +600,9 @@ impl Session {
                 }
             }
         }
-        if (heard || header_only)
-            && !self.heard.load(Ordering::Relaxed)
-            && lock(reception).heard()
-            && !self.heard.swap(true, Ordering::Relaxed)
+        if (heard || header_only) && !self.heard.load(Ordering::Relaxed) && lock(reception).heard()
         {
-            counters.heard.fetch_add(1, Ordering::Relaxed);
+            mark_heard(&self.heard, counters);
         }
         if header_only && self.passed.is_none() {
             self.hand_over();
@@ -949,6 +932,38 @@ async fn recv_passed(
     match passed {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Record `data` from its clear RTP header, unless it is not RTP or the listener wants it
+/// decrypted (to calibrate latency): then `None`, and str0m must have it. Otherwise whether the
+/// listener has now heard audio.
+pub(crate) fn read_header(
+    reception: &Mutex<Reception>,
+    counters: &Counters,
+    data: &[u8],
+    now: Instant,
+) -> Option<bool> {
+    let seen = RtpSeen::parse(data)?;
+    let mut r = lock(reception);
+    if r.wants_payload(seen.ssrc, now) {
+        return None;
+    }
+    r.record(seen, now, None);
+    let heard = r.heard();
+    drop(r);
+    counters.rtp_received.fetch_add(1, Ordering::Relaxed);
+    counters
+        .bytes_received
+        .fetch_add(seen.len as u64, Ordering::Relaxed);
+    Some(heard)
+}
+
+/// Count a listener as heard, once, whichever of its task and the sink sees it first.
+pub(crate) fn mark_heard(flag: &std::sync::atomic::AtomicBool, counters: &Counters) {
+    // The load spares a read-modify-write per packet once counted.
+    if !flag.load(Ordering::Relaxed) && !flag.swap(true, Ordering::Relaxed) {
+        counters.heard.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -149,6 +149,27 @@ fn pin(cpus: Option<&str>) -> io::Result<()> {
     })
 }
 
+/// Run a kernel baseline on a thread of its own pinned to the server's CPUs (not on tokio's
+/// blocking pool, whose threads are reused and would stay pinned).
+async fn on_server_cpus(
+    params: &CompareParams,
+    baseline: impl FnOnce() -> io::Result<BaselineReport> + Send + 'static,
+) -> Result<BaselineReport, CompareError> {
+    let cpus = params.server_cpus.clone();
+    let thread = std::thread::Builder::new()
+        .name("baseline".into())
+        .spawn(move || {
+            pin(cpus.as_deref())?;
+            baseline()
+        })
+        .map_err(CompareError::Baseline)?;
+    tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .map_err(|e| CompareError::Baseline(io::Error::other(e)))?
+        .map_err(|_| CompareError::Baseline(io::Error::other("the baseline thread panicked")))?
+        .map_err(CompareError::Baseline)
+}
+
 /// Run everything, one server at a time; the baselines on threads of their own pinned to the
 /// server's CPUs.
 pub async fn run(
@@ -156,14 +177,7 @@ pub async fn run(
     progress: &mut dyn Progress,
 ) -> Result<CompareReport, CompareError> {
     let seconds = params.baseline;
-    let server_cpus = params.server_cpus.clone();
-    let baseline = tokio::task::spawn_blocking(move || {
-        pin(server_cpus.as_deref())?;
-        sendmmsg_baseline(seconds, 1000, 100)
-    })
-    .await
-    .map_err(|e| CompareError::Baseline(io::Error::other(e)))?
-    .map_err(CompareError::Baseline)?;
+    let baseline = on_server_cpus(params, move || sendmmsg_baseline(seconds, 1000, 100)).await?;
     let mut servers = Vec::new();
     for name in ["Stoa", "Janus"] {
         let capacity = {
@@ -198,16 +212,13 @@ pub async fn run(
         .first()
         .and_then(|s| s.capacity.steps.iter().rev().find(|st| st.pass))
         .map_or(params.capacity.start, |st| st.listeners);
-    let (server_cpus, bench_cpus) = (params.server_cpus.clone(), params.bench_cpus.clone());
-    let fanout = tokio::task::spawn_blocking(move || {
-        pin(server_cpus.as_deref())?;
+    let bench_cpus = params.bench_cpus.clone();
+    let fanout = on_server_cpus(params, move || {
         fanout_baseline(seconds, listeners, 100, move || {
             let _ = pin(bench_cpus.as_deref());
         })
     })
-    .await
-    .map_err(|e| CompareError::Baseline(io::Error::other(e)))?
-    .map_err(CompareError::Baseline)?;
+    .await?;
     Ok(CompareReport {
         params: params.clone(),
         machine: machine(),
@@ -426,12 +437,7 @@ impl CompareReport {
                 })
                 .collect()
         };
-        let chart = |title: &str, y_label: &str, series: Vec<Series>| Chart {
-            title: title.into(),
-            x_label: "listeners".into(),
-            y_label: y_label.into(),
-            series,
-        };
+        let chart = Chart::against_listeners;
         vec![
             (
                 "compare-loss",

@@ -18,9 +18,9 @@
 //! first), speakers do not subscribe, and muting is local (the speaker stops sending).
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -34,16 +34,14 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::client::{ClientError, Role};
-use crate::server::ServerError;
+use crate::client::{ClientError, Role, Signals};
+use crate::server::{ServerError, pinned_command, wait_listening};
 
 /// The videoroom every comparison run uses (configured in the plugin's file, so no client
 /// needs an admin secret).
 pub const ROOM: u64 = 1234;
 /// Where the Debian package puts Janus's plugins and transports.
 const LIB_DIR: &str = "/usr/lib/x86_64-linux-gnu/janus";
-/// Longest wait for a started Janus to listen.
-const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest wait for one Janus response.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a listener waits for a publisher to appear in the room.
@@ -85,7 +83,8 @@ pub fn veth_loopback_address() -> Option<(String, Ipv4Addr)> {
 }
 
 /// A `janus` child process with a configuration of its own (videoroom over WebSocket only, on
-/// a free 127.0.0.1 port); killed, and its directory removed, when dropped.
+/// a free 127.0.0.1 port); killed, and its directory (configuration and `janus.log`) removed,
+/// when dropped, unless `STOA_BENCH_KEEP_JANUS` is set (to read the log after a failed run).
 #[derive(Debug)]
 pub struct JanusProcess {
     child: Child,
@@ -111,14 +110,7 @@ impl JanusProcess {
             std::env::temp_dir().join(format!("stoa-bench-janus-{}-{ws_port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         write_config(&dir, ws_port, event_loops, &interface)?;
-        let mut command = match cpus {
-            Some(cpus) => {
-                let mut c = Command::new("taskset");
-                c.args(["-c", cpus]).arg("janus");
-                c
-            }
-            None => Command::new("janus"),
-        };
+        let mut command = pinned_command("janus", cpus);
         let log = dir.join("janus.log");
         let child = command
             .arg("-F")
@@ -141,18 +133,11 @@ impl JanusProcess {
             dir,
             ws: SocketAddr::from(([127, 0, 0, 1], ws_port)),
         };
-        // The harness owns a clock: this bounds a real wait.
-        #[allow(clippy::disallowed_methods)]
-        let deadline = Instant::now() + START_TIMEOUT;
-        #[allow(clippy::disallowed_methods)]
-        while TcpStream::connect_timeout(&process.ws, Duration::from_millis(100)).is_err() {
-            if Instant::now() > deadline || matches!(process.child.try_wait(), Ok(Some(_))) {
-                let tail = std::fs::read_to_string(&log).unwrap_or_default();
-                let tail: Vec<&str> = tail.lines().rev().take(5).collect();
-                tracing::warn!(log = ?tail, "janus did not start");
-                return Err(ServerError::NotListening(process.ws));
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Err(e) = wait_listening(process.ws, &mut process.child) {
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+            tracing::warn!(log = ?tail, "janus did not start");
+            return Err(e);
         }
         Ok(process)
     }
@@ -254,7 +239,7 @@ pub(crate) struct Link {
     /// Requests the client would send to a LiveKit server.
     pub requests: mpsc::Sender<signal_request::Message>,
     /// What a LiveKit server would have answered.
-    pub responses: mpsc::Receiver<Result<signal_response::Message, ClientError>>,
+    pub responses: Signals,
     /// The adapter's task.
     pub task: tokio::task::JoinHandle<()>,
 }

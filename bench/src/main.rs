@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use stoa_bench::affinity;
 use stoa_bench::capacity::{self, CapacityParams};
 use stoa_bench::client::{Depth, Protocol};
 use stoa_bench::compare::{self, CompareParams};
@@ -356,7 +357,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Baseline(a) => {
             if let Some(cpus) = &a.bench_cpus {
-                pin(cpus)?;
+                affinity::pin(cpus)?;
             }
             let r = if a.fanout {
                 let reader = a.reader_cpus.clone();
@@ -366,7 +367,7 @@ fn main() -> anyhow::Result<()> {
                     a.payload,
                     move || {
                         if let Some(c) = reader {
-                            let _ = stoa_bench::affinity::pin(&c);
+                            let _ = affinity::pin(&c);
                         }
                     },
                 )
@@ -419,7 +420,7 @@ fn main() -> anyhow::Result<()> {
                 baseline: secs(a.baseline_seconds)?,
             };
             if let Some(cpus) = &a.bench_cpus {
-                pin(cpus)?;
+                affinity::pin(cpus)?;
             }
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(a.threads.clamp(1, 64))
@@ -477,7 +478,7 @@ fn target(a: &ServerArgs) -> anyhow::Result<(Target, Option<ServerProcess>)> {
 
 fn runtime(a: &ServerArgs) -> anyhow::Result<tokio::runtime::Runtime> {
     if let Some(cpus) = &a.bench_cpus {
-        pin(cpus)?;
+        affinity::pin(cpus)?;
     }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(a.threads.clamp(1, 64))
@@ -486,13 +487,8 @@ fn runtime(a: &ServerArgs) -> anyhow::Result<tokio::runtime::Runtime> {
         .context("tokio runtime")
 }
 
-/// Pin this thread (and so the threads it starts later) to a taskset-style CPU list.
-fn pin(list: &str) -> anyhow::Result<()> {
-    Ok(stoa_bench::affinity::pin(list)?)
-}
-
 fn count_cpus(list: &str) -> usize {
-    stoa_bench::affinity::parse(list).map_or(0, |c| c.len())
+    affinity::parse(list).map_or(0, |c| c.len())
 }
 
 fn write_json(path: Option<&PathBuf>, json: &str) -> anyhow::Result<()> {

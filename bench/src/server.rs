@@ -23,7 +23,7 @@ pub enum ServerError {
     #[error("start the server: {0}")]
     Spawn(#[from] io::Error),
     /// It did not listen in time.
-    #[error("the server did not listen on {0} within 20 s")]
+    #[error("the server did not listen on {0} within 20 s (or exited)")]
     NotListening(SocketAddr),
 }
 
@@ -47,14 +47,7 @@ impl ServerProcess {
     ) -> Result<ServerProcess, ServerError> {
         let http_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let udp_port = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut command = match cpus {
-            Some(cpus) => {
-                let mut c = Command::new("taskset");
-                c.args(["-c", cpus]).arg(binary);
-                c
-            }
-            None => Command::new(binary),
-        };
+        let mut command = pinned_command(binary, cpus);
         // Only flags decide the ports and keys: clear inherited STOA_* settings.
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("STOA_") {
@@ -83,21 +76,12 @@ impl ServerProcess {
             .stdout(stdout)
             .stderr(stderr)
             .spawn()?;
-        let server = ServerProcess {
+        let mut server = ServerProcess {
             child,
             data_dir,
             http: SocketAddr::from(([127, 0, 0, 1], http_port)),
         };
-        // The harness owns a clock: this bounds a real wait.
-        #[allow(clippy::disallowed_methods)]
-        let deadline = Instant::now() + START_TIMEOUT;
-        #[allow(clippy::disallowed_methods)]
-        while TcpStream::connect_timeout(&server.http, Duration::from_millis(100)).is_err() {
-            if Instant::now() > deadline {
-                return Err(ServerError::NotListening(server.http));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening(server.http, &mut server.child)?;
         Ok(server)
     }
 
@@ -105,6 +89,35 @@ impl ServerProcess {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+}
+
+/// `program`, under `taskset -c cpus` when given (taskset execs it, so the child's pid is the
+/// program's).
+pub(crate) fn pinned_command(program: impl AsRef<std::ffi::OsStr>, cpus: Option<&str>) -> Command {
+    match cpus {
+        Some(cpus) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", cpus]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// Wait, at most [`START_TIMEOUT`], until `addr` accepts TCP connections; fails early when
+/// `child` exits.
+pub(crate) fn wait_listening(addr: SocketAddr, child: &mut Child) -> Result<(), ServerError> {
+    // The harness owns a clock: this bounds a real wait.
+    #[allow(clippy::disallowed_methods)]
+    let deadline = Instant::now() + START_TIMEOUT;
+    #[allow(clippy::disallowed_methods)]
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+        if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
+            return Err(ServerError::NotListening(addr));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 impl Drop for ServerProcess {

@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use tokio::sync::mpsc;
 
-use crate::client::{Counters, lock};
+use crate::client::{Counters, mark_heard, read_header};
 use crate::clock::Clock;
 use crate::peer::MAX_DATAGRAM;
-use crate::reception::{Reception, RtpSeen};
+use crate::reception::Reception;
 
 /// Longest a sink thread runs, whatever happens.
 const MAX_LIFE: Duration = Duration::from_secs(3_700);
@@ -167,22 +167,13 @@ fn run(
 /// Record `data` from its clear RTP header when the listener does not need it decrypted;
 /// `false` when the listener's task must handle it.
 fn read(entry: &Entry, data: &[u8], now: Instant, counters: &Counters) -> bool {
-    let Some(seen) = RtpSeen::parse(data) else {
-        return false;
-    };
-    let mut r = lock(&entry.reception);
-    if r.wants_payload(seen.ssrc, now) {
-        return false;
+    match read_header(&entry.reception, counters, data, now) {
+        Some(heard) => {
+            if heard {
+                mark_heard(&entry.heard, counters);
+            }
+            true
+        }
+        None => false,
     }
-    r.record(seen, now, None);
-    let heard = r.heard();
-    drop(r);
-    counters.rtp_received.fetch_add(1, Ordering::Relaxed);
-    counters
-        .bytes_received
-        .fetch_add(seen.len as u64, Ordering::Relaxed);
-    if heard && !entry.heard.swap(true, Ordering::Relaxed) {
-        counters.heard.fetch_add(1, Ordering::Relaxed);
-    }
-    true
 }

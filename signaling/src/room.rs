@@ -226,7 +226,7 @@ impl Room {
     /// Add a participant (replacing one with the same sid).
     pub fn insert(&mut self, p: Participant) {
         if let Some(old) = self.participants.get(&p.sid) {
-            self.identities.remove(&old.identity.clone());
+            self.identities.remove(&old.identity);
         }
         self.identities.insert(p.identity.clone(), p.sid.clone());
         let sid = p.sid.clone();
