@@ -45,6 +45,17 @@ impl ServerProcess {
         cpus: Option<&str>,
         log: Option<&Path>,
     ) -> Result<ServerProcess, ServerError> {
+        ServerProcess::spawn_with(binary, cpus, log, &[])
+    }
+
+    /// Like [`ServerProcess::spawn`], with `STOA_*` settings of its own (e.g.
+    /// `STOA_REDIS_URL` for the Redis store).
+    pub fn spawn_with(
+        binary: &Path,
+        cpus: Option<&str>,
+        log: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Result<ServerProcess, ServerError> {
         let http_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let udp_port = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut command = pinned_command(binary, cpus);
@@ -72,6 +83,7 @@ impl ServerProcess {
             .arg(udp_port.to_string())
             .env("STOA_LOG_LEVEL", "warn")
             .env("STOA_DATA_DIR", &data_dir)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
