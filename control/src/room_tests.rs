@@ -533,3 +533,55 @@ fn the_state_machine_enforces_the_matrix_everywhere() {
     }
     assert_eq!(checked, 2 * 4 * 23);
 }
+
+/// A command run on the part of a room its scope names sees the whole room's counts, and
+/// makes the same changes and effects as on the whole room.
+#[test]
+fn a_scoped_document_behaves_like_the_whole_room() {
+    let mut full = doc(RoomKind::Stage, SpeakerMode::Everyone);
+    full.room.max_participants = 100;
+    run(&mut full, "host", Command::Start, 0).unwrap();
+    for u in ["host", "ann", "bo", "cy", "di"] {
+        join(&mut full, u, 1).unwrap();
+        let c = Command::Connected(uid(u), "i1".into());
+        apply(&mut full, &Actor::System, c, &cx(2)).unwrap();
+    }
+    let commands = [
+        (Actor::System, Command::Connected(uid("ann"), "i2".into())),
+        (as_user("ed"), Command::Join { name: "Ed".into() }),
+        (as_user("bo"), Command::Own(Action::RaiseHand)),
+        (Actor::System, Command::Disconnected(uid("cy"), "i1".into())),
+        (
+            Actor::System,
+            Command::Target(Action::ApproveHand, uid("bo")),
+        ),
+        (as_user("di"), Command::Own(Action::Leave)),
+    ];
+    for (actor, command) in commands {
+        let scope = scope(&actor, &command, Some(&uid("host")));
+        assert!(!scope.all);
+        let mut part = RoomDoc::new(full.room.clone());
+        part.stats = full.stats.clone();
+        for u in &scope.users {
+            if let Some(m) = full.members.get(u) {
+                part.members.insert(u.clone(), m.clone());
+            }
+            if let Some(t) = full.hands.get(u) {
+                part.hands.insert(u.clone(), *t);
+            }
+        }
+        part.set_total(&full.counts());
+        let a = apply(&mut full, &actor, command.clone(), &cx(3));
+        let b = apply(&mut part, &actor, command, &cx(3));
+        assert_eq!(a, b);
+        assert_eq!(part.counts(), full.counts());
+        assert_eq!(part.stats, full.stats);
+        for (u, m) in &part.members {
+            assert_eq!(full.members.get(u), Some(m));
+        }
+    }
+    let c = full.counts();
+    assert_eq!((c.members, c.stage, c.present, c.listeners), (5, 2, 3, 1));
+    assert_eq!(c.instances.get("i2"), Some(&1));
+    assert_eq!(scope(&Actor::System, &Command::End, None), Scope::all());
+}
