@@ -37,11 +37,21 @@ export interface RoomView {
   ended_at: number | null;
   listeners: number;
   present: number;
+  members: number;
+  raised_hands: number;
   stage: Member[];
   you: Member | null;
   hands: Hand[] | null;
+  /** The first page of the audience (moderators); more with `api.audience`. */
   audience: Member[] | null;
+  audience_next: string | null;
   banned: string[] | null;
+}
+
+/** A page of the audience (`GET /api/rooms/{id}/audience`). */
+export interface AudiencePage {
+  members: Member[];
+  next: string | null;
 }
 
 export interface Directory {
@@ -222,6 +232,7 @@ export const api = {
   react: (id: string, emoji: string) => call<void>('POST', `/api/rooms/${enc(id)}/reactions`, { emoji }),
   moderate: (id: string, user: string, action: ModerationAction) =>
     call<RoomView>('POST', `/api/rooms/${enc(id)}/members/${enc(user)}/${action}`),
+  audience: (id: string, after: string) => call<AudiencePage>('GET', `/api/rooms/${enc(id)}/audience?after=${enc(after)}`),
   stats: (id: string) => call<Stats>('GET', `/api/rooms/${enc(id)}/stats`),
   follows: () => call<{ follows: Follow[] }>('GET', '/api/follows'),
   follow: (kind: 'users' | 'rooms', id: string) => call<void>('PUT', `/api/follows/${kind}/${enc(id)}`),

@@ -593,7 +593,7 @@ class RoomController {
   private renderAudience(): void {
     const v = this.view;
     if (!v) return;
-    const list = v.audience?.filter((m) => m.present) ?? null;
+    const list = v.audience ? [...v.audience, ...this.moreAudience].filter((m) => m.present) : null;
     if (!this.changed('audience', [v.listeners, list])) return;
     if (list === null) {
       fill(this.audience, h('p', { class: 'muted' }, `${v.listeners} ${v.listeners === 1 ? 'person' : 'people'} listening`));
@@ -601,7 +601,7 @@ class RoomController {
     }
     fill(
       this.audience,
-      h('p', { class: 'muted' }, `${list.length} in the audience`),
+      h('p', { class: 'muted' }, `${v.listeners} in the audience`),
       h(
         'ul',
         { class: 'people' },
@@ -610,6 +610,22 @@ class RoomController {
         ),
       ),
     );
+  }
+
+  /** Later pages of the audience, fetched by cursor from the host panel. */
+  private moreAudience: Member[] = [];
+  private audienceCursor: string | null = null;
+
+  private async moreOfAudience(after: string): Promise<void> {
+    try {
+      const page = await api.audience(this.id, after);
+      this.moreAudience = [...this.moreAudience, ...page.members];
+      this.audienceCursor = page.next;
+      this.renderHostPanel();
+      this.renderAudience();
+    } catch {
+      // The next refresh shows the first page again; nothing else to undo.
+    }
   }
 
   private moderate(user: string, action: ModerationAction): void {
@@ -622,16 +638,19 @@ class RoomController {
     const moderator = v?.you && (v.you.role === 'host' || v.you.role === 'co_host');
     this.hostPanel.hidden = !moderator;
     if (!v || !moderator) return;
-    if (!this.changed('host', [v.hands, v.stage, v.audience, v.banned, v.you])) return;
+    if (!this.changed('host', [v.hands, v.stage, v.audience, v.banned, v.you, this.moreAudience.length])) return;
     const button = (label: string, name: string, user: string, action: ModerationAction, cls = 'small') =>
       h('button', { type: 'button', class: cls, 'aria-label': `${label}: ${name}`, onclick: () => this.moderate(user, action) }, label);
     const hands = v.hands ?? [];
     const others = v.stage.filter((m) => m.user !== me && m.role !== 'host');
-    const audience = (v.audience ?? []).filter((m) => m.present);
+    // The first page came with the view; later pages are fetched on demand by cursor.
+    const seen = new Set((v.audience ?? []).map((m) => m.user));
+    const audience = [...(v.audience ?? []), ...this.moreAudience.filter((m) => !seen.has(m.user))].filter((m) => m.present);
+    const cursor = this.moreAudience.length ? this.audienceCursor : v.audience_next;
     fill(
       this.hostPanel,
       h('h2', { id: 'host-heading' }, 'Host controls'),
-      h('h3', {}, `Raised hands (${hands.length})`),
+      h('h3', {}, `Raised hands (${v.raised_hands})`),
       hands.length
         ? h('ol', { class: 'queue' }, hands.map((x) => h('li', {}, h('span', { class: 'member' }, '✋ ', x.name), h('span', { class: 'actions' }, button('Approve', x.name, x.user, 'approve_hand', 'small primary'), button('Deny', x.name, x.user, 'deny_hand')))))
         : h('p', { class: 'muted' }, 'No hands raised.'),
@@ -674,6 +693,7 @@ class RoomController {
             ),
           )
         : h('p', { class: 'muted' }, 'Nobody in the audience yet.'),
+      cursor ? h('button', { type: 'button', class: 'small', onclick: () => void this.moreOfAudience(cursor) }, 'Show more') : null,
       v.banned?.length
         ? [h('h3', {}, 'Banned'), h('ul', { class: 'queue' }, v.banned.map((u) => h('li', {}, h('span', { class: 'member' }, u), button('Unban', u, u, 'unban'))))]
         : null,
