@@ -267,7 +267,8 @@ fn capacity_ramp() {
         secret: "secret".into(),
         room: "ramp".into(),
         pid: Some(server.pid()),
-        path: JoinPath::Direct,
+        // The ramp's clients join through the control plane, as the web app's do.
+        path: JoinPath::Product,
     };
     // Limits no small step can miss on loopback: the ramp must run to its cap.
     let params = CapacityParams {
