@@ -752,3 +752,62 @@ async fn embedded_store_reads_the_earlier_layout() {
         Some(doc.room.id.clone())
     );
 }
+
+/// Rooms written by the earlier Redis layout (a header without counts, hands in a hash, no
+/// stage or audience index) are rewritten when a store connects, and then behave.
+#[tokio::test]
+async fn redis_store_rewrites_the_earlier_layout() {
+    let redis = RedisServer::start();
+    let mut doc = new_room(10);
+    room::apply(&mut doc, &Actor::System, Command::Start, &cx()).unwrap();
+    for u in ["host", "ann", "bo"] {
+        let c = Command::Join { name: u.into() };
+        room::apply(&mut doc, &Actor::User(uid(u)), c, &cx()).unwrap();
+    }
+    let hand = Command::Own(Action::RaiseHand);
+    room::apply(&mut doc, &Actor::User(uid("ann")), hand, &cx()).unwrap();
+    let id = doc.room.id.clone();
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let mut pipe = redis::pipe();
+    pipe.set(
+        format!("old:room:{id}"),
+        serde_json::to_string(&doc.room).unwrap(),
+    );
+    for (u, m) in &doc.members {
+        pipe.hset(
+            format!("old:room:{id}:participants"),
+            u.as_str(),
+            serde_json::to_string(m).unwrap(),
+        );
+    }
+    pipe.hset(format!("old:room:{id}:requests"), "ann", 1_000u64);
+    pipe.sadd("old:rooms:live", id.as_str());
+    pipe.query_async::<()>(&mut con).await.unwrap();
+
+    let store = RedisStore::connect(&redis.url, "old:").await.unwrap();
+    let loaded = whole(&store, &id).await;
+    assert_eq!(loaded.members, doc.members);
+    assert_eq!(loaded.hands, doc.hands);
+    let header = store.room(&id, &Scope::header()).await.unwrap().unwrap();
+    assert_eq!(header.counts(), doc.counts());
+    let page = store.audience(&id, None, 10).await.unwrap();
+    let names: Vec<&str> = page.members.iter().map(|(u, _, _)| u.as_str()).collect();
+    assert_eq!(names, ["ann", "bo"]);
+    assert!(page.members[0].2, "ann's hand");
+    assert_eq!(store.hands(&id, 5).await.unwrap(), [(uid("ann"), 1_000)]);
+    // And it keeps working: a join after the rewrite.
+    act(
+        &store,
+        &id,
+        Actor::User(uid("cy")),
+        Command::Join { name: "Cy".into() },
+    )
+    .await
+    .unwrap();
+    let header = store.room(&id, &Scope::header()).await.unwrap().unwrap();
+    assert_eq!(header.counts().members, 4);
+    // Connecting again changes nothing.
+    let again = RedisStore::connect(&redis.url, "old:").await.unwrap();
+    assert_eq!(whole(&again, &id).await, whole(&store, &id).await);
+}

@@ -119,10 +119,99 @@ impl RedisStore {
             bus: bus.clone(),
             local: Mutex::new(HashMap::new()),
         };
+        store.migrate().await?;
         // Subscribe before returning, so nothing published after connect is missed.
         let pubsub = subscribe(&client, &store.key("bus")).await?;
         tokio::spawn(relay(client, store.key("bus"), pubsub, bus));
         Ok(store)
+    }
+
+    /// Rewrites rooms kept in the earlier layout (a header without counts, hands in a hash,
+    /// no stage or audience index) into this one. Run at connect; a room already in this
+    /// layout costs one `GET` and one `TYPE`.
+    async fn migrate(&self) -> Result<(), ControlError> {
+        let mut con = self.shared.clone();
+        let mut migrated = 0usize;
+        for state in STATES {
+            let ids: Vec<String> = con
+                .smembers(self.key(&format!("rooms:{}", state_name(state))))
+                .await
+                .map_err(redis_err)?;
+            for id in ids {
+                let Ok(id) = RoomId::parse(&id) else {
+                    continue;
+                };
+                let [room_key, participants, requests, ..] = self.room_keys(&id);
+                let (raw, kind): (Option<String>, String) = redis::pipe()
+                    .get(&room_key)
+                    .cmd("TYPE")
+                    .arg(&requests)
+                    .query_async(&mut con)
+                    .await
+                    .map_err(redis_err)?;
+                let Some(raw) = raw else {
+                    continue;
+                };
+                let current = serde_json::from_str::<Header>(&raw).ok();
+                if current.is_some() && kind != "hash" {
+                    continue;
+                }
+                let room = match current {
+                    Some(h) => h.room,
+                    None => parse::<crate::model::Room>("room", raw.as_bytes())?,
+                };
+                let members: HashMap<String, String> =
+                    con.hgetall(&participants).await.map_err(redis_err)?;
+                let hands: HashMap<String, u64> = if kind == "hash" {
+                    con.hgetall(&requests).await.map_err(redis_err)?
+                } else {
+                    let z: Vec<(String, f64)> = con
+                        .zrange_withscores(&requests, 0, -1)
+                        .await
+                        .map_err(redis_err)?;
+                    z.into_iter().map(|(u, t)| (u, t as u64)).collect()
+                };
+                let mut doc = RoomDoc::new(room);
+                for (u, m) in &members {
+                    if let Ok(u) = UserId::parse(u) {
+                        doc.members.insert(u, parse("member", m.as_bytes())?);
+                    }
+                }
+                for (u, t) in &hands {
+                    if let Ok(u) = UserId::parse(u) {
+                        doc.hands.insert(u, *t);
+                    }
+                }
+                let (stage, audience) = (
+                    self.index_key(&id, "stage"),
+                    self.index_key(&id, "audience"),
+                );
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                let header = Header {
+                    room: doc.room.clone(),
+                    counts: doc.counts(),
+                };
+                pipe.set(&room_key, json(&header)?).ignore();
+                pipe.del(&[&requests, &stage, &audience]).ignore();
+                for (u, t) in &doc.hands {
+                    pipe.zadd(&requests, u.as_str(), *t).ignore();
+                }
+                for (u, m) in &doc.members {
+                    let index = if m.role.on_stage() { &stage } else { &audience };
+                    pipe.zadd(index, u.as_str(), 0).ignore();
+                }
+                pipe.query_async::<()>(&mut con).await.map_err(redis_err)?;
+                migrated += 1;
+            }
+        }
+        if migrated > 0 {
+            tracing::info!(
+                rooms = migrated,
+                "rooms rewritten into the per-member layout"
+            );
+        }
+        Ok(())
     }
 
     fn key(&self, rest: &str) -> String {
