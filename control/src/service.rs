@@ -389,9 +389,7 @@ impl Control {
                 Ok(fx)
             })
             .await?;
-        for user in &effects.released {
-            self.inner.store.release_active(user, id).await?;
-        }
+        self.release_all(id, &effects.released).await?;
         self.publish(effects).await?;
         if archive {
             self.inner
@@ -644,10 +642,21 @@ impl Control {
             i += 1;
             keep
         });
-        for user in &effects.released {
-            self.inner.store.release_active(user, id).await?;
-        }
+        self.release_all(id, &effects.released).await?;
         self.publish(effects).await
+    }
+
+    /// Ends the one-active-room claims of `users` on room `id`, many at once (ending a big
+    /// room releases every member: the store groups them).
+    async fn release_all(&self, id: &RoomId, users: &[UserId]) -> Result<(), ControlError> {
+        let store = &self.inner.store;
+        for chunk in users.chunks(64) {
+            let releases = chunk.iter().map(|u| store.release_active(u, id));
+            for result in futures_util::future::join_all(releases).await {
+                result?;
+            }
+        }
+        Ok(())
     }
 
     /// Starts or stops following a user or room.
