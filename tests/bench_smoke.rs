@@ -68,6 +68,7 @@ fn smoke_on(params: &Params, path: JoinPath) -> stoa_bench::report::Report {
         room: "smoke".into(),
         pid: Some(process.pid()),
         path,
+        api: Vec::new(),
     };
     let runtime = runtime();
     let report = runtime
@@ -180,6 +181,55 @@ fn join_storm_through_the_product_path() {
     assert_eq!(report.clients.min_streams_heard, 2, "{}", report.table());
 }
 
+/// The product path on two nodes sharing one Redis: listeners call the two nodes' /api in
+/// turn, and every one is sent to the node where the room lives, whose media they hear.
+#[test]
+fn join_storm_through_two_instances_sharing_redis() {
+    let redis = redis_server::RedisServer::start();
+    let bin = Path::new(env!("CARGO_BIN_EXE_stoa"));
+    let a = ServerProcess::spawn_node(bin, None, &redis.url).expect("first node");
+    let b = ServerProcess::spawn_node(bin, None, &redis.url).expect("second node");
+    let target = Target {
+        http: a.http,
+        protocol: Protocol::Livekit,
+        key: "devkey".into(),
+        secret: "secret".into(),
+        room: "two nodes".into(),
+        pid: Some(a.pid()),
+        path: JoinPath::Product,
+        api: vec![a.http, b.http],
+    };
+    let p = Params {
+        listeners: 4,
+        join_rate: 50.0,
+        speakers: 1,
+        ..params(Kind::JoinStorm)
+    };
+    let report = runtime()
+        .block_on(async {
+            tokio::time::timeout(
+                p.bound() + Duration::from_secs(20),
+                scenario::run(target, &p, &mut Quiet),
+            )
+            .await
+        })
+        .expect("the run ends by itself")
+        .expect("the run completes");
+    let table = report.table();
+    eprintln!("{table}");
+    assert_eq!(report.clients.failed, 0, "{:?}", report.clients.errors);
+    assert_eq!(report.clients.heard, report.clients.listeners, "{table}");
+    // Both nodes answered token calls: the second one's /metrics counted them.
+    let (status, text) = support::request(b.http, "GET", "/metrics", None, None);
+    assert_eq!(status, 200);
+    let tokens = text
+        .lines()
+        .filter(|l| l.starts_with("control_api_requests_total") && l.contains("/token"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>();
+    assert!(tokens >= 2.0, "{text}");
+}
+
 /// The control plane alone, small: members join through the token call and the /rtc
 /// admission check; the host's view of the room stays small.
 #[test]
@@ -269,6 +319,7 @@ fn capacity_ramp() {
         pid: Some(server.pid()),
         // The ramp's clients join through the control plane, as the web app's do.
         path: JoinPath::Product,
+        api: Vec::new(),
     };
     // Limits no small step can miss on loopback: the ramp must run to its cap.
     let params = CapacityParams {

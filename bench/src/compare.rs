@@ -261,6 +261,7 @@ fn spawn(name: &'static str, params: &CompareParams) -> Result<(Target, Guard), 
         } else {
             JoinPath::Direct
         },
+        api: Vec::new(),
     };
     Ok((target, guard))
 }

@@ -97,6 +97,11 @@ struct ServerArgs {
     /// With --spawn: use the Redis store at this URL (`redis://127.0.0.1:PORT/`).
     #[arg(long, value_name = "URL")]
     redis_url: Option<String>,
+    /// With --spawn and --redis-url: start this many nodes sharing the Redis store; on the
+    /// product path clients call their /api in turn, and every client's media meets on the
+    /// first node (where the room is created).
+    #[arg(long, default_value_t = 1)]
+    instances: usize,
     /// Write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -613,23 +618,45 @@ fn secs(s: f64) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(s))
 }
 
-/// The target server: spawned (kept alive by the returned process) or given.
-fn target(a: &ServerArgs, path: JoinPath) -> anyhow::Result<(Target, Option<ServerProcess>)> {
+/// The target server: spawned (kept alive by the returned processes) or given.
+fn target(a: &ServerArgs, path: JoinPath) -> anyhow::Result<(Target, Vec<ServerProcess>)> {
     if !a.url.ip().is_loopback() {
         bail!("stoa-bench only drives servers on this machine's loopback addresses");
     }
-    let (http, pid, process) = match &a.spawn {
-        Some(path) => {
-            let env: Vec<(&str, &str)> = a
-                .redis_url
-                .as_deref()
+    if a.instances == 0 || a.instances > 8 {
+        bail!("--instances must be 1 to 8");
+    }
+    let mut processes = Vec::new();
+    match (&a.spawn, a.redis_url.as_deref()) {
+        (Some(bin), Some(redis)) if a.instances > 1 => {
+            for _ in 0..a.instances {
+                let p = ServerProcess::spawn_node(bin, a.server_cpus.as_deref(), redis)
+                    .with_context(|| format!("start {}", bin.display()))?;
+                processes.push(p);
+            }
+        }
+        (Some(bin), redis) => {
+            if a.instances > 1 {
+                bail!("several instances share a room only through Redis: add --redis-url");
+            }
+            let env: Vec<(&str, &str)> = redis
                 .map(|u| vec![("STOA_REDIS_URL", u)])
                 .unwrap_or_default();
-            let p = ServerProcess::spawn_with(path, a.server_cpus.as_deref(), None, &env)
-                .with_context(|| format!("start {}", path.display()))?;
-            (p.http, Some(p.pid()), Some(p))
+            let p = ServerProcess::spawn_with(bin, a.server_cpus.as_deref(), None, &env)
+                .with_context(|| format!("start {}", bin.display()))?;
+            processes.push(p);
         }
-        None => (a.url, a.server_pid, None),
+        (None, _) if a.instances > 1 => bail!("--instances needs --spawn"),
+        (None, _) => {}
+    }
+    let (http, pid) = match processes.first() {
+        Some(p) => (p.http, Some(p.pid())),
+        None => (a.url, a.server_pid),
+    };
+    let api = if processes.len() > 1 {
+        processes.iter().map(|p| p.http).collect()
+    } else {
+        Vec::new()
     };
     Ok((
         Target {
@@ -640,8 +667,9 @@ fn target(a: &ServerArgs, path: JoinPath) -> anyhow::Result<(Target, Option<Serv
             room: a.room.clone(),
             pid,
             path,
+            api,
         },
-        process,
+        processes,
     ))
 }
 

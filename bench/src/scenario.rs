@@ -94,6 +94,9 @@ pub struct Target {
     pub pid: Option<u32>,
     /// How clients join.
     pub path: JoinPath,
+    /// On the product path, the nodes whose `/api` clients call in turn (several nodes
+    /// sharing one Redis); empty: `http` alone. The room is created on `http`.
+    pub api: Vec<SocketAddr>,
 }
 
 /// What to run.
@@ -293,8 +296,12 @@ impl Crowd {
                 )?;
                 let stage_with =
                     (role == Role::Speaker && identity != HOST).then(|| server.clone());
+                let api = match self.target.api.as_slice() {
+                    [] => self.target.http,
+                    nodes => nodes[self.started % nodes.len()],
+                };
                 let join = crate::product::ProductJoin {
-                    api: self.target.http,
+                    api,
                     room: room.clone(),
                     user_token,
                     stage_with,
