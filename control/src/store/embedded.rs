@@ -1,4 +1,4 @@
-//! The single-node store: the state in memory, every change made durable in one redb file
+//! The single-node store: the state in memory, every change to a room made durable in one redb file
 //! before it is acknowledged.
 //!
 //! Reads are answered from memory. A change runs under one lock: the command's records are
@@ -6,7 +6,8 @@
 //! memory and queued, in order, for the writer thread, which owns the file and commits
 //! whatever is queued in one transaction (one `fsync` for many changes: grouped commits); the
 //! caller awaits that commit, so a change it was told about survives a crash, and no blocking
-//! I/O runs on the async workers. If a commit ever fails, memory is ahead of the file: the
+//! I/O runs on the async workers (one-active-room claims are queued without waiting: the
+//! member record written next makes them durable with it). If a commit ever fails, memory is ahead of the file: the
 //! store then refuses every further change (503) until the process restarts and reloads the
 //! file.
 //!
@@ -377,6 +378,20 @@ impl EmbeddedStore {
                 ))
             }
         }
+    }
+
+    /// Queues `ops` in order with other changes without waiting for their commit: for the
+    /// one-active-room claims, which the member record written next makes durable with it
+    /// (commits keep the queue's order). A claim lost to a crash only lets its user hold two
+    /// rooms until the stale one is released, as a claim without a connection is anyway.
+    async fn queue_only(
+        &self,
+        mem: tokio::sync::MutexGuard<'_, Mem>,
+        ops: Vec<Op>,
+    ) -> Result<(), ControlError> {
+        let _unawaited = self.queue(ops).await?;
+        drop(mem);
+        Ok(())
     }
 
     /// Writes `ops` in order with other changes and waits until they are durable.
@@ -756,7 +771,7 @@ impl Store for EmbeddedStore {
         }
         mem.active.insert(user.clone(), room.clone());
         let op = Op::Put(ACTIVE, user.to_string(), room.as_str().as_bytes().to_vec());
-        self.write(mem, vec![op]).await?;
+        self.queue_only(mem, vec![op]).await?;
         Ok(None)
     }
 
@@ -767,7 +782,7 @@ impl Store for EmbeddedStore {
             return Ok(());
         }
         mem.active.remove(user);
-        self.write(mem, vec![Op::Delete(ACTIVE, user.to_string())])
+        self.queue_only(mem, vec![Op::Delete(ACTIVE, user.to_string())])
             .await
     }
 
