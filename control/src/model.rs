@@ -487,6 +487,32 @@ impl RoomDoc {
         self.rest.plus(&self.loaded_counts())
     }
 
+    /// Like [`RoomDoc::counts`] without the per-instance split, and without allocating: what
+    /// commands read, once per command (a batch of presence changes loads many members).
+    pub fn totals(&self) -> Counts {
+        let mut c = Counts {
+            instances: BTreeMap::new(),
+            hands: self
+                .rest
+                .hands
+                .saturating_add(u32::try_from(self.hands.len()).unwrap_or(u32::MAX)),
+            ..self.rest
+        };
+        for m in self.members.values() {
+            c.members += 1;
+            if m.role.on_stage() {
+                c.stage += 1;
+            }
+            if m.present {
+                c.present += 1;
+                if !m.role.on_stage() {
+                    c.listeners += 1;
+                }
+            }
+        }
+        c
+    }
+
     /// Loaded members connected now.
     pub fn present(&self) -> impl Iterator<Item = (&UserId, &Member)> {
         self.members.iter().filter(|(_, m)| m.present)
@@ -494,7 +520,7 @@ impl RoomDoc {
 
     /// Listeners connected now (the whole room).
     pub fn audience(&self) -> u32 {
-        self.counts().listeners
+        self.totals().listeners
     }
 }
 

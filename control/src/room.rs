@@ -239,7 +239,7 @@ fn audience_event(doc: &RoomDoc, fx: &mut Effects) {
     fx.events.push(Event::Audience {
         room: doc.room.id.clone(),
         listeners: doc.audience(),
-        present: doc.counts().present,
+        present: doc.totals().present,
     });
 }
 
@@ -276,7 +276,7 @@ fn join(
         member.name = name;
         return Ok(());
     }
-    if doc.counts().members >= doc.room.max_participants {
+    if doc.totals().members >= doc.room.max_participants {
         return Err(ControlError::unprocessable(
             "room_full",
             format!(
@@ -742,7 +742,7 @@ fn disconnected(doc: &mut RoomDoc, u: &UserId, instance: &str, cx: &Context, fx:
     }
     m.present = false;
     m.present_since = None;
-    if doc.counts().present == 0 && doc.room.state == RoomState::Live {
+    if doc.totals().present == 0 && doc.room.state == RoomState::Live {
         doc.room.empty_since = Some(cx.now);
     }
     audience_event(doc, fx);

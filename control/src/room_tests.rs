@@ -575,6 +575,11 @@ fn a_scoped_document_behaves_like_the_whole_room() {
         let b = apply(&mut part, &actor, command, &cx(3));
         assert_eq!(a, b);
         assert_eq!(part.counts(), full.counts());
+        let (t, c) = (part.totals(), part.counts());
+        assert_eq!(
+            (t.members, t.stage, t.present, t.listeners, t.hands),
+            (c.members, c.stage, c.present, c.listeners, c.hands)
+        );
         assert_eq!(part.stats, full.stats);
         for (u, m) in &part.members {
             assert_eq!(full.members.get(u), Some(m));
