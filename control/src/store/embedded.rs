@@ -1,5 +1,5 @@
-//! The single-node store: the state in memory, every change to a room made durable in one redb file
-//! before it is acknowledged.
+//! The single-node store: the state in memory, every change to a room made durable in one
+//! redb file before it is acknowledged.
 //!
 //! Reads are answered from memory. A change runs under one lock: the command's records are
 //! copied out of memory ([`Scope`]), changed, and the difference ([`Changes`]) applied to
