@@ -177,7 +177,8 @@ async fn serve(config: &Config) -> Result<()> {
     let routes = ops::router(draining.clone(), Some(sources), Some(prometheus))
         .merge(joins)
         .merge(stoa_signaling::twirp::router(signaling.clone(), keys))
-        .merge(stoa_control::api::router(control))
+        .merge(stoa_control::api::router(control.clone()))
+        .merge(crate::web::router(control))
         .fallback(crate::web::app);
 
     if !crate::web::built() {

@@ -30,6 +30,8 @@ export interface RoomView {
   speaker_mode: SpeakerMode;
   max_participants: number;
   host: string;
+  /** The host's display name ("" when not known yet). */
+  host_name: string;
   state: RoomState;
   created_at: number;
   scheduled_for: number | null;
@@ -42,6 +44,16 @@ export interface RoomView {
   hands: Hand[] | null;
   audience: Member[] | null;
   banned: string[] | null;
+  /** Kicked and banned people (hosts and co-hosts only). */
+  removed: Removed[] | null;
+}
+
+export interface Removed {
+  user: string;
+  name: string;
+  banned: boolean;
+  /** Unix ms until which a kicked person may not rejoin. */
+  until: number | null;
 }
 
 export interface Directory {
@@ -62,6 +74,7 @@ export interface RoomCard {
   ended_at: number | null;
   listeners: number;
   speakers: string[];
+  host_name: string;
 }
 
 export interface Stats {
@@ -71,6 +84,9 @@ export interface Stats {
   total_joins: number;
   average_listening_ms: number;
   stage_ms: Record<string, number>;
+  speaking_ms: Record<string, number>;
+  /** Display names of the users the statistics name. */
+  names: Record<string, string>;
   reactions: number;
   hands_raised: number;
   duration_ms: number;
@@ -123,6 +139,8 @@ export class ApiError extends Error {
     readonly status: number,
     readonly code: string,
     message: string,
+    /** Seconds after which the same call may succeed (e.g. a kick's cooldown). */
+    readonly retryAfter: number | null = null,
   ) {
     super(message);
   }
@@ -190,9 +208,9 @@ async function call<T>(method: string, path: string, body?: unknown, token?: str
     data = undefined;
   }
   if (!response.ok) {
-    const err = (data ?? {}) as { code?: string; message?: string };
+    const err = (data ?? {}) as { code?: string; message?: string; retry_after?: number };
     if (response.status === 401 && token === undefined) onUnauthorized();
-    throw new ApiError(response.status, err.code ?? 'error', err.message ?? `${response.status} ${response.statusText}`);
+    throw new ApiError(response.status, err.code ?? 'error', err.message ?? `${response.status} ${response.statusText}`, err.retry_after ?? null);
   }
   return data as T;
 }

@@ -6,9 +6,10 @@
 //   /embed/rooms/{id} an embeddable card for feeds and posts
 import './style.css';
 import { api, session, setSession, setUnauthorizedHandler } from './api';
-import { h } from './dom';
+import { avatar, h } from './dom';
+import { icon } from './icons';
 import { createScreen, directoryScreen, embedScreen, signInScreen } from './screens';
-import { roomScreen } from './room';
+import { closeDock, roomScreen } from './room';
 
 /** A screen: renders into `main` and returns its teardown. */
 export type Screen = (main: HTMLElement, params: Record<string, string>) => (() => void) | void;
@@ -63,6 +64,8 @@ async function render(): Promise<void> {
     return;
   }
   document.body.classList.toggle('embed', Boolean(r.embed));
+  document.documentElement.classList.toggle('embed', Boolean(r.embed));
+  document.title = 'Stoa';
   const main = h('main', { id: 'main', class: r.embed ? 'embed-main' : '' });
   const chrome = r.embed ? [] : [header()];
   app.replaceChildren(...chrome, main);
@@ -82,14 +85,15 @@ function header(): HTMLElement {
       ? h(
           'nav',
           { 'aria-label': 'Account' },
-          h('a', { href: '/new', 'data-link': true, class: 'button primary small' }, 'Create room'),
-          h('span', { class: 'who', title: s.user }, s.name),
+          h('a', { href: '/new', 'data-link': true, class: 'button primary small' }, icon('plus'), 'Create room'),
+          h('span', { class: 'who-am-i' }, avatar(s.user, s.name, 'small'), s.name),
           h(
             'button',
             {
               class: 'small ghost',
               type: 'button',
               onclick: () => {
+                closeDock();
                 setSession(null);
                 navigate('/signin');
               },
@@ -110,6 +114,7 @@ document.addEventListener('click', (e) => {
 });
 window.addEventListener('popstate', () => void render());
 setUnauthorizedHandler(() => {
+  closeDock();
   setSession(null);
   if (!location.pathname.startsWith('/embed/')) navigate(`/signin?next=${encodeURIComponent(location.pathname)}`, true);
 });
