@@ -569,6 +569,20 @@ async function scenario(host, listener, blocked, launchGuest) {
     for (const page of [L, H]) await page.getByText('2 people here · 1 on stage · 1 listening').waitFor();
     await shot(L, '08-room-listener');
     await audit(L, 'room (listener)');
+    // Tapping someone opens their profile sheet, where the listener follows them.
+    await L.locator(`.tile[data-user="${hostSession.user}"] .who`).click();
+    const sheet = L.getByRole('dialog', { name: 'Hana Host' });
+    await sheet.getByText('Host of this room').waitFor();
+    await sheet.getByRole('button', { name: 'Follow', exact: true }).click();
+    await sheet.getByRole('button', { name: 'Following', exact: true }).waitFor();
+    const follows = await L.evaluate(async () => {
+      const token = JSON.parse(localStorage.getItem('stoa.session')).token;
+      return (await (await fetch('/api/follows', { headers: { Authorization: `Bearer ${token}` } })).json()).follows;
+    });
+    if (!follows.some((f) => f.kind === 'user' && f.id === hostSession.user)) throw new Error(`the follow did not reach the server: ${JSON.stringify(follows)}`);
+    await L.screenshot({ path: join(SHOTS, '08-profile-sheet-desktop.png') });
+    summary.screenshots.push('08-profile-sheet-desktop.png');
+    await sheet.getByRole('button', { name: 'Close' }).click();
   });
 
   await step('listener raises a hand; the host is told and approves from the control bar', async () => {

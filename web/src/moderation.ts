@@ -112,7 +112,7 @@ export class Moderation {
         avatar(m.user, m.name, 'small'),
         h('span', {}, m.name),
         h('span', { class: 'muted small' }, ROLE_LABEL[m.role]),
-        m.hard_muted || m.muted ? [icon('micOff', undefined, 'icon small-icon'), h('span', { class: 'visually-hidden' }, ', muted')] : null,
+        m.role !== 'listener' && (m.hard_muted || m.muted) ? [icon('micOff', undefined, 'icon small-icon'), h('span', { class: 'visually-hidden' }, ', muted')] : null,
       );
     fill(
       this.panel,
