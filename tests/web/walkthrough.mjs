@@ -517,6 +517,20 @@ async function scenario(host, listener, blocked, launchGuest) {
 
   const listenerSession = await step('listener signs in and finds the room in the directory', async () => {
     const s = await signIn(L, 'Leo Listener');
+    // The listener writes a bio and picks a photo (any picture: a piece of this page).
+    const photo = await L.screenshot({ clip: { x: 0, y: 0, width: 240, height: 160 } });
+    await L.getByRole('button', { name: /^Leo Listener\s*, your profile$/ }).click();
+    const own = L.getByRole('dialog', { name: 'Leo Listener (you)' });
+    await own.getByRole('button', { name: 'Edit profile' }).click();
+    const editor = L.getByRole('dialog', { name: 'Edit your profile' });
+    await editor.getByLabel('Photo').setInputFiles({ name: 'me.png', mimeType: 'image/png', buffer: photo });
+    await editor.locator('.avatar img').waitFor();
+    await editor.getByLabel('Bio').fill('Morning person. Asks good questions.');
+    await L.screenshot({ path: join(SHOTS, '07-profile-edit-desktop.png') });
+    summary.screenshots.push('07-profile-edit-desktop.png');
+    await editor.getByRole('button', { name: 'Save' }).click();
+    await own.getByText('Morning person. Asks good questions.').waitFor();
+    await own.getByRole('button', { name: 'Close' }).click();
     const card = L.getByRole('link', { name: /^LIVE Morning audio standup/ });
     await card.waitFor();
     await card.locator('.speakers', { hasText: 'Hana Host' }).waitFor();
@@ -627,6 +641,18 @@ async function scenario(host, listener, blocked, launchGuest) {
     await H.getByRole('button', { name: 'Move to audience: Leo Listener' }).waitFor();
     await H.locator(`.tile.speaking[data-user="${listenerSession.user}"]`).waitFor({ timeout: 10_000 });
     for (const page of [L, H]) await page.getByText('2 people here · 2 on stage · 0 listening').waitFor();
+    // The speaker's own photo on their tile, and their bio on their profile sheet.
+    const picture = H.locator(`.tile[data-user="${listenerSession.user}"] .avatar img`);
+    await picture.waitFor();
+    const width = await picture.evaluate((img) => img.naturalWidth);
+    if (width !== 128) throw new Error(`the speaker's photo is ${width} px wide`);
+    await H.locator(`.tile[data-user="${listenerSession.user}"] .who`).click();
+    const sheet = H.getByRole('dialog', { name: 'Leo Listener' });
+    await sheet.getByText('Morning person. Asks good questions.').waitFor();
+    await sheet.getByText('Speaker in this room').waitFor();
+    await H.screenshot({ path: join(SHOTS, '12-profile-sheet-desktop.png') });
+    summary.screenshots.push('12-profile-sheet-desktop.png');
+    await sheet.getByRole('button', { name: 'Close' }).click();
     await shot(H, '12-room-host-with-speaker');
     await shot(L, '13-room-speaker');
   });
@@ -836,6 +862,17 @@ async function scenario(host, listener, blocked, launchGuest) {
     const float = H.locator(`.float[data-user="${listenerSession.user}"]`, { hasText: '👏' });
     await float.first().waitFor({ state: 'attached', timeout: 10_000 });
     await shot(H, '24-reaction');
+    // On a phone the bar keeps to two short rows: the reactions fold behind one button.
+    await L.setViewportSize(PHONE);
+    const bar = await L.locator('nav.controls').boundingBox();
+    if (!bar || bar.height > 130) throw new Error(`the phone control bar is ${bar?.height} px tall`);
+    if (await L.getByRole('button', { name: 'React: Applause' }).isVisible()) throw new Error('the reactions take a row of their own on a phone');
+    await L.getByRole('button', { name: 'React', exact: true }).click();
+    await L.getByRole('button', { name: 'React: Applause' }).waitFor();
+    await L.screenshot({ path: join(SHOTS, '24-reactions-open-phone.png') });
+    summary.screenshots.push('24-reactions-open-phone.png');
+    await L.getByRole('button', { name: 'React', exact: true }).click();
+    await L.setViewportSize(DESKTOP);
   });
 
   await step('icons are SVG: no control is labelled by an emoji alone', async () => {

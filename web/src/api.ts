@@ -118,6 +118,14 @@ export interface NewRoom {
 
 export type Follow = { kind: 'user' | 'room'; id: string };
 
+/** What a user tells about themselves. */
+export interface Profile {
+  user: string;
+  bio: string;
+  /** A small picture as a data URL. */
+  avatar: string | null;
+}
+
 export type ModerationAction =
   | 'approve_hand'
   | 'deny_hand'
@@ -241,6 +249,8 @@ export const api = {
   moderate: (id: string, user: string, action: ModerationAction) =>
     call<RoomView>('POST', `/api/rooms/${enc(id)}/members/${enc(user)}/${action}`),
   stats: (id: string) => call<Stats>('GET', `/api/rooms/${enc(id)}/stats`),
+  profile: (user: string) => call<Profile>('GET', `/api/users/${enc(user)}/profile`),
+  setProfile: (p: { bio: string; avatar: string | null }) => call<Profile>('PUT', '/api/me/profile', p),
   follows: () => call<{ follows: Follow[] }>('GET', '/api/follows'),
   follow: (kind: 'users' | 'rooms', id: string) => call<void>('PUT', `/api/follows/${kind}/${enc(id)}`),
   unfollow: (kind: 'users' | 'rooms', id: string) => call<void>('DELETE', `/api/follows/${kind}/${enc(id)}`),

@@ -84,7 +84,7 @@ export function avatar(user: string, name: string, size: 'large' | 'medium' | 's
   const c = hue(user);
   return h(
     'span',
-    { class: `avatar ${size}`, 'aria-hidden': 'true', style: `--av1:hsl(${c} 55% 38%);--av2:hsl(${(c + 40) % 360} 60% 52%)` },
+    { class: `avatar av-${size}`, 'aria-hidden': 'true', style: `--av1:hsl(${c} 55% 38%);--av2:hsl(${(c + 40) % 360} 60% 52%)` },
     h('span', { class: 'initials' }, initials(name)),
   );
 }

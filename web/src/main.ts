@@ -6,7 +6,8 @@
 //   /embed/rooms/{id} an embeddable card for feeds and posts
 import './style.css';
 import { api, session, setSession, setUnauthorizedHandler } from './api';
-import { avatar, h } from './dom';
+import { h } from './dom';
+import { personAvatar, profileSheet } from './profile';
 import { icon } from './icons';
 import { createScreen, directoryScreen, embedScreen, signInScreen } from './screens';
 import { closeDock, roomScreen } from './room';
@@ -15,6 +16,9 @@ import { closeDock, roomScreen } from './room';
 export type Screen = (main: HTMLElement, params: Record<string, string>) => (() => void) | void;
 
 const app = document.getElementById('app') as HTMLElement;
+/** The profile sheet the top bar opens, outside the screens so that it survives them. */
+const profileDialog = h('dialog', { class: 'dialog profile-dialog', 'aria-labelledby': 'profile-heading' });
+document.body.append(profileDialog);
 let teardown: (() => void) | void = undefined;
 
 export function navigate(path: string, replace = false): void {
@@ -86,7 +90,13 @@ function header(): HTMLElement {
           'nav',
           { 'aria-label': 'Account' },
           h('a', { href: '/new', 'data-link': true, class: 'button primary small' }, icon('plus'), 'Create room'),
-          h('span', { class: 'who-am-i' }, avatar(s.user, s.name, 'small'), s.name),
+          h(
+            'button',
+            { type: 'button', class: 'who-am-i', onclick: () => profileSheet(profileDialog, { user: s.user, name: s.name, role: null, host: false }) },
+            personAvatar(s.user, s.name, 'small'),
+            h('span', { class: 'who-name' }, s.name),
+            h('span', { class: 'visually-hidden' }, ', your profile'),
+          ),
           h(
             'button',
             {

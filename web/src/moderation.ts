@@ -3,7 +3,8 @@
 // removals confirmed before they happen and undoable after, and the list of kicked and banned
 // people.
 import { api, type Member, type ModerationAction, type Removed, type RoomView } from './api';
-import { avatar, fill, h, ROLE_LABEL } from './dom';
+import { fill, h, ROLE_LABEL } from './dom';
+import { personAvatar } from './profile';
 import { icon } from './icons';
 import { toast } from './toast';
 
@@ -76,7 +77,7 @@ export class Moderation {
         h(
           'li',
           { 'data-user': x.user },
-          h('span', { class: 'member' }, avatar(x.user, x.name, 'small'), h('span', {}, x.name), icon('hand', undefined, 'icon hand-icon')),
+          h('span', { class: 'member' }, personAvatar(x.user, x.name, 'small'), h('span', {}, x.name), icon('hand', undefined, 'icon hand-icon')),
           h(
             'span',
             { class: 'actions' },
@@ -109,7 +110,7 @@ export class Moderation {
       h(
         'button',
         { type: 'button', class: 'member link-like', onclick: () => this.cx.openProfile(m.user, m.name) },
-        avatar(m.user, m.name, 'small'),
+        personAvatar(m.user, m.name, 'small'),
         h('span', {}, m.name),
         h('span', { class: 'muted small' }, ROLE_LABEL[m.role]),
         m.role !== 'listener' && (m.hard_muted || m.muted) ? [icon('micOff', undefined, 'icon small-icon'), h('span', { class: 'visually-hidden' }, ', muted')] : null,
@@ -186,7 +187,7 @@ export class Moderation {
     return h(
       'li',
       { 'data-user': r.user },
-      h('span', { class: 'member' }, avatar(r.user, r.name, 'small'), h('span', {}, r.name), h('span', { class: 'muted small' }, status)),
+      h('span', { class: 'member' }, personAvatar(r.user, r.name, 'small'), h('span', {}, r.name), h('span', { class: 'muted small' }, status)),
       h(
         'span',
         { class: 'actions' },

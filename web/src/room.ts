@@ -13,11 +13,11 @@ import {
 } from 'livekit-client';
 
 import { api, ApiError, session, subscribe, type JoinGrant, type Member, type RoomView } from './api';
-import { avatar, fill, formatWhen, h, plural, ROLE_LABEL } from './dom';
+import { fill, formatWhen, h, plural, ROLE_LABEL } from './dom';
 import { icon, type IconName } from './icons';
 import { navigate, type Screen } from './main';
 import { Moderation, requestCount } from './moderation';
-import { profileSheet } from './profile';
+import { personAvatar, profileSheet } from './profile';
 import { embedSnippet, endedView, errorText } from './screens';
 import { toast } from './toast';
 
@@ -835,7 +835,7 @@ class RoomController {
             if (p) this.applyVolume(p);
           },
         });
-    const av = avatar(m.user, m.name, 'large');
+    const av = personAvatar(m.user, m.name, 'large');
     av.append(h('span', { class: 'mute-badge', hidden: true }, icon('micOff')));
     return h(
       'li',
@@ -891,7 +891,7 @@ class RoomController {
             h(
               'button',
               { type: 'button', class: 'person', onclick: () => this.openProfile(m.user, m.name) },
-              avatar(m.user, m.name, 'small'),
+              personAvatar(m.user, m.name, 'small'),
               h('span', {}, m.name),
               m.hand_raised ? [icon('hand', undefined, 'icon hand-icon'), h('span', { class: 'visually-hidden' }, ', hand raised')] : null,
             ),
@@ -1034,7 +1034,24 @@ class RoomController {
       ctl('share', 'Share', 'share', () => this.share(v)),
       ctl('leave', 'Leave', 'leave', () => void this.leave(), { class: 'ctl danger' }),
     ];
-    fill(this.controls, me, h('div', { class: 'buttons' }, items), reactions, h('div', { class: 'buttons' }, rest));
+    // On phones the reactions fold behind one button, so that the bar keeps to two short rows.
+    const open = this.controls.classList.contains('reacting');
+    const toggle = h(
+      'button',
+      {
+        type: 'button',
+        class: 'small react-toggle',
+        'data-control': 'react-toggle',
+        'aria-expanded': String(open),
+        onclick: () => {
+          const now = this.controls.classList.toggle('reacting');
+          toggle.setAttribute('aria-expanded', String(now));
+        },
+      },
+      icon('smile'),
+      'React',
+    );
+    fill(this.controls, me, toggle, h('div', { class: 'actions' }, h('div', { class: 'buttons primary-actions' }, items), h('div', { class: 'buttons secondary-actions' }, rest)), reactions);
     if (focused) this.controls.querySelector<HTMLElement>(`[data-control="${CSS.escape(focused)}"]`)?.focus();
   }
 
