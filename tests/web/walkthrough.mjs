@@ -633,7 +633,7 @@ async function scenario(host, listener, blocked, launchGuest) {
     await sleep(500);
     if (await L.evaluate(() => window.stoaRoom?.localParticipant.isMicrophoneEnabled)) throw new Error('the approved speaker came on stage with an open microphone');
     if ((await inbound(H, listenerSession.user)).tracks !== 0) throw new Error('the host receives the new speaker before they unmuted');
-    await H.locator(`.tile.muted[data-user="${listenerSession.user}"]`).waitFor();
+    await H.locator(`.tile.mic-off[data-user="${listenerSession.user}"]`).waitFor();
     await shot(L, '11-room-new-speaker-muted');
     await L.getByRole('button', { name: 'Unmute microphone' }).click();
     await L.getByRole('button', { name: 'Mute', exact: true }).waitFor();
@@ -662,7 +662,7 @@ async function scenario(host, listener, blocked, launchGuest) {
     await toastOn(L, 'A host muted you').waitFor();
     await L.getByRole('button', { name: 'Unmute', exact: true }).waitFor();
     await L.locator('.me-state', { hasText: 'You are muted' }).waitFor();
-    await H.locator(`.tile.muted[data-user="${listenerSession.user}"]`).waitFor();
+    await H.locator(`.tile.mic-off[data-user="${listenerSession.user}"]`).waitFor();
     await shot(L, '14-muted-by-host');
     await H.getByRole('button', { name: 'Move to audience: Leo Listener' }).click();
     await toastOn(L, 'A host moved you to the audience').waitFor();

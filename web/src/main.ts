@@ -89,7 +89,7 @@ function header(): HTMLElement {
       ? h(
           'nav',
           { 'aria-label': 'Account' },
-          h('a', { href: '/new', 'data-link': true, class: 'button primary small' }, icon('plus'), 'Create room'),
+          h('a', { href: '/new', 'data-link': true, class: 'button primary small' }, icon('plus'), h('span', { class: 'label-wide' }, 'Create room')),
           h(
             'button',
             { type: 'button', class: 'who-am-i', onclick: () => profileSheet(profileDialog, { user: s.user, name: s.name, role: null, host: false }) },

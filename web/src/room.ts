@@ -796,7 +796,7 @@ class RoomController {
       const speaking = (this.speaking.has(m.user) || this.heard.has(m.user)) && !muted;
       tile.classList.toggle('speaking', speaking);
       tile.classList.toggle('away', !m.present);
-      tile.classList.toggle('muted', muted);
+      tile.classList.toggle('mic-off', muted);
       const badge = tile.querySelector('.mute-badge') as HTMLElement;
       badge.hidden = !muted;
       badge.title = m.hard_muted ? 'Microphone turned off by a host' : 'Muted';
@@ -844,7 +844,7 @@ class RoomController {
         'button',
         { type: 'button', class: 'who', onclick: () => this.openProfile(m.user, m.name) },
         av,
-        h('span', { class: 'name' }, m.name, mine ? ' (you)' : ''),
+        h('span', { class: 'name' }, m.name, mine ? h('span', { class: 'you' }, ' (you)') : null),
         h('span', { class: 'role' }, ROLE_LABEL[m.role]),
         h('span', { class: 'state visually-hidden' }),
       ),
