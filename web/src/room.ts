@@ -123,6 +123,8 @@ class RoomController {
   private readonly expected = new Map<string, number>();
   /** The "you're a speaker, unmute when ready" moment was answered (reset on leaving the stage). */
   private calloutDone = false;
+  /** Open the requests queue once the room's screen is back (a toast's Review while docked). */
+  private reviewOnMount = false;
 
   // Parts of the live screen.
   private readonly count = h('p', { class: 'count' });
@@ -244,6 +246,20 @@ class RoomController {
     this.render();
     this.updatePlayback();
     this.scheduleRefresh();
+    if (this.reviewOnMount) {
+      this.reviewOnMount = false;
+      this.moderation.openRequests();
+    }
+  }
+
+  /** Shows the requests queue, going back to the room's screen first when docked. */
+  private review(): void {
+    if (!this.docked) {
+      this.moderation.openRequests();
+      return;
+    }
+    this.reviewOnMount = true;
+    navigate(`/rooms/${encodeURIComponent(this.id)}`);
   }
 
   private undockBar(): void {
@@ -373,7 +389,11 @@ class RoomController {
       await this.refused(err);
       return;
     }
-    if (this.destroyed) return;
+    if (this.destroyed) {
+      // Left before the room came up: give the place back.
+      lastLeave = api.leave(this.id).catch(() => {});
+      return;
+    }
     this.tapToListen.onclick = () => void this.lk?.startAudio().then(() => this.updatePlayback());
     fill(this.stage);
     this.mount();
@@ -577,6 +597,13 @@ class RoomController {
       await this.open();
       return;
     }
+    if (this.docked) {
+      toast(`You were disconnected from “${this.view?.title ?? 'the room'}”.`, { icon: 'alert', tone: 'warn' });
+      this.stop();
+      lastLeave = api.leave(this.id).catch(() => {});
+      closeDock();
+      return;
+    }
     this.say(this.notice, 'You were disconnected from the room.');
     this.renderRejoin();
   }
@@ -688,7 +715,7 @@ class RoomController {
       this.prevHands = new Set(hands.map((x) => x.user));
       for (const x of hands) {
         if (seen && !seen.has(x.user)) {
-          toast(`${x.name} raised a hand`, { icon: 'hand', key: `hand-${x.user}`, action: { label: 'Review', run: () => this.moderation.openRequests() } });
+          toast(`${x.name} raised a hand`, { icon: 'hand', key: `hand-${x.user}`, action: { label: 'Review', run: () => this.review() } });
           this.announcer.textContent = `${x.name} asks to speak`;
         }
       }
