@@ -612,6 +612,12 @@ async function scenario(host, listener, blocked, launchGuest) {
     await inView(H, H.locator('.host-panel').getByRole('button', { name: 'Approve: Leo Listener' }), "the side panel's Approve");
     await shot(H, '09-room-host-hand-raised');
     await audit(H, 'room (host, hand raised)');
+    // On a phone too: the bar's Requests button is on screen, its toast with it.
+    await H.setViewportSize(PHONE);
+    await H.evaluate(() => window.scrollTo(0, 0));
+    await inView(H, requests, 'the requests button on a phone');
+    await audit(H, 'room (host, phone)');
+    await H.setViewportSize(DESKTOP);
     await requests.click();
     const dialog = H.getByRole('dialog', { name: 'Requests to speak' });
     const approve = dialog.getByRole('button', { name: 'Approve: Leo Listener' });
@@ -664,6 +670,13 @@ async function scenario(host, listener, blocked, launchGuest) {
     await L.locator('.me-state', { hasText: 'You are muted' }).waitFor();
     await H.locator(`.tile.mic-off[data-user="${listenerSession.user}"]`).waitFor();
     await shot(L, '14-muted-by-host');
+    // A host turning the microphone off (publishing revoked) and giving it back is said too.
+    await H.getByRole('button', { name: 'Turn off mic: Leo Listener' }).click();
+    await toastOn(L, 'A host turned off your microphone.').waitFor();
+    await L.locator('.me-state', { hasText: 'Mic off by host' }).waitFor();
+    await H.getByRole('button', { name: 'Restore mic: Leo Listener' }).click();
+    await toastOn(L, 'A host gave your microphone back.').waitFor();
+    await L.getByRole('button', { name: 'Unmute', exact: true }).waitFor();
     await H.getByRole('button', { name: 'Move to audience: Leo Listener' }).click();
     await toastOn(L, 'A host moved you to the audience').waitFor();
     await L.getByRole('button', { name: 'Raise hand' }).waitFor();
@@ -717,6 +730,9 @@ async function scenario(host, listener, blocked, launchGuest) {
     const playing = await playback(L);
     if (!playing.elements.some((e) => e.identity === hostSession.user && !e.paused)) throw new Error(`the docked room does not play: ${JSON.stringify(playing)}`);
     await shot(L, '16-mini-player');
+    await L.setViewportSize(PHONE);
+    await inView(L, dock.getByRole('button', { name: /^Back to the room: / }), 'the mini-player on a phone');
+    await L.setViewportSize(DESKTOP);
     await audit(L, 'directory with the mini-player');
     await dock.getByRole('button', { name: /^Back to the room: LIVE Morning audio standup/ }).click();
     await L.getByRole('button', { name: 'Raise hand' }).waitFor();
@@ -742,6 +758,10 @@ async function scenario(host, listener, blocked, launchGuest) {
     await M.getByRole('button', { name: 'End for everyone' }).click();
     await M.getByRole('heading', { name: 'This room has ended' }).waitFor();
     await M.goto(roomPath);
+    await M.getByRole('button', { name: 'Raise hand' }).click();
+    // A denied request is said to the one who asked.
+    await H.locator('.host-panel').getByRole('button', { name: 'Deny: Mia Mic' }).click();
+    await toastOn(M, 'A host lowered your hand.').waitFor();
     await M.getByRole('button', { name: 'Raise hand' }).waitFor();
 
     // A kick asks first; cancelling keeps Mia in.
