@@ -879,7 +879,7 @@ async function scenario(host, listener, blocked, launchGuest) {
 
   await step("the listener's reaction floats on the host's page", async () => {
     await L.getByRole('button', { name: 'React: Applause' }).click();
-    const float = H.locator(`.float[data-user="${listenerSession.user}"]`, { hasText: '👏' });
+    const float = H.locator(`.float[data-user="${listenerSession.user}"][data-reaction="Applause"]`);
     await float.first().waitFor({ state: 'attached', timeout: 10_000 });
     await shot(H, '24-reaction');
     // On a phone the bar keeps to two short rows: the reactions fold behind one button.
@@ -895,14 +895,14 @@ async function scenario(host, listener, blocked, launchGuest) {
     await L.setViewportSize(DESKTOP);
   });
 
-  await step('icons are SVG: no control is labelled by an emoji alone', async () => {
+  await step('icons are SVG: no control is labelled by an emoji alone, reactions are drawn', async () => {
     const r = await H.evaluate(() => {
       const emoji = /\p{Extended_Pictographic}/u;
       const controls = [...document.querySelectorAll('nav.controls .ctl, .room-side button, .topbar a, .topbar button')];
       return {
         ctlWithoutSvg: [...document.querySelectorAll('nav.controls .ctl')].filter((b) => !b.querySelector('svg')).map((b) => b.textContent),
         emojiText: controls.filter((b) => emoji.test(b.textContent ?? '')).map((b) => b.textContent),
-        reactionsUnnamed: [...document.querySelectorAll('.reaction')].filter((b) => emoji.test(b.getAttribute('aria-label') ?? '') || !b.getAttribute('aria-label')).length,
+        reactionsUnnamed: [...document.querySelectorAll('.reaction')].filter((b) => emoji.test(b.getAttribute('aria-label') ?? '') || !b.getAttribute('aria-label') || !b.querySelector('svg')).length,
       };
     });
     if (r.ctlWithoutSvg.length || r.emojiText.length || r.reactionsUnnamed) throw new Error(`emoji as icons: ${JSON.stringify(r)}`);

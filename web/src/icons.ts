@@ -82,3 +82,54 @@ export function icon(name: IconName, label?: string, cls = 'icon'): SVGSVGElemen
   }
   return svg;
 }
+
+/** Filled, coloured glyphs for the reactions: the same on every system, emoji font or not. */
+const REACTION_GLYPHS: Record<string, (string | [string, string])[]> = {
+  Applause: [
+    ['M6.2 13.6l5.6-7.3a1.4 1.4 0 0 1 2.2 1.7l-2.3 3 4.5-5.8a1.4 1.4 0 0 1 2.2 1.7l-4.4 5.8 3.6-4.7a1.4 1.4 0 0 1 2.2 1.7l-4.9 6.4a6 6 0 0 1-8.7 1.1 5.2 5.2 0 0 1-.9-7z', '#ffc83d'],
+    ['M4.5 4.5l1.5 1.8M8 2.5l.4 2.2M2.5 8l2.1.5', 'stroke:#ffc83d'],
+  ],
+  Love: [['M12 20.5l-1.4-1.3C5.4 14.5 2 11.4 2 7.6 2 4.5 4.4 2 7.5 2c1.7 0 3.4.8 4.5 2.1C13.1 2.8 14.8 2 16.5 2 19.6 2 22 4.5 22 7.6c0 3.8-3.4 6.9-8.6 11.6z', '#ff4f79']],
+  Laugh: [
+    ['M12 2a10 10 0 1 1 0 20 10 10 0 0 1 0-20z', '#ffcc4d'],
+    ['M6.5 9.5q1.5-2 3 0M14.5 9.5q1.5-2 3 0', 'stroke:#6b3a00'],
+    ['M6.5 13h11a5.5 5.5 0 0 1-11 0z', '#6b3a00'],
+  ],
+  Fire: [
+    ['M12 2c1.2 3.6 6 6 6 11.5a6 6 0 0 1-12 0c0-2.4 1.1-4.2 2.4-5.4.1 2.2 1.2 3.4 2.4 3.4-.3-3.4-.6-6.4 1.2-9.5z', '#ff7a2f'],
+    ['M12 21.5a3.2 3.2 0 0 1-3.2-3.2c0-1.9 1.6-3 3.2-5 1.6 2 3.2 3.1 3.2 5a3.2 3.2 0 0 1-3.2 3.2z', '#ffd166'],
+  ],
+  Hundred: [
+    ['M3.5 7.5L5.5 6v11M11.5 6a2.3 5.5 0 1 0 .01 0M18 6a2.3 5.5 0 1 0 .01 0', 'stroke:#ff3b5c'],
+    ['M3.5 19.5h17M5 22h14', 'stroke:#ff3b5c'],
+  ],
+  Celebrate: [
+    ['M3 21l4.5-12 7.5 7.5z', '#ffb23f'],
+    ['M13 3l.8 2.2M18.5 4.5l-1.6 1.8M21 10l-2.2.4M16 9.5l3-3', 'stroke:#8b6cff'],
+    ['M10 6.5a1 1 0 1 1 0 .01M19.5 14a1 1 0 1 1 0 .01M15 2.5a.8.8 0 1 1 0 .01', '#3ddc97'],
+  ],
+};
+
+/** The glyph of a reaction (by its word), or null for one this app does not draw. */
+export function reactionGlyph(word: string): SVGSVGElement | null {
+  const shapes = REACTION_GLYPHS[word];
+  if (!shapes) return null;
+  const svg = document.createElementNS(NS, 'svg');
+  svg.setAttribute('viewBox', '0 0 24 24');
+  svg.setAttribute('class', 'glyph');
+  svg.setAttribute('aria-hidden', 'true');
+  svg.setAttribute('focusable', 'false');
+  for (const shape of shapes) {
+    const [d, paint] = typeof shape === 'string' ? [shape, 'currentColor'] : shape;
+    const path = document.createElementNS(NS, 'path');
+    path.setAttribute('d', d);
+    if (paint.startsWith('stroke:')) {
+      path.setAttribute('fill', 'none');
+      path.setAttribute('stroke', paint.slice(7));
+      path.setAttribute('stroke-width', '1.8');
+      path.setAttribute('stroke-linecap', 'round');
+    } else path.setAttribute('fill', paint);
+    svg.append(path);
+  }
+  return svg;
+}

@@ -122,7 +122,7 @@ export class Moderation {
       h(
         'section',
         { class: 'panel-part', 'aria-labelledby': 'manage-stage-heading' },
-        h('h3', { id: 'manage-stage-heading' }, 'On stage'),
+        h('h3', { id: 'manage-stage-heading' }, 'Speakers'),
         others.length
           ? h(
               'ul',
@@ -150,7 +150,7 @@ export class Moderation {
       h(
         'section',
         { class: 'panel-part', 'aria-labelledby': 'manage-audience-heading' },
-        h('h3', { id: 'manage-audience-heading' }, 'Audience'),
+        h('h3', { id: 'manage-audience-heading' }, 'Listeners'),
         audience.length
           ? h(
               'ul',
@@ -187,7 +187,7 @@ export class Moderation {
     return h(
       'li',
       { 'data-user': r.user },
-      h('span', { class: 'member' }, personAvatar(r.user, r.name, 'small'), h('span', {}, r.name), h('span', { class: 'muted small' }, status)),
+      h('span', { class: 'member' }, personAvatar(r.user, r.name, 'small'), h('span', {}, r.name), h('span', { class: 'muted small status' }, status)),
       h(
         'span',
         { class: 'actions' },

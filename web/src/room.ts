@@ -14,7 +14,7 @@ import {
 
 import { api, ApiError, session, subscribe, type JoinGrant, type Member, type RoomView } from './api';
 import { fill, formatWhen, h, plural, ROLE_LABEL } from './dom';
-import { icon, type IconName } from './icons';
+import { icon, reactionGlyph, type IconName } from './icons';
 import { navigate, type Screen } from './main';
 import { Moderation, requestCount } from './moderation';
 import { personAvatar, profileSheet } from './profile';
@@ -1053,7 +1053,7 @@ class RoomController {
       'div',
       { class: 'reactions', role: 'group', 'aria-label': 'Reactions' },
       REACTIONS.map(([emoji, word]) =>
-        h('button', { type: 'button', class: 'reaction', 'data-control': `react-${word}`, 'aria-label': `React: ${word}`, title: word, onclick: () => void this.react(emoji) }, h('span', { class: 'emoji', 'aria-hidden': 'true' }, emoji)),
+        h('button', { type: 'button', class: 'reaction', 'data-control': `react-${word}`, 'aria-label': `React: ${word}`, title: word, onclick: () => void this.react(emoji) }, reactionGlyph(word) ?? h('span', { class: 'emoji', 'aria-hidden': 'true' }, emoji)),
       ),
     );
     const rest = [
@@ -1171,7 +1171,7 @@ class RoomController {
     this.recent.set(key, now);
     const who = this.name(user);
     const word = REACTIONS.find(([e]) => e === emoji)?.[1] ?? emoji;
-    const el = h('span', { class: 'float', 'data-user': user, 'data-reaction': word, style: `left:${10 + Math.random() * 75}%` }, h('span', { class: 'emoji' }, emoji), h('span', { class: 'from' }, who));
+    const el = h('span', { class: 'float', 'data-user': user, 'data-reaction': word, style: `left:${10 + Math.random() * 75}%` }, reactionGlyph(word) ?? h('span', { class: 'emoji' }, emoji), h('span', { class: 'from' }, who));
     this.floats.append(el);
     this.announcer.textContent = `${who} reacted: ${word}`;
     const remove = () => el.remove();
