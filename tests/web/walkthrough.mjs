@@ -214,7 +214,7 @@ const COVERED_BY_BAR = `(() => {
   window.scrollTo(0, document.documentElement.scrollHeight);
   const top = bar.getBoundingClientRect().top;
   const covered = [...document.querySelectorAll('main button, main a, main input, main select, main li, main p, main h2, main h3')]
-    .filter((e) => !bar.contains(e) && !e.closest('dialog, .floats, .audio-sink') && e.getClientRects().length)
+    .filter((e) => !bar.contains(e) && !e.closest('dialog, .floats, .audio-sink, .visually-hidden') && e.getClientRects().length)
     .filter((e) => e.getBoundingClientRect().bottom > top + 1)
     .map((e) => e.textContent.trim().slice(0, 40));
   window.scrollTo(0, y);
@@ -627,6 +627,8 @@ async function scenario(host, listener, blocked, launchGuest) {
     summary.screenshots.push('10-requests-dialog-desktop.png');
     await approve.click();
     await dialog.getByText('No requests right now.').waitFor();
+    // The hand's toast goes with the hand.
+    await toastOn(H, 'Leo Listener raised a hand').waitFor({ state: 'detached' });
     await dialog.getByRole('button', { name: 'Close' }).click();
     await until('the tab title to drop the count', async () => (await H.title()) === 'Morning audio standup · Stoa');
   });

@@ -112,7 +112,7 @@ export class Moderation {
         { type: 'button', class: 'member link-like', onclick: () => this.cx.openProfile(m.user, m.name) },
         personAvatar(m.user, m.name, 'small'),
         h('span', {}, m.name),
-        h('span', { class: 'muted small' }, ROLE_LABEL[m.role]),
+        m.role === 'listener' ? null : h('span', { class: 'muted small' }, ROLE_LABEL[m.role]),
         m.role !== 'listener' && (m.hard_muted || m.muted) ? [icon('micOff', undefined, 'icon small-icon'), h('span', { class: 'visually-hidden' }, ', muted')] : null,
       );
     fill(

@@ -19,7 +19,7 @@ import { navigate, type Screen } from './main';
 import { Moderation, requestCount } from './moderation';
 import { personAvatar, profileSheet } from './profile';
 import { embedSnippet, endedView, errorText } from './screens';
-import { toast } from './toast';
+import { dismiss, toast } from './toast';
 
 /** The reactions people can send, with the word each stands for. */
 export const REACTIONS: [string, string][] = [
@@ -713,6 +713,8 @@ class RoomController {
     if (hands) {
       const seen = this.prevHands;
       this.prevHands = new Set(hands.map((x) => x.user));
+      // A hand approved, denied or lowered: its toast has nothing left to review.
+      for (const user of seen ?? []) if (!this.prevHands.has(user)) dismiss(`hand-${user}`);
       for (const x of hands) {
         if (seen && !seen.has(x.user)) {
           toast(`${x.name} raised a hand`, { icon: 'hand', key: `hand-${x.user}`, action: { label: 'Review', run: () => this.review() } });

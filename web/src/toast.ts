@@ -47,3 +47,8 @@ export function toast(text: string, options: ToastOptions = {}): HTMLElement {
   window.setTimeout(close, options.ms ?? (options.action ? 9000 : 6000));
   return el;
 }
+
+/** Takes away the toast with `key`, if it still shows (what it announced is no longer so). */
+export function dismiss(key: string): void {
+  region?.querySelector(`[data-key="${CSS.escape(key)}"]`)?.remove();
+}
