@@ -20,6 +20,13 @@ const SENTENCES: Record<string, string> = {
   guests_disabled: 'Guest sign-in is turned off on this server.',
   unavailable: 'The server is having trouble right now. Try again in a moment.',
   not_found: 'This room does not exist, or it was removed.',
+  // Moderation that came too late: the person or their state moved on meanwhile.
+  no_raised_hand: 'That hand is no longer raised.',
+  not_a_listener: 'They are already on stage.',
+  not_on_stage: 'They are not on stage any more.',
+  not_banned: 'They can already come back.',
+  not_a_co_host: 'They are not a co-host any more.',
+  invalid_action: 'That action is not available here.',
 };
 
 /** A server message as a sentence: capitalised, ending in a full stop. */
@@ -33,9 +40,10 @@ function sentence(message: string): string {
 /** An error as people read it: a known code's sentence, else the server's message as a sentence. */
 export function errorText(err: unknown): string {
   if (err instanceof ApiError) {
-    // Field checks and permission rules say precisely what to change: keep their words.
-    if (err.code === 'invalid_field' || err.code === 'speaker_mode' || err.code === 'not_allowed') return sentence(err.message);
-    if (err.code === 'not_found' && !/room/.test(err.message)) return sentence(err.message);
+    // Field checks and permission rules say precisely what to change: keep their words (roles
+    // read as words, not identifiers).
+    if (err.code === 'invalid_field' || err.code === 'speaker_mode' || err.code === 'not_allowed') return sentence(err.message.replace(/_/g, '-'));
+    if (err.code === 'not_found' && /^no member/.test(err.message)) return 'That person is no longer in this room.';
     return SENTENCES[err.code] ?? sentence(err.message);
   }
   return sentence(err instanceof Error ? err.message : String(err));
