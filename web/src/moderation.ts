@@ -118,7 +118,10 @@ export class Moderation {
     fill(
       this.panel,
       h('h2', { id: 'host-heading' }, 'Host tools'),
-      h('section', { class: 'panel-part', 'aria-labelledby': 'queue-heading' }, h('h3', { id: 'queue-heading' }, 'Requests to speak', h('span', { class: hands.length ? 'count-badge' : 'count-badge zero' }, String(hands.length))), this.handList(v)),
+      // Open rooms have no hands to raise: everyone may speak.
+      v.kind === 'stage'
+        ? h('section', { class: 'panel-part', 'aria-labelledby': 'queue-heading' }, h('h3', { id: 'queue-heading' }, 'Requests to speak', h('span', { class: hands.length ? 'count-badge' : 'count-badge zero' }, String(hands.length))), this.handList(v))
+        : null,
       h(
         'section',
         { class: 'panel-part', 'aria-labelledby': 'manage-stage-heading' },

@@ -1045,7 +1045,7 @@ class RoomController {
           : ctl('hand', 'Raise hand', 'hand', () => void this.act(() => api.raiseHand(this.id)), { 'aria-pressed': 'false' }),
       );
     }
-    if (moderator) {
+    if (moderator && v.kind === 'stage') {
       // Named "Requests to speak, n waiting": the words read out start with the ones that show.
       const more = [h('span', { class: 'visually-hidden' }, ` to speak, ${waiting} waiting`), waiting ? h('span', { class: 'badge-dot', 'aria-hidden': 'true' }, String(waiting)) : null];
       items.push(ctl('requests', 'Requests', 'hand', () => this.moderation.openRequests(), { class: waiting ? 'ctl alert' : 'ctl' }, more));
