@@ -57,9 +57,10 @@ export function formatDuration(ms: number): string {
   const h = Math.floor(s / 3600);
   const m = Math.floor((s % 3600) / 60);
   const sec = s % 60;
-  if (h > 0) return `${h} h ${m} min`;
-  if (m > 0) return `${m} min ${sec} s`;
-  return `${sec} s`;
+  // No line breaks between a number and its unit.
+  if (h > 0) return `${h}\u00a0h ${m}\u00a0min`;
+  if (m > 0) return `${m}\u00a0min ${sec}\u00a0s`;
+  return `${sec}\u00a0s`;
 }
 
 export const ROLE_LABEL: Record<string, string> = {

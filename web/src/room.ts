@@ -312,7 +312,7 @@ class RoomController {
         h('h1', { id: 'room-title', tabindex: '-1' }, v.title),
         v.topic ? h('p', { class: 'topic' }, v.topic) : null,
         v.host_name ? h('p', { class: 'muted' }, `Hosted by ${v.host_name}`) : null,
-        h('p', { class: 'when' }, v.scheduled_for ? `Starts ${formatWhen(v.scheduled_for)}` : 'Not scheduled yet'),
+        h('p', { class: 'when' }, icon('calendar'), v.scheduled_for ? `Starts ${formatWhen(v.scheduled_for)}` : 'Not scheduled yet'),
         v.description ? h('p', {}, v.description) : null,
         error,
         h('div', { class: 'row' }, isHost ? start : null, remind, this.shareButton(v)),

@@ -364,7 +364,15 @@ export async function endedView(main: HTMLElement, room: RoomView, known: Map<st
               { class: 'stage-times' },
               Object.entries(stats.stage_ms)
                 .sort((a, b) => b[1] - a[1])
-                .map(([user, ms]) => h('li', { 'data-user': user }, h('span', { class: 'who' }, nameOf(user)), h('span', { class: 'muted' }, formatDuration(ms)))),
+                .map(([user, ms]) => {
+                  const spoke = stats.speaking_ms?.[user] ?? 0;
+                  return h(
+                    'li',
+                    { 'data-user': user },
+                    h('span', { class: 'who' }, nameOf(user)),
+                    h('span', { class: 'muted' }, formatDuration(ms), spoke ? ` · spoke ${formatDuration(spoke)}` : ''),
+                  );
+                }),
             ),
           )
         : null,
