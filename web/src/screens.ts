@@ -279,7 +279,7 @@ export const createScreen: Screen = (main) => {
       radio('start', 'later', 'Schedule for later'),
       field('when', 'Date and time', when, 'In your local time zone.')),
     error,
-    submit,
+    h('div', { class: 'row' }, submit, h('p', { class: 'hint small', id: 'go-live-hint' }, 'When the room goes live, your microphone stays off until you unmute.')),
   );
   form.addEventListener('change', () => {
     const later = (form.querySelector('input[name=start]:checked') as HTMLInputElement).value === 'later';
