@@ -526,6 +526,7 @@ async function scenario(host, listener, blocked, launchGuest) {
     await editor.getByLabel('Photo').setInputFiles({ name: 'me.png', mimeType: 'image/png', buffer: photo });
     await editor.locator('.avatar img').waitFor();
     await editor.getByLabel('Bio').fill('Morning person. Asks good questions.');
+    await audit(L, 'profile editor');
     await L.screenshot({ path: join(SHOTS, '07-profile-edit-desktop.png') });
     summary.screenshots.push('07-profile-edit-desktop.png');
     await editor.getByRole('button', { name: 'Save' }).click();
@@ -623,6 +624,7 @@ async function scenario(host, listener, blocked, launchGuest) {
     const approve = dialog.getByRole('button', { name: 'Approve: Leo Listener' });
     await approve.waitFor();
     await inView(H, approve, "the requests dialog's Approve");
+    await audit(H, 'requests dialog');
     await H.screenshot({ path: join(SHOTS, '10-requests-dialog-desktop.png') });
     summary.screenshots.push('10-requests-dialog-desktop.png');
     await approve.click();
@@ -770,6 +772,7 @@ async function scenario(host, listener, blocked, launchGuest) {
     await H.getByRole('button', { name: 'Kick: Mia Mic' }).click();
     const kickDialog = H.getByRole('dialog', { name: 'Remove Mia Mic from the room?' });
     await kickDialog.waitFor();
+    await audit(H, 'kick confirmation');
     await H.screenshot({ path: join(SHOTS, '18-kick-confirm-desktop.png') });
     summary.screenshots.push('18-kick-confirm-desktop.png');
     await kickDialog.getByRole('button', { name: 'Cancel' }).click();
@@ -925,6 +928,7 @@ async function scenario(host, listener, blocked, launchGuest) {
     const snippet = await H.getByLabel('Embed in a page').inputValue();
     if (!snippet.includes(`width="${EMBED.width}" height="${EMBED.height}"`)) throw new Error(`the embed snippet's size is not the card's: ${snippet}`);
     await shot(H, '25-share');
+    await audit(H, 'share dialog');
     await H.getByRole('button', { name: 'Done' }).click();
 
     // On a phone, Share opens the system share sheet with the room's link.
