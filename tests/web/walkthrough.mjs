@@ -11,7 +11,7 @@
 //   2. the listener signs in, sets "remind me" on the scheduled room, finds the live room in the
 //      directory (host and speakers named) and joins it, hears the host (inbound audio energy > 0)
 //      and sees them speak; both pages count 2 here, 1 on stage, 1 listening;
-//   3. the listener raises a hand: the host gets a toast, "(1)" in the tab title and a Requests
+//   3. the listener raises a hand: the host gets a toast, a chime, "(1)" in the tab title and a Requests
 //      button with the count, all in reach at 1280x800 without scrolling, and approves from the
 //      requests dialog;
 //   4. the new speaker is told, arrives muted (nothing reaches the host) and unmutes; the host
@@ -167,6 +167,15 @@ async function launch(work, label, wav, { micAllowed = true, autoplay = true } =
     ],
   });
   const context = await browser.newContext({ viewport: DESKTOP, baseURL: BASE });
+  // Counts the tones the page makes (the hand-raise chime), without changing them.
+  await context.addInitScript(() => {
+    window.tones = 0;
+    const make = AudioContext.prototype.createOscillator;
+    AudioContext.prototype.createOscillator = function (...args) {
+      window.tones++;
+      return make.apply(this, args);
+    };
+  });
   const page = await context.newPage();
   page.setDefaultTimeout(WAIT);
   page.on('console', (m) => consoleLines.push(`[${label}] ${m.type()}: ${m.text()}`));
@@ -601,9 +610,11 @@ async function scenario(host, listener, blocked, launchGuest) {
   });
 
   await step('listener raises a hand; the host is told and approves from the control bar', async () => {
+    const tonesBefore = await H.evaluate(() => window.tones);
     await L.getByRole('button', { name: 'Raise hand' }).click();
     await L.getByRole('button', { name: 'Lower hand' }).waitFor();
     await toastOn(H, 'Leo Listener raised a hand').waitFor();
+    await until('the host to hear a chime', async () => (await H.evaluate(() => window.tones)) >= tonesBefore + 2, 5000);
     await until('the tab title to count the request', async () => (await H.title()).startsWith('(1) Morning audio standup'));
     const requests = H.getByRole('button', { name: 'Requests to speak, 1 waiting' });
     await requests.waitFor();

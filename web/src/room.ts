@@ -93,6 +93,31 @@ export function microphoneProblem(err: unknown): string {
 
 const onStage = (m: Member | null | undefined): boolean => Boolean(m && ON_STAGE.has(m.role));
 
+let chimeContext: AudioContext | null = null;
+
+/** A soft two-note chime for moderators when someone asks to speak. */
+function chime(): void {
+  try {
+    chimeContext ??= new AudioContext();
+    const ctx = chimeContext;
+    const t = ctx.currentTime;
+    [880, 1320].forEach((f, i) => {
+      const o = ctx.createOscillator();
+      const g = ctx.createGain();
+      const at = t + i * 0.12;
+      o.frequency.value = f;
+      g.gain.setValueAtTime(0.0001, at);
+      g.gain.exponentialRampToValueAtTime(0.08, at + 0.02);
+      g.gain.exponentialRampToValueAtTime(0.0001, at + 0.35);
+      o.connect(g).connect(ctx.destination);
+      o.start(at);
+      o.stop(at + 0.4);
+    });
+  } catch {
+    // No audio output here: the toast, the badge and the tab title still tell.
+  }
+}
+
 class RoomController {
   private view: RoomView | null = null;
   private lk: Room | null = null;
@@ -715,6 +740,7 @@ class RoomController {
       this.prevHands = new Set(hands.map((x) => x.user));
       // A hand approved, denied or lowered: its toast has nothing left to review.
       for (const user of seen ?? []) if (!this.prevHands.has(user)) dismiss(`hand-${user}`);
+      if (seen && !this.deafened && hands.some((x) => !seen.has(x.user))) chime();
       for (const x of hands) {
         if (seen && !seen.has(x.user)) {
           toast(`${x.name} raised a hand`, { icon: 'hand', key: `hand-${x.user}`, action: { label: 'Review', run: () => this.review() } });
