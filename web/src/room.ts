@@ -964,13 +964,16 @@ class RoomController {
     this.moderation.panel.hidden = !moderator;
     this.about.hidden = moderator;
     if (moderator) this.moderation.render(v, me);
-    else if (this.changed('about', [v.title, v.description, v.host_name, v.kind])) {
+    else if (this.changed('about', [v.title, v.description, v.host_name, v.kind, v.you?.role])) {
+      const listening = !onStage(v.you);
       fill(
         this.about,
         h('h2', { id: 'about-heading' }, 'About this room'),
         v.host_name ? h('p', { class: 'muted' }, `Hosted by ${v.host_name}`) : null,
         v.description ? h('p', {}, v.description) : null,
-        h('p', { class: 'muted small' }, v.kind === 'stage' ? 'Raise your hand to ask to speak; a host brings you on stage with your microphone off.' : 'Everyone may speak here; your microphone stays off until you unmute.'),
+        listening
+          ? h('p', { class: 'muted small' }, v.kind === 'stage' ? 'Raise your hand to ask to speak; a host brings you on stage with your microphone off.' : 'Everyone may speak here; your microphone stays off until you unmute.')
+          : null,
       );
     }
   }
