@@ -165,10 +165,12 @@ pub struct ShutdownConfig {
 /// Webhook destinations (`[webhook]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WebhookSettings {
-    /// `http://` URLs every event is posted to; empty: no webhooks.
+    /// `http://` or `https://` URLs every event is posted to; empty: no webhooks.
     pub urls: Vec<String>,
     /// The configured API key whose secret signs them.
     pub api_key: String,
+    /// PEM CA certificates trusted for `https://` receivers besides the system's store.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -407,6 +409,7 @@ struct FileWebhook {
     #[serde(default)]
     urls: Vec<String>,
     api_key: Option<String>,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -451,6 +454,7 @@ struct Layers {
     log_format: Option<LogFormat>,
     webhook_urls: Vec<String>,
     webhook_api_key: Option<String>,
+    webhook_ca_file: Option<PathBuf>,
     drain_seconds: Option<u64>,
     room: RoomSettings,
     /// `[turn]` as read, and the file it came from (validated in `finish`).
@@ -571,11 +575,15 @@ impl Layers {
         }
 
         for url in &file.webhook.urls {
-            if !url.starts_with("http://") || url.len() <= "http://".len() {
-                bail!(
-                    "config {name}: webhook.urls: {url:?} is not an http:// URL (https is not supported; use a TLS proxy)"
-                );
+            let host = url
+                .strip_prefix("http://")
+                .or_else(|| url.strip_prefix("https://"));
+            if host.is_none_or(|h| h.is_empty() || h.starts_with('/')) {
+                bail!("config {name}: webhook.urls: {url:?} is not an http:// or https:// URL");
             }
+        }
+        if let Some(ca_file) = &file.webhook.ca_file {
+            self.webhook_ca_file = Some(ca_file.clone());
         }
         if !file.webhook.urls.is_empty() {
             self.webhook_urls = file.webhook.urls.clone();
@@ -802,6 +810,7 @@ impl Layers {
             webhook: WebhookSettings {
                 urls: self.webhook_urls,
                 api_key: webhook_api_key,
+                ca_file: self.webhook_ca_file,
             },
             mode,
             bind_ip,

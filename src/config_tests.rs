@@ -540,8 +540,23 @@ fn webhook_settings() {
     assert_eq!(config.webhook.api_key, "k2");
     let config = load_file(Mode::Dev, "[webhook]\nurls = [\"http://h/\"]\n").expect("config");
     assert_eq!(config.webhook.api_key, DEV_API_KEY);
-    let message = error(load_file(Mode::Dev, "[webhook]\nurls = [\"https://h/\"]\n"));
-    assert!(message.contains("webhook.urls"), "{message}");
+    let config = load_file(
+        Mode::Dev,
+        "[webhook]\nurls = [\"https://hooks.example.com/in\"]\nca_file = \"/etc/stoa/ca.pem\"\n",
+    )
+    .expect("https webhook config");
+    assert_eq!(config.webhook.urls, ["https://hooks.example.com/in"]);
+    assert_eq!(
+        config.webhook.ca_file.as_deref(),
+        Some(std::path::Path::new("/etc/stoa/ca.pem"))
+    );
+    for bad in ["ftp://h/", "https://", "https:///x", "h:80"] {
+        let message = error(load_file(
+            Mode::Dev,
+            &format!("[webhook]\nurls = [\"{bad}\"]\n"),
+        ));
+        assert!(message.contains("webhook.urls"), "{bad}: {message}");
+    }
     let message = error(load_file(
         Mode::Dev,
         "[webhook]\nurls = [\"http://h/\"]\napi_key = \"nope\"\n",

@@ -11,7 +11,7 @@ use stoa_sfu::shell::{SfuRuntime, SfuSettings, UdpPorts};
 use stoa_signaling::room::RoomLimits;
 use stoa_signaling::service::{ServiceConfig, Signaling};
 use stoa_signaling::token::ApiKeys;
-use stoa_signaling::webhook::{Notifier, WebhookConfig};
+use stoa_signaling::webhook::{Notifier, WebhookConfig, client_tls_config};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind};
 use tokio::sync::watch;
@@ -95,6 +95,16 @@ async fn serve(config: &Config) -> Result<()> {
         .map(crate::tls::server_config)
         .transpose()?;
 
+    // So is the webhooks' CA file. Without one, an unreadable system trust store only fails
+    // https:// deliveries (with the reason logged), as http:// ones still work.
+    let webhook_tls = config
+        .webhook
+        .ca_file
+        .as_deref()
+        .map(|ca_file| client_tls_config(Some(ca_file)))
+        .transpose()
+        .map_err(|e| anyhow!("webhook.ca_file: {e}"))?;
+
     let sfu = sfu_config(config);
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| anyhow!("cannot seed the media engine: {e}"))?;
@@ -109,16 +119,20 @@ async fn serve(config: &Config) -> Result<()> {
         })
         .collect();
     let keys = Arc::new(ApiKeys::new(key_pairs.clone()));
-    let webhooks = (!config.webhook.urls.is_empty())
-        .then(|| {
-            let secret = config.keys.secret(&config.webhook.api_key)?;
-            Some(Notifier::start(WebhookConfig {
+    let webhooks = match config.keys.secret(&config.webhook.api_key) {
+        Some(secret) if !config.webhook.urls.is_empty() => {
+            let webhook = WebhookConfig {
                 urls: config.webhook.urls.clone(),
                 api_key: config.webhook.api_key.clone(),
                 api_secret: secret.expose().to_owned(),
-            }))
-        })
-        .flatten();
+            };
+            Some(match webhook_tls {
+                Some(tls) => Notifier::start_with_tls(webhook, tls),
+                None => Notifier::start(webhook),
+            })
+        }
+        _ => None,
+    };
     if webhooks.is_some() {
         info!(urls = %config.webhook.urls.join(","), api_key = %config.webhook.api_key, "webhooks enabled");
     }
