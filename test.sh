@@ -25,6 +25,13 @@ need_pkg turnutils_uclient coturn # TURN relay tests (turn/tests/uclient.rs); it
 need_pkg openssl openssl # test certificates for TURN over TLS
 need_pkg redis-server redis-server # control-plane store tests (control/tests, tests/control.rs)
 need_pkg janus janus # the comparison SFU of stoa-bench (tests/bench_smoke.rs); its service is never started
+# The container image and docker/compose.yml, built and run with podman (tests/container.rs):
+# runc (crun refuses this VM's hybrid cgroups), debootstrap for the locally made Debian base
+# image (no registry is reachable), iptables for podman's port publishing.
+need_pkg podman podman
+need_pkg runc runc
+need_pkg debootstrap debootstrap
+need_pkg iptables iptables
 
 # npm packages of the browser end-to-end test (playwright-core, livekit-client,
 # livekit-server-sdk), pinned by tests/browser/package-lock.json. `npm ci` only when
