@@ -32,6 +32,7 @@ need_pkg podman podman
 need_pkg runc runc
 need_pkg debootstrap debootstrap
 need_pkg iptables iptables
+need_pkg pebble pebble # ACME test server and its DNS (tests/acme.rs); never started as a service
 
 # npm packages of the browser end-to-end test (playwright-core, livekit-client,
 # livekit-server-sdk), pinned by tests/browser/package-lock.json. `npm ci` only when

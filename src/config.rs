@@ -110,6 +110,9 @@ pub struct Config {
     /// Certificate and key for serving HTTPS and WSS directly; `None`: plain HTTP (behind a
     /// TLS proxy, or in development).
     pub http_tls: Option<crate::tls::TlsFiles>,
+    /// Certificates obtained and renewed by ACME for HTTPS, WSS and TURN over TLS
+    /// (`[http] acme_domains`); never set together with `http_tls`.
+    pub acme: Option<crate::acme::AcmeSettings>,
     /// STUN servers to discover the public address with at start-up (`rtc.use_external_ip`);
     /// empty: `advertise_ip` is used as it is.
     pub stun_servers: Vec<String>,
@@ -418,6 +421,23 @@ struct FileHttp {
     port: Option<Spanned<u16>>,
     tls_certificate: Option<Spanned<std::path::PathBuf>>,
     tls_private_key: Option<Spanned<std::path::PathBuf>>,
+    acme_domains: Option<Vec<Spanned<String>>>,
+    acme_email: Option<Spanned<String>>,
+    acme_directory: Option<Spanned<String>>,
+    acme_ca_file: Option<PathBuf>,
+    acme_account_key: Option<PathBuf>,
+    acme_cache_dir: Option<PathBuf>,
+}
+
+/// `[http] acme_*` as read so far (validated one by one; as a whole in `finish`).
+#[derive(Debug, Default)]
+struct AcmeLayer {
+    domains: Vec<String>,
+    email: Option<String>,
+    directory: Option<String>,
+    ca_file: Option<PathBuf>,
+    account_key: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -445,6 +465,7 @@ struct Layers {
     advertise_ip: Option<IpAddr>,
     http_port: Option<u16>,
     http_tls: Option<crate::tls::TlsFiles>,
+    acme: AcmeLayer,
     use_external_ip: bool,
     stun_servers: Option<Vec<String>>,
     rtc_ports: Option<RtcPorts>,
@@ -464,6 +485,99 @@ struct Layers {
 }
 
 impl Layers {
+    /// Applies `[http] acme_*`; `at` names a key and its line.
+    fn apply_acme(
+        &mut self,
+        http: &FileHttp,
+        at: &dyn Fn(&str, std::ops::Range<usize>) -> String,
+    ) -> Result<()> {
+        if let Some(domains) = &http.acme_domains {
+            let mut checked = Vec::with_capacity(domains.len());
+            for domain in domains {
+                let domain_ok = crate::acme::check_domain(domain.get_ref())
+                    .map_err(|e| anyhow!("{}: {e}", at("http.acme_domains", domain.span())))?;
+                if !checked.contains(&domain_ok) {
+                    checked.push(domain_ok);
+                }
+            }
+            self.acme.domains = checked;
+        }
+        if let Some(email) = &http.acme_email {
+            let value = email.get_ref().trim();
+            let value = value.strip_prefix("mailto:").unwrap_or(value);
+            let (user, host) = value.split_once('@').unwrap_or_default();
+            if user.is_empty() || !host.contains('.') || value.contains(char::is_whitespace) {
+                bail!(
+                    "{}: {value:?} is not an e-mail address",
+                    at("http.acme_email", email.span())
+                );
+            }
+            self.acme.email = Some(value.to_owned());
+        }
+        if let Some(directory) = &http.acme_directory {
+            let value = directory.get_ref().trim();
+            if !value.starts_with("https://") || value.len() <= "https://".len() {
+                bail!(
+                    "{}: {value:?} is not an https:// URL (ACME directories are served over HTTPS)",
+                    at("http.acme_directory", directory.span())
+                );
+            }
+            self.acme.directory = Some(value.to_owned());
+        }
+        if let Some(path) = &http.acme_ca_file {
+            self.acme.ca_file = Some(path.clone());
+        }
+        if let Some(path) = &http.acme_account_key {
+            self.acme.account_key = Some(path.clone());
+        }
+        if let Some(path) = &http.acme_cache_dir {
+            self.acme.cache_dir = Some(path.clone());
+        }
+        Ok(())
+    }
+
+    /// The validated ACME settings: `None` without domains. Defaults live under the control
+    /// plane's data directory (a container's volume).
+    fn finish_acme(
+        acme: AcmeLayer,
+        http_tls: Option<&crate::tls::TlsFiles>,
+        data_dir: &Path,
+    ) -> Result<Option<crate::acme::AcmeSettings>> {
+        if acme.domains.is_empty() {
+            let stray = [
+                ("acme_email", acme.email.is_some()),
+                ("acme_directory", acme.directory.is_some()),
+                ("acme_ca_file", acme.ca_file.is_some()),
+                ("acme_account_key", acme.account_key.is_some()),
+                ("acme_cache_dir", acme.cache_dir.is_some()),
+            ];
+            if let Some((key, _)) = stray.iter().find(|(_, set)| *set) {
+                bail!(
+                    "http.{key} is set but http.acme_domains is empty: list the domains to obtain a certificate for"
+                );
+            }
+            return Ok(None);
+        }
+        if http_tls.is_some() {
+            bail!(
+                "http.acme_domains and http.tls_certificate are both set: use certificate files or ACME, not both"
+            );
+        }
+        let cache_dir = acme.cache_dir.unwrap_or_else(|| data_dir.join("acme"));
+        Ok(Some(crate::acme::AcmeSettings {
+            domains: acme.domains,
+            email: acme.email,
+            directory: acme
+                .directory
+                .unwrap_or_else(|| crate::acme::LETS_ENCRYPT.to_owned()),
+            ca_file: acme.ca_file,
+            account_key: acme
+                .account_key
+                .unwrap_or_else(|| cache_dir.join("account-key.pem")),
+            cache_dir,
+        }))
+    }
+
     /// Applies a config file; `name` is how messages refer to it.
     fn apply_file(&mut self, name: &str, text: &str) -> Result<()> {
         let file: FileConfig = toml::from_str(text).map_err(|err| {
@@ -508,6 +622,8 @@ impl Layers {
                 at("http", file.span())
             ),
         }
+
+        self.apply_acme(&file.http, &at)?;
 
         let rtc = &file.rtc;
         if let Some(on) = rtc.use_external_ip {
@@ -795,16 +911,19 @@ impl Layers {
                 (start, u16::try_from(last).unwrap_or(u16::MAX))
             }
         };
+        let acme = Layers::finish_acme(self.acme, self.http_tls.as_ref(), &self.control.data_dir)?;
         let (turn_source, turn) = self
             .turn
             .unwrap_or_else(|| ("turn".to_owned(), Default::default()));
-        let turn = turn.with_shared_tls(self.http_tls.as_ref()).finish(
-            &turn_source,
-            Some(crate::turn_config::TakenPorts {
-                sfu: sfu_ports,
-                http: self.http_port.unwrap_or(DEFAULT_HTTP_PORT),
-            }),
-        )?;
+        let turn = turn
+            .with_shared_tls(self.http_tls.as_ref(), acme.is_some())
+            .finish(
+                &turn_source,
+                Some(crate::turn_config::TakenPorts {
+                    sfu: sfu_ports,
+                    http: self.http_port.unwrap_or(DEFAULT_HTTP_PORT),
+                }),
+            )?;
         Ok(Config {
             turn,
             webhook: WebhookSettings {
@@ -817,6 +936,7 @@ impl Layers {
             advertise_ip,
             http_port: self.http_port.unwrap_or(DEFAULT_HTTP_PORT),
             http_tls: self.http_tls,
+            acme,
             stun_servers,
             rtc: RtcConfig { ports, shards },
             keys,

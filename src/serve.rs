@@ -88,12 +88,18 @@ async fn serve(config: &Config) -> Result<()> {
     let http_addr = listener
         .local_addr()
         .context("cannot read the HTTP listener's address")?;
-    // Certificates are read before anything starts, so a bad file fails start-up.
-    let tls = config
-        .http_tls
-        .as_ref()
-        .map(crate::tls::server_config)
+    // Certificates are read before anything starts, so a bad file fails start-up. With ACME,
+    // the cached certificate (if any) is served at once and a task obtains or renews it.
+    let acme = config
+        .acme
+        .clone()
+        .map(crate::acme::Acme::start)
         .transpose()?;
+    let tls = match (&config.http_tls, &acme) {
+        (Some(files), _) => Some(crate::tls::server_config(files)?),
+        (None, Some(acme)) => Some(acme.https_config()),
+        (None, None) => None,
+    };
 
     // So is the webhooks' CA file. Without one, an unreadable system trust store only fails
     // https:// deliveries (with the reason logged), as http:// ones still work.
@@ -138,7 +144,8 @@ async fn serve(config: &Config) -> Result<()> {
     }
     let (_turn_relay, turn) = match config.turn.enabled {
         true => {
-            let (relay, servers) = crate::turn_cmd::start_with_sfu(&config.turn, &sfu).await?;
+            let (relay, servers) =
+                crate::turn_cmd::start_with_sfu(&config.turn, &sfu, acme.as_ref()).await?;
             (Some(relay), Some(servers))
         }
         false => (None, None),
