@@ -52,6 +52,7 @@ const ENV_RTC_UDP_PORT: &str = "STOA_RTC_UDP_PORT";
 const ENV_KEYS: &str = "STOA_KEYS";
 const ENV_LOG_LEVEL: &str = "STOA_LOG_LEVEL";
 const ENV_DRAIN_SECONDS: &str = "STOA_DRAIN_SECONDS";
+const ENV_SHUTDOWN_CLIENTS: &str = "STOA_SHUTDOWN_CLIENTS";
 const ENV_DATA_DIR: &str = "STOA_DATA_DIR";
 const ENV_REDIS_URL: &str = "STOA_REDIS_URL";
 const ENV_PUBLIC_URL: &str = "STOA_PUBLIC_URL";
@@ -163,6 +164,29 @@ impl Default for RoomSettings {
 pub struct ShutdownConfig {
     /// After SIGTERM, how long to wait for connected sessions to leave before exiting.
     pub drain: std::time::Duration,
+    /// What connected clients are told on SIGTERM.
+    pub clients: ShutdownClients,
+}
+
+/// What a stopping server does with its connected clients (`[shutdown] clients`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownClients {
+    /// Ask them to leave for good (`Leave { SERVER_SHUTDOWN }`) and wait for the rooms to empty,
+    /// at most the drain deadline: the node is going away.
+    Leave,
+    /// Close their connections at once without a `Leave`, so that LiveKit clients reconnect by
+    /// themselves and rejoin their rooms when the node (or its replacement) is back: a restart.
+    Reconnect,
+}
+
+impl ShutdownClients {
+    fn parse(value: &str) -> Result<ShutdownClients, String> {
+        match value {
+            "leave" => Ok(ShutdownClients::Leave),
+            "reconnect" => Ok(ShutdownClients::Reconnect),
+            other => Err(format!("`{other}` is not one of \"leave\", \"reconnect\"")),
+        }
+    }
 }
 
 /// Webhook destinations (`[webhook]`).
@@ -404,6 +428,7 @@ struct FileRoom {
 #[serde(deny_unknown_fields)]
 struct FileShutdown {
     drain_seconds: Option<Spanned<u64>>,
+    clients: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -477,6 +502,7 @@ struct Layers {
     webhook_api_key: Option<String>,
     webhook_ca_file: Option<PathBuf>,
     drain_seconds: Option<u64>,
+    shutdown_clients: Option<ShutdownClients>,
     room: RoomSettings,
     /// `[turn]` as read, and the file it came from (validated in `finish`).
     turn: Option<(String, crate::turn_config::FileTurn)>,
@@ -713,6 +739,12 @@ impl Layers {
                 .map_err(|e| anyhow!("{}: {e}", at("logging.level", level.span())))?;
             self.log_filter = Some(filter);
         }
+        if let Some(clients) = &file.shutdown.clients {
+            self.shutdown_clients = Some(
+                ShutdownClients::parse(clients.get_ref())
+                    .map_err(|e| anyhow!("{}: {e}", at("shutdown.clients", clients.span())))?,
+            );
+        }
         if let Some(seconds) = &file.shutdown.drain_seconds {
             self.drain_seconds =
                 Some(check_drain_seconds(*seconds.get_ref()).map_err(|e| {
@@ -800,6 +832,12 @@ impl Layers {
                 .and_then(check_drain_seconds)
                 .map_err(|e| anyhow!("{ENV_DRAIN_SECONDS}: {e}"))?;
             self.drain_seconds = Some(seconds);
+        }
+        if let Some(value) = var(ENV_SHUTDOWN_CLIENTS) {
+            self.shutdown_clients = Some(
+                ShutdownClients::parse(&value)
+                    .map_err(|e| anyhow!("{ENV_SHUTDOWN_CLIENTS}: {e}"))?,
+            );
         }
         Ok(())
     }
@@ -954,6 +992,7 @@ impl Layers {
                 drain: std::time::Duration::from_secs(
                     self.drain_seconds.unwrap_or(DEFAULT_DRAIN_SECONDS),
                 ),
+                clients: self.shutdown_clients.unwrap_or(ShutdownClients::Leave),
             },
         })
     }

@@ -727,3 +727,22 @@ fn acme_settings() {
         assert!(message.contains(needle), "{text}: {message}");
     }
 }
+
+#[test]
+fn shutdown_clients_from_file_and_env() {
+    let config = load_file(Mode::Dev, "").expect("config");
+    assert_eq!(config.shutdown.clients, ShutdownClients::Leave);
+    let config = load_file(Mode::Dev, "[shutdown]\nclients = \"reconnect\"\n").expect("config");
+    assert_eq!(config.shutdown.clients, ShutdownClients::Reconnect);
+    let message = error(load_file(Mode::Dev, "[shutdown]\nclients = \"stay\"\n"));
+    assert!(message.contains("shutdown.clients"), "{message}");
+    let env = HashMap::from([("STOA_SHUTDOWN_CLIENTS", "reconnect")]);
+    let config = load(
+        Mode::Dev,
+        None,
+        &|name| env.get(name).map(|v| (*v).to_owned()),
+        &Overrides::default(),
+    )
+    .expect("config");
+    assert_eq!(config.shutdown.clients, ShutdownClients::Reconnect);
+}

@@ -17,7 +17,9 @@ use tokio::signal::unix::{Signal, SignalKind};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::config::{Config, DEV_API_KEY, LogFormat, LoggingConfig, Mode, RtcPorts};
+use crate::config::{
+    Config, DEV_API_KEY, LogFormat, LoggingConfig, Mode, RtcPorts, ShutdownClients,
+};
 use crate::metrics::Sources;
 use crate::ops::{self, Draining};
 
@@ -230,16 +232,29 @@ async fn serve(config: &Config) -> Result<()> {
     }
 
     // Stop new joins, tell every client to leave, and wait for the sessions to end; a second
-    // signal cuts every wait short.
+    // signal cuts every wait short. For a restart, close the connections instead: without a
+    // Leave, LiveKit clients reconnect by themselves and rejoin once the node is back.
     draining.start();
-    let deadline = config.shutdown.drain;
-    info!(deadline = ?deadline, "draining: refusing new joins, asking clients to leave");
     let mut forced = false;
-    tokio::select! {
-        () = drain(&signaling, deadline) => {}
-        signal = signals.recv() => {
-            warn!(signal, "second signal; exiting now");
+    match config.shutdown.clients {
+        ShutdownClients::Reconnect => {
+            let sessions = signaling.stats().await.map_or(0, |s| s.sessions);
+            info!(
+                sessions,
+                "restarting: refusing new joins, closing connections so that clients reconnect"
+            );
             forced = true;
+        }
+        ShutdownClients::Leave => {
+            let deadline = config.shutdown.drain;
+            info!(deadline = ?deadline, "draining: refusing new joins, asking clients to leave");
+            tokio::select! {
+                () = drain(&signaling, deadline) => {}
+                signal = signals.recv() => {
+                    warn!(signal, "second signal; exiting now");
+                    forced = true;
+                }
+            }
         }
     }
 
