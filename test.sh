@@ -9,11 +9,8 @@ source scripts/need_pkg.sh
 
 # Add new system dependencies here, one line each.
 need_pkg pkg-config pkg-config
-if ! pkg-config --exists opus 2>/dev/null; then
-    # stoa-bench links libopus (real Opus for its speakers); need_pkg's command check cannot
-    # see a library.
-    need_pkg stoa-libopus-check libopus-dev
-fi
+# stoa-bench builds libopus from the source audiopus_sys ships (.cargo/config.toml), with cmake.
+need_pkg cmake cmake
 need_pkg node nodejs
 need_pkg npm npm
 need_pkg chromium chromium # browser end-to-end test (tests/browser.rs)
