@@ -9,7 +9,8 @@
 //!
 //! - `image`: the container answers /healthz through its published ports, runs as uid 10001,
 //!   livekit-client in Chromium joins a room through the published TCP and UDP ports and hears
-//!   audio, SIGTERM drains and exits 0, and a room survives a new container on the same volume;
+//!   audio, SIGTERM asks a connected client to leave, waits for it and exits 0, and a room
+//!   survives a new container on the same volume;
 //! - `compose`: docker/compose.yml's services started with the equivalent `podman run` commands
 //!   (below: podman-compose 1.0.3, Debian's, adds a bridge network to `network_mode: host`
 //!   services, which podman refuses), plus a second Stoa node; both nodes share Redis.

@@ -12,7 +12,8 @@
 #   3. a room created through /api is stored on the volume;
 #   4. livekit-client in Chromium (tests/browser/e2e.mjs) joins a room through the published
 #      ports and hears audio;
-#   5. `podman stop` (SIGTERM) drains and the container exits with status 0;
+#   5. `podman stop` (SIGTERM) with a signaling session open: the client is asked to leave, the
+#      drain waits for it (it leaves after 3 s) and the container exits with status 0;
 #   6. a new container on the same volume still has the room.
 # STOA_CONTAINER_SCENARIO=compose: docker/compose.yml's services as the podman commands
 #   tests/container.rs derives from it (STOA_COMPOSE_SCRIPT), with the CI image and a second Stoa
@@ -163,16 +164,43 @@ EOF
     fi
     grep -q '"ok":true' "$work/e2e.out" || fail "the browser scenario did not report ok"
 
+    # A signaling session that stays 3 s, then closes: the drain must wait for it.
+    probe_token=$(env -u STOA_CONFIG STOA_KEYS="devkey: secret" "$stoa" token --identity drain-probe --room drain-room)
+    node -e '
+        const net = require("node:net");
+        const s = net.connect(7880, "127.0.0.1", () => s.write(
+            `GET /rtc?access_token=${process.argv[1]}&protocol=16 HTTP/1.1\r\nHost: 127.0.0.1\r\n` +
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n" +
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"));
+        let head = "";
+        s.on("data", (d) => {
+            if (head.includes("\r\n\r\n")) return;
+            head += d.toString("latin1");
+            if (!head.startsWith("HTTP/1.1 101")) { console.error("upgrade refused:", head); process.exit(1); }
+            if (head.includes("\r\n\r\n")) {
+                require("node:fs").writeFileSync(process.argv[2], "joined");
+                // Leave after 3 s with a masked close frame, as a client does.
+                setTimeout(() => { s.end(Buffer.from([0x88, 0x80, 0, 0, 0, 0])); }, 3000);
+            }
+        });
+        s.on("error", () => {});
+        setTimeout(() => process.exit(0), 10000);' "$probe_token" "$work/probe.joined" &
+    probe_pid=$!
+    for _ in $(seq 50); do [ -f "$work/probe.joined" ] && break; sleep 0.1; done
+    [ -f "$work/probe.joined" ] || fail "the drain probe could not join"
     stop_started=$(date +%s%N)
     podman stop -t 30 "$tag-1" >/dev/null
     stop_ms=$((($(date +%s%N) - stop_started) / 1000000))
+    kill "$probe_pid" 2>/dev/null || true
     exit_code=$(podman inspect "$tag-1" --format '{{.State.ExitCode}}')
     [ "$exit_code" = 0 ] || fail "the container exited with $exit_code after SIGTERM"
     stop_log=$(podman logs "$tag-1" 2>&1)
     grep -q 'shutting down signal="SIGTERM"' <<<"$stop_log" || fail "no SIGTERM in the log"
-    grep -q 'draining' <<<"$stop_log" || fail "no drain in the log"
+    grep -q 'asked clients to leave sessions=1' <<<"$stop_log" || fail "the connected client was not asked to leave"
+    grep -q 'drained: every room is empty' <<<"$stop_log" || fail "the drain did not wait for the room to empty"
     grep -q 'INFO stoa::serve: stopped' <<<"$stop_log" || fail "no clean stop in the log"
-    log "5. SIGTERM: drained and exited 0 in ${stop_ms} ms"
+    [ "$stop_ms" -ge 1500 ] || fail "stopped in ${stop_ms} ms, before the connected client left"
+    log "5. SIGTERM: asked the connected client to leave, waited for it, exited 0 in ${stop_ms} ms"
 
     podman rm -v "$tag-1" >/dev/null
     run_container "$tag-2"
