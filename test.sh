@@ -9,11 +9,8 @@ source scripts/need_pkg.sh
 
 # Add new system dependencies here, one line each.
 need_pkg pkg-config pkg-config
-if ! pkg-config --exists opus 2>/dev/null; then
-    # stoa-bench links libopus (real Opus for its speakers); need_pkg's command check cannot
-    # see a library.
-    need_pkg stoa-libopus-check libopus-dev
-fi
+# stoa-bench builds libopus from the source audiopus_sys ships (.cargo/config.toml), with cmake.
+need_pkg cmake cmake
 need_pkg node nodejs
 need_pkg npm npm
 need_pkg chromium chromium # browser end-to-end test (tests/browser.rs)
@@ -25,6 +22,14 @@ need_pkg turnutils_uclient coturn # TURN relay tests (turn/tests/uclient.rs); it
 need_pkg openssl openssl # test certificates for TURN over TLS
 need_pkg redis-server redis-server # control-plane store tests (control/tests, tests/control.rs)
 need_pkg janus janus # the comparison SFU of stoa-bench (tests/bench_smoke.rs); its service is never started
+# The container image and docker/compose.yml, built and run with podman (tests/container.rs):
+# runc (crun refuses this VM's hybrid cgroups), debootstrap for the locally made Debian base
+# image (no registry is reachable), iptables for podman's port publishing.
+need_pkg podman podman
+need_pkg runc runc
+need_pkg debootstrap debootstrap
+need_pkg iptables iptables
+need_pkg pebble pebble # ACME test server and its DNS (tests/acme.rs); never started as a service
 
 # npm packages of the browser end-to-end test (playwright-core, livekit-client,
 # livekit-server-sdk), pinned by tests/browser/package-lock.json. `npm ci` only when

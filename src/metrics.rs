@@ -95,7 +95,8 @@ pub fn describe() {
     describe_counter!(
         SIGNALING_WEBHOOK_EVENTS,
         Unit::Count,
-        "Webhook events by outcome (delivered, failed after retries, dropped on a full queue)"
+        "Webhook events by outcome (delivered, failed after retries, certificate_refused: the \
+         https receiver's certificate did not verify, dropped on a full queue)"
     );
     describe_gauge!(SFU_PEERS, Unit::Count, "Live peer connections");
     describe_gauge!(
@@ -175,8 +176,8 @@ pub struct Snapshot {
     pub sfu: Option<Vec<SfuStats>>,
     /// The engine's socket traffic, summed over its shards.
     pub traffic: TrafficSnapshot,
-    /// Webhook counters (delivered, failed, dropped), if webhooks are configured.
-    pub webhooks: Option<[u64; 3]>,
+    /// Webhook counters (delivered, failed, dropped, certificate refused), if configured.
+    pub webhooks: Option<[u64; 4]>,
     /// Whether the server is draining.
     pub draining: bool,
 }
@@ -208,11 +209,12 @@ impl Sources {
     }
 }
 
-fn webhook_counts(stats: &WebhookStats) -> [u64; 3] {
+fn webhook_counts(stats: &WebhookStats) -> [u64; 4] {
     [
         stats.delivered.load(Ordering::Relaxed),
         stats.failed.load(Ordering::Relaxed),
         stats.dropped.load(Ordering::Relaxed),
+        stats.refused_certificate.load(Ordering::Relaxed),
     ]
 }
 
@@ -260,10 +262,12 @@ pub fn record(snapshot: &Snapshot) {
     counter!(SFU_BYTES_RECEIVED).absolute(traffic.bytes_in);
     counter!(SFU_DATAGRAMS_SENT).absolute(traffic.datagrams_out);
     counter!(SFU_BYTES_SENT).absolute(traffic.bytes_out);
-    let [delivered, failed, dropped] = snapshot.webhooks.unwrap_or_default();
+    let [delivered, failed, dropped, certificate_refused] = snapshot.webhooks.unwrap_or_default();
     counter!(SIGNALING_WEBHOOK_EVENTS, "outcome" => "delivered").absolute(delivered);
     counter!(SIGNALING_WEBHOOK_EVENTS, "outcome" => "failed").absolute(failed);
     counter!(SIGNALING_WEBHOOK_EVENTS, "outcome" => "dropped").absolute(dropped);
+    counter!(SIGNALING_WEBHOOK_EVENTS, "outcome" => "certificate_refused")
+        .absolute(certificate_refused);
 }
 
 /// Prometheus text of the latency histograms in `snapshot`, to follow the recorder's text.
@@ -341,7 +345,7 @@ mod tests {
                 bytes_out: 900,
                 ..TrafficSnapshot::default()
             },
-            webhooks: Some([4, 5, 6]),
+            webhooks: Some([4, 5, 6, 7]),
             draining: false,
         };
         metrics::with_local_recorder(&recorder, || {
@@ -371,6 +375,7 @@ mod tests {
             "signaling_webhook_events_total{outcome=\"delivered\"} 4",
             "signaling_webhook_events_total{outcome=\"failed\"} 5",
             "signaling_webhook_events_total{outcome=\"dropped\"} 6",
+            "signaling_webhook_events_total{outcome=\"certificate_refused\"} 7",
             "stoa_draining 0",
             "# TYPE sfu_rtp_packets_forwarded_total counter",
             "# TYPE sfu_peers gauge",

@@ -22,6 +22,7 @@
 // CHROMIUM (/usr/bin/chromium), E2E_LOG_LEVEL (livekit-client log level in the pages, debug),
 // E2E_TIMEOUT_MS (whole-run deadline, 100000), E2E_VERBOSE=1 (print browser logs on success too).
 
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { createServer } from 'node:http';
@@ -49,6 +50,10 @@ const RELAY = process.env.E2E_RELAY || '';
 const RTC_CONFIG = RELAY ? { iceTransportPolicy: 'relay' } : undefined;
 // Extra Chromium flags, space-separated, e.g. E2E_CHROMIUM_ARGS='--vmodule=*/webrtc/*=1'.
 const EXTRA_ARGS = (process.env.E2E_CHROMIUM_ARGS || '').split(/\s+/).filter(Boolean);
+// E2E_RESTART_COMMAND: after B hears A, run this shell command, which restarts the server under
+// the live room (run.sh with STOA_E2E_RESTART=1); both pages must then reconnect by themselves
+// and B must hear A again before steps d-f run against the restarted server.
+const RESTART_COMMAND = process.env.E2E_RESTART_COMMAND || '';
 
 // Per-step timeouts (ms).
 const T = {
@@ -59,6 +64,8 @@ const T = {
   publish: 20_000,
   subscribe: 15_000,
   hear: 20_000,
+  restart: 40_000,
+  reconnect: 60_000,
   refuse: 15_000,
   mute: 10_000,
   leave: 10_000,
@@ -368,6 +375,43 @@ async function scenario(ctx) {
     throw new StepError(err.step, `${err.message}; last stats: ${JSON.stringify(lastStats)}`);
   });
 
+  // r. The server restarts under the live room; the pages reconnect by themselves.
+  if (RESTART_COMMAND) {
+    await step('r: the server restarts (E2E_RESTART_COMMAND)', T.restart, () =>
+      new Promise((resolve, reject) => {
+        execFile('bash', ['-c', RESTART_COMMAND], (err, stdout, stderr) => {
+          if (stdout) log(`restart: ${stdout.trim()}`);
+          if (stderr) log(`restart (stderr): ${stderr.trim()}`);
+          if (err) reject(new Error(`restart command failed: ${err.message}`));
+          else resolve();
+        });
+      }),
+    );
+    await step('r: A and B reconnect by themselves', T.reconnect, () =>
+      pollUntil(async () => {
+        const a = await call(pageA, 'events', 'Reconnected');
+        const b = await call(pageB, 'events', 'Reconnected');
+        return { done: a.length > 0 && b.length > 0, value: { a: a.length, b: b.length } };
+      }, 500),
+    );
+    summary.statsAfterRestart = await step('r: B hears A again after the restart', T.reconnect, () =>
+      pollUntil(async () => {
+        // A's track as the restarted server published it anew (a new sid), heard for a second
+        // on a new receiver: not the stats of the connection before the restart.
+        lastStats = await call(pageB, 'inboundAudioStats', joinA.identity);
+        const ok =
+          lastStats.ok &&
+          lastStats.trackSid !== pubA.trackSid &&
+          lastStats.packetsReceived > 50 &&
+          lastStats.totalSamplesDuration > 1 &&
+          lastStats.totalAudioEnergy > 0;
+        return { done: ok, value: lastStats };
+      }, 500),
+    ).catch((err) => {
+      throw new StepError(err.step, `${err.message}; last stats: ${JSON.stringify(lastStats)}`);
+    });
+  }
+
   // d. B may not publish.
   const refusal = await step("d: B's publish attempt is refused", T.refuse, async () => {
     const r = await call(pageB, 'tryPublishMicrophone');
@@ -387,8 +431,10 @@ async function scenario(ctx) {
     if (!r.ok) throw new Error(`A could not mute: ${errorText(r.error)}`);
     return pollUntil(async () => {
       const muted = await call(pageB, 'events', 'TrackMuted');
+      // After a restart A's track is published anew, with a new sid.
       const hit = muted.find(
-        (e) => e.trackSid === pubA.trackSid && e.participant === joinA.identity,
+        (e) =>
+          (RESTART_COMMAND || e.trackSid === pubA.trackSid) && e.participant === joinA.identity,
       );
       return { done: !!hit, value: hit };
     });

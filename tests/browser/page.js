@@ -274,6 +274,7 @@
       const el = document.getElementById(`audio-${publication.trackSid}`);
       return {
         ok: true,
+        trackSid: publication.trackSid,
         packetsReceived: inbound.packetsReceived ?? 0,
         packetsLost: inbound.packetsLost ?? 0,
         bytesReceived: inbound.bytesReceived ?? 0,
