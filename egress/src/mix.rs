@@ -1,0 +1,406 @@
+//! The room mix: every speaker's Opus decoded, placed on the egress timeline, summed, limited
+//! and re-encoded into one Ogg/Opus stream.
+//!
+//! The output is driven by `now`, not by packets: one 20 ms frame is mixed for every 20 ms of
+//! the egress timeline, [`MixConfig::playout_delay`] behind `now`, whoever speaks or not. So
+//! the file's length is the egress's wall-clock length (no gap while everyone is muted, no
+//! drift), and a late joiner is heard from where it joined.
+//!
+//! Each RTP session (track, SSRC) is a source with its own decoder, anchored on the timeline
+//! where its first packet arrived; later packets follow their RTP timestamps. Packets wait in
+//! a jitter buffer ordered by position (duplicates collapse, reordering sorts itself) until
+//! their frame is mixed; one that comes after its frame was mixed is dropped. A source whose
+//! timestamps stray from the arrival clock (a restarted sender, clock drift over hours) is
+//! re-anchored at the arrival time. A short gap between packets (loss) is concealed by the
+//! decoder; a long one (mute, DTX) is silence.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::clock::Clock;
+use crate::limiter::Limiter;
+use crate::ogg_opus::{OggOpusWriter, OpusHead};
+use crate::packet::{self, GAP_QUANTUM, MAX_PACKET_SAMPLES, SAMPLE_RATE};
+use crate::rtp::{RtpPacket, Ssrc, TsUnwrapper};
+
+/// Samples per mixed frame: 20 ms.
+pub const FRAME: u64 = 960;
+/// The most concealment (decoder PLC) run after a source's last packet: 120 ms; beyond that the
+/// source is silent.
+const MAX_CONCEALMENT: u64 = 5_760;
+/// How far (1 s) a source's RTP time may run ahead of its arrival clock before re-anchoring.
+const MAX_LEAD: u64 = 48_000;
+/// Packets a source buffers at most (2 s of 20 ms packets).
+const MAX_BUFFERED: usize = 100;
+/// A source with nothing buffered and no packet for this long is forgotten.
+const IDLE: Duration = Duration::from_secs(10);
+
+/// Settings of the room mix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MixConfig {
+    /// How far behind `now` frames are mixed: the jitter buffer's depth. A packet delayed more
+    /// than this (relative to its source's first packet) misses its frame.
+    pub playout_delay: Duration,
+    /// Encoder bitrate in bits per second.
+    pub bitrate: i32,
+    /// libopus encoder complexity, 0-10 (CPU against quality).
+    pub complexity: i32,
+}
+
+impl Default for MixConfig {
+    fn default() -> Self {
+        MixConfig {
+            playout_delay: Duration::from_millis(200),
+            bitrate: 48_000,
+            complexity: 5,
+        }
+    }
+}
+
+/// Counters of the room mix.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MixStats {
+    /// Frames mixed and encoded (20 ms each).
+    pub frames: u64,
+    /// Packets decoded into the mix.
+    pub packets: u64,
+    /// Packets that arrived after their frame was mixed.
+    pub late: u64,
+    /// Packets dropped as duplicates.
+    pub duplicates: u64,
+    /// Payloads that are not Opus packets.
+    pub malformed: u64,
+    /// Packets libopus could not decode (concealed instead).
+    pub decode_errors: u64,
+    /// Sources (RTP sessions) seen.
+    pub sources: u64,
+    /// Sources re-anchored because their timestamps strayed from the arrival clock.
+    pub reanchors: u64,
+}
+
+/// What went wrong setting up libopus.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MixError {
+    /// libopus refused to create or configure a codec.
+    #[error("opus: {0}")]
+    Opus(#[from] opus::Error),
+}
+
+#[derive(Debug)]
+struct Source {
+    track: String,
+    decoder: opus::Decoder,
+    ts: TsUnwrapper,
+    newest_ts: i64,
+    /// (extended RTP timestamp, timeline position) of the anchor packet.
+    anchor: (i64, u64),
+    /// Jitter buffer: timeline position → (packet, samples).
+    buffer: BTreeMap<u64, (Vec<u8>, u32)>,
+    /// Decoded samples from timeline position `pcm_start` on.
+    pcm: VecDeque<f32>,
+    pcm_start: u64,
+    /// Samples since the last decoded packet (concealed or silent).
+    since_packet: u64,
+    last_packet_at: Instant,
+}
+
+impl Source {
+    fn position(&self, ts: i64) -> i64 {
+        self.anchor.1 as i64 + (ts - self.anchor.0)
+    }
+
+    /// Decodes buffered packets until the samples up to `end` are known.
+    fn fill_until(&mut self, end: u64, scratch: &mut [f32], stats: &mut MixStats) {
+        loop {
+            let pcm_end = self.pcm_start + self.pcm.len() as u64;
+            if pcm_end >= end {
+                return;
+            }
+            let Some((&pos, _)) = self.buffer.first_key_value() else {
+                // Nothing more from this source yet: silence, mixed as nothing.
+                return;
+            };
+            if pos >= end {
+                // A later packet exists, none for the rest of this frame: loss or DTX.
+                self.conceal(end - pcm_end, scratch);
+                return;
+            }
+            let Some((pos, (data, samples))) = self.buffer.pop_first() else {
+                return;
+            };
+            if pos + u64::from(samples) <= pcm_end {
+                stats.late += 1;
+                continue;
+            }
+            if pos > pcm_end {
+                self.conceal(pos - pcm_end, scratch);
+            }
+            let want = samples as usize;
+            let decoded = match self.decoder.decode_float(&data, scratch, false) {
+                Ok(n) if n == want => n,
+                _ => {
+                    stats.decode_errors += 1;
+                    self.decoder
+                        .decode_float(&[], &mut scratch[..want], false)
+                        .unwrap_or(0)
+                }
+            };
+            scratch[decoded.min(want)..want].fill(0.0);
+            let skip = pcm_end.saturating_sub(pos) as usize;
+            self.pcm.extend(&scratch[skip.min(want)..want]);
+            self.since_packet = 0;
+            stats.packets += 1;
+        }
+    }
+
+    /// Appends `samples` of concealment: decoder PLC right after a packet, silence after
+    /// [`MAX_CONCEALMENT`].
+    fn conceal(&mut self, samples: u64, scratch: &mut [f32]) {
+        let mut left = samples;
+        while left > 0 {
+            let plc = if self.since_packet < MAX_CONCEALMENT {
+                (MAX_CONCEALMENT - self.since_packet).min(left) / GAP_QUANTUM * GAP_QUANTUM
+            } else {
+                0
+            };
+            if plc > 0 {
+                let n = plc as usize;
+                let got = self
+                    .decoder
+                    .decode_float(&[], &mut scratch[..n], false)
+                    .unwrap_or(0);
+                scratch[got.min(n)..n].fill(0.0);
+                self.pcm.extend(&scratch[..n]);
+                self.since_packet += plc;
+                left -= plc;
+            } else {
+                self.pcm.extend(std::iter::repeat_n(0.0, left as usize));
+                self.since_packet += left;
+                left = 0;
+            }
+        }
+    }
+}
+
+/// Mixes a room's audio tracks into one Ogg/Opus stream. Sans-IO: bytes to append to the file
+/// come out through the `out` buffers.
+///
+/// Call [`handle_packet`](Self::handle_packet) for every received audio packet of every track,
+/// [`handle_timeout`](Self::handle_timeout) when [`poll_timeout`](Self::poll_timeout) is due
+/// (every 20 ms), [`remove_track`](Self::remove_track) when a track is unpublished, and
+/// [`finish`](Self::finish) once.
+#[derive(Debug)]
+pub struct RoomMixer {
+    clock: Clock,
+    delay: u64,
+    sources: BTreeMap<Ssrc, Source>,
+    encoder: opus::Encoder,
+    writer: OggOpusWriter,
+    limiter: Limiter,
+    /// Timeline position of the next frame to mix.
+    mixed: u64,
+    frame: Vec<f32>,
+    scratch: Vec<f32>,
+    encoded: Vec<u8>,
+    stats: MixStats,
+    finished: bool,
+}
+
+impl RoomMixer {
+    /// A mix whose time 0 is `start`; the Ogg headers go to `out`.
+    pub fn new(
+        start: Instant,
+        config: MixConfig,
+        serial: u32,
+        comments: &[String],
+        out: &mut Vec<u8>,
+    ) -> Result<RoomMixer, MixError> {
+        let mut encoder =
+            opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Audio)?;
+        encoder.set_bitrate(opus::Bitrate::Bits(config.bitrate))?;
+        encoder.set_complexity(config.complexity)?;
+        // The encoder's delay is the stream's pre-skip: decoded sample `n + lookahead` is
+        // timeline sample `n` (RFC 7845 §4.2).
+        let lookahead = u16::try_from(encoder.get_lookahead()?).unwrap_or(312);
+        let head = OpusHead {
+            channels: 1,
+            pre_skip: lookahead,
+        };
+        let clock = Clock::new(start);
+        let delay = clock.samples_at(start + config.playout_delay);
+        Ok(RoomMixer {
+            clock,
+            delay,
+            sources: BTreeMap::new(),
+            encoder,
+            writer: OggOpusWriter::new(serial, head, comments, out),
+            limiter: Limiter::new(),
+            mixed: 0,
+            frame: vec![0.0; FRAME as usize],
+            scratch: vec![0.0; MAX_PACKET_SAMPLES as usize],
+            encoded: vec![0; 4_000],
+            stats: MixStats::default(),
+            finished: false,
+        })
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> MixStats {
+        self.stats
+    }
+
+    /// Timeline samples mixed so far.
+    pub fn mixed_samples(&self) -> u64 {
+        self.mixed
+    }
+
+    /// A received audio packet of `track`.
+    pub fn handle_packet(&mut self, now: Instant, track: &str, packet: &RtpPacket<'_>) {
+        if self.finished {
+            return;
+        }
+        let Ok(samples) = packet::packet_samples(packet.payload) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let arrival = self.clock.samples_at(now);
+        let source = match self.sources.entry(packet.ssrc) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let Ok(decoder) = opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono) else {
+                    return;
+                };
+                self.stats.sources += 1;
+                let mut ts = TsUnwrapper::new();
+                let first = ts.extend(packet.timestamp);
+                e.insert(Source {
+                    track: track.to_owned(),
+                    decoder,
+                    ts,
+                    newest_ts: first,
+                    anchor: (first, arrival.max(self.mixed)),
+                    buffer: BTreeMap::new(),
+                    pcm: VecDeque::new(),
+                    pcm_start: self.mixed,
+                    since_packet: MAX_CONCEALMENT,
+                    last_packet_at: now,
+                })
+            }
+        };
+        source.last_packet_at = now;
+        let ts = source.ts.extend(packet.timestamp);
+        let newest = ts > source.newest_ts;
+        source.newest_ts = source.newest_ts.max(ts);
+        let mut position = source.position(ts);
+        let too_late = position < self.mixed as i64;
+        let too_early = position > (arrival + MAX_LEAD) as i64;
+        if (too_late && newest) || too_early {
+            // The newest packet of a source cannot be placed where its timestamps say: the
+            // sender restarted or its clock drifted. Start again from its arrival.
+            source.anchor = (ts, arrival.max(self.mixed));
+            position = source.anchor.1 as i64;
+            self.stats.reanchors += 1;
+        } else if too_late {
+            self.stats.late += 1;
+            return;
+        }
+        let position = position as u64;
+        if source.buffer.contains_key(&position) {
+            self.stats.duplicates += 1;
+            return;
+        }
+        source
+            .buffer
+            .insert(position, (packet.payload.to_vec(), samples));
+        while source.buffer.len() > MAX_BUFFERED {
+            source.buffer.pop_first();
+            self.stats.late += 1;
+        }
+    }
+
+    /// Forgets the sources of `track` once what they buffered is mixed (the track was
+    /// unpublished or its publisher left).
+    pub fn remove_track(&mut self, track: &str) {
+        for source in self.sources.values_mut() {
+            if source.track == track {
+                // Idle from now on: dropped when drained.
+                source.last_packet_at = self.clock.start();
+            }
+        }
+    }
+
+    /// Mixes every frame that is due at `now`, appending pages to `out`.
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<u8>) {
+        if self.finished {
+            return;
+        }
+        let due = self.clock.samples_at(now).saturating_sub(self.delay);
+        while self.mixed + FRAME <= due {
+            self.mix_frame(out);
+        }
+        self.sources.retain(|_, s| {
+            !(s.buffer.is_empty() && s.pcm.is_empty() && now >= s.last_packet_at + IDLE)
+        });
+    }
+
+    /// When the next frame is due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        (!self.finished).then(|| self.clock.instant_at(self.mixed + FRAME + self.delay))
+    }
+
+    /// Ends the mix at `now` (rounded down to a 20 ms frame): what is buffered is mixed
+    /// without waiting for the playout delay, the encoder is flushed, and the end-of-stream
+    /// page is written with the exact end (end trimming). Later calls do nothing.
+    pub fn finish(&mut self, now: Instant, out: &mut Vec<u8>) -> Result<(), MixError> {
+        if self.finished {
+            return Ok(());
+        }
+        let end = self.clock.samples_at(now) / FRAME * FRAME;
+        while self.mixed < end {
+            self.mix_frame(out);
+        }
+        // One more frame of silence pushes the encoder's lookahead out.
+        self.frame.fill(0.0);
+        let n = self.encoder.encode_float(&self.frame, &mut self.encoded)?;
+        self.writer.push_last(&self.encoded[..n], FRAME as u32, out);
+        self.writer
+            .finish(Some(self.mixed + u64::from(self.writer.pre_skip())), out);
+        self.finished = true;
+        Ok(())
+    }
+
+    fn mix_frame(&mut self, out: &mut Vec<u8>) {
+        let start = self.mixed;
+        let end = start + FRAME;
+        self.frame.fill(0.0);
+        for source in self.sources.values_mut() {
+            if source.pcm.is_empty() && source.pcm_start < start {
+                source.since_packet += start - source.pcm_start;
+                source.pcm_start = start;
+            }
+            source.fill_until(end, &mut self.scratch, &mut self.stats);
+            if source.pcm_start >= end {
+                continue;
+            }
+            let offset = (source.pcm_start - start) as usize;
+            let take = (end - source.pcm_start).min(source.pcm.len() as u64) as usize;
+            for (i, s) in source.pcm.drain(..take).enumerate() {
+                self.frame[offset + i] += s;
+            }
+            source.pcm_start += take as u64;
+        }
+        self.limiter.process(&mut self.frame);
+        match self.encoder.encode_float(&self.frame, &mut self.encoded) {
+            Ok(n) => self.writer.push(&self.encoded[..n], FRAME as u32, out),
+            Err(_) => {
+                // Keep the timeline: a lost frame instead of the one libopus refused.
+                for gap in packet::gap_packets(FRAME, None) {
+                    self.writer.push(&gap, FRAME as u32, out);
+                }
+            }
+        }
+        self.mixed = end;
+        self.stats.frames += 1;
+    }
+}
