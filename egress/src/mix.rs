@@ -103,6 +103,8 @@ struct Source {
     /// Samples since the last decoded packet (concealed or silent).
     since_packet: u64,
     last_packet_at: Instant,
+    /// Whether a frame was mixed from it: its anchor no longer moves.
+    settled: bool,
 }
 
 impl Source {
@@ -136,6 +138,7 @@ impl Source {
             if pos > pcm_end {
                 self.conceal(pos - pcm_end, scratch);
             }
+            self.settled = true;
             let want = samples as usize;
             let decoded = match self.decoder.decode_float(&data, scratch, false) {
                 Ok(n) if n == want => n,
@@ -285,6 +288,7 @@ impl RoomMixer {
                     pcm_start: self.mixed,
                     since_packet: MAX_CONCEALMENT,
                     last_packet_at: now,
+                    settled: false,
                 })
             }
         };
@@ -304,6 +308,17 @@ impl RoomMixer {
         } else if too_late {
             self.stats.late += 1;
             return;
+        }
+        if !source.settled && position > arrival as i64 {
+            // Less delayed than the packets before it: until the source is first mixed, its
+            // anchor moves to the least delayed packet, so network delay does not shift it.
+            let shift = (position - arrival.max(self.mixed) as i64) as u64;
+            source.anchor.1 -= shift;
+            position -= shift as i64;
+            source.buffer = std::mem::take(&mut source.buffer)
+                .into_iter()
+                .map(|(pos, p)| (pos.saturating_sub(shift), p))
+                .collect();
         }
         let position = position as u64;
         if source.buffer.contains_key(&position) {

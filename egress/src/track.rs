@@ -287,6 +287,14 @@ impl TrackRecorder {
     fn write(&mut self, seq: i64, held: Held, out: &mut Vec<u8>) {
         let arrival = self.clock.samples_at(held.arrived) as i64;
         let head = self.head as i64;
+        // A session's anchor is its least delayed packet among those waiting: where the first
+        // packet would have arrived with that delay.
+        let clock = self.clock;
+        let earliest = self
+            .held
+            .values()
+            .map(|h| clock.samples_at(h.arrived) as i64 - (h.ts - held.ts))
+            .fold(arrival, i64::min);
         let Some(session) = self.session.as_mut() else {
             return;
         };
@@ -297,7 +305,7 @@ impl TrackRecorder {
         };
         let (anchor_ts, anchor_pos) = *session
             .anchor
-            .get_or_insert_with(|| (held.ts, anchor_at(arrival)));
+            .get_or_insert_with(|| (held.ts, anchor_at(earliest)));
         let mut position = anchor_pos as i64 + (held.ts - anchor_ts);
         if (position - arrival).abs() > MAX_SKEW || position < head - MAX_SKEW {
             let pos = anchor_at(arrival);
