@@ -68,6 +68,9 @@ pub struct MixStats {
     pub late: u64,
     /// Packets dropped as duplicates.
     pub duplicates: u64,
+    /// Packets dropped because their timestamps placed them far from their arrival and no
+    /// packet followed them.
+    pub out_of_window: u64,
     /// Payloads that are not Opus packets.
     pub malformed: u64,
     /// Packets libopus could not decode (concealed instead).
@@ -105,6 +108,8 @@ struct Source {
     last_packet_at: Instant,
     /// Whether a frame was mixed from it: its anchor no longer moves.
     settled: bool,
+    /// RTP timestamp of the last packet that could not be placed.
+    suspect: Option<u32>,
 }
 
 impl Source {
@@ -289,25 +294,42 @@ impl RoomMixer {
                     since_packet: MAX_CONCEALMENT,
                     last_packet_at: now,
                     settled: false,
+                    suspect: None,
                 })
             }
         };
         source.last_packet_at = now;
-        let ts = source.ts.extend(packet.timestamp);
-        let newest = ts > source.newest_ts;
-        source.newest_ts = source.newest_ts.max(ts);
+        let mut ts = source.ts.peek(packet.timestamp);
         let mut position = source.position(ts);
         let too_late = position < self.mixed as i64;
         let too_early = position > (arrival + MAX_LEAD) as i64;
-        if (too_late && newest) || too_early {
+        if (too_late && ts > source.newest_ts) || too_early {
             // The newest packet of a source cannot be placed where its timestamps say: the
-            // sender restarted or its clock drifted. Start again from its arrival.
+            // sender restarted or its clock drifted, or the packet is forged or corrupt. If the
+            // packet before was out of place too and this one follows it (a jump, not noise),
+            // the source starts again from this packet's arrival.
+            let follows = source.suspect.take().is_some_and(|previous| {
+                let step = packet.timestamp.wrapping_sub(previous);
+                step > 0 && step <= MAX_PACKET_SAMPLES
+            });
+            if !follows {
+                source.suspect = Some(packet.timestamp);
+                self.stats.out_of_window += 1;
+                return;
+            }
+            source.ts = TsUnwrapper::new();
+            ts = source.ts.extend(packet.timestamp);
+            source.newest_ts = ts;
             source.anchor = (ts, arrival.max(self.mixed));
             position = source.anchor.1 as i64;
             self.stats.reanchors += 1;
         } else if too_late {
             self.stats.late += 1;
             return;
+        } else {
+            source.ts.extend(packet.timestamp);
+            source.newest_ts = source.newest_ts.max(ts);
+            source.suspect = None;
         }
         if !source.settled && position > arrival as i64 {
             // Less delayed than the packets before it: until the source is first mixed, its

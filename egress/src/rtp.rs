@@ -44,21 +44,30 @@ impl<const BITS: u32> Unwrapper<BITS> {
 
     /// The extended value of `value`, updating the reference when it is newer.
     pub(crate) fn extend(&mut self, value: u32) -> i64 {
+        let extended = self.peek(value);
+        if self.last.is_none_or(|last| extended > last) {
+            self.last = Some(extended);
+        }
+        extended
+    }
+
+    /// The extended value of `value`, leaving the reference as it is.
+    pub(crate) fn peek(&self, value: u32) -> i64 {
         let modulus = 1i64 << BITS;
         let value = i64::from(value) & (modulus - 1);
         let Some(last) = self.last else {
-            self.last = Some(value);
             return value;
         };
         let mut delta = (value - last).rem_euclid(modulus);
         if delta >= modulus / 2 {
             delta -= modulus;
         }
-        let extended = last + delta;
-        if delta > 0 {
-            self.last = Some(extended);
-        }
-        extended
+        last + delta
+    }
+
+    /// The newest extended value so far.
+    pub(crate) fn newest(&self) -> Option<i64> {
+        self.last
     }
 }
 

@@ -32,9 +32,10 @@ pub const MAX_SKEW: i64 = 48_000;
 /// Longest a written page stays open in wall time, so that sparse audio (DTX) still reaches the
 /// file about every second.
 pub const PAGE_MAX_AGE: Duration = Duration::from_secs(1);
-/// Consecutive packets older than what was written before the session is taken as restarted
-/// (a sender that reset its sequence numbers without changing SSRC).
-const MAX_LATE_RUN: u32 = 8;
+/// Sequence numbers further than this from the newest one are out of the session's window: a
+/// forged or corrupt packet, or a sender that restarted its numbering. Only a second packet
+/// right after such a one (next sequence number) starts a new session from it.
+const MAX_JUMP: i64 = 100;
 /// SSRCs remembered as retired: their stragglers are dropped instead of starting a session.
 const RETIRED: usize = 4;
 
@@ -47,6 +48,9 @@ pub struct TrackStats {
     pub late: u64,
     /// Packets dropped as duplicates.
     pub duplicates: u64,
+    /// Packets dropped because their sequence number was far out of the session's window and
+    /// no packet followed them.
+    pub out_of_window: u64,
     /// Payloads that are not Opus packets.
     pub malformed: u64,
     /// Samples of gap filled with lost-frame packets.
@@ -65,7 +69,16 @@ struct Session {
     next_seq: Option<i64>,
     /// (extended RTP timestamp, timeline position) of the anchor packet.
     anchor: Option<(i64, u64)>,
-    late_run: u32,
+    /// A packet out of the window, kept in case the next one follows it.
+    probation: Option<Probation>,
+}
+
+#[derive(Debug)]
+struct Probation {
+    sequence: u16,
+    timestamp: u32,
+    payload: Vec<u8>,
+    arrived: Instant,
 }
 
 impl Session {
@@ -76,7 +89,7 @@ impl Session {
             ts: TsUnwrapper::new(),
             next_seq: None,
             anchor: None,
-            late_run: 0,
+            probation: None,
         }
     }
 }
@@ -162,26 +175,50 @@ impl TrackRecorder {
         let Some(session) = self.session.as_mut() else {
             return;
         };
+        let seq = session.seq.peek(u32::from(packet.sequence));
+        if session
+            .seq
+            .newest()
+            .is_some_and(|n| (seq - n).abs() > MAX_JUMP)
+        {
+            match session.probation.take() {
+                Some(p) if p.sequence.wrapping_add(1) == packet.sequence => {
+                    // Two in a row: the sender really jumped. A new session from the first.
+                    let ssrc = session.ssrc;
+                    self.start_session(ssrc, out);
+                    let first = RtpPacket {
+                        ssrc,
+                        sequence: p.sequence,
+                        timestamp: p.timestamp,
+                        marker: false,
+                        payload: &p.payload,
+                    };
+                    self.handle_packet(p.arrived, &first, out);
+                    self.handle_packet(now, packet, out);
+                }
+                _ => {
+                    session.probation = Some(Probation {
+                        sequence: packet.sequence,
+                        timestamp: packet.timestamp,
+                        payload: packet.payload.to_vec(),
+                        arrived: now,
+                    });
+                    self.stats.out_of_window += 1;
+                }
+            }
+            return;
+        }
         let seq = session.seq.extend(u32::from(packet.sequence));
         let ts = session.ts.extend(packet.timestamp);
         if self.held.contains_key(&seq) {
             self.stats.duplicates += 1;
             return;
         }
-        if let Some(next) = session.next_seq.filter(|next| seq < *next) {
+        if session.next_seq.is_some_and(|next| seq < next) {
             // Behind what was written: a duplicate or a straggler of the reordering window.
-            // Far behind, again and again, means the sender restarted its numbering.
             self.stats.late += 1;
-            if seq < next - MAX_HELD as i64 {
-                session.late_run += 1;
-                if session.late_run >= MAX_LATE_RUN {
-                    let ssrc = session.ssrc;
-                    self.start_session(ssrc, out);
-                }
-            }
             return;
         }
-        session.late_run = 0;
         self.held.insert(
             seq,
             Held {
