@@ -117,7 +117,8 @@ pub fn cut(recording: &[u8], range: ClipRange, serial: u32) -> Result<Clip, Clip
     let head = OpusHead {
         channels: stream.head.channels,
         // At most PREROLL plus one packet (120 ms): well within u16.
-        pre_skip: u16::try_from(from - origin).unwrap_or(u16::MAX),
+        // (A damaged file whose first packet starts after `from` starts the clip there.)
+        pre_skip: u16::try_from(from.saturating_sub(origin)).unwrap_or(u16::MAX),
     };
     let mut comments: Vec<String> = stream
         .comments
@@ -137,7 +138,7 @@ pub fn cut(recording: &[u8], range: ClipRange, serial: u32) -> Result<Clip, Clip
     }
     let tail = &packets[last];
     writer.push_last(&tail.data, tail.samples, &mut bytes);
-    writer.finish(Some(to - origin), &mut bytes);
+    writer.finish(Some(to.saturating_sub(origin)), &mut bytes);
     Ok(Clip {
         bytes,
         start: to_duration(start),

@@ -32,6 +32,9 @@ const MAX_CONCEALMENT: u64 = 5_760;
 const MAX_LEAD: u64 = 48_000;
 /// Packets a source buffers at most (2 s of 20 ms packets).
 const MAX_BUFFERED: usize = 100;
+/// Sources mixed at most; packets of further ones are refused (the engine only forwards
+/// negotiated SSRCs, so this bounds what a flood of forged ones could cost).
+const MAX_SOURCES: usize = 64;
 /// A source with nothing buffered and no packet for this long is forgotten.
 const IDLE: Duration = Duration::from_secs(10);
 
@@ -77,6 +80,10 @@ pub struct MixStats {
     pub decode_errors: u64,
     /// Sources (RTP sessions) seen.
     pub sources: u64,
+    /// Sources held now (a gauge, updated as frames are mixed).
+    pub live_sources: u64,
+    /// Packets of new sources refused because [`MAX_SOURCES`] were live.
+    pub refused: u64,
     /// Sources re-anchored because their timestamps strayed from the arrival clock.
     pub reanchors: u64,
 }
@@ -110,6 +117,8 @@ struct Source {
     settled: bool,
     /// RTP timestamp of the last packet that could not be placed.
     suspect: Option<u32>,
+    /// Replaced or unpublished: takes no more packets, dropped once played out.
+    retired: bool,
 }
 
 impl Source {
@@ -273,16 +282,28 @@ impl RoomMixer {
             return;
         };
         let arrival = self.clock.samples_at(now);
-        let source = match self.sources.entry(packet.ssrc) {
-            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => {
-                let Ok(decoder) = opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono) else {
-                    return;
-                };
-                self.stats.sources += 1;
-                let mut ts = TsUnwrapper::new();
-                let first = ts.extend(packet.timestamp);
-                e.insert(Source {
+        if !self.sources.contains_key(&packet.ssrc) {
+            let live = self.sources.values().filter(|s| !s.retired).count();
+            if live >= MAX_SOURCES {
+                self.stats.refused += 1;
+                return;
+            }
+            let Ok(decoder) = opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono) else {
+                return;
+            };
+            // A track has one SSRC at a time: a new one (the sender restarted, the publisher
+            // came back on the same track) retires the old, which plays out what it buffered.
+            for other in self.sources.values_mut() {
+                if other.track == track {
+                    other.retired = true;
+                }
+            }
+            self.stats.sources += 1;
+            let mut ts = TsUnwrapper::new();
+            let first = ts.extend(packet.timestamp);
+            self.sources.insert(
+                packet.ssrc,
+                Source {
                     track: track.to_owned(),
                     decoder,
                     ts,
@@ -295,9 +316,17 @@ impl RoomMixer {
                     last_packet_at: now,
                     settled: false,
                     suspect: None,
-                })
-            }
+                    retired: false,
+                },
+            );
+        }
+        let Some(source) = self.sources.get_mut(&packet.ssrc) else {
+            return;
         };
+        if source.retired {
+            self.stats.late += 1;
+            return;
+        }
         source.last_packet_at = now;
         let mut ts = source.ts.peek(packet.timestamp);
         let mut position = source.position(ts);
@@ -361,8 +390,7 @@ impl RoomMixer {
     pub fn remove_track(&mut self, track: &str) {
         for source in self.sources.values_mut() {
             if source.track == track {
-                // Idle from now on: dropped when drained.
-                source.last_packet_at = self.clock.start();
+                source.retired = true;
             }
         }
     }
@@ -377,8 +405,10 @@ impl RoomMixer {
             self.mix_frame(out);
         }
         self.sources.retain(|_, s| {
-            !(s.buffer.is_empty() && s.pcm.is_empty() && now >= s.last_packet_at + IDLE)
+            let drained = s.buffer.is_empty() && s.pcm.is_empty();
+            !(drained && (s.retired || now >= s.last_packet_at + IDLE))
         });
+        self.stats.live_sources = self.sources.len() as u64;
     }
 
     /// When the next frame is due.

@@ -33,8 +33,10 @@ pub const MAX_SKEW: i64 = 48_000;
 /// file about every second.
 pub const PAGE_MAX_AGE: Duration = Duration::from_secs(1);
 /// Sequence numbers further than this from the newest one are out of the session's window: a
-/// forged or corrupt packet, or a sender that restarted its numbering. Only a second packet
-/// right after such a one (next sequence number) starts a new session from it.
+/// forged or corrupt packet, or a sender that restarted its numbering. So is a timestamp that
+/// places a packet more than [`MAX_SKEW`] from its arrival (a sender that froze or jumped its
+/// RTP clock). Only a second packet right after such a one (next sequence number) starts a
+/// new session from it, anchored where it arrived.
 const MAX_JUMP: i64 = 100;
 /// SSRCs remembered as retired: their stragglers are dropped instead of starting a session.
 const RETIRED: usize = 4;
@@ -176,11 +178,16 @@ impl TrackRecorder {
             return;
         };
         let seq = session.seq.peek(u32::from(packet.sequence));
-        if session
+        let arrival = self.clock.samples_at(now) as i64;
+        let skewed = session.anchor.is_some_and(|(ts, pos)| {
+            let position = pos as i64 + (session.ts.peek(packet.timestamp) - ts);
+            (position - arrival).abs() > MAX_SKEW
+        });
+        let jumped = session
             .seq
             .newest()
-            .is_some_and(|n| (seq - n).abs() > MAX_JUMP)
-        {
+            .is_some_and(|n| (seq - n).abs() > MAX_JUMP);
+        if skewed || jumped {
             match session.probation.take() {
                 Some(p) if p.sequence.wrapping_add(1) == packet.sequence => {
                     // Two in a row: the sender really jumped. A new session from the first.

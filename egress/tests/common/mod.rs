@@ -64,6 +64,11 @@ impl Speaker {
         }
     }
 
+    /// Changes the tone's amplitude (0 for silence).
+    pub fn set_amplitude(&mut self, amplitude: f64) {
+        self.amplitude = amplitude;
+    }
+
     /// The next 20 ms packet: (sequence, timestamp, payload).
     pub fn packet(&mut self) -> (u16, u32, Vec<u8>) {
         let pcm: Vec<f32> = (0..FRAME as u64)
