@@ -75,7 +75,7 @@ pub enum EgressEvent {
     /// The first audio arrived (`egress_updated`, status active).
     Active,
     /// Stopped, finished or failed (`egress_ended`); no output follows.
-    Ended(EgressInfo),
+    Ended(Box<EgressInfo>),
 }
 
 /// Where an egress is in its life.
@@ -403,7 +403,7 @@ impl Egress {
         self.error = Some(format!("writing {artifact:?}: {error}"));
         tracing::warn!(egress = %self.config.egress_id, ?artifact, error, "egress failed");
         self.outputs
-            .push_back(Output::Event(EgressEvent::Ended(self.info())));
+            .push_back(Output::Event(EgressEvent::Ended(Box::new(self.info()))));
     }
 
     /// The egress's state and files, for `ListEgress`.
@@ -553,7 +553,7 @@ impl Egress {
         };
         self.error = error;
         self.outputs
-            .push_back(Output::Event(EgressEvent::Ended(self.info())));
+            .push_back(Output::Event(EgressEvent::Ended(Box::new(self.info()))));
     }
 
     fn log(&mut self, now: Instant, participant: &str, activity: Activity) {
