@@ -167,7 +167,7 @@ fn damaged_recordings_read_without_panics() {
     assert!(OpusStream::parse(&good).is_ok());
 
     let mut noise = Rng::new(6);
-    let mut try_all = |bytes: &[u8]| {
+    let try_all = |bytes: &[u8]| {
         if let Ok(stream) = OpusStream::parse(bytes) {
             let _ = decode(&stream);
             let _ = stream.playback_samples();
