@@ -25,6 +25,7 @@ need_pkg turnutils_uclient coturn # TURN relay tests (turn/tests/uclient.rs); it
 need_pkg openssl openssl # test certificates for TURN over TLS
 need_pkg redis-server redis-server # control-plane store tests (control/tests, tests/control.rs)
 need_pkg janus janus # the comparison SFU of stoa-bench (tests/bench_smoke.rs); its service is never started
+need_pkg opusdec opus-tools # the reference Ogg/Opus reader the recordings are checked with (egress/tests/files.rs)
 
 # npm packages of the browser end-to-end test (playwright-core, livekit-client,
 # livekit-server-sdk), pinned by tests/browser/package-lock.json. `npm ci` only when
@@ -78,6 +79,7 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo check -p stoa-sfu --no-default-features
 cargo check -p stoa-turn --no-default-features
+cargo check -p stoa-egress --no-default-features
 test_log=$(mktemp -t stoa-test.XXXXXX)
 trap 'rm -f "$test_log"' EXIT
 cargo test --workspace 2>&1 | tee "$test_log"

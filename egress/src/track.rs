@@ -22,6 +22,9 @@ use crate::ogg_opus::{OggOpusWriter, OpusHead};
 use crate::packet::{self, GAP_QUANTUM};
 use crate::rtp::{RtpPacket, SeqUnwrapper, Ssrc, TsUnwrapper};
 
+/// Pre-skip of track files: 80 ms, what RFC 7845 §5.1 asks of streams that begin mid-way
+/// through a sender's stream (the decoder converges meanwhile; players warn about less).
+const PRE_SKIP: u64 = 3_840;
 /// How long a packet waits for the ones before it to arrive (reordering window).
 pub const REORDER_HOLD: Duration = Duration::from_millis(100);
 /// Packets held at most; beyond, the oldest goes out even if an earlier one is missing.
@@ -131,11 +134,19 @@ impl TrackRecorder {
     pub fn new(start: Instant, serial: u32, comments: &[String], out: &mut Vec<u8>) -> Self {
         let head = OpusHead {
             channels: 1,
-            pre_skip: 0,
+            pre_skip: PRE_SKIP as u16,
         };
+        let mut writer = OggOpusWriter::new(serial, head, comments, out);
+        // The pre-skip is decoded and discarded: lost frames, so time 0 is the first sample
+        // after it.
+        for gap in packet::gap_packets(PRE_SKIP, None) {
+            if let Ok(n) = packet::packet_samples(&gap) {
+                writer.push(&gap, n, out);
+            }
+        }
         TrackRecorder {
             clock: Clock::new(start),
-            writer: OggOpusWriter::new(serial, head, comments, out),
+            writer,
             session: None,
             retired: VecDeque::new(),
             held: BTreeMap::new(),

@@ -25,53 +25,6 @@ fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
 }
 
-/// The room: alice (440 Hz) speaks 0-3 s, is muted 3-5 s, speaks 5-10 s; bob (880 Hz) joins
-/// at 2 s, leaves at 6 s and rejoins at 6.5 s with a new SSRC and track.
-fn room(rng: &mut Rng) -> Vec<(Duration, Event)> {
-    let mut s = Schedule::default();
-    let mut alice = Speaker::new("alice", "TR_alice", 440.0, 1111, rng);
-    let mut bob = Speaker::new("bob", "TR_bob1", 880.0, 2222, rng);
-    let ev = |p: &str, t: &str| (p.to_string(), t.to_string());
-    let (ap, at) = ev("alice", "TR_alice");
-    s.at(secs(0.0), Event::Published(ap.clone(), at.clone()));
-    s.at(secs(0.0), Event::Speaking(ap.clone(), true));
-    for i in 0..500u32 {
-        let t = f64::from(i) * 0.02;
-        if (3.0..5.0).contains(&t) {
-            alice.skip(1);
-            continue;
-        }
-        let loss = if (0.2..3.0).contains(&t) || t >= 5.2 {
-            Loss::Some
-        } else {
-            Loss::None
-        };
-        s.send(secs(t), &mut alice, rng, loss);
-    }
-    s.at(secs(3.0), Event::Muted(ap.clone(), at.clone()));
-    s.at(secs(3.0), Event::Speaking(ap.clone(), false));
-    s.at(secs(5.0), Event::Unmuted(ap.clone(), at.clone()));
-    s.at(secs(5.0), Event::Speaking(ap, true));
-
-    let (bp, bt) = ev("bob", "TR_bob1");
-    s.at(secs(2.0), Event::Published(bp.clone(), bt.clone()));
-    s.at(secs(2.0), Event::Speaking(bp.clone(), true));
-    for i in 100..300u32 {
-        let loss = if i >= 110 { Loss::Some } else { Loss::None };
-        s.send(secs(f64::from(i) * 0.02), &mut bob, rng, loss);
-    }
-    s.at(secs(6.0), Event::Speaking(bp.clone(), false));
-    s.at(secs(6.05), Event::Unpublished(bp.clone(), bt));
-    bob.rejoin(3333, "TR_bob2", rng);
-    s.at(secs(6.5), Event::Published(bp.clone(), "TR_bob2".into()));
-    s.at(secs(6.5), Event::Speaking(bp, true));
-    for i in 325..500u32 {
-        let loss = if i >= 335 { Loss::Some } else { Loss::None };
-        s.send(secs(f64::from(i) * 0.02), &mut bob, rng, loss);
-    }
-    s.into_sorted()
-}
-
 fn composite(t0: Instant, track_files: TrackFiles) -> Egress {
     Egress::new(
         t0,
@@ -120,7 +73,7 @@ fn assert_onset(samples: &[f32], freq: f64, from: f64, expected: f64, what: &str
 fn room_mix_and_speaker_files_keep_the_timeline() {
     let t0 = Instant::now();
     let mut rng = Rng::new(19);
-    let events = room(&mut rng);
+    let events = two_speaker_room(&mut rng);
     let mut egress = composite(t0, TrackFiles::PerParticipant);
     let (c, _) = run(t0, &mut egress, &events, Some(secs(STOP)), None);
 
@@ -205,7 +158,7 @@ fn room_mix_and_speaker_files_keep_the_timeline() {
 fn a_file_cut_by_a_crash_decodes_up_to_its_last_page() {
     let t0 = Instant::now();
     let mut rng = Rng::new(7);
-    let events = room(&mut rng);
+    let events = two_speaker_room(&mut rng);
     let mut egress = composite(t0, TrackFiles::PerParticipant);
     let crash = 7.3;
     let (_, snapshot) = run(t0, &mut egress, &events, None, Some(secs(crash)));
@@ -238,7 +191,7 @@ fn a_file_cut_by_a_crash_decodes_up_to_its_last_page() {
 fn clips_cut_exact_ranges_and_the_last_seconds() {
     let t0 = Instant::now();
     let mut rng = Rng::new(23);
-    let events = room(&mut rng);
+    let events = two_speaker_room(&mut rng);
     let mut egress = composite(t0, TrackFiles::Off);
     let (c, _) = run(t0, &mut egress, &events, Some(secs(STOP)), None);
     let recording = c.file(&Artifact::Mix);
