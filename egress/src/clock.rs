@@ -5,31 +5,47 @@ use std::time::{Duration, Instant};
 
 use crate::packet::SAMPLE_RATE;
 
-/// Maps instants to timeline positions and back.
+/// Maps instants to timeline positions and back. A resumed egress's clock starts at the
+/// resumption with the samples recorded before it as offset, so instants never need to reach
+/// back before the process started.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Clock {
     start: Instant,
+    offset: u64,
 }
 
 impl Clock {
     pub(crate) fn new(start: Instant) -> Clock {
-        Clock { start }
+        Clock { start, offset: 0 }
     }
 
-    pub(crate) fn start(&self) -> Instant {
-        self.start
+    /// A clock at which `now` is `elapsed` into the timeline.
+    pub(crate) fn resumed(now: Instant, elapsed: Duration) -> Clock {
+        let offset = (elapsed.as_nanos() * u128::from(SAMPLE_RATE) / 1_000_000_000) as u64;
+        Clock { start: now, offset }
     }
 
-    /// Samples elapsed at `now` (0 before the start).
+    /// Samples elapsed at `now` (the offset before the start).
     pub(crate) fn samples_at(&self, now: Instant) -> u64 {
         let nanos = now.saturating_duration_since(self.start).as_nanos();
-        (nanos * u128::from(SAMPLE_RATE) / 1_000_000_000) as u64
+        self.offset + (nanos * u128::from(SAMPLE_RATE) / 1_000_000_000) as u64
     }
 
-    /// The first instant at which [`samples_at`](Self::samples_at) reaches `samples`.
+    /// The first instant at which [`samples_at`](Self::samples_at) reaches `samples` (the
+    /// start for positions before it).
     pub(crate) fn instant_at(&self, samples: u64) -> Instant {
+        let samples = samples.saturating_sub(self.offset);
         let nanos = (u128::from(samples) * 1_000_000_000).div_ceil(u128::from(SAMPLE_RATE));
         self.start + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+
+    /// Time from the timeline's origin to `now`.
+    pub(crate) fn elapsed(&self, now: Instant) -> Duration {
+        let samples = self.samples_at(now);
+        Duration::from_nanos(
+            u64::try_from(u128::from(samples) * 1_000_000_000 / u128::from(SAMPLE_RATE))
+                .unwrap_or(u64::MAX),
+        )
     }
 }
 
@@ -52,5 +68,12 @@ mod tests {
             assert_eq!(c.samples_at(at), s);
             assert!(c.samples_at(at - Duration::from_nanos(1)) < s || s == 0);
         }
+        let r = Clock::resumed(t0, Duration::from_secs(3));
+        assert_eq!(r.samples_at(t0), 144_000);
+        assert_eq!(r.instant_at(144_960), t0 + Duration::from_millis(20));
+        assert_eq!(
+            r.elapsed(t0 + Duration::from_secs(1)),
+            Duration::from_secs(4)
+        );
     }
 }

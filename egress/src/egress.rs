@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::clock::{self, Clock};
 use crate::mix::{MixConfig, MixError, MixStats, RoomMixer};
+use crate::ogg_opus::{OggOpusWriter, ReadError};
 use crate::packet::SAMPLE_RATE;
 use crate::rtp::RtpPacket;
 use crate::speaking::{Activity, Entry};
@@ -184,6 +185,14 @@ pub enum Output {
         /// What to append.
         bytes: Vec<u8>,
     },
+    /// Cut the file of `artifact` to `len` bytes (before the writes that follow): a resumed
+    /// egress drops what a crash left torn at the end of its files.
+    Truncate {
+        /// Which file.
+        artifact: Artifact,
+        /// Its valid length.
+        len: u64,
+    },
     /// Something to report.
     Event(EgressEvent),
 }
@@ -195,6 +204,9 @@ pub enum EgressError {
     /// libopus could not be set up for the mix.
     #[error(transparent)]
     Mix(#[from] MixError),
+    /// The egress to resume had finished (its files are complete).
+    #[error("the egress had finished: {0:?} is complete")]
+    Finished(Artifact),
 }
 
 #[derive(Debug)]
@@ -276,6 +288,136 @@ impl Egress {
             .outputs
             .push_back(Output::Event(EgressEvent::Started));
         Ok(egress)
+    }
+
+    /// Continues an egress after its recorder restarted (a crash, a redeploy) at `now`,
+    /// `elapsed` after the egress's original start. `files` are what it had written, as found
+    /// on disk. Each Ogg/Opus file is cut to its last complete page (an [`Output::Truncate`]
+    /// comes first) and continued as the same stream; a file that cannot be read is started
+    /// anew; the sidecar is cut to its last complete line. The time the recorder was down is
+    /// silence in the mix and a gap in the track files, so the timeline stays the original
+    /// one. Fails if a file was already finished (the egress had ended).
+    pub fn resume(
+        now: Instant,
+        config: EgressConfig,
+        elapsed: Duration,
+        files: &BTreeMap<Artifact, Vec<u8>>,
+    ) -> Result<Egress, EgressError> {
+        let clock = Clock::resumed(now, elapsed);
+        let mut egress = Egress {
+            clock,
+            state: EgressState::Active,
+            ended_at: None,
+            error: None,
+            mixer: None,
+            track: None,
+            participants: BTreeMap::new(),
+            next_serial: config.serial,
+            bytes: BTreeMap::new(),
+            outputs: VecDeque::new(),
+            scratch: Vec::new(),
+            config,
+        };
+        // Serial numbers of new streams come after every stream already written.
+        for bytes in files.values() {
+            if let Ok((_, r)) = OggOpusWriter::resume(bytes) {
+                egress.next_serial = egress.next_serial.max(r.serial.wrapping_add(1));
+            }
+        }
+        let finished = |artifact: &Artifact, bytes: &[u8]| {
+            matches!(OggOpusWriter::resume(bytes), Err(ReadError::Finished))
+                .then(|| EgressError::Finished(artifact.clone()))
+        };
+        for (artifact, bytes) in files {
+            if *artifact != Artifact::Speaking
+                && let Some(e) = finished(artifact, bytes)
+            {
+                return Err(e);
+            }
+        }
+        let mut out = Vec::new();
+        match egress.config.kind.clone() {
+            EgressKind::RoomComposite { .. } => {
+                let mixer = match files
+                    .get(&Artifact::Mix)
+                    .map(|b| RoomMixer::resume_with(clock, now, egress.config.mix, b, &mut out))
+                {
+                    Some(Ok((mixer, r))) => {
+                        egress.truncate(Artifact::Mix, r.valid_len);
+                        mixer
+                    }
+                    _ => {
+                        out.clear();
+                        egress.truncate(Artifact::Mix, 0);
+                        let comments = egress.comments(&[]);
+                        let serial = egress.serial();
+                        RoomMixer::restart_with(
+                            clock,
+                            now,
+                            egress.config.mix,
+                            serial,
+                            &comments,
+                            &mut out,
+                        )?
+                    }
+                };
+                egress.mixer = Some(mixer);
+                egress.emit(Artifact::Mix, std::mem::take(&mut out));
+                let speaking = files.get(&Artifact::Speaking).map_or(0, |b| {
+                    b.iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1)
+                });
+                egress.truncate(Artifact::Speaking, speaking);
+                for (artifact, bytes) in files {
+                    let Artifact::Participant(name) = artifact else {
+                        continue;
+                    };
+                    let tag = format!("STOA_PARTICIPANT={name}");
+                    let recorder = egress.resume_track(artifact.clone(), bytes, tag);
+                    egress.participants.insert(
+                        name.clone(),
+                        ParticipantFile {
+                            recorder,
+                            track: None,
+                        },
+                    );
+                }
+            }
+            EgressKind::Track { track } => {
+                let artifact = Artifact::Track(track.clone());
+                let bytes = files.get(&artifact).map_or(&[][..], Vec::as_slice);
+                let recorder = egress.resume_track(artifact, bytes, format!("STOA_TRACK={track}"));
+                egress.track = Some(recorder);
+            }
+        }
+        egress.outputs.push_back(Output::Event(EgressEvent::Active));
+        Ok(egress)
+    }
+
+    /// A track file continued from `bytes`, or started anew (cut to nothing) if unreadable.
+    fn resume_track(&mut self, artifact: Artifact, bytes: &[u8], tag: String) -> TrackRecorder {
+        match TrackRecorder::resume_with(self.clock, bytes) {
+            Ok((recorder, r)) => {
+                self.truncate(artifact, r.valid_len);
+                recorder
+            }
+            Err(_) => {
+                self.truncate(artifact.clone(), 0);
+                let comments = self.comments(&[tag]);
+                let serial = self.serial();
+                let mut out = Vec::new();
+                let recorder = TrackRecorder::with_clock(self.clock, serial, &comments, &mut out);
+                self.emit(artifact, out);
+                recorder
+            }
+        }
+    }
+
+    fn truncate(&mut self, artifact: Artifact, len: usize) {
+        self.bytes.insert(artifact.clone(), len as u64);
+        self.outputs.push_back(Output::Truncate {
+            artifact,
+            len: len as u64,
+        });
     }
 
     /// The egress's id.
@@ -440,9 +582,9 @@ impl Egress {
         EgressInfo {
             egress_id: self.config.egress_id.clone(),
             state: self.state,
-            duration: self.ended_at.map_or(Duration::ZERO, |t| {
-                t.saturating_duration_since(self.clock.start())
-            }),
+            duration: self
+                .ended_at
+                .map_or(Duration::ZERO, |t| self.clock.elapsed(t)),
             error: self.error.clone(),
             files,
             mix: self.mixer.as_ref().map(RoomMixer::stats),
@@ -475,7 +617,7 @@ impl Egress {
             if !self.participants.contains_key(participant) {
                 let comments = self.comments(&[format!("STOA_PARTICIPANT={participant}")]);
                 let serial = self.serial();
-                let recorder = TrackRecorder::new(self.clock.start(), serial, &comments, &mut out);
+                let recorder = TrackRecorder::with_clock(self.clock, serial, &comments, &mut out);
                 self.participants.insert(
                     participant.to_owned(),
                     ParticipantFile {

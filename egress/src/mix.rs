@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::clock::Clock;
 use crate::limiter::Limiter;
-use crate::ogg_opus::{OggOpusWriter, OpusHead};
+use crate::ogg_opus::{OggOpusWriter, OpusHead, ReadError, Resumption};
 use crate::packet::{self, GAP_QUANTUM, MAX_PACKET_SAMPLES, SAMPLE_RATE};
 use crate::rtp::{RtpPacket, Ssrc, TsUnwrapper};
 
@@ -95,6 +95,9 @@ pub enum MixError {
     /// libopus refused to create or configure a codec.
     #[error("opus: {0}")]
     Opus(#[from] opus::Error),
+    /// The mix to resume cannot be read or continued.
+    #[error("cannot resume the mix: {0}")]
+    Resume(#[from] ReadError),
 }
 
 #[derive(Debug)]
@@ -200,6 +203,20 @@ impl Source {
     }
 }
 
+fn encoder(config: MixConfig) -> Result<opus::Encoder, MixError> {
+    let mut encoder =
+        opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Audio)?;
+    encoder.set_bitrate(opus::Bitrate::Bits(config.bitrate))?;
+    encoder.set_complexity(config.complexity)?;
+    Ok(encoder)
+}
+
+/// The encoder's delay, which is the stream's pre-skip: decoded sample `n + lookahead` is
+/// timeline sample `n` (RFC 7845 §4.2).
+fn lookahead(config: MixConfig) -> Result<u16, MixError> {
+    Ok(u16::try_from(encoder(config)?.get_lookahead()?).unwrap_or(312))
+}
+
 /// Mixes a room's audio tracks into one Ogg/Opus stream. Sans-IO: bytes to append to the file
 /// come out through the `out` buffers.
 ///
@@ -233,25 +250,28 @@ impl RoomMixer {
         comments: &[String],
         out: &mut Vec<u8>,
     ) -> Result<RoomMixer, MixError> {
-        let mut encoder =
-            opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Audio)?;
-        encoder.set_bitrate(opus::Bitrate::Bits(config.bitrate))?;
-        encoder.set_complexity(config.complexity)?;
-        // The encoder's delay is the stream's pre-skip: decoded sample `n + lookahead` is
-        // timeline sample `n` (RFC 7845 §4.2).
-        let lookahead = u16::try_from(encoder.get_lookahead()?).unwrap_or(312);
+        let clock = Clock::new(start);
         let head = OpusHead {
             channels: 1,
-            pre_skip: lookahead,
+            pre_skip: lookahead(config)?,
         };
-        let clock = Clock::new(start);
-        let delay = clock.samples_at(start + config.playout_delay);
+        let writer = OggOpusWriter::new(serial, head, comments, out);
+        RoomMixer::with_clock(clock, config, writer)
+    }
+
+    pub(crate) fn with_clock(
+        clock: Clock,
+        config: MixConfig,
+        writer: OggOpusWriter,
+    ) -> Result<RoomMixer, MixError> {
+        let delay =
+            (config.playout_delay.as_nanos() * u128::from(SAMPLE_RATE) / 1_000_000_000) as u64;
         Ok(RoomMixer {
             clock,
             delay,
             sources: BTreeMap::new(),
-            encoder,
-            writer: OggOpusWriter::new(serial, head, comments, out),
+            encoder: encoder(config)?,
+            writer,
             limiter: Limiter::new(),
             mixed: 0,
             frame: vec![0.0; FRAME as usize],
@@ -260,6 +280,70 @@ impl RoomMixer {
             stats: MixStats::default(),
             finished: false,
         })
+    }
+
+    /// Continues the mix in `bytes` (a file cut by a crash) at `now`, `elapsed` after the
+    /// recording's time 0. Cut the file to [`Resumption::valid_len`] before appending `out`:
+    /// the time the recorder was down is filled with lost frames (silence), and mixing goes on
+    /// with a new encoder (whose lookahead shifts the audio after the resumption by 6.5 ms).
+    pub fn resume(
+        now: Instant,
+        elapsed: Duration,
+        config: MixConfig,
+        bytes: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(RoomMixer, Resumption), MixError> {
+        RoomMixer::resume_with(Clock::resumed(now, elapsed), now, config, bytes, out)
+    }
+
+    pub(crate) fn resume_with(
+        clock: Clock,
+        now: Instant,
+        config: MixConfig,
+        bytes: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(RoomMixer, Resumption), MixError> {
+        let (writer, resumption) = OggOpusWriter::resume(bytes)?;
+        let mut mixer = RoomMixer::with_clock(clock, config, writer)?;
+        // The writer's granule counts the frames encoded, which is the timeline mixed: the
+        // pre-skip is the encoder's delay inside those frames, not extra time.
+        mixer.mixed = resumption.granule / FRAME * FRAME;
+        mixer.skip_to(now, out);
+        Ok((mixer, resumption))
+    }
+
+    /// Fills the timeline up to what is due at `now` with lost frames (silence) instead of
+    /// mixing it: the time a resumed recorder was down.
+    pub(crate) fn skip_to(&mut self, now: Instant, out: &mut Vec<u8>) {
+        let due = self.clock.samples_at(now).saturating_sub(self.delay) / FRAME * FRAME;
+        if due > self.mixed {
+            for gap in packet::gap_packets(due - self.mixed, None) {
+                if let Ok(n) = packet::packet_samples(&gap) {
+                    self.writer.push(&gap, n, out);
+                }
+            }
+            self.mixed = due;
+        }
+    }
+
+    /// A new mix file for a resumed egress whose old one was unreadable: headers to `out`,
+    /// then lost frames up to `now`.
+    pub(crate) fn restart_with(
+        clock: Clock,
+        now: Instant,
+        config: MixConfig,
+        serial: u32,
+        comments: &[String],
+        out: &mut Vec<u8>,
+    ) -> Result<RoomMixer, MixError> {
+        let head = OpusHead {
+            channels: 1,
+            pre_skip: lookahead(config)?,
+        };
+        let writer = OggOpusWriter::new(serial, head, comments, out);
+        let mut mixer = RoomMixer::with_clock(clock, config, writer)?;
+        mixer.skip_to(now, out);
+        Ok(mixer)
     }
 
     /// Counters so far.

@@ -80,6 +80,19 @@ impl PageWriter {
         }
     }
 
+    /// A writer continuing stream `serial` after a crash: its next page gets `sequence` and,
+    /// until a packet is pushed, `granule`.
+    pub fn resume(serial: u32, sequence: u32, granule: u64) -> PageWriter {
+        PageWriter {
+            serial,
+            sequence,
+            lacing: Vec::new(),
+            body: Vec::new(),
+            granule,
+            first: false,
+        }
+    }
+
     /// Whether a packet of `len` bytes still fits the open page.
     pub fn fits(&self, len: usize) -> bool {
         self.lacing.len() + lacing_len(len) <= MAX_SEGMENTS

@@ -21,6 +21,24 @@ pub enum ReadError {
     /// family other than 0).
     #[error("unsupported or malformed OpusHead: {0}")]
     Head(&'static str),
+    /// The stream was finished (it has its end-of-stream page): there is nothing to resume.
+    #[error("the stream is finished")]
+    Finished,
+}
+
+/// Where an interrupted stream continues (see [`OggOpusWriter::resume`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resumption {
+    /// Bytes of the file up to its last complete page: cut it there before appending.
+    pub valid_len: usize,
+    /// The stream's serial number.
+    pub serial: u32,
+    /// Granule position at the end of the last complete page.
+    pub granule: u64,
+    /// The stream's pre-skip.
+    pub pre_skip: u16,
+    /// TOC byte of the last audio packet, if any.
+    pub last_toc: Option<u8>,
 }
 
 /// The identification header (<https://www.rfc-editor.org/rfc/rfc7845#section-5.1>).
@@ -131,6 +149,49 @@ impl OggOpusWriter {
             granule: 0,
             page_samples: 0,
         }
+    }
+
+    /// A writer continuing the stream in `bytes` (a file cut by a crash): same serial number,
+    /// the next page sequence number, the granule position where the last complete page ended.
+    /// The caller cuts the file to [`Resumption::valid_len`] first.
+    pub fn resume(bytes: &[u8]) -> Result<(OggOpusWriter, Resumption), ReadError> {
+        let stream = OpusStream::parse(bytes)?;
+        if stream.end_granule.is_some() {
+            return Err(ReadError::Finished);
+        }
+        let mut reader = ogg::PageReader::new(bytes);
+        let mut serial = None;
+        let mut sequence = 0u32;
+        let mut granule = 0u64;
+        let mut valid_len = 0usize;
+        while let Some(page) = reader.next() {
+            if *serial.get_or_insert(page.serial) != page.serial {
+                continue;
+            }
+            sequence = page.sequence.wrapping_add(1);
+            if page.granule != u64::MAX {
+                granule = page.granule;
+            }
+            valid_len = reader.offset();
+        }
+        let serial = serial.ok_or(ReadError::NotOpus)?;
+        let last_toc = stream.packets.last().and_then(|p| p.data.first().copied());
+        let writer = OggOpusWriter {
+            pages: PageWriter::resume(serial, sequence, granule),
+            pre_skip: stream.head.pre_skip,
+            granule,
+            page_samples: 0,
+        };
+        Ok((
+            writer,
+            Resumption {
+                valid_len,
+                serial,
+                granule,
+                pre_skip: stream.head.pre_skip,
+                last_toc,
+            },
+        ))
     }
 
     /// Granule position after the last packet pushed.

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::clock::Clock;
-use crate::ogg_opus::{OggOpusWriter, OpusHead};
+use crate::ogg_opus::{OggOpusWriter, OpusHead, ReadError, Resumption};
 use crate::packet::{self, GAP_QUANTUM};
 use crate::rtp::{RtpPacket, SeqUnwrapper, Ssrc, TsUnwrapper};
 
@@ -132,6 +132,48 @@ pub struct TrackRecorder {
 impl TrackRecorder {
     /// A recording whose time 0 is `start`; the Ogg headers go to `out`.
     pub fn new(start: Instant, serial: u32, comments: &[String], out: &mut Vec<u8>) -> Self {
+        TrackRecorder::with_clock(Clock::new(start), serial, comments, out)
+    }
+
+    /// Continues the recording in `bytes` (a file cut by a crash) at `now`, `elapsed` after the
+    /// recording's time 0. Cut the file to [`Resumption::valid_len`] before appending what
+    /// comes out; the time the recorder was down becomes a gap when the next packet arrives.
+    pub fn resume(
+        now: Instant,
+        elapsed: Duration,
+        bytes: &[u8],
+    ) -> Result<(TrackRecorder, Resumption), ReadError> {
+        TrackRecorder::resume_with(Clock::resumed(now, elapsed), bytes)
+    }
+
+    pub(crate) fn resume_with(
+        clock: Clock,
+        bytes: &[u8],
+    ) -> Result<(TrackRecorder, Resumption), ReadError> {
+        let (writer, resumption) = OggOpusWriter::resume(bytes)?;
+        let recorder = TrackRecorder {
+            clock,
+            writer,
+            session: None,
+            retired: VecDeque::new(),
+            held: BTreeMap::new(),
+            head: resumption
+                .granule
+                .saturating_sub(u64::from(resumption.pre_skip)),
+            last_toc: resumption.last_toc,
+            page_opened: None,
+            stats: TrackStats::default(),
+            finished: false,
+        };
+        Ok((recorder, resumption))
+    }
+
+    pub(crate) fn with_clock(
+        clock: Clock,
+        serial: u32,
+        comments: &[String],
+        out: &mut Vec<u8>,
+    ) -> Self {
         let head = OpusHead {
             channels: 1,
             pre_skip: PRE_SKIP as u16,
@@ -145,7 +187,7 @@ impl TrackRecorder {
             }
         }
         TrackRecorder {
-            clock: Clock::new(start),
+            clock,
             writer,
             session: None,
             retired: VecDeque::new(),

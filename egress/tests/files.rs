@@ -215,3 +215,66 @@ fn an_unwritable_file_ends_the_egress_as_failed() {
     std::fs::write(&file, b"x").unwrap();
     assert!(FileSink::create(file.join("sub")).is_err());
 }
+
+/// A recorder killed mid-write and started again on the same directory: `FileSink::existing`
+/// finds the files, `Egress::resume` continues them, and opusdec plays each whole.
+#[test]
+fn a_restarted_recorder_continues_its_files_on_disk() {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("EG_files");
+    let mut rng = Rng::new(43);
+    let events = two_speaker_room(&mut rng);
+    let crash = events
+        .iter()
+        .position(|(t, _)| t.as_secs_f64() > 6.3)
+        .unwrap();
+    {
+        let mut sink = FileSink::create(&path).unwrap();
+        let mut egress = composite(t0);
+        drive(t0, &mut egress, &mut sink, &events[..crash], None);
+        // Killed mid-write: half a page at the end of the mix.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(sink.path(&Artifact::Mix))
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"OggS\0\0\0\0\0\0").unwrap();
+    }
+    let t1 = Instant::now() + secs(50.0);
+    let mut sink = FileSink::create(&path).unwrap();
+    let existing = sink.existing().unwrap();
+    assert!(existing.contains_key(&Artifact::Participant("bob".into())));
+    let config = EgressConfig {
+        egress_id: "EG_files".into(),
+        room: "hall".into(),
+        kind: EgressKind::RoomComposite {
+            track_files: TrackFiles::PerParticipant,
+        },
+        mix: MixConfig::default(),
+        serial: 1,
+    };
+    let mut egress = Egress::resume(t1, config, secs(7.0), &existing).unwrap();
+    let later: Vec<(Duration, Event)> = events
+        .iter()
+        .filter(|(t, _)| t.as_secs_f64() >= 7.0)
+        .map(|(t, e)| (*t - secs(7.0), e.clone()))
+        .collect();
+    let ended = drive(t1, &mut egress, &mut sink, &later, Some(secs(3.0)));
+    assert!(
+        matches!(ended.last(), Some(EgressEvent::Ended(i)) if i.state == EgressState::Complete)
+    );
+    for artifact in [
+        Artifact::Mix,
+        Artifact::Participant("alice".into()),
+        Artifact::Participant("bob".into()),
+    ] {
+        let file = sink.path(&artifact);
+        let ours = decode(&OpusStream::parse(&std::fs::read(&file).unwrap()).unwrap())
+            .unwrap()
+            .samples;
+        let theirs = opusdec(&file);
+        assert_eq!(theirs.len(), ours.len(), "{artifact:?}");
+        assert!((seconds(theirs.len()) - 10.0).abs() <= 0.1, "{artifact:?}");
+        assert!(tone(window(&theirs, 8.0, 9.9), 440.0) > 0.2 || artifact != Artifact::Mix);
+    }
+}

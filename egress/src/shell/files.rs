@@ -59,6 +59,31 @@ impl FileSink {
         }
     }
 
+    /// Cuts the file of `artifact` to `len` bytes, creating it if missing.
+    pub fn truncate(&mut self, artifact: &Artifact, len: u64) -> io::Result<()> {
+        self.write(artifact, &[])?;
+        match self.files.get(artifact) {
+            Some(file) => file.set_len(len),
+            None => Err(io::Error::other("file not open")),
+        }
+    }
+
+    /// The files already in the directory (an egress's, found after a restart), for
+    /// [`Egress::resume`]. Names that are not an egress's are ignored.
+    pub fn existing(&self) -> io::Result<BTreeMap<Artifact, Vec<u8>>> {
+        let mut files = BTreeMap::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let Some(artifact) = entry.file_name().to_str().and_then(artifact_of) else {
+                continue;
+            };
+            if entry.file_type()?.is_file() {
+                files.insert(artifact, std::fs::read(entry.path())?);
+            }
+        }
+        Ok(files)
+    }
+
     /// Asks the disk to keep what was written (`fdatasync` on every file).
     pub fn sync(&mut self) -> io::Result<()> {
         for file in self.files.values() {
@@ -75,6 +100,11 @@ impl FileSink {
             match output {
                 Output::Write { artifact, bytes } => {
                     if let Err(e) = self.write(&artifact, &bytes) {
+                        egress.handle_write_error(now, &artifact, &e.to_string());
+                    }
+                }
+                Output::Truncate { artifact, len } => {
+                    if let Err(e) = self.truncate(&artifact, len) {
                         egress.handle_write_error(now, &artifact, &e.to_string());
                     }
                 }
@@ -101,6 +131,41 @@ pub fn file_name(artifact: &Artifact) -> String {
         Artifact::Track(id) => format!("track-{}.ogg", encode(id)),
         Artifact::Speaking => "speaking.jsonl".to_owned(),
     }
+}
+
+/// The artifact whose file is named `name` (the inverse of [`file_name`]; shortened names
+/// are not recognised).
+pub fn artifact_of(name: &str) -> Option<Artifact> {
+    match name {
+        "room.ogg" => Some(Artifact::Mix),
+        "speaking.jsonl" => Some(Artifact::Speaking),
+        _ => {
+            let stem = name.strip_suffix(".ogg")?;
+            if let Some(id) = stem.strip_prefix("participant-") {
+                Some(Artifact::Participant(decode(id)?))
+            } else {
+                Some(Artifact::Track(decode(stem.strip_prefix("track-")?)?))
+            }
+        }
+    }
+}
+
+/// The inverse of [`encode`].
+fn decode(s: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(s.len());
+    let mut it = s.bytes();
+    while let Some(b) = it.next() {
+        if b == b'~' {
+            let hex = [it.next()?, it.next()?];
+            let hex = std::str::from_utf8(&hex).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+        } else if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            bytes.push(b);
+        } else {
+            return None;
+        }
+    }
+    String::from_utf8(bytes).ok()
 }
 
 /// Letters, digits, `_` and `-` as they are; any other byte as `~xx`.
@@ -140,5 +205,15 @@ mod tests {
         let long_a = encode(&"é".repeat(200));
         let long_b = encode(&format!("{}x", "é".repeat(200)));
         assert!(long_a.len() < 200 && long_a != long_b);
+        for artifact in [
+            Artifact::Mix,
+            Artifact::Speaking,
+            Artifact::Participant("Zoë ~ 1/2".into()),
+            Artifact::Track("TR_abc-1".into()),
+        ] {
+            assert_eq!(artifact_of(&file_name(&artifact)), Some(artifact));
+        }
+        assert_eq!(artifact_of("notes.txt"), None);
+        assert_eq!(artifact_of("participant-~zz.ogg"), None);
     }
 }

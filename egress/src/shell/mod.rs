@@ -2,4 +2,4 @@
 
 mod files;
 
-pub use files::{FileSink, file_name};
+pub use files::{FileSink, artifact_of, file_name};

@@ -190,6 +190,11 @@ impl Collected {
                 Output::Write { artifact, bytes } => {
                     self.files.entry(artifact).or_default().extend(bytes)
                 }
+                Output::Truncate { artifact, len } => self
+                    .files
+                    .entry(artifact)
+                    .or_default()
+                    .truncate(len as usize),
                 Output::Event(e) => self.events.push(e),
             }
         }
@@ -210,7 +215,18 @@ pub fn run(
     stop: Option<Duration>,
     snapshot_at: Option<Duration>,
 ) -> (Collected, Option<Collected>) {
-    let mut c = Collected::default();
+    run_from(Collected::default(), t0, egress, events, stop, snapshot_at)
+}
+
+/// [`run`], appending to files that already hold `c` (a resumed egress's).
+pub fn run_from(
+    mut c: Collected,
+    t0: Instant,
+    egress: &mut Egress,
+    events: &[(Duration, Event)],
+    stop: Option<Duration>,
+    snapshot_at: Option<Duration>,
+) -> (Collected, Option<Collected>) {
     let mut snapshot = None;
     let end = stop.unwrap_or_else(|| events.last().map_or(Duration::ZERO, |e| e.0));
     let advance = |to: Instant, egress: &mut Egress, c: &mut Collected| {
