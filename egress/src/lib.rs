@@ -13,6 +13,8 @@
 //!   file, packets copied, boundaries exact through pre-skip and end trimming.
 //! - **Who spoke when** ([`speaking`]): a JSON Lines sidecar beside the mix, and the spans a
 //!   replay's timeline shows.
+//! - **Restarts** ([`Egress::resume`]): a recorder that crashed or was redeployed continues its
+//!   files as the same Ogg streams on the original timeline (the downtime becomes silence).
 //! - [`Egress`] bundles these per LiveKit egress (room composite or track); the `fs` feature's
 //!   [`shell::FileSink`] writes its output to files.
 //!
@@ -28,6 +30,7 @@
 //!     // at the deadline:       egress.handle_timeout(now)   (egress.poll_timeout())
 //!     while let Some(out) = egress.poll_output() {
 //!         // Output::Write { artifact, bytes } → append to that file
+//!         // Output::Truncate { artifact, len } → cut it (only after Egress::resume)
 //!         // Output::Event(e)                  → webhook / ListEgress state
 //!     }
 //! }
@@ -70,7 +73,11 @@
 //!    [`Egress`] values of its node, keyed by egress id: it feeds inputs, sleeps until the
 //!    earliest [`Egress::poll_timeout`], drains outputs into a `FileSink` under
 //!    `<recordings dir>/<room>/<egress id>/`, and turns events into webhooks and the
-//!    `ListEgress` table.
+//!    `ListEgress` table. Beside the files it keeps a small manifest (the request, the start
+//!    as wall-clock time); at startup, for every manifest without an end, it calls
+//!    [`Egress::resume`] with the time elapsed since that start and
+//!    [`shell::FileSink::existing`], so a crash or a redeploy costs the downtime only. It
+//!    calls `FileSink::sync` every few seconds (and the sink syncs at the end).
 //! 4. **Twirp `livekit.Egress`** (signaling, with the same auth as `RoomService`: a token with
 //!    the `roomRecord` grant):
 //!    - `StartRoomCompositeEgress`: `audio_only` must be true (else `invalid_argument`: video
