@@ -34,7 +34,7 @@ const MAX_LEAD: u64 = 48_000;
 const MAX_BUFFERED: usize = 100;
 /// Sources mixed at most; packets of further ones are refused (the engine only forwards
 /// negotiated SSRCs, so this bounds what a flood of forged ones could cost).
-const MAX_SOURCES: usize = 64;
+pub const MAX_SOURCES: usize = 64;
 /// A source with nothing buffered and no packet for this long is forgotten.
 const IDLE: Duration = Duration::from_secs(10);
 
