@@ -5,6 +5,16 @@ use std::time::{Duration, Instant};
 
 use crate::packet::SAMPLE_RATE;
 
+/// A pause this long (100 ms of RTP time without packets) starts a talk spurt, where a
+/// source whose clock drifted from ours is placed again.
+pub(crate) const SPURT_GAP: i64 = 4_800;
+/// How far ahead of its arrival (20 ms) a talk spurt may map before it is placed again: network
+/// delay only ever makes packets map behind their arrival, so this much ahead is drift.
+pub(crate) const MAX_AHEAD: i64 = 960;
+/// How far behind its arrival (40 ms) a talk spurt may map before it is placed again. Jitter
+/// can do that too; placing a spurt again on a delayed packet costs little, as the least
+/// delayed of its first packets then sets its place.
+pub(crate) const MAX_BEHIND: i64 = 1_920;
 /// Maps instants to timeline positions and back. A resumed egress's clock starts at the
 /// resumption with the samples recorded before it as offset, so instants never need to reach
 /// back before the process started.

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::clock::Clock;
+use crate::clock::{Clock, MAX_AHEAD, MAX_BEHIND, SPURT_GAP};
 use crate::limiter::Limiter;
 use crate::ogg_opus::{OggOpusWriter, OpusHead, ReadError, Resumption};
 use crate::packet::{self, GAP_QUANTUM, MAX_PACKET_SAMPLES, SAMPLE_RATE};
@@ -86,6 +86,8 @@ pub struct MixStats {
     pub refused: u64,
     /// Sources re-anchored because their timestamps strayed from the arrival clock.
     pub reanchors: u64,
+    /// Talk spurts placed again after a silence because the sender's clock drifted.
+    pub resyncs: u64,
 }
 
 /// What went wrong setting up libopus.
@@ -440,19 +442,38 @@ impl RoomMixer {
             self.stats.late += 1;
             return;
         } else {
+            let silence = ts - source.newest_ts;
+            let skew = position - arrival as i64;
+            if source.settled && silence >= SPURT_GAP && (skew > MAX_AHEAD || skew < -MAX_BEHIND) {
+                // A talk spurt after a silence, placed off its arrival by more than network
+                // jitter explains: the sender's clock drifted from ours. The silence absorbs
+                // the correction, inaudibly.
+                source.anchor = (ts, arrival.max(self.mixed));
+                position = source.anchor.1 as i64;
+                source.settled = false;
+                self.stats.resyncs += 1;
+            }
             source.ts.extend(packet.timestamp);
             source.newest_ts = source.newest_ts.max(ts);
             source.suspect = None;
         }
-        if !source.settled && position > arrival as i64 {
-            // Less delayed than the packets before it: until the source is first mixed, its
-            // anchor moves to the least delayed packet, so network delay does not shift it.
+        if !source.settled && position > arrival.max(self.mixed) as i64 {
+            // Less delayed than the packets before it: until the anchor's first packet is
+            // mixed, the anchor moves to the least delayed packet, so network delay does not
+            // shift the source. Only this anchor's packets move with it.
             let shift = (position - arrival.max(self.mixed) as i64) as u64;
+            let from = source.anchor.1;
             source.anchor.1 -= shift;
             position -= shift as i64;
             source.buffer = std::mem::take(&mut source.buffer)
                 .into_iter()
-                .map(|(pos, p)| (pos.saturating_sub(shift), p))
+                .map(|(pos, p)| {
+                    if pos >= from {
+                        (pos - shift, p)
+                    } else {
+                        (pos, p)
+                    }
+                })
                 .collect();
         }
         let position = position as u64;

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::clock::Clock;
+use crate::clock::{Clock, MAX_AHEAD, MAX_BEHIND, SPURT_GAP};
 use crate::ogg_opus::{OggOpusWriter, OpusHead, ReadError, Resumption};
 use crate::packet::{self, GAP_QUANTUM};
 use crate::rtp::{RtpPacket, SeqUnwrapper, Ssrc, TsUnwrapper};
@@ -64,6 +64,8 @@ pub struct TrackStats {
     pub sessions: u64,
     /// Sessions re-anchored because their timestamps strayed from the arrival clock.
     pub reanchors: u64,
+    /// Talk spurts placed again after a silence because the sender's clock drifted.
+    pub resyncs: u64,
 }
 
 #[derive(Debug)]
@@ -76,6 +78,8 @@ struct Session {
     anchor: Option<(i64, u64)>,
     /// A packet out of the window, kept in case the next one follows it.
     probation: Option<Probation>,
+    /// Extended RTP timestamp of the last packet written.
+    last_ts: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -95,6 +99,7 @@ impl Session {
             next_seq: None,
             anchor: None,
             probation: None,
+            last_ts: None,
         }
     }
 }
@@ -404,12 +409,25 @@ impl TrackRecorder {
             .anchor
             .get_or_insert_with(|| (held.ts, anchor_at(earliest)));
         let mut position = anchor_pos as i64 + (held.ts - anchor_ts);
+        let silence = session.last_ts.map(|previous| held.ts - previous);
+        let skew = position - earliest;
         if (position - arrival).abs() > MAX_SKEW || position < head - MAX_SKEW {
             let pos = anchor_at(arrival);
             session.anchor = Some((held.ts, pos));
             position = pos as i64;
             self.stats.reanchors += 1;
+        } else if silence.is_some_and(|s| s >= SPURT_GAP)
+            && (skew > MAX_AHEAD || skew < -MAX_BEHIND)
+        {
+            // A talk spurt after a silence, placed off its arrival by more than network jitter
+            // explains: the sender's clock drifted from ours. The silence absorbs the
+            // correction (a gap a little longer or shorter than the RTP time says).
+            let pos = anchor_at(earliest);
+            session.anchor = Some((held.ts, pos));
+            position = pos as i64;
+            self.stats.resyncs += 1;
         }
+        session.last_ts = Some(held.ts);
         if position > head {
             self.fill((position - head) as u64, out);
         }
