@@ -444,7 +444,8 @@ impl RoomMixer {
         } else {
             let silence = ts - source.newest_ts;
             let skew = position - arrival as i64;
-            if source.settled && silence >= SPURT_GAP && (skew > MAX_AHEAD || skew < -MAX_BEHIND) {
+            if source.settled && silence >= SPURT_GAP && !(-MAX_BEHIND..=MAX_AHEAD).contains(&skew)
+            {
                 // A talk spurt after a silence, placed off its arrival by more than network
                 // jitter explains: the sender's clock drifted from ours. The silence absorbs
                 // the correction, inaudibly.

@@ -417,7 +417,7 @@ impl TrackRecorder {
             position = pos as i64;
             self.stats.reanchors += 1;
         } else if silence.is_some_and(|s| s >= SPURT_GAP)
-            && (skew > MAX_AHEAD || skew < -MAX_BEHIND)
+            && !(-MAX_BEHIND..=MAX_AHEAD).contains(&skew)
         {
             // A talk spurt after a silence, placed off its arrival by more than network jitter
             // explains: the sender's clock drifted from ours. The silence absorbs the
