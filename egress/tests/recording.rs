@@ -194,6 +194,11 @@ fn clips_cut_exact_ranges_and_the_last_seconds() {
     let events = two_speaker_room(&mut rng);
     let mut egress = composite(t0, TrackFiles::Off);
     let (c, _) = run(t0, &mut egress, &events, Some(secs(STOP)), None);
+    assert_eq!(
+        c.files.keys().collect::<Vec<_>>(),
+        [&Artifact::Mix, &Artifact::Speaking],
+        "no speaker files unless asked"
+    );
     let recording = c.file(&Artifact::Mix);
     let mix = pcm(recording);
 
@@ -293,4 +298,71 @@ fn best_lag(whole: &[f32], clip: &[f32], start: f64, search: i64) -> i64 {
     }
     assert!(best.0 > 0.9, "clip does not match the recording: {best:?}");
     best.1
+}
+
+#[test]
+fn a_clip_of_a_live_recording_ends_at_its_last_page() {
+    let t0 = Instant::now();
+    let mut rng = Rng::new(29);
+    let events = two_speaker_room(&mut rng);
+    let mut egress = composite(t0, TrackFiles::Off);
+    let (_, live) = run(t0, &mut egress, &events, None, Some(secs(6.5)));
+    let live = live.unwrap();
+    let file = live.file(&Artifact::Mix);
+    let length = OpusStream::parse(file).unwrap().playback_samples();
+    assert!(length > 4 * 48_000, "{length}");
+    let last = clip::cut(file, ClipRange::Last(secs(2.0)), 3).unwrap();
+    let samples = pcm(&last.bytes);
+    assert_eq!(samples.len(), 96_000);
+    assert_eq!(
+        last.end.as_nanos() * 48_000 / 1_000_000_000,
+        u128::from(length)
+    );
+    assert!(tone(&samples, 880.0) > 0.2, "bob was speaking");
+}
+
+/// Two loud speakers (each at 0.8 of full scale, 1.6 together): the mix never clips, both
+/// tones come through, and the distortion stays far below what clipping the sum would make.
+#[test]
+fn loud_speakers_are_limited_not_clipped() {
+    let t0 = Instant::now();
+    let mut rng = Rng::new(5);
+    let mut s = Schedule::default();
+    let mut a = Speaker::new("a", "TR_a", 440.0, 1, &mut rng);
+    let mut b = Speaker::new("b", "TR_b", 700.0, 2, &mut rng);
+    a.set_amplitude(0.8);
+    b.set_amplitude(0.8);
+    for i in 0..150u32 {
+        let t = secs(f64::from(i) * 0.02);
+        s.send(t, &mut a, &mut rng, Loss::None);
+        s.send(t, &mut b, &mut rng, Loss::None);
+    }
+    let events = s.into_sorted();
+    let mut egress = composite(t0, TrackFiles::Off);
+    let (c, _) = run(t0, &mut egress, &events, Some(secs(3.0)), None);
+    let mix = pcm(c.file(&Artifact::Mix));
+    let steady = window(&mix, 1.0, 2.8);
+    let peak = steady.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    assert!(peak < 0.97, "peak {peak}");
+    let residual = |x: &[f32]| {
+        let power = x.iter().map(|v| f64::from(*v) * f64::from(*v)).sum::<f64>() / x.len() as f64;
+        let (p, q) = (tone(x, 440.0), tone(x, 700.0));
+        (power - (p * p + q * q) / 2.0).max(0.0) / power
+    };
+    let (p, q) = (tone(steady, 440.0), tone(steady, 700.0));
+    assert!(p > 0.4 && q > 0.4 && (p / q - 1.0).abs() < 0.2, "{p} {q}");
+    // The same sum clipped at the limiter's ceiling, as a hard limiter would.
+    let clipped: Vec<f32> = (0..steady.len())
+        .map(|i| {
+            let t = i as f64 / 48_000.0;
+            let x = 0.8 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()
+                + 0.8 * (2.0 * std::f64::consts::PI * 700.0 * t).sin();
+            x.clamp(-0.891, 0.891) as f32
+        })
+        .collect();
+    let (ours, hard) = (residual(steady), residual(&clipped));
+    assert!(
+        ours < hard / 20.0,
+        "distortion {ours:.4} against clipping's {hard:.4}"
+    );
 }
