@@ -108,6 +108,10 @@ pub struct FileInfo {
 pub struct EgressInfo {
     /// Its id.
     pub egress_id: String,
+    /// The room it records.
+    pub room: String,
+    /// What it records.
+    pub kind: EgressKind,
     /// Where it is.
     pub state: EgressState,
     /// Time since it started (until it ended).
@@ -425,6 +429,11 @@ impl Egress {
         &self.config.egress_id
     }
 
+    /// The room it records.
+    pub fn room(&self) -> &str {
+        &self.config.room
+    }
+
     /// Where it is.
     pub fn state(&self) -> EgressState {
         self.state
@@ -581,6 +590,8 @@ impl Egress {
         }
         EgressInfo {
             egress_id: self.config.egress_id.clone(),
+            room: self.config.room.clone(),
+            kind: self.config.kind.clone(),
             state: self.state,
             duration: self
                 .ended_at

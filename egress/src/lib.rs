@@ -15,8 +15,9 @@
 //!   replay's timeline shows.
 //! - **Restarts** ([`Egress::resume`]): a recorder that crashed or was redeployed continues its
 //!   files as the same Ogg streams on the original timeline (the downtime becomes silence).
-//! - [`Egress`] bundles these per LiveKit egress (room composite or track); the `fs` feature's
-//!   [`shell::FileSink`] writes its output to files.
+//! - [`Egress`] bundles these per LiveKit egress (room composite or track), and [`Recorder`]
+//!   holds a node's egresses by id and room (start, stop, list, inputs fanned out per room);
+//!   the `fs` feature's [`shell::FileSink`] writes their output to files.
 //!
 //! # Run loop (sans-IO)
 //!
@@ -69,11 +70,12 @@
 //!    ([`Input::TrackUnpublished`]; a rejoin is a new publish, and a new SSRC in a packet is
 //!    handled even without it), and the active-speaker changes it sends as `SpeakersChanged`
 //!    ([`Input::Speaking`]). The room closing is [`Input::Stop`].
-//! 3. **The recorder task** (a thin tokio shell, next to [`shell::FileSink`]) owns the
-//!    [`Egress`] values of its node, keyed by egress id: it feeds inputs, sleeps until the
-//!    earliest [`Egress::poll_timeout`], drains outputs into a `FileSink` under
-//!    `<recordings dir>/<room>/<egress id>/`, and turns events into webhooks and the
-//!    `ListEgress` table. Beside the files it keeps a small manifest (the request, the start
+//! 3. **The recorder task** (a thin tokio shell, next to [`shell::FileSink`]) owns the node's
+//!    [`Recorder`]: it feeds [`Recorder::handle_input`] with the room's events, sleeps until
+//!    [`Recorder::poll_timeout`], drains [`Recorder::poll_output`] into one `FileSink` per
+//!    egress under `<recordings dir>/<room>/<egress id>/`, and turns events into webhooks.
+//!    [`Recorder::is_recording`] changes are what set or clear the room attribute that tells
+//!    participants they are recorded. Beside the files it keeps a small manifest (the request, the start
 //!    as wall-clock time); at startup, for every manifest without an end, it calls
 //!    [`Egress::resume`] with the time elapsed since that start and
 //!    [`shell::FileSink::existing`], so a crash or a redeploy costs the downtime only. It
@@ -89,9 +91,12 @@
 //!    - `StartTrackEgress`: `file` (`DirectFileOutput`) only, `websocket_url` →
 //!      `unimplemented`; the track must be a published audio track (else `not_found` /
 //!      `invalid_argument`). Becomes [`EgressKind::Track`].
-//!    - `StopEgress`: [`Input::Stop`]; an unknown or ended id → `not_found` /
-//!      `failed_precondition`, as LiveKit answers.
-//!    - `ListEgress` (`room_name`, `egress_id`, `active` filters): from [`Egress::info`].
+//!    - `StopEgress`: [`Recorder::stop`]; [`RecorderError::NotFound`] → `not_found`,
+//!      [`RecorderError::Ended`] → `failed_precondition`, as LiveKit answers.
+//!    - Start errors: [`RecorderError::AlreadyExists`] → `already_exists`,
+//!      [`RecorderError::TooMany`] → `resource_exhausted`.
+//!    - `ListEgress` (`room_name`, `egress_id`, `active` filters): [`Recorder::list`] and
+//!      [`Recorder::info`].
 //!    - `EgressInfo` mapping: [`EgressState::Starting`] → `EGRESS_STARTING`, `Active` →
 //!      `EGRESS_ACTIVE`, `Complete` → `EGRESS_COMPLETE`, `Failed` → `EGRESS_FAILED` with
 //!      `error`; `file_results` from [`FileInfo`] (`filename`, `size` = bytes, `duration`).
@@ -115,6 +120,7 @@ pub mod mix;
 pub mod ogg;
 pub mod ogg_opus;
 pub mod packet;
+mod recorder;
 mod rtp;
 pub mod speaking;
 pub mod track;
@@ -128,5 +134,6 @@ pub use egress::{
 };
 pub use mix::{MixConfig, MixError, MixStats, RoomMixer};
 pub use ogg_opus::{OpusStream, Pcm, ReadError, decode};
+pub use recorder::{Recorder, RecorderError, RecorderLimits};
 pub use rtp::{RtpPacket, Ssrc};
 pub use track::{TrackRecorder, TrackStats};
