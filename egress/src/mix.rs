@@ -108,8 +108,9 @@ struct Source {
     decoder: opus::Decoder,
     ts: TsUnwrapper,
     newest_ts: i64,
-    /// (extended RTP timestamp, timeline position) of the anchor packet.
-    anchor: (i64, u64),
+    /// (extended RTP timestamp, timeline position) of the anchor packet. The position may be
+    /// negative: a burst can show the anchor packet was delayed more than the timeline's age.
+    anchor: (i64, i64),
     /// Jitter buffer: timeline position → (packet, samples).
     buffer: BTreeMap<u64, (Vec<u8>, u32)>,
     /// Decoded samples from timeline position `pcm_start` on.
@@ -128,7 +129,7 @@ struct Source {
 
 impl Source {
     fn position(&self, ts: i64) -> i64 {
-        self.anchor.1 as i64 + (ts - self.anchor.0)
+        self.anchor.1 + (ts - self.anchor.0)
     }
 
     /// Decodes buffered packets until the samples up to `end` are known.
@@ -394,7 +395,7 @@ impl RoomMixer {
                     decoder,
                     ts,
                     newest_ts: first,
-                    anchor: (first, arrival.max(self.mixed)),
+                    anchor: (first, arrival.max(self.mixed) as i64),
                     buffer: BTreeMap::new(),
                     pcm: VecDeque::new(),
                     pcm_start: self.mixed,
@@ -435,8 +436,8 @@ impl RoomMixer {
             source.ts = TsUnwrapper::new();
             ts = source.ts.extend(packet.timestamp);
             source.newest_ts = ts;
-            source.anchor = (ts, arrival.max(self.mixed));
-            position = source.anchor.1 as i64;
+            source.anchor = (ts, arrival.max(self.mixed) as i64);
+            position = source.anchor.1;
             self.stats.reanchors += 1;
         } else if too_late {
             self.stats.late += 1;
@@ -449,8 +450,8 @@ impl RoomMixer {
                 // A talk spurt after a silence, placed off its arrival by more than network
                 // jitter explains: the sender's clock drifted from ours. The silence absorbs
                 // the correction, inaudibly.
-                source.anchor = (ts, arrival.max(self.mixed));
-                position = source.anchor.1 as i64;
+                source.anchor = (ts, arrival.max(self.mixed) as i64);
+                position = source.anchor.1;
                 source.settled = false;
                 self.stats.resyncs += 1;
             }
@@ -462,22 +463,32 @@ impl RoomMixer {
             // Less delayed than the packets before it: until the anchor's first packet is
             // mixed, the anchor moves to the least delayed packet, so network delay does not
             // shift the source. Only this anchor's packets move with it.
-            let shift = (position - arrival.max(self.mixed) as i64) as u64;
+            let shift = position - arrival.max(self.mixed) as i64;
             let from = source.anchor.1;
             source.anchor.1 -= shift;
-            position -= shift as i64;
+            position -= shift;
+            let mixed = self.mixed;
+            let mut dropped = 0;
             source.buffer = std::mem::take(&mut source.buffer)
                 .into_iter()
-                .map(|(pos, p)| {
-                    if pos >= from {
-                        (pos - shift, p)
-                    } else {
-                        (pos, p)
+                .filter_map(|(pos, p)| {
+                    if (pos as i64) < from {
+                        return Some((pos, p));
                     }
+                    // Moved before what is mixed already: too late now.
+                    let moved = u64::try_from(pos as i64 - shift)
+                        .ok()
+                        .filter(|m| *m >= mixed);
+                    dropped += u64::from(moved.is_none());
+                    moved.map(|m| (m, p))
                 })
                 .collect();
+            self.stats.late += dropped;
         }
-        let position = position as u64;
+        let Ok(position) = u64::try_from(position) else {
+            self.stats.late += 1;
+            return;
+        };
         if source.buffer.contains_key(&position) {
             self.stats.duplicates += 1;
             return;
@@ -550,6 +561,12 @@ impl RoomMixer {
         for source in self.sources.values_mut() {
             if source.pcm.is_empty() && source.pcm_start < start {
                 source.since_packet += start - source.pcm_start;
+                source.pcm_start = start;
+            }
+            if source.pcm_start < start {
+                // Samples of frames already mixed (not expected): drop them.
+                let stale = (start - source.pcm_start).min(source.pcm.len() as u64);
+                source.pcm.drain(..stale as usize);
                 source.pcm_start = start;
             }
             source.fill_until(end, &mut self.scratch, &mut self.stats);

@@ -74,8 +74,9 @@ struct Session {
     seq: SeqUnwrapper,
     ts: TsUnwrapper,
     next_seq: Option<i64>,
-    /// (extended RTP timestamp, timeline position) of the anchor packet.
-    anchor: Option<(i64, u64)>,
+    /// (extended RTP timestamp, timeline position) of the anchor packet; negative for a
+    /// session that started before the egress.
+    anchor: Option<(i64, i64)>,
     /// A packet out of the window, kept in case the next one follows it.
     probation: Option<Probation>,
     /// Extended RTP timestamp of the last packet written.
@@ -238,7 +239,7 @@ impl TrackRecorder {
         let seq = session.seq.peek(u32::from(packet.sequence));
         let arrival = self.clock.samples_at(now) as i64;
         let skewed = session.anchor.is_some_and(|(ts, pos)| {
-            let position = pos as i64 + (session.ts.peek(packet.timestamp) - ts);
+            let position = pos + (session.ts.peek(packet.timestamp) - ts);
             (position - arrival).abs() > MAX_SKEW
         });
         let jumped = session
@@ -401,20 +402,23 @@ impl TrackRecorder {
             return;
         };
         session.next_seq = Some(seq + 1);
-        let anchor_at = |at: i64| -> u64 {
-            let at = at.max(head) as u64;
-            at - at % GAP_QUANTUM
+        // Behind what is written, a session starts at the head (nothing lost, a little late);
+        // one that started before the egress keeps its place, and what it sent before time 0
+        // is dropped below.
+        let anchor_at = |at: i64| -> i64 {
+            let at = if at < 0 { at } else { at.max(head) };
+            at - at.rem_euclid(GAP_QUANTUM as i64)
         };
         let (anchor_ts, anchor_pos) = *session
             .anchor
             .get_or_insert_with(|| (held.ts, anchor_at(earliest)));
-        let mut position = anchor_pos as i64 + (held.ts - anchor_ts);
+        let mut position = anchor_pos + (held.ts - anchor_ts);
         let silence = session.last_ts.map(|previous| held.ts - previous);
         let skew = position - earliest;
         if (position - arrival).abs() > MAX_SKEW || position < head - MAX_SKEW {
             let pos = anchor_at(arrival);
             session.anchor = Some((held.ts, pos));
-            position = pos as i64;
+            position = pos;
             self.stats.reanchors += 1;
         } else if silence.is_some_and(|s| s >= SPURT_GAP)
             && !(-MAX_BEHIND..=MAX_AHEAD).contains(&skew)
@@ -424,10 +428,15 @@ impl TrackRecorder {
             // correction (a gap a little longer or shorter than the RTP time says).
             let pos = anchor_at(earliest);
             session.anchor = Some((held.ts, pos));
-            position = pos as i64;
+            position = pos;
             self.stats.resyncs += 1;
         }
         session.last_ts = Some(held.ts);
+        if position + i64::from(held.samples) <= head {
+            // All of it falls where the file is written already (before the egress started).
+            self.stats.late += 1;
+            return;
+        }
         if position > head {
             self.fill((position - head) as u64, out);
         }

@@ -201,3 +201,63 @@ fn damaged_recordings_read_without_panics() {
         try_all(&damaged[cut..]);
     }
 }
+
+/// Packets in bursts: 700 ms of audio arriving at once as the egress starts (its first packet
+/// was the most delayed, sent before the egress began), then again in the middle. Nothing panics (debug builds check
+/// every subtraction), the speaker is heard after the burst, the files decode.
+#[test]
+fn bursts_of_packets() {
+    let t0 = Instant::now();
+    let mut rng = Rng::new(21);
+    let mut s = Schedule::default();
+    let mut a = Speaker::new("a", "TR_a", 440.0, 1, &mut rng);
+    let packet = |a: &mut Speaker| {
+        let (seq, ts, payload) = a.packet();
+        Event::Packet {
+            participant: "a".into(),
+            track: "TR_a".into(),
+            ssrc: 1,
+            seq,
+            ts,
+            payload,
+        }
+    };
+    for i in 0..275u32 {
+        // The speaker started half a second before the egress: egress time = sent - 0.5 s.
+        let sent = f64::from(i) * 0.02 - 0.5;
+        // What was sent up to 0.2 s arrives at once at 0.2 s (a jam as the egress starts), and
+        // 3.0-3.5 s at 3.5 s.
+        let at = if sent < 0.2 {
+            0.2
+        } else if (3.0..3.5).contains(&sent) {
+            3.5
+        } else {
+            sent + 0.01
+        };
+        let e = packet(&mut a);
+        s.at(secs(at), e);
+    }
+    let events = s.into_sorted();
+    let mut egress = Egress::new(
+        t0,
+        EgressConfig {
+            egress_id: "EG_burst".into(),
+            room: "r".into(),
+            kind: EgressKind::RoomComposite {
+                track_files: TrackFiles::PerParticipant,
+            },
+            mix: MixConfig::default(),
+            serial: 1,
+        },
+    )
+    .unwrap();
+    let (c, _) = run(t0, &mut egress, &events, Some(secs(5.0)), None);
+    for artifact in [Artifact::Mix, Artifact::Participant("a".into())] {
+        let pcm = decode(&OpusStream::parse(c.file(&artifact)).unwrap())
+            .unwrap()
+            .samples;
+        assert!((seconds(pcm.len()) - 5.0).abs() <= 0.1, "{artifact:?}");
+        assert!(tone(window(&pcm, 0.5, 2.8), 440.0) > 0.25, "{artifact:?}");
+        assert!(tone(window(&pcm, 3.7, 4.9), 440.0) > 0.25, "{artifact:?}");
+    }
+}
