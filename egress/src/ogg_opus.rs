@@ -21,6 +21,9 @@ pub enum ReadError {
     /// family other than 0).
     #[error("unsupported or malformed OpusHead: {0}")]
     Head(&'static str),
+    /// The stream ends before its headers are complete: there is nothing to resume.
+    #[error("the stream's headers are incomplete")]
+    Incomplete,
     /// The stream was finished (it has its end-of-stream page): there is nothing to resume.
     #[error("the stream is finished")]
     Finished,
@@ -159,6 +162,10 @@ impl OggOpusWriter {
         if stream.end_granule.is_some() {
             return Err(ReadError::Finished);
         }
+        if !stream.has_tags {
+            // Continuing would put audio where the comment header belongs.
+            return Err(ReadError::Incomplete);
+        }
         let mut reader = ogg::PageReader::new(bytes);
         let mut serial = None;
         let mut sequence = 0u32;
@@ -277,6 +284,8 @@ pub struct AudioPacket {
 pub struct OpusStream {
     /// The identification header.
     pub head: OpusHead,
+    /// Whether the comment header was read (a file cut right after its first page has none).
+    pub has_tags: bool,
     /// Vendor string of the comment header.
     pub vendor: String,
     /// `KEY=value` comments.
@@ -292,12 +301,18 @@ impl OpusStream {
     /// Reads a whole (or truncated) Ogg/Opus file.
     pub fn parse(bytes: &[u8]) -> Result<OpusStream, ReadError> {
         let packets = ogg::packets(bytes);
-        let mut iter = packets.into_iter();
+        let mut iter = packets.into_iter().peekable();
         let head = OpusHead::decode(&iter.next().ok_or(ReadError::NotOpus)?.data)?;
-        let (vendor, comments) = iter
-            .next()
-            .and_then(|p| parse_tags(&p.data))
-            .unwrap_or_default();
+        // The comment header; a page lost to damage leaves audio next, which stays audio.
+        let tags = iter
+            .peek()
+            .filter(|p| p.data.starts_with(b"OpusTags"))
+            .map(|p| parse_tags(&p.data).unwrap_or_default());
+        if tags.is_some() {
+            iter.next();
+        }
+        let has_tags = tags.is_some();
+        let (vendor, comments) = tags.unwrap_or_default();
         let mut audio = Vec::new();
         let mut marks = Vec::new();
         let mut end_granule = None;
@@ -332,6 +347,7 @@ impl OpusStream {
         }
         Ok(OpusStream {
             head,
+            has_tags,
             vendor,
             comments,
             packets: audio,

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use stoa_egress::clip::{self, ClipRange};
 use stoa_egress::{
-    Artifact, Egress, EgressConfig, EgressEvent, EgressKind, MixConfig, OpusStream, TrackFiles,
-    decode, speaking,
+    Artifact, Egress, EgressConfig, EgressEvent, EgressKind, EgressState, Input, MixConfig,
+    OpusStream, RtpPacket, Ssrc, TrackFiles, decode, speaking,
 };
 
 fn secs(s: f64) -> Duration {
@@ -259,5 +259,162 @@ fn bursts_of_packets() {
         assert!((seconds(pcm.len()) - 5.0).abs() <= 0.1, "{artifact:?}");
         assert!(tone(window(&pcm, 0.5, 2.8), 440.0) > 0.25, "{artifact:?}");
         assert!(tone(window(&pcm, 3.7, 4.9), 440.0) > 0.25, "{artifact:?}");
+    }
+}
+
+/// Seeded random step machines (the fuzz target's steps, in a debug build where every
+/// arithmetic overflow panics): plausible and implausible RTP from three publishers, track and
+/// speaking events, time jumps, write failures, crashes and resumptions. Every file must read
+/// back as Ogg/Opus, and an egress that ended normally has a mix as long as it ran.
+#[test]
+fn random_step_machines_never_panic() {
+    let mut pool_rng = Rng::new(1);
+    let mut pool_speaker = Speaker::new("p", "p", 500.0, 1, &mut pool_rng);
+    let pool: Vec<Vec<u8>> = (0..20).map(|_| pool_speaker.packet().2).collect();
+    for seed in 0..40u64 {
+        let mut rng = Rng::new(1_000 + seed);
+        let t0 = Instant::now();
+        let mut now = t0;
+        let kind = if seed % 3 == 0 {
+            EgressKind::Track { track: "t1".into() }
+        } else {
+            EgressKind::RoomComposite {
+                track_files: TrackFiles::PerParticipant,
+            }
+        };
+        let config = EgressConfig {
+            egress_id: format!("EG_{seed}"),
+            room: "r".into(),
+            kind,
+            mix: MixConfig::default(),
+            serial: 1,
+        };
+        let mut egress = Egress::new(t0, config.clone()).unwrap();
+        let mut c = Collected::default();
+        let mut seqs = [0u16; 3];
+        let mut tss = [0u32; 3];
+        for step in 0..300 {
+            let who = rng.below(3) as usize;
+            let name = ["a", "b", "c"][who];
+            let track = ["t1", "t2", "t3"][who];
+            match rng.below(10) {
+                0..=5 => {
+                    // Mostly the next packet; sometimes reordered, repeated or far off.
+                    let (seq, ts) = match rng.below(20) {
+                        0 => (rng.next_u64() as u16, rng.next_u64() as u32),
+                        1 => (seqs[who].wrapping_sub(3), tss[who].wrapping_sub(2_880)),
+                        2 => (seqs[who], tss[who].wrapping_add(48_000 * 5)),
+                        _ => (seqs[who], tss[who]),
+                    };
+                    seqs[who] = seq.wrapping_add(1);
+                    tss[who] = ts.wrapping_add(960);
+                    let payload = match rng.below(8) {
+                        0 => random_bytes(&mut rng, 60),
+                        1 => vec![31 << 3],
+                        _ => pool[rng.below(pool.len() as u64) as usize].clone(),
+                    };
+                    let ssrc = if rng.below(30) == 0 {
+                        rng.below(5) as u32
+                    } else {
+                        who as u32
+                    };
+                    egress.handle_input(
+                        now,
+                        Input::Packet {
+                            participant: name,
+                            track,
+                            packet: RtpPacket {
+                                ssrc: Ssrc(ssrc),
+                                sequence: seq,
+                                timestamp: ts,
+                                marker: false,
+                                payload: &payload,
+                            },
+                        },
+                    );
+                }
+                6 => {
+                    let ms = if rng.below(20) == 0 {
+                        5_000
+                    } else {
+                        rng.below(60)
+                    };
+                    now += Duration::from_millis(ms);
+                    while let Some(t) = egress.poll_timeout().filter(|t| *t <= now) {
+                        egress.handle_timeout(t);
+                        c.drain(&mut egress);
+                    }
+                }
+                7 => {
+                    let input = match rng.below(4) {
+                        0 => Input::TrackMuted {
+                            participant: name,
+                            track,
+                        },
+                        1 => Input::TrackUnmuted {
+                            participant: name,
+                            track,
+                        },
+                        2 => Input::TrackUnpublished {
+                            participant: name,
+                            track,
+                        },
+                        _ => Input::TrackPublished {
+                            participant: name,
+                            track,
+                        },
+                    };
+                    egress.handle_input(now, input);
+                }
+                8 => egress.handle_input(
+                    now,
+                    Input::Speaking {
+                        participant: name,
+                        speaking: rng.below(2) == 0,
+                    },
+                ),
+                _ => {
+                    if rng.below(40) == 0 {
+                        egress.handle_write_error(now, &Artifact::Mix, "test");
+                    } else if rng.below(15) == 0 && !egress.is_ended() {
+                        // A crash, the files torn, and a resumption a little later.
+                        c.drain(&mut egress);
+                        for bytes in c.files.values_mut() {
+                            let cut = rng.below(bytes.len() as u64 / 4 + 1) as usize;
+                            bytes.truncate(bytes.len() - cut);
+                        }
+                        let elapsed = now.duration_since(t0) + Duration::from_millis(300);
+                        now += Duration::from_millis(300);
+                        match Egress::resume(now, config.clone(), elapsed, &c.files) {
+                            Ok(e) => egress = e,
+                            Err(e) => panic!("seed {seed} step {step}: {e}"),
+                        }
+                    }
+                }
+            }
+            c.drain(&mut egress);
+        }
+        egress.handle_input(now, Input::Stop);
+        c.drain(&mut egress);
+        let failed = c
+            .events
+            .iter()
+            .any(|e| matches!(e, EgressEvent::Ended(i) if i.state == EgressState::Failed));
+        for (artifact, bytes) in &c.files {
+            if *artifact == Artifact::Speaking {
+                continue;
+            }
+            let stream = OpusStream::parse(bytes)
+                .unwrap_or_else(|e| panic!("seed {seed}: {artifact:?} unreadable: {e}"));
+            let _ = decode(&stream);
+            if *artifact == Artifact::Mix && !failed {
+                let frames = now.duration_since(t0).as_micros() / 20_000;
+                assert_eq!(
+                    u128::from(stream.playback_samples()),
+                    frames * 960,
+                    "seed {seed}: mix length"
+                );
+            }
+        }
     }
 }
