@@ -7,11 +7,14 @@
 //! drift), and a late joiner is heard from where it joined.
 //!
 //! Each RTP session (track, SSRC) is a source with its own decoder, anchored on the timeline
-//! where its first packet arrived; later packets follow their RTP timestamps. Packets wait in
-//! a jitter buffer ordered by position (duplicates collapse, reordering sorts itself) until
-//! their frame is mixed; one that comes after its frame was mixed is dropped. A source whose
-//! timestamps stray from the arrival clock (a restarted sender, clock drift over hours) is
-//! re-anchored at the arrival time. A short gap between packets (loss) is concealed by the
+//! where the least delayed of its first packets says it was sent; later packets follow their
+//! RTP timestamps. A track has one source at a time: a new SSRC retires the old one once it has
+//! played out. Packets wait in a jitter buffer ordered by position (duplicates collapse,
+//! reordering sorts itself) until their frame is mixed; one that comes after its frame was
+//! mixed is dropped. A packet placed far from its arrival (a restarted sender, a forged
+//! timestamp) is dropped unless the next one follows it, in which case the source starts again
+//! from there; a talk spurt after a silence that drifted off its arrival (the sender's clock
+//! against ours) is placed again. A short gap between packets (loss) is concealed by the
 //! decoder; a long one (mute, DTX) is silence.
 
 use std::collections::{BTreeMap, VecDeque};

@@ -1,12 +1,16 @@
 //! Per-track recording without transcoding: the received Opus packets of one track, in
 //! sequence order, as an Ogg/Opus file whose time 0 is the egress start.
 //!
-//! Timeline. Each RTP session (one SSRC) is anchored once: its first packet is placed where it
-//! arrived on the egress timeline (quantised to 2.5 ms), and every later packet at the anchor
-//! plus its RTP timestamp difference. So a mute or a silence (no packets, or DTX packets with
-//! timestamp jumps) keeps its length, a publisher that rejoins with a new SSRC starts where it
-//! rejoined, and time never goes backwards: a session whose timestamps stray more than
-//! [`MAX_SKEW`] from the arrival clock (a sender restart, a timestamp jump) is re-anchored.
+//! Timeline. Each RTP session (one SSRC) is anchored where the least delayed of its first
+//! packets says it was sent (quantised to 2.5 ms), and every later packet at the anchor plus its
+//! RTP timestamp difference. So a mute or a silence (no packets, or DTX packets with timestamp
+//! jumps) keeps its length, a publisher that rejoins with a new SSRC starts where it rejoined,
+//! and what a session sent before the egress started is dropped rather than shifted. Time
+//! never goes backwards. A packet whose sequence number or timestamp is far out of place (a
+//! sender restart, a frozen or jumping RTP clock, or a forged packet) waits on probation: only
+//! a packet right after it starts a new session from it. A talk spurt after at least 100 ms of
+//! silence that lands more than 20 ms ahead or 40 ms behind its arrival (the sender's clock
+//! drifting from ours) is placed again, the silence absorbing the correction.
 //!
 //! Gaps. Granule positions must add up to the packets' durations (RFC 7845 §4), so a gap is
 //! filled with packets of zero-length frames (RFC 7845 §4.1): 2 bytes per 120 ms, which every
