@@ -92,6 +92,19 @@ pub enum EgressState {
     Failed,
 }
 
+impl EgressState {
+    /// The value of LiveKit's `livekit.EgressStatus` for this state (`EGRESS_STARTING` 0,
+    /// `EGRESS_ACTIVE` 1, `EGRESS_COMPLETE` 3, `EGRESS_FAILED` 4), for `EgressInfo.status`.
+    pub fn livekit_status(self) -> i32 {
+        match self {
+            EgressState::Starting => 0,
+            EgressState::Active => 1,
+            EgressState::Complete => 3,
+            EgressState::Failed => 4,
+        }
+    }
+}
+
 /// One file's progress.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileInfo {

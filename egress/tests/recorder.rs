@@ -122,8 +122,14 @@ fn egresses_by_id_and_room() {
     let two = t0 + Duration::from_secs(2);
 
     // StopEgress on one, ListEgress, StopEgress again.
+    assert_eq!(
+        r.info("EG_t").unwrap().state.livekit_status(),
+        1,
+        "EGRESS_ACTIVE"
+    );
     let info = r.stop(two, "EG_t").unwrap();
     assert_eq!(info.state, EgressState::Complete);
+    assert_eq!(info.state.livekit_status(), 3, "EGRESS_COMPLETE");
     node.drain(&mut r);
     assert_eq!(node.ended("EG_t"), Some(EgressState::Complete));
     assert!(matches!(
