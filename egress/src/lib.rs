@@ -97,9 +97,12 @@
 //!      [`RecorderError::TooMany`] → `resource_exhausted`.
 //!    - `ListEgress` (`room_name`, `egress_id`, `active` filters): [`Recorder::list`] and
 //!      [`Recorder::info`].
-//!    - `EgressInfo` mapping: [`EgressState::Starting`] → `EGRESS_STARTING`, `Active` →
-//!      `EGRESS_ACTIVE`, `Complete` → `EGRESS_COMPLETE`, `Failed` → `EGRESS_FAILED` with
-//!      `error`; `file_results` from [`FileInfo`] (`filename`, `size` = bytes, `duration`).
+//!    - `EgressInfo` mapping: `status` from [`EgressState::livekit_status`] (`Starting` →
+//!      `EGRESS_STARTING`, `Active` → `EGRESS_ACTIVE`, `Complete` → `EGRESS_COMPLETE`,
+//!      `Failed` → `EGRESS_FAILED` with `error`); `room_name`, `egress_id` and the request kind
+//!      from [`EgressInfo`]; `file_results` from [`FileInfo`] (`filename` from
+//!      [`shell::file_name`], `size` = bytes, `duration`); `started_at` / `ended_at` are wall
+//!      clock, which the shell records (the core has only `Instant`s).
 //!    - Webhooks: [`EgressEvent::Started`] → `egress_started`, [`EgressEvent::Active`] →
 //!      `egress_updated`, [`EgressEvent::Ended`] → `egress_ended`, each with the
 //!      `EgressInfo`.
@@ -111,6 +114,8 @@
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
+// The docs link the file shell, which only the `fs` feature builds.
+#![cfg_attr(not(feature = "fs"), allow(rustdoc::broken_intra_doc_links))]
 
 pub mod clip;
 mod clock;
