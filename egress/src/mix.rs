@@ -33,6 +33,8 @@ pub const FRAME: u64 = 960;
 const MAX_CONCEALMENT: u64 = 5_760;
 /// How far (1 s) a source's RTP time may run ahead of its arrival clock before re-anchoring.
 const MAX_LEAD: u64 = 48_000;
+/// Frames of digital silence encoded before the mix writes lost frames instead (200 ms).
+const ENCODED_SILENCE: u32 = 10;
 /// Packets a source buffers at most (2 s of 20 ms packets).
 const MAX_BUFFERED: usize = 100;
 /// Sources mixed at most; packets of further ones are refused (the engine only forwards
@@ -66,8 +68,10 @@ impl Default for MixConfig {
 /// Counters of the room mix.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MixStats {
-    /// Frames mixed and encoded (20 ms each).
+    /// Frames mixed (20 ms each).
     pub frames: u64,
+    /// Frames of silence written as lost frames instead of being encoded.
+    pub skipped: u64,
     /// Packets decoded into the mix.
     pub packets: u64,
     /// Packets that arrived after their frame was mixed.
@@ -244,6 +248,8 @@ pub struct RoomMixer {
     scratch: Vec<f32>,
     encoded: Vec<u8>,
     stats: MixStats,
+    /// Consecutive frames of digital silence.
+    silent_frames: u32,
     finished: bool,
 }
 
@@ -284,6 +290,7 @@ impl RoomMixer {
             scratch: vec![0.0; MAX_PACKET_SAMPLES as usize],
             encoded: vec![0; 4_000],
             stats: MixStats::default(),
+            silent_frames: 0,
             finished: false,
         })
     }
@@ -584,6 +591,20 @@ impl RoomMixer {
             source.pcm_start += take as u64;
         }
         self.limiter.process(&mut self.frame);
+        let silent = self.frame.iter().all(|s| *s == 0.0);
+        self.silent_frames = if silent { self.silent_frames + 1 } else { 0 };
+        if self.silent_frames > ENCODED_SILENCE {
+            // Nobody has sounded for a while: a lost frame (one byte) instead of encoding
+            // silence, so an idle recorded room costs next to nothing. The encoder has seen
+            // enough silence that the decoder's concealment is silence too.
+            for gap in packet::gap_packets(FRAME, None) {
+                self.writer.push(&gap, FRAME as u32, out);
+            }
+            self.stats.skipped += 1;
+            self.mixed = end;
+            self.stats.frames += 1;
+            return;
+        }
         match self.encoder.encode_float(&self.frame, &mut self.encoded) {
             Ok(n) => self.writer.push(&self.encoded[..n], FRAME as u32, out),
             Err(_) => {

@@ -170,6 +170,11 @@ fn egresses_by_id_and_room() {
     assert!(tone(window(&hall, 0.5, 1.8), 440.0) > 0.25);
     assert!(tone(window(&track, 0.3, 1.9), 440.0) > 0.25);
     assert!(tone(&lobby, 440.0) < 0.01);
+    assert_eq!(lobby.len(), 96_000, "2 s, silent");
+    assert!(lobby.iter().all(|s| s.abs() < 1e-3));
+    // The idle lobby wrote lost frames after 200 ms of encoded silence.
+    let lobby_stats = r.info("EG_b").unwrap().mix.unwrap();
+    assert!(lobby_stats.skipped >= 85, "{lobby_stats:?}");
 
     // Only the last two ended egresses are remembered.
     assert_eq!(ids(r.list(None, false)), ["EG_a", "EG_b"]);
