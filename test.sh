@@ -30,6 +30,7 @@ need_pkg runc runc
 need_pkg debootstrap debootstrap
 need_pkg iptables iptables
 need_pkg pebble pebble # ACME test server and its DNS (tests/acme.rs); never started as a service
+need_pkg opusdec opus-tools # the reference Ogg/Opus reader the recordings are checked with (egress/tests/files.rs)
 
 # npm packages of the browser end-to-end test (playwright-core, livekit-client,
 # livekit-server-sdk), pinned by tests/browser/package-lock.json. `npm ci` only when
@@ -83,6 +84,7 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo check -p stoa-sfu --no-default-features
 cargo check -p stoa-turn --no-default-features
+cargo check -p stoa-egress --no-default-features
 test_log=$(mktemp -t stoa-test.XXXXXX)
 trap 'rm -f "$test_log"' EXIT
 cargo test --workspace 2>&1 | tee "$test_log"
@@ -91,7 +93,7 @@ cargo check -p stoa-signaling --no-default-features
 # Fuzz targets (fuzz/): build them and run each briefly, bounded in runs and time. cargo-fuzz
 # needs nightly-only compiler flags; RUSTC_BOOTSTRAP lets the stable toolchain accept them.
 # Longer campaigns: RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none -O signal_request
-for target in signal_request engine_datagram turn_message; do
+for target in signal_request engine_datagram turn_message egress_input; do
     RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none -O "$target" -- \
         -runs=3000 -max_total_time=60 -rss_limit_mb=4096
 done
