@@ -57,7 +57,7 @@ pub const SFU_FORWARDING_SECONDS: &str = "sfu_forwarding_seconds";
 pub const SIGNALING_JOIN_SECONDS: &str = "signaling_join_seconds";
 /// Of the forwarded packets, those the engine sealed itself: the forwarding fast path (counter).
 pub const SFU_RTP_FORWARDED_DIRECT: &str = "sfu_rtp_packets_forwarded_direct_total";
-/// RTP packets dropped, by `reason` = `unauthorized` | `muted` | `duplicate` (counter).
+/// RTP packets dropped, by `reason` = `unauthorized` | `muted` | `duplicate` | `malformed` (counter).
 pub const SFU_RTP_DROPPED: &str = "sfu_rtp_packets_dropped_total";
 /// UDP datagrams that matched no peer (counter).
 pub const SFU_DATAGRAMS_UNKNOWN: &str = "sfu_datagrams_unknown_total";
@@ -121,7 +121,7 @@ pub fn describe() {
     describe_counter!(
         SFU_RTP_DROPPED,
         Unit::Count,
-        "RTP packets dropped, by reason (unauthorized, muted, duplicate)"
+        "RTP packets dropped, by reason (unauthorized, muted, duplicate, malformed)"
     );
     describe_counter!(
         SFU_DATAGRAMS_UNKNOWN,
@@ -237,6 +237,7 @@ pub fn record(snapshot: &Snapshot) {
             sum.rtp_dropped_duplicate += s.rtp_dropped_duplicate;
             sum.rtp_dropped_unauthorized += s.rtp_dropped_unauthorized;
             sum.rtp_dropped_muted += s.rtp_dropped_muted;
+            sum.rtp_dropped_malformed += s.rtp_dropped_malformed;
             sum.datagrams_unknown += s.datagrams_unknown;
             sum.offers_refused += s.offers_refused;
             sum
@@ -250,6 +251,7 @@ pub fn record(snapshot: &Snapshot) {
         counter!(SFU_RTP_DROPPED, "reason" => "unauthorized")
             .absolute(total.rtp_dropped_unauthorized);
         counter!(SFU_RTP_DROPPED, "reason" => "muted").absolute(total.rtp_dropped_muted);
+        counter!(SFU_RTP_DROPPED, "reason" => "malformed").absolute(total.rtp_dropped_malformed);
         counter!(SFU_RTP_FORWARDED_DIRECT).absolute(total.rtp_forwarded_direct);
         counter!(SFU_RTP_DROPPED, "reason" => "duplicate").absolute(total.rtp_dropped_duplicate);
         counter!(SFU_DATAGRAMS_UNKNOWN).absolute(total.datagrams_unknown);
