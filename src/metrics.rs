@@ -323,6 +323,7 @@ mod tests {
             rtp_dropped_duplicate: 3,
             rtp_dropped_unauthorized: 1,
             rtp_dropped_muted: 2,
+            rtp_dropped_malformed: 1,
             rtp_lost: 3,
             ..SfuStats::default()
         };
@@ -370,6 +371,7 @@ mod tests {
             "sfu_rtp_packets_dropped_total{reason=\"muted\"} 4",
             "sfu_rtp_packets_forwarded_direct_total 50",
             "sfu_rtp_packets_dropped_total{reason=\"duplicate\"} 6",
+            "sfu_rtp_packets_dropped_total{reason=\"malformed\"} 2",
             "signaling_webhook_events_total{outcome=\"delivered\"} 4",
             "signaling_webhook_events_total{outcome=\"failed\"} 5",
             "signaling_webhook_events_total{outcome=\"dropped\"} 6",
