@@ -43,6 +43,8 @@ pub const SFU_RTP_RECEIVED: &str = "sfu_rtp_packets_received_total";
 pub const SFU_RTP_FORWARDED: &str = "sfu_rtp_packets_forwarded_total";
 /// RTP packets publishers sent that never reached the engine (sequence gaps) (counter).
 pub const SFU_RTP_LOST: &str = "sfu_rtp_packets_lost_total";
+/// Of the lost packets, those rebuilt from a later RED packet's redundant blocks (counter).
+pub const SFU_RTP_RECOVERED: &str = "sfu_rtp_packets_recovered_total";
 /// UDP datagrams read by the engine's sockets (counter).
 pub const SFU_DATAGRAMS_RECEIVED: &str = "sfu_datagrams_received_total";
 /// UDP payload bytes read by the engine's sockets (counter).
@@ -145,6 +147,11 @@ pub fn describe() {
         "RTP packets publishers sent that never arrived (sequence gaps)"
     );
     describe_counter!(
+        SFU_RTP_RECOVERED,
+        Unit::Count,
+        "Lost RTP packets rebuilt from the redundant blocks of a later RED packet"
+    );
+    describe_counter!(
         SFU_DATAGRAMS_RECEIVED,
         Unit::Count,
         "UDP datagrams read by the media engine"
@@ -233,6 +240,7 @@ pub fn record(snapshot: &Snapshot) {
             sum.rtp_in += s.rtp_in;
             sum.rtp_forwarded += s.rtp_forwarded;
             sum.rtp_lost += s.rtp_lost;
+            sum.rtp_recovered += s.rtp_recovered;
             sum.rtp_forwarded_direct += s.rtp_forwarded_direct;
             sum.rtp_dropped_duplicate += s.rtp_dropped_duplicate;
             sum.rtp_dropped_unauthorized += s.rtp_dropped_unauthorized;
@@ -248,6 +256,7 @@ pub fn record(snapshot: &Snapshot) {
         counter!(SFU_RTP_RECEIVED).absolute(total.rtp_in);
         counter!(SFU_RTP_FORWARDED).absolute(total.rtp_forwarded);
         counter!(SFU_RTP_LOST).absolute(total.rtp_lost);
+        counter!(SFU_RTP_RECOVERED).absolute(total.rtp_recovered);
         counter!(SFU_RTP_DROPPED, "reason" => "unauthorized")
             .absolute(total.rtp_dropped_unauthorized);
         counter!(SFU_RTP_DROPPED, "reason" => "muted").absolute(total.rtp_dropped_muted);
@@ -325,6 +334,7 @@ mod tests {
             rtp_dropped_muted: 2,
             rtp_dropped_malformed: 1,
             rtp_lost: 3,
+            rtp_recovered: 2,
             ..SfuStats::default()
         };
         let snapshot = Snapshot {
@@ -363,6 +373,7 @@ mod tests {
             "sfu_rtp_packets_received_total 20",
             "sfu_rtp_packets_forwarded_total 60",
             "sfu_rtp_packets_lost_total 6",
+            "sfu_rtp_packets_recovered_total 4",
             "sfu_datagrams_received_total 7",
             "sfu_bytes_received_total 700",
             "sfu_datagrams_sent_total 9",

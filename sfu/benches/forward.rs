@@ -514,10 +514,6 @@ fn main() {
         .unwrap_or_else(|| vec![10, 100, 1000]);
     let packets: u32 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100);
 
-    println!(
-        "| subscribers | stoa ns/pkt (user) | stock str0m ns/pkt | stoa / str0m | kernel sendmmsg ns/pkt | stoa / kernel | listener-streams per core |"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
     let fast_path = match std::env::var("STOA_BENCH_FAST_PATH").as_deref() {
         Ok("off") => FastPath::Disabled,
         _ => FastPath::Enabled,
@@ -526,6 +522,10 @@ fn main() {
         red_table(&counts, packets, fast_path);
         return;
     }
+    println!(
+        "| subscribers | stoa ns/pkt (user) | stock str0m ns/pkt | stoa / str0m | kernel sendmmsg ns/pkt | stoa / kernel | listener-streams per core |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
     for k in counts {
         let mut room = StoaRoom::new(k, fast_path);
         // Warm up caches and str0m's internal state, then measure.
@@ -565,58 +565,69 @@ fn main() {
     }
 }
 
-/// Engine CPU per forwarded packet (ns) in a room of `k` listeners where `red` says who speaks
-/// RED, after a warm-up; checks that every packet reached every listener.
-fn engine_ns(k: usize, packets: u32, fast_path: FastPath, red: Red) -> f64 {
-    let mut room = StoaRoom::with_red(k, fast_path, red);
-    room.measure(10);
-    let (cpu, forwarded) = room.measure(packets);
-    assert_eq!(
-        forwarded,
-        u64::from(packets) * k as u64,
-        "{red:?}: packets lost"
-    );
-    let stats = room.sfu.stats();
-    if fast_path == FastPath::Enabled {
-        assert_eq!(
-            stats.rtp_forwarded_direct, stats.rtp_forwarded,
-            "{red:?}: slow path used"
-        );
-    }
-    assert_eq!(stats.rtp_dropped_malformed, 0);
-    cpu.as_nanos() as f64 / forwarded as f64
-}
-
-/// Plain Opus, RED to RED listeners and RED to Opus-only listeners, side by side.
+/// Plain Opus, RED to RED listeners and RED to Opus-only listeners, side by side: the three
+/// rooms are built first, then measured in alternation (5 rounds of `packets` / 5 each), so
+/// that drift in the machine's load falls on all three alike.
 fn red_table(counts: &[usize], packets: u32, fast_path: FastPath) {
+    const ROUNDS: u32 = 5;
+    let cases = [
+        Red::NONE,
+        Red {
+            publisher: true,
+            listeners: true,
+        },
+        Red {
+            publisher: true,
+            listeners: false,
+        },
+    ];
     println!(
         "| subscribers | Opus → Opus ns/pkt | RED → RED ns/pkt | RED→RED / Opus | RED → Opus (primary) ns/pkt | RED→Opus / Opus |"
     );
     println!("|---:|---:|---:|---:|---:|---:|");
     for &k in counts {
-        let opus = engine_ns(k, packets, fast_path, Red::NONE);
-        let red_red = engine_ns(
-            k,
-            packets,
-            fast_path,
-            Red {
-                publisher: true,
-                listeners: true,
-            },
-        );
-        let red_opus = engine_ns(
-            k,
-            packets,
-            fast_path,
-            Red {
-                publisher: true,
-                listeners: false,
-            },
-        );
+        let mut rooms: Vec<StoaRoom> = cases
+            .iter()
+            .map(|&red| {
+                let mut room = StoaRoom::with_red(k, fast_path, red);
+                room.measure(10);
+                room
+            })
+            .collect();
+        let mut cpu = [Duration::ZERO; 3];
+        let mut forwarded = [0u64; 3];
+        for _ in 0..ROUNDS {
+            for (i, room) in rooms.iter_mut().enumerate() {
+                let (c, f) = room.measure((packets / ROUNDS).max(1));
+                cpu[i] += c;
+                forwarded[i] += f;
+            }
+        }
+        for (room, red) in rooms.iter().zip(cases) {
+            let stats = room.sfu.stats();
+            assert_eq!(
+                stats.rtp_forwarded,
+                stats.rtp_in * k as u64,
+                "{red:?}: packets lost"
+            );
+            if fast_path == FastPath::Enabled {
+                assert_eq!(
+                    stats.rtp_forwarded_direct, stats.rtp_forwarded,
+                    "{red:?}: slow path used"
+                );
+            }
+            assert_eq!(stats.rtp_dropped_malformed, 0, "{red:?}");
+        }
+        let ns: Vec<f64> = (0..3)
+            .map(|i| cpu[i].as_nanos() as f64 / forwarded[i] as f64)
+            .collect();
         println!(
-            "| {k} | {opus:.0} | {red_red:.0} | {:.2} | {red_opus:.0} | {:.2} |",
-            red_red / opus,
-            red_opus / opus
+            "| {k} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} |",
+            ns[0],
+            ns[1],
+            ns[1] / ns[0],
+            ns[2],
+            ns[2] / ns[0]
         );
     }
 }

@@ -331,6 +331,8 @@ pub struct SfuStats {
     pub rtp_forwarded: u64,
     /// RTP packets publishers sent that never arrived (gaps in their sequence numbers).
     pub rtp_lost: u64,
+    /// Of `rtp_lost`, packets rebuilt from the redundant blocks of a later RED packet.
+    pub rtp_recovered: u64,
     /// Of `rtp_forwarded`, the packets the engine sealed itself (the fast path).
     pub rtp_forwarded_direct: u64,
     /// Fast-path packets not sent because their SRTP index was already sealed (a duplicate)
@@ -1237,7 +1239,8 @@ impl Sfu {
             return;
         };
         self.stats.rtp_in += 1;
-        self.stats.rtp_lost += t.lost_before(*ssrc, *packet.seq_no);
+        let gap = t.lost_before(*ssrc, *packet.seq_no);
+        self.stats.rtp_lost += gap;
         if t.muted {
             self.stats.rtp_dropped_muted += 1;
             if let Some(p) = self.peers.get_mut(&peer) {
@@ -1261,12 +1264,20 @@ impl Sfu {
             payload: packet.payload,
             encoding,
         };
+        // Packets lost just before a RED packet, rebuilt from its redundant blocks.
+        let recovered = red::rebuild_lost(&media, gap);
+        self.stats.rtp_recovered += recovered.len() as u64;
         for shard in &t.relays {
-            self.relays.push_back(Relay {
-                to: *shard,
-                from: self.config.shard,
-                msg: RelayMsg::Packet(track, media.clone()),
-            });
+            for m in recovered.iter().chain(std::iter::once(&media)) {
+                self.relays.push_back(Relay {
+                    to: *shard,
+                    from: self.config.shard,
+                    msg: RelayMsg::Packet(track, m.clone()),
+                });
+            }
+        }
+        for m in &recovered {
+            self.forward(now, track, m);
         }
         self.forward(now, track, &media);
     }

@@ -23,6 +23,9 @@
 //! Everything here reads untrusted bytes: malformed input is an [`RedError`], never a panic.
 
 use std::ops::Range;
+use std::sync::Arc;
+
+use super::MediaPacket;
 
 /// Most blocks one RED payload may have. Browsers send at most a few (libwebrtc: 1 or 2
 /// redundant levels); a longer header chain is treated as malformed.
@@ -158,6 +161,88 @@ pub fn renumber(payload: &mut [u8], from: u8, to: u8) -> Result<(), RedError> {
         }
         pos += REDUNDANT_HEADER_LEN;
     }
+}
+
+/// Longest frame spacing a redundant block may claim: 120 ms at 48 kHz, Opus's longest packet.
+const MAX_FRAME_TICKS: u32 = 5_760;
+
+/// A lost packet rebuilt from a later packet's redundant block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// How many packets before the RED packet it was (1 = the one just before).
+    pub distance: u64,
+    /// How many RTP timestamp ticks before the RED packet's timestamp.
+    pub ts_offset: u32,
+    /// Where its Opus data is in the RED payload.
+    pub data: Range<usize>,
+}
+
+/// The packets among the `gap` lost just before a RED packet that its redundant blocks carry,
+/// oldest first. The newest redundant block is taken for the packet just before, the next for
+/// the one before that, and so on (browsers repeat the last one or two frames); a block is used
+/// only if it is Opus (`opus_pt`), not empty, and its timestamp offset is the same multiple of
+/// the newest block's offset as its distance, so blocks of unequal frames are never misplaced.
+pub fn recover(payload: &[u8], opus_pt: u8, gap: u64) -> Vec<Recovered> {
+    let Ok(parsed) = parse(payload) else {
+        return Vec::new();
+    };
+    let Some(newest) = parsed.redundant.last() else {
+        return Vec::new();
+    };
+    let unit = u32::from(newest.ts_offset);
+    if unit == 0 || unit > MAX_FRAME_TICKS {
+        return Vec::new();
+    }
+    let usable = gap.min(parsed.redundant.len() as u64);
+    let mut out = Vec::new();
+    for distance in (1..=usable).rev() {
+        let Some(block) = parsed
+            .redundant
+            .get(parsed.redundant.len() - distance as usize)
+        else {
+            continue;
+        };
+        let ts_offset = u32::from(block.ts_offset);
+        if block.pt != opus_pt
+            || block.data.is_empty()
+            || u64::from(ts_offset) != distance * u64::from(unit)
+        {
+            continue;
+        }
+        out.push(Recovered {
+            distance,
+            ts_offset,
+            data: block.data.clone(),
+        });
+    }
+    out
+}
+
+/// The packets among the `gap` lost just before `media` that it carries as redundant blocks, as
+/// plain Opus packets with their own sequence numbers and timestamps, oldest first: for the
+/// subscribers that get plain Opus (those that negotiated RED recover them from RED themselves;
+/// to them these are harmless repeats). Empty unless `media` is RED and `gap` is not 0.
+pub(crate) fn rebuild_lost(media: &MediaPacket, gap: u64) -> Vec<MediaPacket> {
+    let Encoding::Red { opus_pt, .. } = media.encoding else {
+        return Vec::new();
+    };
+    if gap == 0 {
+        return Vec::new();
+    }
+    recover(&media.payload, opus_pt, gap)
+        .into_iter()
+        .filter_map(|r| {
+            let data = media.payload.get(r.data)?;
+            Some(MediaPacket {
+                seq_no: media.seq_no.wrapping_sub(r.distance),
+                timestamp: media.timestamp.wrapping_sub(r.ts_offset),
+                marker: false,
+                payload: Arc::from(data),
+                encoding: Encoding::Opus,
+                ..media.clone()
+            })
+        })
+        .collect()
 }
 
 /// How a forwarded packet's payload is encoded, decided once per received packet.
@@ -395,6 +480,48 @@ mod tests {
     }
 
     #[test]
+    fn lost_packets_are_rebuilt_from_redundant_blocks() {
+        // Two redundant levels, 20 ms frames: blocks for the packets 2 and 1 before.
+        let p = build(
+            &[(111, 1920, b"two-back"), (111, 960, b"one-back")],
+            111,
+            b"now",
+        );
+        let got = recover(&p, 111, 1);
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].distance, got[0].ts_offset), (1, 960));
+        assert_eq!(&p[got[0].data.clone()], b"one-back");
+        let got = recover(&p, 111, 5);
+        let what: Vec<(u64, u32, &[u8])> = got
+            .iter()
+            .map(|r| (r.distance, r.ts_offset, &p[r.data.clone()]))
+            .collect();
+        assert_eq!(
+            what,
+            vec![(2, 1920, &b"two-back"[..]), (1, 960, &b"one-back"[..])],
+            "oldest first, no more than the blocks carry"
+        );
+        assert!(
+            recover(&p, 111, 0).is_empty(),
+            "nothing lost, nothing rebuilt"
+        );
+        // Blocks that are not Opus, empty, or spaced unlike their distance are not used.
+        let p = build(&[(13, 1920, b"cn"), (111, 960, b"one-back")], 111, b"now");
+        assert_eq!(recover(&p, 111, 2).len(), 1);
+        let p = build(&[(111, 960, b"")], 111, b"now");
+        assert!(recover(&p, 111, 1).is_empty());
+        let p = build(&[(111, 2000, b"odd"), (111, 960, b"one-back")], 111, b"now");
+        assert_eq!(recover(&p, 111, 2).len(), 1);
+        let p = build(&[(111, 0, b"zero")], 111, b"now");
+        assert!(recover(&p, 111, 1).is_empty());
+        let p = build(&[(111, 9000, b"too far")], 111, b"now");
+        assert!(recover(&p, 111, 1).is_empty());
+        // No redundancy, or not RED at all.
+        assert!(recover(&build(&[], 111, b"now"), 111, 3).is_empty());
+        assert!(recover(&[0x80], 111, 3).is_empty());
+    }
+
+    #[test]
     fn malformed_payloads_are_errors() {
         assert_eq!(primary(&[]), Err(RedError::TruncatedHeader));
         // A redundant header cut short.
@@ -459,6 +586,9 @@ mod tests {
                     assert_eq!(full.primary_pt, p.pt);
                     for block in &full.redundant {
                         assert!(block.data.end <= p.offset);
+                    }
+                    for r in recover(&input, p.pt, 3) {
+                        assert!(r.data.end <= p.offset && r.distance >= 1 && r.distance <= 3);
                     }
                     let mut copy = input.clone();
                     renumber(&mut copy, p.pt, 5).unwrap();
