@@ -566,8 +566,9 @@ fn main() {
 }
 
 /// Plain Opus, RED to RED listeners and RED to Opus-only listeners, side by side: the three
-/// rooms are built first, then measured in alternation (5 rounds of `packets` / 5 each), so
-/// that drift in the machine's load falls on all three alike.
+/// rooms are built first, then measured in alternation (5 rounds of `packets` / 5 each, each
+/// round starting with another room), so that drift in the machine's load falls on all three
+/// alike.
 fn red_table(counts: &[usize], packets: u32, fast_path: FastPath) {
     const ROUNDS: u32 = 5;
     let cases = [
@@ -596,9 +597,11 @@ fn red_table(counts: &[usize], packets: u32, fast_path: FastPath) {
             .collect();
         let mut cpu = [Duration::ZERO; 3];
         let mut forwarded = [0u64; 3];
-        for _ in 0..ROUNDS {
-            for (i, room) in rooms.iter_mut().enumerate() {
-                let (c, f) = room.measure((packets / ROUNDS).max(1));
+        for round in 0..ROUNDS as usize {
+            // Each round starts with another room, so none is always measured first.
+            for j in 0..rooms.len() {
+                let i = (round + j) % rooms.len();
+                let (c, f) = rooms[i].measure((packets / ROUNDS).max(1));
                 cpu[i] += c;
                 forwarded[i] += f;
             }
