@@ -690,8 +690,9 @@ mod tests {
 
     /// The query the SDKs on LiveKit's Rust core send on `/rtc` (their token is in the header).
     fn rust_core_query() -> &'static str {
-        "sdk=python&os=linux&os_version=6.1&device_model=&protocol=16&client_protocol=1\
-         &auto_subscribe=1&adaptive_stream=0&version=1.2.1&capabilities=CAP_PACKET_TRAILER"
+        "sdk=python&os=linux&os_version=6.1&device_model=&protocol=17&client_protocol=1\
+         &auto_subscribe=1&adaptive_stream=0&version=1.2.1\
+         &capabilities=CAP_PACKET_TRAILER%2CCAP_COMPRESSION_DEFLATE_RAW"
     }
 
     #[test]
@@ -701,7 +702,7 @@ mod tests {
         let params = parse_request(rust_core_query(), Some(&header)).expect("parse");
         assert_eq!(params.access_token, token);
         assert_eq!(params.sdk, Sdk::Python);
-        assert_eq!(params.protocol, 16);
+        assert_eq!(params.protocol, 17);
         let (_, claims) = validate(&keys(), rust_core_query(), Some(&header), NOW).expect("admit");
         assert_eq!(claims.sub, "alice");
         assert_eq!(claims.video.room, "lobby");

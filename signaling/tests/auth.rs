@@ -17,8 +17,9 @@ mod common;
 use common::*;
 
 /// The query the Rust-core SDKs put on `/rtc` after `/rtc/v1` answered 404: no token in it.
-const RUST_CORE_QUERY: &str = "sdk=python&os=linux&os_version=6.1&device_model=&protocol=16\
-    &client_protocol=1&auto_subscribe=1&adaptive_stream=0&version=1.2.1";
+const RUST_CORE_QUERY: &str = "sdk=python&os=linux&os_version=6.1&device_model=&protocol=17\
+    &client_protocol=1&auto_subscribe=1&adaptive_stream=0&version=1.2.1\
+    &capabilities=CAP_PACKET_TRAILER%2CCAP_COMPRESSION_DEFLATE_RAW";
 
 /// Status, lower-cased headers and body of `GET path` with `headers`.
 async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
