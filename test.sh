@@ -52,11 +52,22 @@ if ! cmp -s "$web_test_lock" "$web_test_stamp" 2>/dev/null; then
     cp "$web_test_lock" "$web_test_stamp"
 fi
 
+# npm packages of the client-SDK conformance test (@livekit/rtc-node with its prebuilt FFI
+# library, livekit-server-sdk), pinned by tests/sdk/package-lock.json.
+sdk_lock=tests/sdk/package-lock.json
+sdk_stamp=tests/sdk/node_modules/.stoa-installed-package-lock.json
+if ! cmp -s "$sdk_lock" "$sdk_stamp" 2>/dev/null; then
+    echo "test.sh: npm ci in tests/sdk"
+    (cd tests/sdk && npm ci --no-audit --no-fund)
+    cp "$sdk_lock" "$sdk_stamp"
+fi
+
 # The web app (web/ -> web/dist), embedded into the stoa binary by build.rs, so that the tests
 # (tests/web.rs) run against the real app. Rebuilt only when a source changed.
 bash web/build.sh
 
-# PyPI packages of the server-SDK test (livekit-api, tests/python/livekit_api_test.py), pinned by
+# PyPI packages of the server-SDK test (livekit-api, tests/python/livekit_api_test.py) and of the
+# client-SDK conformance test (livekit, numpy; tests/sdk/python_sdk.py), pinned by
 # tests/python/requirements.txt, in a virtualenv; reinstalled only when that file changed.
 need_pkg python3 python3
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then

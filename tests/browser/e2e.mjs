@@ -12,6 +12,12 @@
 //   b. B joins (canPublish=false, canSubscribe=true), sees A and subscribes to A's audio;
 //   c. B hears A: inbound-rtp audio packetsReceived > 50 and totalAudioEnergy > 0;
 //   d. B's publish attempt is refused (client-side 403);
+//  then, not in the relay runs:
+//   c2. A sends RED (audio/red, as livekit-client offers by default) and B receives RED; the
+//       dominant frequency B decodes is A's 1 kHz;
+//   d2. A sends B a data message;
+//   d3. the server (livekit-server-sdk, Twirp UpdateParticipant) lets B publish: B sees
+//       ParticipantPermissionsChanged, publishes, and A decodes B's 1 kHz;
 //   e. A mutes, B sees TrackMuted for A's publication;
 //   f. A leaves, B sees ParticipantDisconnected for A.
 // Each step has its own timeout and a failure names it. The last stdout line is a JSON summary;
@@ -32,7 +38,7 @@ import { fileURLToPath } from 'node:url';
 import { createRequire } from 'node:module';
 
 import { chromium } from 'playwright-core';
-import { AccessToken } from 'livekit-server-sdk';
+import { AccessToken, RoomServiceClient } from 'livekit-server-sdk';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const require = createRequire(import.meta.url);
@@ -69,6 +75,9 @@ const T = {
   refuse: 15_000,
   mute: 10_000,
   leave: 10_000,
+  frequency: 10_000,
+  data: 10_000,
+  permission: 25_000,
 };
 
 const started = Date.now();
@@ -424,6 +433,62 @@ async function scenario(ctx) {
     return r.error;
   });
   summary.refusal = errorText(refusal);
+
+  if (!RELAY) {
+    summary.red = await step('c2: A sends RED and B receives RED', T.frequency, async () => {
+      const sent = await call(pageA, 'negotiatedAudioCodecs', '');
+      const received = await call(pageB, 'negotiatedAudioCodecs', joinA.identity);
+      const red = (r) => r.ok && r.codecs[0]?.toLowerCase().startsWith('audio/red/');
+      if (!red(sent) || !red(received)) {
+        throw new Error(`RED not negotiated: A sends ${JSON.stringify(sent)}, B receives ${JSON.stringify(received)}`);
+      }
+      return { sent: sent.codecs, received: received.codecs };
+    });
+
+    summary.frequencyAtB = await step('c2: B decodes 1 kHz from A', T.frequency, async () => {
+      const f = await call(pageB, 'dominantFrequency', joinA.identity, 1500);
+      if (!f.ok || Math.abs(f.hz - 1000) > 15) {
+        throw new Error(`B decoded ${JSON.stringify(f)}, want about 1000 Hz`);
+      }
+      return f;
+    });
+
+    await step('d2: A sends B a data message', T.data, async () => {
+      const r = await call(pageA, 'publishData', 'hello from A', 'chat');
+      if (!r.ok) throw new Error(`publishData failed: ${errorText(r.error)}`);
+      return pollUntil(async () => {
+        const got = await call(pageB, 'events', 'DataReceived');
+        const hit = got.find(
+          (e) => e.participant === joinA.identity && e.topic === 'chat' && e.text === 'hello from A',
+        );
+        return { done: !!hit, value: hit };
+      });
+    });
+
+    summary.frequencyAtA = await step(
+      'd3: the server lets B publish; B publishes and A decodes 1 kHz',
+      T.permission,
+      async () => {
+        const service = new RoomServiceClient(STOA_URL.replace(/^ws/, 'http'), API_KEY, API_SECRET);
+        await service.updateParticipant(summary.room, joinB.identity, undefined, {
+          canSubscribe: true,
+          canPublish: true,
+          canPublishData: true,
+        });
+        await pollUntil(async () => {
+          const changed = await call(pageB, 'events', 'ParticipantPermissionsChanged');
+          const hit = changed.find((e) => e.local && e.canPublish === true);
+          return { done: !!hit, value: hit };
+        });
+        const r = await call(pageB, 'tryPublishMicrophone');
+        if (r.refused) throw new Error(`B may publish now but was refused: ${errorText(r.error)}`);
+        return pollUntil(async () => {
+          const f = await call(pageA, 'dominantFrequency', joinB.identity, 1000);
+          return { done: f.ok && Math.abs(f.hz - 1000) <= 15, value: f };
+        }, 300);
+      },
+    );
+  }
 
   // e. A mutes; B sees it.
   await step("e: A mutes, B sees TrackMuted", T.mute, async () => {
