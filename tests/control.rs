@@ -228,6 +228,17 @@ fn a_listener_goes_on_stage_and_back_without_reconnecting_then_is_kicked() {
         (403, Some("kicked")),
         "{err}"
     );
+    let retry = err["retry_after"].as_u64().expect("retry_after seconds");
+    assert!((1..=300).contains(&retry), "{err}");
+    // The host's view lists the kicked listener by name, from the room's header (the member
+    // record is gone).
+    let room = ok(addr, "GET", &format!("/api/rooms/{id}"), &host, None);
+    let removed = room["removed"].as_array().expect("removed for the host");
+    assert_eq!(removed.len(), 1, "{room}");
+    assert_eq!(removed[0]["user"], lee.as_str());
+    assert_eq!(removed[0]["name"], "Lee");
+    assert_eq!(removed[0]["banned"], false);
+    assert!(removed[0]["until"].as_u64().is_some(), "{room}");
     let refused = SignalClient::connect(addr, &lee_media_token)
         .err()
         .expect("refused at /rtc");
@@ -563,6 +574,7 @@ fn a_room_card_is_public_and_shows_only_public_fields() {
         sorted,
         [
             "ended_at",
+            "host_name",
             "id",
             "kind",
             "listeners",
@@ -582,6 +594,8 @@ fn a_room_card_is_public_and_shows_only_public_fields() {
     assert_eq!(c["state"], "scheduled");
     assert_eq!(c["scheduled_for"], later);
     assert_eq!(c["listeners"], 0);
+    // The host's name, kept from creation: cards and link previews name who hosts.
+    assert_eq!(c["host_name"], "Hana Host");
 
     ok(addr, "POST", &format!("/api/rooms/{id}/start"), &host, None);
     // The host takes the stage by joining.

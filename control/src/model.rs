@@ -309,6 +309,12 @@ pub struct RoomStats {
     pub reactions: u64,
     /// Hands raised.
     pub hands_raised: u64,
+    /// Display names of the people these records name (the host, whoever had time on stage,
+    /// whoever was kicked or banned), kept after they leave, so that summaries and moderation
+    /// lists show names rather than user ids. Bounded by the stage and the removals, not the
+    /// audience.
+    #[serde(default)]
+    pub names: BTreeMap<UserId, String>,
 }
 
 /// What a room counts, kept in its header so that nobody has to count its members.
@@ -521,6 +527,14 @@ impl RoomDoc {
     /// Listeners connected now (the whole room).
     pub fn audience(&self) -> u32 {
         self.totals().listeners
+    }
+
+    /// The display name of `user`: a member's current name, else the one the records kept.
+    pub fn name_of(&self, user: &UserId) -> Option<&str> {
+        self.members
+            .get(user)
+            .map(|m| m.name.as_str())
+            .or_else(|| self.stats.names.get(user).map(String::as_str))
     }
 }
 

@@ -231,7 +231,7 @@ impl Control {
                 "scheduled_for is in the past",
             ));
         }
-        let doc = RoomDoc::new(Room {
+        let mut doc = RoomDoc::new(Room {
             id: RoomId::random(),
             title: model::text("title", &new.title, 1, model::MAX_TITLE)?,
             topic: model::text("topic", &new.topic, 0, model::MAX_TOPIC)?,
@@ -253,6 +253,12 @@ impl Control {
             media_url: (!self.inner.config.public_url.is_empty())
                 .then(|| self.inner.config.public_url.clone()),
         });
+        // The host's name, for cards and previews before they join.
+        if let Principal::User { id, name } = who
+            && *id == host
+        {
+            doc.stats.names.insert(host.clone(), name.clone());
+        }
         self.inner.store.insert_room(&doc).await?;
         let id = doc.room.id.clone();
         self.publish(Effects {
@@ -288,7 +294,8 @@ impl Control {
 
     /// The room as `viewer` (a user, or `None` for a server) sees it: header, counts, stage,
     /// their own membership, and for moderators the first raised hands, the first page of the
-    /// audience and the first bans.
+    /// audience and the first bans and kicks (named from the room's statistics, which keep the
+    /// names of whoever was removed).
     pub async fn view(
         &self,
         id: &RoomId,
@@ -303,6 +310,7 @@ impl Control {
         let hands = store.hands(id, HANDS_SHOWN).await?;
         let audience = store.audience(id, None, AUDIENCE_PAGE).await?;
         let bans = store.bans(id, BANS_SHOWN).await?;
+        let kicks = store.kicks(id, BANS_SHOWN).await?;
         // Names of the hands' owners.
         let doc = if hands.is_empty() {
             doc
@@ -317,6 +325,7 @@ impl Control {
             hands,
             audience,
             bans,
+            kicks,
         };
         Ok(view::room(&doc, viewer, Some(&extras)))
     }

@@ -1,7 +1,7 @@
 //! What the API shows of rooms: who sees what depends on who asks. Every view stays small
 //! whatever the room's size: counts instead of lists, the stage, the caller's own
 //! membership, and for moderators the first raised hands, the first page of the audience
-//! (more by cursor: `GET /api/rooms/{id}/audience`) and the first bans.
+//! (more by cursor: `GET /api/rooms/{id}/audience`) and the first bans and kicks, by name.
 
 use std::collections::BTreeMap;
 
@@ -41,6 +41,19 @@ pub struct HandView {
     pub raised_at: u64,
 }
 
+/// Someone a moderator removed: kicked (out until `until`) or banned (until unbanned).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RemovedView {
+    /// Whose.
+    pub user: UserId,
+    /// Their display name when it is known, else the user id.
+    pub name: String,
+    /// Banned (else kicked).
+    pub banned: bool,
+    /// Unix ms until which a kicked user may not rejoin.
+    pub until: Option<u64>,
+}
+
 /// A room as the caller may see it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RoomView {
@@ -60,6 +73,8 @@ pub struct RoomView {
     pub max_participants: u32,
     /// Host.
     pub host: UserId,
+    /// The host's display name ("" when not known yet).
+    pub host_name: String,
     /// Lifecycle state.
     pub state: RoomState,
     /// Unix ms.
@@ -91,6 +106,8 @@ pub struct RoomView {
     pub audience_next: Option<UserId>,
     /// The first banned users (hosts and co-hosts only).
     pub banned: Option<Vec<UserId>>,
+    /// The first banned, then kicked users with their names (hosts and co-hosts only).
+    pub removed: Option<Vec<RemovedView>>,
 }
 
 /// A page of a room's audience.
@@ -111,6 +128,8 @@ pub struct Extras {
     pub audience: AudiencePage,
     /// The first bans.
     pub bans: Vec<UserId>,
+    /// The first kicks: user and the unix ms until which they may not rejoin.
+    pub kicks: Vec<(UserId, u64)>,
 }
 
 /// What anyone may see of a room, without signing in: for embeddable cards and shared links.
@@ -137,6 +156,8 @@ pub struct RoomCardView {
     pub listeners: u32,
     /// Display names of the host, co-hosts and speakers, host first.
     pub speakers: Vec<String>,
+    /// The host's display name ("" when not known yet).
+    pub host_name: String,
 }
 
 /// A room's statistics.
@@ -156,6 +177,8 @@ pub struct StatsView {
     pub stage_ms: BTreeMap<UserId, u64>,
     /// Time speaking per user (ms), from active-speaker detection.
     pub speaking_ms: BTreeMap<UserId, u64>,
+    /// Display names of the users named above (and the host), by user id.
+    pub names: BTreeMap<UserId, String>,
     /// Reactions.
     pub reactions: u64,
     /// Hands raised.
@@ -242,10 +265,7 @@ pub fn room(doc: &RoomDoc, viewer: Option<&UserId>, extras: Option<&Extras>) -> 
             .iter()
             .map(|(u, t)| HandView {
                 user: u.clone(),
-                name: doc
-                    .members
-                    .get(u)
-                    .map_or_else(|| u.to_string(), |m| m.name.clone()),
+                name: doc.name_of(u).map_or_else(|| u.to_string(), str::to_owned),
                 raised_at: *t,
             })
             .collect()
@@ -259,6 +279,7 @@ pub fn room(doc: &RoomDoc, viewer: Option<&UserId>, extras: Option<&Extras>) -> 
         speaker_mode: r.speaker_mode,
         max_participants: r.max_participants,
         host: r.host.clone(),
+        host_name: doc.name_of(&r.host).unwrap_or_default().to_owned(),
         state: r.state,
         created_at: r.created_at,
         scheduled_for: r.scheduled_for,
@@ -274,7 +295,31 @@ pub fn room(doc: &RoomDoc, viewer: Option<&UserId>, extras: Option<&Extras>) -> 
         audience: extras.map(|x| audience(&x.audience).members),
         audience_next: extras.and_then(|x| x.audience.next.clone()),
         banned: extras.map(|x| x.bans.clone()),
+        removed: extras.map(|x| removed(doc, x)),
     }
+}
+
+/// The first banned users, then the first kicked ones, each by name: the names the room's
+/// statistics keep for whoever was removed (no member records needed).
+fn removed(doc: &RoomDoc, extras: &Extras) -> Vec<RemovedView> {
+    let named = |u: &UserId| doc.name_of(u).map_or_else(|| u.to_string(), str::to_owned);
+    let banned = extras.bans.iter().map(|u| RemovedView {
+        user: u.clone(),
+        name: named(u),
+        banned: true,
+        until: None,
+    });
+    let kicked = extras
+        .kicks
+        .iter()
+        .filter(|(u, _)| !extras.bans.contains(u))
+        .map(|(u, until)| RemovedView {
+            user: u.clone(),
+            name: named(u),
+            banned: false,
+            until: Some(*until),
+        });
+    banned.chain(kicked).collect()
 }
 
 /// The public card of a room.
@@ -298,6 +343,7 @@ pub fn card(doc: &RoomDoc) -> RoomCardView {
         ended_at: r.ended_at,
         listeners: doc.audience(),
         speakers: stage.into_iter().map(|(_, name)| name.to_owned()).collect(),
+        host_name: doc.name_of(&r.host).unwrap_or_default().to_owned(),
     }
 }
 
@@ -322,6 +368,12 @@ pub fn stats(doc: &RoomDoc, now: u64) -> StatsView {
         (Some(a), None) => now.saturating_sub(a),
         _ => 0,
     };
+    let names = stage_ms
+        .keys()
+        .chain(speaking_ms.keys())
+        .chain(std::iter::once(&doc.room.host))
+        .filter_map(|u| Some((u.clone(), doc.name_of(u)?.to_owned())))
+        .collect();
     StatsView {
         room: doc.room.id.to_string(),
         state: doc.room.state,
@@ -333,6 +385,7 @@ pub fn stats(doc: &RoomDoc, now: u64) -> StatsView {
             .unwrap_or(0),
         stage_ms,
         speaking_ms,
+        names,
         reactions: s.reactions,
         hands_raised: s.hands_raised,
         duration_ms,

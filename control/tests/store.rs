@@ -17,7 +17,7 @@ use stoa_control::permission::Action;
 use stoa_control::room::{self, Actor, Command, Context};
 use stoa_control::store::embedded::EmbeddedStore;
 use stoa_control::store::redis::RedisStore;
-use stoa_control::store::{Follow, Invite, Store};
+use stoa_control::store::{Follow, Invite, Profile, Store};
 
 fn uid(s: &str) -> UserId {
     UserId::parse(s).unwrap()
@@ -81,6 +81,13 @@ async fn whole(store: &dyn Store, id: &RoomId) -> RoomDoc {
 }
 
 /// Everything the trait promises, on one store.
+fn profile() -> Profile {
+    Profile {
+        bio: "Asks good questions.".into(),
+        avatar: Some("data:image/png;base64,iVBORw0KGgo=".into()),
+    }
+}
+
 async fn behaves(store: &dyn Store) {
     let mut doc = new_room(100);
     let id = doc.room.id.clone();
@@ -197,6 +204,20 @@ async fn behaves(store: &dyn Store) {
     assert_eq!(store.invite("tok").await.unwrap(), Some(invite));
     assert_eq!(store.invite("nope").await.unwrap(), None);
 
+    // Profiles.
+    assert_eq!(store.profile(&uid("bo")).await.unwrap(), None);
+    let profile = profile();
+    store.set_profile(&uid("bo"), &profile).await.unwrap();
+    assert_eq!(store.profile(&uid("bo")).await.unwrap(), Some(profile));
+    store
+        .set_profile(&uid("bo"), &Profile::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.profile(&uid("bo")).await.unwrap(),
+        Some(Profile::default())
+    );
+
     // The bus reaches subscribers.
     let mut rx = store.subscribe();
     let message = BusMessage {
@@ -238,6 +259,7 @@ async fn embedded_store_survives_reopening() {
             .set_follow(&uid("a"), &Follow::User(uid("b")), true)
             .await
             .unwrap();
+        store.set_profile(&uid("a"), &profile()).await.unwrap();
     }
     let store = EmbeddedStore::open(&path).unwrap();
     assert_eq!(whole(&store, &doc.room.id).await, doc);
@@ -245,6 +267,8 @@ async fn embedded_store_survives_reopening() {
         store.follows(&uid("a")).await.unwrap(),
         vec![Follow::User(uid("b"))]
     );
+    assert_eq!(store.profile(&uid("a")).await.unwrap(), Some(profile()));
+    assert_eq!(store.profile(&uid("b")).await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -308,6 +332,7 @@ async fn redis_keys_follow_the_documented_schema() {
     )
     .await
     .unwrap();
+    store.set_profile(&uid("ann"), &profile()).await.unwrap();
     let client = redis::Client::open(redis.url.as_str()).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
     let mut keys: Vec<String> = redis::cmd("KEYS")
@@ -327,6 +352,7 @@ async fn redis_keys_follow_the_documented_schema() {
         format!("stoa:room:{id}:stats"),
         "stoa:rooms:live".to_owned(),
         "stoa:user:ann:room".to_owned(),
+        "stoa:user:ann:profile".to_owned(),
     ];
     expected.sort();
     assert_eq!(keys, expected);
@@ -624,6 +650,30 @@ async fn pages_and_indexes(store: &dyn Store) {
     assert_eq!(hands[0].1, 100);
     assert_eq!(store.bans(&id, 2).await.unwrap(), [uid("x1"), uid("x2")]);
 
+    // Kicks are listed apart from the members (who are gone), and the header keeps the
+    // removed people's names for the moderators' list.
+    for u in ["u02", "u00", "u01"] {
+        act_at(
+            store,
+            &id,
+            Actor::System,
+            Command::Target(Action::Kick, uid(u)),
+            300,
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        store.kicks(&id, 2).await.unwrap(),
+        [(uid("u00"), 300_300), (uid("u01"), 300_300)]
+    );
+    let header = store.room(&id, &Scope::header()).await.unwrap().unwrap();
+    assert!(header.members.is_empty());
+    assert_eq!(header.name_of(&uid("u02")), Some("U02"));
+    assert_eq!(header.name_of(&uid("host")), Some("HOST"), "on stage");
+    assert_eq!(header.name_of(&uid("u10")), None, "not the audience");
+    assert_eq!(header.counts().members, 23);
+
     // The stage scope loads the stage only.
     let staged = store
         .room(&id, &Scope::header().with_stage())
@@ -737,12 +787,21 @@ async fn embedded_store_reads_the_earlier_layout() {
                 .unwrap()
                 .insert("ann", doc.room.id.as_str())
                 .unwrap();
+            // Profiles were already one record per user.
+            let profiles: redb::TableDefinition<&str, &[u8]> =
+                redb::TableDefinition::new("profiles");
+            let json = serde_json::to_vec(&profile()).unwrap();
+            txn.open_table(profiles)
+                .unwrap()
+                .insert("bo", json.as_slice())
+                .unwrap();
         }
         txn.commit().unwrap();
     }
     let store = EmbeddedStore::open(&path).unwrap();
     let loaded = whole(&store, &doc.room.id).await;
     assert_eq!(loaded, doc);
+    assert_eq!(store.profile(&uid("bo")).await.unwrap(), Some(profile()));
     assert_eq!(store.rooms(&[RoomState::Live]).await.unwrap().len(), 1);
     assert_eq!(
         store

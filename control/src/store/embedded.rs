@@ -24,6 +24,7 @@
 //! | `active_room` | user | the one room the user is in |
 //! | `follows` | user | JSON list of `user:{id}` / `room:{id}` |
 //! | `invites` | token | invitation (JSON) |
+//! | `profiles` | user | profile (JSON: bio, small avatar) |
 //!
 //! A file written by the earlier layout (one `rooms` table of whole-room documents) is split
 //! into these records when opened.
@@ -37,7 +38,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHand
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::{AudiencePage, BUS_CAPACITY, Changes, Follow, Invite, Mutation, Store, json, parse};
+use super::{
+    AudiencePage, BUS_CAPACITY, Changes, Follow, Invite, Mutation, Profile, Store, json, parse,
+};
 use crate::error::ControlError;
 use crate::events::BusMessage;
 use crate::model::{
@@ -54,13 +57,14 @@ const INVITED: TableDefinition<&str, &[u8]> = TableDefinition::new("room_invited
 const ACTIVE: TableDefinition<&str, &[u8]> = TableDefinition::new("active_room");
 const FOLLOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("follows");
 const INVITES: TableDefinition<&str, &[u8]> = TableDefinition::new("invites");
+const PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
 /// The earlier layout: whole-room documents.
 const LEGACY_ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("rooms");
 /// The earlier layout's claims (text values).
 const LEGACY_ACTIVE: TableDefinition<&str, &str> = TableDefinition::new("active_room");
 
-const TABLES: [TableDefinition<&str, &[u8]>; 8] = [
-    HEADERS, MEMBERS, HANDS, BANS, KICKS, INVITED, FOLLOWS, INVITES,
+const TABLES: [TableDefinition<&str, &[u8]>; 9] = [
+    HEADERS, MEMBERS, HANDS, BANS, KICKS, INVITED, FOLLOWS, INVITES, PROFILES,
 ];
 
 /// Changes queued for the writer before callers wait for room.
@@ -253,6 +257,7 @@ struct Mem {
     active: HashMap<UserId, RoomId>,
     follows: HashMap<UserId, BTreeSet<String>>,
     invites: HashMap<String, Invite>,
+    profiles: HashMap<UserId, Profile>,
 }
 
 impl Mem {
@@ -561,6 +566,17 @@ fn load(db: &Database) -> Result<Mem, ControlError> {
             mem.follows.insert(u, parse("follows", v.value())?);
         }
     }
+    for entry in txn
+        .open_table(PROFILES)
+        .map_err(db_err)?
+        .iter()
+        .map_err(db_err)?
+    {
+        let (k, v) = entry.map_err(db_err)?;
+        if let Ok(u) = UserId::parse(k.value()) {
+            mem.profiles.insert(u, parse("profile", v.value())?);
+        }
+    }
     let now = crate::clock::now_ms();
     for entry in txn
         .open_table(INVITES)
@@ -739,6 +755,18 @@ impl Store for EmbeddedStore {
         }))
     }
 
+    async fn kicks(&self, id: &RoomId, limit: usize) -> Result<Vec<(UserId, u64)>, ControlError> {
+        let mem = self.mem.lock().await;
+        Ok(mem.rooms.get(id).map_or_else(Vec::new, |e| {
+            e.doc
+                .kicks
+                .iter()
+                .take(limit)
+                .map(|(u, t)| (u.clone(), *t))
+                .collect()
+        }))
+    }
+
     async fn remove_room(&self, id: &RoomId) -> Result<(), ControlError> {
         self.usable()?;
         let mut mem = self.mem.lock().await;
@@ -807,6 +835,19 @@ impl Store for EmbeddedStore {
         Ok(mem.follows.get(user).map_or_else(Vec::new, |set| {
             set.iter().filter_map(|k| Follow::from_key(k)).collect()
         }))
+    }
+
+    async fn set_profile(&self, user: &UserId, profile: &Profile) -> Result<(), ControlError> {
+        self.usable()?;
+        let mut mem = self.mem.lock().await;
+        mem.profiles.insert(user.clone(), profile.clone());
+        let op = Op::Put(PROFILES, user.to_string(), json(profile)?.into_bytes());
+        self.write(mem, vec![op]).await
+    }
+
+    async fn profile(&self, user: &UserId) -> Result<Option<Profile>, ControlError> {
+        let mem = self.mem.lock().await;
+        Ok(mem.profiles.get(user).cloned())
     }
 
     async fn put_invite(&self, token: &str, invite: &Invite) -> Result<(), ControlError> {

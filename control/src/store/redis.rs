@@ -13,10 +13,11 @@
 //! | `{p}room:{id}:bans` | set | banned users |
 //! | `{p}room:{id}:kicks` | hash | user → unix ms until which they may not rejoin |
 //! | `{p}room:{id}:invited` | set | users invited to speak |
-//! | `{p}room:{id}:stats` | string | statistics (JSON) |
+//! | `{p}room:{id}:stats` | string | statistics (JSON, with the names of the host, whoever was on stage and whoever was removed) |
 //! | `{p}rooms:{state}` | set | room ids by state (`scheduled`, `live`, `ended`, `archived`) |
 //! | `{p}user:{id}:room` | string | the one room the user is in |
 //! | `{p}user:{id}:follows` | set | `user:{id}` and `room:{id}` the user follows |
+//! | `{p}user:{id}:profile` | string | the user's profile (JSON: bio, small avatar) |
 //! | `{p}invite:{token}` | string | an invitation link (JSON), expiring with it |
 //! | `{p}presence:{instance}` | string | an instance's heartbeat; expires when it stops (TTL) |
 //! | `{p}lock:room:{id}` | string | who is changing the room now; expires after 5 s |
@@ -39,7 +40,8 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::broadcast;
 
 use super::{
-    AudiencePage, BUS_CAPACITY, Changes, Follow, Header, Invite, Mutation, Store, json, parse,
+    AudiencePage, BUS_CAPACITY, Changes, Follow, Header, Invite, Mutation, Profile, Store, json,
+    parse,
 };
 use crate::error::ControlError;
 use crate::events::BusMessage;
@@ -760,6 +762,21 @@ impl Store for RedisStore {
         Ok(bans)
     }
 
+    async fn kicks(&self, id: &RoomId, limit: usize) -> Result<Vec<(UserId, u64)>, ControlError> {
+        let mut con = self.shared.clone();
+        let all: HashMap<String, u64> = con
+            .hgetall(self.index_key(id, "kicks"))
+            .await
+            .map_err(redis_err)?;
+        let mut kicks: Vec<(UserId, u64)> = all
+            .iter()
+            .filter_map(|(u, t)| Some((UserId::parse(u).ok()?, *t)))
+            .collect();
+        kicks.sort();
+        kicks.truncate(limit);
+        Ok(kicks)
+    }
+
     async fn remove_room(&self, id: &RoomId) -> Result<(), ControlError> {
         let mut con = self.shared.clone();
         let mut pipe = redis::pipe();
@@ -838,6 +855,22 @@ impl Store for RedisStore {
             .await
             .map_err(redis_err)?;
         Ok(keys.iter().filter_map(|k| Follow::from_key(k)).collect())
+    }
+
+    async fn set_profile(&self, user: &UserId, profile: &Profile) -> Result<(), ControlError> {
+        let mut con = self.shared.clone();
+        con.set::<_, _, ()>(self.key(&format!("user:{user}:profile")), json(profile)?)
+            .await
+            .map_err(redis_err)
+    }
+
+    async fn profile(&self, user: &UserId) -> Result<Option<Profile>, ControlError> {
+        let mut con = self.shared.clone();
+        let raw: Option<String> = con
+            .get(self.key(&format!("user:{user}:profile")))
+            .await
+            .map_err(redis_err)?;
+        raw.map(|r| parse("profile", r.as_bytes())).transpose()
     }
 
     async fn put_invite(&self, token: &str, invite: &Invite) -> Result<(), ControlError> {

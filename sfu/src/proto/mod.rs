@@ -42,6 +42,7 @@ mod datagrams;
 pub mod forwarder;
 pub mod id;
 mod peer;
+pub mod red;
 pub mod speaker;
 mod srtp;
 mod track;
@@ -57,7 +58,7 @@ use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::channel::ChannelId;
 use str0m::crypto::CryptoProvider;
 use str0m::ice::{IceCreds, StunMessage};
-use str0m::media::{Direction, MediaKind, Mid};
+use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
 use str0m::{
@@ -287,8 +288,10 @@ pub struct MediaPacket {
     pub voice_activity: Option<bool>,
     /// Arrival time.
     pub received: Instant,
-    /// Opus payload, shared by every subscriber.
+    /// Opus payload, or RED around Opus; shared by every subscriber.
     pub payload: Arc<[u8]>,
+    /// Which of the two `payload` is.
+    pub encoding: red::Encoding,
 }
 
 /// What happened to a datagram given to [`Sfu::handle_receive`].
@@ -328,6 +331,8 @@ pub struct SfuStats {
     pub rtp_forwarded: u64,
     /// RTP packets publishers sent that never arrived (gaps in their sequence numbers).
     pub rtp_lost: u64,
+    /// Of `rtp_lost`, packets rebuilt from the redundant blocks of a later RED packet.
+    pub rtp_recovered: u64,
     /// Of `rtp_forwarded`, the packets the engine sealed itself (the fast path).
     pub rtp_forwarded_direct: u64,
     /// Fast-path packets not sent because their SRTP index was already sealed (a duplicate)
@@ -337,6 +342,9 @@ pub struct SfuStats {
     pub rtp_dropped_unauthorized: u64,
     /// RTP packets dropped because their track is muted by the server.
     pub rtp_dropped_muted: u64,
+    /// RTP packets dropped because their payload cannot be read (RED that is malformed or not
+    /// around Opus).
+    pub rtp_dropped_malformed: u64,
     /// Datagrams that matched no peer.
     pub datagrams_unknown: u64,
     /// Offers refused because they tried to publish without permission.
@@ -945,7 +953,9 @@ impl Sfu {
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .clear_codecs()
-            .enable_opus(true, false)
+            // RED (RFC 2198) when the peer offers or accepts it: publishers may send it, and
+            // subscribers that accept it get it (see `red`).
+            .enable_opus(true, true)
             .set_stats_interval(self.config.stats_interval)
             .set_local_ice_credentials(IceCreds {
                 ufrag: ufrag.clone(),
@@ -975,6 +985,7 @@ impl Sfu {
                 slots: Vec::new(),
                 slot_by_mid: HashMap::new(),
                 opus_pt: None,
+                red_pt: None,
                 addrs: Vec::new(),
                 audio_mids: Vec::new(),
                 counters: PeerCounters::default(),
@@ -1211,15 +1222,25 @@ impl Sfu {
             self.stats.rtp_dropped_unauthorized += 1;
             return;
         };
-        if Some(packet.header.payload_type) != p.opus_pt {
-            // Only Opus is forwarded (RED is not negotiated, CN and DTMF are not relayed).
-            return;
-        }
+        // Only Opus and RED around Opus are forwarded (CN and DTMF are not relayed).
+        let pt = Some(packet.header.payload_type);
+        let encoding = match p.opus_pt {
+            Some(opus) if pt == Some(opus) => red::Encoding::Opus,
+            Some(opus) if pt == p.red_pt => match red::Encoding::of_red(&packet.payload, *opus) {
+                Ok(encoding) => encoding,
+                Err(_) => {
+                    self.stats.rtp_dropped_malformed += 1;
+                    return;
+                }
+            },
+            _ => return,
+        };
         let Some(t) = self.tracks.get_mut(&track) else {
             return;
         };
         self.stats.rtp_in += 1;
-        self.stats.rtp_lost += t.lost_before(*ssrc, *packet.seq_no);
+        let gap = t.lost_before(*ssrc, *packet.seq_no);
+        self.stats.rtp_lost += gap;
         if t.muted {
             self.stats.rtp_dropped_muted += 1;
             if let Some(p) = self.peers.get_mut(&peer) {
@@ -1241,13 +1262,22 @@ impl Sfu {
             voice_activity: packet.header.ext_vals.voice_activity,
             received: packet.timestamp,
             payload: packet.payload,
+            encoding,
         };
+        // Packets lost just before a RED packet, rebuilt from its redundant blocks.
+        let recovered = red::rebuild_lost(&media, gap);
+        self.stats.rtp_recovered += recovered.len() as u64;
         for shard in &t.relays {
-            self.relays.push_back(Relay {
-                to: *shard,
-                from: self.config.shard,
-                msg: RelayMsg::Packet(track, media.clone()),
-            });
+            for m in recovered.iter().chain(std::iter::once(&media)) {
+                self.relays.push_back(Relay {
+                    to: *shard,
+                    from: self.config.shard,
+                    msg: RelayMsg::Packet(track, m.clone()),
+                });
+            }
+        }
+        for m in &recovered {
+            self.forward(now, track, m);
         }
         self.forward(now, track, &media);
     }
@@ -1269,7 +1299,7 @@ impl Sfu {
             let Some(p) = self.peers.get_mut(&peer) else {
                 continue;
             };
-            let (Some(pt), true) = (p.opus_pt, p.connected) else {
+            let (Some(opus_pt), true) = (p.opus_pt, p.connected) else {
                 continue;
             };
             let Some(s) = p.slots.get_mut(slot.0 as usize) else {
@@ -1284,6 +1314,14 @@ impl Sfu {
             else {
                 continue;
             };
+            // RED to subscribers that negotiated it, the primary Opus block to the others.
+            let body = red::Outgoing::choose(
+                packet.encoding,
+                &packet.payload,
+                *opus_pt,
+                p.red_pt.map(|pt| *pt),
+            );
+            let pt = Pt::from(body.pt());
             if matches!(s.path, SendPath::Undecided) {
                 s.path = match self.config.fast_path {
                     FastPath::Enabled
@@ -1318,7 +1356,7 @@ impl Sfu {
                     audio_level: d.audio_level_id.zip(level),
                     mid: d.mid_ext.as_ref().map(|(id, m, len)| (*id, &m[..*len])),
                 };
-                let payload = &packet.payload[..];
+                let payload = body.bytes(&packet.payload);
                 let ssrc = d.ssrc;
                 let sent = self.datagrams.push_with(
                     local,
@@ -1348,12 +1386,16 @@ impl Sfu {
                 voice_activity: packet.voice_activity,
                 ..Default::default()
             };
+            let payload = match body {
+                red::Outgoing::Whole(_) => packet.payload.clone(),
+                _ => Arc::from(body.bytes(&packet.payload)),
+            };
             let write = RtpWrite::new(
                 pt,
                 SeqNo::from(out.seq_no),
                 out.timestamp,
                 packet.received,
-                packet.payload.clone(),
+                payload,
             )
             .marker(packet.marker)
             .ext_vals(ext);
