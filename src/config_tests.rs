@@ -67,6 +67,7 @@ fn example_config_parses() {
     assert_eq!(config.logging.filter.to_string(), "info,stoa_sfu=info");
     assert_eq!(config.logging.format, LogFormat::Text);
     assert_eq!(config.shutdown.drain, std::time::Duration::from_secs(30));
+    assert_eq!(config.control.ended_room_retention, 90 * 24 * 3600);
 }
 
 #[test]
@@ -155,6 +156,7 @@ fn example_config_documents_every_key() {
         "tls_certificate",
         "use_external_ip",
         "stun_servers",
+        "ended_room_retention",
     ] {
         assert!(
             text.contains(key),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use livekit_protocol as lk;
 use stoa_control::Control;
 use stoa_control::media::{MediaCommand, MediaError, MediaPlane};
+use stoa_control::service::MediaEvent;
 use stoa_signaling::room::RoomLimits;
 use stoa_signaling::service::{ParticipantUpdate, SendData, ServiceError, Signaling};
 use stoa_signaling::ws::{Admission, AdmissionFuture, Admitted};
@@ -132,22 +133,36 @@ impl Admission for ControlAdmission {
     }
 }
 
+/// Most media-plane events handed to the control plane at once.
+const PRESENCE_BATCH: usize = 256;
+
 /// Feeds signaling's participant and speaker events to the control plane (presence and
-/// speaking time).
+/// speaking time), in batches of whatever queued up meanwhile: the control plane applies a
+/// batch with one store update per room.
 pub fn spawn_presence(control: Control, mut events: mpsc::Receiver<lk::WebhookEvent>) {
     tokio::spawn(async move {
-        while let Some(event) = events.recv().await {
-            let (Some(room), Some(p)) = (&event.room, &event.participant) else {
-                continue;
-            };
-            match event.event.as_str() {
-                "participant_joined" => control.presence(&room.name, &p.identity, true).await,
-                "participant_left" | "participant_connection_aborted" => {
-                    control.presence(&room.name, &p.identity, false).await;
-                }
-                "speaking_started" => control.speaking(&room.name, &p.identity, true).await,
-                "speaking_stopped" => control.speaking(&room.name, &p.identity, false).await,
-                _ => {}
+        let mut queued = Vec::with_capacity(PRESENCE_BATCH);
+        while events.recv_many(&mut queued, PRESENCE_BATCH).await > 0 {
+            let batch: Vec<(String, String, MediaEvent)> = queued
+                .drain(..)
+                .filter_map(|event| {
+                    let (Some(room), Some(p)) = (&event.room, &event.participant) else {
+                        return None;
+                    };
+                    let kind = match event.event.as_str() {
+                        "participant_joined" => MediaEvent::Connected,
+                        "participant_left" | "participant_connection_aborted" => {
+                            MediaEvent::Disconnected
+                        }
+                        "speaking_started" => MediaEvent::SpeakingStarted,
+                        "speaking_stopped" => MediaEvent::SpeakingStopped,
+                        _ => return None,
+                    };
+                    Some((room.name.clone(), p.identity.clone(), kind))
+                })
+                .collect();
+            if !batch.is_empty() {
+                control.media_events(batch).await;
             }
         }
     });

@@ -6,17 +6,20 @@
 //! These live in the root package because only it can name the built server binary
 //! (`CARGO_BIN_EXE_stoa`); the bench library itself depends on no Stoa crate.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 use std::path::Path;
 use std::time::Duration;
 
 use stoa_bench::capacity::{self, CapacityParams};
 use stoa_bench::client::{Depth, Protocol};
-use stoa_bench::scenario::{self, Kind, Params, Quiet, Target};
+use stoa_bench::scenario::{self, JoinPath, Kind, Params, Quiet, Target};
 use stoa_bench::server::ServerProcess;
 
 mod support;
+
+#[path = "../control/tests/common/redis_server.rs"]
+mod redis_server;
 
 /// The value of `series` (exact name and labels) in Prometheus text.
 fn metric(text: &str, series: &str) -> Option<f64> {
@@ -48,8 +51,13 @@ fn params(kind: Kind) -> Params {
     }
 }
 
-/// Start a server, run `params` against it, check the report.
+/// Start a server, run `params` against it with direct tokens, check the report.
 fn smoke(params: &Params) -> stoa_bench::report::Report {
+    smoke_on(params, JoinPath::Direct)
+}
+
+/// Start a server, run `params` against it joining by `path`, check the report.
+fn smoke_on(params: &Params, path: JoinPath) -> stoa_bench::report::Report {
     let process = ServerProcess::spawn(Path::new(env!("CARGO_BIN_EXE_stoa")), None, None)
         .expect("start stoa serve --dev");
     let target = Target {
@@ -59,6 +67,8 @@ fn smoke(params: &Params) -> stoa_bench::report::Report {
         secret: "secret".into(),
         room: "smoke".into(),
         pid: Some(process.pid()),
+        path,
+        api: Vec::new(),
     };
     let runtime = runtime();
     let report = runtime
@@ -155,6 +165,122 @@ fn join_storm() {
     smoke(&p);
 }
 
+/// The product path: the room is created through /api, the host speaks, a second speaker is
+/// put on stage by the app backend, and every listener turns a user token into a media token
+/// with `POST /api/rooms/{id}/token` before `/rtc`; audio flows as with direct tokens.
+#[test]
+fn join_storm_through_the_product_path() {
+    let p = Params {
+        listeners: 5,
+        join_rate: 50.0,
+        speakers: 2,
+        ..params(Kind::JoinStorm)
+    };
+    let report = smoke_on(&p, JoinPath::Product);
+    // Both speakers were heard: the invited one got publish rights through the control plane.
+    assert_eq!(report.clients.min_streams_heard, 2, "{}", report.table());
+}
+
+/// The product path on two nodes sharing one Redis: listeners call the two nodes' /api in
+/// turn, and every one is sent to the node where the room lives, whose media they hear.
+#[test]
+fn join_storm_through_two_instances_sharing_redis() {
+    let redis = redis_server::RedisServer::start();
+    let bin = Path::new(env!("CARGO_BIN_EXE_stoa"));
+    let a = ServerProcess::spawn_node(bin, None, &redis.url).expect("first node");
+    let b = ServerProcess::spawn_node(bin, None, &redis.url).expect("second node");
+    let target = Target {
+        http: a.http,
+        protocol: Protocol::Livekit,
+        key: "devkey".into(),
+        secret: "secret".into(),
+        room: "two nodes".into(),
+        pid: Some(a.pid()),
+        path: JoinPath::Product,
+        api: vec![a.http, b.http],
+    };
+    let p = Params {
+        listeners: 4,
+        join_rate: 50.0,
+        speakers: 1,
+        ..params(Kind::JoinStorm)
+    };
+    let report = runtime()
+        .block_on(async {
+            tokio::time::timeout(
+                p.bound() + Duration::from_secs(20),
+                scenario::run(target, &p, &mut Quiet),
+            )
+            .await
+        })
+        .expect("the run ends by itself")
+        .expect("the run completes");
+    let table = report.table();
+    eprintln!("{table}");
+    assert_eq!(report.clients.failed, 0, "{:?}", report.clients.errors);
+    assert_eq!(report.clients.heard, report.clients.listeners, "{table}");
+    // Both nodes answered token calls: the second one's /metrics counted them.
+    let (status, text) = support::request(b.http, "GET", "/metrics", None, None);
+    assert_eq!(status, 200);
+    let tokens = text
+        .lines()
+        .filter(|l| l.starts_with("control_api_requests_total") && l.contains("/token"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>();
+    assert!(tokens >= 2.0, "{text}");
+}
+
+/// The control plane alone, small: members join through the token call and the /rtc
+/// admission check; the host's view of the room stays small.
+#[test]
+fn api_load_on_the_embedded_store() {
+    let server = ServerProcess::spawn(Path::new(env!("CARGO_BIN_EXE_stoa")), None, None)
+        .expect("start stoa serve --dev");
+    let nodes = [stoa_bench::apiload::Node {
+        http: server.http,
+        pid: Some(server.pid()),
+    }];
+    api_load(&nodes, 60);
+}
+
+/// The same through two instances sharing one Redis: users alternate between them.
+#[test]
+fn api_load_on_two_instances_sharing_redis() {
+    let redis = redis_server::RedisServer::start();
+    let env = [("STOA_REDIS_URL", redis.url.as_str())];
+    let bin = Path::new(env!("CARGO_BIN_EXE_stoa"));
+    let a = ServerProcess::spawn_with(bin, None, None, &env).expect("first instance");
+    let b = ServerProcess::spawn_with(bin, None, None, &env).expect("second instance");
+    let nodes = [a.http, b.http].map(|http| stoa_bench::apiload::Node { http, pid: None });
+    api_load(&nodes, 40);
+}
+
+fn api_load(nodes: &[stoa_bench::apiload::Node], members: usize) {
+    let params = stoa_bench::apiload::ApiLoadParams {
+        members,
+        step: members / 2,
+        concurrency: 4,
+        admission: true,
+        key: "devkey".into(),
+        secret: "secret".into(),
+        bound: Duration::from_secs(60),
+    };
+    let report = runtime()
+        .block_on(stoa_bench::apiload::run(nodes, &params))
+        .expect("the ramp completes");
+    let table = report.table();
+    eprintln!("{table}");
+    assert!(report.errors.is_empty(), "{table}");
+    assert_eq!(report.steps.len(), 2, "{table}");
+    for st in &report.steps {
+        assert_eq!((st.joins, st.failures), (members / 2, 0), "{table}");
+        assert_eq!(st.token_ms.as_ref().map(|q| q.count), Some(members / 2));
+        assert_eq!(st.admission_ms.as_ref().map(|q| q.count), Some(members / 2));
+        assert!(st.room_view_bytes.is_some_and(|b| b > 0), "{table}");
+    }
+    assert!(report.throughput_ratio.is_some() && report.token_p95_ratio.is_some());
+}
+
 #[test]
 fn churn() {
     let p = Params {
@@ -191,6 +317,9 @@ fn capacity_ramp() {
         secret: "secret".into(),
         room: "ramp".into(),
         pid: Some(server.pid()),
+        // The ramp's clients join through the control plane, as the web app's do.
+        path: JoinPath::Product,
+        api: Vec::new(),
     };
     // Limits no small step can miss on loopback: the ramp must run to its cap.
     let params = CapacityParams {
@@ -259,6 +388,7 @@ fn comparison_with_janus() {
         storm_play: Duration::from_secs(2),
         janus_event_loops: 1,
         baseline: Duration::from_millis(200),
+        path: JoinPath::Direct,
     };
     let runtime = runtime();
     let report = runtime

@@ -228,6 +228,17 @@ fn a_listener_goes_on_stage_and_back_without_reconnecting_then_is_kicked() {
         (403, Some("kicked")),
         "{err}"
     );
+    let retry = err["retry_after"].as_u64().expect("retry_after seconds");
+    assert!((1..=300).contains(&retry), "{err}");
+    // The host's view lists the kicked listener by name, from the room's header (the member
+    // record is gone).
+    let room = ok(addr, "GET", &format!("/api/rooms/{id}"), &host, None);
+    let removed = room["removed"].as_array().expect("removed for the host");
+    assert_eq!(removed.len(), 1, "{room}");
+    assert_eq!(removed[0]["user"], lee.as_str());
+    assert_eq!(removed[0]["name"], "Lee");
+    assert_eq!(removed[0]["banned"], false);
+    assert!(removed[0]["until"].as_u64().is_some(), "{room}");
     let refused = SignalClient::connect(addr, &lee_media_token)
         .err()
         .expect("refused at /rtc");
@@ -407,6 +418,123 @@ fn an_empty_room_ends_itself() {
         }
         assert!(Instant::now() < deadline, "room still {}", room["state"]);
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Ended rooms are deleted once `ended_room_retention` has passed: the room then answers 404.
+#[test]
+fn ended_rooms_are_deleted_after_their_retention() {
+    let dir = scratch_dir("control-retention");
+    let stoa = Stoa::start(
+        &config(&dir, "ended_room_retention = 1\npresence_ttl = 1"),
+        &[("STOA_DATA_DIR", dir.to_str().unwrap())],
+    );
+    let host = user_token("hana", "Hana");
+    let id = create_room(stoa.addr, &host, json!({"title": "Short-lived"}));
+    let kept = create_room(stoa.addr, &host, json!({"title": "Still live"}));
+    ok(
+        stoa.addr,
+        "POST",
+        &format!("/api/rooms/{id}/end"),
+        &host,
+        None,
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, _) = api(stoa.addr, "GET", &format!("/api/rooms/{id}"), &host, None);
+        if status == 404 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ended room still kept");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A live room is never pruned.
+    let room = ok(stoa.addr, "GET", &format!("/api/rooms/{kept}"), &host, None);
+    assert_eq!(room["state"], "live");
+}
+
+/// A big audience is seen a page at a time: the room's view carries counts and the first page
+/// (for moderators only), the rest comes by cursor, each member once; listeners may not page.
+#[test]
+fn a_large_audience_is_seen_a_page_at_a_time() {
+    let dir = scratch_dir("control-pages");
+    let stoa = Stoa::start(
+        &config(&dir, ""),
+        &[("STOA_DATA_DIR", dir.to_str().unwrap())],
+    );
+    let host = user_token("hana", "Hana");
+    let id = create_room(stoa.addr, &host, json!({"title": "Big room"}));
+    let n = 130;
+    let mut listeners = Vec::new();
+    for i in 0..n {
+        let user = format!("l{i:03}");
+        let token = user_token(&user, &format!("Listener {i}"));
+        ok(
+            stoa.addr,
+            "POST",
+            &format!("/api/rooms/{id}/token"),
+            &token,
+            None,
+        );
+        listeners.push((user, token));
+    }
+    ok(
+        stoa.addr,
+        "POST",
+        &format!("/api/rooms/{id}/hand"),
+        &listeners[7].1,
+        None,
+    );
+    let room = ok(stoa.addr, "GET", &format!("/api/rooms/{id}"), &host, None);
+    assert_eq!(room["members"], n);
+    assert_eq!(room["raised_hands"], 1);
+    assert_eq!(room["hands"][0]["user"], "l007");
+    assert_eq!(room["hands"][0]["name"], "Listener 7");
+    let first = room["audience"].as_array().unwrap();
+    assert_eq!(first.len(), 40);
+    assert_eq!(first[0]["user"], "l000");
+    assert_eq!(room["audience_next"], "l039");
+
+    let mut seen: Vec<String> = Vec::new();
+    let mut path = format!("/api/rooms/{id}/audience?limit=50");
+    for _ in 0..10 {
+        let page = ok(stoa.addr, "GET", &path, &host, None);
+        for m in page["members"].as_array().unwrap() {
+            assert_eq!(m["role"], "listener");
+            assert_eq!(m["hand_raised"], m["user"] == "l007");
+            seen.push(m["user"].as_str().unwrap().to_owned());
+        }
+        match page["next"].as_str() {
+            Some(next) => path = format!("/api/rooms/{id}/audience?limit=50&after={next}"),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = listeners.iter().map(|(u, _)| u.clone()).collect();
+    assert_eq!(seen, expected);
+
+    // A listener sees counts, not the audience, and may not page through it.
+    let (_, token) = &listeners[0];
+    let room = ok(stoa.addr, "GET", &format!("/api/rooms/{id}"), token, None);
+    assert!(room["audience"].is_null() && room["hands"].is_null());
+    assert_eq!(room["listeners"], 0);
+    assert_eq!(room["you"]["user"], "l000");
+    let (status, err) = api(
+        stoa.addr,
+        "GET",
+        &format!("/api/rooms/{id}/audience"),
+        token,
+        None,
+    );
+    assert_eq!((status, err["code"].as_str()), (403, Some("not_allowed")));
+    for bad in ["limit=0", "limit=1000", "after=a:b"] {
+        let (status, err) = api(
+            stoa.addr,
+            "GET",
+            &format!("/api/rooms/{id}/audience?{bad}"),
+            &host,
+            None,
+        );
+        assert_eq!(status, 400, "{bad}: {err}");
     }
 }
 
@@ -888,4 +1016,6 @@ fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     assert_eq!(keys_after, keys_before);
     let spec = ok(addr, "GET", "/api/openapi.json", &host, None);
     assert!(spec["paths"]["/api/rooms/{id}/members/{user}/{action}"]["post"].is_object());
+    assert!(spec["paths"]["/api/rooms/{id}/audience"]["get"].is_object());
+    assert!(spec["components"]["schemas"]["AudienceView"].is_object());
 }

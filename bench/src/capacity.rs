@@ -115,7 +115,7 @@ pub async fn search(
     let bound = per_step * u32::try_from(steps_max).unwrap_or(u32::MAX) + Duration::from_secs(30);
     let probe_clock = crate::clock::Clock::start();
     let deadline = probe_clock.now() + bound;
-    let mut crowd = Crowd::new(target.clone(), deadline, 1, params.depth)?;
+    let mut crowd = Crowd::open(target.clone(), deadline, 1, params.depth).await?;
     let clock = crowd.clock();
     let mut sampler = Sampler::new(&target, &crowd);
     let mut harness = ProcProbe::new(std::process::id());

@@ -75,6 +75,9 @@ pub enum ClientError {
     /// A token could not be minted.
     #[error("token: {0}")]
     Token(String),
+    /// The control plane refused or failed a call of the product path.
+    #[error("api: {0}")]
+    Api(String),
 }
 
 /// Whether a client publishes audio.
@@ -172,8 +175,11 @@ pub struct ClientSpec {
     pub identity: String,
     /// The loopback address its peer connections use.
     pub local_ip: std::net::Ipv4Addr,
-    /// Access token.
+    /// Access token (direct path; unused when `product` is set).
     pub token: String,
+    /// Join through the control plane instead: a user token, `POST /api/rooms/{id}/token`,
+    /// then `/rtc` with the media token and URL it returns.
+    pub product: Option<crate::product::ProductJoin>,
     /// Speaker or listener.
     pub role: Role,
     /// How deeply this client reads what arrives.
@@ -368,7 +374,15 @@ async fn connect(
         None
     };
     let (sink, signals, reader) = match spec.protocol {
-        Protocol::Livekit => livekit(spec).await?,
+        Protocol::Livekit => match &spec.product {
+            None => livekit(spec.http, &spec.token).await?,
+            Some(join) => {
+                let grant = crate::product::join(join, &spec.identity)
+                    .await
+                    .map_err(|e| ClientError::Api(e.to_string()))?;
+                livekit(grant.rtc, &grant.token).await?
+            }
+        },
         Protocol::Janus => {
             let link = crate::janus::connect(spec.http, spec.role, &spec.identity).await?;
             (
@@ -404,10 +418,12 @@ async fn connect(
 pub(crate) type Signals = mpsc::Receiver<Result<signal_response::Message, ClientError>>;
 
 /// Open the LiveKit WebSocket, read the join response, and start the task that reads the rest.
-async fn livekit(spec: &ClientSpec) -> Result<(Outbound, Signals, AbortOnDrop), ClientError> {
+async fn livekit(
+    http: SocketAddr,
+    token: &str,
+) -> Result<(Outbound, Signals, AbortOnDrop), ClientError> {
     let url = format!(
-        "ws://{}/rtc?access_token={}&auto_subscribe=1&sdk=rust&protocol=17&client_protocol=2",
-        spec.http, spec.token
+        "ws://{http}/rtc?access_token={token}&auto_subscribe=1&sdk=rust&protocol=17&client_protocol=2"
     );
     let (mut ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(url))
         .await

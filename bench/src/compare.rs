@@ -22,7 +22,7 @@ use crate::chart::{Chart, Series};
 use crate::client::Protocol;
 use crate::janus::JanusProcess;
 use crate::report::Report;
-use crate::scenario::{self, Kind, Params, Progress, ScenarioError, Target};
+use crate::scenario::{self, JoinPath, Kind, Params, Progress, ScenarioError, Target};
 use crate::server::{ServerError, ServerProcess};
 
 /// The address Janus's ICE uses, on the veth interface [`isolate`] makes.
@@ -107,6 +107,8 @@ pub struct CompareParams {
     /// Seconds of the kernel baseline.
     #[serde(serialize_with = "crate::scenario::seconds")]
     pub baseline: Duration,
+    /// How Stoa's clients join (Janus's always join directly).
+    pub path: JoinPath,
 }
 
 /// One server's results.
@@ -254,6 +256,12 @@ fn spawn(name: &'static str, params: &CompareParams) -> Result<(Target, Guard), 
         secret: "secret".into(),
         room: "bench".into(),
         pid: Some(pid),
+        path: if protocol == Protocol::Livekit {
+            params.path
+        } else {
+            JoinPath::Direct
+        },
+        api: Vec::new(),
     };
     Ok((target, guard))
 }

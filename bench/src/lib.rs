@@ -11,6 +11,9 @@
 //! - [`server`]: the server under test as a child process, and its CPU and memory from `/proc`.
 //! - [`report`]: the summary table and JSON; [`capacity`]: the listener ramp;
 //!   [`baseline`]: what the kernel alone sends per core with `sendmmsg`.
+//! - [`product`]: the product path (a user token, `POST /api/rooms/{id}/token`, then `/rtc`)
+//!   and a minimal keep-alive HTTP client; [`apiload`]: token minting and admission alone,
+//!   without media, ramped to a large room.
 //! - [`sink`]: one thread reading every header-only listener's socket.
 //! - [`janus`]: Janus's videoroom as a comparison SFU, and the adapter that lets the same
 //!   clients drive it; [`compare`]: the baseline and both servers through the same ramp and
@@ -26,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod affinity;
+pub mod apiload;
 pub mod audio;
 pub mod baseline;
 pub mod capacity;
@@ -35,6 +39,7 @@ pub mod clock;
 pub mod compare;
 pub mod janus;
 mod peer;
+pub mod product;
 pub mod reception;
 pub mod report;
 pub mod scenario;

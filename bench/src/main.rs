@@ -6,6 +6,9 @@
 //!     --server-cpus 0 --bench-cpus 1
 //! stoa-bench baseline --seconds 3
 //! stoa-bench compare --stoa target/release/stoa --server-cpus 0 --bench-cpus 1 --out docs/bench
+//! stoa-bench run --scenario join-storm --path both --listeners 1000 --join-rate 200 \
+//!     --spawn target/release/stoa
+//! stoa-bench api-load --members 10000 --spawn target/release/stoa
 //! ```
 
 // A binary: it owns the clock and prints its reports.
@@ -22,7 +25,7 @@ use stoa_bench::capacity::{self, CapacityParams};
 use stoa_bench::client::{Depth, Protocol};
 use stoa_bench::compare::{self, CompareParams};
 use stoa_bench::report::{Tick, progress_line};
-use stoa_bench::scenario::{self, Kind, Params, Progress, Target};
+use stoa_bench::scenario::{self, JoinPath, Kind, Params, Progress, Target};
 use stoa_bench::server::ServerProcess;
 
 /// Load generator for Stoa: LiveKit-protocol clients over real UDP on this machine.
@@ -45,6 +48,20 @@ enum Cmd {
     /// join storm against a spawned Stoa and a spawned Janus videoroom; writes the report,
     /// BENCHMARKS.md's tables and charts.
     Compare(CompareArgs),
+    /// The control plane alone: users join one room through `POST /api/rooms/{id}/token` and
+    /// the `/rtc` admission check, without media, in measured steps up to a large room.
+    ApiLoad(ApiLoadArgs),
+}
+
+/// How clients join, for `run`: one path, or both side by side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PathArg {
+    /// Tokens minted by the harness, straight to `/rtc`.
+    Direct,
+    /// Through the control plane, as the web app does.
+    Product,
+    /// The same run twice, direct then product (a fresh server each with --spawn).
+    Both,
 }
 
 /// Which server, and how the harness runs.
@@ -74,9 +91,17 @@ struct ServerArgs {
     /// API secret.
     #[arg(long, default_value = "secret")]
     secret: String,
-    /// Room name.
+    /// Room name (direct path), or the title of the room created through /api (product path).
     #[arg(long, default_value = "bench")]
     room: String,
+    /// With --spawn: use the Redis store at this URL (`redis://127.0.0.1:PORT/`).
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<String>,
+    /// With --spawn and --redis-url: start this many nodes sharing the Redis store; on the
+    /// product path clients call their /api in turn, and every client's media meets on the
+    /// first node (where the room is created).
+    #[arg(long, default_value_t = 1)]
+    instances: usize,
     /// Write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -117,6 +142,9 @@ struct RunArgs {
     /// How deeply the other listeners read the audio.
     #[arg(long, value_enum, default_value = "header")]
     depth: Depth,
+    /// How clients join.
+    #[arg(long, value_enum, default_value = "direct")]
+    path: PathArg,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -150,8 +178,60 @@ struct CapacityArgs {
     /// How deeply listeners read the audio.
     #[arg(long, value_enum, default_value = "header")]
     depth: Depth,
+    /// How clients join.
+    #[arg(long, value_enum, default_value = "direct")]
+    path: JoinPath,
     #[command(flatten)]
     server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+struct ApiLoadArgs {
+    /// Users who join, in all.
+    #[arg(long, default_value_t = 10_000)]
+    members: usize,
+    /// Users per measured step.
+    #[arg(long, default_value_t = 500)]
+    step: usize,
+    /// Concurrent workers.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Skip the `/rtc` admission check (token calls only).
+    #[arg(long)]
+    no_admission: bool,
+    /// HTTP addresses of running servers (ignored with --spawn).
+    #[arg(long, default_value = "127.0.0.1:7880")]
+    url: Vec<SocketAddr>,
+    /// Start this `stoa` binary as `serve --dev` instead (`--instances` of them).
+    #[arg(long, value_name = "PATH")]
+    spawn: Option<PathBuf>,
+    /// With --spawn: servers to start; more than one needs --redis-url.
+    #[arg(long, default_value_t = 1)]
+    instances: usize,
+    /// With --spawn: use the Redis store at this URL.
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<String>,
+    /// Pin the spawned servers to these CPUs (taskset list).
+    #[arg(long, value_name = "LIST")]
+    server_cpus: Option<String>,
+    /// Pin this harness to these CPUs.
+    #[arg(long, value_name = "LIST")]
+    bench_cpus: Option<String>,
+    /// Harness worker threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// API key.
+    #[arg(long, default_value = "devkey")]
+    key: String,
+    /// API secret.
+    #[arg(long, default_value = "secret")]
+    secret: String,
+    /// Longest the run may take, seconds.
+    #[arg(long, default_value_t = 1800)]
+    bound: u64,
+    /// Write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -230,6 +310,9 @@ struct CompareArgs {
     /// Harness worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// How Stoa's clients join (Janus's always join directly).
+    #[arg(long, value_enum, default_value = "direct")]
+    path: JoinPath,
     /// Write compare.json, compare.md and the charts into this directory.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -318,16 +401,37 @@ fn main() -> anyhow::Result<()> {
                 depth: a.depth,
             };
             params.validate()?;
-            let (target, _server) = target(&a.server)?;
+            let paths: &[JoinPath] = match a.path {
+                PathArg::Direct => &[JoinPath::Direct],
+                PathArg::Product => &[JoinPath::Product],
+                PathArg::Both => &[JoinPath::Direct, JoinPath::Product],
+            };
             let runtime = runtime(&a.server)?;
-            let mut lines = Lines::new(a.server.quiet, params.listeners);
-            let report = runtime.block_on(scenario::run(target, &params, &mut lines))?;
-            println!("{}", report.table());
-            write_json(a.server.json.as_ref(), &report.json())?;
-            write_charts(
-                a.server.plots.as_ref(),
-                stoa_bench::chart::run_charts(&report),
-            )?;
+            let mut reports = Vec::new();
+            for &path in paths {
+                let (target, _server) = target(&a.server, path)?;
+                let mut lines = Lines::new(a.server.quiet, params.listeners);
+                let report = runtime.block_on(scenario::run(target, &params, &mut lines))?;
+                println!("{path:?} path:\n{}", report.table());
+                reports.push((path, report));
+            }
+            if let [(_, direct), (_, product)] = reports.as_slice() {
+                println!("{}", stoa_bench::report::side_by_side(direct, product));
+            }
+            let json = match reports.as_slice() {
+                [(_, one)] => one.json(),
+                _ => serde_json::to_string_pretty(
+                    &reports
+                        .iter()
+                        .map(|(p, r)| (format!("{p:?}").to_lowercase(), r))
+                        .collect::<std::collections::BTreeMap<_, _>>(),
+                )
+                .context("serialise")?,
+            };
+            write_json(a.server.json.as_ref(), &json)?;
+            if let Some((_, last)) = reports.last() {
+                write_charts(a.server.plots.as_ref(), stoa_bench::chart::run_charts(last))?;
+            }
         }
         Cmd::Capacity(a) => {
             let params = CapacityParams {
@@ -343,7 +447,7 @@ fn main() -> anyhow::Result<()> {
                 server_cores: a.server.server_cpus.as_deref().map(count_cpus),
                 bench_cores: a.server.bench_cpus.as_deref().map(count_cpus),
             };
-            let (target, _server) = target(&a.server)?;
+            let (target, _server) = target(&a.server, a.path)?;
             let runtime = runtime(&a.server)?;
             let mut lines = Lines::new(a.server.quiet, params.max_listeners);
             let report = runtime.block_on(capacity::search(target, &params, &mut lines))?;
@@ -418,6 +522,7 @@ fn main() -> anyhow::Result<()> {
                 storm_play: secs(a.storm_play)?,
                 janus_event_loops: a.janus_event_loops,
                 baseline: secs(a.baseline_seconds)?,
+                path: a.path,
             };
             if let Some(cpus) = &a.bench_cpus {
                 affinity::pin(cpus)?;
@@ -439,7 +544,70 @@ fn main() -> anyhow::Result<()> {
                 write_charts(Some(dir), report.charts())?;
             }
         }
+        Cmd::ApiLoad(a) => api_load(&a)?,
     }
+    Ok(())
+}
+
+fn api_load(a: &ApiLoadArgs) -> anyhow::Result<()> {
+    if a.instances == 0 || a.instances > 8 {
+        bail!("--instances must be 1 to 8");
+    }
+    if a.instances > 1 && a.redis_url.is_none() && a.spawn.is_some() {
+        bail!("several instances share a room only through Redis: add --redis-url");
+    }
+    let mut processes = Vec::new();
+    let nodes: Vec<stoa_bench::apiload::Node> = match &a.spawn {
+        Some(path) => {
+            let env: Vec<(&str, &str)> = a
+                .redis_url
+                .as_deref()
+                .map(|u| vec![("STOA_REDIS_URL", u)])
+                .unwrap_or_default();
+            for _ in 0..a.instances {
+                let p = ServerProcess::spawn_with(path, a.server_cpus.as_deref(), None, &env)
+                    .with_context(|| format!("start {}", path.display()))?;
+                processes.push(p);
+            }
+            processes
+                .iter()
+                .map(|p| stoa_bench::apiload::Node {
+                    http: p.http,
+                    pid: Some(p.pid()),
+                })
+                .collect()
+        }
+        None => a
+            .url
+            .iter()
+            .map(|&http| stoa_bench::apiload::Node { http, pid: None })
+            .collect(),
+    };
+    if nodes.iter().any(|n| !n.http.ip().is_loopback()) {
+        bail!("stoa-bench only drives servers on this machine's loopback addresses");
+    }
+    if let Some(cpus) = &a.bench_cpus {
+        affinity::pin(cpus)?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(a.threads.clamp(1, 64))
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let params = stoa_bench::apiload::ApiLoadParams {
+        members: a.members,
+        step: a.step,
+        concurrency: a.concurrency,
+        admission: !a.no_admission,
+        key: a.key.clone(),
+        secret: a.secret.clone(),
+        bound: Duration::from_secs(a.bound.clamp(1, 3600)),
+    };
+    let report = runtime.block_on(stoa_bench::apiload::run(&nodes, &params))?;
+    println!("{}", report.table());
+    let json = serde_json::to_string_pretty(&report).context("serialise")?;
+    write_json(a.json.as_ref(), &json)?;
+    drop(processes);
     Ok(())
 }
 
@@ -450,18 +618,45 @@ fn secs(s: f64) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(s))
 }
 
-/// The target server: spawned (kept alive by the returned process) or given.
-fn target(a: &ServerArgs) -> anyhow::Result<(Target, Option<ServerProcess>)> {
+/// The target server: spawned (kept alive by the returned processes) or given.
+fn target(a: &ServerArgs, path: JoinPath) -> anyhow::Result<(Target, Vec<ServerProcess>)> {
     if !a.url.ip().is_loopback() {
         bail!("stoa-bench only drives servers on this machine's loopback addresses");
     }
-    let (http, pid, process) = match &a.spawn {
-        Some(path) => {
-            let p = ServerProcess::spawn(path, a.server_cpus.as_deref(), None)
-                .with_context(|| format!("start {}", path.display()))?;
-            (p.http, Some(p.pid()), Some(p))
+    if a.instances == 0 || a.instances > 8 {
+        bail!("--instances must be 1 to 8");
+    }
+    let mut processes = Vec::new();
+    match (&a.spawn, a.redis_url.as_deref()) {
+        (Some(bin), Some(redis)) if a.instances > 1 => {
+            for _ in 0..a.instances {
+                let p = ServerProcess::spawn_node(bin, a.server_cpus.as_deref(), redis)
+                    .with_context(|| format!("start {}", bin.display()))?;
+                processes.push(p);
+            }
         }
-        None => (a.url, a.server_pid, None),
+        (Some(bin), redis) => {
+            if a.instances > 1 {
+                bail!("several instances share a room only through Redis: add --redis-url");
+            }
+            let env: Vec<(&str, &str)> = redis
+                .map(|u| vec![("STOA_REDIS_URL", u)])
+                .unwrap_or_default();
+            let p = ServerProcess::spawn_with(bin, a.server_cpus.as_deref(), None, &env)
+                .with_context(|| format!("start {}", bin.display()))?;
+            processes.push(p);
+        }
+        (None, _) if a.instances > 1 => bail!("--instances needs --spawn"),
+        (None, _) => {}
+    }
+    let (http, pid) = match processes.first() {
+        Some(p) => (p.http, Some(p.pid())),
+        None => (a.url, a.server_pid),
+    };
+    let api = if processes.len() > 1 {
+        processes.iter().map(|p| p.http).collect()
+    } else {
+        Vec::new()
     };
     Ok((
         Target {
@@ -471,8 +666,10 @@ fn target(a: &ServerArgs) -> anyhow::Result<(Target, Option<ServerProcess>)> {
             secret: a.secret.clone(),
             room: a.room.clone(),
             pid,
+            path,
+            api,
         },
-        process,
+        processes,
     ))
 }
 

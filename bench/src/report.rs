@@ -164,7 +164,8 @@ pub struct Report {
     pub churned: u64,
     /// Client counts.
     pub clients: Clients,
-    /// WebSocket connect to first audio packet, per listener.
+    /// Client start (the token call on the product path, else the WebSocket connect) to first
+    /// audio packet, per listener.
     pub join_to_first_audio_ms: Option<Quantiles>,
     /// One-way latency (send stamp to receive), per packet.
     pub latency_ms: Option<Quantiles>,
@@ -428,4 +429,49 @@ pub fn progress_line(t: &Tick) -> String {
 
 fn opt(v: Option<f64>, decimals: usize) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
+}
+
+/// Two runs of the same scenario, direct tokens against the product path, side by side:
+/// join-to-first-audio quantiles, failures, and the product/direct ratios.
+pub fn side_by_side(direct: &Report, product: &Report) -> String {
+    let mut s = String::new();
+    let j = |r: &Report| r.join_to_first_audio_ms.clone();
+    let q = |r: &Report, f: fn(&Quantiles) -> f64| {
+        j(r).map_or("-".to_owned(), |q| format!("{:.0}", f(&q)))
+    };
+    let _ = writeln!(
+        s,
+        "| path | heard | failed | join→first audio p50 / p95 / p99 | latency p99 | server CPU mean |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+    for (name, r) in [("direct tokens", direct), ("product path", product)] {
+        let _ = writeln!(
+            s,
+            "| {name} | {} / {} | {} | {} / {} / {} ms | {} ms | {} |",
+            r.clients.heard,
+            r.clients.listeners,
+            r.clients.failed,
+            q(r, |q| q.p50),
+            q(r, |q| q.p95),
+            q(r, |q| q.p99),
+            r.latency_ms
+                .as_ref()
+                .map_or("-".to_owned(), |l| format!("{:.1}", l.p99)),
+            r.server
+                .as_ref()
+                .map_or("-".to_owned(), |f| format!("{:.2}", f.cpu_cores_mean)),
+        );
+    }
+    if let (Some(a), Some(b)) = (j(direct), j(product))
+        && a.p95 > 0.0
+        && a.p50 > 0.0
+    {
+        let _ = writeln!(
+            s,
+            "\nproduct / direct: join→first audio p50 {:.2}×, p95 **{:.2}×**",
+            b.p50 / a.p50,
+            b.p95 / a.p95
+        );
+    }
+    s
 }

@@ -46,6 +46,9 @@ pub enum ScenarioError {
     /// A client could not be prepared.
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// The room could not be set up through the control API.
+    #[error(transparent)]
+    Api(#[from] crate::product::ApiError),
 }
 
 /// Which scenario.
@@ -60,6 +63,18 @@ pub enum Kind {
     Churn,
     /// One speaker at a time; every rotate-every seconds the next one takes the floor.
     Rotation,
+}
+
+/// How clients get into the room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum JoinPath {
+    /// With access tokens the harness mints itself, straight to `/rtc` (any LiveKit server).
+    Direct,
+    /// As Stoa's web app does: the room is created and started through `/api` (hosted by the
+    /// first speaker), and each client turns a user token into a media token with
+    /// `POST /api/rooms/{id}/token` before opening `/rtc`.
+    Product,
 }
 
 /// The server and the room.
@@ -77,6 +92,11 @@ pub struct Target {
     pub room: String,
     /// Process id of the server, to read its CPU and memory (same machine only).
     pub pid: Option<u32>,
+    /// How clients join.
+    pub path: JoinPath,
+    /// On the product path, the nodes whose `/api` clients call in turn (several nodes
+    /// sharing one Redis); empty: `http` alone. The room is created on `http`.
+    pub api: Vec<SocketAddr>,
 }
 
 /// What to run.
@@ -152,7 +172,12 @@ pub struct Crowd {
     gone: Vec<(Totals, Outcome)>,
     /// Where clients' peer connections bind.
     local_ip: std::net::Ipv4Addr,
+    /// The control plane's room and a server token, on the product path.
+    product: Option<(String, String)>,
 }
+
+/// The identity of the first speaker, who hosts the room on the product path.
+pub const HOST: &str = "speaker-0";
 
 impl Crowd {
     /// An empty crowd; every client it starts leaves by itself at `deadline`.
@@ -197,7 +222,33 @@ impl Crowd {
             decoders_started: 0,
             depth,
             gone: Vec::new(),
+            product: None,
         })
+    }
+
+    /// Like [`Crowd::new`]; on the product path it also creates and starts the room through
+    /// `/api`, hosted by the first speaker.
+    pub async fn open(
+        target: Target,
+        deadline: Instant,
+        decoders: usize,
+        depth: Depth,
+    ) -> Result<Crowd, ScenarioError> {
+        let path = target.path;
+        let mut crowd = Crowd::new(target, deadline, decoders, depth)?;
+        if path == JoinPath::Product {
+            let t = &crowd.target;
+            let server = crate::product::server_token(&t.key, &t.secret)?;
+            let mut http = crate::product::Http::new(t.http)?;
+            let room = crate::product::create_room(&mut http, &server, HOST, &t.room, None).await?;
+            crowd.product = Some((room, server));
+        }
+        Ok(crowd)
+    }
+
+    /// The control plane's room id on the product path.
+    pub fn product_room(&self) -> Option<&str> {
+        self.product.as_ref().map(|(r, _)| r.as_str())
     }
 
     /// The run's clock.
@@ -225,13 +276,39 @@ impl Crowd {
             Role::Listener => format!("listener-{}", self.started),
         };
         self.started += 1;
-        let token = client::mint(
-            &self.target.key,
-            &self.target.secret,
-            &self.target.room,
-            &identity,
-            role,
-        )?;
+        let (token, product) = match &self.product {
+            None => {
+                let token = client::mint(
+                    &self.target.key,
+                    &self.target.secret,
+                    &self.target.room,
+                    &identity,
+                    role,
+                )?;
+                (token, None)
+            }
+            Some((room, server)) => {
+                let user_token = crate::product::user_token(
+                    &self.target.key,
+                    &self.target.secret,
+                    &identity,
+                    &identity,
+                )?;
+                let stage_with =
+                    (role == Role::Speaker && identity != HOST).then(|| server.clone());
+                let api = match self.target.api.as_slice() {
+                    [] => self.target.http,
+                    nodes => nodes[self.started % nodes.len()],
+                };
+                let join = crate::product::ProductJoin {
+                    api,
+                    room: room.clone(),
+                    user_token,
+                    stage_with,
+                };
+                (String::new(), Some(join))
+            }
+        };
         let depth = match role {
             Role::Listener if self.decoders_started < self.decoders => {
                 self.decoders_started += 1;
@@ -246,6 +323,7 @@ impl Crowd {
             identity,
             local_ip: self.local_ip,
             token,
+            product,
             role,
             depth,
             deadline: self.deadline,
@@ -432,7 +510,7 @@ pub async fn run(
     let clock = Clock::start();
     let began = clock.now();
     let deadline = began + params.bound();
-    let mut crowd = Crowd::new(target.clone(), deadline, params.decoders, params.depth)?;
+    let mut crowd = Crowd::open(target.clone(), deadline, params.decoders, params.depth).await?;
     let mut sampler = Sampler::new(&target, &crowd);
     let second = Duration::from_secs(1);
     let mut next_tick = began + second;

@@ -45,6 +45,38 @@ impl ServerProcess {
         cpus: Option<&str>,
         log: Option<&Path>,
     ) -> Result<ServerProcess, ServerError> {
+        ServerProcess::spawn_with(binary, cpus, log, &[])
+    }
+
+    /// Like [`ServerProcess::spawn`], with `STOA_*` settings of its own (e.g.
+    /// `STOA_REDIS_URL` for the Redis store).
+    pub fn spawn_with(
+        binary: &Path,
+        cpus: Option<&str>,
+        log: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Result<ServerProcess, ServerError> {
+        ServerProcess::spawn_inner(binary, cpus, log, env, false)
+    }
+
+    /// One node of several sharing the Redis store at `redis_url`, whose public URL is its own
+    /// address: a room created on it sends every client's media here, whichever node answers
+    /// the token request.
+    pub fn spawn_node(
+        binary: &Path,
+        cpus: Option<&str>,
+        redis_url: &str,
+    ) -> Result<ServerProcess, ServerError> {
+        ServerProcess::spawn_inner(binary, cpus, None, &[("STOA_REDIS_URL", redis_url)], true)
+    }
+
+    fn spawn_inner(
+        binary: &Path,
+        cpus: Option<&str>,
+        log: Option<&Path>,
+        env: &[(&str, &str)],
+        own_public_url: bool,
+    ) -> Result<ServerProcess, ServerError> {
         let http_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let udp_port = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut command = pinned_command(binary, cpus);
@@ -72,6 +104,10 @@ impl ServerProcess {
             .arg(udp_port.to_string())
             .env("STOA_LOG_LEVEL", "warn")
             .env("STOA_DATA_DIR", &data_dir)
+            .envs(env.iter().copied())
+            .envs(
+                own_public_url.then(|| ("STOA_PUBLIC_URL", format!("ws://127.0.0.1:{http_port}"))),
+            )
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)

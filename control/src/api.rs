@@ -19,12 +19,12 @@ use crate::auth::Principal;
 use crate::clock::now_ms;
 use crate::error::{ControlError, ErrorBody};
 use crate::events::Event;
-use crate::model::{RoomDoc, RoomId, RoomKind, RoomState, SpeakerMode, UserId};
+use crate::model::{RoomDoc, RoomId, RoomKind, RoomState, Scope, SpeakerMode, UserId};
 use crate::permission::Action;
 use crate::room::{Actor, Command};
 use crate::service::{Control, NewRoom};
 use crate::store::{Follow, Profile};
-use crate::view::{self, HostStatsView, RoomCardView, RoomView, StatsView};
+use crate::view::{self, AudienceView, HostStatsView, RoomCardView, RoomView, StatsView};
 
 /// Largest request body.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -38,6 +38,7 @@ pub fn router(control: Control) -> Router {
         .route("/api/rooms", get(directory).post(create_room))
         .route("/api/rooms/{id}", get(get_room))
         .route("/api/rooms/{id}/card", get(room_card))
+        .route("/api/rooms/{id}/audience", get(audience))
         .route("/api/rooms/{id}/start", post(start))
         .route("/api/rooms/{id}/end", post(end))
         .route("/api/rooms/{id}/token", post(token))
@@ -300,8 +301,14 @@ pub struct FollowsView {
     pub follows: Vec<Follow>,
 }
 
-fn created(doc: &RoomDoc, caller: &Caller) -> Response {
-    (StatusCode::CREATED, Json(view::room(doc, caller.viewer()))).into_response()
+/// `GET /api/rooms/{id}/audience` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AudienceQuery {
+    /// The cursor of the previous page (its `next`); absent: the first page.
+    pub after: Option<String>,
+    /// Members per page, 1 to 200 (default 50).
+    pub limit: Option<usize>,
 }
 
 // ------------------------------------------------------------------ handlers
@@ -376,8 +383,8 @@ async fn directory(
     let mut archived: Vec<&RoomDoc> = vec![];
     for d in docs.iter().filter(|d| matches(d)) {
         match d.room.state {
-            RoomState::Live => out.live.push(view::room(d, caller.viewer())),
-            RoomState::Scheduled => out.scheduled.push(view::room(d, caller.viewer())),
+            RoomState::Live => out.live.push(view::room(d, caller.viewer(), None)),
+            RoomState::Scheduled => out.scheduled.push(view::room(d, caller.viewer(), None)),
             _ => archived.push(d),
         }
     }
@@ -388,7 +395,7 @@ async fn directory(
     out.archived = archived
         .into_iter()
         .take(50)
-        .map(|d| view::room(d, caller.viewer()))
+        .map(|d| view::room(d, caller.viewer(), None))
         .collect();
     Ok(Json(out))
 }
@@ -415,9 +422,13 @@ async fn create_room(
             },
         )
         .await?;
-    Ok(created(&doc, &caller))
+    let view = c.view(&doc.room.id, caller.viewer()).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
+/// The room: header, counts, stage, the caller's membership, and for hosts and co-hosts the
+/// first raised hands, the first page of the audience and the first bans. Its size does not
+/// grow with the room.
 #[utoipa::path(get, path = "/api/rooms/{id}", params(("id" = String, Path, description = "Room id")),
     responses((status = 200, body = RoomView), (status = 404, body = ErrorBody)))]
 async fn get_room(
@@ -425,8 +436,31 @@ async fn get_room(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<RoomView>, ControlError> {
-    let doc = c.room(&room_id(&id)?).await?;
-    Ok(Json(view::room(&doc, caller.viewer())))
+    Ok(Json(c.view(&room_id(&id)?, caller.viewer()).await?))
+}
+
+/// The audience (members not on stage), a page at a time by user id, for hosts and co-hosts.
+#[utoipa::path(get, path = "/api/rooms/{id}/audience", params(("id" = String, Path, description = "Room id"), AudienceQuery),
+    responses((status = 200, body = AudienceView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn audience(
+    State(c): State<Control>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<AudienceQuery>,
+) -> Result<Json<AudienceView>, ControlError> {
+    let id = room_id(&id)?;
+    let after = q.after.as_deref().map(UserId::parse).transpose()?;
+    let limit = q.limit.unwrap_or(50);
+    if limit == 0 || limit > crate::service::MAX_AUDIENCE_PAGE {
+        return Err(ControlError::bad_request(
+            "invalid_field",
+            format!("limit must be 1 to {}", crate::service::MAX_AUDIENCE_PAGE),
+        ));
+    }
+    let page = c
+        .audience(&id, caller.viewer(), after.as_ref(), limit)
+        .await?;
+    Ok(Json(view::audience(&page)))
 }
 
 /// The only room read that needs no token: what an embedded card or a shared link shows before
@@ -437,7 +471,9 @@ async fn room_card(
     State(c): State<Control>,
     Path(id): Path<String>,
 ) -> Result<Json<RoomCardView>, ControlError> {
-    let doc = c.room(&room_id(&id)?).await?;
+    let doc = c
+        .room_in(&room_id(&id)?, &Scope::header().with_stage())
+        .await?;
     Ok(Json(view::card(&doc)))
 }
 
@@ -448,8 +484,8 @@ async fn run(
     command: Command,
 ) -> Result<Json<RoomView>, ControlError> {
     let id = room_id(id)?;
-    let doc = c.act(&caller.actor(), &id, command).await?;
-    Ok(Json(view::room(&doc, caller.viewer())))
+    c.act(&caller.actor(), &id, command).await?;
+    Ok(Json(c.view(&id, caller.viewer()).await?))
 }
 
 #[utoipa::path(post, path = "/api/rooms/{id}/start", params(("id" = String, Path, description = "Room id")),
@@ -588,7 +624,9 @@ async fn room_stats(
     _caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<StatsView>, ControlError> {
-    let doc = c.room(&room_id(&id)?).await?;
+    let doc = c
+        .room_in(&room_id(&id)?, &Scope::header().with_stage())
+        .await?;
     Ok(Json(view::stats(&doc, now_ms())))
 }
 
@@ -621,11 +659,11 @@ async fn create_invitation(
     let (user, _) = caller.user()?;
     let id = room_id(&id)?;
     let (token, invite) = c.invite(user, &id).await?;
-    let doc = c.room(&id).await?;
+    let room = c.view(&id, caller.viewer()).await?;
     let body = InvitationView {
         token,
-        requires_confirmation: doc.room.kind == RoomKind::Stage,
-        room: view::room(&doc, caller.viewer()),
+        requires_confirmation: room.kind == RoomKind::Stage,
+        room,
         expires_at: invite.expires_at,
     };
     Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -639,11 +677,11 @@ async fn get_invitation(
     Path(token): Path<String>,
 ) -> Result<Json<InvitationView>, ControlError> {
     let invite = c.invitation(&token).await?;
-    let doc = c.room(&invite.room).await?;
+    let room = c.view(&invite.room, caller.viewer()).await?;
     Ok(Json(InvitationView {
         token,
-        requires_confirmation: doc.room.kind == RoomKind::Stage,
-        room: view::room(&doc, caller.viewer()),
+        requires_confirmation: room.kind == RoomKind::Stage,
+        room,
         expires_at: invite.expires_at,
     }))
 }
@@ -657,7 +695,7 @@ async fn accept_invitation(
 ) -> Result<Json<RoomView>, ControlError> {
     let (user, _) = caller.user()?;
     let doc = c.accept(user, &token).await?;
-    Ok(Json(view::room(&doc, caller.viewer())))
+    Ok(Json(c.view(&doc.room.id, caller.viewer()).await?))
 }
 
 /// Longest profile bio (characters).
@@ -871,6 +909,7 @@ fn event_room(e: &Event) -> &RoomId {
         directory,
         create_room,
         get_room,
+        audience,
         room_card,
         start,
         end,
@@ -898,6 +937,7 @@ fn event_room(e: &Event) -> &RoomId {
     components(schemas(
         ErrorBody,
         RoomView,
+        AudienceView,
         RoomCardView,
         StatsView,
         HostStatsView,

@@ -39,6 +39,9 @@ pub struct ControlConfig {
     pub user_token_ttl: u64,
     /// Lifetime of invitation links (seconds).
     pub invite_ttl: u64,
+    /// Seconds an ended room (with its statistics) is kept before it is deleted; 0 keeps
+    /// ended rooms forever.
+    pub ended_room_retention: u64,
     /// Largest room anyone may create.
     pub max_participants: u32,
     /// Whether anyone may sign in as a guest with a display name (`POST /api/session/guest`).
@@ -62,6 +65,7 @@ impl Default for ControlConfig {
             token_ttl: 600,
             user_token_ttl: 7 * 24 * 3600,
             invite_ttl: 7 * 24 * 3600,
+            ended_room_retention: 90 * 24 * 3600,
             max_participants: 10_000,
             guest_sign_in: true,
             public_url: String::new(),

@@ -1,8 +1,15 @@
 //! The control plane's data: rooms, their members, hands, moderation records and statistics.
 //!
-//! A [`RoomDoc`] is the unit of consistency: every change to a room reads the whole document,
-//! applies one command ([`crate::room`]) and writes it back atomically, so two hosts approving
-//! hands at once, or a hand lowered while it is approved, never lose an update.
+//! A [`RoomDoc`] is the unit of consistency: every change to a room reads its document,
+//! applies one command ([`crate::room`]) and writes the difference back atomically, so two
+//! hosts approving hands at once, or a hand lowered while it is approved, never lose an update.
+//!
+//! A document need not hold every member. The stores keep each member (and each hand, ban,
+//! kick and invitation) as a record of its own and load only the ones a command names (a
+//! [`Scope`]), with the room's small header: its description, statistics and [`Counts`]. The
+//! counts of the members left out travel with the document, so a command sees the whole
+//! room's numbers (members, present listeners, …) at the cost of the few it loaded, and a join
+//! costs the same in a room of ten as in a room of ten thousand.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -310,13 +317,137 @@ pub struct RoomStats {
     pub names: BTreeMap<UserId, String>,
 }
 
-/// Everything about one room, read and written as one.
+/// What a room counts, kept in its header so that nobody has to count its members.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Counts {
+    /// Members.
+    pub members: u32,
+    /// Members on stage (host, co-hosts, speakers).
+    pub stage: u32,
+    /// Members connected now.
+    pub present: u32,
+    /// Listeners (members not on stage) connected now.
+    pub listeners: u32,
+    /// Raised hands.
+    pub hands: u32,
+    /// Members connected now, by the instance whose media plane hosts them.
+    pub instances: BTreeMap<String, u32>,
+}
+
+impl Counts {
+    /// What one member (and their hand) adds.
+    fn add(&mut self, m: &Member) {
+        self.members += 1;
+        if m.role.on_stage() {
+            self.stage += 1;
+        }
+        if m.present {
+            self.present += 1;
+            if !m.role.on_stage() {
+                self.listeners += 1;
+            }
+            if let Some(i) = &m.instance {
+                *self.instances.entry(i.clone()).or_default() += 1;
+            }
+        }
+    }
+
+    /// The counts of `members` and `hands`.
+    pub fn of<'a>(members: impl IntoIterator<Item = &'a Member>, hands: usize) -> Counts {
+        let mut c = Counts::default();
+        for m in members {
+            c.add(m);
+        }
+        c.hands = u32::try_from(hands).unwrap_or(u32::MAX);
+        c
+    }
+
+    fn plus(&self, other: &Counts) -> Counts {
+        let mut instances = self.instances.clone();
+        for (i, n) in &other.instances {
+            *instances.entry(i.clone()).or_default() += n;
+        }
+        instances.retain(|_, n| *n > 0);
+        Counts {
+            members: self.members.saturating_add(other.members),
+            stage: self.stage.saturating_add(other.stage),
+            present: self.present.saturating_add(other.present),
+            listeners: self.listeners.saturating_add(other.listeners),
+            hands: self.hands.saturating_add(other.hands),
+            instances,
+        }
+    }
+
+    fn minus(&self, other: &Counts) -> Counts {
+        let mut instances = self.instances.clone();
+        for (i, n) in &other.instances {
+            if let Some(v) = instances.get_mut(i) {
+                *v = v.saturating_sub(*n);
+            }
+        }
+        instances.retain(|_, n| *n > 0);
+        Counts {
+            members: self.members.saturating_sub(other.members),
+            stage: self.stage.saturating_sub(other.stage),
+            present: self.present.saturating_sub(other.present),
+            listeners: self.listeners.saturating_sub(other.listeners),
+            hands: self.hands.saturating_sub(other.hands),
+            instances,
+        }
+    }
+}
+
+/// Which part of a room a read or a command needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// Every member and record: for commands that act on everyone (ending a room).
+    pub all: bool,
+    /// These users' member, hand, ban, kick and invitation records.
+    pub users: Vec<UserId>,
+    /// The members on stage (at most [`STAGE_LOADED`]), for views.
+    pub stage: bool,
+}
+
+/// Most members on stage a view loads (an open room may have everyone on stage).
+pub const STAGE_LOADED: usize = 100;
+
+impl Scope {
+    /// Everything.
+    pub fn all() -> Scope {
+        Scope {
+            all: true,
+            ..Scope::default()
+        }
+    }
+
+    /// The header and these users.
+    pub fn users(users: impl IntoIterator<Item = UserId>) -> Scope {
+        Scope {
+            users: users.into_iter().collect(),
+            ..Scope::default()
+        }
+    }
+
+    /// The header only.
+    pub fn header() -> Scope {
+        Scope::default()
+    }
+
+    /// Also the members on stage.
+    pub fn with_stage(mut self) -> Scope {
+        self.stage = true;
+        self
+    }
+}
+
+/// A room, or the part of it a command needs, read and written as one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoomDoc {
     /// Description and lifecycle.
     pub room: Room,
-    /// Current members.
+    /// Current members (the loaded ones; see [`Scope`]).
     pub members: BTreeMap<UserId, Member>,
     /// Raised hands: user → unix ms raised, in the order raised.
     pub hands: BTreeMap<UserId, u64>,
@@ -328,6 +459,9 @@ pub struct RoomDoc {
     pub invited: BTreeSet<UserId>,
     /// Statistics.
     pub stats: RoomStats,
+    /// The counts of the members and hands that were not loaded.
+    #[serde(skip)]
+    pub rest: Counts,
 }
 
 impl RoomDoc {
@@ -341,18 +475,58 @@ impl RoomDoc {
             kicks: BTreeMap::new(),
             invited: BTreeSet::new(),
             stats: RoomStats::default(),
+            rest: Counts::default(),
         }
     }
 
-    /// Members connected now.
+    /// Sets [`RoomDoc::rest`] from the whole room's `counts`, once the loaded records are in.
+    pub fn set_total(&mut self, counts: &Counts) {
+        self.rest = counts.minus(&self.loaded_counts());
+    }
+
+    fn loaded_counts(&self) -> Counts {
+        Counts::of(self.members.values(), self.hands.len())
+    }
+
+    /// The whole room's counts: the records left out, plus the loaded ones as they are now.
+    pub fn counts(&self) -> Counts {
+        self.rest.plus(&self.loaded_counts())
+    }
+
+    /// Like [`RoomDoc::counts`] without the per-instance split, and without allocating: what
+    /// commands read, once per command (a batch of presence changes loads many members).
+    pub fn totals(&self) -> Counts {
+        let mut c = Counts {
+            instances: BTreeMap::new(),
+            hands: self
+                .rest
+                .hands
+                .saturating_add(u32::try_from(self.hands.len()).unwrap_or(u32::MAX)),
+            ..self.rest
+        };
+        for m in self.members.values() {
+            c.members += 1;
+            if m.role.on_stage() {
+                c.stage += 1;
+            }
+            if m.present {
+                c.present += 1;
+                if !m.role.on_stage() {
+                    c.listeners += 1;
+                }
+            }
+        }
+        c
+    }
+
+    /// Loaded members connected now.
     pub fn present(&self) -> impl Iterator<Item = (&UserId, &Member)> {
         self.members.iter().filter(|(_, m)| m.present)
     }
 
-    /// Listeners connected now.
+    /// Listeners connected now (the whole room).
     pub fn audience(&self) -> u32 {
-        let n = self.present().filter(|(_, m)| !m.role.on_stage()).count();
-        u32::try_from(n).unwrap_or(u32::MAX)
+        self.totals().listeners
     }
 
     /// The display name of `user`: a member's current name, else the one the records kept.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use crate::error::ControlError;
 use crate::events::Event;
 use crate::media::MediaCommand;
-use crate::model::{Member, Role, RoomDoc, RoomKind, RoomState, SpeakerMode, UserId};
+use crate::model::{Member, Role, RoomDoc, RoomKind, RoomState, Scope, SpeakerMode, UserId};
 use crate::permission::{Action, allowed, may_target};
 
 /// Who is acting.
@@ -72,6 +72,35 @@ pub struct Effects {
     pub events: Vec<Event>,
     /// Users no longer in this room (their one-active-room claim ends).
     pub released: Vec<UserId>,
+}
+
+/// The part of the room `command` by `actor` reads and changes: the users it names (and the
+/// host, whom a transfer demotes), or everyone when it ends the room.
+pub fn scope(actor: &Actor, command: &Command, host: Option<&UserId>) -> Scope {
+    let mut users = Vec::new();
+    if let Actor::User(u) = actor {
+        users.push(u.clone());
+    }
+    match command {
+        Command::End => return Scope::all(),
+        Command::Target(action, target) => {
+            users.push(target.clone());
+            if *action == Action::TransferHost {
+                users.extend(host.cloned());
+            }
+        }
+        Command::Connected(u, _) | Command::Disconnected(u, _) | Command::Speaking(u, _) => {
+            users.push(u.clone());
+        }
+        Command::Join { .. }
+        | Command::Own(_)
+        | Command::React { .. }
+        | Command::Start
+        | Command::Archive => {}
+    }
+    users.sort();
+    users.dedup();
+    Scope::users(users)
 }
 
 /// The participant permission and attributes that the media plane shows for a member.
@@ -210,7 +239,7 @@ fn audience_event(doc: &RoomDoc, fx: &mut Effects) {
     fx.events.push(Event::Audience {
         room: doc.room.id.clone(),
         listeners: doc.audience(),
-        present: u32::try_from(doc.present().count()).unwrap_or(u32::MAX),
+        present: doc.totals().present,
     });
 }
 
@@ -251,8 +280,7 @@ fn join(
         member.name = name;
         return Ok(());
     }
-    let members = u32::try_from(doc.members.len()).unwrap_or(u32::MAX);
-    if members >= doc.room.max_participants {
+    if doc.totals().members >= doc.room.max_participants {
         return Err(ControlError::unprocessable(
             "room_full",
             format!(
@@ -728,7 +756,7 @@ fn disconnected(doc: &mut RoomDoc, u: &UserId, instance: &str, cx: &Context, fx:
     }
     m.present = false;
     m.present_since = None;
-    if doc.present().next().is_none() && doc.room.state == RoomState::Live {
+    if doc.totals().present == 0 && doc.room.state == RoomState::Live {
         doc.room.empty_since = Some(cx.now);
     }
     audience_event(doc, fx);

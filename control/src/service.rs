@@ -1,7 +1,7 @@
 //! The control plane's shell: runs commands against the store, carries their effects to the
 //! media plane and the event stream of every instance, and keeps rooms tidy over time.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,10 +13,11 @@ use crate::config::ControlConfig;
 use crate::error::ControlError;
 use crate::events::{BusMessage, Event};
 use crate::media::{MediaError, MediaPlane};
-use crate::model::{self, Room, RoomDoc, RoomId, RoomKind, RoomState, SpeakerMode, UserId};
+use crate::model::{self, Room, RoomDoc, RoomId, RoomKind, RoomState, Scope, SpeakerMode, UserId};
 use crate::permission::Action;
 use crate::room::{self, Actor, Command, Context, Effects};
-use crate::store::{Follow, Invite, Store};
+use crate::store::{AudiencePage, Follow, Invite, Store};
+use crate::view::{self, RoomView};
 
 /// How often live rooms are checked for the empty timeout.
 const SWEEP: Duration = Duration::from_secs(5);
@@ -24,6 +25,31 @@ const SWEEP: Duration = Duration::from_secs(5);
 /// A newly joined member who has not connected to the media room yet keeps their
 /// one-active-room claim this long.
 const CONNECT_GRACE_MS: u64 = 60_000;
+
+/// Raised hands a moderator's view of a room lists (the first raised).
+pub const HANDS_SHOWN: usize = 40;
+/// Members of the audience on the first page of a moderator's view (more by cursor).
+pub const AUDIENCE_PAGE: usize = 40;
+/// Banned users a moderator's view lists.
+pub const BANS_SHOWN: usize = 40;
+/// Largest audience page.
+pub const MAX_AUDIENCE_PAGE: usize = 200;
+
+/// Sweeps between two looks for ended rooms past their retention.
+const PRUNE_EVERY: u64 = 12;
+
+/// What the media plane saw of a participant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// Connected to the media room.
+    Connected,
+    /// Left it (or its connection was lost).
+    Disconnected,
+    /// Started speaking (active-speaker detection).
+    SpeakingStarted,
+    /// Stopped speaking.
+    SpeakingStopped,
+}
 
 /// The control plane. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -251,13 +277,78 @@ impl Control {
         Ok(doc)
     }
 
-    /// One room.
+    /// One whole room, every member loaded (tools and tests; views read less, see
+    /// [`Control::view`]).
     pub async fn room(&self, id: &RoomId) -> Result<RoomDoc, ControlError> {
+        self.room_in(id, &Scope::all()).await
+    }
+
+    /// One room's header and the records `scope` names.
+    pub async fn room_in(&self, id: &RoomId, scope: &Scope) -> Result<RoomDoc, ControlError> {
         self.inner
             .store
-            .room(id)
+            .room(id, scope)
             .await?
             .ok_or_else(|| ControlError::not_found("room", id.as_str()))
+    }
+
+    /// The room as `viewer` (a user, or `None` for a server) sees it: header, counts, stage,
+    /// their own membership, and for moderators the first raised hands, the first page of the
+    /// audience and the first bans and kicks (named from the room's statistics, which keep the
+    /// names of whoever was removed).
+    pub async fn view(
+        &self,
+        id: &RoomId,
+        viewer: Option<&UserId>,
+    ) -> Result<RoomView, ControlError> {
+        let store = &self.inner.store;
+        let scope = Scope::users(viewer.cloned()).with_stage();
+        let doc = self.room_in(id, &scope).await?;
+        if !view::moderates(&doc, viewer) {
+            return Ok(view::room(&doc, viewer, None));
+        }
+        let hands = store.hands(id, HANDS_SHOWN).await?;
+        let audience = store.audience(id, None, AUDIENCE_PAGE).await?;
+        let bans = store.bans(id, BANS_SHOWN).await?;
+        let kicks = store.kicks(id, BANS_SHOWN).await?;
+        // Names of the hands' owners.
+        let doc = if hands.is_empty() {
+            doc
+        } else {
+            let users = viewer
+                .cloned()
+                .into_iter()
+                .chain(hands.iter().map(|(u, _)| u.clone()));
+            self.room_in(id, &Scope::users(users).with_stage()).await?
+        };
+        let extras = view::Extras {
+            hands,
+            audience,
+            bans,
+            kicks,
+        };
+        Ok(view::room(&doc, viewer, Some(&extras)))
+    }
+
+    /// A page of the audience for a moderator (`viewer`; `None` is a server).
+    pub async fn audience(
+        &self,
+        id: &RoomId,
+        viewer: Option<&UserId>,
+        after: Option<&UserId>,
+        limit: usize,
+    ) -> Result<AudiencePage, ControlError> {
+        let doc = self.room_in(id, &Scope::users(viewer.cloned())).await?;
+        if !view::moderates(&doc, viewer) {
+            return Err(ControlError::forbidden(
+                "not_allowed",
+                "only the host and co-hosts see the audience",
+            ));
+        }
+        self.inner
+            .store
+            .audience(id, after, limit.clamp(1, MAX_AUDIENCE_PAGE))
+            .await
     }
 
     /// Rooms in `states`.
@@ -274,7 +365,7 @@ impl Control {
     ) -> Result<RoomDoc, ControlError> {
         let follows_host = match (&command, actor) {
             (Command::Own(Action::RaiseHand), Actor::User(u)) => {
-                let doc = self.room(id).await?;
+                let doc = self.room_in(id, &Scope::header()).await?;
                 self.inner
                     .store
                     .follows(u)
@@ -283,6 +374,14 @@ impl Control {
             }
             _ => false,
         };
+        // A transfer demotes the current host: their record is needed too.
+        let host = match &command {
+            Command::Target(Action::TransferHost, _) => {
+                Some(self.room_in(id, &Scope::header()).await?.room.host)
+            }
+            _ => None,
+        };
+        let scope = room::scope(actor, &command, host.as_ref());
         let archive = matches!(command, Command::End);
         let cx = Context {
             now: now_ms(),
@@ -293,20 +392,18 @@ impl Control {
         let effects = self
             .inner
             .store
-            .update_room(id, &mut |doc| {
+            .update_room(id, &scope, &mut |doc| {
                 let fx = room::apply(doc, actor, command.clone(), &cx)?;
                 after = Some(doc.clone());
                 Ok(fx)
             })
             .await?;
-        for user in &effects.released {
-            self.inner.store.release_active(user, id).await?;
-        }
+        self.release_all(id, &effects.released).await?;
         self.publish(effects).await?;
         if archive {
             self.inner
                 .store
-                .update_room(id, &mut |doc| {
+                .update_room(id, &Scope::header(), &mut |doc| {
                     let fx = room::apply(doc, &Actor::System, Command::Archive, &cx)?;
                     after = Some(doc.clone());
                     Ok(fx)
@@ -392,7 +489,11 @@ impl Control {
     /// Ends `user`'s membership of `other` if they have left it in all but name: not
     /// connected, and not just joined. Returns whether the claim is gone.
     async fn release_stale(&self, user: &UserId, other: &RoomId) -> Result<bool, ControlError> {
-        let doc = self.inner.store.room(other).await?;
+        let doc = self
+            .inner
+            .store
+            .room(other, &Scope::users([user.clone()]))
+            .await?;
         let stale = match &doc {
             None => true,
             Some(d) if matches!(d.room.state, RoomState::Ended | RoomState::Archived) => true,
@@ -427,11 +528,16 @@ impl Control {
         let Ok(id) = RoomId::parse(name) else {
             return Ok(None);
         };
-        let Some(doc) = self.inner.store.room(&id).await? else {
-            return Ok(None);
-        };
         let user = UserId::parse(identity)
             .map_err(|_| ControlError::forbidden("not_a_member", "not a member of this room"))?;
+        let Some(doc) = self
+            .inner
+            .store
+            .room(&id, &Scope::users([user.clone()]))
+            .await?
+        else {
+            return Ok(None);
+        };
         if doc.bans.contains(&user) {
             return Err(ControlError::forbidden("banned", "banned from this room"));
         }
@@ -458,35 +564,108 @@ impl Control {
 
     /// The media plane saw `identity` connect to or leave room `name`.
     pub async fn presence(&self, name: &str, identity: &str, connected: bool) {
-        let (Ok(id), Ok(user)) = (RoomId::parse(name), UserId::parse(identity)) else {
-            return;
-        };
-        let instance = self.inner.instance.clone();
-        let command = if connected {
-            Command::Connected(user, instance)
+        let event = if connected {
+            MediaEvent::Connected
         } else {
-            Command::Disconnected(user, instance)
+            MediaEvent::Disconnected
         };
-        match self.act(&Actor::System, &id, command).await {
-            Ok(_) => {}
-            Err(e) if e.status == 404 => {}
-            Err(e) => tracing::warn!(room = %id, error = %e, "presence not recorded"),
-        }
+        self.media_events(vec![(name.to_owned(), identity.to_owned(), event)])
+            .await;
     }
 
     /// The media plane detected `identity` starting or stopping speaking in room `name`.
     pub async fn speaking(&self, name: &str, identity: &str, on: bool) {
-        let (Ok(id), Ok(user)) = (RoomId::parse(name), UserId::parse(identity)) else {
-            return;
+        let event = if on {
+            MediaEvent::SpeakingStarted
+        } else {
+            MediaEvent::SpeakingStopped
         };
-        match self
-            .act(&Actor::System, &id, Command::Speaking(user, on))
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if e.status == 404 => {}
-            Err(e) => tracing::warn!(room = %id, error = %e, "speaking time not recorded"),
+        self.media_events(vec![(name.to_owned(), identity.to_owned(), event)])
+            .await;
+    }
+
+    /// Records what the media plane saw (room name, identity, event), coalesced: one store
+    /// update per room for the whole batch, touching only the members it names, and one
+    /// audience event per room. Rooms the control plane does not own are ignored.
+    pub async fn media_events(&self, events: Vec<(String, String, MediaEvent)>) {
+        let instance = &self.inner.instance;
+        let mut by_room: BTreeMap<RoomId, Vec<Command>> = BTreeMap::new();
+        for (name, identity, event) in events {
+            let (Ok(id), Ok(user)) = (RoomId::parse(&name), UserId::parse(&identity)) else {
+                continue;
+            };
+            let command = match event {
+                MediaEvent::Connected => Command::Connected(user, instance.clone()),
+                MediaEvent::Disconnected => Command::Disconnected(user, instance.clone()),
+                MediaEvent::SpeakingStarted => Command::Speaking(user, true),
+                MediaEvent::SpeakingStopped => Command::Speaking(user, false),
+            };
+            by_room.entry(id).or_default().push(command);
         }
+        for (id, commands) in by_room {
+            if let Err(e) = self.apply_all(&id, &commands).await
+                && e.status != 404
+            {
+                tracing::warn!(room = %id, error = %e, "presence not recorded");
+            }
+        }
+    }
+
+    /// Runs system `commands` on one room in one store update; their audience events are
+    /// coalesced into the last one.
+    async fn apply_all(&self, id: &RoomId, commands: &[Command]) -> Result<(), ControlError> {
+        let mut users: Vec<UserId> = Vec::new();
+        for c in commands {
+            users.extend(room::scope(&Actor::System, c, None).users);
+        }
+        users.sort();
+        users.dedup();
+        let cx = Context {
+            now: now_ms(),
+            follows_host: false,
+            kick_cooldown_ms: self.inner.config.kick_cooldown * 1000,
+        };
+        metrics::histogram!(crate::telemetry::MEDIA_EVENTS_GROUP).record(commands.len() as f64);
+        let mut effects = self
+            .inner
+            .store
+            .update_room(id, &Scope::users(users), &mut |doc| {
+                let mut all = Effects::default();
+                for c in commands {
+                    let fx = room::apply(doc, &Actor::System, c.clone(), &cx)?;
+                    all.media.extend(fx.media);
+                    all.events.extend(fx.events);
+                    all.released.extend(fx.released);
+                }
+                Ok(all)
+            })
+            .await?;
+        // Only the last audience count of the batch matters.
+        let last = effects
+            .events
+            .iter()
+            .rposition(|e| matches!(e, Event::Audience { .. }));
+        let mut i = 0;
+        effects.events.retain(|e| {
+            let keep = !matches!(e, Event::Audience { .. }) || Some(i) == last;
+            i += 1;
+            keep
+        });
+        self.release_all(id, &effects.released).await?;
+        self.publish(effects).await
+    }
+
+    /// Ends the one-active-room claims of `users` on room `id`, many at once (ending a big
+    /// room releases every member: the store groups them).
+    async fn release_all(&self, id: &RoomId, users: &[UserId]) -> Result<(), ControlError> {
+        let store = &self.inner.store;
+        for chunk in users.chunks(64) {
+            let releases = chunk.iter().map(|u| store.release_active(u, id));
+            for result in futures_util::future::join_all(releases).await {
+                result?;
+            }
+        }
+        Ok(())
     }
 
     /// Starts or stops following a user or room.
@@ -509,7 +688,7 @@ impl Control {
         who: &UserId,
         id: &RoomId,
     ) -> Result<(String, Invite), ControlError> {
-        let doc = self.room(id).await?;
+        let doc = self.room_in(id, &Scope::users([who.clone()])).await?;
         let moderator =
             doc.members.get(who).is_some_and(|m| m.role.moderates()) || doc.room.host == *who;
         if !moderator {
@@ -552,7 +731,7 @@ impl Control {
         let mut after = None;
         self.inner
             .store
-            .update_room(&invite.room, &mut |doc| {
+            .update_room(&invite.room, &Scope::users([user.clone()]), &mut |doc| {
                 doc.invited.insert(user.clone());
                 after = Some(doc.clone());
                 Ok(Effects::default())
@@ -563,30 +742,68 @@ impl Control {
 }
 
 impl Control {
-    /// Marks members connected through instances that stopped their heartbeat as gone.
+    /// Marks members connected through instances that stopped their heartbeat as gone. The
+    /// room's header counts its members per instance, so only a room with members of a dead
+    /// instance is read whole.
     async fn forget_dead_instances(&self, doc: &RoomDoc) {
-        let mut verdicts: HashMap<&str, bool> = HashMap::new();
-        for (user, m) in doc.present() {
-            let Some(instance) = m.instance.as_deref() else {
-                continue;
-            };
-            let alive = match verdicts.get(instance) {
-                Some(&a) => a,
-                None => {
-                    let a = instance == self.inner.instance
-                        || self.inner.store.alive(instance).await.unwrap_or(true);
-                    verdicts.insert(instance, a);
-                    a
-                }
-            };
+        let mut dead = Vec::new();
+        for instance in doc.counts().instances.keys() {
+            let alive = *instance == self.inner.instance
+                || self.inner.store.alive(instance).await.unwrap_or(true);
             if !alive {
-                tracing::info!(room = %doc.room.id, "member's instance is gone");
-                let command = Command::Disconnected(user.clone(), instance.to_owned());
-                if let Err(e) = self.act(&Actor::System, &doc.room.id, command).await {
-                    tracing::warn!(room = %doc.room.id, error = %e, "cannot record departure");
-                }
+                dead.push(instance.clone());
             }
         }
+        if dead.is_empty() {
+            return;
+        }
+        let id = &doc.room.id;
+        let whole = match self.room(id).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(room = %id, error = %e, "cannot read the room");
+                return;
+            }
+        };
+        let commands: Vec<Command> = whole
+            .present()
+            .filter_map(|(u, m)| {
+                let i = m.instance.as_ref().filter(|i| dead.contains(i))?;
+                Some(Command::Disconnected(u.clone(), i.clone()))
+            })
+            .collect();
+        tracing::info!(room = %id, members = commands.len(), "members' instance is gone");
+        for chunk in commands.chunks(256) {
+            if let Err(e) = self.apply_all(id, chunk).await {
+                tracing::warn!(room = %id, error = %e, "cannot record departures");
+            }
+        }
+    }
+
+    /// Deletes ended rooms whose retention has passed.
+    async fn prune(&self) -> Result<usize, ControlError> {
+        let retention = self.inner.config.ended_room_retention;
+        if retention == 0 {
+            return Ok(0);
+        }
+        let cutoff = now_ms().saturating_sub(retention.saturating_mul(1000));
+        let ended = self
+            .inner
+            .store
+            .rooms(&[RoomState::Ended, RoomState::Archived])
+            .await?;
+        let mut pruned = 0;
+        for doc in ended {
+            if doc.room.ended_at.is_some_and(|t| t < cutoff) {
+                self.inner.store.remove_room(&doc.room.id).await?;
+                pruned += 1;
+            }
+        }
+        if pruned > 0 {
+            metrics::counter!(crate::telemetry::ROOMS_PRUNED).increment(pruned as u64);
+            tracing::info!(rooms = pruned, "ended rooms past their retention deleted");
+        }
+        Ok(pruned)
     }
 
     /// This instance's id (its heartbeat key and members' `instance`).
@@ -631,8 +848,10 @@ async fn sweep(inner: std::sync::Weak<Inner>) {
     // Three heartbeats per lifetime, and rooms checked at least every SWEEP.
     let period = SWEEP.min(Duration::from_millis(ttl_ms / 3).max(Duration::from_millis(100)));
     let mut tick = tokio::time::interval(period);
+    let mut sweeps: u64 = 0;
     loop {
         tick.tick().await;
+        sweeps += 1;
         let Some(inner) = inner.upgrade() else {
             return;
         };
@@ -657,8 +876,13 @@ async fn sweep(inner: std::sync::Weak<Inner>) {
         for doc in &rooms {
             control.forget_dead_instances(doc).await;
         }
-        let present = rooms.iter().map(|d| d.present().count()).sum();
+        let present = rooms.iter().map(|d| d.counts().present as usize).sum();
         crate::telemetry::rooms(rooms.len(), None, present);
+        if sweeps % PRUNE_EVERY == 1
+            && let Err(e) = control.prune().await
+        {
+            tracing::warn!(error = %e, "cannot prune ended rooms");
+        }
         for doc in rooms {
             if doc
                 .room

@@ -20,6 +20,12 @@ pub const API_SECONDS: &str = "control_api_request_duration_seconds";
 pub const ROOMS: &str = "control_rooms";
 /// Members connected to live rooms, as of the last sweep.
 pub const PRESENT: &str = "control_members_present";
+/// Changes per commit of the embedded store (grouped commits).
+pub const STORE_GROUP: &str = "control_store_commit_changes";
+/// Media-plane events (presence, speaking) per coalesced store update.
+pub const MEDIA_EVENTS_GROUP: &str = "control_media_events_per_update";
+/// Ended rooms deleted past their retention.
+pub const ROOMS_PRUNED: &str = "control_rooms_pruned_total";
 
 /// `# HELP` texts and units.
 pub fn describe() {
@@ -39,6 +45,21 @@ pub fn describe() {
         "Rooms by lifecycle state (scheduled, live)"
     );
     describe_gauge!(PRESENT, Unit::Count, "Members connected to live rooms");
+    describe_histogram!(
+        STORE_GROUP,
+        Unit::Count,
+        "Changes committed together by the embedded store's writer"
+    );
+    describe_histogram!(
+        MEDIA_EVENTS_GROUP,
+        Unit::Count,
+        "Presence and speaking events applied to a room in one store update"
+    );
+    describe_counter!(
+        ROOMS_PRUNED,
+        Unit::Count,
+        "Ended rooms deleted after their retention"
+    );
 }
 
 /// Counts and times every API request by its route template.

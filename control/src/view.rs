@@ -1,4 +1,7 @@
-//! What the API shows of rooms: who sees what depends on who asks.
+//! What the API shows of rooms: who sees what depends on who asks. Every view stays small
+//! whatever the room's size: counts instead of lists, the stage, the caller's own
+//! membership, and for moderators the first raised hands, the first page of the audience
+//! (more by cursor: `GET /api/rooms/{id}/audience`) and the first bans and kicks, by name.
 
 use std::collections::BTreeMap;
 
@@ -6,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::model::{Role, RoomDoc, RoomKind, RoomState, RoomStats, SpeakerMode, UserId};
+use crate::store::AudiencePage;
 
 /// A member as others see them.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -85,18 +89,47 @@ pub struct RoomView {
     pub listeners: u32,
     /// Everyone connected.
     pub present: u32,
-    /// Host, co-hosts and speakers.
+    /// Members (connected or not).
+    pub members: u32,
+    /// Raised hands.
+    pub raised_hands: u32,
+    /// Host, co-hosts and speakers (the first 100 in an open room, where everyone is).
     pub stage: Vec<MemberView>,
     /// The caller's own membership.
     pub you: Option<MemberView>,
-    /// Raised hands (hosts and co-hosts only).
+    /// The first raised hands, oldest first (hosts and co-hosts only; `raised_hands` counts
+    /// them all).
     pub hands: Option<Vec<HandView>>,
-    /// The audience (hosts and co-hosts only).
+    /// The first page of the audience, by user id (hosts and co-hosts only).
     pub audience: Option<Vec<MemberView>>,
-    /// Banned users (hosts and co-hosts only).
+    /// Cursor of the audience's next page (`GET /api/rooms/{id}/audience?after=…`), if any.
+    pub audience_next: Option<UserId>,
+    /// The first banned users (hosts and co-hosts only).
     pub banned: Option<Vec<UserId>>,
-    /// Kicked and banned users with their names (hosts and co-hosts only).
+    /// The first banned, then kicked users with their names (hosts and co-hosts only).
     pub removed: Option<Vec<RemovedView>>,
+}
+
+/// A page of a room's audience.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AudienceView {
+    /// Members not on stage, by user id.
+    pub members: Vec<MemberView>,
+    /// Cursor of the next page, if any.
+    pub next: Option<UserId>,
+}
+
+/// What a moderator's view adds, read apart from the room's document.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// The first raised hands.
+    pub hands: Vec<(UserId, u64)>,
+    /// The first page of the audience.
+    pub audience: AudiencePage,
+    /// The first bans.
+    pub bans: Vec<UserId>,
+    /// The first kicks: user and the unix ms until which they may not rejoin.
+    pub kicks: Vec<(UserId, u64)>,
 }
 
 /// What anyone may see of a room, without signing in: for embeddable cards and shared links.
@@ -177,24 +210,48 @@ pub struct HostStatsView {
 
 fn member(doc: &RoomDoc, user: &UserId) -> Option<MemberView> {
     let m = doc.members.get(user)?;
-    Some(MemberView {
+    Some(member_view(user, m, doc.hands.contains_key(user)))
+}
+
+fn member_view(user: &UserId, m: &crate::model::Member, hand: bool) -> MemberView {
+    MemberView {
         user: user.clone(),
         name: m.name.clone(),
         role: m.role,
         muted: m.muted,
         hard_muted: m.hard_muted,
         present: m.present,
-        hand_raised: doc.hands.contains_key(user),
-    })
+        hand_raised: hand,
+    }
 }
 
-/// The room as `viewer` (a user id, or `None` for a server) sees it.
-pub fn room(doc: &RoomDoc, viewer: Option<&UserId>) -> RoomView {
-    let r = &doc.room;
-    let moderator = match viewer {
+/// A page of the audience as the API shows it.
+pub fn audience(page: &AudiencePage) -> AudienceView {
+    AudienceView {
+        members: page
+            .members
+            .iter()
+            .map(|(u, m, hand)| member_view(u, m, *hand))
+            .collect(),
+        next: page.next.clone(),
+    }
+}
+
+/// Whether `viewer` (a user, or `None` for a server) moderates the room: the host, a co-host
+/// (needs the viewer's record loaded), or a server.
+pub fn moderates(doc: &RoomDoc, viewer: Option<&UserId>) -> bool {
+    match viewer {
         None => true,
-        Some(u) => doc.members.get(u).is_some_and(|m| m.role.moderates()) || r.host == *u,
-    };
+        Some(u) => doc.members.get(u).is_some_and(|m| m.role.moderates()) || doc.room.host == *u,
+    }
+}
+
+/// The room as `viewer` (a user id, or `None` for a server) sees it, from a document holding
+/// at least the stage and the viewer (and the owners of `extras.hands`, for their names).
+/// Without `extras` (a listener, or a directory entry) no hands, audience or bans are shown.
+pub fn room(doc: &RoomDoc, viewer: Option<&UserId>, extras: Option<&Extras>) -> RoomView {
+    let r = &doc.room;
+    let counts = doc.counts();
     let mut stage: Vec<MemberView> = doc
         .members
         .iter()
@@ -202,16 +259,17 @@ pub fn room(doc: &RoomDoc, viewer: Option<&UserId>) -> RoomView {
         .filter_map(|(u, _)| member(doc, u))
         .collect();
     stage.sort_by(|a, b| a.role.cmp(&b.role).then_with(|| a.name.cmp(&b.name)));
-    let mut hands: Vec<HandView> = doc
-        .hands
-        .iter()
-        .map(|(u, &t)| HandView {
-            user: u.clone(),
-            name: doc.name_of(u).map_or_else(|| u.to_string(), str::to_owned),
-            raised_at: t,
-        })
-        .collect();
-    hands.sort_by_key(|h| h.raised_at);
+    stage.truncate(crate::model::STAGE_LOADED);
+    let hands = extras.map(|x| {
+        x.hands
+            .iter()
+            .map(|(u, t)| HandView {
+                user: u.clone(),
+                name: doc.name_of(u).map_or_else(|| u.to_string(), str::to_owned),
+                raised_at: *t,
+            })
+            .collect()
+    });
     RoomView {
         id: r.id.to_string(),
         title: r.title.clone(),
@@ -227,41 +285,39 @@ pub fn room(doc: &RoomDoc, viewer: Option<&UserId>) -> RoomView {
         scheduled_for: r.scheduled_for,
         started_at: r.started_at,
         ended_at: r.ended_at,
-        listeners: doc.audience(),
-        present: u32::try_from(doc.present().count()).unwrap_or(u32::MAX),
+        listeners: counts.listeners,
+        present: counts.present,
+        members: counts.members,
+        raised_hands: counts.hands,
         stage,
         you: viewer.and_then(|u| member(doc, u)),
-        hands: moderator.then_some(hands),
-        audience: moderator.then(|| {
-            doc.members
-                .iter()
-                .filter(|(_, m)| !m.role.on_stage())
-                .filter_map(|(u, _)| member(doc, u))
-                .collect()
-        }),
-        banned: moderator.then(|| doc.bans.iter().cloned().collect()),
-        removed: moderator.then(|| removed(doc)),
+        hands,
+        audience: extras.map(|x| audience(&x.audience).members),
+        audience_next: extras.and_then(|x| x.audience.next.clone()),
+        banned: extras.map(|x| x.bans.clone()),
+        removed: extras.map(|x| removed(doc, x)),
     }
 }
 
-/// Banned users, then kicked ones, each by name.
-fn removed(doc: &RoomDoc) -> Vec<RemovedView> {
+/// The first banned users, then the first kicked ones, each by name: the names the room's
+/// statistics keep for whoever was removed (no member records needed).
+fn removed(doc: &RoomDoc, extras: &Extras) -> Vec<RemovedView> {
     let named = |u: &UserId| doc.name_of(u).map_or_else(|| u.to_string(), str::to_owned);
-    let banned = doc.bans.iter().map(|u| RemovedView {
+    let banned = extras.bans.iter().map(|u| RemovedView {
         user: u.clone(),
         name: named(u),
         banned: true,
         until: None,
     });
-    let kicked = doc
+    let kicked = extras
         .kicks
         .iter()
-        .filter(|(u, _)| !doc.bans.contains(*u))
-        .map(|(u, &until)| RemovedView {
+        .filter(|(u, _)| !extras.bans.contains(u))
+        .map(|(u, until)| RemovedView {
             user: u.clone(),
             name: named(u),
             banned: false,
-            until: Some(until),
+            until: Some(*until),
         });
     banned.chain(kicked).collect()
 }

@@ -118,3 +118,51 @@ async fn a_restarted_node_forgets_sessions_it_no_longer_has() {
     let control = start(Arc::new(store));
     wait_gone(async || control.room(&id).await.unwrap()).await;
 }
+
+/// A burst of media-plane events is applied with one store update per room: everyone's
+/// presence is recorded, one audience event says the final count, and no event carries a
+/// member list (events are small whatever the room's size).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_presence_is_one_update_and_one_small_event() {
+    use stoa_control::events::Event;
+    use stoa_control::service::MediaEvent;
+    let dir = std::env::temp_dir().join(format!("stoa-burst-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let control = start(Arc::new(
+        EmbeddedStore::open(&dir.join("control.redb")).unwrap(),
+    ));
+    let id = room_with_lee(&control).await;
+    let users: Vec<String> = (0..300).map(|i| format!("m{i}")).collect();
+    for u in &users {
+        control
+            .join(&UserId::parse(u).unwrap(), u, &id)
+            .await
+            .unwrap();
+    }
+    let mut events = control.events();
+    let mut burst: Vec<(String, String, MediaEvent)> = users
+        .iter()
+        .map(|u| (id.to_string(), u.clone(), MediaEvent::Connected))
+        .collect();
+    burst.push((id.to_string(), "m0".into(), MediaEvent::SpeakingStarted));
+    burst.push(("not-a-room".into(), "m1".into(), MediaEvent::Connected));
+    control.media_events(burst).await;
+    let doc = control.room(&id).await.unwrap();
+    assert_eq!(doc.present().count(), 301);
+    assert_eq!(doc.counts().present, 301);
+    assert!(
+        doc.members[&UserId::parse("m0").unwrap()]
+            .speaking_since
+            .is_some()
+    );
+    let mut audience = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while let Ok(Ok(e)) = tokio::time::timeout_at(deadline.into(), events.recv()).await {
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(json.len() < 200, "{json}");
+        if let Event::Audience { present, .. } = e {
+            audience.push(present);
+        }
+    }
+    assert_eq!(audience, [301], "one coalesced audience event");
+}

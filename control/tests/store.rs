@@ -10,7 +10,9 @@ use std::time::Duration;
 use common::redis_server::RedisServer;
 use stoa_control::ControlError;
 use stoa_control::events::{BusMessage, Event};
-use stoa_control::model::{Role, Room, RoomDoc, RoomId, RoomKind, RoomState, SpeakerMode, UserId};
+use stoa_control::model::{
+    Role, Room, RoomDoc, RoomId, RoomKind, RoomState, Scope, SpeakerMode, UserId,
+};
 use stoa_control::permission::Action;
 use stoa_control::room::{self, Actor, Command, Context};
 use stoa_control::store::embedded::EmbeddedStore;
@@ -56,35 +58,50 @@ fn cx() -> Context {
     }
 }
 
+/// Runs a command as the service does: loading only what it needs.
 async fn act(
     store: &dyn Store,
     id: &RoomId,
     actor: Actor,
     command: Command,
 ) -> Result<(), ControlError> {
+    let host = store.room(id, &Scope::header()).await?.map(|d| d.room.host);
+    let scope = room::scope(&actor, &command, host.as_ref());
     store
-        .update_room(id, &mut |doc| {
+        .update_room(id, &scope, &mut |doc| {
             room::apply(doc, &actor, command.clone(), &cx())
         })
         .await
         .map(|_| ())
 }
 
+/// The whole room.
+async fn whole(store: &dyn Store, id: &RoomId) -> RoomDoc {
+    store.room(id, &Scope::all()).await.unwrap().unwrap()
+}
+
 /// Everything the trait promises, on one store.
+fn profile() -> Profile {
+    Profile {
+        bio: "Asks good questions.".into(),
+        avatar: Some("data:image/png;base64,iVBORw0KGgo=".into()),
+    }
+}
+
 async fn behaves(store: &dyn Store) {
     let mut doc = new_room(100);
     let id = doc.room.id.clone();
-    assert!(store.room(&id).await.unwrap().is_none());
+    assert!(store.room(&id, &Scope::all()).await.unwrap().is_none());
     assert_eq!(
         store
-            .update_room(&id, &mut |_| Ok(Default::default()))
+            .update_room(&id, &Scope::all(), &mut |_| Ok(Default::default()))
             .await
             .unwrap_err()
             .status,
         404
     );
     store.insert_room(&doc).await.unwrap();
-    assert_eq!(store.room(&id).await.unwrap().unwrap(), doc);
+    assert_eq!(whole(store, &id).await, doc);
     assert!(store.rooms(&[RoomState::Live]).await.unwrap().is_empty());
 
     act(store, &id, Actor::System, Command::Start)
@@ -122,7 +139,7 @@ async fn behaves(store: &dyn Store) {
     )
     .await
     .unwrap();
-    doc = store.room(&id).await.unwrap().unwrap();
+    doc = whole(store, &id).await;
     assert_eq!(doc.room.state, RoomState::Live);
     assert!(doc.bans.contains(&uid("troll")));
     assert_eq!(doc.kicks[&uid("ann")], 301_000);
@@ -147,7 +164,7 @@ async fn behaves(store: &dyn Store) {
     .await
     .unwrap_err();
     assert_eq!(err.code, "banned");
-    assert_eq!(store.room(&id).await.unwrap().unwrap(), doc);
+    assert_eq!(whole(store, &id).await, doc);
 
     // One active room per user.
     let other = RoomId::random();
@@ -189,10 +206,7 @@ async fn behaves(store: &dyn Store) {
 
     // Profiles.
     assert_eq!(store.profile(&uid("bo")).await.unwrap(), None);
-    let profile = Profile {
-        bio: "Asks good questions.".into(),
-        avatar: Some("data:image/png;base64,iVBORw0KGgo=".into()),
-    };
+    let profile = profile();
     store.set_profile(&uid("bo"), &profile).await.unwrap();
     assert_eq!(store.profile(&uid("bo")).await.unwrap(), Some(profile));
     store
@@ -245,13 +259,16 @@ async fn embedded_store_survives_reopening() {
             .set_follow(&uid("a"), &Follow::User(uid("b")), true)
             .await
             .unwrap();
+        store.set_profile(&uid("a"), &profile()).await.unwrap();
     }
     let store = EmbeddedStore::open(&path).unwrap();
-    assert_eq!(store.room(&doc.room.id).await.unwrap().unwrap(), doc);
+    assert_eq!(whole(&store, &doc.room.id).await, doc);
     assert_eq!(
         store.follows(&uid("a")).await.unwrap(),
         vec![Follow::User(uid("b"))]
     );
+    assert_eq!(store.profile(&uid("a")).await.unwrap(), Some(profile()));
+    assert_eq!(store.profile(&uid("b")).await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -289,6 +306,33 @@ async fn redis_keys_follow_the_documented_schema() {
     .await
     .unwrap();
     store.claim_active(&uid("ann"), &id).await.unwrap();
+    act(
+        &store,
+        &id,
+        Actor::User(uid("host")),
+        Command::Join {
+            name: "Host".into(),
+        },
+    )
+    .await
+    .unwrap();
+    act(
+        &store,
+        &id,
+        Actor::User(uid("bo")),
+        Command::Join { name: "Bo".into() },
+    )
+    .await
+    .unwrap();
+    act(
+        &store,
+        &id,
+        Actor::System,
+        Command::Target(Action::Kick, uid("bo")),
+    )
+    .await
+    .unwrap();
+    store.set_profile(&uid("ann"), &profile()).await.unwrap();
     let client = redis::Client::open(redis.url.as_str()).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
     let mut keys: Vec<String> = redis::cmd("KEYS")
@@ -300,21 +344,59 @@ async fn redis_keys_follow_the_documented_schema() {
     let mut expected = vec![
         format!("stoa:room:{id}"),
         format!("stoa:room:{id}:participants"),
+        format!("stoa:room:{id}:stage"),
+        format!("stoa:room:{id}:audience"),
         format!("stoa:room:{id}:requests"),
         format!("stoa:room:{id}:bans"),
+        format!("stoa:room:{id}:kicks"),
         format!("stoa:room:{id}:stats"),
         "stoa:rooms:live".to_owned(),
         "stoa:user:ann:room".to_owned(),
+        "stoa:user:ann:profile".to_owned(),
     ];
     expected.sort();
     assert_eq!(keys, expected);
-    let hand: Option<u64> = redis::cmd("HGET")
+    let hand: Option<u64> = redis::cmd("ZSCORE")
         .arg(format!("stoa:room:{id}:requests"))
         .arg("ann")
         .query_async(&mut con)
         .await
         .unwrap();
     assert_eq!(hand, Some(1_000));
+    // One field per member; the stage and audience indexes name them.
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg(format!("stoa:room:{id}:participants"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(fields.len(), 2, "{fields:?}");
+    let stage: Vec<String> = redis::cmd("ZRANGE")
+        .arg(format!("stoa:room:{id}:stage"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(stage, ["host"]);
+    let audience: Vec<String> = redis::cmd("ZRANGE")
+        .arg(format!("stoa:room:{id}:audience"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(audience, ["ann"]);
+    // The header carries the counts.
+    let header: String = redis::cmd("GET")
+        .arg(format!("stoa:room:{id}"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let header: serde_json::Value = serde_json::from_str(&header).unwrap();
+    assert_eq!(header["counts"]["members"], 2);
+    assert_eq!(header["counts"]["stage"], 1);
+    assert_eq!(header["counts"]["hands"], 1);
+    assert_eq!(header["room"]["state"], "live");
 }
 
 /// Forty listeners raise hands at once through two instances; none is lost. Then the host
@@ -353,7 +435,7 @@ async fn races(a: Arc<dyn Store>, b: Arc<dyn Store>) {
     for t in tasks {
         t.await.unwrap().unwrap();
     }
-    let doc = a.room(&id).await.unwrap().unwrap();
+    let doc = whole(&*a, &id).await;
     assert_eq!(doc.hands.len(), N, "a raised hand was lost");
     assert_eq!(doc.members.len(), N);
 
@@ -399,7 +481,7 @@ async fn races(a: Arc<dyn Store>, b: Arc<dyn Store>) {
         if let Err(e) = &lower {
             assert_eq!(e.code, "not_allowed", "{u}: {e}");
         }
-        let doc = a.room(&id).await.unwrap().unwrap();
+        let doc = whole(&*a, &id).await;
         let role = doc.members[&u].role;
         match approve {
             Ok(()) => {
@@ -412,8 +494,15 @@ async fn races(a: Arc<dyn Store>, b: Arc<dyn Store>) {
             }
         }
     }
-    let doc = a.room(&id).await.unwrap().unwrap();
+    let doc = whole(&*a, &id).await;
     assert!(doc.hands.is_empty(), "every hand was approved or lowered");
+    // The header's counts, kept by scoped updates, match a recount of the whole room.
+    assert_eq!(
+        doc.counts(),
+        stoa_control::model::Counts::of(doc.members.values(), doc.hands.len())
+    );
+    let partial = a.room(&id, &Scope::header()).await.unwrap().unwrap();
+    assert_eq!(partial.counts(), doc.counts());
     let speakers = doc
         .members
         .values()
@@ -464,4 +553,320 @@ async fn redis_bus_reaches_the_other_instance() {
             .await
             .is_err()
     );
+}
+
+async fn act_at(
+    store: &dyn Store,
+    id: &RoomId,
+    actor: Actor,
+    command: Command,
+    now: u64,
+) -> Result<(), ControlError> {
+    let scope = room::scope(&actor, &command, None);
+    let cx = Context { now, ..cx() };
+    store
+        .update_room(id, &scope, &mut |doc| {
+            room::apply(doc, &actor, command.clone(), &cx)
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Views read pages and indexes: the audience by cursor, hands oldest first, bans; counts
+/// from the header; a removed room is gone from every index.
+async fn pages_and_indexes(store: &dyn Store) {
+    let doc = new_room(1_000);
+    let id = doc.room.id.clone();
+    store.insert_room(&doc).await.unwrap();
+    act_at(store, &id, Actor::System, Command::Start, 1)
+        .await
+        .unwrap();
+    let join = |u: String| Command::Join {
+        name: u.to_uppercase(),
+    };
+    act_at(store, &id, Actor::User(uid("host")), join("host".into()), 2)
+        .await
+        .unwrap();
+    let users: Vec<String> = (0..25).map(|i| format!("u{i:02}")).collect();
+    for (i, u) in users.iter().enumerate() {
+        act_at(
+            store,
+            &id,
+            Actor::User(uid(u)),
+            join(u.clone()),
+            10 + i as u64,
+        )
+        .await
+        .unwrap();
+    }
+    // Hands raised in reverse order of ids.
+    for (i, u) in users.iter().rev().take(5).enumerate() {
+        act_at(
+            store,
+            &id,
+            Actor::User(uid(u)),
+            Command::Own(Action::RaiseHand),
+            100 + i as u64,
+        )
+        .await
+        .unwrap();
+    }
+    for u in ["x1", "x2", "x3"] {
+        act_at(
+            store,
+            &id,
+            Actor::System,
+            Command::Target(Action::Ban, uid(u)),
+            200,
+        )
+        .await
+        .unwrap();
+    }
+    let header = store.room(&id, &Scope::header()).await.unwrap().unwrap();
+    assert!(header.members.is_empty(), "a header read loads no member");
+    let counts = header.counts();
+    assert_eq!((counts.members, counts.stage, counts.hands), (26, 1, 5));
+
+    let mut seen = Vec::new();
+    let mut after: Option<UserId> = None;
+    for _ in 0..10 {
+        let page = store.audience(&id, after.as_ref(), 10).await.unwrap();
+        assert!(page.members.len() <= 10);
+        for (u, m, hand) in &page.members {
+            assert_eq!(m.role, Role::Listener);
+            assert_eq!(*hand, u.as_str() >= "u20", "{u}");
+            seen.push(u.to_string());
+        }
+        after = page.next;
+        if after.is_none() {
+            break;
+        }
+    }
+    assert_eq!(seen, users, "every listener once, in id order");
+
+    let hands = store.hands(&id, 3).await.unwrap();
+    let first: Vec<&str> = hands.iter().map(|(u, _)| u.as_str()).collect();
+    assert_eq!(first, ["u24", "u23", "u22"]);
+    assert_eq!(hands[0].1, 100);
+    assert_eq!(store.bans(&id, 2).await.unwrap(), [uid("x1"), uid("x2")]);
+
+    // Kicks are listed apart from the members (who are gone), and the header keeps the
+    // removed people's names for the moderators' list.
+    for u in ["u02", "u00", "u01"] {
+        act_at(
+            store,
+            &id,
+            Actor::System,
+            Command::Target(Action::Kick, uid(u)),
+            300,
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        store.kicks(&id, 2).await.unwrap(),
+        [(uid("u00"), 300_300), (uid("u01"), 300_300)]
+    );
+    let header = store.room(&id, &Scope::header()).await.unwrap().unwrap();
+    assert!(header.members.is_empty());
+    assert_eq!(header.name_of(&uid("u02")), Some("U02"));
+    assert_eq!(header.name_of(&uid("host")), Some("HOST"), "on stage");
+    assert_eq!(header.name_of(&uid("u10")), None, "not the audience");
+    assert_eq!(header.counts().members, 23);
+
+    // The stage scope loads the stage only.
+    let staged = store
+        .room(&id, &Scope::header().with_stage())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(staged.members.keys().collect::<Vec<_>>(), [&uid("host")]);
+    assert_eq!(store.rooms(&[RoomState::Live]).await.unwrap().len(), 1);
+
+    store.remove_room(&id).await.unwrap();
+    assert!(store.room(&id, &Scope::all()).await.unwrap().is_none());
+    assert!(store.rooms(&[RoomState::Live]).await.unwrap().is_empty());
+    assert!(store.audience(&id, None, 10).await.is_err());
+}
+
+#[tokio::test]
+async fn embedded_store_pages_and_indexes() {
+    let dir = scratch("pages");
+    let store = EmbeddedStore::open(&dir.join("control.redb")).unwrap();
+    pages_and_indexes(&store).await;
+}
+
+#[tokio::test]
+async fn redis_store_pages_and_indexes() {
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(&redis.url, "pages:").await.unwrap();
+    pages_and_indexes(&store).await;
+}
+
+/// Many joins at once are committed in groups, every one durable: all of them are in the
+/// file when it is opened again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn embedded_store_groups_commits_and_loses_none() {
+    let dir = scratch("groups");
+    let path = dir.join("control.redb");
+    let doc = new_room(1_000);
+    let id = doc.room.id.clone();
+    {
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&path).unwrap());
+        store.insert_room(&doc).await.unwrap();
+        act(&*store, &id, Actor::System, Command::Start)
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..300 {
+            let (store, id) = (store.clone(), id.clone());
+            tasks.push(tokio::spawn(async move {
+                let u = uid(&format!("m{i}"));
+                act(
+                    &*store,
+                    &id,
+                    Actor::User(u),
+                    Command::Join { name: "M".into() },
+                )
+                .await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+    }
+    // The writer thread lets go of the file once the store is dropped.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let store = loop {
+        match EmbeddedStore::open(&path) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "{e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let doc = whole(&store, &id).await;
+    assert_eq!(doc.members.len(), 300);
+    let header = store.room(&id, &Scope::header()).await.unwrap().unwrap();
+    assert_eq!(header.counts().members, 300);
+}
+
+/// A file of the earlier layout (whole-room documents) is split into records when opened.
+#[tokio::test]
+async fn embedded_store_reads_the_earlier_layout() {
+    let dir = scratch("legacy");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("control.redb");
+    let mut doc = new_room(10);
+    room::apply(&mut doc, &Actor::System, Command::Start, &cx()).unwrap();
+    for u in ["ann", "bo"] {
+        let c = Command::Join { name: u.into() };
+        room::apply(&mut doc, &Actor::User(uid(u)), c, &cx()).unwrap();
+    }
+    room::apply(
+        &mut doc,
+        &Actor::User(uid("ann")),
+        Command::Own(Action::RaiseHand),
+        &cx(),
+    )
+    .unwrap();
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let rooms: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("rooms");
+            let active: redb::TableDefinition<&str, &str> =
+                redb::TableDefinition::new("active_room");
+            let json = serde_json::to_vec(&doc).unwrap();
+            txn.open_table(rooms)
+                .unwrap()
+                .insert(doc.room.id.as_str(), json.as_slice())
+                .unwrap();
+            txn.open_table(active)
+                .unwrap()
+                .insert("ann", doc.room.id.as_str())
+                .unwrap();
+            // Profiles were already one record per user.
+            let profiles: redb::TableDefinition<&str, &[u8]> =
+                redb::TableDefinition::new("profiles");
+            let json = serde_json::to_vec(&profile()).unwrap();
+            txn.open_table(profiles)
+                .unwrap()
+                .insert("bo", json.as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = EmbeddedStore::open(&path).unwrap();
+    let loaded = whole(&store, &doc.room.id).await;
+    assert_eq!(loaded, doc);
+    assert_eq!(store.profile(&uid("bo")).await.unwrap(), Some(profile()));
+    assert_eq!(store.rooms(&[RoomState::Live]).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .claim_active(&uid("ann"), &RoomId::random())
+            .await
+            .unwrap(),
+        Some(doc.room.id.clone())
+    );
+}
+
+/// Rooms written by the earlier Redis layout (a header without counts, hands in a hash, no
+/// stage or audience index) are rewritten when a store connects, and then behave.
+#[tokio::test]
+async fn redis_store_rewrites_the_earlier_layout() {
+    let redis = RedisServer::start();
+    let mut doc = new_room(10);
+    room::apply(&mut doc, &Actor::System, Command::Start, &cx()).unwrap();
+    for u in ["host", "ann", "bo"] {
+        let c = Command::Join { name: u.into() };
+        room::apply(&mut doc, &Actor::User(uid(u)), c, &cx()).unwrap();
+    }
+    let hand = Command::Own(Action::RaiseHand);
+    room::apply(&mut doc, &Actor::User(uid("ann")), hand, &cx()).unwrap();
+    let id = doc.room.id.clone();
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let mut pipe = redis::pipe();
+    pipe.set(
+        format!("old:room:{id}"),
+        serde_json::to_string(&doc.room).unwrap(),
+    );
+    for (u, m) in &doc.members {
+        pipe.hset(
+            format!("old:room:{id}:participants"),
+            u.as_str(),
+            serde_json::to_string(m).unwrap(),
+        );
+    }
+    pipe.hset(format!("old:room:{id}:requests"), "ann", 1_000u64);
+    pipe.sadd("old:rooms:live", id.as_str());
+    pipe.query_async::<()>(&mut con).await.unwrap();
+
+    let store = RedisStore::connect(&redis.url, "old:").await.unwrap();
+    let loaded = whole(&store, &id).await;
+    assert_eq!(loaded.members, doc.members);
+    assert_eq!(loaded.hands, doc.hands);
+    let header = store.room(&id, &Scope::header()).await.unwrap().unwrap();
+    assert_eq!(header.counts(), doc.counts());
+    let page = store.audience(&id, None, 10).await.unwrap();
+    let names: Vec<&str> = page.members.iter().map(|(u, _, _)| u.as_str()).collect();
+    assert_eq!(names, ["ann", "bo"]);
+    assert!(page.members[0].2, "ann's hand");
+    assert_eq!(store.hands(&id, 5).await.unwrap(), [(uid("ann"), 1_000)]);
+    // And it keeps working: a join after the rewrite.
+    act(
+        &store,
+        &id,
+        Actor::User(uid("cy")),
+        Command::Join { name: "Cy".into() },
+    )
+    .await
+    .unwrap();
+    let header = store.room(&id, &Scope::header()).await.unwrap().unwrap();
+    assert_eq!(header.counts().members, 4);
+    // Connecting again changes nothing.
+    let again = RedisStore::connect(&redis.url, "old:").await.unwrap();
+    assert_eq!(whole(&again, &id).await, whole(&store, &id).await);
 }

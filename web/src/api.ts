@@ -39,10 +39,14 @@ export interface RoomView {
   ended_at: number | null;
   listeners: number;
   present: number;
+  members: number;
+  raised_hands: number;
   stage: Member[];
   you: Member | null;
   hands: Hand[] | null;
+  /** The first page of the audience (moderators); more with `api.audience`. */
   audience: Member[] | null;
+  audience_next: string | null;
   banned: string[] | null;
   /** Kicked and banned people (hosts and co-hosts only). */
   removed: Removed[] | null;
@@ -54,6 +58,12 @@ export interface Removed {
   banned: boolean;
   /** Unix ms until which a kicked person may not rejoin. */
   until: number | null;
+}
+
+/** A page of the audience (`GET /api/rooms/{id}/audience`). */
+export interface AudiencePage {
+  members: Member[];
+  next: string | null;
 }
 
 export interface Directory {
@@ -248,6 +258,7 @@ export const api = {
   react: (id: string, emoji: string) => call<void>('POST', `/api/rooms/${enc(id)}/reactions`, { emoji }),
   moderate: (id: string, user: string, action: ModerationAction) =>
     call<RoomView>('POST', `/api/rooms/${enc(id)}/members/${enc(user)}/${action}`),
+  audience: (id: string, after: string) => call<AudiencePage>('GET', `/api/rooms/${enc(id)}/audience?after=${enc(after)}`),
   stats: (id: string) => call<Stats>('GET', `/api/rooms/${enc(id)}/stats`),
   profile: (user: string) => call<Profile>('GET', `/api/users/${enc(user)}/profile`),
   setProfile: (p: { bio: string; avatar: string | null }) => call<Profile>('PUT', '/api/me/profile', p),

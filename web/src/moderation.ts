@@ -24,13 +24,18 @@ export class Moderation {
   readonly confirm = h('dialog', { class: 'dialog', 'aria-labelledby': 'confirm-heading' });
   private signature = '';
   private view: RoomView | null = null;
+  private me = '';
+  /** Later pages of the audience, fetched by cursor ("Show more"); the first comes with the view. */
+  private moreAudience: Member[] = [];
+  private audienceCursor: string | null = null;
 
   constructor(private readonly cx: ModerationContext) {}
 
   /** Redraws the panel (and the requests dialog when open) for `v`, seen by moderator `me`. */
   render(v: RoomView, me: string): void {
     this.view = v;
-    const sig = JSON.stringify([v.hands, v.stage, v.audience, v.removed, v.you]);
+    this.me = me;
+    const sig = JSON.stringify([v.hands, v.raised_hands, v.stage, v.audience, v.audience_next, v.removed, v.you, this.moreAudience.length, this.audienceCursor]);
     if (sig === this.signature) return;
     this.signature = sig;
     // Keep the keyboard where it was when a list is redrawn.
@@ -44,6 +49,18 @@ export class Moderation {
   /** Forgets what was drawn, so that the next render draws again (after the panel moved). */
   reset(): void {
     this.signature = '';
+  }
+
+  /** Fetches the audience's next page after `after` and draws it under the first. */
+  private async showMore(after: string): Promise<void> {
+    try {
+      const page = await api.audience(this.cx.id, after);
+      this.moreAudience = [...this.moreAudience, ...page.members];
+      this.audienceCursor = page.next;
+      if (this.view) this.render(this.view, this.me);
+    } catch {
+      // The next refresh shows the first page again; nothing else to undo.
+    }
   }
 
   openRequests(): void {
@@ -102,9 +119,11 @@ export class Moderation {
   }
 
   private renderPanel(v: RoomView, me: string): void {
-    const hands = v.hands ?? [];
     const others = v.stage.filter((m) => m.user !== me && m.role !== 'host');
-    const audience = (v.audience ?? []).filter((m) => m.present);
+    // The first page came with the view; later pages are fetched on demand by cursor.
+    const seen = new Set((v.audience ?? []).map((m) => m.user));
+    const audience = [...(v.audience ?? []), ...this.moreAudience.filter((m) => !seen.has(m.user))].filter((m) => m.present);
+    const cursor = this.moreAudience.length ? this.audienceCursor : v.audience_next;
     const removed = v.removed ?? [];
     const person = (m: Member) =>
       h(
@@ -120,7 +139,7 @@ export class Moderation {
       h('h2', { id: 'host-heading' }, 'Host tools'),
       // Open rooms have no hands to raise: everyone may speak.
       v.kind === 'stage'
-        ? h('section', { class: 'panel-part', 'aria-labelledby': 'queue-heading' }, h('h3', { id: 'queue-heading' }, 'Requests to speak', h('span', { class: hands.length ? 'count-badge' : 'count-badge zero' }, String(hands.length))), this.handList(v))
+        ? h('section', { class: 'panel-part', 'aria-labelledby': 'queue-heading' }, h('h3', { id: 'queue-heading' }, 'Requests to speak', h('span', { class: v.raised_hands ? 'count-badge' : 'count-badge zero' }, String(v.raised_hands))), this.handList(v))
         : null,
       h(
         'section',
@@ -168,6 +187,7 @@ export class Moderation {
               ),
             )
           : h('p', { class: 'muted empty-note' }, 'Nobody in the audience yet.'),
+        cursor ? h('button', { type: 'button', class: 'small', onclick: () => void this.showMore(cursor) }, 'Show more') : null,
       ),
       h(
         'section',
@@ -242,6 +262,7 @@ export class Moderation {
 
 /** How many requests wait, for the control bar's badge and the tab title. */
 export function requestCount(v: RoomView | null): number {
-  return v?.hands?.length ?? 0;
+  // The view lists the first requests; the count covers them all.
+  return v?.hands ? Math.max(v.raised_hands, v.hands.length) : 0;
 }
 

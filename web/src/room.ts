@@ -793,7 +793,8 @@ class RoomController {
   private render(): void {
     const v = this.view;
     if (!v || this.finished) return;
-    const stage = v.stage.filter((m) => m.present).length;
+    // The view lists at most the first 100 on stage; the counts cover the whole room.
+    const stage = Math.max(0, v.present - v.listeners);
     this.count.textContent = `${plural(v.present, 'person', 'people')} here · ${stage} on stage · ${v.listeners} listening`;
     const waiting = requestCount(v);
     if (!this.docked) document.title = `${waiting && this.moderates() ? `(${waiting}) ` : ''}${v.title} · Stoa`;
@@ -927,6 +928,7 @@ class RoomController {
   private renderAudience(): void {
     const v = this.view;
     if (!v) return;
+    // Moderators get the first page of the audience with the view (more in the host tools).
     const list = v.audience?.filter((m) => m.present) ?? null;
     if (!this.changed('audience', [v.listeners, list])) return;
     if (list === null) {
@@ -935,7 +937,7 @@ class RoomController {
     }
     fill(
       this.audience,
-      h('p', { class: 'muted' }, `${plural(list.length, 'person', 'people')} listening`),
+      h('p', { class: 'muted' }, `${plural(v.listeners, 'person', 'people')} listening`),
       h(
         'ul',
         { class: 'people' },
@@ -1124,7 +1126,7 @@ class RoomController {
     const canPublish = lk.localParticipant.permissions?.canPublish ?? false;
     const micOn = lk.localParticipant.isMicrophoneEnabled;
     if (!this.changed('dock', [v.title, speaking, stage, canPublish, micOn, v.listeners, v.present])) return;
-    const onStageCount = v.stage.filter((m) => m.present).length;
+    const onStageCount = Math.max(0, v.present - v.listeners);
     fill(
       this.dockBar,
       h(

@@ -3,8 +3,14 @@
 //! - [`embedded::EmbeddedStore`]: a single file (redb) for one node, nothing lost on restart.
 //! - [`redis::RedisStore`]: Redis, shared by several nodes, with pub/sub between them.
 //!
-//! Both keep a room as one [`RoomDoc`] changed atomically by [`Store::update_room`], and carry
-//! each command's outcome ([`BusMessage`]) to every instance's subscribers.
+//! Both keep a room as a small header (description, statistics, [`Counts`]) and one record per
+//! member, hand, ban, kick and invitation. [`Store::update_room`] loads the header and the
+//! records a [`Scope`] names into a [`RoomDoc`], runs the command on it, and writes back only
+//! what changed ([`Changes`]) with the new header, atomically; so a join or a presence change
+//! costs the same whatever the room's size. Both keep an index of rooms by state (the
+//! directory and the sweeps read it, not every room ever stored), an index of the members on
+//! stage and of the audience (for views and cursor pages), and carry each command's outcome
+//! ([`BusMessage`]) to every instance's subscribers.
 
 pub mod embedded;
 pub mod redis;
@@ -15,7 +21,7 @@ use utoipa::ToSchema;
 
 use crate::error::ControlError;
 use crate::events::BusMessage;
-use crate::model::{RoomDoc, RoomId, RoomState, UserId};
+use crate::model::{Counts, Member, RoomDoc, RoomId, RoomState, Scope, UserId};
 use crate::room::Effects;
 
 /// A change to one room, run under the store's lock or transaction; it may run more than once
@@ -80,15 +86,42 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Adds a new room.
     async fn insert_room(&self, doc: &RoomDoc) -> Result<(), ControlError>;
 
-    /// One room.
-    async fn room(&self, id: &RoomId) -> Result<Option<RoomDoc>, ControlError>;
+    /// One room: its header and the records `scope` names.
+    async fn room(&self, id: &RoomId, scope: &Scope) -> Result<Option<RoomDoc>, ControlError>;
 
-    /// Changes one room atomically; 404 if it does not exist.
-    async fn update_room(&self, id: &RoomId, f: &mut Mutation<'_>)
-    -> Result<Effects, ControlError>;
+    /// Changes one room atomically: loads what `scope` names, runs `f`, writes what changed;
+    /// 404 if the room does not exist.
+    async fn update_room(
+        &self,
+        id: &RoomId,
+        scope: &Scope,
+        f: &mut Mutation<'_>,
+    ) -> Result<Effects, ControlError>;
 
-    /// The rooms in any of `states`.
+    /// The rooms in any of `states`, from the state index: headers and members on stage.
     async fn rooms(&self, states: &[RoomState]) -> Result<Vec<RoomDoc>, ControlError>;
+
+    /// A page of the audience (members not on stage) in user-id order, after `after`: at most
+    /// `limit` members with whether their hand is raised, and the cursor of the next page.
+    async fn audience(
+        &self,
+        id: &RoomId,
+        after: Option<&UserId>,
+        limit: usize,
+    ) -> Result<AudiencePage, ControlError>;
+
+    /// The first `limit` raised hands, in the order raised.
+    async fn hands(&self, id: &RoomId, limit: usize) -> Result<Vec<(UserId, u64)>, ControlError>;
+
+    /// Up to `limit` banned users, in user-id order.
+    async fn bans(&self, id: &RoomId, limit: usize) -> Result<Vec<UserId>, ControlError>;
+
+    /// The first `limit` kicks of a room, by user id: who, and the unix ms until which they
+    /// may not rejoin.
+    async fn kicks(&self, id: &RoomId, limit: usize) -> Result<Vec<(UserId, u64)>, ControlError>;
+
+    /// Deletes a room and every record of it (ended rooms past their retention).
+    async fn remove_room(&self, id: &RoomId) -> Result<(), ControlError>;
 
     /// Records that `user` is in `room` unless they are in another room, which is returned.
     async fn claim_active(
@@ -129,6 +162,125 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Receives every instance's outcomes.
     fn subscribe(&self) -> broadcast::Receiver<BusMessage>;
+}
+
+/// One page of a room's audience.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AudiencePage {
+    /// Members, with whether their hand is raised.
+    pub members: Vec<(UserId, Member, bool)>,
+    /// Where the next page starts, if there is one.
+    pub next: Option<UserId>,
+}
+
+/// What a command changed in a room: the records to write or delete, and the header.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// The room's description changed.
+    pub room: bool,
+    /// Its statistics changed.
+    pub stats: bool,
+    /// Its counts changed.
+    pub counts: bool,
+    /// The whole room's counts afterwards.
+    pub total: Counts,
+    /// Members written (`Some`) or deleted.
+    pub members: Vec<(UserId, Option<Member>)>,
+    /// Hands raised (`Some(unix ms)`) or lowered.
+    pub hands: Vec<(UserId, Option<u64>)>,
+    /// Bans added (`true`) or lifted.
+    pub bans: Vec<(UserId, bool)>,
+    /// Kicks recorded (`Some(until)`) or cleared.
+    pub kicks: Vec<(UserId, Option<u64>)>,
+    /// Invitations to speak added or removed.
+    pub invited: Vec<(UserId, bool)>,
+    /// Stage index: members now on stage (`true`) or no longer.
+    pub stage: Vec<(UserId, bool)>,
+    /// Audience index: members now in the audience (`true`) or no longer.
+    pub audience: Vec<(UserId, bool)>,
+}
+
+impl Changes {
+    /// What turned `before` into `after` (both loaded with the same scope).
+    pub fn between(before: &RoomDoc, after: &RoomDoc) -> Changes {
+        fn map<V: Clone + PartialEq>(
+            a: &std::collections::BTreeMap<UserId, V>,
+            b: &std::collections::BTreeMap<UserId, V>,
+        ) -> Vec<(UserId, Option<V>)> {
+            let mut out = Vec::new();
+            for (k, v) in b {
+                if a.get(k) != Some(v) {
+                    out.push((k.clone(), Some(v.clone())));
+                }
+            }
+            for k in a.keys() {
+                if !b.contains_key(k) {
+                    out.push((k.clone(), None));
+                }
+            }
+            out
+        }
+        fn set(
+            a: &std::collections::BTreeSet<UserId>,
+            b: &std::collections::BTreeSet<UserId>,
+        ) -> Vec<(UserId, bool)> {
+            b.difference(a)
+                .map(|u| (u.clone(), true))
+                .chain(a.difference(b).map(|u| (u.clone(), false)))
+                .collect()
+        }
+        let members = map(&before.members, &after.members);
+        let place = |m: Option<&Member>| m.map(|m| m.role.on_stage());
+        let mut stage = Vec::new();
+        let mut audience = Vec::new();
+        for (u, _) in &members {
+            let (was, is) = (place(before.members.get(u)), place(after.members.get(u)));
+            if was == is {
+                continue;
+            }
+            if was == Some(true) || is == Some(true) {
+                stage.push((u.clone(), is == Some(true)));
+            }
+            if was == Some(false) || is == Some(false) {
+                audience.push((u.clone(), is == Some(false)));
+            }
+        }
+        let total = after.counts();
+        Changes {
+            room: before.room != after.room,
+            stats: before.stats != after.stats,
+            counts: before.counts() != total,
+            total,
+            members,
+            hands: map(&before.hands, &after.hands),
+            bans: set(&before.bans, &after.bans),
+            kicks: map(&before.kicks, &after.kicks),
+            invited: set(&before.invited, &after.invited),
+            stage,
+            audience,
+        }
+    }
+
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        !self.room
+            && !self.stats
+            && !self.counts
+            && self.members.is_empty()
+            && self.hands.is_empty()
+            && self.bans.is_empty()
+            && self.kicks.is_empty()
+            && self.invited.is_empty()
+    }
+}
+
+/// A room's header as stored: description and counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Header {
+    pub(crate) room: crate::model::Room,
+    #[serde(default)]
+    pub(crate) counts: Counts,
 }
 
 fn json<T: Serialize>(value: &T) -> Result<String, ControlError> {

@@ -5,13 +5,15 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{p}room:{id}` | string | the room (JSON: title, kind, state, host, times) |
-//! | `{p}room:{id}:participants` | hash | user → member (JSON: name, role, mute, presence) |
-//! | `{p}room:{id}:requests` | hash | user → unix ms the hand was raised |
+//! | `{p}room:{id}` | string | the room's header (JSON: `room`: title, kind, state, host, times; `counts`: members, on stage, present, listeners, hands, present per instance) |
+//! | `{p}room:{id}:participants` | hash | user → member (JSON: name, role, mute, presence), one field per member |
+//! | `{p}room:{id}:stage` | sorted set | members on stage (score 0: ordered by user id) |
+//! | `{p}room:{id}:audience` | sorted set | members not on stage (score 0: by user id, for cursor pages) |
+//! | `{p}room:{id}:requests` | sorted set | raised hands, scored by the unix ms they were raised |
 //! | `{p}room:{id}:bans` | set | banned users |
 //! | `{p}room:{id}:kicks` | hash | user → unix ms until which they may not rejoin |
 //! | `{p}room:{id}:invited` | set | users invited to speak |
-//! | `{p}room:{id}:stats` | string | statistics (JSON) |
+//! | `{p}room:{id}:stats` | string | statistics (JSON, with the names of the host, whoever was on stage and whoever was removed) |
 //! | `{p}rooms:{state}` | set | room ids by state (`scheduled`, `live`, `ended`, `archived`) |
 //! | `{p}user:{id}:room` | string | the one room the user is in |
 //! | `{p}user:{id}:follows` | set | `user:{id}` and `room:{id}` the user follows |
@@ -22,12 +24,14 @@
 //! | `{p}bus` | pub/sub channel | each command's media changes and events, for every instance |
 //!
 //! A room changes atomically: writers take turns through the room's lock, then its keys are
-//! `WATCH`ed, read, changed in memory and written back in one `MULTI`/`EXEC` (retried if they
-//! changed anyway, e.g. after a lock expired), so concurrent approvals and lowered hands never
-//! lose an update and a busy room does not starve its writers.
+//! `WATCH`ed, the header and the records the command names are read (`HMGET`, `ZMSCORE`,
+//! `SMISMEMBER` of those users only), changed in memory, and only what changed is written back
+//! in one `MULTI`/`EXEC` with the new header (retried if they changed anyway, e.g. after a lock
+//! expired). So concurrent approvals and lowered hands never lose an update, a busy room does
+//! not starve its writers, and a join costs the same few commands whatever the room's size.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -35,10 +39,13 @@ use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::broadcast;
 
-use super::{BUS_CAPACITY, Follow, Invite, Mutation, Profile, Store, json, parse};
+use super::{
+    AudiencePage, BUS_CAPACITY, Changes, Follow, Header, Invite, Mutation, Profile, Store, json,
+    parse,
+};
 use crate::error::ControlError;
 use crate::events::BusMessage;
-use crate::model::{Member, Room, RoomDoc, RoomId, RoomState, RoomStats, UserId};
+use crate::model::{RoomDoc, RoomId, RoomState, RoomStats, STAGE_LOADED, Scope, UserId};
 use crate::room::Effects;
 
 /// Attempts of one room update before giving up under contention.
@@ -62,6 +69,9 @@ pub struct RedisStore {
     /// Dedicated connections for `WATCH` transactions (a `WATCH` belongs to its connection).
     pool: Mutex<Vec<MultiplexedConnection>>,
     bus: broadcast::Sender<BusMessage>,
+    /// Writers of one room on this instance queue here before one of them takes the room's
+    /// Redis lock, so that they wait in turn instead of polling Redis.
+    local: Mutex<HashMap<RoomId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -109,17 +119,108 @@ impl RedisStore {
             shared,
             pool: Mutex::new(Vec::new()),
             bus: bus.clone(),
+            local: Mutex::new(HashMap::new()),
         };
+        store.migrate().await?;
         // Subscribe before returning, so nothing published after connect is missed.
         let pubsub = subscribe(&client, &store.key("bus")).await?;
         tokio::spawn(relay(client, store.key("bus"), pubsub, bus));
         Ok(store)
     }
 
+    /// Rewrites rooms kept in the earlier layout (a header without counts, hands in a hash,
+    /// no stage or audience index) into this one. Run at connect; a room already in this
+    /// layout costs one `GET` and one `TYPE`.
+    async fn migrate(&self) -> Result<(), ControlError> {
+        let mut con = self.shared.clone();
+        let mut migrated = 0usize;
+        for state in STATES {
+            let ids: Vec<String> = con
+                .smembers(self.key(&format!("rooms:{}", state_name(state))))
+                .await
+                .map_err(redis_err)?;
+            for id in ids {
+                let Ok(id) = RoomId::parse(&id) else {
+                    continue;
+                };
+                let [room_key, participants, requests, ..] = self.room_keys(&id);
+                let (raw, kind): (Option<String>, String) = redis::pipe()
+                    .get(&room_key)
+                    .cmd("TYPE")
+                    .arg(&requests)
+                    .query_async(&mut con)
+                    .await
+                    .map_err(redis_err)?;
+                let Some(raw) = raw else {
+                    continue;
+                };
+                let current = serde_json::from_str::<Header>(&raw).ok();
+                if current.is_some() && kind != "hash" {
+                    continue;
+                }
+                let room = match current {
+                    Some(h) => h.room,
+                    None => parse::<crate::model::Room>("room", raw.as_bytes())?,
+                };
+                let members: HashMap<String, String> =
+                    con.hgetall(&participants).await.map_err(redis_err)?;
+                let hands: HashMap<String, u64> = if kind == "hash" {
+                    con.hgetall(&requests).await.map_err(redis_err)?
+                } else {
+                    let z: Vec<(String, f64)> = con
+                        .zrange_withscores(&requests, 0, -1)
+                        .await
+                        .map_err(redis_err)?;
+                    z.into_iter().map(|(u, t)| (u, t as u64)).collect()
+                };
+                let mut doc = RoomDoc::new(room);
+                for (u, m) in &members {
+                    if let Ok(u) = UserId::parse(u) {
+                        doc.members.insert(u, parse("member", m.as_bytes())?);
+                    }
+                }
+                for (u, t) in &hands {
+                    if let Ok(u) = UserId::parse(u) {
+                        doc.hands.insert(u, *t);
+                    }
+                }
+                let (stage, audience) = (
+                    self.index_key(&id, "stage"),
+                    self.index_key(&id, "audience"),
+                );
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                let header = Header {
+                    room: doc.room.clone(),
+                    counts: doc.counts(),
+                };
+                pipe.set(&room_key, json(&header)?).ignore();
+                pipe.del(&[&requests, &stage, &audience]).ignore();
+                for (u, t) in &doc.hands {
+                    pipe.zadd(&requests, u.as_str(), *t).ignore();
+                }
+                for (u, m) in &doc.members {
+                    let index = if m.role.on_stage() { &stage } else { &audience };
+                    pipe.zadd(index, u.as_str(), 0).ignore();
+                }
+                pipe.query_async::<()>(&mut con).await.map_err(redis_err)?;
+                migrated += 1;
+            }
+        }
+        if migrated > 0 {
+            tracing::info!(
+                rooms = migrated,
+                "rooms rewritten into the per-member layout"
+            );
+        }
+        Ok(())
+    }
+
     fn key(&self, rest: &str) -> String {
         format!("{}{rest}", self.prefix)
     }
 
+    /// The keys a transaction on the room watches (the indexes follow the records).
     fn room_keys(&self, id: &RoomId) -> [String; 7] {
         let base = self.key(&format!("room:{id}"));
         [
@@ -131,6 +232,10 @@ impl RedisStore {
             format!("{base}:invited"),
             format!("{base}:stats"),
         ]
+    }
+
+    fn index_key(&self, id: &RoomId, which: &str) -> String {
+        self.key(&format!("room:{id}:{which}"))
     }
 
     async fn dedicated(&self) -> Result<MultiplexedConnection, ControlError> {
@@ -159,78 +264,146 @@ impl RedisStore {
         }
     }
 
+    /// The header and the records `scope` names.
     async fn load(
         &self,
         con: &mut MultiplexedConnection,
         id: &RoomId,
+        scope: &Scope,
     ) -> Result<Option<RoomDoc>, ControlError> {
         let [room, participants, requests, bans, kicks, invited, stats] = self.room_keys(id);
-        type Loaded = (
-            Option<String>,
-            HashMap<String, String>,
-            HashMap<String, u64>,
-            Vec<String>,
-            HashMap<String, u64>,
-            Vec<String>,
-            Option<String>,
-        );
-        let (room, participants, requests, bans, kicks, invited, stats): Loaded = redis::pipe()
-            .get(&room)
-            .hgetall(&participants)
-            .hgetall(&requests)
-            .smembers(&bans)
-            .hgetall(&kicks)
-            .smembers(&invited)
-            .get(&stats)
-            .query_async(con)
-            .await
-            .map_err(redis_err)?;
-        let Some(room) = room else {
-            return Ok(None);
-        };
-        let room: Room = parse("room", room.as_bytes())?;
         let user = |s: &str| {
             UserId::parse(s)
                 .map_err(|_| ControlError::unavailable(format!("corrupt user id in room {id}")))
         };
-        let mut members = BTreeMap::new();
-        for (u, m) in participants {
-            let m: Member = parse("member", m.as_bytes())?;
-            members.insert(user(&u)?, m);
-        }
-        let mut hands = BTreeMap::new();
-        for (u, t) in requests {
-            hands.insert(user(&u)?, t);
-        }
-        let mut kicked = BTreeMap::new();
-        for (u, t) in kicks {
-            kicked.insert(user(&u)?, t);
-        }
-        let bans = bans
-            .iter()
-            .map(|u| user(u))
-            .collect::<Result<BTreeSet<_>, _>>()?;
-        let invited = invited
-            .iter()
-            .map(|u| user(u))
-            .collect::<Result<BTreeSet<_>, _>>()?;
-        let stats: RoomStats = match stats {
-            Some(s) => parse("stats", s.as_bytes())?,
-            None => RoomStats::default(),
+        let mut pipe = redis::pipe();
+        pipe.get(&room).get(&stats);
+        let stage_limit = isize::try_from(STAGE_LOADED).unwrap_or(isize::MAX) - 1;
+        // An empty range (1..0) when the stage is not wanted keeps the pipeline's shape.
+        let (from, to) = if scope.stage {
+            (0, stage_limit)
+        } else {
+            (1, 0)
         };
-        Ok(Some(RoomDoc {
-            room,
-            members,
-            hands,
-            bans,
-            kicks: kicked,
-            invited,
-            stats,
-        }))
+        pipe.zrange(self.index_key(id, "stage"), from, to);
+        if scope.all {
+            pipe.hgetall(&participants)
+                .zrange_withscores(&requests, 0, -1)
+                .smembers(&bans)
+                .hgetall(&kicks)
+                .smembers(&invited);
+        }
+        type Head = (Option<String>, Option<String>, Vec<String>);
+        let (header, stats_json, stage, all) = if scope.all {
+            type All = (
+                Option<String>,
+                Option<String>,
+                Vec<String>,
+                HashMap<String, String>,
+                Vec<(String, f64)>,
+                Vec<String>,
+                HashMap<String, u64>,
+                Vec<String>,
+            );
+            let (h, st, stage, m, r, b, k, i): All =
+                pipe.query_async(con).await.map_err(redis_err)?;
+            (h, st, stage, Some((m, r, b, k, i)))
+        } else {
+            let (h, st, stage): Head = pipe.query_async(con).await.map_err(redis_err)?;
+            (h, st, stage, None)
+        };
+        let Some(header) = header else {
+            return Ok(None);
+        };
+        let header: Header = parse("room", header.as_bytes())?;
+        let mut doc = RoomDoc::new(header.room);
+        if let Some(st) = stats_json {
+            doc.stats = parse::<RoomStats>("stats", st.as_bytes())?;
+        }
+        if let Some((m, r, b, k, i)) = all {
+            for (u, m) in m {
+                doc.members
+                    .insert(user(&u)?, parse("member", m.as_bytes())?);
+            }
+            for (u, t) in r {
+                doc.hands.insert(user(&u)?, t as u64);
+            }
+            for u in b {
+                doc.bans.insert(user(&u)?);
+            }
+            for (u, t) in k {
+                doc.kicks.insert(user(&u)?, t);
+            }
+            for u in i {
+                doc.invited.insert(user(&u)?);
+            }
+            // Every record is loaded: the header's counts are not needed.
+            return Ok(Some(doc));
+        }
+        let mut users: Vec<String> = scope.users.iter().map(|u| u.to_string()).collect();
+        if scope.stage {
+            users.extend(stage);
+        }
+        users.sort();
+        users.dedup();
+        if !users.is_empty() {
+            type Records = (
+                Vec<Option<String>>,
+                Vec<Option<f64>>,
+                Vec<bool>,
+                Vec<Option<u64>>,
+                Vec<bool>,
+            );
+            let (m, r, b, k, i): Records = redis::pipe()
+                .cmd("HMGET")
+                .arg(&participants)
+                .arg(&users)
+                .cmd("ZMSCORE")
+                .arg(&requests)
+                .arg(&users)
+                .cmd("SMISMEMBER")
+                .arg(&bans)
+                .arg(&users)
+                .cmd("HMGET")
+                .arg(&kicks)
+                .arg(&users)
+                .cmd("SMISMEMBER")
+                .arg(&invited)
+                .arg(&users)
+                .query_async(con)
+                .await
+                .map_err(redis_err)?;
+            for (n, u) in users.iter().enumerate() {
+                let uid = user(u)?;
+                if let Some(Some(m)) = m.get(n) {
+                    doc.members
+                        .insert(uid.clone(), parse("member", m.as_bytes())?);
+                }
+                if let Some(Some(t)) = r.get(n) {
+                    doc.hands.insert(uid.clone(), *t as u64);
+                }
+                if b.get(n) == Some(&true) {
+                    doc.bans.insert(uid.clone());
+                }
+                if let Some(Some(t)) = k.get(n) {
+                    doc.kicks.insert(uid.clone(), *t);
+                }
+                if i.get(n) == Some(&true) {
+                    doc.invited.insert(uid);
+                }
+            }
+        }
+        doc.set_total(&header.counts);
+        Ok(Some(doc))
     }
 
     /// One optimistic transaction on a room's keys, retried when they change under it.
-    async fn transact(&self, id: &RoomId, f: &mut Mutation<'_>) -> Result<Effects, ControlError> {
+    async fn transact(
+        &self,
+        id: &RoomId,
+        scope: &Scope,
+        f: &mut Mutation<'_>,
+    ) -> Result<Effects, ControlError> {
         let keys = self.room_keys(id);
         let mut con = self.dedicated().await?;
         for _ in 0..ATTEMPTS {
@@ -239,37 +412,44 @@ impl RedisStore {
                 .query_async::<()>(&mut con)
                 .await
                 .map_err(redis_err)?;
-            let Some(mut doc) = self.load(&mut con, id).await? else {
+            let loaded = self.load(&mut con, id, scope).await;
+            let unwatch = async |con: &mut MultiplexedConnection| {
                 redis::cmd("UNWATCH")
-                    .query_async::<()>(&mut con)
+                    .query_async::<()>(con)
                     .await
-                    .map_err(redis_err)?;
-                self.give_back(con);
-                return Err(ControlError::not_found("room", id.as_str()));
+                    .map_err(redis_err)
+            };
+            let mut doc = match loaded {
+                Ok(Some(d)) => d,
+                Ok(None) => {
+                    unwatch(&mut con).await?;
+                    self.give_back(con);
+                    return Err(ControlError::not_found("room", id.as_str()));
+                }
+                Err(e) => {
+                    unwatch(&mut con).await?;
+                    self.give_back(con);
+                    return Err(e);
+                }
             };
             let before = doc.clone();
             let effects = match f(&mut doc) {
                 Ok(e) => e,
                 Err(e) => {
-                    redis::cmd("UNWATCH")
-                        .query_async::<()>(&mut con)
-                        .await
-                        .map_err(redis_err)?;
+                    unwatch(&mut con).await?;
                     self.give_back(con);
                     return Err(e);
                 }
             };
-            if doc == before {
-                redis::cmd("UNWATCH")
-                    .query_async::<()>(&mut con)
-                    .await
-                    .map_err(redis_err)?;
+            let changes = Changes::between(&before, &doc);
+            if changes.is_empty() {
+                unwatch(&mut con).await?;
                 self.give_back(con);
                 return Ok(effects);
             }
             let mut pipe = redis::pipe();
             pipe.atomic();
-            self.write(&mut pipe, &doc)?;
+            self.write(&mut pipe, &before, &doc, &changes)?;
             let done: Option<()> = pipe.query_async(&mut con).await.map_err(redis_err)?;
             if done.is_some() {
                 self.give_back(con);
@@ -282,46 +462,75 @@ impl RedisStore {
         )))
     }
 
-    /// Adds the writes of `doc` to an atomic pipeline.
-    fn write(&self, pipe: &mut redis::Pipeline, doc: &RoomDoc) -> Result<(), ControlError> {
-        let id = &doc.room.id;
+    /// Adds what `changes` says (from `before` to `after`) to an atomic pipeline.
+    fn write(
+        &self,
+        pipe: &mut redis::Pipeline,
+        before: &RoomDoc,
+        after: &RoomDoc,
+        c: &Changes,
+    ) -> Result<(), ControlError> {
+        let id = &after.room.id;
         let [room, participants, requests, bans, kicks, invited, stats] = self.room_keys(id);
-        pipe.set(&room, json(&doc.room)?).ignore();
-        pipe.set(&stats, json(&doc.stats)?).ignore();
-        pipe.del(&[&participants, &requests, &bans, &kicks, &invited])
-            .ignore();
-        if !doc.members.is_empty() {
-            let items = doc
-                .members
-                .iter()
-                .map(|(u, m)| Ok((u.as_str().to_owned(), json(m)?)))
-                .collect::<Result<Vec<_>, ControlError>>()?;
-            pipe.hset_multiple(&participants, &items).ignore();
+        let (stage, audience) = (self.index_key(id, "stage"), self.index_key(id, "audience"));
+        if c.room || c.counts {
+            let header = Header {
+                room: after.room.clone(),
+                counts: c.total.clone(),
+            };
+            pipe.set(&room, json(&header)?).ignore();
         }
-        if !doc.hands.is_empty() {
-            let items: Vec<(&str, u64)> = doc.hands.iter().map(|(u, t)| (u.as_str(), *t)).collect();
-            pipe.hset_multiple(&requests, &items).ignore();
+        if c.stats {
+            pipe.set(&stats, json(&after.stats)?).ignore();
         }
-        if !doc.kicks.is_empty() {
-            let items: Vec<(&str, u64)> = doc.kicks.iter().map(|(u, t)| (u.as_str(), *t)).collect();
-            pipe.hset_multiple(&kicks, &items).ignore();
+        for (u, m) in &c.members {
+            match m {
+                Some(m) => pipe.hset(&participants, u.as_str(), json(m)?).ignore(),
+                None => pipe.hdel(&participants, u.as_str()).ignore(),
+            };
         }
-        if !doc.bans.is_empty() {
-            let items: Vec<&str> = doc.bans.iter().map(UserId::as_str).collect();
-            pipe.sadd(&bans, items).ignore();
-        }
-        if !doc.invited.is_empty() {
-            let items: Vec<&str> = doc.invited.iter().map(UserId::as_str).collect();
-            pipe.sadd(&invited, items).ignore();
-        }
-        for state in STATES {
-            let set = self.key(&format!("rooms:{}", state_name(state)));
-            if state == doc.room.state {
-                pipe.sadd(set, id.as_str()).ignore();
-            } else {
-                pipe.srem(set, id.as_str()).ignore();
+        for (key, changes) in [(&stage, &c.stage), (&audience, &c.audience)] {
+            for (u, on) in changes {
+                if *on {
+                    pipe.zadd(key, u.as_str(), 0).ignore();
+                } else {
+                    pipe.zrem(key, u.as_str()).ignore();
+                }
             }
         }
+        for (u, t) in &c.hands {
+            match t {
+                Some(t) => pipe.zadd(&requests, u.as_str(), *t).ignore(),
+                None => pipe.zrem(&requests, u.as_str()).ignore(),
+            };
+        }
+        for (u, t) in &c.kicks {
+            match t {
+                Some(t) => pipe.hset(&kicks, u.as_str(), *t).ignore(),
+                None => pipe.hdel(&kicks, u.as_str()).ignore(),
+            };
+        }
+        for (key, changes) in [(&bans, &c.bans), (&invited, &c.invited)] {
+            for (u, on) in changes {
+                if *on {
+                    pipe.sadd(key, u.as_str()).ignore();
+                } else {
+                    pipe.srem(key, u.as_str()).ignore();
+                }
+            }
+        }
+        if before.room.state != after.room.state {
+            pipe.srem(
+                self.key(&format!("rooms:{}", state_name(before.room.state))),
+                id.as_str(),
+            )
+            .ignore();
+        }
+        pipe.sadd(
+            self.key(&format!("rooms:{}", state_name(after.room.state))),
+            id.as_str(),
+        )
+        .ignore();
         Ok(())
     }
 }
@@ -369,23 +578,40 @@ async fn relay(
 #[async_trait::async_trait]
 impl Store for RedisStore {
     async fn insert_room(&self, doc: &RoomDoc) -> Result<(), ControlError> {
+        let empty = RoomDoc::new(doc.room.clone());
+        let mut changes = Changes::between(&empty, doc);
+        changes.room = true;
+        changes.stats = true;
         let mut pipe = redis::pipe();
         pipe.atomic();
-        self.write(&mut pipe, doc)?;
+        self.write(&mut pipe, doc, doc, &changes)?;
         let mut con = self.shared.clone();
         pipe.query_async::<()>(&mut con).await.map_err(redis_err)
     }
 
-    async fn room(&self, id: &RoomId) -> Result<Option<RoomDoc>, ControlError> {
+    async fn room(&self, id: &RoomId, scope: &Scope) -> Result<Option<RoomDoc>, ControlError> {
         let mut con = self.shared.clone();
-        self.load(&mut con, id).await
+        self.load(&mut con, id, scope).await
     }
 
     async fn update_room(
         &self,
         id: &RoomId,
+        scope: &Scope,
         f: &mut Mutation<'_>,
     ) -> Result<Effects, ControlError> {
+        // This instance's writers of the room take turns locally first.
+        let turn = {
+            let mut local = self
+                .local
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if local.len() > 1024 {
+                local.retain(|_, m| Arc::strong_count(m) > 1);
+            }
+            local.entry(id.clone()).or_default().clone()
+        };
+        let _turn = turn.lock().await;
         // Writers of one room take turns (a lock with an expiry, so a crashed holder cannot
         // block the room); WATCH below still guards against a holder whose lock expired.
         let lock = self.key(&format!("lock:room:{id}"));
@@ -416,7 +642,7 @@ impl Store for RedisStore {
                 "room {id} is busy; try again"
             )));
         }
-        let result = self.transact(id, f).await;
+        let result = self.transact(id, scope, f).await;
         let release = redis::Script::new(
             "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
         );
@@ -433,6 +659,7 @@ impl Store for RedisStore {
 
     async fn rooms(&self, states: &[RoomState]) -> Result<Vec<RoomDoc>, ControlError> {
         let mut con = self.shared.clone();
+        let scope = Scope::header().with_stage();
         let mut out = Vec::new();
         for &state in states {
             let ids: Vec<String> = con
@@ -443,7 +670,7 @@ impl Store for RedisStore {
                 let Ok(id) = RoomId::parse(&id) else {
                     continue;
                 };
-                if let Some(doc) = self.load(&mut con, &id).await?
+                if let Some(doc) = self.load(&mut con, &id, &scope).await?
                     && doc.room.state == state
                 {
                     out.push(doc);
@@ -451,6 +678,120 @@ impl Store for RedisStore {
             }
         }
         Ok(out)
+    }
+
+    async fn audience(
+        &self,
+        id: &RoomId,
+        after: Option<&UserId>,
+        limit: usize,
+    ) -> Result<AudiencePage, ControlError> {
+        let mut con = self.shared.clone();
+        let [room, participants, requests, ..] = self.room_keys(id);
+        let min = after.map_or_else(|| "-".to_owned(), |a| format!("({a}"));
+        let (exists, users): (bool, Vec<String>) = redis::pipe()
+            .exists(&room)
+            .zrangebylex_limit(
+                self.index_key(id, "audience"),
+                min,
+                "+",
+                0,
+                isize::try_from(limit.saturating_add(1)).unwrap_or(isize::MAX),
+            )
+            .query_async(&mut con)
+            .await
+            .map_err(redis_err)?;
+        if !exists {
+            return Err(ControlError::not_found("room", id.as_str()));
+        }
+        let mut page = AudiencePage::default();
+        let more = users.len() > limit;
+        let users: Vec<String> = users.into_iter().take(limit).collect();
+        if users.is_empty() {
+            return Ok(page);
+        }
+        let (members, hands): (Vec<Option<String>>, Vec<Option<f64>>) = redis::pipe()
+            .cmd("HMGET")
+            .arg(&participants)
+            .arg(&users)
+            .cmd("ZMSCORE")
+            .arg(&requests)
+            .arg(&users)
+            .query_async(&mut con)
+            .await
+            .map_err(redis_err)?;
+        for (n, u) in users.iter().enumerate() {
+            let (Ok(uid), Some(Some(m))) = (UserId::parse(u), members.get(n)) else {
+                continue;
+            };
+            let hand = matches!(hands.get(n), Some(Some(_)));
+            page.members
+                .push((uid, parse("member", m.as_bytes())?, hand));
+        }
+        if more {
+            page.next = users.last().and_then(|u| UserId::parse(u).ok());
+        }
+        Ok(page)
+    }
+
+    async fn hands(&self, id: &RoomId, limit: usize) -> Result<Vec<(UserId, u64)>, ControlError> {
+        let mut con = self.shared.clone();
+        let end = isize::try_from(limit).unwrap_or(isize::MAX) - 1;
+        if end < 0 {
+            return Ok(Vec::new());
+        }
+        let raised: Vec<(String, f64)> = con
+            .zrange_withscores(self.index_key(id, "requests"), 0, end)
+            .await
+            .map_err(redis_err)?;
+        Ok(raised
+            .into_iter()
+            .filter_map(|(u, t)| Some((UserId::parse(&u).ok()?, t as u64)))
+            .collect())
+    }
+
+    async fn bans(&self, id: &RoomId, limit: usize) -> Result<Vec<UserId>, ControlError> {
+        let mut con = self.shared.clone();
+        let all: Vec<String> = con
+            .smembers(self.index_key(id, "bans"))
+            .await
+            .map_err(redis_err)?;
+        let mut bans: Vec<UserId> = all.iter().filter_map(|u| UserId::parse(u).ok()).collect();
+        bans.sort();
+        bans.truncate(limit);
+        Ok(bans)
+    }
+
+    async fn kicks(&self, id: &RoomId, limit: usize) -> Result<Vec<(UserId, u64)>, ControlError> {
+        let mut con = self.shared.clone();
+        let all: HashMap<String, u64> = con
+            .hgetall(self.index_key(id, "kicks"))
+            .await
+            .map_err(redis_err)?;
+        let mut kicks: Vec<(UserId, u64)> = all
+            .iter()
+            .filter_map(|(u, t)| Some((UserId::parse(u).ok()?, *t)))
+            .collect();
+        kicks.sort();
+        kicks.truncate(limit);
+        Ok(kicks)
+    }
+
+    async fn remove_room(&self, id: &RoomId) -> Result<(), ControlError> {
+        let mut con = self.shared.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.del(&self.room_keys(id)[..]).ignore();
+        pipe.del(&[self.index_key(id, "stage"), self.index_key(id, "audience")])
+            .ignore();
+        for state in STATES {
+            pipe.srem(
+                self.key(&format!("rooms:{}", state_name(state))),
+                id.as_str(),
+            )
+            .ignore();
+        }
+        pipe.query_async::<()>(&mut con).await.map_err(redis_err)
     }
 
     async fn claim_active(
