@@ -5,18 +5,24 @@
 //! ```text
 //! loop {
 //!     match sfu.poll_output() {
-//!         Output::Transmit(t) => send t.contents from t.source to t.destination,
 //!         Output::Event(e)    => hand to signaling,
 //!         Output::Relay(r)    => deliver to shard r.to via handle_relay,
-//!         Output::Timeout(t)  => sfu.take_datagrams(&mut queue) and send the queue,
+//!         Output::Timeout(t)  => sfu.poll_datagrams(&mut queue), send the queue,
 //!                                wait for a datagram, a command or t, then call
-//!                                handle_receive / a command / handle_timeout(now),
+//!                                handle_receive / handle_command / handle_timeout(now),
 //!     }
 //! }
 //! ```
 //!
 //! Every method that takes `now` may be called at any time; `poll_output` must be drained
-//! until it returns [`Output::Timeout`] before blocking, and [`Sfu::take_datagrams`] emptied.
+//! until it returns [`Output::Timeout`] before blocking. Every datagram the engine sends, str0m's
+//! own (ICE, DTLS, RTCP, SCTP) and the packets the forwarding fast path sealed, leaves through
+//! one call, [`Sfu::poll_datagrams`], into a buffer the caller owns, in the order they were
+//! produced; it may be called at any time, as often as the caller likes.
+//!
+//! The owner drives the engine with [`EngineCommand`]s ([`Sfu::handle_command`]): plain data,
+//! never waiting for a reply. It chooses the ids of the peers it creates ([`PeerId::new`]);
+//! answers, offers and refusals come back as events.
 //! The engine never reads a clock, never sleeps and draws randomness (ICE credentials, initial
 //! sequence numbers) only from the seed it is given, so a test with simulated time and a fixed
 //! seed is fully reproducible.
@@ -26,7 +32,7 @@
 //! Forwarded audio does not go through str0m's send path (a write, a timer run, the pacer and
 //! a full poll of the subscriber's `Rtc` per packet). The engine captures each connection's
 //! DTLS-SRTP keys (see `srtp`), writes the rewritten RTP header itself and seals the packet
-//! with AEAD-AES-GCM straight into a reusable buffer, [`Sfu::take_datagrams`]. str0m still
+//! with AEAD-AES-GCM straight into the same queue as str0m's datagrams. str0m still
 //! runs ICE, DTLS, RTCP, SCTP and timers on their own schedule. A slot whose connection
 //! negotiated AES-CM-SHA1-80, or whose keys or route are unknown, uses str0m's path instead
 //! ([`FastPath`]).
@@ -35,9 +41,10 @@
 //!
 //! Input from the network never panics: undecodable datagrams, RTP from peers that may not
 //! publish and packets for unknown peers are dropped and counted in [`SfuStats`]. Commands
-//! about unknown peers return [`SfuError`]. A peer whose `Rtc` fails is closed and reported
+//! about unknown peers return [`SfuError`] (as events when they came as [`EngineCommand`]s). A peer whose `Rtc` fails is closed and reported
 //! as [`Event::Disconnected`]; other peers are untouched.
 
+mod command;
 mod datagrams;
 pub mod forwarder;
 pub mod id;
@@ -58,12 +65,13 @@ use str0m::channel::ChannelId;
 use str0m::crypto::CryptoProvider;
 use str0m::ice::{IceCreds, StunMessage};
 use str0m::media::{Direction, MediaKind, Mid};
-use str0m::net::{Protocol, Receive, Transmit};
+use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
 use str0m::{
     Candidate, Event as RtcEvent, IceConnectionState, Input, Output as RtcOutput, RtcConfig,
 };
 
+pub use command::{CommandKind, EngineCommand};
 pub use datagrams::{Datagram, Datagrams};
 use forwarder::{Rewriter, SourceKey};
 pub use id::{MediaLabel, PeerId, ShardId, TrackId};
@@ -97,6 +105,9 @@ pub struct SfuConfig {
     pub stats_interval: Option<Duration>,
     /// Whether forwarded packets are sealed by the engine (see the module docs).
     pub fast_path: FastPath,
+    /// Host candidates of peers created by [`EngineCommand`]s: the shard's advertised socket
+    /// addresses.
+    pub candidates: Vec<SocketAddr>,
 }
 
 /// Whether the engine seals forwarded packets itself or hands each one to str0m.
@@ -119,6 +130,7 @@ impl SfuConfig {
             speaker: SpeakerConfig::default(),
             stats_interval: None,
             fast_path: FastPath::Enabled,
+            candidates: Vec::new(),
         }
     }
 }
@@ -140,6 +152,9 @@ pub enum SfuError {
     /// The peer does not exist (closed, or never created on this shard).
     #[error("unknown peer {0}")]
     UnknownPeer(PeerId),
+    /// A peer with this id exists already, or the id names another shard.
+    #[error("peer id {0} is taken or not this shard's")]
+    PeerIdUnavailable(PeerId),
     /// The track is not published on this shard.
     #[error("unknown track {0}")]
     UnknownTrack(TrackId),
@@ -194,8 +209,26 @@ pub enum Event {
         /// Why.
         reason: UnpublishReason,
     },
+    /// The engine's answer to a client's offer ([`EngineCommand::AcceptOffer`] or
+    /// [`EngineCommand::HandleOffer`]).
+    Answer {
+        /// The peer.
+        peer: PeerId,
+        /// The answer for the client.
+        answer: SdpAnswer,
+    },
+    /// A command about `peer` was refused; the peer is unchanged (or, for a refused creation,
+    /// does not exist).
+    CommandFailed {
+        /// The peer.
+        peer: PeerId,
+        /// Which command.
+        command: CommandKind,
+        /// Why.
+        error: SfuError,
+    },
     /// A server offer for `peer` must be sent to the client; answer with
-    /// [`Sfu::handle_answer`].
+    /// [`EngineCommand::HandleAnswer`] (or [`Sfu::handle_answer`]).
     Offer {
         /// The peer.
         peer: PeerId,
@@ -302,11 +335,9 @@ pub enum Routed {
     Dropped,
 }
 
-/// Output of [`Sfu::poll_output`].
+/// Output of [`Sfu::poll_output`]. Datagrams leave through [`Sfu::poll_datagrams`].
 #[derive(Debug)]
 pub enum Output {
-    /// A datagram to send.
-    Transmit(Transmit),
     /// An event for the owner.
     Event(Event),
     /// A message for another shard.
@@ -369,8 +400,6 @@ pub struct Sfu {
     last_now: Instant,
     /// str0m's crypto with a DTLS factory that hands the engine each connection's SRTP keys.
     crypto: Arc<CryptoProvider>,
-    /// Packets sealed by the fast path, waiting for [`Sfu::take_datagrams`].
-    datagrams: Datagrams,
 }
 
 /// What draining peers' `Rtc`s produces: their next deadlines, datagrams to send, str0m events
@@ -381,7 +410,9 @@ struct Drained {
     deadlines: BTreeSet<(Instant, PeerId)>,
     /// str0m events not yet processed, in order.
     rtc_events: VecDeque<(PeerId, RtcEvent)>,
-    transmits: VecDeque<Transmit>,
+    /// Every datagram to send, str0m's and the fast path's, in order, waiting for
+    /// [`Sfu::poll_datagrams`].
+    datagrams: Datagrams,
     /// Peers whose `Rtc` failed or died, to close after the current operation.
     doomed: Vec<PeerId>,
 }
@@ -402,7 +433,7 @@ impl Drained {
                 }
                 Ok(RtcOutput::Transmit(t)) => {
                     p.direct.observe(&t);
-                    self.transmits.push_back(t);
+                    self.datagrams.push(t.source, t.destination, &t.contents);
                 }
                 Ok(RtcOutput::Event(e)) => self.rtc_events.push_back((peer, e)),
                 Err(e) => {
@@ -445,7 +476,6 @@ impl Sfu {
             stats: SfuStats::default(),
             last_now: now,
             crypto: srtp::capturing_provider(),
-            datagrams: Datagrams::default(),
         }
     }
 
@@ -460,11 +490,22 @@ impl Sfu {
         config: PeerConfig,
         offer: SdpOffer,
     ) -> Result<(PeerId, SdpAnswer), SfuError> {
+        self.accept_offer_as(now, None, config, offer)
+    }
+
+    /// [`Sfu::accept_offer`] with the peer's id chosen by the caller (`None`: by the engine).
+    fn accept_offer_as(
+        &mut self,
+        now: Instant,
+        id: Option<PeerId>,
+        config: PeerConfig,
+        offer: SdpOffer,
+    ) -> Result<(PeerId, SdpAnswer), SfuError> {
         if config.publish == Publish::Deny && peer::offer_sends_media(&offer.to_sdp_string()) {
             self.stats.offers_refused += 1;
             return Err(SfuError::PublishNotAllowed);
         }
-        let id = self.new_peer(now, &config)?;
+        let id = self.new_peer(now, id, &config)?;
         let result = self.with_peer(id, |p| {
             let answer = p.rtc.sdp_api().accept_offer(offer)?;
             p.refresh_opus_pt();
@@ -491,7 +532,18 @@ impl Sfu {
         config: PeerConfig,
         channels: &[&str],
     ) -> Result<PeerId, SfuError> {
-        let id = self.new_peer(now, &config)?;
+        self.create_peer_as(now, None, config, channels)
+    }
+
+    /// [`Sfu::create_peer`] with the peer's id chosen by the caller (`None`: by the engine).
+    fn create_peer_as(
+        &mut self,
+        now: Instant,
+        id: Option<PeerId>,
+        config: PeerConfig,
+        channels: &[&str],
+    ) -> Result<PeerId, SfuError> {
+        let id = self.new_peer(now, id, &config)?;
         if let Some(p) = self.peers.get_mut(&id) {
             p.negotiation.queued_channels = channels.iter().map(|c| (*c).to_owned()).collect();
         }
@@ -858,19 +910,19 @@ impl Sfu {
         self.process(now);
     }
 
-    /// Move the datagrams sealed by the forwarding fast path to the end of `queue` (swapping
-    /// buffers when `queue` is empty, so nothing is copied in the common case). Call after
-    /// draining [`Sfu::poll_output`]; the datagrams are not also returned as
-    /// [`Output::Transmit`].
-    pub fn take_datagrams(&mut self, queue: &mut Datagrams) {
-        queue.append(&mut self.datagrams);
+    /// Move every datagram waiting to be sent (str0m's and the fast path's, in the order they
+    /// were produced) to the end of `queue`, swapping buffers when `queue` is empty so nothing
+    /// is copied in the common case. The only way datagrams leave the engine; call it whenever
+    /// convenient, typically once [`Sfu::poll_output`] returned [`Output::Timeout`]. Returns
+    /// how many datagrams were moved.
+    pub fn poll_datagrams(&mut self, queue: &mut Datagrams) -> usize {
+        let n = self.out.datagrams.len();
+        queue.append(&mut self.out.datagrams);
+        n
     }
 
     /// The next output. Drain until [`Output::Timeout`].
     pub fn poll_output(&mut self) -> Output {
-        if let Some(t) = self.out.transmits.pop_front() {
-            return Output::Transmit(t);
-        }
         if let Some(r) = self.relays.pop_front() {
             return Output::Relay(r);
         }
@@ -931,9 +983,25 @@ impl Sfu {
 
     // ---------------------------------------------------------------- internals
 
-    fn new_peer(&mut self, now: Instant, config: &PeerConfig) -> Result<PeerId, SfuError> {
-        let id = PeerId::new(self.config.shard, self.next_peer);
-        self.next_peer += 1;
+    fn new_peer(
+        &mut self,
+        now: Instant,
+        id: Option<PeerId>,
+        config: &PeerConfig,
+    ) -> Result<PeerId, SfuError> {
+        let id = match id {
+            Some(id) if id.shard() != self.config.shard || self.peers.contains_key(&id) => {
+                return Err(SfuError::PeerIdUnavailable(id));
+            }
+            Some(id) => id,
+            None => loop {
+                let id = PeerId::new(self.config.shard, self.next_peer);
+                self.next_peer += 1;
+                if !self.peers.contains_key(&id) {
+                    break id;
+                }
+            },
+        };
         let ufrag = format!(
             "{:02x}{}",
             self.config.shard.0 & 0xff,
@@ -1320,7 +1388,7 @@ impl Sfu {
                 };
                 let payload = &packet.payload[..];
                 let ssrc = d.ssrc;
-                let sent = self.datagrams.push_with(
+                let sent = self.out.datagrams.push_with(
                     local,
                     remote,
                     MAX_HEADER_LEN + payload.len() + GCM_TAG_LEN,
