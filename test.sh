@@ -86,7 +86,7 @@ cargo check -p stoa-signaling --no-default-features
 # Fuzz targets (fuzz/): build them and run each briefly, bounded in runs and time. cargo-fuzz
 # needs nightly-only compiler flags; RUSTC_BOOTSTRAP lets the stable toolchain accept them.
 # Longer campaigns: RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none -O signal_request
-for target in signal_request engine_datagram turn_message; do
+for target in signal_request engine_datagram turn_message signaling_core; do
     RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none -O "$target" -- \
         -runs=3000 -max_total_time=60 -rss_limit_mb=4096
 done

@@ -823,3 +823,209 @@ fn drain_once(
         }
     }
 }
+
+/// Rooms and identities the scripted actions draw from.
+const ROOMS: [&str; 2] = ["a", "b"];
+const IDENTITIES: [&str; 6] = ["p0", "p1", "p2", "p3", "p4", "p5"];
+
+impl Sim {
+    /// One action chosen by three bytes (for the fuzz target and randomized tests): a client
+    /// joins, leaves, drops, publishes, sends garbage or real requests, the server changes a
+    /// permission, mutes, removes, sends data, or time passes. Bounded: at most 2 s of
+    /// simulated time per action.
+    pub fn act(&mut self, op: u8, x: u8, y: u8) {
+        let identity = IDENTITIES[usize::from(x) % IDENTITIES.len()];
+        let room = ROOMS[usize::from(y) % ROOMS.len()];
+        // The newest client with this identity, if its session is open.
+        let open = self
+            .clients
+            .iter()
+            .rposition(|c| c.identity == identity)
+            .filter(|&c| self.clients[c].is_open());
+        match (op % 16, open) {
+            (0 | 1, _) => {
+                let _ = self.join_with(identity, Self::grants(room, y & 4 != 0));
+            }
+            (2, Some(c)) => self.request(c, signal_request::Message::Leave(Default::default())),
+            (3, Some(c)) => self.disconnect(c),
+            (4, Some(c)) => self.publish(c),
+            (5, Some(c)) => self.offer_publisher(c, None),
+            (6, Some(c)) => {
+                let sd = lk::SessionDescription {
+                    r#type: if y & 1 == 0 { "offer" } else { "answer" }.into(),
+                    sdp: format!("v=0\r\no=- {y} 0 IN IP4 0.0.0.0\r\nbroken"),
+                    id: u32::from(y),
+                    ..Default::default()
+                };
+                let m = if y & 1 == 0 {
+                    signal_request::Message::Offer(sd)
+                } else {
+                    signal_request::Message::Answer(sd)
+                };
+                self.request(c, m);
+            }
+            (7, Some(c)) => {
+                let sid = self.any_track_sid(y).unwrap_or_else(|| format!("TR_{y}"));
+                self.request(
+                    c,
+                    signal_request::Message::Mute(lk::MuteTrackRequest {
+                        sid,
+                        muted: y & 1 == 0,
+                    }),
+                );
+            }
+            (8, Some(c)) => {
+                let sid = self.any_track_sid(y).unwrap_or_default();
+                self.request(
+                    c,
+                    signal_request::Message::Subscription(lk::UpdateSubscription {
+                        track_sids: vec![sid],
+                        subscribe: y & 1 == 0,
+                        participant_tracks: vec![],
+                    }),
+                );
+            }
+            (9, Some(c)) => {
+                self.request(
+                    c,
+                    signal_request::Message::AddTrack(lk::AddTrackRequest {
+                        cid: format!("cid-{y}"),
+                        r#type: i32::from(y % 3),
+                        source: i32::from(y % 4),
+                        ..Default::default()
+                    }),
+                );
+            }
+            (10, _) => {
+                let permission = lk::ParticipantPermission {
+                    can_publish: y & 1 == 0,
+                    can_subscribe: true,
+                    can_publish_data: true,
+                    can_publish_sources: if y & 2 == 0 {
+                        vec![]
+                    } else {
+                        vec![lk::TrackSource::Camera as i32]
+                    },
+                    ..Default::default()
+                };
+                let update = crate::proto::ParticipantUpdate {
+                    permission: Some(permission),
+                    ..Default::default()
+                };
+                let _ = self.admin(AdminOp::UpdateParticipant {
+                    room: room.into(),
+                    identity: identity.into(),
+                    update: Box::new(update),
+                });
+            }
+            (11, _) => {
+                let _ = self.admin(AdminOp::RemoveParticipant {
+                    room: room.into(),
+                    identity: identity.into(),
+                });
+            }
+            (12, _) => {
+                let track_sid = self.any_track_sid(y).unwrap_or_default();
+                let _ = self.admin(AdminOp::MuteTrack {
+                    room: room.into(),
+                    identity: identity.into(),
+                    track_sid,
+                    muted: y & 1 == 0,
+                });
+            }
+            (13, Some(c)) => {
+                self.send_data(c, &[y]);
+                self.send_audio(c);
+            }
+            (14, _) => {
+                if y == 0 {
+                    let _ = self.admin(AdminOp::DeleteRoom { room: room.into() });
+                } else {
+                    let _ = self.admin(AdminOp::SendData {
+                        room: room.into(),
+                        data: Box::new(crate::proto::SendData {
+                            payload: vec![y],
+                            reliable: y & 1 == 0,
+                            ..Default::default()
+                        }),
+                    });
+                }
+            }
+            _ => self.run_for(Duration::from_millis(u64::from(y) * 8)),
+        }
+    }
+
+    fn any_track_sid(&self, pick: u8) -> Option<String> {
+        let sids: Vec<String> = self
+            .server
+            .rooms()
+            .flat_map(|r| r.participants.values())
+            .flat_map(|p| p.tracks.keys().cloned())
+            .collect();
+        if sids.is_empty() {
+            return None;
+        }
+        Some(sids[usize::from(pick) % sids.len()].clone())
+    }
+
+    /// The invariants between the core and the engine, checked after every action: a
+    /// participant who may not publish has no published track; every session's peers exist in
+    /// the engine, and the engine has no other peers; sessions, participants and the core's
+    /// counts agree.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut participants = 0u64;
+        for room in self.server.rooms() {
+            for p in room.participants.values() {
+                participants += 1;
+                if !p.can_publish() && !p.tracks.is_empty() {
+                    return Err(format!(
+                        "{} may not publish but has {} track(s)",
+                        p.identity,
+                        p.tracks.len()
+                    ));
+                }
+                if self.server.session_of_participant(&p.sid).is_none() {
+                    return Err(format!("{} has no session", p.identity));
+                }
+            }
+        }
+        let stats = self.server.stats();
+        if stats.sessions != participants {
+            return Err(format!(
+                "{} sessions but {participants} participants",
+                stats.sessions
+            ));
+        }
+        if stats.publishers + stats.listeners != participants {
+            return Err("role counts disagree with participants".into());
+        }
+        let mut peers = 0u64;
+        for session in self.server.sessions() {
+            let Some((publisher, subscriber)) = self.server.session_peers(session) else {
+                return Err("a listed session has no peers entry".into());
+            };
+            for peer in [publisher, subscriber].into_iter().flatten() {
+                peers += 1;
+                let shard = self
+                    .shards
+                    .get(usize::from(peer.shard().0))
+                    .ok_or_else(|| format!("{peer} names no shard"))?;
+                if shard.ice_ufrag(peer).is_none() {
+                    return Err(format!("session peer {peer} unknown to the engine"));
+                }
+            }
+        }
+        let engine: u64 = self.shards.iter().map(|s| s.stats().peers).sum();
+        if engine != peers {
+            return Err(format!("engine has {engine} peers, sessions {peers}"));
+        }
+        let tracks: u64 = self.shards.iter().map(|s| s.stats().tracks).sum();
+        if stats.tracks > tracks {
+            return Err(format!(
+                "signaling lists {} tracks, the engine {tracks}",
+                stats.tracks
+            ));
+        }
+        Ok(())
+    }
+}
