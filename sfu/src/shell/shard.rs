@@ -186,7 +186,7 @@ impl Shard {
     /// next subscriber change).
     fn relay(&self, shard: u16, msg: ShardMsg) {
         if let Some(tx) = self.shards.get(usize::from(shard))
-            && tx.try_send(msg).is_err()
+            && let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(msg)
         {
             self.traffic.dropped(Queue::Relays);
         }
@@ -243,11 +243,13 @@ impl Shard {
             // The owner hears of this peer again only through the owed `Disconnected`.
             return;
         }
-        let Err(e) = self.events.try_send(event) else {
-            return;
+        let event = match self.events.try_send(event) {
+            Ok(()) => return,
+            // Nobody listening is fine (e.g. benchmarks of the engine alone).
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+            Err(mpsc::error::TrySendError::Full(event)) => event,
         };
         self.traffic.dropped(Queue::Events);
-        let event = e.into_inner();
         if let (Some(peer), false) = (peer, dispensable(&event)) {
             tracing::warn!(peer = %peer, "event channel full; peer closed");
             self.lost.insert(peer);
@@ -258,7 +260,9 @@ impl Shard {
     /// Tell the owner about peers closed for a full event channel, as far as there is room.
     fn retry_lost(&mut self) {
         while let Some(&peer) = self.lost.first() {
-            if self.events.try_send(Event::Disconnected(peer)).is_err() {
+            if let Err(mpsc::error::TrySendError::Full(_)) =
+                self.events.try_send(Event::Disconnected(peer))
+            {
                 return;
             }
             self.lost.pop_first();
