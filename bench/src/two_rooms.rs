@@ -112,7 +112,7 @@ pub struct Storm {
 pub struct TwoRoomsReport {
     /// What ran.
     pub params: TwoRoomsParams,
-    /// Room A's listeners that heard audio.
+    /// Room A's clients (speakers hear each other too) that heard audio once it settled.
     pub a_heard: usize,
     /// Every storm, in order.
     pub storms: Vec<Storm>,
@@ -146,9 +146,9 @@ impl TwoRoomsReport {
         }
         let [idle, busy] = self.p95_idle_busy_ms;
         out.push_str(&format!(
-            "\nroom A: {}/{} listeners heard audio; room B pooled p95: idle {} ms, busy {} ms; busy ÷ idle = {}\n",
+            "\nroom A: {} of {} clients heard audio; room B pooled p95: idle {} ms, busy {} ms; busy ÷ idle = {}\n",
             self.a_heard,
-            self.params.a_listeners,
+            self.params.a_listeners + self.params.a_speakers,
             idle.map_or("-".into(), |v| v.to_string()),
             busy.map_or("-".into(), |v| v.to_string()),
             self.busy_over_idle_p95
