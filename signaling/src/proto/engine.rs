@@ -128,12 +128,17 @@ impl Server {
                 );
             }
             CommandKind::AcceptOffer | CommandKind::HandleOffer => {
+                let mut refused = 1;
                 if let Some(s) = self.sessions.get_mut(&session) {
-                    s.offers.pop_front();
                     if command == CommandKind::AcceptOffer && s.publisher == Some(peer) {
-                        // No connection was created: the next offer starts afresh.
+                        // No connection was created: the next offer starts afresh, and offers
+                        // sent meanwhile for this connection are refused with it.
                         s.publisher = None;
                         self.by_peer.remove(&peer);
+                        refused = s.offers.len().max(1);
+                        s.offers.clear();
+                    } else {
+                        s.offers.pop_front();
                     }
                 }
                 let reason = if matches!(error, SfuError::PublishNotAllowed) {
@@ -141,7 +146,9 @@ impl Server {
                 } else {
                     Reason::InvalidRequest
                 };
-                self.request_error(session, reason, format!("offer refused: {error}"));
+                for _ in 0..refused {
+                    self.request_error(session, reason, format!("offer refused: {error}"));
+                }
             }
             CommandKind::HandleAnswer => {
                 self.request_error(
