@@ -295,3 +295,61 @@ fn dispensable(event: &Event) -> bool {
         Event::ChannelData { .. } | Event::PeerStats { .. } | Event::SpeakersChanged(_)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{PeerId, ShardId};
+
+    fn shard(events: mpsc::Sender<Event>) -> Shard {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let advertised = socket.local_addr().expect("addr");
+        let (_tx, inbox) = mpsc::channel(1);
+        let info = ShardInfo {
+            id: ShardId(0),
+            advertised,
+        };
+        Shard::new(info, socket, inbox, vec![], events, [1; 32], Arc::default())
+    }
+
+    #[test]
+    fn a_full_event_channel_closes_the_peer_and_reports_it_later() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let mut shard = shard(tx);
+        let mut sfu = Sfu::new(SfuConfig::new(ShardId(0), [2; 32]), Instant::now());
+        let (a, b) = (PeerId::new(ShardId(0), 1), PeerId::new(ShardId(0), 2));
+        shard.deliver(&mut sfu, Event::Connected(a));
+        // Full: speaker levels are dispensable, b's connection is not.
+        shard.deliver(&mut sfu, Event::SpeakersChanged(vec![]));
+        shard.deliver(&mut sfu, Event::Connected(b));
+        let dropped = shard.traffic.snapshot().dropped_from(Queue::Events);
+        assert_eq!(dropped, 2);
+        assert!(shard.lost.contains(&b) && !shard.lost.contains(&a));
+        // Nothing more about b goes out until its disconnection can.
+        assert!(matches!(rx.try_recv(), Ok(Event::Connected(p)) if p == a));
+        let track = crate::proto::TrackId {
+            peer: b,
+            mid: str0m::media::Mid::from("0"),
+        };
+        let reason = crate::proto::UnpublishReason::Removed;
+        shard.deliver(&mut sfu, Event::TrackUnpublished { track, reason });
+        assert!(
+            rx.try_recv().is_err(),
+            "events about a lost peer are withheld"
+        );
+        shard.retry_lost();
+        assert!(matches!(rx.try_recv(), Ok(Event::Disconnected(p)) if p == b));
+        assert!(shard.lost.is_empty());
+    }
+
+    #[test]
+    fn nobody_listening_is_not_a_drop() {
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        let mut shard = shard(tx);
+        let mut sfu = Sfu::new(SfuConfig::new(ShardId(0), [2; 32]), Instant::now());
+        shard.deliver(&mut sfu, Event::Connected(PeerId::new(ShardId(0), 1)));
+        assert_eq!(shard.traffic.snapshot().dropped_from(Queue::Events), 0);
+        assert!(shard.lost.is_empty());
+    }
+}
