@@ -114,6 +114,9 @@ pub struct TwoRoomsReport {
     pub params: TwoRoomsParams,
     /// Room A's clients (speakers hear each other too) that heard audio once it settled.
     pub a_heard: usize,
+    /// Time for every room-A speaker to publish once (before the storms).
+    #[serde(serialize_with = "crate::scenario::seconds")]
+    pub warm_up: Duration,
     /// Every storm, in order.
     pub storms: Vec<Storm>,
     /// Room B's p95 with A busy ÷ with A idle, over all storms of each kind (pooled samples).
@@ -202,6 +205,21 @@ pub async fn run(target: Target, params: &TwoRoomsParams) -> Result<TwoRoomsRepo
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let a_heard = a.counters().heard.load(Ordering::Relaxed) as usize;
+    // Every speaker of room A publishes once before the storms, so that passing the floor
+    // during them is a mute and an unmute, as in a live room; a first publication is a
+    // renegotiation of every listener's connection, measured apart (`warm_up`).
+    let warm = clock.now();
+    for i in 1..params.a_speakers {
+        a.speaker(i - 1, Command::Silence);
+        a.speaker(i, Command::Speak);
+        tokio::time::sleep(params.rotate_every).await;
+    }
+    if params.a_speakers > 1 {
+        a.speaker(params.a_speakers - 1, Command::Silence);
+        a.speaker(0, Command::Speak);
+        tokio::time::sleep(params.rotate_every).await;
+    }
+    let warm_up = clock.now().saturating_duration_since(warm);
 
     // Room A's busy driver: reactions through the server API, floor changes through clients.
     let busy = Arc::new(Busy::default());
@@ -330,6 +348,7 @@ pub async fn run(target: Target, params: &TwoRoomsParams) -> Result<TwoRoomsRepo
     Ok(TwoRoomsReport {
         params: params.clone(),
         a_heard,
+        warm_up,
         storms,
         busy_over_idle_p95: ratio,
         p95_idle_busy_ms: [idle, busy_p95],
