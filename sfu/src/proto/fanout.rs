@@ -233,7 +233,7 @@ impl Sfu {
                 };
                 let payload = &packet.payload[..];
                 let ssrc = d.ssrc;
-                let sent = self.out.datagrams.push_with(
+                let sent = self.out.sealed.push_with(
                     local,
                     remote,
                     MAX_HEADER_LEN + payload.len() + GCM_TAG_LEN,

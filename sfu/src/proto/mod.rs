@@ -17,8 +17,9 @@
 //! Every method that takes `now` may be called at any time; `poll_output` must be drained
 //! until it returns [`Output::Timeout`] before blocking. Every datagram the engine sends, str0m's
 //! own (ICE, DTLS, RTCP, SCTP) and the packets the forwarding fast path sealed, leaves through
-//! one call, [`Sfu::poll_datagrams`], into a buffer the caller owns, in the order they were
-//! produced; it may be called at any time, as often as the caller likes.
+//! one call, [`Sfu::poll_datagrams`], into a buffer the caller owns (str0m's first, so a
+//! handshake never waits behind a fan-out burst); it may be called at any time, as often as
+//! the caller likes.
 //!
 //! The owner drives the engine with [`EngineCommand`]s ([`Sfu::handle_command`]): plain data,
 //! never waiting for a reply. It chooses the ids of the peers it creates ([`PeerId::new`]);
@@ -413,9 +414,11 @@ struct Drained {
     deadlines: BTreeSet<(Instant, PeerId)>,
     /// str0m events not yet processed, in order.
     rtc_events: VecDeque<(PeerId, RtcEvent)>,
-    /// Every datagram to send, str0m's and the fast path's, in order, waiting for
-    /// [`Sfu::poll_datagrams`].
+    /// str0m's datagrams (ICE, DTLS, RTCP, SCTP, and media on str0m's send path), in order,
+    /// waiting for [`Sfu::poll_datagrams`].
     datagrams: Datagrams,
+    /// Packets the forwarding fast path sealed, in order, waiting for the same call.
+    sealed: Datagrams,
     /// Peers whose `Rtc` failed or died, to close after the current operation.
     doomed: Vec<PeerId>,
 }
@@ -514,14 +517,16 @@ impl Sfu {
         self.process(now);
     }
 
-    /// Move every datagram waiting to be sent (str0m's and the fast path's, in the order they
-    /// were produced) to the end of `queue`, swapping buffers when `queue` is empty so nothing
-    /// is copied in the common case. The only way datagrams leave the engine; call it whenever
-    /// convenient, typically once [`Sfu::poll_output`] returned [`Output::Timeout`]. Returns
-    /// how many datagrams were moved.
+    /// Move every datagram waiting to be sent to the end of `queue`: str0m's own first (ICE,
+    /// DTLS, RTCP, SCTP: a handshake never waits behind a fan-out burst), then the packets the
+    /// fast path sealed, each in the order produced. Swaps buffers when `queue` is empty, so
+    /// nothing is copied in the common case. The only way datagrams leave the engine; call it
+    /// whenever convenient, typically once [`Sfu::poll_output`] returned [`Output::Timeout`].
+    /// Returns how many datagrams were moved.
     pub fn poll_datagrams(&mut self, queue: &mut Datagrams) -> usize {
-        let n = self.out.datagrams.len();
+        let n = self.out.datagrams.len() + self.out.sealed.len();
         queue.append(&mut self.out.datagrams);
+        queue.append(&mut self.out.sealed);
         n
     }
 
