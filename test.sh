@@ -9,11 +9,8 @@ source scripts/need_pkg.sh
 
 # Add new system dependencies here, one line each.
 need_pkg pkg-config pkg-config
-if ! pkg-config --exists opus 2>/dev/null; then
-    # stoa-bench links libopus (real Opus for its speakers); need_pkg's command check cannot
-    # see a library.
-    need_pkg stoa-libopus-check libopus-dev
-fi
+# stoa-bench builds libopus from the source audiopus_sys ships (.cargo/config.toml), with cmake.
+need_pkg cmake cmake
 need_pkg node nodejs
 need_pkg npm npm
 need_pkg chromium chromium # browser end-to-end test (tests/browser.rs)
@@ -25,6 +22,15 @@ need_pkg turnutils_uclient coturn # TURN relay tests (turn/tests/uclient.rs); it
 need_pkg openssl openssl # test certificates for TURN over TLS
 need_pkg redis-server redis-server # control-plane store tests (control/tests, tests/control.rs)
 need_pkg janus janus # the comparison SFU of stoa-bench (tests/bench_smoke.rs); its service is never started
+# The container image and docker/compose.yml, built and run with podman (tests/container.rs):
+# runc (crun refuses this VM's hybrid cgroups), debootstrap for the locally made Debian base
+# image (no registry is reachable), iptables for podman's port publishing.
+need_pkg podman podman
+need_pkg runc runc
+need_pkg debootstrap debootstrap
+need_pkg iptables iptables
+need_pkg pebble pebble # ACME test server and its DNS (tests/acme.rs); never started as a service
+need_pkg opusdec opus-tools # the reference Ogg/Opus reader the recordings are checked with (egress/tests/files.rs)
 
 # npm packages of the browser end-to-end test (playwright-core, livekit-client,
 # livekit-server-sdk), pinned by tests/browser/package-lock.json. `npm ci` only when
@@ -46,11 +52,22 @@ if ! cmp -s "$web_test_lock" "$web_test_stamp" 2>/dev/null; then
     cp "$web_test_lock" "$web_test_stamp"
 fi
 
+# npm packages of the client-SDK conformance test (@livekit/rtc-node with its prebuilt FFI
+# library, livekit-server-sdk), pinned by tests/sdk/package-lock.json.
+sdk_lock=tests/sdk/package-lock.json
+sdk_stamp=tests/sdk/node_modules/.stoa-installed-package-lock.json
+if ! cmp -s "$sdk_lock" "$sdk_stamp" 2>/dev/null; then
+    echo "test.sh: npm ci in tests/sdk"
+    (cd tests/sdk && npm ci --no-audit --no-fund)
+    cp "$sdk_lock" "$sdk_stamp"
+fi
+
 # The web app (web/ -> web/dist), embedded into the stoa binary by build.rs, so that the tests
 # (tests/web.rs) run against the real app. Rebuilt only when a source changed.
 bash web/build.sh
 
-# PyPI packages of the server-SDK test (livekit-api, tests/python/livekit_api_test.py), pinned by
+# PyPI packages of the server-SDK test (livekit-api, tests/python/livekit_api_test.py) and of the
+# client-SDK conformance test (livekit, numpy; tests/sdk/python_sdk.py), pinned by
 # tests/python/requirements.txt, in a virtualenv; reinstalled only when that file changed.
 need_pkg python3 python3
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
@@ -78,6 +95,7 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo check -p stoa-sfu --no-default-features
 cargo check -p stoa-turn --no-default-features
+cargo check -p stoa-egress --no-default-features
 test_log=$(mktemp -t stoa-test.XXXXXX)
 trap 'rm -f "$test_log"' EXIT
 cargo test --workspace 2>&1 | tee "$test_log"
@@ -86,7 +104,7 @@ cargo check -p stoa-signaling --no-default-features
 # Fuzz targets (fuzz/): build them and run each briefly, bounded in runs and time. cargo-fuzz
 # needs nightly-only compiler flags; RUSTC_BOOTSTRAP lets the stable toolchain accept them.
 # Longer campaigns: RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none -O signal_request
-for target in signal_request engine_datagram turn_message signaling_core; do
+for target in signal_request engine_datagram turn_message signaling_core egress_input; do
     # signaling_core's input is a sequence of 3-byte actions: start with sequences, not bytes.
     lengths=""
     [ "$target" = signaling_core ] && lengths="-len_control=0 -max_len=96"

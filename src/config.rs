@@ -52,6 +52,7 @@ const ENV_RTC_UDP_PORT: &str = "STOA_RTC_UDP_PORT";
 const ENV_KEYS: &str = "STOA_KEYS";
 const ENV_LOG_LEVEL: &str = "STOA_LOG_LEVEL";
 const ENV_DRAIN_SECONDS: &str = "STOA_DRAIN_SECONDS";
+const ENV_SHUTDOWN_CLIENTS: &str = "STOA_SHUTDOWN_CLIENTS";
 const ENV_DATA_DIR: &str = "STOA_DATA_DIR";
 const ENV_REDIS_URL: &str = "STOA_REDIS_URL";
 const ENV_PUBLIC_URL: &str = "STOA_PUBLIC_URL";
@@ -110,6 +111,9 @@ pub struct Config {
     /// Certificate and key for serving HTTPS and WSS directly; `None`: plain HTTP (behind a
     /// TLS proxy, or in development).
     pub http_tls: Option<crate::tls::TlsFiles>,
+    /// Certificates obtained and renewed by ACME for HTTPS, WSS and TURN over TLS
+    /// (`[http] acme_domains`); never set together with `http_tls`.
+    pub acme: Option<crate::acme::AcmeSettings>,
     /// STUN servers to discover the public address with at start-up (`rtc.use_external_ip`);
     /// empty: `advertise_ip` is used as it is.
     pub stun_servers: Vec<String>,
@@ -160,15 +164,40 @@ impl Default for RoomSettings {
 pub struct ShutdownConfig {
     /// After SIGTERM, how long to wait for connected sessions to leave before exiting.
     pub drain: std::time::Duration,
+    /// What connected clients are told on SIGTERM.
+    pub clients: ShutdownClients,
+}
+
+/// What a stopping server does with its connected clients (`[shutdown] clients`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownClients {
+    /// Ask them to leave for good (`Leave { SERVER_SHUTDOWN }`) and wait for the rooms to empty,
+    /// at most the drain deadline: the node is going away.
+    Leave,
+    /// Close their connections at once without a `Leave`, so that LiveKit clients reconnect by
+    /// themselves and rejoin their rooms when the node (or its replacement) is back: a restart.
+    Reconnect,
+}
+
+impl ShutdownClients {
+    fn parse(value: &str) -> Result<ShutdownClients, String> {
+        match value {
+            "leave" => Ok(ShutdownClients::Leave),
+            "reconnect" => Ok(ShutdownClients::Reconnect),
+            other => Err(format!("`{other}` is not one of \"leave\", \"reconnect\"")),
+        }
+    }
 }
 
 /// Webhook destinations (`[webhook]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WebhookSettings {
-    /// `http://` URLs every event is posted to; empty: no webhooks.
+    /// `http://` or `https://` URLs every event is posted to; empty: no webhooks.
     pub urls: Vec<String>,
     /// The configured API key whose secret signs them.
     pub api_key: String,
+    /// PEM CA certificates trusted for `https://` receivers besides the system's store.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -399,6 +428,7 @@ struct FileRoom {
 #[serde(deny_unknown_fields)]
 struct FileShutdown {
     drain_seconds: Option<Spanned<u64>>,
+    clients: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -407,6 +437,7 @@ struct FileWebhook {
     #[serde(default)]
     urls: Vec<String>,
     api_key: Option<String>,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -415,6 +446,23 @@ struct FileHttp {
     port: Option<Spanned<u16>>,
     tls_certificate: Option<Spanned<std::path::PathBuf>>,
     tls_private_key: Option<Spanned<std::path::PathBuf>>,
+    acme_domains: Option<Vec<Spanned<String>>>,
+    acme_email: Option<Spanned<String>>,
+    acme_directory: Option<Spanned<String>>,
+    acme_ca_file: Option<PathBuf>,
+    acme_account_key: Option<PathBuf>,
+    acme_cache_dir: Option<PathBuf>,
+}
+
+/// `[http] acme_*` as read so far (validated one by one; as a whole in `finish`).
+#[derive(Debug, Default)]
+struct AcmeLayer {
+    domains: Vec<String>,
+    email: Option<String>,
+    directory: Option<String>,
+    ca_file: Option<PathBuf>,
+    account_key: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -442,6 +490,7 @@ struct Layers {
     advertise_ip: Option<IpAddr>,
     http_port: Option<u16>,
     http_tls: Option<crate::tls::TlsFiles>,
+    acme: AcmeLayer,
     use_external_ip: bool,
     stun_servers: Option<Vec<String>>,
     rtc_ports: Option<RtcPorts>,
@@ -451,7 +500,9 @@ struct Layers {
     log_format: Option<LogFormat>,
     webhook_urls: Vec<String>,
     webhook_api_key: Option<String>,
+    webhook_ca_file: Option<PathBuf>,
     drain_seconds: Option<u64>,
+    shutdown_clients: Option<ShutdownClients>,
     room: RoomSettings,
     /// `[turn]` as read, and the file it came from (validated in `finish`).
     turn: Option<(String, crate::turn_config::FileTurn)>,
@@ -460,6 +511,99 @@ struct Layers {
 }
 
 impl Layers {
+    /// Applies `[http] acme_*`; `at` names a key and its line.
+    fn apply_acme(
+        &mut self,
+        http: &FileHttp,
+        at: &dyn Fn(&str, std::ops::Range<usize>) -> String,
+    ) -> Result<()> {
+        if let Some(domains) = &http.acme_domains {
+            let mut checked = Vec::with_capacity(domains.len());
+            for domain in domains {
+                let domain_ok = crate::acme::check_domain(domain.get_ref())
+                    .map_err(|e| anyhow!("{}: {e}", at("http.acme_domains", domain.span())))?;
+                if !checked.contains(&domain_ok) {
+                    checked.push(domain_ok);
+                }
+            }
+            self.acme.domains = checked;
+        }
+        if let Some(email) = &http.acme_email {
+            let value = email.get_ref().trim();
+            let value = value.strip_prefix("mailto:").unwrap_or(value);
+            let (user, host) = value.split_once('@').unwrap_or_default();
+            if user.is_empty() || !host.contains('.') || value.contains(char::is_whitespace) {
+                bail!(
+                    "{}: {value:?} is not an e-mail address",
+                    at("http.acme_email", email.span())
+                );
+            }
+            self.acme.email = Some(value.to_owned());
+        }
+        if let Some(directory) = &http.acme_directory {
+            let value = directory.get_ref().trim();
+            if !value.starts_with("https://") || value.len() <= "https://".len() {
+                bail!(
+                    "{}: {value:?} is not an https:// URL (ACME directories are served over HTTPS)",
+                    at("http.acme_directory", directory.span())
+                );
+            }
+            self.acme.directory = Some(value.to_owned());
+        }
+        if let Some(path) = &http.acme_ca_file {
+            self.acme.ca_file = Some(path.clone());
+        }
+        if let Some(path) = &http.acme_account_key {
+            self.acme.account_key = Some(path.clone());
+        }
+        if let Some(path) = &http.acme_cache_dir {
+            self.acme.cache_dir = Some(path.clone());
+        }
+        Ok(())
+    }
+
+    /// The validated ACME settings: `None` without domains. Defaults live under the control
+    /// plane's data directory (a container's volume).
+    fn finish_acme(
+        acme: AcmeLayer,
+        http_tls: Option<&crate::tls::TlsFiles>,
+        data_dir: &Path,
+    ) -> Result<Option<crate::acme::AcmeSettings>> {
+        if acme.domains.is_empty() {
+            let stray = [
+                ("acme_email", acme.email.is_some()),
+                ("acme_directory", acme.directory.is_some()),
+                ("acme_ca_file", acme.ca_file.is_some()),
+                ("acme_account_key", acme.account_key.is_some()),
+                ("acme_cache_dir", acme.cache_dir.is_some()),
+            ];
+            if let Some((key, _)) = stray.iter().find(|(_, set)| *set) {
+                bail!(
+                    "http.{key} is set but http.acme_domains is empty: list the domains to obtain a certificate for"
+                );
+            }
+            return Ok(None);
+        }
+        if http_tls.is_some() {
+            bail!(
+                "http.acme_domains and http.tls_certificate are both set: use certificate files or ACME, not both"
+            );
+        }
+        let cache_dir = acme.cache_dir.unwrap_or_else(|| data_dir.join("acme"));
+        Ok(Some(crate::acme::AcmeSettings {
+            domains: acme.domains,
+            email: acme.email,
+            directory: acme
+                .directory
+                .unwrap_or_else(|| crate::acme::LETS_ENCRYPT.to_owned()),
+            ca_file: acme.ca_file,
+            account_key: acme
+                .account_key
+                .unwrap_or_else(|| cache_dir.join("account-key.pem")),
+            cache_dir,
+        }))
+    }
+
     /// Applies a config file; `name` is how messages refer to it.
     fn apply_file(&mut self, name: &str, text: &str) -> Result<()> {
         let file: FileConfig = toml::from_str(text).map_err(|err| {
@@ -504,6 +648,8 @@ impl Layers {
                 at("http", file.span())
             ),
         }
+
+        self.apply_acme(&file.http, &at)?;
 
         let rtc = &file.rtc;
         if let Some(on) = rtc.use_external_ip {
@@ -571,11 +717,15 @@ impl Layers {
         }
 
         for url in &file.webhook.urls {
-            if !url.starts_with("http://") || url.len() <= "http://".len() {
-                bail!(
-                    "config {name}: webhook.urls: {url:?} is not an http:// URL (https is not supported; use a TLS proxy)"
-                );
+            let host = url
+                .strip_prefix("http://")
+                .or_else(|| url.strip_prefix("https://"));
+            if host.is_none_or(|h| h.is_empty() || h.starts_with('/')) {
+                bail!("config {name}: webhook.urls: {url:?} is not an http:// or https:// URL");
             }
+        }
+        if let Some(ca_file) = &file.webhook.ca_file {
+            self.webhook_ca_file = Some(ca_file.clone());
         }
         if !file.webhook.urls.is_empty() {
             self.webhook_urls = file.webhook.urls.clone();
@@ -588,6 +738,12 @@ impl Layers {
             let filter = LogFilter::parse(level.get_ref())
                 .map_err(|e| anyhow!("{}: {e}", at("logging.level", level.span())))?;
             self.log_filter = Some(filter);
+        }
+        if let Some(clients) = &file.shutdown.clients {
+            self.shutdown_clients = Some(
+                ShutdownClients::parse(clients.get_ref())
+                    .map_err(|e| anyhow!("{}: {e}", at("shutdown.clients", clients.span())))?,
+            );
         }
         if let Some(seconds) = &file.shutdown.drain_seconds {
             self.drain_seconds =
@@ -676,6 +832,12 @@ impl Layers {
                 .and_then(check_drain_seconds)
                 .map_err(|e| anyhow!("{ENV_DRAIN_SECONDS}: {e}"))?;
             self.drain_seconds = Some(seconds);
+        }
+        if let Some(value) = var(ENV_SHUTDOWN_CLIENTS) {
+            self.shutdown_clients = Some(
+                ShutdownClients::parse(&value)
+                    .map_err(|e| anyhow!("{ENV_SHUTDOWN_CLIENTS}: {e}"))?,
+            );
         }
         Ok(())
     }
@@ -787,27 +949,32 @@ impl Layers {
                 (start, u16::try_from(last).unwrap_or(u16::MAX))
             }
         };
+        let acme = Layers::finish_acme(self.acme, self.http_tls.as_ref(), &self.control.data_dir)?;
         let (turn_source, turn) = self
             .turn
             .unwrap_or_else(|| ("turn".to_owned(), Default::default()));
-        let turn = turn.with_shared_tls(self.http_tls.as_ref()).finish(
-            &turn_source,
-            Some(crate::turn_config::TakenPorts {
-                sfu: sfu_ports,
-                http: self.http_port.unwrap_or(DEFAULT_HTTP_PORT),
-            }),
-        )?;
+        let turn = turn
+            .with_shared_tls(self.http_tls.as_ref(), acme.is_some())
+            .finish(
+                &turn_source,
+                Some(crate::turn_config::TakenPorts {
+                    sfu: sfu_ports,
+                    http: self.http_port.unwrap_or(DEFAULT_HTTP_PORT),
+                }),
+            )?;
         Ok(Config {
             turn,
             webhook: WebhookSettings {
                 urls: self.webhook_urls,
                 api_key: webhook_api_key,
+                ca_file: self.webhook_ca_file,
             },
             mode,
             bind_ip,
             advertise_ip,
             http_port: self.http_port.unwrap_or(DEFAULT_HTTP_PORT),
             http_tls: self.http_tls,
+            acme,
             stun_servers,
             rtc: RtcConfig { ports, shards },
             keys,
@@ -825,6 +992,7 @@ impl Layers {
                 drain: std::time::Duration::from_secs(
                     self.drain_seconds.unwrap_or(DEFAULT_DRAIN_SECONDS),
                 ),
+                clients: self.shutdown_clients.unwrap_or(ShutdownClients::Leave),
             },
         })
     }

@@ -2,6 +2,7 @@
 use std::collections::HashMap;
 
 use super::*;
+use crate::turn_config::TurnCertificates;
 
 const CORES: NonZeroUsize = NonZeroUsize::MIN;
 
@@ -540,8 +541,23 @@ fn webhook_settings() {
     assert_eq!(config.webhook.api_key, "k2");
     let config = load_file(Mode::Dev, "[webhook]\nurls = [\"http://h/\"]\n").expect("config");
     assert_eq!(config.webhook.api_key, DEV_API_KEY);
-    let message = error(load_file(Mode::Dev, "[webhook]\nurls = [\"https://h/\"]\n"));
-    assert!(message.contains("webhook.urls"), "{message}");
+    let config = load_file(
+        Mode::Dev,
+        "[webhook]\nurls = [\"https://hooks.example.com/in\"]\nca_file = \"/etc/stoa/ca.pem\"\n",
+    )
+    .expect("https webhook config");
+    assert_eq!(config.webhook.urls, ["https://hooks.example.com/in"]);
+    assert_eq!(
+        config.webhook.ca_file.as_deref(),
+        Some(std::path::Path::new("/etc/stoa/ca.pem"))
+    );
+    for bad in ["ftp://h/", "https://", "https:///x", "h:80"] {
+        let message = error(load_file(
+            Mode::Dev,
+            &format!("[webhook]\nurls = [\"{bad}\"]\n"),
+        ));
+        assert!(message.contains("webhook.urls"), "{bad}: {message}");
+    }
     let message = error(load_file(
         Mode::Dev,
         "[webhook]\nurls = [\"http://h/\"]\napi_key = \"nope\"\n",
@@ -562,7 +578,13 @@ fn https_needs_both_files_and_turn_shares_them() {
     assert_eq!(tls.private_key, Path::new("/etc/stoa/node.key"));
     // TURN over TLS uses the same files on its default port.
     let turns = config.turn.tls.expect("turns");
-    assert_eq!(turns.certificate, tls.certificate);
+    assert_eq!(
+        turns.certificates,
+        TurnCertificates::Files {
+            certificate: tls.certificate.clone(),
+            private_key: tls.private_key.clone()
+        }
+    );
     assert_eq!(turns.port, 5349);
 
     // TURN's own files win.
@@ -572,10 +594,10 @@ fn https_needs_both_files_and_turn_shares_them() {
          [turn]\nenabled = true\ntls_certificate = \"t.crt\"\ntls_private_key = \"t.key\"\n",
     )
     .expect("config");
-    assert_eq!(
-        config.turn.tls.expect("turns").certificate,
-        Path::new("t.crt")
-    );
+    assert!(matches!(
+        config.turn.tls.expect("turns").certificates,
+        TurnCertificates::Files { certificate, .. } if certificate == Path::new("t.crt")
+    ));
 
     let message = error(load_file(
         Mode::Dev,
@@ -646,4 +668,81 @@ fn use_external_ip_discovers_unless_advertise_ip_is_set() {
         "[rtc]\nuse_external_ip = true\nstun_servers = []\n",
     ));
     assert!(message.contains("needs at least one entry"), "{message}");
+}
+
+#[test]
+fn acme_settings() {
+    let config = load_file(
+        Mode::Dev,
+        "[http]\nacme_domains = [\"Rooms.Example.com\", \"rooms.example.com\"]\n\
+         acme_email = \"mailto:ops@example.com\"\n[turn]\nenabled = true\n",
+    )
+    .expect("acme config");
+    let acme = config.acme.expect("acme");
+    assert_eq!(acme.domains, ["rooms.example.com"]);
+    assert_eq!(acme.email.as_deref(), Some("ops@example.com"));
+    assert_eq!(acme.directory, crate::acme::LETS_ENCRYPT);
+    assert_eq!(acme.cache_dir, Path::new("stoa-data/acme"));
+    assert_eq!(
+        acme.account_key,
+        Path::new("stoa-data/acme/account-key.pem")
+    );
+    // TURN over TLS shares the ACME certificate on its default port.
+    let turns = config.turn.tls.expect("turns");
+    assert_eq!(turns.certificates, TurnCertificates::Acme);
+    assert_eq!(turns.port, 5349);
+
+    let config = load_file(
+        Mode::Dev,
+        "[http]\nacme_domains = [\"a.example.com\"]\nacme_directory = \"https://ca.internal/dir\"\n\
+         acme_ca_file = \"/etc/stoa/ca.pem\"\nacme_account_key = \"/etc/stoa/acme.key\"\n\
+         acme_cache_dir = \"/var/cache/stoa\"\n",
+    )
+    .expect("acme config");
+    let acme = config.acme.expect("acme");
+    assert_eq!(acme.directory, "https://ca.internal/dir");
+    assert_eq!(acme.ca_file.as_deref(), Some(Path::new("/etc/stoa/ca.pem")));
+    assert_eq!(acme.account_key, Path::new("/etc/stoa/acme.key"));
+    assert_eq!(acme.cache_dir, Path::new("/var/cache/stoa"));
+    assert!(load_file(Mode::Dev, "").expect("config").acme.is_none());
+
+    for (text, needle) in [
+        ("acme_domains = [\"*.example.com\"]", "http.acme_domains"),
+        ("acme_domains = [\"127.0.0.1\"]", "http.acme_domains"),
+        (
+            "acme_domains = [\"a.example.com\"]\nacme_email = \"nobody\"",
+            "http.acme_email",
+        ),
+        (
+            "acme_domains = [\"a.example.com\"]\nacme_directory = \"http://ca/dir\"",
+            "http.acme_directory",
+        ),
+        ("acme_email = \"ops@example.com\"", "acme_domains is empty"),
+        (
+            "acme_domains = [\"a.example.com\"]\ntls_certificate = \"c\"\ntls_private_key = \"k\"",
+            "not both",
+        ),
+    ] {
+        let message = error(load_file(Mode::Dev, &format!("[http]\n{text}\n")));
+        assert!(message.contains(needle), "{text}: {message}");
+    }
+}
+
+#[test]
+fn shutdown_clients_from_file_and_env() {
+    let config = load_file(Mode::Dev, "").expect("config");
+    assert_eq!(config.shutdown.clients, ShutdownClients::Leave);
+    let config = load_file(Mode::Dev, "[shutdown]\nclients = \"reconnect\"\n").expect("config");
+    assert_eq!(config.shutdown.clients, ShutdownClients::Reconnect);
+    let message = error(load_file(Mode::Dev, "[shutdown]\nclients = \"stay\"\n"));
+    assert!(message.contains("shutdown.clients"), "{message}");
+    let env = HashMap::from([("STOA_SHUTDOWN_CLIENTS", "reconnect")]);
+    let config = load(
+        Mode::Dev,
+        None,
+        &|name| env.get(name).map(|v| (*v).to_owned()),
+        &Overrides::default(),
+    )
+    .expect("config");
+    assert_eq!(config.shutdown.clients, ShutdownClients::Reconnect);
 }

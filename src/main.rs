@@ -5,6 +5,7 @@
 //! `error: …` line on stderr and a non-zero exit status; logs go to stdout (`stoa token` prints
 //! only the token there).
 
+mod acme;
 mod cli;
 mod config;
 mod livekit_config;

@@ -43,6 +43,8 @@ pub const SFU_RTP_RECEIVED: &str = "sfu_rtp_packets_received_total";
 pub const SFU_RTP_FORWARDED: &str = "sfu_rtp_packets_forwarded_total";
 /// RTP packets publishers sent that never reached the engine (sequence gaps) (counter).
 pub const SFU_RTP_LOST: &str = "sfu_rtp_packets_lost_total";
+/// Of the lost packets, those rebuilt from a later RED packet's redundant blocks (counter).
+pub const SFU_RTP_RECOVERED: &str = "sfu_rtp_packets_recovered_total";
 /// UDP datagrams read by the engine's sockets (counter).
 pub const SFU_DATAGRAMS_RECEIVED: &str = "sfu_datagrams_received_total";
 /// UDP payload bytes read by the engine's sockets (counter).
@@ -57,7 +59,7 @@ pub const SFU_FORWARDING_SECONDS: &str = "sfu_forwarding_seconds";
 pub const SIGNALING_JOIN_SECONDS: &str = "signaling_join_seconds";
 /// Of the forwarded packets, those the engine sealed itself: the forwarding fast path (counter).
 pub const SFU_RTP_FORWARDED_DIRECT: &str = "sfu_rtp_packets_forwarded_direct_total";
-/// RTP packets dropped, by `reason` = `unauthorized` | `muted` | `duplicate` (counter).
+/// RTP packets dropped, by `reason` = `unauthorized` | `muted` | `duplicate` | `malformed` (counter).
 pub const SFU_RTP_DROPPED: &str = "sfu_rtp_packets_dropped_total";
 /// UDP datagrams that matched no peer (counter).
 pub const SFU_DATAGRAMS_UNKNOWN: &str = "sfu_datagrams_unknown_total";
@@ -103,7 +105,8 @@ pub fn describe() {
     describe_counter!(
         SIGNALING_WEBHOOK_EVENTS,
         Unit::Count,
-        "Webhook events by outcome (delivered, failed after retries, dropped on a full queue)"
+        "Webhook events by outcome (delivered, failed after retries, certificate_refused: the \
+         https receiver's certificate did not verify, dropped on a full queue)"
     );
     describe_counter!(
         SIGNALING_DROPPED,
@@ -139,7 +142,7 @@ pub fn describe() {
     describe_counter!(
         SFU_RTP_DROPPED,
         Unit::Count,
-        "RTP packets dropped, by reason (unauthorized, muted, duplicate)"
+        "RTP packets dropped, by reason (unauthorized, muted, duplicate, malformed)"
     );
     describe_counter!(
         SFU_DATAGRAMS_UNKNOWN,
@@ -161,6 +164,11 @@ pub fn describe() {
         SFU_RTP_LOST,
         Unit::Count,
         "RTP packets publishers sent that never arrived (sequence gaps)"
+    );
+    describe_counter!(
+        SFU_RTP_RECOVERED,
+        Unit::Count,
+        "Lost RTP packets rebuilt from the redundant blocks of a later RED packet"
     );
     describe_counter!(
         SFU_DATAGRAMS_RECEIVED,
@@ -193,8 +201,8 @@ pub struct Snapshot {
     pub sfu: Option<Vec<SfuStats>>,
     /// The engine's socket traffic, summed over its shards.
     pub traffic: TrafficSnapshot,
-    /// Webhook counters (delivered, failed, dropped), if webhooks are configured.
-    pub webhooks: Option<[u64; 3]>,
+    /// Webhook counters (delivered, failed, dropped, certificate refused), if configured.
+    pub webhooks: Option<[u64; 4]>,
     /// Whether the server is draining.
     pub draining: bool,
 }
@@ -226,11 +234,12 @@ impl Sources {
     }
 }
 
-fn webhook_counts(stats: &WebhookStats) -> [u64; 3] {
+fn webhook_counts(stats: &WebhookStats) -> [u64; 4] {
     [
         stats.delivered.load(Ordering::Relaxed),
         stats.failed.load(Ordering::Relaxed),
         stats.dropped.load(Ordering::Relaxed),
+        stats.refused_certificate.load(Ordering::Relaxed),
     ]
 }
 
@@ -255,10 +264,12 @@ pub fn record(snapshot: &Snapshot) {
             sum.rtp_in += s.rtp_in;
             sum.rtp_forwarded += s.rtp_forwarded;
             sum.rtp_lost += s.rtp_lost;
+            sum.rtp_recovered += s.rtp_recovered;
             sum.rtp_forwarded_direct += s.rtp_forwarded_direct;
             sum.rtp_dropped_duplicate += s.rtp_dropped_duplicate;
             sum.rtp_dropped_unauthorized += s.rtp_dropped_unauthorized;
             sum.rtp_dropped_muted += s.rtp_dropped_muted;
+            sum.rtp_dropped_malformed += s.rtp_dropped_malformed;
             sum.datagrams_unknown += s.datagrams_unknown;
             sum.offers_refused += s.offers_refused;
             sum
@@ -269,9 +280,11 @@ pub fn record(snapshot: &Snapshot) {
         counter!(SFU_RTP_RECEIVED).absolute(total.rtp_in);
         counter!(SFU_RTP_FORWARDED).absolute(total.rtp_forwarded);
         counter!(SFU_RTP_LOST).absolute(total.rtp_lost);
+        counter!(SFU_RTP_RECOVERED).absolute(total.rtp_recovered);
         counter!(SFU_RTP_DROPPED, "reason" => "unauthorized")
             .absolute(total.rtp_dropped_unauthorized);
         counter!(SFU_RTP_DROPPED, "reason" => "muted").absolute(total.rtp_dropped_muted);
+        counter!(SFU_RTP_DROPPED, "reason" => "malformed").absolute(total.rtp_dropped_malformed);
         counter!(SFU_RTP_FORWARDED_DIRECT).absolute(total.rtp_forwarded_direct);
         counter!(SFU_RTP_DROPPED, "reason" => "duplicate").absolute(total.rtp_dropped_duplicate);
         counter!(SFU_DATAGRAMS_UNKNOWN).absolute(total.datagrams_unknown);
@@ -285,10 +298,12 @@ pub fn record(snapshot: &Snapshot) {
     for queue in Queue::ALL {
         counter!(SFU_QUEUE_DROPPED, "queue" => queue.name()).absolute(traffic.dropped_from(queue));
     }
-    let [delivered, failed, dropped] = snapshot.webhooks.unwrap_or_default();
+    let [delivered, failed, dropped, certificate_refused] = snapshot.webhooks.unwrap_or_default();
     counter!(SIGNALING_WEBHOOK_EVENTS, "outcome" => "delivered").absolute(delivered);
     counter!(SIGNALING_WEBHOOK_EVENTS, "outcome" => "failed").absolute(failed);
     counter!(SIGNALING_WEBHOOK_EVENTS, "outcome" => "dropped").absolute(dropped);
+    counter!(SIGNALING_WEBHOOK_EVENTS, "outcome" => "certificate_refused")
+        .absolute(certificate_refused);
 }
 
 /// Prometheus text of the latency histograms in `snapshot`, to follow the recorder's text.
@@ -346,7 +361,9 @@ mod tests {
             rtp_dropped_duplicate: 3,
             rtp_dropped_unauthorized: 1,
             rtp_dropped_muted: 2,
+            rtp_dropped_malformed: 1,
             rtp_lost: 3,
+            rtp_recovered: 2,
             ..SfuStats::default()
         };
         let snapshot = Snapshot {
@@ -370,7 +387,7 @@ mod tests {
                 dropped: [1, 0, 3],
                 ..TrafficSnapshot::default()
             },
-            webhooks: Some([4, 5, 6]),
+            webhooks: Some([4, 5, 6, 7]),
             draining: false,
         };
         metrics::with_local_recorder(&recorder, || {
@@ -389,6 +406,7 @@ mod tests {
             "sfu_rtp_packets_received_total 20",
             "sfu_rtp_packets_forwarded_total 60",
             "sfu_rtp_packets_lost_total 6",
+            "sfu_rtp_packets_recovered_total 4",
             "sfu_datagrams_received_total 7",
             "sfu_bytes_received_total 700",
             "sfu_datagrams_sent_total 9",
@@ -397,9 +415,11 @@ mod tests {
             "sfu_rtp_packets_dropped_total{reason=\"muted\"} 4",
             "sfu_rtp_packets_forwarded_direct_total 50",
             "sfu_rtp_packets_dropped_total{reason=\"duplicate\"} 6",
+            "sfu_rtp_packets_dropped_total{reason=\"malformed\"} 2",
             "signaling_webhook_events_total{outcome=\"delivered\"} 4",
             "signaling_webhook_events_total{outcome=\"failed\"} 5",
             "signaling_webhook_events_total{outcome=\"dropped\"} 6",
+            "signaling_webhook_events_total{outcome=\"certificate_refused\"} 7",
             "stoa_draining 0",
             "signaling_dropped_total{queue=\"requests\"} 7",
             "signaling_dropped_total{queue=\"outbox\"} 2",

@@ -11,13 +11,15 @@ use stoa_sfu::shell::{SfuRuntime, SfuSettings, UdpPorts};
 use stoa_signaling::room::RoomLimits;
 use stoa_signaling::service::{ServiceConfig, Signaling};
 use stoa_signaling::token::ApiKeys;
-use stoa_signaling::webhook::{Notifier, WebhookConfig};
+use stoa_signaling::webhook::{Notifier, WebhookConfig, client_tls_config};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::config::{Config, DEV_API_KEY, LogFormat, LoggingConfig, Mode, RtcPorts};
+use crate::config::{
+    Config, DEV_API_KEY, LogFormat, LoggingConfig, Mode, RtcPorts, ShutdownClients,
+};
 use crate::metrics::Sources;
 use crate::ops::{self, Draining};
 
@@ -88,12 +90,28 @@ async fn serve(config: &Config) -> Result<()> {
     let http_addr = listener
         .local_addr()
         .context("cannot read the HTTP listener's address")?;
-    // Certificates are read before anything starts, so a bad file fails start-up.
-    let tls = config
-        .http_tls
-        .as_ref()
-        .map(crate::tls::server_config)
+    // Certificates are read before anything starts, so a bad file fails start-up. With ACME,
+    // the cached certificate (if any) is served at once and a task obtains or renews it.
+    let acme = config
+        .acme
+        .clone()
+        .map(crate::acme::Acme::start)
         .transpose()?;
+    let tls = match (&config.http_tls, &acme) {
+        (Some(files), _) => Some(crate::tls::server_config(files)?),
+        (None, Some(acme)) => Some(acme.https_config()),
+        (None, None) => None,
+    };
+
+    // So is the webhooks' CA file. Without one, an unreadable system trust store only fails
+    // https:// deliveries (with the reason logged), as http:// ones still work.
+    let webhook_tls = config
+        .webhook
+        .ca_file
+        .as_deref()
+        .map(|ca_file| client_tls_config(Some(ca_file)))
+        .transpose()
+        .map_err(|e| anyhow!("webhook.ca_file: {e}"))?;
 
     let sfu = sfu_config(config);
     let mut seed = [0u8; 32];
@@ -109,22 +127,27 @@ async fn serve(config: &Config) -> Result<()> {
         })
         .collect();
     let keys = Arc::new(ApiKeys::new(key_pairs.clone()));
-    let webhooks = (!config.webhook.urls.is_empty())
-        .then(|| {
-            let secret = config.keys.secret(&config.webhook.api_key)?;
-            Some(Notifier::start(WebhookConfig {
+    let webhooks = match config.keys.secret(&config.webhook.api_key) {
+        Some(secret) if !config.webhook.urls.is_empty() => {
+            let webhook = WebhookConfig {
                 urls: config.webhook.urls.clone(),
                 api_key: config.webhook.api_key.clone(),
                 api_secret: secret.expose().to_owned(),
-            }))
-        })
-        .flatten();
+            };
+            Some(match webhook_tls {
+                Some(tls) => Notifier::start_with_tls(webhook, tls),
+                None => Notifier::start(webhook),
+            })
+        }
+        _ => None,
+    };
     if webhooks.is_some() {
         info!(urls = %config.webhook.urls.join(","), api_key = %config.webhook.api_key, "webhooks enabled");
     }
     let (_turn_relay, turn) = match config.turn.enabled {
         true => {
-            let (relay, servers) = crate::turn_cmd::start_with_sfu(&config.turn, &sfu).await?;
+            let (relay, servers) =
+                crate::turn_cmd::start_with_sfu(&config.turn, &sfu, acme.as_ref()).await?;
             (Some(relay), Some(servers))
         }
         false => (None, None),
@@ -177,7 +200,8 @@ async fn serve(config: &Config) -> Result<()> {
     let routes = ops::router(draining.clone(), Some(sources), Some(prometheus))
         .merge(joins)
         .merge(stoa_signaling::twirp::router(signaling.clone(), keys))
-        .merge(stoa_control::api::router(control))
+        .merge(stoa_control::api::router(control.clone()))
+        .merge(crate::web::router(control))
         .fallback(crate::web::app);
 
     if !crate::web::built() {
@@ -209,16 +233,29 @@ async fn serve(config: &Config) -> Result<()> {
     }
 
     // Stop new joins, tell every client to leave, and wait for the sessions to end; a second
-    // signal cuts every wait short.
+    // signal cuts every wait short. For a restart, close the connections instead: without a
+    // Leave, LiveKit clients reconnect by themselves and rejoin once the node is back.
     draining.start();
-    let deadline = config.shutdown.drain;
-    info!(deadline = ?deadline, "draining: refusing new joins, asking clients to leave");
     let mut forced = false;
-    tokio::select! {
-        () = drain(&signaling, deadline) => {}
-        signal = signals.recv() => {
-            warn!(signal, "second signal; exiting now");
+    match config.shutdown.clients {
+        ShutdownClients::Reconnect => {
+            let sessions = signaling.stats().await.map_or(0, |s| s.sessions);
+            info!(
+                sessions,
+                "restarting: refusing new joins, closing connections so that clients reconnect"
+            );
             forced = true;
+        }
+        ShutdownClients::Leave => {
+            let deadline = config.shutdown.drain;
+            info!(deadline = ?deadline, "draining: refusing new joins, asking clients to leave");
+            tokio::select! {
+                () = drain(&signaling, deadline) => {}
+                signal = signals.recv() => {
+                    warn!(signal, "second signal; exiting now");
+                    forced = true;
+                }
+            }
         }
     }
 

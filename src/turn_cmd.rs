@@ -19,6 +19,7 @@ use crate::turn_config::{FileTurn, TurnSettings, credential_minter};
 pub async fn start_with_sfu(
     turn: &TurnSettings,
     sfu: &SfuSettings,
+    acme: Option<&crate::acme::Acme>,
 ) -> Result<(Relay, TurnServers)> {
     let ports = match sfu.ports {
         UdpPorts::Mux(port) => port..=port,
@@ -42,7 +43,8 @@ pub async fn start_with_sfu(
         sfu_peers,
         secret.clone(),
         random::<16>()?,
-    );
+        acme,
+    )?;
     let relay = Relay::start(config).await.context("TURN relay")?;
     let urls = turn.client_urls(sfu.advertise_ip);
     info!(urls = %urls.join(" "), "TURN relay started");
@@ -73,8 +75,14 @@ pub fn run(args: &TurnArgs) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let config =
-            settings.relay_config(bind_ip, advertise_ip, Vec::new(), secret, random::<16>()?);
+        let config = settings.relay_config(
+            bind_ip,
+            advertise_ip,
+            Vec::new(),
+            secret,
+            random::<16>()?,
+            None,
+        )?;
         let relay = Relay::start(config).await.context("TURN relay")?;
         info!(urls = %settings.client_urls(advertise_ip).join(" "), "TURN relay started");
         let mut terminate =

@@ -16,7 +16,7 @@ use anyhow::{Result, anyhow, bail};
 use serde::Deserialize;
 use stoa_signaling::service::{TurnCredentials, TurnServers};
 use stoa_turn::proto::{self, Credentials, PeerPolicy, PeerRule, PublicPeers, RateLimit, Secret};
-use stoa_turn::shell::{RelayConfig, TlsConfig};
+use stoa_turn::shell::{RelayConfig, TlsCertificates, TlsConfig};
 
 /// TURN over UDP and TCP (RFC 8656's default port).
 pub const DEFAULT_TURN_PORT: u16 = 3478;
@@ -56,6 +56,9 @@ pub struct FileTurn {
     max_allocations: Option<usize>,
     max_allocations_per_user: Option<usize>,
     allocate_burst: Option<u32>,
+    /// Set by [`FileTurn::with_shared_tls`] when the HTTPS certificate comes from ACME.
+    #[serde(skip)]
+    shared_acme: bool,
     allocate_per_second: Option<u32>,
     threads: Option<usize>,
     urls: Option<Vec<String>>,
@@ -70,7 +73,7 @@ pub struct TurnSettings {
     pub udp_port: Option<u16>,
     /// TCP listener port, `None` when disabled.
     pub tcp_port: Option<u16>,
-    /// TLS listener, when a certificate and key are configured.
+    /// TLS listener, when a certificate and key are configured or ACME provides them.
     pub tls: Option<TurnTls>,
     /// Relay ports.
     pub relay_ports: RangeInclusive<u16>,
@@ -102,10 +105,22 @@ pub struct TurnSettings {
 pub struct TurnTls {
     /// Port.
     pub port: u16,
-    /// PEM certificate chain.
-    pub certificate: PathBuf,
-    /// PEM private key.
-    pub private_key: PathBuf,
+    /// Where the certificate comes from.
+    pub certificates: TurnCertificates,
+}
+
+/// The TURN TLS listener's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TurnCertificates {
+    /// PEM files.
+    Files {
+        /// PEM certificate chain.
+        certificate: PathBuf,
+        /// PEM private key.
+        private_key: PathBuf,
+    },
+    /// The HTTPS listener's ACME certificate (`[http] acme_domains`), renewals included.
+    Acme,
 }
 
 /// Ports the relay must not take, and what uses them.
@@ -119,14 +134,16 @@ pub struct TakenPorts {
 
 impl FileTurn {
     /// TURN over TLS with the HTTPS certificate when `[turn]` names no files of its own: one
-    /// certificate for the domain serves `https://` and `turns:`.
-    pub fn with_shared_tls(mut self, https: Option<&crate::tls::TlsFiles>) -> FileTurn {
-        if let Some(files) = https
-            && self.tls_certificate.is_none()
-            && self.tls_private_key.is_none()
-        {
-            self.tls_certificate = Some(files.certificate.clone());
-            self.tls_private_key = Some(files.private_key.clone());
+    /// certificate for the domain serves `https://` and `turns:`, whether from files or from
+    /// ACME (`acme`).
+    pub fn with_shared_tls(mut self, https: Option<&crate::tls::TlsFiles>, acme: bool) -> FileTurn {
+        if self.tls_certificate.is_none() && self.tls_private_key.is_none() {
+            if let Some(files) = https {
+                self.tls_certificate = Some(files.certificate.clone());
+                self.tls_private_key = Some(files.private_key.clone());
+            } else if acme {
+                self.shared_acme = true;
+            }
         }
         self
     }
@@ -143,16 +160,23 @@ impl FileTurn {
         };
         let udp_port = port_or_off(self.udp_port, DEFAULT_TURN_PORT);
         let tcp_port = port_or_off(self.tcp_port, DEFAULT_TURN_PORT);
+        let tls_port = match self.tls_port {
+            Some(0) => bail!("{where_}.tls_port: 0 is not a port"),
+            Some(port) => port,
+            None => DEFAULT_TURNS_PORT,
+        };
         let tls = match (self.tls_certificate, self.tls_private_key) {
+            (None, None) if self.shared_acme => Some(TurnTls {
+                port: tls_port,
+                certificates: TurnCertificates::Acme,
+            }),
             (None, None) => None,
             (Some(certificate), Some(private_key)) => Some(TurnTls {
-                port: match self.tls_port {
-                    Some(0) => bail!("{where_}.tls_port: 0 is not a port"),
-                    Some(port) => port,
-                    None => DEFAULT_TURNS_PORT,
+                port: tls_port,
+                certificates: TurnCertificates::Files {
+                    certificate,
+                    private_key,
                 },
-                certificate,
-                private_key,
             }),
             _ => bail!(
                 "{where_}: set both tls_certificate and tls_private_key for TURN over TLS, or neither"
@@ -305,7 +329,8 @@ impl FileTurn {
 
 impl TurnSettings {
     /// The relay's configuration. `sfu_peers` are the media engine's addresses, always allowed;
-    /// `secret` is the one credentials are minted with.
+    /// `secret` is the one credentials are minted with; `acme` serves the TLS listener when its
+    /// certificate comes from ACME.
     pub fn relay_config(
         &self,
         bind_ip: IpAddr,
@@ -313,18 +338,41 @@ impl TurnSettings {
         sfu_peers: Vec<PeerRule>,
         secret: Secret,
         nonce_key: [u8; 16],
-    ) -> RelayConfig {
+        acme: Option<&crate::acme::Acme>,
+    ) -> Result<RelayConfig> {
         let mut allow = sfu_peers;
         allow.extend(self.allowed_peers.iter().cloned());
-        RelayConfig {
+        let tls = match &self.tls {
+            None => None,
+            Some(tls) => Some(TlsConfig {
+                port: tls.port,
+                certificates: match (&tls.certificates, acme) {
+                    (
+                        TurnCertificates::Files {
+                            certificate,
+                            private_key,
+                        },
+                        _,
+                    ) => TlsCertificates::Files {
+                        certificate: certificate.clone(),
+                        private_key: private_key.clone(),
+                    },
+                    (TurnCertificates::Acme, Some(acme)) => {
+                        TlsCertificates::Config(acme.server_config(Vec::new()))
+                    }
+                    (TurnCertificates::Acme, None) => {
+                        bail!(
+                            "turn: TURN over TLS shares the ACME certificate, but ACME is not running"
+                        )
+                    }
+                },
+            }),
+        };
+        Ok(RelayConfig {
             bind_ip,
             udp_port: self.udp_port,
             tcp_port: self.tcp_port,
-            tls: self.tls.as_ref().map(|tls| TlsConfig {
-                port: tls.port,
-                certificate: tls.certificate.clone(),
-                private_key: tls.private_key.clone(),
-            }),
+            tls,
             max_connections: 4096,
             shards: self.threads,
             core: proto::Config {
@@ -344,7 +392,7 @@ impl TurnSettings {
                 max_lifetime: Duration::from_secs(3600),
                 nonce_key,
             },
-        }
+        })
     }
 
     /// The URLs clients get: the configured ones, or one per enabled listener on `host`.

@@ -3,9 +3,19 @@
 //! Files of the built app are served by path; any other path that is not a server route serves
 //! `index.html`, so that the app's own links (`/rooms/{id}`, `/embed/rooms/{id}`) load it and it
 //! routes in the browser. Paths under the server's own prefixes never fall back to the app.
+//!
+//! A room's page (`/rooms/{id}`) is the same `index.html` with the room's Open Graph and Twitter
+//! card tags written into its head, so that a shared link previews with the room's title, host
+//! and state in apps that read those tags without running the page's script.
 
+use axum::Router;
+use axum::extract::{Path, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use stoa_control::Control;
+use stoa_control::model::{RoomId, RoomState};
+use stoa_control::view::RoomCardView;
 
 mod assets {
     include!(concat!(env!("OUT_DIR"), "/web_assets.rs"));
@@ -42,6 +52,138 @@ pub async fn app(method: Method, uri: Uri) -> Response {
         Some(bytes) => asset("index.html", bytes, false),
         None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
     }
+}
+
+/// The routes whose `index.html` carries tags of their own: `/rooms/{id}`.
+pub fn router(control: Control) -> Router {
+    Router::new()
+        .route("/rooms/{id}", get(room_page))
+        .with_state(control)
+}
+
+/// `index.html` with the room's preview tags; the plain page when the room is unknown or the
+/// store does not answer (the app then says so itself).
+async fn room_page(State(control): State<Control>, Path(id): Path<String>) -> Response {
+    let Some(bytes) = file("index.html") else {
+        return (StatusCode::NOT_FOUND, "not found\n").into_response();
+    };
+    let card = match RoomId::parse(&id) {
+        Ok(id) => control
+            .room(&id)
+            .await
+            .ok()
+            .map(|doc| stoa_control::view::card(&doc)),
+        Err(_) => None,
+    };
+    let Some(card) = card else {
+        return asset("index.html", bytes, false);
+    };
+    let html = with_preview(&String::from_utf8_lossy(bytes), &card);
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+        ],
+        html,
+    )
+        .into_response()
+}
+
+/// `index` with `<title>` and the description replaced by the room's, and Open Graph and
+/// Twitter card tags added to its head.
+fn with_preview(index: &str, card: &RoomCardView) -> String {
+    let title = escape(&card.title);
+    let description = escape(&preview_text(card));
+    let tags = format!(
+        "<title>{title} · Stoa</title>\n\
+         <meta name=\"description\" content=\"{description}\" />\n\
+         <meta property=\"og:site_name\" content=\"Stoa\" />\n\
+         <meta property=\"og:type\" content=\"website\" />\n\
+         <meta property=\"og:title\" content=\"{title}\" />\n\
+         <meta property=\"og:description\" content=\"{description}\" />\n\
+         <meta name=\"twitter:card\" content=\"summary\" />\n\
+         <meta name=\"twitter:title\" content=\"{title}\" />\n\
+         <meta name=\"twitter:description\" content=\"{description}\" />\n"
+    );
+    // The built page's own generic title and description give way to the room's.
+    let mut out = String::with_capacity(index.len() + tags.len());
+    for line in index.split_inclusive('\n') {
+        let t = line.trim_start();
+        if t.starts_with("<title>") || t.starts_with("<meta name=\"description\"") {
+            continue;
+        }
+        if t.starts_with("</head>") {
+            out.push_str(&tags);
+        }
+        out.push_str(line);
+    }
+    out
+}
+
+/// One line on the room: its state, its host, its audience or time, its topic.
+fn preview_text(card: &RoomCardView) -> String {
+    let mut parts = vec![match card.state {
+        RoomState::Live => "Live now".to_owned(),
+        RoomState::Scheduled => match card.scheduled_for {
+            Some(at) => format!("Scheduled for {}", utc(at)),
+            None => "Scheduled".to_owned(),
+        },
+        RoomState::Ended | RoomState::Archived => "Ended".to_owned(),
+    }];
+    if !card.host_name.is_empty() {
+        parts.push(format!("hosted by {}", card.host_name));
+    }
+    if card.state == RoomState::Live {
+        let n = card.listeners;
+        parts.push(format!("{n} listening"));
+    }
+    let mut text = parts.join(" · ");
+    if !card.topic.is_empty() {
+        text.push_str(". ");
+        text.push_str(&card.topic);
+    }
+    text
+}
+
+/// Unix ms as `2026-12-07 10:00 UTC`.
+fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let (hh, mm) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
+    // Days since 1970-01-01 to a civil date (the proleptic Gregorian calendar).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {hh:02}:{mm:02} UTC")
+}
+
+/// Text for an HTML attribute or element.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn file(path: &str) -> Option<&'static [u8]> {
@@ -122,6 +264,58 @@ mod tests {
             assert!(kind.starts_with("text/html"), "{path}: {kind}");
             assert!(body.contains("<html"), "{path}");
         }
+    }
+
+    fn card(state: RoomState) -> RoomCardView {
+        RoomCardView {
+            id: "aaaaaaaaaaaaaaaa".into(),
+            title: "Ask <me> \"anything\" & more".into(),
+            topic: "Plans".into(),
+            kind: stoa_control::model::RoomKind::Stage,
+            state,
+            scheduled_for: Some(1_796_637_600_000),
+            started_at: None,
+            ended_at: None,
+            listeners: 3,
+            speakers: vec!["Hana".into()],
+            host_name: "Hana".into(),
+        }
+    }
+
+    #[test]
+    fn room_pages_carry_escaped_preview_tags_in_place_of_the_generic_ones() {
+        let index = "<html>\n<head>\n<meta charset=\"utf-8\" />\n<meta name=\"description\" content=\"Live audio rooms\" />\n<title>Stoa</title>\n</head>\n<body></body>\n</html>\n";
+        let html = with_preview(index, &card(RoomState::Live));
+        let title = "Ask &lt;me&gt; &quot;anything&quot; &amp; more";
+        assert!(
+            html.contains(&format!("<title>{title} · Stoa</title>")),
+            "{html}"
+        );
+        assert!(html.contains(&format!(
+            "<meta property=\"og:title\" content=\"{title}\" />"
+        )));
+        assert!(html.contains("<meta name=\"twitter:card\" content=\"summary\" />"));
+        assert!(html.contains(
+            "<meta property=\"og:description\" content=\"Live now · hosted by Hana · 3 listening. Plans\" />"
+        ));
+        assert_eq!(html.matches("<title>").count(), 1);
+        assert_eq!(html.matches("name=\"description\"").count(), 1);
+        assert!(!html.contains("Live audio rooms"));
+        assert!(html.find("og:title").unwrap() < html.find("</head>").unwrap());
+
+        let scheduled = preview_text(&card(RoomState::Scheduled));
+        assert_eq!(
+            scheduled,
+            "Scheduled for 2026-12-07 10:00 UTC · hosted by Hana. Plans"
+        );
+        assert!(preview_text(&card(RoomState::Ended)).starts_with("Ended · hosted by Hana"));
+    }
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00 UTC");
+        assert_eq!(utc(1_709_251_199_000), "2024-02-29 23:59 UTC");
     }
 
     #[tokio::test]

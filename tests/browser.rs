@@ -6,7 +6,9 @@
 //! B subscribes and hears it, B may not publish, A mutes, A leaves); `tests/browser/run.sh`
 //! starts the server and runs it. Both bound every wait; this test adds an outer bound.
 //!
-//! A second test runs the scenario relay-only through Stoa's TURN relay over UDP, TCP and TLS.
+//! A second test runs the scenario relay-only through Stoa's TURN relay over UDP, TCP and TLS;
+//! a third restarts the server under the live room (`[shutdown] clients = "reconnect"`): both
+//! pages reconnect by themselves, B hears A again, and a control-plane room is still there.
 //!
 //! Needs Debian's `chromium`, Node.js and `tests/browser/node_modules`: `./test.sh` installs
 //! them. Run it alone with
@@ -32,6 +34,14 @@ fn livekit_client_in_chromium_talks_to_stoa() {
     run_scenario(None);
 }
 
+/// A rolling restart of the node under a live room: SIGTERM with `[shutdown] clients =
+/// "reconnect"`, the same binary and config started again; the pages come back by themselves
+/// (livekit-client's own reconnect) and B hears A again; the control plane's room survives.
+#[test]
+fn livekit_client_comes_back_by_itself_after_a_server_restart() {
+    run_scenario(Some("restart"));
+}
+
 /// The same scenario with both pages relay-only (`iceTransportPolicy: 'relay'`) through Stoa's
 /// own TURN relay, named in the JoinResponse with per-session credentials: over UDP, TCP and
 /// TLS (`turns:`), each in its own namespace and server. B must hear A over a relay candidate
@@ -46,7 +56,8 @@ fn livekit_client_hears_through_stoa_turn_over_udp_tcp_and_tls() {
 /// One browser at a time: two Chromiums at once on a small machine make timing flaky.
 static ONE_BROWSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Runs tests/browser/run.sh in a private network namespace; `relay` selects relay-only mode.
+/// Runs tests/browser/run.sh in a private network namespace; `relay` selects relay-only mode
+/// over that transport, or (`"restart"`) the restart scenario.
 fn run_scenario(relay: Option<&str>) {
     let _one = ONE_BROWSER
         .lock()
@@ -72,15 +83,26 @@ fn run_scenario(relay: Option<&str>) {
                 .env_remove("STOA_URL")
                 .env_remove("STOA_API_KEY")
                 .env_remove("STOA_API_SECRET")
-                .env_remove("STOA_E2E_RELAY");
-            if let Some(relay) = relay {
-                command.env("STOA_E2E_RELAY", relay);
+                .env_remove("STOA_E2E_RELAY")
+                .env_remove("STOA_E2E_RESTART");
+            match relay {
+                Some("restart") => {
+                    command.env("STOA_E2E_RESTART", "1");
+                }
+                Some(relay) => {
+                    command.env("STOA_E2E_RELAY", relay);
+                }
+                None => {}
             }
         },
         TIMEOUT,
     );
 
-    let mode = relay.map_or("direct".to_owned(), |r| format!("relay over {r}"));
+    let mode = match relay {
+        None => "direct".to_owned(),
+        Some("restart") => "restart".to_owned(),
+        Some(r) => format!("relay over {r}"),
+    };
     eprintln!(
         "----- tests/browser/run.sh ({mode}) stderr -----\n{}",
         run.stderr

@@ -446,6 +446,7 @@ fn a_room_card_is_public_and_shows_only_public_fields() {
         sorted,
         [
             "ended_at",
+            "host_name",
             "id",
             "kind",
             "listeners",
@@ -465,6 +466,8 @@ fn a_room_card_is_public_and_shows_only_public_fields() {
     assert_eq!(c["state"], "scheduled");
     assert_eq!(c["scheduled_for"], later);
     assert_eq!(c["listeners"], 0);
+    // The host's name, kept from creation: cards and link previews name who hosts.
+    assert_eq!(c["host_name"], "Hana Host");
 
     ok(addr, "POST", &format!("/api/rooms/{id}/start"), &host, None);
     // The host takes the stage by joining.

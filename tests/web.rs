@@ -2,15 +2,21 @@
 //! Chromium browsers against `stoa serve --dev`, all inside a private network namespace
 //! (`unshare -n`), so that nothing but loopback can be reached.
 //!
-//! The scenario lives in `tests/web/walkthrough.mjs`: a host signs in, creates a room and goes
-//! live; a listener finds it, joins, hears the host and sees the server's speaking indicator,
-//! raises a hand, is approved and heard, is moved back; the listener's network drops (its
-//! browser's network service is stopped) and the page shows the reconnect banner and recovers by
-//! itself; a refused microphone is explained and a kicked member told; a guest opens the shared
-//! link, signs in and lands in the room, and with playback blocked taps to listen; a reaction
-//! crosses pages; the embeddable card shows live, scheduled and unknown rooms without signing
-//! anyone in; the host ends the room and both see the summary. It saves screenshots of every
-//! screen, desktop and phone sized, to `target/web-screenshots/`.
+//! The scenario lives in `tests/web/walkthrough.mjs` and asserts, at desktop and phone sizes:
+//! a host goes live muted and unmutes on purpose; a listener finds the room, hears the host and
+//! sees the server's speaking indicator, with counts that add up; a raised hand reaches the host
+//! as a toast, a tab-title count and a Requests badge in reach without scrolling; the approved
+//! speaker arrives muted and is told so, as they are when muted or moved back by a host; the
+//! listener's network drops (its browser's network service is stopped) and the page shows the
+//! reconnect banner and recovers by itself; browsing docks the room as a mini-player that keeps
+//! playing; a refused microphone is explained; kick and ban ask first, can be undone, list the
+//! removed for hosts, and give the removed a screen saying why and for how long (a countdown);
+//! a guest opens the shared link, signs in and lands in the room, and with playback blocked taps
+//! to listen; a reaction crosses pages; icons are SVG; sharing uses the phone's share sheet, the
+//! server's Open Graph tags and an embed card that fits its snippet with transparent corners;
+//! the ended summary names people to anyone. axe-core audits the main screens and the run fails
+//! on any serious violation. It saves screenshots of every screen, desktop and phone sized, to
+//! `target/web-screenshots/`.
 //! `tests/web/run.sh` starts the server and runs it; both bound every wait, and this test adds
 //! an outer bound.
 //!
@@ -31,13 +37,13 @@ use std::time::Duration;
 
 use support::chromium::{self, missing_prerequisites, run_in_namespace};
 
-/// Outer bound; run.sh caps itself at 320 s.
-const TIMEOUT: Duration = Duration::from_secs(350);
+/// Outer bound; run.sh caps itself at 430 s.
+const TIMEOUT: Duration = Duration::from_secs(460);
 
 #[test]
 fn web_app_walkthrough_in_chromium() {
     let dir = chromium::test_dir("web");
-    let missing = missing_prerequisites(&dir, &["playwright-core"]);
+    let missing = missing_prerequisites(&dir, &["playwright-core", "axe-core"]);
     assert!(
         missing.is_empty(),
         "the web walk-through cannot run; missing: {}.\nRun ./test.sh first: it installs \

@@ -23,7 +23,7 @@ use crate::model::{RoomDoc, RoomId, RoomKind, RoomState, SpeakerMode, UserId};
 use crate::permission::Action;
 use crate::room::{Actor, Command};
 use crate::service::{Control, NewRoom};
-use crate::store::Follow;
+use crate::store::{Follow, Profile};
 use crate::view::{self, HostStatsView, RoomCardView, RoomView, StatsView};
 
 /// Largest request body.
@@ -53,6 +53,8 @@ pub fn router(control: Control) -> Router {
         .route("/api/invitations/{token}", get(get_invitation))
         .route("/api/invitations/{token}/accept", post(accept_invitation))
         .route("/api/users/{id}/stats", get(host_stats))
+        .route("/api/users/{id}/profile", get(profile))
+        .route("/api/me/profile", axum::routing::put(set_profile))
         .route("/api/follows", get(follows))
         .route("/api/follows/{kind}/{id}", put(follow).delete(unfollow))
         .route("/api/events", get(events))
@@ -658,6 +660,91 @@ async fn accept_invitation(
     Ok(Json(view::room(&doc, caller.viewer())))
 }
 
+/// Longest profile bio (characters).
+pub const MAX_BIO: usize = 160;
+/// Longest avatar data URL (bytes): a small picture, e.g. 128×128 JPEG.
+pub const MAX_AVATAR: usize = 12_000;
+
+/// A user's profile as anyone signed in sees it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ProfileView {
+    /// The user id.
+    pub user: UserId,
+    /// A short bio ("" when none).
+    pub bio: String,
+    /// A small picture as a `data:image/...;base64,` URL.
+    pub avatar: Option<String>,
+}
+
+/// `PUT /api/me/profile`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileBody {
+    /// Up to 160 characters.
+    #[serde(default)]
+    pub bio: String,
+    /// A PNG, JPEG or WebP picture as a base64 `data:` URL of at most 12,000 bytes; absent or
+    /// null removes it.
+    pub avatar: Option<String>,
+}
+
+/// Checks an avatar: a base64 `data:` URL of a PNG, JPEG or WebP picture, small.
+fn avatar(url: &str) -> Result<String, ControlError> {
+    let bad = |why: &str| ControlError::bad_request("invalid_field", format!("avatar {why}"));
+    if url.len() > MAX_AVATAR {
+        return Err(bad(&format!(
+            "must be at most {MAX_AVATAR} bytes (got {}); send a smaller picture",
+            url.len()
+        )));
+    }
+    let data = ["png", "jpeg", "webp"]
+        .iter()
+        .find_map(|t| url.strip_prefix(&format!("data:image/{t};base64,")))
+        .ok_or_else(|| bad("must be a data:image/png, jpeg or webp URL in base64"))?;
+    let base64 = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=');
+    if data.is_empty() || !data.bytes().all(base64) {
+        return Err(bad("is not valid base64"));
+    }
+    Ok(url.to_owned())
+}
+
+#[utoipa::path(get, path = "/api/users/{id}/profile", params(("id" = String, Path, description = "User id")),
+    responses((status = 200, body = ProfileView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn profile(
+    State(c): State<Control>,
+    _caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ProfileView>, ControlError> {
+    let user = UserId::parse(&id)?;
+    let p = c.store().profile(&user).await?.unwrap_or_default();
+    Ok(Json(ProfileView {
+        user,
+        bio: p.bio,
+        avatar: p.avatar,
+    }))
+}
+
+#[utoipa::path(put, path = "/api/me/profile", request_body = ProfileBody,
+    responses((status = 200, body = ProfileView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+async fn set_profile(
+    State(c): State<Control>,
+    caller: Caller,
+    Body(b): Body<ProfileBody>,
+) -> Result<Json<ProfileView>, ControlError> {
+    let (user, _) = caller.user()?;
+    let profile = Profile {
+        bio: crate::model::text("bio", &b.bio, 0, MAX_BIO)?,
+        avatar: b.avatar.as_deref().map(avatar).transpose()?,
+    };
+    c.rate_limit(user, "profile", 0.2, 5.0)?;
+    c.store().set_profile(user, &profile).await?;
+    Ok(Json(ProfileView {
+        user: user.clone(),
+        bio: profile.bio,
+        avatar: profile.avatar,
+    }))
+}
+
 #[utoipa::path(get, path = "/api/follows", responses((status = 200, body = FollowsView)))]
 async fn follows(
     State(c): State<Control>,
@@ -804,6 +891,8 @@ fn event_room(e: &Event) -> &RoomId {
         follows,
         follow,
         unfollow,
+        profile,
+        set_profile,
         events
     ),
     components(schemas(
@@ -817,3 +906,26 @@ fn event_room(e: &Event) -> &RoomId {
     ))
 )]
 pub struct ApiDoc;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn avatars_are_small_base64_pictures() {
+        let ok = "data:image/jpeg;base64,/9j/4AAQSkZJRg==";
+        assert_eq!(avatar(ok).unwrap(), ok);
+        for bad in [
+            "",
+            "https://example.com/a.png",
+            "data:image/svg+xml;base64,PHN2Zz4=",
+            "data:image/png;base64,",
+            "data:image/png;base64,<script>",
+            "data:image/png,rawbytes",
+        ] {
+            assert_eq!(avatar(bad).unwrap_err().code, "invalid_field", "{bad}");
+        }
+        let huge = format!("data:image/png;base64,{}", "A".repeat(MAX_AVATAR));
+        assert!(avatar(&huge).unwrap_err().message.contains("at most"));
+    }
+}

@@ -13,6 +13,8 @@ pub struct ControlError {
     pub code: &'static str,
     /// What went wrong, for people.
     pub message: String,
+    /// Seconds after which the same request may succeed (a kick's cooldown, a rate limit).
+    pub retry_after: Option<u64>,
 }
 
 /// The JSON body of every error response.
@@ -22,6 +24,9 @@ pub struct ErrorBody {
     pub code: String,
     /// What went wrong.
     pub message: String,
+    /// Seconds after which the same request may succeed, when that is known (e.g. `kicked`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
 }
 
 impl ControlError {
@@ -31,7 +36,15 @@ impl ControlError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same error, saying that the request may succeed after `seconds`.
+    #[must_use]
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     /// 400.
@@ -80,6 +93,7 @@ impl ControlError {
         ErrorBody {
             code: self.code.to_owned(),
             message: self.message.clone(),
+            retry_after: self.retry_after,
         }
     }
 }

@@ -302,6 +302,12 @@ pub struct RoomStats {
     pub reactions: u64,
     /// Hands raised.
     pub hands_raised: u64,
+    /// Display names of the people these records name (the host, whoever had time on stage,
+    /// whoever was kicked or banned), kept after they leave, so that summaries and moderation
+    /// lists show names rather than user ids. Bounded by the stage and the removals, not the
+    /// audience.
+    #[serde(default)]
+    pub names: BTreeMap<UserId, String>,
 }
 
 /// Everything about one room, read and written as one.
@@ -347,6 +353,14 @@ impl RoomDoc {
     pub fn audience(&self) -> u32 {
         let n = self.present().filter(|(_, m)| !m.role.on_stage()).count();
         u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// The display name of `user`: a member's current name, else the one the records kept.
+    pub fn name_of(&self, user: &UserId) -> Option<&str> {
+        self.members
+            .get(user)
+            .map(|m| m.name.as_str())
+            .or_else(|| self.stats.names.get(user).map(String::as_str))
     }
 }
 

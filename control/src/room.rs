@@ -233,7 +233,8 @@ fn join(
             return Err(ControlError::forbidden(
                 "kicked",
                 format!("you were removed from this room; you may rejoin in {secs} s"),
-            ));
+            )
+            .retry_after(secs));
         }
         doc.kicks.remove(u);
     }
@@ -242,6 +243,9 @@ fn join(
     let ended = matches!(doc.room.state, RoomState::Ended | RoomState::Archived);
     if !is_host || ended {
         live(doc)?;
+    }
+    if is_host {
+        doc.stats.names.insert(u.clone(), name.clone());
     }
     if let Some(member) = doc.members.get_mut(u) {
         member.name = name;
@@ -269,7 +273,8 @@ fn join(
         Member {
             name,
             role,
-            muted: false,
+            // Whoever arrives on stage arrives muted: unmuting is their own deliberate act.
+            muted: role.on_stage(),
             hard_muted: false,
             joined_at: cx.now,
             present: false,
@@ -311,6 +316,7 @@ fn account(stats: &mut crate::model::RoomStats, u: &UserId, m: &mut Member, now:
     stop_speaking(stats, u, m, now);
     if let Some(since) = m.on_stage_since.take() {
         *stats.stage_ms.entry(u.clone()).or_default() += now.saturating_sub(since);
+        stats.names.insert(u.clone(), m.name.clone());
     }
 }
 
@@ -323,11 +329,16 @@ fn set_role(doc: &mut RoomDoc, u: &UserId, role: Role, cx: &Context, fx: &mut Ef
     m.role = role;
     if role.on_stage() && !was_on_stage {
         m.on_stage_since = Some(cx.now);
+        // A new speaker comes up muted and unmutes when ready.
+        m.muted = true;
     } else if !role.on_stage()
         && was_on_stage
         && let Some(since) = m.on_stage_since.take()
     {
         *doc.stats.stage_ms.entry(u.clone()).or_default() += cx.now.saturating_sub(since);
+    }
+    if role.on_stage() {
+        doc.stats.names.insert(u.clone(), m.name.clone());
     }
     if doc.hands.remove(u).is_some() {
         fx.events.push(Event::Hand {
@@ -539,6 +550,9 @@ fn moderate(
             }
         }
         Action::Kick | Action::Ban => {
+            if let Some(m) = doc.members.get(&target) {
+                doc.stats.names.insert(target.clone(), m.name.clone());
+            }
             if action == Action::Kick {
                 doc.kicks
                     .insert(target.clone(), cx.now.saturating_add(cx.kick_cooldown_ms));

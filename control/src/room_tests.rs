@@ -533,3 +533,79 @@ fn the_state_machine_enforces_the_matrix_everywhere() {
     }
     assert_eq!(checked, 2 * 4 * 23);
 }
+
+#[test]
+fn the_host_and_new_speakers_arrive_muted() {
+    let mut d = live_stage();
+    assert!(
+        d.members[&uid("host")].muted,
+        "the host comes on stage muted"
+    );
+    assert!(
+        !d.members[&uid("ann")].muted,
+        "a listener has nothing to mute"
+    );
+    run(&mut d, "ann", Command::Own(Action::RaiseHand), 2).unwrap();
+    run(
+        &mut d,
+        "host",
+        Command::Target(Action::ApproveHand, uid("ann")),
+        3,
+    )
+    .unwrap();
+    assert!(
+        d.members[&uid("ann")].muted,
+        "an approved speaker comes up muted"
+    );
+    run(&mut d, "ann", Command::Own(Action::UnmuteSelf), 4).unwrap();
+    assert!(!d.members[&uid("ann")].muted);
+
+    let mut open = doc(RoomKind::Open, SpeakerMode::Everyone);
+    run(&mut open, "host", Command::Start, 0).unwrap();
+    join(&mut open, "bob", 1).unwrap();
+    assert!(open.members[&uid("bob")].muted, "open rooms too");
+}
+
+#[test]
+fn names_outlive_membership_for_summaries_and_removal_lists() {
+    let mut d = live_stage();
+    join(&mut d, "cat", 2).unwrap();
+    run(
+        &mut d,
+        "host",
+        Command::Target(Action::InviteToSpeak, uid("ann")),
+        3,
+    )
+    .unwrap();
+    run(&mut d, "ann", Command::Own(Action::Leave), 10).unwrap();
+    run(
+        &mut d,
+        "host",
+        Command::Target(Action::Kick, uid("cat")),
+        11,
+    )
+    .unwrap();
+    assert!(!d.members.contains_key(&uid("ann")));
+    assert_eq!(d.name_of(&uid("ann")), Some("ann"));
+    assert_eq!(d.name_of(&uid("cat")), Some("cat"));
+    assert_eq!(d.name_of(&uid("nobody")), None);
+
+    let v = crate::view::room(&d, Some(&uid("host")));
+    assert_eq!(v.host_name, "host");
+    let removed = v.removed.unwrap();
+    assert_eq!(removed.len(), 1);
+    assert_eq!(removed[0].name, "cat");
+    assert!(!removed[0].banned);
+    assert_eq!(removed[0].until, Some(11 + 5 * MINUTE));
+    assert!(crate::view::room(&d, Some(&uid("ann"))).removed.is_none());
+
+    let err = join(&mut d, "cat", 12).unwrap_err();
+    assert_eq!(err.code, "kicked");
+    assert_eq!(err.retry_after, Some((5 * MINUTE - 1).div_ceil(1000)));
+
+    run(&mut d, "host", Command::End, 20).unwrap();
+    let stats = crate::view::stats(&d, 30);
+    assert_eq!(stats.names[&uid("ann")], "ann");
+    assert_eq!(stats.names[&uid("host")], "host");
+    assert!(stats.stage_ms.keys().all(|u| stats.names.contains_key(u)));
+}

@@ -205,7 +205,7 @@ impl Control {
                 "scheduled_for is in the past",
             ));
         }
-        let doc = RoomDoc::new(Room {
+        let mut doc = RoomDoc::new(Room {
             id: RoomId::random(),
             title: model::text("title", &new.title, 1, model::MAX_TITLE)?,
             topic: model::text("topic", &new.topic, 0, model::MAX_TOPIC)?,
@@ -227,6 +227,12 @@ impl Control {
             media_url: (!self.inner.config.public_url.is_empty())
                 .then(|| self.inner.config.public_url.clone()),
         });
+        // The host's name, for cards and previews before they join.
+        if let Principal::User { id, name } = who
+            && *id == host
+        {
+            doc.stats.names.insert(host.clone(), name.clone());
+        }
         self.inner.store.insert_room(&doc).await?;
         let id = doc.room.id.clone();
         self.publish(Effects {

@@ -37,6 +37,19 @@ pub struct HandView {
     pub raised_at: u64,
 }
 
+/// Someone a moderator removed: kicked (out until `until`) or banned (until unbanned).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RemovedView {
+    /// Whose.
+    pub user: UserId,
+    /// Their display name when it is known, else the user id.
+    pub name: String,
+    /// Banned (else kicked).
+    pub banned: bool,
+    /// Unix ms until which a kicked user may not rejoin.
+    pub until: Option<u64>,
+}
+
 /// A room as the caller may see it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RoomView {
@@ -56,6 +69,8 @@ pub struct RoomView {
     pub max_participants: u32,
     /// Host.
     pub host: UserId,
+    /// The host's display name ("" when not known yet).
+    pub host_name: String,
     /// Lifecycle state.
     pub state: RoomState,
     /// Unix ms.
@@ -80,6 +95,8 @@ pub struct RoomView {
     pub audience: Option<Vec<MemberView>>,
     /// Banned users (hosts and co-hosts only).
     pub banned: Option<Vec<UserId>>,
+    /// Kicked and banned users with their names (hosts and co-hosts only).
+    pub removed: Option<Vec<RemovedView>>,
 }
 
 /// What anyone may see of a room, without signing in: for embeddable cards and shared links.
@@ -106,6 +123,8 @@ pub struct RoomCardView {
     pub listeners: u32,
     /// Display names of the host, co-hosts and speakers, host first.
     pub speakers: Vec<String>,
+    /// The host's display name ("" when not known yet).
+    pub host_name: String,
 }
 
 /// A room's statistics.
@@ -125,6 +144,8 @@ pub struct StatsView {
     pub stage_ms: BTreeMap<UserId, u64>,
     /// Time speaking per user (ms), from active-speaker detection.
     pub speaking_ms: BTreeMap<UserId, u64>,
+    /// Display names of the users named above (and the host), by user id.
+    pub names: BTreeMap<UserId, String>,
     /// Reactions.
     pub reactions: u64,
     /// Hands raised.
@@ -186,10 +207,7 @@ pub fn room(doc: &RoomDoc, viewer: Option<&UserId>) -> RoomView {
         .iter()
         .map(|(u, &t)| HandView {
             user: u.clone(),
-            name: doc
-                .members
-                .get(u)
-                .map_or_else(|| u.to_string(), |m| m.name.clone()),
+            name: doc.name_of(u).map_or_else(|| u.to_string(), str::to_owned),
             raised_at: t,
         })
         .collect();
@@ -203,6 +221,7 @@ pub fn room(doc: &RoomDoc, viewer: Option<&UserId>) -> RoomView {
         speaker_mode: r.speaker_mode,
         max_participants: r.max_participants,
         host: r.host.clone(),
+        host_name: doc.name_of(&r.host).unwrap_or_default().to_owned(),
         state: r.state,
         created_at: r.created_at,
         scheduled_for: r.scheduled_for,
@@ -221,7 +240,30 @@ pub fn room(doc: &RoomDoc, viewer: Option<&UserId>) -> RoomView {
                 .collect()
         }),
         banned: moderator.then(|| doc.bans.iter().cloned().collect()),
+        removed: moderator.then(|| removed(doc)),
     }
+}
+
+/// Banned users, then kicked ones, each by name.
+fn removed(doc: &RoomDoc) -> Vec<RemovedView> {
+    let named = |u: &UserId| doc.name_of(u).map_or_else(|| u.to_string(), str::to_owned);
+    let banned = doc.bans.iter().map(|u| RemovedView {
+        user: u.clone(),
+        name: named(u),
+        banned: true,
+        until: None,
+    });
+    let kicked = doc
+        .kicks
+        .iter()
+        .filter(|(u, _)| !doc.bans.contains(*u))
+        .map(|(u, &until)| RemovedView {
+            user: u.clone(),
+            name: named(u),
+            banned: false,
+            until: Some(until),
+        });
+    banned.chain(kicked).collect()
 }
 
 /// The public card of a room.
@@ -245,6 +287,7 @@ pub fn card(doc: &RoomDoc) -> RoomCardView {
         ended_at: r.ended_at,
         listeners: doc.audience(),
         speakers: stage.into_iter().map(|(_, name)| name.to_owned()).collect(),
+        host_name: doc.name_of(&r.host).unwrap_or_default().to_owned(),
     }
 }
 
@@ -269,6 +312,12 @@ pub fn stats(doc: &RoomDoc, now: u64) -> StatsView {
         (Some(a), None) => now.saturating_sub(a),
         _ => 0,
     };
+    let names = stage_ms
+        .keys()
+        .chain(speaking_ms.keys())
+        .chain(std::iter::once(&doc.room.host))
+        .filter_map(|u| Some((u.clone(), doc.name_of(u)?.to_owned())))
+        .collect();
     StatsView {
         room: doc.room.id.to_string(),
         state: doc.room.state,
@@ -280,6 +329,7 @@ pub fn stats(doc: &RoomDoc, now: u64) -> StatsView {
             .unwrap_or(0),
         stage_ms,
         speaking_ms,
+        names,
         reactions: s.reactions,
         hands_raised: s.hands_raised,
         duration_ms,

@@ -15,7 +15,7 @@ use stoa_control::permission::Action;
 use stoa_control::room::{self, Actor, Command, Context};
 use stoa_control::store::embedded::EmbeddedStore;
 use stoa_control::store::redis::RedisStore;
-use stoa_control::store::{Follow, Invite, Store};
+use stoa_control::store::{Follow, Invite, Profile, Store};
 
 fn uid(s: &str) -> UserId {
     UserId::parse(s).unwrap()
@@ -186,6 +186,23 @@ async fn behaves(store: &dyn Store) {
     store.put_invite("tok", &invite).await.unwrap();
     assert_eq!(store.invite("tok").await.unwrap(), Some(invite));
     assert_eq!(store.invite("nope").await.unwrap(), None);
+
+    // Profiles.
+    assert_eq!(store.profile(&uid("bo")).await.unwrap(), None);
+    let profile = Profile {
+        bio: "Asks good questions.".into(),
+        avatar: Some("data:image/png;base64,iVBORw0KGgo=".into()),
+    };
+    store.set_profile(&uid("bo"), &profile).await.unwrap();
+    assert_eq!(store.profile(&uid("bo")).await.unwrap(), Some(profile));
+    store
+        .set_profile(&uid("bo"), &Profile::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.profile(&uid("bo")).await.unwrap(),
+        Some(Profile::default())
+    );
 
     // The bus reaches subscribers.
     let mut rx = store.subscribe();

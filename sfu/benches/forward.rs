@@ -20,6 +20,11 @@
 //!   (a bound socket that is never read, so packets drop at its buffer): what the kernel alone
 //!   costs per packet on this machine.
 //!
+//! With `STOA_BENCH_RED=1` it instead compares, side by side for each K, the engine forwarding
+//! plain Opus (publisher and listeners without RED), RED (RFC 2198, one redundant frame, as
+//! browsers send it) to listeners that negotiated RED, and the same RED stream to listeners that
+//! did not (the engine sends them the primary Opus block).
+//!
 //! Listener-streams per core = 1 s / (stoa + kernel per packet) / 50 packets per second.
 //! Every loop is bounded by the given counts; nothing leaves 127.0.0.1. Keep PACKETS × 20 ms
 //! under about 15 s: the simulated listeners send no ICE checks while packets are measured, so
@@ -59,6 +64,11 @@ struct Client {
 }
 
 fn client(now: Instant, i: usize, rtp_mode: bool) -> Client {
+    client_with(now, i, rtp_mode, false)
+}
+
+/// A client that offers and accepts RED around Opus when `red`.
+fn client_with(now: Instant, i: usize, rtp_mode: bool, red: bool) -> Client {
     let addr: SocketAddr = format!(
         "127.{}.{}.{}:{}",
         1 + i / 62500,
@@ -71,7 +81,7 @@ fn client(now: Instant, i: usize, rtp_mode: bool) -> Client {
     let mut rtc = RtcConfig::new()
         .set_rtp_mode(rtp_mode)
         .clear_codecs()
-        .enable_opus(true, false)
+        .enable_opus(true, red)
         .build(now);
     rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
     Client {
@@ -105,10 +115,30 @@ struct StoaRoom {
     sent: u32,
     /// Where the engine's fast path leaves sealed datagrams (reused, as the shell does).
     sealed: Datagrams,
+    /// The publisher's RED payload type, when it sends RED.
+    red_pt: Option<Pt>,
+}
+
+/// Who speaks RED in a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Red {
+    publisher: bool,
+    listeners: bool,
+}
+
+impl Red {
+    const NONE: Red = Red {
+        publisher: false,
+        listeners: false,
+    };
 }
 
 impl StoaRoom {
     fn new(k: usize, fast_path: FastPath) -> Self {
+        Self::with_red(k, fast_path, Red::NONE)
+    }
+
+    fn with_red(k: usize, fast_path: FastPath, red: Red) -> Self {
         let start = Instant::now();
         let sfu_addr: SocketAddr = SFU_ADDR.parse().unwrap();
         let mut config = SfuConfig::new(ShardId(0), [9; 32]);
@@ -118,7 +148,7 @@ impl StoaRoom {
             candidates: vec![sfu_addr],
             publish,
         };
-        let mut publisher = client(start, 0, true);
+        let mut publisher = client_with(start, 0, true, red.publisher);
         let mut api = publisher.rtc.sdp_api();
         let mid = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
         let (offer, pending) = api.apply().unwrap();
@@ -131,12 +161,17 @@ impl StoaRoom {
             .accept_answer(pending, answer)
             .unwrap();
         publisher.peer = Some(peer);
-        let pt = publisher
+        let opus = publisher
             .rtc
             .codec_config()
             .find(|p| p.spec().codec == Codec::Opus)
-            .unwrap()
-            .pt();
+            .unwrap();
+        let (pt, red_pt) = (opus.pt(), opus.red());
+        assert_eq!(
+            red_pt.is_some(),
+            red.publisher,
+            "RED not negotiated as asked"
+        );
         let mut room = StoaRoom {
             now: start,
             sfu,
@@ -146,9 +181,10 @@ impl StoaRoom {
             track: TrackId { peer, mid },
             sent: 0,
             sealed: Datagrams::default(),
+            red_pt,
         };
         for i in 0..k {
-            let mut c = client(start, i + 1, true);
+            let mut c = client_with(start, i + 1, true, red.listeners);
             let peer = room.sfu.create_peer(start, config(Publish::Deny), &[]).ok();
             c.peer = peer;
             room.subs.push(c);
@@ -260,13 +296,29 @@ impl StoaRoom {
                 voice_activity: Some(true),
                 ..Default::default()
             };
+            // RED as browsers send it: the previous frame, then this one (both PAYLOAD bytes).
+            let (send_pt, payload) = match self.red_pt {
+                Some(red_pt) => {
+                    let mut red = vec![
+                        0x80 | *pt,
+                        (960u16 >> 6) as u8,
+                        ((960u16 & 0x3f) << 2) as u8,
+                    ];
+                    red.push(PAYLOAD as u8);
+                    red.push(*pt);
+                    red.extend_from_slice(&[2u8; PAYLOAD]);
+                    red.extend_from_slice(&[1u8; PAYLOAD]);
+                    (red_pt, red)
+                }
+                None => (pt, vec![1u8; PAYLOAD]),
+            };
             tx.write_rtp(
                 RtpWrite::new(
-                    pt,
+                    send_pt,
                     SeqNo::from(u64::from(i) + 1),
                     i * 960,
                     now,
-                    vec![1u8; PAYLOAD],
+                    payload,
                 )
                 .ext_vals(ext),
             );
@@ -459,14 +511,18 @@ fn main() {
         .unwrap_or_else(|| vec![10, 100, 1000]);
     let packets: u32 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100);
 
-    println!(
-        "| subscribers | stoa ns/pkt (user) | stock str0m ns/pkt | stoa / str0m | kernel sendmmsg ns/pkt | stoa / kernel | listener-streams per core |"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
     let fast_path = match std::env::var("STOA_BENCH_FAST_PATH").as_deref() {
         Ok("off") => FastPath::Disabled,
         _ => FastPath::Enabled,
     };
+    if std::env::var("STOA_BENCH_RED").is_ok_and(|v| v == "1") {
+        red_table(&counts, packets, fast_path);
+        return;
+    }
+    println!(
+        "| subscribers | stoa ns/pkt (user) | stock str0m ns/pkt | stoa / str0m | kernel sendmmsg ns/pkt | stoa / kernel | listener-streams per core |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
     for k in counts {
         let mut room = StoaRoom::new(k, fast_path);
         // Warm up caches and str0m's internal state, then measure.
@@ -502,6 +558,76 @@ fn main() {
             "| {k} | {stoa:.0} | {stock:.0} | {:.2} | {kernel:.0} | {:.2} | {streams:.0} |",
             stoa / stock,
             stoa / kernel
+        );
+    }
+}
+
+/// Plain Opus, RED to RED listeners and RED to Opus-only listeners, side by side: the three
+/// rooms are built first, then measured in alternation (5 rounds of `packets` / 5 each, each
+/// round starting with another room), so that drift in the machine's load falls on all three
+/// alike.
+fn red_table(counts: &[usize], packets: u32, fast_path: FastPath) {
+    const ROUNDS: u32 = 5;
+    let cases = [
+        Red::NONE,
+        Red {
+            publisher: true,
+            listeners: true,
+        },
+        Red {
+            publisher: true,
+            listeners: false,
+        },
+    ];
+    println!(
+        "| subscribers | Opus → Opus ns/pkt | RED → RED ns/pkt | RED→RED / Opus | RED → Opus (primary) ns/pkt | RED→Opus / Opus |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for &k in counts {
+        let mut rooms: Vec<StoaRoom> = cases
+            .iter()
+            .map(|&red| {
+                let mut room = StoaRoom::with_red(k, fast_path, red);
+                room.measure(10);
+                room
+            })
+            .collect();
+        let mut cpu = [Duration::ZERO; 3];
+        let mut forwarded = [0u64; 3];
+        for round in 0..ROUNDS as usize {
+            // Each round starts with another room, so none is always measured first.
+            for j in 0..rooms.len() {
+                let i = (round + j) % rooms.len();
+                let (c, f) = rooms[i].measure((packets / ROUNDS).max(1));
+                cpu[i] += c;
+                forwarded[i] += f;
+            }
+        }
+        for (room, red) in rooms.iter().zip(cases) {
+            let stats = room.sfu.stats();
+            assert_eq!(
+                stats.rtp_forwarded,
+                stats.rtp_in * k as u64,
+                "{red:?}: packets lost"
+            );
+            if fast_path == FastPath::Enabled {
+                assert_eq!(
+                    stats.rtp_forwarded_direct, stats.rtp_forwarded,
+                    "{red:?}: slow path used"
+                );
+            }
+            assert_eq!(stats.rtp_dropped_malformed, 0, "{red:?}");
+        }
+        let ns: Vec<f64> = (0..3)
+            .map(|i| cpu[i].as_nanos() as f64 / forwarded[i] as f64)
+            .collect();
+        println!(
+            "| {k} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} |",
+            ns[0],
+            ns[1],
+            ns[1] / ns[0],
+            ns[2],
+            ns[2] / ns[0]
         );
     }
 }

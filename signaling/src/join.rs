@@ -19,9 +19,18 @@
 //! `publish` (a second, publish-only connection for an existing participant) and `attributes`
 //! are not supported and are ignored like any unknown parameter; livekit-client 2.x sends neither.
 //!
+//! The access token comes from the `Authorization: Bearer <token>` header or, when there is no
+//! such header, from the `access_token` parameter: LiveKit's server accepts both
+//! (`pkg/service/auth.go`), livekit-client sends the parameter (a browser cannot set headers on
+//! a WebSocket) and the SDKs built on LiveKit's Rust core (Python `livekit`, `@livekit/rtc-node`,
+//! Unity, the mobile and desktop SDKs) send the header. As in LiveKit, a header that is present
+//! wins over the parameter, and a header that is not a bearer token is refused (401) rather than
+//! ignored.
+//!
 //! [`validate`] adds the token: verify it, then check it admits its holder to the room, and answer
 //! with the HTTP status and plain-text message LiveKit would (livekit-client shows the body of a
-//! 401 or 403 to the user as a `NotAllowed` error).
+//! 401 or 403 to the user as a `NotAllowed` error). The token's source changes nothing else: the
+//! same token is refused with the same status and message either way.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -36,7 +45,7 @@ use crate::token::{self, ApiKeys, Claims, JoinRefusal, TokenError};
 /// Its `Debug` output hides the access token.
 #[derive(Clone, PartialEq, Eq)]
 pub struct JoinParams {
-    /// `access_token`: the JWT, not yet verified.
+    /// The JWT, not yet verified: from the `Authorization: Bearer` header, else `access_token`.
     pub access_token: String,
     /// `room`: the room to join when the token grants `roomJoin` without naming one. LiveKit
     /// accepts it; livekit-client 2.x never sends it (the room is in the token).
@@ -135,9 +144,13 @@ impl fmt::Debug for JoinParams {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum JoinError {
-    /// There is no `access_token` (or it is empty).
+    /// There is neither an `Authorization: Bearer` header nor an `access_token` (or it is
+    /// empty).
     #[error("no permissions to access the room: access_token is missing")]
     MissingToken,
+    /// An `Authorization` header that is not `Bearer <token>` (LiveKit's wording).
+    #[error("invalid authorization header. Must start with Bearer ")]
+    BadAuthorization,
     /// A parameter Stoa relies on has a value it cannot read.
     #[error("invalid query parameter `{name}`: {reason}")]
     InvalidParam {
@@ -156,7 +169,7 @@ impl JoinError {
     /// an opaque "unknown websocket error". An unreadable parameter is 400.
     pub fn http_status(&self) -> u16 {
         match self {
-            JoinError::MissingToken => 401,
+            JoinError::MissingToken | JoinError::BadAuthorization => 401,
             JoinError::InvalidParam { .. } => 400,
         }
     }
@@ -207,15 +220,28 @@ impl From<JoinRefusal> for Refusal {
     }
 }
 
-/// Reads a `/rtc` query string (with or without its leading `?`).
+/// Reads a `/rtc` query string (with or without its leading `?`) that carries the token as
+/// `access_token`.
 pub fn parse_query(query: &str) -> Result<JoinParams, JoinError> {
+    parse_request(query, None)
+}
+
+/// Reads a `/rtc` request: its query string (with or without its leading `?`) and the value of
+/// its `Authorization` header, if it has one (`None` when absent or empty; the caller passes a
+/// header whose bytes are not text as such, and it is refused like any header that is not a
+/// bearer token).
+pub fn parse_request(query: &str, authorization: Option<&str>) -> Result<JoinParams, JoinError> {
     let query = query.strip_prefix('?').unwrap_or(query);
     let mut raw = RawParams::default();
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
         raw.offer(&name, value);
     }
 
-    let access_token = raw.access_token.ok_or(JoinError::MissingToken)?;
+    // An empty header counts as none (LiveKit's rule).
+    let access_token = match authorization.filter(|h| !h.trim().is_empty()) {
+        Some(header) => bearer_token(header)?,
+        None => raw.access_token.ok_or(JoinError::MissingToken)?,
+    };
     let reconnect = raw.reconnect.as_deref().is_some_and(bool_value);
     Ok(JoinParams {
         access_token,
@@ -243,8 +269,9 @@ pub fn parse_query(query: &str) -> Result<JoinParams, JoinError> {
     })
 }
 
-/// Decides a `/rtc` (or `/rtc/validate`) request at `now_unix`: reads the query, verifies the
-/// token with `keys`, and checks that it admits its holder to the room.
+/// Decides a `/rtc` (or `/rtc/validate`) request at `now_unix`: reads the query and the
+/// `Authorization` header (see [`parse_request`]), verifies the token with `keys`, and checks that
+/// it admits its holder to the room.
 ///
 /// The room is the token's, or when the token grants `roomJoin` without naming one, the `room`
 /// parameter (LiveKit's rule); the returned claims carry it in `video.room`, so callers read the
@@ -253,9 +280,10 @@ pub fn parse_query(query: &str) -> Result<JoinParams, JoinError> {
 pub fn validate(
     keys: &ApiKeys,
     query: &str,
+    authorization: Option<&str>,
     now_unix: u64,
 ) -> Result<(JoinParams, Claims), Refusal> {
-    let params = parse_query(query)?;
+    let params = parse_request(query, authorization)?;
     let mut claims = keys.verify(&params.access_token, now_unix)?;
     let room = if claims.video.room.is_empty() {
         params.room.clone().unwrap_or_default()
@@ -320,6 +348,24 @@ impl RawParams {
             *slot = Some(value.into_owned());
         }
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header. The scheme is matched without regard
+/// to case (RFC 9110 §11.1; LiveKit wants exactly `Bearer `) and surrounding blanks are ignored.
+/// An empty token counts as none.
+fn bearer_token(header: &str) -> Result<String, JoinError> {
+    let header = header.trim();
+    let (scheme, token) = header
+        .split_once(char::is_whitespace)
+        .unwrap_or((header, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(JoinError::BadAuthorization);
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(JoinError::MissingToken);
+    }
+    Ok(token.to_owned())
 }
 
 /// LiveKit's `boolValue`.
@@ -546,19 +592,19 @@ mod tests {
         for case in cases {
             // Whatever the outcome, it is a value, not a panic.
             let _ = parse_query(case);
-            let _ = validate(&keys(), case, NOW);
+            let _ = validate(&keys(), case, None, NOW);
         }
         // Invalid escapes are kept literally, so the token is just wrong, not a crash.
         let params = parse_query("access_token=%ZZ").expect("parse");
         assert_eq!(params.access_token, "%ZZ");
-        let refusal = validate(&keys(), "access_token=%ZZ", NOW).expect_err("bad token");
+        let refusal = validate(&keys(), "access_token=%ZZ", None, NOW).expect_err("bad token");
         assert_eq!(refusal.status, 401);
     }
 
     #[test]
     fn validate_admits_a_good_token() {
         let token = token_for("alice", "lobby", true);
-        let (params, claims) = validate(&keys(), &client_query(&token), NOW).expect("admit");
+        let (params, claims) = validate(&keys(), &client_query(&token), None, NOW).expect("admit");
         assert_eq!(params.protocol, 17);
         assert_eq!(claims.sub, "alice");
         assert_eq!(claims.video.room, "lobby");
@@ -568,7 +614,7 @@ mod tests {
     fn validate_takes_the_tokens_room_over_the_query() {
         let token = token_for("alice", "lobby", true);
         let query = format!("{}&room=elsewhere", client_query(&token));
-        let (_, claims) = validate(&keys(), &query, NOW).expect("admit");
+        let (_, claims) = validate(&keys(), &query, None, NOW).expect("admit");
         assert_eq!(claims.video.room, "lobby");
     }
 
@@ -580,11 +626,17 @@ mod tests {
             NOW + 60
         );
         let token = sign(&payload);
-        let (_, claims) =
-            validate(&keys(), &format!("access_token={token}&room=open"), NOW).expect("admit");
+        let (_, claims) = validate(
+            &keys(),
+            &format!("access_token={token}&room=open"),
+            None,
+            NOW,
+        )
+        .expect("admit");
         assert_eq!(claims.video.room, "open");
 
-        let refusal = validate(&keys(), &format!("access_token={token}"), NOW).expect_err("room");
+        let refusal =
+            validate(&keys(), &format!("access_token={token}"), None, NOW).expect_err("room");
         assert_eq!(
             refusal,
             Refusal {
@@ -596,11 +648,12 @@ mod tests {
 
     #[test]
     fn validate_refuses_with_livekit_statuses() {
-        let refusal = validate(&keys(), "sdk=js", NOW).expect_err("no token");
+        let refusal = validate(&keys(), "sdk=js", None, NOW).expect_err("no token");
         assert_eq!(refusal.status, 401);
 
         let expired = token_for("alice", "lobby", true);
-        let refusal = validate(&keys(), &client_query(&expired), NOW + 3600).expect_err("expired");
+        let refusal =
+            validate(&keys(), &client_query(&expired), None, NOW + 3600).expect_err("expired");
         assert_eq!(
             refusal,
             Refusal {
@@ -610,7 +663,8 @@ mod tests {
         );
 
         let no_join = token_for("alice", "lobby", false);
-        let refusal = validate(&keys(), &client_query(&no_join), NOW).expect_err("no roomJoin");
+        let refusal =
+            validate(&keys(), &client_query(&no_join), None, NOW).expect_err("no roomJoin");
         assert_eq!(refusal.status, 401);
         assert!(
             refusal.message.starts_with("permission denied"),
@@ -622,16 +676,108 @@ mod tests {
             NOW + 60
         );
         let refusal =
-            validate(&keys(), &client_query(&sign(&payload)), NOW).expect_err("no identity");
+            validate(&keys(), &client_query(&sign(&payload)), None, NOW).expect_err("no identity");
         assert_eq!(refusal.status, 400);
         assert_eq!(refusal.message, "identity cannot be empty");
 
         let other_keys = ApiKeys::new([("prodkey", "prodsecret")]);
         let token = token_for("alice", "lobby", true);
-        let refusal = validate(&other_keys, &client_query(&token), NOW).expect_err("unknown");
+        let refusal = validate(&other_keys, &client_query(&token), None, NOW).expect_err("unknown");
         assert_eq!(refusal.status, 401);
         assert_eq!(refusal.message, "invalid API key: devkey");
         assert!(!refusal.message.contains(&token));
+    }
+
+    /// The query the SDKs on LiveKit's Rust core send on `/rtc` (their token is in the header).
+    fn rust_core_query() -> &'static str {
+        "sdk=python&os=linux&os_version=6.1&device_model=&protocol=17&client_protocol=1\
+         &auto_subscribe=1&adaptive_stream=0&version=1.2.1\
+         &capabilities=CAP_PACKET_TRAILER%2CCAP_COMPRESSION_DEFLATE_RAW"
+    }
+
+    #[test]
+    fn bearer_header_carries_the_token() {
+        let token = token_for("alice", "lobby", true);
+        let header = format!("Bearer {token}");
+        let params = parse_request(rust_core_query(), Some(&header)).expect("parse");
+        assert_eq!(params.access_token, token);
+        assert_eq!(params.sdk, Sdk::Python);
+        assert_eq!(params.protocol, 17);
+        let (_, claims) = validate(&keys(), rust_core_query(), Some(&header), NOW).expect("admit");
+        assert_eq!(claims.sub, "alice");
+        assert_eq!(claims.video.room, "lobby");
+        // The scheme's case and surrounding blanks do not matter.
+        for header in [format!("bearer {token}"), format!("  BEARER   {token} ")] {
+            let params = parse_request("", Some(&header)).expect(&header);
+            assert_eq!(params.access_token, token);
+        }
+    }
+
+    #[test]
+    fn header_wins_over_the_query_parameter() {
+        let good = token_for("alice", "lobby", true);
+        let other = token_for("bob", "lobby", true);
+        let query = format!("access_token={other}");
+        let header = format!("Bearer {good}");
+        let (_, claims) = validate(&keys(), &query, Some(&header), NOW).expect("admit");
+        assert_eq!(claims.sub, "alice");
+        // A broken header is not rescued by a good parameter, as in LiveKit.
+        let query = format!("access_token={good}");
+        let refusal = validate(&keys(), &query, Some("Bearer garbage"), NOW).expect_err("bad");
+        assert_eq!(refusal.status, 401);
+        // An empty header counts as none.
+        let (_, claims) = validate(&keys(), &query, Some(" "), NOW).expect("admit");
+        assert_eq!(claims.sub, "alice");
+    }
+
+    #[test]
+    fn header_that_is_not_a_bearer_token_is_refused_with_401() {
+        let token = token_for("alice", "lobby", true);
+        for header in [
+            format!("Basic {token}"),
+            token.clone(),
+            "Bearer\u{e9}x".to_owned(),
+            "Bearerx y".to_owned(),
+            "\u{e9}\u{e9}\u{e9}\u{e9}".to_owned(),
+        ] {
+            let err = parse_request("", Some(&header)).expect_err(&header);
+            assert_eq!(err, JoinError::BadAuthorization, "{header:?}");
+            assert_eq!(err.http_status(), 401);
+            assert_eq!(
+                err.to_string(),
+                "invalid authorization header. Must start with Bearer "
+            );
+        }
+        for header in ["Bearer", "Bearer ", "bearer    "] {
+            assert_eq!(
+                parse_request("", Some(header)),
+                Err(JoinError::MissingToken),
+                "{header:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn header_and_parameter_are_refused_alike() {
+        let expired = token_for("alice", "lobby", true);
+        let no_join = token_for("alice", "lobby", false);
+        let other_keys = ApiKeys::new([("prodkey", "prodsecret")]);
+        for (keys, token, now) in [
+            (keys(), expired.as_str(), NOW + 3600),
+            (keys(), no_join.as_str(), NOW),
+            (other_keys, expired.as_str(), NOW),
+            (keys(), "not.a.jwt", NOW),
+        ] {
+            let by_param = validate(&keys, &format!("access_token={token}"), None, now)
+                .expect_err("param refused");
+            let by_header = validate(&keys, "", Some(&format!("Bearer {token}")), now)
+                .expect_err("header refused");
+            assert_eq!(by_param, by_header, "{token}");
+            assert!(!by_header.message.contains(token), "{by_header}");
+        }
+        let by_param = validate(&keys(), "", None, NOW).expect_err("none");
+        let by_header = validate(&keys(), "", Some("Bearer "), NOW).expect_err("empty");
+        assert_eq!(by_param, by_header);
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! HTTP side of signaling: the `/rtc` WebSocket and the paths livekit-client probes.
 //!
-//! - `GET /rtc?access_token=…`: the token and room are checked **before** the upgrade, so a
-//!   refused client gets an HTTP status and a plain-text reason, as LiveKit answers; then one
-//!   binary protobuf `SignalRequest` / `SignalResponse` per WebSocket message.
+//! - `GET /rtc?access_token=…` (or with `Authorization: Bearer …`, as the SDKs on LiveKit's Rust
+//!   core send it): the token and room are checked **before** the upgrade, so a refused client
+//!   gets an HTTP status and a plain-text reason, as LiveKit answers; then one binary protobuf
+//!   `SignalRequest` / `SignalResponse` per WebSocket message.
 //! - `GET /rtc/validate`: the same checks; `200 success`, or the status and reason.
-//! - `/rtc/v1` and `/rtc/v1/validate`: `404` with CORS headers, so livekit-client 2.x falls back
-//!   to the two-connection protocol on `/rtc` by itself.
+//! - `/rtc/v1` and `/rtc/v1/validate`: a token that would be refused on `/rtc` is refused here
+//!   with the same status and reason; any other request gets `404` with CORS headers, so
+//!   livekit-client 2.x and the Rust-core SDKs fall back to the two-connection protocol on `/rtc`
+//!   by themselves (both retry on `/rtc` only after a 404).
 
 // The WebSocket shell reads the clock for token expiry and rate limiting.
 #![allow(clippy::disallowed_methods)]
@@ -16,7 +19,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, RawQuery, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use livekit_protocol as lk;
@@ -120,14 +123,41 @@ fn plain(status: u16, message: String) -> Response {
     r
 }
 
-async fn not_v1() -> Response {
+/// The `Authorization` header as [`join::parse_request`] takes it: `None` when absent, and a
+/// value that is not text as one that is refused.
+fn authorization(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or("(not text)"))
+}
+
+/// `/rtc/v1` and `/rtc/v1/validate`: the single-connection protocol is not served yet.
+async fn not_v1(
+    State(state): State<RtcState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    // The token is judged as on `/rtc`, so a client whose token is bad hears why at once,
+    // whichever path it tried first. Only token refusals (401) are answered; a request `/rtc`
+    // would refuse for another reason (a room name missing from a `/rtc/v1` query that carries
+    // it in `join_request`) still falls back.
+    let query = query.unwrap_or_default();
+    if let Err(r) = join::validate(&state.keys, &query, authorization(&headers), now_unix())
+        && r.status == 401
+    {
+        return plain(r.status, r.message);
+    }
     // Must not contain "requested room does not exist", or the client would not fall back.
     plain(404, "not found: use /rtc".into())
 }
 
-async fn validate(State(state): State<RtcState>, RawQuery(query): RawQuery) -> Response {
+async fn validate(
+    State(state): State<RtcState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
     let query = query.unwrap_or_default();
-    match join::validate(&state.keys, &query, now_unix()) {
+    match join::validate(&state.keys, &query, authorization(&headers), now_unix()) {
         Ok((_, mut claims)) => match admit(&state, &mut claims).await {
             Ok(()) => plain(200, "success".into()),
             Err(r) => plain(r.status, r.message),
@@ -139,11 +169,13 @@ async fn validate(State(state): State<RtcState>, RawQuery(query): RawQuery) -> R
 async fn rtc(
     State(state): State<RtcState>,
     client: Option<axum::Extension<ConnectInfo<std::net::SocketAddr>>>,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let query = query.unwrap_or_default();
-    let (mut params, mut claims) = match join::validate(&state.keys, &query, now_unix()) {
+    let auth = authorization(&headers);
+    let (mut params, mut claims) = match join::validate(&state.keys, &query, auth, now_unix()) {
         Ok(ok) => ok,
         Err(r) => return plain(r.status, r.message),
     };

@@ -471,7 +471,14 @@ async fn bad_input_is_refused_and_isolated() {
     assert_eq!(status, 401);
 
     // The v1 path is absent (with CORS), so livekit-client falls back to /rtc.
-    let http = reqwest_like_get(s.http, "/rtc/v1/validate?access_token=x").await;
+    let http = reqwest_like_get(
+        s.http,
+        &format!(
+            "/rtc/v1/validate?access_token={}",
+            mint("v1", grants(room, false))
+        ),
+    )
+    .await;
     assert!(http.starts_with("HTTP/1.1 404"), "{http}");
     assert!(
         http.to_ascii_lowercase()

@@ -12,6 +12,12 @@
 //   b. B joins (canPublish=false, canSubscribe=true), sees A and subscribes to A's audio;
 //   c. B hears A: inbound-rtp audio packetsReceived > 50 and totalAudioEnergy > 0;
 //   d. B's publish attempt is refused (client-side 403);
+//  then, not in the relay runs:
+//   c2. A sends RED (audio/red, as livekit-client offers by default) and B receives RED; the
+//       dominant frequency B decodes is A's 1 kHz;
+//   d2. A sends B a data message;
+//   d3. the server (livekit-server-sdk, Twirp UpdateParticipant) lets B publish: B sees
+//       ParticipantPermissionsChanged, publishes, and A decodes B's 1 kHz;
 //   e. A mutes, B sees TrackMuted for A's publication;
 //   f. A leaves, B sees ParticipantDisconnected for A.
 // Each step has its own timeout and a failure names it. The last stdout line is a JSON summary;
@@ -22,6 +28,7 @@
 // CHROMIUM (/usr/bin/chromium), E2E_LOG_LEVEL (livekit-client log level in the pages, debug),
 // E2E_TIMEOUT_MS (whole-run deadline, 100000), E2E_VERBOSE=1 (print browser logs on success too).
 
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { createServer } from 'node:http';
@@ -31,7 +38,7 @@ import { fileURLToPath } from 'node:url';
 import { createRequire } from 'node:module';
 
 import { chromium } from 'playwright-core';
-import { AccessToken } from 'livekit-server-sdk';
+import { AccessToken, RoomServiceClient } from 'livekit-server-sdk';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const require = createRequire(import.meta.url);
@@ -49,6 +56,10 @@ const RELAY = process.env.E2E_RELAY || '';
 const RTC_CONFIG = RELAY ? { iceTransportPolicy: 'relay' } : undefined;
 // Extra Chromium flags, space-separated, e.g. E2E_CHROMIUM_ARGS='--vmodule=*/webrtc/*=1'.
 const EXTRA_ARGS = (process.env.E2E_CHROMIUM_ARGS || '').split(/\s+/).filter(Boolean);
+// E2E_RESTART_COMMAND: after B hears A, run this shell command, which restarts the server under
+// the live room (run.sh with STOA_E2E_RESTART=1); both pages must then reconnect by themselves
+// and B must hear A again before steps d-f run against the restarted server.
+const RESTART_COMMAND = process.env.E2E_RESTART_COMMAND || '';
 
 // Per-step timeouts (ms).
 const T = {
@@ -59,9 +70,14 @@ const T = {
   publish: 20_000,
   subscribe: 15_000,
   hear: 20_000,
+  restart: 40_000,
+  reconnect: 60_000,
   refuse: 15_000,
   mute: 10_000,
   leave: 10_000,
+  frequency: 10_000,
+  data: 10_000,
+  permission: 25_000,
 };
 
 const started = Date.now();
@@ -368,6 +384,43 @@ async function scenario(ctx) {
     throw new StepError(err.step, `${err.message}; last stats: ${JSON.stringify(lastStats)}`);
   });
 
+  // r. The server restarts under the live room; the pages reconnect by themselves.
+  if (RESTART_COMMAND) {
+    await step('r: the server restarts (E2E_RESTART_COMMAND)', T.restart, () =>
+      new Promise((resolve, reject) => {
+        execFile('bash', ['-c', RESTART_COMMAND], (err, stdout, stderr) => {
+          if (stdout) log(`restart: ${stdout.trim()}`);
+          if (stderr) log(`restart (stderr): ${stderr.trim()}`);
+          if (err) reject(new Error(`restart command failed: ${err.message}`));
+          else resolve();
+        });
+      }),
+    );
+    await step('r: A and B reconnect by themselves', T.reconnect, () =>
+      pollUntil(async () => {
+        const a = await call(pageA, 'events', 'Reconnected');
+        const b = await call(pageB, 'events', 'Reconnected');
+        return { done: a.length > 0 && b.length > 0, value: { a: a.length, b: b.length } };
+      }, 500),
+    );
+    summary.statsAfterRestart = await step('r: B hears A again after the restart', T.reconnect, () =>
+      pollUntil(async () => {
+        // A's track as the restarted server published it anew (a new sid), heard for a second
+        // on a new receiver: not the stats of the connection before the restart.
+        lastStats = await call(pageB, 'inboundAudioStats', joinA.identity);
+        const ok =
+          lastStats.ok &&
+          lastStats.trackSid !== pubA.trackSid &&
+          lastStats.packetsReceived > 50 &&
+          lastStats.totalSamplesDuration > 1 &&
+          lastStats.totalAudioEnergy > 0;
+        return { done: ok, value: lastStats };
+      }, 500),
+    ).catch((err) => {
+      throw new StepError(err.step, `${err.message}; last stats: ${JSON.stringify(lastStats)}`);
+    });
+  }
+
   // d. B may not publish.
   const refusal = await step("d: B's publish attempt is refused", T.refuse, async () => {
     const r = await call(pageB, 'tryPublishMicrophone');
@@ -381,14 +434,72 @@ async function scenario(ctx) {
   });
   summary.refusal = errorText(refusal);
 
+  if (!RELAY) {
+    summary.red = await step('c2: A sends RED and B receives RED', T.frequency, async () => {
+      const sent = await call(pageA, 'negotiatedAudioCodecs', '');
+      const received = await call(pageB, 'negotiatedAudioCodecs', joinA.identity);
+      const red = (r) => r.ok && r.codecs[0]?.toLowerCase().startsWith('audio/red/');
+      if (!red(sent) || !red(received)) {
+        throw new Error(`RED not negotiated: A sends ${JSON.stringify(sent)}, B receives ${JSON.stringify(received)}`);
+      }
+      return { sent: sent.codecs, received: received.codecs };
+    });
+
+    summary.frequencyAtB = await step('c2: B decodes 1 kHz from A', T.frequency, async () => {
+      const f = await call(pageB, 'dominantFrequency', joinA.identity, 1500);
+      if (!f.ok || Math.abs(f.hz - 1000) > 15) {
+        throw new Error(`B decoded ${JSON.stringify(f)}, want about 1000 Hz`);
+      }
+      return f;
+    });
+
+    await step('d2: A sends B a data message', T.data, async () => {
+      const r = await call(pageA, 'publishData', 'hello from A', 'chat');
+      if (!r.ok) throw new Error(`publishData failed: ${errorText(r.error)}`);
+      return pollUntil(async () => {
+        const got = await call(pageB, 'events', 'DataReceived');
+        const hit = got.find(
+          (e) => e.participant === joinA.identity && e.topic === 'chat' && e.text === 'hello from A',
+        );
+        return { done: !!hit, value: hit };
+      });
+    });
+
+    summary.frequencyAtA = await step(
+      'd3: the server lets B publish; B publishes and A decodes 1 kHz',
+      T.permission,
+      async () => {
+        const service = new RoomServiceClient(STOA_URL.replace(/^ws/, 'http'), API_KEY, API_SECRET);
+        await service.updateParticipant(summary.room, joinB.identity, undefined, {
+          canSubscribe: true,
+          canPublish: true,
+          canPublishData: true,
+        });
+        await pollUntil(async () => {
+          const changed = await call(pageB, 'events', 'ParticipantPermissionsChanged');
+          const hit = changed.find((e) => e.local && e.canPublish === true);
+          return { done: !!hit, value: hit };
+        });
+        const r = await call(pageB, 'tryPublishMicrophone');
+        if (r.refused) throw new Error(`B may publish now but was refused: ${errorText(r.error)}`);
+        return pollUntil(async () => {
+          const f = await call(pageA, 'dominantFrequency', joinB.identity, 1000);
+          return { done: f.ok && Math.abs(f.hz - 1000) <= 15, value: f };
+        }, 300);
+      },
+    );
+  }
+
   // e. A mutes; B sees it.
   await step("e: A mutes, B sees TrackMuted", T.mute, async () => {
     const r = await call(pageA, 'muteMicrophone');
     if (!r.ok) throw new Error(`A could not mute: ${errorText(r.error)}`);
     return pollUntil(async () => {
       const muted = await call(pageB, 'events', 'TrackMuted');
+      // After a restart A's track is published anew, with a new sid.
       const hit = muted.find(
-        (e) => e.trackSid === pubA.trackSid && e.participant === joinA.identity,
+        (e) =>
+          (RESTART_COMMAND || e.trackSid === pubA.trackSid) && e.participant === joinA.identity,
       );
       return { done: !!hit, value: hit };
     });

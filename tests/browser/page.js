@@ -83,6 +83,20 @@
       )
       .on(RoomEvent.TrackMuted, (pub, p) => record('TrackMuted', pubFields(pub, p)))
       .on(RoomEvent.TrackUnmuted, (pub, p) => record('TrackUnmuted', pubFields(pub, p)))
+      .on(RoomEvent.DataReceived, (payload, p, _kind, topic) =>
+        record('DataReceived', {
+          participant: p?.identity,
+          topic,
+          text: new TextDecoder().decode(payload),
+        }),
+      )
+      .on(RoomEvent.ParticipantPermissionsChanged, (_prev, p) =>
+        record('ParticipantPermissionsChanged', {
+          participant: p?.identity,
+          local: p === room.localParticipant,
+          canPublish: p?.permissions?.canPublish,
+        }),
+      )
       .on(RoomEvent.MediaDevicesError, (e) => record('MediaDevicesError', describeError(e)));
   }
 
@@ -274,6 +288,7 @@
       const el = document.getElementById(`audio-${publication.trackSid}`);
       return {
         ok: true,
+        trackSid: publication.trackSid,
         packetsReceived: inbound.packetsReceived ?? 0,
         packetsLost: inbound.packetsLost ?? 0,
         bytesReceived: inbound.bytesReceived ?? 0,
@@ -289,6 +304,73 @@
         relayProtocol: localCandidate?.relayProtocol,
         audioElementPlaying: el ? !el.paused : false,
       };
+    },
+
+    /**
+     * The dominant frequency (Hz) of the audio `identity` publishes, as this page decodes it:
+     * WebAudio's analyser over the subscribed track, its spectra averaged over `ms`.
+     */
+    async dominantFrequency(identity, ms) {
+      const { publication } = remoteAudioPublication(identity);
+      const track = publication?.track?.mediaStreamTrack;
+      if (!track) return { ok: false, why: `no subscribed audio track from ${identity}` };
+      const ctx = new AudioContext();
+      try {
+        await ctx.resume();
+        const source = ctx.createMediaStreamSource(new MediaStream([track]));
+        const analyser = ctx.createAnalyser();
+        analyser.fftSize = 8192;
+        analyser.smoothingTimeConstant = 0;
+        source.connect(analyser);
+        const bins = new Float32Array(analyser.frequencyBinCount);
+        const sum = new Float64Array(analyser.frequencyBinCount);
+        const end = performance.now() + ms;
+        let frames = 0;
+        while (performance.now() < end) {
+          await new Promise((resolve) => setTimeout(resolve, 100));
+          analyser.getFloatFrequencyData(bins);
+          for (let i = 0; i < bins.length; i++) sum[i] += Math.pow(10, bins[i] / 10);
+          frames += 1;
+        }
+        let best = 1;
+        for (let i = 2; i < sum.length; i++) if (sum[i] > sum[best]) best = i;
+        const peakDb = 10 * Math.log10(sum[best] / frames);
+        return { ok: true, hz: (best * ctx.sampleRate) / analyser.fftSize, peakDb, frames };
+      } finally {
+        await ctx.close();
+      }
+    },
+
+    /**
+     * The codecs negotiated for audio, in order (the first is the one sent): of the local
+     * microphone's sender when `identity` is empty, else of the receiver of `identity`'s audio.
+     */
+    negotiatedAudioCodecs(identity) {
+      let params;
+      if (!identity) {
+        const pub = state.room?.localParticipant?.getTrackPublication(Track.Source.Microphone);
+        params = pub?.track?.sender?.getParameters();
+      } else {
+        params = remoteAudioPublication(identity).publication?.track?.receiver?.getParameters();
+      }
+      if (!params) return { ok: false, why: 'no sender or receiver yet' };
+      return {
+        ok: true,
+        codecs: params.codecs.map((c) => `${c.mimeType}/${c.clockRate}${c.sdpFmtpLine ? ` ${c.sdpFmtpLine}` : ''}`),
+      };
+    },
+
+    /** Sends `text` as a reliable data message under `topic`. */
+    async publishData(text, topic) {
+      try {
+        await state.room.localParticipant.publishData(new TextEncoder().encode(text), {
+          reliable: true,
+          topic,
+        });
+        return { ok: true };
+      } catch (e) {
+        return { ok: false, error: describeError(e) };
+      }
     },
 
     /** Tries to publish the microphone; reports whether (and how) it was refused. */

@@ -12,6 +12,11 @@
 # 127.0.0.1:5349 TLS with a certificate made here by openssl), the JoinResponse names only the
 # relay URL of that transport, and both pages are relay-only (e2e.mjs, E2E_RELAY). Chromium gets
 # --ignore-certificate-errors for the test certificate.
+#
+# With STOA_E2E_RESTART=1 the server runs with `[shutdown] clients = "reconnect"`, and once B
+# hears A, e2e.mjs runs $work/restart.sh: SIGTERM to the server, wait for it to exit, start the
+# same binary with the same config and data directory, check that a control-plane room created
+# before the restart is still there. The pages must reconnect by themselves and B hear A again.
 set -euo pipefail
 
 if [ "$#" -ne 1 ]; then
@@ -44,7 +49,7 @@ fi
 # Only the server's own STOA_* settings from dev mode: drop any inherited from the caller.
 while IFS= read -r name; do
     case "$name" in
-    STOA_E2E_CAPPED | STOA_E2E_RELAY | STOA_URL | STOA_API_KEY | STOA_API_SECRET) ;;
+    STOA_E2E_CAPPED | STOA_E2E_RELAY | STOA_E2E_RESTART | STOA_URL | STOA_API_KEY | STOA_API_SECRET) ;;
     STOA_*) unset "$name" ;;
     esac
 done < <(compgen -e)
@@ -77,8 +82,68 @@ EOF
     export E2E_CHROMIUM_ARGS="${E2E_CHROMIUM_ARGS:-} --ignore-certificate-errors"
 fi
 
-echo "run.sh: relay: ${relay:-none}" >&2
-start_server "${config_args[@]}" --log-level "${STOA_E2E_SERVER_LOG:-info,stoa=debug,stoa_signaling=debug,stoa_sfu=debug}"
+if [ "${STOA_E2E_RESTART:-}" = 1 ]; then
+    [ -z "$relay" ] || { echo "run.sh: STOA_E2E_RESTART and STOA_E2E_RELAY do not combine" >&2; exit 2; }
+    cat >"$work/stoa.toml" <<EOF
+[shutdown]
+clients = "reconnect"
+EOF
+    config_args=(--config "$work/stoa.toml")
+fi
+
+echo "run.sh: relay: ${relay:-none}, restart: ${STOA_E2E_RESTART:-0}" >&2
+server_args=("${config_args[@]}" --log-level "${STOA_E2E_SERVER_LOG:-info,stoa=debug,stoa_signaling=debug,stoa_sfu=debug}")
+start_server "${server_args[@]}"
+
+if [ "${STOA_E2E_RESTART:-}" = 1 ]; then
+    # Control-plane state to find again after the restart: a live room with its host.
+    host_token=$(env -u STOA_CONFIG "$stoa" token --dev --user --identity host-restart --name Host)
+    room_json=$(node -e '
+        fetch("http://127.0.0.1:7880/api/rooms", { method: "POST",
+            headers: { authorization: `Bearer ${process.argv[1]}`, "content-type": "application/json" },
+            body: JSON.stringify({ title: "Through a restart", kind: "stage" }),
+            signal: AbortSignal.timeout(3000) })
+          .then(async (r) => { const t = await r.text(); if (!r.ok) { console.error(r.status, t); process.exit(1); } console.log(t); })
+          .catch((e) => { console.error(String(e)); process.exit(1); });' "$host_token")
+    room_id=$(node -e 'console.log(JSON.parse(process.argv[1]).id)' "$room_json")
+    echo "run.sh: control room $room_id created before the restart" >&2
+    {
+        printf '%s\n' '#!/usr/bin/env bash' 'set -euo pipefail'
+        printf 'work=%q; stoa=%q; server_log=%q; room_id=%q; host_token=%q\n' \
+            "$work" "$stoa" "$server_log" "$room_id" "$host_token"
+        printf 'server_args=(' && printf '%q ' "${server_args[@]}" && printf ')\n'
+        cat <<'EOF'
+old=$(cat "$work/stoa.pid")
+echo "restart: SIGTERM to $old"
+kill -TERM "$old"
+for _ in $(seq 100); do kill -0 "$old" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$old" 2>/dev/null; then echo "restart: the old server did not exit within 10 s" >&2; exit 1; fi
+echo "----- restart -----" >>"$server_log"
+RUST_BACKTRACE=1 "$stoa" serve --dev "${server_args[@]}" >>"$server_log" 2>&1 </dev/null &
+echo $! >"$work/stoa.pid"
+for _ in $(seq 150); do
+    if node -e "fetch('http://127.0.0.1:7880/healthz', { signal: AbortSignal.timeout(1000) })
+        .then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))" 2>/dev/null; then
+        break
+    fi
+    sleep 0.2
+done
+node -e '
+    fetch(`http://127.0.0.1:7880/api/rooms/${process.argv[1]}`, {
+        headers: { authorization: `Bearer ${process.argv[2]}` }, signal: AbortSignal.timeout(3000) })
+      .then(async (r) => {
+        const room = await r.json();
+        if (!r.ok || room.title !== "Through a restart" || room.state !== "live" || room.host !== "host-restart") {
+          console.error("control state lost:", r.status, JSON.stringify(room)); process.exit(1);
+        }
+        console.log(`room ${room.id} is still ${room.state}, hosted by ${room.host}`);
+      })
+      .catch((e) => { console.error(String(e)); process.exit(1); });' "$room_id" "$host_token"
+echo "restart: new server $(cat "$work/stoa.pid") is up"
+EOF
+    } >"$work/restart.sh"
+    export E2E_RESTART_COMMAND="bash $work/restart.sh"
+fi
 
 status=0
 E2E_TIMEOUT_MS="${E2E_TIMEOUT_MS:-80000}" node "$here/e2e.mjs" || status=$?

@@ -17,6 +17,10 @@ server_log="$work/stoa.log"
 server_pid=
 
 cleanup() {
+    # A restart (tests/browser/run.sh, STOA_E2E_RESTART=1) leaves the new server's pid here.
+    if [ -f "$work/stoa.pid" ]; then
+        server_pid=$(cat "$work/stoa.pid")
+    fi
     if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
         kill -TERM "$server_pid" 2>/dev/null || true
         for _ in $(seq 50); do
@@ -46,6 +50,7 @@ start_server() {
     export STOA_DATA_DIR
     RUST_BACKTRACE=1 "$stoa" serve --dev "$@" >"$server_log" 2>&1 </dev/null &
     server_pid=$!
+    echo "$server_pid" >"$work/stoa.pid"
     for _ in $(seq 150); do # 150 x 0.2 s = 30 s
         if ! kill -0 "$server_pid" 2>/dev/null; then
             echo "run.sh: stoa exited before answering /healthz" >&2

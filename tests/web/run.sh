@@ -6,7 +6,7 @@
 # Brings up loopback, starts `STOA_BINARY serve --dev` (127.0.0.1:7880 HTTP/WebSocket,
 # 127.0.0.1:7882 UDP media), waits for /healthz, checks that / serves the built web app (not
 # the fallback page), runs walkthrough.mjs (headless Chromium, up to three browsers at once), stops the server and exits with the test's status. The server's log is
-# printed when the test fails. Every wait is bounded; the whole run is capped at 320 s.
+# printed when the test fails. Every wait is bounded; the whole run is capped at 430 s.
 set -euo pipefail
 
 if [ "$#" -ne 1 ]; then
@@ -19,7 +19,7 @@ stoa=$(realpath "$1")
 
 # Re-exec under an overall cap, unless already under it.
 if [ -z "${STOA_WEB_CAPPED:-}" ]; then
-    STOA_WEB_CAPPED=1 exec timeout --kill-after=5 320 bash "$0" "$@"
+    STOA_WEB_CAPPED=1 exec timeout --kill-after=5 430 bash "$0" "$@"
 fi
 
 work=$(mktemp -d -t stoa-web-run.XXXXXX)
@@ -55,7 +55,7 @@ if ! node -e "fetch('http://127.0.0.1:7880/rooms/x', { signal: AbortSignal.timeo
 fi
 
 status=0
-WEB_TIMEOUT_MS="${WEB_TIMEOUT_MS:-290000}" node "$here/walkthrough.mjs" || status=$?
+WEB_TIMEOUT_MS="${WEB_TIMEOUT_MS:-400000}" node "$here/walkthrough.mjs" || status=$?
 
 if [ "$status" -ne 0 ]; then
     print_server_log

@@ -6,29 +6,41 @@
 //
 // Browsers, each with its own fake microphone (a sine WAV: the host at 440 Hz, the others at
 // 660 Hz), walk the scenario:
-//   1. the host signs in, schedules a room, then creates a live room and goes live;
+//   1. the host signs in, schedules a room, then creates a live room: it goes live muted (the
+//      "unmute when ready" panel, nothing published) and unmutes;
 //   2. the listener signs in, sets "remind me" on the scheduled room, finds the live room in the
-//      directory and joins it, hears the host (inbound audio energy > 0) and sees them speak: the
-//      server's SpeakersChanged names the host and the speaking ring lights up;
-//   3. the listener raises a hand, the host approves it; the listener's microphone goes live
-//      and the host hears them;
-//   4. the host moves them back to the audience; their track is gone;
+//      directory (host and speakers named) and joins it, hears the host (inbound audio energy > 0)
+//      and sees them speak; both pages count 2 here, 1 on stage, 1 listening;
+//   3. the listener raises a hand: the host gets a toast, a chime, "(1)" in the tab title and a Requests
+//      button with the count, all in reach at 1280x800 without scrolling, and approves from the
+//      requests dialog;
+//   4. the new speaker is told, arrives muted (nothing reaches the host) and unmutes; the host
+//      hears them; the host mutes them (they are told) and moves them back (they are told);
 //   5. the listener's network drops for real (its browser's network service process is stopped):
 //      the reconnect banner shows; the network comes back, the banner goes and the host is heard
 //      again;
-//   6. a third browser that refuses the microphone hosts its own room and is told why it cannot
-//      speak, then joins the first room and is kicked, and is told so;
-//   7. a guest browser without the autoplay exemption opens the shared room link: it goes through
-//      sign-in, which names the room, and lands in it; opened again without a user gesture, the
-//      browser blocks playback, "Tap to listen" shows, and a tap makes the host heard;
-//   8. the listener reacts and the reaction floats up on the host's page;
-//   9. the share dialog and the embeddable card (live, scheduled, unknown room);
-//  10. the host ends the room; both land on the ended screen; the card says Ended.
-// Every screen is captured at desktop (1280x800) and phone (390x844) sizes into
-// WEB_SCREENSHOTS (target/web-screenshots). Every wait is bounded; a failure names its step.
+//   6. the listener browses the directory: the mini-player keeps the same session playing, and
+//      takes them back;
+//   7. a third browser that refuses the microphone hosts its own room and is told why only when it
+//      unmutes; it joins the first room; the host's kick asks first (cancelled), a ban (confirmed)
+//      gives it a "you cannot join" screen and the host a removed list and Undo; a kick gives it a
+//      countdown to rejoining, also on reload, never the live room;
+//   8. a guest browser without the autoplay exemption opens the shared room link: it goes through
+//      sign-in, which names the room and host, and lands in it; opened again without a user
+//      gesture, the browser blocks playback, "Tap to listen" shows, and a tap makes the host heard;
+//   9. the listener reacts and the reaction floats up on the host's page; no control is labelled
+//      by an emoji;
+//  10. sharing: the dialog (link, embed snippet of the card's size), the share sheet on a phone,
+//      the server's preview tags, the embed card (live, scheduled, unknown room) fitting its
+//      frame, with transparent corners in a page;
+//  11. the host ends the room; both land on the summary, which a fresh page shows with names.
+// axe-core audits the main screens (serious or critical violations fail the run). Every screen is
+// captured at desktop (1280x800) and phone (390x844) sizes into WEB_SCREENSHOTS
+// (target/web-screenshots). Every wait is bounded; a failure names its step.
 // The last stdout line is a JSON summary; exit 0 on success.
 
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { inflateSync } from 'node:zlib';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -43,12 +55,14 @@ const DEADLINE_MS = Number(process.env.WEB_TIMEOUT_MS || 270_000);
 const WAIT = 15_000;
 const DESKTOP = { width: 1280, height: 800 };
 const PHONE = { width: 390, height: 844 };
+/** The embed snippet's frame (web/src/screens.ts EMBED_SIZE). */
+const EMBED = { width: 440, height: 232 };
 
 const started = Date.now();
 const log = (...args) => console.error(`[web +${((Date.now() - started) / 1000).toFixed(1)}s]`, ...args);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-const summary = { ok: false, step: undefined, error: undefined, screenshots: [], heard: {}, speakers: undefined, reconnect: undefined, autoplay: undefined };
+const summary = { ok: false, step: undefined, error: undefined, screenshots: [], heard: {}, speakers: undefined, reconnect: undefined, autoplay: undefined, axe: {} };
 /** Processes this run stopped (SIGSTOP), continued whatever happens. */
 const frozen = new Set();
 const consoleLines = [];
@@ -153,6 +167,15 @@ async function launch(work, label, wav, { micAllowed = true, autoplay = true } =
     ],
   });
   const context = await browser.newContext({ viewport: DESKTOP, baseURL: BASE });
+  // Counts the tones the page makes (the hand-raise chime), without changing them.
+  await context.addInitScript(() => {
+    window.tones = 0;
+    const make = AudioContext.prototype.createOscillator;
+    AudioContext.prototype.createOscillator = function (...args) {
+      window.tones++;
+      return make.apply(this, args);
+    };
+  });
   const page = await context.newPage();
   page.setDefaultTimeout(WAIT);
   page.on('console', (m) => consoleLines.push(`[${label}] ${m.type()}: ${m.text()}`));
@@ -200,7 +223,7 @@ const COVERED_BY_BAR = `(() => {
   window.scrollTo(0, document.documentElement.scrollHeight);
   const top = bar.getBoundingClientRect().top;
   const covered = [...document.querySelectorAll('main button, main a, main input, main select, main li, main p, main h2, main h3')]
-    .filter((e) => !bar.contains(e) && !e.closest('dialog, .floats, .audio-sink') && e.getClientRects().length)
+    .filter((e) => !bar.contains(e) && !e.closest('dialog, .floats, .audio-sink, .visually-hidden') && e.getClientRects().length)
     .filter((e) => e.getBoundingClientRect().bottom > top + 1)
     .map((e) => e.textContent.trim().slice(0, 40));
   window.scrollTo(0, y);
@@ -336,6 +359,110 @@ function localDateTime(ms) {
   return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}`;
 }
 
+/** Fails unless `locator`'s element is in the viewport, its centre not covered: reachable without scrolling. */
+async function inView(page, locator, what) {
+  const r = await locator.evaluate((el) => {
+    const b = el.getBoundingClientRect();
+    const top = document.elementFromPoint(b.left + b.width / 2, b.top + b.height / 2);
+    return { top: b.top, bottom: b.bottom, left: b.left, right: b.right, vw: innerWidth, vh: innerHeight, hit: top === el || el.contains(top), on: top?.outerHTML.slice(0, 80) };
+  });
+  if (!(r.top >= 0 && r.left >= 0 && r.bottom <= r.vh && r.right <= r.vw && r.hit)) throw new Error(`${what} is not in reach without scrolling: ${JSON.stringify(r)}`);
+}
+
+const AXE = readFileSync(join(here, 'node_modules', 'axe-core', 'axe.min.js'), 'utf8');
+
+/**
+ * Runs axe-core on `page` and fails on any serious or critical violation; keeps every
+ * violation's id and impact in the summary. Looks with a gesture: never on a page whose blocked
+ * playback is still under test.
+ */
+async function audit(page, name) {
+  if (!(await page.evaluate(() => Boolean(window.axe)))) await page.addScriptTag({ content: AXE });
+  const violations = await page.evaluate(async () => {
+    const r = await window.axe.run(document, { resultTypes: ['violations'] });
+    return r.violations.map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.slice(0, 4).map((n) => n.target.join(' ')) }));
+  });
+  summary.axe[name] = violations.map((v) => `${v.impact}:${v.id}`);
+  const bad = violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
+  if (bad.length) throw new Error(`axe on ${name}: ${JSON.stringify(bad)}`);
+}
+
+/** Fails unless the embed card at the snippet's size shows whole: nothing scrolls, the button is inside. */
+async function fitsSnippet(page, what) {
+  await page.setViewportSize(EMBED);
+  await sleep(150);
+  const r = await page.evaluate(() => {
+    const card = document.querySelector('.embed-card')?.getBoundingClientRect();
+    const link = document.querySelector('.embed-card a.button')?.getBoundingClientRect();
+    return { sw: document.documentElement.scrollWidth, sh: document.documentElement.scrollHeight, card: card && [card.right, card.bottom], link: link && [link.right, link.bottom] };
+  });
+  const fits = r.sw <= EMBED.width && r.sh <= EMBED.height && r.card && r.card[0] <= EMBED.width && r.card[1] <= EMBED.height && (!r.link || (r.link[0] <= EMBED.width - 8 && r.link[1] <= EMBED.height - 8));
+  if (!fits) throw new Error(`the ${what} card does not fit its ${EMBED.width}×${EMBED.height} frame: ${JSON.stringify(r)}`);
+  await page.setViewportSize(DESKTOP);
+}
+
+/** The pixels of a PNG (8-bit RGB or RGBA, not interlaced), as `Playwright` writes them. */
+function decodePng(buf) {
+  let pos = 8;
+  let width = 0;
+  let height = 0;
+  let channels = 0;
+  const idat = [];
+  while (pos < buf.length) {
+    const len = buf.readUInt32BE(pos);
+    const type = buf.toString('ascii', pos + 4, pos + 8);
+    const data = buf.subarray(pos + 8, pos + 8 + len);
+    if (type === 'IHDR') {
+      width = data.readUInt32BE(0);
+      height = data.readUInt32BE(4);
+      if (data[8] !== 8 || data[12] !== 0) throw new Error('unsupported PNG');
+      channels = { 2: 3, 6: 4 }[data[9]];
+      if (!channels) throw new Error(`unsupported PNG colour type ${data[9]}`);
+    } else if (type === 'IDAT') idat.push(data);
+    pos += 12 + len;
+  }
+  const raw = inflateSync(Buffer.concat(idat));
+  const stride = width * channels;
+  const out = Buffer.alloc(height * stride);
+  for (let y = 0; y < height; y++) {
+    const filter = raw[y * (stride + 1)];
+    for (let x = 0; x < stride; x++) {
+      const v = raw[y * (stride + 1) + 1 + x];
+      const a = x >= channels ? out[y * stride + x - channels] : 0;
+      const b = y > 0 ? out[(y - 1) * stride + x] : 0;
+      const c = x >= channels && y > 0 ? out[(y - 1) * stride + x - channels] : 0;
+      let p;
+      if (filter === 0) p = 0;
+      else if (filter === 1) p = a;
+      else if (filter === 2) p = b;
+      else if (filter === 3) p = (a + b) >> 1;
+      else {
+        const q = a + b - c;
+        const pa = Math.abs(q - a);
+        const pb = Math.abs(q - b);
+        const pc = Math.abs(q - c);
+        p = pa <= pb && pa <= pc ? a : pb <= pc ? b : c;
+      }
+      out[y * stride + x] = (v + p) & 255;
+    }
+  }
+  return { width, height, pixel: (x, y) => [...out.subarray(y * stride + x * channels, y * stride + x * channels + 3)] };
+}
+
+/** The text of a toast on `page` that says `text`. */
+function toastOn(page, text) {
+  return page.locator('.toast', { hasText: text });
+}
+
+/** The Open Graph and Twitter card tags the server writes into a room page's head. */
+async function previewTags(path) {
+  const html = await (await fetch(`${BASE}${path}`, { signal: AbortSignal.timeout(5000) })).text();
+  const tags = {};
+  for (const m of html.matchAll(/<meta (?:property|name)="([^"]+)" content="([^"]*)"/g)) tags[m[1]] = m[2];
+  tags.title = html.match(/<title>([^<]*)<\/title>/)?.[1];
+  return tags;
+}
+
 async function scenario(host, listener, blocked, launchGuest) {
   const H = host.page;
   const L = listener.page;
@@ -343,7 +470,9 @@ async function scenario(host, listener, blocked, launchGuest) {
   const hostSession = await step('host signs in', async () => {
     await H.goto('/');
     await H.waitForURL(/\/signin/);
+    if (await H.getByText('#token').count()) throw new Error('the sign-in page shows developer text');
     await shot(H, '01-sign-in');
+    await audit(H, 'sign-in');
     await H.getByLabel('Display name').fill('Hana Host');
     await H.getByRole('button', { name: 'Continue' }).click();
     await H.getByRole('heading', { name: 'Rooms', level: 1 }).waitFor();
@@ -359,13 +488,15 @@ async function scenario(host, listener, blocked, launchGuest) {
     await H.getByLabel('Schedule for later').check();
     await H.getByLabel('Date and time').fill(localDateTime(Date.now() + 26 * 3600_000));
     await shot(H, '03-create-scheduled');
+    await audit(H, 'create');
     await H.getByRole('button', { name: 'Schedule' }).click();
     await H.getByText(/^Starts /).waitFor();
+    await H.getByText('Hosted by Hana Host').waitFor();
     await shot(H, '04-room-scheduled');
     return decodeURIComponent(new URL(H.url()).pathname.split('/').pop());
   });
 
-  const roomId = await step('host creates a live room and goes live', async () => {
+  const roomId = await step('host goes live muted, and unmutes when ready', async () => {
     await H.getByRole('link', { name: 'Create room' }).click();
     await H.getByLabel('Title').fill('Morning audio standup');
     await H.getByLabel('Topic').fill('Plans for the day');
@@ -376,8 +507,18 @@ async function scenario(host, listener, blocked, launchGuest) {
     await shot(H, '05-create-live');
     await H.getByRole('button', { name: 'Go live' }).click();
     await H.waitForURL(/\/rooms\/[^/]+$/);
-    // The microphone is published once the Mute control shows.
+    // Live with the microphone off: the moment to unmute, the state in the control bar, and
+    // nothing published.
+    await H.getByRole('heading', { name: 'You are live, with your microphone off' }).waitFor();
+    await H.getByRole('button', { name: 'Unmute', exact: true }).waitFor();
+    await H.locator('.me-state', { hasText: 'You are muted' }).waitFor();
+    await sleep(500);
+    if (await H.evaluate(() => window.stoaRoom?.localParticipant.isMicrophoneEnabled)) throw new Error('the host went live with an open microphone');
+    await shot(H, '06-room-host-live-muted');
+    await H.getByRole('button', { name: 'Unmute microphone' }).click();
     await H.getByRole('button', { name: 'Mute', exact: true }).waitFor();
+    await H.locator('.me-state', { hasText: 'Your mic is on' }).waitFor();
+    await H.getByRole('heading', { name: 'You are live, with your microphone off' }).waitFor({ state: 'hidden' });
     return decodeURIComponent(new URL(H.url()).pathname.split('/').pop());
   });
   summary.room = roomId;
@@ -385,24 +526,41 @@ async function scenario(host, listener, blocked, launchGuest) {
 
   const listenerSession = await step('listener signs in and finds the room in the directory', async () => {
     const s = await signIn(L, 'Leo Listener');
-    const card = L.getByRole('link', { name: /Morning audio standup, live/ });
+    // The listener writes a bio and picks a photo (any picture: a piece of this page).
+    const photo = await L.screenshot({ clip: { x: 0, y: 0, width: 240, height: 160 } });
+    await L.getByRole('button', { name: /^Leo Listener\s*, your profile$/ }).click();
+    const own = L.getByRole('dialog', { name: 'Leo Listener (you)' });
+    await own.getByRole('button', { name: 'Edit profile' }).click();
+    const editor = L.getByRole('dialog', { name: 'Edit your profile' });
+    await editor.getByLabel('Photo').setInputFiles({ name: 'me.png', mimeType: 'image/png', buffer: photo });
+    await editor.locator('.avatar img').waitFor();
+    await editor.getByLabel('Bio').fill('Morning person. Asks good questions.');
+    await audit(L, 'profile editor');
+    await L.screenshot({ path: join(SHOTS, '07-profile-edit-desktop.png') });
+    summary.screenshots.push('07-profile-edit-desktop.png');
+    await editor.getByRole('button', { name: 'Save' }).click();
+    await own.getByText('Morning person. Asks good questions.').waitFor();
+    await own.getByRole('button', { name: 'Close' }).click();
+    const card = L.getByRole('link', { name: /^LIVE Morning audio standup/ });
     await card.waitFor();
-    await L.getByText('🎙 Hana Host').waitFor();
+    await card.locator('.speakers', { hasText: 'Hana Host' }).waitFor();
+    await card.getByText('Hosted by Hana Host').waitFor();
     await L.getByRole('button', { name: 'Remind me about Friday design review' }).click();
     await until('the reminder to be set', async () =>
       (await L.getByRole('button', { name: 'Remind me about Friday design review' }).getAttribute('aria-pressed')) === 'true',
     );
-    await shot(L, '06-directory');
+    await shot(L, '07-directory');
+    await audit(L, 'directory');
     await L.getByRole('searchbox', { name: 'Search rooms' }).fill('standup');
     await until('the search to narrow the list', async () => (await L.getByText('Friday design review').count()) === 0);
-    await shot(L, '07-directory-search');
     await card.click();
     return s;
   });
 
-  await step('listener joins, hears the host and sees them speak', async () => {
+  await step('listener joins, hears the host and sees them speak; the counts add up', async () => {
     await L.getByRole('heading', { name: 'Morning audio standup' }).waitFor();
     await L.getByRole('button', { name: 'Raise hand' }).waitFor();
+    await L.locator('.me-state', { hasText: 'Listening' }).waitFor();
     await hears(L, hostSession.user, 'host (by the listener)');
     // The server's active-speaker detection (SpeakersChanged) is what livekit-client's
     // activeSpeakers list holds; the page's own level meter does not feed it.
@@ -431,29 +589,111 @@ async function scenario(host, listener, blocked, launchGuest) {
     });
     log('server-reported speaker:', JSON.stringify(summary.speakers));
     await L.locator(`.tile.speaking[data-user="${hostSession.user}"]`).waitFor({ timeout: 10_000 });
+    // What both see: the host on stage, the listener listening, two people in all.
+    for (const page of [L, H]) await page.getByText('2 people here · 1 on stage · 1 listening').waitFor();
     await shot(L, '08-room-listener');
+    await audit(L, 'room (listener)');
+    // Tapping someone opens their profile sheet, where the listener follows them.
+    await L.locator(`.tile[data-user="${hostSession.user}"] .who`).click();
+    const sheet = L.getByRole('dialog', { name: 'Hana Host' });
+    await sheet.getByText('Host of this room').waitFor();
+    await sheet.getByRole('button', { name: 'Follow', exact: true }).click();
+    await sheet.getByRole('button', { name: 'Following', exact: true }).waitFor();
+    const follows = await L.evaluate(async () => {
+      const token = JSON.parse(localStorage.getItem('stoa.session')).token;
+      return (await (await fetch('/api/follows', { headers: { Authorization: `Bearer ${token}` } })).json()).follows;
+    });
+    if (!follows.some((f) => f.kind === 'user' && f.id === hostSession.user)) throw new Error(`the follow did not reach the server: ${JSON.stringify(follows)}`);
+    await L.screenshot({ path: join(SHOTS, '08-profile-sheet-desktop.png') });
+    summary.screenshots.push('08-profile-sheet-desktop.png');
+    await sheet.getByRole('button', { name: 'Close' }).click();
   });
 
-  await step('listener raises a hand; host approves', async () => {
+  await step('listener raises a hand; the host is told and approves from the control bar', async () => {
+    const tonesBefore = await H.evaluate(() => window.tones);
     await L.getByRole('button', { name: 'Raise hand' }).click();
     await L.getByRole('button', { name: 'Lower hand' }).waitFor();
-    const approve = H.getByRole('button', { name: 'Approve: Leo Listener' });
+    await toastOn(H, 'Leo Listener raised a hand').waitFor();
+    await until('the host to hear a chime', async () => (await H.evaluate(() => window.tones)) >= tonesBefore + 2, 5000);
+    await until('the tab title to count the request', async () => (await H.title()).startsWith('(1) Morning audio standup'));
+    const requests = H.getByRole('button', { name: 'Requests to speak, 1 waiting' });
+    await requests.waitFor();
+    // At 1280×800, both the bar's button and the side panel's queue are in reach without scrolling.
+    await H.evaluate(() => window.scrollTo(0, 0));
+    await inView(H, requests, 'the requests button');
+    await inView(H, H.locator('.host-panel').getByRole('button', { name: 'Approve: Leo Listener' }), "the side panel's Approve");
+    await shot(H, '09-room-host-hand-raised');
+    await audit(H, 'room (host, hand raised)');
+    // On a phone too: the bar's Requests button is on screen, its toast with it.
+    await H.setViewportSize(PHONE);
+    await H.evaluate(() => window.scrollTo(0, 0));
+    await inView(H, requests, 'the requests button on a phone');
+    await audit(H, 'room (host, phone)');
+    await H.setViewportSize(DESKTOP);
+    await requests.click();
+    const dialog = H.getByRole('dialog', { name: 'Requests to speak' });
+    const approve = dialog.getByRole('button', { name: 'Approve: Leo Listener' });
     await approve.waitFor();
-    await shot(H, '09-room-host-hand-queue');
+    await inView(H, approve, "the requests dialog's Approve");
+    await audit(H, 'requests dialog');
+    await H.screenshot({ path: join(SHOTS, '10-requests-dialog-desktop.png') });
+    summary.screenshots.push('10-requests-dialog-desktop.png');
     await approve.click();
+    await dialog.getByText('No requests right now.').waitFor();
+    // The hand's toast goes with the hand.
+    await toastOn(H, 'Leo Listener raised a hand').waitFor({ state: 'detached' });
+    await dialog.getByRole('button', { name: 'Close' }).click();
+    await until('the tab title to drop the count', async () => (await H.title()) === 'Morning audio standup · Stoa');
   });
 
-  await step('listener speaks and the host hears them', async () => {
+  await step('the new speaker arrives muted, unmutes when ready and is heard', async () => {
+    await toastOn(L, 'You are on stage').waitFor();
+    await L.getByRole('heading', { name: 'You are a speaker now' }).waitFor();
+    await L.getByRole('button', { name: 'Unmute', exact: true }).waitFor();
+    await L.locator('.me-state', { hasText: 'You are muted' }).waitFor();
+    await sleep(500);
+    if (await L.evaluate(() => window.stoaRoom?.localParticipant.isMicrophoneEnabled)) throw new Error('the approved speaker came on stage with an open microphone');
+    if ((await inbound(H, listenerSession.user)).tracks !== 0) throw new Error('the host receives the new speaker before they unmuted');
+    await H.locator(`.tile.mic-off[data-user="${listenerSession.user}"]`).waitFor();
+    await shot(L, '11-room-new-speaker-muted');
+    await L.getByRole('button', { name: 'Unmute microphone' }).click();
     await L.getByRole('button', { name: 'Mute', exact: true }).waitFor();
     await hears(H, listenerSession.user, 'listener (by the host)');
     await H.getByRole('button', { name: 'Move to audience: Leo Listener' }).waitFor();
     await H.locator(`.tile.speaking[data-user="${listenerSession.user}"]`).waitFor({ timeout: 10_000 });
-    await shot(H, '10-room-host-with-speaker');
-    await shot(L, '11-room-speaker');
+    for (const page of [L, H]) await page.getByText('2 people here · 2 on stage · 0 listening').waitFor();
+    // The speaker's own photo on their tile, and their bio on their profile sheet.
+    const picture = H.locator(`.tile[data-user="${listenerSession.user}"] .avatar img`);
+    await picture.waitFor();
+    const width = await picture.evaluate((img) => img.naturalWidth);
+    if (width !== 128) throw new Error(`the speaker's photo is ${width} px wide`);
+    await H.locator(`.tile[data-user="${listenerSession.user}"] .who`).click();
+    const sheet = H.getByRole('dialog', { name: 'Leo Listener' });
+    await sheet.getByText('Morning person. Asks good questions.').waitFor();
+    await sheet.getByText('Speaker in this room').waitFor();
+    await H.screenshot({ path: join(SHOTS, '12-profile-sheet-desktop.png') });
+    summary.screenshots.push('12-profile-sheet-desktop.png');
+    await sheet.getByRole('button', { name: 'Close' }).click();
+    await shot(H, '12-room-host-with-speaker');
+    await shot(L, '13-room-speaker');
   });
 
-  await step('host moves the listener back to the audience', async () => {
+  await step('the host mutes the speaker, who is told, then moves them to the audience', async () => {
+    await H.getByRole('button', { name: 'Mute: Leo Listener' }).click();
+    await toastOn(L, 'A host muted you').waitFor();
+    await L.getByRole('button', { name: 'Unmute', exact: true }).waitFor();
+    await L.locator('.me-state', { hasText: 'You are muted' }).waitFor();
+    await H.locator(`.tile.mic-off[data-user="${listenerSession.user}"]`).waitFor();
+    await shot(L, '14-muted-by-host');
+    // A host turning the microphone off (publishing revoked) and giving it back is said too.
+    await H.getByRole('button', { name: 'Turn off mic: Leo Listener' }).click();
+    await toastOn(L, 'A host turned off your microphone.').waitFor();
+    await L.locator('.me-state', { hasText: 'Mic off by host' }).waitFor();
+    await H.getByRole('button', { name: 'Restore mic: Leo Listener' }).click();
+    await toastOn(L, 'A host gave your microphone back.').waitFor();
+    await L.getByRole('button', { name: 'Unmute', exact: true }).waitFor();
     await H.getByRole('button', { name: 'Move to audience: Leo Listener' }).click();
+    await toastOn(L, 'A host moved you to the audience').waitFor();
     await L.getByRole('button', { name: 'Raise hand' }).waitFor();
     if (await L.getByRole('button', { name: 'Mute', exact: true }).count()) throw new Error('the listener still has a Mute control');
     await until("the listener's track to leave the host's room", async () => {
@@ -476,7 +716,7 @@ async function scenario(host, listener, blocked, launchGuest) {
       await banner.waitFor({ timeout: 28_000 });
       shown = Date.now() - started;
       log(`reconnect banner after ${shown} ms without network`);
-      await shot(L, '12-room-reconnecting');
+      await shot(L, '15-room-reconnecting');
     } finally {
       process.kill(net, 'SIGCONT');
       frozen.delete(net);
@@ -495,27 +735,105 @@ async function scenario(host, listener, blocked, launchGuest) {
     log('reconnect:', JSON.stringify(summary.reconnect));
   }, 90_000);
 
-  await step('a refused microphone is explained; a kicked member is told why', async () => {
+  await step('the listener browses the directory while the docked room keeps playing', async () => {
+    const sid = await L.evaluate(() => window.stoaRoom?.localParticipant.sid);
+    await L.getByRole('link', { name: 'Stoa, all rooms' }).click();
+    await L.getByRole('heading', { name: 'Rooms', level: 1 }).waitFor();
+    const dock = L.getByRole('complementary', { name: 'Now playing' });
+    await dock.getByText('Morning audio standup').waitFor();
+    await flowing(L, hostSession.user, 'host while docked');
+    const playing = await playback(L);
+    if (!playing.elements.some((e) => e.identity === hostSession.user && !e.paused)) throw new Error(`the docked room does not play: ${JSON.stringify(playing)}`);
+    await shot(L, '16-mini-player');
+    await L.setViewportSize(PHONE);
+    await inView(L, dock.getByRole('button', { name: /^Back to the room: / }), 'the mini-player on a phone');
+    await L.setViewportSize(DESKTOP);
+    await audit(L, 'directory with the mini-player');
+    await dock.getByRole('button', { name: /^Back to the room: LIVE Morning audio standup/ }).click();
+    await L.getByRole('button', { name: 'Raise hand' }).waitFor();
+    await dock.waitFor({ state: 'detached' });
+    const after = await L.evaluate(() => window.stoaRoom?.localParticipant.sid);
+    if (after !== sid) throw new Error(`the room was rejoined instead of kept: ${sid} -> ${after}`);
+    summary.docked = { sid };
+  });
+
+  await step('a refused microphone is explained; kick and ban ask first, can be undone, and say why and for how long', async () => {
     const M = blocked.page;
     await signIn(M, 'Mia Mic');
     await M.getByRole('link', { name: 'Create room' }).click();
     await M.getByLabel('Title').fill('Open mic');
     await M.getByLabel(/^Open:/).check();
     await M.getByRole('button', { name: 'Go live' }).click();
+    // The microphone is asked for only when its owner unmutes; the refusal is explained then.
+    await M.getByRole('button', { name: 'Unmute microphone' }).click();
     await M.getByText('Microphone access is blocked').waitFor();
-    await shot(M, '13-room-microphone-blocked');
+    await M.locator('.me-state', { hasText: 'You are muted' }).waitFor();
+    await shot(M, '17-room-microphone-blocked');
     await M.getByRole('button', { name: 'End room' }).click();
     await M.getByRole('button', { name: 'End for everyone' }).click();
     await M.getByRole('heading', { name: 'This room has ended' }).waitFor();
     await M.goto(roomPath);
+    await M.getByRole('button', { name: 'Raise hand' }).click();
+    // A denied request is said to the one who asked.
+    await H.locator('.host-panel').getByRole('button', { name: 'Deny: Mia Mic' }).click();
+    await toastOn(M, 'A host lowered your hand.').waitFor();
     await M.getByRole('button', { name: 'Raise hand' }).waitFor();
-    const kick = H.getByRole('button', { name: 'Kick: Mia Mic' });
-    await kick.waitFor();
-    await kick.click();
+
+    // A kick asks first; cancelling keeps Mia in.
+    await H.getByRole('button', { name: 'Kick: Mia Mic' }).click();
+    const kickDialog = H.getByRole('dialog', { name: 'Remove Mia Mic from the room?' });
+    await kickDialog.waitFor();
+    await audit(H, 'kick confirmation');
+    await H.screenshot({ path: join(SHOTS, '18-kick-confirm-desktop.png') });
+    summary.screenshots.push('18-kick-confirm-desktop.png');
+    await kickDialog.getByRole('button', { name: 'Cancel' }).click();
+    await sleep(800);
+    await M.getByRole('button', { name: 'Raise hand' }).waitFor({ timeout: 1000 });
+
+    // A ban, confirmed: Mia gets a screen that says so, not the room; the host can undo it.
+    await H.getByRole('button', { name: 'Ban: Mia Mic' }).click();
+    await H.getByRole('dialog', { name: 'Ban Mia Mic?' }).getByRole('button', { name: 'Ban', exact: true }).click();
+    await M.getByRole('heading', { name: 'You cannot join this room' }).waitFor();
+    await M.getByText('A host banned you from this room.').waitFor();
+    if (await M.getByRole('button', { name: /^React/ }).count()) throw new Error('a banned user sees the live room');
+    await shot(M, '19-banned');
+    await H.locator('.removed-list li', { hasText: 'Mia Mic' }).getByText('Banned').waitFor();
+    await shot(H, '20-host-removed-list');
+    await toastOn(H, 'Mia Mic is banned from this room.').getByRole('button', { name: 'Undo' }).click();
+    await toastOn(H, 'Mia Mic can rejoin now.').waitFor();
+    await H.getByText('Nobody was kicked or banned.').waitFor();
+
+    // Back in, then kicked (confirmed): the screen says why and counts down to the rejoin.
+    await M.goto(roomPath);
+    await M.getByRole('button', { name: 'Raise hand' }).waitFor();
+    await H.getByRole('button', { name: 'Kick: Mia Mic' }).click();
+    await H.getByRole('dialog', { name: 'Remove Mia Mic from the room?' }).getByRole('button', { name: 'Remove' }).click();
     await M.getByRole('heading', { name: 'You were removed from this room' }).waitFor();
-    await shot(M, '14-removed');
+    const left = async () => {
+      const t = (await M.getByRole('timer').textContent()) ?? '';
+      const m = t.match(/^You can rejoin in (\d+):(\d\d)$/);
+      if (!m) throw new Error(`no countdown: ${JSON.stringify(t)}`);
+      return Number(m[1]) * 60 + Number(m[2]);
+    };
+    const first = await left();
+    if (first > 300 || first < 240) throw new Error(`the countdown starts at ${first} s`);
+    await sleep(2200);
+    const second = await left();
+    if (!(second < first)) throw new Error(`the countdown does not count: ${first} -> ${second}`);
+    if (!(await M.getByRole('button', { name: 'Rejoin' }).isDisabled())) throw new Error('Rejoin is offered before the cooldown ends');
+    await shot(M, '21-removed-countdown');
+    await audit(M, 'removed');
+    await H.locator('.removed-list li', { hasText: 'Mia Mic' }).getByText(/Kicked · may rejoin at/).waitFor();
+    // Reopening the room is refused the same way: no live room, no reactions, no raw server text.
+    await M.reload();
+    await M.getByRole('heading', { name: 'You were removed from this room' }).waitFor();
+    await left();
+    const body = await M.locator('main').textContent();
+    if (/you may rejoin in \d+ s|join the room first/.test(body ?? '')) throw new Error(`raw server text on the refusal screen: ${body}`);
+    if (await M.getByRole('button', { name: /^React|Raise hand/ }).count()) throw new Error('a kicked user sees the live room');
+    summary.kicked = { countdown: [first, second] };
     await blocked.browser.close();
-  });
+  }, 75_000);
 
   await step('a shared link goes through sign-in into the room; blocked playback asks for a tap', async () => {
     const guest = await launchGuest();
@@ -526,7 +844,8 @@ async function scenario(host, listener, blocked, launchGuest) {
       await G.waitForURL(/\/signin\?next=/);
       await G.getByText('You are invited to').waitFor();
       await G.getByText('Morning audio standup').waitFor();
-      await shot(G, '15-sign-in-invited');
+      await G.getByText('Hosted by Hana Host').waitFor();
+      await shot(G, '22-sign-in-invited');
       await G.getByLabel('Display name').fill('Gus Guest');
       await G.getByRole('button', { name: 'Continue' }).click();
       await G.waitForURL((u) => u.pathname === roomPath);
@@ -553,7 +872,7 @@ async function scenario(host, listener, blocked, launchGuest) {
       if (blockedState.canPlaybackAudio !== false || blockedState.elements.some((e) => !e.paused)) {
         throw new Error(`playback not blocked: ${JSON.stringify(blockedState)}`);
       }
-      await shot(G, '16-room-tap-to-listen');
+      await shot(G, '23-room-tap-to-listen');
       const tap = G.getByRole('button', { name: 'Tap to listen' });
       await tap.click();
       await tap.waitFor({ state: 'hidden' });
@@ -575,18 +894,85 @@ async function scenario(host, listener, blocked, launchGuest) {
   }, 75_000);
 
   await step("the listener's reaction floats on the host's page", async () => {
-    await L.getByRole('button', { name: 'React 👏' }).click();
-    const float = H.locator(`.float[data-user="${listenerSession.user}"]`, { hasText: '👏' });
+    await L.getByRole('button', { name: 'React: Applause' }).click();
+    const float = H.locator(`.float[data-user="${listenerSession.user}"][data-reaction="Applause"]`);
     await float.first().waitFor({ state: 'attached', timeout: 10_000 });
-    await shot(H, '17-reaction');
+    await shot(H, '24-reaction');
+    // Too many at once: the server's 429 reads as a sentence, not as its code or raw message.
+    await L.evaluate(() => {
+      const love = document.querySelector('[data-control="react-Love"]');
+      for (let i = 0; i < 25; i++) love.click();
+    });
+    await L.getByText('That was a lot at once. Wait a moment and try again.').waitFor();
+    // On a phone the bar keeps to two short rows: the reactions fold behind one button.
+    await L.setViewportSize(PHONE);
+    const bar = await L.locator('nav.controls').boundingBox();
+    // Two rows: what the room hears from you and React, then the buttons.
+    if (!bar || bar.height > 140) throw new Error(`the phone control bar is ${bar?.height} px tall`);
+    summary.phoneBarHeight = bar.height;
+    if (await L.getByRole('button', { name: 'React: Applause' }).isVisible()) throw new Error('the reactions take a row of their own on a phone');
+    await L.getByRole('button', { name: 'React', exact: true }).click();
+    await L.getByRole('button', { name: 'React: Applause' }).waitFor();
+    await L.screenshot({ path: join(SHOTS, '24-reactions-open-phone.png') });
+    summary.screenshots.push('24-reactions-open-phone.png');
+    await L.getByRole('button', { name: 'React', exact: true }).click();
+    await L.setViewportSize(DESKTOP);
   });
 
-  await step('share dialog and the embeddable card', async () => {
+  await step('icons are SVG: no control is labelled by an emoji alone, reactions are drawn', async () => {
+    const r = await H.evaluate(() => {
+      const emoji = /\p{Extended_Pictographic}/u;
+      const controls = [...document.querySelectorAll('nav.controls .ctl, .room-side button, .topbar a, .topbar button')];
+      return {
+        ctlWithoutSvg: [...document.querySelectorAll('nav.controls .ctl')].filter((b) => !b.querySelector('svg')).map((b) => b.textContent),
+        emojiText: controls.filter((b) => emoji.test(b.textContent ?? '')).map((b) => b.textContent),
+        reactionsUnnamed: [...document.querySelectorAll('.reaction')].filter((b) => emoji.test(b.getAttribute('aria-label') ?? '') || !b.getAttribute('aria-label') || !b.querySelector('svg')).length,
+      };
+    });
+    if (r.ctlWithoutSvg.length || r.emojiText.length || r.reactionsUnnamed) throw new Error(`emoji as icons: ${JSON.stringify(r)}`);
+  });
+
+  await step('sharing: the dialog on desktop, the share sheet on phones, link previews, an embed that fits', async () => {
     await H.getByRole('button', { name: 'Share', exact: true }).click();
     await H.getByRole('heading', { name: 'Share this room' }).waitFor();
     if ((await H.getByLabel('Link').inputValue()) !== `${BASE}${roomPath}`) throw new Error('the share link is not the room link');
-    await shot(H, '18-share');
+    const snippet = await H.getByLabel('Embed in a page').inputValue();
+    if (!snippet.includes(`width="${EMBED.width}" height="${EMBED.height}"`)) throw new Error(`the embed snippet's size is not the card's: ${snippet}`);
+    await shot(H, '25-share');
+    await audit(H, 'share dialog');
     await H.getByRole('button', { name: 'Done' }).click();
+
+    // On a phone, Share opens the system share sheet with the room's link.
+    const phone = await listener.browser.newContext({ viewport: PHONE, hasTouch: true, isMobile: true, baseURL: BASE, storageState: await listener.context.storageState() });
+    try {
+      await phone.addInitScript(() => {
+        window.shared = [];
+        Object.defineProperty(navigator, 'share', { configurable: true, value: async (data) => void window.shared.push(data) });
+        Object.defineProperty(navigator, 'canShare', { configurable: true, value: () => true });
+      });
+      const P = await phone.newPage();
+      P.setDefaultTimeout(WAIT);
+      await P.goto(`/rooms/${encodeURIComponent(scheduledId)}`);
+      await P.getByRole('button', { name: 'Share' }).click();
+      const shared = await until('navigator.share to be called', () => P.evaluate(() => window.shared[0] ?? null), 5000);
+      if (shared.url !== `${BASE}/rooms/${scheduledId}` || shared.title !== 'Friday design review') throw new Error(`shared ${JSON.stringify(shared)}`);
+      if (await P.getByRole('heading', { name: 'Share this room' }).isVisible()) throw new Error('the phone got the desktop share dialog');
+      summary.phoneShare = shared;
+    } finally {
+      await phone.close();
+    }
+
+    // Link previews: the server writes the room's tags into the page.
+    const live = await previewTags(roomPath);
+    if (live['og:title'] !== 'Morning audio standup' || !/^Live now · hosted by Hana Host · \d+ listening\. Plans for the day$/.test(live['og:description'] ?? '') || live['twitter:card'] !== 'summary' || live.title !== 'Morning audio standup · Stoa') {
+      throw new Error(`live room preview tags: ${JSON.stringify(live)}`);
+    }
+    const scheduled = await previewTags(`/rooms/${scheduledId}`);
+    if (!/^Scheduled for \d{4}-\d\d-\d\d \d\d:\d\d UTC · hosted by Hana Host/.test(scheduled['og:description'] ?? '')) throw new Error(`scheduled preview tags: ${JSON.stringify(scheduled)}`);
+    const unknown = await previewTags('/rooms/zzzzzzzzzzzzzzzz');
+    if (unknown['og:title'] || unknown.title !== 'Stoa') throw new Error(`an unknown room previews as ${JSON.stringify(unknown)}`);
+    summary.preview = live;
+
     // A page with no session at all, as in someone else's site: the card needs none and makes
     // none.
     const outsider = await host.browser.newContext({ viewport: DESKTOP, baseURL: BASE });
@@ -597,39 +983,72 @@ async function scenario(host, listener, blocked, launchGuest) {
       embed.on('request', (r) => calls.push(`${r.method()} ${new URL(r.url()).pathname}`));
       await embed.goto(`/embed/rooms/${encodeURIComponent(roomId)}`);
       await embed.getByText('LIVE', { exact: true }).waitFor();
-      await embed.getByText(/🎙 Hana Host · 🎧 \d+ listening/).waitFor();
-      await shot(embed, '19-embed-live');
+      await embed.locator('.speakers', { hasText: 'Hana Host' }).waitFor();
+      await embed.getByText(/^\d+ listeners?$/).waitFor();
+      await fitsSnippet(embed, 'live');
+      await audit(embed, 'embed');
+      await shot(embed, '26-embed-live');
       await embed.goto(`/embed/rooms/${encodeURIComponent(scheduledId)}`);
       await embed.getByText(/^Scheduled · /).waitFor();
       await embed.getByRole('heading', { name: 'Friday design review' }).waitFor();
-      await shot(embed, '20-embed-scheduled');
+      await fitsSnippet(embed, 'scheduled');
+      await shot(embed, '27-embed-scheduled');
       await embed.goto('/embed/rooms/zzzzzzzzzzzzzzzz');
       await embed.getByText('This room does not exist.').waitFor();
-      await shot(embed, '21-embed-not-found');
+      await fitsSnippet(embed, 'unknown room');
+      await shot(embed, '28-embed-not-found');
       const api = calls.filter((c) => c.includes('/api/'));
       const unexpected = api.filter((c) => !/^GET \/api\/rooms\/[^/]+\/card$/.test(c));
       if (unexpected.length) throw new Error(`the embed card called more than its public card: ${unexpected.join(', ')}`);
       if (await embed.evaluate(() => localStorage.getItem('stoa.session'))) throw new Error('the embed card signed someone in');
       summary.embedCalls = api.length;
+
+      // The snippet in a white page: the card's rounded corners show the page, not a box.
+      const frame = await outsider.newPage();
+      await frame.setViewportSize({ width: EMBED.width + 80, height: EMBED.height + 80 });
+      await frame.setContent(`<body style="margin:0;background:#fff"><div style="padding:40px">${snippet}</div></body>`);
+      await frame.frameLocator('iframe').getByText('LIVE', { exact: true }).waitFor();
+      await sleep(300);
+      const png = decodePng(await frame.screenshot({ path: join(SHOTS, '29-embed-in-a-page.png') }));
+      summary.screenshots.push('29-embed-in-a-page.png');
+      const corner = png.pixel(41, 41);
+      const inside = png.pixel(40 + 60, 40 + EMBED.height / 2);
+      if (corner.some((c) => c < 245) || inside.every((c) => c > 120)) throw new Error(`the embed's corners are not transparent: corner ${corner}, inside ${inside}`);
+      summary.embedPixels = { corner, inside };
     } finally {
       await outsider.close();
     }
-  });
+  }, 60_000);
 
-  await step('host ends the room; both land on the ended screen', async () => {
+  await step('host ends the room; both land on the summary, which names people to anyone', async () => {
     await H.getByRole('button', { name: 'End room' }).click();
-    await shot(H, '22-end-confirm');
+    await shot(H, '30-end-confirm');
     await H.getByRole('button', { name: 'End for everyone' }).click();
     await H.getByRole('heading', { name: 'This room has ended' }).waitFor();
     await L.getByRole('heading', { name: 'This room has ended' }).waitFor({ timeout: 20_000 });
     await H.getByText('Peak listeners').waitFor();
-    await shot(H, '23-ended-host');
-    await shot(L, '24-ended-listener');
+    await shot(H, '31-ended-host');
+    await shot(L, '32-ended-listener');
+    // An old link opened in a new tab, by someone who saw nobody there: names, never ids.
+    const later = await listener.context.newPage();
+    later.setDefaultTimeout(WAIT);
+    await later.goto(roomPath);
+    await later.getByRole('heading', { name: 'This room has ended' }).waitFor();
+    const times = later.locator('.stage-times');
+    await times.getByText('Hana Host').waitFor();
+    await times.getByText('Leo Listener').waitFor();
+    const text = await later.locator('main').textContent();
+    if (/guest-[a-z0-9]/.test(text ?? '')) throw new Error(`the summary shows user ids: ${text}`);
+    await audit(later, 'ended');
+    await later.close();
+    const ended = await previewTags(roomPath);
+    if (!/^Ended · hosted by Hana Host/.test(ended['og:description'] ?? '')) throw new Error(`ended preview tags: ${JSON.stringify(ended)}`);
     const embed = await listener.context.newPage();
     embed.setDefaultTimeout(WAIT);
     await embed.goto(`/embed/rooms/${encodeURIComponent(roomId)}`);
     await embed.getByText('Ended', { exact: true }).waitFor();
-    await shot(embed, '25-embed-ended');
+    await fitsSnippet(embed, 'ended');
+    await shot(embed, '33-embed-ended');
     await embed.close();
   });
 }

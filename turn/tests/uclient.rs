@@ -19,7 +19,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use stoa_turn::proto::{Config, PeerPolicy, PeerRule, PublicPeers, Quotas, RateLimit, Secret};
-use stoa_turn::shell::{Relay, RelayConfig, TlsConfig};
+use stoa_turn::shell::{Relay, RelayConfig, TlsCertificates, TlsConfig};
 
 const SECRET: &str = "uclient-secret";
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -225,8 +225,10 @@ async fn uclient_relays_over_udp_tcp_and_tls_without_loss() {
         core(free_udp_range(48), &["127.0.0.1"]),
         Some(TlsConfig {
             port: 0,
-            certificate,
-            private_key,
+            certificates: TlsCertificates::Files {
+                certificate,
+                private_key,
+            },
         }),
     )
     .await;

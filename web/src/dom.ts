@@ -57,9 +57,10 @@ export function formatDuration(ms: number): string {
   const h = Math.floor(s / 3600);
   const m = Math.floor((s % 3600) / 60);
   const sec = s % 60;
-  if (h > 0) return `${h} h ${m} min`;
-  if (m > 0) return `${m} min ${sec} s`;
-  return `${sec} s`;
+  // No line breaks between a number and its unit.
+  if (h > 0) return `${h}\u00a0h ${m}\u00a0min`;
+  if (m > 0) return `${m}\u00a0min ${sec}\u00a0s`;
+  return `${sec}\u00a0s`;
 }
 
 export const ROLE_LABEL: Record<string, string> = {
@@ -68,3 +69,28 @@ export const ROLE_LABEL: Record<string, string> = {
   speaker: 'Speaker',
   listener: 'Listener',
 };
+
+/** A stable hue (0..359) for a user id, so that someone's avatar keeps its colour everywhere. */
+export function hue(user: string): number {
+  let x = 2166136261;
+  for (let i = 0; i < user.length; i++) {
+    x ^= user.charCodeAt(i);
+    x = Math.imul(x, 16777619);
+  }
+  return (x >>> 0) % 360;
+}
+
+/** A generated avatar: the name's initials on a colour of the user's own. */
+export function avatar(user: string, name: string, size: 'large' | 'medium' | 'small' = 'large'): HTMLElement {
+  const c = hue(user);
+  return h(
+    'span',
+    { class: `avatar av-${size}`, 'aria-hidden': 'true', style: `--av1:hsl(${c} 55% 38%);--av2:hsl(${(c + 40) % 360} 60% 52%)` },
+    h('span', { class: 'initials' }, initials(name)),
+  );
+}
+
+/** "1 person" / "3 people" style counts. */
+export function plural(n: number, one: string, many: string): string {
+  return `${n} ${n === 1 ? one : many}`;
+}

@@ -7,13 +7,18 @@
 import './style.css';
 import { api, session, setSession, setUnauthorizedHandler } from './api';
 import { h } from './dom';
+import { personAvatar, profileSheet } from './profile';
+import { icon } from './icons';
 import { createScreen, directoryScreen, embedScreen, signInScreen } from './screens';
-import { roomScreen } from './room';
+import { closeDock, roomScreen } from './room';
 
 /** A screen: renders into `main` and returns its teardown. */
 export type Screen = (main: HTMLElement, params: Record<string, string>) => (() => void) | void;
 
 const app = document.getElementById('app') as HTMLElement;
+/** The profile sheet the top bar opens, outside the screens so that it survives them. */
+const profileDialog = h('dialog', { class: 'dialog profile-dialog', 'aria-labelledby': 'profile-heading' });
+document.body.append(profileDialog);
 let teardown: (() => void) | void = undefined;
 
 export function navigate(path: string, replace = false): void {
@@ -63,6 +68,8 @@ async function render(): Promise<void> {
     return;
   }
   document.body.classList.toggle('embed', Boolean(r.embed));
+  document.documentElement.classList.toggle('embed', Boolean(r.embed));
+  document.title = 'Stoa';
   const main = h('main', { id: 'main', class: r.embed ? 'embed-main' : '' });
   const chrome = r.embed ? [] : [header()];
   app.replaceChildren(...chrome, main);
@@ -82,14 +89,21 @@ function header(): HTMLElement {
       ? h(
           'nav',
           { 'aria-label': 'Account' },
-          h('a', { href: '/new', 'data-link': true, class: 'button primary small' }, 'Create room'),
-          h('span', { class: 'who', title: s.user }, s.name),
+          h('a', { href: '/new', 'data-link': true, class: 'button primary small' }, icon('plus'), h('span', { class: 'label-wide' }, 'Create room')),
+          h(
+            'button',
+            { type: 'button', class: 'who-am-i', onclick: () => profileSheet(profileDialog, { user: s.user, name: s.name, role: null, host: false }) },
+            personAvatar(s.user, s.name, 'small'),
+            h('span', { class: 'who-name' }, s.name),
+            h('span', { class: 'visually-hidden' }, ', your profile'),
+          ),
           h(
             'button',
             {
               class: 'small ghost',
               type: 'button',
               onclick: () => {
+                closeDock();
                 setSession(null);
                 navigate('/signin');
               },
@@ -110,6 +124,7 @@ document.addEventListener('click', (e) => {
 });
 window.addEventListener('popstate', () => void render());
 setUnauthorizedHandler(() => {
+  closeDock();
   setSession(null);
   if (!location.pathname.startsWith('/embed/')) navigate(`/signin?next=${encodeURIComponent(location.pathname)}`, true);
 });

@@ -1,5 +1,7 @@
 // The room screen: a scheduled room's card, the live room (stage, audience, controls, host
-// panel, reactions) on the unmodified livekit-client, or the ended summary.
+// tools, reactions) on the unmodified livekit-client, a refusal when the user may not come in,
+// or the ended summary. Leaving the screen without leaving the room docks it as a mini-player
+// that keeps playing while the user browses.
 import {
   DisconnectReason,
   Participant,
@@ -10,21 +12,58 @@ import {
   Track,
 } from 'livekit-client';
 
-import { api, ApiError, session, subscribe, type Member, type ModerationAction, type RoomView } from './api';
-import { fill, formatWhen, h, initials, ROLE_LABEL } from './dom';
+import { api, ApiError, session, subscribe, type JoinGrant, type Member, type RoomView } from './api';
+import { fill, formatWhen, h, plural, ROLE_LABEL } from './dom';
+import { icon, reactionGlyph, type IconName } from './icons';
 import { navigate, type Screen } from './main';
-import { endedView, errorText } from './screens';
+import { Moderation, requestCount } from './moderation';
+import { personAvatar, profileSheet } from './profile';
+import { embedSnippet, endedView, errorText } from './screens';
+import { dismiss, toast } from './toast';
 
-const REACTIONS = ['👏', '❤️', '😂', '🔥', '💯', '🙌'];
+/** The reactions people can send, with the word each stands for. */
+export const REACTIONS: [string, string][] = [
+  ['👏', 'Applause'],
+  ['❤️', 'Love'],
+  ['😂', 'Laugh'],
+  ['🔥', 'Fire'],
+  ['💯', 'Hundred'],
+  ['🙌', 'Celebrate'],
+];
 const ON_STAGE = new Set(['host', 'co_host', 'speaker']);
 /** Audio level (0..1, as WebRTC stats report it) above which someone counts as speaking. */
 const SPEECH_LEVEL = 0.02;
 
+/** The room kept playing while the user browses other screens, if any. */
+let docked: RoomController | null = null;
+/** The leave call of the last room left, which the next join waits for (one room at a time). */
+let lastLeave: Promise<unknown> = Promise.resolve();
+
 export const roomScreen: Screen = (main, params) => {
-  const controller = new RoomController(main, params.id);
-  void controller.open();
-  return () => controller.destroy();
+  let controller: RoomController;
+  if (docked && docked.id === params.id) {
+    controller = docked;
+    docked = null;
+    controller.undock(main);
+  } else {
+    closeDock();
+    controller = new RoomController(main, params.id);
+    void controller.open();
+  }
+  return () => {
+    if (controller.live()) {
+      docked = controller;
+      controller.dock();
+    } else controller.destroy();
+  };
 };
+
+/** Leaves the docked room, if any (signing out, joining another room). */
+export function closeDock(): void {
+  const d = docked;
+  docked = null;
+  d?.destroy();
+}
 
 declare global {
   interface Window {
@@ -52,12 +91,40 @@ export function microphoneProblem(err: unknown): string {
   }
 }
 
+const onStage = (m: Member | null | undefined): boolean => Boolean(m && ON_STAGE.has(m.role));
+
+let chimeContext: AudioContext | null = null;
+
+/** A soft two-note chime for moderators when someone asks to speak. */
+function chime(): void {
+  try {
+    chimeContext ??= new AudioContext();
+    const ctx = chimeContext;
+    const t = ctx.currentTime;
+    [880, 1320].forEach((f, i) => {
+      const o = ctx.createOscillator();
+      const g = ctx.createGain();
+      const at = t + i * 0.12;
+      o.frequency.value = f;
+      g.gain.setValueAtTime(0.0001, at);
+      g.gain.exponentialRampToValueAtTime(0.08, at + 0.02);
+      g.gain.exponentialRampToValueAtTime(0.0001, at + 0.35);
+      o.connect(g).connect(ctx.destination);
+      o.start(at);
+      o.stop(at + 0.4);
+    });
+  } catch {
+    // No audio output here: the toast, the badge and the tab title still tell.
+  }
+}
+
 class RoomController {
   private view: RoomView | null = null;
   private lk: Room | null = null;
   private destroyed = false;
   private leaving = false;
   private finished = false;
+  private docked = false;
   /** Active speakers as the server reports them (SpeakersChanged). */
   private readonly speaking = new Set<string>();
   /** Speakers measured here from received audio levels, for when the server reports none. */
@@ -68,43 +135,76 @@ class RoomController {
   private events: { close(): void } | null = null;
   private poll: number | undefined;
   private refreshTimer: number | undefined;
+  private countdown: number | undefined;
   private readonly recent = new Map<string, number>();
   private readonly tiles = new Map<string, HTMLElement>();
   private readonly signatures = new Map<string, string>();
   /** Names of everyone seen in the room, for the summary once the room has ended. */
   private readonly names = new Map<string, string>();
+  /** The user's own membership and the raised hands as last seen, to tell what changed. */
+  private prevYou: Member | null = null;
+  private prevHands: Set<string> | null = null;
+  /** Changes the user made themselves (until when), so that they raise no "a host did" toast. */
+  private readonly expected = new Map<string, number>();
+  /** The "you're a speaker, unmute when ready" moment was answered (reset on leaving the stage). */
+  private calloutDone = false;
+  /** Open the requests queue once the room's screen is back (a toast's Review while docked). */
+  private reviewOnMount = false;
 
   // Parts of the live screen.
-  private readonly count = h('p', { class: 'count', 'aria-live': 'polite' });
+  private readonly count = h('p', { class: 'count' });
   private readonly reconnecting = h('p', { class: 'banner warn', role: 'status', hidden: true }, h('span', { class: 'spinner', 'aria-hidden': 'true' }), 'Connection lost. Reconnecting…');
-  private readonly tapToListen = h('button', { type: 'button', class: 'banner-button primary', hidden: true }, '🔈 Tap to listen');
+  private readonly tapToListen = h('button', { type: 'button', class: 'banner-button primary', hidden: true }, icon('speaker'), 'Tap to listen');
   private readonly micError = h('p', { class: 'banner error', role: 'alert', hidden: true });
   private readonly notice = h('p', { class: 'banner info', role: 'status', hidden: true });
+  private readonly callout = h('section', { class: 'callout', 'aria-labelledby': 'callout-heading', hidden: true });
   private readonly stage = h('ul', { class: 'tiles', 'aria-labelledby': 'stage-heading' });
   private readonly audience = h('div', { class: 'audience' });
-  private readonly hostPanel = h('section', { class: 'host-panel card', 'aria-labelledby': 'host-heading', hidden: true });
+  private readonly about = h('section', { class: 'about card', 'aria-labelledby': 'about-heading' });
   private readonly controls = h('nav', { class: 'controls', 'aria-label': 'Room controls' });
   private readonly floats = h('div', { class: 'floats', 'aria-hidden': 'true' });
   private readonly announcer = h('p', { class: 'visually-hidden', 'aria-live': 'polite' });
+  /** Audio elements live outside the screen, so that the room keeps playing while docked. */
   private readonly sink = h('div', { class: 'audio-sink', hidden: true });
+  private readonly dockBar = h('aside', { class: 'dock', 'aria-label': 'Now playing' });
   private readonly shareDialog = h('dialog', { class: 'dialog', 'aria-labelledby': 'share-heading' });
   private readonly endDialog = h('dialog', { class: 'dialog', 'aria-labelledby': 'end-heading' });
+  private readonly profileDialog = h('dialog', { class: 'dialog profile-dialog', 'aria-labelledby': 'profile-heading' });
+  private readonly moderation: Moderation;
   /** Keeps `--controls-h` at the control bar's height, so the page ends above the bar. */
   private readonly barSize = new ResizeObserver(() => {
     const height = this.controls.isConnected ? this.controls.getBoundingClientRect().height : 0;
     document.documentElement.style.setProperty('--controls-h', `${Math.ceil(height)}px`);
   });
+  private readonly dockSize = new ResizeObserver(() => {
+    const height = this.dockBar.isConnected ? this.dockBar.getBoundingClientRect().height : 0;
+    document.documentElement.style.setProperty('--dock-h', `${Math.ceil(height)}px`);
+  });
 
   constructor(
-    private readonly main: HTMLElement,
-    private readonly id: string,
-  ) {}
+    private main: HTMLElement,
+    readonly id: string,
+  ) {
+    document.body.append(this.sink);
+    this.moderation = new Moderation({
+      id,
+      act: (f) => this.act(f),
+      openEnd: () => this.endDialogOpen(),
+      openProfile: (user, name) => this.openProfile(user, name),
+    });
+  }
+
+  /** Whether the user is in the live room (so that leaving the screen docks it). */
+  live(): boolean {
+    return Boolean(this.lk) && !this.finished && !this.destroyed && !this.leaving;
+  }
 
   async open(): Promise<void> {
     // A fresh start (also for Rejoin): nothing of an earlier session stays subscribed.
     this.events?.close();
     this.events = null;
     clearInterval(this.poll);
+    clearInterval(this.countdown);
     if (this.lk) {
       this.leaving = true;
       await this.lk.disconnect();
@@ -114,33 +214,83 @@ class RoomController {
     this.finished = false;
     this.tiles.clear();
     this.signatures.clear();
+    this.moderation.reset();
+    this.prevYou = null;
+    this.prevHands = null;
     fill(this.main, h('h1', { tabindex: '-1', class: 'visually-hidden' }, 'Room'), h('p', { class: 'muted', role: 'status' }, 'Loading the room…'));
     try {
       this.view = await api.room(this.id);
     } catch (err) {
-      fill(this.main, h('h1', { tabindex: '-1' }, 'Room unavailable'), h('p', { class: 'error', role: 'alert' }, errorText(err)), h('a', { href: '/', 'data-link': true, class: 'button' }, 'Back to rooms'));
+      fill(this.main, h('section', { class: 'card notice-card' }, h('h1', { tabindex: '-1' }, 'Room unavailable'), h('p', { class: 'error', role: 'alert' }, errorText(err)), h('a', { href: '/', 'data-link': true, class: 'button' }, 'Back to rooms')));
       return;
     }
     if (this.destroyed) return;
     const v = this.view;
+    document.title = `${v.title} · Stoa`;
     if (v.state === 'scheduled') this.scheduled(v);
-    else if (v.state === 'live') await this.live();
+    else if (v.state === 'live') await this.enter();
     else await this.showEnded();
   }
 
   destroy(): void {
     this.destroyed = true;
     this.releaseBar();
+    this.undockBar();
     this.events?.close();
     clearInterval(this.poll);
     clearInterval(this.meter);
+    clearInterval(this.countdown);
     clearTimeout(this.refreshTimer);
     if (this.lk && !this.leaving && !this.finished) {
       this.leaving = true;
-      api.leave(this.id).catch(() => {});
+      lastLeave = api.leave(this.id).catch(() => {});
     }
     void this.lk?.disconnect();
+    this.sink.remove();
     if (window.stoaRoom === this.lk) window.stoaRoom = undefined;
+  }
+
+  /** Leaves the screen but not the room: the mini-player takes over. */
+  dock(): void {
+    this.docked = true;
+    this.releaseBar();
+    for (const d of [this.shareDialog, this.endDialog, this.profileDialog, this.moderation.requests, this.moderation.confirm]) if (d.open) d.close();
+    document.body.append(this.dockBar);
+    this.dockSize.observe(this.dockBar);
+    this.renderDock();
+  }
+
+  /** Back on the room's screen from the mini-player: the same connection, drawn again. */
+  undock(main: HTMLElement): void {
+    this.docked = false;
+    this.undockBar();
+    this.main = main;
+    this.signatures.clear();
+    this.moderation.reset();
+    this.mount();
+    this.render();
+    this.updatePlayback();
+    this.scheduleRefresh();
+    if (this.reviewOnMount) {
+      this.reviewOnMount = false;
+      this.moderation.openRequests();
+    }
+  }
+
+  /** Shows the requests queue, going back to the room's screen first when docked. */
+  private review(): void {
+    if (!this.docked) {
+      this.moderation.openRequests();
+      return;
+    }
+    this.reviewOnMount = true;
+    navigate(`/rooms/${encodeURIComponent(this.id)}`);
+  }
+
+  private undockBar(): void {
+    this.dockSize.disconnect();
+    this.dockBar.remove();
+    document.documentElement.style.removeProperty('--dock-h');
   }
 
   // ----- scheduled -----
@@ -149,12 +299,13 @@ class RoomController {
     const me = session();
     const error = h('p', { class: 'error', role: 'alert' });
     const isHost = me?.user === v.host;
-    const remind = h('button', { type: 'button', class: 'small', 'aria-pressed': 'false' }, '🔔 Remind me');
+    const remind = h('button', { type: 'button', class: 'small', 'aria-pressed': 'false' });
     const updateRemind = (on: boolean) => {
       remind.setAttribute('aria-pressed', String(on));
-      remind.textContent = on ? '🔔 Reminder set' : '🔔 Remind me';
+      fill(remind, icon(on ? 'bellOn' : 'bell'), 'Remind me', on ? icon('check') : null);
       remind.classList.toggle('toggled', on);
     };
+    updateRemind(false);
     api.follows().then((f) => updateRemind(f.follows.some((x) => x.kind === 'room' && x.id === v.id)), () => {});
     remind.addEventListener('click', async () => {
       const on = remind.getAttribute('aria-pressed') === 'true';
@@ -166,7 +317,7 @@ class RoomController {
         error.textContent = errorText(err);
       }
     });
-    const start = h('button', { type: 'button', class: 'primary' }, 'Start now');
+    const start = h('button', { type: 'button', class: 'primary' }, icon('signal'), 'Start now');
     start.addEventListener('click', async () => {
       start.disabled = true;
       try {
@@ -182,10 +333,11 @@ class RoomController {
       h(
         'section',
         { class: 'card scheduled-room', 'aria-labelledby': 'room-title' },
-        h('p', { class: 'badge' }, 'Scheduled'),
+        h('p', { class: 'badge' }, icon('calendar'), 'Scheduled'),
         h('h1', { id: 'room-title', tabindex: '-1' }, v.title),
         v.topic ? h('p', { class: 'topic' }, v.topic) : null,
-        h('p', { class: 'when' }, v.scheduled_for ? `Starts ${formatWhen(v.scheduled_for)}` : 'Not scheduled yet'),
+        v.host_name ? h('p', { class: 'muted' }, `Hosted by ${v.host_name}`) : null,
+        h('p', { class: 'when' }, icon('calendar'), v.scheduled_for ? `Starts ${formatWhen(v.scheduled_for)}` : 'Not scheduled yet'),
         v.description ? h('p', {}, v.description) : null,
         error,
         h('div', { class: 'row' }, isHost ? start : null, remind, this.shareButton(v)),
@@ -200,12 +352,89 @@ class RoomController {
     });
   }
 
+  // ----- refused -----
+
+  /** Why the user cannot come in, as a screen of its own: never the live room. */
+  private async refused(err: unknown): Promise<void> {
+    const v = this.view as RoomView;
+    if (err instanceof ApiError && err.status === 409 && (err.code === 'room_ended' || err.code === 'room_not_live')) {
+      await this.open();
+      return;
+    }
+    const kicked = err instanceof ApiError && err.code === 'kicked';
+    const banned = err instanceof ApiError && err.code === 'banned';
+    const actions = h('div', { class: 'row' });
+    const back = h('a', { href: '/', 'data-link': true, class: 'button' }, 'Back to rooms');
+    let body: (HTMLElement | null)[];
+    if (kicked || banned) {
+      const rejoin = h('button', { type: 'button', class: 'primary', onclick: () => void this.open() }, 'Rejoin');
+      const timer = h('p', { class: 'countdown', role: 'timer' });
+      if (kicked) {
+        const until = Date.now() + ((err as ApiError).retryAfter ?? 0) * 1000;
+        const tick = () => {
+          const left = Math.max(0, Math.ceil((until - Date.now()) / 1000));
+          rejoin.disabled = left > 0;
+          timer.textContent = left > 0 ? `You can rejoin in ${Math.floor(left / 60)}:${String(left % 60).padStart(2, '0')}` : 'You can rejoin now.';
+          if (left === 0) clearInterval(this.countdown);
+        };
+        tick();
+        clearInterval(this.countdown);
+        this.countdown = window.setInterval(tick, 1000);
+      }
+      body = [
+        h('span', { class: 'refused-icon' }, icon(banned ? 'ban' : 'clock')),
+        h('h1', { id: 'refused-heading', tabindex: '-1' }, banned ? 'You cannot join this room' : 'You were removed from this room'),
+        h('p', { class: 'title' }, v.title),
+        h('p', {}, banned ? 'A host banned you from this room. You can find other rooms in the directory.' : 'A host removed you from this room for a few minutes.'),
+        kicked ? timer : null,
+      ];
+      fill(actions, kicked ? rejoin : null, back);
+    } else {
+      body = [
+        h('span', { class: 'refused-icon' }, icon('alert')),
+        h('h1', { id: 'refused-heading', tabindex: '-1' }, 'You cannot join this room right now'),
+        h('p', { class: 'title' }, v.title),
+        h('p', { role: 'alert' }, errorText(err)),
+      ];
+      fill(actions, h('button', { type: 'button', class: 'primary', onclick: () => void this.open() }, 'Try again'), back);
+    }
+    this.finished = true;
+    fill(this.main, h('section', { class: 'card refused', 'aria-labelledby': 'refused-heading' }, body, actions));
+    if (!this.docked) this.main.querySelector<HTMLElement>('h1')?.focus();
+  }
+
   // ----- live -----
 
-  private async live(): Promise<void> {
-    const v = this.view as RoomView;
+  private async enter(): Promise<void> {
+    let grant: JoinGrant;
+    try {
+      await lastLeave;
+      grant = await api.join(this.id);
+    } catch (err) {
+      await this.refused(err);
+      return;
+    }
+    if (this.destroyed) {
+      // Left before the room came up: give the place back.
+      lastLeave = api.leave(this.id).catch(() => {});
+      return;
+    }
     this.tapToListen.onclick = () => void this.lk?.startAudio().then(() => this.updatePlayback());
     fill(this.stage);
+    this.mount();
+    this.render();
+    this.events = subscribe(this.id, (e) => {
+      if (e.type === 'room_ended') void this.showEnded();
+      else if (e.type === 'reaction' && e.user && e.emoji) this.showReaction(e.user, e.emoji);
+      else this.scheduleRefresh();
+    });
+    this.poll = window.setInterval(() => this.scheduleRefresh(), 4000);
+    await this.connect(grant);
+  }
+
+  /** Draws the live room's frame into the screen; its parts fill themselves. */
+  private mount(): void {
+    const v = this.view as RoomView;
     fill(
       this.main,
       h(
@@ -220,42 +449,32 @@ class RoomController {
           this.count,
         ),
         h('div', { class: 'banners' }, this.reconnecting, this.tapToListen, this.micError, this.notice),
-        h('section', { class: 'stage', 'aria-labelledby': 'stage-heading' }, h('h2', { id: 'stage-heading' }, 'On stage'), this.stage),
-        h('section', { class: 'audience-section', 'aria-labelledby': 'audience-heading' }, h('h2', { id: 'audience-heading' }, 'Audience'), this.audience),
-        this.hostPanel,
+        h(
+          'div',
+          { class: 'room-body' },
+          h(
+            'div',
+            { class: 'room-main' },
+            this.callout,
+            h('section', { class: 'stage', 'aria-labelledby': 'stage-heading' }, h('h2', { id: 'stage-heading' }, 'On stage'), this.stage),
+            h('section', { class: 'audience-section', 'aria-labelledby': 'audience-heading' }, h('h2', { id: 'audience-heading' }, 'Audience'), this.audience),
+          ),
+          h('div', { class: 'room-side' }, this.moderation.panel, this.about),
+        ),
       ),
       this.controls,
       this.floats,
       this.announcer,
-      this.sink,
       this.shareDialog,
       this.endDialog,
+      this.profileDialog,
+      this.moderation.requests,
+      this.moderation.confirm,
     );
     this.barSize.observe(this.controls);
-    this.render();
-    this.events = subscribe(this.id, (e) => {
-      if (e.type === 'room_ended') void this.showEnded();
-      else if (e.type === 'reaction' && e.user && e.emoji) this.showReaction(e.user, e.emoji);
-      else this.scheduleRefresh();
-    });
-    this.poll = window.setInterval(() => this.scheduleRefresh(), 4000);
-    await this.join();
   }
 
-  private async join(): Promise<void> {
-    let grant;
-    try {
-      grant = await api.join(this.id);
-    } catch (err) {
-      this.say(this.notice, errorText(err));
-      if (err instanceof ApiError && err.status === 409) {
-        // In another room, or this one is not live any more.
-        const v = await api.room(this.id).catch(() => null);
-        if (v && v.state !== 'live') await this.showEnded();
-      }
-      return;
-    }
-    if (this.destroyed) return;
+  private async connect(grant: JoinGrant): Promise<void> {
     const lk = new Room({ adaptiveStream: false, dynacast: false });
     this.lk = lk;
     window.stoaRoom = lk;
@@ -274,11 +493,13 @@ class RoomController {
         this.speaking.clear();
         for (const p of speakers) this.speaking.add(p.identity);
         this.renderStage();
+        this.renderDock();
       })
       .on(RoomEvent.ParticipantPermissionsChanged, (prev: { canPublish?: boolean } | undefined, p: Participant) => {
         if (p === lk.localParticipant) {
           const now = p.permissions?.canPublish ?? false;
-          if (now && !prev?.canPublish) void this.enableMic();
+          // Nothing opens the microphone but the user: coming on stage shows the moment to unmute.
+          if (now && !prev?.canPublish) this.calloutDone = false;
           if (!now) this.micError.hidden = true;
         }
         this.render();
@@ -289,6 +510,8 @@ class RoomController {
       .on(RoomEvent.ParticipantDisconnected, () => this.scheduleRefresh())
       .on(RoomEvent.TrackMuted, () => this.afterTrackChange())
       .on(RoomEvent.TrackUnmuted, () => this.afterTrackChange())
+      .on(RoomEvent.TrackPublished, () => this.afterTrackChange())
+      .on(RoomEvent.TrackUnpublished, () => this.afterTrackChange())
       .on(RoomEvent.LocalTrackPublished, () => this.afterTrackChange())
       .on(RoomEvent.LocalTrackUnpublished, () => this.afterTrackChange())
       .on(RoomEvent.DataReceived, (payload: Uint8Array, _p?: RemoteParticipant, _k?: unknown, topic?: string) => {
@@ -313,14 +536,13 @@ class RoomController {
     try {
       await lk.connect(grant.url, grant.token, { autoSubscribe: true });
     } catch (err) {
-      this.say(this.notice, `Could not connect to the room: ${errorText(err)}`);
+      this.say(this.notice, `Could not connect to the room. ${errorText(err)}`);
       this.renderRejoin();
       return;
     }
     // Speakers the server named before the room counted as connected raised no event.
     this.speaking.clear();
     for (const p of lk.activeSpeakers) this.speaking.add(p.identity);
-    if (lk.localParticipant.permissions?.canPublish) await this.enableMic();
     clearInterval(this.meter);
     this.meter = window.setInterval(() => void this.measure(), 500);
     this.updatePlayback();
@@ -357,18 +579,7 @@ class RoomController {
     this.heard.clear();
     for (const x of heard) this.heard.add(x);
     this.renderStage();
-  }
-
-  private async enableMic(): Promise<void> {
-    const lk = this.lk;
-    if (!lk) return;
-    try {
-      await lk.localParticipant.setMicrophoneEnabled(true);
-      this.micError.hidden = true;
-    } catch (err) {
-      this.say(this.micError, microphoneProblem(err));
-    }
-    this.render();
+    this.renderDock();
   }
 
   /** Shows the reconnect banner; nobody counts as speaking until audio flows again. */
@@ -381,6 +592,9 @@ class RoomController {
 
   private afterTrackChange(): void {
     this.renderControls();
+    this.renderStage();
+    this.renderCallout();
+    this.renderDock();
     this.scheduleRefresh();
   }
 
@@ -398,19 +612,21 @@ class RoomController {
       return;
     }
     if (reason === DisconnectReason.PARTICIPANT_REMOVED) {
-      this.finished = true;
       this.stop();
-      fill(
-        this.main,
-        h(
-          'section',
-          { class: 'card', 'aria-labelledby': 'removed-heading' },
-          h('h1', { id: 'removed-heading', tabindex: '-1' }, 'You were removed from this room'),
-          h('p', {}, 'A host removed you. You can find other rooms in the directory.'),
-          h('a', { href: '/', 'data-link': true, class: 'button primary' }, 'Back to rooms'),
-        ),
-      );
-      this.main.querySelector<HTMLElement>('h1')?.focus();
+      if (this.docked) {
+        toast(`A host removed you from “${this.view?.title ?? 'the room'}”.`, { icon: 'leave', tone: 'warn' });
+        closeDock();
+        return;
+      }
+      // Opening again asks to join, which the server refuses with the reason and how long.
+      await this.open();
+      return;
+    }
+    if (this.docked) {
+      toast(`You were disconnected from “${this.view?.title ?? 'the room'}”.`, { icon: 'alert', tone: 'warn' });
+      this.stop();
+      lastLeave = api.leave(this.id).catch(() => {});
+      closeDock();
       return;
     }
     this.say(this.notice, 'You were disconnected from the room.');
@@ -418,6 +634,7 @@ class RoomController {
   }
 
   private renderRejoin(): void {
+    this.lk = null;
     fill(
       this.controls,
       h('button', { type: 'button', class: 'primary', onclick: () => void this.open() }, 'Rejoin'),
@@ -446,6 +663,11 @@ class RoomController {
     if (this.finished) return;
     this.finished = true;
     this.stop();
+    if (this.docked) {
+      toast(`“${this.view?.title ?? 'The room'}” has ended.`, { icon: 'stop' });
+      closeDock();
+      return;
+    }
     const v = (await api.room(this.id).catch(() => null)) ?? this.view;
     if (this.destroyed || !v) return;
     await endedView(this.main, v, this.names);
@@ -476,17 +698,69 @@ class RoomController {
       void this.showEnded();
       return;
     }
+    this.noticeChanges(v);
     this.render();
   }
 
+  /** Whether the user made change `key` themselves within the last few seconds (and forgets it). */
+  private mine(key: string): boolean {
+    const until = this.expected.get(key) ?? 0;
+    this.expected.delete(key);
+    return until > Date.now();
+  }
+
+  private expect(key: string): void {
+    this.expected.set(key, Date.now() + 10_000);
+  }
+
+  /** Tells the user what others did to them, and moderators who asks to speak. */
+  private noticeChanges(v: RoomView): void {
+    const prev = this.prevYou;
+    const next = v.you;
+    this.prevYou = next;
+    if (prev && next) {
+      if (!onStage(prev) && onStage(next)) {
+        this.calloutDone = false;
+        toast(v.kind === 'open' ? 'You can speak. Unmute when you are ready.' : 'You are on stage. Unmute when you are ready.', { icon: 'mic', tone: 'ok', key: 'role' });
+      } else if (onStage(prev) && !onStage(next) && !this.mine('step')) {
+        toast('A host moved you to the audience.', { icon: 'users', tone: 'warn', key: 'role' });
+      } else if (onStage(prev) && onStage(next)) {
+        if (!prev.hard_muted && next.hard_muted) toast('A host turned off your microphone.', { icon: 'micOff', tone: 'warn', key: 'mic' });
+        else if (prev.hard_muted && !next.hard_muted) toast('A host gave your microphone back. Unmute when you are ready.', { icon: 'mic', tone: 'ok', key: 'mic' });
+        else if (!prev.muted && next.muted && !this.mine('mute')) toast('A host muted you. Unmute when you want to speak again.', { icon: 'micOff', tone: 'warn', key: 'mic' });
+        if (prev.role !== next.role && next.role === 'co_host') toast('You are now a co-host.', { icon: 'star', tone: 'ok' });
+      }
+      if (prev.hand_raised && !next.hand_raised && !onStage(next) && !this.mine('lower')) {
+        toast('A host lowered your hand.', { icon: 'hand', key: 'hand' });
+      }
+    }
+    const hands = v.hands;
+    if (hands) {
+      const seen = this.prevHands;
+      this.prevHands = new Set(hands.map((x) => x.user));
+      // A hand approved, denied or lowered: its toast has nothing left to review.
+      for (const user of seen ?? []) if (!this.prevHands.has(user)) dismiss(`hand-${user}`);
+      if (seen && !this.deafened && hands.some((x) => !seen.has(x.user))) chime();
+      for (const x of hands) {
+        if (seen && !seen.has(x.user)) {
+          toast(`${x.name} raised a hand`, { icon: 'hand', key: `hand-${x.user}`, action: { label: 'Review', run: () => this.review() } });
+          this.announcer.textContent = `${x.name} asks to speak`;
+        }
+      }
+    } else this.prevHands = null;
+  }
+
   /** Runs a call that answers with the room, and shows its error if it fails. */
-  private async act(f: () => Promise<RoomView | void>): Promise<void> {
+  private async act(f: () => Promise<RoomView | void>): Promise<boolean> {
     try {
       const v = await f();
       if (v) this.apply(v);
       this.notice.hidden = true;
+      return true;
     } catch (err) {
       this.say(this.notice, errorText(err));
+      toast(errorText(err), { icon: 'alert', tone: 'warn', key: 'error' });
+      return false;
     }
   }
 
@@ -501,7 +775,17 @@ class RoomController {
     if (m) return m.name;
     if (user === session()?.user) return session()?.name ?? 'You';
     const p = this.lk?.remoteParticipants.get(user);
-    return p?.name || 'Someone';
+    return p?.name || this.names.get(user) || 'Someone';
+  }
+
+  /** Whether `m` is muted as everyone hears it: by the server's record or by their own track. */
+  private isMuted(m: Member): boolean {
+    if (m.muted || m.hard_muted) return true;
+    const lk = this.lk;
+    if (!lk) return true;
+    if (m.user === lk.localParticipant.identity) return !lk.localParticipant.isMicrophoneEnabled;
+    const p = lk.remoteParticipants.get(m.user);
+    return !p || !p.isMicrophoneEnabled;
   }
 
   // ----- rendering -----
@@ -509,11 +793,46 @@ class RoomController {
   private render(): void {
     const v = this.view;
     if (!v || this.finished) return;
-    this.count.textContent = `🎧 ${v.listeners} listening · ${v.present} here`;
+    const stage = v.stage.filter((m) => m.present).length;
+    this.count.textContent = `${plural(v.present, 'person', 'people')} here · ${stage} on stage · ${v.listeners} listening`;
+    const waiting = requestCount(v);
+    if (!this.docked) document.title = `${waiting && this.moderates() ? `(${waiting}) ` : ''}${v.title} · Stoa`;
     this.renderStage();
+    this.renderCallout();
     this.renderAudience();
-    this.renderHostPanel();
+    this.renderSide();
     this.renderControls();
+    this.renderDock();
+  }
+
+  private moderates(): boolean {
+    const r = this.view?.you?.role;
+    return r === 'host' || r === 'co_host';
+  }
+
+  private renderCallout(): void {
+    const v = this.view;
+    const you = v?.you;
+    const lk = this.lk;
+    const canPublish = lk?.localParticipant.permissions?.canPublish ?? false;
+    const micOn = lk?.localParticipant.isMicrophoneEnabled ?? false;
+    if (micOn) this.calloutDone = true;
+    const show = Boolean(v && you && lk && onStage(you) && canPublish && !micOn && !you.hard_muted && !this.calloutDone);
+    this.callout.hidden = !show;
+    if (!show || !v || !you) return;
+    if (!this.changed('callout', [you.role, v.kind])) return;
+    const host = you.role === 'host';
+    fill(
+      this.callout,
+      h('span', { class: 'callout-icon' }, icon('micOff')),
+      h(
+        'div',
+        { class: 'callout-text' },
+        h('h2', { id: 'callout-heading' }, host ? 'You are live, with your microphone off' : v.kind === 'open' ? 'You can speak in this room' : 'You are a speaker now'),
+        h('p', {}, 'Your microphone stays off until you turn it on. Unmute when you are ready: everyone in the room will hear you.'),
+      ),
+      h('button', { type: 'button', class: 'primary', onclick: () => void this.setMic(true) }, icon('mic'), 'Unmute microphone'),
+    );
   }
 
   private renderStage(): void {
@@ -528,16 +847,18 @@ class RoomController {
         tile = this.tile(m, m.user === me);
         this.tiles.set(m.user, tile);
       }
-      const muted = m.muted || m.hard_muted || (m.user === me && this.lk !== null && !this.lk.localParticipant.isMicrophoneEnabled);
+      const muted = this.isMuted(m);
       const speaking = (this.speaking.has(m.user) || this.heard.has(m.user)) && !muted;
       tile.classList.toggle('speaking', speaking);
       tile.classList.toggle('away', !m.present);
+      tile.classList.toggle('mic-off', muted);
       const badge = tile.querySelector('.mute-badge') as HTMLElement;
       badge.hidden = !muted;
-      badge.title = m.hard_muted ? 'Muted by a host' : 'Muted';
-      badge.setAttribute('aria-label', m.hard_muted ? 'muted by a host' : 'muted');
+      badge.title = m.hard_muted ? 'Microphone turned off by a host' : 'Muted';
       (tile.querySelector('.role') as HTMLElement).textContent = ROLE_LABEL[m.role] ?? m.role;
-      tile.setAttribute('aria-label', `${m.name}${m.user === me ? ' (you)' : ''}, ${ROLE_LABEL[m.role]}${muted ? ', muted' : ''}${speaking ? ', speaking' : ''}`);
+      // Read after the visible name and role, so that the button's name starts with what shows.
+      const state = tile.querySelector('.state') as HTMLElement;
+      state.textContent = `${m.hard_muted ? ', microphone off by a host' : muted ? ', muted' : ''}${speaking ? ', speaking' : ''}`;
     }
     for (const [user, tile] of this.tiles) {
       if (!seen.has(user)) {
@@ -569,14 +890,27 @@ class RoomController {
             if (p) this.applyVolume(p);
           },
         });
+    const av = personAvatar(m.user, m.name, 'large');
+    av.append(h('span', { class: 'mute-badge', hidden: true }, icon('micOff')));
     return h(
       'li',
-      { class: 'tile', 'data-user': m.user, role: 'group' },
-      h('span', { class: 'avatar', 'aria-hidden': 'true' }, initials(m.name), h('span', { class: 'mute-badge', hidden: true }, '🔇')),
-      h('span', { class: 'name' }, m.name, mine ? ' (you)' : ''),
-      h('span', { class: 'role' }, ROLE_LABEL[m.role]),
+      { class: 'tile', 'data-user': m.user },
+      h(
+        'button',
+        { type: 'button', class: 'who', onclick: () => this.openProfile(m.user, m.name) },
+        av,
+        h('span', { class: 'name' }, m.name, mine ? h('span', { class: 'you' }, ' (you)') : null),
+        h('span', { class: 'role' }, ROLE_LABEL[m.role]),
+        h('span', { class: 'state visually-hidden' }),
+      ),
       volume,
     );
+  }
+
+  private openProfile(user: string, name: string): void {
+    const v = this.view;
+    const m = v?.stage.find((x) => x.user === user) ?? v?.audience?.find((x) => x.user === user) ?? null;
+    profileSheet(this.profileDialog, { user, name, role: m?.role ?? null, host: v?.host === user });
   }
 
   private applyVolume(p: RemoteParticipant): void {
@@ -596,89 +930,52 @@ class RoomController {
     const list = v.audience?.filter((m) => m.present) ?? null;
     if (!this.changed('audience', [v.listeners, list])) return;
     if (list === null) {
-      fill(this.audience, h('p', { class: 'muted' }, `${v.listeners} ${v.listeners === 1 ? 'person' : 'people'} listening`));
+      fill(this.audience, h('p', { class: 'muted' }, icon('headphones'), `${plural(v.listeners, 'person', 'people')} listening`));
       return;
     }
     fill(
       this.audience,
-      h('p', { class: 'muted' }, `${list.length} in the audience`),
+      h('p', { class: 'muted' }, `${plural(list.length, 'person', 'people')} listening`),
       h(
         'ul',
         { class: 'people' },
         list.map((m) =>
-          h('li', {}, h('span', { class: 'avatar small', 'aria-hidden': 'true' }, initials(m.name)), h('span', {}, m.name), m.hand_raised ? h('span', { class: 'hand', 'aria-label': 'hand raised' }, '✋') : null),
+          h(
+            'li',
+            {},
+            h(
+              'button',
+              { type: 'button', class: 'person', onclick: () => this.openProfile(m.user, m.name) },
+              personAvatar(m.user, m.name, 'small'),
+              h('span', {}, m.name),
+              m.hand_raised ? [icon('hand', undefined, 'icon hand-icon'), h('span', { class: 'visually-hidden' }, ', hand raised')] : null,
+            ),
+          ),
         ),
       ),
     );
   }
 
-  private moderate(user: string, action: ModerationAction): void {
-    void this.act(() => api.moderate(this.id, user, action));
-  }
-
-  private renderHostPanel(): void {
+  private renderSide(): void {
     const v = this.view;
-    const me = session()?.user;
-    const moderator = v?.you && (v.you.role === 'host' || v.you.role === 'co_host');
-    this.hostPanel.hidden = !moderator;
-    if (!v || !moderator) return;
-    if (!this.changed('host', [v.hands, v.stage, v.audience, v.banned, v.you])) return;
-    const button = (label: string, name: string, user: string, action: ModerationAction, cls = 'small') =>
-      h('button', { type: 'button', class: cls, 'aria-label': `${label}: ${name}`, onclick: () => this.moderate(user, action) }, label);
-    const hands = v.hands ?? [];
-    const others = v.stage.filter((m) => m.user !== me && m.role !== 'host');
-    const audience = (v.audience ?? []).filter((m) => m.present);
-    fill(
-      this.hostPanel,
-      h('h2', { id: 'host-heading' }, 'Host controls'),
-      h('h3', {}, `Raised hands (${hands.length})`),
-      hands.length
-        ? h('ol', { class: 'queue' }, hands.map((x) => h('li', {}, h('span', { class: 'member' }, '✋ ', x.name), h('span', { class: 'actions' }, button('Approve', x.name, x.user, 'approve_hand', 'small primary'), button('Deny', x.name, x.user, 'deny_hand')))))
-        : h('p', { class: 'muted' }, 'No hands raised.'),
-      h('h3', {}, 'On stage'),
-      others.length
-        ? h(
-            'ul',
-            { class: 'queue' },
-            others.map((m) =>
-              h(
-                'li',
-                {},
-                h('span', { class: 'member' }, m.name, ' · ', ROLE_LABEL[m.role]),
-                h(
-                  'span',
-                  { class: 'actions' },
-                  button('Move to audience', m.name, m.user, 'move_to_audience'),
-                  m.role === 'co_host' ? button('Remove co-host', m.name, m.user, 'remove_co_host') : button('Make co-host', m.name, m.user, 'add_co_host'),
-                  button('Mute', m.name, m.user, 'force_mute'),
-                  m.hard_muted ? button('Restore mic', m.name, m.user, 'restore') : button('Hard mute', m.name, m.user, 'hard_mute'),
-                  button('Kick', m.name, m.user, 'kick', 'small danger'),
-                  button('Ban', m.name, m.user, 'ban', 'small danger'),
-                ),
-              ),
-            ),
-          )
-        : h('p', { class: 'muted' }, 'Nobody else is on stage.'),
-      h('h3', {}, 'Audience'),
-      audience.length
-        ? h(
-            'ul',
-            { class: 'queue' },
-            audience.map((m) =>
-              h(
-                'li',
-                {},
-                h('span', { class: 'member' }, m.name),
-                h('span', { class: 'actions' }, button('Invite to speak', m.name, m.user, 'invite_to_speak'), button('Kick', m.name, m.user, 'kick', 'small danger'), button('Ban', m.name, m.user, 'ban', 'small danger')),
-              ),
-            ),
-          )
-        : h('p', { class: 'muted' }, 'Nobody in the audience yet.'),
-      v.banned?.length
-        ? [h('h3', {}, 'Banned'), h('ul', { class: 'queue' }, v.banned.map((u) => h('li', {}, h('span', { class: 'member' }, u), button('Unban', u, u, 'unban'))))]
-        : null,
-      v.you?.role === 'host' ? h('button', { type: 'button', class: 'danger', onclick: () => this.endDialogOpen() }, 'End room') : null,
-    );
+    const me = session()?.user ?? '';
+    if (!v) return;
+    const moderator = this.moderates();
+    this.moderation.panel.hidden = !moderator;
+    this.about.hidden = moderator;
+    if (moderator) this.moderation.render(v, me);
+    else if (this.changed('about', [v.title, v.description, v.host_name, v.kind, v.you?.role])) {
+      const listening = !onStage(v.you);
+      fill(
+        this.about,
+        h('h2', { id: 'about-heading' }, 'About this room'),
+        v.host_name ? h('p', { class: 'muted' }, `Hosted by ${v.host_name}`) : null,
+        v.description ? h('p', {}, v.description) : null,
+        listening
+          ? h('p', { class: 'muted small' }, v.kind === 'stage' ? 'Raise your hand to ask to speak; a host brings you on stage with your microphone off.' : 'Everyone may speak here; your microphone stays off until you unmute.')
+          : null,
+      );
+    }
   }
 
   private endDialogOpen(): void {
@@ -701,18 +998,24 @@ class RoomController {
       h('h2', { id: 'end-heading' }, 'End this room?'),
       h('p', {}, 'Everyone is disconnected and the room closes for good.'),
       error,
-      h('div', { class: 'row' }, h('button', { type: 'button', onclick: () => this.endDialog.close() }, 'Cancel'), confirm),
+      h('div', { class: 'row end' }, h('button', { type: 'button', onclick: () => this.endDialog.close() }, 'Cancel'), confirm),
     );
     this.endDialog.showModal();
   }
 
   private shareButton(v: RoomView): HTMLElement {
-    return h('button', { type: 'button', class: 'ctl', onclick: () => this.share(v) }, h('span', { 'aria-hidden': 'true' }, '🔗'), ' Share');
+    return h('button', { type: 'button', class: 'small', onclick: () => this.share(v) }, icon('share'), 'Share');
   }
 
+  /** The system share sheet on phones; elsewhere a dialog with the link and the embed code. */
   private share(v: RoomView): void {
     const url = `${location.origin}/rooms/${encodeURIComponent(v.id)}`;
-    const embed = `<iframe src="${location.origin}/embed/rooms/${encodeURIComponent(v.id)}" width="400" height="220" style="border:0" title="${v.title.replace(/"/g, '&quot;')}"></iframe>`;
+    const data = { title: v.title, text: v.state === 'live' ? `Listen live: ${v.title}` : v.title, url };
+    if (typeof navigator.share === 'function' && matchMedia('(pointer: coarse)').matches && (navigator.canShare?.(data) ?? true)) {
+      navigator.share(data).catch(() => {});
+      return;
+    }
+    const embed = embedSnippet(v.id, v.title);
     const status = h('p', { role: 'status', class: 'muted' });
     const copy = (text: string) => async () => {
       try {
@@ -724,13 +1027,13 @@ class RoomController {
     };
     fill(
       this.shareDialog,
-      h('h2', { id: 'share-heading' }, 'Share this room'),
+      h('h2', { id: 'share-heading' }, icon('share'), 'Share this room'),
       h('label', { for: 'share-link' }, 'Link'),
-      h('div', { class: 'row' }, h('input', { id: 'share-link', readonly: true, value: url, onfocus: (e: Event) => (e.target as HTMLInputElement).select() }), h('button', { type: 'button', onclick: copy(url) }, 'Copy link')),
+      h('div', { class: 'row' }, h('input', { id: 'share-link', readonly: true, value: url, onfocus: (e: Event) => (e.target as HTMLInputElement).select() }), h('button', { type: 'button', onclick: copy(url) }, icon('copy'), 'Copy link')),
       h('label', { for: 'share-embed' }, 'Embed in a page'),
-      h('div', { class: 'row' }, h('textarea', { id: 'share-embed', readonly: true, rows: '3' }, embed), h('button', { type: 'button', onclick: copy(embed) }, 'Copy code')),
+      h('div', { class: 'row' }, h('textarea', { id: 'share-embed', readonly: true, rows: '4' }, embed), h('button', { type: 'button', onclick: copy(embed) }, icon('copy'), 'Copy code')),
       status,
-      h('div', { class: 'row' }, h('button', { type: 'button', class: 'primary', onclick: () => this.shareDialog.close() }, 'Done')),
+      h('div', { class: 'row end' }, h('button', { type: 'button', class: 'primary', onclick: () => this.shareDialog.close() }, 'Done')),
     );
     this.shareDialog.showModal();
   }
@@ -740,65 +1043,139 @@ class RoomController {
     if (!v || this.finished) return;
     const you = v.you;
     const lk = this.lk;
-    const onStage = you ? ON_STAGE.has(you.role) : false;
+    const stage = onStage(you);
     const canPublish = lk?.localParticipant.permissions?.canPublish ?? false;
     const micOn = lk?.localParticipant.isMicrophoneEnabled ?? false;
-    const state = [you?.role, you?.hand_raised, you?.hard_muted, canPublish, micOn, this.deafened, v.kind, Boolean(lk)];
+    const waiting = requestCount(v);
+    const moderator = this.moderates();
+    const state = [you?.role, you?.hand_raised, you?.hard_muted, canPublish, micOn, this.deafened, v.kind, Boolean(lk), moderator, waiting];
     if (!this.changed('controls', state)) return;
     const focused = document.activeElement?.getAttribute('data-control');
-    const ctl = (key: string, label: string, icon: string, onclick: () => void, extra: Record<string, unknown> = {}) =>
-      h('button', { type: 'button', class: 'ctl', 'data-control': key, onclick, ...extra }, h('span', { class: 'icon', 'aria-hidden': 'true' }, icon), h('span', { class: 'label' }, label));
+    const ctl = (key: string, label: string, glyph: IconName, onclick: () => void, extra: Record<string, unknown> = {}, more?: (HTMLElement | null)[]) =>
+      h('button', { type: 'button', class: 'ctl', 'data-control': key, onclick, ...extra }, h('span', { class: 'ctl-icon' }, icon(glyph)), h('span', { class: 'label' }, label), more);
+    // What the room hears from the user, always in view.
+    const me = !stage
+      ? h('p', { class: 'me-state listening' }, icon('headphones'), you?.hand_raised ? 'Hand raised' : 'Listening')
+      : you?.hard_muted
+        ? h('p', { class: 'me-state off' }, icon('micOff'), 'Mic off by host')
+        : micOn
+          ? h('p', { class: 'me-state on' }, icon('mic'), 'Your mic is on')
+          : h('p', { class: 'me-state off' }, icon('micOff'), 'You are muted');
     const items: (HTMLElement | null)[] = [];
-    if (onStage && lk) {
-      items.push(
-        you?.hard_muted
-          ? ctl('mic', 'Muted by host', '🔇', () => {}, { disabled: true })
-          : micOn
-            ? ctl('mic', 'Mute', '🎙', () => void this.setMic(false), { class: 'ctl on' })
-            : ctl('mic', 'Unmute', '🔇', () => void this.setMic(true)),
-      );
+    if (stage && lk && canPublish) {
+      items.push(micOn ? ctl('mic', 'Mute', 'mic', () => void this.setMic(false), { class: 'ctl on' }) : ctl('mic', 'Unmute', 'micOff', () => void this.setMic(true), { class: 'ctl off' }));
+    } else if (stage && you?.hard_muted) {
+      items.push(ctl('mic', 'Mic off', 'micOff', () => {}, { disabled: true }));
     }
     if (you?.role === 'listener' && v.kind === 'stage') {
       items.push(
         you.hand_raised
-          ? ctl('hand', 'Lower hand', '✋', () => void this.act(() => api.lowerHand(this.id)), { class: 'ctl on', 'aria-pressed': 'true' })
-          : ctl('hand', 'Raise hand', '✋', () => void this.act(() => api.raiseHand(this.id)), { 'aria-pressed': 'false' }),
+          ? ctl('hand', 'Lower hand', 'hand', () => { this.expect('lower'); void this.act(() => api.lowerHand(this.id)); }, { class: 'ctl on', 'aria-pressed': 'true' })
+          : ctl('hand', 'Raise hand', 'hand', () => void this.act(() => api.raiseHand(this.id)), { 'aria-pressed': 'false' }),
       );
     }
-    if (you?.role === 'speaker') items.push(ctl('step', 'Leave stage', '⬇', () => void this.act(() => api.stepDown(this.id))));
+    if (moderator && v.kind === 'stage') {
+      // Named "Requests to speak, n waiting": the words read out start with the ones that show.
+      const more = [h('span', { class: 'visually-hidden' }, ` to speak, ${waiting} waiting`), waiting ? h('span', { class: 'badge-dot', 'aria-hidden': 'true' }, String(waiting)) : null];
+      items.push(ctl('requests', 'Requests', 'hand', () => this.moderation.openRequests(), { class: waiting ? 'ctl alert' : 'ctl' }, more));
+    }
+    if (you?.role === 'speaker') items.push(ctl('step', 'Leave stage', 'down', () => { this.expect('step'); void this.act(() => api.stepDown(this.id)); }));
     const reactions = h(
       'div',
       { class: 'reactions', role: 'group', 'aria-label': 'Reactions' },
-      REACTIONS.map((emoji) => h('button', { type: 'button', class: 'reaction', 'data-control': `react-${emoji}`, 'aria-label': `React ${emoji}`, onclick: () => void this.react(emoji) }, emoji)),
+      REACTIONS.map(([emoji, word]) =>
+        h('button', { type: 'button', class: 'reaction', 'data-control': `react-${word}`, 'aria-label': `React: ${word}`, title: word, onclick: () => void this.react(emoji) }, reactionGlyph(word) ?? h('span', { class: 'emoji', 'aria-hidden': 'true' }, emoji)),
+      ),
     );
-    items.push(
-      ctl('deafen', this.deafened ? 'Undeafen' : 'Deafen', this.deafened ? '🔈' : '🎧', () => this.toggleDeafen(), { 'aria-pressed': String(this.deafened) }),
-      ctl('share', 'Share', '🔗', () => this.share(v)),
-      ctl('leave', 'Leave', '🚪', () => void this.leave(), { class: 'ctl danger' }),
+    const rest = [
+      ctl('deafen', 'Deafen', this.deafened ? 'headphonesOff' : 'headphones', () => this.toggleDeafen(), { 'aria-pressed': String(this.deafened), class: this.deafened ? 'ctl off' : 'ctl' }),
+      ctl('share', 'Share', 'share', () => this.share(v)),
+      ctl('leave', 'Leave', 'leave', () => void this.leave(), { class: 'ctl danger' }),
+    ];
+    // On phones the reactions fold behind one button, so that the bar keeps to two short rows.
+    const open = this.controls.classList.contains('reacting');
+    const toggle = h(
+      'button',
+      {
+        type: 'button',
+        class: 'small react-toggle',
+        'data-control': 'react-toggle',
+        'aria-expanded': String(open),
+        onclick: () => {
+          const now = this.controls.classList.toggle('reacting');
+          toggle.setAttribute('aria-expanded', String(now));
+        },
+      },
+      icon('smile'),
+      'React',
     );
-    fill(this.controls, reactions, h('div', { class: 'buttons' }, items));
+    fill(this.controls, me, toggle, h('div', { class: 'actions' }, h('div', { class: 'buttons primary-actions' }, items), h('div', { class: 'buttons secondary-actions' }, rest)), reactions);
     if (focused) this.controls.querySelector<HTMLElement>(`[data-control="${CSS.escape(focused)}"]`)?.focus();
+  }
+
+  /** The mini-player: which room plays, who speaks, the user's mic, a way back and out. */
+  private renderDock(): void {
+    if (!this.docked) return;
+    const v = this.view;
+    const lk = this.lk;
+    if (!v || !lk) return;
+    const speaking = v.stage.filter((m) => (this.speaking.has(m.user) || this.heard.has(m.user)) && !this.isMuted(m)).map((m) => m.name);
+    const stage = onStage(v.you);
+    const canPublish = lk.localParticipant.permissions?.canPublish ?? false;
+    const micOn = lk.localParticipant.isMicrophoneEnabled;
+    if (!this.changed('dock', [v.title, speaking, stage, canPublish, micOn, v.listeners, v.present])) return;
+    const onStageCount = v.stage.filter((m) => m.present).length;
+    fill(
+      this.dockBar,
+      h(
+        'button',
+        { type: 'button', class: 'dock-open', onclick: () => navigate(`/rooms/${encodeURIComponent(this.id)}`) },
+        h('span', { class: 'visually-hidden' }, 'Back to the room: '),
+        h('span', { class: 'badge live-badge' }, h('span', { class: 'pulse', 'aria-hidden': 'true' }), 'LIVE'),
+        h(
+          'span',
+          { class: 'dock-text' },
+          h('span', { class: 'dock-title' }, v.title),
+          h('span', { class: 'dock-sub' }, speaking.length ? `${speaking.join(', ')} speaking` : `${onStageCount} on stage · ${v.listeners} listening`),
+        ),
+        icon('open'),
+      ),
+      stage && canPublish
+        ? h('button', { type: 'button', class: micOn ? 'dock-mic on' : 'dock-mic', 'aria-label': micOn ? 'Mute' : 'Unmute', onclick: () => void this.setMic(!micOn) }, icon(micOn ? 'mic' : 'micOff'))
+        : null,
+      h('button', { type: 'button', class: 'dock-leave', 'aria-label': `Leave ${v.title}`, onclick: () => void this.leave(false) }, icon('x')),
+    );
   }
 
   private async setMic(on: boolean): Promise<void> {
     const lk = this.lk;
     if (!lk) return;
-    try {
-      if (on) {
+    if (on) {
+      try {
         await api.unmute(this.id);
+      } catch (err) {
+        this.say(this.notice, errorText(err));
+        return;
+      }
+      try {
         await lk.localParticipant.setMicrophoneEnabled(true);
-      } else {
+        this.micError.hidden = true;
+        this.calloutDone = true;
+      } catch (err) {
+        this.say(this.micError, microphoneProblem(err));
+        // The room must not show a microphone as open that is not.
+        await api.mute(this.id).catch(() => {});
+      }
+    } else {
+      this.expect('mute');
+      try {
         await lk.localParticipant.setMicrophoneEnabled(false);
         await api.mute(this.id);
+      } catch (err) {
+        this.say(this.notice, errorText(err));
       }
-      this.micError.hidden = true;
-    } catch (err) {
-      if (err instanceof ApiError) this.say(this.notice, err.message);
-      else this.say(this.micError, microphoneProblem(err));
     }
-    this.renderControls();
-    this.renderStage();
-    this.scheduleRefresh();
+    this.afterTrackChange();
   }
 
   private toggleDeafen(): void {
@@ -813,28 +1190,37 @@ class RoomController {
       const me = session();
       if (me) this.showReaction(me.user, emoji);
     } catch (err) {
-      this.say(this.notice, err instanceof ApiError && err.status === 429 ? 'Slow down a little: too many reactions.' : errorText(err));
+      this.say(this.notice, errorText(err));
     }
   }
 
   private showReaction(user: string, emoji: string): void {
+    if (this.docked) return;
     const key = `${user}|${emoji}`;
     const now = Date.now();
     if ((this.recent.get(key) ?? 0) > now - 1500) return;
     this.recent.set(key, now);
     const who = this.name(user);
-    const el = h('span', { class: 'float', 'data-user': user, style: `left:${10 + Math.random() * 75}%` }, h('span', { class: 'emoji' }, emoji), h('span', { class: 'from' }, who));
+    const word = REACTIONS.find(([e]) => e === emoji)?.[1] ?? emoji;
+    const el = h('span', { class: 'float', 'data-user': user, 'data-reaction': word, style: `left:${10 + Math.random() * 75}%` }, reactionGlyph(word) ?? h('span', { class: 'emoji' }, emoji), h('span', { class: 'from' }, who));
     this.floats.append(el);
-    this.announcer.textContent = `${who} reacted ${emoji}`;
+    this.announcer.textContent = `${who} reacted: ${word}`;
     const remove = () => el.remove();
     el.addEventListener('animationend', remove);
     window.setTimeout(remove, 4000);
   }
 
-  private async leave(): Promise<void> {
+  private async leave(toDirectory = true): Promise<void> {
     this.leaving = true;
-    await api.leave(this.id).catch(() => {});
+    const left = api.leave(this.id).catch(() => {});
+    lastLeave = left;
+    await left;
     await this.lk?.disconnect();
-    navigate('/');
+    if (this.docked) {
+      docked = null;
+      this.destroy();
+      return;
+    }
+    if (toDirectory) navigate('/');
   }
 }

@@ -1,11 +1,52 @@
 // The screens around a room: sign-in, directory, create room, ended summary, embeddable card.
 import { api, ApiError, session, setSession, subscribe, type RoomCard, type RoomView, type Stats } from './api';
-import { fill, formatDuration, formatWhen, h } from './dom';
+import { fill, formatDuration, formatWhen, h, plural } from './dom';
+import { icon } from './icons';
 import { navigate, type Screen } from './main';
 
+/** What the server's error codes mean, said to the person in front of the screen. */
+const SENTENCES: Record<string, string> = {
+  network: 'Cannot reach the server. Check your connection and try again.',
+  unauthorized: 'Your sign-in has expired. Sign in again to continue.',
+  room_full: 'This room is full right now. Try again in a little while.',
+  banned: 'A host banned you from this room, so you cannot join it.',
+  kicked: 'A host removed you from this room. You can rejoin a little later.',
+  room_ended: 'This room has ended.',
+  room_not_live: 'This room has not started yet.',
+  already_in_room: 'You are still in another room. Leave it first, then try again.',
+  rate_limited: 'That was a lot at once. Wait a moment and try again.',
+  not_a_member: 'You are not in this room any more. Rejoin it first.',
+  hard_muted: 'A host turned off your microphone, so you cannot unmute.',
+  guests_disabled: 'Guest sign-in is turned off on this server.',
+  unavailable: 'The server is having trouble right now. Try again in a moment.',
+  not_found: 'This room does not exist, or it was removed.',
+  // Moderation that came too late: the person or their state moved on meanwhile.
+  no_raised_hand: 'That hand is no longer raised.',
+  not_a_listener: 'They are already on stage.',
+  not_on_stage: 'They are not on stage any more.',
+  not_banned: 'They can already come back.',
+  not_a_co_host: 'They are not a co-host any more.',
+  invalid_action: 'That action is not available here.',
+};
+
+/** A server message as a sentence: capitalised, ending in a full stop. */
+function sentence(message: string): string {
+  const t = message.trim();
+  if (!t) return 'Something went wrong. Try again.';
+  const s = t[0].toUpperCase() + t.slice(1);
+  return /[.!?]$/.test(s) ? s : `${s}.`;
+}
+
+/** An error as people read it: a known code's sentence, else the server's message as a sentence. */
 export function errorText(err: unknown): string {
-  if (err instanceof ApiError) return err.message;
-  return err instanceof Error ? err.message : String(err);
+  if (err instanceof ApiError) {
+    // Field checks and permission rules say precisely what to change: keep their words (roles
+    // read as words, not identifiers).
+    if (err.code === 'invalid_field' || err.code === 'speaker_mode' || err.code === 'not_allowed') return sentence(err.message.replace(/_/g, '-'));
+    if (err.code === 'not_found' && /^no member/.test(err.message)) return 'That person is no longer in this room.';
+    return SENTENCES[err.code] ?? sentence(err.message);
+  }
+  return sentence(err instanceof Error ? err.message : String(err));
 }
 
 /** Sign-in with a display name (a guest user token). */
@@ -47,13 +88,7 @@ export const signInScreen: Screen = (main) => {
     name,
     error,
     submit,
-    h(
-      'p',
-      { class: 'muted small' },
-      'Coming from an app? It can sign you in by opening this page with ',
-      h('code', {}, '#token=…'),
-      ' in the address.',
-    ),
+    h('p', { class: 'muted small' }, 'No account needed: your name is all people see.'),
   );
   main.append(form);
   if (session()) {
@@ -72,6 +107,7 @@ export const signInScreen: Screen = (main) => {
           h('p', { class: 'muted' }, r.state === 'ended' ? 'You were invited to a room that has ended.' : 'You are invited to'),
           h('p', { class: 'invited-title' }, r.title),
           r.topic ? h('p', { class: 'topic' }, r.topic) : null,
+          r.host_name ? h('p', { class: 'muted small' }, `Hosted by ${r.host_name}`) : null,
           stateBadge(r),
         );
         form.querySelector('h1')?.after(intro);
@@ -123,7 +159,6 @@ export const directoryScreen: Screen = (main) => {
         type: 'button',
         class: on ? 'small toggled' : 'small',
         'aria-pressed': String(on),
-        'aria-label': `Remind me about ${r.title}`,
         onclick: async () => {
           try {
             if (followed.has(r.id)) await api.unfollow('rooms', r.id);
@@ -134,15 +169,20 @@ export const directoryScreen: Screen = (main) => {
           }
         },
       },
-      on ? '🔔 Reminder set' : '🔔 Remind me',
+      icon(on ? 'bellOn' : 'bell'),
+      // A toggle keeps its name; pressed, it shows as set.
+      'Remind me',
+      h('span', { class: 'visually-hidden' }, ` about ${r.title}`),
+      on ? icon('check') : null,
     );
     return h(
       'li',
       { class: 'room-card scheduled' },
       h('a', { href: `/rooms/${encodeURIComponent(r.id)}`, 'data-link': true, class: 'room-link' },
-        h('span', { class: 'when' }, r.scheduled_for ? formatWhen(r.scheduled_for) : 'Not scheduled'),
+        h('span', { class: 'when' }, icon('calendar'), r.scheduled_for ? formatWhen(r.scheduled_for) : 'Not scheduled'),
         h('span', { class: 'title' }, r.title),
         r.topic ? h('span', { class: 'topic' }, r.topic) : null,
+        r.host_name ? h('span', { class: 'host' }, `Hosted by ${r.host_name}`) : null,
       ),
       remind,
     );
@@ -185,18 +225,19 @@ export const directoryScreen: Screen = (main) => {
 };
 
 function liveCard(r: RoomView): HTMLElement {
-  const speakers = r.stage.map((m) => m.name);
+  const speakers = r.stage.filter((m) => m.present).map((m) => m.name);
   return h(
     'li',
     { class: 'room-card live' },
     h(
       'a',
-      { href: `/rooms/${encodeURIComponent(r.id)}`, 'data-link': true, class: 'room-link', 'aria-label': `${r.title}, live, ${r.listeners} listening` },
+      { href: `/rooms/${encodeURIComponent(r.id)}`, 'data-link': true, class: 'room-link' },
       h('span', { class: 'badge live-badge' }, h('span', { class: 'pulse', 'aria-hidden': 'true' }), 'LIVE'),
       h('span', { class: 'title' }, r.title),
       r.topic ? h('span', { class: 'topic' }, r.topic) : null,
-      h('span', { class: 'speakers' }, speakers.length ? `🎙 ${speakers.join(', ')}` : ''),
-      h('span', { class: 'count' }, `🎧 ${r.listeners} listening`),
+      r.host_name ? h('span', { class: 'host' }, `Hosted by ${r.host_name}`) : null,
+      speakers.length ? h('span', { class: 'speakers' }, icon('mic'), speakers.join(', ')) : null,
+      h('span', { class: 'count' }, icon('headphones'), `${r.listeners} listening`),
     ),
   );
 }
@@ -238,7 +279,7 @@ export const createScreen: Screen = (main) => {
       radio('start', 'later', 'Schedule for later'),
       field('when', 'Date and time', when, 'In your local time zone.')),
     error,
-    submit,
+    h('div', { class: 'row' }, submit, h('p', { class: 'hint small', id: 'go-live-hint' }, 'When the room goes live, your microphone stays off until you unmute.')),
   );
   form.addEventListener('change', () => {
     const later = (form.querySelector('input[name=start]:checked') as HTMLInputElement).value === 'later';
@@ -288,7 +329,9 @@ export async function endedView(main: HTMLElement, room: RoomView, known: Map<st
   } catch {
     stats = null;
   }
-  const names = new Map([...known, ...room.stage.map((m): [string, string] => [m.user, m.name])]);
+  // Names the server kept for everyone the statistics name; those seen here fill any gap.
+  const names = new Map([...known, ...room.stage.map((m): [string, string] => [m.user, m.name]), ...Object.entries(stats?.names ?? {})]);
+  const nameOf = (user: string) => names.get(user) ?? 'Someone who has left';
   const dl = (label: string, value: string) => h('div', {}, h('dt', {}, label), h('dd', {}, value));
   fill(
     main,
@@ -298,6 +341,7 @@ export async function endedView(main: HTMLElement, room: RoomView, known: Map<st
       h('p', { class: 'badge ended-badge' }, 'Ended'),
       h('h1', { id: 'ended-heading', tabindex: '-1' }, 'This room has ended'),
       h('p', { class: 'title' }, room.title),
+      room.host_name ? h('p', { class: 'muted' }, `Hosted by ${room.host_name}`) : null,
       stats
         ? h(
             'dl',
@@ -315,7 +359,21 @@ export async function endedView(main: HTMLElement, room: RoomView, known: Map<st
             'section',
             {},
             h('h2', {}, 'Time on stage'),
-            h('ul', { class: 'plain' }, Object.entries(stats.stage_ms).map(([user, ms]) => h('li', {}, `${names.get(user) ?? user}: ${formatDuration(ms)}`))),
+            h(
+              'ul',
+              { class: 'stage-times' },
+              Object.entries(stats.stage_ms)
+                .sort((a, b) => b[1] - a[1])
+                .map(([user, ms]) => {
+                  const spoke = stats.speaking_ms?.[user] ?? 0;
+                  return h(
+                    'li',
+                    { 'data-user': user },
+                    h('span', { class: 'who' }, nameOf(user)),
+                    h('span', { class: 'muted' }, formatDuration(ms), spoke ? ` · spoke ${formatDuration(spoke)}` : ''),
+                  );
+                }),
+            ),
           )
         : null,
       h('a', { href: '/', 'data-link': true, class: 'button primary' }, 'Back to rooms'),
@@ -339,18 +397,23 @@ export const embedScreen: Screen = (main, params) => {
   const card = h('article', { class: 'embed-card', 'aria-live': 'polite' }, h('p', { class: 'muted' }, 'Loading…'));
   main.append(card);
   let shown = '';
+  const brand = () => h('span', { class: 'brand' }, h('span', { class: 'logo', 'aria-hidden': 'true' }), 'Stoa');
   const load = async () => {
     try {
       const r = await api.card(params.id);
       const link = h('a', { class: 'button primary', href: `/rooms/${encodeURIComponent(r.id)}`, target: '_blank', rel: 'noopener' },
-        r.state === 'live' ? 'Listen live' : r.state === 'scheduled' ? 'Open room' : 'See summary');
+        r.state === 'live' ? [icon('headphones'), 'Listen live'] : r.state === 'scheduled' ? 'Open room' : 'See summary');
       const view = [
-        h('div', { class: 'embed-top' }, h('span', { class: 'brand' }, h('span', { class: 'logo', 'aria-hidden': 'true' }), 'Stoa'), stateBadge(r)),
+        h('div', { class: 'embed-top' }, brand(), stateBadge(r)),
         h('h1', {}, r.title),
         r.topic ? h('p', { class: 'topic' }, r.topic) : null,
-        r.state === 'live'
-          ? h('p', { class: 'muted' }, `${r.speakers.length ? `🎙 ${r.speakers.join(', ')} · ` : ''}🎧 ${r.listeners} listening`)
-          : null,
+        h(
+          'p',
+          { class: 'muted embed-meta' },
+          r.state !== 'live' && r.host_name ? h('span', {}, `Hosted by ${r.host_name}`) : null,
+          r.state === 'live' && r.speakers.length ? h('span', { class: 'speakers' }, icon('mic'), r.speakers.join(', ')) : null,
+          r.state === 'live' ? h('span', { class: 'listening' }, icon('headphones'), plural(r.listeners, 'listener', 'listeners')) : null,
+        ),
         link,
       ];
       // Polling rebuilds nothing unless the card changed, so a screen reader hears changes only.
@@ -362,7 +425,7 @@ export const embedScreen: Screen = (main, params) => {
       shown = '';
       fill(
         card,
-        h('div', { class: 'embed-top' }, h('span', { class: 'brand' }, h('span', { class: 'logo', 'aria-hidden': 'true' }), 'Stoa')),
+        h('div', { class: 'embed-top' }, brand()),
         h('p', { class: 'error' }, err instanceof ApiError && err.status === 404 ? 'This room does not exist.' : errorText(err)),
       );
     }
@@ -371,3 +434,12 @@ export const embedScreen: Screen = (main, params) => {
   const poll = window.setInterval(load, 10_000);
   return () => clearInterval(poll);
 };
+
+/** The `<iframe>` that shows a room's card, sized to fit it whole, corners transparent. */
+export function embedSnippet(id: string, title: string): string {
+  const t = title.replace(/&/g, '&amp;').replace(/"/g, '&quot;').replace(/</g, '&lt;');
+  return `<iframe src="${location.origin}/embed/rooms/${encodeURIComponent(id)}" width="${EMBED_SIZE.width}" height="${EMBED_SIZE.height}" style="border:0;max-width:100%;background:transparent" allowtransparency="true" loading="lazy" title="${t}"></iframe>`;
+}
+
+/** The embed card's size; its styles clamp the text so that every state fits it. */
+export const EMBED_SIZE = { width: 440, height: 232 };

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::broadcast;
 
-use super::{BUS_CAPACITY, Follow, Invite, Mutation, Store, json, parse};
+use super::{BUS_CAPACITY, Follow, Invite, Mutation, Profile, Store, json, parse};
 use crate::error::ControlError;
 use crate::events::BusMessage;
 use crate::model::{RoomDoc, RoomId, RoomState, UserId};
@@ -19,6 +19,7 @@ const ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("rooms");
 const ACTIVE: TableDefinition<&str, &str> = TableDefinition::new("active_room");
 const FOLLOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("follows");
 const INVITES: TableDefinition<&str, &[u8]> = TableDefinition::new("invites");
+const PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
 
 /// The embedded store.
 pub struct EmbeddedStore {
@@ -61,6 +62,7 @@ impl EmbeddedStore {
             txn.open_table(ACTIVE).map_err(db_err)?;
             txn.open_table(FOLLOWS).map_err(db_err)?;
             txn.open_table(INVITES).map_err(db_err)?;
+            txn.open_table(PROFILES).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         let (bus, _) = broadcast::channel(BUS_CAPACITY);
@@ -210,6 +212,17 @@ impl Store for EmbeddedStore {
             None => Vec::new(),
         };
         Ok(set.iter().filter_map(|k| Follow::from_key(k)).collect())
+    }
+
+    async fn set_profile(&self, user: &UserId, profile: &Profile) -> Result<(), ControlError> {
+        let _g = self.guard();
+        self.put_bytes(PROFILES, user.as_str(), json(profile)?.as_bytes())
+    }
+
+    async fn profile(&self, user: &UserId) -> Result<Option<Profile>, ControlError> {
+        self.get_bytes(PROFILES, user.as_str())?
+            .map(|b| parse("profile", &b))
+            .transpose()
     }
 
     async fn put_invite(&self, token: &str, invite: &Invite) -> Result<(), ControlError> {

@@ -64,6 +64,16 @@ pub struct Invite {
     pub expires_at: u64,
 }
 
+/// What a user tells about themselves: shown on their profile sheet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// A short bio.
+    pub bio: String,
+    /// A small picture as a `data:image/...;base64,` URL, checked by the API.
+    pub avatar: Option<String>,
+}
+
 /// The control plane's storage.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
@@ -95,6 +105,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// What `user` follows.
     async fn follows(&self, user: &UserId) -> Result<Vec<Follow>, ControlError>;
+
+    /// Sets `user`'s profile.
+    async fn set_profile(&self, user: &UserId, profile: &Profile) -> Result<(), ControlError>;
+
+    /// `user`'s profile, if they wrote one.
+    async fn profile(&self, user: &UserId) -> Result<Option<Profile>, ControlError>;
 
     /// Stores an invitation under its opaque token.
     async fn put_invite(&self, token: &str, invite: &Invite) -> Result<(), ControlError>;

@@ -15,6 +15,7 @@
 //! | `{p}rooms:{state}` | set | room ids by state (`scheduled`, `live`, `ended`, `archived`) |
 //! | `{p}user:{id}:room` | string | the one room the user is in |
 //! | `{p}user:{id}:follows` | set | `user:{id}` and `room:{id}` the user follows |
+//! | `{p}user:{id}:profile` | string | the user's profile (JSON: bio, small avatar) |
 //! | `{p}invite:{token}` | string | an invitation link (JSON), expiring with it |
 //! | `{p}presence:{instance}` | string | an instance's heartbeat; expires when it stops (TTL) |
 //! | `{p}lock:room:{id}` | string | who is changing the room now; expires after 5 s |
@@ -34,7 +35,7 @@ use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::broadcast;
 
-use super::{BUS_CAPACITY, Follow, Invite, Mutation, Store, json, parse};
+use super::{BUS_CAPACITY, Follow, Invite, Mutation, Profile, Store, json, parse};
 use crate::error::ControlError;
 use crate::events::BusMessage;
 use crate::model::{Member, Room, RoomDoc, RoomId, RoomState, RoomStats, UserId};
@@ -513,6 +514,22 @@ impl Store for RedisStore {
             .await
             .map_err(redis_err)?;
         Ok(keys.iter().filter_map(|k| Follow::from_key(k)).collect())
+    }
+
+    async fn set_profile(&self, user: &UserId, profile: &Profile) -> Result<(), ControlError> {
+        let mut con = self.shared.clone();
+        con.set::<_, _, ()>(self.key(&format!("user:{user}:profile")), json(profile)?)
+            .await
+            .map_err(redis_err)
+    }
+
+    async fn profile(&self, user: &UserId) -> Result<Option<Profile>, ControlError> {
+        let mut con = self.shared.clone();
+        let raw: Option<String> = con
+            .get(self.key(&format!("user:{user}:profile")))
+            .await
+            .map_err(redis_err)?;
+        raw.map(|r| parse("profile", r.as_bytes())).transpose()
     }
 
     async fn put_invite(&self, token: &str, invite: &Invite) -> Result<(), ControlError> {

@@ -124,15 +124,25 @@ impl Sfu {
             self.stats.rtp_dropped_unauthorized += 1;
             return;
         };
-        if Some(packet.header.payload_type) != p.opus_pt {
-            // Only Opus is forwarded (RED is not negotiated, CN and DTMF are not relayed).
-            return;
-        }
+        // Only Opus and RED around Opus are forwarded (CN and DTMF are not relayed).
+        let pt = Some(packet.header.payload_type);
+        let encoding = match p.opus_pt {
+            Some(opus) if pt == Some(opus) => red::Encoding::Opus,
+            Some(opus) if pt == p.red_pt => match red::Encoding::of_red(&packet.payload, *opus) {
+                Ok(encoding) => encoding,
+                Err(_) => {
+                    self.stats.rtp_dropped_malformed += 1;
+                    return;
+                }
+            },
+            _ => return,
+        };
         let Some(t) = self.tracks.get_mut(&track) else {
             return;
         };
         self.stats.rtp_in += 1;
-        self.stats.rtp_lost += t.lost_before(*ssrc, *packet.seq_no);
+        let gap = t.lost_before(*ssrc, *packet.seq_no);
+        self.stats.rtp_lost += gap;
         if t.muted {
             self.stats.rtp_dropped_muted += 1;
             if let Some(p) = self.peers.get_mut(&peer) {
@@ -154,13 +164,22 @@ impl Sfu {
             voice_activity: packet.header.ext_vals.voice_activity,
             received: packet.timestamp,
             payload: packet.payload,
+            encoding,
         };
+        // Packets lost just before a RED packet, rebuilt from its redundant blocks.
+        let recovered = red::rebuild_lost(&media, gap);
+        self.stats.rtp_recovered += recovered.len() as u64;
         for shard in &t.relays {
-            self.relays.push_back(Relay {
-                to: *shard,
-                from: self.config.shard,
-                msg: RelayMsg::Packet(track, media.clone()),
-            });
+            for m in recovered.iter().chain(std::iter::once(&media)) {
+                self.relays.push_back(Relay {
+                    to: *shard,
+                    from: self.config.shard,
+                    msg: RelayMsg::Packet(track, m.clone()),
+                });
+            }
+        }
+        for m in &recovered {
+            self.forward(now, track, m);
         }
         self.forward(now, track, &media);
     }
@@ -182,7 +201,7 @@ impl Sfu {
             let Some(p) = self.peers.get_mut(&peer) else {
                 continue;
             };
-            let (Some(pt), true) = (p.opus_pt, p.connected) else {
+            let (Some(opus_pt), true) = (p.opus_pt, p.connected) else {
                 continue;
             };
             let Some(s) = p.slots.get_mut(slot.0 as usize) else {
@@ -197,6 +216,14 @@ impl Sfu {
             else {
                 continue;
             };
+            // RED to subscribers that negotiated it, the primary Opus block to the others.
+            let body = red::Outgoing::choose(
+                packet.encoding,
+                &packet.payload,
+                *opus_pt,
+                p.red_pt.map(|pt| *pt),
+            );
+            let pt = Pt::from(body.pt());
             if matches!(s.path, SendPath::Undecided) {
                 s.path = match self.config.fast_path {
                     FastPath::Enabled
@@ -231,7 +258,7 @@ impl Sfu {
                     audio_level: d.audio_level_id.zip(level),
                     mid: d.mid_ext.as_ref().map(|(id, m, len)| (*id, &m[..*len])),
                 };
-                let payload = &packet.payload[..];
+                let payload = body.bytes(&packet.payload);
                 let ssrc = d.ssrc;
                 let sent = self.out.sealed.push_with(
                     local,
@@ -261,12 +288,16 @@ impl Sfu {
                 voice_activity: packet.voice_activity,
                 ..Default::default()
             };
+            let payload = match body {
+                red::Outgoing::Whole(_) => packet.payload.clone(),
+                _ => Arc::from(body.bytes(&packet.payload)),
+            };
             let write = RtpWrite::new(
                 pt,
                 SeqNo::from(out.seq_no),
                 out.timestamp,
                 packet.received,
-                packet.payload.clone(),
+                payload,
             )
             .marker(packet.marker)
             .ext_vals(ext);

@@ -270,7 +270,9 @@ impl Sfu {
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .clear_codecs()
-            .enable_opus(true, false)
+            // RED (RFC 2198) when the peer offers or accepts it: publishers may send it, and
+            // subscribers that accept it get it (see `red`).
+            .enable_opus(true, true)
             .set_stats_interval(self.config.stats_interval)
             .set_local_ice_credentials(IceCreds {
                 ufrag: ufrag.clone(),
@@ -300,6 +302,7 @@ impl Sfu {
                 slots: Vec::new(),
                 slot_by_mid: HashMap::new(),
                 opus_pt: None,
+                red_pt: None,
                 addrs: Vec::new(),
                 audio_mids: Vec::new(),
                 counters: PeerCounters::default(),

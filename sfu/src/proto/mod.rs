@@ -53,6 +53,7 @@ pub mod forwarder;
 pub mod id;
 mod lifecycle;
 mod peer;
+pub mod red;
 pub mod speaker;
 mod srtp;
 mod track;
@@ -68,7 +69,7 @@ use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::channel::ChannelId;
 use str0m::crypto::CryptoProvider;
 use str0m::ice::{IceCreds, StunMessage};
-use str0m::media::{Direction, MediaKind, Mid};
+use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
 use str0m::{
@@ -324,8 +325,10 @@ pub struct MediaPacket {
     pub voice_activity: Option<bool>,
     /// Arrival time.
     pub received: Instant,
-    /// Opus payload, shared by every subscriber.
+    /// Opus payload, or RED around Opus; shared by every subscriber.
     pub payload: Arc<[u8]>,
+    /// Which of the two `payload` is.
+    pub encoding: red::Encoding,
 }
 
 /// What happened to a datagram given to [`Sfu::handle_receive`].
@@ -363,6 +366,8 @@ pub struct SfuStats {
     pub rtp_forwarded: u64,
     /// RTP packets publishers sent that never arrived (gaps in their sequence numbers).
     pub rtp_lost: u64,
+    /// Of `rtp_lost`, packets rebuilt from the redundant blocks of a later RED packet.
+    pub rtp_recovered: u64,
     /// Of `rtp_forwarded`, the packets the engine sealed itself (the fast path).
     pub rtp_forwarded_direct: u64,
     /// Fast-path packets not sent because their SRTP index was already sealed (a duplicate)
@@ -372,6 +377,9 @@ pub struct SfuStats {
     pub rtp_dropped_unauthorized: u64,
     /// RTP packets dropped because their track is muted by the server.
     pub rtp_dropped_muted: u64,
+    /// RTP packets dropped because their payload cannot be read (RED that is malformed or not
+    /// around Opus).
+    pub rtp_dropped_malformed: u64,
     /// Datagrams that matched no peer.
     pub datagrams_unknown: u64,
     /// Offers refused because they tried to publish without permission.

@@ -197,6 +197,8 @@ pub(crate) struct Peer {
     pub slot_by_mid: HashMap<Mid, SlotId>,
     /// The Opus payload type this peer negotiated, once known.
     pub opus_pt: Option<Pt>,
+    /// The RED (RFC 2198) payload type around Opus, if the peer negotiated RED.
+    pub red_pt: Option<Pt>,
     /// Remote addresses routed to this peer, removed with it.
     pub addrs: Vec<SocketAddr>,
     /// Every audio m-line the connection has, in order of appearance.
@@ -221,13 +223,14 @@ impl Peer {
         self.slots.get_mut(slot.0 as usize)
     }
 
-    /// Refresh the cached Opus payload type after a negotiation.
+    /// Refresh the cached Opus and RED payload types after a negotiation.
     pub fn refresh_opus_pt(&mut self) {
-        self.opus_pt = self
+        let opus = self
             .rtc
             .codec_config()
-            .find(|p| p.spec().codec == Codec::Opus)
-            .map(|p| p.pt());
+            .find(|p| p.spec().codec == Codec::Opus);
+        self.opus_pt = opus.map(|p| p.pt());
+        self.red_pt = opus.and_then(|p| p.red());
     }
 
     /// The mid an incoming RTP stream belongs to.

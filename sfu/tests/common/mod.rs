@@ -53,6 +53,13 @@ pub struct Heard {
     pub index: u32,
     /// The publisher's id byte, carried in payload byte 4.
     pub publisher: u8,
+    /// The payload type it came with.
+    pub pt: u8,
+    /// The whole payload when it came as RED (RFC 2198); `index` and `publisher` are then read
+    /// from its primary block.
+    pub red: Option<Vec<u8>>,
+    /// The Opus payload (the primary block of a RED packet).
+    pub opus: Vec<u8>,
 }
 
 /// A simulated browser: a full-ICE str0m peer in RTP mode.
@@ -74,12 +81,50 @@ pub struct Client {
     pub sent: u32,
     pub publisher_byte: u8,
     pub alive: bool,
+    /// Whether the client sends RED when it negotiated it (as browsers do).
+    pub send_red: bool,
+    /// The Opus payload of the previous packet sent, repeated in the next RED packet.
+    pub last_opus: Option<Vec<u8>>,
+}
+
+impl Client {
+    /// The negotiated Opus and RED payload types.
+    pub fn pts(&self) -> (Option<Pt>, Option<Pt>) {
+        let opus = self
+            .rtc
+            .codec_config()
+            .find(|p| p.spec().codec == Codec::Opus);
+        (opus.map(|p| p.pt()), opus.and_then(|p| p.red()))
+    }
+}
+
+/// An RFC 2198 payload: `redundant` blocks of payload type `pt`, each `ts_step` ticks older than
+/// the next, then the primary.
+pub fn red_payload(pt: u8, ts_step: u16, redundant: &[&[u8]], primary: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let n = redundant.len() as u16;
+    for (i, block) in redundant.iter().enumerate() {
+        let ts = ts_step * (n - i as u16);
+        let len = block.len() as u16;
+        out.extend_from_slice(&[
+            0x80 | pt,
+            (ts >> 6) as u8,
+            (((ts & 0x3f) << 2) as u8) | ((len >> 8) as u8 & 0x03),
+            len as u8,
+        ]);
+    }
+    out.push(pt & 0x7f);
+    for block in redundant {
+        out.extend_from_slice(block);
+    }
+    out.extend_from_slice(primary);
+    out
 }
 
 impl Client {
     /// Drain after a mutation, then tick the clock once: str0m only schedules ICE checks
     /// after it has seen a timeout input.
-    fn drain(&mut self, now: Instant) {
+    pub fn drain(&mut self, now: Instant) {
         self.drain_once(now);
         if self.rtc.handle_input(Input::Timeout(now)).is_ok() {
             self.drain_once(now);
@@ -104,7 +149,15 @@ impl Client {
                 Ok(RtcOutput::Event(e)) => match e {
                     RtcEvent::Connected => self.connected = true,
                     RtcEvent::RtpPacket(p) => {
-                        let payload = &p.payload;
+                        let pt = *p.header.payload_type;
+                        let is_red = self.pts().1.is_some_and(|red| *red == pt);
+                        let (red, payload) = if is_red {
+                            let whole = p.payload.to_vec();
+                            let primary = red_primary(&whole).to_vec();
+                            (Some(whole), primary)
+                        } else {
+                            (None, p.payload.to_vec())
+                        };
                         let index = payload
                             .get(0..4)
                             .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
@@ -118,6 +171,9 @@ impl Client {
                             audio_level: p.header.ext_vals.audio_level,
                             index,
                             publisher: payload.get(4).copied().unwrap_or(0),
+                            pt,
+                            red,
+                            opus: payload,
                         });
                     }
                     _ => {}
@@ -156,6 +212,8 @@ pub struct Sim {
     /// each client's datagrams (as SO_REUSEPORT hashing would pick).
     next_shard: usize,
     pub recv_shard: HashMap<usize, usize>,
+    /// Whether new clients offer and accept RED (RFC 2198) around Opus, as browsers do.
+    pub red: bool,
 }
 
 pub const SFU_ADDR: &str = "127.0.0.1:7882";
@@ -197,6 +255,7 @@ impl Sim {
             link: NetemConfig::new().latency(Duration::from_millis(10)),
             next_shard: 0,
             recv_shard: HashMap::new(),
+            red: false,
         }
     }
 
@@ -216,7 +275,7 @@ impl Sim {
         let mut rtc = RtcConfig::new()
             .set_rtp_mode(true)
             .clear_codecs()
-            .enable_opus(true, false)
+            .enable_opus(true, self.red)
             .build(self.now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         let link_seed = self.seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -234,6 +293,8 @@ impl Sim {
             sent: 0,
             publisher_byte: i as u8,
             alive: true,
+            send_red: self.red,
+            last_opus: None,
         };
         self.clients.push(client);
         self.by_addr.insert(addr, i);
@@ -421,6 +482,15 @@ impl Sim {
             ..Default::default()
         };
         let ts = (index as u64 * OPUS_CLOCK_RATE / 50) as u32;
+        // As browsers do: RED with the previous frame as its redundant block, once negotiated.
+        let (pt, payload) = match client.pts().1 {
+            Some(red) if client.send_red => {
+                let previous = client.last_opus.replace(payload.clone());
+                let redundant: Vec<&[u8]> = previous.iter().map(Vec::as_slice).collect();
+                (red, red_payload(*pt, 960, &redundant, &payload))
+            }
+            _ => (pt, payload),
+        };
         let mut api = client.rtc.direct_api();
         let Some(tx) = api.stream_tx_by_mid(mid, None) else {
             return;
@@ -622,6 +692,17 @@ impl Sim {
     pub fn kill(&mut self, c: usize) {
         self.clients[c].alive = false;
     }
+}
+
+/// The primary block of a well-formed RED payload (the harness reads what the engine sent).
+pub fn red_primary(payload: &[u8]) -> &[u8] {
+    let mut pos = 0;
+    let mut data = 0;
+    while payload[pos] & 0x80 != 0 {
+        data += (usize::from(payload[pos + 2] & 0x03) << 8) | usize::from(payload[pos + 3]);
+        pos += 4;
+    }
+    &payload[pos + 1 + data..]
 }
 
 fn tracing_subscriber_init() {

@@ -66,10 +66,22 @@ pub struct RelayConfig {
 pub struct TlsConfig {
     /// Port (`0`: any free port).
     pub port: u16,
-    /// PEM certificate chain.
-    pub certificate: PathBuf,
-    /// PEM private key.
-    pub private_key: PathBuf,
+    /// Where its certificate comes from.
+    pub certificates: TlsCertificates,
+}
+
+/// The TLS listener's certificate.
+#[derive(Debug, Clone)]
+pub enum TlsCertificates {
+    /// PEM files, read once at start.
+    Files {
+        /// PEM certificate chain.
+        certificate: PathBuf,
+        /// PEM private key.
+        private_key: PathBuf,
+    },
+    /// A ready configuration, e.g. one whose certificate resolver follows ACME renewals.
+    Config(Arc<tokio_rustls::rustls::ServerConfig>),
 }
 
 /// Why the relay cannot start.

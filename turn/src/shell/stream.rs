@@ -15,7 +15,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::debug;
 
 use super::shard::Inbox;
-use super::{Input, StartError, TlsConfig};
+use super::{Input, StartError, TlsCertificates, TlsConfig};
 use crate::proto::message::{FrameKind, frame_kind, padded};
 use crate::proto::{Client, Transport};
 
@@ -28,11 +28,19 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames queued for one connection's writer; more are dropped.
 const WRITE_QUEUE: usize = 512;
 
-/// Builds the TLS acceptor from PEM files.
+/// Builds the TLS acceptor from PEM files or a ready configuration.
 pub(super) fn tls_acceptor(config: &TlsConfig) -> Result<TlsAcceptor, StartError> {
-    let server = server_config(&config.certificate, &config.private_key, Vec::new())
-        .map_err(StartError::Tls)?;
-    Ok(TlsAcceptor::from(Arc::new(server)))
+    match &config.certificates {
+        TlsCertificates::Files {
+            certificate,
+            private_key,
+        } => {
+            let server =
+                server_config(certificate, private_key, Vec::new()).map_err(StartError::Tls)?;
+            Ok(TlsAcceptor::from(Arc::new(server)))
+        }
+        TlsCertificates::Config(server) => Ok(TlsAcceptor::from(server.clone())),
+    }
 }
 
 /// A rustls server configuration from a PEM certificate chain and its private key, offering
