@@ -104,9 +104,13 @@ cargo check -p stoa-signaling --no-default-features
 # Fuzz targets (fuzz/): build them and run each briefly, bounded in runs and time. cargo-fuzz
 # needs nightly-only compiler flags; RUSTC_BOOTSTRAP lets the stable toolchain accept them.
 # Longer campaigns: RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none -O signal_request
-for target in signal_request engine_datagram turn_message egress_input; do
+for target in signal_request engine_datagram turn_message signaling_core egress_input; do
+    # signaling_core's input is a sequence of 3-byte actions: start with sequences, not bytes.
+    lengths=""
+    [ "$target" = signaling_core ] && lengths="-len_control=0 -max_len=96"
+    # shellcheck disable=SC2086
     RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none -O "$target" -- \
-        -runs=3000 -max_total_time=60 -rss_limit_mb=4096
+        -runs=3000 -max_total_time=60 -rss_limit_mb=4096 $lengths
 done
 
 set +x

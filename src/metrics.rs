@@ -16,7 +16,7 @@ use metrics::{Unit, counter, describe_counter, describe_gauge, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use stoa_sfu::SfuStats;
 use stoa_sfu::shell::SfuHandle;
-use stoa_sfu::shell::traffic::{HistogramSnapshot, TrafficSnapshot};
+use stoa_sfu::shell::traffic::{HistogramSnapshot, Queue, TrafficSnapshot};
 use stoa_signaling::service::{Signaling, SignalingStats};
 use stoa_signaling::webhook::{Notifier, WebhookStats};
 
@@ -65,6 +65,14 @@ pub const SFU_RTP_DROPPED: &str = "sfu_rtp_packets_dropped_total";
 pub const SFU_DATAGRAMS_UNKNOWN: &str = "sfu_datagrams_unknown_total";
 /// Offers refused for publishing without permission (counter).
 pub const SFU_OFFERS_REFUSED: &str = "sfu_offers_refused_total";
+/// Messages dropped because a bounded signaling queue was full, by `queue` = `requests`
+/// (a client's request; the client is closed) | `outbox` (a session's outbox; the client is
+/// disconnected) | `engine` (an engine command; the session is told to rejoin) | `observer`
+/// (an event for the control plane) (counter).
+pub const SIGNALING_DROPPED: &str = "signaling_dropped_total";
+/// Messages dropped because a bounded queue of the media engine's shell was full, by `queue` =
+/// `commands` | `relays` | `events` (counter).
+pub const SFU_QUEUE_DROPPED: &str = "sfu_queue_dropped_total";
 /// Media engine shards that answered the last scrape (gauge).
 pub const SFU_SHARDS: &str = "sfu_shards";
 /// 1 while the server drains for shutdown, else 0 (gauge).
@@ -99,6 +107,16 @@ pub fn describe() {
         Unit::Count,
         "Webhook events by outcome (delivered, failed after retries, certificate_refused: the \
          https receiver's certificate did not verify, dropped on a full queue)"
+    );
+    describe_counter!(
+        SIGNALING_DROPPED,
+        Unit::Count,
+        "Messages dropped on a full signaling queue, by queue (the clients concerned are closed or told to rejoin)"
+    );
+    describe_counter!(
+        SFU_QUEUE_DROPPED,
+        Unit::Count,
+        "Messages dropped on a full queue of the media engine's shell, by queue"
     );
     describe_gauge!(SFU_PEERS, Unit::Count, "Live peer connections");
     describe_gauge!(
@@ -234,6 +252,10 @@ pub fn record(snapshot: &Snapshot) {
         gauge!(SIGNALING_TRACKS).set(s.tracks as f64);
         gauge!(SIGNALING_PARTICIPANTS, "role" => "publisher").set(s.publishers as f64);
         gauge!(SIGNALING_PARTICIPANTS, "role" => "listener").set(s.listeners as f64);
+        counter!(SIGNALING_DROPPED, "queue" => "requests").absolute(s.requests_dropped);
+        counter!(SIGNALING_DROPPED, "queue" => "outbox").absolute(s.clients_overflowed);
+        counter!(SIGNALING_DROPPED, "queue" => "engine").absolute(s.engine_undelivered);
+        counter!(SIGNALING_DROPPED, "queue" => "observer").absolute(s.observer_dropped);
     }
     if let Some(shards) = &snapshot.sfu {
         let total = shards.iter().fold(SfuStats::default(), |mut sum, s| {
@@ -273,6 +295,9 @@ pub fn record(snapshot: &Snapshot) {
     counter!(SFU_BYTES_RECEIVED).absolute(traffic.bytes_in);
     counter!(SFU_DATAGRAMS_SENT).absolute(traffic.datagrams_out);
     counter!(SFU_BYTES_SENT).absolute(traffic.bytes_out);
+    for queue in Queue::ALL {
+        counter!(SFU_QUEUE_DROPPED, "queue" => queue.name()).absolute(traffic.dropped_from(queue));
+    }
     let [delivered, failed, dropped, certificate_refused] = snapshot.webhooks.unwrap_or_default();
     counter!(SIGNALING_WEBHOOK_EVENTS, "outcome" => "delivered").absolute(delivered);
     counter!(SIGNALING_WEBHOOK_EVENTS, "outcome" => "failed").absolute(failed);
@@ -349,6 +374,9 @@ mod tests {
                 listeners: 2,
                 tracks: 1,
                 joins: HistogramSnapshot::default(),
+                requests_dropped: 7,
+                clients_overflowed: 2,
+                ..SignalingStats::default()
             }),
             sfu: Some(vec![shard, shard]),
             traffic: TrafficSnapshot {
@@ -356,6 +384,7 @@ mod tests {
                 bytes_in: 700,
                 datagrams_out: 9,
                 bytes_out: 900,
+                dropped: [1, 0, 3],
                 ..TrafficSnapshot::default()
             },
             webhooks: Some([4, 5, 6, 7]),
@@ -392,6 +421,11 @@ mod tests {
             "signaling_webhook_events_total{outcome=\"dropped\"} 6",
             "signaling_webhook_events_total{outcome=\"certificate_refused\"} 7",
             "stoa_draining 0",
+            "signaling_dropped_total{queue=\"requests\"} 7",
+            "signaling_dropped_total{queue=\"outbox\"} 2",
+            "signaling_dropped_total{queue=\"engine\"} 0",
+            "sfu_queue_dropped_total{queue=\"commands\"} 1",
+            "sfu_queue_dropped_total{queue=\"events\"} 3",
             "# TYPE sfu_rtp_packets_forwarded_total counter",
             "# TYPE sfu_peers gauge",
         ] {

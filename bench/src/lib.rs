@@ -17,7 +17,7 @@
 //! - [`sink`]: one thread reading every header-only listener's socket.
 //! - [`janus`]: Janus's videoroom as a comparison SFU, and the adapter that lets the same
 //!   clients drive it; [`compare`]: the baseline and both servers through the same ramp and
-//!   join storm, in one run.
+//!   join storm, in one run; [`two_rooms`]: join storms in one room while another is busy.
 //!
 //! One-way latency needs one clock: speakers and listeners run in this one process and share a
 //! [`clock::Clock`]; each Opus packet carries its send time in Opus padding (RFC 6716 §3.2.5),
@@ -45,3 +45,4 @@ pub mod report;
 pub mod scenario;
 pub mod server;
 pub mod sink;
+pub mod two_rooms;

@@ -51,6 +51,9 @@ enum Cmd {
     /// The control plane alone: users join one room through `POST /api/rooms/{id}/token` and
     /// the `/rtc` admission check, without media, in measured steps up to a large room.
     ApiLoad(ApiLoadArgs),
+    /// Join storms in room B while room A idles, then while it is busy (reactions and speaker
+    /// rotation), alternating; reports room B's join-to-first-audio either way.
+    TwoRooms(TwoRoomsArgs),
 }
 
 /// How clients join, for `run`: one path, or both side by side.
@@ -62,6 +65,36 @@ enum PathArg {
     Product,
     /// The same run twice, direct then product (a fresh server each with --spawn).
     Both,
+}
+
+#[derive(Debug, Args)]
+struct TwoRoomsArgs {
+    /// Room A's listeners.
+    #[arg(long, default_value_t = 2000)]
+    a_listeners: usize,
+    /// Room A's speakers (the floor rotates among them).
+    #[arg(long, default_value_t = 3)]
+    a_speakers: usize,
+    /// Room A's listener joins per second.
+    #[arg(long, default_value_t = 200.0)]
+    a_join_rate: f64,
+    /// Busy room A: milliseconds between reactions.
+    #[arg(long, default_value_t = 100)]
+    reaction_ms: u64,
+    /// Busy room A: seconds between floor changes.
+    #[arg(long, default_value_t = 2.0)]
+    rotate_every: f64,
+    /// Listeners per room-B storm.
+    #[arg(long, default_value_t = 500)]
+    b_listeners: usize,
+    /// Their joins per second.
+    #[arg(long, default_value_t = 100.0)]
+    b_join_rate: f64,
+    /// Storm pairs (A idle, A busy).
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    #[command(flatten)]
+    server: ServerArgs,
 }
 
 /// Which server, and how the harness runs.
@@ -493,6 +526,25 @@ fn main() -> anyhow::Result<()> {
             );
             let json = serde_json::to_string_pretty(&r).context("serialise")?;
             write_json(a.json.as_ref(), &json)?;
+        }
+        Cmd::TwoRooms(a) => {
+            let params = stoa_bench::two_rooms::TwoRoomsParams {
+                a_listeners: a.a_listeners,
+                a_speakers: a.a_speakers,
+                a_join_rate: a.a_join_rate,
+                reaction_every: Duration::from_millis(a.reaction_ms),
+                rotate_every: secs(a.rotate_every)?,
+                b_listeners: a.b_listeners,
+                b_join_rate: a.b_join_rate,
+                rounds: a.rounds,
+            };
+            params.validate()?;
+            let (target, _server) = target(&a.server, JoinPath::Direct)?;
+            let runtime = runtime(&a.server)?;
+            let report = runtime.block_on(stoa_bench::two_rooms::run(target, &params))?;
+            println!("{}", report.table());
+            let json = serde_json::to_string_pretty(&report).context("serialise")?;
+            write_json(a.server.json.as_ref(), &json)?;
         }
         Cmd::Compare(a) => {
             if let Some(dir) = &a.out {

@@ -12,7 +12,7 @@ use libfuzzer_sys::fuzz_target;
 use stoa_sfu::str0m::media::{Direction, MediaKind};
 use stoa_sfu::str0m::net::Protocol;
 use stoa_sfu::str0m::{Candidate, Rtc};
-use stoa_sfu::{Output, PeerConfig, Publish, ShardId, Sfu, SfuConfig};
+use stoa_sfu::{Datagrams, Output, PeerConfig, Publish, ShardId, Sfu, SfuConfig};
 
 fuzz_target!(|data: &[u8]| {
     // Fixed start: the engine never reads the clock itself.
@@ -39,6 +39,7 @@ fuzz_target!(|data: &[u8]| {
 
     let mut now = start;
     let mut rest = data;
+    let mut sent = Datagrams::default();
     while rest.len() >= 3 {
         let port = u16::from_be_bytes([rest[0], rest[1]]);
         let len = usize::from(rest[2]).min(rest.len() - 3);
@@ -59,5 +60,8 @@ fuzz_target!(|data: &[u8]| {
                 break;
             }
         }
+        // Every datagram leaves through one call; the queue is the caller's.
+        sfu.poll_datagrams(&mut sent);
+        sent.clear();
     }
 });

@@ -79,7 +79,7 @@ fuzz_target!(|data: &[u8]| {
             return;
         };
         for m in requests {
-            w.signaling.request(session, m);
+            let _ = w.signaling.request(session, m);
         }
         // Let the service work through them, then leave.
         tokio::time::sleep(Duration::from_millis(1)).await;

@@ -9,7 +9,7 @@
 //!
 //! - **stoa**: one publisher and K subscribers connected to one engine shard (real ICE, DTLS,
 //!   SRTP, on an in-memory network); per packet: the publisher's SRTP datagram goes through
-//!   `Sfu::handle_receive`, then `poll_output` is drained and `take_datagrams` taken (K SRTP
+//!   `Sfu::handle_receive`, then `poll_output` is drained and `poll_datagrams` taken (K SRTP
 //!   datagrams out, not sent). Reported per forwarded packet (÷ K). User space only: the core
 //!   makes no system calls. `STOA_BENCH_FAST_PATH=off` measures the engine with its fast path
 //!   disabled (every packet through str0m's send path).
@@ -245,7 +245,6 @@ impl StoaRoom {
             loop {
                 match self.sfu.poll_output() {
                     Output::Timeout(_) => break,
-                    Output::Transmit(t) => to_clients.push((t.destination, t.contents.to_vec())),
                     Output::Event(Event::Offer { peer, offer, .. }) => {
                         let i = self.subs.iter().position(|c| c.peer == Some(peer)).unwrap() + 1;
                         let c = self.client_mut(i);
@@ -260,7 +259,7 @@ impl StoaRoom {
                     Output::Event(_) | Output::Relay(_) => {}
                 }
             }
-            self.sfu.take_datagrams(&mut self.sealed);
+            self.sfu.poll_datagrams(&mut self.sealed);
             for d in self.sealed.iter() {
                 to_clients.push((d.destination, d.contents.to_vec()));
             }
@@ -339,15 +338,13 @@ impl StoaRoom {
             self.sfu.handle_timeout(now);
             let mut sent = 0usize;
             loop {
-                match self.sfu.poll_output() {
-                    Output::Timeout(_) => break,
-                    Output::Transmit(t) => sent += t.contents.len(),
-                    _ => {}
+                if let Output::Timeout(_) = self.sfu.poll_output() {
+                    break;
                 }
             }
-            // What the shell does next: take the fast path's datagrams (a buffer swap), hand
-            // them to sendmmsg (not here), and reuse the buffer.
-            self.sfu.take_datagrams(&mut self.sealed);
+            // What the shell does next: take the datagrams (a buffer swap), hand them to
+            // sendmmsg (not here), and reuse the buffer.
+            self.sfu.poll_datagrams(&mut self.sealed);
             sent += self.sealed.iter().map(|d| d.contents.len()).sum::<usize>();
             self.sealed.clear();
             cpu += thread_cpu() - t0;

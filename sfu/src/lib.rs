@@ -13,9 +13,13 @@
 //!   sharing a port (`SO_REUSEPORT`), relays packets between shards by message and batches
 //!   sends with `sendmmsg`.
 //!
+//! The owner drives the engine with [`EngineCommand`]s: data, never waiting for a reply, with
+//! peer ids the owner chooses; answers, offers and refusals come back as [`Event`]s.
+//!
 //! Forwarded packets take a fast path: the engine captures each connection's DTLS-SRTP keys
-//! through str0m's pluggable crypto and seals rewritten RTP itself into a reusable buffer
-//! ([`Sfu::take_datagrams`]), leaving ICE, DTLS, RTCP and data channels to str0m.
+//! through str0m's pluggable crypto and seals rewritten RTP itself, leaving ICE, DTLS, RTCP and
+//! data channels to str0m. Every datagram, str0m's or sealed, leaves through one call into a
+//! buffer the caller owns ([`Sfu::poll_datagrams`]).
 #![deny(missing_docs)]
 
 pub mod proto;
@@ -23,8 +27,8 @@ pub mod proto;
 pub mod shell;
 
 pub use proto::{
-    Datagram, Datagrams, Event, FastPath, MediaLabel, MediaPacket, Output, PeerConfig, PeerId,
-    Publish, Relay, RelayMsg, Routed, Sfu, SfuConfig, SfuError, SfuStats, ShardId, SlotId, TrackId,
-    UnpublishReason,
+    CommandKind, Datagram, Datagrams, EngineCommand, Event, FastPath, MediaLabel, MediaPacket,
+    Output, PeerConfig, PeerId, Publish, Relay, RelayMsg, Routed, Sfu, SfuConfig, SfuError,
+    SfuStats, ShardId, SlotId, TrackId, UnpublishReason,
 };
 pub use str0m;

@@ -14,8 +14,9 @@ use stoa_sfu::str0m::media::{Direction, MediaKind, Mid, Pt};
 use stoa_sfu::str0m::net::{Protocol, Receive};
 use stoa_sfu::str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
 use stoa_sfu::str0m::{Candidate, Event as RtcEvent, Input, Output as RtcOutput, Rtc, RtcConfig};
+use stoa_sfu::{EngineCommand, ShardId};
 use stoa_sfu::{Event, MediaLabel, PeerId, Publish, TrackId};
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::Receiver;
 
 struct Client {
     rtc: Rtc,
@@ -147,11 +148,7 @@ impl Drop for Clients {
     }
 }
 
-async fn next_offer(
-    events: &mut UnboundedReceiver<Event>,
-    peer: PeerId,
-    seen: &mut Vec<Event>,
-) -> SdpOffer {
+async fn next_offer(events: &mut Receiver<Event>, peer: PeerId, seen: &mut Vec<Event>) -> SdpOffer {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -166,8 +163,28 @@ async fn next_offer(
     }
 }
 
+async fn next_answer(
+    events: &mut Receiver<Event>,
+    peer: PeerId,
+    seen: &mut Vec<Event>,
+) -> stoa_sfu::str0m::change::SdpAnswer {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let e = tokio::time::timeout(remaining, events.recv())
+            .await
+            .expect("no answer in time")
+            .unwrap();
+        match e {
+            Event::Answer { peer: p, answer } if p == peer => return answer,
+            Event::CommandFailed { peer: p, error, .. } if p == peer => panic!("refused: {error}"),
+            other => seen.push(other),
+        }
+    }
+}
+
 async fn wait_for(
-    events: &mut UnboundedReceiver<Event>,
+    events: &mut Receiver<Event>,
     seen: &mut Vec<Event>,
     what: &str,
     cond: impl Fn(&[Event]) -> bool,
@@ -215,7 +232,15 @@ async fn publisher_is_heard_over_real_udp_across_shards() {
         assert_eq!(i, 0);
         (offer, pending, mid)
     };
-    let (pub_peer, answer) = sfu.accept_offer(Publish::Allow, offer).await.unwrap();
+    // The caller chooses peer ids; the shard is encoded in them.
+    let pub_peer = PeerId::new(ShardId(0), 1);
+    sfu.send(EngineCommand::AcceptOffer {
+        peer: pub_peer,
+        publish: Publish::Allow,
+        offer,
+    })
+    .unwrap();
+    let answer = next_answer(&mut events, pub_peer, &mut seen).await;
     clients.with(0, |c| {
         c.rtc.sdp_api().accept_answer(pending, answer).unwrap();
         let pt = c
@@ -229,16 +254,18 @@ async fn publisher_is_heard_over_real_udp_across_shards() {
 
     // Subscribers: engine offers. Round robin puts them on both shards.
     let mut subs = Vec::new();
-    for _ in 0..3 {
-        let peer = sfu
-            .create_peer(Publish::Deny, vec!["_reliable".into()])
-            .await
-            .unwrap();
+    for n in 0..3u64 {
+        let peer = PeerId::new(sfu.pick_shard(), 10 + n);
+        sfu.send(EngineCommand::CreatePeer {
+            peer,
+            publish: Publish::Deny,
+            channels: vec!["_reliable".into()],
+        })
+        .unwrap();
         let offer = next_offer(&mut events, peer, &mut seen).await;
         let i = clients.add(Client::new());
         let answer = clients.with(i, |c| c.rtc.sdp_api().accept_offer(offer).unwrap());
-        sfu.with_peer(peer, move |s, now| s.handle_answer(now, peer, answer))
-            .await
+        sfu.send(EngineCommand::HandleAnswer { peer, answer })
             .unwrap();
         subs.push((i, peer));
     }
@@ -282,9 +309,12 @@ async fn publisher_is_heard_over_real_udp_across_shards() {
             stream_id: "PA_x|TR_y".into(),
             track_id: "TR_y".into(),
         };
-        sfu.with_peer(peer, move |s, now| s.subscribe(now, peer, track, label))
-            .await
-            .unwrap();
+        sfu.send(EngineCommand::Subscribe {
+            track,
+            label,
+            peers: vec![peer],
+        })
+        .unwrap();
         let offer = next_offer(&mut events, peer, &mut seen).await;
         assert!(
             offer.to_sdp_string().contains("a=msid:PA_x|TR_y TR_y"),
@@ -292,8 +322,7 @@ async fn publisher_is_heard_over_real_udp_across_shards() {
             offer.to_sdp_string()
         );
         let answer = clients.with(i, |c| c.rtc.sdp_api().accept_offer(offer).unwrap());
-        sfu.with_peer(peer, move |s, now| s.handle_answer(now, peer, answer))
-            .await
+        sfu.send(EngineCommand::HandleAnswer { peer, answer })
             .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -5,14 +5,23 @@
 //! attributes and metadata), the Twirp `RoomService` server that unmodified LiveKit server SDKs
 //! call, and signed webhooks. It drives the media engine in `stoa-sfu` with commands and consumes
 //! its events; it knows nothing about hands, followers or other control-plane concepts.
+//!
+//! - [`proto`] is the sans-IO core: every room and session of a node as one deterministic
+//!   state machine, fed with `now` and inputs, polled for outputs (messages to clients, engine
+//!   commands, webhook events, timeouts).
+//! - `service` (feature `runtime`) is its tokio shell: one task moving bytes and timers between
+//!   the core, the clients' WebSockets (`ws`), the engine and the webhook notifier.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod join;
+pub mod proto;
 pub mod redact;
 pub mod room;
 #[cfg(feature = "runtime")]
 pub mod service;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod token;
 #[cfg(feature = "runtime")]
 pub mod twirp;

@@ -240,7 +240,13 @@ async fn session(
                     break reason.to_owned();
                 }
                 match request {
-                    Ok(lk::SignalRequest { message: Some(m) }) => signaling.request(id, m),
+                    Ok(lk::SignalRequest { message: Some(m) }) => {
+                        if signaling.request(id, m).is_err() {
+                            let reason = "server overloaded";
+                            let _ = socket.send(close(reason)).await;
+                            break reason.to_owned();
+                        }
+                    }
                     Ok(lk::SignalRequest { message: None }) => {}
                     Err(e) => {
                         let reason = format!("malformed signal request: {e}");

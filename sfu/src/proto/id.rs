@@ -16,7 +16,10 @@ pub struct ShardId(pub u16);
 pub struct PeerId(u64);
 
 impl PeerId {
-    pub(crate) fn new(shard: ShardId, index: u64) -> Self {
+    /// The peer `index` (48 bits; higher bits are dropped) of `shard`. The engine's owner
+    /// chooses the ids of the peers it creates with [`EngineCommand`](super::EngineCommand)s,
+    /// so it can file a peer before the engine has seen it.
+    pub fn new(shard: ShardId, index: u64) -> Self {
         PeerId((u64::from(shard.0) << 48) | (index & 0xffff_ffff_ffff))
     }
 

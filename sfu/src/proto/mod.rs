@@ -5,18 +5,25 @@
 //! ```text
 //! loop {
 //!     match sfu.poll_output() {
-//!         Output::Transmit(t) => send t.contents from t.source to t.destination,
 //!         Output::Event(e)    => hand to signaling,
 //!         Output::Relay(r)    => deliver to shard r.to via handle_relay,
-//!         Output::Timeout(t)  => sfu.take_datagrams(&mut queue) and send the queue,
+//!         Output::Timeout(t)  => sfu.poll_datagrams(&mut queue), send the queue,
 //!                                wait for a datagram, a command or t, then call
-//!                                handle_receive / a command / handle_timeout(now),
+//!                                handle_receive / handle_command / handle_timeout(now),
 //!     }
 //! }
 //! ```
 //!
 //! Every method that takes `now` may be called at any time; `poll_output` must be drained
-//! until it returns [`Output::Timeout`] before blocking, and [`Sfu::take_datagrams`] emptied.
+//! until it returns [`Output::Timeout`] before blocking. Every datagram the engine sends, str0m's
+//! own (ICE, DTLS, RTCP, SCTP) and the packets the forwarding fast path sealed, leaves through
+//! one call, [`Sfu::poll_datagrams`], into a buffer the caller owns (str0m's first, so a
+//! handshake never waits behind a fan-out burst); it may be called at any time, as often as
+//! the caller likes.
+//!
+//! The owner drives the engine with [`EngineCommand`]s ([`Sfu::handle_command`]): plain data,
+//! never waiting for a reply. It chooses the ids of the peers it creates ([`PeerId::new`]);
+//! answers, offers and refusals come back as events.
 //! The engine never reads a clock, never sleeps and draws randomness (ICE credentials, initial
 //! sequence numbers) only from the seed it is given, so a test with simulated time and a fixed
 //! seed is fully reproducible.
@@ -26,7 +33,7 @@
 //! Forwarded audio does not go through str0m's send path (a write, a timer run, the pacer and
 //! a full poll of the subscriber's `Rtc` per packet). The engine captures each connection's
 //! DTLS-SRTP keys (see `srtp`), writes the rewritten RTP header itself and seals the packet
-//! with AEAD-AES-GCM straight into a reusable buffer, [`Sfu::take_datagrams`]. str0m still
+//! with AEAD-AES-GCM straight into the same queue as str0m's datagrams. str0m still
 //! runs ICE, DTLS, RTCP, SCTP and timers on their own schedule. A slot whose connection
 //! negotiated AES-CM-SHA1-80, or whose keys or route are unknown, uses str0m's path instead
 //! ([`FastPath`]).
@@ -35,12 +42,16 @@
 //!
 //! Input from the network never panics: undecodable datagrams, RTP from peers that may not
 //! publish and packets for unknown peers are dropped and counted in [`SfuStats`]. Commands
-//! about unknown peers return [`SfuError`]. A peer whose `Rtc` fails is closed and reported
+//! about unknown peers return [`SfuError`] (as events when they came as [`EngineCommand`]s). A peer whose `Rtc` fails is closed and reported
 //! as [`Event::Disconnected`]; other peers are untouched.
 
+mod command;
 mod datagrams;
+mod demux;
+mod fanout;
 pub mod forwarder;
 pub mod id;
+mod lifecycle;
 mod peer;
 pub mod red;
 pub mod speaker;
@@ -59,12 +70,13 @@ use str0m::channel::ChannelId;
 use str0m::crypto::CryptoProvider;
 use str0m::ice::{IceCreds, StunMessage};
 use str0m::media::{Direction, MediaKind, Mid, Pt};
-use str0m::net::{Protocol, Receive, Transmit};
+use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
 use str0m::{
     Candidate, Event as RtcEvent, IceConnectionState, Input, Output as RtcOutput, RtcConfig,
 };
 
+pub use command::{CommandKind, EngineCommand};
 pub use datagrams::{Datagram, Datagrams};
 use forwarder::{Rewriter, SourceKey};
 pub use id::{MediaLabel, PeerId, ShardId, TrackId};
@@ -98,6 +110,9 @@ pub struct SfuConfig {
     pub stats_interval: Option<Duration>,
     /// Whether forwarded packets are sealed by the engine (see the module docs).
     pub fast_path: FastPath,
+    /// Host candidates of peers created by [`EngineCommand`]s: the shard's advertised socket
+    /// addresses.
+    pub candidates: Vec<SocketAddr>,
 }
 
 /// Whether the engine seals forwarded packets itself or hands each one to str0m.
@@ -120,6 +135,7 @@ impl SfuConfig {
             speaker: SpeakerConfig::default(),
             stats_interval: None,
             fast_path: FastPath::Enabled,
+            candidates: Vec::new(),
         }
     }
 }
@@ -141,6 +157,9 @@ pub enum SfuError {
     /// The peer does not exist (closed, or never created on this shard).
     #[error("unknown peer {0}")]
     UnknownPeer(PeerId),
+    /// A peer with this id exists already, or the id names another shard.
+    #[error("peer id {0} is taken or not this shard's")]
+    PeerIdUnavailable(PeerId),
     /// The track is not published on this shard.
     #[error("unknown track {0}")]
     UnknownTrack(TrackId),
@@ -195,8 +214,26 @@ pub enum Event {
         /// Why.
         reason: UnpublishReason,
     },
+    /// The engine's answer to a client's offer ([`EngineCommand::AcceptOffer`] or
+    /// [`EngineCommand::HandleOffer`]).
+    Answer {
+        /// The peer.
+        peer: PeerId,
+        /// The answer for the client.
+        answer: SdpAnswer,
+    },
+    /// A command about `peer` was refused; the peer is unchanged (or, for a refused creation,
+    /// does not exist).
+    CommandFailed {
+        /// The peer.
+        peer: PeerId,
+        /// Which command.
+        command: CommandKind,
+        /// Why.
+        error: SfuError,
+    },
     /// A server offer for `peer` must be sent to the client; answer with
-    /// [`Sfu::handle_answer`].
+    /// [`EngineCommand::HandleAnswer`] (or [`Sfu::handle_answer`]).
     Offer {
         /// The peer.
         peer: PeerId,
@@ -305,11 +342,9 @@ pub enum Routed {
     Dropped,
 }
 
-/// Output of [`Sfu::poll_output`].
+/// Output of [`Sfu::poll_output`]. Datagrams leave through [`Sfu::poll_datagrams`].
 #[derive(Debug)]
 pub enum Output {
-    /// A datagram to send.
-    Transmit(Transmit),
     /// An event for the owner.
     Event(Event),
     /// A message for another shard.
@@ -377,8 +412,6 @@ pub struct Sfu {
     last_now: Instant,
     /// str0m's crypto with a DTLS factory that hands the engine each connection's SRTP keys.
     crypto: Arc<CryptoProvider>,
-    /// Packets sealed by the fast path, waiting for [`Sfu::take_datagrams`].
-    datagrams: Datagrams,
 }
 
 /// What draining peers' `Rtc`s produces: their next deadlines, datagrams to send, str0m events
@@ -389,7 +422,11 @@ struct Drained {
     deadlines: BTreeSet<(Instant, PeerId)>,
     /// str0m events not yet processed, in order.
     rtc_events: VecDeque<(PeerId, RtcEvent)>,
-    transmits: VecDeque<Transmit>,
+    /// str0m's datagrams (ICE, DTLS, RTCP, SCTP, and media on str0m's send path), in order,
+    /// waiting for [`Sfu::poll_datagrams`].
+    datagrams: Datagrams,
+    /// Packets the forwarding fast path sealed, in order, waiting for the same call.
+    sealed: Datagrams,
     /// Peers whose `Rtc` failed or died, to close after the current operation.
     doomed: Vec<PeerId>,
 }
@@ -410,7 +447,7 @@ impl Drained {
                 }
                 Ok(RtcOutput::Transmit(t)) => {
                     p.direct.observe(&t);
-                    self.transmits.push_back(t);
+                    self.datagrams.push(t.source, t.destination, &t.contents);
                 }
                 Ok(RtcOutput::Event(e)) => self.rtc_events.push_back((peer, e)),
                 Err(e) => {
@@ -453,385 +490,7 @@ impl Sfu {
             stats: SfuStats::default(),
             last_now: now,
             crypto: srtp::capturing_provider(),
-            datagrams: Datagrams::default(),
         }
-    }
-
-    // ---------------------------------------------------------------- peers
-
-    /// Create a peer from a client's offer (the client drives negotiation, as on LiveKit's
-    /// publisher connection). Fails with [`SfuError::PublishNotAllowed`] if the offer sends
-    /// media and the peer may not publish.
-    pub fn accept_offer(
-        &mut self,
-        now: Instant,
-        config: PeerConfig,
-        offer: SdpOffer,
-    ) -> Result<(PeerId, SdpAnswer), SfuError> {
-        if config.publish == Publish::Deny && peer::offer_sends_media(&offer.to_sdp_string()) {
-            self.stats.offers_refused += 1;
-            return Err(SfuError::PublishNotAllowed);
-        }
-        let id = self.new_peer(now, &config)?;
-        let result = self.with_peer(id, |p| {
-            let answer = p.rtc.sdp_api().accept_offer(offer)?;
-            p.refresh_opus_pt();
-            Ok(answer)
-        });
-        match result {
-            Ok(answer) => {
-                self.after_mutation(now, id);
-                Ok((id, answer))
-            }
-            Err(e) => {
-                self.remove_peer(id);
-                Err(e)
-            }
-        }
-    }
-
-    /// Create a peer for which the engine makes the first offer (LiveKit's subscriber
-    /// connection), with the given data channels in it. The offer arrives as
-    /// [`Event::Offer`].
-    pub fn create_peer(
-        &mut self,
-        now: Instant,
-        config: PeerConfig,
-        channels: &[&str],
-    ) -> Result<PeerId, SfuError> {
-        let id = self.new_peer(now, &config)?;
-        if let Some(p) = self.peers.get_mut(&id) {
-            p.negotiation.queued_channels = channels.iter().map(|c| (*c).to_owned()).collect();
-        }
-        self.renegotiate(id);
-        self.after_mutation(now, id);
-        Ok(id)
-    }
-
-    /// Apply a client's re-offer on an existing peer (e.g. it adds its microphone).
-    pub fn handle_offer(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        offer: SdpOffer,
-    ) -> Result<SdpAnswer, SfuError> {
-        let p = self
-            .peers
-            .get_mut(&peer)
-            .ok_or(SfuError::UnknownPeer(peer))?;
-        if p.publish == Publish::Deny && peer::offer_sends_media(&offer.to_sdp_string()) {
-            self.stats.offers_refused += 1;
-            return Err(SfuError::PublishNotAllowed);
-        }
-        // str0m invalidates a pending local offer when it accepts a remote one: re-queue its
-        // slots so they are offered again after this exchange.
-        if p.negotiation.pending.take().is_some() {
-            let in_flight = std::mem::take(&mut p.negotiation.in_flight);
-            for s in &in_flight {
-                if let Some(slot) = p.slots.get_mut(s.0 as usize) {
-                    slot.mid = None;
-                }
-            }
-            p.negotiation.queued.splice(0..0, in_flight);
-        }
-        let answer = p.rtc.sdp_api().accept_offer(offer);
-        let result = match answer {
-            Ok(answer) => {
-                p.refresh_opus_pt();
-                Ok(answer)
-            }
-            Err(e) => Err(SfuError::Rtc(e)),
-        };
-        self.after_mutation(now, peer);
-        if result.is_ok() {
-            self.renegotiate(peer);
-            self.after_mutation(now, peer);
-        }
-        result
-    }
-
-    /// Apply the client's answer to the engine's last [`Event::Offer`] for `peer`.
-    pub fn handle_answer(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        answer: SdpAnswer,
-    ) -> Result<(), SfuError> {
-        let p = self
-            .peers
-            .get_mut(&peer)
-            .ok_or(SfuError::UnknownPeer(peer))?;
-        let pending = p
-            .negotiation
-            .pending
-            .take()
-            .ok_or(SfuError::NoPendingOffer)?;
-        let in_flight = std::mem::take(&mut p.negotiation.in_flight);
-        let result = p.rtc.sdp_api().accept_answer(pending, answer);
-        match result {
-            Ok(()) => {
-                p.refresh_opus_pt();
-                for s in in_flight {
-                    if let Some(slot) = p.slots.get_mut(s.0 as usize) {
-                        slot.negotiated = true;
-                    }
-                }
-            }
-            Err(e) => {
-                // The offer is spent either way; offer the slots again.
-                for s in &in_flight {
-                    if let Some(slot) = p.slots.get_mut(s.0 as usize) {
-                        slot.mid = None;
-                    }
-                }
-                p.negotiation.queued.splice(0..0, in_flight);
-                self.after_mutation(now, peer);
-                return Err(SfuError::Rtc(e));
-            }
-        }
-        self.after_mutation(now, peer);
-        self.renegotiate(peer);
-        self.after_mutation(now, peer);
-        Ok(())
-    }
-
-    /// Add a remote ICE candidate (trickle). With ICE-lite the engine learns addresses from
-    /// binding requests, so this is optional.
-    pub fn add_remote_candidate(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        candidate: Candidate,
-    ) -> Result<(), SfuError> {
-        let p = self
-            .peers
-            .get_mut(&peer)
-            .ok_or(SfuError::UnknownPeer(peer))?;
-        p.rtc.add_remote_candidate(candidate);
-        self.after_mutation(now, peer);
-        Ok(())
-    }
-
-    /// Change what a peer may do. Revoking publish unpublishes its tracks at once and drops
-    /// any RTP it still sends.
-    pub fn set_publish(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        publish: Publish,
-    ) -> Result<(), SfuError> {
-        let p = self
-            .peers
-            .get_mut(&peer)
-            .ok_or(SfuError::UnknownPeer(peer))?;
-        p.publish = publish;
-        if publish == Publish::Deny {
-            let tracks: Vec<TrackId> = p.up.drain().map(|(_, t)| t).collect();
-            p.ssrc_mid.clear();
-            for t in tracks {
-                self.unpublish(t, UnpublishReason::PermissionRevoked);
-            }
-        } else {
-            self.publish_existing(peer);
-        }
-        self.process(now);
-        Ok(())
-    }
-
-    /// Close a peer: its tracks are unpublished, its subscriptions dropped. Emits
-    /// [`Event::Disconnected`].
-    pub fn close_peer(&mut self, now: Instant, peer: PeerId) -> Result<(), SfuError> {
-        let p = self
-            .peers
-            .get_mut(&peer)
-            .ok_or(SfuError::UnknownPeer(peer))?;
-        p.rtc.disconnect();
-        self.drain_rtc(peer);
-        self.remove_peer(peer);
-        self.process(now);
-        Ok(())
-    }
-
-    /// Send a message on a data channel.
-    pub fn send_data(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        channel: ChannelId,
-        binary: bool,
-        data: &[u8],
-    ) -> Result<bool, SfuError> {
-        let p = self
-            .peers
-            .get_mut(&peer)
-            .ok_or(SfuError::UnknownPeer(peer))?;
-        let sent = match p.rtc.channel(channel) {
-            Some(mut ch) => ch.write(binary, data)?,
-            None => false,
-        };
-        self.after_mutation(now, peer);
-        Ok(sent)
-    }
-
-    // ---------------------------------------------------------------- subscriptions
-
-    /// Subscribe `peer` to `track`: adds a sendonly m-line labelled `label` (negotiated via
-    /// [`Event::Offer`]) and forwards the track into it. The track may live on another shard.
-    pub fn subscribe(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        track: TrackId,
-        label: MediaLabel,
-    ) -> Result<SlotId, SfuError> {
-        let slot = self.add_slot(peer, label)?;
-        self.set_slot_source(now, peer, slot, Some(track))?;
-        Ok(slot)
-    }
-
-    /// Add an empty downstream slot to `peer` (for fixed slots fed by changing sources).
-    pub fn add_slot(&mut self, peer: PeerId, label: MediaLabel) -> Result<SlotId, SfuError> {
-        let initial_seq = (self.rng.next_u64() & 0x7fff) as u16;
-        let initial_ts = self.rng.next_u64() as u32;
-        let p = self
-            .peers
-            .get_mut(&peer)
-            .ok_or(SfuError::UnknownPeer(peer))?;
-        let id = SlotId(p.slots.len() as u32);
-        p.slots.push(Slot {
-            label,
-            mid: None,
-            source: None,
-            rewriter: Rewriter::new(initial_seq, initial_ts),
-            negotiated: false,
-            path: SendPath::Undecided,
-        });
-        p.negotiation.queued.push(id);
-        self.renegotiate(peer);
-        Ok(id)
-    }
-
-    /// Point a slot at `source` (or at nothing). The subscriber's stream stays continuous
-    /// across changes. Only subscribed tracks cost per-packet work.
-    pub fn set_slot_source(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        slot: SlotId,
-        source: Option<TrackId>,
-    ) -> Result<(), SfuError> {
-        let p = self
-            .peers
-            .get_mut(&peer)
-            .ok_or(SfuError::UnknownPeer(peer))?;
-        let s = p.slot_mut(slot).ok_or(SfuError::UnknownSlot(slot))?;
-        let old = std::mem::replace(&mut s.source, source);
-        if old == source {
-            self.process(now);
-            return Ok(());
-        }
-        s.rewriter.break_segment();
-        if let Some(old) = old {
-            self.fanout_remove(old, peer, slot);
-        }
-        if let Some(new) = source {
-            self.fanout_add(new, peer, slot);
-        }
-        self.process(now);
-        Ok(())
-    }
-
-    /// Stop forwarding `track` to `peer`. The m-line stays (as LiveKit's transceiver reuse)
-    /// and can be fed again with [`Sfu::set_slot_source`].
-    pub fn unsubscribe(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        track: TrackId,
-    ) -> Result<(), SfuError> {
-        let p = self.peers.get(&peer).ok_or(SfuError::UnknownPeer(peer))?;
-        let slots: Vec<SlotId> = (0..p.slots.len() as u32)
-            .map(SlotId)
-            .filter(|s| p.slots[s.0 as usize].source == Some(track))
-            .collect();
-        for s in slots {
-            self.set_slot_source(now, peer, s, None)?;
-        }
-        Ok(())
-    }
-
-    /// Mute or unmute a track on the server: while muted nothing is forwarded, whatever the
-    /// publisher sends. Subscribers see a continuous stream across the pause.
-    pub fn set_track_muted(&mut self, track: TrackId, muted: bool) -> Result<(), SfuError> {
-        let t = self
-            .tracks
-            .get_mut(&track)
-            .ok_or(SfuError::UnknownTrack(track))?;
-        if t.muted != muted {
-            t.muted = muted;
-            t.epoch += 1;
-        }
-        Ok(())
-    }
-
-    // ---------------------------------------------------------------- input
-
-    /// Feed a datagram received on the engine's socket `destination` from `source`.
-    pub fn handle_receive(
-        &mut self,
-        now: Instant,
-        proto: Protocol,
-        source: SocketAddr,
-        destination: SocketAddr,
-        contents: &[u8],
-    ) -> Routed {
-        self.last_now = self.last_now.max(now);
-        let peer = match self.by_addr.get(&source) {
-            Some(p) => *p,
-            None => match self.route_new(now, proto, source, destination, contents) {
-                Ok(p) => p,
-                Err(r) => return r,
-            },
-        };
-        let Ok(receive) = Receive::new(proto, source, destination, contents) else {
-            self.stats.datagrams_unknown += 1;
-            return Routed::Dropped;
-        };
-        if let Some(p) = self.peers.get_mut(&peer)
-            && let Err(e) = p.rtc.handle_input(Input::Receive(now, receive))
-        {
-            tracing::debug!(peer = %peer, error = %e, "rtc rejected input");
-        }
-        self.after_mutation(now, peer);
-        Routed::Handled
-    }
-
-    /// Deliver a message from another shard.
-    pub fn handle_relay(&mut self, now: Instant, relay: Relay) {
-        match relay.msg {
-            RelayMsg::Subscribe(track) => {
-                if let Some(t) = self.tracks.get_mut(&track) {
-                    if !t.relays.contains(&relay.from) {
-                        t.relays.push(relay.from);
-                    }
-                } else {
-                    // The track is already gone: tell the subscriber's shard.
-                    self.relays.push_back(Relay {
-                        to: relay.from,
-                        from: self.config.shard,
-                        msg: RelayMsg::TrackEnded(track),
-                    });
-                }
-            }
-            RelayMsg::Unsubscribe(track) => {
-                if let Some(t) = self.tracks.get_mut(&track) {
-                    t.relays.retain(|s| *s != relay.from);
-                }
-            }
-            RelayMsg::Packet(track, packet) => self.forward(now, track, &packet),
-            RelayMsg::TrackEnded(track) => self.clear_slots_of(track),
-        }
-        self.process(now);
     }
 
     /// Drive timers: call when the last [`Output::Timeout`] passed (earlier is harmless).
@@ -866,19 +525,21 @@ impl Sfu {
         self.process(now);
     }
 
-    /// Move the datagrams sealed by the forwarding fast path to the end of `queue` (swapping
-    /// buffers when `queue` is empty, so nothing is copied in the common case). Call after
-    /// draining [`Sfu::poll_output`]; the datagrams are not also returned as
-    /// [`Output::Transmit`].
-    pub fn take_datagrams(&mut self, queue: &mut Datagrams) {
-        queue.append(&mut self.datagrams);
+    /// Move every datagram waiting to be sent to the end of `queue`: str0m's own first (ICE,
+    /// DTLS, RTCP, SCTP: a handshake never waits behind a fan-out burst), then the packets the
+    /// fast path sealed, each in the order produced. Swaps buffers when `queue` is empty, so
+    /// nothing is copied in the common case. The only way datagrams leave the engine; call it
+    /// whenever convenient, typically once [`Sfu::poll_output`] returned [`Output::Timeout`].
+    /// Returns how many datagrams were moved.
+    pub fn poll_datagrams(&mut self, queue: &mut Datagrams) -> usize {
+        let n = self.out.datagrams.len() + self.out.sealed.len();
+        queue.append(&mut self.out.datagrams);
+        queue.append(&mut self.out.sealed);
+        n
     }
 
     /// The next output. Drain until [`Output::Timeout`].
     pub fn poll_output(&mut self) -> Output {
-        if let Some(t) = self.out.transmits.pop_front() {
-            return Output::Transmit(t);
-        }
         if let Some(r) = self.relays.pop_front() {
             return Output::Relay(r);
         }
@@ -895,8 +556,6 @@ impl Sfu {
         };
         Output::Timeout(next)
     }
-
-    // ---------------------------------------------------------------- queries
 
     /// Engine counters.
     pub fn stats(&self) -> SfuStats {
@@ -935,134 +594,6 @@ impl Sfu {
     /// Number of local subscribers of `track` (slots fed by it on this shard).
     pub fn subscriber_count(&self, track: TrackId) -> usize {
         self.fanout.get(&track).map_or(0, Vec::len)
-    }
-
-    // ---------------------------------------------------------------- internals
-
-    fn new_peer(&mut self, now: Instant, config: &PeerConfig) -> Result<PeerId, SfuError> {
-        let id = PeerId::new(self.config.shard, self.next_peer);
-        self.next_peer += 1;
-        let ufrag = format!(
-            "{:02x}{}",
-            self.config.shard.0 & 0xff,
-            self.random_token(UFRAG_LEN - 2)
-        );
-        let pass = self.random_token(24);
-        let mut rtc_config = RtcConfig::new()
-            .set_crypto_provider(self.crypto.clone())
-            .set_ice_lite(true)
-            .set_rtp_mode(true)
-            .clear_codecs()
-            // RED (RFC 2198) when the peer offers or accepts it: publishers may send it, and
-            // subscribers that accept it get it (see `red`).
-            .enable_opus(true, true)
-            .set_stats_interval(self.config.stats_interval)
-            .set_local_ice_credentials(IceCreds {
-                ufrag: ufrag.clone(),
-                pass,
-            });
-        // Opus FEC on, DTX allowed: what LiveKit answers too.
-        rtc_config = rtc_config.set_reordering_size_audio(0);
-        let (mut rtc, keys) = srtp::build_rtc(rtc_config, now);
-        for addr in &config.candidates {
-            let cand =
-                Candidate::host(*addr, "udp").map_err(|e| SfuError::BadCandidate(e.to_string()))?;
-            rtc.add_local_candidate(cand);
-        }
-        self.by_ufrag.insert(ufrag.clone(), id);
-        self.peers.insert(
-            id,
-            Box::new(Peer {
-                id,
-                rtc,
-                publish: config.publish,
-                connected: false,
-                ufrag,
-                deadline: now,
-                negotiation: Negotiation::default(),
-                up: HashMap::new(),
-                ssrc_mid: HashMap::new(),
-                slots: Vec::new(),
-                slot_by_mid: HashMap::new(),
-                opus_pt: None,
-                red_pt: None,
-                addrs: Vec::new(),
-                audio_mids: Vec::new(),
-                counters: PeerCounters::default(),
-                direct: DirectTx::new(keys),
-            }),
-        );
-        self.out.deadlines.insert((now, id));
-        Ok(id)
-    }
-
-    fn random_token(&mut self, len: usize) -> String {
-        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-        (0..len)
-            .map(|_| ALPHABET[(self.rng.next_u64() % ALPHABET.len() as u64) as usize] as char)
-            .collect()
-    }
-
-    fn with_peer<T>(
-        &mut self,
-        id: PeerId,
-        f: impl FnOnce(&mut Peer) -> Result<T, str0m::RtcError>,
-    ) -> Result<T, SfuError> {
-        let p = self.peers.get_mut(&id).ok_or(SfuError::UnknownPeer(id))?;
-        Ok(f(p)?)
-    }
-
-    /// Route a datagram from an address not seen before: only an authenticated STUN binding
-    /// request may bind a new address to a peer.
-    fn route_new(
-        &mut self,
-        now: Instant,
-        proto: Protocol,
-        source: SocketAddr,
-        destination: SocketAddr,
-        contents: &[u8],
-    ) -> Result<PeerId, Routed> {
-        let dropped = |s: &mut Self| {
-            s.stats.datagrams_unknown += 1;
-            Err(Routed::Dropped)
-        };
-        let Ok(stun) = StunMessage::parse(contents) else {
-            if let Some(shard) = self.foreign_addrs.get(&source) {
-                return Err(Routed::Foreign(*shard));
-            }
-            return dropped(self);
-        };
-        let Some((local_ufrag, _)) = stun.split_username() else {
-            return dropped(self);
-        };
-        let Some(peer) = self.by_ufrag.get(local_ufrag).copied() else {
-            let shard = local_ufrag
-                .get(0..2)
-                .and_then(|h| u16::from_str_radix(h, 16).ok())
-                .map(ShardId)
-                .filter(|s| *s != self.config.shard);
-            return match shard {
-                Some(shard) => {
-                    if self.foreign_addrs.len() >= MAX_FOREIGN_ADDRS {
-                        self.foreign_addrs.clear();
-                    }
-                    self.foreign_addrs.insert(source, shard);
-                    Err(Routed::Foreign(shard))
-                }
-                None => dropped(self),
-            };
-        };
-        let Ok(receive) = Receive::new(proto, source, destination, contents) else {
-            return dropped(self);
-        };
-        let p = self.peers.get_mut(&peer).ok_or(Routed::Dropped)?;
-        if !p.rtc.accepts(&Input::Receive(now, receive)) {
-            return dropped(self);
-        }
-        self.foreign_addrs.remove(&source);
-        self.by_addr.insert(source, peer);
-        p.addrs.push(source);
-        Ok(peer)
     }
 
     /// After mutating a peer's `Rtc`: drain it, then process what came out.
@@ -1148,395 +679,5 @@ impl Sfu {
             RtcEvent::PeerStats(stats) => self.events.push_back(Event::PeerStats { peer, stats }),
             _ => {}
         }
-    }
-
-    /// A peer's m-line `mid` receives audio: publish it if the peer may.
-    fn publish_mid(&mut self, peer: PeerId, mid: Mid) {
-        let Some(p) = self.peers.get_mut(&peer) else {
-            return;
-        };
-        if p.publish == Publish::Deny || p.up.contains_key(&mid) {
-            return;
-        }
-        let Some(media) = p.rtc.media(mid) else {
-            return;
-        };
-        let label = MediaLabel {
-            stream_id: media.stream_id().to_owned(),
-            track_id: media.track_id().to_owned(),
-        };
-        let track = TrackId { peer, mid };
-        p.up.insert(mid, track);
-        self.tracks.insert(
-            track,
-            Track {
-                label: label.clone(),
-                muted: false,
-                epoch: 0,
-                relays: Vec::new(),
-                newest: None,
-            },
-        );
-        self.events
-            .push_back(Event::TrackPublished { track, label });
-    }
-
-    /// After a grant of publish permission, publish m-lines that already receive audio.
-    fn publish_existing(&mut self, peer: PeerId) {
-        let Some(p) = self.peers.get(&peer) else {
-            return;
-        };
-        let mids: Vec<Mid> = p
-            .audio_mids
-            .iter()
-            .copied()
-            .filter(|m| {
-                p.rtc.media(*m).is_some_and(|media| {
-                    media.kind() == MediaKind::Audio && media.direction().is_receiving()
-                })
-            })
-            .collect();
-        for mid in mids {
-            self.publish_mid(peer, mid);
-        }
-    }
-
-    fn handle_rtp(&mut self, now: Instant, peer: PeerId, packet: RtpPacket) {
-        let Some(p) = self.peers.get_mut(&peer) else {
-            return;
-        };
-        p.counters.rtp_in += 1;
-        if p.publish == Publish::Deny {
-            p.counters.rtp_dropped_unauthorized += 1;
-            self.stats.rtp_dropped_unauthorized += 1;
-            return;
-        }
-        let ssrc = packet.header.ssrc;
-        let Some(mid) = p.mid_of(ssrc, packet.header.ext_vals.mid) else {
-            self.stats.datagrams_unknown += 1;
-            return;
-        };
-        let Some(&track) = p.up.get(&mid) else {
-            // Media on an m-line that is not (or no longer) published.
-            p.counters.rtp_dropped_unauthorized += 1;
-            self.stats.rtp_dropped_unauthorized += 1;
-            return;
-        };
-        // Only Opus and RED around Opus are forwarded (CN and DTMF are not relayed).
-        let pt = Some(packet.header.payload_type);
-        let encoding = match p.opus_pt {
-            Some(opus) if pt == Some(opus) => red::Encoding::Opus,
-            Some(opus) if pt == p.red_pt => match red::Encoding::of_red(&packet.payload, *opus) {
-                Ok(encoding) => encoding,
-                Err(_) => {
-                    self.stats.rtp_dropped_malformed += 1;
-                    return;
-                }
-            },
-            _ => return,
-        };
-        let Some(t) = self.tracks.get_mut(&track) else {
-            return;
-        };
-        self.stats.rtp_in += 1;
-        let gap = t.lost_before(*ssrc, *packet.seq_no);
-        self.stats.rtp_lost += gap;
-        if t.muted {
-            self.stats.rtp_dropped_muted += 1;
-            if let Some(p) = self.peers.get_mut(&peer) {
-                p.counters.rtp_dropped_muted += 1;
-            }
-            return;
-        }
-        if let Some(level) = packet.header.ext_vals.audio_level {
-            self.speakers
-                .observe(now, track, level.unsigned_abs(), OPUS_FRAME);
-        }
-        let media = MediaPacket {
-            ssrc: *ssrc,
-            epoch: t.epoch,
-            seq_no: *packet.seq_no,
-            timestamp: packet.header.timestamp,
-            marker: packet.header.marker,
-            audio_level: packet.header.ext_vals.audio_level,
-            voice_activity: packet.header.ext_vals.voice_activity,
-            received: packet.timestamp,
-            payload: packet.payload,
-            encoding,
-        };
-        // Packets lost just before a RED packet, rebuilt from its redundant blocks.
-        let recovered = red::rebuild_lost(&media, gap);
-        self.stats.rtp_recovered += recovered.len() as u64;
-        for shard in &t.relays {
-            for m in recovered.iter().chain(std::iter::once(&media)) {
-                self.relays.push_back(Relay {
-                    to: *shard,
-                    from: self.config.shard,
-                    msg: RelayMsg::Packet(track, m.clone()),
-                });
-            }
-        }
-        for m in &recovered {
-            self.forward(now, track, m);
-        }
-        self.forward(now, track, &media);
-    }
-
-    /// Write `packet` of `track` to every local slot fed by it.
-    fn forward(&mut self, now: Instant, track: TrackId, packet: &MediaPacket) {
-        let Some(subs) = self.fanout.get(&track) else {
-            return;
-        };
-        let source = SourceKey {
-            ssrc: packet.ssrc,
-            epoch: packet.epoch,
-        };
-        let level = match (packet.audio_level, packet.voice_activity) {
-            (Some(l), Some(v)) => Some(srtp::audio_level_octet(l, v)),
-            _ => None,
-        };
-        for &(peer, slot) in subs {
-            let Some(p) = self.peers.get_mut(&peer) else {
-                continue;
-            };
-            let (Some(opus_pt), true) = (p.opus_pt, p.connected) else {
-                continue;
-            };
-            let Some(s) = p.slots.get_mut(slot.0 as usize) else {
-                continue;
-            };
-            let (Some(mid), true) = (s.mid, s.negotiated) else {
-                continue;
-            };
-            let Some(out) = s
-                .rewriter
-                .rewrite(now, source, packet.seq_no, packet.timestamp)
-            else {
-                continue;
-            };
-            // RED to subscribers that negotiated it, the primary Opus block to the others.
-            let body = red::Outgoing::choose(
-                packet.encoding,
-                &packet.payload,
-                *opus_pt,
-                p.red_pt.map(|pt| *pt),
-            );
-            let pt = Pt::from(body.pt());
-            if matches!(s.path, SendPath::Undecided) {
-                s.path = match self.config.fast_path {
-                    FastPath::Enabled
-                        if p.direct.route.is_some() && p.direct.sealer(&self.crypto).is_some() =>
-                    {
-                        peer::direct_slot(&mut p.rtc, mid).map_or(SendPath::Rtc, SendPath::Direct)
-                    }
-                    _ => SendPath::Rtc,
-                };
-                let direct = matches!(s.path, SendPath::Direct(_));
-                tracing::debug!(peer = %peer, slot = slot.0, direct, "slot send path chosen");
-            }
-            if let SendPath::Direct(d) = &mut s.path {
-                // The fast path: header, seal, queue. str0m never sends on this SSRC.
-                let (Some((local, remote)), Some(sealer)) =
-                    (p.direct.route, p.direct.sealer(&self.crypto))
-                else {
-                    continue;
-                };
-                // SRTP indices are 48 bits (RFC 3711 §3.3.1); the rewriter starts below 2^15.
-                let index = out.seq_no & 0xffff_ffff_ffff;
-                if !d.sealed.claim(index) {
-                    self.stats.rtp_dropped_duplicate += 1;
-                    continue;
-                }
-                let header = RtpHeaderOut {
-                    payload_type: *pt,
-                    marker: packet.marker,
-                    seq: out.seq_no as u16,
-                    timestamp: out.timestamp,
-                    ssrc: d.ssrc,
-                    audio_level: d.audio_level_id.zip(level),
-                    mid: d.mid_ext.as_ref().map(|(id, m, len)| (*id, &m[..*len])),
-                };
-                let payload = body.bytes(&packet.payload);
-                let ssrc = d.ssrc;
-                let sent = self.datagrams.push_with(
-                    local,
-                    remote,
-                    MAX_HEADER_LEN + payload.len() + GCM_TAG_LEN,
-                    |buf| {
-                        let header_len = srtp::write_header(buf, &header);
-                        let len = header_len + payload.len() + GCM_TAG_LEN;
-                        sealer
-                            .seal(&mut buf[..len], header_len, payload, ssrc, index)
-                            .ok()?;
-                        Some(len)
-                    },
-                );
-                if sent {
-                    self.stats.rtp_forwarded += 1;
-                    self.stats.rtp_forwarded_direct += 1;
-                }
-                continue;
-            }
-            let mut api = p.rtc.direct_api();
-            let Some(tx) = api.stream_tx_by_mid(mid, None) else {
-                continue;
-            };
-            let ext = ExtensionValues {
-                audio_level: packet.audio_level,
-                voice_activity: packet.voice_activity,
-                ..Default::default()
-            };
-            let payload = match body {
-                red::Outgoing::Whole(_) => packet.payload.clone(),
-                _ => Arc::from(body.bytes(&packet.payload)),
-            };
-            let write = RtpWrite::new(
-                pt,
-                SeqNo::from(out.seq_no),
-                out.timestamp,
-                packet.received,
-                payload,
-            )
-            .marker(packet.marker)
-            .ext_vals(ext);
-            tx.write_rtp(write);
-            self.stats.rtp_forwarded += 1;
-            // str0m sends a written packet on its next timer run (it answers the write with
-            // `Timeout(now)`): run it right away so the peer is drained once per packet, and
-            // any timer that was due anyway is served by the same run.
-            self.stats.rtc_timeouts += 1;
-            if p.rtc.handle_input(Input::Timeout(now)).is_err() {
-                self.out.doomed.push(peer);
-                continue;
-            }
-            self.out.drain(p);
-        }
-    }
-
-    /// Start an offer for `peer` if it has queued changes and none is outstanding.
-    fn renegotiate(&mut self, peer: PeerId) {
-        let Some(p) = self.peers.get_mut(&peer) else {
-            return;
-        };
-        let n = &mut p.negotiation;
-        if n.pending.is_some() || (n.queued.is_empty() && n.queued_channels.is_empty()) {
-            return;
-        }
-        let queued = std::mem::take(&mut n.queued);
-        let channels = std::mem::take(&mut n.queued_channels);
-        let mut api = p.rtc.sdp_api();
-        let mut added = Vec::new();
-        for slot in &queued {
-            let Some(s) = p.slots.get_mut(slot.0 as usize) else {
-                continue;
-            };
-            let mid = api.add_media(
-                MediaKind::Audio,
-                Direction::SendOnly,
-                Some(s.label.stream_id.clone()),
-                Some(s.label.track_id.clone()),
-                None,
-            );
-            s.mid = Some(mid);
-            p.slot_by_mid.insert(mid, *slot);
-            added.push((*slot, mid, s.label.clone()));
-        }
-        for label in channels {
-            api.add_channel(label);
-        }
-        if let Some((offer, pending)) = api.apply() {
-            p.negotiation.pending = Some(pending);
-            p.negotiation.in_flight = queued;
-            self.events.push_back(Event::Offer {
-                peer,
-                offer,
-                slots: added,
-            });
-        }
-        self.drain_rtc(peer);
-    }
-
-    fn fanout_add(&mut self, track: TrackId, peer: PeerId, slot: SlotId) {
-        let subs = self.fanout.entry(track).or_default();
-        subs.push((peer, slot));
-        if subs.len() == 1 && track.shard() != self.config.shard {
-            self.relays.push_back(Relay {
-                to: track.shard(),
-                from: self.config.shard,
-                msg: RelayMsg::Subscribe(track),
-            });
-        }
-    }
-
-    fn fanout_remove(&mut self, track: TrackId, peer: PeerId, slot: SlotId) {
-        let Some(subs) = self.fanout.get_mut(&track) else {
-            return;
-        };
-        subs.retain(|e| *e != (peer, slot));
-        if subs.is_empty() {
-            self.fanout.remove(&track);
-            if track.shard() != self.config.shard {
-                self.relays.push_back(Relay {
-                    to: track.shard(),
-                    from: self.config.shard,
-                    msg: RelayMsg::Unsubscribe(track),
-                });
-            }
-        }
-    }
-
-    /// The track ended: slots fed by it go idle (they keep their m-line).
-    fn clear_slots_of(&mut self, track: TrackId) {
-        let Some(subs) = self.fanout.remove(&track) else {
-            return;
-        };
-        for (peer, slot) in subs {
-            if let Some(s) = self.peers.get_mut(&peer).and_then(|p| p.slot_mut(slot)) {
-                s.source = None;
-                s.rewriter.break_segment();
-            }
-        }
-    }
-
-    fn unpublish(&mut self, track: TrackId, reason: UnpublishReason) {
-        let Some(t) = self.tracks.remove(&track) else {
-            return;
-        };
-        for shard in t.relays {
-            self.relays.push_back(Relay {
-                to: shard,
-                from: self.config.shard,
-                msg: RelayMsg::TrackEnded(track),
-            });
-        }
-        self.clear_slots_of(track);
-        if let Some(change) = self.speakers.remove(track) {
-            self.events.push_back(Event::SpeakersChanged(vec![change]));
-        }
-        let _ = t.label;
-        self.events
-            .push_back(Event::TrackUnpublished { track, reason });
-    }
-
-    fn remove_peer(&mut self, peer: PeerId) {
-        let Some(p) = self.peers.remove(&peer) else {
-            return;
-        };
-        self.out.deadlines.remove(&(p.deadline, peer));
-        self.by_ufrag.remove(&p.ufrag);
-        for a in &p.addrs {
-            if self.by_addr.get(a) == Some(&peer) {
-                self.by_addr.remove(a);
-            }
-        }
-        for (i, s) in p.slots.iter().enumerate() {
-            if let Some(track) = s.source {
-                self.fanout_remove(track, peer, SlotId(i as u32));
-            }
-        }
-        for track in p.up.values() {
-            self.unpublish(*track, UnpublishReason::PeerGone);
-        }
-        self.events.push_back(Event::Disconnected(peer));
     }
 }

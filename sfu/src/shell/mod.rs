@@ -15,8 +15,14 @@
 //! Packets of a track published on one shard reach subscribers on another as
 //! [`RelayMsg::Packet`](crate::RelayMsg) messages. Sends are batched with `sendmmsg`.
 //!
-//! Commands are closures run on the owning shard ([`SfuHandle::call`]); events of all shards
-//! arrive on one channel.
+//! The owner drives the shards with [`EngineCommand`]s ([`SfuHandle::send`]): data, routed by
+//! the shard encoded in their peer and track ids, never waiting for a reply; a fan-out is cut
+//! into one command per shard. Events of all shards arrive on one channel.
+//!
+//! Every queue is bounded ([`traffic::Queue`]): a shard's inbox (commands, relays, misrouted
+//! datagrams) and the event channel. What does not fit is dropped and counted; a command
+//! that cannot be delivered is reported to the caller, and an event about a peer that cannot
+//! be delivered closes the peer and reports it `Disconnected` as soon as there is room.
 
 // The shell owns the clock: it reads it and hands `now` to the core.
 #![allow(clippy::disallowed_methods)]
@@ -28,14 +34,19 @@ pub mod udp;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
 
 use anyhow::{Context, bail};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::proto::{Event, PeerConfig, PeerId, Publish, Sfu, SfuError, SfuStats, ShardId};
+use crate::proto::{EngineCommand, Event, PeerId, SfuStats, ShardId};
 use shard::{Shard, ShardMsg};
-use traffic::{Traffic, TrafficSnapshot};
+use traffic::{Queue, Traffic, TrafficSnapshot};
+
+/// Capacity of each shard's inbox (commands, relays and misrouted datagrams).
+pub const SHARD_INBOX: usize = 16_384;
+
+/// Capacity of the event channel from all shards to the owner.
+pub const EVENTS: usize = 16_384;
 
 /// Which UDP ports the engine listens on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,9 +78,7 @@ pub struct SfuSettings {
 /// An event of one shard's engine.
 pub type ShellEvent = Event;
 
-type Command = Box<dyn FnOnce(&mut Sfu, &ShardInfo, Instant) + Send>;
-
-/// What a command learns about the shard it runs on.
+/// A shard's identity and the address its peers' candidates advertise.
 #[derive(Debug, Clone)]
 pub struct ShardInfo {
     /// The shard.
@@ -81,7 +90,7 @@ pub struct ShardInfo {
 /// Handle to running engine shards. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct SfuHandle {
-    shards: Arc<Vec<mpsc::UnboundedSender<ShardMsg>>>,
+    shards: Arc<Vec<mpsc::Sender<ShardMsg>>>,
     next: Arc<AtomicUsize>,
     local_addrs: Arc<Vec<SocketAddr>>,
     traffic: Arc<Vec<Arc<Traffic>>>,
@@ -93,7 +102,7 @@ pub struct SfuHandle {
 #[must_use]
 pub struct SfuRuntime {
     threads: Vec<std::thread::JoinHandle<()>>,
-    shards: Vec<mpsc::UnboundedSender<ShardMsg>>,
+    shards: Vec<mpsc::Sender<ShardMsg>>,
 }
 
 impl SfuRuntime {
@@ -102,7 +111,7 @@ impl SfuRuntime {
     pub fn start(
         settings: &SfuSettings,
         seed: [u8; 32],
-    ) -> anyhow::Result<(SfuRuntime, SfuHandle, mpsc::UnboundedReceiver<Event>)> {
+    ) -> anyhow::Result<(SfuRuntime, SfuHandle, mpsc::Receiver<Event>)> {
         let n = settings.shards.max(1);
         if n > 255 {
             bail!("at most 255 shards are supported, {n} configured");
@@ -149,11 +158,11 @@ impl SfuRuntime {
         let mut senders = Vec::with_capacity(n);
         let mut receivers = Vec::with_capacity(n);
         for _ in 0..n {
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, rx) = mpsc::channel(SHARD_INBOX);
             senders.push(tx);
             receivers.push(rx);
         }
-        let (event_tx, event_rx) = mpsc::unbounded_channel();
+        let (event_tx, event_rx) = mpsc::channel(EVENTS);
         let mut local_addrs = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
         let traffic: Vec<Arc<Traffic>> = (0..n).map(|_| Arc::default()).collect();
@@ -202,7 +211,8 @@ impl SfuRuntime {
 
     fn stop(&mut self) {
         for tx in &self.shards {
-            let _ = tx.send(ShardMsg::Stop);
+            // A full inbox is stopped by the closed channel once the runtime is dropped.
+            let _ = tx.try_send(ShardMsg::Stop);
         }
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -221,16 +231,13 @@ impl Drop for SfuRuntime {
 #[error("media engine is not running")]
 pub struct EngineStopped;
 
-/// Errors of [`SfuHandle`] calls.
+/// A command (or part of a fan-out) that could not be delivered: the shard's inbox was full
+/// or the engine stopped. Counted; the caller gives up on the peers named.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum CallError {
-    /// The engine refused the command.
-    #[error(transparent)]
-    Sfu(#[from] SfuError),
-    /// The engine is gone.
-    #[error(transparent)]
-    Stopped(#[from] EngineStopped),
+#[error("media engine queue full or stopped; {} peer(s) affected", peers.len())]
+pub struct Undelivered {
+    /// The peers of the parts not delivered.
+    pub peers: Vec<PeerId>,
 }
 
 impl SfuHandle {
@@ -244,76 +251,35 @@ impl SfuHandle {
         self.shards.len()
     }
 
-    /// Run `f` on shard `shard` and return its result.
-    pub async fn call<T: Send + 'static>(
-        &self,
-        shard: ShardId,
-        f: impl FnOnce(&mut Sfu, &ShardInfo, Instant) -> T + Send + 'static,
-    ) -> Result<T, EngineStopped> {
-        let (tx, rx) = oneshot::channel();
-        let cmd: Command = Box::new(move |sfu, info, now| {
-            let _ = tx.send(f(sfu, info, now));
-        });
-        let sender = self.shards.get(usize::from(shard.0)).ok_or(EngineStopped)?;
-        sender
-            .send(ShardMsg::Command(cmd))
-            .map_err(|_| EngineStopped)?;
-        rx.await.map_err(|_| EngineStopped)
-    }
-
-    /// The shard the next new peer goes to (round robin).
+    /// The shard the next new peer goes to (round robin), for callers that do not choose.
     pub fn pick_shard(&self) -> ShardId {
         ShardId((self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len()) as u16)
     }
 
-    /// Create a peer from a client's offer on some shard; see [`Sfu::accept_offer`].
-    pub async fn accept_offer(
-        &self,
-        publish: Publish,
-        offer: str0m::change::SdpOffer,
-    ) -> Result<(PeerId, str0m::change::SdpAnswer), CallError> {
-        let shard = self.pick_shard();
-        let r = self
-            .call(shard, move |sfu, info, now| {
-                let config = PeerConfig {
-                    candidates: vec![info.advertised],
-                    publish,
-                };
-                sfu.accept_offer(now, config, offer)
-            })
-            .await?;
-        Ok(r?)
-    }
-
-    /// Create a peer for which the engine offers first; see [`Sfu::create_peer`].
-    pub async fn create_peer(
-        &self,
-        publish: Publish,
-        channels: Vec<String>,
-    ) -> Result<PeerId, CallError> {
-        let shard = self.pick_shard();
-        let r = self
-            .call(shard, move |sfu, info, now| {
-                let config = PeerConfig {
-                    candidates: vec![info.advertised],
-                    publish,
-                };
-                let labels: Vec<&str> = channels.iter().map(String::as_str).collect();
-                sfu.create_peer(now, config, &labels)
-            })
-            .await?;
-        Ok(r?)
-    }
-
-    /// Run a fallible engine command on the shard owning `peer`.
-    pub async fn with_peer<T: Send + 'static>(
-        &self,
-        peer: PeerId,
-        f: impl FnOnce(&mut Sfu, Instant) -> Result<T, SfuError> + Send + 'static,
-    ) -> Result<T, CallError> {
-        Ok(self
-            .call(peer.shard(), move |sfu, _, now| f(sfu, now))
-            .await??)
+    /// Queue a command on the shards it concerns; never waits. A fan-out is cut into one
+    /// command per shard. Parts that do not fit are dropped, counted, and named in the error.
+    pub fn send(&self, command: EngineCommand) -> Result<(), Undelivered> {
+        let mut lost = Vec::new();
+        for (shard, part) in command.split() {
+            let index = usize::from(shard.0);
+            let Some(tx) = self.shards.get(index) else {
+                lost.extend(part.peers());
+                continue;
+            };
+            if let Err(e) = tx.try_send(ShardMsg::Command(part)) {
+                if let Some(t) = self.traffic.get(index) {
+                    t.dropped(Queue::Commands);
+                }
+                if let ShardMsg::Command(part) = e.into_inner() {
+                    lost.extend(part.peers());
+                }
+            }
+        }
+        if lost.is_empty() {
+            Ok(())
+        } else {
+            Err(Undelivered { peers: lost })
+        }
     }
 
     /// Socket traffic of every shard, summed. Reads atomics; never waits for a shard.
@@ -328,11 +294,12 @@ impl SfuHandle {
     /// Counters of every shard.
     pub async fn stats(&self) -> Result<Vec<SfuStats>, EngineStopped> {
         let mut out = Vec::with_capacity(self.shards.len());
-        for i in 0..self.shards.len() {
-            out.push(
-                self.call(ShardId(i as u16), |sfu, _, _| sfu.stats())
-                    .await?,
-            );
+        for tx in self.shards.iter() {
+            let (reply, rx) = oneshot::channel();
+            tx.send(ShardMsg::Stats(reply))
+                .await
+                .map_err(|_| EngineStopped)?;
+            out.push(rx.await.map_err(|_| EngineStopped)?);
         }
         Ok(out)
     }

@@ -1,18 +1,21 @@
 //! One shard: a thread with a current-thread tokio runtime, one engine core, one socket.
 
+use std::collections::BTreeSet;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::net::Protocol;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use super::traffic::Traffic;
+use super::ShardInfo;
+use super::traffic::{Queue, Traffic};
 use super::udp::SendBatch;
-use super::{Command, ShardInfo};
-use crate::proto::{Event, Output, Relay, RelayMsg, Routed, Sfu, SfuConfig};
+use crate::proto::{
+    EngineCommand, Event, Output, PeerId, Relay, RelayMsg, Routed, Sfu, SfuConfig, SfuStats,
+};
 
 /// Datagrams read per wake-up before outputs are flushed (a cooperative budget, as Firezone's
 /// `MAX_EVENTLOOP_ITERS`).
@@ -21,10 +24,17 @@ const RECV_BUDGET: usize = 256;
 /// Largest datagram accepted; WebRTC packets stay under the 1200-1500 byte MTU.
 const MAX_DATAGRAM: usize = 2048;
 
+/// How soon a shard retries telling the owner about peers it closed because the event channel
+/// was full.
+const LOST_RETRY: Duration = Duration::from_millis(10);
+
 /// What a shard receives from the outside and from other shards.
+#[derive(Debug)]
 pub(crate) enum ShardMsg {
     /// Run a command on the core.
-    Command(Command),
+    Command(EngineCommand),
+    /// Report the core's counters.
+    Stats(oneshot::Sender<SfuStats>),
     /// A message from another shard's core.
     Relay(Relay),
     /// A datagram that arrived on another shard's socket but belongs to a peer here.
@@ -40,20 +50,23 @@ pub(crate) enum ShardMsg {
 pub(crate) struct Shard {
     info: ShardInfo,
     socket: std::net::UdpSocket,
-    inbox: mpsc::UnboundedReceiver<ShardMsg>,
-    shards: Vec<mpsc::UnboundedSender<ShardMsg>>,
-    events: mpsc::UnboundedSender<Event>,
+    inbox: mpsc::Receiver<ShardMsg>,
+    shards: Vec<mpsc::Sender<ShardMsg>>,
+    events: mpsc::Sender<Event>,
     seed: [u8; 32],
     traffic: Arc<Traffic>,
+    /// Peers closed because an event about them did not fit in the event channel; their
+    /// `Disconnected` is still owed to the owner. At most one entry per peer the shard had.
+    lost: BTreeSet<PeerId>,
 }
 
 impl Shard {
     pub fn new(
         info: ShardInfo,
         socket: std::net::UdpSocket,
-        inbox: mpsc::UnboundedReceiver<ShardMsg>,
-        shards: Vec<mpsc::UnboundedSender<ShardMsg>>,
-        events: mpsc::UnboundedSender<Event>,
+        inbox: mpsc::Receiver<ShardMsg>,
+        shards: Vec<mpsc::Sender<ShardMsg>>,
+        events: mpsc::Sender<Event>,
         seed: [u8; 32],
         traffic: Arc<Traffic>,
     ) -> Self {
@@ -65,6 +78,7 @@ impl Shard {
             events,
             seed,
             traffic,
+            lost: BTreeSet::new(),
         }
     }
 
@@ -88,7 +102,9 @@ impl Shard {
 
     async fn run_loop(mut self) -> io::Result<()> {
         let socket = UdpSocket::from_std(self.socket.try_clone()?)?;
-        let mut sfu = Sfu::new(SfuConfig::new(self.info.id, self.seed), Instant::now());
+        let mut config = SfuConfig::new(self.info.id, self.seed);
+        config.candidates = vec![self.info.advertised];
+        let mut sfu = Sfu::new(config, Instant::now());
         let mut batch = SendBatch::default();
         let mut buf = vec![0u8; MAX_DATAGRAM];
         // When the oldest datagram whose outputs have not left yet was read.
@@ -112,6 +128,11 @@ impl Shard {
             if batch.is_empty() {
                 read_at = None;
             }
+            let deadline = if self.lost.is_empty() {
+                deadline
+            } else {
+                deadline.min(Instant::now() + LOST_RETRY)
+            };
             let sleep = tokio::time::sleep_until(deadline.into());
             tokio::select! {
                 biased;
@@ -141,10 +162,9 @@ impl Shard {
                                 self.traffic.received(n);
                                 read_at.get_or_insert(now);
                                 let routed = sfu.handle_receive(now, Protocol::Udp, source, self.info.advertised, &buf[..n]);
-                                if let Routed::Foreign(shard) = routed
-                                    && let Some(tx) = self.shards.get(usize::from(shard.0))
-                                {
-                                    let _ = tx.send(ShardMsg::Datagram { source, received: now, contents: buf[..n].to_vec() });
+                                if let Routed::Foreign(shard) = routed {
+                                    let msg = ShardMsg::Datagram { source, received: now, contents: buf[..n].to_vec() };
+                                    self.relay(shard.0, msg);
                                 }
                             }
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -161,9 +181,23 @@ impl Shard {
         }
     }
 
+    /// Pass a message to another shard; dropped and counted if its inbox is full (media and
+    /// misrouted datagrams are as good as lost on the wire; subscriptions are renewed by the
+    /// next subscriber change).
+    fn relay(&self, shard: u16, msg: ShardMsg) {
+        if let Some(tx) = self.shards.get(usize::from(shard))
+            && let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(msg)
+        {
+            self.traffic.dropped(Queue::Relays);
+        }
+    }
+
     fn handle_msg(&mut self, sfu: &mut Sfu, msg: ShardMsg) {
         match msg {
-            ShardMsg::Command(f) => f(sfu, &self.info, Instant::now()),
+            ShardMsg::Command(command) => sfu.handle_command(Instant::now(), command),
+            ShardMsg::Stats(reply) => {
+                let _ = reply.send(sfu.stats());
+            }
             ShardMsg::Relay(r) => sfu.handle_relay(Instant::now(), r),
             ShardMsg::Datagram {
                 source,
@@ -185,23 +219,137 @@ impl Shard {
 
     /// Take every output of the core; returns the next deadline.
     fn drain(&mut self, sfu: &mut Sfu, batch: &mut SendBatch) -> Instant {
+        self.retry_lost();
         loop {
             match sfu.poll_output() {
-                Output::Transmit(t) => batch.push(t.source, t.destination, &t.contents),
-                Output::Relay(r) => {
-                    if let Some(tx) = self.shards.get(usize::from(r.to.0)) {
-                        let _ = tx.send(ShardMsg::Relay(r));
-                    }
-                }
-                Output::Event(e) => {
-                    // Nobody listening is fine (e.g. benchmarks).
-                    let _ = self.events.send(e);
-                }
+                Output::Relay(r) => self.relay(r.to.0, ShardMsg::Relay(r)),
+                Output::Event(e) => self.deliver(sfu, e),
                 Output::Timeout(t) => {
-                    sfu.take_datagrams(batch.queue_mut());
+                    sfu.poll_datagrams(batch.queue_mut());
                     return t;
                 }
             }
         }
+    }
+
+    /// Hand an event to the owner without waiting. If the channel is full, an event the owner
+    /// can do without (data, statistics, speaker levels) is dropped; any other event about a
+    /// peer closes the peer, and its `Disconnected` is owed (see [`Shard::retry_lost`]).
+    fn deliver(&mut self, sfu: &mut Sfu, event: Event) {
+        let peer = event_peer(&event);
+        if let Some(peer) = peer
+            && self.lost.contains(&peer)
+        {
+            // The owner hears of this peer again only through the owed `Disconnected`.
+            return;
+        }
+        let event = match self.events.try_send(event) {
+            Ok(()) => return,
+            // Nobody listening is fine (e.g. benchmarks of the engine alone).
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+            Err(mpsc::error::TrySendError::Full(event)) => event,
+        };
+        self.traffic.dropped(Queue::Events);
+        if let (Some(peer), false) = (peer, dispensable(&event)) {
+            tracing::warn!(peer = %peer, "event channel full; peer closed");
+            self.lost.insert(peer);
+            let _ = sfu.close_peer(Instant::now(), peer);
+        }
+    }
+
+    /// Tell the owner about peers closed for a full event channel, as far as there is room.
+    fn retry_lost(&mut self) {
+        while let Some(&peer) = self.lost.first() {
+            if let Err(mpsc::error::TrySendError::Full(_)) =
+                self.events.try_send(Event::Disconnected(peer))
+            {
+                return;
+            }
+            self.lost.pop_first();
+        }
+    }
+}
+
+/// The peer an event is about, if any.
+fn event_peer(event: &Event) -> Option<PeerId> {
+    match event {
+        Event::Connected(p) | Event::Disconnected(p) => Some(*p),
+        Event::TrackPublished { track, .. } | Event::TrackUnpublished { track, .. } => {
+            Some(track.peer)
+        }
+        Event::Answer { peer, .. }
+        | Event::CommandFailed { peer, .. }
+        | Event::Offer { peer, .. }
+        | Event::ChannelOpen { peer, .. }
+        | Event::ChannelData { peer, .. }
+        | Event::ChannelClose { peer, .. }
+        | Event::PeerStats { peer, .. } => Some(*peer),
+        _ => None,
+    }
+}
+
+/// Events whose loss costs a message or a reading, not a session's state.
+fn dispensable(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::ChannelData { .. } | Event::PeerStats { .. } | Event::SpeakersChanged(_)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{PeerId, ShardId};
+
+    fn shard(events: mpsc::Sender<Event>) -> Shard {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let advertised = socket.local_addr().expect("addr");
+        let (_tx, inbox) = mpsc::channel(1);
+        let info = ShardInfo {
+            id: ShardId(0),
+            advertised,
+        };
+        Shard::new(info, socket, inbox, vec![], events, [1; 32], Arc::default())
+    }
+
+    #[test]
+    fn a_full_event_channel_closes_the_peer_and_reports_it_later() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let mut shard = shard(tx);
+        let mut sfu = Sfu::new(SfuConfig::new(ShardId(0), [2; 32]), Instant::now());
+        let (a, b) = (PeerId::new(ShardId(0), 1), PeerId::new(ShardId(0), 2));
+        shard.deliver(&mut sfu, Event::Connected(a));
+        // Full: speaker levels are dispensable, b's connection is not.
+        shard.deliver(&mut sfu, Event::SpeakersChanged(vec![]));
+        shard.deliver(&mut sfu, Event::Connected(b));
+        let dropped = shard.traffic.snapshot().dropped_from(Queue::Events);
+        assert_eq!(dropped, 2);
+        assert!(shard.lost.contains(&b) && !shard.lost.contains(&a));
+        // Nothing more about b goes out until its disconnection can.
+        assert!(matches!(rx.try_recv(), Ok(Event::Connected(p)) if p == a));
+        let track = crate::proto::TrackId {
+            peer: b,
+            mid: str0m::media::Mid::from("0"),
+        };
+        let reason = crate::proto::UnpublishReason::Removed;
+        shard.deliver(&mut sfu, Event::TrackUnpublished { track, reason });
+        assert!(
+            rx.try_recv().is_err(),
+            "events about a lost peer are withheld"
+        );
+        shard.retry_lost();
+        assert!(matches!(rx.try_recv(), Ok(Event::Disconnected(p)) if p == b));
+        assert!(shard.lost.is_empty());
+    }
+
+    #[test]
+    fn nobody_listening_is_not_a_drop() {
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        let mut shard = shard(tx);
+        let mut sfu = Sfu::new(SfuConfig::new(ShardId(0), [2; 32]), Instant::now());
+        shard.deliver(&mut sfu, Event::Connected(PeerId::new(ShardId(0), 1)));
+        assert_eq!(shard.traffic.snapshot().dropped_from(Queue::Events), 0);
+        assert!(shard.lost.is_empty());
     }
 }

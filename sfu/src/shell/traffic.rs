@@ -91,6 +91,40 @@ pub struct Traffic {
     datagrams_out: AtomicU64,
     bytes_out: AtomicU64,
     forwarding: Histogram,
+    dropped: [AtomicU64; Queue::ALL.len()],
+}
+
+/// A bounded queue of the engine's shell; when one is full, what does not fit is dropped and
+/// counted ([`Traffic::dropped`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue {
+    /// Commands from the engine's owner to a shard ([`SfuHandle::send`](super::SfuHandle::send)
+    /// reports them; the owner gives up on the peers concerned).
+    Commands,
+    /// Messages between shards: relayed packets, subscriptions and misrouted datagrams.
+    Relays,
+    /// Events from the shards to the owner. An event about a peer that cannot be delivered
+    /// closes that peer; its `Disconnected` follows once there is room, so the client is
+    /// told to rejoin instead of waiting.
+    Events,
+}
+
+impl Queue {
+    /// Every queue, in the order of [`TrafficSnapshot::dropped`].
+    pub const ALL: [Queue; 3] = [Queue::Commands, Queue::Relays, Queue::Events];
+
+    /// The name used as a metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Queue::Commands => "commands",
+            Queue::Relays => "relays",
+            Queue::Events => "events",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
 impl Traffic {
@@ -112,9 +146,15 @@ impl Traffic {
         self.forwarding.observe(elapsed);
     }
 
+    /// A message for `queue` did not fit and was dropped.
+    pub fn dropped(&self, queue: Queue) {
+        self.dropped[queue.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The counts so far.
     pub fn snapshot(&self) -> TrafficSnapshot {
         TrafficSnapshot {
+            dropped: std::array::from_fn(|i| self.dropped[i].load(Ordering::Relaxed)),
             datagrams_in: self.datagrams_in.load(Ordering::Relaxed),
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             datagrams_out: self.datagrams_out.load(Ordering::Relaxed),
@@ -138,6 +178,8 @@ pub struct TrafficSnapshot {
     /// Time from reading a datagram batch to handing the packets it produced to the kernel, one
     /// observation per batch that produced any (so the batch's slowest packet).
     pub forwarding: HistogramSnapshot,
+    /// Messages dropped because a bounded queue was full, per [`Queue::ALL`].
+    pub dropped: [u64; Queue::ALL.len()],
 }
 
 impl TrafficSnapshot {
@@ -148,6 +190,14 @@ impl TrafficSnapshot {
         self.datagrams_out += other.datagrams_out;
         self.bytes_out += other.bytes_out;
         self.forwarding.add(&other.forwarding);
+        for (a, b) in self.dropped.iter_mut().zip(&other.dropped) {
+            *a += b;
+        }
+    }
+
+    /// Messages dropped from `queue`.
+    pub fn dropped_from(&self, queue: Queue) -> u64 {
+        self.dropped[queue.index()]
     }
 }
 

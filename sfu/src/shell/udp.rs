@@ -53,7 +53,7 @@ impl SendBatch {
         self.queue.push(source, destination, contents);
     }
 
-    /// The queue itself, e.g. for [`Sfu::take_datagrams`](crate::Sfu::take_datagrams).
+    /// The queue itself, e.g. for [`Sfu::poll_datagrams`](crate::Sfu::poll_datagrams).
     pub fn queue_mut(&mut self) -> &mut Datagrams {
         &mut self.queue
     }

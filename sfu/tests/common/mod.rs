@@ -511,19 +511,6 @@ impl Sim {
                 loop {
                     match self.shards[s].poll_output() {
                         Output::Timeout(_) => break,
-                        Output::Transmit(t) => {
-                            progressed = true;
-                            if let Some(&c) = self.by_addr.get(&t.destination) {
-                                let pkt = Packet {
-                                    source: t.source,
-                                    destination: t.destination,
-                                    contents: t.contents.to_vec(),
-                                };
-                                self.clients[c]
-                                    .down
-                                    .handle_input(NetemInput::Packet(self.now, pkt));
-                            }
-                        }
                         Output::Relay(r) => {
                             progressed = true;
                             self.deliver_relay(r);
@@ -535,7 +522,7 @@ impl Sim {
                     }
                 }
                 let mut sealed = Datagrams::default();
-                self.shards[s].take_datagrams(&mut sealed);
+                self.shards[s].poll_datagrams(&mut sealed);
                 for d in sealed.iter() {
                     progressed = true;
                     if let Some(&c) = self.by_addr.get(&d.destination) {

@@ -1,22 +1,36 @@
-//! Events from the media engine: offers, connections, tracks, speakers, data.
+//! Events from the media engine: answers, offers, refusals, connections, tracks, speakers,
+//! data.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
 
 use livekit_protocol as lk;
 use livekit_protocol::participant_info::State;
 use livekit_protocol::signal_response;
 use prost::Message;
+use stoa_sfu::str0m::change::SdpAnswer;
 use stoa_sfu::str0m::channel::ChannelId;
-use stoa_sfu::{Event, MediaLabel, PeerId, TrackId, UnpublishReason};
+use stoa_sfu::{
+    CommandKind, EngineCommand, Event, MediaLabel, PeerId, SfuError, TrackId, UnpublishReason,
+};
 
-use super::{Leave, Pc, Service, SessionId, now_ms, response};
+use super::session::{Leave, Pc};
+use super::{Output, Server, SessionId};
 use crate::room::PublishedTrack;
 
-impl Service {
-    // ------------------------------------------------------------------ engine events
-
-    pub(super) async fn handle_event(&mut self, event: Event) {
+impl Server {
+    /// An event of the media engine. Events about peers the core no longer knows (a session
+    /// that ended meanwhile) are ignored.
+    pub fn handle_engine_event(&mut self, now: Instant, event: Event) {
+        self.advance(now);
         match event {
+            Event::Answer { peer, answer } => self.engine_answer(peer, &answer),
+            Event::CommandFailed {
+                peer,
+                command,
+                error,
+            } => self.engine_refused(peer, command, &error),
             Event::Offer { peer, offer, slots } => {
                 let Some(&(session, _)) = self.by_peer.get(&peer) else {
                     return;
@@ -38,49 +52,19 @@ impl Service {
                     id,
                     mid_to_track_id,
                 };
-                if let Some(s) = self.sessions.get(&session) {
-                    let _ = s
-                        .out
-                        .try_send(response(signal_response::Message::Offer(sd)));
-                }
+                self.send(session, signal_response::Message::Offer(sd));
             }
-            Event::Connected(peer) => {
-                let Some(&(session, pc)) = self.by_peer.get(&peer) else {
-                    return;
-                };
-                if pc == Pc::Subscriber {
-                    let Some(s) = self.sessions.get(&session) else {
-                        return;
-                    };
-                    let (room, psid) = (s.room.clone(), s.participant.clone());
-                    let joined_at = s.joined_at;
-                    let mut joined = None;
-                    if let Some(p) = self.participant_mut(session)
-                        && p.state != State::Active
-                    {
-                        p.state = State::Active;
-                        p.touch();
-                        joined = Some(p.info());
-                    }
-                    self.broadcast_participant(&room, &psid);
-                    if let Some(info) = joined {
-                        self.join_latency.observe(joined_at.elapsed());
-                        self.send_current_speakers(session, &room);
-                        self.participant_webhook("participant_joined", &room, info, None);
-                    }
-                }
-            }
+            Event::Connected(peer) => self.peer_connected(peer),
             Event::Disconnected(peer) => {
                 if let Some((session, _)) = self.by_peer.remove(&peer) {
                     self.end_session(
                         session,
                         "media connection lost",
                         Leave::Rejoin(lk::DisconnectReason::ConnectionTimeout),
-                    )
-                    .await;
+                    );
                 }
             }
-            Event::TrackPublished { track, label } => self.track_published(track, label).await,
+            Event::TrackPublished { track, label } => self.track_published(track, label),
             Event::TrackUnpublished { track, reason } => self.track_unpublished(track, reason),
             Event::SpeakersChanged(levels) => self.speakers_changed(levels),
             Event::ChannelOpen {
@@ -102,12 +86,111 @@ impl Service {
                 channel,
                 data,
                 ..
-            } => self.data_packet(peer, channel, &data).await,
+            } => self.data_packet(peer, channel, &data),
             _ => {}
         }
     }
 
-    pub(super) async fn track_published(&mut self, track: TrackId, label: MediaLabel) {
+    /// The engine answered a publisher offer: to the client, with the offer's id.
+    fn engine_answer(&mut self, peer: PeerId, answer: &SdpAnswer) {
+        let Some(&(session, Pc::Publisher)) = self.by_peer.get(&peer) else {
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        let id = s.offers.pop_front().unwrap_or_default();
+        let sd = lk::SessionDescription {
+            r#type: "answer".into(),
+            sdp: answer.to_sdp_string(),
+            id,
+            ..Default::default()
+        };
+        self.send(session, signal_response::Message::Answer(sd));
+    }
+
+    /// The engine refused a command: the client learns why; a subscriber connection that
+    /// cannot be created ends the session.
+    fn engine_refused(&mut self, peer: PeerId, command: CommandKind, error: &SfuError) {
+        let Some(&(session, _)) = self.by_peer.get(&peer) else {
+            return;
+        };
+        use lk::request_response::Reason;
+        match command {
+            CommandKind::CreatePeer => {
+                self.in_span(session, || {
+                    tracing::warn!(error = %error, "cannot create subscriber connection");
+                });
+                self.end_session(
+                    session,
+                    "media engine unavailable",
+                    Leave::Disconnect(lk::DisconnectReason::JoinFailure),
+                );
+            }
+            CommandKind::AcceptOffer | CommandKind::HandleOffer => {
+                let mut refused = 1;
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    if command == CommandKind::AcceptOffer && s.publisher == Some(peer) {
+                        // No connection was created: the next offer starts afresh, and offers
+                        // sent meanwhile for this connection are refused with it.
+                        s.publisher = None;
+                        self.by_peer.remove(&peer);
+                        refused = s.offers.len().max(1);
+                        s.offers.clear();
+                    } else {
+                        s.offers.pop_front();
+                    }
+                }
+                let reason = if matches!(error, SfuError::PublishNotAllowed) {
+                    Reason::NotAllowed
+                } else {
+                    Reason::InvalidRequest
+                };
+                for _ in 0..refused {
+                    self.request_error(session, reason, format!("offer refused: {error}"));
+                }
+            }
+            CommandKind::HandleAnswer => {
+                self.request_error(
+                    session,
+                    Reason::InvalidRequest,
+                    format!("answer refused: {error}"),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    fn peer_connected(&mut self, peer: PeerId) {
+        let Some(&(session, pc)) = self.by_peer.get(&peer) else {
+            return;
+        };
+        if pc != Pc::Subscriber {
+            return;
+        }
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
+        let (room, psid) = (s.room.clone(), s.participant.clone());
+        let joined_at = s.joined_at;
+        let mut joined = None;
+        if let Some(p) = self.participant_mut(session)
+            && p.state != State::Active
+        {
+            p.state = State::Active;
+            p.touch();
+            joined = Some(p.info());
+        }
+        self.broadcast_participant(&room, &psid);
+        if let Some(info) = joined {
+            let latency = self.now.saturating_duration_since(joined_at);
+            self.outputs.push_back(Output::JoinLatency(latency));
+            self.send_current_speakers(session, &room);
+            self.participant_webhook("participant_joined", &room, info, None);
+        }
+    }
+
+    fn track_published(&mut self, track: TrackId, label: MediaLabel) {
         let Some(&(session, Pc::Publisher)) = self.by_peer.get(&track.peer) else {
             return;
         };
@@ -142,12 +225,7 @@ impl Service {
         );
         p.touch();
         if muted {
-            let _ = self
-                .sfu
-                .call(track.shard(), move |sfu, _, _| {
-                    sfu.set_track_muted(track, true)
-                })
-                .await;
+            self.engine(EngineCommand::SetTrackMuted { track, muted: true });
         }
         self.in_span(session, || tracing::info!(track = %tsid, "track published"));
         if let Some(p) = self.participant(session) {
@@ -161,27 +239,39 @@ impl Service {
         }
         // Everyone learns of the track before its offer arrives.
         self.broadcast_participant(&room, &psid);
+        // Every auto-subscriber receives it: one engine command for all of them.
         let subscribers: Vec<SessionId> = self
             .room_sessions(&room)
             .into_iter()
             .filter(|id| *id != session && self.sessions.get(id).is_some_and(|s| s.auto_subscribe))
             .collect();
-        for sub in subscribers {
-            self.subscribe(sub, track, &psid, &tsid).await;
+        let peers: Vec<PeerId> = subscribers
+            .into_iter()
+            .filter_map(|sub| self.claim_subscription(sub, track))
+            .collect();
+        if !peers.is_empty() {
+            self.engine(EngineCommand::Subscribe {
+                track,
+                label: Self::track_label(&psid, &tsid),
+                peers,
+            });
         }
     }
 
-    pub(super) fn track_unpublished(&mut self, track: TrackId, reason: UnpublishReason) {
+    fn track_unpublished(&mut self, track: TrackId, reason: UnpublishReason) {
         let Some(&(session, _)) = self.by_peer.get(&track.peer) else {
             return;
         };
-        for s in self.sessions.values_mut() {
-            s.subscribed.retain(|t| *t != track);
-        }
         let Some(s) = self.sessions.get(&session) else {
             return;
         };
-        let (room, psid, out) = (s.room.clone(), s.participant.clone(), s.out.clone());
+        let room = s.room.clone();
+        let psid = s.participant.clone();
+        for id in self.room_sessions(&room) {
+            if let Some(s) = self.sessions.get_mut(&id) {
+                s.subscribed.retain(|t| *t != track);
+            }
+        }
         let Some(p) = self.participant_mut(session) else {
             return;
         };
@@ -199,7 +289,7 @@ impl Service {
             let m = lk::TrackUnpublishedResponse {
                 track_sid: tsid.clone(),
             };
-            let _ = out.try_send(response(signal_response::Message::TrackUnpublished(m)));
+            self.send(session, signal_response::Message::TrackUnpublished(m));
         }
         self.in_span(
             session,
@@ -209,11 +299,8 @@ impl Service {
         self.broadcast_participant(&room, &psid);
     }
 
-    pub(super) fn speakers_changed(
-        &mut self,
-        levels: Vec<stoa_sfu::proto::speaker::SpeakerLevel<TrackId>>,
-    ) {
-        let mut by_room: HashMap<String, Vec<lk::SpeakerInfo>> = HashMap::new();
+    fn speakers_changed(&mut self, levels: Vec<stoa_sfu::proto::speaker::SpeakerLevel<TrackId>>) {
+        let mut by_room: BTreeMap<String, Vec<lk::SpeakerInfo>> = BTreeMap::new();
         for level in levels {
             let Some(&(session, _)) = self.by_peer.get(&level.key.peer) else {
                 continue;
@@ -243,16 +330,14 @@ impl Service {
             }
             let msg = signal_response::Message::SpeakersChanged(lk::SpeakersChanged { speakers });
             for id in self.room_sessions(&room) {
-                if let Some(s) = self.sessions.get(&id) {
-                    let _ = s.out.try_send(response(msg.clone()));
-                }
+                self.send(id, msg.clone());
             }
         }
     }
 
     /// Tells a participant who has just become active who is speaking already, as one
     /// `SpeakersChanged` (clients merge it like any other). Later changes follow as deltas.
-    fn send_current_speakers(&self, session: SessionId, room: &str) {
+    fn send_current_speakers(&mut self, session: SessionId, room: &str) {
         let Some(r) = self.rooms.get(room) else {
             return;
         };
@@ -261,26 +346,26 @@ impl Service {
         }
         let mut speakers: Vec<lk::SpeakerInfo> = r.speakers.values().cloned().collect();
         speakers.sort_by(|a, b| b.level.total_cmp(&a.level).then_with(|| a.sid.cmp(&b.sid)));
-        if let Some(s) = self.sessions.get(&session) {
-            let msg = signal_response::Message::SpeakersChanged(lk::SpeakersChanged { speakers });
-            let _ = s.out.try_send(response(msg));
-        }
+        let msg = signal_response::Message::SpeakersChanged(lk::SpeakersChanged { speakers });
+        self.send(session, msg);
     }
 
     /// Tells the in-process observer who started or stopped speaking (`speaking_started`,
     /// `speaking_stopped`: not LiveKit webhook events, so never sent as webhooks).
     fn observe_speakers(&mut self, room: &str, speakers: &[lk::SpeakerInfo]) {
-        let Some(observer) = self.config.observer.clone() else {
+        if !self.config.events {
             return;
-        };
+        }
+        let created_at = self.now_ms() / 1000;
         let Some(r) = self.rooms.get(room) else {
             return;
         };
+        let mut events = Vec::new();
         for s in speakers {
             let Some(p) = r.participants.get(&s.sid) else {
                 continue;
             };
-            let event = lk::WebhookEvent {
+            events.push(lk::WebhookEvent {
                 event: if s.active {
                     "speaking_started"
                 } else {
@@ -296,18 +381,17 @@ impl Service {
                     identity: p.identity.clone(),
                     ..Default::default()
                 }),
-                created_at: now_ms() / 1000,
+                created_at,
                 ..Default::default()
-            };
-            if observer.try_send(event).is_err() {
-                tracing::warn!("event observer full; speaking event dropped");
-            }
+            });
         }
+        self.outputs
+            .extend(events.into_iter().map(|e| Output::Observe(Box::new(e))));
     }
 
     /// A data packet from a client's publisher connection: stamped with the sender's identity
     /// (never trusted from the client) and forwarded to the room on the same kind of channel.
-    pub(super) async fn data_packet(&mut self, peer: PeerId, channel: ChannelId, data: &[u8]) {
+    fn data_packet(&mut self, peer: PeerId, channel: ChannelId, data: &[u8]) {
         let Some(&(session, Pc::Publisher)) = self.by_peer.get(&peer) else {
             return;
         };
@@ -339,13 +423,13 @@ impl Service {
             destinations.extend(user.destination_identities.iter().cloned());
         }
         let bytes = packet.encode_to_vec();
-        self.forward_data(&room, Some(session), &label, &destinations, bytes)
-            .await;
+        self.forward_data(&room, Some(session), &label, &destinations, bytes);
     }
 
     /// Send an encoded data packet on the subscriber channel `label` of every session in
-    /// `room` (but `except`), only to `destinations` (identities) unless that is empty.
-    pub(super) async fn forward_data(
+    /// `room` (but `except`), only to `destinations` (identities) unless that is empty: one
+    /// engine command, whatever the room's size.
+    pub(super) fn forward_data(
         &mut self,
         room: &str,
         except: Option<SessionId>,
@@ -356,27 +440,22 @@ impl Service {
         let Some(r) = self.rooms.get(room) else {
             return;
         };
-        let targets: Vec<(PeerId, ChannelId)> = self
-            .room_sessions(room)
-            .iter()
+        let targets: Vec<(PeerId, ChannelId)> = r
+            .participants
+            .values()
+            .filter(|p| destinations.is_empty() || destinations.contains(&p.identity))
+            .filter_map(|p| self.by_participant.get(&p.sid))
             .filter(|id| Some(**id) != except)
-            .filter_map(|id| Some((*id, self.sessions.get(id)?)))
-            .filter(|(_, t)| {
-                destinations.is_empty()
-                    || r.participants
-                        .get(&t.participant)
-                        .is_some_and(|p| destinations.contains(&p.identity))
-            })
-            .filter_map(|(_, t)| Some((t.subscriber?, *t.subscriber_channels.get(label)?)))
+            .filter_map(|id| self.sessions.get(id))
+            .filter_map(|t| Some((t.subscriber?, *t.subscriber_channels.get(label)?)))
             .collect();
-        for (peer, channel) in targets {
-            let bytes = bytes.clone();
-            let _ = self
-                .sfu
-                .with_peer(peer, move |sfu, now| {
-                    sfu.send_data(now, peer, channel, true, &bytes)
-                })
-                .await;
+        if targets.is_empty() {
+            return;
         }
+        self.engine(EngineCommand::SendData {
+            targets,
+            binary: true,
+            data: Arc::from(bytes),
+        });
     }
 }

@@ -5,41 +5,40 @@ use std::time::Instant;
 use livekit_protocol as lk;
 use livekit_protocol::{signal_request, signal_response};
 use stoa_sfu::str0m::change::{SdpAnswer, SdpOffer};
-use stoa_sfu::{MediaLabel, Publish, SfuError, TrackId};
+use stoa_sfu::{EngineCommand, MediaLabel, Publish, TrackId};
 
-use super::{Leave, Pc, Service, SessionId, now_ms, response};
-use crate::room::Participant;
+use super::session::{Leave, Pc};
+use super::{Server, SessionId};
 
-impl Service {
-    // ------------------------------------------------------------------ client requests
-
-    pub(super) async fn handle_request(
+impl Server {
+    /// A request from the client of `session`. Requests of unknown (ended) sessions are
+    /// ignored.
+    pub fn handle_request(
         &mut self,
+        now: Instant,
         session: SessionId,
         message: signal_request::Message,
     ) {
         use signal_request::Message as M;
+        self.advance(now);
         if !self.sessions.contains_key(&session) {
             return;
         }
         match message {
-            M::Offer(sd) => self.publisher_offer(session, sd).await,
-            M::Answer(sd) => self.subscriber_answer(session, sd).await,
+            M::Offer(sd) => self.publisher_offer(session, sd),
+            M::Answer(sd) => self.subscriber_answer(session, sd),
             M::Trickle(_) => {
                 // ICE-lite: client addresses are learned from its binding requests.
             }
             M::AddTrack(req) => self.add_track(session, req),
-            M::Mute(req) => self.client_mute(session, &req.sid, req.muted).await,
-            M::Subscription(update) => self.update_subscription(session, update).await,
-            M::Leave(_) => {
-                self.end_session(session, "client left", Leave::Quietly)
-                    .await
-            }
+            M::Mute(req) => self.client_mute(session, &req.sid, req.muted),
+            M::Subscription(update) => self.update_subscription(session, update),
+            M::Leave(_) => self.end_session(session, "client left", Leave::Quietly),
             M::Ping(ts) => self.pong(session, signal_response::Message::Pong(ts)),
             M::PingReq(ping) => {
                 let pong = lk::Pong {
                     last_ping_timestamp: ping.timestamp,
-                    timestamp: now_ms(),
+                    timestamp: self.now_ms(),
                 };
                 self.pong(session, signal_response::Message::PongResp(pong));
             }
@@ -50,47 +49,35 @@ impl Service {
         }
     }
 
-    pub(super) fn pong(&mut self, session: SessionId, message: signal_response::Message) {
+    fn pong(&mut self, session: SessionId, message: signal_response::Message) {
+        let now = self.now;
         if let Some(s) = self.sessions.get_mut(&session) {
-            s.last_ping = Instant::now();
-            let _ = s.out.try_send(response(message));
+            s.last_ping = now;
+            self.send(session, message);
         }
-    }
-
-    pub(super) fn participant(&self, session: SessionId) -> Option<&Participant> {
-        let s = self.sessions.get(&session)?;
-        self.rooms.get(&s.room)?.participants.get(&s.participant)
-    }
-
-    pub(super) fn participant_mut(&mut self, session: SessionId) -> Option<&mut Participant> {
-        let s = self.sessions.get(&session)?;
-        self.rooms
-            .get_mut(&s.room)?
-            .participants
-            .get_mut(&s.participant)
     }
 
     /// Tell the session's client about a request it made that cannot be served.
     pub(super) fn request_error(
-        &self,
+        &mut self,
         session: SessionId,
         reason: lk::request_response::Reason,
         message: String,
     ) {
-        if let Some(s) = self.sessions.get(&session) {
+        if self.sessions.contains_key(&session) {
             let r = lk::RequestResponse {
                 request_id: 0,
                 reason: reason as i32,
                 message,
                 ..Default::default()
             };
-            let _ = s
-                .out
-                .try_send(response(signal_response::Message::RequestResponse(r)));
+            self.send(session, signal_response::Message::RequestResponse(r));
         }
     }
 
-    pub(super) async fn publisher_offer(&mut self, session: SessionId, sd: lk::SessionDescription) {
+    /// The client's offer on its publisher connection: the first creates the connection,
+    /// later ones renegotiate it. The engine's answer (or refusal) arrives as an event.
+    fn publisher_offer(&mut self, session: SessionId, sd: lk::SessionDescription) {
         let Some(p) = self.participant(session) else {
             return;
         };
@@ -111,81 +98,42 @@ impl Service {
             }
         };
         let existing = self.sessions.get(&session).and_then(|s| s.publisher);
-        let result: Result<SdpAnswer, String> = match existing {
-            None => match self.sfu.accept_offer(publish, offer).await {
-                Ok((peer, answer)) => {
-                    if let Some(s) = self.sessions.get_mut(&session) {
-                        s.publisher = Some(peer);
-                        self.by_peer.insert(peer, (session, Pc::Publisher));
-                    }
-                    Ok(answer)
+        let command = match existing {
+            Some(peer) => EngineCommand::HandleOffer { peer, offer },
+            None => {
+                let peer = self.new_peer();
+                self.by_peer.insert(peer, (session, Pc::Publisher));
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    s.publisher = Some(peer);
                 }
-                Err(e) => Err(e.to_string()),
-            },
-            Some(peer) => self
-                .sfu
-                .with_peer(peer, move |sfu, now| sfu.handle_offer(now, peer, offer))
-                .await
-                .map_err(|e| e.to_string()),
+                EngineCommand::AcceptOffer {
+                    peer,
+                    publish,
+                    offer,
+                }
+            }
         };
-        match result {
-            Ok(answer) => {
-                let sd = lk::SessionDescription {
-                    r#type: "answer".into(),
-                    sdp: answer.to_sdp_string(),
-                    id: sd.id,
-                    ..Default::default()
-                };
-                if let Some(s) = self.sessions.get(&session) {
-                    let _ = s
-                        .out
-                        .try_send(response(signal_response::Message::Answer(sd)));
-                }
-            }
-            Err(e) => {
-                let reason = if e.contains(&SfuError::PublishNotAllowed.to_string()) {
-                    lk::request_response::Reason::NotAllowed
-                } else {
-                    lk::request_response::Reason::InvalidRequest
-                };
-                self.request_error(session, reason, format!("offer refused: {e}"));
-            }
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.offers.push_back(sd.id);
         }
+        self.engine(command);
     }
 
-    pub(super) async fn subscriber_answer(
-        &mut self,
-        session: SessionId,
-        sd: lk::SessionDescription,
-    ) {
+    fn subscriber_answer(&mut self, session: SessionId, sd: lk::SessionDescription) {
         let Some(peer) = self.sessions.get(&session).and_then(|s| s.subscriber) else {
             return;
         };
-        let answer = match SdpAnswer::from_sdp_string(&sd.sdp) {
-            Ok(a) => a,
-            Err(e) => {
-                self.request_error(
-                    session,
-                    lk::request_response::Reason::InvalidRequest,
-                    format!("malformed SDP answer: {e}"),
-                );
-                return;
-            }
-        };
-        if let Err(e) = self
-            .sfu
-            .with_peer(peer, move |sfu, now| sfu.handle_answer(now, peer, answer))
-            .await
-        {
-            self.request_error(
+        match SdpAnswer::from_sdp_string(&sd.sdp) {
+            Ok(answer) => self.engine(EngineCommand::HandleAnswer { peer, answer }),
+            Err(e) => self.request_error(
                 session,
                 lk::request_response::Reason::InvalidRequest,
-                format!("answer refused: {e}"),
-            );
+                format!("malformed SDP answer: {e}"),
+            ),
         }
     }
 
-    pub(super) fn add_track(&mut self, session: SessionId, req: lk::AddTrackRequest) {
+    fn add_track(&mut self, session: SessionId, req: lk::AddTrackRequest) {
         let Some(p) = self.participant(session) else {
             return;
         };
@@ -226,23 +174,19 @@ impl Service {
             cid: req.cid,
             track: Some(info),
         };
-        let _ = s
-            .out
-            .try_send(response(signal_response::Message::TrackPublished(
-                published,
-            )));
+        self.send(session, signal_response::Message::TrackPublished(published));
     }
 
-    pub(super) async fn client_mute(&mut self, session: SessionId, track_sid: &str, muted: bool) {
+    fn client_mute(&mut self, session: SessionId, track_sid: &str, muted: bool) {
         let Some(s) = self.sessions.get(&session) else {
             return;
         };
         let (room, psid) = (s.room.clone(), s.participant.clone());
-        self.set_muted(&room, &psid, track_sid, muted).await;
+        self.set_muted(&room, &psid, track_sid, muted);
     }
 
     /// Mute state of a track: recorded, announced, enforced by the engine.
-    pub(super) async fn set_muted(
+    pub(super) fn set_muted(
         &mut self,
         room: &str,
         psid: &str,
@@ -255,19 +199,14 @@ impl Service {
         let info = track.info.clone();
         let engine = track.engine;
         p.touch();
-        if let Some(engine) = engine {
-            let _ = self
-                .sfu
-                .call(engine.shard(), move |sfu, _, _| {
-                    sfu.set_track_muted(engine, muted)
-                })
-                .await;
+        if let Some(track) = engine {
+            self.engine(EngineCommand::SetTrackMuted { track, muted });
         }
         self.broadcast_participant(room, psid);
         Some(info)
     }
 
-    pub(super) async fn update_subscription(
+    pub(super) fn update_subscription(
         &mut self,
         session: SessionId,
         update: lk::UpdateSubscription,
@@ -298,18 +237,14 @@ impl Service {
             .collect();
         for (track, psid, tsid) in targets {
             if update.subscribe {
-                self.subscribe(session, track, &psid, &tsid).await;
+                self.subscribe(session, track, &psid, &tsid);
             } else {
-                self.unsubscribe(session, track).await;
+                self.unsubscribe(session, track);
             }
         }
     }
 
-    pub(super) fn update_metadata(
-        &mut self,
-        session: SessionId,
-        update: lk::UpdateParticipantMetadata,
-    ) {
+    fn update_metadata(&mut self, session: SessionId, update: lk::UpdateParticipantMetadata) {
         let Some(s) = self.sessions.get(&session) else {
             return;
         };
@@ -331,51 +266,52 @@ impl Service {
 
     // ------------------------------------------------------------------ subscriptions
 
-    pub(super) async fn subscribe(
+    /// The label a subscriber's m-line for a track carries (`PA_…|TR_…`, `TR_…`), as
+    /// livekit-client expects.
+    pub(super) fn track_label(publisher_sid: &str, track_sid: &str) -> MediaLabel {
+        MediaLabel {
+            stream_id: format!("{publisher_sid}|{track_sid}"),
+            track_id: track_sid.to_owned(),
+        }
+    }
+
+    /// Whether `session` may and should start receiving `track` (it has a subscriber
+    /// connection, may subscribe and does not receive it yet); if so, it is recorded as
+    /// receiving it and its subscriber peer is returned.
+    pub(super) fn claim_subscription(
+        &mut self,
+        session: SessionId,
+        track: TrackId,
+    ) -> Option<stoa_sfu::PeerId> {
+        let can_subscribe = self
+            .participant(session)
+            .is_some_and(|p| p.permission.can_subscribe);
+        let s = self.sessions.get_mut(&session)?;
+        let peer = s.subscriber?;
+        if !can_subscribe || s.subscribed.contains(&track) {
+            return None;
+        }
+        s.subscribed.push(track);
+        Some(peer)
+    }
+
+    pub(super) fn subscribe(
         &mut self,
         session: SessionId,
         track: TrackId,
         publisher_sid: &str,
         track_sid: &str,
     ) {
-        let Some(s) = self.sessions.get(&session) else {
-            return;
-        };
-        let Some(peer) = s.subscriber else {
-            return;
-        };
-        if s.subscribed.contains(&track) {
-            return;
-        }
-        let can_subscribe = self
-            .participant(session)
-            .is_some_and(|p| p.permission.can_subscribe);
-        if !can_subscribe {
-            return;
-        }
-        let label = MediaLabel {
-            stream_id: format!("{publisher_sid}|{track_sid}"),
-            track_id: track_sid.to_owned(),
-        };
-        // A slot that carried this track before is fed again; otherwise a new m-line.
-        let result = self
-            .sfu
-            .with_peer(peer, move |sfu, now| match sfu.find_slot(peer, &label) {
-                Some(slot) => sfu.set_slot_source(now, peer, slot, Some(track)),
-                None => sfu.subscribe(now, peer, track, label).map(|_| ()),
-            })
-            .await;
-        match result {
-            Ok(()) => {
-                if let Some(s) = self.sessions.get_mut(&session) {
-                    s.subscribed.push(track);
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "subscribe failed"),
+        if let Some(peer) = self.claim_subscription(session, track) {
+            self.engine(EngineCommand::Subscribe {
+                track,
+                label: Self::track_label(publisher_sid, track_sid),
+                peers: vec![peer],
+            });
         }
     }
 
-    pub(super) async fn unsubscribe(&mut self, session: SessionId, track: TrackId) {
+    fn unsubscribe(&mut self, session: SessionId, track: TrackId) {
         let Some(s) = self.sessions.get_mut(&session) else {
             return;
         };
@@ -383,9 +319,6 @@ impl Service {
             return;
         };
         s.subscribed.retain(|t| *t != track);
-        let _ = self
-            .sfu
-            .with_peer(peer, move |sfu, now| sfu.unsubscribe(now, peer, track))
-            .await;
+        self.engine(EngineCommand::Unsubscribe { peer, track });
     }
 }

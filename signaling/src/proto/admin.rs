@@ -1,0 +1,474 @@
+//! Administrative operations on rooms and participants: what the Twirp `RoomService`, the
+//! control plane and the server's shutdown use. Each takes effect on live sessions at once.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use livekit_protocol as lk;
+use livekit_protocol::signal_response;
+use prost::Message as _;
+use stoa_sfu::{EngineCommand, Publish};
+
+use super::session::Leave;
+use super::updates::Visibility;
+use super::{Server, ServiceError, SessionId};
+use crate::room::{Participant, Room, RoomLimits};
+
+/// An administrative operation.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum AdminOp {
+    /// Create a room, or return the existing one unchanged (LiveKit `CreateRoom`).
+    CreateRoom {
+        /// Its name.
+        name: String,
+        /// Its limits.
+        limits: RoomLimits,
+        /// Its metadata.
+        metadata: String,
+    },
+    /// The open rooms, all or only those named.
+    ListRooms {
+        /// Names; empty for all.
+        names: Vec<String>,
+    },
+    /// Close a room: everyone is told to leave (`ROOM_DELETED`).
+    DeleteRoom {
+        /// The room.
+        room: String,
+    },
+    /// Snapshots of a room's participants.
+    ListParticipants {
+        /// The room.
+        room: String,
+    },
+    /// Disconnect a participant (`PARTICIPANT_REMOVED`).
+    RemoveParticipant {
+        /// The room.
+        room: String,
+        /// The participant.
+        identity: String,
+    },
+    /// Change a participant's name, metadata, attributes and permissions.
+    UpdateParticipant {
+        /// The room.
+        room: String,
+        /// The participant.
+        identity: String,
+        /// The changes.
+        update: Box<ParticipantUpdate>,
+    },
+    /// Force-mute (or unmute) a published track (LiveKit `MutePublishedTrack`).
+    MuteTrack {
+        /// The room.
+        room: String,
+        /// The publisher.
+        identity: String,
+        /// The track.
+        track_sid: String,
+        /// Muted or not.
+        muted: bool,
+    },
+    /// Replace a room's metadata; its participants get a `RoomUpdate` at once.
+    UpdateRoomMetadata {
+        /// The room.
+        room: String,
+        /// The metadata.
+        metadata: String,
+    },
+    /// Send data to a room's participants over their subscriber data channels.
+    SendData {
+        /// The room.
+        room: String,
+        /// What and to whom.
+        data: Box<SendData>,
+    },
+    /// Subscribe a participant to (or unsubscribe it from) tracks.
+    UpdateSubscriptions {
+        /// The room.
+        room: String,
+        /// The participant.
+        identity: String,
+        /// Track sids.
+        track_sids: Vec<String>,
+        /// Subscribe or unsubscribe.
+        subscribe: bool,
+    },
+    /// Tell every client not told yet to leave (`SERVER_SHUTDOWN`), leaving sessions open.
+    AskToLeave,
+    /// End every session at once (`SERVER_SHUTDOWN`).
+    Drain,
+}
+
+/// What an administrative operation answers.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum AdminReply {
+    /// A room.
+    Room(Box<lk::Room>),
+    /// Rooms.
+    Rooms(Vec<lk::Room>),
+    /// A participant.
+    Participant(Box<lk::ParticipantInfo>),
+    /// Participants.
+    Participants(Vec<lk::ParticipantInfo>),
+    /// A track.
+    Track(Box<lk::TrackInfo>),
+    /// A number of sessions affected.
+    Count(usize),
+    /// Done.
+    Done,
+}
+
+/// Changes to a participant (LiveKit `UpdateParticipantRequest`): empty strings leave the
+/// name and metadata unchanged; an attribute with an empty value is removed.
+#[derive(Debug, Clone, Default)]
+pub struct ParticipantUpdate {
+    /// New display name, if not empty.
+    pub name: String,
+    /// New metadata, if not empty.
+    pub metadata: String,
+    /// Attributes to set (or remove, with an empty value).
+    pub attributes: HashMap<String, String>,
+    /// New permissions, effective at once.
+    pub permission: Option<lk::ParticipantPermission>,
+}
+
+/// A server-originated data message (LiveKit `SendDataRequest`).
+#[derive(Debug, Clone, Default)]
+pub struct SendData {
+    /// Payload.
+    pub payload: Vec<u8>,
+    /// Reliable (`_reliable` channel) or lossy.
+    pub reliable: bool,
+    /// Only these participant sids (with `destination_identities`: either matches).
+    pub destination_sids: Vec<String>,
+    /// Only these identities; both empty: everyone.
+    pub destination_identities: Vec<String>,
+    /// Topic.
+    pub topic: Option<String>,
+    /// Nonce.
+    pub nonce: Vec<u8>,
+}
+
+impl Server {
+    /// Run an administrative operation.
+    pub fn handle_admin(&mut self, now: Instant, op: AdminOp) -> Result<AdminReply, ServiceError> {
+        self.advance(now);
+        match op {
+            AdminOp::CreateRoom {
+                name,
+                limits,
+                metadata,
+            } => {
+                if !self.rooms.contains_key(&name) {
+                    self.ensure_room_with(&name, limits, metadata);
+                }
+                let r = self
+                    .rooms
+                    .get(&name)
+                    .ok_or(ServiceError::RoomNotFound(name))?;
+                Ok(AdminReply::Room(Box::new(r.info())))
+            }
+            AdminOp::ListRooms { names } => {
+                let mut rooms: Vec<lk::Room> = self
+                    .rooms
+                    .values()
+                    .filter(|r| names.is_empty() || names.contains(&r.name))
+                    .map(Room::info)
+                    .collect();
+                rooms.sort_by(|a, b| a.name.cmp(&b.name));
+                Ok(AdminReply::Rooms(rooms))
+            }
+            AdminOp::DeleteRoom { room } => {
+                if !self.rooms.contains_key(&room) {
+                    return Err(ServiceError::RoomNotFound(room));
+                }
+                for id in self.room_sessions(&room) {
+                    self.end_session(
+                        id,
+                        "room deleted",
+                        Leave::Disconnect(lk::DisconnectReason::RoomDeleted),
+                    );
+                }
+                self.close_room(&room);
+                Ok(AdminReply::Done)
+            }
+            AdminOp::ListParticipants { room } => self
+                .rooms
+                .get(&room)
+                .map(|r| {
+                    AdminReply::Participants(
+                        r.participants.values().map(Participant::info).collect(),
+                    )
+                })
+                .ok_or(ServiceError::RoomNotFound(room)),
+            AdminOp::RemoveParticipant { room, identity } => {
+                let id = self.session_of(&room, &identity)?;
+                self.end_session(
+                    id,
+                    "removed",
+                    Leave::Disconnect(lk::DisconnectReason::ParticipantRemoved),
+                );
+                Ok(AdminReply::Done)
+            }
+            AdminOp::UpdateParticipant {
+                room,
+                identity,
+                update,
+            } => self.admin_update_participant(&room, &identity, *update),
+            AdminOp::MuteTrack {
+                room,
+                identity,
+                track_sid,
+                muted,
+            } => self
+                .force_mute(&room, &identity, &track_sid, muted)
+                .map(|t| AdminReply::Track(Box::new(t))),
+            AdminOp::UpdateRoomMetadata { room, metadata } => {
+                let r = self
+                    .rooms
+                    .get_mut(&room)
+                    .ok_or_else(|| ServiceError::RoomNotFound(room.clone()))?;
+                r.metadata = metadata;
+                let info = r.info();
+                self.send_room_update(&room);
+                Ok(AdminReply::Room(Box::new(info)))
+            }
+            AdminOp::SendData { room, data } => {
+                self.admin_send_data(&room, *data)?;
+                Ok(AdminReply::Done)
+            }
+            AdminOp::UpdateSubscriptions {
+                room,
+                identity,
+                track_sids,
+                subscribe,
+            } => {
+                let id = self.session_of(&room, &identity)?;
+                let update = lk::UpdateSubscription {
+                    track_sids,
+                    subscribe,
+                    participant_tracks: vec![],
+                };
+                self.update_subscription(id, update);
+                Ok(AdminReply::Done)
+            }
+            AdminOp::AskToLeave => Ok(AdminReply::Count(self.ask_to_leave())),
+            AdminOp::Drain => Ok(AdminReply::Count(self.drain())),
+        }
+    }
+
+    fn ensure_room_with(&mut self, name: &str, limits: RoomLimits, metadata: String) {
+        let sid = self.new_sid("RM_");
+        let mut room = Room::new(sid, name.to_owned(), limits, self.now_ms());
+        room.metadata = metadata;
+        self.rooms.insert(name.to_owned(), room);
+        self.room_started(name);
+    }
+
+    /// The session of `identity` in `room`.
+    fn session_of(&self, room: &str, identity: &str) -> Result<SessionId, ServiceError> {
+        let r = self
+            .rooms
+            .get(room)
+            .ok_or_else(|| ServiceError::RoomNotFound(room.to_owned()))?;
+        r.by_identity(identity)
+            .and_then(|p| self.by_participant.get(&p.sid).copied())
+            .ok_or_else(|| ServiceError::ParticipantNotFound(identity.to_owned()))
+    }
+
+    fn admin_update_participant(
+        &mut self,
+        room: &str,
+        identity: &str,
+        update: ParticipantUpdate,
+    ) -> Result<AdminReply, ServiceError> {
+        let r = self
+            .rooms
+            .get_mut(room)
+            .ok_or_else(|| ServiceError::RoomNotFound(room.to_owned()))?;
+        let psid = r
+            .by_identity(identity)
+            .map(|p| p.sid.clone())
+            .ok_or_else(|| ServiceError::ParticipantNotFound(identity.to_owned()))?;
+        let p = r
+            .participants
+            .get_mut(&psid)
+            .ok_or_else(|| ServiceError::ParticipantNotFound(identity.to_owned()))?;
+        p.apply_update(update.name, update.metadata, update.attributes);
+        let info = match update.permission {
+            // Broadcasts the new snapshot, and publishes or unpublishes as needed.
+            Some(permission) => self.update_permission(room, identity, permission)?,
+            None => {
+                let info = p.info();
+                self.broadcast_participant(room, &psid);
+                info
+            }
+        };
+        Ok(AdminReply::Participant(Box::new(info)))
+    }
+
+    /// Replace a participant's permissions on the live session (LiveKit `UpdateParticipant`).
+    /// Revoking `can_publish` unpublishes its tracks at once.
+    fn update_permission(
+        &mut self,
+        room: &str,
+        identity: &str,
+        permission: lk::ParticipantPermission,
+    ) -> Result<lk::ParticipantInfo, ServiceError> {
+        let r = self
+            .rooms
+            .get_mut(room)
+            .ok_or_else(|| ServiceError::RoomNotFound(room.into()))?;
+        let psid = r
+            .by_identity(identity)
+            .map(|p| p.sid.clone())
+            .ok_or_else(|| ServiceError::ParticipantNotFound(identity.into()))?;
+        let before = Visibility::of(r, &psid);
+        let Some(p) = r.participants.get_mut(&psid) else {
+            return Err(ServiceError::ParticipantNotFound(identity.into()));
+        };
+        let could_publish = p.can_publish();
+        p.permission = permission;
+        p.touch();
+        let can_publish = p.can_publish();
+        r.reindex(&psid);
+        if could_publish != can_publish {
+            r.dirty = true;
+            let publisher = self
+                .by_participant
+                .get(&psid)
+                .and_then(|id| self.sessions.get(id))
+                .and_then(|s| s.publisher);
+            if let Some(peer) = publisher {
+                let publish = if can_publish {
+                    Publish::Allow
+                } else {
+                    Publish::Deny
+                };
+                // Revoking unpublishes in the engine; its TrackUnpublished events then reach
+                // the publisher as `track_unpublished` and everyone else as an update.
+                self.engine(EngineCommand::SetPublish { peer, publish });
+            }
+        }
+        self.broadcast_participant(room, &psid);
+        self.visibility_changed(room, &psid, &before);
+        self.rooms
+            .get(room)
+            .and_then(|r| r.participants.get(&psid))
+            .map(Participant::info)
+            .ok_or_else(|| ServiceError::ParticipantNotFound(identity.into()))
+    }
+
+    fn force_mute(
+        &mut self,
+        room: &str,
+        identity: &str,
+        track_sid: &str,
+        muted: bool,
+    ) -> Result<lk::TrackInfo, ServiceError> {
+        let r = self
+            .rooms
+            .get(room)
+            .ok_or_else(|| ServiceError::RoomNotFound(room.into()))?;
+        let p = r
+            .by_identity(identity)
+            .ok_or_else(|| ServiceError::ParticipantNotFound(identity.into()))?;
+        let psid = p.sid.clone();
+        let info = self
+            .set_muted(room, &psid, track_sid, muted)
+            .ok_or_else(|| ServiceError::TrackNotFound(track_sid.into()))?;
+        // Tell the publisher's client, which mutes its microphone and echoes the state.
+        if let Some(&session) = self.by_participant.get(&psid) {
+            let m = lk::MuteTrackRequest {
+                sid: track_sid.into(),
+                muted,
+            };
+            self.send(session, signal_response::Message::Mute(m));
+        }
+        Ok(info)
+    }
+
+    fn admin_send_data(&mut self, room: &str, data: SendData) -> Result<(), ServiceError> {
+        let r = self
+            .rooms
+            .get(room)
+            .ok_or_else(|| ServiceError::RoomNotFound(room.to_owned()))?;
+        let mut destinations = data.destination_identities.clone();
+        destinations.extend(
+            data.destination_sids
+                .iter()
+                .filter_map(|sid| r.participants.get(sid))
+                .map(|p| p.identity.clone()),
+        );
+        if destinations.is_empty()
+            && !(data.destination_sids.is_empty() && data.destination_identities.is_empty())
+        {
+            // Addressed to nobody present.
+            return Ok(());
+        }
+        let kind = if data.reliable {
+            lk::data_packet::Kind::Reliable
+        } else {
+            lk::data_packet::Kind::Lossy
+        };
+        #[allow(deprecated)]
+        let packet = lk::DataPacket {
+            kind: kind as i32,
+            destination_identities: data.destination_identities.clone(),
+            value: Some(lk::data_packet::Value::User(lk::UserPacket {
+                payload: data.payload,
+                destination_sids: data.destination_sids,
+                destination_identities: data.destination_identities,
+                topic: data.topic,
+                nonce: data.nonce,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let label = if data.reliable { "_reliable" } else { "_lossy" };
+        self.forward_data(room, None, label, &destinations, packet.encode_to_vec());
+        Ok(())
+    }
+
+    /// Sends `Leave { reason: SERVER_SHUTDOWN, action: DISCONNECT }` to every client not told
+    /// yet and leaves its session open, so that the client closes it itself and its room
+    /// empties in order. Returns how many clients were told now.
+    fn ask_to_leave(&mut self) -> usize {
+        let mut told: Vec<SessionId> = self
+            .sessions
+            .iter_mut()
+            .filter(|(_, s)| !s.asked_to_leave)
+            .map(|(id, s)| {
+                s.asked_to_leave = true;
+                *id
+            })
+            .collect();
+        told.sort_unstable();
+        for &session in &told {
+            let leave = lk::LeaveRequest {
+                can_reconnect: false,
+                reason: lk::DisconnectReason::ServerShutdown as i32,
+                action: lk::leave_request::Action::Disconnect as i32,
+                ..Default::default()
+            };
+            self.send(session, signal_response::Message::Leave(leave));
+        }
+        told.len()
+    }
+
+    /// Ends every session at once; returns how many.
+    fn drain(&mut self) -> usize {
+        let mut sessions: Vec<SessionId> = self.sessions.keys().copied().collect();
+        sessions.sort_unstable();
+        for &session in &sessions {
+            self.end_session(
+                session,
+                "server shutting down",
+                Leave::Disconnect(lk::DisconnectReason::ServerShutdown),
+            );
+        }
+        sessions.len()
+    }
+}

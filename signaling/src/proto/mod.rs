@@ -1,0 +1,452 @@
+//! The signaling core: every media-side room and participant session of a node as one
+//! deterministic state machine, in the style of str0m and quinn-proto.
+//!
+//! # Run loop
+//!
+//! ```text
+//! loop {
+//!     match server.poll_output() {
+//!         Output::Send(session, msg)  => put msg in the session's outbox (a full outbox:
+//!                                        server.handle_client_overflow),
+//!         Output::Close(session, why) => close the session's WebSocket,
+//!         Output::Engine(command)     => hand to the media engine (undelivered:
+//!                                        server.handle_undelivered),
+//!         Output::Webhook(event)      => to the webhook notifier and the observer,
+//!         Output::Observe(event)      => to the observer only,
+//!         Output::JoinLatency(d)      => into the join-latency histogram,
+//!         Output::Timeout(t)          => wait for a client request, an engine event, an
+//!                                        administrative call or t; feed it with its `now`,
+//!     }
+//! }
+//! ```
+//!
+//! Inputs are a client's join ([`Server::connect`]) and requests ([`Server::handle_request`]),
+//! a closed connection, an engine event ([`Server::handle_engine_event`]), an administrative
+//! call ([`Server::handle_admin`]) and the timer ([`Server::handle_timeout`]); each takes
+//! `now`. Nothing in here waits, reads a clock or draws randomness other than from the seed
+//! in [`ServerConfig`]: wall-clock times (protocol timestamps, room timeouts) are derived from
+//! the `now` passed in and the one wall-clock reading given to [`Server::new`]. So a test with
+//! simulated time and a fixed seed is reproducible, and no input waits for another: a reaction
+//! in a room of thousands or a new speaker there costs one engine command, never a round trip,
+//! and joins in other rooms are not held up behind it.
+//!
+//! The engine is driven with [`EngineCommand`]s. The core chooses its peers' ids (round robin
+//! over the engine's shards), so a peer is filed before the engine has seen it, and answers,
+//! offers and refusals arrive as events about that id.
+//!
+//! # Errors versus bugs
+//!
+//! Nothing a client sends panics: malformed SDP, unknown tracks and requests out of order are
+//! answered with a `RequestResponse` error or ignored, and concern only that session.
+
+mod admin;
+mod engine;
+mod requests;
+mod session;
+mod updates;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use livekit_protocol as lk;
+use livekit_protocol::signal_response;
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::{Rng, SeedableRng};
+use stoa_sfu::{EngineCommand, PeerId, ShardId};
+
+use crate::room::{Room, RoomLimits};
+pub use admin::{AdminOp, AdminReply, ParticipantUpdate, SendData};
+use session::{Pc, Session};
+
+/// The LiveKit server version advertised in `ServerInfo.version`. livekit-client gates features
+/// on it (RPC needs ≥ 1.8.0); this is the feature level Stoa's signaling implements.
+pub const ADVERTISED_LIVEKIT_VERSION: &str = "1.9.0";
+
+/// How often pending participant updates are flushed (batched per client).
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// Every this many ticks, `RoomUpdate`s are sent and pings and room timeouts checked.
+const SLOW_TICKS: u64 = 5;
+
+/// Settings of the signaling core.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Defaults for rooms created on join.
+    pub room_defaults: RoomLimits,
+    /// Seconds between client pings (`JoinResponse.ping_interval`).
+    pub ping_interval: u32,
+    /// Seconds without a ping before the session is dropped.
+    pub ping_timeout: u32,
+    /// TURN servers put in every JoinResponse, with credentials minted per session.
+    pub turn: Option<TurnServers>,
+    /// Whether room and participant events are produced ([`Output::Webhook`],
+    /// [`Output::Observe`]); off when nobody consumes them.
+    pub events: bool,
+    /// Number of engine shards; new peers are spread over them.
+    pub engine_shards: u16,
+    /// Seed for sids.
+    pub seed: [u8; 32],
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            room_defaults: RoomLimits::default(),
+            ping_interval: 5,
+            ping_timeout: 15,
+            turn: None,
+            events: false,
+            engine_shards: 1,
+            seed: [0; 32],
+        }
+    }
+}
+
+/// One participant's TURN server entry in a JoinResponse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnCredentials {
+    /// `turn:` and `turns:` URLs.
+    pub urls: Vec<String>,
+    /// Time-limited username.
+    pub username: String,
+    /// Its password.
+    pub credential: String,
+}
+
+/// Mints [`TurnCredentials`] for a participant identity.
+pub type MintTurnCredentials = dyn Fn(&str) -> TurnCredentials + Send + Sync;
+
+/// The TURN servers of every JoinResponse: signaling calls the minter once per join (the
+/// binary provides it, from the relay's shared secret).
+#[derive(Clone)]
+pub struct TurnServers(pub Arc<MintTurnCredentials>);
+
+impl std::fmt::Debug for TurnServers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TurnServers(..)")
+    }
+}
+
+impl TurnServers {
+    fn ice_servers(&self, identity: &str) -> Vec<lk::IceServer> {
+        let minted = (self.0)(identity);
+        vec![lk::IceServer {
+            urls: minted.urls,
+            username: minted.username,
+            credential: minted.credential,
+        }]
+    }
+}
+
+/// Identifies one WebSocket session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(u64);
+
+impl SessionId {
+    /// The raw value (for logs and tests).
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+/// A refused join, with the HTTP status and text the client shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// HTTP status.
+    pub status: u16,
+    /// Plain-text reason.
+    pub message: String,
+}
+
+/// Errors of administrative calls.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// No such room.
+    #[error("room {0} not found")]
+    RoomNotFound(String),
+    /// No such participant.
+    #[error("participant {0} not found")]
+    ParticipantNotFound(String),
+    /// No such track.
+    #[error("track {0} not found")]
+    TrackNotFound(String),
+    /// The service stopped.
+    #[error("signaling service is not running")]
+    Stopped,
+}
+
+/// What the core asks of its shell. See the [module documentation](self).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Output {
+    /// A protocol message for a session's client.
+    Send(SessionId, Box<lk::SignalResponse>),
+    /// Close a session's connection with this reason (after the messages sent before it).
+    Close(SessionId, String),
+    /// A command for the media engine.
+    Engine(EngineCommand),
+    /// A LiveKit webhook event, for the webhook notifier and the in-process observer.
+    Webhook(Box<lk::WebhookEvent>),
+    /// An event for the in-process observer only (not a LiveKit webhook).
+    Observe(Box<lk::WebhookEvent>),
+    /// A participant's media connection came up this long after its join.
+    JoinLatency(Duration),
+    /// Nothing more to do before this instant (or before the next input).
+    Timeout(Instant),
+}
+
+/// Sizes of the core's state at one instant. Plain data; no room or user ids.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CoreStats {
+    /// Rooms that exist (including empty ones waiting for their timeout).
+    pub rooms: u64,
+    /// Open sessions.
+    pub sessions: u64,
+    /// Participants allowed to publish.
+    pub publishers: u64,
+    /// Participants that may only listen.
+    pub listeners: u64,
+    /// Published tracks, over every room.
+    pub tracks: u64,
+    /// Sessions ended because their client could not keep up with its outbox.
+    pub clients_overflowed: u64,
+    /// Sessions ended because an engine command about them could not be delivered.
+    pub engine_undelivered: u64,
+}
+
+/// Every room and session of a node. See the [module documentation](self).
+pub struct Server {
+    config: ServerConfig,
+    rng: ChaCha20Rng,
+    /// The latest `now` passed in.
+    now: Instant,
+    /// A wall-clock reading (Unix ms) at `epoch`, from which every protocol time is derived.
+    epoch: (Instant, i64),
+    rooms: HashMap<String, Room>,
+    sessions: HashMap<SessionId, Session>,
+    by_peer: HashMap<PeerId, (SessionId, Pc)>,
+    /// Session of each participant (participant sids are unique across rooms).
+    by_participant: HashMap<String, SessionId>,
+    /// Participant snapshots waiting to be sent, per session; flushed every tick and before
+    /// any offer (a client must know a track before it is offered).
+    pending_updates: HashMap<SessionId, Vec<lk::ParticipantInfo>>,
+    outputs: VecDeque<Output>,
+    next_tick: Instant,
+    ticks: u64,
+    next_session: u64,
+    next_peer: u64,
+    stats: CoreStats,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("rooms", &self.rooms.len())
+            .field("sessions", &self.sessions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Wrap a protocol message as a response.
+fn response(message: signal_response::Message) -> Box<lk::SignalResponse> {
+    Box::new(lk::SignalResponse {
+        message: Some(message),
+    })
+}
+
+impl Server {
+    /// A node with no rooms at `now`, when the wall clock read `unix_ms`.
+    pub fn new(config: ServerConfig, now: Instant, unix_ms: i64) -> Self {
+        Server {
+            rng: ChaCha20Rng::from_seed(config.seed),
+            config,
+            now,
+            epoch: (now, unix_ms),
+            rooms: HashMap::new(),
+            sessions: HashMap::new(),
+            by_peer: HashMap::new(),
+            by_participant: HashMap::new(),
+            pending_updates: HashMap::new(),
+            outputs: VecDeque::new(),
+            next_tick: now + TICK,
+            ticks: 0,
+            next_session: 1,
+            next_peer: 1,
+            stats: CoreStats::default(),
+        }
+    }
+
+    /// The next output. Drain until [`Output::Timeout`] after every input.
+    pub fn poll_output(&mut self) -> Output {
+        self.outputs
+            .pop_front()
+            .unwrap_or(Output::Timeout(self.next_tick))
+    }
+
+    /// Drive the timers: flush batched participant updates every [`TICK`]; send coalesced
+    /// `RoomUpdate`s, drop sessions that stopped pinging and close rooms past their timeouts
+    /// every few ticks. Call when the last [`Output::Timeout`] passed (earlier is harmless).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+        if now < self.next_tick {
+            return;
+        }
+        self.next_tick = now + TICK;
+        self.tick();
+    }
+
+    /// Counts of rooms, sessions, participants by role and tracks.
+    pub fn stats(&self) -> CoreStats {
+        let mut stats = CoreStats {
+            rooms: self.rooms.len() as u64,
+            sessions: self.sessions.len() as u64,
+            ..self.stats
+        };
+        for participant in self.rooms.values().flat_map(|r| r.participants.values()) {
+            if participant.can_publish() {
+                stats.publishers += 1;
+            } else {
+                stats.listeners += 1;
+            }
+            stats.tracks += participant.tracks.len() as u64;
+        }
+        stats
+    }
+
+    /// Whether `identity` may join `room` now (checked before the WebSocket upgrade).
+    pub fn admit(&self, room: &str, identity: &str) -> Result<(), Refused> {
+        match self.rooms.get(room) {
+            Some(r) => r.admit(identity).map_err(|e| Refused {
+                status: 403,
+                message: e.to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    // ------------------------------------------------------------------ read-only views
+
+    /// The rooms, for tests and invariant checks.
+    pub fn rooms(&self) -> impl Iterator<Item = &Room> + '_ {
+        self.rooms.values()
+    }
+
+    /// The engine peers of a session: (publisher, subscriber).
+    pub fn session_peers(&self, session: SessionId) -> Option<(Option<PeerId>, Option<PeerId>)> {
+        self.sessions
+            .get(&session)
+            .map(|s| (s.publisher, s.subscriber))
+    }
+
+    /// The session of participant `sid`, if connected.
+    pub fn session_of_participant(&self, sid: &str) -> Option<SessionId> {
+        self.by_participant.get(sid).copied()
+    }
+
+    /// Every open session.
+    pub fn sessions(&self) -> impl Iterator<Item = SessionId> + '_ {
+        self.sessions.keys().copied()
+    }
+
+    // ------------------------------------------------------------------ internals
+
+    fn advance(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+    }
+
+    /// Wall-clock time of the latest `now`, Unix milliseconds.
+    fn now_ms(&self) -> i64 {
+        let since = self.now.saturating_duration_since(self.epoch.0);
+        self.epoch.1 + since.as_millis() as i64
+    }
+
+    fn new_sid(&mut self, prefix: &str) -> String {
+        const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+        let tail: String = (0..12)
+            .map(|_| ALPHABET[(self.rng.next_u64() % ALPHABET.len() as u64) as usize] as char)
+            .collect();
+        format!("{prefix}{tail}")
+    }
+
+    /// A fresh engine peer id, on the next shard in turn.
+    fn new_peer(&mut self) -> PeerId {
+        let shards = u64::from(self.config.engine_shards.max(1));
+        let index = self.next_peer;
+        self.next_peer += 1;
+        PeerId::new(ShardId((index % shards) as u16), index)
+    }
+
+    fn send(&mut self, session: SessionId, message: signal_response::Message) {
+        self.outputs
+            .push_back(Output::Send(session, response(message)));
+    }
+
+    fn engine(&mut self, command: EngineCommand) {
+        self.outputs.push_back(Output::Engine(command));
+    }
+
+    /// Queue a webhook event (with a fresh id), if events are on.
+    fn webhook(
+        &mut self,
+        event: &str,
+        room: Option<lk::Room>,
+        participant: Option<lk::ParticipantInfo>,
+        track: Option<lk::TrackInfo>,
+    ) {
+        if !self.config.events {
+            return;
+        }
+        let id = self.new_sid("EV_");
+        let event = lk::WebhookEvent {
+            event: event.to_owned(),
+            room,
+            participant,
+            track,
+            id,
+            created_at: self.now_ms() / 1000,
+            ..Default::default()
+        };
+        self.outputs.push_back(Output::Webhook(Box::new(event)));
+    }
+
+    /// `room_started` for a room just created.
+    fn room_started(&mut self, room: &str) {
+        let info = self.rooms.get(room).map(Room::info);
+        self.webhook("room_started", info, None, None);
+    }
+
+    /// A participant event with the room's snapshot.
+    fn participant_webhook(
+        &mut self,
+        event: &str,
+        room: &str,
+        participant: lk::ParticipantInfo,
+        track: Option<lk::TrackInfo>,
+    ) {
+        let info = self.rooms.get(room).map(Room::info);
+        self.webhook(event, info, Some(participant), track);
+    }
+
+    /// Create a room if it does not exist.
+    fn ensure_room(&mut self, name: &str, limits: RoomLimits) {
+        if !self.rooms.contains_key(name) {
+            let sid = self.new_sid("RM_");
+            let now = self.now_ms();
+            self.rooms.insert(
+                name.to_owned(),
+                Room::new(sid, name.to_owned(), limits, now),
+            );
+            self.room_started(name);
+        }
+    }
+
+    /// Remove a room (its sessions are already gone).
+    fn close_room(&mut self, room: &str) {
+        if let Some(r) = self.rooms.remove(room) {
+            tracing::info!(room = %room, "room closed");
+            self.webhook("room_finished", Some(r.info()), None, None);
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! Sessions: joining, leaving, and what ends a session from outside (a closed connection, a
+//! client too slow to read, an engine that cannot take a command).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use livekit_api::access_token::Claims;
+use livekit_protocol as lk;
+use livekit_protocol::participant_info::State;
+use livekit_protocol::signal_response;
+use stoa_sfu::str0m::channel::ChannelId;
+use stoa_sfu::{EngineCommand, PeerId, Publish, TrackId};
+
+use super::{ADVERTISED_LIVEKIT_VERSION, Output, Refused, Server, SessionId};
+use crate::join::JoinParams;
+use crate::room::Participant;
+
+/// What a client is told when the server ends its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Leave {
+    /// Nothing: the client left, or its signaling connection is already gone.
+    Quietly,
+    /// A `LeaveRequest` to disconnect for good (removed, room closed, server shutting down).
+    Disconnect(lk::DisconnectReason),
+    /// A `LeaveRequest` to join again with a new session: the connection was lost, not the place
+    /// in the room. Sessions are never resumed, so LiveKit clients rejoin in full
+    /// (`action = RECONNECT`), as they would after a network change.
+    Rejoin(lk::DisconnectReason),
+}
+
+impl Leave {
+    /// The disconnect reason participants and webhooks see.
+    fn reason(self) -> Option<lk::DisconnectReason> {
+        match self {
+            Leave::Quietly => None,
+            Leave::Disconnect(reason) | Leave::Rejoin(reason) => Some(reason),
+        }
+    }
+}
+
+/// Which of a participant's two peer connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum Pc {
+    Publisher,
+    Subscriber,
+}
+
+pub(super) struct Session {
+    pub room: String,
+    pub participant: String,
+    pub publisher: Option<PeerId>,
+    pub subscriber: Option<PeerId>,
+    pub auto_subscribe: bool,
+    /// AddTrack requests waiting for their media: track sid by cid.
+    pub pending: Vec<(String, lk::TrackInfo)>,
+    /// Ids of the client's publisher offers the engine has not answered yet, oldest first
+    /// (the engine answers in order).
+    pub offers: VecDeque<u32>,
+    /// Data channels by label, per connection.
+    pub channels: HashMap<(Pc, ChannelId), String>,
+    pub subscriber_channels: HashMap<String, ChannelId>,
+    /// Engine tracks this session receives.
+    pub subscribed: Vec<TrackId>,
+    pub next_offer_id: u32,
+    pub last_ping: Instant,
+    /// When the join was accepted.
+    pub joined_at: Instant,
+    /// Told to leave by a draining server.
+    pub asked_to_leave: bool,
+    /// `room{room}` → `participant{participant, identity, client}`: the context of every log
+    /// line about this session.
+    pub span: tracing::Span,
+}
+
+/// The tracing span of a participant inside the span of its room. The client's address appears
+/// only as its network ([`ClientIp`](crate::redact::ClientIp)).
+fn participant_span(
+    room: &str,
+    participant: &str,
+    identity: &str,
+    client: Option<std::net::IpAddr>,
+) -> tracing::Span {
+    let room = tracing::info_span!("room", room = %room);
+    let client = client.map(crate::redact::ClientIp);
+    tracing::info_span!(
+        parent: &room,
+        "participant",
+        participant = %participant,
+        identity = %identity,
+        client = client.map(tracing::field::display),
+    )
+}
+
+impl Server {
+    /// Join a verified client (its token checked, the application's admission applied). The
+    /// `JoinResponse` is the session's first [`Output::Send`]; a second session with the same
+    /// identity replaces the first.
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        claims: Claims,
+        params: JoinParams,
+    ) -> Result<SessionId, Refused> {
+        self.advance(now);
+        let room_name = claims.video.room.clone();
+        let identity = claims.sub.clone();
+        self.admit(&room_name, &identity)?;
+        let duplicate = self
+            .rooms
+            .get(&room_name)
+            .and_then(|r| r.by_identity(&identity))
+            .and_then(|p| self.by_participant.get(&p.sid).copied());
+        if let Some(old) = duplicate {
+            self.end_session(
+                old,
+                "replaced by a new connection",
+                Leave::Disconnect(lk::DisconnectReason::DuplicateIdentity),
+            );
+        }
+
+        self.ensure_room(&room_name, self.config.room_defaults);
+        let now_ms = self.now_ms();
+        let sid = self.new_sid("PA_");
+        let permission = crate::token::permission(&claims.video);
+        let participant = Participant {
+            sid: sid.clone(),
+            identity,
+            name: claims.name.clone(),
+            metadata: claims.metadata.clone(),
+            attributes: claims.attributes.clone(),
+            permission,
+            admin: claims.video.room_admin,
+            state: State::Joined,
+            version: 1,
+            tracks: Default::default(),
+            joined_at_ms: now_ms,
+            protocol: params.protocol,
+        };
+        let ice_servers = self
+            .config
+            .turn
+            .as_ref()
+            .map(|turn| turn.ice_servers(&participant.identity))
+            .unwrap_or_default();
+        let Some(room) = self.rooms.get_mut(&room_name) else {
+            return Err(Refused {
+                status: 500,
+                message: "room vanished".into(),
+            });
+        };
+        let others = room.others_visible_to(&participant);
+        let info = participant.info();
+        room.insert(participant);
+        room.emptied_ms = None;
+        room.dirty = true;
+        let join = lk::JoinResponse {
+            room: Some(room.info()),
+            participant: Some(info.clone()),
+            other_participants: others,
+            server_version: ADVERTISED_LIVEKIT_VERSION.into(),
+            ice_servers,
+            subscriber_primary: true,
+            client_configuration: Some(lk::ClientConfiguration {
+                // Full rejoin instead of resume: sessions are not kept across reconnects.
+                resume_connection: lk::ClientConfigSetting::Disabled as i32,
+                ..Default::default()
+            }),
+            ping_timeout: self.config.ping_timeout as i32,
+            ping_interval: self.config.ping_interval as i32,
+            server_info: Some(lk::ServerInfo {
+                edition: lk::server_info::Edition::Standard as i32,
+                version: ADVERTISED_LIVEKIT_VERSION.into(),
+                protocol: 17,
+                node_id: format!("stoa-{}", env!("CARGO_PKG_VERSION")),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let session_id = SessionId(self.next_session);
+        self.next_session += 1;
+        self.send(session_id, signal_response::Message::Join(join));
+        // The subscriber connection is primary: the engine offers it with the data channels.
+        // Its id is filed now, so its offer finds the session whatever else happens meanwhile.
+        let subscriber = self.new_peer();
+        self.by_participant.insert(sid.clone(), session_id);
+        self.by_peer
+            .insert(subscriber, (session_id, Pc::Subscriber));
+        self.sessions.insert(
+            session_id,
+            Session {
+                room: room_name.clone(),
+                participant: sid.clone(),
+                publisher: None,
+                subscriber: Some(subscriber),
+                auto_subscribe: params.auto_subscribe,
+                pending: Vec::new(),
+                offers: VecDeque::new(),
+                channels: HashMap::new(),
+                subscriber_channels: HashMap::new(),
+                subscribed: Vec::new(),
+                next_offer_id: 1,
+                last_ping: now,
+                joined_at: now,
+                asked_to_leave: false,
+                span: participant_span(&room_name, &sid, &info.identity, params.client),
+            },
+        );
+        self.in_span(session_id, || tracing::info!("participant joined"));
+        self.broadcast_participant(&room_name, &sid);
+        self.engine(EngineCommand::CreatePeer {
+            peer: subscriber,
+            publish: Publish::Deny,
+            channels: vec!["_reliable".to_owned(), "_lossy".to_owned()],
+        });
+        if params.auto_subscribe {
+            let tracks: Vec<(TrackId, String, String)> = self.rooms[&room_name]
+                .participants
+                .values()
+                // Listeners publish nothing: skip them before comparing sids.
+                .filter(|p| !p.tracks.is_empty() && p.sid != sid)
+                .flat_map(|p| {
+                    p.tracks
+                        .values()
+                        .filter_map(|t| Some((t.engine?, p.sid.clone(), t.info.sid.clone())))
+                })
+                .collect();
+            for (track, psid, tsid) in tracks {
+                self.subscribe(session_id, track, &psid, &tsid);
+            }
+        }
+        Ok(session_id)
+    }
+
+    /// The client's connection closed (or was closed for `reason`).
+    pub fn handle_closed(&mut self, now: Instant, session: SessionId, reason: &str) {
+        self.advance(now);
+        self.end_session(session, reason, Leave::Quietly);
+    }
+
+    /// The session's outbox is full: its client reads too slowly. The session ends (the
+    /// shell closes the connection; nothing more can be queued for it).
+    pub fn handle_client_overflow(&mut self, now: Instant, session: SessionId) {
+        self.advance(now);
+        if self.sessions.contains_key(&session) {
+            self.stats.clients_overflowed += 1;
+            self.in_span(session, || tracing::warn!("client too slow; disconnected"));
+            self.pending_updates.remove(&session);
+            self.end_session(session, "too slow to keep up", Leave::Quietly);
+        }
+    }
+
+    /// Engine commands about `peers` could not be delivered (the engine is overloaded or
+    /// stopped): their sessions are told to rejoin rather than left waiting for an answer.
+    pub fn handle_undelivered(&mut self, now: Instant, peers: &[PeerId]) {
+        self.advance(now);
+        for peer in peers {
+            if let Some(&(session, _)) = self.by_peer.get(peer) {
+                self.stats.engine_undelivered += 1;
+                self.end_session(
+                    session,
+                    "media engine unavailable",
+                    Leave::Rejoin(lk::DisconnectReason::JoinFailure),
+                );
+            }
+        }
+    }
+
+    /// End a session: close its connections, remove the participant, tell the others. Unless
+    /// `leave` is [`Leave::Quietly`], the client is first told what to do next.
+    pub(super) fn end_session(&mut self, session: SessionId, why: &str, leave: Leave) {
+        // Updates still queued for the tick reach the client before its leave.
+        self.flush_updates(session);
+        let Some(s) = self.sessions.remove(&session) else {
+            return;
+        };
+        self.by_participant.remove(&s.participant);
+        self.pending_updates.remove(&session);
+        let reason = leave.reason();
+        if let Some(reason) = reason {
+            let rejoin = matches!(leave, Leave::Rejoin(_));
+            let action = if rejoin {
+                lk::leave_request::Action::Reconnect
+            } else {
+                lk::leave_request::Action::Disconnect
+            };
+            let leave = lk::LeaveRequest {
+                can_reconnect: rejoin,
+                reason: reason as i32,
+                action: action as i32,
+                ..Default::default()
+            };
+            self.send(session, signal_response::Message::Leave(leave));
+        }
+        self.outputs
+            .push_back(Output::Close(session, why.to_owned()));
+        for peer in [s.publisher, s.subscriber].into_iter().flatten() {
+            self.by_peer.remove(&peer);
+            self.engine(EngineCommand::ClosePeer { peer });
+        }
+        s.span
+            .in_scope(|| tracing::info!(reason = why, "participant left"));
+        self.remove_participant(&s.room, &s.participant, reason);
+    }
+
+    /// Runs `log` inside `session`'s room → participant span (or none, if it is gone).
+    pub(super) fn in_span(&self, session: SessionId, log: impl FnOnce()) {
+        match self.sessions.get(&session) {
+            Some(s) => s.span.in_scope(log),
+            None => log(),
+        }
+    }
+
+    fn remove_participant(
+        &mut self,
+        room_name: &str,
+        sid: &str,
+        reason: Option<lk::DisconnectReason>,
+    ) {
+        let now_ms = self.now_ms();
+        let Some(room) = self.rooms.get_mut(room_name) else {
+            return;
+        };
+        let Some(mut gone) = room.remove(sid) else {
+            return;
+        };
+        room.speakers.remove(sid);
+        if room.participants.is_empty() {
+            room.emptied_ms = Some(now_ms);
+        }
+        room.dirty = true;
+        // LiveKit: `participant_left` for one who became ACTIVE, else the connection aborted.
+        let event = if gone.state == State::Active {
+            "participant_left"
+        } else {
+            "participant_connection_aborted"
+        };
+        gone.state = State::Disconnected;
+        gone.touch();
+        let mut info = gone.info();
+        info.disconnect_reason = reason.unwrap_or(lk::DisconnectReason::ClientInitiated) as i32;
+        let viewers: Vec<String> = room
+            .participants
+            .values()
+            .filter(|v| gone.visible_to(v))
+            .map(|v| v.sid.clone())
+            .collect();
+        self.send_update(&viewers, vec![info.clone()]);
+        self.participant_webhook(event, room_name, info, None);
+    }
+
+    /// The participant of a session.
+    pub(super) fn participant(&self, session: SessionId) -> Option<&Participant> {
+        let s = self.sessions.get(&session)?;
+        self.rooms.get(&s.room)?.participants.get(&s.participant)
+    }
+
+    pub(super) fn participant_mut(&mut self, session: SessionId) -> Option<&mut Participant> {
+        let s = self.sessions.get(&session)?;
+        self.rooms
+            .get_mut(&s.room)?
+            .participants
+            .get_mut(&s.participant)
+    }
+
+    /// Sessions of the participants of `room`.
+    pub(super) fn room_sessions(&self, room: &str) -> Vec<SessionId> {
+        self.rooms.get(room).map_or_else(Vec::new, |r| {
+            r.participants
+                .keys()
+                .filter_map(|sid| self.by_participant.get(sid).copied())
+                .collect()
+        })
+    }
+}

@@ -1,0 +1,207 @@
+//! Participant updates (batched per client and flushed every tick), room updates, and the
+//! slow tick's checks (pings, room timeouts).
+//!
+//! Per-message work is O(visible participants) (see the visibility rule in [`crate::room`]);
+//! the audience size reaches everyone through coalesced `RoomUpdate`s, once per slow tick.
+
+use std::time::Duration;
+
+use livekit_protocol as lk;
+use livekit_protocol::participant_info::State;
+use livekit_protocol::signal_response;
+
+use super::session::Leave;
+use super::{SLOW_TICKS, Server, SessionId};
+use crate::room::Room;
+
+impl Server {
+    /// Send participant `psid`'s snapshot to everyone in the room who may see it.
+    pub(super) fn broadcast_participant(&mut self, room: &str, psid: &str) {
+        let Some(r) = self.rooms.get(room) else {
+            return;
+        };
+        let Some(p) = r.participants.get(psid) else {
+            return;
+        };
+        let viewers = r.viewers_of(p);
+        let info = p.info();
+        self.send_update(&viewers, vec![info]);
+    }
+
+    /// Queue snapshots for `viewers` (participant sids); a newer snapshot of the same
+    /// participant replaces an older one still queued.
+    pub(super) fn send_update(
+        &mut self,
+        viewers: &[String],
+        participants: Vec<lk::ParticipantInfo>,
+    ) {
+        for viewer in viewers {
+            let Some(&session) = self.by_participant.get(viewer) else {
+                continue;
+            };
+            let queue = self.pending_updates.entry(session).or_default();
+            for info in &participants {
+                match queue.iter_mut().find(|q| q.sid == info.sid) {
+                    Some(q)
+                        if q.version <= info.version
+                            || info.state == State::Disconnected as i32 =>
+                    {
+                        *q = info.clone()
+                    }
+                    Some(_) => {}
+                    None => queue.push(info.clone()),
+                }
+            }
+        }
+    }
+
+    /// Send a session's queued snapshots as one `ParticipantUpdate`.
+    pub(super) fn flush_updates(&mut self, session: SessionId) {
+        let Some(participants) = self.pending_updates.remove(&session) else {
+            return;
+        };
+        if self.sessions.contains_key(&session) {
+            let msg = signal_response::Message::Update(lk::ParticipantUpdate { participants });
+            self.send(session, msg);
+        }
+    }
+
+    /// After `psid`'s permissions changed: viewers who no longer see it get it as
+    /// disconnected, and it gets everyone it newly sees or no longer sees. (Those who see it
+    /// now already got its snapshot.)
+    pub(super) fn visibility_changed(&mut self, room: &str, psid: &str, before: &Visibility) {
+        let Some(r) = self.rooms.get(room) else {
+            return;
+        };
+        let after = Visibility::of(r, psid);
+        let Some(p) = r.participants.get(psid) else {
+            return;
+        };
+        let lost_viewers: Vec<String> = before
+            .viewers
+            .iter()
+            .filter(|v| !after.viewers.contains(v))
+            .cloned()
+            .collect();
+        let mut gone = p.info();
+        gone.state = State::Disconnected as i32;
+        let mut to_self: Vec<lk::ParticipantInfo> = Vec::new();
+        for sid in after.seen.iter().filter(|s| !before.seen.contains(s)) {
+            if let Some(o) = r.participants.get(sid) {
+                to_self.push(o.info());
+            }
+        }
+        for sid in before.seen.iter().filter(|s| !after.seen.contains(s)) {
+            if let Some(o) = r.participants.get(sid) {
+                let mut info = o.info();
+                info.state = State::Disconnected as i32;
+                to_self.push(info);
+            }
+        }
+        if !lost_viewers.is_empty() {
+            self.send_update(&lost_viewers, vec![gone]);
+        }
+        if !to_self.is_empty() {
+            self.send_update(&[psid.to_owned()], to_self);
+        }
+    }
+
+    /// Send a `RoomUpdate` to every participant of `room`.
+    pub(super) fn send_room_update(&mut self, room: &str) {
+        let Some(info) = self.rooms.get(room).map(Room::info) else {
+            return;
+        };
+        let msg = signal_response::Message::RoomUpdate(lk::RoomUpdate { room: Some(info) });
+        for id in self.room_sessions(room) {
+            self.send(id, msg.clone());
+        }
+    }
+
+    /// One tick: flush participant updates; every [`SLOW_TICKS`], room updates, ping
+    /// timeouts and room timeouts.
+    pub(super) fn tick(&mut self) {
+        let mut sessions: Vec<SessionId> = self.pending_updates.keys().copied().collect();
+        // Hash order is not reproducible across runs; output order must be.
+        sessions.sort_unstable();
+        for session in sessions {
+            self.flush_updates(session);
+        }
+        self.ticks += 1;
+        if !self.ticks.is_multiple_of(SLOW_TICKS) {
+            return;
+        }
+        let now = self.now;
+        let now_ms = self.now_ms();
+        // Coalesced audience-size updates.
+        let mut dirty: Vec<String> = self
+            .rooms
+            .values_mut()
+            .filter(|r| r.dirty)
+            .map(|r| {
+                r.dirty = false;
+                r.name.clone()
+            })
+            .collect();
+        dirty.sort_unstable();
+        for room in dirty {
+            self.send_room_update(&room);
+        }
+        // Sessions that stopped pinging.
+        let timeout = Duration::from_secs(u64::from(self.config.ping_timeout));
+        let mut dead: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| now.saturating_duration_since(s.last_ping) > timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        dead.sort_unstable();
+        for id in dead {
+            self.end_session(
+                id,
+                "ping timeout",
+                Leave::Rejoin(lk::DisconnectReason::ConnectionTimeout),
+            );
+        }
+        // Rooms past their timeouts.
+        let mut closing: Vec<String> = self
+            .rooms
+            .values()
+            .filter(|r| r.should_close(now_ms))
+            .map(|r| r.name.clone())
+            .collect();
+        closing.sort_unstable();
+        for room in closing {
+            self.close_room(&room);
+        }
+    }
+}
+
+/// Who sees a participant and whom it sees (other than itself).
+pub(super) struct Visibility {
+    viewers: Vec<String>,
+    seen: Vec<String>,
+}
+
+impl Visibility {
+    /// `psid`'s visibility in `room` now.
+    pub(super) fn of(room: &Room, psid: &str) -> Visibility {
+        let Some(p) = room.participants.get(psid) else {
+            return Visibility {
+                viewers: vec![],
+                seen: vec![],
+            };
+        };
+        let others = room.participants.values().filter(|o| o.sid != psid);
+        Visibility {
+            viewers: others
+                .clone()
+                .filter(|v| p.visible_to(v))
+                .map(|v| v.sid.clone())
+                .collect(),
+            seen: others
+                .filter(|o| o.visible_to(p))
+                .map(|o| o.sid.clone())
+                .collect(),
+        }
+    }
+}

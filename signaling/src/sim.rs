@@ -1,0 +1,1031 @@
+//! A deterministic world for the signaling core (feature `sim`, for tests and fuzzing): the
+//! real [`Server`] driving real engine shards ([`stoa_sfu::Sfu`]) in memory, with LiveKit-like
+//! clients made of two str0m peer connections each. No sockets, no sleeps: datagrams move
+//! between the clients and the shards in memory, and a virtual clock jumps to the earliest
+//! deadline. Every run is bounded in steps, so a livelock fails instead of hanging.
+//!
+//! Addresses are loopback labels only; nothing is sent anywhere.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    missing_debug_implementations,
+    clippy::unwrap_in_result,
+    clippy::type_complexity
+)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use livekit_protocol as lk;
+use livekit_protocol::{signal_request, signal_response};
+use prost::Message as _;
+use stoa_sfu::str0m::change::{SdpOffer, SdpPendingOffer};
+use stoa_sfu::str0m::channel::ChannelId;
+use stoa_sfu::str0m::format::Codec;
+use stoa_sfu::str0m::media::{Direction, MediaKind, Mid, Pt};
+use stoa_sfu::str0m::net::{Protocol, Receive};
+use stoa_sfu::str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
+use stoa_sfu::str0m::{Candidate, Event as RtcEvent, Input, Output as RtcOutput, Rtc, RtcConfig};
+use stoa_sfu::{Datagrams, Output as SfuOutput, Routed, Sfu, SfuConfig, ShardId};
+
+use crate::join;
+use crate::proto::{AdminOp, AdminReply, Output, Server, ServerConfig, ServiceError, SessionId};
+use crate::token::{Claims, VideoGrants};
+
+/// The engine's address in the simulation.
+pub const SFU_ADDR: &str = "127.0.0.1:7882";
+
+/// Wall-clock time (Unix ms) at the simulation's start.
+pub const START_UNIX_MS: i64 = 1_800_000_000_000;
+
+/// Most settle rounds at one instant before the world is declared livelocked.
+const MAX_ROUNDS: usize = 10_000;
+
+/// Which of a client's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Publisher,
+    Subscriber,
+}
+
+/// A str0m peer connection of a simulated client.
+pub struct ClientPc {
+    pub rtc: Rtc,
+    pub addr: SocketAddr,
+    pub deadline: Instant,
+    pub connected: bool,
+    pub channels: HashMap<String, ChannelId>,
+}
+
+impl ClientPc {
+    fn new(addr: SocketAddr, now: Instant) -> Self {
+        let mut rtc = RtcConfig::new()
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .build(now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").expect("candidate"));
+        ClientPc {
+            rtc,
+            addr,
+            deadline: now,
+            connected: false,
+            channels: HashMap::new(),
+        }
+    }
+}
+
+/// A simulated LiveKit client: one signaling session, a publisher and a subscriber
+/// connection, and everything it received.
+pub struct Client {
+    pub identity: String,
+    pub session: Option<SessionId>,
+    pub publisher: ClientPc,
+    pub subscriber: ClientPc,
+    /// Every signaling message received, in order.
+    pub log: Vec<signal_response::Message>,
+    /// Why the server closed the session, once it did.
+    pub closed: Option<String>,
+    pending_pub: Option<SdpPendingOffer>,
+    /// The publisher's audio m-line and Opus payload type, once negotiated.
+    pub send: Option<(Mid, Pt)>,
+    pub sent: u32,
+    offer_id: u32,
+    /// RTP packets heard on the subscriber connection: (mid, publisher byte, index).
+    pub heard: Vec<(Option<Mid>, u8, u32)>,
+    /// Data channel messages received on the subscriber connection.
+    pub data: Vec<Vec<u8>>,
+    /// Whether the client pings every ping interval (LiveKit clients do).
+    pub pinging: bool,
+    last_ping: Instant,
+    /// Whether it answers the server's offers (LiveKit clients do).
+    pub answering: bool,
+    tag: u8,
+}
+
+impl Client {
+    /// Whether the session is still open.
+    pub fn is_open(&self) -> bool {
+        self.session.is_some() && self.closed.is_none()
+    }
+
+    /// The first message `pick` accepts.
+    pub fn find<T>(&self, pick: impl FnMut(&signal_response::Message) -> Option<T>) -> Option<T> {
+        self.log.iter().find_map(pick)
+    }
+
+    /// The last `ParticipantInfo` of `identity` this client received (join or update).
+    pub fn seen(&self, identity: &str) -> Option<lk::ParticipantInfo> {
+        let mut last = None;
+        for m in &self.log {
+            let infos: Vec<&lk::ParticipantInfo> = match m {
+                signal_response::Message::Join(j) => j.other_participants.iter().collect(),
+                signal_response::Message::Update(u) => u.participants.iter().collect(),
+                _ => vec![],
+            };
+            for i in infos {
+                if i.identity == identity {
+                    last = Some(i.clone());
+                }
+            }
+        }
+        last
+    }
+
+    /// The leave request the server sent, if any.
+    pub fn leave(&self) -> Option<lk::LeaveRequest> {
+        self.find(|m| match m {
+            signal_response::Message::Leave(l) => Some(l.clone()),
+            _ => None,
+        })
+    }
+
+    /// Request errors the server answered.
+    pub fn errors(&self) -> Vec<lk::RequestResponse> {
+        self.log
+            .iter()
+            .filter_map(|m| match m {
+                signal_response::Message::RequestResponse(r) => Some(r.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// What the world saw leave the core, besides client messages.
+#[derive(Default)]
+pub struct Seen {
+    /// Webhook and observer events, by name and identity.
+    pub events: Vec<(String, String)>,
+    pub join_latencies: Vec<Duration>,
+    /// Engine commands the core issued (before a fan-out is cut per shard).
+    pub engine_commands: u64,
+    /// Of those, data messages (one per room message, whatever the room's size).
+    pub send_data_commands: u64,
+}
+
+/// The world. See the [module documentation](self).
+pub struct Sim {
+    pub start: Instant,
+    pub now: Instant,
+    pub server: Server,
+    pub shards: Vec<Sfu>,
+    pub clients: Vec<Client>,
+    pub seen: Seen,
+    by_session: HashMap<SessionId, usize>,
+    by_addr: HashMap<SocketAddr, (usize, Side)>,
+    /// Datagrams from clients to the engine.
+    to_sfu: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
+    sealed: Datagrams,
+    pub steps: u64,
+    pub max_steps: u64,
+    ping_interval: Duration,
+}
+
+impl Sim {
+    /// A world at `start` with `shards` engine shards and the core configured by `config`
+    /// (its seed and shard count are set from `seed` and `shards`).
+    pub fn new(start: Instant, seed: u64, shards: u16, mut config: ServerConfig) -> Self {
+        let sfu_addr: SocketAddr = SFU_ADDR.parse().expect("addr");
+        let mut s = [0u8; 32];
+        s[..8].copy_from_slice(&seed.to_le_bytes());
+        config.seed = s;
+        config.engine_shards = shards;
+        config.events = true;
+        let ping_interval = Duration::from_secs(u64::from(config.ping_interval.max(1)));
+        let engines = (0..shards)
+            .map(|i| {
+                let mut seed = s;
+                seed[31] ^= i as u8 + 1;
+                let mut c = SfuConfig::new(ShardId(i), seed);
+                c.candidates = vec![sfu_addr];
+                Sfu::new(c, start)
+            })
+            .collect();
+        Sim {
+            start,
+            now: start,
+            server: Server::new(config, start, START_UNIX_MS),
+            shards: engines,
+            clients: Vec::new(),
+            seen: Seen::default(),
+            by_session: HashMap::new(),
+            by_addr: HashMap::new(),
+            to_sfu: Vec::new(),
+            sealed: Datagrams::default(),
+            steps: 0,
+            max_steps: 1_000_000,
+            ping_interval,
+        }
+    }
+
+    /// Grants of a participant of `room` who may publish or only listen.
+    pub fn grants(room: &str, publish: bool) -> VideoGrants {
+        VideoGrants {
+            room_join: true,
+            room: room.into(),
+            can_publish: Some(publish),
+            can_subscribe: Some(true),
+            can_publish_data: Some(true),
+            ..Default::default()
+        }
+    }
+
+    /// A new client joining with `grants`; returns its index, or the refusal.
+    pub fn join_with(
+        &mut self,
+        identity: &str,
+        grants: VideoGrants,
+    ) -> Result<usize, crate::proto::Refused> {
+        let i = self.clients.len();
+        let tag = i as u8;
+        let base = 2 * i;
+        let addr = |n: usize| -> SocketAddr {
+            format!("127.1.{}.{}:{}", n / 250, 1 + n % 250, 40000 + n % 20000)
+                .parse()
+                .expect("addr")
+        };
+        let claims = Claims {
+            sub: identity.into(),
+            video: grants,
+            ..Default::default()
+        };
+        let params =
+            join::parse_query("access_token=x&protocol=17&auto_subscribe=1").expect("params");
+        let session = self.server.connect(self.now, claims, params)?;
+        let client = Client {
+            identity: identity.into(),
+            session: Some(session),
+            publisher: ClientPc::new(addr(base), self.now),
+            subscriber: ClientPc::new(addr(base + 1), self.now),
+            log: Vec::new(),
+            closed: None,
+            pending_pub: None,
+            send: None,
+            sent: 0,
+            offer_id: 0,
+            heard: Vec::new(),
+            data: Vec::new(),
+            pinging: true,
+            last_ping: self.now,
+            answering: true,
+            tag,
+        };
+        self.by_addr
+            .insert(client.publisher.addr, (i, Side::Publisher));
+        self.by_addr
+            .insert(client.subscriber.addr, (i, Side::Subscriber));
+        self.by_session.insert(session, i);
+        self.clients.push(client);
+        self.settle();
+        Ok(i)
+    }
+
+    /// A client joining `room`, publishing allowed or not.
+    pub fn join(&mut self, room: &str, identity: &str, publish: bool) -> usize {
+        self.join_with(identity, Self::grants(room, publish))
+            .expect("join refused")
+    }
+
+    /// Send a request from client `c` (ignored once its session closed).
+    pub fn request(&mut self, c: usize, message: signal_request::Message) {
+        let Some(session) = self.clients[c].session else {
+            return;
+        };
+        if self.clients[c].closed.is_some() {
+            return;
+        }
+        self.server.handle_request(self.now, session, message);
+        self.settle();
+    }
+
+    /// Client `c`'s connection drops.
+    pub fn disconnect(&mut self, c: usize) {
+        if let Some(session) = self.clients[c].session
+            && self.clients[c].closed.is_none()
+        {
+            self.clients[c].closed = Some("client went away".into());
+            self.server
+                .handle_closed(self.now, session, "client went away");
+            self.settle();
+        }
+    }
+
+    /// Run an administrative operation.
+    pub fn admin(&mut self, op: AdminOp) -> Result<AdminReply, ServiceError> {
+        let r = self.server.handle_admin(self.now, op);
+        self.settle();
+        r
+    }
+
+    /// AddTrack and a publisher offer with one audio m-line and the `_reliable` channel.
+    pub fn publish(&mut self, c: usize) {
+        let cid = format!("mic-{}", self.clients[c].identity);
+        self.request(
+            c,
+            signal_request::Message::AddTrack(lk::AddTrackRequest {
+                cid: cid.clone(),
+                name: "microphone".into(),
+                r#type: lk::TrackType::Audio as i32,
+                source: lk::TrackSource::Microphone as i32,
+                ..Default::default()
+            }),
+        );
+        self.offer_publisher(c, Some(&cid));
+    }
+
+    /// A publisher offer: with an audio m-line labelled `cid`, or data channel only.
+    pub fn offer_publisher(&mut self, c: usize, cid: Option<&str>) {
+        let now = self.now;
+        let client = &mut self.clients[c];
+        let mut api = client.publisher.rtc.sdp_api();
+        let mid = cid.map(|cid| {
+            api.add_media(
+                MediaKind::Audio,
+                Direction::SendOnly,
+                Some("stream".into()),
+                Some(cid.into()),
+                None,
+            )
+        });
+        if !client.publisher.channels.contains_key("_reliable") {
+            api.add_channel("_reliable".into());
+        }
+        let Some((offer, pending)) = api.apply() else {
+            return;
+        };
+        client.pending_pub = Some(pending);
+        if let Some(mid) = mid {
+            client.send = Some((mid, Pt::from(111)));
+        }
+        client.offer_id += 1;
+        let sd = lk::SessionDescription {
+            r#type: "offer".into(),
+            sdp: offer.to_sdp_string(),
+            id: client.offer_id,
+            ..Default::default()
+        };
+        drain_pc(
+            &mut client.publisher,
+            now,
+            &mut self.to_sfu,
+            c,
+            Side::Publisher,
+            None,
+        );
+        self.request(c, signal_request::Message::Offer(sd));
+    }
+
+    /// Client `c` sends `n` Opus packets, 20 ms apart, running the world between them.
+    pub fn speak(&mut self, c: usize, n: u32) {
+        for _ in 0..n {
+            self.send_audio(c);
+            self.run_for(Duration::from_millis(20));
+        }
+    }
+
+    fn send_audio(&mut self, c: usize) {
+        let now = self.now;
+        let client = &mut self.clients[c];
+        let Some((mid, pt)) = client.send else {
+            return;
+        };
+        let index = client.sent;
+        let mut payload = vec![0u8; 40];
+        payload[0..4].copy_from_slice(&index.to_be_bytes());
+        payload[4] = client.tag;
+        let ext = ExtensionValues {
+            audio_level: Some(-20),
+            voice_activity: Some(true),
+            ..Default::default()
+        };
+        let mut api = client.publisher.rtc.direct_api();
+        let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+            return;
+        };
+        tx.write_rtp(
+            RtpWrite::new(
+                pt,
+                SeqNo::from(u64::from(index) + 1),
+                index * 960,
+                now,
+                payload,
+            )
+            .ext_vals(ext),
+        );
+        client.sent += 1;
+        let _ = client.publisher.rtc.handle_input(Input::Timeout(now));
+        drain_pc(
+            &mut client.publisher,
+            now,
+            &mut self.to_sfu,
+            c,
+            Side::Publisher,
+            None,
+        );
+        self.settle();
+    }
+
+    /// Client `c` sends a user data packet on its publisher's `_reliable` channel.
+    pub fn send_data(&mut self, c: usize, payload: &[u8]) -> bool {
+        let now = self.now;
+        let client = &mut self.clients[c];
+        let Some(&id) = client.publisher.channels.get("_reliable") else {
+            return false;
+        };
+        #[allow(deprecated)]
+        let packet = lk::DataPacket {
+            kind: lk::data_packet::Kind::Reliable as i32,
+            value: Some(lk::data_packet::Value::User(lk::UserPacket {
+                payload: payload.to_vec(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let Some(mut ch) = client.publisher.rtc.channel(id) else {
+            return false;
+        };
+        let ok = ch.write(true, &packet.encode_to_vec()).is_ok();
+        drain_pc(
+            &mut client.publisher,
+            now,
+            &mut self.to_sfu,
+            c,
+            Side::Publisher,
+            None,
+        );
+        self.settle();
+        ok
+    }
+
+    /// Run the world for `d` of simulated time.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.step(end);
+        }
+    }
+
+    /// Run until `done` holds, at most `max` of simulated time; returns whether it held.
+    pub fn run_until(&mut self, max: Duration, mut done: impl FnMut(&Sim) -> bool) -> bool {
+        let end = self.now + max;
+        loop {
+            if done(self) {
+                return true;
+            }
+            if self.now >= end {
+                return false;
+            }
+            self.step(end);
+        }
+    }
+
+    /// Advance the clock to the next deadline (at most `limit`), fire timers, settle.
+    pub fn step(&mut self, limit: Instant) {
+        self.steps += 1;
+        assert!(self.steps < self.max_steps, "simulation did not settle");
+        let mut next = limit;
+        if let Output::Timeout(t) = self.server.poll_output() {
+            next = next.min(t);
+        }
+        for s in &mut self.shards {
+            if let SfuOutput::Timeout(t) = s.poll_output() {
+                next = next.min(t);
+            }
+        }
+        for c in &self.clients {
+            if c.closed.is_none() {
+                next = next.min(c.publisher.deadline).min(c.subscriber.deadline);
+                if c.pinging {
+                    next = next.min(c.last_ping + self.ping_interval);
+                }
+            }
+        }
+        self.now = self.now.max(next);
+        let now = self.now;
+        self.server.handle_timeout(now);
+        for s in &mut self.shards {
+            s.handle_timeout(now);
+        }
+        for i in 0..self.clients.len() {
+            let c = &mut self.clients[i];
+            if c.closed.is_some() {
+                continue;
+            }
+            for side in [Side::Publisher, Side::Subscriber] {
+                let pc = match side {
+                    Side::Publisher => &mut c.publisher,
+                    Side::Subscriber => &mut c.subscriber,
+                };
+                if pc.deadline <= now {
+                    let _ = pc.rtc.handle_input(Input::Timeout(now));
+                    drain_pc(pc, now, &mut self.to_sfu, i, side, None);
+                }
+            }
+            if c.pinging && c.last_ping + self.ping_interval <= now {
+                c.last_ping = now;
+                if let Some(session) = c.session {
+                    let ping = lk::Ping {
+                        timestamp: 0,
+                        rtt: 0,
+                    };
+                    self.server.handle_request(
+                        now,
+                        session,
+                        signal_request::Message::PingReq(ping),
+                    );
+                }
+            }
+        }
+        self.settle();
+    }
+
+    /// Move everything that can move at the current instant.
+    pub fn settle(&mut self) {
+        for _ in 0..MAX_ROUNDS {
+            if !self.round() {
+                return;
+            }
+        }
+        panic!("the world did not settle at one instant");
+    }
+
+    fn round(&mut self) -> bool {
+        let now = self.now;
+        let mut progressed = false;
+        // The core's outputs.
+        loop {
+            match self.server.poll_output() {
+                Output::Timeout(_) => break,
+                out => {
+                    progressed = true;
+                    self.core_output(out);
+                }
+            }
+        }
+        // The shards' outputs.
+        for s in 0..self.shards.len() {
+            loop {
+                match self.shards[s].poll_output() {
+                    SfuOutput::Timeout(_) => break,
+                    SfuOutput::Event(e) => {
+                        progressed = true;
+                        self.server.handle_engine_event(now, e);
+                    }
+                    SfuOutput::Relay(r) => {
+                        progressed = true;
+                        let to = usize::from(r.to.0);
+                        self.shards[to].handle_relay(now, r);
+                    }
+                }
+            }
+            self.shards[s].poll_datagrams(&mut self.sealed);
+        }
+        // Engine → clients.
+        if !self.sealed.is_empty() {
+            progressed = true;
+            let mut sealed = std::mem::take(&mut self.sealed);
+            for d in sealed.iter() {
+                let Some(&(c, side)) = self.by_addr.get(&d.destination) else {
+                    continue;
+                };
+                let client = &mut self.clients[c];
+                if client.closed.is_some() {
+                    continue;
+                }
+                let (pc, heard, data) = match side {
+                    Side::Publisher => (&mut client.publisher, None, None),
+                    Side::Subscriber => (
+                        &mut client.subscriber,
+                        Some(&mut client.heard),
+                        Some(&mut client.data),
+                    ),
+                };
+                if let Ok(r) = Receive::new(Protocol::Udp, d.source, d.destination, d.contents) {
+                    let _ = pc.rtc.handle_input(Input::Receive(now, r));
+                }
+                drain_pc(pc, now, &mut self.to_sfu, c, side, heard.zip(data));
+            }
+            sealed.clear();
+            self.sealed = sealed;
+        }
+        // Clients → engine.
+        if !self.to_sfu.is_empty() {
+            progressed = true;
+            for (source, destination, contents) in std::mem::take(&mut self.to_sfu) {
+                if let Routed::Foreign(shard) = self.shards[0].handle_receive(
+                    now,
+                    Protocol::Udp,
+                    source,
+                    destination,
+                    &contents,
+                ) && let Some(s) = self.shards.get_mut(usize::from(shard.0))
+                {
+                    s.handle_receive(now, Protocol::Udp, source, destination, &contents);
+                }
+            }
+        }
+        progressed
+    }
+
+    fn core_output(&mut self, out: Output) {
+        let now = self.now;
+        match out {
+            Output::Send(session, message) => {
+                let Some(&c) = self.by_session.get(&session) else {
+                    return;
+                };
+                let Some(message) = message.message else {
+                    return;
+                };
+                if self.clients[c].closed.is_some() {
+                    return;
+                }
+                self.client_message(c, session, message);
+            }
+            Output::Close(session, why) => {
+                if let Some(&c) = self.by_session.get(&session) {
+                    self.clients[c].closed.get_or_insert(why);
+                }
+            }
+            Output::Engine(command) => {
+                self.seen.engine_commands += 1;
+                if matches!(command, stoa_sfu::EngineCommand::SendData { .. }) {
+                    self.seen.send_data_commands += 1;
+                }
+                for (shard, part) in command.split() {
+                    if let Some(s) = self.shards.get_mut(usize::from(shard.0)) {
+                        s.handle_command(now, part);
+                    }
+                }
+            }
+            Output::Webhook(e) | Output::Observe(e) => {
+                let who = e.participant.map(|p| p.identity).unwrap_or_default();
+                self.seen.events.push((e.event, who));
+            }
+            Output::JoinLatency(d) => self.seen.join_latencies.push(d),
+            _ => {}
+        }
+    }
+
+    /// A message for client `c`: logged; offers answered and answers applied, as the SDK does.
+    fn client_message(&mut self, c: usize, session: SessionId, message: signal_response::Message) {
+        let now = self.now;
+        let client = &mut self.clients[c];
+        match &message {
+            signal_response::Message::Offer(sd) if client.answering => {
+                if let Ok(offer) = SdpOffer::from_sdp_string(&sd.sdp)
+                    && let Ok(answer) = client.subscriber.rtc.sdp_api().accept_offer(offer)
+                {
+                    drain_pc(
+                        &mut client.subscriber,
+                        now,
+                        &mut self.to_sfu,
+                        c,
+                        Side::Subscriber,
+                        None,
+                    );
+                    let sd = lk::SessionDescription {
+                        r#type: "answer".into(),
+                        sdp: answer.to_sdp_string(),
+                        id: sd.id,
+                        ..Default::default()
+                    };
+                    client.log.push(message);
+                    self.server
+                        .handle_request(now, session, signal_request::Message::Answer(sd));
+                    return;
+                }
+            }
+            signal_response::Message::Answer(sd) => {
+                if let (Some(pending), Ok(answer)) = (
+                    client.pending_pub.take(),
+                    stoa_sfu::str0m::change::SdpAnswer::from_sdp_string(&sd.sdp),
+                ) && client
+                    .publisher
+                    .rtc
+                    .sdp_api()
+                    .accept_answer(pending, answer)
+                    .is_ok()
+                {
+                    if let Some((mid, _)) = client.send
+                        && let Some(pt) = client
+                            .publisher
+                            .rtc
+                            .codec_config()
+                            .find(|p| p.spec().codec == Codec::Opus)
+                            .map(|p| p.pt())
+                    {
+                        client.send = Some((mid, pt));
+                    }
+                    drain_pc(
+                        &mut client.publisher,
+                        now,
+                        &mut self.to_sfu,
+                        c,
+                        Side::Publisher,
+                        None,
+                    );
+                }
+            }
+            // A refused offer leaves the client's pending offer unanswered; roll it back so it
+            // can offer again.
+            signal_response::Message::RequestResponse(_) if client.pending_pub.take().is_some() => {
+                client.send = None;
+            }
+            _ => {}
+        }
+        client.log.push(message);
+    }
+
+    // ------------------------------------------------------------------ views
+
+    /// The first client with `identity`.
+    pub fn client(&self, identity: &str) -> &Client {
+        self.clients
+            .iter()
+            .find(|c| c.identity == identity)
+            .expect("no such client")
+    }
+
+    /// Participant snapshots of `room` as the core has them.
+    pub fn participants(&mut self, room: &str) -> Vec<lk::ParticipantInfo> {
+        match self.server.handle_admin(
+            self.now,
+            AdminOp::ListParticipants {
+                room: room.to_owned(),
+            },
+        ) {
+            Ok(AdminReply::Participants(p)) => p,
+            _ => vec![],
+        }
+    }
+}
+
+/// Drain a client connection's outputs (datagrams to the engine, events recorded), then run
+/// its timers once: str0m schedules ICE checks only after it has seen a timeout input.
+fn drain_pc(
+    pc: &mut ClientPc,
+    now: Instant,
+    to_sfu: &mut Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
+    _client: usize,
+    _side: Side,
+    mut sink: Option<(&mut Vec<(Option<Mid>, u8, u32)>, &mut Vec<Vec<u8>>)>,
+) {
+    drain_once(pc, now, to_sfu, &mut sink);
+    if pc.rtc.handle_input(Input::Timeout(now)).is_ok() {
+        drain_once(pc, now, to_sfu, &mut sink);
+    }
+}
+
+fn drain_once(
+    pc: &mut ClientPc,
+    now: Instant,
+    to_sfu: &mut Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
+    sink: &mut Option<(&mut Vec<(Option<Mid>, u8, u32)>, &mut Vec<Vec<u8>>)>,
+) {
+    loop {
+        match pc.rtc.poll_output() {
+            Ok(RtcOutput::Timeout(t)) => {
+                pc.deadline = t;
+                return;
+            }
+            Ok(RtcOutput::Transmit(t)) => {
+                to_sfu.push((t.source, t.destination, t.contents.to_vec()));
+            }
+            Ok(RtcOutput::Event(e)) => match e {
+                RtcEvent::Connected => pc.connected = true,
+                RtcEvent::ChannelOpen(id, label) => {
+                    pc.channels.insert(label, id);
+                }
+                RtcEvent::RtpPacket(p) => {
+                    if let Some((heard, _)) = sink.as_mut() {
+                        let b = &p.payload;
+                        let index = b
+                            .get(0..4)
+                            .map_or(u32::MAX, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                        heard.push((p.header.ext_vals.mid, b.get(4).copied().unwrap_or(0), index));
+                    }
+                }
+                RtcEvent::ChannelData(d) => {
+                    if let Some((_, data)) = sink.as_mut() {
+                        data.push(d.data);
+                    }
+                }
+                _ => {}
+            },
+            Err(_) => {
+                pc.deadline = now + Duration::from_secs(3600);
+                return;
+            }
+        }
+    }
+}
+
+/// Rooms and identities the scripted actions draw from.
+const ROOMS: [&str; 2] = ["a", "b"];
+const IDENTITIES: [&str; 6] = ["p0", "p1", "p2", "p3", "p4", "p5"];
+
+impl Sim {
+    /// One action chosen by three bytes (for the fuzz target and randomized tests): a client
+    /// joins, leaves, drops, publishes, sends garbage or real requests, the server changes a
+    /// permission, mutes, removes, sends data, or time passes. Bounded: at most 2 s of
+    /// simulated time per action.
+    pub fn act(&mut self, op: u8, x: u8, y: u8) {
+        let identity = IDENTITIES[usize::from(x) % IDENTITIES.len()];
+        let room = ROOMS[usize::from(y) % ROOMS.len()];
+        // The newest client with this identity, if its session is open.
+        let open = self
+            .clients
+            .iter()
+            .rposition(|c| c.identity == identity)
+            .filter(|&c| self.clients[c].is_open());
+        match (op % 16, open) {
+            (0 | 1, _) => {
+                let _ = self.join_with(identity, Self::grants(room, y & 4 != 0));
+            }
+            (2, Some(c)) => self.request(c, signal_request::Message::Leave(Default::default())),
+            (3, Some(c)) => self.disconnect(c),
+            (4, Some(c)) => self.publish(c),
+            (5, Some(c)) => self.offer_publisher(c, None),
+            (6, Some(c)) => {
+                let sd = lk::SessionDescription {
+                    r#type: if y & 1 == 0 { "offer" } else { "answer" }.into(),
+                    sdp: format!("v=0\r\no=- {y} 0 IN IP4 0.0.0.0\r\nbroken"),
+                    id: u32::from(y),
+                    ..Default::default()
+                };
+                let m = if y & 1 == 0 {
+                    signal_request::Message::Offer(sd)
+                } else {
+                    signal_request::Message::Answer(sd)
+                };
+                self.request(c, m);
+            }
+            (7, Some(c)) => {
+                let sid = self.any_track_sid(y).unwrap_or_else(|| format!("TR_{y}"));
+                self.request(
+                    c,
+                    signal_request::Message::Mute(lk::MuteTrackRequest {
+                        sid,
+                        muted: y & 1 == 0,
+                    }),
+                );
+            }
+            (8, Some(c)) => {
+                let sid = self.any_track_sid(y).unwrap_or_default();
+                self.request(
+                    c,
+                    signal_request::Message::Subscription(lk::UpdateSubscription {
+                        track_sids: vec![sid],
+                        subscribe: y & 1 == 0,
+                        participant_tracks: vec![],
+                    }),
+                );
+            }
+            (9, Some(c)) => {
+                self.request(
+                    c,
+                    signal_request::Message::AddTrack(lk::AddTrackRequest {
+                        cid: format!("cid-{y}"),
+                        r#type: i32::from(y % 3),
+                        source: i32::from(y % 4),
+                        ..Default::default()
+                    }),
+                );
+            }
+            (10, _) => {
+                let permission = lk::ParticipantPermission {
+                    can_publish: y & 1 == 0,
+                    can_subscribe: true,
+                    can_publish_data: true,
+                    can_publish_sources: if y & 2 == 0 {
+                        vec![]
+                    } else {
+                        vec![lk::TrackSource::Camera as i32]
+                    },
+                    ..Default::default()
+                };
+                let update = crate::proto::ParticipantUpdate {
+                    permission: Some(permission),
+                    ..Default::default()
+                };
+                let _ = self.admin(AdminOp::UpdateParticipant {
+                    room: room.into(),
+                    identity: identity.into(),
+                    update: Box::new(update),
+                });
+            }
+            (11, _) => {
+                let _ = self.admin(AdminOp::RemoveParticipant {
+                    room: room.into(),
+                    identity: identity.into(),
+                });
+            }
+            (12, _) => {
+                let track_sid = self.any_track_sid(y).unwrap_or_default();
+                let _ = self.admin(AdminOp::MuteTrack {
+                    room: room.into(),
+                    identity: identity.into(),
+                    track_sid,
+                    muted: y & 1 == 0,
+                });
+            }
+            (13, Some(c)) => {
+                self.send_data(c, &[y]);
+                self.send_audio(c);
+            }
+            (14, _) => {
+                if y == 0 {
+                    let _ = self.admin(AdminOp::DeleteRoom { room: room.into() });
+                } else {
+                    let _ = self.admin(AdminOp::SendData {
+                        room: room.into(),
+                        data: Box::new(crate::proto::SendData {
+                            payload: vec![y],
+                            reliable: y & 1 == 0,
+                            ..Default::default()
+                        }),
+                    });
+                }
+            }
+            _ => self.run_for(Duration::from_millis(u64::from(y) * 8)),
+        }
+    }
+
+    fn any_track_sid(&self, pick: u8) -> Option<String> {
+        let sids: Vec<String> = self
+            .server
+            .rooms()
+            .flat_map(|r| r.participants.values())
+            .flat_map(|p| p.tracks.keys().cloned())
+            .collect();
+        if sids.is_empty() {
+            return None;
+        }
+        Some(sids[usize::from(pick) % sids.len()].clone())
+    }
+
+    /// The invariants between the core and the engine, checked after every action: a
+    /// participant who may not publish has no published track; every session's peers exist in
+    /// the engine, and the engine has no other peers; sessions, participants and the core's
+    /// counts agree.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut participants = 0u64;
+        for room in self.server.rooms() {
+            for p in room.participants.values() {
+                participants += 1;
+                if !p.can_publish() && !p.tracks.is_empty() {
+                    return Err(format!(
+                        "{} may not publish but has {} track(s)",
+                        p.identity,
+                        p.tracks.len()
+                    ));
+                }
+                if self.server.session_of_participant(&p.sid).is_none() {
+                    return Err(format!("{} has no session", p.identity));
+                }
+            }
+        }
+        let stats = self.server.stats();
+        if stats.sessions != participants {
+            return Err(format!(
+                "{} sessions but {participants} participants",
+                stats.sessions
+            ));
+        }
+        if stats.publishers + stats.listeners != participants {
+            return Err("role counts disagree with participants".into());
+        }
+        let mut peers = 0u64;
+        for session in self.server.sessions() {
+            let Some((publisher, subscriber)) = self.server.session_peers(session) else {
+                return Err("a listed session has no peers entry".into());
+            };
+            for peer in [publisher, subscriber].into_iter().flatten() {
+                peers += 1;
+                let shard = self
+                    .shards
+                    .get(usize::from(peer.shard().0))
+                    .ok_or_else(|| format!("{peer} names no shard"))?;
+                if shard.ice_ufrag(peer).is_none() {
+                    return Err(format!("session peer {peer} unknown to the engine"));
+                }
+            }
+        }
+        let engine: u64 = self.shards.iter().map(|s| s.stats().peers).sum();
+        if engine != peers {
+            return Err(format!("engine has {engine} peers, sessions {peers}"));
+        }
+        let tracks: u64 = self.shards.iter().map(|s| s.stats().tracks).sum();
+        if stats.tracks > tracks {
+            return Err(format!(
+                "signaling lists {} tracks, the engine {tracks}",
+                stats.tracks
+            ));
+        }
+        Ok(())
+    }
+}
