@@ -1068,9 +1068,15 @@ fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     );
     let audience = &spec["paths"]["/api/rooms/{id}/audience"]["get"];
     assert!(
-        audience["description"]
+        audience["summary"]
             .as_str()
             .is_some_and(|d| d.contains("every member")),
+        "{audience}"
+    );
+    assert!(
+        audience["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("not_a_member")),
         "{audience}"
     );
 }

@@ -439,11 +439,12 @@ async fn get_room(
     Ok(Json(c.view(&room_id(&id)?, caller.viewer()).await?))
 }
 
-/// The audience (members not on stage), a page at a time by user id, for every member of the
-/// room. Hosts and co-hosts see every member with their presence, hand and mute state; other
-/// members see who is connected now (user, name, role, profile), so one of their pages may hold
-/// fewer than `limit` while `next` is set. Whoever is not a member (never joined, left, kicked or
-/// banned) gets 403 `not_a_member`.
+/// The audience (members not on stage), a page at a time by user id, for every member.
+///
+/// Hosts and co-hosts see every member with their presence, hand and mute state; other members
+/// of the room see who is connected now (user, name, role, profile), so one of their pages may
+/// hold fewer than `limit` while `next` is set. Whoever is not a member (never joined, left,
+/// kicked or banned) gets 403 `not_a_member`.
 #[utoipa::path(get, path = "/api/rooms/{id}/audience", params(("id" = String, Path, description = "Room id"), AudienceQuery),
     responses((status = 200, body = AudienceView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, description = "Not a member of the room (`not_a_member`)", body = ErrorBody), (status = 404, body = ErrorBody)))]
