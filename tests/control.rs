@@ -454,7 +454,8 @@ fn ended_rooms_are_deleted_after_their_retention() {
 }
 
 /// A big audience is seen a page at a time: the room's view carries counts and the first page
-/// (for moderators only), the rest comes by cursor, each member once; listeners may not page.
+/// (for moderators only), the rest comes by cursor, each member once; every member may page
+/// through who is connected, nobody else.
 #[test]
 fn a_large_audience_is_seen_a_page_at_a_time() {
     let dir = scratch_dir("control-pages");
@@ -512,20 +513,61 @@ fn a_large_audience_is_seen_a_page_at_a_time() {
     let expected: Vec<String> = listeners.iter().map(|(u, _)| u.clone()).collect();
     assert_eq!(seen, expected);
 
-    // A listener sees counts, not the audience, and may not page through it.
+    // Moderators' entries carry presence and the profile's address.
+    assert_eq!(first[0]["present"], false);
+    assert_eq!(first[0]["profile"], "/api/users/l000/profile");
+
+    // A listener's view carries counts, not the audience; the audience pages show a listener
+    // who of it is connected now (nobody here: these members have no media session), without
+    // anything moderators-only.
     let (_, token) = &listeners[0];
     let room = ok(stoa.addr, "GET", &format!("/api/rooms/{id}"), token, None);
     assert!(room["audience"].is_null() && room["hands"].is_null());
     assert_eq!(room["listeners"], 0);
     assert_eq!(room["you"]["user"], "l000");
-    let (status, err) = api(
+    let page = ok(
         stoa.addr,
         "GET",
-        &format!("/api/rooms/{id}/audience"),
+        &format!("/api/rooms/{id}/audience?limit=200"),
         token,
         None,
     );
-    assert_eq!((status, err["code"].as_str()), (403, Some("not_allowed")));
+    assert_eq!(page["members"], json!([]), "{page}");
+    assert!(page["next"].is_null(), "{page}");
+    // Whoever is not a member may not read it: never joined, left, kicked or banned.
+    let outsider = user_token("nina", "Nina");
+    ok(
+        stoa.addr,
+        "POST",
+        &format!("/api/rooms/{id}/leave"),
+        &listeners[1].1,
+        None,
+    );
+    ok(
+        stoa.addr,
+        "POST",
+        &format!("/api/rooms/{id}/members/l002/kick"),
+        &host,
+        None,
+    );
+    ok(
+        stoa.addr,
+        "POST",
+        &format!("/api/rooms/{id}/members/l003/ban"),
+        &host,
+        None,
+    );
+    for token in [&outsider, &listeners[1].1, &listeners[2].1, &listeners[3].1] {
+        let (status, err) = api(
+            stoa.addr,
+            "GET",
+            &format!("/api/rooms/{id}/audience"),
+            token,
+            None,
+        );
+        assert_eq!((status, err["code"].as_str()), (403, Some("not_a_member")));
+        assert!(!err["message"].as_str().unwrap_or("").is_empty(), "{err}");
+    }
     for bad in ["limit=0", "limit=1000", "after=a:b"] {
         let (status, err) = api(
             stoa.addr,
@@ -1018,4 +1060,23 @@ fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     assert!(spec["paths"]["/api/rooms/{id}/members/{user}/{action}"]["post"].is_object());
     assert!(spec["paths"]["/api/rooms/{id}/audience"]["get"].is_object());
     assert!(spec["components"]["schemas"]["AudienceView"].is_object());
+    let entry = &spec["components"]["schemas"]["AudienceMemberView"];
+    assert_eq!(
+        entry["required"],
+        json!(["user", "name", "role", "profile"]),
+        "{entry}"
+    );
+    let audience = &spec["paths"]["/api/rooms/{id}/audience"]["get"];
+    assert!(
+        audience["summary"]
+            .as_str()
+            .is_some_and(|d| d.contains("every member")),
+        "{audience}"
+    );
+    assert!(
+        audience["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("not_a_member")),
+        "{audience}"
+    );
 }

@@ -11,7 +11,9 @@
 //! reconnect banner and recovers by itself; browsing docks the room as a mini-player that keeps
 //! playing; a refused microphone is explained; kick and ban ask first, can be undone, list the
 //! removed for hosts, and give the removed a screen saying why and for how long (a countdown);
-//! a guest opens the shared link, signs in and lands in the room, and with playback blocked taps
+//! a guest opens the shared link, signs in and lands in the room, where the listener and the
+//! guest see each other in the audience (a page at a time, "Show more"; a banned user may not
+//! read it) and the listener opens the guest's profile from it, and with playback blocked taps
 //! to listen; a reaction crosses pages; icons are SVG; sharing uses the phone's share sheet, the
 //! server's Open Graph tags and an embed card that fits its snippet with transparent corners;
 //! the ended summary names people to anyone. axe-core audits the main screens and the run fails

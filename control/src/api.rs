@@ -439,9 +439,15 @@ async fn get_room(
     Ok(Json(c.view(&room_id(&id)?, caller.viewer()).await?))
 }
 
-/// The audience (members not on stage), a page at a time by user id, for hosts and co-hosts.
+/// The audience (members not on stage), a page at a time by user id, for every member.
+///
+/// Hosts and co-hosts see every member with their presence, hand and mute state; other members
+/// of the room see who is connected now (user, name, role, profile), so one of their pages may
+/// hold fewer than `limit` while `next` is set. Whoever is not a member (never joined, left,
+/// kicked or banned) gets 403 `not_a_member`.
 #[utoipa::path(get, path = "/api/rooms/{id}/audience", params(("id" = String, Path, description = "Room id"), AudienceQuery),
-    responses((status = 200, body = AudienceView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = AudienceView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, description = "Not a member of the room (`not_a_member`)", body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn audience(
     State(c): State<Control>,
     caller: Caller,
@@ -457,10 +463,10 @@ async fn audience(
             format!("limit must be 1 to {}", crate::service::MAX_AUDIENCE_PAGE),
         ));
     }
-    let page = c
+    let (page, sight) = c
         .audience(&id, caller.viewer(), after.as_ref(), limit)
         .await?;
-    Ok(Json(view::audience(&page)))
+    Ok(Json(view::audience(&page, sight)))
 }
 
 /// The only room read that needs no token: what an embedded card or a shared link shows before

@@ -34,6 +34,8 @@ pub const AUDIENCE_PAGE: usize = 40;
 pub const BANS_SHOWN: usize = 40;
 /// Largest audience page.
 pub const MAX_AUDIENCE_PAGE: usize = 200;
+/// Store pages a member's audience page reads at most, looking for members connected now.
+pub const MEMBER_SCAN_PAGES: usize = 3;
 
 /// Sweeps between two looks for ended rooms past their retention.
 const PRUNE_EVERY: u64 = 12;
@@ -330,25 +332,68 @@ impl Control {
         Ok(view::room(&doc, viewer, Some(&extras)))
     }
 
-    /// A page of the audience for a moderator (`viewer`; `None` is a server).
+    /// A page of the audience, by user id after `after`, as `viewer` (a user, or `None` for a
+    /// server) may see it.
+    ///
+    /// Hosts, co-hosts and servers see every member not on stage, with presence, hands and
+    /// mute state ([`view::Sight::Moderator`]). Any other member of the room sees who of the
+    /// audience is connected now, by name ([`view::Sight::Member`]), as people in a room see
+    /// each other. Whoever is not a member (never joined, left, kicked or banned: all of them
+    /// have no member record) is refused with 403 `not_a_member`, so that leaving a room or
+    /// being removed from it also ends seeing who is in it.
+    ///
+    /// A member's page skips members not connected now; to keep a page useful in a room of
+    /// many absent members it reads at most [`MEMBER_SCAN_PAGES`] store pages of `limit`, and
+    /// may then end short of `limit` with a cursor. Either way the cost of a call is bounded by
+    /// `limit`, never by the room's size.
     pub async fn audience(
         &self,
         id: &RoomId,
         viewer: Option<&UserId>,
         after: Option<&UserId>,
         limit: usize,
-    ) -> Result<AudiencePage, ControlError> {
+    ) -> Result<(AudiencePage, view::Sight), ControlError> {
+        let store = &self.inner.store;
+        let limit = limit.clamp(1, MAX_AUDIENCE_PAGE);
         let doc = self.room_in(id, &Scope::users(viewer.cloned())).await?;
-        if !view::moderates(&doc, viewer) {
+        if view::moderates(&doc, viewer) {
+            let page = store.audience(id, after, limit).await?;
+            return Ok((page, view::Sight::Moderator));
+        }
+        if !viewer.is_some_and(|u| doc.members.contains_key(u)) {
             return Err(ControlError::forbidden(
-                "not_allowed",
-                "only the host and co-hosts see the audience",
+                "not_a_member",
+                "join the room to see who is in it",
             ));
         }
-        self.inner
-            .store
-            .audience(id, after, limit.clamp(1, MAX_AUDIENCE_PAGE))
-            .await
+        let mut out = AudiencePage::default();
+        let mut cursor = after.cloned();
+        for _ in 0..MEMBER_SCAN_PAGES {
+            let page = store.audience(id, cursor.as_ref(), limit).await?;
+            let mut scanned = page.members.into_iter();
+            for (u, m, hand) in scanned.by_ref() {
+                cursor = Some(u.clone());
+                if m.present {
+                    out.members.push((u, m, hand));
+                    if out.members.len() == limit {
+                        break;
+                    }
+                }
+            }
+            let more = scanned.len() > 0 || page.next.is_some();
+            if !more {
+                return Ok((out, view::Sight::Member));
+            }
+            if out.members.len() == limit {
+                break;
+            }
+            // Where the store's page ended (its last member may have lost its record).
+            if page.next.is_some() {
+                cursor = page.next;
+            }
+        }
+        out.next = cursor;
+        Ok((out, view::Sight::Member))
     }
 
     /// Rooms in `states`.

@@ -2,6 +2,8 @@
 //! whatever the room's size: counts instead of lists, the stage, the caller's own
 //! membership, and for moderators the first raised hands, the first page of the audience
 //! (more by cursor: `GET /api/rooms/{id}/audience`) and the first bans and kicks, by name.
+//! Every member of a room may page through its audience too, and sees of each listener only
+//! what a listener sees in the room: who is connected now, by name, with their profile.
 
 use std::collections::BTreeMap;
 
@@ -100,8 +102,9 @@ pub struct RoomView {
     /// The first raised hands, oldest first (hosts and co-hosts only; `raised_hands` counts
     /// them all).
     pub hands: Option<Vec<HandView>>,
-    /// The first page of the audience, by user id (hosts and co-hosts only).
-    pub audience: Option<Vec<MemberView>>,
+    /// The first page of the audience, by user id (hosts and co-hosts only; every member reads
+    /// it with `GET /api/rooms/{id}/audience`).
+    pub audience: Option<Vec<AudienceMemberView>>,
     /// Cursor of the audience's next page (`GET /api/rooms/{id}/audience?after=…`), if any.
     pub audience_next: Option<UserId>,
     /// The first banned users (hosts and co-hosts only).
@@ -110,13 +113,49 @@ pub struct RoomView {
     pub removed: Option<Vec<RemovedView>>,
 }
 
+/// Someone in the audience. Every member of the room sees `user`, `name`, `role` and
+/// `profile`; hosts and co-hosts also see the fields marked so, which are left out for others.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AudienceMemberView {
+    /// User id (LiveKit identity).
+    pub user: UserId,
+    /// Display name.
+    pub name: String,
+    /// Role (`listener`: the audience is everyone not on stage).
+    pub role: Role,
+    /// Where their profile (bio, photo) is read: `/api/users/{user}/profile`.
+    pub profile: String,
+    /// Connected now (hosts and co-hosts only; others are shown only who is connected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
+    /// Hand raised (hosts and co-hosts only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hand_raised: Option<bool>,
+    /// Muted (hosts and co-hosts only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub muted: Option<bool>,
+    /// Publishing revoked by a moderator (hosts and co-hosts only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hard_muted: Option<bool>,
+}
+
 /// A page of a room's audience.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AudienceView {
-    /// Members not on stage, by user id.
-    pub members: Vec<MemberView>,
+    /// Members not on stage, by user id: for hosts and co-hosts every member, for other
+    /// members those connected now (so a page may hold fewer than `limit` while `next` is set).
+    pub members: Vec<AudienceMemberView>,
     /// Cursor of the next page, if any.
     pub next: Option<UserId>,
+}
+
+/// How much of the audience a caller sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sight {
+    /// Hosts, co-hosts and servers: every member, with presence, hands and mute state.
+    Moderator,
+    /// Other members of the room: who is connected now, by name, with their profile.
+    Member,
 }
 
 /// What a moderator's view adds, read apart from the room's document.
@@ -225,13 +264,35 @@ fn member_view(user: &UserId, m: &crate::model::Member, hand: bool) -> MemberVie
     }
 }
 
-/// A page of the audience as the API shows it.
-pub fn audience(page: &AudiencePage) -> AudienceView {
+/// One member of the audience as `sight` shows them.
+fn audience_member(
+    user: &UserId,
+    m: &crate::model::Member,
+    hand: bool,
+    sight: Sight,
+) -> AudienceMemberView {
+    let moderator = sight == Sight::Moderator;
+    AudienceMemberView {
+        user: user.clone(),
+        name: m.name.clone(),
+        role: m.role,
+        profile: format!("/api/users/{user}/profile"),
+        present: moderator.then_some(m.present),
+        hand_raised: moderator.then_some(hand),
+        muted: moderator.then_some(m.muted),
+        hard_muted: moderator.then_some(m.hard_muted),
+    }
+}
+
+/// A page of the audience as `sight` shows it. The page is the store's: a member's page holds
+/// only members connected now, which [`crate::Control::audience`] picks.
+pub fn audience(page: &AudiencePage, sight: Sight) -> AudienceView {
     AudienceView {
         members: page
             .members
             .iter()
-            .map(|(u, m, hand)| member_view(u, m, *hand))
+            .filter(|(_, m, _)| sight == Sight::Moderator || m.present)
+            .map(|(u, m, hand)| audience_member(u, m, *hand, sight))
             .collect(),
         next: page.next.clone(),
     }
@@ -292,7 +353,7 @@ pub fn room(doc: &RoomDoc, viewer: Option<&UserId>, extras: Option<&Extras>) -> 
         stage,
         you: viewer.and_then(|u| member(doc, u)),
         hands,
-        audience: extras.map(|x| audience(&x.audience).members),
+        audience: extras.map(|x| audience(&x.audience, Sight::Moderator).members),
         audience_next: extras.and_then(|x| x.audience.next.clone()),
         banned: extras.map(|x| x.bans.clone()),
         removed: extras.map(|x| removed(doc, x)),

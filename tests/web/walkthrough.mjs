@@ -23,11 +23,15 @@
 //      takes them back;
 //   7. a third browser that refuses the microphone hosts its own room and is told why only when it
 //      unmutes; it joins the first room; the host's kick asks first (cancelled), a ban (confirmed)
-//      gives it a "you cannot join" screen and the host a removed list and Undo; a kick gives it a
+//      gives it a "you cannot join" screen (and the audience is closed to it) and the host a
+//      removed list and Undo; a kick gives it a
 //      countdown to rejoining, also on reload, never the live room;
 //   8. a guest browser without the autoplay exemption opens the shared room link: it goes through
-//      sign-in, which names the room and host, and lands in it; opened again without a user
-//      gesture, the browser blocks playback, "Tap to listen" shows, and a tap makes the host heard;
+//      sign-in, which names the room and host, and lands in it; the listener and the guest see
+//      each other in the audience (the listener a page at a time, "Show more"), and the listener
+//      opens the guest's profile from there at desktop and phone sizes; opened again without a
+//      user gesture, the browser blocks playback, "Tap to listen" shows, and a tap makes the
+//      host heard;
 //   9. the listener reacts and the reaction floats up on the host's page; no control is labelled
 //      by an emoji;
 //  10. sharing: the dialog (link, embed snippet of the card's size), the share sheet on a phone,
@@ -795,6 +799,13 @@ async function scenario(host, listener, blocked, launchGuest) {
     await H.getByRole('dialog', { name: 'Ban Mia Mic?' }).getByRole('button', { name: 'Ban', exact: true }).click();
     await M.getByRole('heading', { name: 'You cannot join this room' }).waitFor();
     await M.getByText('A host banned you from this room.').waitFor();
+    // Nor may they see who is in it any more.
+    const peek = await M.evaluate(async (room) => {
+      const token = JSON.parse(localStorage.getItem('stoa.session')).token;
+      const r = await fetch(`/api/rooms/${room}/audience`, { headers: { Authorization: `Bearer ${token}` } });
+      return { status: r.status, body: await r.json() };
+    }, roomId);
+    if (peek.status !== 403 || peek.body.code !== 'not_a_member') throw new Error(`a banned user reads the audience: ${JSON.stringify(peek)}`);
     if (await M.getByRole('button', { name: /^React/ }).count()) throw new Error('a banned user sees the live room');
     await shot(M, '19-banned');
     await H.locator('.removed-list li', { hasText: 'Mia Mic' }).getByText('Banned').waitFor();
@@ -835,7 +846,7 @@ async function scenario(host, listener, blocked, launchGuest) {
     await blocked.browser.close();
   }, 75_000);
 
-  await step('a shared link goes through sign-in into the room; blocked playback asks for a tap', async () => {
+  await step('a shared link goes through sign-in into the room, where the listeners see each other; blocked playback asks for a tap', async () => {
     const guest = await launchGuest();
     let G = guest.page;
     try {
@@ -846,12 +857,67 @@ async function scenario(host, listener, blocked, launchGuest) {
       await G.getByText('Morning audio standup').waitFor();
       await G.getByText('Hosted by Hana Host').waitFor();
       await shot(G, '22-sign-in-invited');
+      // The listener's page asks the server for one-person audience pages (only the request's
+      // `limit` changes; the server answers as it would anyone), so that two listeners need
+      // "Show more".
+      const audienceRequest = (url) => url.pathname.startsWith('/api/rooms/') && url.pathname.endsWith('/audience');
+      const onePerPage = (route) => {
+        const url = new URL(route.request().url());
+        url.searchParams.set('limit', '1');
+        return route.continue({ url: url.toString() });
+      };
+      await L.route(audienceRequest, onePerPage);
       await G.getByLabel('Display name').fill('Gus Guest');
       await G.getByRole('button', { name: 'Continue' }).click();
       await G.waitForURL((u) => u.pathname === roomPath);
       await G.getByRole('heading', { name: 'Morning audio standup' }).waitFor();
       const guestSession = await sessionOf(G);
       await H.getByRole('button', { name: 'Invite to speak: Gus Guest' }).waitFor();
+
+      // Everyone in the room sees who else listens, as the host does: the listener sees the
+      // guest (and themselves) a page at a time, and the guest sees the listener.
+      const audienceOf = (page) => page.locator('.audience-section');
+      // The names listed, without the avatars' initials.
+      const listed = () =>
+        audienceOf(L)
+          .locator('.person')
+          .evaluateAll((els) => els.map((e) => [...e.childNodes].filter((n) => !n.classList?.contains('avatar')).map((n) => n.textContent).join('').trim()));
+      const more = audienceOf(L).getByRole('button', { name: 'Show more' });
+      await more.waitFor();
+      const firstPage = await listed();
+      if (firstPage.length !== 1) throw new Error(`a one-person page listed ${JSON.stringify(firstPage)}`);
+      await until('"Show more" to add the next page: the guest and the listener', async () => {
+        const names = await listed();
+        if (names.includes('Gus Guest') && names.includes('Leo Listener (you)')) return names;
+        // The next page may come back empty while the guest's media connects: ask again.
+        if (await more.count()) await more.click().catch(() => {});
+        return null;
+      });
+      if (await audienceOf(L).getByRole('button', { name: 'Show more' }).count()) throw new Error('"Show more" after the last page');
+      await L.unroute(audienceRequest, onePerPage);
+      await audienceOf(G).getByRole('button', { name: /^Leo Listener/ }).waitFor();
+      const guestPerson = audienceOf(L).getByRole('button', { name: /^Gus Guest/ });
+      await guestPerson.locator('.avatar').waitFor();
+      // Tapping someone in the audience opens their profile sheet, at desktop and phone sizes.
+      const guestSheet = L.getByRole('dialog', { name: 'Gus Guest' });
+      for (const [size, viewport] of [
+        ['desktop', DESKTOP],
+        ['phone', PHONE],
+      ]) {
+        await L.setViewportSize(viewport);
+        await guestPerson.click();
+        await guestSheet.getByText('Listener in this room').waitFor();
+        await guestSheet.getByRole('button', { name: 'Follow', exact: true }).waitFor();
+        await inView(L, guestSheet.getByRole('button', { name: 'Close' }), `the profile sheet's Close (${size})`);
+        await audit(L, `profile from the audience (${size})`);
+        await L.screenshot({ path: join(SHOTS, `22-audience-profile-${size}.png`) });
+        summary.screenshots.push(`22-audience-profile-${size}.png`);
+        await guestSheet.getByRole('button', { name: 'Close' }).click();
+        await audit(L, `room with its audience (listener, ${size})`);
+      }
+      await L.setViewportSize(DESKTOP);
+      await shot(L, '22-room-audience-listener');
+      summary.audience = { listener: await listed() };
 
       // The link opened again later in a new tab, signed in, with no gesture on the site yet
       // (Chrome lets a gesture carry over same-site navigations, so a fresh context): the
@@ -891,7 +957,7 @@ async function scenario(host, listener, blocked, launchGuest) {
     } finally {
       await guest.browser.close();
     }
-  }, 75_000);
+  }, 110_000);
 
   await step("the listener's reaction floats on the host's page", async () => {
     await L.getByRole('button', { name: 'React: Applause' }).click();

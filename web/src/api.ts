@@ -15,6 +15,23 @@ export interface Member {
   hand_raised: boolean;
 }
 
+/**
+ * Someone in the audience. Every member of the room sees who of the audience is connected now
+ * (id, name, role, profile); hosts and co-hosts see every member and the optional fields too.
+ */
+export interface AudienceMember {
+  user: string;
+  name: string;
+  role: Role;
+  /** Where their profile is read (`GET`). */
+  profile: string;
+  /** Hosts and co-hosts only. */
+  present?: boolean;
+  hand_raised?: boolean;
+  muted?: boolean;
+  hard_muted?: boolean;
+}
+
 export interface Hand {
   user: string;
   name: string;
@@ -44,8 +61,8 @@ export interface RoomView {
   stage: Member[];
   you: Member | null;
   hands: Hand[] | null;
-  /** The first page of the audience (moderators); more with `api.audience`. */
-  audience: Member[] | null;
+  /** The first page of the audience (moderators); more, and for everyone, with `api.audience`. */
+  audience: AudienceMember[] | null;
   audience_next: string | null;
   banned: string[] | null;
   /** Kicked and banned people (hosts and co-hosts only). */
@@ -62,7 +79,7 @@ export interface Removed {
 
 /** A page of the audience (`GET /api/rooms/{id}/audience`). */
 export interface AudiencePage {
-  members: Member[];
+  members: AudienceMember[];
   next: string | null;
 }
 
@@ -258,7 +275,9 @@ export const api = {
   react: (id: string, emoji: string) => call<void>('POST', `/api/rooms/${enc(id)}/reactions`, { emoji }),
   moderate: (id: string, user: string, action: ModerationAction) =>
     call<RoomView>('POST', `/api/rooms/${enc(id)}/members/${enc(user)}/${action}`),
-  audience: (id: string, after: string) => call<AudiencePage>('GET', `/api/rooms/${enc(id)}/audience?after=${enc(after)}`),
+  /** A page of the audience after cursor `after` (the first page without one). */
+  audience: (id: string, after: string | null, limit = 50) =>
+    call<AudiencePage>('GET', `/api/rooms/${enc(id)}/audience?limit=${limit}${after ? `&after=${enc(after)}` : ''}`),
   stats: (id: string) => call<Stats>('GET', `/api/rooms/${enc(id)}/stats`),
   profile: (user: string) => call<Profile>('GET', `/api/users/${enc(user)}/profile`),
   setProfile: (p: { bio: string; avatar: string | null }) => call<Profile>('PUT', '/api/me/profile', p),

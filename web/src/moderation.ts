@@ -2,7 +2,7 @@
 // dialog the control bar opens), the people on stage and in the audience with their actions,
 // removals confirmed before they happen and undoable after, and the list of kicked and banned
 // people.
-import { api, type Member, type ModerationAction, type Removed, type RoomView } from './api';
+import { api, type AudienceMember, type Member, type ModerationAction, type Removed, type RoomView } from './api';
 import { fill, h, ROLE_LABEL } from './dom';
 import { personAvatar } from './profile';
 import { icon } from './icons';
@@ -26,7 +26,7 @@ export class Moderation {
   private view: RoomView | null = null;
   private me = '';
   /** Later pages of the audience, fetched by cursor ("Show more"); the first comes with the view. */
-  private moreAudience: Member[] = [];
+  private moreAudience: AudienceMember[] = [];
   private audienceCursor: string | null = null;
 
   constructor(private readonly cx: ModerationContext) {}
@@ -125,7 +125,7 @@ export class Moderation {
     const audience = [...(v.audience ?? []), ...this.moreAudience.filter((m) => !seen.has(m.user))].filter((m) => m.present);
     const cursor = this.moreAudience.length ? this.audienceCursor : v.audience_next;
     const removed = v.removed ?? [];
-    const person = (m: Member) =>
+    const person = (m: Member | AudienceMember) =>
       h(
         'button',
         { type: 'button', class: 'member link-like', onclick: () => this.cx.openProfile(m.user, m.name) },

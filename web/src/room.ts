@@ -12,7 +12,8 @@ import {
   Track,
 } from 'livekit-client';
 
-import { api, ApiError, session, subscribe, type JoinGrant, type Member, type RoomView } from './api';
+import { api, ApiError, session, subscribe, type JoinGrant, type Member, type Role, type RoomView } from './api';
+import { Audience } from './audience';
 import { fill, formatWhen, h, plural, ROLE_LABEL } from './dom';
 import { icon, reactionGlyph, type IconName } from './icons';
 import { navigate, type Screen } from './main';
@@ -159,7 +160,6 @@ class RoomController {
   private readonly notice = h('p', { class: 'banner info', role: 'status', hidden: true });
   private readonly callout = h('section', { class: 'callout', 'aria-labelledby': 'callout-heading', hidden: true });
   private readonly stage = h('ul', { class: 'tiles', 'aria-labelledby': 'stage-heading' });
-  private readonly audience = h('div', { class: 'audience' });
   private readonly about = h('section', { class: 'about card', 'aria-labelledby': 'about-heading' });
   private readonly controls = h('nav', { class: 'controls', 'aria-label': 'Room controls' });
   private readonly floats = h('div', { class: 'floats', 'aria-hidden': 'true' });
@@ -171,6 +171,7 @@ class RoomController {
   private readonly endDialog = h('dialog', { class: 'dialog', 'aria-labelledby': 'end-heading' });
   private readonly profileDialog = h('dialog', { class: 'dialog profile-dialog', 'aria-labelledby': 'profile-heading' });
   private readonly moderation: Moderation;
+  private readonly audience: Audience;
   /** Keeps `--controls-h` at the control bar's height, so the page ends above the bar. */
   private readonly barSize = new ResizeObserver(() => {
     const height = this.controls.isConnected ? this.controls.getBoundingClientRect().height : 0;
@@ -192,6 +193,7 @@ class RoomController {
       openEnd: () => this.endDialogOpen(),
       openProfile: (user, name) => this.openProfile(user, name),
     });
+    this.audience = new Audience({ id, openProfile: (user, name, role) => this.openProfile(user, name, role) });
   }
 
   /** Whether the user is in the live room (so that leaving the screen docks it). */
@@ -457,7 +459,7 @@ class RoomController {
             { class: 'room-main' },
             this.callout,
             h('section', { class: 'stage', 'aria-labelledby': 'stage-heading' }, h('h2', { id: 'stage-heading' }, 'On stage'), this.stage),
-            h('section', { class: 'audience-section', 'aria-labelledby': 'audience-heading' }, h('h2', { id: 'audience-heading' }, 'Audience'), this.audience),
+            h('section', { class: 'audience-section', 'aria-labelledby': 'audience-heading' }, h('h2', { id: 'audience-heading' }, 'Audience'), this.audience.el),
           ),
           h('div', { class: 'room-side' }, this.moderation.panel, this.about),
         ),
@@ -908,10 +910,11 @@ class RoomController {
     );
   }
 
-  private openProfile(user: string, name: string): void {
+  /** Opens `user`'s profile sheet; `role` is what the list they were tapped in says. */
+  private openProfile(user: string, name: string, role?: Role): void {
     const v = this.view;
     const m = v?.stage.find((x) => x.user === user) ?? v?.audience?.find((x) => x.user === user) ?? null;
-    profileSheet(this.profileDialog, { user, name, role: m?.role ?? null, host: v?.host === user });
+    profileSheet(this.profileDialog, { user, name, role: m?.role ?? role ?? null, host: v?.host === user });
   }
 
   private applyVolume(p: RemoteParticipant): void {
@@ -926,36 +929,7 @@ class RoomController {
   }
 
   private renderAudience(): void {
-    const v = this.view;
-    if (!v) return;
-    // Moderators get the first page of the audience with the view (more in the host tools).
-    const list = v.audience?.filter((m) => m.present) ?? null;
-    if (!this.changed('audience', [v.listeners, list])) return;
-    if (list === null) {
-      fill(this.audience, h('p', { class: 'muted' }, icon('headphones'), `${plural(v.listeners, 'person', 'people')} listening`));
-      return;
-    }
-    fill(
-      this.audience,
-      h('p', { class: 'muted' }, `${plural(v.listeners, 'person', 'people')} listening`),
-      h(
-        'ul',
-        { class: 'people' },
-        list.map((m) =>
-          h(
-            'li',
-            {},
-            h(
-              'button',
-              { type: 'button', class: 'person', onclick: () => this.openProfile(m.user, m.name) },
-              personAvatar(m.user, m.name, 'small'),
-              h('span', {}, m.name),
-              m.hand_raised ? [icon('hand', undefined, 'icon hand-icon'), h('span', { class: 'visually-hidden' }, ', hand raised')] : null,
-            ),
-          ),
-        ),
-      ),
-    );
+    if (this.view) this.audience.update(this.view);
   }
 
   private renderSide(): void {
