@@ -93,6 +93,8 @@ fi
 set -x
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The API documentation builds without broken or private links.
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 cargo check -p stoa-sfu --no-default-features
 cargo check -p stoa-turn --no-default-features
 cargo check -p stoa-egress --no-default-features

@@ -2,12 +2,12 @@
 //! that a listener's audio costs the harness one `recvfrom` and a few look-ups instead of a
 //! task wake-up, a `select!` and two system calls per packet.
 //!
-//! A listener hands its socket over once its subscriber connection is up ([`Sink::adopt`]).
+//! A listener hands its socket over once its subscriber connection is up (`Sink::adopt`).
 //! The thread waits in a level-triggered `epoll` over all adopted sockets (the server sends one
 //! speaker's packet to every listener within a millisecond, so one wake-up reads many), records
 //! RTP from its clear header as the listener itself would, and passes everything else (STUN,
 //! DTLS, RTCP, and the packets the listener decrypts to calibrate latency) back to the
-//! listener's task. The thread stops when the sink is dropped, and after [`MAX_LIFE`] anyway.
+//! listener's task. The thread stops when the sink is dropped, and after `MAX_LIFE` anyway.
 
 use std::collections::HashMap;
 use std::io;

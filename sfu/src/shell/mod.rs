@@ -1,7 +1,7 @@
 //! The tokio shell around the sans-IO engine.
 //!
 //! [`SfuRuntime::start`] spawns one shard per configured core. Each shard is an OS thread with
-//! a current-thread tokio runtime that owns one [`Sfu`] core and one UDP socket; nothing is
+//! a current-thread tokio runtime that owns one [`Sfu`](crate::Sfu) core and one UDP socket; nothing is
 //! shared between shards but channels:
 //!
 //! - **Mux mode** (one port, e.g. LiveKit's dev port 7882): every shard binds the same address
