@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use livekit_protocol as lk;
 use stoa_signaling::token::{self, Claims};
@@ -23,7 +23,7 @@ use stoa_signaling::token::{self, Claims};
 mod redis_server;
 mod support;
 
-use support::SignalClient;
+use support::{SignalClient, join_room, unix_now};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 const KEY: &str = "opskey";
@@ -168,31 +168,6 @@ fn wait_metric(addr: SocketAddr, series: &str, want: f64) {
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-}
-
-/// A signaling session joined to `room` as `identity`.
-fn join(addr: SocketAddr, room: &str, identity: &str) -> SignalClient {
-    let mut claims = Claims::default();
-    claims.video.room_join = true;
-    claims.video.room = room.to_owned();
-    let jwt = token::mint(
-        KEY,
-        SECRET,
-        identity,
-        None,
-        claims.video,
-        Duration::from_secs(600),
-        unix_now(),
-    )
-    .expect("mint");
-    SignalClient::join(addr, &jwt).0
-}
-
 #[test]
 fn metrics_follow_a_session_and_readyz_answers() {
     let server = Server::start(5);
@@ -245,7 +220,7 @@ fn metrics_follow_a_session_and_readyz_answers() {
     assert!(body.contains("# TYPE signaling_join_seconds histogram"));
     assert_eq!(metric(addr, "signaling_sessions"), Some(0.0));
 
-    let client = join(addr, "metrics-room", "alice");
+    let client = join_room(addr, (KEY, SECRET), "metrics-room", "alice");
     wait_metric(addr, "signaling_sessions", 1.0);
     wait_metric(addr, "signaling_rooms", 1.0);
     wait_metric(addr, "signaling_participants{role=\"publisher\"}", 1.0);
@@ -269,8 +244,8 @@ fn expect_shutdown_leave(client: &mut SignalClient) {
 fn sigterm_waits_for_rooms_to_empty_then_exits() {
     let mut server = Server::start(30);
     let addr = server.addr;
-    let mut alice = join(addr, "drain-room", "alice");
-    let mut bob = join(addr, "drain-room", "bob");
+    let mut alice = join_room(addr, (KEY, SECRET), "drain-room", "alice");
+    let mut bob = join_room(addr, (KEY, SECRET), "drain-room", "bob");
     server.terminate();
     expect_shutdown_leave(&mut alice);
     expect_shutdown_leave(&mut bob);
@@ -306,7 +281,7 @@ fn sigterm_waits_for_rooms_to_empty_then_exits() {
 fn drain_deadline_closes_the_sessions_left() {
     let mut server = Server::start(2);
     let addr = server.addr;
-    let mut client = join(addr, "stubborn-room", "carol");
+    let mut client = join_room(addr, (KEY, SECRET), "stubborn-room", "carol");
     let started = Instant::now();
     server.terminate();
     expect_shutdown_leave(&mut client);
@@ -327,7 +302,7 @@ fn drain_deadline_closes_the_sessions_left() {
 fn a_second_signal_exits_at_once() {
     let mut server = Server::start(60);
     let addr = server.addr;
-    let mut client = join(addr, "second-signal-room", "dave");
+    let mut client = join_room(addr, (KEY, SECRET), "second-signal-room", "dave");
     let started = Instant::now();
     server.terminate();
     expect_shutdown_leave(&mut client);

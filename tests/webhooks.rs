@@ -22,15 +22,15 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-use stoa_signaling::token::{self, ApiKeys, Claims};
+use stoa_signaling::token::ApiKeys;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::rustls::{self, ServerConfig, ServerConnection, StreamOwned};
 
-use support::{SignalClient, Stoa, request, scratch_dir};
+use support::{Stoa, join_room, request, scratch_dir, unix_now};
 
 /// `stoa serve --dev`'s key and secret.
 const KEY: &str = "devkey";
@@ -202,31 +202,6 @@ fn read_request(stream: &mut impl Read) -> Option<Received> {
     })
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-}
-
-/// Joins `room` as `identity` over a real WebSocket (which starts the room: `room_started`).
-fn join(addr: SocketAddr, room: &str, identity: &str) -> SignalClient {
-    let mut claims = Claims::default();
-    claims.video.room_join = true;
-    claims.video.room = room.to_owned();
-    let jwt = token::mint(
-        KEY,
-        SECRET,
-        identity,
-        None,
-        claims.video,
-        Duration::from_secs(600),
-        unix_now(),
-    )
-    .expect("mint");
-    SignalClient::join(addr, &jwt).0
-}
-
 /// The value of `series` on `/metrics`.
 fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
     let (status, body) = request(addr, "GET", "/metrics", None, None);
@@ -306,7 +281,7 @@ fn https_receivers_get_signed_events_and_bad_certificates_are_refused_and_counte
         ],
     );
 
-    let client = join(stoa.addr, "hooks-https", "alice");
+    let client = join_room(stoa.addr, (KEY, SECRET), "hooks-https", "alice");
     wait_until("room_started at the trusted receiver", || {
         good.requests()
             .iter()
@@ -374,7 +349,7 @@ fn https_receivers_are_trusted_through_the_system_store() {
             ("STOA_DATA_DIR", data.to_str().expect("utf-8 path")),
         ],
     );
-    let client = join(stoa.addr, "hooks-system", "bob");
+    let client = join_room(stoa.addr, (KEY, SECRET), "hooks-system", "bob");
     wait_until("room_started at the receiver", || {
         good.requests()
             .iter()

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use livekit_protocol as lk;
 use prost::Message as _;
@@ -17,6 +17,38 @@ pub mod chromium;
 
 /// Bound on any single wait.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Seconds since the Unix epoch, for minting tokens.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// A signaling session joined to `room` as `identity`, with a token for ten minutes signed by
+/// `key` and `secret`.
+pub fn join_room(
+    addr: SocketAddr,
+    (key, secret): (&str, &str),
+    room: &str,
+    identity: &str,
+) -> SignalClient {
+    let mut claims = stoa_signaling::token::Claims::default();
+    claims.video.room_join = true;
+    claims.video.room = room.to_owned();
+    let jwt = stoa_signaling::token::mint(
+        key,
+        secret,
+        identity,
+        None,
+        claims.video,
+        Duration::from_secs(600),
+        unix_now(),
+    )
+    .expect("mint");
+    SignalClient::join(addr, &jwt).0
+}
 
 /// A fresh scratch directory under the system temp dir.
 pub fn scratch_dir(name: &str) -> PathBuf {
