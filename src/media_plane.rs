@@ -98,6 +98,11 @@ impl MediaPlane for LocalMedia {
                 .remove_participant(room.as_str(), user.as_str())
                 .await
                 .map_err(media_err),
+            MediaCommand::RoomMetadata { room, metadata } => s
+                .update_room_metadata(room.as_str(), metadata)
+                .await
+                .map(|_| ())
+                .map_err(media_err),
             MediaCommand::Reaction { room, user, emoji } => {
                 let payload = serde_json::json!({ "user": user, "emoji": emoji });
                 let data = SendData {

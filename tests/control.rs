@@ -114,7 +114,12 @@ fn a_listener_goes_on_stage_and_back_without_reconnecting_then_is_kicked() {
     let host = user_token("hana", "Hana");
 
     // The host schedules a stage room; listeners cannot join before the host starts it.
-    let soon = 4_102_444_800_000u64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    // Within the window before its time in which the host may open it.
+    let soon = now + 5 * 60_000;
     let id = create_room(
         addr,
         &host,
@@ -136,6 +141,35 @@ fn a_listener_goes_on_stage_and_back_without_reconnecting_then_is_kicked() {
     assert!(can_publish(&me));
     assert_eq!(attr(&me, "role"), "host");
 
+    // The host edits the live room: its participants get the new description as room
+    // metadata, the directory the new title; a bad title changes nothing.
+    let (status, err) = api(
+        addr,
+        "PATCH",
+        &format!("/api/rooms/{id}"),
+        &host,
+        Some(json!({"title": ""})),
+    );
+    assert_eq!((status, err["code"].as_str()), (400, Some("invalid_field")));
+    let edited = ok(
+        addr,
+        "PATCH",
+        &format!("/api/rooms/{id}"),
+        &host,
+        Some(json!({"title": "Rust audio, live", "topic": "str0m"})),
+    );
+    assert_eq!(edited["title"], "Rust audio, live");
+    let metadata = host_session.wait_for("the room's new metadata", |m| match m {
+        lk::signal_response::Message::RoomUpdate(u) => u
+            .room
+            .as_ref()
+            .filter(|r| r.metadata.contains("Rust audio, live"))
+            .map(|r| r.metadata.clone()),
+        _ => None,
+    });
+    let metadata: Value = serde_json::from_str(&metadata).unwrap();
+    assert_eq!(metadata["topic"], "str0m");
+
     // A guest signs in, finds the room in the directory and joins as a listener.
     let guest = ok(
         addr,
@@ -148,6 +182,7 @@ fn a_listener_goes_on_stage_and_back_without_reconnecting_then_is_kicked() {
     let lee = guest["user"].as_str().unwrap().to_owned();
     let directory = ok(addr, "GET", "/api/rooms", &listener, None);
     assert_eq!(directory["live"][0]["id"], id.as_str());
+    assert_eq!(directory["live"][0]["title"], "Rust audio, live");
     assert_eq!(directory["live"][0]["stage"][0]["name"], "Hana");
     let (mut lee_session, lee_join, lee_media_token) = join_live(addr, &id, &listener);
     let me = lee_join.participant.unwrap();

@@ -22,7 +22,8 @@ use crate::events::Event;
 use crate::model::{RoomDoc, RoomId, RoomKind, RoomState, Scope, SpeakerMode, UserId};
 use crate::permission::Action;
 use crate::room::{Actor, Command};
-use crate::service::{Control, NewRoom};
+use crate::schedule::Schedule;
+use crate::service::{Control, NewRoom, RoomChanges};
 use crate::store::{Follow, Profile};
 use crate::view::{self, AudienceView, HostStatsView, RoomCardView, RoomView, StatsView};
 
@@ -36,7 +37,12 @@ pub fn router(control: Control) -> Router {
         .route("/api/session/guest", post(guest))
         .route("/api/me", get(me))
         .route("/api/rooms", get(directory).post(create_room))
-        .route("/api/rooms/{id}", get(get_room))
+        .route("/api/rooms/{id}", get(get_room).patch(edit_room))
+        .route("/api/rooms/{id}/lineup", get(lineup))
+        .route(
+            "/api/rooms/{id}/lineup/{user}",
+            put(line_up).delete(line_up_remove),
+        )
         .route("/api/rooms/{id}/card", get(room_card))
         .route("/api/rooms/{id}/audience", get(audience))
         .route("/api/rooms/{id}/start", post(start))
@@ -224,6 +230,58 @@ pub struct CreateRoomBody {
     pub scheduled_for: Option<u64>,
     /// The host, when a server creates a room for a user.
     pub host: Option<UserId>,
+    /// Auto-start and recurrence (days of the week, local time, IANA time zone); with a
+    /// recurrence and no `scheduled_for`, the room is scheduled for its first occurrence.
+    #[serde(default)]
+    pub schedule: Schedule,
+}
+
+/// `PATCH /api/rooms/{id}`: the fields to change, checked as at creation; absent fields stay.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EditRoomBody {
+    /// 1 to 120 characters.
+    pub title: Option<String>,
+    /// Up to 60 characters.
+    pub topic: Option<String>,
+    /// Up to 2000 characters.
+    pub description: Option<String>,
+    /// `stage` or `open` (before the room goes live).
+    pub kind: Option<RoomKind>,
+    /// `everyone`, `followers` or `invited`.
+    pub speaker_mode: Option<SpeakerMode>,
+    /// Member limit, not below the members in the room.
+    pub max_participants: Option<u32>,
+    /// Unix ms (scheduled rooms).
+    pub scheduled_for: Option<u64>,
+    /// Auto-start and recurrence (scheduled rooms).
+    pub schedule: Option<Schedule>,
+}
+
+/// `PUT /api/rooms/{id}/lineup/{user}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LineUpBody {
+    /// `co_host` or `speaker`.
+    pub role: crate::model::Role,
+}
+
+/// A room's line-up: who has a role whenever they join.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LineUpView {
+    /// Users and their roles, by user id.
+    pub lineup: Vec<LineUpEntry>,
+}
+
+/// One entry of a line-up.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LineUpEntry {
+    /// Whose.
+    pub user: UserId,
+    /// Their display name when the room knows it, else the user id.
+    pub name: String,
+    /// `co_host` or `speaker`.
+    pub role: crate::model::Role,
 }
 
 fn default_kind() -> RoomKind {
@@ -419,6 +477,7 @@ async fn create_room(
                 max_participants: b.max_participants,
                 scheduled_for: b.scheduled_for,
                 host: b.host,
+                schedule: b.schedule,
             },
         )
         .await?;
@@ -437,6 +496,84 @@ async fn get_room(
     Path(id): Path<String>,
 ) -> Result<Json<RoomView>, ControlError> {
     Ok(Json(c.view(&room_id(&id)?, caller.viewer()).await?))
+}
+
+/// Changes the room's title, topic, description, kind (before it goes live), speaker mode,
+/// member limit or schedule (before it goes live): host and co-hosts, with the checks of
+/// creation. Live participants get the new description as room metadata.
+#[utoipa::path(patch, path = "/api/rooms/{id}", params(("id" = String, Path, description = "Room id")), request_body = EditRoomBody,
+    responses((status = 200, body = RoomView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn edit_room(
+    State(c): State<Control>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(b): Body<EditRoomBody>,
+) -> Result<Json<RoomView>, ControlError> {
+    let id = room_id(&id)?;
+    if let Principal::User { id: user, .. } = &caller.0 {
+        c.rate_limit(user, "room edit", 1.0, 10.0)?;
+    }
+    let changes = RoomChanges {
+        title: b.title,
+        topic: b.topic,
+        description: b.description,
+        kind: b.kind,
+        speaker_mode: b.speaker_mode,
+        max_participants: b.max_participants,
+        scheduled_for: b.scheduled_for,
+        schedule: b.schedule,
+    };
+    c.edit(&caller.actor(), &id, changes).await?;
+    Ok(Json(c.view(&id, caller.viewer()).await?))
+}
+
+/// The room's line-up: co-hosts and speakers the host gave their role in advance (they are on
+/// stage whenever they join, and in the room's next occurrences).
+#[utoipa::path(get, path = "/api/rooms/{id}/lineup", params(("id" = String, Path, description = "Room id")),
+    responses((status = 200, body = LineUpView), (status = 404, body = ErrorBody)))]
+async fn lineup(
+    State(c): State<Control>,
+    _caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<LineUpView>, ControlError> {
+    let id = room_id(&id)?;
+    let doc = c.room_in(&id, &Scope::header()).await?;
+    let entries = c.store().lineup(&id, crate::model::MAX_LINEUP).await?;
+    Ok(Json(LineUpView {
+        lineup: entries
+            .into_iter()
+            .map(|(user, role)| LineUpEntry {
+                name: doc.name_of(&user).unwrap_or(user.as_str()).to_owned(),
+                user,
+                role,
+            })
+            .collect(),
+    }))
+}
+
+#[utoipa::path(put, path = "/api/rooms/{id}/lineup/{user}", request_body = LineUpBody,
+    params(("id" = String, Path, description = "Room id"), ("user" = String, Path, description = "User id")),
+    responses((status = 200, body = RoomView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn line_up(
+    State(c): State<Control>,
+    caller: Caller,
+    Path((id, user)): Path<(String, String)>,
+    Body(b): Body<LineUpBody>,
+) -> Result<Json<RoomView>, ControlError> {
+    let user = UserId::parse(&user)?;
+    run(&c, &caller, &id, Command::LineUp(user, Some(b.role))).await
+}
+
+#[utoipa::path(delete, path = "/api/rooms/{id}/lineup/{user}",
+    params(("id" = String, Path, description = "Room id"), ("user" = String, Path, description = "User id")),
+    responses((status = 200, body = RoomView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn line_up_remove(
+    State(c): State<Control>,
+    caller: Caller,
+    Path((id, user)): Path<(String, String)>,
+) -> Result<Json<RoomView>, ControlError> {
+    let user = UserId::parse(&user)?;
+    run(&c, &caller, &id, Command::LineUp(user, None)).await
 }
 
 /// The audience (members not on stage), a page at a time by user id, for hosts and co-hosts.
@@ -891,7 +1028,10 @@ fn event_room(e: &Event) -> &RoomId {
         | Event::Role { room, .. }
         | Event::Muted { room, .. }
         | Event::Removed { room, .. }
-        | Event::Reaction { room, .. } => room,
+        | Event::Reaction { room, .. }
+        | Event::RoomEdited { room, .. }
+        | Event::Reminder { room, .. }
+        | Event::LineUp { room, .. } => room,
     }
 }
 
@@ -909,6 +1049,10 @@ fn event_room(e: &Event) -> &RoomId {
         directory,
         create_room,
         get_room,
+        edit_room,
+        lineup,
+        line_up,
+        line_up_remove,
         audience,
         room_card,
         start,

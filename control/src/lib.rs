@@ -27,6 +27,7 @@ pub mod media;
 pub mod model;
 pub mod permission;
 pub mod room;
+pub mod schedule;
 pub mod service;
 pub mod store;
 pub mod telemetry;

@@ -16,6 +16,7 @@ use crate::media::{MediaError, MediaPlane};
 use crate::model::{self, Room, RoomDoc, RoomId, RoomKind, RoomState, Scope, SpeakerMode, UserId};
 use crate::permission::Action;
 use crate::room::{self, Actor, Command, Context, Effects};
+use crate::schedule::Schedule;
 use crate::store::{AudiencePage, Follow, Invite, Store};
 use crate::view::{self, RoomView};
 
@@ -94,6 +95,76 @@ pub struct NewRoom {
     pub scheduled_for: Option<u64>,
     /// The host when a server creates the room for a user.
     pub host: Option<UserId>,
+    /// Auto-start and recurrence.
+    pub schedule: Schedule,
+}
+
+/// Checks a schedule and its time as creation and editing do; returns the time, computed from
+/// the recurrence when it is not given.
+fn check_schedule(
+    at: Option<u64>,
+    schedule: &Schedule,
+    now: u64,
+) -> Result<Option<u64>, ControlError> {
+    if let Some(at) = at
+        && at + 60_000 < now
+    {
+        return Err(ControlError::bad_request(
+            "invalid_field",
+            "scheduled_for is in the past",
+        ));
+    }
+    let at = match (&schedule.repeat, at) {
+        (Some(r), None) => {
+            r.validate()?;
+            Some(r.next(now)?)
+        }
+        (Some(r), at) => {
+            r.validate()?;
+            at
+        }
+        (None, at) => at,
+    };
+    if at.is_none() && schedule.auto_start {
+        return Err(ControlError::bad_request(
+            "invalid_schedule",
+            "auto_start needs scheduled_for or a repeat",
+        ));
+    }
+    Ok(at)
+}
+
+/// Checks a member limit against the configured maximum.
+fn check_max(max: u32, limit: u32) -> Result<u32, ControlError> {
+    if max == 0 || max > limit {
+        return Err(ControlError::bad_request(
+            "invalid_field",
+            format!("max_participants must be 1 to {limit}"),
+        ));
+    }
+    Ok(max)
+}
+
+/// The editable fields of a room as a request gives them (`PATCH /api/rooms/{id}`), checked
+/// as at creation.
+#[derive(Debug, Clone, Default)]
+pub struct RoomChanges {
+    /// Title.
+    pub title: Option<String>,
+    /// Topic.
+    pub topic: Option<String>,
+    /// Description.
+    pub description: Option<String>,
+    /// Stage or open.
+    pub kind: Option<RoomKind>,
+    /// Who may raise hands.
+    pub speaker_mode: Option<SpeakerMode>,
+    /// Member limit.
+    pub max_participants: Option<u32>,
+    /// Unix ms to schedule for.
+    pub scheduled_for: Option<u64>,
+    /// Auto-start and recurrence.
+    pub schedule: Option<Schedule>,
 }
 
 /// A media token and where to use it.
@@ -215,22 +286,9 @@ impl Control {
             self.rate_limit(id, "room creation", 0.2, 5.0)?;
         }
         let limit = self.inner.config.max_participants;
-        let max = new.max_participants.unwrap_or(limit);
-        if max == 0 || max > limit {
-            return Err(ControlError::bad_request(
-                "invalid_field",
-                format!("max_participants must be 1 to {limit}"),
-            ));
-        }
+        let max = check_max(new.max_participants.unwrap_or(limit), limit)?;
         let now = now_ms();
-        if let Some(at) = new.scheduled_for
-            && at + 60_000 < now
-        {
-            return Err(ControlError::bad_request(
-                "invalid_field",
-                "scheduled_for is in the past",
-            ));
-        }
+        let scheduled_for = check_schedule(new.scheduled_for, &new.schedule, now)?;
         let mut doc = RoomDoc::new(Room {
             id: RoomId::random(),
             title: model::text("title", &new.title, 1, model::MAX_TITLE)?,
@@ -246,12 +304,15 @@ impl Control {
             },
             state: RoomState::Scheduled,
             created_at: now,
-            scheduled_for: new.scheduled_for,
+            scheduled_for,
             started_at: None,
             ended_at: None,
             empty_since: None,
             media_url: (!self.inner.config.public_url.is_empty())
                 .then(|| self.inner.config.public_url.clone()),
+            schedule: new.schedule.clone(),
+            reminded: false,
+            series: None,
         });
         // The host's name, for cards and previews before they join.
         if let Principal::User { id, name } = who
@@ -271,7 +332,7 @@ impl Control {
         })
         .await?;
         tracing::info!(room = %id, "room created");
-        if new.scheduled_for.is_none() {
+        if scheduled_for.is_none() {
             return self.act(&Actor::System, &id, Command::Start).await;
         }
         Ok(doc)
@@ -387,6 +448,7 @@ impl Control {
             now: now_ms(),
             follows_host,
             kick_cooldown_ms: self.inner.config.kick_cooldown * 1000,
+            open_window_ms: self.inner.config.schedule_open_window * 1000,
         };
         let mut after = None;
         let effects = self
@@ -399,6 +461,11 @@ impl Control {
             })
             .await?;
         self.release_all(id, &effects.released).await?;
+        let ended = archive
+            && effects
+                .events
+                .iter()
+                .any(|e| matches!(e, Event::RoomEnded { .. }));
         self.publish(effects).await?;
         if archive {
             self.inner
@@ -411,7 +478,137 @@ impl Control {
                 .await?;
             tracing::info!(room = %id, "room ended");
         }
-        after.ok_or_else(|| ControlError::unavailable("the store returned no room"))
+        let after = after.ok_or_else(|| ControlError::unavailable("the store returned no room"))?;
+        if ended && after.room.schedule.repeat.is_some() {
+            // Only the command that ended it gets here: one next occurrence per occurrence.
+            if let Err(e) = self.schedule_next(&after).await {
+                tracing::warn!(room = %id, error = %e, "next occurrence not scheduled");
+            }
+        }
+        Ok(after)
+    }
+
+    /// Schedules the next occurrence of a recurring room that just ended or expired: a new
+    /// room with the same description, schedule and line-up, in the same series.
+    async fn schedule_next(&self, ended: &RoomDoc) -> Result<Option<RoomId>, ControlError> {
+        let now = now_ms();
+        let Some(at) = crate::schedule::next_occurrence(&ended.room, now)? else {
+            return Ok(None);
+        };
+        let store = &self.inner.store;
+        let lineup = store.lineup(&ended.room.id, model::MAX_LINEUP).await?;
+        let mut doc = RoomDoc::new(Room {
+            id: RoomId::random(),
+            state: RoomState::Scheduled,
+            created_at: now,
+            scheduled_for: Some(at),
+            started_at: None,
+            ended_at: None,
+            empty_since: None,
+            reminded: false,
+            series: Some(
+                ended
+                    .room
+                    .series
+                    .clone()
+                    .unwrap_or_else(|| ended.room.id.clone()),
+            ),
+            ..ended.room.clone()
+        });
+        doc.lineup = lineup.into_iter().collect();
+        let host = &doc.room.host;
+        if let Some(name) = ended.stats.names.get(host) {
+            doc.stats.names.insert(host.clone(), name.clone());
+        }
+        store.insert_room(&doc).await?;
+        let id = doc.room.id.clone();
+        self.publish(Effects {
+            events: vec![Event::RoomCreated {
+                room: id.clone(),
+                title: doc.room.title.clone(),
+                scheduled_for: doc.room.scheduled_for,
+            }],
+            ..Default::default()
+        })
+        .await?;
+        tracing::info!(room = %id, previous = %ended.room.id, "next occurrence scheduled");
+        Ok(Some(id))
+    }
+
+    /// Changes a room's description, limits or schedule (host or co-host; a server may too),
+    /// checked as at creation.
+    pub async fn edit(
+        &self,
+        actor: &Actor,
+        id: &RoomId,
+        changes: RoomChanges,
+    ) -> Result<RoomDoc, ControlError> {
+        let text = |field, v: Option<String>, min, max| {
+            v.map(|v| model::text(field, &v, min, max)).transpose()
+        };
+        let limit = self.inner.config.max_participants;
+        let now = now_ms();
+        let (scheduled_for, schedule) =
+            if changes.scheduled_for.is_some() || changes.schedule.is_some() {
+                let current = self.room_in(id, &Scope::header()).await?.room;
+                let schedule = changes.schedule.clone().unwrap_or(current.schedule);
+                let at = check_schedule(
+                    changes.scheduled_for.or(current.scheduled_for),
+                    &schedule,
+                    now,
+                )?;
+                (at, changes.schedule)
+            } else {
+                (None, None)
+            };
+        let edit = room::Edit {
+            title: text("title", changes.title, 1, model::MAX_TITLE)?,
+            topic: text("topic", changes.topic, 0, model::MAX_TOPIC)?,
+            description: text(
+                "description",
+                changes.description,
+                0,
+                model::MAX_DESCRIPTION,
+            )?,
+            kind: changes.kind,
+            speaker_mode: changes.speaker_mode,
+            max_participants: changes
+                .max_participants
+                .map(|m| check_max(m, limit))
+                .transpose()?,
+            scheduled_for,
+            schedule,
+        };
+        self.act(actor, id, Command::Edit(edit)).await
+    }
+
+    /// The schedule rules in force.
+    pub fn schedule_rules(&self) -> crate::schedule::Rules {
+        self.inner.config.schedule_rules()
+    }
+
+    /// Acts on scheduled rooms whose time has come (at `now`): reminders, auto-starts,
+    /// expiries. Returns how many rooms it acted on.
+    pub async fn run_schedules(&self, now: u64) -> Result<usize, ControlError> {
+        let rules = self.schedule_rules();
+        let mut acted = 0;
+        for doc in self.rooms(&[RoomState::Scheduled]).await? {
+            let id = &doc.room.id;
+            let command = match crate::schedule::due(&doc.room, now, &rules) {
+                None => continue,
+                Some(crate::schedule::Due::Remind) => Command::Remind,
+                Some(crate::schedule::Due::Start) => Command::Start,
+                Some(crate::schedule::Due::Expire) => {
+                    tracing::info!(room = %id, "scheduled room expired unstarted");
+                    Command::End
+                }
+            };
+            match self.act(&Actor::System, id, command).await {
+                Ok(_) => acted += 1,
+                Err(e) => tracing::warn!(room = %id, error = %e, "schedule not applied"),
+            }
+        }
+        Ok(acted)
     }
 
     async fn publish(&self, effects: Effects) -> Result<(), ControlError> {
@@ -624,6 +821,7 @@ impl Control {
             now: now_ms(),
             follows_host: false,
             kick_cooldown_ms: self.inner.config.kick_cooldown * 1000,
+            open_window_ms: self.inner.config.schedule_open_window * 1000,
         };
         metrics::histogram!(crate::telemetry::MEDIA_EVENTS_GROUP).record(commands.len() as f64);
         let mut effects = self
@@ -878,6 +1076,9 @@ async fn sweep(inner: std::sync::Weak<Inner>) {
         }
         let present = rooms.iter().map(|d| d.counts().present as usize).sum();
         crate::telemetry::rooms(rooms.len(), None, present);
+        if let Err(e) = control.run_schedules(now).await {
+            tracing::warn!(error = %e, "cannot run schedules");
+        }
         if sweeps % PRUNE_EVERY == 1
             && let Err(e) = control.prune().await
         {

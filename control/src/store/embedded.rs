@@ -21,6 +21,7 @@
 //! | `room_bans` | room/user | empty |
 //! | `room_kicks` | room/user | unix ms until which they may not rejoin |
 //! | `room_invited` | room/user | empty |
+//! | `room_lineup` | room/user | role given in advance (JSON: `"co_host"`, `"speaker"`) |
 //! | `active_room` | user | the one room the user is in |
 //! | `follows` | user | JSON list of `user:{id}` / `room:{id}` |
 //! | `invites` | token | invitation (JSON) |
@@ -44,7 +45,7 @@ use super::{
 use crate::error::ControlError;
 use crate::events::BusMessage;
 use crate::model::{
-    Counts, Room, RoomDoc, RoomId, RoomState, RoomStats, STAGE_LOADED, Scope, UserId,
+    Counts, Role, Room, RoomDoc, RoomId, RoomState, RoomStats, STAGE_LOADED, Scope, UserId,
 };
 use crate::room::Effects;
 
@@ -54,6 +55,7 @@ const HANDS: TableDefinition<&str, &[u8]> = TableDefinition::new("room_hands");
 const BANS: TableDefinition<&str, &[u8]> = TableDefinition::new("room_bans");
 const KICKS: TableDefinition<&str, &[u8]> = TableDefinition::new("room_kicks");
 const INVITED: TableDefinition<&str, &[u8]> = TableDefinition::new("room_invited");
+const LINEUP: TableDefinition<&str, &[u8]> = TableDefinition::new("room_lineup");
 const ACTIVE: TableDefinition<&str, &[u8]> = TableDefinition::new("active_room");
 const FOLLOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("follows");
 const INVITES: TableDefinition<&str, &[u8]> = TableDefinition::new("invites");
@@ -63,8 +65,8 @@ const LEGACY_ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("rooms")
 /// The earlier layout's claims (text values).
 const LEGACY_ACTIVE: TableDefinition<&str, &str> = TableDefinition::new("active_room");
 
-const TABLES: [TableDefinition<&str, &[u8]>; 9] = [
-    HEADERS, MEMBERS, HANDS, BANS, KICKS, INVITED, FOLLOWS, INVITES, PROFILES,
+const TABLES: [TableDefinition<&str, &[u8]>; 10] = [
+    HEADERS, MEMBERS, HANDS, BANS, KICKS, INVITED, LINEUP, FOLLOWS, INVITES, PROFILES,
 ];
 
 /// Changes queued for the writer before callers wait for room.
@@ -116,7 +118,8 @@ struct Entry {
 
 impl Entry {
     fn new(doc: RoomDoc) -> Entry {
-        let counts = Counts::of(doc.members.values(), doc.hands.len());
+        let mut counts = Counts::of(doc.members.values(), doc.hands.len());
+        counts.lineup = u32::try_from(doc.lineup.len()).unwrap_or(u32::MAX);
         let (stage, audience): (Vec<_>, Vec<_>) =
             doc.members.iter().partition(|(_, m)| m.role.on_stage());
         Entry {
@@ -156,6 +159,9 @@ impl Entry {
             }
             if full.invited.contains(u) {
                 d.invited.insert(u.clone());
+            }
+            if let Some(r) = full.lineup.get(u) {
+                d.lineup.insert(u.clone(), *r);
             }
         }
         d.set_total(&self.counts);
@@ -234,6 +240,18 @@ impl Entry {
                 } else {
                     Op::Delete(table, key(u))
                 });
+            }
+        }
+        for (u, r) in &c.lineup {
+            match r {
+                Some(r) => {
+                    self.doc.lineup.insert(u.clone(), *r);
+                    ops.push(Op::Put(LINEUP, key(u), json(r)?.into_bytes()));
+                }
+                None => {
+                    self.doc.lineup.remove(u);
+                    ops.push(Op::Delete(LINEUP, key(u)));
+                }
             }
         }
         self.counts = c.total.clone();
@@ -501,6 +519,7 @@ fn load(db: &Database) -> Result<Mem, ControlError> {
         (BANS, "ban"),
         (KICKS, "kick"),
         (INVITED, "invitation"),
+        (LINEUP, "lineup"),
     ] {
         for entry in txn
             .open_table(table)
@@ -528,6 +547,9 @@ fn load(db: &Database) -> Result<Mem, ControlError> {
                 }
                 "kick" => {
                     doc.kicks.insert(user, ms(v.value()));
+                }
+                "lineup" => {
+                    doc.lineup.insert(user, parse("lineup", v.value())?);
                 }
                 _ => {
                     doc.invited.insert(user);
@@ -767,6 +789,18 @@ impl Store for EmbeddedStore {
         }))
     }
 
+    async fn lineup(&self, id: &RoomId, limit: usize) -> Result<Vec<(UserId, Role)>, ControlError> {
+        let mem = self.mem.lock().await;
+        Ok(mem.rooms.get(id).map_or_else(Vec::new, |e| {
+            e.doc
+                .lineup
+                .iter()
+                .take(limit)
+                .map(|(u, r)| (u.clone(), *r))
+                .collect()
+        }))
+    }
+
     async fn remove_room(&self, id: &RoomId) -> Result<(), ControlError> {
         self.usable()?;
         let mut mem = self.mem.lock().await;
@@ -782,6 +816,7 @@ impl Store for EmbeddedStore {
         ops.extend(d.bans.iter().map(|u| Op::Delete(BANS, key(u))));
         ops.extend(d.kicks.keys().map(|u| Op::Delete(KICKS, key(u))));
         ops.extend(d.invited.iter().map(|u| Op::Delete(INVITED, key(u))));
+        ops.extend(d.lineup.keys().map(|u| Op::Delete(LINEUP, key(u))));
         self.write(mem, ops).await
     }
 

@@ -13,6 +13,7 @@
 //! | `{p}room:{id}:bans` | set | banned users |
 //! | `{p}room:{id}:kicks` | hash | user → unix ms until which they may not rejoin |
 //! | `{p}room:{id}:invited` | set | users invited to speak |
+//! | `{p}room:{id}:lineup` | hash | user → role given in advance (JSON: `"co_host"`, `"speaker"`) |
 //! | `{p}room:{id}:stats` | string | statistics (JSON, with the names of the host, whoever was on stage and whoever was removed) |
 //! | `{p}rooms:{state}` | set | room ids by state (`scheduled`, `live`, `ended`, `archived`) |
 //! | `{p}user:{id}:room` | string | the one room the user is in |
@@ -45,7 +46,7 @@ use super::{
 };
 use crate::error::ControlError;
 use crate::events::BusMessage;
-use crate::model::{RoomDoc, RoomId, RoomState, RoomStats, STAGE_LOADED, Scope, UserId};
+use crate::model::{Role, RoomDoc, RoomId, RoomState, RoomStats, STAGE_LOADED, Scope, UserId};
 use crate::room::Effects;
 
 /// Attempts of one room update before giving up under contention.
@@ -221,7 +222,7 @@ impl RedisStore {
     }
 
     /// The keys a transaction on the room watches (the indexes follow the records).
-    fn room_keys(&self, id: &RoomId) -> [String; 7] {
+    fn room_keys(&self, id: &RoomId) -> [String; 8] {
         let base = self.key(&format!("room:{id}"));
         [
             base.clone(),
@@ -231,6 +232,7 @@ impl RedisStore {
             format!("{base}:kicks"),
             format!("{base}:invited"),
             format!("{base}:stats"),
+            format!("{base}:lineup"),
         ]
     }
 
@@ -271,7 +273,16 @@ impl RedisStore {
         id: &RoomId,
         scope: &Scope,
     ) -> Result<Option<RoomDoc>, ControlError> {
-        let [room, participants, requests, bans, kicks, invited, stats] = self.room_keys(id);
+        let [
+            room,
+            participants,
+            requests,
+            bans,
+            kicks,
+            invited,
+            stats,
+            lineup,
+        ] = self.room_keys(id);
         let user = |s: &str| {
             UserId::parse(s)
                 .map_err(|_| ControlError::unavailable(format!("corrupt user id in room {id}")))
@@ -291,7 +302,8 @@ impl RedisStore {
                 .zrange_withscores(&requests, 0, -1)
                 .smembers(&bans)
                 .hgetall(&kicks)
-                .smembers(&invited);
+                .smembers(&invited)
+                .hgetall(&lineup);
         }
         type Head = (Option<String>, Option<String>, Vec<String>);
         let (header, stats_json, stage, all) = if scope.all {
@@ -304,10 +316,11 @@ impl RedisStore {
                 Vec<String>,
                 HashMap<String, u64>,
                 Vec<String>,
+                HashMap<String, String>,
             );
-            let (h, st, stage, m, r, b, k, i): All =
+            let (h, st, stage, m, r, b, k, i, l): All =
                 pipe.query_async(con).await.map_err(redis_err)?;
-            (h, st, stage, Some((m, r, b, k, i)))
+            (h, st, stage, Some((m, r, b, k, i, l)))
         } else {
             let (h, st, stage): Head = pipe.query_async(con).await.map_err(redis_err)?;
             (h, st, stage, None)
@@ -320,7 +333,7 @@ impl RedisStore {
         if let Some(st) = stats_json {
             doc.stats = parse::<RoomStats>("stats", st.as_bytes())?;
         }
-        if let Some((m, r, b, k, i)) = all {
+        if let Some((m, r, b, k, i, l)) = all {
             for (u, m) in m {
                 doc.members
                     .insert(user(&u)?, parse("member", m.as_bytes())?);
@@ -336,6 +349,9 @@ impl RedisStore {
             }
             for u in i {
                 doc.invited.insert(user(&u)?);
+            }
+            for (u, r) in l {
+                doc.lineup.insert(user(&u)?, parse("lineup", r.as_bytes())?);
             }
             // Every record is loaded: the header's counts are not needed.
             return Ok(Some(doc));
@@ -353,8 +369,9 @@ impl RedisStore {
                 Vec<bool>,
                 Vec<Option<u64>>,
                 Vec<bool>,
+                Vec<Option<String>>,
             );
-            let (m, r, b, k, i): Records = redis::pipe()
+            let (m, r, b, k, i, l): Records = redis::pipe()
                 .cmd("HMGET")
                 .arg(&participants)
                 .arg(&users)
@@ -369,6 +386,9 @@ impl RedisStore {
                 .arg(&users)
                 .cmd("SMISMEMBER")
                 .arg(&invited)
+                .arg(&users)
+                .cmd("HMGET")
+                .arg(&lineup)
                 .arg(&users)
                 .query_async(con)
                 .await
@@ -387,6 +407,10 @@ impl RedisStore {
                 }
                 if let Some(Some(t)) = k.get(n) {
                     doc.kicks.insert(uid.clone(), *t);
+                }
+                if let Some(Some(r)) = l.get(n) {
+                    doc.lineup
+                        .insert(uid.clone(), parse("lineup", r.as_bytes())?);
                 }
                 if i.get(n) == Some(&true) {
                     doc.invited.insert(uid);
@@ -471,7 +495,16 @@ impl RedisStore {
         c: &Changes,
     ) -> Result<(), ControlError> {
         let id = &after.room.id;
-        let [room, participants, requests, bans, kicks, invited, stats] = self.room_keys(id);
+        let [
+            room,
+            participants,
+            requests,
+            bans,
+            kicks,
+            invited,
+            stats,
+            lineup,
+        ] = self.room_keys(id);
         let (stage, audience) = (self.index_key(id, "stage"), self.index_key(id, "audience"));
         if c.room || c.counts {
             let header = Header {
@@ -518,6 +551,12 @@ impl RedisStore {
                     pipe.srem(key, u.as_str()).ignore();
                 }
             }
+        }
+        for (u, r) in &c.lineup {
+            match r {
+                Some(r) => pipe.hset(&lineup, u.as_str(), json(r)?).ignore(),
+                None => pipe.hdel(&lineup, u.as_str()).ignore(),
+            };
         }
         if before.room.state != after.room.state {
             pipe.srem(
@@ -775,6 +814,23 @@ impl Store for RedisStore {
         kicks.sort();
         kicks.truncate(limit);
         Ok(kicks)
+    }
+
+    async fn lineup(&self, id: &RoomId, limit: usize) -> Result<Vec<(UserId, Role)>, ControlError> {
+        let mut con = self.shared.clone();
+        let all: HashMap<String, String> = con
+            .hgetall(self.index_key(id, "lineup"))
+            .await
+            .map_err(redis_err)?;
+        let mut out = Vec::new();
+        for (u, r) in all {
+            if let Ok(u) = UserId::parse(&u) {
+                out.push((u, parse::<Role>("lineup", r.as_bytes())?));
+            }
+        }
+        out.sort();
+        out.truncate(limit);
+        Ok(out)
     }
 
     async fn remove_room(&self, id: &RoomId) -> Result<(), ControlError> {
