@@ -177,3 +177,14 @@ pub fn spawn_presence(control: Control, mut events: mpsc::Receiver<lk::WebhookEv
 pub fn admission(control: &Control) -> Arc<dyn Admission> {
     Arc::new(ControlAdmission(control.clone()))
 }
+
+/// The control plane's webhooks go out through the media plane's notifier: one bounded queue,
+/// one signer, one set of receivers (`[webhook]`) for both planes.
+#[derive(Debug)]
+pub struct ControlHooks(pub stoa_signaling::webhook::Notifier);
+
+impl stoa_control::webhook::HookSink for ControlHooks {
+    fn deliver(&self, event: String, body: Vec<u8>) {
+        self.0.notify_json(event, body);
+    }
+}

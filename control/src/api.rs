@@ -62,6 +62,8 @@ pub fn router(control: Control) -> Router {
         .route("/api/users/{id}/stats", get(host_stats))
         .route("/api/users/{id}/profile", get(profile))
         .route("/api/me/profile", axum::routing::put(set_profile))
+        .route("/api/me/notifications", get(notifications))
+        .route("/api/me/notifications/read", post(read_notifications))
         .route("/api/follows", get(follows))
         .route("/api/follows/{kind}/{id}", put(follow).delete(unfollow))
         .route("/api/events", get(events))
@@ -965,6 +967,108 @@ async fn unfollow(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `GET /api/me/notifications` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationsQuery {
+    /// Only entries after this one in the feed (the previous page's `next`).
+    pub after: Option<String>,
+    /// Entries per page, 1 to 100 (default 20).
+    pub limit: Option<usize>,
+}
+
+/// A feed entry with its read mark.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct NotificationView {
+    /// The entry.
+    #[serde(flatten)]
+    pub notification: crate::notify::Notification,
+    /// Read (made at or before the feed's read mark).
+    pub read: bool,
+}
+
+/// `GET /api/me/notifications`: a page of the caller's feed, newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct NotificationsView {
+    /// Entries.
+    pub notifications: Vec<NotificationView>,
+    /// Unread entries in the whole feed.
+    pub unread: usize,
+    /// `after` of the next page, if any.
+    pub next: Option<String>,
+}
+
+/// `POST /api/me/notifications/read`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadBody {
+    /// Marks entries made up to this unix ms read; absent: everything so far.
+    pub until: Option<u64>,
+}
+
+#[utoipa::path(get, path = "/api/me/notifications", params(NotificationsQuery),
+    responses((status = 200, body = NotificationsView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn notifications(
+    State(c): State<Control>,
+    caller: Caller,
+    Query(q): Query<NotificationsQuery>,
+) -> Result<Json<NotificationsView>, ControlError> {
+    let (user, _) = caller.user()?;
+    let limit = q.limit.unwrap_or(20);
+    if limit == 0 || limit > 100 {
+        return Err(ControlError::bad_request(
+            "invalid_field",
+            "limit must be 1 to 100",
+        ));
+    }
+    let (feed, read_until) = c.notifications(user).await?;
+    let unread = feed.iter().filter(|n| n.at > read_until).count();
+    let start = match &q.after {
+        // An entry gone from the feed (the oldest are dropped) ends the listing.
+        Some(after) => feed
+            .iter()
+            .position(|n| n.id == *after)
+            .map_or(feed.len(), |i| i + 1),
+        None => 0,
+    };
+    let mut page: Vec<NotificationView> = feed
+        .into_iter()
+        .skip(start)
+        .take(limit + 1)
+        .map(|n| NotificationView {
+            read: n.at <= read_until,
+            notification: n,
+        })
+        .collect();
+    let next = if page.len() > limit {
+        page.truncate(limit);
+        page.last().map(|n| n.notification.id.clone())
+    } else {
+        None
+    };
+    Ok(Json(NotificationsView {
+        notifications: page,
+        unread,
+        next,
+    }))
+}
+
+#[utoipa::path(post, path = "/api/me/notifications/read", request_body = ReadBody,
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn read_notifications(
+    State(c): State<Control>,
+    caller: Caller,
+    Body(b): Body<ReadBody>,
+) -> Result<StatusCode, ControlError> {
+    let (user, _) = caller.user()?;
+    let until = match b.until {
+        Some(t) => t,
+        None => c.notifications(user).await?.0.first().map_or(0, |n| n.at),
+    };
+    c.mark_read(user, until).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// `GET /api/events` query.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -979,24 +1083,42 @@ pub struct EventsQuery {
     responses((status = 101, description = "WebSocket of JSON events", body = Event), (status = 401, body = ErrorBody)))]
 async fn events(
     State(c): State<Control>,
-    _caller: Caller,
+    caller: Caller,
     Query(q): Query<EventsQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ControlError> {
     let room = q.room.as_deref().map(room_id).transpose()?;
     let rx = c.events();
+    // A user's stream also carries their own notifications (`{"type": "notification", …}`).
+    let mine = caller.viewer().map(|u| c.notification_stream(u));
     Ok(ws
         .max_message_size(MAX_BODY)
-        .on_upgrade(move |socket| stream_events(socket, rx, room)))
+        .on_upgrade(move |socket| stream_events(socket, rx, room, mine)))
+}
+
+/// A notification as the event stream carries it.
+#[derive(Debug, Serialize)]
+struct NotificationEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    notification: &'a crate::notify::Notification,
 }
 
 async fn stream_events(
     mut socket: WebSocket,
     mut rx: tokio::sync::broadcast::Receiver<Event>,
     room: Option<RoomId>,
+    mut mine: Option<tokio::sync::mpsc::Receiver<crate::notify::Notification>>,
 ) {
     loop {
         tokio::select! {
+            Some(n) = async { match mine.as_mut() { Some(m) => m.recv().await, None => None } } => {
+                let e = NotificationEvent { kind: "notification", notification: &n };
+                let Ok(text) = serde_json::to_string(&e) else { continue };
+                if socket.send(Message::Text(text.into())).await.is_err() {
+                    return;
+                }
+            },
             event = rx.recv() => match event {
                 Ok(e) => {
                     if room.as_ref().is_some_and(|r| event_room(&e) != r) {
@@ -1076,6 +1198,8 @@ fn event_room(e: &Event) -> &RoomId {
         unfollow,
         profile,
         set_profile,
+        notifications,
+        read_notifications,
         events
     ),
     components(schemas(

@@ -132,4 +132,7 @@ pub struct BusMessage {
     pub media: Vec<MediaCommand>,
     /// Events for every instance's event-stream subscribers.
     pub events: Vec<Event>,
+    /// Notifications for these users' own streams, wherever they are connected.
+    #[serde(default)]
+    pub notices: Vec<(Vec<crate::model::UserId>, crate::notify::Notification)>,
 }

@@ -25,6 +25,7 @@ pub mod error;
 pub mod events;
 pub mod media;
 pub mod model;
+pub mod notify;
 pub mod permission;
 pub mod room;
 pub mod schedule;
@@ -32,6 +33,7 @@ pub mod service;
 pub mod store;
 pub mod telemetry;
 pub mod view;
+pub mod webhook;
 
 pub use config::{ControlConfig, StoreKind};
 pub use error::ControlError;

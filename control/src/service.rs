@@ -67,6 +67,12 @@ struct Inner {
     instance: String,
     events: broadcast::Sender<Event>,
     limits: Mutex<HashMap<(UserId, &'static str), Bucket>>,
+    /// Notification fan-out (this instance's queue).
+    fanout: crate::notify::Fanout,
+    /// Users' notification streams connected here.
+    streams: crate::notify::Streams,
+    /// Signed webhooks to the app's backend, when configured.
+    hooks: std::sync::OnceLock<crate::webhook::Webhooks>,
 }
 
 /// A token bucket.
@@ -191,18 +197,162 @@ impl Control {
         let mut id = [0u8; 5];
         let _ = getrandom::fill(&mut id);
         let (events, _) = broadcast::channel(4096);
+        let instance = model::base32(&id);
+        let fanout = crate::notify::spawn(store.clone(), instance.clone());
         let inner = Arc::new(Inner {
             store,
             media,
             keys,
             config,
-            instance: model::base32(&id),
+            instance,
             events,
             limits: Mutex::new(HashMap::new()),
+            fanout,
+            streams: crate::notify::Streams::default(),
+            hooks: std::sync::OnceLock::new(),
         });
         tokio::spawn(consume(Arc::downgrade(&inner), inner.store.subscribe()));
         tokio::spawn(sweep(Arc::downgrade(&inner)));
         Control { inner }
+    }
+
+    /// Sends control-plane events to the app's backend as webhooks through `sink` from now on
+    /// (once; later calls are ignored).
+    pub fn set_webhooks(&self, sink: Arc<dyn crate::webhook::HookSink>) {
+        let _ = self
+            .inner
+            .hooks
+            .set(crate::webhook::Webhooks::new(sink, &self.inner.instance));
+    }
+
+    /// `user`'s notifications as they arrive on any instance (their `/api/events` stream).
+    pub fn notification_stream(
+        &self,
+        user: &UserId,
+    ) -> tokio::sync::mpsc::Receiver<crate::notify::Notification> {
+        self.inner.streams.open(user)
+    }
+
+    /// `user`'s feed, newest first, and the unix ms up to which they read it.
+    pub async fn notifications(
+        &self,
+        user: &UserId,
+    ) -> Result<(Vec<crate::notify::Notification>, u64), ControlError> {
+        self.inner.store.notifications(user).await
+    }
+
+    /// Marks `user`'s feed read up to `until` (unix ms).
+    pub async fn mark_read(&self, user: &UserId, until: u64) -> Result<(), ControlError> {
+        self.inner.store.mark_read(user, until).await
+    }
+
+    fn hook(&self, hook: &crate::webhook::Hook) {
+        if let Some(h) = self.inner.hooks.get() {
+            h.send(hook, now_ms());
+        }
+    }
+
+    /// Webhooks and notification fan-outs that `events` call for (on the instance that ran
+    /// the command only); `series` is the room's recurring series, whose followers hear of
+    /// each occurrence.
+    fn announce(&self, events: &[Event], series: Option<&RoomId>) {
+        use crate::webhook::Hook;
+        let now = now_ms();
+        for e in events {
+            if let Some((notification, mut audience)) = crate::notify::Notification::of(e, now) {
+                audience.extend(series.cloned().map(Follow::Room));
+                let except = Some(notification.host.clone());
+                self.inner.fanout.queue(crate::notify::Job {
+                    notification,
+                    audience,
+                    except,
+                });
+            }
+            if self.inner.hooks.get().is_none() {
+                continue;
+            }
+            let mut data = serde_json::Map::new();
+            let (event, room, user) = match e {
+                Event::RoomCreated {
+                    room,
+                    title,
+                    scheduled_for,
+                } => {
+                    data.insert("title".into(), title.clone().into());
+                    data.insert("scheduled_for".into(), (*scheduled_for).into());
+                    let name = if scheduled_for.is_some() {
+                        "room_scheduled"
+                    } else {
+                        "room_created"
+                    };
+                    (name, room, None)
+                }
+                Event::RoomLive { room, title, host } => {
+                    data.insert("title".into(), title.clone().into());
+                    data.insert("host".into(), host.as_str().into());
+                    ("room_started", room, None)
+                }
+                Event::RoomEnded { room } => ("room_ended", room, None),
+                Event::RoomEdited {
+                    room,
+                    title,
+                    topic,
+                    scheduled_for,
+                } => {
+                    data.insert("title".into(), title.clone().into());
+                    data.insert("topic".into(), topic.clone().into());
+                    data.insert("scheduled_for".into(), (*scheduled_for).into());
+                    ("room_edited", room, None)
+                }
+                Event::Hand {
+                    room,
+                    user,
+                    raised: true,
+                } => ("hand_raised", room, Some(user)),
+                Event::Role { room, user, role } => {
+                    data.insert("role".into(), role.as_str().into());
+                    ("role_changed", room, Some(user))
+                }
+                _ => continue,
+            };
+            self.hook(&Hook {
+                event,
+                room: room.to_string(),
+                user: user.map(ToString::to_string),
+                actor: None,
+                data,
+            });
+        }
+    }
+
+    /// Webhooks about who did what (joins, departures, moderation), after `command` by
+    /// `actor` succeeded on room `id`.
+    fn announce_command(&self, actor: &Actor, id: &RoomId, command: &Command) {
+        use crate::webhook::Hook;
+        if self.inner.hooks.get().is_none() {
+            return;
+        }
+        let who = match actor {
+            Actor::User(u) => Some(u.to_string()),
+            Actor::System => None,
+        };
+        let mut data = serde_json::Map::new();
+        let (event, user, actor) = match command {
+            Command::Join { .. } => ("member_joined", who, None),
+            Command::Own(Action::Leave) => ("member_left", who, None),
+            Command::Target(action, target) => {
+                data.insert("action".into(), action.as_str().into());
+                ("moderation", Some(target.to_string()), who)
+            }
+            _ => return,
+        };
+        self.hook(&Hook {
+            event,
+            room: id.to_string(),
+            user,
+            actor,
+            data,
+        });
     }
 
     /// The keys that sign and check tokens.
@@ -322,12 +472,14 @@ impl Control {
         }
         self.inner.store.insert_room(&doc).await?;
         let id = doc.room.id.clone();
+        let events = vec![Event::RoomCreated {
+            room: id.clone(),
+            title: doc.room.title.clone(),
+            scheduled_for: doc.room.scheduled_for,
+        }];
+        self.announce(&events, None);
         self.publish(Effects {
-            events: vec![Event::RoomCreated {
-                room: id.clone(),
-                title: doc.room.title.clone(),
-                scheduled_for: doc.room.scheduled_for,
-            }],
+            events,
             ..Default::default()
         })
         .await?;
@@ -461,6 +613,9 @@ impl Control {
             })
             .await?;
         self.release_all(id, &effects.released).await?;
+        let series = after.as_ref().and_then(|d| d.room.series.clone());
+        self.announce(&effects.events, series.as_ref());
+        self.announce_command(actor, id, &command);
         let ended = archive
             && effects
                 .events
@@ -522,12 +677,14 @@ impl Control {
         }
         store.insert_room(&doc).await?;
         let id = doc.room.id.clone();
+        let events = vec![Event::RoomCreated {
+            room: id.clone(),
+            title: doc.room.title.clone(),
+            scheduled_for: doc.room.scheduled_for,
+        }];
+        self.announce(&events, doc.room.series.as_ref());
         self.publish(Effects {
-            events: vec![Event::RoomCreated {
-                room: id.clone(),
-                title: doc.room.title.clone(),
-                scheduled_for: doc.room.scheduled_for,
-            }],
+            events,
             ..Default::default()
         })
         .await?;
@@ -621,6 +778,7 @@ impl Control {
                 origin: self.inner.instance.clone(),
                 media: effects.media,
                 events: effects.events,
+                notices: Vec::new(),
             })
             .await
     }
@@ -867,10 +1025,18 @@ impl Control {
     }
 
     /// Starts or stops following a user or room.
+    /// Following an occurrence of a recurring room follows its series (its first room), so
+    /// that the reminders of every later occurrence reach the follower.
     pub async fn follow(&self, user: &UserId, what: &Follow, on: bool) -> Result<(), ControlError> {
-        if let Follow::Room(r) = what {
-            self.room(r).await?;
-        }
+        let series;
+        let what = match what {
+            Follow::Room(r) => {
+                let doc = self.room_in(r, &Scope::header()).await?;
+                series = doc.room.series.map(Follow::Room);
+                series.as_ref().unwrap_or(what)
+            }
+            Follow::User(_) => what,
+        };
         if *what == Follow::User(user.clone()) {
             return Err(ControlError::bad_request(
                 "invalid_follow",
@@ -1032,6 +1198,9 @@ async fn consume(inner: std::sync::Weak<Inner>, mut rx: broadcast::Receiver<BusM
         }
         for event in message.events {
             let _ = inner.events.send(event);
+        }
+        for (users, notification) in &message.notices {
+            inner.streams.deliver(users, notification);
         }
     }
 }

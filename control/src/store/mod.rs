@@ -22,6 +22,7 @@ use utoipa::ToSchema;
 use crate::error::ControlError;
 use crate::events::BusMessage;
 use crate::model::{Counts, Member, Role, RoomDoc, RoomId, RoomState, Scope, UserId};
+use crate::notify::{MAX_FEED, Notification};
 use crate::room::Effects;
 
 /// A change to one room, run under the store's lock or transaction; it may run more than once
@@ -141,6 +142,27 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// What `user` follows.
     async fn follows(&self, user: &UserId) -> Result<Vec<Follow>, ControlError>;
+
+    /// A page of the users who follow `what`, in user-id order after `after`.
+    async fn followers(
+        &self,
+        what: &Follow,
+        after: Option<&UserId>,
+        limit: usize,
+    ) -> Result<Vec<UserId>, ControlError>;
+
+    /// Adds `n` to each of `users`' feeds (each keeps its newest [`MAX_FEED`] entries).
+    async fn push_notification(
+        &self,
+        users: &[UserId],
+        n: &Notification,
+    ) -> Result<(), ControlError>;
+
+    /// `user`'s feed, newest first, and the unix ms up to which they read it.
+    async fn notifications(&self, user: &UserId) -> Result<(Vec<Notification>, u64), ControlError>;
+
+    /// Marks `user`'s feed read up to `until` (unix ms; never moves back).
+    async fn mark_read(&self, user: &UserId, until: u64) -> Result<(), ControlError>;
 
     /// Sets `user`'s profile.
     async fn set_profile(&self, user: &UserId, profile: &Profile) -> Result<(), ControlError>;

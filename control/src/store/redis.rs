@@ -18,6 +18,9 @@
 //! | `{p}rooms:{state}` | set | room ids by state (`scheduled`, `live`, `ended`, `archived`) |
 //! | `{p}user:{id}:room` | string | the one room the user is in |
 //! | `{p}user:{id}:follows` | set | `user:{id}` and `room:{id}` the user follows |
+//! | `{p}followers:{what}` | sorted set | users following `what` (`user:{id}`, `room:{id}`; score 0: by user id, for pages) |
+//! | `{p}user:{id}:notifications` | list | the user's feed, newest first (JSON), at most 200 |
+//! | `{p}user:{id}:notifications:read` | string | unix ms up to which the feed is read |
 //! | `{p}user:{id}:profile` | string | the user's profile (JSON: bio, small avatar) |
 //! | `{p}invite:{token}` | string | an invitation link (JSON), expiring with it |
 //! | `{p}presence:{instance}` | string | an instance's heartbeat; expires when it stops (TTL) |
@@ -41,8 +44,8 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::broadcast;
 
 use super::{
-    AudiencePage, BUS_CAPACITY, Changes, Follow, Header, Invite, Mutation, Profile, Store, json,
-    parse,
+    AudiencePage, BUS_CAPACITY, Changes, Follow, Header, Invite, MAX_FEED, Mutation, Notification,
+    Profile, Store, json, parse,
 };
 use crate::error::ControlError;
 use crate::events::BusMessage;
@@ -896,12 +899,21 @@ impl Store for RedisStore {
     async fn set_follow(&self, user: &UserId, what: &Follow, on: bool) -> Result<(), ControlError> {
         let mut con = self.shared.clone();
         let key = self.key(&format!("user:{user}:follows"));
+        let followers = self.key(&format!("followers:{}", what.key()));
+        let mut pipe = redis::pipe();
+        pipe.atomic();
         if on {
-            con.sadd::<_, _, ()>(key, what.key()).await
+            pipe.sadd(key, what.key())
+                .ignore()
+                .zadd(followers, user.as_str(), 0)
+                .ignore();
         } else {
-            con.srem::<_, _, ()>(key, what.key()).await
+            pipe.srem(key, what.key())
+                .ignore()
+                .zrem(followers, user.as_str())
+                .ignore();
         }
-        .map_err(redis_err)
+        pipe.query_async::<()>(&mut con).await.map_err(redis_err)
     }
 
     async fn follows(&self, user: &UserId) -> Result<Vec<Follow>, ControlError> {
@@ -911,6 +923,77 @@ impl Store for RedisStore {
             .await
             .map_err(redis_err)?;
         Ok(keys.iter().filter_map(|k| Follow::from_key(k)).collect())
+    }
+
+    async fn followers(
+        &self,
+        what: &Follow,
+        after: Option<&UserId>,
+        limit: usize,
+    ) -> Result<Vec<UserId>, ControlError> {
+        let mut con = self.shared.clone();
+        let min = after.map_or_else(|| "-".to_owned(), |a| format!("({a}"));
+        let users: Vec<String> = con
+            .zrangebylex_limit(
+                self.key(&format!("followers:{}", what.key())),
+                min,
+                "+",
+                0,
+                isize::try_from(limit).unwrap_or(isize::MAX),
+            )
+            .await
+            .map_err(redis_err)?;
+        Ok(users.iter().filter_map(|u| UserId::parse(u).ok()).collect())
+    }
+
+    async fn push_notification(
+        &self,
+        users: &[UserId],
+        n: &Notification,
+    ) -> Result<(), ControlError> {
+        let mut con = self.shared.clone();
+        let value = json(n)?;
+        let keep = isize::try_from(MAX_FEED).unwrap_or(isize::MAX) - 1;
+        let mut pipe = redis::pipe();
+        for u in users {
+            let key = self.key(&format!("user:{u}:notifications"));
+            pipe.lpush(&key, &value)
+                .ignore()
+                .ltrim(&key, 0, keep)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut con).await.map_err(redis_err)
+    }
+
+    async fn notifications(&self, user: &UserId) -> Result<(Vec<Notification>, u64), ControlError> {
+        let mut con = self.shared.clone();
+        let key = self.key(&format!("user:{user}:notifications"));
+        let (raw, read): (Vec<String>, Option<u64>) = redis::pipe()
+            .lrange(&key, 0, -1)
+            .get(format!("{key}:read"))
+            .query_async(&mut con)
+            .await
+            .map_err(redis_err)?;
+        let feed = raw
+            .iter()
+            .map(|r| parse("notification", r.as_bytes()))
+            .collect::<Result<Vec<Notification>, _>>()?;
+        Ok((feed, read.unwrap_or(0)))
+    }
+
+    async fn mark_read(&self, user: &UserId, until: u64) -> Result<(), ControlError> {
+        // Never moves back: a later mark from another tab wins.
+        let script = redis::Script::new(
+            "local c = tonumber(redis.call('GET', KEYS[1]) or '0') if tonumber(ARGV[1]) > c then redis.call('SET', KEYS[1], ARGV[1]) end return 0",
+        );
+        let mut con = self.shared.clone();
+        script
+            .key(self.key(&format!("user:{user}:notifications:read")))
+            .arg(until)
+            .invoke_async::<i64>(&mut con)
+            .await
+            .map(|_| ())
+            .map_err(redis_err)
     }
 
     async fn set_profile(&self, user: &UserId, profile: &Profile) -> Result<(), ControlError> {
