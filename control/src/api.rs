@@ -145,6 +145,21 @@ impl FromRequestParts<Control> for Caller {
     }
 }
 
+/// A query string whose problems come back as `{code, message}` (`invalid_query`).
+#[derive(Debug)]
+pub struct Params<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = ControlError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| Params(q))
+            .map_err(|e| ControlError::bad_request("invalid_query", e.body_text()))
+    }
+}
+
 /// A JSON body whose problems come back as `{code, message}`.
 #[derive(Debug)]
 pub struct Body<T>(pub T);
@@ -419,7 +434,7 @@ async fn me(caller: Caller) -> Result<Json<MeView>, ControlError> {
 async fn directory(
     State(c): State<Control>,
     caller: Caller,
-    Query(q): Query<DirectoryQuery>,
+    Params(q): Params<DirectoryQuery>,
 ) -> Result<Json<DirectoryView>, ControlError> {
     let mut states = vec![RoomState::Live, RoomState::Scheduled];
     if q.archived {
@@ -585,7 +600,7 @@ async fn audience(
     State(c): State<Control>,
     caller: Caller,
     Path(id): Path<String>,
-    Query(q): Query<AudienceQuery>,
+    Params(q): Params<AudienceQuery>,
 ) -> Result<Json<AudienceView>, ControlError> {
     let id = room_id(&id)?;
     let after = q.after.as_deref().map(UserId::parse).transpose()?;
@@ -1011,7 +1026,7 @@ pub struct ReadBody {
 async fn notifications(
     State(c): State<Control>,
     caller: Caller,
-    Query(q): Query<NotificationsQuery>,
+    Params(q): Params<NotificationsQuery>,
 ) -> Result<Json<NotificationsView>, ControlError> {
     let (user, _) = caller.user()?;
     let limit = q.limit.unwrap_or(20);
@@ -1084,7 +1099,7 @@ pub struct EventsQuery {
 async fn events(
     State(c): State<Control>,
     caller: Caller,
-    Query(q): Query<EventsQuery>,
+    Params(q): Params<EventsQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ControlError> {
     let room = q.room.as_deref().map(room_id).transpose()?;
