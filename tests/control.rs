@@ -588,7 +588,8 @@ fn a_room_card_is_public_and_shows_only_public_fields() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
-        + 3_600_000;
+        // Within the 15 minutes before its time in which the host may start it.
+        + 600_000;
     let id = create_room(
         addr,
         &host,
@@ -1212,6 +1213,11 @@ fn followers_are_notified_across_instances_and_the_app_gets_signed_webhooks() {
     ok(two.addr, "PUT", "/api/follows/users/hana", &fay, None);
     let mut stream = SignalClient::open(two.addr, &format!("/api/events?access_token={fay}"))
         .expect("event stream");
+    let mut bell = SignalClient::open(
+        one.addr,
+        &format!("/api/events?notifications_only=true&access_token={fay}"),
+    )
+    .expect("notification stream");
     let empty = ok(two.addr, "GET", "/api/me/notifications", &fay, None);
     assert_eq!(
         empty,
@@ -1225,6 +1231,9 @@ fn followers_are_notified_across_instances_and_the_app_gets_signed_webhooks() {
     assert_eq!(live["room"], id.as_str());
     assert_eq!(live["host"], "hana");
     assert_eq!(live["title"], "Morning show");
+    // The bell's stream carries nothing but the notification (no room_created, room_live).
+    let only: Value = serde_json::from_str(&bell.next_text().expect("a message")).unwrap();
+    assert_eq!(only, json!({"type": "notification", "notification": live}));
     let feed = ok(one.addr, "GET", "/api/me/notifications", &fay, None);
     assert_eq!(feed["unread"], 1);
     assert_eq!(feed["notifications"][0]["id"], live["id"]);
@@ -1328,6 +1337,15 @@ fn followers_are_notified_across_instances_and_the_app_gets_signed_webhooks() {
     }
     let (status, v) = api(one.addr, "GET", "/api/me/notifications", "nope", None);
     assert_eq!(status, 401, "{v}");
+    let spec = ok(one.addr, "GET", "/api/openapi.json", &fay, None);
+    assert!(spec["paths"]["/api/me/notifications"]["get"].is_object());
+    assert!(spec["paths"]["/api/me/notifications/read"]["post"].is_object());
+    let schemas = &spec["components"]["schemas"];
+    assert!(schemas["NotificationsView"].is_object(), "{schemas}");
+    assert!(
+        schemas["Notification"]["properties"]["kind"].is_object(),
+        "{schemas}"
+    );
 
     // The app's backend hears of it, signed; the first attempt was refused and retried.
     let started = receiver.wait("room_started", |v| {
@@ -1335,36 +1353,28 @@ fn followers_are_notified_across_instances_and_the_app_gets_signed_webhooks() {
     });
     assert_eq!(started["control"]["host"], "hana");
     assert_eq!(started["control"]["title"], "Morning show");
-    ok(
-        one.addr,
-        "POST",
-        &format!("/api/rooms/{id}/token"),
-        &lee,
-        None,
-    );
-    receiver.wait("member_joined", |v| {
-        v["event"] == "control.member_joined" && v["control"]["user"] == "lee"
-    });
-    ok(
-        one.addr,
-        "POST",
-        &format!("/api/rooms/{id}/hand"),
-        &lee,
-        None,
-    );
-    receiver.wait("hand_raised", |v| {
-        v["event"] == "control.hand_raised" && v["control"]["user"] == "lee"
-    });
-    ok(
-        one.addr,
-        "POST",
-        &format!("/api/rooms/{id}/members/lee/approve_hand"),
-        &hana,
-        None,
-    );
-    receiver.wait("role_changed", |v| {
-        v["event"] == "control.role_changed" && v["control"]["role"] == "speaker"
-    });
+    // (caller, path, the webhook it causes, what it says)
+    for (who, path, event, (key, value)) in [
+        (&lee, "token", "member_joined", ("user", "lee")),
+        (&lee, "hand", "hand_raised", ("user", "lee")),
+        (
+            &hana,
+            "members/lee/approve_hand",
+            "role_changed",
+            ("role", "speaker"),
+        ),
+    ] {
+        ok(
+            one.addr,
+            "POST",
+            &format!("/api/rooms/{id}/{path}"),
+            who,
+            None,
+        );
+        receiver.wait(event, |v| {
+            v["event"] == format!("control.{event}") && v["control"][key] == value
+        });
+    }
     let moderation = receiver.wait("moderation", |v| v["event"] == "control.moderation");
     assert_eq!(moderation["control"]["action"], "approve_hand");
     assert_eq!(moderation["control"]["actor"], "hana");

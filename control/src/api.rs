@@ -1090,6 +1090,8 @@ async fn read_notifications(
 pub struct EventsQuery {
     /// Only this room's events.
     pub room: Option<String>,
+    /// Only the caller's own notifications, no room events (a signed-in app's bell).
+    pub notifications_only: Option<bool>,
     /// The bearer token (browsers cannot set headers on WebSockets).
     pub access_token: Option<String>,
 }
@@ -1103,7 +1105,7 @@ async fn events(
     ws: WebSocketUpgrade,
 ) -> Result<Response, ControlError> {
     let room = q.room.as_deref().map(room_id).transpose()?;
-    let rx = c.events();
+    let rx = (q.notifications_only != Some(true)).then(|| c.events());
     // A user's stream also carries their own notifications (`{"type": "notification", …}`).
     let mine = caller.viewer().map(|u| c.notification_stream(u));
     Ok(ws
@@ -1121,7 +1123,7 @@ struct NotificationEvent<'a> {
 
 async fn stream_events(
     mut socket: WebSocket,
-    mut rx: tokio::sync::broadcast::Receiver<Event>,
+    mut rx: Option<tokio::sync::broadcast::Receiver<Event>>,
     room: Option<RoomId>,
     mut mine: Option<tokio::sync::mpsc::Receiver<crate::notify::Notification>>,
 ) {
@@ -1134,7 +1136,7 @@ async fn stream_events(
                     return;
                 }
             },
-            event = rx.recv() => match event {
+            Some(event) = async { match rx.as_mut() { Some(r) => Some(r.recv().await), None => None } } => match event {
                 Ok(e) => {
                     if room.as_ref().is_some_and(|r| event_room(&e) != r) {
                         continue;
@@ -1225,7 +1227,9 @@ fn event_room(e: &Event) -> &RoomId {
         StatsView,
         HostStatsView,
         Event,
-        Follow
+        Follow,
+        NotificationsView,
+        crate::notify::Notification
     ))
 )]
 pub struct ApiDoc;

@@ -8,13 +8,14 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::redis_server::RedisServer;
+use common::service::{now, start, uid};
 use serde_json::Value;
-use stoa_control::auth::{Keys, Principal};
-use stoa_control::media::NoMedia;
-use stoa_control::model::{RoomKind, SpeakerMode, UserId};
+use stoa_control::Control;
+use stoa_control::auth::Principal;
+use stoa_control::model::{RoomKind, SpeakerMode};
 use stoa_control::notify::{Notification, NotificationKind};
 use stoa_control::permission::Action;
 use stoa_control::room::{Actor, Command};
@@ -24,20 +25,8 @@ use stoa_control::store::embedded::EmbeddedStore;
 use stoa_control::store::redis::RedisStore;
 use stoa_control::store::{Follow, Store};
 use stoa_control::webhook::HookSink;
-use stoa_control::{Control, ControlConfig};
 
 const DAY: u64 = 24 * 3600 * 1000;
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-fn uid(s: &str) -> UserId {
-    UserId::parse(s).unwrap()
-}
 
 /// Keeps every body handed to it.
 #[derive(Debug, Default)]
@@ -108,8 +97,7 @@ async fn feed(control: &Control, user: &str, n: usize) -> (Vec<Notification>, u6
 }
 
 async fn notifies(store: Arc<dyn Store>) {
-    let keys = Keys::new(vec![("k".into(), "s".into())]).unwrap();
-    let control = Control::start(store, Arc::new(NoMedia), keys, ControlConfig::default());
+    let control = start(store);
     let sink = Arc::new(Sink::default());
     control.set_webhooks(sink.clone());
     let rules = control.schedule_rules();
@@ -222,30 +210,16 @@ async fn notifies(store: Arc<dyn Store>) {
 
     // Webhooks for the app's backend.
     control.join(&uid("sam"), "Sam", &live).await.unwrap();
-    control
-        .act(
-            &Actor::User(uid("sam")),
-            &live,
-            Command::Own(Action::RaiseHand),
-        )
-        .await
-        .unwrap();
-    control
-        .act(
-            &Actor::User(uid("hana")),
-            &live,
-            Command::Target(Action::ApproveHand, uid("sam")),
-        )
-        .await
-        .unwrap();
-    control
-        .act(
-            &Actor::User(uid("hana")),
-            &live,
-            Command::Target(Action::Kick, uid("sam")),
-        )
-        .await
-        .unwrap();
+    for (actor, command) in [
+        ("sam", Command::Own(Action::RaiseHand)),
+        ("hana", Command::Target(Action::ApproveHand, uid("sam"))),
+        ("hana", Command::Target(Action::Kick, uid("sam"))),
+    ] {
+        control
+            .act(&Actor::User(uid(actor)), &live, command)
+            .await
+            .unwrap();
+    }
     control.join(&uid("lee"), "Lee", &live).await.unwrap();
     control
         .act(&Actor::User(uid("lee")), &live, Command::Own(Action::Leave))

@@ -6,39 +6,22 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::redis_server::RedisServer;
-use stoa_control::auth::{Keys, Principal};
+use common::service::{now, start, uid};
+use stoa_control::Control;
+use stoa_control::auth::Principal;
 use stoa_control::events::Event;
-use stoa_control::media::NoMedia;
-use stoa_control::model::{Role, RoomId, RoomKind, RoomState, SpeakerMode, UserId};
+use stoa_control::model::{Role, RoomId, RoomKind, RoomState, SpeakerMode};
 use stoa_control::room::{Actor, Command};
 use stoa_control::schedule::{Day, Recurrence, Schedule};
 use stoa_control::service::{NewRoom, RoomChanges};
-use stoa_control::store::Store;
 use stoa_control::store::embedded::EmbeddedStore;
 use stoa_control::store::redis::RedisStore;
-use stoa_control::{Control, ControlConfig};
 
 const MINUTE: u64 = 60_000;
 const DAY: u64 = 24 * 60 * MINUTE;
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-fn uid(s: &str) -> UserId {
-    UserId::parse(s).unwrap()
-}
-
-fn start(store: Arc<dyn Store>) -> Control {
-    let keys = Keys::new(vec![("k".into(), "s".into())]).unwrap();
-    Control::start(store, Arc::new(NoMedia), keys, ControlConfig::default())
-}
 
 fn host() -> Principal {
     Principal::User {

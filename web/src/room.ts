@@ -17,7 +17,7 @@ import { fill, formatWhen, h, plural, ROLE_LABEL } from './dom';
 import { icon, reactionGlyph, type IconName } from './icons';
 import { navigate, type Screen } from './main';
 import { Moderation, requestCount } from './moderation';
-import { personAvatar, profileSheet } from './profile';
+import { followButton, personAvatar, profileSheet } from './profile';
 import { embedSnippet, endedView, errorText } from './screens';
 import { dismiss, toast } from './toast';
 
@@ -340,7 +340,14 @@ class RoomController {
         h('p', { class: 'when' }, icon('calendar'), v.scheduled_for ? `Starts ${formatWhen(v.scheduled_for)}` : 'Not scheduled yet'),
         v.description ? h('p', {}, v.description) : null,
         error,
-        h('div', { class: 'row' }, isHost ? start : null, remind, this.shareButton(v)),
+        h(
+          'div',
+          { class: 'row' },
+          isHost ? start : null,
+          remind,
+          isHost || !me ? null : followButton(v.host, v.host_name, (err) => (error.textContent = errorText(err))),
+          this.shareButton(v),
+        ),
       ),
       this.shareDialog,
     );
