@@ -120,7 +120,13 @@ pub struct Job {
 #[derive(Debug, Default)]
 pub struct Streams {
     by_user: Mutex<HashMap<UserId, Vec<mpsc::Sender<Notification>>>>,
+    /// Streams opened so far: every [`SWEEP_EVERY`]th open forgets every closed stream, so
+    /// that users who came once and never heard anything do not stay in the map.
+    opened: std::sync::atomic::AtomicU64,
 }
+
+/// How often (in opened streams) [`Streams::open`] forgets closed streams.
+const SWEEP_EVERY: u64 = 256;
 
 impl Streams {
     /// Registers a stream of `user`'s notifications.
@@ -130,10 +136,27 @@ impl Streams {
             .by_user
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = self
+            .opened
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            map.retain(|_, list| {
+                list.retain(|s| !s.is_closed());
+                !list.is_empty()
+            });
+        }
         let list = map.entry(user.clone()).or_default();
         list.retain(|s| !s.is_closed());
         list.push(tx);
         rx
+    }
+
+    /// Users with a stream registered here (open, or closed and not yet forgotten).
+    pub fn users(&self) -> usize {
+        self.by_user
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
 
     /// Hands `n` to each of `users`' open streams here.
@@ -222,4 +245,53 @@ pub async fn fan_out(store: &dyn Store, origin: &str, job: &Job) -> Result<usize
         }
     }
     Ok(done.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uid(s: &str) -> UserId {
+        UserId::parse(s).unwrap()
+    }
+
+    fn notice(at: u64) -> Notification {
+        Notification {
+            id: format!("{at}"),
+            at,
+            kind: NotificationKind::RoomLive,
+            room: RoomId::random(),
+            title: "T".into(),
+            host: uid("h"),
+            scheduled_for: None,
+        }
+    }
+
+    #[test]
+    fn streams_get_their_users_notifications_and_closed_ones_are_forgotten() {
+        let streams = Streams::default();
+        let mut a = streams.open(&uid("a"));
+        let mut a2 = streams.open(&uid("a"));
+        let mut b = streams.open(&uid("b"));
+        streams.deliver(&[uid("a")], &notice(1));
+        assert_eq!(a.try_recv().unwrap().at, 1);
+        assert_eq!(a2.try_recv().unwrap().at, 1);
+        assert!(b.try_recv().is_err(), "not b's");
+        // A stream that falls behind loses the excess, never blocks.
+        for at in 0..(STREAM_BUFFER as u64 + 10) {
+            streams.deliver(&[uid("b")], &notice(at));
+        }
+        let mut got = 0;
+        while b.try_recv().is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, STREAM_BUFFER);
+        // Users whose streams closed go, at the latest after SWEEP_EVERY opens.
+        drop((a, a2, b));
+        for i in 0..SWEEP_EVERY {
+            drop(streams.open(&uid(&format!("u{i}"))));
+        }
+        // (The sweep ran at the 256th open; the three opened since are still there.)
+        assert!(streams.users() <= 4, "{}", streams.users());
+    }
 }

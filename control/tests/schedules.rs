@@ -9,40 +9,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::redis_server::RedisServer;
-use common::service::{now, start, uid};
+use common::service::{host, new_room, now, start, uid};
 use stoa_control::Control;
-use stoa_control::auth::Principal;
 use stoa_control::events::Event;
-use stoa_control::model::{Role, RoomId, RoomKind, RoomState, SpeakerMode};
+use stoa_control::model::{Role, RoomId, RoomState};
 use stoa_control::room::{Actor, Command};
 use stoa_control::schedule::{Day, Recurrence, Schedule};
-use stoa_control::service::{NewRoom, RoomChanges};
+use stoa_control::service::RoomChanges;
 use stoa_control::store::embedded::EmbeddedStore;
 use stoa_control::store::redis::RedisStore;
 
 const MINUTE: u64 = 60_000;
 const DAY: u64 = 24 * 60 * MINUTE;
-
-fn host() -> Principal {
-    Principal::User {
-        id: uid("hana"),
-        name: "Hana".into(),
-    }
-}
-
-fn new_room(scheduled_for: Option<u64>, schedule: Schedule) -> NewRoom {
-    NewRoom {
-        title: "Weekly Rust".into(),
-        topic: String::new(),
-        description: String::new(),
-        kind: RoomKind::Stage,
-        speaker_mode: SpeakerMode::Everyone,
-        max_participants: None,
-        scheduled_for,
-        host: None,
-        schedule,
-    }
-}
 
 /// Waits for the first event that `pick` recognises.
 async fn next_event<T>(
@@ -67,7 +45,10 @@ async fn schedules(control: Control) {
     // A one-off room in two days: edited, reminded, then expired unstarted.
     let at = now() + 2 * DAY;
     let doc = control
-        .create_room(&host(), new_room(Some(at), Schedule::default()))
+        .create_room(
+            &host(),
+            new_room("Weekly Rust", Some(at), Schedule::default()),
+        )
         .await
         .unwrap();
     let id = doc.room.id.clone();
@@ -159,7 +140,7 @@ async fn schedules(control: Control) {
         }),
     };
     let doc = control
-        .create_room(&host(), new_room(None, weekly.clone()))
+        .create_room(&host(), new_room("Weekly Rust", None, weekly.clone()))
         .await
         .unwrap();
     let first = doc.room.id.clone();

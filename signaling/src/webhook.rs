@@ -509,6 +509,32 @@ mod tests {
         assert!(split_url("https:///x").is_err());
     }
 
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_instead_of_waiting() {
+        // A receiver that takes the connection and never answers: the one delivery in flight
+        // waits out its attempt while the queue fills.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/hook", silent.local_addr().expect("addr"));
+        let notifier = Notifier::start(WebhookConfig {
+            urls: vec![url],
+            api_key: "key".into(),
+            api_secret: "secret".into(),
+        });
+        let extra = 50;
+        for i in 0..QUEUE + extra {
+            notifier.notify_json(
+                "control.room_started".into(),
+                format!("{{\"n\":{i}}}").into_bytes(),
+            );
+        }
+        let dropped = notifier.stats().dropped.load(Ordering::Relaxed) as usize;
+        // The delivery task may have taken one event out of the queue meanwhile.
+        assert!(dropped == extra || dropped == extra - 1, "{dropped}");
+        assert_eq!(notifier.stats().delivered.load(Ordering::Relaxed), 0);
+    }
+
     #[test]
     fn signature_verifies_with_livekit_receiver() {
         let body = br#"{"event":"room_started"}"#;

@@ -37,6 +37,8 @@ export interface RoomView {
   scheduled_for: number | null;
   started_at: number | null;
   ended_at: number | null;
+  /** The first room of its recurring series (later occurrences only). */
+  series: string | null;
   listeners: number;
   present: number;
   members: number;

@@ -306,7 +306,8 @@ class RoomController {
       remind.classList.toggle('toggled', on);
     };
     updateRemind(false);
-    api.follows().then((f) => updateRemind(f.follows.some((x) => x.kind === 'room' && x.id === v.id)), () => {});
+    // On an occurrence of a recurring room, "Remind me" follows its whole series.
+    api.follows().then((f) => updateRemind(f.follows.some((x) => x.kind === 'room' && x.id === (v.series ?? v.id))), () => {});
     remind.addEventListener('click', async () => {
       const on = remind.getAttribute('aria-pressed') === 'true';
       try {
