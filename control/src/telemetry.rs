@@ -29,9 +29,6 @@ pub const NOTIFICATIONS: &str = "control_notifications_total";
 /// Notifications or fan-out jobs dropped, by `where` (`queue`: the fan-out queue was full;
 /// `stream`: a connected stream fell behind; its feed still has them).
 pub const NOTIFICATIONS_DROPPED: &str = "control_notifications_dropped_total";
-/// Control-plane webhooks by `outcome` (`delivered`, `failed` after every retry, `dropped`
-/// because the queue was full).
-pub const WEBHOOKS: &str = "control_webhooks_total";
 /// Ended rooms deleted past their retention.
 pub const ROOMS_PRUNED: &str = "control_rooms_pruned_total";
 
@@ -46,11 +43,6 @@ pub fn describe() {
         NOTIFICATIONS_DROPPED,
         Unit::Count,
         "Notifications or fan-out jobs dropped: queue full or a stream behind"
-    );
-    describe_counter!(
-        WEBHOOKS,
-        Unit::Count,
-        "Control-plane webhooks by outcome: delivered, failed, dropped"
     );
     describe_counter!(
         API_REQUESTS,
