@@ -993,7 +993,7 @@ pub struct NotificationsQuery {
 }
 
 /// A feed entry with its read mark.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct NotificationView {
     /// The entry.
     #[serde(flatten)]
@@ -1003,7 +1003,7 @@ pub struct NotificationView {
 }
 
 /// `GET /api/me/notifications`: a page of the caller's feed, newest first.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct NotificationsView {
     /// Entries.
     pub notifications: Vec<NotificationView>,
