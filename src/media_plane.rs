@@ -98,6 +98,11 @@ impl MediaPlane for LocalMedia {
                 .remove_participant(room.as_str(), user.as_str())
                 .await
                 .map_err(media_err),
+            MediaCommand::RoomMetadata { room, metadata } => s
+                .update_room_metadata(room.as_str(), metadata)
+                .await
+                .map(|_| ())
+                .map_err(media_err),
             MediaCommand::Reaction { room, user, emoji } => {
                 let payload = serde_json::json!({ "user": user, "emoji": emoji });
                 let data = SendData {
@@ -171,4 +176,15 @@ pub fn spawn_presence(control: Control, mut events: mpsc::Receiver<lk::WebhookEv
 /// Shares the admission hook with the router.
 pub fn admission(control: &Control) -> Arc<dyn Admission> {
     Arc::new(ControlAdmission(control.clone()))
+}
+
+/// The control plane's webhooks go out through the media plane's notifier: one bounded queue,
+/// one signer, one set of receivers (`[webhook]`) for both planes.
+#[derive(Debug)]
+pub struct ControlHooks(pub stoa_signaling::webhook::Notifier);
+
+impl stoa_control::webhook::HookSink for ControlHooks {
+    fn deliver(&self, event: String, body: Vec<u8>) {
+        self.0.notify_json(event, body);
+    }
 }

@@ -44,6 +44,14 @@ pub struct ControlConfig {
     pub ended_room_retention: u64,
     /// Largest room anyone may create.
     pub max_participants: u32,
+    /// Seconds before its scheduled time that the host may start a room.
+    pub schedule_open_window: u64,
+    /// Seconds before a scheduled room's time that those who asked ("remind me") are
+    /// reminded; 0: no reminders.
+    pub reminder_before: u64,
+    /// Seconds after its scheduled time that a room nobody started expires (ended, archived,
+    /// gone from the directory; a recurring room schedules its next occurrence).
+    pub schedule_expiry: u64,
     /// Whether anyone may sign in as a guest with a display name (`POST /api/session/guest`).
     pub guest_sign_in: bool,
     /// This node's WebSocket URL for media (`ws[s]://host[:port]`). Rooms created on this node
@@ -67,6 +75,9 @@ impl Default for ControlConfig {
             invite_ttl: 7 * 24 * 3600,
             ended_room_retention: 90 * 24 * 3600,
             max_participants: 10_000,
+            schedule_open_window: 15 * 60,
+            reminder_before: 10 * 60,
+            schedule_expiry: 60 * 60,
             guest_sign_in: true,
             public_url: String::new(),
         }
@@ -74,6 +85,15 @@ impl Default for ControlConfig {
 }
 
 impl ControlConfig {
+    /// The schedule rules in milliseconds.
+    pub fn schedule_rules(&self) -> crate::schedule::Rules {
+        crate::schedule::Rules {
+            open_window_ms: self.schedule_open_window.saturating_mul(1000),
+            reminder_ms: self.reminder_before.saturating_mul(1000),
+            expiry_ms: self.schedule_expiry.saturating_mul(1000),
+        }
+    }
+
     /// Checks values a type cannot; returns the first problem as one line.
     pub fn validate(&self) -> Result<(), String> {
         if self.store == StoreKind::Redis && !self.redis_url.starts_with("redis://") {
@@ -91,6 +111,9 @@ impl ControlConfig {
                 "control.kick_cooldown, token_ttl, presence_ttl and max_participants must be above 0"
                     .into(),
             );
+        }
+        if self.schedule_expiry == 0 {
+            return Err("control.schedule_expiry must be above 0".into());
         }
         let url = &self.public_url;
         if !(url.is_empty() || url.starts_with("ws://") || url.starts_with("wss://")) {

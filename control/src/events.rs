@@ -81,6 +81,37 @@ pub enum Event {
         /// Banned (else kicked).
         banned: bool,
     },
+    /// A room's title, description, limits or schedule changed.
+    RoomEdited {
+        /// Room.
+        room: RoomId,
+        /// Title.
+        title: String,
+        /// Topic.
+        topic: String,
+        /// Unix ms it is scheduled for.
+        scheduled_for: Option<u64>,
+    },
+    /// A scheduled room starts soon: those who asked are reminded.
+    Reminder {
+        /// Room.
+        room: RoomId,
+        /// Title.
+        title: String,
+        /// Host.
+        host: UserId,
+        /// Unix ms it is scheduled for.
+        scheduled_for: Option<u64>,
+    },
+    /// The host lined someone up (a role they get whenever they join) or took it back.
+    LineUp {
+        /// Room.
+        room: RoomId,
+        /// Whose.
+        user: UserId,
+        /// Co-host or speaker; `None`: taken back.
+        role: Option<Role>,
+    },
     /// A reaction.
     Reaction {
         /// Room.
@@ -101,4 +132,7 @@ pub struct BusMessage {
     pub media: Vec<MediaCommand>,
     /// Events for every instance's event-stream subscribers.
     pub events: Vec<Event>,
+    /// Notifications for these users' own streams, wherever they are connected.
+    #[serde(default)]
+    pub notices: Vec<(Vec<crate::model::UserId>, crate::notify::Notification)>,
 }

@@ -29,6 +29,8 @@ pub const MAX_TOPIC: usize = 60;
 pub const MAX_DESCRIPTION: usize = 2000;
 /// Longest display name (characters).
 pub const MAX_NAME: usize = 64;
+/// Most entries of a room's line-up (pre-assigned co-hosts and speakers).
+pub const MAX_LINEUP: usize = 200;
 /// Largest room the control plane lets anyone create.
 pub const MAX_PARTICIPANTS: u32 = 100_000;
 
@@ -257,6 +259,15 @@ pub struct Room {
     /// their own URLs, so that every client of the room meets on one media node.
     #[serde(default)]
     pub media_url: Option<String>,
+    /// Auto-start and recurrence.
+    #[serde(default)]
+    pub schedule: crate::schedule::Schedule,
+    /// The reminder for `scheduled_for` went out.
+    #[serde(default)]
+    pub reminded: bool,
+    /// The first room of a recurring series, for its later occurrences.
+    #[serde(default)]
+    pub series: Option<RoomId>,
 }
 
 /// One user in a room.
@@ -331,6 +342,8 @@ pub struct Counts {
     pub listeners: u32,
     /// Raised hands.
     pub hands: u32,
+    /// Entries of the line-up.
+    pub lineup: u32,
     /// Members connected now, by the instance whose media plane hosts them.
     pub instances: BTreeMap<String, u32>,
 }
@@ -375,6 +388,7 @@ impl Counts {
             present: self.present.saturating_add(other.present),
             listeners: self.listeners.saturating_add(other.listeners),
             hands: self.hands.saturating_add(other.hands),
+            lineup: self.lineup.saturating_add(other.lineup),
             instances,
         }
     }
@@ -393,6 +407,7 @@ impl Counts {
             present: self.present.saturating_sub(other.present),
             listeners: self.listeners.saturating_sub(other.listeners),
             hands: self.hands.saturating_sub(other.hands),
+            lineup: self.lineup.saturating_sub(other.lineup),
             instances,
         }
     }
@@ -457,6 +472,11 @@ pub struct RoomDoc {
     pub kicks: BTreeMap<UserId, u64>,
     /// Users invited to speak (speaker mode "invited").
     pub invited: BTreeSet<UserId>,
+    /// The line-up: roles the host gave (co-host, speaker) that a user has whenever they
+    /// join, kept across leaving and rejoining and carried to a recurring room's next
+    /// occurrence.
+    #[serde(default)]
+    pub lineup: BTreeMap<UserId, Role>,
     /// Statistics.
     pub stats: RoomStats,
     /// The counts of the members and hands that were not loaded.
@@ -474,6 +494,7 @@ impl RoomDoc {
             bans: BTreeSet::new(),
             kicks: BTreeMap::new(),
             invited: BTreeSet::new(),
+            lineup: BTreeMap::new(),
             stats: RoomStats::default(),
             rest: Counts::default(),
         }
@@ -485,7 +506,9 @@ impl RoomDoc {
     }
 
     fn loaded_counts(&self) -> Counts {
-        Counts::of(self.members.values(), self.hands.len())
+        let mut c = Counts::of(self.members.values(), self.hands.len());
+        c.lineup = u32::try_from(self.lineup.len()).unwrap_or(u32::MAX);
+        c
     }
 
     /// The whole room's counts: the records left out, plus the loaded ones as they are now.
@@ -502,6 +525,10 @@ impl RoomDoc {
                 .rest
                 .hands
                 .saturating_add(u32::try_from(self.hands.len()).unwrap_or(u32::MAX)),
+            lineup: self
+                .rest
+                .lineup
+                .saturating_add(u32::try_from(self.lineup.len()).unwrap_or(u32::MAX)),
             ..self.rest
         };
         for m in self.members.values() {

@@ -27,6 +27,9 @@ fn doc(kind: RoomKind, mode: SpeakerMode) -> RoomDoc {
         ended_at: None,
         empty_since: None,
         media_url: None,
+        schedule: Default::default(),
+        reminded: false,
+        series: None,
     })
 }
 
@@ -35,6 +38,7 @@ fn cx(now: u64) -> Context {
         now,
         follows_host: false,
         kick_cooldown_ms: 5 * MINUTE,
+        open_window_ms: 15 * MINUTE,
     }
 }
 
@@ -517,6 +521,11 @@ fn the_state_machine_enforces_the_matrix_everywhere() {
                     },
                     Action::Start => Command::Start,
                     Action::End => Command::End,
+                    Action::Edit => Command::Edit(crate::room::Edit {
+                        title: Some("New".into()),
+                        ..Default::default()
+                    }),
+                    Action::LineUp => Command::LineUp(uid("target"), Some(Role::Speaker)),
                     a if a.has_target() => Command::Target(a, uid("target")),
                     a => Command::Own(a),
                 };
@@ -531,7 +540,7 @@ fn the_state_machine_enforces_the_matrix_everywhere() {
             }
         }
     }
-    assert_eq!(checked, 2 * 4 * 23);
+    assert_eq!(checked, 2 * 4 * 25);
 }
 
 /// A command run on the part of a room its scope names sees the whole room's counts, and
@@ -678,4 +687,205 @@ fn names_outlive_membership_for_summaries_and_removal_lists() {
     assert_eq!(stats.names[&uid("ann")], "ann");
     assert_eq!(stats.names[&uid("host")], "host");
     assert!(stats.stage_ms.keys().all(|u| stats.names.contains_key(u)));
+}
+
+#[test]
+fn the_host_opens_a_scheduled_room_only_within_its_window() {
+    let mut d = doc(RoomKind::Stage, SpeakerMode::Everyone);
+    d.room.scheduled_for = Some(60 * MINUTE);
+    let err = run(&mut d, "host", Command::Start, 44 * MINUTE).unwrap_err();
+    assert_eq!((err.code, err.retry_after), ("too_early", Some(60)));
+    assert_eq!(d.room.state, RoomState::Scheduled);
+    // The server (auto-start, an app backend) is not held to the window.
+    let mut early = d.clone();
+    apply(&mut early, &Actor::System, Command::Start, &cx(0)).unwrap();
+    assert_eq!(early.room.state, RoomState::Live);
+    let fx = run(&mut d, "host", Command::Start, 45 * MINUTE).unwrap();
+    assert_eq!(d.room.state, RoomState::Live);
+    // Participants get the room's description as metadata from the start.
+    assert!(
+        fx.media
+            .iter()
+            .any(|m| matches!(m, MediaCommand::RoomMetadata { .. }))
+    );
+}
+
+#[test]
+fn a_reminder_goes_out_once_per_scheduled_time() {
+    let mut d = doc(RoomKind::Stage, SpeakerMode::Everyone);
+    d.room.scheduled_for = Some(60 * MINUTE);
+    let sys = |d: &mut RoomDoc, c: Command| apply(d, &Actor::System, c, &cx(50 * MINUTE)).unwrap();
+    let fx = sys(&mut d, Command::Remind);
+    assert!(matches!(fx.events[..], [Event::Reminder { .. }]));
+    assert!(sys(&mut d, Command::Remind).events.is_empty());
+    // A new time earns a new reminder.
+    let edit = Edit {
+        scheduled_for: Some(90 * MINUTE),
+        ..Edit::default()
+    };
+    run(&mut d, "host", Command::Edit(edit), 50 * MINUTE).unwrap();
+    assert!(!d.room.reminded);
+    assert_eq!(sys(&mut d, Command::Remind).events.len(), 1);
+}
+
+#[test]
+fn editing_is_for_moderators_and_reaches_live_participants() {
+    let mut d = live_stage();
+    let edit = Edit {
+        title: Some("Renamed".into()),
+        topic: Some("Rust".into()),
+        ..Edit::default()
+    };
+    let err = run(&mut d, "ann", Command::Edit(edit.clone()), 2).unwrap_err();
+    assert_eq!(err.code, "not_allowed");
+    let fx = run(&mut d, "host", Command::Edit(edit.clone()), 2).unwrap();
+    assert_eq!(d.room.title, "Renamed");
+    let MediaCommand::RoomMetadata { metadata, .. } = &fx.media[0] else {
+        panic!("metadata expected: {fx:?}");
+    };
+    assert!(metadata.contains("\"title\":\"Renamed\""), "{metadata}");
+    assert!(matches!(fx.events[..], [Event::RoomEdited { .. }]));
+    // Nothing changed: nothing to tell.
+    assert_eq!(
+        run(&mut d, "host", Command::Edit(edit), 3).unwrap(),
+        Effects::default()
+    );
+    // A co-host edits too.
+    run(
+        &mut d,
+        "host",
+        Command::Target(Action::AddCoHost, uid("ann")),
+        3,
+    )
+    .unwrap();
+    let mode = Edit {
+        speaker_mode: Some(SpeakerMode::Invited),
+        ..Edit::default()
+    };
+    run(&mut d, "ann", Command::Edit(mode), 4).unwrap();
+    assert_eq!(d.room.speaker_mode, SpeakerMode::Invited);
+    // Live rooms keep their kind and schedule; limits stay above the members.
+    for (e, code) in [
+        (
+            Edit {
+                kind: Some(RoomKind::Open),
+                ..Edit::default()
+            },
+            "room_live",
+        ),
+        (
+            Edit {
+                scheduled_for: Some(10 * MINUTE),
+                ..Edit::default()
+            },
+            "room_live",
+        ),
+        (
+            Edit {
+                max_participants: Some(1),
+                ..Edit::default()
+            },
+            "below_members",
+        ),
+    ] {
+        let before = d.clone();
+        assert_eq!(
+            run(&mut d, "host", Command::Edit(e), 5).unwrap_err().code,
+            code
+        );
+        assert_eq!(d, before);
+    }
+    // Scheduled rooms change kind; ended ones change nothing.
+    let mut s = doc(RoomKind::Stage, SpeakerMode::Everyone);
+    let open = Edit {
+        kind: Some(RoomKind::Open),
+        ..Edit::default()
+    };
+    let fx = run(&mut s, "host", Command::Edit(open.clone()), 0).unwrap();
+    assert_eq!(s.room.kind, RoomKind::Open);
+    assert!(fx.media.is_empty(), "no media room yet");
+    apply(&mut s, &Actor::System, Command::End, &cx(1)).unwrap();
+    assert_eq!(
+        run(&mut s, "host", Command::Edit(open), 2)
+            .unwrap_err()
+            .code,
+        "room_ended"
+    );
+}
+
+#[test]
+fn a_lined_up_speaker_lands_on_stage_and_keeps_the_role_across_rejoins() {
+    let mut d = doc(RoomKind::Stage, SpeakerMode::Everyone);
+    // Before the room goes live.
+    run(
+        &mut d,
+        "host",
+        Command::LineUp(uid("sam"), Some(Role::Speaker)),
+        0,
+    )
+    .unwrap();
+    run(
+        &mut d,
+        "host",
+        Command::LineUp(uid("cole"), Some(Role::CoHost)),
+        0,
+    )
+    .unwrap();
+    assert_eq!(
+        run(
+            &mut d,
+            "sam",
+            Command::LineUp(uid("ann"), Some(Role::Speaker)),
+            0
+        )
+        .unwrap_err()
+        .code,
+        "not_a_member"
+    );
+    for (role, code) in [
+        (Role::Host, "invalid_role"),
+        (Role::Listener, "invalid_role"),
+    ] {
+        let e = run(&mut d, "host", Command::LineUp(uid("ann"), Some(role)), 0).unwrap_err();
+        assert_eq!(e.code, code);
+    }
+    run(&mut d, "host", Command::Start, 0).unwrap();
+    join(&mut d, "sam", 1).unwrap();
+    join(&mut d, "cole", 1).unwrap();
+    join(&mut d, "ann", 1).unwrap();
+    assert_eq!(d.members[&uid("sam")].role, Role::Speaker);
+    assert_eq!(d.members[&uid("cole")].role, Role::CoHost);
+    assert_eq!(d.members[&uid("ann")].role, Role::Listener);
+    let (can_publish, attributes) = participant_view(&d, &uid("sam")).unwrap();
+    assert!(can_publish);
+    assert_eq!(attributes["role"], "speaker");
+    // Leave and rejoin: still a speaker.
+    run(&mut d, "sam", Command::Own(Action::Leave), 2).unwrap();
+    join(&mut d, "sam", 3).unwrap();
+    assert_eq!(d.members[&uid("sam")].role, Role::Speaker);
+    // A role given during the room is kept too; moving to the audience forgets it.
+    run(&mut d, "ann", Command::Own(Action::RaiseHand), 4).unwrap();
+    run(
+        &mut d,
+        "host",
+        Command::Target(Action::ApproveHand, uid("ann")),
+        4,
+    )
+    .unwrap();
+    assert_eq!(d.lineup[&uid("ann")], Role::Speaker);
+    run(
+        &mut d,
+        "host",
+        Command::Target(Action::MoveToAudience, uid("sam")),
+        5,
+    )
+    .unwrap();
+    assert!(!d.lineup.contains_key(&uid("sam")));
+    run(&mut d, "sam", Command::Own(Action::Leave), 6).unwrap();
+    join(&mut d, "sam", 7).unwrap();
+    assert_eq!(d.members[&uid("sam")].role, Role::Listener);
+    // Taking a present member off the line-up takes them off stage at once.
+    let fx = run(&mut d, "host", Command::LineUp(uid("ann"), None), 8).unwrap();
+    assert_eq!(d.members[&uid("ann")].role, Role::Listener);
+    assert!(fx.events.iter().any(|e| matches!(e, Event::Role { .. })));
 }

@@ -16,6 +16,7 @@ use crate::media::{MediaError, MediaPlane};
 use crate::model::{self, Room, RoomDoc, RoomId, RoomKind, RoomState, Scope, SpeakerMode, UserId};
 use crate::permission::Action;
 use crate::room::{self, Actor, Command, Context, Effects};
+use crate::schedule::Schedule;
 use crate::store::{AudiencePage, Follow, Invite, Store};
 use crate::view::{self, RoomView};
 
@@ -68,6 +69,12 @@ struct Inner {
     instance: String,
     events: broadcast::Sender<Event>,
     limits: Mutex<HashMap<(UserId, &'static str), Bucket>>,
+    /// Notification fan-out (this instance's queue).
+    fanout: crate::notify::Fanout,
+    /// Users' notification streams connected here.
+    streams: crate::notify::Streams,
+    /// Signed webhooks to the app's backend, when configured.
+    hooks: std::sync::OnceLock<crate::webhook::Webhooks>,
 }
 
 /// A token bucket.
@@ -96,6 +103,76 @@ pub struct NewRoom {
     pub scheduled_for: Option<u64>,
     /// The host when a server creates the room for a user.
     pub host: Option<UserId>,
+    /// Auto-start and recurrence.
+    pub schedule: Schedule,
+}
+
+/// Checks a schedule and its time as creation and editing do; returns the time, computed from
+/// the recurrence when it is not given.
+fn check_schedule(
+    at: Option<u64>,
+    schedule: &Schedule,
+    now: u64,
+) -> Result<Option<u64>, ControlError> {
+    if let Some(at) = at
+        && at + 60_000 < now
+    {
+        return Err(ControlError::bad_request(
+            "invalid_field",
+            "scheduled_for is in the past",
+        ));
+    }
+    let at = match (&schedule.repeat, at) {
+        (Some(r), None) => {
+            r.validate()?;
+            Some(r.next(now)?)
+        }
+        (Some(r), at) => {
+            r.validate()?;
+            at
+        }
+        (None, at) => at,
+    };
+    if at.is_none() && schedule.auto_start {
+        return Err(ControlError::bad_request(
+            "invalid_schedule",
+            "auto_start needs scheduled_for or a repeat",
+        ));
+    }
+    Ok(at)
+}
+
+/// Checks a member limit against the configured maximum.
+fn check_max(max: u32, limit: u32) -> Result<u32, ControlError> {
+    if max == 0 || max > limit {
+        return Err(ControlError::bad_request(
+            "invalid_field",
+            format!("max_participants must be 1 to {limit}"),
+        ));
+    }
+    Ok(max)
+}
+
+/// The editable fields of a room as a request gives them (`PATCH /api/rooms/{id}`), checked
+/// as at creation.
+#[derive(Debug, Clone, Default)]
+pub struct RoomChanges {
+    /// Title.
+    pub title: Option<String>,
+    /// Topic.
+    pub topic: Option<String>,
+    /// Description.
+    pub description: Option<String>,
+    /// Stage or open.
+    pub kind: Option<RoomKind>,
+    /// Who may raise hands.
+    pub speaker_mode: Option<SpeakerMode>,
+    /// Member limit.
+    pub max_participants: Option<u32>,
+    /// Unix ms to schedule for.
+    pub scheduled_for: Option<u64>,
+    /// Auto-start and recurrence.
+    pub schedule: Option<Schedule>,
 }
 
 /// A media token and where to use it.
@@ -122,18 +199,162 @@ impl Control {
         let mut id = [0u8; 5];
         let _ = getrandom::fill(&mut id);
         let (events, _) = broadcast::channel(4096);
+        let instance = model::base32(&id);
+        let fanout = crate::notify::spawn(store.clone(), instance.clone());
         let inner = Arc::new(Inner {
             store,
             media,
             keys,
             config,
-            instance: model::base32(&id),
+            instance,
             events,
             limits: Mutex::new(HashMap::new()),
+            fanout,
+            streams: crate::notify::Streams::default(),
+            hooks: std::sync::OnceLock::new(),
         });
         tokio::spawn(consume(Arc::downgrade(&inner), inner.store.subscribe()));
         tokio::spawn(sweep(Arc::downgrade(&inner)));
         Control { inner }
+    }
+
+    /// Sends control-plane events to the app's backend as webhooks through `sink` from now on
+    /// (once; later calls are ignored).
+    pub fn set_webhooks(&self, sink: Arc<dyn crate::webhook::HookSink>) {
+        let _ = self
+            .inner
+            .hooks
+            .set(crate::webhook::Webhooks::new(sink, &self.inner.instance));
+    }
+
+    /// `user`'s notifications as they arrive on any instance (their `/api/events` stream).
+    pub fn notification_stream(
+        &self,
+        user: &UserId,
+    ) -> tokio::sync::mpsc::Receiver<crate::notify::Notification> {
+        self.inner.streams.open(user)
+    }
+
+    /// `user`'s feed, newest first, and the unix ms up to which they read it.
+    pub async fn notifications(
+        &self,
+        user: &UserId,
+    ) -> Result<(Vec<crate::notify::Notification>, u64), ControlError> {
+        self.inner.store.notifications(user).await
+    }
+
+    /// Marks `user`'s feed read up to `until` (unix ms).
+    pub async fn mark_read(&self, user: &UserId, until: u64) -> Result<(), ControlError> {
+        self.inner.store.mark_read(user, until).await
+    }
+
+    fn hook(&self, hook: &crate::webhook::Hook) {
+        if let Some(h) = self.inner.hooks.get() {
+            h.send(hook, now_ms());
+        }
+    }
+
+    /// Webhooks and notification fan-outs that `events` call for (on the instance that ran
+    /// the command only); `series` is the room's recurring series, whose followers hear of
+    /// each occurrence.
+    fn announce(&self, events: &[Event], series: Option<&RoomId>) {
+        use crate::webhook::Hook;
+        let now = now_ms();
+        for e in events {
+            if let Some((notification, mut audience)) = crate::notify::Notification::of(e, now) {
+                audience.extend(series.cloned().map(Follow::Room));
+                let except = Some(notification.host.clone());
+                self.inner.fanout.queue(crate::notify::Job {
+                    notification,
+                    audience,
+                    except,
+                });
+            }
+            if self.inner.hooks.get().is_none() {
+                continue;
+            }
+            let mut data = serde_json::Map::new();
+            let (event, room, user) = match e {
+                Event::RoomCreated {
+                    room,
+                    title,
+                    scheduled_for,
+                } => {
+                    data.insert("title".into(), title.clone().into());
+                    data.insert("scheduled_for".into(), (*scheduled_for).into());
+                    let name = if scheduled_for.is_some() {
+                        "room_scheduled"
+                    } else {
+                        "room_created"
+                    };
+                    (name, room, None)
+                }
+                Event::RoomLive { room, title, host } => {
+                    data.insert("title".into(), title.clone().into());
+                    data.insert("host".into(), host.as_str().into());
+                    ("room_started", room, None)
+                }
+                Event::RoomEnded { room } => ("room_ended", room, None),
+                Event::RoomEdited {
+                    room,
+                    title,
+                    topic,
+                    scheduled_for,
+                } => {
+                    data.insert("title".into(), title.clone().into());
+                    data.insert("topic".into(), topic.clone().into());
+                    data.insert("scheduled_for".into(), (*scheduled_for).into());
+                    ("room_edited", room, None)
+                }
+                Event::Hand {
+                    room,
+                    user,
+                    raised: true,
+                } => ("hand_raised", room, Some(user)),
+                Event::Role { room, user, role } => {
+                    data.insert("role".into(), role.as_str().into());
+                    ("role_changed", room, Some(user))
+                }
+                _ => continue,
+            };
+            self.hook(&Hook {
+                event,
+                room: room.to_string(),
+                user: user.map(ToString::to_string),
+                actor: None,
+                data,
+            });
+        }
+    }
+
+    /// Webhooks about who did what (joins, departures, moderation), after `command` by
+    /// `actor` succeeded on room `id`.
+    fn announce_command(&self, actor: &Actor, id: &RoomId, command: &Command) {
+        use crate::webhook::Hook;
+        if self.inner.hooks.get().is_none() {
+            return;
+        }
+        let who = match actor {
+            Actor::User(u) => Some(u.to_string()),
+            Actor::System => None,
+        };
+        let mut data = serde_json::Map::new();
+        let (event, user, actor) = match command {
+            Command::Join { .. } => ("member_joined", who, None),
+            Command::Own(Action::Leave) => ("member_left", who, None),
+            Command::Target(action, target) => {
+                data.insert("action".into(), action.as_str().into());
+                ("moderation", Some(target.to_string()), who)
+            }
+            _ => return,
+        };
+        self.hook(&Hook {
+            event,
+            room: id.to_string(),
+            user,
+            actor,
+            data,
+        });
     }
 
     /// The keys that sign and check tokens.
@@ -217,22 +438,9 @@ impl Control {
             self.rate_limit(id, "room creation", 0.2, 5.0)?;
         }
         let limit = self.inner.config.max_participants;
-        let max = new.max_participants.unwrap_or(limit);
-        if max == 0 || max > limit {
-            return Err(ControlError::bad_request(
-                "invalid_field",
-                format!("max_participants must be 1 to {limit}"),
-            ));
-        }
+        let max = check_max(new.max_participants.unwrap_or(limit), limit)?;
         let now = now_ms();
-        if let Some(at) = new.scheduled_for
-            && at + 60_000 < now
-        {
-            return Err(ControlError::bad_request(
-                "invalid_field",
-                "scheduled_for is in the past",
-            ));
-        }
+        let scheduled_for = check_schedule(new.scheduled_for, &new.schedule, now)?;
         let mut doc = RoomDoc::new(Room {
             id: RoomId::random(),
             title: model::text("title", &new.title, 1, model::MAX_TITLE)?,
@@ -248,12 +456,15 @@ impl Control {
             },
             state: RoomState::Scheduled,
             created_at: now,
-            scheduled_for: new.scheduled_for,
+            scheduled_for,
             started_at: None,
             ended_at: None,
             empty_since: None,
             media_url: (!self.inner.config.public_url.is_empty())
                 .then(|| self.inner.config.public_url.clone()),
+            schedule: new.schedule.clone(),
+            reminded: false,
+            series: None,
         });
         // The host's name, for cards and previews before they join.
         if let Principal::User { id, name } = who
@@ -263,17 +474,19 @@ impl Control {
         }
         self.inner.store.insert_room(&doc).await?;
         let id = doc.room.id.clone();
+        let events = vec![Event::RoomCreated {
+            room: id.clone(),
+            title: doc.room.title.clone(),
+            scheduled_for: doc.room.scheduled_for,
+        }];
+        self.announce(&events, None);
         self.publish(Effects {
-            events: vec![Event::RoomCreated {
-                room: id.clone(),
-                title: doc.room.title.clone(),
-                scheduled_for: doc.room.scheduled_for,
-            }],
+            events,
             ..Default::default()
         })
         .await?;
         tracing::info!(room = %id, "room created");
-        if new.scheduled_for.is_none() {
+        if scheduled_for.is_none() {
             return self.act(&Actor::System, &id, Command::Start).await;
         }
         Ok(doc)
@@ -432,6 +645,7 @@ impl Control {
             now: now_ms(),
             follows_host,
             kick_cooldown_ms: self.inner.config.kick_cooldown * 1000,
+            open_window_ms: self.inner.config.schedule_open_window * 1000,
         };
         let mut after = None;
         let effects = self
@@ -444,6 +658,14 @@ impl Control {
             })
             .await?;
         self.release_all(id, &effects.released).await?;
+        let series = after.as_ref().and_then(|d| d.room.series.clone());
+        self.announce(&effects.events, series.as_ref());
+        self.announce_command(actor, id, &command);
+        let ended = archive
+            && effects
+                .events
+                .iter()
+                .any(|e| matches!(e, Event::RoomEnded { .. }));
         self.publish(effects).await?;
         if archive {
             self.inner
@@ -456,7 +678,139 @@ impl Control {
                 .await?;
             tracing::info!(room = %id, "room ended");
         }
-        after.ok_or_else(|| ControlError::unavailable("the store returned no room"))
+        let after = after.ok_or_else(|| ControlError::unavailable("the store returned no room"))?;
+        if ended && after.room.schedule.repeat.is_some() {
+            // Only the command that ended it gets here: one next occurrence per occurrence.
+            if let Err(e) = self.schedule_next(&after).await {
+                tracing::warn!(room = %id, error = %e, "next occurrence not scheduled");
+            }
+        }
+        Ok(after)
+    }
+
+    /// Schedules the next occurrence of a recurring room that just ended or expired: a new
+    /// room with the same description, schedule and line-up, in the same series.
+    async fn schedule_next(&self, ended: &RoomDoc) -> Result<Option<RoomId>, ControlError> {
+        let now = now_ms();
+        let Some(at) = crate::schedule::next_occurrence(&ended.room, now)? else {
+            return Ok(None);
+        };
+        let store = &self.inner.store;
+        let lineup = store.lineup(&ended.room.id, model::MAX_LINEUP).await?;
+        let mut doc = RoomDoc::new(Room {
+            id: RoomId::random(),
+            state: RoomState::Scheduled,
+            created_at: now,
+            scheduled_for: Some(at),
+            started_at: None,
+            ended_at: None,
+            empty_since: None,
+            reminded: false,
+            series: Some(
+                ended
+                    .room
+                    .series
+                    .clone()
+                    .unwrap_or_else(|| ended.room.id.clone()),
+            ),
+            ..ended.room.clone()
+        });
+        doc.lineup = lineup.into_iter().collect();
+        let host = &doc.room.host;
+        if let Some(name) = ended.stats.names.get(host) {
+            doc.stats.names.insert(host.clone(), name.clone());
+        }
+        store.insert_room(&doc).await?;
+        let id = doc.room.id.clone();
+        let events = vec![Event::RoomCreated {
+            room: id.clone(),
+            title: doc.room.title.clone(),
+            scheduled_for: doc.room.scheduled_for,
+        }];
+        self.announce(&events, doc.room.series.as_ref());
+        self.publish(Effects {
+            events,
+            ..Default::default()
+        })
+        .await?;
+        tracing::info!(room = %id, previous = %ended.room.id, "next occurrence scheduled");
+        Ok(Some(id))
+    }
+
+    /// Changes a room's description, limits or schedule (host or co-host; a server may too),
+    /// checked as at creation.
+    pub async fn edit(
+        &self,
+        actor: &Actor,
+        id: &RoomId,
+        changes: RoomChanges,
+    ) -> Result<RoomDoc, ControlError> {
+        let text = |field, v: Option<String>, min, max| {
+            v.map(|v| model::text(field, &v, min, max)).transpose()
+        };
+        let limit = self.inner.config.max_participants;
+        let now = now_ms();
+        let (scheduled_for, schedule) =
+            if changes.scheduled_for.is_some() || changes.schedule.is_some() {
+                let current = self.room_in(id, &Scope::header()).await?.room;
+                let schedule = changes.schedule.clone().unwrap_or(current.schedule);
+                let at = check_schedule(
+                    changes.scheduled_for.or(current.scheduled_for),
+                    &schedule,
+                    now,
+                )?;
+                (at, changes.schedule)
+            } else {
+                (None, None)
+            };
+        let edit = room::Edit {
+            title: text("title", changes.title, 1, model::MAX_TITLE)?,
+            topic: text("topic", changes.topic, 0, model::MAX_TOPIC)?,
+            description: text(
+                "description",
+                changes.description,
+                0,
+                model::MAX_DESCRIPTION,
+            )?,
+            kind: changes.kind,
+            speaker_mode: changes.speaker_mode,
+            max_participants: changes
+                .max_participants
+                .map(|m| check_max(m, limit))
+                .transpose()?,
+            scheduled_for,
+            schedule,
+        };
+        self.act(actor, id, Command::Edit(edit)).await
+    }
+
+    /// The schedule rules in force.
+    pub fn schedule_rules(&self) -> crate::schedule::Rules {
+        self.inner.config.schedule_rules()
+    }
+
+    /// Acts on scheduled rooms whose time has come (at `now`): reminders, auto-starts,
+    /// expiries. Returns how many rooms it acted on.
+    pub async fn run_schedules(&self, now: u64) -> Result<usize, ControlError> {
+        let rules = self.schedule_rules();
+        let mut acted = 0;
+        for doc in self.rooms(&[RoomState::Scheduled]).await? {
+            let id = &doc.room.id;
+            let command = match crate::schedule::due(&doc.room, now, &rules) {
+                None => continue,
+                Some(crate::schedule::Due::Remind) => Command::Remind,
+                Some(crate::schedule::Due::Start) => Command::Start,
+                Some(crate::schedule::Due::Expire) => {
+                    tracing::info!(room = %id, "scheduled room expired unstarted");
+                    Command::End
+                }
+            };
+            match self.act(&Actor::System, id, command).await {
+                Ok(_) => acted += 1,
+                Err(e) => tracing::warn!(room = %id, error = %e, "schedule not applied"),
+            }
+        }
+        Ok(acted)
     }
 
     async fn publish(&self, effects: Effects) -> Result<(), ControlError> {
@@ -469,6 +823,7 @@ impl Control {
                 origin: self.inner.instance.clone(),
                 media: effects.media,
                 events: effects.events,
+                notices: Vec::new(),
             })
             .await
     }
@@ -669,6 +1024,7 @@ impl Control {
             now: now_ms(),
             follows_host: false,
             kick_cooldown_ms: self.inner.config.kick_cooldown * 1000,
+            open_window_ms: self.inner.config.schedule_open_window * 1000,
         };
         metrics::histogram!(crate::telemetry::MEDIA_EVENTS_GROUP).record(commands.len() as f64);
         let mut effects = self
@@ -714,10 +1070,18 @@ impl Control {
     }
 
     /// Starts or stops following a user or room.
+    /// Following an occurrence of a recurring room follows its series (its first room), so
+    /// that the reminders of every later occurrence reach the follower.
     pub async fn follow(&self, user: &UserId, what: &Follow, on: bool) -> Result<(), ControlError> {
-        if let Follow::Room(r) = what {
-            self.room(r).await?;
-        }
+        let series;
+        let what = match what {
+            Follow::Room(r) => {
+                let doc = self.room_in(r, &Scope::header()).await?;
+                series = doc.room.series.map(Follow::Room);
+                series.as_ref().unwrap_or(what)
+            }
+            Follow::User(_) => what,
+        };
         if *what == Follow::User(user.clone()) {
             return Err(ControlError::bad_request(
                 "invalid_follow",
@@ -880,6 +1244,9 @@ async fn consume(inner: std::sync::Weak<Inner>, mut rx: broadcast::Receiver<BusM
         for event in message.events {
             let _ = inner.events.send(event);
         }
+        for (users, notification) in &message.notices {
+            inner.streams.deliver(users, notification);
+        }
     }
 }
 
@@ -923,6 +1290,9 @@ async fn sweep(inner: std::sync::Weak<Inner>) {
         }
         let present = rooms.iter().map(|d| d.counts().present as usize).sum();
         crate::telemetry::rooms(rooms.len(), None, present);
+        if let Err(e) = control.run_schedules(now).await {
+            tracing::warn!(error = %e, "cannot run schedules");
+        }
         if sweeps % PRUNE_EVERY == 1
             && let Err(e) = control.prune().await
         {

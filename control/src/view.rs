@@ -83,6 +83,12 @@ pub struct RoomView {
     pub created_at: u64,
     /// Unix ms it is scheduled for.
     pub scheduled_for: Option<u64>,
+    /// Auto-start and recurrence.
+    pub schedule: crate::schedule::Schedule,
+    /// The first room of its recurring series (later occurrences only).
+    pub series: Option<String>,
+    /// Lined up with this role (the caller's own entry of the line-up).
+    pub your_lineup: Option<Role>,
     /// Unix ms it went live.
     pub started_at: Option<u64>,
     /// Unix ms it ended.
@@ -344,6 +350,9 @@ pub fn room(doc: &RoomDoc, viewer: Option<&UserId>, extras: Option<&Extras>) -> 
         state: r.state,
         created_at: r.created_at,
         scheduled_for: r.scheduled_for,
+        schedule: r.schedule.clone(),
+        series: r.series.as_ref().map(ToString::to_string),
+        your_lineup: viewer.and_then(|u| doc.lineup.get(u).copied()),
         started_at: r.started_at,
         ended_at: r.ended_at,
         listeners: counts.listeners,

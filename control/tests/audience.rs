@@ -91,6 +91,7 @@ async fn scenario(control: Control) {
                 max_participants: None,
                 scheduled_for: None,
                 host: None,
+                schedule: Default::default(),
             },
         )
         .await
