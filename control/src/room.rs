@@ -394,7 +394,15 @@ fn own(
     check(doc, &actor, action)?;
     let room = doc.room.id.clone();
     match action {
-        Action::Leave => leave(doc, u, cx, fx),
+        Action::Leave => {
+            leave(doc, u, cx, fx);
+            // Leaving ends the media session too: nobody stays connected (and publishing)
+            // without a membership the moderators can act on.
+            fx.media.push(MediaCommand::Remove {
+                room,
+                user: u.clone(),
+            });
+        }
         Action::RaiseHand => {
             live(doc)?;
             let mode_ok = match doc.room.speaker_mode {
@@ -587,14 +595,13 @@ fn moderate(
             } else {
                 doc.bans.insert(target.clone());
             }
-            let was_member = doc.members.contains_key(&target);
             leave(doc, &target, cx, fx);
-            if was_member {
-                fx.media.push(MediaCommand::Remove {
-                    room: room.clone(),
-                    user: target.clone(),
-                });
-            }
+            // Whoever is connected under that identity goes, member or not (the media plane
+            // is the source of presence; the books may be behind it).
+            fx.media.push(MediaCommand::Remove {
+                room: room.clone(),
+                user: target.clone(),
+            });
             fx.events.push(Event::Removed {
                 room,
                 user: target,

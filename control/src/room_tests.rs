@@ -229,6 +229,37 @@ fn kick_blocks_rejoin_for_the_cooldown_and_ban_until_unbanned() {
 }
 
 #[test]
+fn leaving_ends_the_media_session_and_a_ban_reaches_whoever_is_connected() {
+    let mut d = live_stage();
+    let remove = |fx: &Effects, who: &str| {
+        fx.media
+            .iter()
+            .any(|m| matches!(m, MediaCommand::Remove { user, .. } if *user == uid(who)))
+    };
+    run(
+        &mut d,
+        "host",
+        Command::Target(Action::InviteToSpeak, uid("ann")),
+        MINUTE,
+    )
+    .unwrap();
+    // A speaker who leaves is disconnected: no publishing without a membership.
+    let fx = run(&mut d, "ann", Command::Own(Action::Leave), MINUTE).unwrap();
+    assert!(remove(&fx, "ann"), "{fx:?}");
+    assert!(!d.members.contains_key(&uid("ann")));
+    // A ban after the leave still disconnects anyone connected under that identity.
+    let fx = run(
+        &mut d,
+        "host",
+        Command::Target(Action::Ban, uid("ann")),
+        2 * MINUTE,
+    )
+    .unwrap();
+    assert!(remove(&fx, "ann"), "{fx:?}");
+    assert!(d.bans.contains(&uid("ann")));
+}
+
+#[test]
 fn co_hosts_cannot_touch_the_host_or_each_other() {
     let mut d = live_stage();
     join(&mut d, "cy", 1).unwrap();
