@@ -13,7 +13,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use livekit_protocol as lk;
 use serde_json::{Value, json};
@@ -32,6 +32,10 @@ fn user_token(id: &str, name: &str) -> String {
     keys()
         .user_token(&UserId::parse(id).unwrap(), name, Duration::from_secs(3600))
         .unwrap()
+}
+
+fn server_token() -> String {
+    keys().server_token(Duration::from_secs(3600)).unwrap()
 }
 
 /// Writes a config with the test keys and `[control]` settings.
@@ -180,4 +184,138 @@ fn leaving_ends_the_media_session_and_bans_still_reach_the_leaver() {
     assert_eq!(room["members"], 1, "{room}");
     assert_eq!(room["state"], "live");
     host_session.ping();
+}
+
+/// Every event `stream` delivers until the room's `room_ended`.
+fn events_until_end(stream: &mut SignalClient, room: &str) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    loop {
+        assert!(Instant::now() < deadline, "no room_ended; saw {seen:?}");
+        let text = stream.next_text().expect("an event");
+        let event: Value = serde_json::from_str(&text).unwrap();
+        let end = event["type"] == "room_ended" && event["room"] == room;
+        seen.push(event);
+        if end {
+            return seen;
+        }
+    }
+}
+
+fn kinds(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| {
+            let user = e["user"]
+                .as_str()
+                .map_or(String::new(), |u| format!(":{u}"));
+            format!("{}{user}", e["type"].as_str().unwrap_or("?"))
+        })
+        .collect()
+}
+
+#[test]
+fn the_event_stream_shows_each_viewer_only_what_the_room_view_shows() {
+    let (stoa, _dir) = start("hostile-events");
+    let addr = stoa.addr;
+    let host = user_token("hana", "Hana");
+    let id = create_room(addr, &host, json!({"title": "Watched"}));
+    ok(addr, "POST", &format!("/api/rooms/{id}/token"), &host, None);
+    let lee = user_token("lee", "Lee");
+    ok(addr, "POST", &format!("/api/rooms/{id}/token"), &lee, None);
+    let outsider = user_token("olga", "Olga");
+    let mo = user_token("mo", "Mo");
+
+    // A room that does not exist cannot be watched.
+    let missing = SignalClient::open(
+        addr,
+        &format!("/api/events?room=RnotAroom&access_token={outsider}"),
+    )
+    .err()
+    .expect("refused");
+    assert!(matches!(missing.0, 400 | 404), "{missing:?}");
+
+    let open = |token: &str, room: bool| {
+        let filter = if room {
+            format!("room={id}&")
+        } else {
+            String::new()
+        };
+        SignalClient::open(addr, &format!("/api/events?{filter}access_token={token}"))
+            .expect("event stream")
+    };
+    let mut host_events = open(&host, true);
+    let mut lee_events = open(&lee, true);
+    let mut outsider_all = open(&outsider, false);
+    let mut outsider_room = open(&outsider, true);
+    let mut mo_events = open(&mo, true);
+    // Each stream subscribed before its upgrade was answered: nothing below is missed.
+    let mut server_events = open(&server_token(), false);
+
+    ok(addr, "POST", &format!("/api/rooms/{id}/token"), &mo, None);
+    ok(addr, "POST", &format!("/api/rooms/{id}/hand"), &mo, None);
+    ok(
+        addr,
+        "POST",
+        &format!("/api/rooms/{id}/members/mo/approve_hand"),
+        &host,
+        None,
+    );
+    ok(
+        addr,
+        "POST",
+        &format!("/api/rooms/{id}/reactions"),
+        &lee,
+        Some(json!({"emoji": "👏"})),
+    );
+    ok(
+        addr,
+        "POST",
+        &format!("/api/rooms/{id}/members/troll/ban"),
+        &host,
+        None,
+    );
+    ok(addr, "POST", &format!("/api/rooms/{id}/end"), &host, None);
+
+    let host_saw = kinds(&events_until_end(&mut host_events, &id));
+    let lee_saw = kinds(&events_until_end(&mut lee_events, &id));
+    let outsider_saw = kinds(&events_until_end(&mut outsider_all, &id));
+    let outsider_room_saw = kinds(&events_until_end(&mut outsider_room, &id));
+    let mo_saw = kinds(&events_until_end(&mut mo_events, &id));
+    let server_saw = kinds(&events_until_end(&mut server_events, &id));
+
+    // The host sees what a moderator's room view shows: hands, roles, removals by user id.
+    for want in ["hand:mo", "role:mo", "removed:troll", "reaction:lee"] {
+        assert!(host_saw.iter().any(|k| k == want), "host: {host_saw:?}");
+        assert!(
+            server_saw.iter().any(|k| k == want),
+            "server: {server_saw:?}"
+        );
+    }
+    // Mo sees his own hand and role; a listener sees the room's reactions, nobody's hand,
+    // role or removal.
+    assert!(mo_saw.iter().any(|k| k == "hand:mo"), "mo: {mo_saw:?}");
+    assert!(mo_saw.iter().any(|k| k == "role:mo"), "mo: {mo_saw:?}");
+    assert!(
+        !mo_saw.iter().any(|k| k == "removed:troll"),
+        "mo: {mo_saw:?}"
+    );
+    assert!(
+        lee_saw.iter().any(|k| k == "reaction:lee"),
+        "lee: {lee_saw:?}"
+    );
+    for secret in ["hand:", "role:", "removed:"] {
+        assert!(
+            !lee_saw.iter().any(|k| k.starts_with(secret)),
+            "a listener saw {secret} events: {lee_saw:?}"
+        );
+    }
+    // Someone in no room sees the directory's facts only: the room ending, audience counts.
+    for saw in [&outsider_saw, &outsider_room_saw] {
+        assert!(
+            saw.iter()
+                .all(|k| k == "room_ended" || k == "audience" || k.starts_with("room_")),
+            "an outsider saw {saw:?}"
+        );
+    }
 }

@@ -839,30 +839,98 @@ pub struct EventsQuery {
 }
 
 #[utoipa::path(get, path = "/api/events", params(EventsQuery),
-    responses((status = 101, description = "WebSocket of JSON events", body = Event), (status = 401, body = ErrorBody)))]
+    responses((status = 101, description = "WebSocket of JSON events: each filtered through the room view's visibility rule for the caller", body = Event),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn events(
     State(c): State<Control>,
-    _caller: Caller,
+    caller: Caller,
     Query(q): Query<EventsQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ControlError> {
     let room = q.room.as_deref().map(room_id).transpose()?;
+    if let Some(id) = &room {
+        // Subscribing to a room needs the right to see it.
+        c.room_in(id, &Scope::header()).await?;
+    }
     let rx = c.events();
+    let viewer = caller.viewer().cloned();
+    let filter = EventFilter {
+        control: c,
+        viewer,
+        sights: std::collections::HashMap::new(),
+    };
     Ok(ws
         .max_message_size(MAX_BODY)
-        .on_upgrade(move |socket| stream_events(socket, rx, room)))
+        .on_upgrade(move |socket| stream_events(socket, rx, room, filter)))
+}
+
+/// How long a subscriber's sight of a room is trusted before it is read again.
+const SIGHT_TTL_MS: u64 = 2_000;
+/// Rooms whose sight one subscriber remembers.
+const SIGHTS_KEPT: usize = 256;
+
+/// One subscriber's view of the event stream: every event passes [`view::sees`] with the
+/// subscriber's [`view::Sight`] of its room, read from the store (the viewer's own record) and
+/// remembered briefly.
+struct EventFilter {
+    control: Control,
+    /// `None`: a server token, which sees everything.
+    viewer: Option<UserId>,
+    /// Sight per room and the unix ms it was read.
+    sights: std::collections::HashMap<RoomId, (view::Sight, u64)>,
+}
+
+impl EventFilter {
+    async fn admits(&mut self, e: &Event) -> bool {
+        let Some(viewer) = self.viewer.clone() else {
+            return true;
+        };
+        if !view::in_room(e) {
+            return true;
+        }
+        let room = event_room(e).clone();
+        let sight = match self.sights.get(&room) {
+            Some(&(sight, at)) if now_ms().saturating_sub(at) < SIGHT_TTL_MS => sight,
+            _ => {
+                let sight = match self
+                    .control
+                    .room_in(&room, &Scope::users([viewer.clone()]))
+                    .await
+                {
+                    Ok(doc) => view::sight(&doc, Some(&viewer)),
+                    Err(_) => view::Sight::Outsider,
+                };
+                if self.sights.len() >= SIGHTS_KEPT {
+                    self.sights.clear();
+                }
+                self.sights.insert(room.clone(), (sight, now_ms()));
+                sight
+            }
+        };
+        let admitted = view::sees(sight, Some(&viewer), e);
+        // An event about the viewer may change what they see next.
+        if matches!(e, Event::Hand { user, .. } | Event::Role { user, .. } | Event::Removed { user, .. } if *user == viewer)
+        {
+            self.sights.remove(&room);
+        }
+        admitted
+    }
 }
 
 async fn stream_events(
     mut socket: WebSocket,
     mut rx: tokio::sync::broadcast::Receiver<Event>,
     room: Option<RoomId>,
+    mut filter: EventFilter,
 ) {
     loop {
         tokio::select! {
             event = rx.recv() => match event {
                 Ok(e) => {
                     if room.as_ref().is_some_and(|r| event_room(&e) != r) {
+                        continue;
+                    }
+                    if !filter.admits(&e).await {
                         continue;
                     }
                     let Ok(text) = serde_json::to_string(&e) else { continue };

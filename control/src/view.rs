@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::events::Event;
 use crate::model::{Role, RoomDoc, RoomKind, RoomState, RoomStats, SpeakerMode, UserId};
 use crate::store::AudiencePage;
 
@@ -240,10 +241,56 @@ pub fn audience(page: &AudiencePage) -> AudienceView {
 /// Whether `viewer` (a user, or `None` for a server) moderates the room: the host, a co-host
 /// (needs the viewer's record loaded), or a server.
 pub fn moderates(doc: &RoomDoc, viewer: Option<&UserId>) -> bool {
-    match viewer {
-        None => true,
-        Some(u) => doc.members.get(u).is_some_and(|m| m.role.moderates()) || doc.room.host == *u,
+    sight(doc, viewer) == Sight::Moderator
+}
+
+/// How much of a room a viewer sees: the one rule behind the room view, the statistics and
+/// the event stream (`/api/events`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Sight {
+    /// Signed in, not in the room: what the directory shows (header, counts, stage).
+    Outsider,
+    /// A member: also their own membership and what happens in the room (reactions, mutes).
+    Member,
+    /// The host, a co-host or a server: also raised hands, the audience, removals and roles
+    /// by user id.
+    Moderator,
+}
+
+/// What `viewer` (a user, or `None` for a server) sees of the room, from a document holding
+/// at least the viewer's record.
+pub fn sight(doc: &RoomDoc, viewer: Option<&UserId>) -> Sight {
+    let Some(u) = viewer else {
+        return Sight::Moderator;
+    };
+    match doc.members.get(u) {
+        Some(m) if m.role.moderates() => Sight::Moderator,
+        _ if doc.room.host == *u => Sight::Moderator,
+        Some(_) => Sight::Member,
+        None => Sight::Outsider,
     }
+}
+
+/// Whether a viewer who sees the event's room with `sight` receives `event` on `/api/events`:
+/// the room view's rule applied to deltas. Lifecycle and audience counts are directory facts
+/// (anyone); reactions and mutes happen in front of the members; hands, role changes and
+/// removals name people the way only a moderator's view does, and the person concerned.
+pub fn sees(sight: Sight, viewer: Option<&UserId>, event: &Event) -> bool {
+    match event {
+        Event::RoomCreated { .. }
+        | Event::RoomLive { .. }
+        | Event::RoomEnded { .. }
+        | Event::Audience { .. } => true,
+        Event::Reaction { .. } | Event::Muted { .. } => sight >= Sight::Member,
+        Event::Hand { user, .. } | Event::Role { user, .. } | Event::Removed { user, .. } => {
+            sight == Sight::Moderator || viewer == Some(user)
+        }
+    }
+}
+
+/// Whether `event` can need more than the directory's sight (a membership lookup).
+pub fn in_room(event: &Event) -> bool {
+    !sees(Sight::Outsider, None, event)
 }
 
 /// The room as `viewer` (a user id, or `None` for a server) sees it, from a document holding
