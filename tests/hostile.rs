@@ -319,3 +319,52 @@ fn the_event_stream_shows_each_viewer_only_what_the_room_view_shows() {
         );
     }
 }
+
+#[test]
+fn statistics_are_for_the_host_co_hosts_and_members_only() {
+    let (stoa, _dir) = start("hostile-stats");
+    let addr = stoa.addr;
+    let host = user_token("hana", "Hana");
+    let id = create_room(addr, &host, json!({"title": "Counted"}));
+    ok(addr, "POST", &format!("/api/rooms/{id}/token"), &host, None);
+    let co = user_token("cody", "Cody");
+    ok(addr, "POST", &format!("/api/rooms/{id}/token"), &co, None);
+    ok(
+        addr,
+        "POST",
+        &format!("/api/rooms/{id}/members/cody/add_co_host"),
+        &host,
+        None,
+    );
+    let lee = user_token("lee", "Lee");
+    ok(addr, "POST", &format!("/api/rooms/{id}/token"), &lee, None);
+    let outsider = user_token("olga", "Olga");
+    let stats = format!("/api/rooms/{id}/stats");
+
+    for who in [&host, &co, &server_token()] {
+        let s = ok(addr, "GET", &stats, who, None);
+        assert!(s["stage_ms"]["cody"].as_u64().is_some(), "{s}");
+        assert!(s["speaking_ms"].is_object(), "{s}");
+    }
+    // A member reads the room's summary, without per-user speaking time.
+    let s = ok(addr, "GET", &stats, &lee, None);
+    assert_eq!(s["speaking_ms"], json!({}), "{s}");
+    assert!(s["total_joins"].as_u64().is_some_and(|n| n >= 3), "{s}");
+    // Someone in no room gets nothing of a running room.
+    refused(addr, "GET", &stats, &outsider, 403, "not_allowed");
+    // A host's totals are the host's own.
+    let hana_stats = "/api/users/hana/stats";
+    assert_eq!(ok(addr, "GET", hana_stats, &host, None)["rooms"], 1);
+    assert_eq!(
+        ok(addr, "GET", hana_stats, &server_token(), None)["rooms"],
+        1
+    );
+    for who in [&co, &lee, &outsider] {
+        refused(addr, "GET", hana_stats, who, 403, "not_allowed");
+    }
+    // Once ended, the summary is the room's public record (the ended page shows it).
+    ok(addr, "POST", &format!("/api/rooms/{id}/end"), &host, None);
+    let s = ok(addr, "GET", &stats, &outsider, None);
+    assert_eq!(s["speaking_ms"], json!({}), "{s}");
+    assert!(s["stage_ms"]["hana"].as_u64().is_some(), "{s}");
+}

@@ -617,27 +617,47 @@ async fn moderate(
     run(&c, &caller, &id, Command::Target(action, target)).await
 }
 
+/// A room's statistics. Hosts, co-hosts and servers read them whole; a member reads the
+/// room's summary (totals and time on stage, no per-user speaking time), as anyone does once
+/// the room has ended (the ended page's summary); anyone else is refused.
 #[utoipa::path(get, path = "/api/rooms/{id}/stats", params(("id" = String, Path, description = "Room id")),
     responses((status = 200, body = StatsView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn room_stats(
     State(c): State<Control>,
-    _caller: Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<StatsView>, ControlError> {
+    let viewer = caller.viewer();
     let doc = c
-        .room_in(&room_id(&id)?, &Scope::header().with_stage())
+        .room_in(&room_id(&id)?, &Scope::users(viewer.cloned()).with_stage())
         .await?;
-    Ok(Json(view::stats(&doc, now_ms())))
+    let ended = matches!(doc.room.state, RoomState::Ended | RoomState::Archived);
+    match view::sight(&doc, viewer) {
+        view::Sight::Moderator => Ok(Json(view::stats(&doc, now_ms()))),
+        view::Sight::Member => Ok(Json(view::stats_summary(&doc, now_ms()))),
+        view::Sight::Outsider if ended => Ok(Json(view::stats_summary(&doc, now_ms()))),
+        view::Sight::Outsider => Err(ControlError::forbidden(
+            "not_allowed",
+            "only the room's members see its statistics while it runs",
+        )),
+    }
 }
 
+/// A host's totals: the host and servers only.
 #[utoipa::path(get, path = "/api/users/{id}/stats", params(("id" = String, Path, description = "Host user id")),
-    responses((status = 200, body = HostStatsView), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = HostStatsView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn host_stats(
     State(c): State<Control>,
-    _caller: Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<HostStatsView>, ControlError> {
     let host = UserId::parse(&id)?;
+    if caller.viewer().is_some_and(|v| *v != host) {
+        return Err(ControlError::forbidden(
+            "not_allowed",
+            "a host's statistics are for that host only",
+        ));
+    }
     let docs = c
         .rooms(&[
             RoomState::Scheduled,

@@ -439,6 +439,17 @@ pub fn stats(doc: &RoomDoc, now: u64) -> StatsView {
     }
 }
 
+/// What a member (or anyone, once the room has ended) sees of a room's statistics: the totals
+/// and who was on stage for how long (the stage is public), without per-user speaking time.
+pub fn stats_summary(doc: &RoomDoc, now: u64) -> StatsView {
+    let mut s = stats(doc, now);
+    s.speaking_ms.clear();
+    let stage = &s.stage_ms;
+    let host = &doc.room.host;
+    s.names.retain(|u, _| stage.contains_key(u) || u == host);
+    s
+}
+
 /// A host's totals over `rooms` (those they host).
 pub fn host_stats(host: &UserId, rooms: &[RoomDoc], now: u64) -> HostStatsView {
     let mut v = HostStatsView {
