@@ -69,6 +69,7 @@ impl MediaPlane for LocalMedia {
                     .map_err(media_err)?;
                 let mut permission = current.permission.unwrap_or_default();
                 permission.can_publish = *can_publish;
+                permission.can_publish_data = *can_publish;
                 let update = ParticipantUpdate {
                     attributes: attributes
                         .iter()
@@ -103,7 +104,11 @@ impl MediaPlane for LocalMedia {
                 let data = SendData {
                     payload: payload.to_string().into_bytes(),
                     reliable: true,
-                    topic: Some("stoa.reaction".to_owned()),
+                    topic: Some(
+                        stoa_signaling::proto::RESERVED_TOPIC_PREFIX.to_owned() + "reaction",
+                    ),
+                    // The server vouches for the sender: clients read it from the packet.
+                    sender_identity: Some(user.to_string()),
                     ..Default::default()
                 };
                 s.send_data(room.as_str(), data).await.map_err(media_err)
@@ -122,6 +127,8 @@ impl Admission for ControlAdmission {
                 Ok(None) => Ok(None),
                 Ok(Some((can_publish, attributes))) => Ok(Some(Admitted {
                     can_publish,
+                    // Listeners send no data to the room (reactions go through the API).
+                    can_publish_data: can_publish,
                     attributes: attributes.into_iter().collect(),
                 })),
                 Err(e) => Err(stoa_signaling::service::Refused {

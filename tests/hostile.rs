@@ -124,6 +124,10 @@ fn permission(p: &lk::ParticipantInfo) -> lk::ParticipantPermission {
     p.permission.clone().unwrap_or_default()
 }
 
+fn attr<'a>(p: &'a lk::ParticipantInfo, key: &str) -> &'a str {
+    p.attributes.get(key).map_or("", String::as_str)
+}
+
 #[test]
 fn leaving_ends_the_media_session_and_bans_still_reach_the_leaver() {
     let (stoa, _dir) = start("hostile-leave");
@@ -367,4 +371,55 @@ fn statistics_are_for_the_host_co_hosts_and_members_only() {
     let s = ok(addr, "GET", &stats, &outsider, None);
     assert_eq!(s["speaking_ms"], json!({}), "{s}");
     assert!(s["stage_ms"]["hana"].as_u64().is_some(), "{s}");
+}
+
+#[test]
+fn listeners_get_no_data_permission_until_they_are_on_stage() {
+    let (stoa, _dir) = start("hostile-data");
+    let addr = stoa.addr;
+    let host = user_token("hana", "Hana");
+    let id = create_room(addr, &host, json!({"title": "Quiet please"}));
+    let (_host_session, host_join, _) = join_live(addr, &id, &host);
+    assert!(permission(host_join.participant.as_ref().unwrap()).can_publish_data);
+    let lee = user_token("lee", "Lee");
+    let (mut lee_session, lee_join, lee_media) = join_live(addr, &id, &lee);
+    let me = permission(lee_join.participant.as_ref().unwrap());
+    assert!(
+        !me.can_publish && !me.can_publish_data,
+        "a listener may send nothing to the room: {me:?}"
+    );
+    // The minted token itself grants no data either (whatever client presents it).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = stoa_signaling::token::ApiKeys::new([(KEY, SECRET)])
+        .verify(&lee_media, now)
+        .unwrap();
+    assert_eq!(claims.video.can_publish_data, Some(false), "{claims:?}");
+
+    // On stage: audio and data; back in the audience: neither, on the same session.
+    ok(addr, "POST", &format!("/api/rooms/{id}/hand"), &lee, None);
+    ok(
+        addr,
+        "POST",
+        &format!("/api/rooms/{id}/members/lee/approve_hand"),
+        &host,
+        None,
+    );
+    lee_session.wait_participant("lee", "publish and data permission", |p| {
+        let x = permission(p);
+        x.can_publish && x.can_publish_data && attr(p, "role") == "speaker"
+    });
+    ok(
+        addr,
+        "POST",
+        &format!("/api/rooms/{id}/members/lee/move_to_audience"),
+        &host,
+        None,
+    );
+    lee_session.wait_participant("lee", "both revoked", |p| {
+        let x = permission(p);
+        !x.can_publish && !x.can_publish_data
+    });
 }
