@@ -423,3 +423,59 @@ fn listeners_get_no_data_permission_until_they_are_on_stage() {
         !x.can_publish && !x.can_publish_data
     });
 }
+
+#[test]
+fn seats_taken_and_never_used_go_to_the_next_person_after_the_grace() {
+    let dir = scratch_dir("hostile-seats");
+    let stoa = Stoa::start(
+        &config(&dir, "seat_grace = 1"),
+        &[("STOA_DATA_DIR", dir.to_str().unwrap())],
+    );
+    let addr = stoa.addr;
+    let host = user_token("hana", "Hana");
+    let id = create_room(
+        addr,
+        &host,
+        json!({"title": "Two seats", "max_participants": 2}),
+    );
+    ok(addr, "POST", &format!("/api/rooms/{id}/token"), &host, None);
+    // Lee takes a seat and never connects.
+    let lee = user_token("lee", "Lee");
+    let grant = ok(addr, "POST", &format!("/api/rooms/{id}/token"), &lee, None);
+    let lee_media = grant["token"].as_str().unwrap().to_owned();
+    let kim = user_token("kim", "Kim");
+    refused(
+        addr,
+        "POST",
+        &format!("/api/rooms/{id}/token"),
+        &kim,
+        422,
+        "room_full",
+    );
+    // Past the grace the seat is Kim's; Lee's unused token no longer opens a session.
+    std::thread::sleep(Duration::from_millis(1_200));
+    ok(addr, "POST", &format!("/api/rooms/{id}/token"), &kim, None);
+    let (status, why) = SignalClient::connect(addr, &lee_media)
+        .err()
+        .expect("the ghost's media token is refused");
+    assert_eq!(status, 403, "{why}");
+    let room = ok(addr, "GET", &format!("/api/rooms/{id}"), &lee, None);
+    assert!(room["you"].is_null(), "{room}");
+    assert_eq!(room["members"], 2, "{room}");
+    // The host's own seat is never given away, and a full room stays full.
+    let mo = user_token("mo", "Mo");
+    std::thread::sleep(Duration::from_millis(1_200));
+    ok(addr, "POST", &format!("/api/rooms/{id}/token"), &mo, None);
+    let room = ok(addr, "GET", &format!("/api/rooms/{id}"), &host, None);
+    assert_eq!(room["you"]["role"], "host", "{room}");
+    let (_, metrics) = request(addr, "GET", "/metrics", None, None);
+    assert!(
+        metrics.contains("control_seats_released_total 2"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("seats"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

@@ -33,6 +33,10 @@ pub struct ControlConfig {
     pub presence_ttl: u64,
     /// Seconds a kicked user may not rejoin.
     pub kick_cooldown: u64,
+    /// Seconds a member's seat is held for them without a media connection: after they take
+    /// their token, and after their session drops without `/leave`. Past it, a full room gives
+    /// the seat to someone else (and the member must join again).
+    pub seat_grace: u64,
     /// Lifetime of minted media tokens (seconds).
     pub token_ttl: u64,
     /// Lifetime of guest user tokens (seconds).
@@ -62,6 +66,7 @@ impl Default for ControlConfig {
             empty_timeout: 300,
             presence_ttl: 30,
             kick_cooldown: 300,
+            seat_grace: 60,
             token_ttl: 600,
             user_token_ttl: 7 * 24 * 3600,
             invite_ttl: 7 * 24 * 3600,
@@ -83,12 +88,13 @@ impl ControlConfig {
             ));
         }
         if self.kick_cooldown == 0
+            || self.seat_grace == 0
             || self.token_ttl == 0
             || self.max_participants == 0
             || self.presence_ttl == 0
         {
             return Err(
-                "control.kick_cooldown, token_ttl, presence_ttl and max_participants must be above 0"
+                "control.kick_cooldown, seat_grace, token_ttl, presence_ttl and max_participants must be above 0"
                     .into(),
             );
         }

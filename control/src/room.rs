@@ -50,6 +50,9 @@ pub enum Command {
     /// The media plane of `instance` saw the user disconnect, or `instance` died. Ignored when
     /// the user is connected through another instance by now.
     Disconnected(UserId, String),
+    /// Give up the seats of those of these members who hold none any more (see
+    /// [`Member::is_ghost`]): never connected, or dropped, for the seat grace.
+    ReleaseSeats(Vec<UserId>),
 }
 
 /// Inputs other than the document and command.
@@ -61,6 +64,8 @@ pub struct Context {
     pub follows_host: bool,
     /// How long a kicked user stays out (ms).
     pub kick_cooldown_ms: u64,
+    /// How long a seat is held without a media connection (ms).
+    pub seat_grace_ms: u64,
 }
 
 /// What a command requires of the world outside the document.
@@ -92,6 +97,7 @@ pub fn scope(actor: &Actor, command: &Command, host: Option<&UserId>) -> Scope {
         Command::Connected(u, _) | Command::Disconnected(u, _) | Command::Speaking(u, _) => {
             users.push(u.clone());
         }
+        Command::ReleaseSeats(us) => users.extend(us.iter().cloned()),
         Command::Join { .. }
         | Command::Own(_)
         | Command::React { .. }
@@ -159,6 +165,22 @@ pub fn apply(
         Command::Speaking(u, on) => speaking(doc, &u, on, cx),
         Command::Connected(u, instance) => connected(doc, &u, instance, cx, &mut fx),
         Command::Disconnected(u, instance) => disconnected(doc, &u, &instance, cx, &mut fx),
+        Command::ReleaseSeats(users) => {
+            for u in users {
+                if doc
+                    .members
+                    .get(&u)
+                    .is_some_and(|m| m.is_ghost(cx.now, cx.seat_grace_ms))
+                {
+                    leave(doc, &u, cx, &mut fx);
+                    // Should a session exist that the books missed, it goes too.
+                    fx.media.push(MediaCommand::Remove {
+                        room: doc.room.id.clone(),
+                        user: u,
+                    });
+                }
+            }
+        }
     }
     Ok(fx)
 }
@@ -278,6 +300,10 @@ fn join(
     }
     if let Some(member) = doc.members.get_mut(u) {
         member.name = name;
+        if !member.present {
+            // A new token: the seat is held for them again.
+            member.absent_since = Some(cx.now);
+        }
         return Ok(());
     }
     if doc.totals().members >= doc.room.max_participants {
@@ -310,6 +336,7 @@ fn join(
             on_stage_since: role.on_stage().then_some(cx.now),
             instance: None,
             speaking_since: None,
+            absent_since: None,
         },
     );
     doc.stats.total_joins += 1;
@@ -737,6 +764,7 @@ fn connected(doc: &mut RoomDoc, u: &UserId, instance: String, cx: &Context, fx: 
         return;
     };
     m.instance = Some(instance);
+    m.absent_since = None;
     if m.present {
         return;
     }
@@ -763,6 +791,7 @@ fn disconnected(doc: &mut RoomDoc, u: &UserId, instance: &str, cx: &Context, fx:
     }
     m.present = false;
     m.present_since = None;
+    m.absent_since = Some(cx.now);
     if doc.totals().present == 0 && doc.room.state == RoomState::Live {
         doc.room.empty_since = Some(cx.now);
     }

@@ -35,6 +35,7 @@ fn cx(now: u64) -> Context {
         now,
         follows_host: false,
         kick_cooldown_ms: 5 * MINUTE,
+        seat_grace_ms: MINUTE,
     }
 }
 
@@ -352,6 +353,78 @@ fn transfer_host_swaps_roles() {
         "not_allowed"
     );
     run(&mut d, "ann", Command::End, 3).unwrap();
+}
+
+#[test]
+fn seats_of_members_who_never_came_or_dropped_are_released_after_the_grace() {
+    // Room of 4: the host, ann (never connects), bob (connects, then drops), cy (connected).
+    let mut d = live_stage();
+    join(&mut d, "bob", 1).unwrap();
+    join(&mut d, "cy", 1).unwrap();
+    let system = |d: &mut RoomDoc, c: Command, now: u64| apply(d, &Actor::System, c, &cx(now));
+    for who in ["host", "bob", "cy"] {
+        system(&mut d, Command::Connected(uid(who), "i".into()), 2).unwrap();
+    }
+    system(
+        &mut d,
+        Command::Disconnected(uid("bob"), "i".into()),
+        30_000,
+    )
+    .unwrap();
+    assert_eq!(join(&mut d, "dan", 30_001).unwrap_err().code, "room_full");
+    let everyone = || ["host", "ann", "bob", "cy"].map(uid).to_vec();
+    // Within the grace nobody loses a seat.
+    let fx = system(&mut d, Command::ReleaseSeats(everyone()), MINUTE).unwrap();
+    assert!(fx.released.is_empty(), "{fx:?}");
+    assert_eq!(d.members.len(), 4);
+    // Ann's grace ran from her join (1 ms), bob's from his drop (30 s).
+    let fx = system(&mut d, Command::ReleaseSeats(everyone()), MINUTE + 1).unwrap();
+    assert_eq!(fx.released, vec![uid("ann")]);
+    assert!(
+        fx.media
+            .iter()
+            .any(|m| matches!(m, MediaCommand::Remove { user, .. } if *user == uid("ann")))
+    );
+    join(&mut d, "dan", MINUTE + 2).unwrap();
+    assert_eq!(
+        join(&mut d, "eve", MINUTE + 3).unwrap_err().code,
+        "room_full"
+    );
+    // Bob reconnecting in time keeps his seat; dropping again restarts his grace.
+    system(
+        &mut d,
+        Command::Connected(uid("bob"), "i".into()),
+        MINUTE + 10,
+    )
+    .unwrap();
+    system(
+        &mut d,
+        Command::Disconnected(uid("bob"), "i".into()),
+        2 * MINUTE,
+    )
+    .unwrap();
+    let fx = system(&mut d, Command::ReleaseSeats(everyone()), 3 * MINUTE - 1).unwrap();
+    assert!(fx.released.is_empty(), "{fx:?}");
+    // Connected members, and the host whatever their state, are never released.
+    system(
+        &mut d,
+        Command::Disconnected(uid("host"), "i".into()),
+        2 * MINUTE,
+    )
+    .unwrap();
+    let fx = system(&mut d, Command::ReleaseSeats(everyone()), 10 * MINUTE).unwrap();
+    assert_eq!(fx.released, vec![uid("bob")]);
+    assert!(d.members.contains_key(&uid("host")));
+    assert!(d.members.contains_key(&uid("cy")));
+    // A new token holds the seat again for the grace.
+    join(&mut d, "dan", 20 * MINUTE).unwrap();
+    let fx = system(
+        &mut d,
+        Command::ReleaseSeats(vec![uid("dan")]),
+        21 * MINUTE - 1,
+    )
+    .unwrap();
+    assert!(fx.released.is_empty(), "{fx:?}");
 }
 
 #[test]

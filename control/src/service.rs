@@ -22,10 +22,6 @@ use crate::view::{self, RoomView};
 /// How often live rooms are checked for the empty timeout.
 const SWEEP: Duration = Duration::from_secs(5);
 
-/// A newly joined member who has not connected to the media room yet keeps their
-/// one-active-room claim this long.
-const CONNECT_GRACE_MS: u64 = 60_000;
-
 /// Raised hands a moderator's view of a room lists (the first raised).
 pub const HANDS_SHOWN: usize = 40;
 /// Members of the audience on the first page of a moderator's view (more by cursor).
@@ -387,6 +383,7 @@ impl Control {
             now: now_ms(),
             follows_host,
             kick_cooldown_ms: self.inner.config.kick_cooldown * 1000,
+            seat_grace_ms: self.inner.config.seat_grace * 1000,
         };
         let mut after = None;
         let effects = self
@@ -450,13 +447,11 @@ impl Control {
                 ));
             }
         }
-        let joined = self
-            .act(
-                &Actor::User(user.clone()),
-                id,
-                Command::Join { name: name.clone() },
-            )
-            .await;
+        let join = Command::Join { name: name.clone() };
+        let mut joined = self.act(&Actor::User(user.clone()), id, join.clone()).await;
+        if joined.as_ref().is_err_and(|e| e.code == "room_full") && self.release_seats(id).await? {
+            joined = self.act(&Actor::User(user.clone()), id, join).await;
+        }
         let doc = match joined {
             Ok(d) => d,
             Err(e) => {
@@ -486,8 +481,32 @@ impl Control {
         })
     }
 
+    /// Frees the seats of a full room's members who hold none any more: not connected for the
+    /// seat grace since they took their token or their session dropped. Reads the whole room,
+    /// which only a join into a full room does. Returns whether any seat was freed.
+    async fn release_seats(&self, id: &RoomId) -> Result<bool, ControlError> {
+        let now = now_ms();
+        let grace = self.inner.config.seat_grace * 1000;
+        let ghosts: Vec<UserId> = self
+            .room(id)
+            .await?
+            .members
+            .iter()
+            .filter(|(_, m)| m.is_ghost(now, grace))
+            .map(|(u, _)| u.clone())
+            .collect();
+        if ghosts.is_empty() {
+            return Ok(false);
+        }
+        let count = ghosts.len();
+        self.apply_all(id, &[Command::ReleaseSeats(ghosts)]).await?;
+        metrics::counter!(crate::telemetry::SEATS_RELEASED).increment(count as u64);
+        tracing::info!(room = %id, seats = count, "seats of members who never came or dropped released");
+        Ok(true)
+    }
+
     /// Ends `user`'s membership of `other` if they have left it in all but name: not
-    /// connected, and not just joined. Returns whether the claim is gone.
+    /// connected for the seat grace. Returns whether the claim is gone.
     async fn release_stale(&self, user: &UserId, other: &RoomId) -> Result<bool, ControlError> {
         let doc = self
             .inner
@@ -499,7 +518,7 @@ impl Control {
             Some(d) if matches!(d.room.state, RoomState::Ended | RoomState::Archived) => true,
             Some(d) => match d.members.get(user) {
                 None => true,
-                Some(m) => !m.present && now_ms().saturating_sub(m.joined_at) > CONNECT_GRACE_MS,
+                Some(m) => m.is_ghost(now_ms(), self.inner.config.seat_grace * 1000),
             },
         };
         if !stale {
@@ -624,6 +643,7 @@ impl Control {
             now: now_ms(),
             follows_host: false,
             kick_cooldown_ms: self.inner.config.kick_cooldown * 1000,
+            seat_grace_ms: self.inner.config.seat_grace * 1000,
         };
         metrics::histogram!(crate::telemetry::MEDIA_EVENTS_GROUP).record(commands.len() as f64);
         let mut effects = self

@@ -26,6 +26,8 @@ pub const STORE_GROUP: &str = "control_store_commit_changes";
 pub const MEDIA_EVENTS_GROUP: &str = "control_media_events_per_update";
 /// Ended rooms deleted past their retention.
 pub const ROOMS_PRUNED: &str = "control_rooms_pruned_total";
+/// Seats of members who never connected or dropped, given up to a join into a full room.
+pub const SEATS_RELEASED: &str = "control_seats_released_total";
 
 /// `# HELP` texts and units.
 pub fn describe() {
@@ -59,6 +61,11 @@ pub fn describe() {
         ROOMS_PRUNED,
         Unit::Count,
         "Ended rooms deleted after their retention"
+    );
+    describe_counter!(
+        SEATS_RELEASED,
+        Unit::Count,
+        "Seats of members who never connected or dropped, released for a join into a full room"
     );
 }
 

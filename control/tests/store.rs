@@ -55,6 +55,7 @@ fn cx() -> Context {
         now: 1_000,
         follows_host: false,
         kick_cooldown_ms: 300_000,
+        seat_grace_ms: 60_000,
     }
 }
 
