@@ -150,6 +150,11 @@ pub fn spawn_presence(control: Control, mut events: mpsc::Receiver<lk::WebhookEv
     tokio::spawn(async move {
         let mut queued = Vec::with_capacity(PRESENCE_BATCH);
         while events.recv_many(&mut queued, PRESENCE_BATCH).await > 0 {
+            let finished: Vec<String> = queued
+                .iter()
+                .filter(|e| e.event == "room_finished")
+                .filter_map(|e| Some(e.room.as_ref()?.name.clone()))
+                .collect();
             let batch: Vec<(String, String, MediaEvent)> = queued
                 .drain(..)
                 .filter_map(|event| {
@@ -163,6 +168,8 @@ pub fn spawn_presence(control: Control, mut events: mpsc::Receiver<lk::WebhookEv
                         }
                         "speaking_started" => MediaEvent::SpeakingStarted,
                         "speaking_stopped" => MediaEvent::SpeakingStopped,
+                        "track_muted" => MediaEvent::Muted,
+                        "track_unmuted" => MediaEvent::Unmuted,
                         _ => return None,
                     };
                     Some((room.name.clone(), p.identity.clone(), kind))
@@ -170,6 +177,9 @@ pub fn spawn_presence(control: Control, mut events: mpsc::Receiver<lk::WebhookEv
                 .collect();
             if !batch.is_empty() {
                 control.media_events(batch).await;
+            }
+            for room in finished {
+                control.media_room_finished(&room).await;
             }
         }
     });

@@ -479,3 +479,67 @@ fn seats_taken_and_never_used_go_to_the_next_person_after_the_grace() {
             .join("\n")
     );
 }
+
+/// One Twirp RoomService call with a LiveKit server token; (status, JSON body).
+fn twirp(addr: SocketAddr, method: &str, body: Value) -> (u16, Value) {
+    let mut grants = stoa_signaling::token::Claims::default().video;
+    grants.room_create = true;
+    grants.room_list = true;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let jwt =
+        stoa_signaling::token::mint(KEY, SECRET, "", None, grants, Duration::from_secs(600), now)
+            .unwrap();
+    let (status, text) = request(
+        addr,
+        "POST",
+        &format!("/twirp/livekit.RoomService/{method}"),
+        Some(&jwt),
+        Some(&body.to_string()),
+    );
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn media_room(addr: SocketAddr, id: &str) -> Option<Value> {
+    let (status, list) = twirp(addr, "ListRooms", json!({"names": [id]}));
+    assert_eq!(status, 200, "{list}");
+    list["rooms"].as_array()?.first().cloned()
+}
+
+#[test]
+fn the_control_plane_owns_the_room_lifetime_and_its_limits() {
+    let (stoa, _dir) = start("hostile-lifetime");
+    let addr = stoa.addr;
+    let host = user_token("hana", "Hana");
+    let id = create_room(
+        addr,
+        &host,
+        json!({"title": "Small", "max_participants": 3}),
+    );
+    let limit = |r: &Value| {
+        r.get("maxParticipants")
+            .or_else(|| r.get("max_participants"))
+            .and_then(Value::as_u64)
+    };
+    assert_eq!(limit(&media_room(addr, &id).expect("media room")), Some(3));
+    let (mut session, _, _) = join_live(addr, &id, &host);
+    // A server SDK deletes the media room under the live room: everyone is disconnected...
+    let (status, body) = twirp(addr, "DeleteRoom", json!({"room": id}));
+    assert_eq!(status, 200, "{body}");
+    session.wait_for("the room closing", |m| match m {
+        lk::signal_response::Message::Leave(_) => Some(()),
+        _ => None,
+    });
+    assert!(media_room(addr, &id).is_none());
+    // ...but the room lives on in the control plane, and a rejoin brings the media room back
+    // with the room's limits, not the server's defaults.
+    let room = ok(addr, "GET", &format!("/api/rooms/{id}"), &host, None);
+    assert_eq!(room["state"], "live", "{room}");
+    let (_session, _, _) = join_live(addr, &id, &host);
+    assert_eq!(
+        limit(&media_room(addr, &id).expect("media room again")),
+        Some(3)
+    );
+}

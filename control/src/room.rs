@@ -50,6 +50,9 @@ pub enum Command {
     /// The media plane of `instance` saw the user disconnect, or `instance` died. Ignored when
     /// the user is connected through another instance by now.
     Disconnected(UserId, String),
+    /// The media plane saw the user's track muted (`true`) or unmuted, whoever did it (their
+    /// client through any SDK, or a server through the RoomService API).
+    MediaMuted(UserId, bool),
     /// Give up the seats of those of these members who hold none any more (see
     /// [`Member::is_ghost`]): never connected, or dropped, for the seat grace.
     ReleaseSeats(Vec<UserId>),
@@ -94,7 +97,10 @@ pub fn scope(actor: &Actor, command: &Command, host: Option<&UserId>) -> Scope {
                 users.extend(host.cloned());
             }
         }
-        Command::Connected(u, _) | Command::Disconnected(u, _) | Command::Speaking(u, _) => {
+        Command::Connected(u, _)
+        | Command::Disconnected(u, _)
+        | Command::Speaking(u, _)
+        | Command::MediaMuted(u, _) => {
             users.push(u.clone());
         }
         Command::ReleaseSeats(us) => users.extend(us.iter().cloned()),
@@ -165,6 +171,19 @@ pub fn apply(
         Command::Speaking(u, on) => speaking(doc, &u, on, cx),
         Command::Connected(u, instance) => connected(doc, &u, instance, cx, &mut fx),
         Command::Disconnected(u, instance) => disconnected(doc, &u, &instance, cx, &mut fx),
+        Command::MediaMuted(u, muted) => {
+            if let Some(m) = doc.members.get_mut(&u)
+                && m.muted != muted
+            {
+                m.muted = muted;
+                fx.events.push(Event::Muted {
+                    room: doc.room.id.clone(),
+                    user: u,
+                    muted,
+                    hard: false,
+                });
+            }
+        }
         Command::ReleaseSeats(users) => {
             for u in users {
                 if doc

@@ -428,6 +428,34 @@ fn seats_of_members_who_never_came_or_dropped_are_released_after_the_grace() {
 }
 
 #[test]
+fn mutes_made_in_the_media_plane_reach_the_room() {
+    let mut d = live_stage();
+    let system = |d: &mut RoomDoc, c: Command| apply(d, &Actor::System, c, &cx(5));
+    // The host arrives muted; unmuting through an SDK shows in the room and its events.
+    assert!(d.members[&uid("host")].muted);
+    let fx = system(&mut d, Command::MediaMuted(uid("host"), false)).unwrap();
+    assert!(!d.members[&uid("host")].muted);
+    assert_eq!(
+        fx.events,
+        vec![Event::Muted {
+            room: d.room.id.clone(),
+            user: uid("host"),
+            muted: false,
+            hard: false,
+        }]
+    );
+    // The echo of a mute the room already knows changes nothing and says nothing.
+    let fx = system(&mut d, Command::MediaMuted(uid("host"), false)).unwrap();
+    assert!(fx.events.is_empty());
+    let fx = system(&mut d, Command::MediaMuted(uid("host"), true)).unwrap();
+    assert!(d.members[&uid("host")].muted);
+    assert_eq!(fx.events.len(), 1);
+    // Someone who is not a member changes nothing.
+    let fx = system(&mut d, Command::MediaMuted(uid("nobody"), true)).unwrap();
+    assert!(fx.events.is_empty() && !d.members.contains_key(&uid("nobody")));
+}
+
+#[test]
 fn open_rooms_let_everyone_speak_and_have_no_hands() {
     let mut d = doc(RoomKind::Open, SpeakerMode::Everyone);
     run(&mut d, "host", Command::Start, 0).unwrap();

@@ -12,7 +12,7 @@ use crate::clock::now_ms;
 use crate::config::ControlConfig;
 use crate::error::ControlError;
 use crate::events::{BusMessage, Event};
-use crate::media::{MediaError, MediaPlane};
+use crate::media::{MediaCommand, MediaError, MediaPlane};
 use crate::model::{self, Room, RoomDoc, RoomId, RoomKind, RoomState, Scope, SpeakerMode, UserId};
 use crate::permission::Action;
 use crate::room::{self, Actor, Command, Context, Effects};
@@ -45,6 +45,10 @@ pub enum MediaEvent {
     SpeakingStarted,
     /// Stopped speaking.
     SpeakingStopped,
+    /// Their track was muted (by their client or a server).
+    Muted,
+    /// Their track was unmuted.
+    Unmuted,
 }
 
 /// The control plane. Cheap to clone.
@@ -572,12 +576,55 @@ impl Control {
                 "the room is not live",
             ));
         }
-        match room::participant_view(&doc, &user) {
+        let view = room::participant_view(&doc, &user);
+        if view.is_some() {
+            // The control plane owns the room's lifetime: should the media room have closed
+            // (empty past its timeout, or deleted through the RoomService API) while the room
+            // is live, it comes back with the room's limits, never the defaults.
+            let create = MediaCommand::CreateRoom {
+                room: id.clone(),
+                max_participants: doc.room.max_participants,
+            };
+            if let Err(e) = self.inner.media.apply(&create).await {
+                tracing::warn!(room = %id, error = %e, "media room not created");
+            }
+        }
+        match view {
             Some(view) => Ok(Some(view)),
             None => Err(ControlError::forbidden(
                 "not_a_member",
                 "join the room through the API first",
             )),
+        }
+    }
+
+    /// The media plane closed room `name` (empty past its timeout, or deleted through the
+    /// RoomService API): whoever the books still show connected to it through this instance is
+    /// recorded as gone. The room itself lives on until the control plane ends it; the next
+    /// admission recreates the media room.
+    pub async fn media_room_finished(&self, name: &str) {
+        let Ok(id) = RoomId::parse(name) else {
+            return;
+        };
+        let doc = match self.room(&id).await {
+            Ok(d) => d,
+            Err(e) => {
+                if e.status != 404 {
+                    tracing::warn!(room = %id, error = %e, "cannot read the room");
+                }
+                return;
+            }
+        };
+        let instance = &self.inner.instance;
+        let commands: Vec<Command> = doc
+            .present()
+            .filter(|(_, m)| m.instance.as_ref() == Some(instance))
+            .map(|(u, _)| Command::Disconnected(u.clone(), instance.clone()))
+            .collect();
+        for chunk in commands.chunks(256) {
+            if let Err(e) = self.apply_all(&id, chunk).await {
+                tracing::warn!(room = %id, error = %e, "cannot record departures");
+            }
         }
     }
 
@@ -618,6 +665,8 @@ impl Control {
                 MediaEvent::Disconnected => Command::Disconnected(user, instance.clone()),
                 MediaEvent::SpeakingStarted => Command::Speaking(user, true),
                 MediaEvent::SpeakingStopped => Command::Speaking(user, false),
+                MediaEvent::Muted => Command::MediaMuted(user, true),
+                MediaEvent::Unmuted => Command::MediaMuted(user, false),
             };
             by_room.entry(id).or_default().push(command);
         }
