@@ -543,3 +543,115 @@ fn the_control_plane_owns_the_room_lifetime_and_its_limits() {
         Some(3)
     );
 }
+
+fn guest(addr: SocketAddr) -> (u16, Value) {
+    let body = json!({"name": "Gus"}).to_string();
+    let (status, text) = request(addr, "POST", "/api/session/guest", None, Some(&body));
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+#[test]
+fn who_may_sign_in_and_create_rooms_is_the_operators_choice() {
+    // Guests off: sign-in refused.
+    let dir = scratch_dir("hostile-guests-off");
+    let stoa = Stoa::start(
+        &config(&dir, "guest_sign_in = false"),
+        &[("STOA_DATA_DIR", dir.to_str().unwrap())],
+    );
+    let (status, v) = guest(stoa.addr);
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (403, Some("guests_disabled")),
+        "{v}"
+    );
+    drop(stoa);
+
+    // Guests on, but only users create rooms, at most one live or scheduled each.
+    let dir = scratch_dir("hostile-creators");
+    let stoa = Stoa::start(
+        &config(
+            &dir,
+            "guest_sign_in = true\nroom_creators = \"users\"\nmax_rooms_per_user = 1",
+        ),
+        &[("STOA_DATA_DIR", dir.to_str().unwrap())],
+    );
+    let addr = stoa.addr;
+    let (status, g) = guest(addr);
+    assert_eq!(status, 200, "{g}");
+    let gus = g["token"].as_str().unwrap().to_owned();
+    let (status, v) = api(
+        addr,
+        "POST",
+        "/api/rooms",
+        &gus,
+        Some(json!({"title": "Mine"})),
+    );
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (403, Some("not_allowed")),
+        "{v}"
+    );
+    let host = user_token("hana", "Hana");
+    let first = create_room(addr, &host, json!({"title": "One"}));
+    let (status, v) = api(
+        addr,
+        "POST",
+        "/api/rooms",
+        &host,
+        Some(json!({"title": "Two"})),
+    );
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (409, Some("too_many_rooms")),
+        "{v}"
+    );
+    let later = 4_102_444_800_000u64;
+    let (status, v) = api(
+        addr,
+        "POST",
+        "/api/rooms",
+        &host,
+        Some(json!({"title": "Later", "scheduled_for": later})),
+    );
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (409, Some("too_many_rooms")),
+        "{v}"
+    );
+    // Ending the first frees the place; the guest can still listen.
+    ok(addr, "GET", &format!("/api/rooms/{first}"), &gus, None);
+    ok(
+        addr,
+        "POST",
+        &format!("/api/rooms/{first}/end"),
+        &host,
+        None,
+    );
+    create_room(addr, &host, json!({"title": "Two"}));
+    drop(stoa);
+
+    // Servers only: users are refused, the app's backend creates rooms for them.
+    let dir = scratch_dir("hostile-servers");
+    let stoa = Stoa::start(
+        &config(&dir, "room_creators = \"servers\""),
+        &[("STOA_DATA_DIR", dir.to_str().unwrap())],
+    );
+    let addr = stoa.addr;
+    let (status, v) = api(
+        addr,
+        "POST",
+        "/api/rooms",
+        &host,
+        Some(json!({"title": "Mine"})),
+    );
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (403, Some("not_allowed")),
+        "{v}"
+    );
+    create_room(
+        addr,
+        &server_token(),
+        json!({"title": "For Hana", "host": "hana"}),
+    );
+}

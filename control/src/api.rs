@@ -328,7 +328,7 @@ async fn guest(
     State(c): State<Control>,
     Body(b): Body<GuestBody>,
 ) -> Result<Json<SessionView>, ControlError> {
-    if !c.config().guest_sign_in {
+    if !c.config().guests() {
         return Err(ControlError::forbidden(
             "guests_disabled",
             "guest sign-in is turned off",

@@ -32,7 +32,7 @@ pub mod store;
 pub mod telemetry;
 pub mod view;
 
-pub use config::{ControlConfig, StoreKind};
+pub use config::{ControlConfig, RoomCreators, StoreKind};
 pub use error::ControlError;
 pub use service::Control;
 

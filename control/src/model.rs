@@ -117,6 +117,11 @@ impl UserId {
         }
     }
 
+    /// Whether this is a guest's id (`guest-…`, what `POST /api/session/guest` mints).
+    pub fn is_guest(&self) -> bool {
+        self.0.starts_with("guest-")
+    }
+
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -9,7 +9,7 @@ use tokio::sync::broadcast;
 
 use crate::auth::{Keys, Principal};
 use crate::clock::now_ms;
-use crate::config::ControlConfig;
+use crate::config::{ControlConfig, RoomCreators};
 use crate::error::ControlError;
 use crate::events::{BusMessage, Event};
 use crate::media::{MediaCommand, MediaError, MediaPlane};
@@ -212,7 +212,38 @@ impl Control {
             }
         };
         if let Principal::User { id, .. } = who {
+            let creators = self.inner.config.creators();
+            let refused = match creators {
+                RoomCreators::Everyone => None,
+                RoomCreators::Users if id.is_guest() => {
+                    Some("guests may not create rooms here; sign in with an account")
+                }
+                RoomCreators::Users => None,
+                RoomCreators::Servers => Some("rooms here are created by the app, not by users"),
+            };
+            if let Some(why) = refused {
+                return Err(ControlError::forbidden("not_allowed", why));
+            }
             self.rate_limit(id, "room creation", 0.2, 5.0)?;
+        }
+        let cap = self.inner.config.max_rooms_per_user;
+        if cap > 0 && matches!(who, Principal::User { .. }) {
+            let open = self
+                .inner
+                .store
+                .rooms(&[RoomState::Live, RoomState::Scheduled])
+                .await?
+                .iter()
+                .filter(|d| d.room.host == host)
+                .count();
+            if open >= cap as usize {
+                return Err(ControlError::conflict(
+                    "too_many_rooms",
+                    format!(
+                        "{host} already has {open} live or scheduled rooms (at most {cap}); end one first"
+                    ),
+                ));
+            }
         }
         let limit = self.inner.config.max_participants;
         let max = new.max_participants.unwrap_or(limit);
