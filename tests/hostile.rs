@@ -655,3 +655,147 @@ fn who_may_sign_in_and_create_rooms_is_the_operators_choice() {
         json!({"title": "For Hana", "host": "hana"}),
     );
 }
+
+#[test]
+fn private_rooms_are_unlisted_and_joined_only_by_invitation() {
+    let (stoa, _dir) = start("hostile-private");
+    let addr = stoa.addr;
+    let host = user_token("hana", "Hana");
+    let outsider = user_token("olga", "Olga");
+    let mut outsider_events =
+        SignalClient::open(addr, &format!("/api/events?access_token={outsider}"))
+            .expect("event stream");
+    let id = create_room(
+        addr,
+        &host,
+        json!({"title": "Inner circle", "private": true}),
+    );
+    assert_eq!(
+        ok(addr, "GET", &format!("/api/rooms/{id}"), &host, None)["private"],
+        true
+    );
+    ok(addr, "POST", &format!("/api/rooms/{id}/token"), &host, None);
+
+    // To anyone else it does not exist.
+    let directory = ok(addr, "GET", "/api/rooms", &outsider, None);
+    assert!(!directory.to_string().contains(&id), "{directory}");
+    assert!(
+        ok(addr, "GET", "/api/rooms", &host, None)
+            .to_string()
+            .contains(&id)
+    );
+    for path in [format!("/api/rooms/{id}"), format!("/api/rooms/{id}/stats")] {
+        refused(addr, "GET", &path, &outsider, 404, "not_found");
+    }
+    let (status, _) = request(addr, "GET", &format!("/api/rooms/{id}/card"), None, None);
+    assert_eq!(status, 404);
+    let watch = SignalClient::open(
+        addr,
+        &format!("/api/events?room={id}&access_token={outsider}"),
+    )
+    .err()
+    .expect("refused");
+    assert_eq!(watch.0, 404, "{watch:?}");
+    refused(
+        addr,
+        "POST",
+        &format!("/api/rooms/{id}/token"),
+        &outsider,
+        403,
+        "private_room",
+    );
+
+    // An invitation lets her see it, then join.
+    let invitation = ok(
+        addr,
+        "POST",
+        &format!("/api/rooms/{id}/invitations"),
+        &host,
+        None,
+    );
+    let token = invitation["token"].as_str().unwrap();
+    let seen = ok(
+        addr,
+        "GET",
+        &format!("/api/invitations/{token}"),
+        &outsider,
+        None,
+    );
+    assert_eq!(seen["room"]["title"], "Inner circle");
+    ok(
+        addr,
+        "POST",
+        &format!("/api/invitations/{token}/accept"),
+        &outsider,
+        None,
+    );
+    ok(
+        addr,
+        "POST",
+        &format!("/api/rooms/{id}/token"),
+        &outsider,
+        None,
+    );
+    assert_eq!(
+        ok(addr, "GET", &format!("/api/rooms/{id}"), &outsider, None)["you"]["user"],
+        "olga"
+    );
+
+    // Someone else's event stream never names the private room; a public room's events
+    // still arrive.
+    let public = create_room(
+        addr,
+        &user_token("pia", "Pia"),
+        json!({"title": "Open to all"}),
+    );
+    ok(addr, "POST", &format!("/api/rooms/{id}/end"), &host, None);
+    ok(
+        addr,
+        "POST",
+        &format!("/api/rooms/{public}/end"),
+        &user_token("pia", "Pia"),
+        None,
+    );
+    let mut stranger = SignalClient::open(
+        addr,
+        &format!("/api/events?access_token={}", user_token("sam", "Sam")),
+    )
+    .expect("event stream");
+    let public2 = create_room(addr, &user_token("pia", "Pia"), json!({"title": "Again"}));
+    let secret2 = create_room(
+        addr,
+        &host,
+        json!({"title": "Inner again", "private": true}),
+    );
+    ok(
+        addr,
+        "POST",
+        &format!("/api/rooms/{secret2}/end"),
+        &host,
+        None,
+    );
+    ok(
+        addr,
+        "POST",
+        &format!("/api/rooms/{public2}/end"),
+        &user_token("pia", "Pia"),
+        None,
+    );
+    let seen = events_until_end(&mut stranger, &public2);
+    assert!(
+        !seen.iter().any(|e| e["room"] == secret2.as_str()),
+        "a stranger saw a private room: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|e| e["type"] == "room_live" && e["room"] == public2.as_str())
+    );
+    // Olga, a member of the first private room, saw it end.
+    let olga_saw = events_until_end(&mut outsider_events, &public);
+    assert!(
+        olga_saw
+            .iter()
+            .any(|e| e["type"] == "room_ended" && e["room"] == id.as_str()),
+        "{olga_saw:?}"
+    );
+}

@@ -224,6 +224,9 @@ pub struct CreateRoomBody {
     pub scheduled_for: Option<u64>,
     /// The host, when a server creates a room for a user.
     pub host: Option<UserId>,
+    /// Unlisted and joinable only by invitation (default false).
+    #[serde(default)]
+    pub private: bool,
 }
 
 fn default_kind() -> RoomKind {
@@ -367,8 +370,11 @@ async fn directory(
     }
     let needle = q.q.as_deref().map(str::to_lowercase);
     let docs = c.rooms(&states).await?;
+    // Private rooms are unlisted: only their host, servers and whoever is on their stage
+    // find them here.
     let matches = |d: &RoomDoc| {
-        q.kind.is_none_or(|k| d.room.kind == k)
+        view::may_see(d, caller.viewer())
+            && q.kind.is_none_or(|k| d.room.kind == k)
             && needle.as_deref().is_none_or(|n| {
                 d.room.title.to_lowercase().contains(n)
                     || d.room.topic.to_lowercase().contains(n)
@@ -419,6 +425,7 @@ async fn create_room(
                 max_participants: b.max_participants,
                 scheduled_for: b.scheduled_for,
                 host: b.host,
+                private: b.private,
             },
         )
         .await?;
@@ -471,9 +478,11 @@ async fn room_card(
     State(c): State<Control>,
     Path(id): Path<String>,
 ) -> Result<Json<RoomCardView>, ControlError> {
-    let doc = c
-        .room_in(&room_id(&id)?, &Scope::header().with_stage())
-        .await?;
+    let id = room_id(&id)?;
+    let doc = c.room_in(&id, &Scope::header().with_stage()).await?;
+    if doc.room.private {
+        return Err(ControlError::not_found("room", id.as_str()));
+    }
     Ok(Json(view::card(&doc)))
 }
 
@@ -631,6 +640,9 @@ async fn room_stats(
     let doc = c
         .room_in(&room_id(&id)?, &Scope::users(viewer.cloned()).with_stage())
         .await?;
+    if !view::may_see(&doc, viewer) {
+        return Err(ControlError::not_found("room", doc.room.id.as_str()));
+    }
     let ended = matches!(doc.room.state, RoomState::Ended | RoomState::Archived);
     match view::sight(&doc, viewer) {
         view::Sight::Moderator => Ok(Json(view::stats(&doc, now_ms()))),
@@ -697,7 +709,7 @@ async fn get_invitation(
     Path(token): Path<String>,
 ) -> Result<Json<InvitationView>, ControlError> {
     let invite = c.invitation(&token).await?;
-    let room = c.view(&invite.room, caller.viewer()).await?;
+    let room = c.invited_view(&invite.room, caller.viewer()).await?;
     Ok(Json(InvitationView {
         token,
         requires_confirmation: room.kind == RoomKind::Stage,
@@ -870,7 +882,12 @@ async fn events(
     let room = q.room.as_deref().map(room_id).transpose()?;
     if let Some(id) = &room {
         // Subscribing to a room needs the right to see it.
-        c.room_in(id, &Scope::header()).await?;
+        let doc = c
+            .room_in(id, &Scope::users(caller.viewer().cloned()))
+            .await?;
+        if !view::may_see(&doc, caller.viewer()) {
+            return Err(ControlError::not_found("room", id.as_str()));
+        }
     }
     let rx = c.events();
     let viewer = caller.viewer().cloned();
@@ -891,13 +908,14 @@ const SIGHTS_KEPT: usize = 256;
 
 /// One subscriber's view of the event stream: every event passes [`view::sees`] with the
 /// subscriber's [`view::Sight`] of its room, read from the store (the viewer's own record) and
-/// remembered briefly.
+/// remembered for [`SIGHT_TTL_MS`]: someone who just joined a room may miss its events for that
+/// long (a room's end is always looked at afresh).
 struct EventFilter {
     control: Control,
     /// `None`: a server token, which sees everything.
     viewer: Option<UserId>,
     /// Sight per room and the unix ms it was read.
-    sights: std::collections::HashMap<RoomId, (view::Sight, u64)>,
+    sights: std::collections::HashMap<RoomId, (view::Sight, bool, u64)>,
 }
 
 impl EventFilter {
@@ -909,25 +927,34 @@ impl EventFilter {
             return true;
         }
         let room = event_room(e).clone();
-        let sight = match self.sights.get(&room) {
-            Some(&(sight, at)) if now_ms().saturating_sub(at) < SIGHT_TTL_MS => sight,
+        if matches!(e, Event::RoomEnded { .. }) {
+            // A room ends once: its last word is worth a fresh look.
+            self.sights.remove(&room);
+        }
+        let (sight, knows) = match self.sights.get(&room) {
+            Some(&(sight, knows, at)) if now_ms().saturating_sub(at) < SIGHT_TTL_MS => {
+                (sight, knows)
+            }
             _ => {
-                let sight = match self
+                let (sight, knows) = match self
                     .control
                     .room_in(&room, &Scope::users([viewer.clone()]))
                     .await
                 {
-                    Ok(doc) => view::sight(&doc, Some(&viewer)),
-                    Err(_) => view::Sight::Outsider,
+                    Ok(doc) => (
+                        view::sight(&doc, Some(&viewer)),
+                        view::may_see(&doc, Some(&viewer)),
+                    ),
+                    Err(_) => (view::Sight::Outsider, false),
                 };
                 if self.sights.len() >= SIGHTS_KEPT {
                     self.sights.clear();
                 }
-                self.sights.insert(room.clone(), (sight, now_ms()));
-                sight
+                self.sights.insert(room.clone(), (sight, knows, now_ms()));
+                (sight, knows)
             }
         };
-        let admitted = view::sees(sight, Some(&viewer), e);
+        let admitted = view::sees(sight, knows, Some(&viewer), e);
         // An event about the viewer may change what they see next.
         if matches!(e, Event::Hand { user, .. } | Event::Role { user, .. } | Event::Removed { user, .. } if *user == viewer)
         {
@@ -973,7 +1000,7 @@ fn event_room(e: &Event) -> &RoomId {
     match e {
         Event::RoomCreated { room, .. }
         | Event::RoomLive { room, .. }
-        | Event::RoomEnded { room }
+        | Event::RoomEnded { room, .. }
         | Event::Audience { room, .. }
         | Event::Hand { room, .. }
         | Event::Role { room, .. }

@@ -262,6 +262,9 @@ pub struct Room {
     /// their own URLs, so that every client of the room meets on one media node.
     #[serde(default)]
     pub media_url: Option<String>,
+    /// Private: unlisted, seen and joined only by its host, its members and those invited.
+    #[serde(default)]
+    pub private: bool,
 }
 
 /// One user in a room.

@@ -281,6 +281,7 @@ fn audience_event(doc: &RoomDoc, fx: &mut Effects) {
         room: doc.room.id.clone(),
         listeners: doc.audience(),
         present: doc.totals().present,
+        private: doc.room.private,
     });
 }
 
@@ -316,6 +317,12 @@ fn join(
     }
     if is_host {
         doc.stats.names.insert(u.clone(), name.clone());
+    }
+    if doc.room.private && !is_host && !doc.members.contains_key(u) && !doc.invited.contains(u) {
+        return Err(ControlError::forbidden(
+            "private_room",
+            "this room is by invitation only",
+        ));
     }
     if let Some(member) = doc.members.get_mut(u) {
         member.name = name;
@@ -729,6 +736,7 @@ fn start(
         room: doc.room.id.clone(),
         title: doc.room.title.clone(),
         host: doc.room.host.clone(),
+        private: doc.room.private,
     });
     Ok(())
 }
@@ -754,6 +762,7 @@ fn end(doc: &mut RoomDoc, cx: &Context, fx: &mut Effects) -> Result<(), ControlE
     }
     fx.events.push(Event::RoomEnded {
         room: doc.room.id.clone(),
+        private: doc.room.private,
     });
     Ok(())
 }

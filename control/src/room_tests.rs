@@ -27,6 +27,7 @@ fn doc(kind: RoomKind, mode: SpeakerMode) -> RoomDoc {
         ended_at: None,
         empty_since: None,
         media_url: None,
+        private: false,
     })
 }
 
@@ -453,6 +454,24 @@ fn mutes_made_in_the_media_plane_reach_the_room() {
     // Someone who is not a member changes nothing.
     let fx = system(&mut d, Command::MediaMuted(uid("nobody"), true)).unwrap();
     assert!(fx.events.is_empty() && !d.members.contains_key(&uid("nobody")));
+}
+
+#[test]
+fn private_rooms_admit_the_host_members_and_the_invited_only() {
+    let mut d = doc(RoomKind::Stage, SpeakerMode::Everyone);
+    d.room.private = true;
+    run(&mut d, "host", Command::Start, 0).unwrap();
+    join(&mut d, "host", 0).unwrap();
+    let err = join(&mut d, "ann", 1).unwrap_err();
+    assert_eq!((err.status, err.code), (403, "private_room"));
+    assert!(!d.members.contains_key(&uid("ann")));
+    d.invited.insert(uid("ann"));
+    join(&mut d, "ann", 2).unwrap();
+    // A member taking a new token stays in.
+    join(&mut d, "ann", 3).unwrap();
+    // Lifecycle and audience events say the room is private (the event stream filters them).
+    let fx = run(&mut d, "host", Command::End, 4).unwrap();
+    assert!(fx.events.iter().any(|e| e.private()), "{fx:?}");
 }
 
 #[test]

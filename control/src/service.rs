@@ -94,6 +94,8 @@ pub struct NewRoom {
     pub scheduled_for: Option<u64>,
     /// The host when a server creates the room for a user.
     pub host: Option<UserId>,
+    /// Unlisted, joinable only by invitation (or membership).
+    pub private: bool,
 }
 
 /// A media token and where to use it.
@@ -283,6 +285,7 @@ impl Control {
             empty_since: None,
             media_url: (!self.inner.config.public_url.is_empty())
                 .then(|| self.inner.config.public_url.clone()),
+            private: new.private,
         });
         // The host's name, for cards and previews before they join.
         if let Principal::User { id, name } = who
@@ -297,6 +300,7 @@ impl Control {
                 room: id.clone(),
                 title: doc.room.title.clone(),
                 scheduled_for: doc.room.scheduled_for,
+                private: doc.room.private,
             }],
             ..Default::default()
         })
@@ -332,9 +336,31 @@ impl Control {
         id: &RoomId,
         viewer: Option<&UserId>,
     ) -> Result<RoomView, ControlError> {
+        self.view_with(id, viewer, false).await
+    }
+
+    /// The room as [`Control::view`] shows it, to the holder of a live invitation to it (who
+    /// may see a private room before accepting).
+    pub async fn invited_view(
+        &self,
+        id: &RoomId,
+        viewer: Option<&UserId>,
+    ) -> Result<RoomView, ControlError> {
+        self.view_with(id, viewer, true).await
+    }
+
+    async fn view_with(
+        &self,
+        id: &RoomId,
+        viewer: Option<&UserId>,
+        invited: bool,
+    ) -> Result<RoomView, ControlError> {
         let store = &self.inner.store;
         let scope = Scope::users(viewer.cloned()).with_stage();
         let doc = self.room_in(id, &scope).await?;
+        if !invited && !view::may_see(&doc, viewer) {
+            return Err(ControlError::not_found("room", id.as_str()));
+        }
         if !view::moderates(&doc, viewer) {
             return Ok(view::room(&doc, viewer, None));
         }

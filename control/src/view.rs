@@ -72,6 +72,8 @@ pub struct RoomView {
     pub speaker_mode: SpeakerMode,
     /// Member limit.
     pub max_participants: u32,
+    /// Unlisted, joinable only by invitation.
+    pub private: bool,
     /// Host.
     pub host: UserId,
     /// The host's display name ("" when not known yet).
@@ -271,16 +273,26 @@ pub fn sight(doc: &RoomDoc, viewer: Option<&UserId>) -> Sight {
     }
 }
 
-/// Whether a viewer who sees the event's room with `sight` receives `event` on `/api/events`:
+/// Whether `viewer` may know of the room at all: any room but a private one, which only its
+/// host, members, those invited and servers see (to anyone else it does not exist: 404).
+pub fn may_see(doc: &RoomDoc, viewer: Option<&UserId>) -> bool {
+    !doc.room.private
+        || sight(doc, viewer) > Sight::Outsider
+        || viewer.is_some_and(|u| doc.invited.contains(u))
+}
+
+/// Whether a viewer who sees the event's room with `sight` (and who `knows` of it, see
+/// [`may_see`]) receives `event` on `/api/events`:
 /// the room view's rule applied to deltas. Lifecycle and audience counts are directory facts
-/// (anyone); reactions and mutes happen in front of the members; hands, role changes and
+/// (anyone, but a private room's only to those who know of it); reactions and mutes happen in front of
+/// the members; hands, role changes and
 /// removals name people the way only a moderator's view does, and the person concerned.
-pub fn sees(sight: Sight, viewer: Option<&UserId>, event: &Event) -> bool {
+pub fn sees(sight: Sight, knows: bool, viewer: Option<&UserId>, event: &Event) -> bool {
     match event {
-        Event::RoomCreated { .. }
-        | Event::RoomLive { .. }
-        | Event::RoomEnded { .. }
-        | Event::Audience { .. } => true,
+        Event::RoomCreated { private, .. }
+        | Event::RoomLive { private, .. }
+        | Event::RoomEnded { private, .. }
+        | Event::Audience { private, .. } => !private || knows,
         Event::Reaction { .. } | Event::Muted { .. } => sight >= Sight::Member,
         Event::Hand { user, .. } | Event::Role { user, .. } | Event::Removed { user, .. } => {
             sight == Sight::Moderator || viewer == Some(user)
@@ -290,7 +302,7 @@ pub fn sees(sight: Sight, viewer: Option<&UserId>, event: &Event) -> bool {
 
 /// Whether `event` can need more than the directory's sight (a membership lookup).
 pub fn in_room(event: &Event) -> bool {
-    !sees(Sight::Outsider, None, event)
+    !sees(Sight::Outsider, false, None, event)
 }
 
 /// The room as `viewer` (a user id, or `None` for a server) sees it, from a document holding
@@ -325,6 +337,7 @@ pub fn room(doc: &RoomDoc, viewer: Option<&UserId>, extras: Option<&Extras>) -> 
         kind: r.kind,
         speaker_mode: r.speaker_mode,
         max_participants: r.max_participants,
+        private: r.private,
         host: r.host.clone(),
         host_name: doc.name_of(&r.host).unwrap_or_default().to_owned(),
         state: r.state,

@@ -47,6 +47,7 @@ fn new_room(max: u32) -> RoomDoc {
         ended_at: None,
         empty_since: None,
         media_url: None,
+        private: false,
     })
 }
 
@@ -224,7 +225,10 @@ async fn behaves(store: &dyn Store) {
     let message = BusMessage {
         origin: "a".into(),
         media: vec![],
-        events: vec![Event::RoomEnded { room: id.clone() }],
+        events: vec![Event::RoomEnded {
+            room: id.clone(),
+            private: false,
+        }],
     };
     store.publish(&message).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
@@ -540,6 +544,7 @@ async fn redis_bus_reaches_the_other_instance() {
         media: vec![],
         events: vec![Event::RoomEnded {
             room: RoomId::random(),
+            private: false,
         }],
     };
     a.publish(&message).await.unwrap();
