@@ -9,6 +9,8 @@
     reason = "tests bound real waits with the wall clock"
 )]
 
+#[path = "../control/tests/common/redis_server.rs"]
+mod redis_server;
 mod support;
 
 use std::net::SocketAddr;
@@ -798,4 +800,88 @@ fn private_rooms_are_unlisted_and_joined_only_by_invitation() {
             .any(|e| e["type"] == "room_ended" && e["room"] == id.as_str()),
         "{olga_saw:?}"
     );
+}
+
+/// Moderates a room, then reads its audit log as each kind of caller.
+fn audit_scenario(addr: SocketAddr) {
+    let host = user_token("hana", "Hana");
+    let id = create_room(addr, &host, json!({"title": "Watched closely"}));
+    ok(addr, "POST", &format!("/api/rooms/{id}/token"), &host, None);
+    let co = user_token("cody", "Cody");
+    ok(addr, "POST", &format!("/api/rooms/{id}/token"), &co, None);
+    ok(
+        addr,
+        "POST",
+        &format!("/api/rooms/{id}/members/cody/add_co_host"),
+        &host,
+        None,
+    );
+    let lee = user_token("lee", "Lee");
+    ok(addr, "POST", &format!("/api/rooms/{id}/token"), &lee, None);
+    ok(
+        addr,
+        "POST",
+        &format!("/api/rooms/{id}/members/lee/kick"),
+        &co,
+        None,
+    );
+    ok(
+        addr,
+        "POST",
+        &format!("/api/rooms/{id}/members/troll/ban"),
+        &server_token(),
+        None,
+    );
+    let path = format!("/api/rooms/{id}/audit");
+    let log = ok(addr, "GET", &path, &host, None);
+    let entries: Vec<(Value, String, Value)> = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert!(e["at"].as_u64().is_some_and(|t| t > 0), "{e}");
+            (
+                e["actor"].clone(),
+                e["action"].as_str().unwrap().to_owned(),
+                e["target"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        entries,
+        vec![
+            (Value::Null, "start".to_owned(), Value::Null),
+            (json!("hana"), "add_co_host".to_owned(), json!("cody")),
+            (json!("cody"), "kick".to_owned(), json!("lee")),
+            (Value::Null, "ban".to_owned(), json!("troll")),
+        ],
+        "{log}"
+    );
+    assert_eq!(ok(addr, "GET", &path, &server_token(), None), log);
+    // A co-host moderates but does not read the log; a member or a stranger neither.
+    for who in [&co, &user_token("olga", "Olga")] {
+        refused(addr, "GET", &path, who, 403, "not_allowed");
+    }
+    // A failed attempt is not an action: nothing is logged.
+    let (status, _) = api(
+        addr,
+        "POST",
+        &format!("/api/rooms/{id}/members/hana/kick"),
+        &co,
+        None,
+    );
+    assert_eq!(status, 403);
+    let again = ok(addr, "GET", &path, &host, None);
+    assert_eq!(again["entries"].as_array().unwrap().len(), 4, "{again}");
+}
+
+#[test]
+fn the_audit_log_names_who_did_what_to_whom_for_the_host_only() {
+    let (stoa, _dir) = start("hostile-audit");
+    audit_scenario(stoa.addr);
+    // The same on the Redis store.
+    let redis = redis_server::RedisServer::start();
+    let dir = scratch_dir("hostile-audit-redis");
+    let stoa = Stoa::start(&config(&dir, ""), &[("STOA_REDIS_URL", redis.url.as_str())]);
+    audit_scenario(stoa.addr);
 }

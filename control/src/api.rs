@@ -50,6 +50,7 @@ pub fn router(control: Control) -> Router {
         .route("/api/rooms/{id}/reactions", post(react))
         .route("/api/rooms/{id}/members/{user}/{action}", post(moderate))
         .route("/api/rooms/{id}/stats", get(room_stats))
+        .route("/api/rooms/{id}/audit", get(audit_log))
         .route("/api/rooms/{id}/invitations", post(create_invitation))
         .route("/api/invitations/{token}", get(get_invitation))
         .route("/api/invitations/{token}/accept", post(accept_invitation))
@@ -655,6 +656,25 @@ async fn room_stats(
     }
 }
 
+/// `GET /api/rooms/{id}/audit`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuditView {
+    /// Moderation and lifecycle actions, oldest first (the newest 200).
+    pub entries: Vec<crate::store::AuditEntry>,
+}
+
+/// A room's audit log: who did what to whom, when. The host and servers only.
+#[utoipa::path(get, path = "/api/rooms/{id}/audit", params(("id" = String, Path, description = "Room id")),
+    responses((status = 200, body = AuditView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn audit_log(
+    State(c): State<Control>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<AuditView>, ControlError> {
+    let entries = c.audit(&room_id(&id)?, caller.viewer()).await?;
+    Ok(Json(AuditView { entries }))
+}
+
 /// A host's totals: the host and servers only.
 #[utoipa::path(get, path = "/api/users/{id}/stats", params(("id" = String, Path, description = "Host user id")),
     responses((status = 200, body = HostStatsView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
@@ -1038,6 +1058,7 @@ fn event_room(e: &Event) -> &RoomId {
         react,
         moderate,
         room_stats,
+        audit_log,
         host_stats,
         create_invitation,
         get_invitation,
@@ -1056,6 +1077,7 @@ fn event_room(e: &Event) -> &RoomId {
         RoomCardView,
         StatsView,
         HostStatsView,
+        AuditView,
         Event,
         Follow
     ))

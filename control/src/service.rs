@@ -16,7 +16,7 @@ use crate::media::{MediaCommand, MediaError, MediaPlane};
 use crate::model::{self, Room, RoomDoc, RoomId, RoomKind, RoomState, Scope, SpeakerMode, UserId};
 use crate::permission::Action;
 use crate::room::{self, Actor, Command, Context, Effects};
-use crate::store::{AudiencePage, Follow, Invite, Store};
+use crate::store::{AudiencePage, AuditEntry, Follow, Invite, Store};
 use crate::view::{self, RoomView};
 
 /// How often live rooms are checked for the empty timeout.
@@ -408,6 +408,25 @@ impl Control {
             .await
     }
 
+    /// A room's audit log (who did what to whom, when), for its host and servers only.
+    pub async fn audit(
+        &self,
+        id: &RoomId,
+        viewer: Option<&UserId>,
+    ) -> Result<Vec<AuditEntry>, ControlError> {
+        let doc = self.room_in(id, &Scope::users(viewer.cloned())).await?;
+        if !view::may_see(&doc, viewer) {
+            return Err(ControlError::not_found("room", id.as_str()));
+        }
+        if viewer.is_some_and(|u| *u != doc.room.host) {
+            return Err(ControlError::forbidden(
+                "not_allowed",
+                "only the room's host reads its audit log",
+            ));
+        }
+        self.inner.store.audit(id).await
+    }
+
     /// Rooms in `states`.
     pub async fn rooms(&self, states: &[RoomState]) -> Result<Vec<RoomDoc>, ControlError> {
         self.inner.store.rooms(states).await
@@ -458,6 +477,23 @@ impl Control {
             .await?;
         self.release_all(id, &effects.released).await?;
         self.publish(effects).await?;
+        if let Some(action) = audited(&command) {
+            let entry = AuditEntry {
+                at: cx.now,
+                actor: match actor {
+                    Actor::User(u) => Some(u.clone()),
+                    Actor::System => None,
+                },
+                action,
+                target: match &command {
+                    Command::Target(_, t) => Some(t.clone()),
+                    _ => None,
+                },
+            };
+            if let Err(e) = self.inner.store.append_audit(id, &entry).await {
+                tracing::warn!(room = %id, error = %e, "audit entry not recorded");
+            }
+        }
         if archive {
             self.inner
                 .store
@@ -935,6 +971,17 @@ impl Control {
     /// This instance's id (its heartbeat key and members' `instance`).
     pub fn instance(&self) -> &str {
         &self.inner.instance
+    }
+}
+
+/// The action a command puts in the room's audit log: moderation of a member, and the
+/// room's start and end.
+fn audited(command: &Command) -> Option<Action> {
+    match command {
+        Command::Target(action, _) => Some(*action),
+        Command::Start => Some(Action::Start),
+        Command::End => Some(Action::End),
+        _ => None,
     }
 }
 

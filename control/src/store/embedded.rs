@@ -21,6 +21,7 @@
 //! | `room_bans` | room/user | empty |
 //! | `room_kicks` | room/user | unix ms until which they may not rejoin |
 //! | `room_invited` | room/user | empty |
+//! | `room_audit` | room | the room's audit log (JSON list, the newest 200) |
 //! | `active_room` | user | the one room the user is in |
 //! | `follows` | user | JSON list of `user:{id}` / `room:{id}` |
 //! | `invites` | token | invitation (JSON) |
@@ -58,13 +59,14 @@ const ACTIVE: TableDefinition<&str, &[u8]> = TableDefinition::new("active_room")
 const FOLLOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("follows");
 const INVITES: TableDefinition<&str, &[u8]> = TableDefinition::new("invites");
 const PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
+const AUDIT: TableDefinition<&str, &[u8]> = TableDefinition::new("room_audit");
 /// The earlier layout: whole-room documents.
 const LEGACY_ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("rooms");
 /// The earlier layout's claims (text values).
 const LEGACY_ACTIVE: TableDefinition<&str, &str> = TableDefinition::new("active_room");
 
-const TABLES: [TableDefinition<&str, &[u8]>; 9] = [
-    HEADERS, MEMBERS, HANDS, BANS, KICKS, INVITED, FOLLOWS, INVITES, PROFILES,
+const TABLES: [TableDefinition<&str, &[u8]>; 10] = [
+    HEADERS, MEMBERS, HANDS, BANS, KICKS, INVITED, FOLLOWS, INVITES, PROFILES, AUDIT,
 ];
 
 /// Changes queued for the writer before callers wait for room.
@@ -258,6 +260,7 @@ struct Mem {
     follows: HashMap<UserId, BTreeSet<String>>,
     invites: HashMap<String, Invite>,
     profiles: HashMap<UserId, Profile>,
+    audit: HashMap<RoomId, Vec<super::AuditEntry>>,
 }
 
 impl Mem {
@@ -577,6 +580,17 @@ fn load(db: &Database) -> Result<Mem, ControlError> {
             mem.profiles.insert(u, parse("profile", v.value())?);
         }
     }
+    for entry in txn
+        .open_table(AUDIT)
+        .map_err(db_err)?
+        .iter()
+        .map_err(db_err)?
+    {
+        let (k, v) = entry.map_err(db_err)?;
+        if let Ok(r) = RoomId::parse(k.value()) {
+            mem.audit.insert(r, parse("audit log", v.value())?);
+        }
+    }
     let now = crate::clock::now_ms();
     for entry in txn
         .open_table(INVITES)
@@ -782,6 +796,9 @@ impl Store for EmbeddedStore {
         ops.extend(d.bans.iter().map(|u| Op::Delete(BANS, key(u))));
         ops.extend(d.kicks.keys().map(|u| Op::Delete(KICKS, key(u))));
         ops.extend(d.invited.iter().map(|u| Op::Delete(INVITED, key(u))));
+        if mem.audit.remove(id).is_some() {
+            ops.push(Op::Delete(AUDIT, id.to_string()));
+        }
         self.write(mem, ops).await
     }
 
@@ -835,6 +852,28 @@ impl Store for EmbeddedStore {
         Ok(mem.follows.get(user).map_or_else(Vec::new, |set| {
             set.iter().filter_map(|k| Follow::from_key(k)).collect()
         }))
+    }
+
+    async fn append_audit(
+        &self,
+        id: &RoomId,
+        entry: &super::AuditEntry,
+    ) -> Result<(), ControlError> {
+        self.usable()?;
+        let mut mem = self.mem.lock().await;
+        let log = mem.audit.entry(id.clone()).or_default();
+        log.push(entry.clone());
+        if log.len() > super::AUDIT_KEPT {
+            let extra = log.len() - super::AUDIT_KEPT;
+            log.drain(..extra);
+        }
+        let op = Op::Put(AUDIT, id.to_string(), json(log)?.into_bytes());
+        self.write(mem, vec![op]).await
+    }
+
+    async fn audit(&self, id: &RoomId) -> Result<Vec<super::AuditEntry>, ControlError> {
+        let mem = self.mem.lock().await;
+        Ok(mem.audit.get(id).cloned().unwrap_or_default())
     }
 
     async fn set_profile(&self, user: &UserId, profile: &Profile) -> Result<(), ControlError> {
