@@ -106,8 +106,9 @@ fn can_publish(p: &lk::ParticipantInfo) -> bool {
 #[test]
 fn a_listener_goes_on_stage_and_back_without_reconnecting_then_is_kicked() {
     let dir = scratch_dir("control-flow");
+    // Guests sign in here (on with --dev anyway; off by default outside it).
     let stoa = Stoa::start(
-        &config(&dir, ""),
+        &config(&dir, "guest_sign_in = true"),
         &[("STOA_DATA_DIR", dir.to_str().unwrap())],
     );
     let addr = stoa.addr;

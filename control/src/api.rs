@@ -56,6 +56,7 @@ pub fn router(control: Control) -> Router {
         .route("/api/rooms/{id}/reactions", post(react))
         .route("/api/rooms/{id}/members/{user}/{action}", post(moderate))
         .route("/api/rooms/{id}/stats", get(room_stats))
+        .route("/api/rooms/{id}/audit", get(audit_log))
         .route("/api/rooms/{id}/invitations", post(create_invitation))
         .route("/api/invitations/{token}", get(get_invitation))
         .route("/api/invitations/{token}/accept", post(accept_invitation))
@@ -251,6 +252,9 @@ pub struct CreateRoomBody {
     /// recurrence and no `scheduled_for`, the room is scheduled for its first occurrence.
     #[serde(default)]
     pub schedule: Schedule,
+    /// Unlisted and joinable only by invitation (default false).
+    #[serde(default)]
+    pub private: bool,
 }
 
 /// `PATCH /api/rooms/{id}`: the fields to change, checked as at creation; absent fields stay.
@@ -403,7 +407,7 @@ async fn guest(
     State(c): State<Control>,
     Body(b): Body<GuestBody>,
 ) -> Result<Json<SessionView>, ControlError> {
-    if !c.config().guest_sign_in {
+    if !c.config().guests() {
         return Err(ControlError::forbidden(
             "guests_disabled",
             "guest sign-in is turned off",
@@ -442,8 +446,11 @@ async fn directory(
     }
     let needle = q.q.as_deref().map(str::to_lowercase);
     let docs = c.rooms(&states).await?;
+    // Private rooms are unlisted: only their host, servers and whoever is on their stage
+    // find them here.
     let matches = |d: &RoomDoc| {
-        q.kind.is_none_or(|k| d.room.kind == k)
+        view::may_see(d, caller.viewer())
+            && q.kind.is_none_or(|k| d.room.kind == k)
             && needle.as_deref().is_none_or(|n| {
                 d.room.title.to_lowercase().contains(n)
                     || d.room.topic.to_lowercase().contains(n)
@@ -495,6 +502,7 @@ async fn create_room(
                 scheduled_for: b.scheduled_for,
                 host: b.host,
                 schedule: b.schedule,
+                private: b.private,
             },
         )
         .await?;
@@ -631,9 +639,11 @@ async fn room_card(
     State(c): State<Control>,
     Path(id): Path<String>,
 ) -> Result<Json<RoomCardView>, ControlError> {
-    let doc = c
-        .room_in(&room_id(&id)?, &Scope::header().with_stage())
-        .await?;
+    let id = room_id(&id)?;
+    let doc = c.room_in(&id, &Scope::header().with_stage()).await?;
+    if doc.room.private {
+        return Err(ControlError::not_found("room", id.as_str()));
+    }
     Ok(Json(view::card(&doc)))
 }
 
@@ -777,27 +787,69 @@ async fn moderate(
     run(&c, &caller, &id, Command::Target(action, target)).await
 }
 
+/// A room's statistics. Hosts, co-hosts and servers read them whole; a member reads the
+/// room's summary (totals and time on stage, no per-user speaking time), as anyone does once
+/// the room has ended (the ended page's summary); anyone else is refused.
 #[utoipa::path(get, path = "/api/rooms/{id}/stats", params(("id" = String, Path, description = "Room id")),
     responses((status = 200, body = StatsView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn room_stats(
     State(c): State<Control>,
-    _caller: Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<StatsView>, ControlError> {
+    let viewer = caller.viewer();
     let doc = c
-        .room_in(&room_id(&id)?, &Scope::header().with_stage())
+        .room_in(&room_id(&id)?, &Scope::users(viewer.cloned()).with_stage())
         .await?;
-    Ok(Json(view::stats(&doc, now_ms())))
+    if !view::may_see(&doc, viewer) {
+        return Err(ControlError::not_found("room", doc.room.id.as_str()));
+    }
+    let ended = matches!(doc.room.state, RoomState::Ended | RoomState::Archived);
+    match view::sight(&doc, viewer) {
+        view::Sight::Moderator => Ok(Json(view::stats(&doc, now_ms()))),
+        view::Sight::Member => Ok(Json(view::stats_summary(&doc, now_ms()))),
+        view::Sight::Outsider if ended => Ok(Json(view::stats_summary(&doc, now_ms()))),
+        view::Sight::Outsider => Err(ControlError::forbidden(
+            "not_allowed",
+            "only the room's members see its statistics while it runs",
+        )),
+    }
 }
 
+/// `GET /api/rooms/{id}/audit`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuditView {
+    /// Moderation and lifecycle actions, oldest first (the newest 200).
+    pub entries: Vec<crate::store::AuditEntry>,
+}
+
+/// A room's audit log: who did what to whom, when. The host and servers only.
+#[utoipa::path(get, path = "/api/rooms/{id}/audit", params(("id" = String, Path, description = "Room id")),
+    responses((status = 200, body = AuditView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn audit_log(
+    State(c): State<Control>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<AuditView>, ControlError> {
+    let entries = c.audit(&room_id(&id)?, caller.viewer()).await?;
+    Ok(Json(AuditView { entries }))
+}
+
+/// A host's totals: the host and servers only.
 #[utoipa::path(get, path = "/api/users/{id}/stats", params(("id" = String, Path, description = "Host user id")),
-    responses((status = 200, body = HostStatsView), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = HostStatsView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn host_stats(
     State(c): State<Control>,
-    _caller: Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<HostStatsView>, ControlError> {
     let host = UserId::parse(&id)?;
+    if caller.viewer().is_some_and(|v| *v != host) {
+        return Err(ControlError::forbidden(
+            "not_allowed",
+            "a host's statistics are for that host only",
+        ));
+    }
     let docs = c
         .rooms(&[
             RoomState::Scheduled,
@@ -837,7 +889,7 @@ async fn get_invitation(
     Path(token): Path<String>,
 ) -> Result<Json<InvitationView>, ControlError> {
     let invite = c.invitation(&token).await?;
-    let room = c.view(&invite.room, caller.viewer()).await?;
+    let room = c.invited_view(&invite.room, caller.viewer()).await?;
     Ok(Json(InvitationView {
         token,
         requires_confirmation: room.kind == RoomKind::Stage,
@@ -1103,7 +1155,8 @@ pub struct EventsQuery {
 }
 
 #[utoipa::path(get, path = "/api/events", params(EventsQuery),
-    responses((status = 101, description = "WebSocket of JSON events", body = Event), (status = 401, body = ErrorBody)))]
+    responses((status = 101, description = "WebSocket of JSON events: each filtered through the room view's visibility rule for the caller", body = Event),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn events(
     State(c): State<Control>,
     caller: Caller,
@@ -1111,12 +1164,27 @@ async fn events(
     ws: WebSocketUpgrade,
 ) -> Result<Response, ControlError> {
     let room = q.room.as_deref().map(room_id).transpose()?;
+    if let Some(id) = &room {
+        // Subscribing to a room needs the right to see it.
+        let doc = c
+            .room_in(id, &Scope::users(caller.viewer().cloned()))
+            .await?;
+        if !view::may_see(&doc, caller.viewer()) {
+            return Err(ControlError::not_found("room", id.as_str()));
+        }
+    }
     let rx = (q.notifications_only != Some(true)).then(|| c.events());
     // A user's stream also carries their own notifications (`{"type": "notification", …}`).
     let mine = caller.viewer().map(|u| c.notification_stream(u));
+    let viewer = caller.viewer().cloned();
+    let filter = EventFilter {
+        control: c,
+        viewer,
+        sights: std::collections::HashMap::new(),
+    };
     Ok(ws
         .max_message_size(MAX_BODY)
-        .on_upgrade(move |socket| stream_events(socket, rx, room, mine)))
+        .on_upgrade(move |socket| stream_events(socket, rx, room, mine, filter)))
 }
 
 /// A notification as the event stream carries it.
@@ -1127,11 +1195,75 @@ struct NotificationEvent<'a> {
     notification: &'a crate::notify::Notification,
 }
 
+/// How long a subscriber's sight of a room is trusted before it is read again.
+const SIGHT_TTL_MS: u64 = 2_000;
+/// Rooms whose sight one subscriber remembers.
+const SIGHTS_KEPT: usize = 256;
+
+/// One subscriber's view of the event stream: every event passes [`view::sees`] with the
+/// subscriber's [`view::Sight`] of its room, read from the store (the viewer's own record) and
+/// remembered for [`SIGHT_TTL_MS`]: someone who just joined a room may miss its events for that
+/// long (a room's end is always looked at afresh).
+struct EventFilter {
+    control: Control,
+    /// `None`: a server token, which sees everything.
+    viewer: Option<UserId>,
+    /// Sight per room and the unix ms it was read.
+    sights: std::collections::HashMap<RoomId, (view::Sight, bool, u64)>,
+}
+
+impl EventFilter {
+    async fn admits(&mut self, e: &Event) -> bool {
+        let Some(viewer) = self.viewer.clone() else {
+            return true;
+        };
+        if !view::in_room(e) {
+            return true;
+        }
+        let room = event_room(e).clone();
+        if matches!(e, Event::RoomEnded { .. }) {
+            // A room ends once: its last word is worth a fresh look.
+            self.sights.remove(&room);
+        }
+        let (sight, knows) = match self.sights.get(&room) {
+            Some(&(sight, knows, at)) if now_ms().saturating_sub(at) < SIGHT_TTL_MS => {
+                (sight, knows)
+            }
+            _ => {
+                let (sight, knows) = match self
+                    .control
+                    .room_in(&room, &Scope::users([viewer.clone()]))
+                    .await
+                {
+                    Ok(doc) => (
+                        view::sight(&doc, Some(&viewer)),
+                        view::may_see(&doc, Some(&viewer)),
+                    ),
+                    Err(_) => (view::Sight::Outsider, false),
+                };
+                if self.sights.len() >= SIGHTS_KEPT {
+                    self.sights.clear();
+                }
+                self.sights.insert(room.clone(), (sight, knows, now_ms()));
+                (sight, knows)
+            }
+        };
+        let admitted = view::sees(sight, knows, Some(&viewer), e);
+        // An event about the viewer may change what they see next.
+        if matches!(e, Event::Hand { user, .. } | Event::Role { user, .. } | Event::Removed { user, .. } if *user == viewer)
+        {
+            self.sights.remove(&room);
+        }
+        admitted
+    }
+}
+
 async fn stream_events(
     mut socket: WebSocket,
     mut rx: Option<tokio::sync::broadcast::Receiver<Event>>,
     room: Option<RoomId>,
     mut mine: Option<tokio::sync::mpsc::Receiver<crate::notify::Notification>>,
+    mut filter: EventFilter,
 ) {
     loop {
         tokio::select! {
@@ -1145,6 +1277,9 @@ async fn stream_events(
             Some(event) = async { match rx.as_mut() { Some(r) => Some(r.recv().await), None => None } } => match event {
                 Ok(e) => {
                     if room.as_ref().is_some_and(|r| event_room(&e) != r) {
+                        continue;
+                    }
+                    if !filter.admits(&e).await {
                         continue;
                     }
                     let Ok(text) = serde_json::to_string(&e) else { continue };
@@ -1167,7 +1302,7 @@ fn event_room(e: &Event) -> &RoomId {
     match e {
         Event::RoomCreated { room, .. }
         | Event::RoomLive { room, .. }
-        | Event::RoomEnded { room }
+        | Event::RoomEnded { room, .. }
         | Event::Audience { room, .. }
         | Event::Hand { room, .. }
         | Event::Role { room, .. }
@@ -1212,6 +1347,7 @@ fn event_room(e: &Event) -> &RoomId {
         react,
         moderate,
         room_stats,
+        audit_log,
         host_stats,
         create_invitation,
         get_invitation,
@@ -1232,6 +1368,7 @@ fn event_room(e: &Event) -> &RoomId {
         RoomCardView,
         StatsView,
         HostStatsView,
+        AuditView,
         Event,
         Follow,
         NotificationsView,

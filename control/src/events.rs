@@ -19,6 +19,9 @@ pub enum Event {
         title: String,
         /// Unix ms it is scheduled for.
         scheduled_for: Option<u64>,
+        /// A private room (only its members, host and servers are told).
+        #[serde(default, skip_serializing_if = "is_false")]
+        private: bool,
     },
     /// A room went live.
     RoomLive {
@@ -28,11 +31,17 @@ pub enum Event {
         title: String,
         /// Host.
         host: UserId,
+        /// A private room (only its members, host and servers are told).
+        #[serde(default, skip_serializing_if = "is_false")]
+        private: bool,
     },
     /// A room ended.
     RoomEnded {
         /// Room.
         room: RoomId,
+        /// A private room (only its members, host and servers are told).
+        #[serde(default, skip_serializing_if = "is_false")]
+        private: bool,
     },
     /// The audience changed.
     Audience {
@@ -42,6 +51,9 @@ pub enum Event {
         listeners: u32,
         /// Everyone connected.
         present: u32,
+        /// A private room (only its members, host and servers are told).
+        #[serde(default, skip_serializing_if = "is_false")]
+        private: bool,
     },
     /// A hand went up or down.
     Hand {
@@ -121,6 +133,23 @@ pub enum Event {
         /// The reaction.
         emoji: String,
     },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl Event {
+    /// Whether the event is about a private room.
+    pub fn private(&self) -> bool {
+        match self {
+            Event::RoomCreated { private, .. }
+            | Event::RoomLive { private, .. }
+            | Event::RoomEnded { private, .. }
+            | Event::Audience { private, .. } => *private,
+            _ => false,
+        }
+    }
 }
 
 /// What travels between instances: the outcome of one command.

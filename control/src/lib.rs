@@ -35,7 +35,7 @@ pub mod telemetry;
 pub mod view;
 pub mod webhook;
 
-pub use config::{ControlConfig, StoreKind};
+pub use config::{ControlConfig, RoomCreators, StoreKind};
 pub use error::ControlError;
 pub use service::Control;
 

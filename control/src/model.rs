@@ -119,6 +119,11 @@ impl UserId {
         }
     }
 
+    /// Whether this is a guest's id (`guest-…`, what `POST /api/session/guest` mints).
+    pub fn is_guest(&self) -> bool {
+        self.0.starts_with("guest-")
+    }
+
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -268,6 +273,9 @@ pub struct Room {
     /// The first room of a recurring series, for its later occurrences.
     #[serde(default)]
     pub series: Option<RoomId>,
+    /// Private: unlisted, seen and joined only by its host, its members and those invited.
+    #[serde(default)]
+    pub private: bool,
 }
 
 /// One user in a room.
@@ -297,6 +305,21 @@ pub struct Member {
     /// speak.
     #[serde(default)]
     pub speaking_since: Option<u64>,
+    /// Unix ms from which their seat's grace runs while they are not connected: their media
+    /// session ended without a `/leave`, or they took a new token.
+    #[serde(default)]
+    pub absent_since: Option<u64>,
+}
+
+impl Member {
+    /// Whether the member holds no seat at `now`: not connected, and not for `grace_ms`
+    /// since they took their token (never connected) or since their session dropped. The
+    /// host's seat is never given away.
+    pub fn is_ghost(&self, now: u64, grace_ms: u64) -> bool {
+        self.role != Role::Host
+            && !self.present
+            && now.saturating_sub(self.absent_since.unwrap_or(self.joined_at)) >= grace_ms
+    }
 }
 
 /// A room's statistics.

@@ -64,10 +64,19 @@ pub struct Notification {
 impl Notification {
     /// The notification an event calls for, if any, made at `now`.
     pub fn of(event: &Event, now: u64) -> Option<(Notification, Vec<Follow>)> {
+        // A private room's going live is news only to those who follow the room itself (who
+        // could see it when they followed it), not to everyone who follows its host.
+        let mut private_room = false;
         let (kind, room, title, host, scheduled_for) = match event {
             Event::RoomLive {
-                room, title, host, ..
-            } => (NotificationKind::RoomLive, room, title, host, None),
+                room,
+                title,
+                host,
+                private,
+            } => {
+                private_room = *private;
+                (NotificationKind::RoomLive, room, title, host, None)
+            }
             Event::Reminder {
                 room,
                 title,
@@ -83,7 +92,7 @@ impl Notification {
             _ => return None,
         };
         let mut audience = vec![Follow::Room(room.clone())];
-        if kind == NotificationKind::RoomLive {
+        if kind == NotificationKind::RoomLive && !private_room {
             audience.push(Follow::User(host.clone()));
         }
         let kind_name = match kind {

@@ -58,6 +58,12 @@ pub enum Command {
     /// Give `user` a role whenever they join (co-host or speaker), or take it back (`None`):
     /// the line-up (host only).
     LineUp(UserId, Option<Role>),
+    /// The media plane saw the user's track muted (`true`) or unmuted, whoever did it (their
+    /// client through any SDK, or a server through the RoomService API).
+    MediaMuted(UserId, bool),
+    /// Give up the seats of those of these members who hold none any more (see
+    /// [`Member::is_ghost`]): never connected, or dropped, for the seat grace.
+    ReleaseSeats(Vec<UserId>),
 }
 
 /// A change to a room's description, limits or schedule; `None` leaves a field as it is.
@@ -93,6 +99,8 @@ pub struct Context {
     pub kick_cooldown_ms: u64,
     /// How long before its scheduled time the host may start a room (ms).
     pub open_window_ms: u64,
+    /// How long a seat is held without a media connection (ms).
+    pub seat_grace_ms: u64,
 }
 
 /// What a command requires of the world outside the document.
@@ -124,9 +132,11 @@ pub fn scope(actor: &Actor, command: &Command, host: Option<&UserId>) -> Scope {
         Command::Connected(u, _)
         | Command::Disconnected(u, _)
         | Command::Speaking(u, _)
-        | Command::LineUp(u, _) => {
+        | Command::LineUp(u, _)
+        | Command::MediaMuted(u, _) => {
             users.push(u.clone());
         }
+        Command::ReleaseSeats(us) => users.extend(us.iter().cloned()),
         Command::Join { .. }
         | Command::Own(_)
         | Command::React { .. }
@@ -212,6 +222,35 @@ pub fn apply(
             }
         }
         Command::LineUp(u, role) => line_up(doc, actor, u, role, cx, &mut fx)?,
+        Command::MediaMuted(u, muted) => {
+            if let Some(m) = doc.members.get_mut(&u)
+                && m.muted != muted
+            {
+                m.muted = muted;
+                fx.events.push(Event::Muted {
+                    room: doc.room.id.clone(),
+                    user: u,
+                    muted,
+                    hard: false,
+                });
+            }
+        }
+        Command::ReleaseSeats(users) => {
+            for u in users {
+                if doc
+                    .members
+                    .get(&u)
+                    .is_some_and(|m| m.is_ghost(cx.now, cx.seat_grace_ms))
+                {
+                    leave(doc, &u, cx, &mut fx);
+                    // Should a session exist that the books missed, it goes too.
+                    fx.media.push(MediaCommand::Remove {
+                        room: doc.room.id.clone(),
+                        user: u,
+                    });
+                }
+            }
+        }
     }
     Ok(fx)
 }
@@ -293,6 +332,7 @@ fn audience_event(doc: &RoomDoc, fx: &mut Effects) {
         room: doc.room.id.clone(),
         listeners: doc.audience(),
         present: doc.totals().present,
+        private: doc.room.private,
     });
 }
 
@@ -329,8 +369,18 @@ fn join(
     if is_host {
         doc.stats.names.insert(u.clone(), name.clone());
     }
+    if doc.room.private && !is_host && !doc.members.contains_key(u) && !doc.invited.contains(u) {
+        return Err(ControlError::forbidden(
+            "private_room",
+            "this room is by invitation only",
+        ));
+    }
     if let Some(member) = doc.members.get_mut(u) {
         member.name = name;
+        if !member.present {
+            // A new token: the seat is held for them again.
+            member.absent_since = Some(cx.now);
+        }
         return Ok(());
     }
     if doc.totals().members >= doc.room.max_participants {
@@ -366,6 +416,7 @@ fn join(
             on_stage_since: role.on_stage().then_some(cx.now),
             instance: None,
             speaking_since: None,
+            absent_since: None,
         },
     );
     doc.stats.total_joins += 1;
@@ -450,7 +501,15 @@ fn own(
     check(doc, &actor, action)?;
     let room = doc.room.id.clone();
     match action {
-        Action::Leave => leave(doc, u, cx, fx),
+        Action::Leave => {
+            leave(doc, u, cx, fx);
+            // Leaving ends the media session too: nobody stays connected (and publishing)
+            // without a membership the moderators can act on.
+            fx.media.push(MediaCommand::Remove {
+                room,
+                user: u.clone(),
+            });
+        }
         Action::RaiseHand => {
             live(doc)?;
             let mode_ok = match doc.room.speaker_mode {
@@ -649,15 +708,14 @@ fn moderate(
             } else {
                 doc.bans.insert(target.clone());
             }
-            let was_member = doc.members.contains_key(&target);
             remember(doc, &target, None);
             leave(doc, &target, cx, fx);
-            if was_member {
-                fx.media.push(MediaCommand::Remove {
-                    room: room.clone(),
-                    user: target.clone(),
-                });
-            }
+            // Whoever is connected under that identity goes, member or not (the media plane
+            // is the source of presence; the books may be behind it).
+            fx.media.push(MediaCommand::Remove {
+                room: room.clone(),
+                user: target.clone(),
+            });
             fx.events.push(Event::Removed {
                 room,
                 user: target,
@@ -755,6 +813,7 @@ fn start(
         room: doc.room.id.clone(),
         title: doc.room.title.clone(),
         host: doc.room.host.clone(),
+        private: doc.room.private,
     });
     Ok(())
 }
@@ -945,6 +1004,7 @@ fn end(doc: &mut RoomDoc, cx: &Context, fx: &mut Effects) -> Result<(), ControlE
     }
     fx.events.push(Event::RoomEnded {
         room: doc.room.id.clone(),
+        private: doc.room.private,
     });
     Ok(())
 }
@@ -974,6 +1034,7 @@ fn connected(doc: &mut RoomDoc, u: &UserId, instance: String, cx: &Context, fx: 
         return;
     };
     m.instance = Some(instance);
+    m.absent_since = None;
     if m.present {
         return;
     }
@@ -1000,6 +1061,7 @@ fn disconnected(doc: &mut RoomDoc, u: &UserId, instance: &str, cx: &Context, fx:
     }
     m.present = false;
     m.present_since = None;
+    m.absent_since = Some(cx.now);
     if doc.totals().present == 0 && doc.room.state == RoomState::Live {
         doc.room.empty_since = Some(cx.now);
     }

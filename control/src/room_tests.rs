@@ -30,6 +30,7 @@ fn doc(kind: RoomKind, mode: SpeakerMode) -> RoomDoc {
         schedule: Default::default(),
         reminded: false,
         series: None,
+        private: false,
     })
 }
 
@@ -39,6 +40,7 @@ fn cx(now: u64) -> Context {
         follows_host: false,
         kick_cooldown_ms: 5 * MINUTE,
         open_window_ms: 15 * MINUTE,
+        seat_grace_ms: MINUTE,
     }
 }
 
@@ -233,6 +235,37 @@ fn kick_blocks_rejoin_for_the_cooldown_and_ban_until_unbanned() {
 }
 
 #[test]
+fn leaving_ends_the_media_session_and_a_ban_reaches_whoever_is_connected() {
+    let mut d = live_stage();
+    let remove = |fx: &Effects, who: &str| {
+        fx.media
+            .iter()
+            .any(|m| matches!(m, MediaCommand::Remove { user, .. } if *user == uid(who)))
+    };
+    run(
+        &mut d,
+        "host",
+        Command::Target(Action::InviteToSpeak, uid("ann")),
+        MINUTE,
+    )
+    .unwrap();
+    // A speaker who leaves is disconnected: no publishing without a membership.
+    let fx = run(&mut d, "ann", Command::Own(Action::Leave), MINUTE).unwrap();
+    assert!(remove(&fx, "ann"), "{fx:?}");
+    assert!(!d.members.contains_key(&uid("ann")));
+    // A ban after the leave still disconnects anyone connected under that identity.
+    let fx = run(
+        &mut d,
+        "host",
+        Command::Target(Action::Ban, uid("ann")),
+        2 * MINUTE,
+    )
+    .unwrap();
+    assert!(remove(&fx, "ann"), "{fx:?}");
+    assert!(d.bans.contains(&uid("ann")));
+}
+
+#[test]
 fn co_hosts_cannot_touch_the_host_or_each_other() {
     let mut d = live_stage();
     join(&mut d, "cy", 1).unwrap();
@@ -325,6 +358,124 @@ fn transfer_host_swaps_roles() {
         "not_allowed"
     );
     run(&mut d, "ann", Command::End, 3).unwrap();
+}
+
+#[test]
+fn seats_of_members_who_never_came_or_dropped_are_released_after_the_grace() {
+    // Room of 4: the host, ann (never connects), bob (connects, then drops), cy (connected).
+    let mut d = live_stage();
+    join(&mut d, "bob", 1).unwrap();
+    join(&mut d, "cy", 1).unwrap();
+    let system = |d: &mut RoomDoc, c: Command, now: u64| apply(d, &Actor::System, c, &cx(now));
+    for who in ["host", "bob", "cy"] {
+        system(&mut d, Command::Connected(uid(who), "i".into()), 2).unwrap();
+    }
+    system(
+        &mut d,
+        Command::Disconnected(uid("bob"), "i".into()),
+        30_000,
+    )
+    .unwrap();
+    assert_eq!(join(&mut d, "dan", 30_001).unwrap_err().code, "room_full");
+    let everyone = || ["host", "ann", "bob", "cy"].map(uid).to_vec();
+    // Within the grace nobody loses a seat.
+    let fx = system(&mut d, Command::ReleaseSeats(everyone()), MINUTE).unwrap();
+    assert!(fx.released.is_empty(), "{fx:?}");
+    assert_eq!(d.members.len(), 4);
+    // Ann's grace ran from her join (1 ms), bob's from his drop (30 s).
+    let fx = system(&mut d, Command::ReleaseSeats(everyone()), MINUTE + 1).unwrap();
+    assert_eq!(fx.released, vec![uid("ann")]);
+    assert!(
+        fx.media
+            .iter()
+            .any(|m| matches!(m, MediaCommand::Remove { user, .. } if *user == uid("ann")))
+    );
+    join(&mut d, "dan", MINUTE + 2).unwrap();
+    assert_eq!(
+        join(&mut d, "eve", MINUTE + 3).unwrap_err().code,
+        "room_full"
+    );
+    // Bob reconnecting in time keeps his seat; dropping again restarts his grace.
+    system(
+        &mut d,
+        Command::Connected(uid("bob"), "i".into()),
+        MINUTE + 10,
+    )
+    .unwrap();
+    system(
+        &mut d,
+        Command::Disconnected(uid("bob"), "i".into()),
+        2 * MINUTE,
+    )
+    .unwrap();
+    let fx = system(&mut d, Command::ReleaseSeats(everyone()), 3 * MINUTE - 1).unwrap();
+    assert!(fx.released.is_empty(), "{fx:?}");
+    // Connected members, and the host whatever their state, are never released.
+    system(
+        &mut d,
+        Command::Disconnected(uid("host"), "i".into()),
+        2 * MINUTE,
+    )
+    .unwrap();
+    let fx = system(&mut d, Command::ReleaseSeats(everyone()), 10 * MINUTE).unwrap();
+    assert_eq!(fx.released, vec![uid("bob")]);
+    assert!(d.members.contains_key(&uid("host")));
+    assert!(d.members.contains_key(&uid("cy")));
+    // A new token holds the seat again for the grace.
+    join(&mut d, "dan", 20 * MINUTE).unwrap();
+    let fx = system(
+        &mut d,
+        Command::ReleaseSeats(vec![uid("dan")]),
+        21 * MINUTE - 1,
+    )
+    .unwrap();
+    assert!(fx.released.is_empty(), "{fx:?}");
+}
+
+#[test]
+fn mutes_made_in_the_media_plane_reach_the_room() {
+    let mut d = live_stage();
+    let system = |d: &mut RoomDoc, c: Command| apply(d, &Actor::System, c, &cx(5));
+    // The host arrives muted; unmuting through an SDK shows in the room and its events.
+    assert!(d.members[&uid("host")].muted);
+    let fx = system(&mut d, Command::MediaMuted(uid("host"), false)).unwrap();
+    assert!(!d.members[&uid("host")].muted);
+    assert_eq!(
+        fx.events,
+        vec![Event::Muted {
+            room: d.room.id.clone(),
+            user: uid("host"),
+            muted: false,
+            hard: false,
+        }]
+    );
+    // The echo of a mute the room already knows changes nothing and says nothing.
+    let fx = system(&mut d, Command::MediaMuted(uid("host"), false)).unwrap();
+    assert!(fx.events.is_empty());
+    let fx = system(&mut d, Command::MediaMuted(uid("host"), true)).unwrap();
+    assert!(d.members[&uid("host")].muted);
+    assert_eq!(fx.events.len(), 1);
+    // Someone who is not a member changes nothing.
+    let fx = system(&mut d, Command::MediaMuted(uid("nobody"), true)).unwrap();
+    assert!(fx.events.is_empty() && !d.members.contains_key(&uid("nobody")));
+}
+
+#[test]
+fn private_rooms_admit_the_host_members_and_the_invited_only() {
+    let mut d = doc(RoomKind::Stage, SpeakerMode::Everyone);
+    d.room.private = true;
+    run(&mut d, "host", Command::Start, 0).unwrap();
+    join(&mut d, "host", 0).unwrap();
+    let err = join(&mut d, "ann", 1).unwrap_err();
+    assert_eq!((err.status, err.code), (403, "private_room"));
+    assert!(!d.members.contains_key(&uid("ann")));
+    d.invited.insert(uid("ann"));
+    join(&mut d, "ann", 2).unwrap();
+    // A member taking a new token stays in.
+    join(&mut d, "ann", 3).unwrap();
+    // Lifecycle and audience events say the room is private (the event stream filters them).
+    let fx = run(&mut d, "host", Command::End, 4).unwrap();
+    assert!(fx.events.iter().any(|e| e.private()), "{fx:?}");
 }
 
 #[test]

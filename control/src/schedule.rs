@@ -246,6 +246,7 @@ mod tests {
             media_url: None,
             schedule: Schedule::default(),
             reminded: false,
+            private: false,
             series: None,
         });
         doc.room.schedule = schedule;

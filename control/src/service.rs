@@ -9,23 +9,19 @@ use tokio::sync::broadcast;
 
 use crate::auth::{Keys, Principal};
 use crate::clock::now_ms;
-use crate::config::ControlConfig;
+use crate::config::{ControlConfig, RoomCreators};
 use crate::error::ControlError;
 use crate::events::{BusMessage, Event};
-use crate::media::{MediaError, MediaPlane};
+use crate::media::{MediaCommand, MediaError, MediaPlane};
 use crate::model::{self, Room, RoomDoc, RoomId, RoomKind, RoomState, Scope, SpeakerMode, UserId};
 use crate::permission::Action;
 use crate::room::{self, Actor, Command, Context, Effects};
 use crate::schedule::Schedule;
-use crate::store::{AudiencePage, Follow, Invite, Store};
+use crate::store::{AudiencePage, AuditEntry, Follow, Invite, Store};
 use crate::view::{self, RoomView};
 
 /// How often live rooms are checked for the empty timeout.
 const SWEEP: Duration = Duration::from_secs(5);
-
-/// A newly joined member who has not connected to the media room yet keeps their
-/// one-active-room claim this long.
-const CONNECT_GRACE_MS: u64 = 60_000;
 
 /// Raised hands a moderator's view of a room lists (the first raised).
 pub const HANDS_SHOWN: usize = 40;
@@ -52,6 +48,10 @@ pub enum MediaEvent {
     SpeakingStarted,
     /// Stopped speaking.
     SpeakingStopped,
+    /// Their track was muted (by their client or a server).
+    Muted,
+    /// Their track was unmuted.
+    Unmuted,
 }
 
 /// The control plane. Cheap to clone.
@@ -105,6 +105,8 @@ pub struct NewRoom {
     pub host: Option<UserId>,
     /// Auto-start and recurrence.
     pub schedule: Schedule,
+    /// Unlisted, joinable only by invitation (or membership).
+    pub private: bool,
 }
 
 /// Checks a schedule and its time as creation and editing do; returns the time, computed from
@@ -279,6 +281,7 @@ impl Control {
                     room,
                     title,
                     scheduled_for,
+                    ..
                 } => {
                     data.insert("title".into(), title.clone().into());
                     data.insert("scheduled_for".into(), (*scheduled_for).into());
@@ -289,12 +292,14 @@ impl Control {
                     };
                     (name, room, None)
                 }
-                Event::RoomLive { room, title, host } => {
+                Event::RoomLive {
+                    room, title, host, ..
+                } => {
                     data.insert("title".into(), title.clone().into());
                     data.insert("host".into(), host.as_str().into());
                     ("room_started", room, None)
                 }
-                Event::RoomEnded { room } => ("room_ended", room, None),
+                Event::RoomEnded { room, .. } => ("room_ended", room, None),
                 Event::RoomEdited {
                     room,
                     title,
@@ -435,7 +440,38 @@ impl Control {
             }
         };
         if let Principal::User { id, .. } = who {
+            let creators = self.inner.config.creators();
+            let refused = match creators {
+                RoomCreators::Everyone => None,
+                RoomCreators::Users if id.is_guest() => {
+                    Some("guests may not create rooms here; sign in with an account")
+                }
+                RoomCreators::Users => None,
+                RoomCreators::Servers => Some("rooms here are created by the app, not by users"),
+            };
+            if let Some(why) = refused {
+                return Err(ControlError::forbidden("not_allowed", why));
+            }
             self.rate_limit(id, "room creation", 0.2, 5.0)?;
+        }
+        let cap = self.inner.config.max_rooms_per_user;
+        if cap > 0 && matches!(who, Principal::User { .. }) {
+            let open = self
+                .inner
+                .store
+                .rooms(&[RoomState::Live, RoomState::Scheduled])
+                .await?
+                .iter()
+                .filter(|d| d.room.host == host)
+                .count();
+            if open >= cap as usize {
+                return Err(ControlError::conflict(
+                    "too_many_rooms",
+                    format!(
+                        "{host} already has {open} live or scheduled rooms (at most {cap}); end one first"
+                    ),
+                ));
+            }
         }
         let limit = self.inner.config.max_participants;
         let max = check_max(new.max_participants.unwrap_or(limit), limit)?;
@@ -465,6 +501,7 @@ impl Control {
             schedule: new.schedule.clone(),
             reminded: false,
             series: None,
+            private: new.private,
         });
         // The host's name, for cards and previews before they join.
         if let Principal::User { id, name } = who
@@ -478,6 +515,7 @@ impl Control {
             room: id.clone(),
             title: doc.room.title.clone(),
             scheduled_for: doc.room.scheduled_for,
+            private: doc.room.private,
         }];
         self.announce(&events, None);
         self.publish(Effects {
@@ -516,9 +554,31 @@ impl Control {
         id: &RoomId,
         viewer: Option<&UserId>,
     ) -> Result<RoomView, ControlError> {
+        self.view_with(id, viewer, false).await
+    }
+
+    /// The room as [`Control::view`] shows it, to the holder of a live invitation to it (who
+    /// may see a private room before accepting).
+    pub async fn invited_view(
+        &self,
+        id: &RoomId,
+        viewer: Option<&UserId>,
+    ) -> Result<RoomView, ControlError> {
+        self.view_with(id, viewer, true).await
+    }
+
+    async fn view_with(
+        &self,
+        id: &RoomId,
+        viewer: Option<&UserId>,
+        invited: bool,
+    ) -> Result<RoomView, ControlError> {
         let store = &self.inner.store;
         let scope = Scope::users(viewer.cloned()).with_stage();
         let doc = self.room_in(id, &scope).await?;
+        if !invited && !view::may_see(&doc, viewer) {
+            return Err(ControlError::not_found("room", id.as_str()));
+        }
         if !view::moderates(&doc, viewer) {
             return Ok(view::room(&doc, viewer, None));
         }
@@ -569,15 +629,22 @@ impl Control {
         let store = &self.inner.store;
         let limit = limit.clamp(1, MAX_AUDIENCE_PAGE);
         let doc = self.room_in(id, &Scope::users(viewer.cloned())).await?;
-        if view::moderates(&doc, viewer) {
-            let page = store.audience(id, after, limit).await?;
-            return Ok((page, view::Sight::Moderator));
-        }
-        if !viewer.is_some_and(|u| doc.members.contains_key(u)) {
-            return Err(ControlError::forbidden(
-                "not_a_member",
-                "join the room to see who is in it",
-            ));
+        match view::sight(&doc, viewer) {
+            view::Sight::Moderator => {
+                let page = store.audience(id, after, limit).await?;
+                return Ok((page, view::Sight::Moderator));
+            }
+            view::Sight::Member => {}
+            // A private room does not exist for whoever may not know of it.
+            view::Sight::Outsider if !view::may_see(&doc, viewer) => {
+                return Err(ControlError::not_found("room", id.as_str()));
+            }
+            view::Sight::Outsider => {
+                return Err(ControlError::forbidden(
+                    "not_a_member",
+                    "join the room to see who is in it",
+                ));
+            }
         }
         let mut out = AudiencePage::default();
         let mut cursor = after.cloned();
@@ -607,6 +674,25 @@ impl Control {
         }
         out.next = cursor;
         Ok((out, view::Sight::Member))
+    }
+
+    /// A room's audit log (who did what to whom, when), for its host and servers only.
+    pub async fn audit(
+        &self,
+        id: &RoomId,
+        viewer: Option<&UserId>,
+    ) -> Result<Vec<AuditEntry>, ControlError> {
+        let doc = self.room_in(id, &Scope::users(viewer.cloned())).await?;
+        if !view::may_see(&doc, viewer) {
+            return Err(ControlError::not_found("room", id.as_str()));
+        }
+        if viewer.is_some_and(|u| *u != doc.room.host) {
+            return Err(ControlError::forbidden(
+                "not_allowed",
+                "only the room's host reads its audit log",
+            ));
+        }
+        self.inner.store.audit(id).await
     }
 
     /// Rooms in `states`.
@@ -646,6 +732,7 @@ impl Control {
             follows_host,
             kick_cooldown_ms: self.inner.config.kick_cooldown * 1000,
             open_window_ms: self.inner.config.schedule_open_window * 1000,
+            seat_grace_ms: self.inner.config.seat_grace * 1000,
         };
         let mut after = None;
         let effects = self
@@ -667,6 +754,23 @@ impl Control {
                 .iter()
                 .any(|e| matches!(e, Event::RoomEnded { .. }));
         self.publish(effects).await?;
+        if let Some(action) = audited(&command) {
+            let entry = AuditEntry {
+                at: cx.now,
+                actor: match actor {
+                    Actor::User(u) => Some(u.clone()),
+                    Actor::System => None,
+                },
+                action,
+                target: match &command {
+                    Command::Target(_, t) => Some(t.clone()),
+                    _ => None,
+                },
+            };
+            if let Err(e) = self.inner.store.append_audit(id, &entry).await {
+                tracing::warn!(room = %id, error = %e, "audit entry not recorded");
+            }
+        }
         if archive {
             self.inner
                 .store
@@ -726,6 +830,7 @@ impl Control {
             room: id.clone(),
             title: doc.room.title.clone(),
             scheduled_for: doc.room.scheduled_for,
+            private: doc.room.private,
         }];
         self.announce(&events, doc.room.series.as_ref());
         self.publish(Effects {
@@ -850,13 +955,11 @@ impl Control {
                 ));
             }
         }
-        let joined = self
-            .act(
-                &Actor::User(user.clone()),
-                id,
-                Command::Join { name: name.clone() },
-            )
-            .await;
+        let join = Command::Join { name: name.clone() };
+        let mut joined = self.act(&Actor::User(user.clone()), id, join.clone()).await;
+        if joined.as_ref().is_err_and(|e| e.code == "room_full") && self.release_seats(id).await? {
+            joined = self.act(&Actor::User(user.clone()), id, join).await;
+        }
         let doc = match joined {
             Ok(d) => d,
             Err(e) => {
@@ -886,8 +989,32 @@ impl Control {
         })
     }
 
+    /// Frees the seats of a full room's members who hold none any more: not connected for the
+    /// seat grace since they took their token or their session dropped. Reads the whole room,
+    /// which only a join into a full room does. Returns whether any seat was freed.
+    async fn release_seats(&self, id: &RoomId) -> Result<bool, ControlError> {
+        let now = now_ms();
+        let grace = self.inner.config.seat_grace * 1000;
+        let ghosts: Vec<UserId> = self
+            .room(id)
+            .await?
+            .members
+            .iter()
+            .filter(|(_, m)| m.is_ghost(now, grace))
+            .map(|(u, _)| u.clone())
+            .collect();
+        if ghosts.is_empty() {
+            return Ok(false);
+        }
+        let count = ghosts.len();
+        self.apply_all(id, &[Command::ReleaseSeats(ghosts)]).await?;
+        metrics::counter!(crate::telemetry::SEATS_RELEASED).increment(count as u64);
+        tracing::info!(room = %id, seats = count, "seats of members who never came or dropped released");
+        Ok(true)
+    }
+
     /// Ends `user`'s membership of `other` if they have left it in all but name: not
-    /// connected, and not just joined. Returns whether the claim is gone.
+    /// connected for the seat grace. Returns whether the claim is gone.
     async fn release_stale(&self, user: &UserId, other: &RoomId) -> Result<bool, ControlError> {
         let doc = self
             .inner
@@ -899,7 +1026,7 @@ impl Control {
             Some(d) if matches!(d.room.state, RoomState::Ended | RoomState::Archived) => true,
             Some(d) => match d.members.get(user) {
                 None => true,
-                Some(m) => !m.present && now_ms().saturating_sub(m.joined_at) > CONNECT_GRACE_MS,
+                Some(m) => m.is_ghost(now_ms(), self.inner.config.seat_grace * 1000),
             },
         };
         if !stale {
@@ -953,12 +1080,55 @@ impl Control {
                 "the room is not live",
             ));
         }
-        match room::participant_view(&doc, &user) {
+        let view = room::participant_view(&doc, &user);
+        if view.is_some() {
+            // The control plane owns the room's lifetime: should the media room have closed
+            // (empty past its timeout, or deleted through the RoomService API) while the room
+            // is live, it comes back with the room's limits, never the defaults.
+            let create = MediaCommand::CreateRoom {
+                room: id.clone(),
+                max_participants: doc.room.max_participants,
+            };
+            if let Err(e) = self.inner.media.apply(&create).await {
+                tracing::warn!(room = %id, error = %e, "media room not created");
+            }
+        }
+        match view {
             Some(view) => Ok(Some(view)),
             None => Err(ControlError::forbidden(
                 "not_a_member",
                 "join the room through the API first",
             )),
+        }
+    }
+
+    /// The media plane closed room `name` (empty past its timeout, or deleted through the
+    /// RoomService API): whoever the books still show connected to it through this instance is
+    /// recorded as gone. The room itself lives on until the control plane ends it; the next
+    /// admission recreates the media room.
+    pub async fn media_room_finished(&self, name: &str) {
+        let Ok(id) = RoomId::parse(name) else {
+            return;
+        };
+        let doc = match self.room(&id).await {
+            Ok(d) => d,
+            Err(e) => {
+                if e.status != 404 {
+                    tracing::warn!(room = %id, error = %e, "cannot read the room");
+                }
+                return;
+            }
+        };
+        let instance = &self.inner.instance;
+        let commands: Vec<Command> = doc
+            .present()
+            .filter(|(_, m)| m.instance.as_ref() == Some(instance))
+            .map(|(u, _)| Command::Disconnected(u.clone(), instance.clone()))
+            .collect();
+        for chunk in commands.chunks(256) {
+            if let Err(e) = self.apply_all(&id, chunk).await {
+                tracing::warn!(room = %id, error = %e, "cannot record departures");
+            }
         }
     }
 
@@ -999,6 +1169,8 @@ impl Control {
                 MediaEvent::Disconnected => Command::Disconnected(user, instance.clone()),
                 MediaEvent::SpeakingStarted => Command::Speaking(user, true),
                 MediaEvent::SpeakingStopped => Command::Speaking(user, false),
+                MediaEvent::Muted => Command::MediaMuted(user, true),
+                MediaEvent::Unmuted => Command::MediaMuted(user, false),
             };
             by_room.entry(id).or_default().push(command);
         }
@@ -1025,6 +1197,7 @@ impl Control {
             follows_host: false,
             kick_cooldown_ms: self.inner.config.kick_cooldown * 1000,
             open_window_ms: self.inner.config.schedule_open_window * 1000,
+            seat_grace_ms: self.inner.config.seat_grace * 1000,
         };
         metrics::histogram!(crate::telemetry::MEDIA_EVENTS_GROUP).record(commands.len() as f64);
         let mut effects = self
@@ -1076,7 +1249,11 @@ impl Control {
         let series;
         let what = match what {
             Follow::Room(r) => {
-                let doc = self.room_in(r, &Scope::header()).await?;
+                let doc = self.room_in(r, &Scope::users([user.clone()])).await?;
+                // A private room does not exist for whoever may not know of it.
+                if !view::may_see(&doc, Some(user)) {
+                    return Err(ControlError::not_found("room", r.as_str()));
+                }
                 series = doc.room.series.map(Follow::Room);
                 series.as_ref().unwrap_or(what)
             }
@@ -1218,6 +1395,17 @@ impl Control {
     /// This instance's id (its heartbeat key and members' `instance`).
     pub fn instance(&self) -> &str {
         &self.inner.instance
+    }
+}
+
+/// The action a command puts in the room's audit log: moderation of a member, and the
+/// room's start and end.
+fn audited(command: &Command) -> Option<Action> {
+    match command {
+        Command::Target(action, _) => Some(*action),
+        Command::Start => Some(Action::Start),
+        Command::End => Some(Action::End),
+        _ => None,
     }
 }
 

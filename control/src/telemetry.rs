@@ -31,6 +31,8 @@ pub const NOTIFICATIONS: &str = "control_notifications_total";
 pub const NOTIFICATIONS_DROPPED: &str = "control_notifications_dropped_total";
 /// Ended rooms deleted past their retention.
 pub const ROOMS_PRUNED: &str = "control_rooms_pruned_total";
+/// Seats of members who never connected or dropped, given up to a join into a full room.
+pub const SEATS_RELEASED: &str = "control_seats_released_total";
 
 /// `# HELP` texts and units.
 pub fn describe() {
@@ -74,6 +76,11 @@ pub fn describe() {
         ROOMS_PRUNED,
         Unit::Count,
         "Ended rooms deleted after their retention"
+    );
+    describe_counter!(
+        SEATS_RELEASED,
+        Unit::Count,
+        "Seats of members who never connected or dropped, released for a join into a full room"
     );
 }
 

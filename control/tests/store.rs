@@ -51,6 +51,7 @@ fn new_room(max: u32) -> RoomDoc {
         schedule: Default::default(),
         reminded: false,
         series: None,
+        private: false,
     })
 }
 
@@ -60,6 +61,7 @@ fn cx() -> Context {
         follows_host: false,
         kick_cooldown_ms: 300_000,
         open_window_ms: 0,
+        seat_grace_ms: 60_000,
     }
 }
 
@@ -230,7 +232,10 @@ async fn behaves(store: &dyn Store) {
     let message = BusMessage {
         origin: "a".into(),
         media: vec![],
-        events: vec![Event::RoomEnded { room: id.clone() }],
+        events: vec![Event::RoomEnded {
+            room: id.clone(),
+            private: false,
+        }],
         notices: vec![],
     };
     store.publish(&message).await.unwrap();
@@ -626,6 +631,7 @@ async fn redis_bus_reaches_the_other_instance() {
         media: vec![],
         events: vec![Event::RoomEnded {
             room: RoomId::random(),
+            private: false,
         }],
         notices: vec![],
     };

@@ -524,11 +524,14 @@ class RoomController {
       .on(RoomEvent.TrackUnpublished, () => this.afterTrackChange())
       .on(RoomEvent.LocalTrackPublished, () => this.afterTrackChange())
       .on(RoomEvent.LocalTrackUnpublished, () => this.afterTrackChange())
-      .on(RoomEvent.DataReceived, (payload: Uint8Array, _p?: RemoteParticipant, _k?: unknown, topic?: string) => {
+      .on(RoomEvent.DataReceived, (payload: Uint8Array, from?: RemoteParticipant, _k?: unknown, topic?: string) => {
         if (topic !== 'stoa.reaction') return;
+        // Who reacted is the sender the server stamped on the packet (clients cannot send on
+        // this topic); a name inside the payload is never trusted.
+        if (!from) return;
         try {
-          const r = JSON.parse(new TextDecoder().decode(payload)) as { user?: string; emoji?: string };
-          if (r.user && r.emoji) this.showReaction(r.user, r.emoji);
+          const r = JSON.parse(new TextDecoder().decode(payload)) as { emoji?: string };
+          if (r.emoji) this.showReaction(from.identity, r.emoji);
         } catch {
           // Not a reaction.
         }

@@ -22,6 +22,7 @@
 //! | `room_kicks` | room/user | unix ms until which they may not rejoin |
 //! | `room_invited` | room/user | empty |
 //! | `room_lineup` | room/user | role given in advance (JSON: `"co_host"`, `"speaker"`) |
+//! | `room_audit` | room | the room's audit log (JSON list, the newest 200) |
 //! | `active_room` | user | the one room the user is in |
 //! | `follows` | user | JSON list of `user:{id}` / `room:{id}` |
 //! | `invites` | token | invitation (JSON) |
@@ -65,12 +66,13 @@ const INVITES: TableDefinition<&str, &[u8]> = TableDefinition::new("invites");
 const PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
 const NOTIFICATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("notifications");
 const READS: TableDefinition<&str, &[u8]> = TableDefinition::new("notification_reads");
+const AUDIT: TableDefinition<&str, &[u8]> = TableDefinition::new("room_audit");
 /// The earlier layout: whole-room documents.
 const LEGACY_ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("rooms");
 /// The earlier layout's claims (text values).
 const LEGACY_ACTIVE: TableDefinition<&str, &str> = TableDefinition::new("active_room");
 
-const TABLES: [TableDefinition<&str, &[u8]>; 12] = [
+const TABLES: [TableDefinition<&str, &[u8]>; 13] = [
     HEADERS,
     MEMBERS,
     HANDS,
@@ -83,6 +85,7 @@ const TABLES: [TableDefinition<&str, &[u8]>; 12] = [
     PROFILES,
     NOTIFICATIONS,
     READS,
+    AUDIT,
 ];
 
 /// Changes queued for the writer before callers wait for room.
@@ -297,6 +300,7 @@ struct Mem {
     /// Feeds, oldest first.
     feeds: HashMap<UserId, std::collections::VecDeque<Notification>>,
     reads: HashMap<UserId, u64>,
+    audit: HashMap<RoomId, Vec<super::AuditEntry>>,
 }
 
 fn feed_key(u: &UserId, n: &Notification) -> String {
@@ -659,6 +663,17 @@ fn load(db: &Database) -> Result<Mem, ControlError> {
             mem.reads.insert(u, ms(v.value()));
         }
     }
+    for entry in txn
+        .open_table(AUDIT)
+        .map_err(db_err)?
+        .iter()
+        .map_err(db_err)?
+    {
+        let (k, v) = entry.map_err(db_err)?;
+        if let Ok(r) = RoomId::parse(k.value()) {
+            mem.audit.insert(r, parse("audit log", v.value())?);
+        }
+    }
     let now = crate::clock::now_ms();
     for entry in txn
         .open_table(INVITES)
@@ -877,6 +892,9 @@ impl Store for EmbeddedStore {
         ops.extend(d.kicks.keys().map(|u| Op::Delete(KICKS, key(u))));
         ops.extend(d.invited.iter().map(|u| Op::Delete(INVITED, key(u))));
         ops.extend(d.lineup.keys().map(|u| Op::Delete(LINEUP, key(u))));
+        if mem.audit.remove(id).is_some() {
+            ops.push(Op::Delete(AUDIT, id.to_string()));
+        }
         self.write(mem, ops).await
     }
 
@@ -996,6 +1014,28 @@ impl Store for EmbeddedStore {
         *current = until;
         let op = Op::Put(READS, user.to_string(), until.to_be_bytes().to_vec());
         self.write(mem, vec![op]).await
+    }
+
+    async fn append_audit(
+        &self,
+        id: &RoomId,
+        entry: &super::AuditEntry,
+    ) -> Result<(), ControlError> {
+        self.usable()?;
+        let mut mem = self.mem.lock().await;
+        let log = mem.audit.entry(id.clone()).or_default();
+        log.push(entry.clone());
+        if log.len() > super::AUDIT_KEPT {
+            let extra = log.len() - super::AUDIT_KEPT;
+            log.drain(..extra);
+        }
+        let op = Op::Put(AUDIT, id.to_string(), json(log)?.into_bytes());
+        self.write(mem, vec![op]).await
+    }
+
+    async fn audit(&self, id: &RoomId) -> Result<Vec<super::AuditEntry>, ControlError> {
+        let mem = self.mem.lock().await;
+        Ok(mem.audit.get(id).cloned().unwrap_or_default())
     }
 
     async fn set_profile(&self, user: &UserId, profile: &Profile) -> Result<(), ControlError> {

@@ -81,11 +81,34 @@ pub struct Profile {
     pub avatar: Option<String>,
 }
 
+/// One moderation or lifecycle action in a room's audit log: who did what to whom, when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEntry {
+    /// Unix ms.
+    pub at: u64,
+    /// Who acted; `None`: a server (or the server itself).
+    pub actor: Option<UserId>,
+    /// What they did.
+    pub action: crate::permission::Action,
+    /// To whom, for actions on a member.
+    pub target: Option<UserId>,
+}
+
+/// Entries a room's audit log keeps (the newest).
+pub const AUDIT_KEPT: usize = 200;
+
 /// The control plane's storage.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Adds a new room.
     async fn insert_room(&self, doc: &RoomDoc) -> Result<(), ControlError>;
+
+    /// Appends to a room's audit log, which keeps the newest [`AUDIT_KEPT`] entries.
+    async fn append_audit(&self, id: &RoomId, entry: &AuditEntry) -> Result<(), ControlError>;
+
+    /// A room's audit log, oldest first.
+    async fn audit(&self, id: &RoomId) -> Result<Vec<AuditEntry>, ControlError>;
 
     /// One room: its header and the records `scope` names.
     async fn room(&self, id: &RoomId, scope: &Scope) -> Result<Option<RoomDoc>, ControlError>;

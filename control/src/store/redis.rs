@@ -14,6 +14,7 @@
 //! | `{p}room:{id}:kicks` | hash | user → unix ms until which they may not rejoin |
 //! | `{p}room:{id}:invited` | set | users invited to speak |
 //! | `{p}room:{id}:lineup` | hash | user → role given in advance (JSON: `"co_host"`, `"speaker"`) |
+//! | `{p}room:{id}:audit` | list | the room's audit log: moderation and lifecycle actions (JSON: at, actor, action, target), the newest 200 |
 //! | `{p}room:{id}:stats` | string | statistics (JSON, with the names of the host, whoever was on stage and whoever was removed) |
 //! | `{p}rooms:{state}` | set | room ids by state (`scheduled`, `live`, `ended`, `archived`) |
 //! | `{p}user:{id}:room` | string | the one room the user is in |
@@ -841,6 +842,7 @@ impl Store for RedisStore {
         let mut pipe = redis::pipe();
         pipe.atomic();
         pipe.del(&self.room_keys(id)[..]).ignore();
+        pipe.del(self.key(&format!("room:{id}:audit"))).ignore();
         pipe.del(&[self.index_key(id, "stage"), self.index_key(id, "audience")])
             .ignore();
         for state in STATES {
@@ -994,6 +996,36 @@ impl Store for RedisStore {
             .await
             .map(|_| ())
             .map_err(redis_err)
+    }
+
+    async fn append_audit(
+        &self,
+        id: &RoomId,
+        entry: &super::AuditEntry,
+    ) -> Result<(), ControlError> {
+        let mut con = self.shared.clone();
+        let key = self.key(&format!("room:{id}:audit"));
+        let kept = super::AUDIT_KEPT as isize;
+        redis::pipe()
+            .atomic()
+            .rpush(&key, json(entry)?)
+            .ignore()
+            .ltrim(&key, -kept, -1)
+            .ignore()
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(redis_err)
+    }
+
+    async fn audit(&self, id: &RoomId) -> Result<Vec<super::AuditEntry>, ControlError> {
+        let mut con = self.shared.clone();
+        let raw: Vec<String> = con
+            .lrange(self.key(&format!("room:{id}:audit")), 0, -1)
+            .await
+            .map_err(redis_err)?;
+        raw.iter()
+            .map(|r| parse("audit entry", r.as_bytes()))
+            .collect()
     }
 
     async fn set_profile(&self, user: &UserId, profile: &Profile) -> Result<(), ControlError> {

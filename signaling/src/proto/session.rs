@@ -67,6 +67,8 @@ pub(super) struct Session {
     pub joined_at: Instant,
     /// Told to leave by a draining server.
     pub asked_to_leave: bool,
+    /// The data-packet bucket: tokens left and when it was last refilled.
+    pub data_tokens: (f64, Instant),
     /// `room{room}` → `participant{participant, identity, client}`: the context of every log
     /// line about this session.
     pub span: tracing::Span,
@@ -202,6 +204,7 @@ impl Server {
                 last_ping: now,
                 joined_at: now,
                 asked_to_leave: false,
+                data_tokens: (f64::from(self.config.data_rate.burst), now),
                 span: participant_span(&room_name, &sid, &info.identity, params.client),
             },
         );
