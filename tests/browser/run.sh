@@ -13,6 +13,9 @@
 # relay URL of that transport, and both pages are relay-only (e2e.mjs, E2E_RELAY). Chromium gets
 # --ignore-certificate-errors for the test certificate.
 #
+# With STOA_E2E_SCENARIO=hostile e2e.mjs runs hostile.mjs's attempts instead (a listener and a
+# hard-muted speaker trying to publish and to send data, through the product's API).
+#
 # With STOA_E2E_RESTART=1 the server runs with `[shutdown] clients = "reconnect"`, and once B
 # hears A, e2e.mjs runs $work/restart.sh: SIGTERM to the server, wait for it to exit, start the
 # same binary with the same config and data directory, check that a control-plane room created
@@ -49,7 +52,7 @@ fi
 # Only the server's own STOA_* settings from dev mode: drop any inherited from the caller.
 while IFS= read -r name; do
     case "$name" in
-    STOA_E2E_CAPPED | STOA_E2E_RELAY | STOA_E2E_RESTART | STOA_URL | STOA_API_KEY | STOA_API_SECRET) ;;
+    STOA_E2E_CAPPED | STOA_E2E_RELAY | STOA_E2E_RESTART | STOA_E2E_SCENARIO | STOA_URL | STOA_API_KEY | STOA_API_SECRET) ;;
     STOA_*) unset "$name" ;;
     esac
 done < <(compgen -e)
@@ -143,6 +146,11 @@ echo "restart: new server $(cat "$work/stoa.pid") is up"
 EOF
     } >"$work/restart.sh"
     export E2E_RESTART_COMMAND="bash $work/restart.sh"
+fi
+
+if [ -n "${STOA_E2E_SCENARIO:-}" ]; then
+    # The scenario takes user tokens from the same binary (`stoa token --dev --user`).
+    export E2E_SCENARIO="$STOA_E2E_SCENARIO" STOA_BINARY="$stoa"
 fi
 
 status=0
