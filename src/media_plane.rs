@@ -61,6 +61,7 @@ impl MediaPlane for LocalMedia {
                 room,
                 user,
                 can_publish,
+                can_publish_data,
                 attributes,
             } => {
                 let current = s
@@ -69,7 +70,7 @@ impl MediaPlane for LocalMedia {
                     .map_err(media_err)?;
                 let mut permission = current.permission.unwrap_or_default();
                 permission.can_publish = *can_publish;
-                permission.can_publish_data = *can_publish;
+                permission.can_publish_data = *can_publish_data;
                 let update = ParticipantUpdate {
                     attributes: attributes
                         .iter()
@@ -130,10 +131,11 @@ impl Admission for ControlAdmission {
         Box::pin(async move {
             match self.0.admit(room, identity).await {
                 Ok(None) => Ok(None),
-                Ok(Some((can_publish, attributes))) => Ok(Some(Admitted {
+                Ok(Some((can_publish, can_publish_data, attributes))) => Ok(Some(Admitted {
                     can_publish,
-                    // Listeners send no data to the room (reactions go through the API).
-                    can_publish_data: can_publish,
+                    // Listeners send data only where the room allows it (reactions go through
+                    // the API).
+                    can_publish_data,
                     attributes: attributes.into_iter().collect(),
                 })),
                 Err(e) => Err(stoa_signaling::service::Refused {

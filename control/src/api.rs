@@ -255,6 +255,10 @@ pub struct CreateRoomBody {
     /// Unlisted and joinable only by invitation (default false).
     #[serde(default)]
     pub private: bool,
+    /// Listeners may send data packets (`canPublishData`) to the room, rate-limited and stamped
+    /// with their identity by the server (default false: only the stage sends data).
+    #[serde(default)]
+    pub listener_data: bool,
 }
 
 /// `PATCH /api/rooms/{id}`: the fields to change, checked as at creation; absent fields stay.
@@ -277,6 +281,8 @@ pub struct EditRoomBody {
     pub scheduled_for: Option<u64>,
     /// Auto-start and recurrence (scheduled rooms).
     pub schedule: Option<Schedule>,
+    /// Listeners may send data packets to the room; applies at once to those connected.
+    pub listener_data: Option<bool>,
 }
 
 /// `PUT /api/rooms/{id}/lineup/{user}`.
@@ -503,6 +509,7 @@ async fn create_room(
                 host: b.host,
                 schedule: b.schedule,
                 private: b.private,
+                listener_data: b.listener_data,
             },
         )
         .await?;
@@ -547,6 +554,7 @@ async fn edit_room(
         max_participants: b.max_participants,
         scheduled_for: b.scheduled_for,
         schedule: b.schedule,
+        listener_data: b.listener_data,
     };
     c.edit(&caller.actor(), &id, changes).await?;
     Ok(Json(c.view(&id, caller.viewer()).await?))

@@ -86,6 +86,8 @@ pub struct Edit {
     pub scheduled_for: Option<u64>,
     /// Auto-start and recurrence (scheduled rooms only).
     pub schedule: Option<Schedule>,
+    /// Listeners may send data packets (applies at once to connected listeners).
+    pub listener_data: Option<bool>,
 }
 
 /// Inputs other than the document and command.
@@ -115,7 +117,8 @@ pub struct Effects {
 }
 
 /// The part of the room `command` by `actor` reads and changes: the users it names (and the
-/// host, whom a transfer demotes), or everyone when it ends the room.
+/// host, whom a transfer demotes), or everyone when it ends the room or changes what listeners
+/// may send.
 pub fn scope(actor: &Actor, command: &Command, host: Option<&UserId>) -> Scope {
     let mut users = Vec::new();
     if let Actor::User(u) = actor {
@@ -123,6 +126,8 @@ pub fn scope(actor: &Actor, command: &Command, host: Option<&UserId>) -> Scope {
     }
     match command {
         Command::End => return Scope::all(),
+        // Letting listeners send data, or not, changes every connected member's permission.
+        Command::Edit(edit) if edit.listener_data.is_some() => return Scope::all(),
         Command::Target(action, target) => {
             users.push(target.clone());
             if *action == Action::TransferHost {
@@ -150,10 +155,16 @@ pub fn scope(actor: &Actor, command: &Command, host: Option<&UserId>) -> Scope {
     Scope::users(users)
 }
 
-/// The participant permission and attributes that the media plane shows for a member.
-pub fn participant_view(doc: &RoomDoc, user: &UserId) -> Option<(bool, BTreeMap<String, String>)> {
+/// The participant permissions (publish, publish data) and attributes that the media plane
+/// shows for a member. Data follows the publish permission, unless the room lets listeners
+/// send data ([`crate::model::Room::listener_data`]); a hard mute takes both.
+pub fn participant_view(
+    doc: &RoomDoc,
+    user: &UserId,
+) -> Option<(bool, bool, BTreeMap<String, String>)> {
     let m = doc.members.get(user)?;
     let can_publish = (m.role.on_stage() || doc.room.kind == RoomKind::Open) && !m.hard_muted;
+    let can_publish_data = can_publish || (doc.room.listener_data && !m.hard_muted);
     let mut attributes = BTreeMap::new();
     attributes.insert("role".to_owned(), m.role.as_str().to_owned());
     let hand = if doc.hands.contains_key(user) {
@@ -162,7 +173,7 @@ pub fn participant_view(doc: &RoomDoc, user: &UserId) -> Option<(bool, BTreeMap<
         ""
     };
     attributes.insert("hand".to_owned(), hand.to_owned());
-    Some((can_publish, attributes))
+    Some((can_publish, can_publish_data, attributes))
 }
 
 /// Applies `command` by `actor` to `doc`.
@@ -317,11 +328,12 @@ fn live(doc: &RoomDoc) -> Result<(), ControlError> {
 
 /// Pushes the member's current permission and attributes to the media plane.
 fn sync(doc: &RoomDoc, user: &UserId, fx: &mut Effects) {
-    if let Some((can_publish, attributes)) = participant_view(doc, user) {
+    if let Some((can_publish, can_publish_data, attributes)) = participant_view(doc, user) {
         fx.media.push(MediaCommand::Update {
             room: doc.room.id.clone(),
             user: user.clone(),
             can_publish,
+            can_publish_data,
             attributes,
         });
     }
@@ -961,6 +973,10 @@ fn edit(doc: &mut RoomDoc, e: Edit, fx: &mut Effects) -> Result<(), ControlError
     if let Some(v) = e.schedule {
         r.schedule = v;
     }
+    let data_changed = e.listener_data.is_some_and(|v| v != r.listener_data);
+    if let Some(v) = e.listener_data {
+        r.listener_data = v;
+    }
     if let Some(v) = e.scheduled_for
         && r.scheduled_for != Some(v)
     {
@@ -979,6 +995,13 @@ fn edit(doc: &mut RoomDoc, e: Edit, fx: &mut Effects) -> Result<(), ControlError
     });
     if state == RoomState::Live {
         fx.media.push(metadata(doc));
+        if data_changed {
+            // Connected listeners gain or lose the data permission on their live sessions.
+            let users: Vec<UserId> = doc.members.keys().cloned().collect();
+            for u in &users {
+                sync(doc, u, fx);
+            }
+        }
     }
     Ok(())
 }

@@ -31,6 +31,7 @@ fn doc(kind: RoomKind, mode: SpeakerMode) -> RoomDoc {
         reminded: false,
         series: None,
         private: false,
+        listener_data: false,
     })
 }
 
@@ -85,7 +86,7 @@ fn hand_raise_approve_and_move_back_reach_the_media_plane() {
     let fx = run(&mut d, "ann", Command::Own(Action::RaiseHand), 2).unwrap();
     let raised = participant_view(&d, &uid("ann")).unwrap();
     assert!(!raised.0);
-    assert_eq!(raised.1["hand"], "raised");
+    assert_eq!(raised.2["hand"], "raised");
     assert!(fx.media.iter().any(|m| matches!(
         m,
         MediaCommand::Update {
@@ -1007,7 +1008,7 @@ fn a_lined_up_speaker_lands_on_stage_and_keeps_the_role_across_rejoins() {
     assert_eq!(d.members[&uid("sam")].role, Role::Speaker);
     assert_eq!(d.members[&uid("cole")].role, Role::CoHost);
     assert_eq!(d.members[&uid("ann")].role, Role::Listener);
-    let (can_publish, attributes) = participant_view(&d, &uid("sam")).unwrap();
+    let (can_publish, _, attributes) = participant_view(&d, &uid("sam")).unwrap();
     assert!(can_publish);
     assert_eq!(attributes["role"], "speaker");
     // Leave and rejoin: still a speaker.
@@ -1039,4 +1040,62 @@ fn a_lined_up_speaker_lands_on_stage_and_keeps_the_role_across_rejoins() {
     let fx = run(&mut d, "host", Command::LineUp(uid("ann"), None), 8).unwrap();
     assert_eq!(d.members[&uid("ann")].role, Role::Listener);
     assert!(fx.events.iter().any(|e| matches!(e, Event::Role { .. })));
+}
+
+#[test]
+fn listeners_send_data_only_where_the_room_allows_it() {
+    let mut d = live_stage();
+    let data = |d: &RoomDoc, who: &str| {
+        let (publish, data, _) = participant_view(d, &uid(who)).unwrap();
+        (publish, data)
+    };
+    // Off by default: a listener may send neither audio nor data; the stage both.
+    assert_eq!(data(&d, "ann"), (false, false));
+    assert_eq!(data(&d, "host"), (true, true));
+    let allow = |on: bool| Edit {
+        listener_data: Some(on),
+        ..Edit::default()
+    };
+    assert_eq!(
+        run(&mut d, "ann", Command::Edit(allow(true)), 2)
+            .unwrap_err()
+            .code,
+        "not_allowed"
+    );
+    // Switched on: connected listeners get the data permission at once, never audio.
+    let fx = run(&mut d, "host", Command::Edit(allow(true)), 3).unwrap();
+    assert!(d.room.listener_data);
+    assert_eq!(data(&d, "ann"), (false, true));
+    assert!(
+        fx.media.iter().any(|m| matches!(m,
+            MediaCommand::Update { user, can_publish: false, can_publish_data: true, .. }
+                if *user == uid("ann"))),
+        "{fx:?}"
+    );
+    // A hard mute takes data too.
+    run(
+        &mut d,
+        "host",
+        Command::Target(Action::HardMute, uid("ann")),
+        4,
+    )
+    .unwrap();
+    assert_eq!(data(&d, "ann"), (false, false));
+    run(
+        &mut d,
+        "host",
+        Command::Target(Action::Restore, uid("ann")),
+        5,
+    )
+    .unwrap();
+    assert_eq!(data(&d, "ann"), (false, true));
+    // Switched off again: taken back at once.
+    let fx = run(&mut d, "host", Command::Edit(allow(false)), 6).unwrap();
+    assert_eq!(data(&d, "ann"), (false, false));
+    assert!(
+        fx.media.iter().any(|m| matches!(m,
+            MediaCommand::Update { user, can_publish_data: false, .. } if *user == uid("ann"))),
+        "{fx:?}"
+    );
+    assert_eq!(data(&d, "host"), (true, true));
 }

@@ -107,6 +107,8 @@ pub struct NewRoom {
     pub schedule: Schedule,
     /// Unlisted, joinable only by invitation (or membership).
     pub private: bool,
+    /// Listeners may send data packets.
+    pub listener_data: bool,
 }
 
 /// Checks a schedule and its time as creation and editing do; returns the time, computed from
@@ -175,6 +177,8 @@ pub struct RoomChanges {
     pub scheduled_for: Option<u64>,
     /// Auto-start and recurrence.
     pub schedule: Option<Schedule>,
+    /// Listeners may send data packets.
+    pub listener_data: Option<bool>,
 }
 
 /// A media token and where to use it.
@@ -502,6 +506,7 @@ impl Control {
             reminded: false,
             series: None,
             private: new.private,
+            listener_data: new.listener_data,
         });
         // The host's name, for cards and previews before they join.
         if let Principal::User { id, name } = who
@@ -885,6 +890,7 @@ impl Control {
                 .transpose()?,
             scheduled_for,
             schedule,
+            listener_data: changes.listener_data,
         };
         self.act(actor, id, Command::Edit(edit)).await
     }
@@ -967,7 +973,7 @@ impl Control {
                 return Err(e);
             }
         };
-        let (can_publish, attributes) = room::participant_view(&doc, user)
+        let (can_publish, can_publish_data, attributes) = room::participant_view(&doc, user)
             .ok_or_else(|| ControlError::unavailable("joined member vanished"))?;
         let role = doc
             .members
@@ -977,7 +983,7 @@ impl Control {
             id,
             user,
             &name,
-            can_publish,
+            (can_publish, can_publish_data),
             &attributes,
             Duration::from_secs(self.inner.config.token_ttl),
         )?;
@@ -1051,7 +1057,8 @@ impl Control {
         &self,
         name: &str,
         identity: &str,
-    ) -> Result<Option<(bool, std::collections::BTreeMap<String, String>)>, ControlError> {
+    ) -> Result<Option<(bool, bool, std::collections::BTreeMap<String, String>)>, ControlError>
+    {
         let Ok(id) = RoomId::parse(name) else {
             return Ok(None);
         };
