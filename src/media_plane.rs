@@ -170,6 +170,14 @@ pub fn spawn_presence(control: Control, mut events: mpsc::Receiver<lk::WebhookEv
                     };
                     let kind = match event.event.as_str() {
                         "participant_joined" => MediaEvent::Connected,
+                        // A client's own LeaveRequest frees its seat at once; a lost
+                        // connection (SIGNAL_CLOSE, timeouts) keeps it for the seat grace.
+                        "participant_left"
+                            if p.disconnect_reason
+                                == lk::DisconnectReason::ClientInitiated as i32 =>
+                        {
+                            MediaEvent::Left
+                        }
                         "participant_left" | "participant_connection_aborted" => {
                             MediaEvent::Disconnected
                         }

@@ -51,6 +51,10 @@ pub enum Command {
     /// The media plane of `instance` saw the user disconnect, or `instance` died. Ignored when
     /// the user is connected through another instance by now.
     Disconnected(UserId, String),
+    /// The user's client left the media room of `instance` on purpose (not a lost
+    /// connection): as [`Command::Disconnected`], and their seat is free at once (they leave
+    /// the room, as with `/leave`), the host's excepted.
+    Left(UserId, String),
     /// Change the room's description, limits or schedule (host and co-hosts).
     Edit(Edit),
     /// Mark the reminder of a scheduled room as sent (once per scheduled time).
@@ -136,6 +140,7 @@ pub fn scope(actor: &Actor, command: &Command, host: Option<&UserId>) -> Scope {
         }
         Command::Connected(u, _)
         | Command::Disconnected(u, _)
+        | Command::Left(u, _)
         | Command::Speaking(u, _)
         | Command::LineUp(u, _)
         | Command::MediaMuted(u, _) => {
@@ -217,6 +222,16 @@ pub fn apply(
         Command::Speaking(u, on) => speaking(doc, &u, on, cx),
         Command::Connected(u, instance) => connected(doc, &u, instance, cx, &mut fx),
         Command::Disconnected(u, instance) => disconnected(doc, &u, &instance, cx, &mut fx),
+        Command::Left(u, instance) => {
+            disconnected(doc, &u, &instance, cx, &mut fx);
+            if doc
+                .members
+                .get(&u)
+                .is_some_and(|m| !m.present && m.role != Role::Host)
+            {
+                leave(doc, &u, cx, &mut fx);
+            }
+        }
         Command::Edit(edit) => {
             check(doc, actor, Action::Edit)?;
             self::edit(doc, edit, &mut fx)?;

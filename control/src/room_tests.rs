@@ -1099,3 +1099,33 @@ fn listeners_send_data_only_where_the_room_allows_it() {
     );
     assert_eq!(data(&d, "host"), (true, true));
 }
+
+#[test]
+fn leaving_the_media_room_on_purpose_frees_the_seat_at_once_a_lost_connection_after_the_grace() {
+    // Room of 4: the host, ann, bob, cy, all connected.
+    let mut d = live_stage();
+    join(&mut d, "bob", 1).unwrap();
+    join(&mut d, "cy", 1).unwrap();
+    let system = |d: &mut RoomDoc, c: Command, now: u64| apply(d, &Actor::System, c, &cx(now));
+    for who in ["host", "ann", "bob", "cy"] {
+        system(&mut d, Command::Connected(uid(who), "i".into()), 2).unwrap();
+    }
+    assert_eq!(join(&mut d, "dan", 3).unwrap_err().code, "room_full");
+    // Bob's connection is lost: his seat is held for a reconnect.
+    system(&mut d, Command::Disconnected(uid("bob"), "i".into()), 10).unwrap();
+    assert_eq!(join(&mut d, "dan", 11).unwrap_err().code, "room_full");
+    assert!(d.members.contains_key(&uid("bob")));
+    // Ann leaves on purpose: her seat is free at once, long before the grace.
+    let fx = system(&mut d, Command::Left(uid("ann"), "i".into()), 20).unwrap();
+    assert_eq!(fx.released, vec![uid("ann")]);
+    assert!(!d.members.contains_key(&uid("ann")));
+    join(&mut d, "dan", 21).unwrap();
+    // A leave reported by an instance she is no longer on changes nothing.
+    system(&mut d, Command::Connected(uid("cy"), "j".into()), 30).unwrap();
+    let fx = system(&mut d, Command::Left(uid("cy"), "i".into()), 31).unwrap();
+    assert!(fx.released.is_empty(), "{fx:?}");
+    assert!(d.members[&uid("cy")].present);
+    // The host's seat is never given away.
+    system(&mut d, Command::Left(uid("host"), "i".into()), 40).unwrap();
+    assert_eq!(d.members[&uid("host")].role, Role::Host);
+}

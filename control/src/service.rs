@@ -42,8 +42,10 @@ const PRUNE_EVERY: u64 = 12;
 pub enum MediaEvent {
     /// Connected to the media room.
     Connected,
-    /// Left it (or its connection was lost).
+    /// Its connection was lost (the seat is held for `[control] seat_grace`).
     Disconnected,
+    /// Its client left on purpose (a `LeaveRequest`): the seat is free at once.
+    Left,
     /// Started speaking (active-speaker detection).
     SpeakingStarted,
     /// Stopped speaking.
@@ -1174,6 +1176,7 @@ impl Control {
             let command = match event {
                 MediaEvent::Connected => Command::Connected(user, instance.clone()),
                 MediaEvent::Disconnected => Command::Disconnected(user, instance.clone()),
+                MediaEvent::Left => Command::Left(user, instance.clone()),
                 MediaEvent::SpeakingStarted => Command::Speaking(user, true),
                 MediaEvent::SpeakingStopped => Command::Speaking(user, false),
                 MediaEvent::Muted => Command::MediaMuted(user, true),

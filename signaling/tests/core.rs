@@ -345,6 +345,7 @@ fn leaving_is_announced_and_empty_rooms_close_after_their_timeouts() {
     let mut sim = world(6);
     let host = sim.join("r", "host", true);
     let guest = sim.join("r", "guest", true);
+    let lost = sim.join("r", "lost", true);
     connect_all(&mut sim);
     sim.request(
         guest,
@@ -361,6 +362,23 @@ fn leaving_is_announced_and_empty_rooms_close_after_their_timeouts() {
         sim.seen
             .events
             .contains(&("participant_left".into(), "guest".into()))
+    );
+    // Leaving on purpose and losing the connection are told apart (the control plane frees a
+    // seat at once for the first, after its grace for the second).
+    assert_eq!(
+        last.disconnect_reason,
+        lk::DisconnectReason::ClientInitiated as i32
+    );
+    sim.disconnect(lost);
+    sim.run_for(SECOND);
+    let last = updates_of(&sim.clients[host].log, "lost")
+        .last()
+        .cloned()
+        .unwrap();
+    assert_eq!(last.state, State::Disconnected as i32);
+    assert_eq!(
+        last.disconnect_reason,
+        lk::DisconnectReason::SignalClose as i32
     );
 
     // The last one leaves: the room stays for its departure timeout (20 s), then closes.

@@ -14,7 +14,8 @@
 //      naming H: H gets the ordinary packet stamped as S's, never as L's, and no reaction; a
 //      reaction through the API (POST /reactions) does reach H, stamped by the server;
 //   4. the host hard-mutes S: H sees S's track go; S unmutes through the API (403
-//      hard_muted) and turns its microphone on with forged permissions: H sees no new track.
+//      hard_muted) and turns its microphone on with forged permissions: H sees no new track;
+//   5. L's client leaves (a LeaveRequest): its seat is free at once (no longer a member).
 
 import { execFile } from 'node:child_process';
 
@@ -229,5 +230,17 @@ export async function hostileScenario(ctx, h) {
     }
   });
 
-  for (const page of [pageL, pageS, pageH]) await call(page, 'disconnect').catch(() => {});
+  // 5. Seats: L's client leaves the room (livekit-client's own disconnect, a LeaveRequest): the
+  // control plane frees its seat at once, without waiting for the seat grace (60 s here).
+  await step('5: L leaves the media room; its seat is free at once', T.api + T.refuse, async () => {
+    const before = await api('GET', `/api/rooms/${id}`, lee);
+    if (!before.body.you) throw new Error(`L is not a member before leaving: ${JSON.stringify(before.body)}`);
+    await call(pageL, 'disconnect');
+    return pollUntil(async () => {
+      const r = await api('GET', `/api/rooms/${id}`, lee);
+      return { done: !r.body.you, value: { members: r.body.members } };
+    });
+  });
+
+  for (const page of [pageS, pageH]) await call(page, 'disconnect').catch(() => {});
 }

@@ -18,8 +18,12 @@ use crate::room::Participant;
 /// What a client is told when the server ends its session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Leave {
-    /// Nothing: the client left, or its signaling connection is already gone.
+    /// Nothing: the client left (its `LeaveRequest`), or the server let it go.
     Quietly,
+    /// Nothing either: its signaling connection closed without a `LeaveRequest` (a dropped
+    /// network, a crash). Participants and webhooks see `SIGNAL_CLOSE`, so that the control
+    /// plane holds the seat for a reconnect rather than freeing it as for one who left.
+    Dropped,
     /// A `LeaveRequest` to disconnect for good (removed, room closed, server shutting down).
     Disconnect(lk::DisconnectReason),
     /// A `LeaveRequest` to join again with a new session: the connection was lost, not the place
@@ -33,6 +37,7 @@ impl Leave {
     fn reason(self) -> Option<lk::DisconnectReason> {
         match self {
             Leave::Quietly => None,
+            Leave::Dropped => Some(lk::DisconnectReason::SignalClose),
             Leave::Disconnect(reason) | Leave::Rejoin(reason) => Some(reason),
         }
     }
@@ -237,7 +242,7 @@ impl Server {
     /// The client's connection closed (or was closed for `reason`).
     pub fn handle_closed(&mut self, now: Instant, session: SessionId, reason: &str) {
         self.advance(now);
-        self.end_session(session, reason, Leave::Quietly);
+        self.end_session(session, reason, Leave::Dropped);
     }
 
     /// The session's outbox is full: its client reads too slowly. The session ends (the
@@ -279,7 +284,7 @@ impl Server {
         self.by_participant.remove(&s.participant);
         self.pending_updates.remove(&session);
         let reason = leave.reason();
-        if let Some(reason) = reason {
+        if let Some(reason) = reason.filter(|_| !matches!(leave, Leave::Dropped)) {
             let rejoin = matches!(leave, Leave::Rejoin(_));
             let action = if rejoin {
                 lk::leave_request::Action::Reconnect
