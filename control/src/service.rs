@@ -368,6 +368,24 @@ impl Control {
         });
     }
 
+    /// The webhook of an audit-log entry (`control.audit`): the entry as
+    /// `GET /api/rooms/{id}/audit` shows it (`at`, `actor`, `action`, `user` = its target).
+    fn announce_audit(&self, id: &RoomId, entry: &AuditEntry) {
+        if self.inner.hooks.get().is_none() {
+            return;
+        }
+        let mut data = serde_json::Map::new();
+        data.insert("action".into(), entry.action.as_str().into());
+        data.insert("at".into(), entry.at.into());
+        self.hook(&crate::webhook::Hook {
+            event: "audit",
+            room: id.to_string(),
+            user: entry.target.as_ref().map(ToString::to_string),
+            actor: entry.actor.as_ref().map(ToString::to_string),
+            data,
+        });
+    }
+
     /// The keys that sign and check tokens.
     pub fn keys(&self) -> &Keys {
         &self.inner.keys
@@ -777,6 +795,7 @@ impl Control {
             if let Err(e) = self.inner.store.append_audit(id, &entry).await {
                 tracing::warn!(room = %id, error = %e, "audit entry not recorded");
             }
+            self.announce_audit(id, &entry);
         }
         if archive {
             self.inner
