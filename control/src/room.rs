@@ -52,8 +52,8 @@ pub enum Command {
     /// the user is connected through another instance by now.
     Disconnected(UserId, String),
     /// The user's client left the media room of `instance` on purpose (not a lost
-    /// connection): as [`Command::Disconnected`], and their seat is free at once (they leave
-    /// the room, as with `/leave`), the host's excepted.
+    /// connection): as [`Command::Disconnected`], and their seat is free at once (no grace;
+    /// [`Command::ReleaseSeats`] gives it to the next person a full room admits).
     Left(UserId, String),
     /// Change the room's description, limits or schedule (host and co-hosts).
     Edit(Edit),
@@ -224,12 +224,14 @@ pub fn apply(
         Command::Disconnected(u, instance) => disconnected(doc, &u, &instance, cx, &mut fx),
         Command::Left(u, instance) => {
             disconnected(doc, &u, &instance, cx, &mut fx);
-            if doc
-                .members
-                .get(&u)
-                .is_some_and(|m| !m.present && m.role != Role::Host)
+            // The seat is free at once: the grace is over. The membership (and a role) stays
+            // until someone needs the seat, so that a client that leaves and comes straight
+            // back (a rejoin, a new tab) keeps them; its new token holds the seat again.
+            if let Some(m) = doc.members.get_mut(&u)
+                && !m.present
+                && m.absent_since == Some(cx.now)
             {
-                leave(doc, &u, cx, &mut fx);
+                m.absent_since = Some(cx.now.saturating_sub(cx.seat_grace_ms));
             }
         }
         Command::Edit(edit) => {

@@ -1107,25 +1107,42 @@ fn leaving_the_media_room_on_purpose_frees_the_seat_at_once_a_lost_connection_af
     join(&mut d, "bob", 1).unwrap();
     join(&mut d, "cy", 1).unwrap();
     let system = |d: &mut RoomDoc, c: Command, now: u64| apply(d, &Actor::System, c, &cx(now));
+    // Well past the start, as Unix ms are.
+    const T: u64 = 10 * MINUTE;
+    let everyone = || ["host", "ann", "bob", "cy"].map(uid).to_vec();
     for who in ["host", "ann", "bob", "cy"] {
         system(&mut d, Command::Connected(uid(who), "i".into()), 2).unwrap();
     }
-    assert_eq!(join(&mut d, "dan", 3).unwrap_err().code, "room_full");
     // Bob's connection is lost: his seat is held for a reconnect.
-    system(&mut d, Command::Disconnected(uid("bob"), "i".into()), 10).unwrap();
-    assert_eq!(join(&mut d, "dan", 11).unwrap_err().code, "room_full");
-    assert!(d.members.contains_key(&uid("bob")));
-    // Ann leaves on purpose: her seat is free at once, long before the grace.
-    let fx = system(&mut d, Command::Left(uid("ann"), "i".into()), 20).unwrap();
-    assert_eq!(fx.released, vec![uid("ann")]);
-    assert!(!d.members.contains_key(&uid("ann")));
-    join(&mut d, "dan", 21).unwrap();
-    // A leave reported by an instance she is no longer on changes nothing.
-    system(&mut d, Command::Connected(uid("cy"), "j".into()), 30).unwrap();
-    let fx = system(&mut d, Command::Left(uid("cy"), "i".into()), 31).unwrap();
+    system(
+        &mut d,
+        Command::Disconnected(uid("bob"), "i".into()),
+        T + 10,
+    )
+    .unwrap();
+    let fx = system(&mut d, Command::ReleaseSeats(everyone()), T + 11).unwrap();
     assert!(fx.released.is_empty(), "{fx:?}");
-    assert!(d.members[&uid("cy")].present);
-    // The host's seat is never given away.
-    system(&mut d, Command::Left(uid("host"), "i".into()), 40).unwrap();
+    assert_eq!(join(&mut d, "dan", T + 12).unwrap_err().code, "room_full");
+    // Ann and the host leave on purpose: Ann's seat is free at once, long before the grace.
+    system(&mut d, Command::Left(uid("ann"), "i".into()), T + 20).unwrap();
+    system(&mut d, Command::Left(uid("host"), "i".into()), T + 20).unwrap();
+    assert!(d.members[&uid("ann")].is_ghost(T + 21, MINUTE));
+    let fx = system(&mut d, Command::ReleaseSeats(everyone()), T + 21).unwrap();
+    assert_eq!(
+        fx.released,
+        vec![uid("ann")],
+        "the host's seat is never given away"
+    );
+    join(&mut d, "dan", T + 22).unwrap();
+    // Coming straight back with a new token holds the seat again, role and all.
+    join(&mut d, "host", T + 23).unwrap();
+    system(&mut d, Command::Left(uid("cy"), "i".into()), T + 30).unwrap();
+    join(&mut d, "cy", T + 31).unwrap();
+    let fx = system(&mut d, Command::ReleaseSeats(everyone()), T + 32).unwrap();
+    assert!(fx.released.is_empty(), "{fx:?}");
     assert_eq!(d.members[&uid("host")].role, Role::Host);
+    // A leave reported by an instance the member is no longer on changes nothing.
+    system(&mut d, Command::Connected(uid("cy"), "j".into()), T + 40).unwrap();
+    system(&mut d, Command::Left(uid("cy"), "i".into()), T + 41).unwrap();
+    assert!(d.members[&uid("cy")].present);
 }

@@ -15,7 +15,8 @@
 //      reaction through the API (POST /reactions) does reach H, stamped by the server;
 //   4. the host hard-mutes S: H sees S's track go; S unmutes through the API (403
 //      hard_muted) and turns its microphone on with forged permissions: H sees no new track;
-//   5. L's client leaves (a LeaveRequest): its seat is free at once (no longer a member).
+//   5. the room is full; L's client leaves (a LeaveRequest): its seat is free at once, a new
+//      user gets it.
 
 import { execFile } from 'node:child_process';
 
@@ -84,13 +85,15 @@ export async function hostileScenario(ctx, h) {
     return pages;
   });
 
-  const [hana, lee, sam] = await Promise.all([
+  const [hana, lee, sam, kim] = await Promise.all([
     userToken('hana', 'Hana'),
     userToken('lee', 'Lee'),
     userToken('sam', 'Sam'),
+    userToken('kim', 'Kim'),
   ]);
   const id = await step('the host creates a room', T.api, async () => {
-    const r = await api('POST', '/api/rooms', hana, { title: 'Hostile guests' }, 201);
+    // Three seats: H, L and S (step 5 needs a full room).
+    const r = await api('POST', '/api/rooms', hana, { title: 'Hostile guests', max_participants: 3 }, 201);
     return r.body.id;
   });
   summary.room = id;
@@ -230,15 +233,16 @@ export async function hostileScenario(ctx, h) {
     }
   });
 
-  // 5. Seats: L's client leaves the room (livekit-client's own disconnect, a LeaveRequest): the
-  // control plane frees its seat at once, without waiting for the seat grace (60 s here).
+  // 5. Seats: the room is full (K is refused); L's client leaves the room (livekit-client's own
+  // disconnect, a LeaveRequest): its seat is free at once, without waiting for the seat grace
+  // (60 s here), and K gets it.
   await step('5: L leaves the media room; its seat is free at once', T.api + T.refuse, async () => {
-    const before = await api('GET', `/api/rooms/${id}`, lee);
-    if (!before.body.you) throw new Error(`L is not a member before leaving: ${JSON.stringify(before.body)}`);
+    const full = await api('POST', `/api/rooms/${id}/token`, kim, undefined, 422);
+    if (full.body.code !== 'room_full') throw new Error(`K was not refused: ${JSON.stringify(full.body)}`);
     await call(pageL, 'disconnect');
     return pollUntil(async () => {
-      const r = await api('GET', `/api/rooms/${id}`, lee);
-      return { done: !r.body.you, value: { members: r.body.members } };
+      const r = await api('POST', `/api/rooms/${id}/token`, kim, undefined, [200, 422]);
+      return { done: r.status === 200, value: { status: r.status } };
     });
   });
 
