@@ -55,6 +55,13 @@ impl Server {
                 self.send(session, signal_response::Message::Offer(sd));
             }
             Event::Connected(peer) => self.peer_connected(peer),
+            Event::IceLost(peer) => {
+                // The client's media path is gone (its signaling may still be up): hold the
+                // session, so that the client resumes with an ICE restart, or expires.
+                if let Some(&(session, _)) = self.by_peer.get(&peer) {
+                    self.hold_session(session, "media connection lost");
+                }
+            }
             Event::Disconnected(peer) => {
                 if let Some((session, _)) = self.by_peer.remove(&peer) {
                     self.end_session(

@@ -42,6 +42,7 @@
 mod admin;
 mod engine;
 mod requests;
+mod resume;
 mod session;
 mod updates;
 
@@ -378,7 +379,12 @@ impl Server {
         PeerId::new(ShardId((index % shards) as u16), index)
     }
 
+    /// Queue a message for a session's client (dropped while the session is held: it has no
+    /// connection, and a resume brings it up to date).
     fn send(&mut self, session: SessionId, message: signal_response::Message) {
+        if self.is_held(session) {
+            return;
+        }
         self.outputs
             .push_back(Output::Send(session, response(message)));
     }
