@@ -20,6 +20,7 @@ if ! fc-list 2>/dev/null | grep -qi emoji; then
 fi
 need_pkg turnutils_uclient coturn # TURN relay tests (turn/tests/uclient.rs); its service is never started
 need_pkg openssl openssl # test certificates for TURN over TLS
+need_pkg iptables iptables # cuts a browser's network path in its namespace (tests/browser.rs, resume)
 need_pkg redis-server redis-server # control-plane store tests (control/tests, tests/control.rs)
 need_pkg janus janus # the comparison SFU of stoa-bench (tests/bench_smoke.rs); its service is never started
 # The container image and docker/compose.yml, built and run with podman (tests/container.rs):
