@@ -403,7 +403,14 @@ impl SignalClient {
             })),
         }
         .encode_to_vec();
-        let mut frame = vec![0x82, 0x80 | u8::try_from(leave.len()).expect("short"), 0, 0, 0, 0];
+        let mut frame = vec![
+            0x82,
+            0x80 | u8::try_from(leave.len()).expect("short"),
+            0,
+            0,
+            0,
+            0,
+        ];
         frame.extend_from_slice(&leave);
         let _ = self.stream.write_all(&frame);
         let _ = self.stream.write_all(&[0x88, 0x80, 0, 0, 0, 0]);

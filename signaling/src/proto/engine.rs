@@ -56,10 +56,11 @@ impl Server {
             }
             Event::Connected(peer) => self.peer_connected(peer),
             Event::IceLost(peer) => {
-                // The client's media path is gone (its signaling may still be up): hold the
-                // session, so that the client resumes with an ICE restart, or expires.
+                // The client's media path is gone. The peer stays: the client notices too and
+                // resumes with an ICE restart (or its held session expires, which closes it).
+                // Ending or holding the session here would race with that resume.
                 if let Some(&(session, _)) = self.by_peer.get(&peer) {
-                    self.hold_session(session, "media connection lost");
+                    self.in_span(session, || tracing::debug!(peer = %peer, "ICE lost"));
                 }
             }
             Event::Disconnected(peer) => {
