@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use livekit_protocol as lk;
 use livekit_protocol::participant_info::State;
 use livekit_protocol::signal_response;
-use stoa_signaling::proto::ServerConfig;
+use stoa_signaling::proto::{AdminOp, ServerConfig};
 use stoa_signaling::sim::Sim;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -284,5 +284,24 @@ fn a_resume_of_a_session_whose_old_connection_is_still_open_moves_it() {
     assert_ne!(sim.clients[l0].session, Some(old));
     assert!(!sim.server.sessions().any(|s| s == old));
     assert_eq!(sim.server.stats().sessions, 2);
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn a_draining_server_holds_nobody() {
+    let mut sim = world(25);
+    let (_speaker, listeners) = stage(&mut sim, 2);
+    let (l0, l1) = (listeners[0], listeners[1]);
+    // l0 is away (held) when the drain starts: it cannot be told nor resume, so it ends now.
+    sim.disconnect(l0);
+    sim.run_for(SECOND);
+    assert!(sim.participants("r").iter().any(|p| p.identity == "l0"));
+    sim.admin(AdminOp::Drain).unwrap();
+    assert!(!sim.participants("r").iter().any(|p| p.identity == "l0"));
+    // l1 is told to leave; its connection then closes without a leave: gone, not held.
+    let leave = sim.clients[l1].leave().expect("told to leave");
+    assert_eq!(leave.reason, lk::DisconnectReason::ServerShutdown as i32);
+    sim.disconnect(l1);
+    assert!(!sim.participants("r").iter().any(|p| p.identity == "l1"));
     sim.check_invariants().unwrap();
 }

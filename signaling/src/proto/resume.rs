@@ -62,6 +62,12 @@ impl Server {
         if s.held_since.is_some() {
             return;
         }
+        if s.asked_to_leave {
+            // Told to leave by a draining server: gone, not held (the drain waits for rooms
+            // to empty).
+            self.end_session(session, why, super::session::Leave::Quietly);
+            return;
+        }
         s.held_since = Some(now);
         self.pending_updates.remove(&session);
         self.outputs
