@@ -20,12 +20,12 @@ if ! fc-list 2>/dev/null | grep -qi emoji; then
 fi
 need_pkg turnutils_uclient coturn # TURN relay tests (turn/tests/uclient.rs); its service is never started
 need_pkg openssl openssl # test certificates for TURN over TLS
-need_pkg iptables iptables # cuts a browser's network path in its namespace (tests/browser.rs, resume)
 need_pkg redis-server redis-server # control-plane store tests (control/tests, tests/control.rs)
 need_pkg janus janus # the comparison SFU of stoa-bench (tests/bench_smoke.rs); its service is never started
 # The container image and docker/compose.yml, built and run with podman (tests/container.rs):
 # runc (crun refuses this VM's hybrid cgroups), debootstrap for the locally made Debian base
-# image (no registry is reachable), iptables for podman's port publishing.
+# image (no registry is reachable), iptables for podman's port publishing (and for cutting a
+# browser's network path in its namespace, tests/browser.rs's resume run).
 need_pkg podman podman
 need_pkg runc runc
 need_pkg debootstrap debootstrap
