@@ -1035,6 +1035,20 @@ impl Sim {
                     });
                 }
             }
+            (15, _) if y & 1 == 1 => {
+                // The newest client with this identity resumes (open or not), now and then with
+                // another identity's token.
+                if let Some(c) = self.clients.iter().rposition(|c| c.identity == identity)
+                    && self.clients[c].me().is_some()
+                {
+                    let _ = if y & 2 == 0 {
+                        self.resume(c)
+                    } else {
+                        let other = IDENTITIES[usize::from(y >> 2) % IDENTITIES.len()];
+                        self.resume_as(c, other)
+                    };
+                }
+            }
             _ => self.run_for(Duration::from_millis(u64::from(y) * 8)),
         }
     }

@@ -459,6 +459,9 @@ impl Sfu {
         };
         self.out.deadlines.remove(&(p.deadline, peer));
         self.by_ufrag.remove(&p.ufrag);
+        if let Some(creds) = &p.negotiation.restart_creds {
+            self.by_ufrag.remove(&creds.ufrag);
+        }
         for a in &p.addrs {
             if self.by_addr.get(a) == Some(&peer) {
                 self.by_addr.remove(a);
