@@ -986,7 +986,7 @@ impl Layers {
                 format: self.log_format.unwrap_or(LogFormat::Text),
             },
             room: self.room,
-            control: self.control,
+            control: self.control.with_mode_defaults(mode == Mode::Dev),
             warnings: self.warnings,
             shutdown: ShutdownConfig {
                 drain: std::time::Duration::from_secs(

@@ -69,6 +69,7 @@ impl MediaPlane for LocalMedia {
                     .map_err(media_err)?;
                 let mut permission = current.permission.unwrap_or_default();
                 permission.can_publish = *can_publish;
+                permission.can_publish_data = *can_publish;
                 let update = ParticipantUpdate {
                     attributes: attributes
                         .iter()
@@ -98,12 +99,21 @@ impl MediaPlane for LocalMedia {
                 .remove_participant(room.as_str(), user.as_str())
                 .await
                 .map_err(media_err),
+            MediaCommand::RoomMetadata { room, metadata } => s
+                .update_room_metadata(room.as_str(), metadata)
+                .await
+                .map(|_| ())
+                .map_err(media_err),
             MediaCommand::Reaction { room, user, emoji } => {
                 let payload = serde_json::json!({ "user": user, "emoji": emoji });
                 let data = SendData {
                     payload: payload.to_string().into_bytes(),
                     reliable: true,
-                    topic: Some("stoa.reaction".to_owned()),
+                    topic: Some(
+                        stoa_signaling::proto::RESERVED_TOPIC_PREFIX.to_owned() + "reaction",
+                    ),
+                    // The server vouches for the sender: clients read it from the packet.
+                    sender_identity: Some(user.to_string()),
                     ..Default::default()
                 };
                 s.send_data(room.as_str(), data).await.map_err(media_err)
@@ -122,6 +132,8 @@ impl Admission for ControlAdmission {
                 Ok(None) => Ok(None),
                 Ok(Some((can_publish, attributes))) => Ok(Some(Admitted {
                     can_publish,
+                    // Listeners send no data to the room (reactions go through the API).
+                    can_publish_data: can_publish,
                     attributes: attributes.into_iter().collect(),
                 })),
                 Err(e) => Err(stoa_signaling::service::Refused {
@@ -143,6 +155,11 @@ pub fn spawn_presence(control: Control, mut events: mpsc::Receiver<lk::WebhookEv
     tokio::spawn(async move {
         let mut queued = Vec::with_capacity(PRESENCE_BATCH);
         while events.recv_many(&mut queued, PRESENCE_BATCH).await > 0 {
+            let finished: Vec<String> = queued
+                .iter()
+                .filter(|e| e.event == "room_finished")
+                .filter_map(|e| Some(e.room.as_ref()?.name.clone()))
+                .collect();
             let batch: Vec<(String, String, MediaEvent)> = queued
                 .drain(..)
                 .filter_map(|event| {
@@ -156,6 +173,8 @@ pub fn spawn_presence(control: Control, mut events: mpsc::Receiver<lk::WebhookEv
                         }
                         "speaking_started" => MediaEvent::SpeakingStarted,
                         "speaking_stopped" => MediaEvent::SpeakingStopped,
+                        "track_muted" => MediaEvent::Muted,
+                        "track_unmuted" => MediaEvent::Unmuted,
                         _ => return None,
                     };
                     Some((room.name.clone(), p.identity.clone(), kind))
@@ -164,6 +183,9 @@ pub fn spawn_presence(control: Control, mut events: mpsc::Receiver<lk::WebhookEv
             if !batch.is_empty() {
                 control.media_events(batch).await;
             }
+            for room in finished {
+                control.media_room_finished(&room).await;
+            }
         }
     });
 }
@@ -171,4 +193,15 @@ pub fn spawn_presence(control: Control, mut events: mpsc::Receiver<lk::WebhookEv
 /// Shares the admission hook with the router.
 pub fn admission(control: &Control) -> Arc<dyn Admission> {
     Arc::new(ControlAdmission(control.clone()))
+}
+
+/// The control plane's webhooks go out through the media plane's notifier: one bounded queue,
+/// one signer, one set of receivers (`[webhook]`) for both planes.
+#[derive(Debug)]
+pub struct ControlHooks(pub stoa_signaling::webhook::Notifier);
+
+impl stoa_control::webhook::HookSink for ControlHooks {
+    fn deliver(&self, event: String, body: Vec<u8>) {
+        self.0.notify_json(event, body);
+    }
 }

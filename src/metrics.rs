@@ -68,7 +68,8 @@ pub const SFU_OFFERS_REFUSED: &str = "sfu_offers_refused_total";
 /// Messages dropped because a bounded signaling queue was full, by `queue` = `requests`
 /// (a client's request; the client is closed) | `outbox` (a session's outbox; the client is
 /// disconnected) | `engine` (an engine command; the session is told to rejoin) | `observer`
-/// (an event for the control plane) (counter).
+/// (an event for the control plane) | `data` (a client's data packet: over its sender's rate,
+/// without the data permission, or on a server-only topic) (counter).
 pub const SIGNALING_DROPPED: &str = "signaling_dropped_total";
 /// Messages dropped because a bounded queue of the media engine's shell was full, by `queue` =
 /// `commands` | `relays` | `events` (counter).
@@ -256,6 +257,7 @@ pub fn record(snapshot: &Snapshot) {
         counter!(SIGNALING_DROPPED, "queue" => "outbox").absolute(s.clients_overflowed);
         counter!(SIGNALING_DROPPED, "queue" => "engine").absolute(s.engine_undelivered);
         counter!(SIGNALING_DROPPED, "queue" => "observer").absolute(s.observer_dropped);
+        counter!(SIGNALING_DROPPED, "queue" => "data").absolute(s.data_dropped);
     }
     if let Some(shards) = &snapshot.sfu {
         let total = shards.iter().fold(SfuStats::default(), |mut sum, s| {

@@ -180,6 +180,9 @@ async fn serve(config: &Config) -> Result<()> {
         stoa_control::auth::Keys::new(key_pairs).map_err(|e| anyhow!("{}", e.message))?,
         config.control.clone(),
     );
+    if let Some(notifier) = &webhooks {
+        control.set_webhooks(Arc::new(crate::media_plane::ControlHooks(notifier.clone())));
+    }
     crate::media_plane::spawn_presence(control.clone(), presence_rx);
     let draining = Draining::default();
     let sources = Sources {

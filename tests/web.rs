@@ -16,7 +16,11 @@
 //! read it) and the listener opens the guest's profile from it, and with playback blocked taps
 //! to listen; a reaction crosses pages; icons are SVG; sharing uses the phone's share sheet, the
 //! server's Open Graph tags and an embed card that fits its snippet with transparent corners;
-//! the ended summary names people to anyone. axe-core audits the main screens and the run fails
+//! the ended summary names people to anyone; a listener who followed the host hears them go live
+//! again (the bell's unread count, a toast, a browser notification through the Notification
+//! API with the permission granted), a webhook signed with the API secret reaches a local
+//! receiver (checked: HS256 signature, issuer, expiry, the body's SHA-256), and the listener
+//! joins from the notification centre. axe-core audits the main screens and the run fails
 //! on any serious violation. It saves screenshots of every screen, desktop and phone sized, to
 //! `target/web-screenshots/`.
 //! `tests/web/run.sh` starts the server and runs it; both bound every wait, and this test adds

@@ -22,7 +22,8 @@ use crate::events::Event;
 use crate::model::{RoomDoc, RoomId, RoomKind, RoomState, Scope, SpeakerMode, UserId};
 use crate::permission::Action;
 use crate::room::{Actor, Command};
-use crate::service::{Control, NewRoom};
+use crate::schedule::Schedule;
+use crate::service::{Control, NewRoom, RoomChanges};
 use crate::store::{Follow, Profile};
 use crate::view::{self, AudienceView, HostStatsView, RoomCardView, RoomView, StatsView};
 
@@ -36,7 +37,12 @@ pub fn router(control: Control) -> Router {
         .route("/api/session/guest", post(guest))
         .route("/api/me", get(me))
         .route("/api/rooms", get(directory).post(create_room))
-        .route("/api/rooms/{id}", get(get_room))
+        .route("/api/rooms/{id}", get(get_room).patch(edit_room))
+        .route("/api/rooms/{id}/lineup", get(lineup))
+        .route(
+            "/api/rooms/{id}/lineup/{user}",
+            put(line_up).delete(line_up_remove),
+        )
         .route("/api/rooms/{id}/card", get(room_card))
         .route("/api/rooms/{id}/audience", get(audience))
         .route("/api/rooms/{id}/start", post(start))
@@ -50,12 +56,15 @@ pub fn router(control: Control) -> Router {
         .route("/api/rooms/{id}/reactions", post(react))
         .route("/api/rooms/{id}/members/{user}/{action}", post(moderate))
         .route("/api/rooms/{id}/stats", get(room_stats))
+        .route("/api/rooms/{id}/audit", get(audit_log))
         .route("/api/rooms/{id}/invitations", post(create_invitation))
         .route("/api/invitations/{token}", get(get_invitation))
         .route("/api/invitations/{token}/accept", post(accept_invitation))
         .route("/api/users/{id}/stats", get(host_stats))
         .route("/api/users/{id}/profile", get(profile))
         .route("/api/me/profile", axum::routing::put(set_profile))
+        .route("/api/me/notifications", get(notifications))
+        .route("/api/me/notifications/read", post(read_notifications))
         .route("/api/follows", get(follows))
         .route("/api/follows/{kind}/{id}", put(follow).delete(unfollow))
         .route("/api/events", get(events))
@@ -134,6 +143,21 @@ impl FromRequestParts<Control> for Caller {
                 .ok_or_else(|| ControlError::unauthorized("a bearer token is required"))?,
         };
         control.keys().verify(&token).map(Caller)
+    }
+}
+
+/// A query string whose problems come back as `{code, message}` (`invalid_query`).
+#[derive(Debug)]
+pub struct Params<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = ControlError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| Params(q))
+            .map_err(|e| ControlError::bad_request("invalid_query", e.body_text()))
     }
 }
 
@@ -224,6 +248,61 @@ pub struct CreateRoomBody {
     pub scheduled_for: Option<u64>,
     /// The host, when a server creates a room for a user.
     pub host: Option<UserId>,
+    /// Auto-start and recurrence (days of the week, local time, IANA time zone); with a
+    /// recurrence and no `scheduled_for`, the room is scheduled for its first occurrence.
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Unlisted and joinable only by invitation (default false).
+    #[serde(default)]
+    pub private: bool,
+}
+
+/// `PATCH /api/rooms/{id}`: the fields to change, checked as at creation; absent fields stay.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EditRoomBody {
+    /// 1 to 120 characters.
+    pub title: Option<String>,
+    /// Up to 60 characters.
+    pub topic: Option<String>,
+    /// Up to 2000 characters.
+    pub description: Option<String>,
+    /// `stage` or `open` (before the room goes live).
+    pub kind: Option<RoomKind>,
+    /// `everyone`, `followers` or `invited`.
+    pub speaker_mode: Option<SpeakerMode>,
+    /// Member limit, not below the members in the room.
+    pub max_participants: Option<u32>,
+    /// Unix ms (scheduled rooms).
+    pub scheduled_for: Option<u64>,
+    /// Auto-start and recurrence (scheduled rooms).
+    pub schedule: Option<Schedule>,
+}
+
+/// `PUT /api/rooms/{id}/lineup/{user}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LineUpBody {
+    /// `co_host` or `speaker`.
+    pub role: crate::model::Role,
+}
+
+/// A room's line-up: who has a role whenever they join.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LineUpView {
+    /// Users and their roles, by user id.
+    pub lineup: Vec<LineUpEntry>,
+}
+
+/// One entry of a line-up.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LineUpEntry {
+    /// Whose.
+    pub user: UserId,
+    /// Their display name when the room knows it, else the user id.
+    pub name: String,
+    /// `co_host` or `speaker`.
+    pub role: crate::model::Role,
 }
 
 fn default_kind() -> RoomKind {
@@ -328,7 +407,7 @@ async fn guest(
     State(c): State<Control>,
     Body(b): Body<GuestBody>,
 ) -> Result<Json<SessionView>, ControlError> {
-    if !c.config().guest_sign_in {
+    if !c.config().guests() {
         return Err(ControlError::forbidden(
             "guests_disabled",
             "guest sign-in is turned off",
@@ -359,7 +438,7 @@ async fn me(caller: Caller) -> Result<Json<MeView>, ControlError> {
 async fn directory(
     State(c): State<Control>,
     caller: Caller,
-    Query(q): Query<DirectoryQuery>,
+    Params(q): Params<DirectoryQuery>,
 ) -> Result<Json<DirectoryView>, ControlError> {
     let mut states = vec![RoomState::Live, RoomState::Scheduled];
     if q.archived {
@@ -367,8 +446,11 @@ async fn directory(
     }
     let needle = q.q.as_deref().map(str::to_lowercase);
     let docs = c.rooms(&states).await?;
+    // Private rooms are unlisted: only their host, servers and whoever is on their stage
+    // find them here.
     let matches = |d: &RoomDoc| {
-        q.kind.is_none_or(|k| d.room.kind == k)
+        view::may_see(d, caller.viewer())
+            && q.kind.is_none_or(|k| d.room.kind == k)
             && needle.as_deref().is_none_or(|n| {
                 d.room.title.to_lowercase().contains(n)
                     || d.room.topic.to_lowercase().contains(n)
@@ -419,6 +501,8 @@ async fn create_room(
                 max_participants: b.max_participants,
                 scheduled_for: b.scheduled_for,
                 host: b.host,
+                schedule: b.schedule,
+                private: b.private,
             },
         )
         .await?;
@@ -439,6 +523,84 @@ async fn get_room(
     Ok(Json(c.view(&room_id(&id)?, caller.viewer()).await?))
 }
 
+/// Changes the room's title, topic, description, kind (before it goes live), speaker mode,
+/// member limit or schedule (before it goes live): host and co-hosts, with the checks of
+/// creation. Live participants get the new description as room metadata.
+#[utoipa::path(patch, path = "/api/rooms/{id}", params(("id" = String, Path, description = "Room id")), request_body = EditRoomBody,
+    responses((status = 200, body = RoomView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn edit_room(
+    State(c): State<Control>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(b): Body<EditRoomBody>,
+) -> Result<Json<RoomView>, ControlError> {
+    let id = room_id(&id)?;
+    if let Principal::User { id: user, .. } = &caller.0 {
+        c.rate_limit(user, "room edit", 1.0, 10.0)?;
+    }
+    let changes = RoomChanges {
+        title: b.title,
+        topic: b.topic,
+        description: b.description,
+        kind: b.kind,
+        speaker_mode: b.speaker_mode,
+        max_participants: b.max_participants,
+        scheduled_for: b.scheduled_for,
+        schedule: b.schedule,
+    };
+    c.edit(&caller.actor(), &id, changes).await?;
+    Ok(Json(c.view(&id, caller.viewer()).await?))
+}
+
+/// The room's line-up: co-hosts and speakers the host gave their role in advance (they are on
+/// stage whenever they join, and in the room's next occurrences).
+#[utoipa::path(get, path = "/api/rooms/{id}/lineup", params(("id" = String, Path, description = "Room id")),
+    responses((status = 200, body = LineUpView), (status = 404, body = ErrorBody)))]
+async fn lineup(
+    State(c): State<Control>,
+    _caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<LineUpView>, ControlError> {
+    let id = room_id(&id)?;
+    let doc = c.room_in(&id, &Scope::header()).await?;
+    let entries = c.store().lineup(&id, crate::model::MAX_LINEUP).await?;
+    Ok(Json(LineUpView {
+        lineup: entries
+            .into_iter()
+            .map(|(user, role)| LineUpEntry {
+                name: doc.name_of(&user).unwrap_or(user.as_str()).to_owned(),
+                user,
+                role,
+            })
+            .collect(),
+    }))
+}
+
+#[utoipa::path(put, path = "/api/rooms/{id}/lineup/{user}", request_body = LineUpBody,
+    params(("id" = String, Path, description = "Room id"), ("user" = String, Path, description = "User id")),
+    responses((status = 200, body = RoomView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn line_up(
+    State(c): State<Control>,
+    caller: Caller,
+    Path((id, user)): Path<(String, String)>,
+    Body(b): Body<LineUpBody>,
+) -> Result<Json<RoomView>, ControlError> {
+    let user = UserId::parse(&user)?;
+    run(&c, &caller, &id, Command::LineUp(user, Some(b.role))).await
+}
+
+#[utoipa::path(delete, path = "/api/rooms/{id}/lineup/{user}",
+    params(("id" = String, Path, description = "Room id"), ("user" = String, Path, description = "User id")),
+    responses((status = 200, body = RoomView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn line_up_remove(
+    State(c): State<Control>,
+    caller: Caller,
+    Path((id, user)): Path<(String, String)>,
+) -> Result<Json<RoomView>, ControlError> {
+    let user = UserId::parse(&user)?;
+    run(&c, &caller, &id, Command::LineUp(user, None)).await
+}
+
 /// The audience (members not on stage), a page at a time by user id, for every member.
 ///
 /// Hosts and co-hosts see every member with their presence, hand and mute state; other members
@@ -452,7 +614,7 @@ async fn audience(
     State(c): State<Control>,
     caller: Caller,
     Path(id): Path<String>,
-    Query(q): Query<AudienceQuery>,
+    Params(q): Params<AudienceQuery>,
 ) -> Result<Json<AudienceView>, ControlError> {
     let id = room_id(&id)?;
     let after = q.after.as_deref().map(UserId::parse).transpose()?;
@@ -477,9 +639,11 @@ async fn room_card(
     State(c): State<Control>,
     Path(id): Path<String>,
 ) -> Result<Json<RoomCardView>, ControlError> {
-    let doc = c
-        .room_in(&room_id(&id)?, &Scope::header().with_stage())
-        .await?;
+    let id = room_id(&id)?;
+    let doc = c.room_in(&id, &Scope::header().with_stage()).await?;
+    if doc.room.private {
+        return Err(ControlError::not_found("room", id.as_str()));
+    }
     Ok(Json(view::card(&doc)))
 }
 
@@ -623,27 +787,69 @@ async fn moderate(
     run(&c, &caller, &id, Command::Target(action, target)).await
 }
 
+/// A room's statistics. Hosts, co-hosts and servers read them whole; a member reads the
+/// room's summary (totals and time on stage, no per-user speaking time), as anyone does once
+/// the room has ended (the ended page's summary); anyone else is refused.
 #[utoipa::path(get, path = "/api/rooms/{id}/stats", params(("id" = String, Path, description = "Room id")),
     responses((status = 200, body = StatsView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn room_stats(
     State(c): State<Control>,
-    _caller: Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<StatsView>, ControlError> {
+    let viewer = caller.viewer();
     let doc = c
-        .room_in(&room_id(&id)?, &Scope::header().with_stage())
+        .room_in(&room_id(&id)?, &Scope::users(viewer.cloned()).with_stage())
         .await?;
-    Ok(Json(view::stats(&doc, now_ms())))
+    if !view::may_see(&doc, viewer) {
+        return Err(ControlError::not_found("room", doc.room.id.as_str()));
+    }
+    let ended = matches!(doc.room.state, RoomState::Ended | RoomState::Archived);
+    match view::sight(&doc, viewer) {
+        view::Sight::Moderator => Ok(Json(view::stats(&doc, now_ms()))),
+        view::Sight::Member => Ok(Json(view::stats_summary(&doc, now_ms()))),
+        view::Sight::Outsider if ended => Ok(Json(view::stats_summary(&doc, now_ms()))),
+        view::Sight::Outsider => Err(ControlError::forbidden(
+            "not_allowed",
+            "only the room's members see its statistics while it runs",
+        )),
+    }
 }
 
+/// `GET /api/rooms/{id}/audit`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuditView {
+    /// Moderation and lifecycle actions, oldest first (the newest 200).
+    pub entries: Vec<crate::store::AuditEntry>,
+}
+
+/// A room's audit log: who did what to whom, when. The host and servers only.
+#[utoipa::path(get, path = "/api/rooms/{id}/audit", params(("id" = String, Path, description = "Room id")),
+    responses((status = 200, body = AuditView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn audit_log(
+    State(c): State<Control>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<AuditView>, ControlError> {
+    let entries = c.audit(&room_id(&id)?, caller.viewer()).await?;
+    Ok(Json(AuditView { entries }))
+}
+
+/// A host's totals: the host and servers only.
 #[utoipa::path(get, path = "/api/users/{id}/stats", params(("id" = String, Path, description = "Host user id")),
-    responses((status = 200, body = HostStatsView), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = HostStatsView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn host_stats(
     State(c): State<Control>,
-    _caller: Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<HostStatsView>, ControlError> {
     let host = UserId::parse(&id)?;
+    if caller.viewer().is_some_and(|v| *v != host) {
+        return Err(ControlError::forbidden(
+            "not_allowed",
+            "a host's statistics are for that host only",
+        ));
+    }
     let docs = c
         .rooms(&[
             RoomState::Scheduled,
@@ -683,7 +889,7 @@ async fn get_invitation(
     Path(token): Path<String>,
 ) -> Result<Json<InvitationView>, ControlError> {
     let invite = c.invitation(&token).await?;
-    let room = c.view(&invite.room, caller.viewer()).await?;
+    let room = c.invited_view(&invite.room, caller.viewer()).await?;
     Ok(Json(InvitationView {
         token,
         requires_confirmation: room.kind == RoomKind::Stage,
@@ -834,41 +1040,246 @@ async fn unfollow(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `GET /api/me/notifications` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationsQuery {
+    /// Only entries after this one in the feed (the previous page's `next`).
+    pub after: Option<String>,
+    /// Entries per page, 1 to 100 (default 20).
+    pub limit: Option<usize>,
+}
+
+/// A feed entry with its read mark.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NotificationView {
+    /// The entry.
+    #[serde(flatten)]
+    pub notification: crate::notify::Notification,
+    /// Read (made at or before the feed's read mark).
+    pub read: bool,
+}
+
+/// `GET /api/me/notifications`: a page of the caller's feed, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NotificationsView {
+    /// Entries.
+    pub notifications: Vec<NotificationView>,
+    /// Unread entries in the whole feed.
+    pub unread: usize,
+    /// `after` of the next page, if any.
+    pub next: Option<String>,
+}
+
+/// `POST /api/me/notifications/read`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadBody {
+    /// Marks entries made up to this unix ms read; absent: everything so far.
+    pub until: Option<u64>,
+}
+
+#[utoipa::path(get, path = "/api/me/notifications", params(NotificationsQuery),
+    responses((status = 200, body = NotificationsView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn notifications(
+    State(c): State<Control>,
+    caller: Caller,
+    Params(q): Params<NotificationsQuery>,
+) -> Result<Json<NotificationsView>, ControlError> {
+    let (user, _) = caller.user()?;
+    let limit = q.limit.unwrap_or(20);
+    if limit == 0 || limit > 100 {
+        return Err(ControlError::bad_request(
+            "invalid_field",
+            "limit must be 1 to 100",
+        ));
+    }
+    let (feed, read_until) = c.notifications(user).await?;
+    let unread = feed.iter().filter(|n| n.at > read_until).count();
+    let start = match &q.after {
+        // An entry gone from the feed (the oldest are dropped) ends the listing.
+        Some(after) => feed
+            .iter()
+            .position(|n| n.id == *after)
+            .map_or(feed.len(), |i| i + 1),
+        None => 0,
+    };
+    let mut page: Vec<NotificationView> = feed
+        .into_iter()
+        .skip(start)
+        .take(limit + 1)
+        .map(|n| NotificationView {
+            read: n.at <= read_until,
+            notification: n,
+        })
+        .collect();
+    let next = if page.len() > limit {
+        page.truncate(limit);
+        page.last().map(|n| n.notification.id.clone())
+    } else {
+        None
+    };
+    Ok(Json(NotificationsView {
+        notifications: page,
+        unread,
+        next,
+    }))
+}
+
+#[utoipa::path(post, path = "/api/me/notifications/read", request_body = ReadBody,
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn read_notifications(
+    State(c): State<Control>,
+    caller: Caller,
+    Body(b): Body<ReadBody>,
+) -> Result<StatusCode, ControlError> {
+    let (user, _) = caller.user()?;
+    let until = match b.until {
+        Some(t) => t,
+        None => c.notifications(user).await?.0.first().map_or(0, |n| n.at),
+    };
+    c.mark_read(user, until).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// `GET /api/events` query.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// Only this room's events.
     pub room: Option<String>,
+    /// Only the caller's own notifications, no room events (a signed-in app's bell).
+    pub notifications_only: Option<bool>,
     /// The bearer token (browsers cannot set headers on WebSockets).
     pub access_token: Option<String>,
 }
 
 #[utoipa::path(get, path = "/api/events", params(EventsQuery),
-    responses((status = 101, description = "WebSocket of JSON events", body = Event), (status = 401, body = ErrorBody)))]
+    responses((status = 101, description = "WebSocket of JSON events: each filtered through the room view's visibility rule for the caller", body = Event),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn events(
     State(c): State<Control>,
-    _caller: Caller,
-    Query(q): Query<EventsQuery>,
+    caller: Caller,
+    Params(q): Params<EventsQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ControlError> {
     let room = q.room.as_deref().map(room_id).transpose()?;
-    let rx = c.events();
+    if let Some(id) = &room {
+        // Subscribing to a room needs the right to see it.
+        let doc = c
+            .room_in(id, &Scope::users(caller.viewer().cloned()))
+            .await?;
+        if !view::may_see(&doc, caller.viewer()) {
+            return Err(ControlError::not_found("room", id.as_str()));
+        }
+    }
+    let rx = (q.notifications_only != Some(true)).then(|| c.events());
+    // A user's stream also carries their own notifications (`{"type": "notification", …}`).
+    let mine = caller.viewer().map(|u| c.notification_stream(u));
+    let viewer = caller.viewer().cloned();
+    let filter = EventFilter {
+        control: c,
+        viewer,
+        sights: std::collections::HashMap::new(),
+    };
     Ok(ws
         .max_message_size(MAX_BODY)
-        .on_upgrade(move |socket| stream_events(socket, rx, room)))
+        .on_upgrade(move |socket| stream_events(socket, rx, room, mine, filter)))
+}
+
+/// A notification as the event stream carries it.
+#[derive(Debug, Serialize)]
+struct NotificationEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    notification: &'a crate::notify::Notification,
+}
+
+/// How long a subscriber's sight of a room is trusted before it is read again.
+const SIGHT_TTL_MS: u64 = 2_000;
+/// Rooms whose sight one subscriber remembers.
+const SIGHTS_KEPT: usize = 256;
+
+/// One subscriber's view of the event stream: every event passes [`view::sees`] with the
+/// subscriber's [`view::Sight`] of its room, read from the store (the viewer's own record) and
+/// remembered for [`SIGHT_TTL_MS`]: someone who just joined a room may miss its events for that
+/// long (a room's end is always looked at afresh).
+struct EventFilter {
+    control: Control,
+    /// `None`: a server token, which sees everything.
+    viewer: Option<UserId>,
+    /// Sight per room and the unix ms it was read.
+    sights: std::collections::HashMap<RoomId, (view::Sight, bool, u64)>,
+}
+
+impl EventFilter {
+    async fn admits(&mut self, e: &Event) -> bool {
+        let Some(viewer) = self.viewer.clone() else {
+            return true;
+        };
+        if !view::in_room(e) {
+            return true;
+        }
+        let room = event_room(e).clone();
+        if matches!(e, Event::RoomEnded { .. }) {
+            // A room ends once: its last word is worth a fresh look.
+            self.sights.remove(&room);
+        }
+        let (sight, knows) = match self.sights.get(&room) {
+            Some(&(sight, knows, at)) if now_ms().saturating_sub(at) < SIGHT_TTL_MS => {
+                (sight, knows)
+            }
+            _ => {
+                let (sight, knows) = match self
+                    .control
+                    .room_in(&room, &Scope::users([viewer.clone()]))
+                    .await
+                {
+                    Ok(doc) => (
+                        view::sight(&doc, Some(&viewer)),
+                        view::may_see(&doc, Some(&viewer)),
+                    ),
+                    Err(_) => (view::Sight::Outsider, false),
+                };
+                if self.sights.len() >= SIGHTS_KEPT {
+                    self.sights.clear();
+                }
+                self.sights.insert(room.clone(), (sight, knows, now_ms()));
+                (sight, knows)
+            }
+        };
+        let admitted = view::sees(sight, knows, Some(&viewer), e);
+        // An event about the viewer may change what they see next.
+        if matches!(e, Event::Hand { user, .. } | Event::Role { user, .. } | Event::Removed { user, .. } if *user == viewer)
+        {
+            self.sights.remove(&room);
+        }
+        admitted
+    }
 }
 
 async fn stream_events(
     mut socket: WebSocket,
-    mut rx: tokio::sync::broadcast::Receiver<Event>,
+    mut rx: Option<tokio::sync::broadcast::Receiver<Event>>,
     room: Option<RoomId>,
+    mut mine: Option<tokio::sync::mpsc::Receiver<crate::notify::Notification>>,
+    mut filter: EventFilter,
 ) {
     loop {
         tokio::select! {
-            event = rx.recv() => match event {
+            Some(n) = async { match mine.as_mut() { Some(m) => m.recv().await, None => None } } => {
+                let e = NotificationEvent { kind: "notification", notification: &n };
+                let Ok(text) = serde_json::to_string(&e) else { continue };
+                if socket.send(Message::Text(text.into())).await.is_err() {
+                    return;
+                }
+            },
+            Some(event) = async { match rx.as_mut() { Some(r) => Some(r.recv().await), None => None } } => match event {
                 Ok(e) => {
                     if room.as_ref().is_some_and(|r| event_room(&e) != r) {
+                        continue;
+                    }
+                    if !filter.admits(&e).await {
                         continue;
                     }
                     let Ok(text) = serde_json::to_string(&e) else { continue };
@@ -891,13 +1302,16 @@ fn event_room(e: &Event) -> &RoomId {
     match e {
         Event::RoomCreated { room, .. }
         | Event::RoomLive { room, .. }
-        | Event::RoomEnded { room }
+        | Event::RoomEnded { room, .. }
         | Event::Audience { room, .. }
         | Event::Hand { room, .. }
         | Event::Role { room, .. }
         | Event::Muted { room, .. }
         | Event::Removed { room, .. }
-        | Event::Reaction { room, .. } => room,
+        | Event::Reaction { room, .. }
+        | Event::RoomEdited { room, .. }
+        | Event::Reminder { room, .. }
+        | Event::LineUp { room, .. } => room,
     }
 }
 
@@ -915,6 +1329,10 @@ fn event_room(e: &Event) -> &RoomId {
         directory,
         create_room,
         get_room,
+        edit_room,
+        lineup,
+        line_up,
+        line_up_remove,
         audience,
         room_card,
         start,
@@ -929,6 +1347,7 @@ fn event_room(e: &Event) -> &RoomId {
         react,
         moderate,
         room_stats,
+        audit_log,
         host_stats,
         create_invitation,
         get_invitation,
@@ -938,6 +1357,8 @@ fn event_room(e: &Event) -> &RoomId {
         unfollow,
         profile,
         set_profile,
+        notifications,
+        read_notifications,
         events
     ),
     components(schemas(
@@ -947,8 +1368,11 @@ fn event_room(e: &Event) -> &RoomId {
         RoomCardView,
         StatsView,
         HostStatsView,
+        AuditView,
         Event,
-        Follow
+        Follow,
+        NotificationsView,
+        crate::notify::Notification
     ))
 )]
 pub struct ApiDoc;

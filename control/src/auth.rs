@@ -119,7 +119,8 @@ impl Keys {
             .map_err(|e| ControlError::unavailable(format!("cannot sign a token: {e}")))
     }
 
-    /// A media token for `room` with the grants of the member's role.
+    /// A media token for `room` with the grants of the member's role: publishing audio and
+    /// data only when `can_publish`.
     pub fn media_token(
         &self,
         room: &RoomId,
@@ -135,7 +136,8 @@ impl Keys {
             room: room.to_string(),
             can_publish: Some(can_publish),
             can_subscribe: Some(true),
-            can_publish_data: Some(true),
+            // Listeners send nothing to the room: data follows the publish permission.
+            can_publish_data: Some(can_publish),
             can_publish_sources: vec!["microphone".to_owned()],
             can_update_own_metadata: Some(false),
             ..Default::default()

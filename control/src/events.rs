@@ -19,6 +19,9 @@ pub enum Event {
         title: String,
         /// Unix ms it is scheduled for.
         scheduled_for: Option<u64>,
+        /// A private room (only its members, host and servers are told).
+        #[serde(default, skip_serializing_if = "is_false")]
+        private: bool,
     },
     /// A room went live.
     RoomLive {
@@ -28,11 +31,17 @@ pub enum Event {
         title: String,
         /// Host.
         host: UserId,
+        /// A private room (only its members, host and servers are told).
+        #[serde(default, skip_serializing_if = "is_false")]
+        private: bool,
     },
     /// A room ended.
     RoomEnded {
         /// Room.
         room: RoomId,
+        /// A private room (only its members, host and servers are told).
+        #[serde(default, skip_serializing_if = "is_false")]
+        private: bool,
     },
     /// The audience changed.
     Audience {
@@ -42,6 +51,9 @@ pub enum Event {
         listeners: u32,
         /// Everyone connected.
         present: u32,
+        /// A private room (only its members, host and servers are told).
+        #[serde(default, skip_serializing_if = "is_false")]
+        private: bool,
     },
     /// A hand went up or down.
     Hand {
@@ -81,6 +93,37 @@ pub enum Event {
         /// Banned (else kicked).
         banned: bool,
     },
+    /// A room's title, description, limits or schedule changed.
+    RoomEdited {
+        /// Room.
+        room: RoomId,
+        /// Title.
+        title: String,
+        /// Topic.
+        topic: String,
+        /// Unix ms it is scheduled for.
+        scheduled_for: Option<u64>,
+    },
+    /// A scheduled room starts soon: those who asked are reminded.
+    Reminder {
+        /// Room.
+        room: RoomId,
+        /// Title.
+        title: String,
+        /// Host.
+        host: UserId,
+        /// Unix ms it is scheduled for.
+        scheduled_for: Option<u64>,
+    },
+    /// The host lined someone up (a role they get whenever they join) or took it back.
+    LineUp {
+        /// Room.
+        room: RoomId,
+        /// Whose.
+        user: UserId,
+        /// Co-host or speaker; `None`: taken back.
+        role: Option<Role>,
+    },
     /// A reaction.
     Reaction {
         /// Room.
@@ -92,6 +135,23 @@ pub enum Event {
     },
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl Event {
+    /// Whether the event is about a private room.
+    pub fn private(&self) -> bool {
+        match self {
+            Event::RoomCreated { private, .. }
+            | Event::RoomLive { private, .. }
+            | Event::RoomEnded { private, .. }
+            | Event::Audience { private, .. } => *private,
+            _ => false,
+        }
+    }
+}
+
 /// What travels between instances: the outcome of one command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BusMessage {
@@ -101,4 +161,7 @@ pub struct BusMessage {
     pub media: Vec<MediaCommand>,
     /// Events for every instance's event-stream subscribers.
     pub events: Vec<Event>,
+    /// Notifications for these users' own streams, wherever they are connected.
+    #[serde(default)]
+    pub notices: Vec<(Vec<crate::model::UserId>, crate::notify::Notification)>,
 }

@@ -25,14 +25,17 @@ pub mod error;
 pub mod events;
 pub mod media;
 pub mod model;
+pub mod notify;
 pub mod permission;
 pub mod room;
+pub mod schedule;
 pub mod service;
 pub mod store;
 pub mod telemetry;
 pub mod view;
+pub mod webhook;
 
-pub use config::{ControlConfig, StoreKind};
+pub use config::{ControlConfig, RoomCreators, StoreKind};
 pub use error::ControlError;
 pub use service::Control;
 

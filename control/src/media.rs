@@ -52,6 +52,14 @@ pub enum MediaCommand {
         /// Participant identity.
         user: UserId,
     },
+    /// Replace the media room's metadata (JSON: title, topic, description, kind, speaker mode,
+    /// limit), which every participant receives as a room update.
+    RoomMetadata {
+        /// Room.
+        room: RoomId,
+        /// The metadata.
+        metadata: String,
+    },
     /// Show a reaction to the room's participants (a data message, topic `stoa.reaction`).
     Reaction {
         /// Room.

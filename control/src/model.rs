@@ -29,6 +29,8 @@ pub const MAX_TOPIC: usize = 60;
 pub const MAX_DESCRIPTION: usize = 2000;
 /// Longest display name (characters).
 pub const MAX_NAME: usize = 64;
+/// Most entries of a room's line-up (pre-assigned co-hosts and speakers).
+pub const MAX_LINEUP: usize = 200;
 /// Largest room the control plane lets anyone create.
 pub const MAX_PARTICIPANTS: u32 = 100_000;
 
@@ -115,6 +117,11 @@ impl UserId {
                 ),
             ))
         }
+    }
+
+    /// Whether this is a guest's id (`guest-…`, what `POST /api/session/guest` mints).
+    pub fn is_guest(&self) -> bool {
+        self.0.starts_with("guest-")
     }
 
     /// The id as text.
@@ -257,6 +264,18 @@ pub struct Room {
     /// their own URLs, so that every client of the room meets on one media node.
     #[serde(default)]
     pub media_url: Option<String>,
+    /// Auto-start and recurrence.
+    #[serde(default)]
+    pub schedule: crate::schedule::Schedule,
+    /// The reminder for `scheduled_for` went out.
+    #[serde(default)]
+    pub reminded: bool,
+    /// The first room of a recurring series, for its later occurrences.
+    #[serde(default)]
+    pub series: Option<RoomId>,
+    /// Private: unlisted, seen and joined only by its host, its members and those invited.
+    #[serde(default)]
+    pub private: bool,
 }
 
 /// One user in a room.
@@ -286,6 +305,21 @@ pub struct Member {
     /// speak.
     #[serde(default)]
     pub speaking_since: Option<u64>,
+    /// Unix ms from which their seat's grace runs while they are not connected: their media
+    /// session ended without a `/leave`, or they took a new token.
+    #[serde(default)]
+    pub absent_since: Option<u64>,
+}
+
+impl Member {
+    /// Whether the member holds no seat at `now`: not connected, and not for `grace_ms`
+    /// since they took their token (never connected) or since their session dropped. The
+    /// host's seat is never given away.
+    pub fn is_ghost(&self, now: u64, grace_ms: u64) -> bool {
+        self.role != Role::Host
+            && !self.present
+            && now.saturating_sub(self.absent_since.unwrap_or(self.joined_at)) >= grace_ms
+    }
 }
 
 /// A room's statistics.
@@ -331,6 +365,8 @@ pub struct Counts {
     pub listeners: u32,
     /// Raised hands.
     pub hands: u32,
+    /// Entries of the line-up.
+    pub lineup: u32,
     /// Members connected now, by the instance whose media plane hosts them.
     pub instances: BTreeMap<String, u32>,
 }
@@ -375,6 +411,7 @@ impl Counts {
             present: self.present.saturating_add(other.present),
             listeners: self.listeners.saturating_add(other.listeners),
             hands: self.hands.saturating_add(other.hands),
+            lineup: self.lineup.saturating_add(other.lineup),
             instances,
         }
     }
@@ -393,6 +430,7 @@ impl Counts {
             present: self.present.saturating_sub(other.present),
             listeners: self.listeners.saturating_sub(other.listeners),
             hands: self.hands.saturating_sub(other.hands),
+            lineup: self.lineup.saturating_sub(other.lineup),
             instances,
         }
     }
@@ -457,6 +495,11 @@ pub struct RoomDoc {
     pub kicks: BTreeMap<UserId, u64>,
     /// Users invited to speak (speaker mode "invited").
     pub invited: BTreeSet<UserId>,
+    /// The line-up: roles the host gave (co-host, speaker) that a user has whenever they
+    /// join, kept across leaving and rejoining and carried to a recurring room's next
+    /// occurrence.
+    #[serde(default)]
+    pub lineup: BTreeMap<UserId, Role>,
     /// Statistics.
     pub stats: RoomStats,
     /// The counts of the members and hands that were not loaded.
@@ -474,6 +517,7 @@ impl RoomDoc {
             bans: BTreeSet::new(),
             kicks: BTreeMap::new(),
             invited: BTreeSet::new(),
+            lineup: BTreeMap::new(),
             stats: RoomStats::default(),
             rest: Counts::default(),
         }
@@ -485,7 +529,9 @@ impl RoomDoc {
     }
 
     fn loaded_counts(&self) -> Counts {
-        Counts::of(self.members.values(), self.hands.len())
+        let mut c = Counts::of(self.members.values(), self.hands.len());
+        c.lineup = u32::try_from(self.lineup.len()).unwrap_or(u32::MAX);
+        c
     }
 
     /// The whole room's counts: the records left out, plus the loaded ones as they are now.
@@ -502,6 +548,10 @@ impl RoomDoc {
                 .rest
                 .hands
                 .saturating_add(u32::try_from(self.hands.len()).unwrap_or(u32::MAX)),
+            lineup: self
+                .rest
+                .lineup
+                .saturating_add(u32::try_from(self.lineup.len()).unwrap_or(u32::MAX)),
             ..self.rest
         };
         for m in self.members.values() {

@@ -60,11 +60,15 @@ pub enum Action {
     RemoveCoHost,
     /// Hand the host role to another member.
     TransferHost,
+    /// Change the room's title, description, limits or schedule.
+    Edit,
+    /// Give someone a role in advance (the line-up of co-hosts and speakers).
+    LineUp,
 }
 
 impl Action {
     /// Every action, for exhaustive tests.
-    pub const ALL: [Action; 23] = [
+    pub const ALL: [Action; 25] = [
         Action::Join,
         Action::Leave,
         Action::RaiseHand,
@@ -88,6 +92,8 @@ impl Action {
         Action::AddCoHost,
         Action::RemoveCoHost,
         Action::TransferHost,
+        Action::Edit,
+        Action::LineUp,
     ];
 
     /// Whether the action names another member as its target.
@@ -136,6 +142,8 @@ impl Action {
             Action::AddCoHost => "add_co_host",
             Action::RemoveCoHost => "remove_co_host",
             Action::TransferHost => "transfer_host",
+            Action::Edit => "edit",
+            Action::LineUp => "line_up",
         }
     }
 }
@@ -157,7 +165,10 @@ pub fn allowed(action: Action, role: Role, kind: RoomKind) -> bool {
             stage && role.moderates()
         }
         A::ForceMute | A::HardMute | A::Restore | A::Kick | A::Ban | A::Unban => role.moderates(),
-        A::Start | A::End | A::AddCoHost | A::RemoveCoHost | A::TransferHost => role == R::Host,
+        A::Edit => role.moderates(),
+        A::Start | A::End | A::AddCoHost | A::RemoveCoHost | A::TransferHost | A::LineUp => {
+            role == R::Host
+        }
     }
 }
 
@@ -209,6 +220,8 @@ mod tests {
         (Action::AddCoHost, "H", "H"),
         (Action::RemoveCoHost, "H", "H"),
         (Action::TransferHost, "H", "H"),
+        (Action::Edit, "HC", "HC"),
+        (Action::LineUp, "H", "H"),
     ];
 
     fn letter(role: Role) -> char {
@@ -241,7 +254,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(checked, 23 * 2 * 4);
+        assert_eq!(checked, 25 * 2 * 4);
     }
 
     #[test]

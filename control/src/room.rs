@@ -9,6 +9,7 @@ use crate::events::Event;
 use crate::media::MediaCommand;
 use crate::model::{Member, Role, RoomDoc, RoomKind, RoomState, Scope, SpeakerMode, UserId};
 use crate::permission::{Action, allowed, may_target};
+use crate::schedule::Schedule;
 
 /// Who is acting.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +51,41 @@ pub enum Command {
     /// The media plane of `instance` saw the user disconnect, or `instance` died. Ignored when
     /// the user is connected through another instance by now.
     Disconnected(UserId, String),
+    /// Change the room's description, limits or schedule (host and co-hosts).
+    Edit(Edit),
+    /// Mark the reminder of a scheduled room as sent (once per scheduled time).
+    Remind,
+    /// Give `user` a role whenever they join (co-host or speaker), or take it back (`None`):
+    /// the line-up (host only).
+    LineUp(UserId, Option<Role>),
+    /// The media plane saw the user's track muted (`true`) or unmuted, whoever did it (their
+    /// client through any SDK, or a server through the RoomService API).
+    MediaMuted(UserId, bool),
+    /// Give up the seats of those of these members who hold none any more (see
+    /// [`Member::is_ghost`]): never connected, or dropped, for the seat grace.
+    ReleaseSeats(Vec<UserId>),
+}
+
+/// A change to a room's description, limits or schedule; `None` leaves a field as it is.
+/// Text fields arrive validated ([`crate::service`] checks them as at creation).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Edit {
+    /// Title.
+    pub title: Option<String>,
+    /// Topic.
+    pub topic: Option<String>,
+    /// Description.
+    pub description: Option<String>,
+    /// Stage or open (before the room goes live only).
+    pub kind: Option<RoomKind>,
+    /// Who may raise a hand.
+    pub speaker_mode: Option<SpeakerMode>,
+    /// Member limit (not below the members in the room now).
+    pub max_participants: Option<u32>,
+    /// Unix ms the room is scheduled for (scheduled rooms only).
+    pub scheduled_for: Option<u64>,
+    /// Auto-start and recurrence (scheduled rooms only).
+    pub schedule: Option<Schedule>,
 }
 
 /// Inputs other than the document and command.
@@ -61,6 +97,10 @@ pub struct Context {
     pub follows_host: bool,
     /// How long a kicked user stays out (ms).
     pub kick_cooldown_ms: u64,
+    /// How long before its scheduled time the host may start a room (ms).
+    pub open_window_ms: u64,
+    /// How long a seat is held without a media connection (ms).
+    pub seat_grace_ms: u64,
 }
 
 /// What a command requires of the world outside the document.
@@ -89,14 +129,21 @@ pub fn scope(actor: &Actor, command: &Command, host: Option<&UserId>) -> Scope {
                 users.extend(host.cloned());
             }
         }
-        Command::Connected(u, _) | Command::Disconnected(u, _) | Command::Speaking(u, _) => {
+        Command::Connected(u, _)
+        | Command::Disconnected(u, _)
+        | Command::Speaking(u, _)
+        | Command::LineUp(u, _)
+        | Command::MediaMuted(u, _) => {
             users.push(u.clone());
         }
+        Command::ReleaseSeats(us) => users.extend(us.iter().cloned()),
         Command::Join { .. }
         | Command::Own(_)
         | Command::React { .. }
         | Command::Start
-        | Command::Archive => {}
+        | Command::Archive
+        | Command::Edit(_)
+        | Command::Remind => {}
     }
     users.sort();
     users.dedup();
@@ -159,6 +206,51 @@ pub fn apply(
         Command::Speaking(u, on) => speaking(doc, &u, on, cx),
         Command::Connected(u, instance) => connected(doc, &u, instance, cx, &mut fx),
         Command::Disconnected(u, instance) => disconnected(doc, &u, &instance, cx, &mut fx),
+        Command::Edit(edit) => {
+            check(doc, actor, Action::Edit)?;
+            self::edit(doc, edit, &mut fx)?;
+        }
+        Command::Remind => {
+            if doc.room.state == RoomState::Scheduled && !doc.room.reminded {
+                doc.room.reminded = true;
+                fx.events.push(Event::Reminder {
+                    room: doc.room.id.clone(),
+                    title: doc.room.title.clone(),
+                    host: doc.room.host.clone(),
+                    scheduled_for: doc.room.scheduled_for,
+                });
+            }
+        }
+        Command::LineUp(u, role) => line_up(doc, actor, u, role, cx, &mut fx)?,
+        Command::MediaMuted(u, muted) => {
+            if let Some(m) = doc.members.get_mut(&u)
+                && m.muted != muted
+            {
+                m.muted = muted;
+                fx.events.push(Event::Muted {
+                    room: doc.room.id.clone(),
+                    user: u,
+                    muted,
+                    hard: false,
+                });
+            }
+        }
+        Command::ReleaseSeats(users) => {
+            for u in users {
+                if doc
+                    .members
+                    .get(&u)
+                    .is_some_and(|m| m.is_ghost(cx.now, cx.seat_grace_ms))
+                {
+                    leave(doc, &u, cx, &mut fx);
+                    // Should a session exist that the books missed, it goes too.
+                    fx.media.push(MediaCommand::Remove {
+                        room: doc.room.id.clone(),
+                        user: u,
+                    });
+                }
+            }
+        }
     }
     Ok(fx)
 }
@@ -240,6 +332,7 @@ fn audience_event(doc: &RoomDoc, fx: &mut Effects) {
         room: doc.room.id.clone(),
         listeners: doc.audience(),
         present: doc.totals().present,
+        private: doc.room.private,
     });
 }
 
@@ -276,8 +369,18 @@ fn join(
     if is_host {
         doc.stats.names.insert(u.clone(), name.clone());
     }
+    if doc.room.private && !is_host && !doc.members.contains_key(u) && !doc.invited.contains(u) {
+        return Err(ControlError::forbidden(
+            "private_room",
+            "this room is by invitation only",
+        ));
+    }
     if let Some(member) = doc.members.get_mut(u) {
         member.name = name;
+        if !member.present {
+            // A new token: the seat is held for them again.
+            member.absent_since = Some(cx.now);
+        }
         return Ok(());
     }
     if doc.totals().members >= doc.room.max_participants {
@@ -291,6 +394,9 @@ fn join(
     }
     let role = if is_host {
         Role::Host
+    } else if let Some(&r) = doc.lineup.get(u) {
+        // Lined up by the host: on stage from the start.
+        r
     } else if doc.room.kind == RoomKind::Open {
         Role::Speaker
     } else {
@@ -310,6 +416,7 @@ fn join(
             on_stage_since: role.on_stage().then_some(cx.now),
             instance: None,
             speaking_since: None,
+            absent_since: None,
         },
     );
     doc.stats.total_joins += 1;
@@ -394,7 +501,15 @@ fn own(
     check(doc, &actor, action)?;
     let room = doc.room.id.clone();
     match action {
-        Action::Leave => leave(doc, u, cx, fx),
+        Action::Leave => {
+            leave(doc, u, cx, fx);
+            // Leaving ends the media session too: nobody stays connected (and publishing)
+            // without a membership the moderators can act on.
+            fx.media.push(MediaCommand::Remove {
+                room,
+                user: u.clone(),
+            });
+        }
         Action::RaiseHand => {
             live(doc)?;
             let mode_ok = match doc.room.speaker_mode {
@@ -456,7 +571,10 @@ fn own(
                 hard: false,
             });
         }
-        Action::StepDown => set_role(doc, u, Role::Listener, cx, fx),
+        Action::StepDown => {
+            set_role(doc, u, Role::Listener, cx, fx);
+            remember(doc, u, None);
+        }
         _ => {
             return Err(ControlError::bad_request(
                 "invalid_action",
@@ -519,6 +637,7 @@ fn moderate(
             }
             if action == Action::ApproveHand {
                 set_role(doc, &target, Role::Speaker, cx, fx);
+                remember(doc, &target, Some(Role::Speaker));
             } else {
                 doc.hands.remove(&target);
                 fx.events.push(Event::Hand {
@@ -538,6 +657,7 @@ fn moderate(
             }
             doc.invited.insert(target.clone());
             set_role(doc, &target, Role::Speaker, cx, fx);
+            remember(doc, &target, Some(Role::Speaker));
         }
         Action::MoveToAudience => {
             if !stage(target_role) {
@@ -547,6 +667,7 @@ fn moderate(
                 ));
             }
             set_role(doc, &target, Role::Listener, cx, fx);
+            remember(doc, &target, None);
         }
         Action::ForceMute | Action::HardMute | Action::Restore => {
             let hard = action != Action::ForceMute;
@@ -587,14 +708,14 @@ fn moderate(
             } else {
                 doc.bans.insert(target.clone());
             }
-            let was_member = doc.members.contains_key(&target);
+            remember(doc, &target, None);
             leave(doc, &target, cx, fx);
-            if was_member {
-                fx.media.push(MediaCommand::Remove {
-                    room: room.clone(),
-                    user: target.clone(),
-                });
-            }
+            // Whoever is connected under that identity goes, member or not (the media plane
+            // is the source of presence; the books may be behind it).
+            fx.media.push(MediaCommand::Remove {
+                room: room.clone(),
+                user: target.clone(),
+            });
             fx.events.push(Event::Removed {
                 room,
                 user: target,
@@ -615,6 +736,7 @@ fn moderate(
                 return Ok(());
             }
             set_role(doc, &target, Role::CoHost, cx, fx);
+            remember(doc, &target, Some(Role::CoHost));
         }
         Action::RemoveCoHost => {
             if target_role != Some(Role::CoHost) {
@@ -624,14 +746,17 @@ fn moderate(
                 ));
             }
             set_role(doc, &target, Role::Speaker, cx, fx);
+            remember(doc, &target, Some(Role::Speaker));
         }
         Action::TransferHost => {
             let old = doc.room.host.clone();
             doc.room.host = target.clone();
             set_role(doc, &target, Role::Host, cx, fx);
+            remember(doc, &target, None);
             if doc.members.contains_key(&old) {
                 set_role(doc, &old, Role::CoHost, cx, fx);
             }
+            remember(doc, &old, Some(Role::CoHost));
         }
         _ => {
             return Err(ControlError::bad_request(
@@ -665,6 +790,17 @@ fn start(
             return Err(ControlError::conflict("room_ended", "the room has ended"));
         }
     }
+    if let (Actor::User(_), Some(at)) = (actor, doc.room.scheduled_for) {
+        let opens = at.saturating_sub(cx.open_window_ms);
+        if cx.now < opens {
+            let secs = (opens - cx.now).div_ceil(1000);
+            return Err(ControlError::conflict(
+                "too_early",
+                format!("the room opens {secs} s from now, shortly before its scheduled time"),
+            )
+            .retry_after(secs));
+        }
+    }
     doc.room.state = RoomState::Live;
     doc.room.started_at = Some(cx.now);
     doc.room.empty_since = Some(cx.now);
@@ -672,11 +808,178 @@ fn start(
         room: doc.room.id.clone(),
         max_participants: doc.room.max_participants,
     });
+    fx.media.push(metadata(doc));
     fx.events.push(Event::RoomLive {
         room: doc.room.id.clone(),
         title: doc.room.title.clone(),
         host: doc.room.host.clone(),
+        private: doc.room.private,
     });
+    Ok(())
+}
+
+/// Keeps (or forgets) the role a moderator gave `u`, so that they have it again when they
+/// rejoin and in the room's next occurrence. A full line-up keeps what it has.
+fn remember(doc: &mut RoomDoc, u: &UserId, role: Option<Role>) {
+    match role {
+        Some(r) if r == Role::CoHost || r == Role::Speaker => {
+            let full = doc.totals().lineup as usize >= crate::model::MAX_LINEUP;
+            if doc.lineup.contains_key(u) || !full {
+                doc.lineup.insert(u.clone(), r);
+            }
+        }
+        _ => {
+            doc.lineup.remove(u);
+        }
+    }
+}
+
+fn line_up(
+    doc: &mut RoomDoc,
+    actor: &Actor,
+    u: UserId,
+    role: Option<Role>,
+    cx: &Context,
+    fx: &mut Effects,
+) -> Result<(), ControlError> {
+    check(doc, actor, Action::LineUp)?;
+    if matches!(doc.room.state, RoomState::Ended | RoomState::Archived) {
+        return Err(ControlError::conflict("room_ended", "the room has ended"));
+    }
+    if matches!(role, Some(Role::Host | Role::Listener)) {
+        return Err(ControlError::bad_request(
+            "invalid_role",
+            "the line-up holds co-hosts and speakers; transfer_host hands the room over",
+        ));
+    }
+    if u == doc.room.host {
+        return Err(ControlError::conflict(
+            "is_host",
+            "the host is always on stage",
+        ));
+    }
+    if let Some(r) = role {
+        if !doc.lineup.contains_key(&u) && doc.totals().lineup as usize >= crate::model::MAX_LINEUP
+        {
+            return Err(ControlError::unprocessable(
+                "lineup_full",
+                format!(
+                    "the line-up holds at most {} people",
+                    crate::model::MAX_LINEUP
+                ),
+            ));
+        }
+        doc.lineup.insert(u.clone(), r);
+    } else {
+        doc.lineup.remove(&u);
+    }
+    // Someone in the room now takes the role at once.
+    let base = if doc.room.kind == RoomKind::Open {
+        Role::Speaker
+    } else {
+        Role::Listener
+    };
+    let now_role = role.unwrap_or(base);
+    if doc.members.get(&u).is_some_and(|m| m.role != now_role) {
+        set_role(doc, &u, now_role, cx, fx);
+    }
+    fx.events.push(Event::LineUp {
+        room: doc.room.id.clone(),
+        user: u,
+        role,
+    });
+    Ok(())
+}
+
+/// The media room's metadata: what live participants see of the room (JSON).
+pub fn metadata(doc: &RoomDoc) -> MediaCommand {
+    let r = &doc.room;
+    let metadata = serde_json::json!({
+        "title": r.title,
+        "topic": r.topic,
+        "description": r.description,
+        "kind": r.kind,
+        "speaker_mode": r.speaker_mode,
+        "max_participants": r.max_participants,
+    });
+    MediaCommand::RoomMetadata {
+        room: r.id.clone(),
+        metadata: metadata.to_string(),
+    }
+}
+
+fn edit(doc: &mut RoomDoc, e: Edit, fx: &mut Effects) -> Result<(), ControlError> {
+    let state = doc.room.state;
+    if matches!(state, RoomState::Ended | RoomState::Archived) {
+        return Err(ControlError::conflict("room_ended", "the room has ended"));
+    }
+    let scheduled = state == RoomState::Scheduled;
+    if !scheduled && (e.scheduled_for.is_some() || e.schedule.is_some()) {
+        return Err(ControlError::conflict(
+            "room_live",
+            "the schedule of a room that has started cannot change",
+        ));
+    }
+    if let Some(kind) = e.kind
+        && kind != doc.room.kind
+        && !scheduled
+    {
+        return Err(ControlError::conflict(
+            "room_live",
+            "a live room cannot change between stage and open; end it and start another",
+        ));
+    }
+    if let Some(max) = e.max_participants {
+        let members = doc.totals().members;
+        if max < members {
+            return Err(ControlError::unprocessable(
+                "below_members",
+                format!("max_participants cannot go below the {members} members in the room"),
+            ));
+        }
+    }
+    let before = doc.room.clone();
+    let r = &mut doc.room;
+    if let Some(v) = e.title {
+        r.title = v;
+    }
+    if let Some(v) = e.topic {
+        r.topic = v;
+    }
+    if let Some(v) = e.description {
+        r.description = v;
+    }
+    if let Some(v) = e.kind {
+        r.kind = v;
+    }
+    if let Some(v) = e.speaker_mode {
+        r.speaker_mode = v;
+    }
+    if let Some(v) = e.max_participants {
+        r.max_participants = v;
+    }
+    if let Some(v) = e.schedule {
+        r.schedule = v;
+    }
+    if let Some(v) = e.scheduled_for
+        && r.scheduled_for != Some(v)
+    {
+        r.scheduled_for = Some(v);
+        // A new time earns a new reminder.
+        r.reminded = false;
+    }
+    if doc.room == before {
+        return Ok(());
+    }
+    fx.events.push(Event::RoomEdited {
+        room: doc.room.id.clone(),
+        title: doc.room.title.clone(),
+        topic: doc.room.topic.clone(),
+        scheduled_for: doc.room.scheduled_for,
+    });
+    if state == RoomState::Live {
+        fx.media.push(metadata(doc));
+    }
     Ok(())
 }
 
@@ -701,6 +1004,7 @@ fn end(doc: &mut RoomDoc, cx: &Context, fx: &mut Effects) -> Result<(), ControlE
     }
     fx.events.push(Event::RoomEnded {
         room: doc.room.id.clone(),
+        private: doc.room.private,
     });
     Ok(())
 }
@@ -730,6 +1034,7 @@ fn connected(doc: &mut RoomDoc, u: &UserId, instance: String, cx: &Context, fx: 
         return;
     };
     m.instance = Some(instance);
+    m.absent_since = None;
     if m.present {
         return;
     }
@@ -756,6 +1061,7 @@ fn disconnected(doc: &mut RoomDoc, u: &UserId, instance: &str, cx: &Context, fx:
     }
     m.present = false;
     m.present_since = None;
+    m.absent_since = Some(cx.now);
     if doc.totals().present == 0 && doc.room.state == RoomState::Live {
         doc.room.empty_since = Some(cx.now);
     }

@@ -27,6 +27,10 @@ fn doc(kind: RoomKind, mode: SpeakerMode) -> RoomDoc {
         ended_at: None,
         empty_since: None,
         media_url: None,
+        schedule: Default::default(),
+        reminded: false,
+        series: None,
+        private: false,
     })
 }
 
@@ -35,6 +39,8 @@ fn cx(now: u64) -> Context {
         now,
         follows_host: false,
         kick_cooldown_ms: 5 * MINUTE,
+        open_window_ms: 15 * MINUTE,
+        seat_grace_ms: MINUTE,
     }
 }
 
@@ -229,6 +235,37 @@ fn kick_blocks_rejoin_for_the_cooldown_and_ban_until_unbanned() {
 }
 
 #[test]
+fn leaving_ends_the_media_session_and_a_ban_reaches_whoever_is_connected() {
+    let mut d = live_stage();
+    let remove = |fx: &Effects, who: &str| {
+        fx.media
+            .iter()
+            .any(|m| matches!(m, MediaCommand::Remove { user, .. } if *user == uid(who)))
+    };
+    run(
+        &mut d,
+        "host",
+        Command::Target(Action::InviteToSpeak, uid("ann")),
+        MINUTE,
+    )
+    .unwrap();
+    // A speaker who leaves is disconnected: no publishing without a membership.
+    let fx = run(&mut d, "ann", Command::Own(Action::Leave), MINUTE).unwrap();
+    assert!(remove(&fx, "ann"), "{fx:?}");
+    assert!(!d.members.contains_key(&uid("ann")));
+    // A ban after the leave still disconnects anyone connected under that identity.
+    let fx = run(
+        &mut d,
+        "host",
+        Command::Target(Action::Ban, uid("ann")),
+        2 * MINUTE,
+    )
+    .unwrap();
+    assert!(remove(&fx, "ann"), "{fx:?}");
+    assert!(d.bans.contains(&uid("ann")));
+}
+
+#[test]
 fn co_hosts_cannot_touch_the_host_or_each_other() {
     let mut d = live_stage();
     join(&mut d, "cy", 1).unwrap();
@@ -321,6 +358,124 @@ fn transfer_host_swaps_roles() {
         "not_allowed"
     );
     run(&mut d, "ann", Command::End, 3).unwrap();
+}
+
+#[test]
+fn seats_of_members_who_never_came_or_dropped_are_released_after_the_grace() {
+    // Room of 4: the host, ann (never connects), bob (connects, then drops), cy (connected).
+    let mut d = live_stage();
+    join(&mut d, "bob", 1).unwrap();
+    join(&mut d, "cy", 1).unwrap();
+    let system = |d: &mut RoomDoc, c: Command, now: u64| apply(d, &Actor::System, c, &cx(now));
+    for who in ["host", "bob", "cy"] {
+        system(&mut d, Command::Connected(uid(who), "i".into()), 2).unwrap();
+    }
+    system(
+        &mut d,
+        Command::Disconnected(uid("bob"), "i".into()),
+        30_000,
+    )
+    .unwrap();
+    assert_eq!(join(&mut d, "dan", 30_001).unwrap_err().code, "room_full");
+    let everyone = || ["host", "ann", "bob", "cy"].map(uid).to_vec();
+    // Within the grace nobody loses a seat.
+    let fx = system(&mut d, Command::ReleaseSeats(everyone()), MINUTE).unwrap();
+    assert!(fx.released.is_empty(), "{fx:?}");
+    assert_eq!(d.members.len(), 4);
+    // Ann's grace ran from her join (1 ms), bob's from his drop (30 s).
+    let fx = system(&mut d, Command::ReleaseSeats(everyone()), MINUTE + 1).unwrap();
+    assert_eq!(fx.released, vec![uid("ann")]);
+    assert!(
+        fx.media
+            .iter()
+            .any(|m| matches!(m, MediaCommand::Remove { user, .. } if *user == uid("ann")))
+    );
+    join(&mut d, "dan", MINUTE + 2).unwrap();
+    assert_eq!(
+        join(&mut d, "eve", MINUTE + 3).unwrap_err().code,
+        "room_full"
+    );
+    // Bob reconnecting in time keeps his seat; dropping again restarts his grace.
+    system(
+        &mut d,
+        Command::Connected(uid("bob"), "i".into()),
+        MINUTE + 10,
+    )
+    .unwrap();
+    system(
+        &mut d,
+        Command::Disconnected(uid("bob"), "i".into()),
+        2 * MINUTE,
+    )
+    .unwrap();
+    let fx = system(&mut d, Command::ReleaseSeats(everyone()), 3 * MINUTE - 1).unwrap();
+    assert!(fx.released.is_empty(), "{fx:?}");
+    // Connected members, and the host whatever their state, are never released.
+    system(
+        &mut d,
+        Command::Disconnected(uid("host"), "i".into()),
+        2 * MINUTE,
+    )
+    .unwrap();
+    let fx = system(&mut d, Command::ReleaseSeats(everyone()), 10 * MINUTE).unwrap();
+    assert_eq!(fx.released, vec![uid("bob")]);
+    assert!(d.members.contains_key(&uid("host")));
+    assert!(d.members.contains_key(&uid("cy")));
+    // A new token holds the seat again for the grace.
+    join(&mut d, "dan", 20 * MINUTE).unwrap();
+    let fx = system(
+        &mut d,
+        Command::ReleaseSeats(vec![uid("dan")]),
+        21 * MINUTE - 1,
+    )
+    .unwrap();
+    assert!(fx.released.is_empty(), "{fx:?}");
+}
+
+#[test]
+fn mutes_made_in_the_media_plane_reach_the_room() {
+    let mut d = live_stage();
+    let system = |d: &mut RoomDoc, c: Command| apply(d, &Actor::System, c, &cx(5));
+    // The host arrives muted; unmuting through an SDK shows in the room and its events.
+    assert!(d.members[&uid("host")].muted);
+    let fx = system(&mut d, Command::MediaMuted(uid("host"), false)).unwrap();
+    assert!(!d.members[&uid("host")].muted);
+    assert_eq!(
+        fx.events,
+        vec![Event::Muted {
+            room: d.room.id.clone(),
+            user: uid("host"),
+            muted: false,
+            hard: false,
+        }]
+    );
+    // The echo of a mute the room already knows changes nothing and says nothing.
+    let fx = system(&mut d, Command::MediaMuted(uid("host"), false)).unwrap();
+    assert!(fx.events.is_empty());
+    let fx = system(&mut d, Command::MediaMuted(uid("host"), true)).unwrap();
+    assert!(d.members[&uid("host")].muted);
+    assert_eq!(fx.events.len(), 1);
+    // Someone who is not a member changes nothing.
+    let fx = system(&mut d, Command::MediaMuted(uid("nobody"), true)).unwrap();
+    assert!(fx.events.is_empty() && !d.members.contains_key(&uid("nobody")));
+}
+
+#[test]
+fn private_rooms_admit_the_host_members_and_the_invited_only() {
+    let mut d = doc(RoomKind::Stage, SpeakerMode::Everyone);
+    d.room.private = true;
+    run(&mut d, "host", Command::Start, 0).unwrap();
+    join(&mut d, "host", 0).unwrap();
+    let err = join(&mut d, "ann", 1).unwrap_err();
+    assert_eq!((err.status, err.code), (403, "private_room"));
+    assert!(!d.members.contains_key(&uid("ann")));
+    d.invited.insert(uid("ann"));
+    join(&mut d, "ann", 2).unwrap();
+    // A member taking a new token stays in.
+    join(&mut d, "ann", 3).unwrap();
+    // Lifecycle and audience events say the room is private (the event stream filters them).
+    let fx = run(&mut d, "host", Command::End, 4).unwrap();
+    assert!(fx.events.iter().any(|e| e.private()), "{fx:?}");
 }
 
 #[test]
@@ -517,6 +672,11 @@ fn the_state_machine_enforces_the_matrix_everywhere() {
                     },
                     Action::Start => Command::Start,
                     Action::End => Command::End,
+                    Action::Edit => Command::Edit(crate::room::Edit {
+                        title: Some("New".into()),
+                        ..Default::default()
+                    }),
+                    Action::LineUp => Command::LineUp(uid("target"), Some(Role::Speaker)),
                     a if a.has_target() => Command::Target(a, uid("target")),
                     a => Command::Own(a),
                 };
@@ -531,7 +691,7 @@ fn the_state_machine_enforces_the_matrix_everywhere() {
             }
         }
     }
-    assert_eq!(checked, 2 * 4 * 23);
+    assert_eq!(checked, 2 * 4 * 25);
 }
 
 /// A command run on the part of a room its scope names sees the whole room's counts, and
@@ -678,4 +838,205 @@ fn names_outlive_membership_for_summaries_and_removal_lists() {
     assert_eq!(stats.names[&uid("ann")], "ann");
     assert_eq!(stats.names[&uid("host")], "host");
     assert!(stats.stage_ms.keys().all(|u| stats.names.contains_key(u)));
+}
+
+#[test]
+fn the_host_opens_a_scheduled_room_only_within_its_window() {
+    let mut d = doc(RoomKind::Stage, SpeakerMode::Everyone);
+    d.room.scheduled_for = Some(60 * MINUTE);
+    let err = run(&mut d, "host", Command::Start, 44 * MINUTE).unwrap_err();
+    assert_eq!((err.code, err.retry_after), ("too_early", Some(60)));
+    assert_eq!(d.room.state, RoomState::Scheduled);
+    // The server (auto-start, an app backend) is not held to the window.
+    let mut early = d.clone();
+    apply(&mut early, &Actor::System, Command::Start, &cx(0)).unwrap();
+    assert_eq!(early.room.state, RoomState::Live);
+    let fx = run(&mut d, "host", Command::Start, 45 * MINUTE).unwrap();
+    assert_eq!(d.room.state, RoomState::Live);
+    // Participants get the room's description as metadata from the start.
+    assert!(
+        fx.media
+            .iter()
+            .any(|m| matches!(m, MediaCommand::RoomMetadata { .. }))
+    );
+}
+
+#[test]
+fn a_reminder_goes_out_once_per_scheduled_time() {
+    let mut d = doc(RoomKind::Stage, SpeakerMode::Everyone);
+    d.room.scheduled_for = Some(60 * MINUTE);
+    let sys = |d: &mut RoomDoc, c: Command| apply(d, &Actor::System, c, &cx(50 * MINUTE)).unwrap();
+    let fx = sys(&mut d, Command::Remind);
+    assert!(matches!(fx.events[..], [Event::Reminder { .. }]));
+    assert!(sys(&mut d, Command::Remind).events.is_empty());
+    // A new time earns a new reminder.
+    let edit = Edit {
+        scheduled_for: Some(90 * MINUTE),
+        ..Edit::default()
+    };
+    run(&mut d, "host", Command::Edit(edit), 50 * MINUTE).unwrap();
+    assert!(!d.room.reminded);
+    assert_eq!(sys(&mut d, Command::Remind).events.len(), 1);
+}
+
+#[test]
+fn editing_is_for_moderators_and_reaches_live_participants() {
+    let mut d = live_stage();
+    let edit = Edit {
+        title: Some("Renamed".into()),
+        topic: Some("Rust".into()),
+        ..Edit::default()
+    };
+    let err = run(&mut d, "ann", Command::Edit(edit.clone()), 2).unwrap_err();
+    assert_eq!(err.code, "not_allowed");
+    let fx = run(&mut d, "host", Command::Edit(edit.clone()), 2).unwrap();
+    assert_eq!(d.room.title, "Renamed");
+    let MediaCommand::RoomMetadata { metadata, .. } = &fx.media[0] else {
+        panic!("metadata expected: {fx:?}");
+    };
+    assert!(metadata.contains("\"title\":\"Renamed\""), "{metadata}");
+    assert!(matches!(fx.events[..], [Event::RoomEdited { .. }]));
+    // Nothing changed: nothing to tell.
+    assert_eq!(
+        run(&mut d, "host", Command::Edit(edit), 3).unwrap(),
+        Effects::default()
+    );
+    // A co-host edits too.
+    run(
+        &mut d,
+        "host",
+        Command::Target(Action::AddCoHost, uid("ann")),
+        3,
+    )
+    .unwrap();
+    let mode = Edit {
+        speaker_mode: Some(SpeakerMode::Invited),
+        ..Edit::default()
+    };
+    run(&mut d, "ann", Command::Edit(mode), 4).unwrap();
+    assert_eq!(d.room.speaker_mode, SpeakerMode::Invited);
+    // Live rooms keep their kind and schedule; limits stay above the members.
+    for (e, code) in [
+        (
+            Edit {
+                kind: Some(RoomKind::Open),
+                ..Edit::default()
+            },
+            "room_live",
+        ),
+        (
+            Edit {
+                scheduled_for: Some(10 * MINUTE),
+                ..Edit::default()
+            },
+            "room_live",
+        ),
+        (
+            Edit {
+                max_participants: Some(1),
+                ..Edit::default()
+            },
+            "below_members",
+        ),
+    ] {
+        let before = d.clone();
+        assert_eq!(
+            run(&mut d, "host", Command::Edit(e), 5).unwrap_err().code,
+            code
+        );
+        assert_eq!(d, before);
+    }
+    // Scheduled rooms change kind; ended ones change nothing.
+    let mut s = doc(RoomKind::Stage, SpeakerMode::Everyone);
+    let open = Edit {
+        kind: Some(RoomKind::Open),
+        ..Edit::default()
+    };
+    let fx = run(&mut s, "host", Command::Edit(open.clone()), 0).unwrap();
+    assert_eq!(s.room.kind, RoomKind::Open);
+    assert!(fx.media.is_empty(), "no media room yet");
+    apply(&mut s, &Actor::System, Command::End, &cx(1)).unwrap();
+    assert_eq!(
+        run(&mut s, "host", Command::Edit(open), 2)
+            .unwrap_err()
+            .code,
+        "room_ended"
+    );
+}
+
+#[test]
+fn a_lined_up_speaker_lands_on_stage_and_keeps_the_role_across_rejoins() {
+    let mut d = doc(RoomKind::Stage, SpeakerMode::Everyone);
+    // Before the room goes live.
+    run(
+        &mut d,
+        "host",
+        Command::LineUp(uid("sam"), Some(Role::Speaker)),
+        0,
+    )
+    .unwrap();
+    run(
+        &mut d,
+        "host",
+        Command::LineUp(uid("cole"), Some(Role::CoHost)),
+        0,
+    )
+    .unwrap();
+    assert_eq!(
+        run(
+            &mut d,
+            "sam",
+            Command::LineUp(uid("ann"), Some(Role::Speaker)),
+            0
+        )
+        .unwrap_err()
+        .code,
+        "not_a_member"
+    );
+    for (role, code) in [
+        (Role::Host, "invalid_role"),
+        (Role::Listener, "invalid_role"),
+    ] {
+        let e = run(&mut d, "host", Command::LineUp(uid("ann"), Some(role)), 0).unwrap_err();
+        assert_eq!(e.code, code);
+    }
+    run(&mut d, "host", Command::Start, 0).unwrap();
+    join(&mut d, "sam", 1).unwrap();
+    join(&mut d, "cole", 1).unwrap();
+    join(&mut d, "ann", 1).unwrap();
+    assert_eq!(d.members[&uid("sam")].role, Role::Speaker);
+    assert_eq!(d.members[&uid("cole")].role, Role::CoHost);
+    assert_eq!(d.members[&uid("ann")].role, Role::Listener);
+    let (can_publish, attributes) = participant_view(&d, &uid("sam")).unwrap();
+    assert!(can_publish);
+    assert_eq!(attributes["role"], "speaker");
+    // Leave and rejoin: still a speaker.
+    run(&mut d, "sam", Command::Own(Action::Leave), 2).unwrap();
+    join(&mut d, "sam", 3).unwrap();
+    assert_eq!(d.members[&uid("sam")].role, Role::Speaker);
+    // A role given during the room is kept too; moving to the audience forgets it.
+    run(&mut d, "ann", Command::Own(Action::RaiseHand), 4).unwrap();
+    run(
+        &mut d,
+        "host",
+        Command::Target(Action::ApproveHand, uid("ann")),
+        4,
+    )
+    .unwrap();
+    assert_eq!(d.lineup[&uid("ann")], Role::Speaker);
+    run(
+        &mut d,
+        "host",
+        Command::Target(Action::MoveToAudience, uid("sam")),
+        5,
+    )
+    .unwrap();
+    assert!(!d.lineup.contains_key(&uid("sam")));
+    run(&mut d, "sam", Command::Own(Action::Leave), 6).unwrap();
+    join(&mut d, "sam", 7).unwrap();
+    assert_eq!(d.members[&uid("sam")].role, Role::Listener);
+    // Taking a present member off the line-up takes them off stage at once.
+    let fx = run(&mut d, "host", Command::LineUp(uid("ann"), None), 8).unwrap();
+    assert_eq!(d.members[&uid("ann")].role, Role::Listener);
+    assert!(fx.events.iter().any(|e| matches!(e, Event::Role { .. })));
 }

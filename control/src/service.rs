@@ -9,22 +9,19 @@ use tokio::sync::broadcast;
 
 use crate::auth::{Keys, Principal};
 use crate::clock::now_ms;
-use crate::config::ControlConfig;
+use crate::config::{ControlConfig, RoomCreators};
 use crate::error::ControlError;
 use crate::events::{BusMessage, Event};
-use crate::media::{MediaError, MediaPlane};
+use crate::media::{MediaCommand, MediaError, MediaPlane};
 use crate::model::{self, Room, RoomDoc, RoomId, RoomKind, RoomState, Scope, SpeakerMode, UserId};
 use crate::permission::Action;
 use crate::room::{self, Actor, Command, Context, Effects};
-use crate::store::{AudiencePage, Follow, Invite, Store};
+use crate::schedule::Schedule;
+use crate::store::{AudiencePage, AuditEntry, Follow, Invite, Store};
 use crate::view::{self, RoomView};
 
 /// How often live rooms are checked for the empty timeout.
 const SWEEP: Duration = Duration::from_secs(5);
-
-/// A newly joined member who has not connected to the media room yet keeps their
-/// one-active-room claim this long.
-const CONNECT_GRACE_MS: u64 = 60_000;
 
 /// Raised hands a moderator's view of a room lists (the first raised).
 pub const HANDS_SHOWN: usize = 40;
@@ -51,6 +48,10 @@ pub enum MediaEvent {
     SpeakingStarted,
     /// Stopped speaking.
     SpeakingStopped,
+    /// Their track was muted (by their client or a server).
+    Muted,
+    /// Their track was unmuted.
+    Unmuted,
 }
 
 /// The control plane. Cheap to clone.
@@ -68,6 +69,12 @@ struct Inner {
     instance: String,
     events: broadcast::Sender<Event>,
     limits: Mutex<HashMap<(UserId, &'static str), Bucket>>,
+    /// Notification fan-out (this instance's queue).
+    fanout: crate::notify::Fanout,
+    /// Users' notification streams connected here.
+    streams: crate::notify::Streams,
+    /// Signed webhooks to the app's backend, when configured.
+    hooks: std::sync::OnceLock<crate::webhook::Webhooks>,
 }
 
 /// A token bucket.
@@ -96,6 +103,78 @@ pub struct NewRoom {
     pub scheduled_for: Option<u64>,
     /// The host when a server creates the room for a user.
     pub host: Option<UserId>,
+    /// Auto-start and recurrence.
+    pub schedule: Schedule,
+    /// Unlisted, joinable only by invitation (or membership).
+    pub private: bool,
+}
+
+/// Checks a schedule and its time as creation and editing do; returns the time, computed from
+/// the recurrence when it is not given.
+fn check_schedule(
+    at: Option<u64>,
+    schedule: &Schedule,
+    now: u64,
+) -> Result<Option<u64>, ControlError> {
+    if let Some(at) = at
+        && at + 60_000 < now
+    {
+        return Err(ControlError::bad_request(
+            "invalid_field",
+            "scheduled_for is in the past",
+        ));
+    }
+    let at = match (&schedule.repeat, at) {
+        (Some(r), None) => {
+            r.validate()?;
+            Some(r.next(now)?)
+        }
+        (Some(r), at) => {
+            r.validate()?;
+            at
+        }
+        (None, at) => at,
+    };
+    if at.is_none() && schedule.auto_start {
+        return Err(ControlError::bad_request(
+            "invalid_schedule",
+            "auto_start needs scheduled_for or a repeat",
+        ));
+    }
+    Ok(at)
+}
+
+/// Checks a member limit against the configured maximum.
+fn check_max(max: u32, limit: u32) -> Result<u32, ControlError> {
+    if max == 0 || max > limit {
+        return Err(ControlError::bad_request(
+            "invalid_field",
+            format!("max_participants must be 1 to {limit}"),
+        ));
+    }
+    Ok(max)
+}
+
+/// The editable fields of a room as a request gives them (`PATCH /api/rooms/{id}`), checked
+/// as at creation.
+#[derive(Debug, Clone, Default)]
+pub struct RoomChanges {
+    /// Title.
+    pub title: Option<String>,
+    /// Topic.
+    pub topic: Option<String>,
+    /// Description.
+    pub description: Option<String>,
+    /// Stage or open.
+    pub kind: Option<RoomKind>,
+    /// Who may raise hands.
+    pub speaker_mode: Option<SpeakerMode>,
+    /// Member limit.
+    pub max_participants: Option<u32>,
+    /// Unix ms to schedule for.
+    pub scheduled_for: Option<u64>,
+    /// Auto-start and recurrence.
+    pub schedule: Option<Schedule>,
 }
 
 /// A media token and where to use it.
@@ -122,18 +201,165 @@ impl Control {
         let mut id = [0u8; 5];
         let _ = getrandom::fill(&mut id);
         let (events, _) = broadcast::channel(4096);
+        let instance = model::base32(&id);
+        let fanout = crate::notify::spawn(store.clone(), instance.clone());
         let inner = Arc::new(Inner {
             store,
             media,
             keys,
             config,
-            instance: model::base32(&id),
+            instance,
             events,
             limits: Mutex::new(HashMap::new()),
+            fanout,
+            streams: crate::notify::Streams::default(),
+            hooks: std::sync::OnceLock::new(),
         });
         tokio::spawn(consume(Arc::downgrade(&inner), inner.store.subscribe()));
         tokio::spawn(sweep(Arc::downgrade(&inner)));
         Control { inner }
+    }
+
+    /// Sends control-plane events to the app's backend as webhooks through `sink` from now on
+    /// (once; later calls are ignored).
+    pub fn set_webhooks(&self, sink: Arc<dyn crate::webhook::HookSink>) {
+        let _ = self
+            .inner
+            .hooks
+            .set(crate::webhook::Webhooks::new(sink, &self.inner.instance));
+    }
+
+    /// `user`'s notifications as they arrive on any instance (their `/api/events` stream).
+    pub fn notification_stream(
+        &self,
+        user: &UserId,
+    ) -> tokio::sync::mpsc::Receiver<crate::notify::Notification> {
+        self.inner.streams.open(user)
+    }
+
+    /// `user`'s feed, newest first, and the unix ms up to which they read it.
+    pub async fn notifications(
+        &self,
+        user: &UserId,
+    ) -> Result<(Vec<crate::notify::Notification>, u64), ControlError> {
+        self.inner.store.notifications(user).await
+    }
+
+    /// Marks `user`'s feed read up to `until` (unix ms).
+    pub async fn mark_read(&self, user: &UserId, until: u64) -> Result<(), ControlError> {
+        self.inner.store.mark_read(user, until).await
+    }
+
+    fn hook(&self, hook: &crate::webhook::Hook) {
+        if let Some(h) = self.inner.hooks.get() {
+            h.send(hook, now_ms());
+        }
+    }
+
+    /// Webhooks and notification fan-outs that `events` call for (on the instance that ran
+    /// the command only); `series` is the room's recurring series, whose followers hear of
+    /// each occurrence.
+    fn announce(&self, events: &[Event], series: Option<&RoomId>) {
+        use crate::webhook::Hook;
+        let now = now_ms();
+        for e in events {
+            if let Some((notification, mut audience)) = crate::notify::Notification::of(e, now) {
+                audience.extend(series.cloned().map(Follow::Room));
+                let except = Some(notification.host.clone());
+                self.inner.fanout.queue(crate::notify::Job {
+                    notification,
+                    audience,
+                    except,
+                });
+            }
+            if self.inner.hooks.get().is_none() {
+                continue;
+            }
+            let mut data = serde_json::Map::new();
+            let (event, room, user) = match e {
+                Event::RoomCreated {
+                    room,
+                    title,
+                    scheduled_for,
+                    ..
+                } => {
+                    data.insert("title".into(), title.clone().into());
+                    data.insert("scheduled_for".into(), (*scheduled_for).into());
+                    let name = if scheduled_for.is_some() {
+                        "room_scheduled"
+                    } else {
+                        "room_created"
+                    };
+                    (name, room, None)
+                }
+                Event::RoomLive {
+                    room, title, host, ..
+                } => {
+                    data.insert("title".into(), title.clone().into());
+                    data.insert("host".into(), host.as_str().into());
+                    ("room_started", room, None)
+                }
+                Event::RoomEnded { room, .. } => ("room_ended", room, None),
+                Event::RoomEdited {
+                    room,
+                    title,
+                    topic,
+                    scheduled_for,
+                } => {
+                    data.insert("title".into(), title.clone().into());
+                    data.insert("topic".into(), topic.clone().into());
+                    data.insert("scheduled_for".into(), (*scheduled_for).into());
+                    ("room_edited", room, None)
+                }
+                Event::Hand {
+                    room,
+                    user,
+                    raised: true,
+                } => ("hand_raised", room, Some(user)),
+                Event::Role { room, user, role } => {
+                    data.insert("role".into(), role.as_str().into());
+                    ("role_changed", room, Some(user))
+                }
+                _ => continue,
+            };
+            self.hook(&Hook {
+                event,
+                room: room.to_string(),
+                user: user.map(ToString::to_string),
+                actor: None,
+                data,
+            });
+        }
+    }
+
+    /// Webhooks about who did what (joins, departures, moderation), after `command` by
+    /// `actor` succeeded on room `id`.
+    fn announce_command(&self, actor: &Actor, id: &RoomId, command: &Command) {
+        use crate::webhook::Hook;
+        if self.inner.hooks.get().is_none() {
+            return;
+        }
+        let who = match actor {
+            Actor::User(u) => Some(u.to_string()),
+            Actor::System => None,
+        };
+        let mut data = serde_json::Map::new();
+        let (event, user, actor) = match command {
+            Command::Join { .. } => ("member_joined", who, None),
+            Command::Own(Action::Leave) => ("member_left", who, None),
+            Command::Target(action, target) => {
+                data.insert("action".into(), action.as_str().into());
+                ("moderation", Some(target.to_string()), who)
+            }
+            _ => return,
+        };
+        self.hook(&Hook {
+            event,
+            room: id.to_string(),
+            user,
+            actor,
+            data,
+        });
     }
 
     /// The keys that sign and check tokens.
@@ -214,25 +440,43 @@ impl Control {
             }
         };
         if let Principal::User { id, .. } = who {
+            let creators = self.inner.config.creators();
+            let refused = match creators {
+                RoomCreators::Everyone => None,
+                RoomCreators::Users if id.is_guest() => {
+                    Some("guests may not create rooms here; sign in with an account")
+                }
+                RoomCreators::Users => None,
+                RoomCreators::Servers => Some("rooms here are created by the app, not by users"),
+            };
+            if let Some(why) = refused {
+                return Err(ControlError::forbidden("not_allowed", why));
+            }
             self.rate_limit(id, "room creation", 0.2, 5.0)?;
         }
+        let cap = self.inner.config.max_rooms_per_user;
+        if cap > 0 && matches!(who, Principal::User { .. }) {
+            let open = self
+                .inner
+                .store
+                .rooms(&[RoomState::Live, RoomState::Scheduled])
+                .await?
+                .iter()
+                .filter(|d| d.room.host == host)
+                .count();
+            if open >= cap as usize {
+                return Err(ControlError::conflict(
+                    "too_many_rooms",
+                    format!(
+                        "{host} already has {open} live or scheduled rooms (at most {cap}); end one first"
+                    ),
+                ));
+            }
+        }
         let limit = self.inner.config.max_participants;
-        let max = new.max_participants.unwrap_or(limit);
-        if max == 0 || max > limit {
-            return Err(ControlError::bad_request(
-                "invalid_field",
-                format!("max_participants must be 1 to {limit}"),
-            ));
-        }
+        let max = check_max(new.max_participants.unwrap_or(limit), limit)?;
         let now = now_ms();
-        if let Some(at) = new.scheduled_for
-            && at + 60_000 < now
-        {
-            return Err(ControlError::bad_request(
-                "invalid_field",
-                "scheduled_for is in the past",
-            ));
-        }
+        let scheduled_for = check_schedule(new.scheduled_for, &new.schedule, now)?;
         let mut doc = RoomDoc::new(Room {
             id: RoomId::random(),
             title: model::text("title", &new.title, 1, model::MAX_TITLE)?,
@@ -248,12 +492,16 @@ impl Control {
             },
             state: RoomState::Scheduled,
             created_at: now,
-            scheduled_for: new.scheduled_for,
+            scheduled_for,
             started_at: None,
             ended_at: None,
             empty_since: None,
             media_url: (!self.inner.config.public_url.is_empty())
                 .then(|| self.inner.config.public_url.clone()),
+            schedule: new.schedule.clone(),
+            reminded: false,
+            series: None,
+            private: new.private,
         });
         // The host's name, for cards and previews before they join.
         if let Principal::User { id, name } = who
@@ -263,17 +511,20 @@ impl Control {
         }
         self.inner.store.insert_room(&doc).await?;
         let id = doc.room.id.clone();
+        let events = vec![Event::RoomCreated {
+            room: id.clone(),
+            title: doc.room.title.clone(),
+            scheduled_for: doc.room.scheduled_for,
+            private: doc.room.private,
+        }];
+        self.announce(&events, None);
         self.publish(Effects {
-            events: vec![Event::RoomCreated {
-                room: id.clone(),
-                title: doc.room.title.clone(),
-                scheduled_for: doc.room.scheduled_for,
-            }],
+            events,
             ..Default::default()
         })
         .await?;
         tracing::info!(room = %id, "room created");
-        if new.scheduled_for.is_none() {
+        if scheduled_for.is_none() {
             return self.act(&Actor::System, &id, Command::Start).await;
         }
         Ok(doc)
@@ -303,9 +554,31 @@ impl Control {
         id: &RoomId,
         viewer: Option<&UserId>,
     ) -> Result<RoomView, ControlError> {
+        self.view_with(id, viewer, false).await
+    }
+
+    /// The room as [`Control::view`] shows it, to the holder of a live invitation to it (who
+    /// may see a private room before accepting).
+    pub async fn invited_view(
+        &self,
+        id: &RoomId,
+        viewer: Option<&UserId>,
+    ) -> Result<RoomView, ControlError> {
+        self.view_with(id, viewer, true).await
+    }
+
+    async fn view_with(
+        &self,
+        id: &RoomId,
+        viewer: Option<&UserId>,
+        invited: bool,
+    ) -> Result<RoomView, ControlError> {
         let store = &self.inner.store;
         let scope = Scope::users(viewer.cloned()).with_stage();
         let doc = self.room_in(id, &scope).await?;
+        if !invited && !view::may_see(&doc, viewer) {
+            return Err(ControlError::not_found("room", id.as_str()));
+        }
         if !view::moderates(&doc, viewer) {
             return Ok(view::room(&doc, viewer, None));
         }
@@ -356,15 +629,22 @@ impl Control {
         let store = &self.inner.store;
         let limit = limit.clamp(1, MAX_AUDIENCE_PAGE);
         let doc = self.room_in(id, &Scope::users(viewer.cloned())).await?;
-        if view::moderates(&doc, viewer) {
-            let page = store.audience(id, after, limit).await?;
-            return Ok((page, view::Sight::Moderator));
-        }
-        if !viewer.is_some_and(|u| doc.members.contains_key(u)) {
-            return Err(ControlError::forbidden(
-                "not_a_member",
-                "join the room to see who is in it",
-            ));
+        match view::sight(&doc, viewer) {
+            view::Sight::Moderator => {
+                let page = store.audience(id, after, limit).await?;
+                return Ok((page, view::Sight::Moderator));
+            }
+            view::Sight::Member => {}
+            // A private room does not exist for whoever may not know of it.
+            view::Sight::Outsider if !view::may_see(&doc, viewer) => {
+                return Err(ControlError::not_found("room", id.as_str()));
+            }
+            view::Sight::Outsider => {
+                return Err(ControlError::forbidden(
+                    "not_a_member",
+                    "join the room to see who is in it",
+                ));
+            }
         }
         let mut out = AudiencePage::default();
         let mut cursor = after.cloned();
@@ -394,6 +674,25 @@ impl Control {
         }
         out.next = cursor;
         Ok((out, view::Sight::Member))
+    }
+
+    /// A room's audit log (who did what to whom, when), for its host and servers only.
+    pub async fn audit(
+        &self,
+        id: &RoomId,
+        viewer: Option<&UserId>,
+    ) -> Result<Vec<AuditEntry>, ControlError> {
+        let doc = self.room_in(id, &Scope::users(viewer.cloned())).await?;
+        if !view::may_see(&doc, viewer) {
+            return Err(ControlError::not_found("room", id.as_str()));
+        }
+        if viewer.is_some_and(|u| *u != doc.room.host) {
+            return Err(ControlError::forbidden(
+                "not_allowed",
+                "only the room's host reads its audit log",
+            ));
+        }
+        self.inner.store.audit(id).await
     }
 
     /// Rooms in `states`.
@@ -432,6 +731,8 @@ impl Control {
             now: now_ms(),
             follows_host,
             kick_cooldown_ms: self.inner.config.kick_cooldown * 1000,
+            open_window_ms: self.inner.config.schedule_open_window * 1000,
+            seat_grace_ms: self.inner.config.seat_grace * 1000,
         };
         let mut after = None;
         let effects = self
@@ -444,7 +745,32 @@ impl Control {
             })
             .await?;
         self.release_all(id, &effects.released).await?;
+        let series = after.as_ref().and_then(|d| d.room.series.clone());
+        self.announce(&effects.events, series.as_ref());
+        self.announce_command(actor, id, &command);
+        let ended = archive
+            && effects
+                .events
+                .iter()
+                .any(|e| matches!(e, Event::RoomEnded { .. }));
         self.publish(effects).await?;
+        if let Some(action) = audited(&command) {
+            let entry = AuditEntry {
+                at: cx.now,
+                actor: match actor {
+                    Actor::User(u) => Some(u.clone()),
+                    Actor::System => None,
+                },
+                action,
+                target: match &command {
+                    Command::Target(_, t) => Some(t.clone()),
+                    _ => None,
+                },
+            };
+            if let Err(e) = self.inner.store.append_audit(id, &entry).await {
+                tracing::warn!(room = %id, error = %e, "audit entry not recorded");
+            }
+        }
         if archive {
             self.inner
                 .store
@@ -456,7 +782,140 @@ impl Control {
                 .await?;
             tracing::info!(room = %id, "room ended");
         }
-        after.ok_or_else(|| ControlError::unavailable("the store returned no room"))
+        let after = after.ok_or_else(|| ControlError::unavailable("the store returned no room"))?;
+        if ended && after.room.schedule.repeat.is_some() {
+            // Only the command that ended it gets here: one next occurrence per occurrence.
+            if let Err(e) = self.schedule_next(&after).await {
+                tracing::warn!(room = %id, error = %e, "next occurrence not scheduled");
+            }
+        }
+        Ok(after)
+    }
+
+    /// Schedules the next occurrence of a recurring room that just ended or expired: a new
+    /// room with the same description, schedule and line-up, in the same series.
+    async fn schedule_next(&self, ended: &RoomDoc) -> Result<Option<RoomId>, ControlError> {
+        let now = now_ms();
+        let Some(at) = crate::schedule::next_occurrence(&ended.room, now)? else {
+            return Ok(None);
+        };
+        let store = &self.inner.store;
+        let lineup = store.lineup(&ended.room.id, model::MAX_LINEUP).await?;
+        let mut doc = RoomDoc::new(Room {
+            id: RoomId::random(),
+            state: RoomState::Scheduled,
+            created_at: now,
+            scheduled_for: Some(at),
+            started_at: None,
+            ended_at: None,
+            empty_since: None,
+            reminded: false,
+            series: Some(
+                ended
+                    .room
+                    .series
+                    .clone()
+                    .unwrap_or_else(|| ended.room.id.clone()),
+            ),
+            ..ended.room.clone()
+        });
+        doc.lineup = lineup.into_iter().collect();
+        let host = &doc.room.host;
+        if let Some(name) = ended.stats.names.get(host) {
+            doc.stats.names.insert(host.clone(), name.clone());
+        }
+        store.insert_room(&doc).await?;
+        let id = doc.room.id.clone();
+        let events = vec![Event::RoomCreated {
+            room: id.clone(),
+            title: doc.room.title.clone(),
+            scheduled_for: doc.room.scheduled_for,
+            private: doc.room.private,
+        }];
+        self.announce(&events, doc.room.series.as_ref());
+        self.publish(Effects {
+            events,
+            ..Default::default()
+        })
+        .await?;
+        tracing::info!(room = %id, previous = %ended.room.id, "next occurrence scheduled");
+        Ok(Some(id))
+    }
+
+    /// Changes a room's description, limits or schedule (host or co-host; a server may too),
+    /// checked as at creation.
+    pub async fn edit(
+        &self,
+        actor: &Actor,
+        id: &RoomId,
+        changes: RoomChanges,
+    ) -> Result<RoomDoc, ControlError> {
+        let text = |field, v: Option<String>, min, max| {
+            v.map(|v| model::text(field, &v, min, max)).transpose()
+        };
+        let limit = self.inner.config.max_participants;
+        let now = now_ms();
+        let (scheduled_for, schedule) =
+            if changes.scheduled_for.is_some() || changes.schedule.is_some() {
+                let current = self.room_in(id, &Scope::header()).await?.room;
+                let schedule = changes.schedule.clone().unwrap_or(current.schedule);
+                let at = check_schedule(
+                    changes.scheduled_for.or(current.scheduled_for),
+                    &schedule,
+                    now,
+                )?;
+                (at, changes.schedule)
+            } else {
+                (None, None)
+            };
+        let edit = room::Edit {
+            title: text("title", changes.title, 1, model::MAX_TITLE)?,
+            topic: text("topic", changes.topic, 0, model::MAX_TOPIC)?,
+            description: text(
+                "description",
+                changes.description,
+                0,
+                model::MAX_DESCRIPTION,
+            )?,
+            kind: changes.kind,
+            speaker_mode: changes.speaker_mode,
+            max_participants: changes
+                .max_participants
+                .map(|m| check_max(m, limit))
+                .transpose()?,
+            scheduled_for,
+            schedule,
+        };
+        self.act(actor, id, Command::Edit(edit)).await
+    }
+
+    /// The schedule rules in force.
+    pub fn schedule_rules(&self) -> crate::schedule::Rules {
+        self.inner.config.schedule_rules()
+    }
+
+    /// Acts on scheduled rooms whose time has come (at `now`): reminders, auto-starts,
+    /// expiries. Returns how many rooms it acted on.
+    pub async fn run_schedules(&self, now: u64) -> Result<usize, ControlError> {
+        let rules = self.schedule_rules();
+        let mut acted = 0;
+        for doc in self.rooms(&[RoomState::Scheduled]).await? {
+            let id = &doc.room.id;
+            let command = match crate::schedule::due(&doc.room, now, &rules) {
+                None => continue,
+                Some(crate::schedule::Due::Remind) => Command::Remind,
+                Some(crate::schedule::Due::Start) => Command::Start,
+                Some(crate::schedule::Due::Expire) => {
+                    tracing::info!(room = %id, "scheduled room expired unstarted");
+                    Command::End
+                }
+            };
+            match self.act(&Actor::System, id, command).await {
+                Ok(_) => acted += 1,
+                Err(e) => tracing::warn!(room = %id, error = %e, "schedule not applied"),
+            }
+        }
+        Ok(acted)
     }
 
     async fn publish(&self, effects: Effects) -> Result<(), ControlError> {
@@ -469,6 +928,7 @@ impl Control {
                 origin: self.inner.instance.clone(),
                 media: effects.media,
                 events: effects.events,
+                notices: Vec::new(),
             })
             .await
     }
@@ -495,13 +955,11 @@ impl Control {
                 ));
             }
         }
-        let joined = self
-            .act(
-                &Actor::User(user.clone()),
-                id,
-                Command::Join { name: name.clone() },
-            )
-            .await;
+        let join = Command::Join { name: name.clone() };
+        let mut joined = self.act(&Actor::User(user.clone()), id, join.clone()).await;
+        if joined.as_ref().is_err_and(|e| e.code == "room_full") && self.release_seats(id).await? {
+            joined = self.act(&Actor::User(user.clone()), id, join).await;
+        }
         let doc = match joined {
             Ok(d) => d,
             Err(e) => {
@@ -531,8 +989,32 @@ impl Control {
         })
     }
 
+    /// Frees the seats of a full room's members who hold none any more: not connected for the
+    /// seat grace since they took their token or their session dropped. Reads the whole room,
+    /// which only a join into a full room does. Returns whether any seat was freed.
+    async fn release_seats(&self, id: &RoomId) -> Result<bool, ControlError> {
+        let now = now_ms();
+        let grace = self.inner.config.seat_grace * 1000;
+        let ghosts: Vec<UserId> = self
+            .room(id)
+            .await?
+            .members
+            .iter()
+            .filter(|(_, m)| m.is_ghost(now, grace))
+            .map(|(u, _)| u.clone())
+            .collect();
+        if ghosts.is_empty() {
+            return Ok(false);
+        }
+        let count = ghosts.len();
+        self.apply_all(id, &[Command::ReleaseSeats(ghosts)]).await?;
+        metrics::counter!(crate::telemetry::SEATS_RELEASED).increment(count as u64);
+        tracing::info!(room = %id, seats = count, "seats of members who never came or dropped released");
+        Ok(true)
+    }
+
     /// Ends `user`'s membership of `other` if they have left it in all but name: not
-    /// connected, and not just joined. Returns whether the claim is gone.
+    /// connected for the seat grace. Returns whether the claim is gone.
     async fn release_stale(&self, user: &UserId, other: &RoomId) -> Result<bool, ControlError> {
         let doc = self
             .inner
@@ -544,7 +1026,7 @@ impl Control {
             Some(d) if matches!(d.room.state, RoomState::Ended | RoomState::Archived) => true,
             Some(d) => match d.members.get(user) {
                 None => true,
-                Some(m) => !m.present && now_ms().saturating_sub(m.joined_at) > CONNECT_GRACE_MS,
+                Some(m) => m.is_ghost(now_ms(), self.inner.config.seat_grace * 1000),
             },
         };
         if !stale {
@@ -598,12 +1080,55 @@ impl Control {
                 "the room is not live",
             ));
         }
-        match room::participant_view(&doc, &user) {
+        let view = room::participant_view(&doc, &user);
+        if view.is_some() {
+            // The control plane owns the room's lifetime: should the media room have closed
+            // (empty past its timeout, or deleted through the RoomService API) while the room
+            // is live, it comes back with the room's limits, never the defaults.
+            let create = MediaCommand::CreateRoom {
+                room: id.clone(),
+                max_participants: doc.room.max_participants,
+            };
+            if let Err(e) = self.inner.media.apply(&create).await {
+                tracing::warn!(room = %id, error = %e, "media room not created");
+            }
+        }
+        match view {
             Some(view) => Ok(Some(view)),
             None => Err(ControlError::forbidden(
                 "not_a_member",
                 "join the room through the API first",
             )),
+        }
+    }
+
+    /// The media plane closed room `name` (empty past its timeout, or deleted through the
+    /// RoomService API): whoever the books still show connected to it through this instance is
+    /// recorded as gone. The room itself lives on until the control plane ends it; the next
+    /// admission recreates the media room.
+    pub async fn media_room_finished(&self, name: &str) {
+        let Ok(id) = RoomId::parse(name) else {
+            return;
+        };
+        let doc = match self.room(&id).await {
+            Ok(d) => d,
+            Err(e) => {
+                if e.status != 404 {
+                    tracing::warn!(room = %id, error = %e, "cannot read the room");
+                }
+                return;
+            }
+        };
+        let instance = &self.inner.instance;
+        let commands: Vec<Command> = doc
+            .present()
+            .filter(|(_, m)| m.instance.as_ref() == Some(instance))
+            .map(|(u, _)| Command::Disconnected(u.clone(), instance.clone()))
+            .collect();
+        for chunk in commands.chunks(256) {
+            if let Err(e) = self.apply_all(&id, chunk).await {
+                tracing::warn!(room = %id, error = %e, "cannot record departures");
+            }
         }
     }
 
@@ -644,6 +1169,8 @@ impl Control {
                 MediaEvent::Disconnected => Command::Disconnected(user, instance.clone()),
                 MediaEvent::SpeakingStarted => Command::Speaking(user, true),
                 MediaEvent::SpeakingStopped => Command::Speaking(user, false),
+                MediaEvent::Muted => Command::MediaMuted(user, true),
+                MediaEvent::Unmuted => Command::MediaMuted(user, false),
             };
             by_room.entry(id).or_default().push(command);
         }
@@ -669,6 +1196,8 @@ impl Control {
             now: now_ms(),
             follows_host: false,
             kick_cooldown_ms: self.inner.config.kick_cooldown * 1000,
+            open_window_ms: self.inner.config.schedule_open_window * 1000,
+            seat_grace_ms: self.inner.config.seat_grace * 1000,
         };
         metrics::histogram!(crate::telemetry::MEDIA_EVENTS_GROUP).record(commands.len() as f64);
         let mut effects = self
@@ -714,10 +1243,22 @@ impl Control {
     }
 
     /// Starts or stops following a user or room.
+    /// Following an occurrence of a recurring room follows its series (its first room), so
+    /// that the reminders of every later occurrence reach the follower.
     pub async fn follow(&self, user: &UserId, what: &Follow, on: bool) -> Result<(), ControlError> {
-        if let Follow::Room(r) = what {
-            self.room(r).await?;
-        }
+        let series;
+        let what = match what {
+            Follow::Room(r) => {
+                let doc = self.room_in(r, &Scope::users([user.clone()])).await?;
+                // A private room does not exist for whoever may not know of it.
+                if !view::may_see(&doc, Some(user)) {
+                    return Err(ControlError::not_found("room", r.as_str()));
+                }
+                series = doc.room.series.map(Follow::Room);
+                series.as_ref().unwrap_or(what)
+            }
+            Follow::User(_) => what,
+        };
         if *what == Follow::User(user.clone()) {
             return Err(ControlError::bad_request(
                 "invalid_follow",
@@ -857,6 +1398,17 @@ impl Control {
     }
 }
 
+/// The action a command puts in the room's audit log: moderation of a member, and the
+/// room's start and end.
+fn audited(command: &Command) -> Option<Action> {
+    match command {
+        Command::Target(action, _) => Some(*action),
+        Command::Start => Some(Action::Start),
+        Command::End => Some(Action::End),
+        _ => None,
+    }
+}
+
 /// Applies every instance's media commands to the local media plane and fans events out.
 async fn consume(inner: std::sync::Weak<Inner>, mut rx: broadcast::Receiver<BusMessage>) {
     loop {
@@ -879,6 +1431,9 @@ async fn consume(inner: std::sync::Weak<Inner>, mut rx: broadcast::Receiver<BusM
         }
         for event in message.events {
             let _ = inner.events.send(event);
+        }
+        for (users, notification) in &message.notices {
+            inner.streams.deliver(users, notification);
         }
     }
 }
@@ -923,6 +1478,9 @@ async fn sweep(inner: std::sync::Weak<Inner>) {
         }
         let present = rooms.iter().map(|d| d.counts().present as usize).sum();
         crate::telemetry::rooms(rooms.len(), None, present);
+        if let Err(e) = control.run_schedules(now).await {
+            tracing::warn!(error = %e, "cannot run schedules");
+        }
         if sweeps % PRUNE_EVERY == 1
             && let Err(e) = control.prune().await
         {

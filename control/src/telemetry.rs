@@ -24,11 +24,28 @@ pub const PRESENT: &str = "control_members_present";
 pub const STORE_GROUP: &str = "control_store_commit_changes";
 /// Media-plane events (presence, speaking) per coalesced store update.
 pub const MEDIA_EVENTS_GROUP: &str = "control_media_events_per_update";
+/// Notifications written to users' feeds.
+pub const NOTIFICATIONS: &str = "control_notifications_total";
+/// Notifications or fan-out jobs dropped, by `where` (`queue`: the fan-out queue was full;
+/// `stream`: a connected stream fell behind; its feed still has them).
+pub const NOTIFICATIONS_DROPPED: &str = "control_notifications_dropped_total";
 /// Ended rooms deleted past their retention.
 pub const ROOMS_PRUNED: &str = "control_rooms_pruned_total";
+/// Seats of members who never connected or dropped, given up to a join into a full room.
+pub const SEATS_RELEASED: &str = "control_seats_released_total";
 
 /// `# HELP` texts and units.
 pub fn describe() {
+    describe_counter!(
+        NOTIFICATIONS,
+        Unit::Count,
+        "Notifications written to users' feeds"
+    );
+    describe_counter!(
+        NOTIFICATIONS_DROPPED,
+        Unit::Count,
+        "Notifications or fan-out jobs dropped: queue full or a stream behind"
+    );
     describe_counter!(
         API_REQUESTS,
         Unit::Count,
@@ -59,6 +76,11 @@ pub fn describe() {
         ROOMS_PRUNED,
         Unit::Count,
         "Ended rooms deleted after their retention"
+    );
+    describe_counter!(
+        SEATS_RELEASED,
+        Unit::Count,
+        "Seats of members who never connected or dropped, released for a join into a full room"
     );
 }
 

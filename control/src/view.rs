@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::events::Event;
 use crate::model::{Role, RoomDoc, RoomKind, RoomState, RoomStats, SpeakerMode, UserId};
 use crate::store::AudiencePage;
 
@@ -73,6 +74,8 @@ pub struct RoomView {
     pub speaker_mode: SpeakerMode,
     /// Member limit.
     pub max_participants: u32,
+    /// Unlisted, joinable only by invitation.
+    pub private: bool,
     /// Host.
     pub host: UserId,
     /// The host's display name ("" when not known yet).
@@ -83,6 +86,12 @@ pub struct RoomView {
     pub created_at: u64,
     /// Unix ms it is scheduled for.
     pub scheduled_for: Option<u64>,
+    /// Auto-start and recurrence.
+    pub schedule: crate::schedule::Schedule,
+    /// The first room of its recurring series (later occurrences only).
+    pub series: Option<String>,
+    /// Lined up with this role (the caller's own entry of the line-up).
+    pub your_lineup: Option<Role>,
     /// Unix ms it went live.
     pub started_at: Option<u64>,
     /// Unix ms it ended.
@@ -147,15 +156,6 @@ pub struct AudienceView {
     pub members: Vec<AudienceMemberView>,
     /// Cursor of the next page, if any.
     pub next: Option<UserId>,
-}
-
-/// How much of the audience a caller sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sight {
-    /// Hosts, co-hosts and servers: every member, with presence, hands and mute state.
-    Moderator,
-    /// Other members of the room: who is connected now, by name, with their profile.
-    Member,
 }
 
 /// What a moderator's view adds, read apart from the room's document.
@@ -301,10 +301,69 @@ pub fn audience(page: &AudiencePage, sight: Sight) -> AudienceView {
 /// Whether `viewer` (a user, or `None` for a server) moderates the room: the host, a co-host
 /// (needs the viewer's record loaded), or a server.
 pub fn moderates(doc: &RoomDoc, viewer: Option<&UserId>) -> bool {
-    match viewer {
-        None => true,
-        Some(u) => doc.members.get(u).is_some_and(|m| m.role.moderates()) || doc.room.host == *u,
+    sight(doc, viewer) == Sight::Moderator
+}
+
+/// How much of a room a viewer sees: the one rule behind the room view, the statistics and
+/// the event stream (`/api/events`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Sight {
+    /// Signed in, not in the room: what the directory shows (header, counts, stage).
+    Outsider,
+    /// A member: also their own membership and what happens in the room (reactions, mutes).
+    Member,
+    /// The host, a co-host or a server: also raised hands, the audience, removals and roles
+    /// by user id.
+    Moderator,
+}
+
+/// What `viewer` (a user, or `None` for a server) sees of the room, from a document holding
+/// at least the viewer's record.
+pub fn sight(doc: &RoomDoc, viewer: Option<&UserId>) -> Sight {
+    let Some(u) = viewer else {
+        return Sight::Moderator;
+    };
+    match doc.members.get(u) {
+        Some(m) if m.role.moderates() => Sight::Moderator,
+        _ if doc.room.host == *u => Sight::Moderator,
+        Some(_) => Sight::Member,
+        None => Sight::Outsider,
     }
+}
+
+/// Whether `viewer` may know of the room at all: any room but a private one, which only its
+/// host, members, those invited and servers see (to anyone else it does not exist: 404).
+pub fn may_see(doc: &RoomDoc, viewer: Option<&UserId>) -> bool {
+    !doc.room.private
+        || sight(doc, viewer) > Sight::Outsider
+        || viewer.is_some_and(|u| doc.invited.contains(u))
+}
+
+/// Whether a viewer who sees the event's room with `sight` (and who `knows` of it, see
+/// [`may_see`]) receives `event` on `/api/events`:
+/// the room view's rule applied to deltas. Lifecycle and audience counts are directory facts
+/// (anyone, but a private room's only to those who know of it); reactions and mutes happen in
+/// front of the members; hands, role changes, line-up changes and removals name people the way
+/// only a moderator's view does, and the person concerned.
+pub fn sees(sight: Sight, knows: bool, viewer: Option<&UserId>, event: &Event) -> bool {
+    match event {
+        Event::RoomCreated { private, .. }
+        | Event::RoomLive { private, .. }
+        | Event::RoomEnded { private, .. }
+        | Event::Audience { private, .. } => !private || knows,
+        // Directory facts too, for a room that may be private (they do not say): looked up.
+        Event::RoomEdited { .. } | Event::Reminder { .. } => knows,
+        Event::Reaction { .. } | Event::Muted { .. } => sight >= Sight::Member,
+        Event::Hand { user, .. }
+        | Event::Role { user, .. }
+        | Event::Removed { user, .. }
+        | Event::LineUp { user, .. } => sight == Sight::Moderator || viewer == Some(user),
+    }
+}
+
+/// Whether `event` can need more than the directory's sight (a membership lookup).
+pub fn in_room(event: &Event) -> bool {
+    !sees(Sight::Outsider, false, None, event)
 }
 
 /// The room as `viewer` (a user id, or `None` for a server) sees it, from a document holding
@@ -339,11 +398,15 @@ pub fn room(doc: &RoomDoc, viewer: Option<&UserId>, extras: Option<&Extras>) -> 
         kind: r.kind,
         speaker_mode: r.speaker_mode,
         max_participants: r.max_participants,
+        private: r.private,
         host: r.host.clone(),
         host_name: doc.name_of(&r.host).unwrap_or_default().to_owned(),
         state: r.state,
         created_at: r.created_at,
         scheduled_for: r.scheduled_for,
+        schedule: r.schedule.clone(),
+        series: r.series.as_ref().map(ToString::to_string),
+        your_lineup: viewer.and_then(|u| doc.lineup.get(u).copied()),
         started_at: r.started_at,
         ended_at: r.ended_at,
         listeners: counts.listeners,
@@ -451,6 +514,17 @@ pub fn stats(doc: &RoomDoc, now: u64) -> StatsView {
         hands_raised: s.hands_raised,
         duration_ms,
     }
+}
+
+/// What a member (or anyone, once the room has ended) sees of a room's statistics: the totals
+/// and who was on stage for how long (the stage is public), without per-user speaking time.
+pub fn stats_summary(doc: &RoomDoc, now: u64) -> StatsView {
+    let mut s = stats(doc, now);
+    s.speaking_ms.clear();
+    let stage = &s.stage_ms;
+    let host = &doc.room.host;
+    s.names.retain(|u, _| stage.contains_key(u) || u == host);
+    s
 }
 
 /// A host's totals over `rooms` (those they host).

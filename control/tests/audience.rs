@@ -91,6 +91,8 @@ async fn scenario(control: Control) {
                 max_participants: None,
                 scheduled_for: None,
                 host: None,
+                schedule: Default::default(),
+                private: false,
             },
         )
         .await

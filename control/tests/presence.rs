@@ -44,6 +44,8 @@ async fn room_with_lee(control: &Control) -> RoomId {
                 max_participants: None,
                 scheduled_for: None,
                 host: None,
+                schedule: Default::default(),
+                private: false,
             },
         )
         .await
@@ -165,4 +167,24 @@ async fn a_burst_of_presence_is_one_update_and_one_small_event() {
         }
     }
     assert_eq!(audience, [301], "one coalesced audience event");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_media_room_closed_under_a_live_room_leaves_nobody_counted_there() {
+    let dir = std::env::temp_dir().join(format!("stoa-finished-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let control = start(Arc::new(
+        EmbeddedStore::open(&dir.join("control.redb")).unwrap(),
+    ));
+    let id = room_with_lee(&control).await;
+    // Another room's end changes nothing here; this room's does.
+    control.media_room_finished("someotherroom0000").await;
+    assert_eq!(control.room(&id).await.unwrap().present().count(), 1);
+    control.media_room_finished(id.as_str()).await;
+    let doc = control.room(&id).await.unwrap();
+    assert_eq!(doc.present().count(), 0, "{:?}", doc.members);
+    assert!(doc.room.empty_since.is_some());
+    // The room lives on: the control plane owns its lifetime.
+    assert_eq!(doc.room.state, stoa_control::model::RoomState::Live);
+    let _ = std::fs::remove_dir_all(&dir);
 }

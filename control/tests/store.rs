@@ -13,6 +13,7 @@ use stoa_control::events::{BusMessage, Event};
 use stoa_control::model::{
     Role, Room, RoomDoc, RoomId, RoomKind, RoomState, Scope, SpeakerMode, UserId,
 };
+use stoa_control::notify::{MAX_FEED, Notification, NotificationKind};
 use stoa_control::permission::Action;
 use stoa_control::room::{self, Actor, Command, Context};
 use stoa_control::store::embedded::EmbeddedStore;
@@ -47,6 +48,10 @@ fn new_room(max: u32) -> RoomDoc {
         ended_at: None,
         empty_since: None,
         media_url: None,
+        schedule: Default::default(),
+        reminded: false,
+        series: None,
+        private: false,
     })
 }
 
@@ -55,6 +60,8 @@ fn cx() -> Context {
         now: 1_000,
         follows_host: false,
         kick_cooldown_ms: 300_000,
+        open_window_ms: 0,
+        seat_grace_ms: 60_000,
     }
 }
 
@@ -194,6 +201,8 @@ async fn behaves(store: &dyn Store) {
     store.set_follow(&uid("bo"), &host, false).await.unwrap();
     assert_eq!(store.follows(&uid("bo")).await.unwrap(), vec![room]);
 
+    notifications(store, &id).await;
+
     // Invitations.
     let invite = Invite {
         room: id.clone(),
@@ -223,7 +232,11 @@ async fn behaves(store: &dyn Store) {
     let message = BusMessage {
         origin: "a".into(),
         media: vec![],
-        events: vec![Event::RoomEnded { room: id.clone() }],
+        events: vec![Event::RoomEnded {
+            room: id.clone(),
+            private: false,
+        }],
+        notices: vec![],
     };
     store.publish(&message).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
@@ -231,6 +244,69 @@ async fn behaves(store: &dyn Store) {
         .expect("bus message in time")
         .unwrap();
     assert_eq!(got, message);
+}
+
+fn notice(at: u64, room: &RoomId) -> Notification {
+    Notification {
+        id: format!("{at}-{room}-live"),
+        at,
+        kind: NotificationKind::RoomLive,
+        room: room.clone(),
+        title: "T".into(),
+        host: uid("host"),
+        scheduled_for: None,
+    }
+}
+
+/// Followers in pages, feeds (newest first, bounded), read marks that never move back.
+async fn notifications(store: &dyn Store, id: &RoomId) {
+    let host = Follow::User(uid("nhost"));
+    for u in ["n3", "n1", "n2", "n4"] {
+        store.set_follow(&uid(u), &host, true).await.unwrap();
+    }
+    store.set_follow(&uid("n4"), &host, false).await.unwrap();
+    let first = store.followers(&host, None, 2).await.unwrap();
+    assert_eq!(first, vec![uid("n1"), uid("n2")]);
+    let rest = store.followers(&host, Some(&uid("n2")), 2).await.unwrap();
+    assert_eq!(rest, vec![uid("n3")]);
+    assert!(
+        store
+            .followers(&host, Some(&uid("n3")), 2)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .followers(&Follow::Room(id.clone()), None, 10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|u| u.as_str() != "n1")
+    );
+
+    assert_eq!(store.notifications(&uid("n1")).await.unwrap(), (vec![], 0));
+    for at in 1..=(MAX_FEED as u64 + 5) {
+        let to: &[UserId] = if at % 2 == 0 {
+            &[uid("n1"), uid("n2")][..]
+        } else {
+            &[uid("n1")][..]
+        };
+        store.push_notification(to, &notice(at, id)).await.unwrap();
+    }
+    let (feed, read) = store.notifications(&uid("n1")).await.unwrap();
+    assert_eq!(read, 0);
+    assert_eq!(feed.len(), MAX_FEED, "the oldest entries go");
+    assert_eq!(feed[0], notice(MAX_FEED as u64 + 5, id), "newest first");
+    assert_eq!(feed[MAX_FEED - 1].at, 6);
+    let (feed2, _) = store.notifications(&uid("n2")).await.unwrap();
+    assert_eq!(feed2.len(), (MAX_FEED + 5) / 2);
+    assert!(feed2.iter().all(|n| n.at % 2 == 0));
+
+    store.mark_read(&uid("n1"), 100).await.unwrap();
+    store.mark_read(&uid("n1"), 50).await.unwrap();
+    assert_eq!(store.notifications(&uid("n1")).await.unwrap().1, 100);
+    assert_eq!(store.notifications(&uid("n2")).await.unwrap().1, 0);
 }
 
 #[tokio::test]
@@ -260,8 +336,24 @@ async fn embedded_store_survives_reopening() {
             .await
             .unwrap();
         store.set_profile(&uid("a"), &profile()).await.unwrap();
+        store
+            .push_notification(&[uid("a")], &notice(7, &doc.room.id))
+            .await
+            .unwrap();
+        store.mark_read(&uid("a"), 7).await.unwrap();
     }
     let store = EmbeddedStore::open(&path).unwrap();
+    assert_eq!(
+        store.notifications(&uid("a")).await.unwrap(),
+        (vec![notice(7, &doc.room.id)], 7)
+    );
+    assert_eq!(
+        store
+            .followers(&Follow::User(uid("b")), None, 10)
+            .await
+            .unwrap(),
+        vec![uid("a")]
+    );
     assert_eq!(whole(&store, &doc.room.id).await, doc);
     assert_eq!(
         store.follows(&uid("a")).await.unwrap(),
@@ -497,10 +589,10 @@ async fn races(a: Arc<dyn Store>, b: Arc<dyn Store>) {
     let doc = whole(&*a, &id).await;
     assert!(doc.hands.is_empty(), "every hand was approved or lowered");
     // The header's counts, kept by scoped updates, match a recount of the whole room.
-    assert_eq!(
-        doc.counts(),
-        stoa_control::model::Counts::of(doc.members.values(), doc.hands.len())
-    );
+    let mut recount = stoa_control::model::Counts::of(doc.members.values(), doc.hands.len());
+    // Approved speakers are kept in the line-up.
+    recount.lineup = doc.lineup.len() as u32;
+    assert_eq!(doc.counts(), recount);
     let partial = a.room(&id, &Scope::header()).await.unwrap().unwrap();
     assert_eq!(partial.counts(), doc.counts());
     let speakers = doc
@@ -539,7 +631,9 @@ async fn redis_bus_reaches_the_other_instance() {
         media: vec![],
         events: vec![Event::RoomEnded {
             room: RoomId::random(),
+            private: false,
         }],
+        notices: vec![],
     };
     a.publish(&message).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(5), rx_b.recv())

@@ -511,11 +511,6 @@ impl Sim {
 
     /// Client `c` sends a user data packet on its publisher's `_reliable` channel.
     pub fn send_data(&mut self, c: usize, payload: &[u8]) -> bool {
-        let now = self.now;
-        let client = &mut self.clients[c];
-        let Some(&id) = client.publisher.channels.get("_reliable") else {
-            return false;
-        };
         #[allow(deprecated)]
         let packet = lk::DataPacket {
             kind: lk::data_packet::Kind::Reliable as i32,
@@ -524,6 +519,17 @@ impl Sim {
                 ..Default::default()
             })),
             ..Default::default()
+        };
+        self.send_packet(c, &packet)
+    }
+
+    /// Client `c` sends `packet` as it is (whatever identity or topic it claims) on its
+    /// publisher's `_reliable` channel.
+    pub fn send_packet(&mut self, c: usize, packet: &lk::DataPacket) -> bool {
+        let now = self.now;
+        let client = &mut self.clients[c];
+        let Some(&id) = client.publisher.channels.get("_reliable") else {
+            return false;
         };
         let Some(mut ch) = client.publisher.rtc.channel(id) else {
             return false;

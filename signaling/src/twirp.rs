@@ -354,6 +354,7 @@ async fn call(
                 destination_identities: req.destination_identities,
                 topic: req.topic,
                 nonce: req.nonce,
+                sender_identity: None,
             };
             s.send_data(&req.room, data).await?;
             Ok(enc.encode(&lk::SendDataResponse {}))

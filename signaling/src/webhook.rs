@@ -11,7 +11,8 @@
 //! The service emits `room_started`, `room_finished`, `participant_joined` (when the participant
 //! becomes ACTIVE), `participant_left` (or `participant_connection_aborted` for one that never
 //! became active, as LiveKit does), `track_published` and `track_unpublished`, each with an
-//! `EV_…` id and `createdAt`.
+//! `EV_…` id and `createdAt`. Other parts of the server (the control plane) hand it JSON
+//! bodies of their own ([`Notifier::notify_json`]): the same queue, signature and retries.
 //!
 //! `http://` and `https://` URLs are delivered (HTTP/1.1). `https://` receivers are verified
 //! with rustls against the system's trust store (`/etc/ssl/certs`, or `SSL_CERT_FILE` /
@@ -94,8 +95,15 @@ pub struct WebhookStats {
 /// Queues events for delivery. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Notifier {
-    tx: mpsc::Sender<lk::WebhookEvent>,
+    tx: mpsc::Sender<Outgoing>,
     stats: Arc<WebhookStats>,
+}
+
+/// One queued delivery: the event's name (for logs) and the exact body that is signed.
+#[derive(Debug)]
+struct Outgoing {
+    event: String,
+    body: Vec<u8>,
 }
 
 impl Notifier {
@@ -122,7 +130,16 @@ impl Notifier {
 
     /// Queue an event; never waits. A full queue drops it (counted in [`WebhookStats`]).
     pub fn notify(&self, event: lk::WebhookEvent) {
-        if self.tx.try_send(event).is_err() {
+        match serde_json::to_vec(&event) {
+            Ok(body) => self.notify_json(event.event, body),
+            Err(e) => tracing::warn!(error = %e, "cannot encode webhook event"),
+        }
+    }
+
+    /// Queue `body`, a JSON document named `event`, to be signed and delivered like the
+    /// LiveKit events; never waits. A full queue drops it (counted in [`WebhookStats`]).
+    pub fn notify_json(&self, event: String, body: Vec<u8>) {
+        if self.tx.try_send(Outgoing { event, body }).is_err() {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("webhook queue full; event dropped");
         }
@@ -216,7 +233,7 @@ pub fn client_tls_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, Tl
 async fn deliver(
     config: WebhookConfig,
     tls: Result<Arc<ClientConfig>, String>,
-    mut rx: mpsc::Receiver<lk::WebhookEvent>,
+    mut rx: mpsc::Receiver<Outgoing>,
     stats: Arc<WebhookStats>,
 ) {
     if let Err(e) = &tls
@@ -224,14 +241,7 @@ async fn deliver(
     {
         tracing::warn!(error = %e, "no TLS trust store; https:// webhooks will fail");
     }
-    while let Some(event) = rx.recv().await {
-        let body = match serde_json::to_vec(&event) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot encode webhook event");
-                continue;
-            }
-        };
+    while let Some(Outgoing { event, body }) = rx.recv().await {
         for url in &config.urls {
             let mut backoff = FIRST_BACKOFF;
             let mut outcome = Err(PostError::Other(String::new()));
@@ -248,7 +258,7 @@ async fn deliver(
                     // The certificate will not change in the next second: no retry.
                     Err(PostError::Certificate(_)) => break,
                     Err(PostError::Other(e)) => {
-                        tracing::debug!(url = %url, attempt, error = %e, event = %event.event, "webhook delivery failed");
+                        tracing::debug!(url = %url, attempt, error = %e, event = %event, "webhook delivery failed");
                         if attempt < ATTEMPTS {
                             tokio::time::sleep(backoff).await;
                             backoff *= 2;
@@ -262,11 +272,11 @@ async fn deliver(
                 }
                 Err(PostError::Certificate(e)) => {
                     stats.refused_certificate.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(url = %url, event = %event.event, error = %e, "webhook not delivered: the receiver's certificate is not trusted");
+                    tracing::warn!(url = %url, event = %event, error = %e, "webhook not delivered: the receiver's certificate is not trusted");
                 }
                 Err(PostError::Other(e)) => {
                     stats.failed.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(url = %url, event = %event.event, error = %e, "webhook not delivered");
+                    tracing::warn!(url = %url, event = %event, error = %e, "webhook not delivered");
                 }
             }
         }
@@ -497,6 +507,32 @@ mod tests {
         );
         assert!(split_url("ftp://example.com/").is_err());
         assert!(split_url("https:///x").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_instead_of_waiting() {
+        // A receiver that takes the connection and never answers: the one delivery in flight
+        // waits out its attempt while the queue fills.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/hook", silent.local_addr().expect("addr"));
+        let notifier = Notifier::start(WebhookConfig {
+            urls: vec![url],
+            api_key: "key".into(),
+            api_secret: "secret".into(),
+        });
+        let extra = 50;
+        for i in 0..QUEUE + extra {
+            notifier.notify_json(
+                "control.room_started".into(),
+                format!("{{\"n\":{i}}}").into_bytes(),
+            );
+        }
+        let dropped = notifier.stats().dropped.load(Ordering::Relaxed) as usize;
+        // The delivery task may have taken one event out of the queue meanwhile.
+        assert!(dropped == extra || dropped == extra - 1, "{dropped}");
+        assert_eq!(notifier.stats().delivered.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -75,6 +75,8 @@ pub fn router_with(
 pub struct Admitted {
     /// Whether it may publish, whatever its token says.
     pub can_publish: bool,
+    /// Whether it may send data packets, whatever its token says.
+    pub can_publish_data: bool,
     /// Its participant attributes, replacing the token's.
     pub attributes: std::collections::HashMap<String, String>,
 }
@@ -101,6 +103,7 @@ async fn admit(state: &RtcState, claims: &mut Claims) -> Result<(), Refused> {
         && let Some(a) = admission.admit(&claims.video.room, &claims.sub).await?
     {
         claims.video.can_publish = Some(a.can_publish);
+        claims.video.can_publish_data = Some(a.can_publish_data);
         claims.attributes = a.attributes;
     }
     Ok(())

@@ -157,6 +157,30 @@ fn mute_by_client_and_by_server_stops_forwarding() {
         at,
         "server mute holds"
     );
+    // Every change, by client or server, is told to the in-process observer (the control
+    // plane's view follows it); a mute that changes nothing is not.
+    let mutes: Vec<&str> = sim
+        .seen
+        .events
+        .iter()
+        .filter(|(e, who)| e.starts_with("track_") && e.contains("mute") && who == "speaker")
+        .map(|(e, _)| e.as_str())
+        .collect();
+    assert_eq!(mutes, ["track_muted", "track_unmuted", "track_muted"]);
+    sim.admin(AdminOp::MuteTrack {
+        room: "r".into(),
+        identity: "speaker".into(),
+        track_sid: tsid.clone(),
+        muted: true,
+    })
+    .unwrap();
+    let again = sim
+        .seen
+        .events
+        .iter()
+        .filter(|(e, _)| e == "track_muted")
+        .count();
+    assert_eq!(again, 2, "an unchanged mute is not reported");
     // An unknown track is an error, not a panic.
     let reply = sim.admin(AdminOp::MuteTrack {
         room: "r".into(),

@@ -392,6 +392,39 @@ impl SignalClient {
         })
     }
 
+    /// Sends a protocol request (one masked binary frame, as a client must).
+    pub fn send(&mut self, message: lk::signal_request::Message) {
+        let payload = lk::SignalRequest {
+            message: Some(message),
+        }
+        .encode_to_vec();
+        let mut frame = vec![0x82];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        // A zero mask leaves the payload as it is.
+        frame.extend_from_slice(&[0, 0, 0, 0]);
+        frame.extend_from_slice(&payload);
+        self.stream.write_all(&frame).expect("send request");
+    }
+
+    /// Pings and waits for the pong: the session is alive.
+    pub fn ping(&mut self) {
+        self.send(lk::signal_request::Message::Ping(7));
+        self.wait_for("a pong", |m| match m {
+            lk::signal_response::Message::Pong(7) => Some(()),
+            _ => None,
+        });
+    }
+
     /// Leaves as LiveKit SDKs do: a `LeaveRequest`, then a close frame (both masked, as a
     /// client must; a zero mask leaves the payload as it is). A connection closed without a
     /// leave is held for a resume instead (see signaling's session resume).

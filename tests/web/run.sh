@@ -4,7 +4,7 @@
 #   unshare -n bash tests/web/run.sh target/debug/stoa
 #
 # Brings up loopback, starts `STOA_BINARY serve --dev` (127.0.0.1:7880 HTTP/WebSocket,
-# 127.0.0.1:7882 UDP media), waits for /healthz, checks that / serves the built web app (not
+# 127.0.0.1:7882 UDP media, webhooks to 127.0.0.1:7890, where walkthrough.mjs receives them), waits for /healthz, checks that / serves the built web app (not
 # the fallback page), runs walkthrough.mjs (headless Chromium, up to three browsers at once), stops the server and exits with the test's status. The server's log is
 # printed when the test fails. Every wait is bounded; the whole run is capped at 430 s.
 set -euo pipefail
@@ -44,7 +44,10 @@ while IFS= read -r name; do
     esac
 done < <(compgen -e)
 
-start_server --log-level "${STOA_WEB_SERVER_LOG:-info}"
+# Webhooks (the media plane's and the control plane's) go to walkthrough.mjs's receiver.
+export WEB_HOOK_PORT=7890
+printf '[webhook]\nurls = ["http://127.0.0.1:%s/hook"]\n' "$WEB_HOOK_PORT" >"$work/stoa.toml"
+start_server --config "$work/stoa.toml" --log-level "${STOA_WEB_SERVER_LOG:-info}"
 
 # The binary must embed the built app, not the page that says how to build it.
 if ! node -e "fetch('http://127.0.0.1:7880/rooms/x', { signal: AbortSignal.timeout(5000) })

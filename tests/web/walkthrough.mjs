@@ -37,7 +37,11 @@
 //  10. sharing: the dialog (link, embed snippet of the card's size), the share sheet on a phone,
 //      the server's preview tags, the embed card (live, scheduled, unknown room) fitting its
 //      frame, with transparent corners in a page;
-//  11. the host ends the room; both land on the summary, which a fresh page shows with names.
+//  11. the host ends the room; both land on the summary, which a fresh page shows with names;
+//  12. the listener, who followed the host in step 2, hears them go live again: the bell counts it,
+//      a toast offers "Join", the browser shows a notification (the permission granted), and a
+//      webhook signed with the API secret reaches a receiver here (WEB_HOOK_PORT, the server's
+//      `[webhook]`); the listener opens the notification centre and joins from it.
 // axe-core audits the main screens (serious or critical violations fail the run). Every screen is
 // captured at desktop (1280x800) and phone (390x844) sizes into WEB_SCREENSHOTS
 // (target/web-screenshots). Every wait is bounded; a failure names its step.
@@ -45,6 +49,8 @@
 
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { inflateSync } from 'node:zlib';
+import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -61,6 +67,12 @@ const DESKTOP = { width: 1280, height: 800 };
 const PHONE = { width: 390, height: 844 };
 /** The embed snippet's frame (web/src/screens.ts EMBED_SIZE). */
 const EMBED = { width: 440, height: 232 };
+
+/** The port of the webhook receiver (run.sh's `[webhook] urls`). */
+const HOOK_PORT = Number(process.env.WEB_HOOK_PORT || 7890);
+/** The dev server's API key and secret, which sign its webhooks. */
+const DEV_KEY = 'devkey';
+const DEV_SECRET = 'secret';
 
 const started = Date.now();
 const log = (...args) => console.error(`[web +${((Date.now() - started) / 1000).toFixed(1)}s]`, ...args);
@@ -173,6 +185,17 @@ async function launch(work, label, wav, { micAllowed = true, autoplay = true } =
   const context = await browser.newContext({ viewport: DESKTOP, baseURL: BASE });
   // Counts the tones the page makes (the hand-raise chime), without changing them.
   await context.addInitScript(() => {
+    // Records the browser notifications the page shows, through the browser's own API.
+    window.notified = [];
+    if (window.Notification) {
+      const Real = window.Notification;
+      window.Notification = class extends Real {
+        constructor(title, options) {
+          super(title, options);
+          window.notified.push({ title, body: options?.body });
+        }
+      };
+    }
     window.tones = 0;
     const make = AudioContext.prototype.createOscillator;
     AudioContext.prototype.createOscillator = function (...args) {
@@ -467,7 +490,47 @@ async function previewTags(path) {
   return tags;
 }
 
-async function scenario(host, listener, blocked, launchGuest) {
+/**
+ * Webhooks as an app's backend receives them: every POST's `Authorization` must be an HS256 JWT
+ * signed with the API secret, issued by the API key, unexpired, whose `sha256` claim is the
+ * body's hash. Verified bodies go to `hooks.verified`, refused ones count in `hooks.refused`.
+ */
+function startHookReceiver() {
+  const hooks = { verified: [], refused: [] };
+  const b64url = (buf) => buf.toString('base64').replace(/=+$/, '').replace(/\+/g, '-').replace(/\//g, '_');
+  const server = createServer((req, res) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      const token = req.headers.authorization ?? '';
+      const [head, payload, signature] = token.split('.');
+      let why = '';
+      try {
+        const expected = b64url(createHmac('sha256', DEV_SECRET).update(`${head}.${payload}`).digest());
+        if (!signature || expected.length !== signature.length || !timingSafeEqual(Buffer.from(expected), Buffer.from(signature))) why = 'bad signature';
+        const claims = JSON.parse(Buffer.from(payload, 'base64url').toString());
+        if (claims.iss !== DEV_KEY) why ||= `issuer ${claims.iss}`;
+        if (!(claims.exp * 1000 > Date.now())) why ||= 'expired';
+        if (claims.sha256 !== createHash('sha256').update(body).digest('base64')) why ||= 'body hash differs';
+      } catch (e) {
+        why ||= `unreadable: ${e}`;
+      }
+      if (why) {
+        hooks.refused.push(why);
+        res.writeHead(401).end();
+        return;
+      }
+      hooks.verified.push(JSON.parse(body.toString()));
+      res.writeHead(200).end();
+    });
+  });
+  server.listen(HOOK_PORT, '127.0.0.1');
+  hooks.close = () => server.close();
+  return hooks;
+}
+
+async function scenario(host, listener, blocked, launchGuest, hooks) {
   const H = host.page;
   const L = listener.page;
 
@@ -1117,6 +1180,44 @@ async function scenario(host, listener, blocked, launchGuest) {
     await shot(embed, '33-embed-ended');
     await embed.close();
   });
+
+  await step('the follower hears the host go live (bell, toast, browser notification, signed webhook) and joins from it', async () => {
+    await listener.context.grantPermissions(['notifications'], { origin: BASE });
+    await L.getByRole('button', { name: 'Notifications', exact: true }).waitFor();
+    await H.getByRole('link', { name: 'Create room' }).click();
+    await H.getByLabel('Title').fill('Evening wrap-up');
+    await H.getByRole('button', { name: 'Go live' }).click();
+    await H.waitForURL(/\/rooms\/[^/]+$/);
+    const evening = decodeURIComponent(new URL(H.url()).pathname.split('/').pop());
+    await H.getByRole('heading', { name: 'You are live, with your microphone off' }).waitFor();
+    // The follower's app, on whatever screen it shows.
+    await L.getByRole('button', { name: 'Notifications, 1 unread' }).waitFor();
+    await toastOn(L, 'Live now: Evening wrap-up').waitFor();
+    const shown = await until('a browser notification', () => L.evaluate(() => window.notified.find((n) => n.title === 'Live now: Evening wrap-up')));
+    log('browser notification:', JSON.stringify(shown));
+    // The app's backend, signed.
+    const hook = await until('a signed control.room_started webhook', async () => hooks.verified.find((b) => b.event === 'control.room_started' && b.control?.room === evening));
+    if (hook.control.host !== hostSession.user || hook.control.title !== 'Evening wrap-up') throw new Error(`room_started webhook: ${JSON.stringify(hook)}`);
+    if (hooks.refused.length) throw new Error(`webhooks that did not verify: ${JSON.stringify(hooks.refused)}`);
+    summary.webhooks = hooks.verified.map((b) => b.event);
+    await shot(L, '34-go-live-toast');
+    // The notification centre lists it; opening it marks it read; the follower joins from it.
+    await L.getByRole('button', { name: 'Notifications, 1 unread' }).click();
+    const centre = L.getByRole('dialog', { name: 'Notifications' });
+    const entry = centre.getByRole('link', { name: /Live now: Evening wrap-up/ });
+    await entry.waitFor();
+    await audit(L, 'notifications');
+    await L.screenshot({ path: join(SHOTS, '35-notifications-desktop.png') });
+    summary.screenshots.push('35-notifications-desktop.png');
+    await until('the bell to count nothing unread', async () => (await L.locator('header .bell').getAttribute('aria-label')) === 'Notifications');
+    await entry.click();
+    await L.getByRole('heading', { name: 'Evening wrap-up' }).waitFor();
+    await L.locator('.me-state', { hasText: 'Listening' }).waitFor();
+    await until('the member_joined webhook', async () =>
+      hooks.verified.find((b) => b.event === 'control.member_joined' && b.control?.room === evening && b.control?.user === listenerSession.user),
+    );
+    for (const page of [L, H]) await page.getByText('2 people here · 1 on stage · 1 listening').waitFor();
+  });
 }
 
 async function main() {
@@ -1132,6 +1233,7 @@ async function main() {
   let listener;
   let blocked;
   let guest;
+  const hooks = startHookReceiver();
   const deadline = setTimeout(() => {
     for (const pid of frozen) process.kill(pid, 'SIGCONT');
     summary.error = `whole walk-through exceeded ${DEADLINE_MS} ms`;
@@ -1147,7 +1249,7 @@ async function main() {
       guest = await launch(work, 'guest', listenerWav, { autoplay: false });
       return guest;
     };
-    await scenario(host, listener, blocked, launchGuest);
+    await scenario(host, listener, blocked, launchGuest, hooks);
     summary.ok = true;
     summary.step = undefined;
   } catch (err) {
@@ -1167,6 +1269,7 @@ async function main() {
     clearTimeout(deadline);
     await Promise.race([Promise.allSettled([host, listener, blocked, guest].map((b) => b?.browser.close())), sleep(5000)]);
     rmSync(work, { recursive: true, force: true });
+    hooks.close();
   }
   log(`screenshots in ${SHOTS}`);
   console.log(JSON.stringify(summary));

@@ -54,6 +54,8 @@ export interface RoomView {
   scheduled_for: number | null;
   started_at: number | null;
   ended_at: number | null;
+  /** The first room of its recurring series (later occurrences only). */
+  series: string | null;
   listeners: number;
   present: number;
   members: number;
@@ -144,6 +146,27 @@ export interface NewRoom {
 }
 
 export type Follow = { kind: 'user' | 'room'; id: string };
+
+/** An entry of the signed-in user's notification feed. */
+export interface Notice {
+  id: string;
+  /** Unix ms it was made. */
+  at: number;
+  /** A followed room or host went live, or a room one asked to be reminded of starts soon. */
+  kind: 'room_live' | 'reminder';
+  room: string;
+  title: string;
+  host: string;
+  scheduled_for: number | null;
+  /** In a feed page only: read already. */
+  read?: boolean;
+}
+
+export interface NoticePage {
+  notifications: Notice[];
+  unread: number;
+  next: string | null;
+}
 
 /** What a user tells about themselves. */
 export interface Profile {
@@ -282,6 +305,8 @@ export const api = {
   profile: (user: string) => call<Profile>('GET', `/api/users/${enc(user)}/profile`),
   setProfile: (p: { bio: string; avatar: string | null }) => call<Profile>('PUT', '/api/me/profile', p),
   follows: () => call<{ follows: Follow[] }>('GET', '/api/follows'),
+  notifications: () => call<NoticePage>('GET', '/api/me/notifications?limit=30'),
+  markRead: () => call<void>('POST', '/api/me/notifications/read', {}),
   follow: (kind: 'users' | 'rooms', id: string) => call<void>('PUT', `/api/follows/${kind}/${enc(id)}`),
   unfollow: (kind: 'users' | 'rooms', id: string) => call<void>('DELETE', `/api/follows/${kind}/${enc(id)}`),
 };
@@ -290,18 +315,21 @@ function enc(s: string): string {
   return encodeURIComponent(s);
 }
 
-/** The events WebSocket (`/api/events`), for one room or every room. */
-export function eventsUrl(room?: string): string {
+/** The events WebSocket (`/api/events`), for one room, every room, or only one's notifications. */
+export function eventsUrl(room?: string, notificationsOnly = false): string {
   const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
   const params = new URLSearchParams();
   if (room) params.set('room', room);
+  if (notificationsOnly) params.set('notifications_only', 'true');
   if (current) params.set('access_token', current.token);
   return `${proto}//${location.host}/api/events?${params}`;
 }
 
 /** A live event from `/api/events`. */
 export interface ControlEvent {
-  type: 'room_created' | 'room_live' | 'room_ended' | 'audience' | 'hand' | 'role' | 'muted' | 'removed' | 'reaction';
+  type: 'room_created' | 'room_live' | 'room_ended' | 'audience' | 'hand' | 'role' | 'muted' | 'removed' | 'reaction' | 'notification';
+  /** `notification` messages: the signed-in user's new feed entry. */
+  notification?: Notice;
   room: string;
   user?: string;
   emoji?: string;
@@ -313,14 +341,14 @@ export interface ControlEvent {
 /**
  * Follows `/api/events` until `close()`; reconnects with backoff when the socket drops.
  */
-export function subscribe(room: string | undefined, onEvent: (e: ControlEvent) => void): { close(): void } {
+export function subscribe(room: string | undefined, onEvent: (e: ControlEvent) => void, notificationsOnly = false): { close(): void } {
   let socket: WebSocket | null = null;
   let closed = false;
   let delay = 1000;
   let timer: number | undefined;
   const open = () => {
     if (closed || !current) return;
-    socket = new WebSocket(eventsUrl(room));
+    socket = new WebSocket(eventsUrl(room, notificationsOnly));
     socket.onopen = () => {
       delay = 1000;
     };

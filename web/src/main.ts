@@ -11,6 +11,7 @@ import { personAvatar, profileSheet } from './profile';
 import { icon } from './icons';
 import { createScreen, directoryScreen, embedScreen, signInScreen } from './screens';
 import { closeDock, roomScreen } from './room';
+import { bell, followNotifications } from './notifications';
 
 /** A screen: renders into `main` and returns its teardown. */
 export type Screen = (main: HTMLElement, params: Record<string, string>) => (() => void) | void;
@@ -70,6 +71,7 @@ async function render(): Promise<void> {
   document.body.classList.toggle('embed', Boolean(r.embed));
   document.documentElement.classList.toggle('embed', Boolean(r.embed));
   document.title = 'Stoa';
+  followNotifications(r.embed ? null : (session()?.user ?? null));
   const main = h('main', { id: 'main', class: r.embed ? 'embed-main' : '' });
   const chrome = r.embed ? [] : [header()];
   app.replaceChildren(...chrome, main);
@@ -90,6 +92,7 @@ function header(): HTMLElement {
           'nav',
           { 'aria-label': 'Account' },
           h('a', { href: '/new', 'data-link': true, class: 'button primary small' }, icon('plus'), h('span', { class: 'label-wide' }, 'Create room')),
+          bell(),
           h(
             'button',
             { type: 'button', class: 'who-am-i', onclick: () => profileSheet(profileDialog, { user: s.user, name: s.name, role: null, host: false }) },
@@ -105,6 +108,7 @@ function header(): HTMLElement {
               onclick: () => {
                 closeDock();
                 setSession(null);
+                followNotifications(null);
                 navigate('/signin');
               },
             },

@@ -47,6 +47,35 @@ export interface Person {
   host: boolean;
 }
 
+/**
+ * A Follow / Following toggle for `user` (whose rooms going live then reach the follower as
+ * notifications); `name`, when given, is said on it ("Follow Hana"). Problems go to `onError`.
+ */
+export function followButton(user: string, name: string, onError: (err: unknown) => void): HTMLButtonElement {
+  const follow = h('button', { type: 'button', class: 'primary follow', 'aria-pressed': 'false', disabled: true }, 'Follow');
+  const show = (on: boolean) => {
+    follow.setAttribute('aria-pressed', String(on));
+    follow.classList.toggle('toggled', on);
+    follow.classList.toggle('primary', !on);
+    fill(follow, icon(on ? 'check' : 'plus'), on ? 'Following' : 'Follow', name ? ` ${name}` : '');
+    follow.disabled = false;
+  };
+  api.follows().then((f) => show(f.follows.some((x) => x.kind === 'user' && x.id === user)), onError);
+  follow.addEventListener('click', async () => {
+    const on = follow.getAttribute('aria-pressed') === 'true';
+    follow.disabled = true;
+    try {
+      if (on) await api.unfollow('users', user);
+      else await api.follow('users', user);
+      show(!on);
+    } catch (err) {
+      onError(err);
+      follow.disabled = false;
+    }
+  });
+  return follow;
+}
+
 export function profileSheet(dialog: HTMLDialogElement, p: Person): void {
   const self = session()?.user === p.user;
   const status = h('p', { class: 'error', role: 'alert' });
@@ -55,41 +84,14 @@ export function profileSheet(dialog: HTMLDialogElement, p: Person): void {
     bio.textContent = x?.bio || (self ? 'You have not written a bio yet.' : 'No bio yet.');
     bio.classList.toggle('muted', !x?.bio);
   });
-  const follow = h('button', { type: 'button', class: 'primary', 'aria-pressed': 'false', disabled: true }, 'Follow');
-  const show = (on: boolean) => {
-    follow.setAttribute('aria-pressed', String(on));
-    follow.classList.toggle('toggled', on);
-    follow.classList.toggle('primary', !on);
-    fill(follow, icon(on ? 'check' : 'plus'), on ? 'Following' : 'Follow');
-    follow.disabled = false;
-  };
-  if (!self) {
-    api.follows().then(
-      (f) => show(f.follows.some((x) => x.kind === 'user' && x.id === p.user)),
-      (err) => {
-        status.textContent = errorText(err);
-      },
-    );
-  }
-  follow.addEventListener('click', async () => {
-    const on = follow.getAttribute('aria-pressed') === 'true';
-    follow.disabled = true;
-    try {
-      if (on) await api.unfollow('users', p.user);
-      else await api.follow('users', p.user);
-      show(!on);
-    } catch (err) {
-      status.textContent = errorText(err);
-      follow.disabled = false;
-    }
-  });
+  const follow = self ? null : followButton(p.user, '', (err) => (status.textContent = errorText(err)));
   const role = p.host ? 'Host of this room' : p.role ? `${ROLE_LABEL[p.role]} in this room` : self ? 'That is you' : 'Not in this room now';
   const edit = h('button', { type: 'button', onclick: () => void editProfile(dialog, p) }, icon('user'), 'Edit profile');
   fill(
     dialog,
     h('div', { class: 'profile' }, personAvatar(p.user, p.name, 'large'), h('h2', { id: 'profile-heading' }, p.name, self ? ' (you)' : ''), h('p', { class: 'muted' }, role), bio),
     status,
-    h('div', { class: 'row end' }, self ? edit : follow, h('button', { type: 'button', onclick: () => dialog.close() }, 'Close')),
+    h('div', { class: 'row end' }, follow ?? edit, h('button', { type: 'button', onclick: () => dialog.close() }, 'Close')),
   );
   if (!dialog.open) dialog.showModal();
 }

@@ -18,7 +18,7 @@ import { fill, formatWhen, h, plural, ROLE_LABEL } from './dom';
 import { icon, reactionGlyph, type IconName } from './icons';
 import { navigate, type Screen } from './main';
 import { Moderation, requestCount } from './moderation';
-import { personAvatar, profileSheet } from './profile';
+import { followButton, personAvatar, profileSheet } from './profile';
 import { embedSnippet, endedView, errorText } from './screens';
 import { dismiss, toast } from './toast';
 
@@ -308,7 +308,8 @@ class RoomController {
       remind.classList.toggle('toggled', on);
     };
     updateRemind(false);
-    api.follows().then((f) => updateRemind(f.follows.some((x) => x.kind === 'room' && x.id === v.id)), () => {});
+    // On an occurrence of a recurring room, "Remind me" follows its whole series.
+    api.follows().then((f) => updateRemind(f.follows.some((x) => x.kind === 'room' && x.id === (v.series ?? v.id))), () => {});
     remind.addEventListener('click', async () => {
       const on = remind.getAttribute('aria-pressed') === 'true';
       try {
@@ -342,7 +343,14 @@ class RoomController {
         h('p', { class: 'when' }, icon('calendar'), v.scheduled_for ? `Starts ${formatWhen(v.scheduled_for)}` : 'Not scheduled yet'),
         v.description ? h('p', {}, v.description) : null,
         error,
-        h('div', { class: 'row' }, isHost ? start : null, remind, this.shareButton(v)),
+        h(
+          'div',
+          { class: 'row' },
+          isHost ? start : null,
+          remind,
+          isHost || !me ? null : followButton(v.host, v.host_name, (err) => (error.textContent = errorText(err))),
+          this.shareButton(v),
+        ),
       ),
       this.shareDialog,
     );
@@ -516,11 +524,14 @@ class RoomController {
       .on(RoomEvent.TrackUnpublished, () => this.afterTrackChange())
       .on(RoomEvent.LocalTrackPublished, () => this.afterTrackChange())
       .on(RoomEvent.LocalTrackUnpublished, () => this.afterTrackChange())
-      .on(RoomEvent.DataReceived, (payload: Uint8Array, _p?: RemoteParticipant, _k?: unknown, topic?: string) => {
+      .on(RoomEvent.DataReceived, (payload: Uint8Array, from?: RemoteParticipant, _k?: unknown, topic?: string) => {
         if (topic !== 'stoa.reaction') return;
+        // Who reacted is the sender the server stamped on the packet (clients cannot send on
+        // this topic); a name inside the payload is never trusted.
+        if (!from) return;
         try {
-          const r = JSON.parse(new TextDecoder().decode(payload)) as { user?: string; emoji?: string };
-          if (r.user && r.emoji) this.showReaction(r.user, r.emoji);
+          const r = JSON.parse(new TextDecoder().decode(payload)) as { emoji?: string };
+          if (r.emoji) this.showReaction(from.identity, r.emoji);
         } catch {
           // Not a reaction.
         }

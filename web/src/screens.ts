@@ -152,7 +152,9 @@ export const directoryScreen: Screen = (main) => {
   };
 
   const scheduledCard = (r: RoomView) => {
-    const on = followed.has(r.id);
+    // "Remind me" on an occurrence of a recurring room follows its whole series.
+    const followId = r.series ?? r.id;
+    const on = followed.has(followId);
     const remind = h(
       'button',
       {
@@ -161,7 +163,7 @@ export const directoryScreen: Screen = (main) => {
         'aria-pressed': String(on),
         onclick: async () => {
           try {
-            if (followed.has(r.id)) await api.unfollow('rooms', r.id);
+            if (followed.has(followId)) await api.unfollow('rooms', r.id);
             else await api.follow('rooms', r.id);
             await load();
           } catch (err) {

@@ -21,10 +21,14 @@
 //! | `room_bans` | room/user | empty |
 //! | `room_kicks` | room/user | unix ms until which they may not rejoin |
 //! | `room_invited` | room/user | empty |
+//! | `room_lineup` | room/user | role given in advance (JSON: `"co_host"`, `"speaker"`) |
+//! | `room_audit` | room | the room's audit log (JSON list, the newest 200) |
 //! | `active_room` | user | the one room the user is in |
 //! | `follows` | user | JSON list of `user:{id}` / `room:{id}` |
 //! | `invites` | token | invitation (JSON) |
 //! | `profiles` | user | profile (JSON: bio, small avatar) |
+//! | `notifications` | user/unix ms (16 digits)/id | a feed entry (JSON) |
+//! | `notification_reads` | user | unix ms up to which the feed is read |
 //!
 //! A file written by the earlier layout (one `rooms` table of whole-room documents) is split
 //! into these records when opened.
@@ -39,12 +43,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
-    AudiencePage, BUS_CAPACITY, Changes, Follow, Invite, Mutation, Profile, Store, json, parse,
+    AudiencePage, BUS_CAPACITY, Changes, Follow, Invite, MAX_FEED, Mutation, Notification, Profile,
+    Store, json, parse,
 };
 use crate::error::ControlError;
 use crate::events::BusMessage;
 use crate::model::{
-    Counts, Room, RoomDoc, RoomId, RoomState, RoomStats, STAGE_LOADED, Scope, UserId,
+    Counts, Role, Room, RoomDoc, RoomId, RoomState, RoomStats, STAGE_LOADED, Scope, UserId,
 };
 use crate::room::Effects;
 
@@ -54,17 +59,33 @@ const HANDS: TableDefinition<&str, &[u8]> = TableDefinition::new("room_hands");
 const BANS: TableDefinition<&str, &[u8]> = TableDefinition::new("room_bans");
 const KICKS: TableDefinition<&str, &[u8]> = TableDefinition::new("room_kicks");
 const INVITED: TableDefinition<&str, &[u8]> = TableDefinition::new("room_invited");
+const LINEUP: TableDefinition<&str, &[u8]> = TableDefinition::new("room_lineup");
 const ACTIVE: TableDefinition<&str, &[u8]> = TableDefinition::new("active_room");
 const FOLLOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("follows");
 const INVITES: TableDefinition<&str, &[u8]> = TableDefinition::new("invites");
 const PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
+const NOTIFICATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("notifications");
+const READS: TableDefinition<&str, &[u8]> = TableDefinition::new("notification_reads");
+const AUDIT: TableDefinition<&str, &[u8]> = TableDefinition::new("room_audit");
 /// The earlier layout: whole-room documents.
 const LEGACY_ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("rooms");
 /// The earlier layout's claims (text values).
 const LEGACY_ACTIVE: TableDefinition<&str, &str> = TableDefinition::new("active_room");
 
-const TABLES: [TableDefinition<&str, &[u8]>; 9] = [
-    HEADERS, MEMBERS, HANDS, BANS, KICKS, INVITED, FOLLOWS, INVITES, PROFILES,
+const TABLES: [TableDefinition<&str, &[u8]>; 13] = [
+    HEADERS,
+    MEMBERS,
+    HANDS,
+    BANS,
+    KICKS,
+    INVITED,
+    LINEUP,
+    FOLLOWS,
+    INVITES,
+    PROFILES,
+    NOTIFICATIONS,
+    READS,
+    AUDIT,
 ];
 
 /// Changes queued for the writer before callers wait for room.
@@ -116,7 +137,8 @@ struct Entry {
 
 impl Entry {
     fn new(doc: RoomDoc) -> Entry {
-        let counts = Counts::of(doc.members.values(), doc.hands.len());
+        let mut counts = Counts::of(doc.members.values(), doc.hands.len());
+        counts.lineup = u32::try_from(doc.lineup.len()).unwrap_or(u32::MAX);
         let (stage, audience): (Vec<_>, Vec<_>) =
             doc.members.iter().partition(|(_, m)| m.role.on_stage());
         Entry {
@@ -156,6 +178,9 @@ impl Entry {
             }
             if full.invited.contains(u) {
                 d.invited.insert(u.clone());
+            }
+            if let Some(r) = full.lineup.get(u) {
+                d.lineup.insert(u.clone(), *r);
             }
         }
         d.set_total(&self.counts);
@@ -236,6 +261,18 @@ impl Entry {
                 });
             }
         }
+        for (u, r) in &c.lineup {
+            match r {
+                Some(r) => {
+                    self.doc.lineup.insert(u.clone(), *r);
+                    ops.push(Op::Put(LINEUP, key(u), json(r)?.into_bytes()));
+                }
+                None => {
+                    self.doc.lineup.remove(u);
+                    ops.push(Op::Delete(LINEUP, key(u)));
+                }
+            }
+        }
         self.counts = c.total.clone();
         Ok(ops)
     }
@@ -258,6 +295,16 @@ struct Mem {
     follows: HashMap<UserId, BTreeSet<String>>,
     invites: HashMap<String, Invite>,
     profiles: HashMap<UserId, Profile>,
+    /// Who follows what (`user:{id}` / `room:{id}` → followers), derived from `follows`.
+    followers: HashMap<String, BTreeSet<UserId>>,
+    /// Feeds, oldest first.
+    feeds: HashMap<UserId, std::collections::VecDeque<Notification>>,
+    reads: HashMap<UserId, u64>,
+    audit: HashMap<RoomId, Vec<super::AuditEntry>>,
+}
+
+fn feed_key(u: &UserId, n: &Notification) -> String {
+    format!("{u}/{:016}/{}", n.at, n.id)
 }
 
 impl Mem {
@@ -501,6 +548,7 @@ fn load(db: &Database) -> Result<Mem, ControlError> {
         (BANS, "ban"),
         (KICKS, "kick"),
         (INVITED, "invitation"),
+        (LINEUP, "lineup"),
     ] {
         for entry in txn
             .open_table(table)
@@ -528,6 +576,9 @@ fn load(db: &Database) -> Result<Mem, ControlError> {
                 }
                 "kick" => {
                     doc.kicks.insert(user, ms(v.value()));
+                }
+                "lineup" => {
+                    doc.lineup.insert(user, parse("lineup", v.value())?);
                 }
                 _ => {
                     doc.invited.insert(user);
@@ -563,7 +614,14 @@ fn load(db: &Database) -> Result<Mem, ControlError> {
     {
         let (k, v) = entry.map_err(db_err)?;
         if let Ok(u) = UserId::parse(k.value()) {
-            mem.follows.insert(u, parse("follows", v.value())?);
+            let set: BTreeSet<String> = parse("follows", v.value())?;
+            for what in &set {
+                mem.followers
+                    .entry(what.clone())
+                    .or_default()
+                    .insert(u.clone());
+            }
+            mem.follows.insert(u, set);
         }
     }
     for entry in txn
@@ -575,6 +633,45 @@ fn load(db: &Database) -> Result<Mem, ControlError> {
         let (k, v) = entry.map_err(db_err)?;
         if let Ok(u) = UserId::parse(k.value()) {
             mem.profiles.insert(u, parse("profile", v.value())?);
+        }
+    }
+    for entry in txn
+        .open_table(NOTIFICATIONS)
+        .map_err(db_err)?
+        .iter()
+        .map_err(db_err)?
+    {
+        let (k, v) = entry.map_err(db_err)?;
+        let user = k
+            .value()
+            .split('/')
+            .next()
+            .and_then(|u| UserId::parse(u).ok());
+        if let Some(u) = user {
+            let n: Notification = parse("notification", v.value())?;
+            mem.feeds.entry(u).or_default().push_back(n);
+        }
+    }
+    for entry in txn
+        .open_table(READS)
+        .map_err(db_err)?
+        .iter()
+        .map_err(db_err)?
+    {
+        let (k, v) = entry.map_err(db_err)?;
+        if let Ok(u) = UserId::parse(k.value()) {
+            mem.reads.insert(u, ms(v.value()));
+        }
+    }
+    for entry in txn
+        .open_table(AUDIT)
+        .map_err(db_err)?
+        .iter()
+        .map_err(db_err)?
+    {
+        let (k, v) = entry.map_err(db_err)?;
+        if let Ok(r) = RoomId::parse(k.value()) {
+            mem.audit.insert(r, parse("audit log", v.value())?);
         }
     }
     let now = crate::clock::now_ms();
@@ -767,6 +864,18 @@ impl Store for EmbeddedStore {
         }))
     }
 
+    async fn lineup(&self, id: &RoomId, limit: usize) -> Result<Vec<(UserId, Role)>, ControlError> {
+        let mem = self.mem.lock().await;
+        Ok(mem.rooms.get(id).map_or_else(Vec::new, |e| {
+            e.doc
+                .lineup
+                .iter()
+                .take(limit)
+                .map(|(u, r)| (u.clone(), *r))
+                .collect()
+        }))
+    }
+
     async fn remove_room(&self, id: &RoomId) -> Result<(), ControlError> {
         self.usable()?;
         let mut mem = self.mem.lock().await;
@@ -782,6 +891,10 @@ impl Store for EmbeddedStore {
         ops.extend(d.bans.iter().map(|u| Op::Delete(BANS, key(u))));
         ops.extend(d.kicks.keys().map(|u| Op::Delete(KICKS, key(u))));
         ops.extend(d.invited.iter().map(|u| Op::Delete(INVITED, key(u))));
+        ops.extend(d.lineup.keys().map(|u| Op::Delete(LINEUP, key(u))));
+        if mem.audit.remove(id).is_some() {
+            ops.push(Op::Delete(AUDIT, id.to_string()));
+        }
         self.write(mem, ops).await
     }
 
@@ -827,6 +940,12 @@ impl Store for EmbeddedStore {
             return Ok(());
         }
         let op = Op::Put(FOLLOWS, user.to_string(), json(&*set)?.into_bytes());
+        let followers = mem.followers.entry(what.key()).or_default();
+        if on {
+            followers.insert(user.clone());
+        } else {
+            followers.remove(user);
+        }
         self.write(mem, vec![op]).await
     }
 
@@ -835,6 +954,88 @@ impl Store for EmbeddedStore {
         Ok(mem.follows.get(user).map_or_else(Vec::new, |set| {
             set.iter().filter_map(|k| Follow::from_key(k)).collect()
         }))
+    }
+
+    async fn followers(
+        &self,
+        what: &Follow,
+        after: Option<&UserId>,
+        limit: usize,
+    ) -> Result<Vec<UserId>, ControlError> {
+        let mem = self.mem.lock().await;
+        let Some(set) = mem.followers.get(&what.key()) else {
+            return Ok(Vec::new());
+        };
+        let range = match after {
+            Some(a) => set.range((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            None => set.range::<UserId, _>(..),
+        };
+        Ok(range.take(limit).cloned().collect())
+    }
+
+    async fn push_notification(
+        &self,
+        users: &[UserId],
+        n: &Notification,
+    ) -> Result<(), ControlError> {
+        self.usable()?;
+        let mut mem = self.mem.lock().await;
+        let mut ops = Vec::with_capacity(users.len());
+        let value = json(n)?.into_bytes();
+        for u in users {
+            let feed = mem.feeds.entry(u.clone()).or_default();
+            feed.push_back(n.clone());
+            ops.push(Op::Put(NOTIFICATIONS, feed_key(u, n), value.clone()));
+            while feed.len() > MAX_FEED {
+                if let Some(old) = feed.pop_front() {
+                    ops.push(Op::Delete(NOTIFICATIONS, feed_key(u, &old)));
+                }
+            }
+        }
+        self.write(mem, ops).await
+    }
+
+    async fn notifications(&self, user: &UserId) -> Result<(Vec<Notification>, u64), ControlError> {
+        let mem = self.mem.lock().await;
+        let feed = mem
+            .feeds
+            .get(user)
+            .map_or_else(Vec::new, |f| f.iter().rev().cloned().collect());
+        Ok((feed, mem.reads.get(user).copied().unwrap_or(0)))
+    }
+
+    async fn mark_read(&self, user: &UserId, until: u64) -> Result<(), ControlError> {
+        self.usable()?;
+        let mut mem = self.mem.lock().await;
+        let current = mem.reads.entry(user.clone()).or_default();
+        if until <= *current {
+            return Ok(());
+        }
+        *current = until;
+        let op = Op::Put(READS, user.to_string(), until.to_be_bytes().to_vec());
+        self.write(mem, vec![op]).await
+    }
+
+    async fn append_audit(
+        &self,
+        id: &RoomId,
+        entry: &super::AuditEntry,
+    ) -> Result<(), ControlError> {
+        self.usable()?;
+        let mut mem = self.mem.lock().await;
+        let log = mem.audit.entry(id.clone()).or_default();
+        log.push(entry.clone());
+        if log.len() > super::AUDIT_KEPT {
+            let extra = log.len() - super::AUDIT_KEPT;
+            log.drain(..extra);
+        }
+        let op = Op::Put(AUDIT, id.to_string(), json(log)?.into_bytes());
+        self.write(mem, vec![op]).await
+    }
+
+    async fn audit(&self, id: &RoomId) -> Result<Vec<super::AuditEntry>, ControlError> {
+        let mem = self.mem.lock().await;
+        Ok(mem.audit.get(id).cloned().unwrap_or_default())
     }
 
     async fn set_profile(&self, user: &UserId, profile: &Profile) -> Result<(), ControlError> {

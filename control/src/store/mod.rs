@@ -21,7 +21,8 @@ use utoipa::ToSchema;
 
 use crate::error::ControlError;
 use crate::events::BusMessage;
-use crate::model::{Counts, Member, RoomDoc, RoomId, RoomState, Scope, UserId};
+use crate::model::{Counts, Member, Role, RoomDoc, RoomId, RoomState, Scope, UserId};
+use crate::notify::{MAX_FEED, Notification};
 use crate::room::Effects;
 
 /// A change to one room, run under the store's lock or transaction; it may run more than once
@@ -80,11 +81,34 @@ pub struct Profile {
     pub avatar: Option<String>,
 }
 
+/// One moderation or lifecycle action in a room's audit log: who did what to whom, when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEntry {
+    /// Unix ms.
+    pub at: u64,
+    /// Who acted; `None`: a server (or the server itself).
+    pub actor: Option<UserId>,
+    /// What they did.
+    pub action: crate::permission::Action,
+    /// To whom, for actions on a member.
+    pub target: Option<UserId>,
+}
+
+/// Entries a room's audit log keeps (the newest).
+pub const AUDIT_KEPT: usize = 200;
+
 /// The control plane's storage.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Adds a new room.
     async fn insert_room(&self, doc: &RoomDoc) -> Result<(), ControlError>;
+
+    /// Appends to a room's audit log, which keeps the newest [`AUDIT_KEPT`] entries.
+    async fn append_audit(&self, id: &RoomId, entry: &AuditEntry) -> Result<(), ControlError>;
+
+    /// A room's audit log, oldest first.
+    async fn audit(&self, id: &RoomId) -> Result<Vec<AuditEntry>, ControlError>;
 
     /// One room: its header and the records `scope` names.
     async fn room(&self, id: &RoomId, scope: &Scope) -> Result<Option<RoomDoc>, ControlError>;
@@ -120,6 +144,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// may not rejoin.
     async fn kicks(&self, id: &RoomId, limit: usize) -> Result<Vec<(UserId, u64)>, ControlError>;
 
+    /// The first `limit` entries of a room's line-up, by user id.
+    async fn lineup(&self, id: &RoomId, limit: usize) -> Result<Vec<(UserId, Role)>, ControlError>;
+
     /// Deletes a room and every record of it (ended rooms past their retention).
     async fn remove_room(&self, id: &RoomId) -> Result<(), ControlError>;
 
@@ -138,6 +165,27 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// What `user` follows.
     async fn follows(&self, user: &UserId) -> Result<Vec<Follow>, ControlError>;
+
+    /// A page of the users who follow `what`, in user-id order after `after`.
+    async fn followers(
+        &self,
+        what: &Follow,
+        after: Option<&UserId>,
+        limit: usize,
+    ) -> Result<Vec<UserId>, ControlError>;
+
+    /// Adds `n` to each of `users`' feeds (each keeps its newest [`MAX_FEED`] entries).
+    async fn push_notification(
+        &self,
+        users: &[UserId],
+        n: &Notification,
+    ) -> Result<(), ControlError>;
+
+    /// `user`'s feed, newest first, and the unix ms up to which they read it.
+    async fn notifications(&self, user: &UserId) -> Result<(Vec<Notification>, u64), ControlError>;
+
+    /// Marks `user`'s feed read up to `until` (unix ms; never moves back).
+    async fn mark_read(&self, user: &UserId, until: u64) -> Result<(), ControlError>;
 
     /// Sets `user`'s profile.
     async fn set_profile(&self, user: &UserId, profile: &Profile) -> Result<(), ControlError>;
@@ -194,6 +242,8 @@ pub struct Changes {
     pub kicks: Vec<(UserId, Option<u64>)>,
     /// Invitations to speak added or removed.
     pub invited: Vec<(UserId, bool)>,
+    /// Line-up entries set (`Some(role)`) or removed.
+    pub lineup: Vec<(UserId, Option<Role>)>,
     /// Stage index: members now on stage (`true`) or no longer.
     pub stage: Vec<(UserId, bool)>,
     /// Audience index: members now in the audience (`true`) or no longer.
@@ -256,6 +306,7 @@ impl Changes {
             bans: set(&before.bans, &after.bans),
             kicks: map(&before.kicks, &after.kicks),
             invited: set(&before.invited, &after.invited),
+            lineup: map(&before.lineup, &after.lineup),
             stage,
             audience,
         }
@@ -271,6 +322,7 @@ impl Changes {
             && self.bans.is_empty()
             && self.kicks.is_empty()
             && self.invited.is_empty()
+            && self.lineup.is_empty()
     }
 }
 

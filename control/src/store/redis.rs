@@ -13,10 +13,15 @@
 //! | `{p}room:{id}:bans` | set | banned users |
 //! | `{p}room:{id}:kicks` | hash | user → unix ms until which they may not rejoin |
 //! | `{p}room:{id}:invited` | set | users invited to speak |
+//! | `{p}room:{id}:lineup` | hash | user → role given in advance (JSON: `"co_host"`, `"speaker"`) |
+//! | `{p}room:{id}:audit` | list | the room's audit log: moderation and lifecycle actions (JSON: at, actor, action, target), the newest 200 |
 //! | `{p}room:{id}:stats` | string | statistics (JSON, with the names of the host, whoever was on stage and whoever was removed) |
 //! | `{p}rooms:{state}` | set | room ids by state (`scheduled`, `live`, `ended`, `archived`) |
 //! | `{p}user:{id}:room` | string | the one room the user is in |
 //! | `{p}user:{id}:follows` | set | `user:{id}` and `room:{id}` the user follows |
+//! | `{p}followers:{what}` | sorted set | users following `what` (`user:{id}`, `room:{id}`; score 0: by user id, for pages) |
+//! | `{p}user:{id}:notifications` | list | the user's feed, newest first (JSON), at most 200 |
+//! | `{p}user:{id}:notifications:read` | string | unix ms up to which the feed is read |
 //! | `{p}user:{id}:profile` | string | the user's profile (JSON: bio, small avatar) |
 //! | `{p}invite:{token}` | string | an invitation link (JSON), expiring with it |
 //! | `{p}presence:{instance}` | string | an instance's heartbeat; expires when it stops (TTL) |
@@ -40,12 +45,12 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::broadcast;
 
 use super::{
-    AudiencePage, BUS_CAPACITY, Changes, Follow, Header, Invite, Mutation, Profile, Store, json,
-    parse,
+    AudiencePage, BUS_CAPACITY, Changes, Follow, Header, Invite, MAX_FEED, Mutation, Notification,
+    Profile, Store, json, parse,
 };
 use crate::error::ControlError;
 use crate::events::BusMessage;
-use crate::model::{RoomDoc, RoomId, RoomState, RoomStats, STAGE_LOADED, Scope, UserId};
+use crate::model::{Role, RoomDoc, RoomId, RoomState, RoomStats, STAGE_LOADED, Scope, UserId};
 use crate::room::Effects;
 
 /// Attempts of one room update before giving up under contention.
@@ -221,7 +226,7 @@ impl RedisStore {
     }
 
     /// The keys a transaction on the room watches (the indexes follow the records).
-    fn room_keys(&self, id: &RoomId) -> [String; 7] {
+    fn room_keys(&self, id: &RoomId) -> [String; 8] {
         let base = self.key(&format!("room:{id}"));
         [
             base.clone(),
@@ -231,6 +236,7 @@ impl RedisStore {
             format!("{base}:kicks"),
             format!("{base}:invited"),
             format!("{base}:stats"),
+            format!("{base}:lineup"),
         ]
     }
 
@@ -271,7 +277,16 @@ impl RedisStore {
         id: &RoomId,
         scope: &Scope,
     ) -> Result<Option<RoomDoc>, ControlError> {
-        let [room, participants, requests, bans, kicks, invited, stats] = self.room_keys(id);
+        let [
+            room,
+            participants,
+            requests,
+            bans,
+            kicks,
+            invited,
+            stats,
+            lineup,
+        ] = self.room_keys(id);
         let user = |s: &str| {
             UserId::parse(s)
                 .map_err(|_| ControlError::unavailable(format!("corrupt user id in room {id}")))
@@ -291,7 +306,8 @@ impl RedisStore {
                 .zrange_withscores(&requests, 0, -1)
                 .smembers(&bans)
                 .hgetall(&kicks)
-                .smembers(&invited);
+                .smembers(&invited)
+                .hgetall(&lineup);
         }
         type Head = (Option<String>, Option<String>, Vec<String>);
         let (header, stats_json, stage, all) = if scope.all {
@@ -304,10 +320,11 @@ impl RedisStore {
                 Vec<String>,
                 HashMap<String, u64>,
                 Vec<String>,
+                HashMap<String, String>,
             );
-            let (h, st, stage, m, r, b, k, i): All =
+            let (h, st, stage, m, r, b, k, i, l): All =
                 pipe.query_async(con).await.map_err(redis_err)?;
-            (h, st, stage, Some((m, r, b, k, i)))
+            (h, st, stage, Some((m, r, b, k, i, l)))
         } else {
             let (h, st, stage): Head = pipe.query_async(con).await.map_err(redis_err)?;
             (h, st, stage, None)
@@ -320,7 +337,7 @@ impl RedisStore {
         if let Some(st) = stats_json {
             doc.stats = parse::<RoomStats>("stats", st.as_bytes())?;
         }
-        if let Some((m, r, b, k, i)) = all {
+        if let Some((m, r, b, k, i, l)) = all {
             for (u, m) in m {
                 doc.members
                     .insert(user(&u)?, parse("member", m.as_bytes())?);
@@ -336,6 +353,9 @@ impl RedisStore {
             }
             for u in i {
                 doc.invited.insert(user(&u)?);
+            }
+            for (u, r) in l {
+                doc.lineup.insert(user(&u)?, parse("lineup", r.as_bytes())?);
             }
             // Every record is loaded: the header's counts are not needed.
             return Ok(Some(doc));
@@ -353,8 +373,9 @@ impl RedisStore {
                 Vec<bool>,
                 Vec<Option<u64>>,
                 Vec<bool>,
+                Vec<Option<String>>,
             );
-            let (m, r, b, k, i): Records = redis::pipe()
+            let (m, r, b, k, i, l): Records = redis::pipe()
                 .cmd("HMGET")
                 .arg(&participants)
                 .arg(&users)
@@ -369,6 +390,9 @@ impl RedisStore {
                 .arg(&users)
                 .cmd("SMISMEMBER")
                 .arg(&invited)
+                .arg(&users)
+                .cmd("HMGET")
+                .arg(&lineup)
                 .arg(&users)
                 .query_async(con)
                 .await
@@ -387,6 +411,10 @@ impl RedisStore {
                 }
                 if let Some(Some(t)) = k.get(n) {
                     doc.kicks.insert(uid.clone(), *t);
+                }
+                if let Some(Some(r)) = l.get(n) {
+                    doc.lineup
+                        .insert(uid.clone(), parse("lineup", r.as_bytes())?);
                 }
                 if i.get(n) == Some(&true) {
                     doc.invited.insert(uid);
@@ -471,7 +499,16 @@ impl RedisStore {
         c: &Changes,
     ) -> Result<(), ControlError> {
         let id = &after.room.id;
-        let [room, participants, requests, bans, kicks, invited, stats] = self.room_keys(id);
+        let [
+            room,
+            participants,
+            requests,
+            bans,
+            kicks,
+            invited,
+            stats,
+            lineup,
+        ] = self.room_keys(id);
         let (stage, audience) = (self.index_key(id, "stage"), self.index_key(id, "audience"));
         if c.room || c.counts {
             let header = Header {
@@ -518,6 +555,12 @@ impl RedisStore {
                     pipe.srem(key, u.as_str()).ignore();
                 }
             }
+        }
+        for (u, r) in &c.lineup {
+            match r {
+                Some(r) => pipe.hset(&lineup, u.as_str(), json(r)?).ignore(),
+                None => pipe.hdel(&lineup, u.as_str()).ignore(),
+            };
         }
         if before.room.state != after.room.state {
             pipe.srem(
@@ -777,11 +820,29 @@ impl Store for RedisStore {
         Ok(kicks)
     }
 
+    async fn lineup(&self, id: &RoomId, limit: usize) -> Result<Vec<(UserId, Role)>, ControlError> {
+        let mut con = self.shared.clone();
+        let all: HashMap<String, String> = con
+            .hgetall(self.index_key(id, "lineup"))
+            .await
+            .map_err(redis_err)?;
+        let mut out = Vec::new();
+        for (u, r) in all {
+            if let Ok(u) = UserId::parse(&u) {
+                out.push((u, parse::<Role>("lineup", r.as_bytes())?));
+            }
+        }
+        out.sort();
+        out.truncate(limit);
+        Ok(out)
+    }
+
     async fn remove_room(&self, id: &RoomId) -> Result<(), ControlError> {
         let mut con = self.shared.clone();
         let mut pipe = redis::pipe();
         pipe.atomic();
         pipe.del(&self.room_keys(id)[..]).ignore();
+        pipe.del(self.key(&format!("room:{id}:audit"))).ignore();
         pipe.del(&[self.index_key(id, "stage"), self.index_key(id, "audience")])
             .ignore();
         for state in STATES {
@@ -840,12 +901,21 @@ impl Store for RedisStore {
     async fn set_follow(&self, user: &UserId, what: &Follow, on: bool) -> Result<(), ControlError> {
         let mut con = self.shared.clone();
         let key = self.key(&format!("user:{user}:follows"));
+        let followers = self.key(&format!("followers:{}", what.key()));
+        let mut pipe = redis::pipe();
+        pipe.atomic();
         if on {
-            con.sadd::<_, _, ()>(key, what.key()).await
+            pipe.sadd(key, what.key())
+                .ignore()
+                .zadd(followers, user.as_str(), 0)
+                .ignore();
         } else {
-            con.srem::<_, _, ()>(key, what.key()).await
+            pipe.srem(key, what.key())
+                .ignore()
+                .zrem(followers, user.as_str())
+                .ignore();
         }
-        .map_err(redis_err)
+        pipe.query_async::<()>(&mut con).await.map_err(redis_err)
     }
 
     async fn follows(&self, user: &UserId) -> Result<Vec<Follow>, ControlError> {
@@ -855,6 +925,107 @@ impl Store for RedisStore {
             .await
             .map_err(redis_err)?;
         Ok(keys.iter().filter_map(|k| Follow::from_key(k)).collect())
+    }
+
+    async fn followers(
+        &self,
+        what: &Follow,
+        after: Option<&UserId>,
+        limit: usize,
+    ) -> Result<Vec<UserId>, ControlError> {
+        let mut con = self.shared.clone();
+        let min = after.map_or_else(|| "-".to_owned(), |a| format!("({a}"));
+        let users: Vec<String> = con
+            .zrangebylex_limit(
+                self.key(&format!("followers:{}", what.key())),
+                min,
+                "+",
+                0,
+                isize::try_from(limit).unwrap_or(isize::MAX),
+            )
+            .await
+            .map_err(redis_err)?;
+        Ok(users.iter().filter_map(|u| UserId::parse(u).ok()).collect())
+    }
+
+    async fn push_notification(
+        &self,
+        users: &[UserId],
+        n: &Notification,
+    ) -> Result<(), ControlError> {
+        let mut con = self.shared.clone();
+        let value = json(n)?;
+        let keep = isize::try_from(MAX_FEED).unwrap_or(isize::MAX) - 1;
+        let mut pipe = redis::pipe();
+        for u in users {
+            let key = self.key(&format!("user:{u}:notifications"));
+            pipe.lpush(&key, &value)
+                .ignore()
+                .ltrim(&key, 0, keep)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut con).await.map_err(redis_err)
+    }
+
+    async fn notifications(&self, user: &UserId) -> Result<(Vec<Notification>, u64), ControlError> {
+        let mut con = self.shared.clone();
+        let key = self.key(&format!("user:{user}:notifications"));
+        let (raw, read): (Vec<String>, Option<u64>) = redis::pipe()
+            .lrange(&key, 0, -1)
+            .get(format!("{key}:read"))
+            .query_async(&mut con)
+            .await
+            .map_err(redis_err)?;
+        let feed = raw
+            .iter()
+            .map(|r| parse("notification", r.as_bytes()))
+            .collect::<Result<Vec<Notification>, _>>()?;
+        Ok((feed, read.unwrap_or(0)))
+    }
+
+    async fn mark_read(&self, user: &UserId, until: u64) -> Result<(), ControlError> {
+        // Never moves back: a later mark from another tab wins.
+        let script = redis::Script::new(
+            "local c = tonumber(redis.call('GET', KEYS[1]) or '0') if tonumber(ARGV[1]) > c then redis.call('SET', KEYS[1], ARGV[1]) end return 0",
+        );
+        let mut con = self.shared.clone();
+        script
+            .key(self.key(&format!("user:{user}:notifications:read")))
+            .arg(until)
+            .invoke_async::<i64>(&mut con)
+            .await
+            .map(|_| ())
+            .map_err(redis_err)
+    }
+
+    async fn append_audit(
+        &self,
+        id: &RoomId,
+        entry: &super::AuditEntry,
+    ) -> Result<(), ControlError> {
+        let mut con = self.shared.clone();
+        let key = self.key(&format!("room:{id}:audit"));
+        let kept = super::AUDIT_KEPT as isize;
+        redis::pipe()
+            .atomic()
+            .rpush(&key, json(entry)?)
+            .ignore()
+            .ltrim(&key, -kept, -1)
+            .ignore()
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(redis_err)
+    }
+
+    async fn audit(&self, id: &RoomId) -> Result<Vec<super::AuditEntry>, ControlError> {
+        let mut con = self.shared.clone();
+        let raw: Vec<String> = con
+            .lrange(self.key(&format!("room:{id}:audit")), 0, -1)
+            .await
+            .map_err(redis_err)?;
+        raw.iter()
+            .map(|r| parse("audit entry", r.as_bytes()))
+            .collect()
     }
 
     async fn set_profile(&self, user: &UserId, profile: &Profile) -> Result<(), ControlError> {

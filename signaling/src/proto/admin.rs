@@ -149,6 +149,9 @@ pub struct SendData {
     pub topic: Option<String>,
     /// Nonce.
     pub nonce: Vec<u8>,
+    /// The participant the server sends this on behalf of (its identity and, when connected,
+    /// sid are stamped on the packet); `None`: from the server itself.
+    pub sender_identity: Option<String>,
 }
 
 impl Server {
@@ -426,6 +429,31 @@ impl Server {
                 ..Default::default()
             })),
             ..Default::default()
+        };
+        let (participant_sid, participant_identity) = match data.sender_identity {
+            Some(identity) => (
+                r.by_identity(&identity)
+                    .map(|p| p.sid.clone())
+                    .unwrap_or_default(),
+                identity,
+            ),
+            None => (String::new(), String::new()),
+        };
+        #[allow(deprecated)]
+        let packet = lk::DataPacket {
+            participant_sid: participant_sid.clone(),
+            participant_identity: participant_identity.clone(),
+            value: match packet.value {
+                Some(lk::data_packet::Value::User(user)) => {
+                    Some(lk::data_packet::Value::User(lk::UserPacket {
+                        participant_sid,
+                        participant_identity,
+                        ..user
+                    }))
+                }
+                other => other,
+            },
+            ..packet
         };
         let label = if data.reliable { "_reliable" } else { "_lossy" };
         self.forward_data(room, None, label, &destinations, packet.encode_to_vec());

@@ -397,29 +397,73 @@ impl Server {
             .extend(events.into_iter().map(|e| Output::Observe(Box::new(e))));
     }
 
-    /// A data packet from a client's publisher connection: stamped with the sender's identity
-    /// (never trusted from the client) and forwarded to the room on the same kind of channel.
+    /// A data packet from a client's publisher connection: within the sender's rate, stamped
+    /// with the sender's identity (never trusted from the client) and forwarded to the room on
+    /// the same kind of channel. Packets of senders without the data permission, over their
+    /// rate, on a server-only topic or undecodable are dropped and counted.
     fn data_packet(&mut self, peer: PeerId, channel: ChannelId, data: &[u8]) {
+        if !(self.admit_data(peer) && self.forward_client_data(peer, channel, data)) {
+            self.stats.data_dropped += 1;
+        }
+    }
+
+    /// Spends one token of the sending session's data bucket; false when it is empty (or the
+    /// peer is no publisher connection).
+    fn admit_data(&mut self, peer: PeerId) -> bool {
         let Some(&(session, Pc::Publisher)) = self.by_peer.get(&peer) else {
-            return;
+            return false;
+        };
+        let now = self.now;
+        let rate = self.config.data_rate;
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return false;
+        };
+        let (tokens, at) = s.data_tokens;
+        let refill = now.saturating_duration_since(at).as_secs_f64() * f64::from(rate.per_sec);
+        let tokens = (tokens + refill).min(f64::from(rate.burst));
+        if tokens < 1.0 {
+            s.data_tokens = (tokens, now);
+            return false;
+        }
+        s.data_tokens = (tokens - 1.0, now);
+        true
+    }
+
+    /// Forwards an admitted client data packet; false when it is refused.
+    fn forward_client_data(&mut self, peer: PeerId, channel: ChannelId, data: &[u8]) -> bool {
+        let Some(&(session, Pc::Publisher)) = self.by_peer.get(&peer) else {
+            return false;
         };
         let Some(s) = self.sessions.get(&session) else {
-            return;
+            return false;
         };
         let Some(label) = s.channels.get(&(Pc::Publisher, channel)).cloned() else {
-            return;
+            return false;
         };
         let room = s.room.clone();
         let Some(sender) = self.participant(session) else {
-            return;
+            return false;
         };
         if !sender.permission.can_publish_data {
-            return;
+            tracing::debug!("data packet of a participant without the data permission dropped");
+            return false;
         }
         let Ok(mut packet) = lk::DataPacket::decode(data) else {
             tracing::debug!("undecodable data packet dropped");
-            return;
+            return false;
         };
+        #[allow(deprecated)]
+        let reserved = match &packet.value {
+            Some(lk::data_packet::Value::User(user)) => user
+                .topic
+                .as_deref()
+                .is_some_and(|t| t.starts_with(super::RESERVED_TOPIC_PREFIX)),
+            _ => false,
+        };
+        if reserved {
+            tracing::debug!("data packet on a server-only topic dropped");
+            return false;
+        }
         packet.participant_identity = sender.identity.clone();
         packet.participant_sid = sender.sid.clone();
         let mut destinations = packet.destination_identities.clone();
@@ -432,6 +476,7 @@ impl Server {
         }
         let bytes = packet.encode_to_vec();
         self.forward_data(&room, Some(session), &label, &destinations, bytes);
+        true
     }
 
     /// Send an encoded data packet on the subscriber channel `label` of every session in

@@ -70,6 +70,30 @@ pub const TICK: Duration = Duration::from_millis(100);
 /// Every this many ticks, `RoomUpdate`s are sent and pings and room timeouts checked.
 const SLOW_TICKS: u64 = 5;
 
+/// Topics of data packets only the server sends (`stoa.reaction`, the control plane's
+/// reactions, stamped with the reacting user): a client's packet on one is dropped.
+pub const RESERVED_TOPIC_PREFIX: &str = "stoa.";
+
+/// How many data packets one participant may send: a token bucket refilled at `per_sec`,
+/// holding at most `burst`. Packets beyond it are dropped and counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataRate {
+    /// Packets per second, sustained.
+    pub per_sec: u32,
+    /// Packets at once.
+    pub burst: u32,
+}
+
+impl Default for DataRate {
+    fn default() -> Self {
+        // Generous for chat, RPC and small streams; far below what floods a room.
+        DataRate {
+            per_sec: 50,
+            burst: 100,
+        }
+    }
+}
+
 /// Settings of the signaling core.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -88,6 +112,8 @@ pub struct ServerConfig {
     pub engine_shards: u16,
     /// Seed for sids.
     pub seed: [u8; 32],
+    /// Data packets each participant may send.
+    pub data_rate: DataRate,
 }
 
 impl Default for ServerConfig {
@@ -100,6 +126,7 @@ impl Default for ServerConfig {
             events: false,
             engine_shards: 1,
             seed: [0; 32],
+            data_rate: DataRate::default(),
         }
     }
 }
@@ -215,6 +242,9 @@ pub struct CoreStats {
     pub clients_overflowed: u64,
     /// Sessions ended because an engine command about them could not be delivered.
     pub engine_undelivered: u64,
+    /// Client data packets dropped: over the sender's rate, without permission to send data,
+    /// on a reserved topic, or undecodable.
+    pub data_dropped: u64,
 }
 
 /// Every room and session of a node. See the [module documentation](self).

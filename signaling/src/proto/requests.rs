@@ -185,7 +185,9 @@ impl Server {
         self.set_muted(&room, &psid, track_sid, muted);
     }
 
-    /// Mute state of a track: recorded, announced, enforced by the engine.
+    /// Mute state of a track: recorded, announced, enforced by the engine, and told to the
+    /// in-process observer (`track_muted`, `track_unmuted`: not LiveKit webhook events), so
+    /// that an application's view follows a mute made through any SDK or the Twirp API.
     pub(super) fn set_muted(
         &mut self,
         room: &str,
@@ -195,14 +197,40 @@ impl Server {
     ) -> Option<lk::TrackInfo> {
         let p = self.rooms.get_mut(room)?.participants.get_mut(psid)?;
         let track = p.tracks.get_mut(track_sid)?;
+        let changed = track.info.muted != muted;
         track.info.muted = muted;
         let info = track.info.clone();
         let engine = track.engine;
+        let identity = p.identity.clone();
         p.touch();
         if let Some(track) = engine {
             self.engine(EngineCommand::SetTrackMuted { track, muted });
         }
         self.broadcast_participant(room, psid);
+        if changed && self.config.events {
+            let event = lk::WebhookEvent {
+                event: if muted {
+                    "track_muted"
+                } else {
+                    "track_unmuted"
+                }
+                .to_owned(),
+                room: Some(lk::Room {
+                    name: room.to_owned(),
+                    ..Default::default()
+                }),
+                participant: Some(lk::ParticipantInfo {
+                    sid: psid.to_owned(),
+                    identity,
+                    ..Default::default()
+                }),
+                track: Some(info.clone()),
+                created_at: self.now_ms() / 1000,
+                ..Default::default()
+            };
+            self.outputs
+                .push_back(super::Output::Observe(Box::new(event)));
+        }
         Some(info)
     }
 

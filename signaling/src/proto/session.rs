@@ -76,6 +76,8 @@ pub(super) struct Session {
     /// (same sid, tracks, subscriptions, engine peers) until it resumes or the room's departure
     /// timeout passes. Nothing is sent to a held session.
     pub held_since: Option<Instant>,
+    /// The data-packet bucket: tokens left and when it was last refilled.
+    pub data_tokens: (f64, Instant),
     /// `room{room}` → `participant{participant, identity, client}`: the context of every log
     /// line about this session.
     pub span: tracing::Span,
@@ -207,6 +209,7 @@ impl Server {
                 joined_at: now,
                 asked_to_leave: false,
                 held_since: None,
+                data_tokens: (f64::from(self.config.data_rate.burst), now),
                 span: participant_span(&room_name, &sid, &info.identity, params.client),
             },
         );

@@ -119,6 +119,9 @@ pub struct SignalingStats {
     pub engine_undelivered: u64,
     /// Events the in-process observer had no room for.
     pub observer_dropped: u64,
+    /// Client data packets dropped (over the sender's rate, without permission, on a
+    /// server-only topic, undecodable).
+    pub data_dropped: u64,
 }
 
 enum Msg {
@@ -193,6 +196,7 @@ impl Signaling {
             events: config.webhooks.is_some() || config.observer.is_some(),
             engine_shards: u16::try_from(sfu.shard_count()).unwrap_or(u16::MAX),
             seed,
+            data_rate: crate::proto::DataRate::default(),
         };
         let counters = Arc::new(Counters::default());
         let shell = Shell {
@@ -374,6 +378,7 @@ impl Shell {
                     clients_overflowed: core.clients_overflowed,
                     engine_undelivered: core.engine_undelivered,
                     observer_dropped: self.counters.observer_dropped.load(Ordering::Relaxed),
+                    data_dropped: core.data_dropped,
                 };
                 let _ = reply.send(stats);
             }
