@@ -1094,10 +1094,10 @@ impl Sim {
             }
         }
         let stats = self.server.stats();
-        if stats.sessions != participants {
+        if stats.sessions + stats.held != participants {
             return Err(format!(
-                "{} sessions but {participants} participants",
-                stats.sessions
+                "{} sessions and {} held but {participants} participants",
+                stats.sessions, stats.held
             ));
         }
         if stats.publishers + stats.listeners != participants {

@@ -95,7 +95,8 @@ fn a_speaker_cut_off_for_seconds_resumes_with_its_sid_tracks_and_listeners() {
     let still = held.iter().find(|p| p.identity == "speaker").expect("held");
     assert_eq!(still.sid, me.sid);
     assert_eq!(still.tracks.len(), 1, "its track stays published");
-    assert_eq!(sim.server.stats().sessions, 3);
+    assert_eq!(sim.server.stats().sessions, 2);
+    assert_eq!(sim.server.stats().held, 1);
     sim.check_invariants().unwrap();
 
     // It comes back within the departure timeout and resumes.

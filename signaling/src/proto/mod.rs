@@ -230,8 +230,10 @@ pub enum Output {
 pub struct CoreStats {
     /// Rooms that exist (including empty ones waiting for their timeout).
     pub rooms: u64,
-    /// Open sessions.
+    /// Sessions with a connection.
     pub sessions: u64,
+    /// Sessions held for a resume (their connection lost; see `resume`).
+    pub held: u64,
     /// Participants allowed to publish.
     pub publishers: u64,
     /// Participants that may only listen.
@@ -332,7 +334,16 @@ impl Server {
     pub fn stats(&self) -> CoreStats {
         let mut stats = CoreStats {
             rooms: self.rooms.len() as u64,
-            sessions: self.sessions.len() as u64,
+            sessions: self
+                .sessions
+                .values()
+                .filter(|s| s.held_since.is_none())
+                .count() as u64,
+            held: self
+                .sessions
+                .values()
+                .filter(|s| s.held_since.is_some())
+                .count() as u64,
             ..self.stats
         };
         for participant in self.rooms.values().flat_map(|r| r.participants.values()) {
