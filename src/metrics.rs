@@ -270,6 +270,7 @@ pub fn record(snapshot: &Snapshot) {
             sum.rtp_dropped_unauthorized += s.rtp_dropped_unauthorized;
             sum.rtp_dropped_muted += s.rtp_dropped_muted;
             sum.rtp_dropped_malformed += s.rtp_dropped_malformed;
+            sum.rtp_tap_dropped += s.rtp_tap_dropped;
             sum.datagrams_unknown += s.datagrams_unknown;
             sum.offers_refused += s.offers_refused;
             sum
@@ -285,6 +286,7 @@ pub fn record(snapshot: &Snapshot) {
             .absolute(total.rtp_dropped_unauthorized);
         counter!(SFU_RTP_DROPPED, "reason" => "muted").absolute(total.rtp_dropped_muted);
         counter!(SFU_RTP_DROPPED, "reason" => "malformed").absolute(total.rtp_dropped_malformed);
+        counter!(SFU_QUEUE_DROPPED, "queue" => "tap_core").absolute(total.rtp_tap_dropped);
         counter!(SFU_RTP_FORWARDED_DIRECT).absolute(total.rtp_forwarded_direct);
         counter!(SFU_RTP_DROPPED, "reason" => "duplicate").absolute(total.rtp_dropped_duplicate);
         counter!(SFU_DATAGRAMS_UNKNOWN).absolute(total.datagrams_unknown);
