@@ -164,6 +164,10 @@ pub struct Seen {
     pub engine_commands: u64,
     /// Of those, data messages (one per room message, whatever the room's size).
     pub send_data_commands: u64,
+    /// Tap changes for the recorder, in order.
+    pub taps: Vec<crate::proto::TapChange>,
+    /// Packets the engine tapped, by engine track.
+    pub tapped: Vec<stoa_sfu::TrackId>,
 }
 
 /// The world. See the [module documentation](self).
@@ -581,6 +585,10 @@ impl Sim {
                     }
                 }
             }
+            while let Some(t) = self.shards[s].poll_tapped() {
+                progressed = true;
+                self.seen.tapped.push(t.track);
+            }
             self.shards[s].poll_datagrams(&mut self.sealed);
         }
         // Engine → clients.
@@ -666,6 +674,7 @@ impl Sim {
                 self.seen.events.push((e.event, who));
             }
             Output::JoinLatency(d) => self.seen.join_latencies.push(d),
+            Output::Tap(change) => self.seen.taps.push(change),
             _ => {}
         }
     }

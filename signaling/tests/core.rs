@@ -499,3 +499,126 @@ fn random_sequences_keep_the_invariants() {
         }
     }
 }
+
+/// The active_recording flag each client last received (JoinResponse, then RoomUpdates).
+fn sees_recording(sim: &Sim, c: usize) -> Option<bool> {
+    sim.clients[c]
+        .log
+        .iter()
+        .filter_map(|m| match m {
+            signal_response::Message::Join(j) => j.room.as_ref().map(|r| r.active_recording),
+            signal_response::Message::RoomUpdate(u) => u.room.as_ref().map(|r| r.active_recording),
+            _ => None,
+        })
+        .next_back()
+}
+
+/// Recording a room taps its audio tracks (those published before, and a speaker joining
+/// later), names each to the recorder before its packets, tells every client with
+/// `active_recording`, untaps a speaker who leaves, and stops with the recording.
+#[test]
+fn a_recorded_room_taps_its_tracks_and_every_client_knows() {
+    let mut sim = world(31);
+    let (speaker, listeners) = stage(&mut sim, 2);
+    sim.speak(speaker, 10);
+    sim.run_for(SECOND);
+    assert!(
+        sim.seen.tapped.is_empty(),
+        "nothing tapped before recording"
+    );
+    assert_eq!(sees_recording(&sim, listeners[0]), Some(false));
+
+    let reply = sim.admin(AdminOp::SetRecording {
+        room: "r".into(),
+        recording: true,
+    });
+    assert!(matches!(reply, Ok(AdminReply::Count(1))), "{reply:?}");
+    sim.run_for(SECOND / 2);
+    for c in [speaker, listeners[0], listeners[1]] {
+        assert_eq!(sees_recording(&sim, c), Some(true), "client {c}");
+    }
+    let first = sim.seen.taps[0].clone();
+    assert_eq!(
+        (
+            first.room.as_str(),
+            first.participant.as_str(),
+            first.tapped
+        ),
+        ("r", "speaker", true)
+    );
+    assert_eq!(first.track_sid, track_sid(&sim, speaker));
+    sim.speak(speaker, 25);
+    sim.run_for(SECOND);
+    let tapped = sim.seen.tapped.len();
+    assert!(tapped >= 20, "tapped {tapped} of 25");
+    assert!(sim.seen.tapped.iter().all(|t| *t == first.track));
+
+    // A speaker joining late is tapped too, and a listener joining sees the flag at once.
+    let late = sim.join("r", "late", true);
+    let listener = sim.join("r", "l9", false);
+    connect_all(&mut sim);
+    sim.publish(late);
+    assert!(sim.run_until(10 * SECOND, |s| s.clients[late].publisher.connected));
+    sim.run_for(SECOND / 2);
+    assert_eq!(sees_recording(&sim, listener), Some(true));
+    let second = sim.seen.taps.last().unwrap().clone();
+    assert_eq!((second.participant.as_str(), second.tapped), ("late", true));
+    sim.speak(late, 25);
+    sim.run_for(SECOND);
+    assert!(
+        sim.seen
+            .tapped
+            .iter()
+            .filter(|t| **t == second.track)
+            .count()
+            >= 20
+    );
+
+    // The late speaker leaves: the recorder is told.
+    sim.disconnect(late);
+    sim.run_for(SECOND);
+    assert!(
+        sim.seen
+            .taps
+            .iter()
+            .any(|t| t.track == second.track && !t.tapped),
+        "{:?}",
+        sim.seen.taps
+    );
+
+    // Stopping: untapped, nothing more arrives, everyone sees the flag drop.
+    sim.admin(AdminOp::SetRecording {
+        room: "r".into(),
+        recording: false,
+    })
+    .unwrap();
+    sim.run_for(SECOND / 2);
+    let before = sim.seen.tapped.len();
+    sim.speak(speaker, 25);
+    sim.run_for(SECOND);
+    assert_eq!(sim.seen.tapped.len(), before);
+    assert!(
+        sim.seen
+            .taps
+            .iter()
+            .any(|t| t.track == first.track && !t.tapped)
+    );
+    assert_eq!(sees_recording(&sim, listeners[0]), Some(false));
+    sim.check_invariants().unwrap();
+}
+
+/// A recording set for a room not open yet applies when it opens.
+#[test]
+fn recording_a_room_before_it_opens() {
+    let mut sim = world(32);
+    let reply = sim.admin(AdminOp::SetRecording {
+        room: "r".into(),
+        recording: true,
+    });
+    assert!(matches!(reply, Ok(AdminReply::Count(0))), "{reply:?}");
+    let (speaker, listeners) = stage(&mut sim, 1);
+    assert_eq!(sees_recording(&sim, listeners[0]), Some(true));
+    sim.speak(speaker, 10);
+    sim.run_for(SECOND);
+    assert!(sim.seen.tapped.len() >= 8);
+}
