@@ -25,6 +25,8 @@ pub struct LocalMedia {
     pub signaling: Signaling,
     /// Limits of media rooms created for control-plane rooms.
     pub limits: RoomLimits,
+    /// The node's recorder.
+    pub recordings: crate::recording::Recordings,
 }
 
 fn media_err(e: ServiceError) -> MediaError {
@@ -55,7 +57,21 @@ impl MediaPlane for LocalMedia {
                     .map_err(media_err)
             }
             MediaCommand::DeleteRoom { room } => {
+                // The recording ends with the room (its files are finished).
+                self.recordings.stop(room.as_str());
                 s.delete_room(room.as_str()).await.map_err(media_err)
+            }
+            MediaCommand::Record { room, recording } => {
+                // The egress exists before signaling names the room's tracks to it.
+                if *recording {
+                    self.recordings.record(room.as_str());
+                } else {
+                    self.recordings.stop(room.as_str());
+                }
+                s.set_recording(room.as_str(), *recording)
+                    .await
+                    .map(|_| ())
+                    .map_err(media_err)
             }
             MediaCommand::Update {
                 room,

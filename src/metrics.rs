@@ -68,10 +68,12 @@ pub const SFU_OFFERS_REFUSED: &str = "sfu_offers_refused_total";
 /// Messages dropped because a bounded signaling queue was full, by `queue` = `requests`
 /// (a client's request; the client is closed) | `outbox` (a session's outbox; the client is
 /// disconnected) | `engine` (an engine command; the session is told to rejoin) | `observer`
-/// (an event for the control plane) (counter).
+/// (an event for the control plane) | `recorder` (a recorded track's name for the recorder,
+/// which then leaves that track out) (counter).
 pub const SIGNALING_DROPPED: &str = "signaling_dropped_total";
 /// Messages dropped because a bounded queue of the media engine's shell was full, by `queue` =
-/// `commands` | `relays` | `events` (counter).
+/// `commands` | `relays` | `events` | `tap` (a recorded packet on its way to the recorder) |
+/// `tap_core` (a recorded packet the shard did not take from its core in time) (counter).
 pub const SFU_QUEUE_DROPPED: &str = "sfu_queue_dropped_total";
 /// Media engine shards that answered the last scrape (gauge).
 pub const SFU_SHARDS: &str = "sfu_shards";
@@ -256,6 +258,7 @@ pub fn record(snapshot: &Snapshot) {
         counter!(SIGNALING_DROPPED, "queue" => "outbox").absolute(s.clients_overflowed);
         counter!(SIGNALING_DROPPED, "queue" => "engine").absolute(s.engine_undelivered);
         counter!(SIGNALING_DROPPED, "queue" => "observer").absolute(s.observer_dropped);
+        counter!(SIGNALING_DROPPED, "queue" => "recorder").absolute(s.recorder_dropped);
     }
     if let Some(shards) = &snapshot.sfu {
         let total = shards.iter().fold(SfuStats::default(), |mut sum, s| {
@@ -386,7 +389,7 @@ mod tests {
                 bytes_in: 700,
                 datagrams_out: 9,
                 bytes_out: 900,
-                dropped: [1, 0, 3],
+                dropped: [1, 0, 3, 2],
                 ..TrafficSnapshot::default()
             },
             webhooks: Some([4, 5, 6, 7]),
@@ -428,6 +431,7 @@ mod tests {
             "signaling_dropped_total{queue=\"engine\"} 0",
             "sfu_queue_dropped_total{queue=\"commands\"} 1",
             "sfu_queue_dropped_total{queue=\"events\"} 3",
+            "sfu_queue_dropped_total{queue=\"tap\"} 2",
             "# TYPE sfu_rtp_packets_forwarded_total counter",
             "# TYPE sfu_peers gauge",
         ] {

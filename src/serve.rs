@@ -158,10 +158,13 @@ async fn serve(config: &Config) -> Result<()> {
         max_participants: config.room.max_participants,
     };
     let (presence_tx, presence_rx) = tokio::sync::mpsc::channel(crate::media_plane::PRESENCE_QUEUE);
+    let (recordings, taps) =
+        crate::recording::Recordings::start(&config.recording, &engine_handle)?;
     let service = ServiceConfig {
         turn,
         webhooks: webhooks.clone(),
         observer: Some(presence_tx),
+        recorder: Some(taps),
         room_defaults,
         ..ServiceConfig::default()
     };
@@ -176,6 +179,7 @@ async fn serve(config: &Config) -> Result<()> {
         Arc::new(crate::media_plane::LocalMedia {
             signaling: signaling.clone(),
             limits: room_defaults,
+            recordings,
         }),
         stoa_control::auth::Keys::new(key_pairs).map_err(|e| anyhow!("{}", e.message))?,
         config.control.clone(),

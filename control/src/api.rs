@@ -41,6 +41,10 @@ pub fn router(control: Control) -> Router {
         .route("/api/rooms/{id}/audience", get(audience))
         .route("/api/rooms/{id}/start", post(start))
         .route("/api/rooms/{id}/end", post(end))
+        .route(
+            "/api/rooms/{id}/recording",
+            post(start_recording).delete(stop_recording),
+        )
         .route("/api/rooms/{id}/token", post(token))
         .route("/api/rooms/{id}/leave", post(leave))
         .route("/api/rooms/{id}/hand", post(raise_hand).delete(lower_hand))
@@ -224,6 +228,9 @@ pub struct CreateRoomBody {
     pub scheduled_for: Option<u64>,
     /// The host, when a server creates a room for a user.
     pub host: Option<UserId>,
+    /// Record the room from the moment it goes live (default `false`).
+    #[serde(default)]
+    pub recording: bool,
 }
 
 fn default_kind() -> RoomKind {
@@ -419,6 +426,7 @@ async fn create_room(
                 max_participants: b.max_participants,
                 scheduled_for: b.scheduled_for,
                 host: b.host,
+                recording: b.recording,
             },
         )
         .await?;
@@ -506,6 +514,31 @@ async fn end(
     Path(id): Path<String>,
 ) -> Result<Json<RoomView>, ControlError> {
     run(&c, &caller, &id, Command::End).await
+}
+
+/// Starts recording the live room (host and co-hosts): its mixed audio is written to the
+/// server's recording directory and every participant sees the room as recorded.
+#[utoipa::path(post, path = "/api/rooms/{id}/recording", params(("id" = String, Path, description = "Room id")),
+    responses((status = 200, body = RoomView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "The room is not live")))]
+async fn start_recording(
+    State(c): State<Control>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RoomView>, ControlError> {
+    run(&c, &caller, &id, Command::Record(true)).await
+}
+
+/// Stops recording the room (host and co-hosts); its files are finished.
+#[utoipa::path(delete, path = "/api/rooms/{id}/recording", params(("id" = String, Path, description = "Room id")),
+    responses((status = 200, body = RoomView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "The room is not live")))]
+async fn stop_recording(
+    State(c): State<Control>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RoomView>, ControlError> {
+    run(&c, &caller, &id, Command::Record(false)).await
 }
 
 #[utoipa::path(post, path = "/api/rooms/{id}/token", params(("id" = String, Path, description = "Room id")),
@@ -913,6 +946,8 @@ fn event_room(e: &Event) -> &RoomId {
         room_card,
         start,
         end,
+        start_recording,
+        stop_recording,
         token,
         leave,
         raise_hand,

@@ -257,6 +257,10 @@ pub struct Room {
     /// their own URLs, so that every client of the room meets on one media node.
     #[serde(default)]
     pub media_url: Option<String>,
+    /// Recorded: while live, the media plane records it and every participant sees so; set
+    /// at creation, it records from the start.
+    #[serde(default)]
+    pub recording: bool,
 }
 
 /// One user in a room.

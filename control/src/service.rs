@@ -94,6 +94,8 @@ pub struct NewRoom {
     pub scheduled_for: Option<u64>,
     /// The host when a server creates the room for a user.
     pub host: Option<UserId>,
+    /// Record it from the start.
+    pub recording: bool,
 }
 
 /// A media token and where to use it.
@@ -252,6 +254,7 @@ impl Control {
             empty_since: None,
             media_url: (!self.inner.config.public_url.is_empty())
                 .then(|| self.inner.config.public_url.clone()),
+            recording: new.recording,
         });
         // The host's name, for cards and previews before they join.
         if let Principal::User { id, name } = who

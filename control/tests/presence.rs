@@ -44,6 +44,7 @@ async fn room_with_lee(control: &Control) -> RoomId {
                 max_participants: None,
                 scheduled_for: None,
                 host: None,
+                recording: false,
             },
         )
         .await

@@ -47,6 +47,7 @@ fn new_room(max: u32) -> RoomDoc {
         ended_at: None,
         empty_since: None,
         media_url: None,
+        recording: false,
     })
 }
 
