@@ -153,9 +153,13 @@ impl Admission for ControlAdmission {
 const PRESENCE_BATCH: usize = 256;
 
 /// Feeds signaling's participant and speaker events to the control plane (presence and
-/// speaking time), in batches of whatever queued up meanwhile: the control plane applies a
+/// speaking time) and speaker events to the recorder (who spoke when), in batches of whatever queued up meanwhile: the control plane applies a
 /// batch with one store update per room.
-pub fn spawn_presence(control: Control, mut events: mpsc::Receiver<lk::WebhookEvent>) {
+pub fn spawn_presence(
+    control: Control,
+    recordings: crate::recording::Recordings,
+    mut events: mpsc::Receiver<lk::WebhookEvent>,
+) {
     tokio::spawn(async move {
         let mut queued = Vec::with_capacity(PRESENCE_BATCH);
         while events.recv_many(&mut queued, PRESENCE_BATCH).await > 0 {
@@ -174,6 +178,10 @@ pub fn spawn_presence(control: Control, mut events: mpsc::Receiver<lk::WebhookEv
                         "speaking_stopped" => MediaEvent::SpeakingStopped,
                         _ => return None,
                     };
+                    if let MediaEvent::SpeakingStarted | MediaEvent::SpeakingStopped = kind {
+                        let on = matches!(kind, MediaEvent::SpeakingStarted);
+                        recordings.speaking(&room.name, &p.identity, on);
+                    }
                     Some((room.name.clone(), p.identity.clone(), kind))
                 })
                 .collect();

@@ -52,8 +52,17 @@ pub struct Recordings {
 
 #[derive(Debug)]
 enum Command {
-    Start { room: String },
-    Stop { room: String },
+    Start {
+        room: String,
+    },
+    Stop {
+        room: String,
+    },
+    Speaking {
+        room: String,
+        participant: String,
+        speaking: bool,
+    },
 }
 
 impl Recordings {
@@ -109,6 +118,16 @@ impl Recordings {
     pub fn stop(&self, room: &str) {
         self.send(Command::Stop {
             room: room.to_owned(),
+        });
+    }
+
+    /// `participant` started or stopped speaking in `room` (signaling's active-speaker
+    /// events), for the recording's who-spoke-when file. Dropped when the recorder is busy.
+    pub fn speaking(&self, room: &str, participant: &str, speaking: bool) {
+        let _ = self.commands.try_send(Command::Speaking {
+            room: room.to_owned(),
+            participant: participant.to_owned(),
+            speaking,
         });
     }
 
@@ -232,6 +251,17 @@ impl Shell {
                         warn!(room = %room, error = %e, "cannot record");
                     }
                 }
+            }
+            Command::Speaking {
+                room,
+                participant,
+                speaking,
+            } => {
+                let input = Input::Speaking {
+                    participant: &participant,
+                    speaking,
+                };
+                self.recorder.handle_input(now, &room, input);
             }
             Command::Stop { room } => {
                 let Some(id) = self.rooms.remove(&room) else {

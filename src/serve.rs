@@ -179,12 +179,12 @@ async fn serve(config: &Config) -> Result<()> {
         Arc::new(crate::media_plane::LocalMedia {
             signaling: signaling.clone(),
             limits: room_defaults,
-            recordings,
+            recordings: recordings.clone(),
         }),
         stoa_control::auth::Keys::new(key_pairs).map_err(|e| anyhow!("{}", e.message))?,
         config.control.clone(),
     );
-    crate::media_plane::spawn_presence(control.clone(), presence_rx);
+    crate::media_plane::spawn_presence(control.clone(), recordings, presence_rx);
     let draining = Draining::default();
     let sources = Sources {
         signaling: signaling.clone(),

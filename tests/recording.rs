@@ -381,7 +381,14 @@ fn a_host_records_a_room_and_everyone_knows() {
         assert!(energy >= 10, "{who}: {energy} windows with sound");
         opusinfo(&file);
     }
-    assert!(first.join("speaking.jsonl").exists());
+    // Who spoke when, beside the mix: the server's active-speaker detection heard both.
+    let speaking = std::fs::read_to_string(first.join("speaking.jsonl")).unwrap();
+    for who in ["hana", "lee"] {
+        assert!(
+            speaking.contains(&format!(r#""participant":"{who}","activity":"speaking""#)),
+            "{speaking}"
+        );
+    }
 
     // A second recording, ended by the end of the room.
     let (status, _) = api(addr, "POST", &path, &host, None);
