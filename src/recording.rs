@@ -63,6 +63,10 @@ enum Command {
         participant: String,
         speaking: bool,
     },
+    /// Finish every recording and stop the thread; answered when done.
+    Shutdown {
+        done: tokio::sync::oneshot::Sender<()>,
+    },
 }
 
 impl Recordings {
@@ -119,6 +123,20 @@ impl Recordings {
         self.send(Command::Stop {
             room: room.to_owned(),
         });
+    }
+
+    /// Finishes every running recording (their files get their end) and stops the recorder,
+    /// waiting at most `limit`. For the server's shutdown; recording requests after it are
+    /// dropped.
+    pub async fn shutdown(&self, limit: Duration) {
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let sent = self
+            .commands
+            .send_timeout(Command::Shutdown { done }, limit)
+            .await;
+        if sent.is_err() || tokio::time::timeout(limit, finished).await.is_err() {
+            warn!("the recorder did not finish its recordings in time");
+        }
     }
 
     /// `participant` started or stopped speaking in `room` (signaling's active-speaker
@@ -181,6 +199,11 @@ impl Shell {
             tokio::select! {
                 biased;
                 command = commands.recv() => match command {
+                    Some(Command::Shutdown { done }) => {
+                        self.finish_all();
+                        let _ = done.send(());
+                        return;
+                    }
                     Some(command) => self.command(command),
                     None => break,
                 },
@@ -192,12 +215,17 @@ impl Shell {
             }
             self.drain();
         }
-        // The server is stopping: finish every file.
+        self.finish_all();
+    }
+
+    /// Stops every recording and writes what that leaves (the server is stopping).
+    fn finish_all(&mut self) {
         let rooms: Vec<String> = self.rooms.keys().cloned().collect();
         for room in rooms {
             self.command(Command::Stop { room });
         }
         self.drain();
+        self.sync();
     }
 
     fn command(&mut self, command: Command) {
@@ -251,6 +279,10 @@ impl Shell {
                         warn!(room = %room, error = %e, "cannot record");
                     }
                 }
+            }
+            Command::Shutdown { done } => {
+                self.finish_all();
+                let _ = done.send(());
             }
             Command::Speaking {
                 room,

@@ -23,6 +23,9 @@ use crate::config::{
 use crate::metrics::Sources;
 use crate::ops::{self, Draining};
 
+/// How long running recordings may take to finish their files at shutdown.
+const RECORDER_GRACE: Duration = Duration::from_secs(5);
+
 /// How long open HTTP connections may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -160,6 +163,7 @@ async fn serve(config: &Config) -> Result<()> {
     let (presence_tx, presence_rx) = tokio::sync::mpsc::channel(crate::media_plane::PRESENCE_QUEUE);
     let (recordings, taps) =
         crate::recording::Recordings::start(&config.recording, &engine_handle)?;
+    let recorder = recordings.clone();
     let service = ServiceConfig {
         turn,
         webhooks: webhooks.clone(),
@@ -283,6 +287,8 @@ async fn serve(config: &Config) -> Result<()> {
             }
         }
     }
+    // Recordings still running get their end, so players see them complete.
+    recorder.shutdown(RECORDER_GRACE).await;
     engine.shutdown();
     info!("stopped");
     Ok(())

@@ -491,6 +491,25 @@ fn a_room_created_recorded_records_from_its_start() {
     names.sort();
     assert_eq!(names, ["room.ogg", "speaking.jsonl"]);
     hana.command(Command::Leave);
+
+    // A recording running when the server stops (SIGTERM) is finished, not cut.
+    let (status, room) = api(
+        addr,
+        "POST",
+        "/api/rooms",
+        &host,
+        Some(json!({"title": "Recorded until shutdown", "kind": "open", "recording": true})),
+    );
+    assert_eq!(status, 201, "{room}");
+    let id = room["id"].as_str().unwrap().to_owned();
+    let speakers = Speakers::new(addr, &id);
+    let hana = speakers.join("hana", HANA_HZ);
+    speakers.wait_sent(50);
     stoa.stop();
+    let recording = new_recording(&recordings, &id, &[]);
+    let stream = finished(&recording.join("room.ogg"));
+    assert!(stream.end_granule.is_some());
+    opusinfo(&recording.join("room.ogg"));
+    hana.command(Command::Leave);
     let _ = std::fs::remove_dir_all(&dir);
 }
