@@ -79,6 +79,11 @@ impl Recordings {
         let (packets_tx, packets) = mpsc::channel(PACKET_QUEUE);
         let (taps_tx, taps) = mpsc::channel(TAP_QUEUE);
         let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
+        // Made now, so an unwritable directory is reported at start-up rather than at the
+        // first recording (which would fail then with the same reason).
+        if let Err(e) = std::fs::create_dir_all(&settings.dir) {
+            warn!(dir = %settings.dir.display(), error = %e, "the recording directory cannot be created; recordings will fail");
+        }
         if !sfu.set_tap(packets_tx) {
             anyhow::bail!("the media engine's tap is taken already");
         }
