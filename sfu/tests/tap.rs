@@ -146,3 +146,31 @@ fn undrained_taps_are_bounded_and_counted() {
         "sent {sent}, waiting {waiting}, dropped {dropped}"
     );
 }
+
+/// A publisher sending RED (as browsers do): the tap hands over the packet as received, and
+/// `opus()` is its primary block, the frame of that packet.
+#[test]
+fn red_packets_are_tapped_with_their_opus_frame() {
+    let mut sim = Sim::new(25);
+    sim.red = true;
+    let alice = sim.join_publisher("alice", Publish::Allow).unwrap();
+    let sub = sim.join_subscriber("sub");
+    sim.connect_all();
+    let a = sim.track_of(alice);
+    sim.subscribe(sub, a);
+    sim.run_for(SEC / 2, |_| {});
+    sim.sfu().set_tap(a, true).unwrap();
+    let first = sim.clients[alice].sent;
+    sim.run_for(SEC, |s| s.send_audio(alice, 30));
+    let last = sim.clients[alice].sent;
+    assert!(
+        sim.tapped.iter().all(|t| matches!(
+            t.packet.encoding,
+            stoa_sfu::proto::red::Encoding::Red { .. }
+        )),
+        "the publisher sent RED"
+    );
+    let indexes: Vec<u32> = sim.tapped.iter().map(|t| index(t.packet.opus())).collect();
+    assert_eq!(indexes, (first..last).collect::<Vec<_>>());
+    assert!(sim.tapped.iter().all(|t| t.packet.opus().len() == 60));
+}
