@@ -192,6 +192,26 @@ pub fn spawn_presence(
     });
 }
 
+/// Stops, where it was decided (the control plane), the recording of each room whose
+/// recording could not start or failed: the room's view and every participant then say it
+/// is not recorded, and the host may try again. The live room is not otherwise touched.
+pub fn spawn_recording_failures(control: Control, mut failures: mpsc::Receiver<String>) {
+    tokio::spawn(async move {
+        while let Some(room) = failures.recv().await {
+            let Ok(id) = stoa_control::model::RoomId::parse(&room) else {
+                continue;
+            };
+            let stop = stoa_control::room::Command::Record(false);
+            if let Err(e) = control
+                .act(&stoa_control::room::Actor::System, &id, stop)
+                .await
+            {
+                tracing::warn!(room = %room, error = %e.message, "cannot mark the failed recording stopped");
+            }
+        }
+    });
+}
+
 /// Shares the admission hook with the router.
 pub fn admission(control: &Control) -> Arc<dyn Admission> {
     Arc::new(ControlAdmission(control.clone()))

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use stoa_egress::shell::FileSink;
 use stoa_egress::{
-    EgressConfig, EgressEvent, EgressKind, Input, MixConfig, Output, Recorder, RecorderLimits,
-    RtpPacket, Ssrc, TrackFiles,
+    EgressConfig, EgressEvent, EgressKind, EgressState, Input, MixConfig, Output, Recorder,
+    RecorderLimits, RtpPacket, Ssrc, TrackFiles,
 };
 use stoa_sfu::shell::SfuHandle;
 use stoa_sfu::{Tapped, TrackId};
@@ -41,6 +41,8 @@ const PACKET_QUEUE: usize = 4_096;
 const TAP_QUEUE: usize = 1_024;
 /// Start and stop requests waiting for the recorder.
 const COMMAND_QUEUE: usize = 256;
+/// Rooms whose recording failed, waiting to be reported.
+const FAILURE_QUEUE: usize = 64;
 /// How often open files are synced to disk.
 const SYNC_EVERY: Duration = Duration::from_secs(5);
 
@@ -70,13 +72,17 @@ enum Command {
 }
 
 impl Recordings {
-    /// Starts the recorder thread; the engine's tap is pointed at it. Returns the handle and
-    /// the sender signaling names tapped tracks on ([`stoa_signaling::service::ServiceConfig`]).
+    /// Starts the recorder thread; the engine's tap is pointed at it. Returns the handle, the
+    /// sender signaling names tapped tracks on ([`stoa_signaling::service::ServiceConfig`]),
+    /// and the rooms whose recording could not start or failed (a directory that cannot be
+    /// written, a full disk): the caller stops their recording where it was decided, so that
+    /// nobody is told a room is recorded when it is not.
     pub fn start(
         settings: &RecordingSettings,
         sfu: &SfuHandle,
-    ) -> Result<(Recordings, mpsc::Sender<TapChange>)> {
+    ) -> Result<(Recordings, mpsc::Sender<TapChange>, mpsc::Receiver<String>)> {
         let (packets_tx, packets) = mpsc::channel(PACKET_QUEUE);
+        let (failures_tx, failures) = mpsc::channel(FAILURE_QUEUE);
         let (taps_tx, taps) = mpsc::channel(TAP_QUEUE);
         let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
         // Made now, so an unwritable directory is reported at start-up rather than at the
@@ -102,6 +108,7 @@ impl Recordings {
             names: HashMap::new(),
             rooms: HashMap::new(),
             sinks: HashMap::new(),
+            failures: failures_tx,
         };
         std::thread::Builder::new()
             .name("recorder".into())
@@ -113,6 +120,7 @@ impl Recordings {
                 commands: commands_tx,
             },
             taps_tx,
+            failures,
         ))
     }
 
@@ -179,6 +187,8 @@ struct Shell {
     rooms: HashMap<String, String>,
     /// Files by egress id.
     sinks: HashMap<String, FileSink>,
+    /// Where failed rooms are reported.
+    failures: mpsc::Sender<String>,
 }
 
 impl Shell {
@@ -246,6 +256,7 @@ impl Shell {
                     Ok(sink) => sink,
                     Err(e) => {
                         warn!(room = %room, dir = %dir.display(), error = %e, "cannot record: the recording directory is not writable");
+                        self.failed(&room);
                         return;
                     }
                 };
@@ -282,6 +293,7 @@ impl Shell {
                     Err(e) => {
                         self.sinks.remove(&id);
                         warn!(room = %room, error = %e, "cannot record");
+                        self.failed(&room);
                     }
                 }
             }
@@ -402,11 +414,22 @@ impl Shell {
                     if self.rooms.get(&info.room) == Some(&id) {
                         self.rooms.remove(&info.room);
                     }
+                    if info.state == EgressState::Failed {
+                        warn!(room = %info.room, egress = %id, error = info.error.as_deref().unwrap_or(""), "recording failed; it stops");
+                        self.failed(&info.room);
+                    }
                 }
                 Output::Event(event) => {
                     tracing::debug!(egress = %id, event = ?event, "recording event");
                 }
             }
+        }
+    }
+
+    /// Reports that `room`'s recording could not start or failed.
+    fn failed(&self, room: &str) {
+        if self.failures.try_send(room.to_owned()).is_err() {
+            warn!(room = %room, "recording failure not reported: queue full");
         }
     }
 

@@ -161,7 +161,7 @@ async fn serve(config: &Config) -> Result<()> {
         max_participants: config.room.max_participants,
     };
     let (presence_tx, presence_rx) = tokio::sync::mpsc::channel(crate::media_plane::PRESENCE_QUEUE);
-    let (recordings, taps) =
+    let (recordings, taps, recording_failures) =
         crate::recording::Recordings::start(&config.recording, &engine_handle)?;
     let recorder = recordings.clone();
     let service = ServiceConfig {
@@ -189,6 +189,7 @@ async fn serve(config: &Config) -> Result<()> {
         config.control.clone(),
     );
     crate::media_plane::spawn_presence(control.clone(), recordings, presence_rx);
+    crate::media_plane::spawn_recording_failures(control.clone(), recording_failures);
     let draining = Draining::default();
     let sources = Sources {
         signaling: signaling.clone(),

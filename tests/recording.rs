@@ -513,3 +513,72 @@ fn a_room_created_recorded_records_from_its_start() {
     hana.command(Command::Leave);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A recording that cannot be written (the directory is a file) stops by itself: the room's
+/// view and its participants stop saying it is recorded, the live room goes on, and the host
+/// may try again (with the same result).
+#[test]
+fn a_recording_that_cannot_be_written_stops_and_says_so() {
+    let dir = scratch_dir("recording-unwritable");
+    let not_a_dir = dir.join("recordings");
+    std::fs::write(&not_a_dir, "a file where the directory should be").unwrap();
+    let config = dir.join("stoa.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[keys]\n{KEY} = \"{SECRET}\"\n[control]\ndata_dir = \"{}\"\n\
+             [recording]\ndir = \"{}\"\n",
+            dir.join("data").display(),
+            not_a_dir.display()
+        ),
+    )
+    .unwrap();
+    let stoa = Stoa::start(&config, &[]);
+    let addr = stoa.addr;
+    let host = user_token("hana");
+    let (status, room) = api(
+        addr,
+        "POST",
+        "/api/rooms",
+        &host,
+        Some(json!({"title": "Not recordable", "kind": "open"})),
+    );
+    assert_eq!(status, 201, "{room}");
+    let id = room["id"].as_str().unwrap().to_owned();
+    let (mut listener, _) = listen(addr, &id, "ann");
+    for attempt in 0..2 {
+        let (status, view) = api(
+            addr,
+            "POST",
+            &format!("/api/rooms/{id}/recording"),
+            &host,
+            None,
+        );
+        assert_eq!(status, 200, "attempt {attempt}: {view}");
+        let deadline = Instant::now() + support::TIMEOUT;
+        loop {
+            let (status, view) = api(addr, "GET", &format!("/api/rooms/{id}"), &host, None);
+            assert_eq!(status, 200, "{view}");
+            assert_eq!(view["state"], "live", "the room goes on");
+            if view["recording"] == false {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the failed recording is still on: {view}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The participant was told, and then told it stopped.
+        listener.wait_for("active_recording off", |m| {
+            active_recording(m).filter(|on| !*on)
+        });
+    }
+    assert!(
+        stoa.log_text().contains("recording directory"),
+        "{}",
+        stoa.log_text()
+    );
+    stoa.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
