@@ -4,7 +4,9 @@
 //!
 //! The scenario lives in `tests/web/walkthrough.mjs` and asserts, at desktop and phone sizes:
 //! a host goes live muted and unmutes on purpose; a listener finds the room, hears the host and
-//! sees the server's speaking indicator, with counts that add up; a raised hand reaches the host
+//! sees the server's speaking indicator, with counts that add up; the host records the room and
+//! the listener's livekit-client reports it (`room.isRecording`) while both pages show the REC
+//! badge, then the host stops it; a raised hand reaches the host
 //! as a toast, a tab-title count and a Requests badge in reach without scrolling; the approved
 //! speaker arrives muted and is told so, as they are when muted or moved back by a host; the
 //! listener's network drops (its browser's network service is stopped) and the page shows the

@@ -47,6 +47,10 @@ pub fn router(control: Control) -> Router {
         .route("/api/rooms/{id}/audience", get(audience))
         .route("/api/rooms/{id}/start", post(start))
         .route("/api/rooms/{id}/end", post(end))
+        .route(
+            "/api/rooms/{id}/recording",
+            post(start_recording).delete(stop_recording),
+        )
         .route("/api/rooms/{id}/token", post(token))
         .route("/api/rooms/{id}/leave", post(leave))
         .route("/api/rooms/{id}/hand", post(raise_hand).delete(lower_hand))
@@ -255,6 +259,9 @@ pub struct CreateRoomBody {
     /// Unlisted and joinable only by invitation (default false).
     #[serde(default)]
     pub private: bool,
+    /// Record the room from the moment it goes live (default `false`).
+    #[serde(default)]
+    pub recording: bool,
 }
 
 /// `PATCH /api/rooms/{id}`: the fields to change, checked as at creation; absent fields stay.
@@ -503,6 +510,7 @@ async fn create_room(
                 host: b.host,
                 schedule: b.schedule,
                 private: b.private,
+                recording: b.recording,
             },
         )
         .await?;
@@ -676,6 +684,31 @@ async fn end(
     Path(id): Path<String>,
 ) -> Result<Json<RoomView>, ControlError> {
     run(&c, &caller, &id, Command::End).await
+}
+
+/// Starts recording the live room (host and co-hosts): its mixed audio is written to the
+/// server's recording directory and every participant sees the room as recorded.
+#[utoipa::path(post, path = "/api/rooms/{id}/recording", params(("id" = String, Path, description = "Room id")),
+    responses((status = 200, body = RoomView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "The room is not live")))]
+async fn start_recording(
+    State(c): State<Control>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RoomView>, ControlError> {
+    run(&c, &caller, &id, Command::Record(true)).await
+}
+
+/// Stops recording the room (host and co-hosts); its files are finished.
+#[utoipa::path(delete, path = "/api/rooms/{id}/recording", params(("id" = String, Path, description = "Room id")),
+    responses((status = 200, body = RoomView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "The room is not live")))]
+async fn stop_recording(
+    State(c): State<Control>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RoomView>, ControlError> {
+    run(&c, &caller, &id, Command::Record(false)).await
 }
 
 #[utoipa::path(post, path = "/api/rooms/{id}/token", params(("id" = String, Path, description = "Room id")),
@@ -1337,6 +1370,8 @@ fn event_room(e: &Event) -> &RoomId {
         room_card,
         start,
         end,
+        start_recording,
+        stop_recording,
         token,
         leave,
         raise_hand,

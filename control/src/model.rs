@@ -276,6 +276,10 @@ pub struct Room {
     /// Private: unlisted, seen and joined only by its host, its members and those invited.
     #[serde(default)]
     pub private: bool,
+    /// Recorded: while live, the media plane records it and every participant sees so; set
+    /// at creation, it records from the start.
+    #[serde(default)]
+    pub recording: bool,
 }
 
 /// One user in a room.

@@ -40,6 +40,8 @@ pub enum Command {
     Target(Action, UserId),
     /// Take the room live.
     Start,
+    /// Start (`true`) or stop recording the live room (host and co-hosts).
+    Record(bool),
     /// End the room.
     End,
     /// Archive an ended room once its live state is cleaned up.
@@ -143,7 +145,8 @@ pub fn scope(actor: &Actor, command: &Command, host: Option<&UserId>) -> Scope {
         | Command::Start
         | Command::Archive
         | Command::Edit(_)
-        | Command::Remind => {}
+        | Command::Remind
+        | Command::Record(_) => {}
     }
     users.sort();
     users.dedup();
@@ -194,6 +197,7 @@ pub fn apply(
         }
         Command::Target(action, target) => moderate(doc, actor, action, target, cx, &mut fx)?,
         Command::Start => start(doc, actor, cx, &mut fx)?,
+        Command::Record(on) => record(doc, actor, on, &mut fx)?,
         Command::End => {
             check(doc, actor, Action::End)?;
             end(doc, cx, &mut fx)?;
@@ -809,6 +813,12 @@ fn start(
         max_participants: doc.room.max_participants,
     });
     fx.media.push(metadata(doc));
+    if doc.room.recording {
+        fx.media.push(MediaCommand::Record {
+            room: doc.room.id.clone(),
+            recording: true,
+        });
+    }
     fx.events.push(Event::RoomLive {
         room: doc.room.id.clone(),
         title: doc.room.title.clone(),
@@ -983,6 +993,37 @@ fn edit(doc: &mut RoomDoc, e: Edit, fx: &mut Effects) -> Result<(), ControlError
     Ok(())
 }
 
+/// Starts or stops recording: the host and co-hosts of a live room (or the system).
+fn record(
+    doc: &mut RoomDoc,
+    actor: &Actor,
+    on: bool,
+    fx: &mut Effects,
+) -> Result<(), ControlError> {
+    if let Actor::User(u) = actor {
+        let role = match doc.members.get(u) {
+            Some(m) => Some(m.role),
+            None => (*u == doc.room.host).then_some(Role::Host),
+        };
+        if !role.is_some_and(|r| matches!(r, Role::Host | Role::CoHost)) {
+            return Err(ControlError::forbidden(
+                "not_allowed",
+                "only the host and co-hosts may start or stop a recording",
+            ));
+        }
+    }
+    live(doc)?;
+    if doc.room.recording == on {
+        return Ok(());
+    }
+    doc.room.recording = on;
+    fx.media.push(MediaCommand::Record {
+        room: doc.room.id.clone(),
+        recording: on,
+    });
+    Ok(())
+}
+
 fn end(doc: &mut RoomDoc, cx: &Context, fx: &mut Effects) -> Result<(), ControlError> {
     if matches!(doc.room.state, RoomState::Ended | RoomState::Archived) {
         return Ok(());
@@ -997,6 +1038,13 @@ fn end(doc: &mut RoomDoc, cx: &Context, fx: &mut Effects) -> Result<(), ControlE
         fx.released.push(u);
     }
     doc.hands.clear();
+    if was_live && doc.room.recording {
+        fx.media.push(MediaCommand::Record {
+            room: doc.room.id.clone(),
+            recording: false,
+        });
+    }
+    doc.room.recording = false;
     if was_live {
         fx.media.push(MediaCommand::DeleteRoom {
             room: doc.room.id.clone(),

@@ -31,6 +31,7 @@ fn doc(kind: RoomKind, mode: SpeakerMode) -> RoomDoc {
         reminded: false,
         series: None,
         private: false,
+        recording: false,
     })
 }
 
@@ -1039,4 +1040,73 @@ fn a_lined_up_speaker_lands_on_stage_and_keeps_the_role_across_rejoins() {
     let fx = run(&mut d, "host", Command::LineUp(uid("ann"), None), 8).unwrap();
     assert_eq!(d.members[&uid("ann")].role, Role::Listener);
     assert!(fx.events.iter().any(|e| matches!(e, Event::Role { .. })));
+}
+
+fn record_commands(fx: &Effects) -> Vec<bool> {
+    fx.media
+        .iter()
+        .filter_map(|m| match m {
+            MediaCommand::Record { recording, .. } => Some(*recording),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn only_hosts_and_co_hosts_record_a_live_room() {
+    let mut d = doc(RoomKind::Stage, SpeakerMode::Everyone);
+    assert_eq!(
+        run(&mut d, "host", Command::Record(true), 0)
+            .unwrap_err()
+            .code,
+        "room_not_live"
+    );
+    let mut d = live_stage();
+    assert_eq!(
+        run(&mut d, "ann", Command::Record(true), 2)
+            .unwrap_err()
+            .code,
+        "not_allowed"
+    );
+    assert_eq!(
+        run(&mut d, "zed", Command::Record(true), 2)
+            .unwrap_err()
+            .code,
+        "not_allowed"
+    );
+    assert!(!d.room.recording);
+    let fx = run(&mut d, "host", Command::Record(true), 3).unwrap();
+    assert!(d.room.recording);
+    assert_eq!(record_commands(&fx), [true]);
+    // Again: nothing more to do.
+    let fx = run(&mut d, "host", Command::Record(true), 4).unwrap();
+    assert!(record_commands(&fx).is_empty());
+    // A co-host stops it.
+    run(
+        &mut d,
+        "host",
+        Command::Target(Action::AddCoHost, uid("ann")),
+        5,
+    )
+    .unwrap();
+    let fx = run(&mut d, "ann", Command::Record(false), 6).unwrap();
+    assert!(!d.room.recording);
+    assert_eq!(record_commands(&fx), [false]);
+}
+
+#[test]
+fn a_room_created_recorded_records_from_its_start_until_its_end() {
+    let mut d = doc(RoomKind::Stage, SpeakerMode::Everyone);
+    d.room.recording = true;
+    let fx = run(&mut d, "host", Command::Start, 1).unwrap();
+    assert!(matches!(fx.media[0], MediaCommand::CreateRoom { .. }));
+    assert_eq!(record_commands(&fx), [true]);
+    join(&mut d, "host", 2).unwrap();
+    let fx = run(&mut d, "host", Command::End, 3).unwrap();
+    assert_eq!(record_commands(&fx), [false]);
+    assert!(matches!(
+        fx.media.last(),
+        Some(MediaCommand::DeleteRoom { .. })
+    ));
+    assert!(!d.room.recording);
 }

@@ -247,6 +247,7 @@ mod tests {
             schedule: Schedule::default(),
             reminded: false,
             private: false,
+            recording: false,
             series: None,
         });
         doc.room.schedule = schedule;

@@ -107,6 +107,8 @@ pub struct NewRoom {
     pub schedule: Schedule,
     /// Unlisted, joinable only by invitation (or membership).
     pub private: bool,
+    /// Record it from the start.
+    pub recording: bool,
 }
 
 /// Checks a schedule and its time as creation and editing do; returns the time, computed from
@@ -502,6 +504,7 @@ impl Control {
             reminded: false,
             series: None,
             private: new.private,
+            recording: new.recording,
         });
         // The host's name, for cards and previews before they join.
         if let Principal::User { id, name } = who

@@ -104,6 +104,8 @@ pub struct RoomView {
     pub members: u32,
     /// Raised hands.
     pub raised_hands: u32,
+    /// Being recorded.
+    pub recording: bool,
     /// Host, co-hosts and speakers (the first 100 in an open room, where everyone is).
     pub stage: Vec<MemberView>,
     /// The caller's own membership.
@@ -413,6 +415,7 @@ pub fn room(doc: &RoomDoc, viewer: Option<&UserId>, extras: Option<&Extras>) -> 
         present: counts.present,
         members: counts.members,
         raised_hands: counts.hands,
+        recording: r.recording,
         stage,
         you: viewer.and_then(|u| member(doc, u)),
         hands,

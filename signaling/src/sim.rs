@@ -172,6 +172,10 @@ pub struct Seen {
     pub engine_commands: u64,
     /// Of those, data messages (one per room message, whatever the room's size).
     pub send_data_commands: u64,
+    /// Tap changes for the recorder, in order.
+    pub taps: Vec<crate::proto::TapChange>,
+    /// Packets the engine tapped, by engine track.
+    pub tapped: Vec<stoa_sfu::TrackId>,
 }
 
 /// The world. See the [module documentation](self).
@@ -668,6 +672,10 @@ impl Sim {
                     }
                 }
             }
+            while let Some(t) = self.shards[s].poll_tapped() {
+                progressed = true;
+                self.seen.tapped.push(t.track);
+            }
             self.shards[s].poll_datagrams(&mut self.sealed);
         }
         // Engine → clients.
@@ -756,6 +764,7 @@ impl Sim {
                 self.seen.events.push((e.event, who));
             }
             Output::JoinLatency(d) => self.seen.join_latencies.push(d),
+            Output::Tap(change) => self.seen.taps.push(change),
             _ => {}
         }
     }
@@ -921,7 +930,7 @@ const IDENTITIES: [&str; 6] = ["p0", "p1", "p2", "p3", "p4", "p5"];
 impl Sim {
     /// One action chosen by three bytes (for the fuzz target and randomized tests): a client
     /// joins, leaves, drops, publishes, sends garbage or real requests, the server changes a
-    /// permission, mutes, removes, sends data, or time passes. Bounded: at most 2 s of
+    /// permission, mutes, removes, sends data, records a room or stops, or time passes. Bounded: at most 2 s of
     /// simulated time per action.
     pub fn act(&mut self, op: u8, x: u8, y: u8) {
         let identity = IDENTITIES[usize::from(x) % IDENTITIES.len()];
@@ -1030,6 +1039,11 @@ impl Sim {
             (14, _) => {
                 if y == 0 {
                     let _ = self.admin(AdminOp::DeleteRoom { room: room.into() });
+                } else if y & 8 != 0 {
+                    let _ = self.admin(AdminOp::SetRecording {
+                        room: room.into(),
+                        recording: y & 16 != 0,
+                    });
                 } else {
                     let _ = self.admin(AdminOp::SendData {
                         room: room.into(),
@@ -1118,6 +1132,28 @@ impl Sim {
                     return Err(format!("session peer {peer} unknown to the engine"));
                 }
             }
+        }
+        // The recorder's view: the tracks named tapped (by the last change about each) are
+        // exactly the published tracks of recorded rooms.
+        let mut tapped = std::collections::BTreeMap::new();
+        for change in &self.seen.taps {
+            tapped.insert(change.track, change.tapped);
+        }
+        let tapped: std::collections::BTreeSet<_> = tapped
+            .into_iter()
+            .filter_map(|(track, on)| on.then_some(track))
+            .collect();
+        let recorded: std::collections::BTreeSet<_> = self
+            .server
+            .rooms()
+            .filter(|r| r.recording)
+            .flat_map(|r| r.participants.values())
+            .flat_map(|p| p.tracks.values().filter_map(|t| t.engine))
+            .collect();
+        if tapped != recorded {
+            return Err(format!(
+                "tapped tracks {tapped:?}, published tracks of recorded rooms {recorded:?}"
+            ));
         }
         let engine: u64 = self.shards.iter().map(|s| s.stats().peers).sum();
         if engine != peers {

@@ -11,6 +11,8 @@
 //   2. the listener signs in, sets "remind me" on the scheduled room, finds the live room in the
 //      directory (host and speakers named) and joins it, hears the host (inbound audio energy > 0)
 //      and sees them speak; both pages count 2 here, 1 on stage, 1 listening;
+//   2b. the host records the room: the listener's livekit-client says so (room.isRecording)
+//      and both pages show the REC badge; listeners get no recording control; the host stops;
 //   3. the listener raises a hand: the host gets a toast, a chime, "(1)" in the tab title and a Requests
 //      button with the count, all in reach at 1280x800 without scrolling, and approves from the
 //      requests dialog;
@@ -674,6 +676,23 @@ async function scenario(host, listener, blocked, launchGuest, hooks) {
     await L.screenshot({ path: join(SHOTS, '08-profile-sheet-desktop.png') });
     summary.screenshots.push('08-profile-sheet-desktop.png');
     await sheet.getByRole('button', { name: 'Close' }).click();
+  });
+
+  await step('the host records the room; everyone sees it, through livekit-client too', async () => {
+    // A listener has no recording control.
+    if (await L.getByRole('button', { name: 'Record', exact: true }).count()) throw new Error('a listener is offered to record');
+    await H.getByRole('button', { name: 'Record', exact: true }).click();
+    await H.getByRole('button', { name: 'Stop recording' }).waitFor();
+    // The room is marked recorded on the media side (LiveKit's Room.activeRecording), which
+    // livekit-client reads as room.isRecording; the page shows it to everyone.
+    await until('livekit-client to say the room is recorded', () => L.evaluate(() => window.stoaRoom?.isRecording === true));
+    for (const page of [L, H]) await page.getByRole('status').filter({ hasText: 'this room is being recorded' }).waitFor();
+    await shot(L, '08-room-listener-recorded');
+    await audit(L, 'room (recorded)');
+    await H.getByRole('button', { name: 'Stop recording' }).click();
+    await H.getByRole('button', { name: 'Record', exact: true }).waitFor();
+    await until('livekit-client to say the recording stopped', () => L.evaluate(() => window.stoaRoom?.isRecording === false));
+    for (const page of [L, H]) await page.locator('.rec-badge').waitFor({ state: 'hidden' });
   });
 
   await step('listener raises a hand; the host is told and approves from the control bar', async () => {

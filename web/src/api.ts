@@ -60,6 +60,8 @@ export interface RoomView {
   present: number;
   members: number;
   raised_hands: number;
+  /** Being recorded (also on the LiveKit room: `room.isRecording`). */
+  recording: boolean;
   stage: Member[];
   you: Member | null;
   hands: Hand[] | null;
@@ -288,6 +290,8 @@ export const api = {
   card: (id: string) => call<RoomCard>('GET', `/api/rooms/${enc(id)}/card`, undefined, null),
   start: (id: string) => call<RoomView>('POST', `/api/rooms/${enc(id)}/start`),
   end: (id: string) => call<RoomView>('POST', `/api/rooms/${enc(id)}/end`),
+  /** Starts (`true`) or stops recording the room: hosts and co-hosts. */
+  record: (id: string, on: boolean) => call<RoomView>(on ? 'POST' : 'DELETE', `/api/rooms/${enc(id)}/recording`),
   join: (id: string) => call<JoinGrant>('POST', `/api/rooms/${enc(id)}/token`),
   leave: (id: string) => call<RoomView>('POST', `/api/rooms/${enc(id)}/leave`),
   raiseHand: (id: string) => call<RoomView>('POST', `/api/rooms/${enc(id)}/hand`),

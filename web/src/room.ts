@@ -154,6 +154,16 @@ class RoomController {
 
   // Parts of the live screen.
   private readonly count = h('p', { class: 'count' });
+  /** Shown to everyone while the room is recorded, as the law in many places requires. */
+  private readonly recordingBadge = h(
+    'span',
+    { class: 'badge rec-badge', role: 'status', title: 'This room is being recorded', hidden: true },
+    h('span', { class: 'rec-dot', 'aria-hidden': 'true' }),
+    'REC',
+    h('span', { class: 'visually-hidden' }, ': this room is being recorded'),
+  );
+  /** Starts and stops the recording (hosts and co-hosts). */
+  private readonly recordButton = h('button', { type: 'button', class: 'secondary record-button', hidden: true });
   private readonly reconnecting = h('p', { class: 'banner warn', role: 'status', hidden: true }, h('span', { class: 'spinner', 'aria-hidden': 'true' }), 'Connection lost. Reconnecting…');
   private readonly tapToListen = h('button', { type: 'button', class: 'banner-button primary', hidden: true }, icon('speaker'), 'Tap to listen');
   private readonly micError = h('p', { class: 'banner error', role: 'alert', hidden: true });
@@ -187,6 +197,7 @@ class RoomController {
     readonly id: string,
   ) {
     document.body.append(this.sink);
+    this.recordButton.addEventListener('click', () => void this.toggleRecording());
     this.moderation = new Moderation({
       id,
       act: (f) => this.act(f),
@@ -453,7 +464,13 @@ class RoomController {
         h(
           'header',
           { class: 'room-head' },
-          h('span', { class: 'badge live-badge' }, h('span', { class: 'pulse', 'aria-hidden': 'true' }), 'LIVE'),
+          h(
+            'div',
+            { class: 'room-badges' },
+            h('span', { class: 'badge live-badge' }, h('span', { class: 'pulse', 'aria-hidden': 'true' }), 'LIVE'),
+            this.recordingBadge,
+            this.recordButton,
+          ),
           h('h1', { id: 'room-title', tabindex: '-1' }, v.title),
           v.topic ? h('p', { class: 'topic' }, v.topic) : null,
           this.count,
@@ -514,6 +531,10 @@ class RoomController {
         }
         this.render();
         this.scheduleRefresh();
+      })
+      .on(RoomEvent.RecordingStatusChanged, (on: boolean) => {
+        this.announcer.textContent = on ? 'This room is now being recorded' : 'The recording has stopped';
+        this.render();
       })
       .on(RoomEvent.ParticipantAttributesChanged, () => this.scheduleRefresh())
       .on(RoomEvent.ParticipantConnected, () => this.scheduleRefresh())
@@ -817,6 +838,34 @@ class RoomController {
     this.renderSide();
     this.renderControls();
     this.renderDock();
+    this.renderRecording();
+  }
+
+  /** Whether the room is recorded: the media room says so to every SDK (LiveKit's
+   * `Room.activeRecording`); the API's view says so before the connection is up. */
+  private recording(): boolean {
+    return this.lk?.state === 'connected' ? this.lk.isRecording : Boolean(this.view?.recording);
+  }
+
+  private renderRecording(): void {
+    const on = this.recording();
+    this.recordingBadge.hidden = !on;
+    this.recordButton.hidden = !this.moderates();
+    this.recordButton.textContent = on ? 'Stop recording' : 'Record';
+    this.recordButton.setAttribute('aria-pressed', String(on));
+  }
+
+  private async toggleRecording(): Promise<void> {
+    const on = !this.recording();
+    this.recordButton.disabled = true;
+    try {
+      this.view = await api.record(this.id, on);
+      this.render();
+    } catch (e) {
+      this.say(this.notice, e instanceof Error ? e.message : String(e));
+    } finally {
+      this.recordButton.disabled = false;
+    }
   }
 
   private moderates(): boolean {

@@ -106,6 +106,18 @@ pub enum EngineCommand {
         /// Whether it is muted.
         muted: bool,
     },
+    /// Hand a copy of every packet `track` forwards ([`Tapped`], decrypted, before any
+    /// rewriting; nothing while the server mutes it) to the shell's tap, or stop doing so: how
+    /// a recording receives a room's audio. The tap never holds up forwarding: the shell
+    /// passes packets on without waiting and counts those that do not fit.
+    ///
+    /// [`Tapped`]: super::Tapped
+    SetTap {
+        /// The track.
+        track: TrackId,
+        /// Whether its packets are tapped.
+        tapped: bool,
+    },
     /// Send one message on a data channel of each target peer.
     SendData {
         /// Peers and their channel.
@@ -193,7 +205,9 @@ impl EngineCommand {
             | EngineCommand::RestartIce { peer }
             | EngineCommand::ClosePeer { peer }
             | EngineCommand::Unsubscribe { peer, .. } => peer.shard(),
-            EngineCommand::SetTrackMuted { track, .. } => track.shard(),
+            EngineCommand::SetTrackMuted { track, .. } | EngineCommand::SetTap { track, .. } => {
+                track.shard()
+            }
             EngineCommand::Subscribe { track, peers, .. } => {
                 peers.first().map_or(track.shard(), |p| p.shard())
             }
@@ -217,7 +231,7 @@ impl EngineCommand {
             | EngineCommand::Unsubscribe { peer, .. } => vec![*peer],
             EngineCommand::Subscribe { peers, .. } => peers.clone(),
             EngineCommand::SendData { targets, .. } => targets.iter().map(|t| t.0).collect(),
-            EngineCommand::SetTrackMuted { .. } => vec![],
+            EngineCommand::SetTrackMuted { .. } | EngineCommand::SetTap { .. } => vec![],
         }
     }
 }
@@ -284,6 +298,7 @@ impl Sfu {
             EngineCommand::SetTrackMuted { track, muted } => {
                 ignore(self.set_track_muted(track, muted));
             }
+            EngineCommand::SetTap { track, tapped } => ignore(self.set_tap(track, tapped)),
             EngineCommand::SendData {
                 targets,
                 binary,

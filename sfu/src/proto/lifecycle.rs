@@ -353,6 +353,7 @@ impl Sfu {
             Track {
                 label: label.clone(),
                 muted: false,
+                tapped: false,
                 epoch: 0,
                 relays: Vec::new(),
                 newest: None,

@@ -235,6 +235,9 @@ impl Server {
         if muted {
             self.engine(EngineCommand::SetTrackMuted { track, muted: true });
         }
+        if let Some(identity) = self.participant(session).map(|p| p.identity.clone()) {
+            self.tap_if_recorded(&room, &identity, &tsid, track);
+        }
         self.in_span(session, || tracing::info!(track = %tsid, "track published"));
         if let Some(p) = self.participant(session) {
             let who = lk::ParticipantInfo {
@@ -303,6 +306,7 @@ impl Server {
             session,
             || tracing::info!(track = %tsid, "track unpublished"),
         );
+        self.untap_if_recorded(&room, &who.identity, &tsid, track);
         self.participant_webhook("track_unpublished", &room, who, removed);
         self.broadcast_participant(&room, &psid);
     }

@@ -41,12 +41,13 @@
 
 mod admin;
 mod engine;
+mod recording;
 mod requests;
 mod resume;
 mod session;
 mod updates;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,6 +59,7 @@ use stoa_sfu::{EngineCommand, PeerId, ShardId};
 
 use crate::room::{Room, RoomLimits};
 pub use admin::{AdminOp, AdminReply, ParticipantUpdate, SendData};
+pub use recording::TapChange;
 use session::{Pc, Session};
 
 /// The LiveKit server version advertised in `ServerInfo.version`. livekit-client gates features
@@ -221,6 +223,9 @@ pub enum Output {
     Observe(Box<lk::WebhookEvent>),
     /// A participant's media connection came up this long after its join.
     JoinLatency(Duration),
+    /// A track of a recorded room is tapped from now on, or no more: for the recorder,
+    /// before the engine's first tapped packet of it.
+    Tap(TapChange),
     /// Nothing more to do before this instant (or before the next input).
     Timeout(Instant),
 }
@@ -258,6 +263,9 @@ pub struct Server {
     /// A wall-clock reading (Unix ms) at `epoch`, from which every protocol time is derived.
     epoch: (Instant, i64),
     rooms: HashMap<String, Room>,
+    /// Rooms being recorded (also while their media room is closed, see
+    /// [`Server::set_recording`]).
+    recorded: HashSet<String>,
     sessions: HashMap<SessionId, Session>,
     by_peer: HashMap<PeerId, (SessionId, Pc)>,
     /// Session of each participant (participant sids are unique across rooms).
@@ -298,6 +306,7 @@ impl Server {
             now,
             epoch: (now, unix_ms),
             rooms: HashMap::new(),
+            recorded: HashSet::new(),
             sessions: HashMap::new(),
             by_peer: HashMap::new(),
             by_participant: HashMap::new(),
@@ -481,10 +490,9 @@ impl Server {
         if !self.rooms.contains_key(name) {
             let sid = self.new_sid("RM_");
             let now = self.now_ms();
-            self.rooms.insert(
-                name.to_owned(),
-                Room::new(sid, name.to_owned(), limits, now),
-            );
+            let mut room = Room::new(sid, name.to_owned(), limits, now);
+            room.recording = self.is_recorded(name);
+            self.rooms.insert(name.to_owned(), room);
             self.room_started(name);
         }
     }

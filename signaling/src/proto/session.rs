@@ -336,6 +336,14 @@ impl Server {
         let Some(mut gone) = room.remove(sid) else {
             return;
         };
+        let tapped: Vec<(String, TrackId)> = match room.recording {
+            true => gone
+                .tracks
+                .values()
+                .filter_map(|t| Some((t.info.sid.clone(), t.engine?)))
+                .collect(),
+            false => Vec::new(),
+        };
         room.speakers.remove(sid);
         if room.participants.is_empty() {
             room.emptied_ms = Some(now_ms);
@@ -358,6 +366,9 @@ impl Server {
             .map(|v| v.sid.clone())
             .collect();
         self.send_update(&viewers, vec![info.clone()]);
+        for (track_sid, track) in tapped {
+            self.untap_if_recorded(room_name, &gone.identity, &track_sid, track);
+        }
         self.participant_webhook(event, room_name, info, None);
     }
 
