@@ -616,7 +616,10 @@ fn a_recorded_room_taps_its_tracks_and_every_client_knows() {
     );
 
     // The late speaker leaves: the recorder is told.
-    sim.disconnect(late);
+    sim.request(
+        late,
+        signal_request::Message::Leave(lk::LeaveRequest::default()),
+    );
     sim.run_for(SECOND);
     assert!(
         sim.seen
