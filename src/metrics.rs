@@ -29,6 +29,8 @@ pub const SIGNALING_ROOMS: &str = "signaling_rooms";
 pub const SIGNALING_PARTICIPANTS: &str = "signaling_participants";
 /// Open WebSocket signaling sessions (gauge).
 pub const SIGNALING_SESSIONS: &str = "signaling_sessions";
+/// Sessions held for a resume, their connection lost (gauge).
+pub const SIGNALING_SESSIONS_HELD: &str = "signaling_sessions_held";
 /// Published tracks as signaling sees them (gauge).
 pub const SIGNALING_TRACKS: &str = "signaling_tracks";
 /// Webhook events by `outcome` = `delivered` | `failed` | `dropped` (counter).
@@ -103,6 +105,12 @@ pub fn describe() {
         SIGNALING_SESSIONS,
         Unit::Count,
         "Open WebSocket signaling sessions"
+    );
+    describe_gauge!(
+        SIGNALING_SESSIONS_HELD,
+        Unit::Count,
+        "Signaling sessions held for a resume: connection lost, participant kept until the room's \
+         departure timeout"
     );
     describe_gauge!(SIGNALING_TRACKS, Unit::Count, "Published tracks");
     describe_counter!(
@@ -252,6 +260,7 @@ pub fn record(snapshot: &Snapshot) {
     if let Some(s) = &snapshot.signaling {
         gauge!(SIGNALING_ROOMS).set(s.rooms as f64);
         gauge!(SIGNALING_SESSIONS).set(s.sessions as f64);
+        gauge!(SIGNALING_SESSIONS_HELD).set(s.held as f64);
         gauge!(SIGNALING_TRACKS).set(s.tracks as f64);
         gauge!(SIGNALING_PARTICIPANTS, "role" => "publisher").set(s.publishers as f64);
         gauge!(SIGNALING_PARTICIPANTS, "role" => "listener").set(s.listeners as f64);
@@ -377,6 +386,7 @@ mod tests {
             signaling: Some(SignalingStats {
                 rooms: 1,
                 sessions: 3,
+                held: 1,
                 publishers: 1,
                 listeners: 2,
                 tracks: 1,
@@ -405,6 +415,7 @@ mod tests {
         for line in [
             "signaling_rooms 1",
             "signaling_sessions 3",
+            "signaling_sessions_held 1",
             "signaling_participants{role=\"publisher\"} 1",
             "signaling_participants{role=\"listener\"} 2",
             "sfu_peers 4",

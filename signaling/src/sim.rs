@@ -134,6 +134,14 @@ impl Client {
         last
     }
 
+    /// This client's own participant, as its JoinResponse described it.
+    pub fn me(&self) -> Option<lk::ParticipantInfo> {
+        self.find(|m| match m {
+            signal_response::Message::Join(j) => j.participant.clone(),
+            _ => None,
+        })
+    }
+
     /// The leave request the server sent, if any.
     pub fn leave(&self) -> Option<lk::LeaveRequest> {
         self.find(|m| match m {
@@ -315,6 +323,79 @@ impl Sim {
                 .handle_closed(self.now, session, "client went away");
             self.settle();
         }
+    }
+
+    /// Client `c`'s network comes back after [`Sim::disconnect`]: it resumes its session as
+    /// livekit-client does (`reconnect=1&sid=…` with its own token, then an ICE-restart
+    /// publisher offer if it publishes). Returns the refusal, if any.
+    pub fn resume(&mut self, c: usize) -> Result<SessionId, crate::proto::Refused> {
+        let identity = self.clients[c].identity.clone();
+        self.resume_as(c, &identity)
+    }
+
+    /// [`Sim::resume`] with a token for `identity` (not necessarily the client's own).
+    pub fn resume_as(
+        &mut self,
+        c: usize,
+        identity: &str,
+    ) -> Result<SessionId, crate::proto::Refused> {
+        let me = self.clients[c].me().expect("client never joined");
+        let room = self.clients[c]
+            .find(|m| match m {
+                signal_response::Message::Join(j) => j.room.as_ref().map(|r| r.name.clone()),
+                _ => None,
+            })
+            .expect("client never joined");
+        let claims = Claims {
+            sub: identity.into(),
+            video: Self::grants(&room, true),
+            ..Default::default()
+        };
+        let query = format!(
+            "access_token=x&protocol=17&reconnect=1&reconnect_reason=1&sid={}",
+            me.sid
+        );
+        let params = join::parse_query(&query).expect("params");
+        let session = self.server.connect(self.now, claims, params)?;
+        let client = &mut self.clients[c];
+        client.session = Some(session);
+        client.closed = None;
+        client.last_ping = self.now;
+        self.by_session.insert(session, c);
+        self.settle();
+        if self.clients[c].send.is_some() && self.clients[c].is_open() {
+            self.restart_publisher_ice(c);
+        }
+        Ok(session)
+    }
+
+    /// An ICE-restart offer on client `c`'s publisher connection, as livekit-client sends after
+    /// a resume.
+    fn restart_publisher_ice(&mut self, c: usize) {
+        let now = self.now;
+        let client = &mut self.clients[c];
+        let mut api = client.publisher.rtc.sdp_api();
+        api.ice_restart(true);
+        let Some((offer, pending)) = api.apply() else {
+            return;
+        };
+        client.pending_pub = Some(pending);
+        client.offer_id += 1;
+        let sd = lk::SessionDescription {
+            r#type: "offer".into(),
+            sdp: offer.to_sdp_string(),
+            id: client.offer_id,
+            ..Default::default()
+        };
+        drain_pc(
+            &mut client.publisher,
+            now,
+            &mut self.to_sfu,
+            c,
+            Side::Publisher,
+            None,
+        );
+        self.request(c, signal_request::Message::Offer(sd));
     }
 
     /// Run an administrative operation.
@@ -654,13 +735,16 @@ impl Sim {
                 let Some(message) = message.message else {
                     return;
                 };
-                if self.clients[c].closed.is_some() {
+                // Messages for a connection the client replaced (resumed) go nowhere.
+                if self.clients[c].closed.is_some() || self.clients[c].session != Some(session) {
                     return;
                 }
                 self.client_message(c, session, message);
             }
             Output::Close(session, why) => {
-                if let Some(&c) = self.by_session.get(&session) {
+                if let Some(&c) = self.by_session.get(&session)
+                    && self.clients[c].session == Some(session)
+                {
                     self.clients[c].closed.get_or_insert(why);
                 }
             }
@@ -971,6 +1055,20 @@ impl Sim {
                     });
                 }
             }
+            (15, _) if y & 1 == 1 => {
+                // The newest client with this identity resumes (open or not), now and then with
+                // another identity's token.
+                if let Some(c) = self.clients.iter().rposition(|c| c.identity == identity)
+                    && self.clients[c].me().is_some()
+                {
+                    let _ = if y & 2 == 0 {
+                        self.resume(c)
+                    } else {
+                        let other = IDENTITIES[usize::from(y >> 2) % IDENTITIES.len()];
+                        self.resume_as(c, other)
+                    };
+                }
+            }
             _ => self.run_for(Duration::from_millis(u64::from(y) * 8)),
         }
     }
@@ -1010,10 +1108,10 @@ impl Sim {
             }
         }
         let stats = self.server.stats();
-        if stats.sessions != participants {
+        if stats.sessions + stats.held != participants {
             return Err(format!(
-                "{} sessions but {participants} participants",
-                stats.sessions
+                "{} sessions and {} held but {participants} participants",
+                stats.sessions, stats.held
             ));
         }
         if stats.publishers + stats.listeners != participants {

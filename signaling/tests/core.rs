@@ -311,19 +311,33 @@ fn a_duplicate_identity_replaces_the_first_session() {
 }
 
 #[test]
-fn a_session_that_stops_pinging_is_told_to_rejoin_and_can() {
+fn a_session_that_stops_pinging_is_held_then_expires_and_can_rejoin() {
     let mut sim = world(5);
     let a = sim.join("r", "ann", false);
     let b = sim.join("r", "bob", true);
     connect_all(&mut sim);
     sim.clients[a].pinging = false;
-    sim.run_for(25 * SECOND);
-    let leave = sim.clients[a].leave().expect("told to leave");
-    assert_eq!(leave.reason, lk::DisconnectReason::ConnectionTimeout as i32);
-    assert_eq!(leave.action, lk::leave_request::Action::Reconnect as i32);
-    assert!(leave.can_reconnect);
+    // Past the ping timeout (15 s): the connection is closed without a leave, and the
+    // participant held for a resume (see tests/resume.rs).
+    sim.run_for(17 * SECOND);
     assert!(sim.clients[a].closed.is_some());
+    assert!(
+        sim.clients[a].leave().is_none(),
+        "nothing to tell: the connection is dead"
+    );
+    assert!(sim.participants("r").iter().any(|p| p.identity == "ann"));
     assert!(sim.clients[b].is_open(), "a pinging client stays");
+    // Not resumed within the departure timeout (20 s): gone, and bob sees it leave.
+    sim.run_for(21 * SECOND);
+    assert!(!sim.participants("r").iter().any(|p| p.identity == "ann"));
+    let states: Vec<i32> = updates_of(&sim.clients[b].log, "ann")
+        .map(|p| p.state)
+        .collect();
+    assert_eq!(
+        states.last(),
+        Some(&(State::Disconnected as i32)),
+        "{states:?}"
+    );
     // Rejoins in full, with a new participant sid.
     let again = sim.join("r", "ann", false);
     connect_all(&mut sim);
@@ -364,7 +378,10 @@ fn leaving_is_announced_and_empty_rooms_close_after_their_timeouts() {
     );
 
     // The last one leaves: the room stays for its departure timeout (20 s), then closes.
-    sim.disconnect(host);
+    sim.request(
+        host,
+        signal_request::Message::Leave(lk::LeaveRequest::default()),
+    );
     sim.run_for(10 * SECOND);
     assert_eq!(
         sim.server.rooms().count(),
@@ -599,7 +616,10 @@ fn a_recorded_room_taps_its_tracks_and_every_client_knows() {
     );
 
     // The late speaker leaves: the recorder is told.
-    sim.disconnect(late);
+    sim.request(
+        late,
+        signal_request::Message::Leave(lk::LeaveRequest::default()),
+    );
     sim.run_for(SECOND);
     assert!(
         sim.seen

@@ -19,8 +19,8 @@
 //   4. the new speaker is told, arrives muted (nothing reaches the host) and unmutes; the host
 //      hears them; the host mutes them (they are told) and moves them back (they are told);
 //   5. the listener's network drops for real (its browser's network service process is stopped):
-//      the reconnect banner shows; the network comes back, the banner goes and the host is heard
-//      again;
+//      the reconnect banner shows; the network comes back, the page resumes its session (same
+//      participant sid), the banner goes and the host is heard again;
 //   6. the listener browses the directory: the mini-player keeps the same session playing, and
 //      takes them back;
 //   7. a third browser that refuses the microphone hosts its own room and is told why only when it
@@ -814,9 +814,9 @@ async function scenario(host, listener, blocked, launchGuest, hooks) {
     await flowing(L, hostSession.user, 'host after the outage');
     // The host sees the listener in the audience again.
     await H.getByRole('button', { name: 'Invite to speak: Leo Listener' }).waitFor();
-    // Sessions are never resumed: the page rejoined as a new participant session.
+    // The session was held while the page was away and resumed: the same participant sid.
     const sidAfter = await L.evaluate(() => window.stoaRoom?.localParticipant.sid);
-    if (!sidAfter || sidAfter === sidBefore) throw new Error(`no rejoin: participant sid ${sidBefore} -> ${sidAfter}`);
+    if (!sidAfter || sidAfter !== sidBefore) throw new Error(`not resumed: participant sid ${sidBefore} -> ${sidAfter}`);
     summary.reconnect = { bannerAfterMs: shown, recoveredAfterMs: recovered, sidBefore, sidAfter };
     log('reconnect:', JSON.stringify(summary.reconnect));
   }, 90_000);

@@ -63,6 +63,12 @@ pub enum EngineCommand {
         /// The answer.
         answer: SdpAnswer,
     },
+    /// Restart ICE on a peer the engine offers to (LiveKit's subscriber connection, when its
+    /// client resumes): an ICE-restart offer arrives as [`Event::Offer`].
+    RestartIce {
+        /// The peer.
+        peer: PeerId,
+    },
     /// Change what a peer may do; revoking publish unpublishes its tracks at once.
     SetPublish {
         /// The peer.
@@ -196,6 +202,7 @@ impl EngineCommand {
             | EngineCommand::HandleOffer { peer, .. }
             | EngineCommand::HandleAnswer { peer, .. }
             | EngineCommand::SetPublish { peer, .. }
+            | EngineCommand::RestartIce { peer }
             | EngineCommand::ClosePeer { peer }
             | EngineCommand::Unsubscribe { peer, .. } => peer.shard(),
             EngineCommand::SetTrackMuted { track, .. } | EngineCommand::SetTap { track, .. } => {
@@ -219,6 +226,7 @@ impl EngineCommand {
             | EngineCommand::HandleOffer { peer, .. }
             | EngineCommand::HandleAnswer { peer, .. }
             | EngineCommand::SetPublish { peer, .. }
+            | EngineCommand::RestartIce { peer }
             | EngineCommand::ClosePeer { peer }
             | EngineCommand::Unsubscribe { peer, .. } => vec![*peer],
             EngineCommand::Subscribe { peers, .. } => peers.clone(),
@@ -269,6 +277,7 @@ impl Sfu {
             EngineCommand::SetPublish { peer, publish } => {
                 ignore(self.set_publish(now, peer, publish));
             }
+            EngineCommand::RestartIce { peer } => ignore(self.restart_ice(now, peer)),
             EngineCommand::ClosePeer { peer } => ignore(self.close_peer(now, peer)),
             EngineCommand::Subscribe {
                 track,

@@ -50,6 +50,7 @@ mod datagrams;
 mod demux;
 mod fanout;
 pub mod forwarder;
+mod ice;
 pub mod id;
 mod lifecycle;
 mod peer;
@@ -201,7 +202,12 @@ pub enum UnpublishReason {
 pub enum Event {
     /// ICE and DTLS are up; media can flow.
     Connected(PeerId),
-    /// The peer is gone (ICE timed out, closed, or failed). Its tracks were unpublished.
+    /// ICE timed out: no binding request from the client for str0m's ICE-lite timeout
+    /// (15 s). The peer stays, with its tracks and subscriptions, so that the client can
+    /// come back (binding requests again, or an ICE restart); the owner closes it
+    /// ([`EngineCommand::ClosePeer`]) when it gives up on the client.
+    IceLost(PeerId),
+    /// The peer is gone (closed, or failed). Its tracks were unpublished.
     Disconnected(PeerId),
     /// A peer started sending a track. `label` is the msid from the peer's SDP (for LiveKit
     /// clients the track id is the client's `cid`).
@@ -670,7 +676,7 @@ impl Sfu {
                 }
             }
             RtcEvent::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                self.out.doomed.push(peer);
+                self.events.push_back(Event::IceLost(peer));
             }
             RtcEvent::MediaAdded(added) => {
                 if added.kind == MediaKind::Audio

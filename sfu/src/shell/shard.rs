@@ -291,7 +291,7 @@ impl Shard {
 /// The peer an event is about, if any.
 fn event_peer(event: &Event) -> Option<PeerId> {
     match event {
-        Event::Connected(p) | Event::Disconnected(p) => Some(*p),
+        Event::Connected(p) | Event::IceLost(p) | Event::Disconnected(p) => Some(*p),
         Event::TrackPublished { track, .. } | Event::TrackUnpublished { track, .. } => {
             Some(track.peer)
         }

@@ -576,6 +576,10 @@ impl Sim {
             Event::TrackPublished { track, label } => self.seen.published.push((track, label)),
             Event::TrackUnpublished { track, .. } => self.seen.unpublished.push(track),
             Event::Connected(p) => self.seen.connected.push(p),
+            // As the signaling layer does once it gives up on the client.
+            Event::IceLost(p) => {
+                let _ = self.shards[shard].close_peer(now, p);
+            }
             Event::Disconnected(p) => self.seen.disconnected.push(p),
             Event::SpeakersChanged(list) => {
                 for s in list {

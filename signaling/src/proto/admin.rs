@@ -489,6 +489,17 @@ impl Server {
             })
             .collect();
         told.sort_unstable();
+        // Held sessions cannot be told and cannot resume (joins are refused while draining):
+        // they end now.
+        let (held, told): (Vec<SessionId>, Vec<SessionId>) =
+            told.into_iter().partition(|s| self.is_held(*s));
+        for &session in &held {
+            self.end_session(
+                session,
+                "server shutting down",
+                Leave::Expire(lk::DisconnectReason::ServerShutdown),
+            );
+        }
         for &session in &told {
             let leave = lk::LeaveRequest {
                 can_reconnect: false,
@@ -498,7 +509,7 @@ impl Server {
             };
             self.send(session, signal_response::Message::Leave(leave));
         }
-        told.len()
+        told.len() + held.len()
     }
 
     /// Ends every session at once; returns how many.

@@ -55,6 +55,14 @@ impl Server {
                 self.send(session, signal_response::Message::Offer(sd));
             }
             Event::Connected(peer) => self.peer_connected(peer),
+            Event::IceLost(peer) => {
+                // The client's media path is gone. The peer stays: the client notices too and
+                // resumes with an ICE restart (or its held session expires, which closes it).
+                // Ending or holding the session here would race with that resume.
+                if let Some(&(session, _)) = self.by_peer.get(&peer) {
+                    self.in_span(session, || tracing::debug!(peer = %peer, "ICE lost"));
+                }
+            }
             Event::Disconnected(peer) => {
                 if let Some((session, _)) = self.by_peer.remove(&peer) {
                     self.end_session(

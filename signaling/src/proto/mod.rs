@@ -43,6 +43,7 @@ mod admin;
 mod engine;
 mod recording;
 mod requests;
+mod resume;
 mod session;
 mod updates;
 
@@ -234,8 +235,10 @@ pub enum Output {
 pub struct CoreStats {
     /// Rooms that exist (including empty ones waiting for their timeout).
     pub rooms: u64,
-    /// Open sessions.
+    /// Sessions with a connection.
     pub sessions: u64,
+    /// Sessions held for a resume (their connection lost; see `resume`).
+    pub held: u64,
     /// Participants allowed to publish.
     pub publishers: u64,
     /// Participants that may only listen.
@@ -340,7 +343,16 @@ impl Server {
     pub fn stats(&self) -> CoreStats {
         let mut stats = CoreStats {
             rooms: self.rooms.len() as u64,
-            sessions: self.sessions.len() as u64,
+            sessions: self
+                .sessions
+                .values()
+                .filter(|s| s.held_since.is_none())
+                .count() as u64,
+            held: self
+                .sessions
+                .values()
+                .filter(|s| s.held_since.is_some())
+                .count() as u64,
             ..self.stats
         };
         for participant in self.rooms.values().flat_map(|r| r.participants.values()) {
@@ -417,7 +429,12 @@ impl Server {
         PeerId::new(ShardId((index % shards) as u16), index)
     }
 
+    /// Queue a message for a session's client (dropped while the session is held: it has no
+    /// connection, and a resume brings it up to date).
     fn send(&mut self, session: SessionId, message: signal_response::Message) {
+        if self.is_held(session) {
+            return;
+        }
         self.outputs
             .push_back(Output::Send(session, response(message)));
     }

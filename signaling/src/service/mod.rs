@@ -109,6 +109,9 @@ pub struct SignalingStats {
     pub rooms: u64,
     /// Open WebSocket sessions.
     pub sessions: u64,
+    /// Sessions held for a resume: their connection was lost, their participant stays until the
+    /// room's departure timeout.
+    pub held: u64,
     /// Participants allowed to publish.
     pub publishers: u64,
     /// Participants that may only listen.
@@ -382,6 +385,7 @@ impl Shell {
                 let stats = SignalingStats {
                     rooms: core.rooms,
                     sessions: core.sessions,
+                    held: core.held,
                     publishers: core.publishers,
                     listeners: core.listeners,
                     tracks: core.tracks,
