@@ -358,6 +358,9 @@ fn one_room_at_a_time_full_rooms_and_speaker_modes() {
     let (status, err) = api(addr, "POST", &format!("/api/rooms/{b}/token"), &lee, None);
     assert_eq!(status, 409, "{err}");
     assert!(err["message"].as_str().unwrap().contains(&a), "{err}");
+    // The 409 names the room Lee is in, so that a client can offer to leave it.
+    assert_eq!(err["code"], "already_in_room", "{err}");
+    assert_eq!(err["room"], json!({"id": a, "title": "A"}), "{err}");
     // Room A holds two: the third is refused with 422.
     ok(addr, "POST", &format!("/api/rooms/{a}/token"), &hana, None);
     let (status, err) = api(addr, "POST", &format!("/api/rooms/{a}/token"), &kim, None);

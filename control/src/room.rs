@@ -450,7 +450,18 @@ fn own(
     check(doc, &actor, action)?;
     let room = doc.room.id.clone();
     match action {
-        Action::Leave => leave(doc, u, cx, fx),
+        Action::Leave => {
+            // Leaving through the API (e.g. from another device) also ends the media session
+            // still connected, so that nobody listens on in a room they are no longer in.
+            let connected = doc.members.get(u).is_some_and(|m| m.present);
+            leave(doc, u, cx, fx);
+            if connected {
+                fx.media.push(MediaCommand::Remove {
+                    room: room.clone(),
+                    user: u.clone(),
+                });
+            }
+        }
         Action::RaiseHand => {
             live(doc)?;
             let mode_ok = match doc.room.speaker_mode {

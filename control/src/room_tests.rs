@@ -889,3 +889,25 @@ fn a_lined_up_speaker_lands_on_stage_and_keeps_the_role_across_rejoins() {
     assert_eq!(d.members[&uid("ann")].role, Role::Listener);
     assert!(fx.events.iter().any(|e| matches!(e, Event::Role { .. })));
 }
+
+#[test]
+fn leaving_while_connected_ends_the_media_session_too() {
+    let mut d = live_stage();
+    apply(
+        &mut d,
+        &Actor::System,
+        Command::Connected(uid("ann"), "i1".into()),
+        &cx(2),
+    )
+    .unwrap();
+    // Left through the API (e.g. from another device) while still connected: the session goes.
+    let fx = run(&mut d, "ann", Command::Own(Action::Leave), 3).unwrap();
+    assert!(fx.media.contains(&MediaCommand::Remove {
+        room: d.room.id.clone(),
+        user: uid("ann"),
+    }));
+    assert_eq!(fx.released, vec![uid("ann")]);
+    // Not connected: nothing to end on the media plane.
+    let fx = run(&mut d, "host", Command::Own(Action::Leave), 4).unwrap();
+    assert!(fx.media.is_empty(), "{:?}", fx.media);
+}

@@ -838,16 +838,10 @@ impl Control {
         let name = model::text("name", name, 1, model::MAX_NAME)?;
         if let Some(other) = self.inner.store.claim_active(user, id).await? {
             if !self.release_stale(user, &other).await? {
-                return Err(ControlError::conflict(
-                    "already_in_room",
-                    format!("you are in room {other}; leave it first"),
-                ));
+                return Err(self.already_in(&other).await);
             }
             if let Some(again) = self.inner.store.claim_active(user, id).await? {
-                return Err(ControlError::conflict(
-                    "already_in_room",
-                    format!("you are in room {again}; leave it first"),
-                ));
+                return Err(self.already_in(&again).await);
             }
         }
         let joined = self
@@ -884,6 +878,25 @@ impl Control {
             identity: user.clone(),
             media_url: doc.room.media_url.clone(),
         })
+    }
+
+    /// The 409 for a user still in room `other`, naming it (id and title) so that a client can
+    /// offer to leave it and join the new one.
+    async fn already_in(&self, other: &RoomId) -> ControlError {
+        let title = match self.inner.store.room(other, &Scope::header()).await {
+            Ok(Some(doc)) => doc.room.title,
+            _ => String::new(),
+        };
+        let named = if title.is_empty() {
+            format!("room {other}")
+        } else {
+            format!("{title:?} ({other})")
+        };
+        ControlError::conflict(
+            "already_in_room",
+            format!("you are in {named}; leave it first"),
+        )
+        .about_room(other.as_str(), title)
     }
 
     /// Ends `user`'s membership of `other` if they have left it in all but name: not

@@ -22,7 +22,8 @@
 //   6. the listener browses the directory: the mini-player keeps the same session playing, and
 //      takes them back;
 //   7. a third browser that refuses the microphone hosts its own room and is told why only when it
-//      unmutes; it joins the first room; the host's kick asks first (cancelled), a ban (confirmed)
+//      unmutes; opening the first room in another tab names the room it is in and offers to leave
+//      it, which it does (the old tab says so) and joins the first room; the host's kick asks first (cancelled), a ban (confirmed)
 //      gives it a "you cannot join" screen (and the audience is closed to it) and the host a
 //      removed list and Undo; a kick gives it a
 //      countdown to rejoining, also on reload, never the live room;
@@ -825,7 +826,7 @@ async function scenario(host, listener, blocked, launchGuest, hooks) {
   });
 
   await step('a refused microphone is explained; kick and ban ask first, can be undone, and say why and for how long', async () => {
-    const M = blocked.page;
+    let M = blocked.page;
     await signIn(M, 'Mia Mic');
     await M.getByRole('link', { name: 'Create room' }).click();
     await M.getByLabel('Title').fill('Open mic');
@@ -836,10 +837,29 @@ async function scenario(host, listener, blocked, launchGuest, hooks) {
     await M.getByText('Microphone access is blocked').waitFor();
     await M.locator('.me-state', { hasText: 'You are muted' }).waitFor();
     await shot(M, '17-room-microphone-blocked');
-    await M.getByRole('button', { name: 'End room' }).click();
-    await M.getByRole('button', { name: 'End for everyone' }).click();
-    await M.getByRole('heading', { name: 'This room has ended' }).waitFor();
-    await M.goto(roomPath);
+    // One room at a time, kindly: opening the first room in another tab names the room Mia is
+    // in and offers to leave it; that tab then joins, and the old one says what happened.
+    const M2 = await blocked.context.newPage();
+    M2.setDefaultTimeout(WAIT);
+    await M2.goto(roomPath);
+    await M2.getByRole('heading', { name: 'You are in another room' }).waitFor();
+    await M2.locator('#elsewhere-text').getByRole('link', { name: 'Open mic' }).waitFor();
+    await shot(M2, '17b-already-in-another-room');
+    await audit(M2, 'already in another room');
+    const openMicId = await M2.evaluate(() => new URL(document.querySelector('#elsewhere-text a').href).pathname.split('/').pop());
+    await M2.getByRole('button', { name: 'Leave “Open mic” and join' }).click();
+    await M2.getByRole('button', { name: 'Raise hand' }).waitFor();
+    await M.getByRole('heading', { name: 'You left this room' }).waitFor();
+    await M.close();
+    M = M2;
+    // The host may end the room they left without being in it.
+    const ended = await M.evaluate(async (room) => {
+      const token = JSON.parse(localStorage.getItem('stoa.session')).token;
+      const r = await fetch(`/api/rooms/${room}/end`, { method: 'POST', headers: { Authorization: `Bearer ${token}` } });
+      return r.status;
+    }, openMicId);
+    if (ended !== 200) throw new Error(`ending the room left behind: ${ended}`);
+    summary.elsewhere = { left: openMicId };
     await M.getByRole('button', { name: 'Raise hand' }).click();
     // A denied request is said to the one who asked.
     await H.locator('.host-panel').getByRole('button', { name: 'Deny: Mia Mic' }).click();

@@ -199,6 +199,8 @@ export class ApiError extends Error {
     message: string,
     /** Seconds after which the same call may succeed (e.g. a kick's cooldown). */
     readonly retryAfter: number | null = null,
+    /** The other room the error is about (`already_in_room`: the room the caller is in). */
+    readonly room: { id: string; title: string } | null = null,
   ) {
     super(message);
   }
@@ -266,9 +268,15 @@ async function call<T>(method: string, path: string, body?: unknown, token?: str
     data = undefined;
   }
   if (!response.ok) {
-    const err = (data ?? {}) as { code?: string; message?: string; retry_after?: number };
+    const err = (data ?? {}) as { code?: string; message?: string; retry_after?: number; room?: { id: string; title: string } };
     if (response.status === 401 && token === undefined) onUnauthorized();
-    throw new ApiError(response.status, err.code ?? 'error', err.message ?? `${response.status} ${response.statusText}`, err.retry_after ?? null);
+    throw new ApiError(
+      response.status,
+      err.code ?? 'error',
+      err.message ?? `${response.status} ${response.statusText}`,
+      err.retry_after ?? null,
+      err.room && typeof err.room.id === 'string' ? { id: err.room.id, title: String(err.room.title ?? '') } : null,
+    );
   }
   return data as T;
 }

@@ -119,6 +119,19 @@ function chime(): void {
   }
 }
 
+/** Where a page notes the room it left to join another (read by other pages of the browser). */
+const LEFT_ELSEWHERE = 'stoa.left-elsewhere';
+
+/** Whether a page of this browser just left room `id` to join another. */
+function leftElsewhere(id: string): boolean {
+  try {
+    const note = JSON.parse(localStorage.getItem(LEFT_ELSEWHERE) ?? 'null') as { room?: string; at?: number } | null;
+    return note?.room === id && typeof note.at === 'number' && Date.now() - note.at < 60_000;
+  } catch {
+    return false;
+  }
+}
+
 class RoomController {
   private view: RoomView | null = null;
   private lk: Room | null = null;
@@ -364,11 +377,62 @@ class RoomController {
 
   // ----- refused -----
 
+  /** The user is still in another room: name it, and offer to leave it and join this one. */
+  private elsewhere(other: { id: string; title: string }): void {
+    const v = this.view as RoomView;
+    const error = h('p', { class: 'error', role: 'alert' });
+    const otherName = other.title || 'another room';
+    const swap = h('button', { type: 'button', class: 'primary', id: 'leave-and-join' }, `Leave “${otherName}” and join`);
+    swap.onclick = async () => {
+      swap.disabled = true;
+      error.textContent = '';
+      try {
+        // Another page of this browser may hold the other room: tell it that this was a
+        // leave, not a removal, so that it does not try to join again.
+        try {
+          localStorage.setItem(LEFT_ELSEWHERE, JSON.stringify({ room: other.id, at: Date.now() }));
+        } catch {
+          // Storage off: the other page then offers to rejoin, as after any removal.
+        }
+        await api.leave(other.id);
+      } catch (err) {
+        // Already gone from it (ended, removed): joining may work all the same.
+        if (!(err instanceof ApiError && (err.code === 'not_a_member' || err.code === 'not_found' || err.code === 'room_ended'))) {
+          swap.disabled = false;
+          error.textContent = errorText(err);
+          return;
+        }
+      }
+      await this.open();
+    };
+    const body = [
+      h('span', { class: 'refused-icon' }, icon('alert')),
+      h('h1', { id: 'refused-heading', tabindex: '-1' }, 'You are in another room'),
+      h('p', { class: 'title' }, v.title),
+      h(
+        'p',
+        { id: 'elsewhere-text' },
+        'You can be in one room at a time, and you are still in ',
+        h('a', { href: `/rooms/${encodeURIComponent(other.id)}`, 'data-link': true }, otherName),
+        '. Leave it to join this one?',
+      ),
+      error,
+    ];
+    const actions = h('div', { class: 'row' }, swap, h('a', { href: '/', 'data-link': true, class: 'button' }, 'Back to rooms'));
+    this.finished = true;
+    fill(this.main, h('section', { class: 'card refused', 'aria-labelledby': 'refused-heading' }, body, actions));
+    if (!this.docked) this.main.querySelector<HTMLElement>('h1')?.focus();
+  }
+
   /** Why the user cannot come in, as a screen of its own: never the live room. */
   private async refused(err: unknown): Promise<void> {
     const v = this.view as RoomView;
     if (err instanceof ApiError && err.status === 409 && (err.code === 'room_ended' || err.code === 'room_not_live')) {
       await this.open();
+      return;
+    }
+    if (err instanceof ApiError && err.code === 'already_in_room' && err.room) {
+      this.elsewhere(err.room);
       return;
     }
     const kicked = err instanceof ApiError && err.code === 'kicked';
@@ -623,6 +687,26 @@ class RoomController {
     }
     if (reason === DisconnectReason.PARTICIPANT_REMOVED) {
       this.stop();
+      if (leftElsewhere(this.id)) {
+        if (this.docked) {
+          closeDock();
+          return;
+        }
+        this.finished = true;
+        fill(
+          this.main,
+          h(
+            'section',
+            { class: 'card refused', 'aria-labelledby': 'refused-heading' },
+            h('span', { class: 'refused-icon' }, icon('leave')),
+            h('h1', { id: 'refused-heading', tabindex: '-1' }, 'You left this room'),
+            h('p', { class: 'title' }, this.view?.title ?? ''),
+            h('p', {}, 'You left it from another page to join another room.'),
+            h('div', { class: 'row' }, h('a', { href: '/', 'data-link': true, class: 'button' }, 'Back to rooms')),
+          ),
+        );
+        return;
+      }
       if (this.docked) {
         toast(`A host removed you from “${this.view?.title ?? 'the room'}”.`, { icon: 'leave', tone: 'warn' });
         closeDock();
