@@ -373,6 +373,64 @@ fn one_room_at_a_time_full_rooms_and_speaker_modes() {
     let (status, _) = api(addr, "PUT", "/api/follows/users/omar", &lee, None);
     assert_eq!(status, 204);
     ok(addr, "POST", &format!("/api/rooms/{b}/hand"), &lee, None);
+    // Away and deafened are the member's own word; away shows where the room's show_away is on.
+    let seen = ok(
+        addr,
+        "POST",
+        &format!("/api/rooms/{b}/presence"),
+        &lee,
+        Some(json!({"away": true, "deafened": true})),
+    );
+    assert_eq!(
+        (
+            &seen["you"]["away"],
+            &seen["you"]["deafened"],
+            &seen["show_away"]
+        ),
+        (&json!(false), &json!(true), &json!(false)),
+        "{seen}"
+    );
+    let (status, err) = api(
+        addr,
+        "POST",
+        &format!("/api/rooms/{b}/presence"),
+        &lee,
+        Some(json!({"gone": true})),
+    );
+    assert_eq!(status, 400, "{err}");
+    let (status, err) = api(
+        addr,
+        "POST",
+        &format!("/api/rooms/{a}/presence"),
+        &kim,
+        Some(json!({"away": true})),
+    );
+    assert_eq!((status, err["code"].as_str()), (403, Some("not_a_member")));
+    let (status, err) = api(
+        addr,
+        "PATCH",
+        &format!("/api/rooms/{b}"),
+        &omar,
+        Some(json!({"idle_mute_after": 120, "idle_audience_after": 60})),
+    );
+    assert_eq!((status, err["code"].as_str()), (400, Some("invalid_field")));
+    let edited = ok(
+        addr,
+        "PATCH",
+        &format!("/api/rooms/{b}"),
+        &omar,
+        Some(json!({"show_away": true, "idle_mute_after": 0})),
+    );
+    assert_eq!(
+        (
+            &edited["show_away"],
+            &edited["idle_mute_after"],
+            &edited["idle_audience_after"]
+        ),
+        (&json!(true), &json!(0), &json!(1800))
+    );
+    let seen = ok(addr, "GET", &format!("/api/rooms/{b}"), &lee, None);
+    assert_eq!(seen["you"]["away"], true, "{seen}");
     let follows = ok(addr, "GET", "/api/follows", &lee, None);
     assert_eq!(follows["follows"][0], json!({"kind": "user", "id": "omar"}));
     // Invitation links: only moderators make them; accepting one lets a listener raise a hand

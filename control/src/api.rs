@@ -54,6 +54,7 @@ pub fn router(control: Control) -> Router {
         .route("/api/rooms/{id}/unmute", post(unmute))
         .route("/api/rooms/{id}/step_down", post(step_down))
         .route("/api/rooms/{id}/reactions", post(react))
+        .route("/api/rooms/{id}/presence", post(presence))
         .route("/api/rooms/{id}/members/{user}/{action}", post(moderate))
         .route("/api/rooms/{id}/stats", get(room_stats))
         .route("/api/rooms/{id}/invitations", post(create_invitation))
@@ -251,6 +252,15 @@ pub struct CreateRoomBody {
     /// recurrence and no `scheduled_for`, the room is scheduled for its first occurrence.
     #[serde(default)]
     pub schedule: Schedule,
+    /// Seconds without speaking after which someone on stage is muted; 0: never (default
+    /// 600).
+    pub idle_mute_after: Option<u32>,
+    /// Seconds without speaking after which a speaker goes back to the audience; 0: never
+    /// (default 1800; longer than `idle_mute_after`).
+    pub idle_audience_after: Option<u32>,
+    /// Show listeners whose page is hidden as away (default false).
+    #[serde(default)]
+    pub show_away: bool,
 }
 
 /// `PATCH /api/rooms/{id}`: the fields to change, checked as at creation; absent fields stay.
@@ -273,6 +283,12 @@ pub struct EditRoomBody {
     pub scheduled_for: Option<u64>,
     /// Auto-start and recurrence (scheduled rooms).
     pub schedule: Option<Schedule>,
+    /// Seconds without speaking after which someone on stage is muted (0: never).
+    pub idle_mute_after: Option<u32>,
+    /// Seconds without speaking after which a speaker goes back to the audience (0: never).
+    pub idle_audience_after: Option<u32>,
+    /// Show listeners whose page is hidden as away.
+    pub show_away: Option<bool>,
 }
 
 /// `PUT /api/rooms/{id}/lineup/{user}`.
@@ -495,6 +511,14 @@ async fn create_room(
                 scheduled_for: b.scheduled_for,
                 host: b.host,
                 schedule: b.schedule,
+                idle: {
+                    let d = crate::model::IdleRules::default();
+                    crate::model::IdleRules {
+                        mute_after: b.idle_mute_after.unwrap_or(d.mute_after),
+                        audience_after: b.idle_audience_after.unwrap_or(d.audience_after),
+                        show_away: b.show_away,
+                    }
+                },
             },
         )
         .await?;
@@ -539,6 +563,9 @@ async fn edit_room(
         max_participants: b.max_participants,
         scheduled_for: b.scheduled_for,
         schedule: b.schedule,
+        idle_mute_after: b.idle_mute_after,
+        idle_audience_after: b.idle_audience_after,
+        show_away: b.show_away,
     };
     c.edit(&caller.actor(), &id, changes).await?;
     Ok(Json(c.view(&id, caller.viewer()).await?))
@@ -739,6 +766,36 @@ own_action!(
     "/api/rooms/{id}/step_down",
     Action::StepDown
 );
+
+/// `POST /api/rooms/{id}/presence`: the member's own state as their client sees it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceBody {
+    /// The page is hidden (away); shown to others only where the room's `show_away` is on.
+    pub away: Option<bool>,
+    /// The room's sound is off (deafened).
+    pub deafened: Option<bool>,
+}
+
+/// Away and deafen are the member's own word, sent here rather than set as participant
+/// attributes by the client: the media plane's attributes are the server's (role, hand), and
+/// a client allowed to write its own attributes could write those too.
+#[utoipa::path(post, path = "/api/rooms/{id}/presence", params(("id" = String, Path, description = "Room id")), request_body = PresenceBody,
+    responses((status = 200, body = RoomView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
+async fn presence(
+    State(c): State<Control>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(b): Body<PresenceBody>,
+) -> Result<Json<RoomView>, ControlError> {
+    let (user, _) = caller.user()?;
+    c.rate_limit(user, "presence", 2.0, 10.0)?;
+    let command = Command::Presence {
+        away: b.away,
+        deafened: b.deafened,
+    };
+    run(&c, &caller, &id, command).await
+}
 
 #[utoipa::path(post, path = "/api/rooms/{id}/reactions", params(("id" = String, Path, description = "Room id")), request_body = ReactionBody,
     responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)))]
@@ -1176,7 +1233,9 @@ fn event_room(e: &Event) -> &RoomId {
         | Event::Reaction { room, .. }
         | Event::RoomEdited { room, .. }
         | Event::Reminder { room, .. }
-        | Event::LineUp { room, .. } => room,
+        | Event::LineUp { room, .. }
+        | Event::Idle { room, .. }
+        | Event::Presence { room, .. } => room,
     }
 }
 
@@ -1209,6 +1268,7 @@ fn event_room(e: &Event) -> &RoomId {
         mute,
         unmute,
         step_down,
+        presence,
         react,
         moderate,
         room_stats,

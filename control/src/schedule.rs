@@ -247,6 +247,7 @@ mod tests {
             schedule: Schedule::default(),
             reminded: false,
             series: None,
+            idle: Default::default(),
         });
         doc.room.schedule = schedule;
         doc.room

@@ -105,6 +105,8 @@ pub struct NewRoom {
     pub host: Option<UserId>,
     /// Auto-start and recurrence.
     pub schedule: Schedule,
+    /// Idle speakers and away listeners.
+    pub idle: model::IdleRules,
 }
 
 /// Checks a schedule and its time as creation and editing do; returns the time, computed from
@@ -173,6 +175,12 @@ pub struct RoomChanges {
     pub scheduled_for: Option<u64>,
     /// Auto-start and recurrence.
     pub schedule: Option<Schedule>,
+    /// Seconds without speaking before someone on stage is muted (0: never).
+    pub idle_mute_after: Option<u32>,
+    /// Seconds without speaking before a speaker goes back to the audience (0: never).
+    pub idle_audience_after: Option<u32>,
+    /// Show away listeners.
+    pub show_away: Option<bool>,
 }
 
 /// A media token and where to use it.
@@ -441,6 +449,7 @@ impl Control {
         let max = check_max(new.max_participants.unwrap_or(limit), limit)?;
         let now = now_ms();
         let scheduled_for = check_schedule(new.scheduled_for, &new.schedule, now)?;
+        new.idle.validate()?;
         let mut doc = RoomDoc::new(Room {
             id: RoomId::random(),
             title: model::text("title", &new.title, 1, model::MAX_TITLE)?,
@@ -465,6 +474,7 @@ impl Control {
             schedule: new.schedule.clone(),
             reminded: false,
             series: None,
+            idle: new.idle,
         });
         // The host's name, for cards and previews before they join.
         if let Principal::User { id, name } = who
@@ -566,10 +576,27 @@ impl Control {
         after: Option<&UserId>,
         limit: usize,
     ) -> Result<(AudiencePage, view::Sight), ControlError> {
-        let store = &self.inner.store;
-        let limit = limit.clamp(1, MAX_AUDIENCE_PAGE);
         let doc = self.room_in(id, &Scope::users(viewer.cloned())).await?;
-        if view::moderates(&doc, viewer) {
+        let (mut page, sight) = self.audience_of(&doc, viewer, after, limit).await?;
+        if !doc.room.idle.show_away {
+            for (_, m, _) in &mut page.members {
+                m.away = false;
+            }
+        }
+        Ok((page, sight))
+    }
+
+    async fn audience_of(
+        &self,
+        doc: &RoomDoc,
+        viewer: Option<&UserId>,
+        after: Option<&UserId>,
+        limit: usize,
+    ) -> Result<(AudiencePage, view::Sight), ControlError> {
+        let store = &self.inner.store;
+        let id = &doc.room.id;
+        let limit = limit.clamp(1, MAX_AUDIENCE_PAGE);
+        if view::moderates(doc, viewer) {
             let page = store.audience(id, after, limit).await?;
             return Ok((page, view::Sight::Moderator));
         }
@@ -621,6 +648,17 @@ impl Control {
         id: &RoomId,
         command: Command,
     ) -> Result<RoomDoc, ControlError> {
+        self.act_at(actor, id, command, now_ms()).await
+    }
+
+    /// [`Control::act`] at `now` (unix ms): for the sweeps, and for tests with simulated time.
+    pub async fn act_at(
+        &self,
+        actor: &Actor,
+        id: &RoomId,
+        command: Command,
+        now: u64,
+    ) -> Result<RoomDoc, ControlError> {
         let follows_host = match (&command, actor) {
             (Command::Own(Action::RaiseHand), Actor::User(u)) => {
                 let doc = self.room_in(id, &Scope::header()).await?;
@@ -642,7 +680,7 @@ impl Control {
         let scope = room::scope(actor, &command, host.as_ref());
         let archive = matches!(command, Command::End);
         let cx = Context {
-            now: now_ms(),
+            now,
             follows_host,
             kick_cooldown_ms: self.inner.config.kick_cooldown * 1000,
             open_window_ms: self.inner.config.schedule_open_window * 1000,
@@ -780,8 +818,55 @@ impl Control {
                 .transpose()?,
             scheduled_for,
             schedule,
+            idle_mute_after: changes.idle_mute_after,
+            idle_audience_after: changes.idle_audience_after,
+            show_away: changes.show_away,
         };
         self.act(actor, id, Command::Edit(edit)).await
+    }
+
+    /// Applies the idle rules of live rooms at `now`: mutes whoever on stage has been silent
+    /// past their room's `mute_after`, and moves speakers silent past `audience_after` back
+    /// to the audience. Returns how many members it acted on.
+    pub async fn run_idle(&self, now: u64) -> Result<usize, ControlError> {
+        let rooms = self.rooms(&[RoomState::Live]).await?;
+        Ok(self.idle_rooms(&rooms, now).await)
+    }
+
+    async fn idle_rooms(&self, rooms: &[RoomDoc], now: u64) -> usize {
+        let mut acted = 0;
+        for doc in rooms {
+            let due = room::idle_due(doc, now);
+            if due.is_empty() {
+                continue;
+            }
+            let id = &doc.room.id;
+            let n = due.len();
+            match self
+                .act_at(&Actor::System, id, Command::Idle(due), now)
+                .await
+            {
+                Ok(_) => acted += n,
+                Err(e) => tracing::warn!(room = %id, error = %e, "idle rules not applied"),
+            }
+        }
+        acted
+    }
+
+    /// The member's own state as their client reports it: away (page hidden), deafened.
+    pub async fn presence_state(
+        &self,
+        user: &UserId,
+        id: &RoomId,
+        away: Option<bool>,
+        deafened: Option<bool>,
+    ) -> Result<RoomDoc, ControlError> {
+        self.act(
+            &Actor::User(user.clone()),
+            id,
+            Command::Presence { away, deafened },
+        )
+        .await
     }
 
     /// The schedule rules in force.
@@ -1303,6 +1388,7 @@ async fn sweep(inner: std::sync::Weak<Inner>) {
         }
         let present = rooms.iter().map(|d| d.counts().present as usize).sum();
         crate::telemetry::rooms(rooms.len(), None, present);
+        control.idle_rooms(&rooms, now).await;
         if let Err(e) = control.run_schedules(now).await {
             tracing::warn!(error = %e, "cannot run schedules");
         }

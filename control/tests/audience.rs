@@ -92,6 +92,7 @@ async fn scenario(control: Control) {
                 scheduled_for: None,
                 host: None,
                 schedule: Default::default(),
+                idle: Default::default(),
             },
         )
         .await

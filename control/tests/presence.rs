@@ -45,6 +45,7 @@ async fn room_with_lee(control: &Control) -> RoomId {
                 scheduled_for: None,
                 host: None,
                 schedule: Default::default(),
+                idle: Default::default(),
             },
         )
         .await

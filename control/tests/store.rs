@@ -51,6 +51,7 @@ fn new_room(max: u32) -> RoomDoc {
         schedule: Default::default(),
         reminded: false,
         series: None,
+        idle: Default::default(),
     })
 }
 

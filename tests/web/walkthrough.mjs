@@ -16,6 +16,9 @@
 //      requests dialog;
 //   4. the new speaker is told, arrives muted (nothing reaches the host) and unmutes; the host
 //      hears them; the host mutes them (they are told) and moves them back (they are told);
+//   4b. the listener's page goes hidden: not shown as away until the host turns show_away on
+//      (PATCH), then shown as away in the host's audience list, and not once visible again; the
+//      host deafens and the listener sees it on the host's tile;
 //   5. the listener's network drops for real (its browser's network service process is stopped):
 //      the reconnect banner shows; the network comes back, the banner goes and the host is heard
 //      again;
@@ -768,6 +771,48 @@ async function scenario(host, listener, blocked, launchGuest, hooks) {
       const x = await inbound(H, listenerSession.user);
       return x.tracks === 0;
     });
+  });
+
+  await step('away and deafened show to others: a hidden page is away where the room shows it; deafen is shared', async () => {
+    const api = (page, method, path, body) =>
+      page.evaluate(
+        async ([method, path, body]) => {
+          const token = JSON.parse(localStorage.getItem('stoa.session')).token;
+          const headers = { Authorization: `Bearer ${token}` };
+          if (body) headers['Content-Type'] = 'application/json';
+          const r = await fetch(path, { method, headers, body: body ? JSON.stringify(body) : undefined });
+          return { status: r.status, body: await r.json() };
+        },
+        [method, path, body],
+      );
+    // The page goes hidden (as when its tab is in the background): the app says so itself.
+    const visibility = (state) =>
+      L.evaluate((state) => {
+        Object.defineProperty(document, 'visibilityState', { value: state, configurable: true });
+        Object.defineProperty(document, 'hidden', { value: state === 'hidden', configurable: true });
+        document.dispatchEvent(new Event('visibilitychange'));
+      }, state);
+    const away = H.locator(`.audience-section .person[data-user="${listenerSession.user}"] .away-badge`);
+    // Off by default: a hidden listener is not shown as away.
+    const told = L.waitForResponse((r) => r.url().endsWith(`/api/rooms/${roomId}/presence`) && r.request().method() === 'POST');
+    await visibility('hidden');
+    const reply = await (await told).json();
+    if (reply.show_away !== false || !reply.you || reply.you.away !== false) throw new Error(`away shows in a room that does not show it: ${JSON.stringify(reply.you)}`);
+    await sleep(500);
+    if (await away.count()) throw new Error('away shows in a room that does not show it');
+    // The host turns it on (PATCH): now the hidden listener shows as away, and not once back.
+    const on = await api(H, 'PATCH', `/api/rooms/${roomId}`, { show_away: true });
+    if (on.status !== 200 || on.body.show_away !== true) throw new Error(`show_away: ${JSON.stringify(on)}`);
+    await away.waitFor();
+    await shot(H, '14b-listener-away');
+    await visibility('visible');
+    await away.waitFor({ state: 'detached' });
+    // Deafen is server-visible: the host deafens, the listener's page shows it on the host's tile.
+    await H.getByRole('button', { name: 'Deafen', exact: true }).click();
+    await L.locator(`.tile[data-user="${hostSession.user}"] .role`, { hasText: 'deafened' }).waitFor();
+    await H.getByRole('button', { name: 'Deafen', exact: true }).click();
+    await until("the host's tile to drop 'deafened'", async () => !(await L.locator(`.tile[data-user="${hostSession.user}"] .role`).textContent()).includes('deafened'));
+    summary.away = true;
   });
 
   await step("the listener's network drops; the page says so and recovers by itself", async () => {

@@ -13,6 +13,10 @@ export interface Member {
   hard_muted: boolean;
   present: boolean;
   hand_raised: boolean;
+  /** Their page is hidden (where the room shows away listeners). */
+  away: boolean;
+  /** They turned the room's sound off. */
+  deafened: boolean;
 }
 
 /**
@@ -30,6 +34,8 @@ export interface AudienceMember {
   hand_raised?: boolean;
   muted?: boolean;
   hard_muted?: boolean;
+  /** Their page is hidden (where the room shows away listeners); absent when not. */
+  away?: boolean;
 }
 
 export interface Hand {
@@ -60,6 +66,12 @@ export interface RoomView {
   present: number;
   members: number;
   raised_hands: number;
+  /** Seconds without speaking before someone on stage is muted (0: never). */
+  idle_mute_after: number;
+  /** Seconds without speaking before a speaker goes back to the audience (0: never). */
+  idle_audience_after: number;
+  /** Listeners whose page is hidden show as away. */
+  show_away: boolean;
   stage: Member[];
   you: Member | null;
   hands: Hand[] | null;
@@ -143,6 +155,12 @@ export interface NewRoom {
   speaker_mode: SpeakerMode;
   max_participants?: number;
   scheduled_for?: number;
+  /** Seconds without speaking before someone on stage is muted (0: never). */
+  idle_mute_after?: number;
+  /** Seconds without speaking before a speaker goes back to the audience (0: never). */
+  idle_audience_after?: number;
+  /** Show listeners whose page is hidden as away. */
+  show_away?: boolean;
 }
 
 export type Follow = { kind: 'user' | 'room'; id: string };
@@ -303,6 +321,7 @@ export const api = {
   mute: (id: string) => call<RoomView>('POST', `/api/rooms/${enc(id)}/mute`),
   unmute: (id: string) => call<RoomView>('POST', `/api/rooms/${enc(id)}/unmute`),
   stepDown: (id: string) => call<RoomView>('POST', `/api/rooms/${enc(id)}/step_down`),
+  presence: (id: string, state: { away?: boolean; deafened?: boolean }) => call<RoomView>('POST', `/api/rooms/${enc(id)}/presence`, state),
   react: (id: string, emoji: string) => call<void>('POST', `/api/rooms/${enc(id)}/reactions`, { emoji }),
   moderate: (id: string, user: string, action: ModerationAction) =>
     call<RoomView>('POST', `/api/rooms/${enc(id)}/members/${enc(user)}/${action}`),
@@ -335,7 +354,7 @@ export function eventsUrl(room?: string, notificationsOnly = false): string {
 
 /** A live event from `/api/events`. */
 export interface ControlEvent {
-  type: 'room_created' | 'room_live' | 'room_ended' | 'audience' | 'hand' | 'role' | 'muted' | 'removed' | 'reaction' | 'notification';
+  type: 'room_created' | 'room_live' | 'room_ended' | 'audience' | 'hand' | 'role' | 'muted' | 'removed' | 'reaction' | 'notification' | 'idle' | 'presence';
   /** `notification` messages: the signed-in user's new feed entry. */
   notification?: Notice;
   room: string;
@@ -344,6 +363,8 @@ export interface ControlEvent {
   listeners?: number;
   present?: number;
   banned?: boolean;
+  /** `idle`: moved to the audience (else muted). */
+  moved?: boolean;
 }
 
 /**

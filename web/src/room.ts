@@ -500,10 +500,19 @@ class RoomController {
     this.events = subscribe(this.id, (e) => {
       if (e.type === 'room_ended') void this.showEnded();
       else if (e.type === 'reaction' && e.user && e.emoji) this.showReaction(e.user, e.emoji);
+      else if (e.type === 'idle' && e.user === session()?.user) {
+        toast(e.moved ? 'You were quiet for a while, so you are back in the audience. Raise a hand to speak again.' : 'You were quiet for a while, so your microphone was muted. Unmute when you want to speak.', {
+          icon: e.moved ? 'leave' : 'micOff',
+        });
+        this.scheduleRefresh();
+      }
       else this.scheduleRefresh();
     });
     this.poll = window.setInterval(() => this.scheduleRefresh(), 4000);
+    this.awayReported = false;
+    document.addEventListener('visibilitychange', this.onVisibility);
     await this.connect(grant);
+    this.onVisibility();
   }
 
   /** Draws the live room's frame into the screen; its parts fill themselves. */
@@ -741,7 +750,20 @@ class RoomController {
     document.documentElement.style.removeProperty('--controls-h');
   }
 
+  /** Tells the server when the page is hidden or shown again (away), once per change. */
+  private readonly onVisibility = (): void => {
+    if (this.destroyed || this.finished || this.leaving) return;
+    const away = document.visibilityState === 'hidden';
+    if (away === this.awayReported) return;
+    this.awayReported = away;
+    api.presence(this.id, { away }).catch(() => {
+      this.awayReported = null;
+    });
+  };
+  private awayReported: boolean | null = null;
+
   private stop(): void {
+    document.removeEventListener('visibilitychange', this.onVisibility);
     this.releaseBar();
     this.events?.close();
     clearInterval(this.poll);
@@ -950,7 +972,7 @@ class RoomController {
       const badge = tile.querySelector('.mute-badge') as HTMLElement;
       badge.hidden = !muted;
       badge.title = m.hard_muted ? 'Microphone turned off by a host' : 'Muted';
-      (tile.querySelector('.role') as HTMLElement).textContent = ROLE_LABEL[m.role] ?? m.role;
+      (tile.querySelector('.role') as HTMLElement).textContent = `${ROLE_LABEL[m.role] ?? m.role}${m.deafened ? ' · deafened' : ''}`;
       // Read after the visible name and role, so that the button's name starts with what shows.
       const state = tile.querySelector('.state') as HTMLElement;
       state.textContent = `${m.hard_muted ? ', microphone off by a host' : muted ? ', muted' : ''}${speaking ? ', speaking' : ''}`;
@@ -1250,6 +1272,8 @@ class RoomController {
     this.deafened = !this.deafened;
     for (const p of this.lk?.remoteParticipants.values() ?? []) this.applyVolume(p);
     this.renderControls();
+    // Others see it too (the server keeps it with the membership).
+    api.presence(this.id, { deafened: this.deafened }).catch((err) => this.say(this.notice, errorText(err)));
   }
 
   private async react(emoji: string): Promise<void> {

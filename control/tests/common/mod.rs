@@ -54,6 +54,7 @@ pub mod service {
             scheduled_for,
             host: None,
             schedule,
+            idle: Default::default(),
         }
     }
 }
