@@ -477,6 +477,99 @@ fn one_room_at_a_time_full_rooms_and_speaker_modes() {
         None,
     );
     ok(addr, "POST", &format!("/api/rooms/{c}/hand"), &kim, None);
+    // A single-use speaker link: Lee accepts and is lined up; Omar finds it used up.
+    let (status, once) = api(
+        addr,
+        "POST",
+        &format!("/api/rooms/{c}/invitations"),
+        &hana,
+        Some(json!({"role": "speaker", "max_uses": 1, "expires_in": 600})),
+    );
+    assert_eq!(status, 201, "{once}");
+    assert_eq!(
+        (&once["role"], &once["max_uses"]),
+        (&json!("speaker"), &json!(1))
+    );
+    let once = once["token"].as_str().unwrap();
+    let seen = ok(
+        addr,
+        "POST",
+        &format!("/api/invitations/{once}/accept"),
+        &lee,
+        None,
+    );
+    assert_eq!(seen["your_lineup"], "speaker", "{seen}");
+    let (status, err) = api(
+        addr,
+        "POST",
+        &format!("/api/invitations/{once}/accept"),
+        &omar,
+        None,
+    );
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (410, Some("invitation_used_up"))
+    );
+    for (body, code) in [
+        (json!({"role": "host"}), "invalid_role"),
+        (json!({"max_uses": 0}), "invalid_field"),
+        (json!({"uses": 3}), "invalid_json"),
+    ] {
+        let (status, err) = api(
+            addr,
+            "POST",
+            &format!("/api/rooms/{c}/invitations"),
+            &hana,
+            Some(body),
+        );
+        assert_eq!((status, err["code"].as_str()), (400, Some(code)), "{err}");
+    }
+    // The host lists the links (newest first) and revokes the listener link.
+    let listed = ok(
+        addr,
+        "GET",
+        &format!("/api/rooms/{c}/invitations"),
+        &hana,
+        None,
+    );
+    let entries = listed["invitations"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{listed}");
+    assert_eq!(
+        (
+            &entries[0]["token"],
+            &entries[0]["uses"],
+            &entries[0]["usable"]
+        ),
+        (&json!(once), &json!(1), &json!(false))
+    );
+    assert_eq!(entries[1]["token"], token);
+    let (status, _) = api(
+        addr,
+        "GET",
+        &format!("/api/rooms/{c}/invitations"),
+        &kim,
+        None,
+    );
+    assert_eq!(status, 403);
+    let (status, _) = api(
+        addr,
+        "DELETE",
+        &format!("/api/rooms/{c}/invitations/{token}"),
+        &hana,
+        None,
+    );
+    assert_eq!(status, 204);
+    let (status, err) = api(
+        addr,
+        "GET",
+        &format!("/api/invitations/{token}"),
+        &omar,
+        None,
+    );
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (410, Some("invitation_revoked"))
+    );
 
     // Reactions are rate-limited.
     let mut limited = false;

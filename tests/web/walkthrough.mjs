@@ -19,6 +19,9 @@
 //   4b. the listener's page goes hidden: not shown as away until the host turns show_away on
 //      (PATCH), then shown as away in the host's audience list, and not once visible again; the
 //      host deafens and the listener sees it on the host's tile;
+//   4c. invitation links: the host makes a single-use speaker link in the room's panel and copies
+//      it; the listener opens /invite/{token}, accepts and lands on stage; the link is then used
+//      up, and a revoked multi-use link is refused as revoked, each said plainly;
 //   5. the listener's network drops for real (its browser's network service process is stopped):
 //      the reconnect banner shows; the network comes back, the banner goes and the host is heard
 //      again;
@@ -815,6 +818,54 @@ async function scenario(host, listener, blocked, launchGuest, hooks) {
     summary.away = true;
   });
 
+  await step('invitation links: a single-use speaker link lands the listener on stage; used-up and revoked links say so', async () => {
+    const panel = H.locator('.invite-panel');
+    await panel.getByLabel('Role').selectOption('speaker');
+    await panel.getByRole('button', { name: 'Create invitation link' }).click();
+    const field = panel.getByLabel('Invitation link', { exact: true });
+    await field.waitFor();
+    const link = await field.inputValue();
+    if (!/^http:\/\/127\.0\.0\.1:7880\/invite\/[a-z0-9]{32}$/.test(link)) throw new Error(`invitation link: ${link}`);
+    await panel.getByRole('button', { name: 'Copy' }).click();
+    await panel.getByRole('status').filter({ hasText: /Copied|copy it/ }).waitFor();
+    await panel.locator('.invite-list li', { hasText: 'Speaker · 0 of 1 used' }).waitFor();
+    await shot(H, '14c-invitation-link');
+    // The listener opens it (leaving the room page), sees what it gives, and accepts.
+    await L.goto(new URL(link).pathname);
+    await L.getByRole('heading', { name: 'You are invited to “Morning audio standup”' }).waitFor();
+    await L.locator('#invite-gives', { hasText: 'joins on stage as a speaker' }).waitFor();
+    await shot(L, '14d-invitation');
+    await audit(L, 'invitation');
+    await L.getByRole('button', { name: 'Accept and join' }).click();
+    await L.waitForURL(`**${roomPath}`);
+    // On stage on arrival, muted until they unmute.
+    await L.getByRole('button', { name: 'Unmute', exact: true }).waitFor();
+    await H.locator(`.tile[data-user="${listenerSession.user}"]`).waitFor();
+    await panel.locator('.invite-list li', { hasText: 'Speaker · 1 of 1 used · used up' }).waitFor();
+    // The same link again: used up, said plainly.
+    const P = await listener.context.newPage();
+    P.setDefaultTimeout(WAIT);
+    await P.goto(new URL(link).pathname);
+    await P.getByText('This invitation link has already been used.').waitFor();
+    // A multi-use listener link, revoked: refused as revoked.
+    await panel.getByLabel('Role').selectOption('listener');
+    await panel.getByLabel('Single use').uncheck();
+    await panel.getByRole('button', { name: 'Create invitation link' }).click();
+    await until('the second link', async () => (await field.inputValue()) !== link);
+    const second = await field.inputValue();
+    const token = second.split('/').pop();
+    await panel.locator(`.invite-list li[data-token="${token}"]`).getByRole('button', { name: /^Revoke/ }).click();
+    await panel.locator(`.invite-list li[data-token="${token}"]`, { hasText: 'revoked' }).waitFor();
+    await P.goto(new URL(second).pathname);
+    await P.getByText('The host revoked this invitation link.').waitFor();
+    await shot(P, '14e-invitation-revoked');
+    await P.close();
+    // Back to the audience for the rest of the walk (which also takes them off the line-up).
+    await H.getByRole('button', { name: 'Move to audience: Leo Listener' }).click();
+    await L.getByRole('button', { name: 'Raise hand' }).waitFor();
+    summary.invitation = { link: new URL(link).pathname };
+  });
+
   await step("the listener's network drops; the page says so and recovers by itself", async () => {
     if (!listener.pid) throw new Error("cannot tell the listener's browser process apart");
     const net = networkServiceOf(listener.pid);
@@ -1129,7 +1180,7 @@ async function scenario(host, listener, blocked, launchGuest, hooks) {
   await step('sharing: the dialog on desktop, the share sheet on phones, link previews, an embed that fits', async () => {
     await H.getByRole('button', { name: 'Share', exact: true }).click();
     await H.getByRole('heading', { name: 'Share this room' }).waitFor();
-    if ((await H.getByLabel('Link').inputValue()) !== `${BASE}${roomPath}`) throw new Error('the share link is not the room link');
+    if ((await H.getByLabel('Link', { exact: true }).inputValue()) !== `${BASE}${roomPath}`) throw new Error('the share link is not the room link');
     const snippet = await H.getByLabel('Embed in a page').inputValue();
     if (!snippet.includes(`width="${EMBED.width}" height="${EMBED.height}"`)) throw new Error(`the embed snippet's size is not the card's: ${snippet}`);
     await shot(H, '25-share');

@@ -165,6 +165,41 @@ export interface NewRoom {
 
 export type Follow = { kind: 'user' | 'room'; id: string };
 
+/** An invitation link as anyone holding it sees it (`GET /api/invitations/{token}`). */
+export interface Invitation {
+  token: string;
+  room: RoomView;
+  expires_at: number;
+  requires_confirmation: boolean;
+  /** `listener`, `speaker` or `co_host`. */
+  role: Role;
+  max_uses: number | null;
+  uses: number;
+}
+
+/** One of a room's invitation links, as its hosts list them. */
+export interface InvitationEntry {
+  token: string;
+  role: Role;
+  max_uses: number | null;
+  uses: number;
+  created_at: number;
+  expires_at: number;
+  created_by: string;
+  revoked: boolean;
+  /** Still accepted now. */
+  usable: boolean;
+}
+
+/** What a new invitation link gives. */
+export interface NewInvitation {
+  role: Role;
+  /** 1: single-use; absent: any number. */
+  max_uses?: number;
+  /** Seconds it lasts. */
+  expires_in?: number;
+}
+
 /** An entry of the signed-in user's notification feed. */
 export interface Notice {
   id: string;
@@ -322,6 +357,11 @@ export const api = {
   unmute: (id: string) => call<RoomView>('POST', `/api/rooms/${enc(id)}/unmute`),
   stepDown: (id: string) => call<RoomView>('POST', `/api/rooms/${enc(id)}/step_down`),
   presence: (id: string, state: { away?: boolean; deafened?: boolean }) => call<RoomView>('POST', `/api/rooms/${enc(id)}/presence`, state),
+  invite: (id: string, invitation: NewInvitation) => call<Invitation>('POST', `/api/rooms/${enc(id)}/invitations`, invitation),
+  invitations: (id: string) => call<{ invitations: InvitationEntry[] }>('GET', `/api/rooms/${enc(id)}/invitations`),
+  revokeInvitation: (id: string, token: string) => call<void>('DELETE', `/api/rooms/${enc(id)}/invitations/${enc(token)}`),
+  invitation: (token: string) => call<Invitation>('GET', `/api/invitations/${enc(token)}`),
+  acceptInvitation: (token: string) => call<RoomView>('POST', `/api/invitations/${enc(token)}/accept`),
   react: (id: string, emoji: string) => call<void>('POST', `/api/rooms/${enc(id)}/reactions`, { emoji }),
   moderate: (id: string, user: string, action: ModerationAction) =>
     call<RoomView>('POST', `/api/rooms/${enc(id)}/members/${enc(user)}/${action}`),

@@ -21,6 +21,7 @@ import { Moderation, requestCount } from './moderation';
 import { followButton, personAvatar, profileSheet } from './profile';
 import { embedSnippet, endedView, errorText } from './screens';
 import { dismiss, toast } from './toast';
+import { InvitePanel } from './invitations';
 
 /** The reactions people can send, with the word each stands for. */
 export const REACTIONS: [string, string][] = [
@@ -181,6 +182,8 @@ class RoomController {
   private readonly sink = h('div', { class: 'audio-sink', hidden: true });
   private readonly dockBar = h('aside', { class: 'dock', 'aria-label': 'Now playing' });
   private readonly shareDialog = h('dialog', { class: 'dialog', 'aria-labelledby': 'share-heading' });
+  /** Invitation links (hosts and co-hosts). */
+  private readonly invites: InvitePanel;
   private readonly endDialog = h('dialog', { class: 'dialog', 'aria-labelledby': 'end-heading' });
   private readonly profileDialog = h('dialog', { class: 'dialog profile-dialog', 'aria-labelledby': 'profile-heading' });
   private readonly moderation: Moderation;
@@ -207,6 +210,7 @@ class RoomController {
       openProfile: (user, name) => this.openProfile(user, name),
     });
     this.audience = new Audience({ id, openProfile: (user, name, role) => this.openProfile(user, name, role) });
+    this.invites = new InvitePanel(id);
   }
 
   /** Whether the user is in the live room (so that leaving the screen docks it). */
@@ -365,8 +369,14 @@ class RoomController {
           this.shareButton(v),
         ),
       ),
+      // The host lines speakers and co-hosts up before going live with invitation links.
+      isHost ? this.invites.el : null,
       this.shareDialog,
     );
+    if (isHost) {
+      this.invites.el.hidden = false;
+      this.invites.show();
+    }
     this.events = subscribe(v.id, (e) => {
       if (e.type === 'room_live' && !this.destroyed) {
         this.events?.close();
@@ -541,6 +551,7 @@ class RoomController {
             this.callout,
             h('section', { class: 'stage', 'aria-labelledby': 'stage-heading' }, h('h2', { id: 'stage-heading' }, 'On stage'), this.stage),
             h('section', { class: 'audience-section', 'aria-labelledby': 'audience-heading' }, h('h2', { id: 'audience-heading' }, 'Audience'), this.audience.el),
+            this.invites.el,
           ),
           h('div', { class: 'room-side' }, this.moderation.panel, this.about),
         ),
@@ -1052,6 +1063,8 @@ class RoomController {
     if (!v) return;
     const moderator = this.moderates();
     this.moderation.panel.hidden = !moderator;
+    this.invites.el.hidden = !moderator;
+    if (moderator) this.invites.show();
     this.about.hidden = moderator;
     if (moderator) this.moderation.render(v, me);
     else if (this.changed('about', [v.title, v.description, v.host_name, v.kind, v.you?.role])) {
