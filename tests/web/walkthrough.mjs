@@ -8,6 +8,8 @@
 // 660 Hz), walk the scenario:
 //   1. the host signs in, schedules a room, then creates a live room: it goes live muted (the
 //      "unmute when ready" panel, nothing published) and unmutes;
+//   1b. the host edits the scheduled room (PATCH) and lines up a co-host by user id, then takes
+//      them off the line-up;
 //   2. the listener signs in, sets "remind me" on the scheduled room, finds the live room in the
 //      directory (host and speakers named) and joins it, hears the host (inbound audio energy > 0)
 //      and sees them speak; both pages count 2 here, 1 on stage, 1 listening;
@@ -44,6 +46,7 @@
 //  10. sharing: the dialog (link, embed snippet of the card's size), the share sheet on a phone,
 //      the server's preview tags, the embed card (live, scheduled, unknown room) fitting its
 //      frame, with transparent corners in a page;
+//  10b. the host hands the room to a co-host (asked first), who hands it back;
 //  11. the host ends the room; both land on the summary, which a fresh page shows with names;
 //  12. the listener, who followed the host in step 2, hears them go live again: the bell counts it,
 //      a toast offers "Join", the browser shows a notification (the permission granted), and a
@@ -567,6 +570,21 @@ async function scenario(host, listener, blocked, launchGuest, hooks) {
     await H.getByText(/^Starts /).waitFor();
     await H.getByText('Hosted by Hana Host').waitFor();
     await shot(H, '04-room-scheduled');
+    // The host edits it (PATCH) and lines up a co-host by user id, then takes them off again.
+    await H.getByRole('button', { name: 'Edit room' }).click();
+    const edit = H.getByRole('dialog', { name: 'Edit room' });
+    await edit.getByLabel('Topic').fill('What ships, and when');
+    await audit(H, 'edit room');
+    await edit.getByRole('button', { name: 'Save' }).click();
+    await H.getByText('What ships, and when').waitFor();
+    const lineup = H.locator('.lineup-panel');
+    await lineup.getByLabel('User id').fill('sam-speaker');
+    await lineup.getByLabel('Role').selectOption('co_host');
+    await lineup.getByRole('button', { name: 'Add to line-up' }).click();
+    await lineup.locator('li[data-user="sam-speaker"]', { hasText: 'Co-host' }).waitFor();
+    await shot(H, '04b-room-scheduled-planning');
+    await lineup.getByRole('button', { name: 'Remove from line-up: sam-speaker' }).click();
+    await lineup.getByText('Nobody lined up yet.').waitFor();
     return decodeURIComponent(new URL(H.url()).pathname.split('/').pop());
   });
 
@@ -1264,6 +1282,24 @@ async function scenario(host, listener, blocked, launchGuest, hooks) {
       await outsider.close();
     }
   }, 60_000);
+
+  await step('the host hands the room to a co-host, who hands it back', async () => {
+    await H.getByRole('button', { name: 'Invite to speak: Leo Listener' }).click();
+    await H.getByRole('button', { name: 'Make co-host: Leo Listener' }).click();
+    await H.getByRole('button', { name: 'Make host: Leo Listener' }).click();
+    const confirm = H.getByRole('dialog', { name: 'Make Leo Listener the host?' });
+    await confirm.waitFor();
+    await audit(H, 'transfer confirmation');
+    await confirm.getByRole('button', { name: 'Make host' }).click();
+    await toastOn(H, 'Leo Listener is the host now; you are a co-host.').waitFor();
+    if (await H.getByRole('button', { name: 'End room' }).count()) throw new Error('a co-host is offered End room');
+    await L.getByRole('button', { name: 'End room' }).waitFor();
+    await L.getByRole('button', { name: 'Make host: Hana Host' }).click();
+    await L.getByRole('dialog', { name: 'Make Hana Host the host?' }).getByRole('button', { name: 'Make host' }).click();
+    await H.getByRole('button', { name: 'End room' }).waitFor();
+    await H.getByRole('button', { name: 'Move to audience: Leo Listener' }).click();
+    await L.getByRole('button', { name: 'Raise hand' }).waitFor();
+  });
 
   await step('host ends the room; both land on the summary, which names people to anyone', async () => {
     await H.getByRole('button', { name: 'End room' }).click();

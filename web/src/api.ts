@@ -357,6 +357,11 @@ export const api = {
   unmute: (id: string) => call<RoomView>('POST', `/api/rooms/${enc(id)}/unmute`),
   stepDown: (id: string) => call<RoomView>('POST', `/api/rooms/${enc(id)}/step_down`),
   presence: (id: string, state: { away?: boolean; deafened?: boolean }) => call<RoomView>('POST', `/api/rooms/${enc(id)}/presence`, state),
+  edit: (id: string, changes: Partial<Pick<NewRoom, 'title' | 'topic' | 'description' | 'scheduled_for' | 'idle_mute_after' | 'idle_audience_after' | 'show_away'>>) =>
+    call<RoomView>('PATCH', `/api/rooms/${enc(id)}`, changes),
+  lineup: (id: string) => call<{ lineup: { user: string; name: string; role: Role }[] }>('GET', `/api/rooms/${enc(id)}/lineup`),
+  lineUp: (id: string, user: string, role: Role) => call<unknown>('PUT', `/api/rooms/${enc(id)}/lineup/${enc(user)}`, { role }),
+  lineUpRemove: (id: string, user: string) => call<unknown>('DELETE', `/api/rooms/${enc(id)}/lineup/${enc(user)}`),
   invite: (id: string, invitation: NewInvitation) => call<Invitation>('POST', `/api/rooms/${enc(id)}/invitations`, invitation),
   invitations: (id: string) => call<{ invitations: InvitationEntry[] }>('GET', `/api/rooms/${enc(id)}/invitations`),
   revokeInvitation: (id: string, token: string) => call<void>('DELETE', `/api/rooms/${enc(id)}/invitations/${enc(token)}`),

@@ -22,6 +22,7 @@ import { followButton, personAvatar, profileSheet } from './profile';
 import { embedSnippet, endedView, errorText } from './screens';
 import { dismiss, toast } from './toast';
 import { InvitePanel } from './invitations';
+import { editDialog, lineUpEditor } from './planning';
 
 /** The reactions people can send, with the word each stands for. */
 export const REACTIONS: [string, string][] = [
@@ -182,6 +183,8 @@ class RoomController {
   private readonly sink = h('div', { class: 'audio-sink', hidden: true });
   private readonly dockBar = h('aside', { class: 'dock', 'aria-label': 'Now playing' });
   private readonly shareDialog = h('dialog', { class: 'dialog', 'aria-labelledby': 'share-heading' });
+  /** Editing a scheduled room (its host). */
+  private readonly editDialog = h('dialog', { class: 'dialog' });
   /** Invitation links (hosts and co-hosts). */
   private readonly invites: InvitePanel;
   private readonly endDialog = h('dialog', { class: 'dialog', 'aria-labelledby': 'end-heading' });
@@ -273,7 +276,7 @@ class RoomController {
   dock(): void {
     this.docked = true;
     this.releaseBar();
-    for (const d of [this.shareDialog, this.endDialog, this.profileDialog, this.moderation.requests, this.moderation.confirm]) if (d.open) d.close();
+    for (const d of [this.shareDialog, this.endDialog, this.profileDialog, this.moderation.requests, this.moderation.confirm, this.editDialog]) if (d.open) d.close();
     document.body.append(this.dockBar);
     this.dockSize.observe(this.dockBar);
     this.renderDock();
@@ -364,6 +367,9 @@ class RoomController {
           'div',
           { class: 'row' },
           isHost ? start : null,
+          isHost
+            ? h('button', { type: 'button', class: 'small', onclick: () => editDialog(this.editDialog, v, () => void this.open()) }, icon('calendar'), 'Edit room')
+            : null,
           remind,
           isHost || !me ? null : followButton(v.host, v.host_name, (err) => (error.textContent = errorText(err))),
           this.shareButton(v),
@@ -371,7 +377,9 @@ class RoomController {
       ),
       // The host lines speakers and co-hosts up before going live with invitation links.
       isHost ? this.invites.el : null,
+      isHost ? lineUpEditor(v.id) : null,
       this.shareDialog,
+      this.editDialog,
     );
     if (isHost) {
       this.invites.el.hidden = false;
