@@ -873,6 +873,15 @@ fn a_room_card_is_public_and_shows_only_public_fields() {
     let spec = ok(addr, "GET", "/api/openapi.json", &host, None);
     assert!(spec["paths"]["/api/rooms/{id}/card"]["get"].is_object());
     assert!(spec["components"]["schemas"]["RoomCardView"].is_object());
+    // The calls of idle/away, invitation links and the 409 that names the other room.
+    assert!(spec["paths"]["/api/rooms/{id}/presence"]["post"].is_object());
+    assert!(spec["paths"]["/api/rooms/{id}/invitations"]["get"].is_object());
+    assert!(spec["paths"]["/api/rooms/{id}/invitations/{token}"]["delete"].is_object());
+    assert!(
+        spec["components"]["schemas"]["RoomRef"].is_object(),
+        "{}",
+        spec["components"]
+    );
 }
 
 /// Rooms, roles, hands and bans survive a restart of `stoa serve`.
