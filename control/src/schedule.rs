@@ -249,6 +249,7 @@ mod tests {
             private: false,
             recording: false,
             series: None,
+            idle: Default::default(),
         });
         doc.room.schedule = schedule;
         doc.room

@@ -94,6 +94,7 @@ async fn scenario(control: Control) {
                 schedule: Default::default(),
                 private: false,
                 recording: false,
+                idle: Default::default(),
             },
         )
         .await

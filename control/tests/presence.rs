@@ -47,6 +47,7 @@ async fn room_with_lee(control: &Control) -> RoomId {
                 schedule: Default::default(),
                 private: false,
                 recording: false,
+                idle: Default::default(),
             },
         )
         .await

@@ -56,6 +56,7 @@ pub mod service {
             schedule,
             private: false,
             recording: false,
+            idle: Default::default(),
         }
     }
 }
