@@ -24,7 +24,8 @@ need_pkg redis-server redis-server # control-plane store tests (control/tests, t
 need_pkg janus janus # the comparison SFU of stoa-bench (tests/bench_smoke.rs); its service is never started
 # The container image and docker/compose.yml, built and run with podman (tests/container.rs):
 # runc (crun refuses this VM's hybrid cgroups), debootstrap for the locally made Debian base
-# image (no registry is reachable), iptables for podman's port publishing.
+# image (no registry is reachable), iptables for podman's port publishing (and for cutting a
+# browser's network path in its namespace, tests/browser.rs's resume run).
 need_pkg podman podman
 need_pkg runc runc
 need_pkg debootstrap debootstrap

@@ -133,9 +133,22 @@ pub struct Config {
     pub room: RoomSettings,
     /// The embedded TURN relay (`[turn]`, see `turn_config.rs`).
     pub turn: crate::turn_config::TurnSettings,
+    /// Room recordings (`[recording]`).
+    pub recording: RecordingSettings,
     /// Problems that did not stop startup (keys of a LiveKit config that Stoa ignores), logged
     /// as warnings once logging is up.
     pub warnings: Vec<String>,
+}
+
+/// Room recordings (`[recording]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingSettings {
+    /// Where recordings are written: one directory per room and recording under it. Default
+    /// `<control.data_dir>/recordings`.
+    pub dir: PathBuf,
+    /// Whether each speaker also gets a file of their own (their Opus as received, no
+    /// transcoding) beside the room mix.
+    pub track_files: bool,
 }
 
 /// Room defaults (`[room]`), LiveKit's names and defaults.
@@ -412,6 +425,8 @@ struct FileConfig {
     shutdown: FileShutdown,
     #[serde(default)]
     room: FileRoom,
+    #[serde(default)]
+    recording: FileRecording,
     turn: Option<crate::turn_config::FileTurn>,
     control: Option<stoa_control::ControlConfig>,
 }
@@ -422,6 +437,13 @@ struct FileRoom {
     empty_timeout: Option<u32>,
     departure_timeout: Option<u32>,
     max_participants: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRecording {
+    dir: Option<PathBuf>,
+    track_files: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -504,6 +526,8 @@ struct Layers {
     drain_seconds: Option<u64>,
     shutdown_clients: Option<ShutdownClients>,
     room: RoomSettings,
+    recording_dir: Option<PathBuf>,
+    recording_track_files: bool,
     /// `[turn]` as read, and the file it came from (validated in `finish`).
     turn: Option<(String, crate::turn_config::FileTurn)>,
     control: stoa_control::ControlConfig,
@@ -757,6 +781,15 @@ impl Layers {
                 .map_err(|e| anyhow!("config {name}: {e}"))?;
             self.control = control.clone();
         }
+        if let Some(dir) = &file.recording.dir {
+            if dir.as_os_str().is_empty() {
+                bail!("config {name}: recording.dir: must not be empty");
+            }
+            self.recording_dir = Some(dir.clone());
+        }
+        if let Some(on) = file.recording.track_files {
+            self.recording_track_files = on;
+        }
         if let Some(v) = file.room.empty_timeout {
             self.room.empty_timeout = v;
         }
@@ -986,6 +1019,12 @@ impl Layers {
                 format: self.log_format.unwrap_or(LogFormat::Text),
             },
             room: self.room,
+            recording: RecordingSettings {
+                dir: self
+                    .recording_dir
+                    .unwrap_or_else(|| self.control.data_dir.join("recordings")),
+                track_files: self.recording_track_files,
+            },
             control: self.control.with_mode_defaults(mode == Mode::Dev),
             warnings: self.warnings,
             shutdown: ShutdownConfig {

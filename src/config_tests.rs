@@ -68,6 +68,52 @@ fn example_config_parses() {
     assert_eq!(config.logging.format, LogFormat::Text);
     assert_eq!(config.shutdown.drain, std::time::Duration::from_secs(30));
     assert_eq!(config.control.ended_room_retention, 90 * 24 * 3600);
+    assert_eq!(
+        config.recording,
+        RecordingSettings {
+            dir: "stoa-data/recordings".into(),
+            track_files: false,
+        }
+    );
+}
+
+#[test]
+fn recording_settings() {
+    // Default: under the control plane's data directory.
+    let config = load_with(
+        Mode::Dev,
+        "[control]\ndata_dir = \"/var/lib/stoa\"\n",
+        &[("STOA_DATA_DIR", "")],
+        &Overrides::default(),
+    )
+    .expect("config");
+    assert_eq!(config.recording.dir, Path::new("/var/lib/stoa/recordings"));
+    assert!(!config.recording.track_files);
+    let config = load_with(
+        Mode::Dev,
+        "[recording]\ndir = \"/srv/rec\"\ntrack_files = true\n",
+        &[],
+        &Overrides::default(),
+    )
+    .expect("config");
+    assert_eq!(config.recording.dir, Path::new("/srv/rec"));
+    assert!(config.recording.track_files);
+    let err = load_with(
+        Mode::Dev,
+        "[recording]\ndir = \"\"\n",
+        &[],
+        &Overrides::default(),
+    )
+    .expect_err("empty dir");
+    assert!(err.to_string().contains("recording.dir"), "{err}");
+    let err = load_with(
+        Mode::Dev,
+        "[recording]\nformat = \"mp3\"\n",
+        &[],
+        &Overrides::default(),
+    )
+    .expect_err("unknown key");
+    assert!(err.to_string().contains("format"), "{err}");
 }
 
 #[test]
@@ -157,6 +203,8 @@ fn example_config_documents_every_key() {
         "use_external_ip",
         "stun_servers",
         "ended_room_retention",
+        "[recording]",
+        "track_files",
     ] {
         assert!(
             text.contains(key),

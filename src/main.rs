@@ -13,6 +13,7 @@ mod media_plane;
 mod metrics;
 mod ops;
 mod public_ip;
+mod recording;
 mod serve;
 mod tls;
 mod token_cmd;

@@ -25,6 +25,8 @@ pub struct LocalMedia {
     pub signaling: Signaling,
     /// Limits of media rooms created for control-plane rooms.
     pub limits: RoomLimits,
+    /// The node's recorder.
+    pub recordings: crate::recording::Recordings,
 }
 
 fn media_err(e: ServiceError) -> MediaError {
@@ -55,7 +57,21 @@ impl MediaPlane for LocalMedia {
                     .map_err(media_err)
             }
             MediaCommand::DeleteRoom { room } => {
+                // The recording ends with the room (its files are finished).
+                self.recordings.stop(room.as_str());
                 s.delete_room(room.as_str()).await.map_err(media_err)
+            }
+            MediaCommand::Record { room, recording } => {
+                // The egress exists before signaling names the room's tracks to it.
+                if *recording {
+                    self.recordings.record(room.as_str());
+                } else {
+                    self.recordings.stop(room.as_str());
+                }
+                s.set_recording(room.as_str(), *recording)
+                    .await
+                    .map(|_| ())
+                    .map_err(media_err)
             }
             MediaCommand::Update {
                 room,
@@ -151,9 +167,13 @@ impl Admission for ControlAdmission {
 const PRESENCE_BATCH: usize = 256;
 
 /// Feeds signaling's participant and speaker events to the control plane (presence and
-/// speaking time), in batches of whatever queued up meanwhile: the control plane applies a
+/// speaking time) and speaker events to the recorder (who spoke when), in batches of whatever queued up meanwhile: the control plane applies a
 /// batch with one store update per room.
-pub fn spawn_presence(control: Control, mut events: mpsc::Receiver<lk::WebhookEvent>) {
+pub fn spawn_presence(
+    control: Control,
+    recordings: crate::recording::Recordings,
+    mut events: mpsc::Receiver<lk::WebhookEvent>,
+) {
     tokio::spawn(async move {
         let mut queued = Vec::with_capacity(PRESENCE_BATCH);
         while events.recv_many(&mut queued, PRESENCE_BATCH).await > 0 {
@@ -187,6 +207,10 @@ pub fn spawn_presence(control: Control, mut events: mpsc::Receiver<lk::WebhookEv
                         "track_unmuted" => MediaEvent::Unmuted,
                         _ => return None,
                     };
+                    if let MediaEvent::SpeakingStarted | MediaEvent::SpeakingStopped = kind {
+                        let on = matches!(kind, MediaEvent::SpeakingStarted);
+                        recordings.speaking(&room.name, &p.identity, on);
+                    }
                     Some((room.name.clone(), p.identity.clone(), kind))
                 })
                 .collect();
@@ -195,6 +219,26 @@ pub fn spawn_presence(control: Control, mut events: mpsc::Receiver<lk::WebhookEv
             }
             for room in finished {
                 control.media_room_finished(&room).await;
+            }
+        }
+    });
+}
+
+/// Stops, where it was decided (the control plane), the recording of each room whose
+/// recording could not start or failed: the room's view and every participant then say it
+/// is not recorded, and the host may try again. The live room is not otherwise touched.
+pub fn spawn_recording_failures(control: Control, mut failures: mpsc::Receiver<String>) {
+    tokio::spawn(async move {
+        while let Some(room) = failures.recv().await {
+            let Ok(id) = stoa_control::model::RoomId::parse(&room) else {
+                continue;
+            };
+            let stop = stoa_control::room::Command::Record(false);
+            if let Err(e) = control
+                .act(&stoa_control::room::Actor::System, &id, stop)
+                .await
+            {
+                tracing::warn!(room = %room, error = %e.message, "cannot mark the failed recording stopped");
             }
         }
     });

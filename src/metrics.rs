@@ -29,6 +29,8 @@ pub const SIGNALING_ROOMS: &str = "signaling_rooms";
 pub const SIGNALING_PARTICIPANTS: &str = "signaling_participants";
 /// Open WebSocket signaling sessions (gauge).
 pub const SIGNALING_SESSIONS: &str = "signaling_sessions";
+/// Sessions held for a resume, their connection lost (gauge).
+pub const SIGNALING_SESSIONS_HELD: &str = "signaling_sessions_held";
 /// Published tracks as signaling sees them (gauge).
 pub const SIGNALING_TRACKS: &str = "signaling_tracks";
 /// Webhook events by `outcome` = `delivered` | `failed` | `dropped` (counter).
@@ -69,10 +71,12 @@ pub const SFU_OFFERS_REFUSED: &str = "sfu_offers_refused_total";
 /// (a client's request; the client is closed) | `outbox` (a session's outbox; the client is
 /// disconnected) | `engine` (an engine command; the session is told to rejoin) | `observer`
 /// (an event for the control plane) | `data` (a client's data packet: over its sender's rate,
-/// without the data permission, or on a server-only topic) (counter).
+/// without the data permission, or on a server-only topic) | `recorder` (a recorded track's name
+/// for the recorder, which then leaves that track out) (counter).
 pub const SIGNALING_DROPPED: &str = "signaling_dropped_total";
 /// Messages dropped because a bounded queue of the media engine's shell was full, by `queue` =
-/// `commands` | `relays` | `events` (counter).
+/// `commands` | `relays` | `events` | `tap` (a recorded packet on its way to the recorder) |
+/// `tap_core` (a recorded packet the shard did not take from its core in time) (counter).
 pub const SFU_QUEUE_DROPPED: &str = "sfu_queue_dropped_total";
 /// Media engine shards that answered the last scrape (gauge).
 pub const SFU_SHARDS: &str = "sfu_shards";
@@ -101,6 +105,12 @@ pub fn describe() {
         SIGNALING_SESSIONS,
         Unit::Count,
         "Open WebSocket signaling sessions"
+    );
+    describe_gauge!(
+        SIGNALING_SESSIONS_HELD,
+        Unit::Count,
+        "Signaling sessions held for a resume: connection lost, participant kept until the room's \
+         departure timeout"
     );
     describe_gauge!(SIGNALING_TRACKS, Unit::Count, "Published tracks");
     describe_counter!(
@@ -250,6 +260,7 @@ pub fn record(snapshot: &Snapshot) {
     if let Some(s) = &snapshot.signaling {
         gauge!(SIGNALING_ROOMS).set(s.rooms as f64);
         gauge!(SIGNALING_SESSIONS).set(s.sessions as f64);
+        gauge!(SIGNALING_SESSIONS_HELD).set(s.held as f64);
         gauge!(SIGNALING_TRACKS).set(s.tracks as f64);
         gauge!(SIGNALING_PARTICIPANTS, "role" => "publisher").set(s.publishers as f64);
         gauge!(SIGNALING_PARTICIPANTS, "role" => "listener").set(s.listeners as f64);
@@ -258,6 +269,7 @@ pub fn record(snapshot: &Snapshot) {
         counter!(SIGNALING_DROPPED, "queue" => "engine").absolute(s.engine_undelivered);
         counter!(SIGNALING_DROPPED, "queue" => "observer").absolute(s.observer_dropped);
         counter!(SIGNALING_DROPPED, "queue" => "data").absolute(s.data_dropped);
+        counter!(SIGNALING_DROPPED, "queue" => "recorder").absolute(s.recorder_dropped);
     }
     if let Some(shards) = &snapshot.sfu {
         let total = shards.iter().fold(SfuStats::default(), |mut sum, s| {
@@ -272,6 +284,7 @@ pub fn record(snapshot: &Snapshot) {
             sum.rtp_dropped_unauthorized += s.rtp_dropped_unauthorized;
             sum.rtp_dropped_muted += s.rtp_dropped_muted;
             sum.rtp_dropped_malformed += s.rtp_dropped_malformed;
+            sum.rtp_tap_dropped += s.rtp_tap_dropped;
             sum.datagrams_unknown += s.datagrams_unknown;
             sum.offers_refused += s.offers_refused;
             sum
@@ -287,6 +300,7 @@ pub fn record(snapshot: &Snapshot) {
             .absolute(total.rtp_dropped_unauthorized);
         counter!(SFU_RTP_DROPPED, "reason" => "muted").absolute(total.rtp_dropped_muted);
         counter!(SFU_RTP_DROPPED, "reason" => "malformed").absolute(total.rtp_dropped_malformed);
+        counter!(SFU_QUEUE_DROPPED, "queue" => "tap_core").absolute(total.rtp_tap_dropped);
         counter!(SFU_RTP_FORWARDED_DIRECT).absolute(total.rtp_forwarded_direct);
         counter!(SFU_RTP_DROPPED, "reason" => "duplicate").absolute(total.rtp_dropped_duplicate);
         counter!(SFU_DATAGRAMS_UNKNOWN).absolute(total.datagrams_unknown);
@@ -372,6 +386,7 @@ mod tests {
             signaling: Some(SignalingStats {
                 rooms: 1,
                 sessions: 3,
+                held: 1,
                 publishers: 1,
                 listeners: 2,
                 tracks: 1,
@@ -386,7 +401,7 @@ mod tests {
                 bytes_in: 700,
                 datagrams_out: 9,
                 bytes_out: 900,
-                dropped: [1, 0, 3],
+                dropped: [1, 0, 3, 2],
                 ..TrafficSnapshot::default()
             },
             webhooks: Some([4, 5, 6, 7]),
@@ -400,6 +415,7 @@ mod tests {
         for line in [
             "signaling_rooms 1",
             "signaling_sessions 3",
+            "signaling_sessions_held 1",
             "signaling_participants{role=\"publisher\"} 1",
             "signaling_participants{role=\"listener\"} 2",
             "sfu_peers 4",
@@ -428,6 +444,7 @@ mod tests {
             "signaling_dropped_total{queue=\"engine\"} 0",
             "sfu_queue_dropped_total{queue=\"commands\"} 1",
             "sfu_queue_dropped_total{queue=\"events\"} 3",
+            "sfu_queue_dropped_total{queue=\"tap\"} 2",
             "# TYPE sfu_rtp_packets_forwarded_total counter",
             "# TYPE sfu_peers gauge",
         ] {

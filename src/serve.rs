@@ -23,6 +23,9 @@ use crate::config::{
 use crate::metrics::Sources;
 use crate::ops::{self, Draining};
 
+/// How long running recordings may take to finish their files at shutdown.
+const RECORDER_GRACE: Duration = Duration::from_secs(5);
+
 /// How long open HTTP connections may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -158,10 +161,14 @@ async fn serve(config: &Config) -> Result<()> {
         max_participants: config.room.max_participants,
     };
     let (presence_tx, presence_rx) = tokio::sync::mpsc::channel(crate::media_plane::PRESENCE_QUEUE);
+    let (recordings, taps, recording_failures) =
+        crate::recording::Recordings::start(&config.recording, &engine_handle)?;
+    let recorder = recordings.clone();
     let service = ServiceConfig {
         turn,
         webhooks: webhooks.clone(),
         observer: Some(presence_tx),
+        recorder: Some(taps),
         room_defaults,
         ..ServiceConfig::default()
     };
@@ -176,6 +183,7 @@ async fn serve(config: &Config) -> Result<()> {
         Arc::new(crate::media_plane::LocalMedia {
             signaling: signaling.clone(),
             limits: room_defaults,
+            recordings: recordings.clone(),
         }),
         stoa_control::auth::Keys::new(key_pairs).map_err(|e| anyhow!("{}", e.message))?,
         config.control.clone(),
@@ -183,7 +191,8 @@ async fn serve(config: &Config) -> Result<()> {
     if let Some(notifier) = &webhooks {
         control.set_webhooks(Arc::new(crate::media_plane::ControlHooks(notifier.clone())));
     }
-    crate::media_plane::spawn_presence(control.clone(), presence_rx);
+    crate::media_plane::spawn_presence(control.clone(), recordings, presence_rx);
+    crate::media_plane::spawn_recording_failures(control.clone(), recording_failures);
     let draining = Draining::default();
     let sources = Sources {
         signaling: signaling.clone(),
@@ -282,6 +291,8 @@ async fn serve(config: &Config) -> Result<()> {
             }
         }
     }
+    // Recordings still running get their end, so players see them complete.
+    recorder.shutdown(RECORDER_GRACE).await;
     engine.shutdown();
     info!("stopped");
     Ok(())

@@ -45,6 +45,16 @@ fn livekit_client_comes_back_by_itself_after_a_server_restart() {
     run_scenario(Some("restart"));
 }
 
+/// Session resume: once B hears A, B's network path is cut for a few seconds (inside the
+/// namespace, iptables resets its signaling connection and drops its media UDP) and restored.
+/// B resumes (`reconnect=1&sid=…`, ICE restart): it sees `Reconnected`, keeps its sid, hears A
+/// again, and neither page sees the other leave or join. The time from restoration to audio is
+/// printed (summary `resume.restorationToAudioMs`).
+#[test]
+fn livekit_client_resumes_after_its_network_is_cut_for_seconds() {
+    run_scenario(Some("cut"));
+}
+
 /// The same scenario with both pages relay-only (`iceTransportPolicy: 'relay'`) through Stoa's
 /// own TURN relay, named in the JoinResponse with per-session credentials: over UDP, TCP and
 /// TLS (`turns:`), each in its own namespace and server. B must hear A over a relay candidate
@@ -70,7 +80,8 @@ fn livekit_client_as_a_hostile_client_changes_nothing_the_host_sees() {
 static ONE_BROWSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Runs tests/browser/run.sh in a private network namespace; `relay` selects relay-only mode
-/// over that transport, or (`"restart"`, `"hostile"`) that scenario.
+/// over that transport, or the restart (`"restart"`), network-cut (`"cut"`) or hostile-client
+/// (`"hostile"`) scenario.
 fn run_scenario(relay: Option<&str>) {
     let _one = ONE_BROWSER
         .lock()
@@ -98,10 +109,14 @@ fn run_scenario(relay: Option<&str>) {
                 .env_remove("STOA_API_SECRET")
                 .env_remove("STOA_E2E_RELAY")
                 .env_remove("STOA_E2E_RESTART")
+                .env_remove("STOA_E2E_CUT")
                 .env_remove("STOA_E2E_SCENARIO");
             match relay {
                 Some("restart") => {
                     command.env("STOA_E2E_RESTART", "1");
+                }
+                Some("cut") => {
+                    command.env("STOA_E2E_CUT", "1");
                 }
                 Some("hostile") => {
                     command.env("STOA_E2E_SCENARIO", "hostile");
@@ -118,6 +133,7 @@ fn run_scenario(relay: Option<&str>) {
     let mode = match relay {
         None => "direct".to_owned(),
         Some(m @ ("restart" | "hostile")) => m.to_owned(),
+        Some("cut") => "network cut and resume".to_owned(),
         Some(r) => format!("relay over {r}"),
     };
     eprintln!(

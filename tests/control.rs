@@ -359,6 +359,9 @@ fn one_room_at_a_time_full_rooms_and_speaker_modes() {
     let (status, err) = api(addr, "POST", &format!("/api/rooms/{b}/token"), &lee, None);
     assert_eq!(status, 409, "{err}");
     assert!(err["message"].as_str().unwrap().contains(&a), "{err}");
+    // The 409 names the room Lee is in, so that a client can offer to leave it.
+    assert_eq!(err["code"], "already_in_room", "{err}");
+    assert_eq!(err["room"], json!({"id": a, "title": "A"}), "{err}");
     // Room A holds two: the third is refused with 422.
     ok(addr, "POST", &format!("/api/rooms/{a}/token"), &hana, None);
     let (status, err) = api(addr, "POST", &format!("/api/rooms/{a}/token"), &kim, None);
@@ -371,6 +374,64 @@ fn one_room_at_a_time_full_rooms_and_speaker_modes() {
     let (status, _) = api(addr, "PUT", "/api/follows/users/omar", &lee, None);
     assert_eq!(status, 204);
     ok(addr, "POST", &format!("/api/rooms/{b}/hand"), &lee, None);
+    // Away and deafened are the member's own word; away shows where the room's show_away is on.
+    let seen = ok(
+        addr,
+        "POST",
+        &format!("/api/rooms/{b}/presence"),
+        &lee,
+        Some(json!({"away": true, "deafened": true})),
+    );
+    assert_eq!(
+        (
+            &seen["you"]["away"],
+            &seen["you"]["deafened"],
+            &seen["show_away"]
+        ),
+        (&json!(false), &json!(true), &json!(false)),
+        "{seen}"
+    );
+    let (status, err) = api(
+        addr,
+        "POST",
+        &format!("/api/rooms/{b}/presence"),
+        &lee,
+        Some(json!({"gone": true})),
+    );
+    assert_eq!(status, 400, "{err}");
+    let (status, err) = api(
+        addr,
+        "POST",
+        &format!("/api/rooms/{a}/presence"),
+        &kim,
+        Some(json!({"away": true})),
+    );
+    assert_eq!((status, err["code"].as_str()), (403, Some("not_a_member")));
+    let (status, err) = api(
+        addr,
+        "PATCH",
+        &format!("/api/rooms/{b}"),
+        &omar,
+        Some(json!({"idle_mute_after": 120, "idle_audience_after": 60})),
+    );
+    assert_eq!((status, err["code"].as_str()), (400, Some("invalid_field")));
+    let edited = ok(
+        addr,
+        "PATCH",
+        &format!("/api/rooms/{b}"),
+        &omar,
+        Some(json!({"show_away": true, "idle_mute_after": 0})),
+    );
+    assert_eq!(
+        (
+            &edited["show_away"],
+            &edited["idle_mute_after"],
+            &edited["idle_audience_after"]
+        ),
+        (&json!(true), &json!(0), &json!(1800))
+    );
+    let seen = ok(addr, "GET", &format!("/api/rooms/{b}"), &lee, None);
+    assert_eq!(seen["you"]["away"], true, "{seen}");
     let follows = ok(addr, "GET", "/api/follows", &lee, None);
     assert_eq!(follows["follows"][0], json!({"kind": "user", "id": "omar"}));
     // Invitation links: only moderators make them; accepting one lets a listener raise a hand
@@ -417,6 +478,99 @@ fn one_room_at_a_time_full_rooms_and_speaker_modes() {
         None,
     );
     ok(addr, "POST", &format!("/api/rooms/{c}/hand"), &kim, None);
+    // A single-use speaker link: Lee accepts and is lined up; Omar finds it used up.
+    let (status, once) = api(
+        addr,
+        "POST",
+        &format!("/api/rooms/{c}/invitations"),
+        &hana,
+        Some(json!({"role": "speaker", "max_uses": 1, "expires_in": 600})),
+    );
+    assert_eq!(status, 201, "{once}");
+    assert_eq!(
+        (&once["role"], &once["max_uses"]),
+        (&json!("speaker"), &json!(1))
+    );
+    let once = once["token"].as_str().unwrap();
+    let seen = ok(
+        addr,
+        "POST",
+        &format!("/api/invitations/{once}/accept"),
+        &lee,
+        None,
+    );
+    assert_eq!(seen["your_lineup"], "speaker", "{seen}");
+    let (status, err) = api(
+        addr,
+        "POST",
+        &format!("/api/invitations/{once}/accept"),
+        &omar,
+        None,
+    );
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (410, Some("invitation_used_up"))
+    );
+    for (body, code) in [
+        (json!({"role": "host"}), "invalid_role"),
+        (json!({"max_uses": 0}), "invalid_field"),
+        (json!({"uses": 3}), "invalid_json"),
+    ] {
+        let (status, err) = api(
+            addr,
+            "POST",
+            &format!("/api/rooms/{c}/invitations"),
+            &hana,
+            Some(body),
+        );
+        assert_eq!((status, err["code"].as_str()), (400, Some(code)), "{err}");
+    }
+    // The host lists the links (newest first) and revokes the listener link.
+    let listed = ok(
+        addr,
+        "GET",
+        &format!("/api/rooms/{c}/invitations"),
+        &hana,
+        None,
+    );
+    let entries = listed["invitations"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{listed}");
+    assert_eq!(
+        (
+            &entries[0]["token"],
+            &entries[0]["uses"],
+            &entries[0]["usable"]
+        ),
+        (&json!(once), &json!(1), &json!(false))
+    );
+    assert_eq!(entries[1]["token"], token);
+    let (status, _) = api(
+        addr,
+        "GET",
+        &format!("/api/rooms/{c}/invitations"),
+        &kim,
+        None,
+    );
+    assert_eq!(status, 403);
+    let (status, _) = api(
+        addr,
+        "DELETE",
+        &format!("/api/rooms/{c}/invitations/{token}"),
+        &hana,
+        None,
+    );
+    assert_eq!(status, 204);
+    let (status, err) = api(
+        addr,
+        "GET",
+        &format!("/api/invitations/{token}"),
+        &omar,
+        None,
+    );
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (410, Some("invitation_revoked"))
+    );
 
     // Reactions are rate-limited.
     let mut limited = false;
@@ -720,6 +874,15 @@ fn a_room_card_is_public_and_shows_only_public_fields() {
     let spec = ok(addr, "GET", "/api/openapi.json", &host, None);
     assert!(spec["paths"]["/api/rooms/{id}/card"]["get"].is_object());
     assert!(spec["components"]["schemas"]["RoomCardView"].is_object());
+    // The calls of idle/away, invitation links and the 409 that names the other room.
+    assert!(spec["paths"]["/api/rooms/{id}/presence"]["post"].is_object());
+    assert!(spec["paths"]["/api/rooms/{id}/invitations"]["get"].is_object());
+    assert!(spec["paths"]["/api/rooms/{id}/invitations/{token}"]["delete"].is_object());
+    assert!(
+        spec["components"]["schemas"]["RoomRef"].is_object(),
+        "{}",
+        spec["components"]
+    );
 }
 
 /// Rooms, roles, hands and bans survive a restart of `stoa serve`.

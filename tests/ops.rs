@@ -188,6 +188,7 @@ fn metrics_follow_a_session_and_readyz_answers() {
     for name in [
         "signaling_rooms",
         "signaling_sessions",
+        "signaling_sessions_held",
         "signaling_tracks",
         "signaling_participants{role=\"publisher\"}",
         "signaling_participants{role=\"listener\"}",

@@ -4,12 +4,18 @@
 //!
 //! The scenario lives in `tests/web/walkthrough.mjs` and asserts, at desktop and phone sizes:
 //! a host goes live muted and unmutes on purpose; a listener finds the room, hears the host and
-//! sees the server's speaking indicator, with counts that add up; a raised hand reaches the host
+//! sees the server's speaking indicator, with counts that add up; the host records the room and
+//! the listener's livekit-client reports it (`room.isRecording`) while both pages show the REC
+//! badge, then the host stops it; a raised hand reaches the host
 //! as a toast, a tab-title count and a Requests badge in reach without scrolling; the approved
 //! speaker arrives muted and is told so, as they are when muted or moved back by a host; the
 //! listener's network drops (its browser's network service is stopped) and the page shows the
 //! reconnect banner and recovers by itself; browsing docks the room as a mini-player that keeps
-//! playing; a refused microphone is explained; kick and ban ask first, can be undone, list the
+//! playing; a refused microphone is explained; opening a room while in another names that room
+//! and offers to leave it and join this one (the old tab says so); a hidden listener page shows as away
+//! where the room shows it, and deafen shows to others; a single-use speaker invitation link,
+//! made and copied by the host, lands the listener on stage, and used-up and revoked links say so; the host edits a scheduled
+//! room and its line-up, and hands the live room to a co-host, who hands it back; kick and ban ask first, can be undone, list the
 //! removed for hosts, and give the removed a screen saying why and for how long (a countdown);
 //! a guest opens the shared link, signs in and lands in the room, where the listener and the
 //! guest see each other in the audience (a page at a time, "Show more"; a banned user may not

@@ -39,8 +39,14 @@ pub struct ToneLoop {
 }
 
 impl ToneLoop {
-    /// Encode the loop with libopus.
+    /// Encode the loop of the 1 kHz tone with libopus.
     pub fn encode() -> Result<ToneLoop, AudioError> {
+        ToneLoop::encode_tone(TONE_HZ as u32)
+    }
+
+    /// Encode the loop of a `hz` tone (whole hertz, so the one-second loop is seamless): tests
+    /// give speakers different tones to tell them apart in a mix.
+    pub fn encode_tone(hz: u32) -> Result<ToneLoop, AudioError> {
         let mut encoder = Encoder::new(SAMPLE_RATE, Channels::Mono, Application::Voip)?;
         encoder.set_bitrate(opus::Bitrate::Bits(BITRATE))?;
         let mut frames = Vec::with_capacity(LOOP_FRAMES);
@@ -50,7 +56,9 @@ impl ToneLoop {
         for i in 0..2 * LOOP_FRAMES {
             for s in &mut pcm {
                 let t = n as f64 / f64::from(SAMPLE_RATE);
-                *s = (0.3 * f64::from(i16::MAX) * (2.0 * std::f64::consts::PI * TONE_HZ * t).sin())
+                *s = (0.3
+                    * f64::from(i16::MAX)
+                    * (2.0 * std::f64::consts::PI * f64::from(hz) * t).sin())
                     as i16;
                 n += 1;
             }

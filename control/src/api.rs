@@ -47,6 +47,10 @@ pub fn router(control: Control) -> Router {
         .route("/api/rooms/{id}/audience", get(audience))
         .route("/api/rooms/{id}/start", post(start))
         .route("/api/rooms/{id}/end", post(end))
+        .route(
+            "/api/rooms/{id}/recording",
+            post(start_recording).delete(stop_recording),
+        )
         .route("/api/rooms/{id}/token", post(token))
         .route("/api/rooms/{id}/leave", post(leave))
         .route("/api/rooms/{id}/hand", post(raise_hand).delete(lower_hand))
@@ -54,10 +58,18 @@ pub fn router(control: Control) -> Router {
         .route("/api/rooms/{id}/unmute", post(unmute))
         .route("/api/rooms/{id}/step_down", post(step_down))
         .route("/api/rooms/{id}/reactions", post(react))
+        .route("/api/rooms/{id}/presence", post(presence))
         .route("/api/rooms/{id}/members/{user}/{action}", post(moderate))
         .route("/api/rooms/{id}/stats", get(room_stats))
         .route("/api/rooms/{id}/audit", get(audit_log))
-        .route("/api/rooms/{id}/invitations", post(create_invitation))
+        .route(
+            "/api/rooms/{id}/invitations",
+            post(create_invitation).get(list_invitations),
+        )
+        .route(
+            "/api/rooms/{id}/invitations/{token}",
+            axum::routing::delete(revoke_invitation),
+        )
         .route("/api/invitations/{token}", get(get_invitation))
         .route("/api/invitations/{token}/accept", post(accept_invitation))
         .route("/api/users/{id}/stats", get(host_stats))
@@ -259,6 +271,18 @@ pub struct CreateRoomBody {
     /// with their identity by the server (default false: only the stage sends data).
     #[serde(default)]
     pub listener_data: bool,
+    /// Record the room from the moment it goes live (default `false`).
+    #[serde(default)]
+    pub recording: bool,
+    /// Seconds without speaking after which someone on stage is muted; 0: never (default
+    /// 600).
+    pub idle_mute_after: Option<u32>,
+    /// Seconds without speaking after which a speaker goes back to the audience; 0: never
+    /// (default 1800; longer than `idle_mute_after`).
+    pub idle_audience_after: Option<u32>,
+    /// Show listeners whose page is hidden as away (default false).
+    #[serde(default)]
+    pub show_away: bool,
 }
 
 /// `PATCH /api/rooms/{id}`: the fields to change, checked as at creation; absent fields stay.
@@ -283,6 +307,12 @@ pub struct EditRoomBody {
     pub schedule: Option<Schedule>,
     /// Listeners may send data packets to the room; applies at once to those connected.
     pub listener_data: Option<bool>,
+    /// Seconds without speaking after which someone on stage is muted (0: never).
+    pub idle_mute_after: Option<u32>,
+    /// Seconds without speaking after which a speaker goes back to the audience (0: never).
+    pub idle_audience_after: Option<u32>,
+    /// Show listeners whose page is hidden as away.
+    pub show_away: Option<bool>,
 }
 
 /// `PUT /api/rooms/{id}/lineup/{user}`.
@@ -377,6 +407,56 @@ pub struct InvitationView {
     pub expires_at: u64,
     /// Stage rooms ask the invitee to confirm before joining.
     pub requires_confirmation: bool,
+    /// The role it gives: `listener`, `speaker` or `co_host`.
+    pub role: crate::model::Role,
+    /// How many may accept it (absent: any number).
+    pub max_uses: Option<u32>,
+    /// How many did.
+    pub uses: u32,
+}
+
+/// `POST /api/rooms/{id}/invitations` (the body is optional: a multi-use listener link that
+/// lasts `invite_ttl`).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvitationBody {
+    /// `listener` (default: may raise a hand in an "invited" room), `speaker` or `co_host`
+    /// (lined up: on stage whenever they join).
+    pub role: Option<crate::model::Role>,
+    /// How many may accept it: 1 for a single-use link; absent for any number.
+    pub max_uses: Option<u32>,
+    /// Seconds it lasts: 60 up to the server's `invite_ttl` (its default).
+    pub expires_in: Option<u64>,
+}
+
+/// One invitation of a room, as its moderators list it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct InvitationEntry {
+    /// The opaque token (the link is `/invite/{token}`).
+    pub token: String,
+    /// The role it gives.
+    pub role: crate::model::Role,
+    /// How many may accept it (absent: any number).
+    pub max_uses: Option<u32>,
+    /// How many did.
+    pub uses: u32,
+    /// Unix ms it was made.
+    pub created_at: u64,
+    /// Unix ms after which it no longer works.
+    pub expires_at: u64,
+    /// Who made it.
+    pub created_by: UserId,
+    /// Revoked.
+    pub revoked: bool,
+    /// Still accepted now (not revoked, expired or used up).
+    pub usable: bool,
+}
+
+/// A room's invitations, newest first (at most 100).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct InvitationsView {
+    /// The invitations.
+    pub invitations: Vec<InvitationEntry>,
 }
 
 /// What the caller follows.
@@ -510,6 +590,15 @@ async fn create_room(
                 schedule: b.schedule,
                 private: b.private,
                 listener_data: b.listener_data,
+                recording: b.recording,
+                idle: {
+                    let d = crate::model::IdleRules::default();
+                    crate::model::IdleRules {
+                        mute_after: b.idle_mute_after.unwrap_or(d.mute_after),
+                        audience_after: b.idle_audience_after.unwrap_or(d.audience_after),
+                        show_away: b.show_away,
+                    }
+                },
             },
         )
         .await?;
@@ -555,6 +644,9 @@ async fn edit_room(
         scheduled_for: b.scheduled_for,
         schedule: b.schedule,
         listener_data: b.listener_data,
+        idle_mute_after: b.idle_mute_after,
+        idle_audience_after: b.idle_audience_after,
+        show_away: b.show_away,
     };
     c.edit(&caller.actor(), &id, changes).await?;
     Ok(Json(c.view(&id, caller.viewer()).await?))
@@ -686,6 +778,31 @@ async fn end(
     run(&c, &caller, &id, Command::End).await
 }
 
+/// Starts recording the live room (host and co-hosts): its mixed audio is written to the
+/// server's recording directory and every participant sees the room as recorded.
+#[utoipa::path(post, path = "/api/rooms/{id}/recording", params(("id" = String, Path, description = "Room id")),
+    responses((status = 200, body = RoomView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "The room is not live")))]
+async fn start_recording(
+    State(c): State<Control>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RoomView>, ControlError> {
+    run(&c, &caller, &id, Command::Record(true)).await
+}
+
+/// Stops recording the room (host and co-hosts); its files are finished.
+#[utoipa::path(delete, path = "/api/rooms/{id}/recording", params(("id" = String, Path, description = "Room id")),
+    responses((status = 200, body = RoomView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "The room is not live")))]
+async fn stop_recording(
+    State(c): State<Control>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RoomView>, ControlError> {
+    run(&c, &caller, &id, Command::Record(false)).await
+}
+
 #[utoipa::path(post, path = "/api/rooms/{id}/token", params(("id" = String, Path, description = "Room id")),
     responses((status = 200, body = TokenView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "In another room, or the room is not live"), (status = 422, body = ErrorBody, description = "Full")))]
@@ -757,6 +874,36 @@ own_action!(
     "/api/rooms/{id}/step_down",
     Action::StepDown
 );
+
+/// `POST /api/rooms/{id}/presence`: the member's own state as their client sees it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceBody {
+    /// The page is hidden (away); shown to others only where the room's `show_away` is on.
+    pub away: Option<bool>,
+    /// The room's sound is off (deafened).
+    pub deafened: Option<bool>,
+}
+
+/// Away and deafen are the member's own word, sent here rather than set as participant
+/// attributes by the client: the media plane's attributes are the server's (role, hand), and
+/// a client allowed to write its own attributes could write those too.
+#[utoipa::path(post, path = "/api/rooms/{id}/presence", params(("id" = String, Path, description = "Room id")), request_body = PresenceBody,
+    responses((status = 200, body = RoomView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
+async fn presence(
+    State(c): State<Control>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(b): Body<PresenceBody>,
+) -> Result<Json<RoomView>, ControlError> {
+    let (user, _) = caller.user()?;
+    c.rate_limit(user, "presence", 2.0, 10.0)?;
+    let command = Command::Presence {
+        away: b.away,
+        deafened: b.deafened,
+    };
+    run(&c, &caller, &id, command).await
+}
 
 #[utoipa::path(post, path = "/api/rooms/{id}/reactions", params(("id" = String, Path, description = "Room id")), request_body = ReactionBody,
     responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)))]
@@ -869,52 +1016,134 @@ async fn host_stats(
     Ok(Json(view::host_stats(&host, &docs, now_ms())))
 }
 
-#[utoipa::path(post, path = "/api/rooms/{id}/invitations", params(("id" = String, Path, description = "Room id")),
-    responses((status = 201, body = InvitationView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+/// A JSON body that may be left out (then `T::default()`).
+#[derive(Debug)]
+pub struct OptionalBody<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalBody<T> {
+    type Rejection = ControlError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let empty = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() == "0")
+            || (!req
+                .headers()
+                .contains_key(axum::http::header::CONTENT_LENGTH)
+                && !req
+                    .headers()
+                    .contains_key(axum::http::header::TRANSFER_ENCODING));
+        if empty {
+            return Ok(OptionalBody(T::default()));
+        }
+        Body::<T>::from_request(req, state)
+            .await
+            .map(|Body(t)| OptionalBody(t))
+    }
+}
+
+#[utoipa::path(post, path = "/api/rooms/{id}/invitations", params(("id" = String, Path, description = "Room id")), request_body(content = InvitationBody, description = "Optional: a multi-use listener link by default"),
+    responses((status = 201, body = InvitationView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn create_invitation(
     State(c): State<Control>,
     caller: Caller,
     Path(id): Path<String>,
+    OptionalBody(b): OptionalBody<InvitationBody>,
 ) -> Result<Response, ControlError> {
     let (user, _) = caller.user()?;
     let id = room_id(&id)?;
-    let (token, invite) = c.invite(user, &id).await?;
+    c.rate_limit(user, "invitation", 0.5, 10.0)?;
+    let new = crate::service::NewInvite {
+        role: b.role.unwrap_or(crate::model::Role::Listener),
+        max_uses: b.max_uses,
+        expires_in: b.expires_in,
+    };
+    let (token, invite) = c.invite(user, &id, new).await?;
     let room = c.view(&id, caller.viewer()).await?;
-    let body = InvitationView {
+    Ok((
+        StatusCode::CREATED,
+        Json(invitation_view(token, &invite, room)),
+    )
+        .into_response())
+}
+
+fn invitation_view(token: String, invite: &crate::store::Invite, room: RoomView) -> InvitationView {
+    InvitationView {
         token,
         requires_confirmation: room.kind == RoomKind::Stage,
         room,
         expires_at: invite.expires_at,
-    };
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+        role: invite.role,
+        max_uses: invite.max_uses,
+        uses: invite.uses,
+    }
+}
+
+#[utoipa::path(get, path = "/api/rooms/{id}/invitations", params(("id" = String, Path, description = "Room id")),
+    responses((status = 200, body = InvitationsView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn list_invitations(
+    State(c): State<Control>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<InvitationsView>, ControlError> {
+    let (user, _) = caller.user()?;
+    let id = room_id(&id)?;
+    let now = now_ms();
+    let invitations = c
+        .invitations(user, &id)
+        .await?
+        .into_iter()
+        .map(|(token, i)| InvitationEntry {
+            usable: !i.revoked && i.expires_at > now && i.max_uses.is_none_or(|m| i.uses < m),
+            token,
+            role: i.role,
+            max_uses: i.max_uses,
+            uses: i.uses,
+            created_at: i.created_at,
+            expires_at: i.expires_at,
+            created_by: i.created_by,
+            revoked: i.revoked,
+        })
+        .collect();
+    Ok(Json(InvitationsView { invitations }))
+}
+
+#[utoipa::path(delete, path = "/api/rooms/{id}/invitations/{token}", params(("id" = String, Path, description = "Room id"), ("token" = String, Path, description = "Invitation token")),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn revoke_invitation(
+    State(c): State<Control>,
+    caller: Caller,
+    Path((id, token)): Path<(String, String)>,
+) -> Result<StatusCode, ControlError> {
+    let (user, _) = caller.user()?;
+    let id = room_id(&id)?;
+    c.revoke(user, &id, &token).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/api/invitations/{token}", params(("token" = String, Path, description = "Invitation token")),
-    responses((status = 200, body = InvitationView), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = InvitationView), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody)))]
 async fn get_invitation(
     State(c): State<Control>,
     caller: Caller,
     Path(token): Path<String>,
 ) -> Result<Json<InvitationView>, ControlError> {
-    let invite = c.invitation(&token).await?;
+    let invite = c.invitation(&token, now_ms()).await?;
     let room = c.invited_view(&invite.room, caller.viewer()).await?;
-    Ok(Json(InvitationView {
-        token,
-        requires_confirmation: room.kind == RoomKind::Stage,
-        room,
-        expires_at: invite.expires_at,
-    }))
+    Ok(Json(invitation_view(token, &invite, room)))
 }
 
 #[utoipa::path(post, path = "/api/invitations/{token}/accept", params(("token" = String, Path, description = "Invitation token")),
-    responses((status = 200, body = RoomView), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = RoomView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 410, body = ErrorBody)))]
 async fn accept_invitation(
     State(c): State<Control>,
     caller: Caller,
     Path(token): Path<String>,
 ) -> Result<Json<RoomView>, ControlError> {
     let (user, _) = caller.user()?;
-    let doc = c.accept(user, &token).await?;
+    let doc = c.accept(user, &token, now_ms()).await?;
     Ok(Json(c.view(&doc.room.id, caller.viewer()).await?))
 }
 
@@ -1319,7 +1548,9 @@ fn event_room(e: &Event) -> &RoomId {
         | Event::Reaction { room, .. }
         | Event::RoomEdited { room, .. }
         | Event::Reminder { room, .. }
-        | Event::LineUp { room, .. } => room,
+        | Event::LineUp { room, .. }
+        | Event::Idle { room, .. }
+        | Event::Presence { room, .. } => room,
     }
 }
 
@@ -1345,6 +1576,8 @@ fn event_room(e: &Event) -> &RoomId {
         room_card,
         start,
         end,
+        start_recording,
+        stop_recording,
         token,
         leave,
         raise_hand,
@@ -1352,12 +1585,15 @@ fn event_room(e: &Event) -> &RoomId {
         mute,
         unmute,
         step_down,
+        presence,
         react,
         moderate,
         room_stats,
         audit_log,
         host_stats,
         create_invitation,
+        list_invitations,
+        revoke_invitation,
         get_invitation,
         accept_invitation,
         follows,

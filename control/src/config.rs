@@ -53,7 +53,7 @@ pub struct ControlConfig {
     pub token_ttl: u64,
     /// Lifetime of guest user tokens (seconds).
     pub user_token_ttl: u64,
-    /// Lifetime of invitation links (seconds).
+    /// Longest (and default) lifetime of invitation links (seconds).
     pub invite_ttl: u64,
     /// Seconds an ended room (with its statistics) is kept before it is deleted; 0 keeps
     /// ended rooms forever.

@@ -15,6 +15,18 @@ pub struct ControlError {
     pub message: String,
     /// Seconds after which the same request may succeed (a kick's cooldown, a rate limit).
     pub retry_after: Option<u64>,
+    /// The room the error is about, when it is another room than the one asked for (e.g.
+    /// `already_in_room` names the room the caller is still in).
+    pub room: Option<RoomRef>,
+}
+
+/// A room named in an error: its id and title.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct RoomRef {
+    /// Room id.
+    pub id: String,
+    /// Title.
+    pub title: String,
 }
 
 /// The JSON body of every error response.
@@ -27,6 +39,9 @@ pub struct ErrorBody {
     /// Seconds after which the same request may succeed, when that is known (e.g. `kicked`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
+    /// The other room the error is about (`already_in_room`: the room the caller is in).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room: Option<RoomRef>,
 }
 
 impl ControlError {
@@ -37,7 +52,18 @@ impl ControlError {
             code,
             message: message.into(),
             retry_after: None,
+            room: None,
         }
+    }
+
+    /// The same error, naming the room it is about.
+    #[must_use]
+    pub fn about_room(mut self, id: impl Into<String>, title: impl Into<String>) -> Self {
+        self.room = Some(RoomRef {
+            id: id.into(),
+            title: title.into(),
+        });
+        self
     }
 
     /// The same error, saying that the request may succeed after `seconds`.
@@ -94,6 +120,7 @@ impl ControlError {
             code: self.code.to_owned(),
             message: self.message.clone(),
             retry_after: self.retry_after,
+            room: self.room.clone(),
         }
     }
 }

@@ -124,6 +124,26 @@ pub enum Event {
         /// Co-host or speaker; `None`: taken back.
         role: Option<Role>,
     },
+    /// Someone on stage was idle past the room's rules: muted, or moved to the audience.
+    Idle {
+        /// Room.
+        room: RoomId,
+        /// Who.
+        user: UserId,
+        /// Moved to the audience (else muted).
+        moved: bool,
+    },
+    /// A member's own state changed: away (page hidden) or deafened.
+    Presence {
+        /// Room.
+        room: RoomId,
+        /// Who.
+        user: UserId,
+        /// Away (shown only where the room shows away listeners).
+        away: bool,
+        /// Deafened.
+        deafened: bool,
+    },
     /// A reaction.
     Reaction {
         /// Room.

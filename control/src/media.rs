@@ -62,6 +62,14 @@ pub enum MediaCommand {
         /// The metadata.
         metadata: String,
     },
+    /// Record the room, or stop: its audio goes to the recorder and every participant sees
+    /// the room as recorded (LiveKit `Room.active_recording`).
+    Record {
+        /// Room.
+        room: RoomId,
+        /// Recorded or not.
+        recording: bool,
+    },
     /// Show a reaction to the room's participants (a data message, topic `stoa.reaction`).
     Reaction {
         /// Room.

@@ -280,6 +280,59 @@ pub struct Room {
     /// with their identity by the server); off by default, when only the stage sends data.
     #[serde(default)]
     pub listener_data: bool,
+    /// Recorded: while live, the media plane records it and every participant sees so; set
+    /// at creation, it records from the start.
+    #[serde(default)]
+    pub recording: bool,
+    /// When idle speakers are muted and moved back, and whether away listeners show.
+    #[serde(default)]
+    pub idle: IdleRules,
+}
+
+/// Longest idle time a room may set (a day), in seconds.
+pub const MAX_IDLE_SECS: u32 = 86_400;
+
+/// A room's rules for idle speakers and away listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdleRules {
+    /// Seconds without speaking after which someone on stage is muted (0: never).
+    pub mute_after: u32,
+    /// Seconds without speaking after which a speaker goes back to the audience (0: never;
+    /// else longer than `mute_after`). The host and co-hosts stay on stage.
+    pub audience_after: u32,
+    /// Show listeners whose page is hidden as away (off by default).
+    pub show_away: bool,
+}
+
+impl Default for IdleRules {
+    fn default() -> Self {
+        IdleRules {
+            mute_after: 600,
+            audience_after: 1800,
+            show_away: false,
+        }
+    }
+}
+
+impl IdleRules {
+    /// Checks the limits: each at most a day, and the move to the audience after the mute.
+    pub fn validate(&self) -> Result<(), ControlError> {
+        if self.mute_after > MAX_IDLE_SECS || self.audience_after > MAX_IDLE_SECS {
+            return Err(ControlError::bad_request(
+                "invalid_field",
+                format!("idle times are at most {MAX_IDLE_SECS} s (a day)"),
+            ));
+        }
+        if self.mute_after > 0 && self.audience_after > 0 && self.audience_after <= self.mute_after
+        {
+            return Err(ControlError::bad_request(
+                "invalid_field",
+                "idle_audience_after must be longer than idle_mute_after (or 0: never)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// One user in a room.
@@ -313,6 +366,16 @@ pub struct Member {
     /// session ended without a `/leave`, or they took a new token.
     #[serde(default)]
     pub absent_since: Option<u64>,
+    /// Unix ms they last spoke (started or stopped) or unmuted themselves: the idle rules count
+    /// from here, or from their arrival on stage if later.
+    #[serde(default)]
+    pub active_at: Option<u64>,
+    /// Their page is hidden (they said so): shown as away where the room shows that.
+    #[serde(default)]
+    pub away: bool,
+    /// They turned the room's sound off (deafened).
+    #[serde(default)]
+    pub deafened: bool,
 }
 
 impl Member {

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use crate::error::ControlError;
 use crate::events::Event;
 use crate::media::MediaCommand;
-use crate::model::{Member, Role, RoomDoc, RoomKind, RoomState, Scope, SpeakerMode, UserId};
+use crate::model::{
+    IdleRules, Member, Role, RoomDoc, RoomKind, RoomState, Scope, SpeakerMode, UserId,
+};
 use crate::permission::{Action, allowed, may_target};
 use crate::schedule::Schedule;
 
@@ -40,6 +42,8 @@ pub enum Command {
     Target(Action, UserId),
     /// Take the room live.
     Start,
+    /// Start (`true`) or stop recording the live room (host and co-hosts).
+    Record(bool),
     /// End the room.
     End,
     /// Archive an ended room once its live state is cleaned up.
@@ -68,6 +72,18 @@ pub enum Command {
     /// Give up the seats of those of these members who hold none any more (see
     /// [`Member::is_ghost`]): never connected, or dropped, for the seat grace.
     ReleaseSeats(Vec<UserId>),
+    /// Apply the room's idle rules to these members at `now` (the server's sweep, from
+    /// [`idle_due`]): mute whoever on stage has not spoken for `mute_after`, and move speakers
+    /// silent for `audience_after` back to the audience.
+    Idle(Vec<UserId>),
+    /// The member's own state as their client reports it: away (page hidden) and deafened;
+    /// `None` leaves a field as it is.
+    Presence {
+        /// Away.
+        away: Option<bool>,
+        /// Deafened.
+        deafened: Option<bool>,
+    },
 }
 
 /// A change to a room's description, limits or schedule; `None` leaves a field as it is.
@@ -92,6 +108,12 @@ pub struct Edit {
     pub schedule: Option<Schedule>,
     /// Listeners may send data packets (applies at once to connected listeners).
     pub listener_data: Option<bool>,
+    /// Seconds without speaking before someone on stage is muted (0: never).
+    pub idle_mute_after: Option<u32>,
+    /// Seconds without speaking before a speaker goes back to the audience (0: never).
+    pub idle_audience_after: Option<u32>,
+    /// Show away listeners.
+    pub show_away: Option<bool>,
 }
 
 /// Inputs other than the document and command.
@@ -147,13 +169,16 @@ pub fn scope(actor: &Actor, command: &Command, host: Option<&UserId>) -> Scope {
             users.push(u.clone());
         }
         Command::ReleaseSeats(us) => users.extend(us.iter().cloned()),
+        Command::Idle(us) => users.extend(us.iter().cloned()),
         Command::Join { .. }
         | Command::Own(_)
         | Command::React { .. }
         | Command::Start
         | Command::Archive
         | Command::Edit(_)
-        | Command::Remind => {}
+        | Command::Remind
+        | Command::Record(_)
+        | Command::Presence { .. } => {}
     }
     users.sort();
     users.dedup();
@@ -178,6 +203,10 @@ pub fn participant_view(
         ""
     };
     attributes.insert("hand".to_owned(), hand.to_owned());
+    let away = doc.room.idle.show_away && m.away;
+    attributes.insert("away".to_owned(), if away { "yes" } else { "" }.to_owned());
+    let deafened = if m.deafened { "yes" } else { "" };
+    attributes.insert("deafened".to_owned(), deafened.to_owned());
     Some((can_publish, can_publish_data, attributes))
 }
 
@@ -210,6 +239,7 @@ pub fn apply(
         }
         Command::Target(action, target) => moderate(doc, actor, action, target, cx, &mut fx)?,
         Command::Start => start(doc, actor, cx, &mut fx)?,
+        Command::Record(on) => record(doc, actor, on, &mut fx)?,
         Command::End => {
             check(doc, actor, Action::End)?;
             end(doc, cx, &mut fx)?;
@@ -278,6 +308,17 @@ pub fn apply(
                     });
                 }
             }
+        }
+        Command::Idle(users) => {
+            if matches!(actor, Actor::System) && doc.room.state == RoomState::Live {
+                for u in users {
+                    idle(doc, &u, cx, &mut fx);
+                }
+            }
+        }
+        Command::Presence { away, deafened } => {
+            let u = user(actor)?;
+            presence(doc, u, away, deafened, &mut fx)?;
         }
     }
     Ok(fx)
@@ -446,6 +487,9 @@ fn join(
             instance: None,
             speaking_since: None,
             absent_since: None,
+            active_at: None,
+            away: false,
+            deafened: false,
         },
     );
     doc.stats.total_joins += 1;
@@ -587,6 +631,10 @@ fn own(
                 ));
             }
             m.muted = muted;
+            if !muted {
+                // Unmuting is a sign of life: the idle rules count from here.
+                m.active_at = Some(cx.now);
+            }
             if muted {
                 fx.media.push(MediaCommand::Mute {
                     room: room.clone(),
@@ -838,6 +886,12 @@ fn start(
         max_participants: doc.room.max_participants,
     });
     fx.media.push(metadata(doc));
+    if doc.room.recording {
+        fx.media.push(MediaCommand::Record {
+            room: doc.room.id.clone(),
+            recording: true,
+        });
+    }
     fx.events.push(Event::RoomLive {
         room: doc.room.id.clone(),
         title: doc.room.title.clone(),
@@ -920,6 +974,101 @@ fn line_up(
     Ok(())
 }
 
+/// The members on stage in `doc` whom the room's idle rules act on at `now`: those to mute,
+/// and speakers to move to the audience. Only members loaded in `doc` are looked at (the
+/// sweep loads the stage).
+pub fn idle_due(doc: &RoomDoc, now: u64) -> Vec<UserId> {
+    if doc.room.state != RoomState::Live {
+        return Vec::new();
+    }
+    doc.members
+        .iter()
+        .filter(|(_, m)| idle_step(&doc.room.idle, m, now).is_some())
+        .map(|(u, _)| u.clone())
+        .collect()
+}
+
+/// What the idle rules do to `m` at `now`: `Some(true)` move to the audience, `Some(false)`
+/// mute, `None` nothing.
+fn idle_step(rules: &IdleRules, m: &Member, now: u64) -> Option<bool> {
+    if !m.role.on_stage() || m.speaking_since.is_some() {
+        return None;
+    }
+    let since = m.active_at.max(m.on_stage_since).unwrap_or(m.joined_at);
+    let quiet = now.saturating_sub(since);
+    let past = |secs: u32| secs > 0 && quiet >= u64::from(secs) * 1000;
+    if m.role == Role::Speaker && past(rules.audience_after) {
+        Some(true)
+    } else if !m.muted && past(rules.mute_after) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+fn idle(doc: &mut RoomDoc, u: &UserId, cx: &Context, fx: &mut Effects) {
+    let rules = doc.room.idle;
+    let Some(m) = doc.members.get_mut(u) else {
+        return;
+    };
+    let Some(moved) = idle_step(&rules, m, cx.now) else {
+        return;
+    };
+    let room = doc.room.id.clone();
+    if moved {
+        // Back to the audience; the line-up keeps them (they come back on stage when they
+        // rejoin, as the host arranged).
+        set_role(doc, u, Role::Listener, cx, fx);
+    } else {
+        m.muted = true;
+        fx.media.push(MediaCommand::Mute {
+            room: room.clone(),
+            user: u.clone(),
+        });
+        fx.events.push(Event::Muted {
+            room: room.clone(),
+            user: u.clone(),
+            muted: true,
+            hard: false,
+        });
+    }
+    fx.events.push(Event::Idle {
+        room,
+        user: u.clone(),
+        moved,
+    });
+}
+
+fn presence(
+    doc: &mut RoomDoc,
+    u: &UserId,
+    away: Option<bool>,
+    deafened: Option<bool>,
+    fx: &mut Effects,
+) -> Result<(), ControlError> {
+    let Some(m) = doc.members.get_mut(u) else {
+        return Err(ControlError::forbidden(
+            "not_a_member",
+            "join the room first",
+        ));
+    };
+    let before = (m.away, m.deafened);
+    m.away = away.unwrap_or(m.away);
+    m.deafened = deafened.unwrap_or(m.deafened);
+    let after = (m.away, m.deafened);
+    if before == after {
+        return Ok(());
+    }
+    fx.events.push(Event::Presence {
+        room: doc.room.id.clone(),
+        user: u.clone(),
+        away: after.0 && doc.room.idle.show_away,
+        deafened: after.1,
+    });
+    sync(doc, u, fx);
+    Ok(())
+}
+
 /// The media room's metadata: what live participants see of the room (JSON).
 pub fn metadata(doc: &RoomDoc) -> MediaCommand {
     let r = &doc.room;
@@ -958,6 +1107,14 @@ fn edit(doc: &mut RoomDoc, e: Edit, fx: &mut Effects) -> Result<(), ControlError
             "a live room cannot change between stage and open; end it and start another",
         ));
     }
+    let idle = IdleRules {
+        mute_after: e.idle_mute_after.unwrap_or(doc.room.idle.mute_after),
+        audience_after: e
+            .idle_audience_after
+            .unwrap_or(doc.room.idle.audience_after),
+        show_away: e.show_away.unwrap_or(doc.room.idle.show_away),
+    };
+    idle.validate()?;
     if let Some(max) = e.max_participants {
         let members = doc.totals().members;
         if max < members {
@@ -994,6 +1151,7 @@ fn edit(doc: &mut RoomDoc, e: Edit, fx: &mut Effects) -> Result<(), ControlError
     if let Some(v) = e.listener_data {
         r.listener_data = v;
     }
+    r.idle = idle;
     if let Some(v) = e.scheduled_for
         && r.scheduled_for != Some(v)
     {
@@ -1023,6 +1181,37 @@ fn edit(doc: &mut RoomDoc, e: Edit, fx: &mut Effects) -> Result<(), ControlError
     Ok(())
 }
 
+/// Starts or stops recording: the host and co-hosts of a live room (or the system).
+fn record(
+    doc: &mut RoomDoc,
+    actor: &Actor,
+    on: bool,
+    fx: &mut Effects,
+) -> Result<(), ControlError> {
+    if let Actor::User(u) = actor {
+        let role = match doc.members.get(u) {
+            Some(m) => Some(m.role),
+            None => (*u == doc.room.host).then_some(Role::Host),
+        };
+        if !role.is_some_and(|r| matches!(r, Role::Host | Role::CoHost)) {
+            return Err(ControlError::forbidden(
+                "not_allowed",
+                "only the host and co-hosts may start or stop a recording",
+            ));
+        }
+    }
+    live(doc)?;
+    if doc.room.recording == on {
+        return Ok(());
+    }
+    doc.room.recording = on;
+    fx.media.push(MediaCommand::Record {
+        room: doc.room.id.clone(),
+        recording: on,
+    });
+    Ok(())
+}
+
 fn end(doc: &mut RoomDoc, cx: &Context, fx: &mut Effects) -> Result<(), ControlError> {
     if matches!(doc.room.state, RoomState::Ended | RoomState::Archived) {
         return Ok(());
@@ -1037,6 +1226,13 @@ fn end(doc: &mut RoomDoc, cx: &Context, fx: &mut Effects) -> Result<(), ControlE
         fx.released.push(u);
     }
     doc.hands.clear();
+    if was_live && doc.room.recording {
+        fx.media.push(MediaCommand::Record {
+            room: doc.room.id.clone(),
+            recording: false,
+        });
+    }
+    doc.room.recording = false;
     if was_live {
         fx.media.push(MediaCommand::DeleteRoom {
             room: doc.room.id.clone(),
@@ -1053,6 +1249,7 @@ fn speaking(doc: &mut RoomDoc, u: &UserId, on: bool, cx: &Context) {
     let Some(m) = doc.members.get_mut(u) else {
         return;
     };
+    m.active_at = Some(cx.now);
     if on {
         if m.present && m.speaking_since.is_none() {
             m.speaking_since = Some(cx.now);

@@ -248,7 +248,9 @@ mod tests {
             reminded: false,
             private: false,
             listener_data: false,
+            recording: false,
             series: None,
+            idle: Default::default(),
         });
         doc.room.schedule = schedule;
         doc.room

@@ -17,8 +17,11 @@ use crate::model::{self, Room, RoomDoc, RoomId, RoomKind, RoomState, Scope, Spea
 use crate::permission::Action;
 use crate::room::{self, Actor, Command, Context, Effects};
 use crate::schedule::Schedule;
-use crate::store::{AudiencePage, AuditEntry, Follow, Invite, Store};
+use crate::store::{AudiencePage, AuditEntry, Follow, Store};
 use crate::view::{self, RoomView};
+
+mod invitations;
+pub use invitations::{INVITES_SHOWN, MAX_INVITE_USES, NewInvite};
 
 /// How often live rooms are checked for the empty timeout.
 const SWEEP: Duration = Duration::from_secs(5);
@@ -111,6 +114,10 @@ pub struct NewRoom {
     pub private: bool,
     /// Listeners may send data packets.
     pub listener_data: bool,
+    /// Record it from the start.
+    pub recording: bool,
+    /// Idle speakers and away listeners.
+    pub idle: model::IdleRules,
 }
 
 /// Checks a schedule and its time as creation and editing do; returns the time, computed from
@@ -181,6 +188,12 @@ pub struct RoomChanges {
     pub schedule: Option<Schedule>,
     /// Listeners may send data packets.
     pub listener_data: Option<bool>,
+    /// Seconds without speaking before someone on stage is muted (0: never).
+    pub idle_mute_after: Option<u32>,
+    /// Seconds without speaking before a speaker goes back to the audience (0: never).
+    pub idle_audience_after: Option<u32>,
+    /// Show away listeners.
+    pub show_away: Option<bool>,
 }
 
 /// A media token and where to use it.
@@ -501,6 +514,7 @@ impl Control {
         let max = check_max(new.max_participants.unwrap_or(limit), limit)?;
         let now = now_ms();
         let scheduled_for = check_schedule(new.scheduled_for, &new.schedule, now)?;
+        new.idle.validate()?;
         let mut doc = RoomDoc::new(Room {
             id: RoomId::random(),
             title: model::text("title", &new.title, 1, model::MAX_TITLE)?,
@@ -527,6 +541,8 @@ impl Control {
             series: None,
             private: new.private,
             listener_data: new.listener_data,
+            recording: new.recording,
+            idle: new.idle,
         });
         // The host's name, for cards and previews before they join.
         if let Principal::User { id, name } = who
@@ -651,17 +667,34 @@ impl Control {
         after: Option<&UserId>,
         limit: usize,
     ) -> Result<(AudiencePage, view::Sight), ControlError> {
-        let store = &self.inner.store;
-        let limit = limit.clamp(1, MAX_AUDIENCE_PAGE);
         let doc = self.room_in(id, &Scope::users(viewer.cloned())).await?;
-        match view::sight(&doc, viewer) {
+        let (mut page, sight) = self.audience_of(&doc, viewer, after, limit).await?;
+        if !doc.room.idle.show_away {
+            for (_, m, _) in &mut page.members {
+                m.away = false;
+            }
+        }
+        Ok((page, sight))
+    }
+
+    async fn audience_of(
+        &self,
+        doc: &RoomDoc,
+        viewer: Option<&UserId>,
+        after: Option<&UserId>,
+        limit: usize,
+    ) -> Result<(AudiencePage, view::Sight), ControlError> {
+        let store = &self.inner.store;
+        let id = &doc.room.id;
+        let limit = limit.clamp(1, MAX_AUDIENCE_PAGE);
+        match view::sight(doc, viewer) {
             view::Sight::Moderator => {
                 let page = store.audience(id, after, limit).await?;
                 return Ok((page, view::Sight::Moderator));
             }
             view::Sight::Member => {}
             // A private room does not exist for whoever may not know of it.
-            view::Sight::Outsider if !view::may_see(&doc, viewer) => {
+            view::Sight::Outsider if !view::may_see(doc, viewer) => {
                 return Err(ControlError::not_found("room", id.as_str()));
             }
             view::Sight::Outsider => {
@@ -732,6 +765,17 @@ impl Control {
         id: &RoomId,
         command: Command,
     ) -> Result<RoomDoc, ControlError> {
+        self.act_at(actor, id, command, now_ms()).await
+    }
+
+    /// [`Control::act`] at `now` (unix ms): for the sweeps, and for tests with simulated time.
+    pub async fn act_at(
+        &self,
+        actor: &Actor,
+        id: &RoomId,
+        command: Command,
+        now: u64,
+    ) -> Result<RoomDoc, ControlError> {
         let follows_host = match (&command, actor) {
             (Command::Own(Action::RaiseHand), Actor::User(u)) => {
                 let doc = self.room_in(id, &Scope::header()).await?;
@@ -753,7 +797,7 @@ impl Control {
         let scope = room::scope(actor, &command, host.as_ref());
         let archive = matches!(command, Command::End);
         let cx = Context {
-            now: now_ms(),
+            now,
             follows_host,
             kick_cooldown_ms: self.inner.config.kick_cooldown * 1000,
             open_window_ms: self.inner.config.schedule_open_window * 1000,
@@ -912,8 +956,55 @@ impl Control {
             scheduled_for,
             schedule,
             listener_data: changes.listener_data,
+            idle_mute_after: changes.idle_mute_after,
+            idle_audience_after: changes.idle_audience_after,
+            show_away: changes.show_away,
         };
         self.act(actor, id, Command::Edit(edit)).await
+    }
+
+    /// Applies the idle rules of live rooms at `now`: mutes whoever on stage has been silent
+    /// past their room's `mute_after`, and moves speakers silent past `audience_after` back
+    /// to the audience. Returns how many members it acted on.
+    pub async fn run_idle(&self, now: u64) -> Result<usize, ControlError> {
+        let rooms = self.rooms(&[RoomState::Live]).await?;
+        Ok(self.idle_rooms(&rooms, now).await)
+    }
+
+    async fn idle_rooms(&self, rooms: &[RoomDoc], now: u64) -> usize {
+        let mut acted = 0;
+        for doc in rooms {
+            let due = room::idle_due(doc, now);
+            if due.is_empty() {
+                continue;
+            }
+            let id = &doc.room.id;
+            let n = due.len();
+            match self
+                .act_at(&Actor::System, id, Command::Idle(due), now)
+                .await
+            {
+                Ok(_) => acted += n,
+                Err(e) => tracing::warn!(room = %id, error = %e, "idle rules not applied"),
+            }
+        }
+        acted
+    }
+
+    /// The member's own state as their client reports it: away (page hidden), deafened.
+    pub async fn presence_state(
+        &self,
+        user: &UserId,
+        id: &RoomId,
+        away: Option<bool>,
+        deafened: Option<bool>,
+    ) -> Result<RoomDoc, ControlError> {
+        self.act(
+            &Actor::User(user.clone()),
+            id,
+            Command::Presence { away, deafened },
+        )
+        .await
     }
 
     /// The schedule rules in force.
@@ -970,16 +1061,10 @@ impl Control {
         let name = model::text("name", name, 1, model::MAX_NAME)?;
         if let Some(other) = self.inner.store.claim_active(user, id).await? {
             if !self.release_stale(user, &other).await? {
-                return Err(ControlError::conflict(
-                    "already_in_room",
-                    format!("you are in room {other}; leave it first"),
-                ));
+                return Err(self.already_in(&other).await);
             }
             if let Some(again) = self.inner.store.claim_active(user, id).await? {
-                return Err(ControlError::conflict(
-                    "already_in_room",
-                    format!("you are in room {again}; leave it first"),
-                ));
+                return Err(self.already_in(&again).await);
             }
         }
         let join = Command::Join { name: name.clone() };
@@ -1038,6 +1123,25 @@ impl Control {
         metrics::counter!(crate::telemetry::SEATS_RELEASED).increment(count as u64);
         tracing::info!(room = %id, seats = count, "seats of members who never came or dropped released");
         Ok(true)
+    }
+
+    /// The 409 for a user still in room `other`, naming it (id and title) so that a client can
+    /// offer to leave it and join the new one.
+    async fn already_in(&self, other: &RoomId) -> ControlError {
+        let title = match self.inner.store.room(other, &Scope::header()).await {
+            Ok(Some(doc)) => doc.room.title,
+            _ => String::new(),
+        };
+        let named = if title.is_empty() {
+            format!("room {other}")
+        } else {
+            format!("{title:?} ({other})")
+        };
+        ControlError::conflict(
+            "already_in_room",
+            format!("you are in {named}; leave it first"),
+        )
+        .about_room(other.as_str(), title)
     }
 
     /// Ends `user`'s membership of `other` if they have left it in all but name: not
@@ -1296,64 +1400,6 @@ impl Control {
         }
         self.inner.store.set_follow(user, what, on).await
     }
-
-    /// Makes an invitation link for room `id` (host or co-host).
-    pub async fn invite(
-        &self,
-        who: &UserId,
-        id: &RoomId,
-    ) -> Result<(String, Invite), ControlError> {
-        let doc = self.room_in(id, &Scope::users([who.clone()])).await?;
-        let moderator =
-            doc.members.get(who).is_some_and(|m| m.role.moderates()) || doc.room.host == *who;
-        if !moderator {
-            return Err(ControlError::forbidden(
-                "not_allowed",
-                "only the host or a co-host may invite",
-            ));
-        }
-        let mut bytes = [0u8; 20];
-        getrandom::fill(&mut bytes)
-            .map_err(|_| ControlError::unavailable("no randomness for an invitation"))?;
-        let token = model::base32(&bytes);
-        let invite = Invite {
-            room: id.clone(),
-            created_by: who.clone(),
-            expires_at: now_ms() + self.inner.config.invite_ttl * 1000,
-        };
-        self.inner.store.put_invite(&token, &invite).await?;
-        Ok((token, invite))
-    }
-
-    /// Looks up a live invitation.
-    pub async fn invitation(&self, token: &str) -> Result<Invite, ControlError> {
-        let valid = token.len() == 32 && token.bytes().all(|b| b.is_ascii_alphanumeric());
-        let invite = if valid {
-            self.inner.store.invite(token).await?
-        } else {
-            None
-        };
-        match invite {
-            Some(i) if i.expires_at > now_ms() => Ok(i),
-            _ => Err(ControlError::not_found("invitation", token)),
-        }
-    }
-
-    /// Accepts an invitation: the user may raise a hand in "invited" rooms.
-    pub async fn accept(&self, user: &UserId, token: &str) -> Result<RoomDoc, ControlError> {
-        let invite = self.invitation(token).await?;
-        let user = user.clone();
-        let mut after = None;
-        self.inner
-            .store
-            .update_room(&invite.room, &Scope::users([user.clone()]), &mut |doc| {
-                doc.invited.insert(user.clone());
-                after = Some(doc.clone());
-                Ok(Effects::default())
-            })
-            .await?;
-        after.ok_or_else(|| ControlError::unavailable("the store returned no room"))
-    }
 }
 
 impl Control {
@@ -1507,6 +1553,7 @@ async fn sweep(inner: std::sync::Weak<Inner>) {
         }
         let present = rooms.iter().map(|d| d.counts().present as usize).sum();
         crate::telemetry::rooms(rooms.len(), None, present);
+        control.idle_rooms(&rooms, now).await;
         if let Err(e) = control.run_schedules(now).await {
             tracing::warn!(error = %e, "cannot run schedules");
         }

@@ -31,6 +31,12 @@ pub struct MemberView {
     pub present: bool,
     /// Hand raised.
     pub hand_raised: bool,
+    /// Their page is hidden (where the room shows away listeners).
+    #[serde(default)]
+    pub away: bool,
+    /// They turned the room's sound off.
+    #[serde(default)]
+    pub deafened: bool,
 }
 
 /// A raised hand, in the order raised.
@@ -106,6 +112,14 @@ pub struct RoomView {
     pub members: u32,
     /// Raised hands.
     pub raised_hands: u32,
+    /// Being recorded.
+    pub recording: bool,
+    /// Seconds without speaking after which someone on stage is muted (0: never).
+    pub idle_mute_after: u32,
+    /// Seconds without speaking after which a speaker goes back to the audience (0: never).
+    pub idle_audience_after: u32,
+    /// Listeners whose page is hidden show as away.
+    pub show_away: bool,
     /// Host, co-hosts and speakers (the first 100 in an open room, where everyone is).
     pub stage: Vec<MemberView>,
     /// The caller's own membership.
@@ -148,6 +162,9 @@ pub struct AudienceMemberView {
     /// Publishing revoked by a moderator (hosts and co-hosts only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hard_muted: Option<bool>,
+    /// Their page is hidden (where the room shows away listeners); left out when not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub away: bool,
 }
 
 /// A page of a room's audience.
@@ -251,11 +268,15 @@ pub struct HostStatsView {
 
 fn member(doc: &RoomDoc, user: &UserId) -> Option<MemberView> {
     let m = doc.members.get(user)?;
-    Some(member_view(user, m, doc.hands.contains_key(user)))
+    let mut v = member_view(user, m, doc.hands.contains_key(user));
+    v.away &= doc.room.idle.show_away;
+    Some(v)
 }
 
 fn member_view(user: &UserId, m: &crate::model::Member, hand: bool) -> MemberView {
     MemberView {
+        away: m.away,
+        deafened: m.deafened,
         user: user.clone(),
         name: m.name.clone(),
         role: m.role,
@@ -275,6 +296,7 @@ fn audience_member(
 ) -> AudienceMemberView {
     let moderator = sight == Sight::Moderator;
     AudienceMemberView {
+        away: m.away,
         user: user.clone(),
         name: m.name.clone(),
         role: m.role,
@@ -344,9 +366,10 @@ pub fn may_see(doc: &RoomDoc, viewer: Option<&UserId>) -> bool {
 /// Whether a viewer who sees the event's room with `sight` (and who `knows` of it, see
 /// [`may_see`]) receives `event` on `/api/events`:
 /// the room view's rule applied to deltas. Lifecycle and audience counts are directory facts
-/// (anyone, but a private room's only to those who know of it); reactions and mutes happen in
-/// front of the members; hands, role changes, line-up changes and removals name people the way
-/// only a moderator's view does, and the person concerned.
+/// (anyone, but a private room's only to those who know of it); reactions, mutes and away or
+/// deafened changes happen in front of the members; hands, role changes, line-up changes, idle
+/// actions and removals name people the way only a moderator's view does, and the person
+/// concerned.
 pub fn sees(sight: Sight, knows: bool, viewer: Option<&UserId>, event: &Event) -> bool {
     match event {
         Event::RoomCreated { private, .. }
@@ -355,11 +378,14 @@ pub fn sees(sight: Sight, knows: bool, viewer: Option<&UserId>, event: &Event) -
         | Event::Audience { private, .. } => !private || knows,
         // Directory facts too, for a room that may be private (they do not say): looked up.
         Event::RoomEdited { .. } | Event::Reminder { .. } => knows,
-        Event::Reaction { .. } | Event::Muted { .. } => sight >= Sight::Member,
+        Event::Reaction { .. } | Event::Muted { .. } | Event::Presence { .. } => {
+            sight >= Sight::Member
+        }
         Event::Hand { user, .. }
         | Event::Role { user, .. }
         | Event::Removed { user, .. }
-        | Event::LineUp { user, .. } => sight == Sight::Moderator || viewer == Some(user),
+        | Event::LineUp { user, .. }
+        | Event::Idle { user, .. } => sight == Sight::Moderator || viewer == Some(user),
     }
 }
 
@@ -416,10 +442,20 @@ pub fn room(doc: &RoomDoc, viewer: Option<&UserId>, extras: Option<&Extras>) -> 
         present: counts.present,
         members: counts.members,
         raised_hands: counts.hands,
+        recording: r.recording,
+        idle_mute_after: r.idle.mute_after,
+        idle_audience_after: r.idle.audience_after,
+        show_away: r.idle.show_away,
         stage,
         you: viewer.and_then(|u| member(doc, u)),
         hands,
-        audience: extras.map(|x| audience(&x.audience, Sight::Moderator).members),
+        audience: extras.map(|x| {
+            let mut members = audience(&x.audience, Sight::Moderator).members;
+            for m in &mut members {
+                m.away &= r.idle.show_away;
+            }
+            members
+        }),
         audience_next: extras.and_then(|x| x.audience.next.clone()),
         banned: extras.map(|x| x.bans.clone()),
         removed: extras.map(|x| removed(doc, x)),

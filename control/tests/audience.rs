@@ -94,6 +94,8 @@ async fn scenario(control: Control) {
                 schedule: Default::default(),
                 private: false,
                 listener_data: false,
+                recording: false,
+                idle: Default::default(),
             },
         )
         .await

@@ -47,6 +47,8 @@ async fn room_with_lee(control: &Control) -> RoomId {
                 schedule: Default::default(),
                 private: false,
                 listener_data: false,
+                recording: false,
+                idle: Default::default(),
             },
         )
         .await

@@ -53,6 +53,8 @@ fn new_room(max: u32) -> RoomDoc {
         series: None,
         private: false,
         listener_data: false,
+        recording: false,
+        idle: Default::default(),
     })
 }
 
@@ -209,10 +211,39 @@ async fn behaves(store: &dyn Store) {
         room: id.clone(),
         created_by: uid("host"),
         expires_at: u64::MAX / 2,
+        role: Role::Speaker,
+        max_uses: Some(2),
+        uses: 0,
+        revoked: false,
+        created_at: 5,
     };
     store.put_invite("tok", &invite).await.unwrap();
-    assert_eq!(store.invite("tok").await.unwrap(), Some(invite));
+    assert_eq!(store.invite("tok").await.unwrap(), Some(invite.clone()));
     assert_eq!(store.invite("nope").await.unwrap(), None);
+    // Uses are counted atomically up to the limit, and read back with the link.
+    assert!(store.use_invite("tok", Some(2)).await.unwrap());
+    assert!(store.use_invite("tok", Some(2)).await.unwrap());
+    assert!(!store.use_invite("tok", Some(2)).await.unwrap());
+    assert!(!store.use_invite("nope", None).await.unwrap());
+    assert_eq!(store.invite("tok").await.unwrap().unwrap().uses, 2);
+    // A room lists its links, newest first; a revoked one stays listed (and keeps its uses).
+    let newer = Invite {
+        role: Role::Listener,
+        max_uses: None,
+        created_at: 9,
+        ..invite.clone()
+    };
+    store.put_invite("tok2", &newer).await.unwrap();
+    let mut revoked = store.invite("tok").await.unwrap().unwrap();
+    revoked.revoked = true;
+    store.put_invite("tok", &revoked).await.unwrap();
+    let listed = store.room_invites(&id, 10).await.unwrap();
+    let tokens: Vec<&str> = listed.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(tokens, ["tok2", "tok"]);
+    assert!(listed[1].1.revoked && listed[1].1.uses == 2, "{listed:?}");
+    assert_eq!(store.room_invites(&id, 1).await.unwrap().len(), 1);
+    let other = RoomId::parse("bbbbbbbbbbbbbbbb").unwrap();
+    assert!(store.room_invites(&other, 10).await.unwrap().is_empty());
 
     // Profiles.
     assert_eq!(store.profile(&uid("bo")).await.unwrap(), None);
@@ -426,6 +457,18 @@ async fn redis_keys_follow_the_documented_schema() {
     .await
     .unwrap();
     store.set_profile(&uid("ann"), &profile()).await.unwrap();
+    let invite = Invite {
+        room: id.clone(),
+        created_by: uid("host"),
+        expires_at: 4_000_000_000_000,
+        role: Role::Speaker,
+        max_uses: Some(1),
+        uses: 0,
+        revoked: false,
+        created_at: 1,
+    };
+    store.put_invite("tok", &invite).await.unwrap();
+    assert!(store.use_invite("tok", Some(1)).await.unwrap());
     let client = redis::Client::open(redis.url.as_str()).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
     let mut keys: Vec<String> = redis::cmd("KEYS")
@@ -446,6 +489,9 @@ async fn redis_keys_follow_the_documented_schema() {
         "stoa:rooms:live".to_owned(),
         "stoa:user:ann:room".to_owned(),
         "stoa:user:ann:profile".to_owned(),
+        "stoa:invite:tok".to_owned(),
+        "stoa:invite:tok:uses".to_owned(),
+        format!("stoa:room:{id}:invites"),
     ];
     expected.sort();
     assert_eq!(keys, expected);

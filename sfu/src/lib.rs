@@ -29,6 +29,6 @@ pub mod shell;
 pub use proto::{
     CommandKind, Datagram, Datagrams, EngineCommand, Event, FastPath, MediaLabel, MediaPacket,
     Output, PeerConfig, PeerId, Publish, Relay, RelayMsg, Routed, Sfu, SfuConfig, SfuError,
-    SfuStats, ShardId, SlotId, TrackId, UnpublishReason,
+    SfuStats, ShardId, SlotId, Tapped, TrackId, UnpublishReason,
 };
 pub use str0m;

@@ -190,6 +190,8 @@ pub struct Room {
     pub emptied_ms: Option<i64>,
     /// The audience size changed since the last `RoomUpdate`.
     pub dirty: bool,
+    /// Whether the room is being recorded (`Room.active_recording`).
+    pub recording: bool,
     /// Who speaks now, by participant sid, as the engine last reported. `SpeakersChanged`
     /// carries only changes, so a participant who arrives while someone speaks steadily would
     /// otherwise not learn of it until the level moves.
@@ -219,6 +221,7 @@ impl Room {
             notable: BTreeSet::new(),
             emptied_ms: None,
             dirty: false,
+            recording: false,
             speakers: BTreeMap::new(),
         }
     }
@@ -311,6 +314,7 @@ impl Room {
             metadata: self.metadata.clone(),
             num_participants: self.participants.len() as u32,
             num_publishers: self.num_publishers(),
+            active_recording: self.recording,
             ..Default::default()
         }
     }

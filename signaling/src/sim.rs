@@ -134,6 +134,14 @@ impl Client {
         last
     }
 
+    /// This client's own participant, as its JoinResponse described it.
+    pub fn me(&self) -> Option<lk::ParticipantInfo> {
+        self.find(|m| match m {
+            signal_response::Message::Join(j) => j.participant.clone(),
+            _ => None,
+        })
+    }
+
     /// The leave request the server sent, if any.
     pub fn leave(&self) -> Option<lk::LeaveRequest> {
         self.find(|m| match m {
@@ -164,6 +172,10 @@ pub struct Seen {
     pub engine_commands: u64,
     /// Of those, data messages (one per room message, whatever the room's size).
     pub send_data_commands: u64,
+    /// Tap changes for the recorder, in order.
+    pub taps: Vec<crate::proto::TapChange>,
+    /// Packets the engine tapped, by engine track.
+    pub tapped: Vec<stoa_sfu::TrackId>,
 }
 
 /// The world. See the [module documentation](self).
@@ -311,6 +323,79 @@ impl Sim {
                 .handle_closed(self.now, session, "client went away");
             self.settle();
         }
+    }
+
+    /// Client `c`'s network comes back after [`Sim::disconnect`]: it resumes its session as
+    /// livekit-client does (`reconnect=1&sid=…` with its own token, then an ICE-restart
+    /// publisher offer if it publishes). Returns the refusal, if any.
+    pub fn resume(&mut self, c: usize) -> Result<SessionId, crate::proto::Refused> {
+        let identity = self.clients[c].identity.clone();
+        self.resume_as(c, &identity)
+    }
+
+    /// [`Sim::resume`] with a token for `identity` (not necessarily the client's own).
+    pub fn resume_as(
+        &mut self,
+        c: usize,
+        identity: &str,
+    ) -> Result<SessionId, crate::proto::Refused> {
+        let me = self.clients[c].me().expect("client never joined");
+        let room = self.clients[c]
+            .find(|m| match m {
+                signal_response::Message::Join(j) => j.room.as_ref().map(|r| r.name.clone()),
+                _ => None,
+            })
+            .expect("client never joined");
+        let claims = Claims {
+            sub: identity.into(),
+            video: Self::grants(&room, true),
+            ..Default::default()
+        };
+        let query = format!(
+            "access_token=x&protocol=17&reconnect=1&reconnect_reason=1&sid={}",
+            me.sid
+        );
+        let params = join::parse_query(&query).expect("params");
+        let session = self.server.connect(self.now, claims, params)?;
+        let client = &mut self.clients[c];
+        client.session = Some(session);
+        client.closed = None;
+        client.last_ping = self.now;
+        self.by_session.insert(session, c);
+        self.settle();
+        if self.clients[c].send.is_some() && self.clients[c].is_open() {
+            self.restart_publisher_ice(c);
+        }
+        Ok(session)
+    }
+
+    /// An ICE-restart offer on client `c`'s publisher connection, as livekit-client sends after
+    /// a resume.
+    fn restart_publisher_ice(&mut self, c: usize) {
+        let now = self.now;
+        let client = &mut self.clients[c];
+        let mut api = client.publisher.rtc.sdp_api();
+        api.ice_restart(true);
+        let Some((offer, pending)) = api.apply() else {
+            return;
+        };
+        client.pending_pub = Some(pending);
+        client.offer_id += 1;
+        let sd = lk::SessionDescription {
+            r#type: "offer".into(),
+            sdp: offer.to_sdp_string(),
+            id: client.offer_id,
+            ..Default::default()
+        };
+        drain_pc(
+            &mut client.publisher,
+            now,
+            &mut self.to_sfu,
+            c,
+            Side::Publisher,
+            None,
+        );
+        self.request(c, signal_request::Message::Offer(sd));
     }
 
     /// Run an administrative operation.
@@ -587,6 +672,10 @@ impl Sim {
                     }
                 }
             }
+            while let Some(t) = self.shards[s].poll_tapped() {
+                progressed = true;
+                self.seen.tapped.push(t.track);
+            }
             self.shards[s].poll_datagrams(&mut self.sealed);
         }
         // Engine → clients.
@@ -646,13 +735,16 @@ impl Sim {
                 let Some(message) = message.message else {
                     return;
                 };
-                if self.clients[c].closed.is_some() {
+                // Messages for a connection the client replaced (resumed) go nowhere.
+                if self.clients[c].closed.is_some() || self.clients[c].session != Some(session) {
                     return;
                 }
                 self.client_message(c, session, message);
             }
             Output::Close(session, why) => {
-                if let Some(&c) = self.by_session.get(&session) {
+                if let Some(&c) = self.by_session.get(&session)
+                    && self.clients[c].session == Some(session)
+                {
                     self.clients[c].closed.get_or_insert(why);
                 }
             }
@@ -672,6 +764,7 @@ impl Sim {
                 self.seen.events.push((e.event, who));
             }
             Output::JoinLatency(d) => self.seen.join_latencies.push(d),
+            Output::Tap(change) => self.seen.taps.push(change),
             _ => {}
         }
     }
@@ -837,7 +930,7 @@ const IDENTITIES: [&str; 6] = ["p0", "p1", "p2", "p3", "p4", "p5"];
 impl Sim {
     /// One action chosen by three bytes (for the fuzz target and randomized tests): a client
     /// joins, leaves, drops, publishes, sends garbage or real requests, the server changes a
-    /// permission, mutes, removes, sends data, or time passes. Bounded: at most 2 s of
+    /// permission, mutes, removes, sends data, records a room or stops, or time passes. Bounded: at most 2 s of
     /// simulated time per action.
     pub fn act(&mut self, op: u8, x: u8, y: u8) {
         let identity = IDENTITIES[usize::from(x) % IDENTITIES.len()];
@@ -946,6 +1039,11 @@ impl Sim {
             (14, _) => {
                 if y == 0 {
                     let _ = self.admin(AdminOp::DeleteRoom { room: room.into() });
+                } else if y & 8 != 0 {
+                    let _ = self.admin(AdminOp::SetRecording {
+                        room: room.into(),
+                        recording: y & 16 != 0,
+                    });
                 } else {
                     let _ = self.admin(AdminOp::SendData {
                         room: room.into(),
@@ -955,6 +1053,20 @@ impl Sim {
                             ..Default::default()
                         }),
                     });
+                }
+            }
+            (15, _) if y & 1 == 1 => {
+                // The newest client with this identity resumes (open or not), now and then with
+                // another identity's token.
+                if let Some(c) = self.clients.iter().rposition(|c| c.identity == identity)
+                    && self.clients[c].me().is_some()
+                {
+                    let _ = if y & 2 == 0 {
+                        self.resume(c)
+                    } else {
+                        let other = IDENTITIES[usize::from(y >> 2) % IDENTITIES.len()];
+                        self.resume_as(c, other)
+                    };
                 }
             }
             _ => self.run_for(Duration::from_millis(u64::from(y) * 8)),
@@ -996,10 +1108,10 @@ impl Sim {
             }
         }
         let stats = self.server.stats();
-        if stats.sessions != participants {
+        if stats.sessions + stats.held != participants {
             return Err(format!(
-                "{} sessions but {participants} participants",
-                stats.sessions
+                "{} sessions and {} held but {participants} participants",
+                stats.sessions, stats.held
             ));
         }
         if stats.publishers + stats.listeners != participants {
@@ -1020,6 +1132,28 @@ impl Sim {
                     return Err(format!("session peer {peer} unknown to the engine"));
                 }
             }
+        }
+        // The recorder's view: the tracks named tapped (by the last change about each) are
+        // exactly the published tracks of recorded rooms.
+        let mut tapped = std::collections::BTreeMap::new();
+        for change in &self.seen.taps {
+            tapped.insert(change.track, change.tapped);
+        }
+        let tapped: std::collections::BTreeSet<_> = tapped
+            .into_iter()
+            .filter_map(|(track, on)| on.then_some(track))
+            .collect();
+        let recorded: std::collections::BTreeSet<_> = self
+            .server
+            .rooms()
+            .filter(|r| r.recording)
+            .flat_map(|r| r.participants.values())
+            .flat_map(|p| p.tracks.values().filter_map(|t| t.engine))
+            .collect();
+        if tapped != recorded {
+            return Err(format!(
+                "tapped tracks {tapped:?}, published tracks of recorded rooms {recorded:?}"
+            ));
         }
         let engine: u64 = self.shards.iter().map(|s| s.stats().peers).sum();
         if engine != peers {

@@ -311,19 +311,33 @@ fn a_duplicate_identity_replaces_the_first_session() {
 }
 
 #[test]
-fn a_session_that_stops_pinging_is_told_to_rejoin_and_can() {
+fn a_session_that_stops_pinging_is_held_then_expires_and_can_rejoin() {
     let mut sim = world(5);
     let a = sim.join("r", "ann", false);
     let b = sim.join("r", "bob", true);
     connect_all(&mut sim);
     sim.clients[a].pinging = false;
-    sim.run_for(25 * SECOND);
-    let leave = sim.clients[a].leave().expect("told to leave");
-    assert_eq!(leave.reason, lk::DisconnectReason::ConnectionTimeout as i32);
-    assert_eq!(leave.action, lk::leave_request::Action::Reconnect as i32);
-    assert!(leave.can_reconnect);
+    // Past the ping timeout (15 s): the connection is closed without a leave, and the
+    // participant held for a resume (see tests/resume.rs).
+    sim.run_for(17 * SECOND);
     assert!(sim.clients[a].closed.is_some());
+    assert!(
+        sim.clients[a].leave().is_none(),
+        "nothing to tell: the connection is dead"
+    );
+    assert!(sim.participants("r").iter().any(|p| p.identity == "ann"));
     assert!(sim.clients[b].is_open(), "a pinging client stays");
+    // Not resumed within the departure timeout (20 s): gone, and bob sees it leave.
+    sim.run_for(21 * SECOND);
+    assert!(!sim.participants("r").iter().any(|p| p.identity == "ann"));
+    let states: Vec<i32> = updates_of(&sim.clients[b].log, "ann")
+        .map(|p| p.state)
+        .collect();
+    assert_eq!(
+        states.last(),
+        Some(&(State::Disconnected as i32)),
+        "{states:?}"
+    );
     // Rejoins in full, with a new participant sid.
     let again = sim.join("r", "ann", false);
     connect_all(&mut sim);
@@ -371,6 +385,14 @@ fn leaving_is_announced_and_empty_rooms_close_after_their_timeouts() {
     );
     sim.disconnect(lost);
     sim.run_for(SECOND);
+    // A lost connection is first held for a resume (the departure timeout, 20 s): nobody is
+    // told; then the others see it go.
+    assert!(
+        updates_of(&sim.clients[host].log, "lost")
+            .last()
+            .is_some_and(|u| u.state != State::Disconnected as i32)
+    );
+    sim.run_for(20 * SECOND);
     let last = updates_of(&sim.clients[host].log, "lost")
         .last()
         .cloned()
@@ -382,7 +404,10 @@ fn leaving_is_announced_and_empty_rooms_close_after_their_timeouts() {
     );
 
     // The last one leaves: the room stays for its departure timeout (20 s), then closes.
-    sim.disconnect(host);
+    sim.request(
+        host,
+        signal_request::Message::Leave(lk::LeaveRequest::default()),
+    );
     sim.run_for(10 * SECOND);
     assert_eq!(
         sim.server.rooms().count(),
@@ -540,4 +565,168 @@ fn random_sequences_keep_the_invariants() {
             }
         }
     }
+}
+
+/// The active_recording flag each client last received (JoinResponse, then RoomUpdates).
+fn sees_recording(sim: &Sim, c: usize) -> Option<bool> {
+    sim.clients[c]
+        .log
+        .iter()
+        .filter_map(|m| match m {
+            signal_response::Message::Join(j) => j.room.as_ref().map(|r| r.active_recording),
+            signal_response::Message::RoomUpdate(u) => u.room.as_ref().map(|r| r.active_recording),
+            _ => None,
+        })
+        .next_back()
+}
+
+/// Recording a room taps its audio tracks (those published before, and a speaker joining
+/// later), names each to the recorder before its packets, tells every client with
+/// `active_recording`, untaps a speaker who leaves, and stops with the recording.
+#[test]
+fn a_recorded_room_taps_its_tracks_and_every_client_knows() {
+    let mut sim = world(31);
+    let (speaker, listeners) = stage(&mut sim, 2);
+    sim.speak(speaker, 10);
+    sim.run_for(SECOND);
+    assert!(
+        sim.seen.tapped.is_empty(),
+        "nothing tapped before recording"
+    );
+    assert_eq!(sees_recording(&sim, listeners[0]), Some(false));
+
+    let reply = sim.admin(AdminOp::SetRecording {
+        room: "r".into(),
+        recording: true,
+    });
+    assert!(matches!(reply, Ok(AdminReply::Count(1))), "{reply:?}");
+    sim.run_for(SECOND / 2);
+    for c in [speaker, listeners[0], listeners[1]] {
+        assert_eq!(sees_recording(&sim, c), Some(true), "client {c}");
+    }
+    let first = sim.seen.taps[0].clone();
+    assert_eq!(
+        (
+            first.room.as_str(),
+            first.participant.as_str(),
+            first.tapped
+        ),
+        ("r", "speaker", true)
+    );
+    assert_eq!(first.track_sid, track_sid(&sim, speaker));
+    sim.speak(speaker, 25);
+    sim.run_for(SECOND);
+    let tapped = sim.seen.tapped.len();
+    assert!(tapped >= 20, "tapped {tapped} of 25");
+    assert!(sim.seen.tapped.iter().all(|t| *t == first.track));
+
+    // A speaker joining late is tapped too, and a listener joining sees the flag at once.
+    let late = sim.join("r", "late", true);
+    let listener = sim.join("r", "l9", false);
+    connect_all(&mut sim);
+    sim.publish(late);
+    assert!(sim.run_until(10 * SECOND, |s| s.clients[late].publisher.connected));
+    sim.run_for(SECOND / 2);
+    assert_eq!(sees_recording(&sim, listener), Some(true));
+    let second = sim.seen.taps.last().unwrap().clone();
+    assert_eq!((second.participant.as_str(), second.tapped), ("late", true));
+    sim.speak(late, 25);
+    sim.run_for(SECOND);
+    assert!(
+        sim.seen
+            .tapped
+            .iter()
+            .filter(|t| **t == second.track)
+            .count()
+            >= 20
+    );
+
+    // The late speaker leaves: the recorder is told.
+    sim.request(
+        late,
+        signal_request::Message::Leave(lk::LeaveRequest::default()),
+    );
+    sim.run_for(SECOND);
+    assert!(
+        sim.seen
+            .taps
+            .iter()
+            .any(|t| t.track == second.track && !t.tapped),
+        "{:?}",
+        sim.seen.taps
+    );
+
+    // Stopping: untapped, nothing more arrives, everyone sees the flag drop.
+    sim.admin(AdminOp::SetRecording {
+        room: "r".into(),
+        recording: false,
+    })
+    .unwrap();
+    sim.run_for(SECOND / 2);
+    let before = sim.seen.tapped.len();
+    sim.speak(speaker, 25);
+    sim.run_for(SECOND);
+    assert_eq!(sim.seen.tapped.len(), before);
+    assert!(
+        sim.seen
+            .taps
+            .iter()
+            .any(|t| t.track == first.track && !t.tapped)
+    );
+    assert_eq!(sees_recording(&sim, listeners[0]), Some(false));
+    sim.check_invariants().unwrap();
+}
+
+/// A recording set for a room not open yet applies when it opens.
+#[test]
+fn recording_a_room_before_it_opens() {
+    let mut sim = world(32);
+    let reply = sim.admin(AdminOp::SetRecording {
+        room: "r".into(),
+        recording: true,
+    });
+    assert!(matches!(reply, Ok(AdminReply::Count(0))), "{reply:?}");
+    let (speaker, listeners) = stage(&mut sim, 1);
+    assert_eq!(sees_recording(&sim, listeners[0]), Some(true));
+    sim.speak(speaker, 10);
+    sim.run_for(SECOND);
+    assert!(sim.seen.tapped.len() >= 8);
+}
+
+/// Random actions in rooms recorded from the start (and recorded or not along the way): the
+/// recorder's named tracks stay exactly the published tracks of recorded rooms.
+#[test]
+fn random_sequences_in_recorded_rooms_keep_the_taps_right() {
+    let (mut taps, mut untaps) = (0, 0);
+    for seed in 0..4u64 {
+        let mut sim = world(200 + seed);
+        for room in ["a", "b"] {
+            sim.admin(AdminOp::SetRecording {
+                room: room.into(),
+                recording: true,
+            })
+            .unwrap();
+        }
+        let mut state = seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state & 0xff) as u8
+        };
+        // Joins (with publish rights), publishing and time passing weighed up, so that tracks
+        // are published, then unpublished, revoked, removed, recorded or not, deleted.
+        const OPS: [u8; 14] = [0, 0, 4, 4, 4, 15, 15, 15, 3, 2, 14, 10, 11, 12];
+        for step in 0..80 {
+            let (op, x, y) = (OPS[usize::from(next()) % OPS.len()], next(), next() | 4);
+            sim.act(op, x, y);
+            if let Err(e) = sim.check_invariants() {
+                panic!("seed {seed}, step {step} ({op}, {x}, {y}): {e}");
+            }
+        }
+        taps += sim.seen.taps.iter().filter(|t| t.tapped).count();
+        untaps += sim.seen.taps.iter().filter(|t| !t.tapped).count();
+    }
+    // The sequences did exercise it.
+    assert!(taps >= 3 && untaps >= 3, "{taps} taps, {untaps} untaps");
 }

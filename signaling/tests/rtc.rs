@@ -619,11 +619,12 @@ async fn a_late_joiner_learns_who_is_speaking() {
     tone.await.unwrap();
 }
 
-/// A session whose pings stop is ended with a leave that asks the client to rejoin (its
-/// connection was lost, not its place in the room), so a client whose network comes back joins
-/// again instead of leaving for good.
+/// A session whose pings stop is closed without a leave and held (its connection was lost, not
+/// its place in the room): its client resumes it over a new WebSocket with `reconnect=1&sid=…`
+/// and is answered with a `ReconnectResponse` first. A resume with another identity's token is
+/// refused; one for an unknown sid is told to rejoin in full.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_that_stops_pinging_is_told_to_rejoin() {
+async fn a_session_that_stops_pinging_is_held_and_resumed_over_a_new_connection() {
     let s = server_with(ServiceConfig {
         ping_interval: 1,
         ping_timeout: 1,
@@ -632,16 +633,64 @@ async fn a_session_that_stops_pinging_is_told_to_rejoin() {
     .await;
     // This client never pings.
     let mut bob = Client::join(s.http, &mint("bob", grants("quiet", false))).await;
-    let leave = bob
-        .wait_for("the leave", |m| match m {
-            signal_response::Message::Leave(l) => Some(l.clone()),
-            _ => None,
-        })
-        .await;
+    let sid = bob.sid();
+    let resumable = bob
+        .join
+        .client_configuration
+        .as_ref()
+        .map(|c| c.resume_connection);
+    assert_eq!(resumable, Some(lk::ClientConfigSetting::Enabled as i32));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, next_response(&mut bob.ws)).await {
+            Ok(Some(signal_response::Message::Leave(l))) => panic!("told to leave: {l:?}"),
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(_) => panic!("the silent session was not closed"),
+        }
+    }
+
+    // Someone else's valid token cannot take the held session over.
+    let eve = mint("eve", grants("quiet", false));
+    let extra = format!("&reconnect=1&sid={sid}");
+    if let Ok(mut ws) = connect_ws_with(s.http, &eve, &extra).await {
+        let first = tokio::time::timeout(WAIT_SHORT, next_response(&mut ws)).await;
+        assert!(
+            !matches!(first, Ok(Some(signal_response::Message::Reconnect(_)))),
+            "another identity resumed bob's session"
+        );
+    }
+
+    // Its own token resumes it: ReconnectResponse first, then everyone it sees (itself too).
+    let token = mint("bob", grants("quiet", false));
+    let mut ws = connect_ws_with(s.http, &token, &extra).await.unwrap();
+    let first = next_response(&mut ws).await.expect("a response");
+    let signal_response::Message::Reconnect(r) = first else {
+        panic!("first message of a resume must be the reconnect response, got {first:?}");
+    };
+    assert!(r.server_info.is_some());
+    let second = next_response(&mut ws).await.expect("a response");
+    let signal_response::Message::Update(u) = second else {
+        panic!("then a participant update, got {second:?}");
+    };
+    assert!(u.participants.iter().any(|p| p.sid == sid));
+
+    // An unknown participant: rejoin in full.
+    let mut ws = connect_ws_with(s.http, &token, "&reconnect=1&sid=PA_unknown")
+        .await
+        .unwrap();
+    let first = next_response(&mut ws).await.expect("a response");
+    let signal_response::Message::Leave(leave) = first else {
+        panic!("an unknown sid must be told to rejoin, got {first:?}");
+    };
     assert_eq!(leave.action, lk::leave_request::Action::Reconnect as i32);
     assert!(leave.can_reconnect);
-    assert_eq!(leave.reason, lk::DisconnectReason::ConnectionTimeout as i32);
+    assert_eq!(leave.reason, lk::DisconnectReason::StateMismatch as i32);
 }
+
+/// How long a refused resume may take to show.
+const WAIT_SHORT: Duration = Duration::from_secs(3);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_participants_is_enforced_and_rooms_created_by_api() {

@@ -18,6 +18,11 @@
 //   d2. A sends B a data message;
 //   d3. the server (livekit-server-sdk, Twirp UpdateParticipant) lets B publish: B sees
 //       ParticipantPermissionsChanged, publishes, and A decodes B's 1 kHz;
+//  with E2E_CUT=1 (run.sh STOA_E2E_CUT=1), after c:
+//   x. B's network path is cut (iptables in the namespace: its signaling connection, which goes
+//      through a relay here, gets TCP resets; its media UDP is dropped) for E2E_CUT_MS (6 s)
+//      and restored; B resumes: Reconnected, the same sid on both pages, no leave or join seen
+//      by either, B hears A again; the time from restoration to audio is printed;
 //   e. A mutes, B sees TrackMuted for A's publication;
 //   f. A leaves, B sees ParticipantDisconnected for A.
 // Each step has its own timeout and a failure names it. The last stdout line is a JSON summary;
@@ -32,6 +37,7 @@ import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { createServer } from 'node:http';
+import { connect as tcpConnect, createServer as createTcpServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -64,6 +70,14 @@ const RESTART_COMMAND = process.env.E2E_RESTART_COMMAND || '';
 // hard-muted speaker publishing, data sent without permission or under another identity), each
 // checked on what the host's page sees.
 const SCENARIO = process.env.E2E_SCENARIO || '';
+// E2E_CUT=1: page B reaches the server's signaling through a TCP relay in this process, so that
+// B's path alone can be cut: once B hears A, iptables (E2E_IPTABLES) refuses B's signaling
+// connection (TCP resets, as a firewall or NAT that lost its state does) and drops the UDP of
+// B's media connection for CUT_MS, then the rules are removed. B must resume (same sid, no
+// leave or join seen by A), hear A again, and the time from restoration to audio is reported.
+const CUT = process.env.E2E_CUT === '1';
+const IPTABLES = process.env.E2E_IPTABLES || 'iptables';
+const CUT_MS = Number(process.env.E2E_CUT_MS || 6000);
 
 // Per-step timeouts (ms).
 const T = {
@@ -75,6 +89,8 @@ const T = {
   subscribe: 15_000,
   hear: 20_000,
   restart: 40_000,
+  cut: 25_000,
+  resume: 40_000,
   reconnect: 60_000,
   refuse: 15_000,
   mute: 10_000,
@@ -293,6 +309,49 @@ function call(page, method, ...args) {
   return page.evaluate(([m, a]) => window.e2e[m](...a), [method, args]);
 }
 
+/** A TCP relay on 127.0.0.1:<ephemeral> to the server's signaling port (page B's path). */
+async function startSignalRelay() {
+  const target = new URL(STOA_URL);
+  const server = createTcpServer((down) => {
+    const up = tcpConnect(Number(target.port || 80), target.hostname);
+    const end = () => {
+      down.destroy();
+      up.destroy();
+    };
+    down.on('error', end).on('close', end);
+    up.on('error', end).on('close', end);
+    down.pipe(up);
+    up.pipe(down);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return server;
+}
+
+/** Runs iptables with `args` (inside the test's network namespace). */
+function iptables(args) {
+  return new Promise((resolve, reject) => {
+    execFile(IPTABLES, args, (err, _stdout, stderr) => {
+      if (err) reject(new Error(`${IPTABLES} ${args.join(' ')}: ${stderr || err.message}`));
+      else resolve();
+    });
+  });
+}
+
+/** The rules that cut B: its signaling relay port (TCP resets) and its media ports (UDP drops). */
+function cutRules(relayPort, udpPorts) {
+  // The resets these rules send cross INPUT too (loopback): they must not be caught.
+  const reset = ['!', '--tcp-flags', 'RST', 'RST', '-j', 'REJECT', '--reject-with', 'tcp-reset'];
+  const rules = [
+    ['-p', 'tcp', '--dport', String(relayPort), ...reset],
+    ['-p', 'tcp', '--sport', String(relayPort), ...reset],
+  ];
+  for (const port of udpPorts) {
+    rules.push(['-p', 'udp', '--sport', String(port), '-j', 'DROP']);
+    rules.push(['-p', 'udp', '--dport', String(port), '-j', 'DROP']);
+  }
+  return rules;
+}
+
 async function scenario(ctx) {
   const { context } = ctx;
 
@@ -347,8 +406,9 @@ async function scenario(ctx) {
     canSubscribe: true,
     canPublishData: false,
   });
+  const urlB = ctx.relay ? `ws://127.0.0.1:${ctx.relay.address().port}` : STOA_URL;
   const joinB = await step('b: B joins the room (canPublish=false)', T.connect, async () => {
-    const r = await call(pageB, 'connect', STOA_URL, tokenB, RTC_CONFIG);
+    const r = await call(pageB, 'connect', urlB, tokenB, RTC_CONFIG);
     if (!r.ok) throw new Error(`livekit-client could not connect: ${errorText(r.error)}`);
     if (r.canPublish !== false) {
       throw new Error(`B's permissions say canPublish=${r.canPublish}, want false`);
@@ -422,6 +482,105 @@ async function scenario(ctx) {
       }, 500),
     ).catch((err) => {
       throw new StepError(err.step, `${err.message}; last stats: ${JSON.stringify(lastStats)}`);
+    });
+  }
+
+  // x. B's network path is cut for a few seconds and restored: B resumes its session.
+  if (CUT) {
+    const relayPort = ctx.relay.address().port;
+    const ports = await call(pageB, 'mediaPorts', joinA.identity);
+    if (!ports.length) throw new StepError('x: cut', "no local UDP port found for B's media");
+    const count = async (page, name, identity) =>
+      (await call(page, 'events', name)).filter((e) => !identity || e.participant === identity).length;
+    const before = {
+      aSawBJoin: await count(pageA, 'ParticipantConnected', joinB.identity),
+      aSawBLeave: await count(pageA, 'ParticipantDisconnected', joinB.identity),
+      bSawAJoin: await count(pageB, 'ParticipantConnected', joinA.identity),
+      bSawALeave: await count(pageB, 'ParticipantDisconnected', joinA.identity),
+      bReconnecting: (await count(pageB, 'Reconnecting')) + (await count(pageB, 'SignalReconnecting')),
+      bReconnected: await count(pageB, 'Reconnected'),
+    };
+    const rules = cutRules(relayPort, ports);
+    let restoredAt;
+    summary.cut = await step(`x: B's network is cut (TCP ${relayPort}, UDP ${ports.join(',')}) and restored`, T.cut, async () => {
+      const t0 = Date.now();
+      for (const r of rules) await iptables(['-I', 'INPUT', ...r]);
+      try {
+        // At least CUT_MS, and until B noticed (its WebSocket meets a reset at its next ping;
+        // livekit-client then says SignalReconnecting, or Reconnecting for a failed connection).
+        await sleep(CUT_MS);
+        await pollUntil(async () => {
+          const noticed =
+            (await count(pageB, 'Reconnecting')) + (await count(pageB, 'SignalReconnecting'));
+          return { done: noticed > before.bReconnecting };
+        }, 250);
+      } finally {
+        for (const r of rules) await iptables(['-D', 'INPUT', ...r]).catch((e) => log(String(e)));
+      }
+      restoredAt = Date.now();
+      return { ms: restoredAt - t0, udpPorts: ports, signalingPort: relayPort };
+    });
+    const baseline = await call(pageB, 'inboundAudioStats', joinA.identity);
+    const fresh = (stats, since) =>
+      stats.ok &&
+      (stats.totalAudioEnergy ?? 0) > (since.totalAudioEnergy ?? 0) &&
+      (stats.packetsReceived ?? 0) - (since.packetsReceived ?? 0);
+    let firstAudioMs;
+    const reconnectedMs = await step('x: B resumes (Reconnected)', T.resume, () =>
+      pollUntil(async () => {
+        // Audio may come back before the resume completes: the old ICE path recovers.
+        lastStats = await call(pageB, 'inboundAudioStats', joinA.identity);
+        if (firstAudioMs === undefined && fresh(lastStats, baseline) >= 3) {
+          firstAudioMs = Date.now() - restoredAt;
+        }
+        const reconnected = (await count(pageB, 'Reconnected')) > before.bReconnected;
+        return { done: reconnected, value: Date.now() - restoredAt };
+      }, 50),
+    );
+    const atReconnect = await call(pageB, 'inboundAudioStats', joinA.identity);
+    summary.resume = await step('x: B hears A again after the resume (ICE restarted)', T.hear, () =>
+      pollUntil(async () => {
+        lastStats = await call(pageB, 'inboundAudioStats', joinA.identity);
+        if (firstAudioMs === undefined && fresh(lastStats, baseline) >= 3) {
+          firstAudioMs = Date.now() - restoredAt;
+        }
+        return {
+          done: fresh(lastStats, atReconnect) >= 50,
+          value: {
+            restorationToAudioMs: firstAudioMs,
+            restorationToReconnectedMs: reconnectedMs,
+            restorationToSecondOfAudioAfterResumeMs: Date.now() - restoredAt,
+            packetsReceived: lastStats.packetsReceived,
+          },
+        };
+      }, 50),
+    ).catch((err) => {
+      throw new StepError(err.step, `${err.message}; last stats: ${JSON.stringify(lastStats)}`);
+    });
+    log(
+      `x: time from restoration to audio at B: ${summary.resume.restorationToAudioMs} ms; ` +
+        `to Reconnected: ${reconnectedMs} ms; to a second of audio after the resume: ` +
+        `${summary.resume.restorationToSecondOfAudioAfterResumeMs} ms`,
+    );
+    await step('x: it was a resume: same sids, nobody saw a leave or a join', T.refuse, async () => {
+      const me = await call(pageB, 'localSid');
+      if (me.sid !== joinB.sid) throw new Error(`B's sid changed: ${joinB.sid} -> ${me.sid} (a full rejoin)`);
+      const seenByA = (await call(pageA, 'remoteView')).find((p) => p.identity === joinB.identity);
+      if (seenByA?.sid !== joinB.sid) throw new Error(`A sees B as ${JSON.stringify(seenByA)}, want sid ${joinB.sid}`);
+      const seenByB = (await call(pageB, 'remoteView')).find((p) => p.identity === joinA.identity);
+      if (seenByB?.sid !== joinA.sid) throw new Error(`B sees A as ${JSON.stringify(seenByB)}, want sid ${joinA.sid}`);
+      const after = {
+        aSawBJoin: await count(pageA, 'ParticipantConnected', joinB.identity),
+        aSawBLeave: await count(pageA, 'ParticipantDisconnected', joinB.identity),
+        bSawAJoin: await count(pageB, 'ParticipantConnected', joinA.identity),
+        bSawALeave: await count(pageB, 'ParticipantDisconnected', joinA.identity),
+      };
+      for (const k of Object.keys(after)) {
+        if (after[k] !== before[k]) throw new Error(`${k}: ${before[k]} -> ${after[k]}`);
+      }
+      const disconnected = await count(pageB, 'Disconnected');
+      if (disconnected) throw new Error('B saw Disconnected');
+      return { sid: me.sid };
     });
   }
 
@@ -538,6 +697,7 @@ async function main() {
   log(`page server on ${pageUrl}, stoa at ${STOA_URL}, room ${summary.room}, work dir ${work}`);
 
   let context;
+  let relay;
   const deaths = new Promise((_, reject) => {
     failFast = reject;
   });
@@ -580,13 +740,14 @@ async function main() {
     summary.versions.chromium = context.browser()?.version();
     summary.versions.playwright = require('playwright-core/package.json').version;
 
+    relay = CUT ? await startSignalRelay() : undefined;
     const run =
       SCENARIO === 'hostile'
         ? (await import('./hostile.mjs')).hostileScenario(
             { context, pageUrl },
             { step, call, pollUntil, capturePage, sleep, errorText, summary, stoaUrl: STOA_URL, logLevel: LOG_LEVEL },
           )
-        : scenario({ context, pageUrl });
+        : scenario({ context, pageUrl, relay });
     await Promise.race([run, deaths]);
     summary.ok = true;
   } catch (err) {
@@ -598,6 +759,7 @@ async function main() {
     if (!summary.ok || VERBOSE) await printBrowserLogs();
     if (context) await Promise.race([context.close().catch(() => {}), sleep(5000)]);
     await new Promise((resolve) => http.close(resolve));
+    relay?.close();
     http.closeAllConnections?.();
     rmSync(work, { recursive: true, force: true });
   }

@@ -480,6 +480,26 @@
       return { canPublish: p?.canPublish, canPublishData: p?.canPublishData };
     },
 
+    /** This page's own participant sid and the room's connection state. */
+    localSid() {
+      return { sid: state.room?.localParticipant?.sid, state: state.room?.state };
+    },
+
+    /**
+     * The local UDP ports of the connection that receives `identity`'s audio (its local ICE
+     * candidates), so that a test can cut exactly this page's media path.
+     */
+    async mediaPorts(identity) {
+      const { publication } = remoteAudioPublication(identity);
+      const report = await publication?.track?.getRTCStatsReport();
+      if (!report) return [];
+      const ports = new Set();
+      report.forEach((s) => {
+        if (s.type === 'local-candidate' && s.protocol === 'udp' && s.port) ports.add(s.port);
+      });
+      return [...ports];
+    },
+
     /** Leaves the room. */
     async disconnect() {
       if (!state.room) return { ok: true };

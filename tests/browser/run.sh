@@ -15,6 +15,9 @@
 #
 # With STOA_E2E_SCENARIO=hostile e2e.mjs runs hostile.mjs's attempts instead (a listener and a
 # hard-muted speaker trying to publish and to send data, through the product's API).
+# With STOA_E2E_CUT=1, page B's network path (its signaling connection, through a relay in
+# e2e.mjs, and its media UDP ports) is cut with iptables rules inside this namespace for a few
+# seconds and restored; B must resume its session (e2e.mjs, E2E_CUT).
 #
 # With STOA_E2E_RESTART=1 the server runs with `[shutdown] clients = "reconnect"`, and once B
 # hears A, e2e.mjs runs $work/restart.sh: SIGTERM to the server, wait for it to exit, start the
@@ -52,7 +55,7 @@ fi
 # Only the server's own STOA_* settings from dev mode: drop any inherited from the caller.
 while IFS= read -r name; do
     case "$name" in
-    STOA_E2E_CAPPED | STOA_E2E_RELAY | STOA_E2E_RESTART | STOA_E2E_SCENARIO | STOA_URL | STOA_API_KEY | STOA_API_SECRET) ;;
+    STOA_E2E_CAPPED | STOA_E2E_RELAY | STOA_E2E_RESTART | STOA_E2E_CUT | STOA_E2E_SCENARIO | STOA_URL | STOA_API_KEY | STOA_API_SECRET) ;;
     STOA_*) unset "$name" ;;
     esac
 done < <(compgen -e)
@@ -94,7 +97,17 @@ EOF
     config_args=(--config "$work/stoa.toml")
 fi
 
-echo "run.sh: relay: ${relay:-none}, restart: ${STOA_E2E_RESTART:-0}" >&2
+if [ "${STOA_E2E_CUT:-}" = 1 ]; then
+    [ -z "$relay" ] && [ "${STOA_E2E_RESTART:-}" != 1 ] || { echo "run.sh: STOA_E2E_CUT runs alone" >&2; exit 2; }
+    iptables_bin=$(command -v iptables || echo /usr/sbin/iptables)
+    if [ ! -x "$iptables_bin" ]; then
+        echo "run.sh: iptables is missing: run ./test.sh (it installs it)" >&2
+        exit 2
+    fi
+    export E2E_CUT=1 E2E_IPTABLES="$iptables_bin"
+fi
+
+echo "run.sh: relay: ${relay:-none}, restart: ${STOA_E2E_RESTART:-0}, cut: ${STOA_E2E_CUT:-0}" >&2
 server_args=("${config_args[@]}" --log-level "${STOA_E2E_SERVER_LOG:-info,stoa=debug,stoa_signaling=debug,stoa_sfu=debug}")
 start_server "${server_args[@]}"
 

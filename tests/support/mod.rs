@@ -425,8 +425,27 @@ impl SignalClient {
         });
     }
 
-    /// Sends a close frame (masked, as a client must).
+    /// Leaves as LiveKit SDKs do: a `LeaveRequest`, then a close frame (both masked, as a
+    /// client must; a zero mask leaves the payload as it is). A connection closed without a
+    /// leave is held for a resume instead (see signaling's session resume).
     pub fn close(mut self) {
+        let leave = lk::SignalRequest {
+            message: Some(lk::signal_request::Message::Leave(lk::LeaveRequest {
+                reason: lk::DisconnectReason::ClientInitiated as i32,
+                ..Default::default()
+            })),
+        }
+        .encode_to_vec();
+        let mut frame = vec![
+            0x82,
+            0x80 | u8::try_from(leave.len()).expect("short"),
+            0,
+            0,
+            0,
+            0,
+        ];
+        frame.extend_from_slice(&leave);
+        let _ = self.stream.write_all(&frame);
         let _ = self.stream.write_all(&[0x88, 0x80, 0, 0, 0, 0]);
     }
 }

@@ -8,21 +8,32 @@
 // 660 Hz), walk the scenario:
 //   1. the host signs in, schedules a room, then creates a live room: it goes live muted (the
 //      "unmute when ready" panel, nothing published) and unmutes;
+//   1b. the host edits the scheduled room (PATCH) and lines up a co-host by user id, then takes
+//      them off the line-up;
 //   2. the listener signs in, sets "remind me" on the scheduled room, finds the live room in the
 //      directory (host and speakers named) and joins it, hears the host (inbound audio energy > 0)
 //      and sees them speak; both pages count 2 here, 1 on stage, 1 listening;
+//   2b. the host records the room: the listener's livekit-client says so (room.isRecording)
+//      and both pages show the REC badge; listeners get no recording control; the host stops;
 //   3. the listener raises a hand: the host gets a toast, a chime, "(1)" in the tab title and a Requests
 //      button with the count, all in reach at 1280x800 without scrolling, and approves from the
 //      requests dialog;
 //   4. the new speaker is told, arrives muted (nothing reaches the host) and unmutes; the host
 //      hears them; the host mutes them (they are told) and moves them back (they are told);
+//   4b. the listener's page goes hidden: not shown as away until the host turns show_away on
+//      (PATCH), then shown as away in the host's audience list, and not once visible again; the
+//      host deafens and the listener sees it on the host's tile;
+//   4c. invitation links: the host makes a single-use speaker link in the room's panel and copies
+//      it; the listener opens /invite/{token}, accepts and lands on stage; the link is then used
+//      up, and a revoked multi-use link is refused as revoked, each said plainly;
 //   5. the listener's network drops for real (its browser's network service process is stopped):
-//      the reconnect banner shows; the network comes back, the banner goes and the host is heard
-//      again;
+//      the reconnect banner shows; the network comes back, the page resumes its session (same
+//      participant sid), the banner goes and the host is heard again;
 //   6. the listener browses the directory: the mini-player keeps the same session playing, and
 //      takes them back;
 //   7. a third browser that refuses the microphone hosts its own room and is told why only when it
-//      unmutes; it joins the first room; the host's kick asks first (cancelled), a ban (confirmed)
+//      unmutes; opening the first room in another tab names the room it is in and offers to leave
+//      it, which it does (the old tab says so) and joins the first room; the host's kick asks first (cancelled), a ban (confirmed)
 //      gives it a "you cannot join" screen (and the audience is closed to it) and the host a
 //      removed list and Undo; a kick gives it a
 //      countdown to rejoining, also on reload, never the live room;
@@ -37,6 +48,7 @@
 //  10. sharing: the dialog (link, embed snippet of the card's size), the share sheet on a phone,
 //      the server's preview tags, the embed card (live, scheduled, unknown room) fitting its
 //      frame, with transparent corners in a page;
+//  10b. the host hands the room to a co-host (asked first), who hands it back;
 //  11. the host ends the room; both land on the summary, which a fresh page shows with names;
 //  12. the listener, who followed the host in step 2, hears them go live again: the bell counts it,
 //      a toast offers "Join", the browser shows a notification (the permission granted), and a
@@ -560,6 +572,21 @@ async function scenario(host, listener, blocked, launchGuest, hooks) {
     await H.getByText(/^Starts /).waitFor();
     await H.getByText('Hosted by Hana Host').waitFor();
     await shot(H, '04-room-scheduled');
+    // The host edits it (PATCH) and lines up a co-host by user id, then takes them off again.
+    await H.getByRole('button', { name: 'Edit room' }).click();
+    const edit = H.getByRole('dialog', { name: 'Edit room' });
+    await edit.getByLabel('Topic').fill('What ships, and when');
+    await audit(H, 'edit room');
+    await edit.getByRole('button', { name: 'Save' }).click();
+    await H.getByText('What ships, and when').waitFor();
+    const lineup = H.locator('.lineup-panel');
+    await lineup.getByLabel('User id').fill('sam-speaker');
+    await lineup.getByLabel('Role').selectOption('co_host');
+    await lineup.getByRole('button', { name: 'Add to line-up' }).click();
+    await lineup.locator('li[data-user="sam-speaker"]', { hasText: 'Co-host' }).waitFor();
+    await shot(H, '04b-room-scheduled-planning');
+    await lineup.getByRole('button', { name: 'Remove from line-up: sam-speaker' }).click();
+    await lineup.getByText('Nobody lined up yet.').waitFor();
     return decodeURIComponent(new URL(H.url()).pathname.split('/').pop());
   });
 
@@ -676,6 +703,23 @@ async function scenario(host, listener, blocked, launchGuest, hooks) {
     await sheet.getByRole('button', { name: 'Close' }).click();
   });
 
+  await step('the host records the room; everyone sees it, through livekit-client too', async () => {
+    // A listener has no recording control.
+    if (await L.getByRole('button', { name: 'Record', exact: true }).count()) throw new Error('a listener is offered to record');
+    await H.getByRole('button', { name: 'Record', exact: true }).click();
+    await H.getByRole('button', { name: 'Stop recording' }).waitFor();
+    // The room is marked recorded on the media side (LiveKit's Room.activeRecording), which
+    // livekit-client reads as room.isRecording; the page shows it to everyone.
+    await until('livekit-client to say the room is recorded', () => L.evaluate(() => window.stoaRoom?.isRecording === true));
+    for (const page of [L, H]) await page.getByRole('status').filter({ hasText: 'this room is being recorded' }).waitFor();
+    await shot(L, '08-room-listener-recorded');
+    await audit(L, 'room (recorded)');
+    await H.getByRole('button', { name: 'Stop recording' }).click();
+    await H.getByRole('button', { name: 'Record', exact: true }).waitFor();
+    await until('livekit-client to say the recording stopped', () => L.evaluate(() => window.stoaRoom?.isRecording === false));
+    for (const page of [L, H]) await page.locator('.rec-badge').waitFor({ state: 'hidden' });
+  });
+
   await step('listener raises a hand; the host is told and approves from the control bar', async () => {
     const tonesBefore = await H.evaluate(() => window.tones);
     await L.getByRole('button', { name: 'Raise hand' }).click();
@@ -769,6 +813,96 @@ async function scenario(host, listener, blocked, launchGuest, hooks) {
     });
   });
 
+  await step('away and deafened show to others: a hidden page is away where the room shows it; deafen is shared', async () => {
+    const api = (page, method, path, body) =>
+      page.evaluate(
+        async ([method, path, body]) => {
+          const token = JSON.parse(localStorage.getItem('stoa.session')).token;
+          const headers = { Authorization: `Bearer ${token}` };
+          if (body) headers['Content-Type'] = 'application/json';
+          const r = await fetch(path, { method, headers, body: body ? JSON.stringify(body) : undefined });
+          return { status: r.status, body: await r.json() };
+        },
+        [method, path, body],
+      );
+    // The page goes hidden (as when its tab is in the background): the app says so itself.
+    const visibility = (state) =>
+      L.evaluate((state) => {
+        Object.defineProperty(document, 'visibilityState', { value: state, configurable: true });
+        Object.defineProperty(document, 'hidden', { value: state === 'hidden', configurable: true });
+        document.dispatchEvent(new Event('visibilitychange'));
+      }, state);
+    const away = H.locator(`.audience-section .person[data-user="${listenerSession.user}"] .away-badge`);
+    // Off by default: a hidden listener is not shown as away.
+    const told = L.waitForResponse((r) => r.url().endsWith(`/api/rooms/${roomId}/presence`) && r.request().method() === 'POST');
+    await visibility('hidden');
+    const reply = await (await told).json();
+    if (reply.show_away !== false || !reply.you || reply.you.away !== false) throw new Error(`away shows in a room that does not show it: ${JSON.stringify(reply.you)}`);
+    await sleep(500);
+    if (await away.count()) throw new Error('away shows in a room that does not show it');
+    // The host turns it on (PATCH): now the hidden listener shows as away, and not once back.
+    const on = await api(H, 'PATCH', `/api/rooms/${roomId}`, { show_away: true });
+    if (on.status !== 200 || on.body.show_away !== true) throw new Error(`show_away: ${JSON.stringify(on)}`);
+    await away.waitFor();
+    await shot(H, '14b-listener-away');
+    await visibility('visible');
+    await away.waitFor({ state: 'detached' });
+    // Deafen is server-visible: the host deafens, the listener's page shows it on the host's tile.
+    await H.getByRole('button', { name: 'Deafen', exact: true }).click();
+    await L.locator(`.tile[data-user="${hostSession.user}"] .role`, { hasText: 'deafened' }).waitFor();
+    await H.getByRole('button', { name: 'Deafen', exact: true }).click();
+    await until("the host's tile to drop 'deafened'", async () => !(await L.locator(`.tile[data-user="${hostSession.user}"] .role`).textContent()).includes('deafened'));
+    summary.away = true;
+  });
+
+  await step('invitation links: a single-use speaker link lands the listener on stage; used-up and revoked links say so', async () => {
+    const panel = H.locator('.invite-panel');
+    await panel.getByLabel('Role').selectOption('speaker');
+    await panel.getByRole('button', { name: 'Create invitation link' }).click();
+    const field = panel.getByLabel('Invitation link', { exact: true });
+    await field.waitFor();
+    const link = await field.inputValue();
+    if (!/^http:\/\/127\.0\.0\.1:7880\/invite\/[a-z0-9]{32}$/.test(link)) throw new Error(`invitation link: ${link}`);
+    await panel.getByRole('button', { name: 'Copy' }).click();
+    await panel.getByRole('status').filter({ hasText: /Copied|copy it/ }).waitFor();
+    await panel.locator('.invite-list li', { hasText: 'Speaker · 0 of 1 used' }).waitFor();
+    await shot(H, '14c-invitation-link');
+    // The listener opens it (leaving the room page), sees what it gives, and accepts.
+    await L.goto(new URL(link).pathname);
+    await L.getByRole('heading', { name: 'You are invited to “Morning audio standup”' }).waitFor();
+    await L.locator('#invite-gives', { hasText: 'joins on stage as a speaker' }).waitFor();
+    await shot(L, '14d-invitation');
+    await audit(L, 'invitation');
+    await L.getByRole('button', { name: 'Accept and join' }).click();
+    await L.waitForURL(`**${roomPath}`);
+    // On stage on arrival, muted until they unmute.
+    await L.getByRole('button', { name: 'Unmute', exact: true }).waitFor();
+    await H.locator(`.tile[data-user="${listenerSession.user}"]`).waitFor();
+    await panel.locator('.invite-list li', { hasText: 'Speaker · 1 of 1 used · used up' }).waitFor();
+    // The same link again: used up, said plainly.
+    const P = await listener.context.newPage();
+    P.setDefaultTimeout(WAIT);
+    await P.goto(new URL(link).pathname);
+    await P.getByText('This invitation link has already been used.').waitFor();
+    // A multi-use listener link, revoked: refused as revoked.
+    await panel.getByLabel('Role').selectOption('listener');
+    await panel.getByLabel('Single use').uncheck();
+    await panel.getByRole('button', { name: 'Create invitation link' }).click();
+    await until('the second link', async () => (await field.inputValue()) !== link);
+    const second = await field.inputValue();
+    const token = second.split('/').pop();
+    await panel.locator(`.invite-list li[data-token="${token}"]`).getByRole('button', { name: /^Revoke/ }).click();
+    await panel.locator(`.invite-list li[data-token="${token}"]`, { hasText: 'revoked' }).waitFor();
+    await P.goto(new URL(second).pathname);
+    await P.getByText('The host revoked this invitation link.').waitFor();
+    await shot(P, '14e-invitation-revoked');
+    await P.close();
+    // Back to the audience for the rest of the walk (which also takes them off the line-up).
+    await H.getByRole('button', { name: 'Move to audience: Leo Listener' }).click();
+    await L.getByRole('button', { name: 'Raise hand' }).waitFor();
+    summary.invitation = { link: new URL(link).pathname };
+  });
+
   await step("the listener's network drops; the page says so and recovers by itself", async () => {
     if (!listener.pid) throw new Error("cannot tell the listener's browser process apart");
     const net = networkServiceOf(listener.pid);
@@ -795,9 +929,9 @@ async function scenario(host, listener, blocked, launchGuest, hooks) {
     await flowing(L, hostSession.user, 'host after the outage');
     // The host sees the listener in the audience again.
     await H.getByRole('button', { name: 'Invite to speak: Leo Listener' }).waitFor();
-    // Sessions are never resumed: the page rejoined as a new participant session.
+    // The session was held while the page was away and resumed: the same participant sid.
     const sidAfter = await L.evaluate(() => window.stoaRoom?.localParticipant.sid);
-    if (!sidAfter || sidAfter === sidBefore) throw new Error(`no rejoin: participant sid ${sidBefore} -> ${sidAfter}`);
+    if (!sidAfter || sidAfter !== sidBefore) throw new Error(`not resumed: participant sid ${sidBefore} -> ${sidAfter}`);
     summary.reconnect = { bannerAfterMs: shown, recoveredAfterMs: recovered, sidBefore, sidAfter };
     log('reconnect:', JSON.stringify(summary.reconnect));
   }, 90_000);
@@ -825,7 +959,7 @@ async function scenario(host, listener, blocked, launchGuest, hooks) {
   });
 
   await step('a refused microphone is explained; kick and ban ask first, can be undone, and say why and for how long', async () => {
-    const M = blocked.page;
+    let M = blocked.page;
     await signIn(M, 'Mia Mic');
     await M.getByRole('link', { name: 'Create room' }).click();
     await M.getByLabel('Title').fill('Open mic');
@@ -836,10 +970,29 @@ async function scenario(host, listener, blocked, launchGuest, hooks) {
     await M.getByText('Microphone access is blocked').waitFor();
     await M.locator('.me-state', { hasText: 'You are muted' }).waitFor();
     await shot(M, '17-room-microphone-blocked');
-    await M.getByRole('button', { name: 'End room' }).click();
-    await M.getByRole('button', { name: 'End for everyone' }).click();
-    await M.getByRole('heading', { name: 'This room has ended' }).waitFor();
-    await M.goto(roomPath);
+    // One room at a time, kindly: opening the first room in another tab names the room Mia is
+    // in and offers to leave it; that tab then joins, and the old one says what happened.
+    const M2 = await blocked.context.newPage();
+    M2.setDefaultTimeout(WAIT);
+    await M2.goto(roomPath);
+    await M2.getByRole('heading', { name: 'You are in another room' }).waitFor();
+    await M2.locator('#elsewhere-text').getByRole('link', { name: 'Open mic' }).waitFor();
+    await shot(M2, '17b-already-in-another-room');
+    await audit(M2, 'already in another room');
+    const openMicId = await M2.evaluate(() => new URL(document.querySelector('#elsewhere-text a').href).pathname.split('/').pop());
+    await M2.getByRole('button', { name: 'Leave “Open mic” and join' }).click();
+    await M2.getByRole('button', { name: 'Raise hand' }).waitFor();
+    await M.getByRole('heading', { name: 'You left this room' }).waitFor();
+    await M.close();
+    M = M2;
+    // The host may end the room they left without being in it.
+    const ended = await M.evaluate(async (room) => {
+      const token = JSON.parse(localStorage.getItem('stoa.session')).token;
+      const r = await fetch(`/api/rooms/${room}/end`, { method: 'POST', headers: { Authorization: `Bearer ${token}` } });
+      return r.status;
+    }, openMicId);
+    if (ended !== 200) throw new Error(`ending the room left behind: ${ended}`);
+    summary.elsewhere = { left: openMicId };
     await M.getByRole('button', { name: 'Raise hand' }).click();
     // A denied request is said to the one who asked.
     await H.locator('.host-panel').getByRole('button', { name: 'Deny: Mia Mic' }).click();
@@ -1064,7 +1217,7 @@ async function scenario(host, listener, blocked, launchGuest, hooks) {
   await step('sharing: the dialog on desktop, the share sheet on phones, link previews, an embed that fits', async () => {
     await H.getByRole('button', { name: 'Share', exact: true }).click();
     await H.getByRole('heading', { name: 'Share this room' }).waitFor();
-    if ((await H.getByLabel('Link').inputValue()) !== `${BASE}${roomPath}`) throw new Error('the share link is not the room link');
+    if ((await H.getByLabel('Link', { exact: true }).inputValue()) !== `${BASE}${roomPath}`) throw new Error('the share link is not the room link');
     const snippet = await H.getByLabel('Embed in a page').inputValue();
     if (!snippet.includes(`width="${EMBED.width}" height="${EMBED.height}"`)) throw new Error(`the embed snippet's size is not the card's: ${snippet}`);
     await shot(H, '25-share');
@@ -1148,6 +1301,24 @@ async function scenario(host, listener, blocked, launchGuest, hooks) {
       await outsider.close();
     }
   }, 60_000);
+
+  await step('the host hands the room to a co-host, who hands it back', async () => {
+    await H.getByRole('button', { name: 'Invite to speak: Leo Listener' }).click();
+    await H.getByRole('button', { name: 'Make co-host: Leo Listener' }).click();
+    await H.getByRole('button', { name: 'Make host: Leo Listener' }).click();
+    const confirm = H.getByRole('dialog', { name: 'Make Leo Listener the host?' });
+    await confirm.waitFor();
+    await audit(H, 'transfer confirmation');
+    await confirm.getByRole('button', { name: 'Make host' }).click();
+    await toastOn(H, 'Leo Listener is the host now; you are a co-host.').waitFor();
+    if (await H.getByRole('button', { name: 'End room' }).count()) throw new Error('a co-host is offered End room');
+    await L.getByRole('button', { name: 'End room' }).waitFor();
+    await L.getByRole('button', { name: 'Make host: Hana Host' }).click();
+    await L.getByRole('dialog', { name: 'Make Hana Host the host?' }).getByRole('button', { name: 'Make host' }).click();
+    await H.getByRole('button', { name: 'End room' }).waitFor();
+    await H.getByRole('button', { name: 'Move to audience: Leo Listener' }).click();
+    await L.getByRole('button', { name: 'Raise hand' }).waitFor();
+  });
 
   await step('host ends the room; both land on the summary, which names people to anyone', async () => {
     await H.getByRole('button', { name: 'End room' }).click();

@@ -13,6 +13,10 @@ export interface Member {
   hard_muted: boolean;
   present: boolean;
   hand_raised: boolean;
+  /** Their page is hidden (where the room shows away listeners). */
+  away: boolean;
+  /** They turned the room's sound off. */
+  deafened: boolean;
 }
 
 /**
@@ -30,6 +34,8 @@ export interface AudienceMember {
   hand_raised?: boolean;
   muted?: boolean;
   hard_muted?: boolean;
+  /** Their page is hidden (where the room shows away listeners); absent when not. */
+  away?: boolean;
 }
 
 export interface Hand {
@@ -60,6 +66,14 @@ export interface RoomView {
   present: number;
   members: number;
   raised_hands: number;
+  /** Being recorded (also on the LiveKit room: `room.isRecording`). */
+  recording: boolean;
+  /** Seconds without speaking before someone on stage is muted (0: never). */
+  idle_mute_after: number;
+  /** Seconds without speaking before a speaker goes back to the audience (0: never). */
+  idle_audience_after: number;
+  /** Listeners whose page is hidden show as away. */
+  show_away: boolean;
   stage: Member[];
   you: Member | null;
   hands: Hand[] | null;
@@ -143,9 +157,50 @@ export interface NewRoom {
   speaker_mode: SpeakerMode;
   max_participants?: number;
   scheduled_for?: number;
+  /** Seconds without speaking before someone on stage is muted (0: never). */
+  idle_mute_after?: number;
+  /** Seconds without speaking before a speaker goes back to the audience (0: never). */
+  idle_audience_after?: number;
+  /** Show listeners whose page is hidden as away. */
+  show_away?: boolean;
 }
 
 export type Follow = { kind: 'user' | 'room'; id: string };
+
+/** An invitation link as anyone holding it sees it (`GET /api/invitations/{token}`). */
+export interface Invitation {
+  token: string;
+  room: RoomView;
+  expires_at: number;
+  requires_confirmation: boolean;
+  /** `listener`, `speaker` or `co_host`. */
+  role: Role;
+  max_uses: number | null;
+  uses: number;
+}
+
+/** One of a room's invitation links, as its hosts list them. */
+export interface InvitationEntry {
+  token: string;
+  role: Role;
+  max_uses: number | null;
+  uses: number;
+  created_at: number;
+  expires_at: number;
+  created_by: string;
+  revoked: boolean;
+  /** Still accepted now. */
+  usable: boolean;
+}
+
+/** What a new invitation link gives. */
+export interface NewInvitation {
+  role: Role;
+  /** 1: single-use; absent: any number. */
+  max_uses?: number;
+  /** Seconds it lasts. */
+  expires_in?: number;
+}
 
 /** An entry of the signed-in user's notification feed. */
 export interface Notice {
@@ -199,6 +254,8 @@ export class ApiError extends Error {
     message: string,
     /** Seconds after which the same call may succeed (e.g. a kick's cooldown). */
     readonly retryAfter: number | null = null,
+    /** The other room the error is about (`already_in_room`: the room the caller is in). */
+    readonly room: { id: string; title: string } | null = null,
   ) {
     super(message);
   }
@@ -266,9 +323,15 @@ async function call<T>(method: string, path: string, body?: unknown, token?: str
     data = undefined;
   }
   if (!response.ok) {
-    const err = (data ?? {}) as { code?: string; message?: string; retry_after?: number };
+    const err = (data ?? {}) as { code?: string; message?: string; retry_after?: number; room?: { id: string; title: string } };
     if (response.status === 401 && token === undefined) onUnauthorized();
-    throw new ApiError(response.status, err.code ?? 'error', err.message ?? `${response.status} ${response.statusText}`, err.retry_after ?? null);
+    throw new ApiError(
+      response.status,
+      err.code ?? 'error',
+      err.message ?? `${response.status} ${response.statusText}`,
+      err.retry_after ?? null,
+      err.room && typeof err.room.id === 'string' ? { id: err.room.id, title: String(err.room.title ?? '') } : null,
+    );
   }
   return data as T;
 }
@@ -288,6 +351,8 @@ export const api = {
   card: (id: string) => call<RoomCard>('GET', `/api/rooms/${enc(id)}/card`, undefined, null),
   start: (id: string) => call<RoomView>('POST', `/api/rooms/${enc(id)}/start`),
   end: (id: string) => call<RoomView>('POST', `/api/rooms/${enc(id)}/end`),
+  /** Starts (`true`) or stops recording the room: hosts and co-hosts. */
+  record: (id: string, on: boolean) => call<RoomView>(on ? 'POST' : 'DELETE', `/api/rooms/${enc(id)}/recording`),
   join: (id: string) => call<JoinGrant>('POST', `/api/rooms/${enc(id)}/token`),
   leave: (id: string) => call<RoomView>('POST', `/api/rooms/${enc(id)}/leave`),
   raiseHand: (id: string) => call<RoomView>('POST', `/api/rooms/${enc(id)}/hand`),
@@ -295,6 +360,17 @@ export const api = {
   mute: (id: string) => call<RoomView>('POST', `/api/rooms/${enc(id)}/mute`),
   unmute: (id: string) => call<RoomView>('POST', `/api/rooms/${enc(id)}/unmute`),
   stepDown: (id: string) => call<RoomView>('POST', `/api/rooms/${enc(id)}/step_down`),
+  presence: (id: string, state: { away?: boolean; deafened?: boolean }) => call<RoomView>('POST', `/api/rooms/${enc(id)}/presence`, state),
+  edit: (id: string, changes: Partial<Pick<NewRoom, 'title' | 'topic' | 'description' | 'scheduled_for' | 'idle_mute_after' | 'idle_audience_after' | 'show_away'>>) =>
+    call<RoomView>('PATCH', `/api/rooms/${enc(id)}`, changes),
+  lineup: (id: string) => call<{ lineup: { user: string; name: string; role: Role }[] }>('GET', `/api/rooms/${enc(id)}/lineup`),
+  lineUp: (id: string, user: string, role: Role) => call<unknown>('PUT', `/api/rooms/${enc(id)}/lineup/${enc(user)}`, { role }),
+  lineUpRemove: (id: string, user: string) => call<unknown>('DELETE', `/api/rooms/${enc(id)}/lineup/${enc(user)}`),
+  invite: (id: string, invitation: NewInvitation) => call<Invitation>('POST', `/api/rooms/${enc(id)}/invitations`, invitation),
+  invitations: (id: string) => call<{ invitations: InvitationEntry[] }>('GET', `/api/rooms/${enc(id)}/invitations`),
+  revokeInvitation: (id: string, token: string) => call<void>('DELETE', `/api/rooms/${enc(id)}/invitations/${enc(token)}`),
+  invitation: (token: string) => call<Invitation>('GET', `/api/invitations/${enc(token)}`),
+  acceptInvitation: (token: string) => call<RoomView>('POST', `/api/invitations/${enc(token)}/accept`),
   react: (id: string, emoji: string) => call<void>('POST', `/api/rooms/${enc(id)}/reactions`, { emoji }),
   moderate: (id: string, user: string, action: ModerationAction) =>
     call<RoomView>('POST', `/api/rooms/${enc(id)}/members/${enc(user)}/${action}`),
@@ -327,7 +403,7 @@ export function eventsUrl(room?: string, notificationsOnly = false): string {
 
 /** A live event from `/api/events`. */
 export interface ControlEvent {
-  type: 'room_created' | 'room_live' | 'room_ended' | 'audience' | 'hand' | 'role' | 'muted' | 'removed' | 'reaction' | 'notification';
+  type: 'room_created' | 'room_live' | 'room_ended' | 'audience' | 'hand' | 'role' | 'muted' | 'removed' | 'reaction' | 'notification' | 'idle' | 'presence';
   /** `notification` messages: the signed-in user's new feed entry. */
   notification?: Notice;
   room: string;
@@ -336,6 +412,8 @@ export interface ControlEvent {
   listeners?: number;
   present?: number;
   banned?: boolean;
+  /** `idle`: moved to the audience (else muted). */
+  moved?: boolean;
 }
 
 /**

@@ -118,7 +118,7 @@ export class Audience {
 
   private draw(): void {
     const people = this.shown();
-    const sig = JSON.stringify([this.listeners, people.map((m) => [m.user, m.name, m.hand_raised]), this.cursor]);
+    const sig = JSON.stringify([this.listeners, people.map((m) => [m.user, m.name, m.hand_raised, m.away]), this.cursor]);
     if (sig === this.signature) return;
     this.signature = sig;
     const me = session()?.user;
@@ -142,6 +142,7 @@ export class Audience {
                   personAvatar(m.user, m.name, 'small'),
                   h('span', {}, m.name, m.user === me ? h('span', { class: 'you' }, ' (you)') : null),
                   m.hand_raised ? [icon('hand', undefined, 'icon hand-icon'), h('span', { class: 'visually-hidden' }, ', hand raised')] : null,
+                  m.away ? h('span', { class: 'away-badge' }, h('span', { class: 'visually-hidden' }, ', '), 'away') : null,
                 ),
               ),
             ),

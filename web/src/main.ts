@@ -4,6 +4,7 @@
 //   /new              create a room
 //   /rooms/{id}       a room: scheduled card, live room, or the ended summary
 //   /embed/rooms/{id} an embeddable card for feeds and posts
+//   /invite/{token}   an invitation link: what it gives, and "Accept and join"
 import './style.css';
 import { api, session, setSession, setUnauthorizedHandler } from './api';
 import { h } from './dom';
@@ -11,6 +12,7 @@ import { personAvatar, profileSheet } from './profile';
 import { icon } from './icons';
 import { createScreen, directoryScreen, embedScreen, signInScreen } from './screens';
 import { closeDock, roomScreen } from './room';
+import { inviteScreen } from './invitations';
 import { bell, followNotifications } from './notifications';
 
 /** A screen: renders into `main` and returns its teardown. */
@@ -46,6 +48,7 @@ function route(path: string): { screen: Screen; params: Record<string, string>; 
   let m: RegExpMatchArray | null;
   if ((m = path.match(/^\/embed\/rooms\/([^/]+)\/?$/))) return { screen: embedScreen, params: { id: decodeURIComponent(m[1]) }, auth: false, embed: true };
   if ((m = path.match(/^\/rooms\/([^/]+)\/?$/))) return { screen: roomScreen, params: { id: decodeURIComponent(m[1]) }, auth: true };
+  if ((m = path.match(/^\/invite\/([^/]+)\/?$/))) return { screen: inviteScreen, params: { token: decodeURIComponent(m[1]) }, auth: true };
   if (path === '/signin') return { screen: signInScreen, params: {}, auth: false };
   if (path === '/new') return { screen: createScreen, params: {}, auth: true };
   if (path === '/' || path === '') return { screen: directoryScreen, params: {}, auth: true };

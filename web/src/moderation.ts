@@ -77,6 +77,7 @@ export class Moderation {
         'aria-label': `${label}: ${m.name}`,
         onclick: () => {
           if (action === 'kick' || action === 'ban') this.confirmRemoval(m, action);
+          else if (action === 'transfer_host') this.confirmTransfer(m);
           else void this.cx.act(() => api.moderate(this.cx.id, m.user, action));
         },
       },
@@ -161,6 +162,8 @@ export class Moderation {
                     m.muted || m.hard_muted ? null : this.button('Mute', m, 'force_mute'),
                     m.hard_muted ? this.button('Restore mic', m, 'restore') : this.button('Turn off mic', m, 'hard_mute'),
                     m.role === 'co_host' ? this.button('Remove co-host', m, 'remove_co_host') : this.button('Make co-host', m, 'add_co_host'),
+                    // The host hands the room to a co-host (and stays on as a co-host).
+                    v.you?.role === 'host' && m.role === 'co_host' ? this.button('Make host', m, 'transfer_host') : null,
                     this.button('Kick', m, 'kick', 'small danger'),
                     this.button('Ban', m, 'ban', 'small danger'),
                   ),
@@ -231,6 +234,23 @@ export class Moderation {
   }
 
   /** Asks before a kick or ban; after it, a toast offers to undo it. */
+  private confirmTransfer(m: { user: string; name: string }): void {
+    const go = h('button', { type: 'button', class: 'primary' }, icon('star'), 'Make host');
+    go.addEventListener('click', async () => {
+      go.setAttribute('disabled', '');
+      const ok = await this.cx.act(() => api.moderate(this.cx.id, m.user, 'transfer_host'));
+      this.confirm.close();
+      if (ok) toast(`${m.name} is the host now; you are a co-host.`, { icon: 'star' });
+    });
+    fill(
+      this.confirm,
+      h('h2', { id: 'confirm-heading' }, `Make ${m.name} the host?`),
+      h('p', {}, 'They run the room from now on, and can end it. You stay on stage as a co-host.'),
+      h('div', { class: 'row end' }, h('button', { type: 'button', onclick: () => this.confirm.close() }, 'Cancel'), go),
+    );
+    this.confirm.showModal();
+  }
+
   private confirmRemoval(m: { user: string; name: string }, action: 'kick' | 'ban'): void {
     const ban = action === 'ban';
     const go = h('button', { type: 'button', class: 'danger' }, icon(ban ? 'ban' : 'leave'), ban ? 'Ban' : 'Remove');

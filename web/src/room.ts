@@ -21,6 +21,8 @@ import { Moderation, requestCount } from './moderation';
 import { followButton, personAvatar, profileSheet } from './profile';
 import { embedSnippet, endedView, errorText } from './screens';
 import { dismiss, toast } from './toast';
+import { InvitePanel } from './invitations';
+import { editDialog, lineUpEditor } from './planning';
 
 /** The reactions people can send, with the word each stands for. */
 export const REACTIONS: [string, string][] = [
@@ -119,6 +121,19 @@ function chime(): void {
   }
 }
 
+/** Where a page notes the room it left to join another (read by other pages of the browser). */
+const LEFT_ELSEWHERE = 'stoa.left-elsewhere';
+
+/** Whether a page of this browser just left room `id` to join another. */
+function leftElsewhere(id: string): boolean {
+  try {
+    const note = JSON.parse(localStorage.getItem(LEFT_ELSEWHERE) ?? 'null') as { room?: string; at?: number } | null;
+    return note?.room === id && typeof note.at === 'number' && Date.now() - note.at < 60_000;
+  } catch {
+    return false;
+  }
+}
+
 class RoomController {
   private view: RoomView | null = null;
   private lk: Room | null = null;
@@ -154,6 +169,16 @@ class RoomController {
 
   // Parts of the live screen.
   private readonly count = h('p', { class: 'count' });
+  /** Shown to everyone while the room is recorded, as the law in many places requires. */
+  private readonly recordingBadge = h(
+    'span',
+    { class: 'badge rec-badge', role: 'status', title: 'This room is being recorded', hidden: true },
+    h('span', { class: 'rec-dot', 'aria-hidden': 'true' }),
+    'REC',
+    h('span', { class: 'visually-hidden' }, ': this room is being recorded'),
+  );
+  /** Starts and stops the recording (hosts and co-hosts). */
+  private readonly recordButton = h('button', { type: 'button', class: 'secondary record-button', hidden: true });
   private readonly reconnecting = h('p', { class: 'banner warn', role: 'status', hidden: true }, h('span', { class: 'spinner', 'aria-hidden': 'true' }), 'Connection lost. Reconnecting…');
   private readonly tapToListen = h('button', { type: 'button', class: 'banner-button primary', hidden: true }, icon('speaker'), 'Tap to listen');
   private readonly micError = h('p', { class: 'banner error', role: 'alert', hidden: true });
@@ -168,6 +193,10 @@ class RoomController {
   private readonly sink = h('div', { class: 'audio-sink', hidden: true });
   private readonly dockBar = h('aside', { class: 'dock', 'aria-label': 'Now playing' });
   private readonly shareDialog = h('dialog', { class: 'dialog', 'aria-labelledby': 'share-heading' });
+  /** Editing a scheduled room (its host). */
+  private readonly editDialog = h('dialog', { class: 'dialog' });
+  /** Invitation links (hosts and co-hosts). */
+  private readonly invites: InvitePanel;
   private readonly endDialog = h('dialog', { class: 'dialog', 'aria-labelledby': 'end-heading' });
   private readonly profileDialog = h('dialog', { class: 'dialog profile-dialog', 'aria-labelledby': 'profile-heading' });
   private readonly moderation: Moderation;
@@ -187,6 +216,7 @@ class RoomController {
     readonly id: string,
   ) {
     document.body.append(this.sink);
+    this.recordButton.addEventListener('click', () => void this.toggleRecording());
     this.moderation = new Moderation({
       id,
       act: (f) => this.act(f),
@@ -194,6 +224,7 @@ class RoomController {
       openProfile: (user, name) => this.openProfile(user, name),
     });
     this.audience = new Audience({ id, openProfile: (user, name, role) => this.openProfile(user, name, role) });
+    this.invites = new InvitePanel(id);
   }
 
   /** Whether the user is in the live room (so that leaving the screen docks it). */
@@ -256,7 +287,7 @@ class RoomController {
   dock(): void {
     this.docked = true;
     this.releaseBar();
-    for (const d of [this.shareDialog, this.endDialog, this.profileDialog, this.moderation.requests, this.moderation.confirm]) if (d.open) d.close();
+    for (const d of [this.shareDialog, this.endDialog, this.profileDialog, this.moderation.requests, this.moderation.confirm, this.editDialog]) if (d.open) d.close();
     document.body.append(this.dockBar);
     this.dockSize.observe(this.dockBar);
     this.renderDock();
@@ -347,13 +378,24 @@ class RoomController {
           'div',
           { class: 'row' },
           isHost ? start : null,
+          isHost
+            ? h('button', { type: 'button', class: 'small', onclick: () => editDialog(this.editDialog, v, () => void this.open()) }, icon('calendar'), 'Edit room')
+            : null,
           remind,
           isHost || !me ? null : followButton(v.host, v.host_name, (err) => (error.textContent = errorText(err))),
           this.shareButton(v),
         ),
       ),
+      // The host lines speakers and co-hosts up before going live with invitation links.
+      isHost ? this.invites.el : null,
+      isHost ? lineUpEditor(v.id) : null,
       this.shareDialog,
+      this.editDialog,
     );
+    if (isHost) {
+      this.invites.el.hidden = false;
+      this.invites.show();
+    }
     this.events = subscribe(v.id, (e) => {
       if (e.type === 'room_live' && !this.destroyed) {
         this.events?.close();
@@ -364,11 +406,62 @@ class RoomController {
 
   // ----- refused -----
 
+  /** The user is still in another room: name it, and offer to leave it and join this one. */
+  private elsewhere(other: { id: string; title: string }): void {
+    const v = this.view as RoomView;
+    const error = h('p', { class: 'error', role: 'alert' });
+    const otherName = other.title || 'another room';
+    const swap = h('button', { type: 'button', class: 'primary', id: 'leave-and-join' }, `Leave “${otherName}” and join`);
+    swap.onclick = async () => {
+      swap.disabled = true;
+      error.textContent = '';
+      try {
+        // Another page of this browser may hold the other room: tell it that this was a
+        // leave, not a removal, so that it does not try to join again.
+        try {
+          localStorage.setItem(LEFT_ELSEWHERE, JSON.stringify({ room: other.id, at: Date.now() }));
+        } catch {
+          // Storage off: the other page then offers to rejoin, as after any removal.
+        }
+        await api.leave(other.id);
+      } catch (err) {
+        // Already gone from it (ended, removed): joining may work all the same.
+        if (!(err instanceof ApiError && (err.code === 'not_a_member' || err.code === 'not_found' || err.code === 'room_ended'))) {
+          swap.disabled = false;
+          error.textContent = errorText(err);
+          return;
+        }
+      }
+      await this.open();
+    };
+    const body = [
+      h('span', { class: 'refused-icon' }, icon('alert')),
+      h('h1', { id: 'refused-heading', tabindex: '-1' }, 'You are in another room'),
+      h('p', { class: 'title' }, v.title),
+      h(
+        'p',
+        { id: 'elsewhere-text' },
+        'You can be in one room at a time, and you are still in ',
+        h('a', { href: `/rooms/${encodeURIComponent(other.id)}`, 'data-link': true }, otherName),
+        '. Leave it to join this one?',
+      ),
+      error,
+    ];
+    const actions = h('div', { class: 'row' }, swap, h('a', { href: '/', 'data-link': true, class: 'button' }, 'Back to rooms'));
+    this.finished = true;
+    fill(this.main, h('section', { class: 'card refused', 'aria-labelledby': 'refused-heading' }, body, actions));
+    if (!this.docked) this.main.querySelector<HTMLElement>('h1')?.focus();
+  }
+
   /** Why the user cannot come in, as a screen of its own: never the live room. */
   private async refused(err: unknown): Promise<void> {
     const v = this.view as RoomView;
     if (err instanceof ApiError && err.status === 409 && (err.code === 'room_ended' || err.code === 'room_not_live')) {
       await this.open();
+      return;
+    }
+    if (err instanceof ApiError && err.code === 'already_in_room' && err.room) {
+      this.elsewhere(err.room);
       return;
     }
     const kicked = err instanceof ApiError && err.code === 'kicked';
@@ -436,10 +529,19 @@ class RoomController {
     this.events = subscribe(this.id, (e) => {
       if (e.type === 'room_ended') void this.showEnded();
       else if (e.type === 'reaction' && e.user && e.emoji) this.showReaction(e.user, e.emoji);
+      else if (e.type === 'idle' && e.user === session()?.user) {
+        toast(e.moved ? 'You were quiet for a while, so you are back in the audience. Raise a hand to speak again.' : 'You were quiet for a while, so your microphone was muted. Unmute when you want to speak.', {
+          icon: e.moved ? 'leave' : 'micOff',
+        });
+        this.scheduleRefresh();
+      }
       else this.scheduleRefresh();
     });
     this.poll = window.setInterval(() => this.scheduleRefresh(), 4000);
+    this.awayReported = false;
+    document.addEventListener('visibilitychange', this.onVisibility);
     await this.connect(grant);
+    this.onVisibility();
   }
 
   /** Draws the live room's frame into the screen; its parts fill themselves. */
@@ -453,7 +555,13 @@ class RoomController {
         h(
           'header',
           { class: 'room-head' },
-          h('span', { class: 'badge live-badge' }, h('span', { class: 'pulse', 'aria-hidden': 'true' }), 'LIVE'),
+          h(
+            'div',
+            { class: 'room-badges' },
+            h('span', { class: 'badge live-badge' }, h('span', { class: 'pulse', 'aria-hidden': 'true' }), 'LIVE'),
+            this.recordingBadge,
+            this.recordButton,
+          ),
           h('h1', { id: 'room-title', tabindex: '-1' }, v.title),
           v.topic ? h('p', { class: 'topic' }, v.topic) : null,
           this.count,
@@ -468,6 +576,7 @@ class RoomController {
             this.callout,
             h('section', { class: 'stage', 'aria-labelledby': 'stage-heading' }, h('h2', { id: 'stage-heading' }, 'On stage'), this.stage),
             h('section', { class: 'audience-section', 'aria-labelledby': 'audience-heading' }, h('h2', { id: 'audience-heading' }, 'Audience'), this.audience.el),
+            this.invites.el,
           ),
           h('div', { class: 'room-side' }, this.moderation.panel, this.about),
         ),
@@ -514,6 +623,10 @@ class RoomController {
         }
         this.render();
         this.scheduleRefresh();
+      })
+      .on(RoomEvent.RecordingStatusChanged, (on: boolean) => {
+        this.announcer.textContent = on ? 'This room is now being recorded' : 'The recording has stopped';
+        this.render();
       })
       .on(RoomEvent.ParticipantAttributesChanged, () => this.scheduleRefresh())
       .on(RoomEvent.ParticipantConnected, () => this.scheduleRefresh())
@@ -626,6 +739,26 @@ class RoomController {
     }
     if (reason === DisconnectReason.PARTICIPANT_REMOVED) {
       this.stop();
+      if (leftElsewhere(this.id)) {
+        if (this.docked) {
+          closeDock();
+          return;
+        }
+        this.finished = true;
+        fill(
+          this.main,
+          h(
+            'section',
+            { class: 'card refused', 'aria-labelledby': 'refused-heading' },
+            h('span', { class: 'refused-icon' }, icon('leave')),
+            h('h1', { id: 'refused-heading', tabindex: '-1' }, 'You left this room'),
+            h('p', { class: 'title' }, this.view?.title ?? ''),
+            h('p', {}, 'You left it from another page to join another room.'),
+            h('div', { class: 'row' }, h('a', { href: '/', 'data-link': true, class: 'button' }, 'Back to rooms')),
+          ),
+        );
+        return;
+      }
       if (this.docked) {
         toast(`A host removed you from “${this.view?.title ?? 'the room'}”.`, { icon: 'leave', tone: 'warn' });
         closeDock();
@@ -660,7 +793,20 @@ class RoomController {
     document.documentElement.style.removeProperty('--controls-h');
   }
 
+  /** Tells the server when the page is hidden or shown again (away), once per change. */
+  private readonly onVisibility = (): void => {
+    if (this.destroyed || this.finished || this.leaving) return;
+    const away = document.visibilityState === 'hidden';
+    if (away === this.awayReported) return;
+    this.awayReported = away;
+    api.presence(this.id, { away }).catch(() => {
+      this.awayReported = null;
+    });
+  };
+  private awayReported: boolean | null = null;
+
   private stop(): void {
+    document.removeEventListener('visibilitychange', this.onVisibility);
     this.releaseBar();
     this.events?.close();
     clearInterval(this.poll);
@@ -817,6 +963,34 @@ class RoomController {
     this.renderSide();
     this.renderControls();
     this.renderDock();
+    this.renderRecording();
+  }
+
+  /** Whether the room is recorded: the media room says so to every SDK (LiveKit's
+   * `Room.activeRecording`); the API's view says so before the connection is up. */
+  private recording(): boolean {
+    return this.lk?.state === 'connected' ? this.lk.isRecording : Boolean(this.view?.recording);
+  }
+
+  private renderRecording(): void {
+    const on = this.recording();
+    this.recordingBadge.hidden = !on;
+    this.recordButton.hidden = !this.moderates();
+    this.recordButton.textContent = on ? 'Stop recording' : 'Record';
+    this.recordButton.setAttribute('aria-pressed', String(on));
+  }
+
+  private async toggleRecording(): Promise<void> {
+    const on = !this.recording();
+    this.recordButton.disabled = true;
+    try {
+      this.view = await api.record(this.id, on);
+      this.render();
+    } catch (e) {
+      this.say(this.notice, e instanceof Error ? e.message : String(e));
+    } finally {
+      this.recordButton.disabled = false;
+    }
   }
 
   private moderates(): boolean {
@@ -869,7 +1043,7 @@ class RoomController {
       const badge = tile.querySelector('.mute-badge') as HTMLElement;
       badge.hidden = !muted;
       badge.title = m.hard_muted ? 'Microphone turned off by a host' : 'Muted';
-      (tile.querySelector('.role') as HTMLElement).textContent = ROLE_LABEL[m.role] ?? m.role;
+      (tile.querySelector('.role') as HTMLElement).textContent = `${ROLE_LABEL[m.role] ?? m.role}${m.deafened ? ' · deafened' : ''}`;
       // Read after the visible name and role, so that the button's name starts with what shows.
       const state = tile.querySelector('.state') as HTMLElement;
       state.textContent = `${m.hard_muted ? ', microphone off by a host' : muted ? ', muted' : ''}${speaking ? ', speaking' : ''}`;
@@ -949,6 +1123,8 @@ class RoomController {
     if (!v) return;
     const moderator = this.moderates();
     this.moderation.panel.hidden = !moderator;
+    this.invites.el.hidden = !moderator;
+    if (moderator) this.invites.show();
     this.about.hidden = moderator;
     if (moderator) this.moderation.render(v, me);
     else if (this.changed('about', [v.title, v.description, v.host_name, v.kind, v.you?.role])) {
@@ -1169,6 +1345,8 @@ class RoomController {
     this.deafened = !this.deafened;
     for (const p of this.lk?.remoteParticipants.values() ?? []) this.applyVolume(p);
     this.renderControls();
+    // Others see it too (the server keeps it with the membership).
+    api.presence(this.id, { deafened: this.deafened }).catch((err) => this.say(this.notice, errorText(err)));
   }
 
   private async react(emoji: string): Promise<void> {

@@ -264,6 +264,15 @@ export const createScreen: Screen = (main) => {
   const max = h('input', { id: 'max', name: 'max', type: 'number', min: '0', step: '1', inputmode: 'numeric', placeholder: 'No limit' });
   const when = h('input', { id: 'when', name: 'when', type: 'datetime-local', 'aria-describedby': 'when-hint', disabled: true });
   const submit = h('button', { type: 'submit', class: 'primary' }, 'Go live');
+  const minutes = (id: string, chosen: number, options: number[]) =>
+    h(
+      'select',
+      { id, name: id },
+      ...options.map((m) => h('option', { value: String(m * 60), selected: m === chosen }, m === 0 ? 'Never' : `${m} minutes`)),
+    );
+  const idleMute = minutes('idle_mute', 10, [0, 2, 5, 10, 30]);
+  const idleMove = minutes('idle_move', 30, [0, 15, 30, 60]);
+  const showAway = h('input', { type: 'checkbox', id: 'show_away', name: 'show_away' });
   const form = h(
     'form',
     { class: 'card', 'aria-labelledby': 'create-heading' },
@@ -276,6 +285,10 @@ export const createScreen: Screen = (main) => {
       radio('kind', 'open', 'Open: everyone may speak')),
     field('speaker_mode', 'Who may ask to speak', speakerMode),
     field('max', 'Max participants', max),
+    h('fieldset', {}, h('legend', {}, 'Quiet speakers and away listeners'),
+      field('idle_mute', 'Mute a speaker who has not spoken for', idleMute),
+      field('idle_move', 'Move a silent speaker back to the audience after', idleMove, 'Hosts and co-hosts stay on stage.'),
+      h('label', { class: 'choice' }, showAway, 'Show listeners who step away from the page as away')),
     h('fieldset', {}, h('legend', {}, 'When'),
       radio('start', 'now', 'Start now', true),
       radio('start', 'later', 'Schedule for later'),
@@ -303,9 +316,19 @@ export const createScreen: Screen = (main) => {
         return;
       }
     }
+    const idle_mute_after = Number(idleMute.value);
+    const idle_audience_after = Number(idleMove.value);
+    if (idle_mute_after > 0 && idle_audience_after > 0 && idle_audience_after <= idle_mute_after) {
+      error.textContent = 'Move speakers back to the audience later than they are muted.';
+      idleMove.focus();
+      return;
+    }
     submit.disabled = true;
     try {
       const room = await api.create({
+        idle_mute_after,
+        idle_audience_after,
+        show_away: showAway.checked,
         title: title.value.trim(),
         topic: topic.value.trim() || undefined,
         description: description.value.trim() || undefined,

@@ -683,7 +683,7 @@ fn load(db: &Database) -> Result<Mem, ControlError> {
     {
         let (k, v) = entry.map_err(db_err)?;
         let invite: Invite = parse("invite", v.value())?;
-        if invite.expires_at > now {
+        if invite.expires_at.saturating_add(super::INVITE_GRACE_MS) > now {
             mem.invites.insert(k.value().to_owned(), invite);
         }
     }
@@ -1062,6 +1062,38 @@ impl Store for EmbeddedStore {
     async fn invite(&self, token: &str) -> Result<Option<Invite>, ControlError> {
         let mem = self.mem.lock().await;
         Ok(mem.invites.get(token).cloned())
+    }
+
+    async fn room_invites(
+        &self,
+        id: &RoomId,
+        limit: usize,
+    ) -> Result<Vec<(String, Invite)>, ControlError> {
+        let mem = self.mem.lock().await;
+        let mut out: Vec<(String, Invite)> = mem
+            .invites
+            .iter()
+            .filter(|(_, i)| i.room == *id)
+            .map(|(t, i)| (t.clone(), i.clone()))
+            .collect();
+        out.sort_by(|a, b| b.1.created_at.cmp(&a.1.created_at).then(a.0.cmp(&b.0)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn use_invite(&self, token: &str, max_uses: Option<u32>) -> Result<bool, ControlError> {
+        self.usable()?;
+        let mut mem = self.mem.lock().await;
+        let Some(invite) = mem.invites.get_mut(token) else {
+            return Ok(false);
+        };
+        if max_uses.is_some_and(|m| invite.uses >= m) {
+            return Ok(false);
+        }
+        invite.uses += 1;
+        let op = Op::Put(INVITES, token.to_owned(), json(&*invite)?.into_bytes());
+        self.write(mem, vec![op]).await?;
+        Ok(true)
     }
 
     async fn heartbeat(&self, instance: &str, ttl_ms: u64) -> Result<(), ControlError> {

@@ -69,7 +69,32 @@ pub struct Invite {
     pub created_by: UserId,
     /// Unix ms after which the link no longer works.
     pub expires_at: u64,
+    /// The role it gives: `listener` (may raise a hand in an "invited" room), `speaker` or
+    /// `co_host` (lined up: on stage whenever they join).
+    #[serde(default = "listener")]
+    pub role: Role,
+    /// How many people may accept it (`None`: any number; 1: single-use).
+    #[serde(default)]
+    pub max_uses: Option<u32>,
+    /// How many did ([`Store::use_invite`] counts them; the record written by
+    /// [`Store::put_invite`] may lag behind in a shared store).
+    #[serde(default)]
+    pub uses: u32,
+    /// Revoked by a moderator.
+    #[serde(default)]
+    pub revoked: bool,
+    /// Unix ms it was made.
+    #[serde(default)]
+    pub created_at: u64,
 }
+
+fn listener() -> Role {
+    Role::Listener
+}
+
+/// How long an expired invitation is kept, so that it is refused as expired rather than
+/// unknown (ms).
+pub const INVITE_GRACE_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// What a user tells about themselves: shown on their profile sheet.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,8 +221,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Stores an invitation under its opaque token.
     async fn put_invite(&self, token: &str, invite: &Invite) -> Result<(), ControlError>;
 
-    /// Looks an invitation up.
+    /// Looks an invitation up, with its uses counted so far.
     async fn invite(&self, token: &str) -> Result<Option<Invite>, ControlError>;
+
+    /// The invitations of room `id`, newest first, at most `limit`, with their tokens.
+    async fn room_invites(
+        &self,
+        id: &RoomId,
+        limit: usize,
+    ) -> Result<Vec<(String, Invite)>, ControlError>;
+
+    /// Counts one use of invitation `token` if it has one left (fewer than `max_uses`),
+    /// atomically across instances; returns whether it did.
+    async fn use_invite(&self, token: &str, max_uses: Option<u32>) -> Result<bool, ControlError>;
 
     /// Records that `instance` is alive for the next `ttl_ms`.
     async fn heartbeat(&self, instance: &str, ttl_ms: u64) -> Result<(), ControlError>;

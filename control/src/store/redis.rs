@@ -23,7 +23,9 @@
 //! | `{p}user:{id}:notifications` | list | the user's feed, newest first (JSON), at most 200 |
 //! | `{p}user:{id}:notifications:read` | string | unix ms up to which the feed is read |
 //! | `{p}user:{id}:profile` | string | the user's profile (JSON: bio, small avatar) |
-//! | `{p}invite:{token}` | string | an invitation link (JSON), expiring with it |
+//! | `{p}invite:{token}` | string | an invitation link (JSON: room, role, limits, revoked), kept a week past its expiry so that it is refused as expired |
+//! | `{p}invite:{token}:uses` | string | how many accepted it (`INCR`), expiring with it |
+//! | `{p}room:{id}:invites` | set | the room's invitation tokens (expiring with the latest) |
 //! | `{p}presence:{instance}` | string | an instance's heartbeat; expires when it stops (TTL) |
 //! | `{p}lock:room:{id}` | string | who is changing the room now; expires after 5 s |
 //! | `{p}bus` | pub/sub channel | each command's media changes and events, for every instance |
@@ -1046,24 +1048,89 @@ impl Store for RedisStore {
 
     async fn put_invite(&self, token: &str, invite: &Invite) -> Result<(), ControlError> {
         let mut con = self.shared.clone();
-        // Redis refuses expiries past the end of its clock; a year is plenty for a link.
-        const MAX_TTL_MS: u64 = 366 * 24 * 3600 * 1000;
-        let ttl_ms = invite
-            .expires_at
-            .saturating_sub(crate::clock::now_ms())
-            .clamp(1, MAX_TTL_MS);
-        con.pset_ex::<_, _, ()>(self.key(&format!("invite:{token}")), json(invite)?, ttl_ms)
+        let ttl_ms = invite_ttl_ms(invite);
+        let set = self.key(&format!("room:{}:invites", invite.room));
+        let set_ttl: i64 = con.pttl(&set).await.map_err(redis_err)?;
+        let longest = u64::try_from(set_ttl).unwrap_or(0).max(ttl_ms);
+        redis::pipe()
+            .atomic()
+            .pset_ex(self.key(&format!("invite:{token}")), json(invite)?, ttl_ms)
+            .ignore()
+            .sadd(&set, token)
+            .ignore()
+            .pexpire(&set, i64::try_from(longest).unwrap_or(i64::MAX))
+            .ignore()
+            .query_async::<()>(&mut con)
             .await
             .map_err(redis_err)
     }
 
     async fn invite(&self, token: &str) -> Result<Option<Invite>, ControlError> {
         let mut con = self.shared.clone();
-        let raw: Option<String> = con
+        let (raw, uses): (Option<String>, Option<u32>) = redis::pipe()
             .get(self.key(&format!("invite:{token}")))
+            .get(self.key(&format!("invite:{token}:uses")))
+            .query_async(&mut con)
             .await
             .map_err(redis_err)?;
-        raw.map(|r| parse("invite", r.as_bytes())).transpose()
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        let mut invite: Invite = parse("invite", raw.as_bytes())?;
+        invite.uses = uses.unwrap_or(0);
+        Ok(Some(invite))
+    }
+
+    async fn room_invites(
+        &self,
+        id: &RoomId,
+        limit: usize,
+    ) -> Result<Vec<(String, Invite)>, ControlError> {
+        let mut con = self.shared.clone();
+        let set = self.key(&format!("room:{id}:invites"));
+        let mut tokens: Vec<String> = con.smembers(&set).await.map_err(redis_err)?;
+        tokens.sort();
+        let mut out = Vec::new();
+        let mut gone = Vec::new();
+        for token in tokens {
+            match self.invite(&token).await? {
+                Some(i) => out.push((token, i)),
+                None => gone.push(token),
+            }
+        }
+        if !gone.is_empty() {
+            con.srem::<_, _, ()>(&set, gone).await.map_err(redis_err)?;
+        }
+        out.sort_by(|a, b| b.1.created_at.cmp(&a.1.created_at).then(a.0.cmp(&b.0)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn use_invite(&self, token: &str, max_uses: Option<u32>) -> Result<bool, ControlError> {
+        let mut con = self.shared.clone();
+        let key = self.key(&format!("invite:{token}"));
+        let uses = self.key(&format!("invite:{token}:uses"));
+        // Each accept takes a number; those past the limit give theirs back.
+        let (n, ttl): (u64, i64) = redis::pipe()
+            .atomic()
+            .incr(&uses, 1)
+            .pttl(&key)
+            .query_async(&mut con)
+            .await
+            .map_err(redis_err)?;
+        if ttl > 0 {
+            con.pexpire::<_, ()>(&uses, ttl).await.map_err(redis_err)?;
+        }
+        if ttl == -2 {
+            // No such invitation (any more): no counter either.
+            con.del::<_, ()>(&uses).await.map_err(redis_err)?;
+            return Ok(false);
+        }
+        if max_uses.is_some_and(|m| n > u64::from(m)) {
+            con.decr::<_, _, ()>(&uses, 1).await.map_err(redis_err)?;
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     async fn heartbeat(&self, instance: &str, ttl_ms: u64) -> Result<(), ControlError> {
@@ -1090,4 +1157,16 @@ impl Store for RedisStore {
     fn subscribe(&self) -> broadcast::Receiver<BusMessage> {
         self.bus.subscribe()
     }
+}
+
+/// How long Redis keeps an invitation: a week past its expiry (so that it is refused as
+/// expired, not unknown), within what Redis accepts.
+fn invite_ttl_ms(invite: &Invite) -> u64 {
+    // Redis refuses expiries past the end of its clock; a year is plenty for a link.
+    const MAX_TTL_MS: u64 = 366 * 24 * 3600 * 1000;
+    invite
+        .expires_at
+        .saturating_add(super::INVITE_GRACE_MS)
+        .saturating_sub(crate::clock::now_ms())
+        .clamp(1, MAX_TTL_MS)
 }

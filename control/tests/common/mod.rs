@@ -56,6 +56,8 @@ pub mod service {
             schedule,
             private: false,
             listener_data: false,
+            recording: false,
+            idle: Default::default(),
         }
     }
 }

@@ -63,6 +63,12 @@ pub enum EngineCommand {
         /// The answer.
         answer: SdpAnswer,
     },
+    /// Restart ICE on a peer the engine offers to (LiveKit's subscriber connection, when its
+    /// client resumes): an ICE-restart offer arrives as [`Event::Offer`].
+    RestartIce {
+        /// The peer.
+        peer: PeerId,
+    },
     /// Change what a peer may do; revoking publish unpublishes its tracks at once.
     SetPublish {
         /// The peer.
@@ -99,6 +105,18 @@ pub enum EngineCommand {
         track: TrackId,
         /// Whether it is muted.
         muted: bool,
+    },
+    /// Hand a copy of every packet `track` forwards ([`Tapped`], decrypted, before any
+    /// rewriting; nothing while the server mutes it) to the shell's tap, or stop doing so: how
+    /// a recording receives a room's audio. The tap never holds up forwarding: the shell
+    /// passes packets on without waiting and counts those that do not fit.
+    ///
+    /// [`Tapped`]: super::Tapped
+    SetTap {
+        /// The track.
+        track: TrackId,
+        /// Whether its packets are tapped.
+        tapped: bool,
     },
     /// Send one message on a data channel of each target peer.
     SendData {
@@ -184,9 +202,12 @@ impl EngineCommand {
             | EngineCommand::HandleOffer { peer, .. }
             | EngineCommand::HandleAnswer { peer, .. }
             | EngineCommand::SetPublish { peer, .. }
+            | EngineCommand::RestartIce { peer }
             | EngineCommand::ClosePeer { peer }
             | EngineCommand::Unsubscribe { peer, .. } => peer.shard(),
-            EngineCommand::SetTrackMuted { track, .. } => track.shard(),
+            EngineCommand::SetTrackMuted { track, .. } | EngineCommand::SetTap { track, .. } => {
+                track.shard()
+            }
             EngineCommand::Subscribe { track, peers, .. } => {
                 peers.first().map_or(track.shard(), |p| p.shard())
             }
@@ -205,11 +226,12 @@ impl EngineCommand {
             | EngineCommand::HandleOffer { peer, .. }
             | EngineCommand::HandleAnswer { peer, .. }
             | EngineCommand::SetPublish { peer, .. }
+            | EngineCommand::RestartIce { peer }
             | EngineCommand::ClosePeer { peer }
             | EngineCommand::Unsubscribe { peer, .. } => vec![*peer],
             EngineCommand::Subscribe { peers, .. } => peers.clone(),
             EngineCommand::SendData { targets, .. } => targets.iter().map(|t| t.0).collect(),
-            EngineCommand::SetTrackMuted { .. } => vec![],
+            EngineCommand::SetTrackMuted { .. } | EngineCommand::SetTap { .. } => vec![],
         }
     }
 }
@@ -255,6 +277,7 @@ impl Sfu {
             EngineCommand::SetPublish { peer, publish } => {
                 ignore(self.set_publish(now, peer, publish));
             }
+            EngineCommand::RestartIce { peer } => ignore(self.restart_ice(now, peer)),
             EngineCommand::ClosePeer { peer } => ignore(self.close_peer(now, peer)),
             EngineCommand::Subscribe {
                 track,
@@ -275,6 +298,7 @@ impl Sfu {
             EngineCommand::SetTrackMuted { track, muted } => {
                 ignore(self.set_track_muted(track, muted));
             }
+            EngineCommand::SetTap { track, tapped } => ignore(self.set_tap(track, tapped)),
             EngineCommand::SendData {
                 targets,
                 binary,

@@ -103,6 +103,16 @@ impl Sfu {
         Ok(())
     }
 
+    /// Tap `track` (or stop): its packets are queued for [`Sfu::poll_tapped`].
+    pub fn set_tap(&mut self, track: TrackId, tapped: bool) -> Result<(), SfuError> {
+        let t = self
+            .tracks
+            .get_mut(&track)
+            .ok_or(SfuError::UnknownTrack(track))?;
+        t.tapped = tapped;
+        Ok(())
+    }
+
     pub(super) fn handle_rtp(&mut self, now: Instant, peer: PeerId, packet: RtpPacket) {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
@@ -169,6 +179,18 @@ impl Sfu {
         // Packets lost just before a RED packet, rebuilt from its redundant blocks.
         let recovered = red::rebuild_lost(&media, gap);
         self.stats.rtp_recovered += recovered.len() as u64;
+        if t.tapped {
+            for m in recovered.iter().chain(std::iter::once(&media)) {
+                if self.tapped.len() >= MAX_TAPPED {
+                    self.stats.rtp_tap_dropped += 1;
+                    continue;
+                }
+                self.tapped.push_back(Tapped {
+                    track,
+                    packet: m.clone(),
+                });
+            }
+        }
         for shard in &t.relays {
             for m in recovered.iter().chain(std::iter::once(&media)) {
                 self.relays.push_back(Relay {

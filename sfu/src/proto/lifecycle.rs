@@ -105,7 +105,7 @@ impl Sfu {
         let result = match answer {
             Ok(answer) => {
                 p.refresh_opus_pt();
-                Ok(answer)
+                Ok(self.adopt_remote_restart(peer, answer))
             }
             Err(e) => Err(SfuError::Rtc(e)),
         };
@@ -143,8 +143,15 @@ impl Sfu {
                         slot.negotiated = true;
                     }
                 }
+                self.adopt_offered_restart(peer);
             }
             Err(e) => {
+                if let Some(creds) = p.negotiation.restart_creds.take() {
+                    self.by_ufrag.remove(&creds.ufrag);
+                }
+                let Some(p) = self.peers.get_mut(&peer) else {
+                    return Err(SfuError::Rtc(e));
+                };
                 // The offer is spent either way; offer the slots again.
                 for s in &in_flight {
                     if let Some(slot) = p.slots.get_mut(s.0 as usize) {
@@ -259,12 +266,7 @@ impl Sfu {
                 }
             },
         };
-        let ufrag = format!(
-            "{:02x}{}",
-            self.config.shard.0 & 0xff,
-            self.random_token(UFRAG_LEN - 2)
-        );
-        let pass = self.random_token(24);
+        let IceCreds { ufrag, pass } = self.new_ice_creds();
         let mut rtc_config = RtcConfig::new()
             .set_crypto_provider(self.crypto.clone())
             .set_ice_lite(true)
@@ -351,6 +353,7 @@ impl Sfu {
             Track {
                 label: label.clone(),
                 muted: false,
+                tapped: false,
                 epoch: 0,
                 relays: Vec::new(),
                 newest: None,
@@ -386,12 +389,16 @@ impl Sfu {
             return;
         };
         let n = &mut p.negotiation;
-        if n.pending.is_some() || (n.queued.is_empty() && n.queued_channels.is_empty()) {
+        if n.pending.is_some()
+            || (n.queued.is_empty() && n.queued_channels.is_empty() && !n.ice_restart)
+        {
             return;
         }
         let queued = std::mem::take(&mut n.queued);
         let channels = std::mem::take(&mut n.queued_channels);
+        let restart = std::mem::take(&mut n.ice_restart);
         let mut api = p.rtc.sdp_api();
+        let random = restart.then(|| api.ice_restart(true));
         let mut added = Vec::new();
         for slot in &queued {
             let Some(s) = p.slots.get_mut(slot.0 as usize) else {
@@ -414,6 +421,10 @@ impl Sfu {
         if let Some((offer, pending)) = api.apply() {
             p.negotiation.pending = Some(pending);
             p.negotiation.in_flight = queued;
+            let offer = match random {
+                Some(random) => self.announce_restart(peer, offer, &random),
+                None => offer,
+            };
             self.events.push_back(Event::Offer {
                 peer,
                 offer,
@@ -449,6 +460,9 @@ impl Sfu {
         };
         self.out.deadlines.remove(&(p.deadline, peer));
         self.by_ufrag.remove(&p.ufrag);
+        if let Some(creds) = &p.negotiation.restart_creds {
+            self.by_ufrag.remove(&creds.ufrag);
+        }
         for a in &p.addrs {
             if self.by_addr.get(a) == Some(&peer) {
                 self.by_addr.remove(a);

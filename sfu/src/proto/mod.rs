@@ -50,6 +50,7 @@ mod datagrams;
 mod demux;
 mod fanout;
 pub mod forwarder;
+mod ice;
 pub mod id;
 mod lifecycle;
 mod peer;
@@ -92,6 +93,10 @@ const UFRAG_LEN: usize = 16;
 
 /// Upper bound on remembered addresses of peers that live on other shards.
 const MAX_FOREIGN_ADDRS: usize = 65_536;
+
+/// Most tapped packets waiting for [`Sfu::poll_tapped`]; more are dropped and counted (the
+/// shell drains them after every input, so this only bounds a shell that does not).
+const MAX_TAPPED: usize = 4_096;
 
 /// Default duration of one Opus packet when it cannot be derived.
 const OPUS_FRAME: Duration = Duration::from_millis(20);
@@ -197,7 +202,12 @@ pub enum UnpublishReason {
 pub enum Event {
     /// ICE and DTLS are up; media can flow.
     Connected(PeerId),
-    /// The peer is gone (ICE timed out, closed, or failed). Its tracks were unpublished.
+    /// ICE timed out: no binding request from the client for str0m's ICE-lite timeout
+    /// (15 s). The peer stays, with its tracks and subscriptions, so that the client can
+    /// come back (binding requests again, or an ICE restart); the owner closes it
+    /// ([`EngineCommand::ClosePeer`]) when it gives up on the client.
+    IceLost(PeerId),
+    /// The peer is gone (closed, or failed). Its tracks were unpublished.
     Disconnected(PeerId),
     /// A peer started sending a track. `label` is the msid from the peer's SDP (for LiveKit
     /// clients the track id is the client's `cid`).
@@ -331,6 +341,25 @@ pub struct MediaPacket {
     pub encoding: red::Encoding,
 }
 
+/// A copy of a packet of a tapped track ([`EngineCommand::SetTap`]), for a recording.
+#[derive(Debug, Clone)]
+pub struct Tapped {
+    /// The track.
+    pub track: TrackId,
+    /// The packet as received (Opus, or RED around Opus: [`MediaPacket::opus`]).
+    pub packet: MediaPacket,
+}
+
+impl MediaPacket {
+    /// The Opus packet: the payload, or its primary block if it is RED.
+    pub fn opus(&self) -> &[u8] {
+        match self.encoding {
+            red::Encoding::Opus => &self.payload,
+            red::Encoding::Red { primary, .. } => self.payload.get(primary..).unwrap_or(&[]),
+        }
+    }
+}
+
 /// What happened to a datagram given to [`Sfu::handle_receive`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Routed {
@@ -386,6 +415,8 @@ pub struct SfuStats {
     pub offers_refused: u64,
     /// Timer expiries handed to peer connections.
     pub rtc_timeouts: u64,
+    /// Tapped packets dropped because the shell did not take them in time.
+    pub rtp_tap_dropped: u64,
 }
 
 /// The engine for one shard. See the [module documentation](self).
@@ -407,6 +438,8 @@ pub struct Sfu {
     speakers: SpeakerDetector<TrackId>,
     events: VecDeque<Event>,
     relays: VecDeque<Relay>,
+    /// Packets of tapped tracks, waiting for [`Sfu::poll_tapped`] (at most [`MAX_TAPPED`]).
+    tapped: VecDeque<Tapped>,
     stats: SfuStats,
     /// The latest instant seen, for the idle wake-up.
     last_now: Instant,
@@ -487,6 +520,7 @@ impl Sfu {
             out: Drained::default(),
             events: VecDeque::new(),
             relays: VecDeque::new(),
+            tapped: VecDeque::new(),
             stats: SfuStats::default(),
             last_now: now,
             crypto: srtp::capturing_provider(),
@@ -555,6 +589,13 @@ impl Sfu {
             (None, None) => self.last_now + Duration::from_secs(1),
         };
         Output::Timeout(next)
+    }
+
+    /// The next packet of a tapped track ([`EngineCommand::SetTap`]), in order of arrival.
+    /// Drain after every input (with [`Sfu::poll_output`]); at most a few thousand wait, the
+    /// rest are dropped and counted ([`SfuStats::rtp_tap_dropped`]).
+    pub fn poll_tapped(&mut self) -> Option<Tapped> {
+        self.tapped.pop_front()
     }
 
     /// Engine counters.
@@ -635,7 +676,7 @@ impl Sfu {
                 }
             }
             RtcEvent::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                self.out.doomed.push(peer);
+                self.events.push_back(Event::IceLost(peer));
             }
             RtcEvent::MediaAdded(added) => {
                 if added.kind == MediaKind::Audio

@@ -9,6 +9,7 @@ use str0m::Rtc;
 use str0m::change::SdpPendingOffer;
 use str0m::crypto::CryptoProvider;
 use str0m::format::Codec;
+use str0m::ice::IceCreds;
 use str0m::media::{Mid, Pt};
 use str0m::net::{Protocol, Transmit};
 use str0m::rtp::{Extension, Ssrc};
@@ -173,6 +174,11 @@ pub(crate) struct Negotiation {
     pub queued: Vec<SlotId>,
     /// Data channels waiting for the next offer.
     pub queued_channels: Vec<String>,
+    /// The next offer restarts ICE (see `ice`).
+    pub ice_restart: bool,
+    /// The credentials the pending offer announced in an ICE restart, adopted with its
+    /// answer.
+    pub restart_creds: Option<IceCreds>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

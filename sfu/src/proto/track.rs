@@ -7,6 +7,8 @@ use super::{MediaLabel, ShardId};
 pub(super) struct Track {
     pub(super) label: MediaLabel,
     pub(super) muted: bool,
+    /// Whether its packets go to the tap (a recording).
+    pub(super) tapped: bool,
     pub(super) epoch: u64,
     /// Other shards with subscribers.
     pub(super) relays: Vec<ShardId>,

@@ -32,13 +32,13 @@ pub mod traffic;
 pub mod udp;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, bail};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::proto::{EngineCommand, Event, PeerId, SfuStats, ShardId};
+use crate::proto::{EngineCommand, Event, PeerId, SfuStats, ShardId, Tapped};
 use shard::{Shard, ShardMsg};
 use traffic::{Queue, Traffic, TrafficSnapshot};
 
@@ -87,10 +87,14 @@ pub struct ShardInfo {
     pub advertised: SocketAddr,
 }
 
+/// Where the shards put packets of tapped tracks ([`SfuHandle::set_tap`]); set once.
+pub(crate) type TapSink = Arc<OnceLock<mpsc::Sender<Tapped>>>;
+
 /// Handle to running engine shards. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct SfuHandle {
     shards: Arc<Vec<mpsc::Sender<ShardMsg>>>,
+    tap: TapSink,
     next: Arc<AtomicUsize>,
     local_addrs: Arc<Vec<SocketAddr>>,
     traffic: Arc<Vec<Arc<Traffic>>>,
@@ -166,6 +170,7 @@ impl SfuRuntime {
         let mut local_addrs = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
         let traffic: Vec<Arc<Traffic>> = (0..n).map(|_| Arc::default()).collect();
+        let tap = TapSink::default();
         for (i, (socket, inbox)) in sockets.into_iter().zip(receivers).enumerate() {
             let local = socket.local_addr()?;
             let info = ShardInfo {
@@ -183,6 +188,7 @@ impl SfuRuntime {
                 event_tx.clone(),
                 shard_seed,
                 traffic[i].clone(),
+                tap.clone(),
             );
             let thread = std::thread::Builder::new()
                 .name(format!("sfu-shard-{i}"))
@@ -192,6 +198,7 @@ impl SfuRuntime {
         }
         let handle = SfuHandle {
             shards: Arc::new(senders),
+            tap,
             next: Arc::new(AtomicUsize::new(0)),
             local_addrs: Arc::new(local_addrs),
             traffic: Arc::new(traffic),
@@ -280,6 +287,14 @@ impl SfuHandle {
         } else {
             Err(Undelivered { peers: lost })
         }
+    }
+
+    /// Where the packets of tapped tracks ([`EngineCommand::SetTap`]) go, from every shard: a
+    /// bounded channel (a recorder). A packet that does not fit is dropped and counted
+    /// ([`Queue::Tap`]); forwarding never waits for it. Set once per engine; returns `false`
+    /// (and changes nothing) if a tap was set already.
+    pub fn set_tap(&self, sink: mpsc::Sender<Tapped>) -> bool {
+        self.tap.set(sink).is_ok()
     }
 
     /// Socket traffic of every shard, summed. Reads atomics; never waits for a shard.

@@ -10,9 +10,9 @@ use str0m::net::Protocol;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-use super::ShardInfo;
 use super::traffic::{Queue, Traffic};
 use super::udp::SendBatch;
+use super::{ShardInfo, TapSink};
 use crate::proto::{
     EngineCommand, Event, Output, PeerId, Relay, RelayMsg, Routed, Sfu, SfuConfig, SfuStats,
 };
@@ -55,12 +55,14 @@ pub(crate) struct Shard {
     events: mpsc::Sender<Event>,
     seed: [u8; 32],
     traffic: Arc<Traffic>,
+    tap: TapSink,
     /// Peers closed because an event about them did not fit in the event channel; their
     /// `Disconnected` is still owed to the owner. At most one entry per peer the shard had.
     lost: BTreeSet<PeerId>,
 }
 
 impl Shard {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         info: ShardInfo,
         socket: std::net::UdpSocket,
@@ -69,6 +71,7 @@ impl Shard {
         events: mpsc::Sender<Event>,
         seed: [u8; 32],
         traffic: Arc<Traffic>,
+        tap: TapSink,
     ) -> Self {
         Shard {
             info,
@@ -78,6 +81,7 @@ impl Shard {
             events,
             seed,
             traffic,
+            tap,
             lost: BTreeSet::new(),
         }
     }
@@ -226,8 +230,22 @@ impl Shard {
                 Output::Event(e) => self.deliver(sfu, e),
                 Output::Timeout(t) => {
                     sfu.poll_datagrams(batch.queue_mut());
+                    self.pass_tapped(sfu);
                     return t;
                 }
+            }
+        }
+    }
+
+    /// Hand the packets of tapped tracks to the tap without waiting; what does not fit is
+    /// dropped and counted.
+    fn pass_tapped(&self, sfu: &mut Sfu) {
+        while let Some(tapped) = sfu.poll_tapped() {
+            let Some(tap) = self.tap.get() else {
+                continue;
+            };
+            if let Err(mpsc::error::TrySendError::Full(_)) = tap.try_send(tapped) {
+                self.traffic.dropped(Queue::Tap);
             }
         }
     }
@@ -273,7 +291,7 @@ impl Shard {
 /// The peer an event is about, if any.
 fn event_peer(event: &Event) -> Option<PeerId> {
     match event {
-        Event::Connected(p) | Event::Disconnected(p) => Some(*p),
+        Event::Connected(p) | Event::IceLost(p) | Event::Disconnected(p) => Some(*p),
         Event::TrackPublished { track, .. } | Event::TrackUnpublished { track, .. } => {
             Some(track.peer)
         }
@@ -309,7 +327,16 @@ mod tests {
             id: ShardId(0),
             advertised,
         };
-        Shard::new(info, socket, inbox, vec![], events, [1; 32], Arc::default())
+        Shard::new(
+            info,
+            socket,
+            inbox,
+            vec![],
+            events,
+            [1; 32],
+            Arc::default(),
+            TapSink::default(),
+        )
     }
 
     #[test]

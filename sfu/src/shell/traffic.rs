@@ -107,11 +107,15 @@ pub enum Queue {
     /// closes that peer; its `Disconnected` follows once there is room, so the client is
     /// told to rejoin instead of waiting.
     Events,
+    /// Packets of tapped tracks on their way to the recorder
+    /// ([`SfuHandle::set_tap`](super::SfuHandle::set_tap)): one that does not fit is missing
+    /// from the recording (concealed there like a lost packet); forwarding never waits.
+    Tap,
 }
 
 impl Queue {
     /// Every queue, in the order of [`TrafficSnapshot::dropped`].
-    pub const ALL: [Queue; 3] = [Queue::Commands, Queue::Relays, Queue::Events];
+    pub const ALL: [Queue; 4] = [Queue::Commands, Queue::Relays, Queue::Events, Queue::Tap];
 
     /// The name used as a metric label.
     pub fn name(self) -> &'static str {
@@ -119,6 +123,7 @@ impl Queue {
             Queue::Commands => "commands",
             Queue::Relays => "relays",
             Queue::Events => "events",
+            Queue::Tap => "tap",
         }
     }
 

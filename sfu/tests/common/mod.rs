@@ -23,7 +23,7 @@ use stoa_sfu::str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
 use stoa_sfu::str0m::{Candidate, Event as RtcEvent, Input, Output as RtcOutput, Rtc, RtcConfig};
 use stoa_sfu::{
     Datagrams, Event, FastPath, MediaLabel, Output, PeerConfig, PeerId, Publish, Relay, Routed,
-    Sfu, SfuConfig, ShardId, SlotId, TrackId,
+    Sfu, SfuConfig, ShardId, SlotId, Tapped, TrackId,
 };
 
 /// A datagram in flight.
@@ -214,6 +214,10 @@ pub struct Sim {
     pub recv_shard: HashMap<usize, usize>,
     /// Whether new clients offer and accept RED (RFC 2198) around Opus, as browsers do.
     pub red: bool,
+    /// Packets of tapped tracks, drained after every step unless `hold_taps` is set (a shell
+    /// that does not drain, to see the bound).
+    pub tapped: Vec<Tapped>,
+    pub hold_taps: bool,
 }
 
 pub const SFU_ADDR: &str = "127.0.0.1:7882";
@@ -256,6 +260,8 @@ impl Sim {
             next_shard: 0,
             recv_shard: HashMap::new(),
             red: false,
+            tapped: Vec::new(),
+            hold_taps: false,
         }
     }
 
@@ -521,6 +527,11 @@ impl Sim {
                         }
                     }
                 }
+                if !self.hold_taps {
+                    while let Some(t) = self.shards[s].poll_tapped() {
+                        self.tapped.push(t);
+                    }
+                }
                 let mut sealed = Datagrams::default();
                 self.shards[s].poll_datagrams(&mut sealed);
                 for d in sealed.iter() {
@@ -565,6 +576,10 @@ impl Sim {
             Event::TrackPublished { track, label } => self.seen.published.push((track, label)),
             Event::TrackUnpublished { track, .. } => self.seen.unpublished.push(track),
             Event::Connected(p) => self.seen.connected.push(p),
+            // As the signaling layer does once it gives up on the client.
+            Event::IceLost(p) => {
+                let _ = self.shards[shard].close_peer(now, p);
+            }
             Event::Disconnected(p) => self.seen.disconnected.push(p),
             Event::SpeakersChanged(list) => {
                 for s in list {

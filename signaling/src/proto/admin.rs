@@ -94,6 +94,15 @@ pub enum AdminOp {
         /// Subscribe or unsubscribe.
         subscribe: bool,
     },
+    /// Record a room, or stop: its audio tracks are tapped for the recorder
+    /// ([`super::Output::Tap`]) and its clients see `Room.active_recording`. Kept for a room
+    /// not open yet (or closed while empty) until it stops or the room is deleted.
+    SetRecording {
+        /// The room.
+        room: String,
+        /// Recorded or not.
+        recording: bool,
+    },
     /// Tell every client not told yet to leave (`SERVER_SHUTDOWN`), leaving sessions open.
     AskToLeave,
     /// End every session at once (`SERVER_SHUTDOWN`).
@@ -194,6 +203,7 @@ impl Server {
                         Leave::Disconnect(lk::DisconnectReason::RoomDeleted),
                     );
                 }
+                self.set_recording(&room, false);
                 self.close_room(&room);
                 Ok(AdminReply::Done)
             }
@@ -257,6 +267,10 @@ impl Server {
                 self.update_subscription(id, update);
                 Ok(AdminReply::Done)
             }
+            AdminOp::SetRecording { room, recording } => {
+                let open = self.set_recording(&room, recording);
+                Ok(AdminReply::Count(usize::from(open)))
+            }
             AdminOp::AskToLeave => Ok(AdminReply::Count(self.ask_to_leave())),
             AdminOp::Drain => Ok(AdminReply::Count(self.drain())),
         }
@@ -266,6 +280,7 @@ impl Server {
         let sid = self.new_sid("RM_");
         let mut room = Room::new(sid, name.to_owned(), limits, self.now_ms());
         room.metadata = metadata;
+        room.recording = self.is_recorded(name);
         self.rooms.insert(name.to_owned(), room);
         self.room_started(name);
     }
@@ -474,6 +489,17 @@ impl Server {
             })
             .collect();
         told.sort_unstable();
+        // Held sessions cannot be told and cannot resume (joins are refused while draining):
+        // they end now.
+        let (held, told): (Vec<SessionId>, Vec<SessionId>) =
+            told.into_iter().partition(|s| self.is_held(*s));
+        for &session in &held {
+            self.end_session(
+                session,
+                "server shutting down",
+                Leave::Expire(lk::DisconnectReason::ServerShutdown),
+            );
+        }
         for &session in &told {
             let leave = lk::LeaveRequest {
                 can_reconnect: false,
@@ -483,7 +509,7 @@ impl Server {
             };
             self.send(session, signal_response::Message::Leave(leave));
         }
-        told.len()
+        told.len() + held.len()
     }
 
     /// Ends every session at once; returns how many.

@@ -55,6 +55,14 @@ impl Server {
                 self.send(session, signal_response::Message::Offer(sd));
             }
             Event::Connected(peer) => self.peer_connected(peer),
+            Event::IceLost(peer) => {
+                // The client's media path is gone. The peer stays: the client notices too and
+                // resumes with an ICE restart (or its held session expires, which closes it).
+                // Ending or holding the session here would race with that resume.
+                if let Some(&(session, _)) = self.by_peer.get(&peer) {
+                    self.in_span(session, || tracing::debug!(peer = %peer, "ICE lost"));
+                }
+            }
             Event::Disconnected(peer) => {
                 if let Some((session, _)) = self.by_peer.remove(&peer) {
                     self.end_session(
@@ -227,6 +235,9 @@ impl Server {
         if muted {
             self.engine(EngineCommand::SetTrackMuted { track, muted: true });
         }
+        if let Some(identity) = self.participant(session).map(|p| p.identity.clone()) {
+            self.tap_if_recorded(&room, &identity, &tsid, track);
+        }
         self.in_span(session, || tracing::info!(track = %tsid, "track published"));
         if let Some(p) = self.participant(session) {
             let who = lk::ParticipantInfo {
@@ -295,6 +306,7 @@ impl Server {
             session,
             || tracing::info!(track = %tsid, "track unpublished"),
         );
+        self.untap_if_recorded(&room, &who.identity, &tsid, track);
         self.participant_webhook("track_unpublished", &room, who, removed);
         self.broadcast_participant(&room, &psid);
     }

@@ -41,11 +41,13 @@
 
 mod admin;
 mod engine;
+mod recording;
 mod requests;
+mod resume;
 mod session;
 mod updates;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,6 +59,7 @@ use stoa_sfu::{EngineCommand, PeerId, ShardId};
 
 use crate::room::{Room, RoomLimits};
 pub use admin::{AdminOp, AdminReply, ParticipantUpdate, SendData};
+pub use recording::TapChange;
 use session::{Pc, Session};
 
 /// The LiveKit server version advertised in `ServerInfo.version`. livekit-client gates features
@@ -220,6 +223,9 @@ pub enum Output {
     Observe(Box<lk::WebhookEvent>),
     /// A participant's media connection came up this long after its join.
     JoinLatency(Duration),
+    /// A track of a recorded room is tapped from now on, or no more: for the recorder,
+    /// before the engine's first tapped packet of it.
+    Tap(TapChange),
     /// Nothing more to do before this instant (or before the next input).
     Timeout(Instant),
 }
@@ -229,8 +235,10 @@ pub enum Output {
 pub struct CoreStats {
     /// Rooms that exist (including empty ones waiting for their timeout).
     pub rooms: u64,
-    /// Open sessions.
+    /// Sessions with a connection.
     pub sessions: u64,
+    /// Sessions held for a resume (their connection lost; see `resume`).
+    pub held: u64,
     /// Participants allowed to publish.
     pub publishers: u64,
     /// Participants that may only listen.
@@ -255,6 +263,9 @@ pub struct Server {
     /// A wall-clock reading (Unix ms) at `epoch`, from which every protocol time is derived.
     epoch: (Instant, i64),
     rooms: HashMap<String, Room>,
+    /// Rooms being recorded (also while their media room is closed, see
+    /// [`Server::set_recording`]).
+    recorded: HashSet<String>,
     sessions: HashMap<SessionId, Session>,
     by_peer: HashMap<PeerId, (SessionId, Pc)>,
     /// Session of each participant (participant sids are unique across rooms).
@@ -295,6 +306,7 @@ impl Server {
             now,
             epoch: (now, unix_ms),
             rooms: HashMap::new(),
+            recorded: HashSet::new(),
             sessions: HashMap::new(),
             by_peer: HashMap::new(),
             by_participant: HashMap::new(),
@@ -331,7 +343,16 @@ impl Server {
     pub fn stats(&self) -> CoreStats {
         let mut stats = CoreStats {
             rooms: self.rooms.len() as u64,
-            sessions: self.sessions.len() as u64,
+            sessions: self
+                .sessions
+                .values()
+                .filter(|s| s.held_since.is_none())
+                .count() as u64,
+            held: self
+                .sessions
+                .values()
+                .filter(|s| s.held_since.is_some())
+                .count() as u64,
             ..self.stats
         };
         for participant in self.rooms.values().flat_map(|r| r.participants.values()) {
@@ -408,7 +429,12 @@ impl Server {
         PeerId::new(ShardId((index % shards) as u16), index)
     }
 
+    /// Queue a message for a session's client (dropped while the session is held: it has no
+    /// connection, and a resume brings it up to date).
     fn send(&mut self, session: SessionId, message: signal_response::Message) {
+        if self.is_held(session) {
+            return;
+        }
         self.outputs
             .push_back(Output::Send(session, response(message)));
     }
@@ -464,10 +490,9 @@ impl Server {
         if !self.rooms.contains_key(name) {
             let sid = self.new_sid("RM_");
             let now = self.now_ms();
-            self.rooms.insert(
-                name.to_owned(),
-                Room::new(sid, name.to_owned(), limits, now),
-            );
+            let mut room = Room::new(sid, name.to_owned(), limits, now);
+            room.recording = self.is_recorded(name);
+            self.rooms.insert(name.to_owned(), room);
             self.room_started(name);
         }
     }

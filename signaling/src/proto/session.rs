@@ -11,6 +11,7 @@ use livekit_protocol::signal_response;
 use stoa_sfu::str0m::channel::ChannelId;
 use stoa_sfu::{EngineCommand, PeerId, Publish, TrackId};
 
+use super::resume::{client_configuration, server_info};
 use super::{ADVERTISED_LIVEKIT_VERSION, Output, Refused, Server, SessionId};
 use crate::join::JoinParams;
 use crate::room::Participant;
@@ -20,16 +21,14 @@ use crate::room::Participant;
 pub(super) enum Leave {
     /// Nothing: the client left (its `LeaveRequest`), or the server let it go.
     Quietly,
-    /// Nothing either: its signaling connection closed without a `LeaveRequest` (a dropped
-    /// network, a crash). Participants and webhooks see `SIGNAL_CLOSE`, so that the control
-    /// plane holds the seat for a reconnect rather than freeing it as for one who left.
-    Dropped,
     /// A `LeaveRequest` to disconnect for good (removed, room closed, server shutting down).
     Disconnect(lk::DisconnectReason),
-    /// A `LeaveRequest` to join again with a new session: the connection was lost, not the place
-    /// in the room. Sessions are never resumed, so LiveKit clients rejoin in full
-    /// (`action = RECONNECT`), as they would after a network change.
+    /// A `LeaveRequest` to join again with a new session (`action = RECONNECT`): the session
+    /// cannot go on (its media connection is gone), so LiveKit clients rejoin in full.
     Rejoin(lk::DisconnectReason),
+    /// Nothing (there is no connection to tell): a held session was not resumed in time. The
+    /// others see this reason.
+    Expire(lk::DisconnectReason),
 }
 
 impl Leave {
@@ -37,8 +36,9 @@ impl Leave {
     fn reason(self) -> Option<lk::DisconnectReason> {
         match self {
             Leave::Quietly => None,
-            Leave::Dropped => Some(lk::DisconnectReason::SignalClose),
-            Leave::Disconnect(reason) | Leave::Rejoin(reason) => Some(reason),
+            Leave::Disconnect(reason) | Leave::Rejoin(reason) | Leave::Expire(reason) => {
+                Some(reason)
+            }
         }
     }
 }
@@ -72,6 +72,10 @@ pub(super) struct Session {
     pub joined_at: Instant,
     /// Told to leave by a draining server.
     pub asked_to_leave: bool,
+    /// Since when the session is held: its connection was lost, and the participant stays
+    /// (same sid, tracks, subscriptions, engine peers) until it resumes or the room's departure
+    /// timeout passes. Nothing is sent to a held session.
+    pub held_since: Option<Instant>,
     /// The data-packet bucket: tokens left and when it was last refilled.
     pub data_tokens: (f64, Instant),
     /// `room{room}` → `participant{participant, identity, client}`: the context of every log
@@ -109,6 +113,11 @@ impl Server {
         params: JoinParams,
     ) -> Result<SessionId, Refused> {
         self.advance(now);
+        if params.reconnect
+            && let Some(sid) = params.participant_sid.clone()
+        {
+            return self.resume(claims, params, &sid);
+        }
         let room_name = claims.video.room.clone();
         let identity = claims.sub.clone();
         self.admit(&room_name, &identity)?;
@@ -167,20 +176,10 @@ impl Server {
             server_version: ADVERTISED_LIVEKIT_VERSION.into(),
             ice_servers,
             subscriber_primary: true,
-            client_configuration: Some(lk::ClientConfiguration {
-                // Full rejoin instead of resume: sessions are not kept across reconnects.
-                resume_connection: lk::ClientConfigSetting::Disabled as i32,
-                ..Default::default()
-            }),
+            client_configuration: Some(client_configuration()),
             ping_timeout: self.config.ping_timeout as i32,
             ping_interval: self.config.ping_interval as i32,
-            server_info: Some(lk::ServerInfo {
-                edition: lk::server_info::Edition::Standard as i32,
-                version: ADVERTISED_LIVEKIT_VERSION.into(),
-                protocol: 17,
-                node_id: format!("stoa-{}", env!("CARGO_PKG_VERSION")),
-                ..Default::default()
-            }),
+            server_info: Some(server_info()),
             ..Default::default()
         };
         let session_id = SessionId(self.next_session);
@@ -209,6 +208,7 @@ impl Server {
                 last_ping: now,
                 joined_at: now,
                 asked_to_leave: false,
+                held_since: None,
                 data_tokens: (f64::from(self.config.data_rate.burst), now),
                 span: participant_span(&room_name, &sid, &info.identity, params.client),
             },
@@ -239,10 +239,12 @@ impl Server {
         Ok(session_id)
     }
 
-    /// The client's connection closed (or was closed for `reason`).
+    /// The client's connection closed (or was closed for `reason`) without a leave: the
+    /// session is held for the room's departure timeout, so that its client can resume it
+    /// (see [`Server::connect`] with `reconnect=1`). Nobody else notices unless it expires.
     pub fn handle_closed(&mut self, now: Instant, session: SessionId, reason: &str) {
         self.advance(now);
-        self.end_session(session, reason, Leave::Dropped);
+        self.hold_session(session, reason);
     }
 
     /// The session's outbox is full: its client reads too slowly. The session ends (the
@@ -284,7 +286,8 @@ impl Server {
         self.by_participant.remove(&s.participant);
         self.pending_updates.remove(&session);
         let reason = leave.reason();
-        if let Some(reason) = reason.filter(|_| !matches!(leave, Leave::Dropped)) {
+        let connected = s.held_since.is_none();
+        if let Some(reason) = reason.filter(|_| connected && !matches!(leave, Leave::Expire(_))) {
             let rejoin = matches!(leave, Leave::Rejoin(_));
             let action = if rejoin {
                 lk::leave_request::Action::Reconnect
@@ -299,8 +302,10 @@ impl Server {
             };
             self.send(session, signal_response::Message::Leave(leave));
         }
-        self.outputs
-            .push_back(Output::Close(session, why.to_owned()));
+        if connected {
+            self.outputs
+                .push_back(Output::Close(session, why.to_owned()));
+        }
         for peer in [s.publisher, s.subscriber].into_iter().flatten() {
             self.by_peer.remove(&peer);
             self.engine(EngineCommand::ClosePeer { peer });
@@ -331,6 +336,14 @@ impl Server {
         let Some(mut gone) = room.remove(sid) else {
             return;
         };
+        let tapped: Vec<(String, TrackId)> = match room.recording {
+            true => gone
+                .tracks
+                .values()
+                .filter_map(|t| Some((t.info.sid.clone(), t.engine?)))
+                .collect(),
+            false => Vec::new(),
+        };
         room.speakers.remove(sid);
         if room.participants.is_empty() {
             room.emptied_ms = Some(now_ms);
@@ -353,6 +366,9 @@ impl Server {
             .map(|v| v.sid.clone())
             .collect();
         self.send_update(&viewers, vec![info.clone()]);
+        for (track_sid, track) in tapped {
+            self.untap_if_recorded(room_name, &gone.identity, &track_sid, track);
+        }
         self.participant_webhook(event, room_name, info, None);
     }
 

@@ -10,7 +10,6 @@ use livekit_protocol as lk;
 use livekit_protocol::participant_info::State;
 use livekit_protocol::signal_response;
 
-use super::session::Leave;
 use super::{SLOW_TICKS, Server, SessionId};
 use crate::room::Room;
 
@@ -146,22 +145,22 @@ impl Server {
         for room in dirty {
             self.send_room_update(&room);
         }
-        // Sessions that stopped pinging.
+        // Sessions that stopped pinging lost their connection: held for a resume.
         let timeout = Duration::from_secs(u64::from(self.config.ping_timeout));
         let mut dead: Vec<SessionId> = self
             .sessions
             .iter()
-            .filter(|(_, s)| now.saturating_duration_since(s.last_ping) > timeout)
+            .filter(|(_, s)| {
+                s.held_since.is_none() && now.saturating_duration_since(s.last_ping) > timeout
+            })
             .map(|(id, _)| *id)
             .collect();
         dead.sort_unstable();
         for id in dead {
-            self.end_session(
-                id,
-                "ping timeout",
-                Leave::Rejoin(lk::DisconnectReason::ConnectionTimeout),
-            );
+            self.hold_session(id, "ping timeout");
         }
+        // Held sessions not resumed in time.
+        self.expire_held(now);
         // Rooms past their timeouts.
         let mut closing: Vec<String> = self
             .rooms

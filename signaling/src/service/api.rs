@@ -167,6 +167,21 @@ impl Signaling {
         }
     }
 
+    /// Record `room`, or stop: its audio tracks are tapped (each named to
+    /// [`ServiceConfig::recorder`](super::ServiceConfig::recorder)) and its participants get a
+    /// `RoomUpdate` with `active_recording`. Applies to a room not open yet too (when it
+    /// opens), until stopped or the room is deleted. Returns whether the room is open now.
+    pub async fn set_recording(&self, room: &str, recording: bool) -> Result<bool, ServiceError> {
+        let op = AdminOp::SetRecording {
+            room: room.to_owned(),
+            recording,
+        };
+        match self.admin(op).await? {
+            AdminReply::Count(open) => Ok(open > 0),
+            _ => Err(mismatch()),
+        }
+    }
+
     /// Send data to a room's participants over their subscriber data channels: one engine
     /// command, whatever the room's size.
     pub async fn send_data(&self, room: &str, data: SendData) -> Result<(), ServiceError> {

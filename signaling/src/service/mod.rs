@@ -13,7 +13,9 @@
 //!   a reason ([`Signaling::request`] fails and the WebSocket task closes it);
 //! - each session's outbox ([`OUTBOX`]): a client that falls this far behind is disconnected;
 //! - engine commands (the shards' inboxes): the sessions concerned are told to rejoin;
-//! - the observer: its events are dropped and counted; webhooks count their own drops.
+//! - the observer: its events are dropped and counted; webhooks count their own drops;
+//! - the recorder's tap changes ([`ServiceConfig::recorder`]): dropped and counted (the
+//!   recorder then cannot name that track's packets and leaves them out).
 
 // The shell owns the clock: it reads it and hands `now` to the core.
 #![allow(clippy::disallowed_methods)]
@@ -36,7 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::join::JoinParams;
 pub use crate::proto::{
     ADVERTISED_LIVEKIT_VERSION, MintTurnCredentials, ParticipantUpdate, Refused, SendData,
-    ServiceError, SessionId, TurnCredentials, TurnServers,
+    ServiceError, SessionId, TapChange, TurnCredentials, TurnServers,
 };
 use crate::proto::{AdminOp, AdminReply, Output, Server, ServerConfig};
 use crate::room::RoomLimits;
@@ -65,6 +67,10 @@ pub struct ServiceConfig {
     /// An in-process receiver of the same events (the control plane's presence). Bounded:
     /// when it is full, events are dropped and counted, never waited for.
     pub observer: Option<mpsc::Sender<lk::WebhookEvent>>,
+    /// Where the tracks of recorded rooms are named as they are tapped and untapped
+    /// ([`Signaling::set_recording`]): the recorder, which receives the engine's tapped
+    /// packets. Bounded: changes that do not fit are dropped and counted.
+    pub recorder: Option<mpsc::Sender<TapChange>>,
 }
 
 impl Default for ServiceConfig {
@@ -76,6 +82,7 @@ impl Default for ServiceConfig {
             webhooks: None,
             turn: None,
             observer: None,
+            recorder: None,
         }
     }
 }
@@ -102,6 +109,9 @@ pub struct SignalingStats {
     pub rooms: u64,
     /// Open WebSocket sessions.
     pub sessions: u64,
+    /// Sessions held for a resume: their connection was lost, their participant stays until the
+    /// room's departure timeout.
+    pub held: u64,
     /// Participants allowed to publish.
     pub publishers: u64,
     /// Participants that may only listen.
@@ -122,6 +132,8 @@ pub struct SignalingStats {
     /// Client data packets dropped (over the sender's rate, without permission, on a
     /// server-only topic, undecodable).
     pub data_dropped: u64,
+    /// Tap changes the recorder had no room for.
+    pub recorder_dropped: u64,
 }
 
 enum Msg {
@@ -158,6 +170,7 @@ impl std::fmt::Debug for Msg {
 struct Counters {
     requests_dropped: AtomicU64,
     observer_dropped: AtomicU64,
+    recorder_dropped: AtomicU64,
 }
 
 /// Handle to the session service. Cheap to clone.
@@ -205,6 +218,7 @@ impl Signaling {
             outboxes: HashMap::new(),
             webhooks: config.webhooks,
             observer: config.observer,
+            recorder: config.recorder,
             join_latency: Histogram::default(),
             counters: counters.clone(),
         };
@@ -307,6 +321,7 @@ struct Shell {
     outboxes: HashMap<SessionId, mpsc::Sender<Outbound>>,
     webhooks: Option<crate::webhook::Notifier>,
     observer: Option<mpsc::Sender<lk::WebhookEvent>>,
+    recorder: Option<mpsc::Sender<TapChange>>,
     join_latency: Histogram,
     counters: Arc<Counters>,
 }
@@ -370,6 +385,7 @@ impl Shell {
                 let stats = SignalingStats {
                     rooms: core.rooms,
                     sessions: core.sessions,
+                    held: core.held,
                     publishers: core.publishers,
                     listeners: core.listeners,
                     tracks: core.tracks,
@@ -379,6 +395,7 @@ impl Shell {
                     engine_undelivered: core.engine_undelivered,
                     observer_dropped: self.counters.observer_dropped.load(Ordering::Relaxed),
                     data_dropped: core.data_dropped,
+                    recorder_dropped: self.counters.recorder_dropped.load(Ordering::Relaxed),
                 };
                 let _ = reply.send(stats);
             }
@@ -421,6 +438,16 @@ impl Shell {
                 }
                 Output::Observe(event) => self.observe(&event),
                 Output::JoinLatency(latency) => self.join_latency.observe(latency),
+                Output::Tap(change) => {
+                    if let Some(recorder) = &self.recorder
+                        && recorder.try_send(change).is_err()
+                    {
+                        self.counters
+                            .recorder_dropped
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!("recorder full; tap change dropped");
+                    }
+                }
                 Output::Timeout(t) => return t,
             }
         }

@@ -232,8 +232,17 @@ impl Drop for Client {
 }
 
 pub async fn connect_ws(http: SocketAddr, token: &str) -> Result<Ws, (u16, String)> {
+    connect_ws_with(http, token, "").await
+}
+
+/// [`connect_ws`] with `extra` appended to the query (e.g. `&reconnect=1&sid=PA_…`).
+pub async fn connect_ws_with(
+    http: SocketAddr,
+    token: &str,
+    extra: &str,
+) -> Result<Ws, (u16, String)> {
     let url = format!(
-        "ws://{http}/rtc?access_token={token}&auto_subscribe=1&sdk=js&protocol=17&client_protocol=2"
+        "ws://{http}/rtc?access_token={token}&auto_subscribe=1&sdk=js&protocol=17&client_protocol=2{extra}"
     );
     match tokio_tungstenite::connect_async(url).await {
         Ok((ws, _)) => Ok(ws),

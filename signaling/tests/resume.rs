@@ -1,0 +1,308 @@
+//! Session resume in the signaling core, on simulated time (`stoa_signaling::sim`): a client
+//! whose connection is cut is held with its sid, tracks and subscriptions; it resumes with
+//! `reconnect=1&sid=…` (ReconnectResponse first, then an ICE restart of both connections) and
+//! nobody else sees it leave or join; a held session not resumed within the room's departure
+//! timeout ends, and only then do the others see the leave. Seeded, bounded, no sleeps.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods, deprecated)]
+
+use std::time::{Duration, Instant};
+
+use livekit_protocol as lk;
+use livekit_protocol::participant_info::State;
+use livekit_protocol::signal_response;
+use stoa_signaling::proto::{AdminOp, ServerConfig};
+use stoa_signaling::sim::Sim;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn world(seed: u64) -> Sim {
+    Sim::new(Instant::now(), seed, 2, ServerConfig::default())
+}
+
+/// A speaker who publishes and `n` listeners, all connected; the listeners hear the speaker.
+fn stage(sim: &mut Sim, n: usize) -> (usize, Vec<usize>) {
+    let speaker = sim.join("r", "speaker", true);
+    let listeners: Vec<usize> = (0..n)
+        .map(|i| sim.join("r", &format!("l{i}"), false))
+        .collect();
+    let up = sim.run_until(10 * SECOND, |s| {
+        s.clients.iter().all(|c| c.subscriber.connected)
+    });
+    assert!(up, "subscriber connections did not come up");
+    sim.publish(speaker);
+    let up = sim.run_until(10 * SECOND, |s| s.clients[speaker].publisher.connected);
+    assert!(up, "publisher did not connect");
+    sim.speak(speaker, 20);
+    sim.run_for(SECOND);
+    for &l in &listeners {
+        assert!(sim.clients[l].heard.len() >= 15, "listener {l} hears");
+    }
+    (speaker, listeners)
+}
+
+/// Every state `identity` had in the participant updates `log` received.
+fn states_of(log: &[signal_response::Message], identity: &str) -> Vec<i32> {
+    log.iter()
+        .filter_map(|m| match m {
+            signal_response::Message::Update(u) => Some(u.participants.iter()),
+            _ => None,
+        })
+        .flatten()
+        .filter(|p| p.identity == identity)
+        .map(|p| p.state)
+        .collect()
+}
+
+/// The ICE ufrag of an SDP.
+fn ufrag(sdp: &str) -> String {
+    sdp.lines()
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .expect("a=ice-ufrag")
+        .trim()
+        .to_owned()
+}
+
+fn events_about(sim: &Sim, identity: &str) -> Vec<String> {
+    sim.seen
+        .events
+        .iter()
+        .filter(|(_, who)| who == identity)
+        .map(|(e, _)| e.clone())
+        .collect()
+}
+
+#[test]
+fn a_speaker_cut_off_for_seconds_resumes_with_its_sid_tracks_and_listeners() {
+    let mut sim = world(21);
+    let (speaker, listeners) = stage(&mut sim, 2);
+    let me = sim.clients[speaker].me().unwrap();
+    let first_offer = sim.clients[speaker]
+        .find(|m| match m {
+            signal_response::Message::Offer(sd) => Some(sd.sdp.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let events_before = events_about(&sim, "speaker");
+    let heard_before: Vec<usize> = listeners
+        .iter()
+        .map(|&l| sim.clients[l].heard.len())
+        .collect();
+
+    // The network is cut: signaling and media.
+    sim.disconnect(speaker);
+    sim.run_for(5 * SECOND);
+    let held = sim.participants("r");
+    let still = held.iter().find(|p| p.identity == "speaker").expect("held");
+    assert_eq!(still.sid, me.sid);
+    assert_eq!(still.tracks.len(), 1, "its track stays published");
+    assert_eq!(sim.server.stats().sessions, 2);
+    assert_eq!(sim.server.stats().held, 1);
+    sim.check_invariants().unwrap();
+
+    // It comes back within the departure timeout and resumes.
+    let log_len = sim.clients[speaker].log.len();
+    sim.resume(speaker).expect("resumed");
+    sim.run_for(2 * SECOND);
+    assert!(sim.clients[speaker].is_open());
+    let after = &sim.clients[speaker].log[log_len..];
+    assert!(
+        matches!(after.first(), Some(signal_response::Message::Reconnect(r))
+            if r.client_configuration.as_ref().map(|c| c.resume_connection)
+                == Some(lk::ClientConfigSetting::Enabled as i32)
+                && r.server_info.is_some()),
+        "ReconnectResponse first: {:?}",
+        after.first()
+    );
+    let update = after
+        .iter()
+        .find_map(|m| match m {
+            signal_response::Message::Update(u) => Some(u),
+            _ => None,
+        })
+        .expect("a participant update after the resume");
+    assert!(update.participants.iter().any(|p| p.sid == me.sid));
+    assert!(update.participants.iter().any(|p| p.identity == "l0"));
+    assert!(
+        after
+            .iter()
+            .any(|m| matches!(m, signal_response::Message::RoomUpdate(_)))
+    );
+    // The subscriber connection is offered an ICE restart, with new engine credentials that
+    // keep the shard prefix (so binding requests from new addresses still route).
+    let restart = after
+        .iter()
+        .find_map(|m| match m {
+            signal_response::Message::Offer(sd) => Some(sd.sdp.clone()),
+            _ => None,
+        })
+        .expect("an ICE-restart offer on the subscriber connection");
+    let (old, new) = (ufrag(&first_offer), ufrag(&restart));
+    assert_ne!(old, new, "the offer restarts ICE");
+    assert_eq!(old[..2], new[..2], "the shard prefix is kept");
+    let (publisher, subscriber) = sim
+        .server
+        .session_peers(sim.clients[speaker].session.unwrap())
+        .unwrap();
+    let subscriber = subscriber.unwrap();
+    let shard = usize::from(subscriber.shard().0);
+    assert_eq!(sim.shards[shard].ice_ufrag(subscriber), Some(new.as_str()));
+    // The publisher's own ICE restart was answered with engine credentials too.
+    let publisher = publisher.unwrap();
+    let answer = after
+        .iter()
+        .find_map(|m| match m {
+            signal_response::Message::Answer(sd) => Some(sd.sdp.clone()),
+            _ => None,
+        })
+        .expect("an answer to the ICE-restart publisher offer");
+    let pshard = usize::from(publisher.shard().0);
+    assert_eq!(
+        sim.shards[pshard].ice_ufrag(publisher),
+        Some(ufrag(&answer).as_str())
+    );
+    assert_eq!(
+        ufrag(&answer)[..2],
+        format!("{:02x}", publisher.shard().0),
+        "shard prefix"
+    );
+
+    // Same participant, same track; the listeners hear it again over the restarted ICE.
+    let ps = sim.participants("r");
+    assert_eq!(ps.len(), 3);
+    let p = ps.iter().find(|p| p.identity == "speaker").unwrap();
+    assert_eq!(p.sid, me.sid);
+    assert_eq!(p.tracks.len(), 1);
+    sim.speak(speaker, 50);
+    sim.run_for(SECOND);
+    for (i, &l) in listeners.iter().enumerate() {
+        let new = sim.clients[l].heard.len() - heard_before[i];
+        assert!(
+            new >= 45,
+            "listener {l} heard {new} new packets of at least 50"
+        );
+    }
+    // Nobody saw it leave or join again.
+    for &l in &listeners {
+        let states = states_of(&sim.clients[l].log, "speaker");
+        assert!(
+            !states.contains(&(State::Disconnected as i32)),
+            "listener {l} saw {states:?}"
+        );
+    }
+    let presence = |events: Vec<String>| -> Vec<String> {
+        events
+            .into_iter()
+            .filter(|e| e.starts_with("participant_") || e.starts_with("track_"))
+            .collect()
+    };
+    assert_eq!(
+        presence(events_about(&sim, "speaker")),
+        presence(events_before),
+        "no leave or join in the webhooks"
+    );
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn a_held_session_expires_after_the_departure_timeout_and_then_cannot_resume() {
+    let mut sim = world(22);
+    let (speaker, listeners) = stage(&mut sim, 1);
+    let l0 = listeners[0];
+    sim.disconnect(l0);
+    // Longer than the engine's ICE-lite timeout (15 s), shorter than the departure timeout
+    // (20 s): still held, nobody told.
+    sim.run_for(18 * SECOND);
+    assert!(sim.participants("r").iter().any(|p| p.identity == "l0"));
+    assert!(!states_of(&sim.clients[speaker].log, "l0").contains(&(State::Disconnected as i32)));
+    assert!(!events_about(&sim, "l0").contains(&"participant_left".to_owned()));
+    sim.check_invariants().unwrap();
+
+    // Past it: gone, and the speaker (who sees listeners) sees it leave.
+    sim.run_for(4 * SECOND);
+    assert!(!sim.participants("r").iter().any(|p| p.identity == "l0"));
+    let last = states_of(&sim.clients[speaker].log, "l0");
+    assert_eq!(last.last(), Some(&(State::Disconnected as i32)), "{last:?}");
+    assert!(events_about(&sim, "l0").contains(&"participant_left".to_owned()));
+    assert_eq!(sim.server.stats().sessions, 1);
+    sim.check_invariants().unwrap();
+
+    // A late resume is told to rejoin in full, which works.
+    let log_len = sim.clients[l0].log.len();
+    sim.resume(l0).expect("answered");
+    let leave = sim.clients[l0].log[log_len..]
+        .iter()
+        .find_map(|m| match m {
+            signal_response::Message::Leave(l) => Some(l.clone()),
+            _ => None,
+        })
+        .expect("told to rejoin");
+    assert_eq!(leave.action, lk::leave_request::Action::Reconnect as i32);
+    assert_eq!(leave.reason, lk::DisconnectReason::StateMismatch as i32);
+    assert!(sim.clients[l0].closed.is_some());
+    let again = sim.join("r", "l0", false);
+    let up = sim.run_until(10 * SECOND, |s| s.clients[again].subscriber.connected);
+    assert!(up);
+    assert_ne!(
+        sim.clients[again].me().unwrap().sid,
+        sim.clients[l0].me().unwrap().sid
+    );
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn a_resume_with_a_token_of_another_identity_is_refused() {
+    let mut sim = world(23);
+    let (_speaker, listeners) = stage(&mut sim, 2);
+    let (l0, l1) = (listeners[0], listeners[1]);
+    let sid = sim.clients[l0].me().unwrap().sid;
+    sim.disconnect(l0);
+    sim.run_for(SECOND);
+    // l1's valid token cannot take over l0's held session.
+    let refused = sim.resume_as(l0, "l1").expect_err("refused");
+    assert_eq!(refused.status, 403);
+    assert!(sim.clients[l1].is_open(), "l1 itself is untouched");
+    let ps = sim.participants("r");
+    assert_eq!(ps.iter().filter(|p| p.identity == "l1").count(), 1);
+    // The held session is untouched and its owner can still resume it.
+    sim.resume(l0).expect("its owner resumes");
+    sim.run_for(SECOND);
+    assert!(sim.clients[l0].is_open());
+    let p = sim.participants("r");
+    assert_eq!(p.iter().find(|p| p.identity == "l0").unwrap().sid, sid);
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn a_resume_of_a_session_whose_old_connection_is_still_open_moves_it() {
+    let mut sim = world(24);
+    let (_speaker, listeners) = stage(&mut sim, 1);
+    let l0 = listeners[0];
+    let old = sim.clients[l0].session.unwrap();
+    // The client gave up on a connection the server still thinks open.
+    sim.resume(l0).expect("resumed");
+    sim.run_for(SECOND);
+    assert!(sim.clients[l0].is_open());
+    assert_ne!(sim.clients[l0].session, Some(old));
+    assert!(!sim.server.sessions().any(|s| s == old));
+    assert_eq!(sim.server.stats().sessions, 2);
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn a_draining_server_holds_nobody() {
+    let mut sim = world(25);
+    let (_speaker, listeners) = stage(&mut sim, 2);
+    let (l0, l1) = (listeners[0], listeners[1]);
+    // l0 is away (held) when the drain starts: it cannot be told nor resume, so it ends now.
+    sim.disconnect(l0);
+    sim.run_for(SECOND);
+    assert!(sim.participants("r").iter().any(|p| p.identity == "l0"));
+    sim.admin(AdminOp::Drain).unwrap();
+    assert!(!sim.participants("r").iter().any(|p| p.identity == "l0"));
+    // l1 is told to leave; its connection then closes without a leave: gone, not held.
+    let leave = sim.clients[l1].leave().expect("told to leave");
+    assert_eq!(leave.reason, lk::DisconnectReason::ServerShutdown as i32);
+    sim.disconnect(l1);
+    assert!(!sim.participants("r").iter().any(|p| p.identity == "l1"));
+    sim.check_invariants().unwrap();
+}
