@@ -77,6 +77,7 @@ impl MediaPlane for LocalMedia {
                 room,
                 user,
                 can_publish,
+                can_publish_data,
                 attributes,
             } => {
                 let current = s
@@ -85,7 +86,7 @@ impl MediaPlane for LocalMedia {
                     .map_err(media_err)?;
                 let mut permission = current.permission.unwrap_or_default();
                 permission.can_publish = *can_publish;
-                permission.can_publish_data = *can_publish;
+                permission.can_publish_data = *can_publish_data;
                 let update = ParticipantUpdate {
                     attributes: attributes
                         .iter()
@@ -146,10 +147,11 @@ impl Admission for ControlAdmission {
         Box::pin(async move {
             match self.0.admit(room, identity).await {
                 Ok(None) => Ok(None),
-                Ok(Some((can_publish, attributes))) => Ok(Some(Admitted {
+                Ok(Some((can_publish, can_publish_data, attributes))) => Ok(Some(Admitted {
                     can_publish,
-                    // Listeners send no data to the room (reactions go through the API).
-                    can_publish_data: can_publish,
+                    // Listeners send data only where the room allows it (reactions go through
+                    // the API).
+                    can_publish_data,
                     attributes: attributes.into_iter().collect(),
                 })),
                 Err(e) => Err(stoa_signaling::service::Refused {
@@ -188,6 +190,14 @@ pub fn spawn_presence(
                     };
                     let kind = match event.event.as_str() {
                         "participant_joined" => MediaEvent::Connected,
+                        // A client's own LeaveRequest frees its seat at once; a lost
+                        // connection (SIGNAL_CLOSE, timeouts) keeps it for the seat grace.
+                        "participant_left"
+                            if p.disconnect_reason
+                                == lk::DisconnectReason::ClientInitiated as i32 =>
+                        {
+                            MediaEvent::Left
+                        }
                         "participant_left" | "participant_connection_aborted" => {
                             MediaEvent::Disconnected
                         }

@@ -9,6 +9,9 @@
 //! A second test runs the scenario relay-only through Stoa's TURN relay over UDP, TCP and TLS;
 //! a third restarts the server under the live room (`[shutdown] clients = "reconnect"`): both
 //! pages reconnect by themselves, B hears A again, and a control-plane room is still there.
+//! A fourth plays the hostile client with livekit-client (`tests/browser/hostile.mjs`, see
+//! docs/SECURITY.md): a listener and a hard-muted speaker publishing, data without permission or
+//! under another identity; each refused, as the host's page sees it.
 //!
 //! Needs Debian's `chromium`, Node.js and `tests/browser/node_modules`: `./test.sh` installs
 //! them. Run it alone with
@@ -63,11 +66,22 @@ fn livekit_client_hears_through_stoa_turn_over_udp_tcp_and_tls() {
     }
 }
 
+/// The hostile client in Chromium (tests/browser/hostile.mjs): users admitted through
+/// `POST /api/rooms/{id}/token` use the unmodified livekit-client against their grants (forged
+/// local permissions, forged sender identities): a listener publishing and sending data, a speaker
+/// naming another sender or sending on the server's reaction topic, a hard-muted speaker
+/// publishing again. Each is refused, and the host's page shows none of it.
+#[test]
+fn livekit_client_as_a_hostile_client_changes_nothing_the_host_sees() {
+    run_scenario(Some("hostile"));
+}
+
 /// One browser at a time: two Chromiums at once on a small machine make timing flaky.
 static ONE_BROWSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Runs tests/browser/run.sh in a private network namespace; `relay` selects relay-only mode
-/// over that transport, or the restart (`"restart"`) or network-cut (`"cut"`) scenario.
+/// over that transport, or the restart (`"restart"`), network-cut (`"cut"`) or hostile-client
+/// (`"hostile"`) scenario.
 fn run_scenario(relay: Option<&str>) {
     let _one = ONE_BROWSER
         .lock()
@@ -95,13 +109,17 @@ fn run_scenario(relay: Option<&str>) {
                 .env_remove("STOA_API_SECRET")
                 .env_remove("STOA_E2E_RELAY")
                 .env_remove("STOA_E2E_RESTART")
-                .env_remove("STOA_E2E_CUT");
+                .env_remove("STOA_E2E_CUT")
+                .env_remove("STOA_E2E_SCENARIO");
             match relay {
                 Some("restart") => {
                     command.env("STOA_E2E_RESTART", "1");
                 }
                 Some("cut") => {
                     command.env("STOA_E2E_CUT", "1");
+                }
+                Some("hostile") => {
+                    command.env("STOA_E2E_SCENARIO", "hostile");
                 }
                 Some(relay) => {
                     command.env("STOA_E2E_RELAY", relay);
@@ -114,7 +132,7 @@ fn run_scenario(relay: Option<&str>) {
 
     let mode = match relay {
         None => "direct".to_owned(),
-        Some("restart") => "restart".to_owned(),
+        Some(m @ ("restart" | "hostile")) => m.to_owned(),
         Some("cut") => "network cut and resume".to_owned(),
         Some(r) => format!("relay over {r}"),
     };

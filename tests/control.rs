@@ -1613,6 +1613,41 @@ fn followers_are_notified_across_instances_and_the_app_gets_signed_webhooks() {
     receiver.wait("room_ended", |v| {
         v["event"] == "control.room_ended" && v["control"]["room"] == id.as_str()
     });
+    // Every audit-log entry (start, approve_hand, end) is also a `control.audit` webhook
+    // saying the same: when, who, what, to whom.
+    let log = ok(
+        one.addr,
+        "GET",
+        &format!("/api/rooms/{id}/audit"),
+        &hana,
+        None,
+    );
+    let entries = log["entries"].as_array().unwrap();
+    let actions: Vec<&str> = entries
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["start", "approve_hand", "end"], "{log}");
+    for e in entries {
+        receiver.wait(&format!("audit {e}"), |v| {
+            let c = &v["control"];
+            v["event"] == "control.audit"
+                && c["room"] == id.as_str()
+                && c["at"] == e["at"]
+                && c["action"] == e["action"]
+                && c["actor"] == e["actor"]
+                && c["user"] == e["target"]
+        });
+    }
+    let audits = receiver
+        .verified()
+        .into_iter()
+        .filter(|v| v["event"] == "control.audit" && v["control"]["room"] == id.as_str())
+        // A retried delivery carries the same body (and id).
+        .map(|v| v["id"].as_str().unwrap().to_owned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    assert_eq!(audits, entries.len(), "one webhook per entry");
     let all = receiver.got.lock().unwrap().clone();
     let first = &all[0].1;
     assert!(

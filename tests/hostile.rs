@@ -426,6 +426,77 @@ fn listeners_get_no_data_permission_until_they_are_on_stage() {
     });
 }
 
+/// The room's choice: `listener_data` (at creation or by PATCH) gives listeners the data
+/// permission in their token and on their live session, and takes it back, never audio. (Their
+/// packets are rate-limited and stamped like anyone's: `data_abuse` in signaling.)
+#[test]
+fn a_room_may_let_listeners_send_data_and_take_it_back() {
+    let (stoa, _dir) = start("hostile-listener-data");
+    let addr = stoa.addr;
+    let host = user_token("hana", "Hana");
+    let id = create_room(
+        addr,
+        &host,
+        json!({"title": "Chatty", "listener_data": true}),
+    );
+    assert_eq!(
+        ok(addr, "GET", &format!("/api/rooms/{id}"), &host, None)["listener_data"],
+        true
+    );
+    let (_host_session, _, _) = join_live(addr, &id, &host);
+    let lee = user_token("lee", "Lee");
+    let (mut lee_session, lee_join, lee_media) = join_live(addr, &id, &lee);
+    let me = permission(lee_join.participant.as_ref().unwrap());
+    assert!(!me.can_publish && me.can_publish_data, "{me:?}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = stoa_signaling::token::ApiKeys::new([(KEY, SECRET)])
+        .verify(&lee_media, now)
+        .unwrap();
+    assert_eq!(claims.video.can_publish_data, Some(true), "{claims:?}");
+    assert_eq!(claims.video.can_publish, Some(false), "{claims:?}");
+
+    // Only a moderator changes it; the change reaches the live session at once.
+    let room = format!("/api/rooms/{id}");
+    let (status, v) = api(
+        addr,
+        "PATCH",
+        &room,
+        &lee,
+        Some(json!({"listener_data": false})),
+    );
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (403, Some("not_allowed")),
+        "{v}"
+    );
+    let edited = ok(
+        addr,
+        "PATCH",
+        &room,
+        &host,
+        Some(json!({"listener_data": false})),
+    );
+    assert_eq!(edited["listener_data"], false);
+    lee_session.wait_participant("lee", "data revoked", |p| {
+        let x = permission(p);
+        !x.can_publish && !x.can_publish_data
+    });
+    ok(
+        addr,
+        "PATCH",
+        &room,
+        &host,
+        Some(json!({"listener_data": true})),
+    );
+    lee_session.wait_participant("lee", "data granted again", |p| {
+        let x = permission(p);
+        !x.can_publish && x.can_publish_data
+    });
+}
+
 #[test]
 fn seats_taken_and_never_used_go_to_the_next_person_after_the_grace() {
     let dir = scratch_dir("hostile-seats");

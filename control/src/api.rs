@@ -267,6 +267,10 @@ pub struct CreateRoomBody {
     /// Unlisted and joinable only by invitation (default false).
     #[serde(default)]
     pub private: bool,
+    /// Listeners may send data packets (`canPublishData`) to the room, rate-limited and stamped
+    /// with their identity by the server (default false: only the stage sends data).
+    #[serde(default)]
+    pub listener_data: bool,
     /// Record the room from the moment it goes live (default `false`).
     #[serde(default)]
     pub recording: bool,
@@ -301,6 +305,8 @@ pub struct EditRoomBody {
     pub scheduled_for: Option<u64>,
     /// Auto-start and recurrence (scheduled rooms).
     pub schedule: Option<Schedule>,
+    /// Listeners may send data packets to the room; applies at once to those connected.
+    pub listener_data: Option<bool>,
     /// Seconds without speaking after which someone on stage is muted (0: never).
     pub idle_mute_after: Option<u32>,
     /// Seconds without speaking after which a speaker goes back to the audience (0: never).
@@ -583,6 +589,7 @@ async fn create_room(
                 host: b.host,
                 schedule: b.schedule,
                 private: b.private,
+                listener_data: b.listener_data,
                 recording: b.recording,
                 idle: {
                     let d = crate::model::IdleRules::default();
@@ -636,6 +643,7 @@ async fn edit_room(
         max_participants: b.max_participants,
         scheduled_for: b.scheduled_for,
         schedule: b.schedule,
+        listener_data: b.listener_data,
         idle_mute_after: b.idle_mute_after,
         idle_audience_after: b.idle_audience_after,
         show_away: b.show_away,

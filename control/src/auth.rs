@@ -119,14 +119,14 @@ impl Keys {
             .map_err(|e| ControlError::unavailable(format!("cannot sign a token: {e}")))
     }
 
-    /// A media token for `room` with the grants of the member's role: publishing audio and
-    /// data only when `can_publish`.
+    /// A media token for `room` with the grants of the member's role: publishing audio when
+    /// `can_publish`, data when `can_publish_data`.
     pub fn media_token(
         &self,
         room: &RoomId,
         id: &UserId,
         name: &str,
-        can_publish: bool,
+        (can_publish, can_publish_data): (bool, bool),
         attributes: &BTreeMap<String, String>,
         ttl: Duration,
     ) -> Result<String, ControlError> {
@@ -136,8 +136,8 @@ impl Keys {
             room: room.to_string(),
             can_publish: Some(can_publish),
             can_subscribe: Some(true),
-            // Listeners send nothing to the room: data follows the publish permission.
-            can_publish_data: Some(can_publish),
+            // Listeners send data only where the room allows it (`Room::listener_data`).
+            can_publish_data: Some(can_publish_data),
             can_publish_sources: vec!["microphone".to_owned()],
             can_update_own_metadata: Some(false),
             ..Default::default()

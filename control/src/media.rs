@@ -35,6 +35,8 @@ pub enum MediaCommand {
         user: UserId,
         /// May publish audio.
         can_publish: bool,
+        /// May send data packets.
+        can_publish_data: bool,
         /// `role`, `hand`.
         attributes: BTreeMap<String, String>,
     },

@@ -276,6 +276,10 @@ pub struct Room {
     /// Private: unlisted, seen and joined only by its host, its members and those invited.
     #[serde(default)]
     pub private: bool,
+    /// Listeners may send data packets to the room (still rate-limited per sender and stamped
+    /// with their identity by the server); off by default, when only the stage sends data.
+    #[serde(default)]
+    pub listener_data: bool,
     /// Recorded: while live, the media plane records it and every participant sees so; set
     /// at creation, it records from the start.
     #[serde(default)]

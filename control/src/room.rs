@@ -55,6 +55,10 @@ pub enum Command {
     /// The media plane of `instance` saw the user disconnect, or `instance` died. Ignored when
     /// the user is connected through another instance by now.
     Disconnected(UserId, String),
+    /// The user's client left the media room of `instance` on purpose (not a lost
+    /// connection): as [`Command::Disconnected`], and their seat is free at once (no grace;
+    /// [`Command::ReleaseSeats`] gives it to the next person a full room admits).
+    Left(UserId, String),
     /// Change the room's description, limits or schedule (host and co-hosts).
     Edit(Edit),
     /// Mark the reminder of a scheduled room as sent (once per scheduled time).
@@ -102,6 +106,8 @@ pub struct Edit {
     pub scheduled_for: Option<u64>,
     /// Auto-start and recurrence (scheduled rooms only).
     pub schedule: Option<Schedule>,
+    /// Listeners may send data packets (applies at once to connected listeners).
+    pub listener_data: Option<bool>,
     /// Seconds without speaking before someone on stage is muted (0: never).
     pub idle_mute_after: Option<u32>,
     /// Seconds without speaking before a speaker goes back to the audience (0: never).
@@ -137,7 +143,8 @@ pub struct Effects {
 }
 
 /// The part of the room `command` by `actor` reads and changes: the users it names (and the
-/// host, whom a transfer demotes), or everyone when it ends the room.
+/// host, whom a transfer demotes), or everyone when it ends the room or changes what listeners
+/// may send.
 pub fn scope(actor: &Actor, command: &Command, host: Option<&UserId>) -> Scope {
     let mut users = Vec::new();
     if let Actor::User(u) = actor {
@@ -145,6 +152,8 @@ pub fn scope(actor: &Actor, command: &Command, host: Option<&UserId>) -> Scope {
     }
     match command {
         Command::End => return Scope::all(),
+        // Letting listeners send data, or not, changes every connected member's permission.
+        Command::Edit(edit) if edit.listener_data.is_some() => return Scope::all(),
         Command::Target(action, target) => {
             users.push(target.clone());
             if *action == Action::TransferHost {
@@ -153,6 +162,7 @@ pub fn scope(actor: &Actor, command: &Command, host: Option<&UserId>) -> Scope {
         }
         Command::Connected(u, _)
         | Command::Disconnected(u, _)
+        | Command::Left(u, _)
         | Command::Speaking(u, _)
         | Command::LineUp(u, _)
         | Command::MediaMuted(u, _) => {
@@ -175,10 +185,16 @@ pub fn scope(actor: &Actor, command: &Command, host: Option<&UserId>) -> Scope {
     Scope::users(users)
 }
 
-/// The participant permission and attributes that the media plane shows for a member.
-pub fn participant_view(doc: &RoomDoc, user: &UserId) -> Option<(bool, BTreeMap<String, String>)> {
+/// The participant permissions (publish, publish data) and attributes that the media plane
+/// shows for a member. Data follows the publish permission, unless the room lets listeners
+/// send data ([`crate::model::Room::listener_data`]); a hard mute takes both.
+pub fn participant_view(
+    doc: &RoomDoc,
+    user: &UserId,
+) -> Option<(bool, bool, BTreeMap<String, String>)> {
     let m = doc.members.get(user)?;
     let can_publish = (m.role.on_stage() || doc.room.kind == RoomKind::Open) && !m.hard_muted;
+    let can_publish_data = can_publish || (doc.room.listener_data && !m.hard_muted);
     let mut attributes = BTreeMap::new();
     attributes.insert("role".to_owned(), m.role.as_str().to_owned());
     let hand = if doc.hands.contains_key(user) {
@@ -191,7 +207,7 @@ pub fn participant_view(doc: &RoomDoc, user: &UserId) -> Option<(bool, BTreeMap<
     attributes.insert("away".to_owned(), if away { "yes" } else { "" }.to_owned());
     let deafened = if m.deafened { "yes" } else { "" };
     attributes.insert("deafened".to_owned(), deafened.to_owned());
-    Some((can_publish, attributes))
+    Some((can_publish, can_publish_data, attributes))
 }
 
 /// Applies `command` by `actor` to `doc`.
@@ -236,6 +252,18 @@ pub fn apply(
         Command::Speaking(u, on) => speaking(doc, &u, on, cx),
         Command::Connected(u, instance) => connected(doc, &u, instance, cx, &mut fx),
         Command::Disconnected(u, instance) => disconnected(doc, &u, &instance, cx, &mut fx),
+        Command::Left(u, instance) => {
+            disconnected(doc, &u, &instance, cx, &mut fx);
+            // The seat is free at once: the grace is over. The membership (and a role) stays
+            // until someone needs the seat, so that a client that leaves and comes straight
+            // back (a rejoin, a new tab) keeps them; its new token holds the seat again.
+            if let Some(m) = doc.members.get_mut(&u)
+                && !m.present
+                && m.absent_since == Some(cx.now)
+            {
+                m.absent_since = Some(cx.now.saturating_sub(cx.seat_grace_ms));
+            }
+        }
         Command::Edit(edit) => {
             check(doc, actor, Action::Edit)?;
             self::edit(doc, edit, &mut fx)?;
@@ -358,11 +386,12 @@ fn live(doc: &RoomDoc) -> Result<(), ControlError> {
 
 /// Pushes the member's current permission and attributes to the media plane.
 fn sync(doc: &RoomDoc, user: &UserId, fx: &mut Effects) {
-    if let Some((can_publish, attributes)) = participant_view(doc, user) {
+    if let Some((can_publish, can_publish_data, attributes)) = participant_view(doc, user) {
         fx.media.push(MediaCommand::Update {
             room: doc.room.id.clone(),
             user: user.clone(),
             can_publish,
+            can_publish_data,
             attributes,
         });
     }
@@ -1118,6 +1147,10 @@ fn edit(doc: &mut RoomDoc, e: Edit, fx: &mut Effects) -> Result<(), ControlError
     if let Some(v) = e.schedule {
         r.schedule = v;
     }
+    let data_changed = e.listener_data.is_some_and(|v| v != r.listener_data);
+    if let Some(v) = e.listener_data {
+        r.listener_data = v;
+    }
     r.idle = idle;
     if let Some(v) = e.scheduled_for
         && r.scheduled_for != Some(v)
@@ -1137,6 +1170,13 @@ fn edit(doc: &mut RoomDoc, e: Edit, fx: &mut Effects) -> Result<(), ControlError
     });
     if state == RoomState::Live {
         fx.media.push(metadata(doc));
+        if data_changed {
+            // Connected listeners gain or lose the data permission on their live sessions.
+            let users: Vec<UserId> = doc.members.keys().cloned().collect();
+            for u in &users {
+                sync(doc, u, fx);
+            }
+        }
     }
     Ok(())
 }

@@ -31,6 +31,7 @@ fn doc(kind: RoomKind, mode: SpeakerMode) -> RoomDoc {
         reminded: false,
         series: None,
         private: false,
+        listener_data: false,
         recording: false,
         idle: Default::default(),
     })
@@ -87,7 +88,7 @@ fn hand_raise_approve_and_move_back_reach_the_media_plane() {
     let fx = run(&mut d, "ann", Command::Own(Action::RaiseHand), 2).unwrap();
     let raised = participant_view(&d, &uid("ann")).unwrap();
     assert!(!raised.0);
-    assert_eq!(raised.1["hand"], "raised");
+    assert_eq!(raised.2["hand"], "raised");
     assert!(fx.media.iter().any(|m| matches!(
         m,
         MediaCommand::Update {
@@ -1009,7 +1010,7 @@ fn a_lined_up_speaker_lands_on_stage_and_keeps_the_role_across_rejoins() {
     assert_eq!(d.members[&uid("sam")].role, Role::Speaker);
     assert_eq!(d.members[&uid("cole")].role, Role::CoHost);
     assert_eq!(d.members[&uid("ann")].role, Role::Listener);
-    let (can_publish, attributes) = participant_view(&d, &uid("sam")).unwrap();
+    let (can_publish, _, attributes) = participant_view(&d, &uid("sam")).unwrap();
     assert!(can_publish);
     assert_eq!(attributes["role"], "speaker");
     // Leave and rejoin: still a speaker.
@@ -1041,6 +1042,111 @@ fn a_lined_up_speaker_lands_on_stage_and_keeps_the_role_across_rejoins() {
     let fx = run(&mut d, "host", Command::LineUp(uid("ann"), None), 8).unwrap();
     assert_eq!(d.members[&uid("ann")].role, Role::Listener);
     assert!(fx.events.iter().any(|e| matches!(e, Event::Role { .. })));
+}
+
+#[test]
+fn listeners_send_data_only_where_the_room_allows_it() {
+    let mut d = live_stage();
+    let data = |d: &RoomDoc, who: &str| {
+        let (publish, data, _) = participant_view(d, &uid(who)).unwrap();
+        (publish, data)
+    };
+    // Off by default: a listener may send neither audio nor data; the stage both.
+    assert_eq!(data(&d, "ann"), (false, false));
+    assert_eq!(data(&d, "host"), (true, true));
+    let allow = |on: bool| Edit {
+        listener_data: Some(on),
+        ..Edit::default()
+    };
+    assert_eq!(
+        run(&mut d, "ann", Command::Edit(allow(true)), 2)
+            .unwrap_err()
+            .code,
+        "not_allowed"
+    );
+    // Switched on: connected listeners get the data permission at once, never audio.
+    let fx = run(&mut d, "host", Command::Edit(allow(true)), 3).unwrap();
+    assert!(d.room.listener_data);
+    assert_eq!(data(&d, "ann"), (false, true));
+    assert!(
+        fx.media.iter().any(|m| matches!(m,
+            MediaCommand::Update { user, can_publish: false, can_publish_data: true, .. }
+                if *user == uid("ann"))),
+        "{fx:?}"
+    );
+    // A hard mute takes data too.
+    run(
+        &mut d,
+        "host",
+        Command::Target(Action::HardMute, uid("ann")),
+        4,
+    )
+    .unwrap();
+    assert_eq!(data(&d, "ann"), (false, false));
+    run(
+        &mut d,
+        "host",
+        Command::Target(Action::Restore, uid("ann")),
+        5,
+    )
+    .unwrap();
+    assert_eq!(data(&d, "ann"), (false, true));
+    // Switched off again: taken back at once.
+    let fx = run(&mut d, "host", Command::Edit(allow(false)), 6).unwrap();
+    assert_eq!(data(&d, "ann"), (false, false));
+    assert!(
+        fx.media.iter().any(|m| matches!(m,
+            MediaCommand::Update { user, can_publish_data: false, .. } if *user == uid("ann"))),
+        "{fx:?}"
+    );
+    assert_eq!(data(&d, "host"), (true, true));
+}
+
+#[test]
+fn leaving_the_media_room_on_purpose_frees_the_seat_at_once_a_lost_connection_after_the_grace() {
+    // Room of 4: the host, ann, bob, cy, all connected.
+    let mut d = live_stage();
+    join(&mut d, "bob", 1).unwrap();
+    join(&mut d, "cy", 1).unwrap();
+    let system = |d: &mut RoomDoc, c: Command, now: u64| apply(d, &Actor::System, c, &cx(now));
+    // Well past the start, as Unix ms are.
+    const T: u64 = 10 * MINUTE;
+    let everyone = || ["host", "ann", "bob", "cy"].map(uid).to_vec();
+    for who in ["host", "ann", "bob", "cy"] {
+        system(&mut d, Command::Connected(uid(who), "i".into()), 2).unwrap();
+    }
+    // Bob's connection is lost: his seat is held for a reconnect.
+    system(
+        &mut d,
+        Command::Disconnected(uid("bob"), "i".into()),
+        T + 10,
+    )
+    .unwrap();
+    let fx = system(&mut d, Command::ReleaseSeats(everyone()), T + 11).unwrap();
+    assert!(fx.released.is_empty(), "{fx:?}");
+    assert_eq!(join(&mut d, "dan", T + 12).unwrap_err().code, "room_full");
+    // Ann and the host leave on purpose: Ann's seat is free at once, long before the grace.
+    system(&mut d, Command::Left(uid("ann"), "i".into()), T + 20).unwrap();
+    system(&mut d, Command::Left(uid("host"), "i".into()), T + 20).unwrap();
+    assert!(d.members[&uid("ann")].is_ghost(T + 21, MINUTE));
+    let fx = system(&mut d, Command::ReleaseSeats(everyone()), T + 21).unwrap();
+    assert_eq!(
+        fx.released,
+        vec![uid("ann")],
+        "the host's seat is never given away"
+    );
+    join(&mut d, "dan", T + 22).unwrap();
+    // Coming straight back with a new token holds the seat again, role and all.
+    join(&mut d, "host", T + 23).unwrap();
+    system(&mut d, Command::Left(uid("cy"), "i".into()), T + 30).unwrap();
+    join(&mut d, "cy", T + 31).unwrap();
+    let fx = system(&mut d, Command::ReleaseSeats(everyone()), T + 32).unwrap();
+    assert!(fx.released.is_empty(), "{fx:?}");
+    assert_eq!(d.members[&uid("host")].role, Role::Host);
+    // A leave reported by an instance the member is no longer on changes nothing.
+    system(&mut d, Command::Connected(uid("cy"), "j".into()), T + 40).unwrap();
+    system(&mut d, Command::Left(uid("cy"), "i".into()), T + 41).unwrap();
+    assert!(d.members[&uid("cy")].present);
 }
 
 fn record_commands(fx: &Effects) -> Vec<bool> {
@@ -1291,13 +1397,13 @@ fn away_and_deafened_are_the_members_own_and_away_shows_where_the_room_says() {
         away: false,
         deafened: true,
     }));
-    let (_, attributes) = participant_view(&d, &uid("ann")).unwrap();
+    let (_, _, attributes) = participant_view(&d, &uid("ann")).unwrap();
     assert_eq!(
         (attributes["away"].as_str(), attributes["deafened"].as_str()),
         ("", "yes")
     );
     d.room.idle.show_away = true;
-    let (_, attributes) = participant_view(&d, &uid("ann")).unwrap();
+    let (_, _, attributes) = participant_view(&d, &uid("ann")).unwrap();
     assert_eq!(attributes["away"], "yes");
     // Saying the same again changes nothing; None leaves a field as it is.
     let fx = run(&mut d, "ann", presence(Some(true), None), 3).unwrap();

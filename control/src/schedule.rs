@@ -247,6 +247,7 @@ mod tests {
             schedule: Schedule::default(),
             reminded: false,
             private: false,
+            listener_data: false,
             recording: false,
             series: None,
             idle: Default::default(),

@@ -45,8 +45,10 @@ const PRUNE_EVERY: u64 = 12;
 pub enum MediaEvent {
     /// Connected to the media room.
     Connected,
-    /// Left it (or its connection was lost).
+    /// Its connection was lost (the seat is held for `[control] seat_grace`).
     Disconnected,
+    /// Its client left on purpose (a `LeaveRequest`): the seat is free at once.
+    Left,
     /// Started speaking (active-speaker detection).
     SpeakingStarted,
     /// Stopped speaking.
@@ -110,6 +112,8 @@ pub struct NewRoom {
     pub schedule: Schedule,
     /// Unlisted, joinable only by invitation (or membership).
     pub private: bool,
+    /// Listeners may send data packets.
+    pub listener_data: bool,
     /// Record it from the start.
     pub recording: bool,
     /// Idle speakers and away listeners.
@@ -182,6 +186,8 @@ pub struct RoomChanges {
     pub scheduled_for: Option<u64>,
     /// Auto-start and recurrence.
     pub schedule: Option<Schedule>,
+    /// Listeners may send data packets.
+    pub listener_data: Option<bool>,
     /// Seconds without speaking before someone on stage is muted (0: never).
     pub idle_mute_after: Option<u32>,
     /// Seconds without speaking before a speaker goes back to the audience (0: never).
@@ -375,6 +381,24 @@ impl Control {
         });
     }
 
+    /// The webhook of an audit-log entry (`control.audit`): the entry as
+    /// `GET /api/rooms/{id}/audit` shows it (`at`, `actor`, `action`, `user` = its target).
+    fn announce_audit(&self, id: &RoomId, entry: &AuditEntry) {
+        if self.inner.hooks.get().is_none() {
+            return;
+        }
+        let mut data = serde_json::Map::new();
+        data.insert("action".into(), entry.action.as_str().into());
+        data.insert("at".into(), entry.at.into());
+        self.hook(&crate::webhook::Hook {
+            event: "audit",
+            room: id.to_string(),
+            user: entry.target.as_ref().map(ToString::to_string),
+            actor: entry.actor.as_ref().map(ToString::to_string),
+            data,
+        });
+    }
+
     /// The keys that sign and check tokens.
     pub fn keys(&self) -> &Keys {
         &self.inner.keys
@@ -516,6 +540,7 @@ impl Control {
             reminded: false,
             series: None,
             private: new.private,
+            listener_data: new.listener_data,
             recording: new.recording,
             idle: new.idle,
         });
@@ -814,6 +839,7 @@ impl Control {
             if let Err(e) = self.inner.store.append_audit(id, &entry).await {
                 tracing::warn!(room = %id, error = %e, "audit entry not recorded");
             }
+            self.announce_audit(id, &entry);
         }
         if archive {
             self.inner
@@ -929,6 +955,7 @@ impl Control {
                 .transpose()?,
             scheduled_for,
             schedule,
+            listener_data: changes.listener_data,
             idle_mute_after: changes.idle_mute_after,
             idle_audience_after: changes.idle_audience_after,
             show_away: changes.show_away,
@@ -1052,7 +1079,7 @@ impl Control {
                 return Err(e);
             }
         };
-        let (can_publish, attributes) = room::participant_view(&doc, user)
+        let (can_publish, can_publish_data, attributes) = room::participant_view(&doc, user)
             .ok_or_else(|| ControlError::unavailable("joined member vanished"))?;
         let role = doc
             .members
@@ -1062,7 +1089,7 @@ impl Control {
             id,
             user,
             &name,
-            can_publish,
+            (can_publish, can_publish_data),
             &attributes,
             Duration::from_secs(self.inner.config.token_ttl),
         )?;
@@ -1155,7 +1182,8 @@ impl Control {
         &self,
         name: &str,
         identity: &str,
-    ) -> Result<Option<(bool, std::collections::BTreeMap<String, String>)>, ControlError> {
+    ) -> Result<Option<(bool, bool, std::collections::BTreeMap<String, String>)>, ControlError>
+    {
         let Ok(id) = RoomId::parse(name) else {
             return Ok(None);
         };
@@ -1271,6 +1299,7 @@ impl Control {
             let command = match event {
                 MediaEvent::Connected => Command::Connected(user, instance.clone()),
                 MediaEvent::Disconnected => Command::Disconnected(user, instance.clone()),
+                MediaEvent::Left => Command::Left(user, instance.clone()),
                 MediaEvent::SpeakingStarted => Command::Speaking(user, true),
                 MediaEvent::SpeakingStopped => Command::Speaking(user, false),
                 MediaEvent::Muted => Command::MediaMuted(user, true),

@@ -82,6 +82,8 @@ pub struct RoomView {
     pub max_participants: u32,
     /// Unlisted, joinable only by invitation.
     pub private: bool,
+    /// Listeners may send data packets to the room.
+    pub listener_data: bool,
     /// Host.
     pub host: UserId,
     /// The host's display name ("" when not known yet).
@@ -425,6 +427,7 @@ pub fn room(doc: &RoomDoc, viewer: Option<&UserId>, extras: Option<&Extras>) -> 
         speaker_mode: r.speaker_mode,
         max_participants: r.max_participants,
         private: r.private,
+        listener_data: r.listener_data,
         host: r.host.clone(),
         host_name: doc.name_of(&r.host).unwrap_or_default().to_owned(),
         state: r.state,

@@ -1,6 +1,7 @@
 //! Webhooks to the embedding app's backend for control-plane events: a room scheduled,
 //! started, ended or edited; a member joined or left; a hand raised; a role changed; a
-//! moderation action. So an app can send its own push notifications or e-mail.
+//! moderation action; every entry of a room's audit log (`control.audit`, the entry as
+//! `GET /api/rooms/{id}/audit` shows it). So an app can send its own push notifications or e-mail.
 //!
 //! This module only says what happened, as a JSON body:
 //!
@@ -36,7 +37,7 @@ pub trait HookSink: Send + Sync + std::fmt::Debug {
 pub struct Hook {
     /// `room_scheduled`, `room_created` (live at once, unscheduled), `room_started`,
     /// `room_ended`, `room_edited`, `member_joined`, `member_left`, `hand_raised`,
-    /// `role_changed`, `moderation`.
+    /// `role_changed`, `moderation`, `audit` (each audit-log entry, `at` in Unix ms).
     #[serde(skip)]
     pub event: &'static str,
     /// The room.

@@ -93,6 +93,7 @@ async fn scenario(control: Control) {
                 host: None,
                 schedule: Default::default(),
                 private: false,
+                listener_data: false,
                 recording: false,
                 idle: Default::default(),
             },

@@ -46,6 +46,7 @@ async fn room_with_lee(control: &Control) -> RoomId {
                 host: None,
                 schedule: Default::default(),
                 private: false,
+                listener_data: false,
                 recording: false,
                 idle: Default::default(),
             },

@@ -52,6 +52,7 @@ fn new_room(max: u32) -> RoomDoc {
         reminded: false,
         series: None,
         private: false,
+        listener_data: false,
         recording: false,
         idle: Default::default(),
     })

@@ -359,6 +359,7 @@ fn leaving_is_announced_and_empty_rooms_close_after_their_timeouts() {
     let mut sim = world(6);
     let host = sim.join("r", "host", true);
     let guest = sim.join("r", "guest", true);
+    let lost = sim.join("r", "lost", true);
     connect_all(&mut sim);
     sim.request(
         guest,
@@ -375,6 +376,31 @@ fn leaving_is_announced_and_empty_rooms_close_after_their_timeouts() {
         sim.seen
             .events
             .contains(&("participant_left".into(), "guest".into()))
+    );
+    // Leaving on purpose and losing the connection are told apart (the control plane frees a
+    // seat at once for the first, after its grace for the second).
+    assert_eq!(
+        last.disconnect_reason,
+        lk::DisconnectReason::ClientInitiated as i32
+    );
+    sim.disconnect(lost);
+    sim.run_for(SECOND);
+    // A lost connection is first held for a resume (the departure timeout, 20 s): nobody is
+    // told; then the others see it go.
+    assert!(
+        updates_of(&sim.clients[host].log, "lost")
+            .last()
+            .is_some_and(|u| u.state != State::Disconnected as i32)
+    );
+    sim.run_for(20 * SECOND);
+    let last = updates_of(&sim.clients[host].log, "lost")
+        .last()
+        .cloned()
+        .unwrap();
+    assert_eq!(last.state, State::Disconnected as i32);
+    assert_eq!(
+        last.disconnect_reason,
+        lk::DisconnectReason::SignalClose as i32
     );
 
     // The last one leaves: the room stays for its departure timeout (20 s), then closes.

@@ -108,6 +108,33 @@ fn spoofed_identities_are_overwritten_and_server_topics_are_refused() {
         "the forged reaction was dropped"
     );
     assert_eq!(sim.server.stats().data_dropped - dropped, 1);
+    // Nor does a data stream (livekit-client's sendText/streamText) opened on that topic; one
+    // on an ordinary topic does, stamped.
+    for topic in ["stoa.reaction", "chat"] {
+        let header = lk::DataPacket {
+            kind: lk::data_packet::Kind::Reliable as i32,
+            participant_identity: "bob".into(),
+            value: Some(lk::data_packet::Value::StreamHeader(
+                lk::data_stream::Header {
+                    stream_id: format!("s-{topic}"),
+                    topic: topic.into(),
+                    mime_type: "text/plain".into(),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        };
+        assert!(sim.send_packet(alice, &header));
+    }
+    sim.run_for(SECOND);
+    let got = received(&sim, bob);
+    assert_eq!(got.len(), 2, "only the stream on an ordinary topic arrived");
+    match &got[1].value {
+        Some(lk::data_packet::Value::StreamHeader(h)) => assert_eq!(h.topic, "chat"),
+        v => panic!("{v:?}"),
+    }
+    assert_eq!(got[1].participant_identity, "alice");
+    assert_eq!(sim.server.stats().data_dropped - dropped, 2);
     // The server's own reaction on that topic carries the identity it vouches for.
     sim.admin(AdminOp::SendData {
         room: "r".into(),
@@ -122,9 +149,9 @@ fn spoofed_identities_are_overwritten_and_server_topics_are_refused() {
     .unwrap();
     sim.run_for(SECOND);
     let got = received(&sim, bob);
-    assert_eq!(got.len(), 2);
-    assert_eq!(got[1].participant_identity, "alice");
-    assert!(got[1].participant_sid.starts_with("PA_"), "{:?}", got[1]);
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[2].participant_identity, "alice");
+    assert!(got[2].participant_sid.starts_with("PA_"), "{:?}", got[1]);
 }
 
 #[test]

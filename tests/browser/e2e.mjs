@@ -66,6 +66,10 @@ const EXTRA_ARGS = (process.env.E2E_CHROMIUM_ARGS || '').split(/\s+/).filter(Boo
 // the live room (run.sh with STOA_E2E_RESTART=1); both pages must then reconnect by themselves
 // and B must hear A again before steps d-f run against the restarted server.
 const RESTART_COMMAND = process.env.E2E_RESTART_COMMAND || '';
+// E2E_SCENARIO=hostile: instead of the steps above, hostile.mjs's attempts (a listener and a
+// hard-muted speaker publishing, data sent without permission or under another identity), each
+// checked on what the host's page sees.
+const SCENARIO = process.env.E2E_SCENARIO || '';
 // E2E_CUT=1: page B reaches the server's signaling through a TCP relay in this process, so that
 // B's path alone can be cut: once B hears A, iptables (E2E_IPTABLES) refuses B's signaling
 // connection (TCP resets, as a firewall or NAT that lost its state does) and drops the UDP of
@@ -737,7 +741,14 @@ async function main() {
     summary.versions.playwright = require('playwright-core/package.json').version;
 
     relay = CUT ? await startSignalRelay() : undefined;
-    await Promise.race([scenario({ context, pageUrl, relay }), deaths]);
+    const run =
+      SCENARIO === 'hostile'
+        ? (await import('./hostile.mjs')).hostileScenario(
+            { context, pageUrl },
+            { step, call, pollUntil, capturePage, sleep, errorText, summary, stoaUrl: STOA_URL, logLevel: LOG_LEVEL },
+          )
+        : scenario({ context, pageUrl, relay });
+    await Promise.race([run, deaths]);
     summary.ok = true;
   } catch (err) {
     summary.failedStep = err.step ?? currentStep;

@@ -393,6 +393,93 @@
       }
     },
 
+    /**
+     * Hostile use of the unmodified client: claims permissions the server did not grant
+     * (livekit-client checks its local copy before it asks the server), then turns the
+     * microphone on. Bounded by `timeoutMs`; reports how the attempt ended.
+     */
+    async forcePublishMicrophone(timeoutMs) {
+      const lp = state.room.localParticipant;
+      if (lp.permissions) {
+        lp.permissions.canPublish = true;
+        lp.permissions.canPublishSources = [];
+      }
+      const attempt = lp.setMicrophoneEnabled(true, AUDIO_CAPTURE).then(
+        (pub) => ({ published: !!pub?.trackSid, trackSid: pub?.trackSid }),
+        (e) => ({ published: false, error: describeError(e) }),
+      );
+      const timeout = new Promise((resolve) =>
+        setTimeout(() => resolve({ published: false, error: { message: `no answer in ${timeoutMs} ms` } }), timeoutMs),
+      );
+      return Promise.race([attempt, timeout]);
+    },
+
+    /**
+     * Every way the client has to send data to the room, each bounded by `timeoutMs`:
+     * publishData (reliable and lossy), sendText and streamText, on `topic`. With `forgedIdentity`
+     * the client names that identity as the sender of its user packets. Returns each outcome.
+     */
+    async sendEverything(text, topic, forgedIdentity, timeoutMs) {
+      const lp = state.room.localParticipant;
+      if (lp.permissions) lp.permissions.canPublishData = true;
+      const bounded = (name, p) =>
+        Promise.race([
+          p.then(
+            () => ({ name, sent: true }),
+            (e) => ({ name, sent: false, error: describeError(e) }),
+          ),
+          new Promise((resolve) => setTimeout(() => resolve({ name, sent: false, timedOut: true }), timeoutMs)),
+        ]);
+      const bytes = new TextEncoder().encode(text);
+      const real = lp.identity;
+      const results = [];
+      // publishData stamps the packet with `this.identity` synchronously.
+      if (forgedIdentity) lp.identity = forgedIdentity;
+      const reliable = lp.publishData(bytes, { reliable: true, topic });
+      const lossy = lp.publishData(bytes, { reliable: false, topic });
+      lp.identity = real;
+      results.push(await bounded('publishData reliable', reliable));
+      results.push(await bounded('publishData lossy', lossy));
+      if (typeof lp.sendText === 'function') {
+        results.push(await bounded('sendText', lp.sendText(text, { topic })));
+      }
+      if (typeof lp.streamText === 'function') {
+        results.push(
+          await bounded(
+            'streamText',
+            (async () => {
+              const writer = await lp.streamText({ topic });
+              await writer.write(text);
+              await writer.close();
+            })(),
+          ),
+        );
+      }
+      return results;
+    },
+
+    /** Records text streams on `topics` as TextStreamReceived events. */
+    watchTextStreams(topics) {
+      for (const topic of topics) {
+        state.room.registerTextStreamHandler(topic, async (reader, info) => {
+          let text;
+          try {
+            text = await reader.readAll();
+          } catch (e) {
+            text = `(unreadable: ${describeError(e).message})`;
+          }
+          record('TextStreamReceived', { participant: info?.identity, topic, text });
+        });
+      }
+      return { ok: true };
+    },
+
+    /** This page's own permissions as livekit-client holds them (the server's last word). */
+    localPermissions() {
+      const p = state.room?.localParticipant?.permissions;
+      return { canPublish: p?.canPublish, canPublishData: p?.canPublishData };
+    },
+
     /** This page's own participant sid and the room's connection state. */
     localSid() {
       return { sid: state.room?.localParticipant?.sid, state: state.room?.state };

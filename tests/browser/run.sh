@@ -13,6 +13,8 @@
 # relay URL of that transport, and both pages are relay-only (e2e.mjs, E2E_RELAY). Chromium gets
 # --ignore-certificate-errors for the test certificate.
 #
+# With STOA_E2E_SCENARIO=hostile e2e.mjs runs hostile.mjs's attempts instead (a listener and a
+# hard-muted speaker trying to publish and to send data, through the product's API).
 # With STOA_E2E_CUT=1, page B's network path (its signaling connection, through a relay in
 # e2e.mjs, and its media UDP ports) is cut with iptables rules inside this namespace for a few
 # seconds and restored; B must resume its session (e2e.mjs, E2E_CUT).
@@ -53,7 +55,7 @@ fi
 # Only the server's own STOA_* settings from dev mode: drop any inherited from the caller.
 while IFS= read -r name; do
     case "$name" in
-    STOA_E2E_CAPPED | STOA_E2E_RELAY | STOA_E2E_RESTART | STOA_E2E_CUT | STOA_URL | STOA_API_KEY | STOA_API_SECRET) ;;
+    STOA_E2E_CAPPED | STOA_E2E_RELAY | STOA_E2E_RESTART | STOA_E2E_CUT | STOA_E2E_SCENARIO | STOA_URL | STOA_API_KEY | STOA_API_SECRET) ;;
     STOA_*) unset "$name" ;;
     esac
 done < <(compgen -e)
@@ -157,6 +159,11 @@ echo "restart: new server $(cat "$work/stoa.pid") is up"
 EOF
     } >"$work/restart.sh"
     export E2E_RESTART_COMMAND="bash $work/restart.sh"
+fi
+
+if [ -n "${STOA_E2E_SCENARIO:-}" ]; then
+    # The scenario takes user tokens from the same binary (`stoa token --dev --user`).
+    export E2E_SCENARIO="$STOA_E2E_SCENARIO" STOA_BINARY="$stoa"
 fi
 
 status=0

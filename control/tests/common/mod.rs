@@ -55,6 +55,7 @@ pub mod service {
             host: None,
             schedule,
             private: false,
+            listener_data: false,
             recording: false,
             idle: Default::default(),
         }

@@ -456,12 +456,17 @@ impl Server {
             tracing::debug!("undecodable data packet dropped");
             return false;
         };
+        // A topic is named by user packets and by the header opening a data stream
+        // (`sendText`, `streamText`, `sendFile`); the stream's chunks only follow a header.
         #[allow(deprecated)]
         let reserved = match &packet.value {
             Some(lk::data_packet::Value::User(user)) => user
                 .topic
                 .as_deref()
                 .is_some_and(|t| t.starts_with(super::RESERVED_TOPIC_PREFIX)),
+            Some(lk::data_packet::Value::StreamHeader(header)) => {
+                header.topic.starts_with(super::RESERVED_TOPIC_PREFIX)
+            }
             _ => false,
         };
         if reserved {

@@ -19,7 +19,7 @@ use crate::room::Participant;
 /// What a client is told when the server ends its session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Leave {
-    /// Nothing: the client left, or its signaling connection is already gone.
+    /// Nothing: the client left (its `LeaveRequest`), or the server let it go.
     Quietly,
     /// A `LeaveRequest` to disconnect for good (removed, room closed, server shutting down).
     Disconnect(lk::DisconnectReason),
