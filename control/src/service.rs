@@ -1359,6 +1359,18 @@ impl Control {
             keep
         });
         self.release_all(id, &effects.released).await?;
+        // Presence changes release nobody; a seat given up (`ReleaseSeats`) is a member leaving.
+        for u in &effects.released {
+            let mut data = serde_json::Map::new();
+            data.insert("reason".into(), "seat_released".into());
+            self.hook(&crate::webhook::Hook {
+                event: "member_left",
+                room: id.to_string(),
+                user: Some(u.to_string()),
+                actor: None,
+                data,
+            });
+        }
         self.publish(effects).await
     }
 

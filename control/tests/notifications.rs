@@ -275,3 +275,43 @@ async fn redis_notifications_and_webhooks() {
     let store = RedisStore::connect(&redis.url, "n:").await.unwrap();
     notifies(Arc::new(store)).await;
 }
+
+/// A member whose seat is given up (took a token, never connected, past the seat grace) has left
+/// as far as the app is concerned: `control.member_left` with `reason = "seat_released"`.
+async fn released_seats_are_members_leaving(store: Arc<dyn Store>) {
+    let keys = stoa_control::auth::Keys::new(vec![("k".into(), "s".into())]).unwrap();
+    let config = stoa_control::ControlConfig {
+        seat_grace: 0,
+        ..Default::default()
+    };
+    let control = Control::start(store, Arc::new(stoa_control::media::NoMedia), keys, config);
+    let sink = Arc::new(Sink::default());
+    control.set_webhooks(sink.clone());
+    let mut two = new_room("Two seats", None, Schedule::default());
+    two.max_participants = Some(2);
+    let id = control.create_room(&host(), two).await.unwrap().room.id;
+    control.join(&uid("hana"), "Hana", &id).await.unwrap();
+    control.join(&uid("lee"), "Lee", &id).await.unwrap();
+    assert!(!sink.events().contains(&"control.member_left".to_owned()));
+    // Lee never connected: past the grace (0 s) his seat is Kim's.
+    control.join(&uid("kim"), "Kim", &id).await.unwrap();
+    let left = sink.find("control.member_left");
+    assert_eq!(left["control"]["user"], "lee", "{left}");
+    assert_eq!(left["control"]["reason"], "seat_released", "{left}");
+    assert_eq!(left["control"]["room"], id.as_str(), "{left}");
+}
+
+#[tokio::test]
+async fn embedded_released_seats_are_members_leaving() {
+    let dir = std::env::temp_dir().join(format!("stoa-notify-seats-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = EmbeddedStore::open(&dir.join("control.redb")).unwrap();
+    released_seats_are_members_leaving(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn redis_released_seats_are_members_leaving() {
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(&redis.url, "s:").await.unwrap();
+    released_seats_are_members_leaving(Arc::new(store)).await;
+}
