@@ -20,6 +20,7 @@ use redis_server::RedisServer;
 use serde_json::{Value, json};
 use stoa_control::auth::Keys;
 use stoa_control::model::UserId;
+use support::api::{call as api, create_room, join_live, ok};
 use support::{SignalClient, Stoa, request, scratch_dir};
 
 const KEY: &str = "ctlkey";
@@ -37,62 +38,7 @@ fn user_token(id: &str, name: &str) -> String {
 
 /// Writes a config with the test keys and `[control]` settings.
 fn config(dir: &Path, control: &str) -> PathBuf {
-    let path = dir.join("stoa.toml");
-    std::fs::write(
-        &path,
-        format!("[keys]\n{KEY} = \"{SECRET}\"\n[control]\n{control}\n"),
-    )
-    .unwrap();
-    path
-}
-
-/// One API call returning (status, JSON).
-fn api(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let body = body.map(|b| b.to_string());
-    let (status, text) = request(addr, method, path, Some(token), body.as_deref());
-    let value = if text.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"))
-    };
-    (status, value)
-}
-
-/// An API call that must succeed.
-fn ok(addr: SocketAddr, method: &str, path: &str, token: &str, body: Option<Value>) -> Value {
-    let (status, v) = api(addr, method, path, token, body);
-    assert!(
-        (200..300).contains(&status),
-        "{method} {path}: {status} {v}"
-    );
-    v
-}
-
-fn create_room(addr: SocketAddr, host: &str, body: Value) -> String {
-    let (status, room) = api(addr, "POST", "/api/rooms", host, Some(body));
-    assert_eq!(status, 201, "{room}");
-    room["id"].as_str().unwrap().to_owned()
-}
-
-/// Joins through the API and connects a signaling session with the minted token.
-fn join_live(addr: SocketAddr, room: &str, user: &str) -> (SignalClient, lk::JoinResponse, String) {
-    let grant = ok(
-        addr,
-        "POST",
-        &format!("/api/rooms/{room}/token"),
-        user,
-        None,
-    );
-    assert_eq!(grant["url"], format!("ws://{addr}"));
-    let token = grant["token"].as_str().unwrap().to_owned();
-    let (client, join) = SignalClient::join(addr, &token);
-    (client, join, token)
+    support::api::config(dir, KEY, SECRET, control)
 }
 
 fn attr<'a>(p: &'a lk::ParticipantInfo, key: &str) -> &'a str {

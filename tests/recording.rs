@@ -16,13 +16,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use livekit_protocol as lk;
-use serde_json::{Value, json};
+use serde_json::json;
 use stoa_bench::client::{self, ClientHandle, ClientSpec, Command, Depth, Protocol, Role, Shared};
 use stoa_bench::product::ProductJoin;
 use stoa_control::auth::Keys;
 use stoa_control::model::UserId;
 use stoa_egress::{OpusStream, decode};
-use support::{SignalClient, Stoa, request, scratch_dir};
+use support::api::call as api;
+use support::{SignalClient, Stoa, scratch_dir};
 
 const KEY: &str = "reckey";
 const SECRET: &str = "a-long-enough-recording-test-secret-0123";
@@ -32,19 +33,6 @@ fn user_token(id: &str) -> String {
         .unwrap()
         .user_token(&UserId::parse(id).unwrap(), id, Duration::from_secs(3600))
         .unwrap()
-}
-
-fn api(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let body = body.map(|b| b.to_string());
-    let (status, text) = request(addr, method, path, Some(token), body.as_deref());
-    let value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    (status, value)
 }
 
 /// Speakers publishing tones (stoa-bench's str0m peers), joined through the control plane.

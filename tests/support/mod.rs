@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use livekit_protocol as lk;
 use prost::Message as _;
 
+pub mod api;
 pub mod chromium;
 
 /// Bound on any single wait.
