@@ -23,7 +23,7 @@ use crate::model::{RoomDoc, RoomId, RoomKind, RoomState, Scope, SpeakerMode, Use
 use crate::permission::Action;
 use crate::room::{Actor, Command};
 use crate::schedule::Schedule;
-use crate::service::{Control, NewRoom, RoomChanges};
+use crate::service::{Control, NewRoom};
 use crate::store::{Follow, Profile};
 use crate::view::{self, AudienceView, HostStatsView, RoomCardView, RoomView, StatsView};
 
@@ -634,7 +634,7 @@ async fn edit_room(
     if let Principal::User { id: user, .. } = &caller.0 {
         c.rate_limit(user, "room edit", 1.0, 10.0)?;
     }
-    let changes = RoomChanges {
+    let changes = crate::room::Edit {
         title: b.title,
         topic: b.topic,
         description: b.description,

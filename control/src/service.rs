@@ -166,36 +166,6 @@ fn check_max(max: u32, limit: u32) -> Result<u32, ControlError> {
     Ok(max)
 }
 
-/// The editable fields of a room as a request gives them (`PATCH /api/rooms/{id}`), checked
-/// as at creation.
-#[derive(Debug, Clone, Default)]
-pub struct RoomChanges {
-    /// Title.
-    pub title: Option<String>,
-    /// Topic.
-    pub topic: Option<String>,
-    /// Description.
-    pub description: Option<String>,
-    /// Stage or open.
-    pub kind: Option<RoomKind>,
-    /// Who may raise hands.
-    pub speaker_mode: Option<SpeakerMode>,
-    /// Member limit.
-    pub max_participants: Option<u32>,
-    /// Unix ms to schedule for.
-    pub scheduled_for: Option<u64>,
-    /// Auto-start and recurrence.
-    pub schedule: Option<Schedule>,
-    /// Listeners may send data packets.
-    pub listener_data: Option<bool>,
-    /// Seconds without speaking before someone on stage is muted (0: never).
-    pub idle_mute_after: Option<u32>,
-    /// Seconds without speaking before a speaker goes back to the audience (0: never).
-    pub idle_audience_after: Option<u32>,
-    /// Show away listeners.
-    pub show_away: Option<bool>,
-}
-
 /// A media token and where to use it.
 #[derive(Debug, Clone)]
 pub struct Grant {
@@ -918,7 +888,7 @@ impl Control {
         &self,
         actor: &Actor,
         id: &RoomId,
-        changes: RoomChanges,
+        changes: room::Edit,
     ) -> Result<RoomDoc, ControlError> {
         let text = |field, v: Option<String>, min, max| {
             v.map(|v| model::text(field, &v, min, max)).transpose()
@@ -947,18 +917,13 @@ impl Control {
                 0,
                 model::MAX_DESCRIPTION,
             )?,
-            kind: changes.kind,
-            speaker_mode: changes.speaker_mode,
             max_participants: changes
                 .max_participants
                 .map(|m| check_max(m, limit))
                 .transpose()?,
             scheduled_for,
             schedule,
-            listener_data: changes.listener_data,
-            idle_mute_after: changes.idle_mute_after,
-            idle_audience_after: changes.idle_audience_after,
-            show_away: changes.show_away,
+            ..changes
         };
         self.act(actor, id, Command::Edit(edit)).await
     }

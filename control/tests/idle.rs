@@ -12,9 +12,8 @@ use stoa_control::Control;
 use stoa_control::events::Event;
 use stoa_control::model::{IdleRules, Role, RoomState};
 use stoa_control::permission::Action;
-use stoa_control::room::{Actor, Command};
+use stoa_control::room::{Actor, Command, Edit};
 use stoa_control::schedule::Schedule;
-use stoa_control::service::RoomChanges;
 use stoa_control::store::embedded::EmbeddedStore;
 use stoa_control::store::redis::RedisStore;
 
@@ -111,9 +110,9 @@ async fn idle(control: Control) {
     let seen = page.members.iter().find(|(u, _, _)| *u == kim).unwrap();
     assert!(seen.1.away);
     // The host turns the away display off: away no longer shows, deafened still does.
-    let off = RoomChanges {
+    let off = Edit {
         show_away: Some(false),
-        ..RoomChanges::default()
+        ..Edit::default()
     };
     control.edit(&hana, &id, off).await.unwrap();
     let v = control.view(&id, Some(&kim)).await.unwrap();
@@ -130,18 +129,18 @@ async fn idle(control: Control) {
         .edit(
             &hana,
             &id,
-            RoomChanges {
+            Edit {
                 idle_audience_after: Some(30),
-                ..RoomChanges::default()
+                ..Edit::default()
             },
         )
         .await
         .unwrap_err();
     assert_eq!(err.code, "invalid_field");
-    let never = RoomChanges {
+    let never = Edit {
         idle_mute_after: Some(0),
         idle_audience_after: Some(0),
-        ..RoomChanges::default()
+        ..Edit::default()
     };
     let doc = control.edit(&hana, &id, never).await.unwrap();
     assert_eq!(

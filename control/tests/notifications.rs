@@ -16,9 +16,9 @@ use serde_json::Value;
 use stoa_control::Control;
 use stoa_control::notify::{Notification, NotificationKind};
 use stoa_control::permission::Action;
-use stoa_control::room::{Actor, Command};
+use stoa_control::room::{Actor, Command, Edit};
 use stoa_control::schedule::Schedule;
-use stoa_control::service::RoomChanges;
+
 use stoa_control::store::embedded::EmbeddedStore;
 use stoa_control::store::redis::RedisStore;
 use stoa_control::store::{Follow, Store};
@@ -195,9 +195,9 @@ async fn notifies(store: Arc<dyn Store>) {
         .edit(
             &Actor::User(uid("hana")),
             &live,
-            RoomChanges {
+            Edit {
                 title: Some("Now, renamed".into()),
-                ..RoomChanges::default()
+                ..Edit::default()
             },
         )
         .await

@@ -13,9 +13,9 @@ use common::service::{host, new_room, now, start, uid};
 use stoa_control::Control;
 use stoa_control::events::Event;
 use stoa_control::model::{Role, RoomId, RoomState};
-use stoa_control::room::{Actor, Command};
+use stoa_control::room::{Actor, Command, Edit};
 use stoa_control::schedule::{Day, Recurrence, Schedule};
-use stoa_control::service::RoomChanges;
+
 use stoa_control::store::embedded::EmbeddedStore;
 use stoa_control::store::redis::RedisStore;
 
@@ -53,9 +53,9 @@ async fn schedules(control: Control) {
         .unwrap();
     let id = doc.room.id.clone();
     // Nobody but its moderators edits it; bad values are refused as at creation.
-    let rename = RoomChanges {
+    let rename = Edit {
         title: Some("  Rust, live  ".into()),
-        ..RoomChanges::default()
+        ..Edit::default()
     };
     let err = control
         .edit(&Actor::User(uid("zed")), &id, rename.clone())
@@ -66,9 +66,9 @@ async fn schedules(control: Control) {
         .edit(
             &Actor::User(uid("hana")),
             &id,
-            RoomChanges {
+            Edit {
                 title: Some(String::new()),
-                ..RoomChanges::default()
+                ..Edit::default()
             },
         )
         .await
