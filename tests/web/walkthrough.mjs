@@ -8,8 +8,10 @@
 // 660 Hz), walk the scenario:
 //   1. the host signs in, schedules a room, then creates a live room: it goes live muted (the
 //      "unmute when ready" panel, nothing published) and unmutes;
-//   1b. the host edits the scheduled room (PATCH) and lines up a co-host by user id, then takes
-//      them off the line-up;
+//   1b. the host edits the scheduled room (PATCH): its topic, then makes it repeat every Tuesday
+//      and Thursday at 20:00 in Europe/Paris and start by itself (the card says so in words, the
+//      API reports what the form sent; repeating on no day is refused plainly and changes
+//      nothing); then lines up a co-host by user id and takes them off the line-up;
 //   2. the listener signs in, sets "remind me" on the scheduled room, finds the live room in the
 //      directory (host and speakers named) and joins it, hears the host (inbound audio energy > 0)
 //      and sees them speak; both pages count 2 here, 1 on stage, 1 listening;
@@ -579,6 +581,45 @@ async function scenario(host, listener, blocked, launchGuest, hooks) {
     await audit(H, 'edit room');
     await edit.getByRole('button', { name: 'Save' }).click();
     await H.getByText('What ships, and when').waitFor();
+    // The host makes it repeat (Tuesdays and Thursdays at 20:00, Paris time) and start by
+    // itself, through the dialog. Repeating on no day at all is refused, said plainly, and
+    // changes nothing.
+    const id = decodeURIComponent(new URL(H.url()).pathname.split('/').pop());
+    const getRoom = () =>
+      H.evaluate(async (id) => {
+        const token = JSON.parse(localStorage.getItem('stoa.session')).token;
+        return (await fetch(`/api/rooms/${encodeURIComponent(id)}`, { headers: { Authorization: `Bearer ${token}` } })).json();
+      }, id);
+    const before = await getRoom();
+    if (before.schedule?.repeat !== null || before.schedule?.auto_start !== false) throw new Error(`a new room repeats already: ${JSON.stringify(before.schedule)}`);
+    await H.getByRole('button', { name: 'Edit room' }).click();
+    await edit.getByLabel('Repeat every week').check();
+    await edit.getByLabel('Time of day').fill('20:00');
+    await edit.getByLabel('Time zone').selectOption('Europe/Paris');
+    await edit.getByLabel('Go live by itself at its time').check();
+    await audit(H, 'edit room, repeating');
+    await edit.getByRole('button', { name: 'Save' }).click();
+    await edit.getByRole('alert').filter({ hasText: 'Tick at least one day of the week for the room to repeat on.' }).waitFor();
+    if (!(await edit.isVisible())) throw new Error('the refused edit closed its dialog');
+    const refused = await getRoom();
+    if (JSON.stringify(refused.schedule) !== JSON.stringify(before.schedule) || refused.scheduled_for !== before.scheduled_for || refused.topic !== 'What ships, and when')
+      throw new Error(`a refused schedule changed the room: ${JSON.stringify(refused.schedule)}`);
+    await edit.getByLabel('Tuesday').check();
+    await edit.getByLabel('Thursday').check();
+    await shot(H, '04a-room-edit-repeat');
+    await edit.getByRole('button', { name: 'Save' }).click();
+    await edit.waitFor({ state: 'hidden' });
+    await H.locator('.scheduled-room .repeat', { hasText: 'Every Tue and Thu at 20:00 (Europe/Paris)' }).waitFor();
+    const repeating = await getRoom();
+    const want = { auto_start: true, repeat: { days: ['tue', 'thu'], time: '20:00', time_zone: 'Europe/Paris' } };
+    if (JSON.stringify(repeating.schedule) !== JSON.stringify(want)) throw new Error(`the API reports schedule ${JSON.stringify(repeating.schedule)}, the form sent ${JSON.stringify(want)}`);
+    if (repeating.scheduled_for !== before.scheduled_for) throw new Error('making the room repeat moved its date');
+    // Opened again, the dialog shows the recurrence as saved.
+    await H.getByRole('button', { name: 'Edit room' }).click();
+    if (!(await edit.getByLabel('Thursday').isChecked()) || (await edit.getByLabel('Monday').isChecked()) || (await edit.getByLabel('Time zone').inputValue()) !== 'Europe/Paris')
+      throw new Error('the dialog does not show the saved recurrence');
+    await edit.getByRole('button', { name: 'Cancel' }).click();
+    await edit.waitFor({ state: 'hidden' });
     const lineup = H.locator('.lineup-panel');
     await lineup.getByLabel('User id').fill('sam-speaker');
     await lineup.getByLabel('Role').selectOption('co_host');

@@ -44,6 +44,26 @@ export interface Hand {
   raised_at: number;
 }
 
+/** A day of the week, as the API names it. */
+export type Day = 'mon' | 'tue' | 'wed' | 'thu' | 'fri' | 'sat' | 'sun';
+
+/** When a recurring room happens: days of the week at a local time in an IANA time zone. */
+export interface Recurrence {
+  days: Day[];
+  /** `HH:MM`, 24 h. */
+  time: string;
+  /** e.g. `Europe/Paris`. */
+  time_zone: string;
+}
+
+/** How a scheduled room behaves. */
+export interface Schedule {
+  /** Goes live by itself at its time (else the host starts it). */
+  auto_start: boolean;
+  /** Each occurrence, once over, schedules the next one as a new room. */
+  repeat: Recurrence | null;
+}
+
 export interface RoomView {
   id: string;
   title: string;
@@ -58,6 +78,8 @@ export interface RoomView {
   state: RoomState;
   created_at: number;
   scheduled_for: number | null;
+  /** Auto-start and recurrence. */
+  schedule: Schedule;
   started_at: number | null;
   ended_at: number | null;
   /** The first room of its recurring series (later occurrences only). */
@@ -157,6 +179,8 @@ export interface NewRoom {
   speaker_mode: SpeakerMode;
   max_participants?: number;
   scheduled_for?: number;
+  /** Auto-start and recurrence; with a recurrence and no `scheduled_for`, the first occurrence. */
+  schedule?: Schedule;
   /** Seconds without speaking before someone on stage is muted (0: never). */
   idle_mute_after?: number;
   /** Seconds without speaking before a speaker goes back to the audience (0: never). */
@@ -361,7 +385,7 @@ export const api = {
   unmute: (id: string) => call<RoomView>('POST', `/api/rooms/${enc(id)}/unmute`),
   stepDown: (id: string) => call<RoomView>('POST', `/api/rooms/${enc(id)}/step_down`),
   presence: (id: string, state: { away?: boolean; deafened?: boolean }) => call<RoomView>('POST', `/api/rooms/${enc(id)}/presence`, state),
-  edit: (id: string, changes: Partial<Pick<NewRoom, 'title' | 'topic' | 'description' | 'scheduled_for' | 'idle_mute_after' | 'idle_audience_after' | 'show_away'>>) =>
+  edit: (id: string, changes: Partial<Pick<NewRoom, 'title' | 'topic' | 'description' | 'scheduled_for' | 'schedule' | 'idle_mute_after' | 'idle_audience_after' | 'show_away'>>) =>
     call<RoomView>('PATCH', `/api/rooms/${enc(id)}`, changes),
   lineup: (id: string) => call<{ lineup: { user: string; name: string; role: Role }[] }>('GET', `/api/rooms/${enc(id)}/lineup`),
   lineUp: (id: string, user: string, role: Role) => call<unknown>('PUT', `/api/rooms/${enc(id)}/lineup/${enc(user)}`, { role }),

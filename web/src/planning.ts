@@ -3,6 +3,7 @@
 import { api, type Role, type RoomView } from './api';
 import { fill, h, ROLE_LABEL } from './dom';
 import { icon } from './icons';
+import { scheduleFields } from './recurrence';
 import { errorText } from './screens';
 
 /** `ms` as the value of a `datetime-local` input, in local time. */
@@ -13,7 +14,8 @@ function localInput(ms: number): string {
 }
 
 /**
- * The "Edit room" dialog of a scheduled room: title, topic, description, date and time. Calls
+ * The "Edit room" dialog of a scheduled room: title, topic, description, date and time,
+ * recurrence and auto-start. Calls
  * `done` with the room as the server has it after a change.
  */
 export function editDialog(dialog: HTMLDialogElement, v: RoomView, done: (v: RoomView) => void): void {
@@ -21,7 +23,8 @@ export function editDialog(dialog: HTMLDialogElement, v: RoomView, done: (v: Roo
   const title = h('input', { id: 'edit-title', name: 'title', required: true, maxlength: '120', value: v.title });
   const topic = h('input', { id: 'edit-topic', name: 'topic', maxlength: '60', value: v.topic });
   const description = h('textarea', { id: 'edit-description', name: 'description', rows: '3', maxlength: '2000' }, v.description);
-  const when = h('input', { id: 'edit-when', name: 'when', type: 'datetime-local', value: v.scheduled_for ? localInput(v.scheduled_for) : '' });
+  const when = h('input', { id: 'edit-when', name: 'when', type: 'datetime-local', value: v.scheduled_for ? localInput(v.scheduled_for) : '', 'aria-describedby': 'edit-when-hint' });
+  const schedule = scheduleFields('edit', v.schedule);
   const save = h('button', { type: 'submit', class: 'primary' }, 'Save');
   const field = (id: string, label: string, input: HTMLElement) => h('div', { class: 'field' }, h('label', { for: id }, label), input);
   const form = h(
@@ -32,6 +35,8 @@ export function editDialog(dialog: HTMLDialogElement, v: RoomView, done: (v: Roo
     field('edit-topic', 'Topic', topic),
     field('edit-description', 'Description', description),
     field('edit-when', 'Date and time', when),
+    h('p', { class: 'hint', id: 'edit-when-hint' }, 'In your local time zone. A repeating room takes place then, and after that as it repeats.'),
+    schedule.el,
     error,
     h('div', { class: 'row end' }, h('button', { type: 'button', onclick: () => dialog.close() }, 'Cancel'), save),
   );
@@ -44,6 +49,7 @@ export function editDialog(dialog: HTMLDialogElement, v: RoomView, done: (v: Roo
       when.focus();
       return;
     }
+    const sched = schedule.read();
     save.disabled = true;
     try {
       const after = await api.edit(v.id, {
@@ -51,6 +57,7 @@ export function editDialog(dialog: HTMLDialogElement, v: RoomView, done: (v: Roo
         topic: topic.value.trim(),
         description: description.value.trim(),
         scheduled_for: at !== v.scheduled_for ? at : undefined,
+        schedule: JSON.stringify(sched) !== JSON.stringify({ auto_start: v.schedule.auto_start, repeat: v.schedule.repeat }) ? sched : undefined,
       });
       dialog.close();
       done(after);

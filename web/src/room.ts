@@ -23,6 +23,7 @@ import { embedSnippet, endedView, errorText } from './screens';
 import { dismiss, toast } from './toast';
 import { InvitePanel } from './invitations';
 import { editDialog, lineUpEditor } from './planning';
+import { recurrenceText } from './recurrence';
 
 /** The reactions people can send, with the word each stands for. */
 export const REACTIONS: [string, string][] = [
@@ -372,6 +373,8 @@ class RoomController {
         v.topic ? h('p', { class: 'topic' }, v.topic) : null,
         v.host_name ? h('p', { class: 'muted' }, `Hosted by ${v.host_name}`) : null,
         h('p', { class: 'when' }, icon('calendar'), v.scheduled_for ? `Starts ${formatWhen(v.scheduled_for)}` : 'Not scheduled yet'),
+        v.schedule?.repeat ? h('p', { class: 'repeat' }, recurrenceText(v.schedule.repeat)) : null,
+        v.schedule?.auto_start ? h('p', { class: 'muted small' }, 'Goes live by itself at its time.') : null,
         v.description ? h('p', {}, v.description) : null,
         error,
         h(

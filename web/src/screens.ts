@@ -3,6 +3,7 @@ import { api, ApiError, session, setSession, subscribe, type RoomCard, type Room
 import { fill, formatDuration, formatWhen, h, plural } from './dom';
 import { icon } from './icons';
 import { navigate, type Screen } from './main';
+import { recurrenceText, scheduleErrorText, scheduleFields } from './recurrence';
 
 /** What the server's error codes mean, said to the person in front of the screen. */
 const SENTENCES: Record<string, string> = {
@@ -44,6 +45,7 @@ export function errorText(err: unknown): string {
     // read as words, not identifiers).
     if (err.code === 'invalid_field' || err.code === 'speaker_mode' || err.code === 'not_allowed') return sentence(err.message.replace(/_/g, '-'));
     if (err.code === 'not_found' && /^no member/.test(err.message)) return 'That person is no longer in this room.';
+    if (err.code === 'invalid_schedule') return scheduleErrorText(err.message);
     return SENTENCES[err.code] ?? sentence(err.message);
   }
   return sentence(err instanceof Error ? err.message : String(err));
@@ -184,6 +186,7 @@ export const directoryScreen: Screen = (main) => {
         h('span', { class: 'when' }, icon('calendar'), r.scheduled_for ? formatWhen(r.scheduled_for) : 'Not scheduled'),
         h('span', { class: 'title' }, r.title),
         r.topic ? h('span', { class: 'topic' }, r.topic) : null,
+        r.schedule?.repeat ? h('span', { class: 'repeat' }, recurrenceText(r.schedule.repeat)) : null,
         r.host_name ? h('span', { class: 'host' }, `Hosted by ${r.host_name}`) : null,
       ),
       remind,
@@ -263,6 +266,8 @@ export const createScreen: Screen = (main) => {
   );
   const max = h('input', { id: 'max', name: 'max', type: 'number', min: '0', step: '1', inputmode: 'numeric', placeholder: 'No limit' });
   const when = h('input', { id: 'when', name: 'when', type: 'datetime-local', 'aria-describedby': 'when-hint', disabled: true });
+  const schedule = scheduleFields('create', null);
+  schedule.el.disabled = true;
   const submit = h('button', { type: 'submit', class: 'primary' }, 'Go live');
   const minutes = (id: string, chosen: number, options: number[]) =>
     h(
@@ -292,14 +297,16 @@ export const createScreen: Screen = (main) => {
     h('fieldset', {}, h('legend', {}, 'When'),
       radio('start', 'now', 'Start now', true),
       radio('start', 'later', 'Schedule for later'),
-      field('when', 'Date and time', when, 'In your local time zone.')),
+      field('when', 'Date and time', when, 'In your local time zone. A repeating room may leave it empty: it starts at its first occurrence.'),
+      schedule.el),
     error,
     h('div', { class: 'row' }, submit, h('p', { class: 'hint small', id: 'go-live-hint' }, 'When the room goes live, your microphone stays off until you unmute.')),
   );
   form.addEventListener('change', () => {
     const later = (form.querySelector('input[name=start]:checked') as HTMLInputElement).value === 'later';
     when.disabled = !later;
-    when.required = later;
+    when.required = later && !schedule.repeats();
+    schedule.el.disabled = !later;
     submit.textContent = later ? 'Schedule' : 'Go live';
   });
   form.addEventListener('submit', async (e) => {
@@ -308,7 +315,7 @@ export const createScreen: Screen = (main) => {
     const kind = (form.querySelector('input[name=kind]:checked') as HTMLInputElement).value as 'stage' | 'open';
     const later = !when.disabled;
     let scheduled_for: number | undefined;
-    if (later) {
+    if (later && (when.value || !schedule.repeats())) {
       scheduled_for = new Date(when.value).getTime();
       if (!Number.isFinite(scheduled_for) || scheduled_for <= Date.now()) {
         error.textContent = 'Pick a date and time in the future.';
@@ -336,6 +343,7 @@ export const createScreen: Screen = (main) => {
         speaker_mode: speakerMode.value as 'everyone' | 'followers' | 'invited',
         max_participants: max.value ? Number(max.value) : undefined,
         scheduled_for,
+        schedule: later ? schedule.read() : undefined,
       });
       navigate(`/rooms/${encodeURIComponent(room.id)}`);
     } catch (err) {
