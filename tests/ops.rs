@@ -11,7 +11,7 @@
 )]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -43,14 +43,7 @@ impl Drop for Server {
 
 impl Server {
     fn start(drain_seconds: u64) -> Server {
-        let http_port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free tcp port")
-            .port();
-        let rtc_port = UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .expect("free udp port")
-            .port();
+        let (http_port, rtc_port) = support::free_ports();
         let mut command = Command::new(env!("CARGO_BIN_EXE_stoa"));
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("STOA_") {
@@ -317,14 +310,7 @@ fn a_second_signal_exits_at_once() {
 fn livekit_config_is_read_and_ignored_keys_warned_once() {
     // LiveKit's redis.address becomes the control plane's Redis store.
     let redis = redis_server::RedisServer::start();
-    let rtc_port = UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("free udp port")
-        .port();
-    let http_port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free tcp port")
-        .port();
+    let (http_port, rtc_port) = support::free_ports();
     let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("{}-livekit.yaml", std::process::id()));
     std::fs::write(

@@ -14,7 +14,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -119,14 +119,7 @@ fn wait_listening(addr: SocketAddr) {
 #[test]
 fn serve_exposes_room_service_and_sends_webhooks() {
     let (hook_port, hooks) = receiver();
-    let http_port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free tcp port")
-        .port();
-    let rtc_port = UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("free udp port")
-        .port();
+    let (http_port, rtc_port) = support::free_ports();
     let config = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("{}-serve-api.toml", std::process::id()));
     std::fs::write(

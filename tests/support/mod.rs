@@ -65,17 +65,69 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// A free loopback TCP port and UDP port.
+/// A free loopback TCP port and UDP port, never one this test process handed out before.
+///
+/// The kernel may give a port that was just released to the next `bind(0)`, so two tests that
+/// start servers at the same moment could otherwise both be told the same port: one server
+/// fails to bind and the other's health check answers for both.
 pub fn free_ports() -> (u16, u16) {
-    let http = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free tcp port")
+    (free_port(Proto::Tcp), free_port(Proto::Udp))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Proto {
+    Tcp,
+    Udp,
+}
+
+fn free_port(proto: Proto) -> u16 {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static GIVEN: OnceLock<Mutex<HashSet<(Proto, u16)>>> = OnceLock::new();
+    let given = GIVEN.get_or_init(Mutex::default);
+    for _ in 0..1000 {
+        let port = match proto {
+            Proto::Tcp => TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()),
+            Proto::Udp => UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()),
+        }
+        .expect("free loopback port")
         .port();
-    let udp = UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("free udp port")
-        .port();
-    (http, udp)
+        if given
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert((proto, port))
+        {
+            return port;
+        }
+    }
+    panic!("no loopback port that was not handed out before");
+}
+
+/// Whether process `pid` holds the socket listening on 127.0.0.1:`port` (read from /proc), so
+/// that a health check is known to have reached that process and not another one.
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let local = format!("0100007F:{port:04X}");
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local address, remote address, state (0A = LISTEN), ..., inode
+            (f.len() > 9 && f[1] == local && f[3] == "0A").then(|| f[9].to_owned())
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(Result::ok).any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| {
+            let target = target.to_string_lossy();
+            inodes.iter().any(|i| target == format!("socket:[{i}]"))
+        })
+    })
 }
 
 /// A child process killed (and reaped) when the test ends, however it ends.
@@ -103,7 +155,9 @@ impl Stoa {
         let mut stoa = Stoa::spawn(config, env);
         let deadline = Instant::now() + TIMEOUT;
         loop {
-            if let Some((200, _)) = try_request(stoa.addr, "GET", "/healthz", None, None) {
+            if let Some((200, _)) = try_request(stoa.addr, "GET", "/healthz", None, None)
+                && listens_on(stoa.pid(), stoa.addr.port())
+            {
                 return stoa;
             }
             if let Ok(Some(status)) = stoa.child.try_wait() {
