@@ -119,7 +119,7 @@ pub struct Relay {
     tasks: JoinSet<()>,
     shards: Vec<shard::Handle>,
     stop: Arc<AtomicBool>,
-    ended: mpsc::UnboundedReceiver<()>,
+    ended: mpsc::Receiver<()>,
 }
 
 /// What a stream task passes to its shard.
@@ -208,7 +208,8 @@ impl Relay {
             first = last.saturating_add(1);
         }
 
-        let (ended_tx, ended) = mpsc::unbounded_channel();
+        // One message per shard at most (when it ends), so room for every shard suffices.
+        let (ended_tx, ended) = mpsc::channel(shards.len().max(1));
         // Dropping `relay` (also on an error below) stops the shards already started.
         let mut relay = Self {
             udp: udp_addr,

@@ -93,7 +93,7 @@ impl Shard {
         self,
         index: usize,
         stop: Arc<AtomicBool>,
-        ended: mpsc::UnboundedSender<()>,
+        ended: mpsc::Sender<()>,
     ) -> std::io::Result<(Handle, Inbox)> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         let wake = Arc::new(EventFd::from_flags(
@@ -141,12 +141,13 @@ impl Shard {
     }
 }
 
-/// Tells the relay that a shard thread ended, also when it ends by a panic.
-struct Ended(mpsc::UnboundedSender<()>);
+/// Tells the relay that a shard thread ended, also when it ends by a panic. Each shard sends
+/// once into a channel with room for every shard, so the send never waits.
+struct Ended(mpsc::Sender<()>);
 
 impl Drop for Ended {
     fn drop(&mut self) {
-        let _ = self.0.send(());
+        let _ = self.0.try_send(());
     }
 }
 
