@@ -954,7 +954,8 @@ async fn embedded_store_reads_the_earlier_layout() {
 }
 
 /// Rooms written by the earlier Redis layout (a header without counts, hands in a hash, no
-/// stage or audience index) are rewritten when a store connects, and then behave.
+/// stage or audience index) are rewritten when a store connects, again when an instance of the
+/// earlier release writes them later (a rolling upgrade), and then behave.
 #[tokio::test]
 async fn redis_store_rewrites_the_earlier_layout() {
     let redis = RedisServer::start();
@@ -1010,4 +1011,53 @@ async fn redis_store_rewrites_the_earlier_layout() {
     // Connecting again changes nothing.
     let again = RedisStore::connect(&redis.url, "old:").await.unwrap();
     assert_eq!(whole(&again, &id).await, whole(&store, &id).await);
+
+    // During a rolling upgrade an instance of the earlier release still runs and writes the
+    // room its way again (the whole room: a header without counts, hands in a hash, indexes
+    // untouched), here with dee joining and bo raising a hand. The running store reads it.
+    let mut earlier = whole(&store, &id).await;
+    let c = Command::Join { name: "Dee".into() };
+    room::apply(&mut earlier, &Actor::User(uid("dee")), c, &cx()).unwrap();
+    let hand = Command::Own(Action::RaiseHand);
+    room::apply(&mut earlier, &Actor::User(uid("bo")), hand, &cx()).unwrap();
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    pipe.set(
+        format!("old:room:{id}"),
+        serde_json::to_string(&earlier.room).unwrap(),
+    );
+    pipe.del(format!("old:room:{id}:participants"));
+    for (u, m) in &earlier.members {
+        pipe.hset(
+            format!("old:room:{id}:participants"),
+            u.as_str(),
+            serde_json::to_string(m).unwrap(),
+        );
+    }
+    pipe.del(format!("old:room:{id}:requests"));
+    for (u, t) in &earlier.hands {
+        pipe.hset(format!("old:room:{id}:requests"), u.as_str(), *t);
+    }
+    pipe.query_async::<()>(&mut con).await.unwrap();
+    // Read only (a header, then the audience pages), then written, then whole.
+    let header = store.room(&id, &Scope::header()).await.unwrap().unwrap();
+    assert_eq!(header.counts(), earlier.counts());
+    assert_eq!(header.counts().members, 5);
+    let page = store.audience(&id, None, 10).await.unwrap();
+    let names: Vec<&str> = page.members.iter().map(|(u, _, _)| u.as_str()).collect();
+    assert_eq!(names, ["ann", "bo", "cy", "dee"]);
+    let mut hands = store.hands(&id, 5).await.unwrap();
+    hands.sort();
+    assert_eq!(hands.len(), 2, "{hands:?}");
+    act(
+        &store,
+        &id,
+        Actor::User(uid("eve")),
+        Command::Join { name: "Eve".into() },
+    )
+    .await
+    .unwrap();
+    let now = whole(&store, &id).await;
+    assert_eq!(now.members.len(), 6);
+    assert_eq!(now.hands, earlier.hands);
 }

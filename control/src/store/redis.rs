@@ -93,6 +93,28 @@ fn redis_err(e: redis::RedisError) -> ControlError {
     ControlError::unavailable(format!("redis: {e}"))
 }
 
+/// Why a room's records could not be loaded.
+enum Loading {
+    /// It is kept in the earlier layout.
+    Earlier,
+    Failed(ControlError),
+}
+
+impl From<ControlError> for Loading {
+    fn from(e: ControlError) -> Self {
+        Loading::Failed(e)
+    }
+}
+
+/// A Redis error while loading; `WRONGTYPE` means a key of the earlier layout (hands in a hash).
+fn loading_err(e: redis::RedisError) -> Loading {
+    if e.code() == Some("WRONGTYPE") {
+        Loading::Earlier
+    } else {
+        Loading::Failed(redis_err(e))
+    }
+}
+
 fn state_name(state: RoomState) -> &'static str {
     match state {
         RoomState::Scheduled => "scheduled",
@@ -137,7 +159,8 @@ impl RedisStore {
 
     /// Rewrites rooms kept in the earlier layout (a header without counts, hands in a hash,
     /// no stage or audience index) into this one. Run at connect; a room already in this
-    /// layout costs one `GET` and one `TYPE`.
+    /// layout costs one `GET` and one `TYPE`. A room that an instance of an earlier release
+    /// writes again later (during a rolling upgrade) is rewritten when it is next loaded.
     async fn migrate(&self) -> Result<(), ControlError> {
         let mut con = self.shared.clone();
         let mut migrated = 0usize;
@@ -150,68 +173,9 @@ impl RedisStore {
                 let Ok(id) = RoomId::parse(&id) else {
                     continue;
                 };
-                let [room_key, participants, requests, ..] = self.room_keys(&id);
-                let (raw, kind): (Option<String>, String) = redis::pipe()
-                    .get(&room_key)
-                    .cmd("TYPE")
-                    .arg(&requests)
-                    .query_async(&mut con)
-                    .await
-                    .map_err(redis_err)?;
-                let Some(raw) = raw else {
-                    continue;
-                };
-                let current = serde_json::from_str::<Header>(&raw).ok();
-                if current.is_some() && kind != "hash" {
-                    continue;
+                if self.convert(&id).await? {
+                    migrated += 1;
                 }
-                let room = match current {
-                    Some(h) => h.room,
-                    None => parse::<crate::model::Room>("room", raw.as_bytes())?,
-                };
-                let members: HashMap<String, String> =
-                    con.hgetall(&participants).await.map_err(redis_err)?;
-                let hands: HashMap<String, u64> = if kind == "hash" {
-                    con.hgetall(&requests).await.map_err(redis_err)?
-                } else {
-                    let z: Vec<(String, f64)> = con
-                        .zrange_withscores(&requests, 0, -1)
-                        .await
-                        .map_err(redis_err)?;
-                    z.into_iter().map(|(u, t)| (u, t as u64)).collect()
-                };
-                let mut doc = RoomDoc::new(room);
-                for (u, m) in &members {
-                    if let Ok(u) = UserId::parse(u) {
-                        doc.members.insert(u, parse("member", m.as_bytes())?);
-                    }
-                }
-                for (u, t) in &hands {
-                    if let Ok(u) = UserId::parse(u) {
-                        doc.hands.insert(u, *t);
-                    }
-                }
-                let (stage, audience) = (
-                    self.index_key(&id, "stage"),
-                    self.index_key(&id, "audience"),
-                );
-                let mut pipe = redis::pipe();
-                pipe.atomic();
-                let header = Header {
-                    room: doc.room.clone(),
-                    counts: doc.counts(),
-                };
-                pipe.set(&room_key, json(&header)?).ignore();
-                pipe.del(&[&requests, &stage, &audience]).ignore();
-                for (u, t) in &doc.hands {
-                    pipe.zadd(&requests, u.as_str(), *t).ignore();
-                }
-                for (u, m) in &doc.members {
-                    let index = if m.role.on_stage() { &stage } else { &audience };
-                    pipe.zadd(index, u.as_str(), 0).ignore();
-                }
-                pipe.query_async::<()>(&mut con).await.map_err(redis_err)?;
-                migrated += 1;
             }
         }
         if migrated > 0 {
@@ -221,6 +185,109 @@ impl RedisStore {
             );
         }
         Ok(())
+    }
+
+    /// Rewrites one room from the earlier layout into this one, atomically against other
+    /// writers (its keys are watched; the rewrite is retried if they change). Whether it was
+    /// in the earlier layout.
+    async fn convert(&self, id: &RoomId) -> Result<bool, ControlError> {
+        let [room_key, participants, requests, ..] = self.room_keys(id);
+        let (stage, audience) = (self.index_key(id, "stage"), self.index_key(id, "audience"));
+        let mut con = self.dedicated().await?;
+        for _ in 0..ATTEMPTS {
+            redis::cmd("WATCH")
+                .arg(&[&room_key, &participants, &requests, &stage, &audience])
+                .query_async::<()>(&mut con)
+                .await
+                .map_err(redis_err)?;
+            let rewrite = self.rewrite_earlier(&mut con, id).await;
+            let pipe = match rewrite {
+                Ok(Some(pipe)) => pipe,
+                other => {
+                    redis::cmd("UNWATCH")
+                        .query_async::<()>(&mut con)
+                        .await
+                        .map_err(redis_err)?;
+                    self.give_back(con);
+                    return other.map(|_| false);
+                }
+            };
+            let done: Option<()> = pipe.query_async(&mut con).await.map_err(redis_err)?;
+            if done.is_some() {
+                self.give_back(con);
+                return Ok(true);
+            }
+        }
+        Err(ControlError::unavailable(format!(
+            "room {id} is changing too fast to convert; try again"
+        )))
+    }
+
+    /// The atomic pipeline that rewrites room `id` from the earlier layout, or `None` when it
+    /// is in this layout (or gone).
+    async fn rewrite_earlier(
+        &self,
+        con: &mut MultiplexedConnection,
+        id: &RoomId,
+    ) -> Result<Option<redis::Pipeline>, ControlError> {
+        let [room_key, participants, requests, ..] = self.room_keys(id);
+        let (raw, kind): (Option<String>, String) = redis::pipe()
+            .get(&room_key)
+            .cmd("TYPE")
+            .arg(&requests)
+            .query_async(con)
+            .await
+            .map_err(redis_err)?;
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        let current = serde_json::from_str::<Header>(&raw).ok();
+        if current.is_some() && kind != "hash" {
+            return Ok(None);
+        }
+        let room = match current {
+            Some(h) => h.room,
+            None => parse::<crate::model::Room>("room", raw.as_bytes())?,
+        };
+        let members: HashMap<String, String> =
+            con.hgetall(&participants).await.map_err(redis_err)?;
+        let hands: HashMap<String, u64> = if kind == "hash" {
+            con.hgetall(&requests).await.map_err(redis_err)?
+        } else {
+            let z: Vec<(String, f64)> = con
+                .zrange_withscores(&requests, 0, -1)
+                .await
+                .map_err(redis_err)?;
+            z.into_iter().map(|(u, t)| (u, t as u64)).collect()
+        };
+        let mut doc = RoomDoc::new(room);
+        for (u, m) in &members {
+            if let Ok(u) = UserId::parse(u) {
+                doc.members.insert(u, parse("member", m.as_bytes())?);
+            }
+        }
+        for (u, t) in &hands {
+            if let Ok(u) = UserId::parse(u) {
+                doc.hands.insert(u, *t);
+            }
+        }
+        let (stage, audience) = (self.index_key(id, "stage"), self.index_key(id, "audience"));
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let header = Header {
+            room: doc.room.clone(),
+            counts: doc.counts(),
+        };
+        pipe.set(&room_key, json(&header)?).ignore();
+        pipe.del(&[&requests, &stage, &audience]).ignore();
+        for (u, t) in &doc.hands {
+            pipe.zadd(&requests, u.as_str(), *t).ignore();
+        }
+        for (u, m) in &doc.members {
+            let index = if m.role.on_stage() { &stage } else { &audience };
+            pipe.zadd(index, u.as_str(), 0).ignore();
+        }
+        Ok(Some(pipe))
     }
 
     fn key(&self, rest: &str) -> String {
@@ -272,13 +339,36 @@ impl RedisStore {
         }
     }
 
-    /// The header and the records `scope` names.
+    /// The header and the records `scope` names. A room found in the earlier layout (written
+    /// by an instance of an earlier release during a rolling upgrade) is rewritten first.
     async fn load(
         &self,
         con: &mut MultiplexedConnection,
         id: &RoomId,
         scope: &Scope,
     ) -> Result<Option<RoomDoc>, ControlError> {
+        match self.load_records(con, id, scope).await {
+            Err(Loading::Earlier) => {}
+            Err(Loading::Failed(e)) => return Err(e),
+            Ok(doc) => return Ok(doc),
+        }
+        self.convert(id).await?;
+        match self.load_records(con, id, scope).await {
+            Ok(doc) => Ok(doc),
+            Err(Loading::Failed(e)) => Err(e),
+            Err(Loading::Earlier) => Err(ControlError::unavailable(format!(
+                "room {id} keeps being written in the earlier layout; try again"
+            ))),
+        }
+    }
+
+    /// [`Self::load`] without the rewrite.
+    async fn load_records(
+        &self,
+        con: &mut MultiplexedConnection,
+        id: &RoomId,
+        scope: &Scope,
+    ) -> Result<Option<RoomDoc>, Loading> {
         let [
             room,
             participants,
@@ -325,15 +415,20 @@ impl RedisStore {
                 HashMap<String, String>,
             );
             let (h, st, stage, m, r, b, k, i, l): All =
-                pipe.query_async(con).await.map_err(redis_err)?;
+                pipe.query_async(con).await.map_err(loading_err)?;
             (h, st, stage, Some((m, r, b, k, i, l)))
         } else {
-            let (h, st, stage): Head = pipe.query_async(con).await.map_err(redis_err)?;
+            let (h, st, stage): Head = pipe.query_async(con).await.map_err(loading_err)?;
             (h, st, stage, None)
         };
         let Some(header) = header else {
             return Ok(None);
         };
+        if serde_json::from_str::<Header>(&header).is_err()
+            && serde_json::from_str::<crate::model::Room>(&header).is_ok()
+        {
+            return Err(Loading::Earlier);
+        }
         let header: Header = parse("room", header.as_bytes())?;
         let mut doc = RoomDoc::new(header.room);
         if let Some(st) = stats_json {
@@ -398,7 +493,7 @@ impl RedisStore {
                 .arg(&users)
                 .query_async(con)
                 .await
-                .map_err(redis_err)?;
+                .map_err(loading_err)?;
             for (n, u) in users.iter().enumerate() {
                 let uid = user(u)?;
                 if let Some(Some(m)) = m.get(n) {
