@@ -31,6 +31,8 @@ pub const MAX_DESCRIPTION: usize = 2000;
 pub const MAX_NAME: usize = 64;
 /// Most entries of a room's line-up (pre-assigned co-hosts and speakers).
 pub const MAX_LINEUP: usize = 200;
+/// Most invitees a recurring room's next occurrence takes over from the one that ended.
+pub const MAX_INVITED: usize = 10_000;
 /// Largest room the control plane lets anyone create.
 pub const MAX_PARTICIPANTS: u32 = 100_000;
 
@@ -273,7 +275,8 @@ pub struct Room {
     /// The first room of a recurring series, for its later occurrences.
     #[serde(default)]
     pub series: Option<RoomId>,
-    /// Private: unlisted, seen and joined only by its host, its members and those invited.
+    /// Private: unlisted, seen and joined only by its host, its members, those invited and
+    /// those lined up for the stage.
     #[serde(default)]
     pub private: bool,
     /// Listeners may send data packets to the room (still rate-limited per sender and stamped

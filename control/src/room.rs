@@ -439,7 +439,9 @@ fn join(
     if is_host {
         doc.stats.names.insert(u.clone(), name.clone());
     }
-    if doc.room.private && !is_host && !doc.members.contains_key(u) && !doc.invited.contains(u) {
+    // Invited: by a link or a moderator, or lined up for the stage by the host.
+    let invited = doc.invited.contains(u) || doc.lineup.contains_key(u);
+    if doc.room.private && !is_host && !doc.members.contains_key(u) && !invited {
         return Err(ControlError::forbidden(
             "private_room",
             "this room is by invitation only",

@@ -476,6 +476,12 @@ fn private_rooms_admit_the_host_members_and_the_invited_only() {
     join(&mut d, "ann", 2).unwrap();
     // A member taking a new token stays in.
     join(&mut d, "ann", 3).unwrap();
+    // Lined up for the stage by the host is invited too: seen, and let in as a speaker.
+    assert!(!crate::view::may_see(&d, Some(&uid("sam"))));
+    d.lineup.insert(uid("sam"), Role::Speaker);
+    assert!(crate::view::may_see(&d, Some(&uid("sam"))));
+    join(&mut d, "sam", 3).unwrap();
+    assert_eq!(d.members[&uid("sam")].role, Role::Speaker);
     // Lifecycle and audience events say the room is private (the event stream filters them).
     let fx = run(&mut d, "host", Command::End, 4).unwrap();
     assert!(fx.events.iter().any(|e| e.private()), "{fx:?}");

@@ -356,11 +356,12 @@ pub fn sight(doc: &RoomDoc, viewer: Option<&UserId>) -> Sight {
 }
 
 /// Whether `viewer` may know of the room at all: any room but a private one, which only its
-/// host, members, those invited and servers see (to anyone else it does not exist: 404).
+/// host, members, those invited or lined up for the stage, and servers see (to anyone else it
+/// does not exist: 404).
 pub fn may_see(doc: &RoomDoc, viewer: Option<&UserId>) -> bool {
     !doc.room.private
         || sight(doc, viewer) > Sight::Outsider
-        || viewer.is_some_and(|u| doc.invited.contains(u))
+        || viewer.is_some_and(|u| doc.invited.contains(u) || doc.lineup.contains_key(u))
 }
 
 /// Whether a viewer who sees the event's room with `sight` (and who `knows` of it, see

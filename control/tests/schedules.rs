@@ -15,6 +15,7 @@ use stoa_control::events::Event;
 use stoa_control::model::{Role, RoomId, RoomState};
 use stoa_control::room::{Actor, Command, Edit};
 use stoa_control::schedule::{Day, Recurrence, Schedule};
+use stoa_control::service::NewInvite;
 
 use stoa_control::store::embedded::EmbeddedStore;
 use stoa_control::store::redis::RedisStore;
@@ -139,11 +140,19 @@ async fn schedules(control: Control) {
             time_zone: "America/New_York".into(),
         }),
     };
-    let doc = control
-        .create_room(&host(), new_room("Weekly Rust", None, weekly.clone()))
-        .await
-        .unwrap();
+    // Private: only its host, members and invitees see it, occurrence after occurrence.
+    let mut private = new_room("Weekly Rust", None, weekly.clone());
+    private.private = true;
+    let doc = control.create_room(&host(), private).await.unwrap();
     let first = doc.room.id.clone();
+    let link = NewInvite {
+        role: Role::Listener,
+        max_uses: None,
+        expires_in: None,
+    };
+    let (token, _) = control.invite(&uid("hana"), &first, link).await.unwrap();
+    control.accept(&uid("ivy"), &token, now()).await.unwrap();
+    assert!(control.view(&first, Some(&uid("ivy"))).await.is_ok());
     let at = doc.room.scheduled_for.unwrap();
     assert!(at > now() && at <= now() + 7 * DAY + MINUTE);
     assert_eq!(doc.room.schedule, weekly);
@@ -187,6 +196,16 @@ async fn schedules(control: Control) {
     assert_eq!(next.room.host, uid("hana"));
     let lineup = control.store().lineup(&next.room.id, 10).await.unwrap();
     assert_eq!(lineup, vec![(uid("sam"), Role::Speaker)]);
+    // Still private, and still open to whoever was invited to the series; not to others.
+    assert!(next.room.private);
+    let invited = control.store().invited(&next.room.id, 10).await.unwrap();
+    assert_eq!(invited, vec![uid("ivy")]);
+    assert!(control.view(&next.room.id, Some(&uid("ivy"))).await.is_ok());
+    let err = control
+        .view(&next.room.id, Some(&uid("zed")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status, 404, "{err:?}");
     // The next one expires in turn, and schedules the one after, in the same series.
     assert!(
         control

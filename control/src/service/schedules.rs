@@ -5,7 +5,8 @@ use super::*;
 
 impl Control {
     /// Schedules the next occurrence of a recurring room that just ended or expired: a new
-    /// room with the same description, schedule and line-up, in the same series.
+    /// room with the same description, schedule, line-up and invitees (a private series stays
+    /// open to those invited to it), in the same series.
     pub(super) async fn schedule_next(
         &self,
         ended: &RoomDoc,
@@ -16,6 +17,7 @@ impl Control {
         };
         let store = &self.inner.store;
         let lineup = store.lineup(&ended.room.id, model::MAX_LINEUP).await?;
+        let invited = store.invited(&ended.room.id, model::MAX_INVITED).await?;
         let mut doc = RoomDoc::new(Room {
             id: RoomId::random(),
             state: RoomState::Scheduled,
@@ -35,6 +37,7 @@ impl Control {
             ..ended.room.clone()
         });
         doc.lineup = lineup.into_iter().collect();
+        doc.invited = invited.into_iter().collect();
         let host = &doc.room.host;
         if let Some(name) = ended.stats.names.get(host) {
             doc.stats.names.insert(host.clone(), name.clone());

@@ -876,6 +876,13 @@ impl Store for EmbeddedStore {
         }))
     }
 
+    async fn invited(&self, id: &RoomId, limit: usize) -> Result<Vec<UserId>, ControlError> {
+        let mem = self.mem.lock().await;
+        Ok(mem.rooms.get(id).map_or_else(Vec::new, |e| {
+            e.doc.invited.iter().take(limit).cloned().collect()
+        }))
+    }
+
     async fn remove_room(&self, id: &RoomId) -> Result<(), ControlError> {
         self.usable()?;
         let mut mem = self.mem.lock().await;

@@ -172,6 +172,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The first `limit` entries of a room's line-up, by user id.
     async fn lineup(&self, id: &RoomId, limit: usize) -> Result<Vec<(UserId, Role)>, ControlError>;
 
+    /// The first `limit` users invited to a room (by a moderator or an invitation link), by
+    /// user id.
+    async fn invited(&self, id: &RoomId, limit: usize) -> Result<Vec<UserId>, ControlError>;
+
     /// Deletes a room and every record of it (ended rooms past their retention).
     async fn remove_room(&self, id: &RoomId) -> Result<(), ControlError>;
 

@@ -934,6 +934,18 @@ impl Store for RedisStore {
         Ok(out)
     }
 
+    async fn invited(&self, id: &RoomId, limit: usize) -> Result<Vec<UserId>, ControlError> {
+        let mut con = self.shared.clone();
+        let all: Vec<String> = con
+            .smembers(self.index_key(id, "invited"))
+            .await
+            .map_err(redis_err)?;
+        let mut out: Vec<UserId> = all.iter().filter_map(|u| UserId::parse(u).ok()).collect();
+        out.sort();
+        out.truncate(limit);
+        Ok(out)
+    }
+
     async fn remove_room(&self, id: &RoomId) -> Result<(), ControlError> {
         let mut con = self.shared.clone();
         let mut pipe = redis::pipe();
