@@ -28,6 +28,11 @@ impl PeerId {
         ShardId((self.0 >> 48) as u16)
     }
 
+    /// The index it was created with (without the shard).
+    pub fn index(self) -> u64 {
+        self.0 & 0xffff_ffff_ffff
+    }
+
     /// The raw value, stable for the lifetime of the engine; useful as a map key outside it.
     pub fn as_u64(self) -> u64 {
         self.0
@@ -36,12 +41,7 @@ impl PeerId {
 
 impl fmt::Debug for PeerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "PeerId({}:{})",
-            self.shard().0,
-            self.0 & 0xffff_ffff_ffff
-        )
+        write!(f, "PeerId({}:{})", self.shard().0, self.index())
     }
 }
 

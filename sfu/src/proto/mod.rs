@@ -290,6 +290,29 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The peer the event is about; `None` for [`Event::SpeakersChanged`], which names tracks
+    /// of any number of peers.
+    pub fn peer(&self) -> Option<PeerId> {
+        match self {
+            Event::Connected(peer) | Event::IceLost(peer) | Event::Disconnected(peer) => {
+                Some(*peer)
+            }
+            Event::TrackPublished { track, .. } | Event::TrackUnpublished { track, .. } => {
+                Some(track.peer)
+            }
+            Event::Answer { peer, .. }
+            | Event::CommandFailed { peer, .. }
+            | Event::Offer { peer, .. }
+            | Event::ChannelOpen { peer, .. }
+            | Event::ChannelData { peer, .. }
+            | Event::ChannelClose { peer, .. }
+            | Event::PeerStats { peer, .. } => Some(*peer),
+            Event::SpeakersChanged(_) => None,
+        }
+    }
+}
+
 /// A message between shards. The shell delivers it to shard `to` with [`Sfu::handle_relay`].
 #[derive(Debug, Clone)]
 pub struct Relay {

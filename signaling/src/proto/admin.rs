@@ -109,6 +109,25 @@ pub enum AdminOp {
     Drain,
 }
 
+impl AdminOp {
+    /// The room the operation is about; `None` for those about every room.
+    pub fn room(&self) -> Option<&str> {
+        match self {
+            AdminOp::CreateRoom { name: room, .. }
+            | AdminOp::DeleteRoom { room }
+            | AdminOp::ListParticipants { room }
+            | AdminOp::RemoveParticipant { room, .. }
+            | AdminOp::UpdateParticipant { room, .. }
+            | AdminOp::MuteTrack { room, .. }
+            | AdminOp::UpdateRoomMetadata { room, .. }
+            | AdminOp::SendData { room, .. }
+            | AdminOp::UpdateSubscriptions { room, .. }
+            | AdminOp::SetRecording { room, .. } => Some(room),
+            AdminOp::ListRooms { .. } | AdminOp::AskToLeave | AdminOp::Drain => None,
+        }
+    }
+}
+
 /// What an administrative operation answers.
 #[derive(Debug, Clone)]
 #[non_exhaustive]

@@ -116,6 +116,43 @@ pub struct ServerConfig {
     pub seed: [u8; 32],
     /// Data packets each participant may send.
     pub data_rate: DataRate,
+    /// Which of the node's signaling cores this is: its session and peer ids are the ones
+    /// [`Partition::of_session`] and [`Partition::of_peer`] map to it.
+    pub partition: Partition,
+}
+
+/// One of `count` signaling cores that share a node's rooms (each room lives in one core),
+/// numbered from 0. The ids a core hands out name it, so the shell can route a session's
+/// requests and a peer's engine events without a lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partition {
+    /// This core.
+    pub index: u16,
+    /// How many there are (at least 1).
+    pub count: u16,
+}
+
+impl Default for Partition {
+    fn default() -> Self {
+        Partition { index: 0, count: 1 }
+    }
+}
+
+impl Partition {
+    /// The core, of `count`, that created `session`.
+    pub fn of_session(count: usize, session: SessionId) -> usize {
+        (session.0 % count.max(1) as u64) as usize
+    }
+
+    /// The core, of `count`, that created `peer`.
+    pub fn of_peer(count: usize, peer: PeerId) -> usize {
+        (peer.index() % count.max(1) as u64) as usize
+    }
+
+    /// The `local`-th id of this core (counted from 1).
+    fn id(self, local: u64) -> u64 {
+        local * u64::from(self.count.max(1)) + u64::from(self.index)
+    }
 }
 
 impl Default for ServerConfig {
@@ -129,6 +166,7 @@ impl Default for ServerConfig {
             engine_shards: 1,
             seed: [0; 32],
             data_rate: DataRate::default(),
+            partition: Partition::default(),
         }
     }
 }
@@ -421,12 +459,20 @@ impl Server {
         format!("{prefix}{tail}")
     }
 
-    /// A fresh engine peer id, on the next shard in turn.
+    /// A fresh engine peer id, on the next engine shard in turn, in this core's partition.
     fn new_peer(&mut self) -> PeerId {
         let shards = u64::from(self.config.engine_shards.max(1));
-        let index = self.next_peer;
+        let local = self.next_peer;
         self.next_peer += 1;
-        PeerId::new(ShardId((index % shards) as u16), index)
+        let index = self.config.partition.id(local);
+        PeerId::new(ShardId((local % shards) as u16), index)
+    }
+
+    /// A fresh session id, in this core's partition.
+    fn new_session(&mut self) -> SessionId {
+        let local = self.next_session;
+        self.next_session += 1;
+        SessionId(self.config.partition.id(local))
     }
 
     /// Queue a message for a session's client (dropped while the session is held: it has no

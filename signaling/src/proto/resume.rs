@@ -94,8 +94,7 @@ impl Server {
                 .get(old)
                 .is_some_and(|s| s.room == claims.video.room)
         });
-        let session = SessionId(self.next_session);
-        self.next_session += 1;
+        let session = self.new_session();
         let Some(old) = old else {
             tracing::info!(room = %claims.video.room, participant = %sid, "resume of an unknown participant; told to rejoin");
             let leave = lk::LeaveRequest {

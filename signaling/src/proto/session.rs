@@ -182,8 +182,7 @@ impl Server {
             server_info: Some(server_info()),
             ..Default::default()
         };
-        let session_id = SessionId(self.next_session);
-        self.next_session += 1;
+        let session_id = self.new_session();
         self.send(session_id, signal_response::Message::Join(join));
         // The subscriber connection is primary: the engine offers it with the data channels.
         // Its id is filed now, so its offer finds the session whatever else happens meanwhile.

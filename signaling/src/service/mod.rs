@@ -1,16 +1,21 @@
-//! The tokio shell around the signaling core ([`crate::proto::Server`]): one task that owns
-//! the core, moves bytes and timers, and nothing else.
+//! The tokio shell around the signaling cores ([`crate::proto::Server`]): one task per core,
+//! each owning the rooms that hash to it ([`ServiceConfig::cores`], one per CPU by default),
+//! moving bytes and timers and nothing else.
 //!
-//! Clients' WebSocket tasks ([`crate::ws`]) send it decoded requests; it feeds them to the core
-//! with the time of day, and carries the core's outputs out: protocol messages into each
+//! Clients' WebSocket tasks ([`crate::ws`]) send a core decoded requests; it feeds them to the
+//! core with the time of day, and carries the core's outputs out: protocol messages into each
 //! session's bounded outbox, engine commands to the engine's shards, events to the webhook
-//! notifier and the in-process observer. No input waits for the engine or for a client, so no
-//! room's work queues behind another room's round trips.
+//! notifier and the in-process observer. No input waits for the engine or for a client, and
+//! rooms on different cores run in parallel, so no room's work queues behind another room's.
+//! A session's requests go to the core that made its id, a peer's engine events to the core
+//! that made the peer's id ([`Partition`]); one router task splits the engine's events.
 //!
 //! Every queue is bounded and what does not fit is counted ([`SignalingStats`]):
 //!
-//! - requests from clients ([`REQUESTS`]): a client whose request does not fit is closed with
-//!   a reason ([`Signaling::request`] fails and the WebSocket task closes it);
+//! - requests from clients ([`REQUESTS`] per core): a client whose request does not fit is
+//!   closed with a reason ([`Signaling::request`] fails and the WebSocket task closes it);
+//! - engine events, per core ([`EVENTS`]): the router waits for room (the engine's own queue
+//!   is bounded), so only a core that falls behind slows the events of others;
 //! - each session's outbox ([`OUTBOX`]): a client that falls this far behind is disconnected;
 //! - engine commands (the shards' inboxes): the sessions concerned are told to rejoin;
 //! - the observer: its events are dropped and counted; webhooks count their own drops;
@@ -40,15 +45,18 @@ pub use crate::proto::{
     ADVERTISED_LIVEKIT_VERSION, MintTurnCredentials, ParticipantUpdate, Refused, SendData,
     ServiceError, SessionId, TapChange, TurnCredentials, TurnServers,
 };
-use crate::proto::{AdminOp, AdminReply, Output, Server, ServerConfig};
+use crate::proto::{AdminOp, AdminReply, Output, Partition, Server, ServerConfig};
 use crate::room::RoomLimits;
 
 /// Capacity of a session's outbox. A client that falls this far behind is disconnected rather
 /// than buffered without bound.
 pub const OUTBOX: usize = 512;
 
-/// Capacity of the queue from all clients and callers to the signaling task.
+/// Capacity of the queue from all clients and callers to one signaling core.
 pub const REQUESTS: usize = 8_192;
+
+/// Capacity of the queue of engine events to one signaling core.
+pub const EVENTS: usize = 8_192;
 
 /// Settings of the session service.
 #[derive(Debug, Clone)]
@@ -71,6 +79,8 @@ pub struct ServiceConfig {
     /// ([`Signaling::set_recording`]): the recorder, which receives the engine's tapped
     /// packets. Bounded: changes that do not fit are dropped and counted.
     pub recorder: Option<mpsc::Sender<TapChange>>,
+    /// Signaling cores, each a task owning the rooms that hash to it; 0 for one per CPU.
+    pub cores: usize,
 }
 
 impl Default for ServiceConfig {
@@ -83,6 +93,7 @@ impl Default for ServiceConfig {
             turn: None,
             observer: None,
             recorder: None,
+            cores: 0,
         }
     }
 }
@@ -176,14 +187,24 @@ struct Counters {
 /// Handle to the session service. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Signaling {
-    tx: mpsc::Sender<Msg>,
+    /// Each core's queue, by core index.
+    cores: Arc<[mpsc::Sender<Msg>]>,
     counters: Arc<Counters>,
+    join_latency: Arc<Histogram>,
 }
 
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The core, of `count`, that owns room `name`: FNV-1a of the name, so the same on every run.
+fn room_core(name: &str, count: usize) -> usize {
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % count.max(1) as u64) as usize
 }
 
 impl Signaling {
@@ -193,7 +214,11 @@ impl Signaling {
         sfu: SfuHandle,
         events: mpsc::Receiver<Event>,
     ) -> Signaling {
-        let (tx, rx) = mpsc::channel(REQUESTS);
+        let count = match config.cores {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+        .clamp(1, 256);
         let mut seed = [0u8; 32];
         // Sids only need to be unique and unguessable enough not to collide; a failure of the
         // OS generator leaves a time-derived seed.
@@ -201,29 +226,70 @@ impl Signaling {
             let t = now_ms().to_le_bytes();
             seed[..8].copy_from_slice(&t);
         }
-        let core = ServerConfig {
-            room_defaults: config.room_defaults,
-            ping_interval: config.ping_interval,
-            ping_timeout: config.ping_timeout,
-            turn: config.turn.clone(),
-            events: config.webhooks.is_some() || config.observer.is_some(),
-            engine_shards: u16::try_from(sfu.shard_count()).unwrap_or(u16::MAX),
-            seed,
-            data_rate: crate::proto::DataRate::default(),
-        };
         let counters = Arc::new(Counters::default());
-        let shell = Shell {
-            core: Server::new(core, Instant::now(), now_ms()),
-            sfu,
-            outboxes: HashMap::new(),
-            webhooks: config.webhooks,
-            observer: config.observer,
-            recorder: config.recorder,
-            join_latency: Histogram::default(),
-            counters: counters.clone(),
-        };
-        tokio::spawn(shell.run(rx, events));
-        Signaling { tx, counters }
+        let join_latency = Arc::new(Histogram::default());
+        let mut cores = Vec::with_capacity(count);
+        let mut routes = Vec::with_capacity(count);
+        for index in 0..count {
+            let (tx, rx) = mpsc::channel(REQUESTS);
+            let (events_tx, events_rx) = mpsc::channel(EVENTS);
+            // Each core its own sid stream.
+            let mut core_seed = seed;
+            core_seed[31] ^= index as u8;
+            let core = ServerConfig {
+                room_defaults: config.room_defaults,
+                ping_interval: config.ping_interval,
+                ping_timeout: config.ping_timeout,
+                turn: config.turn.clone(),
+                events: config.webhooks.is_some() || config.observer.is_some(),
+                engine_shards: u16::try_from(sfu.shard_count()).unwrap_or(u16::MAX),
+                seed: core_seed,
+                data_rate: crate::proto::DataRate::default(),
+                partition: Partition {
+                    index: index as u16,
+                    count: count as u16,
+                },
+            };
+            let shell = Shell {
+                core: Server::new(core, Instant::now(), now_ms()),
+                sfu: sfu.clone(),
+                outboxes: HashMap::new(),
+                webhooks: config.webhooks.clone(),
+                observer: config.observer.clone(),
+                recorder: config.recorder.clone(),
+                join_latency: join_latency.clone(),
+                counters: counters.clone(),
+            };
+            tokio::spawn(shell.run(rx, events_rx));
+            cores.push(tx);
+            routes.push(events_tx);
+        }
+        tokio::spawn(route_events(events, routes));
+        Signaling {
+            cores: cores.into(),
+            counters,
+            join_latency,
+        }
+    }
+
+    /// How many signaling cores there are.
+    pub fn cores(&self) -> usize {
+        self.cores.len()
+    }
+
+    /// The core that owns room `name` (0 to [`Signaling::cores`] - 1).
+    pub fn core_of(&self, name: &str) -> usize {
+        room_core(name, self.cores.len())
+    }
+
+    /// The queue of the core that owns room `name`.
+    fn room(&self, name: &str) -> &mpsc::Sender<Msg> {
+        &self.cores[room_core(name, self.cores.len())]
+    }
+
+    /// The queue of the core that made `session`.
+    fn session(&self, session: SessionId) -> &mpsc::Sender<Msg> {
+        &self.cores[Partition::of_session(self.cores.len(), session)]
     }
 
     /// Check, before the WebSocket upgrade, that `identity` may join `room` now.
@@ -234,7 +300,7 @@ impl Signaling {
             identity: identity.to_owned(),
             reply,
         };
-        self.tx.send(msg).await.map_err(|_| stopped())?;
+        self.room(room).send(msg).await.map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
 
@@ -246,13 +312,14 @@ impl Signaling {
         out: mpsc::Sender<Outbound>,
     ) -> Result<SessionId, Refused> {
         let (reply, rx) = oneshot::channel();
+        let core = self.room(&claims.video.room).clone();
         let msg = Msg::Connect {
             claims: Box::new(claims),
             params: Box::new(params),
             out,
             reply,
         };
-        self.tx.send(msg).await.map_err(|_| stopped())?;
+        core.send(msg).await.map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
 
@@ -263,7 +330,10 @@ impl Signaling {
         session: SessionId,
         message: signal_request::Message,
     ) -> Result<(), Overloaded> {
-        match self.tx.try_send(Msg::Request(session, Box::new(message))) {
+        match self
+            .session(session)
+            .try_send(Msg::Request(session, Box::new(message)))
+        {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -279,31 +349,102 @@ impl Signaling {
     /// full, it is delivered as soon as there is room.
     pub fn closed(&self, session: SessionId, reason: &str) {
         let msg = Msg::Closed(session, reason.to_owned());
-        if let Err(mpsc::error::TrySendError::Full(msg)) = self.tx.try_send(msg) {
-            let tx = self.tx.clone();
+        let core = self.session(session);
+        if let Err(mpsc::error::TrySendError::Full(msg)) = core.try_send(msg) {
+            let tx = core.clone();
             tokio::spawn(async move {
                 let _ = tx.send(msg).await;
             });
         }
     }
 
-    /// Counts of rooms, sessions, participants by role and tracks, and queue drops.
+    /// Counts of rooms, sessions, participants by role and tracks, and queue drops, over every
+    /// core.
     pub async fn stats(&self) -> Result<SignalingStats, ServiceError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Stats { reply })
-            .await
-            .map_err(|_| ServiceError::Stopped)?;
-        rx.await.map_err(|_| ServiceError::Stopped)
+        let mut total = SignalingStats::default();
+        for core in self.cores.iter() {
+            let (reply, rx) = oneshot::channel();
+            core.send(Msg::Stats { reply })
+                .await
+                .map_err(|_| ServiceError::Stopped)?;
+            let one = rx.await.map_err(|_| ServiceError::Stopped)?;
+            total.rooms += one.rooms;
+            total.sessions += one.sessions;
+            total.held += one.held;
+            total.publishers += one.publishers;
+            total.listeners += one.listeners;
+            total.tracks += one.tracks;
+            total.clients_overflowed += one.clients_overflowed;
+            total.engine_undelivered += one.engine_undelivered;
+            total.data_dropped += one.data_dropped;
+        }
+        let counters = &self.counters;
+        total.joins = self.join_latency.snapshot();
+        total.requests_dropped = counters.requests_dropped.load(Ordering::Relaxed);
+        total.observer_dropped = counters.observer_dropped.load(Ordering::Relaxed);
+        total.recorder_dropped = counters.recorder_dropped.load(Ordering::Relaxed);
+        Ok(total)
     }
 
+    /// Runs `op` on the core that owns its room, or, for an operation on every room, on every
+    /// core, adding up what they answer.
     async fn admin(&self, op: AdminOp) -> Result<AdminReply, ServiceError> {
+        if let Some(room) = op.room() {
+            let index = room_core(room, self.cores.len());
+            return self.admin_on(index, op).await;
+        }
+        let (mut rooms, mut count) = (Vec::new(), 0);
+        for index in 0..self.cores.len() {
+            match self.admin_on(index, op.clone()).await? {
+                AdminReply::Rooms(r) => rooms.extend(r),
+                AdminReply::Count(n) => count += n,
+                _ => {}
+            }
+        }
+        Ok(match op {
+            AdminOp::ListRooms { .. } => AdminReply::Rooms(rooms),
+            _ => AdminReply::Count(count),
+        })
+    }
+
+    async fn admin_on(&self, core: usize, op: AdminOp) -> Result<AdminReply, ServiceError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
+        self.cores[core]
             .send(Msg::Admin { op, reply })
             .await
             .map_err(|_| ServiceError::Stopped)?;
         rx.await.map_err(|_| ServiceError::Stopped)?
+    }
+}
+
+/// Hands each engine event to the core that owns its peer; active-speaker changes, which name
+/// tracks of many peers, are split among the cores (each gets its peers' changes, as deltas).
+/// Ends when the engine or every core has stopped.
+async fn route_events(mut events: mpsc::Receiver<Event>, cores: Vec<mpsc::Sender<Event>>) {
+    let count = cores.len();
+    while let Some(event) = events.recv().await {
+        let delivered = match event {
+            Event::SpeakersChanged(levels) if count > 1 => {
+                let mut split: Vec<Vec<_>> = (0..count).map(|_| Vec::new()).collect();
+                for level in levels {
+                    split[Partition::of_peer(count, level.key.peer)].push(level);
+                }
+                let mut any = false;
+                for (core, levels) in cores.iter().zip(split) {
+                    if !levels.is_empty() {
+                        any |= core.send(Event::SpeakersChanged(levels)).await.is_ok();
+                    }
+                }
+                any || cores.iter().any(|c| !c.is_closed())
+            }
+            event => {
+                let index = event.peer().map_or(0, |p| Partition::of_peer(count, p));
+                cores[index].send(event).await.is_ok()
+            }
+        };
+        if !delivered && cores.iter().all(mpsc::Sender::is_closed) {
+            return;
+        }
     }
 }
 
@@ -322,7 +463,7 @@ struct Shell {
     webhooks: Option<crate::webhook::Notifier>,
     observer: Option<mpsc::Sender<lk::WebhookEvent>>,
     recorder: Option<mpsc::Sender<TapChange>>,
-    join_latency: Histogram,
+    join_latency: Arc<Histogram>,
     counters: Arc<Counters>,
 }
 
@@ -381,6 +522,7 @@ impl Shell {
                 let _ = reply.send(self.core.handle_admin(now, op));
             }
             Msg::Stats { reply } => {
+                // This core's part; the shared counters are read by the handle.
                 let core = self.core.stats();
                 let stats = SignalingStats {
                     rooms: core.rooms,
@@ -389,13 +531,10 @@ impl Shell {
                     publishers: core.publishers,
                     listeners: core.listeners,
                     tracks: core.tracks,
-                    joins: self.join_latency.snapshot(),
-                    requests_dropped: self.counters.requests_dropped.load(Ordering::Relaxed),
                     clients_overflowed: core.clients_overflowed,
                     engine_undelivered: core.engine_undelivered,
-                    observer_dropped: self.counters.observer_dropped.load(Ordering::Relaxed),
                     data_dropped: core.data_dropped,
-                    recorder_dropped: self.counters.recorder_dropped.load(Ordering::Relaxed),
+                    ..SignalingStats::default()
                 };
                 let _ = reply.send(stats);
             }
