@@ -128,7 +128,9 @@ pub fn fetch(
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect_timeout(&addr, super::TIMEOUT)
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    stream.set_read_timeout(Some(super::TIMEOUT)).unwrap();
+    stream
+        .set_read_timeout(Some(super::TIMEOUT))
+        .expect("read timeout");
     let extra: String = headers
         .iter()
         .map(|(n, v)| format!("{n}: {v}\r\n"))
@@ -137,9 +139,9 @@ pub fn fetch(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n{extra}Connection: close\r\n\r\n"
     )
-    .unwrap();
+    .expect("send the request");
     let mut response = Vec::new();
-    stream.read_to_end(&mut response).unwrap();
+    stream.read_to_end(&mut response).expect("read the answer");
     let split = response
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

@@ -16,9 +16,13 @@ use stoa_egress::OpusStream;
 /// A user token for the control API, signed with `key` and `secret`.
 pub fn user_token((key, secret): (&str, &str), id: &str) -> String {
     Keys::new(vec![(key.into(), secret.into())])
-        .unwrap()
-        .user_token(&UserId::parse(id).unwrap(), id, Duration::from_secs(3600))
-        .unwrap()
+        .expect("keys")
+        .user_token(
+            &UserId::parse(id).expect("user id"),
+            id,
+            Duration::from_secs(3600),
+        )
+        .expect("user token")
 }
 
 /// Speakers publishing tones (stoa-bench's str0m peers), joined through the control plane.
@@ -37,13 +41,13 @@ impl Speakers {
             .worker_threads(2)
             .enable_all()
             .build()
-            .unwrap();
+            .expect("runtime");
         let clock = stoa_bench::clock::Clock::start();
         let shared = Shared {
             clock,
-            tone: Arc::new(stoa_bench::audio::ToneLoop::encode_tone(440).unwrap()),
+            tone: Arc::new(stoa_bench::audio::ToneLoop::encode_tone(440).expect("tone")),
             counters: Arc::default(),
-            dtls_cert: Arc::new(client::dtls_cert().unwrap()),
+            dtls_cert: Arc::new(client::dtls_cert().expect("certificate")),
             sink: None,
         };
         Speakers {
@@ -75,7 +79,7 @@ impl Speakers {
             deadline: Instant::now() + Duration::from_secs(60),
         };
         let shared = Shared {
-            tone: Arc::new(stoa_bench::audio::ToneLoop::encode_tone(hz).unwrap()),
+            tone: Arc::new(stoa_bench::audio::ToneLoop::encode_tone(hz).expect("tone")),
             ..self.shared.clone()
         };
         let client = ClientHandle::spawn(spec, shared);
