@@ -142,6 +142,7 @@ impl Recordings {
             sinks: HashMap::new(),
             failures: failures_tx,
             reports: reports_tx,
+            speaking: HashMap::new(),
         };
         std::thread::Builder::new()
             .name("recorder".into())
@@ -234,6 +235,9 @@ struct Shell {
     failures: mpsc::Sender<String>,
     /// Where recordings' starts and ends are reported.
     reports: mpsc::Sender<Report>,
+    /// Who speaks now, by room (recorded or not), so that a recording starting while someone
+    /// speaks has them speaking from its first moment.
+    speaking: HashMap<String, std::collections::BTreeSet<String>>,
 }
 
 impl Shell {
@@ -334,6 +338,19 @@ impl Shell {
                             };
                             self.recorder.handle_input(now, &room, input);
                         }
+                        // Whoever speaks already.
+                        let speaking: Vec<String> = self
+                            .speaking
+                            .get(&room)
+                            .map(|s| s.iter().cloned().collect())
+                            .unwrap_or_default();
+                        for participant in speaking {
+                            let input = Input::Speaking {
+                                participant: &participant,
+                                speaking: true,
+                            };
+                            self.recorder.handle_input(now, &room, input);
+                        }
                     }
                     Err(e) => {
                         self.sinks.remove(&id);
@@ -356,6 +373,15 @@ impl Shell {
                     speaking,
                 };
                 self.recorder.handle_input(now, &room, input);
+                let now_speaking = self.speaking.entry(room.clone()).or_default();
+                if speaking {
+                    now_speaking.insert(participant);
+                } else {
+                    now_speaking.remove(&participant);
+                    if now_speaking.is_empty() {
+                        self.speaking.remove(&room);
+                    }
+                }
             }
             Command::Stop { room } => {
                 let Some(id) = self.rooms.remove(&room) else {
