@@ -303,10 +303,8 @@ async fn serve_file(
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<Response, ControlError> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-
     let missing = || ControlError::not_found("audio file", "on this server");
-    let mut file = tokio::fs::File::open(path).await.map_err(|_| missing())?;
+    let file = tokio::fs::File::open(path).await.map_err(|_| missing())?;
     let len = file.metadata().await.map_err(|_| missing())?.len();
     let range = headers
         .get(header::RANGE)
@@ -344,27 +342,38 @@ async fn serve_file(
     let body = if *method == Method::HEAD || count == 0 {
         axum::body::Body::empty()
     } else {
-        file.seek(std::io::SeekFrom::Start(start))
+        metrics::counter!(crate::telemetry::AUDIO_BYTES).increment(count);
+        stream_file(file, start, count)
             .await
-            .map_err(|_| missing())?;
-        let reader = file.take(count);
-        let stream = futures_util::stream::unfold(reader, |mut reader| async move {
-            let mut buf = vec![0u8; CHUNK];
-            match reader.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some((
-                        Ok::<_, std::io::Error>(axum::body::Bytes::from(buf)),
-                        reader,
-                    ))
-                }
-                Err(e) => Some((Err(e), reader)),
-            }
-        });
-        axum::body::Body::from_stream(stream)
+            .map_err(|_| missing())?
     };
     builder
         .body(body)
         .map_err(|e| ControlError::unavailable(format!("audio response: {e}")))
+}
+
+/// `count` bytes of `file` from `start`, read as the response is sent.
+async fn stream_file(
+    mut file: tokio::fs::File,
+    start: u64,
+    count: u64,
+) -> std::io::Result<axum::body::Body> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    file.seek(std::io::SeekFrom::Start(start)).await?;
+    let reader = file.take(count);
+    let stream = futures_util::stream::unfold(reader, |mut reader| async move {
+        let mut buf = vec![0u8; CHUNK];
+        match reader.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((
+                    Ok::<_, std::io::Error>(axum::body::Bytes::from(buf)),
+                    reader,
+                ))
+            }
+            Err(e) => Some((Err(e), reader)),
+        }
+    });
+    Ok(axum::body::Body::from_stream(stream))
 }

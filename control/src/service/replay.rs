@@ -275,6 +275,8 @@ impl Control {
                 .collect(),
         };
         self.inner.store.put_clip(&clip).await?;
+        metrics::counter!(crate::telemetry::CLIPS).increment(1);
+        tracing::info!(room = %id, clip = %clip.id, start_ms = clip.start_ms, end_ms = clip.end_ms, "clip cut");
         Ok(clip)
     }
 
