@@ -459,6 +459,20 @@ fn an_ended_rooms_replay_plays_in_ranges_and_clips_keep_their_bounds() {
         "not_found",
     );
 
+    // The OpenAPI document describes the calls.
+    let spec = ok(addr, "GET", "/api/openapi.json", &host, None);
+    for (path, method) in [
+        ("/api/rooms/{id}/recordings", "get"),
+        ("/api/rooms/{id}/recordings/{recording}/audio", "get"),
+        ("/api/rooms/{id}/clips", "post"),
+        ("/api/rooms/{id}/clips", "get"),
+        ("/api/clips/{clip}", "get"),
+        ("/api/clips/{clip}/audio", "get"),
+    ] {
+        assert!(spec["paths"][path][method].is_object(), "{method} {path}");
+    }
+    assert!(spec["components"]["schemas"]["ClipView"].is_object());
+
     // Restarted, the server still knows the recording and the clips (the store keeps them).
     stoa.stop();
     let stoa = Stoa::start(&config, &[]);

@@ -65,10 +65,10 @@ export function listen(page, selector, ms = 6_000) {
 
 /**
  * On `page` (the ended room's page, after the room was recorded), the replay plays and seeks,
- * shows who spoke, and its Clip opens a clip page that plays. `ctx`: `{ log, shot, summary,
- * hostName }`.
+ * shows who spoke, and its Clip opens a clip page that plays. `ctx`: `{ log, shot, audit,
+ * summary, hostName }`.
  */
-export async function replayAndClip(page, { log, shot, summary, hostName }) {
+export async function replayAndClip(page, { log, shot, audit, summary, hostName }) {
   const replay = page.getByRole('region', { name: 'Replay' });
   await replay.waitFor();
   await replay.getByRole('list', { name: 'Who spoke when' }).getByText(hostName).first().waitFor();
@@ -92,5 +92,6 @@ export async function replayAndClip(page, { log, shot, summary, hostName }) {
   const expected = heard.seekedTo >= 1 ? Math.min(heard.seekedTo, 30) : Math.min(heard.duration, 30);
   if (Math.abs(clip.duration - expected) > 0.1) throw new Error(`the clip lasts ${clip.duration} s, not ${expected} s`);
   await shot(page, '31c-clip');
+  await audit(page, 'clip');
   summary.replay = { replay: heard, clip };
 }

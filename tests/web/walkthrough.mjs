@@ -1375,7 +1375,7 @@ async function scenario(host, listener, blocked, launchGuest, hooks) {
     await H.getByText('Peak listeners').waitFor();
     await shot(H, '31-ended-host');
     await shot(L, '32-ended-listener');
-    await replayAndClip(H, { log, shot, summary, hostName: 'Hana Host' });
+    await replayAndClip(H, { log, shot, audit, summary, hostName: 'Hana Host' });
     // An old link opened in a new tab, by someone who saw nobody there: names, never ids.
     const later = await listener.context.newPage();
     later.setDefaultTimeout(WAIT);
