@@ -107,7 +107,9 @@ fn invite(addr: SocketAddr, room: &str, host: &str, who: &str) {
 }
 
 /// A private recorded room: the live clip, the ended room's replay with ranges and a
-/// timeline, clips from it with measured boundaries, and who may see and cut what.
+/// timeline, clips from it with measured boundaries, and who may see and cut what; then a
+/// public one, whose ended replay anyone (and a server) may clip; and a restart that forgets
+/// nothing.
 #[test]
 fn an_ended_rooms_replay_plays_in_ranges_and_clips_keep_their_bounds() {
     let dir = scratch_dir("replay");
@@ -457,6 +459,69 @@ fn an_ended_rooms_replay_plays_in_ranges_and_clips_keep_their_bounds() {
         &host,
         404,
         "not_found",
+    );
+
+    // A public room: while it is live, only its members cut clips; once it ended, its replay is
+    // anyone's to listen to and clip, and a server's too.
+    let open = support::api::create_room(
+        addr,
+        &token("kim"),
+        json!({"title": "Open replay", "kind": "open", "recording": true}),
+    );
+    let voices = Speakers::new(addr, &open, (KEY, SECRET));
+    let kim = voices.join("kim", HANA_HZ);
+    voices.wait_sent(100);
+    let open_clips = format!("/api/rooms/{open}/clips");
+    refused(
+        addr,
+        "POST",
+        &open_clips,
+        &token("zed"),
+        403,
+        "not_a_member",
+    );
+    ok(
+        addr,
+        "POST",
+        &format!("/api/rooms/{open}/end"),
+        &token("kim"),
+        None,
+    );
+    kim.command(Command::Leave);
+    recordings_until(addr, &open, "zed", |l| {
+        l["recordings"][0]["state"] == "complete"
+    });
+    let (status, by_anyone) = call(
+        addr,
+        "POST",
+        &open_clips,
+        &token("zed"),
+        Some(json!({"last_seconds": 1})),
+    );
+    assert_eq!(status, 201, "{by_anyone}");
+    assert_eq!(by_anyone["created_by"], "zed");
+    let server = stoa_control::auth::Keys::new(vec![(KEY.into(), SECRET.into())])
+        .unwrap()
+        .server_token(Duration::from_secs(600))
+        .unwrap();
+    let (status, by_server) = call(addr, "POST", &open_clips, &server, None);
+    assert_eq!(status, 201, "{by_server}");
+    assert_eq!(by_server["created_by"], Value::Null);
+    // The clip of a room that is not recorded stays refused once it ended too.
+    ok(
+        addr,
+        "POST",
+        &format!("/api/rooms/{plain}/end"),
+        &token("kim"),
+        None,
+    );
+    refused(
+        addr,
+        "POST",
+        &format!("/api/rooms/{plain}/clips"),
+        &token("kim"),
+        409,
+        "not_recorded",
     );
 
     // The OpenAPI document describes the calls.
