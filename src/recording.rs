@@ -337,19 +337,7 @@ impl Shell {
                                 track: &track,
                             };
                             self.recorder.handle_input(now, &room, input);
-                        }
-                        // Whoever speaks already.
-                        let speaking: Vec<String> = self
-                            .speaking
-                            .get(&room)
-                            .map(|s| s.iter().cloned().collect())
-                            .unwrap_or_default();
-                        for participant in speaking {
-                            let input = Input::Speaking {
-                                participant: &participant,
-                                speaking: true,
-                            };
-                            self.recorder.handle_input(now, &room, input);
+                            self.speaking_already(now, &room, &participant);
                         }
                     }
                     Err(e) => {
@@ -384,6 +372,9 @@ impl Shell {
                 }
             }
             Command::Stop { room } => {
+                // The room ended or stopped recording: who speaks there is asked again at the
+                // next start (and a room that closed leaves nothing behind here).
+                self.speaking.remove(&room);
                 let Some(id) = self.rooms.remove(&room) else {
                     return;
                 };
@@ -394,12 +385,29 @@ impl Shell {
         }
     }
 
+    /// A recorded track of `participant` who is speaking already (they started before the
+    /// recording did): the recording has them speaking from now.
+    fn speaking_already(&mut self, now: Instant, room: &str, participant: &str) {
+        if self
+            .speaking
+            .get(room)
+            .is_some_and(|s| s.contains(participant))
+        {
+            let input = Input::Speaking {
+                participant,
+                speaking: true,
+            };
+            self.recorder.handle_input(now, room, input);
+        }
+    }
+
     fn tap_change(&mut self, change: TapChange) {
         let now = Instant::now();
         let (participant, track) = (&change.participant, &change.track_sid);
         if change.tapped {
             let input = Input::TrackPublished { participant, track };
             self.recorder.handle_input(now, &change.room, input);
+            self.speaking_already(now, &change.room, participant);
             self.names.insert(
                 change.track,
                 Named {
