@@ -78,6 +78,12 @@ impl Archive for Files {
         })
     }
 
+    fn duration(&self, file: &str) -> Option<u64> {
+        let bytes = std::fs::read(self.inside(file).ok()?).ok()?;
+        let stream = stoa_egress::OpusStream::parse(&bytes).ok()?;
+        Some(stream.playback_samples() * 1000 / 48_000)
+    }
+
     fn spans(&self, speaking_file: &str, end_ms: u64) -> Vec<SpeakingSpan> {
         let Ok(path) = self.inside(speaking_file) else {
             return vec![];

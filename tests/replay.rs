@@ -556,6 +556,56 @@ fn an_ended_rooms_replay_plays_in_ranges_and_clips_keep_their_bounds() {
         (206, &on_disk[..100])
     );
     ok(addr, "GET", &format!("/api/clips/{cid}"), &host, None);
+
+    // A recording cut short by a crash (SIGKILL: no end reported) is listed as failed once its
+    // node is gone, with the length its file holds, and plays up to the crash.
+    let crashed = support::api::create_room(
+        addr,
+        &token("kim"),
+        json!({"title": "Cut short", "kind": "open", "recording": true}),
+    );
+    let voices = Speakers::new(addr, &crashed, (KEY, SECRET));
+    let kim = voices.join("kim", HANA_HZ);
+    voices.wait_sent(150);
+    let running = recordings_until(addr, &crashed, "kim", |l| {
+        l["recordings"][0]["size"].as_u64() > Some(5_000)
+    });
+    let cut_short = running["recordings"][0]["id"].as_str().unwrap().to_owned();
+    drop(stoa);
+    kim.command(Command::Leave);
+    let stoa = Stoa::start(&config, &[]);
+    let addr = stoa.addr;
+    let list = recordings_until(addr, &crashed, "kim", |l| {
+        l["recordings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == cut_short.as_str() && r["state"] == "failed")
+    });
+    let r = list["recordings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == cut_short.as_str())
+        .unwrap();
+    let file = recordings.join(&crashed).join(&cut_short).join("room.ogg");
+    let played = seconds(&pcm(&std::fs::read(&file).unwrap())) * 1000.0;
+    let listed = r["duration_ms"].as_f64().unwrap();
+    assert!(
+        played > 1_000.0 && (listed - played).abs() < 50.0,
+        "{r}: {played} ms in the file"
+    );
+    let part = fetch(
+        addr,
+        "GET",
+        r["audio_url"].as_str().unwrap(),
+        &token("kim"),
+        &[("Range", "bytes=0-3")],
+    );
+    assert_eq!(
+        (part.status, part.body.as_slice()),
+        (206, b"OggS".as_slice())
+    );
     stoa.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -275,6 +275,10 @@ pub trait Archive: Send + Sync + fmt::Debug {
     /// written) into a new Ogg/Opus file `clip`, both relative to the recording directory.
     fn cut(&self, recording: &str, range: ClipRange, clip: &str) -> Result<Cut, CutError>;
 
+    /// The playback length (ms) of an Ogg/Opus file, finished or cut short; `None` when it
+    /// cannot be read.
+    fn duration(&self, file: &str) -> Option<u64>;
+
     /// Who spoke when, from a recording's speaking file, ordered by start; spans still open
     /// close at `end_ms`. A missing or damaged file gives what it can (possibly nothing).
     fn spans(&self, speaking_file: &str, end_ms: u64) -> Vec<SpeakingSpan>;

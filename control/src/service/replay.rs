@@ -64,8 +64,8 @@ impl Control {
     /// The recorder's word on a recording: started (`ended_at` none) or ended. Kept with its
     /// room; a start that never arrived is made up from the end.
     pub async fn record_report(&self, mut recording: Recording) {
-        if recording.ended_at.is_some()
-            && let Ok(known) = self.inner.store.recordings(&recording.room).await
+        // The start is the first one reported (a recording resumed after a restart keeps it).
+        if let Ok(known) = self.inner.store.recordings(&recording.room).await
             && let Some(k) = known.into_iter().find(|r| r.id == recording.id)
         {
             recording.started_at = k.started_at;
@@ -98,7 +98,17 @@ impl Control {
         viewer: Option<&UserId>,
     ) -> Result<Vec<Replay>, ControlError> {
         let doc = self.visible(id, viewer, vec![]).await?;
-        let recordings = self.inner.store.recordings(id).await?;
+        let mut recordings = self.inner.store.recordings(id).await?;
+        // A recording whose node stopped (a crash) without reporting its end was interrupted:
+        // its file plays up to the crash. Said once, and kept.
+        for r in &mut recordings {
+            if r.state == RecordingState::Recording
+                && r.instance != self.inner.instance
+                && !self.inner.store.alive(&r.instance).await?
+            {
+                self.interrupted(r).await;
+            }
+        }
         let archive = self.inner.archive.get().cloned();
         let now = now_ms();
         let replays = tokio::task::spawn_blocking(move || {
@@ -150,6 +160,30 @@ impl Control {
                     .collect(),
             })
             .collect())
+    }
+
+    /// Marks `r` as interrupted (failed, playable up to its last page), with its length and
+    /// size as its file says.
+    async fn interrupted(&self, r: &mut Recording) {
+        let archive = self.inner.archive.get().cloned();
+        let file = r.file.clone();
+        let measured = tokio::task::spawn_blocking(move || {
+            let a = archive?;
+            let size = std::fs::metadata(a.path(&file)).ok()?.len();
+            Some((a.duration(&file)?, size))
+        })
+        .await
+        .ok()
+        .flatten();
+        let (duration_ms, size) = measured.unwrap_or((0, 0));
+        r.state = RecordingState::Failed;
+        r.duration_ms = Some(duration_ms);
+        r.size = Some(size);
+        r.ended_at = Some(r.started_at.saturating_add(duration_ms));
+        tracing::info!(room = %r.room, recording = %r.id, duration_ms, "recording interrupted by its node stopping");
+        if let Err(e) = self.inner.store.put_recording(r).await {
+            tracing::warn!(room = %r.room, recording = %r.id, error = %e.message, "cannot mark the recording interrupted");
+        }
     }
 
     /// Where the mix of recording `rid` of room `id` is, for whoever may see the room.
