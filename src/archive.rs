@@ -84,6 +84,43 @@ impl Archive for Files {
         Some(stream.playback_samples() * 1000 / 48_000)
     }
 
+    fn remove(&self, dirs: &[String], files: &[String]) {
+        let mut parents = Vec::new();
+        for (relative, is_dir) in dirs
+            .iter()
+            .map(|d| (d, true))
+            .chain(files.iter().map(|f| (f, false)))
+        {
+            let Ok(path) = self.inside(relative) else {
+                continue;
+            };
+            let removed = if is_dir {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            if let Err(e) = removed
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(file = %path.display(), error = %e, "cannot delete a recording's file");
+            }
+            parents.extend(path.parent().map(Path::to_path_buf));
+        }
+        // `<room>/clips`, then `<room>`, when nothing else is left in them.
+        parents.sort();
+        parents.dedup();
+        for parent in parents {
+            for dir in parent.ancestors() {
+                if dir == self.dir
+                    || !dir.starts_with(&self.dir)
+                    || std::fs::remove_dir(dir).is_err()
+                {
+                    break;
+                }
+            }
+        }
+    }
+
     fn spans(&self, speaking_file: &str, end_ms: u64) -> Vec<SpeakingSpan> {
         let Ok(path) = self.inside(speaking_file) else {
             return vec![];
@@ -160,5 +197,38 @@ mod tests {
             assert!(files.inside(bad).is_err(), "{bad}");
             assert!(files.path(bad).starts_with("/srv/rec"), "{bad}");
         }
+    }
+
+    #[test]
+    fn removing_a_rooms_files_keeps_everything_else() {
+        let dir = std::env::temp_dir().join(format!("stoa-archive-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for file in [
+            "room/EG_a/room.ogg",
+            "room/EG_a/speaking.jsonl",
+            "room/EG_b/room.ogg",
+            "room/clips/c1.ogg",
+            "other/EG_c/room.ogg",
+        ] {
+            let path = dir.join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, b"OggS").unwrap();
+        }
+        let files = Files::new(dir.clone());
+        files.remove(
+            &["room/EG_a".into(), "../other".into(), "room/EG_gone".into()],
+            &["room/clips/c1.ogg".into(), "/etc/hostname".into()],
+        );
+        assert!(!dir.join("room/EG_a").exists());
+        assert!(
+            !dir.join("room/clips").exists(),
+            "an empty clips directory goes"
+        );
+        assert!(dir.join("room/EG_b/room.ogg").exists());
+        assert!(dir.join("other/EG_c/room.ogg").exists());
+        files.remove(&["room/EG_b".into()], &[]);
+        assert!(!dir.join("room").exists(), "an empty room directory goes");
+        assert!(dir.exists() && dir.join("other").exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

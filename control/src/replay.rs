@@ -279,6 +279,11 @@ pub trait Archive: Send + Sync + fmt::Debug {
     /// cannot be read.
     fn duration(&self, file: &str) -> Option<u64>;
 
+    /// Deletes recordings' and clips' files, `dirs` (a recording's directory) with all they
+    /// hold and `files` one by one, then their parents that are left empty; what is missing
+    /// already is no error. For rooms deleted past their retention.
+    fn remove(&self, dirs: &[String], files: &[String]);
+
     /// Who spoke when, from a recording's speaking file, ordered by start; spans still open
     /// close at `end_ms`. A missing or damaged file gives what it can (possibly nothing).
     fn spans(&self, speaking_file: &str, end_ms: u64) -> Vec<SpeakingSpan>;

@@ -1332,6 +1332,7 @@ impl Control {
         let mut pruned = 0;
         for doc in ended {
             if doc.room.ended_at.is_some_and(|t| t < cutoff) {
+                self.forget_files(&doc.room.id).await?;
                 self.inner.store.remove_room(&doc.room.id).await?;
                 pruned += 1;
             }

@@ -186,6 +186,36 @@ impl Control {
         }
     }
 
+    /// Deletes the files of room `id`'s recordings and clips that this instance recorded (the
+    /// room is being deleted past its retention).
+    pub(super) async fn forget_files(&self, id: &RoomId) -> Result<(), ControlError> {
+        let Some(archive) = self.inner.archive.get().cloned() else {
+            return Ok(());
+        };
+        let recordings = self.inner.store.recordings(id).await?;
+        let clips = self.inner.store.room_clips(id, usize::MAX).await?;
+        let here: Vec<&Recording> = recordings
+            .iter()
+            .filter(|r| r.instance == self.inner.instance)
+            .collect();
+        let dirs: Vec<String> = here
+            .iter()
+            .filter_map(|r| r.file.rsplit_once('/').map(|(dir, _)| dir.to_owned()))
+            .collect();
+        let mine: Vec<&RecordingId> = here.iter().map(|r| &r.id).collect();
+        let files: Vec<String> = clips
+            .into_iter()
+            .filter(|c| mine.contains(&&c.recording))
+            .map(|c| c.file)
+            .collect();
+        if dirs.is_empty() && files.is_empty() {
+            return Ok(());
+        }
+        tokio::task::spawn_blocking(move || archive.remove(&dirs, &files))
+            .await
+            .map_err(|e| ControlError::unavailable(format!("deleting recordings: {e}")))
+    }
+
     /// Where the mix of recording `rid` of room `id` is, for whoever may see the room.
     pub async fn recording_path(
         &self,
