@@ -56,8 +56,7 @@ pub struct ControlConfig {
     /// Longest (and default) lifetime of invitation links (seconds).
     pub invite_ttl: u64,
     /// Seconds an ended room (with its statistics, recordings and clips) is kept before it is
-    /// deleted; 0 keeps
-    /// ended rooms forever.
+    /// deleted; 0 keeps ended rooms forever.
     pub ended_room_retention: u64,
     /// Largest room anyone may create.
     pub max_participants: u32,
