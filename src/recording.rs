@@ -486,13 +486,15 @@ impl Shell {
                     }
                 }
                 Output::Event(EgressEvent::Ended(info)) => {
-                    let mix = info.files.iter().find(|f| f.artifact == Artifact::Mix);
-                    let ended = Ended {
-                        failed: info.state == EgressState::Failed,
-                        duration: mix.map_or(info.duration, |f| f.duration),
-                        size: mix.map_or(0, |f| f.bytes),
-                    };
-                    self.report(&info.room, &id, Some(ended));
+                    // Replays are of room recordings (the mix), not of single tracks.
+                    if let Some(mix) = info.files.iter().find(|f| f.artifact == Artifact::Mix) {
+                        let ended = Ended {
+                            failed: info.state == EgressState::Failed,
+                            duration: mix.duration,
+                            size: mix.bytes,
+                        };
+                        self.report(&info.room, &id, Some(ended));
+                    }
                     if let Some(mut sink) = self.sinks.remove(&id) {
                         if let Err(e) = sink.sync() {
                             warn!(egress = %id, error = %e, "cannot sync the recording");
