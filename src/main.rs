@@ -6,6 +6,7 @@
 //! only the token there).
 
 mod acme;
+mod archive;
 mod cli;
 mod config;
 mod livekit_config;

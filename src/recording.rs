@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use stoa_egress::shell::FileSink;
 use stoa_egress::{
-    EgressConfig, EgressEvent, EgressKind, EgressState, Input, MixConfig, Output, Recorder,
-    RecorderLimits, RtpPacket, Ssrc, TrackFiles,
+    Artifact, EgressConfig, EgressEvent, EgressKind, EgressState, Input, MixConfig, Output,
+    Recorder, RecorderLimits, RtpPacket, Ssrc, TrackFiles,
 };
 use stoa_sfu::shell::SfuHandle;
 use stoa_sfu::{Tapped, TrackId};
@@ -46,10 +46,41 @@ const FAILURE_QUEUE: usize = 64;
 /// How often open files are synced to disk.
 const SYNC_EVERY: Duration = Duration::from_secs(5);
 
+/// Recording starts and ends waiting to be kept by the control plane.
+const REPORT_QUEUE: usize = 256;
+
 /// Starts and stops room recordings. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Recordings {
     commands: mpsc::Sender<Command>,
+    /// The recordings' starts and ends, until someone takes them ([`Recordings::take_reports`]).
+    reports: std::sync::Arc<std::sync::Mutex<Option<mpsc::Receiver<Report>>>>,
+}
+
+/// A recording started or ended, for the control plane's records (replays).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The room.
+    pub room: String,
+    /// The egress id (the recording's id).
+    pub egress_id: String,
+    /// Its directory, relative to the recording directory.
+    pub dir: String,
+    /// Unix ms of the start or end.
+    pub at: u64,
+    /// How it ended, for an end.
+    pub ended: Option<Ended>,
+}
+
+/// How a recording ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    /// It failed (a write error); its files play up to it.
+    pub failed: bool,
+    /// The mix's audio length.
+    pub duration: Duration,
+    /// The mix's size (bytes).
+    pub size: u64,
 }
 
 #[derive(Debug)]
@@ -85,6 +116,7 @@ impl Recordings {
         let (failures_tx, failures) = mpsc::channel(FAILURE_QUEUE);
         let (taps_tx, taps) = mpsc::channel(TAP_QUEUE);
         let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
+        let (reports_tx, reports) = mpsc::channel(REPORT_QUEUE);
         // Made now, so an unwritable directory is reported at start-up rather than at the
         // first recording (which would fail then with the same reason).
         if let Err(e) = std::fs::create_dir_all(&settings.dir) {
@@ -109,6 +141,8 @@ impl Recordings {
             rooms: HashMap::new(),
             sinks: HashMap::new(),
             failures: failures_tx,
+            reports: reports_tx,
+            speaking: HashMap::new(),
         };
         std::thread::Builder::new()
             .name("recorder".into())
@@ -118,10 +152,20 @@ impl Recordings {
         Ok((
             Recordings {
                 commands: commands_tx,
+                reports: std::sync::Arc::new(std::sync::Mutex::new(Some(reports))),
             },
             taps_tx,
             failures,
         ))
+    }
+
+    /// The recordings' starts and ends from now on (once: later calls get `None`). Dropped,
+    /// and logged, when nobody reads them fast enough.
+    pub fn take_reports(&self) -> Option<mpsc::Receiver<Report>> {
+        self.reports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
     /// Starts recording `room` (nothing if it is being recorded already).
@@ -189,6 +233,11 @@ struct Shell {
     sinks: HashMap<String, FileSink>,
     /// Where failed rooms are reported.
     failures: mpsc::Sender<String>,
+    /// Where recordings' starts and ends are reported.
+    reports: mpsc::Sender<Report>,
+    /// Who speaks now, by room (recorded or not), so that a recording starting while someone
+    /// speaks has them speaking from its first moment.
+    speaking: HashMap<String, std::collections::BTreeSet<String>>,
 }
 
 impl Shell {
@@ -288,6 +337,7 @@ impl Shell {
                                 track: &track,
                             };
                             self.recorder.handle_input(now, &room, input);
+                            self.speaking_already(now, &room, &participant);
                         }
                     }
                     Err(e) => {
@@ -311,8 +361,20 @@ impl Shell {
                     speaking,
                 };
                 self.recorder.handle_input(now, &room, input);
+                let now_speaking = self.speaking.entry(room.clone()).or_default();
+                if speaking {
+                    now_speaking.insert(participant);
+                } else {
+                    now_speaking.remove(&participant);
+                    if now_speaking.is_empty() {
+                        self.speaking.remove(&room);
+                    }
+                }
             }
             Command::Stop { room } => {
+                // The room ended or stopped recording: who speaks there is asked again at the
+                // next start (and a room that closed leaves nothing behind here).
+                self.speaking.remove(&room);
                 let Some(id) = self.rooms.remove(&room) else {
                     return;
                 };
@@ -323,12 +385,29 @@ impl Shell {
         }
     }
 
+    /// A recorded track of `participant` who is speaking already (they started before the
+    /// recording did): the recording has them speaking from now.
+    fn speaking_already(&mut self, now: Instant, room: &str, participant: &str) {
+        if self
+            .speaking
+            .get(room)
+            .is_some_and(|s| s.contains(participant))
+        {
+            let input = Input::Speaking {
+                participant,
+                speaking: true,
+            };
+            self.recorder.handle_input(now, room, input);
+        }
+    }
+
     fn tap_change(&mut self, change: TapChange) {
         let now = Instant::now();
         let (participant, track) = (&change.participant, &change.track_sid);
         if change.tapped {
             let input = Input::TrackPublished { participant, track };
             self.recorder.handle_input(now, &change.room, input);
+            self.speaking_already(now, &change.room, participant);
             self.names.insert(
                 change.track,
                 Named {
@@ -397,7 +476,25 @@ impl Shell {
                         );
                     }
                 }
+                Output::Event(EgressEvent::Started) => {
+                    if let Some(room) = self
+                        .rooms
+                        .iter()
+                        .find_map(|(room, egress)| (*egress == id).then(|| room.clone()))
+                    {
+                        self.report(&room, &id, None);
+                    }
+                }
                 Output::Event(EgressEvent::Ended(info)) => {
+                    // Replays are of room recordings (the mix), not of single tracks.
+                    if let Some(mix) = info.files.iter().find(|f| f.artifact == Artifact::Mix) {
+                        let ended = Ended {
+                            failed: info.state == EgressState::Failed,
+                            duration: mix.duration,
+                            size: mix.bytes,
+                        };
+                        self.report(&info.room, &id, Some(ended));
+                    }
                     if let Some(mut sink) = self.sinks.remove(&id) {
                         if let Err(e) = sink.sync() {
                             warn!(egress = %id, error = %e, "cannot sync the recording");
@@ -423,6 +520,23 @@ impl Shell {
                     tracing::debug!(egress = %id, event = ?event, "recording event");
                 }
             }
+        }
+    }
+
+    /// Reports a recording's start or end to whoever keeps the records.
+    fn report(&self, room: &str, egress_id: &str, ended: Option<Ended>) {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let report = Report {
+            room: room.to_owned(),
+            egress_id: egress_id.to_owned(),
+            dir: format!("{}/{egress_id}", dir_name(room)),
+            at,
+            ended,
+        };
+        if self.reports.try_send(report).is_err() {
+            warn!(room = %room, egress = %egress_id, "recording report dropped: queue full");
         }
     }
 

@@ -193,6 +193,13 @@ async fn serve(config: &Config) -> Result<()> {
     }
     crate::media_plane::spawn_presence(control.clone(), recordings, presence_rx);
     crate::media_plane::spawn_recording_failures(control.clone(), recording_failures);
+    // Replays and clips: the recordings' records, and their files.
+    control.set_archive(Arc::new(crate::archive::Files::new(
+        config.recording.dir.clone(),
+    )));
+    if let Some(reports) = recorder.take_reports() {
+        crate::archive::spawn_reports(control.clone(), reports);
+    }
     let draining = Draining::default();
     let sources = Sources {
         signaling: signaling.clone(),

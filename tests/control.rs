@@ -556,7 +556,8 @@ fn an_empty_room_ends_itself() {
     }
 }
 
-/// Ended rooms are deleted once `ended_room_retention` has passed: the room then answers 404.
+/// Ended rooms are deleted once `ended_room_retention` has passed: the room then answers 404,
+/// and its recording's files are gone.
 #[test]
 fn ended_rooms_are_deleted_after_their_retention() {
     let dir = scratch_dir("control-retention");
@@ -565,8 +566,29 @@ fn ended_rooms_are_deleted_after_their_retention() {
         &[("STOA_DATA_DIR", dir.to_str().unwrap())],
     );
     let host = user_token("hana", "Hana");
-    let id = create_room(stoa.addr, &host, json!({"title": "Short-lived"}));
+    let id = create_room(
+        stoa.addr,
+        &host,
+        json!({"title": "Short-lived", "recording": true}),
+    );
     let kept = create_room(stoa.addr, &host, json!({"title": "Still live"}));
+    let files = dir.join("recordings").join(&id);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, list) = api(
+            stoa.addr,
+            "GET",
+            &format!("/api/rooms/{id}/recordings"),
+            &host,
+            None,
+        );
+        assert_eq!(status, 200, "{list}");
+        if list["recordings"][0]["size"].as_u64() > Some(1_000) && files.exists() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recording: {list}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     ok(
         stoa.addr,
         "POST",
@@ -583,6 +605,7 @@ fn ended_rooms_are_deleted_after_their_retention() {
         assert!(Instant::now() < deadline, "ended room still kept");
         std::thread::sleep(Duration::from_millis(200));
     }
+    assert!(!files.exists(), "{} is still there", files.display());
     // A live room is never pruned.
     let room = ok(stoa.addr, "GET", &format!("/api/rooms/{kept}"), &host, None);
     assert_eq!(room["state"], "live");

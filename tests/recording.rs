@@ -10,109 +10,28 @@
 
 mod support;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use livekit_protocol as lk;
 use serde_json::json;
-use stoa_bench::client::{self, ClientHandle, ClientSpec, Command, Depth, Protocol, Role, Shared};
-use stoa_bench::product::ProductJoin;
-use stoa_control::auth::Keys;
-use stoa_control::model::UserId;
-use stoa_egress::{OpusStream, decode};
+use stoa_bench::client::Command;
+use stoa_egress::decode;
 use support::api::call as api;
+use support::tones::{Speakers, finished, tone_levels};
 use support::{SignalClient, Stoa, scratch_dir};
 
 const KEY: &str = "reckey";
 const SECRET: &str = "a-long-enough-recording-test-secret-0123";
 
 fn user_token(id: &str) -> String {
-    Keys::new(vec![(KEY.into(), SECRET.into())])
-        .unwrap()
-        .user_token(&UserId::parse(id).unwrap(), id, Duration::from_secs(3600))
-        .unwrap()
-}
-
-/// Speakers publishing tones (stoa-bench's str0m peers), joined through the control plane.
-struct Speakers {
-    runtime: tokio::runtime::Runtime,
-    shared: Shared,
-    addr: SocketAddr,
-    room: String,
+    support::tones::user_token((KEY, SECRET), id)
 }
 
 /// The tones: the host's and the other speaker's.
 const HANA_HZ: u32 = 440;
 const LEE_HZ: u32 = 880;
-
-impl Speakers {
-    fn new(addr: SocketAddr, room: &str) -> Speakers {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let clock = stoa_bench::clock::Clock::start();
-        let shared = Shared {
-            clock,
-            tone: Arc::new(stoa_bench::audio::ToneLoop::encode_tone(HANA_HZ).unwrap()),
-            counters: Arc::default(),
-            dtls_cert: Arc::new(client::dtls_cert().unwrap()),
-            sink: None,
-        };
-        Speakers {
-            runtime,
-            shared,
-            addr,
-            room: room.to_owned(),
-        }
-    }
-
-    fn join(&self, identity: &str, hz: u32) -> ClientHandle {
-        let _entered = self.runtime.enter();
-        let spec = ClientSpec {
-            http: self.addr,
-            protocol: Protocol::Livekit,
-            identity: identity.to_owned(),
-            local_ip: Ipv4Addr::LOCALHOST,
-            token: String::new(),
-            product: Some(ProductJoin {
-                api: self.addr,
-                room: self.room.clone(),
-                user_token: user_token(identity),
-                stage_with: None,
-            }),
-            role: Role::Speaker,
-            depth: Depth::Decrypt,
-            deadline: Instant::now() + Duration::from_secs(60),
-        };
-        let shared = Shared {
-            tone: Arc::new(stoa_bench::audio::ToneLoop::encode_tone(hz).unwrap()),
-            ..self.shared.clone()
-        };
-        let client = ClientHandle::spawn(spec, shared);
-        client.command(Command::Speak);
-        client
-    }
-
-    /// Waits (bounded) until `n` more packets were sent by all speakers together.
-    fn wait_sent(&self, n: u64) {
-        let sent = || {
-            self.shared
-                .counters
-                .rtp_sent
-                .load(std::sync::atomic::Ordering::Relaxed)
-        };
-        let target = sent() + n;
-        let deadline = Instant::now() + support::TIMEOUT;
-        while sent() < target {
-            assert!(Instant::now() < deadline, "speakers are not sending");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
 
 /// The one recording directory under `<dir>/<room>/` whose name is not in `seen`.
 fn new_recording(dir: &Path, room: &str, seen: &[PathBuf]) -> PathBuf {
@@ -123,44 +42,6 @@ fn new_recording(dir: &Path, room: &str, seen: &[PathBuf]) -> PathBuf {
         .collect();
     assert_eq!(found.len(), 1, "{found:?}");
     found.pop().unwrap()
-}
-
-/// Waits (bounded) until `file` is a finished Ogg/Opus stream, and returns it.
-fn finished(file: &Path) -> OpusStream {
-    let deadline = Instant::now() + support::TIMEOUT;
-    loop {
-        if let Ok(bytes) = std::fs::read(file)
-            && let Ok(stream) = OpusStream::parse(&bytes)
-            && stream.end_granule.is_some()
-        {
-            return stream;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} was not finished",
-            file.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The level of the `hz` tone in each 100 ms (Goertzel), as an amplitude.
-fn tone_levels(samples: &[f32], hz: u32) -> Vec<f32> {
-    let w = 2.0 * std::f32::consts::PI * hz as f32 / 48_000.0;
-    let coefficient = 2.0 * w.cos();
-    samples
-        .chunks(4_800)
-        .map(|c| {
-            let (mut s1, mut s2) = (0f32, 0f32);
-            for x in c {
-                let s0 = x + coefficient * s1 - s2;
-                s2 = s1;
-                s1 = s0;
-            }
-            let power = s1 * s1 + s2 * s2 - coefficient * s1 * s2;
-            2.0 * power.max(0.0).sqrt() / c.len() as f32
-        })
-        .collect()
 }
 
 /// Indexes of the 100 ms windows in `range` whose level is under `floor`.
@@ -244,7 +125,7 @@ fn a_host_records_a_room_and_everyone_knows() {
     assert_eq!(status, 201, "{room}");
     assert_eq!(room["recording"], false);
     let id = room["id"].as_str().unwrap().to_owned();
-    let speakers = Speakers::new(addr, &id);
+    let speakers = Speakers::new(addr, &id, (KEY, SECRET));
     let hana = speakers.join("hana", HANA_HZ);
     speakers.wait_sent(50);
 
@@ -447,7 +328,7 @@ fn a_room_created_recorded_records_from_its_start() {
     let id = room["id"].as_str().unwrap().to_owned();
     let (mut listener, joined) = listen(addr, &id, "ann");
     assert!(joined.room.unwrap().active_recording);
-    let speakers = Speakers::new(addr, &id);
+    let speakers = Speakers::new(addr, &id, (KEY, SECRET));
     let hana = speakers.join("hana", HANA_HZ);
     speakers.wait_sent(100);
     let (status, _) = api(addr, "POST", &format!("/api/rooms/{id}/end"), &host, None);
@@ -490,7 +371,7 @@ fn a_room_created_recorded_records_from_its_start() {
     );
     assert_eq!(status, 201, "{room}");
     let id = room["id"].as_str().unwrap().to_owned();
-    let speakers = Speakers::new(addr, &id);
+    let speakers = Speakers::new(addr, &id, (KEY, SECRET));
     let hana = speakers.join("hana", HANA_HZ);
     speakers.wait_sent(50);
     stoa.stop();

@@ -6,7 +6,7 @@
 //! a host goes live muted and unmutes on purpose; a listener finds the room, hears the host and
 //! sees the server's speaking indicator, with counts that add up; the host records the room and
 //! the listener's livekit-client reports it (`room.isRecording`) while both pages show the REC
-//! badge, then the host stops it; a raised hand reaches the host
+//! badge, the listener clips the last 30 s, then the host stops it; a raised hand reaches the host
 //! as a toast, a tab-title count and a Requests badge in reach without scrolling; the approved
 //! speaker arrives muted and is told so, as they are when muted or moved back by a host; the
 //! listener's network drops (its browser's network service is stopped) and the page shows the
@@ -22,7 +22,9 @@
 //! read it) and the listener opens the guest's profile from it, and with playback blocked taps
 //! to listen; a reaction crosses pages; icons are SVG; sharing uses the phone's share sheet, the
 //! server's Open Graph tags and an embed card that fits its snippet with transparent corners;
-//! the ended summary names people to anyone; a listener who followed the host hears them go live
+//! the ended summary names people to anyone and plays the recording (a WebAudio analyser on the
+//! audio element hears it; it seeks; who spoke when is listed), whose Clip opens the clip's own
+//! page, which plays too; a listener who followed the host hears them go live
 //! again (the bell's unread count, a toast, a browser notification through the Notification
 //! API with the permission granted), a webhook signed with the API secret reaches a local
 //! receiver (checked: HS256 signature, issuer, expiry, the body's SHA-256), and the listener

@@ -27,7 +27,11 @@ use crate::service::{Control, NewRoom};
 use crate::store::{Follow, Profile};
 use crate::view::{self, AudienceView, HostStatsView, RoomCardView, RoomView, StatsView};
 
+mod replay;
 mod stream;
+pub use replay::{
+    ClipBody, ClipRoomView, ClipView, ClipsView, RecordingView, RecordingsView, TimelineEntry,
+};
 pub use stream::EventsQuery;
 
 /// Largest request body.
@@ -54,6 +58,7 @@ pub fn router(control: Control) -> Router {
             "/api/rooms/{id}/recording",
             post(start_recording).delete(stop_recording),
         )
+        .merge(replay::routes())
         .route("/api/rooms/{id}/token", post(token))
         .route("/api/rooms/{id}/leave", post(leave))
         .route("/api/rooms/{id}/hand", post(raise_hand).delete(lower_hand))
@@ -1406,6 +1411,12 @@ async fn read_notifications(
         end,
         start_recording,
         stop_recording,
+        replay::list_recordings,
+        replay::recording_audio,
+        replay::create_clip,
+        replay::list_clips,
+        replay::get_clip,
+        replay::clip_audio,
         token,
         leave,
         raise_hand,
@@ -1444,7 +1455,10 @@ async fn read_notifications(
         Event,
         Follow,
         NotificationsView,
-        crate::notify::Notification
+        crate::notify::Notification,
+        RecordingsView,
+        ClipView,
+        ClipsView
     ))
 )]
 pub struct ApiDoc;

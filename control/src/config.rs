@@ -55,8 +55,8 @@ pub struct ControlConfig {
     pub user_token_ttl: u64,
     /// Longest (and default) lifetime of invitation links (seconds).
     pub invite_ttl: u64,
-    /// Seconds an ended room (with its statistics) is kept before it is deleted; 0 keeps
-    /// ended rooms forever.
+    /// Seconds an ended room (with its statistics, recordings and clips) is kept before it is
+    /// deleted; 0 keeps ended rooms forever.
     pub ended_room_retention: u64,
     /// Largest room anyone may create.
     pub max_participants: u32,

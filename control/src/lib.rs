@@ -27,6 +27,7 @@ pub mod media;
 pub mod model;
 pub mod notify;
 pub mod permission;
+pub mod replay;
 pub mod room;
 pub mod schedule;
 pub mod service;

@@ -21,8 +21,10 @@ use crate::store::{AudiencePage, AuditEntry, Follow, Store};
 use crate::view::{self, RoomView};
 
 mod invitations;
+mod replay;
 mod schedules;
 pub use invitations::{INVITES_SHOWN, MAX_INVITE_USES, NewInvite};
+pub use replay::{CLIPS_SHOWN, NewClip, Replay};
 
 /// How often live rooms are checked for the empty timeout.
 const SWEEP: Duration = Duration::from_secs(5);
@@ -81,6 +83,8 @@ struct Inner {
     streams: crate::notify::Streams,
     /// Signed webhooks to the app's backend, when configured.
     hooks: std::sync::OnceLock<crate::webhook::Webhooks>,
+    /// The files of recordings and clips, when this instance has them.
+    archive: std::sync::OnceLock<Arc<dyn crate::replay::Archive>>,
 }
 
 /// A token bucket.
@@ -204,6 +208,7 @@ impl Control {
             fanout,
             streams: crate::notify::Streams::default(),
             hooks: std::sync::OnceLock::new(),
+            archive: std::sync::OnceLock::new(),
         });
         tokio::spawn(consume(Arc::downgrade(&inner), inner.store.subscribe()));
         tokio::spawn(sweep(Arc::downgrade(&inner)));
@@ -1327,6 +1332,7 @@ impl Control {
         let mut pruned = 0;
         for doc in ended {
             if doc.room.ended_at.is_some_and(|t| t < cutoff) {
+                self.forget_files(&doc.room.id).await?;
                 self.inner.store.remove_room(&doc.room.id).await?;
                 pruned += 1;
             }

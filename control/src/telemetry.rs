@@ -34,6 +34,11 @@ pub const ROOMS_PRUNED: &str = "control_rooms_pruned_total";
 /// Seats of members who never connected or dropped, given up to a join into a full room.
 pub const SEATS_RELEASED: &str = "control_seats_released_total";
 
+/// Clips cut from recordings.
+pub const CLIPS: &str = "control_clips_total";
+/// Bytes of recordings and clips sent to players.
+pub const AUDIO_BYTES: &str = "control_audio_bytes_total";
+
 /// `# HELP` texts and units.
 pub fn describe() {
     describe_counter!(
@@ -76,6 +81,12 @@ pub fn describe() {
         ROOMS_PRUNED,
         Unit::Count,
         "Ended rooms deleted after their retention"
+    );
+    describe_counter!(CLIPS, Unit::Count, "Clips cut from recordings");
+    describe_counter!(
+        AUDIO_BYTES,
+        Unit::Bytes,
+        "Bytes of recordings and clips sent to players (ranges included)"
     );
     describe_counter!(
         SEATS_RELEASED,

@@ -15,6 +15,7 @@ use stoa_control::model::{
 };
 use stoa_control::notify::{MAX_FEED, Notification, NotificationKind};
 use stoa_control::permission::Action;
+use stoa_control::replay::{Clip, ClipId, Recording, RecordingId, RecordingState, Speaker};
 use stoa_control::room::{self, Actor, Command, Context};
 use stoa_control::store::embedded::EmbeddedStore;
 use stoa_control::store::redis::RedisStore;
@@ -395,6 +396,138 @@ async fn embedded_store_survives_reopening() {
     assert_eq!(store.profile(&uid("b")).await.unwrap(), None);
 }
 
+fn recording(room: &RoomId, id: &str, started_at: u64, ended: bool) -> Recording {
+    Recording {
+        id: RecordingId::parse(id).unwrap(),
+        room: room.clone(),
+        file: format!("{room}/{id}/room.ogg"),
+        speaking_file: Some(format!("{room}/{id}/speaking.jsonl")),
+        started_at,
+        ended_at: ended.then_some(started_at + 60_000),
+        duration_ms: ended.then_some(60_000),
+        size: ended.then_some(240_000),
+        state: if ended {
+            RecordingState::Complete
+        } else {
+            RecordingState::Recording
+        },
+        instance: "node-a".into(),
+    }
+}
+
+fn clip(room: &RoomId, id: &str, created_at: u64) -> Clip {
+    Clip {
+        id: ClipId::parse(id).unwrap(),
+        room: room.clone(),
+        recording: RecordingId::parse("EG_first0000001").unwrap(),
+        title: "A moment".into(),
+        created_by: Some(uid("ann")),
+        created_at,
+        start_ms: 1_000,
+        end_ms: 31_000,
+        file: format!("{room}/clips/{id}.ogg"),
+        size: 120_000,
+        speakers: vec![Speaker {
+            user: "host".into(),
+            name: "Host".into(),
+        }],
+    }
+}
+
+/// Recordings and clips are kept with their room: a recording's end replaces its start, a
+/// room lists its own, clips are found by id and listed newest first, and both go with the
+/// room.
+async fn recordings_and_clips(store: &dyn Store) -> RoomId {
+    let doc = new_room(10);
+    let id = doc.room.id.clone();
+    store.insert_room(&doc).await.unwrap();
+    let other = new_room(10);
+    store.insert_room(&other).await.unwrap();
+    store
+        .put_recording(&recording(&id, "EG_second000002", 5_000, false))
+        .await
+        .unwrap();
+    store
+        .put_recording(&recording(&id, "EG_first0000001", 1_000, false))
+        .await
+        .unwrap();
+    store
+        .put_recording(&recording(&id, "EG_first0000001", 1_000, true))
+        .await
+        .unwrap();
+    store
+        .put_recording(&recording(&other.room.id, "EG_other0000003", 1_000, true))
+        .await
+        .unwrap();
+    // A room that is gone keeps nothing.
+    let gone = RoomId::random();
+    store
+        .put_recording(&recording(&gone, "EG_gone00000004", 1_000, true))
+        .await
+        .unwrap();
+    assert!(store.recordings(&gone).await.unwrap().is_empty());
+    assert_eq!(
+        store.recordings(&id).await.unwrap(),
+        vec![
+            recording(&id, "EG_first0000001", 1_000, true),
+            recording(&id, "EG_second000002", 5_000, false)
+        ]
+    );
+    store
+        .put_clip(&clip(&id, "aaaaaaaaaaaaaaa1", 10))
+        .await
+        .unwrap();
+    store
+        .put_clip(&clip(&id, "aaaaaaaaaaaaaaa2", 20))
+        .await
+        .unwrap();
+    store
+        .put_clip(&clip(&other.room.id, "aaaaaaaaaaaaaaa3", 30))
+        .await
+        .unwrap();
+    let c1 = ClipId::parse("aaaaaaaaaaaaaaa1").unwrap();
+    assert_eq!(
+        store.clip(&c1).await.unwrap(),
+        Some(clip(&id, "aaaaaaaaaaaaaaa1", 10))
+    );
+    let listed: Vec<String> = store
+        .room_clips(&id, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id.to_string())
+        .collect();
+    assert_eq!(listed, ["aaaaaaaaaaaaaaa2", "aaaaaaaaaaaaaaa1"]);
+    assert_eq!(store.room_clips(&id, 1).await.unwrap().len(), 1);
+    store.remove_room(&other.room.id).await.unwrap();
+    assert!(store.recordings(&other.room.id).await.unwrap().is_empty());
+    let c3 = ClipId::parse("aaaaaaaaaaaaaaa3").unwrap();
+    assert_eq!(store.clip(&c3).await.unwrap(), None);
+    assert_eq!(store.recordings(&id).await.unwrap().len(), 2);
+    id
+}
+
+#[tokio::test]
+async fn embedded_store_keeps_recordings_and_clips() {
+    let dir = scratch("replays");
+    let path = dir.join("control.redb");
+    let id = {
+        let store = EmbeddedStore::open(&path).unwrap();
+        recordings_and_clips(&store).await
+    };
+    let store = EmbeddedStore::open(&path).unwrap();
+    assert_eq!(store.recordings(&id).await.unwrap().len(), 2);
+    assert_eq!(store.room_clips(&id, 10).await.unwrap().len(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn redis_store_keeps_recordings_and_clips() {
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(&redis.url, "rec:").await.unwrap();
+    recordings_and_clips(&store).await;
+}
+
 #[tokio::test]
 async fn redis_keys_follow_the_documented_schema() {
     let redis = RedisServer::start();
@@ -469,6 +602,14 @@ async fn redis_keys_follow_the_documented_schema() {
     };
     store.put_invite("tok", &invite).await.unwrap();
     assert!(store.use_invite("tok", Some(1)).await.unwrap());
+    store
+        .put_recording(&recording(&id, "EG_first0000001", 1_000, true))
+        .await
+        .unwrap();
+    store
+        .put_clip(&clip(&id, "aaaaaaaaaaaaaaa1", 10))
+        .await
+        .unwrap();
     let client = redis::Client::open(redis.url.as_str()).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
     let mut keys: Vec<String> = redis::cmd("KEYS")
@@ -492,6 +633,9 @@ async fn redis_keys_follow_the_documented_schema() {
         "stoa:invite:tok".to_owned(),
         "stoa:invite:tok:uses".to_owned(),
         format!("stoa:room:{id}:invites"),
+        format!("stoa:room:{id}:recordings"),
+        format!("stoa:room:{id}:clips"),
+        "stoa:clip:aaaaaaaaaaaaaaa1".to_owned(),
     ];
     expected.sort();
     assert_eq!(keys, expected);

@@ -15,6 +15,7 @@ use prost::Message as _;
 
 pub mod api;
 pub mod chromium;
+pub mod tones;
 
 /// Bound on any single wait.
 pub const TIMEOUT: Duration = Duration::from_secs(20);

@@ -16,7 +16,8 @@
 //      directory (host and speakers named) and joins it, hears the host (inbound audio energy > 0)
 //      and sees them speak; both pages count 2 here, 1 on stage, 1 listening;
 //   2b. the host records the room: the listener's livekit-client says so (room.isRecording)
-//      and both pages show the REC badge; listeners get no recording control; the host stops;
+//      and both pages show the REC badge; listeners get no recording control; the listener
+//      clips the last 30 s (a toast says it is saved); the host stops;
 //   3. the listener raises a hand: the host gets a toast, a chime, "(1)" in the tab title and a Requests
 //      button with the count, all in reach at 1280x800 without scrolling, and approves from the
 //      requests dialog;
@@ -51,7 +52,9 @@
 //      the server's preview tags, the embed card (live, scheduled, unknown room) fitting its
 //      frame, with transparent corners in a page;
 //  10b. the host hands the room to a co-host (asked first), who hands it back;
-//  11. the host ends the room; both land on the summary, which a fresh page shows with names;
+//  11. the host ends the room; both land on the summary, which a fresh page shows with names; the
+//      host's summary plays the recording (WebAudio energy > 0 on the audio element, seekable,
+//      who spoke when), and its Clip opens the clip's page, which plays (tests/web/replay.mjs);
 //  12. the listener, who followed the host in step 2, hears them go live again: the bell counts it,
 //      a toast offers "Join", the browser shows a notification (the permission granted), and a
 //      webhook signed with the API secret reaches a receiver here (WEB_HOOK_PORT, the server's
@@ -70,6 +73,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { chromium } from 'playwright-core';
+import { clipLive, replayAndClip } from './replay.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const BASE = process.env.STOA_WEB_URL || 'http://127.0.0.1:7880';
@@ -755,6 +759,7 @@ async function scenario(host, listener, blocked, launchGuest, hooks) {
     for (const page of [L, H]) await page.getByRole('status').filter({ hasText: 'this room is being recorded' }).waitFor();
     await shot(L, '08-room-listener-recorded');
     await audit(L, 'room (recorded)');
+    await clipLive(L, roomId, until);
     await H.getByRole('button', { name: 'Stop recording' }).click();
     await H.getByRole('button', { name: 'Record', exact: true }).waitFor();
     await until('livekit-client to say the recording stopped', () => L.evaluate(() => window.stoaRoom?.isRecording === false));
@@ -1370,6 +1375,7 @@ async function scenario(host, listener, blocked, launchGuest, hooks) {
     await H.getByText('Peak listeners').waitFor();
     await shot(H, '31-ended-host');
     await shot(L, '32-ended-listener');
+    await replayAndClip(H, { log, shot, audit, summary, hostName: 'Hana Host' });
     // An old link opened in a new tab, by someone who saw nobody there: names, never ids.
     const later = await listener.context.newPage();
     later.setDefaultTimeout(WAIT);

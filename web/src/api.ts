@@ -271,6 +271,51 @@ export type ModerationAction =
   | 'transfer_host';
 
 /** An error answer of the API (`{code, message}`), or a network failure (status 0). */
+/** One stretch of a replay's timeline: someone speaking. */
+export interface TimelineEntry {
+  user: string;
+  name: string;
+  start_ms: number;
+  end_ms: number;
+}
+
+/** A recording of a room (`GET /api/rooms/{id}/recordings`). */
+export interface Recording {
+  id: string;
+  state: 'recording' | 'complete' | 'failed';
+  started_at: number;
+  ended_at: number | null;
+  duration_ms: number;
+  size: number;
+  audio_url: string;
+  timeline: TimelineEntry[];
+}
+
+/** A clip: its card and where to play and share it. */
+export interface Clip {
+  id: string;
+  title: string;
+  room: { id: string; title: string; host_name: string };
+  recording: string;
+  start_ms: number;
+  end_ms: number;
+  duration_ms: number;
+  speakers: { user: string; name: string }[];
+  created_by: string | null;
+  created_at: number;
+  audio_url: string;
+  link: string;
+}
+
+/** What to cut: the last N seconds, or a start and end in the recording. */
+export interface NewClip {
+  recording?: string;
+  last_seconds?: number;
+  start_ms?: number;
+  end_ms?: number;
+  title?: string;
+}
+
 export class ApiError extends Error {
   constructor(
     readonly status: number,
@@ -404,6 +449,9 @@ export const api = {
   stats: (id: string) => call<Stats>('GET', `/api/rooms/${enc(id)}/stats`),
   profile: (user: string) => call<Profile>('GET', `/api/users/${enc(user)}/profile`),
   setProfile: (p: { bio: string; avatar: string | null }) => call<Profile>('PUT', '/api/me/profile', p),
+  recordings: (id: string) => call<{ recordings: Recording[] }>('GET', `/api/rooms/${enc(id)}/recordings`),
+  clip: (id: string) => call<Clip>('GET', `/api/clips/${enc(id)}`),
+  cutClip: (id: string, clip: NewClip) => call<Clip>('POST', `/api/rooms/${enc(id)}/clips`, clip),
   follows: () => call<{ follows: Follow[] }>('GET', '/api/follows'),
   notifications: () => call<NoticePage>('GET', '/api/me/notifications?limit=30'),
   markRead: () => call<void>('POST', '/api/me/notifications/read', {}),
@@ -413,6 +461,11 @@ export const api = {
 
 function enc(s: string): string {
   return encodeURIComponent(s);
+}
+
+/** An API file's URL for an audio element, which cannot send a header: the token rides along. */
+export function mediaUrl(path: string): string {
+  return current ? `${path}?access_token=${enc(current.token)}` : path;
 }
 
 /** The events WebSocket (`/api/events`), for one room, every room, or only one's notifications. */

@@ -5,6 +5,7 @@
 //   /rooms/{id}       a room: scheduled card, live room, or the ended summary
 //   /embed/rooms/{id} an embeddable card for feeds and posts
 //   /invite/{token}   an invitation link: what it gives, and "Accept and join"
+//   /clips/{id}       a clip of a recorded room: its card, its audio, its link
 import './style.css';
 import { api, session, setSession, setUnauthorizedHandler } from './api';
 import { h } from './dom';
@@ -13,6 +14,7 @@ import { icon } from './icons';
 import { createScreen, directoryScreen, embedScreen, signInScreen } from './screens';
 import { closeDock, roomScreen } from './room';
 import { inviteScreen } from './invitations';
+import { clipScreen } from './replay';
 import { bell, followNotifications } from './notifications';
 
 /** A screen: renders into `main` and returns its teardown. */
@@ -49,6 +51,7 @@ function route(path: string): { screen: Screen; params: Record<string, string>; 
   if ((m = path.match(/^\/embed\/rooms\/([^/]+)\/?$/))) return { screen: embedScreen, params: { id: decodeURIComponent(m[1]) }, auth: false, embed: true };
   if ((m = path.match(/^\/rooms\/([^/]+)\/?$/))) return { screen: roomScreen, params: { id: decodeURIComponent(m[1]) }, auth: true };
   if ((m = path.match(/^\/invite\/([^/]+)\/?$/))) return { screen: inviteScreen, params: { token: decodeURIComponent(m[1]) }, auth: true };
+  if ((m = path.match(/^\/clips\/([^/]+)\/?$/))) return { screen: clipScreen, params: { id: decodeURIComponent(m[1]) }, auth: true };
   if (path === '/signin') return { screen: signInScreen, params: {}, auth: false };
   if (path === '/new') return { screen: createScreen, params: {}, auth: true };
   if (path === '/' || path === '') return { screen: directoryScreen, params: {}, auth: true };

@@ -20,6 +20,7 @@ import { navigate, type Screen } from './main';
 import { Moderation, requestCount } from './moderation';
 import { followButton, personAvatar, profileSheet } from './profile';
 import { embedSnippet, endedView, errorText } from './screens';
+import { CLIP_SECONDS, cutClip } from './replay';
 import { dismiss, toast } from './toast';
 import { InvitePanel } from './invitations';
 import { editDialog, lineUpEditor } from './planning';
@@ -180,6 +181,8 @@ class RoomController {
   );
   /** Starts and stops the recording (hosts and co-hosts). */
   private readonly recordButton = h('button', { type: 'button', class: 'secondary record-button', hidden: true });
+  /** Cuts the last 30 s of the recording (members, while the room is recorded). */
+  private readonly clipButton = h('button', { type: 'button', class: 'secondary clip-button', hidden: true }, 'Clip');
   private readonly reconnecting = h('p', { class: 'banner warn', role: 'status', hidden: true }, h('span', { class: 'spinner', 'aria-hidden': 'true' }), 'Connection lost. Reconnecting…');
   private readonly tapToListen = h('button', { type: 'button', class: 'banner-button primary', hidden: true }, icon('speaker'), 'Tap to listen');
   private readonly micError = h('p', { class: 'banner error', role: 'alert', hidden: true });
@@ -218,6 +221,12 @@ class RoomController {
   ) {
     document.body.append(this.sink);
     this.recordButton.addEventListener('click', () => void this.toggleRecording());
+    this.clipButton.setAttribute('aria-label', `Clip the last ${CLIP_SECONDS} seconds`);
+    this.clipButton.addEventListener('click', async () => {
+      this.clipButton.disabled = true;
+      await cutClip(this.id, { last_seconds: CLIP_SECONDS }, false);
+      this.clipButton.disabled = false;
+    });
     this.moderation = new Moderation({
       id,
       act: (f) => this.act(f),
@@ -564,6 +573,7 @@ class RoomController {
             h('span', { class: 'badge live-badge' }, h('span', { class: 'pulse', 'aria-hidden': 'true' }), 'LIVE'),
             this.recordingBadge,
             this.recordButton,
+            this.clipButton,
           ),
           h('h1', { id: 'room-title', tabindex: '-1' }, v.title),
           v.topic ? h('p', { class: 'topic' }, v.topic) : null,
@@ -981,6 +991,7 @@ class RoomController {
     this.recordButton.hidden = !this.moderates();
     this.recordButton.textContent = on ? 'Stop recording' : 'Record';
     this.recordButton.setAttribute('aria-pressed', String(on));
+    this.clipButton.hidden = !on || !this.view?.you;
   }
 
   private async toggleRecording(): Promise<void> {

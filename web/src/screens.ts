@@ -1,9 +1,11 @@
-// The screens around a room: sign-in, directory, create room, ended summary, embeddable card.
+// The screens around a room: sign-in, directory, create room, ended summary (with its replay),
+// embeddable card.
 import { api, ApiError, session, setSession, subscribe, type RoomCard, type RoomView, type Stats } from './api';
 import { fill, formatDuration, formatWhen, h, plural } from './dom';
 import { icon } from './icons';
 import { navigate, type Screen } from './main';
 import { recurrenceText, scheduleErrorText, scheduleFields } from './recurrence';
+import { replaySection } from './replay';
 
 /** What the server's error codes mean, said to the person in front of the screen. */
 const SENTENCES: Record<string, string> = {
@@ -17,6 +19,7 @@ const SENTENCES: Record<string, string> = {
   already_in_room: 'You are still in another room. Leave it first, then try again.',
   rate_limited: 'That was a lot at once. Wait a moment and try again.',
   not_a_member: 'You are not in this room any more. Rejoin it first.',
+  not_recorded: 'This room is not being recorded, so there is nothing to clip.',
   hard_muted: 'A host turned off your microphone, so you cannot unmute.',
   guests_disabled: 'Guest sign-in is turned off on this server.',
   unavailable: 'The server is having trouble right now. Try again in a moment.',
@@ -365,6 +368,8 @@ export async function endedView(main: HTMLElement, room: RoomView, known: Map<st
   // Names the server kept for everyone the statistics name; those seen here fill any gap.
   const names = new Map([...known, ...room.stage.map((m): [string, string] => [m.user, m.name]), ...Object.entries(stats?.names ?? {})]);
   const nameOf = (user: string) => names.get(user) ?? 'Someone who has left';
+  // The recording, when the room was recorded: a player with who spoke when.
+  const replay = await replaySection(room.id);
   const dl = (label: string, value: string) => h('div', {}, h('dt', {}, label), h('dd', {}, value));
   fill(
     main,
@@ -409,6 +414,7 @@ export async function endedView(main: HTMLElement, room: RoomView, known: Map<st
             ),
           )
         : null,
+      replay,
       h('a', { href: '/', 'data-link': true, class: 'button primary' }, 'Back to rooms'),
     ),
   );

@@ -27,6 +27,8 @@
 //! | `follows` | user | JSON list of `user:{id}` / `room:{id}` |
 //! | `invites` | token | invitation (JSON) |
 //! | `profiles` | user | profile (JSON: bio, small avatar) |
+//! | `room_recordings` | room | the room's recordings (JSON list: id, files, times, size) |
+//! | `clips` | clip | a clip (JSON: room, recording, range, file, speakers) |
 //! | `notifications` | user/unix ms (16 digits)/id | a feed entry (JSON) |
 //! | `notification_reads` | user | unix ms up to which the feed is read |
 //!
@@ -51,6 +53,7 @@ use crate::events::BusMessage;
 use crate::model::{
     Counts, Role, Room, RoomDoc, RoomId, RoomState, RoomStats, STAGE_LOADED, Scope, UserId,
 };
+use crate::replay::{Clip, ClipId, Recording};
 use crate::room::Effects;
 
 const HEADERS: TableDefinition<&str, &[u8]> = TableDefinition::new("room_headers");
@@ -67,12 +70,14 @@ const PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
 const NOTIFICATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("notifications");
 const READS: TableDefinition<&str, &[u8]> = TableDefinition::new("notification_reads");
 const AUDIT: TableDefinition<&str, &[u8]> = TableDefinition::new("room_audit");
+const RECORDINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("room_recordings");
+const CLIPS: TableDefinition<&str, &[u8]> = TableDefinition::new("clips");
 /// The earlier layout: whole-room documents.
 const LEGACY_ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("rooms");
 /// The earlier layout's claims (text values).
 const LEGACY_ACTIVE: TableDefinition<&str, &str> = TableDefinition::new("active_room");
 
-const TABLES: [TableDefinition<&str, &[u8]>; 13] = [
+const TABLES: [TableDefinition<&str, &[u8]>; 15] = [
     HEADERS,
     MEMBERS,
     HANDS,
@@ -86,6 +91,8 @@ const TABLES: [TableDefinition<&str, &[u8]>; 13] = [
     NOTIFICATIONS,
     READS,
     AUDIT,
+    RECORDINGS,
+    CLIPS,
 ];
 
 /// Changes queued for the writer before callers wait for room.
@@ -301,6 +308,8 @@ struct Mem {
     feeds: HashMap<UserId, std::collections::VecDeque<Notification>>,
     reads: HashMap<UserId, u64>,
     audit: HashMap<RoomId, Vec<super::AuditEntry>>,
+    recordings: HashMap<RoomId, Vec<Recording>>,
+    clips: HashMap<ClipId, Clip>,
 }
 
 fn feed_key(u: &UserId, n: &Notification) -> String {
@@ -674,6 +683,27 @@ fn load(db: &Database) -> Result<Mem, ControlError> {
             mem.audit.insert(r, parse("audit log", v.value())?);
         }
     }
+    for entry in txn
+        .open_table(RECORDINGS)
+        .map_err(db_err)?
+        .iter()
+        .map_err(db_err)?
+    {
+        let (k, v) = entry.map_err(db_err)?;
+        if let Ok(r) = RoomId::parse(k.value()) {
+            mem.recordings.insert(r, parse("recordings", v.value())?);
+        }
+    }
+    for entry in txn
+        .open_table(CLIPS)
+        .map_err(db_err)?
+        .iter()
+        .map_err(db_err)?
+    {
+        let (_, v) = entry.map_err(db_err)?;
+        let clip: Clip = parse("clip", v.value())?;
+        mem.clips.insert(clip.id.clone(), clip);
+    }
     let now = crate::clock::now_ms();
     for entry in txn
         .open_table(INVITES)
@@ -902,6 +932,19 @@ impl Store for EmbeddedStore {
         if mem.audit.remove(id).is_some() {
             ops.push(Op::Delete(AUDIT, id.to_string()));
         }
+        if mem.recordings.remove(id).is_some() {
+            ops.push(Op::Delete(RECORDINGS, id.to_string()));
+        }
+        let clips: Vec<ClipId> = mem
+            .clips
+            .values()
+            .filter(|c| c.room == *id)
+            .map(|c| c.id.clone())
+            .collect();
+        for c in clips {
+            mem.clips.remove(&c);
+            ops.push(Op::Delete(CLIPS, c.to_string()));
+        }
         self.write(mem, ops).await
     }
 
@@ -1101,6 +1144,56 @@ impl Store for EmbeddedStore {
         let op = Op::Put(INVITES, token.to_owned(), json(&*invite)?.into_bytes());
         self.write(mem, vec![op]).await?;
         Ok(true)
+    }
+
+    async fn put_recording(&self, recording: &Recording) -> Result<(), ControlError> {
+        self.usable()?;
+        let mut mem = self.mem.lock().await;
+        if !mem.rooms.contains_key(&recording.room) {
+            return Ok(());
+        }
+        let list = mem.recordings.entry(recording.room.clone()).or_default();
+        super::merge_recording(list, recording);
+        let op = Op::Put(
+            RECORDINGS,
+            recording.room.to_string(),
+            json(list)?.into_bytes(),
+        );
+        self.write(mem, vec![op]).await
+    }
+
+    async fn recordings(&self, id: &RoomId) -> Result<Vec<Recording>, ControlError> {
+        let mem = self.mem.lock().await;
+        Ok(mem.recordings.get(id).cloned().unwrap_or_default())
+    }
+
+    async fn put_clip(&self, clip: &Clip) -> Result<(), ControlError> {
+        self.usable()?;
+        let mut mem = self.mem.lock().await;
+        if !mem.rooms.contains_key(&clip.room) {
+            return Err(ControlError::not_found("room", clip.room.as_str()));
+        }
+        mem.clips.insert(clip.id.clone(), clip.clone());
+        let op = Op::Put(CLIPS, clip.id.to_string(), json(clip)?.into_bytes());
+        self.write(mem, vec![op]).await
+    }
+
+    async fn clip(&self, id: &ClipId) -> Result<Option<Clip>, ControlError> {
+        let mem = self.mem.lock().await;
+        Ok(mem.clips.get(id).cloned())
+    }
+
+    async fn room_clips(&self, id: &RoomId, limit: usize) -> Result<Vec<Clip>, ControlError> {
+        let mem = self.mem.lock().await;
+        let mut out: Vec<Clip> = mem
+            .clips
+            .values()
+            .filter(|c| c.room == *id)
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
+        out.truncate(limit);
+        Ok(out)
     }
 
     async fn heartbeat(&self, instance: &str, ttl_ms: u64) -> Result<(), ControlError> {

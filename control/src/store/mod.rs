@@ -23,6 +23,7 @@ use crate::error::ControlError;
 use crate::events::BusMessage;
 use crate::model::{Counts, Member, Role, RoomDoc, RoomId, RoomState, Scope, UserId};
 use crate::notify::{MAX_FEED, Notification};
+use crate::replay::{Clip, ClipId, Recording};
 use crate::room::Effects;
 
 /// A change to one room, run under the store's lock or transaction; it may run more than once
@@ -239,6 +240,22 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// atomically across instances; returns whether it did.
     async fn use_invite(&self, token: &str, max_uses: Option<u32>) -> Result<bool, ControlError>;
 
+    /// Adds a recording of its room, or replaces the one with its id (its end reported); a
+    /// room keeps its newest [`crate::replay::MAX_RECORDINGS`]. Nothing if the room is gone.
+    async fn put_recording(&self, recording: &Recording) -> Result<(), ControlError>;
+
+    /// A room's recordings, oldest first.
+    async fn recordings(&self, id: &RoomId) -> Result<Vec<Recording>, ControlError>;
+
+    /// Stores a clip (with its room: deleted with it).
+    async fn put_clip(&self, clip: &Clip) -> Result<(), ControlError>;
+
+    /// A clip by id.
+    async fn clip(&self, id: &ClipId) -> Result<Option<Clip>, ControlError>;
+
+    /// A room's clips, newest first, at most `limit`.
+    async fn room_clips(&self, id: &RoomId, limit: usize) -> Result<Vec<Clip>, ControlError>;
+
     /// Records that `instance` is alive for the next `ttl_ms`.
     async fn heartbeat(&self, instance: &str, ttl_ms: u64) -> Result<(), ControlError>;
 
@@ -383,6 +400,20 @@ fn json<T: Serialize>(value: &T) -> Result<String, ControlError> {
 fn parse<T: serde::de::DeserializeOwned>(what: &str, s: &[u8]) -> Result<T, ControlError> {
     serde_json::from_slice(s)
         .map_err(|e| ControlError::unavailable(format!("corrupt {what} record in the store: {e}")))
+}
+
+/// `recordings` with `recording` in place of the one with its id (or added), ordered by start,
+/// the newest [`crate::replay::MAX_RECORDINGS`] kept.
+fn merge_recording(recordings: &mut Vec<Recording>, recording: &Recording) {
+    match recordings.iter_mut().find(|r| r.id == recording.id) {
+        Some(r) => *r = recording.clone(),
+        None => recordings.push(recording.clone()),
+    }
+    recordings.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
+    if recordings.len() > crate::replay::MAX_RECORDINGS {
+        let extra = recordings.len() - crate::replay::MAX_RECORDINGS;
+        recordings.drain(..extra);
+    }
 }
 
 /// Capacity of the local event fan-out.

@@ -26,6 +26,9 @@
 //! | `{p}invite:{token}` | string | an invitation link (JSON: room, role, limits, revoked), kept a week past its expiry so that it is refused as expired |
 //! | `{p}invite:{token}:uses` | string | how many accepted it (`INCR`), expiring with it |
 //! | `{p}room:{id}:invites` | set | the room's invitation tokens (expiring with the latest) |
+//! | `{p}room:{id}:recordings` | hash | recording id → recording (JSON: files, times, size, state) |
+//! | `{p}clip:{id}` | string | a clip (JSON: room, recording, range, file, speakers) |
+//! | `{p}room:{id}:clips` | sorted set | the room's clip ids, scored by the unix ms they were cut |
 //! | `{p}presence:{instance}` | string | an instance's heartbeat; expires when it stops (TTL) |
 //! | `{p}lock:room:{id}` | string | who is changing the room now; expires after 5 s |
 //! | `{p}bus` | pub/sub channel | each command's media changes and events, for every instance |
@@ -53,6 +56,7 @@ use super::{
 use crate::error::ControlError;
 use crate::events::BusMessage;
 use crate::model::{Role, RoomDoc, RoomId, RoomState, RoomStats, STAGE_LOADED, Scope, UserId};
+use crate::replay::{Clip, ClipId, Recording};
 use crate::room::Effects;
 
 /// Attempts of one room update before giving up under contention.
@@ -952,6 +956,16 @@ impl Store for RedisStore {
         pipe.atomic();
         pipe.del(&self.room_keys(id)[..]).ignore();
         pipe.del(self.key(&format!("room:{id}:audit"))).ignore();
+        pipe.del(self.key(&format!("room:{id}:recordings")))
+            .ignore();
+        let clips: Vec<String> = con
+            .zrange(self.key(&format!("room:{id}:clips")), 0, -1)
+            .await
+            .map_err(redis_err)?;
+        for c in clips {
+            pipe.del(self.key(&format!("clip:{c}"))).ignore();
+        }
+        pipe.del(self.key(&format!("room:{id}:clips"))).ignore();
         pipe.del(&[self.index_key(id, "stage"), self.index_key(id, "audience")])
             .ignore();
         for state in STATES {
@@ -1238,6 +1252,86 @@ impl Store for RedisStore {
             return Ok(false);
         }
         Ok(true)
+    }
+
+    async fn put_recording(&self, recording: &Recording) -> Result<(), ControlError> {
+        let mut con = self.shared.clone();
+        let exists: bool = con
+            .exists(self.key(&format!("room:{}", recording.room)))
+            .await
+            .map_err(redis_err)?;
+        if !exists {
+            return Ok(());
+        }
+        let key = self.key(&format!("room:{}:recordings", recording.room));
+        con.hset::<_, _, _, ()>(&key, recording.id.as_str(), json(recording)?)
+            .await
+            .map_err(redis_err)?;
+        // Keep the newest: drop the oldest past the limit.
+        let mut all = self.recordings(&recording.room).await?;
+        if all.len() > crate::replay::MAX_RECORDINGS {
+            let extra = all.len() - crate::replay::MAX_RECORDINGS;
+            let old: Vec<String> = all.drain(..extra).map(|r| r.id.to_string()).collect();
+            con.hdel::<_, _, ()>(&key, old).await.map_err(redis_err)?;
+        }
+        Ok(())
+    }
+
+    async fn recordings(&self, id: &RoomId) -> Result<Vec<Recording>, ControlError> {
+        let mut con = self.shared.clone();
+        let raw: HashMap<String, String> = con
+            .hgetall(self.key(&format!("room:{id}:recordings")))
+            .await
+            .map_err(redis_err)?;
+        let mut out = Vec::with_capacity(raw.len());
+        for v in raw.values() {
+            super::merge_recording(&mut out, &parse("recording", v.as_bytes())?);
+        }
+        Ok(out)
+    }
+
+    async fn put_clip(&self, clip: &Clip) -> Result<(), ControlError> {
+        let mut con = self.shared.clone();
+        redis::pipe()
+            .atomic()
+            .set(self.key(&format!("clip:{}", clip.id)), json(clip)?)
+            .ignore()
+            .zadd(
+                self.key(&format!("room:{}:clips", clip.room)),
+                clip.id.as_str(),
+                clip.created_at,
+            )
+            .ignore()
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(redis_err)
+    }
+
+    async fn clip(&self, id: &ClipId) -> Result<Option<Clip>, ControlError> {
+        let mut con = self.shared.clone();
+        let raw: Option<String> = con
+            .get(self.key(&format!("clip:{id}")))
+            .await
+            .map_err(redis_err)?;
+        raw.map(|r| parse("clip", r.as_bytes())).transpose()
+    }
+
+    async fn room_clips(&self, id: &RoomId, limit: usize) -> Result<Vec<Clip>, ControlError> {
+        let mut con = self.shared.clone();
+        let stop = isize::try_from(limit)
+            .unwrap_or(isize::MAX)
+            .saturating_sub(1);
+        let ids: Vec<String> = con
+            .zrevrange(self.key(&format!("room:{id}:clips")), 0, stop)
+            .await
+            .map_err(redis_err)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for c in ids {
+            if let Some(clip) = self.clip(&ClipId::parse(&c)?).await? {
+                out.push(clip);
+            }
+        }
+        Ok(out)
     }
 
     async fn heartbeat(&self, instance: &str, ttl_ms: u64) -> Result<(), ControlError> {

@@ -1,0 +1,379 @@
+//! Replays and clips: a room's recordings with who spoke when, their audio with HTTP range
+//! requests (so a browser's player seeks), and clips with their own link, card and audio.
+//! Whoever may see the room (its view's rule) may list and play them; a private room's
+//! outsiders get 404.
+
+use axum::http::{HeaderMap, HeaderValue, Method, header};
+
+use super::*;
+use crate::replay::{ByteRange, Clip, ClipId, RecordingId, RecordingState, Speaker, byte_range};
+use crate::service::NewClip;
+
+/// The replay and clip routes.
+pub(super) fn routes() -> Router<Control> {
+    Router::new()
+        .route("/api/rooms/{id}/recordings", get(list_recordings))
+        .route(
+            "/api/rooms/{id}/recordings/{recording}/audio",
+            get(recording_audio),
+        )
+        .route("/api/rooms/{id}/clips", post(create_clip).get(list_clips))
+        .route("/api/clips/{clip}", get(get_clip))
+        .route("/api/clips/{clip}/audio", get(clip_audio))
+}
+
+/// One span of a replay's timeline: someone speaking.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TimelineEntry {
+    /// Their user id.
+    pub user: String,
+    /// Their display name when the room knows it.
+    pub name: String,
+    /// Start, ms since the recording's start.
+    pub start_ms: u64,
+    /// End, ms since the recording's start.
+    pub end_ms: u64,
+}
+
+/// A recording of a room.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RecordingView {
+    /// Its id.
+    pub id: RecordingId,
+    /// `recording` (running now), `complete` or `failed` (playable up to the failure).
+    pub state: RecordingState,
+    /// Unix ms it started.
+    pub started_at: u64,
+    /// Unix ms it ended.
+    pub ended_at: Option<u64>,
+    /// Its length (ms; so far, while it runs).
+    pub duration_ms: u64,
+    /// Its audio's size (bytes).
+    pub size: u64,
+    /// Its audio (Ogg/Opus, HTTP range requests): add `?access_token=` for an audio element.
+    pub audio_url: String,
+    /// Who spoke when, ordered by start.
+    pub timeline: Vec<TimelineEntry>,
+}
+
+/// `GET /api/rooms/{id}/recordings`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RecordingsView {
+    /// The room's recordings, oldest first.
+    pub recordings: Vec<RecordingView>,
+}
+
+/// `POST /api/rooms/{id}/clips`: the last N seconds, or a start and end in the recording;
+/// neither gives the last 30 seconds.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClipBody {
+    /// The recording to cut (default: the one running now in a live room, else the latest).
+    pub recording: Option<RecordingId>,
+    /// The last this many seconds (at most 600).
+    pub last_seconds: Option<f64>,
+    /// Start, ms of the recording.
+    pub start_ms: Option<u64>,
+    /// End, ms of the recording (after the start, at most 600 s later).
+    pub end_ms: Option<u64>,
+    /// Title (default: the room's), 1 to 120 characters.
+    pub title: Option<String>,
+}
+
+/// The room a clip comes from.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ClipRoomView {
+    /// Room id.
+    pub id: RoomId,
+    /// Its title.
+    pub title: String,
+    /// Its host's display name.
+    pub host_name: String,
+}
+
+/// A clip: its card and where to play and share it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ClipView {
+    /// Its id.
+    pub id: ClipId,
+    /// Its title.
+    pub title: String,
+    /// The room.
+    pub room: ClipRoomView,
+    /// The recording it was cut from.
+    pub recording: RecordingId,
+    /// Where it starts in the recording (ms).
+    pub start_ms: u64,
+    /// Where it ends in the recording (ms).
+    pub end_ms: u64,
+    /// Its length (ms).
+    pub duration_ms: u64,
+    /// Who spoke in it.
+    pub speakers: Vec<Speaker>,
+    /// Who cut it (absent: a server).
+    pub created_by: Option<UserId>,
+    /// Unix ms it was cut.
+    pub created_at: u64,
+    /// Its audio (Ogg/Opus, HTTP range requests).
+    pub audio_url: String,
+    /// The web app's page for it, to share.
+    pub link: String,
+}
+
+/// `GET /api/rooms/{id}/clips`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ClipsView {
+    /// The newest 100, newest first.
+    pub clips: Vec<ClipView>,
+}
+
+fn clip_view(clip: Clip, doc: &RoomDoc) -> ClipView {
+    ClipView {
+        audio_url: format!("/api/clips/{}/audio", clip.id),
+        link: format!("/clips/{}", clip.id),
+        duration_ms: clip.end_ms.saturating_sub(clip.start_ms),
+        room: ClipRoomView {
+            id: doc.room.id.clone(),
+            title: doc.room.title.clone(),
+            host_name: doc
+                .name_of(&doc.room.host)
+                .unwrap_or(doc.room.host.as_str())
+                .to_owned(),
+        },
+        id: clip.id,
+        title: clip.title,
+        recording: clip.recording,
+        start_ms: clip.start_ms,
+        end_ms: clip.end_ms,
+        speakers: clip.speakers,
+        created_by: clip.created_by,
+        created_at: clip.created_at,
+    }
+}
+
+/// A room's recordings, with who spoke when: for whoever may see the room (a private room's
+/// outsiders get 404), live or ended.
+#[utoipa::path(get, path = "/api/rooms/{id}/recordings", params(("id" = String, Path, description = "Room id")),
+    responses((status = 200, body = RecordingsView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn list_recordings(
+    State(c): State<Control>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RecordingsView>, ControlError> {
+    let id = room_id(&id)?;
+    let replays = c.replays(&id, caller.viewer()).await?;
+    Ok(Json(RecordingsView {
+        recordings: replays
+            .into_iter()
+            .map(|r| RecordingView {
+                audio_url: format!("/api/rooms/{id}/recordings/{}/audio", r.recording.id),
+                id: r.recording.id,
+                state: r.recording.state,
+                started_at: r.recording.started_at,
+                ended_at: r.recording.ended_at,
+                duration_ms: r.duration_ms,
+                size: r.size,
+                timeline: r
+                    .timeline
+                    .into_iter()
+                    .map(|(s, name)| TimelineEntry {
+                        user: s.user,
+                        name,
+                        start_ms: s.start_ms,
+                        end_ms: s.end_ms,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }))
+}
+
+/// A recording's audio (Ogg/Opus) with HTTP range requests (`Range: bytes=…` → 206 with
+/// `Content-Range`; past the end → 416), so a player seeks; `HEAD` answers the headers.
+/// `?access_token=` authenticates an audio element.
+#[utoipa::path(get, path = "/api/rooms/{id}/recordings/{recording}/audio",
+    params(("id" = String, Path, description = "Room id"), ("recording" = String, Path, description = "Recording id")),
+    responses((status = 200, description = "The whole file", content_type = "audio/ogg"),
+        (status = 206, description = "The range asked for", content_type = "audio/ogg"),
+        (status = 404, body = ErrorBody), (status = 416, body = ErrorBody, description = "The range starts past the end (`range_not_satisfiable`)")))]
+pub(super) async fn recording_audio(
+    State(c): State<Control>,
+    caller: Caller,
+    method: Method,
+    headers: HeaderMap,
+    Path((id, recording)): Path<(String, String)>,
+) -> Result<Response, ControlError> {
+    let id = room_id(&id)?;
+    let recording = RecordingId::parse(&recording)?;
+    let path = c.recording_path(&id, &recording, caller.viewer()).await?;
+    serve_file(&path, &method, &headers).await
+}
+
+/// Cuts a clip of the room's recording: the last N seconds, or a start and end. While the
+/// room is live, its members (and the host) cut from the recording running now; once it
+/// ended, whoever may see the room cuts from its replay. The clip has its own id, link,
+/// card (who spoke in it) and audio file.
+#[utoipa::path(post, path = "/api/rooms/{id}/clips", params(("id" = String, Path, description = "Room id")), request_body = ClipBody,
+    responses((status = 201, body = ClipView),
+        (status = 400, body = ErrorBody, description = "A bad range (`invalid_range`: start not before end, too long)"),
+        (status = 403, body = ErrorBody, description = "Not a member of the live room (`not_a_member`)"),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "The room is not recorded (`not_recorded`)"),
+        (status = 416, body = ErrorBody, description = "The range starts past the recording's end (`past_end`)"),
+        (status = 429, body = ErrorBody)))]
+pub(super) async fn create_clip(
+    State(c): State<Control>,
+    caller: Caller,
+    Path(id): Path<String>,
+    OptionalBody(b): OptionalBody<ClipBody>,
+) -> Result<Response, ControlError> {
+    let id = room_id(&id)?;
+    let last_ms = match b.last_seconds {
+        Some(s) if !(s.is_finite() && s > 0.0) => {
+            return Err(ControlError::bad_request(
+                "invalid_range",
+                "last_seconds must be a positive number",
+            ));
+        }
+        Some(s) => Some((s * 1000.0).min(u64::MAX as f64) as u64),
+        None => None,
+    };
+    let request = NewClip {
+        recording: b.recording,
+        last_ms,
+        start_ms: b.start_ms,
+        end_ms: b.end_ms,
+        title: b.title,
+    };
+    let clip = c.cut_clip(&id, &caller.0, request).await?;
+    let doc = c.room_in(&id, &Scope::header()).await?;
+    Ok((StatusCode::CREATED, Json(clip_view(clip, &doc))).into_response())
+}
+
+/// A room's clips, newest first: for whoever may see the room.
+#[utoipa::path(get, path = "/api/rooms/{id}/clips", params(("id" = String, Path, description = "Room id")),
+    responses((status = 200, body = ClipsView), (status = 404, body = ErrorBody)))]
+pub(super) async fn list_clips(
+    State(c): State<Control>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ClipsView>, ControlError> {
+    let id = room_id(&id)?;
+    let clips = c.clips(&id, caller.viewer()).await?;
+    let doc = c.room_in(&id, &Scope::header()).await?;
+    Ok(Json(ClipsView {
+        clips: clips.into_iter().map(|k| clip_view(k, &doc)).collect(),
+    }))
+}
+
+/// A clip's card: title, room, who spoke in it, where to play and share it. For whoever may
+/// see its room (else 404).
+#[utoipa::path(get, path = "/api/clips/{clip}", params(("clip" = String, Path, description = "Clip id")),
+    responses((status = 200, body = ClipView), (status = 404, body = ErrorBody)))]
+pub(super) async fn get_clip(
+    State(c): State<Control>,
+    caller: Caller,
+    Path(clip): Path<String>,
+) -> Result<Json<ClipView>, ControlError> {
+    let (clip, doc) = c.clip(&ClipId::parse(&clip)?, caller.viewer()).await?;
+    Ok(Json(clip_view(clip, &doc)))
+}
+
+/// A clip's audio (Ogg/Opus, starting at 0), with HTTP range requests as a recording's.
+#[utoipa::path(get, path = "/api/clips/{clip}/audio", params(("clip" = String, Path, description = "Clip id")),
+    responses((status = 200, content_type = "audio/ogg"), (status = 206, content_type = "audio/ogg"),
+        (status = 404, body = ErrorBody), (status = 416, body = ErrorBody)))]
+pub(super) async fn clip_audio(
+    State(c): State<Control>,
+    caller: Caller,
+    method: Method,
+    headers: HeaderMap,
+    Path(clip): Path<String>,
+) -> Result<Response, ControlError> {
+    let path = c.clip_path(&ClipId::parse(&clip)?, caller.viewer()).await?;
+    serve_file(&path, &method, &headers).await
+}
+
+/// Bytes read from disk per chunk of a response.
+const CHUNK: usize = 64 * 1024;
+
+/// An Ogg file, whole or the range the request asks for, streamed from disk.
+async fn serve_file(
+    path: &std::path::Path,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Response, ControlError> {
+    let missing = || ControlError::not_found("audio file", "on this server");
+    let file = tokio::fs::File::open(path).await.map_err(|_| missing())?;
+    let len = file.metadata().await.map_err(|_| missing())?.len();
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (status, start, end) = match byte_range(range.as_deref(), len) {
+        ByteRange::Whole => (StatusCode::OK, 0, len.saturating_sub(1)),
+        ByteRange::Part { start, end } => (StatusCode::PARTIAL_CONTENT, start, end),
+        ByteRange::Unsatisfiable => {
+            let mut response = ControlError::new(
+                416,
+                "range_not_satisfiable",
+                format!("the range {range:?} starts past the end of this {len}-byte file"),
+            )
+            .into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                response.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            response
+                .headers_mut()
+                .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            return Ok(response);
+        }
+    };
+    let count = if len == 0 { 0 } else { end - start + 1 };
+    let mut builder = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "audio/ogg")
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_LENGTH, count)
+        .header(header::CACHE_CONTROL, "private, no-cache");
+    if status == StatusCode::PARTIAL_CONTENT {
+        builder = builder.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"));
+    }
+    let body = if *method == Method::HEAD || count == 0 {
+        axum::body::Body::empty()
+    } else {
+        metrics::counter!(crate::telemetry::AUDIO_BYTES).increment(count);
+        stream_file(file, start, count)
+            .await
+            .map_err(|_| missing())?
+    };
+    builder
+        .body(body)
+        .map_err(|e| ControlError::unavailable(format!("audio response: {e}")))
+}
+
+/// `count` bytes of `file` from `start`, read as the response is sent.
+async fn stream_file(
+    mut file: tokio::fs::File,
+    start: u64,
+    count: u64,
+) -> std::io::Result<axum::body::Body> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    file.seek(std::io::SeekFrom::Start(start)).await?;
+    let reader = file.take(count);
+    let stream = futures_util::stream::unfold(reader, |mut reader| async move {
+        let mut buf = vec![0u8; CHUNK];
+        match reader.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((
+                    Ok::<_, std::io::Error>(axum::body::Bytes::from(buf)),
+                    reader,
+                ))
+            }
+            Err(e) => Some((Err(e), reader)),
+        }
+    });
+    Ok(axum::body::Body::from_stream(stream))
+}
