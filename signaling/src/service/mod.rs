@@ -134,6 +134,10 @@ pub struct SignalingStats {
     pub data_dropped: u64,
     /// Tap changes the recorder had no room for.
     pub recorder_dropped: u64,
+    /// Joins on `/rtc/v1` (one peer connection).
+    pub joins_single: u64,
+    /// Joins on the legacy `/rtc` (two peer connections).
+    pub joins_legacy: u64,
 }
 
 enum Msg {
@@ -396,6 +400,8 @@ impl Shell {
                     observer_dropped: self.counters.observer_dropped.load(Ordering::Relaxed),
                     data_dropped: core.data_dropped,
                     recorder_dropped: self.counters.recorder_dropped.load(Ordering::Relaxed),
+                    joins_single: core.joins_single,
+                    joins_legacy: core.joins_legacy,
                 };
                 let _ = reply.send(stats);
             }
