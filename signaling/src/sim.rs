@@ -113,6 +113,8 @@ pub struct Client {
     /// does).
     wanted_sections: u32,
     reoffer: bool,
+    /// A `/rtc/v1` first offer kept back ([`Sim::join_v1_without_offer`]).
+    first_offer: Option<join::InitialOffer>,
     tag: u8,
 }
 
@@ -299,10 +301,36 @@ impl Sim {
         publish: bool,
         sections: u32,
     ) -> usize {
+        let c = self.join_v1_without_offer(room, identity, publish, sections);
+        self.send_first_offer(c);
+        c
+    }
+
+    /// A `/rtc/v1` join whose offer is kept back, to send with [`Sim::send_first_offer`].
+    pub fn join_v1_without_offer(
+        &mut self,
+        room: &str,
+        identity: &str,
+        publish: bool,
+        sections: u32,
+    ) -> usize {
         self.offer_after_join = true;
         let joined = self.join_as(identity, Self::grants(room, publish), Some(sections));
         self.offer_after_join = false;
         joined.expect("join refused")
+    }
+
+    /// Sends the offer a [`Sim::join_v1_without_offer`] kept back.
+    pub fn send_first_offer(&mut self, c: usize) {
+        if let Some(offer) = self.clients[c].first_offer.take() {
+            let sd = lk::SessionDescription {
+                r#type: "offer".into(),
+                sdp: offer.sdp,
+                id: offer.id,
+                ..Default::default()
+            };
+            self.request(c, signal_request::Message::Offer(sd));
+        }
     }
 
     fn join_as(
@@ -377,6 +405,7 @@ impl Sim {
             recv_mids,
             wanted_sections: 0,
             reoffer: false,
+            first_offer: None,
             tag,
         };
         self.by_addr
@@ -385,16 +414,8 @@ impl Sim {
             .insert(client.subscriber.addr, (i, Side::Subscriber));
         self.by_session.insert(session, i);
         self.clients.push(client);
+        self.clients[i].first_offer = deferred;
         self.settle();
-        if let Some(offer) = deferred {
-            let sd = lk::SessionDescription {
-                r#type: "offer".into(),
-                sdp: offer.sdp,
-                id: offer.id,
-                ..Default::default()
-            };
-            self.request(i, signal_request::Message::Offer(sd));
-        }
         Ok(i)
     }
 
@@ -970,7 +991,10 @@ impl Sim {
             }
             // A refused offer leaves the client's pending offer unanswered; roll it back so it
             // can offer again.
-            signal_response::Message::RequestResponse(_) if client.pending_pub.take().is_some() => {
+            // (An offer kept back is not the refused one: its pending state stays.)
+            signal_response::Message::RequestResponse(_)
+                if client.first_offer.is_none() && client.pending_pub.take().is_some() =>
+            {
                 client.send = None;
             }
             _ => {}

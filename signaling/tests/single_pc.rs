@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use livekit_protocol as lk;
 use livekit_protocol::participant_info::State;
-use livekit_protocol::signal_response;
+use livekit_protocol::{signal_request, signal_response};
 use prost::Message as _;
 use stoa_signaling::proto::ServerConfig;
 use stoa_signaling::sim::Sim;
@@ -365,6 +365,56 @@ fn an_offer_sent_after_the_join_creates_the_connection_and_subscribes_it() {
     let ok = sim.run_until(5 * SECOND, |s| mid_of(s, listener, &tsid).is_some());
     assert!(ok, "the speaker's track never reached an answer");
     assert_eq!(answers(&sim, listener).first().map(|a| a.id), Some(1));
+    sim.speak(speaker, 30);
+    sim.run_for(SECOND);
+    let heard: usize = heard_from(&sim, listener, speaker).values().sum();
+    assert!(heard >= 25, "heard {heard} of 30");
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn a_listeners_first_offer_that_sends_is_refused_and_the_next_one_still_subscribes() {
+    use stoa_sfu::str0m::media::{Direction, MediaKind};
+    use stoa_sfu::str0m::{Candidate, RtcConfig};
+    use stoa_signaling::sim::SFU_ADDR;
+
+    let mut sim = world(17);
+    let speaker = sim.join_v1("r", "speaker", true, 3);
+    connect(&mut sim, speaker);
+    sim.publish(speaker);
+    sim.run_for(SECOND);
+    let tsid = track_sid(&sim, speaker);
+    let listener = sim.join_v1_without_offer("r", "listener", false, 3);
+    // A forged first offer that sends audio, from a participant who may not publish.
+    let mut rogue = RtcConfig::new()
+        .clear_codecs()
+        .enable_opus(true, false)
+        .build(sim.now);
+    rogue.add_local_candidate(Candidate::host(SFU_ADDR.parse().unwrap(), "udp").unwrap());
+    let mut api = rogue.sdp_api();
+    api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+    let (offer, _) = api.apply().unwrap();
+    let sd = lk::SessionDescription {
+        r#type: "offer".into(),
+        sdp: offer.to_sdp_string(),
+        id: 1,
+        ..Default::default()
+    };
+    sim.request(listener, signal_request::Message::Offer(sd));
+    let refused = sim.clients[listener].errors();
+    assert!(
+        refused
+            .iter()
+            .any(|r| r.reason == lk::request_response::Reason::NotAllowed as i32),
+        "{refused:?}"
+    );
+    assert!(answers(&sim, listener).is_empty());
+    // Its real offer then creates the connection, subscribed to the speaker as if nothing
+    // happened.
+    sim.send_first_offer(listener);
+    connect(&mut sim, listener);
+    let ok = sim.run_until(5 * SECOND, |s| mid_of(s, listener, &tsid).is_some());
+    assert!(ok, "the speaker's track never reached an answer");
     sim.speak(speaker, 30);
     sim.run_for(SECOND);
     let heard: usize = heard_from(&sim, listener, speaker).values().sum();

@@ -173,6 +173,11 @@ impl Server {
                         // No connection was created: the next offer starts afresh, and offers
                         // sent meanwhile for this connection are refused with it.
                         s.publisher = None;
+                        if s.single {
+                            // Its subscriptions went nowhere: the next connection takes them.
+                            s.subscriber = None;
+                            s.subscribed.clear();
+                        }
                         self.by_peer.remove(&peer);
                         refused = s.offers.len().max(1);
                         s.offers.clear();
