@@ -57,6 +57,9 @@ pub const SFU_DATAGRAMS_SENT: &str = "sfu_datagrams_sent_total";
 pub const SFU_BYTES_SENT: &str = "sfu_bytes_sent_total";
 /// Time from reading a datagram batch to handing what it produced to the kernel (histogram).
 pub const SFU_FORWARDING_SECONDS: &str = "sfu_forwarding_seconds";
+/// Joins by signaling `path` = `v1` (`/rtc/v1`, one peer connection) | `legacy` (`/rtc`, two)
+/// (counter; resumes are not joins).
+pub const SIGNALING_JOINS: &str = "signaling_joins_total";
 /// Time from a join to the participant's media connection being up (histogram).
 pub const SIGNALING_JOIN_SECONDS: &str = "signaling_join_seconds";
 /// Of the forwarded packets, those the engine sealed itself: the forwarding fast path (counter).
@@ -113,6 +116,11 @@ pub fn describe() {
          departure timeout"
     );
     describe_gauge!(SIGNALING_TRACKS, Unit::Count, "Published tracks");
+    describe_counter!(
+        SIGNALING_JOINS,
+        Unit::Count,
+        "Joins by signaling path (v1: /rtc/v1, one peer connection; legacy: /rtc, two)"
+    );
     describe_counter!(
         SIGNALING_WEBHOOK_EVENTS,
         Unit::Count,
@@ -264,6 +272,8 @@ pub fn record(snapshot: &Snapshot) {
         gauge!(SIGNALING_TRACKS).set(s.tracks as f64);
         gauge!(SIGNALING_PARTICIPANTS, "role" => "publisher").set(s.publishers as f64);
         gauge!(SIGNALING_PARTICIPANTS, "role" => "listener").set(s.listeners as f64);
+        counter!(SIGNALING_JOINS, "path" => "v1").absolute(s.joins_single);
+        counter!(SIGNALING_JOINS, "path" => "legacy").absolute(s.joins_legacy);
         counter!(SIGNALING_DROPPED, "queue" => "requests").absolute(s.requests_dropped);
         counter!(SIGNALING_DROPPED, "queue" => "outbox").absolute(s.clients_overflowed);
         counter!(SIGNALING_DROPPED, "queue" => "engine").absolute(s.engine_undelivered);
@@ -393,6 +403,8 @@ mod tests {
                 joins: HistogramSnapshot::default(),
                 requests_dropped: 7,
                 clients_overflowed: 2,
+                joins_single: 5,
+                joins_legacy: 4,
                 ..SignalingStats::default()
             }),
             sfu: Some(vec![shard, shard]),
@@ -416,6 +428,8 @@ mod tests {
             "signaling_rooms 1",
             "signaling_sessions 3",
             "signaling_sessions_held 1",
+            "signaling_joins_total{path=\"v1\"} 5",
+            "signaling_joins_total{path=\"legacy\"} 4",
             "signaling_participants{role=\"publisher\"} 1",
             "signaling_participants{role=\"listener\"} 2",
             "sfu_peers 4",

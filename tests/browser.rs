@@ -1,6 +1,8 @@
 //! Browser end-to-end test: the unmodified `livekit-client` npm package, in headless Chromium,
 //! against `stoa serve --dev`, both inside a private network namespace (`unshare -n`), so that
-//! nothing but loopback can be reached.
+//! nothing but loopback can be reached. The pages speak livekit-client's default single-connection
+//! protocol on `/rtc/v1`, except in the legacy test, which forces the two-connection one on `/rtc`;
+//! each page checks which path its WebSockets took.
 //!
 //! The scenario lives in `tests/browser/e2e.mjs` (two pages: A publishes a 1 kHz microphone,
 //! B subscribes and hears it, B may not publish, A mutes, A leaves); `tests/browser/run.sh`
@@ -32,9 +34,19 @@ use support::chromium::{self, missing_prerequisites, run_in_namespace};
 /// Outer bound; run.sh caps itself at 120 s.
 const TIMEOUT: Duration = Duration::from_secs(150);
 
+/// livekit-client's default protocol: one peer connection on `/rtc/v1` (the pages check that
+/// they spoke only that path).
 #[test]
 fn livekit_client_in_chromium_talks_to_stoa() {
     run_scenario(None);
+}
+
+/// The same scenario on livekit-client's two-connection protocol on `/rtc`
+/// (`singlePeerConnection: false`), which older clients and those that fall back use: audio,
+/// RED, data, a permission change, mute and leave on the legacy path too.
+#[test]
+fn livekit_client_on_the_legacy_two_connection_path_talks_to_stoa() {
+    run_scenario(Some("legacy"));
 }
 
 /// A rolling restart of the node under a live room: SIGTERM with `[shutdown] clients =
@@ -80,8 +92,8 @@ fn livekit_client_as_a_hostile_client_changes_nothing_the_host_sees() {
 static ONE_BROWSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Runs tests/browser/run.sh in a private network namespace; `relay` selects relay-only mode
-/// over that transport, or the restart (`"restart"`), network-cut (`"cut"`) or hostile-client
-/// (`"hostile"`) scenario.
+/// over that transport, or the restart (`"restart"`), network-cut (`"cut"`), hostile-client
+/// (`"hostile"`) or legacy-signaling (`"legacy"`) scenario.
 fn run_scenario(relay: Option<&str>) {
     let _one = ONE_BROWSER
         .lock()
@@ -110,8 +122,12 @@ fn run_scenario(relay: Option<&str>) {
                 .env_remove("STOA_E2E_RELAY")
                 .env_remove("STOA_E2E_RESTART")
                 .env_remove("STOA_E2E_CUT")
-                .env_remove("STOA_E2E_SCENARIO");
+                .env_remove("STOA_E2E_SCENARIO")
+                .env_remove("STOA_E2E_SIGNALING");
             match relay {
+                Some("legacy") => {
+                    command.env("STOA_E2E_SIGNALING", "legacy");
+                }
                 Some("restart") => {
                     command.env("STOA_E2E_RESTART", "1");
                 }
@@ -133,6 +149,7 @@ fn run_scenario(relay: Option<&str>) {
     let mode = match relay {
         None => "direct".to_owned(),
         Some(m @ ("restart" | "hostile")) => m.to_owned(),
+        Some("legacy") => "legacy /rtc, two connections".to_owned(),
         Some("cut") => "network cut and resume".to_owned(),
         Some(r) => format!("relay over {r}"),
     };

@@ -6,8 +6,9 @@
 //! - `@livekit/rtc-node` from npm, pinned by `tests/sdk/package-lock.json`
 //!   (`tests/sdk/node_sdk.mjs`).
 //!
-//! Both are built on LiveKit's Rust core and libwebrtc: they try `/rtc/v1` first, fall back to
-//! `/rtc` on its 404 and send the token as `Authorization: Bearer`. Each scenario proves real
+//! Both are built on LiveKit's Rust core and libwebrtc: they join on `/rtc/v1` (one peer
+//! connection; checked with the server's `signaling_joins_total{path}` counter, which run.sh
+//! prints after each scenario) and send the token as `Authorization: Bearer`. Each scenario proves real
 //! audio end to end (a tone published by one participant is decoded by the other and its
 //! frequency checked), then mute, data messages, a permission change made through the Twirp
 //! RoomService, and leave. `livekit-client` in Chromium has its own test (`tests/browser.rs`);
@@ -102,5 +103,21 @@ fn run_scenario(sdk: &str) {
     assert!(
         summary.contains("\"ok\": true") || summary.contains("\"ok\":true"),
         "no passing summary from the {sdk} scenario: {summary}"
+    );
+    // Every join of the scenario (two participants at least) took the single-connection path.
+    let joins = run
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("run.sh: signaling joins after {sdk}: ")))
+        .unwrap_or("(no joins line)");
+    let count = |path: &str| {
+        joins
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{path}=")))
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    assert!(
+        count("v1").is_some_and(|n| n >= 2) && count("legacy") == Some(0),
+        "the {sdk} SDK should join on /rtc/v1 only; the server counted {joins}"
     );
 }

@@ -3,12 +3,20 @@
 //! order, to a live session of the signaling service over a running media engine on 127.0.0.1.
 //! The service must neither panic nor stop serving other callers.
 //!
+//! The same input is also read as the `join_request` of a `/rtc/v1` query, as it is and
+//! base64-encoded (so that the decoder's later steps, gzip and protobuf, are reached too): it
+//! must be refused with a 400 or read, never panic. When it reads, the session joins on `/rtc/v1`
+//! with it (a publisher offer inside included); otherwise the first byte's second bit picks
+//! `/rtc/v1` without an offer or the legacy `/rtc`.
+//!
 //! Input layout: a sequence of `[len: u8][len bytes]` chunks, each one WebSocket message.
 #![no_main]
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE;
 use libfuzzer_sys::fuzz_target;
 use livekit_protocol as lk;
 use prost::Message;
@@ -45,6 +53,19 @@ fn world() -> &'static World {
     })
 }
 
+/// `text` escaped for a query string (`%XX` for everything but unreserved characters).
+fn form_urlencoded_value(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 fuzz_target!(|data: &[u8]| {
     let mut requests = Vec::new();
     let mut rest = data;
@@ -73,7 +94,19 @@ fuzz_target!(|data: &[u8]| {
             },
             ..Default::default()
         };
-        let params = join::parse_query("access_token=x&protocol=17").expect("params");
+        let mut params = join::parse_query("access_token=x&protocol=17").expect("params");
+        params.single_pc = data.first().is_some_and(|b| b & 2 == 2);
+        let text = String::from_utf8_lossy(data);
+        let raw = form_urlencoded_value(&text);
+        for value in [raw, URL_SAFE.encode(data)] {
+            match join::parse_v1_request(&format!("access_token=x&join_request={value}"), None) {
+                Ok(v1) => params = v1,
+                Err(e) => assert!(
+                    e.http_status() == 400 || e.http_status() == 401,
+                    "odd refusal {e}"
+                ),
+            }
+        }
         let (tx, mut rx) = mpsc::channel(stoa_signaling::service::OUTBOX);
         let Ok(session) = w.signaling.connect(claims, params, tx).await else {
             return;

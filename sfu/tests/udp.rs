@@ -176,7 +176,9 @@ async fn next_answer(
             .expect("no answer in time")
             .unwrap();
         match e {
-            Event::Answer { peer: p, answer } if p == peer => return answer,
+            Event::Answer {
+                peer: p, answer, ..
+            } if p == peer => return answer,
             Event::CommandFailed { peer: p, error, .. } if p == peer => panic!("refused: {error}"),
             other => seen.push(other),
         }
@@ -238,6 +240,7 @@ async fn publisher_is_heard_over_real_udp_across_shards() {
         peer: pub_peer,
         publish: Publish::Allow,
         offer,
+        single: false,
     })
     .unwrap();
     let answer = next_answer(&mut events, pub_peer, &mut seen).await;

@@ -1,5 +1,13 @@
-//! Join requests on the legacy `/rtc` path: the query string a client connects with, and the
-//! decision whether to admit it.
+//! Join requests: the query string a client connects with on the legacy `/rtc` path or on
+//! `/rtc/v1`, and the decision whether to admit it.
+//!
+//! On `/rtc/v1` (LiveKit's single-connection protocol, which livekit-client 2.17+ and the SDKs
+//! on LiveKit's Rust core try first) the query carries the token and `join_request`: URL-safe
+//! base64 of a `WrappedJoinRequest`, whose `join_request` bytes are a `JoinRequest`, gzipped
+//! when `compression` is `GZIP`. [`parse_v1_request`] reads it into the same [`JoinParams`]
+//! (client details, connection settings, resume fields, the publisher offer sent along); a
+//! `join_request` that is missing or cannot be read is refused with 400 and says which step
+//! failed.
 //!
 //! livekit-client 2.x sends `access_token`, `auto_subscribe`, `sdk`, `version`, `protocol` and
 //! `client_protocol` on every connection, `reconnect=1` and `sid` on a resume, and optionally
@@ -79,6 +87,19 @@ pub struct JoinParams {
     /// The client's IP address, as the HTTP layer saw the connection (not from the query);
     /// logged only as [`ClientIp`](crate::redact::ClientIp).
     pub client: Option<std::net::IpAddr>,
+    /// The client joined on `/rtc/v1`: one peer connection, which it offers.
+    pub single_pc: bool,
+    /// The publisher offer a `/rtc/v1` client sent inside its `join_request`, if any.
+    pub publisher_offer: Option<InitialOffer>,
+}
+
+/// A publisher offer sent along with a `/rtc/v1` join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitialOffer {
+    /// The offer's SDP.
+    pub sdp: String,
+    /// The offer's id, echoed by the answer.
+    pub id: u32,
 }
 
 /// Descriptive client details from the query, reported back in `ClientInfo`; never acted on.
@@ -136,6 +157,11 @@ impl fmt::Debug for JoinParams {
             .field("client_protocol", &self.client_protocol)
             .field("device", &self.device)
             .field("client", &self.client.map(crate::redact::ClientIp))
+            .field("single_pc", &self.single_pc)
+            .field(
+                "publisher_offer",
+                &self.publisher_offer.as_ref().map(|o| o.id),
+            )
             .finish()
     }
 }
@@ -151,6 +177,12 @@ pub enum JoinError {
     /// An `Authorization` header that is not `Bearer <token>` (LiveKit's wording).
     #[error("invalid authorization header. Must start with Bearer ")]
     BadAuthorization,
+    /// `/rtc/v1` without a `join_request`.
+    #[error("join_request is missing")]
+    MissingJoinRequest,
+    /// A `join_request` that cannot be read; `reason` says which step failed.
+    #[error("invalid join_request: {0}")]
+    BadJoinRequest(String),
     /// A parameter Stoa relies on has a value it cannot read.
     #[error("invalid query parameter `{name}`: {reason}")]
     InvalidParam {
@@ -170,7 +202,9 @@ impl JoinError {
     pub fn http_status(&self) -> u16 {
         match self {
             JoinError::MissingToken | JoinError::BadAuthorization => 401,
-            JoinError::InvalidParam { .. } => 400,
+            JoinError::InvalidParam { .. }
+            | JoinError::MissingJoinRequest
+            | JoinError::BadJoinRequest(_) => 400,
         }
     }
 }
@@ -266,7 +300,112 @@ pub fn parse_request(query: &str, authorization: Option<&str>) -> Result<JoinPar
             network: raw.network.unwrap_or_default(),
         },
         client: None,
+        single_pc: false,
+        publisher_offer: None,
     })
+}
+
+/// Largest `join_request` accepted, before and after decompression. livekit-client's, with a
+/// publisher offer for 3 audio and 3 video sections, is a few kilobytes.
+const MAX_JOIN_REQUEST: usize = 64 * 1024;
+
+/// Reads a `/rtc/v1` request: the token as on `/rtc` ([`parse_request`]), the rest from
+/// `join_request`.
+pub fn parse_v1_request(query: &str, authorization: Option<&str>) -> Result<JoinParams, JoinError> {
+    v1_params(query, parse_request(query, authorization)?)
+}
+
+/// The `/rtc/v1` parameters: the token and room of `legacy` (the query read as on `/rtc`), the
+/// rest from `join_request`.
+fn v1_params(query: &str, legacy: JoinParams) -> Result<JoinParams, JoinError> {
+    let query = query.strip_prefix('?').unwrap_or(query);
+    let encoded = form_urlencoded::parse(query.as_bytes())
+        .find(|(name, value)| name == "join_request" && !value.is_empty())
+        .map(|(_, value)| value.into_owned())
+        .ok_or(JoinError::MissingJoinRequest)?;
+    let join = decode_join_request(&encoded)?;
+    let info = join.client_info.unwrap_or_default();
+    let settings = join.connection_settings;
+    let sdk = Sdk::try_from(info.sdk).unwrap_or(Sdk::Unknown);
+    Ok(JoinParams {
+        access_token: legacy.access_token,
+        room: legacy.room,
+        reconnect: join.reconnect,
+        reconnect_reason: join.reconnect_reason,
+        participant_sid: Some(join.participant_sid).filter(|sid| join.reconnect && !sid.is_empty()),
+        // Without connection settings, LiveKit's defaults.
+        auto_subscribe: settings.as_ref().is_none_or(|s| s.auto_subscribe),
+        adaptive_stream: settings.as_ref().is_some_and(|s| s.adaptive_stream),
+        subscriber_allow_pause: settings.as_ref().and_then(|s| s.subscriber_allow_pause),
+        disable_ice_lite: settings.as_ref().is_some_and(|s| s.disable_ice_lite),
+        sdk,
+        version: info.version,
+        protocol: info.protocol,
+        client_protocol: info.client_protocol,
+        device: DeviceInfo {
+            device_model: info.device_model,
+            os: info.os,
+            os_version: info.os_version,
+            browser: info.browser,
+            browser_version: info.browser_version,
+            network: info.network,
+        },
+        client: None,
+        single_pc: true,
+        publisher_offer: join
+            .publisher_offer
+            .filter(|o| !o.sdp.is_empty())
+            .map(|o| InitialOffer {
+                sdp: o.sdp,
+                id: o.id,
+            }),
+    })
+}
+
+/// Decodes a `join_request` value: URL-safe base64 (padded or not; the standard alphabet
+/// too, as a proxy may have rewritten it) of a `WrappedJoinRequest`, its payload gzipped or
+/// not.
+pub fn decode_join_request(encoded: &str) -> Result<livekit_protocol::JoinRequest, JoinError> {
+    use base64::Engine as _;
+    use base64::engine::DecodePaddingMode;
+    use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+    use livekit_protocol::wrapped_join_request::Compression;
+    use prost::Message as _;
+    use std::io::Read as _;
+
+    let bad = |why: String| JoinError::BadJoinRequest(why);
+    if encoded.len() > MAX_JOIN_REQUEST * 4 / 3 + 4 {
+        return Err(bad("too long".into()));
+    }
+    let lenient =
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    let url_safe = GeneralPurpose::new(&base64::alphabet::URL_SAFE, lenient);
+    let standard = GeneralPurpose::new(&base64::alphabet::STANDARD, lenient);
+    let bytes = url_safe
+        .decode(encoded)
+        .or_else(|_| standard.decode(encoded))
+        .map_err(|e| bad(format!("not base64: {e}")))?;
+    let wrapped = livekit_protocol::WrappedJoinRequest::decode(bytes.as_slice())
+        .map_err(|e| bad(format!("not a WrappedJoinRequest: {e}")))?;
+    let inner = match Compression::try_from(wrapped.compression) {
+        Ok(Compression::None) => wrapped.join_request,
+        Ok(Compression::Gzip) => {
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(wrapped.join_request.as_slice())
+                .take(MAX_JOIN_REQUEST as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| bad(format!("not gzip: {e}")))?;
+            if out.len() > MAX_JOIN_REQUEST {
+                return Err(bad("too long once decompressed".into()));
+            }
+            out
+        }
+        Err(_) => {
+            return Err(bad(format!("unknown compression {}", wrapped.compression)));
+        }
+    };
+    livekit_protocol::JoinRequest::decode(inner.as_slice())
+        .map_err(|e| bad(format!("not a JoinRequest: {e}")))
 }
 
 /// Decides a `/rtc` (or `/rtc/validate`) request at `now_unix`: reads the query and the
@@ -283,7 +422,28 @@ pub fn validate(
     authorization: Option<&str>,
     now_unix: u64,
 ) -> Result<(JoinParams, Claims), Refusal> {
-    let params = parse_request(query, authorization)?;
+    admit_params(keys, parse_request(query, authorization)?, now_unix)
+}
+
+/// [`validate`] for `/rtc/v1` and `/rtc/v1/validate`: the token is judged exactly as on `/rtc`,
+/// then the rest of the query is read as [`parse_v1_request`] does.
+pub fn validate_v1(
+    keys: &ApiKeys,
+    query: &str,
+    authorization: Option<&str>,
+    now_unix: u64,
+) -> Result<(JoinParams, Claims), Refusal> {
+    // The token first: a token `/rtc` refuses is refused here with the same status and reason,
+    // whatever the `join_request`.
+    let (legacy, claims) = admit_params(keys, parse_request(query, authorization)?, now_unix)?;
+    Ok((v1_params(query, legacy)?, claims))
+}
+
+fn admit_params(
+    keys: &ApiKeys,
+    params: JoinParams,
+    now_unix: u64,
+) -> Result<(JoinParams, Claims), Refusal> {
     let mut claims = keys.verify(&params.access_token, now_unix)?;
     let room = if claims.video.room.is_empty() {
         params.room.clone().unwrap_or_default()
@@ -787,6 +947,255 @@ mod tests {
         let debug = format!("{params:?}");
         assert!(!debug.contains(&token), "{debug}");
         assert!(debug.contains("redacted"), "{debug}");
+    }
+
+    /// A `join_request` value as livekit-client 2.23 builds it (`createJoinRequestConnectionParams`):
+    /// gzip, then URL-safe base64 with its padding.
+    fn join_request_param(join: &livekit_protocol::JoinRequest, gzip: bool) -> String {
+        use base64::Engine as _;
+        use livekit_protocol::wrapped_join_request::Compression;
+        use prost::Message as _;
+        use std::io::Write as _;
+
+        let mut bytes = join.encode_to_vec();
+        if gzip {
+            let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            z.write_all(&bytes).expect("gzip");
+            bytes = z.finish().expect("gzip");
+        }
+        let wrapped = livekit_protocol::WrappedJoinRequest {
+            compression: if gzip {
+                Compression::Gzip
+            } else {
+                Compression::None
+            } as i32,
+            join_request: bytes,
+        };
+        base64::engine::general_purpose::URL_SAFE.encode(wrapped.encode_to_vec())
+    }
+
+    fn livekit_client_join() -> livekit_protocol::JoinRequest {
+        livekit_protocol::JoinRequest {
+            client_info: Some(ClientInfo {
+                sdk: Sdk::Js as i32,
+                version: "2.23.0".into(),
+                protocol: 17,
+                client_protocol: 2,
+                browser: "Chrome".into(),
+                os: "Linux".into(),
+                ..ClientInfo::default()
+            }),
+            connection_settings: Some(livekit_protocol::ConnectionSettings {
+                auto_subscribe: true,
+                adaptive_stream: true,
+                ..Default::default()
+            }),
+            publisher_offer: Some(livekit_protocol::SessionDescription {
+                r#type: "offer".into(),
+                sdp: "v=0\r\n".into(),
+                id: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn v1_join_request_parses_gzipped_or_not() {
+        for gzip in [true, false] {
+            let query = form_urlencoded::Serializer::new(String::new())
+                .append_pair("access_token", "tok")
+                .append_pair(
+                    "join_request",
+                    &join_request_param(&livekit_client_join(), gzip),
+                )
+                .finish();
+            let params = parse_v1_request(&query, None).expect("parse");
+            assert!(params.single_pc);
+            assert_eq!(params.access_token, "tok");
+            assert_eq!(params.sdk, Sdk::Js);
+            assert_eq!((params.protocol, params.client_protocol), (17, 2));
+            assert_eq!(params.version, "2.23.0");
+            assert_eq!(params.device.browser, "Chrome");
+            assert!(params.auto_subscribe && params.adaptive_stream && !params.reconnect);
+            assert_eq!(params.participant_sid, None);
+            assert_eq!(
+                params.publisher_offer,
+                Some(InitialOffer {
+                    sdp: "v=0\r\n".into(),
+                    id: 1
+                })
+            );
+        }
+        // A resume carries the sid; without `reconnect` the sid is dropped, as on /rtc.
+        let mut join = livekit_client_join();
+        join.reconnect = true;
+        join.participant_sid = "PA_x".into();
+        join.reconnect_reason = 2;
+        join.publisher_offer = None;
+        let query = format!(
+            "access_token=t&join_request={}",
+            join_request_param(&join, true)
+        );
+        let params = parse_v1_request(&query, None).expect("parse");
+        assert!(params.reconnect);
+        assert_eq!(params.participant_sid.as_deref(), Some("PA_x"));
+        assert_eq!(params.reconnect_reason, 2);
+        assert_eq!(params.publisher_offer, None);
+        join.reconnect = false;
+        let query = format!(
+            "access_token=t&join_request={}",
+            join_request_param(&join, false)
+        );
+        assert_eq!(
+            parse_v1_request(&query, None)
+                .expect("parse")
+                .participant_sid,
+            None
+        );
+        // No connection settings: LiveKit's defaults.
+        let bare = livekit_protocol::JoinRequest {
+            metadata: "m".into(),
+            ..Default::default()
+        };
+        let query = format!(
+            "access_token=t&join_request={}",
+            join_request_param(&bare, false)
+        );
+        let params = parse_v1_request(&query, None).expect("parse");
+        assert!(params.auto_subscribe);
+        assert_eq!(params.sdk, Sdk::Unknown);
+    }
+
+    #[test]
+    fn bad_join_requests_are_refused_with_400_and_say_why() {
+        use base64::Engine as _;
+        use prost::Message as _;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE.encode(bytes);
+        let gzip_garbage = livekit_protocol::WrappedJoinRequest {
+            compression: 1,
+            join_request: b"not gzip at all".to_vec(),
+        };
+        let not_a_join = livekit_protocol::WrappedJoinRequest {
+            compression: 0,
+            join_request: vec![0xff, 0xff, 0xff],
+        };
+        let odd_compression = livekit_protocol::WrappedJoinRequest {
+            compression: 7,
+            join_request: Vec::new(),
+        };
+        let cases = [
+            ("access_token=t".to_owned(), "join_request is missing"),
+            (
+                "access_token=t&join_request=".to_owned(),
+                "join_request is missing",
+            ),
+            (
+                "access_token=t&join_request=%%%".to_owned(),
+                "invalid join_request: not base64",
+            ),
+            (
+                "access_token=t&join_request=not*base64!".to_owned(),
+                "invalid join_request: not base64",
+            ),
+            (
+                format!(
+                    "access_token=t&join_request={}",
+                    b64(&[0xff, 0xff, 0xff, 0xff])
+                ),
+                "invalid join_request: not a WrappedJoinRequest",
+            ),
+            (
+                format!(
+                    "access_token=t&join_request={}",
+                    b64(&gzip_garbage.encode_to_vec())
+                ),
+                "invalid join_request: not gzip",
+            ),
+            (
+                format!(
+                    "access_token=t&join_request={}",
+                    b64(&not_a_join.encode_to_vec())
+                ),
+                "invalid join_request: not a JoinRequest",
+            ),
+            (
+                format!(
+                    "access_token=t&join_request={}",
+                    b64(&odd_compression.encode_to_vec())
+                ),
+                "invalid join_request: unknown compression 7",
+            ),
+            (
+                format!("access_token=t&join_request={}", "A".repeat(200_000)),
+                "invalid join_request: too long",
+            ),
+        ];
+        for (query, want) in cases {
+            let err = parse_v1_request(&query, None).expect_err(&query);
+            assert_eq!(err.http_status(), 400, "{query}");
+            assert!(err.to_string().starts_with(want), "{query}: {err}");
+            assert!(err.to_string().len() < 200, "{err}");
+        }
+        // A gzip bomb stops at the limit.
+        let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut z, &vec![0u8; 4 * MAX_JOIN_REQUEST]).expect("gzip");
+        let bomb = livekit_protocol::WrappedJoinRequest {
+            compression: 1,
+            join_request: z.finish().expect("gzip"),
+        };
+        let query = format!("access_token=t&join_request={}", b64(&bomb.encode_to_vec()));
+        let err = parse_v1_request(&query, None).expect_err("bomb");
+        assert_eq!(
+            err.to_string(),
+            "invalid join_request: too long once decompressed"
+        );
+    }
+
+    #[test]
+    fn v1_judges_the_token_first_and_as_on_rtc() {
+        let good = token_for("alice", "lobby", true);
+        let join = join_request_param(&livekit_client_join(), true);
+        let (params, claims) = validate_v1(
+            &keys(),
+            &format!("access_token={good}&join_request={join}"),
+            None,
+            NOW,
+        )
+        .expect("admit");
+        assert!(params.single_pc);
+        assert_eq!(claims.video.room, "lobby");
+        // The header works as on /rtc.
+        let (_, claims) = validate_v1(
+            &keys(),
+            &format!("join_request={join}"),
+            Some(&format!("Bearer {good}")),
+            NOW,
+        )
+        .expect("admit");
+        assert_eq!(claims.sub, "alice");
+        // A bad token is a 401 whatever the join_request, with /rtc's reason.
+        let expired = validate(&keys(), &format!("access_token={good}"), None, NOW + 3600)
+            .expect_err("expired");
+        for join in ["", "&join_request=%%%", &format!("&join_request={join}")] {
+            let refusal = validate_v1(
+                &keys(),
+                &format!("access_token={good}{join}"),
+                None,
+                NOW + 3600,
+            )
+            .expect_err("expired");
+            assert_eq!(refusal, expired, "{join}");
+        }
+        let refusal =
+            validate_v1(&keys(), &format!("access_token={good}"), None, NOW).expect_err("missing");
+        assert_eq!(
+            refusal,
+            Refusal {
+                status: 400,
+                message: "join_request is missing".into()
+            }
+        );
     }
 
     /// Signs `payload` with the dev secret, bypassing `mint`'s checks.

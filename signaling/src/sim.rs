@@ -1,6 +1,7 @@
 //! A deterministic world for the signaling core (feature `sim`, for tests and fuzzing): the
 //! real [`Server`] driving real engine shards ([`stoa_sfu::Sfu`]) in memory, with LiveKit-like
-//! clients made of two str0m peer connections each. No sockets, no sleeps: datagrams move
+//! clients made of two str0m peer connections each (the legacy `/rtc` protocol), or of one
+//! (`/rtc/v1`, [`Sim::join_v1`]). No sockets, no sleeps: datagrams move
 //! between the clients and the shards in memory, and a virtual clock jumps to the earliest
 //! deadline. Every run is bounded in steps, so a livelock fails instead of hanging.
 //!
@@ -102,6 +103,18 @@ pub struct Client {
     last_ping: Instant,
     /// Whether it answers the server's offers (LiveKit clients do).
     pub answering: bool,
+    /// One connection (`/rtc/v1`): `publisher` is it, and it also receives; `subscriber` is
+    /// unused.
+    pub single: bool,
+    /// On one connection: its recvonly audio m-lines, in order.
+    pub recv_mids: Vec<Mid>,
+    /// On one connection: recvonly audio m-lines to add to the next offer, and whether the
+    /// server asked for a new offer (sent once the pending one is answered, as livekit-client
+    /// does).
+    wanted_sections: u32,
+    reoffer: bool,
+    /// A `/rtc/v1` first offer kept back ([`Sim::join_v1_without_offer`]).
+    first_offer: Option<join::InitialOffer>,
     tag: u8,
 }
 
@@ -140,6 +153,20 @@ impl Client {
             signal_response::Message::Join(j) => j.participant.clone(),
             _ => None,
         })
+    }
+
+    /// The latest `ParticipantInfo` about itself (join, then updates).
+    pub fn me_now(&self) -> Option<lk::ParticipantInfo> {
+        let sid = self.me()?.sid;
+        let mut last = self.me();
+        for m in &self.log {
+            if let signal_response::Message::Update(u) = m
+                && let Some(p) = u.participants.iter().find(|p| p.sid == sid)
+            {
+                last = Some(p.clone());
+            }
+        }
+        last
     }
 
     /// The leave request the server sent, if any.
@@ -194,6 +221,8 @@ pub struct Sim {
     pub steps: u64,
     pub max_steps: u64,
     ping_interval: Duration,
+    /// The next `/rtc/v1` join sends its offer after the join (see [`Sim::join_v1_offer_after`]).
+    offer_after_join: bool,
 }
 
 impl Sim {
@@ -230,6 +259,7 @@ impl Sim {
             steps: 0,
             max_steps: 1_000_000,
             ping_interval,
+            offer_after_join: false,
         }
     }
 
@@ -251,6 +281,64 @@ impl Sim {
         identity: &str,
         grants: VideoGrants,
     ) -> Result<usize, crate::proto::Refused> {
+        self.join_as(identity, grants, None)
+    }
+
+    /// A client joining `room` on `/rtc/v1` as livekit-client does: one connection, whose
+    /// first offer (sent inside the join request) has the data channels and `sections`
+    /// recvonly audio m-lines (livekit-client adds 3).
+    pub fn join_v1(&mut self, room: &str, identity: &str, publish: bool, sections: u32) -> usize {
+        self.join_as(identity, Self::grants(room, publish), Some(sections))
+            .expect("join refused")
+    }
+
+    /// [`Sim::join_v1`] as Firefox does it: the join request carries no offer; the same offer
+    /// follows as a `SignalRequest.offer` once the join response arrived.
+    pub fn join_v1_offer_after(
+        &mut self,
+        room: &str,
+        identity: &str,
+        publish: bool,
+        sections: u32,
+    ) -> usize {
+        let c = self.join_v1_without_offer(room, identity, publish, sections);
+        self.send_first_offer(c);
+        c
+    }
+
+    /// A `/rtc/v1` join whose offer is kept back, to send with [`Sim::send_first_offer`].
+    pub fn join_v1_without_offer(
+        &mut self,
+        room: &str,
+        identity: &str,
+        publish: bool,
+        sections: u32,
+    ) -> usize {
+        self.offer_after_join = true;
+        let joined = self.join_as(identity, Self::grants(room, publish), Some(sections));
+        self.offer_after_join = false;
+        joined.expect("join refused")
+    }
+
+    /// Sends the offer a [`Sim::join_v1_without_offer`] kept back.
+    pub fn send_first_offer(&mut self, c: usize) {
+        if let Some(offer) = self.clients[c].first_offer.take() {
+            let sd = lk::SessionDescription {
+                r#type: "offer".into(),
+                sdp: offer.sdp,
+                id: offer.id,
+                ..Default::default()
+            };
+            self.request(c, signal_request::Message::Offer(sd));
+        }
+    }
+
+    fn join_as(
+        &mut self,
+        identity: &str,
+        grants: VideoGrants,
+        single: Option<u32>,
+    ) -> Result<usize, crate::proto::Refused> {
         let i = self.clients.len();
         let tag = i as u8;
         let base = 2 * i;
@@ -264,25 +352,60 @@ impl Sim {
             video: grants,
             ..Default::default()
         };
-        let params =
+        let mut params =
             join::parse_query("access_token=x&protocol=17&auto_subscribe=1").expect("params");
+        let mut publisher = ClientPc::new(addr(base), self.now);
+        let mut pending_pub = None;
+        let mut recv_mids = Vec::new();
+        let mut deferred = None;
+        if let Some(sections) = single {
+            let mut api = publisher.rtc.sdp_api();
+            api.add_channel("_reliable".into());
+            api.add_channel("_lossy".into());
+            for _ in 0..sections {
+                recv_mids.push(api.add_media(
+                    MediaKind::Audio,
+                    Direction::RecvOnly,
+                    None,
+                    None,
+                    None,
+                ));
+            }
+            let (offer, pending) = api.apply().expect("a first offer");
+            pending_pub = Some(pending);
+            params.single_pc = true;
+            let initial = join::InitialOffer {
+                sdp: offer.to_sdp_string(),
+                id: 1,
+            };
+            if self.offer_after_join {
+                deferred = Some(initial);
+            } else {
+                params.publisher_offer = Some(initial);
+            }
+        }
         let session = self.server.connect(self.now, claims, params)?;
         let client = Client {
             identity: identity.into(),
             session: Some(session),
-            publisher: ClientPc::new(addr(base), self.now),
+            publisher,
             subscriber: ClientPc::new(addr(base + 1), self.now),
             log: Vec::new(),
             closed: None,
-            pending_pub: None,
+            pending_pub,
             send: None,
             sent: 0,
-            offer_id: 0,
+            offer_id: u32::from(single.is_some()),
             heard: Vec::new(),
             data: Vec::new(),
             pinging: true,
             last_ping: self.now,
             answering: true,
+            single: single.is_some(),
+            recv_mids,
+            wanted_sections: 0,
+            reoffer: false,
+            first_offer: None,
             tag,
         };
         self.by_addr
@@ -291,6 +414,7 @@ impl Sim {
             .insert(client.subscriber.addr, (i, Side::Subscriber));
         self.by_session.insert(session, i);
         self.clients.push(client);
+        self.clients[i].first_offer = deferred;
         self.settle();
         Ok(i)
     }
@@ -355,7 +479,9 @@ impl Sim {
             "access_token=x&protocol=17&reconnect=1&reconnect_reason=1&sid={}",
             me.sid
         );
-        let params = join::parse_query(&query).expect("params");
+        let mut params = join::parse_query(&query).expect("params");
+        // On /rtc/v1 the same fields come in the join request, without an offer.
+        params.single_pc = self.clients[c].single;
         let session = self.server.connect(self.now, claims, params)?;
         let client = &mut self.clients[c];
         client.session = Some(session);
@@ -363,7 +489,8 @@ impl Sim {
         client.last_ping = self.now;
         self.by_session.insert(session, c);
         self.settle();
-        if self.clients[c].send.is_some() && self.clients[c].is_open() {
+        let restart = self.clients[c].send.is_some() || self.clients[c].single;
+        if restart && self.clients[c].is_open() {
             self.restart_publisher_ice(c);
         }
         Ok(session)
@@ -435,8 +562,12 @@ impl Sim {
                 None,
             )
         });
-        if !client.publisher.channels.contains_key("_reliable") {
+        if !client.publisher.channels.contains_key("_reliable") && !client.single {
             api.add_channel("_reliable".into());
+        }
+        // A browser's receiving m-lines stay recvonly in every offer it makes.
+        for mid in &client.recv_mids {
+            api.set_direction(*mid, Direction::RecvOnly);
         }
         let Some((offer, pending)) = api.apply() else {
             return;
@@ -606,13 +737,21 @@ impl Sim {
                 continue;
             }
             for side in [Side::Publisher, Side::Subscriber] {
-                let pc = match side {
-                    Side::Publisher => &mut c.publisher,
-                    Side::Subscriber => &mut c.subscriber,
+                let receives = side == Side::Subscriber || c.single;
+                let (pc, sink) = match side {
+                    Side::Publisher => (&mut c.publisher, (&mut c.heard, &mut c.data)),
+                    Side::Subscriber => (&mut c.subscriber, (&mut c.heard, &mut c.data)),
                 };
                 if pc.deadline <= now {
                     let _ = pc.rtc.handle_input(Input::Timeout(now));
-                    drain_pc(pc, now, &mut self.to_sfu, i, side, None);
+                    drain_pc(
+                        pc,
+                        now,
+                        &mut self.to_sfu,
+                        i,
+                        side,
+                        Some(sink).filter(|_| receives),
+                    );
                 }
             }
             if c.pinging && c.last_ping + self.ping_interval <= now {
@@ -691,6 +830,11 @@ impl Sim {
                     continue;
                 }
                 let (pc, heard, data) = match side {
+                    Side::Publisher if client.single => (
+                        &mut client.publisher,
+                        Some(&mut client.heard),
+                        Some(&mut client.data),
+                    ),
                     Side::Publisher => (&mut client.publisher, None, None),
                     Side::Subscriber => (
                         &mut client.subscriber,
@@ -828,15 +972,77 @@ impl Sim {
                         None,
                     );
                 }
+                if client.single && client.reoffer {
+                    client.log.push(message);
+                    self.reoffer_single(c, session);
+                    return;
+                }
+            }
+            // The server wants more m-lines, or a new offer (one connection).
+            signal_response::Message::MediaSectionsRequirement(req) if client.single => {
+                client.wanted_sections += req.num_audios;
+                client.reoffer = true;
+                let idle = client.pending_pub.is_none();
+                client.log.push(message);
+                if idle {
+                    self.reoffer_single(c, session);
+                }
+                return;
             }
             // A refused offer leaves the client's pending offer unanswered; roll it back so it
             // can offer again.
-            signal_response::Message::RequestResponse(_) if client.pending_pub.take().is_some() => {
+            // (An offer kept back is not the refused one: its pending state stays.)
+            signal_response::Message::RequestResponse(_)
+                if client.first_offer.is_none() && client.pending_pub.take().is_some() =>
+            {
                 client.send = None;
             }
             _ => {}
         }
         client.log.push(message);
+    }
+
+    /// A one-connection client offers again, as livekit-client does after a
+    /// `MediaSectionsRequirement`: with the recvonly audio m-lines asked for added, and its
+    /// receiving m-lines recvonly again (those the server answered inactive included).
+    fn reoffer_single(&mut self, c: usize, session: SessionId) {
+        let now = self.now;
+        let client = &mut self.clients[c];
+        client.reoffer = false;
+        let mut api = client.publisher.rtc.sdp_api();
+        for _ in 0..std::mem::take(&mut client.wanted_sections) {
+            client.recv_mids.push(api.add_media(
+                MediaKind::Audio,
+                Direction::RecvOnly,
+                None,
+                None,
+                None,
+            ));
+        }
+        for mid in &client.recv_mids {
+            api.set_direction(*mid, Direction::RecvOnly);
+        }
+        let Some((offer, pending)) = api.apply() else {
+            return;
+        };
+        client.pending_pub = Some(pending);
+        client.offer_id += 1;
+        let sd = lk::SessionDescription {
+            r#type: "offer".into(),
+            sdp: offer.to_sdp_string(),
+            id: client.offer_id,
+            ..Default::default()
+        };
+        drain_pc(
+            &mut client.publisher,
+            now,
+            &mut self.to_sfu,
+            c,
+            Side::Publisher,
+            None,
+        );
+        self.server
+            .handle_request(now, session, signal_request::Message::Offer(sd));
     }
 
     // ------------------------------------------------------------------ views
@@ -929,7 +1135,7 @@ const IDENTITIES: [&str; 6] = ["p0", "p1", "p2", "p3", "p4", "p5"];
 
 impl Sim {
     /// One action chosen by three bytes (for the fuzz target and randomized tests): a client
-    /// joins, leaves, drops, publishes, sends garbage or real requests, the server changes a
+    /// joins (on `/rtc` or `/rtc/v1`), leaves, drops, publishes, sends garbage or real requests, the server changes a
     /// permission, mutes, removes, sends data, records a room or stops, or time passes. Bounded: at most 2 s of
     /// simulated time per action.
     pub fn act(&mut self, op: u8, x: u8, y: u8) {
@@ -942,8 +1148,13 @@ impl Sim {
             .rposition(|c| c.identity == identity)
             .filter(|&c| self.clients[c].is_open());
         match (op % 16, open) {
-            (0 | 1, _) => {
+            (0, _) => {
                 let _ = self.join_with(identity, Self::grants(room, y & 4 != 0));
+            }
+            // On /rtc/v1, with 0 to 3 receiving m-lines in the first offer.
+            (1, _) => {
+                let grants = Self::grants(room, y & 4 != 0);
+                let _ = self.join_as(identity, grants, Some(u32::from(y % 4)));
             }
             (2, Some(c)) => self.request(c, signal_request::Message::Leave(Default::default())),
             (3, Some(c)) => self.disconnect(c),
@@ -1122,6 +1333,8 @@ impl Sim {
             let Some((publisher, subscriber)) = self.server.session_peers(session) else {
                 return Err("a listed session has no peers entry".into());
             };
+            // On one connection (`/rtc/v1`) both are the same peer.
+            let subscriber = subscriber.filter(|s| Some(*s) != publisher);
             for peer in [publisher, subscriber].into_iter().flatten() {
                 peers += 1;
                 let shard = self

@@ -5,10 +5,11 @@
 //!   gets an HTTP status and a plain-text reason, as LiveKit answers; then one binary protobuf
 //!   `SignalRequest` / `SignalResponse` per WebSocket message.
 //! - `GET /rtc/validate`: the same checks; `200 success`, or the status and reason.
-//! - `/rtc/v1` and `/rtc/v1/validate`: a token that would be refused on `/rtc` is refused here
-//!   with the same status and reason; any other request gets `404` with CORS headers, so
-//!   livekit-client 2.x and the Rust-core SDKs fall back to the two-connection protocol on `/rtc`
-//!   by themselves (both retry on `/rtc` only after a 404).
+//! - `GET /rtc/v1?access_token=…&join_request=…` (LiveKit's single-connection protocol, which
+//!   livekit-client 2.17+ and the Rust-core SDKs try first): the token as on `/rtc`, the rest
+//!   of the join from `join_request` (see [`join::parse_v1_request`]; unreadable → 400 with the
+//!   reason); then the same WebSocket, on which the client's one peer connection is negotiated
+//!   by its offers only. `GET /rtc/v1/validate`: the same checks as `/rtc/v1`.
 
 // The WebSocket shell reads the clock for token expiry and rate limiting.
 #![allow(clippy::disallowed_methods)]
@@ -61,8 +62,8 @@ pub fn router_with(
     Router::new()
         .route("/rtc", get(rtc))
         .route("/rtc/validate", get(validate))
-        .route("/rtc/v1", get(not_v1))
-        .route("/rtc/v1/validate", get(not_v1))
+        .route("/rtc/v1", get(rtc_v1))
+        .route("/rtc/v1/validate", get(validate_v1))
         .with_state(RtcState {
             signaling,
             keys,
@@ -134,33 +135,46 @@ fn authorization(headers: &HeaderMap) -> Option<&str> {
         .map(|v| v.to_str().unwrap_or("(not text)"))
 }
 
-/// `/rtc/v1` and `/rtc/v1/validate`: the single-connection protocol is not served yet.
-async fn not_v1(
-    State(state): State<RtcState>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-) -> Response {
-    // The token is judged as on `/rtc`, so a client whose token is bad hears why at once,
-    // whichever path it tried first. Only token refusals (401) are answered; a request `/rtc`
-    // would refuse for another reason (a room name missing from a `/rtc/v1` query that carries
-    // it in `join_request`) still falls back.
-    let query = query.unwrap_or_default();
-    if let Err(r) = join::validate(&state.keys, &query, authorization(&headers), now_unix())
-        && r.status == 401
-    {
-        return plain(r.status, r.message);
-    }
-    // Must not contain "requested room does not exist", or the client would not fall back.
-    plain(404, "not found: use /rtc".into())
+/// Which join protocol a request speaks.
+#[derive(Clone, Copy)]
+enum Path {
+    /// `/rtc`: two peer connections.
+    Legacy,
+    /// `/rtc/v1`: one peer connection.
+    V1,
 }
 
-async fn validate(
+impl Path {
+    fn validate(
+        self,
+        keys: &ApiKeys,
+        query: &str,
+        headers: &HeaderMap,
+    ) -> Result<(join::JoinParams, Claims), join::Refusal> {
+        let auth = authorization(headers);
+        match self {
+            Path::Legacy => join::validate(keys, query, auth, now_unix()),
+            Path::V1 => join::validate_v1(keys, query, auth, now_unix()),
+        }
+    }
+}
+
+async fn validate(state: State<RtcState>, headers: HeaderMap, query: RawQuery) -> Response {
+    validate_on(Path::Legacy, state, headers, query).await
+}
+
+async fn validate_v1(state: State<RtcState>, headers: HeaderMap, query: RawQuery) -> Response {
+    validate_on(Path::V1, state, headers, query).await
+}
+
+async fn validate_on(
+    path: Path,
     State(state): State<RtcState>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
     let query = query.unwrap_or_default();
-    match join::validate(&state.keys, &query, authorization(&headers), now_unix()) {
+    match path.validate(&state.keys, &query, &headers) {
         Ok((_, mut claims)) => match admit(&state, &mut claims).await {
             Ok(()) => plain(200, "success".into()),
             Err(r) => plain(r.status, r.message),
@@ -169,16 +183,39 @@ async fn validate(
     }
 }
 
+type Upgrade = Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>;
+type ClientAddr = Option<axum::Extension<ConnectInfo<std::net::SocketAddr>>>;
+
 async fn rtc(
+    state: State<RtcState>,
+    client: ClientAddr,
+    headers: HeaderMap,
+    query: RawQuery,
+    upgrade: Upgrade,
+) -> Response {
+    rtc_on(Path::Legacy, state, client, headers, query, upgrade).await
+}
+
+async fn rtc_v1(
+    state: State<RtcState>,
+    client: ClientAddr,
+    headers: HeaderMap,
+    query: RawQuery,
+    upgrade: Upgrade,
+) -> Response {
+    rtc_on(Path::V1, state, client, headers, query, upgrade).await
+}
+
+async fn rtc_on(
+    path: Path,
     State(state): State<RtcState>,
-    client: Option<axum::Extension<ConnectInfo<std::net::SocketAddr>>>,
+    client: ClientAddr,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    upgrade: Upgrade,
 ) -> Response {
     let query = query.unwrap_or_default();
-    let auth = authorization(&headers);
-    let (mut params, mut claims) = match join::validate(&state.keys, &query, auth, now_unix()) {
+    let (mut params, mut claims) = match path.validate(&state.keys, &query, &headers) {
         Ok(ok) => ok,
         Err(r) => return plain(r.status, r.message),
     };

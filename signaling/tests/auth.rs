@@ -21,6 +21,30 @@ const RUST_CORE_QUERY: &str = "sdk=python&os=linux&os_version=6.1&device_model=&
     &client_protocol=1&auto_subscribe=1&adaptive_stream=0&version=1.2.1\
     &capabilities=CAP_PACKET_TRAILER%2CCAP_COMPRESSION_DEFLATE_RAW";
 
+/// A `join_request` for `/rtc/v1` as the Rust-core SDKs send it (uncompressed, URL-safe base64).
+fn join_request() -> String {
+    use base64::Engine as _;
+    use prost::Message as _;
+    let join = livekit_protocol::JoinRequest {
+        client_info: Some(livekit_protocol::ClientInfo {
+            sdk: livekit_protocol::client_info::Sdk::Python as i32,
+            version: "1.2.1".into(),
+            protocol: 17,
+            ..Default::default()
+        }),
+        connection_settings: Some(livekit_protocol::ConnectionSettings {
+            auto_subscribe: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let wrapped = livekit_protocol::WrappedJoinRequest {
+        compression: 0,
+        join_request: join.encode_to_vec(),
+    };
+    base64::engine::general_purpose::URL_SAFE.encode(wrapped.encode_to_vec())
+}
+
 /// Status, lower-cased headers and body of `GET path` with `headers`.
 async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -86,7 +110,23 @@ async fn bearer_header_joins_like_the_query_parameter() {
     let s = server().await;
     let token = mint("py-alice", grants("auth-room", true));
 
-    // The Rust-core SDK's sequence: /rtc/v1 is absent (404, so it falls back), /rtc admits it.
+    // The Rust-core SDK's first try: /rtc/v1 with the token in the header.
+    let first = ws_with_header(
+        s.http,
+        &format!("/rtc/v1?join_request={}", join_request()),
+        &format!("Bearer {token}"),
+    )
+    .await
+    .unwrap();
+    let signal_response::Message::Join(join) = first else {
+        panic!("expected the join response, got {first:?}");
+    };
+    assert!(
+        !join.subscriber_primary,
+        "one connection: the client offers"
+    );
+    assert_eq!(join.participant.unwrap().identity, "py-alice");
+    // A join_request that cannot be read is refused before the upgrade, saying why.
     let refused = ws_with_header(
         s.http,
         "/rtc/v1?join_request=AA",
@@ -94,7 +134,12 @@ async fn bearer_header_joins_like_the_query_parameter() {
     )
     .await
     .unwrap_err();
-    assert_eq!(refused.0, 404, "{refused:?}");
+    assert_eq!(refused.0, 400, "{refused:?}");
+    assert!(
+        refused.1.starts_with("invalid join_request: "),
+        "{refused:?}"
+    );
+    // The legacy path admits the same header.
     let first = ws_with_header(
         s.http,
         &format!("/rtc?{RUST_CORE_QUERY}"),
@@ -166,19 +211,31 @@ async fn every_path_answers_header_and_parameter_alike() {
         (expired.as_str(), 401),
         ("garbage", 401),
     ] {
-        for (path, want) in [
-            ("/rtc/validate", rtc_status),
-            // The single-connection paths refuse the same tokens and otherwise send the client
-            // back to /rtc.
+        let join = format!("join_request={}", join_request());
+        for (path, query, want) in [
+            ("/rtc/validate", "", rtc_status),
+            // The single-connection paths judge the token as /rtc does; a good one without a
+            // join_request is a bad request, and /rtc/v1 wants a WebSocket upgrade.
+            ("/rtc/v1/validate", join.as_str(), rtc_status),
             (
                 "/rtc/v1/validate",
-                if rtc_status == 200 { 404 } else { 401 },
+                "",
+                if rtc_status == 200 { 400 } else { 401 },
             ),
-            ("/rtc/v1", if rtc_status == 200 { 404 } else { 401 }),
+            (
+                "/rtc/v1",
+                join.as_str(),
+                if rtc_status == 200 { 400 } else { 401 },
+            ),
         ] {
-            let by_param = get(s.http, &format!("{path}?access_token={token}"), &[]).await;
+            let by_param = get(s.http, &format!("{path}?access_token={token}&{query}"), &[]).await;
             let bearer = format!("Bearer {token}");
-            let by_header = get(s.http, path, &[("Authorization", &bearer)]).await;
+            let by_header = get(
+                s.http,
+                &format!("{path}?{query}"),
+                &[("Authorization", &bearer)],
+            )
+            .await;
             assert_eq!(by_param.0, want, "{path} {token}: {by_param:?}");
             assert_eq!(
                 (by_param.0, &by_param.2),
@@ -192,9 +249,8 @@ async fn every_path_answers_header_and_parameter_alike() {
                 by_header.1
             );
             assert!(!by_header.2.contains(token) || token == "garbage");
-            if want == 404 {
-                // Any other 404 makes livekit-client treat the room as missing, not fall back.
-                assert!(!by_header.2.contains("requested room does not exist"));
+            if want == 400 && query.is_empty() {
+                assert_eq!(by_header.2, "join_request is missing", "{path}");
             }
         }
     }

@@ -470,22 +470,32 @@ async fn bad_input_is_refused_and_isolated() {
     let (status, _) = connect_ws(s.http, "garbage").await.err().unwrap();
     assert_eq!(status, 401);
 
-    // The v1 path is absent (with CORS), so livekit-client falls back to /rtc.
-    let http = reqwest_like_get(
-        s.http,
-        &format!(
-            "/rtc/v1/validate?access_token={}",
-            mint("v1", grants(room, false))
+    // A v1 join whose join_request cannot be read is a bad request that says why (with CORS,
+    // so that livekit-client's validate fetch can read it); a missing one too.
+    for (join_request, why) in [
+        ("", "join_request is missing"),
+        ("&join_request=%21%21", "invalid join_request: not base64"),
+        (
+            "&join_request=AAAA",
+            "invalid join_request: not a WrappedJoinRequest",
         ),
-    )
-    .await;
-    assert!(http.starts_with("HTTP/1.1 404"), "{http}");
-    assert!(
-        http.to_ascii_lowercase()
-            .contains("access-control-allow-origin: *"),
-        "{http}"
-    );
-    assert!(!http.contains("requested room does not exist"));
+    ] {
+        let http = reqwest_like_get(
+            s.http,
+            &format!(
+                "/rtc/v1/validate?access_token={}{join_request}",
+                mint("v1", grants(room, false))
+            ),
+        )
+        .await;
+        assert!(http.starts_with("HTTP/1.1 400"), "{http}");
+        assert!(http.contains(why), "{why}: {http}");
+        assert!(
+            http.to_ascii_lowercase()
+                .contains("access-control-allow-origin: *"),
+            "{http}"
+        );
+    }
     let ok = reqwest_like_get(
         s.http,
         &format!(

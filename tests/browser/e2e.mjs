@@ -76,6 +76,12 @@ const SCENARIO = process.env.E2E_SCENARIO || '';
 // B's media connection for CUT_MS, then the rules are removed. B must resume (same sid, no
 // leave or join seen by A), hear A again, and the time from restoration to audio is reported.
 const CUT = process.env.E2E_CUT === '1';
+// E2E_SIGNALING=legacy: both pages use livekit-client's two-connection protocol on /rtc
+// (`singlePeerConnection: false`); otherwise its default, one connection on /rtc/v1. Either way
+// each page must have spoken only that path (the URLs of the WebSockets it opened).
+const SIGNALING = process.env.E2E_SIGNALING === 'legacy' ? 'legacy' : 'v1';
+const SIGNAL_PATH = SIGNALING === 'legacy' ? '/rtc' : '/rtc/v1';
+const CONNECT_OPTIONS = SIGNALING === 'legacy' ? { legacy: true } : undefined;
 const IPTABLES = process.env.E2E_IPTABLES || 'iptables';
 const CUT_MS = Number(process.env.E2E_CUT_MS || 6000);
 
@@ -118,12 +124,21 @@ const summary = {
   error: undefined,
   url: STOA_URL,
   relay: RELAY || undefined,
+  signaling: SIGNALING,
   room: `e2e-${randomBytes(4).toString('hex')}`,
   versions: {},
   steps: [],
 };
 
 let currentStep = 'setup';
+
+/** Fails unless every WebSocket a page opened went to the expected signaling path. */
+function checkSignalPaths(page, paths) {
+  summary.signalPaths = { ...summary.signalPaths, [page]: paths };
+  if (!paths?.length || paths.some((p) => !p.endsWith(SIGNAL_PATH) || (SIGNAL_PATH === '/rtc' && p.endsWith('/v1')))) {
+    throw new Error(`page ${page} spoke ${JSON.stringify(paths)}, want only ${SIGNAL_PATH} (${SIGNALING})`);
+  }
+}
 
 /** Runs `fn` as step `name`, failing it after `timeoutMs`. */
 async function step(name, timeoutMs, fn) {
@@ -386,9 +401,10 @@ async function scenario(ctx) {
   // a. A joins and publishes its microphone.
   const tokenA = await token('pub-A', { canPublish: true, canSubscribe: true });
   const joinA = await step('a: A joins the room', T.connect, async () => {
-    const r = await call(pageA, 'connect', STOA_URL, tokenA, RTC_CONFIG);
+    const r = await call(pageA, 'connect', STOA_URL, tokenA, RTC_CONFIG, CONNECT_OPTIONS);
     if (!r.ok) throw new Error(`livekit-client could not connect: ${errorText(r.error)}`);
     if (r.canPublish !== true) throw new Error(`A joined without canPublish: ${JSON.stringify(r)}`);
+    checkSignalPaths('A', r.signalPaths);
     return r;
   });
   summary.versions.server = joinA.serverVersion;
@@ -408,8 +424,9 @@ async function scenario(ctx) {
   });
   const urlB = ctx.relay ? `ws://127.0.0.1:${ctx.relay.address().port}` : STOA_URL;
   const joinB = await step('b: B joins the room (canPublish=false)', T.connect, async () => {
-    const r = await call(pageB, 'connect', urlB, tokenB, RTC_CONFIG);
+    const r = await call(pageB, 'connect', urlB, tokenB, RTC_CONFIG, CONNECT_OPTIONS);
     if (!r.ok) throw new Error(`livekit-client could not connect: ${errorText(r.error)}`);
+    checkSignalPaths('B', r.signalPaths);
     if (r.canPublish !== false) {
       throw new Error(`B's permissions say canPublish=${r.canPublish}, want false`);
     }
@@ -580,6 +597,8 @@ async function scenario(ctx) {
       }
       const disconnected = await count(pageB, 'Disconnected');
       if (disconnected) throw new Error('B saw Disconnected');
+      // The resume went over the same signaling path as the join.
+      checkSignalPaths('B (after the resume)', await call(pageB, 'signalPaths'));
       return { sid: me.sid };
     });
   }
@@ -600,7 +619,9 @@ async function scenario(ctx) {
   if (!RELAY) {
     summary.red = await step('c2: A sends RED and B receives RED', T.frequency, async () => {
       const sent = await call(pageA, 'negotiatedAudioCodecs', '');
-      const received = await call(pageB, 'negotiatedAudioCodecs', joinA.identity);
+      // What the answer for B's m-line lets the server send there (B's own receiver parameters
+      // list its offer's codecs when B is the offerer, on one connection).
+      const received = await call(pageB, 'answeredAudioCodecs', joinA.identity);
       const red = (r) => r.ok && r.codecs[0]?.toLowerCase().startsWith('audio/red/');
       if (!red(sent) || !red(received)) {
         throw new Error(`RED not negotiated: A sends ${JSON.stringify(sent)}, B receives ${JSON.stringify(received)}`);

@@ -19,6 +19,31 @@
 
   const ms = () => Math.round(performance.now() - state.t0);
 
+  // Every peer connection the page creates, to read the descriptions a receiver negotiated.
+  state.peerConnections = [];
+  const NativePeerConnection = window.RTCPeerConnection;
+  window.RTCPeerConnection = class extends NativePeerConnection {
+    constructor(...args) {
+      super(...args);
+      state.peerConnections.push(this);
+    }
+  };
+
+  // The signaling path of every WebSocket the page opens (`/rtc/v1` or `/rtc`), in order: which
+  // protocol livekit-client spoke, as the page saw it.
+  state.signalPaths = [];
+  const NativeWebSocket = window.WebSocket;
+  window.WebSocket = class extends NativeWebSocket {
+    constructor(url, protocols) {
+      super(url, protocols);
+      try {
+        state.signalPaths.push(new URL(String(url)).pathname);
+      } catch {
+        state.signalPaths.push(String(url));
+      }
+    }
+  };
+
   function describeError(err) {
     if (err === undefined || err === null) return { message: String(err) };
     return {
@@ -197,9 +222,14 @@
     },
 
     /** Joins the room. Resolves once livekit-client says connected. */
-    async connect(url, token, rtcConfig) {
+    async connect(url, token, rtcConfig, options) {
       LK.setLogLevel(window.__e2eLogLevel || 'debug');
-      const room = new Room({ audioCaptureDefaults: AUDIO_CAPTURE });
+      // options.legacy: livekit-client's two-connection protocol on /rtc
+      // (`singlePeerConnection: false`) instead of its default, one connection on /rtc/v1.
+      const room = new Room({
+        audioCaptureDefaults: AUDIO_CAPTURE,
+        ...(options?.legacy ? { singlePeerConnection: false } : {}),
+      });
       state.room = room;
       hookRoom(room);
       try {
@@ -220,7 +250,13 @@
         canSubscribe: lp.permissions?.canSubscribe,
         serverVersion: room.serverInfo?.version,
         remote: [...room.remoteParticipants.values()].map((p) => p.identity),
+        signalPaths: [...state.signalPaths],
       };
+    },
+
+    /** The signaling paths of the WebSockets opened so far, in order. */
+    signalPaths() {
+      return [...state.signalPaths];
     },
 
     /** Turns on the microphone and publishes it. */
@@ -358,6 +394,35 @@
         ok: true,
         codecs: params.codecs.map((c) => `${c.mimeType}/${c.clockRate}${c.sdpFmtpLine ? ` ${c.sdpFmtpLine}` : ''}`),
       };
+    },
+
+    /**
+     * The codecs of the answer for the m-line on which `identity`'s audio arrives, in the
+     * answer's order: what the sender may send there. The answer is the page's own (two
+     * connections: the server offers) or the server's (one connection: the page offers).
+     */
+    answeredAudioCodecs(identity) {
+      const receiver = remoteAudioPublication(identity).publication?.track?.receiver;
+      if (!receiver) return { ok: false, why: 'no receiver yet' };
+      for (const pc of state.peerConnections) {
+        const transceiver = pc.getTransceivers().find((t) => t.receiver === receiver);
+        if (!transceiver) continue;
+        const answer =
+          pc.currentLocalDescription?.type === 'answer' ? pc.currentLocalDescription : pc.currentRemoteDescription;
+        const sections = (answer?.sdp ?? '').split(/\r?\nm=/);
+        const section = sections.find((m) => m.split(/\r?\n/).includes(`a=mid:${transceiver.mid}`));
+        if (!section) return { ok: false, why: `no m-line with mid ${transceiver.mid} in the answer` };
+        const lines = section.split(/\r?\n/);
+        const pts = lines[0].split(' ').slice(3);
+        const names = Object.fromEntries(
+          lines
+            .map((l) => l.match(/^a=rtpmap:(\d+) ([^/]+)\/(\d+)/))
+            .filter(Boolean)
+            .map((m) => [m[1], `audio/${m[2]}/${m[3]}`]),
+        );
+        return { ok: true, codecs: pts.map((pt) => names[pt] ?? pt), direction: transceiver.currentDirection };
+      }
+      return { ok: false, why: 'no connection holds the receiver' };
     },
 
     /** Sends `text` as a reliable data message under `topic`. */

@@ -13,6 +13,10 @@
 # relay URL of that transport, and both pages are relay-only (e2e.mjs, E2E_RELAY). Chromium gets
 # --ignore-certificate-errors for the test certificate.
 #
+# With STOA_E2E_SIGNALING=legacy both pages use livekit-client's two-connection protocol on /rtc
+# (`singlePeerConnection: false`) instead of its default, one connection on /rtc/v1 (e2e.mjs,
+# E2E_SIGNALING); either way e2e.mjs checks which path each page spoke.
+#
 # With STOA_E2E_SCENARIO=hostile e2e.mjs runs hostile.mjs's attempts instead (a listener and a
 # hard-muted speaker trying to publish and to send data, through the product's API).
 # With STOA_E2E_CUT=1, page B's network path (its signaling connection, through a relay in
@@ -55,7 +59,7 @@ fi
 # Only the server's own STOA_* settings from dev mode: drop any inherited from the caller.
 while IFS= read -r name; do
     case "$name" in
-    STOA_E2E_CAPPED | STOA_E2E_RELAY | STOA_E2E_RESTART | STOA_E2E_CUT | STOA_E2E_SCENARIO | STOA_URL | STOA_API_KEY | STOA_API_SECRET) ;;
+    STOA_E2E_CAPPED | STOA_E2E_RELAY | STOA_E2E_RESTART | STOA_E2E_CUT | STOA_E2E_SCENARIO | STOA_E2E_SIGNALING | STOA_URL | STOA_API_KEY | STOA_API_SECRET) ;;
     STOA_*) unset "$name" ;;
     esac
 done < <(compgen -e)
@@ -107,7 +111,11 @@ if [ "${STOA_E2E_CUT:-}" = 1 ]; then
     export E2E_CUT=1 E2E_IPTABLES="$iptables_bin"
 fi
 
-echo "run.sh: relay: ${relay:-none}, restart: ${STOA_E2E_RESTART:-0}, cut: ${STOA_E2E_CUT:-0}" >&2
+if [ "${STOA_E2E_SIGNALING:-}" = legacy ]; then
+    export E2E_SIGNALING=legacy
+fi
+
+echo "run.sh: signaling: ${STOA_E2E_SIGNALING:-v1}, relay: ${relay:-none}, restart: ${STOA_E2E_RESTART:-0}, cut: ${STOA_E2E_CUT:-0}" >&2
 server_args=("${config_args[@]}" --log-level "${STOA_E2E_SERVER_LOG:-info,stoa=debug,stoa_signaling=debug,stoa_sfu=debug}")
 start_server "${server_args[@]}"
 

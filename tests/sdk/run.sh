@@ -83,6 +83,18 @@ for scenario in "${scenarios[@]}"; do
         exit 2
         ;;
     esac
+    # Which signaling path the SDK's joins took, from the server's counter (tests/sdk.rs checks
+    # this line): `/rtc/v1` (one peer connection) or the legacy `/rtc`.
+    joins=$(node -e '
+        const n = (text, path) => {
+            const line = text.split("\n").find((l) => l.startsWith(`signaling_joins_total{path="${path}"}`));
+            return line ? Number(line.trim().split(" ").pop()) : 0;
+        };
+        fetch("http://127.0.0.1:7880/metrics", { signal: AbortSignal.timeout(3000) })
+            .then((r) => r.text())
+            .then((t) => console.log(`v1=${n(t, "v1")} legacy=${n(t, "legacy")}`), () => console.log("unknown"));
+        ' 2>/dev/null || echo unknown)
+    echo "run.sh: signaling joins after $scenario: $joins" >&2
     if [ "$status" -ne 0 ]; then
         echo "run.sh: scenario $scenario FAILED (exit $status)" >&2
         failed+=("$scenario")

@@ -38,6 +38,14 @@ pub enum EngineCommand {
         publish: Publish,
         /// The client's offer.
         offer: SdpOffer,
+        /// The client offers every m-line, also those the engine sends subscribed tracks on,
+        /// and the engine never offers (LiveKit's single-connection protocol, `/rtc/v1`):
+        /// subscriptions take the client's recvonly audio m-lines, answers label them
+        /// ([`Event::Answer`]'s `sending`), and more are asked for with
+        /// [`Event::SectionsNeeded`].
+        ///
+        /// [`Event::SectionsNeeded`]: super::Event::SectionsNeeded
+        single: bool,
     },
     /// Create `peer`; the engine makes the first offer ([`Event::Offer`]) with these data
     /// channels (LiveKit's subscriber connection).
@@ -246,10 +254,11 @@ impl Sfu {
                 peer,
                 publish,
                 offer,
+                single,
             } => {
                 let config = self.peer_config(publish);
-                match self.accept_offer_as(now, Some(peer), config, offer) {
-                    Ok((peer, answer)) => self.events.push_back(Event::Answer { peer, answer }),
+                match self.accept_offer_as(now, Some(peer), config, offer, single) {
+                    Ok((peer, answer)) => self.answered(peer, answer),
                     Err(error) => self.command_failed(peer, CommandKind::AcceptOffer, error),
                 }
             }
@@ -266,7 +275,7 @@ impl Sfu {
             }
             EngineCommand::HandleOffer { peer, offer } => match self.handle_offer(now, peer, offer)
             {
-                Ok(answer) => self.events.push_back(Event::Answer { peer, answer }),
+                Ok(answer) => self.answered(peer, answer),
                 Err(error) => self.command_failed(peer, CommandKind::HandleOffer, error),
             },
             EngineCommand::HandleAnswer { peer, answer } => {
@@ -312,6 +321,18 @@ impl Sfu {
                 }
             }
         }
+    }
+
+    /// An answer for the owner, its sending m-lines labelled on single-connection peers.
+    fn answered(&mut self, peer: PeerId, answer: SdpAnswer) {
+        let (answer, sending) = self.answer_sections(peer, answer);
+        self.events.push_back(Event::Answer {
+            peer,
+            answer,
+            sending,
+        });
+        // What slots still wait for, asked after the answer that did not give it.
+        self.ask_sections(peer);
     }
 
     fn peer_config(&self, publish: Publish) -> PeerConfig {

@@ -35,8 +35,12 @@ impl Sfu {
             negotiated: false,
             path: SendPath::Undecided,
         });
-        p.negotiation.queued.push(id);
-        self.renegotiate(peer);
+        if p.single {
+            self.queue_single_slot(peer, id);
+        } else {
+            p.negotiation.queued.push(id);
+            self.renegotiate(peer);
+        }
         Ok(id)
     }
 

@@ -13,7 +13,7 @@ impl Sfu {
         config: PeerConfig,
         offer: SdpOffer,
     ) -> Result<(PeerId, SdpAnswer), SfuError> {
-        self.accept_offer_as(now, None, config, offer)
+        self.accept_offer_as(now, None, config, offer, false)
     }
 
     /// [`Sfu::accept_offer`] with the peer's id chosen by the caller (`None`: by the engine).
@@ -23,6 +23,7 @@ impl Sfu {
         id: Option<PeerId>,
         config: PeerConfig,
         offer: SdpOffer,
+        single: bool,
     ) -> Result<(PeerId, SdpAnswer), SfuError> {
         if config.publish == Publish::Deny && peer::offer_sends_media(&offer.to_sdp_string()) {
             self.stats.offers_refused += 1;
@@ -30,6 +31,7 @@ impl Sfu {
         }
         let id = self.new_peer(now, id, &config)?;
         let result = self.with_peer(id, |p| {
+            p.single = single;
             let answer = p.rtc.sdp_api().accept_offer(offer)?;
             p.refresh_opus_pt();
             Ok(answer)
@@ -309,6 +311,8 @@ impl Sfu {
                 audio_mids: Vec::new(),
                 counters: PeerCounters::default(),
                 direct: DirectTx::new(keys),
+                single: false,
+                sections: Default::default(),
             }),
         );
         self.out.deadlines.insert((now, id));
@@ -388,6 +392,10 @@ impl Sfu {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
+        if p.single {
+            // The client offers; the engine asks it to (see `sections`).
+            return;
+        }
         let n = &mut p.negotiation;
         if n.pending.is_some()
             || (n.queued.is_empty() && n.queued_channels.is_empty() && !n.ice_restart)

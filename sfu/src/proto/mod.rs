@@ -55,6 +55,7 @@ pub mod id;
 mod lifecycle;
 mod peer;
 pub mod red;
+mod sections;
 pub mod speaker;
 mod srtp;
 mod track;
@@ -231,6 +232,18 @@ pub enum Event {
         peer: PeerId,
         /// The answer for the client.
         answer: SdpAnswer,
+        /// For a single-connection peer, the m-lines the engine sends subscribed tracks on,
+        /// with their labels (LiveKit's `mid_to_track_id`); empty otherwise.
+        sending: Vec<(Mid, MediaLabel)>,
+    },
+    /// A single-connection peer needs the client to offer again, with `audios` more recvonly
+    /// audio m-lines (0: just a new offer, for a subscription the client does not know
+    /// about yet). LiveKit's `MediaSectionsRequirement`.
+    SectionsNeeded {
+        /// The peer.
+        peer: PeerId,
+        /// How many recvonly audio m-lines to add.
+        audios: u32,
     },
     /// A command about `peer` was refused; the peer is unchanged (or, for a refused creation,
     /// does not exist).
@@ -303,6 +316,7 @@ impl Event {
             }
             Event::Answer { peer, .. }
             | Event::CommandFailed { peer, .. }
+            | Event::SectionsNeeded { peer, .. }
             | Event::Offer { peer, .. }
             | Event::ChannelOpen { peer, .. }
             | Event::ChannelData { peer, .. }

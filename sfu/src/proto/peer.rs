@@ -212,6 +212,11 @@ pub(crate) struct Peer {
     pub counters: PeerCounters,
     /// The forwarding fast path's state.
     pub direct: DirectTx,
+    /// The client offers every m-line, those the engine sends on included (LiveKit's
+    /// single-connection protocol); the engine never offers (see `sections`).
+    pub single: bool,
+    /// The client's sections the engine may send on (single-connection peers).
+    pub sections: super::sections::Sections,
 }
 
 impl std::fmt::Debug for Peer {

@@ -298,6 +298,7 @@ fn event_peer(event: &Event) -> Option<PeerId> {
         Event::Answer { peer, .. }
         | Event::CommandFailed { peer, .. }
         | Event::Offer { peer, .. }
+        | Event::SectionsNeeded { peer, .. }
         | Event::ChannelOpen { peer, .. }
         | Event::ChannelData { peer, .. }
         | Event::ChannelClose { peer, .. }

@@ -25,7 +25,24 @@ impl Server {
     pub fn handle_engine_event(&mut self, now: Instant, event: Event) {
         self.advance(now);
         match event {
-            Event::Answer { peer, answer } => self.engine_answer(peer, &answer),
+            Event::Answer {
+                peer,
+                answer,
+                sending,
+            } => self.engine_answer(peer, &answer, sending),
+            Event::SectionsNeeded { peer, audios } => {
+                let Some(&(session, _)) = self.by_peer.get(&peer) else {
+                    return;
+                };
+                let m = lk::MediaSectionsRequirement {
+                    num_audios: audios,
+                    num_videos: 0,
+                };
+                self.send(
+                    session,
+                    signal_response::Message::MediaSectionsRequirement(m),
+                );
+            }
             Event::CommandFailed {
                 peer,
                 command,
@@ -83,7 +100,8 @@ impl Server {
                 if let Some(&(session, pc)) = self.by_peer.get(&peer)
                     && let Some(s) = self.sessions.get_mut(&session)
                 {
-                    if pc == Pc::Subscriber {
+                    // On one connection the client's own channels carry data both ways.
+                    if pc == Pc::Subscriber || s.single {
                         s.subscriber_channels.insert(label.clone(), channel);
                     }
                     s.channels.insert((pc, channel), label);
@@ -99,11 +117,21 @@ impl Server {
         }
     }
 
-    /// The engine answered a publisher offer: to the client, with the offer's id.
-    fn engine_answer(&mut self, peer: PeerId, answer: &SdpAnswer) {
+    /// The engine answered a publisher offer: to the client, with the offer's id and, on one
+    /// connection, which track each m-line the server sends on carries.
+    fn engine_answer(
+        &mut self,
+        peer: PeerId,
+        answer: &SdpAnswer,
+        sending: Vec<(stoa_sfu::str0m::media::Mid, MediaLabel)>,
+    ) {
         let Some(&(session, Pc::Publisher)) = self.by_peer.get(&peer) else {
             return;
         };
+        if !sending.is_empty() {
+            // The client must know every track's publisher before its m-line is live.
+            self.flush_updates(session);
+        }
         let Some(s) = self.sessions.get_mut(&session) else {
             return;
         };
@@ -112,7 +140,10 @@ impl Server {
             r#type: "answer".into(),
             sdp: answer.to_sdp_string(),
             id,
-            ..Default::default()
+            mid_to_track_id: sending
+                .into_iter()
+                .map(|(mid, label)| (mid.to_string(), label.track_id))
+                .collect(),
         };
         self.send(session, signal_response::Message::Answer(sd));
     }
@@ -142,6 +173,11 @@ impl Server {
                         // No connection was created: the next offer starts afresh, and offers
                         // sent meanwhile for this connection are refused with it.
                         s.publisher = None;
+                        if s.single {
+                            // Its subscriptions went nowhere: the next connection takes them.
+                            s.subscriber = None;
+                            s.subscribed.clear();
+                        }
                         self.by_peer.remove(&peer);
                         refused = s.offers.len().max(1);
                         s.offers.clear();
@@ -173,12 +209,13 @@ impl Server {
         let Some(&(session, pc)) = self.by_peer.get(&peer) else {
             return;
         };
-        if pc != Pc::Subscriber {
-            return;
-        }
         let Some(s) = self.sessions.get(&session) else {
             return;
         };
+        // The primary connection: the subscriber's, or the only one.
+        if pc != Pc::Subscriber && !s.single {
+            return;
+        }
         let (room, psid) = (s.room.clone(), s.participant.clone());
         let joined_at = s.joined_at;
         let mut joined = None;

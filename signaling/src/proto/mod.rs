@@ -290,6 +290,10 @@ pub struct CoreStats {
     /// Client data packets dropped: over the sender's rate, without permission to send data,
     /// on a reserved topic, or undecodable.
     pub data_dropped: u64,
+    /// Joins on `/rtc/v1`, one peer connection (not resumes).
+    pub joins_single: u64,
+    /// Joins on the legacy `/rtc`, two peer connections (not resumes).
+    pub joins_legacy: u64,
 }
 
 /// Every room and session of a node. See the [module documentation](self).

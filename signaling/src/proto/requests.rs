@@ -98,6 +98,7 @@ impl Server {
             }
         };
         let existing = self.sessions.get(&session).and_then(|s| s.publisher);
+        let single = self.sessions.get(&session).is_some_and(|s| s.single);
         let command = match existing {
             Some(peer) => EngineCommand::HandleOffer { peer, offer },
             None => {
@@ -105,22 +106,37 @@ impl Server {
                 self.by_peer.insert(peer, (session, Pc::Publisher));
                 if let Some(s) = self.sessions.get_mut(&session) {
                     s.publisher = Some(peer);
+                    if single {
+                        // The one connection also receives what the session subscribes to.
+                        s.subscriber = Some(peer);
+                    }
                 }
                 EngineCommand::AcceptOffer {
                     peer,
                     publish,
                     offer,
+                    single,
                 }
             }
         };
+        let created = matches!(command, EngineCommand::AcceptOffer { .. });
         if let Some(s) = self.sessions.get_mut(&session) {
             s.offers.push_back(sd.id);
         }
         self.engine(command);
+        if created && single {
+            self.subscribe_existing(session);
+        }
     }
 
     fn subscriber_answer(&mut self, session: SessionId, sd: lk::SessionDescription) {
-        let Some(peer) = self.sessions.get(&session).and_then(|s| s.subscriber) else {
+        // On one connection the server never offers, so there is nothing to answer.
+        let Some(peer) = self
+            .sessions
+            .get(&session)
+            .filter(|s| !s.single)
+            .and_then(|s| s.subscriber)
+        else {
             return;
         };
         match SdpAnswer::from_sdp_string(&sd.sdp) {

@@ -137,7 +137,14 @@ impl Server {
         let room = s.room.clone();
         let subscriber = s.subscriber;
         self.pending_updates.remove(&old);
-        for (peer, pc) in [(s.publisher, Pc::Publisher), (s.subscriber, Pc::Subscriber)] {
+        // On one connection the client restarts ICE with its own offer; the engine offers
+        // nothing.
+        let subscriber = subscriber.filter(|_| !s.single);
+        let peers = [
+            (s.publisher, Pc::Publisher),
+            (s.subscriber.filter(|_| !s.single), Pc::Subscriber),
+        ];
+        for (peer, pc) in peers {
             if let Some(peer) = peer {
                 self.by_peer.insert(peer, (session, pc));
             }

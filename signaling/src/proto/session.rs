@@ -7,7 +7,7 @@ use std::time::Instant;
 use livekit_api::access_token::Claims;
 use livekit_protocol as lk;
 use livekit_protocol::participant_info::State;
-use livekit_protocol::signal_response;
+use livekit_protocol::{signal_request, signal_response};
 use stoa_sfu::str0m::channel::ChannelId;
 use stoa_sfu::{EngineCommand, PeerId, Publish, TrackId};
 
@@ -53,6 +53,9 @@ pub(super) enum Pc {
 pub(super) struct Session {
     pub room: String,
     pub participant: String,
+    /// One peer connection (`/rtc/v1`): `publisher` and `subscriber` are the same peer, which
+    /// the client offers; it is filed in `by_peer` as [`Pc::Publisher`].
+    pub single: bool,
     pub publisher: Option<PeerId>,
     pub subscriber: Option<PeerId>,
     pub auto_subscribe: bool,
@@ -169,13 +172,15 @@ impl Server {
         room.insert(participant);
         room.emptied_ms = None;
         room.dirty = true;
+        let single = params.single_pc;
         let join = lk::JoinResponse {
             room: Some(room.info()),
             participant: Some(info.clone()),
             other_participants: others,
             server_version: ADVERTISED_LIVEKIT_VERSION.into(),
             ice_servers,
-            subscriber_primary: true,
+            // On `/rtc/v1` the client's connection is the only one and it offers first.
+            subscriber_primary: !single,
             client_configuration: Some(client_configuration()),
             ping_timeout: self.config.ping_timeout as i32,
             ping_interval: self.config.ping_interval as i32,
@@ -184,19 +189,23 @@ impl Server {
         };
         let session_id = self.new_session();
         self.send(session_id, signal_response::Message::Join(join));
-        // The subscriber connection is primary: the engine offers it with the data channels.
-        // Its id is filed now, so its offer finds the session whatever else happens meanwhile.
-        let subscriber = self.new_peer();
         self.by_participant.insert(sid.clone(), session_id);
-        self.by_peer
-            .insert(subscriber, (session_id, Pc::Subscriber));
+        // Legacy: the subscriber connection is primary, and the engine offers it with the data
+        // channels. Its id is filed now, so its offer finds the session whatever else happens
+        // meanwhile. Single connection: created by the client's first offer.
+        let subscriber = (!single).then(|| self.new_peer());
+        if let Some(subscriber) = subscriber {
+            self.by_peer
+                .insert(subscriber, (session_id, Pc::Subscriber));
+        }
         self.sessions.insert(
             session_id,
             Session {
                 room: room_name.clone(),
                 participant: sid.clone(),
+                single,
                 publisher: None,
-                subscriber: Some(subscriber),
+                subscriber,
                 auto_subscribe: params.auto_subscribe,
                 pending: Vec::new(),
                 offers: VecDeque::new(),
@@ -212,30 +221,66 @@ impl Server {
                 span: participant_span(&room_name, &sid, &info.identity, params.client),
             },
         );
-        self.in_span(session_id, || tracing::info!("participant joined"));
+        let path = if single { "v1" } else { "legacy" };
+        self.in_span(session_id, || tracing::info!(path, "participant joined"));
+        if single {
+            self.stats.joins_single += 1;
+        } else {
+            self.stats.joins_legacy += 1;
+        }
         self.broadcast_participant(&room_name, &sid);
-        self.engine(EngineCommand::CreatePeer {
-            peer: subscriber,
-            publish: Publish::Deny,
-            channels: vec!["_reliable".to_owned(), "_lossy".to_owned()],
-        });
-        if params.auto_subscribe {
-            let tracks: Vec<(TrackId, String, String)> = self.rooms[&room_name]
-                .participants
-                .values()
-                // Listeners publish nothing: skip them before comparing sids.
-                .filter(|p| !p.tracks.is_empty() && p.sid != sid)
-                .flat_map(|p| {
-                    p.tracks
-                        .values()
-                        .filter_map(|t| Some((t.engine?, p.sid.clone(), t.info.sid.clone())))
-                })
-                .collect();
-            for (track, psid, tsid) in tracks {
-                self.subscribe(session_id, track, &psid, &tsid);
+        match subscriber {
+            Some(subscriber) => {
+                self.engine(EngineCommand::CreatePeer {
+                    peer: subscriber,
+                    publish: Publish::Deny,
+                    channels: vec!["_reliable".to_owned(), "_lossy".to_owned()],
+                });
+                self.subscribe_existing(session_id);
+            }
+            None => {
+                if let Some(offer) = params.publisher_offer {
+                    let sd = lk::SessionDescription {
+                        r#type: "offer".into(),
+                        sdp: offer.sdp,
+                        id: offer.id,
+                        ..Default::default()
+                    };
+                    // Creates the connection and subscribes to what the room publishes.
+                    self.handle_request(now, session_id, signal_request::Message::Offer(sd));
+                }
             }
         }
         Ok(session_id)
+    }
+
+    /// Subscribes an auto-subscribing session to every track published in its room (at join,
+    /// or on `/rtc/v1` once its connection exists).
+    pub(super) fn subscribe_existing(&mut self, session: SessionId) {
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
+        if !s.auto_subscribe {
+            return;
+        }
+        let (room_name, sid) = (s.room.clone(), s.participant.clone());
+        let Some(room) = self.rooms.get(&room_name) else {
+            return;
+        };
+        let tracks: Vec<(TrackId, String, String)> = room
+            .participants
+            .values()
+            // Listeners publish nothing: skip them before comparing sids.
+            .filter(|p| !p.tracks.is_empty() && p.sid != sid)
+            .flat_map(|p| {
+                p.tracks
+                    .values()
+                    .filter_map(|t| Some((t.engine?, p.sid.clone(), t.info.sid.clone())))
+            })
+            .collect();
+        for (track, psid, tsid) in tracks {
+            self.subscribe(session, track, &psid, &tsid);
+        }
     }
 
     /// The client's connection closed (or was closed for `reason`) without a leave: the
@@ -305,7 +350,8 @@ impl Server {
             self.outputs
                 .push_back(Output::Close(session, why.to_owned()));
         }
-        for peer in [s.publisher, s.subscriber].into_iter().flatten() {
+        let subscriber = s.subscriber.filter(|p| Some(*p) != s.publisher);
+        for peer in [s.publisher, subscriber].into_iter().flatten() {
             self.by_peer.remove(&peer);
             self.engine(EngineCommand::ClosePeer { peer });
         }

@@ -145,6 +145,10 @@ pub struct SignalingStats {
     pub data_dropped: u64,
     /// Tap changes the recorder had no room for.
     pub recorder_dropped: u64,
+    /// Joins on `/rtc/v1` (one peer connection).
+    pub joins_single: u64,
+    /// Joins on the legacy `/rtc` (two peer connections).
+    pub joins_legacy: u64,
 }
 
 enum Msg {
@@ -377,6 +381,8 @@ impl Signaling {
             total.clients_overflowed += one.clients_overflowed;
             total.engine_undelivered += one.engine_undelivered;
             total.data_dropped += one.data_dropped;
+            total.joins_single += one.joins_single;
+            total.joins_legacy += one.joins_legacy;
         }
         let counters = &self.counters;
         total.joins = self.join_latency.snapshot();
@@ -534,6 +540,8 @@ impl Shell {
                     clients_overflowed: core.clients_overflowed,
                     engine_undelivered: core.engine_undelivered,
                     data_dropped: core.data_dropped,
+                    joins_single: core.joins_single,
+                    joins_legacy: core.joins_legacy,
                     ..SignalingStats::default()
                 };
                 let _ = reply.send(stats);
