@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use stoa_sfu::shell::{SfuRuntime, SfuSettings, UdpPorts};
 use stoa_signaling::room::RoomLimits;
-use stoa_signaling::service::{ServiceConfig, Signaling};
+use stoa_signaling::service::{ServiceConfig, Signaling, TokenRefresh};
 use stoa_signaling::token::ApiKeys;
 use stoa_signaling::webhook::{Notifier, WebhookConfig, client_tls_config};
 use tokio::net::TcpListener;
@@ -22,6 +22,12 @@ use crate::config::{
 };
 use crate::metrics::Sources;
 use crate::ops::{self, Draining};
+
+/// How often connected clients get a fresh access token (LiveKit's `refresh_token`), and how
+/// long each is valid: a client can always reconnect with the newest, whatever the lifetime of
+/// the token it joined with.
+const TOKEN_REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+const TOKEN_REFRESH_TTL: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
 /// How long running recordings may take to finish their files at shutdown.
 const RECORDER_GRACE: Duration = Duration::from_secs(5);
@@ -165,6 +171,11 @@ async fn serve(config: &Config) -> Result<()> {
         crate::recording::Recordings::start(&config.recording, &engine_handle)?;
     let recorder = recordings.clone();
     let service = ServiceConfig {
+        token_refresh: Some(TokenRefresh {
+            keys: keys.clone(),
+            every: TOKEN_REFRESH_EVERY,
+            ttl: TOKEN_REFRESH_TTL,
+        }),
         turn,
         webhooks: webhooks.clone(),
         observer: Some(presence_tx),

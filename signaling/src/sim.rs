@@ -41,6 +41,9 @@ pub const SFU_ADDR: &str = "127.0.0.1:7882";
 /// Wall-clock time (Unix ms) at the simulation's start.
 pub const START_UNIX_MS: i64 = 1_800_000_000_000;
 
+/// The API key the simulated clients' tokens name (their `iss`).
+pub const SIM_API_KEY: &str = "simkey";
+
 /// Most settle rounds at one instant before the world is declared livelocked.
 const MAX_ROUNDS: usize = 10_000;
 
@@ -349,6 +352,7 @@ impl Sim {
         };
         let claims = Claims {
             sub: identity.into(),
+            iss: SIM_API_KEY.into(),
             video: grants,
             ..Default::default()
         };

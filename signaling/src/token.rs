@@ -315,20 +315,43 @@ pub fn mint(
     if ttl.as_secs() == 0 {
         return Err(MintError::ZeroTtl);
     }
+    let claims = Claims {
+        sub: identity.to_owned(),
+        name: name.unwrap_or_default().to_owned(),
+        video: grants,
+        ..Claims::default()
+    };
+    sign(api_key, secret, &claims, ttl, now_unix)
+}
+
+/// Signs `claims` with `api_key` and `secret`, valid from `now_unix` for `ttl` (their `iss`,
+/// `nbf` and `exp` are set here). Deterministic: the same inputs give the same token.
+pub fn sign(
+    api_key: &str,
+    secret: &str,
+    claims: &Claims,
+    ttl: Duration,
+    now_unix: u64,
+) -> Result<String, MintError> {
+    if api_key.is_empty() {
+        return Err(MintError::EmptyApiKey);
+    }
+    if secret.is_empty() {
+        return Err(MintError::EmptySecret);
+    }
+    if ttl.as_secs() == 0 {
+        return Err(MintError::ZeroTtl);
+    }
     let exp = now_unix
         .checked_add(ttl.as_secs())
         .and_then(|exp| usize::try_from(exp).ok())
         .ok_or(MintError::TtlTooLong)?;
     let nbf = usize::try_from(now_unix).map_err(|_| MintError::TtlTooLong)?;
-
     let claims = Claims {
         exp,
         iss: api_key.to_owned(),
         nbf,
-        sub: identity.to_owned(),
-        name: name.unwrap_or_default().to_owned(),
-        video: grants,
-        ..Claims::default()
+        ..claims.clone()
     };
     let payload = serde_json::to_vec(&claims).map_err(|err| MintError::Encode(err.to_string()))?;
 
@@ -342,6 +365,29 @@ pub fn mint(
     token.push('.');
     URL_SAFE_NO_PAD.encode_string(signature, &mut token);
     Ok(token)
+}
+
+/// `grants` with the permissions of `permission` (the inverse of [`permission`]): what a token
+/// minted for a participant now should grant.
+// `recorder` and `agent` are deprecated in the protocol, but LiveKit still fills them in.
+#[allow(deprecated)]
+pub fn grants_with(grants: &VideoGrants, permission: &ParticipantPermission) -> VideoGrants {
+    VideoGrants {
+        can_subscribe: Some(permission.can_subscribe),
+        can_publish: Some(permission.can_publish),
+        can_publish_data: Some(permission.can_publish_data),
+        can_publish_sources: permission
+            .can_publish_sources
+            .iter()
+            .filter_map(|s| grant_from_source(TrackSource::try_from(*s).ok()?))
+            .map(str::to_owned)
+            .collect(),
+        hidden: permission.hidden,
+        recorder: permission.recorder,
+        can_update_own_metadata: Some(permission.can_update_metadata),
+        agent: permission.agent,
+        ..grants.clone()
+    }
 }
 
 /// Checks that `claims` admit their holder to `room`, as LiveKit's `EnsureJoinPermission` and
@@ -497,6 +543,16 @@ fn take_numeric_date(
 }
 
 /// LiveKit's `sourceToProto`: lower-case enum names; anything else is `Unknown`.
+fn grant_from_source(source: TrackSource) -> Option<&'static str> {
+    match source {
+        TrackSource::Camera => Some("camera"),
+        TrackSource::Microphone => Some("microphone"),
+        TrackSource::ScreenShare => Some("screen_share"),
+        TrackSource::ScreenShareAudio => Some("screen_share_audio"),
+        TrackSource::Unknown => None,
+    }
+}
+
 fn source_from_grant(name: &str) -> TrackSource {
     match name {
         "camera" => TrackSource::Camera,

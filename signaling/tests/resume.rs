@@ -10,8 +10,11 @@ use std::time::{Duration, Instant};
 use livekit_protocol as lk;
 use livekit_protocol::participant_info::State;
 use livekit_protocol::signal_response;
-use stoa_signaling::proto::{AdminOp, ServerConfig};
-use stoa_signaling::sim::Sim;
+use std::sync::Arc;
+
+use stoa_signaling::proto::{AdminOp, ParticipantUpdate, ServerConfig, TokenRefresh};
+use stoa_signaling::sim::{SIM_API_KEY, START_UNIX_MS, Sim};
+use stoa_signaling::token::ApiKeys;
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -305,4 +308,83 @@ fn a_draining_server_holds_nobody() {
     sim.disconnect(l1);
     assert!(!sim.participants("r").iter().any(|p| p.identity == "l1"));
     sim.check_invariants().unwrap();
+}
+
+/// Every token the client of `c` was sent in a `RefreshToken`, oldest first.
+fn refreshed(sim: &Sim, c: usize) -> Vec<String> {
+    sim.clients[c]
+        .log
+        .iter()
+        .filter_map(|m| match m {
+            signal_response::Message::RefreshToken(t) => Some(t.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Connected clients get a fresh token every `every` (LiveKit's `refresh_token`), for their
+/// identity and room, with the permissions they have at that moment and the key their own token
+/// named, valid for `ttl`: so a client whose first token has expired can still resume or rejoin,
+/// and never with a permission taken from it. A held session gets none.
+#[test]
+fn connected_clients_get_fresh_tokens_with_the_permissions_they_have_now() {
+    const SECRET: &str = "a-long-enough-simulated-secret-0123456789";
+    let keys = Arc::new(ApiKeys::new([(SIM_API_KEY, SECRET)]));
+    let config = ServerConfig {
+        token_refresh: Some(TokenRefresh {
+            keys: keys.clone(),
+            every: 60 * SECOND,
+            ttl: 120 * SECOND,
+        }),
+        ..ServerConfig::default()
+    };
+    let start = Instant::now();
+    let mut sim = Sim::new(start, 11, 2, config);
+    let (speaker, listeners) = stage(&mut sim, 2);
+    let lee = listeners[0];
+    sim.run_for(50 * SECOND);
+    assert!(refreshed(&sim, lee).is_empty(), "nothing before a minute");
+
+    // Lee is promoted; the next token says so.
+    let update = ParticipantUpdate {
+        permission: Some(lk::ParticipantPermission {
+            can_publish: true,
+            can_subscribe: true,
+            can_publish_data: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    sim.admin(AdminOp::UpdateParticipant {
+        room: "r".into(),
+        identity: "l0".into(),
+        update: Box::new(update),
+    })
+    .unwrap();
+    sim.run_for(15 * SECOND);
+    let tokens = refreshed(&sim, lee);
+    assert_eq!(tokens.len(), 1, "one refresh after a minute");
+    let now_unix = |sim: &Sim| {
+        let elapsed = sim.now.duration_since(start).as_secs();
+        u64::try_from(START_UNIX_MS / 1000).unwrap() + elapsed
+    };
+    let claims = keys.verify(&tokens[0], now_unix(&sim)).unwrap();
+    assert_eq!(claims.sub, "l0");
+    assert_eq!(claims.iss, SIM_API_KEY);
+    assert_eq!(claims.video.room, "r");
+    assert!(claims.video.room_join);
+    assert_eq!(claims.video.can_publish, Some(true));
+    assert_eq!(claims.exp - claims.nbf, 120);
+    // The other listener's token still says listener.
+    let other = refreshed(&sim, listeners[1]);
+    let claims = keys.verify(&other[0], now_unix(&sim)).unwrap();
+    assert_eq!(claims.sub, "l1");
+    assert_eq!(claims.video.can_publish, Some(false));
+    assert_eq!(refreshed(&sim, speaker).len(), 1);
+
+    // A held session gets none; the others keep getting theirs.
+    sim.disconnect(lee);
+    sim.run_for(70 * SECOND);
+    assert_eq!(refreshed(&sim, lee).len(), 1, "none while held");
+    assert_eq!(refreshed(&sim, listeners[1]).len(), 2);
 }

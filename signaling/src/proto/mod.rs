@@ -116,9 +116,35 @@ pub struct ServerConfig {
     pub seed: [u8; 32],
     /// Data packets each participant may send.
     pub data_rate: DataRate,
+    /// Fresh access tokens pushed to clients ([`TokenRefresh`]); `None` for none.
+    pub token_refresh: Option<TokenRefresh>,
     /// Which of the node's signaling cores this is: its session and peer ids are the ones
     /// [`Partition::of_session`] and [`Partition::of_peer`] map to it.
     pub partition: Partition,
+}
+
+/// Access tokens the core mints for connected clients (LiveKit's `refresh_token`): every
+/// `every`, each session gets a token for its identity and room with the permissions it has
+/// now, valid for `ttl`, signed with the key its own token was signed with. A client that
+/// reconnects (resume or full rejoin) uses the newest one, so it is not locked out when the
+/// token it joined with expires, and it cannot come back with permissions taken from it since.
+#[derive(Clone)]
+pub struct TokenRefresh {
+    /// The keys tokens are signed with (a key no longer here means no refresh).
+    pub keys: std::sync::Arc<crate::token::ApiKeys>,
+    /// How often.
+    pub every: Duration,
+    /// How long each refreshed token is valid.
+    pub ttl: Duration,
+}
+
+impl std::fmt::Debug for TokenRefresh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenRefresh")
+            .field("every", &self.every)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One of `count` signaling cores that share a node's rooms (each room lives in one core),
@@ -166,6 +192,7 @@ impl Default for ServerConfig {
             engine_shards: 1,
             seed: [0; 32],
             data_rate: DataRate::default(),
+            token_refresh: None,
             partition: Partition::default(),
         }
     }

@@ -79,6 +79,9 @@ pub(super) struct Session {
     /// (same sid, tracks, subscriptions, engine peers) until it resumes or the room's departure
     /// timeout passes. Nothing is sent to a held session.
     pub held_since: Option<Instant>,
+    /// The claims it joined with (for refreshed tokens) and when its token was last refreshed.
+    pub claims: Box<Claims>,
+    pub refreshed_at: Instant,
     /// The data-packet bucket: tokens left and when it was last refilled.
     pub data_tokens: (f64, Instant),
     /// `room{room}` → `participant{participant, identity, client}`: the context of every log
@@ -218,6 +221,8 @@ impl Server {
                 asked_to_leave: false,
                 held_since: None,
                 data_tokens: (f64::from(self.config.data_rate.burst), now),
+                claims: Box::new(claims),
+                refreshed_at: now,
                 span: participant_span(&room_name, &sid, &info.identity, params.client),
             },
         );

@@ -4,7 +4,7 @@
 //! Per-message work is O(visible participants) (see the visibility rule in [`crate::room`]);
 //! the audience size reaches everyone through coalesced `RoomUpdate`s, once per slow tick.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use livekit_protocol as lk;
 use livekit_protocol::participant_info::State;
@@ -161,6 +161,7 @@ impl Server {
         }
         // Held sessions not resumed in time.
         self.expire_held(now);
+        self.refresh_tokens(now);
         // Rooms past their timeouts.
         let mut closing: Vec<String> = self
             .rooms
@@ -171,6 +172,57 @@ impl Server {
         closing.sort_unstable();
         for room in closing {
             self.close_room(&room);
+        }
+    }
+}
+
+impl Server {
+    /// Sends every connected session whose token was refreshed `every` ago or longer a new one
+    /// ([`super::TokenRefresh`]), with the permissions, name, metadata and attributes it has
+    /// now. Sessions whose key is gone from the configuration get none.
+    fn refresh_tokens(&mut self, now: Instant) {
+        let Some(refresh) = self.config.token_refresh.clone() else {
+            return;
+        };
+        let mut due: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.held_since.is_none()
+                    && now.saturating_duration_since(s.refreshed_at) >= refresh.every
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        due.sort_unstable();
+        let now_unix = u64::try_from(self.now_ms() / 1000).unwrap_or(0);
+        for id in due {
+            let Some(s) = self.sessions.get_mut(&id) else {
+                continue;
+            };
+            s.refreshed_at = now;
+            let Some(p) = self
+                .rooms
+                .get(&s.room)
+                .and_then(|r| r.participants.get(&s.participant))
+            else {
+                continue;
+            };
+            let Some(secret) = refresh.keys.secret(&s.claims.iss) else {
+                continue;
+            };
+            let claims = crate::token::Claims {
+                name: p.name.clone(),
+                metadata: p.metadata.clone(),
+                attributes: p.attributes.clone(),
+                video: crate::token::grants_with(&s.claims.video, &p.permission),
+                ..(*s.claims).clone()
+            };
+            match crate::token::sign(&s.claims.iss, secret, &claims, refresh.ttl, now_unix) {
+                Ok(token) => self.send(id, signal_response::Message::RefreshToken(token)),
+                Err(e) => {
+                    self.in_span(id, || tracing::warn!(error = %e, "token not refreshed"));
+                }
+            }
         }
     }
 }

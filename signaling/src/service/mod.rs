@@ -43,7 +43,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::join::JoinParams;
 pub use crate::proto::{
     ADVERTISED_LIVEKIT_VERSION, MintTurnCredentials, ParticipantUpdate, Refused, SendData,
-    ServiceError, SessionId, TapChange, TurnCredentials, TurnServers,
+    ServiceError, SessionId, TapChange, TokenRefresh, TurnCredentials, TurnServers,
 };
 use crate::proto::{AdminOp, AdminReply, Output, Partition, Server, ServerConfig};
 use crate::room::RoomLimits;
@@ -81,6 +81,8 @@ pub struct ServiceConfig {
     pub recorder: Option<mpsc::Sender<TapChange>>,
     /// Signaling cores, each a task owning the rooms that hash to it; 0 for one per CPU.
     pub cores: usize,
+    /// Fresh access tokens pushed to connected clients; `None` for none.
+    pub token_refresh: Option<TokenRefresh>,
 }
 
 impl Default for ServiceConfig {
@@ -94,6 +96,7 @@ impl Default for ServiceConfig {
             observer: None,
             recorder: None,
             cores: 0,
+            token_refresh: None,
         }
     }
 }
@@ -249,6 +252,7 @@ impl Signaling {
                 engine_shards: u16::try_from(sfu.shard_count()).unwrap_or(u16::MAX),
                 seed: core_seed,
                 data_rate: crate::proto::DataRate::default(),
+                token_refresh: config.token_refresh.clone(),
                 partition: Partition {
                     index: index as u16,
                     count: count as u16,
