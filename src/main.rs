@@ -8,6 +8,7 @@
 mod acme;
 mod cli;
 mod config;
+mod egress_service;
 mod livekit_config;
 mod media_plane;
 mod metrics;

@@ -32,6 +32,7 @@ fn doc(kind: RoomKind, mode: SpeakerMode) -> RoomDoc {
         series: None,
         private: false,
         listener_data: false,
+        record_from_start: false,
         recording: false,
         idle: Default::default(),
     })

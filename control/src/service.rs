@@ -513,6 +513,7 @@ impl Control {
             private: new.private,
             listener_data: new.listener_data,
             recording: new.recording,
+            record_from_start: new.recording,
             idle: new.idle,
         });
         // The host's name, for cards and previews before they join.
@@ -1079,6 +1080,7 @@ impl Control {
             let create = MediaCommand::CreateRoom {
                 room: id.clone(),
                 max_participants: doc.room.max_participants,
+                recording: doc.room.recording,
             };
             if let Err(e) = self.inner.media.apply(&create).await {
                 tracing::warn!(room = %id, error = %e, "media room not created");

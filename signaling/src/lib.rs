@@ -14,6 +14,8 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "runtime")]
+pub mod egress;
 pub mod join;
 pub mod proto;
 pub mod redact;
