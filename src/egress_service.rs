@@ -59,6 +59,30 @@ async fn control_record(control: &Control, room: &str, on: bool) -> Result<Optio
     }
 }
 
+/// How long a call waits for the recorder to carry out what the control plane decided.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often it looks meanwhile.
+const POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Starting or recording.
+fn running(info: &lk::EgressInfo) -> bool {
+    [
+        lk::EgressStatus::EgressStarting as i32,
+        lk::EgressStatus::EgressActive as i32,
+        lk::EgressStatus::EgressEnding as i32,
+    ]
+    .contains(&info.status)
+}
+
+/// Now as Unix nanoseconds (as `EgressInfo.started_at`).
+fn unix_ns() -> i64 {
+    // The shell reads the clock; egress times are wall-clock times.
+    #[allow(clippy::disallowed_methods)]
+    let now = std::time::SystemTime::now();
+    now.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
 impl LocalEgress {
     async fn room_sid(&self, room: &str) -> Result<String, TwirpError> {
         self.signaling
@@ -74,22 +98,57 @@ impl LocalEgress {
         self.recordings.list(query).await.map_err(refused)
     }
 
-    /// The room's newest room composite.
-    async fn composite_of(&self, room: &str) -> Result<lk::EgressInfo, TwirpError> {
-        let all = self
-            .list_of(EgressQuery {
-                room: Some(room.to_owned()),
-                ..EgressQuery::default()
-            })
-            .await?;
-        all.into_iter()
-            .rev()
-            .find(|i| matches!(i.request, Some(lk::egress_info::Request::RoomComposite(_))))
-            .ok_or_else(|| TwirpError::new("internal", "the recording did not start"))
+    /// The room's recording once the recorder has it: the running room composite, or one
+    /// started since `since` (Unix ns) that has already failed. The control plane's commands
+    /// reach the recorder through its bus, so this waits for it (bounded).
+    async fn composite_of(&self, room: &str, since: i64) -> Result<lk::EgressInfo, TwirpError> {
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        loop {
+            let all = self
+                .list_of(EgressQuery {
+                    room: Some(room.to_owned()),
+                    ..EgressQuery::default()
+                })
+                .await?;
+            let found = all.into_iter().rev().find(|i| {
+                matches!(i.request, Some(lk::egress_info::Request::RoomComposite(_)))
+                    && (running(i) || i.started_at >= since)
+            });
+            if let Some(info) = found {
+                return Ok(info);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(TwirpError::new(
+                    "unavailable",
+                    "the recording did not start in time",
+                ));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Egress `id` once it has ended (bounded wait, as for [`Self::composite_of`]).
+    async fn ended(&self, id: &str) -> Result<lk::EgressInfo, TwirpError> {
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        loop {
+            let info = self
+                .list_of(EgressQuery {
+                    egress_id: Some(id.to_owned()),
+                    ..EgressQuery::default()
+                })
+                .await?
+                .pop()
+                .ok_or_else(|| TwirpError::new("not_found", format!("no egress {id}")))?;
+            if !running(&info) || tokio::time::Instant::now() >= deadline {
+                return Ok(info);
+            }
+            tokio::time::sleep(POLL).await;
+        }
     }
 
     async fn start_room_composite(&self, room: &str) -> Result<lk::EgressInfo, TwirpError> {
         let sid = self.room_sid(room).await?;
+        let since = unix_ns();
         if control_record(&self.control, room, true).await?.is_none() {
             self.recordings.record_in(room, &sid);
             self.signaling
@@ -97,8 +156,7 @@ impl LocalEgress {
                 .await
                 .map_err(service)?;
         }
-        // The recorder has seen the start by now (its requests are served in order).
-        self.composite_of(room).await
+        self.composite_of(room, since).await
     }
 
     async fn start_track(
@@ -151,13 +209,7 @@ impl LocalEgress {
             .await?
             .pop()
             .ok_or_else(|| TwirpError::new("not_found", format!("no egress {egress_id}")))?;
-        let ended = [
-            lk::EgressStatus::EgressComplete as i32,
-            lk::EgressStatus::EgressFailed as i32,
-            lk::EgressStatus::EgressAborted as i32,
-            lk::EgressStatus::EgressLimitReached as i32,
-        ];
-        if ended.contains(&found.status) {
+        if !running(&found) {
             return Err(TwirpError::new(
                 "failed_precondition",
                 format!("egress {egress_id} has ended already"),
@@ -169,15 +221,8 @@ impl LocalEgress {
             Some(lk::egress_info::Request::RoomComposite(_))
         );
         if composite && control_record(&self.control, &room, false).await?.is_some() {
-            // The control plane stopped it (and untapped the room if nothing else records it).
-            return self
-                .list_of(EgressQuery {
-                    egress_id: Some(egress_id.to_owned()),
-                    ..EgressQuery::default()
-                })
-                .await?
-                .pop()
-                .ok_or_else(|| TwirpError::new("not_found", format!("no egress {egress_id}")));
+            // The control plane stops it (and untaps the room if nothing else records it).
+            return self.ended(egress_id).await;
         }
         let info = self
             .recordings

@@ -310,6 +310,17 @@ impl Control {
                     data.insert("role".into(), role.as_str().into());
                     ("role_changed", room, Some(user))
                 }
+                Event::Recording {
+                    room,
+                    recording,
+                    error,
+                } => {
+                    data.insert("recording".into(), (*recording).into());
+                    if let Some(error) = error {
+                        data.insert("error".into(), error.clone().into());
+                    }
+                    ("recording", room, None)
+                }
                 _ => continue,
             };
             self.hook(&Hook {

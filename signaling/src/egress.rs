@@ -224,7 +224,10 @@ fn check_room_composite(req: &lk::RoomCompositeEgressRequest) -> Result<(), Twir
         ));
     }
     let mut files: Vec<&lk::EncodedFileOutput> = req.file_outputs.iter().collect();
-    if let Some(Output::File(file)) = &req.output {
+    // SDKs send a single file output in both places (Node's `livekit-server-sdk` does): one.
+    if let Some(Output::File(file)) = &req.output
+        && !files.contains(&file)
+    {
         files.push(file);
     }
     let file = match files.as_slice() {
@@ -315,6 +318,12 @@ mod tests {
         let file = old.file_outputs.pop().unwrap();
         old.output = Some(lk::room_composite_egress_request::Output::File(file));
         assert_eq!(check_room_composite(&old), Ok(()));
+        old.file_outputs = vec![composite().file_outputs[0].clone()];
+        assert_eq!(
+            check_room_composite(&old),
+            Ok(()),
+            "the same file in both places"
+        );
 
         let mut video = composite();
         video.audio_only = false;
