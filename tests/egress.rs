@@ -743,3 +743,160 @@ fn an_unwritable_recording_directory_fails_the_egress_not_the_room() {
     stoa.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The sid of `identity`'s published audio track (Twirp `RoomService.ListParticipants`).
+fn track_of(addr: SocketAddr, room: &str, identity: &str) -> String {
+    let admin = server_token(stoa_signaling::token::VideoGrants {
+        room_admin: true,
+        room: room.to_owned(),
+        ..Default::default()
+    });
+    let deadline = Instant::now() + support::TIMEOUT;
+    loop {
+        let (status, list) = api(
+            addr,
+            "POST",
+            "/twirp/livekit.RoomService/ListParticipants",
+            &admin,
+            Some(json!({ "room": room })),
+        );
+        assert_eq!(status, 200, "{list}");
+        let sid = list["participants"].as_array().and_then(|ps| {
+            let p = ps.iter().find(|p| p["identity"] == identity)?;
+            p["tracks"][0]["sid"].as_str().map(str::to_owned)
+        });
+        if let Some(sid) = sid {
+            return sid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{identity} publishes no track: {list}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A recorded room whose server crashed (SIGKILL) is still recorded when it comes back: the
+/// file cut by the crash plays up to it, and the first speaker back starts a new egress (a new
+/// file part) — no stale "recording" with nothing recorded. Meanwhile a track egress records
+/// the speaker's track as received, and stopping it leaves the room's recording running.
+#[test]
+fn a_recorded_room_records_again_after_a_crash_and_a_track_egress_records_one_track() {
+    let dir = scratch_dir("egress-restart");
+    let recordings = dir.join("recordings");
+    let hooks = HookReceiver::start();
+    let config = write_config(&dir, &recordings, &hooks);
+    let stoa = Stoa::start(&config, &[]);
+    let addr = stoa.addr;
+    let host = user_token("hana");
+    let id = support::api::create_room(addr, &host, json!({"title": "Crash", "kind": "open"}));
+    let speaker = Speaker::join(addr, &id, "hana");
+    speaker.wait_sent(25);
+    support::api::ok(
+        addr,
+        "POST",
+        &format!("/api/rooms/{id}/recording"),
+        &host,
+        None,
+    );
+    let rec = record_token();
+    let list = list_until(
+        addr,
+        &rec,
+        &json!({"roomName": id, "active": true}),
+        |items| items.len() == 1 && items[0]["status"] == "EGRESS_ACTIVE",
+    );
+    let first = list["items"][0]["egressId"].as_str().unwrap().to_owned();
+    let first_file = PathBuf::from(
+        list["items"][0]["fileResults"][0]["location"]
+            .as_str()
+            .unwrap(),
+    );
+    // Long enough for pages to reach the disk (a page at least every second).
+    speaker.wait_sent(150);
+    std::thread::sleep(Duration::from_millis(1_200));
+    drop(stoa); // SIGKILL
+    speaker.leave();
+
+    // The file cut by the crash plays up to it.
+    let bytes = std::fs::read(&first_file).unwrap();
+    let stream = OpusStream::parse(&bytes).unwrap();
+    let pcm = decode(&stream).unwrap();
+    let loud = tone_levels(&pcm.samples, TONE_HZ)
+        .iter()
+        .filter(|l| **l > 0.05)
+        .count();
+    assert!(loud >= 10, "{loud} windows of the tone before the crash");
+
+    let stoa = Stoa::start(&config, &[]);
+    let addr = stoa.addr;
+    // The room's record still says recorded, and the first one back is recorded again.
+    assert_eq!(room_view(addr, &id, &host)["recording"], true);
+    let speaker = Speaker::join(addr, &id, "hana");
+    speaker.wait_sent(25);
+    let list = list_until(
+        addr,
+        &rec,
+        &json!({"roomName": id, "active": true}),
+        |items| items.len() == 1 && items[0]["status"] == "EGRESS_ACTIVE",
+    );
+    let second = list["items"][0]["egressId"].as_str().unwrap().to_owned();
+    assert_ne!(second, first, "a new egress, a new file part");
+
+    // A track egress of the speaker's track, its Opus as received.
+    let track = track_of(addr, &id, "hana");
+    let (status, started) = twirp(
+        addr,
+        "StartTrackEgress",
+        &rec,
+        &json!({"roomName": id, "trackId": track, "file": {"filepath": "{track_id}.ogg"}}),
+    );
+    assert_eq!(status, 200, "{started}");
+    assert_eq!(started["track"]["trackId"], track.as_str(), "{started}");
+    let track_egress = started["egressId"].as_str().unwrap().to_owned();
+    speaker.wait_sent(150);
+    let (status, stopped) = twirp(addr, "StopEgress", &rec, &json!({"egressId": track_egress}));
+    assert_eq!(status, 200, "{stopped}");
+    assert_eq!(stopped["status"], "EGRESS_COMPLETE", "{stopped}");
+    let location = stopped["fileResults"][0]["location"].as_str().unwrap();
+    assert!(
+        location.ends_with(&format!("track-{track}.ogg")),
+        "{location}"
+    );
+    let (seconds, loud) = tone_in(Path::new(location));
+    assert!(
+        seconds > 2.0 && loud > 0.8,
+        "{seconds:.2} s, {loud:.2} with the tone"
+    );
+    hooks.wait_egress("egress_ended", &track_egress, |i| {
+        i.status == lk::EgressStatus::EgressComplete as i32
+    });
+    // The room's recording goes on.
+    assert_eq!(room_view(addr, &id, &host)["recording"], true);
+    list_until(addr, &rec, &json!({"egressId": second}), |items| {
+        items.len() == 1 && items[0]["status"] == "EGRESS_ACTIVE"
+    });
+
+    support::api::ok(
+        addr,
+        "DELETE",
+        &format!("/api/rooms/{id}/recording"),
+        &host,
+        None,
+    );
+    let list = list_until(addr, &rec, &json!({"egressId": second}), |items| {
+        items.len() == 1 && items[0]["status"] == "EGRESS_COMPLETE"
+    });
+    let file = list["items"][0]["fileResults"][0]["location"]
+        .as_str()
+        .unwrap();
+    let (seconds, loud) = tone_in(Path::new(file));
+    assert!(
+        seconds > 2.0 && loud > 0.8,
+        "{seconds:.2} s, {loud:.2} with the tone"
+    );
+
+    speaker.leave();
+    stoa.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
