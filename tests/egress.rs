@@ -900,3 +900,92 @@ fn a_recorded_room_records_again_after_a_crash_and_a_track_egress_records_one_tr
     stoa.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A disk that fills up while recording (a 16 KiB tmpfs mounted on the recording directory in
+/// a mount namespace of the server's own): the write fails, the egress ends FAILED with the
+/// reason after having been active, `egress_ended` and the control plane's `recording` event
+/// say so, the room's view stops saying recorded, and the live room and its media go on.
+#[test]
+fn a_full_disk_stops_the_recording_not_the_room() {
+    let dir = scratch_dir("egress-full");
+    let recordings = dir.join("recordings");
+    std::fs::create_dir_all(&recordings).unwrap();
+    let hooks = HookReceiver::start();
+    let config = write_config(&dir, &recordings, &hooks);
+    let uid = std::process::Command::new("id").arg("-u").output().unwrap();
+    // Root gets a mount namespace; anyone else a user namespace mapped to root as well.
+    let flags = if String::from_utf8_lossy(&uid.stdout).trim() == "0" {
+        "-m"
+    } else {
+        "-rm"
+    };
+    let recordings_arg = recordings.to_str().unwrap();
+    let wrapper = [
+        "unshare",
+        flags,
+        "sh",
+        "-c",
+        r#"mount -t tmpfs -o size=16k stoa-full "$0" && exec "$@""#,
+        recordings_arg,
+    ];
+    let stoa = Stoa::start_wrapped(&config, &[], &wrapper);
+    let addr = stoa.addr;
+    let host = user_token("hana");
+    let id = support::api::create_room(addr, &host, json!({"title": "Full disk", "kind": "open"}));
+    let speaker = Speaker::join(addr, &id, "hana");
+    speaker.wait_sent(25);
+    let (mut listener, _, _) = support::api::join_live(addr, &id, &user_token("ann"));
+    support::api::ok(
+        addr,
+        "POST",
+        &format!("/api/rooms/{id}/recording"),
+        &host,
+        None,
+    );
+    let rec = record_token();
+    let list = list_until(addr, &rec, &json!({"roomName": id}), |items| {
+        !items.is_empty()
+    });
+    let egress = list["items"][0]["egressId"].as_str().unwrap().to_owned();
+    hooks.wait_egress("egress_updated", &egress, |i| {
+        i.status == lk::EgressStatus::EgressActive as i32
+    });
+    let failed = hooks.wait_egress("egress_ended", &egress, |i| {
+        i.status == lk::EgressStatus::EgressFailed as i32
+    });
+    assert!(
+        failed.error.contains("No space left on device"),
+        "{}",
+        failed.error
+    );
+    assert!(
+        failed.file_results[0].size > 0,
+        "it wrote until the disk was full"
+    );
+    let deadline = Instant::now() + support::TIMEOUT;
+    loop {
+        let said = hooks.control().into_iter().any(|v| {
+            v["event"] == "control.recording"
+                && v["control"]["recording"] == false
+                && v["control"]["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("No space left"))
+        });
+        if said && room_view(addr, &id, &host)["recording"] == false {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failed recording event: {:?}",
+            hooks.control()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(room_view(addr, &id, &host)["state"], "live");
+    speaker.wait_sent(50);
+    listener.ping();
+    speaker.leave();
+    listener.close();
+    stoa.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
