@@ -1203,6 +1203,38 @@ fn only_hosts_and_co_hosts_record_a_live_room() {
 }
 
 #[test]
+fn a_failed_recording_stops_with_an_event_that_says_why() {
+    let mut d = live_stage();
+    let fx = run(&mut d, "host", Command::Record(true), 3).unwrap();
+    assert!(fx.events.contains(&Event::Recording {
+        room: d.room.id.clone(),
+        recording: true,
+        error: None,
+    }));
+    // Only the server reports a failure.
+    let failed = || Command::RecordingFailed("No space left on device".into());
+    assert_eq!(
+        run(&mut d, "host", failed(), 4).unwrap_err().code,
+        "not_allowed"
+    );
+    assert!(d.room.recording);
+    let fx = apply(&mut d, &Actor::System, failed(), &cx(5)).unwrap();
+    assert!(!d.room.recording);
+    assert_eq!(record_commands(&fx), [false]);
+    assert_eq!(
+        fx.events,
+        [Event::Recording {
+            room: d.room.id.clone(),
+            recording: false,
+            error: Some("No space left on device".into()),
+        }]
+    );
+    // Reported again (a late duplicate): nothing more.
+    let fx = apply(&mut d, &Actor::System, failed(), &cx(6)).unwrap();
+    assert!(fx.events.is_empty() && fx.media.is_empty());
+}
+
+#[test]
 fn a_room_created_recorded_records_from_its_start_until_its_end() {
     let mut d = doc(RoomKind::Stage, SpeakerMode::Everyone);
     d.room.recording = true;
