@@ -222,7 +222,11 @@ impl LocalEgress {
         );
         if composite && control_record(&self.control, &room, false).await?.is_some() {
             // The control plane stops it (and untaps the room if nothing else records it).
-            return self.ended(egress_id).await;
+            let info = self.ended(egress_id).await?;
+            if !running(&info) {
+                return Ok(info);
+            }
+            // Still running: not the one the control plane knew of; stopped directly.
         }
         let info = self
             .recordings
