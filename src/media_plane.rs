@@ -274,7 +274,8 @@ pub async fn untap_if_idle(
 /// recording could not start or failed: the room's view and every participant then say it
 /// is not recorded, the room's event stream says why (`recording` with `error`), and the
 /// host may try again. A room the control plane does not know (made through the
-/// RoomService API) and a failed track egress only stop being tapped. The live room is not
+/// RoomService API) and a failed or finished track egress only stop being tapped (when
+/// nothing else records the room). The live room is not
 /// otherwise touched.
 pub fn spawn_recording_failures(
     control: Control,

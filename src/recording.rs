@@ -65,14 +65,15 @@ pub struct Recordings {
     commands: mpsc::Sender<Command>,
 }
 
-/// A recording that could not start or failed.
+/// A recording that could not start or failed, or a track egress that ended (the room it
+/// tapped may need untapping).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordingFailure {
     /// The room.
     pub room: String,
     /// The egress.
     pub egress_id: String,
-    /// What went wrong.
+    /// What went wrong (empty: a track egress that ended normally).
     pub error: String,
     /// The room's recording (a room composite); else a track egress.
     pub composite: bool,
@@ -723,9 +724,14 @@ impl Shell {
                     if let Some(meta) = self.meta.get(&id) {
                         self.webhook("egress_ended", livekit_info(&info, meta, &self.dir));
                     }
-                    if info.state == EgressState::Failed {
+                    // A failure is reported; so is a track egress that ended by itself (its
+                    // track was unpublished), whose room may need untapping.
+                    let failed = info.state == EgressState::Failed;
+                    if failed || !composite {
                         let error = info.error.clone().unwrap_or_default();
-                        warn!(room = %info.room, egress = %id, error = %error, "recording failed; it stops");
+                        if failed {
+                            warn!(room = %info.room, egress = %id, error = %error, "recording failed; it stops");
+                        }
                         self.failed(RecordingFailure {
                             room: info.room.clone(),
                             egress_id: id.clone(),
