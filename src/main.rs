@@ -9,6 +9,7 @@ mod acme;
 mod archive;
 mod cli;
 mod config;
+mod egress_service;
 mod livekit_config;
 mod media_plane;
 mod metrics;

@@ -15,6 +15,8 @@ use stoa_signaling::service::{ParticipantUpdate, SendData, ServiceError, Signali
 use stoa_signaling::ws::{Admission, AdmissionFuture, Admitted};
 use tokio::sync::mpsc;
 
+use crate::recording::{EgressQuery, RecordingFailure, Recordings};
+
 /// Events queued from signaling to the control plane before they are dropped.
 pub const PRESENCE_QUEUE: usize = 4096;
 
@@ -46,31 +48,56 @@ impl MediaPlane for LocalMedia {
             MediaCommand::CreateRoom {
                 room,
                 max_participants,
+                recording,
             } => {
                 let limits = RoomLimits {
                     max_participants: *max_participants,
                     ..self.limits
                 };
-                s.create_room(room.as_str(), limits)
+                let created = s
+                    .create_room(room.as_str(), limits)
                     .await
-                    .map(|_| ())
-                    .map_err(media_err)
+                    .map_err(media_err)?;
+                // A recorded room whose media room is new (the node restarted, or it closed
+                // the empty room) is recorded again, into a new egress.
+                if *recording && !created.active_recording {
+                    self.recordings.record_in(room.as_str(), &created.sid);
+                    s.set_recording(room.as_str(), true)
+                        .await
+                        .map_err(media_err)?;
+                }
+                Ok(())
             }
             MediaCommand::DeleteRoom { room } => {
                 // The recording ends with the room (its files are finished).
                 self.recordings.stop(room.as_str());
                 s.delete_room(room.as_str()).await.map_err(media_err)
             }
-            MediaCommand::Record { room, recording } => {
+            MediaCommand::Record {
+                room,
+                recording: true,
+            } => {
+                let sid = s
+                    .list_rooms(&[room.to_string()])
+                    .await
+                    .map_err(media_err)?
+                    .pop()
+                    .map(|r| r.sid)
+                    .ok_or(MediaError::NotFound)?;
                 // The egress exists before signaling names the room's tracks to it.
-                if *recording {
-                    self.recordings.record(room.as_str());
-                } else {
-                    self.recordings.stop(room.as_str());
-                }
-                s.set_recording(room.as_str(), *recording)
+                self.recordings.record_in(room.as_str(), &sid);
+                s.set_recording(room.as_str(), true)
                     .await
                     .map(|_| ())
+                    .map_err(media_err)
+            }
+            MediaCommand::Record {
+                room,
+                recording: false,
+            } => {
+                self.recordings.stop(room.as_str());
+                untap_if_idle(s, &self.recordings, room.as_str())
+                    .await
                     .map_err(media_err)
             }
             MediaCommand::Update {
@@ -224,21 +251,59 @@ pub fn spawn_presence(
     });
 }
 
+/// Stops tapping `room`'s tracks (and telling its participants it is recorded) when no egress
+/// records it any more: a track egress may outlive the room's recording, and the other way
+/// round.
+pub async fn untap_if_idle(
+    signaling: &Signaling,
+    recordings: &Recordings,
+    room: &str,
+) -> Result<(), ServiceError> {
+    let query = EgressQuery {
+        room: Some(room.to_owned()),
+        active: true,
+        ..EgressQuery::default()
+    };
+    match recordings.list(query).await {
+        Ok(running) if !running.is_empty() => Ok(()),
+        _ => signaling.set_recording(room, false).await.map(|_| ()),
+    }
+}
+
 /// Stops, where it was decided (the control plane), the recording of each room whose
 /// recording could not start or failed: the room's view and every participant then say it
-/// is not recorded, and the host may try again. The live room is not otherwise touched.
-pub fn spawn_recording_failures(control: Control, mut failures: mpsc::Receiver<String>) {
+/// is not recorded, the room's event stream says why (`recording` with `error`), and the
+/// host may try again. A room the control plane does not know (made through the
+/// RoomService API) and a failed or finished track egress only stop being tapped (when
+/// nothing else records the room). The live room is not
+/// otherwise touched.
+pub fn spawn_recording_failures(
+    control: Control,
+    signaling: Signaling,
+    recordings: Recordings,
+    mut failures: mpsc::Receiver<RecordingFailure>,
+) {
     tokio::spawn(async move {
-        while let Some(room) = failures.recv().await {
-            let Ok(id) = stoa_control::model::RoomId::parse(&room) else {
-                continue;
-            };
-            let stop = stoa_control::room::Command::Record(false);
-            if let Err(e) = control
-                .act(&stoa_control::room::Actor::System, &id, stop)
-                .await
+        while let Some(failure) = failures.recv().await {
+            let room = &failure.room;
+            if failure.composite
+                && let Ok(id) = stoa_control::model::RoomId::parse(room)
             {
-                tracing::warn!(room = %room, error = %e.message, "cannot mark the failed recording stopped");
+                let stop = stoa_control::room::Command::RecordingFailed(failure.error.clone());
+                match control
+                    .act(&stoa_control::room::Actor::System, &id, stop)
+                    .await
+                {
+                    Ok(_) => continue,
+                    Err(e) if e.status == 404 => {}
+                    Err(e) => {
+                        tracing::warn!(room = %room, error = %e.message, "cannot mark the failed recording stopped");
+                        continue;
+                    }
+                }
+            }
+            if let Err(e) = untap_if_idle(&signaling, &recordings, room).await {
+                tracing::debug!(room = %room, error = %e, "room not untapped");
             }
         }
     });

@@ -9,28 +9,35 @@
 //! into this thread is bounded; the engine's tap drops what does not fit (counted as
 //! `sfu_queue_dropped_total{queue="tap"}`) and the recording conceals it like a lost packet.
 //!
+//! LiveKit's `Egress` API ([`crate::egress_service`]) starts, stops and lists the same
+//! egresses: the recorder is where egress ids, states and files are known (its [`Recorder`]
+//! is the one truth; [`Recordings::list`] asks it), and each egress's life goes out as the
+//! `egress_started`, `egress_updated` and `egress_ended` webhooks.
+//!
 //! Files: `<dir>/<room>/<egress id>/room.ogg` (the mix), `speaking.jsonl` and, with
-//! `track_files`, `participant-<identity>.ogg`. Each write is whole Ogg pages, so a file cut
-//! by a crash plays up to its last page; files are synced to disk every few seconds and at
-//! the end.
+//! `track_files`, `participant-<identity>.ogg`; a track egress writes `track-<sid>.ogg`. Each
+//! write is whole Ogg pages, so a file cut by a crash plays up to its last page; files are
+//! synced to disk every few seconds and at the end.
 
 // The shell owns the clock: it reads it and hands `now` to the core.
 #![allow(clippy::disallowed_methods)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
+use livekit_protocol as lk;
 use stoa_egress::shell::FileSink;
 use stoa_egress::{
-    Artifact, EgressConfig, EgressEvent, EgressKind, EgressState, Input, MixConfig, Output,
-    Recorder, RecorderLimits, RtpPacket, Ssrc, TrackFiles,
+    Artifact, EgressConfig, EgressEvent, EgressInfo, EgressKind, EgressState, Input, MixConfig,
+    Output, Recorder, RecorderError, RecorderLimits, RtpPacket, Ssrc, TrackFiles,
 };
 use stoa_sfu::shell::SfuHandle;
 use stoa_sfu::{Tapped, TrackId};
 use stoa_signaling::service::TapChange;
-use tokio::sync::mpsc;
+use stoa_signaling::webhook::Notifier;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::config::RecordingSettings;
@@ -45,6 +52,12 @@ const COMMAND_QUEUE: usize = 256;
 const FAILURE_QUEUE: usize = 64;
 /// How often open files are synced to disk.
 const SYNC_EVERY: Duration = Duration::from_secs(5);
+/// How long an answered request waits for room in the recorder's queue.
+const ASK_WAIT: Duration = Duration::from_secs(2);
+
+fn stopped() -> EgressRefused {
+    EgressRefused::Unavailable("the recorder stopped".into())
+}
 
 /// Recording starts and ends waiting to be kept by the control plane.
 const REPORT_QUEUE: usize = 256;
@@ -57,7 +70,7 @@ pub struct Recordings {
     reports: std::sync::Arc<std::sync::Mutex<Option<mpsc::Receiver<Report>>>>,
 }
 
-/// A recording started or ended, for the control plane's records (replays).
+/// A room recording started or ended, for the control plane's records (replays).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
     /// The room.
@@ -83,13 +96,76 @@ pub struct Ended {
     pub size: u64,
 }
 
+/// A recording that could not start or failed, or a track egress that ended (the room it
+/// tapped may need untapping).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingFailure {
+    /// The room.
+    pub room: String,
+    /// The egress.
+    pub egress_id: String,
+    /// What went wrong (empty: a track egress that ended normally).
+    pub error: String,
+    /// The room's recording (a room composite); else a track egress.
+    pub composite: bool,
+}
+
+/// Which egresses [`Recordings::list`] answers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EgressQuery {
+    /// Only this room's.
+    pub room: Option<String>,
+    /// Only this one.
+    pub egress_id: Option<String>,
+    /// Only the running ones.
+    pub active: bool,
+}
+
+/// Why [`Recordings::stop_egress`] or [`Recordings::start_track`] did nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EgressRefused {
+    /// No such egress.
+    NotFound(String),
+    /// It has ended already.
+    Ended(String),
+    /// The recorder refused (too many running, stopped).
+    Unavailable(String),
+}
+
+impl std::fmt::Display for EgressRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EgressRefused::NotFound(id) => write!(f, "no egress {id}"),
+            EgressRefused::Ended(id) => write!(f, "egress {id} has ended already"),
+            EgressRefused::Unavailable(why) => f.write_str(why),
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Command {
     Start {
         room: String,
+        room_sid: String,
+        egress_id: String,
     },
     Stop {
         room: String,
+    },
+    StartTrack {
+        room: String,
+        room_sid: String,
+        track: String,
+        request: Box<lk::TrackEgressRequest>,
+        reply: oneshot::Sender<Result<lk::EgressInfo, EgressRefused>>,
+    },
+    StopEgress {
+        egress_id: String,
+        reply: oneshot::Sender<Result<lk::EgressInfo, EgressRefused>>,
+    },
+    List {
+        query: EgressQuery,
+        reply: oneshot::Sender<Vec<lk::EgressInfo>>,
     },
     Speaking {
         room: String,
@@ -108,10 +184,16 @@ impl Recordings {
     /// and the rooms whose recording could not start or failed (a directory that cannot be
     /// written, a full disk): the caller stops their recording where it was decided, so that
     /// nobody is told a room is recorded when it is not.
+    /// Egress events go out as webhooks through `webhooks`.
     pub fn start(
         settings: &RecordingSettings,
         sfu: &SfuHandle,
-    ) -> Result<(Recordings, mpsc::Sender<TapChange>, mpsc::Receiver<String>)> {
+        webhooks: Option<Notifier>,
+    ) -> Result<(
+        Recordings,
+        mpsc::Sender<TapChange>,
+        mpsc::Receiver<RecordingFailure>,
+    )> {
         let (packets_tx, packets) = mpsc::channel(PACKET_QUEUE);
         let (failures_tx, failures) = mpsc::channel(FAILURE_QUEUE);
         let (taps_tx, taps) = mpsc::channel(TAP_QUEUE);
@@ -140,7 +222,9 @@ impl Recordings {
             names: HashMap::new(),
             rooms: HashMap::new(),
             sinks: HashMap::new(),
+            meta: HashMap::new(),
             failures: failures_tx,
+            webhooks,
             reports: reports_tx,
             speaking: HashMap::new(),
         };
@@ -168,11 +252,64 @@ impl Recordings {
             .take()
     }
 
-    /// Starts recording `room` (nothing if it is being recorded already).
-    pub fn record(&self, room: &str) {
+    /// Starts recording `room`, whose LiveKit sid is `room_sid` (for `EgressInfo.room_id`);
+    /// nothing if it is being recorded already. Returns the id the egress gets if it starts.
+    pub fn record_in(&self, room: &str, room_sid: &str) -> String {
+        let egress_id = egress_id();
         self.send(Command::Start {
             room: room.to_owned(),
+            room_sid: room_sid.to_owned(),
+            egress_id: egress_id.clone(),
         });
+        egress_id
+    }
+
+    /// Starts recording one track of `room` as received (LiveKit's `StartTrackEgress`). The
+    /// track must be tapped (the room recorded in signaling) for packets to arrive.
+    pub async fn start_track(
+        &self,
+        room: &str,
+        room_sid: &str,
+        track: &str,
+        request: lk::TrackEgressRequest,
+    ) -> Result<lk::EgressInfo, EgressRefused> {
+        let (reply, answer) = oneshot::channel();
+        self.ask(Command::StartTrack {
+            room: room.to_owned(),
+            room_sid: room_sid.to_owned(),
+            track: track.to_owned(),
+            request: Box::new(request),
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Stops one egress (LiveKit's `StopEgress`); answers its final state.
+    pub async fn stop_egress(&self, egress_id: &str) -> Result<lk::EgressInfo, EgressRefused> {
+        let (reply, answer) = oneshot::channel();
+        self.ask(Command::StopEgress {
+            egress_id: egress_id.to_owned(),
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// The egresses `query` selects, running and recently ended, oldest first (LiveKit's
+    /// `ListEgress`). Requests sent before it (a start, a stop) are seen done.
+    pub async fn list(&self, query: EgressQuery) -> Result<Vec<lk::EgressInfo>, EgressRefused> {
+        let (reply, answer) = oneshot::channel();
+        self.ask(Command::List { query, reply }).await?;
+        answer.await.map_err(|_| stopped())
+    }
+
+    /// Sends a request that is answered, waiting a little for room in the queue.
+    async fn ask(&self, command: Command) -> Result<(), EgressRefused> {
+        self.commands
+            .send_timeout(command, ASK_WAIT)
+            .await
+            .map_err(|_| EgressRefused::Unavailable("the recorder is busy or stopped".into()))
     }
 
     /// Stops recording `room` (nothing if it is not being recorded); its files are finished.
@@ -231,13 +368,31 @@ struct Shell {
     rooms: HashMap<String, String>,
     /// Files by egress id.
     sinks: HashMap<String, FileSink>,
-    /// Where failed rooms are reported.
-    failures: mpsc::Sender<String>,
-    /// Where recordings' starts and ends are reported.
+    /// What LiveKit's `EgressInfo` says beyond the recorder's state, by egress id (as many
+    /// as the recorder keeps).
+    meta: HashMap<String, Meta>,
+    /// Where failed recordings are reported.
+    failures: mpsc::Sender<RecordingFailure>,
+    /// Where egress events go as webhooks.
+    webhooks: Option<Notifier>,
+    /// Where room recordings' starts and ends are reported.
     reports: mpsc::Sender<Report>,
     /// Who speaks now, by room (recorded or not), so that a recording starting while someone
     /// speaks has them speaking from its first moment.
     speaking: HashMap<String, std::collections::BTreeSet<String>>,
+}
+
+/// An egress's LiveKit facts that the sans-IO recorder does not keep.
+#[derive(Debug)]
+struct Meta {
+    room_sid: String,
+    /// Unix ns.
+    started_at: i64,
+    ended_at: i64,
+    updated_at: i64,
+    request: lk::egress_info::Request,
+    /// Its files' directory.
+    dir: PathBuf,
 }
 
 impl Shell {
@@ -295,20 +450,17 @@ impl Shell {
     fn command(&mut self, command: Command) {
         let now = Instant::now();
         match command {
-            Command::Start { room } => {
+            Command::Start {
+                room,
+                room_sid,
+                egress_id: id,
+            } => {
                 if self.rooms.contains_key(&room) {
                     return;
                 }
-                let id = egress_id();
                 let dir = self.dir.join(dir_name(&room)).join(&id);
-                let sink = match FileSink::create(&dir) {
-                    Ok(sink) => sink,
-                    Err(e) => {
-                        warn!(room = %room, dir = %dir.display(), error = %e, "cannot record: the recording directory is not writable");
-                        self.failed(&room);
-                        return;
-                    }
-                };
+                let request =
+                    lk::egress_info::Request::RoomComposite(room_composite_request(&room));
                 let config = EgressConfig {
                     egress_id: id.clone(),
                     room: room.clone(),
@@ -318,9 +470,7 @@ impl Shell {
                     mix: MixConfig::default(),
                     serial: serial(),
                 };
-                // The sink first: starting queues the files' headers.
-                self.sinks.insert(id.clone(), sink);
-                match self.recorder.start(now, config) {
+                match self.open(now, config, &room_sid, request, dir) {
                     Ok(()) => {
                         info!(room = %room, egress = %id, "recording started");
                         self.rooms.insert(room.clone(), id);
@@ -341,11 +491,73 @@ impl Shell {
                         }
                     }
                     Err(e) => {
-                        self.sinks.remove(&id);
                         warn!(room = %room, error = %e, "cannot record");
-                        self.failed(&room);
+                        self.failed(RecordingFailure {
+                            room,
+                            egress_id: id,
+                            error: e.to_string(),
+                            composite: true,
+                        });
                     }
                 }
+            }
+            Command::StartTrack {
+                room,
+                room_sid,
+                track,
+                request,
+                reply,
+            } => {
+                let id = egress_id();
+                let dir = self.dir.join(dir_name(&room)).join(&id);
+                let config = EgressConfig {
+                    egress_id: id.clone(),
+                    room: room.clone(),
+                    kind: EgressKind::Track {
+                        track: track.clone(),
+                    },
+                    mix: MixConfig::default(),
+                    serial: serial(),
+                };
+                let request = lk::egress_info::Request::Track(*request);
+                let answer = match self.open(now, config, &room_sid, request, dir) {
+                    Ok(()) => {
+                        info!(room = %room, egress = %id, track = %track, "track recording started");
+                        // The track, if it is tapped already.
+                        let named = self
+                            .names
+                            .values()
+                            .find(|n| n.room == room && n.track_sid == track)
+                            .map(|n| n.participant.clone());
+                        if let Some(participant) = named {
+                            let input = Input::TrackPublished {
+                                participant: &participant,
+                                track: &track,
+                            };
+                            self.recorder.handle_input(now, &room, input);
+                        }
+                        self.drain();
+                        Ok(self.livekit_info(&id).unwrap_or_default())
+                    }
+                    Err(e) => Err(EgressRefused::Unavailable(e.to_string())),
+                };
+                let _ = reply.send(answer);
+            }
+            Command::StopEgress { egress_id, reply } => {
+                let answer = match self.recorder.stop(now, &egress_id) {
+                    Ok(_) => {
+                        self.rooms.retain(|_, id| *id != egress_id);
+                        self.drain();
+                        Ok(self.livekit_info(&egress_id).unwrap_or_default())
+                    }
+                    Err(RecorderError::Ended { .. }) => Err(EgressRefused::Ended(egress_id)),
+                    Err(RecorderError::NotFound(_)) => Err(EgressRefused::NotFound(egress_id)),
+                    Err(e) => Err(EgressRefused::Unavailable(e.to_string())),
+                };
+                let _ = reply.send(answer);
+            }
+            Command::List { query, reply } => {
+                let _ = reply.send(self.list(&query));
             }
             Command::Shutdown { done } => {
                 self.finish_all();
@@ -381,6 +593,7 @@ impl Shell {
                 if let Err(e) = self.recorder.stop(now, &id) {
                     warn!(room = %room, egress = %id, error = %e, "recording did not stop cleanly");
                 }
+                self.drain();
             }
         }
     }
@@ -399,6 +612,94 @@ impl Shell {
             };
             self.recorder.handle_input(now, room, input);
         }
+    }
+
+    /// Opens an egress's files and starts it. A directory that cannot be made still starts
+    /// the egress, which then fails at once with the reason: its `egress_ended` and
+    /// `ListEgress` say why, as for a disk that fills up later.
+    fn open(
+        &mut self,
+        now: Instant,
+        config: EgressConfig,
+        room_sid: &str,
+        request: lk::egress_info::Request,
+        dir: PathBuf,
+    ) -> Result<(), RecorderError> {
+        let id = config.egress_id.clone();
+        // The sink first: starting queues the files' headers.
+        let failed = match FileSink::create(&dir) {
+            Ok(sink) => {
+                self.sinks.insert(id.clone(), sink);
+                None
+            }
+            Err(e) => {
+                warn!(egress = %id, dir = %dir.display(), error = %e, "cannot record: the recording directory is not writable");
+                Some(format!("the recording directory cannot be written: {e}"))
+            }
+        };
+        if let Err(e) = self.recorder.start(now, config) {
+            self.sinks.remove(&id);
+            return Err(e);
+        }
+        let at = unix_ns();
+        self.meta.insert(
+            id.clone(),
+            Meta {
+                room_sid: room_sid.to_owned(),
+                started_at: at,
+                ended_at: 0,
+                updated_at: at,
+                request,
+                dir,
+            },
+        );
+        if let Some(error) = failed {
+            self.recorder
+                .handle_write_error(now, &id, &Artifact::Mix, &error);
+        }
+        Ok(())
+    }
+
+    /// The egresses `query` selects, in LiveKit's terms, oldest first.
+    fn list(&self, query: &EgressQuery) -> Vec<lk::EgressInfo> {
+        let infos = match &query.egress_id {
+            Some(id) => self
+                .recorder
+                .info(id)
+                .into_iter()
+                .filter(|i| query.room.as_ref().is_none_or(|r| *r == i.room))
+                .filter(|i| {
+                    !query.active || !matches!(i.state, EgressState::Complete | EgressState::Failed)
+                })
+                .collect(),
+            None => self.recorder.list(query.room.as_deref(), query.active),
+        };
+        let mut out: Vec<lk::EgressInfo> = infos
+            .iter()
+            .filter_map(|i| Some(livekit_info(i, self.meta.get(&i.egress_id)?, &self.dir)))
+            .collect();
+        out.sort_by(|a, b| (a.started_at, &a.egress_id).cmp(&(b.started_at, &b.egress_id)));
+        out
+    }
+
+    fn livekit_info(&self, id: &str) -> Option<lk::EgressInfo> {
+        let info = self.recorder.info(id)?;
+        Some(livekit_info(&info, self.meta.get(id)?, &self.dir))
+    }
+
+    /// Sends an egress event as a webhook (`egress_started`, `egress_updated`,
+    /// `egress_ended`) with its `EgressInfo`.
+    fn webhook(&self, event: &str, info: lk::EgressInfo) {
+        let Some(hooks) = &self.webhooks else {
+            return;
+        };
+        hooks.notify(lk::WebhookEvent {
+            event: event.to_owned(),
+            egress_info: Some(info),
+            id: format!("EV_{}", &egress_id()[3..]),
+            created_at: unix_ns() / 1_000_000_000,
+            ..Default::default()
+        });
     }
 
     fn tap_change(&mut self, change: TapChange) {
@@ -476,15 +777,6 @@ impl Shell {
                         );
                     }
                 }
-                Output::Event(EgressEvent::Started) => {
-                    if let Some(room) = self
-                        .rooms
-                        .iter()
-                        .find_map(|(room, egress)| (*egress == id).then(|| room.clone()))
-                    {
-                        self.report(&room, &id, None);
-                    }
-                }
                 Output::Event(EgressEvent::Ended(info)) => {
                     // Replays are of room recordings (the mix), not of single tracks.
                     if let Some(mix) = info.files.iter().find(|f| f.artifact == Artifact::Mix) {
@@ -494,6 +786,11 @@ impl Shell {
                             size: mix.bytes,
                         };
                         self.report(&info.room, &id, Some(ended));
+                    }
+                    let at = unix_ns();
+                    if let Some(meta) = self.meta.get_mut(&id) {
+                        meta.ended_at = at;
+                        meta.updated_at = at;
                     }
                     if let Some(mut sink) = self.sinks.remove(&id) {
                         if let Err(e) = sink.sync() {
@@ -508,22 +805,59 @@ impl Shell {
                             "recording ended"
                         );
                     }
+                    let composite = matches!(info.kind, EgressKind::RoomComposite { .. });
                     if self.rooms.get(&info.room) == Some(&id) {
                         self.rooms.remove(&info.room);
                     }
-                    if info.state == EgressState::Failed {
-                        warn!(room = %info.room, egress = %id, error = info.error.as_deref().unwrap_or(""), "recording failed; it stops");
-                        self.failed(&info.room);
+                    if let Some(meta) = self.meta.get(&id) {
+                        self.webhook("egress_ended", livekit_info(&info, meta, &self.dir));
                     }
+                    // A failure is reported; so is a track egress that ended by itself (its
+                    // track was unpublished), whose room may need untapping.
+                    let failed = info.state == EgressState::Failed;
+                    if failed || !composite {
+                        let error = info.error.clone().unwrap_or_default();
+                        if failed {
+                            warn!(room = %info.room, egress = %id, error = %error, "recording failed; it stops");
+                        }
+                        self.failed(RecordingFailure {
+                            room: info.room.clone(),
+                            egress_id: id.clone(),
+                            error,
+                            composite,
+                        });
+                    }
+                    // LiveKit facts are kept as long as the recorder keeps the egress.
+                    let recorder = &self.recorder;
+                    self.meta.retain(|id, _| recorder.info(id).is_some());
                 }
                 Output::Event(event) => {
                     tracing::debug!(egress = %id, event = ?event, "recording event");
+                    if matches!(event, EgressEvent::Started)
+                        && let Some(room) = self
+                            .rooms
+                            .iter()
+                            .find_map(|(room, egress)| (*egress == id).then(|| room.clone()))
+                    {
+                        self.report(&room, &id, None);
+                    }
+                    let name = match event {
+                        EgressEvent::Started => "egress_started",
+                        EgressEvent::Active => "egress_updated",
+                        _ => continue,
+                    };
+                    if let Some(meta) = self.meta.get_mut(&id) {
+                        meta.updated_at = unix_ns();
+                    }
+                    if let Some(info) = self.livekit_info(&id) {
+                        self.webhook(name, info);
+                    }
                 }
             }
         }
     }
 
-    /// Reports a recording's start or end to whoever keeps the records.
+    /// Reports a room recording's start or end to whoever keeps the records.
     fn report(&self, room: &str, egress_id: &str, ended: Option<Ended>) {
         let at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -540,9 +874,10 @@ impl Shell {
         }
     }
 
-    /// Reports that `room`'s recording could not start or failed.
-    fn failed(&self, room: &str) {
-        if self.failures.try_send(room.to_owned()).is_err() {
+    /// Reports a recording that could not start or failed.
+    fn failed(&self, failure: RecordingFailure) {
+        let room = failure.room.clone();
+        if self.failures.try_send(failure).is_err() {
             warn!(room = %room, "recording failure not reported: queue full");
         }
     }
@@ -570,6 +905,73 @@ fn dir_name(room: &str) -> String {
     }
     let hex: String = room.bytes().take(64).map(|b| format!("{b:02x}")).collect();
     format!("room-{hex}")
+}
+
+/// The request a room composite is described with in `EgressInfo.request` (whether it was
+/// started through `/api`, for a room created recorded, or through the Egress API): audio
+/// only, one Ogg file.
+fn room_composite_request(room: &str) -> lk::RoomCompositeEgressRequest {
+    lk::RoomCompositeEgressRequest {
+        room_name: room.to_owned(),
+        audio_only: true,
+        file_outputs: vec![lk::EncodedFileOutput {
+            file_type: lk::EncodedFileType::Ogg as i32,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// The recorder's state of an egress in LiveKit's terms. Files are named by their path under
+/// the recording directory (`filename`) and their absolute path (`location`).
+fn livekit_info(info: &EgressInfo, meta: &Meta, base: &Path) -> lk::EgressInfo {
+    let ns = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+    let file_results: Vec<lk::FileInfo> = info
+        .files
+        .iter()
+        .filter(|f| f.artifact != Artifact::Speaking)
+        .map(|f| {
+            let path = meta.dir.join(stoa_egress::shell::file_name(&f.artifact));
+            let relative = path.strip_prefix(base).unwrap_or(&path);
+            lk::FileInfo {
+                filename: relative.display().to_string(),
+                started_at: meta.started_at,
+                ended_at: meta.ended_at,
+                duration: ns(f.duration),
+                size: i64::try_from(f.bytes).unwrap_or(i64::MAX),
+                location: path.display().to_string(),
+            }
+        })
+        .collect();
+    #[allow(deprecated)]
+    let result = file_results
+        .first()
+        .cloned()
+        .map(lk::egress_info::Result::File);
+    #[allow(deprecated)]
+    lk::EgressInfo {
+        egress_id: info.egress_id.clone(),
+        room_id: meta.room_sid.clone(),
+        room_name: info.room.clone(),
+        source_type: lk::EgressSourceType::Sdk as i32,
+        status: info.state.livekit_status(),
+        started_at: meta.started_at,
+        ended_at: meta.ended_at,
+        updated_at: meta.updated_at,
+        error: info.error.clone().unwrap_or_default(),
+        details: String::new(),
+        file_results,
+        result,
+        request: Some(meta.request.clone()),
+        ..Default::default()
+    }
+}
+
+/// Now as Unix nanoseconds (LiveKit's `EgressInfo` times).
+fn unix_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// A fresh egress id, LiveKit style (`EG_` and 12 characters).

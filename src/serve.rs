@@ -168,7 +168,7 @@ async fn serve(config: &Config) -> Result<()> {
     };
     let (presence_tx, presence_rx) = tokio::sync::mpsc::channel(crate::media_plane::PRESENCE_QUEUE);
     let (recordings, taps, recording_failures) =
-        crate::recording::Recordings::start(&config.recording, &engine_handle)?;
+        crate::recording::Recordings::start(&config.recording, &engine_handle, webhooks.clone())?;
     let recorder = recordings.clone();
     let service = ServiceConfig {
         token_refresh: Some(TokenRefresh {
@@ -202,8 +202,18 @@ async fn serve(config: &Config) -> Result<()> {
     if let Some(notifier) = &webhooks {
         control.set_webhooks(Arc::new(crate::media_plane::ControlHooks(notifier.clone())));
     }
+    let egress = Arc::new(crate::egress_service::LocalEgress {
+        signaling: signaling.clone(),
+        recordings: recordings.clone(),
+        control: control.clone(),
+    });
+    crate::media_plane::spawn_recording_failures(
+        control.clone(),
+        signaling.clone(),
+        recordings.clone(),
+        recording_failures,
+    );
     crate::media_plane::spawn_presence(control.clone(), recordings, presence_rx);
-    crate::media_plane::spawn_recording_failures(control.clone(), recording_failures);
     // Replays and clips: the recordings' records, and their files.
     control.set_archive(Arc::new(crate::archive::Files::new(
         config.recording.dir.clone(),
@@ -229,6 +239,7 @@ async fn serve(config: &Config) -> Result<()> {
     ));
     let routes = ops::router(draining.clone(), Some(sources), Some(prometheus))
         .merge(joins)
+        .merge(stoa_signaling::egress::router(egress, keys.clone()))
         .merge(stoa_signaling::twirp::router(signaling.clone(), keys))
         .merge(stoa_control::api::router(control.clone()))
         .merge(crate::web::router(control))

@@ -17,7 +17,9 @@
 //! - [`sink`]: one thread reading every header-only listener's socket.
 //! - [`janus`]: Janus's videoroom as a comparison SFU, and the adapter that lets the same
 //!   clients drive it; [`compare`]: the baseline and both servers through the same ramp and
-//!   join storm, in one run; [`two_rooms`]: join storms in one room while another is busy.
+//!   join storm, in one run; [`two_rooms`]: join storms in one room while another is busy;
+//!   [`recording`]: a room's recording on and off, side by side (server CPU, listeners'
+//!   latency and loss).
 //!
 //! One-way latency needs one clock: speakers and listeners run in this one process and share a
 //! [`clock::Clock`]; each Opus packet carries its send time in Opus padding (RFC 6716 §3.2.5),
@@ -41,6 +43,7 @@ pub mod janus;
 mod peer;
 pub mod product;
 pub mod reception;
+pub mod recording;
 pub mod report;
 pub mod scenario;
 pub mod server;

@@ -54,6 +54,31 @@ enum Cmd {
     /// Join storms in room B while room A idles, then while it is busy (reactions and speaker
     /// rotation), alternating; reports room B's join-to-first-audio either way.
     TwoRooms(TwoRoomsArgs),
+    /// A room with speakers all speaking and listeners, its recording (Twirp `livekit.Egress`)
+    /// off and on in alternating phases; reports the server's CPU and the listeners' latency
+    /// and loss either way.
+    Recording(RecordingArgs),
+}
+
+#[derive(Debug, Args)]
+struct RecordingArgs {
+    /// Speakers, all speaking at once.
+    #[arg(long, default_value_t = 4)]
+    speakers: usize,
+    /// Listeners.
+    #[arg(long, default_value_t = 200)]
+    listeners: usize,
+    /// Listener joins per second.
+    #[arg(long, default_value_t = 100.0)]
+    join_rate: f64,
+    /// Seconds per phase.
+    #[arg(long, default_value_t = 10.0)]
+    phase: f64,
+    /// Phase pairs (off, on).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    #[command(flatten)]
+    server: ServerArgs,
 }
 
 /// How clients join, for `run`: one path, or both side by side.
@@ -526,6 +551,22 @@ fn main() -> anyhow::Result<()> {
             );
             let json = serde_json::to_string_pretty(&r).context("serialise")?;
             write_json(a.json.as_ref(), &json)?;
+        }
+        Cmd::Recording(a) => {
+            let params = stoa_bench::recording::RecordingParams {
+                speakers: a.speakers,
+                listeners: a.listeners,
+                join_rate: a.join_rate,
+                phase: secs(a.phase)?,
+                rounds: a.rounds,
+            };
+            params.validate()?;
+            let (target, _server) = target(&a.server, JoinPath::Direct)?;
+            let runtime = runtime(&a.server)?;
+            let report = runtime.block_on(stoa_bench::recording::run(target, &params))?;
+            println!("{}", report.table());
+            let json = serde_json::to_string_pretty(&report).context("serialise")?;
+            write_json(a.server.json.as_ref(), &json)?;
         }
         Cmd::TwoRooms(a) => {
             let params = stoa_bench::two_rooms::TwoRoomsParams {

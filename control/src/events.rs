@@ -144,6 +144,17 @@ pub enum Event {
         /// Deafened.
         deafened: bool,
     },
+    /// The room started or stopped being recorded; `error` says why a recording stopped by
+    /// itself (the recording directory cannot be written, the disk is full).
+    Recording {
+        /// Room.
+        room: RoomId,
+        /// Recorded now.
+        recording: bool,
+        /// Why the recording failed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// A reaction.
     Reaction {
         /// Room.

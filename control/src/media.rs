@@ -21,6 +21,11 @@ pub enum MediaCommand {
         room: RoomId,
         /// Participant limit enforced by the media plane.
         max_participants: u32,
+        /// Recorded: a media room (re)created while the room is recorded — after a restart
+        /// of the media plane, or after it closed the empty room — is recorded again, into a
+        /// new egress (a new file part).
+        #[serde(default)]
+        recording: bool,
     },
     /// Close the media room, disconnecting everyone.
     DeleteRoom {

@@ -287,6 +287,11 @@ pub struct Room {
     /// at creation, it records from the start.
     #[serde(default)]
     pub recording: bool,
+    /// Created to be recorded from its start: kept when the room ends (where `recording`
+    /// is cleared), so that the next occurrence of a recurring room records from its start
+    /// too.
+    #[serde(default)]
+    pub record_from_start: bool,
     /// When idle speakers are muted and moved back, and whether away listeners show.
     #[serde(default)]
     pub idle: IdleRules,

@@ -44,6 +44,9 @@ pub enum Command {
     Start,
     /// Start (`true`) or stop recording the live room (host and co-hosts).
     Record(bool),
+    /// The media plane could not record the room (an unwritable directory, a full disk):
+    /// the room is no longer recorded, and everyone is told why (system only).
+    RecordingFailed(String),
     /// End the room.
     End,
     /// Archive an ended room once its live state is cleaned up.
@@ -178,6 +181,7 @@ pub fn scope(actor: &Actor, command: &Command, host: Option<&UserId>) -> Scope {
         | Command::Edit(_)
         | Command::Remind
         | Command::Record(_)
+        | Command::RecordingFailed(_)
         | Command::Presence { .. } => {}
     }
     users.sort();
@@ -239,7 +243,16 @@ pub fn apply(
         }
         Command::Target(action, target) => moderate(doc, actor, action, target, cx, &mut fx)?,
         Command::Start => start(doc, actor, cx, &mut fx)?,
-        Command::Record(on) => record(doc, actor, on, &mut fx)?,
+        Command::Record(on) => record(doc, actor, on, None, &mut fx)?,
+        Command::RecordingFailed(error) => {
+            if let Actor::User(_) = actor {
+                return Err(ControlError::forbidden(
+                    "not_allowed",
+                    "only the server reports a failed recording",
+                ));
+            }
+            record(doc, actor, false, Some(error), &mut fx)?;
+        }
         Command::End => {
             check(doc, actor, Action::End)?;
             end(doc, cx, &mut fx)?;
@@ -886,6 +899,7 @@ fn start(
     fx.media.push(MediaCommand::CreateRoom {
         room: doc.room.id.clone(),
         max_participants: doc.room.max_participants,
+        recording: false,
     });
     fx.media.push(metadata(doc));
     if doc.room.recording {
@@ -1188,6 +1202,7 @@ fn record(
     doc: &mut RoomDoc,
     actor: &Actor,
     on: bool,
+    error: Option<String>,
     fx: &mut Effects,
 ) -> Result<(), ControlError> {
     if let Actor::User(u) = actor {
@@ -1210,6 +1225,11 @@ fn record(
     fx.media.push(MediaCommand::Record {
         room: doc.room.id.clone(),
         recording: on,
+    });
+    fx.events.push(Event::Recording {
+        room: doc.room.id.clone(),
+        recording: on,
+        error,
     });
     Ok(())
 }

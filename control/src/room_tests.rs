@@ -32,6 +32,7 @@ fn doc(kind: RoomKind, mode: SpeakerMode) -> RoomDoc {
         series: None,
         private: false,
         listener_data: false,
+        record_from_start: false,
         recording: false,
         idle: Default::default(),
     })
@@ -1205,6 +1206,38 @@ fn only_hosts_and_co_hosts_record_a_live_room() {
     let fx = run(&mut d, "ann", Command::Record(false), 6).unwrap();
     assert!(!d.room.recording);
     assert_eq!(record_commands(&fx), [false]);
+}
+
+#[test]
+fn a_failed_recording_stops_with_an_event_that_says_why() {
+    let mut d = live_stage();
+    let fx = run(&mut d, "host", Command::Record(true), 3).unwrap();
+    assert!(fx.events.contains(&Event::Recording {
+        room: d.room.id.clone(),
+        recording: true,
+        error: None,
+    }));
+    // Only the server reports a failure.
+    let failed = || Command::RecordingFailed("No space left on device".into());
+    assert_eq!(
+        run(&mut d, "host", failed(), 4).unwrap_err().code,
+        "not_allowed"
+    );
+    assert!(d.room.recording);
+    let fx = apply(&mut d, &Actor::System, failed(), &cx(5)).unwrap();
+    assert!(!d.room.recording);
+    assert_eq!(record_commands(&fx), [false]);
+    assert_eq!(
+        fx.events,
+        [Event::Recording {
+            room: d.room.id.clone(),
+            recording: false,
+            error: Some("No space left on device".into()),
+        }]
+    );
+    // Reported again (a late duplicate): nothing more.
+    let fx = apply(&mut d, &Actor::System, failed(), &cx(6)).unwrap();
+    assert!(fx.events.is_empty() && fx.media.is_empty());
 }
 
 #[test]

@@ -248,6 +248,7 @@ mod tests {
             reminded: false,
             private: false,
             listener_data: false,
+            record_from_start: false,
             recording: false,
             series: None,
             idle: Default::default(),

@@ -315,6 +315,17 @@ impl Control {
                     data.insert("role".into(), role.as_str().into());
                     ("role_changed", room, Some(user))
                 }
+                Event::Recording {
+                    room,
+                    recording,
+                    error,
+                } => {
+                    data.insert("recording".into(), (*recording).into());
+                    if let Some(error) = error {
+                        data.insert("error".into(), error.clone().into());
+                    }
+                    ("recording", room, None)
+                }
                 _ => continue,
             };
             self.hook(&Hook {
@@ -518,6 +529,7 @@ impl Control {
             private: new.private,
             listener_data: new.listener_data,
             recording: new.recording,
+            record_from_start: new.recording,
             idle: new.idle,
         });
         // The host's name, for cards and previews before they join.
@@ -1084,6 +1096,7 @@ impl Control {
             let create = MediaCommand::CreateRoom {
                 room: id.clone(),
                 max_participants: doc.room.max_participants,
+                recording: doc.room.recording,
             };
             if let Err(e) = self.inner.media.apply(&create).await {
                 tracing::warn!(room = %id, error = %e, "media room not created");

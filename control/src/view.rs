@@ -378,7 +378,7 @@ pub fn sees(sight: Sight, knows: bool, viewer: Option<&UserId>, event: &Event) -
         | Event::RoomEnded { private, .. }
         | Event::Audience { private, .. } => !private || knows,
         // Directory facts too, for a room that may be private (they do not say): looked up.
-        Event::RoomEdited { .. } | Event::Reminder { .. } => knows,
+        Event::RoomEdited { .. } | Event::Reminder { .. } | Event::Recording { .. } => knows,
         Event::Reaction { .. } | Event::Muted { .. } | Event::Presence { .. } => {
             sight >= Sight::Member
         }

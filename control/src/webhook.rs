@@ -1,6 +1,6 @@
 //! Webhooks to the embedding app's backend for control-plane events: a room scheduled,
 //! started, ended or edited; a member joined or left; a hand raised; a role changed; a
-//! moderation action; every entry of a room's audit log (`control.audit`, the entry as
+//! recording started, stopped or failed; a moderation action; every entry of a room's audit log (`control.audit`, the entry as
 //! `GET /api/rooms/{id}/audit` shows it). So an app can send its own push notifications or e-mail.
 //!
 //! This module only says what happened, as a JSON body:
@@ -37,7 +37,8 @@ pub trait HookSink: Send + Sync + std::fmt::Debug {
 pub struct Hook {
     /// `room_scheduled`, `room_created` (live at once, unscheduled), `room_started`,
     /// `room_ended`, `room_edited`, `member_joined`, `member_left`, `hand_raised`,
-    /// `role_changed`, `moderation`, `audit` (each audit-log entry, `at` in Unix ms).
+    /// `role_changed`, `moderation`, `audit` (each audit-log entry, `at` in Unix ms),
+    /// `recording` (started or stopped; `error` when it failed by itself).
     #[serde(skip)]
     pub event: &'static str,
     /// The room.

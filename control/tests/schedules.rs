@@ -16,6 +16,7 @@ use stoa_control::model::{Role, RoomId, RoomState};
 use stoa_control::room::{Actor, Command, Edit};
 use stoa_control::schedule::{Day, Recurrence, Schedule};
 use stoa_control::service::NewInvite;
+use stoa_control::service::NewRoom;
 
 use stoa_control::store::embedded::EmbeddedStore;
 use stoa_control::store::redis::RedisStore;
@@ -222,7 +223,43 @@ async fn schedules(control: Control) {
         .find(|d| d.room.series.as_ref() == Some(&first) && d.room.id != next.room.id)
         .expect("third occurrence");
     assert!(third.room.scheduled_for.unwrap() > next_at);
+    assert!(!next.room.recording && !third.room.recording);
     let _: RoomId = third.room.id;
+
+    // A recurring room created recorded: each occurrence records from its start.
+    let doc = control
+        .create_room(
+            &host(),
+            NewRoom {
+                recording: true,
+                ..new_room("Weekly recorded", None, weekly.clone())
+            },
+        )
+        .await
+        .unwrap();
+    let recorded = doc.room.id.clone();
+    let at = doc.room.scheduled_for.unwrap();
+    assert!(doc.room.recording && doc.room.record_from_start);
+    assert!(control.run_schedules(at).await.unwrap() >= 1);
+    let live = control.room(&recorded).await.unwrap();
+    assert_eq!(live.room.state, RoomState::Live);
+    assert!(live.room.recording);
+    control
+        .act(&Actor::User(uid("hana")), &recorded, Command::End)
+        .await
+        .unwrap();
+    assert!(!control.room(&recorded).await.unwrap().room.recording);
+    let following = control
+        .rooms(&[RoomState::Scheduled])
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.room.series.as_ref() == Some(&recorded))
+        .expect("next recorded occurrence");
+    assert!(
+        following.room.recording && following.room.record_from_start,
+        "the next occurrence records from its start too"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

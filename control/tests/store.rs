@@ -54,6 +54,7 @@ fn new_room(max: u32) -> RoomDoc {
         series: None,
         private: false,
         listener_data: false,
+        record_from_start: false,
         recording: false,
         idle: Default::default(),
     })

@@ -57,9 +57,10 @@
 //! (`EngineCommand::SetTap`, one sink per node), signaling naming tapped tracks
 //! (`Output::Tap`: room, identity, track sid) and setting `Room.active_recording`, and the
 //! binary's recorder thread (`src/recording.rs`) writing [`Recorder`]'s output with
-//! [`shell::FileSink`]. Not done yet: the speaking and mute inputs from signaling's events, the
-//! manifest and [`Egress::resume`] at startup (item 3), the Twirp API (item 4), replays and
-//! clips (item 5). The plan, as drawn up before:
+//! [`shell::FileSink`], and signaling's Twirp `livekit.Egress` backed by that recorder (the
+//! binary's `egress_service`), with the egress webhooks. Not done yet: the mute inputs from
+//! signaling's events, the manifest and [`Egress::resume`] at startup (a restarted node records
+//! a recorded room again into a new egress instead), replays and clips (item 5). The plan, as drawn up before:
 //!
 //! 1. **The engine feeds it** (sfu). A recorded room registers an *egress tap* with the engine,
 //!    like a subscriber that is not a peer: for every audio packet the engine already

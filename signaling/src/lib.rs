@@ -2,8 +2,9 @@
 //!
 //! This crate owns the LiveKit wire protocol spoken on the `/rtc` WebSocket, access tokens and
 //! their grants, participant sessions, the media-side rooms (participants, tracks, permissions,
-//! attributes and metadata), the Twirp `RoomService` server that unmodified LiveKit server SDKs
-//! call, and signed webhooks. It drives the media engine in `stoa-sfu` with commands and consumes
+//! attributes and metadata), the Twirp `RoomService` and `Egress` servers that unmodified
+//! LiveKit server SDKs call (`Egress` behind a backend the binary provides), and signed
+//! webhooks. It drives the media engine in `stoa-sfu` with commands and consumes
 //! its events; it knows nothing about hands, followers or other control-plane concepts.
 //!
 //! - [`proto`] is the sans-IO core: every room and session of a node as one deterministic
@@ -14,6 +15,8 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "runtime")]
+pub mod egress;
 pub mod join;
 pub mod proto;
 pub mod redact;

@@ -60,7 +60,8 @@ pub struct TwirpError {
 }
 
 impl TwirpError {
-    fn new(code: &'static str, msg: impl Into<String>) -> Self {
+    /// An error with Twirp `code` and a message.
+    pub fn new(code: &'static str, msg: impl Into<String>) -> Self {
         TwirpError {
             code,
             msg: msg.into(),
@@ -115,13 +116,13 @@ impl From<ServiceError> for TwirpError {
 
 /// The two request encodings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Encoding {
+pub(crate) enum Encoding {
     Json,
     Protobuf,
 }
 
 impl Encoding {
-    fn of(headers: &HeaderMap) -> Result<Self, TwirpError> {
+    pub(crate) fn of(headers: &HeaderMap) -> Result<Self, TwirpError> {
         let ct = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -137,7 +138,10 @@ impl Encoding {
         }
     }
 
-    fn decode<T: Message + Default + DeserializeOwned>(self, body: &[u8]) -> Result<T, TwirpError> {
+    pub(crate) fn decode<T: Message + Default + DeserializeOwned>(
+        self,
+        body: &[u8],
+    ) -> Result<T, TwirpError> {
         match self {
             Encoding::Json => {
                 let body = if body.iter().all(u8::is_ascii_whitespace) {
@@ -155,7 +159,7 @@ impl Encoding {
         }
     }
 
-    fn encode<T: Message + Serialize>(self, message: &T) -> Response {
+    pub(crate) fn encode<T: Message + Serialize>(self, message: &T) -> Response {
         let (body, ct) = match self {
             Encoding::Json => match serde_json::to_vec(message) {
                 Ok(b) => (b, "application/json"),
@@ -176,7 +180,7 @@ fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn authenticate(keys: &ApiKeys, headers: &HeaderMap) -> Result<Claims, TwirpError> {
+pub(crate) fn authenticate(keys: &ApiKeys, headers: &HeaderMap) -> Result<Claims, TwirpError> {
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -214,7 +218,7 @@ fn authorize(claims: &Claims, need: Need<'_>) -> Result<(), TwirpError> {
     }
 }
 
-fn require(field: &str, value: &str) -> Result<(), TwirpError> {
+pub(crate) fn require(field: &str, value: &str) -> Result<(), TwirpError> {
     if value.is_empty() {
         Err(TwirpError::new(
             "invalid_argument",

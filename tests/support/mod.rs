@@ -153,7 +153,13 @@ pub struct Stoa {
 impl Stoa {
     /// Starts `stoa serve --dev --config <config>` with `env`, and waits until it answers.
     pub fn start(config: &Path, env: &[(&str, &str)]) -> Stoa {
-        let mut stoa = Stoa::spawn(config, env);
+        Stoa::start_wrapped(config, env, &[])
+    }
+
+    /// As [`Stoa::start`], run through `wrapper` (a command that ends by exec'ing its
+    /// arguments, as `unshare` does, so the process id stays the server's).
+    pub fn start_wrapped(config: &Path, env: &[(&str, &str)], wrapper: &[&str]) -> Stoa {
+        let mut stoa = Stoa::spawn_wrapped(config, env, wrapper);
         let deadline = Instant::now() + TIMEOUT;
         loop {
             if let Some((200, _)) = try_request(stoa.addr, "GET", "/healthz", None, None)
@@ -176,9 +182,20 @@ impl Stoa {
     /// Starts `stoa serve --dev --config <config>` with `env` on free loopback ports, without
     /// waiting for it.
     pub fn spawn(config: &Path, env: &[(&str, &str)]) -> Stoa {
+        Stoa::spawn_wrapped(config, env, &[])
+    }
+
+    fn spawn_wrapped(config: &Path, env: &[(&str, &str)], wrapper: &[&str]) -> Stoa {
         let (http_port, rtc_port) = free_ports();
         let log = config.with_extension(format!("{http_port}.log"));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_stoa"));
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_stoa"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_stoa")),
+        };
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("STOA_") {
                 command.env_remove(name);

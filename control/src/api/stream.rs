@@ -174,6 +174,7 @@ fn event_room(e: &Event) -> &RoomId {
         | Event::Reminder { room, .. }
         | Event::LineUp { room, .. }
         | Event::Idle { room, .. }
-        | Event::Presence { room, .. } => room,
+        | Event::Presence { room, .. }
+        | Event::Recording { room, .. } => room,
     }
 }

@@ -27,6 +27,8 @@ impl Control {
             ended_at: None,
             empty_since: None,
             reminded: false,
+            // `recording` was cleared when the room ended; the series' wish was kept.
+            recording: ended.room.record_from_start,
             series: Some(
                 ended
                     .room
