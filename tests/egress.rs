@@ -14,7 +14,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Stdio};
 use std::sync::mpsc;
@@ -23,12 +23,12 @@ use std::time::{Duration, Instant};
 
 use livekit_protocol as lk;
 use serde_json::{Value, json};
-use stoa_bench::client::{self, ClientHandle, ClientSpec, Command, Depth, Protocol, Role, Shared};
-use stoa_bench::product::ProductJoin;
+use stoa_bench::client::{ClientHandle, Command};
 use stoa_control::auth::Keys;
 use stoa_control::model::UserId;
 use stoa_egress::{OpusStream, decode};
 use support::api::call as api;
+use support::tones::{Speakers, tone_levels};
 use support::{Stoa, scratch_dir};
 
 const KEY: &str = "egresskey";
@@ -76,67 +76,20 @@ fn twirp(addr: SocketAddr, method: &str, token: &str, body: &Value) -> (u16, Val
 
 /// A speaker sending a tone (stoa-bench's str0m peer), joined through the control plane.
 struct Speaker {
-    _runtime: tokio::runtime::Runtime,
-    shared: Shared,
+    speakers: Speakers,
     client: ClientHandle,
 }
 
 impl Speaker {
     fn join(addr: SocketAddr, room: &str, identity: &str) -> Speaker {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let shared = Shared {
-            clock: stoa_bench::clock::Clock::start(),
-            tone: Arc::new(stoa_bench::audio::ToneLoop::encode_tone(TONE_HZ).unwrap()),
-            counters: Arc::default(),
-            dtls_cert: Arc::new(client::dtls_cert().unwrap()),
-            sink: None,
-        };
-        let spec = ClientSpec {
-            http: addr,
-            protocol: Protocol::Livekit,
-            identity: identity.to_owned(),
-            local_ip: Ipv4Addr::LOCALHOST,
-            token: String::new(),
-            product: Some(ProductJoin {
-                api: addr,
-                room: room.to_owned(),
-                user_token: user_token(identity),
-                stage_with: None,
-            }),
-            role: Role::Speaker,
-            depth: Depth::Decrypt,
-            deadline: Instant::now() + Duration::from_secs(120),
-        };
-        let client = {
-            let _entered = runtime.enter();
-            ClientHandle::spawn(spec, shared.clone())
-        };
-        client.command(Command::Speak);
-        Speaker {
-            _runtime: runtime,
-            shared,
-            client,
-        }
+        let speakers = Speakers::new(addr, room, (KEY, SECRET));
+        let client = speakers.join(identity, TONE_HZ);
+        Speaker { speakers, client }
     }
 
     /// Waits (bounded) until `n` more packets were sent.
     fn wait_sent(&self, n: u64) {
-        let sent = || {
-            self.shared
-                .counters
-                .rtp_sent
-                .load(std::sync::atomic::Ordering::Relaxed)
-        };
-        let target = sent() + n;
-        let deadline = Instant::now() + support::TIMEOUT;
-        while sent() < target {
-            assert!(Instant::now() < deadline, "the speaker is not sending");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.speakers.wait_sent(n);
     }
 
     fn leave(self) {
@@ -360,25 +313,6 @@ impl Drop for Script {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The level of the `hz` tone in each 100 ms (Goertzel), as an amplitude.
-fn tone_levels(samples: &[f32], hz: u32) -> Vec<f32> {
-    let w = 2.0 * std::f32::consts::PI * hz as f32 / 48_000.0;
-    let coefficient = 2.0 * w.cos();
-    samples
-        .chunks(4_800)
-        .map(|c| {
-            let (mut s1, mut s2) = (0f32, 0f32);
-            for x in c {
-                let s0 = x + coefficient * s1 - s2;
-                s2 = s1;
-                s1 = s0;
-            }
-            let power = s1 * s1 + s2 * s2 - coefficient * s1 * s2;
-            2.0 * power.max(0.0).sqrt() / c.len() as f32
-        })
-        .collect()
 }
 
 /// The finished Ogg/Opus file at `path`, decoded: its seconds, and the share of its 100 ms

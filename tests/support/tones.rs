@@ -76,7 +76,7 @@ impl Speakers {
             }),
             role: Role::Speaker,
             depth: Depth::Decrypt,
-            deadline: Instant::now() + Duration::from_secs(60),
+            deadline: Instant::now() + Duration::from_secs(120),
         };
         let shared = Shared {
             tone: Arc::new(stoa_bench::audio::ToneLoop::encode_tone(hz).expect("tone")),
