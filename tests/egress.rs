@@ -18,7 +18,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use livekit_protocol as lk;
@@ -28,6 +27,7 @@ use stoa_control::auth::Keys;
 use stoa_control::model::UserId;
 use stoa_egress::{OpusStream, decode};
 use support::api::call as api;
+use support::hooks::HookReceiver;
 use support::tones::{Speakers, tone_levels};
 use support::{Stoa, scratch_dir};
 
@@ -97,78 +97,13 @@ impl Speaker {
     }
 }
 
-/// A plain HTTP webhook receiver on 127.0.0.1 that answers 200 and keeps every request's
-/// `Authorization` and body.
-struct HookReceiver {
-    addr: SocketAddr,
-    got: Arc<Mutex<Vec<(String, String)>>>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-}
-
 impl HookReceiver {
-    fn start() -> HookReceiver {
-        use std::io::Read;
-        use std::sync::atomic::Ordering;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (got2, stop2) = (got.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stop2.load(Ordering::Relaxed) {
-                let Ok((stream, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(20));
-                    continue;
-                };
-                stream.set_nonblocking(false).unwrap();
-                stream
-                    .set_read_timeout(Some(Duration::from_secs(5)))
-                    .unwrap();
-                let mut reader = BufReader::new(stream);
-                let (mut auth, mut length, mut line) = (String::new(), 0usize, String::new());
-                if reader.read_line(&mut line).is_err() || !line.starts_with("POST /hook ") {
-                    continue;
-                }
-                loop {
-                    line.clear();
-                    if reader.read_line(&mut line).is_err() || line.trim_end().is_empty() {
-                        break;
-                    }
-                    if let Some((name, value)) = line.trim_end().split_once(':') {
-                        match name.to_ascii_lowercase().as_str() {
-                            "authorization" => auth = value.trim().to_owned(),
-                            "content-length" => length = value.trim().parse().unwrap_or(0),
-                            _ => {}
-                        }
-                    }
-                }
-                let mut body = vec![0u8; length];
-                if reader.read_exact(&mut body).is_err() {
-                    continue;
-                }
-                got2.lock()
-                    .unwrap()
-                    .push((auth, String::from_utf8_lossy(&body).into_owned()));
-                let _ = write!(
-                    reader.get_mut(),
-                    "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                );
-            }
-        });
-        HookReceiver { addr, got, stop }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
-    }
-
     /// Every LiveKit event so far, as a LiveKit server SDK's receiver checks and parses it.
     fn events(&self) -> Vec<lk::WebhookEvent> {
         let receiver = livekit_api::webhooks::WebhookReceiver::new(
             livekit_api::access_token::TokenVerifier::with_api_key(KEY, SECRET),
         );
-        let got = self.got.lock().unwrap().clone();
+        let got = self.requests();
         got.iter()
             .filter(|(_, body)| !body.contains("\"control.")) // the control plane's own
             .map(|(auth, body)| {
@@ -181,7 +116,7 @@ impl HookReceiver {
 
     /// The control plane's webhook bodies so far.
     fn control(&self) -> Vec<Value> {
-        let got = self.got.lock().unwrap().clone();
+        let got = self.requests();
         got.iter()
             .filter_map(|(_, body)| serde_json::from_str::<Value>(body).ok())
             .filter(|v| {
@@ -218,12 +153,6 @@ impl HookReceiver {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-    }
-}
-
-impl Drop for HookReceiver {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -429,7 +358,7 @@ fn egress_sdks_record_a_live_room_and_webhooks_tell() {
     }
     let dir = scratch_dir("egress-sdk");
     let recordings = dir.join("recordings");
-    let hooks = HookReceiver::start();
+    let hooks = HookReceiver::start(0);
     let stoa = Stoa::start(&write_config(&dir, &recordings, &hooks), &[]);
     let addr = stoa.addr;
     let host = user_token("hana");
@@ -576,7 +505,7 @@ fn an_unwritable_recording_directory_fails_the_egress_not_the_room() {
     let dir = scratch_dir("egress-unwritable");
     let file = dir.join("not-a-directory");
     std::fs::write(&file, "a file where a directory should be").unwrap();
-    let hooks = HookReceiver::start();
+    let hooks = HookReceiver::start(0);
     let stoa = Stoa::start(&write_config(&dir, &file.join("sub"), &hooks), &[]);
     let addr = stoa.addr;
     let host = user_token("hana");
@@ -718,7 +647,7 @@ fn track_of(addr: SocketAddr, room: &str, identity: &str) -> String {
 fn a_recorded_room_records_again_after_a_crash_and_a_track_egress_records_one_track() {
     let dir = scratch_dir("egress-restart");
     let recordings = dir.join("recordings");
-    let hooks = HookReceiver::start();
+    let hooks = HookReceiver::start(0);
     let config = write_config(&dir, &recordings, &hooks);
     let stoa = Stoa::start(&config, &[]);
     let addr = stoa.addr;
@@ -844,7 +773,7 @@ fn a_full_disk_stops_the_recording_not_the_room() {
     let dir = scratch_dir("egress-full");
     let recordings = dir.join("recordings");
     std::fs::create_dir_all(&recordings).unwrap();
-    let hooks = HookReceiver::start();
+    let hooks = HookReceiver::start(0);
     let config = write_config(&dir, &recordings, &hooks);
     let uid = std::process::Command::new("id").arg("-u").output().unwrap();
     // Root gets a mount namespace; anyone else a user namespace mapped to root as well.

@@ -12,7 +12,6 @@
 mod redis_server;
 mod support;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -21,6 +20,7 @@ use serde_json::{Value, json};
 use stoa_control::auth::Keys;
 use stoa_control::model::UserId;
 use support::api::{call as api, create_room, ok};
+use support::hooks::HookReceiver;
 use support::{SignalClient, Stoa, scratch_dir};
 
 const KEY: &str = "ctlkey";
@@ -38,72 +38,7 @@ fn config(dir: &Path, control: &str) -> PathBuf {
     support::api::config(dir, KEY, SECRET, control)
 }
 
-/// A plain HTTP webhook receiver on 127.0.0.1: answers its first request 503 (so that the
-/// sender has to retry) and every later one 200, and keeps each request's `Authorization` and
-/// body.
-struct HookReceiver {
-    addr: SocketAddr,
-    got: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
 impl HookReceiver {
-    fn start() -> HookReceiver {
-        use std::io::{BufRead, BufReader, Read, Write};
-        use std::sync::atomic::Ordering;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (got2, stop2) = (got.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut answered = 0usize;
-            while !stop2.load(Ordering::Relaxed) {
-                let Ok((stream, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(20));
-                    continue;
-                };
-                stream.set_nonblocking(false).unwrap();
-                stream
-                    .set_read_timeout(Some(Duration::from_secs(5)))
-                    .unwrap();
-                let mut reader = BufReader::new(stream);
-                let (mut auth, mut length, mut line) = (String::new(), 0usize, String::new());
-                if reader.read_line(&mut line).is_err() || !line.starts_with("POST /hook ") {
-                    continue;
-                }
-                loop {
-                    line.clear();
-                    if reader.read_line(&mut line).is_err() || line.trim_end().is_empty() {
-                        break;
-                    }
-                    if let Some((name, value)) = line.trim_end().split_once(':') {
-                        match name.to_ascii_lowercase().as_str() {
-                            "authorization" => auth = value.trim().to_owned(),
-                            "content-length" => length = value.trim().parse().unwrap_or(0),
-                            _ => {}
-                        }
-                    }
-                }
-                let mut body = vec![0u8; length];
-                if reader.read_exact(&mut body).is_err() {
-                    continue;
-                }
-                let status = if answered == 0 { "503 Busy" } else { "200 OK" };
-                answered += 1;
-                got2.lock()
-                    .unwrap()
-                    .push((auth, String::from_utf8_lossy(&body).into_owned()));
-                let _ = write!(
-                    reader.get_mut(),
-                    "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                );
-            }
-        });
-        HookReceiver { addr, got, stop }
-    }
-
     /// The control-plane bodies whose signature a LiveKit server SDK's receiver accepts, as
     /// JSON; panics on any request it refuses.
     fn verified(&self) -> Vec<Value> {
@@ -116,7 +51,7 @@ impl HookReceiver {
                 "another-secret-0123456789-abcdef",
             ),
         );
-        let got = self.got.lock().unwrap().clone();
+        let got = self.requests();
         got.iter()
             .map(|(auth, body)| {
                 receiver
@@ -151,12 +86,6 @@ impl HookReceiver {
     }
 }
 
-impl Drop for HookReceiver {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 /// Reads `stream` until a `notification` message arrives (bounded).
 fn next_notification(stream: &mut SignalClient) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -173,7 +102,7 @@ fn next_notification(stream: &mut SignalClient) -> Value {
 #[test]
 fn followers_are_notified_across_instances_and_the_app_gets_signed_webhooks() {
     let redis = RedisServer::start();
-    let receiver = HookReceiver::start();
+    let receiver = HookReceiver::start(1);
     let dir = scratch_dir("control-notify");
     let cfg = config(
         &dir,
@@ -405,7 +334,7 @@ fn followers_are_notified_across_instances_and_the_app_gets_signed_webhooks() {
         .collect::<std::collections::BTreeSet<_>>()
         .len();
     assert_eq!(audits, entries.len(), "one webhook per entry");
-    let all = receiver.got.lock().unwrap().clone();
+    let all = receiver.requests();
     let first = &all[0].1;
     assert!(
         all.iter().skip(1).any(|(_, b)| b == first),
