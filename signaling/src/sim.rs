@@ -503,29 +503,13 @@ impl Sim {
     /// An ICE-restart offer on client `c`'s publisher connection, as livekit-client sends after
     /// a resume.
     fn restart_publisher_ice(&mut self, c: usize) {
-        let now = self.now;
         let client = &mut self.clients[c];
         let mut api = client.publisher.rtc.sdp_api();
         api.ice_restart(true);
         let Some((offer, pending)) = api.apply() else {
             return;
         };
-        client.pending_pub = Some(pending);
-        client.offer_id += 1;
-        let sd = lk::SessionDescription {
-            r#type: "offer".into(),
-            sdp: offer.to_sdp_string(),
-            id: client.offer_id,
-            ..Default::default()
-        };
-        drain_pc(
-            &mut client.publisher,
-            now,
-            &mut self.to_sfu,
-            c,
-            Side::Publisher,
-            None,
-        );
+        let sd = self.publisher_offer(c, offer, pending);
         self.request(c, signal_request::Message::Offer(sd));
     }
 
@@ -554,7 +538,6 @@ impl Sim {
 
     /// A publisher offer: with an audio m-line labelled `cid`, or data channel only.
     pub fn offer_publisher(&mut self, c: usize, cid: Option<&str>) {
-        let now = self.now;
         let client = &mut self.clients[c];
         let mut api = client.publisher.rtc.sdp_api();
         let mid = cid.map(|cid| {
@@ -576,10 +559,24 @@ impl Sim {
         let Some((offer, pending)) = api.apply() else {
             return;
         };
-        client.pending_pub = Some(pending);
         if let Some(mid) = mid {
             client.send = Some((mid, Pt::from(111)));
         }
+        let sd = self.publisher_offer(c, offer, pending);
+        self.request(c, signal_request::Message::Offer(sd));
+    }
+
+    /// Files client `c`'s publisher offer as pending and returns it as the client sends it
+    /// (with the next offer id); what the connection has to send meanwhile goes to the engine.
+    fn publisher_offer(
+        &mut self,
+        c: usize,
+        offer: SdpOffer,
+        pending: SdpPendingOffer,
+    ) -> lk::SessionDescription {
+        let now = self.now;
+        let client = &mut self.clients[c];
+        client.pending_pub = Some(pending);
         client.offer_id += 1;
         let sd = lk::SessionDescription {
             r#type: "offer".into(),
@@ -595,7 +592,7 @@ impl Sim {
             Side::Publisher,
             None,
         );
-        self.request(c, signal_request::Message::Offer(sd));
+        sd
     }
 
     /// Client `c` sends `n` Opus packets, 20 ms apart, running the world between them.
@@ -1029,22 +1026,7 @@ impl Sim {
         let Some((offer, pending)) = api.apply() else {
             return;
         };
-        client.pending_pub = Some(pending);
-        client.offer_id += 1;
-        let sd = lk::SessionDescription {
-            r#type: "offer".into(),
-            sdp: offer.to_sdp_string(),
-            id: client.offer_id,
-            ..Default::default()
-        };
-        drain_pc(
-            &mut client.publisher,
-            now,
-            &mut self.to_sfu,
-            c,
-            Side::Publisher,
-            None,
-        );
+        let sd = self.publisher_offer(c, offer, pending);
         self.server
             .handle_request(now, session, signal_request::Message::Offer(sd));
     }
