@@ -33,6 +33,23 @@ fn user_token(id: &str) -> String {
 const HANA_HZ: u32 = 440;
 const LEE_HZ: u32 = 880;
 
+/// `stoa serve` with its data under `dir` and its recordings in `recordings` (each speaker's
+/// track in its own file too with `track_files`).
+fn serve(dir: &Path, recordings: &Path, track_files: bool) -> Stoa {
+    let config = dir.join("stoa.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[keys]\n{KEY} = \"{SECRET}\"\n[control]\ndata_dir = \"{}\"\n\
+             [recording]\ndir = \"{}\"\ntrack_files = {track_files}\n",
+            dir.join("data").display(),
+            recordings.display()
+        ),
+    )
+    .unwrap();
+    Stoa::start(&config, &[])
+}
+
 /// The one recording directory under `<dir>/<room>/` whose name is not in `seen`.
 fn new_recording(dir: &Path, room: &str, seen: &[PathBuf]) -> PathBuf {
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir.join(room))
@@ -99,18 +116,7 @@ fn listen(addr: SocketAddr, room: &str, who: &str) -> (SignalClient, lk::JoinRes
 fn a_host_records_a_room_and_everyone_knows() {
     let dir = scratch_dir("recording");
     let recordings = dir.join("recordings");
-    let config = dir.join("stoa.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[keys]\n{KEY} = \"{SECRET}\"\n[control]\ndata_dir = \"{}\"\n\
-             [recording]\ndir = \"{}\"\ntrack_files = true\n",
-            dir.join("data").display(),
-            recordings.display()
-        ),
-    )
-    .unwrap();
-    let stoa = Stoa::start(&config, &[]);
+    let stoa = serve(&dir, &recordings, true);
     let addr = stoa.addr;
     let host = user_token("hana");
 
@@ -301,18 +307,7 @@ fn a_host_records_a_room_and_everyone_knows() {
 fn a_room_created_recorded_records_from_its_start() {
     let dir = scratch_dir("recording-auto");
     let recordings = dir.join("recordings");
-    let config = dir.join("stoa.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[keys]\n{KEY} = \"{SECRET}\"\n[control]\ndata_dir = \"{}\"\n\
-             [recording]\ndir = \"{}\"\n",
-            dir.join("data").display(),
-            recordings.display()
-        ),
-    )
-    .unwrap();
-    let stoa = Stoa::start(&config, &[]);
+    let stoa = serve(&dir, &recordings, false);
     let addr = stoa.addr;
     let host = user_token("hana");
     let (status, room) = api(
@@ -391,18 +386,7 @@ fn a_recording_that_cannot_be_written_stops_and_says_so() {
     let dir = scratch_dir("recording-unwritable");
     let not_a_dir = dir.join("recordings");
     std::fs::write(&not_a_dir, "a file where the directory should be").unwrap();
-    let config = dir.join("stoa.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[keys]\n{KEY} = \"{SECRET}\"\n[control]\ndata_dir = \"{}\"\n\
-             [recording]\ndir = \"{}\"\n",
-            dir.join("data").display(),
-            not_a_dir.display()
-        ),
-    )
-    .unwrap();
-    let stoa = Stoa::start(&config, &[]);
+    let stoa = serve(&dir, &not_a_dir, false);
     let addr = stoa.addr;
     let host = user_token("hana");
     let (status, room) = api(
