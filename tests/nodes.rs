@@ -47,15 +47,40 @@ struct Node {
     url: String,
 }
 
-fn start_node(config: &std::path::Path, redis: &str) -> Node {
+fn start_node(config: &std::path::Path, redis: &str, env: &[(&str, &str)]) -> Node {
     let (http, rtc) = free_ports();
     let url = format!("ws://127.0.0.1:{http}");
-    let stoa = Stoa::start_at(
-        config,
-        &[("STOA_REDIS_URL", redis), ("STOA_PUBLIC_URL", url.as_str())],
-        (http, rtc),
-    );
+    let mut all = vec![("STOA_REDIS_URL", redis), ("STOA_PUBLIC_URL", url.as_str())];
+    all.extend_from_slice(env);
+    let stoa = Stoa::start_at(config, &all, (http, rtc));
     Node { stoa, url }
+}
+
+/// A config for nodes that count as full at 4 participants (so that one or two make a node
+/// clearly the busier) and whose records expire 2 s after their last heartbeat.
+fn node_config(name: &str) -> std::path::PathBuf {
+    let dir = scratch_dir(name);
+    support::api::config(&dir, KEY, SECRET, "presence_ttl = 2\nnode_capacity = 4")
+}
+
+/// Creates a room through `api` and returns the media URL its token names.
+fn placed(api: SocketAddr, host: &str) -> String {
+    let room = create_room(api, &user(host), json!({"title": "Placed"}));
+    let grant = ok(
+        api,
+        "POST",
+        &format!("/api/rooms/{room}/token"),
+        &user(host),
+        None,
+    );
+    ok(
+        api,
+        "POST",
+        &format!("/api/rooms/{room}/end"),
+        &user(host),
+        None,
+    );
+    grant["url"].as_str().unwrap().to_owned()
 }
 
 /// `GET /api/nodes` through `api`, waited for (bounded) until `ok` holds.
@@ -157,17 +182,9 @@ impl Clients {
 #[test]
 fn rooms_are_placed_on_living_nodes_with_headroom_and_move_when_their_node_dies() {
     let redis = RedisServer::start();
-    let dir = scratch_dir("nodes");
-    // A node counts as full at 4 participants, so that two make it the busiest by far; a dead
-    // node's record is gone after 2 s.
-    let config = support::api::config(
-        &dir,
-        KEY,
-        SECRET,
-        "presence_ttl = 2\nnode_capacity = 4\nguest_sign_in = false",
-    );
+    let config = node_config("nodes");
     let mut nodes: Vec<Option<Node>> = (0..3)
-        .map(|_| Some(start_node(&config, &redis.url)))
+        .map(|_| Some(start_node(&config, &redis.url, &[])))
         .collect();
     let urls: Vec<String> = nodes.iter().flatten().map(|n| n.url.clone()).collect();
     let api0 = nodes[0].as_ref().unwrap().stoa.addr;
@@ -285,4 +302,58 @@ fn rooms_are_placed_on_living_nodes_with_headroom_and_move_when_their_node_dies(
     assert_eq!(by_url(&listed, &urls[y])["participants"], 0);
     drop(before);
     drop(after);
+}
+
+#[test]
+fn a_stopping_node_says_it_is_draining_and_gets_no_new_rooms() {
+    let redis = RedisServer::start();
+    let config = node_config("nodes-sigterm");
+    let a = start_node(&config, &redis.url, &[]);
+    // Its drain waits (up to 20 s) for the session left on it.
+    let b = start_node(&config, &redis.url, &[("STOA_DRAIN_SECONDS", "20")]);
+    let keys = (KEY, SECRET);
+    // Two sessions on A, one on B: B is the lighter.
+    let _on_a = [
+        support::join_room(a.stoa.addr, keys, "busy-a", "a1"),
+        support::join_room(a.stoa.addr, keys, "busy-a", "a2"),
+    ];
+    let _on_b = support::join_room(b.stoa.addr, keys, "busy-b", "b1");
+    wait_nodes(a.stoa.addr, "both nodes' sessions", |n| {
+        n.len() == 2
+            && by_url(n, &a.url)["participants"] == 2
+            && by_url(n, &b.url)["participants"] == 1
+    });
+    assert_eq!(placed(a.stoa.addr, "hana"), b.url, "the lighter node");
+
+    // SIGTERM: B refuses joins, asks its client to leave, and its record says draining at once.
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &b.stoa.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_nodes(a.stoa.addr, "the stopping node draining", |n| {
+        n.iter()
+            .any(|n| n["public_url"] == b.url.as_str() && n["draining"] == true)
+    });
+    assert_eq!(placed(a.stoa.addr, "hana"), a.url, "not the draining node");
+
+    // A's metrics count a ready and a draining node, and its own load (2 of 4 at least).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, text) = support::request(a.stoa.addr, "GET", "/metrics", None, None);
+        assert_eq!(status, 200);
+        let has = |line: &str| text.lines().any(|l| l == line);
+        if has("control_nodes{state=\"draining\"} 1")
+            && has("control_nodes{state=\"ready\"} 1")
+            && has("control_node_draining 0")
+            && text
+                .lines()
+                .filter_map(|l| l.strip_prefix("control_node_load "))
+                .any(|v| v.parse::<f64>().is_ok_and(|v| v >= 0.5))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node metrics:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -8,8 +8,9 @@
 //! with nobody connected whose node is draining: its next members meet there.
 //!
 //! Headroom is `1 - load`, the load being the larger of the participants' share of
-//! `[control] node_capacity` and the CPU share; ties go to the node with fewer rooms, then to
-//! the smaller id, so that every instance chooses alike from the same records.
+//! `[control] node_capacity` and the CPU share, in whole percent; ties go to the node with
+//! fewer rooms, then to the smaller id, so that every instance chooses alike from the same
+//! records.
 
 use crate::nodes::Node;
 
@@ -25,11 +26,17 @@ pub fn eligible(node: &Node, now: u64) -> bool {
     node.expires_at > now && !node.draining && !node.public_url.is_empty()
 }
 
+/// A node's load in whole percent: loads within a percent of each other (an idle node's CPU
+/// noise) count as equal, so that the number of rooms decides between them.
+fn percent(node: &Node, capacity: u64) -> u64 {
+    (load(node, capacity) * 100.0).floor() as u64
+}
+
 /// The node a new room goes to: the eligible one with the most headroom.
 pub fn choose(nodes: &[Node], capacity: u64, now: u64) -> Option<&Node> {
     nodes.iter().filter(|n| eligible(n, now)).min_by(|a, b| {
-        load(a, capacity)
-            .total_cmp(&load(b, capacity))
+        percent(a, capacity)
+            .cmp(&percent(b, capacity))
             .then(a.load.rooms.cmp(&b.load.rooms))
             .then(a.id.cmp(&b.id))
     })
@@ -108,6 +115,11 @@ mod tests {
         assert_eq!(choose(&nodes, 10, 0).map(|n| n.id.as_str()), Some("a"));
         nodes[1].load.rooms = 3;
         assert_eq!(choose(&nodes, 10, 0).map(|n| n.id.as_str()), Some("b"));
+        // Within a percent is a tie: CPU noise of idle nodes does not decide.
+        nodes[0].load.cpu = 0.004;
+        assert_eq!(choose(&nodes, 10, 0).map(|n| n.id.as_str()), Some("b"));
+        nodes[0].load.cpu = 0.02;
+        assert_eq!(choose(&nodes, 10, 0).map(|n| n.id.as_str()), Some("a"));
     }
 
     #[test]

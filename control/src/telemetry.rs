@@ -37,6 +37,9 @@ pub const SEATS_RELEASED: &str = "control_seats_released_total";
 pub const NODES: &str = "control_nodes";
 /// 1 while this node is draining (by an operator or its shutdown), else 0.
 pub const NODE_DRAINING: &str = "control_node_draining";
+/// This node's load as placement sees it: the larger of participants / `node_capacity` and the
+/// CPU share (0 to 1, above 1 when over capacity).
+pub const NODE_LOAD: &str = "control_node_load";
 /// Rooms placed on a node at a token request: their node had died or was draining, or they
 /// had none.
 pub const ROOMS_PLACED: &str = "control_rooms_placed_total";
@@ -96,6 +99,11 @@ pub fn describe() {
         "Living nodes sharing the store, by state (ready, draining)"
     );
     describe_gauge!(NODE_DRAINING, Unit::Count, "1 while this node is draining");
+    describe_gauge!(
+        NODE_LOAD,
+        Unit::Count,
+        "This node's load for placement: max(participants / node_capacity, CPU share)"
+    );
     describe_counter!(
         ROOMS_PLACED,
         Unit::Count,
@@ -146,9 +154,10 @@ pub fn nodes(ready: usize, draining: usize) {
     gauge!(NODES, "state" => "draining").set(draining as f64);
 }
 
-/// Records whether this node is draining.
-pub fn node_draining(on: bool) {
-    gauge!(NODE_DRAINING).set(if on { 1.0 } else { 0.0 });
+/// Records whether this node is draining, and its load.
+pub fn node(draining: bool, load: f64) {
+    gauge!(NODE_DRAINING).set(if draining { 1.0 } else { 0.0 });
+    gauge!(NODE_LOAD).set(load);
 }
 
 fn state(s: RoomState) -> &'static str {

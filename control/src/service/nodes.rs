@@ -96,8 +96,11 @@ impl Control {
         let nodes = self.nodes().await?;
         let draining = nodes.iter().filter(|n| n.draining).count();
         crate::telemetry::nodes(nodes.len() - draining, draining);
-        let me = nodes.iter().find(|n| n.id == node.id);
-        crate::telemetry::node_draining(me.is_some_and(|n| n.draining));
+        let me = nodes.iter().find(|n| n.id == node.id).unwrap_or(&node);
+        crate::telemetry::node(
+            me.draining,
+            placement::load(me, self.inner.config.node_capacity),
+        );
         Ok(())
     }
 
@@ -139,13 +142,35 @@ impl Control {
         }
         let chosen = match self.living().await {
             Ok(nodes) => placement::choose(&nodes, self.inner.config.node_capacity, now_ms())
-                .map(|n| n.public_url.clone()),
+                .map(|n| (n.id.clone(), n.public_url.clone())),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the nodes; the room stays here");
                 None
             }
         };
-        Some(chosen.unwrap_or_else(|| own.clone()))
+        let Some((id, url)) = chosen else {
+            return Some(own.clone());
+        };
+        self.count_placed(&id);
+        Some(url)
+    }
+
+    /// Counts a room just placed on node `id` in the cached records until the next reading,
+    /// so that rooms created in a burst between two heartbeats spread over equal nodes.
+    fn count_placed(&self, id: &str) {
+        let mut cache = self
+            .inner
+            .node
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, nodes)) = cache.as_mut() {
+            let mut counted = nodes.to_vec();
+            if let Some(n) = counted.iter_mut().find(|n| n.id == id) {
+                n.load.rooms += 1;
+            }
+            *nodes = Arc::new(counted);
+        }
     }
 
     /// Where room `doc`'s clients connect now: its node, or, when that node is gone (or is
