@@ -241,6 +241,7 @@ async fn publisher_is_heard_over_real_udp_across_shards() {
         publish: Publish::Allow,
         offer,
         single: false,
+        subscribe: Vec::new(),
     })
     .unwrap();
     let answer = next_answer(&mut events, pub_peer, &mut seen).await;

@@ -111,6 +111,9 @@ pub struct Client {
     pub single: bool,
     /// On one connection: its recvonly audio m-lines, in order.
     pub recv_mids: Vec<Mid>,
+    /// For each `MediaSectionsRequirement` received (one connection), whether the client's
+    /// connection was up then.
+    pub asked_when_connected: Vec<bool>,
     /// On one connection: recvonly audio m-lines to add to the next offer, and whether the
     /// server asked for a new offer (sent once the pending one is answered, as livekit-client
     /// does).
@@ -407,6 +410,7 @@ impl Sim {
             answering: true,
             single: single.is_some(),
             recv_mids,
+            asked_when_connected: Vec::new(),
             wanted_sections: 0,
             reoffer: false,
             first_offer: None,
@@ -981,6 +985,9 @@ impl Sim {
             }
             // The server wants more m-lines, or a new offer (one connection).
             signal_response::Message::MediaSectionsRequirement(req) if client.single => {
+                client
+                    .asked_when_connected
+                    .push(client.publisher.rtc.is_connected());
                 client.wanted_sections += req.num_audios;
                 client.reoffer = true;
                 let idle = client.pending_pub.is_none();

@@ -24,6 +24,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use livekit_protocol as lk;
+use livekit_protocol::client_info::Sdk;
 use prost::Message;
 use tokio::sync::mpsc;
 
@@ -36,6 +37,18 @@ use livekit_api::access_token::Claims;
 pub const MAX_MESSAGE: usize = 64 * 1024;
 /// Bytes a WebSocket reads (and keeps allocated) at a time.
 const READ_CHUNK: usize = 4 * 1024;
+
+/// How long after the join response the answer to a `/rtc/v1` join's offer is held for
+/// livekit-client (the JS SDK). That client sets the offer it sent inside the join request as
+/// its local description only when the answer arrives, and clears its "initial offer pending"
+/// flag before that `setLocalDescription` resolves; its own debounced `negotiate()`, called
+/// when the join response arrives and run 20 ms later, can fall into that window, create an
+/// offer against the half-set state and fail to set it ("Transceiver not found based on
+/// m-line index"), which leaves the connection unable to negotiate until the client
+/// reconnects. On a busy machine the window is wide. With the answer arriving after that
+/// `negotiate()` has run, the client sees its initial offer pending, defers, and offers again
+/// once the answer is set: one more round, never a failure. Other SDKs get the answer at once.
+pub const JS_FIRST_ANSWER_HOLD: std::time::Duration = std::time::Duration::from_millis(80);
 
 /// Sustained signal requests per second a client may send, and the burst above it.
 const RATE_PER_SEC: f64 = 50.0;
@@ -244,6 +257,7 @@ async fn session(
     claims: livekit_api::access_token::Claims,
 ) {
     let (out_tx, mut out_rx) = mpsc::channel(OUTBOX);
+    let hold_answer = params.publisher_offer.is_some() && params.sdk == Sdk::Js;
     let id = match signaling.connect(claims, params, out_tx).await {
         Ok(id) => id,
         Err(r) => {
@@ -252,10 +266,18 @@ async fn session(
         }
     };
     let mut bucket = TokenBucket::new(Instant::now());
+    // The join response is queued by now; see [`JS_FIRST_ANSWER_HOLD`].
+    let mut answer_held_until = hold_answer.then(|| Instant::now() + JS_FIRST_ANSWER_HOLD);
     let reason = loop {
         tokio::select! {
             out = out_rx.recv() => match out {
                 Some(Outbound::Response(r)) => {
+                    if let Some(until) = answer_held_until
+                        && matches!(r.message, Some(lk::signal_response::Message::Answer(_)))
+                    {
+                        answer_held_until = None;
+                        tokio::time::sleep_until(until.into()).await;
+                    }
                     if socket.send(WsMessage::Binary(r.encode_to_vec().into())).await.is_err() {
                         break "connection lost".to_owned();
                     }

@@ -46,6 +46,11 @@ pub enum EngineCommand {
         ///
         /// [`Event::SectionsNeeded`]: super::Event::SectionsNeeded
         single: bool,
+        /// Tracks to forward to the new peer from the start (as [`EngineCommand::Subscribe`]
+        /// would), set up before the answer is written: on a single connection they take the
+        /// offer's recvonly m-lines and the first answer already labels them, so a client
+        /// joining a room with speakers needs no second negotiation.
+        subscribe: Vec<(TrackId, MediaLabel)>,
     },
     /// Create `peer`; the engine makes the first offer ([`Event::Offer`]) with these data
     /// channels (LiveKit's subscriber connection).
@@ -255,10 +260,16 @@ impl Sfu {
                 publish,
                 offer,
                 single,
+                subscribe,
             } => {
                 let config = self.peer_config(publish);
                 match self.accept_offer_as(now, Some(peer), config, offer, single) {
-                    Ok((peer, answer)) => self.answered(peer, answer),
+                    Ok((peer, answer)) => {
+                        for (track, label) in subscribe {
+                            ignore(self.subscribe(now, peer, track, label).map(|_| ()));
+                        }
+                        self.answered(peer, answer);
+                    }
                     Err(error) => self.command_failed(peer, CommandKind::AcceptOffer, error),
                 }
             }

@@ -709,7 +709,12 @@ impl Sfu {
             RtcEvent::Connected => {
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.connected = true;
+                    let single = p.single;
                     self.events.push_back(Event::Connected(peer));
+                    if single {
+                        // What its slots waited for while the client set up the connection.
+                        self.ask_sections(peer);
+                    }
                 }
             }
             RtcEvent::IceConnectionStateChange(IceConnectionState::Disconnected) => {

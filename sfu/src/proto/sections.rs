@@ -8,6 +8,10 @@
 //! - A slot whose section the client does not know about yet (bound since the last answer)
 //!   also needs a new offer: the engine asks for zero sections, which makes the client offer
 //!   again.
+//! - Nothing is asked before the connection is up (the client may still be applying the
+//!   first answer); the subscriptions a peer starts with are bound before that answer is
+//!   written (`EngineCommand::AcceptOffer`'s `subscribe`), so a client joining a room with
+//!   speakers gets them labelled in the first answer.
 //! - In every answer, a section that carries a slot is `sendonly` with the slot's msid (str0m
 //!   would write a random one, which LiveKit clients cannot place), and a section without a
 //!   slot is `inactive`, so that the browser fires `ontrack` only once the msid is right.
@@ -113,10 +117,19 @@ impl Sfu {
     /// Asks the client of a single-connection peer for what its slots still need: as many
     /// sections as wait for one and were not asked for yet, or a new offer when a slot holds
     /// a section the client has not been told about.
+    ///
+    /// Nothing is asked before the connection is up (then [`Sfu::ask_sections`] runs again):
+    /// until then the client may still be applying the first answer, and a LiveKit client
+    /// that starts its next offer in that window fails to set it and reconnects. Once the
+    /// connection is up the client has applied that answer (it needed the answer's candidate
+    /// to connect), and a later request during a negotiation only queues another round.
     pub(super) fn ask_sections(&mut self, peer: PeerId) {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
+        if !p.connected {
+            return;
+        }
         let waiting = p.negotiation.queued.len() as u32;
         let missing = waiting.saturating_sub(p.sections.asked);
         let unannounced = p.slots.iter().any(|s| s.mid.is_some() && !s.negotiated);

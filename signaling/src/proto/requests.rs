@@ -111,22 +111,30 @@ impl Server {
                         s.subscriber = Some(peer);
                     }
                 }
+                // On one connection, what the room publishes is bound to the offer's
+                // recvonly m-lines before the first answer is written.
+                let subscribe = if single {
+                    self.published_for(session)
+                        .into_iter()
+                        .filter(|(track, _, _)| self.claim_subscription(session, *track).is_some())
+                        .map(|(track, psid, tsid)| (track, Self::track_label(&psid, &tsid)))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 EngineCommand::AcceptOffer {
                     peer,
                     publish,
                     offer,
                     single,
+                    subscribe,
                 }
             }
         };
-        let created = matches!(command, EngineCommand::AcceptOffer { .. });
         if let Some(s) = self.sessions.get_mut(&session) {
             s.offers.push_back(sd.id);
         }
         self.engine(command);
-        if created && single {
-            self.subscribe_existing(session);
-        }
     }
 
     fn subscriber_answer(&mut self, session: SessionId, sd: lk::SessionDescription) {

@@ -260,32 +260,37 @@ impl Server {
     }
 
     /// Subscribes an auto-subscribing session to every track published in its room (at join,
-    /// or on `/rtc/v1` once its connection exists).
+    /// on the legacy path's subscriber connection).
     pub(super) fn subscribe_existing(&mut self, session: SessionId) {
+        for (track, psid, tsid) in self.published_for(session) {
+            self.subscribe(session, track, &psid, &tsid);
+        }
+    }
+
+    /// What an auto-subscribing session starts with: every track published in its room by
+    /// someone else, as (track, publisher sid, track sid). Empty for a session that does not
+    /// auto-subscribe.
+    pub(super) fn published_for(&self, session: SessionId) -> Vec<(TrackId, String, String)> {
         let Some(s) = self.sessions.get(&session) else {
-            return;
+            return Vec::new();
         };
         if !s.auto_subscribe {
-            return;
+            return Vec::new();
         }
-        let (room_name, sid) = (s.room.clone(), s.participant.clone());
-        let Some(room) = self.rooms.get(&room_name) else {
-            return;
+        let Some(room) = self.rooms.get(&s.room) else {
+            return Vec::new();
         };
-        let tracks: Vec<(TrackId, String, String)> = room
-            .participants
+        let sid = &s.participant;
+        room.participants
             .values()
             // Listeners publish nothing: skip them before comparing sids.
-            .filter(|p| !p.tracks.is_empty() && p.sid != sid)
+            .filter(|p| !p.tracks.is_empty() && p.sid != *sid)
             .flat_map(|p| {
                 p.tracks
                     .values()
                     .filter_map(|t| Some((t.engine?, p.sid.clone(), t.info.sid.clone())))
             })
-            .collect();
-        for (track, psid, tsid) in tracks {
-            self.subscribe(session, track, &psid, &tsid);
-        }
+            .collect()
     }
 
     /// The client's connection closed (or was closed for `reason`) without a leave: the
