@@ -13,6 +13,7 @@ mod egress_service;
 mod livekit_config;
 mod media_plane;
 mod metrics;
+mod node_load;
 mod ops;
 mod public_ip;
 mod recording;

@@ -199,6 +199,11 @@ async fn serve(config: &Config) -> Result<()> {
         stoa_control::auth::Keys::new(key_pairs).map_err(|e| anyhow!("{}", e.message))?,
         config.control.clone(),
     );
+    control.set_load_source(Arc::new(crate::node_load::MediaLoad::new(
+        signaling.clone(),
+        engine_handle.clone(),
+    )));
+    let node = control.clone();
     if let Some(notifier) = &webhooks {
         control.set_webhooks(Arc::new(crate::media_plane::ControlHooks(notifier.clone())));
     }
@@ -277,6 +282,13 @@ async fn serve(config: &Config) -> Result<()> {
     // signal cuts every wait short. For a restart, close the connections instead: without a
     // Leave, LiveKit clients reconnect by themselves and rejoin once the node is back.
     draining.start();
+    // No new rooms come here (the node registry says so at once).
+    if tokio::time::timeout(crate::metrics::QUERY_TIMEOUT, node.set_draining(true))
+        .await
+        .is_err()
+    {
+        warn!("the node registry did not answer; the node's record says draining later");
+    }
     let mut forced = false;
     match config.shutdown.clients {
         ShutdownClients::Reconnect => {

@@ -60,8 +60,8 @@ impl ServerProcess {
     }
 
     /// One node of several sharing the Redis store at `redis_url`, whose public URL is its own
-    /// address: a room created on it sends every client's media here, whichever node answers
-    /// the token request.
+    /// address: a room placed on it (the node with the most headroom when the room is
+    /// created) sends every client's media here, whichever node answers the token request.
     pub fn spawn_node(
         binary: &Path,
         cpus: Option<&str>,

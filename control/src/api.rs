@@ -27,6 +27,7 @@ use crate::service::{Control, NewRoom};
 use crate::store::{Follow, Profile};
 use crate::view::{self, AudienceView, HostStatsView, RoomCardView, RoomView, StatsView};
 
+mod nodes;
 mod replay;
 mod stream;
 pub use replay::{
@@ -59,6 +60,7 @@ pub fn router(control: Control) -> Router {
             post(start_recording).delete(stop_recording),
         )
         .merge(replay::routes())
+        .merge(nodes::routes())
         .route("/api/rooms/{id}/token", post(token))
         .route("/api/rooms/{id}/leave", post(leave))
         .route("/api/rooms/{id}/hand", post(raise_hand).delete(lower_hand))
@@ -1442,7 +1444,10 @@ async fn read_notifications(
         set_profile,
         notifications,
         read_notifications,
-        stream::events
+        stream::events,
+        nodes::list_nodes,
+        nodes::drain_node,
+        nodes::undrain_node
     ),
     components(schemas(
         ErrorBody,

@@ -81,6 +81,10 @@ pub struct ControlConfig {
     /// send every client here, whichever node answers the token request, so that a room's
     /// participants meet on one media node. Empty: the `Host` of each token request.
     pub public_url: String,
+    /// Participants a node is meant to carry (listener-streams, roughly): placement puts a new
+    /// room on the node with the most headroom, its load being the larger of its participants'
+    /// share of this and its CPU share.
+    pub node_capacity: u64,
 }
 
 impl Default for ControlConfig {
@@ -106,6 +110,7 @@ impl Default for ControlConfig {
             room_creators: None,
             max_rooms_per_user: 3,
             public_url: String::new(),
+            node_capacity: 2_000,
         }
     }
 }
@@ -155,9 +160,10 @@ impl ControlConfig {
             || self.token_ttl == 0
             || self.max_participants == 0
             || self.presence_ttl == 0
+            || self.node_capacity == 0
         {
             return Err(
-                "control.kick_cooldown, seat_grace, token_ttl, presence_ttl and max_participants must be above 0"
+                "control.kick_cooldown, seat_grace, token_ttl, presence_ttl, node_capacity and max_participants must be above 0"
                     .into(),
             );
         }

@@ -21,6 +21,7 @@ use crate::store::{AudiencePage, AuditEntry, Follow, Store};
 use crate::view::{self, RoomView};
 
 mod invitations;
+mod nodes;
 mod replay;
 mod schedules;
 pub use invitations::{INVITES_SHOWN, MAX_INVITE_USES, NewInvite};
@@ -85,6 +86,8 @@ struct Inner {
     hooks: std::sync::OnceLock<crate::webhook::Webhooks>,
     /// The files of recordings and clips, when this instance has them.
     archive: std::sync::OnceLock<Arc<dyn crate::replay::Archive>>,
+    /// This node's record in the node registry, and the nodes as last read.
+    node: nodes::NodeState,
 }
 
 /// A token bucket.
@@ -209,6 +212,7 @@ impl Control {
             streams: crate::notify::Streams::default(),
             hooks: std::sync::OnceLock::new(),
             archive: std::sync::OnceLock::new(),
+            node: nodes::NodeState::default(),
         });
         tokio::spawn(consume(Arc::downgrade(&inner), inner.store.subscribe()));
         tokio::spawn(sweep(Arc::downgrade(&inner)));
@@ -521,8 +525,7 @@ impl Control {
             started_at: None,
             ended_at: None,
             empty_since: None,
-            media_url: (!self.inner.config.public_url.is_empty())
-                .then(|| self.inner.config.public_url.clone()),
+            media_url: self.place_new_room().await,
             schedule: new.schedule.clone(),
             reminded: false,
             series: None,
@@ -973,7 +976,7 @@ impl Control {
             token,
             role,
             identity: user.clone(),
-            media_url: doc.room.media_url.clone(),
+            media_url: self.media_url_of(&doc).await?,
         })
     }
 
@@ -1428,6 +1431,9 @@ async fn sweep(inner: std::sync::Weak<Inner>) {
             .await
         {
             tracing::warn!(error = %e, "heartbeat not recorded");
+        }
+        if let Err(e) = control.beat(ttl_ms).await {
+            tracing::warn!(error = %e, "node record not written");
         }
         let timeout = control.inner.config.empty_timeout * 1000;
         let rooms = match control.rooms(&[RoomState::Live]).await {

@@ -33,6 +33,16 @@ pub const NOTIFICATIONS_DROPPED: &str = "control_notifications_dropped_total";
 pub const ROOMS_PRUNED: &str = "control_rooms_pruned_total";
 /// Seats of members who never connected or dropped, given up to a join into a full room.
 pub const SEATS_RELEASED: &str = "control_seats_released_total";
+/// Living nodes sharing the store, by `state` (`ready`, `draining`), as this node last read them.
+pub const NODES: &str = "control_nodes";
+/// 1 while this node is draining (by an operator or its shutdown), else 0.
+pub const NODE_DRAINING: &str = "control_node_draining";
+/// This node's load as placement sees it: the larger of participants / `node_capacity` and the
+/// CPU share (0 to 1, above 1 when over capacity).
+pub const NODE_LOAD: &str = "control_node_load";
+/// Rooms placed on a node at a token request: their node had died or was draining, or they
+/// had none.
+pub const ROOMS_PLACED: &str = "control_rooms_placed_total";
 
 /// Clips cut from recordings.
 pub const CLIPS: &str = "control_clips_total";
@@ -83,6 +93,22 @@ pub fn describe() {
         "Ended rooms deleted after their retention"
     );
     describe_counter!(CLIPS, Unit::Count, "Clips cut from recordings");
+    describe_gauge!(
+        NODES,
+        Unit::Count,
+        "Living nodes sharing the store, by state (ready, draining)"
+    );
+    describe_gauge!(NODE_DRAINING, Unit::Count, "1 while this node is draining");
+    describe_gauge!(
+        NODE_LOAD,
+        Unit::Count,
+        "This node's load for placement: max(participants / node_capacity, CPU share)"
+    );
+    describe_counter!(
+        ROOMS_PLACED,
+        Unit::Count,
+        "Rooms placed on another node at a token request (their node died, drained, or none)"
+    );
     describe_counter!(
         AUDIO_BYTES,
         Unit::Bytes,
@@ -120,6 +146,18 @@ pub fn rooms(live: usize, scheduled: Option<usize>, present: usize) {
         gauge!(ROOMS, "state" => state(RoomState::Scheduled)).set(n as f64);
     }
     gauge!(PRESENT).set(present as f64);
+}
+
+/// Records the living nodes this node read with its heartbeat.
+pub fn nodes(ready: usize, draining: usize) {
+    gauge!(NODES, "state" => "ready").set(ready as f64);
+    gauge!(NODES, "state" => "draining").set(draining as f64);
+}
+
+/// Records whether this node is draining, and its load.
+pub fn node(draining: bool, load: f64) {
+    gauge!(NODE_DRAINING).set(if draining { 1.0 } else { 0.0 });
+    gauge!(NODE_LOAD).set(load);
 }
 
 fn state(s: RoomState) -> &'static str {

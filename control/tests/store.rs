@@ -611,6 +611,16 @@ async fn redis_keys_follow_the_documented_schema() {
         .put_clip(&clip(&id, "aaaaaaaaaaaaaaa1", 10))
         .await
         .unwrap();
+    let node = stoa_control::nodes::Node {
+        id: "node1".into(),
+        public_url: "ws://127.0.0.1:7880".into(),
+        load: Default::default(),
+        draining: false,
+        seen_at: 1_000,
+        expires_at: 0,
+    };
+    store.put_node(&node, 60_000).await.unwrap();
+    store.drain_node("node1", true).await.unwrap();
     let client = redis::Client::open(redis.url.as_str()).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
     let mut keys: Vec<String> = redis::cmd("KEYS")
@@ -637,6 +647,9 @@ async fn redis_keys_follow_the_documented_schema() {
         format!("stoa:room:{id}:recordings"),
         format!("stoa:room:{id}:clips"),
         "stoa:clip:aaaaaaaaaaaaaaa1".to_owned(),
+        "stoa:node:node1".to_owned(),
+        "stoa:nodes".to_owned(),
+        "stoa:nodes:draining".to_owned(),
     ];
     expected.sort();
     assert_eq!(keys, expected);

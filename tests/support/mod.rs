@@ -160,21 +160,31 @@ impl Stoa {
     /// As [`Stoa::start`], run through `wrapper` (a command that ends by exec'ing its
     /// arguments, as `unshare` does, so the process id stays the server's).
     pub fn start_wrapped(config: &Path, env: &[(&str, &str)], wrapper: &[&str]) -> Stoa {
-        let mut stoa = Stoa::spawn_wrapped(config, env, wrapper);
+        Stoa::spawn_wrapped(config, env, wrapper, free_ports()).started()
+    }
+
+    /// As [`Stoa::start`], on the given HTTP and RTC UDP ports (from [`free_ports`]): for a
+    /// config that names its own address, such as a node's `public_url`.
+    pub fn start_at(config: &Path, env: &[(&str, &str)], ports: (u16, u16)) -> Stoa {
+        Stoa::spawn_wrapped(config, env, &[], ports).started()
+    }
+
+    /// Waits until it answers.
+    fn started(mut self) -> Stoa {
         let deadline = Instant::now() + TIMEOUT;
         loop {
-            if let Some((200, _)) = try_request(stoa.addr, "GET", "/healthz", None, None)
-                && listens_on(stoa.pid(), stoa.addr.port())
+            if let Some((200, _)) = try_request(self.addr, "GET", "/healthz", None, None)
+                && listens_on(self.pid(), self.addr.port())
             {
-                return stoa;
+                return self;
             }
-            if let Ok(Some(status)) = stoa.child.try_wait() {
-                panic!("stoa exited ({status}):\n{}", stoa.log_text());
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("stoa exited ({status}):\n{}", self.log_text());
             }
             assert!(
                 Instant::now() < deadline,
                 "stoa did not start:\n{}",
-                stoa.log_text()
+                self.log_text()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -183,11 +193,15 @@ impl Stoa {
     /// Starts `stoa serve --dev --config <config>` with `env` on free loopback ports, without
     /// waiting for it.
     pub fn spawn(config: &Path, env: &[(&str, &str)]) -> Stoa {
-        Stoa::spawn_wrapped(config, env, &[])
+        Stoa::spawn_wrapped(config, env, &[], free_ports())
     }
 
-    fn spawn_wrapped(config: &Path, env: &[(&str, &str)], wrapper: &[&str]) -> Stoa {
-        let (http_port, rtc_port) = free_ports();
+    fn spawn_wrapped(
+        config: &Path,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+        (http_port, rtc_port): (u16, u16),
+    ) -> Stoa {
         let log = config.with_extension(format!("{http_port}.log"));
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {

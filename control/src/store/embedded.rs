@@ -345,6 +345,8 @@ pub struct EmbeddedStore {
     /// Instance heartbeats: instance → unix ms of expiry. In memory: after a restart every
     /// earlier instance is dead, as its sessions are.
     alive: Mutex<HashMap<String, u64>>,
+    /// Node records (in memory, like the heartbeats) and the ids an operator drained.
+    nodes: Mutex<(HashMap<String, crate::nodes::Node>, BTreeSet<String>)>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -395,6 +397,7 @@ impl EmbeddedStore {
             broken: AtomicBool::new(false),
             bus,
             alive: Mutex::new(HashMap::new()),
+            nodes: Mutex::default(),
         })
     }
 
@@ -1213,6 +1216,46 @@ impl Store for EmbeddedStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(instance)
             .is_some_and(|&until| until > now))
+    }
+
+    async fn put_node(&self, node: &crate::nodes::Node, ttl_ms: u64) -> Result<(), ControlError> {
+        let mut node = node.clone();
+        node.expires_at = node.seen_at.saturating_add(ttl_ms);
+        let mut nodes = self
+            .nodes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        nodes.0.insert(node.id.clone(), node);
+        Ok(())
+    }
+
+    async fn nodes(&self, now: u64) -> Result<Vec<crate::nodes::Node>, ControlError> {
+        let mut guard = self
+            .nodes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (records, drained) = &mut *guard;
+        records.retain(|_, n| n.expires_at > now);
+        drained.retain(|id| records.contains_key(id));
+        let mut out: Vec<crate::nodes::Node> = records.values().cloned().collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        for n in &mut out {
+            n.draining |= drained.contains(&n.id);
+        }
+        Ok(out)
+    }
+
+    async fn drain_node(&self, id: &str, on: bool) -> Result<(), ControlError> {
+        let mut nodes = self
+            .nodes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if on {
+            nodes.1.insert(id.to_owned());
+        } else {
+            nodes.1.remove(id);
+        }
+        Ok(())
     }
 
     async fn publish(&self, message: &BusMessage) -> Result<(), ControlError> {

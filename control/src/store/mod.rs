@@ -262,6 +262,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Whether `instance` sent a heartbeat that has not expired.
     async fn alive(&self, instance: &str) -> Result<bool, ControlError>;
 
+    /// Writes this node's record, kept for `ttl_ms` (its `expires_at`) unless written again.
+    async fn put_node(&self, node: &crate::nodes::Node, ttl_ms: u64) -> Result<(), ControlError>;
+
+    /// The records of the nodes living at `now` (unix ms), by id, with `draining` set for those
+    /// an operator drained ([`Store::drain_node`]).
+    async fn nodes(&self, now: u64) -> Result<Vec<crate::nodes::Node>, ControlError>;
+
+    /// Marks node `id` as drained by an operator (`on`), or not: it takes no new rooms while it
+    /// lives. Forgotten with the node.
+    async fn drain_node(&self, id: &str, on: bool) -> Result<(), ControlError>;
+
     /// Sends a command's outcome to every instance (this one included).
     async fn publish(&self, message: &BusMessage) -> Result<(), ControlError>;
 

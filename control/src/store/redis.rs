@@ -30,6 +30,9 @@
 //! | `{p}clip:{id}` | string | a clip (JSON: room, recording, range, file, speakers) |
 //! | `{p}room:{id}:clips` | sorted set | the room's clip ids, scored by the unix ms they were cut |
 //! | `{p}presence:{instance}` | string | an instance's heartbeat; expires when it stops (TTL) |
+//! | `{p}node:{id}` | string | a node's record (JSON: public URL, rooms, participants, listeners, streams, CPU, draining, times); expires with its heartbeat (TTL) |
+//! | `{p}nodes` | sorted set | node ids, scored by the unix ms their record expires (an index; a record whose key expired is dead) |
+//! | `{p}nodes:draining` | set | node ids an operator drained (forgotten with the node) |
 //! | `{p}lock:room:{id}` | string | who is changing the room now; expires after 5 s |
 //! | `{p}bus` | pub/sub channel | each command's media changes and events, for every instance |
 //!
@@ -1346,6 +1349,81 @@ impl Store for RedisStore {
         con.exists(self.key(&format!("presence:{instance}")))
             .await
             .map_err(redis_err)
+    }
+
+    async fn put_node(&self, node: &crate::nodes::Node, ttl_ms: u64) -> Result<(), ControlError> {
+        let mut node = node.clone();
+        let ttl_ms = ttl_ms.max(1);
+        node.expires_at = node.seen_at.saturating_add(ttl_ms);
+        let mut con = self.shared.clone();
+        redis::pipe()
+            .atomic()
+            .pset_ex(self.key(&format!("node:{}", node.id)), json(&node)?, ttl_ms)
+            .ignore()
+            .zadd(self.key("nodes"), &node.id, node.expires_at)
+            .ignore()
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(redis_err)
+    }
+
+    async fn nodes(&self, now: u64) -> Result<Vec<crate::nodes::Node>, ControlError> {
+        // The index is pruned a minute late (clocks of several machines); the record's own
+        // key, expiring on Redis's clock, says who lives.
+        const SKEW_MS: u64 = 60_000;
+        let mut con = self.shared.clone();
+        let (ids, drained): (Vec<String>, Vec<String>) = redis::pipe()
+            .zrembyscore(self.key("nodes"), "-inf", now.saturating_sub(SKEW_MS))
+            .ignore()
+            .zrange(self.key("nodes"), 0, -1)
+            .smembers(self.key("nodes:draining"))
+            .query_async(&mut con)
+            .await
+            .map_err(redis_err)?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            let key = self.key(&format!("node:{id}"));
+            pipe.get(&key).pttl(&key);
+        }
+        let found: Vec<(Option<String>, i64)> =
+            pipe.query_async(&mut con).await.map_err(redis_err)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for (raw, ttl) in found {
+            let Some(raw) = raw else { continue };
+            let Ok(mut node) = serde_json::from_str::<crate::nodes::Node>(&raw) else {
+                continue;
+            };
+            if ttl > 0 {
+                node.expires_at = now.saturating_add(ttl.unsigned_abs());
+            }
+            node.draining |= drained.contains(&node.id);
+            out.push(node);
+        }
+        let gone: Vec<&String> = drained
+            .iter()
+            .filter(|d| !out.iter().any(|n| n.id == **d))
+            .collect();
+        if !gone.is_empty() {
+            con.srem::<_, _, ()>(self.key("nodes:draining"), gone)
+                .await
+                .map_err(redis_err)?;
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    async fn drain_node(&self, id: &str, on: bool) -> Result<(), ControlError> {
+        let mut con = self.shared.clone();
+        let key = self.key("nodes:draining");
+        if on {
+            con.sadd::<_, _, ()>(key, id).await
+        } else {
+            con.srem::<_, _, ()>(key, id).await
+        }
+        .map_err(redis_err)
     }
 
     async fn publish(&self, message: &BusMessage) -> Result<(), ControlError> {

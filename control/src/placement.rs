@@ -1,0 +1,175 @@
+//! Where a room's media lives (pure: the node records and `now` are inputs).
+//!
+//! Until media is relayed between nodes, a room lives on one node: every participant of the
+//! room connects to its `media_url`. A room is placed when it is created (or, created without
+//! a node, at its first token request) on the living, non-draining node with the most
+//! headroom; it stays there while that node lives. At a token request, a room whose node is
+//! gone (its record expired) moves to the node with the most headroom, and so does a room
+//! with nobody connected whose node is draining: its next members meet there.
+//!
+//! Headroom is `1 - load`, the load being the larger of the participants' share of
+//! `[control] node_capacity` and the CPU share, in whole percent; ties go to the node with
+//! fewer rooms, then to the smaller id, so that every instance chooses alike from the same
+//! records.
+
+use crate::nodes::Node;
+
+/// A node's load, 0 (idle) to 1 (full) or more: the larger of its participants' share of
+/// `capacity` and its CPU share.
+pub fn load(node: &Node, capacity: u64) -> f64 {
+    let people = node.load.participants as f64 / capacity.max(1) as f64;
+    people.max(f64::from(node.load.cpu))
+}
+
+/// Whether `node` may take new rooms at `now`: living, not draining, reachable by URL.
+pub fn eligible(node: &Node, now: u64) -> bool {
+    node.expires_at > now && !node.draining && !node.public_url.is_empty()
+}
+
+/// A node's load in whole percent: loads within a percent of each other (an idle node's CPU
+/// noise) count as equal, so that the number of rooms decides between them.
+fn percent(node: &Node, capacity: u64) -> u64 {
+    (load(node, capacity) * 100.0).floor() as u64
+}
+
+/// The node a new room goes to: the eligible one with the most headroom.
+pub fn choose(nodes: &[Node], capacity: u64, now: u64) -> Option<&Node> {
+    nodes.iter().filter(|n| eligible(n, now)).min_by(|a, b| {
+        percent(a, capacity)
+            .cmp(&percent(b, capacity))
+            .then(a.load.rooms.cmp(&b.load.rooms))
+            .then(a.id.cmp(&b.id))
+    })
+}
+
+/// Where a room placed at `current` (`None`: nowhere yet), with `present` members connected,
+/// should live now: `Some(url)` when it should move there, `None` when it stays (or no node
+/// can take it, when it keeps what it has).
+pub fn review(
+    current: Option<&str>,
+    present: u32,
+    nodes: &[Node],
+    capacity: u64,
+    now: u64,
+) -> Option<String> {
+    if let Some(url) = current {
+        let mut living = nodes
+            .iter()
+            .filter(|n| n.expires_at > now && n.public_url == url);
+        let stays = living.any(|n| !n.draining || present > 0);
+        if stays {
+            return None;
+        }
+    }
+    let to = choose(nodes, capacity, now)?;
+    (current != Some(to.public_url.as_str())).then(|| to.public_url.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nodes::NodeLoad;
+
+    fn node(id: &str, participants: u64, cpu: f32, draining: bool) -> Node {
+        Node {
+            id: id.into(),
+            public_url: format!("ws://{id}.example:7880"),
+            load: NodeLoad {
+                participants,
+                cpu,
+                ..NodeLoad::default()
+            },
+            draining,
+            seen_at: 0,
+            expires_at: 10_000,
+        }
+    }
+
+    #[test]
+    fn a_new_room_goes_to_the_node_with_the_most_headroom() {
+        let nodes = [
+            node("a", 500, 0.1, false),
+            node("b", 100, 0.1, false),
+            node("c", 50, 0.9, false),
+        ];
+        // b: max(0.1, 0.1); a: 0.5; c: 0.9 (CPU).
+        assert_eq!(
+            choose(&nodes, 1000, 5_000).map(|n| n.id.as_str()),
+            Some("b")
+        );
+        // Past their expiry none is eligible.
+        assert!(choose(&nodes, 1000, 10_000).is_none());
+    }
+
+    #[test]
+    fn draining_and_unreachable_nodes_take_no_rooms() {
+        let mut nodes = vec![node("a", 900, 0.5, false), node("b", 0, 0.0, true)];
+        assert_eq!(choose(&nodes, 1000, 0).map(|n| n.id.as_str()), Some("a"));
+        nodes[0].public_url.clear();
+        assert!(choose(&nodes, 1000, 0).is_none());
+    }
+
+    #[test]
+    fn ties_go_to_fewer_rooms_then_the_smaller_id() {
+        let mut nodes = [node("b", 0, 0.0, false), node("a", 0, 0.0, false)];
+        assert_eq!(choose(&nodes, 10, 0).map(|n| n.id.as_str()), Some("a"));
+        nodes[1].load.rooms = 3;
+        assert_eq!(choose(&nodes, 10, 0).map(|n| n.id.as_str()), Some("b"));
+        // Within a percent is a tie: CPU noise of idle nodes does not decide.
+        nodes[0].load.cpu = 0.004;
+        assert_eq!(choose(&nodes, 10, 0).map(|n| n.id.as_str()), Some("b"));
+        nodes[0].load.cpu = 0.02;
+        assert_eq!(choose(&nodes, 10, 0).map(|n| n.id.as_str()), Some("a"));
+    }
+
+    #[test]
+    fn a_room_stays_on_its_living_node_even_when_busier() {
+        let nodes = [node("a", 900, 0.5, false), node("b", 0, 0.0, false)];
+        let a = "ws://a.example:7880";
+        assert_eq!(review(Some(a), 0, &nodes, 1000, 0), None);
+    }
+
+    #[test]
+    fn a_room_whose_node_died_moves_to_a_living_one() {
+        let nodes = [node("a", 900, 0.5, false), node("b", 10, 0.0, false)];
+        let gone = "ws://c.example:7880";
+        assert_eq!(
+            review(Some(gone), 5, &nodes, 1000, 0).as_deref(),
+            Some("ws://b.example:7880")
+        );
+        // A record past its expiry is a dead node too.
+        assert_eq!(
+            review(Some("ws://a.example:7880"), 5, &nodes, 1000, 10_000),
+            None,
+            "no living node: it keeps what it has"
+        );
+        let mut later = nodes.clone();
+        later[0].expires_at = 5_000;
+        later[1].expires_at = 20_000;
+        assert_eq!(
+            review(Some("ws://a.example:7880"), 5, &later, 1000, 10_000).as_deref(),
+            Some("ws://b.example:7880")
+        );
+    }
+
+    #[test]
+    fn a_draining_node_keeps_its_occupied_rooms_and_loses_its_empty_ones() {
+        let nodes = [node("a", 10, 0.1, true), node("b", 10, 0.1, false)];
+        let a = "ws://a.example:7880";
+        assert_eq!(review(Some(a), 3, &nodes, 1000, 0), None);
+        assert_eq!(
+            review(Some(a), 0, &nodes, 1000, 0).as_deref(),
+            Some("ws://b.example:7880")
+        );
+    }
+
+    #[test]
+    fn a_room_without_a_node_is_placed() {
+        let nodes = [node("a", 10, 0.1, false)];
+        assert_eq!(
+            review(None, 0, &nodes, 1000, 0).as_deref(),
+            Some("ws://a.example:7880")
+        );
+        assert_eq!(review(None, 0, &[], 1000, 0), None);
+    }
+}

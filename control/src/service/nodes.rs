@@ -1,0 +1,213 @@
+//! This node in the registry (its record, written with every heartbeat), operators' drain, and
+//! the placement of rooms on nodes ([`crate::placement`] decides; this carries it out).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::clock::now_ms;
+use crate::error::ControlError;
+use crate::model::{RoomDoc, Scope};
+use crate::nodes::{LoadSource, Node, NodeLoad};
+use crate::placement;
+use crate::room::Effects;
+
+use super::Control;
+
+/// How long a token request reuses the node list another one read (ms): placement needs no
+/// fresher view than the heartbeats give, and a join storm reads it once a second, not per join.
+const CACHE_MS: u64 = 1_000;
+
+/// This node's part of the registry.
+#[derive(Default)]
+pub(super) struct NodeState {
+    /// Set by [`Control::set_draining`] (the binary's shutdown): no new rooms come here.
+    draining: AtomicBool,
+    /// The media plane's load, when the binary gave one.
+    source: OnceLock<Arc<dyn LoadSource>>,
+    /// The living nodes as last read, and the unix ms they were read.
+    cache: Mutex<Option<(u64, Arc<Vec<Node>>)>>,
+}
+
+impl std::fmt::Debug for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeState")
+            .field("draining", &self.draining.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Control {
+    /// Takes this node's load for its record from `source` from now on (once).
+    pub fn set_load_source(&self, source: Arc<dyn LoadSource>) {
+        let _ = self.inner.node.source.set(source);
+    }
+
+    /// Marks this node as draining (it takes no new rooms), or not, and says so in its record
+    /// at once.
+    pub async fn set_draining(&self, on: bool) {
+        self.inner.node.draining.store(on, Ordering::Relaxed);
+        let ttl_ms = self.inner.config.presence_ttl.saturating_mul(1000);
+        if let Err(e) = self.beat(ttl_ms).await {
+            tracing::warn!(error = %e, "node record not written");
+        }
+    }
+
+    /// The living nodes sharing this store, read now.
+    pub async fn nodes(&self) -> Result<Vec<Node>, ControlError> {
+        let now = now_ms();
+        let nodes = self.inner.store.nodes(now).await?;
+        self.remember(now, &nodes);
+        Ok(nodes)
+    }
+
+    /// Drains node `id` (`on`: it takes no new rooms) or lifts it; its record afterwards.
+    /// 404 when no such node lives.
+    pub async fn drain_node(&self, id: &str, on: bool) -> Result<Node, ControlError> {
+        let missing = || ControlError::not_found("living node", id);
+        if !crate::nodes::valid_id(id) || !self.nodes().await?.iter().any(|n| n.id == id) {
+            return Err(missing());
+        }
+        self.inner.store.drain_node(id, on).await?;
+        tracing::info!(
+            node = id,
+            draining = on,
+            "node drain changed by an operator"
+        );
+        let node = self.nodes().await?.into_iter().find(|n| n.id == id);
+        node.ok_or_else(missing)
+    }
+
+    /// Writes this node's record (and its instance heartbeat), for `ttl_ms`.
+    pub(super) async fn beat(&self, ttl_ms: u64) -> Result<(), ControlError> {
+        let load = match self.inner.node.source.get() {
+            Some(s) => s.load().await,
+            None => NodeLoad::default(),
+        };
+        let now = now_ms();
+        let node = Node {
+            id: self.inner.instance.clone(),
+            public_url: self.inner.config.public_url.clone(),
+            load,
+            draining: self.inner.node.draining.load(Ordering::Relaxed),
+            seen_at: now,
+            expires_at: now.saturating_add(ttl_ms),
+        };
+        self.inner.store.put_node(&node, ttl_ms).await?;
+        let nodes = self.nodes().await?;
+        let draining = nodes.iter().filter(|n| n.draining).count();
+        crate::telemetry::nodes(nodes.len() - draining, draining);
+        let me = nodes.iter().find(|n| n.id == node.id).unwrap_or(&node);
+        crate::telemetry::node(
+            me.draining,
+            placement::load(me, self.inner.config.node_capacity),
+        );
+        Ok(())
+    }
+
+    fn remember(&self, now: u64, nodes: &[Node]) {
+        *self
+            .inner
+            .node
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((now, Arc::new(nodes.to_vec())));
+    }
+
+    /// The living nodes, as read at most [`CACHE_MS`] ago.
+    async fn living(&self) -> Result<Arc<Vec<Node>>, ControlError> {
+        let now = now_ms();
+        let cached = self
+            .inner
+            .node
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some((at, nodes)) = cached
+            && now.saturating_sub(at) < CACHE_MS
+        {
+            return Ok(nodes);
+        }
+        Ok(Arc::new(self.nodes().await?))
+    }
+
+    /// Where a new room's media goes: the living, non-draining node with the most headroom,
+    /// or this node when none is known yet; `None` when nodes have no URLs of their own
+    /// (`public_url` unset: clients use the host they asked).
+    pub(super) async fn place_new_room(&self) -> Option<String> {
+        let own = &self.inner.config.public_url;
+        if own.is_empty() {
+            return None;
+        }
+        let chosen = match self.living().await {
+            Ok(nodes) => placement::choose(&nodes, self.inner.config.node_capacity, now_ms())
+                .map(|n| (n.id.clone(), n.public_url.clone())),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the nodes; the room stays here");
+                None
+            }
+        };
+        let Some((id, url)) = chosen else {
+            return Some(own.clone());
+        };
+        self.count_placed(&id);
+        Some(url)
+    }
+
+    /// Counts a room just placed on node `id` in the cached records until the next reading,
+    /// so that rooms created in a burst between two heartbeats spread over equal nodes.
+    fn count_placed(&self, id: &str) {
+        let mut cache = self
+            .inner
+            .node
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, nodes)) = cache.as_mut() {
+            let mut counted = nodes.to_vec();
+            if let Some(n) = counted.iter_mut().find(|n| n.id == id) {
+                n.load.rooms += 1;
+            }
+            *nodes = Arc::new(counted);
+        }
+    }
+
+    /// Where room `doc`'s clients connect now: its node, or, when that node is gone (or is
+    /// draining and the room has nobody connected, or the room has none yet), the node with the
+    /// most headroom, which the room then moves to.
+    pub(super) async fn media_url_of(&self, doc: &RoomDoc) -> Result<Option<String>, ControlError> {
+        let current = doc.room.media_url.clone();
+        if self.inner.config.public_url.is_empty() {
+            return Ok(current);
+        }
+        let nodes = self.living().await?;
+        let present = doc.totals().present;
+        let Some(to) = placement::review(
+            current.as_deref(),
+            present,
+            &nodes,
+            self.inner.config.node_capacity,
+            now_ms(),
+        ) else {
+            return Ok(current);
+        };
+        let mut placed = current.clone();
+        self.inner
+            .store
+            .update_room(&doc.room.id, &Scope::header(), &mut |d| {
+                // Another request may have moved it first: its choice stands.
+                if d.room.media_url == current {
+                    d.room.media_url = Some(to.clone());
+                }
+                placed.clone_from(&d.room.media_url);
+                Ok(Effects::default())
+            })
+            .await?;
+        if placed.as_deref() == Some(to.as_str()) {
+            metrics::counter!(crate::telemetry::ROOMS_PLACED).increment(1);
+            tracing::info!(room = %doc.room.id, from = ?current, to = %to, "room placed on another node");
+        }
+        Ok(placed)
+    }
+}

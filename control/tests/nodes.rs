@@ -1,0 +1,216 @@
+//! The node registry in both stores, and placement through the service: two control planes on
+//! one real redis-server, each with its own URL and a load it reports.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::redis_server::RedisServer;
+use common::service::{host, new_room, now, uid};
+use stoa_control::auth::Keys;
+use stoa_control::media::NoMedia;
+use stoa_control::nodes::{LoadSource, Node, NodeLoad};
+use stoa_control::store::Store;
+use stoa_control::store::embedded::EmbeddedStore;
+use stoa_control::store::redis::RedisStore;
+use stoa_control::{Control, ControlConfig};
+
+fn node(id: &str, seen_at: u64) -> Node {
+    Node {
+        id: id.into(),
+        public_url: format!("ws://{id}.example:7880"),
+        load: NodeLoad {
+            participants: 7,
+            ..NodeLoad::default()
+        },
+        draining: false,
+        seen_at,
+        expires_at: 0,
+    }
+}
+
+fn ids(nodes: &[Node]) -> Vec<(&str, bool)> {
+    nodes.iter().map(|n| (n.id.as_str(), n.draining)).collect()
+}
+
+/// Records expire with their TTL; a drain shows on the record and is forgotten with the node.
+async fn registry(store: &dyn Store, expired: impl AsyncFn(&dyn Store, u64) -> Vec<Node>) {
+    let t = now();
+    store.put_node(&node("aaa", t), 60_000).await.unwrap();
+    store.put_node(&node("bbb", t), 300).await.unwrap();
+    let listed = store.nodes(t).await.unwrap();
+    assert_eq!(ids(&listed), [("aaa", false), ("bbb", false)]);
+    assert_eq!(listed[0].load.participants, 7);
+    assert_eq!(listed[0].public_url, "ws://aaa.example:7880");
+    assert!(listed[0].expires_at > t);
+
+    store.drain_node("aaa", true).await.unwrap();
+    store.drain_node("bbb", true).await.unwrap();
+    assert_eq!(
+        ids(&store.nodes(t).await.unwrap()),
+        [("aaa", true), ("bbb", true)]
+    );
+    store.drain_node("aaa", false).await.unwrap();
+
+    // bbb stops writing: gone, and its drain with it.
+    let left = expired(store, t + 301).await;
+    assert_eq!(ids(&left), [("aaa", false)]);
+    store.put_node(&node("bbb", now()), 60_000).await.unwrap();
+    assert_eq!(
+        ids(&store.nodes(now()).await.unwrap()),
+        [("aaa", false), ("bbb", false)],
+        "a drain does not outlive its node"
+    );
+}
+
+#[tokio::test]
+async fn embedded_store_lists_living_nodes() {
+    let dir = std::env::temp_dir().join(format!("stoa-nodes-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = EmbeddedStore::open(&dir.join("control.redb")).unwrap();
+    // The embedded store reads expiry against the `now` it is given.
+    registry(&store, async |s, at| s.nodes(at).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn redis_store_lists_living_nodes() {
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(&redis.url, "stoa:").await.unwrap();
+    // Redis expires the record on its own clock: wait (bounded) until it did.
+    registry(&store, async |s, _| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let nodes = s.nodes(now()).await.unwrap();
+            if nodes.len() == 1 || Instant::now() > deadline {
+                return nodes;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+/// A load the test sets.
+#[derive(Debug, Default)]
+struct Load(AtomicU64);
+
+#[async_trait::async_trait]
+impl LoadSource for Load {
+    async fn load(&self) -> NodeLoad {
+        NodeLoad {
+            participants: self.0.load(Ordering::Relaxed),
+            ..NodeLoad::default()
+        }
+    }
+}
+
+fn start(store: Arc<dyn Store>, url: &str, load: &Arc<Load>) -> Control {
+    let config = ControlConfig {
+        presence_ttl: 1,
+        public_url: url.into(),
+        node_capacity: 100,
+        ..ControlConfig::default()
+    };
+    let keys = Keys::new(vec![("k".into(), "s".into())]).unwrap();
+    let control = Control::start(store, Arc::new(NoMedia), keys, config);
+    control.set_load_source(load.clone());
+    control
+}
+
+/// Waits (bounded) until `control` lists nodes that satisfy `ok`.
+async fn wait_nodes(control: &Control, what: &str, ok: impl Fn(&[Node]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let nodes = control.nodes().await.unwrap();
+        if ok(&nodes) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {nodes:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_go_to_headroom_avoid_drained_nodes_and_leave_dead_ones() {
+    let redis = RedisServer::start();
+    let connect = async || {
+        let store: Arc<dyn Store> =
+            Arc::new(RedisStore::connect(&redis.url, "stoa:").await.unwrap());
+        store
+    };
+    let (busy, idle) = (Arc::new(Load::default()), Arc::new(Load::default()));
+    busy.0.store(60, Ordering::Relaxed);
+    let a = start(connect().await, "ws://a.example:7880", &busy);
+    let b = start(connect().await, "ws://b.example:7880", &idle);
+    let b_id = b.instance().to_owned();
+    wait_nodes(&a, "both records", |n| {
+        n.len() == 2 && n.iter().any(|n| n.load.participants == 60)
+    })
+    .await;
+
+    // Created through the busy node, placed on the idle one; tokens from either send there.
+    let first = a
+        .create_room(&host(), new_room("First", None, Default::default()))
+        .await
+        .unwrap();
+    let id = first.room.id.clone();
+    assert_eq!(first.room.media_url.as_deref(), Some("ws://b.example:7880"));
+    let grant = a.join(&uid("lee"), "Lee", &id).await.unwrap();
+    assert_eq!(grant.media_url.as_deref(), Some("ws://b.example:7880"));
+
+    // Drained, the idle node takes no new room: the busy one does.
+    let drained = a.drain_node(&b_id, true).await.unwrap();
+    assert!(drained.draining);
+    assert!(
+        a.drain_node("nosuchnode", true)
+            .await
+            .is_err_and(|e| e.status == 404)
+    );
+    // Every node reads the registry at most a second late.
+    wait_nodes(&b, "the drain seen by the drained node", |n| {
+        n.iter().any(|n| n.id == b_id && n.draining)
+    })
+    .await;
+    let second = b
+        .create_room(&host(), new_room("Second", None, Default::default()))
+        .await
+        .unwrap();
+    assert_eq!(
+        second.room.media_url.as_deref(),
+        Some("ws://a.example:7880")
+    );
+    a.drain_node(&b_id, false).await.unwrap();
+
+    // The idle node dies: its record expires, and the first room moves to a living node at
+    // its next token request.
+    drop(b);
+    wait_nodes(&a, "the dead node's record expired", |n| {
+        n.len() == 1 && n[0].id == a.instance()
+    })
+    .await;
+    let grant = a.join(&uid("mo"), "Mo", &id).await.unwrap();
+    assert_eq!(grant.media_url.as_deref(), Some("ws://a.example:7880"));
+    let doc = a.room(&id).await.unwrap();
+    assert_eq!(doc.room.media_url.as_deref(), Some("ws://a.example:7880"));
+}
+
+#[tokio::test]
+async fn without_a_public_url_rooms_have_no_node() {
+    let dir = std::env::temp_dir().join(format!("stoa-nodes-single-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.join("control.redb")).unwrap());
+    let control = common::service::start(store);
+    let doc = control
+        .create_room(&host(), new_room("Single", None, Default::default()))
+        .await
+        .unwrap();
+    assert_eq!(doc.room.media_url, None);
+    let grant = control
+        .join(&uid("lee"), "Lee", &doc.room.id)
+        .await
+        .unwrap();
+    assert_eq!(grant.media_url, None, "clients use the host they asked");
+}
