@@ -172,6 +172,7 @@ pub fn spawn_reports(
                     Some(_) => RecordingState::Complete,
                 },
                 instance: control.instance().to_owned(),
+                node: stoa_control::replay::http_base(&control.config().public_url),
             };
             control.record_report(recording).await;
         }

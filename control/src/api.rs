@@ -1219,7 +1219,7 @@ async fn read_notifications(
 #[openapi(
     info(
         title = "Stoa control API",
-        description = "Live audio rooms: rooms, roles, hands, moderation, follows, invitations, analytics. Authenticate with `Authorization: Bearer <user or server token>`; only `GET /api/rooms/{id}/card` (a room's public card) needs no token."
+        description = "Live audio rooms: rooms, roles, hands, moderation, follows, invitations, analytics. Authenticate with `Authorization: Bearer <user or server token>`; needing no token: `GET /api/rooms/{id}/card` (a room's public card) and, for a public room, its replays and clips (`GET /api/rooms/{id}/recordings`, `/recordings/{recording}/audio`, `/clips`, `GET /api/clips/{clip}` and `/audio`; a private room's need a user who may see it, else 404)."
     ),
     paths(
         openapi,

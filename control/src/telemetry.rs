@@ -38,6 +38,9 @@ pub const SEATS_RELEASED: &str = "control_seats_released_total";
 pub const CLIPS: &str = "control_clips_total";
 /// Bytes of recordings and clips sent to players.
 pub const AUDIO_BYTES: &str = "control_audio_bytes_total";
+/// Requests for a recording's or clip's audio (or a clip's cut) sent to the node whose disk
+/// holds it.
+pub const AUDIO_REDIRECTS: &str = "control_audio_redirects_total";
 
 /// `# HELP` texts and units.
 pub fn describe() {
@@ -87,6 +90,11 @@ pub fn describe() {
         AUDIO_BYTES,
         Unit::Bytes,
         "Bytes of recordings and clips sent to players (ranges included)"
+    );
+    describe_counter!(
+        AUDIO_REDIRECTS,
+        Unit::Count,
+        "Audio and clip requests redirected to the node that recorded the file"
     );
     describe_counter!(
         SEATS_RELEASED,

@@ -117,7 +117,8 @@ impl Fetched {
     }
 }
 
-/// One HTTP/1.1 request with extra headers, for binary answers (audio, ranges).
+/// One HTTP/1.1 request with extra headers, for binary answers (audio, ranges); an empty
+/// `token` sends none (someone signed out).
 pub fn fetch(
     addr: SocketAddr,
     method: &str,
@@ -131,13 +132,18 @@ pub fn fetch(
     stream
         .set_read_timeout(Some(super::TIMEOUT))
         .expect("read timeout");
+    let auth = if token.is_empty() {
+        String::new()
+    } else {
+        format!("Authorization: Bearer {token}\r\n")
+    };
     let extra: String = headers
         .iter()
         .map(|(n, v)| format!("{n}: {v}\r\n"))
         .collect();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n{extra}Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{extra}Connection: close\r\n\r\n"
     )
     .expect("send the request");
     let mut response = Vec::new();

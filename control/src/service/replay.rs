@@ -1,5 +1,6 @@
 //! Replays and clips: the recordings the recorder reports, kept with their room; the clips
-//! members cut from them; and who may read which (the room view's rule).
+//! members cut from them; and who may read which: anyone, signed in or not, a public room's;
+//! a private room's those who may see the room (the room view's rule), else 404.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,10 +10,10 @@ use crate::clock::now_ms;
 use crate::error::ControlError;
 use crate::model::{self, RoomDoc, RoomId, RoomState, Scope, UserId};
 use crate::replay::{
-    Archive, Clip, ClipId, ClipRange, DEFAULT_CLIP_MS, MAX_CLIP_MS, MAX_CLIP_TITLE, Recording,
-    RecordingId, RecordingState, Speaker, SpeakingSpan,
+    Archive, Clip, ClipId, ClipRange, DEFAULT_CLIP_MS, Located, MAX_CLIP_MS, MAX_CLIP_TITLE,
+    Recording, RecordingId, RecordingState, Speaker, SpeakingSpan, http_base,
 };
-use crate::view;
+use crate::view::{self, Viewer};
 
 use super::Control;
 
@@ -75,17 +76,21 @@ impl Control {
         }
     }
 
-    /// The room, if `viewer` may see it (else 404, as its view answers), with `users` loaded.
+    /// The room, if `viewer` may read its replays (else 404, as its view and card answer: a
+    /// private room does not exist to an outsider), with `users` loaded.
     async fn visible(
         &self,
         id: &RoomId,
-        viewer: Option<&UserId>,
+        viewer: Viewer<'_>,
         users: Vec<UserId>,
     ) -> Result<RoomDoc, ControlError> {
         let doc = self
-            .room_in(id, &Scope::users(viewer.cloned().into_iter().chain(users)))
+            .room_in(
+                id,
+                &Scope::users(viewer.user().cloned().into_iter().chain(users)),
+            )
             .await?;
-        if !view::may_see(&doc, viewer) {
+        if !view::may_read(&doc, viewer) {
             return Err(ControlError::not_found("room", id.as_str()));
         }
         Ok(doc)
@@ -95,7 +100,7 @@ impl Control {
     pub async fn replays(
         &self,
         id: &RoomId,
-        viewer: Option<&UserId>,
+        viewer: Viewer<'_>,
     ) -> Result<Vec<Replay>, ControlError> {
         let doc = self.visible(id, viewer, vec![]).await?;
         let mut recordings = self.inner.store.recordings(id).await?;
@@ -216,13 +221,33 @@ impl Control {
             .map_err(|e| ControlError::unavailable(format!("deleting recordings: {e}")))
     }
 
-    /// Where the mix of recording `rid` of room `id` is, for whoever may see the room.
+    /// Where `file` (of a recording `node` wrote) is: here when this node's disk has it, else
+    /// on `node` (never this node itself: a file missing here is missing).
+    async fn locate(
+        &self,
+        file: &str,
+        node: Option<&String>,
+    ) -> Result<Located<PathBuf>, ControlError> {
+        if let Some(path) = self.inner.archive.get().map(|a| a.path(file))
+            && tokio::fs::metadata(&path).await.is_ok()
+        {
+            return Ok(Located::Here(path));
+        }
+        let own = http_base(&self.inner.config.public_url);
+        match node {
+            Some(n) if Some(n) != own.as_ref() => Ok(Located::At(n.clone())),
+            _ => Ok(Located::Here(self.archive()?.path(file))),
+        }
+    }
+
+    /// Where the mix of recording `rid` of room `id` is (here, or the node that recorded it),
+    /// for whoever may see the room.
     pub async fn recording_path(
         &self,
         id: &RoomId,
         rid: &RecordingId,
-        viewer: Option<&UserId>,
-    ) -> Result<PathBuf, ControlError> {
+        viewer: Viewer<'_>,
+    ) -> Result<Located<PathBuf>, ControlError> {
         self.visible(id, viewer, vec![]).await?;
         let recording = self
             .inner
@@ -232,23 +257,24 @@ impl Control {
             .into_iter()
             .find(|r| r.id == *rid)
             .ok_or_else(|| ControlError::not_found("recording", rid.as_str()))?;
-        Ok(self.archive()?.path(&recording.file))
+        self.locate(&recording.file, recording.node.as_ref()).await
     }
 
     /// Cuts a clip: a member of a live recorded room (the host, whoever joined), or anyone
     /// who may see an ended room's replay; from the recording running now (live) or the
-    /// room's latest, unless one is named.
+    /// room's latest, unless one is named. The node whose disk holds the recording cuts it:
+    /// elsewhere the answer is where that node is.
     pub async fn cut_clip(
         &self,
         id: &RoomId,
         who: &Principal,
         request: NewClip,
-    ) -> Result<Clip, ControlError> {
-        let viewer = match who {
-            Principal::User { id, .. } => Some(id),
-            Principal::Server => None,
+    ) -> Result<Located<Clip>, ControlError> {
+        let (viewer, reader) = match who {
+            Principal::User { id, .. } => (Some(id), Viewer::User(id)),
+            Principal::Server => (None, Viewer::Server),
         };
-        let doc = self.visible(id, viewer, vec![]).await?;
+        let doc = self.visible(id, reader, vec![]).await?;
         let live = doc.room.state == RoomState::Live;
         if let Some(u) = viewer {
             let member = doc.members.contains_key(u) || doc.room.host == *u;
@@ -283,6 +309,12 @@ impl Control {
                 }
             }
         };
+        if let Located::At(node) = self
+            .locate(&recording.file, recording.node.as_ref())
+            .await?
+        {
+            return Ok(Located::At(node));
+        }
         let archive = self.archive()?.clone();
         // Cutting reads the whole recording: a few per minute per user.
         if let Some(u) = viewer {
@@ -341,14 +373,14 @@ impl Control {
         self.inner.store.put_clip(&clip).await?;
         metrics::counter!(crate::telemetry::CLIPS).increment(1);
         tracing::info!(room = %id, clip = %clip.id, start_ms = clip.start_ms, end_ms = clip.end_ms, "clip cut");
-        Ok(clip)
+        Ok(Located::Here(clip))
     }
 
     /// A clip and its room, for whoever may see the room (else 404).
     pub async fn clip(
         &self,
         cid: &ClipId,
-        viewer: Option<&UserId>,
+        viewer: Viewer<'_>,
     ) -> Result<(Clip, RoomDoc), ControlError> {
         let clip = self
             .inner
@@ -366,22 +398,27 @@ impl Control {
         Ok((clip, doc))
     }
 
-    /// Where a clip's file is, for whoever may see its room.
+    /// Where a clip's file is (here, or the node that recorded its recording, which cut it),
+    /// for whoever may see its room.
     pub async fn clip_path(
         &self,
         cid: &ClipId,
-        viewer: Option<&UserId>,
-    ) -> Result<PathBuf, ControlError> {
+        viewer: Viewer<'_>,
+    ) -> Result<Located<PathBuf>, ControlError> {
         let (clip, _) = self.clip(cid, viewer).await?;
-        Ok(self.archive()?.path(&clip.file))
+        let node = self
+            .inner
+            .store
+            .recordings(&clip.room)
+            .await?
+            .into_iter()
+            .find(|r| r.id == clip.recording)
+            .and_then(|r| r.node);
+        self.locate(&clip.file, node.as_ref()).await
     }
 
     /// A room's clips, newest first, for whoever may see the room.
-    pub async fn clips(
-        &self,
-        id: &RoomId,
-        viewer: Option<&UserId>,
-    ) -> Result<Vec<Clip>, ControlError> {
+    pub async fn clips(&self, id: &RoomId, viewer: Viewer<'_>) -> Result<Vec<Clip>, ControlError> {
         self.visible(id, viewer, vec![]).await?;
         self.inner.store.room_clips(id, CLIPS_SHOWN).await
     }
