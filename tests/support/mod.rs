@@ -187,7 +187,11 @@ impl Stoa {
     }
 
     fn spawn_wrapped(config: &Path, env: &[(&str, &str)], wrapper: &[&str]) -> Stoa {
-        let (http_port, rtc_port) = free_ports();
+        let (mut http_port, rtc_port) = free_ports();
+        // A port the caller chose (e.g. to name it in the node's `STOA_PUBLIC_URL`) wins.
+        if let Some((_, port)) = env.iter().find(|(k, _)| *k == "STOA_HTTP_PORT") {
+            http_port = port.parse().expect("STOA_HTTP_PORT");
+        }
         let log = config.with_extension(format!("{http_port}.log"));
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {

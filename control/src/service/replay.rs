@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::auth::Principal;
 use crate::clock::now_ms;
 use crate::error::ControlError;
+use crate::media::MediaCommand;
 use crate::model::{self, RoomDoc, RoomId, RoomState, Scope, UserId};
 use crate::replay::{
     Archive, Clip, ClipId, ClipRange, DEFAULT_CLIP_MS, Located, MAX_CLIP_MS, MAX_CLIP_TITLE,
@@ -421,6 +422,46 @@ impl Control {
     pub async fn clips(&self, id: &RoomId, viewer: Viewer<'_>) -> Result<Vec<Clip>, ControlError> {
         self.visible(id, viewer, vec![]).await?;
         self.inner.store.room_clips(id, CLIPS_SHOWN).await
+    }
+}
+
+/// Whether this node records `room`: the node its media lives on (the room's `media_url`, the
+/// `public_url` of the node that created it), or any node when nodes have no URL of their own.
+/// Every node applies every media command, so that a media room exists wherever a client
+/// lands, but another node would record its own empty media room: silence, and a second
+/// recording. A store error records (rather than lose a recording).
+async fn records_here(inner: &super::Inner, room: &RoomId) -> bool {
+    let own = &inner.config.public_url;
+    if own.is_empty() {
+        return true;
+    }
+    match inner.store.room(room, &Scope::header()).await {
+        Ok(Some(doc)) => doc.room.media_url.as_ref().is_none_or(|u| u == own),
+        _ => true,
+    }
+}
+
+/// `command` as this node applies it: starting a recording of a room whose media lives on
+/// another node records nothing here (the media room is still made).
+pub(super) async fn for_this_node(
+    inner: &super::Inner,
+    command: &MediaCommand,
+) -> Option<MediaCommand> {
+    match command {
+        MediaCommand::CreateRoom {
+            room,
+            max_participants,
+            recording: true,
+        } if !records_here(inner, room).await => Some(MediaCommand::CreateRoom {
+            room: room.clone(),
+            max_participants: *max_participants,
+            recording: false,
+        }),
+        MediaCommand::Record {
+            room,
+            recording: true,
+        } if !records_here(inner, room).await => None,
+        other => Some(other.clone()),
     }
 }
 
