@@ -157,7 +157,7 @@ pub fn spawn_reports(
             let recording = Recording {
                 id,
                 room,
-                file: format!("{}/room.ogg", report.dir),
+                file: report.file.clone(),
                 speaking_file: Some(format!("{}/speaking.jsonl", report.dir)),
                 started_at: match &report.ended {
                     Some(e) => report.at.saturating_sub(millis(e.duration)),

@@ -3,8 +3,11 @@
 //! unmodified server SDKs — npm `livekit-server-sdk`'s `EgressClient`
 //! (`tests/sdk/egress_sdk.mjs`) and PyPI `livekit-api` (`tests/python/livekit_egress_test.py`)
 //! — starting, listing and stopping audio-only room composite egresses, the files they name
-//! decoded and the tone found, the `egress_*` webhooks verified with a LiveKit receiver, and a
-//! recording that cannot be written failing as it should. Every wait is bounded.
+//! decoded and the tone found (each where its `filepath` put it, templates filled in; paths
+//! that leave the recording directory refused), the `egress_*` webhooks verified with a
+//! LiveKit receiver (`StopEgress` answers `EGRESS_ENDING`, told as `egress_updated` before
+//! `egress_ended`), and a recording that cannot be written failing as it should. Every wait is
+//! bounded.
 #![allow(
     clippy::disallowed_methods,
     clippy::unwrap_used,
@@ -327,6 +330,7 @@ fn check_recorded(hooks: &HookReceiver, done: &Value, seconds_at_least: f64) -> 
     let ended = hooks.wait_egress("egress_ended", &id, |i| {
         i.status == lk::EgressStatus::EgressComplete as i32
     });
+    ended_after_ending(hooks, &id);
     assert!(ended.ended_at >= ended.started_at && ended.updated_at >= ended.started_at);
     assert!(ended.error.is_empty(), "{}", ended.error);
     let file = &ended.file_results[0];
@@ -338,6 +342,31 @@ fn check_recorded(hooks: &HookReceiver, done: &Value, seconds_at_least: f64) -> 
         file.duration
     );
     id
+}
+
+/// Stopping told `egress_updated` with EGRESS_ENDING before `egress_ended`, as LiveKit does.
+fn ended_after_ending(hooks: &HookReceiver, id: &str) {
+    let ending = lk::EgressStatus::EgressEnding as i32;
+    hooks.wait_egress("egress_updated", id, |i| i.status == ending);
+    let events: Vec<(String, i32)> = hooks
+        .events()
+        .into_iter()
+        .filter_map(|e| {
+            let info = e.egress_info.filter(|i| i.egress_id == id)?;
+            Some((e.event, info.status))
+        })
+        .collect();
+    let at = |event: &str, status: Option<i32>| {
+        events
+            .iter()
+            .position(|(e, s)| e == event && status.is_none_or(|st| st == *s))
+    };
+    let (Some(ending_at), Some(ended_at)) =
+        (at("egress_updated", Some(ending)), at("egress_ended", None))
+    else {
+        panic!("{id}: {events:?}");
+    };
+    assert!(ending_at < ended_at, "{id}: {events:?}");
 }
 
 /// The SDKs from npm and PyPI record a live room through `livekit.Egress`, each a file with
@@ -448,11 +477,27 @@ fn egress_sdks_record_a_live_room_and_webhooks_tell() {
     speaker.wait_sent(50);
     let (status, stopped) = twirp(addr, "StopEgress", &rec, &json!({"egressId": api_egress}));
     assert_eq!(status, 200, "{stopped}");
-    assert_eq!(stopped["status"], "EGRESS_COMPLETE", "{stopped}");
+    assert_eq!(stopped["status"], "EGRESS_ENDING", "{stopped}");
     assert_eq!(room_view(addr, &id, &host)["recording"], false);
     hooks.wait_egress("egress_ended", &api_egress, |i| {
         i.status == lk::EgressStatus::EgressComplete as i32
     });
+    ended_after_ending(&hooks, &api_egress);
+    // A filepath outside the recording directory is refused, saying why.
+    for (filepath, why) in [("/tmp/out.ogg", "absolute"), ("../out.ogg", "..")] {
+        let (status, err) = twirp(
+            addr,
+            "StartRoomCompositeEgress",
+            &rec,
+            &json!({"roomName": id, "audioOnly": true, "fileOutputs": [{"fileType": "OGG", "filepath": filepath}]}),
+        );
+        assert_eq!(
+            (status, err["code"].as_str()),
+            (400, Some("invalid_argument")),
+            "{err}"
+        );
+        assert!(err["msg"].as_str().unwrap().contains(why), "{err}");
+    }
     // And the other way round: started through the Egress API, stopped by the host.
     let (status, started) = twirp(
         addr,
@@ -462,6 +507,7 @@ fn egress_sdks_record_a_live_room_and_webhooks_tell() {
     );
     assert_eq!(status, 200, "{started}");
     let twirp_egress = started["egressId"].as_str().unwrap().to_owned();
+    speaker.wait_sent(50);
     let view = support::api::ok(
         addr,
         "DELETE",
@@ -470,9 +516,49 @@ fn egress_sdks_record_a_live_room_and_webhooks_tell() {
         None,
     );
     assert_eq!(view["recording"], false);
-    list_until(addr, &rec, &json!({"egressId": twirp_egress}), |items| {
+    let list = list_until(addr, &rec, &json!({"egressId": twirp_egress}), |items| {
         items.len() == 1 && items[0]["status"] == "EGRESS_COMPLETE"
     });
+    // Its mix is where its filepath said (relative to the recording directory), and the
+    // room's replay plays that file.
+    let placed = recordings.join("a.ogg");
+    assert_eq!(
+        list["items"][0]["fileResults"][0]["location"].as_str(),
+        Some(placed.to_str().unwrap()),
+        "{list}"
+    );
+    let (seconds, _) = tone_in(&placed);
+    assert!(seconds > 0.0, "{seconds} s in {}", placed.display());
+    let deadline = Instant::now() + support::TIMEOUT;
+    let replay = loop {
+        let replays = support::api::ok(
+            addr,
+            "GET",
+            &format!("/api/rooms/{id}/recordings"),
+            &host,
+            None,
+        );
+        let found = replays["recordings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == twirp_egress.as_str() && r["state"] == "complete")
+            .cloned();
+        if let Some(r) = found {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "{replays}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let audio = support::api::fetch(
+        addr,
+        "GET",
+        replay["audio_url"].as_str().unwrap(),
+        &host,
+        &[],
+    );
+    assert_eq!(audio.status, 200);
+    assert_eq!(audio.body, std::fs::read(&placed).unwrap());
     // The control plane told the app each time (8 starts and stops).
     let deadline = Instant::now() + support::TIMEOUT;
     loop {
@@ -720,11 +806,12 @@ fn a_recorded_room_records_again_after_a_crash_and_a_track_egress_records_one_tr
     speaker.wait_sent(150);
     let (status, stopped) = twirp(addr, "StopEgress", &rec, &json!({"egressId": track_egress}));
     assert_eq!(status, 200, "{stopped}");
-    assert_eq!(stopped["status"], "EGRESS_COMPLETE", "{stopped}");
+    assert_eq!(stopped["status"], "EGRESS_ENDING", "{stopped}");
     let location = stopped["fileResults"][0]["location"].as_str().unwrap();
-    assert!(
-        location.ends_with(&format!("track-{track}.ogg")),
-        "{location}"
+    assert_eq!(
+        Path::new(location),
+        recordings.join(format!("{track}.ogg")),
+        "the filepath template, filled in"
     );
     let (seconds, loud) = tone_in(Path::new(location));
     assert!(

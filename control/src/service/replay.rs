@@ -204,15 +204,19 @@ impl Control {
             .iter()
             .filter(|r| r.instance == self.inner.instance)
             .collect();
-        let dirs: Vec<String> = here
+        // A recording's directory (`<room>/<id>`, where its sidecar is), and its mix when an
+        // egress request's `filepath` put it elsewhere: never the directory of such a file,
+        // which may hold anything.
+        let dirs: Vec<String> = here.iter().filter_map(|r| recording_dir(r)).collect();
+        let placed = here
             .iter()
-            .filter_map(|r| r.file.rsplit_once('/').map(|(dir, _)| dir.to_owned()))
-            .collect();
+            .filter(|r| recording_dir(r).is_none_or(|d| !r.file.starts_with(&format!("{d}/"))));
         let mine: Vec<&RecordingId> = here.iter().map(|r| &r.id).collect();
         let files: Vec<String> = clips
             .into_iter()
             .filter(|c| mine.contains(&&c.recording))
             .map(|c| c.file)
+            .chain(placed.map(|r| r.file.clone()))
             .collect();
         if dirs.is_empty() && files.is_empty() {
             return Ok(());
@@ -322,7 +326,13 @@ impl Control {
             self.rate_limit(u, "clip", 0.2, 5.0)?;
         }
         let clip_id = ClipId::random();
-        let room_dir = recording.file.split('/').next().unwrap_or_default();
+        let room_dir = recording
+            .speaking_file
+            .as_deref()
+            .unwrap_or(&recording.file)
+            .split('/')
+            .next()
+            .unwrap_or_default();
         let file = format!("{room_dir}/clips/{clip_id}.ogg");
         let (source, speaking, target) = (
             recording.file.clone(),
@@ -463,6 +473,15 @@ pub(super) async fn for_this_node(
         } if !records_here(inner, room).await => None,
         other => Some(other.clone()),
     }
+}
+
+/// A recording's own directory (`<room>/<id>`, where its sidecar is; else its mix's).
+fn recording_dir(r: &Recording) -> Option<String> {
+    r.speaking_file
+        .as_deref()
+        .unwrap_or(&r.file)
+        .rsplit_once('/')
+        .map(|(dir, _)| dir.to_owned())
 }
 
 fn not_recorded(live: bool) -> ControlError {
