@@ -61,7 +61,8 @@ impl MediaPlane for LocalMedia {
                 // A recorded room whose media room is new (the node restarted, or it closed
                 // the empty room) is recorded again, into a new egress.
                 if *recording && !created.active_recording {
-                    self.recordings.record_in(room.as_str(), &created.sid);
+                    // Cut short by a crash moments ago: the same recording goes on.
+                    self.recordings.record_again(room.as_str(), &created.sid);
                     s.set_recording(room.as_str(), true)
                         .await
                         .map_err(media_err)?;

@@ -17,7 +17,9 @@
 //! Files: `<dir>/<room>/<egress id>/room.ogg` (the mix), `speaking.jsonl` and, with
 //! `track_files`, `participant-<identity>.ogg`; a track egress writes `track-<sid>.ogg`. Each
 //! write is whole Ogg pages, so a file cut by a crash plays up to its last page; files are
-//! synced to disk every few seconds and at the end.
+//! synced to disk every few seconds and at the end. An egress request's `filepath` places the
+//! main file elsewhere under `<dir>` ([`file_path`]). A room recorded again after a crash of
+//! this node continues the recording the crash cut short ([`Recordings::record_again`]).
 
 // The shell owns the clock: it reads it and hands `now` to the core.
 #![allow(clippy::disallowed_methods)]
@@ -54,6 +56,9 @@ const FAILURE_QUEUE: usize = 64;
 const SYNC_EVERY: Duration = Duration::from_secs(5);
 /// How long an answered request waits for room in the recorder's queue.
 const ASK_WAIT: Duration = Duration::from_secs(2);
+/// A recording cut short by a crash goes on when its room is back within this long (its
+/// mix last written this long ago at most); after longer, a new recording starts.
+pub const RESUME_WITHIN: Duration = Duration::from_secs(600);
 
 fn stopped() -> EgressRefused {
     EgressRefused::Unavailable("the recorder stopped".into())
@@ -156,6 +161,9 @@ enum Command {
         egress_id: String,
         /// The request's `filepath` template, if any.
         filepath: Option<String>,
+        /// Continue the room's recording that a crash of this node cut short moments ago,
+        /// if there is one (the room's media room is made again after a restart).
+        resume: bool,
     },
     Stop {
         room: String,
@@ -265,6 +273,18 @@ impl Recordings {
     /// nothing if it is being recorded already. Returns the id the egress gets if it starts.
     /// The mix goes where [`Recordings::place_next`] said, if it did.
     pub fn record_in(&self, room: &str, room_sid: &str) -> String {
+        self.start_in(room, room_sid, false)
+    }
+
+    /// As [`Recordings::record_in`], for a recorded room whose media room is made again (the
+    /// node restarted): the room's recording that a crash of this node cut short within
+    /// [`RESUME_WITHIN`] goes on under its id, in its files, the time the node was down
+    /// silent in the mix ([`stoa_egress::Egress::resume`]); else a new one starts.
+    pub fn record_again(&self, room: &str, room_sid: &str) -> String {
+        self.start_in(room, room_sid, true)
+    }
+
+    fn start_in(&self, room: &str, room_sid: &str, resume: bool) -> String {
         let egress_id = egress_id();
         let filepath = self
             .placed
@@ -276,6 +296,7 @@ impl Recordings {
             room_sid: room_sid.to_owned(),
             egress_id: egress_id.clone(),
             filepath,
+            resume,
         });
         egress_id
     }
@@ -487,8 +508,18 @@ impl Shell {
                 room_sid,
                 egress_id: id,
                 filepath,
+                resume,
             } => {
                 if self.rooms.contains_key(&room) {
+                    return;
+                }
+                let resumed = (resume && filepath.is_none())
+                    .then(|| self.resume_in(now, &room, &room_sid))
+                    .flatten();
+                if let Some(id) = resumed {
+                    info!(room = %room, egress = %id, "recording resumed after a restart");
+                    self.report(&room, &id, None);
+                    self.recording_in(now, &room, id);
                     return;
                 }
                 let dir = self.dir.join(dir_name(&room)).join(&id);
@@ -512,22 +543,7 @@ impl Shell {
                 match self.open(now, config, &room_sid, request, dir, placed) {
                     Ok(()) => {
                         info!(room = %room, egress = %id, "recording started");
-                        self.rooms.insert(room.clone(), id);
-                        // Tracks of the room tapped before (a recording restarted).
-                        let tracks: Vec<(String, String)> = self
-                            .names
-                            .values()
-                            .filter(|n| n.room == room)
-                            .map(|n| (n.participant.clone(), n.track_sid.clone()))
-                            .collect();
-                        for (participant, track) in tracks {
-                            let input = Input::TrackPublished {
-                                participant: &participant,
-                                track: &track,
-                            };
-                            self.recorder.handle_input(now, &room, input);
-                            self.speaking_already(now, &room, &participant);
-                        }
+                        self.recording_in(now, &room, id);
                     }
                     Err(e) => {
                         warn!(room = %room, error = %e, "cannot record");
@@ -654,6 +670,89 @@ impl Shell {
                 self.drain();
             }
         }
+    }
+
+    /// `room` is recorded by egress `id` from now: the room's tracks tapped before (a
+    /// recording restarted) are fed to it, with who speaks already.
+    fn recording_in(&mut self, now: Instant, room: &str, id: String) {
+        self.rooms.insert(room.to_owned(), id);
+        let tracks: Vec<(String, String)> = self
+            .names
+            .values()
+            .filter(|n| n.room == room)
+            .map(|n| (n.participant.clone(), n.track_sid.clone()))
+            .collect();
+        for (participant, track) in tracks {
+            let input = Input::TrackPublished {
+                participant: &participant,
+                track: &track,
+            };
+            self.recorder.handle_input(now, room, input);
+            self.speaking_already(now, room, &participant);
+        }
+    }
+
+    /// The room's recording cut short by a crash of this node (its newest egress directory,
+    /// whose mix is unfinished and was last written within [`RESUME_WITHIN`]), continued under
+    /// its id: `Egress::resume` cuts each file to its last whole page and goes on, the time
+    /// since the last page silent. `None` when there is none to continue.
+    fn resume_in(&mut self, now: Instant, room: &str, room_sid: &str) -> Option<String> {
+        let (id, dir, written) = std::fs::read_dir(self.dir.join(dir_name(room)))
+            .ok()?
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let id = e.file_name().into_string().ok()?;
+                let mix = std::fs::metadata(e.path().join("room.ogg")).ok()?;
+                id.starts_with("EG_")
+                    .then(|| (id, e.path(), mix.modified().ok()))
+            })
+            .filter_map(|(id, dir, m)| Some((id, dir, m?)))
+            .max_by_key(|(_, _, m)| *m)?;
+        if self.recorder.info(&id).is_some() {
+            return None; // this run's own
+        }
+        let gap = SystemTime::now()
+            .duration_since(written)
+            .unwrap_or_default();
+        if gap > RESUME_WITHIN {
+            return None;
+        }
+        let sink = FileSink::create(&dir).ok()?;
+        let files = sink.existing().ok()?;
+        let recorded = files
+            .get(&Artifact::Mix)
+            .and_then(|b| stoa_egress::OpusStream::parse(b).ok())
+            .map_or(0, |s| s.playback_samples());
+        let elapsed = Duration::from_micros(recorded * 1_000 / 48) + gap;
+        let config = EgressConfig {
+            egress_id: id.clone(),
+            room: room.to_owned(),
+            kind: EgressKind::RoomComposite {
+                track_files: self.track_files,
+            },
+            mix: MixConfig::default(),
+            serial: serial(),
+        };
+        if let Err(e) = self.recorder.resume(now, config, elapsed, &files) {
+            info!(room = %room, egress = %id, error = %e, "the last recording does not go on; a new one starts");
+            return None;
+        }
+        self.sinks.insert(id.clone(), sink);
+        let at = unix_ns();
+        let started_at = at.saturating_sub(i64::try_from(elapsed.as_nanos()).unwrap_or(0));
+        self.meta.insert(
+            id.clone(),
+            Meta {
+                room_sid: room_sid.to_owned(),
+                started_at,
+                ended_at: 0,
+                updated_at: at,
+                request: lk::egress_info::Request::RoomComposite(room_composite_request(room, "")),
+                dir,
+                placed: None,
+            },
+        );
+        Some(id)
     }
 
     /// A recorded track of `participant` who is speaking already (they started before the

@@ -726,9 +726,11 @@ fn track_of(addr: SocketAddr, room: &str, identity: &str) -> String {
 }
 
 /// A recorded room whose server crashed (SIGKILL) is still recorded when it comes back: the
-/// file cut by the crash plays up to it, and the first speaker back starts a new egress (a new
-/// file part) — no stale "recording" with nothing recorded. Meanwhile a track egress records
-/// the speaker's track as received, and stopping it leaves the room's recording running.
+/// file cut by the crash plays up to it, and when the first speaker is back the same egress
+/// goes on in the same file (`Egress::resume`: the time the node was down is silence), so the
+/// room keeps one recording — no stale "recording" with nothing recorded. Meanwhile a track
+/// egress records the speaker's track as received, and stopping it leaves the room's recording
+/// running.
 #[test]
 fn a_recorded_room_records_again_after_a_crash_and_a_track_egress_records_one_track() {
     let dir = scratch_dir("egress-restart");
@@ -790,7 +792,8 @@ fn a_recorded_room_records_again_after_a_crash_and_a_track_egress_records_one_tr
         |items| items.len() == 1 && items[0]["status"] == "EGRESS_ACTIVE",
     );
     let second = list["items"][0]["egressId"].as_str().unwrap().to_owned();
-    assert_ne!(second, first, "a new egress, a new file part");
+    assert_eq!(second, first, "the same recording goes on");
+    let before_crash = pcm.samples.len() / 4_800; // 100 ms windows
 
     // A track egress of the speaker's track, its Opus as received.
     let track = track_of(addr, &id, "hana");
@@ -840,11 +843,35 @@ fn a_recorded_room_records_again_after_a_crash_and_a_track_egress_records_one_tr
     let file = list["items"][0]["fileResults"][0]["location"]
         .as_str()
         .unwrap();
-    let (seconds, loud) = tone_in(Path::new(file));
+    assert_eq!(Path::new(file), first_file);
+    // One file, finished: the tone before the crash, silence while the node was down, the
+    // tone again after.
+    let (seconds, _) = tone_in(Path::new(file));
+    let pcm = decode(&OpusStream::parse(&std::fs::read(file).unwrap()).unwrap()).unwrap();
+    let levels = tone_levels(&pcm.samples, TONE_HZ);
+    let loud = |w: &[f32]| w.iter().filter(|l| **l > 0.05).count();
+    let (before, after) = levels.split_at(before_crash.min(levels.len()));
     assert!(
-        seconds > 2.0 && loud > 0.8,
-        "{seconds:.2} s, {loud:.2} with the tone"
+        loud(before) >= 10 && loud(after) >= 20 && seconds > before_crash as f64 / 10.0 + 2.0,
+        "{seconds:.2} s: {} loud windows before the crash, {} after",
+        loud(before),
+        loud(after)
     );
+    // And the room's replay lists that one recording.
+    let replays = support::api::ok(
+        addr,
+        "GET",
+        &format!("/api/rooms/{id}/recordings"),
+        &host,
+        None,
+    );
+    let ids: Vec<&str> = replays["recordings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [first.as_str()], "{replays}");
 
     speaker.leave();
     stoa.stop();
