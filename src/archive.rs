@@ -173,6 +173,7 @@ pub fn spawn_reports(
                 },
                 instance: control.instance().to_owned(),
                 node: stoa_control::replay::http_base(&control.config().public_url),
+                timeline: vec![],
             };
             control.record_report(recording).await;
         }

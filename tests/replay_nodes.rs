@@ -139,6 +139,15 @@ fn a_recordings_audio_is_reached_through_any_node() {
         1,
         "{listed}"
     );
+    // Who spoke when, though node two has not the sidecar: kept with the record.
+    assert!(
+        listed["recordings"][0]["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["user"] == "kim" && s["end_ms"].as_u64() > s["start_ms"].as_u64()),
+        "{listed}"
+    );
     let recording = &listed["recordings"][0];
     let rid = recording["id"].as_str().unwrap();
     let file = dir

@@ -161,7 +161,14 @@ pub struct Recording {
     /// no `public_url` (one node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// Who spoke when, kept with the record once it ended (the first [`MAX_KEPT_SPANS`]), so
+    /// that a node without its files shows the timeline too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<SpeakingSpan>,
 }
+
+/// Speaking spans an ended recording's record keeps.
+pub const MAX_KEPT_SPANS: usize = 5_000;
 
 /// The HTTP(S) base URL of a node from its `public_url` (`ws://h:p` → `http://h:p`, `wss://` →
 /// `https://`); `None` when it has none.

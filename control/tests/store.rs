@@ -414,6 +414,7 @@ fn recording(room: &RoomId, id: &str, started_at: u64, ended: bool) -> Recording
         },
         instance: "node-a".into(),
         node: None,
+        timeline: vec![],
     }
 }
 

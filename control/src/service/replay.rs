@@ -12,7 +12,7 @@ use crate::media::MediaCommand;
 use crate::model::{self, RoomDoc, RoomId, RoomState, Scope, UserId};
 use crate::replay::{
     Archive, Clip, ClipId, ClipRange, DEFAULT_CLIP_MS, Located, MAX_CLIP_MS, MAX_CLIP_TITLE,
-    Recording, RecordingId, RecordingState, Speaker, SpeakingSpan, http_base,
+    MAX_KEPT_SPANS, Recording, RecordingId, RecordingState, Speaker, SpeakingSpan, http_base,
 };
 use crate::view::{self, Viewer};
 
@@ -66,6 +66,17 @@ impl Control {
     /// The recorder's word on a recording: started (`ended_at` none) or ended. Kept with its
     /// room; a start that never arrived is made up from the end.
     pub async fn record_report(&self, mut recording: Recording) {
+        // An ended recording keeps its timeline with its record: other nodes lack the sidecar.
+        if let (Some(duration_ms), Some(file), Some(archive)) = (
+            recording.duration_ms,
+            recording.speaking_file.clone(),
+            self.inner.archive.get().cloned(),
+        ) {
+            let spans = tokio::task::spawn_blocking(move || archive.spans(&file, duration_ms))
+                .await
+                .unwrap_or_default();
+            recording.timeline = spans.into_iter().take(MAX_KEPT_SPANS).collect();
+        }
         // The start is the first one reported (a recording resumed after a restart keeps it).
         if let Ok(known) = self.inner.store.recordings(&recording.room).await
             && let Some(k) = known.into_iter().find(|r| r.id == recording.id)
@@ -128,9 +139,15 @@ impl Control {
                     let duration_ms = r
                         .duration_ms
                         .unwrap_or_else(|| now.saturating_sub(r.started_at));
-                    let spans = match (&archive, &r.speaking_file) {
+                    let here = match (&archive, &r.speaking_file) {
                         (Some(a), Some(f)) => a.spans(f, duration_ms),
                         _ => vec![],
+                    };
+                    // Without the sidecar here (another node recorded it): as kept.
+                    let spans = if here.is_empty() {
+                        r.timeline.clone()
+                    } else {
+                        here
                     };
                     (r, size, duration_ms, spans)
                 })
