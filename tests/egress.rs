@@ -824,6 +824,22 @@ fn a_recorded_room_records_again_after_a_crash_and_a_track_egress_records_one_tr
     hooks.wait_egress("egress_ended", &track_egress, |i| {
         i.status == lk::EgressStatus::EgressComplete as i32
     });
+    // The same filepath again: the file exists, so that egress fails at once, saying why,
+    // and the file stays as it was.
+    let kept = std::fs::read(location).unwrap();
+    let (status, again) = twirp(
+        addr,
+        "StartTrackEgress",
+        &rec,
+        &json!({"roomName": id, "trackId": track, "file": {"filepath": "{track_id}.ogg"}}),
+    );
+    assert_eq!(status, 200, "{again}");
+    let again_id = again["egressId"].as_str().unwrap().to_owned();
+    let failed = hooks.wait_egress("egress_ended", &again_id, |i| {
+        i.status == lk::EgressStatus::EgressFailed as i32
+    });
+    assert!(failed.error.contains("exists"), "{}", failed.error);
+    assert_eq!(std::fs::read(location).unwrap(), kept);
     // The room's recording goes on.
     assert_eq!(room_view(addr, &id, &host)["recording"], true);
     list_until(addr, &rec, &json!({"egressId": second}), |items| {
