@@ -151,6 +151,17 @@ impl LocalEgress {
         room: &str,
         filepath: &str,
     ) -> Result<lk::EgressInfo, TwirpError> {
+        // Only the node a room's media lives on records it: this one would wait in vain.
+        if let Ok(id) = RoomId::parse(room)
+            && let Some(node) = self.control.recorded_elsewhere(&id).await
+        {
+            return Err(TwirpError::new(
+                "failed_precondition",
+                format!(
+                    "room {room} is recorded by the node its media lives on, {node}: call livekit.Egress there"
+                ),
+            ));
+        }
         let sid = self.room_sid(room).await?;
         let since = unix_ns();
         // The recording the control plane starts (or this) writes its mix there.

@@ -3,7 +3,8 @@
 //! only (the other node records no silent copy of its empty media room), and listed by both; the
 //! other node answers requests for its audio (and a clip's cut and audio) with a 307 to the
 //! node whose disk holds the file, after checking who may read it (a private room stays 404 to
-//! outsiders, signed out or not, whatever node they ask). Every wait is bounded; servers and
+//! outsiders, signed out or not, whatever node they ask); the other node's Egress API names the
+//! recording node. Every wait is bounded; servers and
 //! Redis are killed when the test ends.
 #![allow(
     clippy::disallowed_methods,
@@ -114,6 +115,26 @@ fn a_recordings_audio_is_reached_through_any_node() {
     let hana = hidden.join("hana", 880);
     speakers.wait_sent(100);
     hidden.wait_sent(100);
+    // The Egress API of node two says which node records the room, at once.
+    let (status, refused) = call(
+        two.addr,
+        "POST",
+        "/twirp/livekit.Egress/StartRoomCompositeEgress",
+        &record_token(),
+        Some(json!({"roomName": open, "audioOnly": true, "fileOutputs": [{"fileType": "OGG"}]})),
+    );
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (412, Some("failed_precondition")),
+        "{refused}"
+    );
+    assert!(
+        refused["msg"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("ws://{}", one.addr)),
+        "{refused}"
+    );
     ok(
         one.addr,
         "POST",
@@ -245,6 +266,23 @@ fn a_recordings_audio_is_reached_through_any_node() {
     one.stop();
     two.stop();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A server token with the `roomRecord` grant (as a server SDK mints it).
+fn record_token() -> String {
+    stoa_signaling::token::mint(
+        KEY,
+        SECRET,
+        "server",
+        None,
+        stoa_signaling::token::VideoGrants {
+            room_record: true,
+            ..Default::default()
+        },
+        Duration::from_secs(600),
+        support::unix_now(),
+    )
+    .unwrap()
 }
 
 /// `who`'s token, or none for "".

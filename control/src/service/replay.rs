@@ -88,6 +88,16 @@ impl Control {
         }
     }
 
+    /// The `public_url` of the node that records room `id`, when that is another node (the
+    /// room's media lives there); `None` when this node records it, or the room is unknown.
+    pub async fn recorded_elsewhere(&self, id: &RoomId) -> Option<String> {
+        if records_here(&self.inner, id).await {
+            return None;
+        }
+        let doc = self.room_in(id, &Scope::header()).await.ok()?;
+        doc.room.media_url
+    }
+
     /// The room, if `viewer` may read its replays (else 404, as its view and card answer: a
     /// private room does not exist to an outsider), with `users` loaded.
     async fn visible(
