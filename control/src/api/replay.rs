@@ -249,6 +249,7 @@ pub(super) async fn list_recordings(
     params(("id" = String, Path, description = "Room id"), ("recording" = String, Path, description = "Recording id")),
     responses((status = 200, description = "The whole file", content_type = "audio/ogg"),
         (status = 206, description = "The range asked for", content_type = "audio/ogg"),
+        (status = 307, body = ErrorBody, description = "The file is on the node that recorded it (`on_another_node`): `Location` is the same request there"),
         (status = 404, body = ErrorBody), (status = 416, body = ErrorBody, description = "The range starts past the end (`range_not_satisfiable`)")))]
 pub(super) async fn recording_audio(
     State(c): State<Control>,
@@ -296,6 +297,7 @@ fn elsewhere(base: &str, uri: &Uri) -> Response {
 /// card (who spoke in it) and audio file.
 #[utoipa::path(post, path = "/api/rooms/{id}/clips", params(("id" = String, Path, description = "Room id")), request_body = ClipBody,
     responses((status = 201, body = ClipView),
+        (status = 307, body = ErrorBody, description = "The recording is on another node (`on_another_node`), which cuts it: `Location` is the same request there"),
         (status = 400, body = ErrorBody, description = "A bad range (`invalid_range`: start not before end, too long)"),
         (status = 403, body = ErrorBody, description = "Not a member of the live room (`not_a_member`)"),
         (status = 404, body = ErrorBody),
@@ -372,6 +374,7 @@ pub(super) async fn get_clip(
 /// recording's.
 #[utoipa::path(get, path = "/api/clips/{clip}/audio", params(("clip" = String, Path, description = "Clip id")),
     responses((status = 200, content_type = "audio/ogg"), (status = 206, content_type = "audio/ogg"),
+        (status = 307, body = ErrorBody, description = "On the node that recorded it (`on_another_node`): `Location` is the same request there"),
         (status = 404, body = ErrorBody), (status = 416, body = ErrorBody)))]
 pub(super) async fn clip_audio(
     State(c): State<Control>,
