@@ -440,6 +440,8 @@ export const embedScreen: Screen = (main, params) => {
   const brand = () => h('span', { class: 'brand' }, h('span', { class: 'logo', 'aria-hidden': 'true' }), 'Stoa');
   // An ended room's recording, once found: polling keeps the player (and its playback).
   let replay: { player: HTMLElement; duration_ms: number } | null = null;
+  // Looked for a few times (a recording may still be finishing), then no more.
+  let replayLooks = 0;
   const load = async () => {
     try {
       const r = await api.card(params.id);
@@ -447,8 +449,12 @@ export const embedScreen: Screen = (main, params) => {
       // Polling rebuilds nothing unless the card changed (so a screen reader hears changes
       // only), or an ended room's recording is still to be found.
       const signature = JSON.stringify(r);
-      if (signature === shown && (!ended || replay)) return;
-      if (ended && !replay) replay = await embedReplay(r.id);
+      const looking = ended && !replay && replayLooks < 3;
+      if (signature === shown && !looking) return;
+      if (looking) {
+        replayLooks += 1;
+        replay = await embedReplay(r.id);
+      }
       const link = h('a', { class: 'button primary', href: `/rooms/${encodeURIComponent(r.id)}`, target: '_blank', rel: 'noopener' },
         r.state === 'live' ? [icon('headphones'), 'Listen live'] : r.state === 'scheduled' ? 'Open room' : 'See summary');
       const view = [
