@@ -157,7 +157,7 @@ pub fn spawn_reports(
             let recording = Recording {
                 id,
                 room,
-                file: format!("{}/room.ogg", report.dir),
+                file: report.file.clone(),
                 speaking_file: Some(format!("{}/speaking.jsonl", report.dir)),
                 started_at: match &report.ended {
                     Some(e) => report.at.saturating_sub(millis(e.duration)),
@@ -172,6 +172,8 @@ pub fn spawn_reports(
                     Some(_) => RecordingState::Complete,
                 },
                 instance: control.instance().to_owned(),
+                node: stoa_control::replay::http_base(&control.config().public_url),
+                timeline: vec![],
             };
             control.record_report(recording).await;
         }

@@ -146,11 +146,40 @@ impl LocalEgress {
         }
     }
 
-    async fn start_room_composite(&self, room: &str) -> Result<lk::EgressInfo, TwirpError> {
+    async fn start_room_composite(
+        &self,
+        room: &str,
+        filepath: &str,
+    ) -> Result<lk::EgressInfo, TwirpError> {
+        // Only the node a room's media lives on records it: this one would wait in vain.
+        if let Ok(id) = RoomId::parse(room)
+            && let Some(node) = self.control.recorded_elsewhere(&id).await
+        {
+            return Err(TwirpError::new(
+                "failed_precondition",
+                format!(
+                    "room {room} is recorded by the node its media lives on, {node}: call livekit.Egress there"
+                ),
+            ));
+        }
         let sid = self.room_sid(room).await?;
         let since = unix_ns();
+        // The recording the control plane starts (or this) writes its mix there.
+        self.recordings.place_next(room, filepath);
+        let started = self.start_composite(room, &sid, since).await;
+        // A recording running already took none of it.
+        self.recordings.place_next(room, "");
+        started
+    }
+
+    async fn start_composite(
+        &self,
+        room: &str,
+        sid: &str,
+        since: i64,
+    ) -> Result<lk::EgressInfo, TwirpError> {
         if control_record(&self.control, room, true).await?.is_none() {
-            self.recordings.record_in(room, &sid);
+            self.recordings.record_in(room, sid);
             self.signaling
                 .set_recording(room, true)
                 .await
@@ -222,9 +251,15 @@ impl LocalEgress {
         );
         if composite && control_record(&self.control, &room, false).await?.is_some() {
             // The control plane stops it (and untaps the room if nothing else records it).
+            // The reply is the egress as the stop found it, ending (as LiveKit answers); the
+            // recorder said so in `egress_updated` before `egress_ended`.
             let info = self.ended(egress_id).await?;
             if !running(&info) {
-                return Ok(info);
+                return Ok(lk::EgressInfo {
+                    status: lk::EgressStatus::EgressEnding as i32,
+                    updated_at: info.updated_at.max(found.updated_at),
+                    ..found
+                });
             }
             // Still running: not the one the control plane knew of; stopped directly.
         }
@@ -244,7 +279,10 @@ impl EgressBackend for LocalEgress {
     fn start(&self, request: EgressRequest) -> EgressFuture<'_, lk::EgressInfo> {
         Box::pin(async move {
             match request {
-                EgressRequest::RoomComposite { room, .. } => self.start_room_composite(&room).await,
+                EgressRequest::RoomComposite { room, request } => {
+                    let filepath = stoa_signaling::egress::composite_filepath(&request);
+                    self.start_room_composite(&room, filepath).await
+                }
                 EgressRequest::Track {
                     room,
                     track,

@@ -59,9 +59,10 @@ impl MediaPlane for LocalMedia {
                     .await
                     .map_err(media_err)?;
                 // A recorded room whose media room is new (the node restarted, or it closed
-                // the empty room) is recorded again, into a new egress.
+                // the empty room) is recorded again: the recording a crash cut short moments
+                // ago goes on, else a new egress starts.
                 if *recording && !created.active_recording {
-                    self.recordings.record_in(room.as_str(), &created.sid);
+                    self.recordings.record_again(room.as_str(), &created.sid);
                     s.set_recording(room.as_str(), true)
                         .await
                         .map_err(media_err)?;

@@ -17,7 +17,9 @@
 //! Files: `<dir>/<room>/<egress id>/room.ogg` (the mix), `speaking.jsonl` and, with
 //! `track_files`, `participant-<identity>.ogg`; a track egress writes `track-<sid>.ogg`. Each
 //! write is whole Ogg pages, so a file cut by a crash plays up to its last page; files are
-//! synced to disk every few seconds and at the end.
+//! synced to disk every few seconds and at the end. An egress request's `filepath` places the
+//! main file elsewhere under `<dir>` ([`file_path`]). A room recorded again after a crash of
+//! this node continues the recording the crash cut short ([`Recordings::record_again`]).
 
 // The shell owns the clock: it reads it and hands `now` to the core.
 #![allow(clippy::disallowed_methods)]
@@ -54,6 +56,9 @@ const FAILURE_QUEUE: usize = 64;
 const SYNC_EVERY: Duration = Duration::from_secs(5);
 /// How long an answered request waits for room in the recorder's queue.
 const ASK_WAIT: Duration = Duration::from_secs(2);
+/// A recording cut short by a crash goes on when its room is back within this long (its
+/// mix last written this long ago at most); after longer, a new recording starts.
+pub const RESUME_WITHIN: Duration = Duration::from_secs(600);
 
 fn stopped() -> EgressRefused {
     EgressRefused::Unavailable("the recorder stopped".into())
@@ -68,6 +73,9 @@ pub struct Recordings {
     commands: mpsc::Sender<Command>,
     /// The recordings' starts and ends, until someone takes them ([`Recordings::take_reports`]).
     reports: std::sync::Arc<std::sync::Mutex<Option<mpsc::Receiver<Report>>>>,
+    /// The `filepath` the next recording of a room is to be written to (an Egress API start
+    /// that goes through the control plane), by room.
+    placed: std::sync::Arc<std::sync::Mutex<HashMap<String, String>>>,
 }
 
 /// A room recording started or ended, for the control plane's records (replays).
@@ -79,6 +87,9 @@ pub struct Report {
     pub egress_id: String,
     /// Its directory, relative to the recording directory.
     pub dir: String,
+    /// The mix, relative to the recording directory: `room.ogg` in `dir`, or where the
+    /// egress request's `filepath` put it.
+    pub file: String,
     /// Unix ms of the start or end.
     pub at: u64,
     /// How it ended, for an end.
@@ -148,6 +159,11 @@ enum Command {
         room: String,
         room_sid: String,
         egress_id: String,
+        /// The request's `filepath` template, if any.
+        filepath: Option<String>,
+        /// Continue the room's recording that a crash of this node cut short moments ago,
+        /// if there is one (the room's media room is made again after a restart).
+        resume: bool,
     },
     Stop {
         room: String,
@@ -237,6 +253,7 @@ impl Recordings {
             Recordings {
                 commands: commands_tx,
                 reports: std::sync::Arc::new(std::sync::Mutex::new(Some(reports))),
+                placed: std::sync::Arc::default(),
             },
             taps_tx,
             failures,
@@ -254,14 +271,48 @@ impl Recordings {
 
     /// Starts recording `room`, whose LiveKit sid is `room_sid` (for `EgressInfo.room_id`);
     /// nothing if it is being recorded already. Returns the id the egress gets if it starts.
+    /// The mix goes where [`Recordings::place_next`] said, if it did.
     pub fn record_in(&self, room: &str, room_sid: &str) -> String {
+        self.start_in(room, room_sid, false)
+    }
+
+    /// As [`Recordings::record_in`], for a recorded room whose media room is made again (the
+    /// node restarted): the room's recording that a crash of this node cut short within
+    /// [`RESUME_WITHIN`] goes on under its id, in its files, the time the node was down
+    /// silent in the mix ([`stoa_egress::Egress::resume`]); else a new one starts.
+    pub fn record_again(&self, room: &str, room_sid: &str) -> String {
+        self.start_in(room, room_sid, true)
+    }
+
+    fn start_in(&self, room: &str, room_sid: &str, resume: bool) -> String {
         let egress_id = egress_id();
+        let filepath = self
+            .placed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(room);
         self.send(Command::Start {
             room: room.to_owned(),
             room_sid: room_sid.to_owned(),
             egress_id: egress_id.clone(),
+            filepath,
+            resume,
         });
         egress_id
+    }
+
+    /// The next recording of `room` writes its mix to `filepath` (a `StartRoomCompositeEgress`
+    /// file output's template, relative to the recording directory; see [`file_path`]).
+    pub fn place_next(&self, room: &str, filepath: &str) {
+        let mut placed = self
+            .placed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if filepath.is_empty() {
+            placed.remove(room);
+        } else {
+            placed.insert(room.to_owned(), filepath.to_owned());
+        }
     }
 
     /// Starts recording one track of `room` as received (LiveKit's `StartTrackEgress`). The
@@ -393,6 +444,8 @@ struct Meta {
     request: lk::egress_info::Request,
     /// Its files' directory.
     dir: PathBuf,
+    /// Its main file (the mix, or the track) where the request's `filepath` put it, if it did.
+    placed: Option<(Artifact, PathBuf)>,
 }
 
 impl Shell {
@@ -454,13 +507,30 @@ impl Shell {
                 room,
                 room_sid,
                 egress_id: id,
+                filepath,
+                resume,
             } => {
                 if self.rooms.contains_key(&room) {
                     return;
                 }
+                let resumed = (resume && filepath.is_none())
+                    .then(|| self.resume_in(now, &room, &room_sid))
+                    .flatten();
+                if let Some(id) = resumed {
+                    info!(room = %room, egress = %id, "recording resumed after a restart");
+                    self.report(&room, &id, None);
+                    self.recording_in(now, &room, id);
+                    return;
+                }
                 let dir = self.dir.join(dir_name(&room)).join(&id);
-                let request =
-                    lk::egress_info::Request::RoomComposite(room_composite_request(&room));
+                let placed = filepath.as_deref().map(|f| {
+                    let at = file_path(f, &room, &room_sid, None, SystemTime::now());
+                    (Artifact::Mix, self.dir.join(at))
+                });
+                let request = lk::egress_info::Request::RoomComposite(room_composite_request(
+                    &room,
+                    filepath.as_deref().unwrap_or_default(),
+                ));
                 let config = EgressConfig {
                     egress_id: id.clone(),
                     room: room.clone(),
@@ -470,25 +540,10 @@ impl Shell {
                     mix: MixConfig::default(),
                     serial: serial(),
                 };
-                match self.open(now, config, &room_sid, request, dir) {
+                match self.open(now, config, &room_sid, request, dir, placed) {
                     Ok(()) => {
                         info!(room = %room, egress = %id, "recording started");
-                        self.rooms.insert(room.clone(), id);
-                        // Tracks of the room tapped before (a recording restarted).
-                        let tracks: Vec<(String, String)> = self
-                            .names
-                            .values()
-                            .filter(|n| n.room == room)
-                            .map(|n| (n.participant.clone(), n.track_sid.clone()))
-                            .collect();
-                        for (participant, track) in tracks {
-                            let input = Input::TrackPublished {
-                                participant: &participant,
-                                track: &track,
-                            };
-                            self.recorder.handle_input(now, &room, input);
-                            self.speaking_already(now, &room, &participant);
-                        }
+                        self.recording_in(now, &room, id);
                     }
                     Err(e) => {
                         warn!(room = %room, error = %e, "cannot record");
@@ -519,8 +574,21 @@ impl Shell {
                     mix: MixConfig::default(),
                     serial: serial(),
                 };
+                let placed = match &request.output {
+                    Some(lk::track_egress_request::Output::File(f)) if !f.filepath.is_empty() => {
+                        let at = file_path(
+                            &f.filepath,
+                            &room,
+                            &room_sid,
+                            Some(&track),
+                            SystemTime::now(),
+                        );
+                        Some((Artifact::Track(track.clone()), self.dir.join(at)))
+                    }
+                    _ => None,
+                };
                 let request = lk::egress_info::Request::Track(*request);
-                let answer = match self.open(now, config, &room_sid, request, dir) {
+                let answer = match self.open(now, config, &room_sid, request, dir, placed) {
                     Ok(()) => {
                         info!(room = %room, egress = %id, track = %track, "track recording started");
                         // The track, if it is tapped already.
@@ -544,11 +612,16 @@ impl Shell {
                 let _ = reply.send(answer);
             }
             Command::StopEgress { egress_id, reply } => {
+                // As LiveKit: the reply and an `egress_updated` say EGRESS_ENDING, then
+                // `egress_ended` says how it ended.
+                let ending = self.ending(&egress_id);
                 let answer = match self.recorder.stop(now, &egress_id) {
                     Ok(_) => {
                         self.rooms.retain(|_, id| *id != egress_id);
                         self.drain();
-                        Ok(self.livekit_info(&egress_id).unwrap_or_default())
+                        Ok(ending
+                            .or_else(|| self.livekit_info(&egress_id))
+                            .unwrap_or_default())
                     }
                     Err(RecorderError::Ended { .. }) => Err(EgressRefused::Ended(egress_id)),
                     Err(RecorderError::NotFound(_)) => Err(EgressRefused::NotFound(egress_id)),
@@ -590,12 +663,96 @@ impl Shell {
                 let Some(id) = self.rooms.remove(&room) else {
                     return;
                 };
+                self.ending(&id);
                 if let Err(e) = self.recorder.stop(now, &id) {
                     warn!(room = %room, egress = %id, error = %e, "recording did not stop cleanly");
                 }
                 self.drain();
             }
         }
+    }
+
+    /// `room` is recorded by egress `id` from now: the room's tracks tapped before (a
+    /// recording restarted) are fed to it, with who speaks already.
+    fn recording_in(&mut self, now: Instant, room: &str, id: String) {
+        self.rooms.insert(room.to_owned(), id);
+        let tracks: Vec<(String, String)> = self
+            .names
+            .values()
+            .filter(|n| n.room == room)
+            .map(|n| (n.participant.clone(), n.track_sid.clone()))
+            .collect();
+        for (participant, track) in tracks {
+            let input = Input::TrackPublished {
+                participant: &participant,
+                track: &track,
+            };
+            self.recorder.handle_input(now, room, input);
+            self.speaking_already(now, room, &participant);
+        }
+    }
+
+    /// The room's recording cut short by a crash of this node (its newest egress directory,
+    /// whose mix is unfinished and was last written within [`RESUME_WITHIN`]), continued under
+    /// its id: `Egress::resume` cuts each file to its last whole page and goes on, the time
+    /// since the last page silent. `None` when there is none to continue.
+    fn resume_in(&mut self, now: Instant, room: &str, room_sid: &str) -> Option<String> {
+        let (id, dir, written) = std::fs::read_dir(self.dir.join(dir_name(room)))
+            .ok()?
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let id = e.file_name().into_string().ok()?;
+                let mix = std::fs::metadata(e.path().join("room.ogg")).ok()?;
+                id.starts_with("EG_")
+                    .then(|| (id, e.path(), mix.modified().ok()))
+            })
+            .filter_map(|(id, dir, m)| Some((id, dir, m?)))
+            .max_by_key(|(_, _, m)| *m)?;
+        if self.recorder.info(&id).is_some() {
+            return None; // this run's own
+        }
+        let gap = SystemTime::now()
+            .duration_since(written)
+            .unwrap_or_default();
+        if gap > RESUME_WITHIN {
+            return None;
+        }
+        let sink = FileSink::create(&dir).ok()?;
+        let files = sink.existing().ok()?;
+        let recorded = files
+            .get(&Artifact::Mix)
+            .and_then(|b| stoa_egress::OpusStream::parse(b).ok())
+            .map_or(0, |s| s.playback_samples());
+        let elapsed = Duration::from_micros(recorded * 1_000 / 48) + gap;
+        let config = EgressConfig {
+            egress_id: id.clone(),
+            room: room.to_owned(),
+            kind: EgressKind::RoomComposite {
+                track_files: self.track_files,
+            },
+            mix: MixConfig::default(),
+            serial: serial(),
+        };
+        if let Err(e) = self.recorder.resume(now, config, elapsed, &files) {
+            info!(room = %room, egress = %id, error = %e, "the last recording does not go on; a new one starts");
+            return None;
+        }
+        self.sinks.insert(id.clone(), sink);
+        let at = unix_ns();
+        let started_at = at.saturating_sub(i64::try_from(elapsed.as_nanos()).unwrap_or(0));
+        self.meta.insert(
+            id.clone(),
+            Meta {
+                room_sid: room_sid.to_owned(),
+                started_at,
+                ended_at: 0,
+                updated_at: at,
+                request: lk::egress_info::Request::RoomComposite(room_composite_request(room, "")),
+                dir,
+                placed: None,
+            },
+        );
+        Some(id)
     }
 
     /// A recorded track of `participant` who is speaking already (they started before the
@@ -624,13 +781,24 @@ impl Shell {
         room_sid: &str,
         request: lk::egress_info::Request,
         dir: PathBuf,
+        placed: Option<(Artifact, PathBuf)>,
     ) -> Result<(), RecorderError> {
         let id = config.egress_id.clone();
         // The sink first: starting queues the files' headers.
         let failed = match FileSink::create(&dir) {
-            Ok(sink) => {
+            Ok(mut sink) => {
+                let place = match &placed {
+                    Some((artifact, path)) => sink.place(artifact.clone(), path.clone()),
+                    None => Ok(()),
+                };
                 self.sinks.insert(id.clone(), sink);
-                None
+                match place {
+                    Ok(()) => None,
+                    Err(e) => {
+                        warn!(egress = %id, error = %e, "cannot record to the requested filepath");
+                        Some(format!("the requested filepath cannot be written: {e}"))
+                    }
+                }
             }
             Err(e) => {
                 warn!(egress = %id, dir = %dir.display(), error = %e, "cannot record: the recording directory is not writable");
@@ -651,6 +819,7 @@ impl Shell {
                 updated_at: at,
                 request,
                 dir,
+                placed,
             },
         );
         if let Some(error) = failed {
@@ -685,6 +854,27 @@ impl Shell {
     fn livekit_info(&self, id: &str) -> Option<lk::EgressInfo> {
         let info = self.recorder.info(id)?;
         Some(livekit_info(&info, self.meta.get(id)?, &self.dir))
+    }
+
+    /// Egress `id` as it stops, if it runs: EGRESS_ENDING, told as `egress_updated` (as
+    /// LiveKit does before `egress_ended`).
+    fn ending(&mut self, id: &str) -> Option<lk::EgressInfo> {
+        let mut info = self.livekit_info(id)?;
+        let running = [
+            lk::EgressStatus::EgressStarting as i32,
+            lk::EgressStatus::EgressActive as i32,
+        ];
+        if !running.contains(&info.status) {
+            return None;
+        }
+        let at = unix_ns();
+        if let Some(meta) = self.meta.get_mut(id) {
+            meta.updated_at = at;
+        }
+        info.status = lk::EgressStatus::EgressEnding as i32;
+        info.updated_at = at;
+        self.webhook("egress_updated", info.clone());
+        Some(info)
     }
 
     /// Sends an egress event as a webhook (`egress_started`, `egress_updated`,
@@ -862,10 +1052,19 @@ impl Shell {
         let at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let dir = format!("{}/{egress_id}", dir_name(room));
+        let file = self
+            .meta
+            .get(egress_id)
+            .and_then(|m| m.placed.as_ref())
+            .filter(|(artifact, _)| *artifact == Artifact::Mix)
+            .and_then(|(_, path)| path.strip_prefix(&self.dir).ok())
+            .map_or_else(|| format!("{dir}/room.ogg"), |p| p.display().to_string());
         let report = Report {
             room: room.to_owned(),
             egress_id: egress_id.to_owned(),
-            dir: format!("{}/{egress_id}", dir_name(room)),
+            dir,
+            file,
             at,
             ended,
         };
@@ -907,15 +1106,59 @@ fn dir_name(room: &str) -> String {
     format!("room-{hex}")
 }
 
+/// Where an egress request's `filepath` puts its file, relative to the recording directory
+/// (which signaling checked it stays in: relative, no `..`). LiveKit's templates are filled in
+/// — `{room_name}`, `{room_id}`, `{track_id}` (a track egress) and `{time}` (UTC,
+/// `2006-01-02T150405`) — with names that cannot leave a directory ([`dir_name`]); a path
+/// ending in `/` is a directory, where the file is named `{room_name}-{time}`; `.ogg` is added
+/// when the name has no extension. Empty and `.` components are dropped.
+pub fn file_path(
+    template: &str,
+    room: &str,
+    room_sid: &str,
+    track: Option<&str>,
+    now: SystemTime,
+) -> String {
+    let time = jiff::Timestamp::try_from(now)
+        .map(|t| t.strftime("%Y-%m-%dT%H%M%S").to_string())
+        .unwrap_or_default();
+    let mut template = template.to_owned();
+    if template.is_empty() || template.ends_with('/') {
+        template.push_str("{room_name}-{time}");
+    }
+    let filled = template
+        .replace("{room_name}", &dir_name(room))
+        .replace("{room_id}", &dir_name(room_sid))
+        .replace("{track_id}", &dir_name(track.unwrap_or("track")))
+        .replace("{time}", &time);
+    let mut parts: Vec<&str> = filled
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != "." && *c != "..")
+        .collect();
+    if parts.is_empty() {
+        parts.push("recording");
+    }
+    let mut path = parts.join("/");
+    let named = parts
+        .last()
+        .and_then(|n| n.rsplit_once('.'))
+        .is_some_and(|(stem, _)| !stem.is_empty());
+    if !named {
+        path.push_str(".ogg");
+    }
+    path
+}
+
 /// The request a room composite is described with in `EgressInfo.request` (whether it was
 /// started through `/api`, for a room created recorded, or through the Egress API): audio
 /// only, one Ogg file.
-fn room_composite_request(room: &str) -> lk::RoomCompositeEgressRequest {
+fn room_composite_request(room: &str, filepath: &str) -> lk::RoomCompositeEgressRequest {
     lk::RoomCompositeEgressRequest {
         room_name: room.to_owned(),
         audio_only: true,
         file_outputs: vec![lk::EncodedFileOutput {
             file_type: lk::EncodedFileType::Ogg as i32,
+            filepath: filepath.to_owned(),
             ..Default::default()
         }],
         ..Default::default()
@@ -931,7 +1174,10 @@ fn livekit_info(info: &EgressInfo, meta: &Meta, base: &Path) -> lk::EgressInfo {
         .iter()
         .filter(|f| f.artifact != Artifact::Speaking)
         .map(|f| {
-            let path = meta.dir.join(stoa_egress::shell::file_name(&f.artifact));
+            let path = match &meta.placed {
+                Some((artifact, path)) if *artifact == f.artifact => path.clone(),
+                _ => meta.dir.join(stoa_egress::shell::file_name(&f.artifact)),
+            };
             let relative = path.strip_prefix(base).unwrap_or(&path);
             lk::FileInfo {
                 filename: relative.display().to_string(),
@@ -1005,5 +1251,27 @@ mod tests {
         assert_eq!(dir_name("a/b"), "room-612f62");
         assert_eq!(dir_name(""), "room-");
         assert!(egress_id().starts_with("EG_") && egress_id().len() == 15);
+    }
+
+    #[test]
+    fn filepath_templates_are_filled_in_and_stay_inside() {
+        // 2026-12-06 14:03:05 UTC.
+        let at = UNIX_EPOCH + Duration::from_secs(1_796_565_785);
+        let path = |t: &str, track| file_path(t, "abc123", "RM_x", track, at);
+        assert_eq!(
+            path("rec/{room_name}-{time}.ogg", None),
+            "rec/abc123-2026-12-06T140305.ogg"
+        );
+        assert_eq!(path("{room_id}/a", None), "RM_x/a.ogg");
+        assert_eq!(path("dir/", None), "dir/abc123-2026-12-06T140305.ogg");
+        assert_eq!(path("", None), "abc123-2026-12-06T140305.ogg");
+        assert_eq!(path("{track_id}.ogg", Some("TR_a")), "TR_a.ogg");
+        assert_eq!(path("a//./b.OGG", None), "a/b.OGG");
+        // Names filled in never climb out, whatever the room is called.
+        assert_eq!(
+            file_path("{room_name}/x", "../..", "RM_x", None, at),
+            "room-2e2e2f2e2e/x.ogg"
+        );
+        assert_eq!(file_path("../a", "r", "RM_x", None, at), "a.ogg");
     }
 }

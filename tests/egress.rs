@@ -3,8 +3,11 @@
 //! unmodified server SDKs — npm `livekit-server-sdk`'s `EgressClient`
 //! (`tests/sdk/egress_sdk.mjs`) and PyPI `livekit-api` (`tests/python/livekit_egress_test.py`)
 //! — starting, listing and stopping audio-only room composite egresses, the files they name
-//! decoded and the tone found, the `egress_*` webhooks verified with a LiveKit receiver, and a
-//! recording that cannot be written failing as it should. Every wait is bounded.
+//! decoded and the tone found (each where its `filepath` put it, templates filled in; paths
+//! that leave the recording directory refused), the `egress_*` webhooks verified with a
+//! LiveKit receiver (`StopEgress` answers `EGRESS_ENDING`, told as `egress_updated` before
+//! `egress_ended`), and a recording that cannot be written failing as it should. Every wait is
+//! bounded.
 #![allow(
     clippy::disallowed_methods,
     clippy::unwrap_used,
@@ -327,6 +330,7 @@ fn check_recorded(hooks: &HookReceiver, done: &Value, seconds_at_least: f64) -> 
     let ended = hooks.wait_egress("egress_ended", &id, |i| {
         i.status == lk::EgressStatus::EgressComplete as i32
     });
+    ended_after_ending(hooks, &id);
     assert!(ended.ended_at >= ended.started_at && ended.updated_at >= ended.started_at);
     assert!(ended.error.is_empty(), "{}", ended.error);
     let file = &ended.file_results[0];
@@ -338,6 +342,31 @@ fn check_recorded(hooks: &HookReceiver, done: &Value, seconds_at_least: f64) -> 
         file.duration
     );
     id
+}
+
+/// Stopping told `egress_updated` with EGRESS_ENDING before `egress_ended`, as LiveKit does.
+fn ended_after_ending(hooks: &HookReceiver, id: &str) {
+    let ending = lk::EgressStatus::EgressEnding as i32;
+    hooks.wait_egress("egress_updated", id, |i| i.status == ending);
+    let events: Vec<(String, i32)> = hooks
+        .events()
+        .into_iter()
+        .filter_map(|e| {
+            let info = e.egress_info.filter(|i| i.egress_id == id)?;
+            Some((e.event, info.status))
+        })
+        .collect();
+    let at = |event: &str, status: Option<i32>| {
+        events
+            .iter()
+            .position(|(e, s)| e == event && status.is_none_or(|st| st == *s))
+    };
+    let (Some(ending_at), Some(ended_at)) =
+        (at("egress_updated", Some(ending)), at("egress_ended", None))
+    else {
+        panic!("{id}: {events:?}");
+    };
+    assert!(ending_at < ended_at, "{id}: {events:?}");
 }
 
 /// The SDKs from npm and PyPI record a live room through `livekit.Egress`, each a file with
@@ -448,11 +477,27 @@ fn egress_sdks_record_a_live_room_and_webhooks_tell() {
     speaker.wait_sent(50);
     let (status, stopped) = twirp(addr, "StopEgress", &rec, &json!({"egressId": api_egress}));
     assert_eq!(status, 200, "{stopped}");
-    assert_eq!(stopped["status"], "EGRESS_COMPLETE", "{stopped}");
+    assert_eq!(stopped["status"], "EGRESS_ENDING", "{stopped}");
     assert_eq!(room_view(addr, &id, &host)["recording"], false);
     hooks.wait_egress("egress_ended", &api_egress, |i| {
         i.status == lk::EgressStatus::EgressComplete as i32
     });
+    ended_after_ending(&hooks, &api_egress);
+    // A filepath outside the recording directory is refused, saying why.
+    for (filepath, why) in [("/tmp/out.ogg", "absolute"), ("../out.ogg", "..")] {
+        let (status, err) = twirp(
+            addr,
+            "StartRoomCompositeEgress",
+            &rec,
+            &json!({"roomName": id, "audioOnly": true, "fileOutputs": [{"fileType": "OGG", "filepath": filepath}]}),
+        );
+        assert_eq!(
+            (status, err["code"].as_str()),
+            (400, Some("invalid_argument")),
+            "{err}"
+        );
+        assert!(err["msg"].as_str().unwrap().contains(why), "{err}");
+    }
     // And the other way round: started through the Egress API, stopped by the host.
     let (status, started) = twirp(
         addr,
@@ -462,6 +507,7 @@ fn egress_sdks_record_a_live_room_and_webhooks_tell() {
     );
     assert_eq!(status, 200, "{started}");
     let twirp_egress = started["egressId"].as_str().unwrap().to_owned();
+    speaker.wait_sent(50);
     let view = support::api::ok(
         addr,
         "DELETE",
@@ -470,9 +516,49 @@ fn egress_sdks_record_a_live_room_and_webhooks_tell() {
         None,
     );
     assert_eq!(view["recording"], false);
-    list_until(addr, &rec, &json!({"egressId": twirp_egress}), |items| {
+    let list = list_until(addr, &rec, &json!({"egressId": twirp_egress}), |items| {
         items.len() == 1 && items[0]["status"] == "EGRESS_COMPLETE"
     });
+    // Its mix is where its filepath said (relative to the recording directory), and the
+    // room's replay plays that file.
+    let placed = recordings.join("a.ogg");
+    assert_eq!(
+        list["items"][0]["fileResults"][0]["location"].as_str(),
+        Some(placed.to_str().unwrap()),
+        "{list}"
+    );
+    let (seconds, _) = tone_in(&placed);
+    assert!(seconds > 0.0, "{seconds} s in {}", placed.display());
+    let deadline = Instant::now() + support::TIMEOUT;
+    let replay = loop {
+        let replays = support::api::ok(
+            addr,
+            "GET",
+            &format!("/api/rooms/{id}/recordings"),
+            &host,
+            None,
+        );
+        let found = replays["recordings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == twirp_egress.as_str() && r["state"] == "complete")
+            .cloned();
+        if let Some(r) = found {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "{replays}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let audio = support::api::fetch(
+        addr,
+        "GET",
+        replay["audio_url"].as_str().unwrap(),
+        &host,
+        &[],
+    );
+    assert_eq!(audio.status, 200);
+    assert_eq!(audio.body, std::fs::read(&placed).unwrap());
     // The control plane told the app each time (8 starts and stops).
     let deadline = Instant::now() + support::TIMEOUT;
     loop {
@@ -640,9 +726,11 @@ fn track_of(addr: SocketAddr, room: &str, identity: &str) -> String {
 }
 
 /// A recorded room whose server crashed (SIGKILL) is still recorded when it comes back: the
-/// file cut by the crash plays up to it, and the first speaker back starts a new egress (a new
-/// file part) — no stale "recording" with nothing recorded. Meanwhile a track egress records
-/// the speaker's track as received, and stopping it leaves the room's recording running.
+/// file cut by the crash plays up to it, and when the first speaker is back the same egress
+/// goes on in the same file (`Egress::resume`: the time the node was down is silence), so the
+/// room keeps one recording — no stale "recording" with nothing recorded. Meanwhile a track
+/// egress records the speaker's track as received, and stopping it leaves the room's recording
+/// running.
 #[test]
 fn a_recorded_room_records_again_after_a_crash_and_a_track_egress_records_one_track() {
     let dir = scratch_dir("egress-restart");
@@ -704,7 +792,8 @@ fn a_recorded_room_records_again_after_a_crash_and_a_track_egress_records_one_tr
         |items| items.len() == 1 && items[0]["status"] == "EGRESS_ACTIVE",
     );
     let second = list["items"][0]["egressId"].as_str().unwrap().to_owned();
-    assert_ne!(second, first, "a new egress, a new file part");
+    assert_eq!(second, first, "the same recording goes on");
+    let before_crash = pcm.samples.len() / 4_800; // 100 ms windows
 
     // A track egress of the speaker's track, its Opus as received.
     let track = track_of(addr, &id, "hana");
@@ -720,11 +809,12 @@ fn a_recorded_room_records_again_after_a_crash_and_a_track_egress_records_one_tr
     speaker.wait_sent(150);
     let (status, stopped) = twirp(addr, "StopEgress", &rec, &json!({"egressId": track_egress}));
     assert_eq!(status, 200, "{stopped}");
-    assert_eq!(stopped["status"], "EGRESS_COMPLETE", "{stopped}");
+    assert_eq!(stopped["status"], "EGRESS_ENDING", "{stopped}");
     let location = stopped["fileResults"][0]["location"].as_str().unwrap();
-    assert!(
-        location.ends_with(&format!("track-{track}.ogg")),
-        "{location}"
+    assert_eq!(
+        Path::new(location),
+        recordings.join(format!("{track}.ogg")),
+        "the filepath template, filled in"
     );
     let (seconds, loud) = tone_in(Path::new(location));
     assert!(
@@ -734,6 +824,22 @@ fn a_recorded_room_records_again_after_a_crash_and_a_track_egress_records_one_tr
     hooks.wait_egress("egress_ended", &track_egress, |i| {
         i.status == lk::EgressStatus::EgressComplete as i32
     });
+    // The same filepath again: the file exists, so that egress fails at once, saying why,
+    // and the file stays as it was.
+    let kept = std::fs::read(location).unwrap();
+    let (status, again) = twirp(
+        addr,
+        "StartTrackEgress",
+        &rec,
+        &json!({"roomName": id, "trackId": track, "file": {"filepath": "{track_id}.ogg"}}),
+    );
+    assert_eq!(status, 200, "{again}");
+    let again_id = again["egressId"].as_str().unwrap().to_owned();
+    let failed = hooks.wait_egress("egress_ended", &again_id, |i| {
+        i.status == lk::EgressStatus::EgressFailed as i32
+    });
+    assert!(failed.error.contains("exists"), "{}", failed.error);
+    assert_eq!(std::fs::read(location).unwrap(), kept);
     // The room's recording goes on.
     assert_eq!(room_view(addr, &id, &host)["recording"], true);
     list_until(addr, &rec, &json!({"egressId": second}), |items| {
@@ -753,11 +859,35 @@ fn a_recorded_room_records_again_after_a_crash_and_a_track_egress_records_one_tr
     let file = list["items"][0]["fileResults"][0]["location"]
         .as_str()
         .unwrap();
-    let (seconds, loud) = tone_in(Path::new(file));
+    assert_eq!(Path::new(file), first_file);
+    // One file, finished: the tone before the crash, silence while the node was down, the
+    // tone again after.
+    let (seconds, _) = tone_in(Path::new(file));
+    let pcm = decode(&OpusStream::parse(&std::fs::read(file).unwrap()).unwrap()).unwrap();
+    let levels = tone_levels(&pcm.samples, TONE_HZ);
+    let loud = |w: &[f32]| w.iter().filter(|l| **l > 0.05).count();
+    let (before, after) = levels.split_at(before_crash.min(levels.len()));
     assert!(
-        seconds > 2.0 && loud > 0.8,
-        "{seconds:.2} s, {loud:.2} with the tone"
+        loud(before) >= 10 && loud(after) >= 20 && seconds > before_crash as f64 / 10.0 + 2.0,
+        "{seconds:.2} s: {} loud windows before the crash, {} after",
+        loud(before),
+        loud(after)
     );
+    // And the room's replay lists that one recording.
+    let replays = support::api::ok(
+        addr,
+        "GET",
+        &format!("/api/rooms/{id}/recordings"),
+        &host,
+        None,
+    );
+    let ids: Vec<&str> = replays["recordings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [first.as_str()], "{replays}");
 
     speaker.leave();
     stoa.stop();

@@ -1,9 +1,10 @@
 //! Replays and clips end to end: a `stoa serve` child process records a private room in which
 //! two speakers send different tones through real WebRTC (stoa-bench's str0m peers); the
 //! ended room's recording is listed with who spoke when and served with HTTP range requests;
-//! clips cut live and from the replay are decoded and their boundaries measured; and every
-//! refusal (not recorded, bad ranges, non-members, outsiders) is checked. Every wait is
-//! bounded.
+//! clips cut live and from the replay are decoded and their boundaries measured; a public
+//! room's replay and clips are read signed out (as an embedded card does), a private room's
+//! are not; and every refusal (not recorded, bad ranges, non-members, outsiders, signed out,
+//! bad tokens) is checked. Every wait is bounded.
 #![allow(
     clippy::disallowed_methods,
     clippy::unwrap_used,
@@ -283,7 +284,30 @@ fn an_ended_rooms_replay_plays_in_ranges_and_clips_keep_their_bounds() {
     );
 
     // Who may see the replay: exactly who may see the room (a private room's invited, its
-    // host) — an outsider gets 404 everywhere, as from the room's view.
+    // host) — an outsider gets 404 everywhere, as from the room's view, and so does someone
+    // signed out (the private room's card is 404 too); a bad token is 401, never anonymous.
+    for path in [
+        format!("/api/rooms/{id}/card"),
+        format!("/api/rooms/{id}/recordings"),
+        url.clone(),
+        format!("/api/rooms/{id}/clips"),
+        format!("/api/clips/{}", live_clip["id"].as_str().unwrap()),
+        format!("/api/clips/{}/audio", live_clip["id"].as_str().unwrap()),
+    ] {
+        let signed_out = fetch(addr, "GET", &path, "", &[("Range", "bytes=0-9")]);
+        assert_eq!(
+            (signed_out.status, signed_out.json()["code"].as_str()),
+            (404, Some("not_found")),
+            "{path}"
+        );
+        if path.ends_with("/card") {
+            continue; // the card reads no token
+        }
+        let forged = fetch(addr, "GET", &path, "not.a.token", &[]);
+        assert_eq!(forged.status, 401, "{path}");
+        let forged = fetch(addr, "GET", &format!("{path}?access_token=nope"), "", &[]);
+        assert_eq!(forged.status, 401, "{path}");
+    }
     for who in ["hana", "ann", "lee", "zed"] {
         let (view, _) = call(addr, "GET", &format!("/api/rooms/{id}"), &token(who), None);
         let (listing, _) = call(
@@ -507,6 +531,106 @@ fn an_ended_rooms_replay_plays_in_ranges_and_clips_keep_their_bounds() {
     let (status, by_server) = call(addr, "POST", &open_clips, &server, None);
     assert_eq!(status, 201, "{by_server}");
     assert_eq!(by_server["created_by"], Value::Null);
+    // Its replay is public: signed out (an embedded card), the recording is listed with who
+    // spoke when by name (user ids left out, as on the card), its audio plays in ranges, and
+    // its clips' cards and audio too; a listing with a token still names ids.
+    let anonymous = fetch(
+        addr,
+        "GET",
+        &format!("/api/rooms/{open}/recordings"),
+        "",
+        &[],
+    );
+    assert_eq!(anonymous.status, 200);
+    let anonymous = anonymous.json();
+    let replay = &anonymous["recordings"][0];
+    assert_eq!(replay["state"], "complete", "{anonymous}");
+    let spans = replay["timeline"].as_array().unwrap();
+    assert!(
+        spans.iter().any(|s| s["name"] == "kim") && spans.iter().all(|s| s["user"] == ""),
+        "{anonymous}"
+    );
+    let signed_in = ok(
+        addr,
+        "GET",
+        &format!("/api/rooms/{open}/recordings"),
+        &token("zed"),
+        None,
+    );
+    assert_eq!(signed_in["recordings"][0]["timeline"][0]["user"], "kim");
+    let open_url = replay["audio_url"].as_str().unwrap();
+    let open_file = recordings
+        .join(&open)
+        .join(replay["id"].as_str().unwrap())
+        .join("room.ogg");
+    let open_bytes = std::fs::read(&open_file).unwrap();
+    let n = open_bytes.len();
+    assert!(n > 1_000, "{n} bytes");
+    let whole_anon = fetch(addr, "GET", open_url, "", &[]);
+    assert_eq!(
+        (whole_anon.status, whole_anon.header("accept-ranges")),
+        (200, Some("bytes"))
+    );
+    assert_eq!(whole_anon.body, open_bytes);
+    let part = fetch(
+        addr,
+        "GET",
+        open_url,
+        "",
+        &[("Range", &format!("bytes={}-{}", n / 2, n / 2 + 99))],
+    );
+    assert_eq!(part.status, 206);
+    assert_eq!(
+        part.header("content-range"),
+        Some(format!("bytes {}-{}/{n}", n / 2, n / 2 + 99).as_str())
+    );
+    assert_eq!(part.body, open_bytes[n / 2..n / 2 + 100]);
+    let beyond = fetch(
+        addr,
+        "GET",
+        open_url,
+        "",
+        &[("Range", &format!("bytes={n}-"))],
+    );
+    assert_eq!(
+        (beyond.status, beyond.json()["code"].as_str()),
+        (416, Some("range_not_satisfiable"))
+    );
+    let open_clip = by_anyone["id"].as_str().unwrap();
+    let card = fetch(addr, "GET", &format!("/api/clips/{open_clip}"), "", &[]);
+    assert_eq!(card.status, 200);
+    let card = card.json();
+    assert_eq!(
+        (card["room"]["title"].as_str(), &card["created_by"]),
+        (Some("Open replay"), &Value::Null),
+        "{card}"
+    );
+    assert!(
+        card["speakers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["user"] == "" && s["name"] == "kim"),
+        "{card}"
+    );
+    let clip_audio = fetch(
+        addr,
+        "GET",
+        &format!("/api/clips/{open_clip}/audio"),
+        "",
+        &[("Range", "bytes=0-3")],
+    );
+    assert_eq!(
+        (clip_audio.status, clip_audio.body.as_slice()),
+        (206, b"OggS".as_slice())
+    );
+    let listed = fetch(addr, "GET", &open_clips, "", &[]);
+    assert_eq!(listed.status, 200);
+    assert_eq!(listed.json()["clips"].as_array().unwrap().len(), 2);
+    // Signed out, nobody cuts a clip.
+    let cut = fetch(addr, "POST", &open_clips, "", &[("Content-Length", "0")]);
+    assert_eq!(cut.status, 401);
+
     // The clip of a room that is not recorded stays refused once it ended too.
     ok(
         addr,

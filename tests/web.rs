@@ -24,7 +24,8 @@
 //! server's Open Graph tags and an embed card that fits its snippet with transparent corners;
 //! the ended summary names people to anyone and plays the recording (a WebAudio analyser on the
 //! audio element hears it; it seeks; who spoke when is listed), whose Clip opens the clip's own
-//! page, which plays too; a listener who followed the host hears them go live
+//! page, which plays too, and the ended room's embed card, signed out, plays it from its own
+//! player; a listener who followed the host hears them go live
 //! again (the bell's unread count, a toast, a browser notification through the Notification
 //! API with the permission granted), a webhook signed with the API secret reaches a local
 //! receiver (checked: HS256 signature, issuer, expiry, the body's SHA-256), and the listener

@@ -74,8 +74,8 @@ struct RecordingArgs {
     /// Seconds per phase.
     #[arg(long, default_value_t = 10.0)]
     phase: f64,
-    /// Phase pairs (off, on).
-    #[arg(long, default_value_t = 3)]
+    /// Phase pairs (one off, one on; the order alternates from pair to pair), 1 to 20.
+    #[arg(long, default_value_t = 6)]
     rounds: usize,
     #[command(flatten)]
     server: ServerArgs,

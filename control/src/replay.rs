@@ -156,6 +156,40 @@ pub struct Recording {
     pub state: RecordingState,
     /// The instance whose disk holds its files.
     pub instance: String,
+    /// The HTTP(S) base URL of the node whose disk holds its files (from that node's
+    /// `public_url`), where other nodes send requests for its audio; absent when that node has
+    /// no `public_url` (one node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Who spoke when, kept with the record once it ended (the first [`MAX_KEPT_SPANS`]), so
+    /// that a node without its files shows the timeline too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<SpeakingSpan>,
+}
+
+/// Speaking spans an ended recording's record keeps.
+pub const MAX_KEPT_SPANS: usize = 5_000;
+
+/// The HTTP(S) base URL of a node from its `public_url` (`ws://h:p` → `http://h:p`, `wss://` →
+/// `https://`); `None` when it has none.
+pub fn http_base(public_url: &str) -> Option<String> {
+    let url = public_url.trim_end_matches('/');
+    if let Some(rest) = url.strip_prefix("wss://") {
+        Some(format!("https://{rest}"))
+    } else {
+        url.strip_prefix("ws://")
+            .map(|rest| format!("http://{rest}"))
+    }
+}
+
+/// Where a file asked for is: on this node's disk, or on the node (HTTP(S) base URL) that
+/// wrote it, which answers the same request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Located<T> {
+    /// Here.
+    Here(T),
+    /// On the node at this base URL.
+    At(String),
 }
 
 /// A clip: a stretch of a recording with its own file, link and card.

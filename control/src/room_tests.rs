@@ -486,6 +486,13 @@ fn private_rooms_admit_the_host_members_and_the_invited_only() {
     // Lifecycle and audience events say the room is private (the event stream filters them).
     let fx = run(&mut d, "host", Command::End, 4).unwrap();
     assert!(fx.events.iter().any(|e| e.private()), "{fx:?}");
+    // Its replay: someone signed out is nobody in it, never a server (whose sight `None` is).
+    use crate::view::{Viewer, may_read};
+    assert!(!may_read(&d, Viewer::Anonymous));
+    assert!(!may_read(&d, Viewer::User(&uid("zed"))));
+    assert!(may_read(&d, Viewer::User(&uid("ann"))) && may_read(&d, Viewer::Server));
+    d.room.private = false;
+    assert!(may_read(&d, Viewer::Anonymous) && may_read(&d, Viewer::User(&uid("zed"))));
 }
 
 #[test]

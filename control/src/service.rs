@@ -1101,7 +1101,9 @@ impl Control {
                 max_participants: doc.room.max_participants,
                 recording: doc.room.recording,
             };
-            if let Err(e) = self.inner.media.apply(&create).await {
+            if let Some(create) = replay::for_this_node(&self.inner, &create).await
+                && let Err(e) = self.inner.media.apply(&create).await
+            {
                 tracing::warn!(room = %id, error = %e, "media room not created");
             }
         }
@@ -1392,7 +1394,10 @@ async fn consume(inner: std::sync::Weak<Inner>, mut rx: broadcast::Receiver<BusM
             return;
         };
         for command in &message.media {
-            match inner.media.apply(command).await {
+            let Some(command) = replay::for_this_node(&inner, command).await else {
+                continue;
+            };
+            match inner.media.apply(&command).await {
                 Ok(()) | Err(MediaError::NotFound) => {}
                 Err(e) => tracing::warn!(error = %e, "media command failed"),
             }

@@ -48,6 +48,9 @@ pub const ROOMS_PLACED: &str = "control_rooms_placed_total";
 pub const CLIPS: &str = "control_clips_total";
 /// Bytes of recordings and clips sent to players.
 pub const AUDIO_BYTES: &str = "control_audio_bytes_total";
+/// Requests for a recording's or clip's audio (or a clip's cut) sent to the node whose disk
+/// holds it.
+pub const AUDIO_REDIRECTS: &str = "control_audio_redirects_total";
 
 /// `# HELP` texts and units.
 pub fn describe() {
@@ -113,6 +116,11 @@ pub fn describe() {
         AUDIO_BYTES,
         Unit::Bytes,
         "Bytes of recordings and clips sent to players (ranges included)"
+    );
+    describe_counter!(
+        AUDIO_REDIRECTS,
+        Unit::Count,
+        "Audio and clip requests redirected to the node that recorded the file"
     );
     describe_counter!(
         SEATS_RELEASED,

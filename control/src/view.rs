@@ -355,6 +355,39 @@ pub fn sight(doc: &RoomDoc, viewer: Option<&UserId>) -> Sight {
     }
 }
 
+/// Who reads what a room shows to the public (its card, a public room's replays and clips):
+/// someone not signed in, a user, or a server. An anonymous reader is not a server: it sees a
+/// public room's replay and nothing of a private room (which does not exist to it: 404).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Viewer<'a> {
+    /// No token: a page embedding a card, a shared link opened signed out.
+    Anonymous,
+    /// A signed-in user.
+    User(&'a UserId),
+    /// A server token.
+    Server,
+}
+
+impl<'a> Viewer<'a> {
+    /// The user, if a user reads.
+    pub fn user(self) -> Option<&'a UserId> {
+        match self {
+            Viewer::User(u) => Some(u),
+            Viewer::Anonymous | Viewer::Server => None,
+        }
+    }
+}
+
+/// Whether `viewer` may read the room's replays and clips: anyone, signed in or not, a public
+/// room's; a private room's only those who may see it ([`may_see`]) and servers.
+pub fn may_read(doc: &RoomDoc, viewer: Viewer<'_>) -> bool {
+    match viewer {
+        Viewer::Anonymous => !doc.room.private,
+        Viewer::User(u) => may_see(doc, Some(u)),
+        Viewer::Server => true,
+    }
+}
+
 /// Whether `viewer` may know of the room at all: any room but a private one, which only its
 /// host, members, those invited or lined up for the stage, and servers see (to anyone else it
 /// does not exist: 404).

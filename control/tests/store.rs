@@ -413,6 +413,8 @@ fn recording(room: &RoomId, id: &str, started_at: u64, ended: bool) -> Recording
             RecordingState::Recording
         },
         instance: "node-a".into(),
+        node: None,
+        timeline: vec![],
     }
 }
 

@@ -13,8 +13,12 @@
 //! (or the default type, which for audio is Ogg) given as `file_outputs[0]` or the deprecated
 //! `file`; `StartTrackEgress` with a file output (the track's Opus packets in Ogg, not
 //! transcoded); `StopEgress`; `ListEgress` (filters `room_name`, `egress_id`, `active`). The
-//! file is written on the server's disk under its recording directory; a `filepath` is
-//! accepted but the server chooses the location (reported in `file_results`). Everything else —
+//! file is written on the server's disk under its recording directory, at the output's
+//! `filepath` (relative to that directory, LiveKit's templates `{room_name}`, `{room_id}`,
+//! `{time}`, `{track_id}` filled in; an absolute path or one climbing out with `..` is
+//! `invalid_argument`) or, without one, where the server chooses; `file_results` says where.
+//! `StopEgress` answers `EGRESS_ENDING`, as LiveKit does (`egress_updated` says so too), before
+//! `egress_ended` says how it ended. Everything else —
 //! video, stream, segment and image outputs, cloud uploads, web, participant and track
 //! composite egress, `UpdateLayout`, `UpdateStream` — answers `unimplemented` or
 //! `invalid_argument` with a message.
@@ -255,6 +259,16 @@ fn check_room_composite(req: &lk::RoomCompositeEgressRequest) -> Result<(), Twir
     Ok(())
 }
 
+/// The `filepath` of a room composite request's file output ("" when it names none).
+#[allow(deprecated)]
+pub fn composite_filepath(req: &lk::RoomCompositeEgressRequest) -> &str {
+    use lk::room_composite_egress_request::Output;
+    match (req.file_outputs.first(), &req.output) {
+        (Some(file), _) | (None, Some(Output::File(file))) => &file.filepath,
+        _ => "",
+    }
+}
+
 /// `StartTrackEgress`: a file output.
 fn check_track(req: &lk::TrackEgressRequest) -> Result<(), TwirpError> {
     use lk::track_egress_request::Output;
@@ -282,8 +296,29 @@ fn check_track(req: &lk::TrackEgressRequest) -> Result<(), TwirpError> {
     }
 }
 
-/// A `filepath` may name an Ogg file (or leave the extension out); the server picks where.
+/// A `filepath` is relative to the server's recording directory and stays in it (no absolute
+/// path, no `..`); it may name an Ogg file (or leave the extension out) and use LiveKit's
+/// templates (`{room_name}`, `{room_id}`, `{time}`, `{track_id}`), which the recorder fills in.
 fn check_filepath(path: &str) -> Result<(), TwirpError> {
+    let absolute = path.starts_with('/')
+        || path.starts_with('\\')
+        || path.as_bytes().get(1) == Some(&b':')
+        || path.contains("://");
+    if absolute {
+        return Err(invalid(format!(
+            "filepath {path:?} is absolute: give a path relative to the server's recording directory"
+        )));
+    }
+    if path.split(['/', '\\']).any(|c| c == "..") {
+        return Err(invalid(format!(
+            "filepath {path:?} climbs out with `..`: it must stay inside the server's recording directory"
+        )));
+    }
+    if path.len() > 512 || path.chars().any(char::is_control) {
+        return Err(invalid(
+            "filepath is too long (over 512 bytes) or holds control characters",
+        ));
+    }
     let name = path.rsplit('/').next().unwrap_or_default();
     match name.rsplit_once('.') {
         Some((_, ext)) if !ext.contains('}') && !ext.eq_ignore_ascii_case("ogg") => Err(invalid(
@@ -374,6 +409,34 @@ mod tests {
         s3.file_outputs[0].output =
             Some(lk::encoded_file_output::Output::S3(lk::S3Upload::default()));
         assert_eq!(check_room_composite(&s3).unwrap_err().code, "unimplemented");
+    }
+
+    #[test]
+    fn filepaths_stay_inside_the_recording_directory() {
+        for ok in [
+            "",
+            "a.ogg",
+            "rec/{room_name}-{time}.ogg",
+            "{room_id}/",
+            "x/./y",
+            "a..b.ogg",
+        ] {
+            assert_eq!(check_filepath(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "/etc/passwd.ogg",
+            "../up.ogg",
+            "a/../../b.ogg",
+            "a/..",
+            "C:/x.ogg",
+            "\\\\host\\share.ogg",
+            "s3://bucket/a.ogg",
+            "a\n.ogg",
+        ] {
+            let e = check_filepath(bad).unwrap_err();
+            assert_eq!(e.code, "invalid_argument", "{bad}");
+            assert!(!e.msg.is_empty());
+        }
     }
 
     #[test]

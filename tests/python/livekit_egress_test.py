@@ -74,11 +74,12 @@ async def main(url, key, secret, room):
         check(listed.items[0].status == api.EgressStatus.EGRESS_ACTIVE, "active")
         stopped = await lk.egress.stop_egress(api.StopEgressRequest(egress_id=info.egress_id))
         check(stopped.egress_id == info.egress_id, "stop_egress")
+        check(stopped.status == api.EgressStatus.EGRESS_ENDING, "stop_egress answers EGRESS_ENDING")
         done = (await lk.egress.list_egress(api.ListEgressRequest(egress_id=info.egress_id))).items
         check(len(done) == 1 and done[0].status == api.EgressStatus.EGRESS_COMPLETE, "complete")
         check(done[0].ended_at >= done[0].started_at > 0, "times")
         f = done[0].file_results[0]
-        check(f.size > 0 and f.duration > 0 and f.location.endswith("room.ogg"), "file result")
+        check(f.size > 0 and f.duration > 0 and f.location.endswith("/py.ogg"), "file result at its filepath")
         print(json.dumps({"done": {"egress_id": info.egress_id, "location": f.location}}), flush=True)
 
 

@@ -117,7 +117,8 @@ impl Fetched {
     }
 }
 
-/// One HTTP/1.1 request with extra headers, for binary answers (audio, ranges).
+/// One HTTP/1.1 request with extra headers, for binary answers (audio, ranges); an empty
+/// `token` sends none (someone signed out).
 pub fn fetch(
     addr: SocketAddr,
     method: &str,
@@ -125,21 +126,43 @@ pub fn fetch(
     token: &str,
     headers: &[(&str, &str)],
 ) -> Fetched {
+    send(addr, method, path, token, headers, &[])
+}
+
+/// As [`fetch`], with a body (its `Content-Length` added when it is not empty); redirects are
+/// answers like any other, never followed.
+pub fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Fetched {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect_timeout(&addr, super::TIMEOUT)
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
     stream
         .set_read_timeout(Some(super::TIMEOUT))
         .expect("read timeout");
-    let extra: String = headers
+    let auth = if token.is_empty() {
+        String::new()
+    } else {
+        format!("Authorization: Bearer {token}\r\n")
+    };
+    let mut extra: String = headers
         .iter()
         .map(|(n, v)| format!("{n}: {v}\r\n"))
         .collect();
+    if !body.is_empty() {
+        extra.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n{extra}Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{extra}Connection: close\r\n\r\n"
     )
     .expect("send the request");
+    stream.write_all(body).expect("send the body");
     let mut response = Vec::new();
     stream.read_to_end(&mut response).expect("read the answer");
     let split = response

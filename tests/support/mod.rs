@@ -200,8 +200,12 @@ impl Stoa {
         config: &Path,
         env: &[(&str, &str)],
         wrapper: &[&str],
-        (http_port, rtc_port): (u16, u16),
+        (mut http_port, rtc_port): (u16, u16),
     ) -> Stoa {
+        // A port the caller names in `env` (e.g. to put it in the node's `STOA_PUBLIC_URL`) wins.
+        if let Some((_, port)) = env.iter().find(|(k, _)| *k == "STOA_HTTP_PORT") {
+            http_port = port.parse().expect("STOA_HTTP_PORT");
+        }
         let log = config.with_extension(format!("{http_port}.log"));
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {

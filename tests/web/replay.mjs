@@ -2,7 +2,8 @@
 // while the room is recorded, and `replayAndClip` once it has ended): the ended page plays the recording, and WebAudio's analyser on the
 // audio element hears it (energy > 0); the player can seek (the server answers range requests);
 // the timeline says who spoke; "Clip" cuts the 30 s before the playhead and opens the clip's
-// own page, which plays it too.
+// own page, which plays it too. `embedReplay`: signed out, the ended room's embed card plays the
+// recording from its own player and seeks.
 
 /**
  * In the live recorded room on `page`, a member clips the last 30 s once the recording holds
@@ -94,4 +95,37 @@ export async function replayAndClip(page, { log, shot, audit, summary, hostName 
   await shot(page, '31c-clip');
   await audit(page, 'clip');
   summary.replay = { replay: heard, clip };
+}
+
+/**
+ * The ended room's embed card in a browser context with no session at all, as in someone else's
+ * page: it plays the recording from the card's own player (WebAudio hears it, energy > 0), the
+ * player seeks (range requests), who spoke when is drawn along it, the card still fits its
+ * snippet, and nobody is signed in. `ctx`: `{ base, wait, viewport, fits, shot, log, summary }`.
+ */
+export async function embedReplay(browser, roomId, { base, wait, viewport, fits, shot, log, summary }) {
+  const context = await browser.newContext({ viewport, baseURL: base });
+  try {
+    const embed = await context.newPage();
+    embed.setDefaultTimeout(wait);
+    const calls = [];
+    embed.on('request', (r) => calls.push(`${r.method()} ${new URL(r.url()).pathname}`));
+    await embed.goto(`/embed/rooms/${encodeURIComponent(roomId)}`);
+    await embed.getByText('Ended', { exact: true }).waitFor();
+    await embed.locator('.embed-card .embed-replay audio').waitFor();
+    await embed.locator('.embed-card .timeline-span').first().waitFor();
+    await fits(embed, 'ended, with its replay');
+    await shot(embed, '33-embed-ended');
+    const heard = await listen(embed, '.embed-card audio');
+    log('embed replay:', JSON.stringify(heard));
+    if (heard.error || !(heard.rms > 0)) throw new Error(`the embed card's replay is silent: ${JSON.stringify(heard)}`);
+    if (!(heard.duration > 0 && heard.seekable >= heard.duration - 0.1)) throw new Error(`the embed card's replay cannot seek to its end: ${JSON.stringify(heard)}`);
+    if (Math.abs(heard.seekedTo - heard.middle) > 0.5) throw new Error(`the embed card's replay did not seek: ${JSON.stringify(heard)}`);
+    const audio = calls.filter((c) => /\/recordings\/[^/]+\/audio$/.test(c));
+    if (!audio.length) throw new Error(`the embed card did not fetch the recording: ${calls.join(', ')}`);
+    if (await embed.evaluate(() => localStorage.getItem('stoa.session'))) throw new Error('the embed card signed someone in');
+    summary.embedReplay = heard;
+  } finally {
+    await context.close();
+  }
 }

@@ -54,7 +54,8 @@
 //  10b. the host hands the room to a co-host (asked first), who hands it back;
 //  11. the host ends the room; both land on the summary, which a fresh page shows with names; the
 //      host's summary plays the recording (WebAudio energy > 0 on the audio element, seekable,
-//      who spoke when), and its Clip opens the clip's page, which plays (tests/web/replay.mjs);
+//      who spoke when), and its Clip opens the clip's page, which plays; signed out, the ended
+//      room's embed card plays the recording from its own player (tests/web/replay.mjs);
 //  12. the listener, who followed the host in step 2, hears them go live again: the bell counts it,
 //      a toast offers "Join", the browser shows a notification (the permission granted), and a
 //      webhook signed with the API secret reaches a receiver here (WEB_HOOK_PORT, the server's
@@ -73,7 +74,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { chromium } from 'playwright-core';
-import { clipLive, replayAndClip } from './replay.mjs';
+import { clipLive, embedReplay, replayAndClip } from './replay.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const BASE = process.env.STOA_WEB_URL || 'http://127.0.0.1:7880';
@@ -1390,13 +1391,8 @@ async function scenario(host, listener, blocked, launchGuest, hooks) {
     await later.close();
     const ended = await previewTags(roomPath);
     if (!/^Ended · hosted by Hana Host/.test(ended['og:description'] ?? '')) throw new Error(`ended preview tags: ${JSON.stringify(ended)}`);
-    const embed = await listener.context.newPage();
-    embed.setDefaultTimeout(WAIT);
-    await embed.goto(`/embed/rooms/${encodeURIComponent(roomId)}`);
-    await embed.getByText('Ended', { exact: true }).waitFor();
-    await fitsSnippet(embed, 'ended');
-    await shot(embed, '33-embed-ended');
-    await embed.close();
+    // Signed out, the ended room's embed card plays its recording (tests/web/replay.mjs).
+    await embedReplay(host.browser, roomId, { base: BASE, wait: WAIT, viewport: DESKTOP, fits: fitsSnippet, shot, log, summary });
   });
 
   await step('the follower hears the host go live (bell, toast, browser notification, signed webhook) and joins from it', async () => {

@@ -30,25 +30,11 @@ export async function cutClip(id: string, request: { recording?: string; last_se
 }
 
 /**
- * The replay of an ended room: a player on the recording (range requests, so it seeks), the
- * timeline of who spoke when (each stretch seeks the player), and Clip. `null` when the room
- * has no recording.
+ * Who spoke when, as coloured stretches along the recording (a colour per speaker); a click
+ * seeks `seek` there. Decorative for screen readers: the player and the list say the same.
  */
-export async function replaySection(roomId: string): Promise<HTMLElement | null> {
-  let recordings: Recording[];
-  try {
-    recordings = (await api.recordings(roomId)).recordings;
-  } catch {
-    return null;
-  }
-  const recording = recordings.filter((r) => r.state !== 'recording').pop() ?? recordings.pop();
-  if (!recording) return null;
-  const audio = h('audio', { controls: true, preload: 'metadata', src: mediaUrl(recording.audio_url), class: 'replay-audio' });
+function timelineBar(recording: Recording, seek: (ms: number) => void): HTMLElement {
   const length = Math.max(recording.duration_ms, 1);
-  const seek = (ms: number) => {
-    audio.currentTime = ms / 1000;
-    void audio.play().catch(() => undefined);
-  };
   const bar = h(
     'div',
     { class: 'timeline-bar', 'aria-hidden': 'true' },
@@ -56,10 +42,62 @@ export async function replaySection(roomId: string): Promise<HTMLElement | null>
       h('span', {
         class: 'timeline-span',
         title: `${s.name} ${clock(s.start_ms)}–${clock(s.end_ms)}`,
-        style: `left:${(100 * s.start_ms) / length}%;width:${Math.max(0.5, (100 * (s.end_ms - s.start_ms)) / length)}%;--hue:${[...s.user].reduce((a, c) => a + c.charCodeAt(0), 0) % 360}`,
+        // Signed out, the timeline names people without ids: colour by name then.
+        style: `left:${(100 * s.start_ms) / length}%;width:${Math.max(0.5, (100 * (s.end_ms - s.start_ms)) / length)}%;--hue:${[...(s.user || s.name)].reduce((a, c) => a + c.charCodeAt(0), 0) % 360}`,
       }),
     ),
   );
+  bar.addEventListener('click', (e) => {
+    const box = bar.getBoundingClientRect();
+    if (box.width > 0) seek(((e.clientX - box.left) / box.width) * length);
+  });
+  return bar;
+}
+
+/** The newest finished recording of a room (else the one running), or `null`. */
+async function latestRecording(roomId: string): Promise<Recording | null> {
+  try {
+    const recordings = (await api.recordings(roomId)).recordings;
+    return recordings.filter((r) => r.state !== 'recording').pop() ?? recordings.pop() ?? null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The embed card's player for an ended room: the recording (range requests, so it seeks) and
+ * who spoke when along it. A public room's replay needs no token, so the card signs nobody
+ * in; `null` when the room has no recording (or the reader may not hear it).
+ */
+export async function embedReplay(roomId: string): Promise<{ player: HTMLElement; duration_ms: number } | null> {
+  const recording = await latestRecording(roomId);
+  if (!recording) return null;
+  const audio = h('audio', { controls: true, preload: 'metadata', src: mediaUrl(recording.audio_url), 'aria-label': 'Recording of the room' });
+  const seek = (ms: number) => {
+    audio.currentTime = ms / 1000;
+    void audio.play().catch(() => undefined);
+  };
+  const speakers = [...new Set(recording.timeline.map((s) => s.name))];
+  return {
+    player: h('div', { class: 'embed-replay', title: speakers.length ? `Speaking: ${speakers.join(', ')}` : '' }, audio, recording.timeline.length ? timelineBar(recording, seek) : null),
+    duration_ms: recording.duration_ms,
+  };
+}
+
+/**
+ * The replay of an ended room: a player on the recording (range requests, so it seeks), the
+ * timeline of who spoke when (each stretch seeks the player), and Clip. `null` when the room
+ * has no recording.
+ */
+export async function replaySection(roomId: string): Promise<HTMLElement | null> {
+  const recording = await latestRecording(roomId);
+  if (!recording) return null;
+  const audio = h('audio', { controls: true, preload: 'metadata', src: mediaUrl(recording.audio_url), class: 'replay-audio' });
+  const seek = (ms: number) => {
+    audio.currentTime = ms / 1000;
+    void audio.play().catch(() => undefined);
+  };
+  const bar = timelineBar(recording, seek);
   const clipButton = h('button', { type: 'button', class: 'secondary' }, icon('plus'), `Clip the last ${CLIP_SECONDS} s`);
   clipButton.addEventListener('click', async () => {
     clipButton.disabled = true;

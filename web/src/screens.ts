@@ -5,7 +5,7 @@ import { fill, formatDuration, formatWhen, h, plural } from './dom';
 import { icon } from './icons';
 import { navigate, type Screen } from './main';
 import { recurrenceText, scheduleErrorText, scheduleFields } from './recurrence';
-import { replaySection } from './replay';
+import { embedReplay, replaySection } from './replay';
 
 /** What the server's error codes mean, said to the person in front of the screen. */
 const SENTENCES: Record<string, string> = {
@@ -429,17 +429,32 @@ function stateBadge(r: RoomCard): HTMLElement {
 }
 
 /**
- * A card for feeds and posts: scheduled, live or ended, and a link into the room. It reads the
- * room's public card, so it signs nobody in.
+ * A card for feeds and posts: scheduled, live or ended, and a link into the room; an ended
+ * room's card plays its recording (a public room's replay needs no token). It reads the room's
+ * public card, so it signs nobody in.
  */
 export const embedScreen: Screen = (main, params) => {
   const card = h('article', { class: 'embed-card', 'aria-live': 'polite' }, h('p', { class: 'muted' }, 'Loading…'));
   main.append(card);
   let shown = '';
   const brand = () => h('span', { class: 'brand' }, h('span', { class: 'logo', 'aria-hidden': 'true' }), 'Stoa');
+  // An ended room's recording, once found: polling keeps the player (and its playback).
+  let replay: { player: HTMLElement; duration_ms: number } | null = null;
+  // Looked for a few times (a recording may still be finishing), then no more.
+  let replayLooks = 0;
   const load = async () => {
     try {
       const r = await api.card(params.id);
+      const ended = r.state !== 'live' && r.state !== 'scheduled';
+      // Polling rebuilds nothing unless the card changed (so a screen reader hears changes
+      // only), or an ended room's recording is still to be found.
+      const signature = JSON.stringify(r);
+      const looking = ended && !replay && replayLooks < 3;
+      if (signature === shown && !looking) return;
+      if (looking) {
+        replayLooks += 1;
+        replay = await embedReplay(r.id);
+      }
       const link = h('a', { class: 'button primary', href: `/rooms/${encodeURIComponent(r.id)}`, target: '_blank', rel: 'noopener' },
         r.state === 'live' ? [icon('headphones'), 'Listen live'] : r.state === 'scheduled' ? 'Open room' : 'See summary');
       const view = [
@@ -450,15 +465,15 @@ export const embedScreen: Screen = (main, params) => {
           'p',
           { class: 'muted embed-meta' },
           r.state !== 'live' && r.host_name ? h('span', {}, `Hosted by ${r.host_name}`) : null,
+          ended && replay ? h('span', {}, icon('headphones'), `Replay · ${formatDuration(replay.duration_ms)}`) : null,
           r.state === 'live' && r.speakers.length ? h('span', { class: 'speakers' }, icon('mic'), r.speakers.join(', ')) : null,
           r.state === 'live' ? h('span', { class: 'listening' }, icon('headphones'), plural(r.listeners, 'listener', 'listeners')) : null,
         ),
+        ended ? replay?.player : null,
         link,
       ];
-      // Polling rebuilds nothing unless the card changed, so a screen reader hears changes only.
-      const signature = JSON.stringify(r);
-      if (signature === shown) return;
       shown = signature;
+      card.classList.toggle('replaying', Boolean(ended && replay));
       fill(card, view);
     } catch (err) {
       shown = '';

@@ -1,13 +1,57 @@
 //! Replays and clips: a room's recordings with who spoke when, their audio with HTTP range
 //! requests (so a browser's player seeks), and clips with their own link, card and audio.
-//! Whoever may see the room (its view's rule) may list and play them; a private room's
-//! outsiders get 404.
+//! A public room's replays and clips are read by anyone, signed in or not (an embedded card
+//! plays them: no token needed); a private room's by whoever may see the room (its view's
+//! rule), and to anyone else, signed out included, it does not exist (404, as its card). An
+//! anonymous reader sees names, never user ids (as the card). Cutting a clip needs a user.
 
-use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::http::{HeaderMap, HeaderValue, Method, Uri, header};
 
 use super::*;
-use crate::replay::{ByteRange, Clip, ClipId, RecordingId, RecordingState, Speaker, byte_range};
+use crate::replay::{
+    ByteRange, Clip, ClipId, Located, RecordingId, RecordingState, Speaker, byte_range,
+};
 use crate::service::NewClip;
+use crate::view::Viewer;
+
+/// Whoever reads a replay or clip: the caller when a token came (`Authorization: Bearer`, or
+/// `?access_token=` for an audio element; a bad one is still 401), else someone anonymous.
+#[derive(Debug)]
+pub struct Reader(Option<Principal>);
+
+impl Reader {
+    fn viewer(&self) -> Viewer<'_> {
+        match &self.0 {
+            None => Viewer::Anonymous,
+            Some(Principal::User { id, .. }) => Viewer::User(id),
+            Some(Principal::Server) => Viewer::Server,
+        }
+    }
+
+    fn anonymous(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+impl FromRequestParts<Control> for Reader {
+    type Rejection = ControlError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        control: &Control,
+    ) -> Result<Self, Self::Rejection> {
+        let token = parts.headers.contains_key(header::AUTHORIZATION)
+            || parts.uri.query().is_some_and(|q| {
+                form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "access_token")
+            });
+        if !token {
+            return Ok(Reader(None));
+        }
+        Caller::from_request_parts(parts, control)
+            .await
+            .map(|c| Reader(Some(c.0)))
+    }
+}
 
 /// The replay and clip routes.
 pub(super) fn routes() -> Router<Control> {
@@ -25,7 +69,7 @@ pub(super) fn routes() -> Router<Control> {
 /// One span of a replay's timeline: someone speaking.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TimelineEntry {
-    /// Their user id.
+    /// Their user id ("" to an anonymous reader).
     pub user: String,
     /// Their display name when the room knows it.
     pub name: String,
@@ -110,7 +154,7 @@ pub struct ClipView {
     pub duration_ms: u64,
     /// Who spoke in it.
     pub speakers: Vec<Speaker>,
-    /// Who cut it (absent: a server).
+    /// Who cut it (absent: a server, or to an anonymous reader).
     pub created_by: Option<UserId>,
     /// Unix ms it was cut.
     pub created_at: u64,
@@ -127,7 +171,14 @@ pub struct ClipsView {
     pub clips: Vec<ClipView>,
 }
 
-fn clip_view(clip: Clip, doc: &RoomDoc) -> ClipView {
+/// A clip as shown; to an anonymous reader without user ids.
+fn clip_view(mut clip: Clip, doc: &RoomDoc, anonymous: bool) -> ClipView {
+    if anonymous {
+        clip.created_by = None;
+        for s in &mut clip.speakers {
+            s.user.clear();
+        }
+    }
     ClipView {
         audio_url: format!("/api/clips/{}/audio", clip.id),
         link: format!("/clips/{}", clip.id),
@@ -151,17 +202,19 @@ fn clip_view(clip: Clip, doc: &RoomDoc) -> ClipView {
     }
 }
 
-/// A room's recordings, with who spoke when: for whoever may see the room (a private room's
-/// outsiders get 404), live or ended.
+/// A room's recordings, with who spoke when, live or ended: a public room's for anyone (no
+/// token needed; user ids left out then), a private room's for whoever may see it (anyone
+/// else gets 404).
 #[utoipa::path(get, path = "/api/rooms/{id}/recordings", params(("id" = String, Path, description = "Room id")),
-    responses((status = 200, body = RecordingsView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = RecordingsView), (status = 401, body = ErrorBody, description = "A bad token"), (status = 404, body = ErrorBody)))]
 pub(super) async fn list_recordings(
     State(c): State<Control>,
-    caller: Caller,
+    caller: Reader,
     Path(id): Path<String>,
 ) -> Result<Json<RecordingsView>, ControlError> {
     let id = room_id(&id)?;
     let replays = c.replays(&id, caller.viewer()).await?;
+    let anonymous = caller.anonymous();
     Ok(Json(RecordingsView {
         recordings: replays
             .into_iter()
@@ -177,7 +230,7 @@ pub(super) async fn list_recordings(
                     .timeline
                     .into_iter()
                     .map(|(s, name)| TimelineEntry {
-                        user: s.user,
+                        user: if anonymous { String::new() } else { s.user },
                         name,
                         start_ms: s.start_ms,
                         end_ms: s.end_ms,
@@ -190,23 +243,52 @@ pub(super) async fn list_recordings(
 
 /// A recording's audio (Ogg/Opus) with HTTP range requests (`Range: bytes=…` → 206 with
 /// `Content-Range`; past the end → 416), so a player seeks; `HEAD` answers the headers.
+/// Who may read it as for the room's recordings (a public room's: anyone, no token);
 /// `?access_token=` authenticates an audio element.
 #[utoipa::path(get, path = "/api/rooms/{id}/recordings/{recording}/audio",
     params(("id" = String, Path, description = "Room id"), ("recording" = String, Path, description = "Recording id")),
     responses((status = 200, description = "The whole file", content_type = "audio/ogg"),
         (status = 206, description = "The range asked for", content_type = "audio/ogg"),
+        (status = 307, body = ErrorBody, description = "The file is on the node that recorded it (`on_another_node`): `Location` is the same request there"),
         (status = 404, body = ErrorBody), (status = 416, body = ErrorBody, description = "The range starts past the end (`range_not_satisfiable`)")))]
 pub(super) async fn recording_audio(
     State(c): State<Control>,
-    caller: Caller,
+    caller: Reader,
     method: Method,
     headers: HeaderMap,
+    uri: Uri,
     Path((id, recording)): Path<(String, String)>,
 ) -> Result<Response, ControlError> {
     let id = room_id(&id)?;
     let recording = RecordingId::parse(&recording)?;
-    let path = c.recording_path(&id, &recording, caller.viewer()).await?;
-    serve_file(&path, &method, &headers).await
+    match c.recording_path(&id, &recording, caller.viewer()).await? {
+        Located::Here(path) => serve_file(&path, &method, &headers).await,
+        Located::At(node) => Ok(elsewhere(&node, &uri)),
+    }
+}
+
+/// `307 Temporary Redirect` to the same request (method, body, query with its
+/// `?access_token=`) on the node at `base`, whose disk holds the file; the body says so as
+/// `{code, message}`. Asked only after this node checked who may read it.
+fn elsewhere(base: &str, uri: &Uri) -> Response {
+    let target = format!(
+        "{base}{}",
+        uri.path_and_query().map_or(uri.path(), |p| p.as_str())
+    );
+    metrics::counter!(crate::telemetry::AUDIO_REDIRECTS).increment(1);
+    let mut response = ControlError::new(
+        307,
+        "on_another_node",
+        format!("the file is on the node that recorded it: {base}"),
+    )
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&target) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// Cuts a clip of the room's recording: the last N seconds, or a start and end. While the
@@ -215,6 +297,7 @@ pub(super) async fn recording_audio(
 /// card (who spoke in it) and audio file.
 #[utoipa::path(post, path = "/api/rooms/{id}/clips", params(("id" = String, Path, description = "Room id")), request_body = ClipBody,
     responses((status = 201, body = ClipView),
+        (status = 307, body = ErrorBody, description = "The recording is on another node (`on_another_node`), which cuts it: `Location` is the same request there"),
         (status = 400, body = ErrorBody, description = "A bad range (`invalid_range`: start not before end, too long)"),
         (status = 403, body = ErrorBody, description = "Not a member of the live room (`not_a_member`)"),
         (status = 404, body = ErrorBody),
@@ -224,6 +307,7 @@ pub(super) async fn recording_audio(
 pub(super) async fn create_clip(
     State(c): State<Control>,
     caller: Caller,
+    uri: Uri,
     Path(id): Path<String>,
     OptionalBody(b): OptionalBody<ClipBody>,
 ) -> Result<Response, ControlError> {
@@ -245,53 +329,65 @@ pub(super) async fn create_clip(
         end_ms: b.end_ms,
         title: b.title,
     };
-    let clip = c.cut_clip(&id, &caller.0, request).await?;
+    let clip = match c.cut_clip(&id, &caller.0, request).await? {
+        Located::Here(clip) => clip,
+        Located::At(node) => return Ok(elsewhere(&node, &uri)),
+    };
     let doc = c.room_in(&id, &Scope::header()).await?;
-    Ok((StatusCode::CREATED, Json(clip_view(clip, &doc))).into_response())
+    Ok((StatusCode::CREATED, Json(clip_view(clip, &doc, false))).into_response())
 }
 
-/// A room's clips, newest first: for whoever may see the room.
+/// A room's clips, newest first: a public room's for anyone (no token needed), a private
+/// room's for whoever may see it.
 #[utoipa::path(get, path = "/api/rooms/{id}/clips", params(("id" = String, Path, description = "Room id")),
     responses((status = 200, body = ClipsView), (status = 404, body = ErrorBody)))]
 pub(super) async fn list_clips(
     State(c): State<Control>,
-    caller: Caller,
+    caller: Reader,
     Path(id): Path<String>,
 ) -> Result<Json<ClipsView>, ControlError> {
     let id = room_id(&id)?;
     let clips = c.clips(&id, caller.viewer()).await?;
     let doc = c.room_in(&id, &Scope::header()).await?;
     Ok(Json(ClipsView {
-        clips: clips.into_iter().map(|k| clip_view(k, &doc)).collect(),
+        clips: clips
+            .into_iter()
+            .map(|k| clip_view(k, &doc, caller.anonymous()))
+            .collect(),
     }))
 }
 
-/// A clip's card: title, room, who spoke in it, where to play and share it. For whoever may
-/// see its room (else 404).
+/// A clip's card: title, room, who spoke in it, where to play and share it. A public room's
+/// for anyone (no token needed), a private room's for whoever may see the room (else 404).
 #[utoipa::path(get, path = "/api/clips/{clip}", params(("clip" = String, Path, description = "Clip id")),
     responses((status = 200, body = ClipView), (status = 404, body = ErrorBody)))]
 pub(super) async fn get_clip(
     State(c): State<Control>,
-    caller: Caller,
+    caller: Reader,
     Path(clip): Path<String>,
 ) -> Result<Json<ClipView>, ControlError> {
     let (clip, doc) = c.clip(&ClipId::parse(&clip)?, caller.viewer()).await?;
-    Ok(Json(clip_view(clip, &doc)))
+    Ok(Json(clip_view(clip, &doc, caller.anonymous())))
 }
 
-/// A clip's audio (Ogg/Opus, starting at 0), with HTTP range requests as a recording's.
+/// A clip's audio (Ogg/Opus, starting at 0), with HTTP range requests and readers as a
+/// recording's.
 #[utoipa::path(get, path = "/api/clips/{clip}/audio", params(("clip" = String, Path, description = "Clip id")),
     responses((status = 200, content_type = "audio/ogg"), (status = 206, content_type = "audio/ogg"),
+        (status = 307, body = ErrorBody, description = "On the node that recorded it (`on_another_node`): `Location` is the same request there"),
         (status = 404, body = ErrorBody), (status = 416, body = ErrorBody)))]
 pub(super) async fn clip_audio(
     State(c): State<Control>,
-    caller: Caller,
+    caller: Reader,
     method: Method,
     headers: HeaderMap,
+    uri: Uri,
     Path(clip): Path<String>,
 ) -> Result<Response, ControlError> {
-    let path = c.clip_path(&ClipId::parse(&clip)?, caller.viewer()).await?;
-    serve_file(&path, &method, &headers).await
+    match c.clip_path(&ClipId::parse(&clip)?, caller.viewer()).await? {
+        Located::Here(path) => serve_file(&path, &method, &headers).await,
+        Located::At(node) => Ok(elsewhere(&node, &uri)),
+    }
 }
 
 /// Bytes read from disk per chunk of a response.

@@ -1,5 +1,6 @@
 //! Replays and clips: the recordings the recorder reports, kept with their room; the clips
-//! members cut from them; and who may read which (the room view's rule).
+//! members cut from them; and who may read which: anyone, signed in or not, a public room's;
+//! a private room's those who may see the room (the room view's rule), else 404.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,12 +8,13 @@ use std::sync::Arc;
 use crate::auth::Principal;
 use crate::clock::now_ms;
 use crate::error::ControlError;
+use crate::media::MediaCommand;
 use crate::model::{self, RoomDoc, RoomId, RoomState, Scope, UserId};
 use crate::replay::{
-    Archive, Clip, ClipId, ClipRange, DEFAULT_CLIP_MS, MAX_CLIP_MS, MAX_CLIP_TITLE, Recording,
-    RecordingId, RecordingState, Speaker, SpeakingSpan,
+    Archive, Clip, ClipId, ClipRange, DEFAULT_CLIP_MS, Located, MAX_CLIP_MS, MAX_CLIP_TITLE,
+    MAX_KEPT_SPANS, Recording, RecordingId, RecordingState, Speaker, SpeakingSpan, http_base,
 };
-use crate::view;
+use crate::view::{self, Viewer};
 
 use super::Control;
 
@@ -64,6 +66,17 @@ impl Control {
     /// The recorder's word on a recording: started (`ended_at` none) or ended. Kept with its
     /// room; a start that never arrived is made up from the end.
     pub async fn record_report(&self, mut recording: Recording) {
+        // An ended recording keeps its timeline with its record: other nodes lack the sidecar.
+        if let (Some(duration_ms), Some(file), Some(archive)) = (
+            recording.duration_ms,
+            recording.speaking_file.clone(),
+            self.inner.archive.get().cloned(),
+        ) {
+            let spans = tokio::task::spawn_blocking(move || archive.spans(&file, duration_ms))
+                .await
+                .unwrap_or_default();
+            recording.timeline = spans.into_iter().take(MAX_KEPT_SPANS).collect();
+        }
         // The start is the first one reported (a recording resumed after a restart keeps it).
         if let Ok(known) = self.inner.store.recordings(&recording.room).await
             && let Some(k) = known.into_iter().find(|r| r.id == recording.id)
@@ -75,17 +88,31 @@ impl Control {
         }
     }
 
-    /// The room, if `viewer` may see it (else 404, as its view answers), with `users` loaded.
+    /// The `public_url` of the node that records room `id`, when that is another node (the
+    /// room's media lives there); `None` when this node records it, or the room is unknown.
+    pub async fn recorded_elsewhere(&self, id: &RoomId) -> Option<String> {
+        if records_here(&self.inner, id).await {
+            return None;
+        }
+        let doc = self.room_in(id, &Scope::header()).await.ok()?;
+        doc.room.media_url
+    }
+
+    /// The room, if `viewer` may read its replays (else 404, as its view and card answer: a
+    /// private room does not exist to an outsider), with `users` loaded.
     async fn visible(
         &self,
         id: &RoomId,
-        viewer: Option<&UserId>,
+        viewer: Viewer<'_>,
         users: Vec<UserId>,
     ) -> Result<RoomDoc, ControlError> {
         let doc = self
-            .room_in(id, &Scope::users(viewer.cloned().into_iter().chain(users)))
+            .room_in(
+                id,
+                &Scope::users(viewer.user().cloned().into_iter().chain(users)),
+            )
             .await?;
-        if !view::may_see(&doc, viewer) {
+        if !view::may_read(&doc, viewer) {
             return Err(ControlError::not_found("room", id.as_str()));
         }
         Ok(doc)
@@ -95,7 +122,7 @@ impl Control {
     pub async fn replays(
         &self,
         id: &RoomId,
-        viewer: Option<&UserId>,
+        viewer: Viewer<'_>,
     ) -> Result<Vec<Replay>, ControlError> {
         let doc = self.visible(id, viewer, vec![]).await?;
         let mut recordings = self.inner.store.recordings(id).await?;
@@ -122,9 +149,15 @@ impl Control {
                     let duration_ms = r
                         .duration_ms
                         .unwrap_or_else(|| now.saturating_sub(r.started_at));
-                    let spans = match (&archive, &r.speaking_file) {
+                    let here = match (&archive, &r.speaking_file) {
                         (Some(a), Some(f)) => a.spans(f, duration_ms),
                         _ => vec![],
+                    };
+                    // Without the sidecar here (another node recorded it): as kept.
+                    let spans = if here.is_empty() {
+                        r.timeline.clone()
+                    } else {
+                        here
                     };
                     (r, size, duration_ms, spans)
                 })
@@ -198,15 +231,19 @@ impl Control {
             .iter()
             .filter(|r| r.instance == self.inner.instance)
             .collect();
-        let dirs: Vec<String> = here
+        // A recording's directory (`<room>/<id>`, where its sidecar is), and its mix when an
+        // egress request's `filepath` put it elsewhere: never the directory of such a file,
+        // which may hold anything.
+        let dirs: Vec<String> = here.iter().filter_map(|r| recording_dir(r)).collect();
+        let placed = here
             .iter()
-            .filter_map(|r| r.file.rsplit_once('/').map(|(dir, _)| dir.to_owned()))
-            .collect();
+            .filter(|r| recording_dir(r).is_none_or(|d| !r.file.starts_with(&format!("{d}/"))));
         let mine: Vec<&RecordingId> = here.iter().map(|r| &r.id).collect();
         let files: Vec<String> = clips
             .into_iter()
             .filter(|c| mine.contains(&&c.recording))
             .map(|c| c.file)
+            .chain(placed.map(|r| r.file.clone()))
             .collect();
         if dirs.is_empty() && files.is_empty() {
             return Ok(());
@@ -216,13 +253,33 @@ impl Control {
             .map_err(|e| ControlError::unavailable(format!("deleting recordings: {e}")))
     }
 
-    /// Where the mix of recording `rid` of room `id` is, for whoever may see the room.
+    /// Where `file` (of a recording `node` wrote) is: here when this node's disk has it, else
+    /// on `node` (never this node itself: a file missing here is missing).
+    async fn locate(
+        &self,
+        file: &str,
+        node: Option<&String>,
+    ) -> Result<Located<PathBuf>, ControlError> {
+        if let Some(path) = self.inner.archive.get().map(|a| a.path(file))
+            && tokio::fs::metadata(&path).await.is_ok()
+        {
+            return Ok(Located::Here(path));
+        }
+        let own = http_base(&self.inner.config.public_url);
+        match node {
+            Some(n) if Some(n) != own.as_ref() => Ok(Located::At(n.clone())),
+            _ => Ok(Located::Here(self.archive()?.path(file))),
+        }
+    }
+
+    /// Where the mix of recording `rid` of room `id` is (here, or the node that recorded it),
+    /// for whoever may see the room.
     pub async fn recording_path(
         &self,
         id: &RoomId,
         rid: &RecordingId,
-        viewer: Option<&UserId>,
-    ) -> Result<PathBuf, ControlError> {
+        viewer: Viewer<'_>,
+    ) -> Result<Located<PathBuf>, ControlError> {
         self.visible(id, viewer, vec![]).await?;
         let recording = self
             .inner
@@ -232,23 +289,24 @@ impl Control {
             .into_iter()
             .find(|r| r.id == *rid)
             .ok_or_else(|| ControlError::not_found("recording", rid.as_str()))?;
-        Ok(self.archive()?.path(&recording.file))
+        self.locate(&recording.file, recording.node.as_ref()).await
     }
 
     /// Cuts a clip: a member of a live recorded room (the host, whoever joined), or anyone
     /// who may see an ended room's replay; from the recording running now (live) or the
-    /// room's latest, unless one is named.
+    /// room's latest, unless one is named. The node whose disk holds the recording cuts it:
+    /// elsewhere the answer is where that node is.
     pub async fn cut_clip(
         &self,
         id: &RoomId,
         who: &Principal,
         request: NewClip,
-    ) -> Result<Clip, ControlError> {
-        let viewer = match who {
-            Principal::User { id, .. } => Some(id),
-            Principal::Server => None,
+    ) -> Result<Located<Clip>, ControlError> {
+        let (viewer, reader) = match who {
+            Principal::User { id, .. } => (Some(id), Viewer::User(id)),
+            Principal::Server => (None, Viewer::Server),
         };
-        let doc = self.visible(id, viewer, vec![]).await?;
+        let doc = self.visible(id, reader, vec![]).await?;
         let live = doc.room.state == RoomState::Live;
         if let Some(u) = viewer {
             let member = doc.members.contains_key(u) || doc.room.host == *u;
@@ -283,13 +341,25 @@ impl Control {
                 }
             }
         };
+        if let Located::At(node) = self
+            .locate(&recording.file, recording.node.as_ref())
+            .await?
+        {
+            return Ok(Located::At(node));
+        }
         let archive = self.archive()?.clone();
         // Cutting reads the whole recording: a few per minute per user.
         if let Some(u) = viewer {
             self.rate_limit(u, "clip", 0.2, 5.0)?;
         }
         let clip_id = ClipId::random();
-        let room_dir = recording.file.split('/').next().unwrap_or_default();
+        let room_dir = recording
+            .speaking_file
+            .as_deref()
+            .unwrap_or(&recording.file)
+            .split('/')
+            .next()
+            .unwrap_or_default();
         let file = format!("{room_dir}/clips/{clip_id}.ogg");
         let (source, speaking, target) = (
             recording.file.clone(),
@@ -341,14 +411,14 @@ impl Control {
         self.inner.store.put_clip(&clip).await?;
         metrics::counter!(crate::telemetry::CLIPS).increment(1);
         tracing::info!(room = %id, clip = %clip.id, start_ms = clip.start_ms, end_ms = clip.end_ms, "clip cut");
-        Ok(clip)
+        Ok(Located::Here(clip))
     }
 
     /// A clip and its room, for whoever may see the room (else 404).
     pub async fn clip(
         &self,
         cid: &ClipId,
-        viewer: Option<&UserId>,
+        viewer: Viewer<'_>,
     ) -> Result<(Clip, RoomDoc), ControlError> {
         let clip = self
             .inner
@@ -366,25 +436,79 @@ impl Control {
         Ok((clip, doc))
     }
 
-    /// Where a clip's file is, for whoever may see its room.
+    /// Where a clip's file is (here, or the node that recorded its recording, which cut it),
+    /// for whoever may see its room.
     pub async fn clip_path(
         &self,
         cid: &ClipId,
-        viewer: Option<&UserId>,
-    ) -> Result<PathBuf, ControlError> {
+        viewer: Viewer<'_>,
+    ) -> Result<Located<PathBuf>, ControlError> {
         let (clip, _) = self.clip(cid, viewer).await?;
-        Ok(self.archive()?.path(&clip.file))
+        let node = self
+            .inner
+            .store
+            .recordings(&clip.room)
+            .await?
+            .into_iter()
+            .find(|r| r.id == clip.recording)
+            .and_then(|r| r.node);
+        self.locate(&clip.file, node.as_ref()).await
     }
 
     /// A room's clips, newest first, for whoever may see the room.
-    pub async fn clips(
-        &self,
-        id: &RoomId,
-        viewer: Option<&UserId>,
-    ) -> Result<Vec<Clip>, ControlError> {
+    pub async fn clips(&self, id: &RoomId, viewer: Viewer<'_>) -> Result<Vec<Clip>, ControlError> {
         self.visible(id, viewer, vec![]).await?;
         self.inner.store.room_clips(id, CLIPS_SHOWN).await
     }
+}
+
+/// Whether this node records `room`: the node its media lives on (the room's `media_url`, the
+/// `public_url` of the node that created it), or any node when nodes have no URL of their own.
+/// Every node applies every media command, so that a media room exists wherever a client
+/// lands, but another node would record its own empty media room: silence, and a second
+/// recording. A store error records (rather than lose a recording).
+async fn records_here(inner: &super::Inner, room: &RoomId) -> bool {
+    let own = &inner.config.public_url;
+    if own.is_empty() {
+        return true;
+    }
+    match inner.store.room(room, &Scope::header()).await {
+        Ok(Some(doc)) => doc.room.media_url.as_ref().is_none_or(|u| u == own),
+        _ => true,
+    }
+}
+
+/// `command` as this node applies it: starting a recording of a room whose media lives on
+/// another node records nothing here (the media room is still made).
+pub(super) async fn for_this_node(
+    inner: &super::Inner,
+    command: &MediaCommand,
+) -> Option<MediaCommand> {
+    match command {
+        MediaCommand::CreateRoom {
+            room,
+            max_participants,
+            recording: true,
+        } if !records_here(inner, room).await => Some(MediaCommand::CreateRoom {
+            room: room.clone(),
+            max_participants: *max_participants,
+            recording: false,
+        }),
+        MediaCommand::Record {
+            room,
+            recording: true,
+        } if !records_here(inner, room).await => None,
+        other => Some(other.clone()),
+    }
+}
+
+/// A recording's own directory (`<room>/<id>`, where its sidecar is; else its mix's).
+fn recording_dir(r: &Recording) -> Option<String> {
+    r.speaking_file
+        .as_deref()
+        .unwrap_or(&r.file)
+        .rsplit_once('/')
+        .map(|(dir, _)| dir.to_owned())
 }
 
 fn not_recorded(live: bool) -> ControlError {

@@ -21,6 +21,8 @@ const MAX_NAME: usize = 160;
 pub struct FileSink {
     dir: PathBuf,
     files: BTreeMap<Artifact, File>,
+    /// Artifacts written elsewhere than their name in `dir` (an egress request's `filepath`).
+    paths: BTreeMap<Artifact, PathBuf>,
 }
 
 impl FileSink {
@@ -31,7 +33,25 @@ impl FileSink {
         Ok(FileSink {
             dir,
             files: BTreeMap::new(),
+            paths: BTreeMap::new(),
         })
+    }
+
+    /// Writes `artifact` to `path` (its parent directories created) instead of its name in
+    /// the directory. Refuses a path whose file exists already: an egress never appends to
+    /// another's file.
+    pub fn place(&mut self, artifact: Artifact, path: PathBuf) -> io::Result<()> {
+        if path.exists() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists already", path.display()),
+            ));
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        self.paths.insert(artifact, path);
+        Ok(())
     }
 
     /// The directory.
@@ -41,7 +61,10 @@ impl FileSink {
 
     /// Where `artifact` is written.
     pub fn path(&self, artifact: &Artifact) -> PathBuf {
-        self.dir.join(file_name(artifact))
+        match self.paths.get(artifact) {
+            Some(path) => path.clone(),
+            None => self.dir.join(file_name(artifact)),
+        }
     }
 
     /// Appends `bytes` to the file of `artifact`, creating it on first use.
