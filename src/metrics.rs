@@ -79,7 +79,8 @@ pub const SFU_OFFERS_REFUSED: &str = "sfu_offers_refused_total";
 pub const SIGNALING_DROPPED: &str = "signaling_dropped_total";
 /// Messages dropped because a bounded queue of the media engine's shell was full, by `queue` =
 /// `commands` | `relays` | `events` | `tap` (a recorded packet on its way to the recorder) |
-/// `tap_core` (a recorded packet the shard did not take from its core in time) (counter).
+/// `tap_core` (a recorded packet the shard did not take from its core in time) | `data_core` (a
+/// data message to one peer of a broadcast that found too many waiting) (counter).
 pub const SFU_QUEUE_DROPPED: &str = "sfu_queue_dropped_total";
 /// Media engine shards that answered the last scrape (gauge).
 pub const SFU_SHARDS: &str = "sfu_shards";
@@ -295,6 +296,7 @@ pub fn record(snapshot: &Snapshot) {
             sum.rtp_dropped_muted += s.rtp_dropped_muted;
             sum.rtp_dropped_malformed += s.rtp_dropped_malformed;
             sum.rtp_tap_dropped += s.rtp_tap_dropped;
+            sum.data_dropped += s.data_dropped;
             sum.datagrams_unknown += s.datagrams_unknown;
             sum.offers_refused += s.offers_refused;
             sum
@@ -311,6 +313,7 @@ pub fn record(snapshot: &Snapshot) {
         counter!(SFU_RTP_DROPPED, "reason" => "muted").absolute(total.rtp_dropped_muted);
         counter!(SFU_RTP_DROPPED, "reason" => "malformed").absolute(total.rtp_dropped_malformed);
         counter!(SFU_QUEUE_DROPPED, "queue" => "tap_core").absolute(total.rtp_tap_dropped);
+        counter!(SFU_QUEUE_DROPPED, "queue" => "data_core").absolute(total.data_dropped);
         counter!(SFU_RTP_FORWARDED_DIRECT).absolute(total.rtp_forwarded_direct);
         counter!(SFU_RTP_DROPPED, "reason" => "duplicate").absolute(total.rtp_dropped_duplicate);
         counter!(SFU_DATAGRAMS_UNKNOWN).absolute(total.datagrams_unknown);

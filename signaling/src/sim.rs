@@ -234,7 +234,19 @@ pub struct Sim {
 impl Sim {
     /// A world at `start` with `shards` engine shards and the core configured by `config`
     /// (its seed and shard count are set from `seed` and `shards`).
-    pub fn new(start: Instant, seed: u64, shards: u16, mut config: ServerConfig) -> Self {
+    pub fn new(start: Instant, seed: u64, shards: u16, config: ServerConfig) -> Self {
+        Sim::with_engine(start, seed, shards, config, |_| {})
+    }
+
+    /// [`Sim::new`], with each engine shard's configuration adjusted by `engine` (after its
+    /// seed and candidates are set).
+    pub fn with_engine(
+        start: Instant,
+        seed: u64,
+        shards: u16,
+        mut config: ServerConfig,
+        engine: impl Fn(&mut SfuConfig),
+    ) -> Self {
         let sfu_addr: SocketAddr = SFU_ADDR.parse().expect("addr");
         let mut s = [0u8; 32];
         s[..8].copy_from_slice(&seed.to_le_bytes());
@@ -248,6 +260,7 @@ impl Sim {
                 seed[31] ^= i as u8 + 1;
                 let mut c = SfuConfig::new(ShardId(i), seed);
                 c.candidates = vec![sfu_addr];
+                engine(&mut c);
                 Sfu::new(c, start)
             })
             .collect();

@@ -510,6 +510,47 @@ fn data_reaches_the_room_as_one_engine_command() {
 }
 
 #[test]
+fn a_message_to_the_room_sent_in_slices_reaches_everyone_in_order() {
+    // Two targets per slice: each shard's part of a message to the room takes several inputs.
+    let start = Instant::now();
+    let config = ServerConfig::default();
+    let mut sim = Sim::with_engine(start, 9, 2, config, |c| c.data_slice = 2);
+    let (speaker, listeners) = stage(&mut sim, 7);
+    let ok = sim.run_until(5 * SECOND, |s| {
+        s.clients[speaker]
+            .publisher
+            .channels
+            .contains_key("_reliable")
+    });
+    assert!(ok, "publisher data channel open");
+    // Two messages back to back: the second queues behind the first in each shard.
+    assert!(sim.send_data(speaker, b"one"));
+    assert!(sim.send_data(speaker, b"two"));
+    sim.run_for(SECOND);
+    for &l in &listeners {
+        let payloads: Vec<Vec<u8>> = sim.clients[l]
+            .data
+            .iter()
+            .map(
+                |d| match <lk::DataPacket as prost::Message>::decode(&d[..]).map(|p| p.value) {
+                    Ok(Some(lk::data_packet::Value::User(u))) => u.payload,
+                    other => panic!("{other:?}"),
+                },
+            )
+            .collect();
+        assert_eq!(
+            payloads,
+            vec![b"one".to_vec(), b"two".to_vec()],
+            "client {l}"
+        );
+    }
+    assert!(
+        sim.shards.iter().all(|s| s.data_pending() == 0),
+        "nothing left waiting"
+    );
+}
+
+#[test]
 fn an_undeliverable_engine_command_sends_the_client_to_rejoin() {
     let mut sim = world(9);
     let a = sim.join("r", "ann", false);

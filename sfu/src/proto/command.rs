@@ -131,7 +131,11 @@ pub enum EngineCommand {
         /// Whether its packets are tapped.
         tapped: bool,
     },
-    /// Send one message on a data channel of each target peer.
+    /// Send one message on a data channel of each target peer: queued and sent a slice of
+    /// targets per input ([`SfuConfig::data_slice`]), so other commands and datagrams never
+    /// wait for all of it; in order with other `SendData`s.
+    ///
+    /// [`SfuConfig::data_slice`]: super::SfuConfig::data_slice
     SendData {
         /// Peers and their channel.
         targets: Vec<(PeerId, ChannelId)>,
@@ -323,14 +327,7 @@ impl Sfu {
                 targets,
                 binary,
                 data,
-            } => {
-                for (peer, channel) in targets {
-                    ignore(
-                        self.send_data(now, peer, channel, binary, &data)
-                            .map(|_| ()),
-                    );
-                }
-            }
+            } => self.broadcast(now, targets, binary, data),
         }
     }
 

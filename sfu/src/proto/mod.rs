@@ -45,6 +45,7 @@
 //! about unknown peers return [`SfuError`] (as events when they came as [`EngineCommand`]s). A peer whose `Rtc` fails is closed and reported
 //! as [`Event::Disconnected`]; other peers are untouched.
 
+mod broadcast;
 mod command;
 mod datagrams;
 mod demux;
@@ -119,6 +120,13 @@ pub struct SfuConfig {
     /// Host candidates of peers created by [`EngineCommand`]s: the shard's advertised socket
     /// addresses.
     pub candidates: Vec<SocketAddr>,
+    /// Targets of a data broadcast ([`EngineCommand::SendData`]) sent per input; the rest
+    /// waits for the next, so no input waits behind a message to a whole room (see
+    /// `broadcast`).
+    pub data_slice: usize,
+    /// Most broadcast targets waiting; a broadcast that does not fit is dropped and counted
+    /// ([`SfuStats::data_dropped`]).
+    pub data_pending_max: usize,
 }
 
 /// Whether the engine seals forwarded packets itself or hands each one to str0m.
@@ -142,6 +150,8 @@ impl SfuConfig {
             stats_interval: None,
             fast_path: FastPath::Enabled,
             candidates: Vec::new(),
+            data_slice: 64,
+            data_pending_max: 262_144,
         }
     }
 }
@@ -454,6 +464,9 @@ pub struct SfuStats {
     pub rtc_timeouts: u64,
     /// Tapped packets dropped because the shell did not take them in time.
     pub rtp_tap_dropped: u64,
+    /// Data messages (one per target) dropped because too many broadcasts were waiting
+    /// ([`SfuConfig::data_pending_max`]).
+    pub data_dropped: u64,
 }
 
 /// The engine for one shard. See the [module documentation](self).
@@ -480,6 +493,8 @@ pub struct Sfu {
     stats: SfuStats,
     /// The latest instant seen, for the idle wake-up.
     last_now: Instant,
+    /// Data broadcasts not yet sent to every target.
+    broadcasts: broadcast::Broadcasts,
     /// str0m's crypto with a DTLS factory that hands the engine each connection's SRTP keys.
     crypto: Arc<CryptoProvider>,
 }
@@ -560,6 +575,7 @@ impl Sfu {
             tapped: VecDeque::new(),
             stats: SfuStats::default(),
             last_now: now,
+            broadcasts: broadcast::Broadcasts::default(),
             crypto: srtp::capturing_provider(),
         }
     }
@@ -594,6 +610,7 @@ impl Sfu {
             }
         }
         self.process(now);
+        self.send_broadcast_slice(now);
     }
 
     /// Move every datagram waiting to be sent to the end of `queue`: str0m's own first (ICE,
@@ -616,6 +633,11 @@ impl Sfu {
         }
         if let Some(e) = self.events.pop_front() {
             return Output::Event(e);
+        }
+        if !self.broadcasts.is_empty() {
+            // Data broadcasts wait: the next slice as soon as the shell has served the inputs
+            // that arrived meanwhile.
+            return Output::Timeout(self.last_now);
         }
         let peers = self.out.deadlines.first().map(|(t, _)| *t);
         let speakers = self.speakers.poll_timeout();
