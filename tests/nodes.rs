@@ -276,6 +276,26 @@ fn rooms_are_placed_on_living_nodes_with_headroom_and_move_when_their_node_dies(
     wait_nodes(api, "the dead node's record gone", |n| {
         n.len() == 2 && n.iter().all(|n| n["public_url"] != x_url.as_str())
     });
+    // The room moves only once nobody is counted as connected to it (its members on X are
+    // marked gone when X's heartbeat has expired).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let room = ok(
+            api,
+            "GET",
+            &format!("/api/rooms/{first}"),
+            &user("hana"),
+            None,
+        );
+        if room["present"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "X's members still present: {room}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let grant = ok(
         api,
         "POST",

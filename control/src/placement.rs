@@ -3,9 +3,10 @@
 //! Until media is relayed between nodes, a room lives on one node: every participant of the
 //! room connects to its `media_url`. A room is placed when it is created (or, created without
 //! a node, at its first token request) on the living, non-draining node with the most
-//! headroom; it stays there while that node lives. At a token request, a room whose node is
-//! gone (its record expired) moves to the node with the most headroom, and so does a room
-//! with nobody connected whose node is draining: its next members meet there.
+//! headroom; it stays there while that node lives. At a token request, a room with nobody
+//! connected whose node is gone (its record expired) or draining moves to the node with the
+//! most headroom: its next members meet there. A room with people connected never moves (they
+//! are on its node; a dead node's members are marked gone when its heartbeat expires).
 //!
 //! Headroom is `1 - load`, the load being the larger of the participants' share of
 //! `[control] node_capacity` and the CPU share, in whole percent; ties go to the node with
@@ -53,10 +54,16 @@ pub fn review(
     now: u64,
 ) -> Option<String> {
     if let Some(url) = current {
-        let mut living = nodes
+        // Whoever is connected is on the room's node: the room never moves under them, lest
+        // it split across two nodes. A node that only looks dead (missed heartbeats) keeps
+        // its room; the members of a node that died are marked gone by the sweeper when its
+        // heartbeat expires, and the room moves at the next token request after that.
+        if present > 0 {
+            return None;
+        }
+        let stays = nodes
             .iter()
-            .filter(|n| n.expires_at > now && n.public_url == url);
-        let stays = living.any(|n| !n.draining || present > 0);
+            .any(|n| n.expires_at > now && n.public_url == url && !n.draining);
         if stays {
             return None;
         }
@@ -134,12 +141,15 @@ mod tests {
         let nodes = [node("a", 900, 0.5, false), node("b", 10, 0.0, false)];
         let gone = "ws://c.example:7880";
         assert_eq!(
-            review(Some(gone), 5, &nodes, 1000, 0).as_deref(),
+            review(Some(gone), 0, &nodes, 1000, 0).as_deref(),
             Some("ws://b.example:7880")
         );
+        // While anyone is still counted as connected there, it stays: they are on that node
+        // (which may only have missed heartbeats); the sweeper marks a dead node's members gone.
+        assert_eq!(review(Some(gone), 5, &nodes, 1000, 0), None);
         // A record past its expiry is a dead node too.
         assert_eq!(
-            review(Some("ws://a.example:7880"), 5, &nodes, 1000, 10_000),
+            review(Some("ws://a.example:7880"), 0, &nodes, 1000, 10_000),
             None,
             "no living node: it keeps what it has"
         );
@@ -147,7 +157,7 @@ mod tests {
         later[0].expires_at = 5_000;
         later[1].expires_at = 20_000;
         assert_eq!(
-            review(Some("ws://a.example:7880"), 5, &later, 1000, 10_000).as_deref(),
+            review(Some("ws://a.example:7880"), 0, &later, 1000, 10_000).as_deref(),
             Some("ws://b.example:7880")
         );
     }

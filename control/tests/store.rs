@@ -476,6 +476,18 @@ async fn recordings_and_clips(store: &dyn Store) -> RoomId {
             recording(&id, "EG_second000002", 5_000, false)
         ]
     );
+    // One read by id, as an audio request does; none for another room's id or an unknown one.
+    let second = RecordingId::parse("EG_second000002").unwrap();
+    assert_eq!(
+        store.recording(&id, &second).await.unwrap(),
+        Some(recording(&id, "EG_second000002", 5_000, false))
+    );
+    assert_eq!(
+        store.recording(&other.room.id, &second).await.unwrap(),
+        None
+    );
+    let unknown = RecordingId::parse("EG_unknown00009").unwrap();
+    assert_eq!(store.recording(&id, &unknown).await.unwrap(), None);
     store
         .put_clip(&clip(&id, "aaaaaaaaaaaaaaa1", 10))
         .await

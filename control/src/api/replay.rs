@@ -3,7 +3,8 @@
 //! A public room's replays and clips are read by anyone, signed in or not (an embedded card
 //! plays them: no token needed); a private room's by whoever may see the room (its view's
 //! rule), and to anyone else, signed out included, it does not exist (404, as its card). An
-//! anonymous reader sees names, never user ids (as the card). Cutting a clip needs a user.
+//! anonymous reader gets no `user` fields, only names (which fall back to the user id when
+//! the room knows no display name, as everywhere). Cutting a clip needs a user.
 
 use axum::http::{HeaderMap, HeaderValue, Method, Uri, header};
 

@@ -284,10 +284,8 @@ impl Control {
         let recording = self
             .inner
             .store
-            .recordings(id)
+            .recording(id, rid)
             .await?
-            .into_iter()
-            .find(|r| r.id == *rid)
             .ok_or_else(|| ControlError::not_found("recording", rid.as_str()))?;
         self.locate(&recording.file, recording.node.as_ref()).await
     }
@@ -447,10 +445,8 @@ impl Control {
         let node = self
             .inner
             .store
-            .recordings(&clip.room)
+            .recording(&clip.room, &clip.recording)
             .await?
-            .into_iter()
-            .find(|r| r.id == clip.recording)
             .and_then(|r| r.node);
         self.locate(&clip.file, node.as_ref()).await
     }

@@ -1170,6 +1170,19 @@ impl Store for EmbeddedStore {
         Ok(mem.recordings.get(id).cloned().unwrap_or_default())
     }
 
+    async fn recording(
+        &self,
+        id: &RoomId,
+        recording: &crate::replay::RecordingId,
+    ) -> Result<Option<Recording>, ControlError> {
+        let mem = self.mem.lock().await;
+        Ok(mem
+            .recordings
+            .get(id)
+            .and_then(|list| list.iter().find(|r| r.id == *recording))
+            .cloned())
+    }
+
     async fn put_clip(&self, clip: &Clip) -> Result<(), ControlError> {
         self.usable()?;
         let mut mem = self.mem.lock().await;

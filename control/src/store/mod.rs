@@ -247,6 +247,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// A room's recordings, oldest first.
     async fn recordings(&self, id: &RoomId) -> Result<Vec<Recording>, ControlError>;
 
+    /// One recording of a room (what an audio request reads: not the room's whole list with
+    /// every timeline).
+    async fn recording(
+        &self,
+        id: &RoomId,
+        recording: &crate::replay::RecordingId,
+    ) -> Result<Option<Recording>, ControlError>;
+
     /// Stores a clip (with its room: deleted with it).
     async fn put_clip(&self, clip: &Clip) -> Result<(), ControlError>;
 

@@ -1293,6 +1293,22 @@ impl Store for RedisStore {
         Ok(out)
     }
 
+    async fn recording(
+        &self,
+        id: &RoomId,
+        recording: &crate::replay::RecordingId,
+    ) -> Result<Option<Recording>, ControlError> {
+        let mut con = self.shared.clone();
+        let raw: Option<String> = con
+            .hget(
+                self.key(&format!("room:{id}:recordings")),
+                recording.as_str(),
+            )
+            .await
+            .map_err(redis_err)?;
+        raw.map(|v| parse("recording", v.as_bytes())).transpose()
+    }
+
     async fn put_clip(&self, clip: &Clip) -> Result<(), ControlError> {
         let mut con = self.shared.clone();
         redis::pipe()
