@@ -22,7 +22,7 @@ use redis_server::RedisServer;
 use serde_json::{Value, json};
 use stoa_bench::client::{self, ClientHandle, ClientSpec, Command, Depth, Protocol, Role, Shared};
 use stoa_bench::product::ProductJoin;
-use support::api::{call, create_room, ok};
+use support::api::{call, create_room, get_until, ok};
 use support::tones::user_token;
 use support::{Stoa, free_ports, scratch_dir};
 
@@ -85,16 +85,11 @@ fn placed(api: SocketAddr, host: &str) -> String {
 
 /// `GET /api/nodes` through `api`, waited for (bounded) until `ok` holds.
 fn wait_nodes(api: SocketAddr, what: &str, ok_when: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let v = ok(api, "GET", "/api/nodes", &server_token(), None);
-        let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
-        if ok_when(&nodes) {
-            return nodes;
-        }
-        assert!(Instant::now() < deadline, "{what}: {v}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let nodes = |v: &Value| v["nodes"].as_array().cloned().unwrap_or_default();
+    let v = get_until(api, "/api/nodes", &server_token(), what, |v| {
+        ok_when(&nodes(v))
+    });
+    nodes(&v)
 }
 
 fn by_url<'a>(nodes: &'a [Value], url: &str) -> &'a Value {
@@ -278,24 +273,13 @@ fn rooms_are_placed_on_living_nodes_with_headroom_and_move_when_their_node_dies(
     });
     // The room moves only once nobody is counted as connected to it (its members on X are
     // marked gone when X's heartbeat has expired).
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let room = ok(
-            api,
-            "GET",
-            &format!("/api/rooms/{first}"),
-            &user("hana"),
-            None,
-        );
-        if room["present"] == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "X's members still present: {room}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    get_until(
+        api,
+        &format!("/api/rooms/{first}"),
+        &user("hana"),
+        "X's members still present",
+        |room| room["present"] == 0,
+    );
     let grant = ok(
         api,
         "POST",

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use stoa_bench::client::Command;
 use stoa_egress::{OpusStream, Pcm, decode};
-use support::api::{call, fetch, ok, refused};
+use support::api::{call, fetch, get_until, ok, refused};
 use support::tones::{Speakers, tone_levels};
 use support::{Stoa, scratch_dir};
 
@@ -71,21 +71,13 @@ fn recordings_until(
     who: &str,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + support::TIMEOUT;
-    loop {
-        let list = ok(
-            addr,
-            "GET",
-            &format!("/api/rooms/{room}/recordings"),
-            &token(who),
-            None,
-        );
-        if done(&list) {
-            return list;
-        }
-        assert!(Instant::now() < deadline, "recordings: {list}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    get_until(
+        addr,
+        &format!("/api/rooms/{room}/recordings"),
+        &token(who),
+        "recordings",
+        done,
+    )
 }
 
 /// The user `who` accepts a listener invitation to the private room `room` made by its host.

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use redis_server::RedisServer;
 use serde_json::{Value, json};
 use stoa_bench::client::Command;
-use support::api::{Fetched, call, create_room, fetch, ok, send};
+use support::api::{Fetched, call, create_room, fetch, get_until, ok, send};
 use support::tones::Speakers;
 use support::{Stoa, free_ports, scratch_dir};
 
@@ -63,21 +63,13 @@ fn node(dir: &Path, name: &str, redis: &RedisServer) -> Stoa {
 
 /// Waits (bounded) until the room's recordings, read through `addr`, are all complete.
 fn completed(addr: SocketAddr, room: &str, who: &str) -> Value {
-    let deadline = Instant::now() + support::TIMEOUT;
-    loop {
-        let list = ok(
-            addr,
-            "GET",
-            &format!("/api/rooms/{room}/recordings"),
-            &token(who),
-            None,
-        );
-        if list["recordings"][0]["state"] == "complete" {
-            return list;
-        }
-        assert!(Instant::now() < deadline, "recordings: {list}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    get_until(
+        addr,
+        &format!("/api/rooms/{room}/recordings"),
+        &token(who),
+        "recordings",
+        |list| list["recordings"][0]["state"] == "complete",
+    )
 }
 
 /// The request a 307 points to, on `origin` (`http://127.0.0.1:<port>`).

@@ -460,17 +460,19 @@ fn max_participants_is_enforced() {
     assert_eq!(sim.participants("small").len(), 2);
 }
 
+/// Runs until client `c`'s publisher has its reliable data channel open.
+fn reliable_open(sim: &mut Sim, c: usize) {
+    let ok = sim.run_until(5 * SECOND, |s| {
+        s.clients[c].publisher.channels.contains_key("_reliable")
+    });
+    assert!(ok, "publisher data channel open");
+}
+
 #[test]
 fn data_reaches_the_room_as_one_engine_command() {
     let mut sim = world(8);
     let (speaker, listeners) = stage(&mut sim, 6);
-    let ok = sim.run_until(5 * SECOND, |s| {
-        s.clients[speaker]
-            .publisher
-            .channels
-            .contains_key("_reliable")
-    });
-    assert!(ok, "publisher data channel open");
+    reliable_open(&mut sim, speaker);
     let before = sim.seen.send_data_commands;
     assert!(sim.send_data(speaker, b"clap"));
     sim.run_for(SECOND);
@@ -516,13 +518,7 @@ fn a_message_to_the_room_sent_in_slices_reaches_everyone_in_order() {
     let config = ServerConfig::default();
     let mut sim = Sim::with_engine(start, 9, 2, config, |c| c.data_slice = 2);
     let (speaker, listeners) = stage(&mut sim, 7);
-    let ok = sim.run_until(5 * SECOND, |s| {
-        s.clients[speaker]
-            .publisher
-            .channels
-            .contains_key("_reliable")
-    });
-    assert!(ok, "publisher data channel open");
+    reliable_open(&mut sim, speaker);
     // Two messages back to back: the second queues behind the first in each shard.
     assert!(sim.send_data(speaker, b"one"));
     assert!(sim.send_data(speaker, b"two"));

@@ -48,6 +48,26 @@ pub fn ok(addr: SocketAddr, method: &str, path: &str, token: &str, body: Option<
     v
 }
 
+/// `GET path` (which must succeed) repeated until `done` holds of its JSON, bounded by
+/// [`super::TIMEOUT`] (then the test fails naming `what` and the last answer).
+pub fn get_until(
+    addr: SocketAddr,
+    path: &str,
+    token: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = std::time::Instant::now() + super::TIMEOUT;
+    loop {
+        let v = ok(addr, "GET", path, token, None);
+        if done(&v) {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {v}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// An API call that must be refused with `status` and `code`, as `{code, message}`.
 pub fn refused(addr: SocketAddr, method: &str, path: &str, token: &str, status: u16, code: &str) {
     let (got, v) = call(addr, method, path, token, None);
