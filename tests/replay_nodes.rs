@@ -18,7 +18,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redis_server::RedisServer;
 use serde_json::{Value, json};
