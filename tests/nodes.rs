@@ -48,11 +48,15 @@ struct Node {
 }
 
 fn start_node(config: &std::path::Path, redis: &str, env: &[(&str, &str)]) -> Node {
-    let (http, rtc) = free_ports();
-    let url = format!("ws://127.0.0.1:{http}");
-    let mut all = vec![("STOA_REDIS_URL", redis), ("STOA_PUBLIC_URL", url.as_str())];
+    let (http, _) = free_ports();
+    let (port, url) = (http.to_string(), format!("ws://127.0.0.1:{http}"));
+    let mut all = vec![
+        ("STOA_REDIS_URL", redis),
+        ("STOA_HTTP_PORT", port.as_str()),
+        ("STOA_PUBLIC_URL", url.as_str()),
+    ];
     all.extend_from_slice(env);
-    let stoa = Stoa::start_at(config, &all, (http, rtc));
+    let stoa = Stoa::start(config, &all);
     Node { stoa, url }
 }
 

@@ -160,13 +160,7 @@ impl Stoa {
     /// As [`Stoa::start`], run through `wrapper` (a command that ends by exec'ing its
     /// arguments, as `unshare` does, so the process id stays the server's).
     pub fn start_wrapped(config: &Path, env: &[(&str, &str)], wrapper: &[&str]) -> Stoa {
-        Stoa::spawn_wrapped(config, env, wrapper, free_ports()).started()
-    }
-
-    /// As [`Stoa::start`], on the given HTTP and RTC UDP ports (from [`free_ports`]): for a
-    /// config that names its own address, such as a node's `public_url`.
-    pub fn start_at(config: &Path, env: &[(&str, &str)], ports: (u16, u16)) -> Stoa {
-        Stoa::spawn_wrapped(config, env, &[], ports).started()
+        Stoa::spawn_wrapped(config, env, wrapper).started()
     }
 
     /// Waits until it answers.
@@ -193,16 +187,13 @@ impl Stoa {
     /// Starts `stoa serve --dev --config <config>` with `env` on free loopback ports, without
     /// waiting for it.
     pub fn spawn(config: &Path, env: &[(&str, &str)]) -> Stoa {
-        Stoa::spawn_wrapped(config, env, &[], free_ports())
+        Stoa::spawn_wrapped(config, env, &[])
     }
 
-    fn spawn_wrapped(
-        config: &Path,
-        env: &[(&str, &str)],
-        wrapper: &[&str],
-        (mut http_port, rtc_port): (u16, u16),
-    ) -> Stoa {
-        // A port the caller names in `env` (e.g. to put it in the node's `STOA_PUBLIC_URL`) wins.
+    /// Free loopback ports, except an HTTP port the caller names in `env` (`STOA_HTTP_PORT`,
+    /// e.g. one from [`free_ports`] that a node's `STOA_PUBLIC_URL` names too).
+    fn spawn_wrapped(config: &Path, env: &[(&str, &str)], wrapper: &[&str]) -> Stoa {
+        let (mut http_port, rtc_port) = free_ports();
         if let Some((_, port)) = env.iter().find(|(k, _)| *k == "STOA_HTTP_PORT") {
             http_port = port.parse().expect("STOA_HTTP_PORT");
         }
