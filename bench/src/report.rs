@@ -160,7 +160,7 @@ pub struct StepQuantiles {
 
 /// For each step of the join and first audio: the time since the step before it, over the
 /// listeners that heard audio.
-fn join_steps(totals: &[&Totals]) -> Vec<StepQuantiles> {
+pub(crate) fn join_steps(totals: &[&Totals]) -> Vec<StepQuantiles> {
     let mut samples: Vec<Vec<u32>> = vec![Vec::new(); Step::ALL.len() + 1];
     for t in totals {
         let mut previous = Duration::ZERO;
