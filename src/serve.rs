@@ -267,7 +267,7 @@ async fn serve(config: &Config) -> Result<()> {
             );
             spawn_http(listener, routes, stop_rx)
         }
-        None => spawn_http(listener, routes, stop_rx),
+        None => spawn_http(without_nagle(listener), routes, stop_rx),
     };
 
     tokio::select! {
@@ -337,6 +337,22 @@ async fn serve(config: &Config) -> Result<()> {
     engine.shutdown();
     info!("stopped");
     Ok(())
+}
+
+/// `listener`, its connections sending small writes at once (`TCP_NODELAY`). Signaling
+/// writes a few hundred bytes per message, often two back to back (a join response, then the
+/// subscriber's offer); with Nagle's algorithm the second waits for the client's ACK of the
+/// first, which Linux delays by 40 ms. Browsers, Go's net package (LiveKit's server) and the
+/// TURN and HTTPS listeners here set it too.
+fn without_nagle(
+    listener: TcpListener,
+) -> axum::serve::TapIo<TcpListener, fn(&mut tokio::net::TcpStream)> {
+    fn nodelay(tcp: &mut tokio::net::TcpStream) {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    }
+    axum::serve::ListenerExt::tap_io(listener, nodelay as fn(&mut tokio::net::TcpStream))
 }
 
 /// Serves `routes` on `listener` until `stop` changes (or its sender is gone). Handlers see the
@@ -500,6 +516,22 @@ mod tests {
                 start: 50000,
                 end: 50200
             }
+        );
+    }
+
+    #[tokio::test]
+    async fn http_connections_send_small_writes_at_once() {
+        use axum::serve::Listener as _;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut listener = without_nagle(listener);
+        let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (accepted, from) = listener.accept().await;
+        assert_eq!(from, client.local_addr().expect("client addr"));
+        assert!(accepted.nodelay().expect("read TCP_NODELAY"));
+        assert!(
+            !client.nodelay().expect("read TCP_NODELAY"),
+            "the default is off"
         );
     }
 

@@ -82,6 +82,10 @@ async fn accept(
         if ready.is_closed() {
             return;
         }
+        // As on plain HTTP (`serve::without_nagle`): signaling's small messages leave at once.
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(error = %e, "cannot set TCP_NODELAY");
+        }
         let acceptor = acceptor.clone();
         let ready = ready.clone();
         tokio::spawn(async move {
@@ -111,5 +115,45 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         Ok(self.local)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::serve::Listener as _;
+    use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn https_connections_send_small_writes_at_once() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("certificate");
+        let server = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .expect("server config");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut listener = TlsListener::new(listener, Arc::new(server)).expect("listener");
+
+        let mut roots = RootCertStore::empty();
+        roots.add(cert.der().clone()).expect("root");
+        let client = ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let name = ServerName::try_from("localhost").expect("name");
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let (client, (accepted, _)) = tokio::join!(connector.connect(name, tcp), listener.accept());
+        client.expect("handshake");
+        assert!(accepted.get_ref().0.nodelay().expect("read TCP_NODELAY"));
     }
 }

@@ -33,7 +33,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::audio::{AudioCheck, FRAME_SAMPLES, Stamp, ToneLoop};
 use crate::clock::Clock;
 use crate::peer::{MAX_DATAGRAM, Peer};
-use crate::reception::{Reception, RtpSeen};
+use crate::reception::{Reception, RtpSeen, Step};
 
 /// Longest wait for the WebSocket upgrade and for the join response (livekit-client waits 15 s
 /// and 5 s).
@@ -375,12 +375,13 @@ async fn connect(
     };
     let (sink, signals, reader) = match spec.protocol {
         Protocol::Livekit => match &spec.product {
-            None => livekit(spec.http, &spec.token).await?,
+            None => livekit(spec.http, &spec.token, &reception).await?,
             Some(join) => {
                 let grant = crate::product::join(join, &spec.identity)
                     .await
                     .map_err(|e| ClientError::Api(e.to_string()))?;
-                livekit(grant.rtc, &grant.token).await?
+                lock(&reception).mark(Step::Granted);
+                livekit(grant.rtc, &grant.token, &reception).await?
             }
         },
         Protocol::Janus => {
@@ -421,6 +422,7 @@ pub(crate) type Signals = mpsc::Receiver<Result<signal_response::Message, Client
 async fn livekit(
     http: SocketAddr,
     token: &str,
+    reception: &Mutex<Reception>,
 ) -> Result<(Outbound, Signals, AbortOnDrop), ClientError> {
     let url = format!(
         "ws://{http}/rtc?access_token={token}&auto_subscribe=1&sdk=rust&protocol=17&client_protocol=2"
@@ -439,6 +441,7 @@ async fn livekit(
             },
             other => ClientError::Connect(other.to_string()),
         })?;
+    lock(reception).mark(Step::Upgraded);
     let first = tokio::time::timeout(CONNECT_TIMEOUT, next_response(&mut ws))
         .await
         .map_err(|_| ClientError::Timeout("the join response"))??;
@@ -447,6 +450,7 @@ async fn livekit(
             "the first message was not the join response".into(),
         ));
     };
+    lock(reception).mark(Step::Joined);
     let (sink, mut stream) = ws.split();
     let (tx, signals) = mpsc::channel(64);
     let reader = AbortOnDrop(tokio::spawn(async move {
@@ -600,8 +604,12 @@ impl Session {
         let header_read = |data: &[u8]| -> bool {
             header_path && read_header(reception, counters, data, now).is_some()
         };
+        let mut connected = false;
         if !header_read(&buf[..n]) {
-            self.subscriber.receive(now, from, &buf[..n], &mut on_rtp);
+            connected |= self
+                .subscriber
+                .receive(now, from, &buf[..n], &mut on_rtp)
+                .connected;
         }
         // Drain whatever else is queued on the socket before going back to select.
         if !passed {
@@ -612,9 +620,15 @@ impl Session {
                 .map(|r| r.try_recv_from(buf))
             {
                 if !header_read(&buf[..n]) {
-                    self.subscriber.receive(now, from, &buf[..n], &mut on_rtp);
+                    connected |= self
+                        .subscriber
+                        .receive(now, from, &buf[..n], &mut on_rtp)
+                        .connected;
                 }
             }
+        }
+        if connected {
+            lock(reception).mark(Step::Connected);
         }
         if (heard || header_only) && !self.heard.load(Ordering::Relaxed) && lock(reception).heard()
         {
@@ -647,7 +661,7 @@ impl Session {
     fn timeouts(&mut self) {
         let now = self.shared.clock.now();
         let reception = &self.reception;
-        self.subscriber.timeout(now, &mut |p: RtpPacket| {
+        let drained = self.subscriber.timeout(now, &mut |p: RtpPacket| {
             let seen = RtpSeen {
                 ssrc: *p.header.ssrc,
                 seq: p.header.sequence_number,
@@ -656,6 +670,9 @@ impl Session {
             };
             lock(reception).record(seen, p.timestamp, Some(&p.payload));
         });
+        if drained.connected {
+            lock(reception).mark(Step::Connected);
+        }
         if let Some(p) = self.publisher.as_mut() {
             p.timeout(now, &mut |_| {});
         }
@@ -685,6 +702,7 @@ impl Session {
 
     /// Answer a subscriber offer with the same id.
     async fn answer(&mut self, sd: lk::SessionDescription) -> Result<(), ClientError> {
+        lock(&self.reception).mark(Step::Offered);
         let offer = SdpOffer::from_sdp_string(&sd.sdp)
             .map_err(|e| ClientError::Protocol(format!("bad offer: {e}")))?;
         let answer = self
@@ -700,7 +718,9 @@ impl Session {
             id: sd.id,
             ..Default::default()
         };
-        self.send(signal_request::Message::Answer(reply)).await
+        self.send(signal_request::Message::Answer(reply)).await?;
+        lock(&self.reception).mark(Step::Answered);
+        Ok(())
     }
 
     async fn speak(&mut self) -> Result<(), ClientError> {

@@ -81,12 +81,57 @@ impl RtpSeen {
     }
 }
 
+/// The steps of a listener's join before its first audio, in order. Each is marked once, when
+/// first reached; the report breaks join→first audio down along them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The product path's `POST /api/rooms/{id}/token` answered (direct tokens skip it).
+    Granted,
+    /// The WebSocket upgrade completed.
+    Upgraded,
+    /// The join response arrived.
+    Joined,
+    /// The first subscriber offer arrived.
+    Offered,
+    /// Its answer was sent.
+    Answered,
+    /// The subscriber connection is up (ICE and DTLS).
+    Connected,
+}
+
+impl Step {
+    /// Every step, in order.
+    pub const ALL: [Step; 6] = [
+        Step::Granted,
+        Step::Upgraded,
+        Step::Joined,
+        Step::Offered,
+        Step::Answered,
+        Step::Connected,
+    ];
+
+    /// The name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Granted => "granted",
+            Step::Upgraded => "upgraded",
+            Step::Joined => "joined",
+            Step::Offered => "offered",
+            Step::Answered => "answered",
+            Step::Connected => "connected",
+        }
+    }
+}
+
 /// Measurements of one listener since it began joining.
 #[derive(Debug)]
 pub struct Reception {
     clock: Clock,
-    /// When the client began connecting its WebSocket.
+    /// When the client began joining (the token call on the product path, else the WebSocket
+    /// connect).
     began: Instant,
+    /// From `began` to each step of the join, when reached.
+    steps: [Option<Duration>; Step::ALL.len()],
     /// From `began` to the first RTP packet received.
     first_audio: Option<Duration>,
     streams: HashMap<u32, StreamSeq>,
@@ -138,7 +183,9 @@ impl Window {
 /// The totals of one listener, read at the end of a run.
 #[derive(Debug, Clone)]
 pub struct Totals {
-    /// WebSocket connect to first audio packet.
+    /// Join start to each step of the join ([`Step::ALL`] order), when reached.
+    pub steps: [Option<Duration>; Step::ALL.len()],
+    /// Join start to first audio packet.
     pub first_audio: Option<Duration>,
     /// Packets expected from the sequence numbers.
     pub expected: u64,
@@ -166,6 +213,7 @@ impl Reception {
         Reception {
             clock,
             began,
+            steps: [None; Step::ALL.len()],
             first_audio: None,
             streams: HashMap::new(),
             packets: 0,
@@ -178,6 +226,14 @@ impl Reception {
             last_transit_ns: None,
             longest_gap: Duration::ZERO,
             last_arrival: None,
+        }
+    }
+
+    /// The join reached `step` now; only the first time counts.
+    pub fn mark(&mut self, step: Step) {
+        let slot = &mut self.steps[step as usize];
+        if slot.is_none() {
+            *slot = Some(self.clock.now().saturating_duration_since(self.began));
         }
     }
 
@@ -289,6 +345,7 @@ impl Reception {
     /// Everything measured so far.
     pub fn totals(&self) -> Totals {
         Totals {
+            steps: self.steps,
             first_audio: self.first_audio,
             expected: self.streams.values().map(|s| s.highest - s.first + 1).sum(),
             received: self.streams.values().map(|s| s.received).sum(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::client::Outcome;
-use crate::reception::Totals;
+use crate::reception::{Step, Totals};
 use crate::scenario::{Params, percentile};
 
 /// Everything a finished run hands to [`Report::build`].
@@ -149,6 +149,42 @@ pub struct AudioCheckRow {
     pub rms: f64,
 }
 
+/// One step of the join and the time it took.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepQuantiles {
+    /// The step ([`Step::name`]); `audio` for the first audio packet.
+    pub step: &'static str,
+    /// From the step before it to this one.
+    pub since_previous_ms: Quantiles,
+}
+
+/// For each step of the join and first audio: the time since the step before it, over the
+/// listeners that heard audio.
+pub(crate) fn join_steps(totals: &[&Totals]) -> Vec<StepQuantiles> {
+    let mut samples: Vec<Vec<u32>> = vec![Vec::new(); Step::ALL.len() + 1];
+    for t in totals {
+        let mut previous = Duration::ZERO;
+        let reached = t.steps.iter().copied().chain([t.first_audio]);
+        for (i, at) in reached.enumerate() {
+            if let Some(at) = at {
+                let took = at.saturating_sub(previous);
+                samples[i].push(u32::try_from(took.as_micros()).unwrap_or(u32::MAX));
+                previous = at;
+            }
+        }
+    }
+    let names = Step::ALL.iter().map(|s| s.name()).chain(["audio"]);
+    names
+        .zip(samples)
+        .filter_map(|(step, us)| {
+            Quantiles::from_us(us).map(|since_previous_ms| StepQuantiles {
+                step,
+                since_previous_ms,
+            })
+        })
+        .collect()
+}
+
 /// The report of one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -167,6 +203,10 @@ pub struct Report {
     /// Client start (the token call on the product path, else the WebSocket connect) to first
     /// audio packet, per listener.
     pub join_to_first_audio_ms: Option<Quantiles>,
+    /// The same time along the join's steps: for each step reached, the time since the step
+    /// before it (the last step: to first audio), over listeners that heard audio. Where a
+    /// join's tail comes from.
+    pub join_steps_ms: Vec<StepQuantiles>,
     /// One-way latency (send stamp to receive), per packet.
     pub latency_ms: Option<Quantiles>,
     /// Final RFC 3550 jitter, per listener.
@@ -296,6 +336,13 @@ impl Report {
                 errors: errors.into_iter().take(5).collect(),
             },
             join_to_first_audio_ms: Quantiles::from_us(first),
+            join_steps_ms: join_steps(
+                &listeners
+                    .iter()
+                    .map(|(t, _)| t)
+                    .filter(|t| t.first_audio.is_some())
+                    .collect::<Vec<_>>(),
+            ),
             latency_ms: Quantiles::from_us(latency),
             jitter_ms: Quantiles::from_us(jitter),
             longest_gap_ms: Quantiles::from_us(gaps),
@@ -350,6 +397,13 @@ impl Report {
             };
         };
         q("join→audio", &self.join_to_first_audio_ms, &mut s);
+        for step in &self.join_steps_ms {
+            q(
+                &format!("  ↳ {}", step.step),
+                &Some(step.since_previous_ms.clone()),
+                &mut s,
+            );
+        }
         q("latency", &self.latency_ms, &mut s);
         q("jitter", &self.jitter_ms, &mut s);
         q("longest gap", &self.longest_gap_ms, &mut s);
@@ -474,4 +528,50 @@ pub fn side_by_side(direct: &Report, product: &Report) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::reception::Reception;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn join_steps_are_times_between_the_steps_a_listener_reached() {
+        let totals = |steps: [Option<u64>; 6], audio: u64| {
+            let clock = Clock::start();
+            let mut t = Reception::new(clock, clock.now()).totals();
+            t.steps = steps.map(|s| s.map(ms));
+            t.first_audio = Some(ms(audio));
+            t
+        };
+        // Direct tokens: no `granted` step.
+        let a = totals([None, Some(2), Some(5), Some(9), Some(10), Some(30)], 40);
+        let b = totals([None, Some(4), Some(9), Some(15), Some(16), Some(96)], 100);
+        let steps = join_steps(&[&a, &b]);
+        let names: Vec<&str> = steps.iter().map(|s| s.step).collect();
+        assert_eq!(
+            names,
+            [
+                "upgraded",
+                "joined",
+                "offered",
+                "answered",
+                "connected",
+                "audio"
+            ]
+        );
+        let max = |name: &str| {
+            let s = steps.iter().find(|s| s.step == name).expect("step");
+            (s.since_previous_ms.count, s.since_previous_ms.max)
+        };
+        assert_eq!(max("upgraded"), (2, 4.0));
+        assert_eq!(max("offered"), (2, 6.0));
+        assert_eq!(max("connected"), (2, 80.0));
+        assert_eq!(max("audio"), (2, 10.0));
+    }
 }

@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use crate::client::{Command, Depth, Role};
 use crate::clock::Clock;
+use crate::report::{StepQuantiles, join_steps};
 use crate::scenario::{Crowd, MAX_CLIENTS, ScenarioError, Target, percentile};
 
 /// Longest a storm's listeners wait for audio after the last of them joined.
@@ -102,6 +103,10 @@ pub struct Storm {
     pub reactions_failed: u64,
     /// Floor changes in room A during the storm.
     pub rotations: u64,
+    /// Room B's join→first audio along the join's steps (see [`Report::join_steps_ms`]).
+    ///
+    /// [`Report::join_steps_ms`]: crate::report::Report::join_steps_ms
+    pub join_steps_ms: Vec<StepQuantiles>,
     /// Every listener's join to first audio, ms, sorted.
     #[serde(skip)]
     pub samples: Vec<u32>,
@@ -145,6 +150,23 @@ impl TwoRoomsReport {
                 s.reactions,
                 s.reactions_failed,
                 s.rotations
+            ));
+        }
+        out.push_str("\nroom B's join steps, p50 / p95 ms (time since the step before):\n");
+        for (i, s) in self.storms.iter().enumerate() {
+            let steps: Vec<String> = s
+                .join_steps_ms
+                .iter()
+                .map(|q| {
+                    let t = &q.since_previous_ms;
+                    format!("{} {:.1} / {:.1}", q.step, t.p50, t.p95)
+                })
+                .collect();
+            out.push_str(&format!(
+                "storm {} ({}): {}\n",
+                i + 1,
+                if s.busy { "busy" } else { "idle" },
+                steps.join(", ")
             ));
         }
         let [idle, busy] = self.p95_idle_busy_ms;
@@ -324,6 +346,13 @@ pub async fn run(target: Target, params: &TwoRoomsParams) -> Result<TwoRoomsRepo
             reactions: busy.reactions.load(Ordering::Relaxed) - before.0,
             reactions_failed: busy.failed.load(Ordering::Relaxed) - before.1,
             rotations: busy.rotations.load(Ordering::Relaxed) - before.2,
+            join_steps_ms: join_steps(
+                &listeners
+                    .iter()
+                    .map(|(t, _)| t)
+                    .filter(|t| t.first_audio.is_some())
+                    .collect::<Vec<_>>(),
+            ),
             samples: ms,
         });
         // Let the room B storm's leaves drain before the next.

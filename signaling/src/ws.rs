@@ -23,6 +23,7 @@ use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures_util::SinkExt;
 use livekit_protocol as lk;
 use livekit_protocol::client_info::Sdk;
 use prost::Message;
@@ -270,24 +271,14 @@ async fn session(
     let mut answer_held_until = hold_answer.then(|| Instant::now() + JS_FIRST_ANSWER_HOLD);
     let reason = loop {
         tokio::select! {
-            out = out_rx.recv() => match out {
-                Some(Outbound::Response(r)) => {
-                    if let Some(until) = answer_held_until
-                        && matches!(r.message, Some(lk::signal_response::Message::Answer(_)))
-                    {
-                        answer_held_until = None;
-                        tokio::time::sleep_until(until.into()).await;
-                    }
-                    if socket.send(WsMessage::Binary(r.encode_to_vec().into())).await.is_err() {
-                        break "connection lost".to_owned();
-                    }
+            out = out_rx.recv() => {
+                let Some(first) = out else { return };
+                match write_queued(&mut socket, first, &mut out_rx, &mut answer_held_until).await {
+                    Ok(()) => {}
+                    Err(Ended::Lost) => break "connection lost".to_owned(),
+                    Err(Ended::Closed) => return,
                 }
-                Some(Outbound::Close(reason)) => {
-                    let _ = socket.send(close(&reason)).await;
-                    return;
-                }
-                None => return,
-            },
+            }
             incoming = socket.recv() => {
                 let request = match incoming {
                     Some(Ok(WsMessage::Binary(bytes))) => lk::SignalRequest::decode(bytes.as_ref()).map_err(|e| e.to_string()),
@@ -320,6 +311,56 @@ async fn session(
         }
     };
     signaling.closed(id, &reason);
+}
+
+/// Most responses written to one connection before a flush.
+const WRITE_BATCH: usize = 64;
+
+/// Why a session's writes ended.
+enum Ended {
+    /// The connection failed.
+    Lost,
+    /// The server closed it (the close frame was sent).
+    Closed,
+}
+
+/// Write `first` and whatever else is already queued for the client (up to [`WRITE_BATCH`]),
+/// then flush once: a burst of responses (a join response and an offer, a floor change's
+/// updates) leaves in one write instead of one per message. Connections set `TCP_NODELAY`, so
+/// this batching is what keeps bursts to few segments; nothing queued is ever held back.
+async fn write_queued(
+    socket: &mut WebSocket,
+    first: Outbound,
+    queue: &mut mpsc::Receiver<Outbound>,
+    answer_held_until: &mut Option<Instant>,
+) -> Result<(), Ended> {
+    let mut next = Some(first);
+    let mut written = 0;
+    while let Some(out) = next.take() {
+        match out {
+            Outbound::Response(r) => {
+                if let Some(until) = *answer_held_until
+                    && matches!(r.message, Some(lk::signal_response::Message::Answer(_)))
+                {
+                    *answer_held_until = None;
+                    socket.flush().await.map_err(|_| Ended::Lost)?;
+                    tokio::time::sleep_until(until.into()).await;
+                }
+                let frame = WsMessage::Binary(r.encode_to_vec().into());
+                socket.feed(frame).await.map_err(|_| Ended::Lost)?;
+                written += 1;
+            }
+            Outbound::Close(reason) => {
+                // `send` flushes what was fed before the close frame.
+                let _ = socket.send(close(&reason)).await;
+                return Err(Ended::Closed);
+            }
+        }
+        if written < WRITE_BATCH {
+            next = queue.try_recv().ok();
+        }
+    }
+    socket.flush().await.map_err(|_| Ended::Lost)
 }
 
 fn close(reason: &str) -> WsMessage {
