@@ -56,6 +56,7 @@ pub mod id;
 mod lifecycle;
 mod peer;
 pub mod red;
+mod relay;
 mod sections;
 pub mod speaker;
 mod srtp;
@@ -191,6 +192,13 @@ pub enum SfuError {
     /// A local address cannot be a candidate (unspecified, link-local, multicast...).
     #[error("bad candidate address: {0}")]
     BadCandidate(String),
+    /// The peer is a relay peer, which only receives and only offers
+    /// ([`EngineCommand::CreateRelayPeer`]).
+    #[error("peer {0} is a relay peer: it only receives, and only offers")]
+    RelayPeer(PeerId),
+    /// The command is for relay peers and the peer is not one.
+    #[error("peer {0} is not a relay peer")]
+    NotRelayPeer(PeerId),
     /// str0m refused the SDP or the operation.
     #[error("webrtc: {0}")]
     Rtc(#[from] str0m::RtcError),
@@ -227,6 +235,19 @@ pub enum Event {
         track: TrackId,
         /// msid stream and track ids from the publisher's offer.
         label: MediaLabel,
+    },
+    /// A relay peer ([`EngineCommand::CreateRelayPeer`]) receives a track from the origin,
+    /// filed here as a track it publishes: subscribe this engine's peers to it as to any
+    /// published track. The origin's answer named it: `label` is the msid the origin gave
+    /// the m-line (its signaling puts the origin's participant and track sids there), `ssrc`
+    /// the SSRC it announced for it. It ends with [`Event::TrackUnpublished`].
+    RelayTrackPublished {
+        /// The track on this engine: the relay peer and its m-line.
+        track: TrackId,
+        /// msid stream and track ids from the origin's answer.
+        label: MediaLabel,
+        /// The origin's SSRC for the m-line, if its answer announced one.
+        ssrc: Option<u32>,
     },
     /// A track stopped.
     TrackUnpublished {
@@ -321,9 +342,9 @@ impl Event {
             Event::Connected(peer) | Event::IceLost(peer) | Event::Disconnected(peer) => {
                 Some(*peer)
             }
-            Event::TrackPublished { track, .. } | Event::TrackUnpublished { track, .. } => {
-                Some(track.peer)
-            }
+            Event::TrackPublished { track, .. }
+            | Event::RelayTrackPublished { track, .. }
+            | Event::TrackUnpublished { track, .. } => Some(track.peer),
             Event::Answer { peer, .. }
             | Event::CommandFailed { peer, .. }
             | Event::SectionsNeeded { peer, .. }
@@ -756,6 +777,10 @@ impl Sfu {
                 let Some(p) = self.peers.get_mut(&peer) else {
                     return;
                 };
+                if p.relay.is_some() {
+                    // Its tracks follow the origin's answers (see `relay`).
+                    return;
+                }
                 let published = p.up.get(&changed.mid).copied();
                 match (published, changed.direction.is_receiving()) {
                     (None, true) => self.publish_mid(peer, changed.mid),
