@@ -24,17 +24,14 @@ use stoa_sfu::str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
 use stoa_sfu::str0m::{Candidate, Input, RtcConfig};
 use stoa_sfu::{
     CommandKind, Datagrams, EngineCommand, Event, MediaLabel, Output, PeerConfig, PeerId, Publish,
-    Sfu, SfuConfig, SfuError, ShardId, TrackId, UnpublishReason,
+    Routed, Sfu, SfuConfig, SfuError, ShardId, TrackId, UnpublishReason,
 };
 
 const SEC: Duration = Duration::from_secs(1);
 const ORIGIN: &str = "127.0.0.1:7882";
 const EDGE: &str = "127.0.0.2:7882";
 
-/// The edge's relay peer and the origin's subscriber peer for it (ids chosen by the owners).
-fn relay_id() -> PeerId {
-    PeerId::new(ShardId(0), 1_000)
-}
+/// The origin's subscriber peer for the relay (ids are chosen by the owners).
 fn relay_sub_id() -> PeerId {
     PeerId::new(ShardId(0), 1_000)
 }
@@ -114,7 +111,13 @@ fn is_rtp(b: &[u8]) -> bool {
 struct World {
     now: Instant,
     origin: Sfu,
+    /// The edge's shard that owns the relay peer and the listeners.
     edge: Sfu,
+    /// Another shard of the edge on the same (`SO_REUSEPORT`) address, on whose socket the
+    /// origin's datagrams land, as the kernel's flow hash may choose.
+    edge_front: Option<Sfu>,
+    /// The edge's relay peer.
+    relay: PeerId,
     origin_addr: SocketAddr,
     edge_addr: SocketAddr,
     clients: Vec<(Client, Node)>,
@@ -126,6 +129,8 @@ struct World {
     edge_events: Vec<Event>,
     /// Whether the origin has created its subscriber peer for the relay.
     relay_accepted: bool,
+    /// Origin datagrams the front shard passed to the relay's shard.
+    front_forwarded: u64,
     /// The offers the relay peer made, as SDP text.
     relay_offers: Vec<String>,
     /// The payloads each publisher sent (by publisher byte), in order.
@@ -133,24 +138,35 @@ struct World {
     steps: u64,
 }
 
-fn engine(seed: u64, node: u8, addr: SocketAddr, start: Instant) -> Sfu {
+fn engine(seed: u64, node: u8, shard: u16, shards: u16, addr: SocketAddr, start: Instant) -> Sfu {
     let mut s = [0u8; 32];
     s[..8].copy_from_slice(&seed.to_le_bytes());
     s[8] = node;
-    let mut config = SfuConfig::new(ShardId(0), s);
+    s[9] = shard as u8;
+    let mut config = SfuConfig::new(ShardId(shard), s);
+    config.shards = shards;
     config.candidates = vec![addr];
     Sfu::new(config, start)
 }
 
 impl World {
     fn new(seed: u64) -> Self {
+        Self::with_edge_shards(seed, 1)
+    }
+
+    /// `shards` edge shards on one address: the relay peer and listeners on the last, the
+    /// origin's datagrams landing on the first.
+    fn with_edge_shards(seed: u64, shards: u16) -> Self {
         let start = Instant::now();
         let origin_addr: SocketAddr = ORIGIN.parse().unwrap();
         let edge_addr: SocketAddr = EDGE.parse().unwrap();
+        let last = shards - 1;
         World {
             now: start,
-            origin: engine(seed, 1, origin_addr, start),
-            edge: engine(seed, 2, edge_addr, start),
+            origin: engine(seed, 1, 0, 1, origin_addr, start),
+            edge: engine(seed, 2, last, shards, edge_addr, start),
+            edge_front: (shards > 1).then(|| engine(seed, 2, 0, shards, edge_addr, start)),
+            relay: PeerId::new(ShardId(last), 1_000),
             origin_addr,
             edge_addr,
             clients: Vec::new(),
@@ -159,6 +175,7 @@ impl World {
             origin_events: Vec::new(),
             edge_events: Vec::new(),
             relay_accepted: false,
+            front_forwarded: 0,
             relay_offers: Vec::new(),
             sent_payloads: Vec::new(),
             steps: 0,
@@ -322,11 +339,35 @@ impl World {
     fn pump(&mut self) {
         loop {
             let mut progressed = false;
+            if let Some(front) = self.edge_front.as_mut() {
+                let now = self.now;
+                loop {
+                    match front.poll_output() {
+                        Output::Timeout(_) => break,
+                        Output::Relay(r) => {
+                            progressed = true;
+                            self.edge.handle_relay(now, r);
+                        }
+                        Output::Event(e) => panic!("the front shard has no peers: {e:?}"),
+                    }
+                }
+                let mut out = Datagrams::default();
+                assert_eq!(
+                    front.poll_datagrams(&mut out),
+                    0,
+                    "the front shard has no peers"
+                );
+            }
             for node in [Node::Origin, Node::Edge] {
                 loop {
                     match self.sfu(node).poll_output() {
                         Output::Timeout(_) => break,
-                        Output::Relay(_) => panic!("one shard per engine: no relays"),
+                        Output::Relay(r) => {
+                            progressed = true;
+                            let now = self.now;
+                            let front = self.edge_front.as_mut().expect("a second edge shard");
+                            front.handle_relay(now, r);
+                        }
                         Output::Event(e) => {
                             progressed = true;
                             self.on_event(node, e);
@@ -366,7 +407,7 @@ impl World {
         let now = self.now;
         match (&e, node) {
             // The relay's negotiation, as the two nodes' signaling would carry it.
-            (Event::Offer { peer, offer, .. }, Node::Edge) if *peer == relay_id() => {
+            (Event::Offer { peer, offer, .. }, Node::Edge) if *peer == self.relay => {
                 let sdp = offer.to_sdp_string();
                 self.relay_offers.push(sdp.clone());
                 let offer = SdpOffer::from_sdp_string(&sdp).unwrap();
@@ -390,14 +431,14 @@ impl World {
             (Event::Answer { peer, answer, .. }, Node::Origin) if *peer == relay_sub_id() => {
                 let answer = SdpAnswer::from_sdp_string(&answer.to_sdp_string()).unwrap();
                 let cmd = EngineCommand::HandleAnswer {
-                    peer: relay_id(),
+                    peer: self.relay,
                     answer,
                 };
                 self.edge.handle_command(now, cmd);
             }
             (Event::SectionsNeeded { peer, audios }, Node::Origin) if *peer == relay_sub_id() => {
                 let cmd = EngineCommand::OfferRelaySections {
-                    peer: relay_id(),
+                    peer: self.relay,
                     audios: *audios,
                 };
                 self.edge.handle_command(now, cmd);
@@ -430,6 +471,11 @@ impl World {
                 next = next.min(t);
             }
         }
+        if let Some(front) = self.edge_front.as_mut()
+            && let Output::Timeout(t) = front.poll_output()
+        {
+            next = next.min(t);
+        }
         for (c, _) in &self.clients {
             if c.alive {
                 next = next.min(c.deadline);
@@ -445,7 +491,7 @@ impl World {
         let now = self.now;
 
         for p in self.o2e.due(now) {
-            self.receive(Node::Edge, p);
+            self.arrive_from_origin(p);
         }
         for p in self.e2o.due(now) {
             self.receive(Node::Origin, p);
@@ -480,7 +526,26 @@ impl World {
         }
         self.origin.handle_timeout(now);
         self.edge.handle_timeout(now);
+        if let Some(front) = self.edge_front.as_mut() {
+            front.handle_timeout(now);
+        }
         self.pump();
+    }
+
+    /// A datagram from the origin at the edge's address: on a second shard's socket if there
+    /// is one, passed on to the owner as the shell does.
+    fn arrive_from_origin(&mut self, p: Packet) {
+        let now = self.now;
+        if let Some(front) = self.edge_front.as_mut() {
+            let routed =
+                front.handle_receive(now, Protocol::Udp, p.source, p.destination, &p.contents);
+            match routed {
+                Routed::Foreign(shard) => assert_eq!(shard, self.relay.shard()),
+                other => panic!("the front shard kept an origin datagram: {other:?}"),
+            }
+            self.front_forwarded += 1;
+        }
+        self.receive(Node::Edge, p);
     }
 
     fn receive(&mut self, node: Node, p: Packet) {
@@ -533,7 +598,7 @@ impl World {
     }
 
     fn relay_connected(&self) -> bool {
-        self.edge.is_connected(relay_id()) && self.origin.is_connected(relay_sub_id())
+        self.edge.is_connected(self.relay) && self.origin.is_connected(relay_sub_id())
     }
 
     /// The track the origin filed for client `c`.
@@ -575,7 +640,7 @@ impl World {
         self.edge.handle_command(
             now,
             EngineCommand::CreateRelayPeer {
-                peer: relay_id(),
+                peer: self.relay,
                 audios,
                 channels: vec!["_relay".into()],
             },
@@ -722,11 +787,36 @@ fn edge_listener_hears_origin_publishers_through_the_relay() {
     let relayed = w.relayed();
     assert_eq!(relayed.len(), 2, "{relayed:?}");
     for (track, _, ssrc) in &relayed {
-        assert_eq!(track.peer, relay_id());
+        assert_eq!(track.peer, w.relay);
         assert!(ssrc.is_some(), "the origin announced the m-line's SSRC");
     }
     let (ta, tb) = (w.relayed_track(&la).unwrap(), w.relayed_track(&lb).unwrap());
     assert_ne!(ta.mid, tb.mid);
+
+    // A new offer asked for while every m-line carries a track: it adds one spare m-line
+    // (str0m makes no offer without a change), which the origin leaves idle; nothing
+    // relayed changes.
+    let audio_lines = |sdp: &str| sdp.matches("m=audio").count();
+    let offers = w.relay_offers.len();
+    let before = audio_lines(&w.relay_offers[offers - 1]);
+    let (now, relay) = (w.now, w.relay);
+    w.edge.handle_command(
+        now,
+        EngineCommand::OfferRelaySections {
+            peer: relay,
+            audios: 0,
+        },
+    );
+    w.pump();
+    w.run_for(SEC / 2, |_| {});
+    assert_eq!(w.relay_offers.len(), offers + 1);
+    assert_eq!(audio_lines(&w.relay_offers[offers]), before + 1);
+    assert_eq!(w.relayed().len(), 2);
+    assert!(
+        !w.edge_events
+            .iter()
+            .any(|e| matches!(e, Event::TrackUnpublished { .. }))
+    );
 
     // A listener on the edge, subscribed to the relayed tracks as to published ones.
     let carol = w.listener("carol", Node::Edge);
@@ -876,13 +966,13 @@ fn relay_loss_unpublishes_relayed_tracks() {
     w.run_until(60 * SEC, "the edge notices the relay is gone", |w| {
         w.edge_events
             .iter()
-            .any(|e| matches!(e, Event::IceLost(p) | Event::Disconnected(p) if *p == relay_id()))
+            .any(|e| matches!(e, Event::IceLost(p) | Event::Disconnected(p) if *p == w.relay))
     });
     // As the owner does when it gives up on a peer.
-    if w.edge.is_relay_peer(relay_id()) {
+    if w.edge.is_relay_peer(w.relay) {
         let now = w.now;
         w.edge
-            .handle_command(now, EngineCommand::ClosePeer { peer: relay_id() });
+            .handle_command(now, EngineCommand::ClosePeer { peer: w.relay });
         w.pump();
     }
     let unpublished = w.edge_events.iter().any(|e| {
@@ -893,7 +983,7 @@ fn relay_loss_unpublishes_relayed_tracks() {
     assert!(
         w.edge_events
             .iter()
-            .any(|e| matches!(e, Event::Disconnected(p) if *p == relay_id()))
+            .any(|e| matches!(e, Event::Disconnected(p) if *p == w.relay))
     );
     assert_eq!(w.edge.subscriber_count(ta), 0);
     assert_eq!(w.edge.stats().tracks, 0);
@@ -912,14 +1002,14 @@ fn relay_peer_never_sends() {
         stream_id: "PA_x|TR_x".into(),
         track_id: "TR_x".into(),
     };
-    let err = w.edge.subscribe(now, relay_id(), ta, label).unwrap_err();
+    let err = w.edge.subscribe(now, w.relay, ta, label).unwrap_err();
     assert!(matches!(err, SfuError::RelayPeer(_)), "{err}");
     let err = w
         .edge
-        .set_publish(now, relay_id(), Publish::Allow)
+        .set_publish(now, w.relay, Publish::Allow)
         .unwrap_err();
     assert!(matches!(err, SfuError::RelayPeer(_)), "{err}");
-    let err = w.edge.restart_ice(now, relay_id()).unwrap_err();
+    let err = w.edge.restart_ice(now, w.relay).unwrap_err();
     assert!(matches!(err, SfuError::RelayPeer(_)), "{err}");
 
     // A remote offer (here: one a client would send) is refused as a command.
@@ -930,7 +1020,7 @@ fn relay_peer_never_sends() {
     w.edge.handle_command(
         now,
         EngineCommand::HandleOffer {
-            peer: relay_id(),
+            peer: w.relay,
             offer,
         },
     );
@@ -938,7 +1028,7 @@ fn relay_peer_never_sends() {
     assert!(w.edge_events.iter().any(|e| matches!(
         e,
         Event::CommandFailed { peer, command: CommandKind::HandleOffer, error: SfuError::RelayPeer(_) }
-            if *peer == relay_id()
+            if *peer == w.relay
     )));
     // Asking an ordinary peer for relay sections is refused too.
     let peer = w.peer(carol);
@@ -958,4 +1048,43 @@ fn relay_peer_never_sends() {
     assert_eq!(w.origin.stats().rtp_dropped_unauthorized, 0);
     // The relayed track is still there and fed.
     assert_eq!(w.edge.subscriber_count(ta), 1);
+}
+
+/// On an edge whose shards share one address, the origin's datagrams may land on a shard
+/// that does not own the relay peer (the origin is ICE-lite: its binding responses carry no
+/// ufrag to route by). The relay peer's shard tells the others the origin's address, which
+/// pass its datagrams on; closing the relay peer withdraws it.
+#[test]
+fn relay_works_when_the_origin_lands_on_another_shard() {
+    let mut w = World::with_edge_shards(26, 2);
+    assert_eq!(w.relay.shard(), ShardId(1));
+    let alice = w.publisher("alice", Node::Origin, false);
+    w.run_until(10 * SEC, "publisher connected", |w| w.clients_connected());
+    w.link(1);
+    let la = w.relay_track_of(alice);
+    w.run_until(5 * SEC, "track relayed", |w| w.relayed_track(&la).is_some());
+    let ta = w.relayed_track(&la).unwrap();
+    let carol = w.listener("carol", Node::Edge);
+    w.run_until(10 * SEC, "listener connected", |w| w.clients_connected());
+    w.subscribe_on_edge(carol, ta, la);
+    w.run_for(SEC / 2, |_| {});
+    w.run_for(2 * SEC, |w| w.send_audio(alice, 30));
+    w.run_for(SEC / 2, |_| {});
+
+    let heard = w.heard_from(carol, alice);
+    let sent = w.clients[alice].0.sent as usize;
+    assert!(heard.len() + 5 >= sent, "heard {} of {sent}", heard.len());
+    assert_rewrite_consistent(&heard);
+    w.assert_payloads_match(carol, alice);
+    assert!(w.front_forwarded > 100, "{}", w.front_forwarded);
+
+    let now = w.now;
+    let relay = w.relay;
+    w.edge
+        .handle_command(now, EngineCommand::ClosePeer { peer: relay });
+    w.pump();
+    let front = w.edge_front.as_mut().unwrap();
+    let origin = w.origin_addr;
+    let routed = front.handle_receive(now, Protocol::Udp, origin, w.edge_addr, &[0x80; 40]);
+    assert!(matches!(routed, Routed::Dropped), "{routed:?}");
 }

@@ -497,6 +497,9 @@ impl Sfu {
         for track in p.up.values() {
             self.unpublish(*track, UnpublishReason::PeerGone);
         }
+        for addr in p.relay.iter().flat_map(|r| &r.routes) {
+            self.announce_route(RelayMsg::UnrouteAddr(*addr));
+        }
         self.events.push_back(Event::Disconnected(peer));
     }
 }

@@ -109,6 +109,10 @@ const OPUS_FRAME: Duration = Duration::from_millis(20);
 pub struct SfuConfig {
     /// This shard's id; encoded in every [`PeerId`] and ICE ufrag it creates.
     pub shard: ShardId,
+    /// How many shards the engine has (ids `0..shards`): a relay peer tells the others which
+    /// origin addresses are its own, since the origin's datagrams may land on any shard's
+    /// socket (see `relay`).
+    pub shards: u16,
     /// Seed for ICE credentials and initial sequence numbers. Production seeds it from the OS;
     /// tests pass a constant.
     pub seed: [u8; 32],
@@ -146,6 +150,7 @@ impl SfuConfig {
     pub fn new(shard: ShardId, seed: [u8; 32]) -> Self {
         SfuConfig {
             shard,
+            shards: 1,
             seed,
             speaker: SpeakerConfig::default(),
             stats_interval: None,
@@ -381,6 +386,11 @@ pub enum RelayMsg {
     Packet(TrackId, MediaPacket),
     /// `track` ended; the receiver clears slots fed by it.
     TrackEnded(TrackId),
+    /// Datagrams from this address belong to a relay peer of the sender (an origin's
+    /// address, which sends no binding request that could route it).
+    RouteAddr(SocketAddr),
+    /// The sender's relay peer at this address is gone.
+    UnrouteAddr(SocketAddr),
 }
 
 /// One incoming audio packet, decoupled from the publisher's `Rtc`.
@@ -501,6 +511,8 @@ pub struct Sfu {
     by_addr: HashMap<SocketAddr, PeerId>,
     by_ufrag: HashMap<String, PeerId>,
     foreign_addrs: HashMap<SocketAddr, ShardId>,
+    /// Origin addresses of relay peers on other shards (see `relay`).
+    relay_routes: HashMap<SocketAddr, ShardId>,
     tracks: HashMap<TrackId, Track>,
     /// Local subscribers of every track, owned here or relayed from another shard.
     fanout: HashMap<TrackId, Vec<(PeerId, SlotId)>>,
@@ -588,6 +600,7 @@ impl Sfu {
             by_addr: HashMap::new(),
             by_ufrag: HashMap::new(),
             foreign_addrs: HashMap::new(),
+            relay_routes: HashMap::new(),
             tracks: HashMap::new(),
             fanout: HashMap::new(),
             out: Drained::default(),

@@ -56,6 +56,8 @@ pub(crate) struct RelayState {
     /// Every recvonly m-line offered, in order (those of an offer whose answer failed too:
     /// str0m knows no media for them).
     pub mids: Vec<Mid>,
+    /// The origin's addresses this peer routes, announced to the other shards.
+    pub routes: Vec<SocketAddr>,
 }
 
 impl Sfu {
@@ -79,6 +81,7 @@ impl Sfu {
                 reoffer: false,
                 in_flight: 0,
                 mids: Vec::new(),
+                routes: Vec::new(),
             });
         }
         self.relay_offer(id);
@@ -249,8 +252,26 @@ impl Sfu {
                     self.foreign_addrs.remove(&addr);
                     if let Some(p) = self.peers.get_mut(&peer) {
                         p.addrs.push(addr);
+                        if let Some(r) = p.relay.as_mut() {
+                            r.routes.push(addr);
+                        }
                     }
+                    self.announce_route(RelayMsg::RouteAddr(addr));
                 }
+            }
+        }
+    }
+
+    /// Tell every other shard about a relay peer's origin address.
+    pub(super) fn announce_route(&mut self, msg: RelayMsg) {
+        for s in 0..self.config.shards {
+            let to = ShardId(s);
+            if to != self.config.shard {
+                self.relays.push_back(Relay {
+                    to,
+                    from: self.config.shard,
+                    msg: msg.clone(),
+                });
             }
         }
     }
