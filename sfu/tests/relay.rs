@@ -818,6 +818,39 @@ fn edge_listener_hears_origin_publishers_through_the_relay() {
             .any(|e| matches!(e, Event::TrackUnpublished { .. }))
     );
 
+    // The relay's data channel carries the origin's messages (speaker changes, reactions).
+    let channel = w
+        .origin_events
+        .iter()
+        .find_map(|e| match e {
+            Event::ChannelOpen {
+                peer,
+                channel,
+                label,
+            } if *peer == relay_sub_id() => {
+                assert_eq!(label, "_relay");
+                Some(*channel)
+            }
+            _ => None,
+        })
+        .expect("relay channel open on the origin");
+    let now = w.now;
+    w.origin.handle_command(
+        now,
+        EngineCommand::SendData {
+            targets: vec![(relay_sub_id(), channel)],
+            binary: true,
+            data: std::sync::Arc::from(&b"speakers: alice"[..]),
+        },
+    );
+    w.pump();
+    w.run_until(SEC, "relay data", |w| {
+        w.edge_events.iter().any(|e| {
+            matches!(e, Event::ChannelData { peer, data, .. }
+                if *peer == w.relay && data == b"speakers: alice")
+        })
+    });
+
     // A listener on the edge, subscribed to the relayed tracks as to published ones.
     let carol = w.listener("carol", Node::Edge);
     w.run_until(10 * SEC, "listener connected", |w| w.clients_connected());

@@ -227,7 +227,7 @@ pub enum Event {
     /// ICE and DTLS are up; media can flow.
     Connected(PeerId),
     /// ICE timed out: no binding request from the client for str0m's ICE-lite timeout
-    /// (15 s). The peer stays, with its tracks and subscriptions, so that the client can
+    /// (15 s), or, for a relay peer (full ICE), no answer to its checks. The peer stays, with its tracks and subscriptions, so that the client can
     /// come back (binding requests again, or an ICE restart); the owner closes it
     /// ([`EngineCommand::ClosePeer`]) when it gives up on the client.
     IceLost(PeerId),

@@ -12,30 +12,50 @@
 //! - [`EngineCommand::CreateRelayPeer`] creates the peer; its offer comes out as
 //!   [`Event::Offer`] (with no slots). The origin's answer goes back with
 //!   [`EngineCommand::HandleAnswer`]; str0m takes the origin's candidates from it, and the
-//!   engine routes datagrams from those addresses to the relay peer (the origin is ICE-lite
-//!   and sends no binding request that could bind its address, only responses).
-//! - [`EngineCommand::OfferRelaySections`] asks for more recvonly m-lines: what the origin
-//!   asks for with `Event::SectionsNeeded`. Asked for none, it offers one spare m-line
-//!   anyway: str0m makes no offer without a change, and the spare is the free section the
-//!   origin's next subscription takes. While an offer is unanswered, further requests wait
-//!   for its answer and are offered together.
+//!   engine routes datagrams from those addresses to the relay peer: the origin is ICE-lite
+//!   and sends only binding responses, which carry no ufrag that could route its address.
+//!   On an engine whose shards share one address, the origin's datagrams may land on any
+//!   shard's socket, so the relay peer's shard tells the others (`RelayMsg::RouteAddr`,
+//!   withdrawn when the peer goes), and they pass those datagrams on.
+//! - [`EngineCommand::OfferRelaySections`] makes a new offer, with more recvonly m-lines if
+//!   asked: what the origin asks for with `Event::SectionsNeeded`. The origin answers
+//!   `inactive` for an m-line it has no track for yet, and str0m then makes it inactive here
+//!   too; every relay offer turns such m-lines back to recvonly, so that the origin can
+//!   answer with the track it bound to one meanwhile. A new offer asked for while no m-line
+//!   is inactive and none is asked for carries one spare m-line (str0m makes no offer
+//!   without a change), the free section the origin's next subscription takes. While an
+//!   offer is unanswered, further requests wait for its answer and are offered together.
 //! - After each answer the engine files, as a track published by the relay peer, every
 //!   m-line the origin sends on (`a=sendonly` in the answer), with the origin's msid as its
 //!   label, and reports it as [`Event::RelayTrackPublished`]. From then on the track is a
 //!   published track like any: subscribers on this engine are fed by the same fan-out
 //!   (rewriter, RED passthrough and recovery, audio level and voice activity passthrough,
-//!   speaker detection, tap). An m-line the origin stops sending on (`inactive`), or whose
-//!   msid changes, is unpublished ([`Event::TrackUnpublished`], `Removed`); when the relay
-//!   peer closes or fails, all its tracks are (`PeerGone`), as a publisher's.
+//!   speaker detection, tap, server mute). An m-line the origin stops sending on
+//!   (`inactive`), or whose msid changes, is unpublished ([`Event::TrackUnpublished`],
+//!   `Removed`); when the relay peer closes or fails, all its tracks are (`PeerGone`), as a
+//!   publisher's. (The origin's engine keeps an m-line with its slot once bound, so today a
+//!   track that ends on the origin stays filed here, idle, until the owner closes the relay
+//!   peer or learns of it from the origin's signaling.)
 //! - The relay peer refuses what would make it send or renegotiate as an answerer: a
 //!   subscription, a remote offer, a change of its publish permission and an ICE restart
 //!   fail with [`SfuError::RelayPeer`].
+//! - Losing the origin: the relay peer's ICE agent reports [`Event::IceLost`] when the
+//!   origin stops answering its checks (about 23 s after the origin closed its side, in the
+//!   simulated test), and the owner closes it; the owner should close it as soon as the
+//!   origin's signaling says the link is gone rather than wait for that.
 //!
-//! Datagrams reach the relay peer by source address. Two relay peers between the same pair
-//! of sockets (two rooms relayed between the same shards) would share a 5-tuple, which
-//! neither engine can demultiplex: the second one's origin address stays routed to the
-//! first, so the owner must keep one relay link per (edge shard, origin shard) pair or give
-//! the links distinct sockets.
+//! Datagrams reach the relay peer by source address. Two relay links between the same pair
+//! of sockets (two rooms relayed between the same shards, or two nodes relaying to each
+//! other from their shared ports) would share a 5-tuple, which neither engine can
+//! demultiplex: the second one's origin address stays routed to the first, so the owner
+//! must keep one relay link per pair of sockets (or multiplex rooms over one link).
+//!
+//! Retransmission: none, on either side, as on listener links. str0m 0.25 retransmits only
+//! through an RTX payload type and sends NACKs only for streams that have one; Opus has
+//! none, so the relay peer never NACKs, and the origin's str0m could not answer a NACK for
+//! Opus either (its packets are not `nackable`), whichever send path the origin uses. Loss on
+//! the link is covered by RED where the publisher sends it (the edge rebuilds lost packets
+//! from the next packet's redundant block and forwards them) and by Opus in-band FEC.
 //!
 //! [`EngineCommand::CreateRelayPeer`]: super::EngineCommand::CreateRelayPeer
 //! [`EngineCommand::HandleAnswer`]: super::EngineCommand::HandleAnswer
