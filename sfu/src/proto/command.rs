@@ -62,6 +62,33 @@ pub enum EngineCommand {
         /// Data channel labels to open.
         channels: Vec<String>,
     },
+    /// Create a relay peer `peer`: the engine's own connection to another node's engine (the
+    /// origin), full ICE and controlling, offering `audios` recvonly audio m-lines (at least
+    /// one) and these data channels. The offer comes as [`Event::Offer`] and is for the
+    /// origin's `AcceptOffer` (`single: true`, `Publish::Deny`); its answer comes back with
+    /// [`EngineCommand::HandleAnswer`]. Tracks the origin sends are reported as
+    /// [`Event::RelayTrackPublished`]. See `relay`.
+    ///
+    /// [`Event::RelayTrackPublished`]: super::Event::RelayTrackPublished
+    CreateRelayPeer {
+        /// The new peer's id, chosen by the caller on the shard it names.
+        peer: PeerId,
+        /// How many recvonly audio m-lines the first offer carries.
+        audios: u32,
+        /// Data channel labels to open.
+        channels: Vec<String>,
+    },
+    /// A relay peer offers again with `audios` more recvonly audio m-lines (0: one spare, for
+    /// a new offer): what the origin asks for with [`Event::SectionsNeeded`]. The offer comes
+    /// as [`Event::Offer`], after the answer to any offer outstanding.
+    ///
+    /// [`Event::SectionsNeeded`]: super::Event::SectionsNeeded
+    OfferRelaySections {
+        /// The relay peer.
+        peer: PeerId,
+        /// How many recvonly audio m-lines to add.
+        audios: u32,
+    },
     /// A client's re-offer on an existing peer. Answered with [`Event::Answer`].
     HandleOffer {
         /// The peer.
@@ -158,6 +185,10 @@ pub enum CommandKind {
     HandleOffer,
     /// [`EngineCommand::HandleAnswer`].
     HandleAnswer,
+    /// [`EngineCommand::CreateRelayPeer`].
+    CreateRelayPeer,
+    /// [`EngineCommand::OfferRelaySections`].
+    OfferRelaySections,
 }
 
 impl EngineCommand {
@@ -216,6 +247,8 @@ impl EngineCommand {
         match self {
             EngineCommand::AcceptOffer { peer, .. }
             | EngineCommand::CreatePeer { peer, .. }
+            | EngineCommand::CreateRelayPeer { peer, .. }
+            | EngineCommand::OfferRelaySections { peer, .. }
             | EngineCommand::HandleOffer { peer, .. }
             | EngineCommand::HandleAnswer { peer, .. }
             | EngineCommand::SetPublish { peer, .. }
@@ -240,6 +273,8 @@ impl EngineCommand {
         match self {
             EngineCommand::AcceptOffer { peer, .. }
             | EngineCommand::CreatePeer { peer, .. }
+            | EngineCommand::CreateRelayPeer { peer, .. }
+            | EngineCommand::OfferRelaySections { peer, .. }
             | EngineCommand::HandleOffer { peer, .. }
             | EngineCommand::HandleAnswer { peer, .. }
             | EngineCommand::SetPublish { peer, .. }
@@ -286,6 +321,22 @@ impl Sfu {
                 let labels: Vec<&str> = channels.iter().map(String::as_str).collect();
                 if let Err(error) = self.create_peer_as(now, Some(peer), config, &labels) {
                     self.command_failed(peer, CommandKind::CreatePeer, error);
+                }
+            }
+            EngineCommand::CreateRelayPeer {
+                peer,
+                audios,
+                channels,
+            } => {
+                let labels: Vec<&str> = channels.iter().map(String::as_str).collect();
+                if let Err(error) = self.create_relay_peer(now, Some(peer), audios, &labels) {
+                    self.command_failed(peer, CommandKind::CreateRelayPeer, error);
+                }
+            }
+            EngineCommand::OfferRelaySections { peer, audios } => {
+                match self.offer_relay_sections(now, peer, audios) {
+                    Ok(()) | Err(SfuError::UnknownPeer(_)) => {}
+                    Err(error) => self.command_failed(peer, CommandKind::OfferRelaySections, error),
                 }
             }
             EngineCommand::HandleOffer { peer, offer } => match self.handle_offer(now, peer, offer)
@@ -343,7 +394,7 @@ impl Sfu {
         self.ask_sections(peer);
     }
 
-    fn peer_config(&self, publish: Publish) -> PeerConfig {
+    pub(super) fn peer_config(&self, publish: Publish) -> PeerConfig {
         PeerConfig {
             candidates: self.config.candidates.clone(),
             publish,

@@ -59,6 +59,14 @@ impl Sfu {
             }
             RelayMsg::Packet(track, packet) => self.forward(now, track, &packet),
             RelayMsg::TrackEnded(track) => self.clear_slots_of(track),
+            RelayMsg::RouteAddr(addr) => {
+                self.relay_routes.insert(addr, relay.from);
+            }
+            RelayMsg::UnrouteAddr(addr) => {
+                if self.relay_routes.get(&addr) == Some(&relay.from) {
+                    self.relay_routes.remove(&addr);
+                }
+            }
         }
         self.process(now);
     }
@@ -77,6 +85,10 @@ impl Sfu {
             s.stats.datagrams_unknown += 1;
             Err(Routed::Dropped)
         };
+        if let Some(shard) = self.relay_routes.get(&source) {
+            // An origin's datagram for a relay peer of another shard.
+            return Err(Routed::Foreign(*shard));
+        }
         let Ok(stun) = StunMessage::parse(contents) else {
             if let Some(shard) = self.foreign_addrs.get(&source) {
                 return Err(Routed::Foreign(*shard));

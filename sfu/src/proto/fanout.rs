@@ -26,6 +26,10 @@ impl Sfu {
             .peers
             .get_mut(&peer)
             .ok_or(SfuError::UnknownPeer(peer))?;
+        if p.relay.is_some() {
+            // A relay peer only receives: nothing is sent back to the origin.
+            return Err(SfuError::RelayPeer(peer));
+        }
         let id = SlotId(p.slots.len() as u32);
         p.slots.push(Slot {
             label,

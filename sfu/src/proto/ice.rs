@@ -27,6 +27,9 @@ impl Sfu {
             .peers
             .get_mut(&peer)
             .ok_or(SfuError::UnknownPeer(peer))?;
+        if p.relay.is_some() {
+            return Err(SfuError::RelayPeer(peer));
+        }
         if p.negotiation.pending.take().is_some() {
             // The client never saw (or will never answer) that offer: offer its slots again.
             let in_flight = std::mem::take(&mut p.negotiation.in_flight);

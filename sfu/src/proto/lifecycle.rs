@@ -29,7 +29,7 @@ impl Sfu {
             self.stats.offers_refused += 1;
             return Err(SfuError::PublishNotAllowed);
         }
-        let id = self.new_peer(now, id, &config)?;
+        let id = self.new_peer(now, id, &config, true)?;
         let result = self.with_peer(id, |p| {
             p.single = single;
             let answer = p.rtc.sdp_api().accept_offer(offer)?;
@@ -68,7 +68,7 @@ impl Sfu {
         config: PeerConfig,
         channels: &[&str],
     ) -> Result<PeerId, SfuError> {
-        let id = self.new_peer(now, id, &config)?;
+        let id = self.new_peer(now, id, &config, true)?;
         if let Some(p) = self.peers.get_mut(&id) {
             p.negotiation.queued_channels = channels.iter().map(|c| (*c).to_owned()).collect();
         }
@@ -88,6 +88,9 @@ impl Sfu {
             .peers
             .get_mut(&peer)
             .ok_or(SfuError::UnknownPeer(peer))?;
+        if p.relay.is_some() {
+            return Err(SfuError::RelayPeer(peer));
+        }
         if p.publish == Publish::Deny && peer::offer_sends_media(&offer.to_sdp_string()) {
             self.stats.offers_refused += 1;
             return Err(SfuError::PublishNotAllowed);
@@ -126,6 +129,9 @@ impl Sfu {
         peer: PeerId,
         answer: SdpAnswer,
     ) -> Result<(), SfuError> {
+        if self.is_relay_peer(peer) {
+            return self.relay_answer(now, peer, answer);
+        }
         let p = self
             .peers
             .get_mut(&peer)
@@ -200,6 +206,10 @@ impl Sfu {
             .peers
             .get_mut(&peer)
             .ok_or(SfuError::UnknownPeer(peer))?;
+        if p.relay.is_some() {
+            // Its tracks are the origin's; it never sends. Closing it ends them.
+            return Err(SfuError::RelayPeer(peer));
+        }
         p.publish = publish;
         if publish == Publish::Deny {
             let tracks: Vec<TrackId> = p.up.drain().map(|(_, t)| t).collect();
@@ -254,6 +264,7 @@ impl Sfu {
         now: Instant,
         id: Option<PeerId>,
         config: &PeerConfig,
+        ice_lite: bool,
     ) -> Result<PeerId, SfuError> {
         let id = match id {
             Some(id) if id.shard() != self.config.shard || self.peers.contains_key(&id) => {
@@ -271,7 +282,7 @@ impl Sfu {
         let IceCreds { ufrag, pass } = self.new_ice_creds();
         let mut rtc_config = RtcConfig::new()
             .set_crypto_provider(self.crypto.clone())
-            .set_ice_lite(true)
+            .set_ice_lite(ice_lite)
             .set_rtp_mode(true)
             .clear_codecs()
             // RED (RFC 2198) when the peer offers or accepts it: publishers may send it, and
@@ -313,6 +324,7 @@ impl Sfu {
                 direct: DirectTx::new(keys),
                 single: false,
                 sections: Default::default(),
+                relay: None,
             }),
         );
         self.out.deadlines.insert((now, id));
@@ -340,7 +352,7 @@ impl Sfu {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
-        if p.publish == Publish::Deny || p.up.contains_key(&mid) {
+        if p.publish == Publish::Deny || p.relay.is_some() || p.up.contains_key(&mid) {
             return;
         }
         let Some(media) = p.rtc.media(mid) else {
@@ -392,8 +404,9 @@ impl Sfu {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
-        if p.single {
-            // The client offers; the engine asks it to (see `sections`).
+        if p.single || p.relay.is_some() {
+            // The client offers; the engine asks it to (see `sections`). A relay peer offers
+            // its own way (see `relay`).
             return;
         }
         let n = &mut p.negotiation;
@@ -483,6 +496,9 @@ impl Sfu {
         }
         for track in p.up.values() {
             self.unpublish(*track, UnpublishReason::PeerGone);
+        }
+        for addr in p.relay.iter().flat_map(|r| &r.routes) {
+            self.announce_route(RelayMsg::UnrouteAddr(*addr));
         }
         self.events.push_back(Event::Disconnected(peer));
     }

@@ -56,6 +56,7 @@ pub mod id;
 mod lifecycle;
 mod peer;
 pub mod red;
+mod relay;
 mod sections;
 pub mod speaker;
 mod srtp;
@@ -108,6 +109,10 @@ const OPUS_FRAME: Duration = Duration::from_millis(20);
 pub struct SfuConfig {
     /// This shard's id; encoded in every [`PeerId`] and ICE ufrag it creates.
     pub shard: ShardId,
+    /// How many shards the engine has (ids `0..shards`): a relay peer tells the others which
+    /// origin addresses are its own, since the origin's datagrams may land on any shard's
+    /// socket (see `relay`).
+    pub shards: u16,
     /// Seed for ICE credentials and initial sequence numbers. Production seeds it from the OS;
     /// tests pass a constant.
     pub seed: [u8; 32],
@@ -145,6 +150,7 @@ impl SfuConfig {
     pub fn new(shard: ShardId, seed: [u8; 32]) -> Self {
         SfuConfig {
             shard,
+            shards: 1,
             seed,
             speaker: SpeakerConfig::default(),
             stats_interval: None,
@@ -191,6 +197,13 @@ pub enum SfuError {
     /// A local address cannot be a candidate (unspecified, link-local, multicast...).
     #[error("bad candidate address: {0}")]
     BadCandidate(String),
+    /// The peer is a relay peer, which only receives and only offers
+    /// ([`EngineCommand::CreateRelayPeer`]).
+    #[error("peer {0} is a relay peer: it only receives, and only offers")]
+    RelayPeer(PeerId),
+    /// The command is for relay peers and the peer is not one.
+    #[error("peer {0} is not a relay peer")]
+    NotRelayPeer(PeerId),
     /// str0m refused the SDP or the operation.
     #[error("webrtc: {0}")]
     Rtc(#[from] str0m::RtcError),
@@ -214,7 +227,7 @@ pub enum Event {
     /// ICE and DTLS are up; media can flow.
     Connected(PeerId),
     /// ICE timed out: no binding request from the client for str0m's ICE-lite timeout
-    /// (15 s). The peer stays, with its tracks and subscriptions, so that the client can
+    /// (15 s), or, for a relay peer (full ICE), no answer to its checks. The peer stays, with its tracks and subscriptions, so that the client can
     /// come back (binding requests again, or an ICE restart); the owner closes it
     /// ([`EngineCommand::ClosePeer`]) when it gives up on the client.
     IceLost(PeerId),
@@ -227,6 +240,19 @@ pub enum Event {
         track: TrackId,
         /// msid stream and track ids from the publisher's offer.
         label: MediaLabel,
+    },
+    /// A relay peer ([`EngineCommand::CreateRelayPeer`]) receives a track from the origin,
+    /// filed here as a track it publishes: subscribe this engine's peers to it as to any
+    /// published track. The origin's answer named it: `label` is the msid the origin gave
+    /// the m-line (its signaling puts the origin's participant and track sids there), `ssrc`
+    /// the SSRC it announced for it. It ends with [`Event::TrackUnpublished`].
+    RelayTrackPublished {
+        /// The track on this engine: the relay peer and its m-line.
+        track: TrackId,
+        /// msid stream and track ids from the origin's answer.
+        label: MediaLabel,
+        /// The origin's SSRC for the m-line, if its answer announced one.
+        ssrc: Option<u32>,
     },
     /// A track stopped.
     TrackUnpublished {
@@ -321,9 +347,9 @@ impl Event {
             Event::Connected(peer) | Event::IceLost(peer) | Event::Disconnected(peer) => {
                 Some(*peer)
             }
-            Event::TrackPublished { track, .. } | Event::TrackUnpublished { track, .. } => {
-                Some(track.peer)
-            }
+            Event::TrackPublished { track, .. }
+            | Event::RelayTrackPublished { track, .. }
+            | Event::TrackUnpublished { track, .. } => Some(track.peer),
             Event::Answer { peer, .. }
             | Event::CommandFailed { peer, .. }
             | Event::SectionsNeeded { peer, .. }
@@ -360,6 +386,11 @@ pub enum RelayMsg {
     Packet(TrackId, MediaPacket),
     /// `track` ended; the receiver clears slots fed by it.
     TrackEnded(TrackId),
+    /// Datagrams from this address belong to a relay peer of the sender (an origin's
+    /// address, which sends no binding request that could route it).
+    RouteAddr(SocketAddr),
+    /// The sender's relay peer at this address is gone.
+    UnrouteAddr(SocketAddr),
 }
 
 /// One incoming audio packet, decoupled from the publisher's `Rtc`.
@@ -480,6 +511,8 @@ pub struct Sfu {
     by_addr: HashMap<SocketAddr, PeerId>,
     by_ufrag: HashMap<String, PeerId>,
     foreign_addrs: HashMap<SocketAddr, ShardId>,
+    /// Origin addresses of relay peers on other shards (see `relay`).
+    relay_routes: HashMap<SocketAddr, ShardId>,
     tracks: HashMap<TrackId, Track>,
     /// Local subscribers of every track, owned here or relayed from another shard.
     fanout: HashMap<TrackId, Vec<(PeerId, SlotId)>>,
@@ -567,6 +600,7 @@ impl Sfu {
             by_addr: HashMap::new(),
             by_ufrag: HashMap::new(),
             foreign_addrs: HashMap::new(),
+            relay_routes: HashMap::new(),
             tracks: HashMap::new(),
             fanout: HashMap::new(),
             out: Drained::default(),
@@ -756,6 +790,10 @@ impl Sfu {
                 let Some(p) = self.peers.get_mut(&peer) else {
                     return;
                 };
+                if p.relay.is_some() {
+                    // Its tracks follow the origin's answers (see `relay`).
+                    return;
+                }
                 let published = p.up.get(&changed.mid).copied();
                 match (published, changed.direction.is_receiving()) {
                     (None, true) => self.publish_mid(peer, changed.mid),

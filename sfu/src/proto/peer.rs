@@ -217,6 +217,9 @@ pub(crate) struct Peer {
     pub single: bool,
     /// The client's sections the engine may send on (single-connection peers).
     pub sections: super::sections::Sections,
+    /// Set on a relay peer: the engine's own full-ICE, offering connection to an origin
+    /// (see `relay`).
+    pub relay: Option<super::relay::RelayState>,
 }
 
 impl std::fmt::Debug for Peer {

@@ -154,29 +154,29 @@ impl Sfu {
 }
 
 /// One m-section of an SDP: its lines without line ends.
-struct Section<'a> {
-    lines: Vec<&'a str>,
+pub(crate) struct Section<'a> {
+    pub(crate) lines: Vec<&'a str>,
 }
 
 impl Section<'_> {
-    fn is_live_audio(&self) -> bool {
+    pub(crate) fn is_live_audio(&self) -> bool {
         self.lines.first().is_some_and(|m| {
             let mut parts = m.trim_start_matches("m=").split_whitespace();
             parts.next() == Some("audio") && parts.next() != Some("0")
         })
     }
 
-    fn mid(&self) -> Option<&str> {
+    pub(crate) fn mid(&self) -> Option<&str> {
         self.lines.iter().find_map(|l| l.strip_prefix("a=mid:"))
     }
 
-    fn sends(&self) -> bool {
+    pub(crate) fn sends(&self) -> bool {
         self.lines.contains(&"a=sendonly")
     }
 }
 
 /// Splits an SDP into its session part and its m-sections.
-fn split(sdp: &str) -> (Vec<&str>, Vec<Section<'_>>) {
+pub(crate) fn split(sdp: &str) -> (Vec<&str>, Vec<Section<'_>>) {
     let mut session = Vec::new();
     let mut sections: Vec<Section<'_>> = Vec::new();
     for line in sdp.lines().map(str::trim_end).filter(|l| !l.is_empty()) {

@@ -108,6 +108,7 @@ impl Shard {
         let socket = UdpSocket::from_std(self.socket.try_clone()?)?;
         let mut config = SfuConfig::new(self.info.id, self.seed);
         config.candidates = vec![self.info.advertised];
+        config.shards = self.shards.len() as u16;
         let mut sfu = Sfu::new(config, Instant::now());
         let mut batch = SendBatch::default();
         let mut buf = vec![0u8; MAX_DATAGRAM];

@@ -113,6 +113,10 @@ impl Server {
                 data,
                 ..
             } => self.data_packet(peer, channel, &data),
+            // Relay peers (issue 21, "Relayed media") are not created by signaling yet: the
+            // mirror participants that would own relayed tracks do not exist, so there is
+            // nothing to file.
+            Event::RelayTrackPublished { .. } => {}
             _ => {}
         }
     }
