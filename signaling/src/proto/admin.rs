@@ -103,6 +103,20 @@ pub enum AdminOp {
         /// Recorded or not.
         recording: bool,
     },
+    /// Relay the room's media from another node, its origin (issue 21, see `relay`): this
+    /// node's listeners of the room hear the origin's speakers, who appear here as mirror
+    /// participants. Replaces the room's link, if it had one.
+    RelayFrom {
+        /// The room (the same name on both nodes).
+        room: String,
+        /// The origin's base URL, as clients would connect to it (`ws(s)://` or `http(s)://`).
+        origin: String,
+    },
+    /// Stop relaying the room: its mirror participants leave.
+    StopRelay {
+        /// The room.
+        room: String,
+    },
     /// Tell every client not told yet to leave (`SERVER_SHUTDOWN`), leaving sessions open.
     AskToLeave,
     /// End every session at once (`SERVER_SHUTDOWN`).
@@ -122,7 +136,9 @@ impl AdminOp {
             | AdminOp::UpdateRoomMetadata { room, .. }
             | AdminOp::SendData { room, .. }
             | AdminOp::UpdateSubscriptions { room, .. }
-            | AdminOp::SetRecording { room, .. } => Some(room),
+            | AdminOp::SetRecording { room, .. }
+            | AdminOp::RelayFrom { room, .. }
+            | AdminOp::StopRelay { room } => Some(room),
             AdminOp::ListRooms { .. } | AdminOp::AskToLeave | AdminOp::Drain => None,
         }
     }
@@ -231,7 +247,11 @@ impl Server {
                 .get(&room)
                 .map(|r| {
                     AdminReply::Participants(
-                        r.participants.values().map(Participant::info).collect(),
+                        r.participants
+                            .values()
+                            .filter(|p| !p.is_relay())
+                            .map(Participant::info)
+                            .collect(),
                     )
                 })
                 .ok_or(ServiceError::RoomNotFound(room)),
@@ -289,6 +309,17 @@ impl Server {
             AdminOp::SetRecording { room, recording } => {
                 let open = self.set_recording(&room, recording);
                 Ok(AdminReply::Count(usize::from(open)))
+            }
+            AdminOp::RelayFrom { room, origin } => {
+                self.relay_from(&room, origin)?;
+                Ok(AdminReply::Done)
+            }
+            AdminOp::StopRelay { room } => {
+                if !self.relayed_rooms().any(|r| r == room) {
+                    return Err(ServiceError::RoomNotFound(room));
+                }
+                self.end_relay(&room, "stopped");
+                Ok(AdminReply::Done)
             }
             AdminOp::AskToLeave => Ok(AdminReply::Count(self.ask_to_leave())),
             AdminOp::Drain => Ok(AdminReply::Count(self.drain())),
