@@ -80,7 +80,10 @@ impl Participant {
     /// Whether this is another node's relay link (a hidden participant with a relay
     /// identity, see `proto::relay`): not shown, counted or reported as a participant.
     pub fn is_relay(&self) -> bool {
-        self.permission.hidden && self.identity.starts_with(crate::proto::RELAY_IDENTITY_PREFIX)
+        self.permission.hidden
+            && self
+                .identity
+                .starts_with(crate::proto::RELAY_IDENTITY_PREFIX)
     }
 
     /// Whether `viewer` is shown this participant (see the module docs).
@@ -318,8 +321,7 @@ impl Room {
             creation_time: self.created_ms / 1000,
             creation_time_ms: self.created_ms,
             metadata: self.metadata.clone(),
-            num_participants: self.participants.values().filter(|p| !p.is_relay()).count()
-                as u32,
+            num_participants: self.participants.values().filter(|p| !p.is_relay()).count() as u32,
             num_publishers: self.num_publishers(),
             active_recording: self.recording,
             ..Default::default()

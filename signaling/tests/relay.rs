@@ -83,9 +83,12 @@ async fn an_edge_listener_hears_the_origins_speaker_through_the_relay() {
         })
         .await;
     assert!(
-        offer
-            .sdp
-            .contains(&format!("a=msid:{}|{} {}", alice.sid(), track_sid, track_sid)),
+        offer.sdp.contains(&format!(
+            "a=msid:{}|{} {}",
+            alice.sid(),
+            track_sid,
+            track_sid
+        )),
         "{}",
         offer.sdp
     );
@@ -105,7 +108,10 @@ async fn an_edge_listener_hears_the_origins_speaker_through_the_relay() {
         .map(|h| h.1)
         .filter(|i| *i >= before)
         .collect();
-    assert!(heard.windows(2).all(|w| w[0] < w[1]), "in order, once: {heard:?}");
+    assert!(
+        heard.windows(2).all(|w| w[0] < w[1]),
+        "in order, once: {heard:?}"
+    );
     assert!(heard.iter().all(|i| *i < before + 100));
 
     // On the origin the relay is nobody: not listed, not shown to alice.
@@ -115,11 +121,17 @@ async fn an_edge_listener_hears_the_origins_speaker_through_the_relay() {
     alice.drain_for(Duration::from_millis(200)).await;
     assert!(!alice.log.iter().any(|m| match m {
         signal_response::Message::Update(u) => {
-            u.participants.iter().any(|p| p.identity.starts_with("node:"))
+            u.participants
+                .iter()
+                .any(|p| p.identity.starts_with("node:"))
         }
         _ => false,
     }));
-    let rooms = origin.signaling.list_rooms(&[room.to_owned()]).await.unwrap();
+    let rooms = origin
+        .signaling
+        .list_rooms(&[room.to_owned()])
+        .await
+        .unwrap();
     assert_eq!(rooms[0].num_participants, 1);
     // On the edge, the mirror is listed beside the local listener.
     let listed = edge.signaling.list_participants(room).await.unwrap();
@@ -139,5 +151,9 @@ async fn an_edge_listener_hears_the_origins_speaker_through_the_relay() {
     let heard_then = bob.heard().len();
     send_audio(&alice, 20).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(bob.heard().len(), heard_then, "nothing relayed after the link ended");
+    assert_eq!(
+        bob.heard().len(),
+        heard_then,
+        "nothing relayed after the link ended"
+    );
 }

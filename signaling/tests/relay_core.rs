@@ -15,7 +15,9 @@ use stoa_sfu::str0m::change::SdpOffer;
 use stoa_sfu::str0m::media::{Direction, MediaKind, Mid};
 use stoa_sfu::{EngineCommand, Event, MediaLabel, PeerId, TrackId};
 use stoa_signaling::join::parse_query;
-use stoa_signaling::proto::{AdminOp, AdminReply, Output, RelayOutput, Server, ServerConfig, SessionId};
+use stoa_signaling::proto::{
+    AdminOp, AdminReply, Output, RelayOutput, Server, ServerConfig, SessionId,
+};
 use stoa_signaling::token::{Claims, VideoGrants};
 
 const TICK: Duration = Duration::from_millis(100);
@@ -173,7 +175,10 @@ fn edge_mirrors_the_origins_speakers_and_feeds_its_listeners() {
         _ => None,
     });
     let (room, origin, sent) = opened.expect("the link opens");
-    assert_eq!((room.as_str(), origin.as_str()), ("r", "ws://127.0.0.1:7880"));
+    assert_eq!(
+        (room.as_str(), origin.as_str()),
+        ("r", "ws://127.0.0.1:7880")
+    );
     assert_eq!(sent.sdp, sdp);
     assert_eq!(sent.r#type, "offer");
 
@@ -197,8 +202,14 @@ fn edge_mirrors_the_origins_speakers_and_feeds_its_listeners() {
             && p.tracks.iter().any(|t| t.sid == "TR_a")),
         "the listener sees the mirrored speaker: {seen:?}"
     );
-    assert!(!seen.iter().any(|p| p.sid == "PA_relay"), "the relay itself is not mirrored");
-    assert!(subscribes(&outs).is_empty(), "nothing to receive before media arrives");
+    assert!(
+        !seen.iter().any(|p| p.sid == "PA_relay"),
+        "the relay itself is not mirrored"
+    );
+    assert!(
+        subscribes(&outs).is_empty(),
+        "nothing to receive before media arrives"
+    );
     let participants = match edge
         .handle_admin(now, AdminOp::ListParticipants { room: "r".into() })
         .unwrap()
@@ -301,7 +312,9 @@ fn edge_mirrors_the_origins_speakers_and_feeds_its_listeners() {
     let outs = drain(&mut edge);
     assert!(updates_for(&outs, listener).iter().any(|p| p.sid == "PA_t"));
     assert!(
-        !outs.iter().any(|o| matches!(o, Output::Engine(EngineCommand::Unsubscribe { .. }))),
+        !outs
+            .iter()
+            .any(|o| matches!(o, Output::Engine(EngineCommand::Unsubscribe { .. }))),
         "a stale snapshot unpublishes nothing"
     );
 
@@ -361,7 +374,11 @@ fn edge_mirrors_the_origins_speakers_and_feeds_its_listeners() {
             .any(|p| p.sid == "PA_t" && p.state == State::Disconnected as i32)
     );
     let room = edge.rooms().find(|r| r.name == "r").unwrap();
-    assert_eq!(room.participants.len(), 2, "only the two local listeners are left");
+    assert_eq!(
+        room.participants.len(),
+        2,
+        "only the two local listeners are left"
+    );
     assert_eq!(edge.relayed_rooms().count(), 0);
     // Events of the closed relay peer are ignored.
     edge.handle_engine_event(now, Event::Disconnected(relay_peer));
@@ -403,7 +420,10 @@ fn relayed_track_before_its_participant_binds_when_the_origin_tells() {
             ssrc: Some(7),
         },
     );
-    assert!(subscribes(&drain(&mut edge)).is_empty(), "nobody to bind it to yet");
+    assert!(
+        subscribes(&drain(&mut edge)).is_empty(),
+        "nobody to bind it to yet"
+    );
     let update = lk::ParticipantUpdate {
         participants: vec![speaker_info("PA_s", "alice", &["TR_a"], 1)],
     };
@@ -419,9 +439,42 @@ fn relayed_track_before_its_participant_binds_when_the_origin_tells() {
         o,
         Output::Engine(EngineCommand::Unsubscribe { peer, .. }) if *peer == listener_peer
     )));
-    assert!(outs.iter().any(|o| matches!(o, Output::Relay(RelayOutput::Close { .. }))));
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::Relay(RelayOutput::Close { .. })))
+    );
     let room = edge.rooms().find(|r| r.name == "r").unwrap();
     assert!(!room.participants.contains_key("PA_s"));
+
+    // Deleting the room ends a new link too.
+    edge.handle_admin(
+        t0,
+        AdminOp::RelayFrom {
+            room: "r".into(),
+            origin: "http://127.0.0.1:1".into(),
+        },
+    )
+    .unwrap();
+    let second = drain(&mut edge)
+        .iter()
+        .find_map(|o| match o {
+            Output::Engine(EngineCommand::CreateRelayPeer { peer, .. }) => Some(*peer),
+            _ => None,
+        })
+        .unwrap();
+    assert_ne!(second, relay_peer);
+    edge.handle_admin(t0, AdminOp::DeleteRoom { room: "r".into() })
+        .unwrap();
+    let outs = drain(&mut edge);
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Engine(EngineCommand::ClosePeer { peer }) if *peer == second
+    )));
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::Relay(RelayOutput::Close { .. })))
+    );
+    assert_eq!(edge.relayed_rooms().count(), 0);
 
     // An empty origin is refused.
     assert!(
@@ -461,8 +514,15 @@ fn origin_neither_shows_counts_nor_reports_the_relay() {
     // Nobody is told of the relay; it sees the speaker.
     let to_speaker = updates_for(&outs, speaker);
     assert!(!to_speaker.iter().any(|p| p.identity == "node:edge-1"));
-    assert!(to_speaker.iter().any(|p| p.identity == "l1"), "listeners are shown to speakers");
-    assert!(updates_for(&outs, relay).iter().any(|p| p.identity == "alice"));
+    assert!(
+        to_speaker.iter().any(|p| p.identity == "l1"),
+        "listeners are shown to speakers"
+    );
+    assert!(
+        updates_for(&outs, relay)
+            .iter()
+            .any(|p| p.identity == "alice")
+    );
     // Not counted: the room has two participants, one of them a listener.
     let joined: Vec<String> = outs
         .iter()
@@ -495,5 +555,8 @@ fn origin_neither_shows_counts_nor_reports_the_relay() {
         signal_request::Message::Leave(lk::LeaveRequest::default()),
     );
     let outs = drain(&mut origin);
-    assert!(!outs.iter().any(|o| matches!(o, Output::Webhook(_))), "no webhook for the relay");
+    assert!(
+        !outs.iter().any(|o| matches!(o, Output::Webhook(_))),
+        "no webhook for the relay"
+    );
 }

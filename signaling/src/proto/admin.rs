@@ -238,6 +238,7 @@ impl Server {
                         Leave::Disconnect(lk::DisconnectReason::RoomDeleted),
                     );
                 }
+                self.end_relay(&room, "room deleted");
                 self.set_recording(&room, false);
                 self.close_room(&room);
                 Ok(AdminReply::Done)
@@ -572,6 +573,11 @@ impl Server {
                 "server shutting down",
                 Leave::Disconnect(lk::DisconnectReason::ServerShutdown),
             );
+        }
+        let mut relayed: Vec<String> = self.relayed_rooms().map(str::to_owned).collect();
+        relayed.sort_unstable();
+        for room in relayed {
+            self.end_relay(&room, "server shutting down");
         }
         sessions.len()
     }

@@ -410,7 +410,12 @@ impl Server {
     }
 
     /// A mirror leaves the room: its tracks are unsubscribed, its viewers see it gone.
-    fn remove_mirror(&mut self, room: &str, psid: &str, bound: &HashMap<TrackId, (String, String)>) {
+    fn remove_mirror(
+        &mut self,
+        room: &str,
+        psid: &str,
+        bound: &HashMap<TrackId, (String, String)>,
+    ) {
         let tracks: Vec<TrackId> = bound
             .iter()
             .filter(|(_, (p, _))| p == psid)

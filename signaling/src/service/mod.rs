@@ -42,15 +42,13 @@ use stoa_sfu::shell::traffic::{Histogram, HistogramSnapshot};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::join::JoinParams;
-pub use relay::{LINK_QUEUE, RelayAuth};
 pub use crate::proto::{
     ADVERTISED_LIVEKIT_VERSION, MintTurnCredentials, ParticipantUpdate, Refused, SendData,
     ServiceError, SessionId, TapChange, TokenRefresh, TurnCredentials, TurnServers,
 };
-use crate::proto::{
-    AdminOp, AdminReply, Output, Partition, RelayOutput, Server, ServerConfig,
-};
+use crate::proto::{AdminOp, AdminReply, Output, Partition, RelayOutput, Server, ServerConfig};
 use crate::room::RoomLimits;
+pub use relay::{LINK_QUEUE, RelayAuth};
 
 /// Capacity of a session's outbox. A client that falls this far behind is disconnected rather
 /// than buffered without bound.
@@ -190,7 +188,10 @@ enum Msg {
         message: Box<lk::signal_response::Message>,
     },
     /// A relay link ended.
-    RelayClosed { room: String, link: u64 },
+    RelayClosed {
+        room: String,
+        link: u64,
+    },
 }
 
 impl std::fmt::Debug for Msg {
@@ -660,7 +661,11 @@ impl Shell {
                 if let Some(old) = self.relays.remove(&room) {
                     let _ = old.tx.try_send(relay::LinkCmd::Close);
                 }
-                let token = match self.relay.as_ref().map(|auth| relay::relay_token(auth, &room)) {
+                let token = match self
+                    .relay
+                    .as_ref()
+                    .map(|auth| relay::relay_token(auth, &room))
+                {
                     Some(Ok(token)) => token,
                     failed => {
                         let why = match failed {
