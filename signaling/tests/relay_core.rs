@@ -355,7 +355,23 @@ fn edge_mirrors_the_origins_speakers_and_feeds_its_listeners() {
     assert!(!room.participants.contains_key("PA_s"));
     assert!(room.participants.contains_key("PA_t"));
 
-    // The link ends: the remaining mirror leaves, the relay peer closes, the socket closes.
+    // Shown again (a listener made speaker again on the origin), its track binds again: the
+    // engine's m-line is still labelled with it.
+    edge.handle_relay_response(
+        now,
+        "r",
+        signal_response::Message::Update(lk::ParticipantUpdate {
+            participants: vec![speaker_info("PA_s", "alice", &["TR_a"], 5)],
+        }),
+    );
+    let subs = subscribes(&drain(&mut edge));
+    assert_eq!(subs.len(), 1, "{subs:?}");
+    assert_eq!(subs[0].0, track);
+    let mut peers = subs[0].2.clone();
+    peers.sort_by_key(|p| p.index());
+    assert_eq!(peers, expected);
+
+    // The link ends: the remaining mirrors leave, the relay peer closes, the socket closes.
     edge.handle_relay_closed(now, "r");
     now += TICK;
     edge.handle_timeout(now);
@@ -368,11 +384,13 @@ fn edge_mirrors_the_origins_speakers_and_feeds_its_listeners() {
         o,
         Output::Relay(RelayOutput::Close { room }) if room == "r"
     )));
-    assert!(
-        updates_for(&outs, listener)
-            .iter()
-            .any(|p| p.sid == "PA_t" && p.state == State::Disconnected as i32)
-    );
+    for gone in ["PA_s", "PA_t"] {
+        assert!(
+            updates_for(&outs, listener)
+                .iter()
+                .any(|p| p.sid == gone && p.state == State::Disconnected as i32)
+        );
+    }
     let room = edge.rooms().find(|r| r.name == "r").unwrap();
     assert_eq!(
         room.participants.len(),

@@ -82,6 +82,33 @@ pub(super) struct RelayLink {
     bound: HashMap<TrackId, (String, String)>,
 }
 
+impl RelayLink {
+    /// A bound track goes back to waiting: the engine keeps an m-line labelled once bound, so
+    /// if the origin shows the participant or track again, it binds again.
+    fn unbind(&mut self, track: TrackId) {
+        if let Some((psid, tsid)) = self.bound.remove(&track) {
+            let label = MediaLabel {
+                stream_id: format!("{psid}|{tsid}"),
+                track_id: tsid,
+            };
+            self.unbound.push((track, label));
+        }
+    }
+
+    /// Every track bound to mirror `psid` goes back to waiting.
+    fn unbind_participant(&mut self, psid: &str) {
+        let tracks: Vec<TrackId> = self
+            .bound
+            .iter()
+            .filter(|(_, (p, _))| p == psid)
+            .map(|(t, _)| *t)
+            .collect();
+        for track in tracks {
+            self.unbind(track);
+        }
+    }
+}
+
 impl Server {
     /// Start (or restart) relaying `room` from the node at `origin`.
     pub(super) fn relay_from(&mut self, room: &str, origin: String) -> Result<(), ServiceError> {
@@ -239,7 +266,7 @@ impl Server {
             if let Some(mut link) = self.relays.remove(room) {
                 if link.mirrors.remove(&info.sid) {
                     self.remove_mirror(room, &info.sid, &link.bound);
-                    link.bound.retain(|_, (psid, _)| *psid != info.sid);
+                    link.unbind_participant(&info.sid);
                 }
                 self.relays.insert(room.to_owned(), link);
             }
@@ -305,7 +332,7 @@ impl Server {
         if let Some(link) = self.relays.get_mut(room) {
             link.mirrors.insert(psid.clone());
             for track in &dropped {
-                link.bound.remove(track);
+                link.unbind(*track);
             }
         }
         for track in dropped {
