@@ -578,3 +578,85 @@ fn origin_neither_shows_counts_nor_reports_the_relay() {
         "no webhook for the relay"
     );
 }
+
+#[test]
+fn an_origin_participant_rejoining_under_a_new_sid_replaces_its_mirror() {
+    let t0 = Instant::now();
+    let mut edge = server(t0);
+    let (listener, listener_peer) = join(&mut edge, t0, claims("l1", "r", false));
+    let (_, _) = join(&mut edge, t0, claims("carol", "r", false));
+    edge.handle_admin(
+        t0,
+        AdminOp::RelayFrom {
+            room: "r".into(),
+            origin: "ws://127.0.0.1:1".into(),
+        },
+    )
+    .unwrap();
+    let relay_peer = drain(&mut edge)
+        .iter()
+        .find_map(|o| match o {
+            Output::Engine(EngineCommand::CreateRelayPeer { peer, .. }) => Some(*peer),
+            _ => None,
+        })
+        .unwrap();
+    let update = |infos: Vec<lk::ParticipantInfo>| {
+        signal_response::Message::Update(lk::ParticipantUpdate {
+            participants: infos,
+        })
+    };
+    edge.handle_relay_response(
+        t0,
+        "r",
+        update(vec![speaker_info("PA_old", "alice", &["TR_a"], 1)]),
+    );
+    let track = TrackId {
+        peer: relay_peer,
+        mid: Mid::from("0"),
+    };
+    edge.handle_engine_event(
+        t0,
+        Event::RelayTrackPublished {
+            track,
+            label: MediaLabel {
+                stream_id: "PA_old|TR_a".into(),
+                track_id: "TR_a".into(),
+            },
+            ssrc: None,
+        },
+    );
+    assert_eq!(subscribes(&drain(&mut edge)).len(), 1);
+
+    // alice rejoined the origin: a new sid, before the old one's leave arrived.
+    edge.handle_relay_response(
+        t0,
+        "r",
+        update(vec![speaker_info("PA_new", "alice", &["TR_b"], 1)]),
+    );
+    let now = t0 + TICK;
+    edge.handle_timeout(now);
+    let outs = drain(&mut edge);
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Engine(EngineCommand::Unsubscribe { peer, track: t }) if *peer == listener_peer && *t == track
+    )));
+    let seen = updates_for(&outs, listener);
+    assert!(
+        seen.iter()
+            .any(|p| p.sid == "PA_old" && p.state == State::Disconnected as i32)
+    );
+    assert!(seen.iter().any(|p| p.sid == "PA_new"));
+    let room = edge.rooms().find(|r| r.name == "r").unwrap();
+    assert!(!room.participants.contains_key("PA_old"));
+    assert_eq!(room.by_identity("alice").unwrap().sid, "PA_new");
+
+    // A participant of the origin with a local participant's identity is not mirrored.
+    edge.handle_relay_response(
+        now,
+        "r",
+        update(vec![speaker_info("PA_c", "carol", &[], 1)]),
+    );
+    let room = edge.rooms().find(|r| r.name == "r").unwrap();
+    assert!(!room.participants.contains_key("PA_c"));
+    assert_eq!(room.len(), 3, "l1, carol, and alice's mirror");
+}

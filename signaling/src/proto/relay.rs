@@ -279,10 +279,24 @@ impl Server {
         if old.is_some_and(|o| o.version > info.version) {
             return;
         }
-        if old.is_none() && r.by_identity(&info.identity).is_some() {
-            // Someone of this node holds the identity: the local session wins.
-            tracing::debug!(room = %room, "origin participant with a local identity not mirrored");
-            return;
+        let holder = old
+            .is_none()
+            .then(|| r.by_identity(&info.identity).map(|p| p.sid.clone()))
+            .flatten();
+        if let Some(holder) = holder {
+            if !link.mirrors.contains(&holder) {
+                // Someone of this node holds the identity: the local session wins.
+                tracing::debug!(room = %room, "origin participant with a local identity not mirrored");
+                return;
+            }
+            // The origin's participant rejoined under a new sid: the old mirror goes first.
+            if let Some(mut link) = self.relays.remove(room) {
+                link.mirrors.remove(&holder);
+                self.remove_mirror(room, &holder, &link.bound);
+                link.unbind_participant(&holder);
+                self.relays.insert(room.to_owned(), link);
+            }
+            return self.mirror(room, info);
         }
         let mut tracks = std::collections::BTreeMap::new();
         for t in info.tracks {
