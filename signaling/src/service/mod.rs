@@ -19,6 +19,8 @@
 //! - each session's outbox ([`OUTBOX`]): a client that falls this far behind is disconnected;
 //! - engine commands (the shards' inboxes): the sessions concerned are told to rejoin;
 //! - the observer: its events are dropped and counted; webhooks count their own drops;
+//! - a relay link's requests ([`LINK_QUEUE`]): a link whose queue is full is closed (its
+//!   mirror participants leave);
 //! - the recorder's tap changes ([`ServiceConfig::recorder`]): dropped and counted (the
 //!   recorder then cannot name that track's packets and leaves them out).
 
@@ -154,6 +156,8 @@ pub struct SignalingStats {
     pub data_dropped: u64,
     /// Tap changes the recorder had no room for.
     pub recorder_dropped: u64,
+    /// Requests a relay link's queue had no room for (each closed its link).
+    pub relay_dropped: u64,
     /// Joins on `/rtc/v1` (one peer connection).
     pub joins_single: u64,
     /// Joins on the legacy `/rtc` (two peer connections).
@@ -206,6 +210,7 @@ struct Counters {
     requests_dropped: AtomicU64,
     observer_dropped: AtomicU64,
     recorder_dropped: AtomicU64,
+    relay_dropped: AtomicU64,
 }
 
 /// Handle to the session service. Cheap to clone.
@@ -415,6 +420,7 @@ impl Signaling {
         total.requests_dropped = counters.requests_dropped.load(Ordering::Relaxed);
         total.observer_dropped = counters.observer_dropped.load(Ordering::Relaxed);
         total.recorder_dropped = counters.recorder_dropped.load(Ordering::Relaxed);
+        total.relay_dropped = counters.relay_dropped.load(Ordering::Relaxed);
         Ok(total)
     }
 
@@ -705,6 +711,7 @@ impl Shell {
                     return;
                 };
                 if link.tx.try_send(relay::LinkCmd::Request(request)).is_err() {
+                    self.counters.relay_dropped.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(room = %room, "relay link queue full; link closed");
                     if let Some(link) = self.relays.remove(&room) {
                         let _ = link.tx.try_send(relay::LinkCmd::Close);
