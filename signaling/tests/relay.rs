@@ -3,7 +3,9 @@
 //! listener joins the same room on the edge; `relay_from` on the edge opens its relay link (a
 //! WebSocket to the origin's `/rtc/v1` with a relay token, the engine's relay peer, ICE and
 //! DTLS between the two engines) and the listener sees the speaker and hears its packets,
-//! byte for byte, through the edge's engine. The clients are the str0m clients of `rtc.rs`.
+//! in order, through the edge's engine, with the edge's speaker detection naming it; the
+//! relay is not seen or counted on the origin; the link stopped by the edge, made again, and
+//! ended by the origin closing the room. The clients are the str0m clients of `rtc.rs`.
 //! Every wait is bounded.
 #![allow(
     clippy::unwrap_used,
@@ -114,6 +116,17 @@ async fn an_edge_listener_hears_the_origins_speaker_through_the_relay() {
     );
     assert!(heard.iter().all(|i| *i < before + 100));
 
+    // The edge's engine hears her speak: announced under her sid.
+    bob.wait_for("alice speaking, announced on the edge", |m| match m {
+        signal_response::Message::SpeakersChanged(c) => c
+            .speakers
+            .iter()
+            .find(|s| s.sid == alice.sid() && s.active)
+            .map(|_| ()),
+        _ => None,
+    })
+    .await;
+
     // On the origin the relay is nobody: not listed, not shown to alice.
     let listed = origin.signaling.list_participants(room).await.unwrap();
     let identities: Vec<&str> = listed.iter().map(|p| p.identity.as_str()).collect();
@@ -156,4 +169,45 @@ async fn an_edge_listener_hears_the_origins_speaker_through_the_relay() {
         heard_then,
         "nothing relayed after the link ended"
     );
+
+    // Linked again; then the origin closes the room: the link ends from the origin's side and
+    // alice leaves the edge again.
+    bob.log.clear();
+    edge.signaling
+        .relay_from(room, &format!("ws://{}", origin.http))
+        .await
+        .unwrap();
+    let again = bob
+        .wait_for("alice mirrored again", |m| match m {
+            signal_response::Message::Update(u) => u
+                .participants
+                .iter()
+                .find(|p| p.sid == alice.sid() && p.state != State::Disconnected as i32)
+                .cloned(),
+            _ => None,
+        })
+        .await;
+    assert_eq!(again.tracks[0].sid, track_sid);
+    // Heard again over the new link (a new relay peer, a new subscription at the edge).
+    bob.drain_for(Duration::from_millis(300)).await;
+    let before = alice.publisher.lock().unwrap().sent;
+    send_audio(&alice, 60).await;
+    eventually("bob hears alice over the new link", || {
+        bob.heard().iter().filter(|h| h.1 >= before).count() >= 50
+    })
+    .await;
+    bob.log.clear();
+    origin.signaling.delete_room(room).await.unwrap();
+    bob.wait_for("alice gone after the origin closed the room", |m| match m {
+        signal_response::Message::Update(u) => u
+            .participants
+            .iter()
+            .find(|p| p.sid == alice.sid() && p.state == State::Disconnected as i32)
+            .map(|_| ()),
+        _ => None,
+    })
+    .await;
+    let listed = edge.signaling.list_participants(room).await.unwrap();
+    let identities: Vec<&str> = listed.iter().map(|p| p.identity.as_str()).collect();
+    assert_eq!(identities, vec!["bob"]);
 }
