@@ -2,7 +2,7 @@
 //! WebSocket to the origin's `/rtc/v1`, as a client would. It joins with a relay token and the
 //! relay peer's first offer in the join request, hands every message of the origin to its core
 //! ([`Msg::RelayResponse`]), sends the core's requests (later offers) and a ping every
-//! `ping_interval`, and reports its end ([`Msg::RelayClosed`]). Its queue from the core is
+//! `ping_interval` (the origin's, from its JoinResponse), and reports its end ([`Msg::RelayClosed`]). Its queue from the core is
 //! bounded ([`LINK_QUEUE`]); a link whose queue is full is closed (the core is told, and its
 //! mirrors leave), as a client too slow for its outbox would be.
 
@@ -147,6 +147,13 @@ impl LinkTask {
                         continue;
                     };
                     let Some(message) = response.message else { continue };
+                    if let signal_response::Message::Join(join) = &message
+                        && let Ok(secs @ 1..) = u64::try_from(join.ping_interval)
+                    {
+                        // The origin's own pace, as a client follows it.
+                        ping = tokio::time::interval(Duration::from_secs(secs));
+                        ping.reset();
+                    }
                     let leave = matches!(message, signal_response::Message::Leave(_));
                     let msg = Msg::RelayResponse {
                         room: self.room.clone(),
