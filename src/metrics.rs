@@ -281,6 +281,7 @@ pub fn record(snapshot: &Snapshot) {
         counter!(SIGNALING_DROPPED, "queue" => "observer").absolute(s.observer_dropped);
         counter!(SIGNALING_DROPPED, "queue" => "data").absolute(s.data_dropped);
         counter!(SIGNALING_DROPPED, "queue" => "recorder").absolute(s.recorder_dropped);
+        counter!(SIGNALING_DROPPED, "queue" => "relay").absolute(s.relay_dropped);
     }
     if let Some(shards) = &snapshot.sfu {
         let total = shards.iter().fold(SfuStats::default(), |mut sum, s| {

@@ -408,6 +408,18 @@ pub fn decode_join_request(encoded: &str) -> Result<livekit_protocol::JoinReques
         .map_err(|e| bad(format!("not a JoinRequest: {e}")))
 }
 
+/// Encodes a `join_request` value as a client sends it on `/rtc/v1` (uncompressed, URL-safe
+/// base64 without padding); [`decode_join_request`] reads it back. The edge's relay link uses it.
+pub fn encode_join_request(join: &livekit_protocol::JoinRequest) -> String {
+    use base64::Engine as _;
+    use prost::Message as _;
+    let wrapped = livekit_protocol::WrappedJoinRequest {
+        compression: livekit_protocol::wrapped_join_request::Compression::None as i32,
+        join_request: join.encode_to_vec(),
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(wrapped.encode_to_vec())
+}
+
 /// Decides a `/rtc` (or `/rtc/validate`) request at `now_unix`: reads the query and the
 /// `Authorization` header (see [`parse_request`]), verifies the token with `keys`, and checks that
 /// it admits its holder to the room.

@@ -77,6 +77,15 @@ impl Participant {
                     .contains(&(lk::TrackSource::Microphone as i32)))
     }
 
+    /// Whether this is another node's relay link (a hidden participant with a relay
+    /// identity, see `proto::relay`): not shown, counted or reported as a participant.
+    pub fn is_relay(&self) -> bool {
+        self.permission.hidden
+            && self
+                .identity
+                .starts_with(crate::proto::RELAY_IDENTITY_PREFIX)
+    }
+
     /// Whether `viewer` is shown this participant (see the module docs).
     pub fn visible_to(&self, viewer: &Participant) -> bool {
         if self.sid == viewer.sid {
@@ -186,6 +195,9 @@ pub struct Room {
     identities: HashMap<String, String>,
     /// Sids of participants who may publish or are admins.
     notable: BTreeSet<String>,
+    /// How many participants are other nodes' relay links ([`Participant::is_relay`]): not
+    /// counted as participants.
+    relays: usize,
     /// When the last participant left (Unix ms), if anyone ever joined.
     pub emptied_ms: Option<i64>,
     /// The audience size changed since the last `RoomUpdate`.
@@ -219,6 +231,7 @@ impl Room {
             participants: BTreeMap::new(),
             identities: HashMap::new(),
             notable: BTreeSet::new(),
+            relays: 0,
             emptied_ms: None,
             dirty: false,
             recording: false,
@@ -230,7 +243,9 @@ impl Room {
     pub fn insert(&mut self, p: Participant) {
         if let Some(old) = self.participants.get(&p.sid) {
             self.identities.remove(&old.identity);
+            self.relays = self.relays.saturating_sub(usize::from(old.is_relay()));
         }
+        self.relays += usize::from(p.is_relay());
         self.identities.insert(p.identity.clone(), p.sid.clone());
         let sid = p.sid.clone();
         self.participants.insert(sid.clone(), p);
@@ -240,6 +255,7 @@ impl Room {
     /// Remove a participant.
     pub fn remove(&mut self, sid: &str) -> Option<Participant> {
         let p = self.participants.remove(sid)?;
+        self.relays = self.relays.saturating_sub(usize::from(p.is_relay()));
         if self.identities.get(&p.identity).is_some_and(|s| s == sid) {
             self.identities.remove(&p.identity);
         }
@@ -282,10 +298,20 @@ impl Room {
     pub fn admit(&self, identity: &str) -> Result<(), JoinRefusal> {
         let replacing = self.identities.contains_key(identity);
         let max = self.limits.max_participants as usize;
-        if max > 0 && !replacing && self.participants.len() >= max {
+        if max > 0 && !replacing && self.len() >= max {
             return Err(JoinRefusal::Full(self.name.clone()));
         }
         Ok(())
+    }
+
+    /// How many participants the room has, other nodes' relay links not counted.
+    pub fn len(&self) -> usize {
+        self.participants.len().saturating_sub(self.relays)
+    }
+
+    /// Whether the room has no participants (relay links not counted).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The participant with `identity`.
@@ -312,7 +338,7 @@ impl Room {
             creation_time: self.created_ms / 1000,
             creation_time_ms: self.created_ms,
             metadata: self.metadata.clone(),
-            num_participants: self.participants.len() as u32,
+            num_participants: self.len() as u32,
             num_publishers: self.num_publishers(),
             active_recording: self.recording,
             ..Default::default()
@@ -548,5 +574,39 @@ mod tests {
         );
         assert!(p.info().is_publisher);
         assert_eq!(p.info().tracks[0].sid, "TR_1");
+    }
+
+    #[test]
+    fn relay_links_are_not_counted() {
+        let limits = RoomLimits {
+            max_participants: 2,
+            ..RoomLimits::default()
+        };
+        let mut room = Room::new("RM_1".into(), "r".into(), limits, 0);
+        room.insert(participant("PA_a", true));
+        let mut relay = participant("PA_r", false);
+        relay.identity = "node:edge".into();
+        relay.permission.hidden = true;
+        assert!(relay.is_relay());
+        room.insert(relay.clone());
+        // Replacing it (same sid) counts it once.
+        room.insert(relay);
+        assert_eq!((room.participants.len(), room.len()), (2, 1));
+        assert_eq!(room.info().num_participants, 1);
+        assert!(room.admit("someone").is_ok(), "the relay takes no place");
+        room.insert(participant("PA_b", false));
+        assert!(room.admit("someone").is_err());
+        room.remove("PA_r");
+        room.remove("PA_a");
+        room.remove("PA_b");
+        assert!(room.is_empty());
+        // A hidden participant without a relay identity, or a relay identity not hidden, is
+        // an ordinary participant.
+        let mut hidden = participant("PA_h", false);
+        hidden.permission.hidden = true;
+        assert!(!hidden.is_relay());
+        let mut named = participant("PA_n", false);
+        named.identity = "node:x".into();
+        assert!(!named.is_relay());
     }
 }

@@ -367,6 +367,29 @@ pub fn sign(
     Ok(token)
 }
 
+/// The claims of a relay link (issue 21): the edge node `node` subscribing to `room` on its
+/// origin. Identity `node:{node}` ([`crate::proto::RELAY_IDENTITY_PREFIX`]), hidden, may
+/// subscribe, may neither publish nor send data. Signed with the cluster's API key and secret
+/// ([`sign`], a short TTL), it is verified on the origin as any token: no client can mint one
+/// without the secret. On the origin the participant is not shown, counted or reported.
+pub fn relay_claims(node: &str, room: &str) -> Claims {
+    Claims {
+        sub: format!("{}{node}", crate::proto::RELAY_IDENTITY_PREFIX),
+        name: format!("relay to {node}"),
+        video: VideoGrants {
+            room_join: true,
+            room: room.to_owned(),
+            can_subscribe: Some(true),
+            can_publish: Some(false),
+            can_publish_data: Some(false),
+            can_publish_sources: Vec::new(),
+            hidden: true,
+            ..VideoGrants::default()
+        },
+        ..Claims::default()
+    }
+}
+
 /// `grants` with the permissions of `permission` (the inverse of [`permission`]): what a token
 /// minted for a participant now should grant.
 // `recorder` and `agent` are deprecated in the protocol, but LiveKit still fills them in.

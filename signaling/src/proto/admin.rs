@@ -103,6 +103,20 @@ pub enum AdminOp {
         /// Recorded or not.
         recording: bool,
     },
+    /// Relay the room's media from another node, its origin (issue 21, see `relay`): this
+    /// node's listeners of the room hear the origin's speakers, who appear here as mirror
+    /// participants. Replaces the room's link, if it had one.
+    RelayFrom {
+        /// The room (the same name on both nodes).
+        room: String,
+        /// The origin's base URL, as clients would connect to it (`ws(s)://` or `http(s)://`).
+        origin: String,
+    },
+    /// Stop relaying the room: its mirror participants leave.
+    StopRelay {
+        /// The room.
+        room: String,
+    },
     /// Tell every client not told yet to leave (`SERVER_SHUTDOWN`), leaving sessions open.
     AskToLeave,
     /// End every session at once (`SERVER_SHUTDOWN`).
@@ -122,7 +136,9 @@ impl AdminOp {
             | AdminOp::UpdateRoomMetadata { room, .. }
             | AdminOp::SendData { room, .. }
             | AdminOp::UpdateSubscriptions { room, .. }
-            | AdminOp::SetRecording { room, .. } => Some(room),
+            | AdminOp::SetRecording { room, .. }
+            | AdminOp::RelayFrom { room, .. }
+            | AdminOp::StopRelay { room } => Some(room),
             AdminOp::ListRooms { .. } | AdminOp::AskToLeave | AdminOp::Drain => None,
         }
     }
@@ -222,6 +238,7 @@ impl Server {
                         Leave::Disconnect(lk::DisconnectReason::RoomDeleted),
                     );
                 }
+                self.end_relay(&room, "room deleted");
                 self.set_recording(&room, false);
                 self.close_room(&room);
                 Ok(AdminReply::Done)
@@ -231,7 +248,11 @@ impl Server {
                 .get(&room)
                 .map(|r| {
                     AdminReply::Participants(
-                        r.participants.values().map(Participant::info).collect(),
+                        r.participants
+                            .values()
+                            .filter(|p| !p.is_relay())
+                            .map(Participant::info)
+                            .collect(),
                     )
                 })
                 .ok_or(ServiceError::RoomNotFound(room)),
@@ -289,6 +310,17 @@ impl Server {
             AdminOp::SetRecording { room, recording } => {
                 let open = self.set_recording(&room, recording);
                 Ok(AdminReply::Count(usize::from(open)))
+            }
+            AdminOp::RelayFrom { room, origin } => {
+                self.relay_from(&room, origin)?;
+                Ok(AdminReply::Done)
+            }
+            AdminOp::StopRelay { room } => {
+                if !self.relayed_rooms().any(|r| r == room) {
+                    return Err(ServiceError::RoomNotFound(room));
+                }
+                self.end_relay(&room, "stopped");
+                Ok(AdminReply::Done)
             }
             AdminOp::AskToLeave => Ok(AdminReply::Count(self.ask_to_leave())),
             AdminOp::Drain => Ok(AdminReply::Count(self.drain())),
@@ -541,6 +573,11 @@ impl Server {
                 "server shutting down",
                 Leave::Disconnect(lk::DisconnectReason::ServerShutdown),
             );
+        }
+        let mut relayed: Vec<String> = self.relayed_rooms().map(str::to_owned).collect();
+        relayed.sort_unstable();
+        for room in relayed {
+            self.end_relay(&room, "server shutting down");
         }
         sessions.len()
     }

@@ -48,6 +48,9 @@ impl Server {
                 command,
                 error,
             } => self.engine_refused(peer, command, &error),
+            Event::Offer { peer, offer, .. } if self.relay_room(peer).is_some() => {
+                self.relay_offer(peer, offer.to_sdp_string());
+            }
             Event::Offer { peer, offer, slots } => {
                 let Some(&(session, _)) = self.by_peer.get(&peer) else {
                     return;
@@ -80,6 +83,9 @@ impl Server {
                     self.in_span(session, || tracing::debug!(peer = %peer, "ICE lost"));
                 }
             }
+            Event::Disconnected(peer) if self.relay_room(peer).is_some() => {
+                self.relay_peer_gone(peer);
+            }
             Event::Disconnected(peer) => {
                 if let Some((session, _)) = self.by_peer.remove(&peer) {
                     self.end_session(
@@ -90,6 +96,9 @@ impl Server {
                 }
             }
             Event::TrackPublished { track, label } => self.track_published(track, label),
+            Event::TrackUnpublished { track, .. } if self.relay_room(track.peer).is_some() => {
+                self.relay_track_unpublished(track);
+            }
             Event::TrackUnpublished { track, reason } => self.track_unpublished(track, reason),
             Event::SpeakersChanged(levels) => self.speakers_changed(levels),
             Event::ChannelOpen {
@@ -113,10 +122,9 @@ impl Server {
                 data,
                 ..
             } => self.data_packet(peer, channel, &data),
-            // Relay peers (issue 21, "Relayed media") are not created by signaling yet: the
-            // mirror participants that would own relayed tracks do not exist, so there is
-            // nothing to file.
-            Event::RelayTrackPublished { .. } => {}
+            Event::RelayTrackPublished { track, label, .. } => {
+                self.relay_track_published(track, label);
+            }
             _ => {}
         }
     }
@@ -155,6 +163,11 @@ impl Server {
     /// The engine refused a command: the client learns why; a subscriber connection that
     /// cannot be created ends the session.
     fn engine_refused(&mut self, peer: PeerId, command: CommandKind, error: &SfuError) {
+        if let Some(room) = self.relay_room(peer) {
+            tracing::warn!(room = %room, error = %error, command = ?command, "relay refused");
+            self.relay_peer_gone(peer);
+            return;
+        }
         let Some(&(session, _)) = self.by_peer.get(&peer) else {
             return;
         };
@@ -355,6 +368,20 @@ impl Server {
     fn speakers_changed(&mut self, levels: Vec<stoa_sfu::proto::speaker::SpeakerLevel<TrackId>>) {
         let mut by_room: BTreeMap<String, Vec<lk::SpeakerInfo>> = BTreeMap::new();
         for level in levels {
+            if let Some((psid, _)) = self.relayed_track(level.key) {
+                // A speaker of the origin, heard through the relay.
+                if let Some(room) = self.relay_room(level.key.peer) {
+                    by_room
+                        .entry(room.to_owned())
+                        .or_default()
+                        .push(lk::SpeakerInfo {
+                            sid: psid.clone(),
+                            level: level.level,
+                            active: level.active,
+                        });
+                }
+                continue;
+            }
             let Some(&(session, _)) = self.by_peer.get(&level.key.peer) else {
                 continue;
             };

@@ -14,6 +14,7 @@
 //!         Output::Webhook(event)      => to the webhook notifier and the observer,
 //!         Output::Observe(event)      => to the observer only,
 //!         Output::JoinLatency(d)      => into the join-latency histogram,
+//!         Output::Relay(r)            => open, feed or close a relay link's WebSocket,
 //!         Output::Timeout(t)          => wait for a client request, an engine event, an
 //!                                        administrative call or t; feed it with its `now`,
 //!     }
@@ -42,6 +43,7 @@
 mod admin;
 mod engine;
 mod recording;
+mod relay;
 mod requests;
 mod resume;
 mod session;
@@ -60,6 +62,7 @@ use stoa_sfu::{EngineCommand, PeerId, ShardId};
 use crate::room::{Room, RoomLimits};
 pub use admin::{AdminOp, AdminReply, ParticipantUpdate, SendData};
 pub use recording::TapChange;
+pub use relay::{RELAY_IDENTITY_PREFIX, RelayOutput};
 use session::{Pc, Session};
 
 /// The LiveKit server version advertised in `ServerInfo.version`. livekit-client gates features
@@ -270,6 +273,9 @@ pub enum ServiceError {
     /// The service stopped.
     #[error("signaling service is not running")]
     Stopped,
+    /// An argument is not usable.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
 }
 
 /// What the core asks of its shell. See the [module documentation](self).
@@ -291,6 +297,8 @@ pub enum Output {
     /// A track of a recorded room is tapped from now on, or no more: for the recorder,
     /// before the engine's first tapped packet of it.
     Tap(TapChange),
+    /// Open, use or close a relay link to another node (see `relay`).
+    Relay(RelayOutput),
     /// Nothing more to do before this instant (or before the next input).
     Timeout(Instant),
 }
@@ -342,6 +350,10 @@ pub struct Server {
     /// Participant snapshots waiting to be sent, per session; flushed every tick and before
     /// any offer (a client must know a track before it is offered).
     pending_updates: HashMap<SessionId, Vec<lk::ParticipantInfo>>,
+    /// Relay links, by room (see `relay`).
+    relays: HashMap<String, relay::RelayLink>,
+    /// The room of each relay peer.
+    relay_peers: HashMap<PeerId, String>,
     outputs: VecDeque<Output>,
     next_tick: Instant,
     ticks: u64,
@@ -380,6 +392,8 @@ impl Server {
             by_peer: HashMap::new(),
             by_participant: HashMap::new(),
             pending_updates: HashMap::new(),
+            relays: HashMap::new(),
+            relay_peers: HashMap::new(),
             outputs: VecDeque::new(),
             next_tick: now + TICK,
             ticks: 0,
@@ -424,7 +438,8 @@ impl Server {
                 .count() as u64,
             ..self.stats
         };
-        for participant in self.rooms.values().flat_map(|r| r.participants.values()) {
+        let participants = self.rooms.values().flat_map(|r| r.participants.values());
+        for participant in participants.filter(|p| !p.is_relay()) {
             if participant.can_publish() {
                 stats.publishers += 1;
             } else {
@@ -558,6 +573,11 @@ impl Server {
         participant: lk::ParticipantInfo,
         track: Option<lk::TrackInfo>,
     ) {
+        // A relay link from another node is no participant of the room's.
+        let hidden = participant.permission.as_ref().is_some_and(|p| p.hidden);
+        if hidden && participant.identity.starts_with(RELAY_IDENTITY_PREFIX) {
+            return;
+        }
         let info = self.rooms.get(room).map(Room::info);
         self.webhook(event, info, Some(participant), track);
     }

@@ -363,7 +363,7 @@ impl Server {
         }
     }
 
-    fn unsubscribe(&mut self, session: SessionId, track: TrackId) {
+    pub(super) fn unsubscribe(&mut self, session: SessionId, track: TrackId) {
         let Some(s) = self.sessions.get_mut(&session) else {
             return;
         };

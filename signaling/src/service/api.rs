@@ -14,6 +14,25 @@ fn mismatch() -> ServiceError {
 }
 
 impl Signaling {
+    /// Relay `room`'s media from the node at `origin` (its public URL): this node's listeners
+    /// of the room hear the origin's speakers, who appear here as participants. Needs
+    /// [`ServiceConfig::relay`](super::ServiceConfig::relay). Replaces the room's link, if any.
+    pub async fn relay_from(&self, room: &str, origin: &str) -> Result<(), ServiceError> {
+        let op = AdminOp::RelayFrom {
+            room: room.to_owned(),
+            origin: origin.to_owned(),
+        };
+        self.admin(op).await.map(|_| ())
+    }
+
+    /// Stop relaying `room`: the origin's participants leave it here.
+    pub async fn stop_relay(&self, room: &str) -> Result<(), ServiceError> {
+        let op = AdminOp::StopRelay {
+            room: room.to_owned(),
+        };
+        self.admin(op).await.map(|_| ())
+    }
+
     /// Replace a participant's permissions on the live session (LiveKit `UpdateParticipant`).
     /// Revoking `can_publish` unpublishes its tracks at once.
     pub async fn update_permission(

@@ -19,6 +19,8 @@
 //! - each session's outbox ([`OUTBOX`]): a client that falls this far behind is disconnected;
 //! - engine commands (the shards' inboxes): the sessions concerned are told to rejoin;
 //! - the observer: its events are dropped and counted; webhooks count their own drops;
+//! - a relay link's requests ([`LINK_QUEUE`]): a link whose queue is full is closed (its
+//!   mirror participants leave);
 //! - the recorder's tap changes ([`ServiceConfig::recorder`]): dropped and counted (the
 //!   recorder then cannot name that track's packets and leaves them out).
 
@@ -26,6 +28,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod api;
+mod relay;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,8 +48,9 @@ pub use crate::proto::{
     ADVERTISED_LIVEKIT_VERSION, MintTurnCredentials, ParticipantUpdate, Refused, SendData,
     ServiceError, SessionId, TapChange, TokenRefresh, TurnCredentials, TurnServers,
 };
-use crate::proto::{AdminOp, AdminReply, Output, Partition, Server, ServerConfig};
+use crate::proto::{AdminOp, AdminReply, Output, Partition, RelayOutput, Server, ServerConfig};
 use crate::room::RoomLimits;
+pub use relay::{LINK_QUEUE, RelayAuth};
 
 /// Capacity of a session's outbox. A client that falls this far behind is disconnected rather
 /// than buffered without bound.
@@ -83,6 +87,9 @@ pub struct ServiceConfig {
     pub cores: usize,
     /// Fresh access tokens pushed to connected clients; `None` for none.
     pub token_refresh: Option<TokenRefresh>,
+    /// How this node authenticates relay links to other nodes ([`Signaling::relay_from`]);
+    /// `None`: it relays no room.
+    pub relay: Option<RelayAuth>,
 }
 
 impl Default for ServiceConfig {
@@ -97,6 +104,7 @@ impl Default for ServiceConfig {
             recorder: None,
             cores: 0,
             token_refresh: None,
+            relay: None,
         }
     }
 }
@@ -148,6 +156,8 @@ pub struct SignalingStats {
     pub data_dropped: u64,
     /// Tap changes the recorder had no room for.
     pub recorder_dropped: u64,
+    /// Requests a relay link's queue had no room for (each closed its link).
+    pub relay_dropped: u64,
     /// Joins on `/rtc/v1` (one peer connection).
     pub joins_single: u64,
     /// Joins on the legacy `/rtc` (two peer connections).
@@ -175,6 +185,17 @@ enum Msg {
     Stats {
         reply: oneshot::Sender<SignalingStats>,
     },
+    /// A message of the origin on a relay link.
+    RelayResponse {
+        room: String,
+        link: u64,
+        message: Box<lk::signal_response::Message>,
+    },
+    /// A relay link ended.
+    RelayClosed {
+        room: String,
+        link: u64,
+    },
 }
 
 impl std::fmt::Debug for Msg {
@@ -189,6 +210,7 @@ struct Counters {
     requests_dropped: AtomicU64,
     observer_dropped: AtomicU64,
     recorder_dropped: AtomicU64,
+    relay_dropped: AtomicU64,
 }
 
 /// Handle to the session service. Cheap to clone.
@@ -267,6 +289,11 @@ impl Signaling {
                 recorder: config.recorder.clone(),
                 join_latency: join_latency.clone(),
                 counters: counters.clone(),
+                relay: config.relay.clone(),
+                relays: HashMap::new(),
+                next_link: 0,
+                me: tx.downgrade(),
+                ping_interval: std::time::Duration::from_secs(u64::from(config.ping_interval)),
             };
             tokio::spawn(shell.run(rx, events_rx));
             cores.push(tx);
@@ -393,6 +420,7 @@ impl Signaling {
         total.requests_dropped = counters.requests_dropped.load(Ordering::Relaxed);
         total.observer_dropped = counters.observer_dropped.load(Ordering::Relaxed);
         total.recorder_dropped = counters.recorder_dropped.load(Ordering::Relaxed);
+        total.relay_dropped = counters.relay_dropped.load(Ordering::Relaxed);
         Ok(total)
     }
 
@@ -475,6 +503,14 @@ struct Shell {
     recorder: Option<mpsc::Sender<TapChange>>,
     join_latency: Arc<Histogram>,
     counters: Arc<Counters>,
+    relay: Option<RelayAuth>,
+    /// Running relay links, by room.
+    relays: HashMap<String, relay::Link>,
+    next_link: u64,
+    /// This core's own queue, for its relay links' tasks (weak: the core stops when every
+    /// handle is gone).
+    me: mpsc::WeakSender<Msg>,
+    ping_interval: std::time::Duration,
 }
 
 impl Shell {
@@ -530,6 +566,21 @@ impl Shell {
             }
             Msg::Admin { op, reply } => {
                 let _ = reply.send(self.core.handle_admin(now, op));
+            }
+            Msg::RelayResponse {
+                room,
+                link,
+                message,
+            } => {
+                if self.relays.get(&room).is_some_and(|l| l.id == link) {
+                    self.core.handle_relay_response(now, &room, *message);
+                }
+            }
+            Msg::RelayClosed { room, link } => {
+                if self.relays.get(&room).is_some_and(|l| l.id == link) {
+                    self.relays.remove(&room);
+                    self.core.handle_relay_closed(now, &room);
+                }
             }
             Msg::Stats { reply } => {
                 // This core's part; the shared counters are read by the handle.
@@ -599,7 +650,79 @@ impl Shell {
                         tracing::warn!("recorder full; tap change dropped");
                     }
                 }
+                Output::Relay(out) => self.relay_output(out),
                 Output::Timeout(t) => return t,
+            }
+        }
+    }
+
+    /// Opens, feeds or closes a relay link's task.
+    fn relay_output(&mut self, out: RelayOutput) {
+        match out {
+            RelayOutput::Open {
+                room,
+                origin,
+                offer,
+            } => {
+                if let Some(old) = self.relays.remove(&room) {
+                    let _ = old.tx.try_send(relay::LinkCmd::Close);
+                }
+                let token = match self
+                    .relay
+                    .as_ref()
+                    .map(|auth| relay::relay_token(auth, &room))
+                {
+                    Some(Ok(token)) => token,
+                    failed => {
+                        let why = match failed {
+                            Some(Err(e)) => e,
+                            _ => "no relay credentials configured".to_owned(),
+                        };
+                        tracing::warn!(room = %room, reason = %why, "relay link not opened");
+                        self.core.handle_relay_closed(Instant::now(), &room);
+                        return;
+                    }
+                };
+                let Some(to_core) = self.me.upgrade() else {
+                    return;
+                };
+                self.next_link += 1;
+                let (tx, rx) = mpsc::channel(relay::LINK_QUEUE);
+                let task = relay::LinkTask {
+                    id: self.next_link,
+                    room: room.clone(),
+                    origin,
+                    token,
+                    offer,
+                    ping_interval: self.ping_interval,
+                    to_core,
+                };
+                tokio::spawn(task.run(rx));
+                self.relays.insert(
+                    room,
+                    relay::Link {
+                        id: self.next_link,
+                        tx,
+                    },
+                );
+            }
+            RelayOutput::Send { room, request } => {
+                let Some(link) = self.relays.get(&room) else {
+                    return;
+                };
+                if link.tx.try_send(relay::LinkCmd::Request(request)).is_err() {
+                    self.counters.relay_dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(room = %room, "relay link queue full; link closed");
+                    if let Some(link) = self.relays.remove(&room) {
+                        let _ = link.tx.try_send(relay::LinkCmd::Close);
+                    }
+                    self.core.handle_relay_closed(Instant::now(), &room);
+                }
+            }
+            RelayOutput::Close { room } => {
+                if let Some(link) = self.relays.remove(&room) {
+                    let _ = link.tx.try_send(relay::LinkCmd::Close);
+                }
             }
         }
     }

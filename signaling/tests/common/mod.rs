@@ -53,13 +53,19 @@ pub async fn server() -> Server {
 
 /// A server with `config` (its observer replaced by one the test reads).
 pub async fn server_with(config: ServiceConfig) -> Server {
+    server_seeded(config, [1; 32]).await
+}
+
+/// [`server_with`], its engine seeded with `seed` (two engines in one test need two seeds,
+/// or their ICE credentials would repeat each other's).
+pub async fn server_seeded(config: ServiceConfig, seed: [u8; 32]) -> Server {
     let settings = SfuSettings {
         bind_ip: "127.0.0.1".parse().unwrap(),
         advertise_ip: "127.0.0.1".parse().unwrap(),
         ports: UdpPorts::Mux(0),
         shards: 2,
     };
-    let (engine, sfu, events) = SfuRuntime::start(&settings, [1; 32]).unwrap();
+    let (engine, sfu, events) = SfuRuntime::start(&settings, seed).unwrap();
     let (observer, mut observed_rx) = tokio::sync::mpsc::channel::<lk::WebhookEvent>(1024);
     let observed = Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink = observed.clone();

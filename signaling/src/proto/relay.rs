@@ -1,0 +1,509 @@
+//! Relayed media, the edge's side (issue 21, docs/ARCHITECTURE.md "Rooms across nodes"): a
+//! room whose speakers publish on another node (the *origin*) is heard here through one relay
+//! link, an engine relay peer that joins the origin's room as a hidden subscriber.
+//!
+//! [`AdminOp::RelayFrom`](super::AdminOp::RelayFrom) starts a link: the core creates the relay
+//! peer (`EngineCommand::CreateRelayPeer`) and, with the engine's offer, asks the shell to open
+//! the origin's `/rtc/v1` ([`RelayOutput::Open`]). What the origin sends comes back through
+//! [`Server::handle_relay_response`]: its answer goes to the engine, its
+//! `MediaSectionsRequirement` becomes `EngineCommand::OfferRelaySections` and the new offer an
+//! `Offer` request ([`RelayOutput::Send`]). The origin's participants (the JoinResponse's
+//! `other_participants`, later `ParticipantUpdate`s) become *mirror participants* of the edge's
+//! room: same sid, identity, name, metadata, attributes, permissions and track sids, with no
+//! session. When the engine reports a relayed track (`Event::RelayTrackPublished`), its label
+//! (`{participant sid}|{track sid}`, as the origin's signaling labels every track it sends)
+//! binds it to the mirror's track, and the edge's auto-subscribing sessions receive it as they
+//! would a local publisher's. A mirror leaves when the origin says so (state `DISCONNECTED`)
+//! or when the link ends ([`Server::handle_relay_closed`], or the relay peer failing); its
+//! tracks are then unsubscribed on the edge.
+//!
+//! The relay's identity on the origin ([`RELAY_IDENTITY_PREFIX`], a hidden token without
+//! publish rights, see [`crate::token::relay_claims`]) is neither shown, nor counted, nor
+//! reported in webhooks there ([`crate::room::Participant::is_relay`]).
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Instant;
+
+use livekit_protocol as lk;
+use livekit_protocol::participant_info::State;
+use livekit_protocol::{signal_request, signal_response};
+use stoa_sfu::str0m::change::SdpAnswer;
+use stoa_sfu::{EngineCommand, MediaLabel, PeerId, TrackId};
+
+use super::{Output, Server, ServiceError, SessionId};
+use crate::room::{Participant, PublishedTrack};
+
+/// Identities of relay participants start with this (`node:{edge id}`).
+pub const RELAY_IDENTITY_PREFIX: &str = "node:";
+
+/// What the core asks of the shell about relay links (IO: a WebSocket to the origin).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum RelayOutput {
+    /// Open the origin's `/rtc/v1` for `room` with a relay token, carrying `offer` in the
+    /// join request. Replaces any link the shell still has for the room.
+    Open {
+        /// The room (on both nodes).
+        room: String,
+        /// The origin's base URL (`ws://`, `wss://`, `http://` or `https://`).
+        origin: String,
+        /// The relay peer's first offer.
+        offer: lk::SessionDescription,
+    },
+    /// Send this request on the room's link.
+    Send {
+        /// The room.
+        room: String,
+        /// The request.
+        request: Box<signal_request::Message>,
+    },
+    /// Close the room's link (a `Leave` first, if it is open).
+    Close {
+        /// The room.
+        room: String,
+    },
+}
+
+/// One relay link: a room of this node fed by an origin node.
+#[derive(Debug)]
+pub(super) struct RelayLink {
+    origin: String,
+    peer: PeerId,
+    /// The first offer went out ([`RelayOutput::Open`]).
+    opened: bool,
+    next_offer_id: u32,
+    /// The relay's own participant sid on the origin (not mirrored).
+    own_sid: Option<String>,
+    /// Mirror participants' sids.
+    mirrors: BTreeSet<String>,
+    /// Relayed tracks not bound yet (their mirror or its track not known yet).
+    unbound: Vec<(TrackId, MediaLabel)>,
+    /// Bound tracks: (mirror sid, track sid).
+    bound: HashMap<TrackId, (String, String)>,
+}
+
+impl RelayLink {
+    /// A bound track goes back to waiting: the engine keeps an m-line labelled once bound, so
+    /// if the origin shows the participant or track again, it binds again.
+    fn unbind(&mut self, track: TrackId) {
+        if let Some((psid, tsid)) = self.bound.remove(&track) {
+            let label = MediaLabel {
+                stream_id: format!("{psid}|{tsid}"),
+                track_id: tsid,
+            };
+            self.unbound.push((track, label));
+        }
+    }
+
+    /// Every track bound to mirror `psid` goes back to waiting.
+    fn unbind_participant(&mut self, psid: &str) {
+        let tracks: Vec<TrackId> = self
+            .bound
+            .iter()
+            .filter(|(_, (p, _))| p == psid)
+            .map(|(t, _)| *t)
+            .collect();
+        for track in tracks {
+            self.unbind(track);
+        }
+    }
+}
+
+impl Server {
+    /// Start (or restart) relaying `room` from the node at `origin`.
+    pub(super) fn relay_from(&mut self, room: &str, origin: String) -> Result<(), ServiceError> {
+        if origin.is_empty() {
+            return Err(ServiceError::InvalidArgument("empty origin URL".into()));
+        }
+        if self.relays.contains_key(room) {
+            self.end_relay(room, "relinked");
+        }
+        self.ensure_room(room, self.config.room_defaults);
+        let peer = self.new_peer();
+        self.relay_peers.insert(peer, room.to_owned());
+        self.relays.insert(
+            room.to_owned(),
+            RelayLink {
+                origin,
+                peer,
+                opened: false,
+                next_offer_id: 1,
+                own_sid: None,
+                mirrors: BTreeSet::new(),
+                unbound: Vec::new(),
+                bound: HashMap::new(),
+            },
+        );
+        tracing::info!(room = %room, peer = %peer, "relay link starting");
+        self.engine(EngineCommand::CreateRelayPeer {
+            peer,
+            audios: 1,
+            channels: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// The room a relay peer feeds, if `peer` is one.
+    pub(super) fn relay_room(&self, peer: PeerId) -> Option<&str> {
+        self.relay_peers.get(&peer).map(String::as_str)
+    }
+
+    /// Rooms with a relay link.
+    pub fn relayed_rooms(&self) -> impl Iterator<Item = &str> + '_ {
+        self.relays.keys().map(String::as_str)
+    }
+
+    /// The engine offered on a relay peer: the link's first offer opens it, later ones are
+    /// sent on it.
+    pub(super) fn relay_offer(&mut self, peer: PeerId, sdp: String) {
+        let Some(room) = self.relay_peers.get(&peer).cloned() else {
+            return;
+        };
+        let Some(link) = self.relays.get_mut(&room) else {
+            return;
+        };
+        let id = link.next_offer_id;
+        link.next_offer_id += 1;
+        let offer = lk::SessionDescription {
+            r#type: "offer".into(),
+            sdp,
+            id,
+            ..Default::default()
+        };
+        let out = if link.opened {
+            RelayOutput::Send {
+                room,
+                request: Box::new(signal_request::Message::Offer(offer)),
+            }
+        } else {
+            link.opened = true;
+            RelayOutput::Open {
+                room,
+                origin: link.origin.clone(),
+                offer,
+            }
+        };
+        self.outputs.push_back(Output::Relay(out));
+    }
+
+    /// A message from the origin on `room`'s link.
+    pub fn handle_relay_response(
+        &mut self,
+        now: Instant,
+        room: &str,
+        message: signal_response::Message,
+    ) {
+        self.advance(now);
+        let Some(link) = self.relays.get_mut(room) else {
+            return;
+        };
+        let peer = link.peer;
+        match message {
+            signal_response::Message::Join(join) => {
+                link.own_sid = join.participant.map(|p| p.sid);
+                for info in join.other_participants {
+                    self.mirror(room, info);
+                }
+            }
+            signal_response::Message::Update(update) => {
+                for info in update.participants {
+                    self.mirror(room, info);
+                }
+            }
+            signal_response::Message::Answer(sd) => match SdpAnswer::from_sdp_string(&sd.sdp) {
+                Ok(answer) => self.engine(EngineCommand::HandleAnswer { peer, answer }),
+                Err(e) => {
+                    tracing::warn!(room = %room, error = %e, "origin's answer unreadable");
+                    self.end_relay(room, "unreadable answer");
+                }
+            },
+            signal_response::Message::MediaSectionsRequirement(m) => {
+                self.engine(EngineCommand::OfferRelaySections {
+                    peer,
+                    audios: m.num_audios,
+                });
+            }
+            signal_response::Message::Leave(_) => self.end_relay(room, "origin said leave"),
+            _ => {}
+        }
+    }
+
+    /// `room`'s link to its origin closed (or could not open): its mirrors leave and the relay
+    /// peer closes. A new [`AdminOp::RelayFrom`](super::AdminOp::RelayFrom) links it again.
+    pub fn handle_relay_closed(&mut self, now: Instant, room: &str) {
+        self.advance(now);
+        if self.relays.contains_key(room) {
+            self.end_relay(room, "link closed");
+        }
+    }
+
+    /// Ends `room`'s link: mirrors leave, the relay peer closes, the shell closes the socket.
+    pub(super) fn end_relay(&mut self, room: &str, why: &str) {
+        let Some(link) = self.relays.remove(room) else {
+            return;
+        };
+        tracing::info!(room = %room, reason = why, "relay link ended");
+        self.relay_peers.remove(&link.peer);
+        for psid in &link.mirrors {
+            self.remove_mirror(room, psid, &link.bound);
+        }
+        self.engine(EngineCommand::ClosePeer { peer: link.peer });
+        self.outputs.push_back(Output::Relay(RelayOutput::Close {
+            room: room.to_owned(),
+        }));
+    }
+
+    /// An origin participant's snapshot: a mirror appears, changes or leaves.
+    fn mirror(&mut self, room: &str, info: lk::ParticipantInfo) {
+        let Some(link) = self.relays.get(room) else {
+            return;
+        };
+        let hidden = info.permission.as_ref().is_some_and(|p| p.hidden);
+        if link.own_sid.as_deref() == Some(info.sid.as_str()) || hidden || info.sid.is_empty() {
+            return;
+        }
+        if info.state == State::Disconnected as i32 {
+            if let Some(mut link) = self.relays.remove(room) {
+                if link.mirrors.remove(&info.sid) {
+                    self.remove_mirror(room, &info.sid, &link.bound);
+                    link.unbind_participant(&info.sid);
+                }
+                self.relays.insert(room.to_owned(), link);
+            }
+            return;
+        }
+        let Some(r) = self.rooms.get(room) else {
+            return;
+        };
+        let old = r.participants.get(&info.sid);
+        if old.is_some_and(|o| o.version > info.version) {
+            return;
+        }
+        let holder = old
+            .is_none()
+            .then(|| r.by_identity(&info.identity).map(|p| p.sid.clone()))
+            .flatten();
+        if let Some(holder) = holder {
+            if !link.mirrors.contains(&holder) {
+                // Someone of this node holds the identity: the local session wins.
+                tracing::debug!(room = %room, "origin participant with a local identity not mirrored");
+                return;
+            }
+            // The origin's participant rejoined under a new sid: the old mirror goes first.
+            if let Some(mut link) = self.relays.remove(room) {
+                link.mirrors.remove(&holder);
+                self.remove_mirror(room, &holder, &link.bound);
+                link.unbind_participant(&holder);
+                self.relays.insert(room.to_owned(), link);
+            }
+            return self.mirror(room, info);
+        }
+        let mut tracks = std::collections::BTreeMap::new();
+        for t in info.tracks {
+            let engine = old
+                .and_then(|o| o.tracks.get(&t.sid))
+                .and_then(|o| o.engine);
+            tracks.insert(
+                t.sid.clone(),
+                PublishedTrack {
+                    cid: t.sid.clone(),
+                    info: t,
+                    engine,
+                },
+            );
+        }
+        let dropped: Vec<TrackId> = old
+            .map(|o| {
+                o.tracks
+                    .iter()
+                    .filter(|(sid, _)| !tracks.contains_key(*sid))
+                    .filter_map(|(_, t)| t.engine)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let state = State::try_from(info.state).unwrap_or(State::Active);
+        let mirror = Participant {
+            sid: info.sid.clone(),
+            identity: info.identity,
+            name: info.name,
+            metadata: info.metadata,
+            attributes: info.attributes,
+            permission: info.permission.unwrap_or_default(),
+            admin: false,
+            state,
+            version: info.version,
+            tracks,
+            joined_at_ms: info.joined_at_ms,
+            protocol: 0,
+        };
+        let psid = mirror.sid.clone();
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        r.insert(mirror);
+        r.emptied_ms = None;
+        r.dirty = true;
+        if let Some(link) = self.relays.get_mut(room) {
+            link.mirrors.insert(psid.clone());
+            for track in &dropped {
+                link.unbind(*track);
+            }
+        }
+        for track in dropped {
+            self.unsubscribe_everyone(room, track);
+        }
+        self.broadcast_participant(room, &psid);
+        self.bind_waiting(room);
+    }
+
+    /// The engine filed a track relayed from the origin: bound to its mirror's track now, or
+    /// once the origin has told of it.
+    pub(super) fn relay_track_published(&mut self, track: TrackId, label: MediaLabel) {
+        let Some(room) = self.relay_peers.get(&track.peer).cloned() else {
+            return;
+        };
+        if let Some(link) = self.relays.get_mut(&room) {
+            link.unbound.retain(|(t, _)| *t != track);
+            link.unbound.push((track, label));
+        }
+        self.bind_waiting(&room);
+    }
+
+    /// The engine unpublished a relayed track (the origin stopped sending on its m-line, or
+    /// the relay peer closed).
+    pub(super) fn relay_track_unpublished(&mut self, track: TrackId) {
+        let Some(room) = self.relay_peers.get(&track.peer).cloned() else {
+            return;
+        };
+        let Some(link) = self.relays.get_mut(&room) else {
+            return;
+        };
+        link.unbound.retain(|(t, _)| *t != track);
+        let Some((psid, tsid)) = link.bound.remove(&track) else {
+            return;
+        };
+        if let Some(t) = self
+            .rooms
+            .get_mut(&room)
+            .and_then(|r| r.participants.get_mut(&psid))
+            .and_then(|p| p.tracks.get_mut(&tsid))
+        {
+            t.engine = None;
+        }
+        self.unsubscribe_everyone(&room, track);
+    }
+
+    /// The relay peer is gone (failed, or refused by the engine): the link ends.
+    pub(super) fn relay_peer_gone(&mut self, peer: PeerId) {
+        if let Some(room) = self.relay_peers.get(&peer).cloned() {
+            self.end_relay(&room, "relay peer gone");
+        }
+    }
+
+    /// Binds every waiting relayed track whose mirror track is known, and subscribes the
+    /// room's auto-subscribing sessions to it.
+    fn bind_waiting(&mut self, room: &str) {
+        let Some(link) = self.relays.get_mut(room) else {
+            return;
+        };
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        let mut ready = Vec::new();
+        link.unbound.retain(|(track, label)| {
+            let Some((psid, _)) = label.stream_id.split_once('|') else {
+                return true;
+            };
+            let tsid = &label.track_id;
+            let known = link.mirrors.contains(psid)
+                && r.participants
+                    .get_mut(psid)
+                    .and_then(|p| p.tracks.get_mut(tsid))
+                    .map(|t| t.engine = Some(*track))
+                    .is_some();
+            if known {
+                ready.push((*track, psid.to_owned(), tsid.clone()));
+            }
+            !known
+        });
+        for (track, psid, tsid) in &ready {
+            link.bound.insert(*track, (psid.clone(), tsid.clone()));
+        }
+        for (track, psid, tsid) in ready {
+            tracing::info!(room = %room, track = %tsid, "relayed track bound");
+            let sessions: Vec<SessionId> = self
+                .room_sessions(room)
+                .into_iter()
+                .filter(|id| self.sessions.get(id).is_some_and(|s| s.auto_subscribe))
+                .collect();
+            let peers: Vec<PeerId> = sessions
+                .into_iter()
+                .filter_map(|s| self.claim_subscription(s, track))
+                .collect();
+            if !peers.is_empty() {
+                self.engine(EngineCommand::Subscribe {
+                    track,
+                    label: Self::track_label(&psid, &tsid),
+                    peers,
+                });
+            }
+        }
+    }
+
+    /// A mirror leaves the room: its tracks are unsubscribed, its viewers see it gone.
+    fn remove_mirror(
+        &mut self,
+        room: &str,
+        psid: &str,
+        bound: &HashMap<TrackId, (String, String)>,
+    ) {
+        let tracks: Vec<TrackId> = bound
+            .iter()
+            .filter(|(_, (p, _))| p == psid)
+            .map(|(t, _)| *t)
+            .collect();
+        for track in tracks {
+            self.unsubscribe_everyone(room, track);
+        }
+        let now_ms = self.now_ms();
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        let Some(mut gone) = r.remove(psid) else {
+            return;
+        };
+        r.speakers.remove(psid);
+        r.dirty = true;
+        if r.participants.is_empty() {
+            r.emptied_ms = Some(now_ms);
+        }
+        gone.state = State::Disconnected;
+        gone.touch();
+        let viewers: Vec<String> = r
+            .participants
+            .values()
+            .filter(|v| gone.visible_to(v))
+            .map(|v| v.sid.clone())
+            .collect();
+        self.send_update(&viewers, vec![gone.info()]);
+    }
+
+    /// Every session of `room` receiving `track` stops.
+    fn unsubscribe_everyone(&mut self, room: &str, track: TrackId) {
+        for id in self.room_sessions(room) {
+            if self
+                .sessions
+                .get(&id)
+                .is_some_and(|s| s.subscribed.contains(&track))
+            {
+                self.unsubscribe(id, track);
+            }
+        }
+    }
+
+    /// The mirror sid and track sid a relayed engine track is bound to.
+    pub(super) fn relayed_track(&self, track: TrackId) -> Option<&(String, String)> {
+        let room = self.relay_peers.get(&track.peer)?;
+        self.relays.get(room)?.bound.get(&track)
+    }
+}

@@ -1,0 +1,213 @@
+//! A room across two nodes over real sockets on 127.0.0.1: two signaling services, each over
+//! its own engine (real UDP), in one process. A speaker publishes Opus on the origin; a
+//! listener joins the same room on the edge; `relay_from` on the edge opens its relay link (a
+//! WebSocket to the origin's `/rtc/v1` with a relay token, the engine's relay peer, ICE and
+//! DTLS between the two engines) and the listener sees the speaker and hears its packets,
+//! in order, through the edge's engine, with the edge's speaker detection naming it; the
+//! relay is not seen or counted on the origin; the link stopped by the edge, made again, and
+//! ended by the origin closing the room. The clients are the str0m clients of `rtc.rs`.
+//! Every wait is bounded.
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    clippy::too_many_lines,
+    dead_code,
+    deprecated
+)]
+
+use std::time::Duration;
+
+use livekit_protocol::participant_info::State;
+use livekit_protocol::signal_response;
+use stoa_signaling::service::{RelayAuth, ServiceConfig};
+
+mod common;
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_listener_hears_the_origins_speaker_through_the_relay() {
+    let origin = server_seeded(ServiceConfig::default(), [1; 32]).await;
+    let edge = server_seeded(
+        ServiceConfig {
+            relay: Some(RelayAuth {
+                node: "edge-1".into(),
+                api_key: KEY.into(),
+                secret: SECRET.into(),
+                ttl: Duration::from_secs(60),
+            }),
+            ..ServiceConfig::default()
+        },
+        [2; 32],
+    )
+    .await;
+    let room = "spread";
+
+    // The speaker publishes on the origin.
+    let mut alice = Client::join(origin.http, &mint("alice", grants(room, true))).await;
+    let track_sid = alice.publish().await;
+    eventually("alice's connections", || {
+        alice.publisher.lock().unwrap().connected && alice.subscriber.lock().unwrap().connected
+    })
+    .await;
+
+    // A listener joins the room on the edge: nobody speaks there yet.
+    let mut bob = Client::join(edge.http, &mint("bob", grants(room, false))).await;
+    assert!(bob.join.other_participants.is_empty());
+    eventually("bob's subscriber connection", || {
+        bob.subscriber.lock().unwrap().connected
+    })
+    .await;
+
+    // The edge relays the room from the origin.
+    edge.signaling
+        .relay_from(room, &format!("http://{}", origin.http))
+        .await
+        .unwrap();
+
+    // Bob sees alice as on the origin: same sid, identity and track sid.
+    let mirrored = bob
+        .wait_for("alice mirrored on the edge", |m| match m {
+            signal_response::Message::Update(u) => u
+                .participants
+                .iter()
+                .find(|p| p.identity == "alice" && !p.tracks.is_empty())
+                .cloned(),
+            _ => None,
+        })
+        .await;
+    assert_eq!(mirrored.sid, alice.sid());
+    assert_eq!(mirrored.tracks[0].sid, track_sid);
+    // And is offered her track under the origin's sids.
+    let offer = bob
+        .wait_for("offer with alice's relayed track", |m| match m {
+            signal_response::Message::Offer(sd) if sd.sdp.contains("a=msid:") => Some(sd.clone()),
+            _ => None,
+        })
+        .await;
+    assert!(
+        offer.sdp.contains(&format!(
+            "a=msid:{}|{} {}",
+            alice.sid(),
+            track_sid,
+            track_sid
+        )),
+        "{}",
+        offer.sdp
+    );
+    bob.drain_for(Duration::from_millis(300)).await;
+
+    // Bob hears alice through the relay, each packet once and in order (loopback: nothing
+    // lost; a few packets sent before the link's m-line was live may be missing at the start).
+    let before = alice.publisher.lock().unwrap().sent;
+    send_audio(&alice, 100).await;
+    eventually("bob hears alice through the relay", || {
+        bob.heard().iter().filter(|h| h.1 >= before).count() >= 90
+    })
+    .await;
+    let heard: Vec<u32> = bob
+        .heard()
+        .iter()
+        .map(|h| h.1)
+        .filter(|i| *i >= before)
+        .collect();
+    assert!(
+        heard.windows(2).all(|w| w[0] < w[1]),
+        "in order, once: {heard:?}"
+    );
+    assert!(heard.iter().all(|i| *i < before + 100));
+
+    // The edge's engine hears her speak: announced under her sid.
+    bob.wait_for("alice speaking, announced on the edge", |m| match m {
+        signal_response::Message::SpeakersChanged(c) => c
+            .speakers
+            .iter()
+            .find(|s| s.sid == alice.sid() && s.active)
+            .map(|_| ()),
+        _ => None,
+    })
+    .await;
+
+    // On the origin the relay is nobody: not listed, not shown to alice.
+    let listed = origin.signaling.list_participants(room).await.unwrap();
+    let identities: Vec<&str> = listed.iter().map(|p| p.identity.as_str()).collect();
+    assert_eq!(identities, vec!["alice"]);
+    alice.drain_for(Duration::from_millis(200)).await;
+    assert!(!alice.log.iter().any(|m| match m {
+        signal_response::Message::Update(u) => {
+            u.participants
+                .iter()
+                .any(|p| p.identity.starts_with("node:"))
+        }
+        _ => false,
+    }));
+    let rooms = origin
+        .signaling
+        .list_rooms(&[room.to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(rooms[0].num_participants, 1);
+    // On the edge, the mirror is listed beside the local listener.
+    let listed = edge.signaling.list_participants(room).await.unwrap();
+    assert_eq!(listed.len(), 2);
+
+    // The edge stops relaying: alice leaves the edge's room, and its stream stops.
+    edge.signaling.stop_relay(room).await.unwrap();
+    bob.wait_for("alice gone from the edge", |m| match m {
+        signal_response::Message::Update(u) => u
+            .participants
+            .iter()
+            .find(|p| p.sid == alice.sid() && p.state == State::Disconnected as i32)
+            .map(|_| ()),
+        _ => None,
+    })
+    .await;
+    let heard_then = bob.heard().len();
+    send_audio(&alice, 20).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        bob.heard().len(),
+        heard_then,
+        "nothing relayed after the link ended"
+    );
+
+    // Linked again; then the origin closes the room: the link ends from the origin's side and
+    // alice leaves the edge again.
+    bob.log.clear();
+    edge.signaling
+        .relay_from(room, &format!("ws://{}", origin.http))
+        .await
+        .unwrap();
+    let again = bob
+        .wait_for("alice mirrored again", |m| match m {
+            signal_response::Message::Update(u) => u
+                .participants
+                .iter()
+                .find(|p| p.sid == alice.sid() && p.state != State::Disconnected as i32)
+                .cloned(),
+            _ => None,
+        })
+        .await;
+    assert_eq!(again.tracks[0].sid, track_sid);
+    // Heard again over the new link (a new relay peer, a new subscription at the edge).
+    bob.drain_for(Duration::from_millis(300)).await;
+    let before = alice.publisher.lock().unwrap().sent;
+    send_audio(&alice, 60).await;
+    eventually("bob hears alice over the new link", || {
+        bob.heard().iter().filter(|h| h.1 >= before).count() >= 50
+    })
+    .await;
+    bob.log.clear();
+    origin.signaling.delete_room(room).await.unwrap();
+    bob.wait_for("alice gone after the origin closed the room", |m| match m {
+        signal_response::Message::Update(u) => u
+            .participants
+            .iter()
+            .find(|p| p.sid == alice.sid() && p.state == State::Disconnected as i32)
+            .map(|_| ()),
+        _ => None,
+    })
+    .await;
+    let listed = edge.signaling.list_participants(room).await.unwrap();
+    let identities: Vec<&str> = listed.iter().map(|p| p.identity.as_str()).collect();
+    assert_eq!(identities, vec!["bob"]);
+}

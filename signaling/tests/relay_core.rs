@@ -1,0 +1,662 @@
+//! Relayed rooms in the signaling core, without sockets (`proto::Server` on a virtual clock):
+//! the edge's link (`AdminOp::RelayFrom` → relay peer → the origin's `/rtc/v1` and back), its
+//! mirror participants and their relayed tracks reaching local listeners, and on the origin
+//! the relay participant that is neither shown, counted nor reported. Deterministic: fixed
+//! seed, simulated time, no sleeps.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
+
+use std::time::{Duration, Instant};
+
+use livekit_protocol as lk;
+use livekit_protocol::participant_info::State;
+use livekit_protocol::{signal_request, signal_response};
+use stoa_sfu::str0m::RtcConfig;
+use stoa_sfu::str0m::change::SdpOffer;
+use stoa_sfu::str0m::media::{Direction, MediaKind, Mid};
+use stoa_sfu::{EngineCommand, Event, MediaLabel, PeerId, TrackId};
+use stoa_signaling::join::parse_query;
+use stoa_signaling::proto::{
+    AdminOp, AdminReply, Output, RelayOutput, Server, ServerConfig, SessionId,
+};
+use stoa_signaling::token::{Claims, VideoGrants};
+
+const TICK: Duration = Duration::from_millis(100);
+
+fn server(t0: Instant) -> Server {
+    let config = ServerConfig {
+        events: true,
+        ..ServerConfig::default()
+    };
+    Server::new(config, t0, 1_700_000_000_000)
+}
+
+/// Every output up to the next timeout.
+fn drain(s: &mut Server) -> Vec<Output> {
+    let mut out = Vec::new();
+    loop {
+        match s.poll_output() {
+            Output::Timeout(_) => return out,
+            o => out.push(o),
+        }
+    }
+}
+
+fn claims(identity: &str, room: &str, publish: bool) -> Claims {
+    Claims {
+        sub: identity.into(),
+        iss: "key".into(),
+        video: VideoGrants {
+            room_join: true,
+            room: room.into(),
+            can_publish: Some(publish),
+            can_subscribe: Some(true),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// A legacy (two-connection) client joins; returns its session and subscriber peer.
+fn join(s: &mut Server, now: Instant, c: Claims) -> (SessionId, PeerId) {
+    let params = parse_query("access_token=x&protocol=17&auto_subscribe=1").unwrap();
+    let session = s.connect(now, c, params).unwrap();
+    let (_, subscriber) = s.session_peers(session).unwrap();
+    (session, subscriber.unwrap())
+}
+
+/// An offer as the relay peer would make it.
+fn some_offer(now: Instant) -> SdpOffer {
+    let mut rtc = RtcConfig::new().build(now);
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+    api.apply().unwrap().0
+}
+
+fn speaker_info(sid: &str, identity: &str, tracks: &[&str], version: u32) -> lk::ParticipantInfo {
+    lk::ParticipantInfo {
+        sid: sid.into(),
+        identity: identity.into(),
+        name: format!("{identity} the speaker"),
+        metadata: "m".into(),
+        state: State::Active as i32,
+        version,
+        permission: Some(lk::ParticipantPermission {
+            can_publish: true,
+            can_subscribe: true,
+            ..Default::default()
+        }),
+        tracks: tracks
+            .iter()
+            .map(|t| lk::TrackInfo {
+                sid: (*t).into(),
+                r#type: lk::TrackType::Audio as i32,
+                source: lk::TrackSource::Microphone as i32,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Participant snapshots `session` was sent among `outs`.
+fn updates_for(outs: &[Output], session: SessionId) -> Vec<lk::ParticipantInfo> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Send(to, m) if *to == session => match &m.message {
+                Some(signal_response::Message::Update(u)) => Some(u.participants.clone()),
+                Some(signal_response::Message::Join(j)) => Some(j.other_participants.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+fn subscribes(outs: &[Output]) -> Vec<(TrackId, MediaLabel, Vec<PeerId>)> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Engine(EngineCommand::Subscribe {
+                track,
+                label,
+                peers,
+            }) => Some((*track, label.clone(), peers.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn edge_mirrors_the_origins_speakers_and_feeds_its_listeners() {
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut edge = server(t0);
+    let (listener, listener_peer) = join(&mut edge, now, claims("l1", "r", false));
+    drain(&mut edge);
+
+    // The link: a relay peer is created...
+    edge.handle_admin(
+        now,
+        AdminOp::RelayFrom {
+            room: "r".into(),
+            origin: "ws://127.0.0.1:7880".into(),
+        },
+    )
+    .unwrap();
+    let outs = drain(&mut edge);
+    let relay_peer = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Engine(EngineCommand::CreateRelayPeer { peer, audios, .. }) => {
+                assert!(*audios >= 1);
+                Some(*peer)
+            }
+            _ => None,
+        })
+        .expect("CreateRelayPeer");
+    // ...and its offer opens the origin's /rtc/v1.
+    let offer = some_offer(now);
+    let sdp = offer.to_sdp_string();
+    edge.handle_engine_event(
+        now,
+        Event::Offer {
+            peer: relay_peer,
+            offer,
+            slots: vec![],
+        },
+    );
+    let outs = drain(&mut edge);
+    let opened = outs.iter().find_map(|o| match o {
+        Output::Relay(RelayOutput::Open {
+            room,
+            origin,
+            offer,
+        }) => Some((room.clone(), origin.clone(), offer.clone())),
+        _ => None,
+    });
+    let (room, origin, sent) = opened.expect("the link opens");
+    assert_eq!(
+        (room.as_str(), origin.as_str()),
+        ("r", "ws://127.0.0.1:7880")
+    );
+    assert_eq!(sent.sdp, sdp);
+    assert_eq!(sent.r#type, "offer");
+
+    // The origin's join response: the relay itself (hidden) and one speaker.
+    let mut own = speaker_info("PA_relay", "node:edge", &[], 1);
+    own.permission.as_mut().unwrap().hidden = true;
+    let join_response = lk::JoinResponse {
+        participant: Some(own.clone()),
+        other_participants: vec![speaker_info("PA_s", "alice", &["TR_a"], 3)],
+        ..Default::default()
+    };
+    edge.handle_relay_response(now, "r", signal_response::Message::Join(join_response));
+    now += TICK;
+    edge.handle_timeout(now);
+    let outs = drain(&mut edge);
+    let seen = updates_for(&outs, listener);
+    assert!(
+        seen.iter().any(|p| p.sid == "PA_s"
+            && p.identity == "alice"
+            && p.name == "alice the speaker"
+            && p.tracks.iter().any(|t| t.sid == "TR_a")),
+        "the listener sees the mirrored speaker: {seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|p| p.sid == "PA_relay"),
+        "the relay itself is not mirrored"
+    );
+    assert!(
+        subscribes(&outs).is_empty(),
+        "nothing to receive before media arrives"
+    );
+    let participants = match edge
+        .handle_admin(now, AdminOp::ListParticipants { room: "r".into() })
+        .unwrap()
+    {
+        AdminReply::Participants(p) => p,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(participants.len(), 2, "the listener and the mirror");
+
+    // The origin's answer reaches the engine.
+    let mut origin_rtc = RtcConfig::new().build(now);
+    let answer = origin_rtc
+        .sdp_api()
+        .accept_offer(SdpOffer::from_sdp_string(&sdp).unwrap())
+        .unwrap();
+    let answer = lk::SessionDescription {
+        r#type: "answer".into(),
+        sdp: answer.to_sdp_string(),
+        id: 1,
+        ..Default::default()
+    };
+    edge.handle_relay_response(now, "r", signal_response::Message::Answer(answer));
+    let outs = drain(&mut edge);
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Engine(EngineCommand::HandleAnswer { peer, .. }) if *peer == relay_peer
+    )));
+
+    // The engine files the relayed track: bound to the mirror's track, the listener receives it
+    // under the origin's participant and track sids.
+    let track = TrackId {
+        peer: relay_peer,
+        mid: Mid::from("0"),
+    };
+    edge.handle_engine_event(
+        now,
+        Event::RelayTrackPublished {
+            track,
+            label: MediaLabel {
+                stream_id: "PA_s|TR_a".into(),
+                track_id: "TR_a".into(),
+            },
+            ssrc: None,
+        },
+    );
+    let subs = subscribes(&drain(&mut edge));
+    assert_eq!(subs.len(), 1, "{subs:?}");
+    assert_eq!(subs[0].0, track);
+    assert_eq!(subs[0].1.stream_id, "PA_s|TR_a");
+    assert_eq!(subs[0].1.track_id, "TR_a");
+    assert_eq!(subs[0].2, vec![listener_peer]);
+
+    // A listener who joins later is subscribed at once, like to a local publisher's track.
+    let (late, late_peer) = join(&mut edge, now, claims("l2", "r", false));
+    let outs = drain(&mut edge);
+    let subs = subscribes(&outs);
+    assert_eq!(subs.len(), 1);
+    assert_eq!((subs[0].0, subs[0].2.clone()), (track, vec![late_peer]));
+    assert!(updates_for(&outs, late).iter().any(|p| p.sid == "PA_s"));
+
+    // The origin asks for more sections: the relay peer offers again, on the open link.
+    edge.handle_relay_response(
+        now,
+        "r",
+        signal_response::Message::MediaSectionsRequirement(lk::MediaSectionsRequirement {
+            num_audios: 2,
+            num_videos: 0,
+        }),
+    );
+    let outs = drain(&mut edge);
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Engine(EngineCommand::OfferRelaySections { peer, audios: 2 }) if *peer == relay_peer
+    )));
+    edge.handle_engine_event(
+        now,
+        Event::Offer {
+            peer: relay_peer,
+            offer: some_offer(now),
+            slots: vec![],
+        },
+    );
+    let outs = drain(&mut edge);
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Relay(RelayOutput::Send { room, request })
+            if room == "r" && matches!(**request, signal_request::Message::Offer(ref sd) if sd.id == 2)
+    )));
+
+    // A second speaker appears in an update; an older snapshot of the first changes nothing.
+    let update = lk::ParticipantUpdate {
+        participants: vec![
+            speaker_info("PA_s", "alice", &[], 2),
+            speaker_info("PA_t", "bob", &["TR_b"], 1),
+        ],
+    };
+    edge.handle_relay_response(now, "r", signal_response::Message::Update(update));
+    now += TICK;
+    edge.handle_timeout(now);
+    let outs = drain(&mut edge);
+    assert!(updates_for(&outs, listener).iter().any(|p| p.sid == "PA_t"));
+    assert!(
+        !outs
+            .iter()
+            .any(|o| matches!(o, Output::Engine(EngineCommand::Unsubscribe { .. }))),
+        "a stale snapshot unpublishes nothing"
+    );
+
+    // The origin says the first speaker left: its track is unsubscribed, the listeners see it
+    // gone, and no webhook claims a participant of this node left.
+    let mut gone = speaker_info("PA_s", "alice", &["TR_a"], 4);
+    gone.state = State::Disconnected as i32;
+    edge.handle_relay_response(
+        now,
+        "r",
+        signal_response::Message::Update(lk::ParticipantUpdate {
+            participants: vec![gone],
+        }),
+    );
+    now += TICK;
+    edge.handle_timeout(now);
+    let outs = drain(&mut edge);
+    let mut unsubscribed: Vec<PeerId> = outs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Engine(EngineCommand::Unsubscribe { peer, track: t }) if *t == track => {
+                Some(*peer)
+            }
+            _ => None,
+        })
+        .collect();
+    unsubscribed.sort_by_key(|p| p.index());
+    let mut expected = vec![listener_peer, late_peer];
+    expected.sort_by_key(|p| p.index());
+    assert_eq!(unsubscribed, expected);
+    assert!(
+        updates_for(&outs, listener)
+            .iter()
+            .any(|p| p.sid == "PA_s" && p.state == State::Disconnected as i32)
+    );
+    assert!(!outs.iter().any(|o| matches!(o, Output::Webhook(_))));
+    let room = edge.rooms().find(|r| r.name == "r").unwrap();
+    assert!(!room.participants.contains_key("PA_s"));
+    assert!(room.participants.contains_key("PA_t"));
+
+    // Shown again (a listener made speaker again on the origin), its track binds again: the
+    // engine's m-line is still labelled with it.
+    edge.handle_relay_response(
+        now,
+        "r",
+        signal_response::Message::Update(lk::ParticipantUpdate {
+            participants: vec![speaker_info("PA_s", "alice", &["TR_a"], 5)],
+        }),
+    );
+    let subs = subscribes(&drain(&mut edge));
+    assert_eq!(subs.len(), 1, "{subs:?}");
+    assert_eq!(subs[0].0, track);
+    let mut peers = subs[0].2.clone();
+    peers.sort_by_key(|p| p.index());
+    assert_eq!(peers, expected);
+
+    // The link ends: the remaining mirrors leave, the relay peer closes, the socket closes.
+    edge.handle_relay_closed(now, "r");
+    now += TICK;
+    edge.handle_timeout(now);
+    let outs = drain(&mut edge);
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Engine(EngineCommand::ClosePeer { peer }) if *peer == relay_peer
+    )));
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Relay(RelayOutput::Close { room }) if room == "r"
+    )));
+    for gone in ["PA_s", "PA_t"] {
+        assert!(
+            updates_for(&outs, listener)
+                .iter()
+                .any(|p| p.sid == gone && p.state == State::Disconnected as i32)
+        );
+    }
+    let room = edge.rooms().find(|r| r.name == "r").unwrap();
+    assert_eq!(
+        room.participants.len(),
+        2,
+        "only the two local listeners are left"
+    );
+    assert_eq!(edge.relayed_rooms().count(), 0);
+    // Events of the closed relay peer are ignored.
+    edge.handle_engine_event(now, Event::Disconnected(relay_peer));
+    assert!(drain(&mut edge).is_empty());
+}
+
+#[test]
+fn relayed_track_before_its_participant_binds_when_the_origin_tells() {
+    let t0 = Instant::now();
+    let mut edge = server(t0);
+    let (_, listener_peer) = join(&mut edge, t0, claims("l1", "r", false));
+    edge.handle_admin(
+        t0,
+        AdminOp::RelayFrom {
+            room: "r".into(),
+            origin: "http://127.0.0.1:1".into(),
+        },
+    )
+    .unwrap();
+    let relay_peer = drain(&mut edge)
+        .iter()
+        .find_map(|o| match o {
+            Output::Engine(EngineCommand::CreateRelayPeer { peer, .. }) => Some(*peer),
+            _ => None,
+        })
+        .unwrap();
+    let track = TrackId {
+        peer: relay_peer,
+        mid: Mid::from("1"),
+    };
+    edge.handle_engine_event(
+        t0,
+        Event::RelayTrackPublished {
+            track,
+            label: MediaLabel {
+                stream_id: "PA_s|TR_a".into(),
+                track_id: "TR_a".into(),
+            },
+            ssrc: Some(7),
+        },
+    );
+    assert!(
+        subscribes(&drain(&mut edge)).is_empty(),
+        "nobody to bind it to yet"
+    );
+    let update = lk::ParticipantUpdate {
+        participants: vec![speaker_info("PA_s", "alice", &["TR_a"], 1)],
+    };
+    edge.handle_relay_response(t0, "r", signal_response::Message::Update(update));
+    let subs = subscribes(&drain(&mut edge));
+    assert_eq!(subs.len(), 1);
+    assert_eq!((subs[0].0, subs[0].2.clone()), (track, vec![listener_peer]));
+
+    // The relay peer fails: the link ends and the mirror leaves.
+    edge.handle_engine_event(t0, Event::Disconnected(relay_peer));
+    let outs = drain(&mut edge);
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Engine(EngineCommand::Unsubscribe { peer, .. }) if *peer == listener_peer
+    )));
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::Relay(RelayOutput::Close { .. })))
+    );
+    let room = edge.rooms().find(|r| r.name == "r").unwrap();
+    assert!(!room.participants.contains_key("PA_s"));
+
+    // Deleting the room ends a new link too.
+    edge.handle_admin(
+        t0,
+        AdminOp::RelayFrom {
+            room: "r".into(),
+            origin: "http://127.0.0.1:1".into(),
+        },
+    )
+    .unwrap();
+    let second = drain(&mut edge)
+        .iter()
+        .find_map(|o| match o {
+            Output::Engine(EngineCommand::CreateRelayPeer { peer, .. }) => Some(*peer),
+            _ => None,
+        })
+        .unwrap();
+    assert_ne!(second, relay_peer);
+    edge.handle_admin(t0, AdminOp::DeleteRoom { room: "r".into() })
+        .unwrap();
+    let outs = drain(&mut edge);
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Engine(EngineCommand::ClosePeer { peer }) if *peer == second
+    )));
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::Relay(RelayOutput::Close { .. })))
+    );
+    assert_eq!(edge.relayed_rooms().count(), 0);
+
+    // An empty origin is refused.
+    assert!(
+        edge.handle_admin(
+            t0,
+            AdminOp::RelayFrom {
+                room: "r".into(),
+                origin: String::new(),
+            },
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn origin_neither_shows_counts_nor_reports_the_relay() {
+    let t0 = Instant::now();
+    let mut origin = server(t0);
+    let (speaker, speaker_peer) = join(&mut origin, t0, claims("alice", "r", true));
+    let (_, listener_peer) = join(&mut origin, t0, claims("l1", "r", false));
+    let relay_claims = Claims {
+        iss: "key".into(),
+        ..stoa_signaling::token::relay_claims("edge-1", "r")
+    };
+    assert_eq!(relay_claims.sub, "node:edge-1");
+    assert!(relay_claims.video.hidden);
+    assert_eq!(relay_claims.video.can_publish, Some(false));
+    assert_eq!(relay_claims.video.can_publish_data, Some(false));
+    assert_eq!(relay_claims.video.can_subscribe, Some(true));
+    let (relay, relay_peer) = join(&mut origin, t0, relay_claims);
+    for peer in [speaker_peer, listener_peer, relay_peer] {
+        origin.handle_engine_event(t0, Event::Connected(peer));
+    }
+    let now = t0 + TICK * 10;
+    origin.handle_timeout(now);
+    let outs = drain(&mut origin);
+    // Nobody is told of the relay; it sees the speaker.
+    let to_speaker = updates_for(&outs, speaker);
+    assert!(!to_speaker.iter().any(|p| p.identity == "node:edge-1"));
+    assert!(
+        to_speaker.iter().any(|p| p.identity == "l1"),
+        "listeners are shown to speakers"
+    );
+    assert!(
+        updates_for(&outs, relay)
+            .iter()
+            .any(|p| p.identity == "alice")
+    );
+    // Not counted: the room has two participants, one of them a listener.
+    let joined: Vec<String> = outs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Webhook(e) if e.event == "participant_joined" => {
+                e.participant.as_ref().map(|p| p.identity.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(joined.len(), 2, "{joined:?}");
+    assert!(!joined.iter().any(|i| i.starts_with("node:")));
+    let room = origin.rooms().find(|r| r.name == "r").unwrap();
+    assert_eq!(room.info().num_participants, 2);
+    let stats = origin.stats();
+    assert_eq!((stats.publishers, stats.listeners), (1, 1));
+    let listed = match origin
+        .handle_admin(now, AdminOp::ListParticipants { room: "r".into() })
+        .unwrap()
+    {
+        AdminReply::Participants(p) => p,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(listed.len(), 2);
+    assert!(!listed.iter().any(|p| p.identity.starts_with("node:")));
+    // Its leave is not reported either.
+    origin.handle_request(
+        now,
+        relay,
+        signal_request::Message::Leave(lk::LeaveRequest::default()),
+    );
+    let outs = drain(&mut origin);
+    assert!(
+        !outs.iter().any(|o| matches!(o, Output::Webhook(_))),
+        "no webhook for the relay"
+    );
+}
+
+#[test]
+fn an_origin_participant_rejoining_under_a_new_sid_replaces_its_mirror() {
+    let t0 = Instant::now();
+    let mut edge = server(t0);
+    let (listener, listener_peer) = join(&mut edge, t0, claims("l1", "r", false));
+    let (_, _) = join(&mut edge, t0, claims("carol", "r", false));
+    edge.handle_admin(
+        t0,
+        AdminOp::RelayFrom {
+            room: "r".into(),
+            origin: "ws://127.0.0.1:1".into(),
+        },
+    )
+    .unwrap();
+    let relay_peer = drain(&mut edge)
+        .iter()
+        .find_map(|o| match o {
+            Output::Engine(EngineCommand::CreateRelayPeer { peer, .. }) => Some(*peer),
+            _ => None,
+        })
+        .unwrap();
+    let update = |infos: Vec<lk::ParticipantInfo>| {
+        signal_response::Message::Update(lk::ParticipantUpdate {
+            participants: infos,
+        })
+    };
+    edge.handle_relay_response(
+        t0,
+        "r",
+        update(vec![speaker_info("PA_old", "alice", &["TR_a"], 1)]),
+    );
+    let track = TrackId {
+        peer: relay_peer,
+        mid: Mid::from("0"),
+    };
+    edge.handle_engine_event(
+        t0,
+        Event::RelayTrackPublished {
+            track,
+            label: MediaLabel {
+                stream_id: "PA_old|TR_a".into(),
+                track_id: "TR_a".into(),
+            },
+            ssrc: None,
+        },
+    );
+    assert_eq!(subscribes(&drain(&mut edge)).len(), 1);
+
+    // alice rejoined the origin: a new sid, before the old one's leave arrived.
+    edge.handle_relay_response(
+        t0,
+        "r",
+        update(vec![speaker_info("PA_new", "alice", &["TR_b"], 1)]),
+    );
+    let now = t0 + TICK;
+    edge.handle_timeout(now);
+    let outs = drain(&mut edge);
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Engine(EngineCommand::Unsubscribe { peer, track: t }) if *peer == listener_peer && *t == track
+    )));
+    let seen = updates_for(&outs, listener);
+    assert!(
+        seen.iter()
+            .any(|p| p.sid == "PA_old" && p.state == State::Disconnected as i32)
+    );
+    assert!(seen.iter().any(|p| p.sid == "PA_new"));
+    let room = edge.rooms().find(|r| r.name == "r").unwrap();
+    assert!(!room.participants.contains_key("PA_old"));
+    assert_eq!(room.by_identity("alice").unwrap().sid, "PA_new");
+
+    // A participant of the origin with a local participant's identity is not mirrored.
+    edge.handle_relay_response(
+        now,
+        "r",
+        update(vec![speaker_info("PA_c", "carol", &[], 1)]),
+    );
+    let room = edge.rooms().find(|r| r.name == "r").unwrap();
+    assert!(!room.participants.contains_key("PA_c"));
+    assert_eq!(room.len(), 3, "l1, carol, and alice's mirror");
+}
