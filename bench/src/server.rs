@@ -156,8 +156,25 @@ pub(crate) fn wait_listening(addr: SocketAddr, child: &mut Child) -> Result<(), 
     Ok(())
 }
 
+/// How long a server stopped with SIGTERM may take to exit before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Drop for ServerProcess {
+    /// Stops the server as an operator would, with SIGTERM: a node sharing Redis marks itself
+    /// draining at once, so the next run's token calls never place a room on it while its
+    /// registry record outlives it (a SIGKILLed node stays "alive" there until the record's
+    /// TTL). Killed if it has not exited within [`STOP_TIMEOUT`].
     fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(i32::MAX));
+        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
+            // The harness owns a clock: this bounds a real wait.
+            #[allow(clippy::disallowed_methods)]
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            #[allow(clippy::disallowed_methods)]
+            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.data_dir);
