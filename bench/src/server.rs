@@ -163,7 +163,7 @@ impl Drop for ServerProcess {
     /// Stops the server as an operator would, with SIGTERM: a node sharing Redis marks itself
     /// draining at once, so the next run's token calls never place a room on it while its
     /// registry record outlives it (a SIGKILLed node stays "alive" there until the record's
-    /// TTL). Killed if it has not exited within [`STOP_TIMEOUT`].
+    /// TTL). Killed if it has not exited within `STOP_TIMEOUT`.
     fn drop(&mut self) {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(i32::MAX));
         if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
