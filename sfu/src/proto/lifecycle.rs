@@ -364,17 +364,7 @@ impl Sfu {
         };
         let track = TrackId { peer, mid };
         p.up.insert(mid, track);
-        self.tracks.insert(
-            track,
-            Track {
-                label: label.clone(),
-                muted: false,
-                tapped: false,
-                epoch: 0,
-                relays: Vec::new(),
-                newest: None,
-            },
-        );
+        self.tracks.insert(track, Track::new(label.clone()));
         self.events
             .push_back(Event::TrackPublished { track, label });
     }

@@ -20,6 +20,18 @@ pub(super) struct Track {
 const MAX_COUNTED_GAP: u64 = 1_000;
 
 impl Track {
+    /// A track just published under `label`: unmuted, untapped, with no subscribers yet.
+    pub(super) fn new(label: MediaLabel) -> Track {
+        Track {
+            label,
+            muted: false,
+            tapped: false,
+            epoch: 0,
+            relays: Vec::new(),
+            newest: None,
+        }
+    }
+
     /// Notes packet `seq` of `ssrc`; returns how many packets before it never arrived.
     pub(super) fn lost_before(&mut self, ssrc: u32, seq: u64) -> u64 {
         match self.newest {

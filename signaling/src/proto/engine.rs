@@ -304,23 +304,7 @@ impl Server {
         }
         // Everyone learns of the track before its offer arrives.
         self.broadcast_participant(&room, &psid);
-        // Every auto-subscriber receives it: one engine command for all of them.
-        let subscribers: Vec<SessionId> = self
-            .room_sessions(&room)
-            .into_iter()
-            .filter(|id| *id != session && self.sessions.get(id).is_some_and(|s| s.auto_subscribe))
-            .collect();
-        let peers: Vec<PeerId> = subscribers
-            .into_iter()
-            .filter_map(|sub| self.claim_subscription(sub, track))
-            .collect();
-        if !peers.is_empty() {
-            self.engine(EngineCommand::Subscribe {
-                track,
-                label: Self::track_label(&psid, &tsid),
-                peers,
-            });
-        }
+        self.subscribe_room(&room, track, &psid, &tsid, Some(session));
     }
 
     fn track_unpublished(&mut self, track: TrackId, reason: UnpublishReason) {

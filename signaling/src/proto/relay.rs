@@ -30,7 +30,7 @@ use livekit_protocol::{signal_request, signal_response};
 use stoa_sfu::str0m::change::SdpAnswer;
 use stoa_sfu::{EngineCommand, MediaLabel, PeerId, TrackId};
 
-use super::{Output, Server, ServiceError, SessionId};
+use super::{Output, Server, ServiceError};
 use crate::room::{Participant, PublishedTrack};
 
 /// Identities of relay participants start with this (`node:{edge id}`).
@@ -431,22 +431,7 @@ impl Server {
         }
         for (track, psid, tsid) in ready {
             tracing::info!(room = %room, track = %tsid, "relayed track bound");
-            let sessions: Vec<SessionId> = self
-                .room_sessions(room)
-                .into_iter()
-                .filter(|id| self.sessions.get(id).is_some_and(|s| s.auto_subscribe))
-                .collect();
-            let peers: Vec<PeerId> = sessions
-                .into_iter()
-                .filter_map(|s| self.claim_subscription(s, track))
-                .collect();
-            if !peers.is_empty() {
-                self.engine(EngineCommand::Subscribe {
-                    track,
-                    label: Self::track_label(&psid, &tsid),
-                    peers,
-                });
-            }
+            self.subscribe_room(room, track, &psid, &tsid, None);
         }
     }
 

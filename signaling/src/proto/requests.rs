@@ -363,6 +363,36 @@ impl Server {
         }
     }
 
+    /// Subscribes every auto-subscribing session of `room` but `except` (its publisher) to
+    /// `track`, published by `publisher_sid` as `track_sid`: one engine command for all of them.
+    pub(super) fn subscribe_room(
+        &mut self,
+        room: &str,
+        track: TrackId,
+        publisher_sid: &str,
+        track_sid: &str,
+        except: Option<SessionId>,
+    ) {
+        let sessions: Vec<SessionId> = self
+            .room_sessions(room)
+            .into_iter()
+            .filter(|id| {
+                Some(*id) != except && self.sessions.get(id).is_some_and(|s| s.auto_subscribe)
+            })
+            .collect();
+        let peers: Vec<stoa_sfu::PeerId> = sessions
+            .into_iter()
+            .filter_map(|s| self.claim_subscription(s, track))
+            .collect();
+        if !peers.is_empty() {
+            self.engine(EngineCommand::Subscribe {
+                track,
+                label: Self::track_label(publisher_sid, track_sid),
+                peers,
+            });
+        }
+    }
+
     pub(super) fn unsubscribe(&mut self, session: SessionId, track: TrackId) {
         let Some(s) = self.sessions.get_mut(&session) else {
             return;
