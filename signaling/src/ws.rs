@@ -114,6 +114,13 @@ async fn admit(state: &RtcState, claims: &mut Claims) -> Result<(), Refused> {
         .signaling
         .admit(&claims.video.room, &claims.sub)
         .await?;
+    if claims.video.hidden && claims.sub.starts_with(crate::proto::RELAY_IDENTITY_PREFIX) {
+        // Another node's relay link (a token signed with the cluster's secret): not one of the
+        // application's members, so not its to admit; it only ever subscribes.
+        claims.video.can_publish = Some(false);
+        claims.video.can_publish_data = Some(false);
+        return Ok(());
+    }
     if let Some(admission) = &state.admission
         && let Some(a) = admission.admit(&claims.video.room, &claims.sub).await?
     {

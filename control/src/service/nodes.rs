@@ -37,6 +37,40 @@ impl std::fmt::Debug for NodeState {
 }
 
 impl Control {
+    /// Starts the control plane on `store`, driving `media`, as node `instance` (its id in the
+    /// registry and in members' presence: [`crate::nodes::valid_id`], unique to this process
+    /// start). The binary chooses it, so that its relay links carry the same id.
+    pub fn start_as(
+        store: Arc<dyn crate::store::Store>,
+        media: Arc<dyn crate::media::MediaPlane>,
+        keys: crate::auth::Keys,
+        config: crate::config::ControlConfig,
+        instance: String,
+    ) -> Control {
+        let (events, _) = tokio::sync::broadcast::channel(4096);
+        let fanout = crate::notify::spawn(store.clone(), instance.clone());
+        let inner = Arc::new(super::Inner {
+            store,
+            media,
+            keys,
+            config,
+            instance,
+            events,
+            limits: Mutex::new(std::collections::HashMap::new()),
+            fanout,
+            streams: crate::notify::Streams::default(),
+            hooks: OnceLock::new(),
+            archive: OnceLock::new(),
+            node: NodeState::default(),
+        });
+        tokio::spawn(super::consume(
+            Arc::downgrade(&inner),
+            inner.store.subscribe(),
+        ));
+        tokio::spawn(super::sweep(Arc::downgrade(&inner)));
+        Control { inner }
+    }
+
     /// Takes this node's load for its record from `source` from now on (once).
     pub fn set_load_source(&self, source: Arc<dyn LoadSource>) {
         let _ = self.inner.node.source.set(source);
@@ -115,7 +149,7 @@ impl Control {
     }
 
     /// The living nodes, as read at most [`CACHE_MS`] ago.
-    async fn living(&self) -> Result<Arc<Vec<Node>>, ControlError> {
+    pub(super) async fn living(&self) -> Result<Arc<Vec<Node>>, ControlError> {
         let now = now_ms();
         let cached = self
             .inner
