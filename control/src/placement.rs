@@ -215,28 +215,22 @@ mod tests {
             node("c", 0, 0.0, false),
         ];
         let a = "ws://a.example:7880".to_owned();
-        let b = "ws://b.example:7880".to_owned();
+        let b = ["ws://b.example:7880".to_owned()];
         let id = |n: Option<&Node>| n.map(|n| n.id.clone());
         // Room at the origin: listeners stay there.
         assert_eq!(edge_for(&a, &[], &nodes, 3, 0), None);
         // Full (at capacity): the node with the most headroom, c...
         assert_eq!(id(edge_for(&a, &[], &nodes, 2, 0)).as_deref(), Some("c"));
         // ...unless another node serves the room already and has headroom: b.
-        assert_eq!(
-            id(edge_for(&a, &[b.clone()], &nodes, 2, 0)).as_deref(),
-            Some("b")
-        );
+        assert_eq!(id(edge_for(&a, &b, &nodes, 2, 0)).as_deref(), Some("b"));
         // A full edge is passed over for one with headroom.
         let mut busy = nodes.clone();
         busy[1].load.participants = 2;
-        assert_eq!(
-            id(edge_for(&a, &[b.clone()], &busy, 2, 0)).as_deref(),
-            Some("c")
-        );
+        assert_eq!(id(edge_for(&a, &b, &busy, 2, 0)).as_deref(), Some("c"));
         // Draining, dead and URL-less nodes are no edges; with none left, the origin it is.
         let mut gone = busy.clone();
         gone[2].draining = true;
-        assert_eq!(edge_for(&a, &[b.clone()], &gone, 2, 0), None);
+        assert_eq!(edge_for(&a, &b, &gone, 2, 0), None);
         gone[2].draining = false;
         gone[2].expires_at = 0;
         assert_eq!(edge_for(&a, &[], &gone, 2, 0), None);
