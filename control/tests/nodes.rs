@@ -312,6 +312,36 @@ async fn listeners_of_a_full_origin_go_to_an_edge_which_relays_the_room() {
     assert_eq!(asked, [want.clone(), want]);
     assert!(a.admit(id.as_str(), "lee").await.unwrap().is_some());
 
+    // Connected: lee on the origin, mo and kim on the edge. The origin dies: once its own
+    // members are marked gone, the room moves (to the edge, the one living node) although the
+    // edge's listeners are still connected; the host rejoins there.
+    a.presence(id.as_str(), "lee", true).await;
+    b.presence(id.as_str(), "mo", true).await;
+    b.presence(id.as_str(), "kim", true).await;
+    assert_eq!(b.room(&id).await.unwrap().totals().present, 3);
+    let grant = b.join(&uid("hana"), "Hana", &id).await.unwrap();
+    assert_eq!(
+        grant.media_url.as_deref(),
+        origin,
+        "stays while the origin lives"
+    );
+    drop(a);
+    wait_nodes(&b, "the origin's record expired", |n| n.len() == 1).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while b.room(&id).await.unwrap().totals().present > 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the origin's member still present"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let grant = b.join(&uid("hana"), "Hana", &id).await.unwrap();
+    assert_eq!(
+        grant.media_url.as_deref(),
+        edge,
+        "the room moved to a living node"
+    );
+
     // The edge set goes with the room.
     store.remove_room(&id).await.unwrap();
     assert!(store.room_edges(&id).await.unwrap().is_empty());

@@ -207,16 +207,25 @@ impl Control {
         }
     }
 
-    /// Where room `doc`'s clients connect now: its node, or, when that node is gone (or is
-    /// draining and the room has nobody connected, or the room has none yet), the node with the
-    /// most headroom, which the room then moves to.
+    /// Where room `doc`'s clients connect now: its node (its origin), or, when that node is
+    /// gone (or is draining and the room has nobody connected there, or the room has none
+    /// yet), the node with the most headroom, which the room then moves to. Members connected
+    /// to the room's edges do not keep it on its origin.
     pub(super) async fn media_url_of(&self, doc: &RoomDoc) -> Result<Option<String>, ControlError> {
         let current = doc.room.media_url.clone();
         if self.inner.config.public_url.is_empty() {
             return Ok(current);
         }
         let nodes = self.living().await?;
-        let present = doc.totals().present;
+        // Members connected to other living nodes (the room's edges) do not hold the room on
+        // its origin: should the origin die, the room moves once its own members are gone.
+        let totals = doc.counts();
+        let elsewhere: u32 = nodes
+            .iter()
+            .filter(|n| Some(n.public_url.as_str()) != current.as_deref())
+            .filter_map(|n| totals.instances.get(&n.id))
+            .sum();
+        let present = totals.present.saturating_sub(elsewhere);
         let Some(to) = placement::review(
             current.as_deref(),
             present,
