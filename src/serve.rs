@@ -174,8 +174,8 @@ async fn serve(config: &Config) -> Result<()> {
         crate::recording::Recordings::start(&config.recording, &engine_handle, webhooks.clone())?;
     let recorder = recordings.clone();
     // This node's id: in the registry, in members' presence, and in its relay links' identity
-    // (`node:{id}`), whose tokens are signed with the first configured key, which every node of
-    // a cluster shares.
+    // (`node:{id}`), whose tokens are signed with the first configured key (alphabetical), which
+    // every node of a cluster shares.
     let node_id = stoa_control::nodes::new_id();
     let relay = key_pairs.first().map(|(key, secret)| RelayAuth {
         node: node_id.clone(),
