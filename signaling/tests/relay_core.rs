@@ -660,3 +660,50 @@ fn an_origin_participant_rejoining_under_a_new_sid_replaces_its_mirror() {
     assert!(!room.participants.contains_key("PA_c"));
     assert_eq!(room.len(), 3, "l1, carol, and alice's mirror");
 }
+
+/// The relay peers `outs` asks the engine to create.
+fn relay_peers_created(outs: &[Output]) -> Vec<PeerId> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Engine(EngineCommand::CreateRelayPeer { peer, .. }) => Some(*peer),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn ensure_relay_keeps_a_running_link_and_makes_an_ended_or_moved_one_anew() {
+    let t0 = Instant::now();
+    let mut edge = server(t0);
+    let ensure = |edge: &mut Server, origin: &str| {
+        let op = AdminOp::EnsureRelay {
+            room: "r".into(),
+            origin: origin.into(),
+        };
+        match edge.handle_admin(t0, op).unwrap() {
+            AdminReply::Count(n) => n,
+            other => panic!("{other:?}"),
+        }
+    };
+    // The first admission starts a link; the next ones keep it.
+    assert_eq!(ensure(&mut edge, "ws://127.0.0.1:7880"), 1);
+    let first = relay_peers_created(&drain(&mut edge));
+    assert_eq!(first.len(), 1);
+    assert_eq!(ensure(&mut edge, "ws://127.0.0.1:7880"), 0);
+    assert!(relay_peers_created(&drain(&mut edge)).is_empty());
+    assert_eq!(edge.relayed_rooms().collect::<Vec<_>>(), ["r"]);
+    // The link ends: the next admission makes it again.
+    edge.handle_relay_closed(t0, "r");
+    drain(&mut edge);
+    assert_eq!(edge.relayed_rooms().count(), 0);
+    assert_eq!(ensure(&mut edge, "ws://127.0.0.1:7880"), 1);
+    let second = relay_peers_created(&drain(&mut edge));
+    assert_eq!(second.len(), 1);
+    assert_ne!(second, first, "a new relay peer");
+    // The room moved to another origin: its link is replaced.
+    assert_eq!(ensure(&mut edge, "ws://127.0.0.1:7990"), 1);
+    let third = relay_peers_created(&drain(&mut edge));
+    assert_eq!(third.len(), 1);
+    assert_ne!(third, second);
+    assert_eq!(edge.relayed_rooms().count(), 1);
+}
