@@ -270,6 +270,22 @@ fn edge_mirrors_the_origins_speakers_and_feeds_its_listeners() {
     assert_eq!((subs[0].0, subs[0].2.clone()), (track, vec![late_peer]));
     assert!(updates_for(&outs, late).iter().any(|p| p.sid == "PA_s"));
 
+    // The mirror speaks: the edge's observer (its control plane) is not told, since the
+    // origin reports its own speakers to the room's control plane.
+    edge.handle_engine_event(
+        now,
+        Event::SpeakersChanged(vec![stoa_sfu::proto::speaker::SpeakerLevel {
+            key: track,
+            level: 0.5,
+            active: true,
+        }]),
+    );
+    let outs = drain(&mut edge);
+    assert!(
+        !outs.iter().any(|o| matches!(o, Output::Observe(_))),
+        "{outs:?}"
+    );
+
     // The origin asks for more sections: the relay peer offers again, on the open link.
     edge.handle_relay_response(
         now,
