@@ -242,6 +242,23 @@ fn listeners_of_a_full_origin_go_to_an_edge_and_hear_the_speaker_through_the_rel
         by_url(n, &edge)["listeners"].as_u64() >= Some(2)
     });
     assert_eq!(by_url(&listed, &origin)["participants"], 2, "{listed:?}");
+    // The edge linked itself once, although it admitted two listeners; the origin relays
+    // nothing; the token requests that spilled over were counted.
+    let metric = |addr: SocketAddr, name: &str| {
+        let (status, text) = support::request(addr, "GET", "/metrics", None, None);
+        assert_eq!(status, 200);
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+    };
+    assert_eq!(metric(edge_api, "control_relays_started_total"), Some(1.0));
+    let origin_api = nodes.iter().find(|n| n.url == origin).unwrap().stoa.addr;
+    assert_eq!(metric(origin_api, "control_relays_started_total"), None);
+    let spilled: f64 = nodes
+        .iter()
+        .filter_map(|n| metric(n.stoa.addr, "control_edge_listeners_total"))
+        .sum();
+    // mo, kim, mo again through the edge's API, then mo's and kim's clients.
+    assert_eq!(spilled, 5.0, "listeners counted as sent to the edge");
     // The room counts everyone present, on either node.
     get_until(
         api,
