@@ -271,6 +271,12 @@ async fn listeners_of_a_full_origin_go_to_an_edge_which_relays_the_room() {
         .unwrap();
     let id = doc.room.id.clone();
     assert_eq!(doc.room.media_url.as_deref(), origin);
+    // A second room on the same origin.
+    let other = a
+        .create_room(&host(), new_room("Also here", None, Default::default()))
+        .await
+        .unwrap();
+    assert_eq!(other.room.media_url.as_deref(), origin);
     let grant = a.join(&uid("lee"), "Lee", &id).await.unwrap();
     assert_eq!(grant.media_url.as_deref(), origin, "the origin has room");
 
@@ -298,6 +304,24 @@ async fn listeners_of_a_full_origin_go_to_an_edge_which_relays_the_room() {
         ["ws://b.example:7880"],
         "recorded for every instance"
     );
+    // The second room cannot spill to the same edge: the two relay links from the origin to
+    // the edge would share both nodes' sockets, which engines cannot tell apart. With no
+    // other node, its listener stays on the origin.
+    let grant = b.join(&uid("ola"), "Ola", &other.room.id).await.unwrap();
+    assert_eq!(
+        grant.media_url.as_deref(),
+        origin,
+        "the pair is the first room's"
+    );
+    assert!(store.room_edges(&other.room.id).await.unwrap().is_empty());
+    let (a_url, b_url) = ("ws://a.example:7880", "ws://b.example:7880");
+    let held = store.claim_relay_pair(a_url, b_url, &other.room.id).await;
+    assert_eq!(held.unwrap().as_deref(), Some(id.as_str()));
+    assert_eq!(
+        store.claim_relay_pair(a_url, b_url, &id).await.unwrap(),
+        None
+    );
+
     // The host publishes: always on the origin.
     let grant = b.join(&uid("hana"), "Hana", &id).await.unwrap();
     assert_eq!(grant.media_url.as_deref(), origin);

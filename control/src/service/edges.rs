@@ -5,7 +5,8 @@
 
 use crate::clock::now_ms;
 use crate::error::ControlError;
-use crate::model::{Role, RoomDoc};
+use crate::model::{Role, RoomDoc, RoomId, RoomState, Scope};
+use crate::nodes::Node;
 use crate::placement;
 
 use super::Control;
@@ -28,7 +29,7 @@ impl Control {
         let Some(at) = origin.as_deref() else {
             return Ok(origin);
         };
-        let nodes = self.living().await?;
+        let mut nodes: Vec<Node> = self.living().await?.to_vec();
         let (capacity, now) = (self.inner.config.node_capacity, now_ms());
         // The edges are read only when the origin is full and another node has headroom.
         if placement::edge_for(at, &[], &nodes, capacity, now).is_none() {
@@ -36,15 +37,52 @@ impl Control {
         }
         let id = &doc.room.id;
         let edges = self.inner.store.room_edges(id).await?;
-        let Some(edge) = placement::edge_for(at, &edges, &nodes, capacity, now) else {
-            return Ok(origin);
-        };
-        if !edges.contains(&edge.public_url) {
-            self.inner.store.add_room_edge(id, &edge.public_url).await?;
-            tracing::info!(room = %id, edge = %edge.id, "room spills over to an edge node");
+        // A node another room of this origin relays to cannot take this room too: each try
+        // that finds its pair held by a live room drops that node.
+        while let Some(edge) = placement::edge_for(at, &edges, &nodes, capacity, now) {
+            let url = edge.public_url.clone();
+            if !self.claim_pair(at, &url, id).await? {
+                nodes.retain(|n| n.public_url != url);
+                continue;
+            }
+            if !edges.contains(&url) {
+                self.inner.store.add_room_edge(id, &url).await?;
+                tracing::info!(room = %id, edge = %edge.id, "room spills over to an edge node");
+            }
+            metrics::counter!(crate::telemetry::EDGE_LISTENERS).increment(1);
+            return Ok(Some(url));
         }
-        metrics::counter!(crate::telemetry::EDGE_LISTENERS).increment(1);
-        Ok(Some(edge.public_url.clone()))
+        // Every node with headroom relays another room of this origin: the origin takes the
+        // listener beyond its capacity rather than a link the engines could not tell apart.
+        Ok(origin)
+    }
+
+    /// Claims the relay pair `origin` → `edge` for room `id`; a pair held by a room that ended
+    /// or left `origin` is taken over. Whether `id` may use the pair.
+    async fn claim_pair(
+        &self,
+        origin: &str,
+        edge: &str,
+        id: &RoomId,
+    ) -> Result<bool, ControlError> {
+        let store = &self.inner.store;
+        let Some(holder) = store.claim_relay_pair(origin, edge, id).await? else {
+            return Ok(true);
+        };
+        let live = match RoomId::parse(&holder) {
+            Ok(other) => store
+                .room(&other, &Scope::header())
+                .await?
+                .is_some_and(|d| {
+                    d.room.state == RoomState::Live && d.room.media_url.as_deref() == Some(origin)
+                }),
+            Err(_) => false,
+        };
+        if live {
+            return Ok(false);
+        }
+        store.take_relay_pair(origin, edge, id).await?;
+        Ok(true)
     }
 
     /// After admitting someone into room `doc` on this node: when the room's origin is another
