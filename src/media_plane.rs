@@ -165,6 +165,17 @@ impl MediaPlane for LocalMedia {
             }
         }
     }
+
+    async fn relay(
+        &self,
+        room: &stoa_control::model::RoomId,
+        origin: &str,
+    ) -> Result<bool, MediaError> {
+        self.signaling
+            .ensure_relay(room.as_str(), origin)
+            .await
+            .map_err(media_err)
+    }
 }
 
 /// The control plane deciding who enters its rooms, with which permission.

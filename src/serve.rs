@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use stoa_sfu::shell::{SfuRuntime, SfuSettings, UdpPorts};
 use stoa_signaling::room::RoomLimits;
-use stoa_signaling::service::{ServiceConfig, Signaling, TokenRefresh};
+use stoa_signaling::service::{RelayAuth, ServiceConfig, Signaling, TokenRefresh};
 use stoa_signaling::token::ApiKeys;
 use stoa_signaling::webhook::{Notifier, WebhookConfig, client_tls_config};
 use tokio::net::TcpListener;
@@ -28,6 +28,9 @@ use crate::ops::{self, Draining};
 /// the token it joined with.
 const TOKEN_REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 const TOKEN_REFRESH_TTL: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
+/// How long a relay link's token is valid: it is used once, to join the origin's room.
+const RELAY_TOKEN_TTL: Duration = Duration::from_secs(60);
 
 /// How long running recordings may take to finish their files at shutdown.
 const RECORDER_GRACE: Duration = Duration::from_secs(5);
@@ -170,6 +173,16 @@ async fn serve(config: &Config) -> Result<()> {
     let (recordings, taps, recording_failures) =
         crate::recording::Recordings::start(&config.recording, &engine_handle, webhooks.clone())?;
     let recorder = recordings.clone();
+    // This node's id: in the registry, in members' presence, and in its relay links' identity
+    // (`node:{id}`), whose tokens are signed with the first configured key (alphabetical), which
+    // every node of a cluster shares.
+    let node_id = stoa_control::nodes::new_id();
+    let relay = key_pairs.first().map(|(key, secret)| RelayAuth {
+        node: node_id.clone(),
+        api_key: key.clone(),
+        secret: secret.clone(),
+        ttl: RELAY_TOKEN_TTL,
+    });
     let service = ServiceConfig {
         token_refresh: Some(TokenRefresh {
             keys: keys.clone(),
@@ -181,6 +194,7 @@ async fn serve(config: &Config) -> Result<()> {
         observer: Some(presence_tx),
         recorder: Some(taps),
         room_defaults,
+        relay,
         ..ServiceConfig::default()
     };
     let signaling = Signaling::start(service, engine_handle.clone(), engine_events);
@@ -189,7 +203,7 @@ async fn serve(config: &Config) -> Result<()> {
         .await
         .map_err(|e| anyhow!("control store: {}", e.message))?;
     info!(store = ?config.control.store, "control plane store opened");
-    let control = stoa_control::Control::start(
+    let control = stoa_control::Control::start_as(
         store,
         Arc::new(crate::media_plane::LocalMedia {
             signaling: signaling.clone(),
@@ -198,6 +212,7 @@ async fn serve(config: &Config) -> Result<()> {
         }),
         stoa_control::auth::Keys::new(key_pairs).map_err(|e| anyhow!("{}", e.message))?,
         config.control.clone(),
+        node_id,
     );
     control.set_load_source(Arc::new(crate::node_load::MediaLoad::new(
         signaling.clone(),

@@ -103,6 +103,13 @@ pub trait MediaPlane: Send + Sync + std::fmt::Debug {
     /// Carries out one command. `NotFound` means the participant or room is not on this
     /// media plane, which is normal when several instances share a store.
     async fn apply(&self, command: &MediaCommand) -> Result<(), MediaError>;
+
+    /// Relays `room`'s media from its origin, the node at `origin` (its public URL): this node
+    /// is an edge of the room. Idempotent while the link lives; a link that ended is made
+    /// again. Returns whether a link was started. A media plane that cannot relay ignores it.
+    async fn relay(&self, _room: &RoomId, _origin: &str) -> Result<bool, MediaError> {
+        Ok(false)
+    }
 }
 
 /// A media plane that does nothing (a control plane without media, e.g. in store tests).

@@ -53,6 +53,14 @@ pub trait LoadSource: Send + Sync + std::fmt::Debug {
     async fn load(&self) -> NodeLoad;
 }
 
+/// A new random node id (as [`crate::service::Control::start`] makes one): for a binary that
+/// names its node before starting the control plane ([`crate::service::Control::start_as`]).
+pub fn new_id() -> String {
+    let mut id = [0u8; 5];
+    let _ = getrandom::fill(&mut id);
+    crate::model::base32(&id)
+}
+
 /// Whether `id` can be a node id (what the API accepts before it reaches a key).
 pub fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_alphanumeric())
@@ -87,6 +95,8 @@ mod tests {
     #[test]
     fn ids_are_short_and_alphanumeric() {
         assert!(valid_id("abcd1234"));
+        assert!(valid_id(&new_id()));
+        assert_ne!(new_id(), new_id());
         assert!(!valid_id(""));
         assert!(!valid_id("a:b"));
         assert!(!valid_id(&"a".repeat(33)));

@@ -1,7 +1,8 @@
 //! Where a room's media lives (pure: the node records and `now` are inputs).
 //!
-//! Until media is relayed between nodes, a room lives on one node: every participant of the
-//! room connects to its `media_url`. A room is placed when it is created (or, created without
+//! A room lives on one node, its origin: its speakers and, while the origin has headroom,
+//! its listeners connect to its `media_url`. Listeners of a room whose origin is full go to
+//! an edge ([`edge_for`]), which relays the room's media from the origin. A room is placed when it is created (or, created without
 //! a node, at its first token request) on the living, non-draining node with the most
 //! headroom; it stays there while that node lives. At a token request, a room with nobody
 //! connected whose node is gone (its record expired) or draining moves to the node with the
@@ -70,6 +71,39 @@ pub fn review(
     }
     let to = choose(nodes, capacity, now)?;
     (current != Some(to.public_url.as_str())).then(|| to.public_url.clone())
+}
+
+/// Where a listener of a room whose origin is `origin` (its node's URL) goes when the origin
+/// is full: `Some(node)`, another living, non-draining node with headroom, preferring one of
+/// `edges` (the URLs of nodes already serving the room, so that a room spreads over few
+/// nodes), else the one with the most headroom; `None` sends the listener to the origin (it
+/// has room, its record is unknown, or no other node has headroom). Speakers never come here:
+/// they publish on the origin.
+pub fn edge_for<'a>(
+    origin: &str,
+    edges: &[String],
+    nodes: &'a [Node],
+    capacity: u64,
+    now: u64,
+) -> Option<&'a Node> {
+    let home = nodes
+        .iter()
+        .find(|n| n.public_url == origin && n.expires_at > now)?;
+    if load(home, capacity) < 1.0 {
+        return None;
+    }
+    let open: Vec<Node> = nodes
+        .iter()
+        .filter(|n| n.public_url != origin && eligible(n, now) && load(n, capacity) < 1.0)
+        .cloned()
+        .collect();
+    let serving: Vec<Node> = open
+        .iter()
+        .filter(|n| edges.contains(&n.public_url))
+        .cloned()
+        .collect();
+    let best = choose(&serving, capacity, now).or_else(|| choose(&open, capacity, now))?;
+    nodes.iter().find(|n| n.id == best.id)
 }
 
 #[cfg(test)]
@@ -171,6 +205,53 @@ mod tests {
             review(Some(a), 0, &nodes, 1000, 0).as_deref(),
             Some("ws://b.example:7880")
         );
+    }
+
+    #[test]
+    fn listeners_of_a_full_origin_go_to_an_edge_with_headroom() {
+        let nodes = [
+            node("a", 2, 0.1, false),
+            node("b", 1, 0.1, false),
+            node("c", 0, 0.0, false),
+        ];
+        let a = "ws://a.example:7880".to_owned();
+        let b = ["ws://b.example:7880".to_owned()];
+        let id = |n: Option<&Node>| n.map(|n| n.id.clone());
+        // Room at the origin: listeners stay there.
+        assert_eq!(edge_for(&a, &[], &nodes, 3, 0), None);
+        // Full (at capacity): the node with the most headroom, c...
+        assert_eq!(id(edge_for(&a, &[], &nodes, 2, 0)).as_deref(), Some("c"));
+        // ...unless another node serves the room already and has headroom: b.
+        assert_eq!(id(edge_for(&a, &b, &nodes, 2, 0)).as_deref(), Some("b"));
+        // A full edge is passed over for one with headroom.
+        let mut busy = nodes.clone();
+        busy[1].load.participants = 2;
+        assert_eq!(id(edge_for(&a, &b, &busy, 2, 0)).as_deref(), Some("c"));
+        // Draining, dead and URL-less nodes are no edges; with none left, the origin it is.
+        let mut gone = busy.clone();
+        gone[2].draining = true;
+        assert_eq!(edge_for(&a, &b, &gone, 2, 0), None);
+        gone[2].draining = false;
+        gone[2].expires_at = 0;
+        assert_eq!(edge_for(&a, &[], &gone, 2, 0), None);
+        gone[2].expires_at = 10_000;
+        gone[2].public_url.clear();
+        assert_eq!(edge_for(&a, &[], &gone, 2, 0), None);
+        // CPU counts as load too.
+        let mut hot = nodes.clone();
+        hot[0].load.cpu = 1.0;
+        assert_eq!(id(edge_for(&a, &[], &hot, 100, 0)).as_deref(), Some("c"));
+        // An origin whose record is unknown or expired is the review's business, not an
+        // edge's: listeners are sent there as before.
+        assert_eq!(edge_for("ws://x.example:7880", &[], &nodes, 2, 0), None);
+        assert_eq!(edge_for(&a, &[], &nodes, 2, 10_000), None);
+        // Every instance chooses alike: ties as for rooms (fewer rooms, then the smaller id).
+        let tie = [
+            node("a", 5, 0.0, false),
+            node("d", 0, 0.0, false),
+            node("c", 0, 0.0, false),
+        ];
+        assert_eq!(id(edge_for(&a, &[], &tie, 2, 0)).as_deref(), Some("c"));
     }
 
     #[test]

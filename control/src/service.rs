@@ -20,6 +20,7 @@ use crate::schedule::Schedule;
 use crate::store::{AudiencePage, AuditEntry, Follow, Store};
 use crate::view::{self, RoomView};
 
+mod edges;
 mod invitations;
 mod nodes;
 mod replay;
@@ -188,35 +189,14 @@ pub struct Grant {
 }
 
 impl Control {
-    /// Starts the control plane on `store`, driving `media`.
+    /// Starts the control plane on `store`, driving `media`, with a random instance id.
     pub fn start(
         store: Arc<dyn Store>,
         media: Arc<dyn MediaPlane>,
         keys: Keys,
         config: ControlConfig,
     ) -> Control {
-        let mut id = [0u8; 5];
-        let _ = getrandom::fill(&mut id);
-        let (events, _) = broadcast::channel(4096);
-        let instance = model::base32(&id);
-        let fanout = crate::notify::spawn(store.clone(), instance.clone());
-        let inner = Arc::new(Inner {
-            store,
-            media,
-            keys,
-            config,
-            instance,
-            events,
-            limits: Mutex::new(HashMap::new()),
-            fanout,
-            streams: crate::notify::Streams::default(),
-            hooks: std::sync::OnceLock::new(),
-            archive: std::sync::OnceLock::new(),
-            node: nodes::NodeState::default(),
-        });
-        tokio::spawn(consume(Arc::downgrade(&inner), inner.store.subscribe()));
-        tokio::spawn(sweep(Arc::downgrade(&inner)));
-        Control { inner }
+        Control::start_as(store, media, keys, config, crate::nodes::new_id())
     }
 
     /// Sends control-plane events to the app's backend as webhooks through `sink` from now on
@@ -976,7 +956,7 @@ impl Control {
             token,
             role,
             identity: user.clone(),
-            media_url: self.media_url_of(&doc).await?,
+            media_url: self.media_url_for(&doc, role, can_publish).await?,
         })
     }
 
@@ -1106,6 +1086,7 @@ impl Control {
             {
                 tracing::warn!(room = %id, error = %e, "media room not created");
             }
+            self.relay_if_edge(&doc).await;
         }
         match view {
             Some(view) => Ok(Some(view)),

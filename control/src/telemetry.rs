@@ -43,6 +43,11 @@ pub const NODE_LOAD: &str = "control_node_load";
 /// Rooms placed on a node at a token request: their node had died or was draining, or they
 /// had none.
 pub const ROOMS_PLACED: &str = "control_rooms_placed_total";
+/// Listeners sent to an edge (another node than their room's origin, which was full).
+pub const EDGE_LISTENERS: &str = "control_edge_listeners_total";
+/// Relay links this node started to rooms' origins (an edge's first admission, or the next
+/// one after a link ended).
+pub const RELAYS_STARTED: &str = "control_relays_started_total";
 
 /// Clips cut from recordings.
 pub const CLIPS: &str = "control_clips_total";
@@ -111,6 +116,16 @@ pub fn describe() {
         ROOMS_PLACED,
         Unit::Count,
         "Rooms placed on another node at a token request (their node died, drained, or none)"
+    );
+    describe_counter!(
+        EDGE_LISTENERS,
+        Unit::Count,
+        "Listeners sent to an edge node at a token request (their room's origin was full)"
+    );
+    describe_counter!(
+        RELAYS_STARTED,
+        Unit::Count,
+        "Relay links this node started to a room's origin"
     );
     describe_counter!(
         AUDIO_BYTES,

@@ -214,3 +214,159 @@ async fn without_a_public_url_rooms_have_no_node() {
         .unwrap();
     assert_eq!(grant.media_url, None, "clients use the host they asked");
 }
+
+/// A media plane that records which rooms it was asked to relay, and from where.
+#[derive(Debug, Default)]
+struct Relays(std::sync::Mutex<Vec<(String, String)>>);
+
+#[async_trait::async_trait]
+impl stoa_control::media::MediaPlane for Relays {
+    async fn apply(
+        &self,
+        _command: &stoa_control::media::MediaCommand,
+    ) -> Result<(), stoa_control::media::MediaError> {
+        Ok(())
+    }
+
+    async fn relay(
+        &self,
+        room: &stoa_control::model::RoomId,
+        origin: &str,
+    ) -> Result<bool, stoa_control::media::MediaError> {
+        let mut asked = self.0.lock().unwrap();
+        asked.push((room.to_string(), origin.to_owned()));
+        Ok(asked.len() == 1)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_of_a_full_origin_go_to_an_edge_which_relays_the_room() {
+    let redis = RedisServer::start();
+    let connect = async || {
+        let store: Arc<dyn Store> =
+            Arc::new(RedisStore::connect(&redis.url, "stoa:").await.unwrap());
+        store
+    };
+    let (a_load, b_load) = (Arc::new(Load::default()), Arc::new(Load::default()));
+    b_load.0.store(50, Ordering::Relaxed);
+    let a = start(connect().await, "ws://a.example:7880", &a_load);
+    let keys = Keys::new(vec![("k".into(), "s".into())]).unwrap();
+    let media = Arc::new(Relays::default());
+    let config = ControlConfig {
+        presence_ttl: 1,
+        public_url: "ws://b.example:7880".into(),
+        node_capacity: 100,
+        ..ControlConfig::default()
+    };
+    let b = Control::start(connect().await, media.clone(), keys, config);
+    b.set_load_source(b_load.clone());
+    wait_nodes(&a, "both records", |n| {
+        n.len() == 2 && n.iter().any(|n| n.load.participants == 50)
+    })
+    .await;
+    let origin = Some("ws://a.example:7880");
+    let doc = a
+        .create_room(&host(), new_room("Spills", None, Default::default()))
+        .await
+        .unwrap();
+    let id = doc.room.id.clone();
+    assert_eq!(doc.room.media_url.as_deref(), origin);
+    // A second room on the same origin.
+    let other = a
+        .create_room(&host(), new_room("Also here", None, Default::default()))
+        .await
+        .unwrap();
+    assert_eq!(other.room.media_url.as_deref(), origin);
+    let grant = a.join(&uid("lee"), "Lee", &id).await.unwrap();
+    assert_eq!(grant.media_url.as_deref(), origin, "the origin has room");
+
+    // The origin fills up (its load at capacity); the other node has headroom.
+    a_load.0.store(100, Ordering::Relaxed);
+    b_load.0.store(0, Ordering::Relaxed);
+    wait_nodes(&b, "the origin full", |n| {
+        n.len() == 2 && n.iter().any(|n| n.load.participants == 100)
+    })
+    .await;
+    wait_nodes(&a, "the origin full", |n| {
+        n.iter().any(|n| n.load.participants == 100)
+    })
+    .await;
+    let store = connect().await;
+    assert!(store.room_edges(&id).await.unwrap().is_empty());
+    let edge = Some("ws://b.example:7880");
+    for (control, user) in [(&a, "mo"), (&b, "kim")] {
+        let grant = control.join(&uid(user), user, &id).await.unwrap();
+        assert_eq!(grant.media_url.as_deref(), edge, "{user} spills over");
+        assert_eq!(grant.role, stoa_control::model::Role::Listener);
+    }
+    assert_eq!(
+        store.room_edges(&id).await.unwrap(),
+        ["ws://b.example:7880"],
+        "recorded for every instance"
+    );
+    // The second room cannot spill to the same edge: the two relay links from the origin to
+    // the edge would share both nodes' sockets, which engines cannot tell apart. With no
+    // other node, its listener stays on the origin.
+    let grant = b.join(&uid("ola"), "Ola", &other.room.id).await.unwrap();
+    assert_eq!(
+        grant.media_url.as_deref(),
+        origin,
+        "the pair is the first room's"
+    );
+    assert!(store.room_edges(&other.room.id).await.unwrap().is_empty());
+    let (a_url, b_url) = ("ws://a.example:7880", "ws://b.example:7880");
+    let held = store.claim_relay_pair(a_url, b_url, &other.room.id).await;
+    assert_eq!(held.unwrap().as_deref(), Some(id.as_str()));
+    assert_eq!(
+        store.claim_relay_pair(a_url, b_url, &id).await.unwrap(),
+        None
+    );
+
+    // The host publishes: always on the origin.
+    let grant = b.join(&uid("hana"), "Hana", &id).await.unwrap();
+    assert_eq!(grant.media_url.as_deref(), origin);
+
+    // Admitted on the edge, a listener makes it relay the room from the origin (the media
+    // plane keeps one link: asked again, it says so); on the origin nothing is relayed.
+    for user in ["mo", "kim"] {
+        assert!(b.admit(id.as_str(), user).await.unwrap().is_some());
+    }
+    let asked = media.0.lock().unwrap().clone();
+    let want = (id.to_string(), "ws://a.example:7880".to_owned());
+    assert_eq!(asked, [want.clone(), want]);
+    assert!(a.admit(id.as_str(), "lee").await.unwrap().is_some());
+
+    // Connected: lee on the origin, mo and kim on the edge. The origin dies: once its own
+    // members are marked gone, the room moves (to the edge, the one living node) although the
+    // edge's listeners are still connected; the host rejoins there.
+    a.presence(id.as_str(), "lee", true).await;
+    b.presence(id.as_str(), "mo", true).await;
+    b.presence(id.as_str(), "kim", true).await;
+    assert_eq!(b.room(&id).await.unwrap().totals().present, 3);
+    let grant = b.join(&uid("hana"), "Hana", &id).await.unwrap();
+    assert_eq!(
+        grant.media_url.as_deref(),
+        origin,
+        "stays while the origin lives"
+    );
+    drop(a);
+    wait_nodes(&b, "the origin's record expired", |n| n.len() == 1).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while b.room(&id).await.unwrap().totals().present > 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the origin's member still present"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let grant = b.join(&uid("hana"), "Hana", &id).await.unwrap();
+    assert_eq!(
+        grant.media_url.as_deref(),
+        edge,
+        "the room moved to a living node"
+    );
+
+    // The edge set goes with the room.
+    store.remove_room(&id).await.unwrap();
+    assert!(store.room_edges(&id).await.unwrap().is_empty());
+}

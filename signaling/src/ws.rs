@@ -108,12 +108,27 @@ pub trait Admission: Send + Sync {
     fn admit<'a>(&'a self, room: &'a str, identity: &'a str) -> AdmissionFuture<'a>;
 }
 
+/// Whether `claims` are another node's relay link's (hidden, a relay identity: a token signed
+/// with the cluster's secret), which is no member of the application's, so not its to admit;
+/// if so, they are made to subscribe only, whatever the token says.
+fn relay_only(claims: &mut Claims) -> bool {
+    let relay = claims.video.hidden && claims.sub.starts_with(crate::proto::RELAY_IDENTITY_PREFIX);
+    if relay {
+        claims.video.can_publish = Some(false);
+        claims.video.can_publish_data = Some(false);
+    }
+    relay
+}
+
 /// Runs both checks, applying the application's decision to the claims.
 async fn admit(state: &RtcState, claims: &mut Claims) -> Result<(), Refused> {
     state
         .signaling
         .admit(&claims.video.room, &claims.sub)
         .await?;
+    if relay_only(claims) {
+        return Ok(());
+    }
     if let Some(admission) = &state.admission
         && let Some(a) = admission.admit(&claims.video.room, &claims.sub).await?
     {
@@ -408,6 +423,26 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn relay_links_skip_the_application_and_only_subscribe() {
+        let mut relay = crate::token::relay_claims("abc123", "room");
+        relay.video.can_publish = Some(true);
+        relay.video.can_publish_data = Some(true);
+        assert!(relay_only(&mut relay));
+        assert_eq!(relay.video.can_publish, Some(false));
+        assert_eq!(relay.video.can_publish_data, Some(false));
+        assert_eq!(relay.video.can_subscribe, Some(true));
+        // A relay identity that is not hidden, or a hidden member, goes to the application.
+        let mut shown = crate::token::relay_claims("abc123", "room");
+        shown.video.hidden = false;
+        shown.video.can_publish = Some(true);
+        assert!(!relay_only(&mut shown));
+        assert_eq!(shown.video.can_publish, Some(true));
+        let mut hidden = crate::token::relay_claims("abc123", "room");
+        hidden.sub = "ann".into();
+        assert!(!relay_only(&mut hidden));
+    }
 
     #[test]
     fn bucket_allows_bursts_then_the_sustained_rate() {

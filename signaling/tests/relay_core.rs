@@ -270,6 +270,22 @@ fn edge_mirrors_the_origins_speakers_and_feeds_its_listeners() {
     assert_eq!((subs[0].0, subs[0].2.clone()), (track, vec![late_peer]));
     assert!(updates_for(&outs, late).iter().any(|p| p.sid == "PA_s"));
 
+    // The mirror speaks: the edge's observer (its control plane) is not told, since the
+    // origin reports its own speakers to the room's control plane.
+    edge.handle_engine_event(
+        now,
+        Event::SpeakersChanged(vec![stoa_sfu::proto::speaker::SpeakerLevel {
+            key: track,
+            level: 0.5,
+            active: true,
+        }]),
+    );
+    let outs = drain(&mut edge);
+    assert!(
+        !outs.iter().any(|o| matches!(o, Output::Observe(_))),
+        "{outs:?}"
+    );
+
     // The origin asks for more sections: the relay peer offers again, on the open link.
     edge.handle_relay_response(
         now,
@@ -659,4 +675,51 @@ fn an_origin_participant_rejoining_under_a_new_sid_replaces_its_mirror() {
     let room = edge.rooms().find(|r| r.name == "r").unwrap();
     assert!(!room.participants.contains_key("PA_c"));
     assert_eq!(room.len(), 3, "l1, carol, and alice's mirror");
+}
+
+/// The relay peers `outs` asks the engine to create.
+fn relay_peers_created(outs: &[Output]) -> Vec<PeerId> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Engine(EngineCommand::CreateRelayPeer { peer, .. }) => Some(*peer),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn ensure_relay_keeps_a_running_link_and_makes_an_ended_or_moved_one_anew() {
+    let t0 = Instant::now();
+    let mut edge = server(t0);
+    let ensure = |edge: &mut Server, origin: &str| {
+        let op = AdminOp::EnsureRelay {
+            room: "r".into(),
+            origin: origin.into(),
+        };
+        match edge.handle_admin(t0, op).unwrap() {
+            AdminReply::Count(n) => n,
+            other => panic!("{other:?}"),
+        }
+    };
+    // The first admission starts a link; the next ones keep it.
+    assert_eq!(ensure(&mut edge, "ws://127.0.0.1:7880"), 1);
+    let first = relay_peers_created(&drain(&mut edge));
+    assert_eq!(first.len(), 1);
+    assert_eq!(ensure(&mut edge, "ws://127.0.0.1:7880"), 0);
+    assert!(relay_peers_created(&drain(&mut edge)).is_empty());
+    assert_eq!(edge.relayed_rooms().collect::<Vec<_>>(), ["r"]);
+    // The link ends: the next admission makes it again.
+    edge.handle_relay_closed(t0, "r");
+    drain(&mut edge);
+    assert_eq!(edge.relayed_rooms().count(), 0);
+    assert_eq!(ensure(&mut edge, "ws://127.0.0.1:7880"), 1);
+    let second = relay_peers_created(&drain(&mut edge));
+    assert_eq!(second.len(), 1);
+    assert_ne!(second, first, "a new relay peer");
+    // The room moved to another origin: its link is replaced.
+    assert_eq!(ensure(&mut edge, "ws://127.0.0.1:7990"), 1);
+    let third = relay_peers_created(&drain(&mut edge));
+    assert_eq!(third.len(), 1);
+    assert_ne!(third, second);
+    assert_eq!(edge.relayed_rooms().count(), 1);
 }

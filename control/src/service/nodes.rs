@@ -37,6 +37,40 @@ impl std::fmt::Debug for NodeState {
 }
 
 impl Control {
+    /// Starts the control plane on `store`, driving `media`, as node `instance` (its id in the
+    /// registry and in members' presence: [`crate::nodes::valid_id`], unique to this process
+    /// start). The binary chooses it, so that its relay links carry the same id.
+    pub fn start_as(
+        store: Arc<dyn crate::store::Store>,
+        media: Arc<dyn crate::media::MediaPlane>,
+        keys: crate::auth::Keys,
+        config: crate::config::ControlConfig,
+        instance: String,
+    ) -> Control {
+        let (events, _) = tokio::sync::broadcast::channel(4096);
+        let fanout = crate::notify::spawn(store.clone(), instance.clone());
+        let inner = Arc::new(super::Inner {
+            store,
+            media,
+            keys,
+            config,
+            instance,
+            events,
+            limits: Mutex::new(std::collections::HashMap::new()),
+            fanout,
+            streams: crate::notify::Streams::default(),
+            hooks: OnceLock::new(),
+            archive: OnceLock::new(),
+            node: NodeState::default(),
+        });
+        tokio::spawn(super::consume(
+            Arc::downgrade(&inner),
+            inner.store.subscribe(),
+        ));
+        tokio::spawn(super::sweep(Arc::downgrade(&inner)));
+        Control { inner }
+    }
+
     /// Takes this node's load for its record from `source` from now on (once).
     pub fn set_load_source(&self, source: Arc<dyn LoadSource>) {
         let _ = self.inner.node.source.set(source);
@@ -115,7 +149,7 @@ impl Control {
     }
 
     /// The living nodes, as read at most [`CACHE_MS`] ago.
-    async fn living(&self) -> Result<Arc<Vec<Node>>, ControlError> {
+    pub(super) async fn living(&self) -> Result<Arc<Vec<Node>>, ControlError> {
         let now = now_ms();
         let cached = self
             .inner
@@ -173,16 +207,25 @@ impl Control {
         }
     }
 
-    /// Where room `doc`'s clients connect now: its node, or, when that node is gone (or is
-    /// draining and the room has nobody connected, or the room has none yet), the node with the
-    /// most headroom, which the room then moves to.
+    /// Where room `doc`'s clients connect now: its node (its origin), or, when that node is
+    /// gone (or is draining and the room has nobody connected there, or the room has none
+    /// yet), the node with the most headroom, which the room then moves to. Members connected
+    /// to the room's edges do not keep it on its origin.
     pub(super) async fn media_url_of(&self, doc: &RoomDoc) -> Result<Option<String>, ControlError> {
         let current = doc.room.media_url.clone();
         if self.inner.config.public_url.is_empty() {
             return Ok(current);
         }
         let nodes = self.living().await?;
-        let present = doc.totals().present;
+        // Members connected to other living nodes (the room's edges) do not hold the room on
+        // its origin: should the origin die, the room moves once its own members are gone.
+        let totals = doc.counts();
+        let elsewhere: u32 = nodes
+            .iter()
+            .filter(|n| Some(n.public_url.as_str()) != current.as_deref())
+            .filter_map(|n| totals.instances.get(&n.id))
+            .sum();
+        let present = totals.present.saturating_sub(elsewhere);
         let Some(to) = placement::review(
             current.as_deref(),
             present,

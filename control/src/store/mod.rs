@@ -281,6 +281,42 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// lives. Forgotten with the node.
     async fn drain_node(&self, id: &str, on: bool) -> Result<(), ControlError>;
 
+    /// The public URLs of the nodes serving room `id` as edges (carrying listeners while its
+    /// origin is full), as [`Store::add_room_edge`] recorded them, in any order. A store with
+    /// one node has none.
+    async fn room_edges(&self, _id: &RoomId) -> Result<Vec<String>, ControlError> {
+        Ok(Vec::new())
+    }
+
+    /// Records that the node at `url` serves room `id` as an edge, so that every instance
+    /// sends the room's next spilled listeners there too. Forgotten with the room.
+    async fn add_room_edge(&self, _id: &RoomId, _url: &str) -> Result<(), ControlError> {
+        Ok(())
+    }
+
+    /// Claims the relay link from the node at `origin` to the node at `edge` for room `id`:
+    /// engines tell relay links apart by their sockets, so one pair of nodes carries one room's
+    /// relay at a time. `None` when `id` holds the pair now (just claimed, or its already),
+    /// else the id of the room holding it. A store with one node has no pairs.
+    async fn claim_relay_pair(
+        &self,
+        _origin: &str,
+        _edge: &str,
+        _id: &RoomId,
+    ) -> Result<Option<String>, ControlError> {
+        Ok(None)
+    }
+
+    /// Gives the pair to room `id` whatever holds it (its holder ended or left the origin).
+    async fn take_relay_pair(
+        &self,
+        _origin: &str,
+        _edge: &str,
+        _id: &RoomId,
+    ) -> Result<(), ControlError> {
+        Ok(())
+    }
+
     /// Sends a command's outcome to every instance (this one included).
     async fn publish(&self, message: &BusMessage) -> Result<(), ControlError>;
 

@@ -43,6 +43,8 @@
 //! expired). So concurrent approvals and lowered hands never lose an update, a busy room does
 //! not starve its writers, and a join costs the same few commands whatever the room's size.
 
+mod edges;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -969,6 +971,7 @@ impl Store for RedisStore {
             pipe.del(self.key(&format!("clip:{c}"))).ignore();
         }
         pipe.del(self.key(&format!("room:{id}:clips"))).ignore();
+        pipe.del(edges::key(self, id)).ignore();
         pipe.del(&[self.index_key(id, "stage"), self.index_key(id, "audience")])
             .ignore();
         for state in STATES {
@@ -1440,6 +1443,32 @@ impl Store for RedisStore {
             con.srem::<_, _, ()>(key, id).await
         }
         .map_err(redis_err)
+    }
+
+    async fn room_edges(&self, id: &RoomId) -> Result<Vec<String>, ControlError> {
+        edges::read(self, id).await
+    }
+
+    async fn add_room_edge(&self, id: &RoomId, url: &str) -> Result<(), ControlError> {
+        edges::add(self, id, url).await
+    }
+
+    async fn claim_relay_pair(
+        &self,
+        origin: &str,
+        edge: &str,
+        id: &RoomId,
+    ) -> Result<Option<String>, ControlError> {
+        edges::claim_pair(self, origin, edge, id).await
+    }
+
+    async fn take_relay_pair(
+        &self,
+        origin: &str,
+        edge: &str,
+        id: &RoomId,
+    ) -> Result<(), ControlError> {
+        edges::take_pair(self, origin, edge, id).await
     }
 
     async fn publish(&self, message: &BusMessage) -> Result<(), ControlError> {

@@ -112,6 +112,16 @@ pub enum AdminOp {
         /// The origin's base URL, as clients would connect to it (`ws(s)://` or `http(s)://`).
         origin: String,
     },
+    /// Relay the room from `origin` unless it has a link to that origin already (what an
+    /// admission on an edge asks, at every join: idempotent while the link lives; a link that
+    /// ended, or one to another origin, is made anew). Answers `Count(1)` when it started a
+    /// link, `Count(0)` when it kept the one it had.
+    EnsureRelay {
+        /// The room (the same name on both nodes).
+        room: String,
+        /// The origin's base URL (as for `RelayFrom`).
+        origin: String,
+    },
     /// Stop relaying the room: its mirror participants leave.
     StopRelay {
         /// The room.
@@ -138,6 +148,7 @@ impl AdminOp {
             | AdminOp::UpdateSubscriptions { room, .. }
             | AdminOp::SetRecording { room, .. }
             | AdminOp::RelayFrom { room, .. }
+            | AdminOp::EnsureRelay { room, .. }
             | AdminOp::StopRelay { room } => Some(room),
             AdminOp::ListRooms { .. } | AdminOp::AskToLeave | AdminOp::Drain => None,
         }
@@ -314,6 +325,10 @@ impl Server {
             AdminOp::RelayFrom { room, origin } => {
                 self.relay_from(&room, origin)?;
                 Ok(AdminReply::Done)
+            }
+            AdminOp::EnsureRelay { room, origin } => {
+                let started = self.ensure_relay(&room, origin)?;
+                Ok(AdminReply::Count(usize::from(started)))
             }
             AdminOp::StopRelay { room } => {
                 if !self.relayed_rooms().any(|r| r == room) {

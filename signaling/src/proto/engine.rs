@@ -351,10 +351,14 @@ impl Server {
 
     fn speakers_changed(&mut self, levels: Vec<stoa_sfu::proto::speaker::SpeakerLevel<TrackId>>) {
         let mut by_room: BTreeMap<String, Vec<lk::SpeakerInfo>> = BTreeMap::new();
+        // Mirrors of the origin's speakers: announced here, reported to the observer by the
+        // origin only.
+        let mut mirrored: Vec<String> = Vec::new();
         for level in levels {
             if let Some((psid, _)) = self.relayed_track(level.key) {
                 // A speaker of the origin, heard through the relay.
                 if let Some(room) = self.relay_room(level.key.peer) {
+                    mirrored.push(psid.clone());
                     by_room
                         .entry(room.to_owned())
                         .or_default()
@@ -382,7 +386,12 @@ impl Server {
                 });
         }
         for (room, speakers) in by_room {
-            self.observe_speakers(&room, &speakers);
+            let local: Vec<lk::SpeakerInfo> = speakers
+                .iter()
+                .filter(|s| !mirrored.contains(&s.sid))
+                .cloned()
+                .collect();
+            self.observe_speakers(&room, &local);
             if let Some(r) = self.rooms.get_mut(&room) {
                 for s in &speakers {
                     if s.active {

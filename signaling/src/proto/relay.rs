@@ -143,6 +143,20 @@ impl Server {
         Ok(())
     }
 
+    /// Relays `room` from `origin` unless a link to that origin is running: returns whether it
+    /// started one.
+    pub(super) fn ensure_relay(
+        &mut self,
+        room: &str,
+        origin: String,
+    ) -> Result<bool, ServiceError> {
+        if self.relays.get(room).is_some_and(|l| l.origin == origin) {
+            return Ok(false);
+        }
+        self.relay_from(room, origin)?;
+        Ok(true)
+    }
+
     /// The room a relay peer feeds, if `peer` is one.
     pub(super) fn relay_room(&self, peer: PeerId) -> Option<&str> {
         self.relay_peers.get(&peer).map(String::as_str)

@@ -25,6 +25,19 @@ impl Signaling {
         self.admin(op).await.map(|_| ())
     }
 
+    /// Relay `room` from `origin` unless a link to that origin runs already (idempotent while
+    /// the link lives; a link that ended is made again). Returns whether it started a link.
+    pub async fn ensure_relay(&self, room: &str, origin: &str) -> Result<bool, ServiceError> {
+        let op = AdminOp::EnsureRelay {
+            room: room.to_owned(),
+            origin: origin.to_owned(),
+        };
+        match self.admin(op).await? {
+            AdminReply::Count(n) => Ok(n > 0),
+            _ => Err(mismatch()),
+        }
+    }
+
     /// Stop relaying `room`: the origin's participants leave it here.
     pub async fn stop_relay(&self, room: &str) -> Result<(), ServiceError> {
         let op = AdminOp::StopRelay {

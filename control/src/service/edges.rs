@@ -1,0 +1,110 @@
+//! Rooms larger than a node: listeners of a room whose origin (its node) is full are sent to
+//! an edge ([`crate::placement::edge_for`] decides, the store remembers the room's edges so
+//! that every instance sends them alike), and a node admitting someone into a room whose
+//! origin is another node relays the room from there.
+
+use crate::clock::now_ms;
+use crate::error::ControlError;
+use crate::model::{Role, RoomDoc, RoomId, RoomState, Scope};
+use crate::nodes::Node;
+use crate::placement;
+
+use super::Control;
+
+impl Control {
+    /// Where a member of room `doc` with `role` connects: the room's origin
+    /// ([`Control::media_url_of`]), or for a listener who may not publish while the origin is
+    /// full, an edge with headroom, recorded as one of the room's edges.
+    pub(super) async fn media_url_for(
+        &self,
+        doc: &RoomDoc,
+        role: Role,
+        can_publish: bool,
+    ) -> Result<Option<String>, ControlError> {
+        let origin = self.media_url_of(doc).await?;
+        // Whoever may publish publishes on the origin: an edge relays one way only.
+        if role.on_stage() || can_publish || self.inner.config.public_url.is_empty() {
+            return Ok(origin);
+        }
+        let Some(at) = origin.as_deref() else {
+            return Ok(origin);
+        };
+        let mut nodes: Vec<Node> = self.living().await?.to_vec();
+        let (capacity, now) = (self.inner.config.node_capacity, now_ms());
+        // The edges are read only when the origin is full and another node has headroom.
+        if placement::edge_for(at, &[], &nodes, capacity, now).is_none() {
+            return Ok(origin);
+        }
+        let id = &doc.room.id;
+        let edges = self.inner.store.room_edges(id).await?;
+        // A node another room of this origin relays to cannot take this room too: each try
+        // that finds its pair held by a live room drops that node.
+        while let Some(edge) = placement::edge_for(at, &edges, &nodes, capacity, now) {
+            let url = edge.public_url.clone();
+            if !self.claim_pair(at, &url, id).await? {
+                nodes.retain(|n| n.public_url != url);
+                continue;
+            }
+            if !edges.contains(&url) {
+                self.inner.store.add_room_edge(id, &url).await?;
+                tracing::info!(room = %id, edge = %edge.id, "room spills over to an edge node");
+            }
+            metrics::counter!(crate::telemetry::EDGE_LISTENERS).increment(1);
+            return Ok(Some(url));
+        }
+        // Every node with headroom relays another room of this origin: the origin takes the
+        // listener beyond its capacity rather than a link the engines could not tell apart.
+        Ok(origin)
+    }
+
+    /// Claims the relay pair `origin` → `edge` for room `id`; a pair held by a room that ended
+    /// or left `origin` is taken over. Whether `id` may use the pair.
+    async fn claim_pair(
+        &self,
+        origin: &str,
+        edge: &str,
+        id: &RoomId,
+    ) -> Result<bool, ControlError> {
+        let store = &self.inner.store;
+        let Some(holder) = store.claim_relay_pair(origin, edge, id).await? else {
+            return Ok(true);
+        };
+        let live = match RoomId::parse(&holder) {
+            Ok(other) => store
+                .room(&other, &Scope::header())
+                .await?
+                .is_some_and(|d| {
+                    d.room.state == RoomState::Live && d.room.media_url.as_deref() == Some(origin)
+                }),
+            Err(_) => false,
+        };
+        if live {
+            return Ok(false);
+        }
+        store.take_relay_pair(origin, edge, id).await?;
+        Ok(true)
+    }
+
+    /// After admitting someone into room `doc` on this node: when the room's origin is another
+    /// node, this node is one of its edges and relays the room from there (once: the media
+    /// plane keeps a running link, and makes it again after it ended).
+    pub(super) async fn relay_if_edge(&self, doc: &RoomDoc) {
+        let own = &self.inner.config.public_url;
+        let Some(origin) = doc.room.media_url.as_deref() else {
+            return;
+        };
+        if own.is_empty() || origin == own {
+            return;
+        }
+        match self.inner.media.relay(&doc.room.id, origin).await {
+            Ok(true) => {
+                metrics::counter!(crate::telemetry::RELAYS_STARTED).increment(1);
+                tracing::info!(room = %doc.room.id, "relaying the room from its origin");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(room = %doc.room.id, error = %e, "cannot relay the room from its origin");
+            }
+        }
+    }
+}
