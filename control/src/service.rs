@@ -1392,8 +1392,8 @@ async fn consume(inner: std::sync::Weak<Inner>, mut rx: broadcast::Receiver<BusM
     }
 }
 
-/// Keeps this instance's heartbeat, marks members of dead instances as gone, and ends live
-/// rooms that stayed empty past the timeout.
+/// Keeps this instance's heartbeat, marks members of dead instances as gone, keeps the relays
+/// of rooms this node serves as an edge, and ends live rooms that stayed empty past the timeout.
 async fn sweep(inner: std::sync::Weak<Inner>) {
     let ttl_ms = match inner.upgrade() {
         Some(i) => i.config.presence_ttl * 1000,
@@ -1433,6 +1433,7 @@ async fn sweep(inner: std::sync::Weak<Inner>) {
         for doc in &rooms {
             control.forget_dead_instances(doc).await;
         }
+        control.keep_relays(&rooms).await;
         let present = rooms.iter().map(|d| d.counts().present as usize).sum();
         crate::telemetry::rooms(rooms.len(), None, present);
         control.idle_rooms(&rooms, now).await;

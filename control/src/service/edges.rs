@@ -85,6 +85,20 @@ impl Control {
         Ok(true)
     }
 
+    /// For the sweep: every live room with members connected through this node while its
+    /// origin is another node is relayed from that origin. The media plane keeps a running
+    /// link, so this only acts when a link ended (the origin died or a network cut) or the room
+    /// moved to a new origin: the edge's listeners, still connected, hear the room again
+    /// within one sweep, without rejoining.
+    pub(super) async fn keep_relays(&self, rooms: &[RoomDoc]) {
+        let own = &self.inner.instance;
+        for doc in rooms {
+            if doc.counts().instances.get(own).is_some_and(|n| *n > 0) {
+                self.relay_if_edge(doc).await;
+            }
+        }
+    }
+
     /// After admitting someone into room `doc` on this node: when the room's origin is another
     /// node, this node is one of its edges and relays the room from there (once: the media
     /// plane keeps a running link, and makes it again after it ended).

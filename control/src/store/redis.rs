@@ -44,6 +44,7 @@
 //! not starve its writers, and a join costs the same few commands whatever the room's size.
 
 mod edges;
+mod nodes;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -1371,78 +1372,15 @@ impl Store for RedisStore {
     }
 
     async fn put_node(&self, node: &crate::nodes::Node, ttl_ms: u64) -> Result<(), ControlError> {
-        let mut node = node.clone();
-        let ttl_ms = ttl_ms.max(1);
-        node.expires_at = node.seen_at.saturating_add(ttl_ms);
-        let mut con = self.shared.clone();
-        redis::pipe()
-            .atomic()
-            .pset_ex(self.key(&format!("node:{}", node.id)), json(&node)?, ttl_ms)
-            .ignore()
-            .zadd(self.key("nodes"), &node.id, node.expires_at)
-            .ignore()
-            .query_async::<()>(&mut con)
-            .await
-            .map_err(redis_err)
+        nodes::put(self, node, ttl_ms).await
     }
 
     async fn nodes(&self, now: u64) -> Result<Vec<crate::nodes::Node>, ControlError> {
-        // The index is pruned a minute late (clocks of several machines); the record's own
-        // key, expiring on Redis's clock, says who lives.
-        const SKEW_MS: u64 = 60_000;
-        let mut con = self.shared.clone();
-        let (ids, drained): (Vec<String>, Vec<String>) = redis::pipe()
-            .zrembyscore(self.key("nodes"), "-inf", now.saturating_sub(SKEW_MS))
-            .ignore()
-            .zrange(self.key("nodes"), 0, -1)
-            .smembers(self.key("nodes:draining"))
-            .query_async(&mut con)
-            .await
-            .map_err(redis_err)?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for id in &ids {
-            let key = self.key(&format!("node:{id}"));
-            pipe.get(&key).pttl(&key);
-        }
-        let found: Vec<(Option<String>, i64)> =
-            pipe.query_async(&mut con).await.map_err(redis_err)?;
-        let mut out = Vec::with_capacity(ids.len());
-        for (raw, ttl) in found {
-            let Some(raw) = raw else { continue };
-            let Ok(mut node) = serde_json::from_str::<crate::nodes::Node>(&raw) else {
-                continue;
-            };
-            if ttl > 0 {
-                node.expires_at = now.saturating_add(ttl.unsigned_abs());
-            }
-            node.draining |= drained.contains(&node.id);
-            out.push(node);
-        }
-        let gone: Vec<&String> = drained
-            .iter()
-            .filter(|d| !out.iter().any(|n| n.id == **d))
-            .collect();
-        if !gone.is_empty() {
-            con.srem::<_, _, ()>(self.key("nodes:draining"), gone)
-                .await
-                .map_err(redis_err)?;
-        }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(out)
+        nodes::living(self, now).await
     }
 
     async fn drain_node(&self, id: &str, on: bool) -> Result<(), ControlError> {
-        let mut con = self.shared.clone();
-        let key = self.key("nodes:draining");
-        if on {
-            con.sadd::<_, _, ()>(key, id).await
-        } else {
-            con.srem::<_, _, ()>(key, id).await
-        }
-        .map_err(redis_err)
+        nodes::drain(self, id, on).await
     }
 
     async fn room_edges(&self, id: &RoomId) -> Result<Vec<String>, ControlError> {
