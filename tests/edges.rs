@@ -16,68 +16,22 @@
 mod redis_server;
 mod support;
 
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use redis_server::RedisServer;
-use serde_json::{Value, json};
-use stoa_bench::client::{self, ClientHandle, ClientSpec, Command, Depth, Protocol, Role, Shared};
-use stoa_bench::product::ProductJoin;
+use serde_json::json;
+use stoa_bench::client::Role;
 use support::api::{create_room, get_until, ok};
+use support::cluster::{Clients, Keys, by_url, start_node, wait_nodes};
+use support::scratch_dir;
 use support::tones::user_token;
-use support::{Stoa, free_ports, scratch_dir};
 
-const KEY: &str = "edgekey";
-const SECRET: &str = "a-long-enough-edge-test-secret-0123456";
+const KEYS: Keys = ("edgekey", "a-long-enough-edge-test-secret-0123456");
 const WAIT: Duration = Duration::from_secs(40);
 
-fn server_token() -> String {
-    stoa_control::auth::Keys::new(vec![(KEY.into(), SECRET.into())])
-        .unwrap()
-        .server_token(Duration::from_secs(3600))
-        .unwrap()
-}
-
 fn user(id: &str) -> String {
-    user_token((KEY, SECRET), id)
-}
-
-/// One `stoa serve` node and the URL it advertises.
-struct Node {
-    stoa: Stoa,
-    url: String,
-}
-
-fn start_node(config: &std::path::Path, redis: &str) -> Node {
-    let (http, _) = free_ports();
-    let (port, url) = (http.to_string(), format!("ws://127.0.0.1:{http}"));
-    let env = [
-        ("STOA_REDIS_URL", redis),
-        ("STOA_HTTP_PORT", port.as_str()),
-        ("STOA_PUBLIC_URL", url.as_str()),
-    ];
-    Node {
-        stoa: Stoa::start(config, &env),
-        url,
-    }
-}
-
-/// `GET /api/nodes` through `api`, waited for (bounded) until `ok_when` holds.
-fn wait_nodes(api: SocketAddr, what: &str, ok_when: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let nodes = |v: &Value| v["nodes"].as_array().cloned().unwrap_or_default();
-    let v = get_until(api, "/api/nodes", &server_token(), what, |v| {
-        ok_when(&nodes(v))
-    });
-    nodes(&v)
-}
-
-fn by_url<'a>(nodes: &'a [Value], url: &str) -> &'a Value {
-    nodes
-        .iter()
-        .find(|n| n["public_url"] == url)
-        .unwrap_or_else(|| panic!("no node {url} in {nodes:?}"))
+    user_token(KEYS, id)
 }
 
 /// The media URL `POST /api/rooms/{room}/token` names for `identity`.
@@ -92,118 +46,22 @@ fn media_url(api: SocketAddr, room: &str, identity: &str) -> String {
     grant["url"].as_str().unwrap().to_owned()
 }
 
-/// WebRTC clients of one room joined through the product path (`POST /api/rooms/{id}/token`,
-/// then `/rtc` at the URL it names).
-struct Clients {
-    runtime: tokio::runtime::Runtime,
-    shared: Shared,
-    handles: Vec<(String, ClientHandle)>,
-    /// Clients expected to have failed (their node was killed).
-    lost: u64,
-}
-
-impl Clients {
-    fn new() -> Clients {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let shared = Shared {
-            clock: stoa_bench::clock::Clock::start(),
-            tone: Arc::new(stoa_bench::audio::ToneLoop::encode_tone(440).unwrap()),
-            counters: Arc::default(),
-            dtls_cert: Arc::new(client::dtls_cert().unwrap()),
-            sink: None,
-        };
-        Clients {
-            runtime,
-            shared,
-            handles: Vec::new(),
-            lost: 0,
-        }
-    }
-
-    /// `identity` joins `room` through the API at `api`; a speaker starts sending.
-    fn join(&mut self, api: SocketAddr, room: &str, identity: &str, role: Role) {
-        let _entered = self.runtime.enter();
-        let spec = ClientSpec {
-            http: api,
-            protocol: Protocol::Livekit,
-            identity: identity.to_owned(),
-            local_ip: Ipv4Addr::LOCALHOST,
-            token: String::new(),
-            product: Some(ProductJoin {
-                api,
-                room: room.to_owned(),
-                user_token: user(identity),
-                stage_with: None,
-            }),
-            role,
-            depth: Depth::Decrypt,
-            deadline: Instant::now() + Duration::from_secs(120),
-        };
-        let client = ClientHandle::spawn(spec, self.shared.clone());
-        if role == Role::Speaker {
-            client.command(Command::Speak);
-        }
-        self.handles.push((identity.to_owned(), client));
-    }
-
-    /// RTP packets `identity`'s listener received so far.
-    fn packets(&self, identity: &str) -> u64 {
-        self.handles
-            .iter()
-            .find(|(id, _)| id == identity)
-            .map(|(_, h)| client::lock(&h.reception).packets())
-            .unwrap()
-    }
-
-    /// Waits (bounded) until every listener named in `who` received `packets` RTP packets.
-    fn wait_heard(&self, who: &[&str], packets: u64, what: &str) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let counts: Vec<(String, u64)> = self
-                .handles
-                .iter()
-                .filter(|(id, _)| who.contains(&id.as_str()))
-                .map(|(id, h)| (id.clone(), client::lock(&h.reception).packets()))
-                .collect();
-            assert_eq!(counts.len(), who.len(), "{what}: unknown listeners");
-            if counts.iter().all(|(_, n)| *n >= packets) {
-                return;
-            }
-            let counters = &self.shared.counters;
-            assert!(
-                counters.failed.load(Ordering::Relaxed) <= self.lost,
-                "{what}: a client failed"
-            );
-            assert!(
-                Instant::now() < deadline,
-                "{what}: packets heard {counts:?}, sent {}",
-                counters.rtp_sent.load(Ordering::Relaxed)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
 #[test]
 fn listeners_of_a_full_origin_go_to_an_edge_and_hear_the_speaker_through_the_relay() {
     let redis = RedisServer::start();
     // Full at two participants; records expire 2 s after the last heartbeat (one every 0.7 s).
     let config = support::api::config(
         &scratch_dir("edges"),
-        KEY,
-        SECRET,
+        KEYS.0,
+        KEYS.1,
         "presence_ttl = 2\nnode_capacity = 2",
     );
     let nodes = [
-        start_node(&config, &redis.url),
-        start_node(&config, &redis.url),
+        start_node(&config, &redis.url, &[]),
+        start_node(&config, &redis.url, &[]),
     ];
     let api = nodes[0].stoa.addr;
-    wait_nodes(api, "two node records", |n| n.len() == 2);
+    wait_nodes(api, KEYS, "two node records", |n| n.len() == 2);
 
     // The room's origin is wherever it was placed; its host speaks there and a listener joins
     // while it has room.
@@ -220,14 +78,14 @@ fn listeners_of_a_full_origin_go_to_an_edge_and_hear_the_speaker_through_the_rel
         .expect("two nodes");
     assert!(nodes.iter().any(|n| n.url == origin), "placed on a node");
     assert_eq!(media_url(api, &room, "lee"), origin, "room at the origin");
-    let mut clients = Clients::new();
+    let mut clients = Clients::new(KEYS);
     clients.join(api, &room, "hana", Role::Speaker);
     clients.join(api, &room, "lee", Role::Listener);
-    clients.wait_heard(&["lee"], 50, "the listener on the origin");
+    clients.wait_heard(&["lee"], 50, WAIT, "the listener on the origin");
 
     // The origin's record shows it full: the next listeners are sent to the other node, an
     // edge (the same one for each: the room's recorded edge); the host still goes to the origin.
-    wait_nodes(api, "the origin full", |n| {
+    wait_nodes(api, KEYS, "the origin full", |n| {
         by_url(n, &origin)["participants"].as_u64() >= Some(2)
     });
     assert_eq!(media_url(api, &room, "mo"), edge, "a listener spills over");
@@ -241,13 +99,18 @@ fn listeners_of_a_full_origin_go_to_an_edge_and_hear_the_speaker_through_the_rel
     // hear the speaker on the origin (as does the origin's listener still).
     clients.join(api, &room, "mo", Role::Listener);
     clients.join(edge_api, &room, "kim", Role::Listener);
-    clients.wait_heard(&["mo", "kim"], 50, "the listeners on the edge");
+    clients.wait_heard(&["mo", "kim"], 50, WAIT, "the listeners on the edge");
     let before = clients.packets("lee");
-    clients.wait_heard(&["lee"], before + 50, "the listener on the origin, still");
+    clients.wait_heard(
+        &["lee"],
+        before + 50,
+        WAIT,
+        "the listener on the origin, still",
+    );
 
     // The edge carries its two listeners; the origin still counts its own two people only
     // (the relay is not a listener there).
-    let listed = wait_nodes(api, "the edge's listeners", |n| {
+    let listed = wait_nodes(api, KEYS, "the edge's listeners", |n| {
         by_url(n, &edge)["listeners"].as_u64() >= Some(2)
     });
     assert_eq!(by_url(&listed, &origin)["participants"], 2, "{listed:?}");
@@ -309,11 +172,13 @@ fn listeners_of_a_full_origin_go_to_an_edge_and_hear_the_speaker_through_the_rel
     clients.wait_heard(
         &["mo"],
         heard[0] + 50,
+        WAIT,
         "the edge's listener after the failover",
     );
     clients.wait_heard(
         &["kim"],
         heard[1] + 50,
+        WAIT,
         "the edge's listener after the failover",
     );
     drop(living);

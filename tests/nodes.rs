@@ -13,58 +13,29 @@
 mod redis_server;
 mod support;
 
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use redis_server::RedisServer;
-use serde_json::{Value, json};
-use stoa_bench::client::{self, ClientHandle, ClientSpec, Command, Depth, Protocol, Role, Shared};
-use stoa_bench::product::ProductJoin;
+use serde_json::json;
+use stoa_bench::client::Role;
 use support::api::{call, create_room, get_until, ok};
+use support::cluster::{Clients, Keys, Node, by_url, server_token, start_node, wait_nodes};
+use support::scratch_dir;
 use support::tones::user_token;
-use support::{Stoa, free_ports, scratch_dir};
 
-const KEY: &str = "nodekey";
-const SECRET: &str = "a-long-enough-node-test-secret-0123456";
+const KEYS: Keys = ("nodekey", "a-long-enough-node-test-secret-0123456");
 const WAIT: Duration = Duration::from_secs(30);
 
-fn server_token() -> String {
-    stoa_control::auth::Keys::new(vec![(KEY.into(), SECRET.into())])
-        .unwrap()
-        .server_token(Duration::from_secs(3600))
-        .unwrap()
-}
-
 fn user(id: &str) -> String {
-    user_token((KEY, SECRET), id)
-}
-
-/// One `stoa serve` node and the URL it advertises.
-struct Node {
-    stoa: Stoa,
-    url: String,
-}
-
-fn start_node(config: &std::path::Path, redis: &str, env: &[(&str, &str)]) -> Node {
-    let (http, _) = free_ports();
-    let (port, url) = (http.to_string(), format!("ws://127.0.0.1:{http}"));
-    let mut all = vec![
-        ("STOA_REDIS_URL", redis),
-        ("STOA_HTTP_PORT", port.as_str()),
-        ("STOA_PUBLIC_URL", url.as_str()),
-    ];
-    all.extend_from_slice(env);
-    let stoa = Stoa::start(config, &all);
-    Node { stoa, url }
+    user_token(KEYS, id)
 }
 
 /// A config for nodes that count as full at 4 participants (so that one or two make a node
 /// clearly the busier) and whose records expire 2 s after their last heartbeat.
 fn node_config(name: &str) -> std::path::PathBuf {
     let dir = scratch_dir(name);
-    support::api::config(&dir, KEY, SECRET, "presence_ttl = 2\nnode_capacity = 4")
+    support::api::config(&dir, KEYS.0, KEYS.1, "presence_ttl = 2\nnode_capacity = 4")
 }
 
 /// Creates a room through `api` and returns the media URL its token names.
@@ -87,97 +58,6 @@ fn placed(api: SocketAddr, host: &str) -> String {
     grant["url"].as_str().unwrap().to_owned()
 }
 
-/// `GET /api/nodes` through `api`, waited for (bounded) until `ok` holds.
-fn wait_nodes(api: SocketAddr, what: &str, ok_when: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let nodes = |v: &Value| v["nodes"].as_array().cloned().unwrap_or_default();
-    let v = get_until(api, "/api/nodes", &server_token(), what, |v| {
-        ok_when(&nodes(v))
-    });
-    nodes(&v)
-}
-
-fn by_url<'a>(nodes: &'a [Value], url: &str) -> &'a Value {
-    nodes
-        .iter()
-        .find(|n| n["public_url"] == url)
-        .unwrap_or_else(|| panic!("no node {url} in {nodes:?}"))
-}
-
-/// WebRTC clients of one room joined through the product path (`POST /api/rooms/{id}/token`,
-/// then `/rtc` at the URL it names), counting what they hear.
-struct Clients {
-    runtime: tokio::runtime::Runtime,
-    shared: Shared,
-    handles: Vec<ClientHandle>,
-}
-
-impl Clients {
-    fn new() -> Clients {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let shared = Shared {
-            clock: stoa_bench::clock::Clock::start(),
-            tone: Arc::new(stoa_bench::audio::ToneLoop::encode_tone(440).unwrap()),
-            counters: Arc::default(),
-            dtls_cert: Arc::new(client::dtls_cert().unwrap()),
-            sink: None,
-        };
-        Clients {
-            runtime,
-            shared,
-            handles: Vec::new(),
-        }
-    }
-
-    /// `identity` joins `room` through the API at `api`; a speaker starts sending.
-    fn join(&mut self, api: SocketAddr, room: &str, identity: &str, role: Role) {
-        let _entered = self.runtime.enter();
-        let spec = ClientSpec {
-            http: api,
-            protocol: Protocol::Livekit,
-            identity: identity.to_owned(),
-            local_ip: Ipv4Addr::LOCALHOST,
-            token: String::new(),
-            product: Some(ProductJoin {
-                api,
-                room: room.to_owned(),
-                user_token: user(identity),
-                stage_with: None,
-            }),
-            role,
-            depth: Depth::Decrypt,
-            deadline: Instant::now() + Duration::from_secs(90),
-        };
-        let client = ClientHandle::spawn(spec, self.shared.clone());
-        if role == Role::Speaker {
-            client.command(Command::Speak);
-        }
-        self.handles.push(client);
-    }
-
-    /// Waits (bounded) until the listeners received `packets` RTP packets.
-    fn wait_heard(&self, packets: u64, what: &str) {
-        let counters = &self.shared.counters;
-        let deadline = Instant::now() + WAIT;
-        while counters.rtp_received.load(Ordering::Relaxed) < packets {
-            assert!(
-                counters.failed.load(Ordering::Relaxed) == 0,
-                "{what}: a client failed"
-            );
-            assert!(
-                Instant::now() < deadline,
-                "{what}: heard {} of {packets} packets (sent {})",
-                counters.rtp_received.load(Ordering::Relaxed),
-                counters.rtp_sent.load(Ordering::Relaxed)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
 #[test]
 fn rooms_are_placed_on_living_nodes_with_headroom_and_move_when_their_node_dies() {
     let redis = RedisServer::start();
@@ -187,7 +67,7 @@ fn rooms_are_placed_on_living_nodes_with_headroom_and_move_when_their_node_dies(
         .collect();
     let urls: Vec<String> = nodes.iter().flatten().map(|n| n.url.clone()).collect();
     let api0 = nodes[0].as_ref().unwrap().stoa.addr;
-    let listed = wait_nodes(api0, "three node records", |n| n.len() == 3);
+    let listed = wait_nodes(api0, KEYS, "three node records", |n| n.len() == 3);
     for url in &urls {
         let node = by_url(&listed, url);
         assert_eq!(node["draining"], false);
@@ -212,14 +92,14 @@ fn rooms_are_placed_on_living_nodes_with_headroom_and_move_when_their_node_dies(
         .iter()
         .position(|u| *u == x_url)
         .expect("placed on a node");
-    let mut before = Clients::new();
+    let mut before = Clients::new(KEYS);
     before.join(api0, &first, "hana", Role::Speaker);
     before.join(api0, &first, "lee", Role::Listener);
-    before.wait_heard(50, "on the first node");
+    before.wait_heard(&["lee"], 50, WAIT, "on the first node");
 
     // X reports its participants; an operator drains another node Y; the next room goes to
     // the third, Z: neither the loaded node nor the drained one.
-    let listed = wait_nodes(api0, "the first node's load", |n| {
+    let listed = wait_nodes(api0, KEYS, "the first node's load", |n| {
         n.len() == 3 && by_url(n, &x_url)["participants"].as_u64() >= Some(2)
     });
     assert!(by_url(&listed, &x_url)["listeners"].as_u64() >= Some(1));
@@ -229,7 +109,7 @@ fn rooms_are_placed_on_living_nodes_with_headroom_and_move_when_their_node_dies(
         api0,
         "POST",
         &format!("/api/nodes/{y_id}/drain"),
-        &server_token(),
+        &server_token(KEYS),
         None,
     );
     assert_eq!(drained["draining"], true);
@@ -237,12 +117,12 @@ fn rooms_are_placed_on_living_nodes_with_headroom_and_move_when_their_node_dies(
         api0,
         "POST",
         "/api/nodes/nosuchnode/drain",
-        &server_token(),
+        &server_token(KEYS),
         None,
     );
     assert_eq!(status, 404);
     // Every node reads the registry at most a second late; reading it here refreshes it.
-    wait_nodes(api0, "the drain", |n| {
+    wait_nodes(api0, KEYS, "the drain", |n| {
         by_url(n, &urls[y])["draining"] == true
     });
     for _ in 0..2 {
@@ -272,7 +152,7 @@ fn rooms_are_placed_on_living_nodes_with_headroom_and_move_when_their_node_dies(
     // living node that is not drained, and its people meet and hear each other there.
     drop(nodes[x].take());
     let api = nodes[z].as_ref().unwrap().stoa.addr;
-    wait_nodes(api, "the dead node's record gone", |n| {
+    wait_nodes(api, KEYS, "the dead node's record gone", |n| {
         n.len() == 2 && n.iter().all(|n| n["public_url"] != x_url.as_str())
     });
     // The room moves only once nobody is counted as connected to it (its members on X are
@@ -300,11 +180,11 @@ fn rooms_are_placed_on_living_nodes_with_headroom_and_move_when_their_node_dies(
         None,
     );
     assert_eq!(room["state"], "live");
-    let mut after = Clients::new();
+    let mut after = Clients::new(KEYS);
     after.join(api, &first, "hana", Role::Speaker);
     after.join(api, &first, "lee", Role::Listener);
-    after.wait_heard(50, "on the node the room moved to");
-    let listed = wait_nodes(api, "the room's people on its new node", |n| {
+    after.wait_heard(&["lee"], 50, WAIT, "on the node the room moved to");
+    let listed = wait_nodes(api, KEYS, "the room's people on its new node", |n| {
         by_url(n, &urls[z])["participants"].as_u64() >= Some(2)
     });
     assert_eq!(by_url(&listed, &urls[y])["participants"], 0);
@@ -319,14 +199,14 @@ fn a_stopping_node_says_it_is_draining_and_gets_no_new_rooms() {
     let a = start_node(&config, &redis.url, &[]);
     // Its drain waits (up to 20 s) for the session left on it.
     let b = start_node(&config, &redis.url, &[("STOA_DRAIN_SECONDS", "20")]);
-    let keys = (KEY, SECRET);
+    let keys = KEYS;
     // Two sessions on A, one on B: B is the lighter.
     let _on_a = [
         support::join_room(a.stoa.addr, keys, "busy-a", "a1"),
         support::join_room(a.stoa.addr, keys, "busy-a", "a2"),
     ];
     let _on_b = support::join_room(b.stoa.addr, keys, "busy-b", "b1");
-    wait_nodes(a.stoa.addr, "both nodes' sessions", |n| {
+    wait_nodes(a.stoa.addr, KEYS, "both nodes' sessions", |n| {
         n.len() == 2
             && by_url(n, &a.url)["participants"] == 2
             && by_url(n, &b.url)["participants"] == 1
@@ -339,7 +219,7 @@ fn a_stopping_node_says_it_is_draining_and_gets_no_new_rooms() {
         .status()
         .unwrap();
     assert!(status.success());
-    wait_nodes(a.stoa.addr, "the stopping node draining", |n| {
+    wait_nodes(a.stoa.addr, KEYS, "the stopping node draining", |n| {
         n.iter()
             .any(|n| n["public_url"] == b.url.as_str() && n["draining"] == true)
     });

@@ -159,10 +159,10 @@ pub struct StepQuantiles {
 }
 
 /// For each step of the join and first audio: the time since the step before it, over the
-/// listeners that heard audio.
-pub(crate) fn join_steps(totals: &[&Totals]) -> Vec<StepQuantiles> {
+/// listeners that heard audio (the others are skipped).
+pub(crate) fn join_steps<'a>(totals: impl IntoIterator<Item = &'a Totals>) -> Vec<StepQuantiles> {
     let mut samples: Vec<Vec<u32>> = vec![Vec::new(); Step::ALL.len() + 1];
-    for t in totals {
+    for t in totals.into_iter().filter(|t| t.first_audio.is_some()) {
         let mut previous = Duration::ZERO;
         let reached = t.steps.iter().copied().chain([t.first_audio]);
         for (i, at) in reached.enumerate() {
@@ -336,13 +336,7 @@ impl Report {
                 errors: errors.into_iter().take(5).collect(),
             },
             join_to_first_audio_ms: Quantiles::from_us(first),
-            join_steps_ms: join_steps(
-                &listeners
-                    .iter()
-                    .map(|(t, _)| t)
-                    .filter(|t| t.first_audio.is_some())
-                    .collect::<Vec<_>>(),
-            ),
+            join_steps_ms: join_steps(listeners.iter().map(|(t, _)| t)),
             latency_ms: Quantiles::from_us(latency),
             jitter_ms: Quantiles::from_us(jitter),
             longest_gap_ms: Quantiles::from_us(gaps),
@@ -552,7 +546,7 @@ mod tests {
         // Direct tokens: no `granted` step.
         let a = totals([None, Some(2), Some(5), Some(9), Some(10), Some(30)], 40);
         let b = totals([None, Some(4), Some(9), Some(15), Some(16), Some(96)], 100);
-        let steps = join_steps(&[&a, &b]);
+        let steps = join_steps([&a, &b]);
         let names: Vec<&str> = steps.iter().map(|s| s.step).collect();
         assert_eq!(
             names,

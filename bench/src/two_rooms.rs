@@ -346,13 +346,7 @@ pub async fn run(target: Target, params: &TwoRoomsParams) -> Result<TwoRoomsRepo
             reactions: busy.reactions.load(Ordering::Relaxed) - before.0,
             reactions_failed: busy.failed.load(Ordering::Relaxed) - before.1,
             rotations: busy.rotations.load(Ordering::Relaxed) - before.2,
-            join_steps_ms: join_steps(
-                &listeners
-                    .iter()
-                    .map(|(t, _)| t)
-                    .filter(|t| t.first_audio.is_some())
-                    .collect::<Vec<_>>(),
-            ),
+            join_steps_ms: join_steps(listeners.iter().map(|(t, _)| t)),
             samples: ms,
         });
         // Let the room B storm's leaves drain before the next.

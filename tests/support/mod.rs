@@ -15,6 +15,7 @@ use prost::Message as _;
 
 pub mod api;
 pub mod chromium;
+pub mod cluster;
 pub mod hooks;
 pub mod tones;
 
