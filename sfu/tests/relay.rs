@@ -13,14 +13,13 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{Client, Heard, Packet, assert_rewrite_consistent, red_payload};
+use common::{Client, Heard, Packet, assert_rewrite_consistent};
 use netem::{Input as NetemInput, Netem, NetemConfig, Output as NetemOutput};
-use stoa_sfu::proto::forwarder::OPUS_CLOCK_RATE;
 use stoa_sfu::str0m::change::{SdpAnswer, SdpOffer};
 use stoa_sfu::str0m::format::Codec;
 use stoa_sfu::str0m::media::{Direction, MediaKind};
 use stoa_sfu::str0m::net::{Protocol, Receive};
-use stoa_sfu::str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
+use stoa_sfu::str0m::rtp::ExtensionValues;
 use stoa_sfu::str0m::{Candidate, Input, RtcConfig};
 use stoa_sfu::{
     CommandKind, Datagrams, EngineCommand, Event, MediaLabel, Output, PeerConfig, PeerId, Publish,
@@ -312,26 +311,10 @@ impl World {
             voice_activity: Some(true),
             ..Default::default()
         };
-        let ts = (u64::from(index) * OPUS_CLOCK_RATE / 50) as u32;
         let opus = payload.clone();
-        let (pt, body) = match client.pts().1 {
-            Some(red) if client.send_red => {
-                let previous = client.last_opus.replace(payload.clone());
-                let redundant: Vec<&[u8]> = previous.iter().map(Vec::as_slice).collect();
-                (red, red_payload(*pt, 960, &redundant, &payload))
-            }
-            _ => (pt, payload),
-        };
-        let mut api = client.rtc.direct_api();
-        let Some(tx) = api.stream_tx_by_mid(mid, None) else {
-            return;
-        };
-        tx.write_rtp(
-            RtpWrite::new(pt, SeqNo::from(u64::from(index) + 1), ts, now, body).ext_vals(ext),
-        );
-        client.sent += 1;
-        client.drain(now);
-        self.sent_payloads[c].push(opus);
+        if client.send_frame(now, (mid, pt), payload, ext) {
+            self.sent_payloads[c].push(opus);
+        }
     }
 
     /// Drain both engines: events (routing the relay's negotiation between them and

@@ -100,6 +100,40 @@ impl Client {
 
 /// An RFC 2198 payload: `redundant` blocks of payload type `pt`, each `ts_step` ticks older than
 /// the next, then the primary.
+impl Client {
+    /// Sends Opus frame number `self.sent` with `payload` on `mid` (RED around it once
+    /// negotiated, as browsers do: the previous frame as its redundant block) and drains.
+    /// Whether it was written (the stream exists).
+    pub fn send_frame(
+        &mut self,
+        now: Instant,
+        (mid, pt): (Mid, Pt),
+        payload: Vec<u8>,
+        ext: ExtensionValues,
+    ) -> bool {
+        let index = self.sent;
+        let ts = (u64::from(index) * OPUS_CLOCK_RATE / 50) as u32;
+        let (pt, payload) = match self.pts().1 {
+            Some(red) if self.send_red => {
+                let previous = self.last_opus.replace(payload.clone());
+                let redundant: Vec<&[u8]> = previous.iter().map(Vec::as_slice).collect();
+                (red, red_payload(*pt, 960, &redundant, &payload))
+            }
+            _ => (pt, payload),
+        };
+        let mut api = self.rtc.direct_api();
+        let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+            return false;
+        };
+        tx.write_rtp(
+            RtpWrite::new(pt, SeqNo::from(u64::from(index) + 1), ts, now, payload).ext_vals(ext),
+        );
+        self.sent += 1;
+        self.drain(now);
+        true
+    }
+}
+
 pub fn red_payload(pt: u8, ts_step: u16, redundant: &[&[u8]], primary: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let n = redundant.len() as u16;
@@ -487,25 +521,7 @@ impl Sim {
             voice_activity: Some(level.abs() < 50),
             ..Default::default()
         };
-        let ts = (index as u64 * OPUS_CLOCK_RATE / 50) as u32;
-        // As browsers do: RED with the previous frame as its redundant block, once negotiated.
-        let (pt, payload) = match client.pts().1 {
-            Some(red) if client.send_red => {
-                let previous = client.last_opus.replace(payload.clone());
-                let redundant: Vec<&[u8]> = previous.iter().map(Vec::as_slice).collect();
-                (red, red_payload(*pt, 960, &redundant, &payload))
-            }
-            _ => (pt, payload),
-        };
-        let mut api = client.rtc.direct_api();
-        let Some(tx) = api.stream_tx_by_mid(mid, None) else {
-            return;
-        };
-        tx.write_rtp(
-            RtpWrite::new(pt, SeqNo::from(u64::from(index) + 1), ts, now, payload).ext_vals(ext),
-        );
-        client.sent += 1;
-        client.drain(now);
+        client.send_frame(now, (mid, pt), payload, ext);
     }
 
     /// Handle engine outputs: route transmits into links, relays between shards, events into
