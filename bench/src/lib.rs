@@ -19,7 +19,8 @@
 //!   clients drive it; [`compare`]: the baseline and both servers through the same ramp and
 //!   join storm, in one run; [`two_rooms`]: join storms in one room while another is busy;
 //!   [`recording`]: a room's recording on and off, side by side (server CPU, listeners'
-//!   latency and loss).
+//!   latency and loss); [`relay`]: one room across three nodes, each in its own network
+//!   namespace ([`netns`]), the relay's added latency and its CPU cost side by side.
 //!
 //! One-way latency needs one clock: speakers and listeners run in this one process and share a
 //! [`clock::Clock`]; each Opus packet carries its send time in Opus padding (RFC 6716 §3.2.5),
@@ -40,10 +41,12 @@ pub mod client;
 pub mod clock;
 pub mod compare;
 pub mod janus;
+pub mod netns;
 mod peer;
 pub mod product;
 pub mod reception;
 pub mod recording;
+pub mod relay;
 pub mod report;
 pub mod scenario;
 pub mod server;

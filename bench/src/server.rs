@@ -80,23 +80,12 @@ impl ServerProcess {
         let http_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let udp_port = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut command = pinned_command(binary, cpus);
-        // Only flags decide the ports and keys: clear inherited STOA_* settings.
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("STOA_") {
-                command.env_remove(name);
-            }
-        }
+        clear_stoa_env(&mut command);
         // A state directory of its own, so that servers started side by side never share one.
         let data_dir =
             std::env::temp_dir().join(format!("stoa-bench-{}-{http_port}", std::process::id()));
         std::fs::create_dir_all(&data_dir)?;
-        let (stdout, stderr) = match log {
-            Some(path) => {
-                let file = std::fs::File::create(path)?;
-                (Stdio::from(file.try_clone()?), Stdio::from(file))
-            }
-            None => (Stdio::null(), Stdio::null()),
-        };
+        let (stdout, stderr) = outputs(log)?;
         let child = command
             .args(["serve", "--dev", "--http-port"])
             .arg(http_port.to_string())
@@ -121,9 +110,130 @@ impl ServerProcess {
         Ok(server)
     }
 
+    /// One node of several in its own network namespace `net` (`stoa serve --dev --config
+    /// config`, bound to and advertising the namespace's address, the same ports in every
+    /// namespace), under `taskset -c cpus` when given, its public URL its own address, the
+    /// Redis store at `redis_url`; waits (bounded) until it listens. Its output goes to `log`
+    /// when given.
+    pub fn spawn_in(
+        net: &crate::netns::NodeNet,
+        binary: &Path,
+        cpus: Option<&str>,
+        config: &Path,
+        redis_url: &str,
+        log: Option<&Path>,
+    ) -> Result<ServerProcess, ServerError> {
+        let http = SocketAddr::from((net.address, NAMESPACE_HTTP_PORT));
+        let mut command = match cpus {
+            Some(cpus) => {
+                let mut c = net.command("taskset");
+                c.args(["-c", cpus]).arg(binary);
+                c
+            }
+            None => net.command(binary),
+        };
+        clear_stoa_env(&mut command);
+        let data_dir = std::env::temp_dir().join(format!(
+            "stoa-bench-{}-node{}",
+            std::process::id(),
+            net.index
+        ));
+        std::fs::create_dir_all(&data_dir)?;
+        let (stdout, stderr) = outputs(log)?;
+        let child = command
+            .args(["serve", "--dev", "--config"])
+            .arg(config)
+            .args(["--bind-ip", &net.address.to_string(), "--http-port"])
+            .arg(NAMESPACE_HTTP_PORT.to_string())
+            .arg("--rtc-udp-port")
+            .arg(NAMESPACE_RTC_PORT.to_string())
+            .env("STOA_LOG_LEVEL", "warn")
+            .env("STOA_DATA_DIR", &data_dir)
+            .env("STOA_REDIS_URL", redis_url)
+            .env("STOA_PUBLIC_URL", format!("ws://{http}"))
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()?;
+        let mut server = ServerProcess {
+            child,
+            data_dir,
+            http,
+        };
+        wait_listening(server.http, &mut server.child)?;
+        Ok(server)
+    }
+
     /// The process id (that of `stoa` itself: `taskset` execs it).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+}
+
+/// The HTTP port of a node in its own network namespace.
+const NAMESPACE_HTTP_PORT: u16 = 7880;
+/// Its RTC UDP port.
+const NAMESPACE_RTC_PORT: u16 = 7882;
+
+/// Only flags and the caller decide a server's ports and keys: clear inherited STOA_* settings.
+fn clear_stoa_env(command: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("STOA_") {
+            command.env_remove(name);
+        }
+    }
+}
+
+/// A child's stdout and stderr: both into `log`, or nowhere.
+fn outputs(log: Option<&Path>) -> io::Result<(Stdio, Stdio)> {
+    Ok(match log {
+        Some(path) => {
+            let file = std::fs::File::create(path)?;
+            (Stdio::from(file.try_clone()?), Stdio::from(file))
+        }
+        None => (Stdio::null(), Stdio::null()),
+    })
+}
+
+/// A `redis-server` without persistence on `addr`, for the nodes of a run to share; killed
+/// when dropped.
+#[derive(Debug)]
+pub struct RedisProcess {
+    child: Child,
+    /// `redis://ADDR/`.
+    pub url: String,
+}
+
+impl RedisProcess {
+    /// Start it under `taskset -c cpus` when given, and wait (bounded) until it listens.
+    pub fn spawn(addr: SocketAddr, cpus: Option<&str>) -> Result<RedisProcess, ServerError> {
+        let mut child = pinned_command("redis-server", cpus)
+            .args(["--bind", &addr.ip().to_string(), "--port"])
+            .arg(addr.port().to_string())
+            // Bound to an address of a namespace the harness made, reachable from its nodes
+            // only; protected mode would refuse them (no password).
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        wait_listening(addr, &mut child)?;
+        Ok(RedisProcess {
+            child,
+            url: format!("redis://{addr}/"),
+        })
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
