@@ -555,6 +555,14 @@ fn relay_across_three_nodes_in_their_own_namespaces() {
         assert!(last.latency[i].is_some_and(|l| l.samples > 0), "{table}");
     }
     assert!(report.added_ms.iter().all(Option::is_some), "{table}");
+    // Each edge linked itself to the origin once, for its four listeners; the origin linked
+    // itself to nothing (a node that never started a link has no such series).
+    assert_eq!(report.relays_started[edge1], Some(1.0), "{table}");
+    assert_eq!(report.relays_started[edge2], Some(1.0), "{table}");
+    assert!(
+        report.relays_started[origin].is_none_or(|v| v == 0.0),
+        "{table}"
+    );
     assert!(report.costs.listener_single.is_some(), "{table}");
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["phases"].as_array().map(Vec::len), Some(6));

@@ -37,7 +37,7 @@ use crate::client::{Command, Depth, Protocol, Role};
 use crate::clock::Clock;
 use crate::netns::{HUB, NetnsError, NodeNet};
 use crate::scenario::{Crowd, JoinPath, MAX_CLIENTS, ScenarioError, Target, percentile};
-use crate::server::{ProcProbe, RedisProcess, ServerError, ServerProcess};
+use crate::server::{ProcProbe, RedisProcess, ServerError, ServerProcess, scrape_metric};
 
 /// Nodes of a run: the origin and two edges.
 pub const NODES: usize = 3;
@@ -49,8 +49,9 @@ pub const SECRET: &str = "relaybench-secret-not-for-production-0123";
 const REDIS_PORT: u16 = 6379;
 /// Seconds after which a node without a heartbeat is dead; its records refresh every third.
 const PRESENCE_TTL: u64 = 3;
-/// Pause after a phase's joins before its window.
-const SETTLE: Duration = Duration::from_secs(2);
+/// Pause after a phase's joins before its window (a new link's handshakes and negotiation
+/// done).
+const SETTLE: Duration = Duration::from_secs(3);
 /// Longest wait for a phase's listeners to hear, or for a node's record to show it full.
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -283,6 +284,9 @@ pub struct RelayReport {
     pub heard: Vec<(usize, usize)>,
     /// Clients that failed.
     pub failed: u64,
+    /// Relay links each node started (`control_relays_started_total`) at the end: one on
+    /// each edge, none on the origin.
+    pub relays_started: Vec<Option<f64>>,
     /// What the phases say.
     pub costs: Costs,
     /// Latency added by the relay hop over the origin's listeners in the last phase, ms
@@ -362,9 +366,23 @@ impl RelayReport {
                 x(c.link_listener_streams[k]),
             ));
         }
+        let relays: Vec<String> = order
+            .iter()
+            .map(|&i| {
+                self.relays_started
+                    .get(i)
+                    .copied()
+                    .flatten()
+                    .map_or("0".into(), |v| format!("{v}"))
+            })
+            .collect();
         out.push_str(&format!(
-            "speakers on the origin: {}/{}; failed clients: {}\n",
-            self.speakers_on_origin, self.params.speakers, self.failed
+            "speakers on the origin: {}/{}; failed clients: {}; relay links started on {}: {}\n",
+            self.speakers_on_origin,
+            self.params.speakers,
+            self.failed,
+            names.join(" / "),
+            relays.join(" / ")
         ));
         out
     }
@@ -473,6 +491,17 @@ pub async fn run(
         }
     }
     let failed = crowd.counters().failed.load(Ordering::Relaxed);
+    let mut relays_started = Vec::new();
+    for n in nodes {
+        let http = n.http;
+        let started = tokio::task::spawn_blocking(move || {
+            scrape_metric(http, "control_relays_started_total")
+        })
+        .await
+        .ok()
+        .flatten();
+        relays_started.push(started);
+    }
     let _ = crowd.finish().await;
     let roles = [origin, edge1, edge2];
     let costs = costs(&phases, roles);
@@ -485,6 +514,7 @@ pub async fn run(
         phases,
         heard,
         failed,
+        relays_started,
         costs,
         added_ms,
     })

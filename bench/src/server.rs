@@ -373,8 +373,8 @@ pub struct RtpCounters {
     pub bytes_out: Option<f64>,
 }
 
-/// Scrape `/metrics` (blocking, bounded by a 2 s timeout); `None` when unavailable.
-pub fn scrape_rtp(http: SocketAddr) -> Option<RtpCounters> {
+/// The text of `/metrics` (blocking, bounded by a 2 s timeout); `None` when unavailable.
+fn scrape(http: SocketAddr) -> Option<String> {
     let timeout = Duration::from_secs(2);
     let mut stream = TcpStream::connect_timeout(&http, timeout).ok()?;
     stream.set_read_timeout(Some(timeout)).ok()?;
@@ -385,6 +385,29 @@ pub fn scrape_rtp(http: SocketAddr) -> Option<RtpCounters> {
     .ok()?;
     let mut text = String::new();
     stream.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// The value of the first series of `name` (any labels) on `/metrics`; `None` when the server
+/// has none (yet) or is unavailable.
+pub fn scrape_metric(http: SocketAddr, name: &str) -> Option<f64> {
+    let text = scrape(http)?;
+    metric_value(&text, name)
+}
+
+/// The value of the first series of `name` in Prometheus text.
+fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Scrape `/metrics` (blocking, bounded by a 2 s timeout); `None` when unavailable.
+pub fn scrape_rtp(http: SocketAddr) -> Option<RtpCounters> {
+    let text = scrape(http)?;
     let value = |name: &str| -> Option<f64> {
         text.lines()
             .filter(|l| l.starts_with(name))
@@ -411,6 +434,17 @@ mod tests {
             Some(51_200)
         );
         assert_eq!(parse_cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn reads_one_metric() {
+        let text = "# HELP x\ncontrol_relays_started_total_x 9\ncontrol_relays_started_total 2\n";
+        assert_eq!(
+            metric_value(text, "control_relays_started_total"),
+            Some(2.0)
+        );
+        assert_eq!(metric_value("a{b=\"c\"} 3\n", "a"), Some(3.0));
+        assert_eq!(metric_value(text, "absent"), None);
     }
 
     #[test]
