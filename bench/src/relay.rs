@@ -241,6 +241,8 @@ pub struct Phase {
     pub cpu_cores: Vec<Option<f64>>,
     /// Redis's CPU over the window, cores.
     pub redis_cpu_cores: Option<f64>,
+    /// The harness's own CPU over the window, cores (all its clients).
+    pub harness_cpu_cores: Option<f64>,
     /// Each node's listeners' latency over the window.
     pub latency: Vec<Option<Latency>>,
     /// Whether the node records showed what placement needed before the next phase.
@@ -308,7 +310,7 @@ impl RelayReport {
         };
         let names: Vec<&str> = order.iter().map(|&i| label(i)).collect();
         let mut out = format!(
-            "| phase | listeners {} | CPU {} (cores) | Redis CPU |\n|---|---:|---:|---:|\n",
+            "| phase | listeners {} | CPU {} (cores) | Redis CPU | harness CPU |\n|---|---:|---:|---:|---:|\n",
             names.join(" / "),
             names.join(" / ")
         );
@@ -318,12 +320,14 @@ impl RelayReport {
                 .iter()
                 .map(|&i| p.cpu_cores[i].map_or("-".into(), |c| format!("{c:.3}")))
                 .collect();
+            let one = |v: Option<f64>| v.map_or("-".into(), |c| format!("{c:.3}"));
             out.push_str(&format!(
-                "| {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} |\n",
                 p.name,
                 l.join(" / "),
                 c.join(" / "),
-                p.redis_cpu_cores.map_or("-".into(), |c| format!("{c:.3}"))
+                one(p.redis_cpu_cores),
+                one(p.harness_cpu_cores),
             ));
         }
         out.push_str("\n| node | listeners heard | latency p50 / p99 (last phase) | loss | relay hop adds p50 / p99 |\n|---|---:|---:|---:|---:|\n");
@@ -452,6 +456,7 @@ pub async fn run(
         window: params.window,
         probes: &mut probes,
         redis: &mut redis,
+        harness: ProcProbe::new(std::process::id()),
     };
     phases.push(m.phase("speakers", &crowd, true).await);
     let n = params.listeners;
@@ -527,6 +532,7 @@ struct Measure<'a> {
     window: Duration,
     probes: &'a mut Vec<Option<ProcProbe>>,
     redis: &'a mut Option<ProcProbe>,
+    harness: ProcProbe,
 }
 
 impl Measure<'_> {
@@ -541,6 +547,7 @@ impl Measure<'_> {
         if let Some(p) = self.redis.as_mut() {
             let _ = p.sample(start);
         }
+        let _ = self.harness.sample(start);
         tokio::time::sleep(self.window).await;
         let end = self.clock.now();
         let cpu_cores = self
@@ -557,6 +564,7 @@ impl Measure<'_> {
             .as_mut()
             .and_then(|p| p.sample(end).ok())
             .map(|s| s.cpu_cores);
+        let harness_cpu_cores = self.harness.sample(end).ok().map(|s| s.cpu_cores);
         let windows = crowd.windows_by_server();
         let servers = crowd.listener_servers();
         let listeners = self
@@ -584,6 +592,7 @@ impl Measure<'_> {
             listeners,
             cpu_cores,
             redis_cpu_cores,
+            harness_cpu_cores,
             latency,
             placed,
         }
@@ -722,6 +731,7 @@ mod tests {
             listeners: listeners.to_vec(),
             cpu_cores: cpu.iter().map(|c| Some(*c)).collect(),
             redis_cpu_cores: None,
+            harness_cpu_cores: None,
             latency: vec![None; 3],
             placed: true,
         }
