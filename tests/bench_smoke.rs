@@ -527,7 +527,7 @@ fn relay_across_three_nodes_in_their_own_namespaces() {
     assert_eq!(report.heard[edge1], (4, 4), "{table}");
     assert_eq!(report.heard[edge2], (4, 4), "{table}");
     let names: Vec<&str> = report.phases.iter().map(|p| p.name).collect();
-    assert_eq!(names.len(), 6, "{names:?}");
+    assert_eq!(names.len(), 7, "{names:?}");
     let counts: Vec<Vec<usize>> = report
         .phases
         .iter()
@@ -536,6 +536,7 @@ fn relay_across_three_nodes_in_their_own_namespaces() {
     assert_eq!(
         counts,
         [
+            [0, 0, 0],
             [0, 0, 0],
             [3, 0, 0],
             [3, 1, 0],
@@ -565,7 +566,7 @@ fn relay_across_three_nodes_in_their_own_namespaces() {
     );
     assert!(report.costs.listener_single.is_some(), "{table}");
     let json = serde_json::to_value(&report).unwrap();
-    assert_eq!(json["phases"].as_array().map(Vec::len), Some(6));
+    assert_eq!(json["phases"].as_array().map(Vec::len), Some(7));
     assert!(table.contains("edge 2 full"), "{table}");
     drop(cluster);
 }

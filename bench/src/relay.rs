@@ -7,21 +7,25 @@
 //! deterministically: the speakers and the first listeners on the room's origin until it is
 //! full, then the next listeners on one edge until it is full, then on the other. Everyone joins
 //! through the product path (`POST /api/rooms/{id}/token`, then `/rtc` at the node it names),
-//! and the harness files each listener under the node its grant named. The run goes through six
-//! phases, each measured for `window` once its joins have settled (every new listener heard):
+//! and the harness files each listener under the node its grant named. The run goes through
+//! seven phases, each measured for `window` once its joins have settled (every new listener
+//! heard):
 //!
-//! 0. the speakers alone on the origin, all speaking;
-//! 1. the origin filled with listeners (the single-node figure);
-//! 2. one listener on the first edge, which links itself to the origin;
-//! 3. the first edge filled;
-//! 4. one listener on the second edge, which links itself too;
-//! 5. the second edge filled: every listener's latency in this window, per node.
+//! 0. the room created, nobody in it;
+//! 1. the speakers on the origin, all speaking;
+//! 2. the origin filled with listeners (the single-node figure);
+//! 3. one listener on the first edge, which links itself to the origin;
+//! 4. the first edge filled;
+//! 5. one listener on the second edge, which links itself too;
+//! 6. the second edge filled: every listener's latency in this window, per node.
 //!
 //! From the nodes' CPU (`/proc/PID/stat`) in consecutive phases: a listener's cost on the origin
-//! alone (1 − 0) and on each edge (3 − 2, 5 − 4); a link's cost on the origin (2 − 1, 4 − 3) and
-//! on its edge (2 − 1 and 4 − 3 on that edge, less the one listener's share), in listeners. A
+//! alone (2 − 1) and on each edge (4 − 3, 6 − 5); a link's cost on the origin (3 − 2, 5 − 4) and
+//! on its edge (3 − 2 and 5 − 4 on that edge, less the one listener's share), in listeners. A
 //! link carries every speaker's stream once and a listener receives every speaker's stream, so
-//! a link's cost in listeners is a relayed stream's cost in listener-streams. Latency: each
+//! a link's cost in listeners is a relayed stream's cost in listener-streams. For scale, a
+//! speaker's cost on the origin (1 − 0) in listener-streams, less the other speakers' streams
+//! it receives: what the origin pays to take in one published stream. Latency: each
 //! packet's one-way time from the speaker's send stamp to a listener's arrival, on the
 //! harness's one clock; an edge listener's packet takes one relay hop more than an origin
 //! listener's. Every run is bounded in clients and time.
@@ -119,7 +123,7 @@ impl RelayParams {
     /// Upper bound on the wall time of the run (the clients leave by then).
     pub fn bound(&self) -> Duration {
         let joins = Duration::from_secs_f64((self.listeners * NODES) as f64 / self.join_rate);
-        joins + (self.window + SETTLE + WAIT * 2) * 6 + Duration::from_secs(60)
+        joins + (self.window + SETTLE + WAIT * 2) * 7 + Duration::from_secs(60)
     }
 }
 
@@ -253,13 +257,18 @@ pub struct Phase {
 /// no listeners to divide by).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Costs {
-    /// A listener's CPU on the origin alone (phases 1 − 0), cores.
+    /// A listener's CPU on the origin alone (phases 2 − 1), cores.
     pub listener_single: Option<f64>,
-    /// A listener's CPU on each edge (3 − 2, 5 − 4), cores.
+    /// A speaker's CPU on the origin (1 − 0), in listener-streams, less the streams of the
+    /// other speakers it receives: one published stream taken in.
+    pub speaker_ingress_listener_streams: Option<f64>,
+    /// A listener's CPU on each edge (4 − 3, 6 − 5), cores.
     pub listener_edge: [Option<f64>; 2],
     /// Edge listener ÷ single-node listener, per edge.
     pub edge_over_single: [Option<f64>; 2],
-    /// Each link's CPU on the origin (2 − 1, 4 − 3), in single-node listeners.
+    /// Each link's CPU on the origin and on its edge, cores (the same differences as below).
+    pub link_cores: [(Option<f64>, Option<f64>); 2],
+    /// Each link's CPU on the origin (3 − 2, 5 − 4), in single-node listeners.
     pub link_origin_listeners: [Option<f64>; 2],
     /// Each link's CPU on its edge (its first phase less the previous, less its one listener),
     /// in single-node listeners.
@@ -361,10 +370,16 @@ impl RelayReport {
             ms(c.listener_edge[1]),
             x(c.edge_over_single[1]),
         ));
+        out.push_str(&format!(
+            "a speaker's stream taken in on the origin: {} listener-streams\n",
+            x(c.speaker_ingress_listener_streams)
+        ));
         for k in 0..2 {
             out.push_str(&format!(
-                "link to edge {}: origin {} + edge {} = {} listener-streams per relayed stream\n",
+                "link to edge {} ({} + {} ms/s): origin {} + edge {} = {} listener-streams per relayed stream\n",
                 k + 1,
+                ms(c.link_cores[k].0),
+                ms(c.link_cores[k].1),
                 x(c.link_origin_listeners[k]),
                 x(c.link_edge_listeners[k]),
                 x(c.link_listener_streams[k]),
@@ -428,6 +443,15 @@ pub async fn run(
         nodes.iter().map(|n| n.pid.map(ProcProbe::new)).collect();
     let mut redis = redis_pid.map(ProcProbe::new);
 
+    let mut m = Measure {
+        nodes,
+        clock,
+        window: params.window,
+        probes: &mut probes,
+        redis: &mut redis,
+        harness: ProcProbe::new(std::process::id()),
+    };
+    let idle = m.phase("idle", &crowd, true).await;
     for _ in 0..params.speakers {
         crowd.join(Role::Speaker)?;
     }
@@ -450,15 +474,8 @@ pub async fn run(
         .count();
 
     let mut phases = Vec::new();
-    let mut m = Measure {
-        nodes,
-        clock,
-        window: params.window,
-        probes: &mut probes,
-        redis: &mut redis,
-        harness: ProcProbe::new(std::process::id()),
-    };
     phases.push(m.phase("speakers", &crowd, true).await);
+    phases.insert(0, idle);
     let n = params.listeners;
     let rate = params.join_rate;
     join(&mut crowd, n - params.speakers, rate, clock).await?;
@@ -509,7 +526,7 @@ pub async fn run(
     }
     let _ = crowd.finish().await;
     let roles = [origin, edge1, edge2];
-    let costs = costs(&phases, roles);
+    let costs = costs(&phases, roles, params.speakers);
     let added_ms = added(phases.last(), roles);
     Ok(RelayReport {
         params: params.clone(),
@@ -672,8 +689,8 @@ fn record(records: &[serde_json::Value], http: SocketAddr) -> Option<&serde_json
     records.iter().find(|r| r["public_url"] == url.as_str())
 }
 
-/// The costs from the phases (in [`run`]'s order) and the nodes' roles.
-pub fn costs(phases: &[Phase], roles: [Option<usize>; 3]) -> Costs {
+/// The costs from the phases (in [`run`]'s order), the nodes' roles and the number of speakers.
+pub fn costs(phases: &[Phase], roles: [Option<usize>; 3], speakers: usize) -> Costs {
     let cpu = |p: usize, node: usize| phases.get(p)?.cpu_cores.get(node).copied().flatten();
     let count =
         |p: usize, node: usize| phases.get(p).and_then(|ph| ph.listeners.get(node).copied());
@@ -687,8 +704,13 @@ pub fn costs(phases: &[Phase], roles: [Option<usize>; 3]) -> Costs {
     let [Some(origin), edge1, edge2] = roles else {
         return c;
     };
-    c.listener_single = per_listener(origin, 0, 1);
-    for (k, (edge, first)) in [(edge1, 2usize), (edge2, 4)].into_iter().enumerate() {
+    c.listener_single = per_listener(origin, 1, 2);
+    let stream = c.listener_single.map(|l| l / speakers.max(1) as f64);
+    c.speaker_ingress_listener_streams = cpu(1, origin)
+        .zip(cpu(0, origin))
+        .zip(stream.filter(|s| *s > 0.0))
+        .map(|((b, a), st)| (b - a) / speakers.max(1) as f64 / st - (speakers - 1) as f64);
+    for (k, (edge, first)) in [(edge1, 3usize), (edge2, 5)].into_iter().enumerate() {
         let Some(edge) = edge else { continue };
         c.listener_edge[k] = per_listener(edge, first, first + 1);
         let single = c.listener_single.filter(|s| *s > 0.0);
@@ -703,6 +725,7 @@ pub fn costs(phases: &[Phase], roles: [Option<usize>; 3]) -> Costs {
             .zip(cpu(first - 1, edge))
             .zip(joined.zip(c.listener_edge[k]))
             .map(|((b, a), (j, l))| b - a - j * l);
+        c.link_cores[k] = (on_origin, on_edge);
         c.link_origin_listeners[k] = on_origin.zip(single).map(|(o, s)| o / s);
         c.link_edge_listeners[k] = on_edge.zip(single).map(|(e, s)| e / s);
         c.link_listener_streams[k] = c.link_origin_listeners[k]
@@ -742,6 +765,7 @@ mod tests {
         // Node 1 is the origin, node 0 the first edge, node 2 the second. A listener costs
         // 0.001 cores everywhere; a link 0.002 on the origin and 0.003 on its edge.
         let phases = [
+            phase([0, 0, 0], [0.01, 0.03, 0.01]),
             phase([0, 0, 0], [0.01, 0.05, 0.01]),
             phase([0, 10, 0], [0.01, 0.06, 0.01]),
             phase([1, 10, 0], [0.014, 0.062, 0.01]),
@@ -749,9 +773,12 @@ mod tests {
             phase([11, 10, 1], [0.024, 0.064, 0.014]),
             phase([11, 10, 11], [0.024, 0.064, 0.024]),
         ];
-        let c = costs(&phases, [Some(1), Some(0), Some(2)]);
+        // Two speakers cost 0.02: 0.01 each, i.e. 20 listener-streams (0.0005 each), of which
+        // one is the other speaker's stream it receives.
+        let c = costs(&phases, [Some(1), Some(0), Some(2)], 2);
         let near = |v: Option<f64>, x: f64| v.is_some_and(|v| (v - x).abs() < 1e-9);
         assert!(near(c.listener_single, 0.001), "{c:?}");
+        assert!(near(c.speaker_ingress_listener_streams, 19.0), "{c:?}");
         assert!(near(c.listener_edge[0], 0.001) && near(c.listener_edge[1], 0.001));
         assert!(near(c.edge_over_single[0], 1.0));
         assert!(near(c.link_origin_listeners[0], 2.0) && near(c.link_origin_listeners[1], 2.0));
@@ -759,7 +786,7 @@ mod tests {
         assert!(near(c.link_listener_streams[1], 5.0));
         // Without an origin nothing is derived.
         assert!(
-            costs(&phases, [None, Some(0), Some(2)])
+            costs(&phases, [None, Some(0), Some(2)], 2)
                 .listener_single
                 .is_none()
         );
