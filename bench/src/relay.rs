@@ -376,7 +376,7 @@ impl RelayReport {
         ));
         for k in 0..2 {
             out.push_str(&format!(
-                "link to edge {} ({} + {} ms/s): origin {} + edge {} = {} listener-streams per relayed stream\n",
+                "link to edge {} (origin {}, edge {}): origin {} + edge {} = {} listener-streams per relayed stream\n",
                 k + 1,
                 ms(c.link_cores[k].0),
                 ms(c.link_cores[k].1),
