@@ -75,7 +75,7 @@ struct RelayArgs {
     #[arg(long, default_value_t = 4)]
     speakers: usize,
     /// Participants per node, its `node_capacity`: the origin holds the speakers and the rest
-    /// as listeners, each edge this many listeners.
+    /// as listeners, each edge as many listeners (it counts the speakers it mirrors).
     #[arg(long, default_value_t = 50)]
     listeners: usize,
     /// Listener joins per second.
