@@ -39,7 +39,7 @@ pub(crate) struct Peer {
     pub connected: bool,
     pub next_timeout: Instant,
     /// Datagrams not sent: the socket would not take them (its buffer was full), or their
-    /// destination was not a loopback address.
+    /// destination was not one the harness may send to ([`crate::netns::reachable`]).
     pub send_drops: u64,
 }
 
