@@ -249,8 +249,19 @@ async fn listeners_of_a_full_origin_go_to_an_edge_which_relays_the_room() {
     };
     let (a_load, b_load) = (Arc::new(Load::default()), Arc::new(Load::default()));
     b_load.0.store(50, Ordering::Relaxed);
-    let a = start(connect().await, "ws://a.example:7880", &a_load);
     let keys = Keys::new(vec![("k".into(), "s".into())]).unwrap();
+    // The origin's members' presence outlives its record (the defaults: 30 s and 3 s).
+    let a = Control::start(
+        connect().await,
+        Arc::new(NoMedia),
+        keys.clone(),
+        ControlConfig {
+            public_url: "ws://a.example:7880".into(),
+            node_capacity: 100,
+            ..ControlConfig::default()
+        },
+    );
+    a.set_load_source(a_load.clone());
     let media = Arc::new(Relays::default());
     let config = ControlConfig {
         presence_ttl: 1,
@@ -336,9 +347,10 @@ async fn listeners_of_a_full_origin_go_to_an_edge_which_relays_the_room() {
     assert_eq!(asked, [want.clone(), want.clone()]);
     assert!(a.admit(id.as_str(), "lee").await.unwrap().is_some());
 
-    // Connected: lee on the origin, mo and kim on the edge. The origin dies: once its own
-    // members are marked gone, the room moves (to the edge, the one living node) although the
-    // edge's listeners are still connected; the host rejoins there.
+    // Connected: lee on the origin, mo and kim on the edge. The origin dies: once its record
+    // expired, the room moves although the edge's listeners are connected and the origin's
+    // member is still counted (her presence outlives the record); the host rejoins on the new
+    // origin, a third node, and the edge re-links to it.
     a.presence(id.as_str(), "lee", true).await;
     b.presence(id.as_str(), "mo", true).await;
     b.presence(id.as_str(), "kim", true).await;
@@ -357,22 +369,38 @@ async fn listeners_of_a_full_origin_go_to_an_edge_which_relays_the_room() {
         origin,
         "stays while the origin lives"
     );
+    let c_load = Arc::new(Load::default());
+    let c = start(connect().await, "ws://c.example:7880", &c_load);
+    b_load.0.store(10, Ordering::Relaxed);
+    wait_nodes(&b, "a third node, the edge busier", |n| {
+        n.len() == 3 && n.iter().any(|n| n.load.participants == 10)
+    })
+    .await;
     drop(a);
-    wait_nodes(&b, "the origin's record expired", |n| n.len() == 1).await;
+    wait_nodes(&b, "the origin's record expired", |n| n.len() == 2).await;
+    assert_eq!(
+        b.room(&id).await.unwrap().totals().present,
+        3,
+        "lee counted"
+    );
+    let grant = b.join(&uid("hana"), "Hana", &id).await.unwrap();
+    let moved = "ws://c.example:7880";
+    assert_eq!(
+        grant.media_url.as_deref(),
+        Some(moved),
+        "the room moved to the living node with the most headroom"
+    );
+    // The move is announced; the edge, serving mo and kim, relays the room from its new origin.
+    let want = (id.to_string(), moved.to_owned());
     let deadline = Instant::now() + Duration::from_secs(15);
-    while b.room(&id).await.unwrap().totals().present > 2 {
+    while !media.0.lock().unwrap().contains(&want) {
         assert!(
             Instant::now() < deadline,
-            "the origin's member still present"
+            "the edge re-links to the new origin"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let grant = b.join(&uid("hana"), "Hana", &id).await.unwrap();
-    assert_eq!(
-        grant.media_url.as_deref(),
-        edge,
-        "the room moved to a living node"
-    );
+    drop(c);
 
     // The edge set goes with the room.
     store.remove_room(&id).await.unwrap();
