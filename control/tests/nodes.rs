@@ -406,3 +406,37 @@ async fn listeners_of_a_full_origin_go_to_an_edge_which_relays_the_room() {
     store.remove_room(&id).await.unwrap();
     assert!(store.room_edges(&id).await.unwrap().is_empty());
 }
+
+/// A media plane too busy to say its load (its reading never ends).
+#[derive(Debug)]
+struct Late;
+
+#[async_trait::async_trait]
+impl LoadSource for Late {
+    async fn load(&self) -> NodeLoad {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        NodeLoad::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_load_is_late_stays_living() {
+    let redis = RedisServer::start();
+    let store: Arc<dyn Store> = Arc::new(RedisStore::connect(&redis.url, "stoa:").await.unwrap());
+    let config = ControlConfig {
+        node_ttl: 1,
+        public_url: "ws://a.example:7880".into(),
+        ..ControlConfig::default()
+    };
+    let keys = Keys::new(vec![("k".into(), "s".into())]).unwrap();
+    let control = Control::start(store.clone(), Arc::new(NoMedia), keys, config);
+    control.set_load_source(Arc::new(Late));
+    wait_nodes(&control, "its record", |n| n.len() == 1).await;
+    // Its record is written on time although no reading of its load ever completes: listed
+    // at every look over three of its lifetimes.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert_eq!(store.nodes(now()).await.unwrap().len(), 1, "still living");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

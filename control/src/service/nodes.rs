@@ -27,7 +27,8 @@ pub(super) struct NodeState {
     source: OnceLock<Arc<dyn LoadSource>>,
     /// The living nodes as last read, and the unix ms they were read.
     cache: Mutex<Option<(u64, Arc<Vec<Node>>)>>,
-    /// The media plane's load as last read, written again when a reading is late.
+    /// The media plane's load as last read: what the record says (a reading that is late
+    /// lands here when it completes, for a later write).
     load: Mutex<NodeLoad>,
 }
 
@@ -115,38 +116,28 @@ impl Control {
         node.ok_or_else(missing)
     }
 
-    /// Writes this node's record, for `[control] node_ttl`. The media plane's load is waited
-    /// for a sixth of that at most (a busy engine must not make its node look dead): a late
-    /// reading writes the last one again.
+    /// Reads the media plane's load into what the record says.
+    async fn read_load(&self) {
+        if let Some(source) = self.inner.node.source.get() {
+            let load = source.load().await;
+            *self
+                .inner
+                .node
+                .load
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = load;
+        }
+    }
+
+    /// Writes this node's record, with its load as last read, for `[control] node_ttl`.
     pub(super) async fn beat(&self) -> Result<(), ControlError> {
         let ttl_ms = self.inner.config.node_ttl.saturating_mul(1000);
-        let load = match self.inner.node.source.get() {
-            Some(s) => {
-                let wait = std::time::Duration::from_millis(ttl_ms / 6);
-                let last = &self.inner.node.load;
-                let last = || {
-                    *last
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                };
-                match tokio::time::timeout(wait, s.load()).await {
-                    Ok(load) => {
-                        *self
-                            .inner
-                            .node
-                            .load
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner) = load;
-                        load
-                    }
-                    Err(_) => {
-                        tracing::debug!("node load late; its last reading written again");
-                        last()
-                    }
-                }
-            }
-            None => NodeLoad::default(),
-        };
+        let load = *self
+            .inner
+            .node
+            .load
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = now_ms();
         let node = Node {
             id: self.inner.instance.clone(),
@@ -312,21 +303,37 @@ impl Control {
 
 /// Keeps this node's record in the registry: written every `node_ttl / 3` on its own timer,
 /// apart from the room sweep, so that the record of a node that died expires within `node_ttl`
-/// and that of a living one never does (two writes may be missed).
+/// and that of a living one never does (two writes may be missed). Each write waits for a fresh
+/// reading of the load a sixth of `node_ttl` at most: a busy media plane must not make its node
+/// look dead, so a late reading goes on by itself and a later write carries it.
 async fn keep_record(inner: std::sync::Weak<super::Inner>) {
     let ttl_ms = match inner.upgrade() {
         Some(i) => i.config.node_ttl.saturating_mul(1000),
         None => return,
     };
     let period = std::time::Duration::from_millis((ttl_ms / 3).max(100));
+    let wait = std::time::Duration::from_millis(ttl_ms / 6);
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reading: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        if let Err(e) = (Control { inner }).beat().await {
+        let control = Control { inner };
+        let mut current = match reading.take() {
+            Some(late) if !late.is_finished() => late,
+            _ => {
+                let reader = control.clone();
+                tokio::spawn(async move { reader.read_load().await })
+            }
+        };
+        if tokio::time::timeout(wait, &mut current).await.is_err() {
+            tracing::debug!("node load late; the record says the last reading");
+            reading = Some(current);
+        }
+        if let Err(e) = control.beat().await {
             tracing::warn!(error = %e, "node record not written");
         }
     }
