@@ -316,6 +316,7 @@ async fn keep_record(inner: std::sync::Weak<super::Inner>) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reading: Option<tokio::task::JoinHandle<()>> = None;
+    let mut first = true;
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else {
@@ -335,6 +336,11 @@ async fn keep_record(inner: std::sync::Weak<super::Inner>) {
         }
         if let Err(e) = control.beat().await {
             tracing::warn!(error = %e, "node record not written");
+        }
+        if first {
+            // The node metrics show this node from its first record, not at the next sweep.
+            control.count_nodes().await;
+            first = false;
         }
     }
 }
