@@ -439,4 +439,12 @@ async fn a_node_whose_load_is_late_stays_living() {
         assert_eq!(store.nodes(now()).await.unwrap().len(), 1, "still living");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The reading still under way does not keep the control plane alive: dropped, its record
+    // stops and expires.
+    drop(control);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !store.nodes(now()).await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the record expires");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

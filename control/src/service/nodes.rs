@@ -29,7 +29,7 @@ pub(super) struct NodeState {
     cache: Mutex<Option<(u64, Arc<Vec<Node>>)>>,
     /// The media plane's load as last read: what the record says (a reading that is late
     /// lands here when it completes, for a later write).
-    load: Mutex<NodeLoad>,
+    load: Arc<Mutex<NodeLoad>>,
 }
 
 impl std::fmt::Debug for NodeState {
@@ -114,19 +114,6 @@ impl Control {
         );
         let node = self.nodes().await?.into_iter().find(|n| n.id == id);
         node.ok_or_else(missing)
-    }
-
-    /// Reads the media plane's load into what the record says.
-    async fn read_load(&self) {
-        if let Some(source) = self.inner.node.source.get() {
-            let load = source.load().await;
-            *self
-                .inner
-                .node
-                .load
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = load;
-        }
     }
 
     /// Writes this node's record, with its load as last read, for `[control] node_ttl`.
@@ -323,11 +310,21 @@ async fn keep_record(inner: std::sync::Weak<super::Inner>) {
             return;
         };
         let control = Control { inner };
+        let node = &control.inner.node;
         let mut current = match reading.take() {
             Some(late) if !late.is_finished() => late,
             _ => {
-                let reader = control.clone();
-                tokio::spawn(async move { reader.read_load().await })
+                // The reading holds the source and the slot it fills, not the control plane,
+                // which ends with its last handle.
+                let (source, slot) = (node.source.get().cloned(), node.load.clone());
+                tokio::spawn(async move {
+                    if let Some(source) = source {
+                        let load = source.load().await;
+                        *slot
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = load;
+                    }
+                })
             }
         };
         if tokio::time::timeout(wait, &mut current).await.is_err() {
