@@ -906,6 +906,7 @@ impl Control {
                 media: effects.media,
                 events: effects.events,
                 notices: Vec::new(),
+                moved: Vec::new(),
             })
             .await
     }
@@ -1389,6 +1390,13 @@ async fn consume(inner: std::sync::Weak<Inner>, mut rx: broadcast::Receiver<BusM
         for (users, notification) in &message.notices {
             inner.streams.deliver(users, notification);
         }
+        for (room, to) in message.moved {
+            let control = Control {
+                inner: inner.clone(),
+            };
+            // Off the bus's loop: a link is made while the next messages are delivered.
+            tokio::spawn(async move { control.relink(&room, &to).await });
+        }
     }
 }
 
@@ -1418,9 +1426,9 @@ async fn sweep(inner: std::sync::Weak<Inner>) {
         {
             tracing::warn!(error = %e, "heartbeat not recorded");
         }
-        if let Err(e) = control.beat(ttl_ms).await {
-            tracing::warn!(error = %e, "node record not written");
-        }
+        // The node's record has its own, faster heartbeat (`service/nodes.rs`); the metrics
+        // of the registry are read here.
+        control.count_nodes().await;
         let timeout = control.inner.config.empty_timeout * 1000;
         let rooms = match control.rooms(&[RoomState::Live]).await {
             Ok(r) => r,

@@ -99,6 +99,34 @@ impl Control {
         }
     }
 
+    /// Room `id` moved to the node at `to` (another instance's token request moved it, and
+    /// said so over the bus): when this node serves members of the room and is not its new
+    /// origin, it relays the room from there now, so that its listeners, still connected,
+    /// hear the room's speakers again as soon as they publish there. The sweep does the same
+    /// ([`Control::keep_relays`]) should the message be lost.
+    pub(super) async fn relink(&self, id: &RoomId, to: &str) {
+        let own = &self.inner.config.public_url;
+        if own.is_empty() || to == own {
+            return;
+        }
+        let doc = match self.inner.store.room(id, &Scope::header()).await {
+            Ok(Some(d)) if d.room.state == RoomState::Live => d,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(room = %id, error = %e, "cannot read a moved room; its edges re-link at their sweep");
+                return;
+            }
+        };
+        if doc
+            .counts()
+            .instances
+            .get(&self.inner.instance)
+            .is_some_and(|n| *n > 0)
+        {
+            self.relay_if_edge(&doc).await;
+        }
+    }
+
     /// After admitting someone into room `doc` on this node: when the room's origin is another
     /// node, this node is one of its edges and relays the room from there (once: the media
     /// plane keeps a running link, and makes it again after it ended).
