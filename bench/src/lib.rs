@@ -19,7 +19,8 @@
 //!   clients drive it; [`compare`]: the baseline and both servers through the same ramp and
 //!   join storm, in one run; [`two_rooms`]: join storms in one room while another is busy;
 //!   [`recording`]: a room's recording on and off, side by side (server CPU, listeners'
-//!   latency and loss).
+//!   latency and loss); [`failover`]: a node of three killed under a room, and how soon its
+//!   listeners hear audio again.
 //!
 //! One-way latency needs one clock: speakers and listeners run in this one process and share a
 //! [`clock::Clock`]; each Opus packet carries its send time in Opus padding (RFC 6716 §3.2.5),
@@ -39,6 +40,7 @@ pub mod chart;
 pub mod client;
 pub mod clock;
 pub mod compare;
+pub mod failover;
 pub mod janus;
 mod peer;
 pub mod product;

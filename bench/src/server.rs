@@ -67,7 +67,21 @@ impl ServerProcess {
         cpus: Option<&str>,
         redis_url: &str,
     ) -> Result<ServerProcess, ServerError> {
-        ServerProcess::spawn_inner(binary, cpus, None, &[("STOA_REDIS_URL", redis_url)], true)
+        ServerProcess::spawn_node_with(binary, cpus, redis_url, None, &[])
+    }
+
+    /// Like [`ServerProcess::spawn_node`], its output to `log` when given, with `STOA_*`
+    /// settings of its own.
+    pub fn spawn_node_with(
+        binary: &Path,
+        cpus: Option<&str>,
+        redis_url: &str,
+        log: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Result<ServerProcess, ServerError> {
+        let mut all = vec![("STOA_REDIS_URL", redis_url)];
+        all.extend_from_slice(env);
+        ServerProcess::spawn_inner(binary, cpus, log, &all, true)
     }
 
     fn spawn_inner(
@@ -119,6 +133,18 @@ impl ServerProcess {
         };
         wait_listening(server.http, &mut server.child)?;
         Ok(server)
+    }
+
+    /// Kills it with SIGKILL, as a crash would: no draining, its registry record left to
+    /// expire.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether it has exited.
+    pub fn is_dead(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
     }
 
     /// The process id (that of `stoa` itself: `taskset` execs it).

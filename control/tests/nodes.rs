@@ -197,6 +197,49 @@ async fn rooms_go_to_headroom_avoid_drained_nodes_and_leave_dead_ones() {
     assert_eq!(doc.room.media_url.as_deref(), Some("ws://a.example:7880"));
 }
 
+/// A node that registered after another instance last read the registry: that instance's
+/// cached records do not show it, and a token request there must not take the room's node for
+/// dead and move the room (it would split from its members on the new node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_on_a_node_newer_than_the_cached_records_stays_there() {
+    let redis = RedisServer::start();
+    let connect = async || {
+        let store: Arc<dyn Store> =
+            Arc::new(RedisStore::connect(&redis.url, "stoa:").await.unwrap());
+        store
+    };
+    let (busy, idle) = (Arc::new(Load::default()), Arc::new(Load::default()));
+    busy.0.store(60, Ordering::Relaxed);
+    let a = start(connect().await, "ws://a.example:7880", &busy);
+    // A reads the registry: itself alone (and caches it).
+    wait_nodes(&a, "a's record", |n| {
+        n.len() == 1 && n[0].load.participants == 60
+    })
+    .await;
+    let read_at = Instant::now();
+    let b = start(connect().await, "ws://b.example:7880", &idle);
+    let store = connect().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.nodes(now()).await.unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "b's record");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Placed by B on itself (A is busier); a token request through A right after.
+    let doc = b
+        .create_room(&host(), new_room("Newer", None, Default::default()))
+        .await
+        .unwrap();
+    assert_eq!(doc.room.media_url.as_deref(), Some("ws://b.example:7880"));
+    let grant = a.join(&uid("lee"), "Lee", &doc.room.id).await.unwrap();
+    assert!(
+        read_at.elapsed() < Duration::from_secs(1),
+        "the token request came after A's cached records expired: the case was not tested"
+    );
+    assert_eq!(grant.media_url.as_deref(), Some("ws://b.example:7880"));
+    let doc = a.room(&doc.room.id).await.unwrap();
+    assert_eq!(doc.room.media_url.as_deref(), Some("ws://b.example:7880"));
+}
+
 #[tokio::test]
 async fn without_a_public_url_rooms_have_no_node() {
     let dir = std::env::temp_dir().join(format!("stoa-nodes-single-{}", std::process::id()));

@@ -253,16 +253,24 @@ impl Control {
         if self.inner.config.public_url.is_empty() {
             return Ok(current);
         }
-        let nodes = self.living().await?;
-        let now = now_ms();
-        let present = placement::holding(current.as_deref(), &doc.counts().instances, &nodes, now);
-        let Some(to) = placement::review(
-            current.as_deref(),
-            present,
-            &nodes,
-            self.inner.config.node_capacity,
-            now,
-        ) else {
+        let review = |nodes: &[Node]| {
+            let now = now_ms();
+            let present =
+                placement::holding(current.as_deref(), &doc.counts().instances, nodes, now);
+            placement::review(
+                current.as_deref(),
+                present,
+                nodes,
+                self.inner.config.node_capacity,
+                now,
+            )
+        };
+        if review(&self.living().await?).is_none() {
+            return Ok(current);
+        }
+        // The cached records may be older than the room's node (another instance placed it on
+        // a node that registered since): a move is decided on a fresh reading only.
+        let Some(to) = review(&self.nodes().await?) else {
             return Ok(current);
         };
         let mut placed = current.clone();
