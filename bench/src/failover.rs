@@ -14,9 +14,11 @@
 //!   again once their edge re-links to the room's new origin; the origin's own listeners
 //!   rejoin.
 //!
-//! Every listener whose audio stopped (no packet for [`SILENT`], or its client ended) counts as
-//! affected; it has recovered at the first packet it receives after that. The report gives,
-//! over the affected listeners, the share that recovered within the target (10 s for an edge,
+//! The listeners a kill concerns are the killed edge's own (their connections ended), or every
+//! listener when the origin died; one has recovered at the first packet it receives after its
+//! audio stopped (no packet for [`SILENT`], or its client ended). Other listeners whose audio
+//! paused meanwhile are reported apart, with their pauses. The report gives, over the
+//! concerned listeners, the share that recovered within the target (10 s for an edge,
 //! 15 s after the speaker's rejoin for the origin) and the recovery times' quantiles, from the
 //! kill and from the speaker's rejoin. Bounded: the run gives up [`Params::give_up`] after the
 //! kill, and every client leaves by its deadline.
@@ -114,9 +116,14 @@ pub struct Report {
     pub placed: Vec<(String, u64)>,
     /// Listeners that heard the speaker before the kill.
     pub heard_before: usize,
-    /// Listeners whose audio stopped after the kill.
+    /// Listeners the kill concerns: an edge's own listeners (their connections ended), or
+    /// every listener when the origin died.
     pub affected: usize,
-    /// Of them, those that heard audio again before the run gave up.
+    /// Listeners not concerned by the kill whose audio still paused for [`SILENT`] or more.
+    pub paused: usize,
+    /// Their pauses, ms: p50, p95, p99, max.
+    pub pause_ms: Option<[u32; 4]>,
+    /// Of the affected, those that heard audio again before the run gave up.
     pub recovered: usize,
     /// Of them, those that heard audio again within the target: 10 s after the kill for an
     /// edge, 15 s after the speaker's rejoin for the origin.
@@ -151,9 +158,9 @@ impl Report {
             .map(|(url, n)| format!("{url}: {n}"))
             .collect();
         format!(
-            "| killed | listeners per node | heard before | affected | recovered | within target | kill → audio p50 / p95 / p99 / max | rejoin → audio p50 / p95 / p99 / max | speaker rejoined | rejoins (failed) |\n\
-             |---|---|---:|---:|---:|---:|---|---|---:|---:|\n\
-             | {victim:?} | {placed} | {heard} | {affected} | {recovered} | {within} ({share:.1} %) | {kill} ms | {rejoin} | {speaker} | {rejoins} ({failed}) |\n",
+            "| killed | listeners per node | heard before | affected | recovered | within target | kill → audio p50 / p95 / p99 / max | rejoin → audio p50 / p95 / p99 / max | speaker rejoined | rejoins (failed) | others paused: pause p50 / p95 / p99 / max |\n\
+             |---|---|---:|---:|---:|---:|---|---|---:|---:|---|\n\
+             | {victim:?} | {placed} | {heard} | {affected} | {recovered} | {within} ({share:.1} %) | {kill} ms | {rejoin} | {speaker} | {rejoins} ({failed}) | {paused}: {pause} |\n",
             victim = self.params.victim,
             placed = placed.join(", "),
             heard = self.heard_before,
@@ -170,6 +177,10 @@ impl Report {
                 .map_or_else(|| "-".to_owned(), |ms| format!("{ms} ms")),
             rejoins = self.rejoins,
             failed = self.rejoins_failed,
+            paused = self.paused,
+            pause = self
+                .pause_ms
+                .map_or_else(|| "-".to_owned(), |v| format!("{} ms", q(Some(v)))),
         )
     }
 }
@@ -235,6 +246,8 @@ struct Slot {
     last_packet: Option<Instant>,
     /// When its audio stopped after the kill, and when it came back.
     lost: Option<Instant>,
+    /// Its connection ended after the kill (it was on the killed node).
+    dropped: bool,
     back: Option<Instant>,
     /// Its current client was started after the kill.
     rejoined: bool,
@@ -253,6 +266,7 @@ impl Slot {
             packets: 0,
             last_packet: None,
             lost: None,
+            dropped: false,
             back: None,
             rejoined: false,
             retry_at: None,
@@ -462,6 +476,7 @@ async fn play(
             // Its connection ended: it asks a living node's API again, after a backoff.
             let Some(at) = s.retry_at else {
                 s.lost.get_or_insert(now);
+                s.dropped = true;
                 if s.rejoined {
                     rejoins_failed += 1;
                 }
@@ -495,7 +510,28 @@ async fn play(
 
     // Recovery times.
     let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
-    let affected: Vec<&Slot> = slots.iter().filter(|s| s.lost.is_some()).collect();
+    let quantiles = |v: &[u32]| -> Option<[u32; 4]> {
+        Some([
+            percentile(v, 0.50)?,
+            percentile(v, 0.95)?,
+            percentile(v, 0.99)?,
+            *v.last()?,
+        ])
+    };
+    // An edge's death concerns its own listeners; the origin's, every listener. Others whose
+    // audio paused meanwhile (the cluster and this harness absorbing the rejoins) are counted
+    // apart.
+    let concerned = |s: &Slot| match params.victim {
+        Victim::Edge => s.dropped,
+        Victim::Origin => s.lost.is_some(),
+    };
+    let affected: Vec<&Slot> = slots.iter().filter(|s| concerned(s)).collect();
+    let mut pauses: Vec<u32> = slots
+        .iter()
+        .filter(|s| !concerned(s))
+        .filter_map(|s| Some(ms(s.back?.saturating_duration_since(s.lost?))))
+        .collect();
+    pauses.sort_unstable();
     let mut from_kill: Vec<u32> = affected
         .iter()
         .filter_map(|s| s.back.map(|b| ms(b.duration_since(killed))))
@@ -513,19 +549,13 @@ async fn play(
         Victim::Edge => from_kill.iter().filter(|t| **t <= 10_000).count(),
         Victim::Origin => from_rejoin.iter().filter(|t| **t <= 15_000).count(),
     };
-    let quantiles = |v: &[u32]| -> Option<[u32; 4]> {
-        Some([
-            percentile(v, 0.50)?,
-            percentile(v, 0.95)?,
-            percentile(v, 0.99)?,
-            *v.last()?,
-        ])
-    };
     let report = Report {
         params: params.clone(),
         placed,
         heard_before,
         affected: affected.len(),
+        paused: pauses.len(),
+        pause_ms: quantiles(&pauses),
         recovered: from_kill.len(),
         within_target,
         within_target_share: if affected.is_empty() {
