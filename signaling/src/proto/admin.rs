@@ -42,6 +42,13 @@ pub enum AdminOp {
         /// The room.
         room: String,
     },
+    /// Snapshots of the room's participants this node holds (their sessions are here): no
+    /// mirror of another node's participant, no relay. What a room-wide listing gathers from
+    /// each node of the room (docs/ARCHITECTURE.md, "Room-wide views and actions").
+    ListHeld {
+        /// The room.
+        room: String,
+    },
     /// Disconnect a participant (`PARTICIPANT_REMOVED`).
     RemoveParticipant {
         /// The room.
@@ -140,6 +147,7 @@ impl AdminOp {
             AdminOp::CreateRoom { name: room, .. }
             | AdminOp::DeleteRoom { room }
             | AdminOp::ListParticipants { room }
+            | AdminOp::ListHeld { room }
             | AdminOp::RemoveParticipant { room, .. }
             | AdminOp::UpdateParticipant { room, .. }
             | AdminOp::MuteTrack { room, .. }
@@ -267,6 +275,19 @@ impl Server {
                     )
                 })
                 .ok_or(ServiceError::RoomNotFound(room)),
+            AdminOp::ListHeld { room } => {
+                let r = self
+                    .rooms
+                    .get(&room)
+                    .ok_or_else(|| ServiceError::RoomNotFound(room.clone()))?;
+                Ok(AdminReply::Participants(
+                    r.participants
+                        .values()
+                        .filter(|p| !p.is_relay() && !self.is_mirror(&room, &p.sid))
+                        .map(Participant::info)
+                        .collect(),
+                ))
+            }
             AdminOp::RemoveParticipant { room, identity } => {
                 let id = self.session_of(&room, &identity)?;
                 self.end_session(
@@ -376,10 +397,17 @@ impl Server {
             .by_identity(identity)
             .map(|p| p.sid.clone())
             .ok_or_else(|| ServiceError::ParticipantNotFound(identity.to_owned()))?;
-        let p = r
-            .participants
-            .get_mut(&psid)
-            .ok_or_else(|| ServiceError::ParticipantNotFound(identity.to_owned()))?;
+        if self.is_mirror(room, &psid) {
+            // The origin holds it (and sends its changes back over the link).
+            return Err(ServiceError::ParticipantNotFound(identity.to_owned()));
+        }
+        let Some(p) = self
+            .rooms
+            .get_mut(room)
+            .and_then(|r| r.participants.get_mut(&psid))
+        else {
+            return Err(ServiceError::ParticipantNotFound(identity.to_owned()));
+        };
         p.apply_update(update.name, update.metadata, update.attributes);
         let info = match update.permission {
             // Broadcasts the new snapshot, and publishes or unpublishes as needed.
@@ -418,6 +446,25 @@ impl Server {
         p.touch();
         let can_publish = p.can_publish();
         r.reindex(&psid);
+        let session = self.by_participant.get(&psid).copied();
+        if let Some(session) =
+            session.filter(|_| !could_publish && can_publish && self.relays.contains_key(room))
+        {
+            // This node is an edge of the room: it relays one way, from the origin, so whoever
+            // may speak speaks there. The client is told to leave; the token it asks for next
+            // names the origin (the control plane places whoever may publish there).
+            let info = r
+                .participants
+                .get(&psid)
+                .map(Participant::info)
+                .ok_or_else(|| ServiceError::ParticipantNotFound(identity.into()))?;
+            self.end_session(
+                session,
+                "may publish: moves to the origin",
+                Leave::Disconnect(lk::DisconnectReason::Migration),
+            );
+            return Ok(info);
+        }
         if could_publish != can_publish {
             r.dirty = true;
             let publisher = self
@@ -460,6 +507,11 @@ impl Server {
             .by_identity(identity)
             .ok_or_else(|| ServiceError::ParticipantNotFound(identity.into()))?;
         let psid = p.sid.clone();
+        if self.is_mirror(room, &psid) {
+            // The origin holds the track: muting its relayed copy here would outlive the
+            // origin's unmute. The origin's mute reaches this node in its snapshots.
+            return Err(ServiceError::ParticipantNotFound(identity.into()));
+        }
         let info = self
             .set_muted(room, &psid, track_sid, muted)
             .ok_or_else(|| ServiceError::TrackNotFound(track_sid.into()))?;

@@ -157,6 +157,13 @@ impl Server {
         Ok(true)
     }
 
+    /// Whether `psid` is a mirror in `room`: a participant of the room's origin, held there.
+    pub(super) fn is_mirror(&self, room: &str, psid: &str) -> bool {
+        self.relays
+            .get(room)
+            .is_some_and(|l| l.mirrors.contains(psid))
+    }
+
     /// The room a relay peer feeds, if `peer` is one.
     pub(super) fn relay_room(&self, peer: PeerId) -> Option<&str> {
         self.relay_peers.get(&peer).map(String::as_str)
