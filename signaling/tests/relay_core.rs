@@ -786,6 +786,9 @@ fn an_edge_holds_its_own_participants_and_leaves_the_origins_to_the_origin() {
         .handle_admin(t0, AdminOp::ListHeld { room: "r".into() })
         .unwrap();
     assert_eq!(identities(held), ["l1"]);
+    // The node's load (placement reads it) is its own people: the mirror is the origin's.
+    let stats = edge.stats();
+    assert_eq!((stats.publishers, stats.listeners), (0, 1));
 
     // Muting or changing the mirror here is refused as not held: the origin does it, and its
     // snapshots bring the result. Nothing reaches the engine (a server mute of the relayed

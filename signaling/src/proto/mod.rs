@@ -438,8 +438,13 @@ impl Server {
                 .count() as u64,
             ..self.stats
         };
-        let participants = self.rooms.values().flat_map(|r| r.participants.values());
-        for participant in participants.filter(|p| !p.is_relay()) {
+        // Mirrors are counted by the node holding them (an edge's load is its own people).
+        let participants = self.rooms.values().flat_map(|r| {
+            r.participants
+                .values()
+                .filter(|p| !p.is_relay() && !self.is_mirror(&r.name, &p.sid))
+        });
+        for participant in participants {
             if participant.can_publish() {
                 stats.publishers += 1;
             } else {
