@@ -17,9 +17,11 @@
 
 use std::time::Duration;
 
+use livekit_protocol as lk;
 use livekit_protocol::participant_info::State;
 use livekit_protocol::signal_response;
-use stoa_signaling::service::{RelayAuth, ServiceConfig};
+use prost::Message as _;
+use stoa_signaling::service::{RelayAuth, SendData, ServiceConfig};
 
 mod common;
 use common::*;
@@ -126,6 +128,80 @@ async fn an_edge_listener_hears_the_origins_speaker_through_the_relay() {
         _ => None,
     })
     .await;
+
+    // Alice's data packet (a chat line, a reaction of her client) reaches bob through the
+    // relay's data channel, as hers.
+    let packet = |payload: &[u8], topic: &str| {
+        lk::DataPacket {
+            kind: lk::data_packet::Kind::Reliable as i32,
+            value: Some(lk::data_packet::Value::User(lk::UserPacket {
+                payload: payload.to_vec(),
+                topic: Some(topic.into()),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    {
+        let mut pc = alice.publisher.lock().unwrap();
+        let id = *pc.channels.get("_reliable").expect("alice's data channel");
+        let mut channel = pc.rtc.channel(id).expect("open");
+        channel.write(true, &packet(b"hello edge", "chat")).unwrap();
+        pc.drain();
+    }
+    let received = |bob: &Client, payload: &[u8]| -> Vec<lk::DataPacket> {
+        bob.subscriber
+            .lock()
+            .unwrap()
+            .channel_data
+            .iter()
+            .filter_map(|d| lk::DataPacket::decode(d.as_slice()).ok())
+            .filter(|p| {
+                matches!(&p.value, Some(lk::data_packet::Value::User(u)) if u.payload == payload)
+            })
+            .collect()
+    };
+    eventually("bob receives alice's data through the relay", || {
+        !received(&bob, b"hello edge").is_empty()
+    })
+    .await;
+    let got = received(&bob, b"hello edge");
+    assert_eq!(got.len(), 1, "once");
+    assert_eq!(got[0].participant_identity, "alice");
+    assert_eq!(got[0].participant_sid, alice.sid());
+
+    // The server's own data (RoomService SendData) is sent by each node to its own sessions:
+    // the origin's does not also cross the relay, so bob gets the edge's copy only, once.
+    let server_data = |payload: &[u8]| SendData {
+        payload: payload.to_vec(),
+        reliable: true,
+        ..Default::default()
+    };
+    origin
+        .signaling
+        .send_data(room, server_data(b"from the server"))
+        .await
+        .unwrap();
+    edge.signaling
+        .send_data(room, server_data(b"from the server"))
+        .await
+        .unwrap();
+    eventually("bob receives the server's data", || {
+        !received(&bob, b"from the server").is_empty()
+    })
+    .await;
+    // A relayed copy would arrive after the origin's send; alice's next packet, sent after
+    // it, marks that everything before it crossed.
+    {
+        let mut pc = alice.publisher.lock().unwrap();
+        let id = *pc.channels.get("_reliable").expect("alice's data channel");
+        let mut channel = pc.rtc.channel(id).expect("open");
+        channel.write(true, &packet(b"marker", "chat")).unwrap();
+        pc.drain();
+    }
+    eventually("alice's marker", || !received(&bob, b"marker").is_empty()).await;
+    assert_eq!(received(&bob, b"from the server").len(), 1, "once");
 
     // On the origin the relay is nobody: not listed, not shown to alice.
     let listed = origin.signaling.list_participants(room).await.unwrap();

@@ -9,6 +9,7 @@ use livekit_protocol::signal_response;
 use prost::Message as _;
 use stoa_sfu::{EngineCommand, Publish};
 
+use super::engine::ToRelays;
 use super::session::Leave;
 use super::updates::Visibility;
 use super::{Server, ServiceError, SessionId};
@@ -589,7 +590,10 @@ impl Server {
             ..packet
         };
         let label = if data.reliable { "_reliable" } else { "_lossy" };
-        self.forward_data(room, None, label, &destinations, packet.encode_to_vec());
+        // Every node of the room is asked to send it (the control bus, the RoomService's
+        // forwarding), so it does not also go over the relay links.
+        let bytes = packet.encode_to_vec();
+        self.forward_data(room, None, label, &destinations, bytes, ToRelays::Skip);
         Ok(())
     }
 

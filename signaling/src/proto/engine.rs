@@ -106,7 +106,9 @@ impl Server {
                 channel,
                 label,
             } => {
-                if let Some(&(session, pc)) = self.by_peer.get(&peer)
+                if self.relay_room(peer).is_some() {
+                    self.relay_channel_open(peer, channel, label);
+                } else if let Some(&(session, pc)) = self.by_peer.get(&peer)
                     && let Some(s) = self.sessions.get_mut(&session)
                 {
                     // On one connection the client's own channels carry data both ways.
@@ -121,7 +123,13 @@ impl Server {
                 channel,
                 data,
                 ..
-            } => self.data_packet(peer, channel, &data),
+            } => {
+                if self.relay_room(peer).is_some() {
+                    self.relay_data(peer, channel, data);
+                } else {
+                    self.data_packet(peer, channel, &data);
+                }
+            }
             Event::RelayTrackPublished { track, label, .. } => {
                 self.relay_track_published(track, label);
             }
@@ -545,13 +553,23 @@ impl Server {
             destinations.extend(user.destination_identities.iter().cloned());
         }
         let bytes = packet.encode_to_vec();
-        self.forward_data(&room, Some(session), &label, &destinations, bytes);
+        // A client's packet also goes to the room's edges, whose listeners may be addressed.
+        self.forward_data(
+            &room,
+            Some(session),
+            &label,
+            &destinations,
+            bytes,
+            ToRelays::Send,
+        );
         true
     }
 
     /// Send an encoded data packet on the subscriber channel `label` of every session in
     /// `room` (but `except`), only to `destinations` (identities) unless that is empty: one
-    /// engine command, whatever the room's size.
+    /// engine command, whatever the room's size. Relays (other nodes relaying the room) get
+    /// it whatever its destinations when `relays` says so; their node picks the destinations
+    /// among its own sessions.
     pub(super) fn forward_data(
         &mut self,
         room: &str,
@@ -559,6 +577,7 @@ impl Server {
         label: &str,
         destinations: &[String],
         bytes: Vec<u8>,
+        relays: ToRelays,
     ) {
         let Some(r) = self.rooms.get(room) else {
             return;
@@ -566,7 +585,13 @@ impl Server {
         let targets: Vec<(PeerId, ChannelId)> = r
             .participants
             .values()
-            .filter(|p| destinations.is_empty() || destinations.contains(&p.identity))
+            .filter(|p| {
+                if p.is_relay() {
+                    relays == ToRelays::Send
+                } else {
+                    destinations.is_empty() || destinations.contains(&p.identity)
+                }
+            })
             .filter_map(|p| self.by_participant.get(&p.sid))
             .filter(|id| Some(**id) != except)
             .filter_map(|id| self.sessions.get(id))
@@ -581,4 +606,14 @@ impl Server {
             data: Arc::from(bytes),
         });
     }
+}
+
+/// Whether a data packet also goes to the room's relays (the nodes relaying it as edges).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ToRelays {
+    /// A client's packet: every edge gets it and delivers it to its own sessions.
+    Send,
+    /// The server's own (RoomService `SendData`, reactions through the API): every node of the
+    /// room is asked to send it to its own sessions, so relays are skipped.
+    Skip,
 }
