@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use livekit_protocol as lk;
 use livekit_protocol::participant_info::State;
-use livekit_protocol::signal_response;
+use livekit_protocol::{signal_request, signal_response};
 use prost::Message as _;
 use stoa_signaling::service::{RelayAuth, SendData, ServiceConfig};
 
@@ -202,6 +202,72 @@ async fn an_edge_listener_hears_the_origins_speaker_through_the_relay() {
     }
     eventually("alice's marker", || !received(&bob, b"marker").is_empty()).await;
     assert_eq!(received(&bob, b"from the server").len(), 1, "once");
+
+    // Bob's own data (his client opens a data-only publisher connection, as listeners'
+    // clients do) reaches alice on the origin through the relay, as his.
+    let offer = {
+        let mut pc = bob.publisher.lock().unwrap();
+        let mut api = pc.rtc.sdp_api();
+        api.add_channel("_reliable".into());
+        let (offer, pending) = api.apply().unwrap();
+        bob.pending_pub = Some(pending);
+        offer
+    };
+    bob.offer_id += 1;
+    bob.send(signal_request::Message::Offer(lk::SessionDescription {
+        r#type: "offer".into(),
+        sdp: offer.to_sdp_string(),
+        id: bob.offer_id,
+        ..Default::default()
+    }))
+    .await;
+    let answer = bob.wait_for_answer().await;
+    {
+        let pending = bob.pending_pub.take().unwrap();
+        let mut pc = bob.publisher.lock().unwrap();
+        pc.rtc.sdp_api().accept_answer(pending, answer).unwrap();
+        pc.drain();
+    }
+    eventually("bob's data channel", || {
+        bob.publisher
+            .lock()
+            .unwrap()
+            .channels
+            .contains_key("_reliable")
+    })
+    .await;
+    {
+        let mut pc = bob.publisher.lock().unwrap();
+        let id = *pc.channels.get("_reliable").unwrap();
+        let mut channel = pc.rtc.channel(id).expect("open");
+        channel
+            .write(true, &packet(b"hello origin", "chat"))
+            .unwrap();
+        pc.drain();
+    }
+    eventually("alice receives bob's data through the relay", || {
+        !received(&alice, b"hello origin").is_empty()
+    })
+    .await;
+    let got = received(&alice, b"hello origin");
+    assert_eq!(got.len(), 1, "once");
+    assert_eq!(got[0].participant_identity, "bob");
+    assert_eq!(got[0].participant_sid, bob.sid());
+    // Not echoed back to the edge.
+    {
+        let mut pc = alice.publisher.lock().unwrap();
+        let id = *pc.channels.get("_reliable").unwrap();
+        let mut channel = pc.rtc.channel(id).expect("open");
+        channel
+            .write(true, &packet(b"second marker", "chat"))
+            .unwrap();
+        pc.drain();
+    }
+    eventually("alice's second marker", || {
+        !received(&bob, b"second marker").is_empty()
+    })
+    .await;
+    assert!(received(&bob, b"hello origin").is_empty(), "no echo");
 
     // On the origin the relay is nobody: not listed, not shown to alice.
     let listed = origin.signaling.list_participants(room).await.unwrap();

@@ -17,7 +17,7 @@ use stoa_sfu::{
 
 use super::session::{Leave, Pc};
 use super::{Output, Server, SessionId};
-use crate::room::PublishedTrack;
+use crate::room::{Participant, PublishedTrack};
 
 impl Server {
     /// An event of the media engine. Events about peers the core no longer knows (a session
@@ -475,9 +475,60 @@ impl Server {
     /// the same kind of channel. Packets of senders without the data permission, over their
     /// rate, on a server-only topic or undecodable are dropped and counted.
     fn data_packet(&mut self, peer: PeerId, channel: ChannelId, data: &[u8]) {
+        if self.is_relay_session(peer) {
+            // Another node's clients' data, each sender admitted and rate-limited there.
+            if !self.forward_relayed_data(peer, channel, data) {
+                self.stats.data_dropped += 1;
+            }
+            return;
+        }
         if !(self.admit_data(peer) && self.forward_client_data(peer, channel, data)) {
             self.stats.data_dropped += 1;
         }
+    }
+
+    /// Whether `peer` is the connection of a relay (an edge node relaying this room).
+    fn is_relay_session(&self, peer: PeerId) -> bool {
+        self.by_peer
+            .get(&peer)
+            .and_then(|(session, _)| self.participant(*session))
+            .is_some_and(Participant::is_relay)
+    }
+
+    /// A data packet an edge relayed from one of its clients (sender stamped there; the edge
+    /// is authenticated by the cluster's key): to this node's sessions it is addressed to and
+    /// to the room's other edges. Server-only topics are refused as from any client.
+    fn forward_relayed_data(&mut self, peer: PeerId, channel: ChannelId, data: &[u8]) -> bool {
+        let Some(&(session, pc)) = self.by_peer.get(&peer) else {
+            return false;
+        };
+        let Some(s) = self.sessions.get(&session) else {
+            return false;
+        };
+        let Some(label) = s.channels.get(&(pc, channel)).cloned() else {
+            return false;
+        };
+        let room = s.room.clone();
+        let Ok(packet) = lk::DataPacket::decode(data) else {
+            return false;
+        };
+        if reserved_topic(&packet) || packet.participant_identity.is_empty() {
+            return false;
+        }
+        let mut destinations = packet.destination_identities.clone();
+        #[allow(deprecated)]
+        if let Some(lk::data_packet::Value::User(user)) = &packet.value {
+            destinations.extend(user.destination_identities.iter().cloned());
+        }
+        self.forward_data(
+            &room,
+            Some(session),
+            &label,
+            &destinations,
+            data.to_vec(),
+            ToRelays::Send,
+        );
+        true
     }
 
     /// Spends one token of the sending session's data bucket; false when it is empty (or the
@@ -525,20 +576,7 @@ impl Server {
             tracing::debug!("undecodable data packet dropped");
             return false;
         };
-        // A topic is named by user packets and by the header opening a data stream
-        // (`sendText`, `streamText`, `sendFile`); the stream's chunks only follow a header.
-        #[allow(deprecated)]
-        let reserved = match &packet.value {
-            Some(lk::data_packet::Value::User(user)) => user
-                .topic
-                .as_deref()
-                .is_some_and(|t| t.starts_with(super::RESERVED_TOPIC_PREFIX)),
-            Some(lk::data_packet::Value::StreamHeader(header)) => {
-                header.topic.starts_with(super::RESERVED_TOPIC_PREFIX)
-            }
-            _ => false,
-        };
-        if reserved {
+        if reserved_topic(&packet) {
             tracing::debug!("data packet on a server-only topic dropped");
             return false;
         }
@@ -553,7 +591,9 @@ impl Server {
             destinations.extend(user.destination_identities.iter().cloned());
         }
         let bytes = packet.encode_to_vec();
-        // A client's packet also goes to the room's edges, whose listeners may be addressed.
+        // A client's packet also goes to the room's edges, whose listeners may be addressed,
+        // and, on an edge, to the origin.
+        self.relay_to_origin(&room, &label, &bytes);
         self.forward_data(
             &room,
             Some(session),
@@ -616,4 +656,21 @@ pub(super) enum ToRelays {
     /// The server's own (RoomService `SendData`, reactions through the API): every node of the
     /// room is asked to send it to its own sessions, so relays are skipped.
     Skip,
+}
+
+/// Whether a client's packet names a server-only topic. A topic is named by user packets and
+/// by the header opening a data stream (`sendText`, `streamText`, `sendFile`); the stream's
+/// chunks only follow a header.
+fn reserved_topic(packet: &lk::DataPacket) -> bool {
+    #[allow(deprecated)]
+    match &packet.value {
+        Some(lk::data_packet::Value::User(user)) => user
+            .topic
+            .as_deref()
+            .is_some_and(|t| t.starts_with(super::RESERVED_TOPIC_PREFIX)),
+        Some(lk::data_packet::Value::StreamHeader(header)) => {
+            header.topic.starts_with(super::RESERVED_TOPIC_PREFIX)
+        }
+        _ => false,
+    }
 }

@@ -463,6 +463,24 @@ impl Server {
         self.forward_data(&room, None, &label, &destinations, data, ToRelays::Skip);
     }
 
+    /// A client's data packet on this node, an edge of `room`: to the origin too, on the
+    /// relay's channel of the same label (the origin passes it to its sessions and its other
+    /// edges). Nothing when the room has no link or the channel is not open yet.
+    pub(super) fn relay_to_origin(&mut self, room: &str, label: &str, bytes: &[u8]) {
+        let Some(link) = self.relays.get(room) else {
+            return;
+        };
+        let Some((&channel, _)) = link.channels.iter().find(|(_, l)| l.as_str() == label) else {
+            return;
+        };
+        let peer = link.peer;
+        self.engine(EngineCommand::SendData {
+            targets: vec![(peer, channel)],
+            binary: true,
+            data: std::sync::Arc::from(bytes),
+        });
+    }
+
     /// The relay peer is gone (failed, or refused by the engine): the link ends.
     pub(super) fn relay_peer_gone(&mut self, peer: PeerId) {
         if let Some(room) = self.relay_peers.get(&peer).cloned() {
