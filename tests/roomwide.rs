@@ -11,7 +11,9 @@
 //! - a listener of the edge promoted (by Twirp, or by the host through `/api`) is told to
 //!   leave with `MIGRATION`, and the next token of the one promoted through `/api` names the
 //!   origin, where she joins allowed to publish;
-//! - the host's kick through the origin's `/api` ends a session on the edge.
+//! - the host's kick through the origin's `/api` ends a session on the edge;
+//! - webhooks (both nodes send to one receiver) tell of the room's start once and of each
+//!   connected person's join once, never of the relay.
 //!
 //! Loopback only; every wait bounded.
 #![allow(
@@ -33,6 +35,7 @@ use serde_json::{Value, json};
 use stoa_bench::client::Role;
 use support::api::{call, create_room, get_until, ok};
 use support::cluster::{Clients, Keys, by_url, start_node, wait_nodes};
+use support::hooks::HookReceiver;
 use support::tones::user_token;
 use support::{SignalClient, scratch_dir};
 
@@ -128,11 +131,16 @@ fn leave_reason(client: &mut SignalClient, what: &str) -> i32 {
 #[test]
 fn a_room_over_two_nodes_is_one_room_to_the_room_service_and_the_api() {
     let redis = RedisServer::start();
+    let hooks = HookReceiver::start(0);
     let config = support::api::config(
         &scratch_dir("roomwide"),
         KEYS.0,
         KEYS.1,
-        "presence_ttl = 2\nnode_capacity = 4",
+        &format!(
+            "presence_ttl = 2\nnode_capacity = 4\n[webhook]\napi_key = \"{}\"\nurls = [\"{}\"]",
+            KEYS.0,
+            hooks.url()
+        ),
     );
     let nodes = [
         start_node(&config, &redis.url, &[]),
@@ -180,6 +188,33 @@ fn a_room_over_two_nodes_is_one_room_to_the_room_service_and_the_api() {
     }
     clients.join(edge_api, &room, "mo", Role::Listener);
     clients.wait_heard(&["mo"], 50, WAIT, "the listener on the edge");
+
+    // Webhooks from both nodes: the room started once (the edge's media room, opened by its
+    // relay link, is the origin's to report), each connected person joined once (mo on the
+    // edge), the relay never.
+    let events = |kind: &str| -> Vec<Value> {
+        hooks
+            .requests()
+            .iter()
+            .filter_map(|(_, body)| serde_json::from_str::<Value>(body).ok())
+            .filter(|e| e["event"] == kind && e["room"]["name"] == room.as_str())
+            .collect()
+    };
+    let deadline = Instant::now() + WAIT;
+    while !events("participant_joined")
+        .iter()
+        .any(|e| e["participant"]["identity"] == "mo")
+    {
+        assert!(Instant::now() < deadline, "mo's participant_joined");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(events("room_started").len(), 1, "{:?}", hooks.requests());
+    let mut joined: Vec<String> = events("participant_joined")
+        .iter()
+        .map(|e| e["participant"]["identity"].as_str().unwrap().to_owned())
+        .collect();
+    joined.sort();
+    assert_eq!(joined, ["hana", "lee", "mo"], "each once, the relay never");
 
     // Listed through either node: everyone once, the relay never (its `node:` identity).
     let everyone = ["hana", "kim", "lee", "mo", "ola", "pat", "ray", "uma"];

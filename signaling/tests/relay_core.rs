@@ -959,3 +959,39 @@ fn a_listener_of_an_edge_allowed_to_publish_is_sent_to_the_origin() {
             .any(|o| matches!(o, Output::Close(s, _) if *s == kept))
     );
 }
+
+/// The `room_started` / `room_finished` webhooks among `outs`.
+fn room_hooks(outs: &[Output]) -> Vec<String> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Webhook(e) if e.event.starts_with("room_") => Some(e.event.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_room_a_relay_link_opens_is_the_origins_to_report() {
+    let t0 = Instant::now();
+    let mut edge = server(t0);
+    edge.handle_admin(
+        t0,
+        AdminOp::RelayFrom {
+            room: "r".into(),
+            origin: "ws://127.0.0.1:1".into(),
+        },
+    )
+    .unwrap();
+    let (_, _) = join(&mut edge, t0, claims("l1", "r", false));
+    assert!(room_hooks(&drain(&mut edge)).is_empty(), "no room_started");
+    edge.handle_admin(t0, AdminOp::DeleteRoom { room: "r".into() })
+        .unwrap();
+    assert!(room_hooks(&drain(&mut edge)).is_empty(), "no room_finished");
+
+    // A room of this node's own, opened by a join, is reported as ever.
+    let (_, _) = join(&mut edge, t0, claims("l1", "r", false));
+    assert_eq!(room_hooks(&drain(&mut edge)), ["room_started"]);
+    edge.handle_admin(t0, AdminOp::DeleteRoom { room: "r".into() })
+        .unwrap();
+    assert_eq!(room_hooks(&drain(&mut edge)), ["room_finished"]);
+}

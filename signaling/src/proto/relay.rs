@@ -127,7 +127,10 @@ impl Server {
         if self.relays.contains_key(room) {
             self.end_relay(room, "relinked");
         }
-        self.ensure_room(room, self.config.room_defaults);
+        if !self.rooms.contains_key(room) {
+            // The origin reports the room's start and end (one room_started per room).
+            self.open_room_quietly(room, self.config.room_defaults);
+        }
         let peer = self.new_peer();
         self.relay_peers.insert(peer, room.to_owned());
         self.relays.insert(
