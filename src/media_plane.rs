@@ -329,6 +329,10 @@ impl stoa_signaling::cluster::RoomNodes for ControlRoomNodes {
     fn nodes<'a>(&'a self, room: &'a str) -> stoa_signaling::cluster::NodesFuture<'a> {
         Box::pin(self.0.room_nodes(room))
     }
+
+    fn every_other(&self) -> stoa_signaling::cluster::NodesFuture<'_> {
+        Box::pin(self.0.other_nodes())
+    }
 }
 
 /// Shares the admission hook with the router.

@@ -4,7 +4,8 @@
 //! placed on the other node, an edge, which relays the room from the origin. Then, through
 //! either node:
 //! - Twirp `ListParticipants` and `ListRooms` count everyone once (the relay never, the
-//!   edge's mirror of the host once), `GetParticipant` finds people on the other node;
+//!   edge's mirror of the host once), `ListRooms` lists a room whose media lives on the other
+//!   node only, `GetParticipant` finds people on the other node;
 //! - `UpdateParticipant`, `MutePublishedTrack` and `RemoveParticipant` about someone the
 //!   node does not hold reach the node that does (the host's mute seen by an edge listener
 //!   through the relay);
@@ -220,9 +221,29 @@ fn a_room_over_two_nodes_is_one_room_to_the_room_service_and_the_api() {
     let everyone = ["hana", "kim", "lee", "mo", "ola", "pat", "ray", "uma"];
     wait_listed(origin_api, &room, &everyone, "the origin's listing");
     wait_listed(edge_api, &room, &everyone, "the edge's listing");
+    // Rooms are listed through any node, each once with everyone counted: this one, and
+    // another whose media room lives on one node only.
+    let other = create_room(
+        api,
+        &user("zed"),
+        json!({"title": "Elsewhere", "kind": "stage"}),
+    );
+    grant(api, &other, "zed");
     for addr in [origin_api, edge_api] {
         let rooms = twirp_ok(addr, "ListRooms", &room, json!({ "names": [room] }));
         assert_eq!(rooms["rooms"][0]["numParticipants"], 8, "{rooms}");
+        assert_eq!(rooms["rooms"].as_array().unwrap().len(), 1, "{rooms}");
+        let all = twirp_ok(addr, "ListRooms", &room, json!({}));
+        let mut names: Vec<&str> = all["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        names.sort_unstable();
+        let mut want = vec![room.as_str(), other.as_str()];
+        want.sort_unstable();
+        assert_eq!(names, want, "{all}");
     }
     // Someone on the other node is found; the host through the edge is the origin's record
     // of her, with her track.

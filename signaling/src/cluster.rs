@@ -48,6 +48,10 @@ pub trait RoomNodes: Send + Sync {
     /// The public base URLs (`http(s)://` or `ws(s)://`) of the nodes other than this one
     /// that may hold participants of `room`; empty for a room on this node alone.
     fn nodes<'a>(&'a self, room: &'a str) -> NodesFuture<'a>;
+
+    /// The public base URLs of every living node other than this one (for `ListRooms`, which
+    /// lists rooms on any node).
+    fn every_other(&self) -> NodesFuture<'_>;
 }
 
 /// What another node answered a forwarded call.
@@ -85,6 +89,11 @@ impl Forwarder {
     /// The other nodes of `room`.
     pub async fn nodes(&self, room: &str) -> Vec<String> {
         self.nodes.nodes(room).await
+    }
+
+    /// Every other living node.
+    pub async fn every_other(&self) -> Vec<String> {
+        self.nodes.every_other().await
     }
 
     /// `POST {node}/twirp/livekit.RoomService/{method}` with the caller's `authorization`,

@@ -176,19 +176,6 @@ impl Encoding {
         }
     }
 
-    /// `message` as a request body in this encoding.
-    pub(crate) fn encode_body<T: Message + Serialize>(
-        self,
-        message: &T,
-    ) -> Result<Vec<u8>, TwirpError> {
-        match self {
-            Encoding::Json => {
-                serde_json::to_vec(message).map_err(|e| TwirpError::new("internal", e.to_string()))
-            }
-            Encoding::Protobuf => Ok(message.encode_to_vec()),
-        }
-    }
-
     pub(crate) fn encode<T: Message + Serialize>(self, message: &T) -> Response {
         let (body, ct) = match self {
             Encoding::Json => match serde_json::to_vec(message) {
@@ -308,29 +295,47 @@ async fn call(
             authorize(&claims, Need::List)?;
             let req: lk::ListRoomsRequest = enc.decode(&body)?;
             let mut rooms = s.list_rooms(&req.names).await?;
-            for room in &mut rooms {
-                let nodes = here.others(&room.name).await;
-                if here.node_only || !nodes.is_empty() {
-                    // Mirrors are counted by their own node.
-                    let held = s.list_held(&room.name).await.map_or(0, |p| p.len());
-                    room.num_participants = u32::try_from(held).unwrap_or(u32::MAX);
-                }
-                if nodes.is_empty() {
-                    continue;
-                }
-                let one = lk::ListRoomsRequest {
-                    names: vec![room.name.clone()],
-                };
-                let one = enc.encode_body(&one)?;
-                for answer in here.each(&nodes, method, &one).await {
-                    let Some(a) = answer.filter(|a| a.status == 200) else {
-                        continue;
-                    };
-                    let theirs: lk::ListRoomsResponse = enc.decode(&a.body)?;
-                    for r in theirs.rooms.iter().filter(|r| r.name == room.name) {
-                        room.num_participants += r.num_participants;
+            let nodes = here.every_other().await;
+            if here.node_only || !nodes.is_empty() {
+                // Each node counts the people it holds (mirrors are their origin's).
+                for room in &mut rooms {
+                    if let Ok(held) = s.list_held(&room.name).await {
+                        let publishers = held
+                            .iter()
+                            .filter(|p| {
+                                !p.tracks.is_empty()
+                                    || p.permission.as_ref().is_some_and(|x| x.can_publish)
+                            })
+                            .count();
+                        room.num_participants = u32::try_from(held.len()).unwrap_or(u32::MAX);
+                        room.num_publishers = u32::try_from(publishers).unwrap_or(u32::MAX);
                     }
                 }
+            }
+            if !nodes.is_empty() {
+                // A room on several nodes is listed once, with everyone's counts; a room on
+                // another node only is listed too.
+                let mut by_name: std::collections::BTreeMap<String, lk::Room> =
+                    rooms.into_iter().map(|r| (r.name.clone(), r)).collect();
+                for a in here.each(&nodes, method, &body).await.into_iter().flatten() {
+                    if a.status != 200 {
+                        continue;
+                    }
+                    let theirs: lk::ListRoomsResponse = enc.decode(&a.body)?;
+                    for r in theirs.rooms {
+                        match by_name.entry(r.name.clone()) {
+                            std::collections::btree_map::Entry::Occupied(mut e) => {
+                                let mine = e.get_mut();
+                                mine.num_participants += r.num_participants;
+                                mine.num_publishers += r.num_publishers;
+                            }
+                            std::collections::btree_map::Entry::Vacant(e) => {
+                                e.insert(r);
+                            }
+                        }
+                    }
+                }
+                rooms = by_name.into_values().collect();
             }
             Ok(enc.encode(&lk::ListRoomsResponse { rooms }))
         }
@@ -544,6 +549,14 @@ impl<'a> Reach<'a> {
     async fn others(&self, room: &str) -> Vec<String> {
         match self.cluster {
             Some(c) if !self.node_only && !room.is_empty() => c.nodes(room).await,
+            _ => Vec::new(),
+        }
+    }
+
+    /// Every other living node (for listings of rooms); none for a forwarded call.
+    async fn every_other(&self) -> Vec<String> {
+        match self.cluster {
+            Some(c) if !self.node_only => c.every_other().await,
             _ => Vec::new(),
         }
     }

@@ -160,4 +160,29 @@ impl Control {
         urls.dedup();
         urls
     }
+
+    /// The public URLs of every living node other than this one (the RoomService's room
+    /// listing asks each); empty on a node without a public URL.
+    pub async fn other_nodes(&self) -> Vec<String> {
+        let own = &self.inner.config.public_url;
+        if own.is_empty() {
+            return Vec::new();
+        }
+        match self.living().await {
+            Ok(nodes) => {
+                let mut urls: Vec<String> = nodes
+                    .iter()
+                    .map(|n| n.public_url.clone())
+                    .filter(|u| !u.is_empty() && u != own)
+                    .collect();
+                urls.sort();
+                urls.dedup();
+                urls
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the node registry");
+                Vec::new()
+            }
+        }
+    }
 }
