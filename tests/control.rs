@@ -987,13 +987,7 @@ fn two_instances_on_one_redis_share_rooms_and_reach_each_others_sessions() {
     };
     let (mut session, join) = SignalClient::join(media, grant["token"].as_str().unwrap());
     assert!(!can_publish(join.participant.as_ref().unwrap()));
-    ok(
-        media,
-        "POST",
-        &format!("/api/rooms/{id}/hand"),
-        &lee,
-        None,
-    );
+    ok(media, "POST", &format!("/api/rooms/{id}/hand"), &lee, None);
     ok(
         other,
         "POST",
@@ -1006,11 +1000,9 @@ fn two_instances_on_one_redis_share_rooms_and_reach_each_others_sessions() {
     });
 
     // Events taken on one instance reach event-stream clients of the other.
-    let mut events = SignalClient::open(
-        media,
-        &format!("/api/events?room={id}&access_token={hana}"),
-    )
-    .expect("event stream");
+    let mut events =
+        SignalClient::open(media, &format!("/api/events?room={id}&access_token={hana}"))
+            .expect("event stream");
     ok(
         other,
         "POST",
