@@ -321,6 +321,20 @@ pub fn spawn_recording_failures(
     });
 }
 
+/// Which nodes serve a room, for the RoomService API's room-wide answers: the control plane
+/// knows each room's origin and edges.
+pub struct ControlRoomNodes(pub Control);
+
+impl stoa_signaling::cluster::RoomNodes for ControlRoomNodes {
+    fn nodes<'a>(&'a self, room: &'a str) -> stoa_signaling::cluster::NodesFuture<'a> {
+        Box::pin(self.0.room_nodes(room))
+    }
+
+    fn every_other(&self) -> stoa_signaling::cluster::NodesFuture<'_> {
+        Box::pin(self.0.other_nodes())
+    }
+}
+
 /// Shares the admission hook with the router.
 pub fn admission(control: &Control) -> Arc<dyn Admission> {
     Arc::new(ControlAdmission(control.clone()))

@@ -1074,6 +1074,9 @@ impl Control {
         }
         let view = room::participant_view(&doc, &user);
         if view.is_some() {
+            // On an edge, the relay link opens the media room first, as the origin's: the
+            // origin alone reports the room's start and end to webhooks.
+            self.relay_if_edge(&doc).await;
             // The control plane owns the room's lifetime: should the media room have closed
             // (empty past its timeout, or deleted through the RoomService API) while the room
             // is live, it comes back with the room's limits, never the defaults.
@@ -1087,7 +1090,6 @@ impl Control {
             {
                 tracing::warn!(room = %id, error = %e, "media room not created");
             }
-            self.relay_if_edge(&doc).await;
         }
         match view {
             Some(view) => Ok(Some(view)),

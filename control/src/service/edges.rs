@@ -149,4 +149,68 @@ impl Control {
             }
         }
     }
+
+    /// The public URLs of the living nodes other than this one that may hold people of room
+    /// `room` (the media plane's name for it): its origin and its recorded edges. What makes
+    /// the RoomService API answer for the whole room on any of its nodes (signaling's
+    /// `cluster`); empty for a room this control plane does not know, or on a node without a
+    /// public URL. One header read and one edge-set read, plus the cached registry.
+    pub async fn room_nodes(&self, room: &str) -> Vec<String> {
+        let own = &self.inner.config.public_url;
+        let Ok(id) = RoomId::parse(room) else {
+            return Vec::new();
+        };
+        if own.is_empty() {
+            return Vec::new();
+        }
+        let doc = match self.inner.store.room(&id, &Scope::header()).await {
+            Ok(Some(doc)) => doc,
+            Ok(None) => return Vec::new(),
+            Err(e) => {
+                tracing::warn!(room = %id, error = %e, "cannot read the room's nodes");
+                return Vec::new();
+            }
+        };
+        let mut urls: Vec<String> = doc.room.media_url.into_iter().collect();
+        match self.inner.store.room_edges(&id).await {
+            Ok(edges) => urls.extend(edges),
+            Err(e) => tracing::warn!(room = %id, error = %e, "cannot read the room's edges"),
+        }
+        let living = match self.living().await {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the node registry");
+                return Vec::new();
+            }
+        };
+        urls.retain(|u| u != own && living.iter().any(|n| n.public_url == *u));
+        urls.sort();
+        urls.dedup();
+        urls
+    }
+
+    /// The public URLs of every living node other than this one (the RoomService's room
+    /// listing asks each); empty on a node without a public URL.
+    pub async fn other_nodes(&self) -> Vec<String> {
+        let own = &self.inner.config.public_url;
+        if own.is_empty() {
+            return Vec::new();
+        }
+        match self.living().await {
+            Ok(nodes) => {
+                let mut urls: Vec<String> = nodes
+                    .iter()
+                    .map(|n| n.public_url.clone())
+                    .filter(|u| !u.is_empty() && u != own)
+                    .collect();
+                urls.sort();
+                urls.dedup();
+                urls
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the node registry");
+                Vec::new()
+            }
+        }
+    }
 }

@@ -9,6 +9,7 @@ use livekit_protocol::signal_response;
 use prost::Message as _;
 use stoa_sfu::{EngineCommand, Publish};
 
+use super::engine::ToRelays;
 use super::session::Leave;
 use super::updates::Visibility;
 use super::{Server, ServiceError, SessionId};
@@ -39,6 +40,13 @@ pub enum AdminOp {
     },
     /// Snapshots of a room's participants.
     ListParticipants {
+        /// The room.
+        room: String,
+    },
+    /// Snapshots of the room's participants this node holds (their sessions are here): no
+    /// mirror of another node's participant, no relay. What a room-wide listing gathers from
+    /// each node of the room (docs/ARCHITECTURE.md, "Room-wide views and actions").
+    ListHeld {
         /// The room.
         room: String,
     },
@@ -140,6 +148,7 @@ impl AdminOp {
             AdminOp::CreateRoom { name: room, .. }
             | AdminOp::DeleteRoom { room }
             | AdminOp::ListParticipants { room }
+            | AdminOp::ListHeld { room }
             | AdminOp::RemoveParticipant { room, .. }
             | AdminOp::UpdateParticipant { room, .. }
             | AdminOp::MuteTrack { room, .. }
@@ -267,6 +276,19 @@ impl Server {
                     )
                 })
                 .ok_or(ServiceError::RoomNotFound(room)),
+            AdminOp::ListHeld { room } => {
+                let r = self
+                    .rooms
+                    .get(&room)
+                    .ok_or_else(|| ServiceError::RoomNotFound(room.clone()))?;
+                Ok(AdminReply::Participants(
+                    r.participants
+                        .values()
+                        .filter(|p| !p.is_relay() && !self.is_mirror(&room, &p.sid))
+                        .map(Participant::info)
+                        .collect(),
+                ))
+            }
             AdminOp::RemoveParticipant { room, identity } => {
                 let id = self.session_of(&room, &identity)?;
                 self.end_session(
@@ -376,10 +398,17 @@ impl Server {
             .by_identity(identity)
             .map(|p| p.sid.clone())
             .ok_or_else(|| ServiceError::ParticipantNotFound(identity.to_owned()))?;
-        let p = r
-            .participants
-            .get_mut(&psid)
-            .ok_or_else(|| ServiceError::ParticipantNotFound(identity.to_owned()))?;
+        if self.is_mirror(room, &psid) {
+            // The origin holds it (and sends its changes back over the link).
+            return Err(ServiceError::ParticipantNotFound(identity.to_owned()));
+        }
+        let Some(p) = self
+            .rooms
+            .get_mut(room)
+            .and_then(|r| r.participants.get_mut(&psid))
+        else {
+            return Err(ServiceError::ParticipantNotFound(identity.to_owned()));
+        };
         p.apply_update(update.name, update.metadata, update.attributes);
         let info = match update.permission {
             // Broadcasts the new snapshot, and publishes or unpublishes as needed.
@@ -418,6 +447,25 @@ impl Server {
         p.touch();
         let can_publish = p.can_publish();
         r.reindex(&psid);
+        let session = self.by_participant.get(&psid).copied();
+        if let Some(session) =
+            session.filter(|_| !could_publish && can_publish && self.relays.contains_key(room))
+        {
+            // This node is an edge of the room: it relays one way, from the origin, so whoever
+            // may speak speaks there. The client is told to leave; the token it asks for next
+            // names the origin (the control plane places whoever may publish there).
+            let info = r
+                .participants
+                .get(&psid)
+                .map(Participant::info)
+                .ok_or_else(|| ServiceError::ParticipantNotFound(identity.into()))?;
+            self.end_session(
+                session,
+                "may publish: moves to the origin",
+                Leave::Disconnect(lk::DisconnectReason::Migration),
+            );
+            return Ok(info);
+        }
         if could_publish != can_publish {
             r.dirty = true;
             let publisher = self
@@ -460,6 +508,11 @@ impl Server {
             .by_identity(identity)
             .ok_or_else(|| ServiceError::ParticipantNotFound(identity.into()))?;
         let psid = p.sid.clone();
+        if self.is_mirror(room, &psid) {
+            // The origin holds the track: muting its relayed copy here would outlive the
+            // origin's unmute. The origin's mute reaches this node in its snapshots.
+            return Err(ServiceError::ParticipantNotFound(identity.into()));
+        }
         let info = self
             .set_muted(room, &psid, track_sid, muted)
             .ok_or_else(|| ServiceError::TrackNotFound(track_sid.into()))?;
@@ -537,7 +590,10 @@ impl Server {
             ..packet
         };
         let label = if data.reliable { "_reliable" } else { "_lossy" };
-        self.forward_data(room, None, label, &destinations, packet.encode_to_vec());
+        // Every node of the room is asked to send it (the control bus, the RoomService's
+        // forwarding), so it does not also go over the relay links.
+        let bytes = packet.encode_to_vec();
+        self.forward_data(room, None, label, &destinations, bytes, ToRelays::Skip);
         Ok(())
     }
 

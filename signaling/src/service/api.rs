@@ -124,6 +124,18 @@ impl Signaling {
         }
     }
 
+    /// Snapshots of the room's participants held by this node (not the mirrors of another
+    /// node's participants, nor relays): this node's share of a room-wide listing.
+    pub async fn list_held(&self, room: &str) -> Result<Vec<lk::ParticipantInfo>, ServiceError> {
+        let op = AdminOp::ListHeld {
+            room: room.to_owned(),
+        };
+        match self.admin(op).await? {
+            AdminReply::Participants(p) => Ok(p),
+            _ => Err(mismatch()),
+        }
+    }
+
     /// The open rooms, all or only those named.
     pub async fn list_rooms(&self, names: &[String]) -> Result<Vec<lk::Room>, ServiceError> {
         let op = AdminOp::ListRooms {
