@@ -59,7 +59,7 @@ impl Control {
 
     /// Claims the relay pair `origin` → `edge` for room `id`; a pair held by a room that ended
     /// or left `origin` is taken over. Whether `id` may use the pair.
-    async fn claim_pair(
+    pub(super) async fn claim_pair(
         &self,
         origin: &str,
         edge: &str,

@@ -68,6 +68,7 @@ impl Control {
             inner.store.subscribe(),
         ));
         tokio::spawn(super::sweep(Arc::downgrade(&inner)));
+        tokio::spawn(super::drain::run(Arc::downgrade(&inner)));
         Control { inner }
     }
 
@@ -84,6 +85,11 @@ impl Control {
         if let Err(e) = self.beat(ttl_ms).await {
             tracing::warn!(error = %e, "node record not written");
         }
+    }
+
+    /// Whether this node is stopping by itself ([`Control::set_draining`]).
+    pub(super) fn shutting_down(&self) -> bool {
+        self.inner.node.draining.load(Ordering::Relaxed)
     }
 
     /// The living nodes sharing this store, read now.

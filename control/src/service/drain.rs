@@ -1,0 +1,162 @@
+//! An operator's drain carried out: a node in `{p}nodes:draining` moves its members to other
+//! nodes, paced, in the order [`crate::drain`] gives (rooms whose origin it is re-homed first,
+//! then members told to leave with LiveKit's `MIGRATION` reason, a batch at a time). Only the
+//! drained node can do it (its sessions are its own): every node runs this loop and acts when
+//! its own record says it is drained. A node stopping (SIGTERM) does not: its shutdown asks
+//! everyone to leave at once.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use crate::clock::now_ms;
+use crate::drain::{Held, MOVES_PER_SECOND, Pacer, Step, TICK_MS, order};
+use crate::error::ControlError;
+use crate::model::{RoomDoc, RoomState, Scope};
+use crate::placement;
+use crate::room::Effects;
+
+use super::{Control, Inner};
+
+/// Runs the drain of this node while an operator has it drained; ends with the control plane.
+pub(super) async fn run(inner: Weak<Inner>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pacer = Pacer::new(MOVES_PER_SECOND);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let control = Control { inner };
+        match control.drained().await {
+            Ok(true) => {
+                if let Err(e) = control.drain_step(&mut pacer).await {
+                    tracing::warn!(error = %e, "drain step failed");
+                }
+            }
+            Ok(false) => pacer.reset(),
+            Err(e) => tracing::warn!(error = %e, "cannot read the node records"),
+        }
+    }
+}
+
+impl Control {
+    /// Whether an operator drained this node (its record in the registry says so, and it is
+    /// not stopping by itself).
+    async fn drained(&self) -> Result<bool, ControlError> {
+        if self.inner.config.public_url.is_empty() || self.shutting_down() {
+            return Ok(false);
+        }
+        let own = &self.inner.instance;
+        Ok(self
+            .living()
+            .await?
+            .iter()
+            .any(|n| &n.id == own && n.draining))
+    }
+
+    /// One tick of the drain: re-homes the rooms whose origin is here, then moves members as
+    /// the pacer allows.
+    async fn drain_step(&self, pacer: &mut Pacer) -> Result<(), ControlError> {
+        let own_url = &self.inner.config.public_url;
+        let own = &self.inner.instance;
+        let rooms = self.rooms(&[RoomState::Live]).await?;
+        let held: Vec<Held> = rooms
+            .iter()
+            .map(|d| Held {
+                room: d.room.id.to_string(),
+                origin_here: d.room.media_url.as_deref() == Some(own_url.as_str()),
+                here: d.counts().instances.get(own).copied().unwrap_or(0),
+            })
+            .collect();
+        let steps = order(&held);
+        if steps.is_empty() {
+            return Ok(());
+        }
+        let mut budget = pacer.allowed(now_ms());
+        // Rooms that could not be re-homed (no other node takes rooms): their members stay.
+        let mut stuck: Vec<String> = Vec::new();
+        for step in steps {
+            match step {
+                Step::Rehome(id) => {
+                    let Some(doc) = rooms.iter().find(|d| d.room.id.as_str() == id) else {
+                        continue;
+                    };
+                    if !self.rehome(doc).await? {
+                        stuck.push(id);
+                    }
+                }
+                Step::Move(id) => {
+                    if budget == 0 || stuck.contains(&id) {
+                        continue;
+                    }
+                    let Some(doc) = rooms.iter().find(|d| d.room.id.as_str() == id) else {
+                        continue;
+                    };
+                    let moved = match self.inner.media.migrate(&doc.room.id, budget).await {
+                        Ok(n) => u32::try_from(n).unwrap_or(u32::MAX).min(budget),
+                        Err(e) => {
+                            tracing::warn!(room = %id, error = %e, "cannot move the room's members");
+                            0
+                        }
+                    };
+                    if moved > 0 {
+                        tracing::info!(room = %id, moved, "draining: members asked to move");
+                        metrics::counter!(crate::telemetry::DRAIN_MOVED).increment(moved.into());
+                    }
+                    pacer.spend(moved);
+                    budget -= moved;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives room `doc`, whose origin is this draining node, the node with the most headroom
+    /// as its origin, and relays it from there for the members still here. Whether the room
+    /// has an origin elsewhere now (false: no other node takes rooms, it stays).
+    async fn rehome(&self, doc: &RoomDoc) -> Result<bool, ControlError> {
+        let own = self.inner.config.public_url.clone();
+        let nodes = self.living().await?;
+        let capacity = self.inner.config.node_capacity;
+        let Some(to) = placement::choose(&nodes, capacity, now_ms()).map(|n| n.public_url.clone())
+        else {
+            tracing::debug!(room = %doc.room.id, "draining: no node takes the room");
+            return Ok(false);
+        };
+        if to == own {
+            return Ok(false);
+        }
+        let mut placed = None;
+        self.inner
+            .store
+            .update_room(&doc.room.id, &Scope::header(), &mut |d| {
+                // Moved already (by another request, or an earlier tick): that stands.
+                if d.room.media_url.as_deref() == Some(own.as_str()) {
+                    d.room.media_url = Some(to.clone());
+                }
+                placed.clone_from(&d.room.media_url);
+                Ok(Effects::default())
+            })
+            .await?;
+        let Some(placed) = placed.filter(|p| *p != own) else {
+            return Ok(false);
+        };
+        if placed == to {
+            metrics::counter!(crate::telemetry::DRAIN_REHOMED).increment(1);
+            tracing::info!(room = %doc.room.id, to = %to, "draining: the room has a new origin");
+        }
+        // This node is one of the room's edges until its last member here has moved: it
+        // relays the room from the new origin (one room per origin → edge pair, as for any
+        // edge; a pair held by another live room leaves the members here unrelayed until they
+        // move).
+        if self.claim_pair(&placed, &own, &doc.room.id).await? {
+            let mut moved = doc.clone();
+            moved.room.media_url = Some(placed);
+            self.relay_if_edge(&moved).await;
+        } else {
+            tracing::warn!(room = %doc.room.id, "draining: the relay pair to the new origin is taken");
+        }
+        Ok(true)
+    }
+}
