@@ -17,6 +17,9 @@
 //! never split: until its last member here has moved, this node is an edge of the room's
 //! origin like any other.
 
+use crate::nodes::Node;
+use crate::placement;
+
 /// How many members a draining node moves per second, at most: 3,000 listeners (a full
 /// 2-vCPU node, BENCHMARKS.md) in 30 s, about a twentieth of the join rate one room's header
 /// sustains (≈ 1,900 joins/s, docs/ARCHITECTURE.md "Capacity model").
@@ -119,9 +122,76 @@ pub fn order(held: &[Held]) -> Vec<Step> {
     rehome.chain(moves).collect()
 }
 
+/// Where a room whose origin drains goes: the eligible node with the most headroom
+/// ([`crate::placement::choose`]) among those that are not `edges` of the room (the URLs of
+/// the nodes relaying it from the draining origin), and `true`: the draining node may relay
+/// the room from there for its members not moved yet. Else the best of all eligible nodes and
+/// `false`: that node relays the room from the draining one already, and the engines cannot
+/// tell a link in the other direction between the same two nodes apart from it (one link per
+/// pair of sockets), so the members left on the draining node hear the room only once they
+/// have moved. `None` when no other node takes rooms.
+pub fn new_origin<'a>(
+    nodes: &'a [Node],
+    edges: &[String],
+    capacity: u64,
+    now: u64,
+) -> Option<(&'a Node, bool)> {
+    let fresh: Vec<Node> = nodes
+        .iter()
+        .filter(|n| !edges.contains(&n.public_url))
+        .cloned()
+        .collect();
+    if let Some(best) = placement::choose(&fresh, capacity, now) {
+        return nodes.iter().find(|n| n.id == best.id).map(|n| (n, true));
+    }
+    placement::choose(nodes, capacity, now).map(|n| (n, false))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nodes::NodeLoad;
+
+    fn node(id: &str, participants: u64, draining: bool) -> Node {
+        Node {
+            id: id.into(),
+            public_url: format!("ws://{id}.example:7880"),
+            load: NodeLoad {
+                participants,
+                ..NodeLoad::default()
+            },
+            draining,
+            seen_at: 0,
+            expires_at: 10_000,
+        }
+    }
+
+    #[test]
+    fn a_draining_origin_prefers_a_node_that_does_not_relay_the_room_already() {
+        let nodes = [
+            node("d", 0, true),
+            node("e", 0, false),
+            node("f", 50, false),
+        ];
+        let id = |c: Option<(&Node, bool)>| c.map(|(n, link)| (n.id.clone(), link));
+        // The idlest node, not an edge: the drained node relays from it.
+        assert_eq!(
+            id(new_origin(&nodes, &[], 100, 0)),
+            Some(("e".into(), true))
+        );
+        // e relays the room from d already: f, busier but free of the room.
+        let e = vec!["ws://e.example:7880".to_owned()];
+        assert_eq!(id(new_origin(&nodes, &e, 100, 0)), Some(("f".into(), true)));
+        // Every other node is an edge: the best of them, without a link back.
+        let both = vec![e[0].clone(), "ws://f.example:7880".to_owned()];
+        assert_eq!(
+            id(new_origin(&nodes, &both, 100, 0)),
+            Some(("e".into(), false))
+        );
+        // Nobody takes rooms (draining, dead): the room stays.
+        assert_eq!(id(new_origin(&nodes[..1], &[], 100, 0)), None);
+        assert_eq!(id(new_origin(&nodes, &[], 100, 10_000)), None);
+    }
 
     #[test]
     fn the_pacer_never_allows_more_than_its_rate_in_any_second() {

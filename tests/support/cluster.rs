@@ -107,8 +107,10 @@ impl Clients {
         }
     }
 
-    /// `identity` joins `room` through the API at `api`; a speaker starts sending.
+    /// `identity` joins `room` through the API at `api`; a speaker starts sending. An earlier
+    /// client of that identity (one told to leave, rejoining) is replaced.
     pub fn join(&mut self, api: SocketAddr, room: &str, identity: &str, role: Role) {
+        self.handles.retain(|(id, _)| id != identity);
         let _entered = self.runtime.enter();
         let spec = ClientSpec {
             http: api,
@@ -131,6 +133,19 @@ impl Clients {
             client.command(Command::Speak);
         }
         self.handles.push((identity.to_owned(), client));
+    }
+
+    /// Whether `identity`'s client ended (the server told it to leave, or it failed).
+    pub fn finished(&self, identity: &str) -> bool {
+        self.handles
+            .iter()
+            .find(|(id, _)| id == identity)
+            .is_some_and(|(_, h)| h.is_finished())
+    }
+
+    /// Clients that failed so far (a client told to leave ends without failing).
+    pub fn failed(&self) -> u64 {
+        self.shared.counters.failed.load(Ordering::Relaxed)
     }
 
     /// RTP packets `identity`'s client received so far.

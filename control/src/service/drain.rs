@@ -9,10 +9,10 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use crate::clock::now_ms;
-use crate::drain::{Held, MOVES_PER_SECOND, Pacer, Step, TICK_MS, order};
+use crate::drain::{Held, MOVES_PER_SECOND, Pacer, Step, TICK_MS, new_origin, order};
 use crate::error::ControlError;
 use crate::model::{RoomDoc, RoomState, Scope};
-use crate::placement;
+use crate::nodes::Node;
 use crate::room::Effects;
 
 use super::{Control, Inner};
@@ -43,7 +43,7 @@ pub(super) async fn run(inner: Weak<Inner>) {
 impl Control {
     /// Whether an operator drained this node (its record in the registry says so, and it is
     /// not stopping by itself).
-    async fn drained(&self) -> Result<bool, ControlError> {
+    pub(super) async fn drained(&self) -> Result<bool, ControlError> {
         if self.inner.config.public_url.is_empty() || self.shutting_down() {
             return Ok(false);
         }
@@ -73,6 +73,13 @@ impl Control {
         if steps.is_empty() {
             return Ok(());
         }
+        // The cached records said drained; with work to do, the registry is read afresh, so
+        // that a drain lifted (or another node drained) a moment ago is seen before anyone
+        // moves or a room goes to a node that drains too.
+        let nodes = self.nodes().await?;
+        if !nodes.iter().any(|n| &n.id == own && n.draining) {
+            return Ok(());
+        }
         let mut budget = pacer.allowed(now_ms());
         // Rooms that could not be re-homed (no other node takes rooms): their members stay.
         let mut stuck: Vec<String> = Vec::new();
@@ -82,7 +89,7 @@ impl Control {
                     let Some(doc) = rooms.iter().find(|d| d.room.id.as_str() == id) else {
                         continue;
                     };
-                    if !self.rehome(doc).await? {
+                    if !self.rehome(doc, &nodes).await? {
                         stuck.push(id);
                     }
                 }
@@ -112,14 +119,15 @@ impl Control {
         Ok(())
     }
 
-    /// Gives room `doc`, whose origin is this draining node, the node with the most headroom
-    /// as its origin, and relays it from there for the members still here. Whether the room
+    /// Gives room `doc`, whose origin is this draining node, the node of `nodes` (the registry
+    /// as just read) with the most headroom as its origin, and relays it from there for the members still here. Whether the room
     /// has an origin elsewhere now (false: no other node takes rooms, it stays).
-    async fn rehome(&self, doc: &RoomDoc) -> Result<bool, ControlError> {
+    async fn rehome(&self, doc: &RoomDoc, nodes: &[Node]) -> Result<bool, ControlError> {
         let own = self.inner.config.public_url.clone();
-        let nodes = self.living().await?;
+        let edges = self.inner.store.room_edges(&doc.room.id).await?;
         let capacity = self.inner.config.node_capacity;
-        let Some(to) = placement::choose(&nodes, capacity, now_ms()).map(|n| n.public_url.clone())
+        let Some((to, link)) = new_origin(nodes, &edges, capacity, now_ms())
+            .map(|(n, link)| (n.public_url.clone(), link))
         else {
             tracing::debug!(room = %doc.room.id, "draining: no node takes the room");
             return Ok(false);
@@ -148,8 +156,11 @@ impl Control {
         }
         // This node is one of the room's edges until its last member here has moved: it
         // relays the room from the new origin (one room per origin → edge pair, as for any
-        // edge; a pair held by another live room leaves the members here unrelayed until they
-        // move).
+        // edge), unless that node relays the room from here already, or the pair is held by
+        // another live room: then the members here hear the room once they have moved.
+        if !link || placed != to {
+            return Ok(true);
+        }
         if self.claim_pair(&placed, &own, &doc.room.id).await? {
             let mut moved = doc.clone();
             moved.room.media_url = Some(placed);

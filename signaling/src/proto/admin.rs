@@ -131,8 +131,8 @@ pub enum AdminOp {
     /// operator drains this node): each is sent `Leave { reason: MIGRATION, action: DISCONNECT }`
     /// and its session ends, so that its client asks the application for a new token, which
     /// names a node that is not draining. Publishers go first (their room moves with them);
-    /// relay links and mirrors are not participants of this node and stay. Answers
-    /// `Count(moved)`.
+    /// relay links and mirrors are not participants of this node and stay, but once no member
+    /// is left here the room's own relay link from its origin ends. Answers `Count(moved)`.
     Migrate {
         /// The room.
         room: String,
@@ -559,7 +559,8 @@ impl Server {
     /// that publish or may publish first, then the others, each group by join time (oldest
     /// first) then sid, so that every call moves the same ones from the same state. A
     /// LiveKit client reports `Disconnected(MIGRATION)` and does not retry the same URL by
-    /// itself (a `RECONNECT` action would bring it straight back here). Returns how many.
+    /// itself (a `RECONNECT` action would bring it straight back here). Once none is left,
+    /// the room's relay link from its origin ends. Returns how many.
     fn migrate(&mut self, room: &str, limit: usize) -> usize {
         let Some(r) = self.rooms.get(room) else {
             return 0;
@@ -582,6 +583,16 @@ impl Server {
                 "moved to another node",
                 Leave::Disconnect(lk::DisconnectReason::Migration),
             );
+        }
+        // Nobody of the room left here to hear it: this node's relay link for it ends (other
+        // nodes' links to this one stay until they re-link elsewhere).
+        let members_left = self.rooms.get(room).is_some_and(|r| {
+            r.participants
+                .values()
+                .any(|p| !p.is_relay() && self.by_participant.contains_key(&p.sid))
+        });
+        if !members_left {
+            self.end_relay(room, "its members moved to another node");
         }
         chosen.len()
     }
