@@ -96,7 +96,7 @@ impl Control {
     /// way between the same two nodes the engines could not tell apart (the drain relays the
     /// room from its new origin itself when that is safe, `service/drain.rs`).
     pub(super) async fn keep_relays(&self, rooms: &[RoomDoc]) {
-        if self.drained().await.unwrap_or(false) {
+        if self.drained() {
             return;
         }
         let own = &self.inner.instance;

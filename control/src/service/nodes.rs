@@ -154,6 +154,18 @@ impl Control {
             Some((now, Arc::new(nodes.to_vec())));
     }
 
+    /// The node records as last read (by the heartbeat or a token request), however long ago;
+    /// `None` before the first reading.
+    pub(super) fn last_read(&self) -> Option<Arc<Vec<Node>>> {
+        self.inner
+            .node
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map(|(_, nodes)| nodes.clone())
+    }
+
     /// The living nodes, as read at most [`CACHE_MS`] ago.
     pub(super) async fn living(&self) -> Result<Arc<Vec<Node>>, ControlError> {
         let now = now_ms();
