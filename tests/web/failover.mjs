@@ -8,9 +8,10 @@
 //      so ("Moving you to another server…"), fetch fresh tokens from the API and connect to
 //      node 1 by themselves, the host's microphone open again, and the listener hears the host
 //      again; no page offers a manual Rejoin;
-//   3. node 0's drain lifted, node 1 is killed (SIGKILL): livekit-client's own resume attempts
-//      at node 1 fail, the pages rejoin through the API, which has moved the room back to
-//      node 0, and the listener hears the host again.
+//   3. node 0's drain lifted, node 1 is killed (SIGKILL): while livekit-client tries to resume
+//      at node 1, the pages ask the API where the room is; once node 1's members have timed
+//      out it names node 0, and the pages give the resumption up and rejoin there (the time it
+//      took is in the summary, `backAfterMs`); the listener hears the host again.
 // Every wait is bounded; the last stdout line is a JSON summary; exit 0 on success.
 
 import { writeFileSync, mkdtempSync, rmSync } from 'node:fs';
@@ -245,8 +246,9 @@ async function main() {
       await L.evaluate(() => (window.banners = []));
       process.kill(PIDS[1], 'SIGKILL');
       const t0 = Date.now();
-      // livekit-client first tries to resume at node 1 (about 45 s of attempts), then the page
-      // asks the API, which moves the room to node 0 once node 1's members have timed out.
+      // The pages ask the API every 3 s while livekit-client tries to resume at node 1; the API
+      // moves the room to node 0 once node 1's members have timed out (presence_ttl = 2). The
+      // bound leaves room for the SDK's own attempts (about 45 s) and the rejoin after them.
       const { after, shown } = await moved([H, L], before, 7880, 'both pages on node 0', 110_000);
       if (!after[0].mic) throw new Error('the host came back with the microphone closed');
       await flowing(L, hostUser, 'host on node 0');

@@ -3,6 +3,7 @@
 // or the ended summary. Leaving the screen without leaving the room docks it as a mini-player
 // that keeps playing while the user browses.
 import {
+  ConnectionState,
   DisconnectReason,
   Participant,
   RemoteParticipant,
@@ -143,6 +144,15 @@ function leftElsewhere(id: string): boolean {
  */
 const REJOIN_DELAYS = [0, 1000, 2000, 4000, 8000, 15000];
 
+/**
+ * While livekit-client tries to resume its session at the same node, the page asks the API
+ * every so often (ms, this many times) where the room's media is now: a node that died cannot
+ * be resumed at, and the SDK's own attempts take about 45 s to give up.
+ * (A minute in all: past it, the SDK's last attempts and {@link REJOIN_DELAYS} remain.)
+ */
+const MOVE_CHECK_MS = 3000;
+const MOVE_CHECKS = 12;
+
 /** Why the connection ended, in the words of the rejoin banner. */
 function rejoinReason(reason?: DisconnectReason): string {
   if (reason === DisconnectReason.MIGRATION) return 'Moving you to another server…';
@@ -203,6 +213,10 @@ class RoomController {
   private rejoining = false;
   /** The user's microphone is open (they unmuted and nobody muted them since): a rejoin opens it again. */
   private micWanted = false;
+  /** The media URL of the current connection (the grant's). */
+  private mediaUrl = '';
+  /** The room whose resumption {@link watchMove} watches. */
+  private watching: Room | null = null;
   private readonly tapToListen = h('button', { type: 'button', class: 'banner-button primary', hidden: true }, icon('speaker'), 'Tap to listen');
   private readonly micError = h('p', { class: 'banner error', role: 'alert', hidden: true });
   private readonly notice = h('p', { class: 'banner info', role: 'status', hidden: true });
@@ -629,6 +643,7 @@ class RoomController {
   private async connect(grant: JoinGrant, quiet = false): Promise<void> {
     const lk = new Room({ adaptiveStream: false, dynacast: false });
     this.lk = lk;
+    this.mediaUrl = grant.url;
     window.stoaRoom = lk;
     lk.on(RoomEvent.TrackSubscribed, (track: RemoteTrack, _pub, participant: RemoteParticipant) => {
       if (track.kind !== Track.Kind.Audio) return;
@@ -757,6 +772,43 @@ class RoomController {
     this.speaking.clear();
     this.heard.clear();
     this.renderStage();
+    void this.watchMove(this.lk);
+  }
+
+  /**
+   * While `lk` tries to resume at its node, asks the API every {@link MOVE_CHECK_MS} where the
+   * room's media is now. When the answer names another node (this one died, or the room moved
+   * meanwhile), resuming cannot work: the page gives the session up and rejoins there at once,
+   * instead of waiting out the SDK's attempts. The same node: the SDK goes on (a network blip
+   * resumes the same session).
+   */
+  private async watchMove(lk: Room | null): Promise<void> {
+    if (!lk || this.watching === lk) return;
+    this.watching = lk;
+    const resuming = () => this.lk === lk && lk.state !== ConnectionState.Connected && lk.state !== ConnectionState.Disconnected && !this.rejoining && !this.destroyed && !this.leaving && !this.finished;
+    try {
+      for (let i = 0; i < MOVE_CHECKS; i++) {
+        await new Promise((done) => window.setTimeout(done, MOVE_CHECK_MS));
+        if (!resuming()) return;
+        let grant: JoinGrant;
+        try {
+          grant = await api.join(this.id);
+        } catch {
+          continue;
+        }
+        if (!resuming() || grant.url === this.mediaUrl) continue;
+        // Given up: its own Disconnected is no news any more.
+        this.lk = null;
+        void lk.disconnect();
+        if (!(await this.rejoin(undefined, grant)) && !this.destroyed && !this.leaving && !this.finished) {
+          this.say(this.notice, 'You were disconnected from the room.');
+          this.renderRejoin();
+        }
+        return;
+      }
+    } finally {
+      if (this.watching === lk) this.watching = null;
+    }
   }
 
   private afterTrackChange(): void {
@@ -830,10 +882,10 @@ class RoomController {
    * Comes back by itself after an unexpected disconnect: a fresh token from the API (which
    * may name another node: the one this page was on drains or died), then the media
    * connection, up to {@link REJOIN_DELAYS} attempts with growing, jittered delays, the banner
-   * saying so meanwhile. A refusal by the API (removed, banned, the room ended) ends the tries
+   * saying so meanwhile (`first`: a grant already fetched, for the first attempt). A refusal by the API (removed, banned, the room ended) ends the tries
    * and says why as on entering. Whether the page is back in the room.
    */
-  private async rejoin(reason?: DisconnectReason): Promise<boolean> {
+  private async rejoin(reason?: DisconnectReason, first?: JoinGrant): Promise<boolean> {
     this.rejoining = true;
     this.lk = null;
     this.speaking.clear();
@@ -849,7 +901,7 @@ class RoomController {
         if (this.destroyed || this.leaving || this.finished) return true;
         let grant: JoinGrant;
         try {
-          grant = await api.join(this.id);
+          grant = attempt === 0 && first ? first : await api.join(this.id);
         } catch (err) {
           // The server answered and said no: not a passing failure.
           if (err instanceof ApiError && err.status >= 400 && err.status < 500 && err.status !== 408 && err.status !== 429) {
