@@ -75,6 +75,20 @@ done < <(compgen -e)
 redis-server --bind 127.0.0.1 --port 6390 --save '' --appendonly no \
     --dir "$work" >"$work/redis.log" 2>&1 </dev/null &
 pids+=($!)
+# The nodes refuse to start without their store: wait (10 s at most) until Redis answers.
+redis_up=0
+for _ in $(seq 100); do
+    if [ "$(redis-cli -h 127.0.0.1 -p 6390 ping 2>/dev/null)" = PONG ]; then
+        redis_up=1
+        break
+    fi
+    sleep 0.1
+done
+if [ "$redis_up" -ne 1 ]; then
+    echo "run.sh: redis-server did not answer within 10 s" >&2
+    print_logs
+    exit 1
+fi
 
 printf '[control]\npresence_ttl = 2\n' >"$work/stoa.toml"
 for i in 0 1; do

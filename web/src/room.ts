@@ -680,8 +680,9 @@ class RoomController {
       .on(RoomEvent.ParticipantConnected, () => this.scheduleRefresh())
       .on(RoomEvent.ParticipantDisconnected, () => this.scheduleRefresh())
       .on(RoomEvent.TrackMuted, (_pub, p: Participant) => {
-        // Muted by a host or for being quiet: a rejoin does not open the microphone again.
-        if (p === lk.localParticipant) this.micWanted = false;
+        // Muted by a host or for being quiet: a rejoin does not open the microphone again (a
+        // room given up, whose tracks stop, says nothing).
+        if (p === lk.localParticipant && this.lk === lk) this.micWanted = false;
         this.afterTrackChange();
       })
       .on(RoomEvent.TrackUnmuted, () => this.afterTrackChange())

@@ -17,11 +17,17 @@ use crate::room::Effects;
 
 use super::{Control, Inner};
 
+/// Ticks a drained node with nothing to do waits before looking again (a second).
+const IDLE_TICKS: u64 = 1000 / TICK_MS - 1;
+
 /// Runs the drain of this node while an operator has it drained; ends with the control plane.
 pub(super) async fn run(inner: Weak<Inner>) {
     let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pacer = Pacer::new(MOVES_PER_SECOND);
+    // Ticks to skip: a drained node with nothing to do (empty, or nowhere to move a room)
+    // looks again a second later rather than listing the rooms every tick.
+    let mut rest = 0u64;
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else {
@@ -30,10 +36,20 @@ pub(super) async fn run(inner: Weak<Inner>) {
         let control = Control { inner };
         if !control.drained() {
             pacer.reset();
+            rest = 0;
             continue;
         }
-        if let Err(e) = control.drain_step(&mut pacer).await {
-            tracing::warn!(error = %e, "drain step failed");
+        if rest > 0 {
+            rest -= 1;
+            continue;
+        }
+        match control.drain_step(&mut pacer).await {
+            Ok(true) => {}
+            Ok(false) => rest = IDLE_TICKS,
+            Err(e) => {
+                tracing::warn!(error = %e, "drain step failed");
+                rest = IDLE_TICKS;
+            }
         }
     }
 }
@@ -53,8 +69,9 @@ impl Control {
     }
 
     /// One tick of the drain: re-homes the rooms whose origin is here, then moves members as
-    /// the pacer allows.
-    async fn drain_step(&self, pacer: &mut Pacer) -> Result<(), ControlError> {
+    /// the pacer allows. Whether it did anything (a room re-homed, a member moved) or may
+    /// have more to do at once (the tick's budget spent).
+    async fn drain_step(&self, pacer: &mut Pacer) -> Result<bool, ControlError> {
         let own_url = &self.inner.config.public_url;
         let own = &self.inner.instance;
         let rooms = self.rooms(&[RoomState::Live]).await?;
@@ -68,16 +85,17 @@ impl Control {
             .collect();
         let steps = order(&held);
         if steps.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         // The cached records said drained; with work to do, the registry is read afresh, so
         // that a drain lifted (or another node drained) a moment ago is seen before anyone
         // moves or a room goes to a node that drains too.
         let nodes = self.nodes().await?;
         if !nodes.iter().any(|n| &n.id == own && n.draining) {
-            return Ok(());
+            return Ok(false);
         }
         let mut budget = pacer.allowed(now_ms());
+        let mut worked = budget == 0;
         // Rooms that could not be re-homed (no other node takes rooms): their members stay.
         let mut stuck: Vec<String> = Vec::new();
         for step in steps {
@@ -86,7 +104,9 @@ impl Control {
                     let Some(doc) = rooms.iter().find(|d| d.room.id.as_str() == id) else {
                         continue;
                     };
-                    if !self.rehome(doc, &nodes).await? {
+                    if self.rehome(doc, &nodes).await? {
+                        worked = true;
+                    } else {
                         stuck.push(id);
                     }
                 }
@@ -110,10 +130,11 @@ impl Control {
                     }
                     pacer.spend(moved);
                     budget -= moved;
+                    worked |= moved > 0 || budget == 0;
                 }
             }
         }
-        Ok(())
+        Ok(worked)
     }
 
     /// Gives room `doc`, whose origin is this draining node, the node of `nodes` (the registry
