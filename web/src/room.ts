@@ -801,10 +801,7 @@ class RoomController {
         // Given up: its own Disconnected is no news any more.
         this.lk = null;
         void lk.disconnect();
-        if (!(await this.rejoin(undefined, grant)) && !this.destroyed && !this.leaving && !this.finished) {
-          this.say(this.notice, 'You were disconnected from the room.');
-          this.renderRejoin();
-        }
+        if (!(await this.rejoin(undefined, grant))) this.lostForGood();
         return;
       }
     } finally {
@@ -867,6 +864,11 @@ class RoomController {
     // Signed in on another page, or the room closed: no coming back by itself.
     const deliberate = reason === DisconnectReason.DUPLICATE_IDENTITY || reason === DisconnectReason.ROOM_DELETED || reason === DisconnectReason.ROOM_CLOSED;
     if (!deliberate && (await this.rejoin(reason))) return;
+    this.lostForGood();
+  }
+
+  /** Out of the room for good (no rejoin, or every attempt failed): a Rejoin button, or when docked a toast. */
+  private lostForGood(): void {
     if (this.destroyed || this.leaving || this.finished) return;
     if (this.docked) {
       toast(`You were disconnected from “${this.view?.title ?? 'the room'}”.`, { icon: 'alert', tone: 'warn' });
@@ -908,6 +910,11 @@ class RoomController {
           if (err instanceof ApiError && err.status >= 400 && err.status < 500 && err.status !== 408 && err.status !== 429) {
             this.reconnecting.hidden = true;
             this.stop();
+            if (this.docked) {
+              toast(errorText(err), { icon: 'alert', tone: 'warn' });
+              closeDock();
+              return true;
+            }
             this.finished = false;
             await this.refused(err);
             return true;
