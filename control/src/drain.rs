@@ -85,8 +85,11 @@ impl Pacer {
 pub struct Held {
     /// The room's id.
     pub room: String,
-    /// Its origin is the draining node (its `media_url` names it).
+    /// Its origin is the draining node (its `media_url` names it): it needs a new one.
     pub origin_here: bool,
+    /// Its origin was the draining node when the drain began (re-homed since, or not yet):
+    /// its members move first.
+    pub was_origin: bool,
     /// Its members connected to the draining node, as the room counts them.
     pub here: u32,
 }
@@ -101,8 +104,8 @@ pub enum Step {
 }
 
 /// The steps for rooms `held`: every re-homing first (they move nobody), then moves, rooms
-/// whose origin was here first, then by room id, so that every tick goes on where the last
-/// stopped. The caller spends the tick's budget ([`Pacer`]) along the moves, by the members
+/// whose origin is or was here first (over every tick of the drain, not only the one that
+/// re-homed them), then by room id, so that every tick goes on where the last stopped. The caller spends the tick's budget ([`Pacer`]) along the moves, by the members
 /// actually moved: a count that lags (members told to leave whose departure is not recorded
 /// yet) costs nothing.
 pub fn order(held: &[Held]) -> Vec<Step> {
@@ -110,7 +113,8 @@ pub fn order(held: &[Held]) -> Vec<Step> {
         .iter()
         .filter(|h| h.here > 0 || h.origin_here)
         .collect();
-    rooms.sort_by(|a, b| b.origin_here.cmp(&a.origin_here).then(a.room.cmp(&b.room)));
+    let first = |h: &Held| h.origin_here || h.was_origin;
+    rooms.sort_by(|a, b| first(b).cmp(&first(a)).then(a.room.cmp(&b.room)));
     let rehome = rooms
         .iter()
         .filter(|h| h.origin_here)
@@ -247,6 +251,7 @@ mod tests {
         Held {
             room: room.into(),
             origin_here,
+            was_origin: false,
             here,
         }
     }
@@ -272,5 +277,17 @@ mod tests {
         );
         assert!(order(&[]).is_empty());
         assert!(order(&[held("empty", false, 0)]).is_empty());
+        // Re-homed at an earlier tick: no longer here, still first.
+        let later = [
+            held("a-edge", false, 30),
+            Held {
+                was_origin: true,
+                ..held("z-origin", false, 4)
+            },
+        ];
+        assert_eq!(
+            order(&later),
+            vec![Step::Move("z-origin".into()), Step::Move("a-edge".into())]
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! its own record says it is drained. A node stopping (SIGTERM) does not: its shutdown asks
 //! everyone to leave at once.
 
+use std::collections::BTreeSet;
 use std::sync::Weak;
 use std::time::Duration;
 
@@ -25,6 +26,8 @@ pub(super) async fn run(inner: Weak<Inner>) {
     let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pacer = Pacer::new(MOVES_PER_SECOND);
+    // The rooms whose origin this node was when the drain began: their members go first.
+    let mut origins: BTreeSet<String> = BTreeSet::new();
     // Ticks to skip: a drained node with nothing to do (empty, or nowhere to move a room)
     // looks again a second later rather than listing the rooms every tick.
     let mut rest = 0u64;
@@ -36,6 +39,7 @@ pub(super) async fn run(inner: Weak<Inner>) {
         let control = Control { inner };
         if !control.drained() {
             pacer.reset();
+            origins.clear();
             rest = 0;
             continue;
         }
@@ -43,7 +47,7 @@ pub(super) async fn run(inner: Weak<Inner>) {
             rest -= 1;
             continue;
         }
-        match control.drain_step(&mut pacer).await {
+        match control.drain_step(&mut pacer, &mut origins).await {
             Ok(true) => {}
             Ok(false) => rest = IDLE_TICKS,
             Err(e) => {
@@ -71,16 +75,28 @@ impl Control {
     /// One tick of the drain: re-homes the rooms whose origin is here, then moves members as
     /// the pacer allows. Whether it did anything (a room re-homed, a member moved) or may
     /// have more to do at once (the tick's budget spent).
-    async fn drain_step(&self, pacer: &mut Pacer) -> Result<bool, ControlError> {
+    async fn drain_step(
+        &self,
+        pacer: &mut Pacer,
+        origins: &mut BTreeSet<String>,
+    ) -> Result<bool, ControlError> {
         let own_url = &self.inner.config.public_url;
         let own = &self.inner.instance;
         let rooms = self.rooms(&[RoomState::Live]).await?;
         let held: Vec<Held> = rooms
             .iter()
-            .map(|d| Held {
-                room: d.room.id.to_string(),
-                origin_here: d.room.media_url.as_deref() == Some(own_url.as_str()),
-                here: d.counts().instances.get(own).copied().unwrap_or(0),
+            .map(|d| {
+                let room = d.room.id.to_string();
+                let origin_here = d.room.media_url.as_deref() == Some(own_url.as_str());
+                if origin_here {
+                    origins.insert(room.clone());
+                }
+                Held {
+                    was_origin: origins.contains(&room),
+                    room,
+                    origin_here,
+                    here: d.counts().instances.get(own).copied().unwrap_or(0),
+                }
             })
             .collect();
         let steps = order(&held);
