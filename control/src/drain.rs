@@ -28,8 +28,9 @@ pub const MOVES_PER_SECOND: u32 = 100;
 /// How often a draining node moves its next batch (ms).
 pub const TICK_MS: u64 = 250;
 
-/// A token bucket of moves: refills at `per_second` and holds a second's worth at most, so
-/// that no burst exceeds one second's budget, whatever the gaps between calls.
+/// A token bucket of moves: refills at `per_second` and holds one tick's worth at most (one
+/// move at least), so that no second sees more than `per_second` moves and a tick's share,
+/// whatever the gaps between calls (a stalled loop loses budget rather than bursting).
 #[derive(Debug, Clone)]
 pub struct Pacer {
     per_second: u32,
@@ -50,11 +51,11 @@ impl Pacer {
     }
 
     fn cap(&self) -> u64 {
-        u64::from(self.per_second) * 1000
+        (u64::from(self.per_second) * TICK_MS).max(1000)
     }
 
     /// How many moves may start at `now` (unix ms): what the time since the last call earned,
-    /// up to a second's budget. The first call allows one tick's share.
+    /// up to a tick's share. The first call allows a tick's share.
     pub fn allowed(&mut self, now: u64) -> u32 {
         let earned = match self.at {
             Some(at) => now.saturating_sub(at),
@@ -226,12 +227,40 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_pacer_holds_at_most_a_second_of_budget() {
+    fn a_stalling_loop_never_bursts_past_the_rate_and_a_tick() {
+        let mut p = Pacer::new(100);
+        // Calls at irregular gaps (a seeded sequence: 1 ms to 1.5 s), spending everything.
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut now = 0;
+        let mut moved: Vec<(u64, u32)> = Vec::new();
+        for _ in 0..2_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            now += 1 + state % 1_500;
+            let n = p.allowed(now);
+            p.spend(n);
+            moved.push((now, n));
+        }
+        for &(start, _) in &moved {
+            let window: u32 = moved
+                .iter()
+                .filter(|(t, _)| *t >= start && *t < start + 1_000)
+                .map(|(_, n)| n)
+                .sum();
+            assert!(window <= 125, "{window} moves in the second from {start}");
+        }
+        let total: u32 = moved.iter().map(|(_, n)| n).sum();
+        assert!(u64::from(total) <= now / 10 + 25, "{total} in {now} ms");
+    }
+
+    #[test]
+    fn an_idle_pacer_holds_at_most_a_tick_of_budget() {
         let mut p = Pacer::new(100);
         p.allowed(0);
         // An hour without moves (nobody to move) earns no storm.
-        assert_eq!(p.allowed(3_600_000), 100);
-        p.spend(100);
+        assert_eq!(p.allowed(3_600_000), 25);
+        p.spend(25);
         assert_eq!(p.allowed(3_600_000), 0);
         // Unspent budget carries over, capped; fractions accumulate.
         assert_eq!(p.allowed(3_600_005), 0);
@@ -245,6 +274,12 @@ mod tests {
             0,
             "a tick of a one-per-second pacer"
         );
+        // One a second still moves one a second.
+        let mut slow = Pacer::new(1);
+        assert_eq!(slow.allowed(0), 0);
+        assert_eq!(slow.allowed(750), 1);
+        slow.spend(1);
+        assert_eq!(slow.allowed(5_000), 1, "at most one held");
     }
 
     fn held(room: &str, origin_here: bool, here: u32) -> Held {

@@ -204,8 +204,8 @@ async fn a_drained_node_rehomes_its_rooms_then_moves_their_members_paced() {
         Some(a_url)
     );
 
-    // Paced: no second holds more than 100 moves plus one tick's share, so 200 moves
-    // took at least 1.5 s from the drain (whatever the machine: the pace is a floor).
+    // Paced: no second holds much more than 100 moves, so 200 moves took at least 1.5 s from
+    // the drain (whatever the machine: the pace is a floor).
     let moves: Vec<(Instant, usize)> = log
         .iter()
         .filter_map(|(t, x)| match x {
@@ -220,7 +220,9 @@ async fn a_drained_node_rehomes_its_rooms_then_moves_their_members_paced() {
             .filter(|(t, _)| *t >= *start && *t < *start + Duration::from_secs(1))
             .map(|(_, n)| n)
             .sum();
-        assert!(window <= 125, "{window} moves within a second: {moves:?}");
+        // The pacer allows 100 a second and a tick's share (25; exact in the unit tests);
+        // calls are timed here a little after the pacer read its clock, hence the slack.
+        assert!(window <= 150, "{window} moves within a second: {moves:?}");
     }
     assert!(
         moves.last().unwrap().0 - started >= Duration::from_millis(1500),
