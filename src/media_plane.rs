@@ -176,6 +176,18 @@ impl MediaPlane for LocalMedia {
             .await
             .map_err(media_err)
     }
+
+    async fn migrate(
+        &self,
+        room: &stoa_control::model::RoomId,
+        limit: u32,
+    ) -> Result<usize, MediaError> {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        self.signaling
+            .migrate(room.as_str(), limit)
+            .await
+            .map_err(media_err)
+    }
 }
 
 /// The control plane deciding who enters its rooms, with which permission.

@@ -20,6 +20,7 @@ use crate::schedule::Schedule;
 use crate::store::{AudiencePage, AuditEntry, Follow, Store};
 use crate::view::{self, RoomView};
 
+mod drain;
 mod edges;
 mod invitations;
 mod nodes;

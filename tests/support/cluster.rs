@@ -159,6 +159,19 @@ impl Clients {
         }
     }
 
+    /// Whether `identity`'s client ended (the server told it to leave, or it failed).
+    pub fn finished(&self, identity: &str) -> bool {
+        self.handles
+            .iter()
+            .find(|(id, _)| id == identity)
+            .is_some_and(|(_, h)| h.is_finished())
+    }
+
+    /// Clients that failed so far (a client told to leave ends without failing).
+    pub fn failed(&self) -> u64 {
+        self.shared.counters.failed.load(Ordering::Relaxed)
+    }
+
     /// RTP packets `identity`'s client received so far.
     pub fn packets(&self, identity: &str) -> u64 {
         self.handles

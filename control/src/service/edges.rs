@@ -59,7 +59,7 @@ impl Control {
 
     /// Claims the relay pair `origin` → `edge` for room `id`; a pair held by a room that ended
     /// or left `origin` is taken over. Whether `id` may use the pair.
-    async fn claim_pair(
+    pub(super) async fn claim_pair(
         &self,
         origin: &str,
         edge: &str,
@@ -90,7 +90,15 @@ impl Control {
     /// link, so this only acts when a link ended (the origin died or a network cut) or the room
     /// moved to a new origin: the edge's listeners, still connected, hear the room again
     /// within one sweep, without rejoining.
+    ///
+    /// A node an operator drained starts no links here: its members are moving, and a room it
+    /// was the origin of may have moved to a node that relays it from here, a link the other
+    /// way between the same two nodes the engines could not tell apart (the drain relays the
+    /// room from its new origin itself when that is safe, `service/drain.rs`).
     pub(super) async fn keep_relays(&self, rooms: &[RoomDoc]) {
+        if self.drained() {
+            return;
+        }
         let own = &self.inner.instance;
         for doc in rooms {
             if doc.counts().instances.get(own).is_some_and(|n| *n > 0) {

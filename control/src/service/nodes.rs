@@ -73,6 +73,7 @@ impl Control {
         ));
         tokio::spawn(super::sweep(Arc::downgrade(&inner)));
         tokio::spawn(keep_record(Arc::downgrade(&inner)));
+        tokio::spawn(super::drain::run(Arc::downgrade(&inner)));
         Control { inner }
     }
 
@@ -89,6 +90,11 @@ impl Control {
             tracing::warn!(error = %e, "node record not written");
         }
         self.count_nodes().await;
+    }
+
+    /// Whether this node is stopping by itself ([`Control::set_draining`]).
+    pub(super) fn shutting_down(&self) -> bool {
+        self.inner.node.draining.load(Ordering::Relaxed)
     }
 
     /// The living nodes sharing this store, read now.
@@ -180,6 +186,18 @@ impl Control {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) =
             Some((now, Arc::new(nodes.to_vec())));
+    }
+
+    /// The node records as last read (by the heartbeat or a token request), however long ago;
+    /// `None` before the first reading.
+    pub(super) fn last_read(&self) -> Option<Arc<Vec<Node>>> {
+        self.inner
+            .node
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map(|(_, nodes)| nodes.clone())
     }
 
     /// The living nodes, as read at most [`CACHE_MS`] ago.

@@ -135,6 +135,18 @@ pub enum AdminOp {
         /// The room.
         room: String,
     },
+    /// Move up to `limit` of the room's participants connected here to another node (an
+    /// operator drains this node): each is sent `Leave { reason: MIGRATION, action: DISCONNECT }`
+    /// and its session ends, so that its client asks the application for a new token, which
+    /// names a node that is not draining. Publishers go first (their room moves with them);
+    /// relay links and mirrors are not participants of this node and stay, but once no member
+    /// is left here the room's own relay link from its origin ends. Answers `Count(moved)`.
+    Migrate {
+        /// The room.
+        room: String,
+        /// At most this many.
+        limit: usize,
+    },
     /// Tell every client not told yet to leave (`SERVER_SHUTDOWN`), leaving sessions open.
     AskToLeave,
     /// End every session at once (`SERVER_SHUTDOWN`).
@@ -158,6 +170,7 @@ impl AdminOp {
             | AdminOp::SetRecording { room, .. }
             | AdminOp::RelayFrom { room, .. }
             | AdminOp::EnsureRelay { room, .. }
+            | AdminOp::Migrate { room, .. }
             | AdminOp::StopRelay { room } => Some(room),
             AdminOp::ListRooms { .. } | AdminOp::AskToLeave | AdminOp::Drain => None,
         }
@@ -359,6 +372,7 @@ impl Server {
                 self.end_relay(&room, "stopped");
                 Ok(AdminReply::Done)
             }
+            AdminOp::Migrate { room, limit } => Ok(AdminReply::Count(self.migrate(&room, limit))),
             AdminOp::AskToLeave => Ok(AdminReply::Count(self.ask_to_leave())),
             AdminOp::Drain => Ok(AdminReply::Count(self.drain())),
         }
@@ -595,6 +609,48 @@ impl Server {
         let bytes = packet.encode_to_vec();
         self.forward_data(room, None, label, &destinations, bytes, ToRelays::Skip);
         Ok(())
+    }
+
+    /// Ends up to `limit` sessions of `room` with `Leave { MIGRATION, DISCONNECT }`: those
+    /// that publish or may publish first, then the others, each group by join time (oldest
+    /// first) then sid, so that every call moves the same ones from the same state. A
+    /// LiveKit client reports `Disconnected(MIGRATION)` and does not retry the same URL by
+    /// itself (a `RECONNECT` action would bring it straight back here). Once none is left,
+    /// the room's relay link from its origin ends. Returns how many.
+    fn migrate(&mut self, room: &str, limit: usize) -> usize {
+        let Some(r) = self.rooms.get(room) else {
+            return 0;
+        };
+        let mut chosen: Vec<(bool, i64, String, SessionId)> = r
+            .participants
+            .values()
+            .filter(|p| !p.is_relay())
+            .filter_map(|p| {
+                let session = *self.by_participant.get(&p.sid)?;
+                let publishes = p.can_publish() || !p.tracks.is_empty();
+                Some((!publishes, p.joined_at_ms, p.sid.clone(), session))
+            })
+            .collect();
+        chosen.sort();
+        chosen.truncate(limit);
+        for (_, _, _, session) in &chosen {
+            self.end_session(
+                *session,
+                "moved to another node",
+                Leave::Disconnect(lk::DisconnectReason::Migration),
+            );
+        }
+        // Nobody of the room left here to hear it: this node's relay link for it ends (other
+        // nodes' links to this one stay until they re-link elsewhere).
+        let members_left = self.rooms.get(room).is_some_and(|r| {
+            r.participants
+                .values()
+                .any(|p| !p.is_relay() && self.by_participant.contains_key(&p.sid))
+        });
+        if !members_left {
+            self.end_relay(room, "its members moved to another node");
+        }
+        chosen.len()
     }
 
     /// Sends `Leave { reason: SERVER_SHUTDOWN, action: DISCONNECT }` to every client not told

@@ -264,6 +264,20 @@ impl Signaling {
         }
     }
 
+    /// Moves up to `limit` of `room`'s participants connected here to another node
+    /// (`Leave { MIGRATION, DISCONNECT }`, publishers first): what an operator's drain does,
+    /// a batch at a time. Returns how many were told; 0 for a room not open here.
+    pub async fn migrate(&self, room: &str, limit: usize) -> Result<usize, ServiceError> {
+        let op = AdminOp::Migrate {
+            room: room.to_owned(),
+            limit,
+        };
+        match self.admin(op).await? {
+            AdminReply::Count(n) => Ok(n),
+            _ => Err(mismatch()),
+        }
+    }
+
     /// Ends every session at once (`Leave { SERVER_SHUTDOWN, DISCONNECT }`, then close): what is
     /// left when the drain deadline passes. Returns how many sessions were ended.
     pub async fn drain(&self) -> Result<usize, ServiceError> {
