@@ -484,7 +484,7 @@ fn failover_of_an_edge_and_of_the_origin() {
             })
             .expect("bounded")
             .expect("failover run");
-        println!("{}", report.table());
+        eprintln!("{}", report.table());
         assert_eq!(report.heard_before, 6, "{victim:?}: {report:?}");
         let edges = report.placed.iter().filter(|(_, n)| *n > 0).count();
         assert!(
