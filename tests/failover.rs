@@ -98,9 +98,9 @@ fn a_room_goes_on_when_an_edge_and_then_its_origin_are_killed() {
     let api = nodes[0].stoa.addr;
     wait_nodes(api, KEYS, "four node records", |n| n.len() == 4);
 
-    // The room's origin takes its host and two listeners; the next listeners spill over, two
-    // to an edge (with the speaker's mirror, three participants: full), then to the next: mo
-    // and kim, ned and ola, then pat alone, whose edge keeps headroom.
+    // The room's origin takes its host and two listeners; the next listeners spill over, three
+    // to an edge (full: the speaker's mirror is not counted), then to the next: mo, kim and
+    // kay, ned, ola and oli, then pat alone, whose edge keeps headroom.
     let room = create_room(
         api,
         &user("hana"),
@@ -117,7 +117,7 @@ fn a_room_goes_on_when_an_edge_and_then_its_origin_are_killed() {
     }
     clients.wait_heard(&["lee", "lou"], 50, WAIT, "the listeners on the origin");
     let mut full = vec![origin.clone()];
-    for pair in [&["mo", "kim"][..], &["ned", "ola"], &["pat"]] {
+    for pair in [&["mo", "kim", "kay"][..], &["ned", "ola", "oli"], &["pat"]] {
         let now_full = full.clone();
         wait_nodes(api, KEYS, "the nodes so far full", |n| {
             now_full
@@ -180,7 +180,7 @@ fn a_room_goes_on_when_an_edge_and_then_its_origin_are_killed() {
     clients.lost += 1 + on_origin.len() as u64;
     clients.wait_ended(&["hana"], WAIT, "the speaker's client notices");
     clients.wait_ended(&on_origin, WAIT, "the origin's listeners' clients notice");
-    let still: Vec<&str> = ["mo", "kim", "ned", "ola"].to_vec();
+    let still: Vec<&str> = ["mo", "kim", "kay", "ned", "ola", "oli"].to_vec();
     let heard: BTreeMap<&str, u64> = still.iter().map(|w| (*w, clients.packets(w))).collect();
     let moved_to = token_elsewhere(api, &room, "hana", &[&origin, &dead]);
     eprintln!("origin killed: the room moved after {:?}", killed.elapsed());
