@@ -182,6 +182,7 @@ async fn serve(config: &Config) -> Result<()> {
         api_key: key.clone(),
         secret: secret.clone(),
         ttl: RELAY_TOKEN_TTL,
+        tls: None,
     });
     let service = ServiceConfig {
         token_refresh: Some(TokenRefresh {

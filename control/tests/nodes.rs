@@ -240,6 +240,69 @@ async fn a_room_on_a_node_newer_than_the_cached_records_stays_there() {
     assert_eq!(doc.room.media_url.as_deref(), Some("ws://b.example:7880"));
 }
 
+/// A burst of token requests between two heartbeats: the records still show the origin
+/// empty, yet once as many listeners as its capacity were sent there, the next ones spill over
+/// to the edge (each instance counts whom it sent where until its next reading).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_listeners_fills_the_origin_then_spills_before_the_next_heartbeat() {
+    let redis = RedisServer::start();
+    let connect = async || {
+        let store: Arc<dyn Store> =
+            Arc::new(RedisStore::connect(&redis.url, "stoa:").await.unwrap());
+        store
+    };
+    let keys = Keys::new(vec![("k".into(), "s".into())]).unwrap();
+    let start = async |url: &str, load: &Arc<Load>| {
+        let config = ControlConfig {
+            public_url: url.into(),
+            node_capacity: 4,
+            ..ControlConfig::default()
+        };
+        let control = Control::start(connect().await, Arc::new(NoMedia), keys.clone(), config);
+        control.set_load_source(load.clone());
+        control
+    };
+    // The edge a little busier, so that the room is placed on the other.
+    let (a_load, b_load) = (Arc::new(Load::default()), Arc::new(Load::default()));
+    b_load.0.store(1, Ordering::Relaxed);
+    let a = start("ws://a.example:7880", &a_load).await;
+    let _b = start("ws://b.example:7880", &b_load).await;
+    wait_nodes(&a, "both records", |n| {
+        n.len() == 2 && n.iter().any(|n| n.load.participants == 1)
+    })
+    .await;
+    let doc = a
+        .create_room(&host(), new_room("Burst", None, Default::default()))
+        .await
+        .unwrap();
+    let origin = Some("ws://a.example:7880");
+    assert_eq!(doc.room.media_url.as_deref(), origin);
+    // A fresh reading (its records: nobody on either node), then the burst.
+    a.nodes().await.unwrap();
+    let read_at = Instant::now();
+    let mut sent = Vec::new();
+    for user in ["l1", "l2", "l3", "l4", "l5", "l6"] {
+        let grant = a.join(&uid(user), user, &doc.room.id).await.unwrap();
+        sent.push(grant.media_url.unwrap_or_default());
+    }
+    assert!(
+        read_at.elapsed() < Duration::from_secs(1),
+        "the burst outlasted the cached reading: the case was not tested"
+    );
+    assert_eq!(
+        sent,
+        [
+            "ws://a.example:7880",
+            "ws://a.example:7880",
+            "ws://a.example:7880",
+            "ws://a.example:7880",
+            "ws://b.example:7880",
+            "ws://b.example:7880",
+        ],
+        "four to the origin (its capacity), then the edge"
+    );
+}
+
 #[tokio::test]
 async fn without_a_public_url_rooms_have_no_node() {
     let dir = std::env::temp_dir().join(format!("stoa-nodes-single-{}", std::process::id()));

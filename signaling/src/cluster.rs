@@ -25,7 +25,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::rustls::pki_types::ServerName;
 
-use crate::webhook::{Scheme, split_url};
+use crate::webhook::{Scheme, Target, split_url};
 
 /// Marks a call forwarded by another node of the room: answer for this node only.
 pub const SCOPE_HEADER: &str = "x-stoa-scope";
@@ -82,8 +82,10 @@ impl Forwarder {
     /// A forwarder asking `nodes` where a room is; `https://` nodes are verified with the
     /// system's trust store.
     pub fn new(nodes: Arc<dyn RoomNodes>) -> Forwarder {
-        let tls = crate::webhook::client_tls_config(None).map_err(|e| e.to_string());
-        Forwarder { nodes, tls }
+        Forwarder {
+            nodes,
+            tls: node_tls().clone(),
+        }
     }
 
     /// The other nodes of `room`.
@@ -125,31 +127,55 @@ impl Forwarder {
         let mut request = head.into_bytes();
         request.extend_from_slice(body);
         let attempt = async {
-            let stream = TcpStream::connect(&target.addr)
-                .await
-                .map_err(|e| format!("cannot reach the node: {e}"))?;
-            match target.scheme {
-                Scheme::Http => exchange(stream, &request).await,
-                Scheme::Https => {
-                    let config = self.tls.as_ref().map_err(|e| format!("no TLS: {e}"))?;
-                    let name = target
-                        .addr
-                        .rsplit_once(':')
-                        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
-                        .unwrap_or_default();
-                    let name = ServerName::try_from(name.to_owned())
-                        .map_err(|e| format!("bad host name: {e}"))?;
-                    let stream = TlsConnector::from(config.clone())
-                        .connect(name, stream)
-                        .await
-                        .map_err(|e| format!("TLS: {e}"))?;
-                    exchange(stream, &request).await
-                }
-            }
+            let stream = dial(&target, &self.tls).await?;
+            exchange(stream, &request).await
         };
         tokio::time::timeout(FORWARD_TIMEOUT, attempt)
             .await
             .map_err(|_| "the node did not answer in time".to_owned())?
+    }
+}
+
+/// A byte stream to another node: plain TCP or TLS over it.
+pub(crate) trait NodeIo: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> NodeIo for T {}
+
+/// The TLS client configuration for `https://` and `wss://` nodes: the system's trust store
+/// (`SSL_CERT_FILE` or `SSL_CERT_DIR` add a private CA), read once, at the first call.
+pub(crate) fn node_tls() -> &'static Result<Arc<ClientConfig>, String> {
+    static TLS: std::sync::OnceLock<Result<Arc<ClientConfig>, String>> = std::sync::OnceLock::new();
+    TLS.get_or_init(|| crate::webhook::client_tls_config(None).map_err(|e| e.to_string()))
+}
+
+/// Connects to the node `target` names: TCP, and TLS over it for `https://` (the certificate
+/// verified against `tls` for the target's host).
+pub(crate) async fn dial(
+    target: &Target,
+    tls: &Result<Arc<ClientConfig>, String>,
+) -> Result<Box<dyn NodeIo>, String> {
+    let stream = TcpStream::connect(&target.addr)
+        .await
+        .map_err(|e| format!("cannot reach the node: {e}"))?;
+    // Signaling messages are small and latency-bound, as on the server's side.
+    let _ = stream.set_nodelay(true);
+    match target.scheme {
+        Scheme::Http => Ok(Box::new(stream)),
+        Scheme::Https => {
+            let config = tls.as_ref().map_err(|e| format!("no TLS: {e}"))?;
+            let name = target
+                .addr
+                .rsplit_once(':')
+                .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+                .unwrap_or_default();
+            let name =
+                ServerName::try_from(name.to_owned()).map_err(|e| format!("bad host name: {e}"))?;
+            let stream = TlsConnector::from(config.clone())
+                .connect(name, stream)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            Ok(Box::new(stream))
+        }
     }
 }
 

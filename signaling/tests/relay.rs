@@ -36,6 +36,7 @@ async fn an_edge_listener_hears_the_origins_speaker_through_the_relay() {
                 api_key: KEY.into(),
                 secret: SECRET.into(),
                 ttl: Duration::from_secs(60),
+                tls: None,
             }),
             ..ServiceConfig::default()
         },

@@ -21,6 +21,19 @@ impl Control {
         role: Role,
         can_publish: bool,
     ) -> Result<Option<String>, ControlError> {
+        let url = self.media_url_chosen(doc, role, can_publish).await?;
+        if let Some(url) = &url {
+            self.count_joining(url);
+        }
+        Ok(url)
+    }
+
+    async fn media_url_chosen(
+        &self,
+        doc: &RoomDoc,
+        role: Role,
+        can_publish: bool,
+    ) -> Result<Option<String>, ControlError> {
         let origin = self.media_url_of(doc).await?;
         // Whoever may publish publishes on the origin: an edge relays one way only.
         if role.on_stage() || can_publish || self.inner.config.public_url.is_empty() {

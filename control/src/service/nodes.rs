@@ -244,6 +244,19 @@ impl Control {
     /// Counts a room just placed on node `id` in the cached records until the next reading,
     /// so that rooms created in a burst between two heartbeats spread over equal nodes.
     fn count_placed(&self, id: &str) {
+        self.count_cached(|n| n.id == id, |n| n.load.rooms += 1);
+    }
+
+    /// Counts a member just sent to the node at `url` in the cached records until the next
+    /// reading, so that a burst of token requests between two heartbeats fills a node to its
+    /// capacity and then spills over to an edge, instead of all landing on it. (A token asked
+    /// again by someone already connected counts twice until then: a listener may spill a
+    /// moment early, never late.)
+    pub(super) fn count_joining(&self, url: &str) {
+        self.count_cached(|n| n.public_url == url, |n| n.load.participants += 1);
+    }
+
+    fn count_cached(&self, pick: impl Fn(&Node) -> bool, change: impl FnOnce(&mut Node)) {
         let mut cache = self
             .inner
             .node
@@ -252,8 +265,8 @@ impl Control {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some((_, nodes)) = cache.as_mut() {
             let mut counted = nodes.to_vec();
-            if let Some(n) = counted.iter_mut().find(|n| n.id == id) {
-                n.load.rooms += 1;
+            if let Some(n) = counted.iter_mut().find(|n| pick(n)) {
+                change(n);
             }
             *nodes = Arc::new(counted);
         }
