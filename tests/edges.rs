@@ -95,9 +95,12 @@ fn listeners_of_a_full_origin_go_to_an_edge_and_hear_the_speaker_through_the_rel
     // Asked through the edge's own API, the answer is the same once the edge reads the
     // origin's record full too (each node reads the registry through a one-second cache).
     let edge_api = nodes.iter().find(|n| n.url == edge).unwrap().stoa.addr;
-    wait_nodes(edge_api, KEYS, "the origin full, as the edge reads it", |n| {
-        by_url(n, &origin)["participants"].as_u64() >= Some(2)
-    });
+    wait_nodes(
+        edge_api,
+        KEYS,
+        "the origin full, as the edge reads it",
+        |n| by_url(n, &origin)["participants"].as_u64() >= Some(2),
+    );
     assert_eq!(media_url(edge_api, &room, "mo"), edge);
 
     // They join there; the edge relays the room from the origin at their admission, and both

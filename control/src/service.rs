@@ -958,7 +958,7 @@ impl Control {
             token,
             role,
             identity: user.clone(),
-            media_url: self.media_url_for(&doc, role, can_publish).await?,
+            media_url: self.media_url_for(&doc, user, role, can_publish).await?,
         })
     }
 

@@ -5,7 +5,7 @@
 
 use crate::clock::now_ms;
 use crate::error::ControlError;
-use crate::model::{Role, RoomDoc, RoomId, RoomState, Scope};
+use crate::model::{Role, RoomDoc, RoomId, RoomState, Scope, UserId};
 use crate::nodes::Node;
 use crate::placement;
 
@@ -18,12 +18,14 @@ impl Control {
     pub(super) async fn media_url_for(
         &self,
         doc: &RoomDoc,
+        user: &UserId,
         role: Role,
         can_publish: bool,
     ) -> Result<Option<String>, ControlError> {
+        self.uncount(user.as_str());
         let url = self.media_url_chosen(doc, role, can_publish).await?;
         if let Some(url) = &url {
-            self.count_joining(url);
+            self.count_joining(url, user.as_str());
         }
         Ok(url)
     }

@@ -27,6 +27,9 @@ pub(super) struct NodeState {
     source: OnceLock<Arc<dyn LoadSource>>,
     /// The living nodes as last read, and the unix ms they were read.
     cache: Mutex<Option<(u64, Arc<Vec<Node>>)>>,
+    /// The members counted in the cached records since they were read, and the node URL each
+    /// was counted on ([`Control::count_joining`]): each once, however often they ask.
+    counted: Mutex<std::collections::HashMap<String, String>>,
     /// The media plane's load as last read: what the record says (a reading that is late
     /// lands here when it completes, for a later write).
     load: Arc<Mutex<NodeLoad>>,
@@ -179,13 +182,17 @@ impl Control {
     }
 
     fn remember(&self, now: u64, nodes: &[Node]) {
-        *self
-            .inner
-            .node
+        let node = &self.inner.node;
+        let mut cache = node
             .cache
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some((now, Arc::new(nodes.to_vec())));
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *cache = Some((now, Arc::new(nodes.to_vec())));
+        // The records now count whoever had connected; those counted before are forgotten.
+        node.counted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
     }
 
     /// The node records as last read (by the heartbeat or a token request), however long ago;
@@ -247,13 +254,39 @@ impl Control {
         self.count_cached(|n| n.id == id, |n| n.load.rooms += 1);
     }
 
-    /// Counts a member just sent to the node at `url` in the cached records until the next
-    /// reading, so that a burst of token requests between two heartbeats fills a node to its
-    /// capacity and then spills over to an edge, instead of all landing on it. (A token asked
-    /// again by someone already connected counts twice until then: a listener may spill a
-    /// moment early, never late.)
-    pub(super) fn count_joining(&self, url: &str) {
+    /// Counts member `user`, just sent to the node at `url`, in the cached records until the
+    /// next reading, so that a burst of token requests between two heartbeats fills a node to
+    /// its capacity and then spills over to an edge, instead of all landing on it. A member
+    /// counted before (asking again) is counted once, where last sent. (Someone already
+    /// connected who asks again after a reading counts twice until the next one: a listener
+    /// may spill a moment early, never late.)
+    pub(super) fn count_joining(&self, url: &str, user: &str) {
+        self.uncount(user);
+        self.inner
+            .node
+            .counted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(user.to_owned(), url.to_owned());
         self.count_cached(|n| n.public_url == url, |n| n.load.participants += 1);
+    }
+
+    /// Takes member `user` out of the cached counts, if [`Control::count_joining`] counted
+    /// them since the last reading: their own earlier request does not fill a node for them.
+    pub(super) fn uncount(&self, user: &str) {
+        let was = self
+            .inner
+            .node
+            .counted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(user);
+        if let Some(url) = was {
+            self.count_cached(
+                |n| n.public_url == url,
+                |n| n.load.participants = n.load.participants.saturating_sub(1),
+            );
+        }
     }
 
     fn count_cached(&self, pick: impl Fn(&Node) -> bool, change: impl FnOnce(&mut Node)) {
