@@ -68,6 +68,7 @@ fn example_config_parses() {
     assert_eq!(config.logging.format, LogFormat::Text);
     assert_eq!(config.shutdown.drain, std::time::Duration::from_secs(30));
     assert_eq!(config.control.ended_room_retention, 90 * 24 * 3600);
+    assert_eq!(config.control.node_ttl, 3);
     assert_eq!(
         config.recording,
         RecordingSettings {
@@ -203,6 +204,7 @@ fn example_config_documents_every_key() {
         "use_external_ip",
         "stun_servers",
         "ended_room_retention",
+        "node_ttl",
         "[recording]",
         "track_files",
     ] {
@@ -316,6 +318,15 @@ fn empty_secret_is_rejected() {
         &Overrides::default(),
     ));
     assert_eq!(message, "STOA_KEYS: secret for API key `c` is empty");
+}
+
+#[test]
+fn a_node_ttl_of_zero_is_rejected() {
+    let message = error(load_file(
+        Mode::Production,
+        &format!("{VALID}[control]\nnode_ttl = 0\n"),
+    ));
+    assert!(message.contains("node_ttl"), "{message}");
 }
 
 #[test]

@@ -176,6 +176,18 @@ impl MediaPlane for LocalMedia {
             .await
             .map_err(media_err)
     }
+
+    async fn migrate(
+        &self,
+        room: &stoa_control::model::RoomId,
+        limit: u32,
+    ) -> Result<usize, MediaError> {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        self.signaling
+            .migrate(room.as_str(), limit)
+            .await
+            .map_err(media_err)
+    }
 }
 
 /// The control plane deciding who enters its rooms, with which permission.
@@ -319,6 +331,20 @@ pub fn spawn_recording_failures(
             }
         }
     });
+}
+
+/// Which nodes serve a room, for the RoomService API's room-wide answers: the control plane
+/// knows each room's origin and edges.
+pub struct ControlRoomNodes(pub Control);
+
+impl stoa_signaling::cluster::RoomNodes for ControlRoomNodes {
+    fn nodes<'a>(&'a self, room: &'a str) -> stoa_signaling::cluster::NodesFuture<'a> {
+        Box::pin(self.0.room_nodes(room))
+    }
+
+    fn every_other(&self) -> stoa_signaling::cluster::NodesFuture<'_> {
+        Box::pin(self.0.other_nodes())
+    }
 }
 
 /// Shares the admission hook with the router.

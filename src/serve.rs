@@ -182,6 +182,7 @@ async fn serve(config: &Config) -> Result<()> {
         api_key: key.clone(),
         secret: secret.clone(),
         ttl: RELAY_TOKEN_TTL,
+        tls: None,
     });
     let service = ServiceConfig {
         token_refresh: Some(TokenRefresh {
@@ -260,7 +261,13 @@ async fn serve(config: &Config) -> Result<()> {
     let routes = ops::router(draining.clone(), Some(sources), Some(prometheus))
         .merge(joins)
         .merge(stoa_signaling::egress::router(egress, keys.clone()))
-        .merge(stoa_signaling::twirp::router(signaling.clone(), keys))
+        .merge(stoa_signaling::twirp::router_with(
+            signaling.clone(),
+            keys,
+            Some(stoa_signaling::cluster::Forwarder::new(Arc::new(
+                crate::media_plane::ControlRoomNodes(control.clone()),
+            ))),
+        ))
         .merge(stoa_control::api::router(control.clone()))
         .merge(crate::web::router(control))
         .fallback(crate::web::app);

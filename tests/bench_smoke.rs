@@ -575,3 +575,51 @@ fn relay_across_three_nodes_in_their_own_namespaces() {
     assert!(table.contains("edge 2 full"), "{table}");
     drop(cluster);
 }
+
+#[test]
+fn failover_of_an_edge_and_of_the_origin() {
+    use stoa_bench::failover::{self, Params, Victim};
+    let runtime = runtime();
+    for victim in [Victim::Edge, Victim::Origin] {
+        // The origin holds the speaker and three listeners; three more spill over to an edge.
+        let params = Params {
+            listeners: 6,
+            join_rate: 10.0,
+            capacity: 4,
+            victim,
+            give_up: Duration::from_secs(40),
+        };
+        let report = runtime
+            .block_on(async {
+                tokio::time::timeout(
+                    Duration::from_secs(150),
+                    failover::run(Path::new(env!("CARGO_BIN_EXE_stoa")), None, None, &params),
+                )
+                .await
+            })
+            .expect("bounded")
+            .expect("failover run");
+        eprintln!("{}", report.table());
+        assert_eq!(report.heard_before, 6, "{victim:?}: {report:?}");
+        let edges = report.placed.iter().filter(|(_, n)| *n > 0).count();
+        assert!(
+            edges >= 2,
+            "listeners on the origin and an edge: {report:?}"
+        );
+        assert!(
+            report.affected >= 1,
+            "{victim:?}: the kill stopped audio: {report:?}"
+        );
+        assert_eq!(
+            report.recovered, report.affected,
+            "{victim:?}: every affected listener heard audio again: {report:?}"
+        );
+        if victim == Victim::Origin {
+            assert_eq!(
+                report.affected, 6,
+                "every listener lost the speaker: {report:?}"
+            );
+            assert!(report.speaker_rejoined_ms.is_some(), "{report:?}");
+        }
+    }
+}

@@ -49,7 +49,8 @@ fn media_url(api: SocketAddr, room: &str, identity: &str) -> String {
 #[test]
 fn listeners_of_a_full_origin_go_to_an_edge_and_hear_the_speaker_through_the_relay() {
     let redis = RedisServer::start();
-    // Full at two participants; records expire 2 s after the last heartbeat (one every 0.7 s).
+    // Full at two participants; members' presence expires 2 s after their node's last
+    // heartbeat (one every 0.7 s); node records at the default node_ttl.
     let config = support::api::config(
         &scratch_dir("edges"),
         KEYS.0,
@@ -91,8 +92,15 @@ fn listeners_of_a_full_origin_go_to_an_edge_and_hear_the_speaker_through_the_rel
     assert_eq!(media_url(api, &room, "mo"), edge, "a listener spills over");
     assert_eq!(media_url(api, &room, "kim"), edge, "to the same edge");
     assert_eq!(media_url(api, &room, "hana"), origin, "the host stays");
-    // Asked through the edge's own API, the answer is the same.
+    // Asked through the edge's own API, the answer is the same once the edge reads the
+    // origin's record full too (each node reads the registry through a one-second cache).
     let edge_api = nodes.iter().find(|n| n.url == edge).unwrap().stoa.addr;
+    wait_nodes(
+        edge_api,
+        KEYS,
+        "the origin full, as the edge reads it",
+        |n| by_url(n, &origin)["participants"].as_u64() >= Some(2),
+    );
     assert_eq!(media_url(edge_api, &room, "mo"), edge);
 
     // They join there; the edge relays the room from the origin at their admission, and both
@@ -140,10 +148,12 @@ fn listeners_of_a_full_origin_go_to_an_edge_and_hear_the_speaker_through_the_rel
         |r| r["present"] == 4,
     );
 
-    // The origin dies (SIGKILL), with the host and one listener on it. Once its members have
-    // timed out, the room moves at the host's next token request to the one living node, the
-    // edge; she speaks there, and the edge's listeners, connected all along, hear her again
-    // without rejoining (their mirror of her went with the relay; her new track is local).
+    // The origin dies (SIGKILL), with the host and one listener on it. Its members time out
+    // (presence_ttl), and, once its record expired (node_ttl, whether or not they timed out
+    // yet: tests/failover.rs), the room moves at the host's next token request to the one
+    // living node, the edge; she speaks there, and the edge's listeners, connected all along,
+    // hear her again without rejoining (their mirror of her went with the relay; her new
+    // track is local).
     let [first, second] = nodes;
     let (dead, living) = if first.url == origin {
         (first, second)

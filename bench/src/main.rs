@@ -64,6 +64,9 @@ enum Cmd {
     /// namespace joined by veth links: listeners on the room's origin and on two edges side by
     /// side, the relay hop's added latency and the CPU of a listener and of a node-to-node link.
     Relay(RelayArgs),
+    /// Three nodes on one Redis (started here) under one room that spills over to edges; one
+    /// node is killed with SIGKILL; reports how soon its listeners hear audio again.
+    Failover(FailoverArgs),
 }
 
 #[derive(Debug, Args)]
@@ -102,6 +105,41 @@ struct RelayArgs {
     /// Write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct FailoverArgs {
+    /// Listeners in the room.
+    #[arg(long, default_value_t = 1000)]
+    listeners: usize,
+    /// Their joins per second while the room fills.
+    #[arg(long, default_value_t = 100.0)]
+    join_rate: f64,
+    /// Each node's `[control] node_capacity`: the origin takes this many participants, the rest
+    /// spill over to the other nodes.
+    #[arg(long, default_value_t = 501)]
+    capacity: u64,
+    /// Which node is killed.
+    #[arg(long, value_enum, default_value = "edge")]
+    kill: stoa_bench::failover::Victim,
+    /// Seconds after the kill when the run gives up.
+    #[arg(long, default_value_t = 30)]
+    give_up: u64,
+    /// The `stoa` binary the nodes run.
+    #[arg(long, value_name = "PATH")]
+    spawn: PathBuf,
+    /// Pin the nodes to these CPUs (taskset list, e.g. `0`).
+    #[arg(long, value_name = "LIST")]
+    server_cpus: Option<String>,
+    /// Pin this harness to these CPUs (e.g. `1`).
+    #[arg(long, value_name = "LIST")]
+    bench_cpus: Option<String>,
+    /// Write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Write the nodes' logs (`node-0.log`…) into this directory.
+    #[arg(long, value_name = "DIR")]
+    log_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -616,6 +654,33 @@ fn main() -> anyhow::Result<()> {
             println!("{}", report.table());
             let json = serde_json::to_string_pretty(&report).context("serialise")?;
             write_json(a.server.json.as_ref(), &json)?;
+        }
+        Cmd::Failover(a) => {
+            let params = stoa_bench::failover::Params {
+                listeners: a.listeners,
+                join_rate: a.join_rate,
+                capacity: a.capacity,
+                victim: a.kill,
+                give_up: Duration::from_secs(a.give_up),
+            };
+            params.validate()?;
+            if let Some(cpus) = &a.bench_cpus {
+                affinity::pin(cpus)?;
+            }
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .context("tokio runtime")?;
+            let report = runtime.block_on(stoa_bench::failover::run(
+                &a.spawn,
+                a.server_cpus.as_deref(),
+                a.log_dir.as_deref(),
+                &params,
+            ))?;
+            println!("{}", report.table());
+            let json = serde_json::to_string_pretty(&report).context("serialise")?;
+            write_json(a.json.as_ref(), &json)?;
         }
         Cmd::TwoRooms(a) => {
             let params = stoa_bench::two_rooms::TwoRoomsParams {

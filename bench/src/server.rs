@@ -67,7 +67,21 @@ impl ServerProcess {
         cpus: Option<&str>,
         redis_url: &str,
     ) -> Result<ServerProcess, ServerError> {
-        ServerProcess::spawn_inner(binary, cpus, None, &[("STOA_REDIS_URL", redis_url)], true)
+        ServerProcess::spawn_node_with(binary, cpus, redis_url, None, &[])
+    }
+
+    /// Like [`ServerProcess::spawn_node`], its output to `log` when given, with `STOA_*`
+    /// settings of its own.
+    pub fn spawn_node_with(
+        binary: &Path,
+        cpus: Option<&str>,
+        redis_url: &str,
+        log: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Result<ServerProcess, ServerError> {
+        let mut all = vec![("STOA_REDIS_URL", redis_url)];
+        all.extend_from_slice(env);
+        ServerProcess::spawn_inner(binary, cpus, log, &all, true)
     }
 
     fn spawn_inner(
@@ -164,6 +178,18 @@ impl ServerProcess {
         Ok(server)
     }
 
+    /// Kills it with SIGKILL, as a crash would: no draining, its registry record left to
+    /// expire.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether it has exited.
+    pub fn is_dead(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// The process id (that of `stoa` itself: `taskset` execs it).
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -222,6 +248,32 @@ impl RedisProcess {
             child,
             url: format!("redis://{addr}/"),
         })
+    }
+
+    /// Start one on a free 127.0.0.1 port. The port is found with `bind(0)` and released, so
+    /// another process may take it first: a server that exits (it could not bind) is started
+    /// again on another port.
+    pub fn spawn_loopback(cpus: Option<&str>) -> Result<RedisProcess, ServerError> {
+        let mut last = None;
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            match RedisProcess::spawn(addr, cpus) {
+                Ok(mut redis) => {
+                    // One that cannot bind exits at once; whatever listens then is another's.
+                    std::thread::sleep(Duration::from_millis(150));
+                    if matches!(redis.child.try_wait(), Ok(None)) {
+                        return Ok(redis);
+                    }
+                    last = Some(ServerError::NotListening(addr));
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(ServerError::NotListening(SocketAddr::from((
+            [127, 0, 0, 1],
+            0,
+        )))))
     }
 
     /// Its process id.

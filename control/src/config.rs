@@ -43,6 +43,10 @@ pub struct ControlConfig {
     /// Seconds after which an instance that stopped sending heartbeats counts as dead, and
     /// the members connected through it as gone.
     pub presence_ttl: u64,
+    /// Seconds after which a node that stopped writing its registry record counts as dead:
+    /// token requests send nobody there and its rooms move (its own heartbeat, three times per
+    /// this, apart from the room sweep).
+    pub node_ttl: u64,
     /// Seconds a kicked user may not rejoin.
     pub kick_cooldown: u64,
     /// Seconds a member's seat is held for them without a media connection: after they take
@@ -96,6 +100,7 @@ impl Default for ControlConfig {
             redis_prefix: "stoa:".into(),
             empty_timeout: 300,
             presence_ttl: 30,
+            node_ttl: 3,
             kick_cooldown: 300,
             seat_grace: 60,
             token_ttl: 600,
@@ -160,10 +165,11 @@ impl ControlConfig {
             || self.token_ttl == 0
             || self.max_participants == 0
             || self.presence_ttl == 0
+            || self.node_ttl == 0
             || self.node_capacity == 0
         {
             return Err(
-                "control.kick_cooldown, seat_grace, token_ttl, presence_ttl, node_capacity and max_participants must be above 0"
+                "control.kick_cooldown, seat_grace, token_ttl, presence_ttl, node_ttl, node_capacity and max_participants must be above 0"
                     .into(),
             );
         }
@@ -209,5 +215,17 @@ mod tests {
         .with_mode_defaults(true);
         assert!(!set.guests());
         assert_eq!(set.creators(), RoomCreators::Servers);
+    }
+
+    #[test]
+    fn a_node_ttl_of_zero_is_refused() {
+        assert_eq!(ControlConfig::default().node_ttl, 3);
+        assert_eq!(ControlConfig::default().validate(), Ok(()));
+        let zero = ControlConfig {
+            node_ttl: 0,
+            ..ControlConfig::default()
+        };
+        let err = zero.validate().err().unwrap_or_default();
+        assert!(err.contains("node_ttl"), "{err}");
     }
 }

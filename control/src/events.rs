@@ -195,4 +195,8 @@ pub struct BusMessage {
     /// Notifications for these users' own streams, wherever they are connected.
     #[serde(default)]
     pub notices: Vec<(Vec<crate::model::UserId>, crate::notify::Notification)>,
+    /// Rooms that moved to another node, with their new origin's media URL: the nodes serving
+    /// their listeners re-link to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moved: Vec<(crate::model::RoomId, String)>,
 }

@@ -21,6 +21,7 @@ pub mod api;
 pub mod auth;
 mod clock;
 pub mod config;
+pub mod drain;
 pub mod error;
 pub mod events;
 pub mod media;

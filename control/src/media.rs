@@ -110,6 +110,13 @@ pub trait MediaPlane: Send + Sync + std::fmt::Debug {
     async fn relay(&self, _room: &RoomId, _origin: &str) -> Result<bool, MediaError> {
         Ok(false)
     }
+
+    /// Moves up to `limit` of `room`'s members connected to this node elsewhere: each is told
+    /// to leave (LiveKit's `MIGRATION` reason, publishers first) and asks for a new token.
+    /// Returns how many were told; a media plane that cannot tell them moves nobody.
+    async fn migrate(&self, _room: &RoomId, _limit: u32) -> Result<usize, MediaError> {
+        Ok(0)
+    }
 }
 
 /// A media plane that does nothing (a control plane without media, e.g. in store tests).

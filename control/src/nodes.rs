@@ -1,9 +1,9 @@
 //! The node registry: what each `stoa serve` process sharing a store says about itself.
 //!
-//! Every instance writes a [`Node`] record with its heartbeat (the sweeper, three times per
-//! `presence_ttl`), and the record expires with it; the store lists the living ones
-//! ([`crate::store::Store::nodes`]). Placement ([`crate::placement`]) reads them to put rooms
-//! on a living, non-draining node with headroom. The embedded store (one node) lists this node
+//! Every instance writes a [`Node`] record on a heartbeat of its own (three times per
+//! `[control] node_ttl`, apart from the room sweep), and the record expires with it; the store
+//! lists the living ones ([`crate::store::Store::nodes`]). Placement ([`crate::placement`])
+//! reads them to put rooms on a living, non-draining node with headroom. The embedded store (one node) lists this node
 //! alone, so placement there always answers this node's own URL, as before.
 //!
 //! The load numbers come from the binary's media plane through [`LoadSource`]; the control

@@ -247,6 +247,7 @@ pub async fn fan_out(store: &dyn Store, origin: &str, job: &Job) -> Result<usize
                         media: Vec::new(),
                         events: Vec::new(),
                         notices: vec![(fresh, job.notification.clone())],
+                        moved: Vec::new(),
                     })
                     .await?;
             }

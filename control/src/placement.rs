@@ -4,15 +4,18 @@
 //! its listeners connect to its `media_url`. Listeners of a room whose origin is full go to
 //! an edge ([`edge_for`]), which relays the room's media from the origin. A room is placed when it is created (or, created without
 //! a node, at its first token request) on the living, non-draining node with the most
-//! headroom; it stays there while that node lives. At a token request, a room with nobody
-//! connected whose node is gone (its record expired) or draining moves to the node with the
-//! most headroom: its next members meet there. A room with people connected never moves (they
-//! are on its node; a dead node's members are marked gone when its heartbeat expires).
+//! headroom; it stays there while that node lives. At a token request, a room whose node is
+//! gone (its record expired, `[control] node_ttl` after its last write) moves to the node with
+//! the most headroom, whoever is still counted as connected there ([`holding`] counts only
+//! members of the origin's living node); a draining origin keeps the room while anyone is
+//! connected to it, and loses it once nobody is. Its next members meet on the new node.
 //!
 //! Headroom is `1 - load`, the load being the larger of the participants' share of
 //! `[control] node_capacity` and the CPU share, in whole percent; ties go to the node with
 //! fewer rooms, then to the smaller id, so that every instance chooses alike from the same
 //! records.
+
+use std::collections::BTreeMap;
 
 use crate::nodes::Node;
 
@@ -44,9 +47,31 @@ pub fn choose(nodes: &[Node], capacity: u64, now: u64) -> Option<&Node> {
     })
 }
 
-/// Where a room placed at `current` (`None`: nowhere yet), with `present` members connected,
-/// should live now: `Some(url)` when it should move there, `None` when it stays (or no node
-/// can take it, when it keeps what it has).
+/// How many members hold a room on its node at `current`: those connected through that node
+/// while its record lives at `now`. `instances` counts the room's connected members by the
+/// instance hosting them (a node's id is its instance's). Members on the room's other nodes
+/// (its edges) do not hold it, nor do members counted on a node whose record expired: they
+/// went with it (their presence is only marked gone later, `presence_ttl` after the node's
+/// last heartbeat), so a dead origin's room moves as soon as its record expired.
+pub fn holding(
+    current: Option<&str>,
+    instances: &BTreeMap<String, u32>,
+    nodes: &[Node],
+    now: u64,
+) -> u32 {
+    let Some(url) = current else {
+        return 0;
+    };
+    nodes
+        .iter()
+        .filter(|n| n.public_url == url && n.expires_at > now)
+        .filter_map(|n| instances.get(&n.id))
+        .fold(0, |sum, n| sum.saturating_add(*n))
+}
+
+/// Where a room placed at `current` (`None`: nowhere yet), with `present` members holding it
+/// there ([`holding`]), should live now: `Some(url)` when it should move there, `None` when it
+/// stays (or no node can take it, when it keeps what it has).
 pub fn review(
     current: Option<&str>,
     present: u32,
@@ -55,10 +80,12 @@ pub fn review(
     now: u64,
 ) -> Option<String> {
     if let Some(url) = current {
-        // Whoever is connected is on the room's node: the room never moves under them, lest
-        // it split across two nodes. A node that only looks dead (missed heartbeats) keeps
-        // its room; the members of a node that died are marked gone by the sweeper when its
-        // heartbeat expires, and the room moves at the next token request after that.
+        // Whoever is connected to the room's living node keeps it there (a draining node
+        // keeps its occupied rooms): the room never moves under them, lest its speakers split
+        // across two origins. A node whose record expired holds nobody: it is taken for dead
+        // and the room moves. Should it only have stalled past `node_ttl` (three missed
+        // writes) and come back, the speakers still connected to it are apart from the new
+        // origin until they ask for a token again; `node_ttl` is sized to make that rare.
         if present > 0 {
             return None;
         }
@@ -178,8 +205,8 @@ mod tests {
             review(Some(gone), 0, &nodes, 1000, 0).as_deref(),
             Some("ws://b.example:7880")
         );
-        // While anyone is still counted as connected there, it stays: they are on that node
-        // (which may only have missed heartbeats); the sweeper marks a dead node's members gone.
+        // Whoever holds it there keeps it (the caller counts them with `holding`, which
+        // counts nobody on a dead node).
         assert_eq!(review(Some(gone), 5, &nodes, 1000, 0), None);
         // A record past its expiry is a dead node too.
         assert_eq!(
@@ -252,6 +279,54 @@ mod tests {
             node("c", 0, 0.0, false),
         ];
         assert_eq!(id(edge_for(&a, &[], &tie, 2, 0)).as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn only_members_of_the_living_origin_hold_a_room() {
+        let nodes = [node("a", 3, 0.1, false), node("b", 10, 0.1, false)];
+        let a = "ws://a.example:7880";
+        let counts = |pairs: &[(&str, u32)]| -> BTreeMap<String, u32> {
+            pairs.iter().map(|(i, n)| ((*i).to_owned(), *n)).collect()
+        };
+        // Members on the origin hold it; members on an edge (b) or on a node with no record
+        // (c, dead, its presence not yet marked gone) do not.
+        let spread = counts(&[("a", 2), ("b", 7), ("c", 4)]);
+        assert_eq!(holding(Some(a), &spread, &nodes, 5_000), 2);
+        assert_eq!(
+            holding(Some("ws://c.example:7880"), &spread, &nodes, 5_000),
+            0
+        );
+        assert_eq!(holding(None, &spread, &nodes, 5_000), 0);
+        // Once the origin's record expired, nobody holds it there: the room moves although
+        // its members are still counted, to the living node.
+        assert_eq!(holding(Some(a), &spread, &nodes, 10_000), 0);
+        let mut later = nodes.clone();
+        later[0].expires_at = 8_000;
+        later[1].expires_at = 20_000;
+        let held = holding(Some(a), &spread, &later, 9_000);
+        assert_eq!(held, 0);
+        assert_eq!(
+            review(Some(a), held, &later, 1000, 9_000).as_deref(),
+            Some("ws://b.example:7880")
+        );
+        // A draining origin keeps the room while its own members hold it, not for an edge's.
+        let mut draining = nodes.clone();
+        draining[0].draining = true;
+        let held = holding(Some(a), &spread, &draining, 5_000);
+        assert_eq!(review(Some(a), held, &draining, 1000, 5_000), None);
+        let edge_only = counts(&[("b", 7)]);
+        let held = holding(Some(a), &edge_only, &draining, 5_000);
+        assert_eq!(
+            review(Some(a), held, &draining, 1000, 5_000).as_deref(),
+            Some("ws://b.example:7880")
+        );
+        // A node restarted at the same URL is a new id: the old instance's members do not
+        // hold the room there, the new one's do.
+        let mut restarted = nodes.clone();
+        restarted[0].id = "a2".into();
+        assert_eq!(holding(Some(a), &spread, &restarted, 5_000), 0);
+        let back = counts(&[("a", 2), ("a2", 1)]);
+        assert_eq!(holding(Some(a), &back, &restarted, 5_000), 1);
     }
 
     #[test]

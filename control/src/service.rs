@@ -20,6 +20,7 @@ use crate::schedule::Schedule;
 use crate::store::{AudiencePage, AuditEntry, Follow, Store};
 use crate::view::{self, RoomView};
 
+mod drain;
 mod edges;
 mod invitations;
 mod nodes;
@@ -906,6 +907,7 @@ impl Control {
                 media: effects.media,
                 events: effects.events,
                 notices: Vec::new(),
+                moved: Vec::new(),
             })
             .await
     }
@@ -956,7 +958,7 @@ impl Control {
             token,
             role,
             identity: user.clone(),
-            media_url: self.media_url_for(&doc, role, can_publish).await?,
+            media_url: self.media_url_for(&doc, user, role, can_publish).await?,
         })
     }
 
@@ -1073,6 +1075,9 @@ impl Control {
         }
         let view = room::participant_view(&doc, &user);
         if view.is_some() {
+            // On an edge, the relay link opens the media room first, as the origin's: the
+            // origin alone reports the room's start and end to webhooks.
+            self.relay_if_edge(&doc).await;
             // The control plane owns the room's lifetime: should the media room have closed
             // (empty past its timeout, or deleted through the RoomService API) while the room
             // is live, it comes back with the room's limits, never the defaults.
@@ -1086,7 +1091,6 @@ impl Control {
             {
                 tracing::warn!(room = %id, error = %e, "media room not created");
             }
-            self.relay_if_edge(&doc).await;
         }
         match view {
             Some(view) => Ok(Some(view)),
@@ -1389,6 +1393,13 @@ async fn consume(inner: std::sync::Weak<Inner>, mut rx: broadcast::Receiver<BusM
         for (users, notification) in &message.notices {
             inner.streams.deliver(users, notification);
         }
+        for (room, to) in message.moved {
+            let control = Control {
+                inner: inner.clone(),
+            };
+            // Off the bus's loop: a link is made while the next messages are delivered.
+            tokio::spawn(async move { control.relink(&room, &to).await });
+        }
     }
 }
 
@@ -1418,9 +1429,9 @@ async fn sweep(inner: std::sync::Weak<Inner>) {
         {
             tracing::warn!(error = %e, "heartbeat not recorded");
         }
-        if let Err(e) = control.beat(ttl_ms).await {
-            tracing::warn!(error = %e, "node record not written");
-        }
+        // The node's record has its own, faster heartbeat (`service/nodes.rs`); the metrics
+        // of the registry are read here.
+        control.count_nodes().await;
         let timeout = control.inner.config.empty_timeout * 1000;
         let rooms = match control.rooms(&[RoomState::Live]).await {
             Ok(r) => r,

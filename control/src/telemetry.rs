@@ -49,6 +49,10 @@ pub const EDGE_LISTENERS: &str = "control_edge_listeners_total";
 /// one after a link ended).
 pub const RELAYS_STARTED: &str = "control_relays_started_total";
 
+/// Members a draining node asked to move to another node.
+pub const DRAIN_MOVED: &str = "control_drain_members_moved_total";
+/// Rooms a draining node gave a new origin.
+pub const DRAIN_REHOMED: &str = "control_drain_rooms_rehomed_total";
 /// Clips cut from recordings.
 pub const CLIPS: &str = "control_clips_total";
 /// Bytes of recordings and clips sent to players.
@@ -101,6 +105,16 @@ pub fn describe() {
         "Ended rooms deleted after their retention"
     );
     describe_counter!(CLIPS, Unit::Count, "Clips cut from recordings");
+    describe_counter!(
+        DRAIN_MOVED,
+        Unit::Count,
+        "Members this draining node asked to move to another node"
+    );
+    describe_counter!(
+        DRAIN_REHOMED,
+        Unit::Count,
+        "Rooms this draining node gave a new origin"
+    );
     describe_gauge!(
         NODES,
         Unit::Count,

@@ -197,6 +197,114 @@ async fn rooms_go_to_headroom_avoid_drained_nodes_and_leave_dead_ones() {
     assert_eq!(doc.room.media_url.as_deref(), Some("ws://a.example:7880"));
 }
 
+/// A node that registered after another instance last read the registry: that instance's
+/// cached records do not show it, and a token request there must not take the room's node for
+/// dead and move the room (it would split from its members on the new node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_on_a_node_newer_than_the_cached_records_stays_there() {
+    let redis = RedisServer::start();
+    let connect = async || {
+        let store: Arc<dyn Store> =
+            Arc::new(RedisStore::connect(&redis.url, "stoa:").await.unwrap());
+        store
+    };
+    let (busy, idle) = (Arc::new(Load::default()), Arc::new(Load::default()));
+    busy.0.store(60, Ordering::Relaxed);
+    let a = start(connect().await, "ws://a.example:7880", &busy);
+    // A reads the registry: itself alone (and caches it).
+    wait_nodes(&a, "a's record", |n| {
+        n.len() == 1 && n[0].load.participants == 60
+    })
+    .await;
+    let read_at = Instant::now();
+    let b = start(connect().await, "ws://b.example:7880", &idle);
+    let store = connect().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.nodes(now()).await.unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "b's record");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Placed by B on itself (A is busier); a token request through A right after.
+    let doc = b
+        .create_room(&host(), new_room("Newer", None, Default::default()))
+        .await
+        .unwrap();
+    assert_eq!(doc.room.media_url.as_deref(), Some("ws://b.example:7880"));
+    let grant = a.join(&uid("lee"), "Lee", &doc.room.id).await.unwrap();
+    assert!(
+        read_at.elapsed() < Duration::from_secs(1),
+        "the token request came after A's cached records expired: the case was not tested"
+    );
+    assert_eq!(grant.media_url.as_deref(), Some("ws://b.example:7880"));
+    let doc = a.room(&doc.room.id).await.unwrap();
+    assert_eq!(doc.room.media_url.as_deref(), Some("ws://b.example:7880"));
+}
+
+/// A burst of token requests between two heartbeats: the records still show the origin
+/// empty, yet once as many listeners as its capacity were sent there, the next ones spill over
+/// to the edge (each instance counts whom it sent where until its next reading).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_listeners_fills_the_origin_then_spills_before_the_next_heartbeat() {
+    let redis = RedisServer::start();
+    let connect = async || {
+        let store: Arc<dyn Store> =
+            Arc::new(RedisStore::connect(&redis.url, "stoa:").await.unwrap());
+        store
+    };
+    let keys = Keys::new(vec![("k".into(), "s".into())]).unwrap();
+    let start = async |url: &str, load: &Arc<Load>| {
+        let config = ControlConfig {
+            public_url: url.into(),
+            node_capacity: 4,
+            ..ControlConfig::default()
+        };
+        let control = Control::start(connect().await, Arc::new(NoMedia), keys.clone(), config);
+        control.set_load_source(load.clone());
+        control
+    };
+    // The edge a little busier, so that the room is placed on the other.
+    let (a_load, b_load) = (Arc::new(Load::default()), Arc::new(Load::default()));
+    b_load.0.store(1, Ordering::Relaxed);
+    let a = start("ws://a.example:7880", &a_load).await;
+    let _b = start("ws://b.example:7880", &b_load).await;
+    wait_nodes(&a, "both records", |n| {
+        n.len() == 2 && n.iter().any(|n| n.load.participants == 1)
+    })
+    .await;
+    let doc = a
+        .create_room(&host(), new_room("Burst", None, Default::default()))
+        .await
+        .unwrap();
+    let origin = Some("ws://a.example:7880");
+    assert_eq!(doc.room.media_url.as_deref(), origin);
+    // A fresh reading (its records: nobody on either node), then the burst.
+    a.nodes().await.unwrap();
+    let read_at = Instant::now();
+    let mut sent = Vec::new();
+    // l1 asks twice: counted once.
+    for user in ["l1", "l1", "l2", "l3", "l4", "l5", "l6"] {
+        let grant = a.join(&uid(user), user, &doc.room.id).await.unwrap();
+        sent.push(grant.media_url.unwrap_or_default());
+    }
+    assert!(
+        read_at.elapsed() < Duration::from_secs(1),
+        "the burst outlasted the cached reading: the case was not tested"
+    );
+    assert_eq!(
+        sent,
+        [
+            "ws://a.example:7880",
+            "ws://a.example:7880",
+            "ws://a.example:7880",
+            "ws://a.example:7880",
+            "ws://a.example:7880",
+            "ws://b.example:7880",
+            "ws://b.example:7880",
+        ],
+        "four members to the origin (its capacity), then the edge"
+    );
+}
+
 #[tokio::test]
 async fn without_a_public_url_rooms_have_no_node() {
     let dir = std::env::temp_dir().join(format!("stoa-nodes-single-{}", std::process::id()));
@@ -249,8 +357,19 @@ async fn listeners_of_a_full_origin_go_to_an_edge_which_relays_the_room() {
     };
     let (a_load, b_load) = (Arc::new(Load::default()), Arc::new(Load::default()));
     b_load.0.store(50, Ordering::Relaxed);
-    let a = start(connect().await, "ws://a.example:7880", &a_load);
     let keys = Keys::new(vec![("k".into(), "s".into())]).unwrap();
+    // The origin's members' presence outlives its record (the defaults: 30 s and 3 s).
+    let a = Control::start(
+        connect().await,
+        Arc::new(NoMedia),
+        keys.clone(),
+        ControlConfig {
+            public_url: "ws://a.example:7880".into(),
+            node_capacity: 100,
+            ..ControlConfig::default()
+        },
+    );
+    a.set_load_source(a_load.clone());
     let media = Arc::new(Relays::default());
     let config = ControlConfig {
         presence_ttl: 1,
@@ -336,9 +455,10 @@ async fn listeners_of_a_full_origin_go_to_an_edge_which_relays_the_room() {
     assert_eq!(asked, [want.clone(), want.clone()]);
     assert!(a.admit(id.as_str(), "lee").await.unwrap().is_some());
 
-    // Connected: lee on the origin, mo and kim on the edge. The origin dies: once its own
-    // members are marked gone, the room moves (to the edge, the one living node) although the
-    // edge's listeners are still connected; the host rejoins there.
+    // Connected: lee on the origin, mo and kim on the edge. The origin dies: once its record
+    // expired, the room moves although the edge's listeners are connected and the origin's
+    // member is still counted (her presence outlives the record); the host rejoins on the new
+    // origin, a third node, and the edge re-links to it.
     a.presence(id.as_str(), "lee", true).await;
     b.presence(id.as_str(), "mo", true).await;
     b.presence(id.as_str(), "kim", true).await;
@@ -357,24 +477,82 @@ async fn listeners_of_a_full_origin_go_to_an_edge_which_relays_the_room() {
         origin,
         "stays while the origin lives"
     );
+    let c_load = Arc::new(Load::default());
+    let c = start(connect().await, "ws://c.example:7880", &c_load);
+    b_load.0.store(10, Ordering::Relaxed);
+    wait_nodes(&b, "a third node, the edge busier", |n| {
+        n.len() == 3 && n.iter().any(|n| n.load.participants == 10)
+    })
+    .await;
     drop(a);
-    wait_nodes(&b, "the origin's record expired", |n| n.len() == 1).await;
+    wait_nodes(&b, "the origin's record expired", |n| n.len() == 2).await;
+    assert_eq!(
+        b.room(&id).await.unwrap().totals().present,
+        3,
+        "lee counted"
+    );
+    let grant = b.join(&uid("hana"), "Hana", &id).await.unwrap();
+    let moved = "ws://c.example:7880";
+    assert_eq!(
+        grant.media_url.as_deref(),
+        Some(moved),
+        "the room moved to the living node with the most headroom"
+    );
+    // The move is announced; the edge, serving mo and kim, relays the room from its new origin.
+    let want = (id.to_string(), moved.to_owned());
     let deadline = Instant::now() + Duration::from_secs(15);
-    while b.room(&id).await.unwrap().totals().present > 2 {
+    while !media.0.lock().unwrap().contains(&want) {
         assert!(
             Instant::now() < deadline,
-            "the origin's member still present"
+            "the edge re-links to the new origin"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let grant = b.join(&uid("hana"), "Hana", &id).await.unwrap();
-    assert_eq!(
-        grant.media_url.as_deref(),
-        edge,
-        "the room moved to a living node"
-    );
+    drop(c);
 
     // The edge set goes with the room.
     store.remove_room(&id).await.unwrap();
     assert!(store.room_edges(&id).await.unwrap().is_empty());
+}
+
+/// A media plane too busy to say its load (its reading never ends).
+#[derive(Debug)]
+struct Late;
+
+#[async_trait::async_trait]
+impl LoadSource for Late {
+    async fn load(&self) -> NodeLoad {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        NodeLoad::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_load_is_late_stays_living() {
+    let redis = RedisServer::start();
+    let store: Arc<dyn Store> = Arc::new(RedisStore::connect(&redis.url, "stoa:").await.unwrap());
+    let config = ControlConfig {
+        node_ttl: 1,
+        public_url: "ws://a.example:7880".into(),
+        ..ControlConfig::default()
+    };
+    let keys = Keys::new(vec![("k".into(), "s".into())]).unwrap();
+    let control = Control::start(store.clone(), Arc::new(NoMedia), keys, config);
+    control.set_load_source(Arc::new(Late));
+    wait_nodes(&control, "its record", |n| n.len() == 1).await;
+    // Its record is written on time although no reading of its load ever completes: listed
+    // at every look over three of its lifetimes.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert_eq!(store.nodes(now()).await.unwrap().len(), 1, "still living");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The reading still under way does not keep the control plane alive: dropped, its record
+    // stops and expires.
+    drop(control);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !store.nodes(now()).await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the record expires");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

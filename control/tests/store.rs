@@ -271,6 +271,7 @@ async fn behaves(store: &dyn Store) {
             private: false,
         }],
         notices: vec![],
+        moved: vec![],
     };
     store.publish(&message).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
@@ -866,6 +867,8 @@ async fn redis_bus_reaches_the_other_instance() {
             private: false,
         }],
         notices: vec![],
+        // A room's move travels with it (edges re-link on it).
+        moved: vec![(RoomId::random(), "ws://127.0.0.1:7881".into())],
     };
     a.publish(&message).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(5), rx_b.recv())

@@ -16,6 +16,8 @@
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "runtime")]
+pub mod cluster;
+#[cfg(feature = "runtime")]
 pub mod egress;
 pub mod join;
 pub mod proto;

@@ -314,25 +314,25 @@ pub fn sign(api_key: &str, secret: &str, body: &[u8], now_unix: u64) -> Option<S
 
 /// Whether a URL is delivered over TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Scheme {
+pub(crate) enum Scheme {
     Http,
     Https,
 }
 
 /// A receiver's URL taken apart.
 #[derive(Debug, PartialEq, Eq)]
-struct Target {
-    scheme: Scheme,
+pub(crate) struct Target {
+    pub(crate) scheme: Scheme,
     /// `host:port` to connect to (IPv6 hosts in brackets).
-    addr: String,
+    pub(crate) addr: String,
     /// The host as the `Host` header and TLS server name want it (no default port).
-    host: String,
+    pub(crate) host: String,
     /// Path and query, at least `/`.
-    path: String,
+    pub(crate) path: String,
 }
 
 /// `http[s]://host[:port][/path]` split into what a request needs.
-fn split_url(url: &str) -> Result<Target, String> {
+pub(crate) fn split_url(url: &str) -> Result<Target, String> {
     let (scheme, rest, default_port) = if let Some(rest) = url.strip_prefix("http://") {
         (Scheme::Http, rest, 80)
     } else if let Some(rest) = url.strip_prefix("https://") {

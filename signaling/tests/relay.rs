@@ -17,9 +17,11 @@
 
 use std::time::Duration;
 
+use livekit_protocol as lk;
 use livekit_protocol::participant_info::State;
-use livekit_protocol::signal_response;
-use stoa_signaling::service::{RelayAuth, ServiceConfig};
+use livekit_protocol::{signal_request, signal_response};
+use prost::Message as _;
+use stoa_signaling::service::{RelayAuth, SendData, ServiceConfig};
 
 mod common;
 use common::*;
@@ -34,6 +36,7 @@ async fn an_edge_listener_hears_the_origins_speaker_through_the_relay() {
                 api_key: KEY.into(),
                 secret: SECRET.into(),
                 ttl: Duration::from_secs(60),
+                tls: None,
             }),
             ..ServiceConfig::default()
         },
@@ -126,6 +129,146 @@ async fn an_edge_listener_hears_the_origins_speaker_through_the_relay() {
         _ => None,
     })
     .await;
+
+    // Alice's data packet (a chat line, a reaction of her client) reaches bob through the
+    // relay's data channel, as hers.
+    let packet = |payload: &[u8], topic: &str| {
+        lk::DataPacket {
+            kind: lk::data_packet::Kind::Reliable as i32,
+            value: Some(lk::data_packet::Value::User(lk::UserPacket {
+                payload: payload.to_vec(),
+                topic: Some(topic.into()),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    {
+        let mut pc = alice.publisher.lock().unwrap();
+        let id = *pc.channels.get("_reliable").expect("alice's data channel");
+        let mut channel = pc.rtc.channel(id).expect("open");
+        channel.write(true, &packet(b"hello edge", "chat")).unwrap();
+        pc.drain();
+    }
+    let received = |bob: &Client, payload: &[u8]| -> Vec<lk::DataPacket> {
+        bob.subscriber
+            .lock()
+            .unwrap()
+            .channel_data
+            .iter()
+            .filter_map(|d| lk::DataPacket::decode(d.as_slice()).ok())
+            .filter(|p| {
+                matches!(&p.value, Some(lk::data_packet::Value::User(u)) if u.payload == payload)
+            })
+            .collect()
+    };
+    eventually("bob receives alice's data through the relay", || {
+        !received(&bob, b"hello edge").is_empty()
+    })
+    .await;
+    let got = received(&bob, b"hello edge");
+    assert_eq!(got.len(), 1, "once");
+    assert_eq!(got[0].participant_identity, "alice");
+    assert_eq!(got[0].participant_sid, alice.sid());
+
+    // The server's own data (RoomService SendData) is sent by each node to its own sessions:
+    // the origin's does not also cross the relay, so bob gets the edge's copy only, once.
+    let server_data = |payload: &[u8]| SendData {
+        payload: payload.to_vec(),
+        reliable: true,
+        ..Default::default()
+    };
+    origin
+        .signaling
+        .send_data(room, server_data(b"from the server"))
+        .await
+        .unwrap();
+    edge.signaling
+        .send_data(room, server_data(b"from the server"))
+        .await
+        .unwrap();
+    eventually("bob receives the server's data", || {
+        !received(&bob, b"from the server").is_empty()
+    })
+    .await;
+    // A relayed copy would arrive after the origin's send; alice's next packet, sent after
+    // it, marks that everything before it crossed.
+    {
+        let mut pc = alice.publisher.lock().unwrap();
+        let id = *pc.channels.get("_reliable").expect("alice's data channel");
+        let mut channel = pc.rtc.channel(id).expect("open");
+        channel.write(true, &packet(b"marker", "chat")).unwrap();
+        pc.drain();
+    }
+    eventually("alice's marker", || !received(&bob, b"marker").is_empty()).await;
+    assert_eq!(received(&bob, b"from the server").len(), 1, "once");
+
+    // Bob's own data (his client opens a data-only publisher connection, as listeners'
+    // clients do) reaches alice on the origin through the relay, as his.
+    let offer = {
+        let mut pc = bob.publisher.lock().unwrap();
+        let mut api = pc.rtc.sdp_api();
+        api.add_channel("_reliable".into());
+        let (offer, pending) = api.apply().unwrap();
+        bob.pending_pub = Some(pending);
+        offer
+    };
+    bob.offer_id += 1;
+    bob.send(signal_request::Message::Offer(lk::SessionDescription {
+        r#type: "offer".into(),
+        sdp: offer.to_sdp_string(),
+        id: bob.offer_id,
+        ..Default::default()
+    }))
+    .await;
+    let answer = bob.wait_for_answer().await;
+    {
+        let pending = bob.pending_pub.take().unwrap();
+        let mut pc = bob.publisher.lock().unwrap();
+        pc.rtc.sdp_api().accept_answer(pending, answer).unwrap();
+        pc.drain();
+    }
+    eventually("bob's data channel", || {
+        bob.publisher
+            .lock()
+            .unwrap()
+            .channels
+            .contains_key("_reliable")
+    })
+    .await;
+    {
+        let mut pc = bob.publisher.lock().unwrap();
+        let id = *pc.channels.get("_reliable").unwrap();
+        let mut channel = pc.rtc.channel(id).expect("open");
+        channel
+            .write(true, &packet(b"hello origin", "chat"))
+            .unwrap();
+        pc.drain();
+    }
+    eventually("alice receives bob's data through the relay", || {
+        !received(&alice, b"hello origin").is_empty()
+    })
+    .await;
+    let got = received(&alice, b"hello origin");
+    assert_eq!(got.len(), 1, "once");
+    assert_eq!(got[0].participant_identity, "bob");
+    assert_eq!(got[0].participant_sid, bob.sid());
+    // Not echoed back to the edge.
+    {
+        let mut pc = alice.publisher.lock().unwrap();
+        let id = *pc.channels.get("_reliable").unwrap();
+        let mut channel = pc.rtc.channel(id).expect("open");
+        channel
+            .write(true, &packet(b"second marker", "chat"))
+            .unwrap();
+        pc.drain();
+    }
+    eventually("alice's second marker", || {
+        !received(&bob, b"second marker").is_empty()
+    })
+    .await;
+    assert!(received(&bob, b"hello origin").is_empty(), "no echo");
 
     // On the origin the relay is nobody: not listed, not shown to alice.
     let listed = origin.signaling.list_participants(room).await.unwrap();

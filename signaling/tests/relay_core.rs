@@ -16,7 +16,8 @@ use stoa_sfu::str0m::media::{Direction, MediaKind, Mid};
 use stoa_sfu::{EngineCommand, Event, MediaLabel, PeerId, TrackId};
 use stoa_signaling::join::parse_query;
 use stoa_signaling::proto::{
-    AdminOp, AdminReply, Output, RelayOutput, Server, ServerConfig, SessionId,
+    AdminOp, AdminReply, Output, ParticipantUpdate, RelayOutput, Server, ServerConfig,
+    ServiceError, SessionId,
 };
 use stoa_signaling::token::{Claims, VideoGrants};
 
@@ -722,4 +723,275 @@ fn ensure_relay_keeps_a_running_link_and_makes_an_ended_or_moved_one_anew() {
     assert_eq!(third.len(), 1);
     assert_ne!(third, second);
     assert_eq!(edge.relayed_rooms().count(), 1);
+}
+
+/// An edge with listener `l1` and a link whose origin shows speaker `alice` (`PA_s`), her
+/// track `TR_a` bound to a relayed engine track: the edge, the listener's session and peer,
+/// and the relayed track.
+fn edge_with_mirror(t0: Instant) -> (Server, SessionId, PeerId, TrackId) {
+    let mut edge = server(t0);
+    let (listener, listener_peer) = join(&mut edge, t0, claims("l1", "r", false));
+    edge.handle_admin(
+        t0,
+        AdminOp::RelayFrom {
+            room: "r".into(),
+            origin: "ws://127.0.0.1:1".into(),
+        },
+    )
+    .unwrap();
+    let relay_peer = relay_peers_created(&drain(&mut edge))[0];
+    let update = lk::ParticipantUpdate {
+        participants: vec![speaker_info("PA_s", "alice", &["TR_a"], 1)],
+    };
+    edge.handle_relay_response(t0, "r", signal_response::Message::Update(update));
+    let track = TrackId {
+        peer: relay_peer,
+        mid: Mid::from("0"),
+    };
+    edge.handle_engine_event(
+        t0,
+        Event::RelayTrackPublished {
+            track,
+            label: MediaLabel {
+                stream_id: "PA_s|TR_a".into(),
+                track_id: "TR_a".into(),
+            },
+            ssrc: None,
+        },
+    );
+    assert_eq!(subscribes(&drain(&mut edge)).len(), 1);
+    (edge, listener, listener_peer, track)
+}
+
+fn identities(reply: AdminReply) -> Vec<String> {
+    let AdminReply::Participants(ps) = reply else {
+        panic!("not a participant list: {reply:?}");
+    };
+    let mut ids: Vec<String> = ps.into_iter().map(|p| p.identity).collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn an_edge_holds_its_own_participants_and_leaves_the_origins_to_the_origin() {
+    let t0 = Instant::now();
+    let (mut edge, _, _, track) = edge_with_mirror(t0);
+
+    // Its clients see the mirror; what it holds is its own listener.
+    let all = edge
+        .handle_admin(t0, AdminOp::ListParticipants { room: "r".into() })
+        .unwrap();
+    assert_eq!(identities(all), ["alice", "l1"]);
+    let held = edge
+        .handle_admin(t0, AdminOp::ListHeld { room: "r".into() })
+        .unwrap();
+    assert_eq!(identities(held), ["l1"]);
+    // The node's load (placement reads it) is its own people: the mirror is the origin's.
+    let stats = edge.stats();
+    assert_eq!((stats.publishers, stats.listeners), (0, 1));
+
+    // Muting or changing the mirror here is refused as not held: the origin does it, and its
+    // snapshots bring the result. Nothing reaches the engine (a server mute of the relayed
+    // track here would outlive the speaker's unmute on the origin).
+    let mute = edge.handle_admin(
+        t0,
+        AdminOp::MuteTrack {
+            room: "r".into(),
+            identity: "alice".into(),
+            track_sid: "TR_a".into(),
+            muted: true,
+        },
+    );
+    assert!(
+        matches!(mute, Err(ServiceError::ParticipantNotFound(_))),
+        "{mute:?}"
+    );
+    let update = edge.handle_admin(
+        t0,
+        AdminOp::UpdateParticipant {
+            room: "r".into(),
+            identity: "alice".into(),
+            update: Box::new(ParticipantUpdate {
+                metadata: "changed here".into(),
+                ..Default::default()
+            }),
+        },
+    );
+    assert!(
+        matches!(update, Err(ServiceError::ParticipantNotFound(_))),
+        "{update:?}"
+    );
+    let outs = drain(&mut edge);
+    assert!(
+        !outs.iter().any(|o| matches!(
+            o,
+            Output::Engine(EngineCommand::SetTrackMuted { track: t, .. }) if *t == track
+        )),
+        "{outs:?}"
+    );
+    let room = edge.rooms().find(|r| r.name == "r").unwrap();
+    let mirror = room.participants.get("PA_s").unwrap();
+    assert_eq!(mirror.metadata, "m");
+    assert!(!mirror.tracks["TR_a"].info.muted);
+
+    // The origin's snapshot with the track muted is what mutes it here.
+    let mut muted = speaker_info("PA_s", "alice", &["TR_a"], 2);
+    muted.tracks[0].muted = true;
+    edge.handle_relay_response(
+        t0,
+        "r",
+        signal_response::Message::Update(lk::ParticipantUpdate {
+            participants: vec![muted],
+        }),
+    );
+    let room = edge.rooms().find(|r| r.name == "r").unwrap();
+    assert!(room.participants["PA_s"].tracks["TR_a"].info.muted);
+}
+
+#[test]
+fn a_listener_of_an_edge_allowed_to_publish_is_sent_to_the_origin() {
+    let t0 = Instant::now();
+    let (mut edge, listener, listener_peer, _) = edge_with_mirror(t0);
+    let (other, _) = join(&mut edge, t0, claims("l2", "r", false));
+    drain(&mut edge);
+
+    // A change that does not let it publish stays here.
+    let attrs = edge
+        .handle_admin(
+            t0,
+            AdminOp::UpdateParticipant {
+                room: "r".into(),
+                identity: "l2".into(),
+                update: Box::new(ParticipantUpdate {
+                    attributes: [("hand".to_owned(), "up".to_owned())].into(),
+                    ..Default::default()
+                }),
+            },
+        )
+        .unwrap();
+    assert!(matches!(attrs, AdminReply::Participant(_)));
+    let outs = drain(&mut edge);
+    assert!(
+        !outs
+            .iter()
+            .any(|o| matches!(o, Output::Close(s, _) if *s == other))
+    );
+
+    // Promoted: the edge relays one way, so it tells the client to leave (MIGRATION) rather
+    // than letting it publish where the origin's listeners would not hear it.
+    let reply = edge
+        .handle_admin(
+            t0,
+            AdminOp::UpdateParticipant {
+                room: "r".into(),
+                identity: "l1".into(),
+                update: Box::new(ParticipantUpdate {
+                    permission: Some(lk::ParticipantPermission {
+                        can_publish: true,
+                        can_subscribe: true,
+                        can_publish_sources: vec![lk::TrackSource::Microphone as i32],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            },
+        )
+        .unwrap();
+    let AdminReply::Participant(info) = reply else {
+        panic!("{reply:?}");
+    };
+    assert!(info.permission.unwrap().can_publish);
+    let outs = drain(&mut edge);
+    let leave = outs.iter().find_map(|o| match o {
+        Output::Send(to, m) if *to == listener => match &m.message {
+            Some(signal_response::Message::Leave(l)) => Some(l.clone()),
+            _ => None,
+        },
+        _ => None,
+    });
+    let leave = leave.expect("the promoted listener is told to leave");
+    assert_eq!(leave.reason, lk::DisconnectReason::Migration as i32);
+    assert_eq!(leave.action, lk::leave_request::Action::Disconnect as i32);
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::Close(s, _) if *s == listener))
+    );
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Engine(EngineCommand::ClosePeer { peer }) if *peer == listener_peer
+    )));
+    assert!(
+        !outs
+            .iter()
+            .any(|o| matches!(o, Output::Engine(EngineCommand::SetPublish { .. }))),
+        "nothing is published on the edge"
+    );
+    let held = edge
+        .handle_admin(t0, AdminOp::ListHeld { room: "r".into() })
+        .unwrap();
+    assert_eq!(identities(held), ["l2"]);
+
+    // Without a link (this node is the room's origin), the same promotion lets it publish.
+    let mut origin = server(t0);
+    let (kept, _) = join(&mut origin, t0, claims("l1", "o", false));
+    drain(&mut origin);
+    origin
+        .handle_admin(
+            t0,
+            AdminOp::UpdateParticipant {
+                room: "o".into(),
+                identity: "l1".into(),
+                update: Box::new(ParticipantUpdate {
+                    permission: Some(lk::ParticipantPermission {
+                        can_publish: true,
+                        can_subscribe: true,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            },
+        )
+        .unwrap();
+    let outs = drain(&mut origin);
+    assert!(
+        !outs
+            .iter()
+            .any(|o| matches!(o, Output::Close(s, _) if *s == kept))
+    );
+}
+
+/// The `room_started` / `room_finished` webhooks among `outs`.
+fn room_hooks(outs: &[Output]) -> Vec<String> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Webhook(e) if e.event.starts_with("room_") => Some(e.event.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_room_a_relay_link_opens_is_the_origins_to_report() {
+    let t0 = Instant::now();
+    let mut edge = server(t0);
+    edge.handle_admin(
+        t0,
+        AdminOp::RelayFrom {
+            room: "r".into(),
+            origin: "ws://127.0.0.1:1".into(),
+        },
+    )
+    .unwrap();
+    let (_, _) = join(&mut edge, t0, claims("l1", "r", false));
+    assert!(room_hooks(&drain(&mut edge)).is_empty(), "no room_started");
+    edge.handle_admin(t0, AdminOp::DeleteRoom { room: "r".into() })
+        .unwrap();
+    assert!(room_hooks(&drain(&mut edge)).is_empty(), "no room_finished");
+
+    // A room of this node's own, opened by a join, is reported as ever.
+    let (_, _) = join(&mut edge, t0, claims("l1", "r", false));
+    assert_eq!(room_hooks(&drain(&mut edge)), ["room_started"]);
+    edge.handle_admin(t0, AdminOp::DeleteRoom { room: "r".into() })
+        .unwrap();
+    assert_eq!(room_hooks(&drain(&mut edge)), ["room_finished"]);
 }

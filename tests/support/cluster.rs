@@ -1,6 +1,6 @@
 //! Several `stoa serve` nodes on one real redis-server, and WebRTC clients (stoa-bench's)
-//! joined through the product path: what the multi-node tests (tests/nodes.rs, tests/edges.rs)
-//! share.
+//! joined through the product path: what the multi-node tests (tests/nodes.rs, tests/edges.rs,
+//! tests/failover.rs) share.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -107,7 +107,8 @@ impl Clients {
         }
     }
 
-    /// `identity` joins `room` through the API at `api`; a speaker starts sending.
+    /// `identity` joins `room` through the API at `api`; a speaker starts sending. A client of
+    /// the same identity that ran before (its node died) is replaced.
     pub fn join(&mut self, api: SocketAddr, room: &str, identity: &str, role: Role) {
         let _entered = self.runtime.enter();
         let spec = ClientSpec {
@@ -130,7 +131,45 @@ impl Clients {
         if role == Role::Speaker {
             client.command(Command::Speak);
         }
+        self.handles.retain(|(id, _)| id != identity);
         self.handles.push((identity.to_owned(), client));
+    }
+
+    /// Waits (bounded by `wait`) until the clients named in `who` ended: they noticed that
+    /// their node is gone (its connections closed).
+    pub fn wait_ended(&self, who: &[&str], wait: Duration, what: &str) {
+        let deadline = Instant::now() + wait;
+        let running = || -> Vec<String> {
+            self.handles
+                .iter()
+                .filter(|(id, h)| who.contains(&id.as_str()) && !h.is_finished())
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        loop {
+            let left = running();
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {left:?} still connected"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether `identity`'s client ended (the server told it to leave, or it failed).
+    pub fn finished(&self, identity: &str) -> bool {
+        self.handles
+            .iter()
+            .find(|(id, _)| id == identity)
+            .is_some_and(|(_, h)| h.is_finished())
+    }
+
+    /// Clients that failed so far (a client told to leave ends without failing).
+    pub fn failed(&self) -> u64 {
+        self.shared.counters.failed.load(Ordering::Relaxed)
     }
 
     /// RTP packets `identity`'s client received so far.

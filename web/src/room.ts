@@ -3,6 +3,7 @@
 // or the ended summary. Leaving the screen without leaving the room docks it as a mini-player
 // that keeps playing while the user browses.
 import {
+  ConnectionState,
   DisconnectReason,
   Participant,
   RemoteParticipant,
@@ -136,6 +137,29 @@ function leftElsewhere(id: string): boolean {
   }
 }
 
+/**
+ * Automatic rejoin after an unexpected disconnect (the node drained, restarted or died): the
+ * delay before each attempt (ms), each stretched by a random share of up to half, so that a
+ * node's members do not all come back in step. Six attempts over about half a minute.
+ */
+const REJOIN_DELAYS = [0, 1000, 2000, 4000, 8000, 15000];
+
+/**
+ * While livekit-client tries to resume its session at the same node, the page asks the API
+ * every so often (ms, this many times) where the room's media is now: a node that died cannot
+ * be resumed at, and the SDK's own attempts take about 45 s to give up.
+ * (A minute in all: past it, the SDK's last attempts and {@link REJOIN_DELAYS} remain.)
+ */
+const MOVE_CHECK_MS = 3000;
+const MOVE_CHECKS = 12;
+
+/** Why the connection ended, in the words of the rejoin banner. */
+function rejoinReason(reason?: DisconnectReason): string {
+  if (reason === DisconnectReason.MIGRATION) return 'Moving you to another server…';
+  if (reason === DisconnectReason.SERVER_SHUTDOWN) return 'The server is restarting. Reconnecting…';
+  return 'Connection lost. Reconnecting…';
+}
+
 class RoomController {
   private view: RoomView | null = null;
   private lk: Room | null = null;
@@ -183,7 +207,16 @@ class RoomController {
   private readonly recordButton = h('button', { type: 'button', class: 'secondary record-button', hidden: true });
   /** Cuts the last 30 s of the recording (members, while the room is recorded). */
   private readonly clipButton = h('button', { type: 'button', class: 'secondary clip-button', hidden: true }, 'Clip');
-  private readonly reconnecting = h('p', { class: 'banner warn', role: 'status', hidden: true }, h('span', { class: 'spinner', 'aria-hidden': 'true' }), 'Connection lost. Reconnecting…');
+  private readonly reconnectText = h('span', { class: 'reconnect-text' }, 'Connection lost. Reconnecting…');
+  private readonly reconnecting = h('p', { class: 'banner warn', role: 'status', hidden: true }, h('span', { class: 'spinner', 'aria-hidden': 'true' }), this.reconnectText);
+  /** An automatic rejoin is under way (its attempts' own disconnects are not new ones). */
+  private rejoining = false;
+  /** The user's microphone is open (they unmuted and nobody muted them since): a rejoin opens it again. */
+  private micWanted = false;
+  /** The media URL of the current connection (the grant's). */
+  private mediaUrl = '';
+  /** The room whose resumption {@link watchMove} watches. */
+  private watching: Room | null = null;
   private readonly tapToListen = h('button', { type: 'button', class: 'banner-button primary', hidden: true }, icon('speaker'), 'Tap to listen');
   private readonly micError = h('p', { class: 'banner error', role: 'alert', hidden: true });
   private readonly notice = h('p', { class: 'banner info', role: 'status', hidden: true });
@@ -606,9 +639,11 @@ class RoomController {
     this.barSize.observe(this.controls);
   }
 
-  private async connect(grant: JoinGrant): Promise<void> {
+  /** Connects to the room's media with `grant`; `quiet`: a failure throws (a rejoin attempt) instead of offering Rejoin. */
+  private async connect(grant: JoinGrant, quiet = false): Promise<void> {
     const lk = new Room({ adaptiveStream: false, dynacast: false });
     this.lk = lk;
+    this.mediaUrl = grant.url;
     window.stoaRoom = lk;
     lk.on(RoomEvent.TrackSubscribed, (track: RemoteTrack, _pub, participant: RemoteParticipant) => {
       if (track.kind !== Track.Kind.Audio) return;
@@ -644,7 +679,12 @@ class RoomController {
       .on(RoomEvent.ParticipantAttributesChanged, () => this.scheduleRefresh())
       .on(RoomEvent.ParticipantConnected, () => this.scheduleRefresh())
       .on(RoomEvent.ParticipantDisconnected, () => this.scheduleRefresh())
-      .on(RoomEvent.TrackMuted, () => this.afterTrackChange())
+      .on(RoomEvent.TrackMuted, (_pub, p: Participant) => {
+        // Muted by a host or for being quiet: a rejoin does not open the microphone again (a
+        // room given up, whose tracks stop, says nothing).
+        if (p === lk.localParticipant && this.lk === lk) this.micWanted = false;
+        this.afterTrackChange();
+      })
       .on(RoomEvent.TrackUnmuted, () => this.afterTrackChange())
       .on(RoomEvent.TrackPublished, () => this.afterTrackChange())
       .on(RoomEvent.TrackUnpublished, () => this.afterTrackChange())
@@ -671,10 +711,15 @@ class RoomController {
       })
       .on(RoomEvent.AudioPlaybackStatusChanged, () => this.updatePlayback())
       .on(RoomEvent.MediaDevicesError, (err: Error) => this.say(this.micError, microphoneProblem(err)))
-      .on(RoomEvent.Disconnected, (reason?: DisconnectReason) => void this.disconnected(reason));
+      .on(RoomEvent.Disconnected, (reason?: DisconnectReason) => {
+        // A room given up (an attempt that failed, or one replaced) says nothing any more.
+        if (this.lk === lk) void this.disconnected(reason);
+      });
     try {
       await lk.connect(grant.url, grant.token, { autoSubscribe: true });
     } catch (err) {
+      if (this.lk === lk) this.lk = null;
+      if (quiet) throw err;
       this.say(this.notice, `Could not connect to the room. ${errorText(err)}`);
       this.renderRejoin();
       return;
@@ -723,10 +768,45 @@ class RoomController {
 
   /** Shows the reconnect banner; nobody counts as speaking until audio flows again. */
   private connectionLost(): void {
+    this.reconnectText.textContent = 'Connection lost. Reconnecting…';
     this.reconnecting.hidden = false;
     this.speaking.clear();
     this.heard.clear();
     this.renderStage();
+    void this.watchMove(this.lk);
+  }
+
+  /**
+   * While `lk` tries to resume at its node, asks the API every {@link MOVE_CHECK_MS} where the
+   * room's media is now. When the answer names another node (this one died, or the room moved
+   * meanwhile), resuming cannot work: the page gives the session up and rejoins there at once,
+   * instead of waiting out the SDK's attempts. The same node: the SDK goes on (a network blip
+   * resumes the same session).
+   */
+  private async watchMove(lk: Room | null): Promise<void> {
+    if (!lk || this.watching === lk) return;
+    this.watching = lk;
+    const resuming = () => this.lk === lk && lk.state !== ConnectionState.Connected && lk.state !== ConnectionState.Disconnected && !this.rejoining && !this.destroyed && !this.leaving && !this.finished;
+    try {
+      for (let i = 0; i < MOVE_CHECKS; i++) {
+        await new Promise((done) => window.setTimeout(done, MOVE_CHECK_MS));
+        if (!resuming()) return;
+        let grant: JoinGrant;
+        try {
+          grant = await api.join(this.id);
+        } catch {
+          continue;
+        }
+        if (!resuming() || grant.url === this.mediaUrl) continue;
+        // Given up: its own Disconnected is no news any more.
+        this.lk = null;
+        void lk.disconnect();
+        if (!(await this.rejoin(undefined, grant))) this.lostForGood();
+        return;
+      }
+    } finally {
+      if (this.watching === lk) this.watching = null;
+    }
   }
 
   private afterTrackChange(): void {
@@ -742,7 +822,7 @@ class RoomController {
   }
 
   private async disconnected(reason?: DisconnectReason): Promise<void> {
-    if (this.destroyed || this.leaving || this.finished) return;
+    if (this.destroyed || this.leaving || this.finished || this.rejoining) return;
     for (const el of this.sink.querySelectorAll('audio')) el.remove();
     const v = await api.room(this.id).catch(() => null);
     if (v && v.state !== 'live') {
@@ -781,6 +861,15 @@ class RoomController {
       await this.open();
       return;
     }
+    // Signed in on another page, or the room closed: no coming back by itself.
+    const deliberate = reason === DisconnectReason.DUPLICATE_IDENTITY || reason === DisconnectReason.ROOM_DELETED || reason === DisconnectReason.ROOM_CLOSED;
+    if (!deliberate && (await this.rejoin(reason))) return;
+    this.lostForGood();
+  }
+
+  /** Out of the room for good (no rejoin, or every attempt failed): a Rejoin button, or when docked a toast. */
+  private lostForGood(): void {
+    if (this.destroyed || this.leaving || this.finished) return;
     if (this.docked) {
       toast(`You were disconnected from “${this.view?.title ?? 'the room'}”.`, { icon: 'alert', tone: 'warn' });
       this.stop();
@@ -790,6 +879,65 @@ class RoomController {
     }
     this.say(this.notice, 'You were disconnected from the room.');
     this.renderRejoin();
+  }
+
+  /**
+   * Comes back by itself after an unexpected disconnect: a fresh token from the API (which
+   * may name another node: the one this page was on drains or died), then the media
+   * connection, up to {@link REJOIN_DELAYS} attempts with growing, jittered delays, the banner
+   * saying so meanwhile (`first`: a grant already fetched, for the first attempt). A refusal by the API (removed, banned, the room ended) ends the tries
+   * and says why as on entering. Whether the page is back in the room.
+   */
+  private async rejoin(reason?: DisconnectReason, first?: JoinGrant): Promise<boolean> {
+    this.rejoining = true;
+    this.lk = null;
+    this.speaking.clear();
+    this.heard.clear();
+    this.renderStage();
+    const why = rejoinReason(reason);
+    this.reconnectText.textContent = why;
+    this.reconnecting.hidden = false;
+    try {
+      for (const [attempt, delay] of REJOIN_DELAYS.entries()) {
+        if (attempt > 0) this.reconnectText.textContent = `${why} (attempt ${attempt + 1} of ${REJOIN_DELAYS.length})`;
+        await new Promise((done) => window.setTimeout(done, delay * (1 + Math.random() / 2)));
+        if (this.destroyed || this.leaving || this.finished) return true;
+        let grant: JoinGrant;
+        try {
+          grant = attempt === 0 && first ? first : await api.join(this.id);
+        } catch (err) {
+          // The server answered and said no: not a passing failure.
+          if (err instanceof ApiError && err.status >= 400 && err.status < 500 && err.status !== 408 && err.status !== 429) {
+            this.reconnecting.hidden = true;
+            this.stop();
+            if (this.docked) {
+              toast(errorText(err), { icon: 'alert', tone: 'warn' });
+              closeDock();
+              return true;
+            }
+            this.finished = false;
+            await this.refused(err);
+            return true;
+          }
+          continue;
+        }
+        try {
+          await this.connect(grant, true);
+        } catch {
+          continue;
+        }
+        if (this.destroyed || this.leaving || this.finished) return true;
+        this.reconnecting.hidden = true;
+        const lk = this.lk as Room | null;
+        if (this.micWanted && lk?.localParticipant.permissions?.canPublish) await this.setMic(true);
+        this.announcer.textContent = 'Reconnected to the room';
+        return true;
+      }
+      this.reconnecting.hidden = true;
+      return false;
+    } finally {
+      this.rejoining = false;
+    }
   }
 
   private renderRejoin(): void {
@@ -1336,6 +1484,7 @@ class RoomController {
       }
       try {
         await lk.localParticipant.setMicrophoneEnabled(true);
+        this.micWanted = true;
         this.micError.hidden = true;
         this.calloutDone = true;
       } catch (err) {
@@ -1345,6 +1494,7 @@ class RoomController {
       }
     } else {
       this.expect('mute');
+      this.micWanted = false;
       try {
         await lk.localParticipant.setMicrophoneEnabled(false);
         await api.mute(this.id);

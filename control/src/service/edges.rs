@@ -5,7 +5,7 @@
 
 use crate::clock::now_ms;
 use crate::error::ControlError;
-use crate::model::{Role, RoomDoc, RoomId, RoomState, Scope};
+use crate::model::{Role, RoomDoc, RoomId, RoomState, Scope, UserId};
 use crate::nodes::Node;
 use crate::placement;
 
@@ -16,6 +16,21 @@ impl Control {
     /// ([`Control::media_url_of`]), or for a listener who may not publish while the origin is
     /// full, an edge with headroom, recorded as one of the room's edges.
     pub(super) async fn media_url_for(
+        &self,
+        doc: &RoomDoc,
+        user: &UserId,
+        role: Role,
+        can_publish: bool,
+    ) -> Result<Option<String>, ControlError> {
+        self.uncount(user.as_str());
+        let url = self.media_url_chosen(doc, role, can_publish).await?;
+        if let Some(url) = &url {
+            self.count_joining(url, user.as_str());
+        }
+        Ok(url)
+    }
+
+    async fn media_url_chosen(
         &self,
         doc: &RoomDoc,
         role: Role,
@@ -59,7 +74,7 @@ impl Control {
 
     /// Claims the relay pair `origin` → `edge` for room `id`; a pair held by a room that ended
     /// or left `origin` is taken over. Whether `id` may use the pair.
-    async fn claim_pair(
+    pub(super) async fn claim_pair(
         &self,
         origin: &str,
         edge: &str,
@@ -90,12 +105,48 @@ impl Control {
     /// link, so this only acts when a link ended (the origin died or a network cut) or the room
     /// moved to a new origin: the edge's listeners, still connected, hear the room again
     /// within one sweep, without rejoining.
+    ///
+    /// A node an operator drained starts no links here: its members are moving, and a room it
+    /// was the origin of may have moved to a node that relays it from here, a link the other
+    /// way between the same two nodes the engines could not tell apart (the drain relays the
+    /// room from its new origin itself when that is safe, `service/drain.rs`).
     pub(super) async fn keep_relays(&self, rooms: &[RoomDoc]) {
+        if self.drained() {
+            return;
+        }
         let own = &self.inner.instance;
         for doc in rooms {
             if doc.counts().instances.get(own).is_some_and(|n| *n > 0) {
                 self.relay_if_edge(doc).await;
             }
+        }
+    }
+
+    /// Room `id` moved to the node at `to` (another instance's token request moved it, and
+    /// said so over the bus): when this node serves members of the room and is not its new
+    /// origin, it relays the room from there now, so that its listeners, still connected,
+    /// hear the room's speakers again as soon as they publish there. The sweep does the same
+    /// ([`Control::keep_relays`]) should the message be lost.
+    pub(super) async fn relink(&self, id: &RoomId, to: &str) {
+        let own = &self.inner.config.public_url;
+        if own.is_empty() || to == own {
+            return;
+        }
+        let doc = match self.inner.store.room(id, &Scope::header()).await {
+            Ok(Some(d)) if d.room.state == RoomState::Live => d,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(room = %id, error = %e, "cannot read a moved room; its edges re-link at their sweep");
+                return;
+            }
+        };
+        if doc
+            .counts()
+            .instances
+            .get(&self.inner.instance)
+            .is_some_and(|n| *n > 0)
+        {
+            self.relay_if_edge(&doc).await;
         }
     }
 
@@ -118,6 +169,70 @@ impl Control {
             Ok(false) => {}
             Err(e) => {
                 tracing::warn!(room = %doc.room.id, error = %e, "cannot relay the room from its origin");
+            }
+        }
+    }
+
+    /// The public URLs of the living nodes other than this one that may hold people of room
+    /// `room` (the media plane's name for it): its origin and its recorded edges. What makes
+    /// the RoomService API answer for the whole room on any of its nodes (signaling's
+    /// `cluster`); empty for a room this control plane does not know, or on a node without a
+    /// public URL. One header read and one edge-set read, plus the cached registry.
+    pub async fn room_nodes(&self, room: &str) -> Vec<String> {
+        let own = &self.inner.config.public_url;
+        let Ok(id) = RoomId::parse(room) else {
+            return Vec::new();
+        };
+        if own.is_empty() {
+            return Vec::new();
+        }
+        let doc = match self.inner.store.room(&id, &Scope::header()).await {
+            Ok(Some(doc)) => doc,
+            Ok(None) => return Vec::new(),
+            Err(e) => {
+                tracing::warn!(room = %id, error = %e, "cannot read the room's nodes");
+                return Vec::new();
+            }
+        };
+        let mut urls: Vec<String> = doc.room.media_url.into_iter().collect();
+        match self.inner.store.room_edges(&id).await {
+            Ok(edges) => urls.extend(edges),
+            Err(e) => tracing::warn!(room = %id, error = %e, "cannot read the room's edges"),
+        }
+        let living = match self.living().await {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the node registry");
+                return Vec::new();
+            }
+        };
+        urls.retain(|u| u != own && living.iter().any(|n| n.public_url == *u));
+        urls.sort();
+        urls.dedup();
+        urls
+    }
+
+    /// The public URLs of every living node other than this one (the RoomService's room
+    /// listing asks each); empty on a node without a public URL.
+    pub async fn other_nodes(&self) -> Vec<String> {
+        let own = &self.inner.config.public_url;
+        if own.is_empty() {
+            return Vec::new();
+        }
+        match self.living().await {
+            Ok(nodes) => {
+                let mut urls: Vec<String> = nodes
+                    .iter()
+                    .map(|n| n.public_url.clone())
+                    .filter(|u| !u.is_empty() && u != own)
+                    .collect();
+                urls.sort();
+                urls.dedup();
+                urls
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the node registry");
+                Vec::new()
             }
         }
     }

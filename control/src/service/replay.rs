@@ -460,9 +460,9 @@ impl Control {
 
 /// Whether this node records `room`: the node its media lives on (the room's `media_url`, the
 /// `public_url` of the node that created it), or any node when nodes have no URL of their own.
-/// Every node applies every media command, so that a media room exists wherever a client
-/// lands, but another node would record its own empty media room: silence, and a second
-/// recording. A store error records (rather than lose a recording).
+/// Another node would record its own empty media room: silence, and a second recording. A
+/// store error records (rather than lose a recording). The same test tells where a room's
+/// media room is made ahead of its clients.
 async fn records_here(inner: &super::Inner, room: &RoomId) -> bool {
     let own = &inner.config.public_url;
     if own.is_empty() {
@@ -474,22 +474,16 @@ async fn records_here(inner: &super::Inner, room: &RoomId) -> bool {
     }
 }
 
-/// `command` as this node applies it: starting a recording of a room whose media lives on
-/// another node records nothing here (the media room is still made).
+/// `command` as this node applies it: a room whose media lives on another node is neither
+/// made nor recorded here ahead of its clients. Clients land on its origin, or on an edge
+/// whose relay link opens the media room at their admission, as the origin's: so the origin
+/// alone reports the room's start and end to webhooks, once.
 pub(super) async fn for_this_node(
     inner: &super::Inner,
     command: &MediaCommand,
 ) -> Option<MediaCommand> {
     match command {
-        MediaCommand::CreateRoom {
-            room,
-            max_participants,
-            recording: true,
-        } if !records_here(inner, room).await => Some(MediaCommand::CreateRoom {
-            room: room.clone(),
-            max_participants: *max_participants,
-            recording: false,
-        }),
+        MediaCommand::CreateRoom { room, .. } if !records_here(inner, room).await => None,
         MediaCommand::Record {
             room,
             recording: true,

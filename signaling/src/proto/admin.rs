@@ -9,6 +9,7 @@ use livekit_protocol::signal_response;
 use prost::Message as _;
 use stoa_sfu::{EngineCommand, Publish};
 
+use super::engine::ToRelays;
 use super::session::Leave;
 use super::updates::Visibility;
 use super::{Server, ServiceError, SessionId};
@@ -39,6 +40,13 @@ pub enum AdminOp {
     },
     /// Snapshots of a room's participants.
     ListParticipants {
+        /// The room.
+        room: String,
+    },
+    /// Snapshots of the room's participants this node holds (their sessions are here): no
+    /// mirror of another node's participant, no relay. What a room-wide listing gathers from
+    /// each node of the room (docs/ARCHITECTURE.md, "Room-wide views and actions").
+    ListHeld {
         /// The room.
         room: String,
     },
@@ -127,6 +135,18 @@ pub enum AdminOp {
         /// The room.
         room: String,
     },
+    /// Move up to `limit` of the room's participants connected here to another node (an
+    /// operator drains this node): each is sent `Leave { reason: MIGRATION, action: DISCONNECT }`
+    /// and its session ends, so that its client asks the application for a new token, which
+    /// names a node that is not draining. Publishers go first (their room moves with them);
+    /// relay links and mirrors are not participants of this node and stay, but once no member
+    /// is left here the room's own relay link from its origin ends. Answers `Count(moved)`.
+    Migrate {
+        /// The room.
+        room: String,
+        /// At most this many.
+        limit: usize,
+    },
     /// Tell every client not told yet to leave (`SERVER_SHUTDOWN`), leaving sessions open.
     AskToLeave,
     /// End every session at once (`SERVER_SHUTDOWN`).
@@ -140,6 +160,7 @@ impl AdminOp {
             AdminOp::CreateRoom { name: room, .. }
             | AdminOp::DeleteRoom { room }
             | AdminOp::ListParticipants { room }
+            | AdminOp::ListHeld { room }
             | AdminOp::RemoveParticipant { room, .. }
             | AdminOp::UpdateParticipant { room, .. }
             | AdminOp::MuteTrack { room, .. }
@@ -149,6 +170,7 @@ impl AdminOp {
             | AdminOp::SetRecording { room, .. }
             | AdminOp::RelayFrom { room, .. }
             | AdminOp::EnsureRelay { room, .. }
+            | AdminOp::Migrate { room, .. }
             | AdminOp::StopRelay { room } => Some(room),
             AdminOp::ListRooms { .. } | AdminOp::AskToLeave | AdminOp::Drain => None,
         }
@@ -267,6 +289,19 @@ impl Server {
                     )
                 })
                 .ok_or(ServiceError::RoomNotFound(room)),
+            AdminOp::ListHeld { room } => {
+                let r = self
+                    .rooms
+                    .get(&room)
+                    .ok_or_else(|| ServiceError::RoomNotFound(room.clone()))?;
+                Ok(AdminReply::Participants(
+                    r.participants
+                        .values()
+                        .filter(|p| !p.is_relay() && !self.is_mirror(&room, &p.sid))
+                        .map(Participant::info)
+                        .collect(),
+                ))
+            }
             AdminOp::RemoveParticipant { room, identity } => {
                 let id = self.session_of(&room, &identity)?;
                 self.end_session(
@@ -337,6 +372,7 @@ impl Server {
                 self.end_relay(&room, "stopped");
                 Ok(AdminReply::Done)
             }
+            AdminOp::Migrate { room, limit } => Ok(AdminReply::Count(self.migrate(&room, limit))),
             AdminOp::AskToLeave => Ok(AdminReply::Count(self.ask_to_leave())),
             AdminOp::Drain => Ok(AdminReply::Count(self.drain())),
         }
@@ -376,10 +412,17 @@ impl Server {
             .by_identity(identity)
             .map(|p| p.sid.clone())
             .ok_or_else(|| ServiceError::ParticipantNotFound(identity.to_owned()))?;
-        let p = r
-            .participants
-            .get_mut(&psid)
-            .ok_or_else(|| ServiceError::ParticipantNotFound(identity.to_owned()))?;
+        if self.is_mirror(room, &psid) {
+            // The origin holds it (and sends its changes back over the link).
+            return Err(ServiceError::ParticipantNotFound(identity.to_owned()));
+        }
+        let Some(p) = self
+            .rooms
+            .get_mut(room)
+            .and_then(|r| r.participants.get_mut(&psid))
+        else {
+            return Err(ServiceError::ParticipantNotFound(identity.to_owned()));
+        };
         p.apply_update(update.name, update.metadata, update.attributes);
         let info = match update.permission {
             // Broadcasts the new snapshot, and publishes or unpublishes as needed.
@@ -418,6 +461,25 @@ impl Server {
         p.touch();
         let can_publish = p.can_publish();
         r.reindex(&psid);
+        let session = self.by_participant.get(&psid).copied();
+        if let Some(session) =
+            session.filter(|_| !could_publish && can_publish && self.relays.contains_key(room))
+        {
+            // This node is an edge of the room: it relays one way, from the origin, so whoever
+            // may speak speaks there. The client is told to leave; the token it asks for next
+            // names the origin (the control plane places whoever may publish there).
+            let info = r
+                .participants
+                .get(&psid)
+                .map(Participant::info)
+                .ok_or_else(|| ServiceError::ParticipantNotFound(identity.into()))?;
+            self.end_session(
+                session,
+                "may publish: moves to the origin",
+                Leave::Disconnect(lk::DisconnectReason::Migration),
+            );
+            return Ok(info);
+        }
         if could_publish != can_publish {
             r.dirty = true;
             let publisher = self
@@ -460,6 +522,11 @@ impl Server {
             .by_identity(identity)
             .ok_or_else(|| ServiceError::ParticipantNotFound(identity.into()))?;
         let psid = p.sid.clone();
+        if self.is_mirror(room, &psid) {
+            // The origin holds the track: muting its relayed copy here would outlive the
+            // origin's unmute. The origin's mute reaches this node in its snapshots.
+            return Err(ServiceError::ParticipantNotFound(identity.into()));
+        }
         let info = self
             .set_muted(room, &psid, track_sid, muted)
             .ok_or_else(|| ServiceError::TrackNotFound(track_sid.into()))?;
@@ -537,8 +604,53 @@ impl Server {
             ..packet
         };
         let label = if data.reliable { "_reliable" } else { "_lossy" };
-        self.forward_data(room, None, label, &destinations, packet.encode_to_vec());
+        // Every node of the room is asked to send it (the control bus, the RoomService's
+        // forwarding), so it does not also go over the relay links.
+        let bytes = packet.encode_to_vec();
+        self.forward_data(room, None, label, &destinations, bytes, ToRelays::Skip);
         Ok(())
+    }
+
+    /// Ends up to `limit` sessions of `room` with `Leave { MIGRATION, DISCONNECT }`: those
+    /// that publish or may publish first, then the others, each group by join time (oldest
+    /// first) then sid, so that every call moves the same ones from the same state. A
+    /// LiveKit client reports `Disconnected(MIGRATION)` and does not retry the same URL by
+    /// itself (a `RECONNECT` action would bring it straight back here). Once none is left,
+    /// the room's relay link from its origin ends. Returns how many.
+    fn migrate(&mut self, room: &str, limit: usize) -> usize {
+        let Some(r) = self.rooms.get(room) else {
+            return 0;
+        };
+        let mut chosen: Vec<(bool, i64, String, SessionId)> = r
+            .participants
+            .values()
+            .filter(|p| !p.is_relay())
+            .filter_map(|p| {
+                let session = *self.by_participant.get(&p.sid)?;
+                let publishes = p.can_publish() || !p.tracks.is_empty();
+                Some((!publishes, p.joined_at_ms, p.sid.clone(), session))
+            })
+            .collect();
+        chosen.sort();
+        chosen.truncate(limit);
+        for (_, _, _, session) in &chosen {
+            self.end_session(
+                *session,
+                "moved to another node",
+                Leave::Disconnect(lk::DisconnectReason::Migration),
+            );
+        }
+        // Nobody of the room left here to hear it: this node's relay link for it ends (other
+        // nodes' links to this one stay until they re-link elsewhere).
+        let members_left = self.rooms.get(room).is_some_and(|r| {
+            r.participants
+                .values()
+                .any(|p| !p.is_relay() && self.by_participant.contains_key(&p.sid))
+        });
+        if !members_left {
+            self.end_relay(room, "its members moved to another node");
+        }
+        chosen.len()
     }
 
     /// Sends `Leave { reason: SERVER_SHUTDOWN, action: DISCONNECT }` to every client not told

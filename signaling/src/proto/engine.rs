@@ -17,7 +17,7 @@ use stoa_sfu::{
 
 use super::session::{Leave, Pc};
 use super::{Output, Server, SessionId};
-use crate::room::PublishedTrack;
+use crate::room::{Participant, PublishedTrack};
 
 impl Server {
     /// An event of the media engine. Events about peers the core no longer knows (a session
@@ -106,7 +106,9 @@ impl Server {
                 channel,
                 label,
             } => {
-                if let Some(&(session, pc)) = self.by_peer.get(&peer)
+                if self.relay_room(peer).is_some() {
+                    self.relay_channel_open(peer, channel, label);
+                } else if let Some(&(session, pc)) = self.by_peer.get(&peer)
                     && let Some(s) = self.sessions.get_mut(&session)
                 {
                     // On one connection the client's own channels carry data both ways.
@@ -121,7 +123,13 @@ impl Server {
                 channel,
                 data,
                 ..
-            } => self.data_packet(peer, channel, &data),
+            } => {
+                if self.relay_room(peer).is_some() {
+                    self.relay_data(peer, channel, data);
+                } else {
+                    self.data_packet(peer, channel, &data);
+                }
+            }
             Event::RelayTrackPublished { track, label, .. } => {
                 self.relay_track_published(track, label);
             }
@@ -467,9 +475,60 @@ impl Server {
     /// the same kind of channel. Packets of senders without the data permission, over their
     /// rate, on a server-only topic or undecodable are dropped and counted.
     fn data_packet(&mut self, peer: PeerId, channel: ChannelId, data: &[u8]) {
+        if self.is_relay_session(peer) {
+            // Another node's clients' data, each sender admitted and rate-limited there.
+            if !self.forward_relayed_data(peer, channel, data) {
+                self.stats.data_dropped += 1;
+            }
+            return;
+        }
         if !(self.admit_data(peer) && self.forward_client_data(peer, channel, data)) {
             self.stats.data_dropped += 1;
         }
+    }
+
+    /// Whether `peer` is the connection of a relay (an edge node relaying this room).
+    fn is_relay_session(&self, peer: PeerId) -> bool {
+        self.by_peer
+            .get(&peer)
+            .and_then(|(session, _)| self.participant(*session))
+            .is_some_and(Participant::is_relay)
+    }
+
+    /// A data packet an edge relayed from one of its clients (sender stamped there; the edge
+    /// is authenticated by the cluster's key): to this node's sessions it is addressed to and
+    /// to the room's other edges. Server-only topics are refused as from any client.
+    fn forward_relayed_data(&mut self, peer: PeerId, channel: ChannelId, data: &[u8]) -> bool {
+        let Some(&(session, pc)) = self.by_peer.get(&peer) else {
+            return false;
+        };
+        let Some(s) = self.sessions.get(&session) else {
+            return false;
+        };
+        let Some(label) = s.channels.get(&(pc, channel)).cloned() else {
+            return false;
+        };
+        let room = s.room.clone();
+        let Ok(packet) = lk::DataPacket::decode(data) else {
+            return false;
+        };
+        if reserved_topic(&packet) || packet.participant_identity.is_empty() {
+            return false;
+        }
+        let mut destinations = packet.destination_identities.clone();
+        #[allow(deprecated)]
+        if let Some(lk::data_packet::Value::User(user)) = &packet.value {
+            destinations.extend(user.destination_identities.iter().cloned());
+        }
+        self.forward_data(
+            &room,
+            Some(session),
+            &label,
+            &destinations,
+            data.to_vec(),
+            ToRelays::Send,
+        );
+        true
     }
 
     /// Spends one token of the sending session's data bucket; false when it is empty (or the
@@ -517,20 +576,7 @@ impl Server {
             tracing::debug!("undecodable data packet dropped");
             return false;
         };
-        // A topic is named by user packets and by the header opening a data stream
-        // (`sendText`, `streamText`, `sendFile`); the stream's chunks only follow a header.
-        #[allow(deprecated)]
-        let reserved = match &packet.value {
-            Some(lk::data_packet::Value::User(user)) => user
-                .topic
-                .as_deref()
-                .is_some_and(|t| t.starts_with(super::RESERVED_TOPIC_PREFIX)),
-            Some(lk::data_packet::Value::StreamHeader(header)) => {
-                header.topic.starts_with(super::RESERVED_TOPIC_PREFIX)
-            }
-            _ => false,
-        };
-        if reserved {
+        if reserved_topic(&packet) {
             tracing::debug!("data packet on a server-only topic dropped");
             return false;
         }
@@ -545,13 +591,25 @@ impl Server {
             destinations.extend(user.destination_identities.iter().cloned());
         }
         let bytes = packet.encode_to_vec();
-        self.forward_data(&room, Some(session), &label, &destinations, bytes);
+        // A client's packet also goes to the room's edges, whose listeners may be addressed,
+        // and, on an edge, to the origin.
+        self.relay_to_origin(&room, &label, &bytes);
+        self.forward_data(
+            &room,
+            Some(session),
+            &label,
+            &destinations,
+            bytes,
+            ToRelays::Send,
+        );
         true
     }
 
     /// Send an encoded data packet on the subscriber channel `label` of every session in
     /// `room` (but `except`), only to `destinations` (identities) unless that is empty: one
-    /// engine command, whatever the room's size.
+    /// engine command, whatever the room's size. Relays (other nodes relaying the room) get
+    /// it whatever its destinations when `relays` says so; their node picks the destinations
+    /// among its own sessions.
     pub(super) fn forward_data(
         &mut self,
         room: &str,
@@ -559,6 +617,7 @@ impl Server {
         label: &str,
         destinations: &[String],
         bytes: Vec<u8>,
+        relays: ToRelays,
     ) {
         let Some(r) = self.rooms.get(room) else {
             return;
@@ -566,7 +625,13 @@ impl Server {
         let targets: Vec<(PeerId, ChannelId)> = r
             .participants
             .values()
-            .filter(|p| destinations.is_empty() || destinations.contains(&p.identity))
+            .filter(|p| {
+                if p.is_relay() {
+                    relays == ToRelays::Send
+                } else {
+                    destinations.is_empty() || destinations.contains(&p.identity)
+                }
+            })
             .filter_map(|p| self.by_participant.get(&p.sid))
             .filter(|id| Some(**id) != except)
             .filter_map(|id| self.sessions.get(id))
@@ -580,5 +645,32 @@ impl Server {
             binary: true,
             data: Arc::from(bytes),
         });
+    }
+}
+
+/// Whether a data packet also goes to the room's relays (the nodes relaying it as edges).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ToRelays {
+    /// A client's packet: every edge gets it and delivers it to its own sessions.
+    Send,
+    /// The server's own (RoomService `SendData`, reactions through the API): every node of the
+    /// room is asked to send it to its own sessions, so relays are skipped.
+    Skip,
+}
+
+/// Whether a client's packet names a server-only topic. A topic is named by user packets and
+/// by the header opening a data stream (`sendText`, `streamText`, `sendFile`); the stream's
+/// chunks only follow a header.
+fn reserved_topic(packet: &lk::DataPacket) -> bool {
+    #[allow(deprecated)]
+    match &packet.value {
+        Some(lk::data_packet::Value::User(user)) => user
+            .topic
+            .as_deref()
+            .is_some_and(|t| t.starts_with(super::RESERVED_TOPIC_PREFIX)),
+        Some(lk::data_packet::Value::StreamHeader(header)) => {
+            header.topic.starts_with(super::RESERVED_TOPIC_PREFIX)
+        }
+        _ => false,
     }
 }

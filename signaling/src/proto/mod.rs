@@ -354,6 +354,9 @@ pub struct Server {
     relays: HashMap<String, relay::RelayLink>,
     /// The room of each relay peer.
     relay_peers: HashMap<PeerId, String>,
+    /// Rooms a relay link opened on this node (an edge): their origin reports their start and
+    /// end, so they send no `room_started` / `room_finished` here.
+    quiet_rooms: HashSet<String>,
     outputs: VecDeque<Output>,
     next_tick: Instant,
     ticks: u64,
@@ -394,6 +397,7 @@ impl Server {
             pending_updates: HashMap::new(),
             relays: HashMap::new(),
             relay_peers: HashMap::new(),
+            quiet_rooms: HashSet::new(),
             outputs: VecDeque::new(),
             next_tick: now + TICK,
             ticks: 0,
@@ -438,8 +442,13 @@ impl Server {
                 .count() as u64,
             ..self.stats
         };
-        let participants = self.rooms.values().flat_map(|r| r.participants.values());
-        for participant in participants.filter(|p| !p.is_relay()) {
+        // Mirrors are counted by the node holding them (an edge's load is its own people).
+        let participants = self.rooms.values().flat_map(|r| {
+            r.participants
+                .values()
+                .filter(|p| !p.is_relay() && !self.is_mirror(&r.name, &p.sid))
+        });
+        for participant in participants {
             if participant.can_publish() {
                 stats.publishers += 1;
             } else {
@@ -585,20 +594,30 @@ impl Server {
     /// Create a room if it does not exist.
     fn ensure_room(&mut self, name: &str, limits: RoomLimits) {
         if !self.rooms.contains_key(name) {
-            let sid = self.new_sid("RM_");
-            let now = self.now_ms();
-            let mut room = Room::new(sid, name.to_owned(), limits, now);
-            room.recording = self.is_recorded(name);
-            self.rooms.insert(name.to_owned(), room);
+            self.open_room_quietly(name, limits);
+            self.quiet_rooms.remove(name);
             self.room_started(name);
         }
+    }
+
+    /// Create a room without telling webhooks: a room a relay link opens (its origin reports
+    /// it), which stays quiet until it closes.
+    fn open_room_quietly(&mut self, name: &str, limits: RoomLimits) {
+        let sid = self.new_sid("RM_");
+        let now = self.now_ms();
+        let mut room = Room::new(sid, name.to_owned(), limits, now);
+        room.recording = self.is_recorded(name);
+        self.rooms.insert(name.to_owned(), room);
+        self.quiet_rooms.insert(name.to_owned());
     }
 
     /// Remove a room (its sessions are already gone).
     fn close_room(&mut self, room: &str) {
         if let Some(r) = self.rooms.remove(room) {
             tracing::info!(room = %room, "room closed");
-            self.webhook("room_finished", Some(r.info()), None, None);
+            if !self.quiet_rooms.remove(room) {
+                self.webhook("room_finished", Some(r.info()), None, None);
+            }
         }
     }
 }

@@ -27,14 +27,21 @@ use std::time::Instant;
 use livekit_protocol as lk;
 use livekit_protocol::participant_info::State;
 use livekit_protocol::{signal_request, signal_response};
+use prost::Message as _;
 use stoa_sfu::str0m::change::SdpAnswer;
+use stoa_sfu::str0m::channel::ChannelId;
 use stoa_sfu::{EngineCommand, MediaLabel, PeerId, TrackId};
 
+use super::engine::ToRelays;
 use super::{Output, Server, ServiceError};
 use crate::room::{Participant, PublishedTrack};
 
 /// Identities of relay participants start with this (`node:{edge id}`).
 pub const RELAY_IDENTITY_PREFIX: &str = "node:";
+
+/// The relay peer's data channels: the labels LiveKit clients' subscriber channels have, on
+/// which the origin forwards its clients' data packets (as to any subscriber).
+const RELAY_CHANNELS: [&str; 2] = ["_reliable", "_lossy"];
 
 /// What the core asks of the shell about relay links (IO: a WebSocket to the origin).
 #[derive(Debug, Clone, PartialEq)]
@@ -80,6 +87,8 @@ pub(super) struct RelayLink {
     unbound: Vec<(TrackId, MediaLabel)>,
     /// Bound tracks: (mirror sid, track sid).
     bound: HashMap<TrackId, (String, String)>,
+    /// The relay peer's open data channels and their labels (`_reliable`, `_lossy`).
+    channels: HashMap<ChannelId, String>,
 }
 
 impl RelayLink {
@@ -118,7 +127,10 @@ impl Server {
         if self.relays.contains_key(room) {
             self.end_relay(room, "relinked");
         }
-        self.ensure_room(room, self.config.room_defaults);
+        if !self.rooms.contains_key(room) {
+            // The origin reports the room's start and end (one room_started per room).
+            self.open_room_quietly(room, self.config.room_defaults);
+        }
         let peer = self.new_peer();
         self.relay_peers.insert(peer, room.to_owned());
         self.relays.insert(
@@ -132,13 +144,15 @@ impl Server {
                 mirrors: BTreeSet::new(),
                 unbound: Vec::new(),
                 bound: HashMap::new(),
+                channels: HashMap::new(),
             },
         );
         tracing::info!(room = %room, peer = %peer, "relay link starting");
+        // The origin sends its clients' data on the channels its own clients use.
         self.engine(EngineCommand::CreateRelayPeer {
             peer,
             audios: 1,
-            channels: Vec::new(),
+            channels: RELAY_CHANNELS.iter().map(|c| (*c).to_owned()).collect(),
         });
         Ok(())
     }
@@ -155,6 +169,13 @@ impl Server {
         }
         self.relay_from(room, origin)?;
         Ok(true)
+    }
+
+    /// Whether `psid` is a mirror in `room`: a participant of the room's origin, held there.
+    pub(super) fn is_mirror(&self, room: &str, psid: &str) -> bool {
+        self.relays
+            .get(room)
+            .is_some_and(|l| l.mirrors.contains(psid))
     }
 
     /// The room a relay peer feeds, if `peer` is one.
@@ -405,6 +426,62 @@ impl Server {
             t.engine = None;
         }
         self.unsubscribe_everyone(&room, track);
+    }
+
+    /// A data channel of a relay peer opened.
+    pub(super) fn relay_channel_open(&mut self, peer: PeerId, channel: ChannelId, label: String) {
+        let Some(room) = self.relay_peers.get(&peer).cloned() else {
+            return;
+        };
+        if let Some(link) = self.relays.get_mut(&room) {
+            link.channels.insert(channel, label);
+        }
+    }
+
+    /// A data packet the origin relayed (one of its clients' packets, sender stamped there,
+    /// that sender a mirror here): to this node's sessions it is addressed to, on the same
+    /// channel. An undecodable packet is dropped and counted.
+    pub(super) fn relay_data(&mut self, peer: PeerId, channel: ChannelId, data: Vec<u8>) {
+        let Some(room) = self.relay_peers.get(&peer).cloned() else {
+            return;
+        };
+        let Some(label) = self
+            .relays
+            .get(&room)
+            .and_then(|l| l.channels.get(&channel))
+            .cloned()
+        else {
+            return;
+        };
+        let Ok(packet) = lk::DataPacket::decode(data.as_slice()) else {
+            tracing::debug!(room = %room, "undecodable relayed data packet dropped");
+            self.stats.data_dropped += 1;
+            return;
+        };
+        let mut destinations = packet.destination_identities.clone();
+        #[allow(deprecated)]
+        if let Some(lk::data_packet::Value::User(user)) = &packet.value {
+            destinations.extend(user.destination_identities.iter().cloned());
+        }
+        self.forward_data(&room, None, &label, &destinations, data, ToRelays::Skip);
+    }
+
+    /// A client's data packet on this node, an edge of `room`: to the origin too, on the
+    /// relay's channel of the same label (the origin passes it to its sessions and its other
+    /// edges). Nothing when the room has no link or the channel is not open yet.
+    pub(super) fn relay_to_origin(&mut self, room: &str, label: &str, bytes: &[u8]) {
+        let Some(link) = self.relays.get(room) else {
+            return;
+        };
+        let Some((&channel, _)) = link.channels.iter().find(|(_, l)| l.as_str() == label) else {
+            return;
+        };
+        let peer = link.peer;
+        self.engine(EngineCommand::SendData {
+            targets: vec![(peer, channel)],
+            binary: true,
+            data: std::sync::Arc::from(bytes),
+        });
     }
 
     /// The relay peer is gone (failed, or refused by the engine): the link ends.

@@ -124,6 +124,18 @@ impl Signaling {
         }
     }
 
+    /// Snapshots of the room's participants held by this node (not the mirrors of another
+    /// node's participants, nor relays): this node's share of a room-wide listing.
+    pub async fn list_held(&self, room: &str) -> Result<Vec<lk::ParticipantInfo>, ServiceError> {
+        let op = AdminOp::ListHeld {
+            room: room.to_owned(),
+        };
+        match self.admin(op).await? {
+            AdminReply::Participants(p) => Ok(p),
+            _ => Err(mismatch()),
+        }
+    }
+
     /// The open rooms, all or only those named.
     pub async fn list_rooms(&self, names: &[String]) -> Result<Vec<lk::Room>, ServiceError> {
         let op = AdminOp::ListRooms {
@@ -247,6 +259,20 @@ impl Signaling {
     /// are not refused here; the HTTP layer stops accepting them before calling this.
     pub async fn ask_to_leave(&self) -> Result<usize, ServiceError> {
         match self.admin(AdminOp::AskToLeave).await? {
+            AdminReply::Count(n) => Ok(n),
+            _ => Err(mismatch()),
+        }
+    }
+
+    /// Moves up to `limit` of `room`'s participants connected here to another node
+    /// (`Leave { MIGRATION, DISCONNECT }`, publishers first): what an operator's drain does,
+    /// a batch at a time. Returns how many were told; 0 for a room not open here.
+    pub async fn migrate(&self, room: &str, limit: usize) -> Result<usize, ServiceError> {
+        let op = AdminOp::Migrate {
+            room: room.to_owned(),
+            limit,
+        };
+        match self.admin(op).await? {
             AdminReply::Count(n) => Ok(n),
             _ => Err(mismatch()),
         }

@@ -696,6 +696,10 @@ impl Shell {
                     offer,
                     ping_interval: self.ping_interval,
                     to_core,
+                    tls: match self.relay.as_ref().and_then(|a| a.tls.clone()) {
+                        Some(tls) => Ok(tls),
+                        None => crate::cluster::node_tls().clone(),
+                    },
                 };
                 tokio::spawn(task.run(rx));
                 self.relays.insert(

@@ -6,6 +6,7 @@
 //! bounded ([`LINK_QUEUE`]); a link whose queue is full is closed (the core is told, and its
 //! mirrors leave), as a client too slow for its outbox would be.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -13,6 +14,7 @@ use livekit_protocol as lk;
 use livekit_protocol::{signal_request, signal_response};
 use prost::Message as _;
 use tokio::sync::mpsc;
+use tokio_rustls::rustls::ClientConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::Msg;
@@ -35,6 +37,9 @@ pub struct RelayAuth {
     pub secret: String,
     /// How long a relay token is valid (it is used once, to join).
     pub ttl: Duration,
+    /// Whom `wss://` origins' certificates must chain to; `None`: the system's trust store
+    /// (`SSL_CERT_FILE` or `SSL_CERT_DIR` add a private CA), as for every node-to-node call.
+    pub tls: Option<Arc<ClientConfig>>,
 }
 
 impl std::fmt::Debug for RelayAuth {
@@ -77,6 +82,41 @@ fn link_url(origin: &str, token: &str, join: &lk::JoinRequest) -> String {
     )
 }
 
+/// Opens the WebSocket at `url` (`ws://`, or `wss://` with the origin's certificate verified
+/// against `tls`).
+async fn open(
+    url: &str,
+    tls: &Result<Arc<ClientConfig>, String>,
+) -> Result<
+    (
+        tokio_tungstenite::WebSocketStream<Box<dyn crate::cluster::NodeIo>>,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    String,
+> {
+    let http = if let Some(rest) = url.strip_prefix("ws://") {
+        format!("http://{rest}")
+    } else if let Some(rest) = url.strip_prefix("wss://") {
+        format!("https://{rest}")
+    } else {
+        return Err(format!(
+            "the origin's URL is not ws:// or wss:// ({})",
+            origin_of(url)
+        ));
+    };
+    let target = crate::webhook::split_url(&http)?;
+    let stream = crate::cluster::dial(&target, tls).await?;
+    tokio_tungstenite::client_async(url, stream)
+        .await
+        .map_err(|e| format!("cannot reach the origin: {e}"))
+}
+
+/// `url` without its path and query (which carry the token), for messages.
+fn origin_of(url: &str) -> &str {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    url[start..].find('/').map_or(url, |i| &url[..start + i])
+}
+
 /// Mints the relay token for `room` with `auth`.
 pub(super) fn relay_token(auth: &RelayAuth, room: &str) -> Result<String, String> {
     let now = SystemTime::now()
@@ -96,6 +136,8 @@ pub(super) struct LinkTask {
     pub offer: lk::SessionDescription,
     pub ping_interval: Duration,
     pub to_core: mpsc::Sender<Msg>,
+    /// For a `wss://` origin.
+    pub tls: Result<Arc<ClientConfig>, String>,
 }
 
 impl LinkTask {
@@ -124,13 +166,9 @@ impl LinkTask {
             ..Default::default()
         };
         let url = link_url(&self.origin, &self.token, &join);
-        let (mut ws, _) = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            tokio_tungstenite::connect_async(url.as_str()),
-        )
-        .await
-        .map_err(|_| "origin did not answer in time".to_owned())?
-        .map_err(|e| format!("cannot reach the origin: {e}"))?;
+        let (mut ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, open(&url, &self.tls))
+            .await
+            .map_err(|_| "origin did not answer in time".to_owned())??;
         tracing::info!(room = %self.room, "relay link open");
         let mut ping = tokio::time::interval(self.ping_interval.max(Duration::from_secs(1)));
         loop {
