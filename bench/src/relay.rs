@@ -5,9 +5,8 @@
 //! linked to the harness's by a veth pair ([`crate::netns`]). Every node counts itself full at
 //! `listeners` participants (`[control] node_capacity`), so placement puts people
 //! deterministically: the speakers and the first listeners on the room's origin until it is
-//! full, then the next listeners on one edge until it is full (an edge counts the speakers it
-//! mirrors from the origin among its participants, so it takes `listeners - speakers`
-//! listeners too), then on the other. Everyone joins
+//! full, then the next listeners on one edge until it is full (`listeners` listeners: an edge
+//! does not count the speakers it mirrors from the origin), then on the other. Everyone joins
 //! through the product path (`POST /api/rooms/{id}/token`, then `/rtc` at the node it names),
 //! and the harness files each listener under the node its grant named. The run goes through
 //! seven phases, each measured for `window` once its joins have settled (every new listener
@@ -87,8 +86,8 @@ pub struct RelayParams {
     /// Speakers, all speaking, all on the origin.
     pub speakers: usize,
     /// Participants per node (`node_capacity`): the origin carries the speakers and
-    /// `listeners - speakers` listeners, each edge `listeners - speakers` listeners (an edge
-    /// counts the speakers it mirrors from the origin among its participants).
+    /// `listeners - speakers` listeners, each edge `listeners` listeners (an edge does not
+    /// count the speakers it mirrors from the origin).
     pub listeners: usize,
     /// Listener joins per second.
     pub join_rate: f64,
@@ -491,9 +490,9 @@ pub async fn run(
         .and_then(|s| index_of(*s))
         .filter(|e| Some(*e) != origin);
     phases.push(m.phase("edge 1: first listener", &crowd, true).await);
-    // An edge counts the origin's speakers it mirrors among its participants: it is full at
-    // `n - speakers` listeners.
-    let per_edge = n - params.speakers;
+    // An edge counts its own listeners only (not the origin's speakers it mirrors): it is
+    // full at `n` listeners.
+    let per_edge = n;
     join(&mut crowd, per_edge - 1, rate, clock).await?;
     let placed = wait_full(api, &server, clock, edge1.map(|e| nodes[e].http), n).await;
     phases.push(m.phase("edge 1 full", &crowd, placed).await);
