@@ -461,6 +461,122 @@ fn comparison_with_janus() {
     assert_eq!(json["servers"][1]["name"], "Janus");
 }
 
+/// `stoa-bench relay` small: Redis and three `stoa serve` nodes, each in its own network
+/// namespace linked to this test thread's own (the hub) by a veth pair, counting themselves
+/// full at four participants; one speaker and three listeners on the room's origin, four
+/// listeners on each edge (which does not count the speaker it mirrors), placed by the product
+/// path. Every listener hears the speaker, each
+/// phase is measured on every node, and the report carries latency per node and the costs;
+/// their values are not asserted (they belong in BENCHMARKS.md).
+#[test]
+fn relay_across_three_nodes_in_their_own_namespaces() {
+    use stoa_bench::relay::{Cluster, RelayParams};
+    stoa_bench::netns::isolate().expect("network namespaces (run as root)");
+    let params = RelayParams {
+        speakers: 1,
+        listeners: 4,
+        join_rate: 20.0,
+        window: Duration::from_secs(2),
+        depth: Depth::Header,
+    };
+    let logs = support::scratch_dir("relay-bench");
+    let cluster = Cluster::start(
+        Path::new(env!("CARGO_BIN_EXE_stoa")),
+        None,
+        &params,
+        Some(&logs),
+    )
+    .expect("Redis and three nodes in their namespaces");
+    let nodes = cluster.nodes();
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n.http.ip().to_string().starts_with("10.77.")),
+        "{nodes:?}"
+    );
+    let runtime = runtime();
+    let report = runtime
+        .block_on(async {
+            tokio::time::timeout(
+                params.bound(),
+                stoa_bench::relay::run(&nodes, Some(cluster.redis_pid()), &params),
+            )
+            .await
+        })
+        .expect("the run ends by itself")
+        .expect("the run completes");
+    let table = report.table();
+    eprintln!("{table}");
+    let logs_text = || {
+        (1..=3)
+            .map(|i| {
+                std::fs::read_to_string(logs.join(format!("node-{i}.log"))).unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    // Three distinct roles: the speaker's node, then the node of each edge's first listener.
+    let [Some(origin), Some(edge1), Some(edge2)] = report.roles else {
+        panic!("roles {:?}\n{table}\n{}", report.roles, logs_text());
+    };
+    assert!(origin != edge1 && edge1 != edge2 && origin != edge2);
+    assert_eq!(report.speakers_on_origin, 1);
+    assert_eq!(report.failed, 0, "{table}");
+    // Placement put three listeners beside the speaker, then four on each edge, and every one
+    // of them heard the speaker (on the edges through the relay).
+    assert_eq!(report.heard[origin], (3, 3), "{table}");
+    assert_eq!(report.heard[edge1], (4, 4), "{table}");
+    assert_eq!(report.heard[edge2], (4, 4), "{table}");
+    let names: Vec<&str> = report.phases.iter().map(|p| p.name).collect();
+    assert_eq!(names.len(), 7, "{names:?}");
+    let counts: Vec<Vec<usize>> = report
+        .phases
+        .iter()
+        .map(|p| vec![p.listeners[origin], p.listeners[edge1], p.listeners[edge2]])
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            [0, 0, 0],
+            [0, 0, 0],
+            [3, 0, 0],
+            [3, 1, 0],
+            [3, 4, 0],
+            [3, 4, 1],
+            [3, 4, 4]
+        ],
+        "{table}"
+    );
+    for p in &report.phases {
+        assert!(
+            p.placed,
+            "{}: the node records never showed it full\n{table}",
+            p.name
+        );
+        assert!(p.cpu_cores.iter().all(Option::is_some), "{}", p.name);
+        assert!(p.redis_cpu_cores.is_some());
+    }
+    // In the last window every node's listeners measured latency.
+    let last = report.phases.last().unwrap();
+    for i in [origin, edge1, edge2] {
+        assert!(last.latency[i].is_some_and(|l| l.samples > 0), "{table}");
+    }
+    assert!(report.added_ms.iter().all(Option::is_some), "{table}");
+    // Each edge linked itself to the origin once, for its three listeners; the origin linked
+    // itself to nothing (a node that never started a link has no such series).
+    assert_eq!(report.relays_started[edge1], Some(1.0), "{table}");
+    assert_eq!(report.relays_started[edge2], Some(1.0), "{table}");
+    assert!(
+        report.relays_started[origin].is_none_or(|v| v == 0.0),
+        "{table}"
+    );
+    assert!(report.costs.listener_single.is_some(), "{table}");
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["phases"].as_array().map(Vec::len), Some(7));
+    assert!(table.contains("edge 2 full"), "{table}");
+    drop(cluster);
+}
+
 #[test]
 fn failover_of_an_edge_and_of_the_origin() {
     use stoa_bench::failover::{self, Params, Victim};

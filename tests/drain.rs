@@ -41,20 +41,11 @@ fn user(id: &str) -> String {
 
 /// `POST /api/rooms/{room}/token` for `identity`: its JSON (`url`, `token`).
 fn grant(api: SocketAddr, room: &str, identity: &str) -> Value {
-    ok(
-        api,
-        "POST",
-        &format!("/api/rooms/{room}/token"),
-        &user(identity),
-        None,
-    )
+    support::cluster::grant(KEYS, api, room, identity)
 }
 
 fn media_url(api: SocketAddr, room: &str, identity: &str) -> String {
-    grant(api, room, identity)["url"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    support::cluster::media_url(KEYS, api, room, identity)
 }
 
 /// A counter (or gauge) on `addr`'s `/metrics`, if present.

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use redis_server::RedisServer;
 use serde_json::json;
 use stoa_bench::client::Role;
-use support::api::{create_room, get_until, ok};
+use support::api::{create_room, get_until};
 use support::cluster::{Clients, Keys, by_url, start_node, wait_nodes};
 use support::scratch_dir;
 use support::tones::user_token;
@@ -36,14 +36,7 @@ fn user(id: &str) -> String {
 
 /// The media URL `POST /api/rooms/{room}/token` names for `identity`.
 fn media_url(api: SocketAddr, room: &str, identity: &str) -> String {
-    let grant = ok(
-        api,
-        "POST",
-        &format!("/api/rooms/{room}/token"),
-        &user(identity),
-        None,
-    );
-    grant["url"].as_str().unwrap().to_owned()
+    support::cluster::media_url(KEYS, api, room, identity)
 }
 
 #[test]

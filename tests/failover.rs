@@ -30,14 +30,14 @@ use std::time::{Duration, Instant};
 use redis_server::RedisServer;
 use serde_json::json;
 use stoa_bench::client::Role;
-use support::api::{create_room, ok};
+use support::api::create_room;
 use support::cluster::{Clients, Keys, Node, by_url, start_node, wait_nodes};
 use support::scratch_dir;
 use support::tones::user_token;
 
 const KEYS: Keys = ("failkey", "a-long-enough-failover-test-secret-01234");
 const WAIT: Duration = Duration::from_secs(40);
-/// Participants a node carries (on an edge, the speaker's mirror counts as one).
+/// Participants a node carries (an edge counts its own listeners, not the speaker's mirror).
 const CAPACITY: u64 = 3;
 
 fn user(id: &str) -> String {
@@ -46,14 +46,7 @@ fn user(id: &str) -> String {
 
 /// The media URL `POST /api/rooms/{room}/token` names for `identity`.
 fn media_url(api: SocketAddr, room: &str, identity: &str) -> String {
-    let grant = ok(
-        api,
-        "POST",
-        &format!("/api/rooms/{room}/token"),
-        &user(identity),
-        None,
-    );
-    grant["url"].as_str().unwrap().to_owned()
+    support::cluster::media_url(KEYS, api, room, identity)
 }
 
 /// What a client whose node died does: asks for a token again (every 200 ms, bounded) until it

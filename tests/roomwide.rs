@@ -49,13 +49,7 @@ fn user(id: &str) -> String {
 
 /// `POST /api/rooms/{room}/token` for `identity`: the media URL and token.
 fn grant(api: SocketAddr, room: &str, identity: &str) -> (String, String) {
-    let g = ok(
-        api,
-        "POST",
-        &format!("/api/rooms/{room}/token"),
-        &user(identity),
-        None,
-    );
+    let g = support::cluster::grant(KEYS, api, room, identity);
     (
         g["url"].as_str().unwrap().to_owned(),
         g["token"].as_str().unwrap().to_owned(),

@@ -375,12 +375,19 @@ async fn connect(
     };
     let (sink, signals, reader) = match spec.protocol {
         Protocol::Livekit => match &spec.product {
-            None => livekit(spec.http, &spec.token, &reception).await?,
+            None => {
+                lock(&reception).set_server(spec.http);
+                livekit(spec.http, &spec.token, &reception).await?
+            }
             Some(join) => {
                 let grant = crate::product::join(join, &spec.identity)
                     .await
                     .map_err(|e| ClientError::Api(e.to_string()))?;
-                lock(&reception).mark(Step::Granted);
+                {
+                    let mut r = lock(&reception);
+                    r.mark(Step::Granted);
+                    r.set_server(grant.rtc);
+                }
                 livekit(grant.rtc, &grant.token, &reception).await?
             }
         },

@@ -23,9 +23,8 @@
 //! kill and from the speaker's rejoin. Bounded: the run gives up [`Params::give_up`] after the
 //! kill, and every client leaves by its deadline.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command as Process, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -185,56 +184,6 @@ impl Report {
     }
 }
 
-/// A `redis-server` on a free loopback port, killed when dropped.
-struct Redis {
-    child: Child,
-    url: String,
-}
-
-impl Redis {
-    /// Starts one; the port is found with `bind(0)` and released, so another process may take
-    /// it first: a server that exits (it could not bind) is started again on another port.
-    fn start() -> Result<Redis, ScenarioError> {
-        let io = |e: std::io::Error| ScenarioError::Invalid(format!("start redis-server: {e}"));
-        for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map_err(io)?
-                .port();
-            let child = Process::new("redis-server")
-                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--save", "", "--appendonly", "no"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(io)?;
-            let mut redis = Redis {
-                child,
-                url: format!("redis://127.0.0.1:{port}/"),
-            };
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            // One that cannot bind exits at once.
-            std::thread::sleep(Duration::from_millis(150));
-            if crate::server::wait_listening(addr, &mut redis.child).is_ok()
-                && matches!(redis.child.try_wait(), Ok(None))
-            {
-                return Ok(redis);
-            }
-        }
-        Err(ScenarioError::Invalid(
-            "redis-server did not start on any of 5 free ports".into(),
-        ))
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// One client's place in the room (a listener, or the speaker): the client now serving it and
 /// what the run saw of its audio.
 struct Slot {
@@ -292,7 +241,8 @@ pub async fn run(
     params: &Params,
 ) -> Result<Report, ScenarioError> {
     params.validate()?;
-    let redis = Redis::start()?;
+    let redis = crate::server::RedisProcess::spawn_loopback(None)
+        .map_err(|e| ScenarioError::Invalid(format!("redis-server: {e}")))?;
     let config_dir =
         std::env::temp_dir().join(format!("stoa-bench-failover-{}", std::process::id()));
     let config = write_config(&config_dir, params.capacity)?;

@@ -19,8 +19,10 @@
 //!   clients drive it; [`compare`]: the baseline and both servers through the same ramp and
 //!   join storm, in one run; [`two_rooms`]: join storms in one room while another is busy;
 //!   [`recording`]: a room's recording on and off, side by side (server CPU, listeners'
-//!   latency and loss); [`failover`]: a node of three killed under a room, and how soon its
-//!   listeners hear audio again.
+//!   latency and loss); [`relay`]: one room across three nodes, each in its own network
+//!   namespace ([`netns`]), the relay's added latency and its CPU cost side by side;
+//!   [`failover`]: a node of three killed under a room, and how soon its listeners hear audio
+//!   again.
 //!
 //! One-way latency needs one clock: speakers and listeners run in this one process and share a
 //! [`clock::Clock`]; each Opus packet carries its send time in Opus padding (RFC 6716 §3.2.5),
@@ -42,10 +44,12 @@ pub mod clock;
 pub mod compare;
 pub mod failover;
 pub mod janus;
+pub mod netns;
 mod peer;
 pub mod product;
 pub mod reception;
 pub mod recording;
+pub mod relay;
 pub mod report;
 pub mod scenario;
 pub mod server;

@@ -9,6 +9,8 @@
 //! stoa-bench run --scenario join-storm --path both --listeners 1000 --join-rate 200 \
 //!     --spawn target/release/stoa
 //! stoa-bench api-load --members 10000 --spawn target/release/stoa
+//! stoa-bench relay --spawn target/release/stoa --speakers 10 --listeners 100 \
+//!     --server-cpus 0 --bench-cpus 1
 //! ```
 
 // A binary: it owns the clock and prints its reports.
@@ -58,9 +60,51 @@ enum Cmd {
     /// off and on in alternating phases; reports the server's CPU and the listeners' latency
     /// and loss either way.
     Recording(RecordingArgs),
+    /// One room across three nodes on one Redis, each `stoa serve` in its own network
+    /// namespace joined by veth links: listeners on the room's origin and on two edges side by
+    /// side, the relay hop's added latency and the CPU of a listener and of a node-to-node link.
+    Relay(RelayArgs),
     /// Three nodes on one Redis (started here) under one room that spills over to edges; one
     /// node is killed with SIGKILL; reports how soon its listeners hear audio again.
     Failover(FailoverArgs),
+}
+
+#[derive(Debug, Args)]
+struct RelayArgs {
+    /// The `stoa` binary to start as each node.
+    #[arg(long, value_name = "PATH")]
+    spawn: PathBuf,
+    /// Speakers, all speaking, all on the origin (each link carries each of them once).
+    #[arg(long, default_value_t = 4)]
+    speakers: usize,
+    /// Participants per node, its `node_capacity`: the origin holds the speakers and the rest
+    /// as listeners, each edge as many listeners (it counts the speakers it mirrors).
+    #[arg(long, default_value_t = 50)]
+    listeners: usize,
+    /// Listener joins per second.
+    #[arg(long, default_value_t = 50.0)]
+    join_rate: f64,
+    /// Seconds each phase is measured.
+    #[arg(long, default_value_t = 10.0)]
+    window: f64,
+    /// How deeply listeners read the audio.
+    #[arg(long, value_enum, default_value = "header")]
+    depth: Depth,
+    /// Pin the nodes and Redis to these CPUs (taskset list, e.g. `0`).
+    #[arg(long, value_name = "LIST")]
+    server_cpus: Option<String>,
+    /// Pin this harness to these CPUs (e.g. `1`).
+    #[arg(long, value_name = "LIST")]
+    bench_cpus: Option<String>,
+    /// Harness worker threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Write the nodes' logs (node-N.log) into this directory.
+    #[arg(long, value_name = "DIR")]
+    logs: Option<PathBuf>,
+    /// Write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -483,6 +527,11 @@ fn main() -> anyhow::Result<()> {
         // Before any thread starts: threads keep the namespace they started in.
         compare::isolate()?;
     }
+    if matches!(cli.command, Cmd::Relay(_)) {
+        // Before any thread starts, for the same reason: the harness's own namespace, the hub
+        // the nodes' namespaces link to.
+        stoa_bench::netns::isolate()?;
+    }
     match cli.command {
         Cmd::Run(a) => {
             let params = Params {
@@ -703,6 +752,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::ApiLoad(a) => api_load(&a)?,
+        Cmd::Relay(a) => relay(&a)?,
     }
     Ok(())
 }
@@ -766,6 +816,48 @@ fn api_load(a: &ApiLoadArgs) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(&report).context("serialise")?;
     write_json(a.json.as_ref(), &json)?;
     drop(processes);
+    Ok(())
+}
+
+fn relay(a: &RelayArgs) -> anyhow::Result<()> {
+    use stoa_bench::relay::{Cluster, RelayParams};
+    let params = RelayParams {
+        speakers: a.speakers,
+        listeners: a.listeners,
+        join_rate: a.join_rate,
+        window: secs(a.window)?,
+        depth: a.depth,
+    };
+    params.validate()?;
+    if let Some(dir) = &a.logs {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let cluster = Cluster::start(
+        &a.spawn,
+        a.server_cpus.as_deref(),
+        &params,
+        a.logs.as_deref(),
+    )
+    .context("start Redis and three nodes in their namespaces")?;
+    // After the nodes started, so that they do not inherit the harness's CPUs.
+    if let Some(cpus) = &a.bench_cpus {
+        affinity::pin(cpus)?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(a.threads.clamp(1, 64))
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let report = runtime.block_on(stoa_bench::relay::run(
+        &cluster.nodes(),
+        Some(cluster.redis_pid()),
+        &params,
+    ))?;
+    println!("{}", report.table());
+    let json = serde_json::to_string_pretty(&report).context("serialise")?;
+    write_json(a.json.as_ref(), &json)?;
+    drop(runtime);
+    drop(cluster);
     Ok(())
 }
 

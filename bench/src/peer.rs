@@ -39,19 +39,20 @@ pub(crate) struct Peer {
     pub connected: bool,
     pub next_timeout: Instant,
     /// Datagrams not sent: the socket would not take them (its buffer was full), or their
-    /// destination was not a loopback address.
+    /// destination was not one the harness may send to ([`crate::netns::reachable`]).
     pub send_drops: u64,
 }
 
 impl Peer {
-    /// A peer with one host candidate on a fresh port of `ip` (a loopback address); Opus
+    /// A peer with one host candidate on a fresh port of `ip` (a loopback address, or the
+    /// harness's own address in the namespaces it made, see [`crate::netns`]); Opus
     /// only, RTP mode; DTLS with `cert` (shared by the harness: generating one per client
     /// costs the harness, not the server, and the server still runs a full handshake per peer).
     pub fn bind(now: Instant, cert: &DtlsCert, ip: Ipv4Addr) -> io::Result<Peer> {
-        if !ip.is_loopback() {
+        if !crate::netns::reachable(ip.into()) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "peers bind loopback addresses only",
+                "peers bind loopback addresses (or the harness's namespace address) only",
             ));
         }
         let std_socket = std::net::UdpSocket::bind((ip, 0))?;
@@ -113,8 +114,9 @@ impl Peer {
                     break;
                 }
                 Ok(Output::Transmit(t)) => {
-                    // The harness sends only on this machine, whatever a server advertises.
-                    if !t.destination.ip().is_loopback()
+                    // The harness sends only on this machine (loopback, or the namespaces it
+                    // made), whatever a server advertises.
+                    if !crate::netns::reachable(t.destination.ip())
                         || self.socket.send_to(&t.contents, t.destination).is_err()
                     {
                         self.send_drops += 1;

@@ -68,9 +68,10 @@ pub struct Answer {
 }
 
 impl Http {
-    /// A client of `addr` (loopback only); connects on first use.
+    /// A client of `addr` (loopback only, or a node in the namespaces the harness made, see
+    /// [`crate::netns`]); connects on first use.
     pub fn new(addr: SocketAddr) -> Result<Http, ApiError> {
-        if !addr.ip().is_loopback() {
+        if !crate::netns::reachable(addr.ip()) {
             return Err(ApiError::Protocol(format!(
                 "{addr} is not a loopback address"
             )));
@@ -322,7 +323,7 @@ pub async fn media_token(
     let rtc: SocketAddr = host
         .parse()
         .map_err(|_| ApiError::Protocol(format!("media URL {url:?} is not host:port")))?;
-    if !rtc.ip().is_loopback() {
+    if !crate::netns::reachable(rtc.ip()) {
         return Err(ApiError::Protocol(format!(
             "media URL {url:?} is not on loopback"
         )));

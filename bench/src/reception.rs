@@ -149,6 +149,9 @@ pub struct Reception {
     /// Longest silence between consecutive packets after the first, e.g. across speaker changes.
     longest_gap: Duration,
     last_arrival: Option<Instant>,
+    /// The server whose `/rtc` this client joined (the media URL of its grant on the product
+    /// path), once known.
+    server: Option<std::net::SocketAddr>,
 }
 
 /// One window of one listener (or the sum of many), as read by [`Reception::take_window`].
@@ -226,7 +229,19 @@ impl Reception {
             last_transit_ns: None,
             longest_gap: Duration::ZERO,
             last_arrival: None,
+            server: None,
         }
+    }
+
+    /// The client opens `/rtc` at `server`.
+    pub fn set_server(&mut self, server: std::net::SocketAddr) {
+        self.server = Some(server);
+    }
+
+    /// The server whose `/rtc` the client opened (on the product path, the node its grant
+    /// named), once known.
+    pub fn server(&self) -> Option<std::net::SocketAddr> {
+        self.server
     }
 
     /// The join reached `step` now; only the first time counts.

@@ -246,6 +246,53 @@ impl Crowd {
         Ok(crowd)
     }
 
+    /// Clients started from now on bind `ip` (a loopback address, or the harness's address in
+    /// the namespaces it made, [`crate::netns::HUB`]).
+    pub fn set_local_ip(&mut self, ip: std::net::Ipv4Addr) {
+        self.local_ip = ip;
+    }
+
+    /// The server each present listener opened `/rtc` at (`None` while unknown), in join order.
+    pub fn listener_servers(&self) -> Vec<Option<SocketAddr>> {
+        self.listeners
+            .iter()
+            .map(|l| client::lock(&l.reception).server())
+            .collect()
+    }
+
+    /// Whether each present listener has heard audio, in join order.
+    pub fn listeners_heard(&self) -> Vec<bool> {
+        self.listeners
+            .iter()
+            .map(|l| client::lock(&l.reception).heard())
+            .collect()
+    }
+
+    /// The server each speaker opened `/rtc` at (`None` while unknown).
+    pub fn speaker_servers(&self) -> Vec<Option<SocketAddr>> {
+        self.speakers
+            .iter()
+            .map(|s| client::lock(&s.reception).server())
+            .collect()
+    }
+
+    /// The window since the previous call (this or [`Crowd::window`]) of every present
+    /// listener, summed per server they opened `/rtc` at.
+    pub fn windows_by_server(&self) -> Vec<(Option<SocketAddr>, Window)> {
+        let mut by: Vec<(Option<SocketAddr>, Window)> = Vec::new();
+        for l in &self.listeners {
+            let (server, w) = {
+                let mut r = client::lock(&l.reception);
+                (r.server(), r.take_window())
+            };
+            match by.iter_mut().find(|(s, _)| *s == server) {
+                Some((_, all)) => all.merge(w),
+                None => by.push((server, w)),
+            }
+        }
+        by
+    }
+
     /// The control plane's room id on the product path.
     pub fn product_room(&self) -> Option<&str> {
         self.product.as_ref().map(|(r, _)| r.as_str())

@@ -94,23 +94,12 @@ impl ServerProcess {
         let http_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let udp_port = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut command = pinned_command(binary, cpus);
-        // Only flags decide the ports and keys: clear inherited STOA_* settings.
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("STOA_") {
-                command.env_remove(name);
-            }
-        }
+        clear_stoa_env(&mut command);
         // A state directory of its own, so that servers started side by side never share one.
         let data_dir =
             std::env::temp_dir().join(format!("stoa-bench-{}-{http_port}", std::process::id()));
         std::fs::create_dir_all(&data_dir)?;
-        let (stdout, stderr) = match log {
-            Some(path) => {
-                let file = std::fs::File::create(path)?;
-                (Stdio::from(file.try_clone()?), Stdio::from(file))
-            }
-            None => (Stdio::null(), Stdio::null()),
-        };
+        let (stdout, stderr) = outputs(log)?;
         let child = command
             .args(["serve", "--dev", "--http-port"])
             .arg(http_port.to_string())
@@ -135,6 +124,60 @@ impl ServerProcess {
         Ok(server)
     }
 
+    /// One node of several in its own network namespace `net` (`stoa serve --dev --config
+    /// config`, bound to and advertising the namespace's address, the same ports in every
+    /// namespace), under `taskset -c cpus` when given, its public URL its own address, the
+    /// Redis store at `redis_url`; waits (bounded) until it listens. Its output goes to `log`
+    /// when given.
+    pub fn spawn_in(
+        net: &crate::netns::NodeNet,
+        binary: &Path,
+        cpus: Option<&str>,
+        config: &Path,
+        redis_url: &str,
+        log: Option<&Path>,
+    ) -> Result<ServerProcess, ServerError> {
+        let http = SocketAddr::from((net.address, NAMESPACE_HTTP_PORT));
+        let mut command = match cpus {
+            Some(cpus) => {
+                let mut c = net.command("taskset");
+                c.args(["-c", cpus]).arg(binary);
+                c
+            }
+            None => net.command(binary),
+        };
+        clear_stoa_env(&mut command);
+        let data_dir = std::env::temp_dir().join(format!(
+            "stoa-bench-{}-node{}",
+            std::process::id(),
+            net.index
+        ));
+        std::fs::create_dir_all(&data_dir)?;
+        let (stdout, stderr) = outputs(log)?;
+        let child = command
+            .args(["serve", "--dev", "--config"])
+            .arg(config)
+            .args(["--bind-ip", &net.address.to_string(), "--http-port"])
+            .arg(NAMESPACE_HTTP_PORT.to_string())
+            .arg("--rtc-udp-port")
+            .arg(NAMESPACE_RTC_PORT.to_string())
+            .env("STOA_LOG_LEVEL", "warn")
+            .env("STOA_DATA_DIR", &data_dir)
+            .env("STOA_REDIS_URL", redis_url)
+            .env("STOA_PUBLIC_URL", format!("ws://{http}"))
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()?;
+        let mut server = ServerProcess {
+            child,
+            data_dir,
+            http,
+        };
+        wait_listening(server.http, &mut server.child)?;
+        Ok(server)
+    }
+
     /// Kills it with SIGKILL, as a crash would: no draining, its registry record left to
     /// expire.
     pub fn kill(&mut self) {
@@ -150,6 +193,99 @@ impl ServerProcess {
     /// The process id (that of `stoa` itself: `taskset` execs it).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+}
+
+/// The HTTP port of a node in its own network namespace.
+const NAMESPACE_HTTP_PORT: u16 = 7880;
+/// Its RTC UDP port.
+const NAMESPACE_RTC_PORT: u16 = 7882;
+
+/// Only flags and the caller decide a server's ports and keys: clear inherited STOA_* settings.
+fn clear_stoa_env(command: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("STOA_") {
+            command.env_remove(name);
+        }
+    }
+}
+
+/// A child's stdout and stderr: both into `log`, or nowhere.
+fn outputs(log: Option<&Path>) -> io::Result<(Stdio, Stdio)> {
+    Ok(match log {
+        Some(path) => {
+            let file = std::fs::File::create(path)?;
+            (Stdio::from(file.try_clone()?), Stdio::from(file))
+        }
+        None => (Stdio::null(), Stdio::null()),
+    })
+}
+
+/// A `redis-server` without persistence on `addr`, for the nodes of a run to share; killed
+/// when dropped.
+#[derive(Debug)]
+pub struct RedisProcess {
+    child: Child,
+    /// `redis://ADDR/`.
+    pub url: String,
+}
+
+impl RedisProcess {
+    /// Start it under `taskset -c cpus` when given, and wait (bounded) until it listens.
+    pub fn spawn(addr: SocketAddr, cpus: Option<&str>) -> Result<RedisProcess, ServerError> {
+        let mut child = pinned_command("redis-server", cpus)
+            .args(["--bind", &addr.ip().to_string(), "--port"])
+            .arg(addr.port().to_string())
+            // Bound to an address of a namespace the harness made, reachable from its nodes
+            // only; protected mode would refuse them (no password).
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        wait_listening(addr, &mut child)?;
+        Ok(RedisProcess {
+            child,
+            url: format!("redis://{addr}/"),
+        })
+    }
+
+    /// Start one on a free 127.0.0.1 port. The port is found with `bind(0)` and released, so
+    /// another process may take it first: a server that exits (it could not bind) is started
+    /// again on another port.
+    pub fn spawn_loopback(cpus: Option<&str>) -> Result<RedisProcess, ServerError> {
+        let mut last = None;
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            match RedisProcess::spawn(addr, cpus) {
+                Ok(mut redis) => {
+                    // One that cannot bind exits at once; whatever listens then is another's.
+                    std::thread::sleep(Duration::from_millis(150));
+                    if matches!(redis.child.try_wait(), Ok(None)) {
+                        return Ok(redis);
+                    }
+                    last = Some(ServerError::NotListening(addr));
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(ServerError::NotListening(SocketAddr::from((
+            [127, 0, 0, 1],
+            0,
+        )))))
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -289,8 +425,8 @@ pub struct RtpCounters {
     pub bytes_out: Option<f64>,
 }
 
-/// Scrape `/metrics` (blocking, bounded by a 2 s timeout); `None` when unavailable.
-pub fn scrape_rtp(http: SocketAddr) -> Option<RtpCounters> {
+/// The text of `/metrics` (blocking, bounded by a 2 s timeout); `None` when unavailable.
+fn scrape(http: SocketAddr) -> Option<String> {
     let timeout = Duration::from_secs(2);
     let mut stream = TcpStream::connect_timeout(&http, timeout).ok()?;
     stream.set_read_timeout(Some(timeout)).ok()?;
@@ -301,6 +437,29 @@ pub fn scrape_rtp(http: SocketAddr) -> Option<RtpCounters> {
     .ok()?;
     let mut text = String::new();
     stream.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// The value of the first series of `name` (any labels) on `/metrics`; `None` when the server
+/// has none (yet) or is unavailable.
+pub fn scrape_metric(http: SocketAddr, name: &str) -> Option<f64> {
+    let text = scrape(http)?;
+    metric_value(&text, name)
+}
+
+/// The value of the first series of `name` in Prometheus text.
+fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Scrape `/metrics` (blocking, bounded by a 2 s timeout); `None` when unavailable.
+pub fn scrape_rtp(http: SocketAddr) -> Option<RtpCounters> {
+    let text = scrape(http)?;
     let value = |name: &str| -> Option<f64> {
         text.lines()
             .filter(|l| l.starts_with(name))
@@ -327,6 +486,17 @@ mod tests {
             Some(51_200)
         );
         assert_eq!(parse_cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn reads_one_metric() {
+        let text = "# HELP x\ncontrol_relays_started_total_x 9\ncontrol_relays_started_total 2\n";
+        assert_eq!(
+            metric_value(text, "control_relays_started_total"),
+            Some(2.0)
+        );
+        assert_eq!(metric_value("a{b=\"c\"} 3\n", "a"), Some(3.0));
+        assert_eq!(metric_value(text, "absent"), None);
     }
 
     #[test]

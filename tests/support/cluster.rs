@@ -1,6 +1,6 @@
 //! Several `stoa serve` nodes on one real redis-server, and WebRTC clients (stoa-bench's)
 //! joined through the product path: what the multi-node tests (tests/nodes.rs, tests/edges.rs,
-//! tests/failover.rs) share.
+//! tests/failover.rs, tests/drain.rs, tests/roomwide.rs) share.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -25,6 +25,26 @@ pub fn server_token(keys: Keys) -> String {
         .expect("keys")
         .server_token(Duration::from_secs(3600))
         .expect("server token")
+}
+
+/// `POST /api/rooms/{room}/token` through `api` as user `identity` (a user token signed with
+/// `keys`): the grant's JSON (`url`, `token`, …).
+pub fn grant(keys: Keys, api: SocketAddr, room: &str, identity: &str) -> Value {
+    super::api::ok(
+        api,
+        "POST",
+        &format!("/api/rooms/{room}/token"),
+        &user_token(keys, identity),
+        None,
+    )
+}
+
+/// The media URL [`grant`] names for `identity`.
+pub fn media_url(keys: Keys, api: SocketAddr, room: &str, identity: &str) -> String {
+    grant(keys, api, room, identity)["url"]
+        .as_str()
+        .expect("a media URL")
+        .to_owned()
 }
 
 /// One `stoa serve` node and the URL it advertises.
