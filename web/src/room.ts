@@ -26,6 +26,8 @@ import { dismiss, toast } from './toast';
 import { InvitePanel } from './invitations';
 import { editDialog, lineUpEditor } from './planning';
 import { recurrenceText } from './recurrence';
+import { leftElsewhere, MOVE_CHECK_MS, MOVE_CHECKS, noteLeftElsewhere, REJOIN_DELAYS, rejoinReason } from './reconnect';
+import { microphoneProblem } from './microphone';
 
 /** The reactions people can send, with the word each stands for. */
 export const REACTIONS: [string, string][] = [
@@ -78,25 +80,6 @@ declare global {
   }
 }
 
-/** Explains why the microphone could not start, in words a listener can act on. */
-export function microphoneProblem(err: unknown): string {
-  const name = err instanceof Error ? err.name : '';
-  if (!window.isSecureContext) return 'Your browser only lets secure pages (https) use the microphone. Open this room over https to speak.';
-  switch (name) {
-    case 'NotAllowedError':
-    case 'PermissionDeniedError':
-      return 'Microphone access is blocked. Allow the microphone for this site (the icon next to the address bar), then press Unmute.';
-    case 'NotFoundError':
-    case 'DevicesNotFoundError':
-      return 'No microphone was found. Connect one, then press Unmute.';
-    case 'NotReadableError':
-    case 'TrackStartError':
-      return 'Your microphone is busy or unavailable; another app may be using it. Close it, then press Unmute.';
-    default:
-      return `The microphone could not start: ${err instanceof Error ? err.message : String(err)}`;
-  }
-}
-
 const onStage = (m: Member | null | undefined): boolean => Boolean(m && ON_STAGE.has(m.role));
 
 let chimeContext: AudioContext | null = null;
@@ -122,42 +105,6 @@ function chime(): void {
   } catch {
     // No audio output here: the toast, the badge and the tab title still tell.
   }
-}
-
-/** Where a page notes the room it left to join another (read by other pages of the browser). */
-const LEFT_ELSEWHERE = 'stoa.left-elsewhere';
-
-/** Whether a page of this browser just left room `id` to join another. */
-function leftElsewhere(id: string): boolean {
-  try {
-    const note = JSON.parse(localStorage.getItem(LEFT_ELSEWHERE) ?? 'null') as { room?: string; at?: number } | null;
-    return note?.room === id && typeof note.at === 'number' && Date.now() - note.at < 60_000;
-  } catch {
-    return false;
-  }
-}
-
-/**
- * Automatic rejoin after an unexpected disconnect (the node drained, restarted or died): the
- * delay before each attempt (ms), each stretched by a random share of up to half, so that a
- * node's members do not all come back in step. Six attempts over about half a minute.
- */
-const REJOIN_DELAYS = [0, 1000, 2000, 4000, 8000, 15000];
-
-/**
- * While livekit-client tries to resume its session at the same node, the page asks the API
- * every so often (ms, this many times) where the room's media is now: a node that died cannot
- * be resumed at, and the SDK's own attempts take about 45 s to give up.
- * (A minute in all: past it, the SDK's last attempts and {@link REJOIN_DELAYS} remain.)
- */
-const MOVE_CHECK_MS = 3000;
-const MOVE_CHECKS = 12;
-
-/** Why the connection ended, in the words of the rejoin banner. */
-function rejoinReason(reason?: DisconnectReason): string {
-  if (reason === DisconnectReason.MIGRATION) return 'Moving you to another server…';
-  if (reason === DisconnectReason.SERVER_SHUTDOWN) return 'The server is restarting. Reconnecting…';
-  return 'Connection lost. Reconnecting…';
 }
 
 class RoomController {
@@ -464,7 +411,7 @@ class RoomController {
         // Another page of this browser may hold the other room: tell it that this was a
         // leave, not a removal, so that it does not try to join again.
         try {
-          localStorage.setItem(LEFT_ELSEWHERE, JSON.stringify({ room: other.id, at: Date.now() }));
+          noteLeftElsewhere(other.id);
         } catch {
           // Storage off: the other page then offers to rejoin, as after any removal.
         }

@@ -515,11 +515,7 @@ impl Server {
         if reserved_topic(&packet) || packet.participant_identity.is_empty() {
             return false;
         }
-        let mut destinations = packet.destination_identities.clone();
-        #[allow(deprecated)]
-        if let Some(lk::data_packet::Value::User(user)) = &packet.value {
-            destinations.extend(user.destination_identities.iter().cloned());
-        }
+        let destinations = destinations(&packet);
         self.forward_data(
             &room,
             Some(session),
@@ -582,13 +578,12 @@ impl Server {
         }
         packet.participant_identity = sender.identity.clone();
         packet.participant_sid = sender.sid.clone();
-        let mut destinations = packet.destination_identities.clone();
+        let destinations = destinations(&packet);
         // Older clients read the sender from the deprecated per-packet fields.
         #[allow(deprecated)]
         if let Some(lk::data_packet::Value::User(user)) = &mut packet.value {
             user.participant_identity = sender.identity.clone();
             user.participant_sid = sender.sid.clone();
-            destinations.extend(user.destination_identities.iter().cloned());
         }
         let bytes = packet.encode_to_vec();
         // A client's packet also goes to the room's edges, whose listeners may be addressed,
@@ -656,6 +651,17 @@ pub(super) enum ToRelays {
     /// The server's own (RoomService `SendData`, reactions through the API): every node of the
     /// room is asked to send it to its own sessions, so relays are skipped.
     Skip,
+}
+
+/// The identities a data packet is addressed to (none: everyone), from the packet and from its
+/// deprecated user-packet field, which older clients still fill.
+pub(super) fn destinations(packet: &lk::DataPacket) -> Vec<String> {
+    let mut destinations = packet.destination_identities.clone();
+    #[allow(deprecated)]
+    if let Some(lk::data_packet::Value::User(user)) = &packet.value {
+        destinations.extend(user.destination_identities.iter().cloned());
+    }
+    destinations
 }
 
 /// Whether a client's packet names a server-only topic. A topic is named by user packets and

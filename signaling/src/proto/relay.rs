@@ -458,11 +458,7 @@ impl Server {
             self.stats.data_dropped += 1;
             return;
         };
-        let mut destinations = packet.destination_identities.clone();
-        #[allow(deprecated)]
-        if let Some(lk::data_packet::Value::User(user)) = &packet.value {
-            destinations.extend(user.destination_identities.iter().cloned());
-        }
+        let destinations = super::engine::destinations(&packet);
         self.forward_data(&room, None, &label, &destinations, data, ToRelays::Skip);
     }
 
