@@ -93,6 +93,11 @@ async fn redis_store_lists_living_nodes() {
     .await;
 }
 
+/// A store on `redis`, as each control plane of a test has its own connection.
+async fn store_at(redis: &RedisServer) -> Arc<dyn Store> {
+    Arc::new(RedisStore::connect(&redis.url, "stoa:").await.unwrap())
+}
+
 /// A load the test sets.
 #[derive(Debug, Default)]
 struct Load(AtomicU64);
@@ -136,11 +141,7 @@ async fn wait_nodes(control: &Control, what: &str, ok: impl Fn(&[Node]) -> bool)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_go_to_headroom_avoid_drained_nodes_and_leave_dead_ones() {
     let redis = RedisServer::start();
-    let connect = async || {
-        let store: Arc<dyn Store> =
-            Arc::new(RedisStore::connect(&redis.url, "stoa:").await.unwrap());
-        store
-    };
+    let connect = async || store_at(&redis).await;
     let (busy, idle) = (Arc::new(Load::default()), Arc::new(Load::default()));
     busy.0.store(60, Ordering::Relaxed);
     let a = start(connect().await, "ws://a.example:7880", &busy);
@@ -203,11 +204,7 @@ async fn rooms_go_to_headroom_avoid_drained_nodes_and_leave_dead_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_on_a_node_newer_than_the_cached_records_stays_there() {
     let redis = RedisServer::start();
-    let connect = async || {
-        let store: Arc<dyn Store> =
-            Arc::new(RedisStore::connect(&redis.url, "stoa:").await.unwrap());
-        store
-    };
+    let connect = async || store_at(&redis).await;
     let (busy, idle) = (Arc::new(Load::default()), Arc::new(Load::default()));
     busy.0.store(60, Ordering::Relaxed);
     let a = start(connect().await, "ws://a.example:7880", &busy);
@@ -246,11 +243,7 @@ async fn a_room_on_a_node_newer_than_the_cached_records_stays_there() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_listeners_fills_the_origin_then_spills_before_the_next_heartbeat() {
     let redis = RedisServer::start();
-    let connect = async || {
-        let store: Arc<dyn Store> =
-            Arc::new(RedisStore::connect(&redis.url, "stoa:").await.unwrap());
-        store
-    };
+    let connect = async || store_at(&redis).await;
     let keys = Keys::new(vec![("k".into(), "s".into())]).unwrap();
     let start = async |url: &str, load: &Arc<Load>| {
         let config = ControlConfig {
@@ -350,11 +343,7 @@ impl stoa_control::media::MediaPlane for Relays {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listeners_of_a_full_origin_go_to_an_edge_which_relays_the_room() {
     let redis = RedisServer::start();
-    let connect = async || {
-        let store: Arc<dyn Store> =
-            Arc::new(RedisStore::connect(&redis.url, "stoa:").await.unwrap());
-        store
-    };
+    let connect = async || store_at(&redis).await;
     let (a_load, b_load) = (Arc::new(Load::default()), Arc::new(Load::default()));
     b_load.0.store(50, Ordering::Relaxed);
     let keys = Keys::new(vec![("k".into(), "s".into())]).unwrap();

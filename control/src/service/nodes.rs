@@ -261,6 +261,8 @@ impl Control {
     /// connected who asks again after a reading counts twice until the next one: a listener
     /// may spill a moment early, never late.)
     pub(super) fn count_joining(&self, url: &str, user: &str) {
+        // The caller took them out before choosing; another request of theirs may have counted
+        // them again meanwhile.
         self.uncount(user);
         self.inner
             .node
