@@ -3,7 +3,7 @@
 //! origin; the next listeners' tokens name the other node, an edge, which relays the room
 //! from the origin when they join; every listener, on the origin and on the edge, hears the
 //! speaker (stoa-bench's WebRTC clients joined through the product path, counting the packets
-//! each receives). Then the origin is killed: the room moves to the edge at the host's next
+//! each receives); the speaker's own token is refused on the edge. Then the origin is killed: the room moves to the edge at the host's next
 //! token request and the edge's listeners, still connected, hear her again. Loopback only;
 //! every wait bounded.
 #![allow(
@@ -108,6 +108,19 @@ fn listeners_of_a_full_origin_go_to_an_edge_and_hear_the_speaker_through_the_rel
         WAIT,
         "the listener on the origin, still",
     );
+
+    // The host's own token, brought to the edge, is refused there with a reason: a room's
+    // speakers publish on its origin (what she published on the edge would reach its
+    // listeners alone).
+    let token = support::cluster::grant(KEYS, api, &room, "hana")["token"]
+        .as_str()
+        .expect("a media token")
+        .to_owned();
+    let (status, why) = support::SignalClient::connect(edge_api, &token)
+        .err()
+        .expect("a speaker is refused on the edge");
+    assert_eq!(status, 409, "{why}");
+    assert!(why.contains("origin"), "{why}");
 
     // The edge carries its two listeners; the origin still counts its own two people only
     // (the relay is not a listener there).

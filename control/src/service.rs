@@ -1074,6 +1074,14 @@ impl Control {
             ));
         }
         let view = room::participant_view(&doc, &user);
+        if view.as_ref().is_some_and(|(can_publish, _, _)| *can_publish) && self.is_edge_of(&doc) {
+            // A room's speakers publish on its origin, which relays them to its edges; what a
+            // speaker published on an edge would reach that edge's listeners alone.
+            return Err(ControlError::conflict(
+                "speak_on_origin",
+                "this room's speakers join on its origin node: ask POST /api/rooms/{id}/token where to connect",
+            ));
+        }
         if view.is_some() {
             // On an edge, the relay link opens the media room first, as the origin's: the
             // origin alone reports the room's start and end to webhooks.

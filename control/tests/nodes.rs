@@ -433,6 +433,12 @@ async fn listeners_of_a_full_origin_go_to_an_edge_which_relays_the_room() {
     // The host publishes: always on the origin.
     let grant = b.join(&uid("hana"), "Hana", &id).await.unwrap();
     assert_eq!(grant.media_url.as_deref(), origin);
+    // Should she come to the edge all the same (a stale URL, an SDK told another), the edge
+    // refuses her: what a speaker publishes there would reach its listeners alone.
+    let refused = b.admit(id.as_str(), "hana").await.unwrap_err();
+    assert_eq!((refused.status, refused.code), (409, "speak_on_origin"));
+    assert!(refused.message.contains("/token"), "{}", refused.message);
+    assert!(a.admit(id.as_str(), "hana").await.unwrap().is_some());
 
     // Admitted on the edge, a listener makes it relay the room from the origin (the media
     // plane keeps one link: asked again, it says so); on the origin nothing is relayed.

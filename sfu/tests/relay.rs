@@ -134,6 +134,8 @@ struct World {
     relay_offers: Vec<String>,
     /// The payloads each publisher sent (by publisher byte), in order.
     sent_payloads: Vec<Vec<Vec<u8>>>,
+    /// The destinations of the origin's RTP datagrams, one list per drain, in order.
+    origin_rtp: Vec<Vec<SocketAddr>>,
     steps: u64,
 }
 
@@ -177,6 +179,7 @@ impl World {
             front_forwarded: 0,
             relay_offers: Vec::new(),
             sent_payloads: Vec::new(),
+            origin_rtp: Vec::new(),
             steps: 0,
         }
     }
@@ -359,6 +362,16 @@ impl World {
                 }
                 let mut out = Datagrams::default();
                 self.sfu(node).poll_datagrams(&mut out);
+                if node == Node::Origin {
+                    let rtp: Vec<SocketAddr> = out
+                        .iter()
+                        .filter(|d| is_rtp(d.contents))
+                        .map(|d| d.destination)
+                        .collect();
+                    if !rtp.is_empty() {
+                        self.origin_rtp.push(rtp);
+                    }
+                }
                 for d in out.iter() {
                     progressed = true;
                     let p = Packet {
@@ -407,6 +420,7 @@ impl World {
                         offer,
                         single: true,
                         subscribe: Vec::new(),
+                        relay: true,
                     }
                 };
                 self.origin.handle_command(now, cmd);
@@ -906,6 +920,54 @@ fn linked_room(seed: u64, red: bool) -> (World, usize, usize, TrackId) {
     w.subscribe_on_edge(carol, ta, la);
     w.run_for(SEC / 2, |_| {});
     (w, alice, carol, ta)
+}
+
+/// The origin serves the relay link first in each fan-out, before its own listeners who
+/// subscribed earlier: the edge's listeners wait for one packet on the origin, not for its
+/// whole batch.
+#[test]
+fn origin_sends_to_the_relay_before_its_own_listeners() {
+    let mut w = World::new(25);
+    let alice = w.publisher("alice", Node::Origin, false);
+    let bob = w.listener("bob", Node::Origin);
+    let dan = w.listener("dan", Node::Origin);
+    w.run_until(10 * SEC, "clients connected", |w| w.clients_connected());
+    let track = w.origin_track(alice);
+    let now = w.now;
+    let peers = vec![w.peer(bob), w.peer(dan)];
+    w.origin.handle_command(
+        now,
+        EngineCommand::Subscribe {
+            track,
+            label: MediaLabel {
+                stream_id: "PA_alice|TR_alice".into(),
+                track_id: "TR_alice".into(),
+            },
+            peers,
+        },
+    );
+    w.pump();
+    w.link(1);
+    let la = w.relay_track_of(alice);
+    w.run_until(5 * SEC, "track relayed", |w| w.relayed_track(&la).is_some());
+    w.run_for(SEC / 2, |_| {});
+    w.origin_rtp.clear();
+    w.run_for(SEC, |w| w.send_audio(alice, 30));
+
+    assert!(!w.heard_from(bob, alice).is_empty(), "bob heard nothing");
+    assert!(!w.heard_from(dan, alice).is_empty(), "dan heard nothing");
+    let (bob_addr, dan_addr) = (w.clients[bob].0.addr, w.clients[dan].0.addr);
+    // Each of alice's packets is one drain with three RTP datagrams: the relay's and the
+    // two listeners'.
+    let fanouts: Vec<&Vec<SocketAddr>> = w.origin_rtp.iter().filter(|b| b.len() == 3).collect();
+    assert!(fanouts.len() >= 40, "{} fan-outs seen", fanouts.len());
+    for b in fanouts {
+        assert_eq!(b[0], w.edge_addr, "the relay is not served first: {b:?}");
+        assert!(
+            b[1..].contains(&bob_addr) && b[1..].contains(&dan_addr),
+            "{b:?}"
+        );
+    }
 }
 
 /// Packets lost and reordered on the origin → edge link: the listener hears every other

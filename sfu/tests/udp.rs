@@ -242,6 +242,7 @@ async fn publisher_is_heard_over_real_udp_across_shards() {
         offer,
         single: false,
         subscribe: Vec::new(),
+        relay: false,
     })
     .unwrap();
     let answer = next_answer(&mut events, pub_peer, &mut seen).await;

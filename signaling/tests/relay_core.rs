@@ -995,3 +995,43 @@ fn a_room_a_relay_link_opens_is_the_origins_to_report() {
         .unwrap();
     assert_eq!(room_hooks(&drain(&mut edge)), ["room_finished"]);
 }
+
+/// Whether each `AcceptOffer` in `outs` marks its peer as another node's relay link.
+fn accepted_as_relay(outs: &[Output]) -> Vec<bool> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Engine(EngineCommand::AcceptOffer { relay, .. }) => Some(*relay),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A `/rtc/v1` join with `offer` in its join request.
+fn join_single(s: &mut Server, now: Instant, c: Claims, offer: &SdpOffer) -> SessionId {
+    let mut params = parse_query("access_token=x&protocol=17&auto_subscribe=1").unwrap();
+    params.single_pc = true;
+    params.publisher_offer = Some(stoa_signaling::join::InitialOffer {
+        sdp: offer.to_sdp_string(),
+        id: 1,
+    });
+    s.connect(now, c, params).unwrap()
+}
+
+/// The origin tells its engine which connection is an edge's relay link (served first in each
+/// fan-out), and that a listener's is not.
+#[test]
+fn the_origin_marks_a_relay_link_for_its_engine() {
+    let t0 = Instant::now();
+    let mut origin = server(t0);
+    join(&mut origin, t0, claims("alice", "r", true));
+    drain(&mut origin);
+    let offer = some_offer(t0);
+    join_single(&mut origin, t0, claims("l1", "r", false), &offer);
+    assert_eq!(accepted_as_relay(&drain(&mut origin)), vec![false]);
+    let relay_claims = Claims {
+        iss: "key".into(),
+        ..stoa_signaling::token::relay_claims("edge-1", "r")
+    };
+    join_single(&mut origin, t0, relay_claims, &offer);
+    assert_eq!(accepted_as_relay(&drain(&mut origin)), vec![true]);
+}

@@ -150,17 +150,22 @@ impl Control {
         }
     }
 
+    /// Whether this node is an edge of room `doc`: the room's origin is another node.
+    pub(super) fn is_edge_of(&self, doc: &RoomDoc) -> bool {
+        let own = &self.inner.config.public_url;
+        doc.room
+            .media_url
+            .as_deref()
+            .is_some_and(|origin| !own.is_empty() && origin != own)
+    }
+
     /// After admitting someone into room `doc` on this node: when the room's origin is another
     /// node, this node is one of its edges and relays the room from there (once: the media
     /// plane keeps a running link, and makes it again after it ended).
     pub(super) async fn relay_if_edge(&self, doc: &RoomDoc) {
-        let own = &self.inner.config.public_url;
-        let Some(origin) = doc.room.media_url.as_deref() else {
+        let Some(origin) = doc.room.media_url.as_deref().filter(|_| self.is_edge_of(doc)) else {
             return;
         };
-        if own.is_empty() || origin == own {
-            return;
-        }
         match self.inner.media.relay(&doc.room.id, origin).await {
             Ok(true) => {
                 metrics::counter!(crate::telemetry::RELAYS_STARTED).increment(1);

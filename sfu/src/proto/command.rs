@@ -51,6 +51,10 @@ pub enum EngineCommand {
         /// offer's recvonly m-lines and the first answer already labels them, so a client
         /// joining a room with speakers needs no second negotiation.
         subscribe: Vec<(TrackId, MediaLabel)>,
+        /// The peer is another node's relay link (an edge relaying the room): each fan-out
+        /// serves its slots before any listener's, so the edge's listeners wait for one
+        /// packet here, not for this node's whole batch.
+        relay: bool,
     },
     /// Create `peer`; the engine makes the first offer ([`Event::Offer`]) with these data
     /// channels (LiveKit's subscriber connection).
@@ -300,10 +304,14 @@ impl Sfu {
                 offer,
                 single,
                 subscribe,
+                relay,
             } => {
                 let config = self.peer_config(publish);
                 match self.accept_offer_as(now, Some(peer), config, offer, single) {
                     Ok((peer, answer)) => {
+                        if let Some(p) = self.peers.get_mut(&peer) {
+                            p.serve_first = relay;
+                        }
                         for (track, label) in subscribe {
                             ignore(self.subscribe(now, peer, track, label).map(|_| ()));
                         }

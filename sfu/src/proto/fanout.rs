@@ -346,8 +346,15 @@ impl Sfu {
     }
 
     pub(super) fn fanout_add(&mut self, track: TrackId, peer: PeerId, slot: SlotId) {
+        let first = self.peers.get(&peer).is_some_and(|p| p.serve_first);
         let subs = self.fanout.entry(track).or_default();
-        subs.push((peer, slot));
+        if first {
+            // Another node's relay link: its packet leaves in the batch's first send, and that
+            // node's listeners wait no longer than this one's first.
+            subs.insert(0, (peer, slot));
+        } else {
+            subs.push((peer, slot));
+        }
         if subs.len() == 1 && track.shard() != self.config.shard {
             self.relays.push_back(Relay {
                 to: track.shard(),

@@ -325,6 +325,7 @@ impl Sfu {
                 single: false,
                 sections: Default::default(),
                 relay: None,
+                serve_first: false,
             }),
         );
         self.out.deadlines.insert((now, id));

@@ -220,6 +220,8 @@ pub(crate) struct Peer {
     /// Set on a relay peer: the engine's own full-ICE, offering connection to an origin
     /// (see `relay`).
     pub relay: Option<super::relay::RelayState>,
+    /// Served before other subscribers in each fan-out: another node's relay link.
+    pub serve_first: bool,
 }
 
 impl std::fmt::Debug for Peer {

@@ -9,6 +9,7 @@ use stoa_sfu::{EngineCommand, MediaLabel, Publish, TrackId};
 
 use super::session::{Leave, Pc};
 use super::{Server, SessionId};
+use crate::room::Participant;
 
 impl Server {
     /// A request from the client of `session`. Requests of unknown (ended) sessions are
@@ -128,6 +129,7 @@ impl Server {
                     offer,
                     single,
                     subscribe,
+                    relay: self.participant(session).is_some_and(Participant::is_relay),
                 }
             }
         };
