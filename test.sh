@@ -33,8 +33,8 @@ need_pkg iptables iptables
 need_pkg pebble pebble # ACME test server and its DNS (tests/acme.rs); never started as a service
 need_pkg opusdec opus-tools # the reference Ogg/Opus reader the recordings are checked with (egress/tests/files.rs)
 
-# npm packages of the browser end-to-end test (playwright-core, livekit-client,
-# livekit-server-sdk), pinned by tests/browser/package-lock.json. `npm ci` only when
+# npm packages of the browser end-to-end test and of tests/relay_browser.rs (playwright-core,
+# livekit-client, livekit-server-sdk), pinned by tests/browser/package-lock.json. `npm ci` only when
 # node_modules was not installed from this exact lock file.
 browser_lock=tests/browser/package-lock.json
 browser_stamp=tests/browser/node_modules/.stoa-installed-package-lock.json

@@ -647,9 +647,10 @@ async fn join(
     Ok(())
 }
 
-/// Wait (bounded) until the node records show the node at `url` with `count` participants,
-/// then for the token path's one-second cache of them; whether they did.
-async fn wait_full(
+/// Wait (bounded) until the node records show the node at `node` with `count` participants,
+/// then for the token path's one-second cache of them; whether they did. Placement reads those
+/// records, so a scenario that needs the next join placed by what it just joined waits here.
+pub async fn wait_full(
     api: SocketAddr,
     server: &str,
     clock: Clock,
@@ -667,8 +668,9 @@ async fn wait_full(
     full
 }
 
-/// Poll `GET /api/nodes` (bounded by [`WAIT`]) until `ok` holds of its records.
-async fn wait_records(
+/// Poll `GET /api/nodes` at `api` with the server token `server` (bounded by 30 s) until `ok`
+/// holds of its records; whether it did.
+pub async fn wait_records(
     api: SocketAddr,
     server: &str,
     clock: Clock,
@@ -689,7 +691,7 @@ async fn wait_records(
 }
 
 /// The record of the node whose public URL is `ws://{http}`.
-fn record(records: &[serde_json::Value], http: SocketAddr) -> Option<&serde_json::Value> {
+pub fn record(records: &[serde_json::Value], http: SocketAddr) -> Option<&serde_json::Value> {
     let url = format!("ws://{http}");
     records.iter().find(|r| r["public_url"] == url.as_str())
 }
