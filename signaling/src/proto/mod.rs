@@ -75,6 +75,10 @@ pub const TICK: Duration = Duration::from_millis(100);
 /// Every this many ticks, `RoomUpdate`s are sent and pings and room timeouts checked.
 const SLOW_TICKS: u64 = 5;
 
+/// At most one audience-size `RoomUpdate` per room this often (metadata and recording changes
+/// go out at once). LiveKit's server batches its room updates too (every few seconds).
+pub const ROOM_UPDATE_EVERY: Duration = Duration::from_secs(1);
+
 /// Topics of data packets only the server sends (`stoa.reaction`, the control plane's
 /// reactions, stamped with the reacting user): a client's packet on one is dropped.
 pub const RESERVED_TOPIC_PREFIX: &str = "stoa.";

@@ -34,7 +34,7 @@ use stoa_sfu::{EngineCommand, MediaLabel, PeerId, TrackId};
 
 use super::engine::ToRelays;
 use super::{Output, Server, ServiceError};
-use crate::room::{Participant, PublishedTrack};
+use crate::room::{Participant, PublishedTrack, Room};
 
 /// Identities of relay participants start with this (`node:{edge id}`).
 pub const RELAY_IDENTITY_PREFIX: &str = "node:";
@@ -176,6 +176,17 @@ impl Server {
         self.relays
             .get(room)
             .is_some_and(|l| l.mirrors.contains(psid))
+    }
+
+    /// How many of `room`'s `ACTIVE` participants are mirrors of another node's.
+    pub(super) fn active_mirrors_in(&self, room: &Room) -> usize {
+        self.relays.get(&room.name).map_or(0, |link| {
+            link.mirrors
+                .iter()
+                .filter_map(|sid| room.participants.get(sid))
+                .filter(|p| p.state == State::Active)
+                .count()
+        })
     }
 
     /// The room a relay peer feeds, if `peer` is one.

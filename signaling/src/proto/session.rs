@@ -176,8 +176,7 @@ impl Server {
         room.emptied_ms = None;
         room.dirty = true;
         let single = params.single_pc;
-        let join = lk::JoinResponse {
-            room: Some(room.info()),
+        let mut join = lk::JoinResponse {
             participant: Some(info.clone()),
             other_participants: others,
             server_version: ADVERTISED_LIVEKIT_VERSION.into(),
@@ -190,6 +189,7 @@ impl Server {
             server_info: Some(server_info()),
             ..Default::default()
         };
+        join.room = self.room_snapshot(&room_name);
         let session_id = self.new_session();
         self.send(session_id, signal_response::Message::Join(join));
         self.by_participant.insert(sid.clone(), session_id);
