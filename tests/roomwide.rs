@@ -15,6 +15,8 @@
 //! - the host's kick through the origin's `/api` ends a session on the edge;
 //! - webhooks (both nodes send to one receiver) tell of the room's start once and of each
 //!   connected person's join once, never of the relay;
+//! - a speaker on the origin sees the edge's listener as a participant (announced over the
+//!   relay link), once, and sees him leave;
 //! - clients on either node see the same room-wide `Room.num_participants` and
 //!   `num_publishers` in their `RoomUpdate`s (everyone connected once, as `/api` counts the
 //!   present), and a leave on the edge is counted on the origin.
@@ -387,9 +389,25 @@ fn a_room_over_two_nodes_is_one_room_to_the_room_service_and_the_api() {
     );
     let (url, token) = grant(edge_api, &room, "kim");
     assert_eq!(url, origin, "a speaker's token names the origin");
-    let (_kim_there, join) = SignalClient::join(origin_api, &token);
-    let me = join.participant.unwrap();
-    assert!(me.permission.unwrap().can_publish, "she may speak there");
+    let (mut kim_there, join) = SignalClient::join(origin_api, &token);
+    let me = join.participant.as_ref().unwrap();
+    assert!(
+        me.permission.as_ref().unwrap().can_publish,
+        "she may speak there"
+    );
+    // A speaker on the origin sees the room's people wherever they are: mo, a listener of
+    // the edge, announced by it over the relay link, once.
+    let seen: Vec<&str> = join
+        .other_participants
+        .iter()
+        .map(|p| p.identity.as_str())
+        .collect();
+    assert_eq!(
+        seen.iter().filter(|i| **i == "mo").count(),
+        1,
+        "the edge's listener seen on the origin: {seen:?}"
+    );
+    assert!(!seen.iter().any(|i| i.starts_with("node:")), "{seen:?}");
 
     // The host kicks the edge's WebRTC listener through the origin's API: the edge ends it,
     // and the origin's clients count him gone.
@@ -415,5 +433,8 @@ fn a_room_over_two_nodes_is_one_room_to_the_room_service_and_the_api() {
         |r| r["removed"].as_array().is_some_and(|a| a.len() == 1),
     );
     wait_counted(&mut at_origin[0], 2, 1, "the origin's snapshot without mo");
+    kim_there.wait_participant("mo", "mo gone for the origin's speaker", |p| {
+        p.state == lk::participant_info::State::Disconnected as i32
+    });
     drop(clients);
 }

@@ -13,12 +13,14 @@ use std::time::{Duration, Instant};
 use livekit_protocol as lk;
 use livekit_protocol::participant_info::State;
 use livekit_protocol::signal_response;
+use prost::Message as _;
 use stoa_sfu::str0m::RtcConfig;
 use stoa_sfu::str0m::media::{Direction, MediaKind};
 use stoa_sfu::{EngineCommand, Event};
 use stoa_signaling::join::parse_query;
 use stoa_signaling::proto::{
-    AdminOp, AdminReply, Output, ROOM_UPDATE_EVERY, RelayOutput, Server, ServerConfig, SessionId,
+    AdminOp, AdminReply, Output, ParticipantUpdate, ROOM_UPDATE_EVERY, ROSTER_BATCH,
+    ROSTER_PACKETS_PER_TICK, ROSTER_TOPIC, RelayOutput, Server, ServerConfig, SessionId,
 };
 use stoa_signaling::token::{Claims, VideoGrants};
 
@@ -228,15 +230,8 @@ fn a_join_storm_updates_each_client_once_a_second() {
     assert_eq!(seen.last().map(|(_, c)| *c), Some((1 + 300 + 299 * 2, 0)));
 }
 
-#[test]
-fn an_edge_counts_its_mirror_of_the_origins_speaker_once() {
-    let t0 = Instant::now();
-    let mut now = t0;
-    let mut edge = server(t0);
-    let listener = join(&mut edge, now, claims("l1", "r", false));
-    drain(&mut edge);
-
-    // The edge relays the room from its origin, which shows it one speaker.
+/// The edge relays room "r" from an origin: its relay peer, the link open.
+fn link(edge: &mut Server, now: Instant) -> stoa_sfu::PeerId {
     edge.handle_admin(
         now,
         AdminOp::RelayFrom {
@@ -245,7 +240,7 @@ fn an_edge_counts_its_mirror_of_the_origins_speaker_once() {
         },
     )
     .unwrap();
-    let relay_peer = drain(&mut edge)
+    let relay_peer = drain(edge)
         .iter()
         .find_map(|o| match o {
             Output::Engine(EngineCommand::CreateRelayPeer { peer, .. }) => Some(*peer),
@@ -265,10 +260,23 @@ fn an_edge_counts_its_mirror_of_the_origins_speaker_once() {
         },
     );
     assert!(
-        drain(&mut edge)
+        drain(edge)
             .iter()
             .any(|o| matches!(o, Output::Relay(RelayOutput::Open { .. })))
     );
+    relay_peer
+}
+
+#[test]
+fn an_edge_counts_its_mirror_of_the_origins_speaker_once() {
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut edge = server(t0);
+    let listener = join(&mut edge, now, claims("l1", "r", false));
+    drain(&mut edge);
+
+    // The edge relays the room from its origin, which shows it one speaker.
+    link(&mut edge, now);
     let speaker = lk::ParticipantInfo {
         sid: "PA_s".into(),
         identity: "alice".into(),
@@ -308,4 +316,164 @@ fn an_edge_counts_its_mirror_of_the_origins_speaker_once() {
     let outs = run(&mut edge, &mut now, ROOM_UPDATE_EVERY);
     assert_eq!(room_updates(&outs, late), vec![(6, 1)]);
     assert_eq!(room_updates(&outs, listener), vec![(6, 1)]);
+}
+
+/// The roster announcements the edge sent to the origin on `peer`'s channel among `outs`:
+/// one `ParticipantUpdate` per packet.
+fn announcements(outs: &[Output], peer: stoa_sfu::PeerId) -> Vec<Vec<lk::ParticipantInfo>> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Engine(EngineCommand::SendData { targets, data, .. })
+                if targets.iter().any(|(p, _)| *p == peer) =>
+            {
+                let packet = lk::DataPacket::decode(&data[..]).ok()?;
+                match packet.value? {
+                    lk::data_packet::Value::User(u) if u.topic.as_deref() == Some(ROSTER_TOPIC) => {
+                        Some(
+                            lk::ParticipantUpdate::decode(u.payload.as_slice())
+                                .ok()?
+                                .participants,
+                        )
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_edge_announces_the_people_it_holds_to_the_origin_in_batches() {
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut edge = server(t0);
+    join(&mut edge, now, claims("first", "r", false));
+    drain(&mut edge);
+    let relay_peer = link(&mut edge, now);
+
+    // Before the link's reliable channel opens, nothing can go; once it does, everyone held
+    // here is announced (a new link is a new relay session on the origin).
+    for i in 0..99 {
+        join(&mut edge, now, claims(&format!("l{i}"), "r", false));
+    }
+    let outs = run(&mut edge, &mut now, TICK);
+    assert!(announcements(&outs, relay_peer).is_empty());
+    let mut rtc = RtcConfig::new().build(now);
+    let channel = rtc.sdp_api().add_channel("_reliable".into());
+    edge.handle_engine_event(
+        now,
+        Event::ChannelOpen {
+            peer: relay_peer,
+            channel,
+            label: "_reliable".into(),
+        },
+    );
+    let outs = run(&mut edge, &mut now, TICK);
+    let packets = announcements(&outs, relay_peer);
+    assert_eq!(
+        packets.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![ROSTER_BATCH, 100 - ROSTER_BATCH],
+        "one snapshot per person, in packets of at most {ROSTER_BATCH}"
+    );
+    let mut identities: Vec<String> = packets.concat().into_iter().map(|p| p.identity).collect();
+    identities.sort();
+    identities.dedup();
+    assert_eq!(identities.len(), 100, "each once");
+
+    // Quiet: nothing more. A change and a leave: one snapshot each, the newest.
+    let outs = run(&mut edge, &mut now, ROOM_UPDATE_EVERY);
+    assert!(announcements(&outs, relay_peer).is_empty());
+    edge.handle_admin(
+        now,
+        AdminOp::UpdateParticipant {
+            room: "r".into(),
+            identity: "l7".into(),
+            update: Box::new(ParticipantUpdate {
+                metadata: "seat b7".into(),
+                ..Default::default()
+            }),
+        },
+    )
+    .unwrap();
+    edge.handle_admin(
+        now,
+        AdminOp::UpdateParticipant {
+            room: "r".into(),
+            identity: "l7".into(),
+            update: Box::new(ParticipantUpdate {
+                metadata: "seat c3".into(),
+                ..Default::default()
+            }),
+        },
+    )
+    .unwrap();
+    edge.handle_admin(
+        now,
+        AdminOp::RemoveParticipant {
+            room: "r".into(),
+            identity: "first".into(),
+        },
+    )
+    .unwrap();
+    let outs = run(&mut edge, &mut now, TICK);
+    let sent = announcements(&outs, relay_peer).concat();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    let l7 = sent.iter().find(|p| p.identity == "l7").unwrap();
+    assert_eq!(l7.metadata, "seat c3");
+    let gone = sent.iter().find(|p| p.identity == "first").unwrap();
+    assert_eq!(gone.state, State::Disconnected as i32);
+
+    // The link ends: nothing is kept for it; a new link's channel announces everyone again.
+    edge.handle_admin(now, AdminOp::StopRelay { room: "r".into() })
+        .unwrap();
+    join(&mut edge, now, claims("late", "r", false));
+    let relay_peer = link(&mut edge, now);
+    let outs = run(&mut edge, &mut now, TICK);
+    assert!(announcements(&outs, relay_peer).is_empty());
+    let mut rtc = RtcConfig::new().build(now);
+    let channel = rtc.sdp_api().add_channel("_reliable".into());
+    edge.handle_engine_event(
+        now,
+        Event::ChannelOpen {
+            peer: relay_peer,
+            channel,
+            label: "_reliable".into(),
+        },
+    );
+    let outs = run(&mut edge, &mut now, TICK);
+    assert_eq!(announcements(&outs, relay_peer).concat().len(), 100);
+}
+
+#[test]
+fn an_edge_spreads_a_large_first_announcement_over_ticks() {
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut edge = server(t0);
+    let relay_peer = link(&mut edge, now);
+    let n = ROSTER_BATCH * ROSTER_PACKETS_PER_TICK * 2 + 10;
+    for i in 0..n {
+        join(&mut edge, now, claims(&format!("l{i}"), "r", false));
+    }
+    let mut rtc = RtcConfig::new().build(now);
+    let channel = rtc.sdp_api().add_channel("_reliable".into());
+    edge.handle_engine_event(
+        now,
+        Event::ChannelOpen {
+            peer: relay_peer,
+            channel,
+            label: "_reliable".into(),
+        },
+    );
+    let mut per_tick = Vec::new();
+    for _ in 0..5 {
+        let outs = run(&mut edge, &mut now, TICK);
+        per_tick.push(announcements(&outs, relay_peer).concat().len());
+    }
+    let full = ROSTER_BATCH * ROSTER_PACKETS_PER_TICK;
+    assert_eq!(
+        per_tick,
+        vec![full, full, 10, 0, 0],
+        "bounded a tick, all sent"
+    );
 }

@@ -473,7 +473,11 @@ impl Server {
     /// rate, on a server-only topic or undecodable are dropped and counted.
     fn data_packet(&mut self, peer: PeerId, channel: ChannelId, data: &[u8]) {
         if self.is_relay_session(peer) {
-            // Another node's clients' data, each sender admitted and rate-limited there.
+            // An edge's participants (`roster`), or its clients' data, each sender admitted
+            // and rate-limited there.
+            if self.roster_packet(peer, data) {
+                return;
+            }
             if !self.forward_relayed_data(peer, channel, data) {
                 self.stats.data_dropped += 1;
             }

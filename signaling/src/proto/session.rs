@@ -127,6 +127,16 @@ impl Server {
         let room_name = claims.video.room.clone();
         let identity = claims.sub.clone();
         self.admit(&room_name, &identity)?;
+        // Someone another node announced is here now (an edge's listener sent to the origin).
+        if let Some(sid) = self
+            .rooms
+            .get(&room_name)
+            .and_then(|r| r.by_identity(&identity))
+            .map(|p| p.sid.clone())
+            .filter(|sid| self.is_announced(&room_name, sid))
+        {
+            self.drop_announced(&room_name, &sid);
+        }
         let duplicate = self
             .rooms
             .get(&room_name)
@@ -367,6 +377,8 @@ impl Server {
         }
         s.span
             .in_scope(|| tracing::info!(reason = why, "participant left"));
+        // A relay session's announced participants (an edge's) leave with it.
+        self.drop_roster_of(&s.room, session);
         self.remove_participant(&s.room, &s.participant, reason);
     }
 
@@ -421,6 +433,9 @@ impl Server {
             .map(|v| v.sid.clone())
             .collect();
         self.send_update(&viewers, vec![info.clone()]);
+        if !gone.is_relay() {
+            self.roster_left(room_name, &info);
+        }
         for (track_sid, track) in tapped {
             self.untap_if_recorded(room_name, &gone.identity, &track_sid, track);
         }

@@ -27,6 +27,8 @@ impl Server {
         let viewers = r.viewers_of(p);
         let info = p.info();
         self.send_update(&viewers, vec![info]);
+        // On an edge, the origin learns of it too.
+        self.roster_changed(room, psid);
     }
 
     /// Queue snapshots for `viewers` (participant sids); a newer snapshot of the same
@@ -191,6 +193,7 @@ impl Server {
         for session in sessions {
             self.flush_updates(session);
         }
+        self.flush_roster();
         self.ticks += 1;
         if !self.ticks.is_multiple_of(SLOW_TICKS) {
             return;
