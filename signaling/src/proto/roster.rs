@@ -213,6 +213,7 @@ impl Server {
         let psid = mirror.sid.clone();
         r.insert(mirror);
         r.emptied_ms = None;
+        r.dirty = true;
         self.roster_in
             .entry(room.to_owned())
             .or_default()
@@ -238,6 +239,7 @@ impl Server {
         let Some(mut gone) = r.remove(psid) else {
             return;
         };
+        r.dirty = true;
         gone.state = State::Disconnected;
         gone.touch();
         self.send_update(&viewers, vec![gone.info()]);
