@@ -378,7 +378,14 @@ impl Server {
         s.span
             .in_scope(|| tracing::info!(reason = why, "participant left"));
         // A relay session's announced participants (an edge's) leave with it.
-        self.drop_roster_of(&s.room, session);
+        let relay = self
+            .rooms
+            .get(&s.room)
+            .and_then(|r| r.participants.get(&s.participant))
+            .is_some_and(Participant::is_relay);
+        if relay {
+            self.drop_roster_of(&s.room, session);
+        }
         self.remove_participant(&s.room, &s.participant, reason);
     }
 
