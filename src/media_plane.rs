@@ -177,6 +177,17 @@ impl MediaPlane for LocalMedia {
             .map_err(media_err)
     }
 
+    async fn present_elsewhere(
+        &self,
+        room: &stoa_control::model::RoomId,
+        participants: u32,
+    ) -> Result<bool, MediaError> {
+        self.signaling
+            .present_elsewhere(room.as_str(), participants)
+            .await
+            .map_err(media_err)
+    }
+
     async fn migrate(
         &self,
         room: &stoa_control::model::RoomId,

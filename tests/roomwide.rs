@@ -14,7 +14,12 @@
 //!   origin, where she joins allowed to publish;
 //! - the host's kick through the origin's `/api` ends a session on the edge;
 //! - webhooks (both nodes send to one receiver) tell of the room's start once and of each
-//!   connected person's join once, never of the relay.
+//!   connected person's join once, never of the relay;
+//! - a speaker on the origin sees the edge's listener as a participant (announced over the
+//!   relay link), once, and sees him leave;
+//! - clients on either node see the same room-wide `Room.num_participants` and
+//!   `num_publishers` in their `RoomUpdate`s (everyone connected once, as `/api` counts the
+//!   present), and a leave on the edge is counted on the origin.
 //!
 //! Loopback only; every wait bounded.
 #![allow(
@@ -113,6 +118,27 @@ fn wait_listed(addr: SocketAddr, room: &str, want: &[&str], what: &str) {
         assert!(Instant::now() < deadline, "{what}: listed {ids:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Waits (bounded) for a `RoomUpdate` telling `client` the room has `participants` people
+/// connected, `publishers` of whom may publish.
+fn wait_counted(client: &mut SignalClient, participants: u32, publishers: u32, what: &str) {
+    let mut last = None;
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        let counts = client.wait_for(what, |m| match m {
+            lk::signal_response::Message::RoomUpdate(u) => u
+                .room
+                .as_ref()
+                .map(|r| (r.num_participants, r.num_publishers)),
+            _ => None,
+        });
+        if counts == (participants, publishers) {
+            return;
+        }
+        last = Some(counts);
+    }
+    panic!("{what}: the room's snapshot said {last:?}");
 }
 
 /// Waits for the `Leave` the server sends `client`; its reason.
@@ -239,6 +265,25 @@ fn a_room_over_two_nodes_is_one_room_to_the_room_service_and_the_api() {
         want.sort_unstable();
         assert_eq!(names, want, "{all}");
     }
+    // Clients see the same room-wide snapshot on either node, by the control plane's one
+    // rule of presence (a person counts once connected, as `/api` counts the present): hana
+    // and lee on the origin, mo on the edge, each once (the edge's mirror of hana not again,
+    // the relay never; the signaling-only clients not, as they never connect), the host
+    // publishing. (Each node alone would say 4 and 5.)
+    let present = get_until(
+        api,
+        &format!("/api/rooms/{room}"),
+        &user("hana"),
+        "three present",
+        |r| r["present"] == 3,
+    );
+    assert_eq!(present["present"], 3, "{present}");
+    for (who, c) in at_origin.iter_mut().enumerate() {
+        wait_counted(c, 3, 1, &format!("origin listener {who}'s room snapshot"));
+    }
+    for (who, c) in on_edge.iter_mut() {
+        wait_counted(c, 3, 1, &format!("{who}'s room snapshot on the edge"));
+    }
     // Someone on the other node is found; the host through the edge is the origin's record
     // of her, with her track.
     let kim = twirp_ok(
@@ -344,11 +389,29 @@ fn a_room_over_two_nodes_is_one_room_to_the_room_service_and_the_api() {
     );
     let (url, token) = grant(edge_api, &room, "kim");
     assert_eq!(url, origin, "a speaker's token names the origin");
-    let (_kim_there, join) = SignalClient::join(origin_api, &token);
-    let me = join.participant.unwrap();
-    assert!(me.permission.unwrap().can_publish, "she may speak there");
+    let (mut kim_there, join) = SignalClient::join(origin_api, &token);
+    let me = join.participant.as_ref().unwrap();
+    assert!(
+        me.permission.as_ref().unwrap().can_publish,
+        "she may speak there"
+    );
+    // A speaker on the origin sees the room's people wherever they are: mo, a listener of
+    // the edge, announced by it over the relay link, once.
+    let seen: Vec<&str> = join
+        .other_participants
+        .iter()
+        .map(|p| p.identity.as_str())
+        .collect();
+    assert_eq!(
+        seen.iter().filter(|i| **i == "mo").count(),
+        1,
+        "the edge's listener seen on the origin: {seen:?}"
+    );
+    assert!(!seen.iter().any(|i| i.starts_with("node:")), "{seen:?}");
 
-    // The host kicks the edge's WebRTC listener through the origin's API: the edge ends it.
+    // The host kicks the edge's WebRTC listener through the origin's API: the edge ends it,
+    // and the origin's clients count him gone.
+    at_origin[0].ping();
     clients.lost = 1;
     ok(
         origin_api,
@@ -369,5 +432,9 @@ fn a_room_over_two_nodes_is_one_room_to_the_room_service_and_the_api() {
         "the room's view without mo",
         |r| r["removed"].as_array().is_some_and(|a| a.len() == 1),
     );
+    wait_counted(&mut at_origin[0], 2, 1, "the origin's snapshot without mo");
+    kim_there.wait_participant("mo", "mo gone for the origin's speaker", |p| {
+        p.state == lk::participant_info::State::Disconnected as i32
+    });
     drop(clients);
 }

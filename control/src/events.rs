@@ -199,4 +199,19 @@ pub struct BusMessage {
     /// their listeners re-link to it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub moved: Vec<(crate::model::RoomId, String)>,
+    /// Rooms whose presence changed, with their members connected now per instance: every
+    /// node tells its media plane how many are connected elsewhere, so that clients' room
+    /// snapshots count the whole room (`service/audience.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub presence: Vec<RoomPresence>,
+}
+
+/// A room's members connected now, by the instance whose media plane holds them (the
+/// header's `Counts::instances`), after a change of presence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomPresence {
+    /// The room.
+    pub room: RoomId,
+    /// Members connected now, by instance.
+    pub instances: std::collections::BTreeMap<String, u32>,
 }

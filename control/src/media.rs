@@ -111,6 +111,18 @@ pub trait MediaPlane: Send + Sync + std::fmt::Debug {
         Ok(false)
     }
 
+    /// `participants` members of `room` are connected through other nodes (the room spans
+    /// nodes: an origin and edges): the room's clients here count them with this node's own
+    /// in their room snapshot (LiveKit `Room.num_participants`). Returns whether the room is
+    /// open here; a media plane that cannot tell its clients ignores it.
+    async fn present_elsewhere(
+        &self,
+        _room: &RoomId,
+        _participants: u32,
+    ) -> Result<bool, MediaError> {
+        Ok(false)
+    }
+
     /// Moves up to `limit` of `room`'s members connected to this node elsewhere: each is told
     /// to leave (LiveKit's `MIGRATION` reason, publishers first) and asks for a new token.
     /// Returns how many were told; a media plane that cannot tell them moves nobody.

@@ -248,6 +248,7 @@ pub async fn fan_out(store: &dyn Store, origin: &str, job: &Job) -> Result<usize
                         events: Vec::new(),
                         notices: vec![(fresh, job.notification.clone())],
                         moved: Vec::new(),
+                        presence: Vec::new(),
                     })
                     .await?;
             }

@@ -20,6 +20,7 @@ use crate::schedule::Schedule;
 use crate::store::{AudiencePage, AuditEntry, Follow, Store};
 use crate::view::{self, RoomView};
 
+mod audience;
 mod drain;
 mod edges;
 mod invitations;
@@ -897,19 +898,7 @@ impl Control {
     }
 
     async fn publish(&self, effects: Effects) -> Result<(), ControlError> {
-        if effects.media.is_empty() && effects.events.is_empty() {
-            return Ok(());
-        }
-        self.inner
-            .store
-            .publish(&BusMessage {
-                origin: self.inner.instance.clone(),
-                media: effects.media,
-                events: effects.events,
-                notices: Vec::new(),
-                moved: Vec::new(),
-            })
-            .await
+        self.publish_with(effects, Vec::new()).await
     }
 
     /// Joins `user` to room `id` (one active room per user) and mints their media token.
@@ -1099,6 +1088,8 @@ impl Control {
             {
                 tracing::warn!(room = %id, error = %e, "media room not created");
             }
+            // The joining client's snapshot counts those connected through other nodes.
+            self.present_elsewhere(&id, &doc.counts().instances).await;
         }
         match view {
             Some(view) => Ok(Some(view)),
@@ -1208,6 +1199,7 @@ impl Control {
             seat_grace_ms: self.inner.config.seat_grace * 1000,
         };
         metrics::histogram!(crate::telemetry::MEDIA_EVENTS_GROUP).record(commands.len() as f64);
+        let mut present = None;
         let mut effects = self
             .inner
             .store
@@ -1219,6 +1211,12 @@ impl Control {
                     all.events.extend(fx.events);
                     all.released.extend(fx.released);
                 }
+                // Presence changed: every node's clients learn the room-wide count.
+                present = all
+                    .events
+                    .iter()
+                    .any(|e| matches!(e, Event::Audience { .. }))
+                    .then(|| doc.counts().instances);
                 Ok(all)
             })
             .await?;
@@ -1246,7 +1244,14 @@ impl Control {
                 data,
             });
         }
-        self.publish(effects).await
+        let presence = present
+            .map(|instances| crate::events::RoomPresence {
+                room: id.clone(),
+                instances,
+            })
+            .into_iter()
+            .collect();
+        self.publish_with(effects, presence).await
     }
 
     /// Ends the one-active-room claims of `users` on room `id`, many at once (ending a big
@@ -1401,6 +1406,13 @@ async fn consume(inner: std::sync::Weak<Inner>, mut rx: broadcast::Receiver<BusM
         for (users, notification) in &message.notices {
             inner.streams.deliver(users, notification);
         }
+        if !message.presence.is_empty() {
+            Control {
+                inner: inner.clone(),
+            }
+            .tell_presence(&message.presence)
+            .await;
+        }
         for (room, to) in message.moved {
             let control = Control {
                 inner: inner.clone(),
@@ -1453,6 +1465,7 @@ async fn sweep(inner: std::sync::Weak<Inner>) {
             control.forget_dead_instances(doc).await;
         }
         control.keep_relays(&rooms).await;
+        control.keep_presence(&rooms).await;
         let present = rooms.iter().map(|d| d.counts().present as usize).sum();
         crate::telemetry::rooms(rooms.len(), None, present);
         control.idle_rooms(&rooms, now).await;

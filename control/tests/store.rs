@@ -272,6 +272,7 @@ async fn behaves(store: &dyn Store) {
         }],
         notices: vec![],
         moved: vec![],
+        presence: vec![],
     };
     store.publish(&message).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
@@ -869,6 +870,7 @@ async fn redis_bus_reaches_the_other_instance() {
         notices: vec![],
         // A room's move travels with it (edges re-link on it).
         moved: vec![(RoomId::random(), "ws://127.0.0.1:7881".into())],
+        presence: vec![],
     };
     a.publish(&message).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(5), rx_b.recv())

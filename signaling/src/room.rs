@@ -77,6 +77,11 @@ impl Participant {
                     .contains(&(lk::TrackSource::Microphone as i32)))
     }
 
+    /// Whether the room counts this participant as `ACTIVE` (relay links never).
+    fn counts_active(&self) -> bool {
+        self.state == State::Active && !self.is_relay()
+    }
+
     /// Whether this is another node's relay link (a hidden participant with a relay
     /// identity, see `proto::relay`): not shown, counted or reported as a participant.
     pub fn is_relay(&self) -> bool {
@@ -198,10 +203,22 @@ pub struct Room {
     /// How many participants are other nodes' relay links ([`Participant::is_relay`]): not
     /// counted as participants.
     relays: usize,
+    /// How many participants (relay links not counted) are `ACTIVE`: connected, not only
+    /// signaling (what the control plane's presence counts, `participant_joined`).
+    active: usize,
     /// When the last participant left (Unix ms), if anyone ever joined.
     pub emptied_ms: Option<i64>,
     /// The audience size changed since the last `RoomUpdate`.
     pub dirty: bool,
+    /// People connected to this room through other nodes (a relayed room's origin and edges),
+    /// as the control plane last counted them (`AdminOp::PresentElsewhere`); `None` until it
+    /// said, and for rooms it does not own: the snapshot then counts this node's participants
+    /// and mirrors, as a room on one node.
+    pub elsewhere: Option<u32>,
+    /// When the last `RoomUpdate` went out (Unix ms), and the counts it carried
+    /// (`num_participants`, `num_publishers`): audience changes reach clients at most once per
+    /// [`crate::proto::ROOM_UPDATE_EVERY`], and not at all when the counts did not change.
+    pub last_update: Option<(i64, u32, u32)>,
     /// Whether the room is being recorded (`Room.active_recording`).
     pub recording: bool,
     /// Who speaks now, by participant sid, as the engine last reported. `SpeakersChanged`
@@ -232,8 +249,11 @@ impl Room {
             identities: HashMap::new(),
             notable: BTreeSet::new(),
             relays: 0,
+            active: 0,
             emptied_ms: None,
             dirty: false,
+            elsewhere: None,
+            last_update: None,
             recording: false,
             speakers: BTreeMap::new(),
         }
@@ -244,8 +264,10 @@ impl Room {
         if let Some(old) = self.participants.get(&p.sid) {
             self.identities.remove(&old.identity);
             self.relays = self.relays.saturating_sub(usize::from(old.is_relay()));
+            self.active = self.active.saturating_sub(usize::from(old.counts_active()));
         }
         self.relays += usize::from(p.is_relay());
+        self.active += usize::from(p.counts_active());
         self.identities.insert(p.identity.clone(), p.sid.clone());
         let sid = p.sid.clone();
         self.participants.insert(sid.clone(), p);
@@ -256,6 +278,7 @@ impl Room {
     pub fn remove(&mut self, sid: &str) -> Option<Participant> {
         let p = self.participants.remove(sid)?;
         self.relays = self.relays.saturating_sub(usize::from(p.is_relay()));
+        self.active = self.active.saturating_sub(usize::from(p.counts_active()));
         if self.identities.get(&p.identity).is_some_and(|s| s == sid) {
             self.identities.remove(&p.identity);
         }
@@ -304,6 +327,38 @@ impl Room {
         Ok(())
     }
 
+    /// Marks participant `sid` `ACTIVE` (its client connected). Returns its snapshot if it
+    /// was not already.
+    pub fn activate(&mut self, sid: &str) -> Option<lk::ParticipantInfo> {
+        let p = self.participants.get_mut(sid)?;
+        if p.state == State::Active {
+            return None;
+        }
+        p.state = State::Active;
+        p.touch();
+        let info = p.info();
+        self.active += usize::from(!p.is_relay());
+        Some(info)
+    }
+
+    /// How many participants are `ACTIVE`, relay links not counted (mirrors are: they are
+    /// their origin's snapshots).
+    pub fn active(&self) -> usize {
+        self.active
+    }
+
+    /// How many `ACTIVE` participants may publish (mirrors of another node's publishers
+    /// included, relay links never): O(publishers and admins).
+    pub fn active_publishers(&self) -> u32 {
+        let n = self
+            .notable
+            .iter()
+            .filter_map(|sid| self.participants.get(sid))
+            .filter(|p| p.counts_active() && p.can_publish())
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
     /// How many participants the room has, other nodes' relay links not counted.
     pub fn len(&self) -> usize {
         self.participants.len().saturating_sub(self.relays)
@@ -327,7 +382,9 @@ impl Room {
             .count() as u32
     }
 
-    /// The room snapshot clients receive.
+    /// The room's snapshot as this node alone sees it: its participants and mirrors counted
+    /// (relay links not). Clients receive [`crate::proto::Server::room_snapshot`], which
+    /// counts the whole room when the room spans nodes.
     pub fn info(&self) -> lk::Room {
         lk::Room {
             sid: self.sid.clone(),

@@ -270,10 +270,29 @@ async fn an_edge_listener_hears_the_origins_speaker_through_the_relay() {
     .await;
     assert!(received(&bob, b"hello origin").is_empty(), "no echo");
 
-    // On the origin the relay is nobody: not listed, not shown to alice.
+    // The edge announces bob to the origin over the link: alice, a speaker, sees him as a
+    // participant of the room (the edge's sid, identity and permission), as she would a
+    // listener of her own node.
+    let announced = alice
+        .wait_for("bob announced on the origin", |m| match m {
+            signal_response::Message::Update(u) => {
+                u.participants.iter().find(|p| p.identity == "bob").cloned()
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(announced.sid, bob.sid());
+    assert!(!announced.permission.unwrap().can_publish);
+
+    // On the origin the relay is nobody: not listed, not shown to alice; bob is listed as
+    // the room's (a mirror: the origin does not hold him).
     let listed = origin.signaling.list_participants(room).await.unwrap();
-    let identities: Vec<&str> = listed.iter().map(|p| p.identity.as_str()).collect();
-    assert_eq!(identities, vec!["alice"]);
+    let mut identities: Vec<&str> = listed.iter().map(|p| p.identity.as_str()).collect();
+    identities.sort_unstable();
+    assert_eq!(identities, vec!["alice", "bob"]);
+    let held = origin.signaling.list_held(room).await.unwrap();
+    let identities: Vec<&str> = held.iter().map(|p| p.identity.as_str()).collect();
+    assert_eq!(identities, vec!["alice"], "bob is held by the edge");
     alice.drain_for(Duration::from_millis(200)).await;
     assert!(!alice.log.iter().any(|m| match m {
         signal_response::Message::Update(u) => {
@@ -288,13 +307,25 @@ async fn an_edge_listener_hears_the_origins_speaker_through_the_relay() {
         .list_rooms(&[room.to_owned()])
         .await
         .unwrap();
-    assert_eq!(rooms[0].num_participants, 1);
+    assert_eq!(rooms[0].num_participants, 2, "alice and the edge's bob");
     // On the edge, the mirror is listed beside the local listener.
     let listed = edge.signaling.list_participants(room).await.unwrap();
     assert_eq!(listed.len(), 2);
 
-    // The edge stops relaying: alice leaves the edge's room, and its stream stops.
+    // The edge stops relaying: alice leaves the edge's room, and its stream stops; bob
+    // leaves the origin's room with the link.
+    alice.log.clear();
     edge.signaling.stop_relay(room).await.unwrap();
+    alice
+        .wait_for("bob gone from the origin with the link", |m| match m {
+            signal_response::Message::Update(u) => u
+                .participants
+                .iter()
+                .find(|p| p.sid == bob.sid() && p.state == State::Disconnected as i32)
+                .map(|_| ()),
+            _ => None,
+        })
+        .await;
     bob.wait_for("alice gone from the edge", |m| match m {
         signal_response::Message::Update(u) => u
             .participants
@@ -331,6 +362,17 @@ async fn an_edge_listener_hears_the_origins_speaker_through_the_relay() {
         })
         .await;
     assert_eq!(again.tracks[0].sid, track_sid);
+    // The new link announces bob again.
+    alice
+        .wait_for("bob announced again", |m| match m {
+            signal_response::Message::Update(u) => u
+                .participants
+                .iter()
+                .find(|p| p.sid == bob.sid() && p.state != State::Disconnected as i32)
+                .map(|_| ()),
+            _ => None,
+        })
+        .await;
     // Heard again over the new link (a new relay peer, a new subscription at the edge).
     bob.drain_for(Duration::from_millis(300)).await;
     let before = alice.publisher.lock().unwrap().sent;

@@ -175,6 +175,7 @@ impl Control {
             events: Vec::new(),
             notices: Vec::new(),
             moved: vec![(id.clone(), to.to_owned())],
+            presence: Vec::new(),
         };
         if let Err(e) = self.inner.store.publish(&message).await {
             tracing::warn!(room = %id, error = %e, "room move not announced; edges re-link at their sweep");

@@ -147,6 +147,16 @@ pub enum AdminOp {
         /// At most this many.
         limit: usize,
     },
+    /// The control plane counted `participants` people connected to the room through other
+    /// nodes (its origin, its edges): the room's clients see the whole room's count
+    /// (`Room.num_participants`, [`Server::room_snapshot`]). Answers `Count(1)` when the room
+    /// is open here, `Count(0)` when it is not (nothing kept).
+    PresentElsewhere {
+        /// The room.
+        room: String,
+        /// People connected through other nodes.
+        participants: u32,
+    },
     /// Tell every client not told yet to leave (`SERVER_SHUTDOWN`), leaving sessions open.
     AskToLeave,
     /// End every session at once (`SERVER_SHUTDOWN`).
@@ -171,6 +181,7 @@ impl AdminOp {
             | AdminOp::RelayFrom { room, .. }
             | AdminOp::EnsureRelay { room, .. }
             | AdminOp::Migrate { room, .. }
+            | AdminOp::PresentElsewhere { room, .. }
             | AdminOp::StopRelay { room } => Some(room),
             AdminOp::ListRooms { .. } | AdminOp::AskToLeave | AdminOp::Drain => None,
         }
@@ -373,6 +384,9 @@ impl Server {
                 Ok(AdminReply::Done)
             }
             AdminOp::Migrate { room, limit } => Ok(AdminReply::Count(self.migrate(&room, limit))),
+            AdminOp::PresentElsewhere { room, participants } => Ok(AdminReply::Count(usize::from(
+                self.present_elsewhere(&room, participants),
+            ))),
             AdminOp::AskToLeave => Ok(AdminReply::Count(self.ask_to_leave())),
             AdminOp::Drain => Ok(AdminReply::Count(self.drain())),
         }

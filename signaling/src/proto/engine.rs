@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use livekit_protocol as lk;
-use livekit_protocol::participant_info::State;
 use livekit_protocol::signal_response;
 use prost::Message;
 use stoa_sfu::str0m::change::SdpAnswer;
@@ -243,14 +242,12 @@ impl Server {
         }
         let (room, psid) = (s.room.clone(), s.participant.clone());
         let joined_at = s.joined_at;
-        let mut joined = None;
-        if let Some(p) = self.participant_mut(session)
-            && p.state != State::Active
-        {
-            p.state = State::Active;
-            p.touch();
-            joined = Some(p.info());
-        }
+        let joined = self.rooms.get_mut(&room).and_then(|r| {
+            let info = r.activate(&psid)?;
+            // Counted in the room's snapshot from now on (docs: `Server::room_snapshot`).
+            r.dirty = true;
+            Some(info)
+        });
         self.broadcast_participant(&room, &psid);
         if let Some(info) = joined {
             let latency = self.now.saturating_duration_since(joined_at);
@@ -476,7 +473,11 @@ impl Server {
     /// rate, on a server-only topic or undecodable are dropped and counted.
     fn data_packet(&mut self, peer: PeerId, channel: ChannelId, data: &[u8]) {
         if self.is_relay_session(peer) {
-            // Another node's clients' data, each sender admitted and rate-limited there.
+            // An edge's participants (`roster`), or its clients' data, each sender admitted
+            // and rate-limited there.
+            if self.roster_packet(peer, data) {
+                return;
+            }
             if !self.forward_relayed_data(peer, channel, data) {
                 self.stats.data_dropped += 1;
             }

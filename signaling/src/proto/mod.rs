@@ -46,10 +46,11 @@ mod recording;
 mod relay;
 mod requests;
 mod resume;
+mod roster;
 mod session;
 mod updates;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,7 @@ use crate::room::{Room, RoomLimits};
 pub use admin::{AdminOp, AdminReply, ParticipantUpdate, SendData};
 pub use recording::TapChange;
 pub use relay::{RELAY_IDENTITY_PREFIX, RelayOutput};
+pub use roster::{ROSTER_BATCH, ROSTER_PACKETS_PER_TICK, ROSTER_TOPIC};
 use session::{Pc, Session};
 
 /// The LiveKit server version advertised in `ServerInfo.version`. livekit-client gates features
@@ -74,6 +76,10 @@ pub const TICK: Duration = Duration::from_millis(100);
 
 /// Every this many ticks, `RoomUpdate`s are sent and pings and room timeouts checked.
 const SLOW_TICKS: u64 = 5;
+
+/// At most one audience-size `RoomUpdate` per room this often (metadata and recording changes
+/// go out at once). LiveKit's server batches its room updates too (every few seconds).
+pub const ROOM_UPDATE_EVERY: Duration = Duration::from_secs(1);
 
 /// Topics of data packets only the server sends (`stoa.reaction`, the control plane's
 /// reactions, stamped with the reacting user): a client's packet on one is dropped.
@@ -354,6 +360,12 @@ pub struct Server {
     relays: HashMap<String, relay::RelayLink>,
     /// The room of each relay peer.
     relay_peers: HashMap<PeerId, String>,
+    /// On an edge: snapshots of this node's participants of relayed rooms not yet announced
+    /// to the origin, by room and sid (see `roster`).
+    roster_out: BTreeMap<String, BTreeMap<String, lk::ParticipantInfo>>,
+    /// On an origin: participants other nodes announced (their sessions are there), by room
+    /// and sid, with the relay session that announced each (see `roster`).
+    roster_in: HashMap<String, BTreeMap<String, SessionId>>,
     /// Rooms a relay link opened on this node (an edge): their origin reports their start and
     /// end, so they send no `room_started` / `room_finished` here.
     quiet_rooms: HashSet<String>,
@@ -397,6 +409,8 @@ impl Server {
             pending_updates: HashMap::new(),
             relays: HashMap::new(),
             relay_peers: HashMap::new(),
+            roster_out: BTreeMap::new(),
+            roster_in: HashMap::new(),
             quiet_rooms: HashSet::new(),
             outputs: VecDeque::new(),
             next_tick: now + TICK,

@@ -34,7 +34,7 @@ use stoa_sfu::{EngineCommand, MediaLabel, PeerId, TrackId};
 
 use super::engine::ToRelays;
 use super::{Output, Server, ServiceError};
-use crate::room::{Participant, PublishedTrack};
+use crate::room::{Participant, PublishedTrack, Room};
 
 /// Identities of relay participants start with this (`node:{edge id}`).
 pub const RELAY_IDENTITY_PREFIX: &str = "node:";
@@ -171,11 +171,27 @@ impl Server {
         Ok(true)
     }
 
-    /// Whether `psid` is a mirror in `room`: a participant of the room's origin, held there.
+    /// Whether `psid` is a mirror in `room`: a participant another node holds (of the room's
+    /// origin, on an edge; announced by an edge, on the origin: `roster`).
     pub(super) fn is_mirror(&self, room: &str, psid: &str) -> bool {
         self.relays
             .get(room)
             .is_some_and(|l| l.mirrors.contains(psid))
+            || self.is_announced(room, psid)
+    }
+
+    /// How many of `room`'s `ACTIVE` participants are mirrors of another node's (the
+    /// origin's, on an edge; announced by edges, on the origin).
+    pub(super) fn active_mirrors_in(&self, room: &Room) -> usize {
+        let mirrors = self.relays.get(&room.name).map(|link| link.mirrors.iter());
+        let announced = self.roster_in.get(&room.name).map(|m| m.keys());
+        mirrors
+            .into_iter()
+            .flatten()
+            .chain(announced.into_iter().flatten())
+            .filter_map(|sid| room.participants.get(sid))
+            .filter(|p| p.state == State::Active)
+            .count()
     }
 
     /// The room a relay peer feeds, if `peer` is one.
@@ -279,6 +295,8 @@ impl Server {
         };
         tracing::info!(room = %room, reason = why, "relay link ended");
         self.relay_peers.remove(&link.peer);
+        // A next link announces everyone again (`roster`).
+        self.roster_out.remove(room);
         for psid in &link.mirrors {
             self.remove_mirror(room, psid, &link.bound);
         }
@@ -433,9 +451,21 @@ impl Server {
         let Some(room) = self.relay_peers.get(&peer).cloned() else {
             return;
         };
+        let reliable = label == "_reliable";
         if let Some(link) = self.relays.get_mut(&room) {
             link.channels.insert(channel, label);
         }
+        if reliable {
+            // A new link (a new relay session on the origin): the origin learns everyone.
+            self.roster_resync(&room);
+        }
+    }
+
+    /// Whether `room`'s link has its data channel `label` open.
+    pub(super) fn relay_channel(&self, room: &str, label: &str) -> bool {
+        self.relays
+            .get(room)
+            .is_some_and(|l| l.channels.values().any(|l| l == label))
     }
 
     /// A data packet the origin relayed (one of its clients' packets, sender stamped there,

@@ -184,16 +184,14 @@ impl Server {
         {
             let mut participants = vec![me.info()];
             participants.extend(r.others_visible_to(me));
-            let room_info = r.info();
+            let room_info = self.room_snapshot(&room);
             self.send(
                 session,
                 signal_response::Message::Update(lk::ParticipantUpdate { participants }),
             );
             self.send(
                 session,
-                signal_response::Message::RoomUpdate(lk::RoomUpdate {
-                    room: Some(room_info),
-                }),
+                signal_response::Message::RoomUpdate(lk::RoomUpdate { room: room_info }),
             );
         }
         if let Some(peer) = subscriber {

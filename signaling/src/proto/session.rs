@@ -127,6 +127,16 @@ impl Server {
         let room_name = claims.video.room.clone();
         let identity = claims.sub.clone();
         self.admit(&room_name, &identity)?;
+        // Someone another node announced is here now (an edge's listener sent to the origin).
+        if let Some(sid) = self
+            .rooms
+            .get(&room_name)
+            .and_then(|r| r.by_identity(&identity))
+            .map(|p| p.sid.clone())
+            .filter(|sid| self.is_announced(&room_name, sid))
+        {
+            self.drop_announced(&room_name, &sid);
+        }
         let duplicate = self
             .rooms
             .get(&room_name)
@@ -176,8 +186,7 @@ impl Server {
         room.emptied_ms = None;
         room.dirty = true;
         let single = params.single_pc;
-        let join = lk::JoinResponse {
-            room: Some(room.info()),
+        let mut join = lk::JoinResponse {
             participant: Some(info.clone()),
             other_participants: others,
             server_version: ADVERTISED_LIVEKIT_VERSION.into(),
@@ -190,6 +199,7 @@ impl Server {
             server_info: Some(server_info()),
             ..Default::default()
         };
+        join.room = self.room_snapshot(&room_name);
         let session_id = self.new_session();
         self.send(session_id, signal_response::Message::Join(join));
         self.by_participant.insert(sid.clone(), session_id);
@@ -367,6 +377,15 @@ impl Server {
         }
         s.span
             .in_scope(|| tracing::info!(reason = why, "participant left"));
+        // A relay session's announced participants (an edge's) leave with it.
+        let relay = self
+            .rooms
+            .get(&s.room)
+            .and_then(|r| r.participants.get(&s.participant))
+            .is_some_and(Participant::is_relay);
+        if relay {
+            self.drop_roster_of(&s.room, session);
+        }
         self.remove_participant(&s.room, &s.participant, reason);
     }
 
@@ -421,6 +440,9 @@ impl Server {
             .map(|v| v.sid.clone())
             .collect();
         self.send_update(&viewers, vec![info.clone()]);
+        if !gone.is_relay() {
+            self.roster_left(room_name, &info);
+        }
         for (track_sid, track) in tapped {
             self.untap_if_recorded(room_name, &gone.identity, &track_sid, track);
         }

@@ -2,7 +2,9 @@
 //! slow tick's checks (pings, room timeouts).
 //!
 //! Per-message work is O(visible participants) (see the visibility rule in [`crate::room`]);
-//! the audience size reaches everyone through coalesced `RoomUpdate`s, once per slow tick.
+//! the audience size reaches everyone through coalesced `RoomUpdate`s, at most one per room
+//! per [`ROOM_UPDATE_EVERY`], counting the whole room when it spans nodes
+//! ([`Server::room_snapshot`]).
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +12,7 @@ use livekit_protocol as lk;
 use livekit_protocol::participant_info::State;
 use livekit_protocol::signal_response;
 
-use super::{SLOW_TICKS, Server, SessionId};
+use super::{ROOM_UPDATE_EVERY, SLOW_TICKS, Server, SessionId};
 use crate::room::Room;
 
 impl Server {
@@ -25,6 +27,8 @@ impl Server {
         let viewers = r.viewers_of(p);
         let info = p.info();
         self.send_update(&viewers, vec![info]);
+        // On an edge, the origin learns of it too.
+        self.roster_changed(room, psid);
     }
 
     /// Queue snapshots for `viewers` (participant sids); a newer snapshot of the same
@@ -105,14 +109,78 @@ impl Server {
         }
     }
 
+    /// The room snapshot clients receive (`JoinResponse.room`, `RoomUpdate`). When the
+    /// control plane counted the room's people on other nodes ([`Room::elsewhere`]),
+    /// `num_participants` is the whole room's, by the control plane's one rule of presence (a
+    /// person counts once their client connected, `participant_joined`, on whichever node):
+    /// those this node holds that are `ACTIVE` (its sessions; no mirror, whose person another
+    /// node holds, no relay link) plus those elsewhere. Otherwise (a room on this node only,
+    /// not the control plane's) it counts the node's participants, as LiveKit does.
+    /// `num_publishers` then counts the `ACTIVE` ones who may publish, this node's and its
+    /// mirrors: a relayed room's publishers are on its origin, and every edge mirrors each of
+    /// them once (an identity held here is not mirrored).
+    pub fn room_snapshot(&self, room: &str) -> Option<lk::Room> {
+        let r = self.rooms.get(room)?;
+        let mut info = r.info();
+        if let Some(elsewhere) = r.elsewhere {
+            let mirrors = self.active_mirrors_in(r);
+            let held = u32::try_from(r.active().saturating_sub(mirrors)).unwrap_or(u32::MAX);
+            info.num_participants = held.saturating_add(elsewhere);
+            info.num_publishers = r.active_publishers();
+        }
+        Some(info)
+    }
+
+    /// The control plane counted `elsewhere` people connected to `room` through other nodes:
+    /// the room's clients get the whole room's count in their next `RoomUpdate` (coalesced
+    /// with local joins and leaves, at most one per [`ROOM_UPDATE_EVERY`]) if it changed.
+    /// Returns whether the room is open here.
+    pub(super) fn present_elsewhere(&mut self, room: &str, elsewhere: u32) -> bool {
+        let Some(r) = self.rooms.get_mut(room) else {
+            return false;
+        };
+        if r.elsewhere != Some(elsewhere) {
+            r.elsewhere = Some(elsewhere);
+            r.dirty = true;
+        }
+        true
+    }
+
     /// Send a `RoomUpdate` to every participant of `room`.
     pub(super) fn send_room_update(&mut self, room: &str) {
-        let Some(info) = self.rooms.get(room).map(Room::info) else {
+        let Some(info) = self.room_snapshot(room) else {
             return;
         };
+        let now_ms = self.now_ms();
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.dirty = false;
+            r.last_update = Some((now_ms, info.num_participants, info.num_publishers));
+        }
         let msg = signal_response::Message::RoomUpdate(lk::RoomUpdate { room: Some(info) });
         for id in self.room_sessions(room) {
             self.send(id, msg.clone());
+        }
+    }
+
+    /// Send `room` its coalesced audience update if its counts changed since the last
+    /// `RoomUpdate` and that one is [`ROOM_UPDATE_EVERY`] old; a change within that stays
+    /// pending (the room stays dirty) for a later slow tick. A join storm of thousands thus
+    /// costs each client one `RoomUpdate` a second, not one per join.
+    fn audience_update(&mut self, room: &str) {
+        let Some(info) = self.room_snapshot(room) else {
+            return;
+        };
+        let now_ms = self.now_ms();
+        let every = i64::try_from(ROOM_UPDATE_EVERY.as_millis()).unwrap_or(i64::MAX);
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        match r.last_update {
+            Some((_, n, p)) if n == info.num_participants && p == info.num_publishers => {
+                r.dirty = false;
+            }
+            Some((at, _, _)) if now_ms.saturating_sub(at) < every => {}
+            _ => self.send_room_update(room),
         }
     }
 
@@ -125,6 +193,7 @@ impl Server {
         for session in sessions {
             self.flush_updates(session);
         }
+        self.flush_roster();
         self.ticks += 1;
         if !self.ticks.is_multiple_of(SLOW_TICKS) {
             return;
@@ -134,16 +203,13 @@ impl Server {
         // Coalesced audience-size updates.
         let mut dirty: Vec<String> = self
             .rooms
-            .values_mut()
+            .values()
             .filter(|r| r.dirty)
-            .map(|r| {
-                r.dirty = false;
-                r.name.clone()
-            })
+            .map(|r| r.name.clone())
             .collect();
         dirty.sort_unstable();
         for room in dirty {
-            self.send_room_update(&room);
+            self.audience_update(&room);
         }
         // Sessions that stopped pinging lost their connection: held for a resume.
         let timeout = Duration::from_secs(u64::from(self.config.ping_timeout));

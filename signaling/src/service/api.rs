@@ -38,6 +38,24 @@ impl Signaling {
         }
     }
 
+    /// The control plane counted `participants` people connected to `room` through other
+    /// nodes: the room's clients here see the whole room's `num_participants` from their next
+    /// `RoomUpdate`. Returns whether the room is open here (a room that is not keeps nothing).
+    pub async fn present_elsewhere(
+        &self,
+        room: &str,
+        participants: u32,
+    ) -> Result<bool, ServiceError> {
+        let op = AdminOp::PresentElsewhere {
+            room: room.to_owned(),
+            participants,
+        };
+        match self.admin(op).await? {
+            AdminReply::Count(n) => Ok(n > 0),
+            _ => Err(mismatch()),
+        }
+    }
+
     /// Stop relaying `room`: the origin's participants leave it here.
     pub async fn stop_relay(&self, room: &str) -> Result<(), ServiceError> {
         let op = AdminOp::StopRelay {
