@@ -589,6 +589,7 @@ fn failover_of_an_edge_and_of_the_origin() {
             capacity: 4,
             victim,
             give_up: Duration::from_secs(40),
+            namespaces: false,
         };
         let report = runtime
             .block_on(async {

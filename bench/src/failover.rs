@@ -46,6 +46,8 @@ const POLL: Duration = Duration::from_millis(20);
 const FILL_PLAY: Duration = Duration::from_secs(20);
 /// The nodes of the cluster.
 const NODES: usize = 3;
+/// Redis's port on the hub's address, when the nodes run in namespaces.
+const HUB_REDIS_PORT: u16 = 6379;
 /// The API key and secret of `stoa serve --dev`.
 const KEY: (&str, &str) = ("devkey", "secret");
 /// Retry delays of a client whose connection ended: at once, then doubling from this, up to
@@ -79,6 +81,10 @@ pub struct Params {
     /// The run gives up this long after the kill.
     #[serde(serialize_with = "crate::scenario::seconds")]
     pub give_up: Duration,
+    /// Each node in a network namespace of its own, joined to the harness's (the hub) by a
+    /// veth pair, as `stoa-bench relay` runs them (`crate::netns`; the caller calls
+    /// [`crate::netns::isolate`] first); otherwise every node on 127.0.0.1.
+    pub namespaces: bool,
 }
 
 impl Params {
@@ -241,11 +247,28 @@ pub async fn run(
     params: &Params,
 ) -> Result<Report, ScenarioError> {
     params.validate()?;
-    let redis = crate::server::RedisProcess::spawn_loopback(None)
-        .map_err(|e| ScenarioError::Invalid(format!("redis-server: {e}")))?;
     let config_dir =
         std::env::temp_dir().join(format!("stoa-bench-failover-{}", std::process::id()));
     let config = write_config(&config_dir, params.capacity)?;
+    let result = if params.namespaces {
+        in_namespaces(binary, server_cpus, log_dir, &config, params).await
+    } else {
+        on_loopback(binary, server_cpus, log_dir, &config, params).await
+    };
+    let _ = std::fs::remove_dir_all(&config_dir);
+    result
+}
+
+/// Redis and the nodes on 127.0.0.1.
+async fn on_loopback(
+    binary: &Path,
+    server_cpus: Option<&str>,
+    log_dir: Option<&Path>,
+    config: &Path,
+    params: &Params,
+) -> Result<Report, ScenarioError> {
+    let redis = crate::server::RedisProcess::spawn_loopback(None)
+        .map_err(|e| ScenarioError::Invalid(format!("redis-server: {e}")))?;
     let config_env = config.to_string_lossy().into_owned();
     let mut nodes: Vec<Option<ServerProcess>> = Vec::new();
     for i in 0..NODES {
@@ -269,7 +292,48 @@ pub async fn run(
     let result = play(&mut nodes, params).await;
     drop(nodes);
     drop(redis);
-    let _ = std::fs::remove_dir_all(&config_dir);
+    result
+}
+
+/// Redis on the hub and each node in a namespace of its own (10.77.N.2), so that a node-to-node
+/// packet and every client's crosses veth links, as between machines.
+async fn in_namespaces(
+    binary: &Path,
+    server_cpus: Option<&str>,
+    log_dir: Option<&Path>,
+    config: &Path,
+    params: &Params,
+) -> Result<Report, ScenarioError> {
+    let setup = |e: &dyn std::fmt::Display| ScenarioError::Invalid(e.to_string());
+    let redis = crate::server::RedisProcess::spawn(
+        SocketAddr::from((crate::netns::HUB, HUB_REDIS_PORT)),
+        None,
+    )
+    .map_err(|e| ScenarioError::Invalid(format!("redis-server: {e}")))?;
+    // The namespaces outlive any run: filling, the kill and the give-up, with a margin.
+    let lifetime = params.fill_time() + FILL_PLAY + params.give_up + Duration::from_secs(120);
+    let mut nets = Vec::new();
+    let mut nodes: Vec<Option<ServerProcess>> = Vec::new();
+    for index in 1..=NODES as u8 {
+        let net = crate::netns::NodeNet::create(index, lifetime).map_err(|e| setup(&e))?;
+        let log = log_dir.map(|d| d.join(format!("node-{index}.log")));
+        let node = ServerProcess::spawn_in(
+            &net,
+            binary,
+            server_cpus,
+            config,
+            &redis.url,
+            log.as_deref(),
+        )
+        .map_err(|e| setup(&e))?;
+        nets.push(net);
+        nodes.push(Some(node));
+    }
+    let result = play(&mut nodes, params).await;
+    // The nodes first, then their namespaces, then Redis.
+    drop(nodes);
+    drop(nets);
+    drop(redis);
     result
 }
 
@@ -305,6 +369,13 @@ async fn play(
     let deadline =
         clock.now() + params.fill_time() + FILL_PLAY + params.give_up + Duration::from_secs(30);
     let mut next_api = 0usize;
+    // Clients bind the hub's address when the nodes are in namespaces: the nodes cannot reach
+    // the hub's 127.0.0.1.
+    let local_ip = if params.namespaces {
+        crate::netns::HUB
+    } else {
+        std::net::Ipv4Addr::LOCALHOST
+    };
     let mut spawn =
         |identity: &str, role: Role, apis: &[SocketAddr]| -> Result<ClientHandle, ScenarioError> {
             next_api += 1;
@@ -314,7 +385,7 @@ async fn play(
                 http: api,
                 protocol: Protocol::Livekit,
                 identity: identity.to_owned(),
-                local_ip: std::net::Ipv4Addr::LOCALHOST,
+                local_ip,
                 token: String::new(),
                 product: Some(ProductJoin {
                     api,

@@ -122,6 +122,10 @@ struct FailoverArgs {
     /// Which node is killed.
     #[arg(long, value_enum, default_value = "edge")]
     kill: stoa_bench::failover::Victim,
+    /// Each node in a network namespace of its own joined by veth links, as `relay` runs them
+    /// (needs root); otherwise all on 127.0.0.1.
+    #[arg(long)]
+    namespaces: bool,
     /// Seconds after the kill when the run gives up.
     #[arg(long, default_value_t = 30)]
     give_up: u64,
@@ -527,7 +531,9 @@ fn main() -> anyhow::Result<()> {
         // Before any thread starts: threads keep the namespace they started in.
         compare::isolate()?;
     }
-    if matches!(cli.command, Cmd::Relay(_)) {
+    if matches!(cli.command, Cmd::Relay(_))
+        || matches!(&cli.command, Cmd::Failover(a) if a.namespaces)
+    {
         // Before any thread starts, for the same reason: the harness's own namespace, the hub
         // the nodes' namespaces link to.
         stoa_bench::netns::isolate()?;
@@ -662,6 +668,7 @@ fn main() -> anyhow::Result<()> {
                 capacity: a.capacity,
                 victim: a.kill,
                 give_up: Duration::from_secs(a.give_up),
+                namespaces: a.namespaces,
             };
             params.validate()?;
             if let Some(cpus) = &a.bench_cpus {
