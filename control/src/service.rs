@@ -1074,7 +1074,11 @@ impl Control {
             ));
         }
         let view = room::participant_view(&doc, &user);
-        if view.as_ref().is_some_and(|(can_publish, _, _)| *can_publish) && self.is_edge_of(&doc) {
+        if view
+            .as_ref()
+            .is_some_and(|(can_publish, _, _)| *can_publish)
+            && self.is_edge_of(&doc)
+        {
             // A room's speakers publish on its origin, which relays them to its edges; what a
             // speaker published on an edge would reach that edge's listeners alone.
             return Err(ControlError::conflict(

@@ -163,7 +163,12 @@ impl Control {
     /// node, this node is one of its edges and relays the room from there (once: the media
     /// plane keeps a running link, and makes it again after it ended).
     pub(super) async fn relay_if_edge(&self, doc: &RoomDoc) {
-        let Some(origin) = doc.room.media_url.as_deref().filter(|_| self.is_edge_of(doc)) else {
+        let Some(origin) = doc
+            .room
+            .media_url
+            .as_deref()
+            .filter(|_| self.is_edge_of(doc))
+        else {
             return;
         };
         match self.inner.media.relay(&doc.room.id, origin).await {

@@ -76,23 +76,31 @@ pub(crate) struct RelayState {
     /// Every recvonly m-line offered, in order (those of an offer whose answer failed too:
     /// str0m knows no media for them).
     pub mids: Vec<Mid>,
-    /// The origin's addresses this peer routes, announced to the other shards.
-    pub routes: Vec<SocketAddr>,
+    /// The local addresses the peer uses: the link's own socket, or the shard's.
+    pub locals: Vec<SocketAddr>,
+    /// The (origin address, local address) pairs routed to this peer.
+    pub routes: Vec<(SocketAddr, SocketAddr)>,
 }
 
 impl Sfu {
     /// Create a relay peer with `audios` recvonly audio m-lines (at least one) and the given
     /// data channels; its offer arrives as [`Event::Offer`]. `id` is chosen by the caller
-    /// (`None`: by the engine).
+    /// (`None`: by the engine). `local` is the address of the link's own socket, its only
+    /// candidate (`None`: the shard's candidates).
     pub fn create_relay_peer(
         &mut self,
         now: Instant,
         id: Option<PeerId>,
         audios: u32,
         channels: &[&str],
+        local: Option<SocketAddr>,
     ) -> Result<PeerId, SfuError> {
         // It receives into the engine as a publisher does; it never sends media.
-        let config = self.peer_config(Publish::Allow);
+        let mut config = self.peer_config(Publish::Allow);
+        if let Some(local) = local {
+            config.candidates = vec![local];
+        }
+        let locals = config.candidates.clone();
         let id = self.new_peer(now, id, &config, false)?;
         if let Some(p) = self.peers.get_mut(&id) {
             p.negotiation.queued_channels = channels.iter().map(|c| (*c).to_owned()).collect();
@@ -101,6 +109,7 @@ impl Sfu {
                 reoffer: false,
                 in_flight: 0,
                 mids: Vec::new(),
+                locals,
                 routes: Vec::new(),
             });
         }
@@ -242,8 +251,17 @@ impl Sfu {
         Ok(())
     }
 
-    /// Datagrams from the answer's candidates go to the relay peer.
+    /// Datagrams from the answer's candidates to the peer's local addresses go to the relay
+    /// peer.
     fn route_origin(&mut self, peer: PeerId, sdp: &str) {
+        let Some(locals) = self
+            .peers
+            .get(&peer)
+            .and_then(|p| p.relay.as_ref())
+            .map(|r| r.locals.clone())
+        else {
+            return;
+        };
         for line in sdp.lines() {
             let Some(attr) = line.trim_end().strip_prefix("a=") else {
                 continue;
@@ -257,41 +275,24 @@ impl Sfu {
             if c.proto() != Protocol::Udp {
                 continue;
             }
-            let addr = c.addr();
-            match self.by_addr.get(&addr) {
-                Some(other) if *other != peer => {
-                    tracing::warn!(
-                        peer = %peer,
-                        other = %other,
-                        "relay peer's origin address already routed to another peer"
-                    );
-                }
-                Some(_) => {}
-                None => {
-                    self.by_addr.insert(addr, peer);
-                    self.foreign_addrs.remove(&addr);
-                    if let Some(p) = self.peers.get_mut(&peer) {
-                        p.addrs.push(addr);
-                        if let Some(r) = p.relay.as_mut() {
-                            r.routes.push(addr);
+            for local in &locals {
+                let key = (c.addr(), *local);
+                match self.relay_links.get(&key) {
+                    Some(other) if *other != peer => {
+                        tracing::warn!(
+                            peer = %peer,
+                            other = %other,
+                            "relay peer's origin address and local socket already routed to another peer"
+                        );
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.relay_links.insert(key, peer);
+                        if let Some(r) = self.peers.get_mut(&peer).and_then(|p| p.relay.as_mut()) {
+                            r.routes.push(key);
                         }
                     }
-                    self.announce_route(RelayMsg::RouteAddr(addr));
                 }
-            }
-        }
-    }
-
-    /// Tell every other shard about a relay peer's origin address.
-    pub(super) fn announce_route(&mut self, msg: RelayMsg) {
-        for s in 0..self.config.shards {
-            let to = ShardId(s);
-            if to != self.config.shard {
-                self.relays.push_back(Relay {
-                    to,
-                    from: self.config.shard,
-                    msg: msg.clone(),
-                });
             }
         }
     }
