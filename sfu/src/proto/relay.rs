@@ -10,13 +10,14 @@
 //! track's msid in its answer (see `sections`).
 //!
 //! - [`EngineCommand::CreateRelayPeer`] creates the peer; its offer comes out as
-//!   [`Event::Offer`] (with no slots). The origin's answer goes back with
-//!   [`EngineCommand::HandleAnswer`]; str0m takes the origin's candidates from it, and the
-//!   engine routes datagrams from those addresses to the relay peer: the origin is ICE-lite
-//!   and sends only binding responses, which carry no ufrag that could route its address.
-//!   On an engine whose shards share one address, the origin's datagrams may land on any
-//!   shard's socket, so the relay peer's shard tells the others (`RelayMsg::RouteAddr`,
-//!   withdrawn when the peer goes), and they pass those datagrams on.
+//!   [`Event::Offer`] (with no slots). Its one host candidate is `local`, the address of a UDP
+//!   socket of the link's own, which the shell binds and fills in (without it, the shard's
+//!   own addresses). The origin's answer goes back with [`EngineCommand::HandleAnswer`];
+//!   str0m takes the origin's candidates from it, and the engine routes datagrams from those
+//!   addresses *to the link's local address* to the relay peer, keyed by (origin address,
+//!   local address): the origin is ICE-lite and sends only binding responses, which carry no
+//!   ufrag that could route its address. The link's socket belongs to the relay peer's
+//!   shard, so the origin's datagrams arrive there directly.
 //! - [`EngineCommand::OfferRelaySections`] makes a new offer, with more recvonly m-lines if
 //!   asked: what the origin asks for with `Event::SectionsNeeded`. The origin answers
 //!   `inactive` for an m-line it has no track for yet, and str0m then makes it inactive here
@@ -44,11 +45,12 @@
 //!   simulated test), and the owner closes it; the owner should close it as soon as the
 //!   origin's signaling says the link is gone rather than wait for that.
 //!
-//! Datagrams reach the relay peer by source address. Two relay links between the same pair
-//! of sockets (two rooms relayed between the same shards, or two nodes relaying to each
-//! other from their shared ports) would share a 5-tuple, which neither engine can
-//! demultiplex: the second one's origin address stays routed to the first, so the owner
-//! must keep one relay link per pair of sockets (or multiplex rooms over one link).
+//! Datagrams reach the relay peer by (source, destination). With a socket per link, two relay
+//! links between the same two engines (two rooms relayed from one origin to one edge, or two
+//! nodes relaying to each other) differ in the edge's port, so both engines tell them apart:
+//! the origin by source address, as any subscriber, the edge by local address. Two links
+//! from one *shared* local address to the same origin address (only without `local`) would
+//! share a 5-tuple: the second is not routed (a warning), so the shell always gives one.
 //!
 //! Retransmission: none, on either side, as on listener links. str0m 0.25 retransmits only
 //! through an RTX payload type and sends NACKs only for streams that have one; Opus has
