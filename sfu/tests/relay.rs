@@ -614,13 +614,15 @@ impl World {
         }
         let now = self.now;
         let (peer, local) = (self.links[i].edge, self.links[i].local);
+        // A link on the edge's own address is one without a socket of its own.
+        let local = (local != self.edge_addr).then_some(local);
         self.edge.handle_command(
             now,
             EngineCommand::CreateRelayPeer {
                 peer,
                 audios,
                 channels: vec!["_relay".into()],
-                local: Some(local),
+                local,
             },
         );
         self.pump();
@@ -1132,6 +1134,15 @@ fn two_links_between_the_same_engines_carry_their_own_rooms() {
     w.open_link(1, 1);
     let (first, second) = (w.links[0].edge, w.links[1].edge);
     assert_ne!(w.links[0].local, w.links[1].local);
+    // Each link's offer names its own socket as its only candidate.
+    assert_eq!(w.relay_offers.len(), 2);
+    for (offer, link) in w.relay_offers.iter().zip(&w.links) {
+        assert!(
+            offer.contains(&format!(" {} typ host", link.local.port())),
+            "{offer}"
+        );
+        assert_eq!(offer.matches("a=candidate:").count(), 1, "{offer}");
+    }
 
     // Room one (alice) on the first link, room two (bob) on the second.
     let la = w.relay_track_to(0, alice);
@@ -1194,4 +1205,31 @@ fn two_links_between_the_same_engines_carry_their_own_rooms() {
     );
     assert!(w.edge.is_connected(second));
     w.assert_payloads_match(dave, bob);
+}
+
+/// Without a socket of its own (`local: None`, an engine driven without the shell), a relay
+/// peer uses the shard's address: its offer names it, and the origin's datagrams to it reach
+/// the relay peer.
+#[test]
+fn a_relay_peer_without_a_socket_of_its_own_uses_the_shards_address() {
+    let mut w = World::new(28);
+    w.links[0].local = w.edge_addr;
+    let alice = w.publisher("alice", Node::Origin, false);
+    w.run_until(10 * SEC, "publisher connected", |w| w.clients_connected());
+    w.link(1);
+    let port = format!(" {} typ host", w.edge_addr.port());
+    assert!(w.relay_offers[0].contains(&port), "{}", w.relay_offers[0]);
+    let la = w.relay_track_of(alice);
+    w.run_until(5 * SEC, "track relayed", |w| w.relayed_track(&la).is_some());
+    let ta = w.relayed_track(&la).unwrap();
+    let carol = w.listener("carol", Node::Edge);
+    w.run_until(10 * SEC, "listener connected", |w| w.clients_connected());
+    w.subscribe_on_edge(carol, ta, la);
+    w.run_for(SEC / 2, |_| {});
+    w.run_for(2 * SEC, |w| w.send_audio(alice, 30));
+    w.run_for(SEC / 2, |_| {});
+    let heard = w.heard_from(carol, alice);
+    let sent = w.clients[alice].0.sent as usize;
+    assert!(heard.len() + 5 >= sent, "heard {} of {sent}", heard.len());
+    w.assert_payloads_match(carol, alice);
 }
