@@ -79,6 +79,7 @@ pub const SFU_OFFERS_REFUSED: &str = "sfu_offers_refused_total";
 pub const SIGNALING_DROPPED: &str = "signaling_dropped_total";
 /// Messages dropped because a bounded queue of the media engine's shell was full, by `queue` =
 /// `commands` | `relays` | `events` | `tap` (a recorded packet on its way to the recorder) |
+/// `links` (a datagram read on a relay link's own socket on its way to the shard) |
 /// `tap_core` (a recorded packet the shard did not take from its core in time) | `data_core` (a
 /// data message to one peer of a broadcast that found too many waiting) (counter).
 pub const SFU_QUEUE_DROPPED: &str = "sfu_queue_dropped_total";
@@ -417,7 +418,7 @@ mod tests {
                 bytes_in: 700,
                 datagrams_out: 9,
                 bytes_out: 900,
-                dropped: [1, 0, 3, 2],
+                dropped: [1, 0, 3, 2, 5],
                 ..TrafficSnapshot::default()
             },
             webhooks: Some([4, 5, 6, 7]),
@@ -463,6 +464,7 @@ mod tests {
             "sfu_queue_dropped_total{queue=\"commands\"} 1",
             "sfu_queue_dropped_total{queue=\"events\"} 3",
             "sfu_queue_dropped_total{queue=\"tap\"} 2",
+            "sfu_queue_dropped_total{queue=\"links\"} 5",
             "# TYPE sfu_rtp_packets_forwarded_total counter",
             "# TYPE sfu_peers gauge",
         ] {

@@ -4,8 +4,10 @@
 //! from the origin when they join; every listener, on the origin and on the edge, hears the
 //! speaker (stoa-bench's WebRTC clients joined through the product path, counting the packets
 //! each receives); the speaker's own token is refused on the edge. Then the origin is killed: the room moves to the edge at the host's next
-//! token request and the edge's listeners, still connected, hear her again. Loopback only;
-//! every wait bounded.
+//! token request and the edge's listeners, still connected, hear her again. And two rooms of
+//! one origin spilling to the same edge: two relay links between the same two nodes, each on
+//! a UDP socket of its own on the edge, both carrying their room. Loopback only; every wait
+//! bounded.
 #![allow(
     clippy::disallowed_methods,
     clippy::unwrap_used,
@@ -199,4 +201,104 @@ fn listeners_of_a_full_origin_go_to_an_edge_and_hear_the_speaker_through_the_rel
     );
     drop(living);
     drop(clients);
+}
+
+/// Two rooms on one origin, both full, spill their next listeners to the same edge: the edge
+/// relays both rooms from the origin, two links between the same two nodes (each on a UDP
+/// socket of its own on the edge), and every listener hears its room's speaker, on the origin
+/// and on the edge.
+#[test]
+fn two_rooms_of_one_origin_spill_to_the_same_edge_and_both_are_heard() {
+    let redis = RedisServer::start();
+    let config = support::api::config(
+        &scratch_dir("edges-two-rooms"),
+        KEYS.0,
+        KEYS.1,
+        "presence_ttl = 2\nnode_capacity = 4",
+    );
+    // The origin alone at first, so that both rooms are placed there.
+    let origin_node = start_node(&config, &redis.url, &[]);
+    let api = origin_node.stoa.addr;
+    let origin = origin_node.url.clone();
+    wait_nodes(api, KEYS, "the origin's record", |n| n.len() == 1);
+    let rooms = [
+        create_room(api, &user("hana"), json!({"title": "One", "kind": "stage"})),
+        create_room(api, &user("ana"), json!({"title": "Two", "kind": "stage"})),
+    ];
+    for (room, listener) in rooms.iter().zip(["lee", "ben"]) {
+        assert_eq!(
+            media_url(api, room, listener),
+            origin,
+            "placed on the origin"
+        );
+    }
+    let edge_node = start_node(&config, &redis.url, &[]);
+    let (edge, edge_api) = (edge_node.url.clone(), edge_node.stoa.addr);
+    wait_nodes(api, KEYS, "two node records", |n| n.len() == 2);
+
+    // Each room's host speaks on the origin, and a listener joins there: four participants
+    // fill it.
+    let mut clients = Clients::new(KEYS);
+    let [one, two] = &rooms;
+    clients.join(api, one, "hana", Role::Speaker);
+    clients.join(api, one, "lee", Role::Listener);
+    clients.join(api, two, "ana", Role::Speaker);
+    clients.join(api, two, "ben", Role::Listener);
+    clients.wait_heard(&["lee", "ben"], 50, WAIT, "the listeners on the origin");
+    wait_nodes(api, KEYS, "the origin full", |n| {
+        by_url(n, &origin)["participants"].as_u64() >= Some(4)
+    });
+
+    // The next listener of each room is sent to the same edge: the second room spills where
+    // the first does.
+    assert_eq!(media_url(api, one, "mo"), edge, "room one spills over");
+    assert_eq!(
+        media_url(api, two, "kim"),
+        edge,
+        "room two spills to the same edge"
+    );
+    clients.join(api, one, "mo", Role::Listener);
+    clients.join(api, two, "kim", Role::Listener);
+    clients.wait_heard(
+        &["mo", "kim"],
+        50,
+        WAIT,
+        "both rooms' listeners on the edge",
+    );
+    let before = [clients.packets("lee"), clients.packets("ben")];
+    clients.wait_heard(
+        &["lee"],
+        before[0] + 50,
+        WAIT,
+        "room one on the origin, still",
+    );
+    clients.wait_heard(
+        &["ben"],
+        before[1] + 50,
+        WAIT,
+        "room two on the origin, still",
+    );
+
+    // The edge started one link per room; the origin none.
+    let metric = |addr: SocketAddr, name: &str| {
+        let (status, text) = support::request(addr, "GET", "/metrics", None, None);
+        assert_eq!(status, 200);
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+    };
+    assert_eq!(metric(edge_api, "control_relays_started_total"), Some(2.0));
+    assert_eq!(metric(api, "control_relays_started_total"), None);
+    // Each room counts its three present, on either node.
+    for (room, host) in [(one, "hana"), (two, "ana")] {
+        get_until(
+            edge_api,
+            &format!("/api/rooms/{room}"),
+            &user(host),
+            "three present",
+            |r| r["present"] == 3,
+        );
+    }
+    drop(clients);
+    drop(edge_node);
+    drop(origin_node);
 }

@@ -131,10 +131,11 @@ pub fn order(held: &[Held]) -> Vec<Step> {
 /// ([`crate::placement::choose`]) among those that are not `edges` of the room (the URLs of
 /// the nodes relaying it from the draining origin), and `true`: the draining node may relay
 /// the room from there for its members not moved yet. Else the best of all eligible nodes and
-/// `false`: that node relays the room from the draining one already, and the engines cannot
-/// tell a link in the other direction between the same two nodes apart from it (one link per
-/// pair of sockets), so the members left on the draining node hear the room only once they
-/// have moved. `None` when no other node takes rooms.
+/// `false`: that node relays the room from the draining one already, and the draining node
+/// does not link back (one direction per room between two nodes: a link each way for one
+/// room could hand its speakers' media back to where it came from), so the members left on
+/// the draining node hear the room only once they have moved. `None` when no other node takes
+/// rooms.
 pub fn new_origin<'a>(
     nodes: &'a [Node],
     edges: &[String],

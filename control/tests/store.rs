@@ -641,13 +641,6 @@ async fn redis_keys_follow_the_documented_schema() {
         .add_room_edge(&id, "ws://127.0.0.1:7890")
         .await
         .unwrap();
-    assert_eq!(
-        store
-            .claim_relay_pair("ws://127.0.0.1:7880", "ws://127.0.0.1:7890", &id)
-            .await
-            .unwrap(),
-        None
-    );
     let client = redis::Client::open(redis.url.as_str()).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
     let mut keys: Vec<String> = redis::cmd("KEYS")
@@ -674,7 +667,6 @@ async fn redis_keys_follow_the_documented_schema() {
         format!("stoa:room:{id}:recordings"),
         format!("stoa:room:{id}:clips"),
         format!("stoa:room:{id}:edges"),
-        "stoa:relay:ws://127.0.0.1:7880>ws://127.0.0.1:7890".to_owned(),
         "stoa:clip:aaaaaaaaaaaaaaa1".to_owned(),
         "stoa:node:node1".to_owned(),
         "stoa:nodes".to_owned(),

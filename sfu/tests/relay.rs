@@ -23,16 +23,26 @@ use stoa_sfu::str0m::rtp::ExtensionValues;
 use stoa_sfu::str0m::{Candidate, Input, RtcConfig};
 use stoa_sfu::{
     CommandKind, Datagrams, EngineCommand, Event, MediaLabel, Output, PeerConfig, PeerId, Publish,
-    Routed, Sfu, SfuConfig, SfuError, ShardId, TrackId, UnpublishReason,
+    Sfu, SfuConfig, SfuError, ShardId, TrackId, UnpublishReason,
 };
 
 const SEC: Duration = Duration::from_secs(1);
 const ORIGIN: &str = "127.0.0.1:7882";
 const EDGE: &str = "127.0.0.2:7882";
 
-/// The origin's subscriber peer for the relay (ids are chosen by the owners).
+/// The origin's subscriber peer for the (first) relay (ids are chosen by the owners).
 fn relay_sub_id() -> PeerId {
     PeerId::new(ShardId(0), 1_000)
+}
+
+/// One relay link: the edge's relay peer, the origin's subscriber peer for it, and the
+/// address of the link's own socket on the edge.
+struct Link {
+    edge: PeerId,
+    origin: PeerId,
+    local: SocketAddr,
+    /// Whether the origin has created its subscriber peer for the link.
+    accepted: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -110,13 +120,12 @@ fn is_rtp(b: &[u8]) -> bool {
 struct World {
     now: Instant,
     origin: Sfu,
-    /// The edge's shard that owns the relay peer and the listeners.
+    /// The edge's shard that owns the relay peers and the listeners.
     edge: Sfu,
-    /// Another shard of the edge on the same (`SO_REUSEPORT`) address, on whose socket the
-    /// origin's datagrams land, as the kernel's flow hash may choose.
-    edge_front: Option<Sfu>,
-    /// The edge's relay peer.
+    /// The edge's (first) relay peer.
     relay: PeerId,
+    /// Every relay link, the first one's peers being `relay` and `relay_sub_id()`.
+    links: Vec<Link>,
     origin_addr: SocketAddr,
     edge_addr: SocketAddr,
     clients: Vec<(Client, Node)>,
@@ -126,11 +135,7 @@ struct World {
     /// Every event of each engine, in order.
     origin_events: Vec<Event>,
     edge_events: Vec<Event>,
-    /// Whether the origin has created its subscriber peer for the relay.
-    relay_accepted: bool,
-    /// Origin datagrams the front shard passed to the relay's shard.
-    front_forwarded: u64,
-    /// The offers the relay peer made, as SDP text.
+    /// The offers the relay peers made, as SDP text.
     relay_offers: Vec<String>,
     /// The payloads each publisher sent (by publisher byte), in order.
     sent_payloads: Vec<Vec<Vec<u8>>>,
@@ -139,35 +144,37 @@ struct World {
     steps: u64,
 }
 
-fn engine(seed: u64, node: u8, shard: u16, shards: u16, addr: SocketAddr, start: Instant) -> Sfu {
+fn engine(seed: u64, node: u8, addr: SocketAddr, start: Instant) -> Sfu {
     let mut s = [0u8; 32];
     s[..8].copy_from_slice(&seed.to_le_bytes());
     s[8] = node;
-    s[9] = shard as u8;
-    let mut config = SfuConfig::new(ShardId(shard), s);
-    config.shards = shards;
+    let mut config = SfuConfig::new(ShardId(0), s);
     config.candidates = vec![addr];
     Sfu::new(config, start)
 }
 
+/// The edge's relay link `i`: its peers on both engines and its own socket's address.
+fn link_ids(i: usize) -> Link {
+    Link {
+        edge: PeerId::new(ShardId(0), 1_000 + i as u64),
+        origin: PeerId::new(ShardId(0), 1_000 + i as u64),
+        local: format!("127.0.0.2:{}", 50_010 + i).parse().unwrap(),
+        accepted: false,
+    }
+}
+
 impl World {
     fn new(seed: u64) -> Self {
-        Self::with_edge_shards(seed, 1)
-    }
-
-    /// `shards` edge shards on one address: the relay peer and listeners on the last, the
-    /// origin's datagrams landing on the first.
-    fn with_edge_shards(seed: u64, shards: u16) -> Self {
         let start = Instant::now();
         let origin_addr: SocketAddr = ORIGIN.parse().unwrap();
         let edge_addr: SocketAddr = EDGE.parse().unwrap();
-        let last = shards - 1;
+        let first = link_ids(0);
         World {
             now: start,
-            origin: engine(seed, 1, 0, 1, origin_addr, start),
-            edge: engine(seed, 2, last, shards, edge_addr, start),
-            edge_front: (shards > 1).then(|| engine(seed, 2, 0, shards, edge_addr, start)),
-            relay: PeerId::new(ShardId(last), 1_000),
+            origin: engine(seed, 1, origin_addr, start),
+            edge: engine(seed, 2, edge_addr, start),
+            relay: first.edge,
+            links: vec![first],
             origin_addr,
             edge_addr,
             clients: Vec::new(),
@@ -175,8 +182,6 @@ impl World {
             e2o: Wire::new(),
             origin_events: Vec::new(),
             edge_events: Vec::new(),
-            relay_accepted: false,
-            front_forwarded: 0,
             relay_offers: Vec::new(),
             sent_payloads: Vec::new(),
             origin_rtp: Vec::new(),
@@ -325,35 +330,11 @@ impl World {
     fn pump(&mut self) {
         loop {
             let mut progressed = false;
-            if let Some(front) = self.edge_front.as_mut() {
-                let now = self.now;
-                loop {
-                    match front.poll_output() {
-                        Output::Timeout(_) => break,
-                        Output::Relay(r) => {
-                            progressed = true;
-                            self.edge.handle_relay(now, r);
-                        }
-                        Output::Event(e) => panic!("the front shard has no peers: {e:?}"),
-                    }
-                }
-                let mut out = Datagrams::default();
-                assert_eq!(
-                    front.poll_datagrams(&mut out),
-                    0,
-                    "the front shard has no peers"
-                );
-            }
             for node in [Node::Origin, Node::Edge] {
                 loop {
                     match self.sfu(node).poll_output() {
                         Output::Timeout(_) => break,
-                        Output::Relay(r) => {
-                            progressed = true;
-                            let now = self.now;
-                            let front = self.edge_front.as_mut().expect("a second edge shard");
-                            front.handle_relay(now, r);
-                        }
+                        Output::Relay(r) => panic!("one shard per engine: {r:?}"),
                         Output::Event(e) => {
                             progressed = true;
                             self.on_event(node, e);
@@ -380,7 +361,9 @@ impl World {
                         contents: d.contents.to_vec(),
                     };
                     let now = self.now;
-                    if d.destination == self.edge_addr && node == Node::Origin {
+                    let to_edge = d.destination == self.edge_addr
+                        || self.links.iter().any(|l| l.local == d.destination);
+                    if to_edge && node == Node::Origin {
                         self.o2e.send(now, p);
                     } else if d.destination == self.origin_addr && node == Node::Edge {
                         self.e2o.send(now, p);
@@ -403,19 +386,22 @@ impl World {
         let now = self.now;
         match (&e, node) {
             // The relay's negotiation, as the two nodes' signaling would carry it.
-            (Event::Offer { peer, offer, .. }, Node::Edge) if *peer == self.relay => {
+            (Event::Offer { peer, offer, .. }, Node::Edge)
+                if self.links.iter().any(|l| l.edge == *peer) =>
+            {
                 let sdp = offer.to_sdp_string();
                 self.relay_offers.push(sdp.clone());
                 let offer = SdpOffer::from_sdp_string(&sdp).unwrap();
-                let cmd = if self.relay_accepted {
+                let link = self.links.iter_mut().find(|l| l.edge == *peer).unwrap();
+                let cmd = if link.accepted {
                     EngineCommand::HandleOffer {
-                        peer: relay_sub_id(),
+                        peer: link.origin,
                         offer,
                     }
                 } else {
-                    self.relay_accepted = true;
+                    link.accepted = true;
                     EngineCommand::AcceptOffer {
-                        peer: relay_sub_id(),
+                        peer: link.origin,
                         publish: Publish::Deny,
                         offer,
                         single: true,
@@ -425,17 +411,23 @@ impl World {
                 };
                 self.origin.handle_command(now, cmd);
             }
-            (Event::Answer { peer, answer, .. }, Node::Origin) if *peer == relay_sub_id() => {
+            (Event::Answer { peer, answer, .. }, Node::Origin)
+                if self.links.iter().any(|l| l.origin == *peer) =>
+            {
                 let answer = SdpAnswer::from_sdp_string(&answer.to_sdp_string()).unwrap();
+                let link = self.links.iter().find(|l| l.origin == *peer).unwrap();
                 let cmd = EngineCommand::HandleAnswer {
-                    peer: self.relay,
+                    peer: link.edge,
                     answer,
                 };
                 self.edge.handle_command(now, cmd);
             }
-            (Event::SectionsNeeded { peer, audios }, Node::Origin) if *peer == relay_sub_id() => {
+            (Event::SectionsNeeded { peer, audios }, Node::Origin)
+                if self.links.iter().any(|l| l.origin == *peer) =>
+            {
+                let link = self.links.iter().find(|l| l.origin == *peer).unwrap();
                 let cmd = EngineCommand::OfferRelaySections {
-                    peer: self.relay,
+                    peer: link.edge,
                     audios: *audios,
                 };
                 self.edge.handle_command(now, cmd);
@@ -468,11 +460,6 @@ impl World {
                 next = next.min(t);
             }
         }
-        if let Some(front) = self.edge_front.as_mut()
-            && let Output::Timeout(t) = front.poll_output()
-        {
-            next = next.min(t);
-        }
         for (c, _) in &self.clients {
             if c.alive {
                 next = next.min(c.deadline);
@@ -488,7 +475,7 @@ impl World {
         let now = self.now;
 
         for p in self.o2e.due(now) {
-            self.arrive_from_origin(p);
+            self.receive(Node::Edge, p);
         }
         for p in self.e2o.due(now) {
             self.receive(Node::Origin, p);
@@ -523,26 +510,7 @@ impl World {
         }
         self.origin.handle_timeout(now);
         self.edge.handle_timeout(now);
-        if let Some(front) = self.edge_front.as_mut() {
-            front.handle_timeout(now);
-        }
         self.pump();
-    }
-
-    /// A datagram from the origin at the edge's address: on a second shard's socket if there
-    /// is one, passed on to the owner as the shell does.
-    fn arrive_from_origin(&mut self, p: Packet) {
-        let now = self.now;
-        if let Some(front) = self.edge_front.as_mut() {
-            let routed =
-                front.handle_receive(now, Protocol::Udp, p.source, p.destination, &p.contents);
-            match routed {
-                Routed::Foreign(shard) => assert_eq!(shard, self.relay.shard()),
-                other => panic!("the front shard kept an origin datagram: {other:?}"),
-            }
-            self.front_forwarded += 1;
-        }
-        self.receive(Node::Edge, p);
     }
 
     fn receive(&mut self, node: Node, p: Packet) {
@@ -595,7 +563,9 @@ impl World {
     }
 
     fn relay_connected(&self) -> bool {
-        self.edge.is_connected(self.relay) && self.origin.is_connected(relay_sub_id())
+        self.links
+            .iter()
+            .all(|l| self.edge.is_connected(l.edge) && self.origin.is_connected(l.origin))
     }
 
     /// The track the origin filed for client `c`.
@@ -633,13 +603,26 @@ impl World {
 
     /// Create the relay (the edge offers, the origin accepts) and connect it.
     fn link(&mut self, audios: u32) {
+        self.open_link(0, audios);
+    }
+
+    /// Create relay link `i` (one more than those made so far, or the first), from its own
+    /// socket's address, and connect it.
+    fn open_link(&mut self, i: usize, audios: u32) {
+        if i == self.links.len() {
+            self.links.push(link_ids(i));
+        }
         let now = self.now;
+        let (peer, local) = (self.links[i].edge, self.links[i].local);
+        // A link on the edge's own address is one without a socket of its own.
+        let local = (local != self.edge_addr).then_some(local);
         self.edge.handle_command(
             now,
             EngineCommand::CreateRelayPeer {
-                peer: self.relay,
+                peer,
                 audios,
                 channels: vec!["_relay".into()],
+                local,
             },
         );
         self.pump();
@@ -649,6 +632,11 @@ impl World {
     /// The origin subscribes the relay to client `c`'s track, labelled as its signaling
     /// would (the participant and track sids in the msid).
     fn relay_track_of(&mut self, c: usize) -> MediaLabel {
+        self.relay_track_to(0, c)
+    }
+
+    /// The origin subscribes relay link `i` to client `c`'s track.
+    fn relay_track_to(&mut self, i: usize, c: usize) -> MediaLabel {
         let track = self.origin_track(c);
         let name = self.clients[c].0.name.clone();
         let label = MediaLabel {
@@ -661,7 +649,7 @@ impl World {
             EngineCommand::Subscribe {
                 track,
                 label: label.clone(),
-                peers: vec![relay_sub_id()],
+                peers: vec![self.links[i].origin],
             },
         );
         self.pump();
@@ -962,7 +950,10 @@ fn origin_sends_to_the_relay_before_its_own_listeners() {
     let fanouts: Vec<&Vec<SocketAddr>> = w.origin_rtp.iter().filter(|b| b.len() == 3).collect();
     assert!(fanouts.len() >= 40, "{} fan-outs seen", fanouts.len());
     for b in fanouts {
-        assert_eq!(b[0], w.edge_addr, "the relay is not served first: {b:?}");
+        assert_eq!(
+            b[0], w.links[0].local,
+            "the relay is not served first: {b:?}"
+        );
         assert!(
             b[1..].contains(&bob_addr) && b[1..].contains(&dan_addr),
             "{b:?}"
@@ -1128,17 +1119,106 @@ fn relay_peer_never_sends() {
     assert_eq!(w.edge.subscriber_count(ta), 1);
 }
 
-/// On an edge whose shards share one address, the origin's datagrams may land on a shard
-/// that does not own the relay peer (the origin is ICE-lite: its binding responses carry no
-/// ufrag to route by). The relay peer's shard tells the others the origin's address, which
-/// pass its datagrams on; closing the relay peer withdraws it.
+/// Two rooms relayed between the same two engines: two relay links from one edge to one
+/// origin, each from a socket of its own (same origin address, distinct local addresses), so
+/// their 5-tuples differ. Each link carries its room's publisher only, and each edge listener,
+/// subscribed to its room's relayed track, hears that publisher byte for byte and nothing of
+/// the other room. Closing one link leaves the other carrying.
 #[test]
-fn relay_works_when_the_origin_lands_on_another_shard() {
-    let mut w = World::with_edge_shards(26, 2);
-    assert_eq!(w.relay.shard(), ShardId(1));
+fn two_links_between_the_same_engines_carry_their_own_rooms() {
+    let mut w = World::new(27);
+    let alice = w.publisher("alice", Node::Origin, false);
+    let bob = w.publisher("bob", Node::Origin, false);
+    w.run_until(10 * SEC, "publishers connected", |w| w.clients_connected());
+    w.open_link(0, 1);
+    w.open_link(1, 1);
+    let (first, second) = (w.links[0].edge, w.links[1].edge);
+    assert_ne!(w.links[0].local, w.links[1].local);
+    // Each link's offer names its own socket as its only candidate.
+    assert_eq!(w.relay_offers.len(), 2);
+    for (offer, link) in w.relay_offers.iter().zip(&w.links) {
+        assert!(
+            offer.contains(&format!(" {} typ host", link.local.port())),
+            "{offer}"
+        );
+        assert_eq!(offer.matches("a=candidate:").count(), 1, "{offer}");
+    }
+
+    // Room one (alice) on the first link, room two (bob) on the second.
+    let la = w.relay_track_to(0, alice);
+    let lb = w.relay_track_to(1, bob);
+    w.run_until(5 * SEC, "both tracks relayed", |w| {
+        w.relayed_track(&la).is_some() && w.relayed_track(&lb).is_some()
+    });
+    let (ta, tb) = (w.relayed_track(&la).unwrap(), w.relayed_track(&lb).unwrap());
+    assert_eq!(ta.peer, first, "alice's track arrives on the first link");
+    assert_eq!(tb.peer, second, "bob's track arrives on the second link");
+    assert_eq!(w.relayed().len(), 2, "{:?}", w.relayed());
+
+    let carol = w.listener("carol", Node::Edge);
+    let dave = w.listener("dave", Node::Edge);
+    w.run_until(10 * SEC, "listeners connected", |w| w.clients_connected());
+    w.subscribe_on_edge(carol, ta, la);
+    w.subscribe_on_edge(dave, tb, lb);
+    w.run_for(SEC / 2, |_| {});
+    w.run_for(3 * SEC, |w| {
+        w.send_audio(alice, 20);
+        w.send_audio(bob, 40);
+    });
+    w.run_for(SEC / 2, |_| {});
+
+    for (listener, own, other) in [(carol, alice, bob), (dave, bob, alice)] {
+        let heard = w.heard_from(listener, own);
+        let sent = w.clients[own].0.sent as usize;
+        assert!(
+            heard.len() + 5 >= sent && heard.len() <= sent,
+            "heard {} of {sent} packets",
+            heard.len()
+        );
+        assert_rewrite_consistent(&heard);
+        w.assert_payloads_match(listener, own);
+        assert!(
+            w.heard_from(listener, other).is_empty(),
+            "a listener heard the other room's publisher"
+        );
+    }
+    // The origin sent each room's packets to its own link's address only.
+    let stats = w.edge.stats();
+    assert_eq!(stats.datagrams_unknown, 0, "{stats:?}");
+    assert_eq!(stats.rtp_dropped_unauthorized, 0, "{stats:?}");
+
+    // Closing the first link ends room one's relayed track; room two keeps flowing.
+    let now = w.now;
+    w.edge
+        .handle_command(now, EngineCommand::ClosePeer { peer: first });
+    w.pump();
+    assert!(w.edge_events.iter().any(|e| matches!(
+        e,
+        Event::TrackUnpublished { track, reason: UnpublishReason::PeerGone } if *track == ta
+    )));
+    let before = w.heard_from(dave, bob).len();
+    w.run_for(SEC, |w| w.send_audio(bob, 40));
+    w.run_for(SEC / 2, |_| {});
+    assert!(
+        w.heard_from(dave, bob).len() >= before + 45,
+        "the second link stopped with the first"
+    );
+    assert!(w.edge.is_connected(second));
+    w.assert_payloads_match(dave, bob);
+}
+
+/// Without a socket of its own (`local: None`, an engine driven without the shell), a relay
+/// peer uses the shard's address: its offer names it, and the origin's datagrams to it reach
+/// the relay peer.
+#[test]
+fn a_relay_peer_without_a_socket_of_its_own_uses_the_shards_address() {
+    let mut w = World::new(28);
+    w.links[0].local = w.edge_addr;
     let alice = w.publisher("alice", Node::Origin, false);
     w.run_until(10 * SEC, "publisher connected", |w| w.clients_connected());
     w.link(1);
+    let port = format!(" {} typ host", w.edge_addr.port());
+    assert!(w.relay_offers[0].contains(&port), "{}", w.relay_offers[0]);
     let la = w.relay_track_of(alice);
     w.run_until(5 * SEC, "track relayed", |w| w.relayed_track(&la).is_some());
     let ta = w.relayed_track(&la).unwrap();
@@ -1148,21 +1228,8 @@ fn relay_works_when_the_origin_lands_on_another_shard() {
     w.run_for(SEC / 2, |_| {});
     w.run_for(2 * SEC, |w| w.send_audio(alice, 30));
     w.run_for(SEC / 2, |_| {});
-
     let heard = w.heard_from(carol, alice);
     let sent = w.clients[alice].0.sent as usize;
     assert!(heard.len() + 5 >= sent, "heard {} of {sent}", heard.len());
-    assert_rewrite_consistent(&heard);
     w.assert_payloads_match(carol, alice);
-    assert!(w.front_forwarded > 100, "{}", w.front_forwarded);
-
-    let now = w.now;
-    let relay = w.relay;
-    w.edge
-        .handle_command(now, EngineCommand::ClosePeer { peer: relay });
-    w.pump();
-    let front = w.edge_front.as_mut().unwrap();
-    let origin = w.origin_addr;
-    let routed = front.handle_receive(now, Protocol::Udp, origin, w.edge_addr, &[0x80; 40]);
-    assert!(matches!(routed, Routed::Dropped), "{routed:?}");
 }

@@ -25,7 +25,11 @@ struct Client {
     connected: bool,
     /// (sequence number, payload index) of every RTP packet received.
     heard: Vec<(u64, u32)>,
+    /// The payload of every RTP packet received.
+    payloads: Vec<Vec<u8>>,
     send: Option<(Mid, Pt)>,
+    /// The byte filling this client's payloads after their index.
+    fill: u8,
 }
 
 impl Client {
@@ -45,7 +49,9 @@ impl Client {
             addr,
             connected: false,
             heard: vec![],
+            payloads: vec![],
             send: None,
+            fill: 7,
         }
     }
 
@@ -78,6 +84,7 @@ impl Client {
                     let b = &p.payload;
                     self.heard
                         .push((*p.seq_no, u32::from_be_bytes([b[0], b[1], b[2], b[3]])));
+                    self.payloads.push(p.payload.to_vec());
                 }
                 RtcOutput::Event(_) => {}
             }
@@ -86,8 +93,7 @@ impl Client {
 
     fn send_audio(&mut self, index: u32) {
         let (mid, pt) = self.send.unwrap();
-        let mut payload = vec![7u8; 80];
-        payload[0..4].copy_from_slice(&index.to_be_bytes());
+        let payload = payload_of(index, self.fill);
         let ext = ExtensionValues {
             audio_level: Some(-30),
             ..Default::default()
@@ -106,6 +112,13 @@ impl Client {
         );
         self.drain();
     }
+}
+
+/// What a client sends as packet `index`: the index, then `fill`.
+fn payload_of(index: u32, fill: u8) -> Vec<u8> {
+    let mut payload = vec![fill; 80];
+    payload[0..4].copy_from_slice(&index.to_be_bytes());
+    payload
 }
 
 /// Clients driven by a background thread every millisecond.
@@ -366,6 +379,257 @@ async fn publisher_is_heard_over_real_udp_across_shards() {
     assert_eq!(forwarded, 300);
     drop(clients);
     runtime.shutdown();
+}
+
+/// Each publisher sends packets `indices`, 5 ms apart.
+async fn send_each(clients: &Clients, publishers: &[usize], indices: std::ops::Range<u32>) {
+    for k in indices {
+        for i in publishers {
+            clients.with(*i, |c| c.send_audio(k));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The port of the host candidate in an SDP.
+fn candidate_port(sdp: &str) -> u16 {
+    let line = sdp
+        .lines()
+        .find(|l| l.starts_with("a=candidate:"))
+        .expect("a candidate");
+    let fields: Vec<&str> = line.split(' ').collect();
+    fields[5].parse().expect("a port")
+}
+
+/// Two rooms relayed between the same two engines over real UDP: the edge's shell gives each
+/// relay link a socket of its own, so the two links to one origin differ in their 5-tuple.
+/// Two publishers on the origin, each subscribed to its own link; an edge listener on each
+/// shard subscribed to one link's relayed track: each hears its own publisher, byte for byte,
+/// and nothing of the other. Closing one link closes its socket; the other keeps carrying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relay_links_between_two_engines_both_carry_media() {
+    let loopback = "127.0.0.1".parse().unwrap();
+    let settings = |shards| SfuSettings {
+        bind_ip: loopback,
+        advertise_ip: loopback,
+        ports: UdpPorts::Mux(0),
+        shards,
+    };
+    let (origin_rt, origin, mut origin_events) = SfuRuntime::start(&settings(1), [5; 32]).unwrap();
+    let (edge_rt, edge, mut edge_events) = SfuRuntime::start(&settings(2), [6; 32]).unwrap();
+    let clients = Clients::start();
+    let (mut oseen, mut eseen) = (Vec::new(), Vec::new());
+
+    // Two publishers on the origin, with payloads told apart by their fill byte.
+    let mut tracks = Vec::new();
+    for (n, fill) in [(0u64, 0xA1u8), (1, 0xB2)] {
+        let mut c = Client::new();
+        c.fill = fill;
+        let mut api = c.rtc.sdp_api();
+        let mid = api.add_media(
+            MediaKind::Audio,
+            Direction::SendOnly,
+            Some("s".into()),
+            Some(format!("mic{n}")),
+            None,
+        );
+        let (offer, pending) = api.apply().unwrap();
+        let i = clients.add(c);
+        let peer = PeerId::new(ShardId(0), 1 + n);
+        origin
+            .send(EngineCommand::AcceptOffer {
+                peer,
+                publish: Publish::Allow,
+                offer,
+                single: false,
+                subscribe: Vec::new(),
+                relay: false,
+            })
+            .unwrap();
+        let answer = next_answer(&mut origin_events, peer, &mut oseen).await;
+        clients.with(i, |c| {
+            c.rtc.sdp_api().accept_answer(pending, answer).unwrap();
+            let pt = c
+                .rtc
+                .codec_config()
+                .find(|p| p.spec().codec == Codec::Opus)
+                .unwrap()
+                .pt();
+            c.send = Some((mid, pt));
+        });
+        tracks.push((i, peer));
+    }
+    wait_for(&mut origin_events, &mut oseen, "two tracks", |seen| {
+        seen.iter()
+            .filter(|e| matches!(e, Event::TrackPublished { .. }))
+            .count()
+            == 2
+    })
+    .await;
+    let track_of = |peer: PeerId, seen: &[Event]| -> TrackId {
+        seen.iter()
+            .find_map(|e| match e {
+                Event::TrackPublished { track, .. } if track.peer == peer => Some(*track),
+                _ => None,
+            })
+            .unwrap()
+    };
+
+    // Two relay links from the same edge shard to the origin; the shell binds their sockets.
+    let mut links = Vec::new();
+    let mut ports = Vec::new();
+    for (n, (_, publisher)) in tracks.iter().enumerate() {
+        let relay = PeerId::new(ShardId(1), 500 + n as u64);
+        edge.send(EngineCommand::CreateRelayPeer {
+            peer: relay,
+            audios: 1,
+            channels: Vec::new(),
+            local: None,
+        })
+        .unwrap();
+        let offer = next_offer(&mut edge_events, relay, &mut eseen).await;
+        ports.push(candidate_port(&offer.to_sdp_string()));
+        let sub = PeerId::new(ShardId(0), 100 + n as u64);
+        let track = track_of(*publisher, &oseen);
+        let label = MediaLabel {
+            stream_id: format!("PA_{n}|TR_{n}"),
+            track_id: format!("TR_{n}"),
+        };
+        origin
+            .send(EngineCommand::AcceptOffer {
+                peer: sub,
+                publish: Publish::Deny,
+                offer,
+                single: true,
+                subscribe: vec![(track, label)],
+                relay: true,
+            })
+            .unwrap();
+        let answer = next_answer(&mut origin_events, sub, &mut oseen).await;
+        edge.send(EngineCommand::HandleAnswer {
+            peer: relay,
+            answer,
+        })
+        .unwrap();
+        links.push(relay);
+    }
+    let shard_port = edge.local_addrs()[0].port();
+    assert_ne!(ports[0], ports[1], "each link has a socket of its own");
+    assert!(!ports.contains(&shard_port), "{ports:?} vs {shard_port}");
+
+    wait_for(
+        &mut edge_events,
+        &mut eseen,
+        "both links relaying",
+        |seen| {
+            let connected = seen
+                .iter()
+                .filter(|e| matches!(e, Event::Connected(p) if links.contains(p)))
+                .count();
+            let relayed = seen
+                .iter()
+                .filter(|e| matches!(e, Event::RelayTrackPublished { .. }))
+                .count();
+            connected == 2 && relayed == 2
+        },
+    )
+    .await;
+    let relayed_on = |relay: PeerId, seen: &[Event]| -> (TrackId, MediaLabel) {
+        seen.iter()
+            .find_map(|e| match e {
+                Event::RelayTrackPublished { track, label, .. } if track.peer == relay => {
+                    Some((*track, label.clone()))
+                }
+                _ => None,
+            })
+            .unwrap()
+    };
+
+    // A listener on each edge shard, each subscribed to one link's relayed track.
+    let mut listeners = Vec::new();
+    for (n, relay) in links.iter().enumerate() {
+        let peer = PeerId::new(ShardId(n as u16), 20 + n as u64);
+        edge.send(EngineCommand::CreatePeer {
+            peer,
+            publish: Publish::Deny,
+            channels: vec!["_reliable".into()],
+        })
+        .unwrap();
+        let offer = next_offer(&mut edge_events, peer, &mut eseen).await;
+        let i = clients.add(Client::new());
+        let answer = clients.with(i, |c| c.rtc.sdp_api().accept_offer(offer).unwrap());
+        edge.send(EngineCommand::HandleAnswer { peer, answer })
+            .unwrap();
+        let (track, label) = relayed_on(*relay, &eseen);
+        edge.send(EngineCommand::Subscribe {
+            track,
+            label,
+            peers: vec![peer],
+        })
+        .unwrap();
+        let offer = next_offer(&mut edge_events, peer, &mut eseen).await;
+        let answer = clients.with(i, |c| c.rtc.sdp_api().accept_offer(offer).unwrap());
+        edge.send(EngineCommand::HandleAnswer { peer, answer })
+            .unwrap();
+        listeners.push(i);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let publishers: Vec<usize> = tracks.iter().map(|(i, _)| *i).collect();
+    let heard_all = |want: usize, who: &[usize]| {
+        who.iter()
+            .all(|i| clients.with(*i, |c| c.payloads.len() >= want))
+    };
+    send_each(&clients, &publishers, 0..100).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !heard_all(100, &listeners) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (n, listener) in listeners.iter().enumerate() {
+        let fill = clients.with(tracks[n].0, |c| c.fill);
+        let (heard, payloads) = clients.with(*listener, |c| (c.heard.clone(), c.payloads.clone()));
+        assert_eq!(heard.len(), 100, "listener {n} heard {}", heard.len());
+        for ((_, index), payload) in heard.iter().zip(&payloads) {
+            assert_eq!(
+                payload,
+                &payload_of(*index, fill),
+                "listener {n}: another room's packet"
+            );
+        }
+    }
+
+    // Closing the first link closes its socket; the second keeps carrying.
+    edge.send(EngineCommand::ClosePeer { peer: links[0] })
+        .unwrap();
+    wait_for(
+        &mut edge_events,
+        &mut eseen,
+        "the first link gone",
+        |seen| {
+            seen.iter()
+                .any(|e| matches!(e, Event::Disconnected(p) if *p == links[0]))
+        },
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while UdpSocket::bind(("127.0.0.1", ports[0])).is_err() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        UdpSocket::bind(("127.0.0.1", ports[0])).is_ok(),
+        "the closed link's port is free again"
+    );
+    send_each(&clients, &publishers, 100..150).await;
+    let second = listeners[1];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !heard_all(150, &[second]) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(clients.with(second, |c| c.payloads.len()), 150);
+    assert_eq!(clients.with(listeners[0], |c| c.payloads.len()), 100);
+    drop(clients);
+    edge_rt.shutdown();
+    origin_rt.shutdown();
 }
 
 #[test]

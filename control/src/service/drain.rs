@@ -189,19 +189,14 @@ impl Control {
             tracing::info!(room = %doc.room.id, to = %to, "draining: the room has a new origin");
         }
         // This node is one of the room's edges until its last member here has moved: it
-        // relays the room from the new origin (one room per origin → edge pair, as for any
-        // edge), unless that node relays the room from here already, or the pair is held by
-        // another live room: then the members here hear the room once they have moved.
+        // relays the room from the new origin, unless that node relays the room from here
+        // already: then the members here hear the room once they have moved.
         if !link || placed != to {
             return Ok(true);
         }
-        if self.claim_pair(&placed, &own, &doc.room.id).await? {
-            let mut moved = doc.clone();
-            moved.room.media_url = Some(placed);
-            self.relay_if_edge(&moved).await;
-        } else {
-            tracing::warn!(room = %doc.room.id, "draining: the relay pair to the new origin is taken");
-        }
+        let mut moved = doc.clone();
+        moved.room.media_url = Some(placed);
+        self.relay_if_edge(&moved).await;
         Ok(true)
     }
 }

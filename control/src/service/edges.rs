@@ -44,7 +44,7 @@ impl Control {
         let Some(at) = origin.as_deref() else {
             return Ok(origin);
         };
-        let mut nodes: Vec<Node> = self.living().await?.to_vec();
+        let nodes: Vec<Node> = self.living().await?.to_vec();
         let (capacity, now) = (self.inner.config.node_capacity, now_ms());
         // The edges are read only when the origin is full and another node has headroom.
         if placement::edge_for(at, &[], &nodes, capacity, now).is_none() {
@@ -52,52 +52,18 @@ impl Control {
         }
         let id = &doc.room.id;
         let edges = self.inner.store.room_edges(id).await?;
-        // A node another room of this origin relays to cannot take this room too: each try
-        // that finds its pair held by a live room drops that node.
-        while let Some(edge) = placement::edge_for(at, &edges, &nodes, capacity, now) {
-            let url = edge.public_url.clone();
-            if !self.claim_pair(at, &url, id).await? {
-                nodes.retain(|n| n.public_url != url);
-                continue;
-            }
-            if !edges.contains(&url) {
-                self.inner.store.add_room_edge(id, &url).await?;
-                tracing::info!(room = %id, edge = %edge.id, "room spills over to an edge node");
-            }
-            metrics::counter!(crate::telemetry::EDGE_LISTENERS).increment(1);
-            return Ok(Some(url));
-        }
-        // Every node with headroom relays another room of this origin: the origin takes the
-        // listener beyond its capacity rather than a link the engines could not tell apart.
-        Ok(origin)
-    }
-
-    /// Claims the relay pair `origin` → `edge` for room `id`; a pair held by a room that ended
-    /// or left `origin` is taken over. Whether `id` may use the pair.
-    pub(super) async fn claim_pair(
-        &self,
-        origin: &str,
-        edge: &str,
-        id: &RoomId,
-    ) -> Result<bool, ControlError> {
-        let store = &self.inner.store;
-        let Some(holder) = store.claim_relay_pair(origin, edge, id).await? else {
-            return Ok(true);
+        // Any number of rooms may spill from one origin to one edge: each relay link has a
+        // socket of its own on the edge, so the engines tell the links apart.
+        let Some(edge) = placement::edge_for(at, &edges, &nodes, capacity, now) else {
+            return Ok(origin);
         };
-        let live = match RoomId::parse(&holder) {
-            Ok(other) => store
-                .room(&other, &Scope::header())
-                .await?
-                .is_some_and(|d| {
-                    d.room.state == RoomState::Live && d.room.media_url.as_deref() == Some(origin)
-                }),
-            Err(_) => false,
-        };
-        if live {
-            return Ok(false);
+        let url = edge.public_url.clone();
+        if !edges.contains(&url) {
+            self.inner.store.add_room_edge(id, &url).await?;
+            tracing::info!(room = %id, edge = %edge.id, "room spills over to an edge node");
         }
-        store.take_relay_pair(origin, edge, id).await?;
-        Ok(true)
+        metrics::counter!(crate::telemetry::EDGE_LISTENERS).increment(1);
+        Ok(Some(url))
     }
 
     /// For the sweep: every live room with members connected through this node while its
@@ -107,9 +73,9 @@ impl Control {
     /// within one sweep, without rejoining.
     ///
     /// A node an operator drained starts no links here: its members are moving, and a room it
-    /// was the origin of may have moved to a node that relays it from here, a link the other
-    /// way between the same two nodes the engines could not tell apart (the drain relays the
-    /// room from its new origin itself when that is safe, `service/drain.rs`).
+    /// was the origin of may have moved to a node that relays it from here, where a link back
+    /// would make one link each way for one room (the drain relays the room from its new
+    /// origin itself when that is not so, `service/drain.rs`).
     pub(super) async fn keep_relays(&self, rooms: &[RoomDoc]) {
         if self.drained() {
             return;

@@ -294,29 +294,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
-    /// Claims the relay link from the node at `origin` to the node at `edge` for room `id`:
-    /// engines tell relay links apart by their sockets, so one pair of nodes carries one room's
-    /// relay at a time. `None` when `id` holds the pair now (just claimed, or its already),
-    /// else the id of the room holding it. A store with one node has no pairs.
-    async fn claim_relay_pair(
-        &self,
-        _origin: &str,
-        _edge: &str,
-        _id: &RoomId,
-    ) -> Result<Option<String>, ControlError> {
-        Ok(None)
-    }
-
-    /// Gives the pair to room `id` whatever holds it (its holder ended or left the origin).
-    async fn take_relay_pair(
-        &self,
-        _origin: &str,
-        _edge: &str,
-        _id: &RoomId,
-    ) -> Result<(), ControlError> {
-        Ok(())
-    }
-
     /// Sends a command's outcome to every instance (this one included).
     async fn publish(&self, message: &BusMessage) -> Result<(), ControlError>;
 

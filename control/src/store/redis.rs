@@ -1391,24 +1391,6 @@ impl Store for RedisStore {
         edges::add(self, id, url).await
     }
 
-    async fn claim_relay_pair(
-        &self,
-        origin: &str,
-        edge: &str,
-        id: &RoomId,
-    ) -> Result<Option<String>, ControlError> {
-        edges::claim_pair(self, origin, edge, id).await
-    }
-
-    async fn take_relay_pair(
-        &self,
-        origin: &str,
-        edge: &str,
-        id: &RoomId,
-    ) -> Result<(), ControlError> {
-        edges::take_pair(self, origin, edge, id).await
-    }
-
     async fn publish(&self, message: &BusMessage) -> Result<(), ControlError> {
         let mut con = self.shared.clone();
         con.publish::<_, _, ()>(self.key("bus"), json(message)?)

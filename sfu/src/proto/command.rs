@@ -12,6 +12,7 @@
 //! [`Event::CommandFailed`]: super::Event::CommandFailed
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -81,6 +82,12 @@ pub enum EngineCommand {
         audios: u32,
         /// Data channel labels to open.
         channels: Vec<String>,
+        /// The local address of a UDP socket of the link's own (its one host candidate, the
+        /// source of everything it sends): the shell binds one per link and fills this in, so
+        /// that two links to one origin differ in their 5-tuple and the origin's datagrams
+        /// arrive on the link's own socket. `None`: the shard's own address (one link per
+        /// origin per shard, and the origin's datagrams must arrive on this shard's socket).
+        local: Option<SocketAddr>,
     },
     /// A relay peer offers again with `audios` more recvonly audio m-lines (0: one spare, for
     /// a new offer): what the origin asks for with [`Event::SectionsNeeded`]. The offer comes
@@ -335,9 +342,11 @@ impl Sfu {
                 peer,
                 audios,
                 channels,
+                local,
             } => {
                 let labels: Vec<&str> = channels.iter().map(String::as_str).collect();
-                if let Err(error) = self.create_relay_peer(now, Some(peer), audios, &labels) {
+                let result = self.create_relay_peer(now, Some(peer), audios, &labels, local);
+                if let Err(error) = result {
                     self.command_failed(peer, CommandKind::CreateRelayPeer, error);
                 }
             }

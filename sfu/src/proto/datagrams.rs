@@ -118,6 +118,24 @@ impl Datagrams {
         self.head = 0;
     }
 
+    /// Keep the datagrams for which `keep` returns `true`, in order; `keep` sees each once
+    /// (e.g. to send elsewhere those it does not keep). Rebuilds the queue only when it
+    /// drops something.
+    pub fn retain(&mut self, mut keep: impl FnMut(Datagram<'_>) -> bool) {
+        let mut kept = Datagrams::default();
+        let mut dropped = false;
+        for d in self.iter() {
+            if keep(d) {
+                kept.push(d.source, d.destination, d.contents);
+            } else {
+                dropped = true;
+            }
+        }
+        if dropped {
+            *self = kept;
+        }
+    }
+
     /// Move every datagram of `other` to the end of this queue, leaving `other` empty. Swaps
     /// buffers instead of copying when this queue is empty.
     pub fn append(&mut self, other: &mut Datagrams) {
@@ -180,5 +198,21 @@ mod tests {
         assert!(q.is_empty());
         empty.consume(5);
         assert!(empty.is_empty());
+
+        let mut q = Datagrams::default();
+        for i in 0..5u8 {
+            q.push(if i % 2 == 0 { a } else { b }, a, &[i]);
+        }
+        let mut taken = Vec::new();
+        q.retain(|d| {
+            if d.source == a {
+                return true;
+            }
+            taken.push(d.contents[0]);
+            false
+        });
+        assert_eq!(taken, vec![1, 3]);
+        let all: Vec<u8> = q.iter().map(|d| d.contents[0]).collect();
+        assert_eq!(all, vec![0, 2, 4]);
     }
 }

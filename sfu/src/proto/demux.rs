@@ -1,6 +1,7 @@
-//! Demultiplexing: which peer a datagram belongs to, in O(1) (by source address, or for a
-//! new address by the authenticated STUN binding request's ufrag, whose first two characters
-//! name the owning shard), and messages from other shards.
+//! Demultiplexing: which peer a datagram belongs to, in O(1) (a relay link's by its origin and
+//! local address, every other by source address, or for a new address by the authenticated
+//! STUN binding request's ufrag, whose first two characters name the owning shard), and
+//! messages from other shards.
 
 use super::*;
 
@@ -15,8 +16,15 @@ impl Sfu {
         contents: &[u8],
     ) -> Routed {
         self.last_now = self.last_now.max(now);
-        let peer = match self.by_addr.get(&source) {
-            Some(p) => *p,
+        // A relay link's datagrams by origin and local address (the origin is ICE-lite: its
+        // binding responses carry no ufrag to route by), then everyone's by source.
+        let link = if self.relay_links.is_empty() {
+            None
+        } else {
+            self.relay_links.get(&(source, destination)).copied()
+        };
+        let peer = match link.or_else(|| self.by_addr.get(&source).copied()) {
+            Some(p) => p,
             None => match self.route_new(now, proto, source, destination, contents) {
                 Ok(p) => p,
                 Err(r) => return r,
@@ -59,14 +67,6 @@ impl Sfu {
             }
             RelayMsg::Packet(track, packet) => self.forward(now, track, &packet),
             RelayMsg::TrackEnded(track) => self.clear_slots_of(track),
-            RelayMsg::RouteAddr(addr) => {
-                self.relay_routes.insert(addr, relay.from);
-            }
-            RelayMsg::UnrouteAddr(addr) => {
-                if self.relay_routes.get(&addr) == Some(&relay.from) {
-                    self.relay_routes.remove(&addr);
-                }
-            }
         }
         self.process(now);
     }
@@ -85,10 +85,6 @@ impl Sfu {
             s.stats.datagrams_unknown += 1;
             Err(Routed::Dropped)
         };
-        if let Some(shard) = self.relay_routes.get(&source) {
-            // An origin's datagram for a relay peer of another shard.
-            return Err(Routed::Foreign(*shard));
-        }
         let Ok(stun) = StunMessage::parse(contents) else {
             if let Some(shard) = self.foreign_addrs.get(&source) {
                 return Err(Routed::Foreign(*shard));

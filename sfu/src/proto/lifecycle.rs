@@ -488,8 +488,10 @@ impl Sfu {
         for track in p.up.values() {
             self.unpublish(*track, UnpublishReason::PeerGone);
         }
-        for addr in p.relay.iter().flat_map(|r| &r.routes) {
-            self.announce_route(RelayMsg::UnrouteAddr(*addr));
+        for key in p.relay.iter().flat_map(|r| &r.routes) {
+            if self.relay_links.get(key) == Some(&peer) {
+                self.relay_links.remove(key);
+            }
         }
         self.events.push_back(Event::Disconnected(peer));
     }

@@ -109,10 +109,6 @@ const OPUS_FRAME: Duration = Duration::from_millis(20);
 pub struct SfuConfig {
     /// This shard's id; encoded in every [`PeerId`] and ICE ufrag it creates.
     pub shard: ShardId,
-    /// How many shards the engine has (ids `0..shards`): a relay peer tells the others which
-    /// origin addresses are its own, since the origin's datagrams may land on any shard's
-    /// socket (see `relay`).
-    pub shards: u16,
     /// Seed for ICE credentials and initial sequence numbers. Production seeds it from the OS;
     /// tests pass a constant.
     pub seed: [u8; 32],
@@ -150,7 +146,6 @@ impl SfuConfig {
     pub fn new(shard: ShardId, seed: [u8; 32]) -> Self {
         SfuConfig {
             shard,
-            shards: 1,
             seed,
             speaker: SpeakerConfig::default(),
             stats_interval: None,
@@ -201,6 +196,9 @@ pub enum SfuError {
     /// ([`EngineCommand::CreateRelayPeer`]).
     #[error("peer {0} is a relay peer: it only receives, and only offers")]
     RelayPeer(PeerId),
+    /// No UDP socket could be opened for a relay link (see the shell).
+    #[error("cannot open a relay link's socket: {0}")]
+    LinkSocket(String),
     /// The command is for relay peers and the peer is not one.
     #[error("peer {0} is not a relay peer")]
     NotRelayPeer(PeerId),
@@ -386,11 +384,6 @@ pub enum RelayMsg {
     Packet(TrackId, MediaPacket),
     /// `track` ended; the receiver clears slots fed by it.
     TrackEnded(TrackId),
-    /// Datagrams from this address belong to a relay peer of the sender (an origin's
-    /// address, which sends no binding request that could route it).
-    RouteAddr(SocketAddr),
-    /// The sender's relay peer at this address is gone.
-    UnrouteAddr(SocketAddr),
 }
 
 /// One incoming audio packet, decoupled from the publisher's `Rtc`.
@@ -511,8 +504,8 @@ pub struct Sfu {
     by_addr: HashMap<SocketAddr, PeerId>,
     by_ufrag: HashMap<String, PeerId>,
     foreign_addrs: HashMap<SocketAddr, ShardId>,
-    /// Origin addresses of relay peers on other shards (see `relay`).
-    relay_routes: HashMap<SocketAddr, ShardId>,
+    /// Relay peers by (origin address, local address) of their link (see `relay`).
+    relay_links: HashMap<(SocketAddr, SocketAddr), PeerId>,
     tracks: HashMap<TrackId, Track>,
     /// Local subscribers of every track, owned here or relayed from another shard.
     fanout: HashMap<TrackId, Vec<(PeerId, SlotId)>>,
@@ -600,7 +593,7 @@ impl Sfu {
             by_addr: HashMap::new(),
             by_ufrag: HashMap::new(),
             foreign_addrs: HashMap::new(),
-            relay_routes: HashMap::new(),
+            relay_links: HashMap::new(),
             tracks: HashMap::new(),
             fanout: HashMap::new(),
             out: Drained::default(),

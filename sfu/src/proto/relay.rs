@@ -10,13 +10,14 @@
 //! track's msid in its answer (see `sections`).
 //!
 //! - [`EngineCommand::CreateRelayPeer`] creates the peer; its offer comes out as
-//!   [`Event::Offer`] (with no slots). The origin's answer goes back with
-//!   [`EngineCommand::HandleAnswer`]; str0m takes the origin's candidates from it, and the
-//!   engine routes datagrams from those addresses to the relay peer: the origin is ICE-lite
-//!   and sends only binding responses, which carry no ufrag that could route its address.
-//!   On an engine whose shards share one address, the origin's datagrams may land on any
-//!   shard's socket, so the relay peer's shard tells the others (`RelayMsg::RouteAddr`,
-//!   withdrawn when the peer goes), and they pass those datagrams on.
+//!   [`Event::Offer`] (with no slots). Its one host candidate is `local`, the address of a UDP
+//!   socket of the link's own, which the shell binds and fills in (without it, the shard's
+//!   own addresses). The origin's answer goes back with [`EngineCommand::HandleAnswer`];
+//!   str0m takes the origin's candidates from it, and the engine routes datagrams from those
+//!   addresses *to the link's local address* to the relay peer, keyed by (origin address,
+//!   local address): the origin is ICE-lite and sends only binding responses, which carry no
+//!   ufrag that could route its address. The link's socket belongs to the relay peer's
+//!   shard, so the origin's datagrams arrive there directly.
 //! - [`EngineCommand::OfferRelaySections`] makes a new offer, with more recvonly m-lines if
 //!   asked: what the origin asks for with `Event::SectionsNeeded`. The origin answers
 //!   `inactive` for an m-line it has no track for yet, and str0m then makes it inactive here
@@ -44,11 +45,12 @@
 //!   simulated test), and the owner closes it; the owner should close it as soon as the
 //!   origin's signaling says the link is gone rather than wait for that.
 //!
-//! Datagrams reach the relay peer by source address. Two relay links between the same pair
-//! of sockets (two rooms relayed between the same shards, or two nodes relaying to each
-//! other from their shared ports) would share a 5-tuple, which neither engine can
-//! demultiplex: the second one's origin address stays routed to the first, so the owner
-//! must keep one relay link per pair of sockets (or multiplex rooms over one link).
+//! Datagrams reach the relay peer by (source, destination). With a socket per link, two relay
+//! links between the same two engines (two rooms relayed from one origin to one edge, or two
+//! nodes relaying to each other) differ in the edge's port, so both engines tell them apart:
+//! the origin by source address, as any subscriber, the edge by local address. Two links
+//! from one *shared* local address to the same origin address (only without `local`) would
+//! share a 5-tuple: the second is not routed (a warning), so the shell always gives one.
 //!
 //! Retransmission: none, on either side, as on listener links. str0m 0.25 retransmits only
 //! through an RTX payload type and sends NACKs only for streams that have one; Opus has
@@ -76,23 +78,31 @@ pub(crate) struct RelayState {
     /// Every recvonly m-line offered, in order (those of an offer whose answer failed too:
     /// str0m knows no media for them).
     pub mids: Vec<Mid>,
-    /// The origin's addresses this peer routes, announced to the other shards.
-    pub routes: Vec<SocketAddr>,
+    /// The local addresses the peer uses: the link's own socket, or the shard's.
+    pub locals: Vec<SocketAddr>,
+    /// The (origin address, local address) pairs routed to this peer.
+    pub routes: Vec<(SocketAddr, SocketAddr)>,
 }
 
 impl Sfu {
     /// Create a relay peer with `audios` recvonly audio m-lines (at least one) and the given
     /// data channels; its offer arrives as [`Event::Offer`]. `id` is chosen by the caller
-    /// (`None`: by the engine).
+    /// (`None`: by the engine). `local` is the address of the link's own socket, its only
+    /// candidate (`None`: the shard's candidates).
     pub fn create_relay_peer(
         &mut self,
         now: Instant,
         id: Option<PeerId>,
         audios: u32,
         channels: &[&str],
+        local: Option<SocketAddr>,
     ) -> Result<PeerId, SfuError> {
         // It receives into the engine as a publisher does; it never sends media.
-        let config = self.peer_config(Publish::Allow);
+        let mut config = self.peer_config(Publish::Allow);
+        if let Some(local) = local {
+            config.candidates = vec![local];
+        }
+        let locals = config.candidates.clone();
         let id = self.new_peer(now, id, &config, false)?;
         if let Some(p) = self.peers.get_mut(&id) {
             p.negotiation.queued_channels = channels.iter().map(|c| (*c).to_owned()).collect();
@@ -101,6 +111,7 @@ impl Sfu {
                 reoffer: false,
                 in_flight: 0,
                 mids: Vec::new(),
+                locals,
                 routes: Vec::new(),
             });
         }
@@ -242,8 +253,17 @@ impl Sfu {
         Ok(())
     }
 
-    /// Datagrams from the answer's candidates go to the relay peer.
+    /// Datagrams from the answer's candidates to the peer's local addresses go to the relay
+    /// peer.
     fn route_origin(&mut self, peer: PeerId, sdp: &str) {
+        let Some(locals) = self
+            .peers
+            .get(&peer)
+            .and_then(|p| p.relay.as_ref())
+            .map(|r| r.locals.clone())
+        else {
+            return;
+        };
         for line in sdp.lines() {
             let Some(attr) = line.trim_end().strip_prefix("a=") else {
                 continue;
@@ -257,41 +277,24 @@ impl Sfu {
             if c.proto() != Protocol::Udp {
                 continue;
             }
-            let addr = c.addr();
-            match self.by_addr.get(&addr) {
-                Some(other) if *other != peer => {
-                    tracing::warn!(
-                        peer = %peer,
-                        other = %other,
-                        "relay peer's origin address already routed to another peer"
-                    );
-                }
-                Some(_) => {}
-                None => {
-                    self.by_addr.insert(addr, peer);
-                    self.foreign_addrs.remove(&addr);
-                    if let Some(p) = self.peers.get_mut(&peer) {
-                        p.addrs.push(addr);
-                        if let Some(r) = p.relay.as_mut() {
-                            r.routes.push(addr);
+            for local in &locals {
+                let key = (c.addr(), *local);
+                match self.relay_links.get(&key) {
+                    Some(other) if *other != peer => {
+                        tracing::warn!(
+                            peer = %peer,
+                            other = %other,
+                            "relay peer's origin address and local socket already routed to another peer"
+                        );
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.relay_links.insert(key, peer);
+                        if let Some(r) = self.peers.get_mut(&peer).and_then(|p| p.relay.as_mut()) {
+                            r.routes.push(key);
                         }
                     }
-                    self.announce_route(RelayMsg::RouteAddr(addr));
                 }
-            }
-        }
-    }
-
-    /// Tell every other shard about a relay peer's origin address.
-    pub(super) fn announce_route(&mut self, msg: RelayMsg) {
-        for s in 0..self.config.shards {
-            let to = ShardId(s);
-            if to != self.config.shard {
-                self.relays.push_back(Relay {
-                    to,
-                    from: self.config.shard,
-                    msg: msg.clone(),
-                });
             }
         }
     }

@@ -10,7 +10,14 @@
 //!   is encoded in the ICE ufrag and learned per source address).
 //! - **Range mode** (e.g. 50000-50200): shard *i* listens on `start + i` and its peers'
 //!   candidates point there, so datagrams arrive at the owner directly. The rest of the range
-//!   is left for TURN relay ports.
+//!   is left for TURN relay ports and relay links.
+//!
+//! A relay link ([`EngineCommand::CreateRelayPeer`], this node's connection to another node's
+//! engine) gets a UDP socket of its own from its shard: a free port of the range's rest (ports
+//! TURN holds are skipped), or an ephemeral one in mux mode or when none is free. So two links
+//! to one origin differ in their 5-tuple, and the origin's datagrams arrive at the link's
+//! shard directly. A small task reads the socket into the shard's inbox; the shard sends the
+//! link's datagrams from it; the socket closes with the relay peer.
 //!
 //! Packets of a track published on one shard reach subscribers on another as
 //! [`RelayMsg::Packet`](crate::RelayMsg) messages. Sends are batched with `sendmmsg`.
@@ -85,6 +92,13 @@ pub struct ShardInfo {
     pub id: ShardId,
     /// The address its peers' candidates advertise.
     pub advertised: SocketAddr,
+    /// The address its relay links' own sockets bind (with their own ports).
+    pub bind_ip: IpAddr,
+    /// The address its relay links' candidates advertise (with their own ports).
+    pub advertise_ip: IpAddr,
+    /// Ports a relay link's socket may take (the part of the media port range no shard
+    /// listens on), tried in turn; none free, or no range: an ephemeral port.
+    pub link_ports: Option<(u16, u16)>,
 }
 
 /// Where the shards put packets of tapped tracks ([`SfuHandle::set_tap`]); set once.
@@ -171,11 +185,21 @@ impl SfuRuntime {
         let mut threads = Vec::with_capacity(n);
         let traffic: Vec<Arc<Traffic>> = (0..n).map(|_| Arc::default()).collect();
         let tap = TapSink::default();
+        let link_ports = match settings.ports {
+            UdpPorts::Range { start, end } => u16::try_from(usize::from(start) + n)
+                .ok()
+                .filter(|first| *first <= end)
+                .map(|first| (first, end)),
+            UdpPorts::Mux(_) => None,
+        };
         for (i, (socket, inbox)) in sockets.into_iter().zip(receivers).enumerate() {
             let local = socket.local_addr()?;
             let info = ShardInfo {
                 id: ShardId(i as u16),
                 advertised: SocketAddr::new(settings.advertise_ip, local.port()),
+                bind_ip: settings.bind_ip,
+                advertise_ip: settings.advertise_ip,
+                link_ports,
             };
             local_addrs.push(local);
             let mut shard_seed = seed;

@@ -1,6 +1,7 @@
-//! One shard: a thread with a current-thread tokio runtime, one engine core, one socket.
+//! One shard: a thread with a current-thread tokio runtime, one engine core, one socket, and
+//! a socket of their own for each of its relay links.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,10 +12,11 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use super::traffic::{Queue, Traffic};
-use super::udp::SendBatch;
+use super::udp::{self, SendBatch};
 use super::{ShardInfo, TapSink};
 use crate::proto::{
-    EngineCommand, Event, Output, PeerId, Relay, RelayMsg, Routed, Sfu, SfuConfig, SfuStats,
+    CommandKind, EngineCommand, Event, Output, PeerId, Relay, RelayMsg, Routed, Sfu, SfuConfig,
+    SfuError, SfuStats,
 };
 
 /// Datagrams read per wake-up before outputs are flushed (a cooperative budget, as Firezone's
@@ -37,9 +39,12 @@ pub(crate) enum ShardMsg {
     Stats(oneshot::Sender<SfuStats>),
     /// A message from another shard's core.
     Relay(Relay),
-    /// A datagram that arrived on another shard's socket but belongs to a peer here.
+    /// A datagram that arrived on another shard's socket but belongs to a peer here, or on
+    /// one of this shard's relay link sockets (`destination`: the address it arrived at, as
+    /// its peer's candidate names it).
     Datagram {
         source: SocketAddr,
+        destination: SocketAddr,
         received: Instant,
         contents: Vec<u8>,
     },
@@ -59,6 +64,23 @@ pub(crate) struct Shard {
     /// Peers closed because an event about them did not fit in the event channel; their
     /// `Disconnected` is still owed to the owner. At most one entry per peer the shard had.
     lost: BTreeSet<PeerId>,
+    /// Relay links' own sockets, by the address their relay peer's candidate advertises.
+    links: HashMap<SocketAddr, Link>,
+    /// Where the next search for a free link port starts, as an offset into the range.
+    link_cursor: usize,
+}
+
+/// A relay link's own socket and the task reading it.
+struct Link {
+    peer: PeerId,
+    socket: Arc<UdpSocket>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }
 
 impl Shard {
@@ -73,6 +95,8 @@ impl Shard {
         traffic: Arc<Traffic>,
         tap: TapSink,
     ) -> Self {
+        // Shards start their search for a free link port apart.
+        let link_cursor = usize::from(info.id.0) * 8;
         Shard {
             info,
             socket,
@@ -83,6 +107,8 @@ impl Shard {
             traffic,
             tap,
             lost: BTreeSet::new(),
+            links: HashMap::new(),
+            link_cursor,
         }
     }
 
@@ -108,7 +134,6 @@ impl Shard {
         let socket = UdpSocket::from_std(self.socket.try_clone()?)?;
         let mut config = SfuConfig::new(self.info.id, self.seed);
         config.candidates = vec![self.info.advertised];
-        config.shards = self.shards.len() as u16;
         let mut sfu = Sfu::new(config, Instant::now());
         let mut batch = SendBatch::default();
         let mut buf = vec![0u8; MAX_DATAGRAM];
@@ -117,6 +142,9 @@ impl Shard {
         tracing::debug!(shard = self.info.id.0, addr = %self.info.advertised, "shard running");
         loop {
             let deadline = self.drain(&mut sfu, &mut batch);
+            if !self.links.is_empty() {
+                self.send_links(&mut batch);
+            }
             if !batch.is_empty() {
                 let stats = batch.flush(&socket)?;
                 self.traffic.sent(stats.sent, stats.bytes);
@@ -168,7 +196,8 @@ impl Shard {
                                 read_at.get_or_insert(now);
                                 let routed = sfu.handle_receive(now, Protocol::Udp, source, self.info.advertised, &buf[..n]);
                                 if let Routed::Foreign(shard) = routed {
-                                    let msg = ShardMsg::Datagram { source, received: now, contents: buf[..n].to_vec() };
+                                    let destination = self.info.advertised;
+                                    let msg = ShardMsg::Datagram { source, destination, received: now, contents: buf[..n].to_vec() };
                                     self.relay(shard.0, msg);
                                 }
                             }
@@ -199,6 +228,31 @@ impl Shard {
 
     fn handle_msg(&mut self, sfu: &mut Sfu, msg: ShardMsg) {
         match msg {
+            ShardMsg::Command(EngineCommand::CreateRelayPeer {
+                peer,
+                audios,
+                channels,
+                local: None,
+            }) => match self.open_link(sfu, peer) {
+                Ok(local) => {
+                    let command = EngineCommand::CreateRelayPeer {
+                        peer,
+                        audios,
+                        channels,
+                        local: Some(local),
+                    };
+                    sfu.handle_command(Instant::now(), command);
+                }
+                Err(error) => {
+                    tracing::warn!(peer = %peer, error = %error, "cannot open a relay link's socket");
+                    let event = Event::CommandFailed {
+                        peer,
+                        command: CommandKind::CreateRelayPeer,
+                        error,
+                    };
+                    self.deliver(sfu, event);
+                }
+            },
             ShardMsg::Command(command) => sfu.handle_command(Instant::now(), command),
             ShardMsg::Stats(reply) => {
                 let _ = reply.send(sfu.stats());
@@ -206,20 +260,109 @@ impl Shard {
             ShardMsg::Relay(r) => sfu.handle_relay(Instant::now(), r),
             ShardMsg::Datagram {
                 source,
+                destination,
                 received,
                 contents,
             } => {
-                // A second hop is never forwarded again: ownership is by ufrag.
-                let _ = sfu.handle_receive(
-                    received,
-                    Protocol::Udp,
-                    source,
-                    self.info.advertised,
-                    &contents,
-                );
+                // A second hop is never forwarded again: ownership is by ufrag (or, for a
+                // link's socket, by its relay peer, which lives here).
+                let _ = sfu.handle_receive(received, Protocol::Udp, source, destination, &contents);
             }
             ShardMsg::Stop => {}
         }
+    }
+
+    /// Bind a socket of its own for relay peer `peer`'s link and start reading it into this
+    /// shard's inbox; returns the address its candidate advertises.
+    fn open_link(&mut self, sfu: &Sfu, peer: PeerId) -> Result<SocketAddr, SfuError> {
+        if sfu.is_relay_peer(peer) || self.links.values().any(|l| l.peer == peer) {
+            return Err(SfuError::PeerIdUnavailable(peer));
+        }
+        let std_socket = self
+            .bind_link()
+            .map_err(|e| SfuError::LinkSocket(e.to_string()))?;
+        let port = std_socket
+            .local_addr()
+            .map_err(|e| SfuError::LinkSocket(e.to_string()))?
+            .port();
+        let socket = UdpSocket::from_std(std_socket)
+            .map(Arc::new)
+            .map_err(|e| SfuError::LinkSocket(e.to_string()))?;
+        let local = SocketAddr::new(self.info.advertise_ip, port);
+        let inbox = self
+            .shards
+            .get(usize::from(self.info.id.0))
+            .cloned()
+            .ok_or_else(|| SfuError::LinkSocket("shard has no inbox".to_owned()))?;
+        let reader = tokio::spawn(read_link(
+            socket.clone(),
+            local,
+            inbox,
+            self.traffic.clone(),
+        ));
+        tracing::debug!(peer = %peer, port, "relay link socket open");
+        self.links.insert(
+            local,
+            Link {
+                peer,
+                socket,
+                reader,
+            },
+        );
+        Ok(local)
+    }
+
+    /// A socket for a relay link: the first free port of the range's rest (ports another link,
+    /// another shard or TURN holds are skipped), else an ephemeral port.
+    fn bind_link(&mut self) -> io::Result<std::net::UdpSocket> {
+        if let Some((first, last)) = self.info.link_ports {
+            let count = usize::from(last - first) + 1;
+            for i in 0..count {
+                let offset = (self.link_cursor + i) % count;
+                let Ok(port) = u16::try_from(usize::from(first) + offset) else {
+                    continue;
+                };
+                if let Ok(socket) = udp::bind(SocketAddr::new(self.info.bind_ip, port), false) {
+                    self.link_cursor = offset + 1;
+                    return Ok(socket);
+                }
+            }
+            tracing::warn!(
+                first,
+                last,
+                "no free port in the media port range for a relay link; using an ephemeral port"
+            );
+        }
+        udp::bind(SocketAddr::new(self.info.bind_ip, 0), false)
+    }
+
+    /// Close the link socket of `peer` once the core has no relay peer of that id.
+    fn close_link(&mut self, sfu: &Sfu, peer: PeerId) {
+        if sfu.is_relay_peer(peer) {
+            return;
+        }
+        self.links.retain(|_, l| l.peer != peer);
+    }
+
+    /// Send the datagrams of relay links from their own sockets; the rest stays queued for
+    /// the shard's socket. A link's socket that cannot take one now loses it, as the wire
+    /// would (a link sends little: ICE checks, DTLS, RTCP).
+    fn send_links(&self, batch: &mut SendBatch) {
+        let own = self.info.advertised;
+        let queue = batch.queue_mut();
+        if queue.iter().all(|d| d.source == own) {
+            return;
+        }
+        queue.retain(|d| {
+            let Some(link) = self.links.get(&d.source) else {
+                return true;
+            };
+            match link.socket.try_send_to(d.contents, d.destination) {
+                Ok(n) => self.traffic.sent(1, n),
+                Err(e) => tracing::trace!(error = %e, "relay link send failed"),
+            }
+            false
+        });
     }
 
     /// Take every output of the core; returns the next deadline.
@@ -255,6 +398,16 @@ impl Shard {
     /// can do without (data, statistics, speaker levels) is dropped; any other event about a
     /// peer closes the peer, and its `Disconnected` is owed (see [`Shard::retry_lost`]).
     fn deliver(&mut self, sfu: &mut Sfu, event: Event) {
+        if !self.links.is_empty()
+            && let Event::Disconnected(peer)
+            | Event::CommandFailed {
+                peer,
+                command: CommandKind::CreateRelayPeer,
+                ..
+            } = &event
+        {
+            self.close_link(sfu, *peer);
+        }
         let peer = event_peer(&event);
         if let Some(peer) = peer
             && self.lost.contains(&peer)
@@ -285,6 +438,40 @@ impl Shard {
                 return;
             }
             self.lost.pop_first();
+        }
+    }
+}
+
+/// Read a relay link's socket into its shard's inbox until the link closes (the task is
+/// aborted) or the shard stops. A datagram that does not fit is dropped and counted.
+async fn read_link(
+    socket: Arc<UdpSocket>,
+    local: SocketAddr,
+    inbox: mpsc::Sender<ShardMsg>,
+    traffic: Arc<Traffic>,
+) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        match socket.recv_from(&mut buf).await {
+            Ok((n, source)) => {
+                traffic.received(n);
+                let msg = ShardMsg::Datagram {
+                    source,
+                    destination: local,
+                    received: Instant::now(),
+                    contents: buf[..n].to_vec(),
+                };
+                match inbox.try_send(msg) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => traffic.dropped(Queue::Links),
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                }
+            }
+            // ICMP errors of earlier sends surface here; the next datagram may be fine.
+            Err(e) => {
+                tracing::trace!(error = %e, "relay link recv error");
+                tokio::task::yield_now().await;
+            }
         }
     }
 }
@@ -328,6 +515,9 @@ mod tests {
         let info = ShardInfo {
             id: ShardId(0),
             advertised,
+            bind_ip: advertised.ip(),
+            advertise_ip: advertised.ip(),
+            link_ports: None,
         };
         Shard::new(
             info,
@@ -369,6 +559,30 @@ mod tests {
         shard.retry_lost();
         assert!(matches!(rx.try_recv(), Ok(Event::Disconnected(p)) if p == b));
         assert!(shard.lost.is_empty());
+    }
+
+    #[test]
+    fn a_link_takes_a_free_port_of_the_range_else_an_ephemeral_one() {
+        let (tx, _rx) = mpsc::channel(1);
+        let mut shard = shard(tx);
+        // A port that was free a moment ago, as the range's only one.
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("probe")
+            .port();
+        shard.info.link_ports = Some((port, port));
+        let first = shard.bind_link().expect("first link");
+        let first_addr = first.local_addr().expect("addr");
+        assert_eq!(first_addr, SocketAddr::new(shard.info.bind_ip, port));
+        // The range is full: an ephemeral port on the same address.
+        let second = shard.bind_link().expect("second link");
+        let second_addr = second.local_addr().expect("addr");
+        assert_eq!(second_addr.ip(), shard.info.bind_ip);
+        assert_ne!(second_addr.port(), port);
+        // Freed with its link, the port is taken again.
+        drop(first);
+        let third = shard.bind_link().expect("third link");
+        assert_eq!(third.local_addr().expect("addr").port(), port);
     }
 
     #[test]

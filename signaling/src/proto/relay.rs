@@ -153,6 +153,8 @@ impl Server {
             peer,
             audios: 1,
             channels: RELAY_CHANNELS.iter().map(|c| (*c).to_owned()).collect(),
+            // The engine's shell binds the link a socket of its own.
+            local: None,
         });
         Ok(())
     }
