@@ -126,6 +126,9 @@ struct FailoverArgs {
     /// (needs root); otherwise all on 127.0.0.1.
     #[arg(long)]
     namespaces: bool,
+    /// Harness worker threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     /// Seconds after the kill when the run gives up.
     #[arg(long, default_value_t = 30)]
     give_up: u64,
@@ -675,7 +678,7 @@ fn main() -> anyhow::Result<()> {
                 affinity::pin(cpus)?;
             }
             let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
+                .worker_threads(a.threads.max(1))
                 .enable_all()
                 .build()
                 .context("tokio runtime")?;
