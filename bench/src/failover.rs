@@ -376,6 +376,17 @@ async fn play(
     } else {
         std::net::Ipv4Addr::LOCALHOST
     };
+    // The speaker runs on a runtime (a thread) of her own: hundreds of listeners rejoining at
+    // once, with their DTLS handshakes, would otherwise delay her audio ticks on the harness's
+    // workers, and every listener would seem to pause.
+    let speaker_runtime = OwnRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("speaker")
+            .enable_all()
+            .build()
+            .map_err(client::ClientError::Io)?,
+    ));
     let mut spawn =
         |identity: &str, role: Role, apis: &[SocketAddr]| -> Result<ClientHandle, ScenarioError> {
             next_api += 1;
@@ -399,6 +410,10 @@ async fn play(
                     Role::Listener => Depth::Header,
                 },
                 deadline,
+            };
+            let _speaker = match (role, speaker_runtime.0.as_ref()) {
+                (Role::Speaker, Some(rt)) => Some(rt.handle().enter()),
+                _ => None,
             };
             Ok(ClientHandle::spawn(spec, shared.clone()))
         };
@@ -639,6 +654,18 @@ fn shared() -> Result<Shared, ScenarioError> {
         dtls_cert: Arc::new(client::dtls_cert()?),
         sink: Some(Arc::new(sink)),
     })
+}
+
+/// A runtime shut down without waiting when dropped (a runtime may not be dropped, and so
+/// wait, inside another's async context).
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// The living nodes' records (`GET /api/nodes`), empty when it cannot be read.
