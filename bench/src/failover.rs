@@ -1,6 +1,8 @@
 //! A node dies under a room: how long until its listeners hear audio again?
 //!
-//! Three `stoa serve` nodes share one `redis-server` (both started here, on 127.0.0.1). A room
+//! Three `stoa serve` nodes share one `redis-server` (both started here, on 127.0.0.1, or with
+//! [`Params::namespaces`] each node in a network namespace of its own joined by veth links and
+//! Redis and the clients on the hub's address, as `stoa-bench relay` runs them). A room
 //! is created through `/api`; its host speaks on the room's origin, and listeners join through
 //! the product path (user token, `POST /api/rooms/{id}/token`, `/rtc` at the URL it names)
 //! until the origin is full (`[control] node_capacity`) and the rest spill over to the other
@@ -13,6 +15,9 @@
 //!   moves the room to a living node); listeners on edges stay connected and should hear her
 //!   again once their edge re-links to the room's new origin; the origin's own listeners
 //!   rejoin.
+//!
+//! The speaker's client runs on a runtime thread of its own, so that the listeners' rejoins
+//! (hundreds of DTLS handshakes at once on the harness's workers) do not hold back her audio.
 //!
 //! The listeners a kill concerns are the killed edge's own (their connections ended), or every
 //! listener when the origin died; one has recovered at the first packet it receives after its
