@@ -67,6 +67,28 @@ pub struct Participant {
 }
 
 impl Participant {
+    /// A participant without a session, as another node describes it (an origin's speaker on
+    /// an edge, an edge's listener on the origin), with `tracks` filed here.
+    pub(crate) fn mirror_of(
+        info: lk::ParticipantInfo,
+        tracks: BTreeMap<String, PublishedTrack>,
+    ) -> Participant {
+        Participant {
+            state: State::try_from(info.state).unwrap_or(State::Active),
+            sid: info.sid,
+            identity: info.identity,
+            name: info.name,
+            metadata: info.metadata,
+            attributes: info.attributes,
+            permission: info.permission.unwrap_or_default(),
+            admin: false,
+            version: info.version,
+            tracks,
+            joined_at_ms: info.joined_at_ms,
+            protocol: 0,
+        }
+    }
+
     /// Whether this participant may publish audio.
     pub fn can_publish(&self) -> bool {
         self.permission.can_publish

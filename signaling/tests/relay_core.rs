@@ -19,7 +19,10 @@ use stoa_signaling::proto::{
     AdminOp, AdminReply, Output, ParticipantUpdate, RelayOutput, Server, ServerConfig,
     ServiceError, SessionId,
 };
-use stoa_signaling::token::{Claims, VideoGrants};
+use stoa_signaling::token::Claims;
+
+mod core_support;
+use core_support::{claims, drain};
 
 const TICK: Duration = Duration::from_millis(100);
 
@@ -29,32 +32,6 @@ fn server(t0: Instant) -> Server {
         ..ServerConfig::default()
     };
     Server::new(config, t0, 1_700_000_000_000)
-}
-
-/// Every output up to the next timeout.
-fn drain(s: &mut Server) -> Vec<Output> {
-    let mut out = Vec::new();
-    loop {
-        match s.poll_output() {
-            Output::Timeout(_) => return out,
-            o => out.push(o),
-        }
-    }
-}
-
-fn claims(identity: &str, room: &str, publish: bool) -> Claims {
-    Claims {
-        sub: identity.into(),
-        iss: "key".into(),
-        video: VideoGrants {
-            room_join: true,
-            room: room.into(),
-            can_publish: Some(publish),
-            can_subscribe: Some(true),
-            ..Default::default()
-        },
-        ..Default::default()
-    }
 }
 
 /// A legacy (two-connection) client joins; returns its session and subscriber peer.

@@ -22,37 +22,15 @@ use stoa_signaling::proto::{
     AdminOp, AdminReply, Output, ParticipantUpdate, ROOM_UPDATE_EVERY, ROSTER_BATCH,
     ROSTER_PACKETS_PER_TICK, ROSTER_TOPIC, RelayOutput, Server, ServerConfig, SessionId,
 };
-use stoa_signaling::token::{Claims, VideoGrants};
+use stoa_signaling::token::Claims;
+
+mod core_support;
+use core_support::{claims, drain};
 
 const TICK: Duration = Duration::from_millis(100);
 
 fn server(t0: Instant) -> Server {
     Server::new(ServerConfig::default(), t0, 1_700_000_000_000)
-}
-
-fn drain(s: &mut Server) -> Vec<Output> {
-    let mut out = Vec::new();
-    loop {
-        match s.poll_output() {
-            Output::Timeout(_) => return out,
-            o => out.push(o),
-        }
-    }
-}
-
-fn claims(identity: &str, room: &str, publish: bool) -> Claims {
-    Claims {
-        sub: identity.into(),
-        iss: "key".into(),
-        video: VideoGrants {
-            room_join: true,
-            room: room.into(),
-            can_publish: Some(publish),
-            can_subscribe: Some(true),
-            ..Default::default()
-        },
-        ..Default::default()
-    }
 }
 
 /// A legacy (two-connection) client joins; its session, not connected yet (`JOINED`).

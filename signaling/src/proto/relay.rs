@@ -309,7 +309,7 @@ impl Server {
     }
 
     /// An origin participant's snapshot: a mirror appears, changes or leaves.
-    fn mirror(&mut self, room: &str, info: lk::ParticipantInfo) {
+    fn mirror(&mut self, room: &str, mut info: lk::ParticipantInfo) {
         let Some(link) = self.relays.get(room) else {
             return;
         };
@@ -354,7 +354,7 @@ impl Server {
             return self.mirror(room, info);
         }
         let mut tracks = std::collections::BTreeMap::new();
-        for t in info.tracks {
+        for t in std::mem::take(&mut info.tracks) {
             let engine = old
                 .and_then(|o| o.tracks.get(&t.sid))
                 .and_then(|o| o.engine);
@@ -376,21 +376,7 @@ impl Server {
                     .collect()
             })
             .unwrap_or_default();
-        let state = State::try_from(info.state).unwrap_or(State::Active);
-        let mirror = Participant {
-            sid: info.sid.clone(),
-            identity: info.identity,
-            name: info.name,
-            metadata: info.metadata,
-            attributes: info.attributes,
-            permission: info.permission.unwrap_or_default(),
-            admin: false,
-            state,
-            version: info.version,
-            tracks,
-            joined_at_ms: info.joined_at_ms,
-            protocol: 0,
-        };
+        let mirror = Participant::mirror_of(info, tracks);
         let psid = mirror.sid.clone();
         let Some(r) = self.rooms.get_mut(room) else {
             return;

@@ -192,21 +192,7 @@ impl Server {
             // Rejoined on the edge under a new sid: the old one goes first.
             self.drop_announced(room, &holder);
         }
-        let state = State::try_from(info.state).unwrap_or(State::Active);
-        let mirror = Participant {
-            sid: info.sid.clone(),
-            identity: info.identity,
-            name: info.name,
-            metadata: info.metadata,
-            attributes: info.attributes,
-            permission: info.permission.unwrap_or_default(),
-            admin: false,
-            state,
-            version: info.version,
-            tracks: Default::default(),
-            joined_at_ms: info.joined_at_ms,
-            protocol: 0,
-        };
+        let mirror = Participant::mirror_of(info, Default::default());
         let Some(r) = self.rooms.get_mut(room) else {
             return;
         };
