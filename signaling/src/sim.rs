@@ -114,6 +114,9 @@ pub struct Client {
     /// For each `MediaSectionsRequirement` received (one connection), whether the client's
     /// connection was up then.
     pub asked_when_connected: Vec<bool>,
+    /// For each `TrackPublishedResponse` received, whether the client's connection (its
+    /// publisher's, or its one connection) was up then.
+    pub published_when_connected: Vec<bool>,
     /// On one connection: recvonly audio m-lines to add to the next offer, and whether the
     /// server asked for a new offer (sent once the pending one is answered, as livekit-client
     /// does).
@@ -229,6 +232,10 @@ pub struct Sim {
     ping_interval: Duration,
     /// The next `/rtc/v1` join sends its offer after the join (see [`Sim::join_v1_offer_after`]).
     offer_after_join: bool,
+    /// The next join says it comes from livekit-client (`sdk=js`).
+    join_as_js: bool,
+    /// The next join sends AddTrack at once (see [`Sim::join_v1_adding_track`]).
+    add_track_on_join: bool,
 }
 
 impl Sim {
@@ -279,6 +286,8 @@ impl Sim {
             max_steps: 1_000_000,
             ping_interval,
             offer_after_join: false,
+            join_as_js: false,
+            add_track_on_join: false,
         }
     }
 
@@ -323,6 +332,25 @@ impl Sim {
         let c = self.join_v1_without_offer(room, identity, publish, sections);
         self.send_first_offer(c);
         c
+    }
+
+    /// A client joining `room` on `/rtc/v1` with its offer inside the join request (like
+    /// [`Sim::join_v1`]; from livekit-client, `sdk=js`, when `js`) and sending AddTrack for
+    /// `mic-{identity}` at once, before anything else reaches it or the engine: as
+    /// livekit-client republishes its tracks on the join response of a full reconnect.
+    pub fn join_v1_adding_track(
+        &mut self,
+        room: &str,
+        identity: &str,
+        sections: u32,
+        js: bool,
+    ) -> usize {
+        self.join_as_js = js;
+        self.add_track_on_join = true;
+        let joined = self.join_as(identity, Self::grants(room, true), Some(sections));
+        self.join_as_js = false;
+        self.add_track_on_join = false;
+        joined.expect("join refused")
     }
 
     /// A `/rtc/v1` join whose offer is kept back, to send with [`Sim::send_first_offer`].
@@ -372,8 +400,10 @@ impl Sim {
             video: grants,
             ..Default::default()
         };
+        let sdk = if self.join_as_js { "&sdk=js" } else { "" };
         let mut params =
-            join::parse_query("access_token=x&protocol=17&auto_subscribe=1").expect("params");
+            join::parse_query(&format!("access_token=x&protocol=17&auto_subscribe=1{sdk}"))
+                .expect("params");
         let mut publisher = ClientPc::new(addr(base), self.now);
         let mut pending_pub = None;
         let mut recv_mids = Vec::new();
@@ -405,6 +435,17 @@ impl Sim {
             }
         }
         let session = self.server.connect(self.now, claims, params)?;
+        if self.add_track_on_join {
+            let add = lk::AddTrackRequest {
+                cid: format!("mic-{identity}"),
+                name: "microphone".into(),
+                r#type: lk::TrackType::Audio as i32,
+                source: lk::TrackSource::Microphone as i32,
+                ..Default::default()
+            };
+            self.server
+                .handle_request(self.now, session, signal_request::Message::AddTrack(add));
+        }
         let client = Client {
             identity: identity.into(),
             session: Some(session),
@@ -424,6 +465,7 @@ impl Sim {
             single: single.is_some(),
             recv_mids,
             asked_when_connected: Vec::new(),
+            published_when_connected: Vec::new(),
             wanted_sections: 0,
             reoffer: false,
             first_offer: None,
@@ -995,6 +1037,11 @@ impl Sim {
                     self.reoffer_single(c, session);
                     return;
                 }
+            }
+            signal_response::Message::TrackPublished(_) => {
+                client
+                    .published_when_connected
+                    .push(client.publisher.rtc.is_connected());
             }
             // The server wants more m-lines, or a new offer (one connection).
             signal_response::Message::MediaSectionsRequirement(req) if client.single => {

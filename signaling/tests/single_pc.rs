@@ -460,3 +460,55 @@ fn more_m_lines_are_asked_for_only_once_the_connection_is_up() {
     assert!(!heard_from(&sim, listener, s1).is_empty(), "s1 not heard");
     assert!(!heard_from(&sim, listener, s2).is_empty(), "s2 not heard");
 }
+
+#[test]
+fn livekit_clients_track_published_waits_for_its_connection_after_an_offer_in_the_join() {
+    // livekit-client republishes its tracks as soon as a full reconnect's join response
+    // arrives, while it may still be setting the offer it sent inside the join request; the
+    // negotiate() a TrackPublishedResponse starts must find that offer and its answer applied,
+    // which they are once its connection is up.
+    let mut sim = world(19);
+    let a = sim.join_v1_adding_track("r", "a", 3, true);
+    connect(&mut sim, a);
+    let ok = sim.run_until(SECOND, |s| {
+        !s.clients[a].published_when_connected.is_empty()
+    });
+    assert!(ok, "the TrackPublishedResponse never came");
+    assert_eq!(sim.clients[a].published_when_connected, [true]);
+    // The response came after the answer to the join's offer, and the track is published in
+    // full with the offer that follows it.
+    let log = &sim.clients[a].log;
+    let answer = log
+        .iter()
+        .position(|m| matches!(m, signal_response::Message::Answer(_)));
+    let published = log
+        .iter()
+        .position(|m| matches!(m, signal_response::Message::TrackPublished(_)));
+    assert!(
+        answer.is_some() && answer < published,
+        "{answer:?} {published:?}"
+    );
+    sim.offer_publisher(a, Some("mic-a"));
+    let ok = sim.run_until(5 * SECOND, |s| {
+        s.clients[a].me_now().is_some_and(|p| !p.tracks.is_empty())
+    });
+    assert!(ok, "a's track was never announced to itself");
+    // A later AddTrack is answered at once.
+    sim.request(
+        a,
+        signal_request::Message::AddTrack(lk::AddTrackRequest {
+            cid: "mic-a-2".into(),
+            r#type: lk::TrackType::Audio as i32,
+            source: lk::TrackSource::Microphone as i32,
+            ..Default::default()
+        }),
+    );
+    assert_eq!(sim.clients[a].published_when_connected, [true, true]);
+
+    // Other clients (here: no `sdk`) get the response at once, before their connection is up.
+    let b = sim.join_v1_adding_track("r", "b", 3, false);
+    assert_eq!(
+        sim.clients[b].published_when_connected.first(),
+        Some(&false)
+    );
+}

@@ -233,13 +233,20 @@ impl Server {
         let Some(&(session, pc)) = self.by_peer.get(&peer) else {
             return;
         };
-        let Some(s) = self.sessions.get(&session) else {
+        let Some(s) = self.sessions.get_mut(&session) else {
             return;
         };
         // The primary connection: the subscriber's, or the only one.
         if pc != Pc::Subscriber && !s.single {
             return;
         }
+        // The client has applied the first answer: what its AddTrack requests waited for.
+        for published in s.published_held.take().unwrap_or_default() {
+            self.send(session, signal_response::Message::TrackPublished(published));
+        }
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
         let (room, psid) = (s.room.clone(), s.participant.clone());
         let joined_at = s.joined_at;
         let joined = self.rooms.get_mut(&room).and_then(|r| {

@@ -200,6 +200,11 @@ impl Server {
             cid: req.cid,
             track: Some(info),
         };
+        // Until its connection is up, see `Session::published_held`.
+        if let Some(held) = s.published_held.as_mut() {
+            held.push(published);
+            return;
+        }
         self.send(session, signal_response::Message::TrackPublished(published));
     }
 

@@ -61,6 +61,17 @@ pub(super) struct Session {
     pub auto_subscribe: bool,
     /// AddTrack requests waiting for their media: track sid by cid.
     pub pending: Vec<(String, lk::TrackInfo)>,
+    /// `Some` while the responses to AddTrack requests wait for the session's connection to
+    /// come up: livekit-client joined on `/rtc/v1` with its offer inside the join request. That
+    /// client sets the offer as its local description only when the answer arrives, and clears
+    /// its "initial offer pending" flag before that `setLocalDescription` resolves; the
+    /// `negotiate()` a `TrackPublishedResponse` starts (20 ms later) can fall into that window,
+    /// create an offer against the half-set state and fail to set it ("Transceiver not found
+    /// based on m-line index"): the track is lost and the client rejoins. That is what happens
+    /// when it republishes its tracks right after a full reconnect (a server restart). Once the
+    /// connection is up the client has applied that answer, and its offer is safe. `None`
+    /// from then on, and for every other session.
+    pub published_held: Option<Vec<lk::TrackPublishedResponse>>,
     /// Ids of the client's publisher offers the engine has not answered yet, oldest first
     /// (the engine answers in order).
     pub offers: VecDeque<u32>,
@@ -186,6 +197,9 @@ impl Server {
         room.emptied_ms = None;
         room.dirty = true;
         let single = params.single_pc;
+        let hold_published = single
+            && params.publisher_offer.is_some()
+            && params.sdk == livekit_protocol::client_info::Sdk::Js;
         let mut join = lk::JoinResponse {
             participant: Some(info.clone()),
             other_participants: others,
@@ -221,6 +235,7 @@ impl Server {
                 subscriber,
                 auto_subscribe: params.auto_subscribe,
                 pending: Vec::new(),
+                published_held: hold_published.then(Vec::new),
                 offers: VecDeque::new(),
                 channels: HashMap::new(),
                 subscriber_channels: HashMap::new(),
