@@ -283,6 +283,39 @@ fn permission_changes_publish_and_unpublish_at_once() {
     );
 }
 
+/// Announced tracks whose media never comes are bounded: past the limit, AddTrack is refused
+/// with `LIMIT_EXCEEDED`, and the speaker still publishes once her media arrives.
+#[test]
+fn announced_tracks_without_media_are_bounded() {
+    let mut sim = world(4);
+    let (speaker, _) = stage(&mut sim, 1);
+    for i in 0..12 {
+        let req = lk::AddTrackRequest {
+            cid: format!("ghost-{i}"),
+            name: "ghost".into(),
+            r#type: lk::TrackType::Audio as i32,
+            source: lk::TrackSource::Microphone as i32,
+            ..Default::default()
+        };
+        sim.request(speaker, signal_request::Message::AddTrack(req));
+    }
+    sim.run_for(SECOND);
+    let refused = sim.clients[speaker]
+        .errors()
+        .iter()
+        .filter(|e| e.reason == lk::request_response::Reason::LimitExceeded as i32)
+        .count();
+    // The speaker's own microphone is published already; 8 ghosts wait, 4 are refused.
+    assert_eq!(refused, 4, "{:?}", sim.clients[speaker].errors());
+    let published = sim.clients[speaker]
+        .find(|m| match m {
+            signal_response::Message::TrackPublished(t) if t.cid.starts_with("ghost-") => Some(()),
+            _ => None,
+        })
+        .is_some();
+    assert!(published, "the first ghosts were answered");
+}
+
 #[test]
 fn a_duplicate_identity_replaces_the_first_session() {
     let mut sim = world(4);

@@ -11,6 +11,10 @@ use super::session::{Leave, Pc};
 use super::{Server, SessionId};
 use crate::room::Participant;
 
+/// AddTrack requests of one session whose media has not arrived yet, at most (an audio room's
+/// client announces one microphone at a time).
+pub(super) const MAX_PENDING_TRACKS: usize = 8;
+
 impl Server {
     /// A request from the client of `session`. Requests of unknown (ended) sessions are
     /// ignored.
@@ -176,6 +180,20 @@ impl Server {
                 session,
                 lk::request_response::Reason::NotAllowed,
                 why.into(),
+            );
+            return;
+        }
+        if self
+            .sessions
+            .get(&session)
+            .is_some_and(|s| s.pending.len() >= MAX_PENDING_TRACKS)
+        {
+            // Announced tracks that never arrive would otherwise pile up for the session's
+            // lifetime (and their held responses with them).
+            self.request_error(
+                session,
+                lk::request_response::Reason::LimitExceeded,
+                format!("at most {MAX_PENDING_TRACKS} tracks may wait for their media"),
             );
             return;
         }
