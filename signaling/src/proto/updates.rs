@@ -148,9 +148,13 @@ impl Server {
 
     /// Send a `RoomUpdate` to every participant of `room`.
     pub(super) fn send_room_update(&mut self, room: &str) {
-        let Some(info) = self.room_snapshot(room) else {
-            return;
-        };
+        if let Some(info) = self.room_snapshot(room) {
+            self.send_snapshot(room, info);
+        }
+    }
+
+    /// Send `info`, `room`'s snapshot just taken, to every participant of `room`.
+    fn send_snapshot(&mut self, room: &str, info: lk::Room) {
         let now_ms = self.now_ms();
         if let Some(r) = self.rooms.get_mut(room) {
             r.dirty = false;
@@ -180,7 +184,7 @@ impl Server {
                 r.dirty = false;
             }
             Some((at, _, _)) if now_ms.saturating_sub(at) < every => {}
-            _ => self.send_room_update(room),
+            _ => self.send_snapshot(room, info),
         }
     }
 
