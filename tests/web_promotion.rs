@@ -5,7 +5,8 @@
 //! names node 1, an edge, where she hears the host through the relay. She raises her hand and
 //! the host approves it: the edge tells her session to leave (`MIGRATION`), and her page takes
 //! a fresh token, which names the origin, and connects there by itself (no Rejoin), allowed to
-//! publish; she unmutes and the host hears her. The scenario lives in
+//! publish; she unmutes and the host hears her. Then the same for a second edge listener,
+//! whom the host invites to speak from the audience. The scenario lives in
 //! `tests/web/promotion.mjs`, its runner in `tests/failover/run.sh`; both bound every wait, and
 //! this test adds an outer bound.
 //!
