@@ -10,48 +10,14 @@
 //! Needs Debian's `chromium` and `redis-server`, Node.js, `tests/web/node_modules` and a binary
 //! built after `web/dist`: `./test.sh` installs and builds them.
 
-#![allow(
-    clippy::disallowed_methods,
-    reason = "the test bounds a real wait with the wall clock"
-)]
-
 mod support;
 
 use std::time::Duration;
-
-use support::chromium::{self, missing_prerequisites, run_in_namespace};
 
 /// Outer bound; run.sh caps itself at 200 s.
 const TIMEOUT: Duration = Duration::from_secs(230);
 
 #[test]
 fn web_app_rejoins_by_itself_when_its_node_drains_or_dies() {
-    let missing = missing_prerequisites(&chromium::test_dir("web"), &["playwright-core"]);
-    assert!(
-        missing.is_empty(),
-        "the web failover test cannot run; missing: {}.\nRun ./test.sh first: it installs \
-         chromium, builds web/ and runs `npm ci` in tests/web.",
-        missing.join(", ")
-    );
-    // The dev server's key (`stoa serve --dev`), for the operator's drain calls.
-    let token = support::cluster::server_token(("devkey", "secret"));
-    let run = run_in_namespace(
-        &chromium::test_dir("failover"),
-        |command| {
-            command.env("FAILOVER_SERVER_TOKEN", &token);
-        },
-        TIMEOUT,
-    );
-    eprintln!("----- tests/failover/run.sh stderr -----\n{}", run.stderr);
-    eprintln!("----- tests/failover/run.sh stdout -----\n{}", run.stdout);
-    let summary = run.summary();
-    let Some(status) = run.status else {
-        panic!(
-            "tests/failover/run.sh did not finish within {TIMEOUT:?}; killed it. Summary: {summary}"
-        );
-    };
-    assert!(
-        status.success(),
-        "web failover failed ({status}); its output is above. Summary: {summary}"
-    );
+    support::chromium::run_two_node_scenario("failover.mjs", None, TIMEOUT);
 }

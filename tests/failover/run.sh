@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# Runs the web app's failover scenario (tests/web/failover.mjs) against two `stoa serve` nodes
-# sharing one redis-server, inside a private network namespace:
+# Runs a two-node scenario of the web app (tests/web/failover.mjs unless FAILOVER_SCENARIO names
+# another file of tests/web, e.g. promotion.mjs) against two `stoa serve` nodes sharing one
+# redis-server, inside a private network namespace:
 #
 #   unshare -n bash tests/failover/run.sh target/debug/stoa
 #
 # Brings up loopback, starts redis-server on 127.0.0.1:6390 and two nodes of STOA_BINARY
 # (`serve --dev`: HTTP/WebSocket on 127.0.0.1:7880 and :7881, each its own public URL, UDP media
-# on :7882 and :7892, node records expiring 2 s after their last heartbeat), waits for both,
-# runs failover.mjs (which drains, lifts and kills nodes through FAILOVER_SERVER_TOKEN, a
-# server token the caller signed with the dev key), stops everything and exits with the
-# scenario's status. The logs are printed when it fails. Every wait is bounded; the whole run
-# is capped at 200 s.
+# on :7882 and :7892, node records expiring 2 s after their last heartbeat, each carrying
+# FAILOVER_NODE_CAPACITY participants when set), waits for both, runs the scenario (which
+# drains, lifts and kills nodes through FAILOVER_SERVER_TOKEN, a server token the caller signed
+# with the dev key), stops everything and exits with the scenario's status. The logs are
+# printed when it fails. Every wait is bounded; the whole run is capped at 200 s.
 set -euo pipefail
 
 if [ "$#" -ne 1 ]; then
@@ -32,6 +33,20 @@ if ip -o link show | grep -qv ': lo:'; then
     exit 2
 fi
 ip link set lo up
+
+scenario=${FAILOVER_SCENARIO:-failover.mjs}
+case "$scenario" in
+*/*) scenario= ;;
+esac
+if [ ! -f "$web/$scenario" ]; then
+    echo "run.sh: FAILOVER_SCENARIO must name a file of tests/web, not '${FAILOVER_SCENARIO:-}'" >&2
+    exit 2
+fi
+capacity=${FAILOVER_NODE_CAPACITY:-}
+if [ -n "$capacity" ] && ! [[ "$capacity" =~ ^[1-9][0-9]*$ ]]; then
+    echo "run.sh: FAILOVER_NODE_CAPACITY must be a positive number, not '$capacity'" >&2
+    exit 2
+fi
 
 if [ ! -d "$web/node_modules/playwright-core" ]; then
     echo "run.sh: $web/node_modules is missing: run ./test.sh (it runs npm ci there)" >&2
@@ -91,6 +106,9 @@ if [ "$redis_up" -ne 1 ]; then
 fi
 
 printf '[control]\npresence_ttl = 2\n' >"$work/stoa.toml"
+if [ -n "$capacity" ]; then
+    printf 'node_capacity = %s\n' "$capacity" >>"$work/stoa.toml"
+fi
 for i in 0 1; do
     http=$((7880 + i))
     mkdir -p "$work/data$i"
@@ -123,11 +141,11 @@ for port in 7880 7881; do
 done
 
 status=0
-node "$web/failover.mjs" || status=$?
+node "$web/$scenario" || status=$?
 if [ "$status" -ne 0 ]; then
     print_logs
-    echo "run.sh: web failover FAILED (exit $status)" >&2
+    echo "run.sh: $scenario FAILED (exit $status)" >&2
 else
-    echo "run.sh: web failover passed" >&2
+    echo "run.sh: $scenario passed" >&2
 fi
 exit "$status"

@@ -144,3 +144,45 @@ fn collect(text: &mpsc::Receiver<String>, deadline: Instant) -> String {
     text.recv_timeout(deadline.saturating_duration_since(Instant::now()))
         .unwrap_or_else(|_| "(output unavailable: the pipe is still held open)".to_owned())
 }
+
+/// Runs the two-node web scenario `scenario` (a file of `tests/web`) through
+/// `tests/failover/run.sh`: two `stoa serve` nodes on one redis-server, each carrying
+/// `node_capacity` participants (the default when `None`), the operator's server token signed
+/// with the dev key. Prints the run's output and fails the test unless the scenario passed
+/// within `timeout`.
+pub fn run_two_node_scenario(scenario: &str, node_capacity: Option<u64>, timeout: Duration) {
+    let missing = missing_prerequisites(&test_dir("web"), &["playwright-core"]);
+    assert!(
+        missing.is_empty(),
+        "the two-node web scenario {scenario} cannot run; missing: {}.\nRun ./test.sh first: it \
+         installs chromium, builds web/ and runs `npm ci` in tests/web.",
+        missing.join(", ")
+    );
+    // The dev server's key (`stoa serve --dev`), for the operator's calls.
+    let token = super::cluster::server_token(("devkey", "secret"));
+    let run = run_in_namespace(
+        &test_dir("failover"),
+        |command| {
+            command
+                .env("FAILOVER_SERVER_TOKEN", &token)
+                .env("FAILOVER_SCENARIO", scenario);
+            if let Some(capacity) = node_capacity {
+                command.env("FAILOVER_NODE_CAPACITY", capacity.to_string());
+            }
+        },
+        timeout,
+    );
+    eprintln!("----- tests/failover/run.sh stderr -----\n{}", run.stderr);
+    eprintln!("----- tests/failover/run.sh stdout -----\n{}", run.stdout);
+    let summary = run.summary();
+    let Some(status) = run.status else {
+        panic!(
+            "tests/failover/run.sh ({scenario}) did not finish within {timeout:?}; killed it. \
+             Summary: {summary}"
+        );
+    };
+    assert!(
+        status.success(),
+        "{scenario} failed ({status}); its output is above. Summary: {summary}"
+    );
+}
