@@ -36,17 +36,16 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
-import { createServer } from 'node:http';
 import { connect as tcpConnect, createServer as createTcpServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { createRequire } from 'node:module';
 
 import { chromium } from 'playwright-core';
 import { AccessToken, RoomServiceClient } from 'livekit-server-sdk';
 
-const here = dirname(fileURLToPath(import.meta.url));
+import { call, startPageServer } from './pages.mjs';
+
 const require = createRequire(import.meta.url);
 
 const STOA_URL = process.env.STOA_URL || 'ws://127.0.0.1:7880';
@@ -217,41 +216,6 @@ async function token(identity, grant) {
   return at.toJwt();
 }
 
-/** Static server for the page and the livekit-client bundle, on 127.0.0.1:<ephemeral>. */
-async function startHttp() {
-  const umd = join(here, 'node_modules', 'livekit-client', 'dist', 'livekit-client.umd.js');
-  const files = {
-    '/': { path: join(here, 'page.html'), type: 'text/html; charset=utf-8' },
-    '/page.js': { path: join(here, 'page.js'), type: 'text/javascript; charset=utf-8' },
-    '/livekit-client.umd.js': { path: umd, type: 'text/javascript; charset=utf-8' },
-  };
-  const contents = {};
-  for (const [route, f] of Object.entries(files)) {
-    contents[route] = { body: readFileSync(f.path), type: f.type };
-  }
-  const server = createServer((req, res) => {
-    const route = new URL(req.url, 'http://127.0.0.1').pathname;
-    const file = contents[route];
-    if (route === '/favicon.ico') {
-      res.writeHead(204);
-      res.end();
-      return;
-    }
-    if (!file) {
-      res.writeHead(404, { 'content-type': 'text/plain' });
-      res.end('not found');
-      return;
-    }
-    res.writeHead(200, { 'content-type': file.type, 'cache-control': 'no-store' });
-    res.end(file.body);
-  });
-  await new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', resolve);
-  });
-  return server;
-}
-
 const consoleLines = [];
 const pendingConsole = [];
 let chromiumLogPath;
@@ -317,11 +281,6 @@ async function printBrowserLogs() {
     if (line && !/dbus|bluez|Floss|:INFO:CONSOLE/i.test(line)) console.error(clip(line));
   }
   console.error('----- end of browser logs -----');
-}
-
-/** Calls window.e2e[method](...args) in `page`. */
-function call(page, method, ...args) {
-  return page.evaluate(([m, a]) => window.e2e[m](...a), [method, args]);
 }
 
 /** A TCP relay on 127.0.0.1:<ephemeral> to the server's signaling port (page B's path). */
@@ -713,7 +672,7 @@ async function main() {
 
   const chromiumLog = join(work, 'chromium.log');
   chromiumLogPath = chromiumLog;
-  const http = await startHttp();
+  const http = await startPageServer();
   const pageUrl = `http://127.0.0.1:${http.address().port}/`;
   log(`page server on ${pageUrl}, stoa at ${STOA_URL}, room ${summary.room}, work dir ${work}`);
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Chromium listeners for tests/relay_browser.rs: pages of the unmodified livekit-client (page.html
-// and page.js, as e2e.mjs serves them) that join a room through the product path and report
-// what they hear. The Rust test runs this script in the hub of its network namespaces, where
+// and page.js, served by pages.mjs as for e2e.mjs) that join a room through the product path and
+// report what they hear. The Rust test runs this script in the hub of its network namespaces, where
 // the nodes' addresses (10.77.N.2) are reachable and nothing else is, and drives it over a line
 // protocol: one JSON command per stdin line, one JSON answer per stdout line.
 //
@@ -25,15 +25,14 @@
 // (livekit-client's log level in the pages, info).
 
 import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
-import { createServer } from 'node:http';
 import { createInterface } from 'node:readline';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 
 import { chromium } from 'playwright-core';
 
-const here = dirname(fileURLToPath(import.meta.url));
+import { call, startPageServer } from './pages.mjs';
+
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const DEADLINE_MS = Number(process.env.EDGE_TIMEOUT_MS || 120_000);
 const VERBOSE = process.env.EDGE_VERBOSE === '1';
@@ -60,41 +59,8 @@ async function within(ms, what, promise) {
   }
 }
 
-/** Static server for the page and the livekit-client bundle, on 127.0.0.1:<ephemeral>. */
-async function startHttp() {
-  const umd = join(here, 'node_modules', 'livekit-client', 'dist', 'livekit-client.umd.js');
-  const files = {
-    '/': [join(here, 'page.html'), 'text/html; charset=utf-8'],
-    '/page.js': [join(here, 'page.js'), 'text/javascript; charset=utf-8'],
-    '/livekit-client.umd.js': [umd, 'text/javascript; charset=utf-8'],
-  };
-  const contents = Object.fromEntries(
-    Object.entries(files).map(([route, [path, type]]) => [route, { body: readFileSync(path), type }]),
-  );
-  const server = createServer((req, res) => {
-    const file = contents[new URL(req.url, 'http://127.0.0.1').pathname];
-    if (!file) {
-      res.writeHead(404);
-      res.end();
-      return;
-    }
-    res.writeHead(200, { 'content-type': file.type, 'cache-control': 'no-store' });
-    res.end(file.body);
-  });
-  await new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', resolve);
-  });
-  return server;
-}
-
 const consoleLines = [];
 let failed = false;
-
-/** Calls window.e2e[method](...args) in `page`. */
-function call(page, method, ...args) {
-  return page.evaluate(([m, a]) => window.e2e[m](...a), [method, args]);
-}
 
 /** The media grant an app's client gets: `POST /api/rooms/{room}/token` as the user. */
 async function mediaGrant(api, room, userToken) {
@@ -176,7 +142,7 @@ async function main() {
   if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} not found: run ./test.sh`);
   const work = mkdtempSync(join(tmpdir(), 'stoa-edge-'));
   const chromiumLog = join(work, 'chromium.log');
-  const http = await startHttp();
+  const http = await startPageServer();
   const pageUrl = `http://127.0.0.1:${http.address().port}/`;
   let context;
   const overall = setTimeout(() => {
