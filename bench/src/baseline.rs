@@ -244,7 +244,9 @@ pub struct Place {
 
 impl std::fmt::Debug for Place {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Place").field("ip", &self.ip).finish_non_exhaustive()
+        f.debug_struct("Place")
+            .field("ip", &self.ip)
+            .finish_non_exhaustive()
     }
 }
 
@@ -398,7 +400,8 @@ mod tests {
             ip: IpAddr::from([127, 0, 0, 1]),
         };
         let ip = IpAddr::from([127, 0, 0, 1]);
-        let r = wakeup_baseline(here(), here(), ip, 200.0, 100, Duration::from_millis(300)).unwrap();
+        let r =
+            wakeup_baseline(here(), here(), ip, 200.0, 100, Duration::from_millis(300)).unwrap();
         assert_eq!(r.packets, 60, "every datagram sent is forwarded");
         assert!(r.ns_per_packet > 0.0 && r.ns_per_packet < 1e7, "{r:?}");
         assert!(wakeup_baseline(here(), here(), ip, 0.0, 100, Duration::from_secs(1)).is_err());

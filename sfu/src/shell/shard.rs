@@ -457,7 +457,11 @@ fn links_readable(links: &HashMap<SocketAddr, Link>) -> impl Future<Output = ()>
             // Polled to the end, so that every socket wakes the loop when it becomes readable.
             ready |= link.socket.poll_recv_ready(cx).is_ready();
         }
-        if ready { Poll::Ready(()) } else { Poll::Pending }
+        if ready {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     })
 }
 
