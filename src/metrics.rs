@@ -79,7 +79,6 @@ pub const SFU_OFFERS_REFUSED: &str = "sfu_offers_refused_total";
 pub const SIGNALING_DROPPED: &str = "signaling_dropped_total";
 /// Messages dropped because a bounded queue of the media engine's shell was full, by `queue` =
 /// `commands` | `relays` | `events` | `tap` (a recorded packet on its way to the recorder) |
-/// `links` (a datagram read on a relay link's own socket on its way to the shard) |
 /// `tap_core` (a recorded packet the shard did not take from its core in time) | `data_core` (a
 /// data message to one peer of a broadcast that found too many waiting) (counter).
 pub const SFU_QUEUE_DROPPED: &str = "sfu_queue_dropped_total";

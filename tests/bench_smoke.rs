@@ -505,8 +505,21 @@ fn relay_across_three_nodes_in_their_own_namespaces() {
         })
         .expect("the run ends by itself")
         .expect("the run completes");
+    let mut report = report;
+    // The wake-up floor beside the run: one speaker's 50 datagrams a second from the first
+    // node's namespace through the hub to a forwarder in the second's, each forwarded.
+    let floor = cluster
+        .wakeup_floor(None, 1, Duration::from_secs(1))
+        .expect("the wake-up floor");
+    assert!(
+        (45..=51).contains(&floor.packets),
+        "about a second of one stream forwarded: {floor:?}"
+    );
+    assert!(floor.ns_per_packet > 0.0, "{floor:?}");
+    report.floor = Some(floor);
     let table = report.table();
     eprintln!("{table}");
+    assert!(table.contains("wake-up floor"), "{table}");
     let logs_text = || {
         (1..=3)
             .map(|i| {

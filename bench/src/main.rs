@@ -858,11 +858,16 @@ fn relay(a: &RelayArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    let report = runtime.block_on(stoa_bench::relay::run(
+    let mut report = runtime.block_on(stoa_bench::relay::run(
         &cluster.nodes(),
         Some(cluster.redis_pid()),
         &params,
     ))?;
+    // The clients are gone: the nodes are quiet while the floor is measured beside them.
+    match cluster.wakeup_floor(a.server_cpus.as_deref(), a.speakers, params.window) {
+        Ok(floor) => report.floor = Some(floor),
+        Err(e) => eprintln!("stoa-bench relay: {e}; the report goes without it"),
+    }
     println!("{}", report.table());
     let json = serde_json::to_string_pretty(&report).context("serialise")?;
     write_json(a.json.as_ref(), &json)?;

@@ -137,6 +137,17 @@ impl NodeNet {
         c
     }
 
+    /// A setup step that moves the thread it runs on into this namespace (`setns(2)`; the
+    /// thread's later sockets are the namespace's).
+    pub fn enter(&self) -> impl FnOnce() -> std::io::Result<()> + Send + 'static {
+        let path = format!("/proc/{}/ns/net", self.holder.id());
+        move || {
+            let ns = std::fs::File::open(&path)?;
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)
+        }
+    }
+
     /// Wait (bounded) until the holder has left the hub's namespace.
     fn wait_own_namespace(&self) -> Result<(), NetnsError> {
         let ours = std::fs::read_link("/proc/thread-self/ns/net")

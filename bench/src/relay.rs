@@ -31,13 +31,14 @@
 //! harness's one clock; an edge listener's packet takes one relay hop more than an origin
 //! listener's. Every run is bounded in clients and time.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::baseline::{Place, WakeupBaseline, wakeup_baseline};
 use crate::client::{Command, Depth, Protocol, Role};
 use crate::clock::Clock;
 use crate::netns::{HUB, NetnsError, NodeNet};
@@ -54,6 +55,11 @@ pub const SECRET: &str = "relaybench-secret-not-for-production-0123";
 const REDIS_PORT: u16 = 6379;
 /// Seconds after which a node without a heartbeat is dead; its records refresh every third.
 const PRESENCE_TTL: u64 = 3;
+/// A speaker's packet interval (Opus frames of 20 ms).
+const OPUS_FRAME_MS: f64 = 20.0;
+/// About the size of a relayed audio datagram (RTP header and extensions, a 100-byte Opus
+/// payload, the SRTP tag): what the wake-up floor sends.
+const RELAYED_BYTES: usize = 140;
 /// Pause after a phase's joins before its window (a new link's handshakes and negotiation
 /// done).
 const SETTLE: Duration = Duration::from_secs(3);
@@ -78,6 +84,9 @@ pub enum RelayError {
     /// The nodes' configuration could not be written.
     #[error("write the nodes' configuration: {0}")]
     Io(#[from] std::io::Error),
+    /// The wake-up floor could not be measured.
+    #[error("wake-up floor: {0}")]
+    Floor(std::io::Error),
 }
 
 /// What to run.
@@ -203,6 +212,46 @@ impl Cluster {
     pub fn redis_pid(&self) -> u32 {
         self.redis.pid()
     }
+
+    /// The wake-up floor next to the run ([`crate::baseline::wakeup_baseline`]): a sender in
+    /// the first node's namespace, a forwarder in the second's (both on `cpus`, the nodes'),
+    /// the sink on the hub, so that each datagram takes a relayed packet's way (veth, hub,
+    /// veth) and the forwarder's send a listener packet's; `speakers` streams of 50 packets a
+    /// second, for `window`.
+    pub fn wakeup_floor(
+        &self,
+        cpus: Option<&str>,
+        speakers: usize,
+        window: Duration,
+    ) -> Result<WakeupBaseline, RelayError> {
+        let place = |net: &NodeNet| {
+            let enter = net.enter();
+            let cpus = cpus.map(str::to_owned);
+            Place {
+                setup: Box::new(move || {
+                    enter()?;
+                    if let Some(cpus) = cpus {
+                        crate::affinity::pin(&cpus).map_err(std::io::Error::other)?;
+                    }
+                    Ok(())
+                }),
+                ip: IpAddr::V4(net.address),
+            }
+        };
+        let (Some(a), Some(b)) = (self.nets.first(), self.nets.get(1)) else {
+            return Err(RelayError::Floor(std::io::Error::other("two nodes needed")));
+        };
+        let rate = speakers as f64 * 1000.0 / OPUS_FRAME_MS;
+        wakeup_baseline(
+            place(a),
+            place(b),
+            IpAddr::V4(HUB),
+            rate,
+            RELAYED_BYTES,
+            window,
+        )
+        .map_err(RelayError::Floor)
+    }
 }
 
 impl Drop for Cluster {
@@ -305,6 +354,8 @@ pub struct RelayReport {
     /// Latency added by the relay hop over the origin's listeners in the last phase, ms
     /// (p50, p99), per edge.
     pub added_ms: [Option<(f64, f64)>; 2],
+    /// The wake-up floor measured after the phases ([`Cluster::wakeup_floor`]), if it was.
+    pub floor: Option<WakeupBaseline>,
 }
 
 impl RelayReport {
@@ -385,6 +436,22 @@ impl RelayReport {
                 x(c.link_origin_listeners[k]),
                 x(c.link_edge_listeners[k]),
                 x(c.link_listener_streams[k]),
+            ));
+        }
+        if let (Some(f), Some(single)) = (&self.floor, c.listener_single)
+            && self.params.speakers > 0
+        {
+            // One stream's packets a second, each waking the forwarder once.
+            let stream = f.ns_per_packet * 1e-9 * 1000.0 / OPUS_FRAME_MS;
+            let floor = stream / (single / self.params.speakers as f64);
+            let ratio = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.2}", v / floor));
+            out.push_str(&format!(
+                "wake-up floor (a bare forwarder woken by each of {:.0} datagrams/s, {} forwarded): {:.1} µs per datagram = {floor:.2} listener-streams per stream; a link on edge 1 / edge 2 costs {} / {}× the floor\n",
+                f.rate,
+                f.packets,
+                f.ns_per_packet / 1e3,
+                ratio(c.link_edge_listeners[0]),
+                ratio(c.link_edge_listeners[1]),
             ));
         }
         let relays: Vec<String> = order
@@ -544,6 +611,7 @@ pub async fn run(
         relays_started,
         costs,
         added_ms,
+        floor: None,
     })
 }
 

@@ -1,10 +1,11 @@
 //! One shard: a thread with a current-thread tokio runtime, one engine core, one socket, and
-//! a socket of their own for each of its relay links.
+//! a socket of their own for each of its relay links, all read by the shard's one loop.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use str0m::net::Protocol;
@@ -39,9 +40,8 @@ pub(crate) enum ShardMsg {
     Stats(oneshot::Sender<SfuStats>),
     /// A message from another shard's core.
     Relay(Relay),
-    /// A datagram that arrived on another shard's socket but belongs to a peer here, or on
-    /// one of this shard's relay link sockets (`destination`: the address it arrived at, as
-    /// its peer's candidate names it).
+    /// A datagram that arrived on another shard's socket but belongs to a peer here
+    /// (`destination`: the address it arrived at, as its peer's candidate names it).
     Datagram {
         source: SocketAddr,
         destination: SocketAddr,
@@ -70,17 +70,11 @@ pub(crate) struct Shard {
     link_cursor: usize,
 }
 
-/// A relay link's own socket and the task reading it.
+/// A relay link's own socket, read by the shard's loop beside the shard's socket (no task of
+/// its own: a relayed packet costs one wake-up of the shard, not a hand-over between tasks).
 struct Link {
     peer: PeerId,
-    socket: Arc<UdpSocket>,
-    reader: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
+    socket: UdpSocket,
 }
 
 impl Shard {
@@ -210,9 +204,40 @@ impl Shard {
                         }
                     }
                 }
+                () = links_readable(&self.links), if !self.links.is_empty() => {
+                    let now = Instant::now();
+                    if self.read_links(&mut sfu, now, &mut buf) > 0 {
+                        read_at.get_or_insert(now);
+                    }
+                }
                 () = sleep => sfu.handle_timeout(Instant::now()),
             }
         }
+    }
+
+    /// Read every relay link's socket until it would block (at most [`RECV_BUDGET`] datagrams
+    /// each) straight into the core; returns how many datagrams were read.
+    fn read_links(&mut self, sfu: &mut Sfu, now: Instant, buf: &mut [u8]) -> usize {
+        let mut read = 0;
+        for (local, link) in &self.links {
+            for _ in 0..RECV_BUDGET {
+                match link.socket.try_recv_from(buf) {
+                    Ok((n, source)) => {
+                        read += 1;
+                        self.traffic.received(n);
+                        // Routed by (source, local) to the link's relay peer, which lives here.
+                        let _ = sfu.handle_receive(now, Protocol::Udp, source, *local, &buf[..n]);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    // ICMP errors of earlier sends surface here; the next datagram may be fine.
+                    Err(e) => {
+                        tracing::trace!(error = %e, "relay link recv error");
+                        break;
+                    }
+                }
+            }
+        }
+        read
     }
 
     /// Pass a message to another shard; dropped and counted if its inbox is full (media and
@@ -272,8 +297,8 @@ impl Shard {
         }
     }
 
-    /// Bind a socket of its own for relay peer `peer`'s link and start reading it into this
-    /// shard's inbox; returns the address its candidate advertises.
+    /// Bind a socket of its own for relay peer `peer`'s link, read from now on by the shard's
+    /// loop; returns the address its candidate advertises.
     fn open_link(&mut self, sfu: &Sfu, peer: PeerId) -> Result<SocketAddr, SfuError> {
         if sfu.is_relay_peer(peer) || self.links.values().any(|l| l.peer == peer) {
             return Err(SfuError::PeerIdUnavailable(peer));
@@ -285,30 +310,11 @@ impl Shard {
             .local_addr()
             .map_err(|e| SfuError::LinkSocket(e.to_string()))?
             .port();
-        let socket = UdpSocket::from_std(std_socket)
-            .map(Arc::new)
-            .map_err(|e| SfuError::LinkSocket(e.to_string()))?;
+        let socket =
+            UdpSocket::from_std(std_socket).map_err(|e| SfuError::LinkSocket(e.to_string()))?;
         let local = SocketAddr::new(self.info.advertise_ip, port);
-        let inbox = self
-            .shards
-            .get(usize::from(self.info.id.0))
-            .cloned()
-            .ok_or_else(|| SfuError::LinkSocket("shard has no inbox".to_owned()))?;
-        let reader = tokio::spawn(read_link(
-            socket.clone(),
-            local,
-            inbox,
-            self.traffic.clone(),
-        ));
         tracing::debug!(peer = %peer, port, "relay link socket open");
-        self.links.insert(
-            local,
-            Link {
-                peer,
-                socket,
-                reader,
-            },
-        );
+        self.links.insert(local, Link { peer, socket });
         Ok(local)
     }
 
@@ -442,38 +448,21 @@ impl Shard {
     }
 }
 
-/// Read a relay link's socket into its shard's inbox until the link closes (the task is
-/// aborted) or the shard stops. A datagram that does not fit is dropped and counted.
-async fn read_link(
-    socket: Arc<UdpSocket>,
-    local: SocketAddr,
-    inbox: mpsc::Sender<ShardMsg>,
-    traffic: Arc<Traffic>,
-) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
-    loop {
-        match socket.recv_from(&mut buf).await {
-            Ok((n, source)) => {
-                traffic.received(n);
-                let msg = ShardMsg::Datagram {
-                    source,
-                    destination: local,
-                    received: Instant::now(),
-                    contents: buf[..n].to_vec(),
-                };
-                match inbox.try_send(msg) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => traffic.dropped(Queue::Links),
-                    Err(mpsc::error::TrySendError::Closed(_)) => return,
-                }
-            }
-            // ICMP errors of earlier sends surface here; the next datagram may be fine.
-            Err(e) => {
-                tracing::trace!(error = %e, "relay link recv error");
-                tokio::task::yield_now().await;
-            }
+/// Ready once any relay link's socket has a datagram to read (or an error to report); each
+/// socket's readiness is registered with the waker of the shard's loop.
+fn links_readable(links: &HashMap<SocketAddr, Link>) -> impl Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| {
+        let mut ready = false;
+        for link in links.values() {
+            // Polled to the end, so that every socket wakes the loop when it becomes readable.
+            ready |= link.socket.poll_recv_ready(cx).is_ready();
         }
-    }
+        if ready {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
 }
 
 /// The peer an event is about, if any.

@@ -111,20 +111,11 @@ pub enum Queue {
     /// ([`SfuHandle::set_tap`](super::SfuHandle::set_tap)): one that does not fit is missing
     /// from the recording (concealed there like a lost packet); forwarding never waits.
     Tap,
-    /// Datagrams read on a relay link's own socket on their way to its shard's inbox: one
-    /// that does not fit is lost as on the wire.
-    Links,
 }
 
 impl Queue {
     /// Every queue, in the order of [`TrafficSnapshot::dropped`].
-    pub const ALL: [Queue; 5] = [
-        Queue::Commands,
-        Queue::Relays,
-        Queue::Events,
-        Queue::Tap,
-        Queue::Links,
-    ];
+    pub const ALL: [Queue; 4] = [Queue::Commands, Queue::Relays, Queue::Events, Queue::Tap];
 
     /// The name used as a metric label.
     pub fn name(self) -> &'static str {
@@ -133,7 +124,6 @@ impl Queue {
             Queue::Relays => "relays",
             Queue::Events => "events",
             Queue::Tap => "tap",
-            Queue::Links => "links",
         }
     }
 
