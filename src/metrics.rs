@@ -417,7 +417,7 @@ mod tests {
                 bytes_in: 700,
                 datagrams_out: 9,
                 bytes_out: 900,
-                dropped: [1, 0, 3, 2, 5],
+                dropped: [1, 0, 3, 2],
                 ..TrafficSnapshot::default()
             },
             webhooks: Some([4, 5, 6, 7]),
@@ -463,7 +463,6 @@ mod tests {
             "sfu_queue_dropped_total{queue=\"commands\"} 1",
             "sfu_queue_dropped_total{queue=\"events\"} 3",
             "sfu_queue_dropped_total{queue=\"tap\"} 2",
-            "sfu_queue_dropped_total{queue=\"links\"} 5",
             "# TYPE sfu_rtp_packets_forwarded_total counter",
             "# TYPE sfu_peers gauge",
         ] {
