@@ -5,6 +5,7 @@
 // JSON summary (the last stdout line; exit 0 on success).
 
 import { chromium } from 'playwright-core';
+import { audioFlowing } from './audio.mjs';
 
 export const NODES = ['http://127.0.0.1:7880', 'http://127.0.0.1:7881'];
 export const BASE = NODES[0];
@@ -162,22 +163,7 @@ export function shown(page) {
 
 /** `identity`'s audio reaches `page` now: packets and energy grow over a second on one receiver. */
 export async function flowing(page, identity, who, ms = 25_000) {
-  const r = await until(`${who}'s audio to flow`, () =>
-    page.evaluate(async (id) => {
-      const p = window.stoaRoom?.remoteParticipants.get(id);
-      const receiver = p && [...p.audioTrackPublications.values()].find((x) => x.track?.receiver)?.track.receiver;
-      if (!receiver) return null;
-      const sample = async () => {
-        for (const s of (await receiver.getStats()).values()) {
-          if (s.type === 'inbound-rtp' && s.kind === 'audio') return { energy: s.totalAudioEnergy ?? 0, packets: s.packetsReceived ?? 0 };
-        }
-        return { energy: 0, packets: 0 };
-      };
-      const a = await sample();
-      await new Promise((res) => setTimeout(res, 1000));
-      const b = await sample();
-      return b.packets > a.packets + 10 && b.energy > a.energy ? { before: a, after: b } : null;
-    }, identity), ms);
+  const r = await until(`${who}'s audio to flow`, () => audioFlowing(page, identity), ms);
   log(`${who} flowing:`, JSON.stringify(r));
   return r;
 }

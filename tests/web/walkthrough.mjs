@@ -74,7 +74,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { chromium } from 'playwright-core';
-import { sineWav } from './audio.mjs';
+import { audioFlowing, sineWav } from './audio.mjs';
 import { clipLive, embedReplay, replayAndClip } from './replay.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -301,22 +301,7 @@ async function hears(page, identity, who) {
  * over a second. Unlike `hears`, it cannot pass on energy counted before an outage.
  */
 async function flowing(page, identity, who, ms = 25_000) {
-  const r = await until(`${who}'s audio to flow`, () =>
-    page.evaluate(async (id) => {
-      const p = window.stoaRoom?.remoteParticipants.get(id);
-      const receiver = p && [...p.audioTrackPublications.values()].find((x) => x.track?.receiver)?.track.receiver;
-      if (!receiver) return null;
-      const sample = async () => {
-        for (const s of (await receiver.getStats()).values()) {
-          if (s.type === 'inbound-rtp' && s.kind === 'audio') return { energy: s.totalAudioEnergy ?? 0, packets: s.packetsReceived ?? 0 };
-        }
-        return { energy: 0, packets: 0 };
-      };
-      const a = await sample();
-      await new Promise((res) => setTimeout(res, 1000));
-      const b = await sample();
-      return b.packets > a.packets + 10 && b.energy > a.energy ? { before: a, after: b } : null;
-    }, identity), ms);
+  const r = await until(`${who}'s audio to flow`, () => audioFlowing(page, identity), ms);
   log(`${who} flowing:`, JSON.stringify(r));
   return r;
 }
