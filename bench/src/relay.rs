@@ -441,8 +441,8 @@ impl RelayReport {
         if let (Some(f), Some(single)) = (&self.floor, c.listener_single)
             && self.params.speakers > 0
         {
-            // One stream's packets a second, each waking the forwarder once.
-            let stream = f.ns_per_packet * 1e-9 * 1000.0 / OPUS_FRAME_MS;
+            // One stream's share of the datagrams, each waking the forwarder once.
+            let stream = f.ns_per_packet * 1e-9 * f.rate / self.params.speakers as f64;
             let floor = stream / (single / self.params.speakers as f64);
             let ratio = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.2}", v / floor));
             out.push_str(&format!(

@@ -6,10 +6,10 @@
 
 import { chromium } from 'playwright-core';
 import { audioFlowing } from './audio.mjs';
+import { CHROMIUM, chromiumArgs } from './chromium.mjs';
 
 export const NODES = ['http://127.0.0.1:7880', 'http://127.0.0.1:7881'];
 export const BASE = NODES[0];
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const TOKEN = process.env.FAILOVER_SERVER_TOKEN;
 export const PIDS = (process.env.FAILOVER_NODE_PIDS || '').split(',').map(Number);
 export const WAIT = 15_000;
@@ -91,22 +91,7 @@ export async function launch(label, wav) {
     executablePath: CHROMIUM,
     headless: true,
     timeout: 30_000,
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      '--use-fake-ui-for-media-stream',
-      '--use-fake-device-for-media-stream',
-      `--use-file-for-fake-audio-capture=${wav}`,
-      '--autoplay-policy=no-user-gesture-required',
-      '--allow-loopback-in-peer-connection',
-      '--disable-features=WebRtcHideLocalIpsWithMdns',
-    ],
+    args: chromiumArgs(wav),
   });
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, baseURL: BASE });
   await context.addInitScript(() => {

@@ -75,11 +75,11 @@ import { fileURLToPath } from 'node:url';
 
 import { chromium } from 'playwright-core';
 import { audioFlowing, sineWav } from './audio.mjs';
+import { CHROMIUM, chromiumArgs } from './chromium.mjs';
 import { clipLive, embedReplay, replayAndClip } from './replay.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const BASE = process.env.STOA_WEB_URL || 'http://127.0.0.1:7880';
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const SHOTS = resolve(process.env.WEB_SCREENSHOTS || join(here, '..', '..', 'target', 'web-screenshots'));
 const DEADLINE_MS = Number(process.env.WEB_TIMEOUT_MS || 270_000);
 const WAIT = 15_000;
@@ -158,26 +158,7 @@ async function launch(work, label, wav, { micAllowed = true, autoplay = true } =
     executablePath: CHROMIUM,
     headless: true,
     timeout: 30_000,
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      // Without it the microphone prompt is refused, as when a person blocks it.
-      ...(micAllowed ? ['--use-fake-ui-for-media-stream'] : []),
-      '--use-fake-device-for-media-stream',
-      `--use-file-for-fake-audio-capture=${wav}`,
-      // Most browsers play audio without a gesture; the guest gets Chrome's default policy, so
-      // a page opened without one is blocked and shows "Tap to listen".
-      autoplay ? '--autoplay-policy=no-user-gesture-required' : '--autoplay-policy=document-user-activation-required',
-      // Loopback is the only network in the test's namespace.
-      '--allow-loopback-in-peer-connection',
-      '--disable-features=WebRtcHideLocalIpsWithMdns',
-    ],
+    args: chromiumArgs(wav, { micAllowed, autoplay }),
   });
   const context = await browser.newContext({ viewport: DESKTOP, baseURL: BASE });
   // Counts the tones the page makes (the hand-raise chime), without changing them.

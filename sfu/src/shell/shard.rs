@@ -217,7 +217,7 @@ impl Shard {
 
     /// Read every relay link's socket until it would block (at most [`RECV_BUDGET`] datagrams
     /// each) straight into the core; returns how many datagrams were read.
-    fn read_links(&mut self, sfu: &mut Sfu, now: Instant, buf: &mut [u8]) -> usize {
+    fn read_links(&self, sfu: &mut Sfu, now: Instant, buf: &mut [u8]) -> usize {
         let mut read = 0;
         for (local, link) in &self.links {
             for _ in 0..RECV_BUDGET {
