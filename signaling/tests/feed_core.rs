@@ -234,8 +234,20 @@ fn origin_feeds_an_edges_speaker_to_everyone_but_that_edge() {
         "the feed is media only"
     );
 
+    // The room is recorded (on its origin).
+    origin
+        .handle_admin(
+            now,
+            AdminOp::SetRecording {
+                room: "r".into(),
+                recording: true,
+            },
+        )
+        .unwrap();
+    drain(&mut origin);
+
     // The engine files her track on the feed: bound, sent to the origin's listener and to edge
-    // B's relay, not back to edge A's.
+    // B's relay, not back to edge A's, and tapped for the recording.
     let track = TrackId {
         peer: feed_peer,
         mid: Mid::from("0"),
@@ -251,7 +263,16 @@ fn origin_feeds_an_edges_speaker_to_everyone_but_that_edge() {
             ssrc: None,
         },
     );
-    let subs = subscribes(&drain(&mut origin));
+    let outs = drain(&mut origin);
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Tap(t) if t.track == track && t.tapped && t.participant == "carol" && t.track_sid == "TR_c"
+    )), "{outs:?}");
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Engine(EngineCommand::SetTap { track: t, tapped: true }) if *t == track
+    )));
+    let subs = subscribes(&outs);
     assert_eq!(subs.len(), 1, "{subs:?}");
     assert_eq!(subs[0].0, track);
     assert_eq!(subs[0].1.stream_id, "PA_c|TR_c");
@@ -296,7 +317,15 @@ fn origin_feeds_an_edges_speaker_to_everyone_but_that_edge() {
         a_peer,
         vec![info("PA_c", "carol", &[], 4)],
     );
-    let mut stopped = unsubscribed(&drain(&mut origin), track);
+    let outs = drain(&mut origin);
+    assert!(
+        outs.iter().any(|o| matches!(
+            o,
+            Output::Tap(t) if t.track == track && !t.tapped
+        )),
+        "{outs:?}"
+    );
+    let mut stopped = unsubscribed(&outs, track);
     stopped.sort_unstable();
     let mut expected = vec![listener_peer, late_peer, b_peer];
     expected.sort_unstable();

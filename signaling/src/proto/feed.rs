@@ -183,8 +183,7 @@ impl Server {
         tracing::info!(room = %room, reason = why, "feed from an edge ended");
         self.feed_peers.remove(&feed.peer);
         for (track, (psid, tsid)) in feed.bound {
-            self.clear_engine_track(room, &psid, &tsid);
-            self.unsubscribe_everyone(room, track);
+            self.fed_track_gone(room, &psid, &tsid, track);
         }
         self.engine(EngineCommand::ClosePeer { peer: feed.peer });
         self.outputs
@@ -249,8 +248,7 @@ impl Server {
         let Some((psid, tsid)) = feed.bound.remove(&track) else {
             return;
         };
-        self.clear_engine_track(&room, &psid, &tsid);
-        self.unsubscribe_everyone(&room, track);
+        self.fed_track_gone(&room, &psid, &tsid, track);
     }
 
     /// The feed's relay peer is gone (failed, or refused by the engine): the feed ends.
@@ -307,16 +305,21 @@ impl Server {
             feed.bound.insert(*track, (psid.clone(), tsid.clone()));
         }
         for (track, psid, tsid) in ready {
-            if let Some(t) = self
+            let Some(p) = self
                 .rooms
                 .get_mut(room)
                 .and_then(|r| r.participants.get_mut(&psid))
-                .and_then(|p| p.tracks.get_mut(&tsid))
-            {
+            else {
+                continue;
+            };
+            let identity = p.identity.clone();
+            if let Some(t) = p.tracks.get_mut(&tsid) {
                 t.engine = Some(track);
             }
             tracing::info!(room = %room, track = %tsid, "edge's track bound");
             self.subscribe_room(room, track, &psid, &tsid, None);
+            // The origin records the room, its edges' speakers too.
+            self.tap_if_recorded(room, &identity, &tsid, track);
         }
     }
 
@@ -337,15 +340,15 @@ impl Server {
                 if let Some((p, t)) = feed.1.bound.remove(&track) {
                     let label = MediaLabel {
                         stream_id: format!("{p}|{t}"),
-                        track_id: t,
+                        track_id: t.clone(),
                     };
                     feed.1.unbound.push((track, label));
-                    gone.push(track);
+                    gone.push((t, track));
                 }
             }
         }
-        for track in gone {
-            self.unsubscribe_everyone(room, track);
+        for (tsid, track) in gone {
+            self.fed_track_gone(room, psid, &tsid, track);
         }
     }
 
@@ -368,15 +371,23 @@ impl Server {
         upstream || own
     }
 
-    /// The participant's published track no longer has an engine track.
-    fn clear_engine_track(&mut self, room: &str, psid: &str, tsid: &str) {
-        if let Some(t) = self
+    /// A fed track stopped (unbound, unpublished, or its feed ended): the announced
+    /// participant's track has no engine track any more, nobody receives it, and a recorder
+    /// taking it is told.
+    fn fed_track_gone(&mut self, room: &str, psid: &str, tsid: &str, track: TrackId) {
+        let Some(p) = self
             .rooms
             .get_mut(room)
             .and_then(|r| r.participants.get_mut(psid))
-            .and_then(|p| p.tracks.get_mut(tsid))
-        {
+        else {
+            self.unsubscribe_everyone(room, track);
+            return;
+        };
+        let identity = p.identity.clone();
+        if let Some(t) = p.tracks.get_mut(tsid) {
             t.engine = None;
         }
+        self.unsubscribe_everyone(room, track);
+        self.untap_if_recorded(room, &identity, tsid, track);
     }
 }
