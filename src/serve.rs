@@ -183,6 +183,8 @@ async fn serve(config: &Config) -> Result<()> {
         secret: secret.clone(),
         ttl: RELAY_TOKEN_TTL,
         tls: None,
+        // Where an origin opens a feed of this node's speakers (as the room's `media_url`).
+        url: Some(config.control.public_url.clone()).filter(|u| !u.is_empty()),
     });
     let service = ServiceConfig {
         token_refresh: Some(TokenRefresh {

@@ -3,11 +3,12 @@
 //! origin; the next listeners' tokens name the other node, an edge, which relays the room
 //! from the origin when they join; every listener, on the origin and on the edge, hears the
 //! speaker (stoa-bench's WebRTC clients joined through the product path, counting the packets
-//! each receives); the speaker's own token is refused on the edge. Then the origin is killed: the room moves to the edge at the host's next
+//! each receives); the host's own token is refused on the edge. Then the origin is killed: the room moves to the edge at the host's next
 //! token request and the edge's listeners, still connected, hear her again. And two rooms of
 //! one origin spilling to the same edge: two relay links between the same two nodes, each on
-//! a UDP socket of its own on the edge, both carrying their room. Loopback only; every wait
-//! bounded.
+//! a UDP socket of its own on the edge, both carrying their room. And a speaker of a full
+//! origin sent to an edge, heard on the origin through the feed the origin opens from the edge.
+//! Loopback only; every wait bounded.
 #![allow(
     clippy::disallowed_methods,
     clippy::unwrap_used,
@@ -301,4 +302,83 @@ fn two_rooms_of_one_origin_spill_to_the_same_edge_and_both_are_heard() {
     drop(clients);
     drop(edge_node);
     drop(origin_node);
+}
+
+/// A room whose origin is full sends its next speaker to an edge, where she publishes; the
+/// origin opens a feed from the edge, and its members hear her as the edge's listener does.
+#[test]
+fn a_speaker_of_a_full_origin_speaks_from_an_edge_and_the_origin_hears_her() {
+    let redis = RedisServer::start();
+    let config = support::api::config(
+        &scratch_dir("edges-speaker"),
+        KEYS.0,
+        KEYS.1,
+        "presence_ttl = 2\nnode_capacity = 2",
+    );
+    let nodes = [
+        start_node(&config, &redis.url, &[]),
+        start_node(&config, &redis.url, &[]),
+    ];
+    let api = nodes[0].stoa.addr;
+    wait_nodes(api, KEYS, "two node records", |n| n.len() == 2);
+
+    // An open room: every member may speak. Its host and a member fill the origin, neither
+    // of them speaking.
+    let room = create_room(
+        api,
+        &user("hana"),
+        json!({"title": "Open floor", "kind": "open"}),
+    );
+    let origin = media_url(api, &room, "hana");
+    let edge = nodes
+        .iter()
+        .map(|n| n.url.clone())
+        .find(|u| *u != origin)
+        .expect("two nodes");
+    let mut clients = Clients::new(KEYS);
+    clients.join(api, &room, "hana", Role::Listener);
+    clients.join(api, &room, "lee", Role::Listener);
+    wait_nodes(api, KEYS, "the origin full", |n| {
+        by_url(n, &origin)["participants"].as_u64() >= Some(2)
+    });
+
+    // The next member, who may speak, is sent to the edge, and speaks there; so is a
+    // listener after her. The host still goes to the origin.
+    assert_eq!(media_url(api, &room, "sam"), edge, "a speaker spills over");
+    assert_eq!(media_url(api, &room, "hana"), origin, "the host stays");
+    clients.join(api, &room, "sam", Role::Speaker);
+    clients.join(api, &room, "mo", Role::Listener);
+
+    // Everyone hears her: on the edge from her node, on the origin through the feed.
+    clients.wait_heard(&["mo"], 50, WAIT, "the listener on her edge");
+    clients.wait_heard(
+        &["hana", "lee"],
+        50,
+        WAIT,
+        "the origin's members, through the feed",
+    );
+    let spilled: f64 = nodes
+        .iter()
+        .filter_map(|n| {
+            let (status, text) = support::request(n.stoa.addr, "GET", "/metrics", None, None);
+            assert_eq!(status, 200);
+            text.lines().find_map(|l| {
+                l.strip_prefix("control_edge_speakers_total ")?
+                    .parse::<f64>()
+                    .ok()
+            })
+        })
+        .sum();
+    assert!(
+        spilled >= 2.0,
+        "sam counted as a speaker sent to the edge: {spilled}"
+    );
+    get_until(
+        api,
+        &format!("/api/rooms/{room}"),
+        &user("hana"),
+        "four present",
+        |r| r["present"] == 4,
+    );
+    drop(clients);
 }

@@ -100,12 +100,13 @@ pub fn review(
     (current != Some(to.public_url.as_str())).then(|| to.public_url.clone())
 }
 
-/// Where a listener of a room whose origin is `origin` (its node's URL) goes when the origin
-/// is full: `Some(node)`, another living, non-draining node with headroom, preferring one of
+/// Where a member of a room whose origin is `origin` (its node's URL) goes when the origin is
+/// full: `Some(node)`, another living, non-draining node with headroom, preferring one of
 /// `edges` (the URLs of nodes already serving the room, so that a room spreads over few
-/// nodes), else the one with the most headroom; `None` sends the listener to the origin (it
-/// has room, its record is unknown, or no other node has headroom). Speakers never come here:
-/// they publish on the origin.
+/// nodes), else the one with the most headroom; `None` sends the member to the origin (it has
+/// room, its record is unknown, or no other node has headroom). Listeners and speakers come
+/// here (a speaker on an edge is heard through the origin's feed from it); hosts and co-hosts
+/// never do: they join on the origin.
 pub fn edge_for<'a>(
     origin: &str,
     edges: &[String],

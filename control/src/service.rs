@@ -1063,16 +1063,14 @@ impl Control {
             ));
         }
         let view = room::participant_view(&doc, &user);
-        if view
-            .as_ref()
-            .is_some_and(|(can_publish, _, _)| *can_publish)
-            && self.is_edge_of(&doc)
-        {
-            // A room's speakers publish on its origin, which relays them to its edges; what a
-            // speaker published on an edge would reach that edge's listeners alone.
+        let moderates = doc.members.get(&user).is_some_and(|m| m.role.moderates());
+        if moderates && self.is_edge_of(&doc) {
+            // Hosts and co-hosts join on the origin, whose clients see every node's listeners
+            // (an edge's see its own); a stale URL or a token minted for another node must not
+            // put them where they would moderate a part of the audience only.
             return Err(ControlError::conflict(
-                "speak_on_origin",
-                "this room's speakers join on its origin node: ask POST /api/rooms/{id}/token where to connect",
+                "moderate_on_origin",
+                "this room's hosts join on its origin node: ask POST /api/rooms/{id}/token where to connect",
             ));
         }
         if view.is_some() {

@@ -45,6 +45,9 @@ pub const NODE_LOAD: &str = "control_node_load";
 pub const ROOMS_PLACED: &str = "control_rooms_placed_total";
 /// Listeners sent to an edge (another node than their room's origin, which was full).
 pub const EDGE_LISTENERS: &str = "control_edge_listeners_total";
+/// Speakers sent to an edge (their room's origin was full): the origin hears them through a
+/// feed.
+pub const EDGE_SPEAKERS: &str = "control_edge_speakers_total";
 /// Relay links this node started to rooms' origins (an edge's first admission, or the next
 /// one after a link ended).
 pub const RELAYS_STARTED: &str = "control_relays_started_total";
@@ -135,6 +138,11 @@ pub fn describe() {
         EDGE_LISTENERS,
         Unit::Count,
         "Listeners sent to an edge node at a token request (their room's origin was full)"
+    );
+    describe_counter!(
+        EDGE_SPEAKERS,
+        Unit::Count,
+        "Speakers sent to an edge node at a token request (their room's origin was full)"
     );
     describe_counter!(
         RELAYS_STARTED,

@@ -12,7 +12,9 @@ use common::redis_server::RedisServer;
 use common::service::{host, new_room, now, uid};
 use stoa_control::auth::Keys;
 use stoa_control::media::NoMedia;
+use stoa_control::model::RoomKind;
 use stoa_control::nodes::{LoadSource, Node, NodeLoad};
+use stoa_control::service::NewRoom;
 use stoa_control::store::Store;
 use stoa_control::store::embedded::EmbeddedStore;
 use stoa_control::store::redis::RedisStore;
@@ -379,9 +381,15 @@ async fn listeners_of_a_full_origin_go_to_an_edge_which_relays_the_room() {
         .unwrap();
     let id = doc.room.id.clone();
     assert_eq!(doc.room.media_url.as_deref(), origin);
-    // A second room on the same origin.
+    // A second room on the same origin, an open one: everyone in it may speak.
     let other = a
-        .create_room(&host(), new_room("Also here", None, Default::default()))
+        .create_room(
+            &host(),
+            NewRoom {
+                kind: RoomKind::Open,
+                ..new_room("Also here", None, Default::default())
+            },
+        )
         .await
         .unwrap();
     assert_eq!(other.room.media_url.as_deref(), origin);
@@ -412,16 +420,28 @@ async fn listeners_of_a_full_origin_go_to_an_edge_which_relays_the_room() {
         ["ws://b.example:7880"],
         "recorded for every instance"
     );
-    // The second room spills to the same edge too: each relay link has a socket of its own
-    // on the edge, so two rooms relayed from the origin to the edge are two links the
-    // engines tell apart.
+    // The second room spills to the same edge too, its speakers as well (the origin hears
+    // them through a feed): each relay link has a socket of its own on the edge, so two rooms
+    // relayed from the origin to the edge are two links the engines tell apart.
     let grant = b.join(&uid("ola"), "Ola", &other.room.id).await.unwrap();
     assert_eq!(
         grant.media_url.as_deref(),
         edge,
-        "the second room's listener spills over to the same edge"
+        "the second room's speaker spills over to the same edge"
     );
-    assert_eq!(grant.role, stoa_control::model::Role::Listener);
+    let (can_publish, _, _) = b
+        .admit(other.room.id.as_str(), "ola")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(can_publish, "admitted on the edge as a speaker");
+    // Which makes the edge relay that room from the origin (and the origin feed from it).
+    let asked = std::mem::take(&mut *media.0.lock().unwrap());
+    assert_eq!(
+        asked,
+        [(other.room.id.to_string(), "ws://a.example:7880".to_owned())]
+    );
+    assert_eq!(grant.role, stoa_control::model::Role::Speaker);
     assert_eq!(
         store.room_edges(&other.room.id).await.unwrap(),
         ["ws://b.example:7880"]
@@ -433,13 +453,13 @@ async fn listeners_of_a_full_origin_go_to_an_edge_which_relays_the_room() {
         ["ws://b.example:7880"]
     );
 
-    // The host publishes: always on the origin.
+    // The host: always on the origin, where the whole audience is shown to her.
     let grant = b.join(&uid("hana"), "Hana", &id).await.unwrap();
     assert_eq!(grant.media_url.as_deref(), origin);
     // Should she come to the edge all the same (a stale URL, an SDK told another), the edge
-    // refuses her: what a speaker publishes there would reach its listeners alone.
+    // refuses her: there she would see and moderate a part of the audience only.
     let refused = b.admit(id.as_str(), "hana").await.unwrap_err();
-    assert_eq!((refused.status, refused.code), (409, "speak_on_origin"));
+    assert_eq!((refused.status, refused.code), (409, "moderate_on_origin"));
     assert!(refused.message.contains("/token"), "{}", refused.message);
     assert!(a.admit(id.as_str(), "hana").await.unwrap().is_some());
 

@@ -367,13 +367,21 @@ pub fn sign(
     Ok(token)
 }
 
-/// The claims of a relay link (issue 21): the edge node `node` subscribing to `room` on its
-/// origin. Identity `node:{node}` ([`crate::proto::RELAY_IDENTITY_PREFIX`]), hidden, may
+/// The claims of a relay link (issue 21): the node `node` subscribing to `room` on another
+/// node (an edge on its origin; an origin on an edge, for a feed of the edge's speakers), with
+/// its own base URL `url` in the attribute [`crate::proto::NODE_URL_ATTRIBUTE`]. Identity `node:{node}` ([`crate::proto::RELAY_IDENTITY_PREFIX`]), hidden, may
 /// subscribe, may neither publish nor send data. Signed with the cluster's API key and secret
 /// ([`sign`], a short TTL), it is verified on the origin as any token: no client can mint one
 /// without the secret. On the origin the participant is not shown, counted or reported.
-pub fn relay_claims(node: &str, room: &str) -> Claims {
+pub fn relay_claims(node: &str, room: &str, url: Option<&str>) -> Claims {
+    let attributes = url
+        .map(|u| {
+            let key = crate::proto::NODE_URL_ATTRIBUTE.to_owned();
+            std::iter::once((key, u.to_owned())).collect()
+        })
+        .unwrap_or_default();
     Claims {
+        attributes,
         sub: format!("{}{node}", crate::proto::RELAY_IDENTITY_PREFIX),
         name: format!("relay to {node}"),
         video: VideoGrants {

@@ -426,7 +426,7 @@ mod tests {
 
     #[test]
     fn relay_links_skip_the_application_and_only_subscribe() {
-        let mut relay = crate::token::relay_claims("abc123", "room");
+        let mut relay = crate::token::relay_claims("abc123", "room", None);
         relay.video.can_publish = Some(true);
         relay.video.can_publish_data = Some(true);
         assert!(relay_only(&mut relay));
@@ -434,12 +434,12 @@ mod tests {
         assert_eq!(relay.video.can_publish_data, Some(false));
         assert_eq!(relay.video.can_subscribe, Some(true));
         // A relay identity that is not hidden, or a hidden member, goes to the application.
-        let mut shown = crate::token::relay_claims("abc123", "room");
+        let mut shown = crate::token::relay_claims("abc123", "room", None);
         shown.video.hidden = false;
         shown.video.can_publish = Some(true);
         assert!(!relay_only(&mut shown));
         assert_eq!(shown.video.can_publish, Some(true));
-        let mut hidden = crate::token::relay_claims("abc123", "room");
+        let mut hidden = crate::token::relay_claims("abc123", "room", None);
         hidden.sub = "ann".into();
         assert!(!relay_only(&mut hidden));
     }

@@ -37,6 +37,7 @@ async fn an_edge_listener_hears_the_origins_speaker_through_the_relay() {
                 secret: SECRET.into(),
                 ttl: Duration::from_secs(60),
                 tls: None,
+                url: None,
             }),
             ..ServiceConfig::default()
         },

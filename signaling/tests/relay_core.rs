@@ -509,7 +509,7 @@ fn origin_neither_shows_counts_nor_reports_the_relay() {
     let (_, listener_peer) = join(&mut origin, t0, claims("l1", "r", false));
     let relay_claims = Claims {
         iss: "key".into(),
-        ..stoa_signaling::token::relay_claims("edge-1", "r")
+        ..stoa_signaling::token::relay_claims("edge-1", "r", None)
     };
     assert_eq!(relay_claims.sub, "node:edge-1");
     assert!(relay_claims.video.hidden);
@@ -1007,7 +1007,7 @@ fn the_origin_marks_a_relay_link_for_its_engine() {
     assert_eq!(accepted_as_relay(&drain(&mut origin)), vec![false]);
     let relay_claims = Claims {
         iss: "key".into(),
-        ..stoa_signaling::token::relay_claims("edge-1", "r")
+        ..stoa_signaling::token::relay_claims("edge-1", "r", None)
     };
     join_single(&mut origin, t0, relay_claims, &offer);
     assert_eq!(accepted_as_relay(&drain(&mut origin)), vec![true]);

@@ -85,6 +85,7 @@ fn edge_config(node: &str, tls: Option<Arc<ClientConfig>>) -> ServiceConfig {
             secret: SECRET.into(),
             ttl: Duration::from_secs(60),
             tls,
+            url: None,
         }),
         ..ServiceConfig::default()
     }

@@ -1,7 +1,9 @@
-//! Rooms larger than a node: listeners of a room whose origin (its node) is full are sent to
-//! an edge ([`crate::placement::edge_for`] decides, the store remembers the room's edges so
-//! that every instance sends them alike), and a node admitting someone into a room whose
-//! origin is another node relays the room from there.
+//! Rooms larger than a node: members of a room whose origin (its node) is full are sent to an
+//! edge ([`crate::placement::edge_for`] decides, the store remembers the room's edges so that
+//! every instance sends them alike), and a node admitting someone into a room whose origin is
+//! another node relays the room from there. A speaker on an edge is heard on the origin, and
+//! through it on the other edges, by a feed the origin opens from the edge (signaling's
+//! `proto::feed`).
 
 use crate::clock::now_ms;
 use crate::error::ControlError;
@@ -13,8 +15,9 @@ use super::Control;
 
 impl Control {
     /// Where a member of room `doc` with `role` connects: the room's origin
-    /// ([`Control::media_url_of`]), or for a listener who may not publish while the origin is
-    /// full, an edge with headroom, recorded as one of the room's edges.
+    /// ([`Control::media_url_of`]), or while the origin is full, an edge with headroom
+    /// (preferring the room's edges), recorded as one of the room's edges. Hosts and co-hosts
+    /// always join on the origin, where the whole audience is shown to them.
     pub(super) async fn media_url_for(
         &self,
         doc: &RoomDoc,
@@ -37,8 +40,10 @@ impl Control {
         can_publish: bool,
     ) -> Result<Option<String>, ControlError> {
         let origin = self.media_url_of(doc).await?;
-        // Whoever may publish publishes on the origin: an edge relays one way only.
-        if role.on_stage() || can_publish || self.inner.config.public_url.is_empty() {
+        // Speakers join where the room's speakers are, the origin, unless it is full: on an
+        // edge the origin hears them through a feed. Moderators stay on the origin, whose
+        // clients see every node's listeners (an edge's see its own).
+        if role.moderates() || self.inner.config.public_url.is_empty() {
             return Ok(origin);
         }
         let Some(at) = origin.as_deref() else {
@@ -62,7 +67,13 @@ impl Control {
             self.inner.store.add_room_edge(id, &url).await?;
             tracing::info!(room = %id, edge = %edge.id, "room spills over to an edge node");
         }
-        metrics::counter!(crate::telemetry::EDGE_LISTENERS).increment(1);
+        let speaks = role.on_stage() || can_publish;
+        metrics::counter!(if speaks {
+            crate::telemetry::EDGE_SPEAKERS
+        } else {
+            crate::telemetry::EDGE_LISTENERS
+        })
+        .increment(1);
         Ok(Some(url))
     }
 

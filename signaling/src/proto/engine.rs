@@ -50,6 +50,9 @@ impl Server {
             Event::Offer { peer, offer, .. } if self.relay_room(peer).is_some() => {
                 self.relay_offer(peer, offer.to_sdp_string());
             }
+            Event::Offer { peer, offer, .. } if self.feed_of(peer).is_some() => {
+                self.feed_offer(peer, offer.to_sdp_string());
+            }
             Event::Offer { peer, offer, slots } => {
                 let Some(&(session, _)) = self.by_peer.get(&peer) else {
                     return;
@@ -85,6 +88,9 @@ impl Server {
             Event::Disconnected(peer) if self.relay_room(peer).is_some() => {
                 self.relay_peer_gone(peer);
             }
+            Event::Disconnected(peer) if self.feed_of(peer).is_some() => {
+                self.feed_peer_gone(peer);
+            }
             Event::Disconnected(peer) => {
                 if let Some((session, _)) = self.by_peer.remove(&peer) {
                     self.end_session(
@@ -97,6 +103,9 @@ impl Server {
             Event::TrackPublished { track, label } => self.track_published(track, label),
             Event::TrackUnpublished { track, .. } if self.relay_room(track.peer).is_some() => {
                 self.relay_track_unpublished(track);
+            }
+            Event::TrackUnpublished { track, .. } if self.feed_of(track.peer).is_some() => {
+                self.feed_track_unpublished(track);
             }
             Event::TrackUnpublished { track, reason } => self.track_unpublished(track, reason),
             Event::SpeakersChanged(levels) => self.speakers_changed(levels),
@@ -128,6 +137,11 @@ impl Server {
                 } else {
                     self.data_packet(peer, channel, &data);
                 }
+            }
+            Event::RelayTrackPublished { track, label, .. }
+                if self.feed_of(track.peer).is_some() =>
+            {
+                self.feed_track_published(track, label);
             }
             Event::RelayTrackPublished { track, label, .. } => {
                 self.relay_track_published(track, label);
@@ -173,6 +187,11 @@ impl Server {
         if let Some(room) = self.relay_room(peer) {
             tracing::warn!(room = %room, error = %error, command = ?command, "relay refused");
             self.relay_peer_gone(peer);
+            return;
+        }
+        if let Some((room, _)) = self.feed_of(peer) {
+            tracing::warn!(room = %room, error = %error, command = ?command, "feed refused");
+            self.feed_peer_gone(peer);
             return;
         }
         let Some(&(session, _)) = self.by_peer.get(&peer) else {
@@ -376,6 +395,21 @@ impl Server {
                         .or_default()
                         .push(lk::SpeakerInfo {
                             sid: psid.clone(),
+                            level: level.level,
+                            active: level.active,
+                        });
+                }
+                continue;
+            }
+            if let Some((psid, _)) = self.fed_track(level.key) {
+                // A speaker on an edge, heard through its feed: that edge reports her.
+                if let Some((room, _)) = self.feed_of(level.key.peer) {
+                    mirrored.push(psid.to_owned());
+                    by_room
+                        .entry(room.clone())
+                        .or_default()
+                        .push(lk::SpeakerInfo {
+                            sid: psid.to_owned(),
                             level: level.level,
                             active: level.active,
                         });

@@ -42,6 +42,7 @@
 
 mod admin;
 mod engine;
+mod feed;
 mod recording;
 mod relay;
 mod requests;
@@ -62,6 +63,7 @@ use stoa_sfu::{EngineCommand, PeerId, ShardId};
 
 use crate::room::{Room, RoomLimits};
 pub use admin::{AdminOp, AdminReply, ParticipantUpdate, SendData};
+pub use feed::NODE_URL_ATTRIBUTE;
 pub use recording::TapChange;
 pub use relay::{RELAY_IDENTITY_PREFIX, RelayOutput};
 pub use roster::{ROSTER_BATCH, ROSTER_PACKETS_PER_TICK, ROSTER_TOPIC};
@@ -360,6 +362,10 @@ pub struct Server {
     relays: HashMap<String, relay::RelayLink>,
     /// The room of each relay peer.
     relay_peers: HashMap<PeerId, String>,
+    /// On an origin: feeds of edges' speakers, by room and edge URL (see `feed`).
+    feeds: HashMap<feed::FeedKey, feed::Feed>,
+    /// The feed of each feed's relay peer.
+    feed_peers: HashMap<PeerId, feed::FeedKey>,
     /// On an edge: snapshots of this node's participants of relayed rooms not yet announced
     /// to the origin, by room and sid (see `roster`).
     roster_out: BTreeMap<String, BTreeMap<String, lk::ParticipantInfo>>,
@@ -409,6 +415,8 @@ impl Server {
             pending_updates: HashMap::new(),
             relays: HashMap::new(),
             relay_peers: HashMap::new(),
+            feeds: HashMap::new(),
+            feed_peers: HashMap::new(),
             roster_out: BTreeMap::new(),
             roster_in: HashMap::new(),
             quiet_rooms: HashSet::new(),
@@ -627,6 +635,7 @@ impl Server {
 
     /// Remove a room (its sessions are already gone).
     fn close_room(&mut self, room: &str) {
+        self.end_feeds_of(room);
         if let Some(r) = self.rooms.remove(room) {
             tracing::info!(room = %room, "room closed");
             if !self.quiet_rooms.remove(room) {

@@ -69,6 +69,33 @@ pub enum RelayOutput {
         /// The room.
         room: String,
     },
+    /// On an origin: open `edge`'s `/rtc/v1` for `room` with a relay token, carrying `offer`
+    /// in the join request: a feed of the edge's speakers (see `feed`). Replaces any feed the
+    /// shell still has for the room and edge.
+    OpenFeed {
+        /// The room (on both nodes).
+        room: String,
+        /// The edge's base URL.
+        edge: String,
+        /// The feed's relay peer's first offer.
+        offer: lk::SessionDescription,
+    },
+    /// Send this request on the feed of `room` from `edge`.
+    SendFeed {
+        /// The room.
+        room: String,
+        /// The edge's base URL.
+        edge: String,
+        /// The request.
+        request: Box<signal_request::Message>,
+    },
+    /// Close the feed of `room` from `edge` (a `Leave` first, if it is open).
+    CloseFeed {
+        /// The room.
+        room: String,
+        /// The edge's base URL.
+        edge: String,
+    },
 }
 
 /// One relay link: a room of this node fed by an origin node.
@@ -92,6 +119,11 @@ pub(super) struct RelayLink {
 }
 
 impl RelayLink {
+    /// Whether `psid` is one of this link's mirrors (a participant of the origin's).
+    pub(super) fn has_mirror(&self, psid: &str) -> bool {
+        self.mirrors.contains(psid)
+    }
+
     /// A bound track goes back to waiting: the engine keeps an m-line labelled once bound, so
     /// if the origin shows the participant or track again, it binds again.
     fn unbind(&mut self, track: TrackId) {
@@ -116,6 +148,28 @@ impl RelayLink {
             self.unbind(track);
         }
     }
+}
+
+/// A mirror's tracks from another node's snapshot, each keeping the engine track it was bound
+/// to in `old` (the mirror before this snapshot).
+pub(super) fn mirror_tracks(
+    old: Option<&Participant>,
+    infos: Vec<lk::TrackInfo>,
+) -> std::collections::BTreeMap<String, PublishedTrack> {
+    infos
+        .into_iter()
+        .map(|t| {
+            let engine = old
+                .and_then(|o| o.tracks.get(&t.sid))
+                .and_then(|o| o.engine);
+            let track = PublishedTrack {
+                cid: t.sid.clone(),
+                info: t,
+                engine,
+            };
+            (track.info.sid.clone(), track)
+        })
+        .collect()
 }
 
 impl Server {
@@ -331,6 +385,11 @@ impl Server {
             return;
         };
         let old = r.participants.get(&info.sid);
+        if old.is_some() && !link.mirrors.contains(&info.sid) {
+            // This node holds it (the origin shows an edge's speaker to every relay of the
+            // room): the local participant is the truth.
+            return;
+        }
         if old.is_some_and(|o| o.version > info.version) {
             return;
         }
@@ -353,20 +412,7 @@ impl Server {
             }
             return self.mirror(room, info);
         }
-        let mut tracks = std::collections::BTreeMap::new();
-        for t in std::mem::take(&mut info.tracks) {
-            let engine = old
-                .and_then(|o| o.tracks.get(&t.sid))
-                .and_then(|o| o.engine);
-            tracks.insert(
-                t.sid.clone(),
-                PublishedTrack {
-                    cid: t.sid.clone(),
-                    info: t,
-                    engine,
-                },
-            );
-        }
+        let tracks = mirror_tracks(old, std::mem::take(&mut info.tracks));
         let dropped: Vec<TrackId> = old
             .map(|o| {
                 o.tracks
@@ -579,7 +625,7 @@ impl Server {
     }
 
     /// Every session of `room` receiving `track` stops.
-    fn unsubscribe_everyone(&mut self, room: &str, track: TrackId) {
+    pub(super) fn unsubscribe_everyone(&mut self, room: &str, track: TrackId) {
         for id in self.room_sessions(room) {
             if self
                 .sessions

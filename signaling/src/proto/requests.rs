@@ -402,7 +402,9 @@ impl Server {
             .room_sessions(room)
             .into_iter()
             .filter(|id| {
-                Some(*id) != except && self.sessions.get(id).is_some_and(|s| s.auto_subscribe)
+                Some(*id) != except
+                    && self.sessions.get(id).is_some_and(|s| s.auto_subscribe)
+                    && !self.feeds_back(room, *id, publisher_sid)
             })
             .collect();
         let peers: Vec<stoa_sfu::PeerId> = sessions

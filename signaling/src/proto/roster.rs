@@ -192,7 +192,17 @@ impl Server {
             // Rejoined on the edge under a new sid: the old one goes first.
             self.drop_announced(room, &holder);
         }
-        let mirror = Participant::mirror_of(info, Default::default());
+        // A speaker on the edge: her tracks, each bound to its feed's engine track once that
+        // runs (`feed`).
+        let mut info = info;
+        let old = self
+            .rooms
+            .get(room)
+            .and_then(|r| r.participants.get(&info.sid));
+        let tracks = super::relay::mirror_tracks(old, std::mem::take(&mut info.tracks));
+        let kept: Vec<String> = tracks.keys().cloned().collect();
+        let speaking = !tracks.is_empty();
+        let mirror = Participant::mirror_of(info, tracks);
         let Some(r) = self.rooms.get_mut(room) else {
             return;
         };
@@ -204,11 +214,26 @@ impl Server {
             .entry(room.to_owned())
             .or_default()
             .insert(psid.clone(), from);
+        let kept: Vec<&str> = kept.iter().map(String::as_str).collect();
+        self.unbind_announced(room, &psid, &kept);
         self.broadcast_participant(room, &psid);
+        if speaking {
+            self.want_feed(room, from);
+            let keys: Vec<super::feed::FeedKey> = self
+                .feeds
+                .keys()
+                .filter(|(r, _)| r == room)
+                .cloned()
+                .collect();
+            for key in keys {
+                self.bind_feed(&key);
+            }
+        }
     }
 
     /// On an origin: an announced participant leaves; whoever saw it sees it disconnected.
     pub(super) fn drop_announced(&mut self, room: &str, psid: &str) {
+        self.unbind_announced(room, psid, &[]);
         if let Some(owners) = self.roster_in.get_mut(room) {
             owners.remove(psid);
             if owners.is_empty() {

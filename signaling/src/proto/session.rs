@@ -310,6 +310,8 @@ impl Server {
             .values()
             // Listeners publish nothing: skip them before comparing sids.
             .filter(|p| !p.tracks.is_empty() && p.sid != *sid)
+            // A relay gets nothing that came from its own node.
+            .filter(|p| !self.feeds_back(&s.room, session, &p.sid))
             .flat_map(|p| {
                 p.tracks
                     .values()
@@ -397,9 +399,12 @@ impl Server {
             .rooms
             .get(&s.room)
             .and_then(|r| r.participants.get(&s.participant))
-            .is_some_and(Participant::is_relay);
-        if relay {
+            .filter(|p| p.is_relay());
+        if let Some(p) = relay {
+            // And its node's feed, unless another of its relays is in the room.
+            let url = p.attributes.get(super::NODE_URL_ATTRIBUTE).cloned();
             self.drop_roster_of(&s.room, session);
+            self.relay_session_ended(&s.room, url);
         }
         self.remove_participant(&s.room, &s.participant, reason);
     }

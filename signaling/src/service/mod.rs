@@ -185,15 +185,18 @@ enum Msg {
     Stats {
         reply: oneshot::Sender<SignalingStats>,
     },
-    /// A message of the origin on a relay link.
+    /// A message of the other node on a relay link (the origin's on a room's link; an
+    /// edge's on a feed, `feed` naming the edge).
     RelayResponse {
         room: String,
+        feed: Option<String>,
         link: u64,
         message: Box<lk::signal_response::Message>,
     },
     /// A relay link ended.
     RelayClosed {
         room: String,
+        feed: Option<String>,
         link: u64,
     },
 }
@@ -504,8 +507,9 @@ struct Shell {
     join_latency: Arc<Histogram>,
     counters: Arc<Counters>,
     relay: Option<RelayAuth>,
-    /// Running relay links, by room.
-    relays: HashMap<String, relay::Link>,
+    /// Running relay links, by room and, for a feed, the edge's URL (`None`: the room's
+    /// link to its origin).
+    relays: HashMap<(String, Option<String>), relay::Link>,
     next_link: u64,
     /// This core's own queue, for its relay links' tasks (weak: the core stops when every
     /// handle is gone).
@@ -569,17 +573,23 @@ impl Shell {
             }
             Msg::RelayResponse {
                 room,
+                feed,
                 link,
                 message,
             } => {
-                if self.relays.get(&room).is_some_and(|l| l.id == link) {
-                    self.core.handle_relay_response(now, &room, *message);
+                let key = (room, feed);
+                if self.relays.get(&key).is_some_and(|l| l.id == link) {
+                    match &key.1 {
+                        None => self.core.handle_relay_response(now, &key.0, *message),
+                        Some(edge) => self.core.handle_feed_response(now, &key.0, edge, *message),
+                    }
                 }
             }
-            Msg::RelayClosed { room, link } => {
-                if self.relays.get(&room).is_some_and(|l| l.id == link) {
-                    self.relays.remove(&room);
-                    self.core.handle_relay_closed(now, &room);
+            Msg::RelayClosed { room, feed, link } => {
+                let key = (room, feed);
+                if self.relays.get(&key).is_some_and(|l| l.id == link) {
+                    self.relays.remove(&key);
+                    self.link_closed(&key);
                 }
             }
             Msg::Stats { reply } => {
@@ -663,71 +673,104 @@ impl Shell {
                 room,
                 origin,
                 offer,
-            } => {
-                if let Some(old) = self.relays.remove(&room) {
-                    let _ = old.tx.try_send(relay::LinkCmd::Close);
-                }
-                let token = match self
-                    .relay
-                    .as_ref()
-                    .map(|auth| relay::relay_token(auth, &room))
-                {
-                    Some(Ok(token)) => token,
-                    failed => {
-                        let why = match failed {
-                            Some(Err(e)) => e,
-                            _ => "no relay credentials configured".to_owned(),
-                        };
-                        tracing::warn!(room = %room, reason = %why, "relay link not opened");
-                        self.core.handle_relay_closed(Instant::now(), &room);
-                        return;
-                    }
-                };
-                let Some(to_core) = self.me.upgrade() else {
-                    return;
-                };
-                self.next_link += 1;
-                let (tx, rx) = mpsc::channel(relay::LINK_QUEUE);
-                let task = relay::LinkTask {
-                    id: self.next_link,
-                    room: room.clone(),
-                    origin,
-                    token,
-                    offer,
-                    ping_interval: self.ping_interval,
-                    to_core,
-                    tls: match self.relay.as_ref().and_then(|a| a.tls.clone()) {
-                        Some(tls) => Ok(tls),
-                        None => crate::cluster::node_tls().clone(),
-                    },
-                };
-                tokio::spawn(task.run(rx));
-                self.relays.insert(
-                    room,
-                    relay::Link {
-                        id: self.next_link,
-                        tx,
-                    },
-                );
+            } => self.open_link((room, None), origin, offer),
+            RelayOutput::OpenFeed { room, edge, offer } => {
+                self.open_link((room, Some(edge.clone())), edge, offer);
             }
-            RelayOutput::Send { room, request } => {
-                let Some(link) = self.relays.get(&room) else {
-                    return;
+            RelayOutput::Send { room, request } => self.send_link((room, None), request),
+            RelayOutput::SendFeed {
+                room,
+                edge,
+                request,
+            } => self.send_link((room, Some(edge)), request),
+            RelayOutput::Close { room } => self.close_link(&(room, None)),
+            RelayOutput::CloseFeed { room, edge } => self.close_link(&(room, Some(edge))),
+        }
+    }
+
+    /// Starts the task of link `key` to the node at `url`, replacing any it still has.
+    fn open_link(
+        &mut self,
+        key: (String, Option<String>),
+        url: String,
+        offer: lk::SessionDescription,
+    ) {
+        self.close_link(&key);
+        let room = key.0.clone();
+        let token = match self
+            .relay
+            .as_ref()
+            .map(|auth| relay::relay_token(auth, &room))
+        {
+            Some(Ok(token)) => token,
+            failed => {
+                let why = match failed {
+                    Some(Err(e)) => e,
+                    _ => "no relay credentials configured".to_owned(),
                 };
-                if link.tx.try_send(relay::LinkCmd::Request(request)).is_err() {
-                    self.counters.relay_dropped.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(room = %room, "relay link queue full; link closed");
-                    if let Some(link) = self.relays.remove(&room) {
-                        let _ = link.tx.try_send(relay::LinkCmd::Close);
-                    }
-                    self.core.handle_relay_closed(Instant::now(), &room);
-                }
+                tracing::warn!(room = %room, reason = %why, "relay link not opened");
+                self.link_closed(&key);
+                return;
             }
-            RelayOutput::Close { room } => {
-                if let Some(link) = self.relays.remove(&room) {
-                    let _ = link.tx.try_send(relay::LinkCmd::Close);
-                }
-            }
+        };
+        let Some(to_core) = self.me.upgrade() else {
+            return;
+        };
+        self.next_link += 1;
+        let (tx, rx) = mpsc::channel(relay::LINK_QUEUE);
+        let task = relay::LinkTask {
+            id: self.next_link,
+            room,
+            feed: key.1.clone(),
+            origin: url,
+            token,
+            offer,
+            ping_interval: self.ping_interval,
+            to_core,
+            tls: match self.relay.as_ref().and_then(|a| a.tls.clone()) {
+                Some(tls) => Ok(tls),
+                None => crate::cluster::node_tls().clone(),
+            },
+        };
+        tokio::spawn(task.run(rx));
+        self.relays.insert(
+            key,
+            relay::Link {
+                id: self.next_link,
+                tx,
+            },
+        );
+    }
+
+    /// Queues `request` on link `key`; a full queue closes the link.
+    fn send_link(
+        &mut self,
+        key: (String, Option<String>),
+        request: Box<lk::signal_request::Message>,
+    ) {
+        let Some(link) = self.relays.get(&key) else {
+            return;
+        };
+        if link.tx.try_send(relay::LinkCmd::Request(request)).is_err() {
+            self.counters.relay_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(room = %key.0, "relay link queue full; link closed");
+            self.close_link(&key);
+            self.link_closed(&key);
+        }
+    }
+
+    /// Tells link `key`'s task to close.
+    fn close_link(&mut self, key: &(String, Option<String>)) {
+        if let Some(link) = self.relays.remove(key) {
+            let _ = link.tx.try_send(relay::LinkCmd::Close);
+        }
+    }
+
+    /// Tells the core that link `key` ended.
+    fn link_closed(&mut self, key: &(String, Option<String>)) {
+        match &key.1 {
+            None => self.core.handle_relay_closed(Instant::now(), &key.0),
+            Some(edge) => self.core.handle_feed_closed(Instant::now(), &key.0, edge),
         }
     }
 

@@ -37,6 +37,10 @@ pub struct RelayAuth {
     pub secret: String,
     /// How long a relay token is valid (it is used once, to join).
     pub ttl: Duration,
+    /// This node's base URL, which its relay tokens carry so that the origin can open a feed
+    /// of this node's speakers back to it (`proto::NODE_URL_ATTRIBUTE`); `None`: its
+    /// speakers are heard only here.
+    pub url: Option<String>,
     /// Whom `wss://` origins' certificates must chain to; `None`: the system's trust store
     /// (`SSL_CERT_FILE` or `SSL_CERT_DIR` add a private CA), as for every node-to-node call.
     pub tls: Option<Arc<ClientConfig>>,
@@ -122,7 +126,7 @@ pub(super) fn relay_token(auth: &RelayAuth, room: &str) -> Result<String, String
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let claims = crate::token::relay_claims(&auth.node, room);
+    let claims = crate::token::relay_claims(&auth.node, room, auth.url.as_deref());
     crate::token::sign(&auth.api_key, &auth.secret, &claims, auth.ttl, now)
         .map_err(|e| e.to_string())
 }
@@ -131,6 +135,9 @@ pub(super) fn relay_token(auth: &RelayAuth, room: &str) -> Result<String, String
 pub(super) struct LinkTask {
     pub id: u64,
     pub room: String,
+    /// A feed (the edge's URL, which `origin` is then) rather than the room's own link.
+    pub feed: Option<String>,
+    /// The node the link joins.
     pub origin: String,
     pub token: String,
     pub offer: lk::SessionDescription,
@@ -143,11 +150,21 @@ pub(super) struct LinkTask {
 impl LinkTask {
     /// Runs the link until either side closes it, then tells the core.
     pub(super) async fn run(self, cmds: mpsc::Receiver<LinkCmd>) {
-        let (room, id, to_core) = (self.room.clone(), self.id, self.to_core.clone());
+        let (room, feed, id, to_core) = (
+            self.room.clone(),
+            self.feed.clone(),
+            self.id,
+            self.to_core.clone(),
+        );
         if let Err(why) = self.serve(cmds).await {
-            tracing::warn!(room = %room, reason = %why, "relay link ended");
+            tracing::warn!(room = %room, feed = feed.is_some(), reason = %why, "relay link ended");
         }
-        let _ = to_core.send(Msg::RelayClosed { room, link: id }).await;
+        let msg = Msg::RelayClosed {
+            room,
+            feed,
+            link: id,
+        };
+        let _ = to_core.send(msg).await;
     }
 
     async fn serve(self, mut cmds: mpsc::Receiver<LinkCmd>) -> Result<(), String> {
@@ -195,6 +212,7 @@ impl LinkTask {
                     let leave = matches!(message, signal_response::Message::Leave(_));
                     let msg = Msg::RelayResponse {
                         room: self.room.clone(),
+                        feed: self.feed.clone(),
                         link: self.id,
                         message: Box::new(message),
                     };

@@ -59,6 +59,18 @@ pub async fn server_with(config: ServiceConfig) -> Server {
 /// [`server_with`], its engine seeded with `seed` (two engines in one test need two seeds,
 /// or their ICE credentials would repeat each other's).
 pub async fn server_seeded(config: ServiceConfig, seed: [u8; 32]) -> Server {
+    server_knowing_url(|_| config, seed).await
+}
+
+/// [`server_seeded`], its config made knowing the server's own base URL
+/// (`http://127.0.0.1:{port}`), as a node's relay credentials name it.
+pub async fn server_knowing_url(
+    make: impl FnOnce(String) -> ServiceConfig,
+    seed: [u8; 32],
+) -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = listener.local_addr().unwrap();
+    let config = make(format!("http://{http}"));
     let settings = SfuSettings {
         bind_ip: "127.0.0.1".parse().unwrap(),
         advertise_ip: "127.0.0.1".parse().unwrap(),
@@ -82,8 +94,6 @@ pub async fn server_seeded(config: ServiceConfig, seed: [u8; 32]) -> Server {
     let signaling = Signaling::start(config, sfu, events);
     let keys = Arc::new(ApiKeys::new([(KEY.to_owned(), SECRET.to_owned())]));
     let app = stoa_signaling::ws::router(signaling.clone(), keys);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     Server {
         http,

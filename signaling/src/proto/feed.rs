@@ -1,0 +1,393 @@
+//! Speakers on edges (issue 21): an edge's published tracks reach the origin through a *feed*,
+//! a relay link the origin opens to the edge, the way an edge opens its own link to the origin
+//! (`relay`).
+//!
+//! The edge already announces the participants it holds to the origin over its link
+//! (`roster`); an announced participant with tracks is a speaker on that edge. The origin then
+//! links *from* the edge for the room: an engine relay peer
+//! (`EngineCommand::CreateRelayPeer`, recvonly audio, no data channels) joining the edge's
+//! room over its `/rtc/v1` with a relay token of the origin's ([`RelayOutput::OpenFeed`]). On
+//! the edge that join is one more relay session, subscribed to the tracks of the participants
+//! the edge holds and to nothing it mirrors (so nothing goes back where it came from). Each
+//! relayed track the engine reports on the feed (`Event::RelayTrackPublished`, labelled
+//! `{participant sid}|{track sid}` by the edge) binds to the announced participant's track,
+//! and the origin's auto-subscribing sessions receive it as a local publisher's: its own
+//! listeners, and the relay sessions of its *other* edges, which mirror the speaker from the
+//! origin's snapshots like the origin's own speakers. The announcing edge's relay session
+//! gets neither the track nor the snapshot.
+//!
+//! One truth per fact: the participant, its tracks and their mute state come from the edge's
+//! announcements alone; the feed carries media only (the edge's participant snapshots on it
+//! are ignored). The feed's URL is the edge's own, carried in its relay token's
+//! [`NODE_URL_ATTRIBUTE`] (signed with the cluster's key, as every relay token). A feed ends
+//! when the last relay session of its edge in the room ends, when the room closes, or when the
+//! edge ends it; the next announcement with tracks opens it again. The edge's node reports its
+//! speaker's speaking time and webhooks; the origin does not report them again.
+
+use std::collections::HashMap;
+
+use livekit_protocol as lk;
+use livekit_protocol::signal_response;
+use stoa_sfu::str0m::change::SdpAnswer;
+use stoa_sfu::{EngineCommand, MediaLabel, PeerId, TrackId};
+
+use super::{Output, Server, SessionId};
+use crate::room::Participant;
+
+/// The attribute of a relay token naming the base URL of the node that made it, where its
+/// origin may open a feed back.
+pub const NODE_URL_ATTRIBUTE: &str = "stoa.node_url";
+
+/// A feed: the room and the edge's base URL.
+pub(super) type FeedKey = (String, String);
+
+/// One feed: the origin's relay peer joined to an edge's room.
+#[derive(Debug)]
+pub(super) struct Feed {
+    peer: PeerId,
+    /// The first offer went out ([`RelayOutput::OpenFeed`](super::RelayOutput::OpenFeed)).
+    opened: bool,
+    next_offer_id: u32,
+    /// Relayed tracks whose announced participant or track is not known yet.
+    unbound: Vec<(TrackId, MediaLabel)>,
+    /// Bound tracks: (announced participant's sid, track sid).
+    bound: HashMap<TrackId, (String, String)>,
+}
+
+impl Server {
+    /// The base URL an edge's relay session says its node has (its token's
+    /// [`NODE_URL_ATTRIBUTE`]), if `session` is a relay session.
+    fn relay_node_url(&self, session: SessionId) -> Option<&str> {
+        let p = self.participant(session).filter(|p| p.is_relay())?;
+        p.attributes
+            .get(NODE_URL_ATTRIBUTE)
+            .map(String::as_str)
+            .filter(|u| !u.is_empty())
+    }
+
+    /// On an origin: relay session `from` of `room` announced a participant with tracks, a
+    /// speaker on its edge. A feed from that edge is opened unless one runs.
+    pub(super) fn want_feed(&mut self, room: &str, from: SessionId) {
+        let Some(url) = self.relay_node_url(from).map(str::to_owned) else {
+            tracing::debug!(room = %room, "an edge's speaker, but its relay names no URL");
+            return;
+        };
+        let key = (room.to_owned(), url);
+        if self.feeds.contains_key(&key) {
+            return;
+        }
+        let peer = self.new_peer();
+        tracing::info!(room = %room, peer = %peer, "feed from an edge starting");
+        self.feed_peers.insert(peer, key.clone());
+        self.feeds.insert(
+            key,
+            Feed {
+                peer,
+                opened: false,
+                next_offer_id: 1,
+                unbound: Vec::new(),
+                bound: HashMap::new(),
+            },
+        );
+        self.engine(EngineCommand::CreateRelayPeer {
+            peer,
+            audios: 1,
+            channels: Vec::new(),
+            local: None,
+        });
+    }
+
+    /// The feed a relay peer belongs to, if `peer` is one.
+    pub(super) fn feed_of(&self, peer: PeerId) -> Option<&FeedKey> {
+        self.feed_peers.get(&peer)
+    }
+
+    /// The engine offered on a feed's relay peer: the first offer opens the feed, later ones
+    /// are sent on it.
+    pub(super) fn feed_offer(&mut self, peer: PeerId, sdp: String) {
+        let Some((room, edge)) = self.feed_peers.get(&peer).cloned() else {
+            return;
+        };
+        let Some(feed) = self.feeds.get_mut(&(room.clone(), edge.clone())) else {
+            return;
+        };
+        let id = feed.next_offer_id;
+        feed.next_offer_id += 1;
+        let offer = lk::SessionDescription {
+            r#type: "offer".into(),
+            sdp,
+            id,
+            ..Default::default()
+        };
+        let out = if feed.opened {
+            super::RelayOutput::SendFeed {
+                room,
+                edge,
+                request: Box::new(lk::signal_request::Message::Offer(offer)),
+            }
+        } else {
+            feed.opened = true;
+            super::RelayOutput::OpenFeed { room, edge, offer }
+        };
+        self.outputs.push_back(Output::Relay(out));
+    }
+
+    /// A message of the edge on the feed of `room` from `edge`. Only what negotiates the media
+    /// counts: who is in the room comes from the edge's announcements (`roster`).
+    pub fn handle_feed_response(
+        &mut self,
+        now: std::time::Instant,
+        room: &str,
+        edge: &str,
+        message: signal_response::Message,
+    ) {
+        self.advance(now);
+        let key = (room.to_owned(), edge.to_owned());
+        let Some(feed) = self.feeds.get(&key) else {
+            return;
+        };
+        let peer = feed.peer;
+        match message {
+            signal_response::Message::Answer(sd) => match SdpAnswer::from_sdp_string(&sd.sdp) {
+                Ok(answer) => self.engine(EngineCommand::HandleAnswer { peer, answer }),
+                Err(e) => {
+                    tracing::warn!(room = %room, error = %e, "edge's feed answer unreadable");
+                    self.end_feed(&key, "unreadable answer");
+                }
+            },
+            signal_response::Message::MediaSectionsRequirement(m) => {
+                self.engine(EngineCommand::OfferRelaySections {
+                    peer,
+                    audios: m.num_audios,
+                });
+            }
+            signal_response::Message::Leave(_) => self.end_feed(&key, "edge said leave"),
+            _ => {}
+        }
+    }
+
+    /// The feed of `room` from `edge` closed (or could not open). The edge's next
+    /// announcement of a speaker opens it again.
+    pub fn handle_feed_closed(&mut self, now: std::time::Instant, room: &str, edge: &str) {
+        self.advance(now);
+        self.end_feed(&(room.to_owned(), edge.to_owned()), "link closed");
+    }
+
+    /// Ends a feed: its tracks stop for everyone, its relay peer closes, the shell closes the
+    /// socket.
+    pub(super) fn end_feed(&mut self, key: &FeedKey, why: &str) {
+        let Some(feed) = self.feeds.remove(key) else {
+            return;
+        };
+        let (room, edge) = key;
+        tracing::info!(room = %room, reason = why, "feed from an edge ended");
+        self.feed_peers.remove(&feed.peer);
+        for (track, (psid, tsid)) in feed.bound {
+            self.fed_track_gone(room, &psid, &tsid, track);
+        }
+        self.engine(EngineCommand::ClosePeer { peer: feed.peer });
+        self.outputs
+            .push_back(Output::Relay(super::RelayOutput::CloseFeed {
+                room: room.clone(),
+                edge: edge.clone(),
+            }));
+    }
+
+    /// Every feed of `room` ends (the room closes).
+    pub(super) fn end_feeds_of(&mut self, room: &str) {
+        let keys: Vec<FeedKey> = self
+            .feeds
+            .keys()
+            .filter(|(r, _)| r == room)
+            .cloned()
+            .collect();
+        for key in keys {
+            self.end_feed(&key, "room closed");
+        }
+    }
+
+    /// On an origin: a relay session of `room`, of the node at `url`, ended (it is gone from
+    /// the sessions). That node's feed ends unless another of its relay sessions (a link that
+    /// replaced it) is in the room.
+    pub(super) fn relay_session_ended(&mut self, room: &str, url: Option<String>) {
+        let Some(url) = url.filter(|u| !u.is_empty()) else {
+            return;
+        };
+        let others = self
+            .room_sessions(room)
+            .into_iter()
+            .any(|s| self.relay_node_url(s) == Some(url.as_str()));
+        if !others {
+            self.end_feed(&(room.to_owned(), url), "its edge's link ended");
+        }
+    }
+
+    /// The engine filed a track relayed on a feed: bound to its announced participant's track
+    /// now, or once the edge has announced it.
+    pub(super) fn feed_track_published(&mut self, track: TrackId, label: MediaLabel) {
+        let Some(key) = self.feed_peers.get(&track.peer).cloned() else {
+            return;
+        };
+        if let Some(feed) = self.feeds.get_mut(&key) {
+            feed.unbound.retain(|(t, _)| *t != track);
+            feed.unbound.push((track, label));
+        }
+        self.bind_feed(&key);
+    }
+
+    /// The engine unpublished a track relayed on a feed (the edge's speaker stopped, or the
+    /// relay peer closed).
+    pub(super) fn feed_track_unpublished(&mut self, track: TrackId) {
+        let Some((room, edge)) = self.feed_peers.get(&track.peer).cloned() else {
+            return;
+        };
+        let Some(feed) = self.feeds.get_mut(&(room.clone(), edge)) else {
+            return;
+        };
+        feed.unbound.retain(|(t, _)| *t != track);
+        let Some((psid, tsid)) = feed.bound.remove(&track) else {
+            return;
+        };
+        self.fed_track_gone(&room, &psid, &tsid, track);
+    }
+
+    /// The feed's relay peer is gone (failed, or refused by the engine): the feed ends.
+    pub(super) fn feed_peer_gone(&mut self, peer: PeerId) {
+        if let Some(key) = self.feed_peers.get(&peer).cloned() {
+            self.end_feed(&key, "relay peer gone");
+        }
+    }
+
+    /// The announced participant's sid and track sid a feed's engine track is bound to.
+    pub(super) fn fed_track(&self, track: TrackId) -> Option<(&str, &str)> {
+        let key = self.feed_peers.get(&track.peer)?;
+        let (psid, tsid) = self.feeds.get(key)?.bound.get(&track)?;
+        Some((psid, tsid))
+    }
+
+    /// Binds every waiting track of feed `key` whose announced participant (announced by a
+    /// relay session of the feed's edge) and track are known, and subscribes the room's
+    /// auto-subscribing sessions to it.
+    pub(super) fn bind_feed(&mut self, key: &FeedKey) {
+        let (room, edge) = key;
+        let Some(feed) = self.feeds.get(key) else {
+            return;
+        };
+        let mut ready = Vec::new();
+        for (track, label) in &feed.unbound {
+            let Some((psid, _)) = label.stream_id.split_once('|') else {
+                continue;
+            };
+            let from_edge = self
+                .roster_in
+                .get(room)
+                .and_then(|m| m.get(psid))
+                .is_some_and(|s| self.relay_node_url(*s) == Some(edge.as_str()));
+            let known = from_edge
+                && self
+                    .rooms
+                    .get(room)
+                    .and_then(|r| r.participants.get(psid))
+                    .is_some_and(|p| p.tracks.contains_key(&label.track_id));
+            if known {
+                ready.push((*track, psid.to_owned(), label.track_id.clone()));
+            }
+        }
+        if ready.is_empty() {
+            return;
+        }
+        let Some(feed) = self.feeds.get_mut(key) else {
+            return;
+        };
+        feed.unbound
+            .retain(|(t, _)| !ready.iter().any(|(r, _, _)| r == t));
+        for (track, psid, tsid) in &ready {
+            feed.bound.insert(*track, (psid.clone(), tsid.clone()));
+        }
+        for (track, psid, tsid) in ready {
+            let Some(p) = self
+                .rooms
+                .get_mut(room)
+                .and_then(|r| r.participants.get_mut(&psid))
+            else {
+                continue;
+            };
+            let identity = p.identity.clone();
+            if let Some(t) = p.tracks.get_mut(&tsid) {
+                t.engine = Some(track);
+            }
+            tracing::info!(room = %room, track = %tsid, "edge's track bound");
+            self.subscribe_room(room, track, &psid, &tsid, None);
+            // The origin records the room, its edges' speakers too.
+            self.tap_if_recorded(room, &identity, &tsid, track);
+        }
+    }
+
+    /// On an origin: the tracks of announced participant `psid` that are not in `kept` any
+    /// more (the edge's speaker unpublished them, or left) go back to waiting and stop for
+    /// everyone.
+    pub(super) fn unbind_announced(&mut self, room: &str, psid: &str, kept: &[&str]) {
+        let mut gone = Vec::new();
+        for feed in self.feeds.iter_mut().filter(|((r, _), _)| r == room) {
+            let tracks: Vec<TrackId> = feed
+                .1
+                .bound
+                .iter()
+                .filter(|(_, (p, t))| p == psid && !kept.contains(&t.as_str()))
+                .map(|(t, _)| *t)
+                .collect();
+            for track in tracks {
+                if let Some((p, t)) = feed.1.bound.remove(&track) {
+                    let label = MediaLabel {
+                        stream_id: format!("{p}|{t}"),
+                        track_id: t.clone(),
+                    };
+                    feed.1.unbound.push((track, label));
+                    gone.push((t, track));
+                }
+            }
+        }
+        for (tsid, track) in gone {
+            self.fed_track_gone(room, psid, &tsid, track);
+        }
+    }
+
+    /// Whether relay session `session` must not receive `publisher`'s tracks: it is a relay
+    /// and they came from its own node (announced by it) or from the node this room is
+    /// relayed from (a mirror of the origin's, on an edge).
+    pub(super) fn feeds_back(&self, room: &str, session: SessionId, publisher: &str) -> bool {
+        if !self.participant(session).is_some_and(Participant::is_relay) {
+            return false;
+        }
+        let upstream = self
+            .relays
+            .get(room)
+            .is_some_and(|l| l.has_mirror(publisher));
+        let own = self
+            .roster_in
+            .get(room)
+            .and_then(|m| m.get(publisher))
+            .is_some_and(|s| *s == session);
+        upstream || own
+    }
+
+    /// A fed track stopped (unbound, unpublished, or its feed ended): the announced
+    /// participant's track has no engine track any more, nobody receives it, and a recorder
+    /// taking it is told.
+    fn fed_track_gone(&mut self, room: &str, psid: &str, tsid: &str, track: TrackId) {
+        let Some(p) = self
+            .rooms
+            .get_mut(room)
+            .and_then(|r| r.participants.get_mut(psid))
+        else {
+            self.unsubscribe_everyone(room, track);
+            return;
+        };
+        let identity = p.identity.clone();
+        if let Some(t) = p.tracks.get_mut(tsid) {
+            t.engine = None;
+        }
+        self.unsubscribe_everyone(room, track);
+        self.untap_if_recorded(room, &identity, tsid, track);
+    }
+}
