@@ -112,6 +112,21 @@ fn announce(s: &mut Server, now: Instant, peer: PeerId, participants: Vec<lk::Pa
     );
 }
 
+/// Participant snapshots `session` was sent among `outs`.
+fn updates_for(outs: &[Output], session: SessionId) -> Vec<lk::ParticipantInfo> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Send(to, m) if *to == session => match &m.message {
+                Some(signal_response::Message::Update(u)) => Some(u.participants.clone()),
+                Some(signal_response::Message::Join(j)) => Some(j.other_participants.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
 fn subscribes(outs: &[Output]) -> Vec<(TrackId, MediaLabel, Vec<PeerId>)> {
     outs.iter()
         .filter_map(|o| match o {
@@ -142,7 +157,7 @@ fn origin_feeds_an_edges_speaker_to_everyone_but_that_edge() {
     let mut now = t0;
     let mut origin = server(t0);
     let (_, listener_peer) = join(&mut origin, now, claims("l1", "r", false));
-    let (_, a_peer) = join(&mut origin, now, relay("edge-a", "ws://10.0.0.2:7880"));
+    let (a, a_peer) = join(&mut origin, now, relay("edge-a", "ws://10.0.0.2:7880"));
     let (b, b_peer) = join(&mut origin, now, relay("edge-b", "ws://10.0.0.3:7880"));
     for peer in [listener_peer, a_peer, b_peer] {
         origin.handle_engine_event(now, Event::Connected(peer));
@@ -196,6 +211,31 @@ fn origin_feeds_an_edges_speaker_to_everyone_but_that_edge() {
         !drain(&mut origin)
             .iter()
             .any(|o| matches!(o, Output::Engine(EngineCommand::CreateRelayPeer { .. })))
+    );
+    // Edge B's relay is shown edge A's people, listener and speaker, and the origin's
+    // listener (whoever may see them on edge B sees the whole audience); edge A's relay is
+    // shown the origin's listener but not its own people back.
+    now += TICK;
+    origin.handle_timeout(now);
+    let outs = drain(&mut origin);
+    let shown = |session| -> Vec<String> {
+        updates_for(&outs, session)
+            .into_iter()
+            .map(|p| p.identity)
+            .collect()
+    };
+    let to_b = shown(b);
+    for who in ["lena", "carol", "l1"] {
+        assert!(
+            to_b.iter().any(|i| i == who),
+            "{who} shown to edge B: {to_b:?}"
+        );
+    }
+    let to_a = shown(a);
+    assert!(to_a.iter().any(|i| i == "l1"), "{to_a:?}");
+    assert!(
+        !to_a.iter().any(|i| i == "lena" || i == "carol"),
+        "nothing back to edge A: {to_a:?}"
     );
     origin.handle_engine_event(
         now,

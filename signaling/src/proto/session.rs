@@ -12,7 +12,9 @@ use stoa_sfu::str0m::channel::ChannelId;
 use stoa_sfu::{EngineCommand, PeerId, Publish, TrackId};
 
 use super::resume::{client_configuration, server_info};
-use super::{ADVERTISED_LIVEKIT_VERSION, Output, Refused, Server, SessionId};
+use super::{
+    ADVERTISED_LIVEKIT_VERSION, Output, RELAY_IDENTITY_PREFIX, Refused, Server, SessionId,
+};
 use crate::join::JoinParams;
 use crate::room::Participant;
 
@@ -165,6 +167,13 @@ impl Server {
         let now_ms = self.now_ms();
         let sid = self.new_sid("PA_");
         let permission = crate::token::permission(&claims.video);
+        // An edge's relay on the room's origin sees everyone, listeners too, as an admin
+        // does: whoever may see them on its edge (speakers there) sees the room's whole
+        // audience, wherever each listener is. On an edge, an origin's feed sees only the
+        // publishers (it carries media only).
+        let relay_of_an_edge = permission.hidden
+            && identity.starts_with(RELAY_IDENTITY_PREFIX)
+            && !self.relays.contains_key(&room_name);
         let participant = Participant {
             sid: sid.clone(),
             identity,
@@ -172,7 +181,7 @@ impl Server {
             metadata: claims.metadata.clone(),
             attributes: claims.attributes.clone(),
             permission,
-            admin: claims.video.room_admin,
+            admin: claims.video.room_admin || relay_of_an_edge,
             state: State::Joined,
             version: 1,
             tracks: Default::default(),

@@ -24,8 +24,14 @@ impl Server {
         let Some(p) = r.participants.get(psid) else {
             return;
         };
-        let viewers = r.viewers_of(p);
+        let mut viewers = r.viewers_of(p);
         let info = p.info();
+        // An edge's participant, on its origin: never shown back to the edge's own relay.
+        if let Some(owner) = self.roster_in.get(room).and_then(|m| m.get(psid))
+            && let Some(owner) = self.sessions.get(owner)
+        {
+            viewers.retain(|v| *v != owner.participant);
+        }
         self.send_update(&viewers, vec![info]);
         // On an edge, the origin learns of it too.
         self.roster_changed(room, psid);
