@@ -20,7 +20,8 @@ use stoa_sfu::str0m::media::{Direction, MediaKind, Mid};
 use stoa_sfu::{EngineCommand, Event, MediaLabel, PeerId, TrackId};
 use stoa_signaling::join::parse_query;
 use stoa_signaling::proto::{
-    AdminOp, NODE_URL_ATTRIBUTE, Output, ROSTER_TOPIC, RelayOutput, Server, ServerConfig, SessionId,
+    AdminOp, FEED_RETRY, NODE_URL_ATTRIBUTE, Output, ROSTER_TOPIC, RelayOutput, Server,
+    ServerConfig, SessionId,
 };
 use stoa_signaling::token::Claims;
 
@@ -380,6 +381,48 @@ fn origin_feeds_an_edges_speaker_to_everyone_but_that_edge() {
     let subs = subscribes(&drain(&mut origin));
     assert_eq!(subs.len(), 1, "{subs:?}");
     assert_eq!(subs[0].0, track);
+
+    // The feed fails (the edge unreachable, its socket closed): her track stops, and the
+    // feed is opened again FEED_RETRY later, as she still speaks there.
+    origin.handle_feed_closed(now, "r", "ws://10.0.0.2:7880");
+    let outs = drain(&mut origin);
+    assert!(!unsubscribed(&outs, track).is_empty(), "{outs:?}");
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Engine(EngineCommand::ClosePeer { peer }) if *peer == feed_peer
+    )));
+    let reopened = |outs: &[Output]| {
+        outs.iter().find_map(|o| match o {
+            Output::Engine(EngineCommand::CreateRelayPeer { peer, .. }) => Some(*peer),
+            _ => None,
+        })
+    };
+    now += TICK;
+    origin.handle_timeout(now);
+    assert_eq!(reopened(&drain(&mut origin)), None, "not at once");
+    let mut feed_peer = None;
+    for _ in 0..((FEED_RETRY.as_millis() / TICK.as_millis()) * 2) {
+        now += TICK;
+        origin.handle_timeout(now);
+        feed_peer = feed_peer.or(reopened(&drain(&mut origin)));
+    }
+    let feed_peer = feed_peer.expect("the feed opened again");
+    let track = TrackId {
+        peer: feed_peer,
+        mid: Mid::from("0"),
+    };
+    origin.handle_engine_event(
+        now,
+        Event::RelayTrackPublished {
+            track,
+            label: MediaLabel {
+                stream_id: "PA_c|TR_c".into(),
+                track_id: "TR_c".into(),
+            },
+            ssrc: None,
+        },
+    );
+    assert_eq!(subscribes(&drain(&mut origin)).len(), 1, "bound again");
 
     // Edge B's relay leaves: the feed stays (edge A still relays the room).
     origin.handle_closed(now, b, "gone");

@@ -208,6 +208,7 @@ impl Server {
         if !self.ticks.is_multiple_of(SLOW_TICKS) {
             return;
         }
+        self.retry_feeds();
         let now = self.now;
         let now_ms = self.now_ms();
         // Coalesced audience-size updates.
