@@ -20,8 +20,8 @@ use stoa_sfu::str0m::media::{Direction, MediaKind, Mid};
 use stoa_sfu::{EngineCommand, Event, MediaLabel, PeerId, TrackId};
 use stoa_signaling::join::parse_query;
 use stoa_signaling::proto::{
-    AdminOp, FEED_RETRY, NODE_URL_ATTRIBUTE, Output, ROSTER_TOPIC, RelayOutput, Server,
-    ServerConfig, SessionId,
+    AdminOp, FEED_RETRY, JOIN_PARTICIPANTS, NODE_URL_ATTRIBUTE, Output, ROSTER_TOPIC, RelayOutput,
+    Server, ServerConfig, SessionId, UPDATE_PARTICIPANTS,
 };
 use stoa_signaling::token::Claims;
 
@@ -557,4 +557,61 @@ fn an_edge_gives_an_origins_feed_only_what_it_holds() {
     let room = edge.rooms().find(|r| r.name == "r").unwrap();
     assert!(room.participants[&carol_sid].tracks.is_empty());
     assert!(edge.session_peers(carol).is_some(), "her session stays");
+}
+
+#[test]
+fn an_edges_relay_on_a_large_origin_gets_the_audience_in_bounded_messages() {
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut origin = server(t0);
+    join(&mut origin, now, claims("host", "r", true));
+    let listeners = JOIN_PARTICIPANTS + UPDATE_PARTICIPANTS + 600;
+    for i in 0..listeners {
+        join(&mut origin, now, claims(&format!("l{i}"), "r", false));
+    }
+    drain(&mut origin);
+    let (relay_session, _) = join(&mut origin, now, relay("edge-a", "ws://10.0.0.2:7880"));
+    let outs = drain(&mut origin);
+    let joined = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Send(to, m) if *to == relay_session => match &m.message {
+                Some(signal_response::Message::Join(j)) => Some(j.other_participants.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .expect("the relay's join response");
+    assert_eq!(joined.len(), JOIN_PARTICIPANTS);
+    assert!(
+        joined.iter().any(|p| p.identity == "host"),
+        "publishers first"
+    );
+    now += TICK;
+    origin.handle_timeout(now);
+    let outs = drain(&mut origin);
+    let sizes: Vec<usize> = outs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send(to, m) if *to == relay_session => match &m.message {
+                Some(signal_response::Message::Update(u)) => Some(u.participants.len()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert!(sizes.iter().all(|n| *n <= UPDATE_PARTICIPANTS), "{sizes:?}");
+    let mut seen: std::collections::BTreeSet<String> =
+        joined.into_iter().map(|p| p.identity).collect();
+    seen.extend(
+        updates_for(&outs, relay_session)
+            .into_iter()
+            .map(|p| p.identity),
+    );
+    seen.remove("node:edge-a");
+    assert_eq!(
+        seen.len(),
+        listeners + 1,
+        "the whole room, once each at least"
+    );
 }

@@ -68,6 +68,7 @@ pub use recording::TapChange;
 pub use relay::{RELAY_IDENTITY_PREFIX, RelayOutput};
 pub use roster::{ROSTER_BATCH, ROSTER_PACKETS_PER_TICK, ROSTER_TOPIC};
 use session::{Pc, Session};
+pub use updates::{JOIN_PARTICIPANTS, UPDATE_PARTICIPANTS};
 
 /// The LiveKit server version advertised in `ServerInfo.version`. livekit-client gates features
 /// on it (RPC needs ≥ 1.8.0); this is the feature level Stoa's signaling implements.

@@ -12,6 +12,7 @@ use stoa_sfu::str0m::channel::ChannelId;
 use stoa_sfu::{EngineCommand, PeerId, Publish, TrackId};
 
 use super::resume::{client_configuration, server_info};
+use super::updates::JOIN_PARTICIPANTS;
 use super::{
     ADVERTISED_LIVEKIT_VERSION, Output, RELAY_IDENTITY_PREFIX, Refused, Server, SessionId,
 };
@@ -200,7 +201,18 @@ impl Server {
                 message: "room vanished".into(),
             });
         };
-        let others = room.others_visible_to(&participant);
+        let mut others = room.others_visible_to(&participant);
+        // A large room's snapshot does not go in one message (an admin's, or an edge's relay
+        // on the origin, sees everyone): publishers first, the rest as updates.
+        let rest = if others.len() > JOIN_PARTICIPANTS {
+            others.sort_by_key(|p| {
+                let publishes = p.permission.as_ref().is_some_and(|m| m.can_publish);
+                (p.tracks.is_empty(), !publishes)
+            });
+            others.split_off(JOIN_PARTICIPANTS)
+        } else {
+            Vec::new()
+        };
         let info = participant.info();
         room.insert(participant);
         room.emptied_ms = None;
@@ -225,6 +237,9 @@ impl Server {
         join.room = self.room_snapshot(&room_name);
         let session_id = self.new_session();
         self.send(session_id, signal_response::Message::Join(join));
+        if !rest.is_empty() {
+            self.pending_updates.insert(session_id, rest);
+        }
         self.by_participant.insert(sid.clone(), session_id);
         // Legacy: the subscriber connection is primary, and the engine offers it with the data
         // channels. Its id is filed now, so its offer finds the session whatever else happens
