@@ -313,7 +313,8 @@ fn a_speaker_of_a_full_origin_speaks_from_an_edge_and_the_origin_hears_her() {
         &scratch_dir("edges-speaker"),
         KEYS.0,
         KEYS.1,
-        "presence_ttl = 2\nnode_capacity = 2",
+        // No stage reserve: a speaker spills over as soon as the origin is full.
+        "presence_ttl = 2\nnode_capacity = 2\nstage_reserve = 0",
     );
     let nodes = [
         start_node(&config, &redis.url, &[]),

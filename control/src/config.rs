@@ -89,6 +89,10 @@ pub struct ControlConfig {
     /// room on the node with the most headroom, its load being the larger of its participants'
     /// share of this and its CPU share.
     pub node_capacity: u64,
+    /// Participants a room's origin takes beyond `node_capacity` for those who may speak
+    /// before it sends them to an edge: the origin's listeners receive a speaker's stream
+    /// wherever she joins, so on the origin she costs it little and adds no relay hop.
+    pub stage_reserve: u64,
 }
 
 impl Default for ControlConfig {
@@ -116,6 +120,7 @@ impl Default for ControlConfig {
             max_rooms_per_user: 3,
             public_url: String::new(),
             node_capacity: 2_000,
+            stage_reserve: 50,
         }
     }
 }

@@ -100,6 +100,23 @@ pub fn review(
     (current != Some(to.public_url.as_str())).then(|| to.public_url.clone())
 }
 
+/// The participants a node is meant to carry, as [`edge_for`] judges it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// Every node's (`[control] node_capacity`): an edge with headroom is below it.
+    pub node: u64,
+    /// The origin's for the member placed: `node`, or for one who may speak `node` plus the
+    /// stage reserve (`[control] stage_reserve`).
+    pub origin: u64,
+}
+
+impl Capacity {
+    /// The same for the origin as for every node (a listener's placement).
+    pub fn flat(node: u64) -> Capacity {
+        Capacity { node, origin: node }
+    }
+}
+
 /// Where a member of a room whose origin is `origin` (its node's URL) goes when the origin is
 /// full: `Some(node)`, another living, non-draining node with headroom, preferring one of
 /// `edges` (the URLs of nodes already serving the room, so that a room spreads over few
@@ -111,15 +128,16 @@ pub fn edge_for<'a>(
     origin: &str,
     edges: &[String],
     nodes: &'a [Node],
-    capacity: u64,
+    capacity: Capacity,
     now: u64,
 ) -> Option<&'a Node> {
     let home = nodes
         .iter()
         .find(|n| n.public_url == origin && n.expires_at > now)?;
-    if load(home, capacity) < 1.0 {
+    if load(home, capacity.origin) < 1.0 {
         return None;
     }
+    let capacity = capacity.node;
     let open: Vec<Node> = nodes
         .iter()
         .filter(|n| n.public_url != origin && eligible(n, now) && load(n, capacity) < 1.0)
@@ -246,40 +264,75 @@ mod tests {
         let b = ["ws://b.example:7880".to_owned()];
         let id = |n: Option<&Node>| n.map(|n| n.id.clone());
         // Room at the origin: listeners stay there.
-        assert_eq!(edge_for(&a, &[], &nodes, 3, 0), None);
+        assert_eq!(edge_for(&a, &[], &nodes, Capacity::flat(3), 0), None);
         // Full (at capacity): the node with the most headroom, c...
-        assert_eq!(id(edge_for(&a, &[], &nodes, 2, 0)).as_deref(), Some("c"));
+        assert_eq!(
+            id(edge_for(&a, &[], &nodes, Capacity::flat(2), 0)).as_deref(),
+            Some("c")
+        );
         // ...unless another node serves the room already and has headroom: b.
-        assert_eq!(id(edge_for(&a, &b, &nodes, 2, 0)).as_deref(), Some("b"));
+        assert_eq!(
+            id(edge_for(&a, &b, &nodes, Capacity::flat(2), 0)).as_deref(),
+            Some("b")
+        );
         // A full edge is passed over for one with headroom.
         let mut busy = nodes.clone();
         busy[1].load.participants = 2;
-        assert_eq!(id(edge_for(&a, &b, &busy, 2, 0)).as_deref(), Some("c"));
+        assert_eq!(
+            id(edge_for(&a, &b, &busy, Capacity::flat(2), 0)).as_deref(),
+            Some("c")
+        );
         // Draining, dead and URL-less nodes are no edges; with none left, the origin it is.
         let mut gone = busy.clone();
         gone[2].draining = true;
-        assert_eq!(edge_for(&a, &b, &gone, 2, 0), None);
+        assert_eq!(edge_for(&a, &b, &gone, Capacity::flat(2), 0), None);
         gone[2].draining = false;
         gone[2].expires_at = 0;
-        assert_eq!(edge_for(&a, &[], &gone, 2, 0), None);
+        assert_eq!(edge_for(&a, &[], &gone, Capacity::flat(2), 0), None);
         gone[2].expires_at = 10_000;
         gone[2].public_url.clear();
-        assert_eq!(edge_for(&a, &[], &gone, 2, 0), None);
+        assert_eq!(edge_for(&a, &[], &gone, Capacity::flat(2), 0), None);
         // CPU counts as load too.
         let mut hot = nodes.clone();
         hot[0].load.cpu = 1.0;
-        assert_eq!(id(edge_for(&a, &[], &hot, 100, 0)).as_deref(), Some("c"));
+        assert_eq!(
+            id(edge_for(&a, &[], &hot, Capacity::flat(100), 0)).as_deref(),
+            Some("c")
+        );
         // An origin whose record is unknown or expired is the review's business, not an
         // edge's: listeners are sent there as before.
-        assert_eq!(edge_for("ws://x.example:7880", &[], &nodes, 2, 0), None);
-        assert_eq!(edge_for(&a, &[], &nodes, 2, 10_000), None);
+        assert_eq!(
+            edge_for("ws://x.example:7880", &[], &nodes, Capacity::flat(2), 0),
+            None
+        );
+        assert_eq!(edge_for(&a, &[], &nodes, Capacity::flat(2), 10_000), None);
         // Every instance chooses alike: ties as for rooms (fewer rooms, then the smaller id).
         let tie = [
             node("a", 5, 0.0, false),
             node("d", 0, 0.0, false),
             node("c", 0, 0.0, false),
         ];
-        assert_eq!(id(edge_for(&a, &[], &tie, 2, 0)).as_deref(), Some("c"));
+        assert_eq!(
+            id(edge_for(&a, &[], &tie, Capacity::flat(2), 0)).as_deref(),
+            Some("c")
+        );
+        // A speaker: the origin takes her into its stage reserve beyond capacity; past it, an
+        // edge with headroom as for listeners.
+        let stage = |reserve: u64| Capacity {
+            node: 2,
+            origin: 2 + reserve,
+        };
+        assert_eq!(edge_for(&a, &[], &nodes, stage(1), 0), None);
+        assert_eq!(
+            id(edge_for(&a, &[], &nodes, stage(0), 0)).as_deref(),
+            Some("c")
+        );
+        let mut crowded = nodes.clone();
+        crowded[0].load.participants = 3;
+        assert_eq!(
+            id(edge_for(&a, &[], &crowded, stage(1), 0)).as_deref(),
+            Some("c")
+        );
     }
 
     #[test]

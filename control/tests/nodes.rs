@@ -357,6 +357,8 @@ async fn listeners_of_a_full_origin_go_to_an_edge_which_relays_the_room() {
         ControlConfig {
             public_url: "ws://a.example:7880".into(),
             node_capacity: 100,
+            // No stage reserve: speakers spill over as soon as the origin is full.
+            stage_reserve: 0,
             ..ControlConfig::default()
         },
     );
@@ -366,6 +368,7 @@ async fn listeners_of_a_full_origin_go_to_an_edge_which_relays_the_room() {
         presence_ttl: 1,
         public_url: "ws://b.example:7880".into(),
         node_capacity: 100,
+        stage_reserve: 0,
         ..ControlConfig::default()
     };
     let b = Control::start(connect().await, media.clone(), keys, config);

@@ -4,8 +4,8 @@
 //! A's announcements, opens a feed from edge A (its own relay peer joining edge A's room) and
 //! its listener hears her, under her edge sid and track sid; edge B's listener hears her
 //! through the origin; edge A's own listener hears her once (nothing comes back over the
-//! links). Her mute reaches the origin and edge B; her leave removes her everywhere; edge A's
-//! link ending ends the feed. The clients are the str0m clients of `rtc.rs`. Every wait is
+//! links); she is shown the whole audience. Her mute reaches the origin and edge B; her leave
+//! removes her everywhere. The clients are the str0m clients of `rtc.rs`. Every wait is
 //! bounded.
 #![allow(
     clippy::unwrap_used,
@@ -133,6 +133,24 @@ async fn a_speaker_on_an_edge_is_heard_on_the_origin_and_the_other_edges() {
         );
         assert!(heard.iter().all(|i| *i < before + 100), "{who}: {heard:?}");
     }
+
+    // She sees the whole audience, wherever each listener is (the origin shows its edges'
+    // relays everyone); her edge's listener sees no listener, as anywhere.
+    for (sid, what) in [
+        (alice.sid(), "alice, on the origin, shown to carol"),
+        (erin.sid(), "erin, on edge B, shown to carol"),
+    ] {
+        carol
+            .wait_for(what, |m| match m {
+                signal_response::Message::Update(u) => {
+                    u.participants.iter().find(|p| p.sid == sid).map(|_| ())
+                }
+                _ => None,
+            })
+            .await;
+    }
+    bob.drain_for(Duration::from_millis(200)).await;
+    assert!(!bob.saw_participant(&alice.sid()) && !bob.saw_participant(&erin.sid()));
 
     // The origin's engine hears her speak through the feed: announced under her sid.
     alice

@@ -20,7 +20,8 @@ use stoa_sfu::str0m::media::{Direction, MediaKind, Mid};
 use stoa_sfu::{EngineCommand, Event, MediaLabel, PeerId, TrackId};
 use stoa_signaling::join::parse_query;
 use stoa_signaling::proto::{
-    AdminOp, NODE_URL_ATTRIBUTE, Output, ROSTER_TOPIC, RelayOutput, Server, ServerConfig, SessionId,
+    AdminOp, FEED_RETRY, JOIN_PARTICIPANTS, NODE_URL_ATTRIBUTE, Output, ROSTER_TOPIC, RelayOutput,
+    Server, ServerConfig, SessionId, UPDATE_PARTICIPANTS,
 };
 use stoa_signaling::token::Claims;
 
@@ -112,6 +113,21 @@ fn announce(s: &mut Server, now: Instant, peer: PeerId, participants: Vec<lk::Pa
     );
 }
 
+/// Participant snapshots `session` was sent among `outs`.
+fn updates_for(outs: &[Output], session: SessionId) -> Vec<lk::ParticipantInfo> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Send(to, m) if *to == session => match &m.message {
+                Some(signal_response::Message::Update(u)) => Some(u.participants.clone()),
+                Some(signal_response::Message::Join(j)) => Some(j.other_participants.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
 fn subscribes(outs: &[Output]) -> Vec<(TrackId, MediaLabel, Vec<PeerId>)> {
     outs.iter()
         .filter_map(|o| match o {
@@ -142,7 +158,7 @@ fn origin_feeds_an_edges_speaker_to_everyone_but_that_edge() {
     let mut now = t0;
     let mut origin = server(t0);
     let (_, listener_peer) = join(&mut origin, now, claims("l1", "r", false));
-    let (_, a_peer) = join(&mut origin, now, relay("edge-a", "ws://10.0.0.2:7880"));
+    let (a, a_peer) = join(&mut origin, now, relay("edge-a", "ws://10.0.0.2:7880"));
     let (b, b_peer) = join(&mut origin, now, relay("edge-b", "ws://10.0.0.3:7880"));
     for peer in [listener_peer, a_peer, b_peer] {
         origin.handle_engine_event(now, Event::Connected(peer));
@@ -196,6 +212,31 @@ fn origin_feeds_an_edges_speaker_to_everyone_but_that_edge() {
         !drain(&mut origin)
             .iter()
             .any(|o| matches!(o, Output::Engine(EngineCommand::CreateRelayPeer { .. })))
+    );
+    // Edge B's relay is shown edge A's people, listener and speaker, and the origin's
+    // listener (whoever may see them on edge B sees the whole audience); edge A's relay is
+    // shown the origin's listener but not its own people back.
+    now += TICK;
+    origin.handle_timeout(now);
+    let outs = drain(&mut origin);
+    let shown = |session| -> Vec<String> {
+        updates_for(&outs, session)
+            .into_iter()
+            .map(|p| p.identity)
+            .collect()
+    };
+    let to_b = shown(b);
+    for who in ["lena", "carol", "l1"] {
+        assert!(
+            to_b.iter().any(|i| i == who),
+            "{who} shown to edge B: {to_b:?}"
+        );
+    }
+    let to_a = shown(a);
+    assert!(to_a.iter().any(|i| i == "l1"), "{to_a:?}");
+    assert!(
+        !to_a.iter().any(|i| i == "lena" || i == "carol"),
+        "nothing back to edge A: {to_a:?}"
     );
     origin.handle_engine_event(
         now,
@@ -341,6 +382,48 @@ fn origin_feeds_an_edges_speaker_to_everyone_but_that_edge() {
     assert_eq!(subs.len(), 1, "{subs:?}");
     assert_eq!(subs[0].0, track);
 
+    // The feed fails (the edge unreachable, its socket closed): her track stops, and the
+    // feed is opened again FEED_RETRY later, as she still speaks there.
+    origin.handle_feed_closed(now, "r", "ws://10.0.0.2:7880");
+    let outs = drain(&mut origin);
+    assert!(!unsubscribed(&outs, track).is_empty(), "{outs:?}");
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Engine(EngineCommand::ClosePeer { peer }) if *peer == feed_peer
+    )));
+    let reopened = |outs: &[Output]| {
+        outs.iter().find_map(|o| match o {
+            Output::Engine(EngineCommand::CreateRelayPeer { peer, .. }) => Some(*peer),
+            _ => None,
+        })
+    };
+    now += TICK;
+    origin.handle_timeout(now);
+    assert_eq!(reopened(&drain(&mut origin)), None, "not at once");
+    let mut feed_peer = None;
+    for _ in 0..((FEED_RETRY.as_millis() / TICK.as_millis()) * 2) {
+        now += TICK;
+        origin.handle_timeout(now);
+        feed_peer = feed_peer.or(reopened(&drain(&mut origin)));
+    }
+    let feed_peer = feed_peer.expect("the feed opened again");
+    let track = TrackId {
+        peer: feed_peer,
+        mid: Mid::from("0"),
+    };
+    origin.handle_engine_event(
+        now,
+        Event::RelayTrackPublished {
+            track,
+            label: MediaLabel {
+                stream_id: "PA_c|TR_c".into(),
+                track_id: "TR_c".into(),
+            },
+            ssrc: None,
+        },
+    );
+    assert_eq!(subscribes(&drain(&mut origin)).len(), 1, "bound again");
+
     // Edge B's relay leaves: the feed stays (edge A still relays the room).
     origin.handle_closed(now, b, "gone");
     now += Duration::from_secs(60);
@@ -474,4 +557,61 @@ fn an_edge_gives_an_origins_feed_only_what_it_holds() {
     let room = edge.rooms().find(|r| r.name == "r").unwrap();
     assert!(room.participants[&carol_sid].tracks.is_empty());
     assert!(edge.session_peers(carol).is_some(), "her session stays");
+}
+
+#[test]
+fn an_edges_relay_on_a_large_origin_gets_the_audience_in_bounded_messages() {
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut origin = server(t0);
+    join(&mut origin, now, claims("host", "r", true));
+    let listeners = JOIN_PARTICIPANTS + UPDATE_PARTICIPANTS + 600;
+    for i in 0..listeners {
+        join(&mut origin, now, claims(&format!("l{i}"), "r", false));
+    }
+    drain(&mut origin);
+    let (relay_session, _) = join(&mut origin, now, relay("edge-a", "ws://10.0.0.2:7880"));
+    let outs = drain(&mut origin);
+    let joined = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Send(to, m) if *to == relay_session => match &m.message {
+                Some(signal_response::Message::Join(j)) => Some(j.other_participants.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .expect("the relay's join response");
+    assert_eq!(joined.len(), JOIN_PARTICIPANTS);
+    assert!(
+        joined.iter().any(|p| p.identity == "host"),
+        "publishers first"
+    );
+    now += TICK;
+    origin.handle_timeout(now);
+    let outs = drain(&mut origin);
+    let sizes: Vec<usize> = outs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send(to, m) if *to == relay_session => match &m.message {
+                Some(signal_response::Message::Update(u)) => Some(u.participants.len()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert!(sizes.iter().all(|n| *n <= UPDATE_PARTICIPANTS), "{sizes:?}");
+    let mut seen: std::collections::BTreeSet<String> =
+        joined.into_iter().map(|p| p.identity).collect();
+    seen.extend(
+        updates_for(&outs, relay_session)
+            .into_iter()
+            .map(|p| p.identity),
+    );
+    seen.remove("node:edge-a");
+    assert_eq!(
+        seen.len(),
+        listeners + 1,
+        "the whole room, once each at least"
+    );
 }

@@ -40,9 +40,9 @@ impl Control {
         can_publish: bool,
     ) -> Result<Option<String>, ControlError> {
         let origin = self.media_url_of(doc).await?;
-        // Speakers join where the room's speakers are, the origin, unless it is full: on an
-        // edge the origin hears them through a feed. Moderators stay on the origin, whose
-        // clients see every node's listeners (an edge's see its own).
+        // Speakers join where the room's speakers are, the origin, unless it is full past its
+        // stage reserve: on an edge the origin hears them through a feed. Moderators stay on
+        // the origin, where the room's moderation is.
         if role.moderates() || self.inner.config.public_url.is_empty() {
             return Ok(origin);
         }
@@ -50,7 +50,19 @@ impl Control {
             return Ok(origin);
         };
         let nodes: Vec<Node> = self.living().await?.to_vec();
-        let (capacity, now) = (self.inner.config.node_capacity, now_ms());
+        let node = self.inner.config.node_capacity;
+        let speaks = role.on_stage() || can_publish;
+        // The origin keeps a stage reserve for those who may speak: its listeners receive
+        // their streams wherever they join, so on the origin they cost it little.
+        let capacity = placement::Capacity {
+            node,
+            origin: if speaks {
+                node.saturating_add(self.inner.config.stage_reserve)
+            } else {
+                node
+            },
+        };
+        let now = now_ms();
         // The edges are read only when the origin is full and another node has headroom.
         if placement::edge_for(at, &[], &nodes, capacity, now).is_none() {
             return Ok(origin);
@@ -67,7 +79,6 @@ impl Control {
             self.inner.store.add_room_edge(id, &url).await?;
             tracing::info!(room = %id, edge = %edge.id, "room spills over to an edge node");
         }
-        let speaks = role.on_stage() || can_publish;
         metrics::counter!(if speaks {
             crate::telemetry::EDGE_SPEAKERS
         } else {

@@ -20,8 +20,9 @@
 //! announcements alone; the feed carries media only (the edge's participant snapshots on it
 //! are ignored). The feed's URL is the edge's own, carried in its relay token's
 //! [`NODE_URL_ATTRIBUTE`] (signed with the cluster's key, as every relay token). A feed ends
-//! when the last relay session of its edge in the room ends, when the room closes, or when the
-//! edge ends it; the next announcement with tracks opens it again. The edge's node reports its
+//! when the last relay session of its edge in the room ends or when the room closes; one that
+//! fails otherwise is opened again [`FEED_RETRY`] later while the edge has a speaker, and at
+//! its next announcement of a speaker in any case. The edge's node reports its
 //! speaker's speaking time and webhooks; the origin does not report them again.
 
 use std::collections::HashMap;
@@ -37,6 +38,18 @@ use crate::room::Participant;
 /// The attribute of a relay token naming the base URL of the node that made it, where its
 /// origin may open a feed back.
 pub const NODE_URL_ATTRIBUTE: &str = "stoa.node_url";
+
+/// How long after a feed failed it is opened again (while its edge has a speaker).
+pub const FEED_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether an ended feed is opened again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Retry {
+    /// It failed: [`FEED_RETRY`] later, if its edge still has a speaker.
+    Later,
+    /// Its edge's link or the room ended: no.
+    No,
+}
 
 /// A feed: the room and the edge's base URL.
 pub(super) type FeedKey = (String, String);
@@ -97,6 +110,35 @@ impl Server {
         });
     }
 
+    /// Every [`FEED_RETRY`] at most, feeds that failed are opened again, each if a relay of its
+    /// edge still announces a speaker in the room (else it is forgotten).
+    pub(super) fn retry_feeds(&mut self) {
+        let now = self.now;
+        let due: Vec<FeedKey> = self
+            .feed_retry
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in due {
+            self.feed_retry.remove(&key);
+            let (room, edge) = &key;
+            let speaker = self.roster_in.get(room).and_then(|announced| {
+                announced.iter().find_map(|(psid, from)| {
+                    let speaks = self
+                        .rooms
+                        .get(room)
+                        .and_then(|r| r.participants.get(psid))
+                        .is_some_and(|p| !p.tracks.is_empty());
+                    (speaks && self.relay_node_url(*from) == Some(edge.as_str())).then_some(*from)
+                })
+            });
+            if let Some(from) = speaker {
+                self.want_feed(room, from);
+            }
+        }
+    }
+
     /// The feed a relay peer belongs to, if `peer` is one.
     pub(super) fn feed_of(&self, peer: PeerId) -> Option<&FeedKey> {
         self.feed_peers.get(&peer)
@@ -152,7 +194,7 @@ impl Server {
                 Ok(answer) => self.engine(EngineCommand::HandleAnswer { peer, answer }),
                 Err(e) => {
                     tracing::warn!(room = %room, error = %e, "edge's feed answer unreadable");
-                    self.end_feed(&key, "unreadable answer");
+                    self.end_feed(&key, "unreadable answer", Retry::Later);
                 }
             },
             signal_response::Message::MediaSectionsRequirement(m) => {
@@ -161,7 +203,9 @@ impl Server {
                     audios: m.num_audios,
                 });
             }
-            signal_response::Message::Leave(_) => self.end_feed(&key, "edge said leave"),
+            signal_response::Message::Leave(_) => {
+                self.end_feed(&key, "edge said leave", Retry::Later);
+            }
             _ => {}
         }
     }
@@ -170,15 +214,23 @@ impl Server {
     /// announcement of a speaker opens it again.
     pub fn handle_feed_closed(&mut self, now: std::time::Instant, room: &str, edge: &str) {
         self.advance(now);
-        self.end_feed(&(room.to_owned(), edge.to_owned()), "link closed");
+        self.end_feed(
+            &(room.to_owned(), edge.to_owned()),
+            "link closed",
+            Retry::Later,
+        );
     }
 
     /// Ends a feed: its tracks stop for everyone, its relay peer closes, the shell closes the
-    /// socket.
-    pub(super) fn end_feed(&mut self, key: &FeedKey, why: &str) {
+    /// socket. A feed that failed while its edge still relays the room is opened again
+    /// [`FEED_RETRY`] later if the edge still has a speaker.
+    pub(super) fn end_feed(&mut self, key: &FeedKey, why: &str, retry: Retry) {
         let Some(feed) = self.feeds.remove(key) else {
             return;
         };
+        if retry == Retry::Later {
+            self.feed_retry.insert(key.clone(), self.now + FEED_RETRY);
+        }
         let (room, edge) = key;
         tracing::info!(room = %room, reason = why, "feed from an edge ended");
         self.feed_peers.remove(&feed.peer);
@@ -195,6 +247,7 @@ impl Server {
 
     /// Every feed of `room` ends (the room closes).
     pub(super) fn end_feeds_of(&mut self, room: &str) {
+        self.feed_retry.retain(|(r, _), _| r != room);
         let keys: Vec<FeedKey> = self
             .feeds
             .keys()
@@ -202,7 +255,7 @@ impl Server {
             .cloned()
             .collect();
         for key in keys {
-            self.end_feed(&key, "room closed");
+            self.end_feed(&key, "room closed", Retry::No);
         }
     }
 
@@ -218,7 +271,8 @@ impl Server {
             .into_iter()
             .any(|s| self.relay_node_url(s) == Some(url.as_str()));
         if !others {
-            self.end_feed(&(room.to_owned(), url), "its edge's link ended");
+            self.feed_retry.remove(&(room.to_owned(), url.clone()));
+            self.end_feed(&(room.to_owned(), url), "its edge's link ended", Retry::No);
         }
     }
 
@@ -254,7 +308,7 @@ impl Server {
     /// The feed's relay peer is gone (failed, or refused by the engine): the feed ends.
     pub(super) fn feed_peer_gone(&mut self, peer: PeerId) {
         if let Some(key) = self.feed_peers.get(&peer).cloned() {
-            self.end_feed(&key, "relay peer gone");
+            self.end_feed(&key, "relay peer gone", Retry::Later);
         }
     }
 

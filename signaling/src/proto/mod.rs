@@ -63,11 +63,12 @@ use stoa_sfu::{EngineCommand, PeerId, ShardId};
 
 use crate::room::{Room, RoomLimits};
 pub use admin::{AdminOp, AdminReply, ParticipantUpdate, SendData};
-pub use feed::NODE_URL_ATTRIBUTE;
+pub use feed::{FEED_RETRY, NODE_URL_ATTRIBUTE};
 pub use recording::TapChange;
 pub use relay::{RELAY_IDENTITY_PREFIX, RelayOutput};
 pub use roster::{ROSTER_BATCH, ROSTER_PACKETS_PER_TICK, ROSTER_TOPIC};
 use session::{Pc, Session};
+pub use updates::{JOIN_PARTICIPANTS, UPDATE_PARTICIPANTS};
 
 /// The LiveKit server version advertised in `ServerInfo.version`. livekit-client gates features
 /// on it (RPC needs ≥ 1.8.0); this is the feature level Stoa's signaling implements.
@@ -366,6 +367,8 @@ pub struct Server {
     feeds: HashMap<feed::FeedKey, feed::Feed>,
     /// The feed of each feed's relay peer.
     feed_peers: HashMap<PeerId, feed::FeedKey>,
+    /// Feeds that failed, to open again at the time given (see `feed`).
+    feed_retry: BTreeMap<feed::FeedKey, Instant>,
     /// On an edge: snapshots of this node's participants of relayed rooms not yet announced
     /// to the origin, by room and sid (see `roster`).
     roster_out: BTreeMap<String, BTreeMap<String, lk::ParticipantInfo>>,
@@ -417,6 +420,7 @@ impl Server {
             relay_peers: HashMap::new(),
             feeds: HashMap::new(),
             feed_peers: HashMap::new(),
+            feed_retry: BTreeMap::new(),
             roster_out: BTreeMap::new(),
             roster_in: HashMap::new(),
             quiet_rooms: HashSet::new(),

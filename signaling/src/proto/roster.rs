@@ -6,9 +6,9 @@
 //! without a session ("announced mirrors", as the edge keeps the origin's speakers): shown to
 //! whoever may see them by the visibility rule (a listener: to the origin's publishers and
 //! admins, so a host sees the whole audience), with the edge's sid, identity, name, metadata,
-//! attributes, permission, state and version. The origin's relay sessions see only
-//! publishers, so announced listeners go no further (other edges' listeners do not see
-//! listeners either).
+//! attributes, permission, state and version. The origin's relay sessions see everyone, as
+//! admins do, so every other edge mirrors them too, for its own speakers (listeners see no
+//! listeners anywhere); an edge's own people are never shown back to its relay.
 //!
 //! The path is the relay peer's `_reliable` data channel (authenticated and ordered: the link
 //! is the relay token's session), with packets on the server-only topic [`ROSTER_TOPIC`]

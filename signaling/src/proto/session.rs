@@ -12,7 +12,10 @@ use stoa_sfu::str0m::channel::ChannelId;
 use stoa_sfu::{EngineCommand, PeerId, Publish, TrackId};
 
 use super::resume::{client_configuration, server_info};
-use super::{ADVERTISED_LIVEKIT_VERSION, Output, Refused, Server, SessionId};
+use super::updates::JOIN_PARTICIPANTS;
+use super::{
+    ADVERTISED_LIVEKIT_VERSION, Output, RELAY_IDENTITY_PREFIX, Refused, Server, SessionId,
+};
 use crate::join::JoinParams;
 use crate::room::Participant;
 
@@ -165,6 +168,13 @@ impl Server {
         let now_ms = self.now_ms();
         let sid = self.new_sid("PA_");
         let permission = crate::token::permission(&claims.video);
+        // An edge's relay on the room's origin sees everyone, listeners too, as an admin
+        // does: whoever may see them on its edge (speakers there) sees the room's whole
+        // audience, wherever each listener is. On an edge, an origin's feed sees only the
+        // publishers (it carries media only).
+        let relay_of_an_edge = permission.hidden
+            && identity.starts_with(RELAY_IDENTITY_PREFIX)
+            && !self.relays.contains_key(&room_name);
         let participant = Participant {
             sid: sid.clone(),
             identity,
@@ -172,7 +182,7 @@ impl Server {
             metadata: claims.metadata.clone(),
             attributes: claims.attributes.clone(),
             permission,
-            admin: claims.video.room_admin,
+            admin: claims.video.room_admin || relay_of_an_edge,
             state: State::Joined,
             version: 1,
             tracks: Default::default(),
@@ -191,7 +201,18 @@ impl Server {
                 message: "room vanished".into(),
             });
         };
-        let others = room.others_visible_to(&participant);
+        let mut others = room.others_visible_to(&participant);
+        // A large room's snapshot does not go in one message (an admin's, or an edge's relay
+        // on the origin, sees everyone): publishers first, the rest as updates.
+        let rest = if others.len() > JOIN_PARTICIPANTS {
+            others.sort_by_key(|p| {
+                let publishes = p.permission.as_ref().is_some_and(|m| m.can_publish);
+                (p.tracks.is_empty(), !publishes)
+            });
+            others.split_off(JOIN_PARTICIPANTS)
+        } else {
+            Vec::new()
+        };
         let info = participant.info();
         room.insert(participant);
         room.emptied_ms = None;
@@ -216,6 +237,9 @@ impl Server {
         join.room = self.room_snapshot(&room_name);
         let session_id = self.new_session();
         self.send(session_id, signal_response::Message::Join(join));
+        if !rest.is_empty() {
+            self.pending_updates.insert(session_id, rest);
+        }
         self.by_participant.insert(sid.clone(), session_id);
         // Legacy: the subscriber connection is primary, and the engine offers it with the data
         // channels. Its id is filed now, so its offer finds the session whatever else happens

@@ -15,6 +15,13 @@ use livekit_protocol::signal_response;
 use super::{ROOM_UPDATE_EVERY, SLOW_TICKS, Server, SessionId};
 use crate::room::Room;
 
+/// At most this many other participants in a `JoinResponse`; the rest (listeners, an admin or
+/// an edge's relay seeing a large audience) follow as `ParticipantUpdate`s. About 200 KB.
+pub const JOIN_PARTICIPANTS: usize = 1_000;
+
+/// At most this many snapshots in one `ParticipantUpdate`.
+pub const UPDATE_PARTICIPANTS: usize = 1_000;
+
 impl Server {
     /// Send participant `psid`'s snapshot to everyone in the room who may see it.
     pub(super) fn broadcast_participant(&mut self, room: &str, psid: &str) {
@@ -24,8 +31,14 @@ impl Server {
         let Some(p) = r.participants.get(psid) else {
             return;
         };
-        let viewers = r.viewers_of(p);
+        let mut viewers = r.viewers_of(p);
         let info = p.info();
+        // An edge's participant, on its origin: never shown back to the edge's own relay.
+        if let Some(owner) = self.roster_in.get(room).and_then(|m| m.get(psid))
+            && let Some(owner) = self.sessions.get(owner)
+        {
+            viewers.retain(|v| *v != owner.participant);
+        }
         self.send_update(&viewers, vec![info]);
         // On an edge, the origin learns of it too.
         self.roster_changed(room, psid);
@@ -60,11 +73,20 @@ impl Server {
 
     /// Send a session's queued snapshots as one `ParticipantUpdate`.
     pub(super) fn flush_updates(&mut self, session: SessionId) {
-        let Some(participants) = self.pending_updates.remove(&session) else {
+        let Some(mut participants) = self.pending_updates.remove(&session) else {
             return;
         };
-        if self.sessions.contains_key(&session) {
-            let msg = signal_response::Message::Update(lk::ParticipantUpdate { participants });
+        if !self.sessions.contains_key(&session) {
+            return;
+        }
+        // In messages of at most UPDATE_PARTICIPANTS snapshots: a client's (or a relay link's)
+        // WebSocket takes frames of bounded size.
+        while !participants.is_empty() {
+            let tail = participants.split_off(participants.len().min(UPDATE_PARTICIPANTS));
+            let chunk = std::mem::replace(&mut participants, tail);
+            let msg = signal_response::Message::Update(lk::ParticipantUpdate {
+                participants: chunk,
+            });
             self.send(session, msg);
         }
     }
@@ -202,6 +224,7 @@ impl Server {
         if !self.ticks.is_multiple_of(SLOW_TICKS) {
             return;
         }
+        self.retry_feeds();
         let now = self.now;
         let now_ms = self.now_ms();
         // Coalesced audience-size updates.
