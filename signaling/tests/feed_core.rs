@@ -23,6 +23,7 @@ use stoa_signaling::proto::{
     AdminOp, FEED_RETRY, JOIN_PARTICIPANTS, NODE_URL_ATTRIBUTE, Output, ROSTER_TOPIC, RelayOutput,
     Server, ServerConfig, SessionId, UPDATE_PARTICIPANTS,
 };
+use stoa_signaling::room::RoomLimits;
 use stoa_signaling::token::Claims;
 
 mod core_support;
@@ -366,6 +367,12 @@ fn origin_feeds_an_edges_speaker_to_everyone_but_that_edge() {
         )),
         "{outs:?}"
     );
+    // She was speaking: the origin's clients hear she stopped.
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Send(_, m) if matches!(&m.message,
+            Some(signal_response::Message::SpeakersChanged(c)) if c.speakers.iter().any(|s| s.sid == "PA_c" && !s.active))
+    )), "{outs:?}");
     let mut stopped = unsubscribed(&outs, track);
     stopped.sort_unstable();
     let mut expected = vec![listener_peer, late_peer, b_peer];
@@ -436,7 +443,39 @@ fn origin_feeds_an_edges_speaker_to_everyone_but_that_edge() {
         "{outs:?}"
     );
 
-    // Edge A's link ends: so does the feed, and her track stops.
+    // Edge A links again: its new relay session replaces the old (one identity per room), and
+    // announces her again. The feed, carrying media only, keeps carrying; nothing of hers goes
+    // to the new relay, neither her track nor her snapshot.
+    let (a2, a2_peer) = join(&mut origin, now, relay("edge-a", "ws://10.0.0.2:7880"));
+    origin.handle_engine_event(now, Event::Connected(a2_peer));
+    drain(&mut origin);
+    announce(
+        &mut origin,
+        now,
+        a2_peer,
+        vec![info("PA_c", "carol", &["TR_c"], 6)],
+    );
+    let mut outs = drain(&mut origin);
+    let subs = subscribes(&outs);
+    assert_eq!(subs.len(), 1, "bound again: {subs:?}");
+    assert!(!subs[0].2.contains(&a2_peer), "{subs:?}");
+    for _ in 0..((FEED_RETRY.as_millis() / TICK.as_millis()) * 2) {
+        now += TICK;
+        origin.handle_timeout(now);
+        outs.extend(drain(&mut origin));
+    }
+    assert!(
+        !outs
+            .iter()
+            .any(|o| matches!(o, Output::Relay(RelayOutput::CloseFeed { .. }))),
+        "{outs:?}"
+    );
+    assert!(
+        !updates_for(&outs, a2).iter().any(|p| p.identity == "carol"),
+        "not shown back"
+    );
+
+    // Edge A's link ends for good: her track stops at once, and the feed FEED_RETRY later.
     origin
         .handle_admin(
             now,
@@ -446,7 +485,13 @@ fn origin_feeds_an_edges_speaker_to_everyone_but_that_edge() {
             },
         )
         .unwrap();
-    let outs = drain(&mut origin);
+    let mut outs = drain(&mut origin);
+    assert!(!unsubscribed(&outs, track).is_empty());
+    for _ in 0..((FEED_RETRY.as_millis() / TICK.as_millis()) * 2) {
+        now += TICK;
+        origin.handle_timeout(now);
+        outs.extend(drain(&mut origin));
+    }
     assert!(outs.iter().any(|o| matches!(
         o,
         Output::Relay(RelayOutput::CloseFeed { room, edge }) if room == "r" && edge == "ws://10.0.0.2:7880"
@@ -455,9 +500,74 @@ fn origin_feeds_an_edges_speaker_to_everyone_but_that_edge() {
         o,
         Output::Engine(EngineCommand::ClosePeer { peer }) if *peer == feed_peer
     )));
-    assert!(!unsubscribed(&outs, track).is_empty());
-    now += TICK;
-    origin.handle_timeout(now);
+}
+
+#[test]
+fn a_speaker_who_rejoined_on_an_edge_replaces_her_session_on_the_origin() {
+    let t0 = Instant::now();
+    let mut origin = server(t0);
+    let (carol, _) = join(&mut origin, t0, claims("carol", "r", true));
+    let (_, a_peer) = join(&mut origin, t0, relay("edge-a", "ws://10.0.0.2:7880"));
+    drain(&mut origin);
+    let joined_here = origin
+        .rooms()
+        .flat_map(|r| r.participants.values())
+        .find(|p| p.identity == "carol")
+        .unwrap()
+        .joined_at_ms;
+    // An older snapshot of her (joined before her session here) changes nothing.
+    let mut old = info("PA_old", "carol", &["TR_o"], 1);
+    old.joined_at_ms = joined_here - 1_000;
+    announce(&mut origin, t0, a_peer, vec![old]);
+    drain(&mut origin);
+    assert!(
+        origin.session_peers(carol).is_some(),
+        "her session here stays"
+    );
+    // She joined on the edge after (her connection here dropped, the session held for a
+    // resume): the newer one wins, and the origin opens a feed from the edge.
+    let now = t0 + Duration::from_secs(5);
+    let mut newer = info("PA_new", "carol", &["TR_n"], 1);
+    newer.joined_at_ms = joined_here + 5_000;
+    announce(&mut origin, now, a_peer, vec![newer]);
+    let outs = drain(&mut origin);
+    assert!(
+        origin.session_peers(carol).is_none(),
+        "her old session ended"
+    );
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::Engine(EngineCommand::CreateRelayPeer { .. })))
+    );
+    let room = origin.rooms().find(|r| r.name == "r").unwrap();
+    assert!(room.participants.contains_key("PA_new"));
+}
+
+#[test]
+fn a_full_room_still_takes_another_nodes_relay() {
+    let t0 = Instant::now();
+    let config = ServerConfig {
+        events: true,
+        room_defaults: RoomLimits {
+            max_participants: 1,
+            ..RoomLimits::default()
+        },
+        ..ServerConfig::default()
+    };
+    let mut origin = Server::new(config, t0, 1_700_000_000_000);
+    join(&mut origin, t0, claims("l1", "r", false));
+    let params = parse_query("access_token=x&protocol=17").unwrap();
+    assert!(
+        origin
+            .connect(t0, claims("l2", "r", false), params.clone())
+            .is_err(),
+        "full"
+    );
+    assert!(
+        origin
+            .connect(t0, relay("edge-a", "ws://10.0.0.2:7880"), params)
+            .is_ok()
+    );
 }
 
 #[test]

@@ -20,7 +20,9 @@
 //! announcements alone; the feed carries media only (the edge's participant snapshots on it
 //! are ignored). The feed's URL is the edge's own, carried in its relay token's
 //! [`NODE_URL_ATTRIBUTE`] (signed with the cluster's key, as every relay token). A feed ends
-//! when the last relay session of its edge in the room ends or when the room closes; one that
+//! [`FEED_RETRY`] after the last relay session of its edge in the room ended (unless the edge
+//! linked again meanwhile: a link replacing another keeps the feed) or when the room closes;
+//! one that
 //! fails otherwise is opened again [`FEED_RETRY`] later while the edge has a speaker, and at
 //! its next announcement of a speaker in any case. The edge's node reports its
 //! speaker's speaking time and webhooks; the origin does not report them again.
@@ -113,6 +115,7 @@ impl Server {
     /// Every [`FEED_RETRY`] at most, feeds that failed are opened again, each if a relay of its
     /// edge still announces a speaker in the room (else it is forgotten).
     pub(super) fn retry_feeds(&mut self) {
+        self.end_orphaned_feeds();
         let now = self.now;
         let due: Vec<FeedKey> = self
             .feed_retry
@@ -248,6 +251,7 @@ impl Server {
     /// Every feed of `room` ends (the room closes).
     pub(super) fn end_feeds_of(&mut self, room: &str) {
         self.feed_retry.retain(|(r, _), _| r != room);
+        self.feed_orphans.retain(|(r, _), _| r != room);
         let keys: Vec<FeedKey> = self
             .feeds
             .keys()
@@ -260,19 +264,41 @@ impl Server {
     }
 
     /// On an origin: a relay session of `room`, of the node at `url`, ended (it is gone from
-    /// the sessions). That node's feed ends unless another of its relay sessions (a link that
-    /// replaced it) is in the room.
+    /// the sessions). That node's feed ends [`FEED_RETRY`] later unless a relay session of the
+    /// same node is in the room by then: a link that replaces another ends the old session
+    /// before its own joins (one identity per room), and its feed, carrying media, need not
+    /// be made again.
     pub(super) fn relay_session_ended(&mut self, room: &str, url: Option<String>) {
         let Some(url) = url.filter(|u| !u.is_empty()) else {
             return;
         };
-        let others = self
-            .room_sessions(room)
-            .into_iter()
-            .any(|s| self.relay_node_url(s) == Some(url.as_str()));
-        if !others {
-            self.feed_retry.remove(&(room.to_owned(), url.clone()));
-            self.end_feed(&(room.to_owned(), url), "its edge's link ended", Retry::No);
+        let key = (room.to_owned(), url);
+        if self.feeds.contains_key(&key) || self.feed_retry.contains_key(&key) {
+            self.feed_orphans.insert(key, self.now + FEED_RETRY);
+        }
+    }
+
+    /// Feeds whose edge's last relay session ended [`FEED_RETRY`] ago or more end now unless
+    /// a relay session of that edge is in the room again.
+    fn end_orphaned_feeds(&mut self) {
+        let now = self.now;
+        let due: Vec<FeedKey> = self
+            .feed_orphans
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in due {
+            self.feed_orphans.remove(&key);
+            let (room, url) = &key;
+            let linked = self
+                .room_sessions(room)
+                .into_iter()
+                .any(|s| self.relay_node_url(s) == Some(url.as_str()));
+            if !linked {
+                self.feed_retry.remove(&key);
+                self.end_feed(&key, "its edge's link ended", Retry::No);
+            }
         }
     }
 
@@ -421,8 +447,31 @@ impl Server {
             .roster_in
             .get(room)
             .and_then(|m| m.get(publisher))
-            .is_some_and(|s| *s == session);
+            .is_some_and(|owner| self.same_node(*owner, session));
         upstream || own
+    }
+
+    /// Whether relay sessions `a` and `b` are the same one, or two of the same node (a link
+    /// that replaces another, while the old one is held).
+    pub(super) fn same_node(&self, a: SessionId, b: SessionId) -> bool {
+        a == b
+            || self
+                .relay_node_url(a)
+                .is_some_and(|u| self.relay_node_url(b) == Some(u))
+    }
+
+    /// Sids of `room`'s participants that the node at `url` announced (nothing of them goes
+    /// back to it).
+    pub(super) fn announced_by_node(&self, room: &str, url: &str) -> Vec<String> {
+        self.roster_in
+            .get(room)
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, owner)| self.relay_node_url(**owner) == Some(url))
+                    .map(|(psid, _)| psid.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// A fed track stopped (unbound, unpublished, or its feed ended): the announced
@@ -443,5 +492,30 @@ impl Server {
         }
         self.unsubscribe_everyone(room, track);
         self.untap_if_recorded(room, &identity, tsid, track);
+        // The engine's last level for the track may come after it is unbound, and would name
+        // nobody.
+        self.stopped_speaking(room, psid);
+    }
+
+    /// `psid` no longer speaks in `room` (her track stopped, or she left): if she was
+    /// speaking, the room's clients are told.
+    pub(super) fn stopped_speaking(&mut self, room: &str, psid: &str) {
+        let was = self
+            .rooms
+            .get_mut(room)
+            .is_some_and(|r| r.speakers.remove(psid).is_some());
+        if was {
+            let quiet = lk::SpeakerInfo {
+                sid: psid.to_owned(),
+                level: 0.0,
+                active: false,
+            };
+            let msg = signal_response::Message::SpeakersChanged(lk::SpeakersChanged {
+                speakers: vec![quiet],
+            });
+            for id in self.room_sessions(room) {
+                self.send(id, msg.clone());
+            }
+        }
     }
 }

@@ -369,6 +369,9 @@ pub struct Server {
     feed_peers: HashMap<PeerId, feed::FeedKey>,
     /// Feeds that failed, to open again at the time given (see `feed`).
     feed_retry: BTreeMap<feed::FeedKey, Instant>,
+    /// Feeds whose edge's relay session ended, to end at the time given unless the edge links
+    /// again meanwhile (see `feed`).
+    feed_orphans: BTreeMap<feed::FeedKey, Instant>,
     /// On an edge: snapshots of this node's participants of relayed rooms not yet announced
     /// to the origin, by room and sid (see `roster`).
     roster_out: BTreeMap<String, BTreeMap<String, lk::ParticipantInfo>>,
@@ -421,6 +424,7 @@ impl Server {
             feeds: HashMap::new(),
             feed_peers: HashMap::new(),
             feed_retry: BTreeMap::new(),
+            feed_orphans: BTreeMap::new(),
             roster_out: BTreeMap::new(),
             roster_in: HashMap::new(),
             quiet_rooms: HashSet::new(),
@@ -487,6 +491,11 @@ impl Server {
 
     /// Whether `identity` may join `room` now (checked before the WebSocket upgrade).
     pub fn admit(&self, room: &str, identity: &str) -> Result<(), Refused> {
+        // Another node's relay link is no participant: a full room still takes it (an edge
+        // mirrors the whole room, so its count is the room's).
+        if identity.starts_with(RELAY_IDENTITY_PREFIX) {
+            return Ok(());
+        }
         match self.rooms.get(room) {
             Some(r) => r.admit(identity).map_err(|e| Refused {
                 status: 403,

@@ -185,10 +185,13 @@ impl Server {
             let mut participants = vec![me.info()];
             participants.extend(r.others_visible_to(me));
             let room_info = self.room_snapshot(&room);
-            self.send(
-                session,
-                signal_response::Message::Update(lk::ParticipantUpdate { participants }),
-            );
+            // In bounded messages, as every participant update (`flush_updates`).
+            for chunk in participants.chunks(super::UPDATE_PARTICIPANTS) {
+                let update = lk::ParticipantUpdate {
+                    participants: chunk.to_vec(),
+                };
+                self.send(session, signal_response::Message::Update(update));
+            }
             self.send(
                 session,
                 signal_response::Message::RoomUpdate(lk::RoomUpdate { room: room_info }),

@@ -184,13 +184,26 @@ impl Server {
                 }
                 return;
             }
-        } else if let Some(holder) = r.by_identity(&info.identity).map(|p| p.sid.clone()) {
-            if !ours(self, &holder) {
-                // Someone of this node (or a mirror of another's) holds the identity.
+        } else if let Some(holder) = r.by_identity(&info.identity) {
+            let (holder, joined) = (holder.sid.clone(), holder.joined_at_ms);
+            if ours(self, &holder) {
+                // Rejoined on the edge under a new sid: the old one goes first.
+                self.drop_announced(room, &holder);
+            } else if let Some(&local) = self.by_participant.get(&holder)
+                && info.joined_at_ms > joined
+            {
+                // Joined on the edge after her session here (held for a resume after her
+                // connection dropped, say): the newer one wins, as for a duplicate identity on
+                // one node.
+                self.end_session(
+                    local,
+                    "joined on another node",
+                    super::session::Leave::Disconnect(lk::DisconnectReason::DuplicateIdentity),
+                );
+            } else {
+                // Someone of this node, who joined after, holds the identity.
                 return;
             }
-            // Rejoined on the edge under a new sid: the old one goes first.
-            self.drop_announced(room, &holder);
         }
         // A speaker on the edge: her tracks, each bound to its feed's engine track once that
         // runs (`feed`).
@@ -234,6 +247,7 @@ impl Server {
     /// On an origin: an announced participant leaves; whoever saw it sees it disconnected.
     pub(super) fn drop_announced(&mut self, room: &str, psid: &str) {
         self.unbind_announced(room, psid, &[]);
+        self.stopped_speaking(room, psid);
         if let Some(owners) = self.roster_in.get_mut(room) {
             owners.remove(psid);
             if owners.is_empty() {

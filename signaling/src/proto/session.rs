@@ -175,6 +175,13 @@ impl Server {
         let relay_of_an_edge = permission.hidden
             && identity.starts_with(RELAY_IDENTITY_PREFIX)
             && !self.relays.contains_key(&room_name);
+        // What its node announced is not shown back to it (a link replacing another).
+        let its_own = claims
+            .attributes
+            .get(super::NODE_URL_ATTRIBUTE)
+            .filter(|_| relay_of_an_edge)
+            .map(|url| self.announced_by_node(&room_name, url))
+            .unwrap_or_default();
         let participant = Participant {
             sid: sid.clone(),
             identity,
@@ -202,6 +209,7 @@ impl Server {
             });
         };
         let mut others = room.others_visible_to(&participant);
+        others.retain(|p| !its_own.contains(&p.sid));
         // A large room's snapshot does not go in one message (an admin's, or an edge's relay
         // on the origin, sees everyone): publishers first, the rest as updates.
         let rest = if others.len() > JOIN_PARTICIPANTS {
@@ -425,7 +433,7 @@ impl Server {
             .and_then(|r| r.participants.get(&s.participant))
             .filter(|p| p.is_relay());
         if let Some(p) = relay {
-            // And its node's feed, unless another of its relays is in the room.
+            // And, unless its node links again meanwhile, that node's feed.
             let url = p.attributes.get(super::NODE_URL_ATTRIBUTE).cloned();
             self.drop_roster_of(&s.room, session);
             self.relay_session_ended(&s.room, url);

@@ -33,11 +33,13 @@ impl Server {
         };
         let mut viewers = r.viewers_of(p);
         let info = p.info();
-        // An edge's participant, on its origin: never shown back to the edge's own relay.
-        if let Some(owner) = self.roster_in.get(room).and_then(|m| m.get(psid))
-            && let Some(owner) = self.sessions.get(owner)
-        {
-            viewers.retain(|v| *v != owner.participant);
+        // An edge's participant, on its origin: never shown back to the edge's own relays.
+        if let Some(&owner) = self.roster_in.get(room).and_then(|m| m.get(psid)) {
+            viewers.retain(|v| {
+                self.by_participant
+                    .get(v)
+                    .is_none_or(|s| !self.same_node(owner, *s))
+            });
         }
         self.send_update(&viewers, vec![info]);
         // On an edge, the origin learns of it too.
@@ -139,8 +141,9 @@ impl Server {
     /// node holds, no relay link) plus those elsewhere. Otherwise (a room on this node only,
     /// not the control plane's) it counts the node's participants, as LiveKit does.
     /// `num_publishers` then counts the `ACTIVE` ones who may publish, this node's and its
-    /// mirrors: a relayed room's publishers are on its origin, and every edge mirrors each of
-    /// them once (an identity held here is not mirrored).
+    /// mirrors: a relayed room's publishers are each on one node (the origin, or an edge past
+    /// the origin's stage reserve), and every other node mirrors each of them once (an
+    /// identity held here is not mirrored).
     pub fn room_snapshot(&self, room: &str) -> Option<lk::Room> {
         let r = self.rooms.get(room)?;
         let mut info = r.info();
