@@ -15,37 +15,20 @@ use livekit_protocol::participant_info::State;
 use livekit_protocol::signal_response;
 use prost::Message as _;
 use stoa_sfu::str0m::RtcConfig;
-use stoa_sfu::str0m::change::SdpOffer;
-use stoa_sfu::str0m::media::{Direction, MediaKind, Mid};
+use stoa_sfu::str0m::media::Mid;
 use stoa_sfu::{EngineCommand, Event, MediaLabel, PeerId, TrackId};
 use stoa_signaling::join::parse_query;
 use stoa_signaling::proto::{
     AdminOp, FEED_RETRY, JOIN_PARTICIPANTS, NODE_URL_ATTRIBUTE, Output, ROSTER_TOPIC, RelayOutput,
-    Server, ServerConfig, SessionId, UPDATE_PARTICIPANTS,
+    Server, ServerConfig, UPDATE_PARTICIPANTS,
 };
 use stoa_signaling::room::RoomLimits;
 use stoa_signaling::token::Claims;
 
 mod core_support;
-use core_support::{claims, drain};
+use core_support::{claims, drain, join, server, some_offer, subscribes, updates_for};
 
 const TICK: Duration = Duration::from_millis(100);
-
-fn server(t0: Instant) -> Server {
-    let config = ServerConfig {
-        events: true,
-        ..ServerConfig::default()
-    };
-    Server::new(config, t0, 1_700_000_000_000)
-}
-
-/// A client joins on one connection, as relays do; returns its session and peer.
-fn join(s: &mut Server, now: Instant, c: Claims) -> (SessionId, PeerId) {
-    let params = parse_query("access_token=x&protocol=17&auto_subscribe=1").unwrap();
-    let session = s.connect(now, c, params).unwrap();
-    let (_, subscriber) = s.session_peers(session).unwrap();
-    (session, subscriber.unwrap())
-}
 
 /// The claims of node `node`'s relay token, naming its URL `url`.
 fn relay(node: &str, url: &str) -> Claims {
@@ -55,13 +38,6 @@ fn relay(node: &str, url: &str) -> Claims {
     };
     assert_eq!(claims.attributes[NODE_URL_ATTRIBUTE], url);
     claims
-}
-
-fn some_offer(now: Instant) -> SdpOffer {
-    let mut rtc = RtcConfig::new().build(now);
-    let mut api = rtc.sdp_api();
-    api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
-    api.apply().unwrap().0
 }
 
 fn info(sid: &str, identity: &str, tracks: &[&str], version: u32) -> lk::ParticipantInfo {
@@ -112,34 +88,6 @@ fn announce(s: &mut Server, now: Instant, peer: PeerId, participants: Vec<lk::Pa
             data: packet.encode_to_vec(),
         },
     );
-}
-
-/// Participant snapshots `session` was sent among `outs`.
-fn updates_for(outs: &[Output], session: SessionId) -> Vec<lk::ParticipantInfo> {
-    outs.iter()
-        .filter_map(|o| match o {
-            Output::Send(to, m) if *to == session => match &m.message {
-                Some(signal_response::Message::Update(u)) => Some(u.participants.clone()),
-                Some(signal_response::Message::Join(j)) => Some(j.other_participants.clone()),
-                _ => None,
-            },
-            _ => None,
-        })
-        .flatten()
-        .collect()
-}
-
-fn subscribes(outs: &[Output]) -> Vec<(TrackId, MediaLabel, Vec<PeerId>)> {
-    outs.iter()
-        .filter_map(|o| match o {
-            Output::Engine(EngineCommand::Subscribe {
-                track,
-                label,
-                peers,
-            }) => Some((*track, label.clone(), peers.clone())),
-            _ => None,
-        })
-        .collect()
 }
 
 fn unsubscribed(outs: &[Output], track: TrackId) -> Vec<PeerId> {

@@ -12,43 +12,18 @@ use livekit_protocol::participant_info::State;
 use livekit_protocol::{signal_request, signal_response};
 use stoa_sfu::str0m::RtcConfig;
 use stoa_sfu::str0m::change::SdpOffer;
-use stoa_sfu::str0m::media::{Direction, MediaKind, Mid};
+use stoa_sfu::str0m::media::Mid;
 use stoa_sfu::{EngineCommand, Event, MediaLabel, PeerId, TrackId};
 use stoa_signaling::join::parse_query;
 use stoa_signaling::proto::{
-    AdminOp, AdminReply, Output, ParticipantUpdate, RelayOutput, Server, ServerConfig,
-    ServiceError, SessionId,
+    AdminOp, AdminReply, Output, ParticipantUpdate, RelayOutput, Server, ServiceError, SessionId,
 };
 use stoa_signaling::token::Claims;
 
 mod core_support;
-use core_support::{claims, drain};
+use core_support::{claims, drain, join, server, some_offer, subscribes, updates_for};
 
 const TICK: Duration = Duration::from_millis(100);
-
-fn server(t0: Instant) -> Server {
-    let config = ServerConfig {
-        events: true,
-        ..ServerConfig::default()
-    };
-    Server::new(config, t0, 1_700_000_000_000)
-}
-
-/// A legacy (two-connection) client joins; returns its session and subscriber peer.
-fn join(s: &mut Server, now: Instant, c: Claims) -> (SessionId, PeerId) {
-    let params = parse_query("access_token=x&protocol=17&auto_subscribe=1").unwrap();
-    let session = s.connect(now, c, params).unwrap();
-    let (_, subscriber) = s.session_peers(session).unwrap();
-    (session, subscriber.unwrap())
-}
-
-/// An offer as the relay peer would make it.
-fn some_offer(now: Instant) -> SdpOffer {
-    let mut rtc = RtcConfig::new().build(now);
-    let mut api = rtc.sdp_api();
-    api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
-    api.apply().unwrap().0
-}
 
 fn speaker_info(sid: &str, identity: &str, tracks: &[&str], version: u32) -> lk::ParticipantInfo {
     lk::ParticipantInfo {
@@ -74,34 +49,6 @@ fn speaker_info(sid: &str, identity: &str, tracks: &[&str], version: u32) -> lk:
             .collect(),
         ..Default::default()
     }
-}
-
-/// Participant snapshots `session` was sent among `outs`.
-fn updates_for(outs: &[Output], session: SessionId) -> Vec<lk::ParticipantInfo> {
-    outs.iter()
-        .filter_map(|o| match o {
-            Output::Send(to, m) if *to == session => match &m.message {
-                Some(signal_response::Message::Update(u)) => Some(u.participants.clone()),
-                Some(signal_response::Message::Join(j)) => Some(j.other_participants.clone()),
-                _ => None,
-            },
-            _ => None,
-        })
-        .flatten()
-        .collect()
-}
-
-fn subscribes(outs: &[Output]) -> Vec<(TrackId, MediaLabel, Vec<PeerId>)> {
-    outs.iter()
-        .filter_map(|o| match o {
-            Output::Engine(EngineCommand::Subscribe {
-                track,
-                label,
-                peers,
-            }) => Some((*track, label.clone(), peers.clone())),
-            _ => None,
-        })
-        .collect()
 }
 
 #[test]

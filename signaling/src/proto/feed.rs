@@ -252,15 +252,18 @@ impl Server {
     pub(super) fn end_feeds_of(&mut self, room: &str) {
         self.feed_retry.retain(|(r, _), _| r != room);
         self.feed_orphans.retain(|(r, _), _| r != room);
-        let keys: Vec<FeedKey> = self
-            .feeds
+        for key in self.feeds_of(room) {
+            self.end_feed(&key, "room closed", Retry::No);
+        }
+    }
+
+    /// The feeds of `room`.
+    pub(super) fn feeds_of(&self, room: &str) -> Vec<FeedKey> {
+        self.feeds
             .keys()
             .filter(|(r, _)| r == room)
             .cloned()
-            .collect();
-        for key in keys {
-            self.end_feed(&key, "room closed", Retry::No);
-        }
+            .collect()
     }
 
     /// On an origin: a relay session of `room`, of the node at `url`, ended (it is gone from

@@ -232,13 +232,7 @@ impl Server {
         self.broadcast_participant(room, &psid);
         if speaking {
             self.want_feed(room, from);
-            let keys: Vec<super::feed::FeedKey> = self
-                .feeds
-                .keys()
-                .filter(|(r, _)| r == room)
-                .cloned()
-                .collect();
-            for key in keys {
+            for key in self.feeds_of(room) {
                 self.bind_feed(&key);
             }
         }
