@@ -7,7 +7,8 @@
 //! token request and the edge's listeners, still connected, hear her again. And two rooms of
 //! one origin spilling to the same edge: two relay links between the same two nodes, each on
 //! a UDP socket of its own on the edge, both carrying their room. And a speaker of a full
-//! origin sent to an edge, heard on the origin through the feed the origin opens from the edge.
+//! origin sent to an edge, heard on the origin through the feed the origin opens from the edge,
+//! and heard again from the origin after her edge is killed and she rejoins.
 //! Loopback only; every wait bounded.
 #![allow(
     clippy::disallowed_methods,
@@ -306,6 +307,7 @@ fn two_rooms_of_one_origin_spill_to_the_same_edge_and_both_are_heard() {
 
 /// A room whose origin is full sends its next speaker to an edge, where she publishes; the
 /// origin opens a feed from the edge, and its members hear her as the edge's listener does.
+/// Her edge killed, she rejoins where her next token says (the origin) and is heard again.
 #[test]
 fn a_speaker_of_a_full_origin_speaks_from_an_edge_and_the_origin_hears_her() {
     let redis = RedisServer::start();
@@ -381,5 +383,36 @@ fn a_speaker_of_a_full_origin_speaks_from_an_edge_and_the_origin_hears_her() {
         "four present",
         |r| r["present"] == 4,
     );
+
+    // Her node dies (SIGKILL): her client and the edge's listener's see their connections
+    // end. Once the edge's record expired, her next token names the origin, the one node
+    // left, where she speaks again and the origin's members hear her.
+    let [first, second] = nodes;
+    let (dead, living) = if first.url == edge {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    let living_api = living.stoa.addr;
+    let heard = [clients.packets("hana"), clients.packets("lee")];
+    drop(dead);
+    clients.lost = 2;
+    wait_nodes(living_api, KEYS, "the edge's record expired", |n| {
+        n.len() == 1
+    });
+    assert_eq!(
+        media_url(living_api, &room, "sam"),
+        origin,
+        "her token names the origin"
+    );
+    clients.join(living_api, &room, "sam", Role::Speaker);
+    clients.wait_heard(&["hana"], heard[0] + 50, WAIT, "the host hears her again");
+    clients.wait_heard(
+        &["lee"],
+        heard[1] + 50,
+        WAIT,
+        "the origin's listener hears her again",
+    );
+    drop(living);
     drop(clients);
 }
