@@ -27,7 +27,7 @@ use redis_server::RedisServer;
 use serde_json::json;
 use stoa_bench::client::Role;
 use support::api::{create_room, get_until};
-use support::cluster::{Clients, Keys, by_url, start_node, wait_nodes};
+use support::cluster::{Clients, Keys, Node, by_url, start_node, wait_nodes};
 use support::scratch_dir;
 use support::tones::user_token;
 
@@ -43,16 +43,28 @@ fn media_url(api: SocketAddr, room: &str, identity: &str) -> String {
     support::cluster::media_url(KEYS, api, room, identity)
 }
 
-#[test]
-fn listeners_of_a_full_origin_go_to_an_edge_and_hear_the_speaker_through_the_relay() {
-    let redis = RedisServer::start();
-    // Full at two participants; members' presence expires 2 s after their node's last
-    // heartbeat (one every 0.7 s); node records at the default node_ttl.
+/// Two nodes sharing one Redis, and a room created through the first.
+struct TwoNodes {
+    nodes: [Node; 2],
+    /// The first node's API.
+    api: SocketAddr,
+    room: String,
+    /// The room's node (where the host's token sends her).
+    origin: String,
+    /// The other one.
+    edge: String,
+}
+
+/// Starts two nodes on `redis` counting themselves full at two participants, members'
+/// presence expiring 2 s after their node's last heartbeat (one every 0.7 s), node records at
+/// the default node_ttl, and `extra` config lines; waits for both records and creates a room
+/// of `kind` titled `title` for the host, hana.
+fn two_nodes(redis: &RedisServer, scratch: &str, extra: &str, title: &str, kind: &str) -> TwoNodes {
     let config = support::api::config(
-        &scratch_dir("edges"),
+        &scratch_dir(scratch),
         KEYS.0,
         KEYS.1,
-        "presence_ttl = 2\nnode_capacity = 2",
+        &format!("presence_ttl = 2\nnode_capacity = 2\n{extra}"),
     );
     let nodes = [
         start_node(&config, &redis.url, &[]),
@@ -60,21 +72,35 @@ fn listeners_of_a_full_origin_go_to_an_edge_and_hear_the_speaker_through_the_rel
     ];
     let api = nodes[0].stoa.addr;
     wait_nodes(api, KEYS, "two node records", |n| n.len() == 2);
-
-    // The room's origin is wherever it was placed; its host speaks there and a listener joins
-    // while it has room.
-    let room = create_room(
-        api,
-        &user("hana"),
-        json!({"title": "Spills", "kind": "stage"}),
-    );
+    let room = create_room(api, &user("hana"), json!({"title": title, "kind": kind}));
     let origin = media_url(api, &room, "hana");
+    assert!(nodes.iter().any(|n| n.url == origin), "placed on a node");
     let edge = nodes
         .iter()
         .map(|n| n.url.clone())
         .find(|u| *u != origin)
         .expect("two nodes");
-    assert!(nodes.iter().any(|n| n.url == origin), "placed on a node");
+    TwoNodes {
+        nodes,
+        api,
+        room,
+        origin,
+        edge,
+    }
+}
+
+#[test]
+fn listeners_of_a_full_origin_go_to_an_edge_and_hear_the_speaker_through_the_relay() {
+    let redis = RedisServer::start();
+    // The room's origin is wherever it was placed; its host speaks there and a listener joins
+    // while it has room.
+    let TwoNodes {
+        nodes,
+        api,
+        room,
+        origin,
+        edge,
+    } = two_nodes(&redis, "edges", "", "Spills", "stage");
     assert_eq!(media_url(api, &room, "lee"), origin, "room at the origin");
     let mut clients = Clients::new(KEYS);
     clients.join(api, &room, "hana", Role::Speaker);
@@ -311,33 +337,21 @@ fn two_rooms_of_one_origin_spill_to_the_same_edge_and_both_are_heard() {
 #[test]
 fn a_speaker_of_a_full_origin_speaks_from_an_edge_and_the_origin_hears_her() {
     let redis = RedisServer::start();
-    let config = support::api::config(
-        &scratch_dir("edges-speaker"),
-        KEYS.0,
-        KEYS.1,
-        // No stage reserve: a speaker spills over as soon as the origin is full.
-        "presence_ttl = 2\nnode_capacity = 2\nstage_reserve = 0",
-    );
-    let nodes = [
-        start_node(&config, &redis.url, &[]),
-        start_node(&config, &redis.url, &[]),
-    ];
-    let api = nodes[0].stoa.addr;
-    wait_nodes(api, KEYS, "two node records", |n| n.len() == 2);
-
-    // An open room: every member may speak. Its host and a member fill the origin, neither
-    // of them speaking.
-    let room = create_room(
+    // No stage reserve: a speaker spills over as soon as the origin is full. An open room:
+    // every member may speak. Its host and a member fill the origin, neither of them speaking.
+    let TwoNodes {
+        nodes,
         api,
-        &user("hana"),
-        json!({"title": "Open floor", "kind": "open"}),
+        room,
+        origin,
+        edge,
+    } = two_nodes(
+        &redis,
+        "edges-speaker",
+        "stage_reserve = 0",
+        "Open floor",
+        "open",
     );
-    let origin = media_url(api, &room, "hana");
-    let edge = nodes
-        .iter()
-        .map(|n| n.url.clone())
-        .find(|u| *u != origin)
-        .expect("two nodes");
     let mut clients = Clients::new(KEYS);
     clients.join(api, &room, "hana", Role::Listener);
     clients.join(api, &room, "lee", Role::Listener);

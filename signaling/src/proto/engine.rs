@@ -380,56 +380,40 @@ impl Server {
         self.broadcast_participant(&room, &psid);
     }
 
+    /// Whose speaking the engine's `track` is: (room, participant sid, held by another node).
+    /// A track relayed from the origin is its speaker's (a mirror here); one fed from an edge
+    /// is the edge's speaker's (announced here); any other is a local session's.
+    fn speaker_of(&self, track: TrackId) -> Option<(String, String, bool)> {
+        if let Some((psid, _)) = self.relayed_track(track) {
+            let room = self.relay_room(track.peer)?;
+            return Some((room.to_owned(), psid.clone(), true));
+        }
+        if let Some((psid, _)) = self.fed_track(track) {
+            let (room, _) = self.feed_of(track.peer)?;
+            return Some((room.clone(), psid.to_owned(), true));
+        }
+        let &(session, _) = self.by_peer.get(&track.peer)?;
+        let s = self.sessions.get(&session)?;
+        Some((s.room.clone(), s.participant.clone(), false))
+    }
+
     fn speakers_changed(&mut self, levels: Vec<stoa_sfu::proto::speaker::SpeakerLevel<TrackId>>) {
         let mut by_room: BTreeMap<String, Vec<lk::SpeakerInfo>> = BTreeMap::new();
-        // Mirrors of the origin's speakers: announced here, reported to the observer by the
-        // origin only.
+        // Speakers another node holds (the origin's, or an edge's): announced here, reported
+        // to the observer by their own node only.
         let mut mirrored: Vec<String> = Vec::new();
         for level in levels {
-            if let Some((psid, _)) = self.relayed_track(level.key) {
-                // A speaker of the origin, heard through the relay.
-                if let Some(room) = self.relay_room(level.key.peer) {
-                    mirrored.push(psid.clone());
-                    by_room
-                        .entry(room.to_owned())
-                        .or_default()
-                        .push(lk::SpeakerInfo {
-                            sid: psid.clone(),
-                            level: level.level,
-                            active: level.active,
-                        });
-                }
-                continue;
-            }
-            if let Some((psid, _)) = self.fed_track(level.key) {
-                // A speaker on an edge, heard through its feed: that edge reports her.
-                if let Some((room, _)) = self.feed_of(level.key.peer) {
-                    mirrored.push(psid.to_owned());
-                    by_room
-                        .entry(room.clone())
-                        .or_default()
-                        .push(lk::SpeakerInfo {
-                            sid: psid.to_owned(),
-                            level: level.level,
-                            active: level.active,
-                        });
-                }
-                continue;
-            }
-            let Some(&(session, _)) = self.by_peer.get(&level.key.peer) else {
+            let Some((room, sid, elsewhere)) = self.speaker_of(level.key) else {
                 continue;
             };
-            let Some(s) = self.sessions.get(&session) else {
-                continue;
-            };
-            by_room
-                .entry(s.room.clone())
-                .or_default()
-                .push(lk::SpeakerInfo {
-                    sid: s.participant.clone(),
-                    level: level.level,
-                    active: level.active,
-                });
+            if elsewhere {
+                mirrored.push(sid.clone());
+            }
+            by_room.entry(room).or_default().push(lk::SpeakerInfo {
+                sid,
+                level: level.level,
+                active: level.active,
+            });
         }
         for (room, speakers) in by_room {
             let local: Vec<lk::SpeakerInfo> = speakers

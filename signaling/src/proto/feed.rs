@@ -27,13 +27,11 @@
 //! its next announcement of a speaker in any case. The edge's node reports its
 //! speaker's speaking time and webhooks; the origin does not report them again.
 
-use std::collections::HashMap;
-
 use livekit_protocol as lk;
 use livekit_protocol::signal_response;
-use stoa_sfu::str0m::change::SdpAnswer;
 use stoa_sfu::{EngineCommand, MediaLabel, PeerId, TrackId};
 
+use super::relay::LinkPeer;
 use super::{Output, Server, SessionId};
 use crate::room::Participant;
 
@@ -56,23 +54,14 @@ pub(super) enum Retry {
 /// A feed: the room and the edge's base URL.
 pub(super) type FeedKey = (String, String);
 
-/// One feed: the origin's relay peer joined to an edge's room.
-#[derive(Debug)]
-pub(super) struct Feed {
-    peer: PeerId,
-    /// The first offer went out ([`RelayOutput::OpenFeed`](super::RelayOutput::OpenFeed)).
-    opened: bool,
-    next_offer_id: u32,
-    /// Relayed tracks whose announced participant or track is not known yet.
-    unbound: Vec<(TrackId, MediaLabel)>,
-    /// Bound tracks: (announced participant's sid, track sid).
-    bound: HashMap<TrackId, (String, String)>,
-}
+/// One feed: the origin's relay peer joined to an edge's room, its tracks bound to announced
+/// participants.
+pub(super) type Feed = LinkPeer;
 
 impl Server {
     /// The base URL an edge's relay session says its node has (its token's
     /// [`NODE_URL_ATTRIBUTE`]), if `session` is a relay session.
-    fn relay_node_url(&self, session: SessionId) -> Option<&str> {
+    pub(super) fn relay_node_url(&self, session: SessionId) -> Option<&str> {
         let p = self.participant(session).filter(|p| p.is_relay())?;
         p.attributes
             .get(NODE_URL_ATTRIBUTE)
@@ -94,16 +83,7 @@ impl Server {
         let peer = self.new_peer();
         tracing::info!(room = %room, peer = %peer, "feed from an edge starting");
         self.feed_peers.insert(peer, key.clone());
-        self.feeds.insert(
-            key,
-            Feed {
-                peer,
-                opened: false,
-                next_offer_id: 1,
-                unbound: Vec::new(),
-                bound: HashMap::new(),
-            },
-        );
+        self.feeds.insert(key, Feed::new(peer));
         self.engine(EngineCommand::CreateRelayPeer {
             peer,
             audios: 1,
@@ -156,23 +136,13 @@ impl Server {
         let Some(feed) = self.feeds.get_mut(&(room.clone(), edge.clone())) else {
             return;
         };
-        let id = feed.next_offer_id;
-        feed.next_offer_id += 1;
-        let offer = lk::SessionDescription {
-            r#type: "offer".into(),
-            sdp,
-            id,
-            ..Default::default()
-        };
-        let out = if feed.opened {
-            super::RelayOutput::SendFeed {
+        let out = match feed.offer(sdp) {
+            (offer, true) => super::RelayOutput::OpenFeed { room, edge, offer },
+            (offer, false) => super::RelayOutput::SendFeed {
                 room,
                 edge,
                 request: Box::new(lk::signal_request::Message::Offer(offer)),
-            }
-        } else {
-            feed.opened = true;
-            super::RelayOutput::OpenFeed { room, edge, offer }
+            },
         };
         self.outputs.push_back(Output::Relay(out));
     }
@@ -192,24 +162,11 @@ impl Server {
             return;
         };
         let peer = feed.peer;
-        match message {
-            signal_response::Message::Answer(sd) => match SdpAnswer::from_sdp_string(&sd.sdp) {
-                Ok(answer) => self.engine(EngineCommand::HandleAnswer { peer, answer }),
-                Err(e) => {
-                    tracing::warn!(room = %room, error = %e, "edge's feed answer unreadable");
-                    self.end_feed(&key, "unreadable answer", Retry::Later);
-                }
-            },
-            signal_response::Message::MediaSectionsRequirement(m) => {
-                self.engine(EngineCommand::OfferRelaySections {
-                    peer,
-                    audios: m.num_audios,
-                });
-            }
-            signal_response::Message::Leave(_) => {
-                self.end_feed(&key, "edge said leave", Retry::Later);
-            }
-            _ => {}
+        if matches!(message, signal_response::Message::Leave(_)) {
+            self.end_feed(&key, "edge said leave", Retry::Later);
+        } else if let Err(e) = self.negotiate(peer, message) {
+            tracing::warn!(room = %room, error = %e, "edge's feed answer unreadable");
+            self.end_feed(&key, "unreadable answer", Retry::Later);
         }
     }
 
@@ -312,8 +269,7 @@ impl Server {
             return;
         };
         if let Some(feed) = self.feeds.get_mut(&key) {
-            feed.unbound.retain(|(t, _)| *t != track);
-            feed.unbound.push((track, label));
+            feed.file(track, label);
         }
         self.bind_feed(&key);
     }
@@ -411,22 +367,17 @@ impl Server {
     /// everyone.
     pub(super) fn unbind_announced(&mut self, room: &str, psid: &str, kept: &[&str]) {
         let mut gone = Vec::new();
-        for feed in self.feeds.iter_mut().filter(|((r, _), _)| r == room) {
-            let tracks: Vec<TrackId> = feed
-                .1
-                .bound
-                .iter()
-                .filter(|(_, (p, t))| p == psid && !kept.contains(&t.as_str()))
-                .map(|(t, _)| *t)
-                .collect();
-            for track in tracks {
-                if let Some((p, t)) = feed.1.bound.remove(&track) {
-                    let label = MediaLabel {
-                        stream_id: format!("{p}|{t}"),
-                        track_id: t.clone(),
-                    };
-                    feed.1.unbound.push((track, label));
-                    gone.push((t, track));
+        for (_, feed) in self.feeds.iter_mut().filter(|((r, _), _)| r == room) {
+            for track in feed.bound_to(psid) {
+                if feed
+                    .bound
+                    .get(&track)
+                    .is_some_and(|(_, t)| kept.contains(&t.as_str()))
+                {
+                    continue;
+                }
+                if let Some((_, tsid)) = feed.unbind(track) {
+                    gone.push((tsid, track));
                 }
             }
         }

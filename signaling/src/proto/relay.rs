@@ -98,22 +98,86 @@ pub enum RelayOutput {
     },
 }
 
+/// What both kinds of relay link share (a room's link to its origin, and an origin's feed
+/// from an edge, `feed`): the relay peer, the numbering of its offers, and the tracks relayed
+/// on it, waiting for their participant or bound to one.
+#[derive(Debug)]
+pub(super) struct LinkPeer {
+    pub(super) peer: PeerId,
+    /// The first offer went out (it opened the link).
+    opened: bool,
+    next_offer_id: u32,
+    /// Relayed tracks not bound yet (their participant or its track not known yet).
+    pub(super) unbound: Vec<(TrackId, MediaLabel)>,
+    /// Bound tracks: (participant sid, track sid).
+    pub(super) bound: HashMap<TrackId, (String, String)>,
+}
+
+impl LinkPeer {
+    /// A link of relay peer `peer`, nothing offered yet.
+    pub(super) fn new(peer: PeerId) -> LinkPeer {
+        LinkPeer {
+            peer,
+            opened: false,
+            next_offer_id: 1,
+            unbound: Vec::new(),
+            bound: HashMap::new(),
+        }
+    }
+
+    /// The engine's next offer on the link, with its id; `true` for the first, which opens
+    /// the link (later ones are sent on it).
+    pub(super) fn offer(&mut self, sdp: String) -> (lk::SessionDescription, bool) {
+        let id = self.next_offer_id;
+        self.next_offer_id += 1;
+        let offer = lk::SessionDescription {
+            r#type: "offer".into(),
+            sdp,
+            id,
+            ..Default::default()
+        };
+        let first = !std::mem::replace(&mut self.opened, true);
+        (offer, first)
+    }
+
+    /// The engine filed `track`, relayed on the link: it waits for its participant.
+    pub(super) fn file(&mut self, track: TrackId, label: MediaLabel) {
+        self.unbound.retain(|(t, _)| *t != track);
+        self.unbound.push((track, label));
+    }
+
+    /// A bound track goes back to waiting: the engine keeps an m-line labelled once bound, so
+    /// if the participant or track is told of again, it binds again. Returns what it was
+    /// bound to.
+    pub(super) fn unbind(&mut self, track: TrackId) -> Option<(String, String)> {
+        let (psid, tsid) = self.bound.remove(&track)?;
+        let label = MediaLabel {
+            stream_id: format!("{psid}|{tsid}"),
+            track_id: tsid.clone(),
+        };
+        self.unbound.push((track, label));
+        Some((psid, tsid))
+    }
+
+    /// Tracks bound to participant `psid`.
+    pub(super) fn bound_to(&self, psid: &str) -> Vec<TrackId> {
+        self.bound
+            .iter()
+            .filter(|(_, (p, _))| p == psid)
+            .map(|(t, _)| *t)
+            .collect()
+    }
+}
+
 /// One relay link: a room of this node fed by an origin node.
 #[derive(Debug)]
 pub(super) struct RelayLink {
     origin: String,
-    peer: PeerId,
-    /// The first offer went out ([`RelayOutput::Open`]).
-    opened: bool,
-    next_offer_id: u32,
+    media: LinkPeer,
     /// The relay's own participant sid on the origin (not mirrored).
     own_sid: Option<String>,
     /// Mirror participants' sids.
     mirrors: BTreeSet<String>,
-    /// Relayed tracks not bound yet (their mirror or its track not known yet).
-    unbound: Vec<(TrackId, MediaLabel)>,
-    /// Bound tracks: (mirror sid, track sid).
-    bound: HashMap<TrackId, (String, String)>,
     /// The relay peer's open data channels and their labels (`_reliable`, `_lossy`).
     channels: HashMap<ChannelId, String>,
 }
@@ -124,28 +188,10 @@ impl RelayLink {
         self.mirrors.contains(psid)
     }
 
-    /// A bound track goes back to waiting: the engine keeps an m-line labelled once bound, so
-    /// if the origin shows the participant or track again, it binds again.
-    fn unbind(&mut self, track: TrackId) {
-        if let Some((psid, tsid)) = self.bound.remove(&track) {
-            let label = MediaLabel {
-                stream_id: format!("{psid}|{tsid}"),
-                track_id: tsid,
-            };
-            self.unbound.push((track, label));
-        }
-    }
-
     /// Every track bound to mirror `psid` goes back to waiting.
     fn unbind_participant(&mut self, psid: &str) {
-        let tracks: Vec<TrackId> = self
-            .bound
-            .iter()
-            .filter(|(_, (p, _))| p == psid)
-            .map(|(t, _)| *t)
-            .collect();
-        for track in tracks {
-            self.unbind(track);
+        for track in self.media.bound_to(psid) {
+            self.media.unbind(track);
         }
     }
 }
@@ -191,13 +237,9 @@ impl Server {
             room.to_owned(),
             RelayLink {
                 origin,
-                peer,
-                opened: false,
-                next_offer_id: 1,
+                media: LinkPeer::new(peer),
                 own_sid: None,
                 mirrors: BTreeSet::new(),
-                unbound: Vec::new(),
-                bound: HashMap::new(),
                 channels: HashMap::new(),
             },
         );
@@ -269,26 +311,16 @@ impl Server {
         let Some(link) = self.relays.get_mut(&room) else {
             return;
         };
-        let id = link.next_offer_id;
-        link.next_offer_id += 1;
-        let offer = lk::SessionDescription {
-            r#type: "offer".into(),
-            sdp,
-            id,
-            ..Default::default()
-        };
-        let out = if link.opened {
-            RelayOutput::Send {
-                room,
-                request: Box::new(signal_request::Message::Offer(offer)),
-            }
-        } else {
-            link.opened = true;
-            RelayOutput::Open {
+        let out = match link.media.offer(sdp) {
+            (offer, true) => RelayOutput::Open {
                 room,
                 origin: link.origin.clone(),
                 offer,
-            }
+            },
+            (offer, false) => RelayOutput::Send {
+                room,
+                request: Box::new(signal_request::Message::Offer(offer)),
+            },
         };
         self.outputs.push_back(Output::Relay(out));
     }
@@ -304,7 +336,7 @@ impl Server {
         let Some(link) = self.relays.get_mut(room) else {
             return;
         };
-        let peer = link.peer;
+        let peer = link.media.peer;
         match message {
             signal_response::Message::Join(join) => {
                 link.own_sid = join.participant.map(|p| p.sid);
@@ -317,22 +349,39 @@ impl Server {
                     self.mirror(room, info);
                 }
             }
-            signal_response::Message::Answer(sd) => match SdpAnswer::from_sdp_string(&sd.sdp) {
-                Ok(answer) => self.engine(EngineCommand::HandleAnswer { peer, answer }),
-                Err(e) => {
+            signal_response::Message::Leave(_) => self.end_relay(room, "origin said leave"),
+            other => {
+                if let Err(e) = self.negotiate(peer, other) {
                     tracing::warn!(room = %room, error = %e, "origin's answer unreadable");
                     self.end_relay(room, "unreadable answer");
                 }
-            },
+            }
+        }
+    }
+
+    /// The media half of a message on a relay link, alike on both kinds (`LinkPeer`): the
+    /// other node's answer goes to the engine, its request for more sections becomes a new
+    /// offer of the relay peer; anything else is not about media. An answer that cannot be
+    /// read is an error (the link should end).
+    pub(super) fn negotiate(
+        &mut self,
+        peer: PeerId,
+        message: signal_response::Message,
+    ) -> Result<(), String> {
+        match message {
+            signal_response::Message::Answer(sd) => {
+                let answer = SdpAnswer::from_sdp_string(&sd.sdp).map_err(|e| e.to_string())?;
+                self.engine(EngineCommand::HandleAnswer { peer, answer });
+            }
             signal_response::Message::MediaSectionsRequirement(m) => {
                 self.engine(EngineCommand::OfferRelaySections {
                     peer,
                     audios: m.num_audios,
                 });
             }
-            signal_response::Message::Leave(_) => self.end_relay(room, "origin said leave"),
             _ => {}
         }
+        Ok(())
     }
 
     /// `room`'s link to its origin closed (or could not open): its mirrors leave and the relay
@@ -350,13 +399,15 @@ impl Server {
             return;
         };
         tracing::info!(room = %room, reason = why, "relay link ended");
-        self.relay_peers.remove(&link.peer);
+        self.relay_peers.remove(&link.media.peer);
         // A next link announces everyone again (`roster`).
         self.roster_out.remove(room);
         for psid in &link.mirrors {
-            self.remove_mirror(room, psid, &link.bound);
+            self.remove_mirror(room, psid, &link.media.bound);
         }
-        self.engine(EngineCommand::ClosePeer { peer: link.peer });
+        self.engine(EngineCommand::ClosePeer {
+            peer: link.media.peer,
+        });
         self.outputs.push_back(Output::Relay(RelayOutput::Close {
             room: room.to_owned(),
         }));
@@ -374,7 +425,7 @@ impl Server {
         if info.state == State::Disconnected as i32 {
             if let Some(mut link) = self.relays.remove(room) {
                 if link.mirrors.remove(&info.sid) {
-                    self.remove_mirror(room, &info.sid, &link.bound);
+                    self.remove_mirror(room, &info.sid, &link.media.bound);
                     link.unbind_participant(&info.sid);
                 }
                 self.relays.insert(room.to_owned(), link);
@@ -406,7 +457,7 @@ impl Server {
             // The origin's participant rejoined under a new sid: the old mirror goes first.
             if let Some(mut link) = self.relays.remove(room) {
                 link.mirrors.remove(&holder);
-                self.remove_mirror(room, &holder, &link.bound);
+                self.remove_mirror(room, &holder, &link.media.bound);
                 link.unbind_participant(&holder);
                 self.relays.insert(room.to_owned(), link);
             }
@@ -433,7 +484,7 @@ impl Server {
         if let Some(link) = self.relays.get_mut(room) {
             link.mirrors.insert(psid.clone());
             for track in &dropped {
-                link.unbind(*track);
+                link.media.unbind(*track);
             }
         }
         for track in dropped {
@@ -450,8 +501,7 @@ impl Server {
             return;
         };
         if let Some(link) = self.relays.get_mut(&room) {
-            link.unbound.retain(|(t, _)| *t != track);
-            link.unbound.push((track, label));
+            link.media.file(track, label);
         }
         self.bind_waiting(&room);
     }
@@ -465,8 +515,8 @@ impl Server {
         let Some(link) = self.relays.get_mut(&room) else {
             return;
         };
-        link.unbound.retain(|(t, _)| *t != track);
-        let Some((psid, tsid)) = link.bound.remove(&track) else {
+        link.media.unbound.retain(|(t, _)| *t != track);
+        let Some((psid, tsid)) = link.media.bound.remove(&track) else {
             return;
         };
         if let Some(t) = self
@@ -536,7 +586,7 @@ impl Server {
         let Some((&channel, _)) = link.channels.iter().find(|(_, l)| l.as_str() == label) else {
             return;
         };
-        let peer = link.peer;
+        let peer = link.media.peer;
         self.engine(EngineCommand::SendData {
             targets: vec![(peer, channel)],
             binary: true,
@@ -561,7 +611,7 @@ impl Server {
             return;
         };
         let mut ready = Vec::new();
-        link.unbound.retain(|(track, label)| {
+        link.media.unbound.retain(|(track, label)| {
             let Some((psid, _)) = label.stream_id.split_once('|') else {
                 return true;
             };
@@ -578,7 +628,9 @@ impl Server {
             !known
         });
         for (track, psid, tsid) in &ready {
-            link.bound.insert(*track, (psid.clone(), tsid.clone()));
+            link.media
+                .bound
+                .insert(*track, (psid.clone(), tsid.clone()));
         }
         for (track, psid, tsid) in ready {
             tracing::info!(room = %room, track = %tsid, "relayed track bound");
@@ -640,6 +692,6 @@ impl Server {
     /// The mirror sid and track sid a relayed engine track is bound to.
     pub(super) fn relayed_track(&self, track: TrackId) -> Option<&(String, String)> {
         let room = self.relay_peers.get(&track.peer)?;
-        self.relays.get(room)?.bound.get(&track)
+        self.relays.get(room)?.media.bound.get(&track)
     }
 }

@@ -232,8 +232,9 @@ impl Server {
         self.broadcast_participant(room, &psid);
         if speaking {
             self.want_feed(room, from);
-            for key in self.feeds_of(room) {
-                self.bind_feed(&key);
+            // Her tracks come on her edge's feed, which may have filed them already.
+            if let Some(url) = self.relay_node_url(from).map(str::to_owned) {
+                self.bind_feed(&(room.to_owned(), url));
             }
         }
     }
