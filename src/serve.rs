@@ -177,6 +177,9 @@ async fn serve(config: &Config) -> Result<()> {
     // (`node:{id}`), whose tokens are signed with the first configured key (alphabetical), which
     // every node of a cluster shares.
     let node_id = stoa_control::nodes::new_id();
+    // The registry an edge's URL is checked against before this node opens a feed from it:
+    // bound to the control plane once that has started.
+    let directory = stoa_signaling::cluster::NodeDirectory::default();
     let relay = key_pairs.first().map(|(key, secret)| RelayAuth {
         node: node_id.clone(),
         api_key: key.clone(),
@@ -185,6 +188,7 @@ async fn serve(config: &Config) -> Result<()> {
         tls: None,
         // Where an origin opens a feed of this node's speakers (as the room's `media_url`).
         url: Some(config.control.public_url.clone()).filter(|u| !u.is_empty()),
+        nodes: directory.clone(),
     });
     let service = ServiceConfig {
         token_refresh: Some(TokenRefresh {
@@ -217,6 +221,9 @@ async fn serve(config: &Config) -> Result<()> {
         config.control.clone(),
         node_id,
     );
+    directory.bind(Arc::new(crate::media_plane::ControlRoomNodes(
+        control.clone(),
+    )));
     control.set_load_source(Arc::new(crate::node_load::MediaLoad::new(
         signaling.clone(),
         engine_handle.clone(),

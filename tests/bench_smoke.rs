@@ -306,6 +306,73 @@ fn speaker_rotation() {
     assert_eq!(report.clients.min_streams_heard, 2, "{}", report.table());
 }
 
+/// `stoa-bench two-rooms` small, room B's clients on a runtime of their own: room A's
+/// listeners hear their speaker, every storm's listeners hear room B's speaker, the busy
+/// storm carries reactions (none refused) and floor changes and the idle one neither, and the
+/// ratio is reported. A run asking for room B's own thread without giving it one is refused.
+#[test]
+fn two_rooms_with_room_b_on_a_thread_of_its_own() {
+    use stoa_bench::two_rooms::{self, TwoRoomsParams};
+    let process = ServerProcess::spawn(Path::new(env!("CARGO_BIN_EXE_stoa")), None, None)
+        .expect("start stoa serve --dev");
+    let target = Target {
+        http: process.http,
+        protocol: Protocol::Livekit,
+        key: "devkey".into(),
+        secret: "secret".into(),
+        room: "rooms".into(),
+        pid: Some(process.pid()),
+        path: JoinPath::Direct,
+        api: Vec::new(),
+    };
+    let params = TwoRoomsParams {
+        a_listeners: 10,
+        a_speakers: 2,
+        a_join_rate: 50.0,
+        reaction_every: Duration::from_millis(100),
+        rotate_every: Duration::from_secs(1),
+        b_listeners: 5,
+        b_join_rate: 20.0,
+        rounds: 1,
+        b_own_thread: true,
+    };
+    let runtime = runtime();
+    let room_b = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let refused = runtime.block_on(two_rooms::run(target.clone(), &params, None));
+    assert!(refused.is_err(), "no runtime given for room B");
+    let report = runtime
+        .block_on(async {
+            tokio::time::timeout(
+                params.bound(),
+                two_rooms::run(target, &params, Some(room_b.handle().clone())),
+            )
+            .await
+        })
+        .expect("the run ends by itself")
+        .expect("the run completes");
+    eprintln!("{}", report.table());
+    assert!(report.a_heard >= 10, "{report:?}");
+    let [idle, busy] = report.storms.as_slice() else {
+        panic!("two storms: {report:?}");
+    };
+    for storm in [idle, busy] {
+        assert_eq!((storm.heard, storm.listeners), (5, 5), "{storm:?}");
+        assert!(storm.join_to_audio_ms.is_some(), "{storm:?}");
+    }
+    assert!(!idle.busy && busy.busy);
+    assert_eq!((idle.reactions, idle.rotations), (0, 0), "{idle:?}");
+    assert!(busy.reactions > 0 && busy.reactions_failed == 0, "{busy:?}");
+    assert!(busy.rotations > 0, "{busy:?}");
+    assert!(report.busy_over_idle_p95.is_some(), "{report:?}");
+    drop(runtime);
+    drop(room_b);
+    drop(process);
+}
+
 #[test]
 fn capacity_ramp() {
     let server = ServerProcess::spawn(Path::new(env!("CARGO_BIN_EXE_stoa")), None, None)
@@ -467,17 +534,127 @@ fn comparison_with_janus() {
 /// listeners on each edge (which does not count the speaker it mirrors), placed by the product
 /// path. Every listener hears the speaker, each
 /// phase is measured on every node, and the report carries latency per node and the costs;
-/// their values are not asserted (they belong in BENCHMARKS.md).
+/// their values are not asserted (they belong in BENCHMARKS.md). Then one round of the
+/// alternated listener cost: a listener of the origin and one of the first edge leave and
+/// come back, placed on the same nodes.
 #[test]
 fn relay_across_three_nodes_in_their_own_namespaces() {
-    use stoa_bench::relay::{Cluster, RelayParams};
+    use stoa_bench::relay::Stage;
+    let (report, table) = relay_run(Stage::Origin, true);
+    let [Some(origin), Some(edge1), Some(edge2)] = report.roles else {
+        unreachable!("checked by relay_run");
+    };
+    assert_eq!(report.speakers_on_origin, 1);
+    // Placement put three listeners beside the speaker, then four on each edge, and every one
+    // of them heard the speaker (on the edges through the relay).
+    assert_eq!(report.heard[origin], (3, 3), "{table}");
+    assert_eq!(report.heard[edge1], (4, 4), "{table}");
+    assert_eq!(report.heard[edge2], (4, 4), "{table}");
+    let counts = counts(&report);
+    assert_eq!(
+        counts,
+        [
+            [0, 0, 0],
+            [0, 0, 0],
+            [3, 0, 0],
+            [3, 1, 0],
+            [3, 4, 0],
+            [3, 4, 1],
+            [3, 4, 4]
+        ],
+        "{table}"
+    );
+    assert!(report.costs.listener_single.is_some(), "{table}");
+    assert!(table.contains("wake-up floor"), "{table}");
+    assert!(table.contains("edge 2 full"), "{table}");
+    // One alternated round: one listener of the origin's three and one of the first edge's
+    // four left, were measured without, and came back to the same nodes.
+    let [round] = report.rounds.as_slice() else {
+        panic!("one round\n{table}");
+    };
+    assert_eq!(
+        [round.fewer.listeners[origin], round.fewer.listeners[edge1]],
+        [2, 3],
+        "{table}"
+    );
+    assert_eq!(
+        [
+            round.back.listeners[origin],
+            round.back.listeners[edge1],
+            round.back.listeners[edge2]
+        ],
+        [3, 4, 4],
+        "{table}"
+    );
+    assert!(round.fewer.placed && round.back.placed, "{table}");
+    assert!(round.listener.iter().all(Option::is_some), "{table}");
+    assert!(table.contains("alternated rounds pooled"), "{table}");
+}
+
+/// The same with the speaker on an edge: four listeners fill the origin, the first edge takes
+/// one, then the speaker, whom the product path places on that edge (the origin is full and
+/// the nodes keep no stage reserve); the origin opens a feed from the edge. Two more listeners
+/// fill the edge, four the second edge. Every listener hears her: on the origin through its
+/// feed (one hop), on the second edge through the feed and that edge's link (two hops).
+#[test]
+fn relay_from_a_speaker_on_an_edge() {
+    use stoa_bench::relay::Stage;
+    let (report, table) = relay_run(Stage::Edge, false);
+    let [Some(origin), Some(edge1), Some(edge2)] = report.roles else {
+        unreachable!("checked by relay_run");
+    };
+    assert_eq!(report.speakers_on_origin, 0, "{table}");
+    assert_eq!(
+        report.speakers_placed, 1,
+        "her grant named the first edge\n{table}"
+    );
+    assert_eq!(report.heard[origin], (4, 4), "{table}");
+    assert_eq!(report.heard[edge1], (3, 3), "{table}");
+    assert_eq!(report.heard[edge2], (4, 4), "{table}");
+    assert_eq!(
+        counts(&report),
+        [
+            [0, 0, 0],
+            [4, 0, 0],
+            [4, 1, 0],
+            [4, 1, 0],
+            [4, 3, 0],
+            [4, 3, 1],
+            [4, 3, 4]
+        ],
+        "{table}"
+    );
+    assert!(table.contains("speakers on edge 1"), "{table}");
+}
+
+/// Listeners per phase, in role order (origin, first edge, second edge).
+fn counts(report: &stoa_bench::relay::RelayReport) -> Vec<Vec<usize>> {
+    let [Some(origin), Some(edge1), Some(edge2)] = report.roles else {
+        return Vec::new();
+    };
+    report
+        .phases
+        .iter()
+        .map(|p| vec![p.listeners[origin], p.listeners[edge1], p.listeners[edge2]])
+        .collect()
+}
+
+/// One small `stoa-bench relay` run with the speaker on `stage` (and the wake-up floor beside
+/// it with `floor`); checks what both stages share and returns the report and its table.
+fn relay_run(
+    stage: stoa_bench::relay::Stage,
+    floor: bool,
+) -> (stoa_bench::relay::RelayReport, String) {
+    use stoa_bench::relay::{Cluster, RelayParams, Stage};
     stoa_bench::netns::isolate().expect("network namespaces (run as root)");
     let params = RelayParams {
         speakers: 1,
+        stage,
         listeners: 4,
         join_rate: 20.0,
         window: Duration::from_secs(2),
         depth: Depth::Header,
+        rounds: usize::from(stage == Stage::Origin),
     };
     let logs = support::scratch_dir("relay-bench");
     let cluster = Cluster::start(
@@ -506,20 +683,22 @@ fn relay_across_three_nodes_in_their_own_namespaces() {
         .expect("the run ends by itself")
         .expect("the run completes");
     let mut report = report;
-    // The wake-up floor beside the run: one speaker's 50 datagrams a second from the first
-    // node's namespace through the hub to a forwarder in the second's, each forwarded.
-    let floor = cluster
-        .wakeup_floor(None, 1, Duration::from_secs(1))
-        .expect("the wake-up floor");
-    assert!(
-        (45..=51).contains(&floor.packets),
-        "about a second of one stream forwarded: {floor:?}"
-    );
-    assert!(floor.ns_per_packet > 0.0, "{floor:?}");
-    report.floor = Some(floor);
+    if floor {
+        // The wake-up floor beside the run: one speaker's 50 datagrams a second from the
+        // first node's namespace through the hub to a forwarder in the second's, each
+        // forwarded.
+        let floor = cluster
+            .wakeup_floor(None, 1, Duration::from_secs(1))
+            .expect("the wake-up floor");
+        assert!(
+            (45..=51).contains(&floor.packets),
+            "about a second of one stream forwarded: {floor:?}"
+        );
+        assert!(floor.ns_per_packet > 0.0, "{floor:?}");
+        report.floor = Some(floor);
+    }
     let table = report.table();
     eprintln!("{table}");
-    assert!(table.contains("wake-up floor"), "{table}");
     let logs_text = || {
         (1..=3)
             .map(|i| {
@@ -528,38 +707,13 @@ fn relay_across_three_nodes_in_their_own_namespaces() {
             .collect::<Vec<_>>()
             .join("\n---\n")
     };
-    // Three distinct roles: the speaker's node, then the node of each edge's first listener.
+    // Three distinct roles: the room's node, then the node of each edge's first listener.
     let [Some(origin), Some(edge1), Some(edge2)] = report.roles else {
         panic!("roles {:?}\n{table}\n{}", report.roles, logs_text());
     };
     assert!(origin != edge1 && edge1 != edge2 && origin != edge2);
-    assert_eq!(report.speakers_on_origin, 1);
     assert_eq!(report.failed, 0, "{table}");
-    // Placement put three listeners beside the speaker, then four on each edge, and every one
-    // of them heard the speaker (on the edges through the relay).
-    assert_eq!(report.heard[origin], (3, 3), "{table}");
-    assert_eq!(report.heard[edge1], (4, 4), "{table}");
-    assert_eq!(report.heard[edge2], (4, 4), "{table}");
-    let names: Vec<&str> = report.phases.iter().map(|p| p.name).collect();
-    assert_eq!(names.len(), 7, "{names:?}");
-    let counts: Vec<Vec<usize>> = report
-        .phases
-        .iter()
-        .map(|p| vec![p.listeners[origin], p.listeners[edge1], p.listeners[edge2]])
-        .collect();
-    assert_eq!(
-        counts,
-        [
-            [0, 0, 0],
-            [0, 0, 0],
-            [3, 0, 0],
-            [3, 1, 0],
-            [3, 4, 0],
-            [3, 4, 1],
-            [3, 4, 4]
-        ],
-        "{table}"
-    );
+    assert_eq!(report.phases.len(), 7, "{table}");
     for p in &report.phases {
         assert!(
             p.placed,
@@ -569,25 +723,25 @@ fn relay_across_three_nodes_in_their_own_namespaces() {
         assert!(p.cpu_cores.iter().all(Option::is_some), "{}", p.name);
         assert!(p.redis_cpu_cores.is_some());
     }
-    // In the last window every node's listeners measured latency.
+    // In the last window every node's listeners measured latency, and the other nodes'
+    // over the speakers' node's is known.
     let last = report.phases.last().unwrap();
     for i in [origin, edge1, edge2] {
         assert!(last.latency[i].is_some_and(|l| l.samples > 0), "{table}");
     }
     assert!(report.added_ms.iter().all(Option::is_some), "{table}");
-    // Each edge linked itself to the origin once, for its three listeners; the origin linked
-    // itself to nothing (a node that never started a link has no such series).
+    // Each edge linked itself to the origin once; the origin linked itself to nothing (a node
+    // that never started a link has no such series; the origin's feed is not counted there).
     assert_eq!(report.relays_started[edge1], Some(1.0), "{table}");
     assert_eq!(report.relays_started[edge2], Some(1.0), "{table}");
     assert!(
         report.relays_started[origin].is_none_or(|v| v == 0.0),
         "{table}"
     );
-    assert!(report.costs.listener_single.is_some(), "{table}");
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["phases"].as_array().map(Vec::len), Some(7));
-    assert!(table.contains("edge 2 full"), "{table}");
     drop(cluster);
+    (report, table)
 }
 
 #[test]

@@ -6,9 +6,10 @@
 //! each receives); the host's own token is refused on the edge. Then the origin is killed: the room moves to the edge at the host's next
 //! token request and the edge's listeners, still connected, hear her again. And two rooms of
 //! one origin spilling to the same edge: two relay links between the same two nodes, each on
-//! a UDP socket of its own on the edge, both carrying their room. And a speaker of a full
-//! origin sent to an edge, heard on the origin through the feed the origin opens from the edge,
-//! and heard again from the origin after her edge is killed and she rejoins.
+//! a UDP socket of its own on the edge, both carrying their room. And, on three nodes, a speaker
+//! of a full origin sent to an edge, heard on the origin through the feed the origin opens from the edge,
+//! and heard again on the origin, through a feed from the third node, after her edge is killed
+//! and she rejoins there.
 //! Loopback only; every wait bounded.
 #![allow(
     clippy::disallowed_methods,
@@ -43,49 +44,52 @@ fn media_url(api: SocketAddr, room: &str, identity: &str) -> String {
     support::cluster::media_url(KEYS, api, room, identity)
 }
 
-/// Two nodes sharing one Redis, and a room created through the first.
-struct TwoNodes {
-    nodes: [Node; 2],
+/// `N` nodes sharing one Redis, and a room created through the first.
+struct RoomNodes<const N: usize> {
+    nodes: [Node; N],
     /// The first node's API.
     api: SocketAddr,
     room: String,
     /// The room's node (where the host's token sends her).
     origin: String,
-    /// The other one.
-    edge: String,
+    /// The others, in the order they were started.
+    edges: Vec<String>,
 }
 
-/// Starts two nodes on `redis` counting themselves full at two participants, members'
+/// Starts `N` nodes on `redis` counting themselves full at two participants, members'
 /// presence expiring 2 s after their node's last heartbeat (one every 0.7 s), node records at
-/// the default node_ttl, and `extra` config lines; waits for both records and creates a room
+/// the default node_ttl, and `extra` config lines; waits for every record and creates a room
 /// of `kind` titled `title` for the host, hana.
-fn two_nodes(redis: &RedisServer, scratch: &str, extra: &str, title: &str, kind: &str) -> TwoNodes {
+fn room_on_nodes<const N: usize>(
+    redis: &RedisServer,
+    scratch: &str,
+    extra: &str,
+    title: &str,
+    kind: &str,
+) -> RoomNodes<N> {
     let config = support::api::config(
         &scratch_dir(scratch),
         KEYS.0,
         KEYS.1,
         &format!("presence_ttl = 2\nnode_capacity = 2\n{extra}"),
     );
-    let nodes = [
-        start_node(&config, &redis.url, &[]),
-        start_node(&config, &redis.url, &[]),
-    ];
+    let nodes: [Node; N] = std::array::from_fn(|_| start_node(&config, &redis.url, &[]));
     let api = nodes[0].stoa.addr;
-    wait_nodes(api, KEYS, "two node records", |n| n.len() == 2);
+    wait_nodes(api, KEYS, "every node's record", |n| n.len() == N);
     let room = create_room(api, &user("hana"), json!({"title": title, "kind": kind}));
     let origin = media_url(api, &room, "hana");
     assert!(nodes.iter().any(|n| n.url == origin), "placed on a node");
-    let edge = nodes
+    let edges = nodes
         .iter()
         .map(|n| n.url.clone())
-        .find(|u| *u != origin)
-        .expect("two nodes");
-    TwoNodes {
+        .filter(|u| *u != origin)
+        .collect();
+    RoomNodes {
         nodes,
         api,
         room,
         origin,
-        edge,
+        edges,
     }
 }
 
@@ -94,13 +98,14 @@ fn listeners_of_a_full_origin_go_to_an_edge_and_hear_the_speaker_through_the_rel
     let redis = RedisServer::start();
     // The room's origin is wherever it was placed; its host speaks there and a listener joins
     // while it has room.
-    let TwoNodes {
+    let RoomNodes {
         nodes,
         api,
         room,
         origin,
-        edge,
-    } = two_nodes(&redis, "edges", "", "Spills", "stage");
+        edges,
+    } = room_on_nodes::<2>(&redis, "edges", "", "Spills", "stage");
+    let edge = edges[0].clone();
     assert_eq!(media_url(api, &room, "lee"), origin, "room at the origin");
     let mut clients = Clients::new(KEYS);
     clients.join(api, &room, "hana", Role::Speaker);
@@ -337,15 +342,16 @@ fn two_rooms_of_one_origin_spill_to_the_same_edge_and_both_are_heard() {
 #[test]
 fn a_speaker_of_a_full_origin_speaks_from_an_edge_and_the_origin_hears_her() {
     let redis = RedisServer::start();
-    // No stage reserve: a speaker spills over as soon as the origin is full. An open room:
-    // every member may speak. Its host and a member fill the origin, neither of them speaking.
-    let TwoNodes {
+    // Three nodes with no stage reserve: a speaker spills over as soon as the origin is full.
+    // An open room: every member may speak. Its host and a member fill the origin, neither of
+    // them speaking.
+    let RoomNodes {
         nodes,
         api,
         room,
         origin,
-        edge,
-    } = two_nodes(
+        edges,
+    } = room_on_nodes::<3>(
         &redis,
         "edges-speaker",
         "stage_reserve = 0",
@@ -359,11 +365,14 @@ fn a_speaker_of_a_full_origin_speaks_from_an_edge_and_the_origin_hears_her() {
         by_url(n, &origin)["participants"].as_u64() >= Some(2)
     });
 
-    // The next member, who may speak, is sent to the edge, and speaks there; so is a
-    // listener after her. The host still goes to the origin.
-    assert_eq!(media_url(api, &room, "sam"), edge, "a speaker spills over");
+    // The next member, who may speak, is sent to an edge, and speaks there; so is a listener
+    // after her, to the same edge (the room's). The host still goes to the origin.
+    let edge = media_url(api, &room, "sam");
+    assert!(edges.contains(&edge), "a speaker spills over to an edge");
+    let other = edges.iter().find(|e| **e != edge).unwrap().clone();
     assert_eq!(media_url(api, &room, "hana"), origin, "the host stays");
     clients.join(api, &room, "sam", Role::Speaker);
+    assert_eq!(media_url(api, &room, "mo"), edge, "the room's edge");
     clients.join(api, &room, "mo", Role::Listener);
 
     // Everyone hears her: on the edge from her node, on the origin through the feed.
@@ -399,34 +408,56 @@ fn a_speaker_of_a_full_origin_speaks_from_an_edge_and_the_origin_hears_her() {
     );
 
     // Her node dies (SIGKILL): her client and the edge's listener's see their connections
-    // end. Once the edge's record expired, her next token names the origin, the one node
-    // left, where she speaks again and the origin's members hear her.
-    let [first, second] = nodes;
-    let (dead, living) = if first.url == edge {
-        (first, second)
-    } else {
-        (second, first)
-    };
-    let living_api = living.stoa.addr;
+    // end. Once the edge's record expired, her next token names the other edge (the origin is
+    // still full), where she speaks again: the origin opens a feed from that edge, and its
+    // members hear her; so does a new listener there.
+    let [a, b, c] = nodes;
+    let mut living = Vec::new();
+    let mut dead = None;
+    for n in [a, b, c] {
+        if n.url == edge {
+            dead = Some(n);
+        } else {
+            living.push(n);
+        }
+    }
+    let living_api = living
+        .iter()
+        .find(|n| n.url == origin)
+        .expect("the origin lives")
+        .stoa
+        .addr;
     let heard = [clients.packets("hana"), clients.packets("lee")];
     drop(dead);
     clients.lost = 2;
-    wait_nodes(living_api, KEYS, "the edge's record expired", |n| {
-        n.len() == 1
+    wait_nodes(living_api, KEYS, "the dead edge's record expired", |n| {
+        n.len() == 2
     });
     assert_eq!(
         media_url(living_api, &room, "sam"),
-        origin,
-        "her token names the origin"
+        other,
+        "her token names the other edge"
     );
     clients.join(living_api, &room, "sam", Role::Speaker);
-    clients.wait_heard(&["hana"], heard[0] + 50, WAIT, "the host hears her again");
+    clients.wait_heard(
+        &["hana"],
+        heard[0] + 50,
+        WAIT,
+        "the host hears her again, through a feed from the other edge",
+    );
     clients.wait_heard(
         &["lee"],
         heard[1] + 50,
         WAIT,
         "the origin's listener hears her again",
     );
+    assert_eq!(
+        media_url(living_api, &room, "kim"),
+        other,
+        "the room's edge now"
+    );
+    clients.join(living_api, &room, "kim", Role::Listener);
+    clients.wait_heard(&["kim"], 50, WAIT, "a new listener on her edge");
     drop(living);
     drop(clients);
 }

@@ -182,10 +182,12 @@ fn chromium_and_stoa_bench_listeners_on_two_edges_hear_a_speaker_on_the_origin()
     stoa_bench::netns::isolate().expect("network namespaces (run as root)");
     let params = RelayParams {
         speakers: 1,
+        stage: stoa_bench::relay::Stage::Origin,
         listeners: CAPACITY,
         join_rate: 10.0,
         window: Duration::from_secs(2),
         depth: Depth::Header,
+        rounds: 0,
     };
     params.validate().expect("valid parameters");
     let logs = support::scratch_dir("relay-browser");

@@ -74,9 +74,13 @@ struct RelayArgs {
     /// The `stoa` binary to start as each node.
     #[arg(long, value_name = "PATH")]
     spawn: PathBuf,
-    /// Speakers, all speaking, all on the origin (each link carries each of them once).
+    /// Speakers, all speaking (each link carries each of them once).
     #[arg(long, default_value_t = 4)]
     speakers: usize,
+    /// Where the speakers are: on the room's origin (they join first), or on the first edge
+    /// (they join once the origin is full; the origin hears them through its feed from it).
+    #[arg(long, value_enum, default_value = "origin")]
+    stage: stoa_bench::relay::Stage,
     /// Participants per node, its `node_capacity`: the origin holds the speakers and the rest
     /// as listeners, each edge as many listeners (it counts the speakers it mirrors).
     #[arg(long, default_value_t = 50)]
@@ -90,6 +94,11 @@ struct RelayArgs {
     /// How deeply listeners read the audio.
     #[arg(long, value_enum, default_value = "header")]
     depth: Depth,
+    /// With the speakers on the origin, rounds of the alternated listener cost after the
+    /// phases: half the origin's listeners and as many of the first edge's leave and come
+    /// back, a window measured either way (0 to 10).
+    #[arg(long, default_value_t = 0)]
+    rounds: usize,
     /// Pin the nodes and Redis to these CPUs (taskset list, e.g. `0`).
     #[arg(long, value_name = "LIST")]
     server_cpus: Option<String>,
@@ -207,6 +216,10 @@ struct TwoRoomsArgs {
     /// Storm pairs (A idle, A busy).
     #[arg(long, default_value_t = 2)]
     rounds: usize,
+    /// Run room B's clients on a harness thread of their own (pinned like the rest of the
+    /// harness), not beside room A's, as clients on separate devices would be.
+    #[arg(long)]
+    b_own_thread: bool,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -702,11 +715,29 @@ fn main() -> anyhow::Result<()> {
                 b_listeners: a.b_listeners,
                 b_join_rate: a.b_join_rate,
                 rounds: a.rounds,
+                b_own_thread: a.b_own_thread,
             };
             params.validate()?;
             let (target, _server) = target(&a.server, JoinPath::Direct)?;
             let runtime = runtime(&a.server)?;
-            let report = runtime.block_on(stoa_bench::two_rooms::run(target, &params))?;
+            // Built after `runtime`, which pins this thread to the harness's CPUs first.
+            let b_runtime = if a.b_own_thread {
+                Some(
+                    tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(1)
+                        .thread_name("room-b-clients")
+                        .enable_all()
+                        .build()
+                        .context("room B's runtime")?,
+                )
+            } else {
+                None
+            };
+            let report = runtime.block_on(stoa_bench::two_rooms::run(
+                target,
+                &params,
+                b_runtime.as_ref().map(|r| r.handle().clone()),
+            ))?;
             println!("{}", report.table());
             let json = serde_json::to_string_pretty(&report).context("serialise")?;
             write_json(a.server.json.as_ref(), &json)?;
@@ -833,10 +864,12 @@ fn relay(a: &RelayArgs) -> anyhow::Result<()> {
     use stoa_bench::relay::{Cluster, RelayParams};
     let params = RelayParams {
         speakers: a.speakers,
+        stage: a.stage,
         listeners: a.listeners,
         join_rate: a.join_rate,
         window: secs(a.window)?,
         depth: a.depth,
+        rounds: a.rounds,
     };
     params.validate()?;
     if let Some(dir) = &a.logs {

@@ -30,6 +30,15 @@
 //! packet's one-way time from the speaker's send stamp to a listener's arrival, on the
 //! harness's one clock; an edge listener's packet takes one relay hop more than an origin
 //! listener's. Every run is bounded in clients and time.
+//!
+//! With the speakers on an edge ([`Stage::Edge`]; the nodes keep no stage reserve) the phases
+//! are: the room created; the origin filled with listeners (nobody speaks yet); one listener on
+//! the first edge; the speakers, whom placement sends to that edge since the origin is full
+//! (the origin opens its feed from the edge); the edge filled; one listener on the second
+//! edge; the second edge filled. In the last window the first edge's listeners hear the
+//! speakers on their own node, the origin's one hop away (the feed), the second edge's two
+//! (the feed, then its link from the origin). The CPU of each phase is reported; the cost
+//! figures are the origin stage's only.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -65,6 +74,8 @@ const RELAYED_BYTES: usize = 140;
 const SETTLE: Duration = Duration::from_secs(3);
 /// Longest wait for a phase's listeners to hear, or for a node's record to show it full.
 const WAIT: Duration = Duration::from_secs(30);
+/// Most rounds of the alternated listener cost.
+const MAX_ROUNDS: usize = 10;
 
 /// Why a run could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -89,11 +100,26 @@ pub enum RelayError {
     Floor(std::io::Error),
 }
 
+/// Which node the speakers are on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// The room's origin: they join first; an edge's listeners are one relay hop from them
+    /// (the edge's link from the origin).
+    Origin,
+    /// The first edge: they join once the origin is full (the nodes' `stage_reserve` is 0);
+    /// the origin's listeners are one hop from them (the origin's feed from that edge), the
+    /// second edge's two (the feed, then that edge's link).
+    Edge,
+}
+
 /// What to run.
 #[derive(Debug, Clone, Serialize)]
 pub struct RelayParams {
-    /// Speakers, all speaking, all on the origin.
+    /// Speakers, all speaking.
     pub speakers: usize,
+    /// Where they are.
+    pub stage: Stage,
     /// Participants per node (`node_capacity`): the origin carries the speakers and
     /// `listeners - speakers` listeners, each edge `listeners` listeners (an edge does not
     /// count the speakers it mirrors from the origin).
@@ -105,6 +131,9 @@ pub struct RelayParams {
     pub window: Duration,
     /// How deeply listeners read the audio.
     pub depth: Depth,
+    /// With the speakers on the origin: rounds of the alternated listener cost after the
+    /// phases ([`Round`]); 0 for none.
+    pub rounds: usize,
 }
 
 impl RelayParams {
@@ -119,7 +148,9 @@ impl RelayParams {
                 "listeners per node must exceed the speakers by 2 (the origin holds both)",
             );
         }
-        if self.listeners * NODES > MAX_CLIENTS.min(15_000) {
+        // Each round's listeners come back as new clients.
+        let rejoins = self.rounds.min(MAX_ROUNDS) * self.listeners;
+        if self.listeners * NODES + rejoins > MAX_CLIENTS.min(15_000) {
             return invalid("too many clients");
         }
         if !(self.join_rate > 0.0 && self.join_rate <= 1_000.0) {
@@ -128,13 +159,27 @@ impl RelayParams {
         if self.window < Duration::from_secs(1) || self.window > Duration::from_secs(300) {
             return invalid("the window must be 1 to 300 seconds");
         }
+        if self.rounds > MAX_ROUNDS {
+            return invalid("at most 10 rounds");
+        }
+        if self.rounds > 0 && self.stage != Stage::Origin {
+            return invalid("rounds are measured with the speakers on the origin");
+        }
         Ok(())
     }
 
     /// Upper bound on the wall time of the run (the clients leave by then).
     pub fn bound(&self) -> Duration {
         let joins = Duration::from_secs_f64((self.listeners * NODES) as f64 / self.join_rate);
-        joins + (self.window + SETTLE + WAIT * 2) * 7 + Duration::from_secs(60)
+        let rounds = self.rounds.min(MAX_ROUNDS) as u32;
+        let rejoins = Duration::from_secs_f64(
+            (self.rounds.min(MAX_ROUNDS) * self.listeners) as f64 / self.join_rate,
+        );
+        joins
+            + rejoins
+            + (self.window + SETTLE + WAIT * 2) * (7 + 2 * rounds)
+            + WAIT * 2 * rounds
+            + Duration::from_secs(60)
     }
 }
 
@@ -163,7 +208,7 @@ impl Cluster {
         std::fs::write(
             &config,
             format!(
-                "[keys]\n{KEY} = \"{SECRET}\"\n[control]\npresence_ttl = {PRESENCE_TTL}\nnode_capacity = {}\n",
+                "[keys]\n{KEY} = \"{SECRET}\"\n[control]\npresence_ttl = {PRESENCE_TTL}\nnode_capacity = {}\nstage_reserve = 0\n",
                 params.listeners
             ),
         )?;
@@ -304,6 +349,72 @@ pub struct Phase {
     pub placed: bool,
 }
 
+/// One round of the alternated listener cost (speakers on the origin, after the phases):
+/// half the origin's listeners and as many of the first edge's leave, a window is measured,
+/// they come back (new clients, placed by the product path where they were: the origin has
+/// headroom again, then only the first edge), and a window is measured again. Both nodes
+/// change by the same listeners in the same two windows, back to back, so what the machine
+/// drifts between windows falls on both alike.
+#[derive(Debug, Clone, Serialize)]
+pub struct Round {
+    /// The window with fewer listeners.
+    pub fewer: Phase,
+    /// The window with them back.
+    pub back: Phase,
+    /// A listener's CPU on the origin and on the first edge, cores: each node's CPU change
+    /// over its listener change between the two windows.
+    pub listener: [Option<f64>; 2],
+    /// The edge's over the origin's.
+    pub edge_over_single: Option<f64>,
+}
+
+impl Round {
+    /// The round from its two windows, for the origin and the first edge (indices into the
+    /// nodes).
+    pub fn new(fewer: Phase, back: Phase, origin: usize, edge: usize) -> Round {
+        let per = |node: usize| -> Option<f64> {
+            let added = back
+                .listeners
+                .get(node)?
+                .checked_sub(*fewer.listeners.get(node)?)?;
+            (added > 0).then_some(())?;
+            let cpu = |p: &Phase| p.cpu_cores.get(node).copied().flatten();
+            Some((cpu(&back)? - cpu(&fewer)?) / added as f64)
+        };
+        let listener = [per(origin), per(edge)];
+        let edge_over_single = match listener {
+            [Some(o), Some(e)] if o > 0.0 => Some(e / o),
+            _ => None,
+        };
+        Round {
+            fewer,
+            back,
+            listener,
+            edge_over_single,
+        }
+    }
+}
+
+/// The rounds pooled: every round's CPU change over every round's listener change, per node;
+/// the edge's over the origin's.
+pub fn pooled(rounds: &[Round], origin: usize, edge: usize) -> Option<f64> {
+    let sum = |node: usize| -> Option<f64> {
+        let (mut cpu, mut listeners) = (0.0, 0usize);
+        for r in rounds {
+            let c = |p: &Phase| p.cpu_cores.get(node).copied().flatten();
+            cpu += c(&r.back)? - c(&r.fewer)?;
+            listeners += r
+                .back
+                .listeners
+                .get(node)?
+                .checked_sub(*r.fewer.listeners.get(node)?)?;
+        }
+        (listeners > 0).then(|| cpu / listeners as f64)
+    };
+    let (o, e) = (sum(origin)?, sum(edge)?);
+    (o > 0.0).then(|| e / o)
+}
+
 /// The figures the targets are about, from consecutive phases (`None` where a difference had
 /// no listeners to divide by).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -340,6 +451,8 @@ pub struct RelayReport {
     pub roles: [Option<usize>; 3],
     /// Speakers whose grant named the origin.
     pub speakers_on_origin: usize,
+    /// Speakers whose grant named the node they were meant for (`params.stage`).
+    pub speakers_placed: usize,
     /// Every phase in order.
     pub phases: Vec<Phase>,
     /// Listeners per node at the end, and how many of them heard the speakers.
@@ -351,11 +464,16 @@ pub struct RelayReport {
     pub relays_started: Vec<Option<f64>>,
     /// What the phases say.
     pub costs: Costs,
-    /// Latency added by the relay hop over the origin's listeners in the last phase, ms
-    /// (p50, p99), per edge.
+    /// Latency over the speakers' own node's listeners in the last phase, ms (p50, p99): with
+    /// the speakers on the origin, each edge's (one hop each); on the first edge, the
+    /// origin's (one hop, the feed) and the second edge's (two hops).
     pub added_ms: [Option<(f64, f64)>; 2],
     /// The wake-up floor measured after the phases ([`Cluster::wakeup_floor`]), if it was.
     pub floor: Option<WakeupBaseline>,
+    /// The alternated listener cost, round by round (`params.rounds`).
+    pub rounds: Vec<Round>,
+    /// The rounds pooled: a listener on the first edge over one on the origin.
+    pub rounds_edge_over_single: Option<f64>,
 }
 
 impl RelayReport {
@@ -392,18 +510,26 @@ impl RelayReport {
                 one(p.harness_cpu_cores),
             ));
         }
-        out.push_str("\n| node | listeners heard | latency p50 / p99 (last phase) | loss | relay hop adds p50 / p99 |\n|---|---:|---:|---:|---:|\n");
+        out.push_str("\n| node | listeners heard | latency p50 / p99 (last phase) | loss | relay hops from the speakers | adds over the speakers' node p50 / p99 |\n|---|---:|---:|---:|---:|---:|\n");
         let last = self.phases.last();
         for (k, &i) in order.iter().enumerate() {
             let (n, heard) = self.heard.get(i).copied().unwrap_or((0, 0));
             let lat = last.and_then(|p| p.latency[i]);
-            let added = match k {
-                1 | 2 => self.added_ms[k - 1]
-                    .map_or("-".into(), |(a, b)| format!("{a:+.2} / {b:+.2} ms")),
-                _ => "(single node)".into(),
+            // Role k's hops from the speakers, and its entry in `added_ms`.
+            let (hops, entry) = match (self.params.stage, k) {
+                (Stage::Origin, 1 | 2) => (1, Some(k - 1)),
+                (Stage::Edge, 0) => (1, Some(0)),
+                (Stage::Edge, 2) => (2, Some(1)),
+                _ => (0, None),
+            };
+            let added = match entry {
+                Some(e) => {
+                    self.added_ms[e].map_or("-".into(), |(a, b)| format!("{a:+.2} / {b:+.2} ms"))
+                }
+                None => "(the speakers' node)".into(),
             };
             out.push_str(&format!(
-                "| {} | {heard}/{n} | {} | {} | {added} |\n",
+                "| {} | {heard}/{n} | {} | {} | {hops} | {added} |\n",
                 label(i),
                 lat.map_or("-".into(), |l| format!(
                     "{:.2} / {:.2} ms",
@@ -412,6 +538,67 @@ impl RelayReport {
                 lat.map_or("-".into(), |l| format!("{:.3} %", l.loss * 100.0)),
             ));
         }
+        if self.params.stage == Stage::Origin {
+            self.cost_lines(&mut out);
+        }
+        if let [Some(origin), Some(edge), _] = self.roles
+            && !self.rounds.is_empty()
+        {
+            out.push_str("\n| round | listeners origin / edge 1, fewer → back | CPU origin / edge 1, fewer → back (cores) | a listener, origin | a listener, edge 1 | edge ÷ origin |\n|---:|---:|---:|---:|---:|---:|\n");
+            let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.3} ms/s", v * 1e3));
+            let cpu =
+                |p: &Phase, i: usize| p.cpu_cores[i].map_or("-".into(), |c| format!("{c:.3}"));
+            for (k, r) in self.rounds.iter().enumerate() {
+                out.push_str(&format!(
+                    "| {} | {} / {} → {} / {} | {} / {} → {} / {} | {} | {} | {} |\n",
+                    k + 1,
+                    r.fewer.listeners[origin],
+                    r.fewer.listeners[edge],
+                    r.back.listeners[origin],
+                    r.back.listeners[edge],
+                    cpu(&r.fewer, origin),
+                    cpu(&r.fewer, edge),
+                    cpu(&r.back, origin),
+                    cpu(&r.back, edge),
+                    ms(r.listener[0]),
+                    ms(r.listener[1]),
+                    r.edge_over_single.map_or("-".into(), |v| format!("{v:.2}")),
+                ));
+            }
+            out.push_str(&format!(
+                "alternated rounds pooled: a listener on edge 1 costs {}× one on the origin\n",
+                self.rounds_edge_over_single
+                    .map_or("-".into(), |v| format!("{v:.3}"))
+            ));
+        }
+        let relays: Vec<String> = order
+            .iter()
+            .map(|&i| {
+                self.relays_started
+                    .get(i)
+                    .copied()
+                    .flatten()
+                    .map_or("0".into(), |v| format!("{v}"))
+            })
+            .collect();
+        out.push_str(&format!(
+            "speakers on the origin: {}/{}, on the node meant ({}): {}; failed clients: {}; relay links started on {}: {}\n",
+            self.speakers_on_origin,
+            self.params.speakers,
+            match self.params.stage {
+                Stage::Origin => "the origin",
+                Stage::Edge => "edge 1",
+            },
+            self.speakers_placed,
+            self.failed,
+            names.join(" / "),
+            relays.join(" / ")
+        ));
+        out
+    }
+
+    /// The cost lines of a run with the speakers on the origin.
+    fn cost_lines(&self, out: &mut String) {
         let c = &self.costs;
         let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.3} ms/s", v * 1e3));
         let x = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
@@ -454,25 +641,6 @@ impl RelayReport {
                 ratio(c.link_edge_listeners[1]),
             ));
         }
-        let relays: Vec<String> = order
-            .iter()
-            .map(|&i| {
-                self.relays_started
-                    .get(i)
-                    .copied()
-                    .flatten()
-                    .map_or("0".into(), |v| format!("{v}"))
-            })
-            .collect();
-        out.push_str(&format!(
-            "speakers on the origin: {}/{}; failed clients: {}; relay links started on {}: {}\n",
-            self.speakers_on_origin,
-            self.params.speakers,
-            self.failed,
-            names.join(" / "),
-            relays.join(" / ")
-        ));
-        out
     }
 }
 
@@ -520,58 +688,41 @@ pub async fn run(
         redis: &mut redis,
         harness: ProcProbe::new(std::process::id()),
     };
-    let idle = m.phase("idle", &crowd, true).await;
-    for _ in 0..params.speakers {
-        crowd.join(Role::Speaker)?;
-    }
-    for i in 0..params.speakers {
-        crowd.speaker(i, Command::Speak);
-    }
-    let until = clock.now() + WAIT;
-    while crowd.counters().rtp_sent.load(Ordering::Relaxed) < params.speakers as u64
-        && clock.now() < until
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let index_of =
         |addr: Option<SocketAddr>| addr.and_then(|a| nodes.iter().position(|n| n.http == a));
+    let ctx = Ctx {
+        api,
+        server: &server,
+        clock,
+        params,
+        index_of: &index_of,
+    };
+    let (phases, roles) = match params.stage {
+        Stage::Origin => stage_on_origin(&mut m, &mut crowd, &ctx).await?,
+        Stage::Edge => stage_on_edge(&mut m, &mut crowd, &ctx).await?,
+    };
+    let rounds = match roles {
+        [Some(origin), Some(edge), _] if params.stage == Stage::Origin => {
+            alternate(&mut m, &mut crowd, &ctx, origin, edge).await?
+        }
+        _ => Vec::new(),
+    };
+    let rounds_edge_over_single = match roles {
+        [Some(origin), Some(edge), _] if !rounds.is_empty() => pooled(&rounds, origin, edge),
+        _ => None,
+    };
     let speakers = crowd.speaker_servers();
-    let origin = index_of(speakers.first().copied().flatten());
-    let speakers_on_origin = speakers
-        .iter()
-        .filter(|s| origin.is_some() && index_of(**s) == origin)
-        .count();
-
-    let mut phases = Vec::new();
-    phases.push(m.phase("speakers", &crowd, true).await);
-    phases.insert(0, idle);
-    let n = params.listeners;
-    let rate = params.join_rate;
-    join(&mut crowd, n - params.speakers, rate, clock).await?;
-    let placed = wait_full(api, &server, clock, origin.map(|o| nodes[o].http), n).await;
-    phases.push(m.phase("origin full", &crowd, placed).await);
-    join(&mut crowd, 1, rate, clock).await?;
-    let edge1 = crowd
-        .listener_servers()
-        .last()
-        .and_then(|s| index_of(*s))
-        .filter(|e| Some(*e) != origin);
-    phases.push(m.phase("edge 1: first listener", &crowd, true).await);
-    // An edge counts its own listeners only (not the origin's speakers it mirrors): it is
-    // full at `n` listeners.
-    let per_edge = n;
-    join(&mut crowd, per_edge - 1, rate, clock).await?;
-    let placed = wait_full(api, &server, clock, edge1.map(|e| nodes[e].http), n).await;
-    phases.push(m.phase("edge 1 full", &crowd, placed).await);
-    join(&mut crowd, 1, rate, clock).await?;
-    let edge2 = crowd
-        .listener_servers()
-        .last()
-        .and_then(|s| index_of(*s))
-        .filter(|e| Some(*e) != origin && Some(*e) != edge1);
-    phases.push(m.phase("edge 2: first listener", &crowd, true).await);
-    join(&mut crowd, per_edge - 1, rate, clock).await?;
-    phases.push(m.phase("edge 2 full", &crowd, true).await);
+    let on = |role: Option<usize>| {
+        speakers
+            .iter()
+            .filter(|s| role.is_some() && index_of(**s) == role)
+            .count()
+    };
+    let speakers_on_origin = on(roles[0]);
+    let speakers_placed = on(match params.stage {
+        Stage::Origin => roles[0],
+        Stage::Edge => roles[1],
+    });
 
     let mut heard = vec![(0, 0); nodes.len()];
     for (server, h) in crowd
@@ -597,14 +748,22 @@ pub async fn run(
         relays_started.push(started);
     }
     let _ = crowd.finish().await;
-    let roles = [origin, edge1, edge2];
-    let costs = costs(&phases, roles, params.speakers);
-    let added_ms = added(phases.last(), roles);
+    let (costs, added_ms) = match params.stage {
+        Stage::Origin => (
+            costs(&phases, roles, params.speakers),
+            added(phases.last(), roles[0], [roles[1], roles[2]]),
+        ),
+        Stage::Edge => (
+            Costs::default(),
+            added(phases.last(), roles[1], [roles[0], roles[2]]),
+        ),
+    };
     Ok(RelayReport {
         params: params.clone(),
         nodes: nodes.to_vec(),
         roles,
         speakers_on_origin,
+        speakers_placed,
         phases,
         heard,
         failed,
@@ -612,7 +771,163 @@ pub async fn run(
         costs,
         added_ms,
         floor: None,
+        rounds,
+        rounds_edge_over_single,
     })
+}
+
+/// The rounds of the alternated listener cost ([`Round`]) on the `origin` and the first
+/// `edge` (indices into the nodes), after the phases left every node full.
+async fn alternate(
+    m: &mut Measure<'_>,
+    crowd: &mut Crowd,
+    ctx: &Ctx<'_>,
+    origin: usize,
+    edge: usize,
+) -> Result<Vec<Round>, ScenarioError> {
+    let (n, rate, clock) = (ctx.params.listeners, ctx.params.join_rate, ctx.clock);
+    let k = (n - ctx.params.speakers) / 2;
+    let (o, e) = (m.nodes[origin].http, m.nodes[edge].http);
+    let mut rounds = Vec::new();
+    for _ in 0..ctx.params.rounds {
+        let left = [crowd.leave_on(o, k).await, crowd.leave_on(e, k).await];
+        // Placement reads the records: they must show the room made before anyone comes back.
+        let gone = wait_records(ctx.api, ctx.server, clock, |records| {
+            [(o, left[0]), (e, left[1])].iter().all(|(node, left)| {
+                record(records, *node)
+                    .and_then(|r| r["participants"].as_u64())
+                    .is_some_and(|p| p <= (n - left) as u64)
+            })
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let fewer = m.phase("fewer listeners", crowd, gone).await;
+        // The origin's come back first: it has headroom, so placement sends them there; once
+        // it is full, the first edge is the one node with headroom.
+        join(crowd, left[0], rate, clock, true).await?;
+        let placed = ctx.wait_full(Some(origin), m.nodes, n).await;
+        join(crowd, left[1], rate, clock, true).await?;
+        let placed = ctx.wait_full(Some(edge), m.nodes, n).await && placed;
+        let back = m.phase("listeners back", crowd, placed).await;
+        rounds.push(Round::new(fewer, back, origin, edge));
+    }
+    Ok(rounds)
+}
+
+/// What the phase sequences share.
+struct Ctx<'a> {
+    /// The node whose `/api` every call goes to.
+    api: SocketAddr,
+    /// A server token for it.
+    server: &'a str,
+    clock: Clock,
+    params: &'a RelayParams,
+    /// The index in the nodes of the node at an address.
+    index_of: &'a dyn Fn(Option<SocketAddr>) -> Option<usize>,
+}
+
+impl Ctx<'_> {
+    /// The node of the listener who joined last, unless it is one of `not`.
+    fn last_listener_node(&self, crowd: &Crowd, not: &[Option<usize>]) -> Option<usize> {
+        crowd
+            .listener_servers()
+            .last()
+            .and_then(|s| (self.index_of)(*s))
+            .filter(|n| !not.contains(&Some(*n)))
+    }
+
+    /// Waits until the node at role `node` shows `count` participants in its record.
+    async fn wait_full(&self, node: Option<usize>, nodes: &[Node], count: usize) -> bool {
+        let http = node.and_then(|n| nodes.get(n)).map(|n| n.http);
+        wait_full(self.api, self.server, self.clock, http, count).await
+    }
+
+    /// The speakers join (placed by the product path) and speak; waits (bounded) until each
+    /// sent audio.
+    async fn speakers_join(&self, crowd: &mut Crowd) -> Result<(), ScenarioError> {
+        for _ in 0..self.params.speakers {
+            crowd.join(Role::Speaker)?;
+        }
+        for i in 0..self.params.speakers {
+            crowd.speaker(i, Command::Speak);
+        }
+        let until = self.clock.now() + WAIT;
+        while crowd.counters().rtp_sent.load(Ordering::Relaxed) < self.params.speakers as u64
+            && self.clock.now() < until
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+}
+
+/// The seven phases with the speakers on the origin (the module's doc); the phases and the
+/// roles (origin, first edge, second edge).
+async fn stage_on_origin(
+    m: &mut Measure<'_>,
+    crowd: &mut Crowd,
+    ctx: &Ctx<'_>,
+) -> Result<(Vec<Phase>, [Option<usize>; 3]), ScenarioError> {
+    let (n, rate, clock) = (ctx.params.listeners, ctx.params.join_rate, ctx.clock);
+    let mut phases = vec![m.phase("idle", crowd, true).await];
+    ctx.speakers_join(crowd).await?;
+    let origin = (ctx.index_of)(crowd.speaker_servers().first().copied().flatten());
+    phases.push(m.phase("speakers", crowd, true).await);
+    join(crowd, n - ctx.params.speakers, rate, clock, true).await?;
+    let placed = ctx.wait_full(origin, m.nodes, n).await;
+    phases.push(m.phase("origin full", crowd, placed).await);
+    join(crowd, 1, rate, clock, true).await?;
+    let edge1 = ctx.last_listener_node(crowd, &[origin]);
+    phases.push(m.phase("edge 1: first listener", crowd, true).await);
+    // An edge counts its own listeners only (not the origin's speakers it mirrors): it is
+    // full at `n` listeners.
+    join(crowd, n - 1, rate, clock, true).await?;
+    let placed = ctx.wait_full(edge1, m.nodes, n).await;
+    phases.push(m.phase("edge 1 full", crowd, placed).await);
+    join(crowd, 1, rate, clock, true).await?;
+    let edge2 = ctx.last_listener_node(crowd, &[origin, edge1]);
+    phases.push(m.phase("edge 2: first listener", crowd, true).await);
+    join(crowd, n - 1, rate, clock, true).await?;
+    phases.push(m.phase("edge 2 full", crowd, true).await);
+    Ok((phases, [origin, edge1, edge2]))
+}
+
+/// The phases with the speakers on the first edge: the origin filled with listeners, the
+/// first edge's first listener (its link), the speakers (placed on that edge, the origin
+/// being full with no stage reserve; the origin opens its feed from the edge), the edge
+/// filled, then the second edge (linked to the origin, which sends it the fed speakers).
+async fn stage_on_edge(
+    m: &mut Measure<'_>,
+    crowd: &mut Crowd,
+    ctx: &Ctx<'_>,
+) -> Result<(Vec<Phase>, [Option<usize>; 3]), ScenarioError> {
+    let (n, rate, clock) = (ctx.params.listeners, ctx.params.join_rate, ctx.clock);
+    let mut phases = vec![m.phase("idle", crowd, true).await];
+    // Nobody speaks yet: these joins do not wait to hear.
+    join(crowd, n, rate, clock, false).await?;
+    let origin = crowd
+        .listener_servers()
+        .first()
+        .and_then(|s| (ctx.index_of)(*s));
+    let placed = ctx.wait_full(origin, m.nodes, n).await;
+    phases.push(m.phase("origin full (listeners)", crowd, placed).await);
+    join(crowd, 1, rate, clock, false).await?;
+    let edge1 = ctx.last_listener_node(crowd, &[origin]);
+    let placed = ctx.wait_full(edge1, m.nodes, 1).await;
+    phases.push(m.phase("edge 1: first listener", crowd, placed).await);
+    ctx.speakers_join(crowd).await?;
+    wait_heard(crowd, 0, clock).await;
+    phases.push(m.phase("speakers on edge 1", crowd, true).await);
+    // The edge counts its speakers among its participants.
+    join(crowd, n - 1 - ctx.params.speakers, rate, clock, true).await?;
+    let placed = ctx.wait_full(edge1, m.nodes, n).await;
+    phases.push(m.phase("edge 1 full", crowd, placed).await);
+    join(crowd, 1, rate, clock, true).await?;
+    let edge2 = ctx.last_listener_node(crowd, &[origin, edge1]);
+    phases.push(m.phase("edge 2: first listener", crowd, true).await);
+    join(crowd, n - 1, rate, clock, true).await?;
+    phases.push(m.phase("edge 2 full", crowd, true).await);
+    Ok((phases, [origin, edge1, edge2]))
 }
 
 /// What every phase samples.
@@ -689,12 +1004,14 @@ impl Measure<'_> {
     }
 }
 
-/// `count` listeners join at `rate` per second; then wait (bounded) until all of them heard.
+/// `count` listeners join at `rate` per second; then wait (bounded) until all of them heard
+/// (with `hear`) or opened `/rtc` at the node their grant named.
 async fn join(
     crowd: &mut Crowd,
     count: usize,
     rate: f64,
     clock: Clock,
+    hear: bool,
 ) -> Result<(), ScenarioError> {
     let before = crowd.listeners();
     let gap = Duration::from_secs_f64(1.0 / rate);
@@ -704,15 +1021,32 @@ async fn join(
         crowd.join(Role::Listener)?;
         next += gap;
     }
+    if hear {
+        wait_heard(crowd, before, clock).await;
+    } else {
+        let until = clock.now() + WAIT;
+        while clock.now() < until
+            && crowd
+                .listener_servers()
+                .get(before..)
+                .is_some_and(|s| s.iter().any(Option::is_none))
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Waits (bounded) until every listener from the `from`th on has heard.
+async fn wait_heard(crowd: &Crowd, from: usize, clock: Clock) {
     let until = clock.now() + WAIT;
     while clock.now() < until {
         let heard = crowd.listeners_heard();
-        if heard[before..].iter().all(|h| *h) {
+        if heard.get(from..).is_none_or(|h| h.iter().all(|h| *h)) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(())
 }
 
 /// Wait (bounded) until the node records show the node at `node` with `count` participants,
@@ -810,13 +1144,18 @@ pub fn costs(phases: &[Phase], roles: [Option<usize>; 3], speakers: usize) -> Co
     c
 }
 
-/// Each edge's listeners' latency over the origin's in `last`, ms (p50, p99).
-fn added(last: Option<&Phase>, roles: [Option<usize>; 3]) -> [Option<(f64, f64)>; 2] {
+/// The latency of the listeners of each of `others` over that of `home`'s (the speakers'
+/// node) in `last`, ms (p50, p99).
+fn added(
+    last: Option<&Phase>,
+    home: Option<usize>,
+    others: [Option<usize>; 2],
+) -> [Option<(f64, f64)>; 2] {
     let lat = |i: Option<usize>| last?.latency.get(i?).copied().flatten();
-    let Some(o) = lat(roles[0]) else {
+    let Some(o) = lat(home) else {
         return [None, None];
     };
-    [roles[1], roles[2]].map(|e| lat(e).map(|l| (l.p50_ms - o.p50_ms, l.p99_ms - o.p99_ms)))
+    others.map(|e| lat(e).map(|l| (l.p50_ms - o.p50_ms, l.p99_ms - o.p99_ms)))
 }
 
 #[cfg(test)]
@@ -868,13 +1207,52 @@ mod tests {
     }
 
     #[test]
+    fn rounds_compare_the_same_windows() {
+        // Node 2 is the origin, node 0 the first edge. In the first round 5 listeners leave
+        // each and come back: the origin's CPU changes by 0.005 (0.001 each), the edge's by
+        // 0.0055 (0.0011 each); in the second 4 leave the origin, 5 the edge.
+        let r1 = Round::new(
+            phase([5, 10, 5], [0.02, 0.5, 0.03]),
+            phase([10, 10, 10], [0.0255, 0.5, 0.035]),
+            2,
+            0,
+        );
+        let near = |v: Option<f64>, x: f64| v.is_some_and(|v| (v - x).abs() < 1e-9);
+        assert!(
+            near(r1.listener[0], 0.001) && near(r1.listener[1], 0.0011),
+            "{r1:?}"
+        );
+        assert!(near(r1.edge_over_single, 1.1), "{r1:?}");
+        let r2 = Round::new(
+            phase([5, 10, 6], [0.02, 0.5, 0.03]),
+            phase([10, 10, 10], [0.025, 0.5, 0.038]),
+            2,
+            0,
+        );
+        assert!(near(r2.listener[0], 0.002) && near(r2.listener[1], 0.001));
+        // Pooled: the origin 0.013 over 9 listeners, the edge 0.0105 over 10.
+        let pooled = pooled(&[r1.clone(), r2], 2, 0);
+        assert!(near(pooled, (0.0105 / 10.0) / (0.013 / 9.0)), "{pooled:?}");
+        // Nobody changed on a node: nothing to divide by.
+        let none = Round::new(
+            phase([5, 10, 10], [0.02, 0.5, 0.03]),
+            phase([10, 10, 10], [0.025, 0.5, 0.03]),
+            2,
+            0,
+        );
+        assert!(none.listener[0].is_none() && none.edge_over_single.is_none());
+    }
+
+    #[test]
     fn bounds_are_checked() {
         let p = RelayParams {
             speakers: 2,
+            stage: Stage::Origin,
             listeners: 10,
             join_rate: 50.0,
             window: Duration::from_secs(5),
             depth: Depth::Header,
+            rounds: 3,
         };
         assert!(p.validate().is_ok());
         assert!(p.bound() < Duration::from_secs(3_600));
@@ -897,6 +1275,14 @@ mod tests {
             },
             RelayParams {
                 window: Duration::ZERO,
+                ..p.clone()
+            },
+            RelayParams {
+                rounds: 11,
+                ..p.clone()
+            },
+            RelayParams {
+                stage: Stage::Edge,
                 ..p.clone()
             },
         ] {

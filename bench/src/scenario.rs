@@ -402,6 +402,30 @@ impl Crowd {
         self.gone.push((totals, outcome));
     }
 
+    /// The oldest `count` listeners who opened `/rtc` at `server` leave (together); what they
+    /// measured is kept. Returns how many left.
+    pub async fn leave_on(&mut self, server: SocketAddr, count: usize) -> usize {
+        let mut leaving = Vec::new();
+        let mut i = 0;
+        while i < self.listeners.len() && leaving.len() < count {
+            if client::lock(&self.listeners[i].reception).server() == Some(server) {
+                leaving.push(self.listeners.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        for handle in &leaving {
+            handle.command(Command::Leave);
+        }
+        let left = leaving.len();
+        for handle in leaving {
+            let totals = client::lock(&handle.reception).totals();
+            let outcome = handle.finish().await;
+            self.gone.push((totals, outcome));
+        }
+        left
+    }
+
     /// The window of every present listener since the previous call.
     pub fn window(&self) -> Window {
         let mut w = Window::default();

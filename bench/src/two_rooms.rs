@@ -50,6 +50,11 @@ pub struct TwoRoomsParams {
     pub b_join_rate: f64,
     /// Storm pairs (idle, busy), alternating.
     pub rounds: usize,
+    /// Room B's clients run on a harness thread of their own (a runtime the caller gives
+    /// [`run`]) rather than beside room A's: as on separate devices, a room B client's
+    /// handshake then does not wait behind room A's clients' work in the harness (a
+    /// reaction reaches all of room A's clients at once).
+    pub b_own_thread: bool,
 }
 
 impl TwoRoomsParams {
@@ -193,8 +198,24 @@ struct Busy {
 }
 
 /// Run the two-room benchmark against `target` (its room name is the prefix of both rooms).
-pub async fn run(target: Target, params: &TwoRoomsParams) -> Result<TwoRoomsReport, ScenarioError> {
+/// `b_clients`: where room B's clients run, when `params.b_own_thread` (the current runtime
+/// otherwise).
+pub async fn run(
+    target: Target,
+    params: &TwoRoomsParams,
+    b_clients: Option<tokio::runtime::Handle>,
+) -> Result<TwoRoomsReport, ScenarioError> {
     params.validate()?;
+    if params.b_own_thread != b_clients.is_some() {
+        return Err(ScenarioError::Invalid(
+            "room B's own thread needs a runtime for its clients".into(),
+        ));
+    }
+    // Starts a room B client where room B's clients run.
+    let b_join = |b: &mut Crowd, role: Role| -> Result<(), ScenarioError> {
+        let _entered = b_clients.as_ref().map(tokio::runtime::Handle::enter);
+        b.join(role)
+    };
     let clock = Clock::start();
     let began = clock.now();
     let deadline = began + params.bound();
@@ -287,7 +308,7 @@ pub async fn run(target: Target, params: &TwoRoomsParams) -> Result<TwoRoomsRepo
             0,
             Depth::Header,
         )?;
-        b.join(Role::Speaker)?;
+        b_join(&mut b, Role::Speaker)?;
         b.speaker(0, Command::Speak);
         let audio = clock.now() + Duration::from_secs(10);
         while b.counters().rtp_sent.load(Ordering::Relaxed) == 0 && clock.now() < audio {
@@ -303,7 +324,7 @@ pub async fn run(target: Target, params: &TwoRoomsParams) -> Result<TwoRoomsRepo
         while clock.now() < end {
             let now = clock.now();
             if joined < params.b_listeners && now >= next {
-                b.join(Role::Listener)?;
+                b_join(&mut b, Role::Listener)?;
                 joined += 1;
                 next += gap;
             }

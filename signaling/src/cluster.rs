@@ -54,6 +54,45 @@ pub trait RoomNodes: Send + Sync {
     fn every_other(&self) -> NodesFuture<'_>;
 }
 
+/// The cluster's living nodes, bound once the control plane is up (it is started after the
+/// media plane, which it drives): what an origin checks an edge's URL against before it opens
+/// a feed from it. A relay token names the node it came from (`stoa.node_url`), and any holder
+/// of an API key can mint one; bound, the directory makes the origin dial only nodes of its
+/// own registry, never a URL a token made up. Unbound (a media plane without a control plane),
+/// nothing is checked.
+#[derive(Clone, Default)]
+pub struct NodeDirectory(Arc<std::sync::OnceLock<Arc<dyn RoomNodes>>>);
+
+impl std::fmt::Debug for NodeDirectory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeDirectory")
+            .field("bound", &self.0.get().is_some())
+            .finish()
+    }
+}
+
+impl NodeDirectory {
+    /// Binds the directory to `nodes`; a second call is ignored.
+    pub fn bind(&self, nodes: Arc<dyn RoomNodes>) {
+        let _ = self.0.set(nodes);
+    }
+
+    /// Whether `url` may be dialled as another node: `true` when it is the public URL of a
+    /// living node other than this one (a trailing `/` aside), or when the directory is not
+    /// bound.
+    pub async fn admits(&self, url: &str) -> bool {
+        let Some(nodes) = self.0.get() else {
+            return true;
+        };
+        let url = url.trim_end_matches('/');
+        nodes
+            .every_other()
+            .await
+            .iter()
+            .any(|n| n.trim_end_matches('/') == url)
+    }
+}
+
 /// What another node answered a forwarded call.
 #[derive(Debug, Clone)]
 pub struct Answer {

@@ -15,18 +15,21 @@
     deprecated
 )]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use livekit_protocol as lk;
 use livekit_protocol::participant_info::State;
 use livekit_protocol::{signal_request, signal_response};
+use stoa_signaling::cluster::{NodeDirectory, NodesFuture, RoomNodes};
 use stoa_signaling::service::{RelayAuth, ServiceConfig};
 
 mod common;
 use common::*;
 
-/// A node's config: relay credentials under `node`, naming its own `url`.
-fn node(node: &str, url: String) -> ServiceConfig {
+/// A node's config: relay credentials under `node`, naming its own `url`, checking the URLs
+/// of feeds against `nodes`.
+fn node(node: &str, url: String, nodes: NodeDirectory) -> ServiceConfig {
     ServiceConfig {
         relay: Some(RelayAuth {
             node: node.into(),
@@ -35,8 +38,22 @@ fn node(node: &str, url: String) -> ServiceConfig {
             ttl: Duration::from_secs(60),
             tls: None,
             url: Some(url),
+            nodes,
         }),
         ..ServiceConfig::default()
+    }
+}
+
+/// A registry of fixed URLs, as the control plane's would list the living nodes.
+struct Registry(Vec<String>);
+
+impl RoomNodes for Registry {
+    fn nodes<'a>(&'a self, _room: &'a str) -> NodesFuture<'a> {
+        Box::pin(async { self.0.clone() })
+    }
+
+    fn every_other(&self) -> NodesFuture<'_> {
+        Box::pin(async { self.0.clone() })
     }
 }
 
@@ -64,9 +81,17 @@ async fn sees_with_track(c: &mut Client, sid: &str, what: &str) -> lk::TrackInfo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_speaker_on_an_edge_is_heard_on_the_origin_and_the_other_edges() {
-    let origin = server_knowing_url(|url| node("origin", url), [1; 32]).await;
-    let edge_a = server_knowing_url(|url| node("edge-a", url), [2; 32]).await;
-    let edge_b = server_knowing_url(|url| node("edge-b", url), [3; 32]).await;
+    let registry = NodeDirectory::default();
+    let origin = server_knowing_url(|url| node("origin", url, registry.clone()), [1; 32]).await;
+    let edge_a =
+        server_knowing_url(|url| node("edge-a", url, NodeDirectory::default()), [2; 32]).await;
+    let edge_b =
+        server_knowing_url(|url| node("edge-b", url, NodeDirectory::default()), [3; 32]).await;
+    // The origin dials edges of its registry only; both edges are in it.
+    registry.bind(Arc::new(Registry(vec![
+        format!("http://{}", edge_a.http),
+        format!("http://{}/", edge_b.http),
+    ])));
     let room = "wide";
 
     // A listener on each node.
@@ -133,6 +158,10 @@ async fn a_speaker_on_an_edge_is_heard_on_the_origin_and_the_other_edges() {
         );
         assert!(heard.iter().all(|i| *i < before + 100), "{who}: {heard:?}");
     }
+
+    // Edge A holds bob, carol and the origin's feed (its relay peer's session).
+    let stats = edge_a.signaling.stats().await.unwrap();
+    assert_eq!(stats.sessions, 3, "edge A's sessions: {stats:?}");
 
     // She sees the whole audience, wherever each listener is (the origin shows its edges'
     // relays everyone); her edge's listener sees no listener, as anywhere.
@@ -207,4 +236,60 @@ async fn a_speaker_on_an_edge_is_heard_on_the_origin_and_the_other_edges() {
     }
     let listed = origin.signaling.list_participants(room).await.unwrap();
     assert!(listed.iter().all(|p| p.identity != "carol"), "{listed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_feed_is_opened_from_a_url_outside_the_registry() {
+    // The origin's registry knows edge B only; a relay token of edge A names edge A's URL,
+    // which the origin does not dial. (A token can name any URL: an API-key holder mints it.)
+    let registry = NodeDirectory::default();
+    let origin = server_knowing_url(|url| node("origin", url, registry.clone()), [4; 32]).await;
+    let edge_a =
+        server_knowing_url(|url| node("edge-a", url, NodeDirectory::default()), [5; 32]).await;
+    registry.bind(Arc::new(Registry(vec!["http://127.0.0.1:9/".to_owned()])));
+    let room = "fenced";
+
+    let mut alice = Client::join(origin.http, &mint("alice", grants(room, false))).await;
+    let mut bob = Client::join(edge_a.http, &mint("bob", grants(room, false))).await;
+    for c in [&alice, &bob] {
+        eventually("a listener's subscriber connection", || {
+            c.subscriber.lock().unwrap().connected
+        })
+        .await;
+    }
+    edge_a
+        .signaling
+        .relay_from(room, &format!("http://{}", origin.http))
+        .await
+        .unwrap();
+
+    let mut carol = Client::join(edge_a.http, &mint("carol", grants(room, true))).await;
+    carol.publish().await;
+    eventually("carol's connections", || {
+        carol.publisher.lock().unwrap().connected && carol.subscriber.lock().unwrap().connected
+    })
+    .await;
+    bob.answer_next_offer().await;
+    bob.drain_for(Duration::from_millis(300)).await;
+    // The origin's listener answers whatever it is offered, across two of the origin's
+    // retries (one every 2 s).
+    alice.drain_for(Duration::from_secs(5)).await;
+
+    // Her edge's listener hears her; the origin's hears nothing, and the edge saw no relay
+    // session of the origin.
+    let before = carol.publisher.lock().unwrap().sent;
+    send_audio(&carol, 100).await;
+    eventually("bob hears carol on her node", || {
+        heard_since(&bob, before).len() >= 90
+    })
+    .await;
+    alice.drain_for(Duration::from_secs(1)).await;
+    assert!(
+        alice.heard().is_empty(),
+        "the origin's listener heard a feed it must not have opened: {:?}",
+        alice.heard().len()
+    );
+    // Edge A holds bob and carol only: no session of the origin's relay peer.
+    let stats = edge_a.signaling.stats().await.unwrap();
+    assert_eq!(stats.sessions, 2, "edge A's sessions: {stats:?}");
 }

@@ -38,6 +38,7 @@ async fn an_edge_listener_hears_the_origins_speaker_through_the_relay() {
                 ttl: Duration::from_secs(60),
                 tls: None,
                 url: None,
+                nodes: Default::default(),
             }),
             ..ServiceConfig::default()
         },

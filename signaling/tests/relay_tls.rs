@@ -86,6 +86,7 @@ fn edge_config(node: &str, tls: Option<Arc<ClientConfig>>) -> ServiceConfig {
             ttl: Duration::from_secs(60),
             tls,
             url: None,
+            nodes: Default::default(),
         }),
         ..ServiceConfig::default()
     }

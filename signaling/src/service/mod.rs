@@ -727,6 +727,11 @@ impl Shell {
             offer,
             ping_interval: self.ping_interval,
             to_core,
+            nodes: key
+                .1
+                .as_ref()
+                .and(self.relay.as_ref())
+                .map(|a| a.nodes.clone()),
             tls: match self.relay.as_ref().and_then(|a| a.tls.clone()) {
                 Some(tls) => Ok(tls),
                 None => crate::cluster::node_tls().clone(),

@@ -18,6 +18,7 @@ use tokio_rustls::rustls::ClientConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::Msg;
+use crate::cluster::NodeDirectory;
 
 /// Requests waiting for one link's socket.
 pub const LINK_QUEUE: usize = 64;
@@ -44,6 +45,9 @@ pub struct RelayAuth {
     /// Whom `wss://` origins' certificates must chain to; `None`: the system's trust store
     /// (`SSL_CERT_FILE` or `SSL_CERT_DIR` add a private CA), as for every node-to-node call.
     pub tls: Option<Arc<ClientConfig>>,
+    /// The nodes a feed may be opened from: an edge's URL, as its relay token names it, must
+    /// be a living node's (unbound: any).
+    pub nodes: NodeDirectory,
 }
 
 impl std::fmt::Debug for RelayAuth {
@@ -145,6 +149,8 @@ pub(super) struct LinkTask {
     pub to_core: mpsc::Sender<Msg>,
     /// For a `wss://` origin.
     pub tls: Result<Arc<ClientConfig>, String>,
+    /// For a feed: the registry the edge's URL must be in before it is dialled.
+    pub nodes: Option<NodeDirectory>,
 }
 
 impl LinkTask {
@@ -182,6 +188,14 @@ impl LinkTask {
             publisher_offer: Some(self.offer),
             ..Default::default()
         };
+        if let Some(nodes) = &self.nodes
+            && !nodes.admits(&self.origin).await
+        {
+            return Err(format!(
+                "{} is not a living node of this cluster; its feed is not opened",
+                self.origin
+            ));
+        }
         let url = link_url(&self.origin, &self.token, &join);
         let (mut ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, open(&url, &self.tls))
             .await
