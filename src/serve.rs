@@ -221,9 +221,14 @@ async fn serve(config: &Config) -> Result<()> {
         config.control.clone(),
         node_id,
     );
-    directory.bind(Arc::new(crate::media_plane::ControlRoomNodes(
-        control.clone(),
-    )));
+    // Only a node with a public URL knows its peers from the registry (the control plane
+    // leaves itself out by that URL); without one it is no origin of any edge, and nothing is
+    // checked. A failed registry read refuses the feed until the next try (every 2 s).
+    if !config.control.public_url.is_empty() {
+        directory.bind(Arc::new(crate::media_plane::ControlRoomNodes(
+            control.clone(),
+        )));
+    }
     control.set_load_source(Arc::new(crate::node_load::MediaLoad::new(
         signaling.clone(),
         engine_handle.clone(),

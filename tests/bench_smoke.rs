@@ -51,13 +51,8 @@ fn params(kind: Kind) -> Params {
     }
 }
 
-/// Start a server, run `params` against it with direct tokens, check the report.
-fn smoke(params: &Params) -> stoa_bench::report::Report {
-    smoke_on(params, JoinPath::Direct)
-}
-
-/// Start a server, run `params` against it joining by `path`, check the report.
-fn smoke_on(params: &Params, path: JoinPath) -> stoa_bench::report::Report {
+/// A `stoa serve --dev` child process and a target naming `room` on it, joined by `path`.
+fn dev_server(room: &str, path: JoinPath) -> (ServerProcess, Target) {
     let process = ServerProcess::spawn(Path::new(env!("CARGO_BIN_EXE_stoa")), None, None)
         .expect("start stoa serve --dev");
     let target = Target {
@@ -65,11 +60,22 @@ fn smoke_on(params: &Params, path: JoinPath) -> stoa_bench::report::Report {
         protocol: Protocol::Livekit,
         key: "devkey".into(),
         secret: "secret".into(),
-        room: "smoke".into(),
+        room: room.into(),
         pid: Some(process.pid()),
         path,
         api: Vec::new(),
     };
+    (process, target)
+}
+
+/// Start a server, run `params` against it with direct tokens, check the report.
+fn smoke(params: &Params) -> stoa_bench::report::Report {
+    smoke_on(params, JoinPath::Direct)
+}
+
+/// Start a server, run `params` against it joining by `path`, check the report.
+fn smoke_on(params: &Params, path: JoinPath) -> stoa_bench::report::Report {
+    let (process, target) = dev_server("smoke", path);
     let runtime = runtime();
     let report = runtime
         .block_on(async {
@@ -309,22 +315,12 @@ fn speaker_rotation() {
 /// `stoa-bench two-rooms` small, room B's clients on a runtime of their own: room A's
 /// listeners hear their speaker, every storm's listeners hear room B's speaker, the busy
 /// storm carries reactions (none refused) and floor changes and the idle one neither, and the
-/// ratio is reported. A run asking for room B's own thread without giving it one is refused.
+/// ratio is reported; room B's clients ran on the runtime given for them. A run asking for room
+/// B's own thread without giving it one is refused.
 #[test]
 fn two_rooms_with_room_b_on_a_thread_of_its_own() {
     use stoa_bench::two_rooms::{self, TwoRoomsParams};
-    let process = ServerProcess::spawn(Path::new(env!("CARGO_BIN_EXE_stoa")), None, None)
-        .expect("start stoa serve --dev");
-    let target = Target {
-        http: process.http,
-        protocol: Protocol::Livekit,
-        key: "devkey".into(),
-        secret: "secret".into(),
-        room: "rooms".into(),
-        pid: Some(process.pid()),
-        path: JoinPath::Direct,
-        api: Vec::new(),
-    };
+    let (process, target) = dev_server("rooms", JoinPath::Direct);
     let params = TwoRoomsParams {
         a_listeners: 10,
         a_speakers: 2,
@@ -344,6 +340,18 @@ fn two_rooms_with_room_b_on_a_thread_of_its_own() {
         .unwrap();
     let refused = runtime.block_on(two_rooms::run(target.clone(), &params, None));
     assert!(refused.is_err(), "no runtime given for room B");
+    // The most tasks room B's runtime held at once: its clients' while a storm lasts.
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let watch = {
+        let (peak, b) = (peak.clone(), room_b.handle().clone());
+        runtime.spawn(async move {
+            loop {
+                let alive = b.metrics().num_alive_tasks();
+                peak.fetch_max(alive, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
     let report = runtime
         .block_on(async {
             tokio::time::timeout(
@@ -354,6 +362,12 @@ fn two_rooms_with_room_b_on_a_thread_of_its_own() {
         })
         .expect("the run ends by itself")
         .expect("the run completes");
+    watch.abort();
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        peak > params.b_listeners,
+        "room B's speaker and listeners ran on its runtime: at most {peak} tasks there"
+    );
     eprintln!("{}", report.table());
     assert!(report.a_heard >= 10, "{report:?}");
     let [idle, busy] = report.storms.as_slice() else {
@@ -375,19 +389,8 @@ fn two_rooms_with_room_b_on_a_thread_of_its_own() {
 
 #[test]
 fn capacity_ramp() {
-    let server = ServerProcess::spawn(Path::new(env!("CARGO_BIN_EXE_stoa")), None, None)
-        .expect("start stoa serve --dev");
-    let target = Target {
-        http: server.http,
-        protocol: Protocol::Livekit,
-        key: "devkey".into(),
-        secret: "secret".into(),
-        room: "ramp".into(),
-        pid: Some(server.pid()),
-        // The ramp's clients join through the control plane, as the web app's do.
-        path: JoinPath::Product,
-        api: Vec::new(),
-    };
+    // The ramp's clients join through the control plane, as the web app's do.
+    let (_server, target) = dev_server("ramp", JoinPath::Product);
     // Limits no small step can miss on loopback: the ramp must run to its cap.
     let params = CapacityParams {
         speakers: 1,

@@ -3,8 +3,9 @@
 //! origin; the next listeners' tokens name the other node, an edge, which relays the room
 //! from the origin when they join; every listener, on the origin and on the edge, hears the
 //! speaker (stoa-bench's WebRTC clients joined through the product path, counting the packets
-//! each receives); the host's own token is refused on the edge. Then the origin is killed: the room moves to the edge at the host's next
-//! token request and the edge's listeners, still connected, hear her again. And two rooms of
+//! each receives); the host's own token is refused on the edge. Then the origin is killed: the
+//! room moves to the edge at the host's next token request and the edge's listeners, still
+//! connected, hear her again. And two rooms of
 //! one origin spilling to the same edge: two relay links between the same two nodes, each on
 //! a UDP socket of its own on the edge, both carrying their room. And, on three nodes, a speaker
 //! of a full origin sent to an edge, heard on the origin through the feed the origin opens from the edge,
@@ -338,7 +339,8 @@ fn two_rooms_of_one_origin_spill_to_the_same_edge_and_both_are_heard() {
 
 /// A room whose origin is full sends its next speaker to an edge, where she publishes; the
 /// origin opens a feed from the edge, and its members hear her as the edge's listener does.
-/// Her edge killed, she rejoins where her next token says (the origin) and is heard again.
+/// Her edge killed, she rejoins where her next token says (the third node, the origin being
+/// full) and is heard again through a new feed.
 #[test]
 fn a_speaker_of_a_full_origin_speaks_from_an_edge_and_the_origin_hears_her() {
     let redis = RedisServer::start();

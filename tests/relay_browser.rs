@@ -168,129 +168,263 @@ fn node_of(nodes: &[Node], url: &str) -> Option<usize> {
     nodes.iter().position(|n| n.http == addr)
 }
 
-#[test]
-fn chromium_and_stoa_bench_listeners_on_two_edges_hear_a_speaker_on_the_origin() {
-    let missing = missing_prerequisites(
-        &chromium::test_dir("browser"),
-        &["playwright-core", "livekit-client"],
-    );
-    assert!(
-        missing.is_empty(),
-        "the relay browser test cannot run; missing: {}.\nRun ./test.sh first.",
-        missing.join(", ")
-    );
-    stoa_bench::netns::isolate().expect("network namespaces (run as root)");
-    let params = RelayParams {
-        speakers: 1,
-        stage: stoa_bench::relay::Stage::Origin,
-        listeners: CAPACITY,
-        join_rate: 10.0,
-        window: Duration::from_secs(2),
-        depth: Depth::Header,
-        rounds: 0,
-    };
-    params.validate().expect("valid parameters");
-    let logs = support::scratch_dir("relay-browser");
-    let cluster = Cluster::start(
-        Path::new(env!("CARGO_BIN_EXE_stoa")),
-        None,
-        &params,
-        Some(&logs),
-    )
-    .expect("Redis and three nodes in their namespaces");
-    let nodes = cluster.nodes();
-    let node_logs = || {
+/// Three nodes in their namespaces on one Redis, the browser script, a harness runtime and a
+/// room created through `/api`: what each test starts from.
+struct Setup {
+    // Dropped in this order: the pages, then the nodes.
+    browser: Browser,
+    cluster: Cluster,
+    nodes: Vec<Node>,
+    logs: std::path::PathBuf,
+    runtime: tokio::runtime::Runtime,
+    /// The first node's address, whose `/api` every call goes to.
+    api: SocketAddr,
+    /// A server token for it.
+    server: String,
+    clock: stoa_bench::clock::Clock,
+    crowd: Crowd,
+    /// The control plane's room id.
+    room: String,
+}
+
+impl Setup {
+    /// Starts everything for a room named `name`; logs go to a scratch directory of that name.
+    fn start(name: &str) -> Setup {
+        let missing = missing_prerequisites(
+            &chromium::test_dir("browser"),
+            &["playwright-core", "livekit-client"],
+        );
+        assert!(
+            missing.is_empty(),
+            "the relay browser test cannot run; missing: {}.\nRun ./test.sh first.",
+            missing.join(", ")
+        );
+        stoa_bench::netns::isolate().expect("network namespaces (run as root)");
+        // The stage doesn't matter here: only the nodes are started from these (each full at
+        // CAPACITY, no stage reserve).
+        let params = RelayParams {
+            speakers: 1,
+            stage: stoa_bench::relay::Stage::Origin,
+            listeners: CAPACITY,
+            join_rate: 10.0,
+            window: Duration::from_secs(2),
+            depth: Depth::Header,
+            rounds: 0,
+        };
+        params.validate().expect("valid parameters");
+        let logs = support::scratch_dir(name);
+        let cluster = Cluster::start(
+            Path::new(env!("CARGO_BIN_EXE_stoa")),
+            None,
+            &params,
+            Some(&logs),
+        )
+        .expect("Redis and three nodes in their namespaces");
+        let nodes = cluster.nodes();
+        let browser = Browser::start(&logs.join("edge.mjs.log"));
+        let ready = browser.next(Duration::from_secs(40));
+        assert_eq!(ready["ready"], true, "{ready}\n{}", browser.log_text());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let api = nodes[0].http;
+        let server = stoa_bench::product::server_token(KEY, SECRET).unwrap();
+        let clock = stoa_bench::clock::Clock::start();
+        let registered = runtime.block_on(wait_records(api, &server, clock, |records| {
+            nodes
+                .iter()
+                .all(|n| stoa_bench::relay::record(records, n.http).is_some())
+        }));
+        assert!(registered, "every node registered");
+        let target = Target {
+            http: api,
+            protocol: Protocol::Livekit,
+            key: KEY.into(),
+            secret: SECRET.into(),
+            room: name.into(),
+            pid: None,
+            path: JoinPath::Product,
+            api: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(240);
+        let mut crowd = {
+            let _enter = runtime.enter();
+            runtime
+                .block_on(Crowd::open(target, deadline, 0, Depth::Header))
+                .expect("the room, created through /api")
+        };
+        crowd.set_local_ip(HUB);
+        let room = crowd.product_room().expect("a product room").to_owned();
+        Setup {
+            browser,
+            cluster,
+            nodes,
+            logs,
+            runtime,
+            api,
+            server,
+            clock,
+            crowd,
+            room,
+        }
+    }
+
+    /// Every node's log.
+    fn node_logs(&self) -> String {
         (1..=3)
             .map(|i| {
-                std::fs::read_to_string(logs.join(format!("node-{i}.log"))).unwrap_or_default()
+                std::fs::read_to_string(self.logs.join(format!("node-{i}.log"))).unwrap_or_default()
             })
             .collect::<Vec<_>>()
             .join("\n---\n")
-    };
-    let mut browser = Browser::start(&logs.join("edge.mjs.log"));
-    let ready = browser.next(Duration::from_secs(40));
-    assert_eq!(ready["ready"], true, "{ready}\n{}", browser.log_text());
+    }
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let _enter = runtime.enter();
-    let api = nodes[0].http;
-    let server = stoa_bench::product::server_token(KEY, SECRET).unwrap();
-    let clock = stoa_bench::clock::Clock::start();
-    let registered = runtime.block_on(wait_records(api, &server, clock, |records| {
-        nodes
-            .iter()
-            .all(|n| stoa_bench::relay::record(records, n.http).is_some())
-    }));
-    assert!(registered, "every node registered\n{}", node_logs());
-    let target = Target {
-        http: api,
-        protocol: Protocol::Livekit,
-        key: KEY.into(),
-        secret: SECRET.into(),
-        room: "relay-browser".into(),
-        pid: None,
-        path: JoinPath::Product,
-        api: Vec::new(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let mut crowd = runtime
-        .block_on(Crowd::open(target, deadline, 0, Depth::Header))
-        .expect("the room, created through /api");
-    crowd.set_local_ip(HUB);
-    let room = crowd.product_room().expect("a product room").to_owned();
-
-    // Waits (bounded) for `ok`, polling every 100 ms.
-    let wait = |what: &str, ok: &dyn Fn() -> bool| {
-        let until = Instant::now() + WAIT;
-        while !ok() {
-            assert!(
-                Instant::now() < until,
-                "{what} within {WAIT:?}\n{}",
-                node_logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    // Joins `n` stoa-bench listeners and waits until every listener so far heard the speaker.
-    let join_listeners = |crowd: &mut Crowd, n: usize| {
-        for _ in 0..n {
-            crowd.join(Role::Listener).expect("a listener");
-        }
-        wait("every stoa-bench listener hears the speaker", &|| {
-            let heard = crowd.listeners_heard();
-            heard.iter().all(|h| *h) && crowd.listener_servers().iter().all(Option::is_some)
-        });
-    };
-    let full = |node: usize, count: usize| {
-        let ok = runtime.block_on(wait_full(
-            api,
-            &server,
-            clock,
-            Some(nodes[node].http),
+    /// Waits until node `node`'s record shows `count` participants.
+    fn full(&self, node: usize, count: usize) {
+        let ok = self.runtime.block_on(wait_full(
+            self.api,
+            &self.server,
+            self.clock,
+            Some(self.nodes[node].http),
             count,
         ));
         assert!(
             ok,
             "node {node}'s record shows {count} participants\n{}",
-            node_logs()
+            self.node_logs()
         );
-    };
+    }
 
+    /// The index of the node at `addr`.
+    fn node_at(&self, addr: Option<SocketAddr>) -> Option<usize> {
+        addr.and_then(|a| self.nodes.iter().position(|n| n.http == a))
+    }
+
+    /// `count` stoa-bench listeners join; waits (bounded) until every listener so far has
+    /// opened `/rtc` and, with `hear`, heard.
+    fn join_listeners(&mut self, count: usize, hear: bool) {
+        let _enter = self.runtime.enter();
+        for _ in 0..count {
+            self.crowd.join(Role::Listener).expect("a listener");
+        }
+        let what = if hear {
+            "every stoa-bench listener hears the speaker"
+        } else {
+            "every stoa-bench listener placed"
+        };
+        let until = Instant::now() + WAIT;
+        loop {
+            let placed = self.crowd.listener_servers().iter().all(Option::is_some);
+            if placed && (!hear || self.crowd.listeners_heard().iter().all(|h| *h)) {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "{what} within {WAIT:?}\n{}",
+                self.node_logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Each present listener's node, in join order.
+    fn listener_nodes(&self) -> Vec<Option<usize>> {
+        self.crowd
+            .listener_servers()
+            .into_iter()
+            .map(|s| self.node_at(s))
+            .collect()
+    }
+
+    /// Asserts that the stoa-bench listeners of each of `nodes` received audio since the
+    /// previous window (the last call of this, or of `windows_by_server`), after a 2 s window.
+    fn each_node_receives(&mut self, nodes: &[usize]) {
+        let _ = self.crowd.windows_by_server();
+        std::thread::sleep(Duration::from_secs(2));
+        let windows = self.crowd.windows_by_server();
+        for &node in nodes {
+            let received = windows
+                .iter()
+                .find(|(s, _)| *s == Some(self.nodes[node].http))
+                .map_or(0, |(_, w)| w.received);
+            assert!(
+                received > 0,
+                "node {node}'s stoa-bench listeners received nothing at the end: {:?}",
+                windows
+                    .iter()
+                    .map(|(s, w)| (s, w.received))
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+
+    /// Present stoa-bench listeners per node.
+    fn listeners_per_node(&self) -> Vec<usize> {
+        let placed = self.listener_nodes();
+        (0..self.nodes.len())
+            .map(|i| placed.iter().filter(|n| **n == Some(i)).count())
+            .collect()
+    }
+
+    /// Every stoa-bench client leaves (`listeners` of them listeners, checked); the pages close,
+    /// the nodes stop, the logs go.
+    fn finish(self, listeners: usize) {
+        let Setup {
+            browser,
+            cluster,
+            logs,
+            runtime,
+            crowd,
+            ..
+        } = self;
+        assert_eq!(runtime.block_on(crowd.finish()).0.len(), listeners);
+        drop(browser);
+        drop(cluster);
+        let _ = std::fs::remove_dir_all(&logs);
+    }
+
+    /// The relay links each node started.
+    fn relays(&self) -> Vec<Option<f64>> {
+        self.nodes
+            .iter()
+            .map(|n| scrape_metric(n.http, "control_relays_started_total"))
+            .collect()
+    }
+}
+
+#[test]
+fn chromium_and_stoa_bench_listeners_on_two_edges_hear_a_speaker_on_the_origin() {
+    let mut setup = Setup::start("relay-browser");
+    let s = &mut setup;
     // The speaker hosts the room; its node is the origin.
-    crowd.join(Role::Speaker).expect("the speaker");
-    crowd.speaker(0, Say::Speak);
-    wait("the speaker placed and sending", &|| {
-        crowd.speaker_servers().first().copied().flatten().is_some()
-    });
-    let origin = crowd.speaker_servers()[0]
-        .and_then(|a| nodes.iter().position(|n| n.http == a))
+    {
+        let _enter = s.runtime.enter();
+        s.crowd.join(Role::Speaker).expect("the speaker");
+    }
+    s.crowd.speaker(0, Say::Speak);
+    let until = Instant::now() + WAIT;
+    while s
+        .crowd
+        .speaker_servers()
+        .first()
+        .copied()
+        .flatten()
+        .is_none()
+    {
+        assert!(
+            Instant::now() < until,
+            "the speaker placed\n{}",
+            s.node_logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let origin = s
+        .node_at(s.crowd.speaker_servers()[0])
         .expect("the speaker on one of the nodes");
-    join_listeners(&mut crowd, CAPACITY - 1);
-    full(origin, CAPACITY);
+    s.join_listeners(CAPACITY - 1, true);
+    s.full(origin, CAPACITY);
 
     // Each edge: a Chromium page first (it opens the room there), then stoa-bench listeners.
     let mut edges = Vec::new();
@@ -298,17 +432,17 @@ fn chromium_and_stoa_bench_listeners_on_two_edges_hear_a_speaker_on_the_origin()
         let identity = format!("chromium-{name}");
         let user_token =
             stoa_bench::product::user_token(KEY, SECRET, &identity, &identity).unwrap();
-        let joined = browser.ask(json!({
+        let joined = s.browser.ask(json!({
             "cmd": "join",
             "name": name,
-            "api": format!("http://{api}"),
-            "room": room,
+            "api": format!("http://{}", s.api),
+            "room": s.room,
             "userToken": user_token,
             "speaker": HOST,
         }));
         eprintln!("{name} joined: {joined}");
         let url = joined["url"].as_str().expect("a media URL");
-        let edge = node_of(&nodes, url).expect("the URL of one of the nodes");
+        let edge = node_of(&s.nodes, url).expect("the URL of one of the nodes");
         assert!(
             edge != origin && !edges.contains(&edge),
             "{name} placed on node {edge} ({url}); origin {origin}, edges so far {edges:?}"
@@ -316,27 +450,25 @@ fn chromium_and_stoa_bench_listeners_on_two_edges_hear_a_speaker_on_the_origin()
         assert_eq!(joined["identity"], identity.as_str());
         assert_eq!(joined["canPublish"], false, "a listener's grant: {joined}");
         edges.push(edge);
-        full(edge, 1);
-        let before = crowd.listeners();
-        join_listeners(&mut crowd, BENCH_PER_EDGE);
-        let servers = crowd.listener_servers();
+        s.full(edge, 1);
+        let before = s.crowd.listeners();
+        s.join_listeners(BENCH_PER_EDGE, true);
+        let placed = s.listener_nodes();
         assert!(
-            servers[before..]
-                .iter()
-                .all(|s| *s == Some(nodes[edge].http)),
-            "stoa-bench listeners after {name} on its edge {}: {servers:?}",
-            nodes[edge].http
+            placed[before..].iter().all(|n| *n == Some(edge)),
+            "stoa-bench listeners after {name} on its edge {edge}: {placed:?}"
         );
-        full(edge, CAPACITY);
+        s.full(edge, CAPACITY);
     }
 
     // Everyone in: each node's stoa-bench listeners keep receiving, and each page hears the
     // tone over a window.
-    let _ = crowd.windows_by_server();
+    let _ = s.crowd.windows_by_server();
     let mut heard = Vec::new();
     for (name, &edge) in ["edge-b", "edge-c"].iter().zip(&edges) {
-        let listened =
-            browser.ask(json!({"cmd": "listen", "name": name, "speaker": HOST, "ms": 3000}));
+        let listened = s
+            .browser
+            .ask(json!({"cmd": "listen", "name": name, "speaker": HOST, "ms": 3000}));
         eprintln!("{name} listened: {listened}");
         let packets = listened["packets"].as_u64().unwrap_or(0);
         let energy = listened["energy"].as_f64().unwrap_or(0.0);
@@ -357,62 +489,107 @@ fn chromium_and_stoa_bench_listeners_on_two_edges_hear_a_speaker_on_the_origin()
         // Chromium runs in the hub: its side of the pair is the hub's end of that edge's link.
         assert!(local.starts_with("10.77."), "{name}'s ICE pair {pair:?}");
         assert!(
-            remote.starts_with(&format!("{}:", nodes[edge].http.ip())),
+            remote.starts_with(&format!("{}:", s.nodes[edge].http.ip())),
             "{name}'s ICE pair {pair:?} does not end at its edge {}",
-            nodes[edge].http.ip()
+            s.nodes[edge].http.ip()
         );
         heard.push(listened);
     }
-    let windows = crowd.windows_by_server();
-    for node in [origin, edges[0], edges[1]] {
-        let received = windows
-            .iter()
-            .find(|(s, _)| *s == Some(nodes[node].http))
-            .map_or(0, |(_, w)| w.received);
-        assert!(
-            received > 0,
-            "node {node}'s stoa-bench listeners received nothing at the end: {:?}",
-            windows
-                .iter()
-                .map(|(s, w)| (s, w.received))
-                .collect::<Vec<_>>()
-        );
-    }
-    let per_node: Vec<usize> = (0..nodes.len())
-        .map(|i| {
-            crowd
-                .listener_servers()
-                .iter()
-                .filter(|s| **s == Some(nodes[i].http))
-                .count()
-        })
-        .collect();
+    s.each_node_receives(&[origin, edges[0], edges[1]]);
+    let per_node = s.listeners_per_node();
     assert_eq!(per_node[origin], CAPACITY - 1, "{per_node:?}");
     assert_eq!(per_node[edges[0]], BENCH_PER_EDGE, "{per_node:?}");
     assert_eq!(per_node[edges[1]], BENCH_PER_EDGE, "{per_node:?}");
-    assert!(crowd.listeners_heard().iter().all(|h| *h));
+    assert!(s.crowd.listeners_heard().iter().all(|h| *h));
     // One link per edge, shared by its Chromium page and its stoa-bench listeners; none from
     // the origin (a node that never started one has no such series).
-    let relays: Vec<Option<f64>> = nodes
-        .iter()
-        .map(|n| scrape_metric(n.http, "control_relays_started_total"))
-        .collect();
+    let relays = s.relays();
     assert_eq!(relays[edges[0]], Some(1.0), "{relays:?}");
     assert_eq!(relays[edges[1]], Some(1.0), "{relays:?}");
     assert!(relays[origin].is_none_or(|v| v == 0.0), "{relays:?}");
-    assert_eq!(
-        runtime.block_on(crowd.finish()).0.len(),
-        CAPACITY - 1 + 2 * BENCH_PER_EDGE
-    );
     eprintln!(
         "origin {} (speaker + {} stoa-bench), edges {} and {} (Chromium + {BENCH_PER_EDGE} \
          stoa-bench each); pages heard {heard:?}",
-        nodes[origin].http,
+        s.nodes[origin].http,
         CAPACITY - 1,
-        nodes[edges[0]].http,
-        nodes[edges[1]].http
+        s.nodes[edges[0]].http,
+        s.nodes[edges[1]].http
     );
-    drop(browser);
-    drop(cluster);
-    let _ = std::fs::remove_dir_all(&logs);
+    setup.finish(CAPACITY - 1 + 2 * BENCH_PER_EDGE);
+}
+
+/// A Chromium page speaking from an edge: three stoa-bench listeners fill the room's origin (no
+/// stage reserve), one more goes to an edge, which links itself to the origin; then a member
+/// invited to speak joins as a Chromium page of the unmodified livekit-client. Her grant names
+/// that edge (the origin is full), she publishes her microphone there (a 1 kHz tone), and the
+/// origin opens its feed from the edge. Everyone hears her: the origin's listeners through the
+/// feed, her edge's on her node, and listeners placed on the other edge after her through the
+/// feed and that edge's link.
+#[test]
+fn a_chromium_speaker_on_an_edge_is_heard_on_the_origin_and_the_other_edge() {
+    let mut setup = Setup::start("relay-browser-speaker");
+    let s = &mut setup;
+    // Nobody speaks yet: the origin's listeners are only placed.
+    s.join_listeners(CAPACITY, false);
+    let placed = s.listener_nodes();
+    let origin = placed[0].expect("the first listener on a node");
+    assert!(placed.iter().all(|n| *n == Some(origin)), "{placed:?}");
+    s.full(origin, CAPACITY);
+    s.join_listeners(1, false);
+    let edge = s.listener_nodes()[CAPACITY].expect("a node");
+    assert_ne!(edge, origin, "the origin is full");
+    s.full(edge, 1);
+
+    let identity = "chromium-speaker";
+    let user_token = stoa_bench::product::user_token(KEY, SECRET, identity, identity).unwrap();
+    let spoke = s.browser.ask(json!({
+        "cmd": "speak",
+        "name": "speaker",
+        "api": format!("http://{}", s.api),
+        "room": s.room,
+        "identity": identity,
+        "userToken": user_token,
+        "serverToken": s.server,
+    }));
+    eprintln!("the speaker: {spoke}");
+    assert_eq!(spoke["canPublish"], true, "a speaker's grant: {spoke}");
+    assert!(spoke["trackSid"].as_str().is_some_and(|t| !t.is_empty()));
+    let url = spoke["url"].as_str().expect("a media URL");
+    assert_eq!(
+        node_of(&s.nodes, url),
+        Some(edge),
+        "her grant names the room's edge ({url})"
+    );
+
+    // The origin's listeners hear her through the feed, the edge's on her node.
+    let until = Instant::now() + WAIT;
+    while !s.crowd.listeners_heard().iter().all(|h| *h) {
+        assert!(
+            Instant::now() < until,
+            "every listener hears the Chromium speaker: {:?}\n{}\n{}",
+            s.crowd.listeners_heard(),
+            s.browser.log_text(),
+            s.node_logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Her edge takes one more listener; the next go to the other edge, which links itself to
+    // the origin and hears her two hops away.
+    s.join_listeners(1, true);
+    s.full(edge, CAPACITY);
+    s.join_listeners(2, true);
+    let placed = s.listener_nodes();
+    let other = placed[CAPACITY + 2].expect("a node");
+    assert!(other != origin && other != edge, "{placed:?}");
+    assert_eq!(placed[CAPACITY + 3], Some(other), "{placed:?}");
+    s.each_node_receives(&[origin, edge, other]);
+    let per_node = s.listeners_per_node();
+    assert_eq!(per_node[origin], CAPACITY, "{per_node:?}");
+    assert_eq!(per_node[edge], 2, "{per_node:?}");
+    assert_eq!(per_node[other], 2, "{per_node:?}");
+    let relays = s.relays();
+    assert_eq!(relays[edge], Some(1.0), "{relays:?}");
+    assert_eq!(relays[other], Some(1.0), "{relays:?}");
+    assert!(relays[origin].is_none_or(|v| v == 0.0), "{relays:?}");
+    setup.finish(CAPACITY + 4);
 }

@@ -81,8 +81,9 @@ struct RelayArgs {
     /// (they join once the origin is full; the origin hears them through its feed from it).
     #[arg(long, value_enum, default_value = "origin")]
     stage: stoa_bench::relay::Stage,
-    /// Participants per node, its `node_capacity`: the origin holds the speakers and the rest
-    /// as listeners, each edge as many listeners (it counts the speakers it mirrors).
+    /// Participants per node, its `node_capacity`: the speakers' node holds them and the rest
+    /// as listeners, every other node as many listeners (an edge does not count the origin's
+    /// speakers it mirrors).
     #[arg(long, default_value_t = 50)]
     listeners: usize,
     /// Listener joins per second.

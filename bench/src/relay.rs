@@ -120,9 +120,11 @@ pub struct RelayParams {
     pub speakers: usize,
     /// Where they are.
     pub stage: Stage,
-    /// Participants per node (`node_capacity`): the origin carries the speakers and
+    /// Participants per node (`node_capacity`). Speakers on the origin: it carries them and
     /// `listeners - speakers` listeners, each edge `listeners` listeners (an edge does not
-    /// count the speakers it mirrors from the origin).
+    /// count the speakers it mirrors from the origin). Speakers on the first edge: the origin
+    /// and the second edge carry `listeners` listeners, the first edge the speakers and
+    /// `listeners - speakers` listeners.
     pub listeners: usize,
     /// Listener joins per second.
     pub join_rate: f64,
@@ -368,19 +370,28 @@ pub struct Round {
     pub edge_over_single: Option<f64>,
 }
 
+/// Node `node`'s CPU change from window `a` to window `b` and its listener change (more in
+/// `b`), if both are known and it gained listeners.
+fn change(a: &Phase, b: &Phase, node: usize) -> Option<(f64, usize)> {
+    let added = b
+        .listeners
+        .get(node)?
+        .checked_sub(*a.listeners.get(node)?)?;
+    let cpu = |p: &Phase| p.cpu_cores.get(node).copied().flatten();
+    (added > 0).then_some((cpu(b)? - cpu(a)?, added))
+}
+
+/// A listener's CPU on `node` from window `a` to window `b`: its CPU change over its listener
+/// change.
+fn per_listener(a: &Phase, b: &Phase, node: usize) -> Option<f64> {
+    change(a, b, node).map(|(cpu, added)| cpu / added as f64)
+}
+
 impl Round {
     /// The round from its two windows, for the origin and the first edge (indices into the
     /// nodes).
     pub fn new(fewer: Phase, back: Phase, origin: usize, edge: usize) -> Round {
-        let per = |node: usize| -> Option<f64> {
-            let added = back
-                .listeners
-                .get(node)?
-                .checked_sub(*fewer.listeners.get(node)?)?;
-            (added > 0).then_some(())?;
-            let cpu = |p: &Phase| p.cpu_cores.get(node).copied().flatten();
-            Some((cpu(&back)? - cpu(&fewer)?) / added as f64)
-        };
+        let per = |node: usize| per_listener(&fewer, &back, node);
         let listener = [per(origin), per(edge)];
         let edge_over_single = match listener {
             [Some(o), Some(e)] if o > 0.0 => Some(e / o),
@@ -396,18 +407,14 @@ impl Round {
 }
 
 /// The rounds pooled: every round's CPU change over every round's listener change, per node;
-/// the edge's over the origin's.
+/// the edge's over the origin's. Rounds whose placement was not confirmed are left out.
 pub fn pooled(rounds: &[Round], origin: usize, edge: usize) -> Option<f64> {
     let sum = |node: usize| -> Option<f64> {
         let (mut cpu, mut listeners) = (0.0, 0usize);
-        for r in rounds {
-            let c = |p: &Phase| p.cpu_cores.get(node).copied().flatten();
-            cpu += c(&r.back)? - c(&r.fewer)?;
-            listeners += r
-                .back
-                .listeners
-                .get(node)?
-                .checked_sub(*r.fewer.listeners.get(node)?)?;
+        for r in rounds.iter().filter(|r| r.fewer.placed && r.back.placed) {
+            let (c, l) = change(&r.fewer, &r.back, node)?;
+            cpu += c;
+            listeners += l;
         }
         (listeners > 0).then(|| cpu / listeners as f64)
     };
@@ -512,21 +519,23 @@ impl RelayReport {
         }
         out.push_str("\n| node | listeners heard | latency p50 / p99 (last phase) | loss | relay hops from the speakers | adds over the speakers' node p50 / p99 |\n|---|---:|---:|---:|---:|---:|\n");
         let last = self.phases.last();
-        for (k, &i) in order.iter().enumerate() {
+        for &i in &order {
             let (n, heard) = self.heard.get(i).copied().unwrap_or((0, 0));
             let lat = last.and_then(|p| p.latency[i]);
-            // Role k's hops from the speakers, and its entry in `added_ms`.
-            let (hops, entry) = match (self.params.stage, k) {
-                (Stage::Origin, 1 | 2) => (1, Some(k - 1)),
-                (Stage::Edge, 0) => (1, Some(0)),
-                (Stage::Edge, 2) => (2, Some(1)),
+            // The node's hops from the speakers, and its entry in `added_ms`, by its role.
+            let role = self.roles.iter().position(|r| *r == Some(i));
+            let (hops, entry) = match (self.params.stage, role) {
+                (Stage::Origin, Some(k @ (1 | 2))) => (1, Some(k - 1)),
+                (Stage::Edge, Some(0)) => (1, Some(0)),
+                (Stage::Edge, Some(2)) => (2, Some(1)),
                 _ => (0, None),
             };
-            let added = match entry {
-                Some(e) => {
+            let added = match (entry, role) {
+                (Some(e), _) => {
                     self.added_ms[e].map_or("-".into(), |(a, b)| format!("{a:+.2} / {b:+.2} ms"))
                 }
-                None => "(the speakers' node)".into(),
+                (None, Some(_)) => "(the speakers' node)".into(),
+                (None, None) => "-".into(),
             };
             out.push_str(&format!(
                 "| {} | {heard}/{n} | {} | {} | {hops} | {added} |\n",
@@ -790,16 +799,18 @@ async fn alternate(
     let (o, e) = (m.nodes[origin].http, m.nodes[edge].http);
     let mut rounds = Vec::new();
     for _ in 0..ctx.params.rounds {
+        // None leaving (no listener known on a node) leaves the round unconfirmed.
         let left = [crowd.leave_on(o, k).await, crowd.leave_on(e, k).await];
         // Placement reads the records: they must show the room made before anyone comes back.
-        let gone = wait_records(ctx.api, ctx.server, clock, |records| {
-            [(o, left[0]), (e, left[1])].iter().all(|(node, left)| {
-                record(records, *node)
-                    .and_then(|r| r["participants"].as_u64())
-                    .is_some_and(|p| p <= (n - left) as u64)
+        let gone = left.iter().all(|l| *l > 0)
+            && wait_records(ctx.api, ctx.server, clock, |records| {
+                [(o, left[0]), (e, left[1])].iter().all(|(node, left)| {
+                    record(records, *node)
+                        .and_then(|r| r["participants"].as_u64())
+                        .is_some_and(|p| p <= (n - left) as u64)
+                })
             })
-        })
-        .await;
+            .await;
         tokio::time::sleep(Duration::from_millis(1_500)).await;
         let fewer = m.phase("fewer listeners", crowd, gone).await;
         // The origin's come back first: it has headroom, so placement sends them there; once
@@ -842,8 +853,8 @@ impl Ctx<'_> {
         wait_full(self.api, self.server, self.clock, http, count).await
     }
 
-    /// The speakers join (placed by the product path) and speak; waits (bounded) until each
-    /// sent audio.
+    /// The speakers join (placed by the product path) and speak; waits (bounded) until they
+    /// sent audio and each opened `/rtc` at its node.
     async fn speakers_join(&self, crowd: &mut Crowd) -> Result<(), ScenarioError> {
         for _ in 0..self.params.speakers {
             crowd.join(Role::Speaker)?;
@@ -852,7 +863,8 @@ impl Ctx<'_> {
             crowd.speaker(i, Command::Speak);
         }
         let until = self.clock.now() + WAIT;
-        while crowd.counters().rtp_sent.load(Ordering::Relaxed) < self.params.speakers as u64
+        while (crowd.counters().rtp_sent.load(Ordering::Relaxed) < self.params.speakers as u64
+            || crowd.speaker_servers().iter().any(Option::is_none))
             && self.clock.now() < until
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -884,11 +896,7 @@ async fn stage_on_origin(
     join(crowd, n - 1, rate, clock, true).await?;
     let placed = ctx.wait_full(edge1, m.nodes, n).await;
     phases.push(m.phase("edge 1 full", crowd, placed).await);
-    join(crowd, 1, rate, clock, true).await?;
-    let edge2 = ctx.last_listener_node(crowd, &[origin, edge1]);
-    phases.push(m.phase("edge 2: first listener", crowd, true).await);
-    join(crowd, n - 1, rate, clock, true).await?;
-    phases.push(m.phase("edge 2 full", crowd, true).await);
+    let edge2 = second_edge(m, crowd, ctx, &mut phases, [origin, edge1]).await?;
     Ok((phases, [origin, edge1, edge2]))
 }
 
@@ -922,12 +930,27 @@ async fn stage_on_edge(
     join(crowd, n - 1 - ctx.params.speakers, rate, clock, true).await?;
     let placed = ctx.wait_full(edge1, m.nodes, n).await;
     phases.push(m.phase("edge 1 full", crowd, placed).await);
+    let edge2 = second_edge(m, crowd, ctx, &mut phases, [origin, edge1]).await?;
+    Ok((phases, [origin, edge1, edge2]))
+}
+
+/// The last two phases of either stage: the second edge's first listener (it links itself to
+/// the origin), then the second edge filled. Returns its role: the node of that listener, if
+/// neither of `taken` (the origin and the first edge).
+async fn second_edge(
+    m: &mut Measure<'_>,
+    crowd: &mut Crowd,
+    ctx: &Ctx<'_>,
+    phases: &mut Vec<Phase>,
+    taken: [Option<usize>; 2],
+) -> Result<Option<usize>, ScenarioError> {
+    let (n, rate, clock) = (ctx.params.listeners, ctx.params.join_rate, ctx.clock);
     join(crowd, 1, rate, clock, true).await?;
-    let edge2 = ctx.last_listener_node(crowd, &[origin, edge1]);
+    let edge2 = ctx.last_listener_node(crowd, &taken);
     phases.push(m.phase("edge 2: first listener", crowd, true).await);
     join(crowd, n - 1, rate, clock, true).await?;
     phases.push(m.phase("edge 2 full", crowd, true).await);
-    Ok((phases, [origin, edge1, edge2]))
+    Ok(edge2)
 }
 
 /// What every phase samples.
@@ -1104,11 +1127,8 @@ pub fn costs(phases: &[Phase], roles: [Option<usize>; 3], speakers: usize) -> Co
     let count =
         |p: usize, node: usize| phases.get(p).and_then(|ph| ph.listeners.get(node).copied());
     // A listener's cost on `node` from phase a to phase b.
-    let per_listener = |node: usize, a: usize, b: usize| -> Option<f64> {
-        let added = count(b, node)?.checked_sub(count(a, node)?)?;
-        (added > 0).then_some(())?;
-        Some((cpu(b, node)? - cpu(a, node)?) / added as f64)
-    };
+    let per_listener =
+        |node: usize, a: usize, b: usize| per_listener(phases.get(a)?, phases.get(b)?, node);
     let mut c = Costs::default();
     let [Some(origin), edge1, edge2] = roles else {
         return c;
@@ -1241,6 +1261,11 @@ mod tests {
             0,
         );
         assert!(none.listener[0].is_none() && none.edge_over_single.is_none());
+        // A round whose placement was not confirmed is left out of the pooled figure.
+        let mut unconfirmed = r1.clone();
+        unconfirmed.back.placed = false;
+        let only_r1 = super::pooled(&[r1.clone(), unconfirmed], 2, 0);
+        assert!(near(only_r1, 1.1), "{only_r1:?}");
     }
 
     #[test]

@@ -396,10 +396,19 @@ impl Crowd {
             return;
         }
         let handle = self.listeners.remove(0);
-        handle.command(Command::Leave);
-        let totals = client::lock(&handle.reception).totals();
-        let outcome = handle.finish().await;
-        self.gone.push((totals, outcome));
+        self.let_go(vec![handle]).await;
+    }
+
+    /// `leaving` leave together; what they measured is kept.
+    async fn let_go(&mut self, leaving: Vec<ClientHandle>) {
+        for handle in &leaving {
+            handle.command(Command::Leave);
+        }
+        for handle in leaving {
+            let totals = client::lock(&handle.reception).totals();
+            let outcome = handle.finish().await;
+            self.gone.push((totals, outcome));
+        }
     }
 
     /// The oldest `count` listeners who opened `/rtc` at `server` leave (together); what they
@@ -414,15 +423,8 @@ impl Crowd {
                 i += 1;
             }
         }
-        for handle in &leaving {
-            handle.command(Command::Leave);
-        }
         let left = leaving.len();
-        for handle in leaving {
-            let totals = client::lock(&handle.reception).totals();
-            let outcome = handle.finish().await;
-            self.gone.push((totals, outcome));
-        }
+        self.let_go(leaving).await;
         left
     }
 

@@ -44,7 +44,7 @@ import { createRequire } from 'node:module';
 import { chromium } from 'playwright-core';
 import { AccessToken, RoomServiceClient } from 'livekit-server-sdk';
 
-import { call, startPageServer } from './pages.mjs';
+import { call, sineWav, startPageServer } from './pages.mjs';
 
 const require = createRequire(import.meta.url);
 
@@ -183,31 +183,6 @@ function errorText(e) {
     .filter((k) => e[k] !== undefined && e[k] !== null)
     .map((k) => `${k}=${e[k]}`);
   return extra.length ? `${parts} (${extra.join(', ')})` : parts;
-}
-
-/** 16-bit mono PCM WAV, 48 kHz, `seconds` of a sine at `freq` Hz and `amplitude` (0..1). */
-function sineWav(freq, seconds, amplitude) {
-  const rate = 48_000;
-  const samples = rate * seconds;
-  const buf = Buffer.alloc(44 + samples * 2);
-  buf.write('RIFF', 0);
-  buf.writeUInt32LE(36 + samples * 2, 4);
-  buf.write('WAVE', 8);
-  buf.write('fmt ', 12);
-  buf.writeUInt32LE(16, 16); // fmt chunk size
-  buf.writeUInt16LE(1, 20); // PCM
-  buf.writeUInt16LE(1, 22); // mono
-  buf.writeUInt32LE(rate, 24);
-  buf.writeUInt32LE(rate * 2, 28); // byte rate
-  buf.writeUInt16LE(2, 32); // block align
-  buf.writeUInt16LE(16, 34); // bits per sample
-  buf.write('data', 36);
-  buf.writeUInt32LE(samples * 2, 40);
-  for (let i = 0; i < samples; i++) {
-    const v = Math.round(amplitude * 32767 * Math.sin((2 * Math.PI * freq * i) / rate));
-    buf.writeInt16LE(v, 44 + i * 2);
-  }
-  return buf;
 }
 
 async function token(identity, grant) {

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
-// Chromium listeners for tests/relay_browser.rs: pages of the unmodified livekit-client (page.html
+// Chromium pages for tests/relay_browser.rs: pages of the unmodified livekit-client (page.html
 // and page.js, served by pages.mjs as for e2e.mjs) that join a room through the product path and
-// report what they hear. The Rust test runs this script in the hub of its network namespaces, where
+// report what they hear, or speak. The Rust test runs this script in the hub of its network namespaces, where
 // the nodes' addresses (10.77.N.2) are reachable and nothing else is, and drives it over a line
 // protocol: one JSON command per stdin line, one JSON answer per stdout line.
 //
@@ -14,6 +14,12 @@
 //       What page N received of S over M ms (packets, energy, loss; all must grow for the
 //       listener to be hearing now) and the dominant frequency it decodes over the same time
 //       (WebAudio analyser). Answer: {name, ok, url, packets, energy, hz, peakDb, pair, codec}.
+//   {"cmd":"speak","name":N,"api":A,"room":R,"identity":I,"userToken":T,"serverToken":S}
+//       A new page N that speaks: member I asks for a grant (a listener's), the host's app
+//       invites I to speak with the server token S (`POST .../members/{I}/invite_to_speak`),
+//       I asks again (a speaker's grant, naming the node placement chose), livekit-client
+//       connects there and publishes the fake microphone: a 1 kHz tone. Answer: {name, ok, url,
+//       identity, canPublish, trackSid}.
 //   {"cmd":"quit"} (or the end of stdin): closes Chromium and exits 0.
 //
 // A failed command answers {name, ok: false, error}. The first line is {"ready": true, ...}
@@ -24,14 +30,14 @@
 // Environment: CHROMIUM (/usr/bin/chromium), EDGE_TIMEOUT_MS, EDGE_VERBOSE, EDGE_LOG_LEVEL
 // (livekit-client's log level in the pages, info).
 
-import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { chromium } from 'playwright-core';
 
-import { call, startPageServer } from './pages.mjs';
+import { call, sineWav, startPageServer } from './pages.mjs';
 
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const DEADLINE_MS = Number(process.env.EDGE_TIMEOUT_MS || 120_000);
@@ -84,13 +90,13 @@ async function inbound(page, speaker) {
   return stats.ok ? stats : undefined;
 }
 
-async function joinPage(context, pageUrl, pages, cmd) {
-  if (pages.has(cmd.name)) throw new Error(`page ${cmd.name} exists already`);
-  const grant = await mediaGrant(cmd.api, cmd.room, cmd.userToken);
+/** A new page `name` of livekit-client connected with `grant`; the page and what connect said. */
+async function openPage(context, pageUrl, pages, name, grant) {
+  if (pages.has(name)) throw new Error(`page ${name} exists already`);
   const page = await context.newPage();
-  pages.set(cmd.name, { page, url: grant.url });
-  page.on('console', (msg) => consoleLines.push(`[${cmd.name}] ${msg.type()}: ${msg.text()}`));
-  page.on('pageerror', (err) => consoleLines.push(`[${cmd.name}] pageerror: ${err.stack || err}`));
+  pages.set(name, { page, url: grant.url });
+  page.on('console', (msg) => consoleLines.push(`[${name}] ${msg.type()}: ${msg.text()}`));
+  page.on('pageerror', (err) => consoleLines.push(`[${name}] pageerror: ${err.stack || err}`));
   await page.addInitScript((level) => {
     window.__e2eLogLevel = level;
   }, LOG_LEVEL);
@@ -101,6 +107,13 @@ async function joinPage(context, pageUrl, pages, cmd) {
   }
   const joined = await within(T.connect, 'connect', call(page, 'connect', grant.url, grant.token));
   if (!joined.ok) throw new Error(`connect to ${grant.url}: ${JSON.stringify(joined.error)}`);
+  return { page, info, joined };
+}
+
+async function joinPage(context, pageUrl, pages, cmd) {
+  if (pages.has(cmd.name)) throw new Error(`page ${cmd.name} exists already`);
+  const grant = await mediaGrant(cmd.api, cmd.room, cmd.userToken);
+  const { page, info, joined } = await openPage(context, pageUrl, pages, cmd.name, grant);
   const heard = await within(T.hear, `hear ${cmd.speaker}`, (async () => {
     for (;;) {
       const s = await inbound(page, cmd.speaker);
@@ -114,6 +127,28 @@ async function joinPage(context, pageUrl, pages, cmd) {
     canPublish: joined.canPublish,
     livekitClient: info.version,
     heard,
+  };
+}
+
+async function speakPage(context, pageUrl, pages, cmd) {
+  if (pages.has(cmd.name)) throw new Error(`page ${cmd.name} exists already`);
+  await mediaGrant(cmd.api, cmd.room, cmd.userToken);
+  const member = `${cmd.api}/api/rooms/${encodeURIComponent(cmd.room)}/members/${encodeURIComponent(cmd.identity)}`;
+  const invited = await fetch(`${member}/invite_to_speak`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${cmd.serverToken}` },
+    signal: AbortSignal.timeout(T.token),
+  });
+  if (!invited.ok) throw new Error(`invite_to_speak: HTTP ${invited.status}: ${await invited.text()}`);
+  const grant = await mediaGrant(cmd.api, cmd.room, cmd.userToken);
+  const { page, joined } = await openPage(context, pageUrl, pages, cmd.name, grant);
+  const published = await within(T.connect, 'publish', call(page, 'publishMicrophone'));
+  if (!published.ok) throw new Error(`publish: ${JSON.stringify(published.error)}`);
+  return {
+    url: grant.url,
+    identity: joined.identity,
+    canPublish: joined.canPublish,
+    trackSid: published.trackSid,
   };
 }
 
@@ -142,6 +177,9 @@ async function main() {
   if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} not found: run ./test.sh`);
   const work = mkdtempSync(join(tmpdir(), 'stoa-edge-'));
   const chromiumLog = join(work, 'chromium.log');
+  // What a speaking page's fake microphone plays.
+  const wav = join(work, 'tone1k.wav');
+  writeFileSync(wav, sineWav(1000, 10, 0.5));
   const http = await startPageServer();
   const pageUrl = `http://127.0.0.1:${http.address().port}/`;
   let context;
@@ -191,6 +229,9 @@ async function main() {
         '--disable-background-networking',
         '--disable-component-update',
         '--disable-sync',
+        '--use-fake-ui-for-media-stream',
+        '--use-fake-device-for-media-stream',
+        `--use-file-for-fake-audio-capture=${wav}`,
         '--autoplay-policy=no-user-gesture-required',
         '--allow-loopback-in-peer-connection',
         // Receive-only pages would otherwise hide host candidates behind mDNS names, which
@@ -218,6 +259,7 @@ async function main() {
     try {
       let value;
       if (cmd.cmd === 'join') value = await joinPage(context, pageUrl, pages, cmd);
+      else if (cmd.cmd === 'speak') value = await speakPage(context, pageUrl, pages, cmd);
       else if (cmd.cmd === 'listen') value = await listenPage(pages, cmd);
       else throw new Error(`unknown command ${cmd.cmd}`);
       answer({ name: cmd.name, ok: true, ...value });

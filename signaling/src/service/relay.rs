@@ -163,7 +163,8 @@ impl LinkTask {
             self.to_core.clone(),
         );
         if let Err(why) = self.serve(cmds).await {
-            tracing::warn!(room = %room, feed = feed.is_some(), reason = %why, "relay link ended");
+            // Debug-formatted: a refused feed's reason carries a URL taken from a token.
+            tracing::warn!(room = %room, feed = feed.is_some(), reason = ?why, "relay link ended");
         }
         let msg = Msg::RelayClosed {
             room,
