@@ -697,14 +697,12 @@ pub async fn run(
         redis: &mut redis,
         harness: ProcProbe::new(std::process::id()),
     };
-    let index_of =
-        |addr: Option<SocketAddr>| addr.and_then(|a| nodes.iter().position(|n| n.http == a));
     let ctx = Ctx {
+        nodes,
         api,
         server: &server,
         clock,
         params,
-        index_of: &index_of,
     };
     let (phases, roles) = match params.stage {
         Stage::Origin => stage_on_origin(&mut m, &mut crowd, &ctx).await?,
@@ -724,7 +722,7 @@ pub async fn run(
     let on = |role: Option<usize>| {
         speakers
             .iter()
-            .filter(|s| role.is_some() && index_of(**s) == role)
+            .filter(|s| role.is_some() && ctx.index_of(**s) == role)
             .count()
     };
     let speakers_on_origin = on(roles[0]);
@@ -739,7 +737,7 @@ pub async fn run(
         .into_iter()
         .zip(crowd.listeners_heard())
     {
-        if let Some(i) = index_of(server) {
+        if let Some(i) = ctx.index_of(server) {
             heard[i].0 += 1;
             heard[i].1 += usize::from(h);
         }
@@ -816,9 +814,9 @@ async fn alternate(
         // The origin's come back first: it has headroom, so placement sends them there; once
         // it is full, the first edge is the one node with headroom.
         join(crowd, left[0], rate, clock, true).await?;
-        let placed = ctx.wait_full(Some(origin), m.nodes, n).await;
+        let placed = ctx.wait_full(Some(origin), n).await;
         join(crowd, left[1], rate, clock, true).await?;
-        let placed = ctx.wait_full(Some(edge), m.nodes, n).await && placed;
+        let placed = ctx.wait_full(Some(edge), n).await && placed;
         let back = m.phase("listeners back", crowd, placed).await;
         rounds.push(Round::new(fewer, back, origin, edge));
     }
@@ -833,23 +831,28 @@ struct Ctx<'a> {
     server: &'a str,
     clock: Clock,
     params: &'a RelayParams,
-    /// The index in the nodes of the node at an address.
-    index_of: &'a dyn Fn(Option<SocketAddr>) -> Option<usize>,
+    /// The nodes, in the order they were started.
+    nodes: &'a [Node],
 }
 
 impl Ctx<'_> {
+    /// The index in the nodes of the node at `addr`.
+    fn index_of(&self, addr: Option<SocketAddr>) -> Option<usize> {
+        addr.and_then(|a| self.nodes.iter().position(|n| n.http == a))
+    }
+
     /// The node of the listener who joined last, unless it is one of `not`.
     fn last_listener_node(&self, crowd: &Crowd, not: &[Option<usize>]) -> Option<usize> {
         crowd
             .listener_servers()
             .last()
-            .and_then(|s| (self.index_of)(*s))
+            .and_then(|s| self.index_of(*s))
             .filter(|n| !not.contains(&Some(*n)))
     }
 
     /// Waits until the node at role `node` shows `count` participants in its record.
-    async fn wait_full(&self, node: Option<usize>, nodes: &[Node], count: usize) -> bool {
-        let http = node.and_then(|n| nodes.get(n)).map(|n| n.http);
+    async fn wait_full(&self, node: Option<usize>, count: usize) -> bool {
+        let http = node.and_then(|n| self.nodes.get(n)).map(|n| n.http);
         wait_full(self.api, self.server, self.clock, http, count).await
     }
 
@@ -883,10 +886,10 @@ async fn stage_on_origin(
     let (n, rate, clock) = (ctx.params.listeners, ctx.params.join_rate, ctx.clock);
     let mut phases = vec![m.phase("idle", crowd, true).await];
     ctx.speakers_join(crowd).await?;
-    let origin = (ctx.index_of)(crowd.speaker_servers().first().copied().flatten());
+    let origin = ctx.index_of(crowd.speaker_servers().first().copied().flatten());
     phases.push(m.phase("speakers", crowd, true).await);
     join(crowd, n - ctx.params.speakers, rate, clock, true).await?;
-    let placed = ctx.wait_full(origin, m.nodes, n).await;
+    let placed = ctx.wait_full(origin, n).await;
     phases.push(m.phase("origin full", crowd, placed).await);
     join(crowd, 1, rate, clock, true).await?;
     let edge1 = ctx.last_listener_node(crowd, &[origin]);
@@ -894,7 +897,7 @@ async fn stage_on_origin(
     // An edge counts its own listeners only (not the origin's speakers it mirrors): it is
     // full at `n` listeners.
     join(crowd, n - 1, rate, clock, true).await?;
-    let placed = ctx.wait_full(edge1, m.nodes, n).await;
+    let placed = ctx.wait_full(edge1, n).await;
     phases.push(m.phase("edge 1 full", crowd, placed).await);
     let edge2 = second_edge(m, crowd, ctx, &mut phases, [origin, edge1]).await?;
     Ok((phases, [origin, edge1, edge2]))
@@ -916,19 +919,19 @@ async fn stage_on_edge(
     let origin = crowd
         .listener_servers()
         .first()
-        .and_then(|s| (ctx.index_of)(*s));
-    let placed = ctx.wait_full(origin, m.nodes, n).await;
+        .and_then(|s| ctx.index_of(*s));
+    let placed = ctx.wait_full(origin, n).await;
     phases.push(m.phase("origin full (listeners)", crowd, placed).await);
     join(crowd, 1, rate, clock, false).await?;
     let edge1 = ctx.last_listener_node(crowd, &[origin]);
-    let placed = ctx.wait_full(edge1, m.nodes, 1).await;
+    let placed = ctx.wait_full(edge1, 1).await;
     phases.push(m.phase("edge 1: first listener", crowd, placed).await);
     ctx.speakers_join(crowd).await?;
     wait_heard(crowd, 0, clock).await;
     phases.push(m.phase("speakers on edge 1", crowd, true).await);
     // The edge counts its speakers among its participants.
     join(crowd, n - 1 - ctx.params.speakers, rate, clock, true).await?;
-    let placed = ctx.wait_full(edge1, m.nodes, n).await;
+    let placed = ctx.wait_full(edge1, n).await;
     phases.push(m.phase("edge 1 full", crowd, placed).await);
     let edge2 = second_edge(m, crowd, ctx, &mut phases, [origin, edge1]).await?;
     Ok((phases, [origin, edge1, edge2]))

@@ -44,7 +44,8 @@ import { createRequire } from 'node:module';
 import { chromium } from 'playwright-core';
 import { AccessToken, RoomServiceClient } from 'livekit-server-sdk';
 
-import { call, sineWav, startPageServer } from './pages.mjs';
+import { sineWav } from '../web/audio.mjs';
+import { call, startPageServer } from './pages.mjs';
 
 const require = createRequire(import.meta.url);
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env node
 // Chromium pages for tests/relay_browser.rs: pages of the unmodified livekit-client (page.html
 // and page.js, served by pages.mjs as for e2e.mjs) that join a room through the product path and
-// report what they hear, or speak. The Rust test runs this script in the hub of its network namespaces, where
-// the nodes' addresses (10.77.N.2) are reachable and nothing else is, and drives it over a line
-// protocol: one JSON command per stdin line, one JSON answer per stdout line.
+// report what they hear, or speak. The Rust test runs this script in the hub of its network
+// namespaces, where the nodes' addresses (10.77.N.2) are reachable and nothing else is, and
+// drives it over a line protocol: one JSON command per stdin line, one JSON answer per stdout
+// line.
 //
 //   {"cmd":"join","name":N,"api":"http://10.77.1.2:7880","room":R,"userToken":T,"speaker":S}
 //       A new page N: `POST {api}/api/rooms/{R}/token` with the user token T (as an app's
@@ -37,7 +38,8 @@ import { join } from 'node:path';
 
 import { chromium } from 'playwright-core';
 
-import { call, sineWav, startPageServer } from './pages.mjs';
+import { sineWav } from '../web/audio.mjs';
+import { call, startPageServer } from './pages.mjs';
 
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const DEADLINE_MS = Number(process.env.EDGE_TIMEOUT_MS || 120_000);

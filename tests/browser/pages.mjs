@@ -1,6 +1,6 @@
 // What e2e.mjs and edge.mjs share: the static server for the test page (page.html, page.js and
-// livekit-client's UMD bundle from node_modules), `call`, which runs one of the page's
-// window.e2e methods, and `sineWav`, the tone their fake microphones play.
+// livekit-client's UMD bundle from node_modules), and `call`, which runs one of the page's
+// window.e2e methods. The tone their fake microphones play is tests/web/audio.mjs's `sineWav`.
 
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
@@ -47,29 +47,4 @@ export async function startPageServer() {
 /** Calls window.e2e[method](...args) in `page`. */
 export function call(page, method, ...args) {
   return page.evaluate(([m, a]) => window.e2e[m](...a), [method, args]);
-}
-
-/** 16-bit mono PCM WAV, 48 kHz, `seconds` of a sine at `freq` Hz and `amplitude` (0..1). */
-export function sineWav(freq, seconds, amplitude) {
-  const rate = 48_000;
-  const samples = rate * seconds;
-  const buf = Buffer.alloc(44 + samples * 2);
-  buf.write('RIFF', 0);
-  buf.writeUInt32LE(36 + samples * 2, 4);
-  buf.write('WAVE', 8);
-  buf.write('fmt ', 12);
-  buf.writeUInt32LE(16, 16); // fmt chunk size
-  buf.writeUInt16LE(1, 20); // PCM
-  buf.writeUInt16LE(1, 22); // mono
-  buf.writeUInt32LE(rate, 24);
-  buf.writeUInt32LE(rate * 2, 28); // byte rate
-  buf.writeUInt16LE(2, 32); // block align
-  buf.writeUInt16LE(16, 34); // bits per sample
-  buf.write('data', 36);
-  buf.writeUInt32LE(samples * 2, 40);
-  for (let i = 0; i < samples; i++) {
-    const v = Math.round(amplitude * 32767 * Math.sin((2 * Math.PI * freq * i) / rate));
-    buf.writeInt16LE(v, 44 + i * 2);
-  }
-  return buf;
 }

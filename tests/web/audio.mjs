@@ -1,5 +1,6 @@
 // Audio for the web tests: their fake microphones (Chromium's --use-file-for-fake-audio-capture)
-// and whether a participant's audio reaches a page.
+// and whether a participant's audio reaches a page. Imports nothing, so that the browser tests'
+// scripts (tests/browser/e2e.mjs, edge.mjs) take their fake microphones' tone from here too.
 
 /** 16-bit mono PCM WAV, 48 kHz, `seconds` of a sine at `freq` Hz. */
 export function sineWav(freq, seconds, amplitude) {

@@ -27,6 +27,9 @@
 //! its next announcement of a speaker in any case. The edge's node reports its
 //! speaker's speaking time and webhooks; the origin does not report them again.
 
+use std::collections::BTreeMap;
+use std::time::Instant;
+
 use livekit_protocol as lk;
 use livekit_protocol::signal_response;
 use stoa_sfu::{EngineCommand, MediaLabel, PeerId, TrackId};
@@ -96,15 +99,7 @@ impl Server {
     /// edge still announces a speaker in the room (else it is forgotten).
     pub(super) fn retry_feeds(&mut self) {
         self.end_orphaned_feeds();
-        let now = self.now;
-        let due: Vec<FeedKey> = self
-            .feed_retry
-            .iter()
-            .filter(|(_, at)| **at <= now)
-            .map(|(key, _)| key.clone())
-            .collect();
-        for key in due {
-            self.feed_retry.remove(&key);
+        for key in take_due(&mut self.feed_retry, self.now) {
             let (room, edge) = &key;
             let speaker = self.roster_in.get(room).and_then(|announced| {
                 announced.iter().find_map(|(psid, from)| {
@@ -151,7 +146,7 @@ impl Server {
     /// counts: who is in the room comes from the edge's announcements (`roster`).
     pub fn handle_feed_response(
         &mut self,
-        now: std::time::Instant,
+        now: Instant,
         room: &str,
         edge: &str,
         message: signal_response::Message,
@@ -172,7 +167,7 @@ impl Server {
 
     /// The feed of `room` from `edge` closed (or could not open). The edge's next
     /// announcement of a speaker opens it again.
-    pub fn handle_feed_closed(&mut self, now: std::time::Instant, room: &str, edge: &str) {
+    pub fn handle_feed_closed(&mut self, now: Instant, room: &str, edge: &str) {
         self.advance(now);
         self.end_feed(
             &(room.to_owned(), edge.to_owned()),
@@ -241,15 +236,7 @@ impl Server {
     /// Feeds whose edge's last relay session ended [`FEED_RETRY`] ago or more end now unless
     /// a relay session of that edge is in the room again.
     fn end_orphaned_feeds(&mut self) {
-        let now = self.now;
-        let due: Vec<FeedKey> = self
-            .feed_orphans
-            .iter()
-            .filter(|(_, at)| **at <= now)
-            .map(|(key, _)| key.clone())
-            .collect();
-        for key in due {
-            self.feed_orphans.remove(&key);
+        for key in take_due(&mut self.feed_orphans, self.now) {
             let (room, url) = &key;
             let linked = self
                 .room_sessions(room)
@@ -472,4 +459,17 @@ impl Server {
             }
         }
     }
+}
+
+/// The keys of `timers` due at `now`, in key order, taken out of it.
+fn take_due(timers: &mut BTreeMap<FeedKey, Instant>, now: Instant) -> Vec<FeedKey> {
+    let due: Vec<FeedKey> = timers
+        .iter()
+        .filter(|(_, at)| **at <= now)
+        .map(|(key, _)| key.clone())
+        .collect();
+    for key in &due {
+        timers.remove(key);
+    }
+    due
 }
