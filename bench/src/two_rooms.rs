@@ -25,9 +25,13 @@ use crate::client::{Command, Depth, Role};
 use crate::clock::Clock;
 use crate::report::{StepQuantiles, join_steps};
 use crate::scenario::{Crowd, MAX_CLIENTS, ScenarioError, Target, percentile};
+use crate::threads::{ThreadSample, ThreadTime, summary};
 
 /// Longest a storm's listeners wait for audio after the last of them joined.
 const STORM_PLAY: Duration = Duration::from_secs(4);
+
+/// With room B's clients on their own thread, the nice value of the rest of the harness.
+pub const ROOM_A_NICE: i32 = 10;
 
 /// What to run.
 #[derive(Debug, Clone, Serialize)]
@@ -50,10 +54,11 @@ pub struct TwoRoomsParams {
     pub b_join_rate: f64,
     /// Storm pairs (idle, busy), alternating.
     pub rounds: usize,
-    /// Room B's clients run on a harness thread of their own (a runtime the caller gives
-    /// [`run`]) rather than beside room A's: as on separate devices, a room B client's
-    /// handshake then does not wait behind room A's clients' work in the harness (a
-    /// reaction reaches all of room A's clients at once).
+    /// Room B's clients (and their socket reader) run on a harness thread of their own (a
+    /// runtime the caller gives [`run`]) rather than beside room A's. As on separate devices,
+    /// a room B client's handshake then does not wait behind room A's clients' work in the
+    /// harness (a reaction reaches all of room A's clients at once): the caller runs the rest
+    /// of the harness at [`ROOM_A_NICE`], below room B's thread.
     pub b_own_thread: bool,
 }
 
@@ -112,6 +117,10 @@ pub struct Storm {
     ///
     /// [`Report::join_steps_ms`]: crate::report::Report::join_steps_ms
     pub join_steps_ms: Vec<StepQuantiles>,
+    /// The server's threads over the storm (when its pid is known): run and run-queue wait.
+    pub server_threads: Vec<ThreadTime>,
+    /// The harness's threads over the storm.
+    pub harness_threads: Vec<ThreadTime>,
     /// Every listener's join to first audio, ms, sorted.
     #[serde(skip)]
     pub samples: Vec<u32>,
@@ -174,6 +183,16 @@ impl TwoRoomsReport {
                 steps.join(", ")
             ));
         }
+        out.push_str("\nthreads over each storm, run / waiting for a CPU, ms:\n");
+        for (i, s) in self.storms.iter().enumerate() {
+            out.push_str(&format!(
+                "storm {} ({}): server: {}; harness: {}\n",
+                i + 1,
+                if s.busy { "busy" } else { "idle" },
+                summary(&s.server_threads),
+                summary(&s.harness_threads),
+            ));
+        }
         let [idle, busy] = self.p95_idle_busy_ms;
         out.push_str(&format!(
             "\nroom A: {} of {} clients heard audio; room B pooled p95: idle {} ms, busy {} ms; busy ÷ idle = {}\n",
@@ -199,12 +218,13 @@ struct Busy {
 
 /// Run the two-room benchmark against `target` (its room name is the prefix of both rooms).
 /// `b_clients`: where room B's clients run, when `params.b_own_thread` (the current runtime
-/// otherwise).
+/// otherwise). Each storm reports the server's threads when `target.pid` is known.
 pub async fn run(
     target: Target,
     params: &TwoRoomsParams,
     b_clients: Option<tokio::runtime::Handle>,
 ) -> Result<TwoRoomsReport, ScenarioError> {
+    let server_pid = target.pid;
     params.validate()?;
     if params.b_own_thread != b_clients.is_some() {
         return Err(ScenarioError::Invalid(
@@ -299,15 +319,20 @@ pub async fn run(
             busy.failed.load(Ordering::Relaxed),
             busy.rotations.load(Ordering::Relaxed),
         );
-        let mut b = Crowd::new(
-            Target {
-                room: format!("{}-b{round}", target.room),
-                ..target.clone()
-            },
-            deadline,
-            0,
-            Depth::Header,
-        )?;
+        let threads_before = sample_threads(server_pid);
+        let b_target = Target {
+            room: format!("{}-b{round}", target.room),
+            ..target.clone()
+        };
+        // Made where room B's clients run: the crowd's socket reader thread starts there,
+        // with that thread's priority.
+        let mut b = match &b_clients {
+            Some(h) => h
+                .spawn(async move { Crowd::new(b_target, deadline, 0, Depth::Header) })
+                .await
+                .map_err(|e| ScenarioError::Invalid(format!("room B's runtime: {e}")))??,
+            None => Crowd::new(b_target, deadline, 0, Depth::Header)?,
+        };
         b_join(&mut b, Role::Speaker)?;
         b.speaker(0, Command::Speak);
         let audio = clock.now() + Duration::from_secs(10);
@@ -348,6 +373,7 @@ pub async fn run(
             sleep_until(wake.min(end)).await;
         }
         busy.on.store(false, Ordering::Relaxed);
+        let threads_after = sample_threads(server_pid);
         let (listeners, _) = b.finish().await;
         let mut ms: Vec<u32> = listeners
             .iter()
@@ -368,6 +394,8 @@ pub async fn run(
             reactions_failed: busy.failed.load(Ordering::Relaxed) - before.1,
             rotations: busy.rotations.load(Ordering::Relaxed) - before.2,
             join_steps_ms: join_steps(listeners.iter().map(|(t, _)| t)),
+            server_threads: threads_after.0.since(&threads_before.0),
+            harness_threads: threads_after.1.since(&threads_before.1),
             samples: ms,
         });
         // Let the room B storm's leaves drain before the next.
@@ -437,6 +465,14 @@ fn send_reaction(http: SocketAddr, room: &str, token: &str) -> bool {
     }
     let mut status = [0u8; 12];
     stream.read_exact(&mut status).is_ok() && status.ends_with(b"200")
+}
+
+/// The server's threads (when its pid is known; none otherwise) and this harness's.
+fn sample_threads(server_pid: Option<u32>) -> (ThreadSample, ThreadSample) {
+    let server = server_pid
+        .and_then(|pid| ThreadSample::read(&pid.to_string()).ok())
+        .unwrap_or_default();
+    (server, ThreadSample::read("self").unwrap_or_default())
 }
 
 async fn sleep_until(at: Instant) {
