@@ -342,6 +342,8 @@ pub async fn run(
         let gap = Duration::from_secs_f64(1.0 / params.b_join_rate);
         let mut next = clock.now();
         let mut next_rotation = clock.now() + params.rotate_every;
+        // With one speaker in room A there is no floor to pass.
+        let rotating = is_busy && params.a_speakers > 1;
         let end_joins =
             clock.now() + Duration::from_secs_f64(params.b_listeners as f64 / params.b_join_rate);
         let mut joined = 0;
@@ -353,24 +355,19 @@ pub async fn run(
                 joined += 1;
                 next += gap;
             }
-            if is_busy && params.a_speakers > 1 && now >= next_rotation {
+            if rotating && now >= next_rotation {
                 a.speaker(floor, Command::Silence);
                 floor = (floor + 1) % params.a_speakers;
                 a.speaker(floor, Command::Speak);
                 busy.rotations.fetch_add(1, Ordering::Relaxed);
                 next_rotation += params.rotate_every;
             }
-            let wake = if joined < params.b_listeners {
-                next
-            } else {
-                end
-            };
-            let wake = if is_busy {
-                wake.min(next_rotation)
-            } else {
-                wake
-            };
-            sleep_until(wake.min(end)).await;
+            let wake = storm_wake(
+                (joined < params.b_listeners).then_some(next),
+                rotating.then_some(next_rotation),
+                end,
+            );
+            sleep_until(wake).await;
         }
         busy.on.store(false, Ordering::Relaxed);
         let threads_after = sample_threads(server_pid);
@@ -467,6 +464,15 @@ fn send_reaction(http: SocketAddr, room: &str, token: &str) -> bool {
     stream.read_exact(&mut status).is_ok() && status.ends_with(b"200")
 }
 
+/// When the storm driver wakes next: the next join (while joins are left), the next floor
+/// change (while room A is busy with more than one speaker), at the latest the storm's end.
+fn storm_wake(join: Option<Instant>, rotation: Option<Instant>, end: Instant) -> Instant {
+    [join, rotation]
+        .into_iter()
+        .flatten()
+        .fold(end, Instant::min)
+}
+
 /// The server's threads (when its pid is known; none otherwise) and this harness's.
 fn sample_threads(server_pid: Option<u32>) -> (ThreadSample, ThreadSample) {
     let server = server_pid
@@ -477,4 +483,21 @@ fn sample_threads(server_pid: Option<u32>) -> (ThreadSample, ThreadSample) {
 
 async fn sleep_until(at: Instant) {
     tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_storm_driver_wakes_for_what_is_left_only() {
+        let t0 = crate::clock::Clock::start().now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert_eq!(storm_wake(Some(at(10)), Some(at(5)), at(100)), at(5));
+        assert_eq!(storm_wake(Some(at(10)), None, at(100)), at(10));
+        // Joins done, no floor to pass: the end, not a floor change long past (which would
+        // wake it at once, over and over).
+        assert_eq!(storm_wake(None, None, at(100)), at(100));
+        assert_eq!(storm_wake(None, Some(at(200)), at(100)), at(100));
+    }
 }
