@@ -335,6 +335,7 @@ fn two_rooms_with_room_b_on_a_thread_of_its_own() {
     let runtime = runtime();
     let room_b = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
+        .thread_name("room-b-clients")
         .enable_all()
         .build()
         .unwrap();
@@ -382,6 +383,14 @@ fn two_rooms_with_room_b_on_a_thread_of_its_own() {
     assert!(busy.reactions > 0 && busy.reactions_failed == 0, "{busy:?}");
     assert!(busy.rotations > 0, "{busy:?}");
     assert!(report.busy_over_idle_p95.is_some(), "{report:?}");
+    // Both storms show the server's media engine and the harness's room B thread at work.
+    for storm in [idle, busy] {
+        let ran = |threads: &[stoa_bench::threads::ThreadTime], group: &str| {
+            threads.iter().any(|t| t.group == group && t.run_ms > 0)
+        };
+        assert!(ran(&storm.server_threads, "sfu-shard"), "{storm:?}");
+        assert!(ran(&storm.harness_threads, "room-b-clients"), "{storm:?}");
+    }
     drop(runtime);
     drop(room_b);
     drop(process);

@@ -1,5 +1,6 @@
 //! Pinning threads to CPUs given as taskset-style lists (`0`, `0-1`, `0,2`), so that the server,
-//! the harness and the baselines each keep to their own cores.
+//! the harness and the baselines each keep to their own cores; and lowering a harness thread's
+//! priority, so that load it generates yields its CPU to clients being measured.
 
 use nix::sched::{CpuSet, sched_setaffinity};
 use nix::unistd::Pid;
@@ -50,6 +51,25 @@ pub fn pin(list: &str) -> Result<(), AffinityError> {
     })
 }
 
+/// Give the calling thread (and the threads it starts later, which inherit it) nice value
+/// `nice` (1 to 19: lower priority than the default 0; raising a thread's nice needs no
+/// privilege). On Linux each thread has its own nice value, so the rest of the process keeps
+/// its own.
+pub fn lower_priority(nice: i32) -> std::io::Result<()> {
+    if !(1..=19).contains(&nice) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("nice {nice}: a lower priority is 1 to 19"),
+        ));
+    }
+    rustix::process::setpriority_process(None, nice).map_err(std::io::Error::from)
+}
+
+/// The calling thread's nice value.
+pub fn priority() -> std::io::Result<i32> {
+    rustix::process::getpriority_process(None).map_err(std::io::Error::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,5 +80,27 @@ mod tests {
         assert_eq!(parse("0-2,5").unwrap(), [0, 1, 2, 5]);
         assert!(parse("2-1").is_err());
         assert!(parse("x").is_err());
+    }
+
+    #[test]
+    fn a_thread_lowers_its_own_priority_only() {
+        let before = priority().expect("read nice");
+        // Lower than this thread's, whatever nice the tests run at.
+        let target = (before + 1).clamp(12, 19);
+        let lowered = std::thread::spawn(move || {
+            lower_priority(target).expect("raise nice");
+            // A thread started now inherits it.
+            let child = std::thread::spawn(priority).join().expect("child");
+            (priority().expect("read nice"), child.expect("child's nice"))
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(lowered, (target, target));
+        assert_eq!(
+            priority().expect("read nice"),
+            before,
+            "this thread kept its own"
+        );
+        assert!(lower_priority(0).is_err() && lower_priority(20).is_err());
     }
 }

@@ -15,6 +15,7 @@
 //!   and a minimal keep-alive HTTP client; [`apiload`]: token minting and admission alone,
 //!   without media, ramped to a large room.
 //! - [`sink`]: one thread reading every header-only listener's socket.
+//! - [`threads`]: a process's threads' CPU time and run-queue wait over a phase.
 //! - [`janus`]: Janus's videoroom as a comparison SFU, and the adapter that lets the same
 //!   clients drive it; [`compare`]: the baseline and both servers through the same ramp and
 //!   join storm, in one run; [`two_rooms`]: join storms in one room while another is busy;
@@ -54,4 +55,5 @@ pub mod report;
 pub mod scenario;
 pub mod server;
 pub mod sink;
+pub mod threads;
 pub mod two_rooms;

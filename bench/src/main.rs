@@ -218,7 +218,8 @@ struct TwoRoomsArgs {
     #[arg(long, default_value_t = 2)]
     rounds: usize,
     /// Run room B's clients on a harness thread of their own (pinned like the rest of the
-    /// harness), not beside room A's, as clients on separate devices would be.
+    /// harness), ahead of room A's: the rest of the harness (room A's clients, the storm
+    /// driver) runs at nice 10, as if room B's clients were on separate devices.
     #[arg(long)]
     b_own_thread: bool,
     #[command(flatten)]
@@ -720,20 +721,26 @@ fn main() -> anyhow::Result<()> {
             };
             params.validate()?;
             let (target, _server) = target(&a.server, JoinPath::Direct)?;
-            let runtime = runtime(&a.server)?;
-            // Built after `runtime`, which pins this thread to the harness's CPUs first.
+            // Room B's runtime first, so that its thread keeps the default priority: this
+            // thread, and every thread it starts from now on (room A's clients and sink, the
+            // storm driver), runs below it.
             let b_runtime = if a.b_own_thread {
-                Some(
-                    tokio::runtime::Builder::new_multi_thread()
-                        .worker_threads(1)
-                        .thread_name("room-b-clients")
-                        .enable_all()
-                        .build()
-                        .context("room B's runtime")?,
-                )
+                if let Some(cpus) = &a.server.bench_cpus {
+                    affinity::pin(cpus)?;
+                }
+                let b = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("room-b-clients")
+                    .enable_all()
+                    .build()
+                    .context("room B's runtime")?;
+                affinity::lower_priority(stoa_bench::two_rooms::ROOM_A_NICE)
+                    .context("lowering room A's harness threads' priority")?;
+                Some(b)
             } else {
                 None
             };
+            let runtime = runtime(&a.server)?;
             let report = runtime.block_on(stoa_bench::two_rooms::run(
                 target,
                 &params,

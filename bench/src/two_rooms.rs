@@ -25,9 +25,13 @@ use crate::client::{Command, Depth, Role};
 use crate::clock::Clock;
 use crate::report::{StepQuantiles, join_steps};
 use crate::scenario::{Crowd, MAX_CLIENTS, ScenarioError, Target, percentile};
+use crate::threads::{ThreadSample, ThreadTime, summary};
 
 /// Longest a storm's listeners wait for audio after the last of them joined.
 const STORM_PLAY: Duration = Duration::from_secs(4);
+
+/// With room B's clients on their own thread, the nice value of the rest of the harness.
+pub const ROOM_A_NICE: i32 = 10;
 
 /// What to run.
 #[derive(Debug, Clone, Serialize)]
@@ -50,10 +54,11 @@ pub struct TwoRoomsParams {
     pub b_join_rate: f64,
     /// Storm pairs (idle, busy), alternating.
     pub rounds: usize,
-    /// Room B's clients run on a harness thread of their own (a runtime the caller gives
-    /// [`run`]) rather than beside room A's: as on separate devices, a room B client's
-    /// handshake then does not wait behind room A's clients' work in the harness (a
-    /// reaction reaches all of room A's clients at once).
+    /// Room B's clients (and their socket reader) run on a harness thread of their own (a
+    /// runtime the caller gives [`run`]) rather than beside room A's. As on separate devices,
+    /// a room B client's handshake then does not wait behind room A's clients' work in the
+    /// harness (a reaction reaches all of room A's clients at once): the caller runs the rest
+    /// of the harness at [`ROOM_A_NICE`], below room B's thread.
     pub b_own_thread: bool,
 }
 
@@ -112,6 +117,10 @@ pub struct Storm {
     ///
     /// [`Report::join_steps_ms`]: crate::report::Report::join_steps_ms
     pub join_steps_ms: Vec<StepQuantiles>,
+    /// The server's threads over the storm (when its pid is known): run and run-queue wait.
+    pub server_threads: Vec<ThreadTime>,
+    /// The harness's threads over the storm.
+    pub harness_threads: Vec<ThreadTime>,
     /// Every listener's join to first audio, ms, sorted.
     #[serde(skip)]
     pub samples: Vec<u32>,
@@ -174,6 +183,16 @@ impl TwoRoomsReport {
                 steps.join(", ")
             ));
         }
+        out.push_str("\nthreads over each storm, run / waiting for a CPU, ms:\n");
+        for (i, s) in self.storms.iter().enumerate() {
+            out.push_str(&format!(
+                "storm {} ({}): server: {}; harness: {}\n",
+                i + 1,
+                if s.busy { "busy" } else { "idle" },
+                summary(&s.server_threads),
+                summary(&s.harness_threads),
+            ));
+        }
         let [idle, busy] = self.p95_idle_busy_ms;
         out.push_str(&format!(
             "\nroom A: {} of {} clients heard audio; room B pooled p95: idle {} ms, busy {} ms; busy ÷ idle = {}\n",
@@ -199,12 +218,13 @@ struct Busy {
 
 /// Run the two-room benchmark against `target` (its room name is the prefix of both rooms).
 /// `b_clients`: where room B's clients run, when `params.b_own_thread` (the current runtime
-/// otherwise).
+/// otherwise). Each storm reports the server's threads when `target.pid` is known.
 pub async fn run(
     target: Target,
     params: &TwoRoomsParams,
     b_clients: Option<tokio::runtime::Handle>,
 ) -> Result<TwoRoomsReport, ScenarioError> {
+    let server_pid = target.pid;
     params.validate()?;
     if params.b_own_thread != b_clients.is_some() {
         return Err(ScenarioError::Invalid(
@@ -299,15 +319,20 @@ pub async fn run(
             busy.failed.load(Ordering::Relaxed),
             busy.rotations.load(Ordering::Relaxed),
         );
-        let mut b = Crowd::new(
-            Target {
-                room: format!("{}-b{round}", target.room),
-                ..target.clone()
-            },
-            deadline,
-            0,
-            Depth::Header,
-        )?;
+        let threads_before = sample_threads(server_pid);
+        let b_target = Target {
+            room: format!("{}-b{round}", target.room),
+            ..target.clone()
+        };
+        // Made where room B's clients run: the crowd's socket reader thread starts there,
+        // with that thread's priority.
+        let mut b = match &b_clients {
+            Some(h) => h
+                .spawn(async move { Crowd::new(b_target, deadline, 0, Depth::Header) })
+                .await
+                .map_err(|e| ScenarioError::Invalid(format!("room B's runtime: {e}")))??,
+            None => Crowd::new(b_target, deadline, 0, Depth::Header)?,
+        };
         b_join(&mut b, Role::Speaker)?;
         b.speaker(0, Command::Speak);
         let audio = clock.now() + Duration::from_secs(10);
@@ -317,6 +342,8 @@ pub async fn run(
         let gap = Duration::from_secs_f64(1.0 / params.b_join_rate);
         let mut next = clock.now();
         let mut next_rotation = clock.now() + params.rotate_every;
+        // With one speaker in room A there is no floor to pass.
+        let rotating = is_busy && params.a_speakers > 1;
         let end_joins =
             clock.now() + Duration::from_secs_f64(params.b_listeners as f64 / params.b_join_rate);
         let mut joined = 0;
@@ -328,26 +355,22 @@ pub async fn run(
                 joined += 1;
                 next += gap;
             }
-            if is_busy && params.a_speakers > 1 && now >= next_rotation {
+            if rotating && now >= next_rotation {
                 a.speaker(floor, Command::Silence);
                 floor = (floor + 1) % params.a_speakers;
                 a.speaker(floor, Command::Speak);
                 busy.rotations.fetch_add(1, Ordering::Relaxed);
                 next_rotation += params.rotate_every;
             }
-            let wake = if joined < params.b_listeners {
-                next
-            } else {
-                end
-            };
-            let wake = if is_busy {
-                wake.min(next_rotation)
-            } else {
-                wake
-            };
-            sleep_until(wake.min(end)).await;
+            let wake = storm_wake(
+                (joined < params.b_listeners).then_some(next),
+                rotating.then_some(next_rotation),
+                end,
+            );
+            sleep_until(wake).await;
         }
         busy.on.store(false, Ordering::Relaxed);
+        let threads_after = sample_threads(server_pid);
         let (listeners, _) = b.finish().await;
         let mut ms: Vec<u32> = listeners
             .iter()
@@ -368,6 +391,8 @@ pub async fn run(
             reactions_failed: busy.failed.load(Ordering::Relaxed) - before.1,
             rotations: busy.rotations.load(Ordering::Relaxed) - before.2,
             join_steps_ms: join_steps(listeners.iter().map(|(t, _)| t)),
+            server_threads: threads_after.0.since(&threads_before.0),
+            harness_threads: threads_after.1.since(&threads_before.1),
             samples: ms,
         });
         // Let the room B storm's leaves drain before the next.
@@ -439,6 +464,40 @@ fn send_reaction(http: SocketAddr, room: &str, token: &str) -> bool {
     stream.read_exact(&mut status).is_ok() && status.ends_with(b"200")
 }
 
+/// When the storm driver wakes next: the next join (while joins are left), the next floor
+/// change (while room A is busy with more than one speaker), at the latest the storm's end.
+fn storm_wake(join: Option<Instant>, rotation: Option<Instant>, end: Instant) -> Instant {
+    [join, rotation]
+        .into_iter()
+        .flatten()
+        .fold(end, Instant::min)
+}
+
+/// The server's threads (when its pid is known; none otherwise) and this harness's.
+fn sample_threads(server_pid: Option<u32>) -> (ThreadSample, ThreadSample) {
+    let server = server_pid
+        .and_then(|pid| ThreadSample::read(&pid.to_string()).ok())
+        .unwrap_or_default();
+    (server, ThreadSample::read("self").unwrap_or_default())
+}
+
 async fn sleep_until(at: Instant) {
     tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_storm_driver_wakes_for_what_is_left_only() {
+        let t0 = crate::clock::Clock::start().now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert_eq!(storm_wake(Some(at(10)), Some(at(5)), at(100)), at(5));
+        assert_eq!(storm_wake(Some(at(10)), None, at(100)), at(10));
+        // Joins done, no floor to pass: the end, not a floor change long past (which would
+        // wake it at once, over and over).
+        assert_eq!(storm_wake(None, None, at(100)), at(100));
+        assert_eq!(storm_wake(None, Some(at(200)), at(100)), at(100));
+    }
 }
