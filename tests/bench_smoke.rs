@@ -332,13 +332,16 @@ fn two_rooms_with_room_b_on_a_thread_of_its_own() {
         rounds: 1,
         b_own_thread: true,
     };
+    // As the command does: the server first, then room B's runtime, then this thread (and the
+    // harness's runtime it builds) below room B's.
+    let base = stoa_bench::affinity::priority().expect("read nice");
+    assert!(
+        base < 19,
+        "the tests run at the lowest priority: nothing is lower"
+    );
+    let (room_b, lowered) = two_rooms::room_b_runtime().expect("room B's runtime");
+    assert_eq!(lowered, (base + two_rooms::ROOM_A_NICE).min(19));
     let runtime = runtime();
-    let room_b = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("room-b-clients")
-        .enable_all()
-        .build()
-        .unwrap();
     let refused = runtime.block_on(two_rooms::run(target.clone(), &params, None));
     assert!(refused.is_err(), "no runtime given for room B");
     // The most tasks room B's runtime held at once: its clients' while a storm lasts.
@@ -383,13 +386,32 @@ fn two_rooms_with_room_b_on_a_thread_of_its_own() {
     assert!(busy.reactions > 0 && busy.reactions_failed == 0, "{busy:?}");
     assert!(busy.rotations > 0, "{busy:?}");
     assert!(report.busy_over_idle_p95.is_some(), "{report:?}");
-    // Both storms show the server's media engine and the harness's room B thread at work.
+    // Room A's side ran below room B's clients; the server kept its own priority.
+    assert_eq!(
+        report.harness_nice,
+        [Some(lowered), Some(base)],
+        "{report:?}"
+    );
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", process.pid())).expect("stat");
+    let server_nice = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_ascii_whitespace().nth(16))
+        .and_then(|n| n.parse::<i32>().ok());
+    assert_eq!(server_nice, Some(base), "{stat}");
+    // Both storms show the server's media engine, and room B's clients and socket reader,
+    // at work.
     for storm in [idle, busy] {
         let ran = |threads: &[stoa_bench::threads::ThreadTime], group: &str| {
             threads.iter().any(|t| t.group == group && t.run_ms > 0)
         };
         assert!(ran(&storm.server_threads, "sfu-shard"), "{storm:?}");
-        assert!(ran(&storm.harness_threads, "room-b-clients"), "{storm:?}");
+        assert!(
+            ran(&storm.harness_threads, two_rooms::ROOM_B_THREAD),
+            "{storm:?}"
+        );
+        // Its socket reader reads five listeners: a thread that ran, if less than 1 ms.
+        let read = |group: &str| storm.harness_threads.iter().any(|t| t.group == group);
+        assert!(read(two_rooms::ROOM_B_SINK), "{storm:?}");
     }
     drop(runtime);
     drop(room_b);

@@ -51,18 +51,35 @@ pub fn pin(list: &str) -> Result<(), AffinityError> {
     })
 }
 
-/// Give the calling thread (and the threads it starts later, which inherit it) nice value
-/// `nice` (1 to 19: lower priority than the default 0; raising a thread's nice needs no
-/// privilege). On Linux each thread has its own nice value, so the rest of the process keeps
-/// its own.
-pub fn lower_priority(nice: i32) -> std::io::Result<()> {
-    if !(1..=19).contains(&nice) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("nice {nice}: a lower priority is 1 to 19"),
-        ));
+/// A priority that could not be lowered.
+#[derive(Debug, thiserror::Error)]
+pub enum PriorityError {
+    /// Lowering by this much is out of range (1 to 19).
+    #[error("lowering a priority by {0}: give 1 to 19")]
+    Step(i32),
+    /// The thread runs at the lowest priority already.
+    #[error("the thread runs at nice {0} already: nothing is lower")]
+    Lowest(i32),
+    /// The system refused.
+    #[error("setpriority: {0}")]
+    System(#[from] std::io::Error),
+}
+
+/// Lower the calling thread's priority by `by` nice steps (1 to 19) from what it has, to at
+/// most 19; the threads it starts later inherit it. Returns the new nice value. Raising a
+/// thread's nice needs no privilege; on Linux each thread has its own, so the rest of the
+/// process keeps its priority.
+pub fn lower_priority(by: i32) -> Result<i32, PriorityError> {
+    if !(1..=19).contains(&by) {
+        return Err(PriorityError::Step(by));
     }
-    rustix::process::setpriority_process(None, nice).map_err(std::io::Error::from)
+    let base = priority()?;
+    if base >= 19 {
+        return Err(PriorityError::Lowest(base));
+    }
+    let nice = (base + by).min(19);
+    rustix::process::setpriority_process(None, nice).map_err(std::io::Error::from)?;
+    Ok(nice)
 }
 
 /// The calling thread's nice value.
@@ -85,22 +102,31 @@ mod tests {
     #[test]
     fn a_thread_lowers_its_own_priority_only() {
         let before = priority().expect("read nice");
-        // Lower than this thread's, whatever nice the tests run at.
-        let target = (before + 1).clamp(12, 19);
-        let lowered = std::thread::spawn(move || {
-            lower_priority(target).expect("raise nice");
+        if before >= 19 {
+            // Nothing is lower than where the tests run.
+            assert!(matches!(lower_priority(1), Err(PriorityError::Lowest(19))));
+            return;
+        }
+        let lowered = std::thread::spawn(|| {
+            let nice = lower_priority(3).expect("raise nice");
             // A thread started now inherits it.
             let child = std::thread::spawn(priority).join().expect("child");
-            (priority().expect("read nice"), child.expect("child's nice"))
+            (
+                nice,
+                priority().expect("read nice"),
+                child.expect("child's nice"),
+            )
         })
         .join()
         .expect("thread");
-        assert_eq!(lowered, (target, target));
+        let expected = (before + 3).min(19);
+        assert_eq!(lowered, (expected, expected, expected));
         assert_eq!(
             priority().expect("read nice"),
             before,
             "this thread kept its own"
         );
-        assert!(lower_priority(0).is_err() && lower_priority(20).is_err());
+        assert!(matches!(lower_priority(0), Err(PriorityError::Step(0))));
+        assert!(matches!(lower_priority(20), Err(PriorityError::Step(20))));
     }
 }

@@ -219,7 +219,9 @@ struct TwoRoomsArgs {
     rounds: usize,
     /// Run room B's clients on a harness thread of their own (pinned like the rest of the
     /// harness), ahead of room A's: the rest of the harness (room A's clients, the storm
-    /// driver) runs at nice 10, as if room B's clients were on separate devices.
+    /// driver) runs 10 nice steps lower, as if room B's clients were on separate devices.
+    /// Give --server-cpus and --bench-cpus too: unpinned, the lowered harness also yields
+    /// to the server, which changes what is measured.
     #[arg(long)]
     b_own_thread: bool,
     #[command(flatten)]
@@ -721,21 +723,15 @@ fn main() -> anyhow::Result<()> {
             };
             params.validate()?;
             let (target, _server) = target(&a.server, JoinPath::Direct)?;
-            // Room B's runtime first, so that its thread keeps the default priority: this
-            // thread, and every thread it starts from now on (room A's clients and sink, the
-            // storm driver), runs below it.
+            // Room B's runtime first, so that its thread keeps the priority this process
+            // started at; this thread, and every thread it starts from now on (room A's
+            // clients and socket reader, the storm driver), runs below it.
             let b_runtime = if a.b_own_thread {
                 if let Some(cpus) = &a.server.bench_cpus {
                     affinity::pin(cpus)?;
                 }
-                let b = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(1)
-                    .thread_name("room-b-clients")
-                    .enable_all()
-                    .build()
-                    .context("room B's runtime")?;
-                affinity::lower_priority(stoa_bench::two_rooms::ROOM_A_NICE)
-                    .context("lowering room A's harness threads' priority")?;
+                let (b, _) = stoa_bench::two_rooms::room_b_runtime()
+                    .context("room B's runtime, ahead of room A's clients")?;
                 Some(b)
             } else {
                 None

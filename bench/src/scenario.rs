@@ -49,6 +49,9 @@ pub enum ScenarioError {
     /// The room could not be set up through the control API.
     #[error(transparent)]
     Api(#[from] crate::product::ApiError),
+    /// A harness thread's priority could not be lowered.
+    #[error(transparent)]
+    Priority(#[from] crate::affinity::PriorityError),
 }
 
 /// Which scenario.
@@ -187,12 +190,23 @@ impl Crowd {
         decoders: usize,
         depth: Depth,
     ) -> Result<Crowd, ScenarioError> {
+        Crowd::new_named(target, deadline, decoders, depth, crate::sink::SINK_THREAD)
+    }
+
+    /// [`Crowd::new`], its header-only listeners' socket reader thread named `sink`.
+    pub fn new_named(
+        target: Target,
+        deadline: Instant,
+        decoders: usize,
+        depth: Depth,
+        sink: &str,
+    ) -> Result<Crowd, ScenarioError> {
         let clock = Clock::start();
         let counters = Arc::new(Counters::default());
         // Header-only listeners hand their sockets to one reading thread.
         let sink = match depth {
             Depth::Header => Some(Arc::new(
-                Sink::start(clock, counters.clone()).map_err(ClientError::Io)?,
+                Sink::start_named(sink, clock, counters.clone()).map_err(ClientError::Io)?,
             )),
             Depth::Decrypt | Depth::Decode => None,
         };

@@ -43,6 +43,9 @@ struct Entry {
     back: mpsc::UnboundedSender<Passed>,
 }
 
+/// The name of a sink's thread unless told otherwise.
+pub const SINK_THREAD: &str = "listener-sink";
+
 /// The reading thread of one run.
 #[derive(Debug)]
 pub struct Sink {
@@ -59,14 +62,20 @@ impl std::fmt::Debug for Entry {
 }
 
 impl Sink {
-    /// Start the thread (it inherits the calling thread's CPU affinity).
+    /// Start the thread, named [`SINK_THREAD`] (it inherits the calling thread's CPU affinity
+    /// and priority).
     pub fn start(clock: Clock, counters: Arc<Counters>) -> io::Result<Sink> {
+        Sink::start_named(SINK_THREAD, clock, counters)
+    }
+
+    /// [`Sink::start`], the thread named `name` (at most 15 bytes show in `/proc`).
+    pub fn start_named(name: &str, clock: Clock, counters: Arc<Counters>) -> io::Result<Sink> {
         let epoll = Epoll::new(EpollCreateFlags::empty()).map_err(io::Error::from)?;
         let (adopt, adopted) = std::sync::mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
-            .name("listener-sink".into())
+            .name(name.into())
             .spawn(move || run(&epoll, &adopted, &flag, clock, &counters))?;
         Ok(Sink {
             adopt,

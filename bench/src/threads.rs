@@ -12,16 +12,17 @@ use std::io;
 
 use serde::Serialize;
 
-/// Per-thread counters of one process at one instant: (name group, tid) → (run ns, wait ns).
+/// Per-thread counters of one process at one instant: (name group, tid, start time) → (run
+/// ns, wait ns). The start time tells a thread from a later one that got its id again.
 #[derive(Debug, Clone, Default)]
 pub struct ThreadSample {
-    threads: BTreeMap<(String, u32), (u64, u64)>,
+    threads: BTreeMap<(String, u32, u64), (u64, u64)>,
 }
 
 /// A group of threads' time over a phase.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ThreadTime {
-    /// Thread name without trailing digits and dashes.
+    /// Thread name without trailing digits, dashes, underscores and spaces.
     pub group: String,
     /// Time on a CPU, ms.
     pub run_ms: u64,
@@ -30,7 +31,9 @@ pub struct ThreadTime {
 }
 
 impl ThreadSample {
-    /// Read every thread of process `pid` (`"self"` for this one).
+    /// Read every thread of process `pid` (`"self"` for this one). A thread that ends while
+    /// it is read is left out; any other failure is an error (a partial sample would count a
+    /// missing thread's whole life into the next phase).
     pub fn read(pid: &str) -> io::Result<ThreadSample> {
         let mut threads = BTreeMap::new();
         for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
@@ -42,27 +45,38 @@ impl ThreadSample {
             else {
                 continue;
             };
-            // A thread may end between the listing and the reads: skip it.
-            let (Ok(comm), Ok(stat)) = (
-                std::fs::read_to_string(entry.path().join("comm")),
-                std::fs::read_to_string(entry.path().join("schedstat")),
-            ) else {
+            let read = |file: &str| match std::fs::read(entry.path().join(file)) {
+                Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            };
+            let (Some(comm), Some(stat), Some(schedstat)) =
+                (read("comm")?, read("stat")?, read("schedstat")?)
+            else {
                 continue;
             };
-            if let Some(times) = parse_schedstat(&stat) {
-                threads.insert((group(&comm), tid), times);
-            }
+            let invalid = |what: &str| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("/proc/{pid}/task/{tid}/{what}: unexpected contents"),
+                )
+            };
+            let started = parse_start_time(&stat).ok_or_else(|| invalid("stat"))?;
+            let times = parse_schedstat(&schedstat).ok_or_else(|| invalid("schedstat"))?;
+            threads.insert((group(&comm), tid, started), times);
         }
         Ok(ThreadSample { threads })
     }
 
-    /// Each group's time from `earlier` to this sample (threads born since count from zero).
+    /// Each group's time from `earlier` to this sample, groups that ran or waited. A thread born
+    /// since counts from zero; a thread that ended since is not in this sample, so its time in
+    /// the phase is not counted.
     pub fn since(&self, earlier: &ThreadSample) -> Vec<ThreadTime> {
         let mut groups: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-        for ((name, tid), (run, wait)) in &self.threads {
+        for ((name, tid, started), (run, wait)) in &self.threads {
             let (run0, wait0) = earlier
                 .threads
-                .get(&(name.clone(), *tid))
+                .get(&(name.clone(), *tid, *started))
                 .copied()
                 .unwrap_or_default();
             let g = groups.entry(name).or_default();
@@ -71,7 +85,7 @@ impl ThreadSample {
         }
         groups
             .into_iter()
-            .filter(|(_, (run, wait))| run + wait >= 1_000_000)
+            .filter(|(_, (run, wait))| run + wait > 0)
             .map(|(group, (run, wait))| ThreadTime {
                 group: group.to_owned(),
                 run_ms: run / 1_000_000,
@@ -81,8 +95,12 @@ impl ThreadSample {
     }
 }
 
-/// One line of the form `"sfu-shard 812 / 40"` per group: run / run-queue wait, ms.
+/// One line of the form `"sfu-shard 812 / 40"` per group: run / run-queue wait, ms; `-` for
+/// none.
 pub fn summary(times: &[ThreadTime]) -> String {
+    if times.is_empty() {
+        return "-".to_owned();
+    }
     let parts: Vec<String> = times
         .iter()
         .map(|t| format!("{} {} / {}", t.group, t.run_ms, t.wait_ms))
@@ -94,6 +112,14 @@ pub fn summary(times: &[ThreadTime]) -> String {
 fn parse_schedstat(text: &str) -> Option<(u64, u64)> {
     let mut fields = text.split_ascii_whitespace().map(str::parse::<u64>);
     Some((fields.next()?.ok()?, fields.next()?.ok()?))
+}
+
+/// Field 22 of a `/proc/<pid>/task/<tid>/stat` line: when the thread started, in clock ticks
+/// since boot. The name (field 2) may hold spaces and parentheses, so fields are counted from
+/// its closing parenthesis.
+fn parse_start_time(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
 }
 
 /// A thread name without its trailing number: `sfu-shard-3` → `sfu-shard`.
@@ -115,6 +141,10 @@ mod tests {
             Some((1_200_000, 34_000))
         );
         assert_eq!(parse_schedstat("garbage"), None);
+        let stat = "4242 (odd) name) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 777 19 20";
+        assert_eq!(parse_start_time(stat), Some(777));
+        assert_eq!(parse_start_time("4242 (x) S 1 2"), None);
+        assert_eq!(summary(&[]), "-");
         assert_eq!(group("sfu-shard-12\n"), "sfu-shard");
         assert_eq!(group("stoa"), "stoa");
     }

@@ -30,8 +30,15 @@ use crate::threads::{ThreadSample, ThreadTime, summary};
 /// Longest a storm's listeners wait for audio after the last of them joined.
 const STORM_PLAY: Duration = Duration::from_secs(4);
 
-/// With room B's clients on their own thread, the nice value of the rest of the harness.
+/// With room B's clients on their own thread, how many nice steps below them the rest of the
+/// harness runs ([`room_b_runtime`]).
 pub const ROOM_A_NICE: i32 = 10;
+
+/// The name of room B's clients' thread ([`room_b_runtime`]).
+pub const ROOM_B_THREAD: &str = "room-b-clients";
+
+/// The name of room B's listeners' socket reader thread.
+pub const ROOM_B_SINK: &str = "room-b-sink";
 
 /// What to run.
 #[derive(Debug, Clone, Serialize)]
@@ -57,8 +64,9 @@ pub struct TwoRoomsParams {
     /// Room B's clients (and their socket reader) run on a harness thread of their own (a
     /// runtime the caller gives [`run`]) rather than beside room A's. As on separate devices,
     /// a room B client's handshake then does not wait behind room A's clients' work in the
-    /// harness (a reaction reaches all of room A's clients at once): the caller runs the rest
-    /// of the harness at [`ROOM_A_NICE`], below room B's thread.
+    /// harness (a reaction reaches all of room A's clients at once): with
+    /// [`room_b_runtime`] the rest of the harness runs [`ROOM_A_NICE`] steps below room B's
+    /// thread.
     pub b_own_thread: bool,
 }
 
@@ -117,9 +125,10 @@ pub struct Storm {
     ///
     /// [`Report::join_steps_ms`]: crate::report::Report::join_steps_ms
     pub join_steps_ms: Vec<StepQuantiles>,
-    /// The server's threads over the storm (when its pid is known): run and run-queue wait.
+    /// The server's threads over the storm, run and run-queue wait: those of the process
+    /// `target.pid` names (none when it is unknown or could not be read).
     pub server_threads: Vec<ThreadTime>,
-    /// The harness's threads over the storm.
+    /// The harness's threads over the storm (room B's socket reader is [`ROOM_B_SINK`]).
     pub harness_threads: Vec<ThreadTime>,
     /// Every listener's join to first audio, ms, sorted.
     #[serde(skip)]
@@ -142,6 +151,9 @@ pub struct TwoRoomsReport {
     pub busy_over_idle_p95: Option<f64>,
     /// Pooled p95 (ms) with A idle and busy.
     pub p95_idle_busy_ms: [Option<u32>; 2],
+    /// The nice values the harness ran at: the storm driver and room A's clients, and room
+    /// B's clients.
+    pub harness_nice: [Option<i32>; 2],
 }
 
 impl TwoRoomsReport {
@@ -193,6 +205,12 @@ impl TwoRoomsReport {
                 summary(&s.harness_threads),
             ));
         }
+        let [a_nice, b_nice] = self
+            .harness_nice
+            .map(|n| n.map_or("-".into(), |n| n.to_string()));
+        out.push_str(&format!(
+            "harness priority (nice): room A's clients and the driver {a_nice}, room B's clients {b_nice}\n"
+        ));
         let [idle, busy] = self.p95_idle_busy_ms;
         out.push_str(&format!(
             "\nroom A: {} of {} clients heard audio; room B pooled p95: idle {} ms, busy {} ms; busy ÷ idle = {}\n",
@@ -236,6 +254,17 @@ pub async fn run(
         let _entered = b_clients.as_ref().map(tokio::runtime::Handle::enter);
         b.join(role)
     };
+    // The priorities the two sides run at, as the report's record.
+    let a_nice = crate::affinity::priority().ok();
+    let b_nice = match &b_clients {
+        Some(h) => h
+            .spawn(async { crate::affinity::priority().ok() })
+            .await
+            .ok()
+            .flatten(),
+        None => a_nice,
+    };
+    let harness_nice = [a_nice, b_nice];
     let clock = Clock::start();
     let began = clock.now();
     let deadline = began + params.bound();
@@ -328,10 +357,12 @@ pub async fn run(
         // with that thread's priority.
         let mut b = match &b_clients {
             Some(h) => h
-                .spawn(async move { Crowd::new(b_target, deadline, 0, Depth::Header) })
+                .spawn(async move {
+                    Crowd::new_named(b_target, deadline, 0, Depth::Header, ROOM_B_SINK)
+                })
                 .await
                 .map_err(|e| ScenarioError::Invalid(format!("room B's runtime: {e}")))??,
-            None => Crowd::new(b_target, deadline, 0, Depth::Header)?,
+            None => Crowd::new_named(b_target, deadline, 0, Depth::Header, ROOM_B_SINK)?,
         };
         b_join(&mut b, Role::Speaker)?;
         b.speaker(0, Command::Speak);
@@ -391,8 +422,8 @@ pub async fn run(
             reactions_failed: busy.failed.load(Ordering::Relaxed) - before.1,
             rotations: busy.rotations.load(Ordering::Relaxed) - before.2,
             join_steps_ms: join_steps(listeners.iter().map(|(t, _)| t)),
-            server_threads: threads_after.0.since(&threads_before.0),
-            harness_threads: threads_after.1.since(&threads_before.1),
+            server_threads: phase(&threads_before.0, &threads_after.0),
+            harness_threads: phase(&threads_before.1, &threads_after.1),
             samples: ms,
         });
         // Let the room B storm's leaves drain before the next.
@@ -421,6 +452,7 @@ pub async fn run(
         storms,
         busy_over_idle_p95: ratio,
         p95_idle_busy_ms: [idle, busy_p95],
+        harness_nice,
     })
 }
 
@@ -473,12 +505,35 @@ fn storm_wake(join: Option<Instant>, rotation: Option<Instant>, end: Instant) ->
         .fold(end, Instant::min)
 }
 
-/// The server's threads (when its pid is known; none otherwise) and this harness's.
-fn sample_threads(server_pid: Option<u32>) -> (ThreadSample, ThreadSample) {
-    let server = server_pid
-        .and_then(|pid| ThreadSample::read(&pid.to_string()).ok())
-        .unwrap_or_default();
-    (server, ThreadSample::read("self").unwrap_or_default())
+/// The server's threads (when its pid is known and readable) and this harness's.
+fn sample_threads(server_pid: Option<u32>) -> (Option<ThreadSample>, Option<ThreadSample>) {
+    let server = server_pid.and_then(|pid| ThreadSample::read(&pid.to_string()).ok());
+    (server, ThreadSample::read("self").ok())
+}
+
+/// Each thread group's time between two samples; nothing unless both were read.
+fn phase(before: &Option<ThreadSample>, after: &Option<ThreadSample>) -> Vec<ThreadTime> {
+    match (before, after) {
+        (Some(before), Some(after)) => after.since(before),
+        _ => Vec::new(),
+    }
+}
+
+/// Room B's clients' runtime, ahead of the rest of the harness: a one-thread runtime whose
+/// thread keeps the calling thread's priority, after which the calling thread's priority is
+/// lowered by [`ROOM_A_NICE`], and every thread it starts from then on inherits that (the
+/// harness's main runtime, room A's clients and their socket reader). Call it after the
+/// server is spawned (which must not inherit it), after pinning the harness's CPUs, and
+/// before building the main runtime. Returns the runtime and the calling thread's new nice.
+pub fn room_b_runtime() -> Result<(tokio::runtime::Runtime, i32), ScenarioError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(ROOM_B_THREAD)
+        .enable_all()
+        .build()
+        .map_err(crate::client::ClientError::Io)?;
+    let nice = crate::affinity::lower_priority(ROOM_A_NICE)?;
+    Ok((runtime, nice))
 }
 
 async fn sleep_until(at: Instant) {
