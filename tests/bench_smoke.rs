@@ -393,10 +393,7 @@ fn two_rooms_with_room_b_on_a_thread_of_its_own() {
         "{report:?}"
     );
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", process.pid())).expect("stat");
-    let server_nice = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_ascii_whitespace().nth(16))
-        .and_then(|n| n.parse::<i32>().ok());
+    let server_nice = stoa_bench::server::stat_field(&stat, 19).and_then(|n| n.parse::<i32>().ok());
     assert_eq!(server_nice, Some(base), "{stat}");
     // Both storms show the server's media engine, and room B's clients and socket reader,
     // at work.
@@ -679,7 +676,7 @@ fn relay_run(
     stage: stoa_bench::relay::Stage,
     floor: bool,
 ) -> (stoa_bench::relay::RelayReport, String) {
-    use stoa_bench::relay::{Cluster, RelayParams, Stage};
+    use stoa_bench::relay::{RelayParams, Stage};
     stoa_bench::netns::isolate().expect("network namespaces (run as root)");
     let params = RelayParams {
         speakers: 1,
@@ -690,14 +687,7 @@ fn relay_run(
         depth: Depth::Header,
         rounds: usize::from(stage == Stage::Origin),
     };
-    let logs = support::scratch_dir("relay-bench");
-    let cluster = Cluster::start(
-        Path::new(env!("CARGO_BIN_EXE_stoa")),
-        None,
-        &params,
-        Some(&logs),
-    )
-    .expect("Redis and three nodes in their namespaces");
+    let (cluster, logs) = support::cluster::relay_nodes("relay-bench", &params);
     let nodes = cluster.nodes();
     assert!(
         nodes

@@ -212,14 +212,7 @@ impl Setup {
             rounds: 0,
         };
         params.validate().expect("valid parameters");
-        let logs = support::scratch_dir(name);
-        let cluster = Cluster::start(
-            Path::new(env!("CARGO_BIN_EXE_stoa")),
-            None,
-            &params,
-            Some(&logs),
-        )
-        .expect("Redis and three nodes in their namespaces");
+        let (cluster, logs) = support::cluster::relay_nodes(name, &params);
         let nodes = cluster.nodes();
         let browser = Browser::start(&logs.join("edge.mjs.log"));
         let ready = browser.next(Duration::from_secs(40));

@@ -388,14 +388,18 @@ impl ProcProbe {
     }
 }
 
-/// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line. The command name in
-/// parentheses may hold spaces, so fields are counted after the last `)`.
+/// Field `field` (numbered as in proc(5), 3 or more: the state is field 3) of a
+/// `/proc/<pid>/stat` or `/proc/<pid>/task/<tid>/stat` line. The command name in parentheses
+/// (field 2) may hold spaces and parentheses, so fields are counted after the last `)`.
+pub fn stat_field(stat: &str, field: usize) -> Option<&str> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_ascii_whitespace().nth(field.checked_sub(3)?)
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line.
 fn parse_cpu_ticks(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    // After ")": field 3 (state) is the first; utime is field 14, the 12th here.
-    let utime: u64 = fields.nth(11)?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
+    let utime: u64 = stat_field(stat, 14)?.parse().ok()?;
+    let stime: u64 = stat_field(stat, 15)?.parse().ok()?;
     Some(utime + stime)
 }
 

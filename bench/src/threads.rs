@@ -115,11 +115,9 @@ fn parse_schedstat(text: &str) -> Option<(u64, u64)> {
 }
 
 /// Field 22 of a `/proc/<pid>/task/<tid>/stat` line: when the thread started, in clock ticks
-/// since boot. The name (field 2) may hold spaces and parentheses, so fields are counted from
-/// its closing parenthesis.
+/// since boot.
 fn parse_start_time(stat: &str) -> Option<u64> {
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+    crate::server::stat_field(stat, 22)?.parse().ok()
 }
 
 /// A thread name without its trailing number: `sfu-shard-3` → `sfu-shard`.

@@ -3,7 +3,7 @@
 //! tests/failover.rs, tests/drain.rs, tests/roomwide.rs) share.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -229,4 +229,22 @@ impl Clients {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Redis and three `stoa serve` nodes, each in a network namespace of its own (stoa-bench's
+/// relay cluster, for `params`), their logs in a fresh scratch directory named after `name`,
+/// which is returned with them.
+pub fn relay_nodes(
+    name: &str,
+    params: &stoa_bench::relay::RelayParams,
+) -> (stoa_bench::relay::Cluster, PathBuf) {
+    let logs = super::scratch_dir(name);
+    let cluster = stoa_bench::relay::Cluster::start(
+        Path::new(env!("CARGO_BIN_EXE_stoa")),
+        None,
+        params,
+        Some(&logs),
+    )
+    .expect("Redis and three nodes in their namespaces");
+    (cluster, logs)
 }
