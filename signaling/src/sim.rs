@@ -1382,13 +1382,19 @@ impl Sim {
             return Err("role counts disagree with participants".into());
         }
         let mut peers = 0u64;
+        // Every peer placed on a shard is a session's, in the session's room, and back.
+        let mut placed: HashMap<stoa_sfu::PeerId, &str> = self.server.placed_peers().collect();
         for session in self.server.sessions() {
             let Some((publisher, subscriber)) = self.server.session_peers(session) else {
                 return Err("a listed session has no peers entry".into());
             };
+            let room = self.server.session_room(session);
             // On one connection (`/rtc/v1`) both are the same peer.
             let subscriber = subscriber.filter(|s| Some(*s) != publisher);
             for peer in [publisher, subscriber].into_iter().flatten() {
+                if placed.remove(&peer) != room {
+                    return Err(format!("session peer {peer} is not placed in its room"));
+                }
                 peers += 1;
                 let shard = self
                     .shards
@@ -1420,6 +1426,9 @@ impl Sim {
             return Err(format!(
                 "tapped tracks {tapped:?}, published tracks of recorded rooms {recorded:?}"
             ));
+        }
+        if let Some(peer) = placed.keys().next() {
+            return Err(format!("peer {peer} is placed but belongs to no session"));
         }
         let engine: u64 = self.shards.iter().map(|s| s.stats().peers).sum();
         if engine != peers {

@@ -13,8 +13,14 @@ use stoa_signaling::sim::Sim;
 
 const SECOND: Duration = Duration::from_secs(1);
 
+/// Two engine shards, every room spread over both (a room's peers alternate between them, as a
+/// large room's do), so that what these tests prove holds across shards too.
 fn world(seed: u64) -> Sim {
-    Sim::new(Instant::now(), seed, 2, ServerConfig::default())
+    let config = ServerConfig {
+        room_peers_per_shard: 1,
+        ..ServerConfig::default()
+    };
+    Sim::new(Instant::now(), seed, 2, config)
 }
 
 /// Runs until every open client's subscriber connection is up.
@@ -548,7 +554,10 @@ fn data_reaches_the_room_as_one_engine_command() {
 fn a_message_to_the_room_sent_in_slices_reaches_everyone_in_order() {
     // Two targets per slice: each shard's part of a message to the room takes several inputs.
     let start = Instant::now();
-    let config = ServerConfig::default();
+    let config = ServerConfig {
+        room_peers_per_shard: 1,
+        ..ServerConfig::default()
+    };
     let mut sim = Sim::with_engine(start, 9, 2, config, |c| c.data_slice = 2);
     let (speaker, listeners) = stage(&mut sim, 7);
     reliable_open(&mut sim, speaker);

@@ -85,6 +85,8 @@ pub struct ServiceConfig {
     pub recorder: Option<mpsc::Sender<TapChange>>,
     /// Signaling cores, each a task owning the rooms that hash to it; 0 for one per CPU.
     pub cores: usize,
+    /// Peers a room puts on one engine shard before it spreads to another.
+    pub room_peers_per_shard: u32,
     /// Fresh access tokens pushed to connected clients; `None` for none.
     pub token_refresh: Option<TokenRefresh>,
     /// How this node authenticates relay links to other nodes ([`Signaling::relay_from`]);
@@ -103,6 +105,7 @@ impl Default for ServiceConfig {
             observer: None,
             recorder: None,
             cores: 0,
+            room_peers_per_shard: crate::proto::ROOM_PEERS_PER_SHARD,
             token_refresh: None,
             relay: None,
         }
@@ -275,6 +278,7 @@ impl Signaling {
                 turn: config.turn.clone(),
                 events: config.webhooks.is_some() || config.observer.is_some(),
                 engine_shards: u16::try_from(sfu.shard_count()).unwrap_or(u16::MAX),
+                room_peers_per_shard: config.room_peers_per_shard,
                 seed: core_seed,
                 data_rate: crate::proto::DataRate::default(),
                 token_refresh: config.token_refresh.clone(),
