@@ -20,7 +20,11 @@ use std::collections::HashMap;
 
 use stoa_sfu::{PeerId, ShardId};
 
-/// Default of [`Placement::per_shard`]: about half a core of listener streams for one speaker
+#[cfg(doc)]
+use super::ServerConfig;
+
+/// Default of [`ServerConfig::room_peers_per_shard`], the peers a room puts on one shard before
+/// it takes another: about half a core of listener streams for one speaker
 /// (BENCHMARKS.md: 4,000–5,000 listener-streams per core), leaving the rest for a second
 /// speaker and the room's signaling.
 pub const ROOM_PEERS_PER_SHARD: u32 = 2_000;
