@@ -34,10 +34,11 @@ pub const DEFAULT_RTC_PORT_RANGE_END: u16 = 50200;
 pub const DEV_API_KEY: &str = "devkey";
 /// Secret of [`DEV_API_KEY`]; well known, so dev mode must never face a network.
 pub const DEV_API_SECRET: &str = "secret";
-/// Fewest media engine shards by default, whatever the cores: rooms are kept on different
-/// shards (`stoa_signaling::proto` placement), so that on one core too a busy room's fan-out
-/// runs on another thread than a quiet room's joins, and the kernel shares the core between
-/// them.
+/// Fewest media engine shards by default with a port range, whatever the cores: rooms are kept
+/// on different shards (`stoa_signaling::proto` placement), so that on one core too a busy
+/// room's fan-out runs on another thread than a quiet room's joins, and the kernel shares the
+/// core between them. (On one shared port the default stays one per core: there a datagram
+/// lands on any shard's socket and waits for that shard's turn before it is passed on.)
 pub const MIN_DEFAULT_SHARDS: NonZeroUsize = NonZeroUsize::new(2).expect("2 > 0");
 /// Most media engine shards supported; the engine refuses more.
 pub const MAX_SHARDS: usize = 255;
@@ -231,8 +232,8 @@ impl Config {
 pub struct RtcConfig {
     /// UDP port(s) for WebRTC media.
     pub ports: RtcPorts,
-    /// Number of media engine shards (one per core, at least [`MIN_DEFAULT_SHARDS`], by
-    /// default).
+    /// Number of media engine shards (by default one per core; with a port range at least
+    /// [`MIN_DEFAULT_SHARDS`], at most one per port).
     pub shards: NonZeroUsize,
     /// Peers a room puts on one shard before it spreads to another.
     pub room_peers_per_shard: NonZeroU32,
@@ -988,9 +989,18 @@ impl Layers {
         let ports = self.rtc_ports.unwrap_or(default_rtc_ports);
         let shards = self.shards.unwrap_or_else(|| {
             // INVARIANT: MAX_SHARDS is not zero.
-            cores
-                .max(MIN_DEFAULT_SHARDS)
-                .min(NonZeroUsize::new(MAX_SHARDS).expect("MAX_SHARDS > 0"))
+            let most = NonZeroUsize::new(MAX_SHARDS).expect("MAX_SHARDS > 0");
+            match ports {
+                // Each shard its own port: at least two, as many as the range has ports.
+                RtcPorts::Range { start, end } => {
+                    let len = NonZeroUsize::new(usize::from(end - start) + 1)
+                        .unwrap_or(NonZeroUsize::MIN);
+                    cores.max(MIN_DEFAULT_SHARDS).min(len).min(most)
+                }
+                // On one shared port a datagram may land on any shard and waits for its turn
+                // there: more shards than cores would not keep rooms apart.
+                RtcPorts::Mux(_) => cores.min(most),
+            }
         });
         if let RtcPorts::Range { start, end } = ports {
             // Each shard listens on its own port of the range.

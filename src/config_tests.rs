@@ -234,8 +234,8 @@ fn dev_defaults() {
     assert_eq!(config.advertise_ip, localhost);
     assert_eq!(config.http_addr(), SocketAddr::new(localhost, 7880));
     assert_eq!(config.rtc.ports, RtcPorts::Mux(7882));
-    // One core: still two shards, so that rooms can be kept apart.
-    assert_eq!(config.rtc.shards, MIN_DEFAULT_SHARDS);
+    // One shared port (dev): one shard per core.
+    assert_eq!(config.rtc.shards, CORES);
     assert_eq!(config.keys.ids().collect::<Vec<_>>(), [DEV_API_KEY]);
     let secret = config.keys.secret(DEV_API_KEY).expect("dev key");
     assert_eq!(secret.expose(), DEV_API_SECRET);
@@ -260,6 +260,17 @@ fn production_defaults() {
             end: 50200
         }
     );
+    // A port range: two shards on one core, so that rooms can be kept apart.
+    assert_eq!(config.rtc.shards, MIN_DEFAULT_SHARDS);
+    // No more by default than the range has ports; more when asked is refused.
+    let one_port = format!("{VALID}[rtc]\nport_range_start = 50000\nport_range_end = 50000\n");
+    let config = load_file(Mode::Production, &one_port).expect("one-port range");
+    assert_eq!(config.rtc.shards.get(), 1);
+    let message = error(load_file(
+        Mode::Production,
+        &format!("{one_port}shards = 2\n"),
+    ));
+    assert!(message.contains("fewer than the 2 shards"), "{message}");
 }
 
 #[test]

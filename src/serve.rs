@@ -41,8 +41,12 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Runs the server with a validated `config` until Ctrl-C or SIGTERM.
 pub fn run(config: &Config) -> Result<()> {
     init_tracing(&config.logging)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(runtime_workers())
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // tokio reads TOKIO_WORKER_THREADS itself when it is set.
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        builder.worker_threads(runtime_workers());
+    }
+    let runtime = builder
         .enable_all()
         .thread_name("stoa")
         .build()

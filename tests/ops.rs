@@ -243,11 +243,16 @@ fn each_room_keeps_to_one_engine_shard() {
     wait_metric(addr, "sfu_peers", 3.0);
     let quiet = join_room(addr, (KEY, SECRET), "quiet-room", "q");
     wait_metric(addr, "sfu_peers", 4.0);
-    let mut per_shard = [0, 1].map(|s| {
-        metric(addr, &format!("sfu_shard_peers{{shard=\"{s}\"}}")).expect("sfu_shard_peers")
-    });
-    per_shard.sort_by(f64::total_cmp);
-    assert_eq!(per_shard, [1.0, 3.0]);
+    let per_shard: Vec<f64> = [0, 1]
+        .iter()
+        .map(|s| {
+            metric(addr, &format!("sfu_shard_peers{{shard=\"{s}\"}}")).expect("sfu_shard_peers")
+        })
+        .collect();
+    assert!(
+        per_shard == [3.0, 1.0] || per_shard == [1.0, 3.0],
+        "{per_shard:?}"
+    );
     quiet.close();
     for c in busy {
         c.close();

@@ -247,7 +247,7 @@ struct ServerArgs {
     #[arg(long, value_name = "LIST")]
     bench_cpus: Option<String>,
     /// With --spawn (one instance): this many media engine shards, each on its own UDP port
-    /// (default: one shard per CPU the server may use, all on one port).
+    /// (default: the server's dev default, one shard per CPU it may use, all on one port).
     #[arg(long, value_name = "N")]
     server_shards: Option<usize>,
     /// Harness worker threads.

@@ -316,7 +316,8 @@ impl Drop for RedisProcess {
 
 /// The `[rtc]` settings of `shards` shards on the ports from `start` (one each).
 fn rtc_range_config(start: u16, shards: usize) -> String {
-    let end = usize::from(start) + shards.max(1) - 1;
+    let shards = shards.max(1);
+    let end = usize::from(start) + shards - 1;
     format!("[rtc]\nport_range_start = {start}\nport_range_end = {end}\nshards = {shards}\n")
 }
 

@@ -742,6 +742,43 @@ impl Sim {
         ok
     }
 
+    /// Run until every open client's subscriber connection is up, at most `max` of simulated
+    /// time; returns whether they came up.
+    pub fn connect_all(&mut self, max: Duration) -> bool {
+        self.run_until(max, |s| {
+            s.clients
+                .iter()
+                .filter(|c| c.is_open())
+                .all(|c| c.subscriber.connected)
+        })
+    }
+
+    /// A speaker (identity `speaker`) and `listeners` listeners (`{prefix}0`, `{prefix}1`, …)
+    /// join `room`; once every subscriber connection is up the speaker publishes. Returns the
+    /// speaker and the listeners, or what did not come up within 10 s of simulated time each.
+    pub fn stage(
+        &mut self,
+        room: &str,
+        speaker: &str,
+        prefix: &str,
+        listeners: usize,
+    ) -> Result<(usize, Vec<usize>), &'static str> {
+        let speaker = self.join(room, speaker, true);
+        let ls: Vec<usize> = (0..listeners)
+            .map(|i| self.join(room, &format!("{prefix}{i}"), false))
+            .collect();
+        if !self.connect_all(Duration::from_secs(10)) {
+            return Err("subscriber connections did not come up");
+        }
+        self.publish(speaker);
+        if !self.run_until(Duration::from_secs(10), |s| {
+            s.clients[speaker].publisher.connected
+        }) {
+            return Err("publisher did not connect");
+        }
+        Ok((speaker, ls))
+    }
+
     /// Run the world for `d` of simulated time.
     pub fn run_for(&mut self, d: Duration) {
         let end = self.now + d;

@@ -25,13 +25,10 @@ fn world(seed: u64) -> Sim {
 
 /// Runs until every open client's subscriber connection is up.
 fn connect_all(sim: &mut Sim) {
-    let ok = sim.run_until(10 * SECOND, |s| {
-        s.clients
-            .iter()
-            .filter(|c| c.is_open())
-            .all(|c| c.subscriber.connected)
-    });
-    assert!(ok, "subscriber connections did not come up");
+    assert!(
+        sim.connect_all(10 * SECOND),
+        "subscriber connections did not come up"
+    );
 }
 
 fn track_sid(sim: &Sim, c: usize) -> String {
@@ -45,15 +42,7 @@ fn track_sid(sim: &Sim, c: usize) -> String {
 
 /// A speaker who publishes, with `n` listeners; everyone connected and subscribed.
 fn stage(sim: &mut Sim, listeners: usize) -> (usize, Vec<usize>) {
-    let speaker = sim.join("r", "speaker", true);
-    let ls: Vec<usize> = (0..listeners)
-        .map(|i| sim.join("r", &format!("l{i}"), false))
-        .collect();
-    connect_all(sim);
-    sim.publish(speaker);
-    let ok = sim.run_until(10 * SECOND, |s| s.clients[speaker].publisher.connected);
-    assert!(ok, "publisher did not connect");
-    (speaker, ls)
+    sim.stage("r", "speaker", "l", listeners).unwrap()
 }
 
 #[test]

@@ -62,14 +62,16 @@ fn rooms_take_different_shards_and_spread_only_past_their_share() {
         .any(|o| matches!(o, Output::Engine(EngineCommand::ClosePeer { peer }) if *peer == a3));
     assert!(closed, "a3's peer closed");
     assert!(s.placed_peers().all(|(p, _)| p != a3));
+    assert_eq!(s.shard_loads(), &[3, 2, 1], "a3's place is free again");
+    // Room d: shard 2 is the lightest again (with a3 still counted, shards 1 and 2 would tie
+    // and shard 1 would come first).
+    let (_, d) = join(&mut s, t0, claims("d0", "d", false));
+    assert_eq!(d.shard(), ShardId(2));
+    // Room a is full on shard 0 again: its next peer takes the lightest other shard, 1.
     let (_, a4) = join(&mut s, t0, claims("a4", "a", false));
-    assert_eq!(
-        a4.shard(),
-        ShardId(2),
-        "room a's least-occupied shard has room"
-    );
+    assert_eq!(a4.shard(), ShardId(1));
     let rooms: Vec<(PeerId, String)> = s.placed_peers().map(|(p, r)| (p, r.to_owned())).collect();
-    assert_eq!(rooms.len(), 3 + 2 + 1 + 1);
+    assert_eq!(rooms.len(), 3 + 2 + 1 + 1 + 1);
     assert!(rooms.iter().any(|(p, r)| *p == a4 && r == "a"));
 }
 
@@ -87,21 +89,13 @@ fn the_default_keeps_a_room_on_one_shard() {
 
 /// A speaker and `listeners` listeners in `room`, connected, the speaker publishing.
 fn stage(sim: &mut Sim, room: &str, listeners: usize) -> (usize, Vec<usize>) {
-    let speaker = sim.join(room, &format!("{room}-speaker"), true);
-    let ls: Vec<usize> = (0..listeners)
-        .map(|i| sim.join(room, &format!("{room}-l{i}"), false))
-        .collect();
-    let ok = sim.run_until(10 * SECOND, |s| {
-        s.clients
-            .iter()
-            .filter(|c| c.is_open())
-            .all(|c| c.subscriber.connected)
-    });
-    assert!(ok, "subscriber connections did not come up");
-    sim.publish(speaker);
-    let ok = sim.run_until(10 * SECOND, |s| s.clients[speaker].publisher.connected);
-    assert!(ok, "publisher did not connect");
-    (speaker, ls)
+    sim.stage(
+        room,
+        &format!("{room}-speaker"),
+        &format!("{room}-l"),
+        listeners,
+    )
+    .unwrap()
 }
 
 /// The shards of the peers of `clients`.

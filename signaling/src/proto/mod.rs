@@ -533,6 +533,17 @@ impl Server {
             .map(|s| (s.publisher, s.subscriber))
     }
 
+    /// This core's engine peers per shard (see `placement`), for the other cores of the node.
+    pub fn shard_loads(&self) -> &[u32] {
+        self.placement.loads()
+    }
+
+    /// The peers the node's other signaling cores have on each engine shard: a new room goes
+    /// to the shard least loaded by all of them together.
+    pub fn set_shard_loads_elsewhere(&mut self, loads: &[u32]) {
+        self.placement.set_elsewhere(loads);
+    }
+
     /// The room of a session.
     pub fn session_room(&self, session: SessionId) -> Option<&str> {
         self.sessions.get(&session).map(|s| s.room.as_str())

@@ -12,9 +12,12 @@
 //! kernel's scheduler shares the core between the shards' threads, so a quiet room's shard
 //! runs as soon as it has work).
 //!
-//! Loads are this core's own peers per shard (each signaling core places its own rooms' peers;
-//! core `i` prefers shard `i` on ties, so the cores' first rooms land on different shards).
-//! Plain bookkeeping: no clock, no randomness.
+//! Each signaling core places its own rooms' peers and counts them; a shard's load is that
+//! count plus the other cores' peers there, which the shell tells the core
+//! ([`Server::set_shard_loads_elsewhere`], read before each input, so a little behind), and core
+//! `i` prefers shard `i` on ties. Plain bookkeeping: no clock, no randomness.
+//!
+//! [`Server::set_shard_loads_elsewhere`]: super::Server::set_shard_loads_elsewhere
 
 use std::collections::HashMap;
 
@@ -38,6 +41,8 @@ pub(super) struct Placement {
     first: u16,
     /// Peers per shard, indexed by shard.
     load: Vec<u32>,
+    /// Other signaling cores' peers per shard, as last told.
+    elsewhere: Vec<u32>,
     /// Each room's shards, in the order it took them, with its peers on each.
     rooms: HashMap<String, Vec<(u16, u32)>>,
     /// The room of each placed peer.
@@ -52,6 +57,7 @@ impl Placement {
             per_shard: per_shard.max(1),
             first: first % shards,
             load: vec![0; usize::from(shards)],
+            elsewhere: vec![0; usize::from(shards)],
             rooms: HashMap::new(),
             peers: HashMap::new(),
         }
@@ -76,7 +82,10 @@ impl Placement {
         let fresh = (0..n)
             .map(|i| ((usize::from(self.first) + i) % n) as u16)
             .filter(|s| !taken.iter().any(|(t, _)| t == s))
-            .min_by_key(|s| self.load[usize::from(*s)]);
+            .min_by_key(|s| {
+                let s = usize::from(*s);
+                self.load[s].saturating_add(self.elsewhere[s])
+            });
         match (fresh, own) {
             (Some(shard), _) => ShardId(shard),
             // On every shard already: the one with fewest of its peers.
@@ -121,6 +130,18 @@ impl Placement {
             if taken.is_empty() {
                 self.rooms.remove(&room);
             }
+        }
+    }
+
+    /// This core's peers per shard.
+    pub fn loads(&self) -> &[u32] {
+        &self.load
+    }
+
+    /// The other cores' peers per shard (missing shards count none, extra ones are ignored).
+    pub fn set_elsewhere(&mut self, loads: &[u32]) {
+        for (i, slot) in self.elsewhere.iter_mut().enumerate() {
+            *slot = loads.get(i).copied().unwrap_or(0);
         }
     }
 
@@ -193,6 +214,22 @@ mod tests {
         assert_eq!(p.peers().count(), 1);
         // Shard 0 is empty again: a new room takes it.
         assert_eq!(p.shard_for("c"), ShardId(0));
+    }
+
+    #[test]
+    fn other_cores_peers_count_for_a_new_room() {
+        // Core 1 of two, two shards: its first room would take shard 1, but core 0 has a room
+        // there already.
+        let mut p = Placement::new(2, 1, 10);
+        p.set_elsewhere(&[0, 40]);
+        assert_eq!(p.shard_for("x"), ShardId(0));
+        let mut next = 0;
+        place(&mut p, &mut next, "x");
+        // A room's own shard is kept whatever the others do.
+        p.set_elsewhere(&[90, 0]);
+        assert_eq!(p.shard_for("x"), ShardId(0));
+        assert_eq!(p.shard_for("y"), ShardId(1));
+        assert_eq!(p.loads(), &[1, 0]);
     }
 
     #[test]
