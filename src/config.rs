@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -34,6 +34,12 @@ pub const DEFAULT_RTC_PORT_RANGE_END: u16 = 50200;
 pub const DEV_API_KEY: &str = "devkey";
 /// Secret of [`DEV_API_KEY`]; well known, so dev mode must never face a network.
 pub const DEV_API_SECRET: &str = "secret";
+/// Fewest media engine shards by default with a port range, whatever the cores: rooms are kept
+/// on different shards (`stoa_signaling::proto` placement), so that on one core too a busy
+/// room's fan-out runs on another thread than a quiet room's joins, and the kernel shares the
+/// core between them. (On one shared port the default stays one per core: there a datagram
+/// lands on any shard's socket and waits for that shard's turn before it is passed on.)
+pub const MIN_DEFAULT_SHARDS: NonZeroUsize = NonZeroUsize::new(2).expect("2 > 0");
 /// Most media engine shards supported; the engine refuses more.
 pub const MAX_SHARDS: usize = 255;
 /// Log filter when none is configured.
@@ -49,6 +55,7 @@ const ENV_BIND_IP: &str = "STOA_BIND_IP";
 const ENV_ADVERTISE_IP: &str = "STOA_ADVERTISE_IP";
 const ENV_HTTP_PORT: &str = "STOA_HTTP_PORT";
 const ENV_RTC_UDP_PORT: &str = "STOA_RTC_UDP_PORT";
+const ENV_RTC_SHARDS: &str = "STOA_RTC_SHARDS";
 const ENV_KEYS: &str = "STOA_KEYS";
 const ENV_LOG_LEVEL: &str = "STOA_LOG_LEVEL";
 const ENV_DRAIN_SECONDS: &str = "STOA_DRAIN_SECONDS";
@@ -225,8 +232,11 @@ impl Config {
 pub struct RtcConfig {
     /// UDP port(s) for WebRTC media.
     pub ports: RtcPorts,
-    /// Number of media engine shards (one per core by default).
+    /// Number of media engine shards (by default one per core; with a port range at least
+    /// [`MIN_DEFAULT_SHARDS`], at most one per port).
     pub shards: NonZeroUsize,
+    /// Peers a room puts on one shard before it spreads to another.
+    pub room_peers_per_shard: NonZeroU32,
 }
 
 /// UDP port(s) for WebRTC media. Ports are never 0, and a range is never empty.
@@ -494,6 +504,7 @@ struct FileRtc {
     port_range_start: Option<Spanned<u16>>,
     port_range_end: Option<Spanned<u16>>,
     shards: Option<Spanned<usize>>,
+    room_peers_per_shard: Option<Spanned<u32>>,
     use_external_ip: Option<bool>,
     stun_servers: Option<Vec<Spanned<String>>>,
 }
@@ -517,6 +528,7 @@ struct Layers {
     stun_servers: Option<Vec<String>>,
     rtc_ports: Option<RtcPorts>,
     shards: Option<NonZeroUsize>,
+    room_peers_per_shard: Option<NonZeroU32>,
     keys: Option<ApiKeys>,
     log_filter: Option<LogFilter>,
     log_format: Option<LogFormat>,
@@ -730,6 +742,15 @@ impl Layers {
                 })?;
             self.shards = Some(count);
         }
+        if let Some(peers) = &rtc.room_peers_per_shard {
+            let peers = NonZeroU32::new(*peers.get_ref()).ok_or_else(|| {
+                anyhow!(
+                    "{}: must be at least 1",
+                    at("rtc.room_peers_per_shard", peers.span())
+                )
+            })?;
+            self.room_peers_per_shard = Some(peers);
+        }
 
         if let Some(table) = &file.keys {
             let mut keys = ApiKeys::default();
@@ -834,6 +855,19 @@ impl Layers {
             // A port from the environment replaces whatever the file chose, range included.
             let port = parse_port(&value).map_err(|e| anyhow!("{ENV_RTC_UDP_PORT}: {e}"))?;
             self.rtc_ports = Some(RtcPorts::Mux(port));
+        }
+        if let Some(value) = var(ENV_RTC_SHARDS) {
+            let count = value
+                .parse::<usize>()
+                .ok()
+                .and_then(NonZeroUsize::new)
+                .filter(|count| count.get() <= MAX_SHARDS)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "{ENV_RTC_SHARDS}: `{value}` is not a number of shards (1-{MAX_SHARDS})"
+                    )
+                })?;
+            self.shards = Some(count);
         }
         if let Some(value) = var(ENV_KEYS) {
             self.keys = Some(parse_key_list(&value).map_err(|e| anyhow!("{ENV_KEYS}: {e}"))?);
@@ -955,7 +989,18 @@ impl Layers {
         let ports = self.rtc_ports.unwrap_or(default_rtc_ports);
         let shards = self.shards.unwrap_or_else(|| {
             // INVARIANT: MAX_SHARDS is not zero.
-            cores.min(NonZeroUsize::new(MAX_SHARDS).expect("MAX_SHARDS > 0"))
+            let most = NonZeroUsize::new(MAX_SHARDS).expect("MAX_SHARDS > 0");
+            match ports {
+                // Each shard its own port: at least two, as many as the range has ports.
+                RtcPorts::Range { start, end } => {
+                    let len = NonZeroUsize::new(usize::from(end - start) + 1)
+                        .unwrap_or(NonZeroUsize::MIN);
+                    cores.max(MIN_DEFAULT_SHARDS).min(len).min(most)
+                }
+                // On one shared port a datagram may land on any shard and waits for its turn
+                // there: more shards than cores would not keep rooms apart.
+                RtcPorts::Mux(_) => cores.min(most),
+            }
         });
         if let RtcPorts::Range { start, end } = ports {
             // Each shard listens on its own port of the range.
@@ -1009,7 +1054,15 @@ impl Layers {
             http_tls: self.http_tls,
             acme,
             stun_servers,
-            rtc: RtcConfig { ports, shards },
+            rtc: RtcConfig {
+                ports,
+                shards,
+                room_peers_per_shard: self.room_peers_per_shard.unwrap_or(
+                    // INVARIANT: the default is not zero.
+                    NonZeroU32::new(stoa_signaling::proto::ROOM_PEERS_PER_SHARD)
+                        .expect("ROOM_PEERS_PER_SHARD > 0"),
+                ),
+            },
             keys,
             logging: LoggingConfig {
                 // INVARIANT: the default filter is a plain level.

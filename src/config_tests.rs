@@ -63,6 +63,7 @@ fn example_config_parses() {
         }
     );
     assert_eq!(config.rtc.shards.get(), 2);
+    assert_eq!(config.rtc.room_peers_per_shard.get(), 2000);
     assert_eq!(config.keys.ids().collect::<Vec<_>>(), ["APIexample"]);
     assert_eq!(config.logging.filter.to_string(), "info,stoa_sfu=info");
     assert_eq!(config.logging.format, LogFormat::Text);
@@ -135,6 +136,15 @@ fn drain_seconds_from_file_and_env() {
     )
     .expect("config");
     assert_eq!(config.shutdown.drain, std::time::Duration::ZERO);
+    // Shards from the environment replace the file's.
+    let config = load_with(
+        Mode::Dev,
+        "[rtc]\nshards = 1\n",
+        &[("STOA_RTC_SHARDS", "3")],
+        &Overrides::default(),
+    )
+    .expect("config");
+    assert_eq!(config.rtc.shards.get(), 3);
     let err = load_with(
         Mode::Dev,
         "[shutdown]\ndrain_seconds = 99999\n",
@@ -169,6 +179,7 @@ fn example_config_documents_every_key() {
         "port_range_start",
         "port_range_end",
         "shards",
+        "room_peers_per_shard",
         "[keys]",
         "[logging]",
         "level",
@@ -223,6 +234,7 @@ fn dev_defaults() {
     assert_eq!(config.advertise_ip, localhost);
     assert_eq!(config.http_addr(), SocketAddr::new(localhost, 7880));
     assert_eq!(config.rtc.ports, RtcPorts::Mux(7882));
+    // One shared port (dev): one shard per core.
     assert_eq!(config.rtc.shards, CORES);
     assert_eq!(config.keys.ids().collect::<Vec<_>>(), [DEV_API_KEY]);
     let secret = config.keys.secret(DEV_API_KEY).expect("dev key");
@@ -248,6 +260,17 @@ fn production_defaults() {
             end: 50200
         }
     );
+    // A port range: two shards on one core, so that rooms can be kept apart.
+    assert_eq!(config.rtc.shards, MIN_DEFAULT_SHARDS);
+    // No more by default than the range has ports; more when asked is refused.
+    let one_port = format!("{VALID}[rtc]\nport_range_start = 50000\nport_range_end = 50000\n");
+    let config = load_file(Mode::Production, &one_port).expect("one-port range");
+    assert_eq!(config.rtc.shards.get(), 1);
+    let message = error(load_file(
+        Mode::Production,
+        &format!("{one_port}shards = 2\n"),
+    ));
+    assert!(message.contains("fewer than the 2 shards"), "{message}");
 }
 
 #[test]
@@ -424,6 +447,12 @@ fn port_range_is_checked() {
         "{message}"
     );
 
+    let message = error(load_file(Mode::Dev, "[rtc]\nroom_peers_per_shard = 0\n"));
+    assert!(
+        message.contains("rtc.room_peers_per_shard: must be at least 1"),
+        "{message}"
+    );
+
     let message = error(load_file(Mode::Dev, "[rtc]\nshards = 256\n"));
     assert!(
         message.contains("rtc.shards: must be between 1 and 255"),
@@ -529,6 +558,16 @@ fn bad_env_values_are_rejected() {
             ENV_KEYS,
             "justakey",
             "STOA_KEYS: entry `justakey` is not `key: secret`",
+        ),
+        (
+            ENV_RTC_SHARDS,
+            "0",
+            "STOA_RTC_SHARDS: `0` is not a number of shards (1-255)",
+        ),
+        (
+            ENV_RTC_SHARDS,
+            "many",
+            "STOA_RTC_SHARDS: `many` is not a number of shards (1-255)",
         ),
         (
             ENV_KEYS,

@@ -84,6 +84,9 @@ pub const SIGNALING_DROPPED: &str = "signaling_dropped_total";
 pub const SFU_QUEUE_DROPPED: &str = "sfu_queue_dropped_total";
 /// Media engine shards that answered the last scrape (gauge).
 pub const SFU_SHARDS: &str = "sfu_shards";
+/// Live peer connections of each media engine shard, by `shard` (gauge): a room's peers stay
+/// on one shard until it outgrows `rtc.room_peers_per_shard`.
+pub const SFU_SHARD_PEERS: &str = "sfu_shard_peers";
 /// 1 while the server drains for shutdown, else 0 (gauge).
 pub const STOA_DRAINING: &str = "stoa_draining";
 
@@ -139,6 +142,11 @@ pub fn describe() {
         "Messages dropped on a full queue of the media engine's shell, by queue"
     );
     describe_gauge!(SFU_PEERS, Unit::Count, "Live peer connections");
+    describe_gauge!(
+        SFU_SHARD_PEERS,
+        Unit::Count,
+        "Live peer connections of each media engine shard"
+    );
     describe_gauge!(
         SFU_TRACKS,
         Unit::Count,
@@ -303,6 +311,9 @@ pub fn record(snapshot: &Snapshot) {
             sum
         });
         gauge!(SFU_SHARDS).set(shards.len() as f64);
+        for (shard, stats) in shards.iter().enumerate() {
+            gauge!(SFU_SHARD_PEERS, "shard" => shard.to_string()).set(stats.peers as f64);
+        }
         gauge!(SFU_PEERS).set(total.peers as f64);
         gauge!(SFU_TRACKS).set(total.tracks as f64);
         counter!(SFU_RTP_RECEIVED).absolute(total.rtp_in);
@@ -411,7 +422,7 @@ mod tests {
                 joins_legacy: 4,
                 ..SignalingStats::default()
             }),
-            sfu: Some(vec![shard, shard]),
+            sfu: Some(vec![shard, SfuStats { peers: 5, ..shard }]),
             traffic: TrafficSnapshot {
                 datagrams_in: 7,
                 bytes_in: 700,
@@ -436,9 +447,11 @@ mod tests {
             "signaling_joins_total{path=\"legacy\"} 4",
             "signaling_participants{role=\"publisher\"} 1",
             "signaling_participants{role=\"listener\"} 2",
-            "sfu_peers 4",
+            "sfu_peers 7",
             "sfu_tracks 2",
             "sfu_shards 2",
+            "sfu_shard_peers{shard=\"0\"} 2",
+            "sfu_shard_peers{shard=\"1\"} 5",
             "sfu_rtp_packets_received_total 20",
             "sfu_rtp_packets_forwarded_total 60",
             "sfu_rtp_packets_lost_total 6",

@@ -41,12 +41,30 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Runs the server with a validated `config` until Ctrl-C or SIGTERM.
 pub fn run(config: &Config) -> Result<()> {
     init_tracing(&config.logging)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // tokio reads TOKIO_WORKER_THREADS itself when it is set.
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        builder.worker_threads(runtime_workers());
+    }
+    let runtime = builder
         .enable_all()
         .thread_name("stoa")
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(serve(config))
+}
+
+/// Fewest worker threads of the async runtime (signaling, WebSockets, HTTP): with one, a busy
+/// room's burst of WebSocket writes (a floor change told to thousands of listeners) holds every
+/// task of every other room behind it; with a second, another room's join runs meanwhile, the
+/// kernel sharing the core between them (BENCHMARKS.md, two rooms on one node).
+const MIN_RUNTIME_WORKERS: usize = 2;
+
+/// Worker threads of the async runtime: one per core, at least [`MIN_RUNTIME_WORKERS`].
+fn runtime_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .max(MIN_RUNTIME_WORKERS)
 }
 
 /// The media engine's settings derived from the validated config.
@@ -202,6 +220,7 @@ async fn serve(config: &Config) -> Result<()> {
         recorder: Some(taps),
         room_defaults,
         relay,
+        room_peers_per_shard: config.rtc.room_peers_per_shard.get(),
         ..ServiceConfig::default()
     };
     let signaling = Signaling::start(service, engine_handle.clone(), engine_events);

@@ -55,7 +55,13 @@ fn params(kind: Kind) -> Params {
 fn dev_server(room: &str, path: JoinPath) -> (ServerProcess, Target) {
     let process = ServerProcess::spawn(Path::new(env!("CARGO_BIN_EXE_stoa")), None, None)
         .expect("start stoa serve --dev");
-    let target = Target {
+    let target = target_on(&process, room, path);
+    (process, target)
+}
+
+/// A target naming `room` on `process`, joined by `path`.
+fn target_on(process: &ServerProcess, room: &str, path: JoinPath) -> Target {
+    Target {
         http: process.http,
         protocol: Protocol::Livekit,
         key: "devkey".into(),
@@ -64,8 +70,7 @@ fn dev_server(room: &str, path: JoinPath) -> (ServerProcess, Target) {
         pid: Some(process.pid()),
         path,
         api: Vec::new(),
-    };
-    (process, target)
+    }
 }
 
 /// Start a server, run `params` against it with direct tokens, check the report.
@@ -320,7 +325,10 @@ fn speaker_rotation() {
 #[test]
 fn two_rooms_with_room_b_on_a_thread_of_its_own() {
     use stoa_bench::two_rooms::{self, TwoRoomsParams};
-    let (process, target) = dev_server("rooms", JoinPath::Direct);
+    // Two engine shards, each on its own port, as --server-shards 2 starts the server.
+    let bin = Path::new(env!("CARGO_BIN_EXE_stoa"));
+    let process = ServerProcess::spawn_sharded(bin, None, None, &[], 2).expect("start stoa");
+    let target = target_on(&process, "rooms", JoinPath::Direct);
     let params = TwoRoomsParams {
         a_listeners: 10,
         a_speakers: 2,
@@ -386,6 +394,21 @@ fn two_rooms_with_room_b_on_a_thread_of_its_own() {
     assert!(busy.reactions > 0 && busy.reactions_failed == 0, "{busy:?}");
     assert!(busy.rotations > 0, "{busy:?}");
     assert!(report.busy_over_idle_p95.is_some(), "{report:?}");
+    // Room A's peers together on one shard; each storm's room B on the other, room A's
+    // shard unchanged.
+    let a = &report.a_shard_peers;
+    assert_eq!(a.len(), 2, "{report:?}");
+    let a_shard = usize::from(a[0] == 0);
+    assert!(a[a_shard] >= 12 && a[1 - a_shard] == 0, "{a:?}");
+    for storm in [idle, busy] {
+        let p = &storm.shard_peers;
+        assert_eq!(p.len(), 2, "{storm:?}");
+        assert_eq!(p[a_shard], a[a_shard], "room A's shard: {storm:?}");
+        assert!(
+            p[1 - a_shard] >= 6,
+            "room B's speaker and listeners: {storm:?}"
+        );
+    }
     // Room A's side ran below room B's clients; the server kept its own priority.
     assert_eq!(
         report.harness_nice,

@@ -43,6 +43,11 @@ impl Drop for Server {
 
 impl Server {
     fn start(drain_seconds: u64) -> Server {
+        Server::start_with(drain_seconds, &[])
+    }
+
+    /// Like [`Server::start`], with `STOA_*` settings of its own.
+    fn start_with(drain_seconds: u64, env: &[(&str, &str)]) -> Server {
         let (http_port, rtc_port) = support::free_ports();
         let mut command = Command::new(env!("CARGO_BIN_EXE_stoa"));
         for (name, _) in std::env::vars_os() {
@@ -57,6 +62,7 @@ impl Server {
             .env("STOA_RTC_UDP_PORT", rtc_port.to_string())
             .env("STOA_KEYS", format!("{KEY}: {SECRET}"))
             .env("STOA_DRAIN_SECONDS", drain_seconds.to_string())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -221,6 +227,37 @@ fn metrics_follow_a_session_and_readyz_answers() {
     client.close();
     wait_metric(addr, "signaling_sessions", 0.0);
     wait_metric(addr, "signaling_participants{role=\"publisher\"}", 0.0);
+}
+
+#[test]
+fn each_room_keeps_to_one_engine_shard() {
+    // Two shards (from the environment). Round robin would put the busy room's three peers
+    // on both shards (2 and 1, then the quiet room's peer 2 and 2); kept together, the busy
+    // room fills one shard and the quiet room takes the other.
+    let server = Server::start_with(5, &[("STOA_RTC_SHARDS", "2")]);
+    let addr = server.addr;
+    wait_metric(addr, "sfu_shards", 2.0);
+    let busy: Vec<SignalClient> = (0..3)
+        .map(|i| join_room(addr, (KEY, SECRET), "busy-room", &format!("b{i}")))
+        .collect();
+    wait_metric(addr, "sfu_peers", 3.0);
+    let quiet = join_room(addr, (KEY, SECRET), "quiet-room", "q");
+    wait_metric(addr, "sfu_peers", 4.0);
+    let per_shard: Vec<f64> = [0, 1]
+        .iter()
+        .map(|s| {
+            metric(addr, &format!("sfu_shard_peers{{shard=\"{s}\"}}")).expect("sfu_shard_peers")
+        })
+        .collect();
+    assert!(
+        per_shard == [3.0, 1.0] || per_shard == [1.0, 3.0],
+        "{per_shard:?}"
+    );
+    quiet.close();
+    for c in busy {
+        c.close();
+    }
+    wait_metric(addr, "sfu_peers", 0.0);
 }
 
 /// Reads until the `Leave` a draining server sends; checks it asks the client to leave for good.

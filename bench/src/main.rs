@@ -246,6 +246,10 @@ struct ServerArgs {
     /// Pin this harness to these CPUs (e.g. `1`).
     #[arg(long, value_name = "LIST")]
     bench_cpus: Option<String>,
+    /// With --spawn (one instance): this many media engine shards, each on its own UDP port
+    /// (default: the server's dev default, one shard per CPU it may use, all on one port).
+    #[arg(long, value_name = "N")]
+    server_shards: Option<usize>,
     /// Harness worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -929,6 +933,12 @@ fn target(a: &ServerArgs, path: JoinPath) -> anyhow::Result<(Target, Vec<ServerP
         bail!("--instances must be 1 to 8");
     }
     let mut processes = Vec::new();
+    if a.server_shards.is_some() && (a.spawn.is_none() || a.instances > 1) {
+        bail!("--server-shards needs --spawn and one instance");
+    }
+    if a.server_shards.is_some_and(|n| n == 0 || n > 255) {
+        bail!("--server-shards must be 1 to 255");
+    }
     match (&a.spawn, a.redis_url.as_deref()) {
         (Some(bin), Some(redis)) if a.instances > 1 => {
             for _ in 0..a.instances {
@@ -944,8 +954,12 @@ fn target(a: &ServerArgs, path: JoinPath) -> anyhow::Result<(Target, Vec<ServerP
             let env: Vec<(&str, &str)> = redis
                 .map(|u| vec![("STOA_REDIS_URL", u)])
                 .unwrap_or_default();
-            let p = ServerProcess::spawn_with(bin, a.server_cpus.as_deref(), None, &env)
-                .with_context(|| format!("start {}", bin.display()))?;
+            let cpus = a.server_cpus.as_deref();
+            let p = match a.server_shards {
+                Some(shards) => ServerProcess::spawn_sharded(bin, cpus, None, &env, shards),
+                None => ServerProcess::spawn_with(bin, cpus, None, &env),
+            }
+            .with_context(|| format!("start {}", bin.display()))?;
             processes.push(p);
         }
         (None, _) if a.instances > 1 => bail!("--instances needs --spawn"),

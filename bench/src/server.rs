@@ -56,7 +56,21 @@ impl ServerProcess {
         log: Option<&Path>,
         env: &[(&str, &str)],
     ) -> Result<ServerProcess, ServerError> {
-        ServerProcess::spawn_inner(binary, cpus, log, env, false)
+        ServerProcess::spawn_inner(binary, cpus, log, env, false, None)
+    }
+
+    /// Like [`ServerProcess::spawn_with`], with `shards` media engine shards, each on its own
+    /// UDP port of a free range (as a node outside dev mode runs them), rather than every shard
+    /// on one shared port: there, a datagram lands on whichever shard the kernel picks and
+    /// waits for that shard's turn before it is passed to its peer's.
+    pub fn spawn_sharded(
+        binary: &Path,
+        cpus: Option<&str>,
+        log: Option<&Path>,
+        env: &[(&str, &str)],
+        shards: usize,
+    ) -> Result<ServerProcess, ServerError> {
+        ServerProcess::spawn_inner(binary, cpus, log, env, false, Some(shards))
     }
 
     /// One node of several sharing the Redis store at `redis_url`, whose public URL is its own
@@ -81,7 +95,7 @@ impl ServerProcess {
     ) -> Result<ServerProcess, ServerError> {
         let mut all = vec![("STOA_REDIS_URL", redis_url)];
         all.extend_from_slice(env);
-        ServerProcess::spawn_inner(binary, cpus, log, &all, true)
+        ServerProcess::spawn_inner(binary, cpus, log, &all, true, None)
     }
 
     fn spawn_inner(
@@ -90,21 +104,32 @@ impl ServerProcess {
         log: Option<&Path>,
         env: &[(&str, &str)],
         own_public_url: bool,
+        shards: Option<usize>,
     ) -> Result<ServerProcess, ServerError> {
         let http_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let udp_port = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut command = pinned_command(binary, cpus);
         clear_stoa_env(&mut command);
         // A state directory of its own, so that servers started side by side never share one.
         let data_dir =
             std::env::temp_dir().join(format!("stoa-bench-{}-{http_port}", std::process::id()));
         std::fs::create_dir_all(&data_dir)?;
+        command
+            .args(["serve", "--dev", "--http-port"])
+            .arg(http_port.to_string());
+        match shards {
+            Some(shards) => {
+                let start = free_udp_range(shards)?;
+                let config = data_dir.join("rtc.toml");
+                std::fs::write(&config, rtc_range_config(start, shards))?;
+                command.env("STOA_CONFIG", &config);
+            }
+            None => {
+                let udp_port = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+                command.arg("--rtc-udp-port").arg(udp_port.to_string());
+            }
+        }
         let (stdout, stderr) = outputs(log)?;
         let child = command
-            .args(["serve", "--dev", "--http-port"])
-            .arg(http_port.to_string())
-            .arg("--rtc-udp-port")
-            .arg(udp_port.to_string())
             .env("STOA_LOG_LEVEL", "warn")
             .env("STOA_DATA_DIR", &data_dir)
             .envs(env.iter().copied())
@@ -289,6 +314,36 @@ impl Drop for RedisProcess {
     }
 }
 
+/// The `[rtc]` settings of `shards` shards on the ports from `start` (one each).
+fn rtc_range_config(start: u16, shards: usize) -> String {
+    let shards = shards.max(1);
+    let end = usize::from(start) + shards - 1;
+    format!("[rtc]\nport_range_start = {start}\nport_range_end = {end}\nshards = {shards}\n")
+}
+
+/// The first of `count` consecutive UDP ports free on 127.0.0.1 now (found by binding them;
+/// released before the server takes them, so another process could take one first, which the
+/// server's start-up then reports).
+fn free_udp_range(count: usize) -> io::Result<u16> {
+    let count = u16::try_from(count.clamp(1, 255)).unwrap_or(255);
+    for _ in 0..50 {
+        let start = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+        let Some(end) = start.checked_add(count - 1) else {
+            continue;
+        };
+        let held: io::Result<Vec<UdpSocket>> = (start..=end)
+            .map(|p| UdpSocket::bind(("127.0.0.1", p)))
+            .collect();
+        if held.is_ok() {
+            return Ok(start);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        format!("no {count} consecutive free UDP ports on 127.0.0.1"),
+    ))
+}
+
 /// `program`, under `taskset -c cpus` when given (taskset execs it, so the child's pid is the
 /// program's).
 pub(crate) fn pinned_command(program: impl AsRef<std::ffi::OsStr>, cpus: Option<&str>) -> Command {
@@ -461,6 +516,26 @@ fn metric_value(text: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
+/// Live peers of each media engine shard, in shard order (`sfu_shard_peers`; blocking, bounded
+/// by a 2 s timeout); empty when unavailable.
+pub fn scrape_shard_peers(http: SocketAddr) -> Vec<u64> {
+    scrape(http).map_or_else(Vec::new, |text| shard_peers(&text))
+}
+
+/// The `sfu_shard_peers{shard="i"}` series of Prometheus text, in shard order.
+fn shard_peers(text: &str) -> Vec<u64> {
+    let mut shards: Vec<(u32, u64)> = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("sfu_shard_peers{shard=\"")?;
+            let (shard, rest) = rest.split_once("\"}")?;
+            Some((shard.parse().ok()?, rest.trim().parse::<f64>().ok()? as u64))
+        })
+        .collect();
+    shards.sort_unstable();
+    shards.into_iter().map(|(_, peers)| peers).collect()
+}
+
 /// Scrape `/metrics` (blocking, bounded by a 2 s timeout); `None` when unavailable.
 pub fn scrape_rtp(http: SocketAddr) -> Option<RtpCounters> {
     let text = scrape(http)?;
@@ -490,6 +565,14 @@ mod tests {
             Some(51_200)
         );
         assert_eq!(parse_cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn reads_peers_per_shard_in_shard_order() {
+        let text = "# TYPE sfu_shard_peers gauge\nsfu_shard_peers{shard=\"1\"} 501\n\
+                    sfu_shard_peers{shard=\"0\"} 1003\nsfu_shard_peers_x 7\nsfu_peers 1504\n";
+        assert_eq!(shard_peers(text), [1003, 501]);
+        assert!(shard_peers("sfu_peers 3\n").is_empty());
     }
 
     #[test]

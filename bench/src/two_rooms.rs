@@ -125,6 +125,9 @@ pub struct Storm {
     ///
     /// [`Report::join_steps_ms`]: crate::report::Report::join_steps_ms
     pub join_steps_ms: Vec<StepQuantiles>,
+    /// Live peers of each media engine shard at the storm's end, room B's listeners still
+    /// connected (empty when the server did not say).
+    pub shard_peers: Vec<u64>,
     /// The server's threads over the storm, run and run-queue wait: those of the process
     /// `target.pid` names (none when it is unknown or could not be read).
     pub server_threads: Vec<ThreadTime>,
@@ -145,6 +148,9 @@ pub struct TwoRoomsReport {
     /// Time for every room-A speaker to publish once (before the storms).
     #[serde(serialize_with = "crate::scenario::seconds")]
     pub warm_up: Duration,
+    /// Live peers of each media engine shard with room A alone, before the storms (empty
+    /// when the server did not say).
+    pub a_shard_peers: Vec<u64>,
     /// Every storm, in order.
     pub storms: Vec<Storm>,
     /// Room B's p95 with A busy ÷ with A idle, over all storms of each kind (pooled samples).
@@ -205,6 +211,25 @@ impl TwoRoomsReport {
                 summary(&s.harness_threads),
             ));
         }
+        let peers = |p: &[u64]| {
+            if p.is_empty() {
+                "-".to_owned()
+            } else {
+                p.iter().map(u64::to_string).collect::<Vec<_>>().join(" / ")
+            }
+        };
+        out.push_str(&format!(
+            "peers per engine shard: room A alone {}",
+            peers(&self.a_shard_peers)
+        ));
+        for (i, s) in self.storms.iter().enumerate() {
+            out.push_str(&format!(
+                ", end of storm {} {}",
+                i + 1,
+                peers(&s.shard_peers)
+            ));
+        }
+        out.push('\n');
         let [a_nice, b_nice] = self
             .harness_nice
             .map(|n| n.map_or("-".into(), |n| n.to_string()));
@@ -312,6 +337,7 @@ pub async fn run(
         tokio::time::sleep(params.rotate_every).await;
     }
     let warm_up = clock.now().saturating_duration_since(warm);
+    let a_shard_peers = shard_peers(target.http).await;
 
     // Room A's busy driver: reactions through the server API, floor changes through clients.
     let busy = Arc::new(Busy::default());
@@ -402,6 +428,7 @@ pub async fn run(
         }
         busy.on.store(false, Ordering::Relaxed);
         let threads_after = sample_threads(server_pid);
+        let shard_peers = shard_peers(target.http).await;
         let (listeners, _) = b.finish().await;
         let mut ms: Vec<u32> = listeners
             .iter()
@@ -422,6 +449,7 @@ pub async fn run(
             reactions_failed: busy.failed.load(Ordering::Relaxed) - before.1,
             rotations: busy.rotations.load(Ordering::Relaxed) - before.2,
             join_steps_ms: join_steps(listeners.iter().map(|(t, _)| t)),
+            shard_peers,
             server_threads: phase(&threads_before.0, &threads_after.0),
             harness_threads: phase(&threads_before.1, &threads_after.1),
             samples: ms,
@@ -449,6 +477,7 @@ pub async fn run(
         params: params.clone(),
         a_heard,
         warm_up,
+        a_shard_peers,
         storms,
         busy_over_idle_p95: ratio,
         p95_idle_busy_ms: [idle, busy_p95],
@@ -503,6 +532,13 @@ fn storm_wake(join: Option<Instant>, rotation: Option<Instant>, end: Instant) ->
         .into_iter()
         .flatten()
         .fold(end, Instant::min)
+}
+
+/// Live peers of each engine shard of the server at `http` (empty when it did not say).
+async fn shard_peers(http: SocketAddr) -> Vec<u64> {
+    tokio::task::spawn_blocking(move || crate::server::scrape_shard_peers(http))
+        .await
+        .unwrap_or_default()
 }
 
 /// The server's threads (when its pid is known and readable) and this harness's.

@@ -23,7 +23,13 @@ fn start() -> Instant {
 
 fuzz_target!(|data: &[u8]| {
     let seed = data.first().copied().map_or(0, u64::from);
-    let mut sim = Sim::new(start(), seed, 2, ServerConfig::default());
+    // Odd seeds spread every room over both shards (a room's peers alternate between them);
+    // even ones keep each room on one shard.
+    let config = ServerConfig {
+        room_peers_per_shard: if seed % 2 == 1 { 1 } else { 2_000 },
+        ..ServerConfig::default()
+    };
+    let mut sim = Sim::new(start(), seed, 2, config);
     sim.max_steps = 200_000;
     for (step, chunk) in data.chunks_exact(3).take(48).enumerate() {
         sim.act(chunk[0], chunk[1], chunk[2]);

@@ -742,6 +742,43 @@ impl Sim {
         ok
     }
 
+    /// Run until every open client's subscriber connection is up, at most `max` of simulated
+    /// time; returns whether they came up.
+    pub fn connect_all(&mut self, max: Duration) -> bool {
+        self.run_until(max, |s| {
+            s.clients
+                .iter()
+                .filter(|c| c.is_open())
+                .all(|c| c.subscriber.connected)
+        })
+    }
+
+    /// A speaker (identity `speaker`) and `listeners` listeners (`{prefix}0`, `{prefix}1`, …)
+    /// join `room`; once every subscriber connection is up the speaker publishes. Returns the
+    /// speaker and the listeners, or what did not come up within 10 s of simulated time each.
+    pub fn stage(
+        &mut self,
+        room: &str,
+        speaker: &str,
+        prefix: &str,
+        listeners: usize,
+    ) -> Result<(usize, Vec<usize>), &'static str> {
+        let speaker = self.join(room, speaker, true);
+        let ls: Vec<usize> = (0..listeners)
+            .map(|i| self.join(room, &format!("{prefix}{i}"), false))
+            .collect();
+        if !self.connect_all(Duration::from_secs(10)) {
+            return Err("subscriber connections did not come up");
+        }
+        self.publish(speaker);
+        if !self.run_until(Duration::from_secs(10), |s| {
+            s.clients[speaker].publisher.connected
+        }) {
+            return Err("publisher did not connect");
+        }
+        Ok((speaker, ls))
+    }
+
     /// Run the world for `d` of simulated time.
     pub fn run_for(&mut self, d: Duration) {
         let end = self.now + d;
@@ -1382,13 +1419,19 @@ impl Sim {
             return Err("role counts disagree with participants".into());
         }
         let mut peers = 0u64;
+        // Every peer placed on a shard is a session's, in the session's room, and back.
+        let mut placed: HashMap<stoa_sfu::PeerId, &str> = self.server.placed_peers().collect();
         for session in self.server.sessions() {
             let Some((publisher, subscriber)) = self.server.session_peers(session) else {
                 return Err("a listed session has no peers entry".into());
             };
+            let room = self.server.session_room(session);
             // On one connection (`/rtc/v1`) both are the same peer.
             let subscriber = subscriber.filter(|s| Some(*s) != publisher);
             for peer in [publisher, subscriber].into_iter().flatten() {
+                if placed.remove(&peer) != room {
+                    return Err(format!("session peer {peer} is not placed in its room"));
+                }
                 peers += 1;
                 let shard = self
                     .shards
@@ -1420,6 +1463,9 @@ impl Sim {
             return Err(format!(
                 "tapped tracks {tapped:?}, published tracks of recorded rooms {recorded:?}"
             ));
+        }
+        if let Some(peer) = placed.keys().next() {
+            return Err(format!("peer {peer} is placed but belongs to no session"));
         }
         let engine: u64 = self.shards.iter().map(|s| s.stats().peers).sum();
         if engine != peers {

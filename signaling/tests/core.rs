@@ -13,19 +13,22 @@ use stoa_signaling::sim::Sim;
 
 const SECOND: Duration = Duration::from_secs(1);
 
+/// Two engine shards, every room spread over both (a room's peers alternate between them, as a
+/// large room's do), so that what these tests prove holds across shards too.
 fn world(seed: u64) -> Sim {
-    Sim::new(Instant::now(), seed, 2, ServerConfig::default())
+    let config = ServerConfig {
+        room_peers_per_shard: 1,
+        ..ServerConfig::default()
+    };
+    Sim::new(Instant::now(), seed, 2, config)
 }
 
 /// Runs until every open client's subscriber connection is up.
 fn connect_all(sim: &mut Sim) {
-    let ok = sim.run_until(10 * SECOND, |s| {
-        s.clients
-            .iter()
-            .filter(|c| c.is_open())
-            .all(|c| c.subscriber.connected)
-    });
-    assert!(ok, "subscriber connections did not come up");
+    assert!(
+        sim.connect_all(10 * SECOND),
+        "subscriber connections did not come up"
+    );
 }
 
 fn track_sid(sim: &Sim, c: usize) -> String {
@@ -39,15 +42,7 @@ fn track_sid(sim: &Sim, c: usize) -> String {
 
 /// A speaker who publishes, with `n` listeners; everyone connected and subscribed.
 fn stage(sim: &mut Sim, listeners: usize) -> (usize, Vec<usize>) {
-    let speaker = sim.join("r", "speaker", true);
-    let ls: Vec<usize> = (0..listeners)
-        .map(|i| sim.join("r", &format!("l{i}"), false))
-        .collect();
-    connect_all(sim);
-    sim.publish(speaker);
-    let ok = sim.run_until(10 * SECOND, |s| s.clients[speaker].publisher.connected);
-    assert!(ok, "publisher did not connect");
-    (speaker, ls)
+    sim.stage("r", "speaker", "l", listeners).unwrap()
 }
 
 #[test]
@@ -548,7 +543,10 @@ fn data_reaches_the_room_as_one_engine_command() {
 fn a_message_to_the_room_sent_in_slices_reaches_everyone_in_order() {
     // Two targets per slice: each shard's part of a message to the room takes several inputs.
     let start = Instant::now();
-    let config = ServerConfig::default();
+    let config = ServerConfig {
+        room_peers_per_shard: 1,
+        ..ServerConfig::default()
+    };
     let mut sim = Sim::with_engine(start, 9, 2, config, |c| c.data_slice = 2);
     let (speaker, listeners) = stage(&mut sim, 7);
     reliable_open(&mut sim, speaker);

@@ -14,6 +14,61 @@ use stoa_signaling::service::ServiceConfig;
 mod common;
 use common::*;
 
+/// Peers per engine shard.
+async fn shard_peers(s: &Server) -> Vec<u64> {
+    s.sfu
+        .stats()
+        .await
+        .unwrap()
+        .iter()
+        .map(|st| st.peers)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_on_different_cores_take_different_shards() {
+    // Four cores, two shards: cores 0 and 2 both prefer shard 0 for their first room. The
+    // second core sees the first core's peers there and takes shard 1.
+    let s = server_with(ServiceConfig {
+        cores: 4,
+        ..ServiceConfig::default()
+    })
+    .await;
+    let name_on = |core: usize| {
+        (0..10_000)
+            .map(|n| format!("room-{n}"))
+            .find(|name| s.signaling.core_of(name) == core)
+            .unwrap()
+    };
+    let (first, second) = (name_on(0), name_on(2));
+    let a = Client::join(s.http, &mint("a", grants(&first, false))).await;
+    let b = Client::join(s.http, &mint("b", grants(&first, false))).await;
+    for _ in 0..100 {
+        if shard_peers(&s).await.iter().sum::<u64>() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        shard_peers(&s).await,
+        [2, 0],
+        "the first room together on shard 0"
+    );
+    let c = Client::join(s.http, &mint("c", grants(&second, false))).await;
+    for _ in 0..100 {
+        if shard_peers(&s).await.iter().sum::<u64>() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        shard_peers(&s).await,
+        [2, 1],
+        "the second room on the other shard"
+    );
+    drop((a, b, c));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_on_different_cores_each_work_alone_and_add_up() {
     let s = server_with(ServiceConfig {

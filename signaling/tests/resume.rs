@@ -24,17 +24,7 @@ fn world(seed: u64) -> Sim {
 
 /// A speaker who publishes and `n` listeners, all connected; the listeners hear the speaker.
 fn stage(sim: &mut Sim, n: usize) -> (usize, Vec<usize>) {
-    let speaker = sim.join("r", "speaker", true);
-    let listeners: Vec<usize> = (0..n)
-        .map(|i| sim.join("r", &format!("l{i}"), false))
-        .collect();
-    let up = sim.run_until(10 * SECOND, |s| {
-        s.clients.iter().all(|c| c.subscriber.connected)
-    });
-    assert!(up, "subscriber connections did not come up");
-    sim.publish(speaker);
-    let up = sim.run_until(10 * SECOND, |s| s.clients[speaker].publisher.connected);
-    assert!(up, "publisher did not connect");
+    let (speaker, listeners) = sim.stage("r", "speaker", "l", n).unwrap();
     sim.speak(speaker, 20);
     sim.run_for(SECOND);
     for &l in &listeners {

@@ -222,6 +222,7 @@ impl Server {
                             s.subscribed.clear();
                         }
                         self.by_peer.remove(&peer);
+                        self.placement.remove(peer);
                         refused = s.offers.len().max(1);
                         s.offers.clear();
                     } else {

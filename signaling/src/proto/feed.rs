@@ -83,7 +83,7 @@ impl Server {
         if self.feeds.contains_key(&key) {
             return;
         }
-        let peer = self.new_peer();
+        let peer = self.new_peer(room);
         tracing::info!(room = %room, peer = %peer, "feed from an edge starting");
         self.feed_peers.insert(peer, key.clone());
         self.feeds.insert(key, Feed::new(peer));

@@ -31,9 +31,10 @@
 //! in a room of thousands or a new speaker there costs one engine command, never a round trip,
 //! and joins in other rooms are not held up behind it.
 //!
-//! The engine is driven with [`EngineCommand`]s. The core chooses its peers' ids (round robin
-//! over the engine's shards), so a peer is filed before the engine has seen it, and answers,
-//! offers and refusals arrive as events about that id.
+//! The engine is driven with [`EngineCommand`]s. The core chooses its peers' ids, shard
+//! included (a room's peers kept together on as few shards as its size allows, rooms apart:
+//! `placement`), so a peer is filed before the engine has seen it, and answers, offers and
+//! refusals arrive as events about that id.
 //!
 //! # Errors versus bugs
 //!
@@ -43,6 +44,7 @@
 mod admin;
 mod engine;
 mod feed;
+mod placement;
 mod recording;
 mod relay;
 mod requests;
@@ -59,11 +61,12 @@ use livekit_protocol as lk;
 use livekit_protocol::signal_response;
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::{Rng, SeedableRng};
-use stoa_sfu::{EngineCommand, PeerId, ShardId};
+use stoa_sfu::{EngineCommand, PeerId};
 
 use crate::room::{Room, RoomLimits};
 pub use admin::{AdminOp, AdminReply, ParticipantUpdate, SendData};
 pub use feed::{FEED_RETRY, NODE_URL_ATTRIBUTE};
+pub use placement::ROOM_PEERS_PER_SHARD;
 pub use recording::TapChange;
 pub use relay::{RELAY_IDENTITY_PREFIX, RelayOutput};
 pub use roster::{ROSTER_BATCH, ROSTER_PACKETS_PER_TICK, ROSTER_TOPIC};
@@ -122,8 +125,11 @@ pub struct ServerConfig {
     /// Whether room and participant events are produced ([`Output::Webhook`],
     /// [`Output::Observe`]); off when nobody consumes them.
     pub events: bool,
-    /// Number of engine shards; new peers are spread over them.
+    /// Number of engine shards; new peers are spread over them, rooms kept apart (see
+    /// `placement`).
     pub engine_shards: u16,
+    /// Peers a room puts on one engine shard before it spreads to another.
+    pub room_peers_per_shard: u32,
     /// Seed for sids.
     pub seed: [u8; 32],
     /// Data packets each participant may send.
@@ -202,6 +208,7 @@ impl Default for ServerConfig {
             turn: None,
             events: false,
             engine_shards: 1,
+            room_peers_per_shard: ROOM_PEERS_PER_SHARD,
             seed: [0; 32],
             data_rate: DataRate::default(),
             token_refresh: None,
@@ -386,6 +393,8 @@ pub struct Server {
     ticks: u64,
     next_session: u64,
     next_peer: u64,
+    /// The engine shard of each peer, by room.
+    placement: placement::Placement,
     stats: CoreStats,
 }
 
@@ -410,6 +419,11 @@ impl Server {
     pub fn new(config: ServerConfig, now: Instant, unix_ms: i64) -> Self {
         Server {
             rng: ChaCha20Rng::from_seed(config.seed),
+            placement: placement::Placement::new(
+                config.engine_shards,
+                config.partition.index,
+                config.room_peers_per_shard,
+            ),
             config,
             now,
             epoch: (now, unix_ms),
@@ -519,6 +533,28 @@ impl Server {
             .map(|s| (s.publisher, s.subscriber))
     }
 
+    /// This core's engine peers per shard (see `placement`), for the other cores of the node.
+    pub fn shard_loads(&self) -> &[u32] {
+        self.placement.loads()
+    }
+
+    /// The peers the node's other signaling cores have on each engine shard: a new room goes
+    /// to the shard least loaded by all of them together.
+    pub fn set_shard_loads_elsewhere(&mut self, loads: &[u32]) {
+        self.placement.set_elsewhere(loads);
+    }
+
+    /// The room of a session.
+    pub fn session_room(&self, session: SessionId) -> Option<&str> {
+        self.sessions.get(&session).map(|s| s.room.as_str())
+    }
+
+    /// Every engine peer this core created and has not closed, with its room: where each
+    /// peer's shard was chosen (see `placement`).
+    pub fn placed_peers(&self) -> impl Iterator<Item = (PeerId, &str)> + '_ {
+        self.placement.peers()
+    }
+
     /// The session of participant `sid`, if connected.
     pub fn session_of_participant(&self, sid: &str) -> Option<SessionId> {
         self.by_participant.get(sid).copied()
@@ -549,13 +585,15 @@ impl Server {
         format!("{prefix}{tail}")
     }
 
-    /// A fresh engine peer id, on the next engine shard in turn, in this core's partition.
-    fn new_peer(&mut self) -> PeerId {
-        let shards = u64::from(self.config.engine_shards.max(1));
+    /// A fresh engine peer id for `room`, in this core's partition, on the shard `placement`
+    /// chooses.
+    fn new_peer(&mut self, room: &str) -> PeerId {
         let local = self.next_peer;
         self.next_peer += 1;
         let index = self.config.partition.id(local);
-        PeerId::new(ShardId((local % shards) as u16), index)
+        let peer = PeerId::new(self.placement.shard_for(room), index);
+        self.placement.add(peer, room);
+        peer
     }
 
     /// A fresh session id, in this core's partition.
@@ -576,6 +614,9 @@ impl Server {
     }
 
     fn engine(&mut self, command: EngineCommand) {
+        if let EngineCommand::ClosePeer { peer } = command {
+            self.placement.remove(peer);
+        }
         self.outputs.push_back(Output::Engine(command));
     }
 

@@ -231,7 +231,7 @@ impl Server {
             // The origin reports the room's start and end (one room_started per room).
             self.open_room_quietly(room, self.config.room_defaults);
         }
-        let peer = self.new_peer();
+        let peer = self.new_peer(room);
         self.relay_peers.insert(peer, room.to_owned());
         self.relays.insert(
             room.to_owned(),

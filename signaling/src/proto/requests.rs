@@ -102,12 +102,15 @@ impl Server {
                 return;
             }
         };
-        let existing = self.sessions.get(&session).and_then(|s| s.publisher);
-        let single = self.sessions.get(&session).is_some_and(|s| s.single);
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
+        let (existing, single) = (s.publisher, s.single);
         let command = match existing {
             Some(peer) => EngineCommand::HandleOffer { peer, offer },
             None => {
-                let peer = self.new_peer();
+                let room = s.room.clone();
+                let peer = self.new_peer(&room);
                 self.by_peer.insert(peer, (session, Pc::Publisher));
                 if let Some(s) = self.sessions.get_mut(&session) {
                     s.publisher = Some(peer);

@@ -252,7 +252,7 @@ impl Server {
         // Legacy: the subscriber connection is primary, and the engine offers it with the data
         // channels. Its id is filed now, so its offer finds the session whatever else happens
         // meanwhile. Single connection: created by the client's first offer.
-        let subscriber = (!single).then(|| self.new_peer());
+        let subscriber = (!single).then(|| self.new_peer(&room_name));
         if let Some(subscriber) = subscriber {
             self.by_peer
                 .insert(subscriber, (session_id, Pc::Subscriber));

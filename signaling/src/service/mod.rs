@@ -28,6 +28,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod api;
+mod loads;
 mod relay;
 
 use std::collections::HashMap;
@@ -85,6 +86,8 @@ pub struct ServiceConfig {
     pub recorder: Option<mpsc::Sender<TapChange>>,
     /// Signaling cores, each a task owning the rooms that hash to it; 0 for one per CPU.
     pub cores: usize,
+    /// Peers a room puts on one engine shard before it spreads to another.
+    pub room_peers_per_shard: u32,
     /// Fresh access tokens pushed to connected clients; `None` for none.
     pub token_refresh: Option<TokenRefresh>,
     /// How this node authenticates relay links to other nodes ([`Signaling::relay_from`]);
@@ -103,6 +106,7 @@ impl Default for ServiceConfig {
             observer: None,
             recorder: None,
             cores: 0,
+            room_peers_per_shard: crate::proto::ROOM_PEERS_PER_SHARD,
             token_refresh: None,
             relay: None,
         }
@@ -262,6 +266,7 @@ impl Signaling {
         let join_latency = Arc::new(Histogram::default());
         let mut cores = Vec::with_capacity(count);
         let mut routes = Vec::with_capacity(count);
+        let loads = Arc::new(loads::ShardLoads::new(count, sfu.shard_count()));
         for index in 0..count {
             let (tx, rx) = mpsc::channel(REQUESTS);
             let (events_tx, events_rx) = mpsc::channel(EVENTS);
@@ -275,6 +280,7 @@ impl Signaling {
                 turn: config.turn.clone(),
                 events: config.webhooks.is_some() || config.observer.is_some(),
                 engine_shards: u16::try_from(sfu.shard_count()).unwrap_or(u16::MAX),
+                room_peers_per_shard: config.room_peers_per_shard,
                 seed: core_seed,
                 data_rate: crate::proto::DataRate::default(),
                 token_refresh: config.token_refresh.clone(),
@@ -297,6 +303,9 @@ impl Signaling {
                 next_link: 0,
                 me: tx.downgrade(),
                 ping_interval: std::time::Duration::from_secs(u64::from(config.ping_interval)),
+                index,
+                loads: loads.clone(),
+                elsewhere: Vec::new(),
             };
             tokio::spawn(shell.run(rx, events_rx));
             cores.push(tx);
@@ -515,25 +524,55 @@ struct Shell {
     /// handle is gone).
     me: mpsc::WeakSender<Msg>,
     ping_interval: std::time::Duration,
+    /// Which core this is.
+    index: usize,
+    /// Every core's peers per engine shard (see `loads`).
+    loads: Arc<loads::ShardLoads>,
+    /// The other cores' peers per shard, as last read.
+    elsewhere: Vec<u32>,
 }
 
 impl Shell {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>, mut events: mpsc::Receiver<Event>) {
         loop {
             let deadline = self.drain();
+            self.publish_loads();
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(msg) => self.handle_msg(msg),
+                    Some(msg) => {
+                        self.read_loads();
+                        self.handle_msg(msg);
+                    }
                     None => return,
                 },
                 event = events.recv() => match event {
-                    Some(event) => self.core.handle_engine_event(Instant::now(), event),
+                    Some(event) => {
+                        self.read_loads();
+                        self.core.handle_engine_event(Instant::now(), event);
+                    }
                     None => return,
                 },
                 () = tokio::time::sleep_until(deadline.into()) => {
+                    self.read_loads();
                     self.core.handle_timeout(Instant::now());
                 }
             }
+        }
+    }
+
+    /// Publish this core's peers per shard for the other cores (with more than one).
+    fn publish_loads(&self) {
+        if self.loads.cores() > 1 {
+            self.loads.publish(self.index, self.core.shard_loads());
+        }
+    }
+
+    /// Tell the core the other cores' peers per shard as they are now, before an input
+    /// (with more than one core).
+    fn read_loads(&mut self) {
+        if self.loads.cores() > 1 {
+            self.loads.others(self.index, &mut self.elsewhere);
+            self.core.set_shard_loads_elsewhere(&self.elsewhere);
         }
     }
 

@@ -44,6 +44,8 @@ pub struct Server {
     pub signaling: Signaling,
     /// Events the service gave its in-process observer, in order (names only).
     pub observed: Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    /// The engine (two shards).
+    pub sfu: stoa_sfu::shell::SfuHandle,
     pub _engine: SfuRuntime,
 }
 
@@ -91,7 +93,7 @@ pub async fn server_knowing_url(
         observer: Some(observer),
         ..config
     };
-    let signaling = Signaling::start(config, sfu, events);
+    let signaling = Signaling::start(config, sfu.clone(), events);
     let keys = Arc::new(ApiKeys::new([(KEY.to_owned(), SECRET.to_owned())]));
     let app = stoa_signaling::ws::router(signaling.clone(), keys);
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -99,6 +101,7 @@ pub async fn server_knowing_url(
         http,
         signaling,
         observed,
+        sfu,
         _engine: engine,
     }
 }
