@@ -14,15 +14,24 @@ use stoa_signaling::service::ServiceConfig;
 mod common;
 use common::*;
 
-/// Peers per engine shard.
-async fn shard_peers(s: &Server) -> Vec<u64> {
-    s.sfu
-        .stats()
-        .await
-        .unwrap()
-        .iter()
-        .map(|st| st.peers)
-        .collect()
+/// Peers per engine shard, once the engine holds `total` (waited for, bounded).
+async fn shard_peers(s: &Server, total: u64) -> Vec<u64> {
+    let mut peers = Vec::new();
+    for _ in 0..100 {
+        peers = s
+            .sfu
+            .stats()
+            .await
+            .unwrap()
+            .iter()
+            .map(|st| st.peers)
+            .collect();
+        if peers.iter().sum::<u64>() == total {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    peers
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,26 +52,14 @@ async fn rooms_on_different_cores_take_different_shards() {
     let (first, second) = (name_on(0), name_on(2));
     let a = Client::join(s.http, &mint("a", grants(&first, false))).await;
     let b = Client::join(s.http, &mint("b", grants(&first, false))).await;
-    for _ in 0..100 {
-        if shard_peers(&s).await.iter().sum::<u64>() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     assert_eq!(
-        shard_peers(&s).await,
+        shard_peers(&s, 2).await,
         [2, 0],
         "the first room together on shard 0"
     );
     let c = Client::join(s.http, &mint("c", grants(&second, false))).await;
-    for _ in 0..100 {
-        if shard_peers(&s).await.iter().sum::<u64>() == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     assert_eq!(
-        shard_peers(&s).await,
+        shard_peers(&s, 3).await,
         [2, 1],
         "the second room on the other shard"
     );
