@@ -987,30 +987,29 @@ impl Layers {
         };
 
         let ports = self.rtc_ports.unwrap_or(default_rtc_ports);
+        // With a range, each shard listens on its own port of it.
+        let range_ports = match ports {
+            RtcPorts::Range { start, end } => NonZeroUsize::new(usize::from(end - start) + 1),
+            RtcPorts::Mux(_) => None,
+        };
         let shards = self.shards.unwrap_or_else(|| {
             // INVARIANT: MAX_SHARDS is not zero.
             let most = NonZeroUsize::new(MAX_SHARDS).expect("MAX_SHARDS > 0");
-            match ports {
-                // Each shard its own port: at least two, as many as the range has ports.
-                RtcPorts::Range { start, end } => {
-                    let len = NonZeroUsize::new(usize::from(end - start) + 1)
-                        .unwrap_or(NonZeroUsize::MIN);
-                    cores.max(MIN_DEFAULT_SHARDS).min(len).min(most)
-                }
+            match range_ports {
+                // At least two, no more than the range has ports.
+                Some(len) => cores.max(MIN_DEFAULT_SHARDS).min(len).min(most),
                 // On one shared port a datagram may land on any shard and waits for its turn
                 // there: more shards than cores would not keep rooms apart.
-                RtcPorts::Mux(_) => cores.min(most),
+                None => cores.min(most),
             }
         });
-        if let RtcPorts::Range { start, end } = ports {
-            // Each shard listens on its own port of the range.
-            let len = usize::from(end - start) + 1;
-            if len < shards.get() {
-                bail!(
-                    "rtc port range {start}-{end} has {len} ports, fewer than the {shards} shards; \
-                     widen the range or lower rtc.shards (each shard needs its own port)"
-                );
-            }
+        if let (RtcPorts::Range { start, end }, Some(len)) = (ports, range_ports)
+            && len < shards
+        {
+            bail!(
+                "rtc port range {start}-{end} has {len} ports, fewer than the {shards} shards; \
+                 widen the range or lower rtc.shards (each shard needs its own port)"
+            );
         }
 
         let webhook_api_key = match self.webhook_api_key {

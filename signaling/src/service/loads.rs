@@ -1,24 +1,28 @@
 //! Each signaling core's peers per engine shard, shared between the cores: a core places a
 //! new room on the shard least loaded by every core's peers, not by its own alone
-//! (`proto::placement`). Each core publishes its own counts after every input and reads the
-//! others' before the next; the core itself only ever sees them as an input
+//! (`proto::placement`). Each core publishes its own counts after every input (written only
+//! when they changed, as a difference to one total per shard) and reads the others' (the total
+//! less its own) before the next; the core itself only ever sees them as an input
 //! ([`crate::proto::Server::set_shard_loads_elsewhere`]).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// Peers per shard, one row per signaling core.
+/// Every core's peers per shard, summed, and each core's own part as it last published it.
 #[derive(Debug)]
 pub(super) struct ShardLoads {
+    /// Peers per shard, over every core.
+    total: Box<[AtomicU32]>,
+    /// Each core's own peers per shard, as last published (written by that core only).
     rows: Box<[Box<[AtomicU32]>]>,
 }
 
 impl ShardLoads {
-    /// `cores` rows of `shards` zeros.
+    /// `cores` cores with no peers on `shards` shards.
     pub fn new(cores: usize, shards: usize) -> Self {
+        let zeros = || (0..shards).map(|_| AtomicU32::new(0)).collect();
         ShardLoads {
-            rows: (0..cores)
-                .map(|_| (0..shards).map(|_| AtomicU32::new(0)).collect())
-                .collect(),
+            total: zeros(),
+            rows: (0..cores).map(|_| zeros()).collect(),
         }
     }
 
@@ -27,29 +31,37 @@ impl ShardLoads {
         self.rows.len()
     }
 
-    /// Core `core`'s own counts, by shard.
+    /// Core `core`'s own counts, by shard: only shards whose count changed since the core last
+    /// published are written, so publishing after every input costs reads alone.
     pub fn publish(&self, core: usize, loads: &[u32]) {
-        if let Some(row) = self.rows.get(core) {
-            for (slot, load) in row.iter().zip(loads) {
+        let Some(row) = self.rows.get(core) else {
+            return;
+        };
+        for ((slot, total), load) in row.iter().zip(self.total.iter()).zip(loads) {
+            let before = slot.load(Ordering::Relaxed);
+            if before != *load {
                 slot.store(*load, Ordering::Relaxed);
+                if *load > before {
+                    total.fetch_add(load - before, Ordering::Relaxed);
+                } else {
+                    total.fetch_sub(before - load, Ordering::Relaxed);
+                }
             }
         }
     }
 
-    /// The other cores' counts, summed by shard, into `out` (cleared first).
+    /// The other cores' counts, summed by shard, into `out` (cleared first; left empty with
+    /// one core).
     pub fn others(&self, core: usize, out: &mut Vec<u32>) {
         out.clear();
-        for (i, row) in self.rows.iter().enumerate() {
-            if i == core {
-                continue;
-            }
-            if out.len() < row.len() {
-                out.resize(row.len(), 0);
-            }
-            for (sum, slot) in out.iter_mut().zip(row.iter()) {
-                *sum = sum.saturating_add(slot.load(Ordering::Relaxed));
-            }
-        }
+        let Some(row) = self.rows.get(core).filter(|_| self.rows.len() > 1) else {
+            return;
+        };
+        out.extend(self.total.iter().zip(row.iter()).map(|(total, own)| {
+            total
+                .load(Ordering::Relaxed)
+                .saturating_sub(own.load(Ordering::Relaxed))
+        }));
     }
 }
 
