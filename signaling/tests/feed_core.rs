@@ -26,7 +26,7 @@ use stoa_signaling::room::RoomLimits;
 use stoa_signaling::token::Claims;
 
 mod core_support;
-use core_support::{claims, drain, join, server, some_offer, subscribes, updates_for};
+use core_support::{claims, drain, fire, join, server, some_offer, subscribes, updates_for};
 
 const TICK: Duration = Duration::from_millis(100);
 
@@ -290,6 +290,13 @@ fn origin_feeds_an_edges_speaker_to_everyone_but_that_edge() {
         }]),
     );
     let outs = drain(&mut origin);
+    assert!(
+        !outs.iter().any(|o| matches!(o, Output::Observe(_))),
+        "{outs:?}"
+    );
+    // With the next tick's flush.
+    now += TICK;
+    let outs = fire(&mut origin, now);
     assert!(outs.iter().any(|o| matches!(
         o,
         Output::Send(_, m) if matches!(&m.message,
@@ -315,17 +322,19 @@ fn origin_feeds_an_edges_speaker_to_everyone_but_that_edge() {
         )),
         "{outs:?}"
     );
-    // She was speaking: the origin's clients hear she stopped.
-    assert!(outs.iter().any(|o| matches!(
-        o,
-        Output::Send(_, m) if matches!(&m.message,
-            Some(signal_response::Message::SpeakersChanged(c)) if c.speakers.iter().any(|s| s.sid == "PA_c" && !s.active))
-    )), "{outs:?}");
     let mut stopped = unsubscribed(&outs, track);
     stopped.sort_unstable();
     let mut expected = vec![listener_peer, late_peer, b_peer];
     expected.sort_unstable();
     assert_eq!(stopped, expected);
+    // She was speaking: the origin's clients hear she stopped, with the next tick's flush.
+    now += TICK;
+    let outs = fire(&mut origin, now);
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Send(_, m) if matches!(&m.message,
+            Some(signal_response::Message::SpeakersChanged(c)) if c.speakers.iter().any(|s| s.sid == "PA_c" && !s.active))
+    )), "{outs:?}");
     // She publishes again (the engine's m-line keeps its label): bound again.
     announce(
         &mut origin,
@@ -646,8 +655,7 @@ fn an_edges_relay_on_a_large_origin_gets_the_audience_in_bounded_messages() {
         "publishers first"
     );
     now += TICK;
-    origin.handle_timeout(now);
-    let outs = drain(&mut origin);
+    let outs = fire(&mut origin, now);
     let sizes: Vec<usize> = outs
         .iter()
         .filter_map(|o| match o {

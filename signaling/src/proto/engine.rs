@@ -432,15 +432,14 @@ impl Server {
                     }
                 }
             }
-            let msg = signal_response::Message::SpeakersChanged(lk::SpeakersChanged { speakers });
-            for id in self.room_sessions(&room) {
-                self.send(id, msg.clone());
-            }
+            let sessions = self.room_sessions(&room);
+            self.send_speakers(&sessions, &speakers);
         }
     }
 
     /// Tells a participant who has just become active who is speaking already, as one
-    /// `SpeakersChanged` (clients merge it like any other). Later changes follow as deltas.
+    /// `SpeakersChanged` with its next flush (clients merge it like any other). Later changes
+    /// follow as deltas.
     fn send_current_speakers(&mut self, session: SessionId, room: &str) {
         let Some(r) = self.rooms.get(room) else {
             return;
@@ -450,8 +449,8 @@ impl Server {
         }
         let mut speakers: Vec<lk::SpeakerInfo> = r.speakers.values().cloned().collect();
         speakers.sort_by(|a, b| b.level.total_cmp(&a.level).then_with(|| a.sid.cmp(&b.sid)));
-        let msg = signal_response::Message::SpeakersChanged(lk::SpeakersChanged { speakers });
-        self.send(session, msg);
+        // Queued with the changes that may wait for this session, so none overtakes it.
+        self.send_speakers(&[session], &speakers);
     }
 
     /// Tells the in-process observer who started or stopped speaking (`speaking_started`,

@@ -451,12 +451,8 @@ impl Server {
                 level: 0.0,
                 active: false,
             };
-            let msg = signal_response::Message::SpeakersChanged(lk::SpeakersChanged {
-                speakers: vec![quiet],
-            });
-            for id in self.room_sessions(room) {
-                self.send(id, msg.clone());
-            }
+            let sessions = self.room_sessions(room);
+            self.send_speakers(&sessions, &[quiet]);
         }
     }
 }

@@ -71,7 +71,7 @@ pub use recording::TapChange;
 pub use relay::{RELAY_IDENTITY_PREFIX, RelayOutput};
 pub use roster::{ROSTER_BATCH, ROSTER_PACKETS_PER_TICK, ROSTER_TOPIC};
 use session::{Pc, Session};
-pub use updates::{JOIN_PARTICIPANTS, UPDATE_PARTICIPANTS};
+pub use updates::{FLUSH_SLICE, JOIN_PARTICIPANTS, UPDATE_PARTICIPANTS};
 
 /// The LiveKit server version advertised in `ServerInfo.version`. livekit-client gates features
 /// on it (RPC needs ≥ 1.8.0); this is the feature level Stoa's signaling implements.
@@ -363,9 +363,12 @@ pub struct Server {
     by_peer: HashMap<PeerId, (SessionId, Pc)>,
     /// Session of each participant (participant sids are unique across rooms).
     by_participant: HashMap<String, SessionId>,
-    /// Participant snapshots waiting to be sent, per session; flushed every tick and before
-    /// any offer (a client must know a track before it is offered).
-    pending_updates: HashMap<SessionId, Vec<lk::ParticipantInfo>>,
+    /// Participant snapshots and speaker changes waiting to be sent, per session; flushed
+    /// every tick and before any offer (a client must know a track before it is offered).
+    pending_updates: HashMap<SessionId, updates::Pending>,
+    /// Sessions the current tick's flush has yet to reach, in order ([`updates::FLUSH_SLICE`]
+    /// a turn).
+    flushing: VecDeque<SessionId>,
     /// Relay links, by room (see `relay`).
     relays: HashMap<String, relay::RelayLink>,
     /// The room of each relay peer.
@@ -433,6 +436,7 @@ impl Server {
             by_peer: HashMap::new(),
             by_participant: HashMap::new(),
             pending_updates: HashMap::new(),
+            flushing: VecDeque::new(),
             relays: HashMap::new(),
             relay_peers: HashMap::new(),
             feeds: HashMap::new(),
@@ -452,18 +456,26 @@ impl Server {
     }
 
     /// The next output. Drain until [`Output::Timeout`] after every input.
+    /// While a tick's flush is under way the timeout is the latest `now`: the next slice is
+    /// due at once, after whatever input the shell has meanwhile.
     pub fn poll_output(&mut self) -> Output {
-        self.outputs
-            .pop_front()
-            .unwrap_or(Output::Timeout(self.next_tick))
+        self.outputs.pop_front().unwrap_or_else(|| {
+            Output::Timeout(if self.flushing.is_empty() {
+                self.next_tick
+            } else {
+                self.now.min(self.next_tick)
+            })
+        })
     }
 
-    /// Drive the timers: flush batched participant updates every [`TICK`]; send coalesced
-    /// `RoomUpdate`s, drop sessions that stopped pinging and close rooms past their timeouts
-    /// every few ticks. Call when the last [`Output::Timeout`] passed (earlier is harmless).
+    /// Drive the timers: flush batched participant updates and speaker changes every
+    /// [`TICK`] (a slice of sessions per call, see `updates`); send coalesced `RoomUpdate`s,
+    /// drop sessions that stopped pinging and close rooms past their timeouts every few ticks.
+    /// Call when the last [`Output::Timeout`] passed (earlier is harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.advance(now);
         if now < self.next_tick {
+            self.flush_slice();
             return;
         }
         self.next_tick = now + TICK;

@@ -246,7 +246,13 @@ impl Server {
         let session_id = self.new_session();
         self.send(session_id, signal_response::Message::Join(join));
         if !rest.is_empty() {
-            self.pending_updates.insert(session_id, rest);
+            self.pending_updates.insert(
+                session_id,
+                super::updates::Pending {
+                    participants: rest,
+                    speakers: Vec::new(),
+                },
+            );
         }
         self.by_participant.insert(sid.clone(), session_id);
         // Legacy: the subscriber connection is primary, and the engine offers it with the data

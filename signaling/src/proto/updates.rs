@@ -1,5 +1,13 @@
-//! Participant updates (batched per client and flushed every tick), room updates, and the
-//! slow tick's checks (pings, room timeouts).
+//! Participant updates and speaker changes (batched per client and flushed every tick, a
+//! slice of clients at a time), room updates, and the slow tick's checks (pings, room
+//! timeouts).
+//!
+//! A floor change in a room of thousands is a message to each of them. Sent in one go, every
+//! other room's join, offer and mute waits behind those thousands of writes (the shell's
+//! writers run on the same runtime). So a tick's flush goes out [`FLUSH_SLICE`] clients at a
+//! time: [`Server::poll_output`] asks for the next slice at once, and the shell lets the slice's
+//! writers and whatever else arrived meanwhile run before it (see the service's loop). What a
+//! client waits for is merged, newest first, so a slow flush never sends stale news.
 //!
 //! Per-message work is O(visible participants) (see the visibility rule in [`crate::room`]);
 //! the audience size reaches everyone through coalesced `RoomUpdate`s, at most one per room
@@ -21,6 +29,18 @@ pub const JOIN_PARTICIPANTS: usize = 1_000;
 
 /// At most this many snapshots in one `ParticipantUpdate`.
 pub const UPDATE_PARTICIPANTS: usize = 1_000;
+
+/// Clients whose waiting updates are sent per turn of a tick's flush.
+pub const FLUSH_SLICE: usize = 64;
+
+/// What waits for a session's next flush.
+#[derive(Debug, Default)]
+pub(super) struct Pending {
+    /// Participant snapshots, the newest of each participant.
+    pub(super) participants: Vec<lk::ParticipantInfo>,
+    /// Speaker changes, the latest of each speaker.
+    pub(super) speakers: Vec<lk::SpeakerInfo>,
+}
 
 impl Server {
     /// Send participant `psid`'s snapshot to everyone in the room who may see it.
@@ -57,7 +77,11 @@ impl Server {
             let Some(&session) = self.by_participant.get(viewer) else {
                 continue;
             };
-            let queue = self.pending_updates.entry(session).or_default();
+            let queue = &mut self
+                .pending_updates
+                .entry(session)
+                .or_default()
+                .participants;
             for info in &participants {
                 match queue.iter_mut().find(|q| q.sid == info.sid) {
                     Some(q)
@@ -73,9 +97,28 @@ impl Server {
         }
     }
 
-    /// Send a session's queued snapshots as one `ParticipantUpdate`.
+    /// Queue speaker changes for `sessions`; a later change of the same speaker replaces an
+    /// earlier one still queued.
+    pub(super) fn send_speakers(&mut self, sessions: &[SessionId], speakers: &[lk::SpeakerInfo]) {
+        for &session in sessions {
+            let queue = &mut self.pending_updates.entry(session).or_default().speakers;
+            for speaker in speakers {
+                match queue.iter_mut().find(|q| q.sid == speaker.sid) {
+                    Some(q) => *q = speaker.clone(),
+                    None => queue.push(speaker.clone()),
+                }
+            }
+        }
+    }
+
+    /// Send a session's queued snapshots as one `ParticipantUpdate`, then its queued speaker
+    /// changes as one `SpeakersChanged` (after, so every speaker it names is known).
     pub(super) fn flush_updates(&mut self, session: SessionId) {
-        let Some(mut participants) = self.pending_updates.remove(&session) else {
+        let Some(Pending {
+            mut participants,
+            speakers,
+        }) = self.pending_updates.remove(&session)
+        else {
             return;
         };
         if !self.sessions.contains_key(&session) {
@@ -90,6 +133,20 @@ impl Server {
                 participants: chunk,
             });
             self.send(session, msg);
+        }
+        if !speakers.is_empty() {
+            let msg = signal_response::Message::SpeakersChanged(lk::SpeakersChanged { speakers });
+            self.send(session, msg);
+        }
+    }
+
+    /// Flush the next [`FLUSH_SLICE`] sessions of the tick's flush.
+    pub(super) fn flush_slice(&mut self) {
+        for _ in 0..FLUSH_SLICE {
+            let Some(session) = self.flushing.pop_front() else {
+                return;
+            };
+            self.flush_updates(session);
         }
     }
 
@@ -213,15 +270,15 @@ impl Server {
         }
     }
 
-    /// One tick: flush participant updates; every [`SLOW_TICKS`], room updates, ping
-    /// timeouts and room timeouts.
+    /// One tick: start flushing what waits (the first slice now, the rest on the next
+    /// turns); every [`SLOW_TICKS`], room updates, ping timeouts and room timeouts.
     pub(super) fn tick(&mut self) {
         let mut sessions: Vec<SessionId> = self.pending_updates.keys().copied().collect();
         // Hash order is not reproducible across runs; output order must be.
         sessions.sort_unstable();
-        for session in sessions {
-            self.flush_updates(session);
-        }
+        // Sessions the last tick had not reached yet are still waiting, so among these.
+        self.flushing = sessions.into();
+        self.flush_slice();
         self.flush_roster();
         self.ticks += 1;
         if !self.ticks.is_multiple_of(SLOW_TICKS) {

@@ -537,6 +537,12 @@ impl Shell {
         loop {
             let deadline = self.drain();
             self.publish_loads();
+            if deadline <= Instant::now() {
+                // More of a flush is due at once (the core sends a tick's updates a slice of
+                // clients at a time): first let the writers this slice woke, and every other
+                // task, run; then inputs that arrived meanwhile race the next slice.
+                tokio::task::yield_now().await;
+            }
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(msg) => {

@@ -25,6 +25,22 @@ pub fn drain(s: &mut Server) -> Vec<Output> {
     }
 }
 
+/// Fire the timers at `now` until nothing more is due then (a tick's flush goes out a slice
+/// of sessions per call): every output on the way.
+pub fn fire(s: &mut Server, now: Instant) -> Vec<Output> {
+    let mut out = Vec::new();
+    loop {
+        s.handle_timeout(now);
+        loop {
+            match s.poll_output() {
+                Output::Timeout(t) if t > now => return out,
+                Output::Timeout(_) => break,
+                o => out.push(o),
+            }
+        }
+    }
+}
+
 /// The claims of a token for `identity` to join `room`, allowed to publish or not.
 pub fn claims(identity: &str, room: &str, publish: bool) -> Claims {
     Claims {
