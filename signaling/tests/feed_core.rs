@@ -432,7 +432,28 @@ fn origin_feeds_an_edges_speaker_to_everyone_but_that_edge() {
         "not shown back"
     );
 
-    // Edge A's link ends for good: her track stops at once, and the feed FEED_RETRY later.
+    // A listener joins (the first ones stopped pinging a minute ago, and are held); she
+    // speaks again; then edge A's link ends for good: her track stops at once, and the feed
+    // FEED_RETRY later. The listener hears she stopped speaking before it sees her gone
+    // (livekit-client skips a speaker change naming someone it no longer knows).
+    let (l3, l3_peer) = join(&mut origin, now, claims("l3", "r", false));
+    origin.handle_engine_event(now, Event::Connected(l3_peer));
+    drain(&mut origin);
+    origin.handle_engine_event(
+        now,
+        Event::SpeakersChanged(vec![stoa_sfu::proto::speaker::SpeakerLevel {
+            key: track,
+            level: 0.5,
+            active: true,
+        }]),
+    );
+    now += TICK;
+    let outs = fire(&mut origin, now);
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Send(to, m) if *to == l3 && matches!(&m.message,
+            Some(signal_response::Message::SpeakersChanged(c)) if c.speakers.iter().any(|s| s.sid == "PA_c" && s.active))
+    )), "{outs:?}");
     origin
         .handle_admin(
             now,
@@ -449,6 +470,25 @@ fn origin_feeds_an_edges_speaker_to_everyone_but_that_edge() {
         origin.handle_timeout(now);
         outs.extend(drain(&mut origin));
     }
+    let to_listener = |wanted: fn(&signal_response::Message) -> bool| {
+        outs.iter()
+            .filter_map(|o| match o {
+                Output::Send(to, m) if *to == l3 => m.message.as_ref(),
+                _ => None,
+            })
+            .position(wanted)
+    };
+    let stopped = to_listener(|m| {
+        matches!(m, signal_response::Message::SpeakersChanged(c)
+            if c.speakers.iter().any(|s| s.sid == "PA_c" && !s.active))
+    })
+    .expect("told she stopped speaking");
+    let gone = to_listener(|m| {
+        matches!(m, signal_response::Message::Update(u)
+            if u.participants.iter().any(|p| p.sid == "PA_c" && p.state == State::Disconnected as i32))
+    })
+    .expect("told she left");
+    assert!(stopped < gone, "{outs:?}");
     assert!(outs.iter().any(|o| matches!(
         o,
         Output::Relay(RelayOutput::CloseFeed { room, edge }) if room == "r" && edge == "ws://10.0.0.2:7880"

@@ -57,7 +57,8 @@ fn a_big_rooms_flush_goes_in_slices_and_another_rooms_join_goes_between() {
         "the next slice is due at once"
     );
 
-    // Room B's join between two slices is answered at once, ahead of room A's rest.
+    // Room B's join between two slices is answered at once: nothing of room A's rest is
+    // queued before it (in the shell, it then races the next slice).
     let (b, _) = join(&mut s, now, claims("b1", "b", false));
     let outs = drain(&mut s);
     assert!(
@@ -88,4 +89,44 @@ fn a_big_rooms_flush_goes_in_slices_and_another_rooms_join_goes_between() {
         matches!(s.poll_output(), Output::Timeout(t) if t == now + TICK),
         "flushed: the next tick"
     );
+}
+
+#[test]
+fn a_flush_not_done_by_the_next_tick_keeps_its_order() {
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut s = server(t0);
+    let mut room = Vec::new();
+    for i in 0..2 * FLUSH_SLICE + 10 {
+        room.push(join(&mut s, now, claims(&format!("l{i}"), "a", false)).0);
+    }
+    let (first_host, first_peer) = join(&mut s, now, claims("host1", "a", true));
+    let (second_host, second_peer) = join(&mut s, now, claims("host2", "a", true));
+    room.extend([first_host, second_host]);
+    room.sort_unstable();
+    now += TICK;
+    fire(&mut s, now);
+    drain(&mut s);
+
+    // The first host's connection comes up; the tick's first slice goes out, no more.
+    s.handle_engine_event(now, Event::Connected(first_peer));
+    now += TICK;
+    s.handle_timeout(now);
+    assert_eq!(updated(&drain(&mut s)), room[..FLUSH_SLICE]);
+    // The second's too, for everyone, and the next tick comes before the rest was flushed:
+    // the sessions not reached yet go first, in order, then those told already.
+    s.handle_engine_event(now, Event::Connected(second_peer));
+    drain(&mut s);
+    now += TICK;
+    s.handle_timeout(now);
+    assert_eq!(updated(&drain(&mut s)), room[FLUSH_SLICE..2 * FLUSH_SLICE]);
+    let rest = fire(&mut s, now);
+    let mut order = updated(&rest);
+    let mut expected: Vec<SessionId> = room[2 * FLUSH_SLICE..].to_vec();
+    expected.extend_from_slice(&room[..FLUSH_SLICE]);
+    assert_eq!(order, expected);
+    // Everyone saw both hosts, once each session.
+    order.extend(room[FLUSH_SLICE..2 * FLUSH_SLICE].iter().copied());
+    order.sort_unstable();
+    assert_eq!(order, room);
 }

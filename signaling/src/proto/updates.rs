@@ -6,14 +6,17 @@
 //! other room's join, offer and mute waits behind those thousands of writes (the shell's
 //! writers run on the same runtime). So a tick's flush goes out [`FLUSH_SLICE`] clients at a
 //! time: [`Server::poll_output`] asks for the next slice at once, and the shell lets the slice's
-//! writers and whatever else arrived meanwhile run before it (see the service's loop). What a
-//! client waits for is merged, newest first, so a slow flush never sends stale news.
+//! writers run before it, and whatever else arrived meanwhile races it (see the service's
+//! loop). A client's queue keeps the newest snapshot of each participant and the latest change
+//! of each speaker, so a slow flush never sends stale news; a flush not done by the next tick
+//! keeps its order, the sessions with news since after it.
 //!
 //! Per-message work is O(visible participants) (see the visibility rule in [`crate::room`]);
 //! the audience size reaches everyone through coalesced `RoomUpdate`s, at most one per room
 //! per [`ROOM_UPDATE_EVERY`], counting the whole room when it spans nodes
 //! ([`Server::room_snapshot`]).
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use livekit_protocol as lk;
@@ -111,8 +114,11 @@ impl Server {
         }
     }
 
-    /// Send a session's queued snapshots as one `ParticipantUpdate`, then its queued speaker
-    /// changes as one `SpeakersChanged` (after, so every speaker it names is known).
+    /// Send a session's queued snapshots as one `ParticipantUpdate` between its queued
+    /// speaker changes: those who stopped speaking before it (a participant who left is still
+    /// known to the client then; livekit-client skips a change naming an unknown sid and
+    /// would keep her among its active speakers), those who speak after it (so the client
+    /// knows each of them by then).
     pub(super) fn flush_updates(&mut self, session: SessionId) {
         let Some(Pending {
             mut participants,
@@ -124,6 +130,13 @@ impl Server {
         if !self.sessions.contains_key(&session) {
             return;
         }
+        let (active, stopped): (Vec<_>, Vec<_>) = speakers.into_iter().partition(|s| s.active);
+        if !stopped.is_empty() {
+            let msg = signal_response::Message::SpeakersChanged(lk::SpeakersChanged {
+                speakers: stopped,
+            });
+            self.send(session, msg);
+        }
         // In messages of at most UPDATE_PARTICIPANTS snapshots: a client's (or a relay link's)
         // WebSocket takes frames of bounded size.
         while !participants.is_empty() {
@@ -134,8 +147,9 @@ impl Server {
             });
             self.send(session, msg);
         }
-        if !speakers.is_empty() {
-            let msg = signal_response::Message::SpeakersChanged(lk::SpeakersChanged { speakers });
+        if !active.is_empty() {
+            let msg =
+                signal_response::Message::SpeakersChanged(lk::SpeakersChanged { speakers: active });
             self.send(session, msg);
         }
     }
@@ -273,11 +287,19 @@ impl Server {
     /// One tick: start flushing what waits (the first slice now, the rest on the next
     /// turns); every [`SLOW_TICKS`], room updates, ping timeouts and room timeouts.
     pub(super) fn tick(&mut self) {
-        let mut sessions: Vec<SessionId> = self.pending_updates.keys().copied().collect();
+        // Sessions the last tick's flush has not reached yet keep their turn, first; those
+        // with news since follow (so on a core too busy to finish a flush in a tick, every
+        // session still gets its turn).
+        let waiting: HashSet<SessionId> = self.flushing.iter().copied().collect();
+        let mut sessions: Vec<SessionId> = self
+            .pending_updates
+            .keys()
+            .filter(|s| !waiting.contains(s))
+            .copied()
+            .collect();
         // Hash order is not reproducible across runs; output order must be.
         sessions.sort_unstable();
-        // Sessions the last tick had not reached yet are still waiting, so among these.
-        self.flushing = sessions.into();
+        self.flushing.extend(sessions);
         self.flush_slice();
         self.flush_roster();
         self.ticks += 1;
