@@ -63,6 +63,18 @@ fn info(sid: &str, identity: &str, tracks: &[&str], version: u32) -> lk::Partici
     }
 }
 
+/// The engine hears `track` speaking.
+fn speaks(s: &mut Server, now: Instant, track: TrackId) {
+    s.handle_engine_event(
+        now,
+        Event::SpeakersChanged(vec![stoa_sfu::proto::speaker::SpeakerLevel {
+            key: track,
+            level: 0.5,
+            active: true,
+        }]),
+    );
+}
+
 /// Edge `peer`'s announcement of `participants`, on its reliable channel.
 fn announce(s: &mut Server, now: Instant, peer: PeerId, participants: Vec<lk::ParticipantInfo>) {
     let update = lk::ParticipantUpdate { participants };
@@ -281,14 +293,7 @@ fn origin_feeds_an_edges_speaker_to_everyone_but_that_edge() {
 
     // Her speaking is announced to the origin's clients, not reported to its observer (her
     // node reports her).
-    origin.handle_engine_event(
-        now,
-        Event::SpeakersChanged(vec![stoa_sfu::proto::speaker::SpeakerLevel {
-            key: track,
-            level: 0.5,
-            active: true,
-        }]),
-    );
+    speaks(&mut origin, now, track);
     let outs = drain(&mut origin);
     assert!(
         !outs.iter().any(|o| matches!(o, Output::Observe(_))),
@@ -439,14 +444,7 @@ fn origin_feeds_an_edges_speaker_to_everyone_but_that_edge() {
     let (l3, l3_peer) = join(&mut origin, now, claims("l3", "r", false));
     origin.handle_engine_event(now, Event::Connected(l3_peer));
     drain(&mut origin);
-    origin.handle_engine_event(
-        now,
-        Event::SpeakersChanged(vec![stoa_sfu::proto::speaker::SpeakerLevel {
-            key: track,
-            level: 0.5,
-            active: true,
-        }]),
-    );
+    speaks(&mut origin, now, track);
     now += TICK;
     let outs = fire(&mut origin, now);
     assert!(outs.iter().any(|o| matches!(
