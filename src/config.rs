@@ -732,14 +732,12 @@ impl Layers {
             ),
         }
         if let Some(shards) = &rtc.shards {
-            let count = NonZeroUsize::new(*shards.get_ref())
-                .filter(|count| count.get() <= MAX_SHARDS)
-                .ok_or_else(|| {
-                    anyhow!(
-                        "{}: must be between 1 and {MAX_SHARDS}",
-                        at("rtc.shards", shards.span())
-                    )
-                })?;
+            let count = shard_count(*shards.get_ref()).ok_or_else(|| {
+                anyhow!(
+                    "{}: must be between 1 and {MAX_SHARDS}",
+                    at("rtc.shards", shards.span())
+                )
+            })?;
             self.shards = Some(count);
         }
         if let Some(peers) = &rtc.room_peers_per_shard {
@@ -860,8 +858,7 @@ impl Layers {
             let count = value
                 .parse::<usize>()
                 .ok()
-                .and_then(NonZeroUsize::new)
-                .filter(|count| count.get() <= MAX_SHARDS)
+                .and_then(shard_count)
                 .ok_or_else(|| {
                     anyhow!(
                         "{ENV_RTC_SHARDS}: `{value}` is not a number of shards (1-{MAX_SHARDS})"
@@ -1155,6 +1152,11 @@ fn check_advertise_ip(ip: IpAddr) -> Result<IpAddr, String> {
         ));
     }
     Ok(ip)
+}
+
+/// `count` as a number of media engine shards, if the engine takes it (1 to [`MAX_SHARDS`]).
+fn shard_count(count: usize) -> Option<NonZeroUsize> {
+    NonZeroUsize::new(count).filter(|count| count.get() <= MAX_SHARDS)
 }
 
 fn parse_port(text: &str) -> Result<u16, String> {

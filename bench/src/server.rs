@@ -524,16 +524,10 @@ pub fn scrape_shard_peers(http: SocketAddr) -> Vec<u64> {
 
 /// The `sfu_shard_peers{shard="i"}` series of Prometheus text, in shard order.
 fn shard_peers(text: &str) -> Vec<u64> {
-    let mut shards: Vec<(u32, u64)> = text
-        .lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix("sfu_shard_peers{shard=\"")?;
-            let (shard, rest) = rest.split_once("\"}")?;
-            Some((shard.parse().ok()?, rest.trim().parse::<f64>().ok()? as u64))
-        })
-        .collect();
-    shards.sort_unstable();
-    shards.into_iter().map(|(_, peers)| peers).collect()
+    (0..)
+        .map_while(|shard| metric_value(text, &format!("sfu_shard_peers{{shard=\"{shard}\"}}")))
+        .map(|peers| peers as u64)
+        .collect()
 }
 
 /// Scrape `/metrics` (blocking, bounded by a 2 s timeout); `None` when unavailable.

@@ -556,8 +556,9 @@ impl Server {
         self.placement.set_elsewhere(loads);
     }
 
-    /// The room of a session.
-    pub fn session_room(&self, session: SessionId) -> Option<&str> {
+    /// The room of a session (for the `sim` invariants).
+    #[cfg(feature = "sim")]
+    pub(crate) fn session_room(&self, session: SessionId) -> Option<&str> {
         self.sessions.get(&session).map(|s| s.room.as_str())
     }
 

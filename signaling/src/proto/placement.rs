@@ -103,10 +103,14 @@ impl Placement {
         if let Some(load) = self.load.get_mut(usize::from(shard)) {
             *load += 1;
         }
-        let taken = self.rooms.entry(room.to_owned()).or_default();
-        match taken.iter_mut().find(|(s, _)| *s == shard) {
-            Some((_, peers)) => *peers += 1,
-            None => taken.push((shard, 1)),
+        match self.rooms.get_mut(room) {
+            Some(taken) => match taken.iter_mut().find(|(s, _)| *s == shard) {
+                Some((_, peers)) => *peers += 1,
+                None => taken.push((shard, 1)),
+            },
+            None => {
+                self.rooms.insert(room.to_owned(), vec![(shard, 1)]);
+            }
         }
         self.peers.insert(peer, room.to_owned());
     }

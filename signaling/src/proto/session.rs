@@ -250,7 +250,7 @@ impl Server {
                 session_id,
                 super::updates::Pending {
                     participants: rest,
-                    speakers: Vec::new(),
+                    ..Default::default()
                 },
             );
         }

@@ -1,8 +1,9 @@
 //! Each signaling core's peers per engine shard, shared between the cores: a core places a
 //! new room on the shard least loaded by every core's peers, not by its own alone
-//! (`proto::placement`). Each core publishes its own counts after every input (written only
-//! when they changed, as a difference to one total per shard) and reads the others' (the total
-//! less its own) before the next; the core itself only ever sees them as an input
+//! (`proto::placement`). With more than one core and more than one shard, each core publishes
+//! its own counts after every input (written only when they changed, as a difference to one
+//! total per shard) and reads the others' (the total less its own) before the next; the core
+//! itself only ever sees them as an input
 //! ([`crate::proto::Server::set_shard_loads_elsewhere`]).
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -14,6 +15,8 @@ pub(super) struct ShardLoads {
     total: Box<[AtomicU32]>,
     /// Each core's own peers per shard, as last published (written by that core only).
     rows: Box<[Box<[AtomicU32]>]>,
+    /// Whether there is anything to share: more than one core and more than one shard.
+    shared: bool,
 }
 
 impl ShardLoads {
@@ -23,12 +26,15 @@ impl ShardLoads {
         ShardLoads {
             total: zeros(),
             rows: (0..cores).map(|_| zeros()).collect(),
+            shared: cores > 1 && shards > 1,
         }
     }
 
-    /// How many cores share it.
-    pub fn cores(&self) -> usize {
-        self.rows.len()
+    /// Whether the cores have anything to tell each other: with one core, or one shard (every
+    /// peer on it), placement needs no other core's counts, and publishing and reading are
+    /// skipped.
+    pub fn shared(&self) -> bool {
+        self.shared
     }
 
     /// Core `core`'s own counts, by shard: only shards whose count changed since the core last

@@ -566,17 +566,18 @@ impl Shell {
         }
     }
 
-    /// Publish this core's peers per shard for the other cores (with more than one).
+    /// Publish this core's peers per shard for the other cores (when there is anything to
+    /// share, see `loads`).
     fn publish_loads(&self) {
-        if self.loads.cores() > 1 {
+        if self.loads.shared() {
             self.loads.publish(self.index, self.core.shard_loads());
         }
     }
 
-    /// Tell the core the other cores' peers per shard as they are now, before an input
-    /// (with more than one core).
+    /// Tell the core the other cores' peers per shard as they are now, before an input (when
+    /// there is anything to share).
     fn read_loads(&mut self) {
-        if self.loads.cores() > 1 {
+        if self.loads.shared() {
             self.loads.others(self.index, &mut self.elsewhere);
             self.core.set_shard_loads_elsewhere(&self.elsewhere);
         }
