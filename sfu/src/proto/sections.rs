@@ -12,6 +12,10 @@
 //!   first answer); the subscriptions a peer starts with are bound before that answer is
 //!   written (`EngineCommand::AcceptOffer`'s `subscribe`), so a client joining a room with
 //!   speakers gets them labelled in the first answer.
+//! - An audio or video m-line the client offered live and the engine rejected (video: the
+//!   engine takes no video codec) is answered `inactive`, not with port 0, so the client's
+//!   transceiver is not stopped under an offer it made meanwhile
+//!   ([`inactive_not_rejected`]).
 //! - In every answer, a section that carries a slot is `sendonly` with the slot's msid (str0m
 //!   would write a random one, which LiveKit clients cannot place), and a section without a
 //!   slot is `inactive`, so that the browser fires `ontrack` only once the msid is right.
@@ -51,6 +55,7 @@ impl Sfu {
         &mut self,
         peer: PeerId,
         answer: SdpAnswer,
+        offer: Option<&str>,
     ) -> (SdpAnswer, Vec<(Mid, MediaLabel)>) {
         let Some(p) = self.peers.get_mut(&peer) else {
             return (answer, Vec::new());
@@ -87,7 +92,10 @@ impl Sfu {
             labels.insert(mid.to_string(), s.label.clone());
             sending.push((*mid, s.label.clone()));
         }
-        let rewritten = rewrite_answer(&sdp, &labels);
+        let mut rewritten = rewrite_answer(&sdp, &labels);
+        if let Some(offer) = offer {
+            rewritten = inactive_not_rejected(&rewritten, offer);
+        }
         let answer = match SdpAnswer::from_sdp_string(&rewritten) {
             Ok(a) => a,
             Err(e) => {
@@ -153,6 +161,71 @@ impl Sfu {
     }
 }
 
+/// Transport attributes, the same in every m-section of a bundled answer.
+const TRANSPORT: [&str; 5] = [
+    "a=ice-ufrag:",
+    "a=ice-pwd:",
+    "a=ice-options:",
+    "a=fingerprint:",
+    "a=setup:",
+];
+
+/// Answers as `inactive`, not rejected, the audio and video m-lines the client offered live
+/// and the engine rejected (port 0: video, whose codecs the engine does not take). A rejected
+/// m-line stops the client's transceiver; a LiveKit client whose next offer was made before
+/// it applied this answer (its first negotiations race) then cannot set that offer
+/// ("Transceiver not found based on m-line index") and reconnects. An inactive m-line keeps
+/// the transceiver, carries nothing either way, and stays in the bundle. The engine's own
+/// state is unchanged: it still takes nothing on that m-line.
+pub(crate) fn inactive_not_rejected(answer: &str, offer: &str) -> String {
+    let (session, sections) = split(answer);
+    let (_, offered) = split(offer);
+    let transport: Vec<&str> = sections
+        .iter()
+        .find(|s| s.port() != Some("0"))
+        .map(|s| {
+            s.lines
+                .iter()
+                .copied()
+                .filter(|l| TRANSPORT.iter().any(|t| l.starts_with(t)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut revived: Vec<&str> = Vec::new();
+    let mut body = String::with_capacity(answer.len() + 256);
+    for (i, s) in sections.iter().enumerate() {
+        match offered.get(i).and_then(|o| s.revived(o, &transport)) {
+            Some((mid, lines)) => {
+                revived.push(mid);
+                for line in lines {
+                    body.push_str(&line);
+                    body.push_str("\r\n");
+                }
+            }
+            None => {
+                for line in &s.lines {
+                    body.push_str(line);
+                    body.push_str("\r\n");
+                }
+            }
+        }
+    }
+    let mut out = String::with_capacity(body.len() + 512);
+    for line in session {
+        out.push_str(line);
+        if line.starts_with("a=group:BUNDLE") {
+            let grouped: Vec<&str> = line.split_whitespace().skip(1).collect();
+            for mid in revived.iter().filter(|m| !grouped.contains(m)) {
+                out.push(' ');
+                out.push_str(mid);
+            }
+        }
+        out.push_str("\r\n");
+    }
+    out.push_str(&body);
+    out
+}
+
 /// One m-section of an SDP: its lines without line ends.
 pub(crate) struct Section<'a> {
     pub(crate) lines: Vec<&'a str>,
@@ -172,6 +245,59 @@ impl Section<'_> {
 
     pub(crate) fn sends(&self) -> bool {
         self.lines.contains(&"a=sendonly")
+    }
+
+    /// The m-line's media, port and protocol.
+    fn media(&self) -> Option<(&str, &str, &str)> {
+        let mut parts = self.lines.first()?.strip_prefix("m=")?.split_whitespace();
+        Some((parts.next()?, parts.next()?, parts.next()?))
+    }
+
+    fn port(&self) -> Option<&str> {
+        self.media().map(|(_, port, _)| port)
+    }
+
+    /// This answer section as an inactive m-line, if the engine rejected it and the client
+    /// offered it live as `offered` ([`inactive_not_rejected`]): its mid and its lines.
+    fn revived<'a>(
+        &self,
+        offered: &Section<'a>,
+        transport: &[&str],
+    ) -> Option<(&'a str, Vec<String>)> {
+        let (kind, port, proto) = self.media()?;
+        let (offered_kind, offered_port, _) = offered.media()?;
+        let mid = offered
+            .lines
+            .iter()
+            .copied()
+            .find_map(|l| l.strip_prefix("a=mid:"))?;
+        if !matches!(kind, "audio" | "video")
+            || port != "0"
+            || offered_kind != kind
+            || offered_port == "0"
+            || self.mid() != Some(mid)
+        {
+            return None;
+        }
+        // One of the offered formats, described as offered.
+        let pt = offered.lines.first()?.split_whitespace().nth(3)?;
+        let rtpmap = format!("a=rtpmap:{pt} ");
+        let mut lines = vec![
+            format!("m={kind} 9 {proto} {pt}"),
+            "c=IN IP4 0.0.0.0".to_owned(),
+            format!("a=mid:{mid}"),
+        ];
+        lines.extend(transport.iter().map(|l| (*l).to_owned()));
+        lines.push("a=inactive".to_owned());
+        lines.push("a=rtcp-mux".to_owned());
+        lines.extend(
+            offered
+                .lines
+                .iter()
+                .filter(|l| l.starts_with(&rtpmap))
+                .map(|l| (*l).to_owned()),
+        );
+        Some((mid, lines))
     }
 }
 
@@ -261,6 +387,58 @@ mod tests {
         m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:3\r\na=sendonly\r\na=msid:rnd3 rnd4\r\n\
         a=ssrc:12 cname:c\r\na=ssrc:12 msid:rnd3 rnd4\r\n\
         m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:4\r\na=sendonly\r\n";
+
+    #[test]
+    fn offered_m_lines_the_engine_rejects_are_answered_inactive() {
+        let offer = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+            a=group:BUNDLE 0 1 2 3\r\n\
+            m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:0\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=recvonly\r\n\
+            a=rtpmap:111 opus/48000/2\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=mid:2\r\na=recvonly\r\n\
+            a=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 nack\r\na=rtpmap:97 rtx/90000\r\n\
+            m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:3\r\na=inactive\r\n\
+            a=rtpmap:96 VP8/90000\r\n";
+        let answer = "v=0\r\no=- 3 4 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
+            a=group:BUNDLE 0 1\r\n\
+            m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\n\
+            a=mid:0\r\na=ice-ufrag:u\r\na=ice-pwd:p\r\na=fingerprint:sha-256 AB\r\n\
+            a=setup:passive\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\n\
+            a=ice-ufrag:u\r\na=inactive\r\na=rtpmap:111 opus/48000/2\r\n\
+            m=video 0 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 0.0.0.0\r\na=mid:2\r\na=inactive\r\n\
+            m=video 0 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 0.0.0.0\r\na=mid:3\r\na=inactive\r\n";
+        let out = inactive_not_rejected(answer, offer);
+        // The video the client offered live: inactive, its first codec as offered, bundled,
+        // with the transport of the others.
+        assert!(
+            out.contains(
+                "m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:2\r\n\
+                 a=ice-ufrag:u\r\na=ice-pwd:p\r\na=fingerprint:sha-256 AB\r\n\
+                 a=setup:passive\r\na=inactive\r\na=rtcp-mux\r\n\
+                 a=rtpmap:96 VP8/90000\r\n"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("a=group:BUNDLE 0 1 2\r\n"), "{out}");
+        // The one it offered rejected stays rejected; the rest is as it was.
+        assert!(
+            out.ends_with(
+                "m=video 0 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 0.0.0.0\r\na=mid:3\r\na=inactive\r\n"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("a=mid:1\r\na=ice-ufrag:u\r\na=inactive\r\na=rtpmap:111 opus/48000/2\r\n")
+        );
+        assert!(
+            out.starts_with("v=0\r\no=- 3 4 IN IP4 0.0.0.0\r\n"),
+            "{out}"
+        );
+        assert!(SdpAnswer::from_sdp_string(&out).is_ok(), "{out}");
+        // Nothing left to revive: the answer as it was.
+        assert_eq!(inactive_not_rejected(&out, offer), out);
+    }
 
     #[test]
     fn finds_the_sections_the_answerer_sends_on() {
