@@ -179,22 +179,34 @@ const TRANSPORT: [&str; 5] = [
 /// state is unchanged: it still takes nothing on that m-line.
 pub(crate) fn inactive_not_rejected(answer: &str, offer: &str) -> String {
     let (session, sections) = split(answer);
-    let (_, offered) = split(offer);
+    let (offer_session, offered) = split(offer);
+    // Only m-lines the client bundled: the answer may not add a mid to the group.
+    let bundled: Vec<&str> = offer_session
+        .iter()
+        .find_map(|l| l.strip_prefix("a=group:BUNDLE"))
+        .map(|mids| mids.split_whitespace().collect())
+        .unwrap_or_default();
+    // The bundle's transport, from the first section that has it (str0m writes it into
+    // every section, rejected ones included).
     let transport: Vec<&str> = sections
         .iter()
-        .find(|s| s.port() != Some("0"))
         .map(|s| {
             s.lines
                 .iter()
                 .copied()
                 .filter(|l| TRANSPORT.iter().any(|t| l.starts_with(t)))
-                .collect()
+                .collect::<Vec<&str>>()
         })
+        .find(|t| !t.is_empty())
         .unwrap_or_default();
     let mut revived: Vec<&str> = Vec::new();
     let mut body = String::with_capacity(answer.len() + 256);
-    for (i, s) in sections.iter().enumerate() {
-        match offered.get(i).and_then(|o| s.revived(o, &transport)) {
+    for s in &sections {
+        let offered = s
+            .mid()
+            .filter(|mid| bundled.contains(mid))
+            .and_then(|mid| offered.iter().find(|o| o.mid() == Some(mid)));
+        match offered.and_then(|o| s.revived(o, &transport)) {
             Some((mid, lines)) => {
                 revived.push(mid);
                 for line in lines {
@@ -212,13 +224,24 @@ pub(crate) fn inactive_not_rejected(answer: &str, offer: &str) -> String {
     }
     let mut out = String::with_capacity(body.len() + 512);
     for line in session {
-        out.push_str(line);
-        if line.starts_with("a=group:BUNDLE") {
-            let grouped: Vec<&str> = line.split_whitespace().skip(1).collect();
-            for mid in revived.iter().filter(|m| !grouped.contains(m)) {
-                out.push(' ');
-                out.push_str(mid);
+        match line.strip_prefix("a=group:BUNDLE") {
+            // The group names its mids in the order of their m-lines (str0m insists).
+            Some(group) if !revived.is_empty() => {
+                let grouped: Vec<&str> = group
+                    .split_whitespace()
+                    .chain(revived.iter().copied())
+                    .collect();
+                out.push_str("a=group:BUNDLE");
+                for mid in sections
+                    .iter()
+                    .filter_map(Section::mid)
+                    .filter(|m| grouped.contains(m))
+                {
+                    out.push(' ');
+                    out.push_str(mid);
+                }
             }
+            _ => out.push_str(line),
         }
         out.push_str("\r\n");
     }
@@ -253,10 +276,6 @@ impl Section<'_> {
         Some((parts.next()?, parts.next()?, parts.next()?))
     }
 
-    fn port(&self) -> Option<&str> {
-        self.media().map(|(_, port, _)| port)
-    }
-
     /// This answer section as an inactive m-line, if the engine rejected it and the client
     /// offered it live as `offered` ([`inactive_not_rejected`]): its mid and its lines.
     fn revived<'a>(
@@ -275,26 +294,32 @@ impl Section<'_> {
             || port != "0"
             || offered_kind != kind
             || offered_port == "0"
-            || self.mid() != Some(mid)
+            || transport.is_empty()
         {
             return None;
         }
-        // One of the offered formats, described as offered.
-        let pt = offered.lines.first()?.split_whitespace().nth(3)?;
-        let rtpmap = format!("a=rtpmap:{pt} ");
+        // The first offered media format (not a retransmission or repair format), described
+        // as offered: its rtpmap and its parameters.
+        let format = offered.lines.iter().copied().find_map(|l| {
+            let (pt, codec) = l.strip_prefix("a=rtpmap:")?.split_once(' ')?;
+            let name = codec.split('/').next()?.to_ascii_lowercase();
+            (!matches!(name.as_str(), "rtx" | "red" | "ulpfec" | "flexfec-03")).then_some(pt)
+        })?;
         let mut lines = vec![
-            format!("m={kind} 9 {proto} {pt}"),
+            format!("m={kind} 9 {proto} {format}"),
             "c=IN IP4 0.0.0.0".to_owned(),
             format!("a=mid:{mid}"),
         ];
         lines.extend(transport.iter().map(|l| (*l).to_owned()));
         lines.push("a=inactive".to_owned());
         lines.push("a=rtcp-mux".to_owned());
+        let rtpmap = format!("a=rtpmap:{format} ");
+        let fmtp = format!("a=fmtp:{format} ");
         lines.extend(
             offered
                 .lines
                 .iter()
-                .filter(|l| l.starts_with(&rtpmap))
+                .filter(|l| l.starts_with(&rtpmap) || l.starts_with(&fmtp))
                 .map(|l| (*l).to_owned()),
         );
         Some((mid, lines))
@@ -390,47 +415,51 @@ mod tests {
 
     #[test]
     fn offered_m_lines_the_engine_rejects_are_answered_inactive() {
+        // Mid 2: live video, H264 first after its retransmission format. Mid 3: offered
+        // rejected. Mid 4: live but outside the client's bundle.
         let offer = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
             a=group:BUNDLE 0 1 2 3\r\n\
             m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:0\r\n\
             m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=recvonly\r\n\
             a=rtpmap:111 opus/48000/2\r\n\
-            m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=mid:2\r\na=recvonly\r\n\
-            a=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 nack\r\na=rtpmap:97 rtx/90000\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 97 102\r\na=mid:2\r\na=recvonly\r\n\
+            a=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=102\r\na=rtpmap:102 H264/90000\r\n\
+            a=rtcp-fb:102 nack\r\na=fmtp:102 profile-level-id=42e01f;packetization-mode=1\r\n\
             m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:3\r\na=inactive\r\n\
+            a=rtpmap:96 VP8/90000\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:4\r\na=recvonly\r\n\
             a=rtpmap:96 VP8/90000\r\n";
-        let answer = "v=0\r\no=- 3 4 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
-            a=group:BUNDLE 0 1\r\n\
-            m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\n\
-            a=mid:0\r\na=ice-ufrag:u\r\na=ice-pwd:p\r\na=fingerprint:sha-256 AB\r\n\
-            a=setup:passive\r\n\
-            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\n\
-            a=ice-ufrag:u\r\na=inactive\r\na=rtpmap:111 opus/48000/2\r\n\
-            m=video 0 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 0.0.0.0\r\na=mid:2\r\na=inactive\r\n\
-            m=video 0 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 0.0.0.0\r\na=mid:3\r\na=inactive\r\n";
-        let out = inactive_not_rejected(answer, offer);
-        // The video the client offered live: inactive, its first codec as offered, bundled,
-        // with the transport of the others.
-        assert!(
-            out.contains(
-                "m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:2\r\n\
-                 a=ice-ufrag:u\r\na=ice-pwd:p\r\na=fingerprint:sha-256 AB\r\n\
-                 a=setup:passive\r\na=inactive\r\na=rtcp-mux\r\n\
-                 a=rtpmap:96 VP8/90000\r\n"
-            ),
-            "{out}"
+        let ice = "a=ice-ufrag:u\r\na=ice-pwd:p\r\na=fingerprint:sha-256 AB\r\na=setup:passive\r\n";
+        let rejected = |mid: u32| {
+            format!(
+                "m=video 0 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 0.0.0.0\r\n{ice}a=mid:{mid}\r\na=inactive\r\n"
+            )
+        };
+        let answer = format!(
+            "v=0\r\no=- 3 4 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
+             m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\n\
+             {ice}a=mid:0\r\n\
+             m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\n{ice}a=mid:1\r\n\
+             a=inactive\r\na=rtpmap:111 opus/48000/2\r\n{}{}{}",
+            rejected(2),
+            rejected(3),
+            rejected(4)
         );
+        let out = inactive_not_rejected(&answer, offer);
+        // The video the client offered live and bundled: inactive, its first media format as
+        // offered, bundled, with the bundle's transport.
+        let want = format!(
+            "m=video 9 UDP/TLS/RTP/SAVPF 102\r\nc=IN IP4 0.0.0.0\r\na=mid:2\r\n{ice}\
+             a=inactive\r\na=rtcp-mux\r\na=rtpmap:102 H264/90000\r\n\
+             a=fmtp:102 profile-level-id=42e01f;packetization-mode=1\r\n"
+        );
+        assert!(out.contains(&want), "{out}");
+        // In the group, in the order of the m-lines.
         assert!(out.contains("a=group:BUNDLE 0 1 2\r\n"), "{out}");
-        // The one it offered rejected stays rejected; the rest is as it was.
-        assert!(
-            out.ends_with(
-                "m=video 0 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 0.0.0.0\r\na=mid:3\r\na=inactive\r\n"
-            ),
-            "{out}"
-        );
-        assert!(
-            out.contains("a=mid:1\r\na=ice-ufrag:u\r\na=inactive\r\na=rtpmap:111 opus/48000/2\r\n")
-        );
+        // Offered rejected, or outside the client's bundle: rejected as before.
+        assert!(out.contains(&rejected(3)), "{out}");
+        assert!(out.ends_with(&rejected(4)), "{out}");
+        assert!(out.contains("a=mid:1\r\na=inactive\r\na=rtpmap:111 opus/48000/2\r\n"));
         assert!(
             out.starts_with("v=0\r\no=- 3 4 IN IP4 0.0.0.0\r\n"),
             "{out}"
@@ -438,6 +467,9 @@ mod tests {
         assert!(SdpAnswer::from_sdp_string(&out).is_ok(), "{out}");
         // Nothing left to revive: the answer as it was.
         assert_eq!(inactive_not_rejected(&out, offer), out);
+        // No transport to give it: left rejected.
+        let bare = answer.replace(ice, "");
+        assert_eq!(inactive_not_rejected(&bare, offer), bare);
     }
 
     #[test]

@@ -61,7 +61,7 @@ impl Default for SpeakerConfig {
 pub struct SpeakerLevel<K> {
     /// Which track.
     pub key: K,
-    /// Smoothed linear level, 0.0..=1.0.
+    /// Smoothed linear level, 0.0..=1.0, rounded up to eighths; 0 when not speaking.
     pub level: f32,
     /// Whether the track counts as speaking.
     pub active: bool,
