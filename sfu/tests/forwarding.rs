@@ -332,6 +332,28 @@ fn speaker_detection_reports_loud_publisher() {
 }
 
 #[test]
+fn a_muted_speaker_stops_speaking_with_the_mute() {
+    let mut sim = Sim::new(10);
+    let loud = sim.join_publisher("loud", Publish::Allow).unwrap();
+    sim.connect_all();
+    let lt = sim.track_of(loud);
+    sim.run_for(2 * SEC, |s| s.send_audio(loud, 20));
+    assert_eq!(sim.seen.speakers.last(), Some(&(lt, true)));
+    // The mute is reported at once: no window has to close on the missing packets.
+    sim.sfu().set_track_muted(lt, true).unwrap();
+    sim.pump_events();
+    assert_eq!(sim.seen.speakers.last(), Some(&(lt, false)));
+    // Nothing more while muted, even though the publisher keeps sending.
+    let reported = sim.seen.speakers.len();
+    sim.run_for(2 * SEC, |s| s.send_audio(loud, 20));
+    assert_eq!(sim.seen.speakers.len(), reported, "{:?}", sim.seen.speakers);
+    // Unmuted, it speaks again.
+    sim.sfu().set_track_muted(lt, false).unwrap();
+    sim.run_for(2 * SEC, |s| s.send_audio(loud, 20));
+    assert_eq!(sim.seen.speakers.last(), Some(&(lt, true)));
+}
+
+#[test]
 fn dead_peer_times_out_and_its_track_ends() {
     let (mut sim, publisher, subs) = room(10, 1);
     sim.run_for(SEC, |s| s.send_audio(publisher, 30));

@@ -69,6 +69,8 @@ impl ClientPc {
             .set_rtp_mode(true)
             .clear_codecs()
             .enable_opus(true, false)
+            // Offered only on the video m-lines a browser adds (`Sim::join_v1_with_videos`).
+            .enable_vp8(true)
             .build(now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").expect("candidate"));
         ClientPc {
@@ -236,6 +238,8 @@ pub struct Sim {
     join_as_js: bool,
     /// The next join sends AddTrack at once (see [`Sim::join_v1_adding_track`]).
     add_track_on_join: bool,
+    /// Recvonly video m-lines the next `/rtc/v1` join offers (see [`Sim::join_v1_with_videos`]).
+    videos_on_join: u32,
 }
 
 impl Sim {
@@ -288,6 +292,7 @@ impl Sim {
             offer_after_join: false,
             join_as_js: false,
             add_track_on_join: false,
+            videos_on_join: 0,
         }
     }
 
@@ -350,6 +355,21 @@ impl Sim {
         let joined = self.join_as(identity, Self::grants(room, true), Some(sections));
         self.join_as_js = false;
         self.add_track_on_join = false;
+        joined.expect("join refused")
+    }
+
+    /// [`Sim::join_v1`] whose first offer also has `videos` recvonly video m-lines, as
+    /// livekit-client's has (the engine takes no video codec).
+    pub fn join_v1_with_videos(
+        &mut self,
+        room: &str,
+        identity: &str,
+        sections: u32,
+        videos: u32,
+    ) -> usize {
+        self.videos_on_join = videos;
+        let joined = self.join_as(identity, Self::grants(room, false), Some(sections));
+        self.videos_on_join = 0;
         joined.expect("join refused")
     }
 
@@ -420,6 +440,9 @@ impl Sim {
                     None,
                     None,
                 ));
+            }
+            for _ in 0..self.videos_on_join {
+                api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
             }
             let (offer, pending) = api.apply().expect("a first offer");
             pending_pub = Some(pending);

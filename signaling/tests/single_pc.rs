@@ -137,6 +137,82 @@ fn v1_join_answers_the_offer_in_the_join_request_and_never_offers() {
     );
 }
 
+/// The m-line of `sdp` whose mid is `mid`, and whether the session's BUNDLE group has it.
+fn m_line_of(sdp: &str, mid: &str) -> (String, bool) {
+    let section = sdp
+        .split("m=")
+        .skip(1)
+        .find(|s| s.contains(&format!("a=mid:{mid}\r\n")))
+        .unwrap_or_else(|| panic!("no mid {mid} in {sdp}"));
+    let bundled = sdp
+        .lines()
+        .find(|l| l.starts_with("a=group:BUNDLE"))
+        .is_some_and(|l| l.split_whitespace().skip(1).any(|m| m == mid));
+    (format!("m={section}"), bundled)
+}
+
+/// The mids of `sdp`'s video m-lines.
+fn video_mids(sdp: &str) -> Vec<String> {
+    sdp.split("m=video")
+        .skip(1)
+        .filter_map(|s| s.split("a=mid:").nth(1))
+        .filter_map(|s| s.split("\r\n").next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn offered_video_m_lines_are_answered_inactive_not_rejected() {
+    // livekit-client's first offer has recvonly video m-lines too. Rejected (port 0), they
+    // would stop its transceivers, and an offer it made before applying the answer would no
+    // longer apply.
+    let mut sim = world(17);
+    let speaker = sim.join_v1("r", "s", true, 3);
+    connect(&mut sim, speaker);
+    sim.publish(speaker);
+    sim.run_for(SECOND);
+    let l = sim.join_v1_with_videos("r", "l", 1, 2);
+    connect(&mut sim, l);
+    let inactive_and_bundled = |sdp: &str| {
+        let videos = video_mids(sdp);
+        assert_eq!(videos.len(), 2, "{sdp}");
+        for mid in videos {
+            let (section, bundled) = m_line_of(sdp, &mid);
+            assert!(section.starts_with("m=video 9 "), "{section}");
+            assert!(section.contains("a=inactive\r\n"), "{section}");
+            assert!(section.contains("a=rtpmap:"), "{section}");
+            assert!(bundled, "video mid {mid} left out of the bundle: {sdp}");
+        }
+    };
+    let first = answers(&sim, l);
+    inactive_and_bundled(&first[0].sdp);
+    // The audio m-line carries the speaker, and the listener hears her.
+    let track = track_sid(&sim, speaker);
+    assert!(mid_of(&sim, l, &track).is_some(), "{first:?}");
+    // A second speaker: no audio m-line left, the client offers again with its videos (an
+    // offer on a connection that exists), and they are answered the same.
+    let second = sim.join_v1("r", "s2", true, 3);
+    connect(&mut sim, second);
+    sim.publish(second);
+    let t2 = track_sid(&sim, second);
+    let ok = sim.run_until(5 * SECOND, |s| mid_of(s, l, &t2).is_some());
+    assert!(ok, "the second track never reached an answer");
+    let later = answers(&sim, l);
+    assert!(later.len() > first.len(), "{later:?}");
+    inactive_and_bundled(&later[later.len() - 1].sdp);
+    sim.speak(speaker, 50);
+    sim.speak(second, 50);
+    sim.run_for(SECOND);
+    for from in [speaker, second] {
+        let heard = heard_from(&sim, l, from);
+        assert!(
+            heard.values().sum::<usize>() >= 45,
+            "from {from}: {heard:?}"
+        );
+    }
+    sim.check_invariants().unwrap();
+}
+
 #[test]
 fn subscribed_audio_arrives_on_the_m_line_the_answer_names() {
     let mut sim = world(12);

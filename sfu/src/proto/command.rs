@@ -314,6 +314,7 @@ impl Sfu {
                 relay,
             } => {
                 let config = self.peer_config(publish);
+                let offered = single.then(|| offer.to_sdp_string());
                 match self.accept_offer_as(now, Some(peer), config, offer, single) {
                     Ok((peer, answer)) => {
                         if let Some(p) = self.peers.get_mut(&peer) {
@@ -322,7 +323,7 @@ impl Sfu {
                         for (track, label) in subscribe {
                             ignore(self.subscribe(now, peer, track, label).map(|_| ()));
                         }
-                        self.answered(peer, answer);
+                        self.answered(peer, answer, offered.as_deref());
                     }
                     Err(error) => self.command_failed(peer, CommandKind::AcceptOffer, error),
                 }
@@ -356,11 +357,14 @@ impl Sfu {
                     Err(error) => self.command_failed(peer, CommandKind::OfferRelaySections, error),
                 }
             }
-            EngineCommand::HandleOffer { peer, offer } => match self.handle_offer(now, peer, offer)
-            {
-                Ok(answer) => self.answered(peer, answer),
-                Err(error) => self.command_failed(peer, CommandKind::HandleOffer, error),
-            },
+            EngineCommand::HandleOffer { peer, offer } => {
+                let single = self.peers.get(&peer).is_some_and(|p| p.single);
+                let offered = single.then(|| offer.to_sdp_string());
+                match self.handle_offer(now, peer, offer) {
+                    Ok(answer) => self.answered(peer, answer, offered.as_deref()),
+                    Err(error) => self.command_failed(peer, CommandKind::HandleOffer, error),
+                }
+            }
             EngineCommand::HandleAnswer { peer, answer } => {
                 if let Err(error) = self.handle_answer(now, peer, answer) {
                     self.command_failed(peer, CommandKind::HandleAnswer, error);
@@ -400,8 +404,8 @@ impl Sfu {
     }
 
     /// An answer for the owner, its sending m-lines labelled on single-connection peers.
-    fn answered(&mut self, peer: PeerId, answer: SdpAnswer) {
-        let (answer, sending) = self.answer_sections(peer, answer);
+    fn answered(&mut self, peer: PeerId, answer: SdpAnswer, offer: Option<&str>) {
+        let (answer, sending) = self.answer_sections(peer, answer, offer);
         self.events.push_back(Event::Answer {
             peer,
             answer,

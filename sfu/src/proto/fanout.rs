@@ -107,6 +107,10 @@ impl Sfu {
         if t.muted != muted {
             t.muted = muted;
             t.epoch += 1;
+            // A muted speaker stops speaking now, told with the mute itself.
+            if let Some(change) = muted.then(|| self.speakers.silence(track)).flatten() {
+                self.events.push_back(Event::SpeakersChanged(vec![change]));
+            }
         }
         Ok(())
     }

@@ -12,6 +12,10 @@
 //!   first answer); the subscriptions a peer starts with are bound before that answer is
 //!   written (`EngineCommand::AcceptOffer`'s `subscribe`), so a client joining a room with
 //!   speakers gets them labelled in the first answer.
+//! - An audio or video m-line the client offered live and the engine rejected (video: the
+//!   engine takes no video codec) is answered `inactive`, not with port 0, so the client's
+//!   transceiver is not stopped under an offer it made meanwhile
+//!   ([`inactive_not_rejected`]).
 //! - In every answer, a section that carries a slot is `sendonly` with the slot's msid (str0m
 //!   would write a random one, which LiveKit clients cannot place), and a section without a
 //!   slot is `inactive`, so that the browser fires `ontrack` only once the msid is right.
@@ -51,6 +55,7 @@ impl Sfu {
         &mut self,
         peer: PeerId,
         answer: SdpAnswer,
+        offer: Option<&str>,
     ) -> (SdpAnswer, Vec<(Mid, MediaLabel)>) {
         let Some(p) = self.peers.get_mut(&peer) else {
             return (answer, Vec::new());
@@ -87,7 +92,10 @@ impl Sfu {
             labels.insert(mid.to_string(), s.label.clone());
             sending.push((*mid, s.label.clone()));
         }
-        let rewritten = rewrite_answer(&sdp, &labels);
+        let mut rewritten = rewrite_answer(&sdp, &labels);
+        if let Some(offer) = offer {
+            rewritten = inactive_not_rejected(&rewritten, offer);
+        }
         let answer = match SdpAnswer::from_sdp_string(&rewritten) {
             Ok(a) => a,
             Err(e) => {
@@ -153,6 +161,94 @@ impl Sfu {
     }
 }
 
+/// Transport attributes, the same in every m-section of a bundled answer.
+const TRANSPORT: [&str; 5] = [
+    "a=ice-ufrag:",
+    "a=ice-pwd:",
+    "a=ice-options:",
+    "a=fingerprint:",
+    "a=setup:",
+];
+
+/// Answers as `inactive`, not rejected, the audio and video m-lines the client offered live
+/// and the engine rejected (port 0: video, whose codecs the engine does not take). A rejected
+/// m-line stops the client's transceiver; a LiveKit client whose next offer was made before
+/// it applied this answer (its first negotiations race) then cannot set that offer
+/// ("Transceiver not found based on m-line index") and reconnects. An inactive m-line keeps
+/// the transceiver, carries nothing either way, and stays in the bundle. The engine's own
+/// state is unchanged: it still takes nothing on that m-line.
+pub(crate) fn inactive_not_rejected(answer: &str, offer: &str) -> String {
+    let (session, sections) = split(answer);
+    let (offer_session, offered) = split(offer);
+    // Only m-lines the client bundled: the answer may not add a mid to the group.
+    let bundled: Vec<&str> = offer_session
+        .iter()
+        .find_map(|l| l.strip_prefix("a=group:BUNDLE"))
+        .map(|mids| mids.split_whitespace().collect())
+        .unwrap_or_default();
+    // The bundle's transport, from the first section that has it (str0m writes it into
+    // every section, rejected ones included).
+    let transport: Vec<&str> = sections
+        .iter()
+        .map(|s| {
+            s.lines
+                .iter()
+                .copied()
+                .filter(|l| TRANSPORT.iter().any(|t| l.starts_with(t)))
+                .collect::<Vec<&str>>()
+        })
+        .find(|t| !t.is_empty())
+        .unwrap_or_default();
+    let mut revived: Vec<&str> = Vec::new();
+    let mut body = String::with_capacity(answer.len() + 256);
+    for s in &sections {
+        let offered = s
+            .mid()
+            .filter(|mid| bundled.contains(mid))
+            .and_then(|mid| offered.iter().find(|o| o.mid() == Some(mid)));
+        match offered.and_then(|o| s.revived(o, &transport)) {
+            Some((mid, lines)) => {
+                revived.push(mid);
+                for line in lines {
+                    body.push_str(&line);
+                    body.push_str("\r\n");
+                }
+            }
+            None => {
+                for line in &s.lines {
+                    body.push_str(line);
+                    body.push_str("\r\n");
+                }
+            }
+        }
+    }
+    let mut out = String::with_capacity(body.len() + 512);
+    for line in session {
+        match line.strip_prefix("a=group:BUNDLE") {
+            // The group names its mids in the order of their m-lines (str0m insists).
+            Some(group) if !revived.is_empty() => {
+                let grouped: Vec<&str> = group
+                    .split_whitespace()
+                    .chain(revived.iter().copied())
+                    .collect();
+                out.push_str("a=group:BUNDLE");
+                for mid in sections
+                    .iter()
+                    .filter_map(Section::mid)
+                    .filter(|m| grouped.contains(m))
+                {
+                    out.push(' ');
+                    out.push_str(mid);
+                }
+            }
+            _ => out.push_str(line),
+        }
+        out.push_str("\r\n");
+    }
+    out.push_str(&body);
+    out
+}
+
 /// One m-section of an SDP: its lines without line ends.
 pub(crate) struct Section<'a> {
     pub(crate) lines: Vec<&'a str>,
@@ -172,6 +268,61 @@ impl Section<'_> {
 
     pub(crate) fn sends(&self) -> bool {
         self.lines.contains(&"a=sendonly")
+    }
+
+    /// The m-line's media, port and protocol.
+    fn media(&self) -> Option<(&str, &str, &str)> {
+        let mut parts = self.lines.first()?.strip_prefix("m=")?.split_whitespace();
+        Some((parts.next()?, parts.next()?, parts.next()?))
+    }
+
+    /// This answer section as an inactive m-line, if the engine rejected it and the client
+    /// offered it live as `offered` ([`inactive_not_rejected`]): its mid and its lines.
+    fn revived<'a>(
+        &self,
+        offered: &Section<'a>,
+        transport: &[&str],
+    ) -> Option<(&'a str, Vec<String>)> {
+        let (kind, port, proto) = self.media()?;
+        let (offered_kind, offered_port, _) = offered.media()?;
+        let mid = offered
+            .lines
+            .iter()
+            .copied()
+            .find_map(|l| l.strip_prefix("a=mid:"))?;
+        if !matches!(kind, "audio" | "video")
+            || port != "0"
+            || offered_kind != kind
+            || offered_port == "0"
+            || transport.is_empty()
+        {
+            return None;
+        }
+        // The first offered media format (not a retransmission or repair format), described
+        // as offered: its rtpmap and its parameters.
+        let format = offered.lines.iter().copied().find_map(|l| {
+            let (pt, codec) = l.strip_prefix("a=rtpmap:")?.split_once(' ')?;
+            let name = codec.split('/').next()?.to_ascii_lowercase();
+            (!matches!(name.as_str(), "rtx" | "red" | "ulpfec" | "flexfec-03")).then_some(pt)
+        })?;
+        let mut lines = vec![
+            format!("m={kind} 9 {proto} {format}"),
+            "c=IN IP4 0.0.0.0".to_owned(),
+            format!("a=mid:{mid}"),
+        ];
+        lines.extend(transport.iter().map(|l| (*l).to_owned()));
+        lines.push("a=inactive".to_owned());
+        lines.push("a=rtcp-mux".to_owned());
+        let rtpmap = format!("a=rtpmap:{format} ");
+        let fmtp = format!("a=fmtp:{format} ");
+        lines.extend(
+            offered
+                .lines
+                .iter()
+                .filter(|l| l.starts_with(&rtpmap) || l.starts_with(&fmtp))
+                .map(|l| (*l).to_owned()),
+        );
+        Some((mid, lines))
     }
 }
 
@@ -261,6 +412,65 @@ mod tests {
         m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:3\r\na=sendonly\r\na=msid:rnd3 rnd4\r\n\
         a=ssrc:12 cname:c\r\na=ssrc:12 msid:rnd3 rnd4\r\n\
         m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:4\r\na=sendonly\r\n";
+
+    #[test]
+    fn offered_m_lines_the_engine_rejects_are_answered_inactive() {
+        // Mid 2: live video, H264 first after its retransmission format. Mid 3: offered
+        // rejected. Mid 4: live but outside the client's bundle.
+        let offer = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+            a=group:BUNDLE 0 1 2 3\r\n\
+            m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:0\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=recvonly\r\n\
+            a=rtpmap:111 opus/48000/2\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 97 102\r\na=mid:2\r\na=recvonly\r\n\
+            a=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=102\r\na=rtpmap:102 H264/90000\r\n\
+            a=rtcp-fb:102 nack\r\na=fmtp:102 profile-level-id=42e01f;packetization-mode=1\r\n\
+            m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:3\r\na=inactive\r\n\
+            a=rtpmap:96 VP8/90000\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:4\r\na=recvonly\r\n\
+            a=rtpmap:96 VP8/90000\r\n";
+        let ice = "a=ice-ufrag:u\r\na=ice-pwd:p\r\na=fingerprint:sha-256 AB\r\na=setup:passive\r\n";
+        let rejected = |mid: u32| {
+            format!(
+                "m=video 0 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 0.0.0.0\r\n{ice}a=mid:{mid}\r\na=inactive\r\n"
+            )
+        };
+        let answer = format!(
+            "v=0\r\no=- 3 4 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
+             m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\n\
+             {ice}a=mid:0\r\n\
+             m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\n{ice}a=mid:1\r\n\
+             a=inactive\r\na=rtpmap:111 opus/48000/2\r\n{}{}{}",
+            rejected(2),
+            rejected(3),
+            rejected(4)
+        );
+        let out = inactive_not_rejected(&answer, offer);
+        // The video the client offered live and bundled: inactive, its first media format as
+        // offered, bundled, with the bundle's transport.
+        let want = format!(
+            "m=video 9 UDP/TLS/RTP/SAVPF 102\r\nc=IN IP4 0.0.0.0\r\na=mid:2\r\n{ice}\
+             a=inactive\r\na=rtcp-mux\r\na=rtpmap:102 H264/90000\r\n\
+             a=fmtp:102 profile-level-id=42e01f;packetization-mode=1\r\n"
+        );
+        assert!(out.contains(&want), "{out}");
+        // In the group, in the order of the m-lines.
+        assert!(out.contains("a=group:BUNDLE 0 1 2\r\n"), "{out}");
+        // Offered rejected, or outside the client's bundle: rejected as before.
+        assert!(out.contains(&rejected(3)), "{out}");
+        assert!(out.ends_with(&rejected(4)), "{out}");
+        assert!(out.contains("a=mid:1\r\na=inactive\r\na=rtpmap:111 opus/48000/2\r\n"));
+        assert!(
+            out.starts_with("v=0\r\no=- 3 4 IN IP4 0.0.0.0\r\n"),
+            "{out}"
+        );
+        assert!(SdpAnswer::from_sdp_string(&out).is_ok(), "{out}");
+        // Nothing left to revive: the answer as it was.
+        assert_eq!(inactive_not_rejected(&out, offer), out);
+        // No transport to give it: left rejected.
+        let bare = answer.replace(ice, "");
+        assert_eq!(inactive_not_rejected(&bare, offer), bare);
+    }
 
     #[test]
     fn finds_the_sections_the_answerer_sends_on() {

@@ -13,7 +13,10 @@
 //! 3. The window levels are smoothed by an exponential moving average with factor `2/(N+1)`.
 //! 4. A track becomes active when the smoothed level reaches `10^(−active_level/20)` and stops
 //!    being active when it falls below that threshold scaled by `release_ratio`.
-//! 5. A track that sent no packet for two windows drops to level 0 at once (muted, DTX, gone).
+//! 5. A track that sent no packet for two windows drops to level 0 (DTX, gone); a muted one
+//!    drops at once ([`SpeakerDetector::silence`]).
+//! 6. A speaking track's level is reported in eighths rounded up, LiveKit's quantisation, and
+//!    only when that changes.
 //!
 //! The detector is sans-IO: it is fed packets with their arrival time and asked to close windows
 //! by the engine's timer; it reports only changes.
@@ -21,6 +24,9 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
+
+/// Reported levels are multiples of `1 / LEVEL_STEPS`.
+const LEVEL_STEPS: f32 = 8.0;
 
 /// Tuning of the detector. The defaults are LiveKit's.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -55,7 +61,7 @@ impl Default for SpeakerConfig {
 pub struct SpeakerLevel<K> {
     /// Which track.
     pub key: K,
-    /// Smoothed linear level, 0.0..=1.0.
+    /// Smoothed linear level, 0.0..=1.0, rounded up to eighths; 0 when not speaking.
     pub level: f32,
     /// Whether the track counts as speaking.
     pub active: bool,
@@ -111,6 +117,20 @@ impl<K: Copy + Eq + Hash + Ord> SpeakerDetector<K> {
     pub fn remove(&mut self, key: K) -> Option<SpeakerLevel<K>> {
         let t = self.tracks.remove(&key)?;
         t.active.then_some(SpeakerLevel {
+            key,
+            level: 0.0,
+            active: false,
+        })
+    }
+
+    /// `key` was muted: its level drops to 0 at once, not windows later as its packets stop.
+    /// Reports it inactive if it was active. It stays tracked and starts afresh when it sends
+    /// again.
+    pub fn silence(&mut self, key: K) -> Option<SpeakerLevel<K>> {
+        let t = self.tracks.get_mut(&key)?;
+        let was_active = t.active;
+        *t = TrackLevel::default();
+        was_active.then_some(SpeakerLevel {
             key,
             level: 0.0,
             active: false,
@@ -178,12 +198,17 @@ impl<K: Copy + Eq + Hash + Ord> SpeakerDetector<K> {
             } else {
                 t.smoothed >= threshold
             };
-            // Levels are reported in steps of 0.05: finer changes are noise to a UI.
-            let quantised = (t.smoothed * 20.0).round() as u8;
+            // Levels are reported in eighths, rounded up, as LiveKit reports them: finer
+            // changes are noise to a UI and would each be a message to every participant.
+            let quantised = (t.smoothed * LEVEL_STEPS).ceil() as u8;
             if active != t.active || (active && quantised != t.reported) {
                 changes.push(SpeakerLevel {
                     key: *key,
-                    level: t.smoothed,
+                    level: if active {
+                        f32::from(quantised) / LEVEL_STEPS
+                    } else {
+                        0.0
+                    },
                     active,
                 });
                 t.reported = quantised;
@@ -286,6 +311,23 @@ mod tests {
             fresh.handle_timeout(t, &mut out);
         }
         assert!(out.iter().all(|c| !c.active), "{out:?}");
+    }
+
+    #[test]
+    fn a_silenced_speaker_stops_at_once_and_starts_afresh() {
+        let mut d = SpeakerDetector::new(SpeakerConfig::default());
+        let mut t = Instant::now();
+        run(&mut d, &mut t, 1.0, &[(1, Some(10)), (2, Some(10))]);
+        let r = d.silence(1).unwrap();
+        assert_eq!((r.key, r.active, r.level), (1, false, 0.0));
+        // Only once, a track that was not speaking reports nothing, and no window repeats it.
+        assert_eq!(d.silence(1), None);
+        assert_eq!(d.silence(3), None);
+        let ch = run(&mut d, &mut t, 2.0, &[(2, Some(10))]);
+        assert!(ch.iter().all(|c| c.key == 2), "{ch:?}");
+        // Unmuted: it becomes active again from a level of 0, within two windows.
+        let ch = run(&mut d, &mut t, 0.8, &[(1, Some(10)), (2, Some(10))]);
+        assert!(ch.iter().any(|c| c.key == 1 && c.active), "{ch:?}");
     }
 
     #[test]
