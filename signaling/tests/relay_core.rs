@@ -21,7 +21,7 @@ use stoa_signaling::proto::{
 use stoa_signaling::token::Claims;
 
 mod core_support;
-use core_support::{claims, drain, join, server, some_offer, subscribes, updates_for};
+use core_support::{claims, drain, fire, join, server, some_offer, subscribes, updates_for};
 
 const TICK: Duration = Duration::from_millis(100);
 
@@ -685,6 +685,61 @@ fn edge_with_mirror(t0: Instant) -> (Server, SessionId, PeerId, TrackId) {
     );
     assert_eq!(subscribes(&drain(&mut edge)).len(), 1);
     (edge, listener, listener_peer, track)
+}
+
+#[test]
+fn a_speaking_mirror_that_leaves_is_told_quiet_before_gone() {
+    let t0 = Instant::now();
+    let (mut edge, listener, _, track) = edge_with_mirror(t0);
+    drain(&mut edge);
+    edge.handle_engine_event(
+        t0,
+        Event::SpeakersChanged(vec![stoa_sfu::proto::speaker::SpeakerLevel {
+            key: track,
+            level: 0.5,
+            active: true,
+        }]),
+    );
+    let to_listener = |outs: &[Output], wanted: fn(&signal_response::Message) -> bool| {
+        outs.iter()
+            .filter_map(|o| match o {
+                Output::Send(to, m) if *to == listener => m.message.as_ref(),
+                _ => None,
+            })
+            .position(wanted)
+    };
+    let outs = fire(&mut edge, t0 + TICK);
+    assert!(
+        to_listener(
+            &outs,
+            |m| matches!(m, signal_response::Message::SpeakersChanged(c)
+            if c.speakers.iter().any(|s| s.sid == "PA_s" && s.active))
+        )
+        .is_some(),
+        "{outs:?}"
+    );
+    // The origin says she left.
+    let mut gone = speaker_info("PA_s", "alice", &["TR_a"], 2);
+    gone.state = State::Disconnected as i32;
+    edge.handle_relay_response(
+        t0 + TICK,
+        "r",
+        signal_response::Message::Update(lk::ParticipantUpdate {
+            participants: vec![gone],
+        }),
+    );
+    let outs = fire(&mut edge, t0 + 2 * TICK);
+    let quiet = to_listener(&outs, |m| {
+        matches!(m, signal_response::Message::SpeakersChanged(c)
+            if c.speakers.iter().any(|s| s.sid == "PA_s" && !s.active))
+    })
+    .expect("told she stopped speaking");
+    let left = to_listener(&outs, |m| {
+        matches!(m, signal_response::Message::Update(u)
+            if u.participants.iter().any(|p| p.sid == "PA_s" && p.state == State::Disconnected as i32))
+    })
+    .expect("told she left");
+    assert!(quiet < left, "{outs:?}");
 }
 
 fn identities(reply: AdminReply) -> Vec<String> {

@@ -653,6 +653,9 @@ impl Server {
         for track in tracks {
             self.unsubscribe_everyone(room, track);
         }
+        // A mirror that was speaking is told quiet first: clients keep a departed speaker
+        // among their active speakers otherwise.
+        self.stopped_speaking(room, psid);
         let now_ms = self.now_ms();
         let Some(r) = self.rooms.get_mut(room) else {
             return;
@@ -660,7 +663,6 @@ impl Server {
         let Some(mut gone) = r.remove(psid) else {
             return;
         };
-        r.speakers.remove(psid);
         r.dirty = true;
         if r.participants.is_empty() {
             r.emptied_ms = Some(now_ms);
