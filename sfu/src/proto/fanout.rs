@@ -108,7 +108,7 @@ impl Sfu {
             t.muted = muted;
             t.epoch += 1;
             // A muted speaker stops speaking now, told with the mute itself.
-            if let Some(change) = muted.then(|| self.speakers.silence(track)).flatten() {
+            if muted && let Some(change) = self.speakers.silence(track) {
                 self.events.push_back(Event::SpeakersChanged(vec![change]));
             }
         }

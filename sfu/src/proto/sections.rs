@@ -254,7 +254,7 @@ pub(crate) struct Section<'a> {
     pub(crate) lines: Vec<&'a str>,
 }
 
-impl Section<'_> {
+impl<'a> Section<'a> {
     pub(crate) fn is_live_audio(&self) -> bool {
         self.lines.first().is_some_and(|m| {
             let mut parts = m.trim_start_matches("m=").split_whitespace();
@@ -262,8 +262,11 @@ impl Section<'_> {
         })
     }
 
-    pub(crate) fn mid(&self) -> Option<&str> {
-        self.lines.iter().find_map(|l| l.strip_prefix("a=mid:"))
+    pub(crate) fn mid(&self) -> Option<&'a str> {
+        self.lines
+            .iter()
+            .copied()
+            .find_map(|l| l.strip_prefix("a=mid:"))
     }
 
     pub(crate) fn sends(&self) -> bool {
@@ -278,18 +281,14 @@ impl Section<'_> {
 
     /// This answer section as an inactive m-line, if the engine rejected it and the client
     /// offered it live as `offered` ([`inactive_not_rejected`]): its mid and its lines.
-    fn revived<'a>(
+    fn revived<'o>(
         &self,
-        offered: &Section<'a>,
+        offered: &Section<'o>,
         transport: &[&str],
-    ) -> Option<(&'a str, Vec<String>)> {
+    ) -> Option<(&'o str, Vec<String>)> {
         let (kind, port, proto) = self.media()?;
         let (offered_kind, offered_port, _) = offered.media()?;
-        let mid = offered
-            .lines
-            .iter()
-            .copied()
-            .find_map(|l| l.strip_prefix("a=mid:"))?;
+        let mid = offered.mid()?;
         if !matches!(kind, "audio" | "video")
             || port != "0"
             || offered_kind != kind

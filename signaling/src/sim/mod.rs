@@ -22,14 +22,18 @@ use std::time::{Duration, Instant};
 use livekit_protocol as lk;
 use livekit_protocol::{signal_request, signal_response};
 use prost::Message as _;
+use stoa_sfu::str0m::Input;
 use stoa_sfu::str0m::change::{SdpOffer, SdpPendingOffer};
-use stoa_sfu::str0m::channel::ChannelId;
 use stoa_sfu::str0m::format::Codec;
-use stoa_sfu::str0m::media::{Direction, MediaKind, Mid, Pt};
+use stoa_sfu::str0m::media::{Direction, MediaKind, Pt};
 use stoa_sfu::str0m::net::{Protocol, Receive};
 use stoa_sfu::str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
-use stoa_sfu::str0m::{Candidate, Event as RtcEvent, Input, Output as RtcOutput, Rtc, RtcConfig};
 use stoa_sfu::{Datagrams, Output as SfuOutput, Routed, Sfu, SfuConfig, ShardId};
+
+mod client;
+
+use client::drain_pc;
+pub use client::{Client, ClientPc, Side};
 
 use crate::join;
 use crate::proto::{AdminOp, AdminReply, Output, Server, ServerConfig, ServiceError, SessionId};
@@ -46,159 +50,6 @@ pub const SIM_API_KEY: &str = "simkey";
 
 /// Most settle rounds at one instant before the world is declared livelocked.
 const MAX_ROUNDS: usize = 10_000;
-
-/// Which of a client's connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Publisher,
-    Subscriber,
-}
-
-/// A str0m peer connection of a simulated client.
-pub struct ClientPc {
-    pub rtc: Rtc,
-    pub addr: SocketAddr,
-    pub deadline: Instant,
-    pub connected: bool,
-    pub channels: HashMap<String, ChannelId>,
-}
-
-impl ClientPc {
-    fn new(addr: SocketAddr, now: Instant) -> Self {
-        let mut rtc = RtcConfig::new()
-            .set_rtp_mode(true)
-            .clear_codecs()
-            .enable_opus(true, false)
-            // Offered only on the video m-lines a browser adds (`Sim::join_v1_with_videos`).
-            .enable_vp8(true)
-            .build(now);
-        rtc.add_local_candidate(Candidate::host(addr, "udp").expect("candidate"));
-        ClientPc {
-            rtc,
-            addr,
-            deadline: now,
-            connected: false,
-            channels: HashMap::new(),
-        }
-    }
-}
-
-/// A simulated LiveKit client: one signaling session, a publisher and a subscriber
-/// connection, and everything it received.
-pub struct Client {
-    pub identity: String,
-    pub session: Option<SessionId>,
-    pub publisher: ClientPc,
-    pub subscriber: ClientPc,
-    /// Every signaling message received, in order.
-    pub log: Vec<signal_response::Message>,
-    /// Why the server closed the session, once it did.
-    pub closed: Option<String>,
-    pending_pub: Option<SdpPendingOffer>,
-    /// The publisher's audio m-line and Opus payload type, once negotiated.
-    pub send: Option<(Mid, Pt)>,
-    pub sent: u32,
-    offer_id: u32,
-    /// RTP packets heard on the subscriber connection: (mid, publisher byte, index).
-    pub heard: Vec<(Option<Mid>, u8, u32)>,
-    /// Data channel messages received on the subscriber connection.
-    pub data: Vec<Vec<u8>>,
-    /// Whether the client pings every ping interval (LiveKit clients do).
-    pub pinging: bool,
-    last_ping: Instant,
-    /// Whether it answers the server's offers (LiveKit clients do).
-    pub answering: bool,
-    /// One connection (`/rtc/v1`): `publisher` is it, and it also receives; `subscriber` is
-    /// unused.
-    pub single: bool,
-    /// On one connection: its recvonly audio m-lines, in order.
-    pub recv_mids: Vec<Mid>,
-    /// For each `MediaSectionsRequirement` received (one connection), whether the client's
-    /// connection was up then.
-    pub asked_when_connected: Vec<bool>,
-    /// For each `TrackPublishedResponse` received, whether the client's connection (its
-    /// publisher's, or its one connection) was up then.
-    pub published_when_connected: Vec<bool>,
-    /// On one connection: recvonly audio m-lines to add to the next offer, and whether the
-    /// server asked for a new offer (sent once the pending one is answered, as livekit-client
-    /// does).
-    wanted_sections: u32,
-    reoffer: bool,
-    /// A `/rtc/v1` first offer kept back ([`Sim::join_v1_without_offer`]).
-    first_offer: Option<join::InitialOffer>,
-    tag: u8,
-}
-
-impl Client {
-    /// Whether the session is still open.
-    pub fn is_open(&self) -> bool {
-        self.session.is_some() && self.closed.is_none()
-    }
-
-    /// The first message `pick` accepts.
-    pub fn find<T>(&self, pick: impl FnMut(&signal_response::Message) -> Option<T>) -> Option<T> {
-        self.log.iter().find_map(pick)
-    }
-
-    /// The last `ParticipantInfo` of `identity` this client received (join or update).
-    pub fn seen(&self, identity: &str) -> Option<lk::ParticipantInfo> {
-        let mut last = None;
-        for m in &self.log {
-            let infos: Vec<&lk::ParticipantInfo> = match m {
-                signal_response::Message::Join(j) => j.other_participants.iter().collect(),
-                signal_response::Message::Update(u) => u.participants.iter().collect(),
-                _ => vec![],
-            };
-            for i in infos {
-                if i.identity == identity {
-                    last = Some(i.clone());
-                }
-            }
-        }
-        last
-    }
-
-    /// This client's own participant, as its JoinResponse described it.
-    pub fn me(&self) -> Option<lk::ParticipantInfo> {
-        self.find(|m| match m {
-            signal_response::Message::Join(j) => j.participant.clone(),
-            _ => None,
-        })
-    }
-
-    /// The latest `ParticipantInfo` about itself (join, then updates).
-    pub fn me_now(&self) -> Option<lk::ParticipantInfo> {
-        let sid = self.me()?.sid;
-        let mut last = self.me();
-        for m in &self.log {
-            if let signal_response::Message::Update(u) = m
-                && let Some(p) = u.participants.iter().find(|p| p.sid == sid)
-            {
-                last = Some(p.clone());
-            }
-        }
-        last
-    }
-
-    /// The leave request the server sent, if any.
-    pub fn leave(&self) -> Option<lk::LeaveRequest> {
-        self.find(|m| match m {
-            signal_response::Message::Leave(l) => Some(l.clone()),
-            _ => None,
-        })
-    }
-
-    /// Request errors the server answered.
-    pub fn errors(&self) -> Vec<lk::RequestResponse> {
-        self.log
-            .iter()
-            .filter_map(|m| match m {
-                signal_response::Message::RequestResponse(r) => Some(r.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-}
 
 /// What the world saw leave the core, besides client messages.
 #[derive(Default)]
@@ -232,14 +83,22 @@ pub struct Sim {
     pub steps: u64,
     pub max_steps: u64,
     ping_interval: Duration,
-    /// The next `/rtc/v1` join sends its offer after the join (see [`Sim::join_v1_offer_after`]).
-    offer_after_join: bool,
-    /// The next join says it comes from livekit-client (`sdk=js`).
-    join_as_js: bool,
-    /// The next join sends AddTrack at once (see [`Sim::join_v1_adding_track`]).
-    add_track_on_join: bool,
-    /// Recvonly video m-lines the next `/rtc/v1` join offers (see [`Sim::join_v1_with_videos`]).
-    videos_on_join: u32,
+}
+
+/// How a client joins ([`Sim::join_as`]).
+#[derive(Debug, Default, Clone, Copy)]
+struct JoinAs {
+    /// On `/rtc/v1`, with this many recvonly audio m-lines in its first offer; `None`: the
+    /// legacy two-connection path.
+    single: Option<u32>,
+    /// Recvonly video m-lines in that offer (see [`Sim::join_v1_with_videos`]).
+    videos: u32,
+    /// The offer follows the join instead of riding in it (see [`Sim::join_v1_offer_after`]).
+    offer_after: bool,
+    /// Says it comes from livekit-client (`sdk=js`).
+    js: bool,
+    /// Sends AddTrack at once (see [`Sim::join_v1_adding_track`]).
+    add_track: bool,
 }
 
 impl Sim {
@@ -289,10 +148,6 @@ impl Sim {
             steps: 0,
             max_steps: 1_000_000,
             ping_interval,
-            offer_after_join: false,
-            join_as_js: false,
-            add_track_on_join: false,
-            videos_on_join: 0,
         }
     }
 
@@ -314,15 +169,23 @@ impl Sim {
         identity: &str,
         grants: VideoGrants,
     ) -> Result<usize, crate::proto::Refused> {
-        self.join_as(identity, grants, None)
+        self.join_as(identity, grants, JoinAs::default())
     }
 
     /// A client joining `room` on `/rtc/v1` as livekit-client does: one connection, whose
     /// first offer (sent inside the join request) has the data channels and `sections`
     /// recvonly audio m-lines (livekit-client adds 3).
     pub fn join_v1(&mut self, room: &str, identity: &str, publish: bool, sections: u32) -> usize {
-        self.join_as(identity, Self::grants(room, publish), Some(sections))
-            .expect("join refused")
+        let single = Some(sections);
+        self.join_as(
+            identity,
+            Self::grants(room, publish),
+            JoinAs {
+                single,
+                ..JoinAs::default()
+            },
+        )
+        .expect("join refused")
     }
 
     /// [`Sim::join_v1`] as Firefox does it: the join request carries no offer; the same offer
@@ -350,12 +213,14 @@ impl Sim {
         sections: u32,
         js: bool,
     ) -> usize {
-        self.join_as_js = js;
-        self.add_track_on_join = true;
-        let joined = self.join_as(identity, Self::grants(room, true), Some(sections));
-        self.join_as_js = false;
-        self.add_track_on_join = false;
-        joined.expect("join refused")
+        let how = JoinAs {
+            single: Some(sections),
+            js,
+            add_track: true,
+            ..JoinAs::default()
+        };
+        self.join_as(identity, Self::grants(room, true), how)
+            .expect("join refused")
     }
 
     /// [`Sim::join_v1`] whose first offer also has `videos` recvonly video m-lines, as
@@ -367,10 +232,13 @@ impl Sim {
         sections: u32,
         videos: u32,
     ) -> usize {
-        self.videos_on_join = videos;
-        let joined = self.join_as(identity, Self::grants(room, false), Some(sections));
-        self.videos_on_join = 0;
-        joined.expect("join refused")
+        let how = JoinAs {
+            single: Some(sections),
+            videos,
+            ..JoinAs::default()
+        };
+        self.join_as(identity, Self::grants(room, false), how)
+            .expect("join refused")
     }
 
     /// A `/rtc/v1` join whose offer is kept back, to send with [`Sim::send_first_offer`].
@@ -381,10 +249,13 @@ impl Sim {
         publish: bool,
         sections: u32,
     ) -> usize {
-        self.offer_after_join = true;
-        let joined = self.join_as(identity, Self::grants(room, publish), Some(sections));
-        self.offer_after_join = false;
-        joined.expect("join refused")
+        let how = JoinAs {
+            single: Some(sections),
+            offer_after: true,
+            ..JoinAs::default()
+        };
+        self.join_as(identity, Self::grants(room, publish), how)
+            .expect("join refused")
     }
 
     /// Sends the offer a [`Sim::join_v1_without_offer`] kept back.
@@ -404,8 +275,9 @@ impl Sim {
         &mut self,
         identity: &str,
         grants: VideoGrants,
-        single: Option<u32>,
+        how: JoinAs,
     ) -> Result<usize, crate::proto::Refused> {
+        let single = how.single;
         let i = self.clients.len();
         let tag = i as u8;
         let base = 2 * i;
@@ -420,7 +292,7 @@ impl Sim {
             video: grants,
             ..Default::default()
         };
-        let sdk = if self.join_as_js { "&sdk=js" } else { "" };
+        let sdk = if how.js { "&sdk=js" } else { "" };
         let mut params =
             join::parse_query(&format!("access_token=x&protocol=17&auto_subscribe=1{sdk}"))
                 .expect("params");
@@ -441,7 +313,7 @@ impl Sim {
                     None,
                 ));
             }
-            for _ in 0..self.videos_on_join {
+            for _ in 0..how.videos {
                 api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
             }
             let (offer, pending) = api.apply().expect("a first offer");
@@ -451,14 +323,14 @@ impl Sim {
                 sdp: offer.to_sdp_string(),
                 id: 1,
             };
-            if self.offer_after_join {
+            if how.offer_after {
                 deferred = Some(initial);
             } else {
                 params.publisher_offer = Some(initial);
             }
         }
         let session = self.server.connect(self.now, claims, params)?;
-        if self.add_track_on_join {
+        if how.add_track {
             let add = lk::AddTrackRequest {
                 cid: format!("mic-{identity}"),
                 name: "microphone".into(),
@@ -1182,66 +1054,6 @@ impl Sim {
     }
 }
 
-/// Drain a client connection's outputs (datagrams to the engine, events recorded), then run
-/// its timers once: str0m schedules ICE checks only after it has seen a timeout input.
-fn drain_pc(
-    pc: &mut ClientPc,
-    now: Instant,
-    to_sfu: &mut Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
-    _client: usize,
-    _side: Side,
-    mut sink: Option<(&mut Vec<(Option<Mid>, u8, u32)>, &mut Vec<Vec<u8>>)>,
-) {
-    drain_once(pc, now, to_sfu, &mut sink);
-    if pc.rtc.handle_input(Input::Timeout(now)).is_ok() {
-        drain_once(pc, now, to_sfu, &mut sink);
-    }
-}
-
-fn drain_once(
-    pc: &mut ClientPc,
-    now: Instant,
-    to_sfu: &mut Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
-    sink: &mut Option<(&mut Vec<(Option<Mid>, u8, u32)>, &mut Vec<Vec<u8>>)>,
-) {
-    loop {
-        match pc.rtc.poll_output() {
-            Ok(RtcOutput::Timeout(t)) => {
-                pc.deadline = t;
-                return;
-            }
-            Ok(RtcOutput::Transmit(t)) => {
-                to_sfu.push((t.source, t.destination, t.contents.to_vec()));
-            }
-            Ok(RtcOutput::Event(e)) => match e {
-                RtcEvent::Connected => pc.connected = true,
-                RtcEvent::ChannelOpen(id, label) => {
-                    pc.channels.insert(label, id);
-                }
-                RtcEvent::RtpPacket(p) => {
-                    if let Some((heard, _)) = sink.as_mut() {
-                        let b = &p.payload;
-                        let index = b
-                            .get(0..4)
-                            .map_or(u32::MAX, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-                        heard.push((p.header.ext_vals.mid, b.get(4).copied().unwrap_or(0), index));
-                    }
-                }
-                RtcEvent::ChannelData(d) => {
-                    if let Some((_, data)) = sink.as_mut() {
-                        data.push(d.data);
-                    }
-                }
-                _ => {}
-            },
-            Err(_) => {
-                pc.deadline = now + Duration::from_secs(3600);
-                return;
-            }
-        }
-    }
-}
-
 /// Rooms and identities the scripted actions draw from.
 const ROOMS: [&str; 2] = ["a", "b"];
 const IDENTITIES: [&str; 6] = ["p0", "p1", "p2", "p3", "p4", "p5"];
@@ -1267,7 +1079,15 @@ impl Sim {
             // On /rtc/v1, with 0 to 3 receiving m-lines in the first offer.
             (1, _) => {
                 let grants = Self::grants(room, y & 4 != 0);
-                let _ = self.join_as(identity, grants, Some(u32::from(y % 4)));
+                let single = Some(u32::from(y % 4));
+                let _ = self.join_as(
+                    identity,
+                    grants,
+                    JoinAs {
+                        single,
+                        ..JoinAs::default()
+                    },
+                );
             }
             (2, Some(c)) => self.request(c, signal_request::Message::Leave(Default::default())),
             (3, Some(c)) => self.disconnect(c),
