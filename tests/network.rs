@@ -252,8 +252,11 @@ fn the_public_address_is_discovered_with_stun() {
         Command::new("turnserver")
             .args(["-n", "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1"])
             .arg(format!("--listening-port={stun_port}"))
+            // UDP only: the port is free for UDP, and a TCP listener on it could find the
+            // port taken by another test's connection (coturn then retries the bind forever).
             .args([
                 "--stun-only",
+                "--no-tcp",
                 "--no-tls",
                 "--no-dtls",
                 "--no-cli",
