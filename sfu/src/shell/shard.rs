@@ -1,7 +1,7 @@
 //! One shard: a thread with a current-thread tokio runtime, one engine core, one socket, and
 //! a socket of their own for each of its relay links, all read by the shard's one loop.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,9 +15,10 @@ use tokio::sync::{mpsc, oneshot};
 use super::traffic::{Queue, Traffic};
 use super::udp::{self, SendBatch};
 use super::{ShardInfo, TapSink};
+use crate::proto::speaker::SpeakerLevel;
 use crate::proto::{
     CommandKind, EngineCommand, Event, Output, PeerId, Relay, RelayMsg, Routed, Sfu, SfuConfig,
-    SfuError, SfuStats,
+    SfuError, SfuStats, TrackId,
 };
 
 /// Datagrams read per wake-up before outputs are flushed (a cooperative budget, as Firezone's
@@ -27,8 +28,8 @@ const RECV_BUDGET: usize = 256;
 /// Largest datagram accepted; WebRTC packets stay under the 1200-1500 byte MTU.
 const MAX_DATAGRAM: usize = 2048;
 
-/// How soon a shard retries telling the owner about peers it closed because the event channel
-/// was full.
+/// How soon a shard retries telling the owner about peers it closed, or speaker changes it
+/// dropped, because the event channel was full.
 const LOST_RETRY: Duration = Duration::from_millis(10);
 
 /// What a shard receives from the outside and from other shards.
@@ -64,6 +65,10 @@ pub(crate) struct Shard {
     /// Peers closed because an event about them did not fit in the event channel; their
     /// `Disconnected` is still owed to the owner. At most one entry per peer the shard had.
     lost: BTreeSet<PeerId>,
+    /// Speaker changes dropped for a full event channel, the latest per track: owed to the
+    /// owner (in one `SpeakersChanged`, before any later change), so that a client is never
+    /// left with a speaker who stopped long ago still speaking.
+    owed_speakers: BTreeMap<TrackId, SpeakerLevel<TrackId>>,
     /// Relay links' own sockets, by the address their relay peer's candidate advertises.
     links: HashMap<SocketAddr, Link>,
     /// Where the next search for a free link port starts, as an offset into the range.
@@ -101,6 +106,7 @@ impl Shard {
             traffic,
             tap,
             lost: BTreeSet::new(),
+            owed_speakers: BTreeMap::new(),
             links: HashMap::new(),
             link_cursor,
         }
@@ -155,7 +161,7 @@ impl Shard {
             if batch.is_empty() {
                 read_at = None;
             }
-            let deadline = if self.lost.is_empty() {
+            let deadline = if self.lost.is_empty() && self.owed_speakers.is_empty() {
                 deadline
             } else {
                 deadline.min(Instant::now() + LOST_RETRY)
@@ -401,8 +407,9 @@ impl Shard {
     }
 
     /// Hand an event to the owner without waiting. If the channel is full, an event the owner
-    /// can do without (data, statistics, speaker levels) is dropped; any other event about a
-    /// peer closes the peer, and its `Disconnected` is owed (see [`Shard::retry_lost`]).
+    /// can do without (data, statistics) is dropped; speaker changes are owed, the latest per
+    /// track; any other event about a peer closes the peer, and its `Disconnected` is owed
+    /// (see [`Shard::retry_lost`]).
     fn deliver(&mut self, sfu: &mut Sfu, event: Event) {
         if !self.links.is_empty()
             && let Event::Disconnected(peer)
@@ -421,6 +428,18 @@ impl Shard {
             // The owner hears of this peer again only through the owed `Disconnected`.
             return;
         }
+        let event = match event {
+            Event::SpeakersChanged(changes) if !self.owed_speakers.is_empty() => {
+                // Later changes replace owed ones; all go out together, in order.
+                self.owe_speakers(changes);
+                Event::SpeakersChanged(
+                    std::mem::take(&mut self.owed_speakers)
+                        .into_values()
+                        .collect(),
+                )
+            }
+            event => event,
+        };
         let event = match self.events.try_send(event) {
             Ok(()) => return,
             // Nobody listening is fine (e.g. benchmarks of the engine alone).
@@ -428,6 +447,10 @@ impl Shard {
             Err(mpsc::error::TrySendError::Full(event)) => event,
         };
         self.traffic.dropped(Queue::Events);
+        if let Event::SpeakersChanged(changes) = event {
+            self.owe_speakers(changes);
+            return;
+        }
         if let (Some(peer), false) = (peer, dispensable(&event)) {
             tracing::warn!(peer = %peer, "event channel full; peer closed");
             self.lost.insert(peer);
@@ -435,7 +458,8 @@ impl Shard {
         }
     }
 
-    /// Tell the owner about peers closed for a full event channel, as far as there is room.
+    /// Tell the owner about peers closed for a full event channel, and the speaker changes it
+    /// missed, as far as there is room.
     fn retry_lost(&mut self) {
         while let Some(&peer) = self.lost.first() {
             if let Err(mpsc::error::TrySendError::Full(_)) =
@@ -444,6 +468,23 @@ impl Shard {
                 return;
             }
             self.lost.pop_first();
+        }
+        if !self.owed_speakers.is_empty() {
+            let owed = std::mem::take(&mut self.owed_speakers)
+                .into_values()
+                .collect();
+            if let Err(mpsc::error::TrySendError::Full(Event::SpeakersChanged(owed))) =
+                self.events.try_send(Event::SpeakersChanged(owed))
+            {
+                self.owe_speakers(owed);
+            }
+        }
+    }
+
+    /// Keep speaker changes for later, the latest per track.
+    fn owe_speakers(&mut self, changes: Vec<SpeakerLevel<TrackId>>) {
+        for change in changes {
+            self.owed_speakers.insert(change.key, change);
         }
     }
 }
@@ -548,6 +589,51 @@ mod tests {
         shard.retry_lost();
         assert!(matches!(rx.try_recv(), Ok(Event::Disconnected(p)) if p == b));
         assert!(shard.lost.is_empty());
+    }
+
+    #[test]
+    fn speaker_changes_dropped_for_a_full_channel_are_owed_the_latest_per_track() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let mut shard = shard(tx);
+        let mut sfu = Sfu::new(SfuConfig::new(ShardId(0), [2; 32]), Instant::now());
+        let track = |n| TrackId {
+            peer: PeerId::new(ShardId(0), n),
+            mid: str0m::media::Mid::from("0"),
+        };
+        let level = |n, active: bool| SpeakerLevel {
+            key: track(n),
+            level: if active { 0.5 } else { 0.0 },
+            active,
+        };
+        let speakers = |rx: &mut mpsc::Receiver<Event>| match rx.try_recv() {
+            Ok(Event::SpeakersChanged(levels)) => levels,
+            other => panic!("expected speaker changes, got {other:?}"),
+        };
+        shard.deliver(&mut sfu, Event::Connected(PeerId::new(ShardId(0), 9)));
+        // Full: 1 starts, then stops while 2 starts; both dropped, the latest of each owed.
+        shard.deliver(&mut sfu, Event::SpeakersChanged(vec![level(1, true)]));
+        shard.deliver(
+            &mut sfu,
+            Event::SpeakersChanged(vec![level(1, false), level(2, true)]),
+        );
+        assert_eq!(shard.traffic.snapshot().dropped_from(Queue::Events), 2);
+        assert!(matches!(rx.try_recv(), Ok(Event::Connected(_))));
+        shard.retry_lost();
+        assert_eq!(speakers(&mut rx), vec![level(1, false), level(2, true)]);
+        assert!(shard.owed_speakers.is_empty());
+
+        // Owed changes go out with the next change there is room for, not after it.
+        shard.deliver(&mut sfu, Event::SpeakersChanged(vec![level(3, true)]));
+        shard.deliver(&mut sfu, Event::SpeakersChanged(vec![level(2, false)]));
+        assert_eq!(speakers(&mut rx), vec![level(3, true)]);
+        shard.deliver(
+            &mut sfu,
+            Event::SpeakersChanged(vec![level(1, true), level(2, true)]),
+        );
+        assert_eq!(speakers(&mut rx), vec![level(1, true), level(2, true)]);
+        assert!(shard.owed_speakers.is_empty());
+        shard.retry_lost();
+        assert!(rx.try_recv().is_err(), "nothing owed twice");
     }
 
     #[test]
