@@ -279,7 +279,7 @@ impl Server {
         if let Some(info) = joined {
             let latency = self.now.saturating_duration_since(joined_at);
             self.outputs.push_back(Output::JoinLatency(latency));
-            self.send_current_speakers(session, &room);
+            self.send_current_speakers(session, &room, false);
             self.participant_webhook("participant_joined", &room, info, None);
         }
     }
@@ -439,15 +439,36 @@ impl Server {
 
     /// Tells a participant who has just become active who is speaking already, as one
     /// `SpeakersChanged` with its next flush (clients merge it like any other). Later changes
-    /// follow as deltas.
-    fn send_current_speakers(&mut self, session: SessionId, room: &str) {
+    /// follow as deltas. With `quiet_too` (a resumed session, whose client may hold a speaker
+    /// as speaking who stopped while it was away: the changes sent meanwhile went to its old
+    /// connection), every other publisher of the room is named too, as not speaking.
+    pub(super) fn send_current_speakers(
+        &mut self,
+        session: SessionId,
+        room: &str,
+        quiet_too: bool,
+    ) {
         let Some(r) = self.rooms.get(room) else {
             return;
         };
-        if r.speakers.is_empty() {
+        let mut speakers: Vec<lk::SpeakerInfo> = r.speakers.values().cloned().collect();
+        if quiet_too {
+            speakers.extend(
+                r.participants
+                    .values()
+                    .filter(|p| {
+                        !p.tracks.is_empty() && !p.is_relay() && !r.speakers.contains_key(&p.sid)
+                    })
+                    .map(|p| lk::SpeakerInfo {
+                        sid: p.sid.clone(),
+                        level: 0.0,
+                        active: false,
+                    }),
+            );
+        }
+        if speakers.is_empty() {
             return;
         }
-        let mut speakers: Vec<lk::SpeakerInfo> = r.speakers.values().cloned().collect();
         speakers.sort_by(|a, b| b.level.total_cmp(&a.level).then_with(|| a.sid.cmp(&b.sid)));
         // Queued with the changes that may wait for this session, so none overtakes it.
         self.send_speakers(&[session], &speakers);
