@@ -406,6 +406,7 @@ fn a_resumed_listener_learns_where_the_speakers_stand_after_missing_their_change
     sim.disconnect(listener);
     sim.run_for(3 * SECOND);
     assert_eq!(speaking(&sim.clients[listener].log).get(&sid), Some(&true));
+    let log_len = sim.clients[listener].log.len();
     sim.resume(listener).expect("resumed");
     sim.run_for(SECOND);
     assert_eq!(
@@ -413,6 +414,12 @@ fn a_resumed_listener_learns_where_the_speakers_stand_after_missing_their_change
         Some(&false),
         "told on resuming that the speaker stopped"
     );
+    // After the update that (re)introduces the participants it names.
+    let after = &sim.clients[listener].log[log_len..];
+    let position = |f: &dyn Fn(&signal_response::Message) -> bool| after.iter().position(f);
+    let update = position(&|m| matches!(m, signal_response::Message::Update(_))).unwrap();
+    let speakers = position(&|m| matches!(m, signal_response::Message::SpeakersChanged(_)));
+    assert!(speakers.unwrap() > update, "{after:?}");
 
     // Away while the speaker starts: told on resuming that she speaks.
     sim.disconnect(listener);

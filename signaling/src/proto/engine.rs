@@ -279,7 +279,7 @@ impl Server {
         if let Some(info) = joined {
             let latency = self.now.saturating_duration_since(joined_at);
             self.outputs.push_back(Output::JoinLatency(latency));
-            self.send_current_speakers(session, &room, false);
+            self.send_current_speakers(session, &room);
             self.participant_webhook("participant_joined", &room, info, None);
         }
     }
@@ -439,38 +439,45 @@ impl Server {
 
     /// Tells a participant who has just become active who is speaking already, as one
     /// `SpeakersChanged` with its next flush (clients merge it like any other). Later changes
-    /// follow as deltas. With `quiet_too` (a resumed session, whose client may hold a speaker
-    /// as speaking who stopped while it was away: the changes sent meanwhile went to its old
-    /// connection), every other publisher of the room is named too, as not speaking.
-    pub(super) fn send_current_speakers(
-        &mut self,
-        session: SessionId,
-        room: &str,
-        quiet_too: bool,
-    ) {
+    /// follow as deltas.
+    fn send_current_speakers(&mut self, session: SessionId, room: &str) {
         let Some(r) = self.rooms.get(room) else {
             return;
         };
+        let speakers = r.speakers.values().cloned().collect();
+        self.queue_speakers(session, speakers);
+    }
+
+    /// Tells a resumed participant (`viewer`) where every publisher it sees stands: who
+    /// speaks, and that the others do not. The changes sent while it was away went to its old
+    /// connection, so its client may still hold a speaker who stopped as speaking.
+    pub(super) fn send_speaker_states(&mut self, session: SessionId, room: &str, viewer: &str) {
+        let Some(r) = self.rooms.get(room) else {
+            return;
+        };
+        let Some(viewer) = r.participants.get(viewer) else {
+            return;
+        };
         let mut speakers: Vec<lk::SpeakerInfo> = r.speakers.values().cloned().collect();
-        if quiet_too {
-            speakers.extend(
-                r.participants
-                    .values()
-                    .filter(|p| {
-                        !p.tracks.is_empty() && !p.is_relay() && !r.speakers.contains_key(&p.sid)
-                    })
-                    .map(|p| lk::SpeakerInfo {
-                        sid: p.sid.clone(),
-                        level: 0.0,
-                        active: false,
-                    }),
-            );
-        }
+        speakers.extend(
+            r.publishers_visible_to(viewer)
+                .filter(|p| !r.speakers.contains_key(&p.sid))
+                .map(|p| lk::SpeakerInfo {
+                    sid: p.sid.clone(),
+                    level: 0.0,
+                    active: false,
+                }),
+        );
+        self.queue_speakers(session, speakers);
+    }
+
+    /// Queues `speakers` for `session`, loudest first, with the changes that may wait for it
+    /// (so none overtakes them).
+    fn queue_speakers(&mut self, session: SessionId, mut speakers: Vec<lk::SpeakerInfo>) {
         if speakers.is_empty() {
             return;
         }
         speakers.sort_by(|a, b| b.level.total_cmp(&a.level).then_with(|| a.sid.cmp(&b.sid)));
-        // Queued with the changes that may wait for this session, so none overtakes it.
         self.send_speakers(&[session], &speakers);
     }
 
