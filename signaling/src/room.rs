@@ -369,6 +369,18 @@ impl Room {
         self.active
     }
 
+    /// The room's publishers (who may publish and has a track) that `viewer` sees:
+    /// O(publishers and admins).
+    pub fn publishers_visible_to<'a>(
+        &'a self,
+        viewer: &'a Participant,
+    ) -> impl Iterator<Item = &'a Participant> + 'a {
+        self.notable
+            .iter()
+            .filter_map(|sid| self.participants.get(sid))
+            .filter(move |p| !p.tracks.is_empty() && p.visible_to(viewer))
+    }
+
     /// How many `ACTIVE` participants may publish (mirrors of another node's publishers
     /// included, relay links never): O(publishers and admins).
     pub fn active_publishers(&self) -> u32 {

@@ -378,3 +378,54 @@ fn connected_clients_get_fresh_tokens_with_the_permissions_they_have_now() {
     assert_eq!(refreshed(&sim, lee).len(), 1, "none while held");
     assert_eq!(refreshed(&sim, listeners[1]).len(), 2);
 }
+
+/// Whether each participant sid speaks, as a client folding every `SpeakersChanged` of `log`
+/// in order (livekit-client's merge) believes.
+fn speaking(log: &[signal_response::Message]) -> std::collections::BTreeMap<String, bool> {
+    let mut state = std::collections::BTreeMap::new();
+    for m in log {
+        if let signal_response::Message::SpeakersChanged(c) = m {
+            for s in &c.speakers {
+                state.insert(s.sid.clone(), s.active);
+            }
+        }
+    }
+    state
+}
+
+#[test]
+fn a_resumed_listener_learns_where_the_speakers_stand_after_missing_their_changes() {
+    let mut sim = world(23);
+    let (speaker, listeners) = stage(&mut sim, 1);
+    let listener = listeners[0];
+    let sid = sim.clients[speaker].me().unwrap().sid;
+    sim.speak(speaker, 50);
+    assert_eq!(speaking(&sim.clients[listener].log).get(&sid), Some(&true));
+
+    // Away while the speaker stops: the change goes nowhere.
+    sim.disconnect(listener);
+    sim.run_for(3 * SECOND);
+    assert_eq!(speaking(&sim.clients[listener].log).get(&sid), Some(&true));
+    let log_len = sim.clients[listener].log.len();
+    sim.resume(listener).expect("resumed");
+    sim.run_for(SECOND);
+    assert_eq!(
+        speaking(&sim.clients[listener].log).get(&sid),
+        Some(&false),
+        "told on resuming that the speaker stopped"
+    );
+    // After the update that (re)introduces the participants it names.
+    let after = &sim.clients[listener].log[log_len..];
+    let position = |f: &dyn Fn(&signal_response::Message) -> bool| after.iter().position(f);
+    let update = position(&|m| matches!(m, signal_response::Message::Update(_))).unwrap();
+    let speakers = position(&|m| matches!(m, signal_response::Message::SpeakersChanged(_)));
+    assert!(speakers.unwrap() > update, "{after:?}");
+
+    // Away while the speaker starts: told on resuming that she speaks.
+    sim.disconnect(listener);
+    sim.speak(speaker, 50);
+    sim.resume(listener).expect("resumed again");
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(speaking(&sim.clients[listener].log).get(&sid), Some(&true));
+    sim.check_invariants().unwrap();
+}

@@ -1,7 +1,7 @@
 //! One shard: a thread with a current-thread tokio runtime, one engine core, one socket, and
 //! a socket of their own for each of its relay links, all read by the shard's one loop.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,10 +65,11 @@ pub(crate) struct Shard {
     /// Peers closed because an event about them did not fit in the event channel; their
     /// `Disconnected` is still owed to the owner. At most one entry per peer the shard had.
     lost: BTreeSet<PeerId>,
-    /// Speaker changes dropped for a full event channel, the latest per track: owed to the
-    /// owner (in one `SpeakersChanged`, before any later change), so that a client is never
-    /// left with a speaker who stopped long ago still speaking.
-    owed_speakers: BTreeMap<TrackId, SpeakerLevel<TrackId>>,
+    /// Speaker changes dropped for a full event channel, the latest per track in the order
+    /// they happened (two tracks may be one participant's): owed to the owner, in one
+    /// `SpeakersChanged` before any later change, so that no client is left with a speaker
+    /// who stopped long ago still speaking. At most one entry per track.
+    owed_speakers: Vec<SpeakerLevel<TrackId>>,
     /// Relay links' own sockets, by the address their relay peer's candidate advertises.
     links: HashMap<SocketAddr, Link>,
     /// Where the next search for a free link port starts, as an offset into the range.
@@ -106,7 +107,7 @@ impl Shard {
             traffic,
             tap,
             lost: BTreeSet::new(),
-            owed_speakers: BTreeMap::new(),
+            owed_speakers: Vec::new(),
             links: HashMap::new(),
             link_cursor,
         }
@@ -432,11 +433,7 @@ impl Shard {
             Event::SpeakersChanged(changes) if !self.owed_speakers.is_empty() => {
                 // Later changes replace owed ones; all go out together, in order.
                 self.owe_speakers(changes);
-                Event::SpeakersChanged(
-                    std::mem::take(&mut self.owed_speakers)
-                        .into_values()
-                        .collect(),
-                )
+                Event::SpeakersChanged(std::mem::take(&mut self.owed_speakers))
             }
             event => event,
         };
@@ -470,9 +467,7 @@ impl Shard {
             self.lost.pop_first();
         }
         if !self.owed_speakers.is_empty() {
-            let owed = std::mem::take(&mut self.owed_speakers)
-                .into_values()
-                .collect();
+            let owed = std::mem::take(&mut self.owed_speakers);
             if let Err(mpsc::error::TrySendError::Full(Event::SpeakersChanged(owed))) =
                 self.events.try_send(Event::SpeakersChanged(owed))
             {
@@ -481,10 +476,11 @@ impl Shard {
         }
     }
 
-    /// Keep speaker changes for later, the latest per track.
+    /// Keep speaker changes for later: the latest per track, last in order.
     fn owe_speakers(&mut self, changes: Vec<SpeakerLevel<TrackId>>) {
         for change in changes {
-            self.owed_speakers.insert(change.key, change);
+            self.owed_speakers.retain(|owed| owed.key != change.key);
+            self.owed_speakers.push(change);
         }
     }
 }
@@ -622,15 +618,13 @@ mod tests {
         assert_eq!(speakers(&mut rx), vec![level(1, false), level(2, true)]);
         assert!(shard.owed_speakers.is_empty());
 
-        // Owed changes go out with the next change there is room for, not after it.
+        // Owed changes go out with the next change there is room for, ahead of it, in the
+        // order they happened (not the tracks' order).
         shard.deliver(&mut sfu, Event::SpeakersChanged(vec![level(3, true)]));
         shard.deliver(&mut sfu, Event::SpeakersChanged(vec![level(2, false)]));
         assert_eq!(speakers(&mut rx), vec![level(3, true)]);
-        shard.deliver(
-            &mut sfu,
-            Event::SpeakersChanged(vec![level(1, true), level(2, true)]),
-        );
-        assert_eq!(speakers(&mut rx), vec![level(1, true), level(2, true)]);
+        shard.deliver(&mut sfu, Event::SpeakersChanged(vec![level(1, true)]));
+        assert_eq!(speakers(&mut rx), vec![level(2, false), level(1, true)]);
         assert!(shard.owed_speakers.is_empty());
         shard.retry_lost();
         assert!(rx.try_recv().is_err(), "nothing owed twice");

@@ -105,7 +105,9 @@ pub enum Queue {
     Relays,
     /// Events from the shards to the owner. An event about a peer that cannot be delivered
     /// closes that peer; its `Disconnected` follows once there is room, so the client is
-    /// told to rejoin instead of waiting.
+    /// told to rejoin instead of waiting. Speaker changes that do not fit are kept and
+    /// delivered once there is room (each attempt that found no room is counted here);
+    /// data and statistics are lost.
     Events,
     /// Packets of tapped tracks on their way to the recorder
     /// ([`SfuHandle::set_tap`](super::SfuHandle::set_tap)): one that does not fit is missing

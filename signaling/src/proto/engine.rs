@@ -444,12 +444,40 @@ impl Server {
         let Some(r) = self.rooms.get(room) else {
             return;
         };
-        if r.speakers.is_empty() {
+        let speakers = r.speakers.values().cloned().collect();
+        self.queue_speakers(session, speakers);
+    }
+
+    /// Tells a resumed participant (`viewer`) where every publisher it sees stands: who
+    /// speaks, and that the others do not. The changes sent while it was away went to its old
+    /// connection, so its client may still hold a speaker who stopped as speaking.
+    pub(super) fn send_speaker_states(&mut self, session: SessionId, room: &str, viewer: &str) {
+        let Some(r) = self.rooms.get(room) else {
+            return;
+        };
+        let Some(viewer) = r.participants.get(viewer) else {
+            return;
+        };
+        let mut speakers: Vec<lk::SpeakerInfo> = r.speakers.values().cloned().collect();
+        speakers.extend(
+            r.publishers_visible_to(viewer)
+                .filter(|p| !r.speakers.contains_key(&p.sid))
+                .map(|p| lk::SpeakerInfo {
+                    sid: p.sid.clone(),
+                    level: 0.0,
+                    active: false,
+                }),
+        );
+        self.queue_speakers(session, speakers);
+    }
+
+    /// Queues `speakers` for `session`, loudest first, with the changes that may wait for it
+    /// (so none overtakes them).
+    fn queue_speakers(&mut self, session: SessionId, mut speakers: Vec<lk::SpeakerInfo>) {
+        if speakers.is_empty() {
             return;
         }
-        let mut speakers: Vec<lk::SpeakerInfo> = r.speakers.values().cloned().collect();
         speakers.sort_by(|a, b| b.level.total_cmp(&a.level).then_with(|| a.sid.cmp(&b.sid)));
-        // Queued with the changes that may wait for this session, so none overtakes it.
         self.send_speakers(&[session], &speakers);
     }
 

@@ -165,7 +165,8 @@ impl Server {
         }
 
         // ReconnectResponse first (a resuming client drops anything else before it), then
-        // what it may have missed: everyone it sees, itself included, and the room.
+        // what it may have missed: everyone it sees, itself included, the room, and (with the
+        // next flush) where every publisher it sees stands.
         let ice_servers = self
             .config
             .turn
@@ -196,6 +197,7 @@ impl Server {
                 session,
                 signal_response::Message::RoomUpdate(lk::RoomUpdate { room: room_info }),
             );
+            self.send_speaker_states(session, &room, sid);
         }
         if let Some(peer) = subscriber {
             self.engine(EngineCommand::RestartIce { peer });
