@@ -429,14 +429,14 @@ impl Shard {
             // The owner hears of this peer again only through the owed `Disconnected`.
             return;
         }
-        let event = match event {
-            Event::SpeakersChanged(changes) if !self.owed_speakers.is_empty() => {
-                // Later changes replace owed ones; all go out together, in order.
-                self.owe_speakers(changes);
-                Event::SpeakersChanged(std::mem::take(&mut self.owed_speakers))
+        if let Event::SpeakersChanged(changes) = event {
+            // Later changes replace owed ones; all go out together, in order.
+            self.owe_speakers(changes);
+            if !self.send_owed_speakers() {
+                self.traffic.dropped(Queue::Events);
             }
-            event => event,
-        };
+            return;
+        }
         let event = match self.events.try_send(event) {
             Ok(()) => return,
             // Nobody listening is fine (e.g. benchmarks of the engine alone).
@@ -444,10 +444,6 @@ impl Shard {
             Err(mpsc::error::TrySendError::Full(event)) => event,
         };
         self.traffic.dropped(Queue::Events);
-        if let Event::SpeakersChanged(changes) = event {
-            self.owe_speakers(changes);
-            return;
-        }
         if let (Some(peer), false) = (peer, dispensable(&event)) {
             tracing::warn!(peer = %peer, "event channel full; peer closed");
             self.lost.insert(peer);
@@ -467,12 +463,21 @@ impl Shard {
             self.lost.pop_first();
         }
         if !self.owed_speakers.is_empty() {
-            let owed = std::mem::take(&mut self.owed_speakers);
-            if let Err(mpsc::error::TrySendError::Full(Event::SpeakersChanged(owed))) =
-                self.events.try_send(Event::SpeakersChanged(owed))
-            {
-                self.owe_speakers(owed);
+            self.send_owed_speakers();
+        }
+    }
+
+    /// Hand the owed speaker changes to the owner in one event, if there is room; false if
+    /// they are still owed.
+    fn send_owed_speakers(&mut self) -> bool {
+        let owed = std::mem::take(&mut self.owed_speakers);
+        match self.events.try_send(Event::SpeakersChanged(owed)) {
+            Err(mpsc::error::TrySendError::Full(Event::SpeakersChanged(owed))) => {
+                self.owed_speakers = owed;
+                false
             }
+            // Sent, or nobody listening (nothing to owe then).
+            _ => true,
         }
     }
 

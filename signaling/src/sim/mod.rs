@@ -176,16 +176,7 @@ impl Sim {
     /// first offer (sent inside the join request) has the data channels and `sections`
     /// recvonly audio m-lines (livekit-client adds 3).
     pub fn join_v1(&mut self, room: &str, identity: &str, publish: bool, sections: u32) -> usize {
-        let single = Some(sections);
-        self.join_as(
-            identity,
-            Self::grants(room, publish),
-            JoinAs {
-                single,
-                ..JoinAs::default()
-            },
-        )
-        .expect("join refused")
+        self.join_v1_as(room, identity, publish, sections, JoinAs::default())
     }
 
     /// [`Sim::join_v1`] as Firefox does it: the join request carries no offer; the same offer
@@ -214,13 +205,11 @@ impl Sim {
         js: bool,
     ) -> usize {
         let how = JoinAs {
-            single: Some(sections),
             js,
             add_track: true,
             ..JoinAs::default()
         };
-        self.join_as(identity, Self::grants(room, true), how)
-            .expect("join refused")
+        self.join_v1_as(room, identity, true, sections, how)
     }
 
     /// [`Sim::join_v1`] whose first offer also has `videos` recvonly video m-lines, as
@@ -233,12 +222,10 @@ impl Sim {
         videos: u32,
     ) -> usize {
         let how = JoinAs {
-            single: Some(sections),
             videos,
             ..JoinAs::default()
         };
-        self.join_as(identity, Self::grants(room, false), how)
-            .expect("join refused")
+        self.join_v1_as(room, identity, false, sections, how)
     }
 
     /// A `/rtc/v1` join whose offer is kept back, to send with [`Sim::send_first_offer`].
@@ -250,9 +237,25 @@ impl Sim {
         sections: u32,
     ) -> usize {
         let how = JoinAs {
-            single: Some(sections),
             offer_after: true,
             ..JoinAs::default()
+        };
+        self.join_v1_as(room, identity, publish, sections, how)
+    }
+
+    /// A `/rtc/v1` join of `room` whose first offer has `sections` recvonly audio m-lines,
+    /// made as `how` says otherwise.
+    fn join_v1_as(
+        &mut self,
+        room: &str,
+        identity: &str,
+        publish: bool,
+        sections: u32,
+        how: JoinAs,
+    ) -> usize {
+        let how = JoinAs {
+            single: Some(sections),
+            ..how
         };
         self.join_as(identity, Self::grants(room, publish), how)
             .expect("join refused")

@@ -107,14 +107,7 @@ pub async fn server_knowing_url(
 }
 
 pub fn grants(room: &str, publish: bool) -> VideoGrants {
-    VideoGrants {
-        room_join: true,
-        room: room.into(),
-        can_publish: Some(publish),
-        can_subscribe: Some(true),
-        can_publish_data: Some(true),
-        ..Default::default()
-    }
+    stoa_signaling::sim::Sim::grants(room, publish)
 }
 
 pub fn mint(identity: &str, grants: VideoGrants) -> String {
